@@ -1,0 +1,110 @@
+"""Shared by the benchmark scripts: interleaved timing, machine description, roofline, RESULT lines.
+
+Not a test helper: benchmarks print figures and never assert on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT / "src") not in sys.path:  # run from a checkout without installing
+    sys.path.insert(0, str(ROOT / "src"))
+
+
+def base_parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--quick", action="store_true", help="tiny setting for CI: checks it runs, not how fast")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--repeats", type=int, default=5, help="timed rounds (ours and the peer interleaved); medians reported")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    return p
+
+
+def setup(args: argparse.Namespace) -> torch.device:
+    from alexnet.runtime import resolve_device
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    print(f"machine: {machine_description(device)}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}")
+    return device
+
+
+def machine_description(device: torch.device | None = None) -> str:
+    """CPU model and core count (and the GPU name on CUDA)."""
+    model = platform.processor() or platform.machine()
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+        model = fields.get("Model name", model).strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    text = f"{model}, {os.cpu_count()} logical CPUs"
+    if device is not None and device.type == "cuda":
+        text += f"; GPU {torch.cuda.get_device_name(device)}"
+    return text
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleaved(fns: dict[str, Callable[[], None]], repeats: int, device: torch.device) -> dict[str, list[float]]:
+    """Seconds of each fn per round, timed in alternating rounds so that load from others hits all alike."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            sync(device)
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - t0)
+    for name, ts in times.items():
+        spread = f"min {min(ts):.4f} max {max(ts):.4f}" if len(ts) > 1 else ""
+        print(f"  {name:<28} median {statistics.median(ts):.4f} s over {len(ts)} rounds {spread}")
+    return times
+
+
+def median(ts: list[float]) -> float:
+    return statistics.median(ts)
+
+
+def paired_ratio(num: list[float], den: list[float]) -> float:
+    """Median over rounds of num[i] / den[i]: the two were timed back to back, so a burst of load
+    from other users cancels within a pair, which a ratio of medians does not ensure."""
+    return statistics.median(a / b for a, b in zip(num, den))
+
+
+def matmul_gflops(device: torch.device, n: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:
+    """GFLOP/s of an n x n x n matmul: the practical compute roof of this machine."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b  # warm-up
+    ts = []
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        a @ b
+        sync(device)
+        ts.append(time.perf_counter() - t0)
+    return 2 * n**3 / min(ts) / 1e9  # the best round: a roof is what the machine can do
+
+
+def result(name: str, ours: float, peer: float, unit: str) -> str:
+    """The machine-readable line every benchmark ends with."""
+    line = f"RESULT {name} ours={ours:.6g} peer={peer:.6g} ratio={ours / peer:.6g} unit={unit}"
+    print(line, flush=True)
+    return line

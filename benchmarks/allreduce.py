@@ -1,0 +1,108 @@
+"""All-reduce bandwidth: is the interconnect fast enough for data-parallel AlexNet?
+
+Every training step of a data-parallel run all-reduces AlexNet's gradients (61 M float32 = 244 MB)
+in DistributedDataParallel's 25 MB buckets. This measures, in the same run:
+
+- ours: AlexNet's gradients all-reduced bucket by bucket, as DDP does it each step;
+- peer: one all-reduce of a flat tensor of the same size (the interconnect's best case, what
+  ``nccl-tests``' all_reduce_perf measures),
+
+both as bus bandwidth (``2 (n-1) / n * bytes / seconds``, comparable across process counts), and
+prints the gradient synchronisation time per step.
+
+One machine (gloo on CPUs, NCCL on GPUs)::
+
+    python benchmarks/allreduce.py --nproc 2 [--quick]
+
+Many machines: start it on each with torchrun (it then runs as it is)::
+
+    torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 benchmarks/allreduce.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+
+from alexnet import distributed  # noqa: E402
+from alexnet.model import count_parameters, create_model  # noqa: E402
+
+BUCKET_MB = 25  # DistributedDataParallel's default bucket_cap_mb
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_allreduce(tensors: list[torch.Tensor], iters: int, device: torch.device) -> float:
+    """Median seconds to all-reduce every tensor of ``tensors`` (one round), after a warm-up round."""
+    times = []
+    for i in range(iters + 1):
+        dist.barrier()
+        _sync(device)
+        t0 = time.perf_counter()
+        for t in tensors:
+            dist.all_reduce(t)
+        _sync(device)
+        if i:
+            times.append(time.perf_counter() - t0)
+    # The step waits for the slowest rank: report its median.
+    slowest = torch.tensor([statistics.median(times)], dtype=torch.float64, device=device)
+    dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
+    return slowest.item()
+
+
+def buckets(numel: int, bucket_numel: int, device: torch.device) -> list[torch.Tensor]:
+    sizes = [bucket_numel] * (numel // bucket_numel) + ([numel % bucket_numel] if numel % bucket_numel else [])
+    return [torch.ones(n, dtype=torch.float32, device=device) for n in sizes]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--nproc", type=int, default=2, help="processes on this machine when not started by torchrun")
+    p.add_argument("--quick", action="store_true", help="a small tensor and few rounds (CI)")
+    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
+    args = p.parse_args()
+    if not distributed.launched():
+        env = dict(os.environ, OMP_NUM_THREADS=str(max(1, distributed.cpu_cores() // args.nproc)))
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}", __file__]
+        return subprocess.call(cmd + distributed.without_option(sys.argv[1:], "--nproc"), env=env)
+    info = distributed.env_info()
+    device = distributed.rank_device(args.device, info)
+    distributed.setup(info, device, 300)
+    try:
+        if args.quick:  # 2 M floats (8 MB) in 1 MB buckets
+            numel, bucket_numel, iters = 2_000_000, 250_000, 3
+        else:
+            numel, bucket_numel, iters = count_parameters(create_model("alexnet_paper")), BUCKET_MB * 2**20 // 4, args.iters
+        ours = time_allreduce(buckets(numel, bucket_numel, device), iters, device)
+        peer = time_allreduce([torch.ones(numel, dtype=torch.float32, device=device)], iters, device)
+        n = info.world
+        factor = 2 * (n - 1) / n * numel * 4 / 1e9
+        if info.is_main:
+            backend = dist.get_backend()
+            print(f"{n} processes, {backend} on {device.type}; {numel:,} float32 gradients ({numel * 4 / 1e6:.0f} MB)")
+            ours_label = f"ours (AlexNet's gradients in {bucket_numel * 4 / 2**20:.0f} MB buckets, as DDP)"
+            for label, t in ((ours_label, ours), ("peer (one flat all-reduce of the same bytes)", peer)):
+                print(f"{label:<54} {t * 1e3:9.2f} ms/step  bus bandwidth {factor / t:7.3f} GB/s")
+            print(f"RESULT allreduce_busbw ours={factor / ours:.4g} peer={factor / peer:.4g} ratio={peer / ours:.3f} unit=GB/s")
+            print(f"RESULT grad_sync_ms ours={ours * 1e3:.4g} peer={peer * 1e3:.4g} ratio={ours / peer:.3f} unit=ms")
+    finally:
+        distributed.teardown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Make .venv with torch, torchvision and this package (editable), and Debian's Fashion-MNIST.
+# Idempotent: a second run only checks. TORCH_SPEC overrides the torch requirement.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+if ! .venv/bin/python -c "import torch, torchvision" 2>/dev/null; then
+  echo "bootstrap: installing torch and torchvision (a few minutes)" >&2
+  # Pinned to the release that this project is tested with; any torch>=2.4 works.
+  .venv/bin/pip install -q ${TORCH_SPEC:-torch==2.14.1 torchvision==0.29.1}
+fi
+# Cheap when everything is already there; picks up dependencies added since the last run.
+.venv/bin/pip install -q -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
+if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null; then
+  echo "bootstrap: installing Debian's dataset-fashion-mnist" >&2
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q dataset-fashion-mnist >/dev/null
+fi

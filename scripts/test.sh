@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Set-up command 2: install what is needed, then run the test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/bootstrap.sh
+exec .venv/bin/python -m pytest -q "$@"

@@ -1,0 +1,202 @@
+/* Fused local response normalisation over channels, forward and backward, for alexnet.lrn.
+ *
+ * A tensor is seen as (outer, C, inner) with the channel stride = inner: NCHW contiguous is
+ * (N, C, H*W) and channels_last is (N*H*W, C, 1). Work is cut into "tasks" (one outer index and
+ * one block of BLK inner positions) so that Python threads can share it; ctypes drops the GIL.
+ *
+ * Forward reads x once and writes y once; nothing is saved. Backward recomputes the denominator
+ * from x (a few multiply-adds per element are cheaper than a round trip through memory) and
+ * reads g and x once, writing the gradient once.
+ *
+ *   d_c = k + alpha * sum_{m=c-before}^{c+after} x_m^2,   y_c = x_c * d_c^-beta
+ *   dx_i = g_i d_i^-beta - 2 alpha beta x_i * sum_{j=i-after}^{i+before} g_j x_j d_j^(-beta-1)
+ *
+ * With relu = 1 the kernel computes LRN(ReLU(a)) from a (the paper applies LRN after the ReLU):
+ * the ReLU costs no pass over memory of its own, forward or backward.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define BLK 64
+
+static inline float bf16_load(const uint16_t *p) {
+    uint32_t u = ((uint32_t)*p) << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+static inline void bf16_store(uint16_t *p, float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) { *p = (uint16_t)((u >> 16) | 0x40); return; } /* NaN */
+    u += 0x7fffu + ((u >> 16) & 1u); /* round to nearest even */
+    *p = (uint16_t)(u >> 16);
+}
+
+/* scale s = d^-beta and s/d; beta = 0.75 (the paper's) is rsqrt(d) * sqrt(rsqrt(d)), which
+ * vectorises, instead of pow, which does not. */
+#define POWS(ACC, d, s, sd, beta, is075)                                   \
+    do {                                                                   \
+        if (is075) {                                                       \
+            ACC r_ = (ACC)1 / SQRT(d);                                     \
+            s = r_ * SQRT(r_);                                             \
+            sd = s * r_ * r_;                                              \
+        } else {                                                           \
+            s = POW(d, -(beta));                                           \
+            sd = s / (d);                                                  \
+        }                                                                  \
+    } while (0)
+
+#define INLINE static inline __attribute__((always_inline))
+
+/* Blocks: NCHW-like blocks are C x nb positions with channel stride cs (loops over b innermost,
+ * vectorised); channels_last blocks are one position with C contiguous channels (loops over c
+ * innermost). `is075` is a literal at every call so each variant is compiled without the branch.
+ * Scratch: w[C + 2 pad] (x nb), sq/tt[(C + 2 pad) x nb], sc[C x nb]. */
+#define DEFINE_LRN(NAME, T, ACC, LOAD, STORE)                                                          \
+/* x as the LRN sees it: relu(x) when fused with the ReLU before it */                                \
+INLINE ACC NAME##_lx(const T *p, int relu) { ACC v = LOAD(p); return relu && !(v > 0) && v == v ? 0 : v; } \
+/* the ReLU's backward: no gradient where its input was not positive */                               \
+INLINE ACC NAME##_gate(const T *p, int relu, ACC grad) { return relu && !(LOAD(p) > 0) ? 0 : grad; }   \
+/* w[b] = sum of squares over the window of channel c, for nb positions (NCHW block) */              \
+INLINE void NAME##_win_nchw(const T *x, long c, long C, long cs, long nb, int before, int after,      \
+                            int relu, ACC *w) {                                                                 \
+    const long lo = c - before < 0 ? 0 : c - before, hi = c + after >= C ? C - 1 : c + after;         \
+    for (long b = 0; b < nb; b++) w[b] = 0;                                                           \
+    for (long m = lo; m <= hi; m++)                                                                   \
+        for (long b = 0; b < nb; b++) { ACC v = NAME##_lx(x + m * cs + b, relu); w[b] += v * v; }                \
+}                                                                                                     \
+/* w[c] = sum of squares over the window of every channel c of one position (channels_last) */       \
+INLINE void NAME##_win_cl(const T *x, long C, int before, int after, int pad, int relu, ACC *sq,     \
+                          ACC *w) {      \
+    for (long c = 0; c < C; c++) { ACC v = NAME##_lx(x + c, relu); sq[pad + c] = v * v; }                        \
+    for (long c = 0; c < C; c++) w[c] = 0;                                                            \
+    for (int m = -before; m <= after; m++)                                                            \
+        for (long c = 0; c < C; c++) w[c] += sq[pad + c + m];                                         \
+}                                                                                                     \
+INLINE void NAME##_fwd_nchw(const T *x, T *y, long C, long cs, long nb, int before, int after,        \
+                            ACC alpha, ACC beta, ACC k, int is075, int relu, ACC *w) {                           \
+    for (long c = 0; c < C; c++) {                                                                    \
+        NAME##_win_nchw(x, c, C, cs, nb, before, after, relu, w);                                           \
+        for (long b = 0; b < nb; b++) {                                                               \
+            ACC d = k + alpha * w[b], s, sd;                                                          \
+            POWS(ACC, d, s, sd, beta, is075);                                                         \
+            (void)sd;                                                                                 \
+            STORE(y + c * cs + b, NAME##_lx(x + c * cs + b, relu) * s);                                          \
+        }                                                                                             \
+    }                                                                                                 \
+}                                                                                                     \
+INLINE void NAME##_fwd_cl(const T *x, T *y, long C, int before, int after, int pad, ACC alpha,        \
+                          ACC beta, ACC k, int is075, int relu, ACC *sq, ACC *w) {                              \
+    NAME##_win_cl(x, C, before, after, pad, relu, sq, w);                                                   \
+    for (long c = 0; c < C; c++) {                                                                    \
+        ACC d = k + alpha * w[c], s, sd;                                                              \
+        POWS(ACC, d, s, sd, beta, is075);                                                             \
+        (void)sd;                                                                                     \
+        STORE(y + c, NAME##_lx(x + c, relu) * s);                                                                \
+    }                                                                                                 \
+}                                                                                                     \
+INLINE void NAME##_bwd_nchw(const T *x, const T *g, T *r, long C, long cs, long nb, int before,       \
+                            int after, int pad, ACC alpha, ACC beta, ACC k, ACC c2, int is075, int relu, \
+                            ACC *w, ACC *tt, ACC *sc) {                                               \
+    for (long c = 0; c < C; c++) {                                                                    \
+        NAME##_win_nchw(x, c, C, cs, nb, before, after, relu, w);                                           \
+        ACC *t = tt + (pad + c) * nb, *sv = sc + c * nb;                                              \
+        for (long b = 0; b < nb; b++) {                                                               \
+            ACC d = k + alpha * w[b], s, sd;                                                          \
+            POWS(ACC, d, s, sd, beta, is075);                                                         \
+            sv[b] = s;                                                                                \
+            t[b] = LOAD(g + c * cs + b) * NAME##_lx(x + c * cs + b, relu) * sd;                                  \
+        }                                                                                             \
+    }                                                                                                 \
+    for (long c = 0; c < C; c++) {                                                                    \
+        for (long b = 0; b < nb; b++) w[b] = 0;                                                       \
+        for (int m = -after; m <= before; m++) {                                                      \
+            const ACC *t = tt + (pad + c + m) * nb;                                                   \
+            for (long b = 0; b < nb; b++) w[b] += t[b];                                               \
+        }                                                                                             \
+        for (long b = 0; b < nb; b++)                                                                 \
+            STORE(r + c * cs + b, NAME##_gate(x + c * cs + b, relu, LOAD(g + c * cs + b) * sc[c * nb + b] - c2 * NAME##_lx(x + c * cs + b, relu) * w[b])); \
+    }                                                                                                 \
+}                                                                                                     \
+INLINE void NAME##_bwd_cl(const T *x, const T *g, T *r, long C, int before, int after, int pad,       \
+                          ACC alpha, ACC beta, ACC k, ACC c2, int is075, int relu, ACC *sq, ACC *w,    \
+                          ACC *tt, ACC *sc) {                                                                  \
+    NAME##_win_cl(x, C, before, after, pad, relu, sq, w);                                                   \
+    for (long c = 0; c < C; c++) {                                                                    \
+        ACC d = k + alpha * w[c], s, sd;                                                              \
+        POWS(ACC, d, s, sd, beta, is075);                                                             \
+        sc[c] = s;                                                                                    \
+        tt[pad + c] = LOAD(g + c) * NAME##_lx(x + c, relu) * sd;                                                 \
+    }                                                                                                 \
+    for (long c = 0; c < C; c++) w[c] = 0;                                                            \
+    for (int m = -after; m <= before; m++)                                                            \
+        for (long c = 0; c < C; c++) w[c] += tt[pad + c + m];                                         \
+    for (long c = 0; c < C; c++) STORE(r + c, NAME##_gate(x + c, relu, LOAD(g + c) * sc[c] - c2 * NAME##_lx(x + c, relu) * w[c]));         \
+}                                                                                                     \
+/* Tasks t0..t1 of (outer x ceil(inner / BLK)); returns non-zero if scratch memory ran out. */       \
+int NAME##_forward(const T *x, T *y, long C, long inner, long t0, long t1, int before, int after,     \
+                   double alpha, double beta, double k, int relu) {                                             \
+    const long nblk = (inner + BLK - 1) / BLK;                                                        \
+    const int pad = before > after ? before : after, is075 = beta == 0.75;                            \
+    ACC *sq = calloc((size_t)(2 * C + 4 * pad) * BLK, sizeof(ACC)); /* zero pads stay zero */         \
+    if (!sq) return 1;                                                                                \
+    ACC *w = sq + (C + 2 * pad) * BLK;                                                                \
+    for (long t = t0; t < t1; t++) {                                                                  \
+        const long o = t / nblk, i0 = (t % nblk) * BLK, nb = inner - i0 < BLK ? inner - i0 : BLK;    \
+        const T *xo = x + o * C * inner + i0;                                                         \
+        T *yo = y + o * C * inner + i0;                                                               \
+        if (inner == 1 && is075) NAME##_fwd_cl(xo, yo, C, before, after, pad, alpha, beta, k, 1, relu, sq, w); \
+        else if (inner == 1) NAME##_fwd_cl(xo, yo, C, before, after, pad, alpha, beta, k, 0, relu, sq, w);  \
+        else if (is075) NAME##_fwd_nchw(xo, yo, C, inner, nb, before, after, alpha, beta, k, 1, relu, w);    \
+        else NAME##_fwd_nchw(xo, yo, C, inner, nb, before, after, alpha, beta, k, 0, relu, w);               \
+    }                                                                                                 \
+    free(sq);                                                                                         \
+    return 0;                                                                                         \
+}                                                                                                     \
+int NAME##_backward(const T *x, const T *g, T *gx, long C, long inner, long t0, long t1, int before,  \
+                    int after, double alpha, double beta, double k, int relu) {                                 \
+    const long nblk = (inner + BLK - 1) / BLK;                                                        \
+    const int pad = before > after ? before : after, is075 = beta == 0.75;                            \
+    const ACC c2 = (ACC)(2.0 * alpha * beta);                                                         \
+    const long rows = C + 2 * pad;                                                                    \
+    ACC *sq = calloc((size_t)(4 * rows) * BLK, sizeof(ACC)); /* zero pads stay zero */               \
+    if (!sq) return 1;                                                                                \
+    ACC *w = sq + rows * BLK, *tt = w + rows * BLK, *sc = tt + rows * BLK;                            \
+    for (long t = t0; t < t1; t++) {                                                                  \
+        const long o = t / nblk, i0 = (t % nblk) * BLK, nb = inner - i0 < BLK ? inner - i0 : BLK;    \
+        const long off = o * C * inner + i0;                                                          \
+        if (inner == 1 && is075)                                                                      \
+            NAME##_bwd_cl(x + off, g + off, gx + off, C, before, after, pad, alpha, beta, k, c2, 1, relu, sq, w, tt, sc); \
+        else if (inner == 1)                                                                          \
+            NAME##_bwd_cl(x + off, g + off, gx + off, C, before, after, pad, alpha, beta, k, c2, 0, relu, sq, w, tt, sc); \
+        else {                                                                                        \
+            /* tt rows outside the channels must be zero for this block's width */                    \
+            for (long p = 0; p < pad * nb; p++) tt[p] = tt[(pad + C) * nb + p] = 0;                   \
+            if (is075)                                                                                \
+                NAME##_bwd_nchw(x + off, g + off, gx + off, C, inner, nb, before, after, pad, alpha, beta, k, c2, 1, relu, w, tt, sc); \
+            else                                                                                      \
+                NAME##_bwd_nchw(x + off, g + off, gx + off, C, inner, nb, before, after, pad, alpha, beta, k, c2, 0, relu, w, tt, sc); \
+        }                                                                                             \
+    }                                                                                                 \
+    free(sq);                                                                                         \
+    return 0;                                                                                         \
+}
+
+#define LD(p) (*(p))
+#define ST(p, v) (*(p) = (v))
+#define LDB(p) bf16_load(p)
+#define STB(p, v) bf16_store((p), (v))
+
+#define SQRT sqrtf
+#define POW powf
+DEFINE_LRN(lrn_f32, float, float, LD, ST)
+DEFINE_LRN(lrn_bf16, uint16_t, float, LDB, STB)
+#undef SQRT
+#undef POW
+#define SQRT sqrt
+#define POW pow
+DEFINE_LRN(lrn_f64, double, double, LD, ST)
+

@@ -1,0 +1,163 @@
+"""Checkpoints: written atomically, read without unpickling arbitrary objects.
+
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so it loads with
+``torch.load(..., weights_only=True)``. Keys:
+
+- ``model``: the state dict; ``model_config``: :class:`AlexNetConfig` as a dict;
+- ``classes``: class names in index order; ``preprocess``: how inputs were prepared;
+- training state (``optimizer``, ``epoch``, ``rng``, ...) in ``last.pt``, when present.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import CheckpointError
+from .model import AlexNet, AlexNetConfig
+
+
+def save_atomic(obj: Any, path: str | os.PathLike) -> None:
+    """Save ``obj`` with ``torch.save`` so that ``path`` is either the old file or the new one.
+
+    The data goes to a temporary file in the same folder, is flushed and fsynced, then renamed
+    over ``path`` (rename is atomic within a file system). On any failure (a full disk, say) the
+    temporary file is removed and the previous ``path`` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a checkpoint is an ordinary file
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    try:  # make the rename itself durable
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint dict with ``weights_only=True``.
+
+    Raises:
+        CheckpointError: the file is missing, is not a torch checkpoint, holds foreign pickled
+            objects, or lacks a ``model`` state dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if is_safetensors(path):
+        return load_safetensors(path, map_location)
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if found:  # a pickle that would build foreign objects (and could run code): refuse, name it
+            raise CheckpointError(
+                f"{path}: refused to load: it holds a {found.group(1)} object, not only tensors and plain containers"
+            ) from None
+        raise CheckpointError(f"{path}: not a readable checkpoint (corrupt or not a torch file)") from None
+    except Exception as e:  # torch.load raises many kinds on junk: EOFError, IndexError, RuntimeError...
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__})") from None
+    if isinstance(ckpt, dict) and "model" not in ckpt and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        ckpt = {"model": ckpt}  # a bare state dict (e.g. torchvision's alexnet weights)
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
+        raise CheckpointError(f"{path}: not an alexnet checkpoint (no 'model' state dict)")
+    return ckpt
+
+
+def is_safetensors(path: str | os.PathLike) -> bool:
+    """Whether ``path`` looks like a safetensors file (an 8-byte header length, then a JSON object)."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    return 2 <= int.from_bytes(head[:8], "little") <= os.path.getsize(path) - 8
+
+
+def load_safetensors(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A checkpoint dict from ``alexnet export --format safetensors`` output.
+
+    The configuration comes from the file's metadata, or from the ``.json`` file beside it.
+    """
+    import json
+
+    try:
+        from safetensors import SafetensorError, safe_open
+    except ImportError:
+        raise CheckpointError(f"{path}: reading safetensors files needs the safetensors package") from None
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt", device=str(map_location)) as f:
+            meta = dict(f.metadata() or {})
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({type(e).__name__})") from None
+    config = {k: meta[k] for k in ("model_config", "classes", "preprocess") if k in meta}
+    side = path.with_suffix(".json")
+    if "model_config" not in config and side.is_file():
+        try:
+            config = json.loads(side.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise CheckpointError(f"{side}: not valid JSON") from None
+    else:
+        try:
+            config = {k: json.loads(v) for k, v in config.items()}
+        except json.JSONDecodeError:
+            raise CheckpointError(f"{path}: its metadata is not valid JSON") from None
+    ckpt = {"model": state}
+    ckpt.update({k: config[k] for k in ("model_config", "classes", "preprocess") if k in config})
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], source: str = "checkpoint") -> AlexNet:
+    """Rebuild the model a checkpoint describes and load its weights."""
+    cfg = ckpt.get("model_config")
+    if cfg is None:
+        raise CheckpointError(f"{source}: no 'model_config'; build the model yourself and load_state_dict")
+    try:
+        model = AlexNet(AlexNetConfig.from_dict(dict(cfg)))
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{source}: bad model_config: {e}") from None
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{source}: weights do not fit the model: {str(e).splitlines()[0]}") from None
+    return model
+
+
+def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> AlexNet:
+    """Load a ready-to-use model from a checkpoint, in eval mode.
+
+    The architecture comes from the checkpoint's ``model_config``; class names and input
+    preparation are attached as ``model.classes`` and ``model.preprocess``.
+    """
+    ckpt = load_checkpoint(path)
+    model = model_from_checkpoint(ckpt, str(path))
+    model.classes = list(ckpt.get("classes") or [str(i) for i in range(model.config.num_classes)])
+    if len(model.classes) != model.config.num_classes:
+        raise CheckpointError(f"{path}: lists {len(model.classes)} class names for {model.config.num_classes} outputs")
+    model.preprocess = dict(ckpt.get("preprocess") or {})
+    return model.to(device).eval()

@@ -1,0 +1,552 @@
+"""The ``alexnet`` command line: one sub-command per job, each a thin layer over the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from .errors import AlexNetError
+
+
+def _number(kind: type, minimum: float, strict: bool):
+    """An argparse type: ``kind`` (int or float) >= ``minimum`` (> when ``strict``)."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'a whole number' if kind is int else 'a number'}, got {text!r}") from None
+        if value < minimum or (strict and value == minimum):
+            raise argparse.ArgumentTypeError(f"expected a number {'>' if strict else '>='} {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+_positive_int = _number(int, 1, strict=False)
+_nonneg_int = _number(int, 0, strict=False)
+_positive_float = _number(float, 0.0, strict=True)
+
+
+def _progress_flag(args: argparse.Namespace) -> bool | None:
+    return {"auto": None, "on": True, "off": False}[args.progress]
+
+
+# -- train ----------------------------------------------------------------------------------------
+def _key_values(items: list[str] | None, flag: str, parse=json.loads) -> dict:
+    """KEY=VALUE pairs; VALUE is JSON when it parses (numbers, true/false, lists), else a string."""
+    from .errors import ConfigError
+
+    out = {}
+    for item in items or []:
+        for part in item.split(",") if flag == "--lr-mult" else [item]:
+            key, eq, value = part.partition("=")
+            if not eq or not key:
+                raise ConfigError(f"{flag}: expected KEY=VALUE, got {part!r}")
+            try:
+                out[key.strip()] = parse(value)
+            except (ValueError, json.JSONDecodeError):
+                if parse is float:
+                    raise ConfigError(f"{flag}: {key} needs a number, got {value!r}") from None
+                out[key.strip()] = value
+    return out
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import resolve_config
+    from .train import fit, resume_config
+
+    overrides = {
+        "data": args.data,
+        "model": args.model,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "momentum": args.momentum,
+        "weight_decay": args.weight_decay,
+        "optimizer": args.optimizer,
+        "schedule": args.schedule,
+        "plateau_patience": args.patience,
+        "seed": args.seed,
+        "workers": args.workers,
+        "device": args.device,
+        "amp": args.amp,
+        "channels_last": args.channels_last,
+        "compile": args.compile or None,
+        "out": args.out,
+        "save_every": args.save_every,
+        "on_nonfinite": args.on_nonfinite,
+        "tensorboard": args.tensorboard or None,
+        "init_from": args.init_from,
+        "data_preset": args.data_preset,
+        "strict": args.strict or None,
+        "num_classes": args.num_classes,
+        "freeze": args.freeze.split(",") if args.freeze else None,
+        "lr_mult": _key_values(args.lr_mult, "--lr-mult", float) or None,
+        "dist_timeout": args.dist_timeout,
+        "tower_devices": args.towers.split(",") if args.towers else None,
+    }
+    model_options = _key_values(args.model_option, "--model-option")
+    if args.dropout is not None:
+        model_options["dropout"] = args.dropout
+    if model_options:
+        overrides["model_options"] = model_options
+    if args.resume:
+        keep = ("epochs", "workers", "device", "dist_timeout", "tower_devices")  # may change on resume
+        cfg = resume_config(args.resume, {k: overrides[k] for k in keep if overrides[k] is not None})
+    else:
+        cfg = resolve_config(args.preset, overrides, args.config)
+    if args.nproc and args.nproc > 1:
+        from . import distributed
+        from .errors import ConfigError
+
+        if distributed.launched():
+            raise ConfigError("--nproc: this process was already started by torchrun; drop --nproc")
+        if cfg.batch_size % args.nproc:
+            raise ConfigError(f"--batch-size {cfg.batch_size} is the global batch: it must divide evenly over --nproc {args.nproc}")
+        return distributed.launch(args.nproc, distributed.without_option(args.argv, "--nproc"), cfg.out)
+    result = fit(cfg, show_progress=_progress_flag(args))
+    if "val_top1" in result and os.environ.get("RANK", "0") == "0":  # one report per distributed run
+        print(
+            f"done: val top-1 {result['val_top1']:.4f} (error {result['val_top1_error']:.4f}), "
+            f"top-5 {result['val_top5']:.4f}, {result['elapsed_seconds']:.0f}s of training; run folder {result['run_dir']}"
+        )
+    return 0
+
+
+# -- evaluate -------------------------------------------------------------------------------------
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .data.loaders import load_eval_data
+    from .errors import CheckpointError
+    from .evaluate import evaluate, load_models, per_class_accuracy, write_per_class_csv
+    from .runtime import resolve_amp, resolve_device
+
+    paths = [args.checkpoint, *(args.ensemble or [])]
+    device = resolve_device(args.device)
+    models = load_models(paths, device)
+    n_classes = models[0].config.num_classes
+    if args.num_classes is not None and args.num_classes != n_classes:
+        raise CheckpointError(f"--num-classes {args.num_classes} does not match {args.checkpoint}, which has {n_classes} classes")
+    data = args.data
+    if data is None:  # the checkpoint's own data set
+        from .checkpoint import load_checkpoint
+
+        data = (load_checkpoint(args.checkpoint).get("train_config") or {}).get("data")
+    loader, classes, n_images, source = load_eval_data(data, models[0].preprocess, args.batch_size, args.workers)
+    if len(classes) != n_classes:
+        raise CheckpointError(f"{source} has {len(classes)} classes but {args.checkpoint} predicts {n_classes}")
+    stats = evaluate(models, loader, device, resolve_amp(args.amp, device), args.ten_crop, show_progress=_progress_flag(args))
+    confusion = stats.pop("confusion")
+    stats.update({"ten_crop": args.ten_crop, "models": [str(p) for p in paths], "data": source})
+    if args.out:
+        from .figures import plot_confusion
+
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        write_per_class_csv(per_class_accuracy(confusion, classes), out / "per_class.csv")
+        plot_confusion(confusion, classes, out / "confusion.png")
+        (out / "evaluate.json").write_text(json.dumps({**stats, "argv": sys.argv[1:]}, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(stats))
+    else:
+        how = ("10 crops" if args.ten_crop else "centre crop") + (f", {len(models)} models averaged" if len(models) > 1 else "")
+        print(f"{source}: {stats['images']} images ({how})")
+        print(f"top-1 accuracy {stats['top1']:.4f}  error {stats['top1_error']:.4f}")
+        print(f"top-5 accuracy {stats['top5']:.4f}  error {stats['top5_error']:.4f}")
+        if args.out:
+            print(f"per-class accuracy and confusion matrix in {args.out}")
+    return 0
+
+
+# -- predict / features / retrieve ------------------------------------------------------------------
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .checkpoint import load
+    from .predict import predict
+    from .runtime import resolve_device
+
+    model = load(args.checkpoint, resolve_device(args.device))
+    results, images = predict(model, args.images, top=args.top, return_images=True, show_progress=_progress_flag(args))
+    if args.figure:
+        from .figures import plot_predictions
+
+        plot_predictions(images, results, args.figure)
+    if args.json:
+        print(json.dumps(results))
+    else:
+        for r in results:
+            truth = f"  (true: {r['label']})" if r["label"] is not None else ""
+            print(f"{r['path']}{truth}")
+            for t in r["top"]:
+                print(f"  {t['probability']:7.2%}  {t['class']}")
+    if args.figure:
+        print(f"figure: {args.figure}", file=sys.stderr)
+    return 0
+
+
+def cmd_features(args: argparse.Namespace) -> int:
+    from .checkpoint import load
+    from .retrieval import build_index, save_index
+    from .runtime import resolve_device
+
+    model = load(args.checkpoint, resolve_device(args.device))
+    index = build_index(model, args.data, args.batch_size, args.workers or 0, Path(args.checkpoint).resolve(), _progress_flag(args))
+    save_index(index, args.out)
+    n, d = index["features"].shape
+    print(f"{n} images, {d}-d fc7 features -> {args.out}")
+    return 0
+
+
+def cmd_retrieve(args: argparse.Namespace) -> int:
+    from .checkpoint import load
+    from .errors import DataError
+    from .retrieval import load_index, retrieve
+    from .runtime import resolve_device
+
+    index = load_index(args.index)
+    checkpoint = args.checkpoint or index["checkpoint"]
+    if not checkpoint:
+        raise DataError(f"{args.index} does not name its checkpoint; pass --checkpoint")
+    model = load(checkpoint, resolve_device(args.device))
+    hits = retrieve(model, index, args.image, args.k)
+    if args.figure:
+        from .figures import plot_retrieval
+        from .predict import load_image
+
+        plot_retrieval(load_image(args.image, model.preprocess), [(load_image(h["path"], model.preprocess), h) for h in hits], args.figure)
+    if args.json:
+        print(json.dumps(hits))
+    else:
+        for h in hits:
+            print(f"{h['distance']:10.4f}  {h['path']}" + (f"  ({h['label']})" if h["label"] else ""))
+    return 0
+
+
+# -- visualize / import / export ------------------------------------------------------------------
+def cmd_visualize(args: argparse.Namespace) -> int:
+    from . import figures
+    from .errors import ConfigError
+
+    if args.what == "filters":
+        from .checkpoint import load
+
+        if not args.checkpoint:
+            raise ConfigError("visualize filters needs --checkpoint FILE")
+        out = figures.plot_filters(load(args.checkpoint), args.out or "filters.png")
+    else:
+        if not args.run_dir:
+            raise ConfigError("visualize curves needs RUN_DIR (a folder written by 'alexnet train')")
+        out = figures.plot_curves(args.run_dir, args.out)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from .checkpoint import save_atomic
+    from .interop import CAFFE_MEAN_BGR, import_caffe, import_torchvision, read_binaryproto_mean
+
+    if args.source == "torchvision":
+        ckpt = import_torchvision(args.file)
+    else:
+        mean = read_binaryproto_mean(args.mean_file) if args.mean_file else CAFFE_MEAN_BGR
+        ckpt = import_caffe(args.file, mean, allow_pickle=args.allow_pickle)
+    save_atomic(ckpt, args.out)
+    cfg = ckpt["model_config"]
+    print(f"{args.file} -> {args.out}: {cfg['num_classes']} classes, widths {list(cfg['widths'])}, input {cfg['input_size']} px (RGB)")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .checkpoint import load
+    from .export import export
+
+    written = export(load(args.checkpoint), args.format, args.out)
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+# -- summary / models / download ------------------------------------------------------------------
+def cmd_summary(args: argparse.Namespace) -> int:
+    from .model import create_model
+    from .summary import format_summary
+
+    model = create_model(args.model, num_classes=args.num_classes)
+    print(format_summary(model, args.model, args.input_size))
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .model import describe_models
+
+    for name, text in describe_models().items():
+        print(f"{name:<16} {text}")
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from .data.fashion_mnist import download_fashion_mnist
+
+    root = download_fashion_mnist(args.out)
+    print(f"Fashion-MNIST is in {root}; train on it with: alexnet train --data {root}")
+    return 0
+
+
+# -- prepare --------------------------------------------------------------------------------------
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from .data.packed import prepare
+
+    index = prepare(
+        args.data,
+        args.out,
+        strict=args.strict,
+        workers=args.workers if args.workers is not None else min(8, os.cpu_count() or 1),
+        size=args.size,
+        shard_size=args.shard_size,
+        show_progress=_progress_flag(args),
+    )
+    counts = ", ".join(f"{name} {info['count']}" for name, info in index["splits"].items())
+    bad = ""
+    if index["bad_files"]:
+        bad = f"; {index['bad_files']} unreadable images skipped (listed in {Path(args.out) / 'bad_files.txt'})"
+    print(f"packed {counts} images of {len(index['classes'])} classes into {args.out}{bad}")
+    print(f"train on it with: alexnet train --data {args.out}")
+    return 0
+
+
+# -- benchmark ------------------------------------------------------------------------------------
+BENCHMARKS = ("lrn", "train_step", "inference")
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from .errors import ConfigError
+
+    folder = Path(args.dir) if args.dir else Path(__file__).resolve().parents[2] / "benchmarks"
+    if not (folder / "_common.py").is_file():
+        raise ConfigError(f"--dir: no benchmarks in {folder} (they ship with the source checkout, not the wheel)")
+    names = args.only.split(",") if args.only else list(BENCHMARKS)
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        raise ConfigError(f"--only: unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
+    extra = ["--quick"] * args.quick + ["--device", args.device] + (["--repeats", str(args.repeats)] if args.repeats else [])
+    results, failed = [], []
+    for name in names:
+        print(f"== {name} ==", flush=True)
+        # One process each: no benchmark inherits another's allocator state, threads or compiled code.
+        proc = subprocess.run([sys.executable, str(folder / f"{name}.py"), *extra], stdout=subprocess.PIPE, text=True)
+        print(proc.stdout, end="", flush=True)
+        results += [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+        if proc.returncode:
+            failed.append(name)
+    print("== results ==")
+    print("\n".join(results))
+    if failed:
+        print(f"alexnet: error: benchmark(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# -- parser ---------------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (no wrapped usage block) and exit code 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    p = _Parser(
+        prog="alexnet",
+        description="AlexNet (Krizhevsky, Sutskever & Hinton 2012): train, evaluate and inspect it.",
+    )
+    p.add_argument("--version", action="version", version=f"alexnet {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    common = _Parser(add_help=False)
+    common.add_argument("--device", help="auto (CUDA if present), cpu, cuda, cuda:N or mps")
+    common.add_argument("--workers", type=_nonneg_int, default=None, help="data-loading worker processes")
+    common.add_argument("--amp", default=None, help="mixed precision: auto (bf16 where the hardware has it), bf16, fp16, none")
+    common.add_argument("--progress", choices=("auto", "on", "off"), default="auto", help="progress bars (auto: on a terminal)")
+
+    t = sub.add_parser(
+        "train",
+        parents=[common],
+        help="train a model (default: AlexNet on Fashion-MNIST)",
+        description="Train a model. With no arguments: alexnet_small on Debian's Fashion-MNIST (about 8 minutes on 2 CPU "
+        "cores). Options override the preset, which --config FILE (TOML/YAML) may also override.",
+    )
+    t.add_argument("--data", help="Fashion-MNIST IDX folder, or an image folder (CLASS/IMAGE, or train/ and val/ of those)")
+    t.add_argument("--model", help="model name (see 'alexnet models')")
+    t.add_argument("--preset", help="fashion_mnist (default without --data), paper (default with --data) or owt")
+    t.add_argument("--data-preset", help="preprocessing recipe: paper, torchvision, fashion_mnist or cifar")
+    t.add_argument("--strict", action="store_true", help="stop at the first unreadable image instead of skipping it")
+    t.add_argument("--config", help="TOML or YAML file of training options (command-line options win)")
+    t.add_argument("--resume", metavar="RUN", help="continue the run in this folder (or from this checkpoint) exactly")
+    t.add_argument("--epochs", type=_positive_int)
+    t.add_argument("--batch-size", type=_positive_int,
+                   help="images per optimisation step: the global batch, split evenly over the processes of a distributed run")
+    t.add_argument("--lr", type=_positive_float, help="(peak) learning rate")
+    t.add_argument("--momentum", type=float)
+    t.add_argument("--weight-decay", type=float)
+    t.add_argument("--optimizer", choices=("paper", "sgd"), help="paper: the paper's update rule; sgd: torch.optim.SGD")
+    t.add_argument("--schedule", choices=("plateau", "step", "onecycle", "cosine", "constant"))
+    t.add_argument("--patience", type=_positive_int, help="plateau schedule: epochs without improvement before lr / 10")
+    t.add_argument("--dropout", type=float, help="dropout probability of fc6/fc7 (paper: 0.5)")
+    t.add_argument("--model-option", action="append", metavar="KEY=VALUE", help="model config override, e.g. lrn=false, towers=1")
+    t.add_argument("--seed", type=int, default=None)
+    t.add_argument("--out", help="run folder (default runs/DATE-TIME-MODEL)")
+    t.add_argument("--save-every", type=_nonneg_int, help="also checkpoint every N steps (default: at epoch ends)")
+    t.add_argument("--on-nonfinite", choices=("stop", "skip"), help="a NaN/inf loss stops the run (default) or skips the batch")
+    t.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="NHWC memory format")
+    t.add_argument("--compile", action="store_true", help="torch.compile the model")
+    t.add_argument("--tensorboard", action="store_true", help="also log to RUN/tensorboard")
+    t.add_argument("--init-from", metavar="WEIGHTS", help="start from these weights (our checkpoint, torchvision's alexnet)")
+    t.add_argument("--num-classes", type=_positive_int, help="check the data has this many classes (fc8 is rebuilt)")
+    t.add_argument("--freeze", metavar="LAYERS", help="comma-separated layers to keep fixed, e.g. features or conv1,conv2")
+    t.add_argument("--lr-mult", action="append", metavar="LAYER=X", help="per-layer learning-rate multipliers, e.g. fc8=10")
+    t.add_argument(
+        "--nproc", type=_positive_int, metavar="N",
+        help="data-parallel over N processes on this machine (runs torchrun; one per GPU, or CPU processes with gloo); "
+        "--batch-size stays the global batch and must divide by N. Many machines: see docs/distributed.md",
+    )
+    t.add_argument("--dist-timeout", type=_positive_float, metavar="SECONDS",
+                   help="a distributed run stops with an error when a rank is silent this long (default 1800)")
+    t.add_argument("--towers", metavar="DEV0,DEV1",
+                   help="the paper's model parallelism: each tower on its own device, e.g. cuda:0,cuda:1 "
+                   "(auto: process r of a machine takes cuda:2r,cuda:2r+1; none: off)")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", parents=[common], help="top-1/top-5 accuracy and error of a checkpoint")
+    e.add_argument("--checkpoint", required=True, help="a .pt or .safetensors file from 'alexnet train', 'import' or 'export'")
+    e.add_argument("--data", help="data to evaluate on (default: the checkpoint's own data set)")
+    e.add_argument("--num-classes", type=_positive_int, help="check that the checkpoint has this many classes")
+    e.add_argument("--batch-size", type=_positive_int, default=256)
+    e.add_argument("--ten-crop", action="store_true", help="average the softmax of the 4 corner + centre crops and their mirrors")
+    e.add_argument("--ensemble", nargs="+", metavar="FILE", help="more checkpoints: average the softmax of all models")
+    e.add_argument("--out", help="folder for per_class.csv, confusion.png and evaluate.json")
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.set_defaults(func=cmd_evaluate)
+
+    pr = sub.add_parser("predict", parents=[common], help="top-K classes of your own images")
+    pr.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER")
+    pr.add_argument("--checkpoint", required=True)
+    pr.add_argument("--top", type=_positive_int, default=5)
+    pr.add_argument("--json", action="store_true", help="print a JSON list")
+    pr.add_argument("--figure", help="PNG: each image with its top-5 bars (the paper's figure 4, left)")
+    pr.set_defaults(func=cmd_predict)
+
+    fe = sub.add_parser("features", parents=[common], help="fc7 features of every image of a folder (an index for 'retrieve')")
+    fe.add_argument("--checkpoint", required=True)
+    fe.add_argument("--data", required=True, help="a folder of CLASS/IMAGE files")
+    fe.add_argument("--out", required=True, help="index file (.safetensors)")
+    fe.add_argument("--batch-size", type=_positive_int, default=64)
+    fe.set_defaults(func=cmd_features)
+
+    rt = sub.add_parser("retrieve", parents=[common], help="the indexed images nearest to a query in fc7 space")
+    rt.add_argument("image", metavar="QUERY_IMAGE")
+    rt.add_argument("--index", required=True, help="a file written by 'alexnet features'")
+    rt.add_argument("--checkpoint", help="default: the checkpoint the index was built with")
+    rt.add_argument("--k", type=_positive_int, default=6)
+    rt.add_argument("--json", action="store_true")
+    rt.add_argument("--figure", help="PNG: the query and its neighbours (the paper's figure 4, right)")
+    rt.set_defaults(func=cmd_retrieve)
+
+    v = sub.add_parser("visualize", help="figures: conv1 filters (paper fig. 3) or training curves")
+    v.add_argument("what", choices=("filters", "curves"))
+    v.add_argument("run_dir", nargs="?", help="run folder (for curves)")
+    v.add_argument("--checkpoint", help="checkpoint (for filters)")
+    v.add_argument("--out", help="PNG path (default: filters.png, or RUN_DIR/curves.png)")
+    v.set_defaults(func=cmd_visualize)
+
+    im = sub.add_parser("import", help="convert torchvision or Caffe (bvlc_alexnet) weights into a checkpoint")
+    im.add_argument("source", choices=("torchvision", "caffe"))
+    im.add_argument("file", help="torchvision: a saved state dict; caffe: a .caffemodel or a bvlc_alexnet.npy")
+    im.add_argument("--out", required=True, help="checkpoint to write (.pt)")
+    im.add_argument("--mean-file", help="caffe: a mean .binaryproto (default: the ILSVRC-2012 mean)")
+    im.add_argument("--allow-pickle", action="store_true", help="caffe .npy: unpickle anything (only for files you trust)")
+    im.set_defaults(func=cmd_import)
+
+    ex = sub.add_parser("export", help="write a checkpoint as safetensors (+ JSON), ONNX or TorchScript")
+    ex.add_argument("--checkpoint", required=True)
+    ex.add_argument("--format", choices=("safetensors", "onnx", "torchscript"), default="safetensors")
+    ex.add_argument("--out", required=True)
+    ex.set_defaults(func=cmd_export)
+
+    pp = sub.add_parser(
+        "prepare",
+        parents=[common],
+        help="decode an image folder once into the packed 256x256 format (with mean image and PCA)",
+    )
+    pp.add_argument("--data", required=True, help="image folder (CLASS/IMAGE, or train/ and val/; ILSVRC-2012 layout)")
+    pp.add_argument("--out", required=True, help="folder for the packed shards and index.json")
+    pp.add_argument("--strict", action="store_true", help="stop at the first unreadable image instead of skipping it")
+    pp.add_argument("--size", type=_positive_int, default=256, help="side of the stored square images (paper: 256)")
+    pp.add_argument("--shard-size", type=_positive_int, default=1024, help="images per shard file")
+    pp.set_defaults(func=cmd_prepare)
+
+    s = sub.add_parser("summary", help="per-layer shapes, neurons, parameters and multiply-accumulates")
+    s.add_argument("--model", default="alexnet_paper")
+    s.add_argument("--num-classes", type=_positive_int, default=1000)
+    s.add_argument("--input-size", type=_positive_int, help="input side in pixels (default: the model's)")
+    s.set_defaults(func=cmd_summary)
+
+    m = sub.add_parser("models", help="list the registered models")
+    m.set_defaults(func=cmd_models)
+
+    d = sub.add_parser("download", help="download a data set with torchvision (needs the internet)")
+    d.add_argument("dataset", choices=("fashion-mnist",))
+    d.add_argument("--out", required=True)
+    d.set_defaults(func=cmd_download)
+
+    b = sub.add_parser("benchmark", help="speed against torchvision/torch: LRN, training step, inference")
+    b.add_argument("--only", help=f"comma-separated subset of {','.join(BENCHMARKS)}")
+    b.add_argument("--quick", action="store_true", help="tiny settings: checks they run, figures mean nothing")
+    b.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
+    b.add_argument("--repeats", type=_positive_int, help="timed rounds per benchmark (default: each one's own)")
+    b.add_argument("--dir", help="the benchmarks/ folder (default: the one beside src/ in this checkout)")
+    b.set_defaults(func=cmd_benchmark)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for relaunching under torchrun
+    if args.command is None:
+        parser.print_help()
+        return 2
+    if args.command != "train":  # train leaves unset options to its preset and config file
+        for name, default in (("workers", 0), ("amp", "auto"), ("device", "auto")):
+            if getattr(args, name, default) is None:
+                setattr(args, name, default)
+    from .train import Interrupted
+
+    try:
+        return args.func(args)
+    except Interrupted as e:
+        print(f"alexnet: {e}", file=sys.stderr)
+        return 130
+    except AlexNetError as e:
+        print(f"alexnet: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("alexnet: interrupted", file=sys.stderr)
+        return 130
+    except OSError as e:  # disk full, permissions, ...
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(f"alexnet: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 1
+    except Exception as e:  # a bug: one line by default, the traceback on request
+        if os.environ.get("ALEXNET_DEBUG"):
+            raise
+        print(f"alexnet: internal error: {type(e).__name__}: {e} (set ALEXNET_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

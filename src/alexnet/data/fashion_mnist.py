@@ -1,0 +1,87 @@
+"""Fashion-MNIST from IDX files (Debian's ``dataset-fashion-mnist`` or torchvision's download)."""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import DataError
+
+DEBIAN_ROOT = Path("/usr/share/datasets/fashion-mnist")
+CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read an IDX file (optionally gzipped) into a numpy array."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as e:
+        raise DataError(f"{path}: cannot read IDX file ({e})") from None
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _DTYPES:
+        raise DataError(f"{path}: not an IDX file (bad magic number)")
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    dtype = np.dtype(_DTYPES[data[2]])
+    offset = 4 + 4 * ndim
+    expected = int(np.prod(shape)) * dtype.itemsize
+    if len(data) - offset != expected:
+        raise DataError(f"{path}: truncated IDX file ({len(data) - offset} of {expected} bytes)")
+    return np.frombuffer(data, dtype=dtype, offset=offset).reshape(shape)
+
+
+def _find(root: Path, stem: str) -> Path | None:
+    for folder in (root, root / "FashionMNIST" / "raw", root / "raw"):
+        for name in (stem, stem + ".gz"):
+            if (folder / name).is_file():
+                return folder / name
+    return None
+
+
+def is_fashion_mnist(root: str | os.PathLike) -> bool:
+    """Whether ``root`` holds the Fashion-MNIST IDX files."""
+    root = Path(root)
+    return all(_find(root, s) is not None for pair in _FILES.values() for s in pair)
+
+
+def load_fashion_mnist(root: str | os.PathLike = DEBIAN_ROOT, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (N, 1, 28, 28) uint8 and labels (N,) int64 of one split (``train`` or ``test``)."""
+    root = Path(root)
+    images_stem, labels_stem = _FILES[split]
+    images_path, labels_path = _find(root, images_stem), _find(root, labels_stem)
+    if images_path is None or labels_path is None:
+        raise DataError(missing_message(root))
+    images = read_idx(images_path)
+    labels = read_idx(labels_path)
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise DataError(f"{images_path}: {images.shape} images do not match {labels.shape} labels")
+    return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
+
+
+def missing_message(root: Path) -> str:
+    return (
+        f"Fashion-MNIST not found in {root}: install it with 'apt-get install dataset-fashion-mnist' "
+        f"(Debian/Ubuntu), or on a machine that is online run 'alexnet download fashion-mnist --out DIR' "
+        f"and pass '--data DIR'"
+    )
+
+
+def download_fashion_mnist(root: str | os.PathLike) -> Path:
+    """Fetch Fashion-MNIST with torchvision (needs the internet); returns the folder to pass as --data."""
+    from torchvision.datasets import FashionMNIST
+
+    root = Path(root)
+    for train in (True, False):
+        FashionMNIST(str(root), train=train, download=True)
+    return root

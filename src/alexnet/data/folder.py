@@ -1,0 +1,231 @@
+"""Folders of class sub-folders of images (the ImageFolder layout), decoded the paper's way,
+surviving the broken files every real image collection has."""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+try:  # deprecated in torchvision 0.29 in favour of torchcodec; PIL does everything if it goes away
+    from torchvision.io import ImageReadMode, decode_jpeg
+except ImportError:  # pragma: no cover
+    decode_jpeg = None
+
+from ..errors import DataError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+BAD_FILES_NAME = "bad_files.txt"
+
+
+def read_class_names(root: Path, folders: list[str]) -> list[str]:
+    """Human-readable names: a ``classes.tsv`` (folder, [index,] name) in ``root`` or its parent;
+    else torchvision's ImageNet-1k names when the folders are the 1000 ILSVRC synsets; else the
+    folder names."""
+    names = dict.fromkeys(folders)
+    for tsv in (root / "classes.tsv", root.parent / "classes.tsv"):
+        if tsv.is_file():
+            for line in tsv.read_text(encoding="utf-8").splitlines():
+                parts = line.rstrip("\n").split("\t")
+                if len(parts) >= 2 and parts[0] in names:
+                    names[parts[0]] = parts[-1]
+            break
+    else:
+        if len(folders) == 1000 and all(f.startswith("n") and f[1:].isdigit() for f in folders):
+            # The 1000 ILSVRC-2012 synsets sorted by WNID: the order of torchvision's categories.
+            from torchvision.models import AlexNet_Weights
+
+            return list(AlexNet_Weights.IMAGENET1K_V1.meta["categories"])
+    return [names[f] or f for f in folders]
+
+
+def find_classes(root: str | os.PathLike) -> tuple[list[str], list[str]]:
+    """Class folder names (sorted: the index order) and human-readable names (see read_class_names)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"data folder not found: {root}")
+    folders = sorted(d.name for d in os.scandir(root) if d.is_dir() and not d.name.startswith("."))
+    if not folders:
+        raise DataError(f"{root}: no class sub-folders (expected ROOT/CLASS/IMAGE files)")
+    return folders, read_class_names(root, folders)
+
+
+def _image_files(folder: Path) -> list[str]:
+    files = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        files.extend(os.path.join(dirpath, f) for f in filenames if f.lower().endswith(IMAGE_EXTENSIONS))
+    return sorted(files)
+
+
+def list_images(root: str | os.PathLike, folders: list[str]) -> list[tuple[str, int]]:
+    """(path, class index) of every image file, in a fixed order."""
+    root = Path(root)
+    samples = []
+    for label, folder in enumerate(folders):
+        files = _image_files(root / folder)
+        if not files:
+            raise DataError(f"{root / folder}: class folder has no images")
+        samples.extend((f, label) for f in files)
+    return samples
+
+
+class BadFiles:
+    """Where unreadable images go: skipped with one warning line each, counted, and listed in
+    ``log_path`` (one ``PATH<TAB>REASON`` line each); or, when ``strict``, a DataError at the first.
+
+    The list file doubles as the memory shared by DataLoader worker processes, so a file that is
+    met again in a later epoch or by another worker is not reported twice.
+    """
+
+    def __init__(self, strict: bool = False, log_path: str | os.PathLike | None = None) -> None:
+        self.strict = strict
+        self.log_path = Path(log_path) if log_path is not None else None
+        self.seen: dict[str, str] = {}
+
+    def _logged(self) -> dict[str, str]:
+        if self.log_path is None or not self.log_path.is_file():
+            return {}
+        lines = self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+        return dict(line.split("\t", 1) if "\t" in line else (line, "") for line in lines if line)
+
+    def report(self, path: str, error: BaseException | str) -> None:
+        reason = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        reason = " ".join(str(reason).split())  # one line, whatever the decoder said
+        if self.strict:
+            raise DataError(f"unreadable image {path}: {reason} (without --strict it would be skipped)")
+        if path in self.seen or path in self._logged():
+            self.seen.setdefault(path, reason)
+            return
+        self.seen[path] = reason
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            with self.log_path.open("a", encoding="utf-8") as f:  # one short append: atomic enough
+                f.write(f"{path}\t{reason}\n")
+        print(f"warning: skipping unreadable image {path}: {reason}", file=sys.stderr, flush=True)
+
+    def paths(self) -> list[str]:
+        return sorted({**self._logged(), **self.seen})
+
+    @property
+    def count(self) -> int:
+        return len(self.paths())
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB: 16/32-bit integer greyscale scaled (not clipped) to 0-255, alpha and
+    palette transparency dropped, CMYK / greyscale / palette / YCbCr converted."""
+    if img.mode == "RGB":
+        return img
+    if img.mode.startswith("I") or img.mode == "F":
+        arr = np.asarray(img).astype(np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or (img.mode == "I" and arr.max(initial=0) > 255) else 255.0
+        arr = np.clip(np.rint(arr * (255.0 / top)), 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, "L").convert("RGB")
+    if img.mode in ("P", "PA", "LA", "RGBA", "La", "RGBa") or "transparency" in img.info:
+        img = img.convert("RGBA")
+    return img.convert("RGB")
+
+
+def _resize_crop(x: torch.Tensor, resize: int, crop: int | None) -> torch.Tensor:
+    """(3, H, W) uint8: shorter side -> ``resize`` (antialiased bilinear, as PIL), central ``crop``."""
+    h, w = x.shape[-2:]
+    scale = resize / min(w, h)
+    nh, nw = max(resize, round(h * scale)), max(resize, round(w * scale))
+    if (nh, nw) != (h, w):
+        x = torch.nn.functional.interpolate(x[None], size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)[0]
+    if crop is not None:
+        top, left = (nh - crop) // 2, (nw - crop) // 2
+        x = x[:, top : top + crop, left : left + crop]
+    return x.contiguous()
+
+
+def decode_image(path: str, resize: int, crop: int | None) -> torch.Tensor:
+    """Decode to RGB, resize the shorter side to ``resize``, cut the central ``crop`` square.
+
+    Returns a (3, crop, crop) uint8 tensor. Raises on an unreadable file, including one whose
+    header claims more than ``Image.MAX_IMAGE_PIXELS`` pixels (a decompression bomb).
+    JPEGs go through torchvision's libjpeg-turbo decoder and torch's antialiased resize (about twice
+    PIL's speed for ImageNet-sized images) unless they are large enough for libjpeg's reduced-size
+    decoding (PIL ``draft``); anything else, or a JPEG torchvision refuses, goes through PIL.
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    if not data:
+        raise ValueError("empty file (0 bytes)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(io.BytesIO(data))  # reads the header only: size, mode and the bomb check
+        except UnidentifiedImageError:
+            raise UnidentifiedImageError(f"not an image format PIL can read ({len(data)} bytes)") from None
+    with img:
+        if decode_jpeg is not None and img.format == "JPEG" and min(img.size) < 2 * resize:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    x = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+                return _resize_crop(x, resize, crop)
+            except RuntimeError:
+                pass  # e.g. truncated: PIL below says why
+        if img.format == "JPEG":
+            img.draft("RGB", (resize, resize))  # let libjpeg decode at 1/2, 1/4, 1/8 size when it can
+        img.load()
+        img = _to_rgb(img)
+        arr = np.asarray(img, dtype=np.uint8)
+    return _resize_crop(torch.from_numpy(arr.copy()).permute(2, 0, 1), resize, crop)
+
+
+class ImageFolderDataset(torch.utils.data.Dataset):
+    """Images of an ImageFolder tree as uint8 (3, size, size) tensors: shorter side -> ``resize``,
+    central ``size`` square (the paper's 256x256). Items are (image, label, index).
+
+    ``samples`` may be given (e.g. the ILSVRC flat val/ folder); unreadable files go to ``bad``
+    (default: skipped, one warning each): the item comes back as ``None``, dropped by :func:`collate`.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        resize: int = 256,
+        size: int | None = 256,
+        bad: BadFiles | None = None,
+        samples: list[tuple[str, int]] | None = None,
+        classes: tuple[list[str], list[str]] | None = None,
+    ) -> None:
+        self.root = Path(root)
+        self.folders, self.classes = classes if classes is not None else find_classes(self.root)
+        self.samples = samples if samples is not None else list_images(self.root, self.folders)
+        if not self.samples:
+            raise DataError(f"{self.root}: no images")
+        self.resize, self.size = resize, size
+        self.bad = bad if bad is not None else BadFiles()
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        path, label = self.samples[index]
+        try:
+            image = decode_image(path, self.resize, self.size)
+        except Exception as e:  # noqa: BLE001 - any decoder failure is a bad file, never a lost run
+            self.bad.report(path, e)
+            return None
+        return image, label, index
+
+
+def collate(items):
+    """Stack (image, label, index) items into uint8 images, int64 labels, int64 indices."""
+    items = [it for it in items if it is not None]
+    if not items:
+        return None
+    images = torch.stack([it[0] for it in items])
+    labels = torch.tensor([it[1] for it in items], dtype=torch.int64)
+    index = torch.tensor([it[2] for it in items], dtype=torch.int64)
+    return images, labels, index

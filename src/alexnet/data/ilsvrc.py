@@ -1,0 +1,84 @@
+"""The ILSVRC-2012 layout: train/ synset folders and a flat val/ folder labelled by the devkit.
+
+The devkit's ``ILSVRC2012_validation_ground_truth.txt`` gives, for validation image number i (line
+i), an ILSVRC2012_ID from 1 to 1000; ``meta.mat`` maps those IDs to WordNet IDs (the train folder
+names). Kaggle's ``LOC_val_solution.csv`` (ImageId, "WNID x y x y ...") is read too.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+from ..errors import DataError
+from .folder import _image_files
+
+GROUND_TRUTH = "ILSVRC2012_validation_ground_truth.txt"
+_NUMBER = re.compile(r"(\d+)\.[A-Za-z]+$")
+
+
+def _find(roots: list[Path], name: str) -> Path | None:
+    for r in roots:
+        for sub in ("", "data", "ILSVRC2012_devkit_t12/data", "ILSVRC2012_devkit_t12", "devkit/data", "devkit"):
+            p = r / sub / name
+            if p.is_file():
+                return p
+    return None
+
+
+def read_meta(path: Path) -> dict[int, str]:
+    """ILSVRC2012_ID -> WNID from the devkit's meta.mat (needs scipy: pip install 'alexnet[imagenet]')."""
+    try:
+        from scipy.io import loadmat
+    except ImportError:
+        raise DataError(f"{path}: reading the devkit's meta.mat needs scipy (pip install scipy)") from None
+    try:
+        synsets = loadmat(str(path), squeeze_me=True)["synsets"]
+        return {int(s["ILSVRC2012_ID"]): str(s["WNID"]) for s in synsets}
+    except Exception as e:  # noqa: BLE001 - any parse failure means "not a devkit meta.mat"
+        raise DataError(f"{path}: not an ILSVRC devkit meta.mat ({type(e).__name__}: {e})") from None
+
+
+def val_samples(root: Path, val_dir: Path, folders: list[str]) -> list[tuple[str, int]] | None:
+    """(path, class index) of a flat ILSVRC val/ folder, or None when val/ has class sub-folders."""
+    files = [f for f in _image_files(val_dir) if Path(f).parent == val_dir]
+    if not files:
+        return None
+    index = {wnid: i for i, wnid in enumerate(folders)}
+    roots = [root, val_dir, root.parent]
+    kaggle = _find(roots, "LOC_val_solution.csv")
+    truth = _find(roots, GROUND_TRUTH)
+    if truth is not None:
+        meta = _find([truth.parent, *roots], "meta.mat")
+        if meta is None:
+            raise DataError(f"{truth}: the devkit's meta.mat (ILSVRC2012_ID -> WNID) is not beside it")
+        id_to_wnid = read_meta(meta)
+        labels = [int(t) for t in truth.read_text().split()]
+        by_number = {}
+        for n, ilsvrc_id in enumerate(labels, start=1):
+            wnid = id_to_wnid.get(ilsvrc_id)
+            if wnid not in index:
+                raise DataError(f"{truth}: line {n}: ILSVRC2012_ID {ilsvrc_id} ({wnid}) is not a train/ class folder")
+            by_number[n] = index[wnid]
+        samples = []
+        for f in files:
+            m = _NUMBER.search(Path(f).name)
+            if m is None or int(m.group(1)) not in by_number:
+                raise DataError(f"{f}: no ground-truth label in {truth} (expected ILSVRC2012_val_NNNNNNNN.JPEG)")
+            samples.append((f, by_number[int(m.group(1))]))
+        return samples
+    if kaggle is not None:
+        with kaggle.open(newline="") as fh:
+            rows = {r["ImageId"]: r["PredictionString"].split()[0] for r in csv.DictReader(fh)}
+        samples = []
+        for f in files:
+            wnid = rows.get(Path(f).stem)
+            if wnid not in index:
+                raise DataError(f"{f}: no label for it in {kaggle}")
+            samples.append((f, index[wnid]))
+        return samples
+    raise DataError(
+        f"{val_dir}: images directly in val/ but no {GROUND_TRUTH} (+ meta.mat) or LOC_val_solution.csv "
+        f"found in {root} or its devkit folder; put the devkit there or move val images into class folders"
+    )

@@ -1,0 +1,429 @@
+"""``load_data``: turn ``--data`` into train/validation batch streams and the preprocessing recipe.
+
+Batches are (uint8 images, labels, sample indices); :func:`model_input` then crops, mirrors and
+normalises a whole batch at once on the training device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import DataError
+from . import augment, presets
+from .cifar import find_cifar, load_cifar
+from .fashion_mnist import CLASSES as FMNIST_CLASSES
+from .fashion_mnist import DEBIAN_ROOT, is_fashion_mnist, load_fashion_mnist, missing_message
+from .folder import BAD_FILES_NAME, BadFiles, ImageFolderDataset, collate
+from .ilsvrc import val_samples
+from .packed import PackedDataset, batch_passthrough, is_packed, read_index
+from .presets import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401 - re-exported (old import path)
+from .stats import StatsAccumulator, folder_stats
+
+
+class EpochBatchSampler:
+    """Batches of indices in an order fixed by (seed, epoch); optionally one shard of ``world`` ranks.
+
+    ``start`` skips the first batches of an epoch (resuming mid-epoch).
+    """
+
+    def __init__(
+        self, n: int, batch_size: int, shuffle: bool, seed: int = 0, drop_last: bool = False, rank: int = 0, world: int = 1
+    ) -> None:
+        self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
+        self.drop_last, self.rank, self.world = drop_last, rank, world
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def order(self) -> torch.Tensor:
+        if not self.shuffle:
+            return torch.arange(self.n)
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return torch.randperm(self.n, generator=g)
+
+    def __len__(self) -> int:
+        return self.n // self.batch_size if self.drop_last else math.ceil(self.n / self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = self.order()
+        for b in range(self.start, len(self)):
+            batch = order[b * self.batch_size : (b + 1) * self.batch_size]
+            # Every rank takes every world-th sample of the global batch: the global batch is the
+            # same whatever the number of ranks.
+            yield batch[self.rank :: self.world].tolist()
+
+
+class TensorBatches:
+    """Batches from images held in memory as one uint8 tensor (Fashion-MNIST)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, sampler: EpochBatchSampler) -> None:
+        self.images, self.labels, self.sampler = images, labels, sampler
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self):
+        for idx in self.sampler:
+            index = torch.tensor(idx, dtype=torch.int64)
+            yield self.images[index], self.labels[index], index
+
+
+@dataclass
+class DataBundle:
+    """What :func:`load_data` returns."""
+
+    train: Any
+    val: Any
+    classes: list[str]
+    preprocess: dict[str, Any]
+    train_size: int
+    val_size: int
+    source: str
+    notes: list[str] = field(default_factory=list)
+    bad_files: BadFiles | None = None  # unreadable images met so far (count, paths, list file)
+
+
+@contextlib.contextmanager
+def unwrap_worker_error():
+    """Turn a DataError raised in a DataLoader worker (re-raised with the worker's traceback in its
+    message) back into its one-line message."""
+    try:
+        yield
+    except DataError as e:
+        text = str(e)
+        if "Original Traceback" not in text:
+            raise
+        last = [line for line in text.strip().splitlines() if line.strip()][-1]
+        raise DataError(last.split("DataError: ", 1)[-1]) from None
+
+
+class Batches:
+    """A DataLoader with the epoch sampler exposed (``sampler_``) and worker errors made one line."""
+
+    def __init__(self, loader: torch.utils.data.DataLoader, sampler: EpochBatchSampler) -> None:
+        self.loader, self.sampler_ = loader, sampler
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        with unwrap_worker_error():
+            yield from self.loader
+
+
+def _batches(ds, indices, bs, shuffle, drop_last, seed, rank, world, workers, pin_memory) -> Batches:
+    subset = torch.utils.data.Subset(ds, indices)
+    sampler = EpochBatchSampler(len(indices), bs, shuffle, seed, drop_last, rank, world)
+    dl = torch.utils.data.DataLoader(
+        subset,
+        batch_sampler=sampler,
+        num_workers=workers,
+        collate_fn=batch_passthrough if isinstance(ds, PackedDataset) else collate,
+        pin_memory=pin_memory,
+        persistent_workers=workers > 0,
+    )
+    return Batches(dl, sampler)
+
+
+def open_folder_splits(root: Path, stored: int, bad: BadFiles) -> dict[str, ImageFolderDataset]:
+    """``{"train": ..., "val": ...}`` for a folder with train/ and val/ (val/ either class folders or
+    the flat ILSVRC-2012 layout labelled by the devkit), else ``{"train": ...}`` for a folder of
+    class folders."""
+    if (root / "train").is_dir() and (root / "val").is_dir():
+        train = ImageFolderDataset(root / "train", stored, stored, bad)
+        flat = val_samples(root, root / "val", train.folders)
+        if flat is not None:
+            val = ImageFolderDataset(root / "val", stored, stored, bad, flat, (train.folders, train.classes))
+        else:
+            val = ImageFolderDataset(root / "val", stored, stored, bad)
+            if train.folders != val.folders:
+                raise DataError(f"{root}: train/ and val/ have different class folders")
+        return {"train": train, "val": val}
+    return {"train": ImageFolderDataset(root, stored, stored, bad)}
+
+
+def _default_preset(kind: str) -> str:
+    return {"fashion_mnist": "fashion_mnist", "cifar": "cifar"}.get(kind, "paper")
+
+
+def load_data(
+    data: str | os.PathLike | None,
+    batch_size: int,
+    input_size: int,
+    workers: int = 0,
+    seed: int = 0,
+    eval_batch_size: int | None = None,
+    pin_memory: bool = False,
+    rank: int = 0,
+    world: int = 1,
+    val_fraction: float = 0.1,
+    preset: str | None = None,
+    strict: bool = False,
+    out_dir: str | os.PathLike | None = None,
+    show_progress: bool | None = None,
+) -> DataBundle:
+    """Open ``data``: Fashion-MNIST IDX files (default: Debian's folder), CIFAR-10/100 python
+    batches, a packed folder written by ``alexnet prepare``, or an image folder.
+
+    An image folder (or packed folder) may hold ``train/`` and ``val/`` splits; otherwise a seeded
+    ``val_fraction`` is held out for validation. ``preset`` names the preprocessing recipe
+    (:mod:`alexnet.data.presets`; default: ``paper`` for images, ``fashion_mnist`` / ``cifar``).
+    Unreadable images are skipped with one warning each and listed in ``out_dir/bad_files.txt``
+    (when ``out_dir`` is given), or stop the run with a DataError when ``strict``.
+    """
+    root = Path(data) if data is not None else DEBIAN_ROOT
+    eval_batch_size = eval_batch_size or batch_size
+    if not root.exists():
+        if data is None:
+            raise DataError(missing_message(root))
+        raise DataError(f"--data: path not found: {root}")
+    common = dict(batch_size=batch_size, eval_batch_size=eval_batch_size, input_size=input_size, seed=seed, rank=rank, world=world)
+    if is_fashion_mnist(root):
+        x_train, y_train = load_fashion_mnist(root, "train")
+        x_test, y_test = load_fashion_mnist(root, "test")
+        return _tensors("fashion_mnist", preset, x_train, y_train, x_test, y_test, list(FMNIST_CLASSES), f"Fashion-MNIST ({root})", **common)
+    if root.is_dir() and find_cifar(root) is not None:
+        x_train, y_train, names = load_cifar(root, "train")
+        x_test, y_test, _ = load_cifar(root, "test")
+        return _tensors("cifar", preset, x_train, y_train, x_test, y_test, names, f"CIFAR-{len(names)} ({root})", **common)
+    if not root.is_dir():
+        raise DataError(f"--data: {root} is neither a folder of images nor Fashion-MNIST IDX files")
+    bad = BadFiles(strict, Path(out_dir) / BAD_FILES_NAME if out_dir is not None else None)
+    return _images(root, preset or "paper", bad, workers, pin_memory, val_fraction, show_progress, **common)
+
+
+def _tensor_stats(images: torch.Tensor) -> dict[str, Any]:
+    """Statistics of an in-memory uint8 data set (see :mod:`alexnet.data.stats`)."""
+    if images.shape[1] == 3:
+        acc = StatsAccumulator()
+        for chunk in images.split(4096):
+            acc.add(chunk)
+        return acc.result()
+    x = images.to(torch.float64)
+    return {
+        "mean_image": x.mean(0).to(torch.float32),
+        "pixel_mean": x.mean((0, 2, 3)).tolist(),
+        "pixel_std": x.std((0, 2, 3)).tolist(),
+        "eigvals": None,
+    }
+
+
+def _tensors(kind, preset, x_train, y_train, x_test, y_test, classes, source, batch_size, eval_batch_size, input_size, seed, rank, world):
+    preset = preset or _default_preset(kind)
+    stats = _tensor_stats(x_train) if presets.needs_stats(preset) else None
+    side = x_train.shape[-1]
+    base = {"dataset": kind, "resize": None, "size": side, "train_crop": side, "test_crop": side, "input_size": input_size}
+    preprocess = presets.resolve(preset, stats, base)
+    if "mean_image" in preprocess:  # small images: the mean image itself goes in the recipe
+        preprocess["mean_image"] = stats["mean_image"].tolist()
+    train = TensorBatches(x_train, y_train, EpochBatchSampler(len(x_train), batch_size, True, seed, True, rank, world))
+    val = TensorBatches(x_test, y_test, EpochBatchSampler(len(x_test), eval_batch_size, False, rank=rank, world=world))
+    return DataBundle(train, val, classes, preprocess, len(x_train), len(x_test), source)
+
+
+def _images(root, preset, bad, workers, pin_memory, val_fraction, show_progress, batch_size, eval_batch_size, input_size, seed, rank, world):
+    notes = []
+    # The paper's 256 -> 224 ratio, kept for models with other input sizes (227: 259 -> 227).
+    stored = 256 if input_size == 224 else round(input_size * 256 / 224)
+    packed = is_packed(root)
+    if packed:
+        index = read_index(root)
+        splits = {name: PackedDataset(root, name) for name in index["splits"]}
+        classes = index["classes"]
+        if index["size"] < input_size:
+            raise DataError(f"{root}: packed images are {index['size']}px, smaller than the model's {input_size}px input")
+        stored = index["size"]
+        if index.get("bad_files"):
+            notes.append(f"{index['bad_files']} unreadable images were skipped by 'alexnet prepare' (see {root / BAD_FILES_NAME})")
+    else:
+        splits = open_folder_splits(root, stored, bad)
+        classes = splits["train"].classes
+    train_ds = splits["train"]
+    if "val" in splits:
+        val_ds = splits["val"]
+        train_idx, val_idx = list(range(len(train_ds))), list(range(len(val_ds)))
+    else:
+        val_ds = train_ds
+        g = torch.Generator().manual_seed(seed)
+        perm = torch.randperm(len(train_ds), generator=g).tolist()
+        n_val = max(1, int(round(len(perm) * val_fraction)))
+        val_idx, train_idx = sorted(perm[:n_val]), sorted(perm[n_val:])
+        notes.append(f"no train/ and val/ sub-folders: held out {n_val} images for validation (seed {seed})")
+    stats = None
+    if packed:
+        stats = dict(index["stats"], mean_image=str(root / index["stats"]["mean_image"]))
+        if "val" not in splits:
+            notes.append("mean image and PCA are of every packed image (prepare saw no train/val split)")
+    elif presets.needs_stats(preset):
+        with unwrap_worker_error():
+            stats = folder_stats(train_ds, train_idx, workers, show_progress)
+        bad_files = set(stats.get("bad", []))
+        if bad_files:  # found by the pass: leave them out instead of meeting them every epoch
+            train_idx = [i for i in train_idx if train_ds.samples[i][0] not in bad_files]
+            notes.append(f"{len(bad_files)} unreadable training images skipped ({BAD_FILES_NAME} in the run folder)")
+    if not packed:
+        labels = {train_ds.samples[i][1] for i in train_idx}
+        empty = [f for c, f in enumerate(train_ds.folders) if c not in labels]
+        if empty:
+            raise DataError(f"{train_ds.root}: class folder(s) with no readable training images: {', '.join(empty[:5])}")
+    base = {
+        "dataset": "packed" if packed else "image_folder",
+        "resize": stored,
+        "size": stored,
+        "train_crop": input_size,
+        "test_crop": input_size,
+        "input_size": input_size,
+        "test_views": 1,
+    }
+    preprocess = presets.resolve(preset, stats, base)
+    if len(train_idx) < batch_size:
+        batch_size = len(train_idx)
+        notes.append(f"batch size reduced to the {batch_size} training images")
+    loader_args = (seed, rank, world, workers, pin_memory)
+    train = _batches(train_ds, train_idx, batch_size, True, True, *loader_args)
+    val = _batches(val_ds, val_idx, eval_batch_size, False, False, *loader_args)
+    return DataBundle(train, val, classes, preprocess, len(train_idx), len(val_idx), str(root), notes, bad)
+
+
+def set_epoch(loader: Any, epoch: int, start: int = 0) -> None:
+    """Fix the order (and augmentation) of ``loader`` for ``epoch``, skipping ``start`` batches."""
+    sampler = getattr(loader, "sampler_", None) or getattr(loader, "sampler", None)
+    if isinstance(sampler, EpochBatchSampler):
+        sampler.set_epoch(epoch, start)
+
+
+_MEAN_IMAGES: dict[tuple[str, str], torch.Tensor] = {}
+
+
+def mean_image(preprocess: dict[str, Any], device: torch.device) -> torch.Tensor | None:
+    """The recipe's mean image (3, H, W) float32 on ``device``: from a tensor, a nested list or a
+    .npy path (loaded once per device), or None when the recipe subtracts a per-channel mean."""
+    m = preprocess.get("mean_image")
+    if m is None:
+        return None
+    if isinstance(m, torch.Tensor):
+        return m.to(device, torch.float32)
+    if isinstance(m, (list, tuple)):
+        key = (f"list:{id(m)}", str(device))
+        if key not in _MEAN_IMAGES:
+            _MEAN_IMAGES[key] = torch.tensor(m, dtype=torch.float32, device=device)
+        return _MEAN_IMAGES[key]
+    key = (str(m), str(device))
+    if key not in _MEAN_IMAGES:
+        try:
+            arr = np.load(m)
+        except (OSError, ValueError) as e:
+            raise DataError(f"mean image {m} (named by the preprocessing recipe) cannot be read: {e}") from None
+        _MEAN_IMAGES[key] = torch.from_numpy(np.asarray(arr, dtype=np.float32)).to(device)
+    return _MEAN_IMAGES[key]
+
+
+def model_input(
+    images: torch.Tensor,
+    index: torch.Tensor,
+    preprocess: dict[str, Any],
+    train: bool,
+    seed: int = 0,
+    epoch: int = 0,
+    channels_last: bool = False,
+    views: int = 1,
+) -> torch.Tensor:
+    """uint8 batch (already on its device) -> normalised float batch for the model.
+
+    Training: a random crop and mirror per image (cut from the uint8 batch in one gather), minus the
+    same crop of the mean image (or the per-channel mean), plus the PCA colour shift, divided by the
+    std. Testing: the centre crop, or with ``views=10`` the paper's ten crops, returned as
+    (B*10, C, s, s) with the ten views of an image adjacent (see :func:`average_views`).
+    """
+    b, dev = images.shape[0], images.device
+    mean_img = mean_image(preprocess, dev)
+    mean = torch.tensor(preprocess["mean"], dtype=torch.float32, device=dev).reshape(-1, 1, 1)
+    inv_std = 1.0 / torch.tensor(preprocess["std"], dtype=torch.float32, device=dev).reshape(-1, 1, 1)
+    if train:
+        size, pad = preprocess["train_crop"], preprocess.get("padding", 0)
+        x = torch.nn.functional.pad(images, (pad,) * 4) if pad else images
+        if mean_img is not None:
+            mean = torch.nn.functional.pad(mean_img, (pad,) * 4) if pad else mean_img
+        h, w = x.shape[-2:]
+        top, left, mirror = augment.random_crop_params(h, w, size, index.to(dev), seed, epoch, preprocess.get("flip", True))
+        pca, shift = preprocess.get("pca"), None
+        if pca:
+            eig = torch.tensor(pca["eigvals"]), torch.tensor(pca["eigvecs"])
+            shift = augment.pca_noise(index.to(dev), seed, epoch, *eig, pca["alpha_std"])
+        x = augment.crop_normalize(x, size, top, left, mirror, mean, inv_std, shift)
+    else:
+        size = preprocess["test_crop"]
+        if views not in (1, 10):
+            raise ValueError(f"views must be 1 or 10, got {views}")
+        crop = (lambda t: augment.ten_crop(t, size).flatten(0, 1)) if views == 10 else (lambda t: augment.center_crop(t, size))
+        x = crop(images).to(torch.float32)
+        if mean_img is not None:
+            m = crop(mean_img.unsqueeze(0))
+            x = (x.reshape(b, -1, *m.shape[1:]) - m.unsqueeze(0)).flatten(0, 1) if views == 10 else x - m
+        else:
+            x = x - mean
+        x.mul_(inv_std)
+    size = preprocess.get("input_size", x.shape[-1])
+    if x.shape[-1] != size:
+        x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def average_views(logits: torch.Tensor, views: int) -> torch.Tensor:
+    """Mean of the softmax over each image's ``views`` adjacent rows (the paper averages the ten
+    patches' predictions); returns log-probabilities, (B, classes)."""
+    if views == 1:
+        return logits
+    probs = logits.float().softmax(-1).reshape(-1, views, logits.shape[-1]).mean(1)
+    return probs.clamp_min(1e-12).log()
+
+
+def load_eval_data(
+    data: str | os.PathLike | None,
+    preprocess: dict[str, Any],
+    batch_size: int = 256,
+    workers: int = 0,
+    strict: bool = False,
+    out_dir: str | os.PathLike | None = None,
+) -> tuple[Any, list[str], int, str]:
+    """The evaluation split of ``data`` prepared as ``preprocess`` says (from a checkpoint).
+
+    Fashion-MNIST / CIFAR: the test set. An image or packed folder: its ``val`` split if present,
+    else every image. Returns (loader, class names, number of images, description).
+    """
+    root = Path(data) if data is not None else DEBIAN_ROOT
+    if not root.exists():
+        raise DataError(missing_message(root) if data is None else f"--data: path not found: {root}")
+    if is_fashion_mnist(root):
+        x, y = load_fashion_mnist(root, "test")
+        loader = TensorBatches(x, y, EpochBatchSampler(len(x), batch_size, False))
+        return loader, list(FMNIST_CLASSES), len(x), f"Fashion-MNIST test ({root})"
+    if root.is_dir() and find_cifar(root) is not None:
+        x, y, names = load_cifar(root, "test")
+        return TensorBatches(x, y, EpochBatchSampler(len(x), batch_size, False)), names, len(x), f"CIFAR test ({root})"
+    if not root.is_dir():
+        raise DataError(f"--data: {root} is neither a folder of images nor Fashion-MNIST IDX files")
+    if is_packed(root):
+        index = read_index(root)
+        split = "val" if "val" in index["splits"] else "train"
+        ds, classes, source = PackedDataset(root, split), index["classes"], f"{root} ({split}, packed)"
+    else:
+        bad = BadFiles(strict, Path(out_dir) / BAD_FILES_NAME if out_dir is not None else None)
+        if (root / "val").is_dir() and not (root / "train").is_dir():
+            root = root / "val"
+        splits = open_folder_splits(root, preprocess.get("resize") or 256, bad)
+        ds = splits.get("val", splits["train"])
+        ds.size = preprocess.get("size")
+        classes, source = ds.classes, str(ds.root)
+    loader = _batches(ds, list(range(len(ds))), batch_size, False, False, 0, 0, 1, workers, False)
+    return loader, classes, len(ds), source

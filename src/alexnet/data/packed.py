@@ -1,0 +1,192 @@
+"""The packed format written by ``alexnet prepare``: every image decoded once to 256x256 uint8.
+
+``DIR/index.json`` (written last, so a folder without it is not a finished preparation) names the
+classes, the splits with their shards (``SPLIT-NNNNN.npy``: (n, 3, S, S) uint8, memory-mapped when
+read, so many processes share the page cache), labels (``SPLIT-labels.npy``), the source file of
+every image (``SPLIT-files.txt``), the mean image (``mean_image.npy``, 0-255, float32) and the PCA
+statistics of the training split ([0, 1] pixel scale). Unreadable images are listed in
+``DIR/bad_files.txt``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import DataError
+from ..runtime import progress
+from .folder import BAD_FILES_NAME, BadFiles, collate
+from .stats import StatsAccumulator, save_stats
+
+FORMAT = "alexnet-packed-1"
+
+
+def is_packed(root: str | os.PathLike) -> bool:
+    return (Path(root) / "index.json").is_file()
+
+
+def read_index(root: str | os.PathLike) -> dict[str, Any]:
+    path = Path(root) / "index.json"
+    try:
+        index = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: unreadable packed index ({e})") from None
+    if index.get("format") != FORMAT:
+        raise DataError(f"{path}: not a packed data set written by 'alexnet prepare' (format {index.get('format')!r})")
+    return index
+
+
+class PackedDataset(torch.utils.data.Dataset):
+    """One split of a packed folder. ``__getitems__`` gathers a whole batch (DataLoader uses it), so a
+    batch is a few memory copies, with no decoding. Items are (image, label, index)."""
+
+    def __init__(self, root: str | os.PathLike, split: str) -> None:
+        self.root = Path(root)
+        index = read_index(self.root)
+        if split not in index["splits"]:
+            raise DataError(f"{self.root}: packed data has no {split!r} split (has {', '.join(index['splits'])})")
+        info = index["splits"][split]
+        self.shards = [(self.root / name, n) for name, n in info["shards"]]
+        self.starts = np.cumsum([0] + [n for _, n in self.shards]).tolist()
+        self.labels = np.load(self.root / info["labels"])
+        if len(self.labels) != self.starts[-1]:
+            raise DataError(f"{self.root}: {split} has {len(self.labels)} labels but {self.starts[-1]} images")
+        self.size = index["size"]
+        self._maps: list[np.ndarray] | None = None  # opened lazily: memmaps must not be pickled to workers
+
+    def __len__(self) -> int:
+        return self.starts[-1]
+
+    def _arrays(self) -> list[np.ndarray]:
+        if self._maps is None:
+            try:
+                self._maps = [np.load(path, mmap_mode="r") for path, _ in self.shards]
+            except (OSError, ValueError) as e:
+                raise DataError(f"{self.root}: cannot open a shard ({e})") from None
+        return self._maps
+
+    def __getstate__(self):
+        return {**self.__dict__, "_maps": None}
+
+    def __getitems__(self, indices: list[int]):
+        maps = self._arrays()
+        idx = np.asarray(indices, dtype=np.int64)
+        out = np.empty((len(idx), 3, self.size, self.size), dtype=np.uint8)
+        shard = np.searchsorted(self.starts, idx, side="right") - 1
+        for s in np.unique(shard):
+            where = np.nonzero(shard == s)[0]
+            local = idx[where] - self.starts[s]
+            order = np.argsort(local)  # sorted reads are kinder to the disk
+            out[where[order]] = maps[s][local[order]]
+        return torch.from_numpy(out), torch.from_numpy(self.labels[idx].astype(np.int64)), torch.from_numpy(idx)
+
+    def __getitem__(self, i: int):
+        images, labels, index = self.__getitems__([i])
+        return images[0], int(labels[0]), int(index[0])
+
+
+def batch_passthrough(batch):
+    """collate_fn for datasets whose ``__getitems__`` already returns the batch."""
+    return batch
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as f:
+        np.save(f, array)
+
+
+def prepare(
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    strict: bool = False,
+    workers: int = 0,
+    size: int = 256,
+    shard_size: int = 1024,
+    show_progress: bool | None = None,
+) -> dict[str, Any]:
+    """Decode every image of ``data`` once, shorter side -> ``size``, central square, into ``out``.
+
+    The shards are written to a temporary folder inside ``out`` and moved into place only when every
+    split is done, so an interrupted or failed run leaves any earlier preparation intact.
+    Returns the index dict (plus ``bad_files``: the number skipped).
+    """
+    from .loaders import open_folder_splits, unwrap_worker_error
+
+    root, out = Path(data), Path(out)
+    if not root.is_dir():
+        raise DataError(f"--data: folder not found: {root}")
+    if out.resolve() == root.resolve():
+        raise DataError("--out must be a different folder from --data")
+    out.mkdir(parents=True, exist_ok=True)
+    bad_log = out / BAD_FILES_NAME
+    if bad_log.exists():
+        bad_log.unlink()
+    bad = BadFiles(strict, bad_log)
+    splits = open_folder_splits(root, size, bad)
+    tmp = Path(tempfile.mkdtemp(prefix=".prepare-", dir=out))
+    try:
+        index: dict[str, Any] = {"format": FORMAT, "size": size, "source": str(root), "splits": {}}
+        acc = StatsAccumulator()
+        for split, ds in splits.items():
+            index["folders"], index["classes"] = ds.folders, ds.classes
+            loader = torch.utils.data.DataLoader(ds, batch_size=64, num_workers=workers, collate_fn=collate)
+            shards, labels, files, buf = [], [], [], []
+
+            def flush():
+                if buf:
+                    name = f"{split}-{len(shards):05d}.npy"
+                    _save_npy(tmp / name, np.concatenate(buf))
+                    shards.append([name, sum(len(b) for b in buf)])
+                    buf.clear()
+
+            with unwrap_worker_error():
+                for batch in progress(loader, total=len(loader), desc=f"prepare {split}", enabled=show_progress, unit="batch"):
+                    if batch is None:
+                        continue
+                    images, y, idx = batch
+                    if split == "train":
+                        acc.add(images)
+                    arr = images.numpy()
+                    while len(arr):
+                        room = shard_size - sum(len(b) for b in buf)
+                        buf.append(arr[:room])
+                        arr = arr[room:]
+                        if sum(len(b) for b in buf) == shard_size:
+                            flush()
+                    labels.append(y.numpy())
+                    files.extend(ds.samples[i][0] for i in idx.tolist())
+            flush()
+            if not labels:
+                raise DataError(f"{ds.root}: no readable images")
+            labels = np.concatenate(labels)
+            empty = [ds.folders[c] for c in range(len(ds.folders)) if not (labels == c).any()]
+            if split == "train" and empty:
+                raise DataError(f"{ds.root}: class folder(s) with no readable images: {', '.join(empty[:5])}")
+            _save_npy(tmp / f"{split}-labels.npy", labels)
+            (tmp / f"{split}-files.txt").write_text("".join(f + "\n" for f in files))
+            index["splits"][split] = {
+                "count": int(len(labels)),
+                "shards": shards,
+                "labels": f"{split}-labels.npy",
+                "files": f"{split}-files.txt",
+            }
+        stats = acc.result()
+        save_stats(stats, tmp / "stats.json", tmp / "mean_image.npy")
+        index["stats"] = {k: v for k, v in stats.items() if k != "mean_image"}
+        index["stats"]["mean_image"] = "mean_image.npy"
+        index["bad_files"] = bad.count
+        (tmp / "index.json").write_text(json.dumps(index, indent=1) + "\n")
+        if (out / "index.json").exists():
+            (out / "index.json").unlink()  # the old preparation stops being valid before its files go
+        for f in sorted(tmp.iterdir(), key=lambda p: p.name == "index.json"):  # index.json last
+            os.replace(f, out / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return index

@@ -1,0 +1,169 @@
+"""The training set's mean image and RGB PCA, computed once in a streaming pass and cached.
+
+Scales: the mean image is on the 0-255 scale of the uint8 pipeline; the pixel mean, covariance,
+eigenvalues and eigenvectors are of pixels scaled to **[0, 1]** (the scale on which the paper's
+alpha ~ N(0, 0.1) gives a visible but small colour shift). Sums are accumulated in float64.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import DataError
+from ..runtime import progress
+
+
+class StatsAccumulator:
+    """Running float64 sums of images (mean image) and of pixels and their outer products (PCA)."""
+
+    def __init__(self) -> None:
+        self.n_images = 0
+        self.n_pixels = 0
+        self.image_sum: torch.Tensor | None = None
+        self.s1 = torch.zeros(3, dtype=torch.float64)
+        self.s2 = torch.zeros(3, 3, dtype=torch.float64)
+
+    def add(self, images: torch.Tensor) -> None:
+        """Add a (B, 3, H, W) uint8 batch."""
+        x = images.to(torch.float64)
+        batch_sum = x.sum(0)
+        self.image_sum = batch_sum if self.image_sum is None else self.image_sum + batch_sum
+        p = x.permute(1, 0, 2, 3).reshape(3, -1) / 255.0
+        self.s1 += p.sum(1)
+        self.s2 += p @ p.T
+        self.n_images += images.shape[0]
+        self.n_pixels += p.shape[1]
+
+    def result(self) -> dict[str, Any]:
+        """mean_image (3, H, W) float32 on 0-255; pixel_mean, pixel_std (0-255), covariance,
+        eigvals (descending) and eigvecs (columns) on [0, 1]."""
+        if self.n_images == 0 or self.image_sum is None:
+            raise DataError("no readable training images to compute the mean image from")
+        mean = self.s1 / self.n_pixels
+        cov = self.s2 / self.n_pixels - torch.outer(mean, mean)
+        eigvals, eigvecs = torch.linalg.eigh(cov)
+        order = eigvals.argsort(descending=True)
+        eigvals, eigvecs = eigvals[order].clamp_min(0), eigvecs[:, order]
+        eigvecs = eigvecs * torch.where(eigvecs.sum(0) < 0, -1.0, 1.0)  # a fixed sign per vector
+        return {
+            "count": self.n_images,
+            "mean_image": (self.image_sum / self.n_images).to(torch.float32),
+            "pixel_mean": (mean * 255).tolist(),
+            "pixel_std": (cov.diagonal().clamp_min(0).sqrt() * 255).tolist(),
+            "covariance": cov.tolist(),
+            "eigvals": eigvals.tolist(),
+            "eigvecs": eigvecs.tolist(),
+        }
+
+
+def compute_stats(dataset, indices: list[int], workers: int = 0, batch_size: int = 64, show_progress: bool | None = None):
+    """Stream ``dataset[indices]`` (items (uint8 image, label, index) or None for a bad file) once.
+
+    Returns (statistics dict, sorted list of the indices that could not be read).
+    """
+    from .folder import collate
+
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(dataset, indices), batch_size=batch_size, num_workers=workers, collate_fn=collate
+    )
+    acc, good = StatsAccumulator(), set()
+    for batch in progress(loader, total=len(loader), desc="mean image and PCA", enabled=show_progress, unit="batch"):
+        if batch is None:
+            continue
+        acc.add(batch[0])
+        good.update(batch[2].tolist())
+    bad = sorted(set(indices) - good)
+    return acc.result(), bad
+
+
+def cache_key(files: list[str], root: Path, *params: Any) -> str:
+    """A key naming one data set and recipe: the files (relative to ``root``) and the parameters."""
+    h = hashlib.sha1()
+    for f in files:
+        h.update(os.path.relpath(f, root).encode("utf-8", "surrogateescape") + b"\n")
+    h.update(repr(params).encode())
+    return h.hexdigest()[:16]
+
+
+def _writable(folder: Path) -> bool:
+    """Writable for us *and* meant to be: its permission bits allow writing (root ignores the bits,
+    and a shared read-only data folder must stay untouched even then)."""
+    try:
+        return os.access(folder, os.W_OK) and bool(folder.stat().st_mode & 0o222)
+    except OSError:
+        return False
+
+
+def cache_dir(root: Path) -> Path:
+    """``ROOT/.alexnet-cache`` where the data folder is writable, else ``$ALEXNET_CACHE`` or
+    ``~/.cache/alexnet`` (e.g. read-only shared data)."""
+    local = root / ".alexnet-cache"
+    if _writable(local) or (not local.exists() and _writable(root)):
+        return local
+    base = os.environ.get("ALEXNET_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache", "alexnet")
+    return Path(base)
+
+
+def _write_atomic(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; these are shared data, not secrets
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_stats(stats: dict[str, Any], json_path: Path, mean_path: Path, extra: dict[str, Any] | None = None) -> None:
+    """Write the statistics as JSON plus the mean image as a float32 .npy, each atomically."""
+
+    def write_npy(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, stats["mean_image"].numpy())
+
+    _write_atomic(mean_path, write_npy)
+    meta = {k: v for k, v in stats.items() if k != "mean_image"}
+    meta["mean_image"] = mean_path.name
+    meta.update(extra or {})
+    _write_atomic(json_path, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1) + "\n"))
+
+
+def load_stats(json_path: Path) -> dict[str, Any] | None:
+    """Statistics saved by :func:`save_stats` (mean image left as its path), or None if absent/broken."""
+    try:
+        meta = json.loads(json_path.read_text())
+        mean_path = json_path.parent / meta["mean_image"]
+        if not mean_path.is_file():
+            return None
+        meta["mean_image"] = str(mean_path)
+        return meta
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def folder_stats(dataset, indices: list[int], workers: int = 0, show_progress: bool | None = None) -> dict[str, Any]:
+    """Mean image and PCA of an :class:`ImageFolderDataset` subset, from the cache when computed
+    before. The result's ``mean_image`` is the path of the cached .npy; ``bad`` lists unreadable files."""
+    files = [dataset.samples[i][0] for i in indices]
+    key = cache_key(files, dataset.root, dataset.resize, dataset.size, "stats-1")
+    folder = cache_dir(dataset.root)
+    json_path, mean_path = folder / f"stats-{key}.json", folder / f"mean-{key}.npy"
+    cached = load_stats(json_path)
+    if cached is not None:
+        for path in cached.get("bad", []):
+            dataset.bad.report(path, "unreadable (found by the cached statistics pass)")
+        return cached
+    stats, bad = compute_stats(dataset, indices, workers, show_progress=show_progress)
+    save_stats(stats, json_path, mean_path, {"bad": [dataset.samples[i][0] for i in bad], "root": str(dataset.root)})
+    return load_stats(json_path) or {**stats, "mean_image": str(mean_path)}

@@ -1,0 +1,161 @@
+"""Evaluation the paper's way: centre or ten crops, one model or an ensemble, overall and per class.
+
+The models' softmax outputs are averaged (over the ten crops and over the models), as in the
+paper's section 4 and table 2 ("averaging the predictions of five similar CNNs").
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import load
+from .data import augment
+from .data.loaders import model_input
+from .errors import CheckpointError
+from .model import AlexNet
+from .runtime import autocast, progress
+
+# Preprocess entries that fix how images are decoded and stored: ensemble members must agree on them.
+_DECODE_KEYS = ("dataset", "resize", "size")
+
+
+def load_models(paths: list[str | os.PathLike], device: str | torch.device = "cpu") -> list[AlexNet]:
+    """Load one or more checkpoints (an ensemble) and check that they can share one data stream.
+
+    Raises:
+        CheckpointError: a file is not a checkpoint, lacks a preprocessing recipe, or the models
+            disagree on the classes or on how images are decoded.
+    """
+    models = [load(p, device) for p in paths]
+    first = models[0]
+    for path, m in zip(paths, models):
+        if not m.preprocess:
+            raise CheckpointError(f"{path}: no 'preprocess' recipe; it was not written by 'alexnet train' or 'alexnet import'")
+        if m.config.num_classes != first.config.num_classes:
+            raise CheckpointError(
+                f"{path} predicts {m.config.num_classes} classes but {paths[0]} predicts {first.config.num_classes}"
+            )
+        if any(m.preprocess.get(k) != first.preprocess.get(k) for k in _DECODE_KEYS):
+            raise CheckpointError(f"{path}: its images are prepared differently from {paths[0]}'s; cannot ensemble them")
+    return models
+
+
+def model_probs(
+    model: AlexNet,
+    images: torch.Tensor,
+    preprocess: dict[str, Any],
+    ten_crop: bool = False,
+    amp: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> torch.Tensor:
+    """Softmax probabilities (B, classes) of one model for a uint8 batch, averaged over ten crops if asked.
+
+    Ten crops are cut from the stored image (padded by ``preprocess["padding"]`` as in training,
+    so a 28 px Fashion-MNIST image gives ten different 28 px crops of its padded 32 px version).
+    """
+    index = torch.zeros(images.shape[0], dtype=torch.int64, device=images.device)  # unused at test time
+    if not ten_crop:
+        x = model_input(images, index, preprocess, False, channels_last=channels_last)
+        with autocast(images.device, amp):
+            return torch.softmax(model(x).float(), dim=1)
+    pad = preprocess.get("padding", 0)
+    padded = torch.nn.functional.pad(images, (pad,) * 4) if pad else images
+    crops = augment.ten_crop(padded, preprocess["test_crop"])  # (B, 10, C, s, s)
+    b = crops.shape[0]
+    flat = crops.reshape(b * 10, *crops.shape[2:])
+    # The crops already have the test size, so model_input's centre crop leaves them as they are.
+    x = model_input(flat, index.repeat(10), preprocess, False, channels_last=channels_last)
+    with autocast(images.device, amp):
+        probs = torch.softmax(model(x).float(), dim=1)
+    return probs.reshape(b, 10, -1).mean(dim=1)
+
+
+@torch.no_grad()
+def ensemble_probs(
+    models: list[AlexNet],
+    images: torch.Tensor,
+    ten_crop: bool = False,
+    amp: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> torch.Tensor:
+    """The softmax averaged over ``models`` (each with its own ``preprocess``) for a uint8 batch."""
+    total = None
+    for m in models:
+        p = model_probs(m, images, m.preprocess, ten_crop, amp, channels_last)
+        total = p if total is None else total + p
+    return total / len(models)
+
+
+@torch.no_grad()
+def evaluate(
+    models: AlexNet | list[AlexNet],
+    loader: Any,
+    device: torch.device,
+    amp: torch.dtype | None = None,
+    ten_crop: bool = False,
+    channels_last: bool = False,
+    show_progress: bool | None = None,
+) -> dict[str, Any]:
+    """Top-1/top-5 accuracy and error, mean loss and the confusion matrix over ``loader``.
+
+    ``models`` carry their ``preprocess`` (as :func:`alexnet.load` attaches it). Returns a dict with
+    ``top1``, ``top5``, ``top1_error``, ``top5_error``, ``loss`` (negative log of the averaged
+    probability of the true class), ``images`` and ``confusion`` (classes x classes int64 tensor,
+    rows = true class, columns = predicted class).
+    """
+    models = [models] if isinstance(models, AlexNet) else list(models)
+    for m in models:
+        m.eval()
+    k = models[0].config.num_classes
+    confusion = torch.zeros(k, k, dtype=torch.int64)
+    loss_sum, c1, c5, n = 0.0, 0, 0, 0
+    desc = "evaluate" + (" (10 crops)" if ten_crop else "") + (f" ({len(models)} models)" if len(models) > 1 else "")
+    for batch in progress(loader, total=len(loader), desc=desc, enabled=show_progress, unit="batch"):
+        if batch is None:  # every image of the batch was unreadable
+            continue
+        images, labels = batch[0].to(device, non_blocking=True), batch[1].to(device)
+        probs = ensemble_probs(models, images, ten_crop, amp, channels_last)
+        top = probs.topk(min(5, k), dim=1).indices
+        hit = top.eq(labels.reshape(-1, 1))
+        c1 += int(hit[:, 0].sum())
+        c5 += int(hit.any(dim=1).sum())
+        loss_sum += float(-probs.gather(1, labels.reshape(-1, 1)).clamp_min(1e-12).log().sum())
+        confusion += torch.bincount((labels * k + top[:, 0]).cpu(), minlength=k * k).reshape(k, k)
+        n += labels.numel()
+    if n == 0:
+        return {"top1": 0.0, "top5": 0.0, "top1_error": 1.0, "top5_error": 1.0, "loss": float("nan"), "images": 0, "confusion": confusion}
+    return {
+        "top1": c1 / n,
+        "top5": c5 / n,
+        "top1_error": 1 - c1 / n,
+        "top5_error": 1 - c5 / n,
+        "loss": loss_sum / n,
+        "images": n,
+        "confusion": confusion,
+    }
+
+
+def per_class_accuracy(confusion: torch.Tensor, classes: list[str]) -> list[dict[str, Any]]:
+    """One row per class: index, name, number of images and top-1 accuracy (NaN for an absent class)."""
+    rows = []
+    for i, name in enumerate(classes):
+        total = int(confusion[i].sum())
+        rows.append({"index": i, "class": name, "images": total, "top1": int(confusion[i, i]) / total if total else float("nan")})
+    return rows
+
+
+def write_per_class_csv(rows: list[dict[str, Any]], path: str | os.PathLike) -> None:
+    """Write :func:`per_class_accuracy` rows as CSV (written to a temporary name, then renamed)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=["index", "class", "images", "top1"])
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)

@@ -1,0 +1,115 @@
+"""Weights out: safetensors + JSON config (the shareable default), ONNX and TorchScript.
+
+``safetensors``: the tensors of the state dict, with ``model_config``, ``classes`` and
+``preprocess`` as JSON in the file's metadata and, for people, in a ``.json`` file beside it.
+:func:`alexnet.load` reads it back. ONNX and TorchScript files take a (N, 3, S, S) float batch
+prepared as ``preprocess`` says and return the fc8 scores; the recipe is stored with them too
+(ONNX metadata props, TorchScript extra file ``config.json``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import ConfigError
+from .model import AlexNet
+
+FORMATS = ("safetensors", "onnx", "torchscript")
+SAFETENSORS_FORMAT = "alexnet-safetensors-1"
+
+
+def _config(model: AlexNet) -> dict[str, Any]:
+    return {
+        "format": SAFETENSORS_FORMAT,
+        "model_config": model.config.to_dict(),
+        "classes": list(getattr(model, "classes", None) or []),
+        "preprocess": dict(getattr(model, "preprocess", None) or {}),
+    }
+
+
+def _tmp(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.with_name(f".{path.name}.tmp")
+
+
+def export_safetensors(model: AlexNet, path: str | os.PathLike) -> list[Path]:
+    """Write ``path`` (.safetensors) and ``path`` with suffix .json. Returns both paths."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    config = _config(model)
+    meta = {k: json.dumps(v) if not isinstance(v, str) else v for k, v in config.items()}
+    tmp = _tmp(path)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+    side = path.with_suffix(".json")
+    tmp = _tmp(side)
+    tmp.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, side)
+    return [path, side]
+
+
+def _example(model: AlexNet, batch: int = 1) -> torch.Tensor:
+    c = model.config
+    return torch.zeros(batch, c.in_chans, c.input_size, c.input_size, device=next(model.parameters()).device)
+
+
+def export_onnx(model: AlexNet, path: str | os.PathLike, opset: int = 17) -> list[Path]:
+    """Write an ONNX graph with a dynamic batch axis (input ``image``, output ``logits``).
+
+    LRN is exported as plain element-wise ops and a channel window sum (the model switches to
+    its traceable form during export), so any ONNX runtime runs it.
+    """
+    try:
+        import onnx
+    except ImportError:
+        raise ConfigError("--format onnx needs the onnx package: pip install 'alexnet[export]'") from None
+    path = Path(path)
+    model = model.eval()
+    tmp = _tmp(path)
+    with warnings.catch_warnings():  # the TorchScript-based exporter is noisy about its own deprecation
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (_example(model),),
+            str(tmp),
+            dynamo=False,
+            input_names=["image"],
+            output_names=["logits"],
+            dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+            opset_version=opset,
+        )
+    proto = onnx.load(str(tmp))
+    for key, value in _config(model).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value if isinstance(value, str) else json.dumps(value)
+    onnx.save(proto, str(tmp))
+    os.replace(tmp, path)
+    return [path]
+
+
+def export_torchscript(model: AlexNet, path: str | os.PathLike) -> list[Path]:
+    """Write a traced TorchScript module (``torch.jit.load`` runs it without this package)."""
+    path = Path(path)
+    model = model.eval()
+    tmp = _tmp(path)
+    with warnings.catch_warnings(), torch.no_grad():  # torch.jit is deprecated upstream but still the portable format
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(model, _example(model, 2))
+        torch.jit.save(traced, str(tmp), _extra_files={"config.json": json.dumps(_config(model))})
+    os.replace(tmp, path)
+    return [path]
+
+
+def export(model: AlexNet, fmt: str, path: str | os.PathLike) -> list[Path]:
+    """Export ``model`` (from :func:`alexnet.load`) in ``fmt``: one of :data:`FORMATS`."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
+    return {"safetensors": export_safetensors, "onnx": export_onnx, "torchscript": export_torchscript}[fmt](model, path)

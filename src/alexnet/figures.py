@@ -1,0 +1,244 @@
+"""PNG figures: the paper's figures 3 and 4, training curves and confusion matrices.
+
+matplotlib (Agg backend, no display needed) is imported inside the functions so importing
+alexnet stays cheap. Every figure has a fixed size in pixels (given in its docstring) and is
+written to a temporary name and then renamed, so a failure never leaves half a PNG.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import DataError
+
+DPI = 100
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | os.PathLike) -> Path:
+    plt = _pyplot()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    try:
+        fig.savefig(tmp, dpi=DPI, format="png")  # no bbox_inches="tight": the size stays as documented
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _save_array(rgb: np.ndarray, path: str | os.PathLike) -> Path:
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    Image.fromarray(rgb).save(tmp, format="PNG")
+    os.replace(tmp, path)
+    return path
+
+
+# -- figure 3: conv1 kernels -------------------------------------------------------------------
+def filters_grid(weight: torch.Tensor, towers: int = 2, columns: int = 8, scale: int = 4, gap: int = 2) -> np.ndarray:
+    """conv1 kernels (O, C, k, k) as one uint8 RGB image: each tower a grid, towers side by side.
+
+    Each kernel is stretched to the full 0-255 range on its own (as in the paper's figure 3), and
+    drawn ``scale`` times enlarged; tiles are ``gap`` pixels apart, towers ``4 * gap`` apart.
+    One-channel kernels are grey; kernels with other than 3 channels show their channel mean.
+    Image size: width ``towers * columns * (k*scale + gap) + (towers - 1) * 4 * gap + gap``,
+    height ``rows * (k*scale + gap) + gap`` with ``rows = ceil(O / towers / columns)``.
+    """
+    w = weight.detach().float().cpu()
+    if w.shape[1] != 3:
+        w = w.mean(dim=1, keepdim=True).expand(-1, 3, -1, -1)
+    o, _, k, _ = w.shape
+    per_tower = math.ceil(o / towers)
+    rows = math.ceil(per_tower / columns)
+    tile = k * scale + gap
+    tower_w = columns * tile
+    width = towers * tower_w + (towers - 1) * 4 * gap + gap
+    height = rows * tile + gap
+    canvas = np.full((height, width, 3), 255, dtype=np.uint8)
+    flat = w.reshape(o, -1)
+    lo, hi = flat.min(dim=1).values, flat.max(dim=1).values
+    norm = (w - lo.reshape(-1, 1, 1, 1)) / (hi - lo).clamp_min(1e-12).reshape(-1, 1, 1, 1)
+    for i in range(o):
+        t, j = divmod(i, per_tower)
+        r, c = divmod(j, columns)
+        img = (norm[i].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        img = img.repeat(scale, axis=0).repeat(scale, axis=1)
+        y = gap + r * tile
+        x = gap + t * (tower_w + 4 * gap) + c * tile
+        canvas[y : y + k * scale, x : x + k * scale] = img
+    return canvas
+
+
+def plot_filters(model: torch.nn.Module, path: str | os.PathLike, columns: int = 8, scale: int = 4) -> Path:
+    """The paper's figure 3: the conv1 kernels, one grid per tower (GPU), side by side."""
+    towers = getattr(getattr(model, "config", None), "towers", 1)
+    return _save_array(filters_grid(model.conv1.weight, towers, columns, scale), path)
+
+
+# -- training curves ---------------------------------------------------------------------------
+CURVES_SIZE = (1500, 400)  # pixels
+
+
+def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The per-epoch records of ``run_dir/metrics.jsonl`` (DataError if missing or empty)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise DataError(f"{run_dir}: no metrics.jsonl (is it a run folder of 'alexnet train'?)")
+    records = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise DataError(f"{path}: line {n} is not JSON") from None
+    if not records:
+        raise DataError(f"{path}: no epochs recorded yet")
+    return records
+
+
+def plot_curves(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
+    """Loss, top-1/top-5 error and learning rate per epoch from ``metrics.jsonl``; writes ``curves.png``.
+
+    Cheap enough to call after every epoch. Size: :data:`CURVES_SIZE` pixels.
+    """
+    records = read_metrics(run_dir)
+    plt = _pyplot()
+    epochs = [r.get("epoch", i + 1) for i, r in enumerate(records)]
+
+    def series(key: str, fn=lambda v: v):
+        return [fn(r[key]) if r.get(key) is not None else float("nan") for r in records]
+
+    fig, axes = plt.subplots(1, 3, figsize=(CURVES_SIZE[0] / DPI, CURVES_SIZE[1] / DPI), layout="constrained")
+    axes[0].plot(epochs, series("train_loss"), "o-", label="train")
+    axes[0].plot(epochs, series("val_loss"), "o-", label="validation")
+    axes[0].set(title="loss", xlabel="epoch")
+    axes[1].plot(epochs, series("train_top1", lambda v: 1 - v), "o-", label="train top-1")
+    axes[1].plot(epochs, series("val_top1_error"), "o-", label="val top-1")
+    axes[1].plot(epochs, series("val_top5_error"), "o-", label="val top-5")
+    axes[1].set(title="error rate", xlabel="epoch", ylim=(0, 1))
+    axes[2].plot(epochs, series("lr"), "o-")
+    axes[2].set(title="learning rate (end of epoch)", xlabel="epoch")
+    if any(v > 0 for v in series("lr")):
+        axes[2].set_yscale("log")
+    for ax in axes[:2]:
+        ax.legend()
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    return _save(fig, out if out is not None else Path(run_dir) / "curves.png")
+
+
+# -- confusion matrix --------------------------------------------------------------------------
+CONFUSION_SIZE = (900, 800)
+
+
+def plot_confusion(confusion: torch.Tensor, classes: list[str], path: str | os.PathLike) -> Path:
+    """Row-normalised confusion matrix (true class down, predicted across). Size: :data:`CONFUSION_SIZE`."""
+    plt = _pyplot()
+    m = confusion.double()
+    m = (m / m.sum(dim=1, keepdim=True).clamp_min(1)).numpy()
+    fig, ax = plt.subplots(figsize=(CONFUSION_SIZE[0] / DPI, CONFUSION_SIZE[1] / DPI), layout="constrained")
+    im = ax.imshow(m, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(im, ax=ax, label="fraction of the true class")
+    n = len(classes)
+    if n <= 40:  # names are unreadable beyond that
+        ax.set_xticks(range(n), [c[:18] for c in classes], rotation=90, fontsize=7)
+        ax.set_yticks(range(n), [c[:18] for c in classes], fontsize=7)
+    if n <= 15:
+        for i in range(n):
+            for j in range(n):
+                if confusion[i, j]:
+                    ax.text(j, i, int(confusion[i, j]), ha="center", va="center", fontsize=7, color="white" if m[i, j] > 0.5 else "black")
+    ax.set(xlabel="predicted", ylabel="true", title="confusion matrix")
+    return _save(fig, path)
+
+
+# -- figure 4 (left): predictions --------------------------------------------------------------
+CELL = (300, 400)  # pixels per image in the prediction and retrieval figures
+
+
+def grid_size(n: int, columns: int) -> tuple[int, int]:
+    """Pixel size (width, height) of a figure of ``n`` cells in rows of ``columns``."""
+    cols = min(n, columns)
+    return cols * CELL[0], math.ceil(n / cols) * CELL[1]
+
+
+def _show(ax, image: torch.Tensor) -> None:
+    img = image.permute(1, 2, 0).cpu().numpy()
+    ax.imshow(img[..., 0] if img.shape[2] == 1 else img, cmap="gray" if img.shape[2] == 1 else None)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def plot_predictions(
+    images: list[torch.Tensor], results: list[dict[str, Any]], path: str | os.PathLike, columns: int = 4
+) -> Path:
+    """The paper's figure 4 (left): each image above its top-5 probability bars.
+
+    ``results`` are :func:`alexnet.predict.predict` entries. The true class, when known, is written
+    under the image and its bar is red (drawn in red below the bars when it is not in the top 5).
+    Size: :func:`grid_size` (len(images), columns).
+    """
+    plt = _pyplot()
+    n = len(images)
+    w, h = grid_size(n, columns)
+    cols, rows = min(n, columns), math.ceil(n / min(n, columns))
+    fig = plt.figure(figsize=(w / DPI, h / DPI))
+    grid = fig.add_gridspec(rows * 2, cols, height_ratios=[3, 2] * rows, hspace=0.35, wspace=0.6, left=0.2 / cols, right=0.98)
+    for i, (image, res) in enumerate(zip(images, results)):
+        r, c = divmod(i, cols)
+        ax = fig.add_subplot(grid[2 * r, c])
+        _show(ax, image)
+        truth = res.get("label")
+        ax.set_title(f"true: {truth}" if truth is not None else Path(res["path"]).name, fontsize=8)
+        bars = fig.add_subplot(grid[2 * r + 1, c])
+        top = res["top"][:5]
+        names = [t["class"][:16] for t in top][::-1]
+        probs = [t["probability"] for t in top][::-1]
+        colours = ["tab:red" if t["class"] == truth else "tab:blue" for t in top][::-1]
+        bars.barh(range(len(top)), probs, color=colours)
+        bars.set_yticks(range(len(top)), names, fontsize=7)
+        bars.set_xlim(0, 1)
+        bars.tick_params(axis="x", labelsize=6)
+        if truth is not None and truth not in [t["class"] for t in top]:
+            bars.set_xlabel(f"({truth[:16]}: not in top 5)", fontsize=7, color="tab:red")
+    return _save(fig, path)
+
+
+# -- figure 4 (right): retrieval ---------------------------------------------------------------
+def plot_retrieval(query: torch.Tensor, neighbours: list[tuple[torch.Tensor, dict[str, Any]]], path: str | os.PathLike) -> Path:
+    """The paper's figure 4 (right): the query, then its nearest images by fc7 distance, in one row.
+
+    Size: :func:`grid_size` (1 + len(neighbours), 1 + len(neighbours)).
+    """
+    plt = _pyplot()
+    n = 1 + len(neighbours)
+    w, h = grid_size(n, n)
+    fig, axes = plt.subplots(1, n, figsize=(w / DPI, h / DPI), squeeze=False)
+    _show(axes[0, 0], query)
+    axes[0, 0].set_title("query", fontsize=9, color="tab:red")
+    for ax, (image, hit) in zip(axes[0, 1:], neighbours):
+        _show(ax, image)
+        label = f"{hit['label']}\n" if hit.get("label") else ""
+        ax.set_title(f"{label}d = {hit['distance']:.3g}", fontsize=8)
+    return _save(fig, path)

@@ -1,0 +1,365 @@
+"""Weights in: torchvision's alexnet and BVLC's bvlc_alexnet (Caffe ``.caffemodel`` or the TF ports' ``.npy``).
+
+Each importer returns a checkpoint dict (``model``, ``model_config``, ``classes``, ``preprocess``)
+that :func:`alexnet.load` and every command read. Caffe's network takes BGR images on the 0-255
+scale minus a mean; the converted model takes RGB like every other model here: conv1's input
+channels are reversed, and ``preprocess`` holds the RGB mean with a standard deviation of 1.
+
+The ``.caffemodel`` is read with a minimal protobuf wire-format reader (no caffe or protobuf
+package): only the fields below of caffe.proto are used.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import CheckpointError
+from .model import LAYER_NAMES, AlexNet, model_config
+
+# ILSVRC-2012 mean of BVLC's ilsvrc_2012_mean.binaryproto, averaged over pixels, in B, G, R order.
+CAFFE_MEAN_BGR = (104.00698793, 116.66876762, 122.67891434)
+
+# caffe.proto field numbers.
+NET_LAYER, NET_LAYERS_V1 = 100, 2  # NetParameter: repeated LayerParameter layer / V1LayerParameter layers
+LAYER_NAME, LAYER_BLOBS = 1, 7  # LayerParameter
+V1_NAME, V1_BLOBS = 4, 6  # V1LayerParameter
+BLOB_NUM, BLOB_CHANNELS, BLOB_HEIGHT, BLOB_WIDTH = 1, 2, 3, 4  # BlobProto (legacy 4-d shape)
+BLOB_DATA, BLOB_SHAPE, BLOB_DOUBLE_DATA = 5, 7, 8  # BlobProto
+SHAPE_DIM = 1  # BlobShape: repeated int64 dim
+
+
+def imagenet_classes() -> list[str] | None:
+    """The 1000 ILSVRC-2012 class names in synset order (shared by torchvision and Caffe), if available."""
+    try:
+        from torchvision.models import AlexNet_Weights
+
+        return list(AlexNet_Weights.IMAGENET1K_V1.meta["categories"])
+    except Exception:  # an old or missing torchvision: fall back to numbers
+        return None
+
+
+def _classes(n: int) -> list[str]:
+    names = imagenet_classes() if n == 1000 else None
+    return names or [str(i) for i in range(n)]
+
+
+def _checkpoint(model: AlexNet, preprocess: dict[str, Any], source: str) -> dict[str, Any]:
+    return {
+        "model": model.state_dict(),
+        "model_config": model.config.to_dict(),
+        "classes": _classes(model.config.num_classes),
+        "preprocess": preprocess,
+        "format": "alexnet-checkpoint-1",
+        "imported_from": source,
+    }
+
+
+# -- torchvision ---------------------------------------------------------------------------------
+def from_torchvision(state_dict: dict[str, torch.Tensor], source: str = "torchvision") -> dict[str, Any]:
+    """torchvision ``alexnet`` state dict -> an ``alexnet_owt`` checkpoint with the same outputs."""
+    needed = {"features.0.weight", "classifier.6.weight"}
+    if not needed <= set(state_dict):
+        raise CheckpointError(f"{source}: not a torchvision alexnet state dict (no features.0 / classifier.6 weights)")
+    num_classes = state_dict["classifier.6.weight"].shape[0]
+    model = AlexNet(model_config("alexnet_owt", num_classes=num_classes))
+    try:
+        model.load_state_dict(dict(state_dict))
+    except RuntimeError as e:
+        raise CheckpointError(f"{source}: weights do not fit torchvision's alexnet: {str(e).splitlines()[0]}") from None
+    preprocess = {
+        "dataset": "image_folder",
+        "resize": 256,
+        "size": 256,
+        "train_crop": 224,
+        "test_crop": 224,
+        "input_size": 224,
+        "padding": 0,
+        "flip": True,
+        "mean": [0.485 * 255, 0.456 * 255, 0.406 * 255],
+        "std": [0.229 * 255, 0.224 * 255, 0.225 * 255],
+    }
+    return _checkpoint(model, preprocess, source)
+
+
+# -- protobuf wire format --------------------------------------------------------------------------
+def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(buf):
+            raise ValueError("truncated varint")
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
+def parse_message(buf: memoryview) -> dict[int, list[tuple[int, Any]]]:
+    """Split one protobuf message into ``{field number: [(wire type, value), ...]}``.
+
+    Values: int for varints, bytes-like memoryview for length-delimited fields, raw 4/8 bytes for
+    fixed-width ones. Nested messages are parsed on demand by calling this again.
+    """
+    fields: dict[int, list[tuple[int, Any]]] = {}
+    pos, end = 0, len(buf)
+    while pos < end:
+        key, pos = _varint(buf, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _varint(buf, pos)
+        elif wire == 1:
+            value, pos = buf[pos : pos + 8], pos + 8
+        elif wire == 2:
+            length, pos = _varint(buf, pos)
+            value, pos = buf[pos : pos + length], pos + length
+        elif wire == 5:
+            value, pos = buf[pos : pos + 4], pos + 4
+        else:
+            raise ValueError(f"unsupported wire type {wire}")
+        if pos > end:
+            raise ValueError("truncated message")
+        fields.setdefault(number, []).append((wire, value))
+    return fields
+
+
+def _floats(entries: list[tuple[int, Any]], fmt: str) -> np.ndarray:
+    """A repeated float/double field, packed (wire type 2) or not (wire types 5 / 1)."""
+    parts = [np.frombuffer(v, dtype=fmt) for _, v in entries]  # views into the file's bytes
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=fmt)  # one copy, owned and writable
+
+
+def _ints(entries: list[tuple[int, Any]]) -> list[int]:
+    out: list[int] = []
+    for wire, v in entries:
+        if wire == 0:
+            out.append(v)
+        else:  # packed varints
+            pos = 0
+            while pos < len(v):
+                x, pos = _varint(v, pos)
+                out.append(x)
+    return out
+
+
+def _string(entries: list[tuple[int, Any]] | None) -> str:
+    return bytes(entries[0][1]).decode("utf-8", "replace") if entries else ""
+
+
+def parse_blob(buf: memoryview) -> np.ndarray:
+    """A caffe ``BlobProto`` -> float32 array of its shape (``shape`` or legacy num/channels/height/width)."""
+    f = parse_message(buf)
+    data = _floats(f.get(BLOB_DATA, []), "<f4")
+    if not data.size and BLOB_DOUBLE_DATA in f:
+        data = _floats(f[BLOB_DOUBLE_DATA], "<f8").astype(np.float32)
+    if BLOB_SHAPE in f:
+        shape = _ints(parse_message(f[BLOB_SHAPE][0][1]).get(SHAPE_DIM, []))
+    else:
+        shape = [(_ints(f[n]) or [1])[0] if n in f else 1 for n in (BLOB_NUM, BLOB_CHANNELS, BLOB_HEIGHT, BLOB_WIDTH)]
+    if int(np.prod(shape)) != data.size:
+        raise ValueError(f"blob holds {data.size} numbers but its shape is {shape}")
+    return data.reshape(shape)
+
+
+def read_caffemodel(path: str | os.PathLike) -> dict[str, list[np.ndarray]]:
+    """Layer name -> [weights, bias] of every layer with blobs in a ``.caffemodel`` (V1 or V2 layers)."""
+    data = memoryview(Path(path).read_bytes())
+    try:
+        net = parse_message(data)
+        layers: dict[str, list[np.ndarray]] = {}
+        for number, name_field, blob_field in ((NET_LAYER, LAYER_NAME, LAYER_BLOBS), (NET_LAYERS_V1, V1_NAME, V1_BLOBS)):
+            for _, raw in net.get(number, []):
+                layer = parse_message(raw)
+                blobs = [parse_blob(b) for _, b in layer.get(blob_field, [])]
+                if blobs:
+                    layers[_string(layer.get(name_field))] = blobs
+    except (ValueError, IndexError, TypeError) as e:
+        raise CheckpointError(f"{path}: not a readable .caffemodel ({e})") from None
+    if not layers:
+        raise CheckpointError(f"{path}: no layers with weights (is it a .caffemodel?)")
+    return layers
+
+
+def read_binaryproto_mean(path: str | os.PathLike) -> list[float]:
+    """Per-channel mean (in the file's B, G, R order) of a Caffe mean ``.binaryproto``."""
+    try:
+        blob = parse_blob(memoryview(Path(path).read_bytes()))
+    except (ValueError, IndexError, TypeError) as e:
+        raise CheckpointError(f"{path}: not a readable .binaryproto mean ({e})") from None
+    blob = blob.reshape(-1, *blob.shape[-3:])[0] if blob.ndim >= 3 else blob.reshape(-1, 1, 1)
+    return [float(c.mean()) for c in blob.astype(np.float64)]
+
+
+# -- .npy dict (TensorFlow ports) ----------------------------------------------------------------------
+_NUMPY_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),  # how Python 3 pickles bytes at protocol 2
+}
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Builds arrays, dicts, lists and strings only: any other global is refused, so no code runs."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in _NUMPY_GLOBALS:
+            if int(np.__version__.split(".")[0]) >= 2:  # numpy 2 renamed numpy.core to numpy._core
+                module = module.replace("numpy.core.", "numpy._core.")
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refused to unpickle {module}.{name}")
+
+
+def read_npy_weights(path: str | os.PathLike, allow_pickle: bool = False) -> dict[str, list[np.ndarray]]:
+    """The pickled dict ``{layer: [W, b]}`` of a ``bvlc_alexnet.npy``.
+
+    By default only numpy arrays and plain containers are unpickled (a restricted unpickler);
+    ``allow_pickle=True`` uses ``np.load(allow_pickle=True)``, which runs whatever the file says:
+    only for files you trust.
+    """
+    path = Path(path)
+    try:
+        if allow_pickle:
+            obj = np.load(path, allow_pickle=True, encoding="latin1")
+        else:
+            with path.open("rb") as f:
+                version = np.lib.format.read_magic(f)
+                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                _, _, dtype = read_header(f)
+                if dtype != np.dtype(object):
+                    raise CheckpointError(f"{path}: a plain array, not a dict of layer weights")
+                obj = _NumpyOnlyUnpickler(f, encoding="latin1").load()
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"{path}: {e}; pass --allow-pickle only if you trust this file") from None
+    except CheckpointError:
+        raise
+    except Exception as e:
+        raise CheckpointError(f"{path}: not a readable .npy weights file ({type(e).__name__})") from None
+    if isinstance(obj, np.ndarray) and obj.dtype == object and obj.shape == ():
+        obj = obj.item()
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: expected a dict of layer name -> [weights, bias]")
+    out = {}
+    for name, value in obj.items():
+        if isinstance(value, dict):  # some ports store {"weights": W, "biases": b}
+            value = [value.get("weights"), value.get("biases")]
+        out[name.decode() if isinstance(name, bytes) else str(name)] = [np.asarray(v, dtype=np.float32) for v in value]
+    return out
+
+
+def tf_to_caffe_layout(layers: dict[str, list[np.ndarray]]) -> dict[str, list[np.ndarray]]:
+    """TF-port layouts -> Caffe's: conv HWIO -> OIHW; fc (in, out) -> (out, in); fc6's rows from
+    (h, w, c) order (the flattening of an NHWC map) to Caffe's (c, h, w)."""
+    out = {}
+    for name, (w, b) in layers.items():
+        if w.ndim == 4:
+            w = w.transpose(3, 2, 0, 1)
+        elif name == "fc6":
+            c = out["conv5"][0].shape[0]
+            s = int(round((w.shape[0] / c) ** 0.5))
+            w = w.reshape(s, s, c, -1).transpose(3, 2, 0, 1).reshape(w.shape[1], -1)
+        else:
+            w = w.T
+        out[name] = [np.ascontiguousarray(w), b]
+    return out
+
+
+# -- Caffe weights -> alexnet_caffe ------------------------------------------------------------------
+def from_caffe_layers(
+    layers: dict[str, list[np.ndarray]], mean_bgr: tuple[float, float, float] | list[float] = CAFFE_MEAN_BGR, source: str = "caffe"
+) -> dict[str, Any]:
+    """Caffe-layout bvlc_alexnet weights (conv OIHW on BGR input, fc (out, in)) -> checkpoint.
+
+    Widths, towers (from conv2's grouped kernels), fc width and the number of classes are read off
+    the weights, so smaller nets of the same layout convert too.
+    """
+    names = list(LAYER_NAMES)
+    if not set(names) <= set(layers):
+        with_blobs = [n for n in layers]
+        if len(with_blobs) != len(names):
+            raise CheckpointError(f"{source}: expected layers {', '.join(names)}; found {', '.join(with_blobs)}")
+        layers = dict(zip(names, layers.values()))  # same order, other names
+    try:
+        w = {n: torch.from_numpy(np.ascontiguousarray(layers[n][0], dtype=np.float32)) for n in names}
+        b = {n: torch.from_numpy(np.ascontiguousarray(layers[n][1], dtype=np.float32)).reshape(-1) for n in names}
+    except (IndexError, ValueError) as e:
+        raise CheckpointError(f"{source}: every layer needs [weights, bias] ({e})") from None
+    for n in names[5:]:  # old Caffe stores fc weights as (1, 1, out, in) blobs
+        w[n] = w[n].reshape(w[n].shape[-2], w[n].shape[-1])
+    if w["conv1"].dim() != 4 or w["conv1"].shape[1] != 3:
+        raise CheckpointError(f"{source}: conv1 weights {tuple(w['conv1'].shape)} are not (out, 3, k, k)")
+    widths = tuple(w[f"conv{i}"].shape[0] for i in range(1, 6))
+    towers = widths[0] // w["conv2"].shape[1]
+    cfg_kw = dict(widths=widths, towers=towers, fc_width=w["fc7"].shape[0], conv1_kernel=w["conv1"].shape[-1])
+    try:
+        cfg = model_config("alexnet_caffe", num_classes=w["fc8"].shape[0], **cfg_kw)
+        cfg_side = cfg.feature_size()
+        side = int(round((w["fc6"].shape[1] / widths[4]) ** 0.5))
+        if side != cfg_side:  # a net built for another input size: find the one that gives fc6's input
+            for size in range(cfg.input_size - 64, cfg.input_size + 400):
+                trial = model_config("alexnet_caffe", num_classes=w["fc8"].shape[0], input_size=size, **cfg_kw)
+                if trial.feature_size() == side:
+                    cfg = trial
+                    break
+        model = AlexNet(cfg)
+        w["conv1"] = w["conv1"].flip(1)  # BGR -> RGB: the model takes RGB like every other here
+        model.load_state_dict({f"{n}.weight": w[n] for n in names} | {f"{n}.bias": b[n] for n in names})
+    except (RuntimeError, ValueError) as e:
+        raise CheckpointError(f"{source}: weights do not fit bvlc_alexnet's layout: {str(e).splitlines()[0]}") from None
+    size = cfg.input_size
+    stored = round(size * 256 / 227)
+    preprocess = {
+        "dataset": "image_folder",
+        "resize": stored,
+        "size": stored,
+        "train_crop": size,
+        "test_crop": size,
+        "input_size": size,
+        "padding": 0,
+        "flip": True,
+        # Caffe subtracts the mean from 0-255 pixels and does not divide: std 1. RGB order here.
+        "mean": [float(m) for m in reversed(list(mean_bgr))],
+        "std": [1.0, 1.0, 1.0],
+        "source_channel_order": "BGR (conv1 flipped on import)",
+    }
+    return _checkpoint(model, preprocess, source)
+
+
+def import_caffe(
+    path: str | os.PathLike, mean_bgr: tuple[float, float, float] | list[float] = CAFFE_MEAN_BGR, allow_pickle: bool = False
+) -> dict[str, Any]:
+    """A ``.caffemodel`` or a TF-port ``.npy`` of bvlc_alexnet -> checkpoint dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"file not found: {path}")
+    with path.open("rb") as f:
+        magic = f.read(6)
+    if magic == b"\x93NUMPY":
+        layers = read_npy_weights(path, allow_pickle)
+        conv1 = layers.get("conv1", [np.zeros(0)])[0]
+        if conv1.ndim == 4 and conv1.shape[2] == 3 and conv1.shape[0] == conv1.shape[1]:  # (k, k, 3, out): HWIO
+            layers = tf_to_caffe_layout(layers)
+    else:
+        layers = read_caffemodel(path)
+    return from_caffe_layers(layers, mean_bgr, str(path))
+
+
+def import_torchvision(path: str | os.PathLike) -> dict[str, Any]:
+    """A saved torchvision alexnet state dict (``torch.save(model.state_dict())``) -> checkpoint dict."""
+    from .checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    return from_torchvision(ckpt["model"], str(path))

@@ -1,0 +1,260 @@
+"""Local response normalisation (Krizhevsky et al. 2012, section 3.3).
+
+The paper's formula, over the N channels at one spatial position::
+
+    b[i] = a[i] / (k + alpha * sum_{j=max(0, i-n/2)}^{min(N-1, i+n/2)} a[j]**2) ** beta
+
+with k=2, n=5, alpha=1e-4, beta=0.75. Note the *sum* of squares. ``torch.nn.LocalResponseNorm``,
+Caffe and cuda-convnet divide alpha by n (they average the squares), so the paper's alpha=1e-4
+is their alpha=5e-4. Both conventions live here, named, because weights imported from Caffe
+(k=1, averaged alpha=1e-4) lose accuracy if the wrong one is used.
+
+Three paths, picked per call by :meth:`LocalResponseNorm.forward`:
+
+* CPU, float32/float64/bfloat16, eager: a fused C kernel (``_kernels/lrn.c``, compiled on first
+  use and cached; see :mod:`alexnet._kernels`). The forward reads x and writes y once and saves
+  nothing but x; the backward recomputes the denominator in registers (cheaper than storing it)
+  and reads g and x once. ``beta = 0.75`` is computed as ``rsqrt(d) * sqrt(rsqrt(d))``.
+* Without a compiler, or for other dtypes: :class:`_LRNFunction`, a hand-written autograd
+  Function whose window sum over channels is ``n`` shifted adds, several times cheaper than the
+  generic pooling kernels torch uses.
+* Under tracing, ``torch.compile`` and ONNX export: :func:`lrn_reference`, plain ops that compilers
+  fuse and exporters understand. On CUDA it is run through ``torch.compile`` (one fused Triton
+  kernel) when Triton is installed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.autograd.function import once_differentiable
+
+from . import _kernels
+
+Convention = Literal["sum", "mean"]
+
+
+def _window_sum(t: torch.Tensor, before: int, after: int) -> torch.Tensor:
+    """Sum of ``t[:, j]`` for ``j`` in ``[i - before, i + after]`` (zero outside), for every ``i``.
+
+    ``t`` is (N, C, *spatial); the result has the same shape.
+    """
+    c = t.shape[1]
+    # F.pad takes pairs from the last dim backwards; pad only dim 1 (channels).
+    pad = [0, 0] * (t.dim() - 2) + [before, after]
+    padded = F.pad(t, pad)
+    out = padded.narrow(1, 0, c).clone()
+    for offset in range(1, before + after + 1):
+        out.add_(padded.narrow(1, offset, c))
+    return out
+
+
+def _split(size: int) -> tuple[int, int]:
+    # Channels before and after i in the window. For odd n this is n//2 on each side, as in the
+    # paper; for even n torch's convention (more channels before) is kept.
+    return size // 2, (size - 1) // 2
+
+
+def lrn_reference(x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
+    """Plain tensor-op LRN (sum convention): differentiable by autograd, traceable, exportable."""
+    before, after = _split(size)
+    denom = _window_sum(x * x, before, after).mul(alpha).add(k)
+    return x * denom.pow(-beta)
+
+
+class _LRNFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
+        before, after = _split(size)
+        denom = _window_sum(x * x, before, after).mul_(alpha).add_(k)
+        scale = denom.pow(-beta)
+        y = x * scale
+        ctx.save_for_backward(x, y, denom, scale)
+        ctx.params = (before, after, alpha, beta)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y: torch.Tensor):
+        x, y, denom, scale = ctx.saved_tensors
+        before, after, alpha, beta = ctx.params
+        # dy_j/dx_i = [i=j] d_j^-b - 2 a b x_j x_i d_j^(-b-1) [i in window(j)].
+        # i in window(j)  <=>  j in [i - after, i + before]: the transposed window.
+        inner = grad_y * y / denom
+        grad_x = grad_y * scale - (2.0 * alpha * beta) * x * _window_sum(inner, after, before)
+        return grad_x, None, None, None, None
+
+
+# -- the C kernel ------------------------------------------------------------------------------------
+_KERNEL_NAMES = {torch.float32: "lrn_f32", torch.float64: "lrn_f64", torch.bfloat16: "lrn_bf16"}
+_BLOCK = 64  # inner positions per task; BLK in lrn.c
+
+
+def _kernel_lib() -> ctypes.CDLL | None:
+    lib = _kernels.load("lrn")
+    if lib is not None and not getattr(lib, "_alexnet_typed", False):
+        long, int_, dbl, ptr = ctypes.c_long, ctypes.c_int, ctypes.c_double, ctypes.c_void_p
+        for prefix in _KERNEL_NAMES.values():
+            fwd, bwd = getattr(lib, prefix + "_forward"), getattr(lib, prefix + "_backward")
+            fwd.argtypes = [ptr, ptr, long, long, long, long, int_, int_, dbl, dbl, dbl, int_]
+            bwd.argtypes = [ptr, ptr, ptr, long, long, long, long, int_, int_, dbl, dbl, dbl, int_]
+            fwd.restype = bwd.restype = ctypes.c_int
+        lib._alexnet_typed = True
+    return lib
+
+
+def kernel_available(x: torch.Tensor | None = None) -> bool:
+    """Whether the fused C kernel can run (on ``x``, if given): CPU, float32/float64/bfloat16, compiled."""
+    if x is not None and (x.device.type != "cpu" or x.dtype not in _KERNEL_NAMES or x.dim() < 3):
+        return False
+    return _kernel_lib() is not None
+
+
+def _dense(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in a layout the kernel walks: contiguous (channel stride H*W) or channels_last (1)."""
+    if x.is_contiguous() or (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)):
+        return x
+    return x.contiguous()
+
+
+def _run_kernel(direction: str, tensors: list[torch.Tensor], out: torch.Tensor, params: tuple) -> None:
+    x = tensors[0]
+    c, inner = x.shape[1], (1 if not x.is_contiguous() else x[0, 0].numel())
+    tasks = (x.numel() // (c * inner)) * (-(-inner // _BLOCK))
+    fn = getattr(_kernel_lib(), _KERNEL_NAMES[x.dtype] + "_" + direction)
+    ptrs = [t.data_ptr() for t in tensors] + [out.data_ptr()]
+    if tasks:
+        _kernels.parallel(lambda t0, t1: fn(*ptrs, c, inner, t0, t1, *params), tasks)
+
+
+def lrn_kernel_forward(
+    x: torch.Tensor, size: int, alpha: float, beta: float, k: float, relu: bool = False
+) -> torch.Tensor:
+    """LRN (sum convention), of ``relu(x)`` if ``relu``, by the C kernel; ``x`` on the CPU,
+    float32, float64 or bfloat16."""
+    x = _dense(x)
+    y = torch.empty_like(x)  # keeps x's memory format
+    _run_kernel("forward", [x], y, (*_split(size), alpha, beta, k, int(relu)))
+    return y
+
+
+class _LRNKernelFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, size: int, alpha: float, beta: float, k: float, relu: bool) -> torch.Tensor:
+        x = _dense(x)
+        ctx.save_for_backward(x)
+        ctx.params = (*_split(size), alpha, beta, k, int(relu))
+        y = torch.empty_like(x)
+        _run_kernel("forward", [x], y, ctx.params)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        fmt = torch.contiguous_format if x.is_contiguous() else torch.channels_last
+        g = grad_y.to(x.dtype).contiguous(memory_format=fmt)
+        grad_x = torch.empty_like(x)
+        _run_kernel("backward", [x, g], grad_x, ctx.params)
+        return grad_x, None, None, None, None, None
+
+
+_compiled_reference = None
+
+
+def _cuda_lrn(x: torch.Tensor, *args) -> torch.Tensor:
+    """LRN on CUDA: the plain ops fused into one kernel by torch.compile when Triton is present."""
+    global _compiled_reference
+    if _compiled_reference is None:
+        try:
+            import triton  # noqa: F401
+
+            _compiled_reference = torch.compile(lrn_reference, dynamic=True)
+        except Exception:  # no Triton, or torch.compile unsupported here: eager ops are correct too
+            _compiled_reference = lrn_reference
+    return _compiled_reference(x, *args)
+
+
+class LocalResponseNorm(nn.Module):
+    """Local response normalisation across channels.
+
+    Args:
+        size: Number of neighbouring channels ``n`` in the window (the channel itself included).
+        alpha: Scale ``alpha``; interpreted according to ``convention``.
+        beta: Exponent ``beta``.
+        k: Additive constant ``k``.
+        convention: ``"sum"`` is the paper's formula (alpha multiplies the sum of squares);
+            ``"mean"`` divides alpha by ``size`` like ``torch.nn.LocalResponseNorm``, Caffe and
+            cuda-convnet.
+    """
+
+    def __init__(
+        self,
+        size: int = 5,
+        alpha: float = 1e-4,
+        beta: float = 0.75,
+        k: float = 2.0,
+        convention: Convention = "sum",
+        groups: int = 1,
+    ) -> None:
+        super().__init__()
+        if groups < 1:
+            raise ValueError(f"LRN groups must be >= 1, got {groups}")
+        self.groups = groups
+        if size < 1:
+            raise ValueError(f"LRN size must be >= 1, got {size}")
+        if convention not in ("sum", "mean"):
+            raise ValueError(f"LRN convention must be 'sum' or 'mean', got {convention!r}")
+        self.size, self.alpha, self.beta, self.k, self.convention = size, alpha, beta, k, convention
+
+    @property
+    def sum_alpha(self) -> float:
+        """Alpha in the paper's (sum) convention."""
+        return self.alpha if self.convention == "sum" else self.alpha / self.size
+
+    def forward(self, x: torch.Tensor, relu: bool = False) -> torch.Tensor:
+        """LRN of ``x``; with ``relu=True``, LRN of ``relu(x)`` (fused into one pass on the CPU)."""
+        if x.dim() < 3:
+            raise ValueError(f"LRN expects (N, C, ...) input, got shape {tuple(x.shape)}")
+        g = self.groups
+        if g == 1:
+            return self._lrn(x, relu)
+        n, c = x.shape[:2]
+        if c % g:
+            raise ValueError(f"LRN with groups={g} needs a channel count divisible by {g}, got {c}")
+        # Each group's channels are normalised on their own. Both layouts allow a free view in which
+        # a group's channels are the channel dimension of a tensor of their own.
+        if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+            h, w = x.shape[2:]
+            y = self._lrn(x.permute(0, 2, 3, 1).reshape(n * h * w * g, c // g, 1, 1), relu)
+            return y.reshape(n, h, w, c).permute(0, 3, 1, 2)
+        x = x.contiguous()
+        return self._lrn(x.reshape(n * g, c // g, *x.shape[2:]), relu).reshape(x.shape)
+
+    def _lrn(self, x: torch.Tensor, relu: bool) -> torch.Tensor:
+        args = (self.size, self.sum_alpha, self.beta, self.k)
+        tracing = torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling()
+        fused = x.numel() and not tracing and not torch.onnx.is_in_onnx_export() and kernel_available(x)
+        if fused:
+            if torch.is_grad_enabled() and x.requires_grad:
+                return _LRNKernelFunction.apply(x, *args, relu)
+            return lrn_kernel_forward(x, *args, relu)
+        if relu:
+            x = F.relu(x)
+        if tracing or torch.onnx.is_in_onnx_export():
+            # Traceable ops: torch.compile fuses them, exporters see plain graph nodes.
+            return lrn_reference(x, *args)
+        grad = torch.is_grad_enabled() and x.requires_grad
+        if x.is_cuda:
+            return _cuda_lrn(x, *args)
+        if not grad:  # inference saves nothing for a backward that never comes
+            return lrn_reference(x, *args)
+        return _LRNFunction.apply(x, *args)
+
+    def extra_repr(self) -> str:
+        extra = f", groups={self.groups}" if self.groups > 1 else ""
+        return f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}, convention={self.convention!r}{extra}"

@@ -1,0 +1,333 @@
+"""The AlexNet family in one file: a dataclass config, one module, a name -> constructor registry.
+
+Every number of the paper's network (Krizhevsky, Sutskever & Hinton 2012, section 3 and figure 2)
+is a field of :class:`AlexNetConfig`; the named variants below are configs, and the paper's
+ablations are overrides of a config (``create_model("alexnet_paper", lrn=False)``).
+
+Layers are named as in the paper (conv1..conv5, fc6..fc8) so that a reader finds them, freezing
+"conv1-conv5" is a name match, and fc7 features are one attribute away.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from .errors import ConfigError, UnknownModelError
+from .lrn import LocalResponseNorm
+
+LAYER_NAMES = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
+
+
+@dataclass
+class AlexNetConfig:
+    """Everything that defines an AlexNet-style network.
+
+    Defaults are the paper's network (variant ``alexnet_paper``).
+    """
+
+    num_classes: int = 1000
+    in_chans: int = 3
+    input_size: int = 224  # the size fc6 is built for (unless adaptive_pool is set)
+    widths: tuple[int, int, int, int, int] = (96, 256, 384, 384, 256)
+    fc_width: int = 4096
+    conv1_kernel: int = 11
+    conv1_stride: int = 4
+    conv1_padding: int = 2  # 224 + 2*2 -> 55x55, as 227 unpadded does
+    # Two towers (the two GPUs of 2012): conv2, conv4, conv5 see only their own tower's maps.
+    towers: int = 2
+    activation: Literal["relu", "tanh"] = "relu"
+    # LRN after the activation of conv1 and conv2 (section 3.3).
+    lrn: bool = True
+    lrn_size: int = 5
+    lrn_alpha: float = 1e-4
+    lrn_beta: float = 0.75
+    lrn_k: float = 2.0
+    lrn_convention: Literal["sum", "mean"] = "sum"
+    # The paper normalises each tower's maps on its own GPU (the window never crosses towers);
+    # Caffe's single-GPU bvlc_alexnet normalises across all channels.
+    lrn_per_tower: bool = True
+    # "norm_pool": conv -> act -> LRN -> pool (paper, bvlc_alexnet); "pool_norm": CaffeNet's swap.
+    norm_order: Literal["norm_pool", "pool_norm"] = "norm_pool"
+    # Overlapping max-pooling z=3, s=2 (section 3.4); (2, 2) is the non-overlapping ablation.
+    pool_kernel: int = 3
+    pool_stride: int = 2
+    # Which of the three pooling layers (after conv1, conv2, conv5) exist; small inputs drop some.
+    pools: tuple[bool, bool, bool] = (True, True, True)
+    adaptive_pool: int | None = None  # torchvision's AdaptiveAvgPool2d(6) before fc6
+    dropout: float = 0.5
+    # "after": on the outputs of fc6 and fc7 (paper); "before": on the inputs of fc6 and fc7 (torchvision).
+    dropout_position: Literal["after", "before"] = "after"
+    init: Literal["paper", "caffe", "kaiming", "torch"] = "paper"
+
+    def __post_init__(self) -> None:
+        self.widths = tuple(int(w) for w in self.widths)  # type: ignore[assignment]
+        self.pools = tuple(bool(p) for p in self.pools)  # type: ignore[assignment]
+        if len(self.widths) != 5 or len(self.pools) != 3:
+            raise ConfigError("widths needs 5 entries and pools 3")
+        if self.activation not in ("relu", "tanh"):
+            raise ConfigError(f"activation must be 'relu' or 'tanh', got {self.activation!r}")
+        if self.towers < 1 or any(w % self.towers for w in self.widths):
+            raise ConfigError(f"towers={self.towers} must divide every conv width {self.widths}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.num_classes < 1 or self.in_chans < 1:
+            raise ConfigError("num_classes and in_chans must be positive")
+        if self.init not in ("paper", "caffe", "kaiming", "torch"):
+            raise ConfigError(f"unknown init {self.init!r}")
+        if self.adaptive_pool is None and self.feature_size() < 1:
+            raise ConfigError(f"input_size={self.input_size} is too small for this network")
+
+    def feature_size(self) -> int:
+        """Spatial side of the fc6 input for ``input_size`` inputs (0 if the input is too small)."""
+        if self.adaptive_pool:
+            return self.adaptive_pool
+        s = (self.input_size + 2 * self.conv1_padding - self.conv1_kernel) // self.conv1_stride + 1
+        for use in self.pools:  # conv2..conv5 keep the size (padding k//2)
+            if use:
+                if s < self.pool_kernel:
+                    return 0
+                s = (s - self.pool_kernel) // self.pool_stride + 1
+        return max(s, 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> AlexNetConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ConfigError(f"unknown model option(s): {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+
+class AlexNet(nn.Module):
+    """AlexNet and its variants, configured by :class:`AlexNetConfig`."""
+
+    def __init__(self, config: AlexNetConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        w1, w2, w3, w4, w5 = c.widths
+        g = c.towers
+        self.conv1 = nn.Conv2d(c.in_chans, w1, c.conv1_kernel, c.conv1_stride, c.conv1_padding)
+        self.conv2 = nn.Conv2d(w1, w2, 5, 1, 2, groups=g)
+        self.conv3 = nn.Conv2d(w2, w3, 3, 1, 1)  # sees both towers
+        self.conv4 = nn.Conv2d(w3, w4, 3, 1, 1, groups=g)
+        self.conv5 = nn.Conv2d(w4, w5, 3, 1, 1, groups=g)
+        self.act = nn.ReLU(inplace=True) if c.activation == "relu" else nn.Tanh()
+        lrn = lambda: (  # noqa: E731
+            LocalResponseNorm(c.lrn_size, c.lrn_alpha, c.lrn_beta, c.lrn_k, c.lrn_convention, c.towers if c.lrn_per_tower else 1)
+            if c.lrn
+            else nn.Identity()
+        )
+        self.norm1, self.norm2 = lrn(), lrn()
+        pool = lambda use: nn.MaxPool2d(c.pool_kernel, c.pool_stride) if use else nn.Identity()  # noqa: E731
+        self.pool1, self.pool2, self.pool5 = (pool(u) for u in c.pools)
+        self.avgpool = nn.AdaptiveAvgPool2d(c.adaptive_pool) if c.adaptive_pool else nn.Identity()
+        s = c.feature_size()
+        self.fc6 = nn.Linear(w5 * s * s, c.fc_width)
+        self.fc7 = nn.Linear(c.fc_width, c.fc_width)
+        self.fc8 = nn.Linear(c.fc_width, c.num_classes)
+        self.drop6 = nn.Dropout(c.dropout)
+        self.drop7 = nn.Dropout(c.dropout)
+        self.reset_parameters()
+        # torchvision's AlexNet state dict (features.0.weight, ...) loads unchanged.
+        self._register_load_state_dict_pre_hook(_translate_torchvision_keys, with_module=True)
+
+    # -- initialisation -----------------------------------------------------------------------
+    def reset_parameters(self) -> None:
+        """Initialise weights by ``config.init``.
+
+        ``paper``: every weight ~ N(0, 0.01^2); biases 1 in conv2, conv4, conv5, fc6, fc7 (so the
+        ReLUs start with positive input), 0 elsewhere (section 5).
+        ``caffe``: bvlc_alexnet's fillers (std 0.005 for fc6/fc7, biases 0.1).
+        ``kaiming``: He-normal weights, zero biases: trains fast from scratch on small data.
+        ``torch``: PyTorch's layer defaults, as torchvision's alexnet.
+        """
+        mode = self.config.init
+        for name in LAYER_NAMES:
+            layer: nn.Conv2d | nn.Linear = getattr(self, name)
+            if mode == "torch":
+                layer.reset_parameters()
+            elif mode == "paper":
+                nn.init.normal_(layer.weight, 0.0, 0.01)
+                nn.init.constant_(layer.bias, 1.0 if name in ("conv2", "conv4", "conv5", "fc6", "fc7") else 0.0)
+            elif mode == "caffe":
+                nn.init.normal_(layer.weight, 0.0, 0.005 if name in ("fc6", "fc7") else 0.01)
+                nn.init.constant_(layer.bias, 0.1 if name in ("conv2", "conv4", "conv5", "fc6", "fc7") else 0.0)
+            else:  # kaiming
+                if name == "fc8":
+                    nn.init.normal_(layer.weight, 0.0, 0.01)
+                else:
+                    nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+                nn.init.zeros_(layer.bias)
+
+    # -- forward ------------------------------------------------------------------------------
+    def _stage(self, x: torch.Tensor, conv: nn.Module, norm: nn.Module, pool: nn.Module) -> torch.Tensor:
+        if self.config.norm_order == "norm_pool" and isinstance(norm, LocalResponseNorm) and isinstance(self.act, nn.ReLU):
+            # LRN(ReLU(.)) in one kernel: the ReLU costs no pass over memory of its own.
+            return pool(norm(conv(x), relu=True))
+        x = self.act(conv(x))
+        if self.config.norm_order == "norm_pool":
+            return pool(norm(x))
+        return norm(pool(x))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """conv1..pool5, flattened: the 9216-d input of fc6 for the paper's net."""
+        x = self._stage(x, self.conv1, self.norm1, self.pool1)
+        x = self._stage(x, self.conv2, self.norm2, self.pool2)
+        x = self.act(self.conv3(x))
+        x = self.act(self.conv4(x))
+        x = self.pool5(self.act(self.conv5(x)))
+        return torch.flatten(self.avgpool(x), 1)
+
+    def forward_fc7(self, x: torch.Tensor) -> torch.Tensor:
+        """The 4096-d fc7 activations (after ReLU): the paper's image descriptor (section 6.1)."""
+        x = self.forward_features(x)
+        if self.config.dropout_position == "before":
+            x = self.act(self.fc6(self.drop6(x)))
+            return self.act(self.fc7(self.drop7(x)))
+        x = self.drop6(self.act(self.fc6(x)))
+        return self.act(self.fc7(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.forward_fc7(x)
+        if self.config.dropout_position == "after":
+            x = self.drop7(x)
+        return self.fc8(x)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace fc8 by a fresh layer with ``num_classes`` outputs (for fine-tuning)."""
+        self.config.num_classes = num_classes
+        self.fc8 = nn.Linear(self.config.fc_width, num_classes).to(self.fc7.weight.device)
+        nn.init.normal_(self.fc8.weight, 0.0, 0.01)
+        nn.init.zeros_(self.fc8.bias)
+
+
+# torchvision.models.AlexNet names its layers by position in two Sequentials.
+TORCHVISION_KEYS = {
+    "features.0": "conv1",
+    "features.3": "conv2",
+    "features.6": "conv3",
+    "features.8": "conv4",
+    "features.10": "conv5",
+    "classifier.1": "fc6",
+    "classifier.4": "fc7",
+    "classifier.6": "fc8",
+}
+
+
+def torchvision_key(key: str) -> str:
+    """Our name for a torchvision AlexNet state-dict key (other keys unchanged)."""
+    layer, _, param = key.rpartition(".")
+    return f"{TORCHVISION_KEYS[layer]}.{param}" if layer in TORCHVISION_KEYS else key
+
+
+def _translate_torchvision_keys(module, state_dict, prefix, *args) -> None:
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        new = torchvision_key(key[len(prefix) :])
+        if new != key[len(prefix) :]:
+            state_dict[prefix + new] = state_dict.pop(key)
+
+
+# -- registry ---------------------------------------------------------------------------------
+_REGISTRY: dict[str, Callable[..., AlexNetConfig]] = {}
+_DESCRIPTIONS: dict[str, str] = {}
+
+
+def register_model(fn: Callable[[], AlexNetConfig]) -> Callable[[], AlexNetConfig]:
+    """Register a function returning a default config under its own name."""
+    _REGISTRY[fn.__name__] = fn
+    _DESCRIPTIONS[fn.__name__] = (fn.__doc__ or "").strip().splitlines()[0]
+    return fn
+
+
+@register_model
+def alexnet_paper() -> AlexNetConfig:
+    """The 2012 network: two towers, LRN (paper convention), overlapping pooling, paper init."""
+    return AlexNetConfig()
+
+
+@register_model
+def alexnet_owt() -> AlexNetConfig:
+    """torchvision's alexnet ("one weird trick", 2014): 64-192-384-256-256, no LRN, no towers."""
+    return AlexNetConfig(
+        widths=(64, 192, 384, 256, 256),
+        towers=1,
+        lrn=False,
+        adaptive_pool=6,
+        dropout_position="before",
+        init="torch",
+    )
+
+
+@register_model
+def alexnet_caffe() -> AlexNetConfig:
+    """BVLC bvlc_alexnet: paper layout at 227 px, Caffe's LRN (k=1, alpha averaged over 5)."""
+    return AlexNetConfig(
+        input_size=227,
+        conv1_padding=0,
+        lrn_k=1.0,
+        lrn_alpha=1e-4,
+        lrn_convention="mean",
+        lrn_per_tower=False,
+        init="caffe",
+    )
+
+
+@register_model
+def alexnet_small() -> AlexNetConfig:
+    """The paper's net for 28 px grey images (Fashion-MNIST): conv1 stride 2, no pool5."""
+    # Adapted only where a 28x28 grey input forces it: one input channel; conv1 stride 4 -> 2
+    # (stride 4 would leave 5x5 maps after conv1); pool5 dropped. With conv1 padding 5 the maps
+    # go 14 -> pool 6 -> conv2..conv5 at 6x6, so fc6 sees 256x6x6 = 9216 inputs, as in the paper.
+    # LRN, two towers, overlapping pooling, dropout and every width are the paper's. He init
+    # (instead of N(0, 0.01^2)) lets it train in minutes.
+    return AlexNetConfig(
+        in_chans=1, input_size=28, conv1_stride=2, conv1_padding=5, pools=(True, True, False), init="kaiming"
+    )
+
+
+def list_models() -> list[str]:
+    """Names accepted by :func:`create_model`."""
+    return sorted(_REGISTRY)
+
+
+def describe_models() -> dict[str, str]:
+    """Name -> one-line description."""
+    return {n: _DESCRIPTIONS[n] for n in list_models()}
+
+
+def model_config(name: str, **overrides: Any) -> AlexNetConfig:
+    """The config of a registered model with ``overrides`` applied."""
+    if name not in _REGISTRY:
+        raise UnknownModelError(f"unknown model {name!r}; choose from: {', '.join(list_models())}")
+    base = _REGISTRY[name]().to_dict()
+    bad = set(overrides) - set(base)
+    if bad:
+        raise ConfigError(f"unknown model option(s) for {name}: {', '.join(sorted(bad))}")
+    base.update(overrides)
+    return AlexNetConfig.from_dict(base)
+
+
+def create_model(name: str, num_classes: int = 1000, **overrides: Any) -> AlexNet:
+    """Build a registered model.
+
+    Args:
+        name: A name from :func:`list_models`.
+        num_classes: Outputs of fc8.
+        **overrides: Any :class:`AlexNetConfig` field, e.g. ``lrn=False``, ``towers=1``,
+            ``pool_kernel=2``, ``activation="tanh"``, ``dropout=0.0``, ``in_chans=1``.
+    """
+    return AlexNet(model_config(name, num_classes=num_classes, **overrides))
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+

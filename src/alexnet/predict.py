@@ -1,0 +1,122 @@
+"""Classify your own pictures: image files or folders in, top-K class names and probabilities out."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .data.folder import IMAGE_EXTENSIONS, decode_image
+from .data.loaders import model_input
+from .errors import DataError
+from .model import AlexNet
+from .runtime import progress
+
+
+def image_paths(inputs: list[str | os.PathLike]) -> list[Path]:
+    """Expand files and folders (searched recursively, sorted) into image files.
+
+    Raises:
+        DataError: a path does not exist, or a folder holds no images.
+    """
+    paths: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
+            if not found:
+                raise DataError(f"{p}: no image files in this folder")
+            paths.extend(found)
+        elif p.is_file():
+            paths.append(p)
+        else:
+            raise DataError(f"{p}: no such file or folder")
+    return paths
+
+
+def load_image(path: str | os.PathLike, preprocess: dict[str, Any]) -> torch.Tensor:
+    """Decode one image as the model's data was stored: (C, size, size) uint8.
+
+    The shorter side is resized to ``preprocess["resize"]`` (or ``size``), the centre square
+    kept; one-channel models get the ITU-R 601 luma of the RGB image, as PIL's "L" mode.
+
+    Raises:
+        DataError: the file cannot be read as an image.
+    """
+    size = preprocess.get("size") or preprocess.get("test_crop")
+    resize = preprocess.get("resize") or size
+    try:
+        image = decode_image(str(path), resize, size)
+    except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as e:
+        raise DataError(f"{path}: cannot read this image ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no detail'})") from None
+    if len(preprocess.get("mean", [0, 0, 0])) == 1:
+        luma = image[0].double() * 0.299 + image[1].double() * 0.587 + image[2].double() * 0.114
+        image = luma.round().clamp(0, 255).to(torch.uint8).unsqueeze(0)
+    return image
+
+
+def true_class(path: str | os.PathLike, classes: list[str]) -> str | None:
+    """The class an image's parent folder names, if it is one of ``classes``.
+
+    A folder name (e.g. ImageNet's ``n02086240``) is also looked up in a ``classes.tsv``
+    (folder, [index,] name) two or three levels up, as :func:`alexnet.data.folder.find_classes` does.
+    """
+    folder = Path(path).resolve().parent
+    if folder.name in classes:
+        return folder.name
+    for tsv in (folder.parent / "classes.tsv", folder.parent.parent / "classes.tsv"):
+        if tsv.is_file():
+            for line in tsv.read_text(encoding="utf-8").splitlines():
+                parts = line.split("\t")
+                if len(parts) >= 2 and parts[0] == folder.name and parts[-1] in classes:
+                    return parts[-1]
+    return None
+
+
+@torch.no_grad()
+def predict(
+    model: AlexNet,
+    inputs: list[str | os.PathLike],
+    top: int = 5,
+    batch_size: int = 32,
+    return_images: bool = False,
+    show_progress: bool | None = None,
+) -> list[dict[str, Any]] | tuple[list[dict[str, Any]], list[torch.Tensor]]:
+    """Top-``top`` classes of every image in ``inputs`` (files or folders) with a loaded model.
+
+    ``model`` is what :func:`alexnet.load` returns (it carries ``classes`` and ``preprocess``).
+    Each result: ``{"path", "top": [{"class", "index", "probability"}, ...], "label"}`` where
+    ``label`` is the true class when the parent folder names one (else None). With
+    ``return_images`` the decoded uint8 images come back too (for figures).
+    """
+    classes = list(getattr(model, "classes", None) or [str(i) for i in range(model.config.num_classes)])
+    preprocess = getattr(model, "preprocess", None)
+    if not preprocess:
+        raise DataError("the model has no 'preprocess' recipe; load it with alexnet.load(checkpoint)")
+    paths = image_paths(inputs)
+    device = next(model.parameters()).device
+    model.eval()
+    results: list[dict[str, Any]] = []
+    images_out: list[torch.Tensor] = []
+    k = min(top, len(classes))
+    starts = range(0, len(paths), batch_size)
+    for start in progress(starts, total=len(starts), desc="predict", enabled=show_progress, unit="batch"):
+        chunk = paths[start : start + batch_size]
+        images = torch.stack([load_image(p, preprocess) for p in chunk])
+        x = model_input(images.to(device), torch.zeros(len(chunk), dtype=torch.int64), preprocess, False)
+        probs = torch.softmax(model(x).float(), dim=1).cpu()
+        values, indices = probs.topk(k, dim=1)
+        for p, v, i in zip(chunk, values, indices):
+            results.append(
+                {
+                    "path": str(p),
+                    "top": [{"class": classes[j], "index": int(j), "probability": float(q)} for q, j in zip(v, i)],
+                    "label": true_class(p, classes),
+                }
+            )
+        if return_images:
+            images_out.extend(images)
+    return (results, images_out) if return_images else results

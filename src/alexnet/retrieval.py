@@ -1,0 +1,136 @@
+"""fc7 features and image retrieval (the paper's section 6.1 and figure 4, right).
+
+An index is a safetensors file: ``features`` (N, 4096) float32 and ``labels`` (N,) int64 tensors,
+with paths, class names, the checkpoint and the preprocessing recipe as JSON in its metadata.
+Nothing in it is pickled, so reading one runs no code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .data.folder import ImageFolderDataset, collate
+from .data.loaders import model_input
+from .errors import DataError
+from .model import AlexNet
+from .predict import load_image
+from .runtime import progress
+
+INDEX_FORMAT = "alexnet-fc7-index-1"
+
+
+@torch.no_grad()
+def fc7(model: AlexNet, images: torch.Tensor) -> torch.Tensor:
+    """fc7 vectors (B, fc_width) of a uint8 batch prepared by the model's ``preprocess`` (centre crop)."""
+    model.eval()
+    device = next(model.parameters()).device
+    x = model_input(images.to(device), torch.zeros(len(images), dtype=torch.int64), model.preprocess, False)
+    return model.forward_fc7(x).float().cpu()
+
+
+def build_index(
+    model: AlexNet,
+    data: str | os.PathLike,
+    batch_size: int = 64,
+    workers: int = 0,
+    checkpoint: str | os.PathLike | None = None,
+    show_progress: bool | None = None,
+) -> dict[str, Any]:
+    """fc7 features of every image of an image folder (CLASS/IMAGE files).
+
+    Returns ``{"features", "labels", "paths", "classes", "checkpoint", "preprocess"}``.
+    """
+    root = Path(data)
+    if not root.is_dir():
+        raise DataError(f"--data: {root} is not a folder of class sub-folders of images")
+    pre = model.preprocess
+    ds = ImageFolderDataset(root, resize=pre.get("resize") or pre.get("size"), size=pre.get("size"))
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate)
+    feats, labels, kept = [], [], []
+    for batch in progress(loader, total=len(loader), desc="fc7 features", enabled=show_progress, unit="batch"):
+        if batch is None:
+            continue
+        images, y, index = batch
+        feats.append(fc7(model, images))
+        labels.append(y)
+        kept.extend(int(i) for i in index)
+    if not feats:
+        raise DataError(f"{root}: no readable images")
+    return {
+        "features": torch.cat(feats),
+        "labels": torch.cat(labels),
+        "paths": [ds.samples[i][0] for i in kept],
+        "classes": list(ds.classes),
+        "checkpoint": str(checkpoint) if checkpoint is not None else None,
+        "preprocess": dict(pre),
+    }
+
+
+def save_index(index: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write an index as safetensors (to a temporary name, then renamed)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "format": INDEX_FORMAT,
+        "paths": json.dumps(index["paths"]),
+        "classes": json.dumps(index["classes"]),
+        "checkpoint": json.dumps(index.get("checkpoint")),
+        "preprocess": json.dumps(index.get("preprocess") or {}),
+    }
+    tmp = path.with_name(f".{path.name}.tmp")
+    tensors = {"features": index["features"].contiguous(), "labels": index["labels"].to(torch.int64).contiguous()}
+    save_file(tensors, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+    return path
+
+
+def load_index(path: str | os.PathLike) -> dict[str, Any]:
+    """Read an index written by :func:`save_index` (DataError if it is not one)."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"--index: file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != INDEX_FORMAT:
+                raise DataError(f"{path}: not a feature index written by 'alexnet features'")
+            features, labels = f.get_tensor("features"), f.get_tensor("labels")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise DataError(f"{path}: not a readable feature index ({type(e).__name__})") from None
+    return {
+        "features": features,
+        "labels": labels,
+        "paths": json.loads(meta["paths"]),
+        "classes": json.loads(meta["classes"]),
+        "checkpoint": json.loads(meta["checkpoint"]),
+        "preprocess": json.loads(meta["preprocess"]),
+    }
+
+
+def nearest(index: dict[str, Any], query: torch.Tensor, k: int = 6) -> list[dict[str, Any]]:
+    """The ``k`` index entries nearest to one fc7 vector by Euclidean distance, nearest first."""
+    feats = index["features"].double()
+    d = torch.cdist(query.double().reshape(1, -1), feats).reshape(-1)
+    values, order = d.topk(min(k, len(d)), largest=False)
+    out = []
+    for dist, i in zip(values.tolist(), order.tolist()):
+        label = int(index["labels"][i])
+        out.append({"path": index["paths"][i], "distance": dist, "label": index["classes"][label] if 0 <= label < len(index["classes"]) else None})
+    return out
+
+
+def retrieve(model: AlexNet, index: dict[str, Any], image: str | os.PathLike, k: int = 6) -> list[dict[str, Any]]:
+    """The ``k`` indexed images nearest to ``image`` in the model's fc7 space."""
+    if index["features"].shape[1] != model.config.fc_width:
+        raise DataError(f"the index holds {index['features'].shape[1]}-d features but the model's fc7 has {model.config.fc_width}")
+    query = fc7(model, load_image(image, model.preprocess).unsqueeze(0))[0]
+    return nearest(index, query, k)

@@ -1,0 +1,102 @@
+"""Per-layer summary: output shapes, neurons, parameters and multiply-accumulates."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .lrn import LocalResponseNorm
+from .model import LAYER_NAMES, AlexNet
+
+# Section 3.5 of the paper: "the number of neurons in the network's remaining layers is given by
+# 253,440-186,624-64,896-64,896-43,264-4096-4096-1000" (conv1..fc8).
+PAPER_NEURONS = dict(zip(LAYER_NAMES, (253_440, 186_624, 64_896, 64_896, 43_264, 4_096, 4_096, 1_000)))
+
+
+@dataclass
+class LayerRow:
+    name: str
+    kind: str
+    output_shape: tuple[int, ...]
+    neurons: int
+    params: int
+    macs: int
+
+
+def layer_table(model: AlexNet, input_size: int | None = None) -> list[LayerRow]:
+    """Run one image through ``model`` and record every conv, LRN, pool and FC layer."""
+    cfg = model.config
+    size = input_size or cfg.input_size
+    rows: list[LayerRow] = []
+    hooks = []
+    for name, module in model.named_children():
+        if not isinstance(module, (nn.Conv2d, nn.Linear, nn.MaxPool2d, nn.AdaptiveAvgPool2d, LocalResponseNorm)):
+            continue
+
+        def hook(mod, inputs, output, name=name):
+            out = tuple(output.shape[1:])
+            params = sum(p.numel() for p in mod.parameters())
+            if isinstance(mod, nn.Conv2d):
+                macs = output.numel() * (mod.in_channels // mod.groups) * mod.kernel_size[0] * mod.kernel_size[1]
+            elif isinstance(mod, nn.Linear):
+                macs = mod.in_features * mod.out_features
+            else:
+                macs = 0
+            kind = type(mod).__name__
+            neurons = output.numel() if isinstance(mod, (nn.Conv2d, nn.Linear)) else 0
+            rows.append(LayerRow(name, kind, out, neurons, params, macs))
+
+        hooks.append(module.register_forward_hook(hook))
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            p = next(model.parameters())
+            model(torch.zeros(1, cfg.in_chans, size, size, device=p.device, dtype=p.dtype))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return rows
+
+
+def format_summary(model: AlexNet, name: str = "", input_size: int | None = None) -> str:
+    """The summary table as text, with totals and a comparison to the paper's neuron counts."""
+    rows = layer_table(model, input_size)
+    size = input_size or model.config.input_size
+    compare = any(r.name in PAPER_NEURONS for r in rows) and model.config.widths == (96, 256, 384, 384, 256)
+    head = f"{'layer':<8} {'type':<18} {'output':>14} {'neurons':>12} {'params':>12} {'MACs':>14}"
+    if compare:
+        head += f" {'paper neurons':>14}"
+    lines = [f"{name or 'model'}: input {model.config.in_chans}x{size}x{size}, {model.config.num_classes} classes", head, "-" * len(head)]
+    for r in rows:
+        line = f"{r.name:<8} {r.kind:<18} {'x'.join(map(str, r.output_shape)):>14} "
+        line += f"{r.neurons or '':>12} {r.params or '':>12} {r.macs or '':>14}"
+        line = line.replace("  0 ", "    ")
+        if compare and r.name in PAPER_NEURONS:
+            line += f" {PAPER_NEURONS[r.name]:>14,}"
+        lines.append(line)
+    total_params = sum(p.numel() for p in model.parameters())
+    total_macs = sum(r.macs for r in rows)
+    conv_macs = sum(r.macs for r in rows if r.kind == "Conv2d")
+    neurons = sum(r.neurons for r in rows)
+    lines.append("-" * len(head))
+    lines.append(f"total parameters:          {total_params:,}")
+    lines.append(f"total multiply-accumulates: {total_macs:,} per image ({100 * conv_macs / max(1, total_macs):.0f} % in conv layers)")
+    lines.append(f"total neurons (conv1..fc8): {neurons:,}")
+    if compare:
+        disagree = [r for r in rows if r.name in PAPER_NEURONS and r.neurons != PAPER_NEURONS[r.name]]
+        if not disagree:
+            lines.append("neuron counts: every layer matches the paper")
+        for r in disagree:
+            shape = "x".join(map(str, r.output_shape))
+            lines.append(
+                f"note: the paper gives {PAPER_NEURONS[r.name]:,} neurons for {r.name}; its output {shape} has "
+                f"{r.neurons:,} (a known erratum of the paper)"
+            )
+        agree = [r.name for r in rows if r.name in PAPER_NEURONS and r.neurons == PAPER_NEURONS[r.name]]
+        if disagree and agree:
+            lines.append(f"      the counts of {', '.join(agree)} match the paper")
+    return "\n".join(lines)

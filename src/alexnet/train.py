@@ -1,0 +1,549 @@
+"""Training: ``train_one_epoch``, ``evaluate`` and ``fit`` (the whole run), as plain functions.
+
+A run never loses work: ``last.pt`` and ``best.pt`` are written atomically at every epoch end (and
+every ``save_every`` steps), hold everything a resume needs (weights, optimiser, schedule, AMP
+scaler, every RNG state, the position in the data order), and ``--resume`` continues bitwise
+exactly where the run stopped (CPU, ``--workers 0``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from . import __version__, distributed
+from .checkpoint import load_checkpoint, save_atomic
+from .config import TrainConfig, validate
+from .data.loaders import DataBundle, load_data, model_input, set_epoch
+from .errors import CheckpointError, ConfigError, TrainingError
+from .model import LAYER_NAMES, AlexNet, AlexNetConfig, create_model, model_config, torchvision_key
+from .optim import PlateauSchedule, make_optimizer, param_groups, step_lr_factor
+from .parallel import TowerSplit, grouped_optimizer_state, split_optimizer_state, tower_devices
+from .runtime import autocast, progress, resolve_amp, rng_state, seed_everything, set_rng_state
+
+
+class Interrupted(TrainingError):
+    """Ctrl-C during training: the state was saved and the run can be resumed."""
+
+
+@dataclass
+class Position:
+    """Where a run stands: what a resume needs besides weights and optimiser state."""
+
+    epoch: int = 0  # the current epoch (0-based)
+    batch: int = 0  # batches of this epoch already done
+    step: int = 0  # optimisation steps of the whole run
+    loss_sum: float = 0.0  # running sums of the current epoch
+    correct: int = 0
+    seen: int = 0
+    skipped: int = 0  # batches skipped for a non-finite loss (on_nonfinite="skip")
+    seconds: float = 0.0
+
+
+def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> list[int]:
+    """Number of samples whose label is among the top-k scores, for each k (k capped at #classes)."""
+    maxk = min(max(ks), logits.shape[1])
+    top = logits.topk(maxk, dim=1).indices
+    hit = top.eq(labels.reshape(-1, 1))
+    return [int(hit[:, : min(k, maxk)].any(dim=1).sum()) for k in ks]
+
+
+def train_one_epoch(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: Any,
+    preprocess: dict[str, Any],
+    cfg: TrainConfig,
+    device: torch.device,
+    amp: torch.dtype | None,
+    scaler: Any,
+    pos: Position,
+    lr_scale: float = 1.0,
+    on_step: Callable[[Position], None] | None = None,
+    show_progress: bool | None = None,
+    reduce: Callable[[list[float]], list[float]] = list,
+) -> dict[str, float]:
+    """Train from ``pos`` to the end of the epoch ``pos.epoch``; ``pos`` is updated in place.
+
+    ``on_step`` runs after every optimisation step (mid-epoch checkpoints, Ctrl-C). ``reduce`` sums
+    numbers over the ranks of a distributed run (:func:`alexnet.distributed.all_reduce_sum`), so that
+    every rank skips the same batches and the returned figures cover the whole data.
+    """
+    model.train()
+    steps_per_epoch = len(loader)
+    t0 = time.perf_counter() - pos.seconds
+    bar = progress(
+        loader, total=steps_per_epoch - pos.batch, desc=f"epoch {pos.epoch + 1}/{cfg.epochs}", enabled=show_progress, unit="batch"
+    )
+    for batch in bar:
+        # Every image of the batch was unreadable (on any rank: all ranks skip it, or DDP would wait).
+        if reduce([float(batch is None)])[0] > 0:
+            pos.batch += 1
+            continue
+        images, labels, index = (t.to(device, non_blocking=True) for t in batch)
+        x = model_input(images, index, preprocess, True, cfg.seed, pos.epoch, cfg.channels_last)
+        factor = lr_scale * step_lr_factor(
+            cfg.schedule, pos.step, steps_per_epoch, cfg.epochs, cfg.warmup_epochs, cfg.step_size, cfg.gamma
+        )
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.lr * factor * group.get("lr_mult", 1.0)
+        with autocast(device, amp):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        if reduce([float(not torch.isfinite(loss))])[0] > 0:  # on any rank: all ranks act alike
+            if cfg.on_nonfinite == "skip":
+                pos.skipped += 1
+                pos.batch += 1
+                continue
+            raise TrainingError(
+                f"non-finite loss ({loss.item()}) at epoch {pos.epoch + 1}, step {pos.step + 1}: the weights were not "
+                "updated and the last checkpoint is kept; lower --lr, try --amp none, or pass --on-nonfinite skip"
+            )
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        n = labels.numel()
+        pos.step += 1
+        pos.batch += 1
+        pos.loss_sum += loss.item() * n
+        pos.correct += int((logits.argmax(1) == labels).sum())
+        pos.seen += n
+        pos.seconds = time.perf_counter() - t0
+        bar.set_postfix(
+            loss=f"{pos.loss_sum / pos.seen:.3f}", img_s=f"{pos.seen / max(pos.seconds, 1e-9):.0f}", lr=f"{optimizer.param_groups[0]['lr']:.2g}"
+        )
+        if on_step is not None:
+            on_step(pos)
+    loss_sum, correct, seen = reduce([pos.loss_sum, pos.correct, pos.seen])
+    seen, skipped = int(seen), pos.skipped  # every rank skipped the same batches
+    return {
+        "train_loss": loss_sum / max(1, seen),
+        "train_top1": correct / max(1, seen),
+        "train_images": seen,
+        "train_seconds": pos.seconds,
+        "images_per_second": seen / max(pos.seconds, 1e-9),
+        "skipped_batches": skipped,
+        "lr": optimizer.param_groups[0]["lr"] / optimizer.param_groups[0].get("lr_mult", 1.0),
+    }
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module,
+    loader: Any,
+    preprocess: dict[str, Any],
+    device: torch.device,
+    amp: torch.dtype | None = None,
+    channels_last: bool = False,
+    show_progress: bool | None = None,
+    reduce: Callable[[list[float]], list[float]] = list,
+) -> dict[str, float]:
+    """Top-1/top-5 accuracy, error and mean loss over ``loader`` (centre crops); ``reduce`` sums the
+    counts over the ranks of a distributed run, each of which saw its share of ``loader``."""
+    model.eval()
+    loss_sum, c1, c5, n = 0.0, 0, 0, 0
+    for batch in progress(loader, total=len(loader), desc="evaluate", enabled=show_progress, unit="batch"):
+        if batch is None or len(batch[1]) == 0:  # unreadable images, or a rank's empty share of a last batch
+            continue
+        images, labels, index = (t.to(device, non_blocking=True) for t in batch)
+        x = model_input(images, index, preprocess, False, channels_last=channels_last)
+        with autocast(device, amp):
+            logits = model(x).float()
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
+        k1, k5 = topk_correct(logits, labels)
+        c1, c5, n = c1 + k1, c5 + k5, n + labels.numel()
+    loss_sum, c1, c5, n = reduce([loss_sum, c1, c5, n])
+    n = int(n)
+    if n == 0:
+        return {"top1": 0.0, "top5": 0.0, "top1_error": 1.0, "top5_error": 1.0, "loss": float("nan"), "images": 0}
+    return {"top1": c1 / n, "top5": c5 / n, "top1_error": 1 - c1 / n, "top5_error": 1 - c5 / n, "loss": loss_sum / n, "images": n}
+
+
+# -- building the model ---------------------------------------------------------------------------
+def _expand_layers(names: list[str]) -> list[str]:
+    out = []
+    for name in names:
+        if name == "features":
+            out += list(LAYER_NAMES[:5])
+        elif name == "classifier":
+            out += list(LAYER_NAMES[5:])
+        elif name in LAYER_NAMES:
+            out.append(name)
+        else:
+            raise ConfigError(f"--freeze: unknown layer {name!r}; use {', '.join(LAYER_NAMES)}, features or classifier")
+    return out
+
+
+def build_model(cfg: TrainConfig, num_classes: int, in_chans: int, log: Callable[[str], None] = print) -> AlexNet:
+    """The model to train: ``cfg.model`` (or the architecture of ``cfg.init_from``), initialised
+    from ``cfg.init_from`` when given (a fresh fc8 if the class count differs), layers frozen."""
+    options = {"in_chans": in_chans, **cfg.model_options}
+    init = None
+    if cfg.init_from:
+        init = load_checkpoint(cfg.init_from)
+    if init is not None and init.get("model_config"):
+        arch = {**init["model_config"], **cfg.model_options, "num_classes": num_classes}
+        model = AlexNet(AlexNetConfig.from_dict(arch))
+        log(f"architecture and weights from {cfg.init_from}")
+    else:
+        model = create_model(cfg.model, num_classes=num_classes, **options)
+    if init is not None:
+        state = dict(init["model"])
+        mine = model.state_dict()
+        state = {torchvision_key(k): v for k, v in state.items()}  # torchvision names -> ours
+        fresh = [k for k in ("fc8.weight", "fc8.bias") if k in state and state[k].shape != mine[k].shape]
+        for k in fresh:
+            del state[k]
+        if fresh:
+            log(f"fc8 re-initialised for {num_classes} classes")
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError as e:
+            raise CheckpointError(f"--init-from {cfg.init_from}: weights do not fit {cfg.model}: {str(e).splitlines()[-1].strip()}") from None
+        missing = [k for k in missing if k not in fresh]
+        if missing or unexpected:
+            raise CheckpointError(
+                f"--init-from {cfg.init_from}: weights do not fit {cfg.model} "
+                f"(missing {', '.join(missing[:4]) or 'none'}; unexpected {', '.join(unexpected[:4]) or 'none'}); pass --model"
+            )
+    for name in _expand_layers(cfg.freeze):
+        for p in getattr(model, name).parameters():
+            p.requires_grad_(False)
+    return model
+
+
+# -- the run ----------------------------------------------------------------------------------------
+def _environment(device: torch.device, amp: torch.dtype | None) -> dict[str, Any]:
+    return {
+        "alexnet": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "device": str(device),
+        "amp": str(amp).replace("torch.", "") if amp else "none",
+        "threads": torch.get_num_threads(),
+    }
+
+
+def _save(state: dict[str, Any], path: Path) -> None:
+    try:
+        save_atomic(state, path)
+    except OSError as e:
+        raise TrainingError(f"could not write {path}: {e.strerror or e}; the previous checkpoint is kept") from None
+
+
+def _resume_source(resume: str) -> Path:
+    path = Path(resume)
+    if path.is_dir():
+        path = path / "last.pt"
+    if not path.is_file():
+        raise CheckpointError(f"--resume: no checkpoint at {path}")
+    return path
+
+
+class _CtrlC:
+    """Turns SIGINT into a flag that the training loop checks between steps."""
+
+    def __init__(self) -> None:
+        self.hit = False
+        self.previous = None
+
+    def __enter__(self):
+        try:
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread
+            self.previous = None
+        return self
+
+    def _handle(self, *_):
+        if self.hit:  # a second Ctrl-C: stop at once
+            raise KeyboardInterrupt
+        self.hit = True
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
+def fit(cfg: TrainConfig, show_progress: bool | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train ``cfg.model`` on ``cfg.data`` and evaluate after every epoch.
+
+    Writes to the run folder: ``config.json``, ``metrics.jsonl``, ``last.pt``, ``best.pt``.
+    With ``resume`` (a run folder or checkpoint), continues that run exactly.
+    Started by torchrun (``RANK``, ``WORLD_SIZE`` set), this is one rank of a data-parallel run: each
+    rank trains a DistributedDataParallel replica on its share of every global batch, and only rank 0
+    logs and writes files. ``cfg.tower_devices`` puts the two towers on two devices (parallel.py).
+    Returns the last epoch's metrics with ``run_dir`` and ``best_val_top1`` added.
+    """
+    info = distributed.env_info()
+    towers = tower_devices(cfg.tower_devices, info)
+    device = towers[0] if towers else distributed.rank_device(cfg.device, info)
+    run_dir = Path(cfg.out) if cfg.out else Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.model}"
+    distributed.setup(info, device, cfg.dist_timeout)
+    try:
+        run_dir = Path(distributed.broadcast_object(str(run_dir)))  # rank 0's time stamp names the run
+        quiet = not info.is_main
+        return _fit(cfg, info, device, towers, run_dir, False if quiet else show_progress, (lambda s: None) if quiet else log)
+    except RuntimeError as e:
+        if info.enabled and distributed.is_comm_error(e):
+            hint = f" --nproc {info.world}" if info.world == info.local_world else " (started by torchrun as before)"
+            raise distributed.comm_failure(e, info, run_dir, hint) from None
+        raise
+    finally:
+        distributed.teardown()
+
+
+def _fit(
+    cfg: TrainConfig,
+    info: distributed.DistInfo,
+    device: torch.device,
+    towers: tuple[torch.device, torch.device] | None,
+    run_dir: Path,
+    show_progress: bool | None,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    resume_ckpt = load_checkpoint(_resume_source(cfg.resume)) if cfg.resume else None
+    if cfg.batch_size % info.world:
+        raise ConfigError(
+            f"--batch-size {cfg.batch_size} is the global batch: it must divide evenly over the {info.world} processes"
+        )
+    seed_everything(cfg.seed)
+    amp = resolve_amp(cfg.amp, device)
+    torch.backends.cudnn.benchmark = device.type == "cuda"
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)  # bad_files.txt may be written while loading
+    data = load_data(
+        cfg.data,
+        cfg.batch_size,
+        model_config(cfg.model, **cfg.model_options).input_size,
+        workers=min(cfg.workers, os.cpu_count() or 1),  # more workers than cores only contend
+        seed=cfg.seed,
+        eval_batch_size=cfg.eval_batch_size,
+        pin_memory=device.type == "cuda",
+        rank=info.rank,
+        world=info.world,
+        preset=cfg.data_preset,
+        strict=cfg.strict,
+        out_dir=run_dir if info.is_main else None,
+        show_progress=show_progress,
+    )
+    if cfg.num_classes is not None and cfg.num_classes != len(data.classes):
+        raise ConfigError(f"--num-classes {cfg.num_classes} does not match the {len(data.classes)} classes of {data.source}")
+    seed_everything(cfg.seed)  # the init does not depend on what data loading drew
+    model = build_model(cfg, len(data.classes), len(data.preprocess["mean"]), log)
+    if info.rank:  # the same init everywhere, but each rank its own dropout masks
+        seed_everything(cfg.seed + 7919 * info.rank)
+    split = TowerSplit(model, towers) if towers else None
+    module: torch.nn.Module = split if split is not None else model.to(device)
+    if cfg.channels_last:
+        module = module.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(cfg.optimizer, param_groups(module, cfg.lr_mult), cfg.lr, cfg.momentum, cfg.weight_decay, cfg.nesterov)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+    plateau = PlateauSchedule(cfg.plateau_patience, 0.1, cfg.plateau_max_reductions)
+    pos, history, best = Position(), [], -1.0
+    metrics_path = run_dir / "metrics.jsonl"
+    if resume_ckpt is not None:
+        try:
+            if split is not None:  # checkpoints hold the grouped layout, whatever the placement
+                split.load_grouped_state_dict(resume_ckpt["model"])
+                optimizer.load_state_dict(split_optimizer_state(split, optimizer, resume_ckpt["optimizer"]))
+            else:
+                model.load_state_dict(resume_ckpt["model"])
+                optimizer.load_state_dict(resume_ckpt["optimizer"])
+            scaler.load_state_dict(resume_ckpt.get("scaler") or {})
+            plateau.load_state_dict(resume_ckpt["plateau"])
+            pos = Position(**resume_ckpt["position"])
+            history, best = list(resume_ckpt["history"]), float(resume_ckpt["best_val_top1"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as e:
+            raise CheckpointError(f"--resume {cfg.resume}: not a full training checkpoint ({type(e).__name__}: {e})") from None
+        if not info.is_main:  # the saved sums are the whole run's: rank 0 carries them on
+            pos = dataclasses.replace(pos, loss_sum=0.0, correct=0, seen=0)
+        if info.is_main:
+            metrics_path.write_text("".join(json.dumps(h) + "\n" for h in history))
+        log(f"resuming {run_dir} at epoch {pos.epoch + 1}, batch {pos.batch}, step {pos.step}")
+    elif info.is_main:
+        resolved = {
+            "train": cfg.to_dict(),
+            "model": model.config.to_dict(),
+            "data": {"source": data.source, "train_images": data.train_size, "val_images": data.val_size, "classes": data.classes},
+            "preprocess": data.preprocess,
+            "environment": _environment(device, amp),
+            "distributed": {"world_size": info.world, "towers": [str(d) for d in towers] if towers else None},
+        }
+        (run_dir / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
+        metrics_path.write_text("")
+    for note in data.notes:
+        log(f"note: {note}")
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    where = f"device {towers[0]} + {towers[1]} (one tower each)" if towers else f"device {device}"
+    if info.enabled:
+        where += f", {info.world} processes (batch {cfg.batch_size // info.world} each)"
+    log(
+        f"training {cfg.model} on {data.source}: {data.train_size} train / {data.val_size} val images, "
+        f"{len(data.classes)} classes, {trainable:,} trainable parameters, {cfg.epochs} epochs, {where}, "
+        f"amp {_environment(device, amp)['amp']} -> {run_dir}"
+    )
+    net = module
+    if info.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # A module on one GPU names it; a module over two devices (towers) or on the CPU must not.
+        ids = [device] if device.type == "cuda" and split is None else None
+        net = DistributedDataParallel(module, device_ids=ids, gradient_as_bucket_view=True)
+    net = torch.compile(net) if cfg.compile else net
+    eval_net = module if info.enabled else net  # evaluation needs no gradient synchronisation
+    writer = _tensorboard(run_dir) if cfg.tensorboard and info.is_main else None
+
+    def state(position: dict[str, Any], rng_ranks: list | None) -> dict[str, Any]:
+        return {
+            "model": split.grouped_state_dict() if split is not None else model.state_dict(),
+            "model_config": model.config.to_dict(),
+            "classes": list(data.classes),
+            "preprocess": _portable(data.preprocess),
+            "train_config": cfg.to_dict(),
+            "optimizer": grouped_optimizer_state(split, optimizer) if split is not None else optimizer.state_dict(),
+            "scaler": scaler.state_dict(),
+            "plateau": plateau.state_dict(),
+            "position": position,
+            "history": history,
+            "best_val_top1": best,
+            "rng": rng_state(),
+            **({"rng_ranks": rng_ranks} if rng_ranks is not None else {}),
+            "format": "alexnet-checkpoint-1",
+        }
+
+    def save(*names: str) -> None:
+        """Every rank takes part (sums and RNG states are gathered); rank 0 writes."""
+        position = dataclasses.asdict(pos)
+        sums = distributed.all_reduce_sum([pos.loss_sum, pos.correct, pos.seen])
+        position.update(loss_sum=sums[0], correct=int(sums[1]), seen=int(sums[2]))
+        rngs = distributed.all_gather_object(rng_state()) if info.enabled else None
+        if info.is_main:
+            ckpt = state(position, rngs)
+            for name in names:
+                _save(ckpt, run_dir / name)
+
+    if resume_ckpt is not None:  # last: everything above may have drawn random numbers
+        ranks = resume_ckpt.get("rng_ranks")
+        if ranks is not None and len(ranks) == info.world:
+            set_rng_state(ranks[info.rank])
+        elif info.rank == 0:
+            set_rng_state(resume_ckpt["rng"])
+    with _CtrlC() as ctrl_c:
+
+        def on_step(p: Position) -> None:
+            if distributed.any_rank(ctrl_c.hit):
+                save("last.pt")
+                raise Interrupted(
+                    f"interrupted at epoch {p.epoch + 1}, step {p.step}; saved {run_dir / 'last.pt'}; "
+                    f"continue with: alexnet train --resume {run_dir}"
+                )
+            if cfg.save_every and p.step % cfg.save_every == 0:
+                save("last.pt")
+
+        while pos.epoch < cfg.epochs and not plateau.stop:
+            set_epoch(data.train, pos.epoch, pos.batch)
+            stats = train_one_epoch(
+                net, optimizer, data.train, data.preprocess, cfg, device, amp, scaler, pos, plateau.scale, on_step, show_progress,
+                distributed.all_reduce_sum,
+            )
+            val = evaluate(
+                eval_net, data.val, data.preprocess, device, amp, cfg.channels_last, show_progress, distributed.all_reduce_sum
+            )
+            record = {"epoch": pos.epoch + 1, "step": pos.step, **stats, **{f"val_{k}": v for k, v in val.items()}}
+            record["elapsed_seconds"] = (history[-1]["elapsed_seconds"] if history else 0.0) + stats["train_seconds"]
+            if cfg.schedule == "plateau":
+                event = plateau.step(val["top1_error"])
+                if event == "reduce":
+                    log(f"validation error stalled for {cfg.plateau_patience} epochs: lr x 0.1 (reduction {plateau.reductions})")
+                elif event == "stop":
+                    log(f"validation error stalled after {plateau.reductions} reductions: stopping")
+                record["lr_scale"] = plateau.scale
+            history.append(record)
+            improved = val["top1"] > best
+            best = max(best, val["top1"])
+            pos = Position(epoch=pos.epoch + 1, step=pos.step)
+            save("last.pt", *(["best.pt"] if improved else []))
+            if info.is_main:
+                _record(run_dir, metrics_path, record, writer)
+            log(
+                f"epoch {record['epoch']}/{cfg.epochs}  loss {stats['train_loss']:.4f}  "
+                f"val top-1 {val['top1']:.4f}  top-5 {val['top5']:.4f}  "
+                f"{stats['images_per_second']:.0f} img/s  {record['elapsed_seconds']:.0f}s"
+                + (f"  ({stats['skipped_batches']} batches skipped)" if stats["skipped_batches"] else "")
+            )
+            if distributed.any_rank(ctrl_c.hit):
+                raise Interrupted(f"interrupted after epoch {record['epoch']}; continue with: alexnet train --resume {run_dir}")
+    if writer is not None:
+        writer.close()
+    final = dict(history[-1]) if history else {}
+    final.update(run_dir=str(run_dir), best_val_top1=best)
+    return final
+
+
+def _portable(preprocess: dict[str, Any]) -> dict[str, Any]:
+    """The recipe with the mean image embedded (config.json holds its cache path): a checkpoint
+    must work on another machine."""
+    out = dict(preprocess)
+    mean_image = out.get("mean_image")
+    if isinstance(mean_image, (str, Path)):
+        import numpy as np
+
+        out["mean_image"] = torch.from_numpy(np.load(mean_image))
+    return out
+
+
+def _record(run_dir: Path, metrics_path: Path, record: dict[str, Any], writer: Any) -> None:
+    """An epoch's metrics to metrics.jsonl, TensorBoard and curves.png."""
+    with metrics_path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+    if writer is not None:
+        for k, v in record.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                writer.add_scalar(k, v, record["epoch"])
+        writer.flush()
+    _plot(run_dir)
+
+
+def _tensorboard(run_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ConfigError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+    return SummaryWriter(str(run_dir / "tensorboard"))
+
+
+def _plot(run_dir: Path) -> None:
+    """curves.png beside metrics.jsonl, when the plotting module is available."""
+    try:
+        from .figures import plot_curves
+    except ImportError:
+        return
+    plot_curves(run_dir)
+
+
+def resume_config(run: str, overrides: dict[str, Any]) -> TrainConfig:
+    """The configuration of the run being resumed, with ``overrides`` (e.g. more epochs) on top."""
+    path = _resume_source(run)
+    ckpt = load_checkpoint(path)
+    saved = ckpt.get("train_config")
+    if not saved:
+        raise CheckpointError(f"--resume: {path} has no training configuration")
+    values = {**saved, **{k: v for k, v in overrides.items() if v is not None}}
+    values.update(out=str(path.parent), resume=str(path))
+    cfg = TrainConfig(**values)
+    validate(cfg)
+    return cfg
+

@@ -1,0 +1,72 @@
+"""Shared fixtures: tiny data sets that the tests write themselves."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+IMAGEWOOF = SHARED / "data" / "imagewoof-mini"
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write an IDX file (uint8 data), gzipped when the name ends in .gz."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    if path.suffix == ".gz":
+        data = gzip.compress(data)
+    path.write_bytes(data)
+
+
+@pytest.fixture
+def tiny_fmnist(tmp_path: Path) -> Path:
+    """Fashion-MNIST-format IDX files: 10 classes, 64 train and 40 test images of simple patterns."""
+    return make_tiny_fmnist(tmp_path / "fmnist")
+
+
+def make_tiny_fmnist(root: Path) -> Path:
+    """The files of the ``tiny_fmnist`` fixture, written to ``root``."""
+    rng = np.random.default_rng(0)
+    root.mkdir()
+    for split, n in (("train", 64), ("t10k", 40)):
+        labels = np.arange(n) % 10
+        images = rng.integers(0, 40, size=(n, 28, 28))
+        for i, y in enumerate(labels):  # a bright bar whose position is the class
+            images[i, 2 * y + 4 : 2 * y + 7, 4:24] = 220
+        write_idx(root / f"{split}-images-idx3-ubyte.gz", images)
+        write_idx(root / f"{split}-labels-idx1-ubyte.gz", labels)
+    return root
+
+
+def make_image_folder(root: Path, classes: int = 3, per_class: int = 4, size: tuple[int, int] = (80, 64)) -> Path:
+    """CLASS/IMAGE.jpg tree of coloured noise images, one dominant colour per class."""
+    rng = np.random.default_rng(1)
+    for c in range(classes):
+        folder = root / f"class{c}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            arr = rng.integers(0, 60, size=(size[1], size[0], 3), dtype=np.uint8)
+            arr[..., c % 3] += 150
+            Image.fromarray(arr).save(folder / f"img{i}.jpg", quality=90)
+    return root
+
+
+@pytest.fixture
+def tiny_folder(tmp_path: Path) -> Path:
+    return make_image_folder(tmp_path / "images")
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run ``python -m alexnet ARGS`` in a subprocess, as a user would."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), ALEXNET_DEBUG="")
+    return subprocess.run(
+        [sys.executable, "-m", "alexnet", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout
+    )

@@ -1,0 +1,103 @@
+"""The command line end to end, as a user runs it, and its answers to bad input."""
+
+import json
+
+import pytest
+import torch
+
+import alexnet
+from conftest import make_image_folder, run_cli
+
+
+def test_train_evaluate_fashion_mnist_format(tiny_fmnist, tmp_path):
+    out = tmp_path / "run"
+    r = run_cli("train", "--data", str(tiny_fmnist), "--epochs", "2", "--batch-size", "16", "--out", str(out), "--seed", "3")
+    assert r.returncode == 0, r.stderr
+    for name in ("config.json", "metrics.jsonl", "last.pt", "best.pt"):
+        assert (out / name).is_file(), name
+    config = json.loads((out / "config.json").read_text())
+    assert config["train"]["seed"] == 3 and config["model"]["in_chans"] == 1
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and json.loads(lines[-1])["epoch"] == 2
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    assert {"model", "model_config", "classes", "optimizer", "position", "rng", "scaler", "plateau"} <= set(ckpt)
+    assert ckpt["position"]["epoch"] == 2
+
+    r = run_cli("evaluate", "--checkpoint", str(out / "last.pt"), "--data", str(tiny_fmnist), "--json")
+    assert r.returncode == 0, r.stderr
+    stats = json.loads(r.stdout)
+    assert stats["images"] == 40
+    assert stats["top1"] + stats["top1_error"] == pytest.approx(1.0)
+    assert 0 <= stats["top1"] <= stats["top5"] <= 1
+
+    # The same figure from the Python API: alexnet.load gives a ready model.
+    model = alexnet.load(out / "last.pt")
+    assert model.classes[0] == "T-shirt/top" and not model.training
+    from alexnet.data.loaders import load_eval_data
+    from alexnet.train import evaluate
+
+    loader, *_ = load_eval_data(tiny_fmnist, model.preprocess, 16)
+    again = evaluate(model, loader, model.preprocess, torch.device("cpu"), None)
+    assert again["top1"] == pytest.approx(stats["top1"], abs=0.051)  # bf16 vs fp32 may flip a couple
+
+
+def test_train_evaluate_image_folder(tiny_folder, tmp_path):
+    out = tmp_path / "run"
+    r = run_cli(
+        "train", "--data", str(tiny_folder), "--model", "alexnet_paper", "--epochs", "1", "--batch-size", "4",
+        "--workers", "0", "--out", str(out),
+    )
+    assert r.returncode == 0, r.stderr
+    assert "held out" in r.stdout  # no train/ and val/: a seeded split, said out loud
+    r = run_cli("evaluate", "--checkpoint", str(out / "best.pt"), "--data", str(tiny_folder))
+    assert r.returncode == 0, r.stderr
+    assert "top-1 accuracy" in r.stdout and "top-5 accuracy" in r.stdout and "12 images" in r.stdout
+
+
+def test_summary_command():
+    r = run_cli("summary", "--model", "alexnet_paper")
+    assert r.returncode == 0, r.stderr
+    assert "60,965,224" in r.stdout and "724,406,816" in r.stdout and "253,440" in r.stdout
+    r = run_cli("summary", "--model", "alexnet_owt", "--num-classes", "10")
+    assert r.returncode == 0 and "fc8" in r.stdout
+
+
+def _one_line_error(r, *needles):
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, r.stderr
+    for needle in needles:
+        assert needle in r.stderr, r.stderr
+
+
+def test_bad_input(tmp_path, tiny_fmnist):
+    _one_line_error(run_cli("train", "--model", "resnet50", "--data", str(tiny_fmnist)), "resnet50")
+    _one_line_error(run_cli("summary", "--model", "vgg"), "vgg")
+    _one_line_error(run_cli("train", "--data", str(tmp_path / "nope")), "nope")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _one_line_error(run_cli("train", "--data", str(empty)), "empty")
+    (empty / "cls").mkdir()
+    _one_line_error(run_cli("train", "--data", str(empty)), "no images")
+    _one_line_error(run_cli("train", "--epochs", "0"), "--epochs")
+    _one_line_error(run_cli("evaluate", "--checkpoint", str(tmp_path / "missing.pt")), "missing.pt")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"this is not a checkpoint")
+    _one_line_error(run_cli("evaluate", "--checkpoint", str(junk)), "junk.pt")
+
+
+def test_wrong_num_classes(tiny_fmnist, tmp_path):
+    out = tmp_path / "run"
+    assert run_cli("train", "--data", str(tiny_fmnist), "--epochs", "1", "--batch-size", "32", "--out", str(out)).returncode == 0
+    _one_line_error(run_cli("evaluate", "--checkpoint", str(out / "last.pt"), "--num-classes", "5"), "--num-classes 5")
+    folder = make_image_folder(tmp_path / "three")  # 3 classes for a 10-class model
+    _one_line_error(run_cli("evaluate", "--checkpoint", str(out / "last.pt"), "--data", str(folder)), "3 classes")
+
+
+def test_missing_default_data_message(monkeypatch):
+    from alexnet.data import fashion_mnist, loaders
+
+    monkeypatch.setattr(loaders, "DEBIAN_ROOT", fashion_mnist.Path("/nonexistent/fashion-mnist"))
+    with pytest.raises(alexnet.DataError, match="apt-get install dataset-fashion-mnist"):
+        loaders.load_data(None, 8, 28)

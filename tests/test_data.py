@@ -1,0 +1,76 @@
+"""Data readers and batched augmentation."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from alexnet.data import augment
+from alexnet.data.fashion_mnist import DEBIAN_ROOT, load_fashion_mnist, read_idx
+from alexnet.data.loaders import EpochBatchSampler
+from alexnet.errors import DataError
+from conftest import write_idx
+
+
+def test_idx_round_trip(tmp_path):
+    arr = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    for name in ("a.idx", "b.idx.gz"):
+        write_idx(tmp_path / name, arr)
+        np.testing.assert_array_equal(read_idx(tmp_path / name), arr)
+    (tmp_path / "bad.idx").write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x09abc")
+    with pytest.raises(DataError, match="truncated"):
+        read_idx(tmp_path / "bad.idx")
+    (tmp_path / "text.idx").write_text("hello")
+    with pytest.raises(DataError, match="not an IDX"):
+        read_idx(tmp_path / "text.idx")
+
+
+@pytest.mark.skipif(not DEBIAN_ROOT.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
+def test_debian_fashion_mnist():
+    x, y = load_fashion_mnist(DEBIAN_ROOT, "test")
+    assert x.shape == (10000, 1, 28, 28) and x.dtype == torch.uint8
+    assert torch.bincount(y).tolist() == [1000] * 10
+
+
+def test_crop_flip_against_slicing():
+    torch.manual_seed(0)
+    x = torch.randint(0, 255, (5, 3, 12, 10), dtype=torch.uint8)
+    top = torch.tensor([0, 1, 4, 2, 3])
+    left = torch.tensor([0, 2, 2, 1, 2])
+    flip = torch.tensor([False, True, False, True, True])
+    out = augment.crop_flip(x, 8, top, left, flip)
+    for i in range(5):
+        ref = x[i, :, top[i] : top[i] + 8, left[i] : left[i] + 8]
+        if flip[i]:
+            ref = ref.flip(-1)
+        assert torch.equal(out[i], ref)
+
+
+def test_random_crop_flip_is_per_sample_and_reproducible():
+    x = torch.randint(0, 255, (64, 3, 16, 16), dtype=torch.uint8)
+    idx = torch.arange(64)
+    a = augment.random_crop_flip(x, 12, idx, seed=1, epoch=0)
+    b = augment.random_crop_flip(x, 12, idx, seed=1, epoch=0)
+    assert torch.equal(a, b)
+    # Sample 10's crop does not depend on what else is in the batch.
+    c = augment.random_crop_flip(x[10:11], 12, idx[10:11], seed=1, epoch=0)
+    assert torch.equal(a[10], c[0])
+    d = augment.random_crop_flip(x, 12, idx, seed=1, epoch=1)
+    assert not torch.equal(a, d)
+
+
+def test_uniform_and_normal_statistics():
+    idx = torch.arange(200_000)
+    u = augment.sample_uniform(0, 0, idx, stream=7).squeeze(1)
+    assert abs(u.mean().item() - 0.5) < 0.005 and u.min() >= 0 and u.max() < 1
+    assert abs((u < 0.5).double().mean().item() - 0.5) < 0.005
+    z = augment.sample_normal(0, 0, idx, stream=8).squeeze(1)
+    assert abs(z.mean().item()) < 0.01 and abs(z.std().item() - 1) < 0.01
+
+
+def test_sampler_shards_cover_the_global_batch():
+    full = list(EpochBatchSampler(20, 8, True, seed=4))
+    ranks = [list(EpochBatchSampler(20, 8, True, seed=4, rank=r, world=2)) for r in range(2)]
+    for b, batch in enumerate(full):
+        assert sorted(ranks[0][b] + ranks[1][b]) == sorted(batch)

@@ -1,0 +1,352 @@
+"""The paper's preprocessing, bad files, the packed format and the ILSVRC / CIFAR layouts (issue 3)."""
+
+from __future__ import annotations
+
+import pickle
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from alexnet.data import augment
+from alexnet.data.folder import BadFiles, ImageFolderDataset, decode_image
+from alexnet.data.loaders import average_views, load_data, load_eval_data, model_input
+from alexnet.data.packed import prepare
+from alexnet.data.stats import folder_stats
+from alexnet.errors import DataError
+from conftest import make_image_folder, run_cli
+
+
+def test_ten_crop_matches_torchvision():
+    from torchvision.transforms.functional import ten_crop
+
+    x = torch.randint(0, 255, (2, 3, 13, 11), dtype=torch.uint8)
+    out = augment.ten_crop(x, 7)
+    assert out.shape == (2, 10, 3, 7, 7)
+    for i in range(2):
+        ref = ten_crop(x[i], [7, 7])  # tl, tr, bl, br, centre of the image, then of the mirrored image
+        # Ours mirrors each of the five patches: the mirror of top-left is torchvision's mirrored top-right.
+        for v, r in enumerate([0, 1, 2, 3, 4, 6, 5, 8, 7, 9]):
+            assert torch.equal(out[i, v], ref[r]), v
+    # Positions by hand, independent of both: the top-right crop starts at column 11 - 7 = 4.
+    assert torch.equal(out[0, 1], x[0, :, :7, 4:])
+    assert torch.equal(out[0, 4], x[0, :, 3:10, 2:9])
+
+
+def test_mean_image_and_pca_against_numpy(tmp_path):
+    root = make_image_folder(tmp_path / "imgs", classes=2, per_class=5, size=(50, 40))
+    ds = ImageFolderDataset(root, 32, 32)
+    stats = folder_stats(ds, list(range(len(ds))), show_progress=False)
+    imgs = np.stack([decode_image(p, 32, 32).numpy() for p, _ in ds.samples]).astype(np.float64)
+    np.testing.assert_allclose(np.load(stats["mean_image"]), imgs.mean(0), atol=1e-4)
+    pix = imgs.transpose(1, 0, 2, 3).reshape(3, -1) / 255.0
+    cov = np.cov(pix, bias=True)
+    np.testing.assert_allclose(np.array(stats["covariance"]), cov, atol=1e-10)
+    vals, vecs = np.linalg.eigh(cov)
+    np.testing.assert_allclose(stats["eigvals"], vals[::-1], rtol=1e-8, atol=1e-12)
+    for k in range(3):  # eigenvectors up to sign
+        v = np.array(stats["eigvecs"])[:, k]
+        assert abs(abs(v @ vecs[:, 2 - k]) - 1) < 1e-8
+    np.testing.assert_allclose(stats["pixel_std"], pix.std(1) * 255, rtol=1e-8)
+    # Cached beside the data: a second call reads it (same file, same numbers).
+    assert Path(stats["mean_image"]).parent == root / ".alexnet-cache"
+    again = folder_stats(ds, list(range(len(ds))), show_progress=False)
+    assert again["eigvals"] == stats["eigvals"] and again["mean_image"] == stats["mean_image"]
+
+
+def test_pca_noise_distribution():
+    eigvals = torch.tensor([0.2, 0.02, 0.004], dtype=torch.float64)
+    q, _ = torch.linalg.qr(torch.tensor([[1.0, 0.2, 0.1], [0.3, 1.0, 0.2], [0.1, 0.4, 1.0]], dtype=torch.float64))
+    n = 100_000
+    shift = augment.pca_noise(torch.arange(n), 3, 0, eigvals, q, alpha_std=0.1)
+    assert shift.shape == (n, 3)
+    alpha = (shift / 255.0) @ q / eigvals  # recover alpha: shift = 255 * q @ (alpha * eigvals)
+    assert alpha.mean(0).abs().max() < 0.002
+    np.testing.assert_allclose(alpha.std(0).numpy(), [0.1] * 3, rtol=0.02)
+    corr = np.corrcoef(alpha.T.numpy())
+    assert np.abs(corr - np.eye(3)).max() < 0.02
+    # Covariance of the shift: 255^2 * Q diag((0.1 * lambda)^2) Q^T.
+    expected = 255.0**2 * q @ torch.diag((0.1 * eigvals) ** 2) @ q.T
+    np.testing.assert_allclose(np.cov(shift.T.numpy()), expected.numpy(), rtol=0.05, atol=1e-3)
+    # Per image per use: a new epoch draws new alphas, the same epoch the same ones.
+    assert torch.equal(shift[:10], augment.pca_noise(torch.arange(10), 3, 0, eigvals, q))
+    assert not torch.equal(shift[:10], augment.pca_noise(torch.arange(10), 3, 1, eigvals, q))
+
+
+def test_gpu_gather_path_matches_cpu_slices():
+    x = torch.randint(0, 255, (6, 3, 20, 17), dtype=torch.uint8)
+    top, left = torch.tensor([0, 3, 5, 1, 2, 6]), torch.tensor([0, 2, 1, 3, 0, 3])
+    flip = torch.tensor([True, False, True, True, False, False])
+    assert torch.equal(augment.crop_flip(x, 14, top, left, flip), augment.crop_flip_gather(x, 14, top, left, flip))
+    m = torch.rand(3, 20, 17)  # the mean image is cropped through an expanded (stride-0) view
+    assert torch.equal(augment.crop_flip(m.expand(6, -1, -1, -1), 14, top, left, flip), augment.crop_flip_gather(m.expand(6, -1, -1, -1), 14, top, left, flip))
+
+
+def test_crop_normalize_paths_agree():
+    x = torch.randint(0, 255, (5, 3, 16, 16), dtype=torch.uint8)
+    top, left, flip = augment.random_crop_params(16, 16, 12, torch.arange(5), 0, 0)
+    inv_std = torch.tensor([0.5, 0.25, 2.0]).reshape(3, 1, 1)
+    shift = torch.randn(5, 3, dtype=torch.float64)
+    for mean in (torch.rand(3, 16, 16) * 255, torch.tensor([10.0, 20.0, 30.0]).reshape(3, 1, 1)):
+        a = augment.crop_normalize(x, 12, top, left, flip, mean, inv_std, shift, batched=False)
+        b = augment.crop_normalize(x, 12, top, left, flip, mean, inv_std, shift, batched=True)
+        torch.testing.assert_close(a, b)
+
+
+def test_mirror_probability():
+    base = torch.arange(3 * 4 * 4, dtype=torch.uint8).reshape(1, 3, 4, 4)
+    n = 20_000
+    out = augment.random_crop_flip(base.expand(n, -1, -1, -1), 4, torch.arange(n), seed=5, epoch=2)
+    mirrored = (out == base.flip(-1)).flatten(1).all(1)
+    plain = (out == base).flatten(1).all(1)
+    assert bool((mirrored ^ plain).all())
+    assert abs(mirrored.double().mean().item() - 0.5) < 0.015  # 4.2 sigma
+
+
+def test_paper_model_input_against_formula(tmp_path):
+    root = make_image_folder(tmp_path / "imgs", classes=2, per_class=4, size=(48, 40))
+    data = load_data(root, batch_size=4, input_size=24, seed=1, val_fraction=0.5, show_progress=False)
+    pre = data.preprocess
+    assert pre["preset"] == "paper" and pre["size"] == 27 and pre["pca"]["pixel_scale"] == "[0,1]"
+    images, labels, index = next(iter(data.val))
+    mean_img = np.load(pre["mean_image"]).astype(np.float64)
+    std = np.array(pre["std"]).reshape(3, 1, 1)
+    x = model_input(images, index, pre, train=False)
+    ref = (images.numpy().astype(np.float64)[:, :, 1:25, 1:25] - mean_img[:, 1:25, 1:25]) / std
+    np.testing.assert_allclose(x.numpy(), ref, atol=1e-4)
+    # Ten views, adjacent per image; the fifth is the centre crop.
+    x10 = model_input(images, index, pre, train=False, views=10)
+    assert x10.shape == (len(images) * 10, 3, 24, 24)
+    torch.testing.assert_close(x10[4], x[0])
+    ref_tl = (images[1].numpy().astype(np.float64)[:, :24, 3:] - mean_img[:, :24, 3:]) / std
+    np.testing.assert_allclose(x10[10 + 6].numpy(), ref_tl[..., ::-1], atol=1e-4)  # image 1, top-right mirrored
+    assert average_views(torch.zeros(20, 5), 10).shape == (2, 5)
+    # Training: crop/mirror of (image - mean image) plus one RGB shift per image.
+    xt = model_input(images, index, pre, train=True, seed=1, epoch=0)
+    top, left, mirror = augment.random_crop_params(27, 27, 24, index, 1, 0)
+    pca = pre["pca"]
+    shift = augment.pca_noise(index, 1, 0, torch.tensor(pca["eigvals"]), torch.tensor(pca["eigvecs"]))
+    for i in range(len(images)):
+        t, l_ = int(top[i]), int(left[i])
+        r = images[i].numpy().astype(np.float64)[:, t : t + 24, l_ : l_ + 24] - mean_img[:, t : t + 24, l_ : l_ + 24]
+        if mirror[i]:
+            r = r[..., ::-1]
+        r = (r + shift[i].numpy().reshape(3, 1, 1)) / std
+        np.testing.assert_allclose(xt[i].numpy(), r, atol=1e-3)
+
+
+# -- bad files ------------------------------------------------------------------------------------
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width`` x ``height`` pixels (a decompression bomb), no pixel data."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+
+
+def _bad_folder(root: Path) -> tuple[Path, list[str], dict[str, Path]]:
+    make_image_folder(root, classes=2, per_class=3, size=(40, 36))
+    a, b = root / "class0", root / "class1"
+    good = Image.fromarray(np.full((36, 40, 3), 200, np.uint8))
+    good.save(a / "truncated.jpg", quality=95)
+    data = (a / "truncated.jpg").read_bytes()
+    (a / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (a / "zero.jpg").write_bytes(b"")
+    (b / "text.JPEG").write_text("this is not an image\n")
+    (b / "bomb.png").write_bytes(_png_header(20000, 20000))
+    bad = [str(a / "truncated.jpg"), str(a / "zero.jpg"), str(b / "bomb.png"), str(b / "text.JPEG")]
+    readable = {}
+    Image.new("CMYK", (40, 36), (0, 255, 255, 0)).save(a / "cmyk.jpg")  # pure red in CMYK
+    readable["cmyk"] = a / "cmyk.jpg"
+    Image.new("L", (40, 36), 77).save(a / "grey.png")
+    readable["grey"] = a / "grey.png"
+    Image.new("RGBA", (40, 36), (10, 20, 30, 0)).save(b / "rgba.png")
+    readable["rgba"] = b / "rgba.png"
+    pal = Image.new("P", (40, 36), 1)
+    pal.putpalette([0, 0, 0, 0, 128, 255] + [0] * 762)
+    pal.info["transparency"] = 0
+    pal.save(b / "palette.png", transparency=0)
+    readable["palette"] = b / "palette.png"
+    Image.fromarray(np.full((36, 40), 32896, np.uint16)).save(b / "deep.png")  # 16-bit grey, 0.502 of full scale
+    readable["deep"] = b / "deep.png"
+    return root, bad, readable
+
+
+def test_readable_odd_modes_become_rgb(tmp_path):
+    _, _, readable = _bad_folder(tmp_path / "imgs")
+    expect = {"grey": (77, 77, 77), "rgba": (10, 20, 30), "palette": (0, 128, 255), "deep": (128, 128, 128)}
+    for kind, path in readable.items():
+        x = decode_image(str(path), 16, 16)
+        assert x.shape == (3, 16, 16) and x.dtype == torch.uint8, kind
+        if kind in expect:
+            assert x[:, 8, 8].tolist() == list(expect[kind]), kind
+    red = decode_image(str(readable["cmyk"]), 16, 16)[:, 8, 8].tolist()
+    assert red[0] > 200 and red[1] < 60 and red[2] < 60
+
+
+def test_bad_files_skipped_once_counted_and_listed(tmp_path, capsys):
+    root, bad, _ = _bad_folder(tmp_path / "imgs")
+    run = tmp_path / "run"
+    data = load_data(root, batch_size=4, input_size=24, out_dir=run, val_fraction=0.25, show_progress=False)
+    for batch in data.val:  # bad files held out for validation are met here; the pass found the rest
+        assert batch is None or len(batch[0]) == len(batch[1])
+    err = capsys.readouterr().err
+    listed = [line.split("\t")[0] for line in (run / "bad_files.txt").read_text().splitlines()]
+    assert sorted(listed) == sorted(bad)
+    assert data.bad_files.count == 4
+    for path in bad:
+        assert err.count(f"warning: skipping unreadable image {path}:") == 1, path  # one warning line each
+    subset = data.train.loader.dataset
+    assert not {subset.dataset.samples[i][0] for i in subset.indices} & set(bad)  # left out of training
+    # An epoch with the torchvision preset (no statistics pass) meets them mid-epoch and goes on.
+    data = load_data(root, batch_size=4, input_size=24, out_dir=run, preset="torchvision", val_fraction=0.5)
+    seen = sum(len(b[1]) for b in data.train if b is not None) + sum(len(b[1]) for b in data.val if b is not None)
+    assert seen <= 12 and data.bad_files.count == 4
+    assert capsys.readouterr().err.count("warning: skipping") == 0  # already listed: not warned again
+
+
+@pytest.mark.parametrize("kind", ["truncated.jpg", "zero.jpg", "text.JPEG", "bomb.png"])
+def test_each_bad_file_stops_strict_mode(tmp_path, kind):
+    root = make_image_folder(tmp_path / "imgs", classes=2, per_class=2, size=(40, 36))
+    src, bad, _ = _bad_folder(tmp_path / "all")
+    target = next(Path(p) for p in bad if p.endswith(kind))
+    (root / "class1" / kind).write_bytes(target.read_bytes())
+    with pytest.raises(DataError, match=f"unreadable image .*{kind}"):
+        data = load_data(root, batch_size=2, input_size=24, strict=True, show_progress=False)
+        for loader in (data.train, data.val):  # wherever the split put it, it stops the run
+            for _ in loader:
+                pass
+    with pytest.raises(DataError, match=f"unreadable image .*{kind}"):
+        prepare(root, tmp_path / "packed", strict=True, show_progress=False)
+
+
+def test_empty_folders_are_clear_errors(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no class sub-folders"):
+        load_data(tmp_path / "empty", 2, 24)
+    root = make_image_folder(tmp_path / "imgs", classes=2, per_class=2)
+    (root / "class2").mkdir()
+    with pytest.raises(DataError, match="class2: class folder has no images"):
+        load_data(root, 2, 24)
+    (root / "class2" / "broken.jpg").write_bytes(b"")
+    with pytest.raises(DataError, match="no readable training images: class2"):
+        load_data(root, 2, 24, val_fraction=0.01, show_progress=False)
+
+
+def test_cli_prepare_strict_and_default(tmp_path):
+    root, bad, _ = _bad_folder(tmp_path / "imgs")
+    r = run_cli("prepare", "--data", str(root), "--out", str(tmp_path / "p"), "--strict", "--workers", "0")
+    assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1 and "unreadable image" in r.stderr
+    assert not (tmp_path / "p" / "index.json").exists()
+    r = run_cli("prepare", "--data", str(root), "--out", str(tmp_path / "p"), "--workers", "1")
+    assert r.returncode == 0, r.stderr
+    assert "4 unreadable images skipped" in r.stdout
+    assert len((tmp_path / "p" / "bad_files.txt").read_text().splitlines()) == 4
+
+
+# -- packed format --------------------------------------------------------------------------------
+def test_packed_matches_folder(tmp_path):
+    root = tmp_path / "imgs"
+    make_image_folder(root / "train", classes=3, per_class=5, size=(50, 40))
+    make_image_folder(root / "val", classes=3, per_class=2, size=(50, 40))
+    index = prepare(root, tmp_path / "packed", size=32, shard_size=4, show_progress=False)
+    assert [n for _, n in index["splits"]["train"]["shards"]] == [4, 4, 4, 3]
+    folder = load_data(root, 5, 28, seed=3, show_progress=False)
+    packed = load_data(tmp_path / "packed", 5, 28, seed=3, show_progress=False)
+    assert packed.classes == folder.classes and packed.train_size == 15 and packed.val_size == 6
+    np.testing.assert_allclose(np.load(packed.preprocess["mean_image"]), np.load(folder.preprocess["mean_image"]), atol=1e-4)
+    np.testing.assert_allclose(packed.preprocess["pca"]["eigvals"], folder.preprocess["pca"]["eigvals"], rtol=1e-6)
+    for a, b in zip(folder.train, packed.train):
+        for ta, tb in zip(a, b):
+            assert torch.equal(ta, tb)
+        torch.testing.assert_close(
+            model_input(a[0], a[2], folder.preprocess, True, 3, 0), model_input(b[0], b[2], packed.preprocess, True, 3, 0)
+        )
+    loader, classes, n, _ = load_eval_data(tmp_path / "packed", packed.preprocess, batch_size=4)
+    assert n == 6 and sum(len(b[1]) for b in loader) == 6
+
+
+# -- data set layouts -----------------------------------------------------------------------------
+def test_ilsvrc_flat_val_labelled_by_devkit(tmp_path):
+    scipy_io = pytest.importorskip("scipy.io")
+    root = tmp_path / "ilsvrc"
+    wnids = ["n01440764", "n01443537", "n01484850"]  # train/ folders, sorted = class indices 0, 1, 2
+    for w in wnids:
+        (root / "train" / w).mkdir(parents=True)
+        Image.new("RGB", (40, 30), (50, 60, 70)).save(root / "train" / w / f"{w}_1.JPEG")
+    # The devkit numbers synsets in its own order (not sorted by WNID): ID 1 -> n01484850, ...
+    ids = {1: "n01484850", 2: "n01440764", 3: "n01443537"}
+    dtype = [("ILSVRC2012_ID", "O"), ("WNID", "O"), ("words", "O"), ("num_children", "O")]
+    synsets = np.array([(i, w, f"words {w}", 0) for i, w in ids.items()], dtype=dtype)
+    devkit = root / "ILSVRC2012_devkit_t12" / "data"
+    devkit.mkdir(parents=True)
+    scipy_io.savemat(str(devkit / "meta.mat"), {"synsets": synsets})
+    truth = [3, 1, 2, 1, 2]  # ILSVRC2012_IDs of val images 1..5
+    (devkit / "ILSVRC2012_validation_ground_truth.txt").write_text("".join(f"{t}\n" for t in truth))
+    (root / "val").mkdir()
+    for n in range(1, 6):
+        Image.new("RGB", (40, 30), (n, n, n)).save(root / "val" / f"ILSVRC2012_val_{n:08d}.JPEG")
+    data = load_data(root, batch_size=3, input_size=24, preset="torchvision")
+    labels = torch.cat([b[1] for b in data.val]).tolist()
+    expected = [wnids.index(ids[t]) for t in truth]
+    assert labels == expected == [1, 2, 0, 2, 0]
+    (devkit / "meta.mat").unlink()
+    with pytest.raises(DataError, match="meta.mat"):
+        load_data(root, batch_size=3, input_size=24, preset="torchvision")
+
+
+def test_cifar_python_batches(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), "labels": [0, 1, 2, 1]}
+        (folder / name).write_bytes(pickle.dumps(batch))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": ["airplane", "automobile", "bird"]}))
+    data = load_data(tmp_path, batch_size=4, input_size=32)
+    assert data.classes == ["airplane", "automobile", "bird"] and data.train_size == 20 and data.val_size == 4
+    assert data.preprocess["preset"] == "cifar" and data.preprocess["padding"] == 4
+    images, labels, index = next(iter(data.train))
+    assert images.shape == (4, 3, 32, 32) and model_input(images, index, data.preprocess, True).shape == (4, 3, 32, 32)
+
+
+def test_imagenet_class_names_from_torchvision():
+    from alexnet.data.folder import read_class_names
+
+    folders = [f"n{i:08d}" for i in range(1000)]
+    names = read_class_names(Path("/nonexistent"), folders)
+    assert names[0] == "tench" and names[999] == "toilet tissue"
+
+
+@pytest.mark.slow
+def test_benchmark_quick(tmp_path):
+    import subprocess
+    import sys
+
+    root = make_image_folder(tmp_path / "imgs", classes=2, per_class=8, size=(280, 260))
+    bench = Path(__file__).resolve().parents[1] / "benchmarks" / "data_pipeline.py"
+    r = subprocess.run([sys.executable, str(bench), "--quick", "--data", str(root)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    lines = [line for line in r.stdout.splitlines() if line.startswith("RESULT ")]
+    assert len(lines) == 3 and all("unit=images/s" in line and "ratio=" in line for line in lines)
+
+
+def test_stats_cache_goes_elsewhere_for_read_only_data(tmp_path, monkeypatch):
+    root = make_image_folder(tmp_path / "imgs", classes=2, per_class=2, size=(40, 36))
+    monkeypatch.setenv("ALEXNET_CACHE", str(tmp_path / "cache"))
+    for d in (root, *root.iterdir()):
+        d.chmod(0o555)
+    try:
+        ds = ImageFolderDataset(root, 32, 32)
+        stats = folder_stats(ds, list(range(len(ds))), show_progress=False)
+        assert Path(stats["mean_image"]).parent == tmp_path / "cache"
+        assert not (root / ".alexnet-cache").exists()
+    finally:
+        for d in (root, *root.iterdir()):
+            d.chmod(0o755)

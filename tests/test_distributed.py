@@ -1,0 +1,289 @@
+"""Scaling out (issue 6): data parallel over gloo processes, a lost rank, the two-tower split."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import alexnet
+from alexnet.config import resolve_config
+from alexnet.distributed import DistInfo
+from alexnet.optim import make_optimizer, param_groups
+from alexnet.parallel import TowerSplit, grouped_optimizer_state, split_optimizer_state, tower_devices
+from alexnet.train import fit, resume_config
+from conftest import ROOT, make_tiny_fmnist, run_cli
+
+TINY = ["--model-option", "widths=[8,16,16,16,16]", "--model-option", "fc_width=32"]
+
+
+def _args(data: Path, out: Path, *extra: str) -> list[str]:
+    # 64 images, global batch 16: 4 steps an epoch, 12 in all.
+    return [
+        "train", "--data", str(data), "--out", str(out), "--epochs", "3", "--batch-size", "16", "--seed", "3",
+        "--amp", "none", "--dropout", "0", "--workers", "0", "--device", "cpu", "--save-every", "1", *TINY, *extra,
+    ]
+
+
+def _ckpt(path: Path) -> dict:
+    return torch.load(path, weights_only=True)
+
+
+def _assert_same_weights(a: dict, b: dict, what: str) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-5), f"{what}: {k} differs by {(a[k] - b[k]).abs().max():.2e}"
+
+
+@pytest.fixture(scope="module")
+def tiny_fmnist(tmp_path_factory) -> Path:
+    return make_tiny_fmnist(tmp_path_factory.mktemp("data") / "fmnist")
+
+
+@pytest.fixture(scope="module")
+def one_process(tiny_fmnist, tmp_path_factory) -> Path:
+    """The reference: one process, global batch 16."""
+    out = tmp_path_factory.mktemp("runs") / "one"
+    r = run_cli(*_args(tiny_fmnist, out))
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_two_gloo_processes_match_one_process(one_process, tiny_fmnist, tmp_path):
+    out = tmp_path / "two"
+    r = run_cli(*_args(tiny_fmnist, out, "--nproc", "2"))
+    assert r.returncode == 0, r.stderr
+    assert "2 processes (batch 8 each)" in r.stdout
+    assert r.stdout.count("done:") == 1  # rank 0 alone reports
+    ref, two = _ckpt(one_process / "last.pt"), _ckpt(out / "last.pt")
+    _assert_same_weights(ref["model"], two["model"], "2 processes vs 1")
+    # The checkpoint is rank 0's: its RNG state is rank 0's, not rank 1's (each rank draws its own dropout).
+    assert len(two["rng_ranks"]) == 2
+    assert torch.equal(two["rng"]["torch"], two["rng_ranks"][0]["torch"])
+    assert not torch.equal(two["rng"]["torch"], two["rng_ranks"][1]["torch"])
+    # Metrics are summed over both ranks: every image counted once, the same figures as one process.
+    for a, b in zip(ref["history"], two["history"]):
+        assert (b["train_images"], b["val_images"]) == (64, 40)
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5)
+        assert b["val_top1"] == a["val_top1"] and b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-5)
+    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "config.json", "curves.png", "last.pt", "metrics.jsonl"]
+
+
+def test_hybrid_two_processes_each_split_over_two_devices(one_process, tiny_fmnist, tmp_path):
+    out = tmp_path / "hybrid"
+    r = run_cli(*_args(tiny_fmnist, out, "--nproc", "2", "--towers", "cpu,cpu"))
+    assert r.returncode == 0, r.stderr
+    assert "one tower each" in r.stdout
+    hybrid = _ckpt(out / "last.pt")
+    _assert_same_weights(_ckpt(one_process / "last.pt")["model"], hybrid["model"], "2 processes x 2 towers vs 1")
+    # The checkpoint is in the grouped layout: it resumes in one process without towers.
+    model = alexnet.checkpoint.model_from_checkpoint(hybrid)
+    assert model.conv2.groups == 2
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_ranks(args: list[str]) -> list[subprocess.Popen]:
+    """Two ranks started by hand (as torchrun would on two machines), with no agent to watch them."""
+    port = str(_free_port())
+    procs = []
+    for rank in range(2):
+        env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
+                   LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port, ALEXNET_DEBUG="")
+        procs.append(subprocess.Popen([sys.executable, "-m", "alexnet", *args], env=env, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    return procs
+
+
+def test_killed_rank_stops_the_run_and_resume_continues(one_process, tiny_fmnist, tmp_path):
+    out = tmp_path / "killed"
+    timeout = 20
+    for _attempt in range(3):
+        rank0, rank1 = _start_ranks(_args(tiny_fmnist, out, "--dist-timeout", str(timeout)))
+        while not (out / "last.pt").exists() and rank0.poll() is None:
+            time.sleep(0.005)
+        rank1.send_signal(signal.SIGKILL)
+        rank1.communicate()
+        t0 = time.monotonic()
+        try:
+            _, err = rank0.communicate(timeout=timeout + 30)
+        except subprocess.TimeoutExpired:
+            rank0.kill()
+            pytest.fail(f"rank 0 still running {timeout + 30}s after rank 1 was killed")
+        waited = time.monotonic() - t0
+        if rank0.returncode != 0:
+            break
+        (out / "last.pt").unlink()  # the run finished before the kill: try again
+    else:
+        pytest.skip("the run kept finishing before a rank could be killed")
+    assert waited < timeout + 30
+    lines = err.strip().splitlines()
+    assert rank0.returncode == 2 and "Traceback" not in err, err
+    assert "rank 0: another process of the distributed run stopped" in lines[-1]
+    assert f"--resume {out}" in lines[-1]
+    step = _ckpt(out / "last.pt")["position"]["step"]
+    assert 0 < step < 12
+    # --resume continues the distributed run; it ends where the uninterrupted run ends.
+    r = run_cli("train", "--resume", str(out), "--nproc", "2")
+    assert r.returncode == 0, r.stderr
+    assert f"at epoch {step // 4 + 1}, batch {step % 4}, step {step}" in r.stdout
+    _assert_same_weights(_ckpt(one_process / "last.pt")["model"], _ckpt(out / "last.pt")["model"], f"killed at step {step}")
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        out += [int(x) for x in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc to find the ranks")
+def test_nproc_run_with_a_killed_rank_ends_in_one_line(tiny_fmnist, tmp_path):
+    out = tmp_path / "nproc"
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), ALEXNET_DEBUG="")
+    proc = subprocess.Popen([sys.executable, "-m", "alexnet", *_args(tiny_fmnist, out, "--nproc", "2", "--epochs", "50")],
+                            env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        while not (out / "last.pt").exists() and proc.poll() is None:
+            time.sleep(0.005)
+        ranks = _children(proc.pid)  # torchrun's agent runs inside the launcher: its children are the ranks
+        assert len(ranks) == 2
+        os.kill(ranks[1], signal.SIGKILL)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1 and "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert "the 2-process run stopped: rank 1 was killed by SIGKILL" in last
+    assert f"alexnet train --resume {out} --nproc 2" in last
+
+
+def test_hung_rank_stops_the_run_after_the_timeout(tiny_fmnist, tmp_path):
+    out = tmp_path / "hung"
+    rank0, rank1 = _start_ranks(_args(tiny_fmnist, out, "--dist-timeout", "4", "--epochs", "50"))
+    try:
+        while not (out / "last.pt").exists() and rank0.poll() is None:
+            time.sleep(0.005)
+        rank1.send_signal(signal.SIGSTOP)  # alive but silent: only the timeout can end the wait
+        t0 = time.monotonic()
+        _, err = rank0.communicate(timeout=60)
+        waited = time.monotonic() - t0
+    finally:
+        rank1.kill()
+        rank1.communicate()
+        rank0.kill()
+    assert rank0.returncode == 2 and "Traceback" not in err, err
+    assert 3 < waited < 40, waited
+    assert "rank 0: another process of the distributed run stopped or stopped answering" in err
+    assert "imed out" in err and f"--resume {out}" in err
+
+
+def test_nproc_rejects_a_batch_that_does_not_divide(tiny_fmnist, tmp_path):
+    r = run_cli(*_args(tiny_fmnist, tmp_path / "x"), "--batch-size", "15", "--nproc", "2")
+    assert r.returncode == 2 and "global batch" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+# -- the two-tower split ----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(),  # alexnet_small: LRN per tower, norm then pool, dropout after
+        dict(norm_order="pool_norm", dropout_position="before", adaptive_pool=2),
+    ],
+)
+def test_tower_split_equals_the_grouped_model(options):
+    torch.manual_seed(0)
+    # 5 classes: fc8 splits unevenly (3 + 2), which the split must handle.
+    grouped = alexnet.create_model(
+        "alexnet_small", num_classes=5, widths=[8, 16, 24, 16, 16], fc_width=32, dropout=0.0, init="torch", **options
+    ).double()
+    split = TowerSplit(grouped, ("cpu", "cpu"))
+    assert [split.conv2[t].in_channels for t in (0, 1)] == [4, 4]  # a tower sees only its own maps ...
+    assert split.conv3[0].in_channels == 16 and split.fc6[1].in_features == grouped.fc6.in_features  # ... except here
+    x = torch.randn(3, 1, 28, 28, dtype=torch.float64)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = grouped(xa), split(xb)
+    torch.testing.assert_close(yb, ya, rtol=1e-10, atol=1e-12)
+    w = torch.randn_like(ya)  # a loss that weighs every output differently
+    (ya * w).sum().backward()
+    (yb * w).sum().backward()
+    torch.testing.assert_close(xb.grad, xa.grad, rtol=1e-10, atol=1e-12)
+    grads = {}
+    for name in alexnet.model.LAYER_NAMES:
+        for p in ("weight", "bias"):
+            halves = [getattr(getattr(split, name)[t], p).grad for t in (0, 1)]
+            grads[f"{name}.{p}"] = torch.cat(halves, 0)
+    for k, p in grouped.named_parameters():
+        torch.testing.assert_close(grads[k], p.grad, rtol=1e-10, atol=1e-12, msg=f"gradient of {k}")
+    # Back to the grouped layout, weights and optimiser state alike.
+    assert all(torch.equal(v, grouped.state_dict()[k]) for k, v in split.grouped_state_dict().items())
+    opt = make_optimizer("paper", param_groups(split, {"fc8": 10.0}), 0.1, 0.9, 5e-4)
+    opt.step()
+    back = grouped_optimizer_state(split, opt)
+    ref_opt = make_optimizer("paper", param_groups(grouped, {"fc8": 10.0}), 0.1, 0.9, 5e-4)
+    ref_opt.load_state_dict(back)  # fits the grouped model's optimiser ...
+    for k, p in grouped.named_parameters():  # ... each velocity the two halves' joined
+        layer, param = k.split(".")
+        halves = [opt.state[getattr(getattr(split, layer)[t], param)]["velocity"] for t in (0, 1)]
+        torch.testing.assert_close(ref_opt.state[p]["velocity"], torch.cat(halves, 0), rtol=0, atol=0)
+    assert [g["lr_mult"] for g in ref_opt.param_groups] == [1.0, 10.0]
+    again = split_optimizer_state(split, opt, back)
+    for i, s in opt.state_dict()["state"].items():
+        assert torch.equal(again["state"][i]["velocity"], s["velocity"])
+
+
+def test_two_device_run_resumes_on_one_device(tiny_fmnist, tmp_path):
+    """Checkpoints of a split run are in the grouped layout, optimiser momentum included."""
+    base = dict(data=str(tiny_fmnist), batch_size=16, seed=3, amp="none", workers=0, device="cpu", schedule="constant",
+                warmup_epochs=0.0, model_options={"widths": [8, 16, 16, 16, 16], "fc_width": 32, "dropout": 0.0})
+    quiet = lambda s: None  # noqa: E731
+    fit(resolve_config(None, {**base, "out": str(tmp_path / "plain"), "epochs": 2}), log=quiet)
+    fit(resolve_config(None, {**base, "out": str(tmp_path / "split"), "epochs": 1, "tower_devices": ["cpu", "cpu"]}), log=quiet)
+    ckpt = _ckpt(tmp_path / "split" / "last.pt")
+    assert ckpt["model"]["conv2.weight"].shape == (16, 4, 5, 5)  # grouped: 2 groups of 8 -> 4
+    fit(resume_config(str(tmp_path / "split"), {"epochs": 2, "tower_devices": ["none"]}), log=quiet)
+    _assert_same_weights(_ckpt(tmp_path / "plain" / "last.pt")["model"], _ckpt(tmp_path / "split" / "last.pt")["model"],
+                         "1 epoch on two devices + 1 on one vs 2 on one")
+
+
+def test_tower_devices_are_checked():
+    one = DistInfo()
+    assert tower_devices(["cpu", "cpu"], one) == (torch.device("cpu"), torch.device("cpu"))
+    assert tower_devices([], one) is None and tower_devices(["none"], one) is None
+    with pytest.raises(alexnet.ConfigError, match="two devices"):
+        tower_devices(["cpu"], one)
+    if not torch.cuda.is_available():
+        with pytest.raises(alexnet.ConfigError, match="no CUDA device"):
+            tower_devices(["cuda:0", "cuda:1"], one)
+    elif torch.cuda.device_count() < 8:
+        with pytest.raises(alexnet.ConfigError, match="cuda:7"):
+            tower_devices(["cuda:6", "cuda:7"], one)
+    flat = alexnet.create_model("alexnet_small", widths=[8, 16, 16, 16, 16], fc_width=32, towers=1)
+    with pytest.raises(alexnet.ConfigError, match="towers=1"):
+        TowerSplit(flat, ("cpu", "cpu"))
+    across = alexnet.create_model("alexnet_small", widths=[8, 16, 16, 16, 16], fc_width=32, lrn_per_tower=False)
+    with pytest.raises(alexnet.ConfigError, match="lrn_per_tower"):
+        TowerSplit(across, ("cpu", "cpu"))
+
+
+def test_allreduce_benchmark_quick():
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "allreduce.py"), "--quick", "--nproc", "2"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    results = [line for line in r.stdout.splitlines() if line.startswith("RESULT ")]
+    assert [line.split()[1] for line in results] == ["allreduce_busbw", "grad_sync_ms"]
+    fields = dict(kv.split("=") for kv in results[0].split()[2:])
+    ours, peer, ratio = float(fields["ours"]), float(fields["peer"]), float(fields["ratio"])
+    assert ours > 0 and peer > 0 and ratio == pytest.approx(ours / peer, rel=1e-2)

@@ -1,0 +1,223 @@
+"""evaluate (ten crops, ensembles, per class), predict, features/retrieve and the figure commands."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from alexnet import create_model
+from alexnet.checkpoint import save_atomic
+from alexnet.cli import main
+from alexnet.data.augment import ten_crop
+from alexnet.data.folder import ImageFolderDataset
+from conftest import make_image_folder
+
+PRE = {  # an image-folder recipe for 67 px inputs cut from 76 px stored images
+    "dataset": "image_folder",
+    "resize": 76,
+    "size": 76,
+    "train_crop": 67,
+    "test_crop": 67,
+    "input_size": 67,
+    "padding": 0,
+    "flip": True,
+    "mean": [120.0, 115.0, 100.0],
+    "std": [60.0, 55.0, 50.0],
+}
+
+
+def tiny_checkpoint(path: Path, classes: int = 3, seed: int = 0, **overrides) -> Path:
+    """A small paper-layout net (LRN, two towers) saved as 'alexnet train' would."""
+    torch.manual_seed(seed)
+    opts = dict(widths=(8, 8, 8, 8, 8), fc_width=16, input_size=67, dropout=0.0, init="kaiming") | overrides
+    m = create_model("alexnet_paper", num_classes=classes, **opts)
+    with torch.no_grad():  # spread the scores so that crops and models disagree visibly
+        m.fc8.weight.mul_(30)
+    save_atomic({"model": m.state_dict(), "model_config": m.config.to_dict(), "classes": [f"class{i}" for i in range(classes)], "preprocess": PRE}, path)
+    return path
+
+
+def cli_json(capsys, *args: str):
+    capsys.readouterr()
+    assert main(list(args)) == 0, capsys.readouterr().err
+    return json.loads(capsys.readouterr().out)
+
+
+def cli_fails(capsys, *args: str) -> str:
+    """Run a command that must fail: exit != 0 and exactly one line on stderr, which is returned."""
+    capsys.readouterr()
+    assert main(list(args)) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_ten_crop_order_matches_torchvision():
+    from torchvision.transforms.v2 import functional as TF
+
+    x = torch.randint(0, 256, (2, 3, 9, 11), dtype=torch.uint8)
+    ours = ten_crop(x, 5)
+    assert ours.shape == (2, 10, 3, 5, 5)
+    for b in range(2):
+        theirs = TF.ten_crop(x[b], [5, 5])  # mirrors the image, then crops: mirrored corners swap sides
+        for i, j in enumerate((0, 1, 2, 3, 4, 6, 5, 8, 7, 9)):
+            assert torch.equal(ours[b, i], theirs[j]), i
+        for i in range(5):
+            assert torch.equal(ours[b, i + 5], ours[b, i].flip(-1))
+
+
+def test_ten_crop_evaluation_against_independent_computation(tmp_path, capsys):
+    folder = make_image_folder(tmp_path / "imgs", classes=3, per_class=3)
+    ckpt = tiny_checkpoint(tmp_path / "m.pt")
+    got = cli_json(capsys, "evaluate", "--checkpoint", str(ckpt), "--data", str(folder), "--ten-crop", "--json", "--progress", "off", "--amp", "none")
+
+    # Independent: explicit crop coordinates, float64 normalisation, one image at a time.
+    import alexnet
+
+    model = alexnet.load(ckpt).double()
+    ds = ImageFolderDataset(folder, 76, 76)
+    mean = torch.tensor(PRE["mean"], dtype=torch.float64).reshape(3, 1, 1)
+    std = torch.tensor(PRE["std"], dtype=torch.float64).reshape(3, 1, 1)
+    c1 = c5 = 0
+    nll = 0.0
+    for image, label, _ in (ds[i] for i in range(len(ds))):
+        s, n = 67, 76
+        crops = []
+        for top, left in ((0, 0), (0, n - s), (n - s, 0), (n - s, n - s), ((n - s) // 2, (n - s) // 2)):
+            crop = image[:, top : top + s, left : left + s].double()
+            crops += [crop, torch.flip(crop, dims=[2])]
+        with torch.no_grad():
+            p = torch.softmax(model(torch.stack([(c - mean) / std for c in crops])), dim=1).mean(0)
+        ranked = sorted(range(3), key=lambda j: -float(p[j]))
+        c1 += ranked[0] == label
+        c5 += label in ranked[:5]
+        nll -= math.log(float(p[label]))
+    assert got["images"] == len(ds) == 9
+    assert got["top1"] == pytest.approx(c1 / 9) and got["top5"] == pytest.approx(c5 / 9)
+    assert got["loss"] == pytest.approx(nll / 9, rel=1e-4)
+    centre = cli_json(capsys, "evaluate", "--checkpoint", str(ckpt), "--data", str(folder), "--json", "--amp", "none")
+    assert centre["loss"] != pytest.approx(got["loss"], rel=1e-6)  # ten crops do change the answer
+
+
+def test_ensemble_of_identical_models_equals_one_and_writes_outputs(tmp_path, capsys):
+    folder = make_image_folder(tmp_path / "imgs", classes=3, per_class=3)
+    a = tiny_checkpoint(tmp_path / "a.pt")
+    b = tiny_checkpoint(tmp_path / "b.pt")  # same seed: the same weights
+    other = tiny_checkpoint(tmp_path / "c.pt", seed=5)
+    one = cli_json(capsys, "evaluate", "--checkpoint", str(a), "--data", str(folder), "--json", "--amp", "none")
+    out = tmp_path / "eval"
+    two = cli_json(capsys, "evaluate", "--checkpoint", str(a), "--ensemble", str(b), "--data", str(folder), "--json", "--amp", "none", "--out", str(out))
+    for key in ("top1", "top5", "loss", "images"):
+        assert two[key] == pytest.approx(one[key], rel=1e-6), key
+    mixed = cli_json(capsys, "evaluate", "--checkpoint", str(a), "--ensemble", str(other), "--data", str(folder), "--json", "--amp", "none")
+    assert mixed["loss"] != pytest.approx(one["loss"], rel=1e-6)
+
+    rows = (out / "per_class.csv").read_text().splitlines()
+    assert rows[0] == "index,class,images,top1" and len(rows) == 4
+    assert sum(int(r.split(",")[2]) for r in rows[1:]) == 9
+    correct = sum(float(r.split(",")[3]) * int(r.split(",")[2]) for r in rows[1:])
+    assert correct / 9 == pytest.approx(one["top1"])
+    assert Image.open(out / "confusion.png").size == (900, 800)
+    assert json.loads((out / "evaluate.json").read_text())["images"] == 9
+
+
+def test_predict_top_k_true_label_and_figure(tmp_path, capsys):
+    folder = make_image_folder(tmp_path / "imgs", classes=3, per_class=1)
+    ckpt = tiny_checkpoint(tmp_path / "m.pt")
+    fig = tmp_path / "pred.png"
+    got = cli_json(capsys, "predict", str(folder), "--checkpoint", str(ckpt), "--top", "2", "--json", "--figure", str(fig))
+    assert [Path(r["path"]).parent.name for r in got] == ["class0", "class1", "class2"]
+    for r in got:
+        assert r["label"] == Path(r["path"]).parent.name
+        assert len(r["top"]) == 2 and r["top"][0]["probability"] >= r["top"][1]["probability"]
+    # The probabilities are the model's softmax on the centre crop.
+    import alexnet
+
+    model = alexnet.load(ckpt)
+    img = ImageFolderDataset(folder, 76, 76)[0][0].double()[:, 4:71, 4:71]
+    x = (img - torch.tensor(PRE["mean"]).double().reshape(3, 1, 1)) / torch.tensor(PRE["std"]).double().reshape(3, 1, 1)
+    with torch.no_grad():
+        p = torch.softmax(model.double()(x[None]), 1)[0]
+    assert got[0]["top"][0]["probability"] == pytest.approx(float(p.max()), rel=1e-4)
+    assert Image.open(fig).size == (900, 400) and fig.stat().st_size > 1000
+
+
+def test_features_and_retrieval_return_the_query_first(tmp_path, capsys):
+    folder = make_image_folder(tmp_path / "imgs", classes=3, per_class=3)
+    ckpt = tiny_checkpoint(tmp_path / "m.pt")
+    index = tmp_path / "index.safetensors"
+    assert main(["features", "--checkpoint", str(ckpt), "--data", str(folder), "--out", str(index)]) == 0
+    query = folder / "class1" / "img2.jpg"
+    fig = tmp_path / "ret.png"
+    hits = cli_json(capsys, "retrieve", str(query), "--index", str(index), "--k", "4", "--json", "--figure", str(fig))
+    assert len(hits) == 4 and hits[0]["path"] == str(query) and hits[0]["label"] == "class1"
+    assert hits[0]["distance"] < 1e-3 * hits[1]["distance"]
+    assert [h["distance"] for h in hits] == sorted(h["distance"] for h in hits)
+    assert Image.open(fig).size == (1500, 400)
+
+    # The Python API: the stored vectors are fc7 of the centre crops; distances are Euclidean.
+    import alexnet
+    from alexnet.retrieval import load_index, nearest
+
+    idx = load_index(index)
+    assert idx["features"].shape == (9, 16) and idx["labels"].tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    model = alexnet.load(ckpt)
+    img = ImageFolderDataset(folder, 76, 76)[5][0].float()[:, 4:71, 4:71]
+    x = (img - torch.tensor(PRE["mean"]).reshape(3, 1, 1)) / torch.tensor(PRE["std"]).reshape(3, 1, 1)
+    with torch.no_grad():
+        f = model.forward_fc7(x[None])[0]
+    torch.testing.assert_close(idx["features"][5], f, rtol=1e-4, atol=1e-4)
+    far = nearest(idx, idx["features"][0], k=9)[-1]
+    expected = max(float(((idx["features"][0].double() - g.double()) ** 2).sum().sqrt()) for g in idx["features"])
+    assert far["distance"] == pytest.approx(expected)
+
+
+def test_visualize_filters_and_curves(tmp_path, capsys):
+    ckpt = tiny_checkpoint(tmp_path / "m.pt", widths=(96, 8, 8, 8, 8))
+    out = tmp_path / "filters.png"
+    assert main(["visualize", "filters", "--checkpoint", str(ckpt), "--out", str(out)]) == 0
+    # 2 towers of 48 kernels in 6 rows of 8 tiles of 11*4 px + 2 px gaps, 8 px between towers.
+    assert Image.open(out).size == (2 * 8 * 46 + 8 + 2, 6 * 46 + 2)
+    arr = np.asarray(Image.open(out))
+    assert arr.shape[2] == 3 and arr.std() > 10
+
+    run = tmp_path / "run"
+    run.mkdir()
+    lines = [
+        {"epoch": e, "train_loss": 2.0 / e, "train_top1": 0.2 * e, "val_loss": 2.1 / e, "val_top1_error": 1 - 0.2 * e, "val_top5_error": 0.5 / e, "lr": 0.01 / e}
+        for e in (1, 2, 3)
+    ]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    assert main(["visualize", "curves", str(run)]) == 0
+    assert Image.open(run / "curves.png").size == (1500, 400)
+    assert "no metrics.jsonl" in cli_fails(capsys, "visualize", "curves", str(tmp_path))
+
+
+def test_bad_input_one_line(tmp_path, capsys):
+    folder = make_image_folder(tmp_path / "imgs", classes=3, per_class=1)
+    (tmp_path / "random.pt").write_bytes(bytes(range(256)) * 8)
+    (tmp_path / "text.pt").write_text("hello, not a checkpoint\n")
+    import datetime
+
+    torch.save({"model": {}, "when": datetime.datetime(2020, 1, 1)}, tmp_path / "foreign.pt")
+    for name in ("random.pt", "text.pt", "foreign.pt"):
+        for cmd in (["evaluate", "--data", str(folder)], ["predict", str(folder)], ["export", "--out", str(tmp_path / "x.onnx")]):
+            err = cli_fails(capsys, *cmd, "--checkpoint", str(tmp_path / name))
+            assert name in err
+    ckpt4 = tiny_checkpoint(tmp_path / "four.pt", classes=4)
+    err = cli_fails(capsys, "evaluate", "--checkpoint", str(ckpt4), "--data", str(folder))
+    assert "3 classes" in err and "4" in err
+    err = cli_fails(capsys, "evaluate", "--checkpoint", str(tiny_checkpoint(tmp_path / "m.pt")), "--ensemble", str(ckpt4), "--data", str(folder))
+    assert "four.pt" in err
+    bad = folder / "class0" / "broken.jpg"
+    bad.write_text("not an image")
+    err = cli_fails(capsys, "predict", str(bad), "--checkpoint", str(tmp_path / "m.pt"))
+    assert "broken.jpg" in err
+    err = cli_fails(capsys, "retrieve", str(bad), "--index", str(tmp_path / "text.pt"))
+    assert "text.pt" in err

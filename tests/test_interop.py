@@ -1,0 +1,245 @@
+"""Weights in (torchvision, Caffe .caffemodel and .npy) and out (safetensors, ONNX, TorchScript, torch.hub)."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import alexnet
+from alexnet.cli import main
+from alexnet.data.loaders import model_input
+from conftest import ROOT
+
+# -- torchvision -----------------------------------------------------------------------------------
+
+
+def test_import_torchvision_same_outputs(tmp_path, capsys):
+    import torchvision
+
+    torch.manual_seed(0)
+    tv = torchvision.models.alexnet(num_classes=10).eval()
+    torch.save(tv.state_dict(), tmp_path / "tv.pth")
+    assert main(["import", "torchvision", str(tmp_path / "tv.pth"), "--out", str(tmp_path / "owt.pt")]) == 0
+    model = alexnet.load(tmp_path / "owt.pt")
+    assert model.config.widths == (64, 192, 384, 256, 256) and model.preprocess["test_crop"] == 224
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), tv(x), rtol=1e-5, atol=1e-5)
+    (tmp_path / "junk.pth").write_bytes(b"\x00" * 100)
+    capsys.readouterr()
+    assert main(["import", "torchvision", str(tmp_path / "junk.pth"), "--out", str(tmp_path / "x.pt")]) != 0
+    assert "junk.pth" in capsys.readouterr().err and not (tmp_path / "x.pt").exists()
+
+
+# -- Caffe -------------------------------------------------------------------------------------------
+# A protobuf writer (independent of the reader under test) and Caffe's forward pass in float64.
+
+WIDTHS, FC, CLASSES = (8, 12, 8, 8, 8), 16, 5
+MEAN_BGR = np.array([104.0, 117.0, 123.0])
+
+
+def varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def field(number: int, payload: bytes) -> bytes:  # length-delimited (wire type 2)
+    return varint(number << 3 | 2) + varint(len(payload)) + payload
+
+
+def field_int(number: int, value: int) -> bytes:  # varint (wire type 0)
+    return varint(number << 3) + varint(value)
+
+
+def blob(array: np.ndarray, legacy: bool) -> bytes:
+    data = field(5, array.astype("<f4").tobytes())  # repeated float data = 5 [packed]
+    if legacy:  # num = 1, channels = 2, height = 3, width = 4
+        dims = (1,) * (4 - array.ndim) + array.shape
+        return b"".join(field_int(i + 1, d) for i, d in enumerate(dims)) + data
+    return field(7, field(1, b"".join(varint(d) for d in array.shape))) + data  # BlobShape shape = 7
+
+
+def caffe_weights(seed: int = 0) -> dict[str, list[np.ndarray]]:
+    """bvlc_alexnet's layout (two groups in conv2/4/5, 227 px input), thin."""
+    rng = np.random.default_rng(seed)
+    w1, w2, w3, w4, w5 = WIDTHS
+    shapes = {
+        "conv1": (w1, 3, 11, 11),
+        "conv2": (w2, w1 // 2, 5, 5),
+        "conv3": (w3, w2, 3, 3),
+        "conv4": (w4, w3 // 2, 3, 3),
+        "conv5": (w5, w4 // 2, 3, 3),
+        "fc6": (FC, w5 * 6 * 6),
+        "fc7": (FC, FC),
+        "fc8": (CLASSES, FC),
+    }
+    out = {}
+    for name, shape in shapes.items():
+        fan_in = int(np.prod(shape[1:]))
+        scale = (1.0 / fan_in) ** 0.5 * (0.02 if name == "conv1" else 1.5)  # 0-255 input: keep activations O(1-10)
+        out[name] = [rng.normal(0, scale, shape).astype(np.float32), rng.normal(0, 0.1, shape[0]).astype(np.float32)]
+    return out
+
+
+def write_caffemodel(path: Path, weights: dict[str, list[np.ndarray]], v1: bool) -> None:
+    """NetParameter with V1 ``layers`` (= 2: name 4, blobs 6, legacy blob dims) or ``layer`` (= 100: name 1, blobs 7)."""
+    layers = [b""]
+    order = ["data", "conv1", "relu1", "norm1", "pool1", "conv2", "relu2", "norm2", "pool2", "conv3", "relu3"]
+    order += ["conv4", "relu4", "conv5", "relu5", "pool5", "fc6", "relu6", "drop6", "fc7", "relu7", "drop7", "fc8", "prob"]
+    for name in order:
+        if v1:
+            msg = field(4, name.encode()) + field_int(5, 4)  # type = CONVOLUTION (enum), ignored by the reader
+            msg += b"".join(field(6, blob(a, legacy=True)) for a in weights.get(name, []))
+            layers.append(field(2, msg))
+        else:
+            msg = field(1, name.encode()) + field(2, b"Convolution" if name in weights else b"ReLU")
+            msg += b"".join(field(7, blob(a, legacy=False)) for a in weights.get(name, []))
+            layers.append(field(100, msg))
+    path.write_bytes(field(1, b"AlexNet") + b"".join(layers))
+
+
+def write_tf_npy(path: Path, weights: dict[str, list[np.ndarray]]) -> None:
+    """The TensorFlow ports' bvlc_alexnet.npy: conv HWIO, fc (in, out), fc6 rows in (h, w, c) order."""
+    d = {}
+    for name, (w, b) in weights.items():
+        if w.ndim == 4:
+            w = w.transpose(2, 3, 1, 0)
+        elif name == "fc6":
+            w = w.reshape(FC, WIDTHS[4], 6, 6).transpose(2, 3, 1, 0).reshape(-1, FC)
+        else:
+            w = w.T
+        d[name] = [w, b]
+    np.save(path, d, allow_pickle=True)
+
+
+def caffe_lrn(x: np.ndarray, size=5, alpha=1e-4, beta=0.75, k=1.0) -> np.ndarray:
+    """Caffe's ACROSS_CHANNELS LRN: x / (k + alpha/size * sum of squares over the window) ** beta."""
+    sq = np.pad(x**2, ((0, 0), (size // 2, size // 2), (0, 0), (0, 0)))
+    window = sum(sq[:, i : i + x.shape[1]] for i in range(size))
+    return x / (k + alpha / size * window) ** beta
+
+
+def caffe_forward(weights: dict[str, list[np.ndarray]], rgb_uint8: np.ndarray) -> np.ndarray:
+    """bvlc_alexnet's deploy net on a 256x256 RGB image: centre 227 crop, BGR, 0-255 minus mean."""
+    t = lambda a: torch.from_numpy(np.asarray(a, dtype=np.float64))  # noqa: E731
+    off = (256 - 227) // 2
+    bgr = rgb_uint8[:, ::-1, off : off + 227, off : off + 227].astype(np.float64) - MEAN_BGR.reshape(1, 3, 1, 1)
+    x = t(bgr)
+
+    def conv(x, name, stride=1, pad=0, group=1):
+        return F.relu(F.conv2d(x, t(weights[name][0]), t(weights[name][1]), stride, pad, groups=group))
+
+    pool = lambda x: F.max_pool2d(x, 3, 2, ceil_mode=True)  # noqa: E731  Caffe rounds pooled sizes up
+    x = pool(t(caffe_lrn(conv(x, "conv1", stride=4).numpy())))
+    x = pool(t(caffe_lrn(conv(x, "conv2", pad=2, group=2).numpy())))
+    x = conv(conv(x, "conv3", pad=1), "conv4", pad=1, group=2)
+    x = pool(conv(x, "conv5", pad=1, group=2)).reshape(x.shape[0], -1)
+    for name in ("fc6", "fc7"):
+        x = F.relu(x @ t(weights[name][0]).T + t(weights[name][1]))
+    return (x @ t(weights["fc8"][0]).T + t(weights["fc8"][1])).numpy()
+
+
+@pytest.mark.parametrize("kind", ["caffemodel-v2", "caffemodel-v1", "npy"])
+def test_import_caffe_matches_caffe_forward(tmp_path, kind):
+    weights = caffe_weights()
+    src = tmp_path / ("bvlc_alexnet.npy" if kind == "npy" else "bvlc_alexnet.caffemodel")
+    if kind == "npy":
+        write_tf_npy(src, weights)
+    else:
+        write_caffemodel(src, weights, v1=kind.endswith("v1"))
+    # The mean as a .binaryproto (a BlobProto of a 3x4x4 mean image, B, G, R).
+    mean_img = np.broadcast_to(MEAN_BGR.reshape(1, 3, 1, 1), (1, 3, 4, 4)).astype(np.float32)
+    (tmp_path / "mean.binaryproto").write_bytes(blob(mean_img, legacy=True))
+    out = tmp_path / "caffe.pt"
+    assert main(["import", "caffe", str(src), "--out", str(out), "--mean-file", str(tmp_path / "mean.binaryproto")]) == 0
+
+    model = alexnet.load(out)
+    assert model.config.widths == WIDTHS and model.config.lrn_k == 1.0 and model.config.input_size == 227
+    rgb = np.random.default_rng(1).integers(0, 256, (2, 3, 256, 256), dtype=np.uint8)
+    x = model_input(torch.from_numpy(rgb), torch.arange(2), model.preprocess, train=False)  # RGB, as a user feeds it
+    with torch.no_grad():
+        ours = model(x).double().numpy()
+    ref = caffe_forward(weights, rgb)
+    assert np.abs(ref).max() > 1.0  # a meaningful comparison, not zeros against zeros
+    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+def test_caffe_bad_files(tmp_path, capsys):
+    (tmp_path / "junk.caffemodel").write_bytes(b"\xff" * 64)
+    np.save(tmp_path / "foreign.npy", {"conv1": [struct.pack]}, allow_pickle=True)  # pickles a reference to a function
+    for name, hint in (("junk.caffemodel", "caffemodel"), ("foreign.npy", "allow-pickle")):
+        capsys.readouterr()
+        assert main(["import", "caffe", str(tmp_path / name), "--out", str(tmp_path / "x.pt")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and name in err and hint in err, err
+    assert not (tmp_path / "x.pt").exists()
+
+
+# -- export ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def paper_ckpt(tmp_path) -> Path:
+    """A thin paper-layout net (LRN with the paper's k=2 sum convention, two towers)."""
+    from test_evaluate import tiny_checkpoint
+
+    return tiny_checkpoint(tmp_path / "m.pt", widths=(16, 16, 16, 16, 16))
+
+
+def test_export_onnx_matches_pytorch(tmp_path, paper_ckpt):
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is in the 'export' extra")
+    out = tmp_path / "m.onnx"
+    assert main(["export", "--checkpoint", str(paper_ckpt), "--format", "onnx", "--out", str(out)]) == 0
+    model = alexnet.load(paper_ckpt)
+    x = torch.randn(3, 3, 67, 67) * 2
+    with torch.no_grad():
+        ref = model(x).numpy()
+    got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"image": x.numpy()})[0]
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert '"input_size": 67' in meta["model_config"] and "class2" in meta["classes"]
+
+
+def test_export_safetensors_and_torchscript_load_back(tmp_path, paper_ckpt, capsys):
+    model = alexnet.load(paper_ckpt)
+    x = torch.randn(2, 3, 67, 67)
+    with torch.no_grad():
+        ref = model(x)
+    st = tmp_path / "m.safetensors"
+    assert main(["export", "--checkpoint", str(paper_ckpt), "--out", str(st)]) == 0  # safetensors is the default
+    assert (tmp_path / "m.json").is_file()
+    again = alexnet.load(st)
+    assert again.classes == model.classes and again.preprocess == model.preprocess
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), ref)
+    from safetensors.torch import load_file, save_file
+
+    bare = tmp_path / "bare.safetensors"  # no metadata: the config comes from bare.json
+    save_file(load_file(st), str(bare))
+    (tmp_path / "bare.json").write_text((tmp_path / "m.json").read_text())
+    with torch.no_grad():
+        torch.testing.assert_close(alexnet.load(bare)(x), ref)
+
+    ts = tmp_path / "m.torchscript"
+    assert main(["export", "--checkpoint", str(paper_ckpt), "--format", "torchscript", "--out", str(ts)]) == 0
+    with torch.no_grad():
+        torch.testing.assert_close(torch.jit.load(str(ts))(x), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_torch_hub_local(tmp_path, paper_ckpt):
+    m = torch.hub.load(str(ROOT), "alexnet_paper", source="local", num_classes=7, trust_repo=True)
+    assert isinstance(m, alexnet.AlexNet) and m.fc8.out_features == 7 and m.config.lrn_k == 2.0
+    loaded = torch.hub.load(str(ROOT), "alexnet_paper", source="local", checkpoint=str(paper_ckpt), trust_repo=True)
+    assert loaded.classes == ["class0", "class1", "class2"]

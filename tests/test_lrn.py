@@ -1,0 +1,215 @@
+"""LRN against the paper's formula written out independently in float64."""
+
+import numpy as np
+import pytest
+import torch
+
+from alexnet import LocalResponseNorm
+
+
+def lrn_float64(a: np.ndarray, n: int, alpha: float, beta: float, k: float) -> np.ndarray:
+    """The paper's equation, term by term: b_i = a_i / (k + alpha * sum_j a_j^2)^beta over channels
+    j = max(0, i - n//2) .. min(N-1, i + n//2)."""
+    out = np.empty_like(a, dtype=np.float64)
+    channels = a.shape[1]
+    for i in range(channels):
+        lo, hi = max(0, i - n // 2), min(channels - 1, i + n // 2)
+        s = (a[:, lo : hi + 1].astype(np.float64) ** 2).sum(axis=1)
+        out[:, i] = a[:, i] / (k + alpha * s) ** beta
+    return out
+
+
+def lrn_torch64(a: torch.Tensor, n: int, alpha: float, beta: float, k: float) -> torch.Tensor:
+    """Same loop in float64 torch ops, so autograd gives an independent reference gradient."""
+    channels = a.shape[1]
+    outs = []
+    for i in range(channels):
+        lo, hi = max(0, i - n // 2), min(channels - 1, i + n // 2)
+        s = (a[:, lo : hi + 1] ** 2).sum(dim=1)
+        outs.append(a[:, i] / (k + alpha * s) ** beta)
+    return torch.stack(outs, dim=1)
+
+
+@pytest.mark.parametrize("convention", ["sum", "mean"])
+@pytest.mark.parametrize("k,alpha", [(2.0, 1e-4), (1.0, 1e-4), (2.0, 0.05)])
+def test_forward_matches_formula(convention, k, alpha):
+    torch.manual_seed(0)
+    x = torch.randn(2, 13, 5, 4) * 20  # large values so the denominator matters
+    lrn = LocalResponseNorm(5, alpha, 0.75, k, convention)
+    sum_alpha = alpha if convention == "sum" else alpha / 5
+    ref = lrn_float64(x.numpy(), 5, sum_alpha, 0.75, k)
+    got = lrn(x).double().numpy()
+    np.testing.assert_allclose(got, ref, rtol=1e-6, atol=0)
+    assert np.abs(ref - x.numpy()).max() > 1e-3  # the normalisation is not a no-op here
+
+
+@pytest.mark.parametrize("convention", ["sum", "mean"])
+def test_backward_matches_formula(convention):
+    torch.manual_seed(1)
+    x = torch.randn(3, 11, 4, 3) * 30
+    g = torch.randn_like(x)
+    lrn = LocalResponseNorm(5, 1e-3, 0.75, 2.0, convention)
+    sum_alpha = 1e-3 if convention == "sum" else 1e-3 / 5
+    x64 = x.double().requires_grad_()
+    lrn_torch64(x64, 5, sum_alpha, 0.75, 2.0).backward(g.double())
+    x32 = x.clone().requires_grad_()
+    lrn(x32).backward(g)
+    ref = x64.grad.numpy()
+    np.testing.assert_allclose(x32.grad.double().numpy(), ref, rtol=1e-5, atol=1e-6 * np.abs(ref).max())
+
+
+def test_float64_input_is_exact():
+    torch.manual_seed(2)
+    x = (torch.randn(2, 8, 3, 3, dtype=torch.float64) * 10).requires_grad_()
+    lrn = LocalResponseNorm(5, 1e-4, 0.75, 2.0)
+    assert torch.autograd.gradcheck(lambda t: lrn(t), (x,), eps=1e-6, atol=1e-8)
+    np.testing.assert_allclose(lrn(x).detach().numpy(), lrn_float64(x.detach().numpy(), 5, 1e-4, 0.75, 2.0), rtol=1e-12)
+
+
+def test_mean_convention_equals_torch():
+    torch.manual_seed(3)
+    x = torch.randn(2, 96, 7, 7) * 10
+    ours = LocalResponseNorm(5, 5e-4, 0.75, 2.0, "mean")(x)
+    theirs = torch.nn.LocalResponseNorm(5, 5e-4, 0.75, 2.0)(x)
+    torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6)
+    # The paper's alpha=1e-4 (sum) is torch's alpha=5e-4 (mean).
+    torch.testing.assert_close(LocalResponseNorm(5, 1e-4, 0.75, 2.0, "sum")(x), theirs, rtol=1e-6, atol=1e-6)
+
+
+def test_even_size_matches_torch():
+    x = torch.randn(2, 10, 3, 3) * 10
+    torch.testing.assert_close(
+        LocalResponseNorm(4, 1e-2, 0.75, 1.0, "mean")(x), torch.nn.LocalResponseNorm(4, 1e-2, 0.75, 1.0)(x)
+    )
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="convention"):
+        LocalResponseNorm(convention="avg")
+    with pytest.raises(ValueError, match="size"):
+        LocalResponseNorm(size=0)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("size,beta", [(5, 0.75), (4, 0.6), (3, 1.0)])
+def test_kernel_forward_backward_match_float64(layout, size, beta):
+    """The C kernel (both layouts, a partial 64-wide block, pow and rsqrt paths) against float64."""
+    from alexnet.lrn import kernel_available
+
+    if not kernel_available():
+        pytest.skip("no C compiler: the PyTorch path is tested above")
+    torch.manual_seed(4)
+    x = torch.randn(2, 13, 9, 11) * 30  # inner = 99: one full and one partial block
+    g = torch.randn_like(x)
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    x32 = x.contiguous(memory_format=fmt).requires_grad_()
+    lrn = LocalResponseNorm(size, 1e-3, beta, 2.0, "mean")
+    y = lrn(x32)
+    y.backward(g.contiguous(memory_format=fmt))
+    assert y.is_contiguous(memory_format=fmt)
+    x64 = x.detach().double().requires_grad_()
+    ref_y = lrn_torch64_even(x64, size, 1e-3 / size, beta, 2.0)
+    ref_y.backward(g.double())
+    np.testing.assert_allclose(y.detach().double().numpy(), ref_y.detach().numpy(), rtol=1e-5, atol=1e-6)
+    ref = x64.grad.numpy()
+    np.testing.assert_allclose(x32.grad.double().numpy(), ref, rtol=1e-5, atol=1e-6 * np.abs(ref).max())
+    with torch.no_grad():  # the inference path is the same kernel
+        torch.testing.assert_close(lrn(x32), y.detach(), rtol=0, atol=0)
+
+
+def lrn_torch64_even(a: torch.Tensor, n: int, alpha: float, beta: float, k: float) -> torch.Tensor:
+    """As lrn_torch64, with torch's window for even n: n//2 channels before, (n-1)//2 after."""
+    channels = a.shape[1]
+    outs = []
+    for i in range(channels):
+        lo, hi = max(0, i - n // 2), min(channels - 1, i + (n - 1) // 2)
+        outs.append(a[:, i] / (k + alpha * (a[:, lo : hi + 1] ** 2).sum(dim=1)) ** beta)
+    return torch.stack(outs, dim=1)
+
+
+def test_kernel_bfloat16_close_to_float32():
+    from alexnet.lrn import kernel_available
+
+    if not kernel_available():
+        pytest.skip("no C compiler")
+    torch.manual_seed(5)
+    x = (torch.randn(2, 16, 10, 10) * 20).bfloat16().requires_grad_()
+    g = torch.randn(2, 16, 10, 10).bfloat16()
+    y = LocalResponseNorm(5, 1e-3, 0.75, 2.0)(x)
+    y.backward(g)
+    assert y.dtype == x.grad.dtype == torch.bfloat16
+    x64 = x.detach().double().requires_grad_()
+    ref = lrn_torch64(x64, 5, 1e-3, 0.75, 2.0)
+    ref.backward(g.double())
+    # bf16 keeps 8 significant bits: 2^-8 relative error of the stored result, computed in float32.
+    np.testing.assert_allclose(y.detach().double().numpy(), ref.detach().numpy(), rtol=2**-7, atol=1e-2)
+    np.testing.assert_allclose(x.grad.double().numpy(), x64.grad.numpy(), rtol=2**-7, atol=2**-7 * x64.grad.abs().max().item())
+
+
+def test_no_kernel_falls_back(monkeypatch):
+    """Without a compiler the pure-PyTorch Function gives the same numbers."""
+    from alexnet import lrn as lrn_mod
+
+    torch.manual_seed(6)
+    x = (torch.randn(2, 12, 5, 5) * 20).requires_grad_()
+    y_kernel = LocalResponseNorm(5, 1e-3)(x)
+    monkeypatch.setattr(lrn_mod, "kernel_available", lambda t=None: False)
+    y_torch = LocalResponseNorm(5, 1e-3)(x)
+    assert y_torch.grad_fn is not None and "Kernel" not in type(y_torch.grad_fn).__name__
+    torch.testing.assert_close(y_kernel, y_torch, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_fused_relu_matches_relu_then_formula(layout):
+    """LRN(x, relu=True) == LRN(ReLU(x)), values and gradient, against float64 ops."""
+    torch.manual_seed(7)
+    x = torch.randn(2, 10, 9, 8) * 30
+    x[0, 0, 0, 0] = 0.0  # ReLU'(0) = 0, as torch.relu
+    g = torch.randn_like(x)
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    x32 = x.contiguous(memory_format=fmt).requires_grad_()
+    y = LocalResponseNorm(5, 1e-3, 0.75, 2.0)(x32, relu=True)
+    y.backward(g.contiguous(memory_format=fmt))
+    x64 = x.detach().double().requires_grad_()
+    ref_y = lrn_torch64(torch.relu(x64), 5, 1e-3, 0.75, 2.0)
+    ref_y.backward(g.double())
+    np.testing.assert_allclose(y.detach().double().numpy(), ref_y.detach().numpy(), rtol=1e-5, atol=1e-6)
+    ref = x64.grad.numpy()
+    np.testing.assert_allclose(x32.grad.double().numpy(), ref, rtol=1e-5, atol=1e-6 * np.abs(ref).max())
+    assert (x32.grad[x < 0] == 0).all()
+
+
+def test_model_with_fused_relu_lrn_matches_plain_ops(monkeypatch):
+    """A model with LRN gives the same outputs and gradients with and without the C kernel."""
+    from alexnet import create_model
+    from alexnet import lrn as lrn_mod
+
+    torch.manual_seed(8)
+    model = create_model("alexnet_small", num_classes=10, dropout=0.0)
+    x = torch.randn(2, 1, 28, 28)
+
+    def run():
+        model.zero_grad()
+        out = model(x)
+        out.square().sum().backward()
+        return out.detach(), model.conv1.weight.grad.clone()
+
+    fused = run()
+    monkeypatch.setattr(lrn_mod, "kernel_available", lambda t=None: False)
+    plain = run()
+    torch.testing.assert_close(fused[0], plain[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fused[1], plain[1], rtol=1e-4, atol=1e-6)
+
+
+def test_kernel_build_without_compiler_falls_back(monkeypatch, tmp_path):
+    """No compiler: load() warns once and returns None; the module still computes the formula."""
+    from alexnet import _kernels
+
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    monkeypatch.setenv("ALEXNET_KERNEL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(_kernels, "_LIBS", {})
+    with pytest.warns(UserWarning, match="unavailable"):
+        assert _kernels.load("lrn") is None
+    x = torch.randn(2, 7, 3, 3) * 20
+    ref = lrn_float64(x.numpy(), 5, 1e-4, 0.75, 2.0)
+    np.testing.assert_allclose(LocalResponseNorm()(x).double().numpy(), ref, rtol=1e-6)

@@ -1,0 +1,160 @@
+"""Every registered model, the paper's counts, the init, the ablations, torchvision parity."""
+
+import pytest
+import torch
+import torchvision
+
+import alexnet
+from alexnet.lrn import LocalResponseNorm
+from alexnet.summary import format_summary, layer_table
+
+# SPEC section 1 (golden values, not computed by the code under test).
+PAPER_PARAMS = 60_965_224
+PAPER_MACS = 724_406_816
+OWT_PARAMS = 61_100_840
+
+
+@pytest.mark.parametrize("name", alexnet.list_models())
+def test_forward_backward(name):
+    torch.manual_seed(0)
+    model = alexnet.create_model(name, num_classes=7)
+    cfg = model.config
+    x = torch.randn(2, cfg.in_chans, cfg.input_size, cfg.input_size)
+    out = model(x)
+    assert out.shape == (2, 7)
+    assert torch.isfinite(out).all()
+    out.logsumexp(1).sum().backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None, pname
+        assert torch.isfinite(p.grad).all(), pname
+        assert p.grad.abs().sum() > 0, f"{pname} got an all-zero gradient"
+
+
+def test_registry():
+    names = alexnet.list_models()
+    assert {"alexnet_paper", "alexnet_owt", "alexnet_caffe", "alexnet_small"} <= set(names)
+    with pytest.raises(alexnet.UnknownModelError, match="unknown model 'resnet50'"):
+        alexnet.create_model("resnet50")
+    with pytest.raises(alexnet.ConfigError, match="unknown model option"):
+        alexnet.create_model("alexnet_paper", lrm=False)
+
+
+def count(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_parameter_counts():
+    assert count(alexnet.create_model("alexnet_paper")) == PAPER_PARAMS
+    assert count(alexnet.create_model("alexnet_caffe")) == PAPER_PARAMS
+    assert count(alexnet.create_model("alexnet_owt")) == OWT_PARAMS
+    assert count(alexnet.create_model("alexnet_owt")) == count(torchvision.models.alexnet())
+
+
+def test_macs_and_shapes():
+    rows = {r.name: r for r in layer_table(alexnet.create_model("alexnet_paper"))}
+    assert sum(r.macs for r in rows.values()) == PAPER_MACS
+    assert rows["conv1"].output_shape == (96, 55, 55)
+    assert rows["pool1"].output_shape == (96, 27, 27)
+    assert rows["conv2"].output_shape == (256, 27, 27)
+    assert rows["pool2"].output_shape == (256, 13, 13)
+    assert rows["conv5"].output_shape == (256, 13, 13)
+    assert rows["pool5"].output_shape == (256, 6, 6)
+    # The paper's neuron counts for conv2..fc8 (section 3.5).
+    paper = [186_624, 64_896, 64_896, 43_264, 4_096, 4_096, 1_000]
+    assert [rows[n].neurons for n in ("conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")] == paper
+    caffe = {r.name: r for r in layer_table(alexnet.create_model("alexnet_caffe"))}
+    assert caffe["conv1"].output_shape == (96, 55, 55)
+    assert sum(r.macs for r in caffe.values()) == PAPER_MACS
+
+
+def test_summary_mentions_the_erratum():
+    text = format_summary(alexnet.create_model("alexnet_paper"), "alexnet_paper")
+    assert "60,965,224" in text and "724,406,816" in text
+    assert "253,440" in text and "290,400" in text
+
+
+def test_paper_init_statistics():
+    torch.manual_seed(0)
+    m = alexnet.create_model("alexnet_paper")
+    for name in ("conv1", "conv2", "conv3", "fc6", "fc7", "fc8"):
+        w = getattr(m, name).weight.detach().double()
+        tol = 4 * 0.01 / (2 * w.numel()) ** 0.5 + 1e-5  # ~4 standard errors of the std estimate
+        assert abs(w.std().item() - 0.01) < tol, name
+        assert abs(w.mean().item()) < 4 * 0.01 / w.numel() ** 0.5, name
+    for name, value in [("conv1", 0), ("conv2", 1), ("conv3", 0), ("conv4", 1), ("conv5", 1), ("fc6", 1), ("fc7", 1), ("fc8", 0)]:
+        assert torch.all(getattr(m, name).bias == value), name
+
+
+def test_paper_structure():
+    m = alexnet.create_model("alexnet_paper")
+    assert [getattr(m, f"conv{i}").groups for i in range(1, 6)] == [1, 2, 1, 2, 2]
+    assert isinstance(m.norm1, LocalResponseNorm) and isinstance(m.norm2, LocalResponseNorm)
+    assert (m.norm1.size, m.norm1.alpha, m.norm1.beta, m.norm1.k, m.norm1.convention) == (5, 1e-4, 0.75, 2.0, "sum")
+    assert (m.pool1.kernel_size, m.pool1.stride) == (3, 2)
+    assert m.drop6.p == 0.5 and m.drop7.p == 0.5
+    caffe = alexnet.create_model("alexnet_caffe")
+    assert (caffe.norm1.k, caffe.norm1.alpha, caffe.norm1.convention) == (1.0, 1e-4, "mean")
+    assert caffe.config.input_size == 227 and caffe.conv1.padding == (0, 0)
+
+
+def test_ablations():
+    m = alexnet.create_model("alexnet_paper", lrn=False, pool_kernel=2, towers=1, activation="tanh", dropout=0.0, in_chans=1)
+    assert isinstance(m.norm1, torch.nn.Identity)
+    assert m.pool1.kernel_size == 2 and m.conv2.groups == 1
+    assert isinstance(m.act, torch.nn.Tanh) and m.drop6.p == 0.0 and m.conv1.in_channels == 1
+    # 2/2 pooling: 55 -> 27 -> 13 -> 6 as well, so fc6 keeps 9216 inputs.
+    assert m.fc6.in_features == 9216
+    out = m(torch.randn(1, 1, 224, 224))
+    assert out.shape == (1, 1000)
+    with pytest.raises(alexnet.ConfigError):
+        alexnet.create_model("alexnet_paper", towers=5)
+    with pytest.raises(alexnet.ConfigError):
+        alexnet.create_model("alexnet_paper", input_size=32)
+
+
+def test_dropout_off_in_eval_and_deterministic():
+    m = alexnet.create_model("alexnet_small", num_classes=10).eval()
+    x = torch.randn(3, 1, 28, 28)
+    torch.testing.assert_close(m(x), m(x))
+
+
+def test_torchvision_state_dict_parity():
+    torch.manual_seed(0)
+    tv = torchvision.models.alexnet(num_classes=1000).eval()
+    ours = alexnet.create_model("alexnet_owt").eval()
+    ours.load_state_dict(tv.state_dict())  # unchanged keys: features.0.weight, ...
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), tv(x), rtol=0, atol=0)
+        # Other input sizes go through the adaptive pooling just the same.
+        x = torch.randn(1, 3, 256, 256)
+        torch.testing.assert_close(ours(x), tv(x), rtol=0, atol=0)
+
+
+def test_fc7_features():
+    m = alexnet.create_model("alexnet_paper").eval()
+    with torch.no_grad():
+        f = m.forward_fc7(torch.randn(2, 3, 224, 224))
+    assert f.shape == (2, 4096) and (f >= 0).all()
+
+
+def test_lrn_stays_inside_each_tower():
+    """The paper's LRN window never crosses from one GPU's maps to the other's (Caffe's does)."""
+    torch.manual_seed(0)
+    m = alexnet.create_model("alexnet_paper").eval()
+    assert m.norm1.groups == 2 and alexnet.create_model("alexnet_caffe").norm1.groups == 1
+    plain = LocalResponseNorm(5, 1e-4, 0.75, 2.0, "sum")
+    x = torch.rand(2, 96, 5, 5) * 50
+    ref = torch.cat([plain(x[:, :48]), plain(x[:, 48:])], dim=1)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        xi = x.detach().clone().contiguous(memory_format=layout).requires_grad_()
+        y = m.norm1(xi)
+        torch.testing.assert_close(y, ref, rtol=1e-6, atol=1e-6)
+        g = torch.randn_like(ref)
+        y.backward(g)
+        xr = x.detach().clone().requires_grad_()
+        torch.cat([plain(xr[:, :48]), plain(xr[:, 48:])], dim=1).backward(g)
+        torch.testing.assert_close(xi.grad, xr.grad, rtol=1e-5, atol=1e-6)
+    across = plain(x)
+    assert not torch.allclose(ref[:, 46:50], across[:, 46:50])  # the boundary channels differ
+    torch.testing.assert_close(ref[:, 3:45], across[:, 3:45], rtol=1e-6, atol=1e-6)  # the rest agree

@@ -1,0 +1,250 @@
+"""Training the paper's way, and never losing a run (issue 4)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import alexnet
+from alexnet.checkpoint import load_checkpoint, save_atomic
+from alexnet.config import resolve_config
+from alexnet.optim import PaperSGD, PlateauSchedule
+from alexnet.train import fit
+from conftest import ROOT, run_cli
+
+# A tiny AlexNet so that a run takes a second or two on a CPU.
+TINY = ["--model-option", "widths=[8,16,16,16,16]", "--model-option", "fc_width=32"]
+TINY_OPTIONS = {"widths": [8, 16, 16, 16, 16], "fc_width": 32}
+
+
+def test_paper_sgd_matches_the_rule_by_hand():
+    torch.manual_seed(0)
+    w0 = torch.randn(5, dtype=torch.float64)
+    grads = [torch.randn(5, dtype=torch.float64) for _ in range(3)]
+    lrs = [0.01, 0.01, 0.001]  # the rate drops by 10 before the third step
+    mu, wd = 0.9, 5e-4
+    # The paper, line by line: v <- 0.9 v - 0.0005 e w - e g ; w <- w + v
+    w, v = w0.clone(), torch.zeros(5, dtype=torch.float64)
+    for g, e in zip(grads, lrs):
+        v = mu * v - wd * e * w - e * g
+        w = w + v
+    p = torch.nn.Parameter(w0.clone())
+    opt = PaperSGD([p], lr=0.01, momentum=mu, weight_decay=wd)
+    for g, e in zip(grads, lrs):
+        opt.param_groups[0]["lr"] = e
+        p.grad = g.clone()
+        opt.step()
+    torch.testing.assert_close(p.detach(), w, rtol=1e-12, atol=1e-15)
+    # torch.optim.SGD puts the rate outside the velocity: it differs once the rate changes.
+    q = torch.nn.Parameter(w0.clone())
+    sgd = torch.optim.SGD([q], lr=0.01, momentum=mu, weight_decay=wd)
+    for g, e in zip(grads, lrs):
+        sgd.param_groups[0]["lr"] = e
+        q.grad = g.clone()
+        sgd.step()
+    assert (q.detach() - w).abs().max() > 1e-6
+
+
+def test_plateau_schedule_on_scripted_errors():
+    sched = PlateauSchedule(patience=2, factor=0.1, max_reductions=3)
+    errors = [0.9, 0.8, 0.7, 0.7, 0.71, 0.6, 0.6, 0.6, 0.5, 0.5, 0.5, 0.5, 0.5]
+    events = [sched.step(e) for e in errors]
+    assert events == [None, None, None, None, "reduce", None, None, "reduce", None, None, "reduce", None, "stop"]
+    assert sched.reductions == 3 and sched.scale == pytest.approx(1e-3) and sched.stop
+    # Its state survives a checkpoint round trip.
+    again = PlateauSchedule(patience=2)
+    again.load_state_dict(sched.state_dict())
+    assert again.state_dict() == sched.state_dict()
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["model"]
+
+
+def _train_args(data: Path, out: Path, epochs: int = 4) -> list[str]:
+    return [
+        "train", "--data", str(data), "--out", str(out), "--epochs", str(epochs), "--batch-size", "8", "--seed", "5",
+        "--amp", "none", "--workers", "0", "--save-every", "1", *TINY,
+    ]
+
+
+def test_kill_and_resume_is_bitwise_exact(tiny_fmnist, tmp_path):
+    ref = tmp_path / "uninterrupted"
+    r = run_cli(*_train_args(tiny_fmnist, ref))
+    assert r.returncode == 0, r.stderr
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    killed = tmp_path / "killed"
+    rng = random.Random(int(time.time()))
+    for attempt in range(6):
+        proc = subprocess.Popen([sys.executable, "-m", "alexnet", *_train_args(tiny_fmnist, killed)], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while not (killed / "last.pt").exists() and proc.poll() is None:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.6 / (attempt + 1)))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            break
+        proc.wait()
+    else:
+        pytest.skip("the run kept finishing before it could be killed")
+    step_at_kill = torch.load(killed / "last.pt", weights_only=True)["position"]["step"]
+    r = run_cli("train", "--resume", str(killed))
+    assert r.returncode == 0, r.stderr
+    assert "resuming" in r.stdout
+    a, b = _weights(ref / "last.pt"), _weights(killed / "last.pt")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs after a kill at step {step_at_kill} and a resume"
+    # The history is the uninterrupted run's, epoch for epoch.
+    lines = [json.loads(x) for x in (killed / "metrics.jsonl").read_text().splitlines()]
+    ref_lines = [json.loads(x) for x in (ref / "metrics.jsonl").read_text().splitlines()]
+    assert [x["val_top1"] for x in lines] == [x["val_top1"] for x in ref_lines]
+    assert [x["train_loss"] for x in lines] == [x["train_loss"] for x in ref_lines]
+
+
+def test_ctrl_c_saves_and_resumes(tiny_fmnist, tmp_path):
+    out = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    proc = subprocess.Popen([sys.executable, "-m", "alexnet", *_train_args(tiny_fmnist, out, epochs=30)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while not (out / "last.pt").exists() and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "--resume" in err
+    assert load_checkpoint(out / "last.pt")["position"]["step"] > 0
+    r = run_cli("train", "--resume", str(out), "--epochs", "2")
+    assert r.returncode == 0, r.stderr
+
+
+def test_kill_during_checkpoint_write_keeps_the_old_file(tmp_path):
+    path = tmp_path / "last.pt"
+    script = f"""
+import sys, torch
+sys.path.insert(0, {str(ROOT / 'src')!r})
+from alexnet.checkpoint import save_atomic
+save_atomic({{"model": {{"w": torch.arange(10.0)}}}}, {str(path)!r})
+print("saved", flush=True)
+save_atomic({{"model": {{"w": torch.zeros(300_000_000)}}}}, {str(path)!r})
+print("second", flush=True)
+"""
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "saved"
+    time.sleep(0.3)  # well inside the 1.2 GB write
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    ckpt = load_checkpoint(path)
+    assert torch.equal(ckpt["model"]["w"], torch.arange(10.0))
+
+
+def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_atomic({"model": {"w": torch.ones(3)}}, path)
+
+    def full_disk(obj, f, *a, **k):
+        f.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError):
+        save_atomic({"model": {"w": torch.zeros(3)}}, path)
+    monkeypatch.undo()
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind
+
+
+def _cfg(data: Path, out: Path, **kw) -> alexnet.config.TrainConfig:
+    base = dict(data=str(data), out=str(out), epochs=2, batch_size=8, seed=1, amp="none", workers=0,
+                model_options=dict(TINY_OPTIONS))
+    return resolve_config(None, {**base, **kw})
+
+
+def test_nan_loss_stops_and_keeps_the_checkpoint(tiny_fmnist, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    fit(_cfg(tiny_fmnist, out, epochs=1), log=lambda s: None)
+    before = _weights(out / "last.pt")
+    import alexnet.train as train_mod
+
+    real = train_mod.F.cross_entropy
+    calls = {"n": 0}
+
+    def poisoned(*a, **k):
+        calls["n"] += 1
+        loss = real(*a, **k)
+        return loss * float("nan") if calls["n"] == 3 else loss
+
+    monkeypatch.setattr(train_mod.F, "cross_entropy", poisoned)
+    with pytest.raises(alexnet.TrainingError, match="non-finite loss"):
+        fit(_cfg(tiny_fmnist, tmp_path / "run2", epochs=1), log=lambda s: None)
+    assert not (tmp_path / "run2" / "last.pt").exists()  # nothing half-trained was written
+    # The earlier run's checkpoint is untouched; with "skip" the bad batch is counted and training goes on.
+    assert all(torch.equal(before[k], _weights(out / "last.pt")[k]) for k in before)
+    calls["n"] = 0
+    result = fit(_cfg(tiny_fmnist, tmp_path / "run3", epochs=1, on_nonfinite="skip"), log=lambda s: None)
+    assert result["skipped_batches"] == 1
+
+
+def test_foreign_pickle_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"model": {"w": torch.ones(1)}, "payload": Path("/etc/passwd")}, path)
+    with pytest.raises(alexnet.CheckpointError, match="refused"):
+        load_checkpoint(path)
+    r = run_cli("evaluate", "--checkpoint", str(path))
+    assert r.returncode != 0 and "Traceback" not in r.stderr and "evil.pt" in r.stderr
+
+
+def test_fine_tuning_keeps_frozen_layers(tiny_fmnist, tmp_path):
+    src = tmp_path / "src"
+    fit(_cfg(tiny_fmnist, src, epochs=1), log=lambda s: None)
+    out = tmp_path / "tuned"
+    fit(_cfg(tiny_fmnist, out, epochs=1, init_from=str(src / "last.pt"), freeze=["features"], lr_mult={"fc8": 10.0}),
+        log=lambda s: None)
+    a, b = _weights(src / "last.pt"), _weights(out / "last.pt")
+    for k in a:
+        if k.startswith(("conv1", "conv2", "conv3", "conv4", "conv5")):
+            assert torch.equal(a[k], b[k]), k
+    assert not torch.equal(a["fc8.weight"], b["fc8.weight"])
+
+
+def test_init_from_torchvision_with_new_classes(tmp_path):
+    from conftest import make_image_folder
+    import torchvision
+
+    weights = tmp_path / "tv.pth"
+    torch.save(torchvision.models.alexnet().state_dict(), weights)
+    data = make_image_folder(tmp_path / "imgs", classes=3, per_class=3)
+    out = tmp_path / "ft"
+    fit(resolve_config("owt", dict(data=str(data), out=str(out), epochs=1, batch_size=4, amp="none", workers=0,
+                                   init_from=str(weights), freeze=["features", "fc6"])), log=lambda s: None)
+    tuned = _weights(out / "last.pt")
+    tv = torch.load(weights, weights_only=True)
+    assert tuned["fc8.weight"].shape == (3, 4096)
+    assert torch.equal(tuned["conv1.weight"], tv["features.0.weight"])
+    assert torch.equal(tuned["fc6.weight"], tv["classifier.1.weight"])
+
+
+def test_config_file_and_presets(tmp_path):
+    cfg_file = tmp_path / "run.toml"
+    cfg_file.write_text('preset = "paper"\nepochs = 7\nlr = 0.02\n[model_options]\nlrn = false\n')
+    cfg = resolve_config(None, {"lr": 0.05, "data": str(tmp_path)}, cfg_file)
+    assert (cfg.preset, cfg.epochs, cfg.lr, cfg.optimizer, cfg.schedule) == ("paper", 7, 0.05, "paper", "plateau")
+    assert cfg.model_options == {"lrn": False} and cfg.batch_size == 128 and cfg.weight_decay == 5e-4
+    owt = resolve_config("owt", {})
+    assert (owt.model, owt.batch_size, owt.weight_decay, owt.schedule) == ("alexnet_owt", 256, 1e-4, "step")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("epochs = \n")
+    with pytest.raises(alexnet.ConfigError, match="bad.toml"):
+        resolve_config(None, {}, bad)
+    with pytest.raises(alexnet.ConfigError, match="unknown training option"):
+        resolve_config(None, {"epoch": 3})
