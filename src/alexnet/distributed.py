@@ -9,6 +9,7 @@ calls them unconditionally.
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 import re
 import sys
@@ -118,7 +119,14 @@ def setup(info: DistInfo, device: torch.device, timeout_s: float) -> None:
 
 
 def teardown() -> None:
-    """Leave the process group (never raises: it also runs after a failure)."""
+    """Leave the process group (never raises: it also runs after a failure).
+
+    The DDP wrapper sits in reference cycles and holds the process group through its reducer; if
+    only the interpreter's exit frees it, gloo's worker threads are torn down during finalization
+    and the process can die in ``std::terminate`` (SIGABRT) after a successful run. So collect
+    the cycles first, while everything is alive.
+    """
+    gc.collect()
     if dist.is_available() and dist.is_initialized():
         try:
             dist.destroy_process_group()

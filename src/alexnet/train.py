@@ -27,6 +27,7 @@ from .checkpoint import load_checkpoint, save_atomic
 from .config import TrainConfig, validate
 from .data.loaders import DataBundle, load_data, model_input, set_epoch
 from .errors import CheckpointError, ConfigError, TrainingError
+from .evaluate import score, summarize
 from .model import LAYER_NAMES, AlexNet, AlexNetConfig, create_model, model_config, torchvision_key
 from .optim import PlateauSchedule, make_optimizer, param_groups, step_lr_factor
 from .parallel import TowerSplit, grouped_optimizer_state, split_optimizer_state, tower_devices
@@ -49,14 +50,6 @@ class Position:
     seen: int = 0
     skipped: int = 0  # batches skipped for a non-finite loss (on_nonfinite="skip")
     seconds: float = 0.0
-
-
-def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> list[int]:
-    """Number of samples whose label is among the top-k scores, for each k (k capped at #classes)."""
-    maxk = min(max(ks), logits.shape[1])
-    top = logits.topk(maxk, dim=1).indices
-    hit = top.eq(labels.reshape(-1, 1))
-    return [int(hit[:, : min(k, maxk)].any(dim=1).sum()) for k in ks]
 
 
 def train_one_epoch(
@@ -161,14 +154,9 @@ def evaluate(
         x = model_input(images, index, preprocess, False, channels_last=channels_last)
         with autocast(device, amp):
             logits = model(x).float()
-        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
-        k1, k5 = topk_correct(logits, labels)
-        c1, c5, n = c1 + k1, c5 + k5, n + labels.numel()
-    loss_sum, c1, c5, n = reduce([loss_sum, c1, c5, n])
-    n = int(n)
-    if n == 0:
-        return {"top1": 0.0, "top5": 0.0, "top1_error": 1.0, "top5_error": 1.0, "loss": float("nan"), "images": 0}
-    return {"top1": c1 / n, "top5": c5 / n, "top1_error": 1 - c1 / n, "top5_error": 1 - c5 / n, "loss": loss_sum / n, "images": n}
+        nll, k1, k5, _ = score(F.log_softmax(logits, dim=1), labels)
+        loss_sum, c1, c5, n = loss_sum + nll, c1 + k1, c5 + k5, n + labels.numel()
+    return summarize(*reduce([loss_sum, c1, c5, n]))
 
 
 # -- building the model ---------------------------------------------------------------------------
@@ -299,7 +287,9 @@ def fit(cfg: TrainConfig, show_progress: bool | None = None, log: Callable[[str]
     except RuntimeError as e:
         if info.enabled and distributed.is_comm_error(e):
             hint = f" --nproc {info.world}" if info.world == info.local_world else " (started by torchrun as before)"
-            raise distributed.comm_failure(e, info, run_dir, hint) from None
+            failure = distributed.comm_failure(e, info, run_dir, hint)
+            e.__traceback__ = None  # frees _fit's frames, and with them the DDP wrapper, before teardown
+            raise failure from None
         raise
     finally:
         distributed.teardown()
