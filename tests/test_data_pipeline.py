@@ -14,7 +14,7 @@ from PIL import Image
 
 from alexnet.data import augment
 from alexnet.data.folder import BadFiles, ImageFolderDataset, decode_image
-from alexnet.data.loaders import average_views, load_data, load_eval_data, model_input
+from alexnet.data.loaders import load_data, load_eval_data, model_input
 from alexnet.data.packed import prepare
 from alexnet.data.stats import folder_stats
 from alexnet.errors import DataError
@@ -97,6 +97,64 @@ def test_crop_normalize_paths_agree():
         torch.testing.assert_close(a, b)
 
 
+def test_crop_kernel_bitwise_equal_to_pytorch_path(monkeypatch):
+    from alexnet import _kernels
+
+    if _kernels.load("augment") is None:
+        pytest.skip("no C compiler here: the augmentation kernel cannot be built (the PyTorch path is tested)")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (9, 3, 40, 37), dtype=torch.uint8, generator=g)
+    top, left, flip = augment.random_crop_params(40, 37, 32, torch.arange(9), 5, 1)
+    assert 0 < int(flip.sum()) < 9
+    inv_std = 1 / (torch.rand(3, 1, 1, generator=g) * 60 + 20)
+    shift = torch.randn(9, 3, dtype=torch.float64, generator=g) * 5
+    for mean in (torch.rand(3, 40, 37, generator=g) * 255, torch.tensor([120.0, 115.0, 100.0]).reshape(3, 1, 1)):
+        for sh in (shift, None):
+            for fl in (flip, None):
+                fast = augment.crop_normalize(x, 32, top, left, fl, mean, inv_std, sh)
+                with monkeypatch.context() as m:
+                    m.setattr(augment, "_crop_kernel", lambda *a: False)
+                    slow = augment.crop_normalize(x, 32, top, left, fl, mean, inv_std, sh)
+                assert torch.equal(fast, slow)
+                # And both against the formula in float64.
+                ref = x.double() - mean.double()
+                for i in range(9):
+                    r = ref[i, :, top[i] : top[i] + 32, left[i] : left[i] + 32]
+                    r = r.flip(-1) if fl is not None and fl[i] else r
+                    r = (r + (sh[i].reshape(3, 1, 1) if sh is not None else 0)) * inv_std.double()
+                    torch.testing.assert_close(fast[i].double(), r, rtol=1e-5, atol=1e-4)
+    with pytest.raises(ValueError, match="outside"):
+        augment.crop_normalize(x, 32, top + 9, left, flip, mean, inv_std, shift)
+
+
+def test_reused_output_batches_are_never_overwritten_while_held():
+    x = torch.randint(0, 256, (4, 3, 20, 20), dtype=torch.uint8)
+    top = left = torch.zeros(4, dtype=torch.long)
+    mean, inv_std = torch.zeros(3, 1, 1), torch.ones(3, 1, 1)
+
+    def batch(value: int) -> torch.Tensor:
+        return augment.crop_normalize(torch.full_like(x, value), 16, top, left, None, mean, inv_std)
+
+    a = batch(1)
+    b = batch(2)  # a is held: b must be other memory
+    assert a.data_ptr() != b.data_ptr() and bool((a == 1).all())
+    view = a[1:]
+    del a
+    c = batch(3)  # a view of a is held
+    assert bool((view == 1).all()) and bool((c == 3).all())
+    # A tensor saved for backward holds the batch too.
+    w = torch.ones(2, 3, 3, 3, requires_grad=True)
+    y = torch.nn.functional.conv2d(batch(4), w).sum()
+    for v in (5, 6, 7, 8):
+        batch(v)
+    y.backward()
+    assert torch.equal(w.grad, torch.full_like(w, 4.0 * 14 * 14 * 4))  # 4 images, still all 4s
+    del view, b, c
+    # Nothing held: the memory comes back (the whole point: no fresh pages per batch).
+    first = batch(9).data_ptr()
+    assert batch(10).data_ptr() == first
+
+
 def test_mirror_probability():
     base = torch.arange(3 * 4 * 4, dtype=torch.uint8).reshape(1, 3, 4, 4)
     n = 20_000
@@ -124,7 +182,6 @@ def test_paper_model_input_against_formula(tmp_path):
     torch.testing.assert_close(x10[4], x[0])
     ref_tl = (images[1].numpy().astype(np.float64)[:, :24, 3:] - mean_img[:, :24, 3:]) / std
     np.testing.assert_allclose(x10[10 + 6].numpy(), ref_tl[..., ::-1], atol=1e-4)  # image 1, top-right mirrored
-    assert average_views(torch.zeros(20, 5), 10).shape == (2, 5)
     # Training: crop/mirror of (image - mean image) plus one RGB shift per image.
     xt = model_input(images, index, pre, train=True, seed=1, epoch=0)
     top, left, mirror = augment.random_crop_params(27, 27, 24, index, 1, 0)

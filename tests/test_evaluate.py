@@ -72,9 +72,16 @@ def test_ten_crop_order_matches_torchvision():
             assert torch.equal(ours[b, i + 5], ours[b, i].flip(-1))
 
 
-def test_ten_crop_evaluation_against_independent_computation(tmp_path, capsys):
+@pytest.mark.parametrize("mean_image", [False, True], ids=["channel-mean", "mean-image"])
+def test_ten_crop_evaluation_against_independent_computation(tmp_path, capsys, mean_image):
     folder = make_image_folder(tmp_path / "imgs", classes=3, per_class=3)
     ckpt = tiny_checkpoint(tmp_path / "m.pt")
+    image_mean = None
+    if mean_image:  # the paper's recipe: each view minus the same crop of the mean image
+        image_mean = torch.linspace(40, 200, 76 * 76 * 3, dtype=torch.float32).reshape(3, 76, 76)
+        ckpt_data = torch.load(ckpt, weights_only=True)
+        ckpt_data["preprocess"] = dict(PRE, mean_image=image_mean)
+        save_atomic(ckpt_data, ckpt)
     got = cli_json(capsys, "evaluate", "--checkpoint", str(ckpt), "--data", str(folder), "--ten-crop", "--json", "--progress", "off", "--amp", "none")
 
     # Independent: explicit crop coordinates, float64 normalisation, one image at a time.
@@ -91,6 +98,8 @@ def test_ten_crop_evaluation_against_independent_computation(tmp_path, capsys):
         crops = []
         for top, left in ((0, 0), (0, n - s), (n - s, 0), (n - s, n - s), ((n - s) // 2, (n - s) // 2)):
             crop = image[:, top : top + s, left : left + s].double()
+            if image_mean is not None:
+                crop = crop - image_mean[:, top : top + s, left : left + s].double() + mean
             crops += [crop, torch.flip(crop, dims=[2])]
         with torch.no_grad():
             p = torch.softmax(model(torch.stack([(c - mean) / std for c in crops])), dim=1).mean(0)

@@ -14,7 +14,6 @@ from typing import Any
 import torch
 
 from .checkpoint import load
-from .data import augment
 from .data.loaders import model_input
 from .errors import CheckpointError
 from .model import AlexNet
@@ -59,20 +58,11 @@ def model_probs(
     so a 28 px Fashion-MNIST image gives ten different 28 px crops of its padded 32 px version).
     """
     index = torch.zeros(images.shape[0], dtype=torch.int64, device=images.device)  # unused at test time
-    if not ten_crop:
-        x = model_input(images, index, preprocess, False, channels_last=channels_last)
-        with autocast(images.device, amp):
-            return torch.softmax(model(x).float(), dim=1)
-    pad = preprocess.get("padding", 0)
-    padded = torch.nn.functional.pad(images, (pad,) * 4) if pad else images
-    crops = augment.ten_crop(padded, preprocess["test_crop"])  # (B, 10, C, s, s)
-    b = crops.shape[0]
-    flat = crops.reshape(b * 10, *crops.shape[2:])
-    # The crops already have the test size, so model_input's centre crop leaves them as they are.
-    x = model_input(flat, index.repeat(10), preprocess, False, channels_last=channels_last)
+    views = 10 if ten_crop else 1
+    x = model_input(images, index, preprocess, False, channels_last=channels_last, views=views)
     with autocast(images.device, amp):
         probs = torch.softmax(model(x).float(), dim=1)
-    return probs.reshape(b, 10, -1).mean(dim=1)
+    return probs.reshape(images.shape[0], views, -1).mean(dim=1)
 
 
 @torch.no_grad()
@@ -120,24 +110,30 @@ def evaluate(
             continue
         images, labels = batch[0].to(device, non_blocking=True), batch[1].to(device)
         probs = ensemble_probs(models, images, ten_crop, amp, channels_last)
-        top = probs.topk(min(5, k), dim=1).indices
-        hit = top.eq(labels.reshape(-1, 1))
-        c1 += int(hit[:, 0].sum())
-        c5 += int(hit.any(dim=1).sum())
-        loss_sum += float(-probs.gather(1, labels.reshape(-1, 1)).clamp_min(1e-12).log().sum())
-        confusion += torch.bincount((labels * k + top[:, 0]).cpu(), minlength=k * k).reshape(k, k)
-        n += labels.numel()
+        nll, k1, k5, pred = score(probs.clamp_min(1e-12).log(), labels)
+        loss_sum, c1, c5, n = loss_sum + nll, c1 + k1, c5 + k5, n + labels.numel()
+        confusion += torch.bincount((labels * k + pred).cpu(), minlength=k * k).reshape(k, k)
+    return {**summarize(loss_sum, c1, c5, n), "confusion": confusion}
+
+
+def score(log_probs: torch.Tensor, labels: torch.Tensor) -> tuple[float, int, int, torch.Tensor]:
+    """A batch's summed negative log-likelihood, top-1 and top-5 hits, and top-1 predictions.
+
+    ``log_probs`` is (B, classes): log-softmax of one model's logits, or the log of averaged
+    probabilities (crops, ensembles). Top-5 is top-k for fewer than five classes.
+    """
+    top = log_probs.topk(min(5, log_probs.shape[1]), dim=1).indices
+    hit = top.eq(labels.reshape(-1, 1))
+    nll = -log_probs.gather(1, labels.reshape(-1, 1)).sum()
+    return float(nll), int(hit[:, 0].sum()), int(hit.any(dim=1).sum()), top[:, 0]
+
+
+def summarize(loss_sum: float, c1: float, c5: float, n: float) -> dict[str, float]:
+    """Accuracies, errors and mean loss from the sums of :func:`score` over ``n`` images."""
+    n = int(n)
     if n == 0:
-        return {"top1": 0.0, "top5": 0.0, "top1_error": 1.0, "top5_error": 1.0, "loss": float("nan"), "images": 0, "confusion": confusion}
-    return {
-        "top1": c1 / n,
-        "top5": c5 / n,
-        "top1_error": 1 - c1 / n,
-        "top5_error": 1 - c5 / n,
-        "loss": loss_sum / n,
-        "images": n,
-        "confusion": confusion,
-    }
+        return {"top1": 0.0, "top5": 0.0, "top1_error": 1.0, "top5_error": 1.0, "loss": float("nan"), "images": 0}
+    return {"top1": c1 / n, "top5": c5 / n, "top1_error": 1 - c1 / n, "top5_error": 1 - c5 / n, "loss": loss_sum / n, "images": n}
 
 
 def per_class_accuracy(confusion: torch.Tensor, classes: list[str]) -> list[dict[str, Any]]:

@@ -8,6 +8,9 @@ and resumed runs match uninterrupted ones.
 
 from __future__ import annotations
 
+import ctypes
+import threading
+
 import torch
 
 _MASK63 = (1 << 63) - 1
@@ -163,22 +166,28 @@ def pca_noise(
     return (alpha * vals) @ vecs.T * scale
 
 
-def ten_crop(x: torch.Tensor, size: int) -> torch.Tensor:
-    """The paper's test-time views: four corner and one central ``size`` patch, then their mirrors.
+def ten_crop_params(h: int, w: int, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(top, left, mirror) of the paper's ten test views of an ``h`` x ``w`` image.
 
-    ``x`` is (B, C, H, W); returns (B, 10, C, size, size) in the order top-left, top-right,
-    bottom-left, bottom-right, centre, then each of those five mirrored (the same ten views as
-    torchvision's ``ten_crop``, whose mirrored corners come in the order tr, tl, br, bl).
-    All ten views are cut from the one decoded image.
+    Four corner and one central ``size`` patch, then the same five mirrored: top-left, top-right,
+    bottom-left, bottom-right, centre (torchvision's ``ten_crop`` gives the same ten views, with
+    its mirrored corners in the order tr, tl, br, bl).
     """
-    h, w = x.shape[-2:]
     if size > h or size > w:
         raise ValueError(f"ten_crop: crop {size} is larger than the {h}x{w} image")
-    tops = (0, 0, h - size, h - size, (h - size) // 2)
-    lefts = (0, w - size, 0, w - size, (w - size) // 2)
-    five = torch.stack([x[..., t : t + size, l : l + size] for t, l in zip(tops, lefts)], dim=1)
-    return torch.cat([five, five.flip(-1)], dim=1)
+    tops = [0, 0, h - size, h - size, (h - size) // 2]
+    lefts = [0, w - size, 0, w - size, (w - size) // 2]
+    return torch.tensor(tops * 2), torch.tensor(lefts * 2), torch.tensor([False] * 5 + [True] * 5)
 
+
+def ten_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    """The ten views of :func:`ten_crop_params` of every image, all cut from the one decoded image.
+
+    ``x`` is (B, C, H, W); returns (B, 10, C, size, size).
+    """
+    tops, lefts, mirror = (t.tolist() for t in ten_crop_params(*x.shape[-2:], size))
+    views = [x[..., t : t + size, l : l + size] for t, l in zip(tops, lefts)]
+    return torch.stack([v.flip(-1) if m else v for v, m in zip(views, mirror)], dim=1)
 
 
 def crop_normalize(
@@ -207,16 +216,20 @@ def crop_normalize(
         if shift is not None:
             out.add_(shift.to(torch.float32).reshape(b, c, 1, 1))
         return out.mul_(inv_std)
-    out = torch.empty((b, c, size, size), dtype=torch.float32)
-    flips = flip.tolist() if flip is not None else [False] * b
+    out = _reusable_batch((b, c, size, size))
     inv_std = inv_std.to(torch.float32)
-    # Scale once per batch, so that each image takes three passes over its crop: uint8 -> scaled
-    # float, minus the scaled mean, plus the scaled shift. A mirrored image is cut mirrored from
-    # the uint8 image (a quarter of the bytes) and from the mirrored mean at the mirrored offset.
+    # Scale once per batch: then each output element is (uint8 * s - scaled mean) + scaled shift.
     mean_scaled = (mean.to(torch.float32) * inv_std).contiguous()
+    shift = (shift.to(torch.float32) * inv_std.reshape(1, c)).contiguous() if shift is not None else None
+    if x.dtype == torch.uint8 and _crop_kernel(x, mean_scaled, inv_std, shift, top, left, flip, size, out):
+        return out
+    # Without the C kernel: three passes over each crop while it is in cache. A mirrored image is
+    # cut mirrored from the uint8 image (a quarter of the bytes) and from the mirrored mean at the
+    # mirrored offset.
+    flips = flip.tolist() if flip is not None else [False] * b
     mean_mirror = mean_scaled.flip(-1) if mean_image else mean_scaled
     width = mean.shape[-1]
-    shift = (shift.to(torch.float32) * inv_std.reshape(1, c)).reshape(b, c, 1, 1) if shift is not None else None
+    shift = shift.reshape(b, c, 1, 1) if shift is not None else None
     for i, (t, l) in enumerate(zip(top.tolist(), left.tolist())):
         oi = out[i]
         crop = x[i, :, t : t + size, l : l + size]
@@ -231,3 +244,88 @@ def crop_normalize(
             oi.add_(shift[i])
     return out
 
+
+def _crop_kernel(
+    x: torch.Tensor,
+    mean_scaled: torch.Tensor,
+    inv_std: torch.Tensor,
+    shift: torch.Tensor | None,
+    top: torch.Tensor,
+    left: torch.Tensor,
+    flip: torch.Tensor | None,
+    size: int,
+    out: torch.Tensor,
+) -> bool:
+    """:func:`crop_normalize`'s CPU work in one pass per image with the C kernel (``_kernels/augment.c``).
+
+    Returns False (nothing done) where the kernel cannot be built; the results are bitwise those of
+    the PyTorch path.
+    """
+    from .. import _kernels
+
+    lib = _kernels.load("augment")
+    if lib is None:
+        return False
+    fn = lib.crop_normalize_u8
+    if not getattr(fn, "argtypes", None):
+        long, ptr = ctypes.c_long, ctypes.c_void_p
+        fn.argtypes = [ptr, long, long, long, ptr, long, long, ptr, ptr, ptr, ptr, ptr, long, ptr, long, long]
+        fn.restype = ctypes.c_int
+    b, c, h, w = x.shape
+    x = x.contiguous()
+    if mean_scaled.shape[-2:] != (1, 1) and mean_scaled.shape[-2:] != (h, w):
+        raise ValueError(f"crop_normalize: mean image {tuple(mean_scaled.shape)} does not match images {h}x{w}")
+    top = top.to(torch.int64).contiguous()
+    left = left.to(torch.int64).contiguous()
+    flip = flip.to(torch.uint8).contiguous() if flip is not None else None
+    inv_std = inv_std.reshape(c).contiguous()
+    keep = (x, mean_scaled, inv_std, shift, top, left, flip)  # alive until the threads finish
+    ptrs = [t.data_ptr() if t is not None else None for t in keep]
+    mh, mw = mean_scaled.shape[-2:]
+
+    def run(i0: int, i1: int) -> int:
+        xp, mp, sp, shp, tp, lp, fp = ptrs
+        return fn(xp, c, h, w, mp, mh, mw, sp, shp, tp, lp, fp, size, out.data_ptr(), i0, i1)
+
+    codes: list[int] = []
+    _kernels.parallel(lambda i0, i1: codes.append(run(i0, i1)) or 0, b, min_tasks_per_thread=8)
+    if any(codes):
+        raise ValueError(f"crop_normalize: a {size}x{size} crop falls outside the {h}x{w} images")
+    return True
+
+
+# -- output batches that are written again once nobody holds them -----------------------------------
+# A float32 batch of 128 crops of 224 is 77 MB: malloc hands a block that large out as fresh pages
+# from mmap and returns it on free, so every batch would pay ~0.2 ms per image in page faults (more
+# than the crop itself). FFCV keeps its output batches for the same reason. A pooled batch is handed
+# out again only when its storage has no user but the pool (no tensor, view or autograd graph
+# holds it), so reuse can never change a batch that someone still reads.
+_POOL: dict[tuple, list[tuple[torch.Tensor, int]]] = {}
+_POOL_LOCK = threading.Lock()
+_POOL_PER_SHAPE = 3
+
+
+def _storage_users(t: torch.Tensor) -> int | None:
+    count = getattr(torch._C, "_storage_Use_Count", None)  # not in every torch: then no reuse
+    return count(t.untyped_storage()._cdata) if count is not None else None
+
+
+def _reusable_batch(shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """An uninitialised CPU tensor of ``shape``: a pooled one that nobody else holds, else a new one."""
+    key = (tuple(shape), dtype)
+    with _POOL_LOCK:
+        entries = _POOL.setdefault(key, [])
+        for t, alone in entries:
+            if _storage_users(t) == alone:
+                # A new tensor object over the pooled storage: while the caller holds it (or any
+                # view of it), the storage's use count shows it. The pooled object never leaves.
+                return t.view(shape)
+        t = torch.empty(shape, dtype=dtype)
+        alone = _storage_users(t)
+        if alone is None or len(entries) >= _POOL_PER_SHAPE:
+            return t
+        if len(_POOL) > 8:  # shapes seen long ago (another batch size): let them go
+            _POOL.clear()
+            _POOL[key] = entries
+        entries.append((t, alone))
+        return t.view(shape)

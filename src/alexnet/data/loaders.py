@@ -343,49 +343,44 @@ def model_input(
     Training: a random crop and mirror per image (cut from the uint8 batch in one gather), minus the
     same crop of the mean image (or the per-channel mean), plus the PCA colour shift, divided by the
     std. Testing: the centre crop, or with ``views=10`` the paper's ten crops, returned as
-    (B*10, C, s, s) with the ten views of an image adjacent (see :func:`average_views`).
+    (B*10, C, s, s) with the ten views of an image adjacent.
     """
     b, dev = images.shape[0], images.device
-    mean_img = mean_image(preprocess, dev)
-    mean = torch.tensor(preprocess["mean"], dtype=torch.float32, device=dev).reshape(-1, 1, 1)
+    mean = mean_image(preprocess, dev)
+    if mean is None:
+        mean = torch.tensor(preprocess["mean"], dtype=torch.float32, device=dev).reshape(-1, 1, 1)
     inv_std = 1.0 / torch.tensor(preprocess["std"], dtype=torch.float32, device=dev).reshape(-1, 1, 1)
+    # Crops are cut from the stored image padded as in training (then a centre crop is the stored
+    # image's own centre); the mean image is padded and cropped like the images.
+    pad = preprocess.get("padding", 0)
+    x = torch.nn.functional.pad(images, (pad,) * 4) if pad else images
+    if pad and mean.shape[-1] > 1:
+        mean = torch.nn.functional.pad(mean, (pad,) * 4)
+    h, w = x.shape[-2:]
+    shift = None
     if train:
-        size, pad = preprocess["train_crop"], preprocess.get("padding", 0)
-        x = torch.nn.functional.pad(images, (pad,) * 4) if pad else images
-        if mean_img is not None:
-            mean = torch.nn.functional.pad(mean_img, (pad,) * 4) if pad else mean_img
-        h, w = x.shape[-2:]
+        size = preprocess["train_crop"]
         top, left, mirror = augment.random_crop_params(h, w, size, index.to(dev), seed, epoch, preprocess.get("flip", True))
-        pca, shift = preprocess.get("pca"), None
+        pca = preprocess.get("pca")
         if pca:
             eig = torch.tensor(pca["eigvals"]), torch.tensor(pca["eigvecs"])
             shift = augment.pca_noise(index.to(dev), seed, epoch, *eig, pca["alpha_std"])
-        x = augment.crop_normalize(x, size, top, left, mirror, mean, inv_std, shift)
     else:
         size = preprocess["test_crop"]
-        if views not in (1, 10):
-            raise ValueError(f"views must be 1 or 10, got {views}")
-        crop = (lambda t: augment.ten_crop(t, size).flatten(0, 1)) if views == 10 else (lambda t: augment.center_crop(t, size))
-        x = crop(images).to(torch.float32)
-        if mean_img is not None:
-            m = crop(mean_img.unsqueeze(0))
-            x = (x.reshape(b, -1, *m.shape[1:]) - m.unsqueeze(0)).flatten(0, 1) if views == 10 else x - m
+        if views == 10:
+            top, left, mirror = (t.repeat(b).to(dev) for t in augment.ten_crop_params(h, w, size))
+            x = x.repeat_interleave(10, dim=0)
+        elif views == 1:
+            top = torch.full((b,), (h - size) // 2, dtype=torch.int64, device=dev)
+            left = torch.full((b,), (w - size) // 2, dtype=torch.int64, device=dev)
+            mirror = None
         else:
-            x = x - mean
-        x.mul_(inv_std)
+            raise ValueError(f"views must be 1 or 10, got {views}")
+    x = augment.crop_normalize(x, size, top, left, mirror, mean, inv_std, shift)
     size = preprocess.get("input_size", x.shape[-1])
     if x.shape[-1] != size:
         x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
-
-
-def average_views(logits: torch.Tensor, views: int) -> torch.Tensor:
-    """Mean of the softmax over each image's ``views`` adjacent rows (the paper averages the ten
-    patches' predictions); returns log-probabilities, (B, classes)."""
-    if views == 1:
-        return logits
-    probs = logits.float().softmax(-1).reshape(-1, views, logits.shape[-1]).mean(1)
-    return probs.clamp_min(1e-12).log()
 
 
 def load_eval_data(
