@@ -32,12 +32,15 @@ def base_parser(description: str) -> argparse.ArgumentParser:
 
 
 def setup(args: argparse.Namespace) -> torch.device:
-    from alexnet.runtime import resolve_device
+    from alexnet.runtime import keep_freed_memory, resolve_device
 
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    # As `alexnet train` and `alexnet evaluate` do; ours and the peer share this process and it.
+    tuned = keep_freed_memory()
     print(f"machine: {machine_description(device)}")
+    print(f"malloc: {'keeps freed memory (alexnet.runtime.keep_freed_memory)' if tuned else 'system defaults'}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}")
     return device
 
@@ -101,6 +104,24 @@ def matmul_gflops(device: torch.device, n: int = 2048, repeats: int = 5, dtype: 
         sync(device)
         ts.append(time.perf_counter() - t0)
     return 2 * n**3 / min(ts) / 1e9  # the best round: a roof is what the machine can do
+
+
+def conv_gflops(device: torch.device, repeats: int = 5, dtype: torch.dtype = torch.float32, quick: bool = False) -> float:
+    """GFLOP/s of a large 3x3 convolution (channels_last, no gradient): on CPUs whose convolution
+    library (oneDNN) outruns the BLAS matmul, this is the higher roof for a convolutional net."""
+    b, c, hw = (2, 64, 14) if quick else (64, 256, 28)
+    conv = torch.nn.Conv2d(c, c, 3, padding=1, bias=False).to(device, dtype).to(memory_format=torch.channels_last)
+    x = torch.randn(b, c, hw, hw, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    ts = []
+    with torch.no_grad():
+        conv(x)  # warm-up: primitive creation
+        for _ in range(repeats):
+            sync(device)
+            t0 = time.perf_counter()
+            conv(x)
+            sync(device)
+            ts.append(time.perf_counter() - t0)
+    return 2 * b * c * c * 9 * hw * hw / min(ts) / 1e9
 
 
 def result(name: str, ours: float, peer: float, unit: str) -> str:

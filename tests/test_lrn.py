@@ -205,6 +205,7 @@ def test_kernel_build_without_compiler_falls_back(monkeypatch, tmp_path):
     """No compiler: load() warns once and returns None; the module still computes the formula."""
     from alexnet import _kernels
 
+    monkeypatch.delenv("ALEXNET_NO_KERNELS", raising=False)
     monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
     monkeypatch.setenv("ALEXNET_KERNEL_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(_kernels, "_LIBS", {})
@@ -213,3 +214,24 @@ def test_kernel_build_without_compiler_falls_back(monkeypatch, tmp_path):
     x = torch.randn(2, 7, 3, 3) * 20
     ref = lrn_float64(x.numpy(), 5, 1e-4, 0.75, 2.0)
     np.testing.assert_allclose(LocalResponseNorm()(x).double().numpy(), ref, rtol=1e-6)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("groups,size,relu", [(2, 5, True), (3, 4, False), (2, 3, False)])
+def test_grouped_lrn_normalises_each_group_alone(layout, groups, size, relu):
+    """groups=g (the paper's towers): each group's channels against the float64 formula on their
+    own, forward and backward; the kernel's own channels_last grouping and the views agree."""
+    torch.manual_seed(9)
+    x = torch.randn(2, 6 * groups, 7, 5) * 30
+    g = torch.randn_like(x)
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    x32 = x.contiguous(memory_format=fmt).requires_grad_()
+    y = LocalResponseNorm(size, 1e-3, 0.75, 2.0, "mean", groups=groups)(x32, relu=relu)
+    y.backward(g.contiguous(memory_format=fmt))
+    x64 = x.detach().double().requires_grad_()
+    a = torch.relu(x64) if relu else x64
+    ref_y = torch.cat([lrn_torch64_even(part, size, 1e-3 / size, 0.75, 2.0) for part in a.chunk(groups, dim=1)], dim=1)
+    ref_y.backward(g.double())
+    np.testing.assert_allclose(y.detach().double().numpy(), ref_y.detach().numpy(), rtol=1e-5, atol=1e-6)
+    ref = x64.grad.numpy()
+    np.testing.assert_allclose(x32.grad.double().numpy(), ref, rtol=1e-5, atol=1e-6 * np.abs(ref).max())

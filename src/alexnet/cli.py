@@ -513,6 +513,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Commands that run the network on batches: big tensors are allocated and freed every step.
+_COMPUTING = {"train", "evaluate", "predict", "features", "retrieve", "prepare", "export"}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -526,6 +530,10 @@ def main(argv: list[str] | None = None) -> int:
                 setattr(args, name, default)
     from .train import Interrupted
 
+    if args.command in _COMPUTING:
+        from .runtime import keep_freed_memory
+
+        keep_freed_memory()
     try:
         return args.func(args)
     except Interrupted as e:

@@ -100,8 +100,8 @@ def _kernel_lib() -> ctypes.CDLL | None:
         long, int_, dbl, ptr = ctypes.c_long, ctypes.c_int, ctypes.c_double, ctypes.c_void_p
         for prefix in _KERNEL_NAMES.values():
             fwd, bwd = getattr(lib, prefix + "_forward"), getattr(lib, prefix + "_backward")
-            fwd.argtypes = [ptr, ptr, long, long, long, long, int_, int_, dbl, dbl, dbl, int_]
-            bwd.argtypes = [ptr, ptr, ptr, long, long, long, long, int_, int_, dbl, dbl, dbl, int_]
+            fwd.argtypes = [ptr, ptr, long, long, long, long, int_, int_, dbl, dbl, dbl, int_, long]
+            bwd.argtypes = [ptr, ptr, ptr, long, long, long, long, int_, int_, dbl, dbl, dbl, int_, long]
             fwd.restype = bwd.restype = ctypes.c_int
         lib._alexnet_typed = True
     return lib
@@ -132,22 +132,24 @@ def _run_kernel(direction: str, tensors: list[torch.Tensor], out: torch.Tensor, 
 
 
 def lrn_kernel_forward(
-    x: torch.Tensor, size: int, alpha: float, beta: float, k: float, relu: bool = False
+    x: torch.Tensor, size: int, alpha: float, beta: float, k: float, relu: bool = False, groups: int = 1
 ) -> torch.Tensor:
     """LRN (sum convention), of ``relu(x)`` if ``relu``, by the C kernel; ``x`` on the CPU,
-    float32, float64 or bfloat16."""
+    float32, float64 or bfloat16; ``groups`` > 1 only for a channels_last ``x``."""
     x = _dense(x)
     y = torch.empty_like(x)  # keeps x's memory format
-    _run_kernel("forward", [x], y, (*_split(size), alpha, beta, k, int(relu)))
+    _run_kernel("forward", [x], y, (*_split(size), alpha, beta, k, int(relu), groups))
     return y
 
 
 class _LRNKernelFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, size: int, alpha: float, beta: float, k: float, relu: bool) -> torch.Tensor:
+    def forward(
+        ctx, x: torch.Tensor, size: int, alpha: float, beta: float, k: float, relu: bool, groups: int
+    ) -> torch.Tensor:
         x = _dense(x)
         ctx.save_for_backward(x)
-        ctx.params = (*_split(size), alpha, beta, k, int(relu))
+        ctx.params = (*_split(size), alpha, beta, k, int(relu), groups)
         y = torch.empty_like(x)
         _run_kernel("forward", [x], y, ctx.params)
         return y
@@ -160,7 +162,7 @@ class _LRNKernelFunction(torch.autograd.Function):
         g = grad_y.to(x.dtype).contiguous(memory_format=fmt)
         grad_x = torch.empty_like(x)
         _run_kernel("backward", [x, g], grad_x, ctx.params)
-        return grad_x, None, None, None, None, None
+        return grad_x, None, None, None, None, None, None
 
 
 _compiled_reference = None
@@ -226,23 +228,33 @@ class LocalResponseNorm(nn.Module):
         n, c = x.shape[:2]
         if c % g:
             raise ValueError(f"LRN with groups={g} needs a channel count divisible by {g}, got {c}")
-        # Each group's channels are normalised on their own. Both layouts allow a free view in which
-        # a group's channels are the channel dimension of a tensor of their own.
-        if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        # Each group's channels are normalised on their own.
+        channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        if channels_last and self._fused(x):
+            # The kernel keeps the groups apart itself: all of a position's channels in one pass
+            # (~2x faster than a view with C/g channels per position).
+            return self._lrn(x, relu, g)
+        # Otherwise a free view in which a group's channels are the channel dimension of their own.
+        if channels_last:
             h, w = x.shape[2:]
             y = self._lrn(x.permute(0, 2, 3, 1).reshape(n * h * w * g, c // g, 1, 1), relu)
             return y.reshape(n, h, w, c).permute(0, 3, 1, 2)
         x = x.contiguous()
         return self._lrn(x.reshape(n * g, c // g, *x.shape[2:]), relu).reshape(x.shape)
 
-    def _lrn(self, x: torch.Tensor, relu: bool) -> torch.Tensor:
+    @staticmethod
+    def _fused(x: torch.Tensor) -> bool:
+        """Whether the C kernel computes this call (not under tracing, compiling or export)."""
+        tracing = torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling()
+        return bool(x.numel()) and not tracing and not torch.onnx.is_in_onnx_export() and kernel_available(x)
+
+    def _lrn(self, x: torch.Tensor, relu: bool, groups: int = 1) -> torch.Tensor:
         args = (self.size, self.sum_alpha, self.beta, self.k)
         tracing = torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling()
-        fused = x.numel() and not tracing and not torch.onnx.is_in_onnx_export() and kernel_available(x)
-        if fused:
+        if self._fused(x):
             if torch.is_grad_enabled() and x.requires_grad:
-                return _LRNKernelFunction.apply(x, *args, relu)
-            return lrn_kernel_forward(x, *args, relu)
+                return _LRNKernelFunction.apply(x, *args, relu, groups)
+            return lrn_kernel_forward(x, *args, relu, groups)
         if relu:
             x = F.relu(x)
         if tracing or torch.onnx.is_in_onnx_export():

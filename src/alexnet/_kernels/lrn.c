@@ -68,13 +68,18 @@ INLINE void NAME##_win_nchw(const T *x, long c, long C, long cs, long nb, int be
     for (long m = lo; m <= hi; m++)                                                                   \
         for (long b = 0; b < nb; b++) { ACC v = NAME##_lx(x + m * cs + b, relu); w[b] += v * v; }                \
 }                                                                                                     \
-/* w[c] = sum of squares over the window of every channel c of one position (channels_last) */       \
-INLINE void NAME##_win_cl(const T *x, long C, int before, int after, int pad, int relu, ACC *sq,     \
-                          ACC *w) {      \
-    for (long c = 0; c < C; c++) { ACC v = NAME##_lx(x + c, relu); sq[pad + c] = v * v; }                        \
-    for (long c = 0; c < C; c++) w[c] = 0;                                                            \
+/* w[j] = sum of squares over the window of every channel of one position (channels_last). With   \
+ * G groups of Cg = C / G channels (the towers), channel c of group g sits at j = g * (Cg + pad) + c  \
+ * in a layout with pad zeros before, between and after the groups, so that one vectorised loop over \
+ * all of them never lets a window cross into another group. */                                       \
+INLINE void NAME##_win_cl(const T *x, long C, long G, int before, int after, int pad, int relu,      \
+                          ACC *sq, ACC *w) {                                                          \
+    const long cg = C / G, S = cg + pad, n = G * S;                                                   \
+    for (long g = 0; g < G; g++)                                                                      \
+        for (long c = 0; c < cg; c++) { ACC v = NAME##_lx(x + g * cg + c, relu); sq[pad + g * S + c] = v * v; } \
+    for (long j = 0; j < n; j++) w[j] = 0;                                                            \
     for (int m = -before; m <= after; m++)                                                            \
-        for (long c = 0; c < C; c++) w[c] += sq[pad + c + m];                                         \
+        for (long j = 0; j < n; j++) w[j] += sq[pad + j + m];                                         \
 }                                                                                                     \
 INLINE void NAME##_fwd_nchw(const T *x, T *y, long C, long cs, long nb, int before, int after,        \
                             ACC alpha, ACC beta, ACC k, int is075, int relu, ACC *w) {                           \
@@ -88,15 +93,17 @@ INLINE void NAME##_fwd_nchw(const T *x, T *y, long C, long cs, long nb, int befo
         }                                                                                             \
     }                                                                                                 \
 }                                                                                                     \
-INLINE void NAME##_fwd_cl(const T *x, T *y, long C, int before, int after, int pad, ACC alpha,        \
-                          ACC beta, ACC k, int is075, int relu, ACC *sq, ACC *w) {                              \
-    NAME##_win_cl(x, C, before, after, pad, relu, sq, w);                                                   \
-    for (long c = 0; c < C; c++) {                                                                    \
-        ACC d = k + alpha * w[c], s, sd;                                                              \
-        POWS(ACC, d, s, sd, beta, is075);                                                             \
-        (void)sd;                                                                                     \
-        STORE(y + c, NAME##_lx(x + c, relu) * s);                                                                \
-    }                                                                                                 \
+INLINE void NAME##_fwd_cl(const T *x, T *y, long C, long G, int before, int after, int pad, ACC alpha, \
+                          ACC beta, ACC k, int is075, int relu, ACC *sq, ACC *w) {                    \
+    const long cg = C / G, S = cg + pad;                                                              \
+    NAME##_win_cl(x, C, G, before, after, pad, relu, sq, w);                                          \
+    for (long g = 0; g < G; g++)                                                                      \
+        for (long c = 0; c < cg; c++) {                                                               \
+            ACC d = k + alpha * w[g * S + c], s, sd;                                                  \
+            POWS(ACC, d, s, sd, beta, is075);                                                         \
+            (void)sd;                                                                                 \
+            STORE(y + g * cg + c, NAME##_lx(x + g * cg + c, relu) * s);                               \
+        }                                                                                             \
 }                                                                                                     \
 INLINE void NAME##_bwd_nchw(const T *x, const T *g, T *r, long C, long cs, long nb, int before,       \
                             int after, int pad, ACC alpha, ACC beta, ACC k, ACC c2, int is075, int relu, \
@@ -121,35 +128,45 @@ INLINE void NAME##_bwd_nchw(const T *x, const T *g, T *r, long C, long cs, long 
             STORE(r + c * cs + b, NAME##_gate(x + c * cs + b, relu, LOAD(g + c * cs + b) * sc[c * nb + b] - c2 * NAME##_lx(x + c * cs + b, relu) * w[b])); \
     }                                                                                                 \
 }                                                                                                     \
-INLINE void NAME##_bwd_cl(const T *x, const T *g, T *r, long C, int before, int after, int pad,       \
-                          ACC alpha, ACC beta, ACC k, ACC c2, int is075, int relu, ACC *sq, ACC *w,    \
-                          ACC *tt, ACC *sc) {                                                                  \
-    NAME##_win_cl(x, C, before, after, pad, relu, sq, w);                                                   \
-    for (long c = 0; c < C; c++) {                                                                    \
-        ACC d = k + alpha * w[c], s, sd;                                                              \
-        POWS(ACC, d, s, sd, beta, is075);                                                             \
-        sc[c] = s;                                                                                    \
-        tt[pad + c] = LOAD(g + c) * NAME##_lx(x + c, relu) * sd;                                                 \
-    }                                                                                                 \
-    for (long c = 0; c < C; c++) w[c] = 0;                                                            \
+INLINE void NAME##_bwd_cl(const T *x, const T *g, T *r, long C, long G, int before, int after,       \
+                          int pad, ACC alpha, ACC beta, ACC k, ACC c2, int is075, int relu, ACC *sq,  \
+                          ACC *w, ACC *tt, ACC *sc) {                                                 \
+    const long cg = C / G, S = cg + pad, n = G * S;                                                   \
+    NAME##_win_cl(x, C, G, before, after, pad, relu, sq, w);                                          \
+    for (long q = 0; q < G; q++)                                                                      \
+        for (long c = 0; c < cg; c++) {                                                               \
+            const long i = q * cg + c, j = q * S + c;                                                 \
+            ACC d = k + alpha * w[j], s, sd;                                                          \
+            POWS(ACC, d, s, sd, beta, is075);                                                         \
+            sc[j] = s;                                                                                \
+            tt[pad + j] = LOAD(g + i) * NAME##_lx(x + i, relu) * sd; /* pad slots stay zero */        \
+        }                                                                                             \
+    for (long j = 0; j < n; j++) w[j] = 0;                                                            \
     for (int m = -after; m <= before; m++)                                                            \
-        for (long c = 0; c < C; c++) w[c] += tt[pad + c + m];                                         \
-    for (long c = 0; c < C; c++) STORE(r + c, NAME##_gate(x + c, relu, LOAD(g + c) * sc[c] - c2 * NAME##_lx(x + c, relu) * w[c]));         \
+        for (long j = 0; j < n; j++) w[j] += tt[pad + j + m];                                         \
+    for (long q = 0; q < G; q++)                                                                      \
+        for (long c = 0; c < cg; c++) {                                                               \
+            const long i = q * cg + c, j = q * S + c;                                                 \
+            STORE(r + i, NAME##_gate(x + i, relu, LOAD(g + i) * sc[j] - c2 * NAME##_lx(x + i, relu) * w[j])); \
+        }                                                                                             \
 }                                                                                                     \
-/* Tasks t0..t1 of (outer x ceil(inner / BLK)); returns non-zero if scratch memory ran out. */       \
+/* Tasks t0..t1 of (outer x ceil(inner / BLK)); G groups (towers) only for channels_last (inner = 1). \
+ * Returns 1 if scratch memory ran out, 2 for groups the layout does not allow. */                    \
 int NAME##_forward(const T *x, T *y, long C, long inner, long t0, long t1, int before, int after,     \
-                   double alpha, double beta, double k, int relu) {                                             \
+                   double alpha, double beta, double k, int relu, long G) {                           \
     const long nblk = (inner + BLK - 1) / BLK;                                                        \
     const int pad = before > after ? before : after, is075 = beta == 0.75;                            \
-    ACC *sq = calloc((size_t)(2 * C + 4 * pad) * BLK, sizeof(ACC)); /* zero pads stay zero */         \
+    if (G < 1 || C % G || (G > 1 && inner != 1)) return 2; /* groups: channels_last only */         \
+    const long rows = C + (G + 1) * pad + pad; /* the widest layout: channels_last with G groups */  \
+    ACC *sq = calloc((size_t)(2 * rows) * BLK, sizeof(ACC)); /* zero pads stay zero */               \
     if (!sq) return 1;                                                                                \
-    ACC *w = sq + (C + 2 * pad) * BLK;                                                                \
+    ACC *w = sq + rows * BLK;                                                                         \
     for (long t = t0; t < t1; t++) {                                                                  \
         const long o = t / nblk, i0 = (t % nblk) * BLK, nb = inner - i0 < BLK ? inner - i0 : BLK;    \
         const T *xo = x + o * C * inner + i0;                                                         \
         T *yo = y + o * C * inner + i0;                                                               \
-        if (inner == 1 && is075) NAME##_fwd_cl(xo, yo, C, before, after, pad, alpha, beta, k, 1, relu, sq, w); \
-        else if (inner == 1) NAME##_fwd_cl(xo, yo, C, before, after, pad, alpha, beta, k, 0, relu, sq, w);  \
+        if (inner == 1 && is075) NAME##_fwd_cl(xo, yo, C, G, before, after, pad, alpha, beta, k, 1, relu, sq, w); \
+        else if (inner == 1) NAME##_fwd_cl(xo, yo, C, G, before, after, pad, alpha, beta, k, 0, relu, sq, w);  \
         else if (is075) NAME##_fwd_nchw(xo, yo, C, inner, nb, before, after, alpha, beta, k, 1, relu, w);    \
         else NAME##_fwd_nchw(xo, yo, C, inner, nb, before, after, alpha, beta, k, 0, relu, w);               \
     }                                                                                                 \
@@ -157,11 +174,12 @@ int NAME##_forward(const T *x, T *y, long C, long inner, long t0, long t1, int b
     return 0;                                                                                         \
 }                                                                                                     \
 int NAME##_backward(const T *x, const T *g, T *gx, long C, long inner, long t0, long t1, int before,  \
-                    int after, double alpha, double beta, double k, int relu) {                                 \
+                    int after, double alpha, double beta, double k, int relu, long G) {               \
     const long nblk = (inner + BLK - 1) / BLK;                                                        \
     const int pad = before > after ? before : after, is075 = beta == 0.75;                            \
     const ACC c2 = (ACC)(2.0 * alpha * beta);                                                         \
-    const long rows = C + 2 * pad;                                                                    \
+    if (G < 1 || C % G || (G > 1 && inner != 1)) return 2; /* groups: channels_last only */         \
+    const long rows = C + (G + 1) * pad + pad;                                                        \
     ACC *sq = calloc((size_t)(4 * rows) * BLK, sizeof(ACC)); /* zero pads stay zero */               \
     if (!sq) return 1;                                                                                \
     ACC *w = sq + rows * BLK, *tt = w + rows * BLK, *sc = tt + rows * BLK;                            \
@@ -169,9 +187,9 @@ int NAME##_backward(const T *x, const T *g, T *gx, long C, long inner, long t0, 
         const long o = t / nblk, i0 = (t % nblk) * BLK, nb = inner - i0 < BLK ? inner - i0 : BLK;    \
         const long off = o * C * inner + i0;                                                          \
         if (inner == 1 && is075)                                                                      \
-            NAME##_bwd_cl(x + off, g + off, gx + off, C, before, after, pad, alpha, beta, k, c2, 1, relu, sq, w, tt, sc); \
+            NAME##_bwd_cl(x + off, g + off, gx + off, C, G, before, after, pad, alpha, beta, k, c2, 1, relu, sq, w, tt, sc); \
         else if (inner == 1)                                                                          \
-            NAME##_bwd_cl(x + off, g + off, gx + off, C, before, after, pad, alpha, beta, k, c2, 0, relu, sq, w, tt, sc); \
+            NAME##_bwd_cl(x + off, g + off, gx + off, C, G, before, after, pad, alpha, beta, k, c2, 0, relu, sq, w, tt, sc); \
         else {                                                                                        \
             /* tt rows outside the channels must be zero for this block's width */                    \
             for (long p = 0; p < pad * nb; p++) tt[p] = tt[(pad + C) * nb + p] = 0;                   \
