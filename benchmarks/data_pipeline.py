@@ -6,6 +6,9 @@
     augmentation batched (random 224 crop + mirror, mean image, PCA colour noise, std);
 (c) ours from the packed format written by ``alexnet prepare`` (no decoding), same augmentation.
 
+Each pipeline runs in a process of its own and makes three timed passes of --images images; the
+median pass is reported.
+
 Usage: python benchmarks/data_pipeline.py [--data FOLDER] [--images N] [--quick]
 The one-time statistics pass of (b) and the preparation for (c) are not timed (reported apart).
 """
@@ -45,7 +48,7 @@ def run_torchvision(data: str, images: int, batch: int) -> float:
         ]
     )
     loader = torch.utils.data.DataLoader(datasets.ImageFolder(data, tf), batch_size=batch, shuffle=True, num_workers=0)
-    return _time(((x, None) for x, _ in loader), images, lambda b: b[0])
+    return _median_rate(lambda: _time(((x, None) for x, _ in loader), images, lambda b: b[0]))
 
 
 def run_ours(data: str, images: int, batch: int) -> float:
@@ -53,7 +56,7 @@ def run_ours(data: str, images: int, batch: int) -> float:
 
     bundle = load_data(data, batch, 224, workers=0, seed=0, preset="paper", val_fraction=0.01, show_progress=False)
     pre = bundle.preprocess
-    return _time(bundle.train, images, lambda b: model_input(b[0], b[2], pre, True, 0, 0))
+    return _median_rate(lambda: _time(bundle.train, images, lambda b: model_input(b[0], b[2], pre, True, 0, 0)))
 
 
 def run_ours_loader(data: str, images: int, batch: int) -> float:
@@ -61,7 +64,16 @@ def run_ours_loader(data: str, images: int, batch: int) -> float:
     from alexnet.data.loaders import load_data
 
     bundle = load_data(data, batch, 224, workers=0, seed=0, preset="paper", val_fraction=0.01, show_progress=False)
-    return _time(bundle.train, images, lambda b: b[0])
+    return _median_rate(lambda: _time(bundle.train, images, lambda b: b[0]))
+
+
+REPEATS = 3  # passes per pipeline; the median is reported (1 with --quick)
+
+
+def _median_rate(one_pass) -> float:
+    import statistics
+
+    return statistics.median(one_pass() for _ in range(REPEATS))
 
 
 def _time(batches, images: int, step) -> float:
@@ -82,6 +94,8 @@ def _child(which: str, data: str, images: int, batch: int, quick: bool = False) 
 
     ``quick`` (CI) runs it in this process instead: it checks that the code runs, not the speed."""
     if quick:
+        global REPEATS
+        REPEATS = 1
         _one_thread()
         return globals()[which](data, images, batch)
     code = (

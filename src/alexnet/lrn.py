@@ -91,7 +91,7 @@ class _LRNFunction(torch.autograd.Function):
 
 # -- the C kernel ------------------------------------------------------------------------------------
 _KERNEL_NAMES = {torch.float32: "lrn_f32", torch.float64: "lrn_f64", torch.bfloat16: "lrn_bf16"}
-_BLOCK = 64  # inner positions per task; BLK in lrn.c
+_BLOCK = 128  # inner positions per task; BLK in lrn.c
 
 
 def _kernel_lib() -> ctypes.CDLL | None:

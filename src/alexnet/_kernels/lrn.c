@@ -19,7 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define BLK 64
+#define BLK 128
 
 static inline float bf16_load(const uint16_t *p) {
     uint32_t u = ((uint32_t)*p) << 16;
@@ -60,13 +60,20 @@ static inline void bf16_store(uint16_t *p, float f) {
 INLINE ACC NAME##_lx(const T *p, int relu) { ACC v = LOAD(p); return relu && !(v > 0) && v == v ? 0 : v; } \
 /* the ReLU's backward: no gradient where its input was not positive */                               \
 INLINE ACC NAME##_gate(const T *p, int relu, ACC grad) { return relu && !(LOAD(p) > 0) ? 0 : grad; }   \
-/* w[b] = sum of squares over the window of channel c, for nb positions (NCHW block) */              \
-INLINE void NAME##_win_nchw(const T *x, long c, long C, long cs, long nb, int before, int after,      \
-                            int relu, ACC *w) {                                                                 \
-    const long lo = c - before < 0 ? 0 : c - before, hi = c + after >= C ? C - 1 : c + after;         \
+/* sq row pad + c = squares of channel c for nb positions (NCHW block), once per block; the pad  \
+ * rows above and below are zeroed (a shorter last block would otherwise see old squares). */       \
+INLINE void NAME##_sq_nchw(const T *x, long C, long cs, long nb, int pad, int relu, ACC *sq) {       \
+    for (long p = 0; p < pad * nb; p++) sq[p] = sq[(pad + C) * nb + p] = 0;                           \
+    for (long c = 0; c < C; c++)                                                                      \
+        for (long b = 0; b < nb; b++) { ACC v = NAME##_lx(x + c * cs + b, relu); sq[(pad + c) * nb + b] = v * v; } \
+}                                                                                                     \
+/* w[b] = sum of squares over the window of channel c, from the rows of NAME##_sq_nchw */          \
+INLINE void NAME##_win_nchw(const ACC *sq, long c, long nb, int before, int after, int pad, ACC *w) {  \
     for (long b = 0; b < nb; b++) w[b] = 0;                                                           \
-    for (long m = lo; m <= hi; m++)                                                                   \
-        for (long b = 0; b < nb; b++) { ACC v = NAME##_lx(x + m * cs + b, relu); w[b] += v * v; }                \
+    for (int m = -before; m <= after; m++) {                                                          \
+        const ACC *row = sq + (pad + c + m) * nb;                                                     \
+        for (long b = 0; b < nb; b++) w[b] += row[b];                                                 \
+    }                                                                                                 \
 }                                                                                                     \
 /* w[j] = sum of squares over the window of every channel of one position (channels_last). With   \
  * G groups of Cg = C / G channels (the towers), channel c of group g sits at j = g * (Cg + pad) + c  \
@@ -82,9 +89,10 @@ INLINE void NAME##_win_cl(const T *x, long C, long G, int before, int after, int
         for (long j = 0; j < n; j++) w[j] += sq[pad + j + m];                                         \
 }                                                                                                     \
 INLINE void NAME##_fwd_nchw(const T *x, T *y, long C, long cs, long nb, int before, int after,        \
-                            ACC alpha, ACC beta, ACC k, int is075, int relu, ACC *w) {                           \
+                            int pad, ACC alpha, ACC beta, ACC k, int is075, int relu, ACC *sq, ACC *w) { \
+    NAME##_sq_nchw(x, C, cs, nb, pad, relu, sq);                                                      \
     for (long c = 0; c < C; c++) {                                                                    \
-        NAME##_win_nchw(x, c, C, cs, nb, before, after, relu, w);                                           \
+        NAME##_win_nchw(sq, c, nb, before, after, pad, w);                                            \
         for (long b = 0; b < nb; b++) {                                                               \
             ACC d = k + alpha * w[b], s, sd;                                                          \
             POWS(ACC, d, s, sd, beta, is075);                                                         \
@@ -107,9 +115,10 @@ INLINE void NAME##_fwd_cl(const T *x, T *y, long C, long G, int before, int afte
 }                                                                                                     \
 INLINE void NAME##_bwd_nchw(const T *x, const T *g, T *r, long C, long cs, long nb, int before,       \
                             int after, int pad, ACC alpha, ACC beta, ACC k, ACC c2, int is075, int relu, \
-                            ACC *w, ACC *tt, ACC *sc) {                                               \
+                            ACC *sq, ACC *w, ACC *tt, ACC *sc) {                                      \
+    NAME##_sq_nchw(x, C, cs, nb, pad, relu, sq);                                                      \
     for (long c = 0; c < C; c++) {                                                                    \
-        NAME##_win_nchw(x, c, C, cs, nb, before, after, relu, w);                                           \
+        NAME##_win_nchw(sq, c, nb, before, after, pad, w);                                            \
         ACC *t = tt + (pad + c) * nb, *sv = sc + c * nb;                                              \
         for (long b = 0; b < nb; b++) {                                                               \
             ACC d = k + alpha * w[b], s, sd;                                                          \
@@ -167,8 +176,8 @@ int NAME##_forward(const T *x, T *y, long C, long inner, long t0, long t1, int b
         T *yo = y + o * C * inner + i0;                                                               \
         if (inner == 1 && is075) NAME##_fwd_cl(xo, yo, C, G, before, after, pad, alpha, beta, k, 1, relu, sq, w); \
         else if (inner == 1) NAME##_fwd_cl(xo, yo, C, G, before, after, pad, alpha, beta, k, 0, relu, sq, w);  \
-        else if (is075) NAME##_fwd_nchw(xo, yo, C, inner, nb, before, after, alpha, beta, k, 1, relu, w);    \
-        else NAME##_fwd_nchw(xo, yo, C, inner, nb, before, after, alpha, beta, k, 0, relu, w);               \
+        else if (is075) NAME##_fwd_nchw(xo, yo, C, inner, nb, before, after, pad, alpha, beta, k, 1, relu, sq, w); \
+        else NAME##_fwd_nchw(xo, yo, C, inner, nb, before, after, pad, alpha, beta, k, 0, relu, sq, w);  \
     }                                                                                                 \
     free(sq);                                                                                         \
     return 0;                                                                                         \
@@ -194,9 +203,9 @@ int NAME##_backward(const T *x, const T *g, T *gx, long C, long inner, long t0, 
             /* tt rows outside the channels must be zero for this block's width */                    \
             for (long p = 0; p < pad * nb; p++) tt[p] = tt[(pad + C) * nb + p] = 0;                   \
             if (is075)                                                                                \
-                NAME##_bwd_nchw(x + off, g + off, gx + off, C, inner, nb, before, after, pad, alpha, beta, k, c2, 1, relu, w, tt, sc); \
+                NAME##_bwd_nchw(x + off, g + off, gx + off, C, inner, nb, before, after, pad, alpha, beta, k, c2, 1, relu, sq, w, tt, sc); \
             else                                                                                      \
-                NAME##_bwd_nchw(x + off, g + off, gx + off, C, inner, nb, before, after, pad, alpha, beta, k, c2, 0, relu, w, tt, sc); \
+                NAME##_bwd_nchw(x + off, g + off, gx + off, C, inner, nb, before, after, pad, alpha, beta, k, c2, 0, relu, sq, w, tt, sc); \
         }                                                                                             \
     }                                                                                                 \
     free(sq);                                                                                         \
