@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import struct
 import zlib
@@ -407,3 +408,25 @@ def test_stats_cache_goes_elsewhere_for_read_only_data(tmp_path, monkeypatch):
     finally:
         for d in (root, *root.iterdir()):
             d.chmod(0o755)
+
+
+def test_stats_cache_notices_a_replaced_file_of_the_same_size(tmp_path, monkeypatch):
+    monkeypatch.setenv("ALEXNET_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "imgs"
+    rng = np.random.default_rng(3)
+    for c in range(2):
+        (root / f"c{c}").mkdir(parents=True)
+        for i in range(3):  # BMP: the file size depends on the dimensions only
+            Image.fromarray(rng.integers(0, 256, (30, 34, 3), dtype=np.uint8)).save(root / f"c{c}" / f"{i}.bmp")
+    ds = ImageFolderDataset(root, 32, 32)
+    first = np.load(folder_stats(ds, list(range(len(ds))), show_progress=False)["mean_image"])
+    target = root / "c0" / "0.bmp"
+    size, mtime = target.stat().st_size, target.stat().st_mtime_ns
+    Image.fromarray(np.full((30, 34, 3), 255, np.uint8)).save(target)
+    os.utime(target, ns=(mtime + 5 * 10**9, mtime + 5 * 10**9))  # a later time on any file system
+    assert target.stat().st_size == size
+    again = np.load(folder_stats(ImageFolderDataset(root, 32, 32), list(range(len(ds))), show_progress=False)["mean_image"])
+    assert not np.allclose(first, again)
+    # The new statistics are those of the new files: against numpy over the decoded images.
+    images = np.stack([ds[i][0].numpy().astype(np.float64) for i in range(len(ds))])
+    np.testing.assert_allclose(again, images.mean(0), rtol=1e-5, atol=1e-3)

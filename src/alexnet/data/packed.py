@@ -177,7 +177,7 @@ def prepare(
                 "labels": f"{split}-labels.npy",
                 "files": f"{split}-files.txt",
             }
-        stats = acc.result()
+        stats = acc.result(root)
         save_stats(stats, tmp / "stats.json", tmp / "mean_image.npy")
         index["stats"] = {k: v for k, v in stats.items() if k != "mean_image"}
         index["stats"]["mean_image"] = "mean_image.npy"

@@ -42,11 +42,11 @@ class StatsAccumulator:
         self.n_images += images.shape[0]
         self.n_pixels += p.shape[1]
 
-    def result(self) -> dict[str, Any]:
+    def result(self, source: Any = "the training set") -> dict[str, Any]:
         """mean_image (3, H, W) float32 on 0-255; pixel_mean, pixel_std (0-255), covariance,
-        eigvals (descending) and eigvecs (columns) on [0, 1]."""
+        eigvals (descending) and eigvecs (columns) on [0, 1]. ``source`` names the data in errors."""
         if self.n_images == 0 or self.image_sum is None:
-            raise DataError("no readable training images to compute the mean image from")
+            raise DataError(f"{source}: no readable training images to compute the mean image from")
         mean = self.s1 / self.n_pixels
         cov = self.s2 / self.n_pixels - torch.outer(mean, mean)
         eigvals, eigvecs = torch.linalg.eigh(cov)
@@ -81,14 +81,21 @@ def compute_stats(dataset, indices: list[int], workers: int = 0, batch_size: int
         acc.add(batch[0])
         good.update(batch[2].tolist())
     bad = sorted(set(indices) - good)
-    return acc.result(), bad
+    return acc.result(getattr(dataset, "root", "the training set")), bad
 
 
 def cache_key(files: list[str], root: Path, *params: Any) -> str:
-    """A key naming one data set and recipe: the files (relative to ``root``) and the parameters."""
+    """A key naming one data set and recipe: the files (relative to ``root``, with their sizes and
+    modification times, so that a file replaced under the same name changes the key) and the
+    parameters."""
     h = hashlib.sha1()
     for f in files:
-        h.update(os.path.relpath(f, root).encode("utf-8", "surrogateescape") + b"\n")
+        try:
+            st = os.stat(f)
+            stamp = f"\t{st.st_size}\t{st.st_mtime_ns}"
+        except OSError:  # unreadable: the statistics pass reports it
+            stamp = "\t-"
+        h.update((os.path.relpath(f, root) + stamp).encode("utf-8", "surrogateescape") + b"\n")
     h.update(repr(params).encode())
     return h.hexdigest()[:16]
 
