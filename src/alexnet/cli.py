@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -554,6 +555,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"alexnet: internal error: {type(e).__name__}: {e} (set ALEXNET_DEBUG=1 for the traceback)", file=sys.stderr)
         return 1
+    finally:
+        # A distributed run's DDP wrapper holds its process group and sits in reference cycles
+        # (after a failure also through the traceback): free it now, while the interpreter is
+        # whole, not during its exit, where gloo's threads can end the process in std::terminate.
+        gc.collect()
 
 
 if __name__ == "__main__":
