@@ -66,7 +66,8 @@ def tiny_folder(tmp_path: Path) -> Path:
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run ``python -m alexnet ARGS`` in a subprocess, as a user would."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), ALEXNET_DEBUG="")
+    # PYTHONFAULTHANDLER: a process that aborts (SIGSEGV, SIGABRT) prints every thread's Python stack.
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), ALEXNET_DEBUG="", PYTHONFAULTHANDLER="1")
     return subprocess.run(
         [sys.executable, "-m", "alexnet", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout
     )

@@ -100,7 +100,7 @@ def _start_ranks(args: list[str]) -> list[subprocess.Popen]:
     procs = []
     for rank in range(2):
         env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
-                   LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port, ALEXNET_DEBUG="")
+                   LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port, ALEXNET_DEBUG="", PYTHONFAULTHANDLER="1")
         procs.append(subprocess.Popen([sys.executable, "-m", "alexnet", *args], env=env, text=True,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE))
     return procs
@@ -151,7 +151,8 @@ def _children(pid: int) -> list[int]:
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc to find the ranks")
 def test_nproc_run_with_a_killed_rank_ends_in_one_line(tiny_fmnist, tmp_path):
     out = tmp_path / "nproc"
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), ALEXNET_DEBUG="")
+    # PYTHONFAULTHANDLER: a process that aborts (SIGSEGV, SIGABRT) prints every thread's Python stack.
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), ALEXNET_DEBUG="", PYTHONFAULTHANDLER="1")
     proc = subprocess.Popen([sys.executable, "-m", "alexnet", *_args(tiny_fmnist, out, "--nproc", "2", "--epochs", "50")],
                             env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
