@@ -165,6 +165,16 @@ class _LRNKernelFunction(torch.autograd.Function):
         return grad_x, None, None, None, None, None, None
 
 
+def _tracing() -> bool:
+    """Under TorchScript, tracing, torch.compile or ONNX export: plain ops only."""
+    return (
+        torch.jit.is_scripting()
+        or torch.jit.is_tracing()
+        or torch.compiler.is_compiling()
+        or torch.onnx.is_in_onnx_export()
+    )
+
+
 _compiled_reference = None
 
 
@@ -222,42 +232,40 @@ class LocalResponseNorm(nn.Module):
         """LRN of ``x``; with ``relu=True``, LRN of ``relu(x)`` (fused into one pass on the CPU)."""
         if x.dim() < 3:
             raise ValueError(f"LRN expects (N, C, ...) input, got shape {tuple(x.shape)}")
-        g = self.groups
+        g, fused = self.groups, self._fused(x)
         if g == 1:
-            return self._lrn(x, relu)
+            return self._lrn(x, relu, fused)
         n, c = x.shape[:2]
         if c % g:
             raise ValueError(f"LRN with groups={g} needs a channel count divisible by {g}, got {c}")
         # Each group's channels are normalised on their own.
         channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-        if channels_last and self._fused(x):
+        if channels_last and fused:
             # The kernel keeps the groups apart itself: all of a position's channels in one pass
             # (~2x faster than a view with C/g channels per position).
-            return self._lrn(x, relu, g)
+            return self._lrn(x, relu, fused, g)
         # Otherwise a free view in which a group's channels are the channel dimension of their own.
         if channels_last:
             h, w = x.shape[2:]
-            y = self._lrn(x.permute(0, 2, 3, 1).reshape(n * h * w * g, c // g, 1, 1), relu)
+            y = self._lrn(x.permute(0, 2, 3, 1).reshape(n * h * w * g, c // g, 1, 1), relu, fused)
             return y.reshape(n, h, w, c).permute(0, 3, 1, 2)
         x = x.contiguous()
-        return self._lrn(x.reshape(n * g, c // g, *x.shape[2:]), relu).reshape(x.shape)
+        return self._lrn(x.reshape(n * g, c // g, *x.shape[2:]), relu, fused).reshape(x.shape)
 
     @staticmethod
     def _fused(x: torch.Tensor) -> bool:
         """Whether the C kernel computes this call (not under tracing, compiling or export)."""
-        tracing = torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling()
-        return bool(x.numel()) and not tracing and not torch.onnx.is_in_onnx_export() and kernel_available(x)
+        return bool(x.numel()) and not _tracing() and kernel_available(x)
 
-    def _lrn(self, x: torch.Tensor, relu: bool, groups: int = 1) -> torch.Tensor:
+    def _lrn(self, x: torch.Tensor, relu: bool, fused: bool, groups: int = 1) -> torch.Tensor:
         args = (self.size, self.sum_alpha, self.beta, self.k)
-        tracing = torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling()
-        if self._fused(x):
+        if fused:
             if torch.is_grad_enabled() and x.requires_grad:
                 return _LRNKernelFunction.apply(x, *args, relu, groups)
             return lrn_kernel_forward(x, *args, relu, groups)
         if relu:
             x = F.relu(x)
-        if tracing or torch.onnx.is_in_onnx_export():
+        if _tracing():
             # Traceable ops: torch.compile fuses them, exporters see plain graph nodes.
             return lrn_reference(x, *args)
         grad = torch.is_grad_enabled() and x.requires_grad

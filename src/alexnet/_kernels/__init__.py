@@ -105,7 +105,10 @@ def load(name: str) -> ctypes.CDLL | None:
 
 
 def parallel(fn: Callable[[int, int], int], tasks: int, min_tasks_per_thread: int = 4) -> None:
-    """Run ``fn(t0, t1)`` over ``[0, tasks)`` split among ``torch.get_num_threads()`` threads."""
+    """Run ``fn(t0, t1)`` over ``[0, tasks)`` split among ``torch.get_num_threads()`` threads.
+
+    ``fn`` returns the kernel's code: 0 done, 1 out of memory, 2 arguments it cannot take.
+    """
     global _POOL
     threads = max(1, min(torch.get_num_threads(), tasks // min_tasks_per_thread))
     if threads == 1:
@@ -120,5 +123,7 @@ def parallel(fn: Callable[[int, int], int], tasks: int, min_tasks_per_thread: in
             if _POOL is None or _POOL._max_workers < len(bounds):
                 _POOL = ThreadPoolExecutor(max_workers=len(bounds), thread_name_prefix="alexnet-kernel")
         codes = list(_POOL.map(lambda b: fn(*b), bounds))
-    if any(codes):
+    if 1 in codes:
         raise MemoryError("alexnet C kernel could not allocate its scratch memory")
+    if any(codes):  # the callers check arguments first: this is a bug
+        raise RuntimeError(f"alexnet C kernel refused its arguments (code {max(codes)})")

@@ -44,16 +44,16 @@ static void row_mirror(const uint8_t *restrict src, const float *restrict m, lon
 
 /* x: (B, C, H, W) uint8; mean: (C, mh, mw) float32, scaled (mh = H, mw = W, or both 1);
  * inv_std: (C); shift: (B, C) scaled, or NULL; top, left: (B) int64; flip: (B) uint8 or NULL;
- * out: (B, C, size, size) float32. Returns 0, or 1 on a crop outside the image (or size > 1024). */
+ * out: (B, C, size, size) float32. Returns 0, or 2 on a crop outside the image (or size > 1024). */
 int crop_normalize_u8(const uint8_t *x, long c, long h, long w, const float *mean, long mh, long mw,
                       const float *inv_std, const float *shift, const int64_t *top, const int64_t *left,
                       const uint8_t *flip, long size, float *out, long i0, long i1) {
     const int mean_image = mh > 1 || mw > 1;
     float tmp[1024];
-    if (size > 1024) return 1;
+    if (size > 1024) return 2;
     for (long i = i0; i < i1; i++) {
         const long t = top[i], l = left[i];
-        if (t < 0 || l < 0 || t + size > h || l + size > w) return 1;
+        if (t < 0 || l < 0 || t + size > h || l + size > w) return 2;
         const int mirrored = flip != 0 && flip[i];
         for (long ch = 0; ch < c; ch++) {
             const float s = inv_std[ch];

@@ -115,28 +115,6 @@ def random_crop_flip(
     return crop_flip(x, size, top, left, mirror)
 
 
-def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
-    """The central ``size`` x ``size`` patch of every image."""
-    h, w = x.shape[-2:]
-    top, left = (h - size) // 2, (w - size) // 2
-    return x[..., top : top + size, left : left + size]
-
-
-def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """uint8 (0-255) -> float: subtract ``mean`` and divide by ``std`` (both on the 0-255 scale).
-
-    ``mean`` may be per channel (C,) or a mean image (C, H, W) of the same size as ``x``.
-    """
-    x = x.to(dtype)
-    mean = mean.to(x.device, dtype)
-    std = std.to(x.device, dtype)
-    if mean.dim() == 1:
-        mean = mean.reshape(1, -1, 1, 1)
-    if std.dim() == 1:
-        std = std.reshape(1, -1, 1, 1)
-    return (x - mean) / std
-
-
 # Streams of per-sample randomness (see sample_uniform): one per kind of draw, so adding a new kind
 # never changes the draws of an old one.
 STREAM_CROP = 1
@@ -277,20 +255,19 @@ def _crop_kernel(
         raise ValueError(f"crop_normalize: mean image {tuple(mean_scaled.shape)} does not match images {h}x{w}")
     top = top.to(torch.int64).contiguous()
     left = left.to(torch.int64).contiguous()
+    # The kernel checks too (memory safety), but an error is clearer from here.
+    if b and (min(top.min(), left.min()) < 0 or top.max() + size > h or left.max() + size > w or size > 1024):
+        raise ValueError(f"crop_normalize: a {size}x{size} crop falls outside the {h}x{w} images")
     flip = flip.to(torch.uint8).contiguous() if flip is not None else None
     inv_std = inv_std.reshape(c).contiguous()
     keep = (x, mean_scaled, inv_std, shift, top, left, flip)  # alive until the threads finish
-    ptrs = [t.data_ptr() if t is not None else None for t in keep]
+    xp, mp, sp, shp, tp, lp, fp = (t.data_ptr() if t is not None else None for t in keep)
     mh, mw = mean_scaled.shape[-2:]
-
-    def run(i0: int, i1: int) -> int:
-        xp, mp, sp, shp, tp, lp, fp = ptrs
-        return fn(xp, c, h, w, mp, mh, mw, sp, shp, tp, lp, fp, size, out.data_ptr(), i0, i1)
-
-    codes: list[int] = []
-    _kernels.parallel(lambda i0, i1: codes.append(run(i0, i1)) or 0, b, min_tasks_per_thread=8)
-    if any(codes):
-        raise ValueError(f"crop_normalize: a {size}x{size} crop falls outside the {h}x{w} images")
+    _kernels.parallel(
+        lambda i0, i1: fn(xp, c, h, w, mp, mh, mw, sp, shp, tp, lp, fp, size, out.data_ptr(), i0, i1),
+        b,
+        min_tasks_per_thread=8,
+    )
     return True
 
 
