@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import struct
@@ -19,7 +20,7 @@ from alexnet.data.loaders import load_data, load_eval_data, model_input
 from alexnet.data.packed import prepare
 from alexnet.data.stats import folder_stats
 from alexnet.errors import DataError
-from conftest import make_image_folder, run_cli
+from conftest import IMAGEWOOF, make_image_folder, run_cli
 
 
 def test_ten_crop_matches_torchvision():
@@ -430,3 +431,52 @@ def test_stats_cache_notices_a_replaced_file_of_the_same_size(tmp_path, monkeypa
     # The new statistics are those of the new files: against numpy over the decoded images.
     images = np.stack([ds[i][0].numpy().astype(np.float64) for i in range(len(ds))])
     np.testing.assert_allclose(again, images.mean(0), rtol=1e-5, atol=1e-3)
+
+
+# -- real JPEGs (../shared/data/imagewoof-mini) ---------------------------------------------------
+@pytest.mark.skipif(not IMAGEWOOF.is_dir(), reason=f"real JPEGs not here: {IMAGEWOOF} (present in CI)")
+def test_real_jpegs_decode_pack_and_statistics(tmp_path, monkeypatch):
+    """ImageNet photographs through the whole paper pipeline, each step against an independent
+    computation: PIL's decode and resize, numpy's mean image, the packed copy."""
+    monkeypatch.setenv("ALEXNET_CACHE", str(tmp_path / "cache"))
+    val = IMAGEWOOF / "val"
+    ds = ImageFolderDataset(val, 256, 256)
+    assert len(ds) == 500 and len(ds.classes) == 10
+    # Decoding: shorter side -> 256 (antialiased), central 256x256, as PIL does it independently.
+    for i in range(0, 500, 50):
+        path = ds.samples[i][0]
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            w, h = im.size
+            s = 256 / min(w, h)
+            im = im.resize((max(256, round(w * s)), max(256, round(h * s))), Image.BILINEAR, reducing_gap=None)
+            left, top = (im.size[0] - 256) // 2, (im.size[1] - 256) // 2
+            ref = np.asarray(im.crop((left, top, left + 256, top + 256)), dtype=np.float64).transpose(2, 0, 1)
+        ours = ds[i][0].numpy().astype(np.float64)
+        assert ours.shape == (3, 256, 256)
+        assert np.abs(ours - ref).mean() < 0.5, path  # two antialiased resamplers: ~0.03 levels apart here
+    # The packed copy holds exactly the decoded images, and its mean image is theirs (numpy, float64).
+    from alexnet.data.packed import PackedDataset
+
+    out = tmp_path / "packed"
+    prepare(val, out, show_progress=False)
+    pk = PackedDataset(out, "train")
+    files = (out / "train-files.txt").read_text().splitlines()
+    assert len(pk) == len(files) == 500
+    where = {os.path.realpath(p): i for i, (p, _) in enumerate(ds.samples)}
+    total = np.zeros((3, 256, 256))
+    for i in range(len(ds)):
+        total += ds[i][0].numpy()
+    for k in range(0, 500, 25):
+        image, label, _ = pk[k]
+        source = files[k] if os.path.isabs(files[k]) else str(val / files[k])
+        j = where[os.path.realpath(source)]
+        assert torch.equal(image, ds[j][0]) and label == ds.samples[j][1]
+    stats = json.loads((out / "index.json").read_text())["stats"]
+    np.testing.assert_allclose(np.load(out / stats["mean_image"]), total / 500, rtol=0, atol=1e-3)
+    # Class names come from the data set's classes.tsv (human-readable), training batches are whole.
+    data = load_data(IMAGEWOOF, 50, 224, show_progress=False)
+    assert data.classes[:3] == ["Shih-Tzu", "Rhodesian ridgeback", "beagle"] and (data.train_size, data.val_size) == (1000, 500)
+    images, labels, index = next(iter(data.train))
+    x = model_input(images, index, data.preprocess, True, seed=0, epoch=0)
+    assert x.shape == (50, 3, 224, 224) and torch.isfinite(x).all() and abs(float(x.mean())) < 1.0
