@@ -239,7 +239,10 @@ def test_config_file_and_presets(tmp_path):
     cfg_file.write_text('preset = "paper"\nepochs = 7\nlr = 0.02\n[model_options]\nlrn = false\n')
     cfg = resolve_config(None, {"lr": 0.05, "data": str(tmp_path)}, cfg_file)
     assert (cfg.preset, cfg.epochs, cfg.lr, cfg.optimizer, cfg.schedule) == ("paper", 7, 0.05, "paper", "plateau")
-    assert cfg.model_options == {"lrn": False} and cfg.batch_size == 128 and cfg.weight_decay == 5e-4
+    # The preset's one departure from the paper (biases 0.1) stays under the file's own option.
+    assert cfg.model_options == {"init_bias": 0.1, "lrn": False} and cfg.batch_size == 128 and cfg.weight_decay == 5e-4
+    photos = resolve_config(None, {"data": str(tmp_path)})  # the default for a folder of photos
+    assert (photos.preset, photos.model, photos.model_options, photos.data_preset) == ("photos", "alexnet_paper", {"init": "kaiming"}, "photos")
     owt = resolve_config("owt", {})
     assert (owt.model, owt.batch_size, owt.weight_decay, owt.schedule) == ("alexnet_owt", 256, 1e-4, "step")
     bad = tmp_path / "bad.toml"

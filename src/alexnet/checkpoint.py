@@ -132,15 +132,37 @@ def load_safetensors(path: str | os.PathLike, map_location: str | torch.device =
     return ckpt
 
 
+# Far above any AlexNet (the paper's has 61 million): a config beyond it is corrupt or hostile, and
+# building it would try to allocate it (fc_width=2e6: 4e12 fc7 weights) before any other check.
+MAX_PARAMETERS = 10**9
+
+
+def bounded_config(config: AlexNetConfig, source: str) -> AlexNetConfig:
+    """``config`` if its network has at most MAX_PARAMETERS parameters (counted without allocating)."""
+    n = config.num_parameters()
+    if n > MAX_PARAMETERS:
+        raise CheckpointError(f"{source}: its model_config asks for {n:.3g} parameters (limit {MAX_PARAMETERS:.0e}); refused")
+    return config
+
+
+def config_from_file(values: Any, source: str) -> AlexNetConfig:
+    """The AlexNetConfig of a ``model_config`` read from a file, checked and bounded before any
+    allocation; CheckpointError naming ``source`` if it is not a usable one."""
+    if not isinstance(values, dict):
+        raise CheckpointError(f"{source}: bad model_config: not a table of options")
+    try:
+        config = AlexNetConfig.from_dict(dict(values))
+    except (TypeError, ValueError) as e:  # ConfigError is a ValueError
+        raise CheckpointError(f"{source}: bad model_config: {e}") from None
+    return bounded_config(config, source)
+
+
 def model_from_checkpoint(ckpt: dict[str, Any], source: str = "checkpoint") -> AlexNet:
     """Rebuild the model a checkpoint describes and load its weights."""
     cfg = ckpt.get("model_config")
     if cfg is None:
         raise CheckpointError(f"{source}: no 'model_config'; build the model yourself and load_state_dict")
-    try:
-        model = AlexNet(AlexNetConfig.from_dict(dict(cfg)))
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{source}: bad model_config: {e}") from None
+    model = AlexNet(config_from_file(cfg, source))
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:

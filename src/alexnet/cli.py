@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -12,14 +13,19 @@ from pathlib import Path
 from .errors import AlexNetError
 
 
-def _number(kind: type, minimum: float, strict: bool):
-    """An argparse type: ``kind`` (int or float) >= ``minimum`` (> when ``strict``)."""
+def _number(kind: type, minimum: float, strict: bool, maximum: float | None = None):
+    """An argparse type: ``kind`` (int or float) >= ``minimum`` (> when ``strict``), < ``maximum``;
+    never NaN or infinite."""
 
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {'a whole number' if kind is int else 'a number'}, got {text!r}") from None
+        if not math.isfinite(value):  # NaN passes every "value < minimum" test
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        if maximum is not None and value >= maximum:
+            raise argparse.ArgumentTypeError(f"expected a number below {maximum}, got {value}")
         if value < minimum or (strict and value == minimum):
             raise argparse.ArgumentTypeError(f"expected a number {'>' if strict else '>='} {minimum}, got {value}")
         return value
@@ -30,6 +36,8 @@ def _number(kind: type, minimum: float, strict: bool):
 _positive_int = _number(int, 1, strict=False)
 _nonneg_int = _number(int, 0, strict=False)
 _positive_float = _number(float, 0.0, strict=True)
+_nonneg_float = _number(float, 0.0, strict=False)
+_fraction = _number(float, 0.0, strict=False, maximum=1.0)  # in [0, 1)
 
 
 def _progress_flag(args: argparse.Namespace) -> bool | None:
@@ -80,6 +88,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         "out": args.out,
         "save_every": args.save_every,
         "on_nonfinite": args.on_nonfinite,
+        "health": args.health,
+        "warmup_epochs": args.warmup_epochs,
+        "label_smoothing": args.label_smoothing,
         "tensorboard": args.tensorboard or None,
         "init_from": args.init_from,
         "data_preset": args.data_preset,
@@ -287,10 +298,15 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    from .data.fashion_mnist import download_fashion_mnist
+    if args.dataset == "fashion-mnist":
+        from .data.fashion_mnist import download_fashion_mnist
 
-    root = download_fashion_mnist(args.out)
-    print(f"Fashion-MNIST is in {root}; train on it with: alexnet train --data {root}")
+        root = download_fashion_mnist(args.out)
+    else:
+        from .data.imagenette import download
+
+        root = download(args.dataset, args.out, _progress_flag(args))
+    print(f"{args.dataset} is in {root}; train on it with: alexnet train --data {root}")
     return 0
 
 
@@ -383,8 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--data", help="Fashion-MNIST IDX folder, or an image folder (CLASS/IMAGE, or train/ and val/ of those)")
     t.add_argument("--model", help="model name (see 'alexnet models')")
-    t.add_argument("--preset", help="fashion_mnist (default without --data), paper (default with --data) or owt")
-    t.add_argument("--data-preset", help="preprocessing recipe: paper, torchvision, fashion_mnist or cifar")
+    t.add_argument("--preset", help="fashion_mnist (default without --data), photos (default with --data), paper or owt")
+    t.add_argument("--data-preset", help="preprocessing recipe: photos, paper, torchvision, fashion_mnist or cifar")
     t.add_argument("--strict", action="store_true", help="stop at the first unreadable image instead of skipping it")
     t.add_argument("--config", help="TOML or YAML file of training options (command-line options win)")
     t.add_argument("--resume", metavar="RUN", help="continue the run in this folder (or from this checkpoint) exactly")
@@ -392,17 +408,21 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=_positive_int,
                    help="images per optimisation step: the global batch, split evenly over the processes of a distributed run")
     t.add_argument("--lr", type=_positive_float, help="(peak) learning rate")
-    t.add_argument("--momentum", type=float)
-    t.add_argument("--weight-decay", type=float)
+    t.add_argument("--momentum", type=_fraction)
+    t.add_argument("--weight-decay", type=_nonneg_float)
     t.add_argument("--optimizer", choices=("paper", "sgd"), help="paper: the paper's update rule; sgd: torch.optim.SGD")
     t.add_argument("--schedule", choices=("plateau", "step", "onecycle", "cosine", "constant"))
+    t.add_argument("--warmup-epochs", type=_nonneg_float, help="linear learning-rate warm-up (epochs)")
+    t.add_argument("--label-smoothing", type=_fraction, help="cross-entropy label smoothing (0: off)")
     t.add_argument("--patience", type=_positive_int, help="plateau schedule: epochs without improvement before lr / 10")
-    t.add_argument("--dropout", type=float, help="dropout probability of fc6/fc7 (paper: 0.5)")
+    t.add_argument("--dropout", type=_fraction, help="dropout probability of fc6/fc7 (paper: 0.5)")
     t.add_argument("--model-option", action="append", metavar="KEY=VALUE", help="model config override, e.g. lrn=false, towers=1")
     t.add_argument("--seed", type=int, default=None)
     t.add_argument("--out", help="run folder (default runs/DATE-TIME-MODEL)")
     t.add_argument("--save-every", type=_nonneg_int, help="also checkpoint every N steps (default: at epoch ends)")
     t.add_argument("--on-nonfinite", choices=("stop", "skip"), help="a NaN/inf loss stops the run (default) or skips the batch")
+    t.add_argument("--health", choices=("stop", "warn", "off"),
+                   help="a diverged loss (far above ln(classes)) or a layer of dead ReLUs stops the run (default), warns, or is ignored")
     t.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="NHWC memory format")
     t.add_argument("--compile", action="store_true", help="torch.compile the model")
     t.add_argument("--tensorboard", action="store_true", help="also log to RUN/tensorboard")
@@ -499,9 +519,11 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("models", help="list the registered models")
     m.set_defaults(func=cmd_models)
 
-    d = sub.add_parser("download", help="download a data set with torchvision (needs the internet)")
-    d.add_argument("dataset", choices=("fashion-mnist",))
-    d.add_argument("--out", required=True)
+    d = sub.add_parser("download", help="download a data set (needs the internet): Fashion-MNIST, Imagenette, Imagewoof")
+    d.add_argument("dataset", choices=("fashion-mnist", "imagenette", "imagenette-320", "imagenette-160", "imagewoof"),
+                   help="imagenette: fast.ai's imagenette2 (full-size photos; -320/-160: shorter side 320/160 px)")
+    d.add_argument("--out", required=True, help="folder to download and unpack into")
+    d.add_argument("--progress", choices=("auto", "on", "off"), default="auto", help="progress bar (auto: on a terminal)")
     d.set_defaults(func=cmd_download)
 
     b = sub.add_parser("benchmark", help="speed against torchvision/torch: LRN, training step, inference")

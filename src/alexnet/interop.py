@@ -21,6 +21,7 @@ import torch
 
 from .errors import CheckpointError
 from .model import LAYER_NAMES, AlexNet, model_config
+from .unpickle import load_plain
 
 # ILSVRC-2012 mean of BVLC's ilsvrc_2012_mean.binaryproto, averaged over pixels, in B, G, R order.
 CAFFE_MEAN_BGR = (104.00698793, 116.66876762, 122.67891434)
@@ -199,30 +200,6 @@ def read_binaryproto_mean(path: str | os.PathLike) -> list[float]:
 
 
 # -- .npy dict (TensorFlow ports) ----------------------------------------------------------------------
-_NUMPY_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "scalar"),
-    ("numpy.core.numeric", "_frombuffer"),
-    ("numpy._core.numeric", "_frombuffer"),
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("_codecs", "encode"),  # how Python 3 pickles bytes at protocol 2
-}
-
-
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Builds arrays, dicts, lists and strings only: any other global is refused, so no code runs."""
-
-    def find_class(self, module: str, name: str):
-        if (module, name) in _NUMPY_GLOBALS:
-            if int(np.__version__.split(".")[0]) >= 2:  # numpy 2 renamed numpy.core to numpy._core
-                module = module.replace("numpy.core.", "numpy._core.")
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refused to unpickle {module}.{name}")
-
-
 def read_npy_weights(path: str | os.PathLike, allow_pickle: bool = False) -> dict[str, list[np.ndarray]]:
     """The pickled dict ``{layer: [W, b]}`` of a ``bvlc_alexnet.npy``.
 
@@ -241,7 +218,7 @@ def read_npy_weights(path: str | os.PathLike, allow_pickle: bool = False) -> dic
                 _, _, dtype = read_header(f)
                 if dtype != np.dtype(object):
                     raise CheckpointError(f"{path}: a plain array, not a dict of layer weights")
-                obj = _NumpyOnlyUnpickler(f, encoding="latin1").load()
+                obj = load_plain(f)
     except pickle.UnpicklingError as e:
         raise CheckpointError(f"{path}: {e}; pass --allow-pickle only if you trust this file") from None
     except CheckpointError:

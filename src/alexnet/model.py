@@ -11,6 +11,8 @@ Layers are named as in the paper (conv1..conv5, fc6..fc8) so that a reader finds
 from __future__ import annotations
 
 import dataclasses
+import functools
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -18,6 +20,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from .checks import is_finite, is_whole, require
 from .errors import ConfigError, UnknownModelError
 from .lrn import LocalResponseNorm
 
@@ -64,22 +67,33 @@ class AlexNetConfig:
     # "after": on the outputs of fc6 and fc7 (paper); "before": on the inputs of fc6 and fc7 (torchvision).
     dropout_position: Literal["after", "before"] = "after"
     init: Literal["paper", "caffe", "kaiming", "torch"] = "paper"
+    # The constant bias of conv2, conv4, conv5, fc6 and fc7 under init="paper" (section 5: 1). With
+    # few classes the paper's 1 makes the first steps diverge (docs/training.md); --preset paper
+    # uses Caffe's 0.1.
+    init_bias: float = 1.0
 
     def __post_init__(self) -> None:
-        self.widths = tuple(int(w) for w in self.widths)  # type: ignore[assignment]
-        self.pools = tuple(bool(p) for p in self.pools)  # type: ignore[assignment]
-        if len(self.widths) != 5 or len(self.pools) != 3:
-            raise ConfigError("widths needs 5 entries and pools 3")
-        if self.activation not in ("relu", "tanh"):
-            raise ConfigError(f"activation must be 'relu' or 'tanh', got {self.activation!r}")
-        if self.towers < 1 or any(w % self.towers for w in self.widths):
+        """Check every field by type and range (a checkpoint or --model-option can hold anything:
+        ``lrn="maybe"`` is a true value to Python), one ConfigError naming the option."""
+        for name, minimum in _WHOLE_FIELDS.items():
+            value = getattr(self, name)
+            require(is_whole(value, minimum), f"model option {name}", f"a whole number >= {minimum}", value)
+            setattr(self, name, int(value))  # numpy ints too
+        require(self.adaptive_pool is None or is_whole(self.adaptive_pool, 1), "model option adaptive_pool",
+                "null or a whole number >= 1", self.adaptive_pool)
+        for name, (test, wanted) in _FLOAT_FIELDS.items():
+            value = getattr(self, name)
+            require(is_finite(value) and test(value), f"model option {name}", f"a finite number{wanted}", value)
+            setattr(self, name, float(value))
+        for name in ("lrn", "lrn_per_tower"):
+            require(isinstance(getattr(self, name), bool), f"model option {name}", "true or false", getattr(self, name))
+        for name, choices in _literal_choices().items():
+            value = getattr(self, name)
+            require(value in choices, f"model option {name}", f"one of {', '.join(choices)}", value)
+        self.widths = _sequence("widths", self.widths, 5, lambda w: is_whole(w, 1), "whole numbers >= 1", int)
+        self.pools = _sequence("pools", self.pools, 3, lambda p: isinstance(p, bool), "true/false values", bool)
+        if any(w % self.towers for w in self.widths):
             raise ConfigError(f"towers={self.towers} must divide every conv width {self.widths}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.num_classes < 1 or self.in_chans < 1:
-            raise ConfigError("num_classes and in_chans must be positive")
-        if self.init not in ("paper", "caffe", "kaiming", "torch"):
-            raise ConfigError(f"unknown init {self.init!r}")
         if self.adaptive_pool is None and self.feature_size() < 1:
             raise ConfigError(f"input_size={self.input_size} is too small for this network")
 
@@ -95,6 +109,19 @@ class AlexNetConfig:
                 s = (s - self.pool_kernel) // self.pool_stride + 1
         return max(s, 0)
 
+    def num_parameters(self) -> int:
+        """The network's parameter count, from the config alone (nothing is allocated)."""
+        w1, w2, w3, w4, w5 = self.widths
+        g, fc, s = self.towers, self.fc_width, self.feature_size()
+        convs = (
+            (self.in_chans * self.conv1_kernel**2 + 1) * w1
+            + (w1 // g * 25 + 1) * w2
+            + (w2 * 9 + 1) * w3
+            + (w3 // g * 9 + 1) * w4
+            + (w4 // g * 9 + 1) * w5
+        )
+        return convs + (w5 * s * s + 1) * fc + (fc + 1) * fc + (fc + 1) * self.num_classes
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -105,6 +132,34 @@ class AlexNetConfig:
         if unknown:
             raise ConfigError(f"unknown model option(s): {', '.join(sorted(unknown))}")
         return cls(**d)
+
+
+# Field checks of AlexNetConfig.__post_init__: whole numbers (-> minimum), finite floats (-> test).
+_WHOLE_FIELDS = {
+    "num_classes": 1, "in_chans": 1, "input_size": 1, "fc_width": 1, "conv1_kernel": 1, "conv1_stride": 1,
+    "conv1_padding": 0, "towers": 1, "lrn_size": 1, "pool_kernel": 1, "pool_stride": 1,
+}
+_FLOAT_FIELDS: dict[str, tuple[Callable[[float], bool], str]] = {
+    "lrn_alpha": (lambda v: v >= 0, " >= 0"),
+    "lrn_beta": (lambda v: v >= 0, " >= 0"),
+    "lrn_k": (lambda v: v > 0, " > 0"),  # k = 0 divides 0 by 0 on a dark patch
+    "dropout": (lambda v: 0 <= v < 1, " in [0, 1)"),
+    "init_bias": (lambda v: True, ""),
+}
+
+
+@functools.cache
+def _literal_choices() -> dict[str, tuple[str, ...]]:
+    """The allowed strings of each Literal field of AlexNetConfig, from its annotations."""
+    hints = typing.get_type_hints(AlexNetConfig)
+    return {name: typing.get_args(hint) for name, hint in hints.items() if typing.get_origin(hint) is Literal}
+
+
+def _sequence(name: str, value: Any, length: int, ok: Callable[[Any], bool], wanted: str, cast: type) -> tuple:
+    """``value`` as a tuple of ``length`` items that pass ``ok``; ConfigError naming ``name`` if not."""
+    fits = isinstance(value, (list, tuple)) and len(value) == length and all(ok(v) for v in value)
+    require(fits, f"model option {name}", f"a list of {length} {wanted}", value)
+    return tuple(cast(v) for v in value)
 
 
 class AlexNet(nn.Module):
@@ -144,8 +199,8 @@ class AlexNet(nn.Module):
     def reset_parameters(self) -> None:
         """Initialise weights by ``config.init``.
 
-        ``paper``: every weight ~ N(0, 0.01^2); biases 1 in conv2, conv4, conv5, fc6, fc7 (so the
-        ReLUs start with positive input), 0 elsewhere (section 5).
+        ``paper``: every weight ~ N(0, 0.01^2); biases ``init_bias`` (the paper: 1) in conv2, conv4,
+        conv5, fc6, fc7 (so the ReLUs start with positive input), 0 elsewhere (section 5).
         ``caffe``: bvlc_alexnet's fillers (std 0.005 for fc6/fc7, biases 0.1).
         ``kaiming``: He-normal weights, zero biases: trains fast from scratch on small data.
         ``torch``: PyTorch's layer defaults, as torchvision's alexnet.
@@ -157,7 +212,7 @@ class AlexNet(nn.Module):
                 layer.reset_parameters()
             elif mode == "paper":
                 nn.init.normal_(layer.weight, 0.0, 0.01)
-                nn.init.constant_(layer.bias, 1.0 if name in ("conv2", "conv4", "conv5", "fc6", "fc7") else 0.0)
+                nn.init.constant_(layer.bias, self.config.init_bias if name in ("conv2", "conv4", "conv5", "fc6", "fc7") else 0.0)
             elif mode == "caffe":
                 nn.init.normal_(layer.weight, 0.0, 0.005 if name in ("fc6", "fc7") else 0.01)
                 nn.init.constant_(layer.bias, 0.1 if name in ("conv2", "conv4", "conv5", "fc6", "fc7") else 0.0)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image, UnidentifiedImageError
-
-from .data.folder import IMAGE_EXTENSIONS, decode_image
+from .data.folder import _image_files, decode_image
 from .data.loaders import model_input
 from .errors import DataError
 from .model import AlexNet
@@ -26,12 +25,14 @@ def image_paths(inputs: list[str | os.PathLike]) -> list[Path]:
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
+            found = [Path(f) for f in _image_files(p)]  # regular files only: a FIFO would block
             if not found:
                 raise DataError(f"{p}: no image files in this folder")
             paths.extend(found)
         elif p.is_file():
             paths.append(p)
+        elif p.exists():
+            raise DataError(f"{p}: not a regular file (a FIFO, device or socket)")
         else:
             raise DataError(f"{p}: no such file or folder")
     return paths
@@ -50,8 +51,8 @@ def load_image(path: str | os.PathLike, preprocess: dict[str, Any]) -> torch.Ten
     resize = preprocess.get("resize") or size
     try:
         image = decode_image(str(path), resize, size)
-    except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as e:
-        raise DataError(f"{path}: cannot read this image ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no detail'})") from None
+    except Exception as e:  # noqa: BLE001 - whatever the decoder raises, the file is what is wrong
+        raise DataError(f"{path}: cannot read this image ({type(e).__name__}: {' '.join(str(e).split()) or 'no detail'})") from None
     if len(preprocess.get("mean", [0, 0, 0])) == 1:
         luma = image[0].double() * 0.299 + image[1].double() * 0.587 + image[2].double() * 0.114
         image = luma.round().clamp(0, 255).to(torch.uint8).unsqueeze(0)
@@ -90,7 +91,8 @@ def predict(
     ``model`` is what :func:`alexnet.load` returns (it carries ``classes`` and ``preprocess``).
     Each result: ``{"path", "top": [{"class", "index", "probability"}, ...], "label"}`` where
     ``label`` is the true class when the parent folder names one (else None). With
-    ``return_images`` the decoded uint8 images come back too (for figures).
+    ``return_images`` the decoded uint8 images come back too (for figures). Unreadable images are
+    skipped with one warning line each on stderr; a DataError says so when none could be read.
     """
     classes = list(getattr(model, "classes", None) or [str(i) for i in range(model.config.num_classes)])
     preprocess = getattr(model, "preprocess", None)
@@ -103,9 +105,11 @@ def predict(
     images_out: list[torch.Tensor] = []
     k = min(top, len(classes))
     starts = range(0, len(paths), batch_size)
+    failed: list[DataError] = []
     for start in progress(starts, total=len(starts), desc="predict", enabled=show_progress, unit="batch"):
-        chunk = paths[start : start + batch_size]
-        images = torch.stack([load_image(p, preprocess) for p in chunk])
+        chunk, images = _load_images(paths[start : start + batch_size], preprocess, failed)
+        if not chunk:
+            continue
         x = model_input(images.to(device), torch.zeros(len(chunk), dtype=torch.int64), preprocess, False)
         probs = torch.softmax(model(x).float(), dim=1).cpu()
         values, indices = probs.topk(k, dim=1)
@@ -119,4 +123,27 @@ def predict(
             )
         if return_images:
             images_out.extend(images)
+    _report_unreadable(failed, predicted=len(results))
     return (results, images_out) if return_images else results
+
+
+def _load_images(paths: list[Path], preprocess: dict[str, Any], failed: list[DataError]) -> tuple[list[Path], torch.Tensor]:
+    """The readable ones of ``paths`` and their stacked images; the errors of the others go to ``failed``."""
+    kept, images = [], []
+    for p in paths:
+        try:
+            images.append(load_image(p, preprocess))
+            kept.append(p)
+        except DataError as e:
+            failed.append(e)
+    return kept, torch.stack(images) if images else torch.empty(0)
+
+
+def _report_unreadable(failed: list[DataError], predicted: int) -> None:
+    """One warning line per unreadable image; a DataError (one line) when no image was readable."""
+    if predicted == 0 and failed:
+        if len(failed) == 1:
+            raise failed[0]
+        raise DataError(f"none of the {len(failed)} images could be read; the first: {failed[0]}")
+    for e in failed:  # reported after the others, so that a run where nothing works says it once
+        print(f"warning: skipped {e}", file=sys.stderr, flush=True)

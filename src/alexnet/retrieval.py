@@ -106,14 +106,28 @@ def load_index(path: str | os.PathLike) -> dict[str, Any]:
             features, labels = f.get_tensor("features"), f.get_tensor("labels")
     except (SafetensorError, OSError, ValueError) as e:
         raise DataError(f"{path}: not a readable feature index ({type(e).__name__})") from None
-    return {
-        "features": features,
-        "labels": labels,
-        "paths": json.loads(meta["paths"]),
-        "classes": json.loads(meta["classes"]),
-        "checkpoint": json.loads(meta["checkpoint"]),
-        "preprocess": json.loads(meta["preprocess"]),
-    }
+    if features.dim() != 2 or tuple(labels.shape) != (len(features),):
+        raise DataError(f"{path}: features {tuple(features.shape)} and labels {tuple(labels.shape)} do not make an index")
+    return {"features": features, "labels": labels, **_index_metadata(path, meta, len(features))}
+
+
+def _index_metadata(path: Path, meta: dict[str, str], rows: int) -> dict[str, Any]:
+    """Paths, classes, checkpoint and preprocess of an index's metadata, checked: one DataError
+    naming the file when an entry is missing, not JSON, of the wrong type or of the wrong length."""
+    wanted = {"paths": list, "classes": list, "checkpoint": (str, type(None)), "preprocess": dict}
+    out = {}
+    for key, kind in wanted.items():
+        try:
+            out[key] = json.loads(meta[key])
+        except KeyError:
+            raise DataError(f"{path}: its metadata has no {key!r}; write it again with 'alexnet features'") from None
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: its {key!r} metadata is not valid JSON ({e.msg}); write it again with 'alexnet features'") from None
+        if not isinstance(out[key], kind):
+            raise DataError(f"{path}: its {key!r} metadata is a {type(out[key]).__name__}, not what 'alexnet features' writes")
+    if len(out["paths"]) != rows or not all(isinstance(p, str) for p in out["paths"]):
+        raise DataError(f"{path}: its metadata lists {len(out['paths'])} paths for {rows} feature vectors")
+    return out
 
 
 def nearest(index: dict[str, Any], query: torch.Tensor, k: int = 6) -> list[dict[str, Any]]:

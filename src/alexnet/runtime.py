@@ -132,8 +132,15 @@ def set_rng_state(state: dict) -> None:
 
 def progress(iterable: Iterable, total: int | None = None, desc: str = "", enabled: bool | None = None, unit: str = "it"):
     """A tqdm bar (rate and ETA) on a terminal; silent when output is not a terminal unless forced."""
+    return progress_bar(total, desc, enabled, unit, iterable)
+
+
+def progress_bar(total: int | None, desc: str = "", enabled: bool | None = None, unit: str = "it", iterable: Iterable | None = None):
+    """A tqdm bar to ``update`` by hand (or over ``iterable``); bytes (``unit="B"``) shown as kB/MB."""
     from tqdm.auto import tqdm
 
     if enabled is None:
         enabled = sys.stderr.isatty()
-    return tqdm(iterable, total=total, desc=desc, disable=not enabled, unit=unit, dynamic_ncols=True, leave=False)
+    return tqdm(
+        iterable, total=total, desc=desc, disable=not enabled, unit=unit, unit_scale=unit == "B", dynamic_ncols=True, leave=False
+    )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import platform
 import signal
@@ -23,12 +24,13 @@ import torch
 import torch.nn.functional as F
 
 from . import __version__, distributed
-from .checkpoint import load_checkpoint, save_atomic
+from .checkpoint import bounded_config, config_from_file, load_checkpoint, save_atomic
 from .config import TrainConfig, validate
 from .data.loaders import DataBundle, load_data, model_input, set_epoch
 from .errors import CheckpointError, ConfigError, TrainingError
 from .evaluate import score, summarize
-from .model import LAYER_NAMES, AlexNet, AlexNetConfig, create_model, model_config, torchvision_key
+from .health import HealthMonitor
+from .model import LAYER_NAMES, AlexNet, create_model, model_config, torchvision_key
 from .optim import PlateauSchedule, make_optimizer, param_groups, step_lr_factor
 from .parallel import TowerSplit, grouped_optimizer_state, split_optimizer_state, tower_devices
 from .runtime import autocast, progress, resolve_amp, rng_state, seed_everything, set_rng_state
@@ -66,13 +68,16 @@ def train_one_epoch(
     on_step: Callable[[Position], None] | None = None,
     show_progress: bool | None = None,
     reduce: Callable[[list[float]], list[float]] = list,
+    health: HealthMonitor | None = None,
 ) -> dict[str, float]:
     """Train from ``pos`` to the end of the epoch ``pos.epoch``; ``pos`` is updated in place.
 
     ``on_step`` runs after every optimisation step (mid-epoch checkpoints, Ctrl-C). ``reduce`` sums
     numbers over the ranks of a distributed run (:func:`alexnet.distributed.all_reduce_sum`), so that
-    every rank skips the same batches and the returned figures cover the whole data.
+    every rank skips the same batches and the returned figures cover the whole data. ``health``
+    stops (or warns about) a run whose loss diverged or whose ReLUs died, before the step is taken.
     """
+    health = health or HealthMonitor(None, 2, "off")
     model.train()
     steps_per_epoch = len(loader)
     t0 = time.perf_counter() - pos.seconds
@@ -91,26 +96,32 @@ def train_one_epoch(
         )
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr * factor * group.get("lr_mult", 1.0)
+        health.before_step()
         with autocast(device, amp):
             logits = model(x)
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
-        if reduce([float(not torch.isfinite(loss))])[0] > 0:  # on any rank: all ranks act alike
+        # One collective for what every rank must agree on: a non-finite loss anywhere, the mean
+        # loss and dead layers (all ranks act alike, or DDP would wait for the one that stopped).
+        value = loss.item()
+        flags = reduce([float(not math.isfinite(value)), 1.0, value if math.isfinite(value) else 0.0, *health.dead_flags()])
+        if flags[0] > 0:
             if cfg.on_nonfinite == "skip":
                 pos.skipped += 1
                 pos.batch += 1
                 continue
             raise TrainingError(
-                f"non-finite loss ({loss.item()}) at epoch {pos.epoch + 1}, step {pos.step + 1}: the weights were not "
+                f"non-finite loss ({value}) at epoch {pos.epoch + 1}, step {pos.step + 1}: the weights were not "
                 "updated and the last checkpoint is kept; lower --lr, try --amp none, or pass --on-nonfinite skip"
             )
+        health.check(flags[2] / flags[1], flags[3:], f"epoch {pos.epoch + 1}, step {pos.step + 1}")
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
         n = labels.numel()
         pos.step += 1
         pos.batch += 1
-        pos.loss_sum += loss.item() * n
+        pos.loss_sum += value * n
         pos.correct += int((logits.argmax(1) == labels).sum())
         pos.seen += n
         pos.seconds = time.perf_counter() - t0
@@ -182,8 +193,9 @@ def build_model(cfg: TrainConfig, num_classes: int, in_chans: int, log: Callable
     if cfg.init_from:
         init = load_checkpoint(cfg.init_from)
     if init is not None and init.get("model_config"):
-        arch = {**init["model_config"], **cfg.model_options, "num_classes": num_classes}
-        model = AlexNet(AlexNetConfig.from_dict(arch))
+        saved = init["model_config"]
+        arch = {**saved, **cfg.model_options, "num_classes": num_classes} if isinstance(saved, dict) else saved
+        model = AlexNet(config_from_file(arch, f"--init-from {cfg.init_from}"))  # checked before allocating
         log(f"architecture and weights from {cfg.init_from}")
     else:
         model = create_model(cfg.model, num_classes=num_classes, **options)
@@ -228,8 +240,9 @@ def _environment(device: torch.device, amp: torch.dtype | None) -> dict[str, Any
 def _save(state: dict[str, Any], path: Path) -> None:
     try:
         save_atomic(state, path)
-    except OSError as e:
-        raise TrainingError(f"could not write {path}: {e.strerror or e}; the previous checkpoint is kept") from None
+    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
+        reason = (e.strerror if isinstance(e, OSError) else None) or " ".join(str(e).split()) or type(e).__name__
+        raise TrainingError(f"could not write {path}: {reason}; the previous checkpoint is kept") from None
 
 
 def _resume_source(resume: str) -> Path:
@@ -395,6 +408,10 @@ def _fit(
     net = torch.compile(net) if cfg.compile else net
     eval_net = module if info.enabled else net  # evaluation needs no gradient synchronisation
     writer = _tensorboard(run_dir) if cfg.tensorboard and info.is_main else None
+    # The layer probe's hooks sit on the AlexNet's own layers (not there under --towers; compiled
+    # graphs would recompile on its switch), so there the loss alone is watched.
+    watched = model if split is None and not cfg.compile else None
+    health = HealthMonitor(watched, len(data.classes), cfg.health, warn=log)
 
     def state(position: dict[str, Any], rng_ranks: list | None) -> dict[str, Any]:
         return {
@@ -447,7 +464,7 @@ def _fit(
             set_epoch(data.train, pos.epoch, pos.batch)
             stats = train_one_epoch(
                 net, optimizer, data.train, data.preprocess, cfg, device, amp, scaler, pos, plateau.scale, on_step, show_progress,
-                distributed.all_reduce_sum,
+                distributed.all_reduce_sum, health,
             )
             val = evaluate(
                 eval_net, data.val, data.preprocess, device, amp, cfg.channels_last, show_progress, distributed.all_reduce_sum
@@ -531,9 +548,15 @@ def resume_config(run: str, overrides: dict[str, Any]) -> TrainConfig:
     saved = ckpt.get("train_config")
     if not saved:
         raise CheckpointError(f"--resume: {path} has no training configuration")
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"--resume: {path}: its training configuration is not a table of options")
     values = {**saved, **{k: v for k, v in overrides.items() if v is not None}}
     values.update(out=str(path.parent), resume=str(path))
-    cfg = TrainConfig(**values)
-    validate(cfg)
+    try:
+        cfg = TrainConfig(**values)
+        validate(cfg)
+        bounded_config(model_config(cfg.model, **cfg.model_options), f"--resume {path}")  # before allocating it
+    except (TypeError, ConfigError) as e:
+        raise CheckpointError(f"--resume {path}: bad training configuration: {e}") from None
     return cfg
 

@@ -119,6 +119,52 @@ def random_crop_flip(
 # never changes the draws of an old one.
 STREAM_CROP = 1
 STREAM_PCA = 2
+STREAM_SCALE = 3
+
+
+def random_resized_crop_params(
+    index: torch.Tensor, seed: int, epoch: int, scale: tuple[float, float], ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    flip: bool = True,
+) -> torch.Tensor:
+    """Per-sample affine maps (B, 2, 3) for :func:`torch.nn.functional.affine_grid`: a crop covering a
+    fraction ``scale`` of the image's area with aspect ``ratio`` (log-uniform), anywhere inside the
+    image, mirrored with probability 1/2 (Szegedy et al.'s scale augmentation, torchvision's
+    ``RandomResizedCrop`` without its rejection loop: a side that would leave the image is clipped).
+
+    Fixed by (seed, epoch, index), like every other draw here. float32, on ``index``'s device.
+    """
+    u = sample_uniform(seed, epoch, index, stream=STREAM_SCALE, count=5)
+    area = scale[0] + (scale[1] - scale[0]) * u[:, 0]
+    lo, hi = torch.log(torch.tensor(ratio[0], dtype=torch.float64)), torch.log(torch.tensor(ratio[1], dtype=torch.float64))
+    aspect = torch.exp(lo + (hi - lo) * u[:, 1])
+    width = torch.sqrt(area * aspect).clamp(max=1.0)  # fractions of the image's side
+    height = torch.sqrt(area / aspect).clamp(max=1.0)
+    # affine_grid's coordinates run over [-1, 1]: the crop's half-sides are its fractions, and its
+    # centre may move by what is left on each side.
+    cx = (2 * u[:, 2] - 1) * (1 - width)
+    cy = (2 * u[:, 3] - 1) * (1 - height)
+    sx = torch.where(u[:, 4] < 0.5, -width, width) if flip else width
+    theta = torch.zeros(index.numel(), 2, 3, dtype=torch.float64, device=u.device)
+    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = sx, cx, height, cy
+    return theta.to(torch.float32)
+
+
+def resized_crop_normalize(
+    x: torch.Tensor, size: int, theta: torch.Tensor, mean: torch.Tensor, inv_std: torch.Tensor, shift: torch.Tensor | None = None
+) -> torch.Tensor:
+    """float32 ``(x - mean + shift) * inv_std`` of a uint8 batch, each image resampled (bilinear) from
+    the region ``theta`` (see :func:`random_resized_crop_params`) to ``size`` x ``size``.
+
+    Normalising before resampling subtracts from every pixel the mean image at the same place, as
+    the fixed-size crops do.
+    """
+    b, c = x.shape[:2]
+    full = x.to(torch.float32).sub_(mean.to(torch.float32))
+    if shift is not None:
+        full.add_(shift.to(torch.float32).reshape(b, c, 1, 1))
+    full.mul_(inv_std.to(torch.float32))
+    grid = torch.nn.functional.affine_grid(theta.to(x.device), [b, c, size, size], align_corners=False)
+    return torch.nn.functional.grid_sample(full, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def pca_noise(

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..errors import DataError
+from ..unpickle import load_plain
 
 _LAYOUTS = {
     "cifar-10-batches-py": ([f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "batches.meta", "labels", "label_names"),
@@ -27,11 +27,41 @@ def find_cifar(root: str | Path) -> tuple[Path, tuple] | None:
 
 
 def _unpickle(path: Path) -> dict:
+    """A batch or meta dict; keys that are bytes (pickles written by Python 3) are read as str.
+
+    Restricted unpickling (numpy arrays and plain containers only): a crafted batch runs no code.
+    """
     try:
         with path.open("rb") as f:
-            return pickle.load(f, encoding="latin1")
-    except Exception as e:  # noqa: BLE001
-        raise DataError(f"{path}: not a CIFAR python batch ({type(e).__name__}: {e})") from None
+            d = load_plain(f)
+    except Exception as e:  # noqa: BLE001 - a refused global, junk, a truncated file: all "not a batch"
+        raise DataError(f"{path}: not a CIFAR python batch ({type(e).__name__}: {' '.join(str(e).split())})") from None
+    if not isinstance(d, dict):
+        raise DataError(f"{path}: not a CIFAR python batch (a {type(d).__name__}, not a dict)")
+    return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in d.items()}
+
+
+def _batch(path: Path, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, 3, 32, 32) uint8 and labels (N,) int64 of one batch file."""
+    d = _unpickle(path)
+    try:
+        x = np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        y = np.asarray(d[key], dtype=np.int64).reshape(-1)
+    except KeyError as e:
+        raise DataError(f"{path}: not a CIFAR python batch (no {e} entry)") from None
+    except (ValueError, TypeError) as e:
+        raise DataError(f"{path}: not a CIFAR python batch ({' '.join(str(e).split())})") from None
+    if len(x) != len(y):
+        raise DataError(f"{path}: {len(x)} images but {len(y)} labels")
+    return x, y
+
+
+def _names(path: Path, key: str) -> list[str]:
+    """The class names of a meta file (bytes from Python 3 pickles decoded)."""
+    names = _unpickle(path).get(key)
+    if not isinstance(names, (list, tuple)) or not names:
+        raise DataError(f"{path}: no {key!r} list of class names")
+    return [n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n) for n in names]
 
 
 def load_cifar(root: str | Path, split: str = "train") -> tuple[torch.Tensor, torch.Tensor, list[str]]:
@@ -40,10 +70,12 @@ def load_cifar(root: str | Path, split: str = "train") -> tuple[torch.Tensor, to
     if found is None:
         raise DataError(f"{root}: no CIFAR-10/100 python batches")
     folder, (train, test, meta, key, names_key) = found
+    names = _names(folder / meta, names_key)
     xs, ys = [], []
     for name in train if split == "train" else test:
-        d = _unpickle(folder / name)
-        xs.append(np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        ys.append(np.asarray(d[key], dtype=np.int64))
-    names = list(_unpickle(folder / meta)[names_key])
+        x, y = _batch(folder / name, key)
+        if len(y) and not (0 <= y.min() and y.max() < len(names)):
+            raise DataError(f"{folder / name}: labels outside 0..{len(names) - 1} (the classes of {folder / meta})")
+        xs.append(x)
+        ys.append(y)
     return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys)), names

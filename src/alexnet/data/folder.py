@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import sys
 import warnings
 from pathlib import Path
@@ -22,12 +23,13 @@ from ..errors import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 BAD_FILES_NAME = "bad_files.txt"
+MAX_IMAGE_BYTES = 256 << 20  # a bigger "image" is junk (or /dev/zero): a bad file, not read forever
 
 
 def read_class_names(root: Path, folders: list[str]) -> list[str]:
     """Human-readable names: a ``classes.tsv`` (folder, [index,] name) in ``root`` or its parent;
-    else torchvision's ImageNet-1k names when the folders are the 1000 ILSVRC synsets; else the
-    folder names."""
+    else the names of Imagenette's or Imagewoof's synsets, or torchvision's ImageNet-1k names when
+    the folders are the 1000 ILSVRC synsets; else the folder names."""
     names = dict.fromkeys(folders)
     for tsv in (root / "classes.tsv", root.parent / "classes.tsv"):
         if tsv.is_file():
@@ -37,6 +39,11 @@ def read_class_names(root: Path, folders: list[str]) -> list[str]:
                     names[parts[0]] = parts[-1]
             break
     else:
+        from .imagenette import synset_names
+
+        known = synset_names(folders)  # Imagenette / Imagewoof without their classes.tsv
+        if known is not None:
+            return known
         if len(folders) == 1000 and all(f.startswith("n") and f[1:].isdigit() for f in folders):
             # The 1000 ILSVRC-2012 synsets sorted by WNID: the order of torchvision's categories.
             from torchvision.models import AlexNet_Weights
@@ -57,10 +64,23 @@ def find_classes(root: str | os.PathLike) -> tuple[list[str], list[str]]:
 
 
 def _image_files(folder: Path) -> list[str]:
-    files = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        files.extend(os.path.join(dirpath, f) for f in filenames if f.lower().endswith(IMAGE_EXTENSIONS))
+    """Image files under ``folder``, sorted; hidden and symlinked folders are not entered.
+
+    Only regular files (or links to them) count: a FIFO named x.jpg would block its reader, and a
+    link to /dev/zero would be read forever.
+    """
+    files, pending = [], [str(folder)]
+    while pending:
+        try:
+            entries = list(os.scandir(pending.pop()))
+        except OSError:  # unreadable folder: skipped, as os.walk does
+            continue
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                if not entry.name.startswith("."):
+                    pending.append(entry.path)
+            elif entry.name.lower().endswith(IMAGE_EXTENSIONS) and entry.is_file():  # is_file follows links
+                files.append(entry.path)
     return sorted(files)
 
 
@@ -146,6 +166,24 @@ def _resize_crop(x: torch.Tensor, resize: int, crop: int | None) -> torch.Tensor
     return x.contiguous()
 
 
+def read_image_bytes(path: str | os.PathLike) -> bytes:
+    """The bytes of an image file: a regular file of 1 to MAX_IMAGE_BYTES bytes, else ValueError.
+
+    Opened non-blocking and checked with fstat, so a FIFO or device (however it got here) is refused
+    at once instead of blocking or being read forever.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("not a regular file (a FIFO, device or socket)")
+        data = f.read(MAX_IMAGE_BYTES + 1)
+    if not data:
+        raise ValueError("empty file (0 bytes)")
+    if len(data) > MAX_IMAGE_BYTES:
+        raise ValueError(f"larger than {MAX_IMAGE_BYTES >> 20} MiB, the limit for one image")
+    return data
+
+
 def decode_image(path: str, resize: int, crop: int | None) -> torch.Tensor:
     """Decode to RGB, resize the shorter side to ``resize``, cut the central ``crop`` square.
 
@@ -155,16 +193,15 @@ def decode_image(path: str, resize: int, crop: int | None) -> torch.Tensor:
     PIL's speed for ImageNet-sized images) unless they are large enough for libjpeg's reduced-size
     decoding (PIL ``draft``); anything else, or a JPEG torchvision refuses, goes through PIL.
     """
-    with open(path, "rb") as f:
-        data = f.read()
-    if not data:
-        raise ValueError("empty file (0 bytes)")
+    data = read_image_bytes(path)
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             img = Image.open(io.BytesIO(data))  # reads the header only: size, mode and the bomb check
         except UnidentifiedImageError:
             raise UnidentifiedImageError(f"not an image format PIL can read ({len(data)} bytes)") from None
+        except Image.DecompressionBombWarning as e:  # a warning is no error to callers that catch errors
+            raise Image.DecompressionBombError(str(e)) from None
     with img:
         if decode_jpeg is not None and img.format == "JPEG" and min(img.size) < 2 * resize:
             try:

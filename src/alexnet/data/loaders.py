@@ -360,11 +360,15 @@ def model_input(
     shift = None
     if train:
         size = preprocess["train_crop"]
-        top, left, mirror = augment.random_crop_params(h, w, size, index.to(dev), seed, epoch, preprocess.get("flip", True))
         pca = preprocess.get("pca")
         if pca:
             eig = torch.tensor(pca["eigvals"]), torch.tensor(pca["eigvecs"])
             shift = augment.pca_noise(index.to(dev), seed, epoch, *eig, pca["alpha_std"])
+        if preprocess.get("scale"):  # random area and aspect, resampled to the crop size
+            theta = augment.random_resized_crop_params(index.to(dev), seed, epoch, tuple(preprocess["scale"]), flip=preprocess.get("flip", True))
+            x = augment.resized_crop_normalize(x, size, theta, mean, inv_std, shift)
+            return _to_model(x, preprocess, channels_last)
+        top, left, mirror = augment.random_crop_params(h, w, size, index.to(dev), seed, epoch, preprocess.get("flip", True))
     else:
         size = preprocess["test_crop"]
         if views == 10:
@@ -377,6 +381,11 @@ def model_input(
         else:
             raise ValueError(f"views must be 1 or 10, got {views}")
     x = augment.crop_normalize(x, size, top, left, mirror, mean, inv_std, shift)
+    return _to_model(x, preprocess, channels_last)
+
+
+def _to_model(x: torch.Tensor, preprocess: dict[str, Any], channels_last: bool) -> torch.Tensor:
+    """A normalised crop resized to the model's input size, in its memory format."""
     size = preprocess.get("input_size", x.shape[-1])
     if x.shape[-1] != size:
         x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)

@@ -22,6 +22,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     # alpha ~ N(0, 0.1). The paper feeds raw centred pixels; we also divide by the per-channel pixel
     # std (a fixed scale per channel, so the network sees inputs of order 1 as our init expects).
     "paper": {"mean": "image", "std": "pixels", "pca_alpha_std": 0.1, "padding": 0, "flip": True},
+    # The default for photos (training preset "photos"): the paper's recipe, but each training crop
+    # covers a random 35-100 % of the stored image's area at a random aspect (3/4 to 4/3), resized
+    # to 224. On 9,469 Imagenette photos the paper's fixed-size crops let the 61 M-parameter net
+    # memorise the training set (docs/training.md); scale augmentation is what later nets used.
+    "photos": {"mean": "image", "std": "pixels", "pca_alpha_std": 0.1, "padding": 0, "flip": True, "scale": [0.35, 1.0]},
     # torchvision's normalisation, for the alexnet_owt weights trained with it; crops and mirrors only.
     "torchvision": {"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "pca_alpha_std": 0.0, "padding": 0, "flip": True},
     # Small images: per-channel standardisation and mirrors. No random crops of a padded image: in
@@ -51,6 +56,8 @@ def resolve(name: str, stats: dict[str, Any] | None, base: dict[str, Any]) -> di
     if needs_stats(name) and stats is None:
         raise ConfigError(f"data preset {name!r} needs training-set statistics")
     out = dict(base, preset=name, padding=p["padding"], flip=p["flip"])
+    if p.get("scale"):
+        out["scale"] = list(p["scale"])
     out["mean"] = list(stats["pixel_mean"]) if p["mean"] in ("image", "pixels") else list(p["mean"])
     out["std"] = list(stats["pixel_std"]) if p["std"] == "pixels" else list(p["std"])
     out["std"] = [s if s > 1e-6 else 1.0 for s in out["std"]]

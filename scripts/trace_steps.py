@@ -1,0 +1,117 @@
+"""Trace the first steps of a training recipe: loss, logits and every layer's ReLUs, step by step.
+
+    python scripts/trace_steps.py --data ~/data/imagenette-packed --steps 50 --out trace.jsonl
+    python scripts/trace_steps.py --data DIR --preset paper --model-option init=caffe
+
+Uses the package's own data pipeline, model, optimiser and schedule (``alexnet.config`` presets),
+so what it shows is what ``alexnet train`` does. Prints one line per step and writes a JSON line per
+step (and, with matplotlib, a PNG beside it). The table in docs/training.md comes from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from alexnet.cli import _key_values
+from alexnet.config import resolve_config
+from alexnet.data.loaders import load_data, model_input
+from alexnet.health import WATCHED, LayerProbe
+from alexnet.model import model_config
+from alexnet.optim import make_optimizer, param_groups, step_lr_factor
+from alexnet.runtime import seed_everything
+from alexnet.train import build_model
+
+
+def trace(cfg, steps: int) -> list[dict]:
+    torch.set_num_threads(torch.get_num_threads())
+    data = load_data(cfg.data, cfg.batch_size, model_config(cfg.model, **cfg.model_options).input_size, workers=0, seed=cfg.seed,
+                     preset=cfg.data_preset)
+    seed_everything(cfg.seed)
+    model = build_model(cfg, len(data.classes), len(data.preprocess["mean"]), log=lambda s: None)
+    opt = make_optimizer(cfg.optimizer, param_groups(model), cfg.lr, cfg.momentum, cfg.weight_decay, cfg.nesterov)
+    probe = LayerProbe(model)
+    probe.armed = True
+    rows, step = [], 0
+    model.train()
+    while step < steps:
+        for images, labels, index in data.train:
+            x = model_input(images, index, data.preprocess, True, cfg.seed, 0)
+            factor = step_lr_factor(cfg.schedule, step, len(data.train), cfg.epochs, cfg.warmup_epochs, cfg.step_size, cfg.gamma)
+            for g in opt.param_groups:
+                g["lr"] = cfg.lr * factor
+            logits = model(x)
+            loss = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grads = {n: float(getattr(model, n).weight.grad.norm()) for n in (*WATCHED, "fc8")}
+            before = {n: getattr(model, n).weight.detach().clone() for n in (*WATCHED, "fc8")}
+            opt.step()
+            row = {
+                "step": step + 1,
+                "lr": opt.param_groups[0]["lr"],
+                "loss": float(loss),
+                "logit_std": float(logits.float().std()),
+                "logit_max": float(logits.float().abs().max()),
+                "dead": {n: round(life.dead_fraction, 4) for n, life in probe.seen.items()},
+                "pre_mean": {n: round(life.mean, 4) for n, life in probe.seen.items()},
+                "pre_std": {n: round(life.std, 4) for n, life in probe.seen.items()},
+                "grad_norm": grads,
+                "update_ratio": {n: float((getattr(model, n).weight.detach() - w).norm() / w.norm()) for n, w in before.items()},
+            }
+            rows.append(row)
+            dead = " ".join(f"{n}:{row['dead'][n]:.2f}" for n in WATCHED if n in row["dead"])
+            print(f"step {row['step']:3d}  loss {row['loss']:9.3f}  |logit| max {row['logit_max']:9.2f}  "
+                  f"fc8 update/w {row['update_ratio']['fc8']:.3f}  dead {dead}", flush=True)
+            step += 1
+            if step >= steps or not math.isfinite(row["loss"]):
+                return rows
+    return rows
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    steps = [r["step"] for r in rows]
+    a.semilogy(steps, [max(r["loss"], 1e-3) for r in rows])
+    a.set(xlabel="step", ylabel="training loss (log scale)", title="loss")
+    for n in WATCHED:
+        b.plot(steps, [r["dead"].get(n, float("nan")) for r in rows], label=n)
+    b.set(xlabel="step", ylabel="fraction of units dead on the batch", title="dead ReLUs", ylim=(-0.02, 1.02))
+    b.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", required=True)
+    p.add_argument("--preset", default="paper")
+    p.add_argument("--model-option", action="append", metavar="KEY=VALUE")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="JSON lines (a PNG is written beside it)")
+    args = p.parse_args()
+    cfg = resolve_config(args.preset, {"data": args.data, "lr": args.lr, "seed": args.seed,
+                                       "model_options": _key_values(args.model_option, "--model-option")})
+    rows = trace(cfg, args.steps)
+    if args.out:
+        out = Path(args.out)
+        out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        plot(rows, out.with_suffix(".png"))
+
+
+if __name__ == "__main__":
+    main()

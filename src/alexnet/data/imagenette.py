@@ -1,0 +1,119 @@
+"""Imagenette and Imagewoof (fast.ai's 10-class subsets of ImageNet): names and download.
+
+``alexnet download imagenette --out DIR`` fetches fast.ai's ``imagenette2`` archive and unpacks it
+to ``DIR/imagenette2/{train,val}/SYNSET/*.JPEG`` with a ``classes.tsv`` beside them, a layout that
+``--data`` takes as it is. Class names come from the synsets (ImageNet's index and name), so a copy
+from elsewhere (e.g. a mirror of the same photos) gets them too.
+"""
+
+from __future__ import annotations
+
+import os
+import tarfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from ..errors import DataError
+
+URLS = {
+    "imagenette": "https://s3.amazonaws.com/fast-ai-imageclas/imagenette2.tgz",
+    "imagenette-320": "https://s3.amazonaws.com/fast-ai-imageclas/imagenette2-320.tgz",
+    "imagenette-160": "https://s3.amazonaws.com/fast-ai-imageclas/imagenette2-160.tgz",
+    "imagewoof": "https://s3.amazonaws.com/fast-ai-imageclas/imagewoof2.tgz",
+}
+
+# WordNet id -> (ImageNet-1k class index, name) of the Imagenette and Imagewoof classes.
+SYNSETS: dict[str, tuple[int, str]] = {
+    "n01440764": (0, "tench"),
+    "n02102040": (217, "English springer"),
+    "n02979186": (482, "cassette player"),
+    "n03000684": (491, "chain saw"),
+    "n03028079": (497, "church"),
+    "n03394916": (566, "French horn"),
+    "n03417042": (569, "garbage truck"),
+    "n03425413": (571, "gas pump"),
+    "n03445777": (574, "golf ball"),
+    "n03888257": (701, "parachute"),
+    "n02086240": (155, "Shih-Tzu"),
+    "n02087394": (159, "Rhodesian ridgeback"),
+    "n02088364": (162, "beagle"),
+    "n02089973": (167, "English foxhound"),
+    "n02093754": (182, "Border terrier"),
+    "n02096294": (193, "Australian terrier"),
+    "n02099601": (207, "golden retriever"),
+    "n02105641": (229, "Old English sheepdog"),
+    "n02111889": (258, "Samoyed"),
+    "n02115641": (273, "dingo"),
+}
+
+
+def synset_names(folders: list[str]) -> list[str] | None:
+    """Names of ``folders`` when every one is a known synset, else None."""
+    if folders and all(f in SYNSETS for f in folders):
+        return [SYNSETS[f][1] for f in folders]
+    return None
+
+
+def _fetch(url: str, dest: Path, show_progress: bool | None) -> None:
+    from ..runtime import progress_bar
+
+    tmp = dest.with_name(dest.name + ".part")
+    try:
+        with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
+            total = int(r.headers.get("Content-Length") or 0) or None
+            with progress_bar(total, f"download {dest.name}", show_progress, unit="B") as bar:
+                while chunk := r.read(1 << 20):
+                    f.write(chunk)
+                    bar.update(len(chunk))
+        os.replace(tmp, dest)
+    except (urllib.error.URLError, OSError, TimeoutError) as e:
+        tmp.unlink(missing_ok=True)
+        reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or e
+        raise DataError(f"cannot download {url}: {reason} (offline? fetch it on a machine that is online and pass --data)") from None
+
+
+def _extract(archive: Path, out: Path) -> None:
+    try:
+        with tarfile.open(archive) as tar:
+            try:
+                tar.extractall(out, filter="data")  # no absolute paths, links out of `out`, devices
+            except TypeError:  # Python < 3.11.4: check the names ourselves
+                root = out.resolve()
+                for m in tar.getmembers():
+                    if not (m.isfile() or m.isdir()) or not (root / m.name).resolve().is_relative_to(root):
+                        raise DataError(f"{archive}: unsafe member {m.name!r}; not extracted") from None
+                tar.extractall(out)
+    except getattr(tarfile, "FilterError", ()) as e:
+        raise DataError(f"{archive}: unsafe member, not extracted ({e})") from None
+    except (tarfile.TarError, EOFError) as e:
+        raise DataError(f"{archive}: not a readable archive ({e}); delete it and download again") from None
+
+
+def download(name: str, out: str | os.PathLike, show_progress: bool | None = None) -> Path:
+    """Download and unpack ``name`` (a key of :data:`URLS`) into ``out``; returns the folder for --data.
+
+    A finished download is not fetched again; the archive is kept beside the folder.
+    """
+    if name not in URLS:
+        raise DataError(f"unknown data set {name!r}; choose from: {', '.join(URLS)}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    url = URLS[name]
+    archive = out / url.rsplit("/", 1)[1]
+    folder = out / archive.name.removesuffix(".tgz")
+    if not (folder / "train").is_dir() or not (folder / "val").is_dir():
+        if not archive.is_file():
+            _fetch(url, archive, show_progress)
+        _extract(archive, out)
+    if not (folder / "train").is_dir():
+        raise DataError(f"{archive}: unpacked, but {folder / 'train'} is missing")
+    write_classes_tsv(folder)
+    return folder
+
+
+def write_classes_tsv(folder: Path) -> None:
+    """``classes.tsv`` (synset, ImageNet index, name) for the known synsets under ``folder/train``."""
+    rows = [f"{d}\t{SYNSETS[d][0]}\t{SYNSETS[d][1]}\n" for d in sorted(os.listdir(folder / "train")) if d in SYNSETS]
+    if rows:
+        (folder / "classes.tsv").write_text("".join(rows), encoding="utf-8")

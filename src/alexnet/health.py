@@ -1,0 +1,167 @@
+"""Training health: notice, with one line that says what to do, a run that diverged or died.
+
+Two failures look alike from the outside (the loss sits at ln(classes), accuracy at chance) and
+are silent without a check:
+
+* **divergence**: the loss shoots far above ln(classes), the loss of a uniform guess. A network
+  that starts at chance and learns never goes there; one whose steps are too large does (the
+  paper's initialisation with lr 0.01 reaches loss 30-80 within ten steps on Imagenette: see
+  docs/training.md).
+* **dead ReLUs**: every unit of a layer outputs zero for every input of a batch. Then no gradient
+  reaches the layers below it, the output is the same for every image, and it stays so forever.
+
+:class:`HealthMonitor` watches both on the training model: the loss every step (it is computed
+anyway), the layers every ``every`` steps through forward hooks (one max-reduction per layer).
+``--health stop`` (default) ends the run with one line, ``warn`` reports and goes on, ``off``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from .errors import TrainingError
+
+# Layers whose output goes through a ReLU (fc8's does not).
+WATCHED = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")
+
+
+class UnhealthyRun(TrainingError):
+    """The run diverged or a layer died; the message names what happened and the remedy."""
+
+
+@dataclass(frozen=True)
+class LayerLife:
+    """One layer on one batch: how many of its units (channels, or neurons) a ReLU lets through."""
+
+    name: str
+    units: int
+    live: int  # units positive for at least one input (and position) of the batch
+    mean: float  # of the pre-activation
+    std: float
+
+    @property
+    def dead_fraction(self) -> float:
+        return 1.0 - self.live / max(1, self.units)
+
+
+def layer_life(name: str, out: torch.Tensor) -> LayerLife:
+    """Statistics of a layer's pre-activation ``out`` (N, C, H, W) or (N, C)."""
+    out = out.detach().float()
+    dims = [0] + list(range(2, out.dim()))
+    peak = out.amax(dim=dims)
+    return LayerLife(name, peak.numel(), int((peak > 0).sum()), float(out.mean()), float(out.std()))
+
+
+class LayerProbe:
+    """Forward hooks on ``layers`` of ``model`` that record :class:`LayerLife` while armed."""
+
+    def __init__(self, model: nn.Module, layers: tuple[str, ...] = WATCHED) -> None:
+        self.armed = False
+        self.seen: dict[str, LayerLife] = {}
+        self.names: list[str] = []
+        self._handles = []
+        for name in layers:
+            layer = getattr(model, name, None)
+            if isinstance(layer, nn.Module):
+                self.names.append(name)
+                self._handles.append(layer.register_forward_hook(self._hook(name)))
+
+    def _hook(self, name: str):
+        def hook(module: nn.Module, args, out: torch.Tensor) -> None:
+            if self.armed:
+                self.seen[name] = layer_life(name, out)
+
+        return hook
+
+    def __bool__(self) -> bool:
+        return bool(self._handles)
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+
+class HealthMonitor:
+    """Watches the loss and the layers of a training run; ``action`` says what a failure does.
+
+    ``"stop"`` raises :class:`UnhealthyRun`, ``"warn"`` reports each kind of failure once through
+    ``warn``, ``"off"`` does nothing. The loss check fires when the mean over the last ``window``
+    steps exceeds ln(classes) + ``margin`` nats: the right class then gets on average under
+    e^-margin (1/55) of a uniform guess's probability. The layer check arms the probe every
+    ``every`` steps. Per step: :meth:`before_step`, the forward pass, :meth:`dead_flags`, then
+    :meth:`check` with the (rank-averaged) loss and (rank-summed) flags.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module | None,
+        num_classes: int,
+        action: Literal["stop", "warn", "off"] = "stop",
+        every: int = 20,
+        window: int = 10,
+        margin: float = 4.0,
+        warn=print,
+    ) -> None:
+        self.action, self.every, self.warn = action, every, warn
+        self.chance = math.log(num_classes)
+        self.limit = self.chance + margin
+        self.num_classes = num_classes
+        self.losses: deque[float] = deque(maxlen=window)
+        self.probe = LayerProbe(model) if model is not None and action != "off" else None
+        self.warned: set[str] = set()
+        self.step = 0
+
+    def before_step(self) -> None:
+        """Call before the forward pass: arms the layer probe on checking steps."""
+        if self.probe:
+            self.probe.armed = self.step % self.every == 0
+            self.probe.seen.clear()
+
+    def dead_flags(self) -> list[float]:
+        """After the forward pass: 1.0 for each watched layer whose units were all dead, else 0.0."""
+        if not self.probe:
+            return []
+        self.probe.armed = False
+        return [float(name in self.probe.seen and self.probe.seen[name].live == 0) for name in self.probe.names]
+
+    def check(self, loss: float, dead: list[float], where: str) -> None:
+        """Record a step's loss and dead flags; ``where`` names the moment ("epoch 1, step 7")."""
+        self.step += 1
+        if self.action == "off":
+            return
+        self.losses.append(loss)
+        mean = sum(self.losses) / len(self.losses)
+        if len(self.losses) == self.losses.maxlen and mean > self.limit:
+            self._fail(
+                "diverged",
+                f"the training loss diverged at {where}: {mean:.1f} over the last {len(self.losses)} steps, far above "
+                f"ln({self.num_classes}) = {self.chance:.2f} (a uniform guess); lower --lr (e.g. by 10), add "
+                "--warmup-epochs 1, or use the default recipe (--preset photos: He init)",
+            )
+        for name, flag in zip(self.probe.names if self.probe else (), dead):
+            if flag > 0:
+                units = self.probe.seen[name].units if name in self.probe.seen else "its"
+                self._fail(
+                    f"dead:{name}",
+                    f"every ReLU of {name} is dead at {where} (all {units} units output 0 for a whole batch): the network "
+                    "gives every image the same answer and cannot recover; lower --lr, or start from --model-option "
+                    "init=kaiming (or init=caffe: biases 0.1)",
+                )
+
+    def _fail(self, key: str, message: str) -> None:
+        if self.action == "stop":
+            raise UnhealthyRun(message + "; the run folder keeps the last good checkpoint")
+        if key not in self.warned:
+            self.warned.add(key)
+            self.warn(f"warning: {message}")
+
+    def close(self) -> None:
+        if self.probe:
+            self.probe.remove()

@@ -1,0 +1,63 @@
+"""`alexnet download imagenette`: unpacks fast.ai's archive layout, names classes, fails in one line."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from alexnet.cli import main
+from alexnet.data import imagenette
+from alexnet.data.folder import find_classes
+from alexnet.errors import DataError
+from conftest import make_image_folder
+
+
+def _archive(tmp_path: Path) -> Path:
+    """An imagenette2.tgz in fast.ai's layout: imagenette2/{train,val}/SYNSET/*.jpg."""
+    top = tmp_path / "src" / "imagenette2"
+    for split in ("train", "val"):
+        make_image_folder(top / split, classes=2, per_class=2)
+        for i, synset in enumerate(("n01440764", "n03000684")):
+            (top / split / f"class{i}").rename(top / split / synset)
+    path = tmp_path / "imagenette2.tgz"
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(top, arcname="imagenette2")
+    return path
+
+
+def test_download_unpacks_and_names_the_classes(tmp_path, monkeypatch):
+    archive = _archive(tmp_path)
+    monkeypatch.setitem(imagenette.URLS, "imagenette", archive.as_uri())
+    root = imagenette.download("imagenette", tmp_path / "out", show_progress=False)
+    assert root == tmp_path / "out" / "imagenette2"
+    assert (root / "classes.tsv").read_text() == "n01440764\t0\ttench\nn03000684\t491\tchain saw\n"
+    assert find_classes(root / "train") == (["n01440764", "n03000684"], ["tench", "chain saw"])
+    # Without classes.tsv (a copy from elsewhere), the synsets still give the names.
+    (root / "classes.tsv").unlink()
+    assert find_classes(root / "val")[1] == ["tench", "chain saw"]
+    # Done once: a second call neither downloads nor unpacks again.
+    archive.unlink()
+    (tmp_path / "out" / "imagenette2.tgz").unlink()
+    assert imagenette.download("imagenette", tmp_path / "out", show_progress=False) == root
+
+
+def test_download_offline_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(imagenette.URLS, "imagenette", "http://127.0.0.1:9/imagenette2.tgz")  # nothing listens there
+    assert main(["download", "imagenette", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("alexnet: error: cannot download http://127.0.0.1:9/imagenette2.tgz"), err
+    assert not list((tmp_path / "out").glob("*.part"))
+
+
+def test_an_archive_that_escapes_its_folder_is_refused(tmp_path):
+    path = tmp_path / "imagenette2.tgz"
+    with tarfile.open(path, "w:gz") as tar:
+        info = tarfile.TarInfo("../escaped.txt")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"hi"))
+    with pytest.raises(DataError, match="unsafe member"):
+        imagenette._extract(path, tmp_path / "out")
+    assert not (tmp_path / "escaped.txt").exists()

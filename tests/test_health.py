@@ -1,0 +1,93 @@
+"""The health monitor: a diverged loss or a layer of dead ReLUs stops a run with one line."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from alexnet import create_model
+from alexnet.health import HealthMonitor, LayerProbe, UnhealthyRun, layer_life
+from conftest import IMAGEWOOF, run_cli
+
+
+def test_layer_life_against_numpy():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(6, 5, 4, 3)).astype(np.float32)
+    x[:, 1] = -np.abs(x[:, 1])  # channel 1 never positive
+    x[:, 3] = -1.0
+    x[2, 3, 1, 2] = 0.5  # channel 3 positive at one place of one image: alive
+    life = layer_life("conv", torch.from_numpy(x))
+    alive = [(x[:, c] > 0).any() for c in range(5)]
+    assert (life.units, life.live) == (5, sum(alive)) == (5, 4)
+    assert life.mean == pytest.approx(float(x.astype(np.float64).mean()), rel=1e-5)
+    assert life.dead_fraction == pytest.approx(0.2)
+    fc = layer_life("fc", torch.tensor([[-1.0, 2.0, 0.0], [-3.0, -1.0, 0.0]]))
+    assert (fc.units, fc.live) == (3, 1)  # zero is not positive
+
+
+def test_divergence_stops_when_the_window_mean_crosses():
+    mon = HealthMonitor(None, num_classes=10, window=4, margin=4.0)
+    limit = math.log(10) + 4.0
+    losses = [2.3, 2.3, 9.0, 9.0, 9.0]  # window means: -, -, -, 5.65, 7.3 (> 6.30)
+    for i, loss in enumerate(losses[:4]):
+        mon.check(loss, [], f"step {i + 1}")
+    assert sum(losses[1:5]) / 4 > limit > sum(losses[:4]) / 4
+    with pytest.raises(UnhealthyRun, match=r"diverged at step 5: 7\.3 .*ln\(10\) = 2\.30"):
+        mon.check(losses[4], [], "step 5")
+
+
+def test_warn_reports_once_and_off_says_nothing():
+    said = []
+    warn = HealthMonitor(None, num_classes=10, action="warn", window=2, warn=said.append)
+    off = HealthMonitor(None, num_classes=10, action="off", window=2, warn=said.append)
+    for step in range(5):
+        warn.check(50.0, [], f"step {step}")
+        off.check(50.0, [], f"step {step}")
+    assert len(said) == 1 and said[0].startswith("warning: the training loss diverged at step 1")
+
+
+def test_a_dead_layer_is_found_and_named():
+    torch.manual_seed(0)
+    model = create_model("alexnet_small", num_classes=10)
+    x = torch.randn(8, 1, 28, 28)
+    mon = HealthMonitor(model, num_classes=10, every=2)
+    for step in range(3):  # healthy: nothing dead, the probe armed on steps 0 and 2 only
+        mon.before_step()
+        model(x)
+        assert mon.probe.armed == (step % 2 == 0)
+        flags = mon.dead_flags()
+        assert flags == [0.0] * 7
+        mon.check(2.3, flags, f"step {step}")
+    with torch.no_grad():
+        model.fc6.bias.fill_(-1e4)  # no input can make an fc6 unit positive
+    mon.before_step()  # step 3: not a checking step
+    model(x)
+    assert mon.dead_flags() == [0.0] * 7
+    mon.check(2.3, [0.0] * 7, "step 3")
+    mon.before_step()
+    model(x)
+    flags = mon.dead_flags()
+    assert flags == [0.0] * 5 + [1.0, 1.0]  # fc7 sees only zeros and its biases are 0: dead too
+    with pytest.raises(UnhealthyRun, match=r"every ReLU of fc6 is dead at step 4 \(all 4096 units"):
+        mon.check(2.3, flags, "step 4")
+    mon.close()
+    assert not LayerProbe(torch.nn.Linear(2, 2))  # a model without the named layers: nothing watched
+
+
+@pytest.mark.skipif(not IMAGEWOOF.is_dir(), reason=f"needs the real photos in {IMAGEWOOF} (../shared)")
+def test_the_papers_init_on_photos_stops_with_one_line(tmp_path):
+    """The paper's biases of 1 on 10 classes diverge in the first steps (docs/training.md): the run
+    stops there, says so in one line, and leaves no checkpoint of the dead network."""
+    run = tmp_path / "run"
+    r = run_cli(
+        "train", "--data", str(IMAGEWOOF), "--preset", "paper", "--model-option", "init_bias=1", "--model-option",
+        "input_size=112", "--batch-size", "32", "--epochs", "1", "--workers", "0", "--out", str(run),
+    )
+    assert r.returncode == 2, r.stderr[-2000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("alexnet: error: the training loss diverged at epoch 1, step "), last
+    assert "Traceback" not in r.stderr
+    assert not (run / "last.pt").exists() and not (run / "best.pt").exists()

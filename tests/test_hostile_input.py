@@ -1,0 +1,287 @@
+"""Hostile and broken input (issue 11, item 5): each case ends with one line on stderr naming the
+file or argument and a non-zero exit, never a traceback, an "internal error", a hang or code run."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from alexnet.checkpoint import MAX_PARAMETERS, save_atomic
+from alexnet.cli import main
+from alexnet.data.cifar import load_cifar
+from alexnet.data.folder import _image_files, read_image_bytes
+from alexnet.errors import ConfigError, DataError, TrainingError
+from alexnet.model import AlexNet, AlexNetConfig, count_parameters, list_models, model_config
+from conftest import make_image_folder, make_tiny_fmnist, run_cli
+from test_evaluate import tiny_checkpoint
+
+TINY = ["--model-option", "widths=[8,16,16,16,16]", "--model-option", "fc_width=32"]
+QUICK = ["--epochs", "1", "--batch-size", "8", "--workers", "0", "--amp", "none", "--device", "cpu", "--progress", "off"]
+
+
+@pytest.fixture(autouse=True)
+def _plain_malloc(monkeypatch):
+    monkeypatch.setenv("ALEXNET_MALLOC", "system")  # in-process commands leave this process's malloc alone
+
+
+def fails(capsys, *args: str) -> str:
+    """Run ``alexnet ARGS`` in-process: it must exit non-zero with exactly one line on stderr (returned)."""
+    capsys.readouterr()
+    try:
+        code = main(list(args))
+    except SystemExit as e:  # argparse's errors
+        code = e.code
+    err = capsys.readouterr().err.strip()
+    assert code not in (0, None), err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err and "internal error" not in err, err
+    return err
+
+
+# -- 1. CIFAR batches are unpickled without running code --------------------------------------------
+def _cifar_folder(root: Path, batch=None) -> Path:
+    """cifar-10-batches-py as Python 3 would pickle it (bytes keys and names, protocol 2)."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        real = {b"batch_label": b"training batch", b"labels": [0, 1, 2, 1],
+                b"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), b"filenames": [b"a.png"] * 4}
+        (folder / name).write_bytes(pickle.dumps(real, protocol=2))
+    meta = {b"label_names": [b"airplane", b"automobile", b"bird"], b"num_cases_per_batch": 4, b"num_vis": 3072}
+    (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
+    return folder
+
+
+def test_cifar_batch_in_the_real_format_still_loads(tmp_path):
+    _cifar_folder(tmp_path)
+    x, y, names = load_cifar(tmp_path, "train")
+    assert x.shape == (20, 3, 32, 32) and x.dtype == torch.uint8 and y.tolist() == [0, 1, 2, 1] * 5
+    assert names == ["airplane", "automobile", "bird"]
+
+
+class _RunsCode:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_cifar_batch_that_would_run_code_is_refused(tmp_path, capsys):
+    folder = _cifar_folder(tmp_path / "data")
+    marker = tmp_path / "pwned"
+    (folder / "data_batch_1").write_bytes(pickle.dumps({b"data": _RunsCode(marker), b"labels": [0]}, protocol=2))
+    err = fails(capsys, "train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"), *QUICK)
+    assert "data_batch_1" in err and "refused to unpickle" in err and "system" in err
+    assert not marker.exists()
+
+
+# -- 2. Only regular files, of a bounded size, are read from data folders ---------------------------
+def _folder_with_traps(root: Path) -> Path:
+    make_image_folder(root, classes=3, per_class=3)
+    os.mkfifo(root / "class0" / "x.jpg")  # open() blocks until a writer comes: never
+    (root / "class1" / "zero.jpg").symlink_to("/dev/zero")  # reads forever
+    (root / "class2" / "link.jpg").symlink_to(root / "class2" / "img0.jpg")  # fine: a regular file
+    return root
+
+
+def test_listing_skips_fifos_and_devices_but_keeps_links_to_files(tmp_path):
+    root = _folder_with_traps(tmp_path / "imgs")
+    names = [Path(f).name for f in _image_files(root)]
+    assert "x.jpg" not in names and "zero.jpg" not in names and "link.jpg" in names and len(names) == 10
+    with pytest.raises(ValueError, match="not a regular file"):  # opened non-blocking: no hang
+        read_image_bytes(root / "class0" / "x.jpg")
+
+
+def test_image_bytes_are_capped(tmp_path, monkeypatch):
+    import alexnet.data.folder as folder
+
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\0" * 2000)
+    monkeypatch.setattr(folder, "MAX_IMAGE_BYTES", 1000)
+    with pytest.raises(ValueError, match="the limit for one image"):
+        read_image_bytes(big)
+
+
+@pytest.mark.parametrize("command", ["train", "prepare", "evaluate"])
+def test_fifo_and_dev_zero_in_a_data_folder_do_not_hang(tmp_path, command):
+    root = _folder_with_traps(tmp_path / "imgs")
+    args = {
+        "train": ["train", "--data", str(root), "--out", str(tmp_path / "run"), *TINY, *QUICK],
+        "prepare": ["prepare", "--data", str(root), "--out", str(tmp_path / "packed"), "--size", "32"],
+        "evaluate": ["evaluate", "--checkpoint", str(tiny_checkpoint(tmp_path / "m.pt")), "--data", str(root)],
+    }[command]
+    r = run_cli(*args, timeout=240)
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr and "internal error" not in r.stderr
+
+
+# -- 3. predict: a decompression bomb is one bad file among good ones -------------------------------
+def _png_claiming(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header claims width x height pixels (PIL refuses or warns before decoding)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    return path
+
+
+def test_predict_skips_a_decompression_bomb_and_predicts_the_rest(tmp_path, capsys):
+    folder = make_image_folder(tmp_path / "imgs", classes=3, per_class=1)
+    bomb = _png_claiming(folder / "class0" / "bomb.png", 10_000, 10_000)  # 1e8 pixels: PIL only warns
+    (folder / "class1" / "junk.jpg").write_bytes(b"not an image")
+    ckpt = tiny_checkpoint(tmp_path / "m.pt")
+    capsys.readouterr()
+    assert main(["predict", str(folder), "--checkpoint", str(ckpt), "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert sorted(Path(r["path"]).name for r in json.loads(out)) == ["img0.jpg"] * 3
+    lines = err.strip().splitlines()
+    assert len(lines) == 2 and "internal error" not in err, err
+    assert str(bomb) in lines[0] and "DecompressionBomb" in lines[0] and "junk.jpg" in lines[1]
+
+
+def test_predict_with_no_readable_image_fails_with_one_line(tmp_path, capsys):
+    bomb = _png_claiming(tmp_path / "bomb.png", 10_000, 10_000)
+    ckpt = tiny_checkpoint(tmp_path / "m.pt")
+    assert str(bomb) in fails(capsys, "predict", str(bomb), "--checkpoint", str(ckpt))
+    (tmp_path / "junk.jpg").write_bytes(b"junk")
+    err = fails(capsys, "predict", str(bomb), str(tmp_path / "junk.jpg"), "--checkpoint", str(ckpt))
+    assert "none of the 2 images" in err and str(bomb) in err
+
+
+# -- 4. A full disk while writing a checkpoint -------------------------------------------------------
+def _full_disk(obj, f, *args, **kwargs):
+    f.write(b"partial")
+    raise RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 64 vs 0")
+
+
+def test_checkpoint_write_failing_with_runtime_error_keeps_the_previous(tmp_path, monkeypatch):
+    from alexnet.train import _save
+
+    path = tmp_path / "last.pt"
+    save_atomic({"model": {"w": torch.ones(3)}}, path)
+    monkeypatch.setattr(torch, "save", _full_disk)
+    with pytest.raises(TrainingError, match="could not write .*last.pt.*the previous checkpoint is kept"):
+        _save({"model": {"w": torch.zeros(3)}}, path)
+    monkeypatch.undo()
+    assert torch.equal(torch.load(path, weights_only=True)["model"]["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind
+
+
+def test_train_on_a_full_disk_says_so_in_one_line(tmp_path, capsys, monkeypatch):
+    data = make_tiny_fmnist(tmp_path / "fmnist")
+    monkeypatch.setattr(torch, "save", _full_disk)
+    err = fails(capsys, "train", "--data", str(data), "--out", str(tmp_path / "run"), *TINY, *QUICK)
+    assert "could not write" in err and "last.pt" in err and "RuntimeError" not in err
+
+
+# -- 5. Training options: type and range, no NaN or inf ----------------------------------------------
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        (["--lr", "nan"], "--lr"),
+        (["--lr", "inf"], "--lr"),
+        (["--weight-decay", "nan"], "--weight-decay"),
+        (["--momentum", "-5"], "--momentum"),
+        (["--dropout", "nan"], "--dropout"),
+        (["--dist-timeout", "inf"], "--dist-timeout"),
+        (["--lr-mult", "fc8=nan"], "--lr-mult fc8"),
+    ],
+)
+def test_bad_numbers_on_the_command_line(tmp_path, capsys, args, named):
+    assert named in fails(capsys, "train", "--out", str(tmp_path / "run"), *args)
+
+
+@pytest.mark.parametrize(
+    "line, named",
+    [
+        ('lr = "fast"', "--lr"),
+        ("momentum = nan", "--momentum"),
+        ("weight_decay = -inf", "--weight-decay"),
+        ("epochs = 2.5", "--epochs"),
+        ('nesterov = "yes"', "nesterov"),
+        ('schedule = "sometimes"', "schedule"),
+        ("model_options = 5", "model_options"),
+        ('freeze = "features"', "freeze"),
+    ],
+)
+def test_bad_values_in_a_config_file(tmp_path, capsys, line, named):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(line + "\n")
+    assert named in fails(capsys, "train", "--config", str(cfg), "--out", str(tmp_path / "run"))
+
+
+# -- 6. Model options: type and range -------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "option, named",
+    [("lrn=maybe", "lrn"), ("widths=7", "widths"), ("lrn_size=0", "lrn_size"), ("widths=[8,8,8,8]", "widths"),
+     ("pools=[1,1,0]", "pools"), ("init_bias=nan", "init_bias"), ("lrn_k=0", "lrn_k"), ("activation=gelu", "activation"),
+     ("fc_width=2.5", "fc_width")],
+)
+def test_bad_model_options(tmp_path, capsys, option, named):
+    data = make_tiny_fmnist(tmp_path / "fmnist")
+    err = fails(capsys, "train", "--data", str(data), "--out", str(tmp_path / "run"), "--model-option", option, *QUICK)
+    assert f"model option {named} " in err
+
+
+def test_model_config_checks_and_parameter_count():
+    with pytest.raises(ConfigError, match="model option lrn must be true or false"):
+        AlexNetConfig(lrn="maybe")
+    cfg = AlexNetConfig(widths=[8, 8, 8, 8, 8], init_bias=1, num_classes=np.int64(3))
+    assert cfg.widths == (8, 8, 8, 8, 8) and type(cfg.init_bias) is float and type(cfg.num_classes) is int
+    for name in list_models():  # counted from the config alone, as the built network has them
+        assert model_config(name).num_parameters() == count_parameters(AlexNet(model_config(name)))
+
+
+# -- 7. A checkpoint's model_config is bounded before anything is allocated --------------------------
+def _huge_checkpoint(path: Path) -> Path:
+    config = model_config("alexnet_paper", widths=(8, 8, 8, 8, 8), fc_width=16, num_classes=3).to_dict()
+    config["fc_width"] = 2_000_000  # fc7 alone: 4e12 weights
+    save_atomic({"model": {"fc8.bias": torch.zeros(3)}, "model_config": config, "classes": ["a", "b", "c"]}, path)
+    return path
+
+
+def test_checkpoint_asking_for_a_huge_model_is_refused(tmp_path, capsys):
+    big = _huge_checkpoint(tmp_path / "big.pt")
+    assert AlexNetConfig(fc_width=2_000_000).num_parameters() > MAX_PARAMETERS
+    image = make_image_folder(tmp_path / "imgs", classes=1, per_class=1) / "class0" / "img0.jpg"
+    err = fails(capsys, "predict", str(image), "--checkpoint", str(big))
+    assert str(big) in err and "parameters" in err
+    data = make_tiny_fmnist(tmp_path / "fmnist")
+    err = fails(capsys, "train", "--data", str(data), "--init-from", str(big), "--out", str(tmp_path / "run"), *QUICK)
+    assert f"--init-from {big}" in err and "parameters" in err
+
+
+def test_resume_from_a_checkpoint_asking_for_a_huge_model_is_refused(tmp_path, capsys):
+    last = tmp_path / "run" / "last.pt"
+    save_atomic({"model": {}, "train_config": {"model": "alexnet_paper", "model_options": {"fc_width": 2_000_000}}}, last)
+    err = fails(capsys, "train", "--resume", str(tmp_path / "run"))
+    assert str(last) in err and "parameters" in err
+    save_atomic({"model": {}, "train_config": {"model": "alexnet_paper", "lr": "fast"}}, last)
+    assert str(last) in fails(capsys, "train", "--resume", str(tmp_path / "run"))
+
+
+# -- 8. A feature index with malformed metadata ---------------------------------------------------------
+def test_index_with_malformed_json_metadata(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from alexnet.retrieval import INDEX_FORMAT
+
+    index = tmp_path / "index.safetensors"
+    meta = {"format": INDEX_FORMAT, "paths": "[not json", "classes": "[]", "checkpoint": "null", "preprocess": "{}"}
+    save_file({"features": torch.zeros(2, 16), "labels": torch.zeros(2, dtype=torch.int64)}, str(index), metadata=meta)
+    image = make_image_folder(tmp_path / "imgs", classes=1, per_class=1) / "class0" / "img0.jpg"
+    err = fails(capsys, "retrieve", str(image), "--index", str(index))
+    assert str(index) in err and "'paths'" in err and "not valid JSON" in err
+    meta["paths"] = json.dumps(["only-one.jpg"])  # valid JSON, but 1 path for 2 vectors
+    save_file({"features": torch.zeros(2, 16), "labels": torch.zeros(2, dtype=torch.int64)}, str(index), metadata=meta)
+    assert "1 paths for 2" in fails(capsys, "retrieve", str(image), "--index", str(index))
