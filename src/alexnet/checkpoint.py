@@ -19,7 +19,8 @@ from typing import Any
 
 import torch
 
-from .errors import CheckpointError
+from .data import presets
+from .errors import CheckpointError, DataError
 from .model import AlexNet, AlexNetConfig
 
 
@@ -127,8 +128,14 @@ def load_safetensors(path: str | os.PathLike, map_location: str | torch.device =
             config = {k: json.loads(v) for k, v in config.items()}
         except json.JSONDecodeError:
             raise CheckpointError(f"{path}: its metadata is not valid JSON") from None
+    mean_image = state.pop(presets.MEAN_IMAGE_KEY, None)  # not a weight: the recipe's mean image
     ckpt = {"model": state}
-    ckpt.update({k: config[k] for k in ("model_config", "classes", "preprocess") if k in config})
+    ckpt.update({k: config[k] for k in ("model_config", "classes") if k in config})
+    if isinstance(config.get("preprocess"), dict):
+        try:
+            ckpt["preprocess"] = presets.from_json(config["preprocess"], mean_image, str(path))
+        except DataError as e:
+            raise CheckpointError(str(e)) from None
     return ckpt
 
 

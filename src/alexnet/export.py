@@ -4,19 +4,24 @@
 ``preprocess`` as JSON in the file's metadata and, for people, in a ``.json`` file beside it.
 :func:`alexnet.load` reads it back. ONNX and TorchScript files take a (N, 3, S, S) float batch
 prepared as ``preprocess`` says and return the fc8 scores; the recipe is stored with them too
-(ONNX metadata props, TorchScript extra file ``config.json``).
+(ONNX metadata props, TorchScript extra file ``config.json``). A recipe's mean image is a tensor
+``preprocess.mean_image`` beside the weights (safetensors), a JSON list in the ONNX metadata, or
+an extra ``preprocess.mean_image.npy`` (TorchScript); the JSON holds its summary.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
+from .data import presets
 from .errors import ConfigError
 from .model import AlexNet
 
@@ -29,8 +34,12 @@ def _config(model: AlexNet) -> dict[str, Any]:
         "format": SAFETENSORS_FORMAT,
         "model_config": model.config.to_dict(),
         "classes": list(getattr(model, "classes", None) or []),
-        "preprocess": dict(getattr(model, "preprocess", None) or {}),
+        "preprocess": presets.to_json(getattr(model, "preprocess", None) or {}),
     }
+
+
+def _mean_image(model: AlexNet) -> torch.Tensor | None:
+    return presets.mean_image_tensor(getattr(model, "preprocess", None) or {})
 
 
 def _tmp(path: Path) -> Path:
@@ -47,6 +56,9 @@ def export_safetensors(model: AlexNet, path: str | os.PathLike) -> list[Path]:
     meta = {k: json.dumps(v) if not isinstance(v, str) else v for k, v in config.items()}
     tmp = _tmp(path)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    mean_image = _mean_image(model)
+    if mean_image is not None:  # beside the weights; the metadata holds its summary
+        state[presets.MEAN_IMAGE_KEY] = mean_image
     save_file(state, str(tmp), metadata=meta)
     os.replace(tmp, path)
     side = path.with_suffix(".json")
@@ -87,7 +99,11 @@ def export_onnx(model: AlexNet, path: str | os.PathLike, opset: int = 17) -> lis
             opset_version=opset,
         )
     proto = onnx.load(str(tmp))
-    for key, value in _config(model).items():
+    metadata = dict(_config(model))
+    mean_image = _mean_image(model)
+    if mean_image is not None:  # ONNX metadata holds strings only: the mean image as a JSON list
+        metadata[presets.MEAN_IMAGE_KEY] = json.dumps(mean_image.tolist())
+    for key, value in metadata.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value if isinstance(value, str) else json.dumps(value)
     onnx.save(proto, str(tmp))
@@ -103,7 +119,13 @@ def export_torchscript(model: AlexNet, path: str | os.PathLike) -> list[Path]:
     with warnings.catch_warnings(), torch.no_grad():  # torch.jit is deprecated upstream but still the portable format
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(model, _example(model, 2))
-        torch.jit.save(traced, str(tmp), _extra_files={"config.json": json.dumps(_config(model))})
+        extra = {"config.json": json.dumps(_config(model))}
+        mean_image = _mean_image(model)
+        if mean_image is not None:  # a .npy file, readable with numpy alone
+            buf = io.BytesIO()
+            np.save(buf, mean_image.numpy())
+            extra[presets.MEAN_IMAGE_KEY + ".npy"] = buf.getvalue()
+        torch.jit.save(traced, str(tmp), _extra_files=extra)
     os.replace(tmp, path)
     return [path]
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from .data import presets
 from .data.folder import ImageFolderDataset, collate
 from .data.loaders import model_input
 from .errors import DataError
@@ -82,10 +83,13 @@ def save_index(index: dict[str, Any], path: str | os.PathLike) -> Path:
         "paths": json.dumps(index["paths"]),
         "classes": json.dumps(index["classes"]),
         "checkpoint": json.dumps(index.get("checkpoint")),
-        "preprocess": json.dumps(index.get("preprocess") or {}),
+        "preprocess": json.dumps(presets.to_json(index.get("preprocess") or {})),
     }
     tmp = path.with_name(f".{path.name}.tmp")
     tensors = {"features": index["features"].contiguous(), "labels": index["labels"].to(torch.int64).contiguous()}
+    mean_image = presets.mean_image_tensor(index.get("preprocess") or {})
+    if mean_image is not None:  # the recipe's mean image, summarised in the metadata
+        tensors[presets.MEAN_IMAGE_KEY] = mean_image
     save_file(tensors, str(tmp), metadata=meta)
     os.replace(tmp, path)
     return path
@@ -104,11 +108,14 @@ def load_index(path: str | os.PathLike) -> dict[str, Any]:
             if meta.get("format") != INDEX_FORMAT:
                 raise DataError(f"{path}: not a feature index written by 'alexnet features'")
             features, labels = f.get_tensor("features"), f.get_tensor("labels")
+            mean_image = f.get_tensor(presets.MEAN_IMAGE_KEY) if presets.MEAN_IMAGE_KEY in f.keys() else None
     except (SafetensorError, OSError, ValueError) as e:
         raise DataError(f"{path}: not a readable feature index ({type(e).__name__})") from None
     if features.dim() != 2 or tuple(labels.shape) != (len(features),):
         raise DataError(f"{path}: features {tuple(features.shape)} and labels {tuple(labels.shape)} do not make an index")
-    return {"features": features, "labels": labels, **_index_metadata(path, meta, len(features))}
+    out = {"features": features, "labels": labels, **_index_metadata(path, meta, len(features))}
+    out["preprocess"] = presets.from_json(out["preprocess"], mean_image, str(path))
+    return out
 
 
 def _index_metadata(path: Path, meta: dict[str, str], rows: int) -> dict[str, Any]:

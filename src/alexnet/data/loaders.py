@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..errors import DataError
@@ -306,25 +305,16 @@ _MEAN_IMAGES: dict[tuple[str, str], torch.Tensor] = {}
 
 
 def mean_image(preprocess: dict[str, Any], device: torch.device) -> torch.Tensor | None:
-    """The recipe's mean image (3, H, W) float32 on ``device``: from a tensor, a nested list or a
-    .npy path (loaded once per device), or None when the recipe subtracts a per-channel mean."""
+    """The recipe's mean image (3, H, W) float32 on ``device`` (see :func:`presets.mean_image_tensor`;
+    a list or a .npy path is read once per device), or None when the recipe subtracts a per-channel mean."""
     m = preprocess.get("mean_image")
     if m is None:
         return None
     if isinstance(m, torch.Tensor):
         return m.to(device, torch.float32)
-    if isinstance(m, (list, tuple)):
-        key = (f"list:{id(m)}", str(device))
-        if key not in _MEAN_IMAGES:
-            _MEAN_IMAGES[key] = torch.tensor(m, dtype=torch.float32, device=device)
-        return _MEAN_IMAGES[key]
-    key = (str(m), str(device))
+    key = (f"list:{id(m)}" if isinstance(m, (list, tuple)) else str(m), str(device))
     if key not in _MEAN_IMAGES:
-        try:
-            arr = np.load(m)
-        except (OSError, ValueError) as e:
-            raise DataError(f"mean image {m} (named by the preprocessing recipe) cannot be read: {e}") from None
-        _MEAN_IMAGES[key] = torch.from_numpy(np.asarray(arr, dtype=np.float32)).to(device)
+        _MEAN_IMAGES[key] = presets.mean_image_tensor(preprocess).to(device)
     return _MEAN_IMAGES[key]
 
 

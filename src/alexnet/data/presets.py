@@ -9,9 +9,13 @@ padding before random crops, and mirroring. The resolved recipe is the ``preproc
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+import numpy as np
+import torch
+
+from ..errors import ConfigError, DataError
 
 # torchvision's per-channel statistics of ImageNet, on the 0-255 scale.
 IMAGENET_MEAN = [0.485 * 255, 0.456 * 255, 0.406 * 255]
@@ -70,4 +74,55 @@ def resolve(name: str, stats: dict[str, Any] | None, base: dict[str, Any]) -> di
             "alpha_std": p["pca_alpha_std"],
             "pixel_scale": "[0,1]",  # eigen-statistics of pixels/255; the noise is x255 on the uint8 scale
         }
+    return out
+
+
+# -- the recipe in files --------------------------------------------------------------------------
+# The mean image (3 x 256 x 256 floats) is a tensor, not JSON: checkpoints hold it as a tensor,
+# safetensors files (exports, feature indexes) under this key beside the weights or features, and
+# their JSON metadata (and config.json) hold a summary in its place.
+MEAN_IMAGE_KEY = "preprocess.mean_image"
+
+
+def mean_image_tensor(preprocess: dict[str, Any]) -> torch.Tensor | None:
+    """The recipe's mean image as a float32 (C, H, W) tensor, whatever form it is in (a tensor, a
+    nested list, a .npy path), or None when the recipe subtracts a per-channel mean."""
+    m = preprocess.get("mean_image")
+    if m is None:
+        return None
+    if isinstance(m, dict):
+        raise DataError(f"the preprocessing recipe holds only a summary of its mean image ({MEAN_IMAGE_KEY} is missing)")
+    if isinstance(m, (str, Path)):
+        try:
+            m = np.load(m)
+        except (OSError, ValueError) as e:
+            raise DataError(f"mean image {m} (named by the preprocessing recipe) cannot be read: {e}") from None
+    t = torch.as_tensor(np.asarray(m, dtype=np.float32) if not isinstance(m, torch.Tensor) else m, dtype=torch.float32)
+    if t.dim() != 3 or t.shape[0] != len(preprocess.get("mean", [])):
+        raise DataError(f"the preprocessing recipe's mean image has shape {tuple(t.shape)}, not (channels, height, width)")
+    return t.contiguous()
+
+
+def to_json(preprocess: dict[str, Any]) -> dict[str, Any]:
+    """The recipe with its mean image replaced by a summary (shape, per-channel mean): JSON-safe."""
+    out = dict(preprocess)
+    m = None if isinstance(out.get("mean_image"), dict) else mean_image_tensor(preprocess)
+    if m is not None:
+        summary = {"shape": list(m.shape), "channel_mean": m.double().mean((1, 2)).tolist(), "stored_as": MEAN_IMAGE_KEY}
+        if isinstance(preprocess["mean_image"], (str, Path)):
+            summary["file"] = str(preprocess["mean_image"])
+        out["mean_image"] = summary
+    return out
+
+
+def from_json(preprocess: dict[str, Any], mean_image: torch.Tensor | None, source: str) -> dict[str, Any]:
+    """Undo :func:`to_json`: put the stored ``mean_image`` tensor back in place of its summary."""
+    out = dict(preprocess)
+    summary = out.get("mean_image")
+    if isinstance(summary, dict):
+        if mean_image is None:
+            raise DataError(f"{source}: the preprocessing recipe subtracts a mean image, but the file holds no {MEAN_IMAGE_KEY!r}")
+        if list(mean_image.shape) != summary.get("shape"):
+            raise DataError(f"{source}: its mean image is {list(mean_image.shape)}, its metadata says {summary.get('shape')}")
+        out["mean_image"] = mean_image.to(torch.float32)
     return out
