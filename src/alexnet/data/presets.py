@@ -23,13 +23,15 @@ IMAGENET_STD = [0.229 * 255, 0.224 * 255, 0.225 * 255]
 
 PRESETS: dict[str, dict[str, Any]] = {
     # SPEC section 3: mean image subtracted, random 224 crops of 256x256 and mirrors, fancy PCA with
-    # alpha ~ N(0, 0.1). The paper feeds raw centred pixels; we also divide by the per-channel pixel
-    # std (a fixed scale per channel, so the network sees inputs of order 1 as our init expects).
-    "paper": {"mean": "image", "std": "pixels", "pca_alpha_std": 0.1, "padding": 0, "flip": True},
-    # The default for photos (training preset "photos"): the paper's recipe, but each training crop
-    # covers a random 35-100 % of the stored image's area at a random aspect (3/4 to 4/3), resized
-    # to 224. On 9,469 Imagenette photos the paper's fixed-size crops let the 61 M-parameter net
-    # memorise the training set (docs/training.md); scale augmentation is what later nets used.
+    # alpha ~ N(0, 0.1). Raw centred pixels (0-255 scale, no division), as the paper feeds them: its
+    # N(0, 0.01^2) weights and LRN constants (k=2, alpha=1e-4) are set for inputs of that size; with
+    # pixels divided by their std (~70) the image's signal fades layer by layer and a run sits at
+    # chance (docs/training.md).
+    "paper": {"mean": "image", "std": [1.0, 1.0, 1.0], "pca_alpha_std": 0.1, "padding": 0, "flip": True},
+    # The default for photos (training preset "photos"): the paper's recipe, but pixels divided by
+    # their per-channel std (inputs of order 1, as He init expects) and each training crop covering
+    # a random 35-100 % of the stored image's area at a random aspect (3/4 to 4/3), resized to 224:
+    # 9,469 Imagenette photos are few for 57 M parameters; scale augmentation is what later nets used.
     "photos": {"mean": "image", "std": "pixels", "pca_alpha_std": 0.1, "padding": 0, "flip": True, "scale": [0.35, 1.0]},
     # torchvision's normalisation, for the alexnet_owt weights trained with it; crops and mirrors only.
     "torchvision": {"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "pca_alpha_std": 0.0, "padding": 0, "flip": True},
