@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -85,6 +86,7 @@ def test_kill_and_resume_is_bitwise_exact(tiny_fmnist, tmp_path):
     killed = tmp_path / "killed"
     rng = random.Random(int(time.time()))
     for attempt in range(6):
+        shutil.rmtree(killed, ignore_errors=True)  # a finished attempt's run: a new run into it would be refused
         proc = subprocess.Popen([sys.executable, "-m", "alexnet", *_train_args(tiny_fmnist, killed)], env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         while not (killed / "last.pt").exists() and proc.poll() is None:

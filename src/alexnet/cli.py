@@ -9,8 +9,12 @@ import math
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import AlexNetError
+
+if TYPE_CHECKING:  # for annotations only: the commands import what they need when they run
+    from .config import TrainConfig
 
 
 def _number(kind: type, minimum: float, strict: bool, maximum: float | None = None):
@@ -106,27 +110,40 @@ def cmd_train(args: argparse.Namespace) -> int:
         model_options["dropout"] = args.dropout
     if model_options:
         overrides["model_options"] = model_options
+    if args.resume and args.force:
+        from .errors import ConfigError
+
+        raise ConfigError("--resume continues a run and --force replaces one: pass one of them")
     if args.resume:
         keep = ("epochs", "workers", "device", "dist_timeout", "tower_devices")  # may change on resume
         cfg = resume_config(args.resume, {k: overrides[k] for k in keep if overrides[k] is not None})
     else:
         cfg = resolve_config(args.preset, overrides, args.config)
     if args.nproc and args.nproc > 1:
-        from . import distributed
-        from .errors import ConfigError
-
-        if distributed.launched():
-            raise ConfigError("--nproc: this process was already started by torchrun; drop --nproc")
-        if cfg.batch_size % args.nproc:
-            raise ConfigError(f"--batch-size {cfg.batch_size} is the global batch: it must divide evenly over --nproc {args.nproc}")
-        return distributed.launch(args.nproc, distributed.without_option(args.argv, "--nproc"), cfg.out)
-    result = fit(cfg, show_progress=_progress_flag(args))
+        return _launch(args, cfg)
+    result = fit(cfg, show_progress=_progress_flag(args), force=args.force)
     if "val_top1" in result and os.environ.get("RANK", "0") == "0":  # one report per distributed run
         print(
             f"done: val top-1 {result['val_top1']:.4f} (error {result['val_top1_error']:.4f}), "
             f"top-5 {result['val_top5']:.4f}, {result['elapsed_seconds']:.0f}s of training; run folder {result['run_dir']}"
         )
     return 0
+
+
+def _launch(args: argparse.Namespace, cfg: TrainConfig) -> int:
+    """``train --nproc N``: the checks that would otherwise fail once per rank, then torchrun."""
+    from . import distributed
+    from .errors import ConfigError
+
+    if distributed.launched():
+        raise ConfigError("--nproc: this process was already started by torchrun; drop --nproc")
+    if cfg.batch_size % args.nproc:
+        raise ConfigError(f"--batch-size {cfg.batch_size} is the global batch: it must divide evenly over --nproc {args.nproc}")
+    if cfg.out:  # rank 0 claims the folder (runfolder.py); a refusal is one line here instead
+        from .runfolder import check
+
+        check(Path(cfg.out), bool(cfg.resume), args.force)
+    return distributed.launch(args.nproc, distributed.without_option(args.argv, "--nproc"), cfg.out)
 
 
 # -- evaluate -------------------------------------------------------------------------------------
@@ -418,7 +435,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dropout", type=_fraction, help="dropout probability of fc6/fc7 (paper: 0.5)")
     t.add_argument("--model-option", action="append", metavar="KEY=VALUE", help="model config override, e.g. lrn=false, towers=1")
     t.add_argument("--seed", type=int, default=None)
-    t.add_argument("--out", help="run folder (default runs/DATE-TIME-MODEL)")
+    t.add_argument("--out", help="run folder (default runs/DATE-TIME-MODEL); one that holds a run is refused")
+    t.add_argument("--force", action="store_true", help="replace the run that --out holds (its own files only)")
     t.add_argument("--save-every", type=_nonneg_int, help="also checkpoint every N steps (default: at epoch ends)")
     t.add_argument("--on-nonfinite", choices=("stop", "skip"), help="a NaN/inf loss stops the run (default) or skips the batch")
     t.add_argument("--health", choices=("stop", "warn", "off"),

@@ -8,6 +8,7 @@ exactly where the run stopped (CPU, ``--workers 0``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -23,11 +24,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from . import __version__, distributed
+from . import __version__, distributed, runfolder
 from .checkpoint import bounded_config, config_from_file, load_checkpoint, save_atomic
 from .config import TrainConfig, validate
+from .data import presets
 from .data.loaders import DataBundle, load_data, model_input, set_epoch
-from .errors import CheckpointError, ConfigError, TrainingError
+from .errors import AlexNetError, CheckpointError, ConfigError, TrainingError
 from .evaluate import score, summarize
 from .health import HealthMonitor
 from .model import LAYER_NAMES, AlexNet, create_model, model_config, torchvision_key
@@ -278,11 +280,16 @@ class _CtrlC:
             signal.signal(signal.SIGINT, self.previous)
 
 
-def fit(cfg: TrainConfig, show_progress: bool | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+def fit(
+    cfg: TrainConfig, show_progress: bool | None = None, log: Callable[[str], None] = print, force: bool = False
+) -> dict[str, Any]:
     """Train ``cfg.model`` on ``cfg.data`` and evaluate after every epoch.
 
     Writes to the run folder: ``config.json``, ``metrics.jsonl``, ``last.pt``, ``best.pt``.
-    With ``resume`` (a run folder or checkpoint), continues that run exactly.
+    With ``resume`` (a run folder or checkpoint), continues that run exactly. The folder holds one
+    run, locked while it trains (runfolder.py): a new run into a folder holding one is refused
+    unless ``force`` (which replaces it), and a new run that fails before its first checkpoint
+    leaves nothing behind.
     Started by torchrun (``RANK``, ``WORLD_SIZE`` set), this is one rank of a data-parallel run: each
     rank trains a DistributedDataParallel replica on its share of every global batch, and only rank 0
     logs and writes files. ``cfg.tower_devices`` puts the two towers on two devices (parallel.py).
@@ -296,7 +303,8 @@ def fit(cfg: TrainConfig, show_progress: bool | None = None, log: Callable[[str]
     try:
         run_dir = Path(distributed.broadcast_object(str(run_dir)))  # rank 0's time stamp names the run
         quiet = not info.is_main
-        return _fit(cfg, info, device, towers, run_dir, False if quiet else show_progress, (lambda s: None) if quiet else log)
+        with _claim(run_dir, cfg, force, info):
+            return _fit(cfg, info, device, towers, run_dir, False if quiet else show_progress, (lambda s: None) if quiet else log)
     except RuntimeError as e:
         if info.enabled and distributed.is_comm_error(e):
             hint = f" --nproc {info.world}" if info.world == info.local_world else " (started by torchrun as before)"
@@ -306,6 +314,30 @@ def fit(cfg: TrainConfig, show_progress: bool | None = None, log: Callable[[str]
         raise
     finally:
         distributed.teardown()
+
+
+def _claim(run_dir: Path, cfg: TrainConfig, force: bool, info: distributed.DistInfo) -> contextlib.AbstractContextManager:
+    """Rank 0 claims the run folder (runfolder.claim); in a distributed run the other ranks learn
+    whether it could, so that a refusal stops every rank instead of leaving them waiting."""
+    folder: contextlib.AbstractContextManager = contextlib.nullcontext()
+    error: BaseException | None = None
+    if info.is_main:
+        try:
+            folder = runfolder.claim(run_dir, bool(cfg.resume), force, keep=(Interrupted,))
+        except (AlexNetError, OSError) as e:
+            error = e
+    if info.enabled:
+        try:
+            message = distributed.broadcast_object(None if error is None else str(error))
+        except BaseException:
+            if isinstance(folder, runfolder.RunFolder):
+                folder.release()
+            raise
+        if message is not None and error is None:
+            raise runfolder.RunFolderError(f"rank 0 could not claim the run folder: {message}")
+    if error is not None:
+        raise error
+    return folder
 
 
 def _fit(
@@ -381,7 +413,7 @@ def _fit(
             "train": cfg.to_dict(),
             "model": model.config.to_dict(),
             "data": {"source": data.source, "train_images": data.train_size, "val_images": data.val_size, "classes": data.classes},
-            "preprocess": data.preprocess,
+            "preprocess": presets.to_json(data.preprocess),
             "environment": _environment(device, amp),
             "distributed": {"world_size": info.world, "towers": [str(d) for d in towers] if towers else None},
         }
@@ -501,14 +533,11 @@ def _fit(
 
 
 def _portable(preprocess: dict[str, Any]) -> dict[str, Any]:
-    """The recipe with the mean image embedded (config.json holds its cache path): a checkpoint
-    must work on another machine."""
+    """The recipe with the mean image embedded as a tensor (config.json names its cache file): a
+    checkpoint must work on another machine."""
     out = dict(preprocess)
-    mean_image = out.get("mean_image")
-    if isinstance(mean_image, (str, Path)):
-        import numpy as np
-
-        out["mean_image"] = torch.from_numpy(np.load(mean_image))
+    if out.get("mean_image") is not None:
+        out["mean_image"] = presets.mean_image_tensor(preprocess)
     return out
 
 

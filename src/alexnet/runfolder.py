@@ -1,0 +1,198 @@
+"""A run folder holds one run: claimed with a lock, refused when taken, cleaned after a failed start.
+
+``alexnet train`` claims its folder (``--out``) before it writes anything there:
+
+- a new run into a folder that already holds a run (``config.json``, ``metrics.jsonl``, ``*.pt``)
+  is refused unless ``force``, which first removes that run's own files (and nothing else);
+- an advisory lock (``flock`` on ``RUN/.lock``) keeps a second process out for the whole run; the
+  kernel drops it when the process ends, killed or not, so a killed run can be resumed at once;
+- leftover temporaries of :func:`alexnet.checkpoint.save_atomic` (a killed writer's) are removed;
+- a new run that fails before its first checkpoint removes what it created, so no half-made run
+  folder misleads anyone; after a checkpoint, or on Ctrl-C, everything is kept for ``--resume``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+from types import TracebackType
+
+from .errors import AlexNetError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; the other checks still hold
+    fcntl = None  # type: ignore[assignment]
+
+LOCK_NAME = ".lock"
+_MARKS = ("config.json", "metrics.jsonl")  # with any *.pt: the folder holds a run
+_OWNED = (*_MARKS, "curves.png", "bad_files.txt", "tensorboard")  # the run's own files, *.pt aside
+# save_atomic's temporaries: tempfile.mkstemp(prefix=".NAME.", suffix=".tmp"), e.g. .last.pt.k2x9_a.tmp
+_TEMP = re.compile(r"^\..+\.pt\.[^.]+\.tmp$")
+_LOCK_TRIES = 10  # a probe (check()) holds the lock for microseconds; a run holds it for hours
+
+
+class RunFolderError(AlexNetError):
+    """The run folder holds another run, or another process is using it."""
+
+
+def _names(run_dir: Path) -> list[str]:
+    try:
+        return sorted(os.listdir(run_dir))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def run_marks(run_dir: Path) -> list[str]:
+    """The files that make ``run_dir`` hold a run: config.json, metrics.jsonl, *.pt."""
+    return [n for n in _names(run_dir) if n in _MARKS or (n.endswith(".pt") and not n.startswith("."))]
+
+
+def owned(run_dir: Path) -> list[str]:
+    """A run's own entries in ``run_dir`` (what ``--force`` removes), temporaries included."""
+    marks = set(run_marks(run_dir))
+    return [n for n in _names(run_dir) if n in _OWNED or n in marks or _TEMP.match(n)]
+
+
+def _remove(run_dir: Path, names: list[str]) -> None:
+    for name in names:
+        path = run_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def _holder(run_dir: Path) -> str:
+    """' (pid N)' of the process whose pid the lock file holds, or '' if it cannot be read."""
+    try:
+        pid = int((run_dir / LOCK_NAME).read_text().strip())
+    except (OSError, ValueError):
+        return ""
+    return f" (pid {pid})"
+
+
+def _in_use(run_dir: Path) -> RunFolderError:
+    return RunFolderError(f"{run_dir} is in use by another alexnet train{_holder(run_dir)}")
+
+
+def refuse_in_use(run_dir: Path) -> None:
+    """RunFolderError if another process holds the folder's lock; opens it read-only, writes nothing."""
+    if fcntl is None:
+        return
+    try:
+        fd = os.open(run_dir / LOCK_NAME, os.O_RDONLY)
+    except OSError:  # no lock file: nobody holds it
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise _in_use(run_dir) from None
+    finally:
+        os.close(fd)  # also releases the probe's lock
+
+
+def refuse_run(run_dir: Path, resume: bool, force: bool) -> None:
+    """RunFolderError if a new run (not ``resume``, not ``force``) would replace the run in ``run_dir``."""
+    marks = run_marks(run_dir)
+    if marks and not resume and not force:
+        raise RunFolderError(
+            f"{run_dir} already holds a run ({', '.join(marks[:4])}): continue it with --resume {run_dir}, "
+            "or replace it with --force"
+        )
+
+
+def check(run_dir: Path, resume: bool, force: bool) -> None:
+    """Whether a run may start in ``run_dir`` (in use first: --force must not be suggested for a live
+    run); reads only. :func:`claim` checks again under the lock."""
+    refuse_in_use(run_dir)
+    refuse_run(run_dir, resume, force)
+
+
+def _lock(run_dir: Path) -> int | None:
+    """Take ``run_dir/.lock`` (non-blocking) and write our pid in it; the file descriptor, or None
+    without fcntl."""
+    if fcntl is None:
+        return None
+    path = run_dir / LOCK_NAME
+    for _ in range(_LOCK_TRIES):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            time.sleep(0.05)
+            continue
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            return fd
+        os.close(fd)  # a run that just ended unlinked this file: lock the one at the path now
+    raise _in_use(run_dir)
+
+
+class RunFolder:
+    """A claimed run folder: use as a context manager around the run (see :func:`claim`)."""
+
+    def __init__(self, run_dir: Path, created: bool, resume: bool, keep: tuple[type[BaseException], ...]) -> None:
+        self.run_dir, self.created, self.resume, self.keep = run_dir, created, resume, keep
+        self.fd: int | None = None
+        self.before: set[str] = set()
+
+    def __enter__(self) -> RunFolder:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        try:
+            if exc is not None and not isinstance(exc, self.keep):
+                self.failed()
+        finally:
+            self.release()
+
+    def failed(self) -> None:
+        """A new run that failed before its first checkpoint: remove what it created (config.json,
+        metrics.jsonl, ...); there is nothing to resume, and those files would only mislead."""
+        if self.resume or any(self.run_dir.glob("*.pt")):  # the last good checkpoint is the point
+            return
+        _remove(self.run_dir, [n for n in owned(self.run_dir) if n not in self.before])
+
+    def release(self) -> None:
+        """Drop the lock (unlinked first, so that a waiting locker sees a new file) and remove the
+        folder if this run created it and left it empty."""
+        if self.fd is not None:
+            (self.run_dir / LOCK_NAME).unlink(missing_ok=True)
+            os.close(self.fd)
+            self.fd = None
+        if self.created:
+            try:
+                self.run_dir.rmdir()
+            except OSError:  # not empty: the run's files stay
+                pass
+
+
+def claim(run_dir: Path, resume: bool, force: bool, keep: tuple[type[BaseException], ...] = ()) -> RunFolder:
+    """Claim ``run_dir`` for a run: refused (before anything is written) if it is in use or holds a
+    run that this one would replace; then locked, emptied of the old run with ``force``, and rid of
+    temporaries. Exceptions of a type in ``keep`` (Ctrl-C) leave the folder as it is."""
+    check(run_dir, resume, force)
+    folder = RunFolder(run_dir, not run_dir.exists(), resume, keep)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.fd = _lock(run_dir)
+        refuse_run(run_dir, resume, force)  # again: a run may have started and ended since check()
+        if force and not resume:
+            _remove(run_dir, owned(run_dir))
+        # A killed writer's temporaries (the lock rules out a live one): up to a checkpoint's size each.
+        _remove(run_dir, [n for n in _names(run_dir) if _TEMP.match(n)])
+        folder.before = set(_names(run_dir))
+    except BaseException:
+        folder.release()
+        raise
+    return folder

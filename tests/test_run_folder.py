@@ -1,0 +1,198 @@
+"""Run folders are safe (issue 11, item 4): one run per folder, locked while it trains, no half-made
+run folders after a failed start, no temporaries of a killed writer left behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import alexnet
+from alexnet.config import resolve_config
+from alexnet.runfolder import claim
+from alexnet.train import Interrupted, fit
+from conftest import make_image_folder, run_cli
+
+QUICK = ["--model", "alexnet_small", "--epochs", "1", "--batch-size", "16", "--workers", "0", "--device", "cpu",
+         "--amp", "none", "--model-option", "widths=[8,16,16,16,16]", "--model-option", "fc_width=32"]
+TEMPS = [".last.pt.k2x9_a.tmp", ".best.pt.0abc12.tmp"]  # save_atomic's naming: .NAME.XXXXXX.tmp
+
+
+def _train(data: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    return run_cli("train", "--data", str(data), "--out", str(out), *QUICK, *extra)
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
+    """Every entry under ``folder`` (hidden ones too, the folder itself) with its bytes and mtime."""
+    snap = {}
+    for path in [folder, *folder.rglob("*")]:
+        snap[str(path.relative_to(folder))] = (b"" if path.is_dir() else path.read_bytes(), path.stat().st_mtime_ns)
+    return snap
+
+
+def _one_line(r: subprocess.CompletedProcess) -> str:
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    return lines[0]
+
+
+def _plant_run(run: Path) -> None:
+    """A finished run's files (as train leaves them), temporaries of a killed writer, and a file of the user's."""
+    (run / "tensorboard").mkdir(parents=True)
+    (run / "tensorboard" / "events.out").write_bytes(b"old")
+    for name in ("config.json", "metrics.jsonl", "last.pt", "old.pt", "curves.png", "bad_files.txt", *TEMPS):
+        (run / name).write_bytes(b"old " + name.encode())
+    (run / "notes.txt").write_text("mine\n")
+
+
+def test_a_new_run_into_a_finished_run_is_refused_and_changes_nothing(tiny_fmnist, tmp_path):
+    run = tmp_path / "run"
+    assert _train(tiny_fmnist, run).returncode == 0
+    before = _snapshot(run)
+    line = _one_line(_train(tiny_fmnist, run))
+    assert line.startswith(f"alexnet: error: {run} already holds a run (")
+    assert f"--resume {run}" in line and "--force" in line
+    assert _snapshot(run) == before
+
+
+@pytest.mark.parametrize("name", ["config.json", "metrics.jsonl", "weights.pt"])
+def test_any_run_file_makes_a_folder_a_run(tiny_fmnist, tmp_path, name):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / name).write_text("{}")
+    before = _snapshot(run)
+    assert name in _one_line(_train(tiny_fmnist, run))
+    assert _snapshot(run) == before
+
+
+def test_nproc_and_resume_with_force_are_refused_in_one_line(tiny_fmnist, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    before = _snapshot(run)
+    assert "already holds a run" in _one_line(_train(tiny_fmnist, run, "--nproc", "2"))  # before torchrun starts
+    assert "pass one of them" in _one_line(run_cli("train", "--resume", str(run), "--force"))
+    assert _snapshot(run) == before
+
+
+def test_force_replaces_the_run_and_only_its_files(tiny_fmnist, tmp_path):
+    run = tmp_path / "run"
+    _plant_run(run)
+    r = _train(tiny_fmnist, run, "--force")
+    assert r.returncode == 0, r.stderr
+    assert sorted(os.listdir(run)) == ["best.pt", "config.json", "curves.png", "last.pt", "metrics.jsonl", "notes.txt"]
+    assert (run / "notes.txt").read_text() == "mine\n"
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
+    assert alexnet.load(run / "last.pt").config.fc_width == 32
+
+
+_HOLDER = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+os.write(fd, f"{os.getpid()}\\n".encode())
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_folder_in_use_is_refused_and_free_again_when_its_holder_is_killed(tiny_fmnist, tmp_path):
+    run = tmp_path / "run"
+    _plant_run(run)
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(run / ".lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        before = _snapshot(run)
+        expected = f"alexnet: error: {run} is in use by another alexnet train (pid {holder.pid})"
+        assert _one_line(_train(tiny_fmnist, run, "--force")) == expected  # --force removes nothing of a live run
+        assert _one_line(_train(tiny_fmnist, run, "--nproc", "2", "--force")) == expected
+        assert _snapshot(run) == before
+    finally:
+        holder.send_signal(signal.SIGKILL)  # the kernel drops a killed process's flock
+        holder.wait()
+    r = _train(tiny_fmnist, run, "--force")
+    assert r.returncode == 0, r.stderr
+    assert not (run / ".lock").exists()  # released (and removed) when the run ends
+
+
+def test_a_lock_taken_in_process_refuses_a_second_claim(tmp_path):
+    run = tmp_path / "run"
+    with claim(run, resume=False, force=False):
+        assert (run / ".lock").read_text().strip() == str(os.getpid())
+        with pytest.raises(alexnet.AlexNetError, match=f"in use by another alexnet train \\(pid {os.getpid()}\\)"):
+            claim(run, resume=True, force=False)
+    assert not run.exists()  # created by the claim, left empty: removed
+
+
+@pytest.mark.parametrize("problem", ["empty class folder", "missing --init-from"])
+def test_a_run_that_fails_to_start_leaves_no_run_folder(tiny_fmnist, tmp_path, problem):
+    run = tmp_path / "runs" / "new"
+    if problem == "empty class folder":
+        data = make_image_folder(tmp_path / "photos")
+        (data / "class9").mkdir()
+        r = run_cli("train", "--data", str(data), "--out", str(run), *QUICK)
+    else:
+        r = _train(tiny_fmnist, run, "--init-from", str(tmp_path / "nope.pt"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert not run.exists()
+    # Into a folder of the user's: the run's files go, the folder and the user's file stay.
+    run.mkdir(parents=True)
+    (run / "notes.txt").write_text("mine\n")
+    assert _train(tiny_fmnist, run, "--init-from", str(tmp_path / "nope.pt")).returncode == 2
+    assert os.listdir(run) == ["notes.txt"]
+
+
+def _poison_loss(monkeypatch, at_call: int) -> None:
+    """The training loss turns NaN at the ``at_call``-th step: the run stops with a TrainingError."""
+    import alexnet.train as train_mod
+
+    real, calls = train_mod.F.cross_entropy, {"n": 0}
+
+    def poisoned(*a, **k):
+        calls["n"] += 1
+        loss = real(*a, **k)
+        return loss * float("nan") if calls["n"] == at_call else loss
+
+    monkeypatch.setattr(train_mod.F, "cross_entropy", poisoned)
+
+
+def _cfg(data: Path, out: Path, epochs: int):
+    options = {"widths": [8, 16, 16, 16, 16], "fc_width": 32}
+    return resolve_config(None, dict(data=str(data), out=str(out), epochs=epochs, batch_size=16, amp="none", workers=0,
+                                     device="cpu", model="alexnet_small", model_options=options))
+
+
+def test_a_failure_before_the_first_checkpoint_removes_the_run_after_it_keeps_it(tiny_fmnist, tmp_path, monkeypatch):
+    _poison_loss(monkeypatch, at_call=2)  # epoch 1 of 4 steps: no checkpoint yet
+    with pytest.raises(alexnet.TrainingError, match="non-finite loss"):
+        fit(_cfg(tiny_fmnist, tmp_path / "early", 2), log=lambda s: None)
+    assert not (tmp_path / "early").exists()
+    _poison_loss(monkeypatch, at_call=6)  # epoch 2: epoch 1's checkpoint is the point of the folder
+    with pytest.raises(alexnet.TrainingError, match="non-finite loss"):
+        fit(_cfg(tiny_fmnist, tmp_path / "late", 2), log=lambda s: None)
+    assert sorted(os.listdir(tmp_path / "late")) == ["best.pt", "config.json", "curves.png", "last.pt", "metrics.jsonl"]
+
+
+def test_ctrl_c_keeps_the_folder_even_before_a_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(Interrupted):
+        with claim(run, resume=False, force=False, keep=(Interrupted,)):
+            (run / "config.json").write_text("{}")
+            raise Interrupted("interrupted")
+    assert os.listdir(run) == ["config.json"]  # the lock file goes, the run's files stay
+
+
+def test_temporaries_of_a_killed_writer_are_removed_on_resume(tiny_fmnist, tmp_path):
+    run = tmp_path / "run"
+    assert _train(tiny_fmnist, run).returncode == 0
+    for name in TEMPS:
+        (run / name).write_bytes(b"\0" * 1000)
+    (run / ".notes.tmp").write_text("mine\n")  # not save_atomic's: kept
+    r = run_cli("train", "--resume", str(run), "--epochs", "2")
+    assert r.returncode == 0 and "resuming" in r.stdout, r.stderr
+    assert not any((run / name).exists() for name in TEMPS)
+    assert (run / ".notes.tmp").exists() and len((run / "metrics.jsonl").read_text().splitlines()) == 2
