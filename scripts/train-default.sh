@@ -3,5 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
-.venv/bin/alexnet train --out runs/fashion-mnist "$@"
+# --force: running this script again replaces its own earlier run (a run folder holds one run).
+.venv/bin/alexnet train --out runs/fashion-mnist --force "$@"
 .venv/bin/alexnet evaluate --checkpoint runs/fashion-mnist/best.pt

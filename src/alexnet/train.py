@@ -527,6 +527,7 @@ def _fit(
                 raise Interrupted(f"interrupted after epoch {record['epoch']}; continue with: alexnet train --resume {run_dir}")
     if writer is not None:
         writer.close()
+    health.close()  # its hooks would otherwise stay on the model
     final = dict(history[-1]) if history else {}
     final.update(run_dir=str(run_dir), best_val_top1=best)
     return final
