@@ -1,14 +1,18 @@
 """Every using command on checkpoints trained on each kind of data: outcomes checked, not exit codes.
 
 A checkpoint trained on photos embeds the training set's mean image as a tensor; the commands that
-write JSON (features, export) used to crash on it. Each data kind below trains alexnet_paper for one
-short epoch at 64 px (seconds), then evaluate (centre, ten crops), predict, features + retrieve,
+write JSON (features, export) used to crash on it. Each data kind below (an image folder with the
+paper preset, a packed folder, the ILSVRC layout with a flat val/, CIFAR batches of real photos at
+32 px, Fashion-MNIST) trains for one short epoch (alexnet_paper at 64 px, alexnet_small for the
+small images), then evaluate (centre, ten crops), predict, features + retrieve,
 export to safetensors / ONNX / TorchScript and load back, alexnet.load and torch.hub run on it.
 """
 
 from __future__ import annotations
 
+import csv
 import json
+import pickle
 import shutil
 from pathlib import Path
 
@@ -21,6 +25,8 @@ from alexnet.cli import main
 from alexnet.data.loaders import model_input
 from alexnet.data.presets import MEAN_IMAGE_KEY
 from alexnet.predict import load_image
+from PIL import Image
+
 from conftest import IMAGEWOOF, ROOT, make_tiny_fmnist
 
 pytestmark = pytest.mark.skipif(not IMAGEWOOF.is_dir(), reason=f"needs the real photos in {IMAGEWOOF} (../shared)")
@@ -36,15 +42,62 @@ def _photos(root: Path, per_class: int = 4, classes: int = 3) -> Path:
     return root
 
 
+def _cifar(root: Path, photos: Path) -> Path:
+    """cifar-10-batches-py (as Python 3 pickles it) holding the real photos of ``photos`` at 32x32."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    classes = sorted(d.name for d in (photos / "train").iterdir())
+
+    def batch(split: str) -> dict:
+        files = sorted((photos / split).rglob("*.JPEG"))
+        data = [np.asarray(Image.open(f).convert("RGB").resize((32, 32), Image.BILINEAR)).transpose(2, 0, 1).reshape(-1) for f in files]
+        labels = [classes.index(f.parent.name) for f in files]
+        return {b"data": np.stack(data), b"labels": labels, b"filenames": [f.name.encode() for f in files]}
+
+    train, test = batch("train"), batch("val")
+    for i in range(1, 6):  # the real layout has five training batches; the photos go in the first
+        part = train if i == 1 else {b"data": np.zeros((0, 3072), np.uint8), b"labels": [], b"filenames": []}
+        (folder / f"data_batch_{i}").write_bytes(pickle.dumps(part, protocol=2))
+    (folder / "test_batch").write_bytes(pickle.dumps(test, protocol=2))
+    meta = {b"label_names": [c.encode() for c in classes], b"num_cases_per_batch": len(train[b"labels"])}
+    (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
+    return root
+
+
+def _ilsvrc(root: Path, photos: Path) -> Path:
+    """The ILSVRC-2012 layout: train/WNID/ folders, a flat val/ of ILSVRC2012_val_N.JPEG labelled by
+    Kaggle's LOC_val_solution.csv (the imagewoof folders are WNIDs already)."""
+    shutil.copytree(photos / "train", root / "train")
+    (root / "val").mkdir()
+    rows = []
+    for n, f in enumerate(sorted((photos / "val").rglob("*.JPEG")), start=1):
+        name = f"ILSVRC2012_val_{n:08d}"
+        shutil.copy(f, root / "val" / f"{name}.JPEG")
+        rows.append({"ImageId": name, "PredictionString": f"{f.parent.name} 0 0 10 10"})
+    with (root / "LOC_val_solution.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, ["ImageId", "PredictionString"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return root
+
+
+def _val_images(data: Path) -> list[Path]:
+    """The validation JPEGs of a photo folder (class sub-folders or ILSVRC's flat val/)."""
+    return sorted((data / "val").rglob("*.JPEG"))
+
+
 def _train(data: Path, out: Path, *extra: str) -> Path:
     args = ["train", "--data", str(data), "--epochs", "1", "--batch-size", "4", "--workers", "0", "--out", str(out), *extra]
     assert main(args) == 0
     return out / "last.pt"
 
 
-@pytest.fixture(scope="module", params=["folder-paper", "packed-photos", "fashion-mnist"])
+KINDS = ["folder-paper", "packed-photos", "ilsvrc", "cifar", "fashion-mnist"]
+
+
+@pytest.fixture(scope="module", params=KINDS)
 def trained(request, tmp_path_factory) -> tuple[str, Path, Path]:
-    """(kind, checkpoint, folder of images to use it on)."""
+    """(kind, checkpoint, the data it was trained on: a folder whose val/ holds JPEGs, or FMNIST)."""
     tmp = tmp_path_factory.mktemp(request.param)
     small = ("--model-option", "input_size=64")
     if request.param == "fashion-mnist":
@@ -53,6 +106,12 @@ def trained(request, tmp_path_factory) -> tuple[str, Path, Path]:
     photos = _photos(tmp / "photos")
     if request.param == "folder-paper":
         return request.param, _train(photos, tmp / "run", "--preset", "paper", *small), photos
+    if request.param == "ilsvrc":
+        data = _ilsvrc(tmp / "ilsvrc", photos)
+        return request.param, _train(data, tmp / "run", *small), data
+    if request.param == "cifar":
+        data = _cifar(tmp / "cifar", photos)
+        return request.param, _train(data, tmp / "run", "--model", "alexnet_small"), photos
     assert main(["prepare", "--data", str(photos), "--out", str(tmp / "packed"), "--size", "73"]) == 0
     return request.param, _train(tmp / "packed", tmp / "run", *small), photos
 
@@ -60,12 +119,13 @@ def trained(request, tmp_path_factory) -> tuple[str, Path, Path]:
 def test_load_and_evaluate(trained, capsys):
     kind, ckpt, data = trained
     model = alexnet.load(ckpt)
-    if kind != "fashion-mnist":  # photos: the training set's mean image travels with the weights
+    if kind not in ("fashion-mnist", "cifar"):  # photos: the training set's mean image travels with the weights
         assert isinstance(model.preprocess["mean_image"], torch.Tensor) and model.preprocess["mean_image"].shape[0] == 3
     capsys.readouterr()
     expected = 40 if kind == "fashion-mnist" else 12  # every image of the test / val split
+    source = ckpt.parent.parent / "cifar" if kind == "cifar" else data
     for extra in ([], ["--ten-crop"]):
-        assert main(["evaluate", "--checkpoint", str(ckpt), "--data", str(data), "--json", *extra]) == 0
+        assert main(["evaluate", "--checkpoint", str(ckpt), "--data", str(source), "--json", *extra]) == 0
         result = json.loads(capsys.readouterr().out)
         assert result["images"] == expected and result["top5"] >= result["top1"]
 
@@ -75,7 +135,7 @@ def test_predict_features_retrieve(trained, tmp_path, capsys):
     if kind == "fashion-mnist":
         pytest.skip("predict, features and retrieve take image files")
     capsys.readouterr()
-    query = sorted((data / "val").rglob("*.JPEG"))[0]
+    query = _val_images(data)[0]
     assert main(["predict", str(query), "--checkpoint", str(ckpt), "--top", "2", "--json"]) == 0
     top = json.loads(capsys.readouterr().out)[0]["top"]
     assert len(top) == 2 and top[0]["probability"] >= top[1]["probability"]
@@ -96,7 +156,7 @@ def test_predict_features_retrieve(trained, tmp_path, capsys):
 def _same_outputs(ckpt: Path, run, data: Path) -> None:
     """``run(x)`` of an exported model against the checkpoint's own model on real inputs."""
     model = alexnet.load(ckpt)
-    files = sorted((data / "val").rglob("*.JPEG"))[:3] if (data / "val").is_dir() else None
+    files = _val_images(data)[:3] if (data / "val").is_dir() else None
     if files:
         images = torch.stack([load_image(f, model.preprocess) for f in files])
         x = model_input(images, torch.zeros(len(files), dtype=torch.int64), model.preprocess, False)
@@ -144,6 +204,6 @@ def test_export_and_load_back(trained, tmp_path):
 
 def test_torch_hub(trained):
     kind, ckpt, data = trained
-    name = "alexnet_small" if kind == "fashion-mnist" else "alexnet_paper"
+    name = "alexnet_small" if kind in ("fashion-mnist", "cifar") else "alexnet_paper"
     model = torch.hub.load(str(ROOT), name, source="local", checkpoint=str(ckpt))
     _same_outputs(ckpt, model.eval(), data)

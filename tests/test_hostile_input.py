@@ -84,6 +84,23 @@ def test_cifar_batch_that_would_run_code_is_refused(tmp_path, capsys):
     assert not marker.exists()
 
 
+class _BigBytes:
+    def __reduce__(self):
+        return (bytes, (10**12,))  # a terabyte allocation, not code: refused all the same
+
+
+def test_unpickler_builds_empty_bytes_but_not_a_bytes_bomb():
+    import io
+
+    from alexnet.unpickle import load_plain
+
+    plain = {b"filenames": [b""], b"data": np.zeros((0, 3072), np.uint8)}  # an empty batch, as Python 3 pickles it
+    back = load_plain(io.BytesIO(pickle.dumps(plain, protocol=2)))
+    assert back[b"filenames"] == [b""] and back[b"data"].shape == (0, 3072)
+    with pytest.raises(pickle.UnpicklingError, match="bytes"):
+        load_plain(io.BytesIO(pickle.dumps(_BigBytes(), protocol=2)))
+
+
 # -- 2. Only regular files, of a bounded size, are read from data folders ---------------------------
 def _folder_with_traps(root: Path) -> Path:
     make_image_folder(root, classes=3, per_class=3)

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from .data import presets
-from .data.folder import ImageFolderDataset, collate
+from .data.folder import ImageFolderDataset, _image_files, collate
 from .data.loaders import model_input
 from .errors import DataError
 from .model import AlexNet
@@ -42,15 +42,19 @@ def build_index(
     checkpoint: str | os.PathLike | None = None,
     show_progress: bool | None = None,
 ) -> dict[str, Any]:
-    """fc7 features of every image of an image folder (CLASS/IMAGE files).
+    """fc7 features of every image of an image folder: CLASS/IMAGE files (labelled by their folder)
+    or a flat folder of images such as ILSVRC's val/ (label -1: no class).
 
     Returns ``{"features", "labels", "paths", "classes", "checkpoint", "preprocess"}``.
     """
     root = Path(data)
     if not root.is_dir():
-        raise DataError(f"--data: {root} is not a folder of class sub-folders of images")
+        raise DataError(f"--data: {root} is not a folder of images")
     pre = model.preprocess
-    ds = ImageFolderDataset(root, resize=pre.get("resize") or pre.get("size"), size=pre.get("size"))
+    subfolders = any(d.is_dir() and not d.name.startswith(".") for d in root.iterdir())
+    loose = [] if subfolders else _image_files(root)
+    flat = {"samples": [(f, -1) for f in loose], "classes": ([], [])} if loose else {}
+    ds = ImageFolderDataset(root, resize=pre.get("resize") or pre.get("size"), size=pre.get("size"), **flat)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate)
     feats, labels, kept = [], [], []
     for batch in progress(loader, total=len(loader), desc="fc7 features", enabled=show_progress, unit="batch"):

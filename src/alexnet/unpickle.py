@@ -24,7 +24,15 @@ _ALLOWED = {
     ("numpy", "dtype"),
     ("_codecs", "encode"),
 }
+_BYTES = {("builtins", "bytes"), ("__builtin__", "bytes")}  # b"" at protocol 2 is bytes()
 _NUMPY_2 = int(np.__version__.split(".")[0]) >= 2
+
+
+def _bytes(*args: Any) -> bytes:
+    """``bytes`` for what pickles of bytes call it with; ``bytes(10**12)`` (an allocation) refused."""
+    if args and isinstance(args[0], int):
+        raise pickle.UnpicklingError("refused to unpickle bytes(<size>)")
+    return bytes(*args)
 
 
 class NumpyOnlyUnpickler(pickle.Unpickler):
@@ -35,6 +43,8 @@ class NumpyOnlyUnpickler(pickle.Unpickler):
             if _NUMPY_2:  # numpy 2 renamed numpy.core to numpy._core
                 module = module.replace("numpy.core.", "numpy._core.")
             return super().find_class(module, name)
+        if (module, name) in _BYTES:
+            return _bytes
         raise pickle.UnpicklingError(f"refused to unpickle {module}.{name}")
 
 
