@@ -11,37 +11,32 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .config import AT_LEAST_1, FRACTION
 from .errors import AlexNetError
 
 if TYPE_CHECKING:  # for annotations only: the commands import what they need when they run
     from .config import TrainConfig
 
 
-def _number(kind: type, minimum: float, strict: bool, maximum: float | None = None):
-    """An argparse type: ``kind`` (int or float) >= ``minimum`` (> when ``strict``), < ``maximum``;
-    never NaN or infinite."""
+def _config_type(kind: type, check: tuple | None):
+    """An argparse type: ``kind`` (int or float), finite, and passing ``check`` (see config.opt)."""
 
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {'a whole number' if kind is int else 'a number'}, got {text!r}") from None
-        if not math.isfinite(value):  # NaN passes every "value < minimum" test
+        if not math.isfinite(value):  # NaN passes every range test
             raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-        if maximum is not None and value >= maximum:
-            raise argparse.ArgumentTypeError(f"expected a number below {maximum}, got {value}")
-        if value < minimum or (strict and value == minimum):
-            raise argparse.ArgumentTypeError(f"expected a number {'>' if strict else '>='} {minimum}, got {value}")
+        if check is not None and not check[0](value):
+            raise argparse.ArgumentTypeError(f"expected a number {check[1]}, got {value}")
         return value
 
     return parse
 
 
-_positive_int = _number(int, 1, strict=False)
-_nonneg_int = _number(int, 0, strict=False)
-_positive_float = _number(float, 0.0, strict=True)
-_nonneg_float = _number(float, 0.0, strict=False)
-_fraction = _number(float, 0.0, strict=False, maximum=1.0)  # in [0, 1)
+_positive_int = _config_type(int, AT_LEAST_1)
+_fraction = _config_type(float, FRACTION)
 
 
 def _progress_flag(args: argparse.Namespace) -> bool | None:
@@ -68,57 +63,69 @@ def _key_values(items: list[str] | None, flag: str, parse=json.loads) -> dict:
     return out
 
 
+def _add_config_options(parser: argparse.ArgumentParser, names: list[str] | None = None) -> None:
+    """``alexnet train``'s options, generated from the TrainConfig fields (``names``: only these):
+    each option's default, range, choices and help are declared once, in config.py."""
+    import typing
+
+    from .config import _FIELDS, field_types, flag
+
+    for name, kind in field_types().items():
+        meta = _FIELDS[name].metadata
+        if not meta.get("cli", True) or (names is not None and name not in names):
+            continue
+        base = next((a for a in typing.get_args(kind) if a is not type(None)), kind)
+        extra: dict = {"help": meta.get("help"), "metavar": meta.get("metavar"), "default": None, "dest": name}
+        if typing.get_origin(kind) in (list, dict):
+            extra["action"] = "append"  # comma lists and KEY=VALUE tables are parsed by _config_overrides
+        elif base is bool:
+            extra["action"] = argparse.BooleanOptionalAction
+            extra.pop("metavar")
+        elif meta.get("choices"):
+            extra["choices"] = meta["choices"]
+        elif base in (int, float):
+            extra["type"] = _config_type(base, meta.get("check"))
+        if extra.get("metavar") is None and "action" not in extra and "choices" not in extra:
+            extra["metavar"] = flag(name).lstrip("-").replace("-", "_").upper()
+        parser.add_argument(flag(name), **extra)
+
+
+def _train_option_names() -> list[str]:
+    from .config import field_types
+
+    return list(field_types())
+
+
+def _config_overrides(args: argparse.Namespace) -> dict:
+    """The TrainConfig values given on the command line (unset ones are None)."""
+    from .config import field_types, flag
+
+    out = {name: getattr(args, name, None) for name in field_types()}
+    for name in ("freeze", "tower_devices"):  # comma-separated lists
+        if out[name] is not None:
+            out[name] = [v for item in out[name] for v in item.split(",") if v]
+    out["lr_mult"] = _key_values(out["lr_mult"], flag("lr_mult"), float) or None
+    model_options = _key_values(out["model_options"], flag("model_options"))
+    if args.dropout is not None:
+        model_options["dropout"] = args.dropout
+    out["model_options"] = model_options or None
+    return out
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import resolve_config
     from .train import fit, resume_config
 
-    overrides = {
-        "data": args.data,
-        "model": args.model,
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "momentum": args.momentum,
-        "weight_decay": args.weight_decay,
-        "optimizer": args.optimizer,
-        "schedule": args.schedule,
-        "plateau_patience": args.patience,
-        "seed": args.seed,
-        "workers": args.workers,
-        "device": args.device,
-        "amp": args.amp,
-        "channels_last": args.channels_last,
-        "compile": args.compile or None,
-        "out": args.out,
-        "save_every": args.save_every,
-        "on_nonfinite": args.on_nonfinite,
-        "health": args.health,
-        "warmup_epochs": args.warmup_epochs,
-        "label_smoothing": args.label_smoothing,
-        "tensorboard": args.tensorboard or None,
-        "init_from": args.init_from,
-        "data_preset": args.data_preset,
-        "strict": args.strict or None,
-        "num_classes": args.num_classes,
-        "freeze": args.freeze.split(",") if args.freeze else None,
-        "lr_mult": _key_values(args.lr_mult, "--lr-mult", float) or None,
-        "dist_timeout": args.dist_timeout,
-        "tower_devices": args.towers.split(",") if args.towers else None,
-    }
-    model_options = _key_values(args.model_option, "--model-option")
-    if args.dropout is not None:
-        model_options["dropout"] = args.dropout
-    if model_options:
-        overrides["model_options"] = model_options
+    overrides = _config_overrides(args)
     if args.resume and args.force:
         from .errors import ConfigError
 
         raise ConfigError("--resume continues a run and --force replaces one: pass one of them")
     if args.resume:
         keep = ("epochs", "workers", "device", "dist_timeout", "tower_devices")  # may change on resume
-        cfg = resume_config(args.resume, {k: overrides[k] for k in keep if overrides[k] is not None})
+        cfg = resume_config(args.resume, {k: overrides[k] for k in keep if overrides.get(k) is not None})
     else:
-        cfg = resolve_config(args.preset, overrides, args.config)
+        cfg = resolve_config(overrides.pop("preset", None), overrides, args.config)
     if args.nproc and args.nproc > 1:
         return _launch(args, cfg)
     result = fit(cfg, show_progress=_progress_flag(args), force=args.force)
@@ -402,62 +409,25 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     common = _Parser(add_help=False)
-    common.add_argument("--device", help="auto (CUDA if present), cpu, cuda, cuda:N or mps")
-    common.add_argument("--workers", type=_nonneg_int, default=None, help="data-loading worker processes")
-    common.add_argument("--amp", default=None, help="mixed precision: auto (bf16 where the hardware has it), bf16, fp16, none")
+    _add_config_options(common, ["device", "workers", "amp"])
     common.add_argument("--progress", choices=("auto", "on", "off"), default="auto", help="progress bars (auto: on a terminal)")
 
     t = sub.add_parser(
         "train",
         parents=[common],
         help="train a model (default: AlexNet on Fashion-MNIST)",
-        description="Train a model. With no arguments: alexnet_small on Debian's Fashion-MNIST (about 8 minutes on 2 CPU "
-        "cores). Options override the preset, which --config FILE (TOML/YAML) may also override.",
+        description="Train a model. With no arguments: alexnet_small on Debian's Fashion-MNIST (5 epochs, about 15 minutes "
+        "on 2 CPU cores). Options override the preset, which --config FILE (TOML/YAML) may also override.",
     )
-    t.add_argument("--data", help="Fashion-MNIST IDX folder, or an image folder (CLASS/IMAGE, or train/ and val/ of those)")
-    t.add_argument("--model", help="model name (see 'alexnet models')")
-    t.add_argument("--preset", help="fashion_mnist (default without --data), photos (default with --data), paper or owt")
-    t.add_argument("--data-preset", help="preprocessing recipe: photos, paper, torchvision, fashion_mnist or cifar")
-    t.add_argument("--strict", action="store_true", help="stop at the first unreadable image instead of skipping it")
     t.add_argument("--config", help="TOML or YAML file of training options (command-line options win)")
-    t.add_argument("--resume", metavar="RUN", help="continue the run in this folder (or from this checkpoint) exactly")
-    t.add_argument("--epochs", type=_positive_int)
-    t.add_argument("--batch-size", type=_positive_int,
-                   help="images per optimisation step: the global batch, split evenly over the processes of a distributed run")
-    t.add_argument("--lr", type=_positive_float, help="(peak) learning rate")
-    t.add_argument("--momentum", type=_fraction)
-    t.add_argument("--weight-decay", type=_nonneg_float)
-    t.add_argument("--optimizer", choices=("paper", "sgd"), help="paper: the paper's update rule; sgd: torch.optim.SGD")
-    t.add_argument("--schedule", choices=("plateau", "step", "onecycle", "cosine", "constant"))
-    t.add_argument("--warmup-epochs", type=_nonneg_float, help="linear learning-rate warm-up (epochs)")
-    t.add_argument("--label-smoothing", type=_fraction, help="cross-entropy label smoothing (0: off)")
-    t.add_argument("--patience", type=_positive_int, help="plateau schedule: epochs without improvement before lr / 10")
-    t.add_argument("--dropout", type=_fraction, help="dropout probability of fc6/fc7 (paper: 0.5)")
-    t.add_argument("--model-option", action="append", metavar="KEY=VALUE", help="model config override, e.g. lrn=false, towers=1")
-    t.add_argument("--seed", type=int, default=None)
-    t.add_argument("--out", help="run folder (default runs/DATE-TIME-MODEL); one that holds a run is refused")
     t.add_argument("--force", action="store_true", help="replace the run that --out holds (its own files only)")
-    t.add_argument("--save-every", type=_nonneg_int, help="also checkpoint every N steps (default: at epoch ends)")
-    t.add_argument("--on-nonfinite", choices=("stop", "skip"), help="a NaN/inf loss stops the run (default) or skips the batch")
-    t.add_argument("--health", choices=("stop", "warn", "off"),
-                   help="a diverged loss (far above ln(classes)) or a layer of dead ReLUs stops the run (default), warns, or is ignored")
-    t.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="NHWC memory format")
-    t.add_argument("--compile", action="store_true", help="torch.compile the model")
-    t.add_argument("--tensorboard", action="store_true", help="also log to RUN/tensorboard")
-    t.add_argument("--init-from", metavar="WEIGHTS", help="start from these weights (our checkpoint, torchvision's alexnet)")
-    t.add_argument("--num-classes", type=_positive_int, help="check the data has this many classes (fc8 is rebuilt)")
-    t.add_argument("--freeze", metavar="LAYERS", help="comma-separated layers to keep fixed, e.g. features or conv1,conv2")
-    t.add_argument("--lr-mult", action="append", metavar="LAYER=X", help="per-layer learning-rate multipliers, e.g. fc8=10")
+    t.add_argument("--dropout", type=_fraction, help="dropout probability of fc6/fc7 (paper: 0.5); a model option")
+    _add_config_options(t, [name for name in _train_option_names() if name not in ("device", "workers", "amp")])
     t.add_argument(
         "--nproc", type=_positive_int, metavar="N",
         help="data-parallel over N processes on this machine (runs torchrun; one per GPU, or CPU processes with gloo); "
         "--batch-size stays the global batch and must divide by N. Many machines: see docs/distributed.md",
     )
-    t.add_argument("--dist-timeout", type=_positive_float, metavar="SECONDS",
-                   help="a distributed run stops with an error when a rank is silent this long (default 1800)")
-    t.add_argument("--towers", metavar="DEV0,DEV1",
-                   help="the paper's model parallelism: each tower on its own device, e.g. cuda:0,cuda:1 "
-                   "(auto: process r of a machine takes cuda:2r,cuda:2r+1; none: off)")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", parents=[common], help="top-1/top-5 accuracy and error of a checkpoint")

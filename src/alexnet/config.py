@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,56 +19,93 @@ from .checks import is_finite, is_whole, require
 from .errors import ConfigError
 
 
+def opt(
+    default: Any = dataclasses.MISSING,
+    help: str | None = None,
+    *,
+    check: tuple[Callable[[Any], bool], str] | None = None,
+    choices: tuple[str, ...] | None = None,
+    flag: str | None = None,
+    metavar: str | None = None,
+    cli: bool = True,
+    factory: Callable[[], Any] | None = None,
+) -> Any:
+    """A TrainConfig field declared once: its default, its range or choices (checked by
+    :func:`validate` on every source) and its command-line flag and help (``alexnet train``'s
+    options are generated from these; ``cli=False``: no flag)."""
+    meta = {"help": help, "check": check, "choices": choices, "flag": flag, "metavar": metavar, "cli": cli}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+POSITIVE = (lambda v: v > 0, "> 0")
+NON_NEGATIVE = (lambda v: v >= 0, ">= 0")
+FRACTION = (lambda v: 0 <= v < 1, "in [0, 1)")
+AT_LEAST_1 = (lambda v: v >= 1, ">= 1")
+
+
 @dataclass
 class TrainConfig:
-    """Everything a training run depends on."""
+    """Everything a training run depends on; each field is also an ``alexnet train`` option."""
 
-    data: str | None = None  # None: Fashion-MNIST from Debian's folder
-    model: str = "alexnet_paper"
-    model_options: dict[str, Any] = field(default_factory=dict)  # AlexNetConfig overrides
-    epochs: int = 90
-    batch_size: int = 128  # the global batch: split across ranks when distributed
-    eval_batch_size: int = 256
-    optimizer: str = "sgd"  # "paper": the paper's update rule (optim.PaperSGD); "sgd": torch.optim.SGD
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    nesterov: bool = False
-    label_smoothing: float = 0.0
-    # "plateau": lr / 10 when the validation error stalls (the paper); "step": lr * gamma every
-    # step_size epochs; "onecycle": linear warm-up then linear decay to 0; "cosine"; "constant".
-    schedule: str = "cosine"
-    warmup_epochs: float = 0.0
-    step_size: int = 30
-    gamma: float = 0.1
-    plateau_patience: int = 4
-    plateau_max_reductions: int = 3
-    data_preset: str | None = None  # preprocessing recipe (data.presets); None: the data's default
-    strict: bool = False  # stop at the first unreadable image instead of skipping it
-    seed: int = 0
-    workers: int = 4
-    device: str = "auto"
-    amp: str = "auto"  # auto | bf16 | fp16 | none
-    channels_last: bool = True
-    compile: bool = False
-    out: str | None = None
-    preset: str = "paper"
-    resume: str | None = None  # a run folder or checkpoint to continue
-    save_every: int = 0  # also checkpoint every N optimisation steps (0: at epoch ends only)
-    on_nonfinite: str = "stop"  # "stop": end the run; "skip": skip the batch and count it
-    # A loss far above ln(classes) or a layer whose ReLUs all died (health.py): "stop" the run with
-    # one line naming the remedy, "warn" once and go on, or "off".
-    health: str = "stop"
-    tensorboard: bool = False
-    # Scaling out (see docs/distributed.md): seconds a collective may wait for another rank before
-    # the run stops with an error; the paper's two-device split ("cpu,cpu", "cuda:0,cuda:1", "auto").
-    dist_timeout: float = 1800.0
-    tower_devices: list[str] = field(default_factory=list)
+    data: str | None = opt(None, "Fashion-MNIST IDX folder, CIFAR batches, a packed folder, or an image folder "
+                           "(CLASS/IMAGE, train/ and val/ of those, or the ILSVRC-2012 layout)")  # None: Debian's FMNIST
+    model: str = opt("alexnet_paper", "model name (see 'alexnet models')")
+    model_options: dict[str, Any] = opt(factory=dict, help="model config override, e.g. lrn=false, towers=1",
+                                        flag="--model-option", metavar="KEY=VALUE")  # AlexNetConfig overrides
+    epochs: int = opt(90, check=AT_LEAST_1)
+    batch_size: int = opt(128, "images per optimisation step: the global batch, split evenly over the processes "
+                          "of a distributed run", check=AT_LEAST_1)
+    eval_batch_size: int = opt(256, "images per evaluation batch", check=AT_LEAST_1)
+    optimizer: str = opt("sgd", "paper: the paper's update rule (optim.PaperSGD); sgd: torch.optim.SGD",
+                         choices=("paper", "sgd"))
+    lr: float = opt(0.01, "(peak) learning rate", check=POSITIVE)
+    momentum: float = opt(0.9, check=FRACTION)
+    weight_decay: float = opt(5e-4, check=NON_NEGATIVE)
+    nesterov: bool = opt(False, "Nesterov momentum (sgd)")
+    label_smoothing: float = opt(0.0, "cross-entropy label smoothing (0: off)", check=FRACTION)
+    schedule: str = opt("cosine", "plateau: lr / 10 when the validation error stalls (the paper); step: lr x gamma "
+                        "every step-size epochs; onecycle: linear warm-up then linear decay to 0; cosine; constant",
+                        choices=("plateau", "step", "onecycle", "cosine", "constant"))
+    warmup_epochs: float = opt(0.0, "linear learning-rate warm-up (epochs)", check=NON_NEGATIVE)
+    step_size: int = opt(30, "step schedule: epochs between reductions", check=AT_LEAST_1)
+    gamma: float = opt(0.1, "step schedule: the factor of each reduction", check=POSITIVE)
+    plateau_patience: int = opt(4, "plateau schedule: epochs without improvement before lr / 10",
+                                check=AT_LEAST_1, flag="--patience")
+    plateau_max_reductions: int = opt(3, "plateau schedule: stop after this many reductions stall",
+                                      check=NON_NEGATIVE, flag="--max-reductions")
+    data_preset: str | None = opt(None, "preprocessing recipe: photos, paper, torchvision, fashion_mnist or cifar "
+                                  "(default: the data's own)")
+    strict: bool = opt(False, "stop at the first unreadable image instead of skipping it")
+    seed: int = opt(0, "seed of the initialisation, the data order, augmentation and dropout")
+    workers: int = opt(4, "data-loading worker processes", check=NON_NEGATIVE)
+    device: str = opt("auto", "auto (CUDA if present), cpu, cuda, cuda:N or mps")
+    amp: str = opt("auto", "mixed precision: auto (bf16 where the hardware has it), bf16, fp16, none")
+    channels_last: bool = opt(True, "NHWC memory format")
+    compile: bool = opt(False, "torch.compile the model")
+    out: str | None = opt(None, "run folder (default runs/DATE-TIME-MODEL); one that holds a run is refused")
+    preset: str = opt("paper", "fashion_mnist (default without --data), photos (default with --data), paper or owt")
+    resume: str | None = opt(None, "continue the run in this folder (or from this checkpoint) exactly", metavar="RUN")
+    save_every: int = opt(0, "also checkpoint every N steps (0: at epoch ends only)", check=NON_NEGATIVE)
+    on_nonfinite: str = opt("stop", "a NaN/inf loss stops the run (default) or skips the batch", choices=("stop", "skip"))
+    # A loss far above ln(classes) or a layer whose ReLUs all died (health.py).
+    health: str = opt("stop", "a diverged loss (far above ln(classes)) or a layer of dead ReLUs stops the run "
+                      "(default), warns, or is ignored", choices=("stop", "warn", "off"))
+    tensorboard: bool = opt(False, "also log to RUN/tensorboard")
+    # Scaling out (see docs/distributed.md).
+    dist_timeout: float = opt(1800.0, "a distributed run stops with an error when a rank is silent this long "
+                              "(seconds)", check=POSITIVE, metavar="SECONDS")
+    tower_devices: list[str] = opt(factory=list, help="the paper's model parallelism: each tower on its own device, "
+                                   "e.g. cuda:0,cuda:1 (auto: process r of a machine takes cuda:2r,cuda:2r+1; none: off)",
+                                   flag="--towers", metavar="DEV0,DEV1")
     # Fine-tuning.
-    num_classes: int | None = None  # if set, the data must have this many classes
-    init_from: str | None = None  # our checkpoint or a torchvision alexnet state dict
-    freeze: list[str] = field(default_factory=list)  # layer names, or "features" for conv1..conv5
-    lr_mult: dict[str, float] = field(default_factory=dict)  # layer -> learning-rate multiplier
+    num_classes: int | None = opt(None, "check the data has this many classes (fc8 is rebuilt)", check=AT_LEAST_1)
+    init_from: str | None = opt(None, "start from these weights (our checkpoint, torchvision's alexnet)", metavar="WEIGHTS")
+    freeze: list[str] = opt(factory=list, help="comma-separated layers to keep fixed, e.g. features or conv1,conv2",
+                            metavar="LAYERS")
+    lr_mult: dict[str, float] = opt(factory=dict, help="per-layer learning-rate multipliers, e.g. fc8=10",
+                                    metavar="LAYER=X")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -139,14 +177,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
-_CHOICES = {
-    "optimizer": ("paper", "sgd"),
-    "schedule": ("plateau", "step", "onecycle", "cosine", "constant"),
-    "on_nonfinite": ("stop", "skip"),
-    "health": ("stop", "warn", "off"),
-}
-
-
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Options from a TOML or YAML file (top-level keys are TrainConfig fields)."""
     path = Path(path)
@@ -205,51 +235,52 @@ def resolve_config(preset: str | None, overrides: dict[str, Any], config_file: s
     return cfg
 
 
-# Range checks of the numeric options: option -> (test on a finite number, the test in words).
-_FLOATS: dict[str, tuple[Callable[[float], bool], str]] = {
-    "lr": (lambda v: v > 0, "> 0"),
-    "momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "weight_decay": (lambda v: v >= 0, ">= 0"),
-    "label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "warmup_epochs": (lambda v: v >= 0, ">= 0"),
-    "gamma": (lambda v: v > 0, "> 0"),
-    "dist_timeout": (lambda v: v > 0, "> 0 (seconds)"),
-}
-_INTS = {"epochs": 1, "batch_size": 1, "eval_batch_size": 1, "step_size": 1, "plateau_patience": 1,
-         "plateau_max_reductions": 0, "workers": 0, "save_every": 0, "seed": None}  # option -> minimum
-_BOOLS = ("nesterov", "strict", "channels_last", "compile", "tensorboard")
-_STRINGS = ("model", "device", "amp", "preset")
-_PATHS = ("data", "data_preset", "out", "resume", "init_from")  # or None
+def flag(name: str) -> str:
+    """The command-line spelling of option ``name``."""
+    f = _FIELDS[name]
+    return f.metadata.get("flag") or f"--{name.replace('_', '-')}"
 
 
-def _option(name: str) -> str:
-    return f"--{name.replace('_', '-')}"
+def field_types() -> dict[str, Any]:
+    """Option name -> its type (``int``, ``float | None``, ``list[str]``, ...), resolved."""
+    return typing.get_type_hints(TrainConfig)
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def _check_scalar(name: str, value: Any, kind: Any) -> None:
+    """One scalar option: its type (None where allowed), finiteness, range and choices."""
+    meta, args = _FIELDS[name].metadata, typing.get_args(kind)
+    if value is None and type(None) in args:
+        return
+    base = next((a for a in args if a is not type(None)), kind)
+    check, choices = meta.get("check"), meta.get("choices")
+    if base is bool:
+        require(isinstance(value, bool), flag(name), "true or false", value)
+    elif base is int:
+        require(is_whole(value) and (check is None or check[0](value)), flag(name),
+                "a whole number" + (f" {check[1]}" if check else ""), value)
+    elif base is float:
+        require(is_finite(value) and (check is None or check[0](value)), flag(name),
+                "a finite number" + (f" {check[1]}" if check else ""), value)
+    else:
+        require(isinstance(value, (str, os.PathLike)), flag(name), "a string", value)
+    if choices:
+        require(value in choices, flag(name), f"one of {', '.join(choices)}", value)
 
 
 def validate(cfg: TrainConfig) -> None:
     """Raise ConfigError naming the first option that cannot work: of the wrong type (a config file
     can hold anything), out of range, NaN or infinite, or not one of its choices."""
-    for name, (test, wanted) in _FLOATS.items():
-        value = getattr(cfg, name)
-        require(is_finite(value) and test(value), _option(name), f"a finite number {wanted}", value)
-    for name, minimum in _INTS.items():
-        wanted = "a whole number" + ("" if minimum is None else f" >= {minimum}")
-        require(is_whole(getattr(cfg, name), minimum), _option(name), wanted, getattr(cfg, name))
-    for name in _BOOLS:
-        require(isinstance(getattr(cfg, name), bool), name, "true or false", getattr(cfg, name))
-    for name in _STRINGS + _PATHS:
-        value = getattr(cfg, name)
-        ok = isinstance(value, (str, os.PathLike)) or (value is None and name in _PATHS)
-        require(ok, _option(name), "a string", value)
-    for name, choices in _CHOICES.items():
-        require(getattr(cfg, name) in choices, name, f"one of {', '.join(choices)}", getattr(cfg, name))
+    for name, kind in field_types().items():
+        if typing.get_origin(kind) not in (list, dict):
+            _check_scalar(name, getattr(cfg, name), kind)
     _validate_containers(cfg)
 
 
 def _validate_containers(cfg: TrainConfig) -> None:
     """The list and table options: their types, and every layer multiplier finite and >= 0."""
-    ok = cfg.num_classes is None or is_whole(cfg.num_classes, 1)
-    require(ok, "--num-classes", "a whole number >= 1", cfg.num_classes)
     require(isinstance(cfg.model_options, dict), "model_options", "a table of model options", cfg.model_options)
     for name in ("freeze", "tower_devices"):
         value = getattr(cfg, name)

@@ -1,0 +1,49 @@
+"""Training options are declared once (config.TrainConfig) and reach a run the same way from the
+command line, a config file or a preset: generated flags, one range check."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from alexnet.cli import _config_overrides, build_parser
+from alexnet.config import TrainConfig, flag, resolve_config
+from alexnet.errors import ConfigError
+
+
+def _train_parser():
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    return sub.choices["train"]
+
+
+def test_every_training_option_has_one_flag():
+    strings = {s for a in _train_parser()._actions for s in a.option_strings}
+    for f in dataclasses.fields(TrainConfig):
+        assert flag(f.name) in strings, f"TrainConfig.{f.name} has no command-line flag"
+
+
+def test_command_line_values_reach_the_config():
+    argv = ["train", "--data", "/x", "--gamma", "0.5", "--step-size", "7", "--max-reductions", "1",
+            "--eval-batch-size", "32", "--nesterov", "--no-channels-last", "--towers", "cpu,cpu", "--freeze",
+            "conv1,conv2", "--lr-mult", "fc8=10", "--model-option", "lrn=false", "--dropout", "0.25",
+            "--patience", "2", "--schedule", "step", "--health", "warn", "--seed", "-3", "--workers", "0"]
+    overrides = _config_overrides(build_parser().parse_args(argv))
+    cfg = resolve_config(overrides.pop("preset"), overrides)
+    expected = {"data": "/x", "gamma": 0.5, "step_size": 7, "plateau_max_reductions": 1, "eval_batch_size": 32,
+                "nesterov": True, "channels_last": False, "tower_devices": ["cpu", "cpu"], "freeze": ["conv1", "conv2"],
+                "lr_mult": {"fc8": 10.0}, "plateau_patience": 2, "schedule": "step", "health": "warn", "seed": -3,
+                "workers": 0, "preset": "photos"}
+    assert {k: getattr(cfg, k) for k in expected} == expected
+    assert cfg.model_options["lrn"] is False and cfg.model_options["dropout"] == 0.25
+
+
+@pytest.mark.parametrize("name, bad", [("gamma", "-1"), ("step_size", "0"), ("lr", "nan"), ("momentum", "1")])
+def test_the_same_range_check_on_the_command_line_and_in_a_file(name, bad, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(["train", flag(name), bad])
+    assert e.value.code == 2 and f"argument {flag(name)}" in capsys.readouterr().err
+    config = tmp_path / "c.toml"
+    config.write_text(f"{name} = {bad}\n")
+    with pytest.raises(ConfigError, match=f"^{flag(name)} must be"):
+        resolve_config(None, {}, config)
