@@ -33,13 +33,13 @@ def test_debian_fashion_mnist():
     assert torch.bincount(y).tolist() == [1000] * 10
 
 
-def test_crop_flip_against_slicing():
+def test_crop_flip_gather_against_slicing():
     torch.manual_seed(0)
     x = torch.randint(0, 255, (5, 3, 12, 10), dtype=torch.uint8)
     top = torch.tensor([0, 1, 4, 2, 3])
     left = torch.tensor([0, 2, 2, 1, 2])
     flip = torch.tensor([False, True, False, True, True])
-    out = augment.crop_flip(x, 8, top, left, flip)
+    out = augment.crop_flip_gather(x, 8, top, left, flip)
     for i in range(5):
         ref = x[i, :, top[i] : top[i] + 8, left[i] : left[i] + 8]
         if flip[i]:
@@ -47,17 +47,18 @@ def test_crop_flip_against_slicing():
         assert torch.equal(out[i], ref)
 
 
-def test_random_crop_flip_is_per_sample_and_reproducible():
-    x = torch.randint(0, 255, (64, 3, 16, 16), dtype=torch.uint8)
+def test_random_crops_are_per_sample_and_reproducible():
     idx = torch.arange(64)
-    a = augment.random_crop_flip(x, 12, idx, seed=1, epoch=0)
-    b = augment.random_crop_flip(x, 12, idx, seed=1, epoch=0)
-    assert torch.equal(a, b)
+    a = augment.random_crop_params(16, 16, 12, idx, seed=1, epoch=0)
+    b = augment.random_crop_params(16, 16, 12, idx, seed=1, epoch=0)
+    assert all(torch.equal(u, v) for u, v in zip(a, b))
     # Sample 10's crop does not depend on what else is in the batch.
-    c = augment.random_crop_flip(x[10:11], 12, idx[10:11], seed=1, epoch=0)
-    assert torch.equal(a[10], c[0])
-    d = augment.random_crop_flip(x, 12, idx, seed=1, epoch=1)
-    assert not torch.equal(a, d)
+    c = augment.random_crop_params(16, 16, 12, idx[10:11], seed=1, epoch=0)
+    assert all(torch.equal(u[10:11], v) for u, v in zip(a, c))
+    d = augment.random_crop_params(16, 16, 12, idx, seed=1, epoch=1)
+    assert not all(torch.equal(u, v) for u, v in zip(a, d))
+    top, left, _ = a
+    assert 0 <= int(top.min()) and int(top.max()) <= 4 and len(set(left.tolist())) == 5  # every offset 0..4 drawn
 
 
 def test_uniform_and_normal_statistics():

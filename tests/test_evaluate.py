@@ -14,7 +14,6 @@ from PIL import Image
 from alexnet import create_model
 from alexnet.checkpoint import save_atomic
 from alexnet.cli import main
-from alexnet.data.augment import ten_crop
 from alexnet.data.folder import ImageFolderDataset
 from conftest import make_image_folder
 
@@ -56,20 +55,6 @@ def cli_fails(capsys, *args: str) -> str:
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
     return err
-
-
-def test_ten_crop_order_matches_torchvision():
-    from torchvision.transforms.v2 import functional as TF
-
-    x = torch.randint(0, 256, (2, 3, 9, 11), dtype=torch.uint8)
-    ours = ten_crop(x, 5)
-    assert ours.shape == (2, 10, 3, 5, 5)
-    for b in range(2):
-        theirs = TF.ten_crop(x[b], [5, 5])  # mirrors the image, then crops: mirrored corners swap sides
-        for i, j in enumerate((0, 1, 2, 3, 4, 6, 5, 8, 7, 9)):
-            assert torch.equal(ours[b, i], theirs[j]), i
-        for i in range(5):
-            assert torch.equal(ours[b, i + 5], ours[b, i].flip(-1))
 
 
 @pytest.mark.parametrize("mean_image", [False, True], ids=["channel-mean", "mean-image"])

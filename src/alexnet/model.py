@@ -234,7 +234,7 @@ class AlexNet(nn.Module):
         return norm(pool(x))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """conv1..pool5, flattened: the 9216-d input of fc6 for the paper's net."""
+        """conv1..pool5, flattened: the input of fc6 (9,216-d for the paper's net at 224 px)."""
         x = self._stage(x, self.conv1, self.norm1, self.pool1)
         x = self._stage(x, self.conv2, self.norm2, self.pool2)
         x = self.act(self.conv3(x))
@@ -256,13 +256,6 @@ class AlexNet(nn.Module):
         if self.config.dropout_position == "after":
             x = self.drop7(x)
         return self.fc8(x)
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace fc8 by a fresh layer with ``num_classes`` outputs (for fine-tuning)."""
-        self.config.num_classes = num_classes
-        self.fc8 = nn.Linear(self.config.fc_width, num_classes).to(self.fc7.weight.device)
-        nn.init.normal_(self.fc8.weight, 0.0, 0.01)
-        nn.init.zeros_(self.fc8.bias)
 
 
 # torchvision.models.AlexNet names its layers by position in two Sequentials.
@@ -341,7 +334,8 @@ def alexnet_small() -> AlexNetConfig:
     """The paper's net for 28 px grey images (Fashion-MNIST): conv1 stride 2, no pool5."""
     # Adapted only where a 28x28 grey input forces it: one input channel; conv1 stride 4 -> 2
     # (stride 4 would leave 5x5 maps after conv1); pool5 dropped. With conv1 padding 5 the maps
-    # go 14 -> pool 6 -> conv2..conv5 at 6x6, so fc6 sees 256x6x6 = 9216 inputs, as in the paper.
+    # go 14 -> pool1 6 -> conv2 6 -> pool2 2 -> conv3..conv5 at 2x2, so fc6 sees 256x2x2 = 1,024
+    # inputs (the paper's net: 256x6x6 = 9,216).
     # LRN, two towers, overlapping pooling, dropout and every width are the paper's. He init
     # (instead of N(0, 0.01^2)) lets it train in minutes.
     return AlexNetConfig(

@@ -45,31 +45,11 @@ def sample_normal(seed: int, epoch: int, index: torch.Tensor, stream: int, count
     return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * torch.pi * u2)
 
 
-def crop_flip(
-    x: torch.Tensor, size: int, top: torch.Tensor, left: torch.Tensor, flip: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Cut a ``size`` x ``size`` patch at (top, left) of each image, mirrored where ``flip``.
-
-    ``x`` is (B, C, H, W); ``top``, ``left`` and ``flip`` have B entries. One gather for the whole
-    batch on an accelerator (:func:`crop_flip_gather`), B slice copies on a CPU.
-    """
-    b, c = x.shape[:2]
-    if x.device.type == "cpu":
-        # On a CPU, B strided slice copies beat one B*C*size*size-element gather by ~5x.
-        out = torch.empty((b, c, size, size), dtype=x.dtype)
-        tops, lefts = top.tolist(), left.tolist()
-        flips = flip.tolist() if flip is not None else [False] * b
-        for i in range(b):
-            patch = x[i, :, tops[i] : tops[i] + size, lefts[i] : lefts[i] + size]
-            out[i] = patch.flip(-1) if flips[i] else patch
-        return out
-    return crop_flip_gather(x, size, top, left, flip)
-
-
 def crop_flip_gather(
     x: torch.Tensor, size: int, top: torch.Tensor, left: torch.Tensor, flip: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """:func:`crop_flip` as one gather for the whole batch: the fast way on a GPU."""
+    """Cut a ``size`` x ``size`` patch at (top, left) of each image of ``x`` (B, C, H, W), mirrored
+    where ``flip``: one gather for the whole batch (``top``, ``left``, ``flip`` have B entries)."""
     b, c = x.shape[:2]
     ar = torch.arange(size, device=x.device)
     rows = top.to(x.device).long().reshape(b, 1) + ar
@@ -93,26 +73,6 @@ def random_crop_params(
     left = (u[:, 1] * (w - size + 1)).floor().long()
     mirror = u[:, 2] < 0.5 if flip else None
     return top, left, mirror
-
-
-def random_crop_flip(
-    x: torch.Tensor,
-    size: int,
-    index: torch.Tensor,
-    seed: int,
-    epoch: int,
-    padding: int = 0,
-    flip: bool = True,
-) -> torch.Tensor:
-    """Random ``size`` crops (after zero ``padding``) and mirrors with probability 1/2.
-
-    The paper's augmentation 1 (224 patches of 256 images and their reflections).
-    """
-    if padding:
-        x = torch.nn.functional.pad(x, (padding,) * 4)
-    h, w = x.shape[-2:]
-    top, left, mirror = random_crop_params(h, w, size, index.to(x.device), seed, epoch, flip)
-    return crop_flip(x, size, top, left, mirror)
 
 
 # Streams of per-sample randomness (see sample_uniform): one per kind of draw, so adding a new kind
@@ -204,16 +164,6 @@ def ten_crop_params(h: int, w: int, size: int) -> tuple[torch.Tensor, torch.Tens
     return torch.tensor(tops * 2), torch.tensor(lefts * 2), torch.tensor([False] * 5 + [True] * 5)
 
 
-def ten_crop(x: torch.Tensor, size: int) -> torch.Tensor:
-    """The ten views of :func:`ten_crop_params` of every image, all cut from the one decoded image.
-
-    ``x`` is (B, C, H, W); returns (B, 10, C, size, size).
-    """
-    tops, lefts, mirror = (t.tolist() for t in ten_crop_params(*x.shape[-2:], size))
-    views = [x[..., t : t + size, l : l + size] for t, l in zip(tops, lefts)]
-    return torch.stack([v.flip(-1) if m else v for v, m in zip(views, mirror)], dim=1)
-
-
 def crop_normalize(
     x: torch.Tensor,
     size: int,
@@ -225,7 +175,7 @@ def crop_normalize(
     shift: torch.Tensor | None = None,
     batched: bool | None = None,
 ) -> torch.Tensor:
-    """float32 ``(crop_flip(x) - crop_flip(mean) + shift) * inv_std`` for a uint8 batch ``x``.
+    """float32 ``(crop(x) - crop(mean) + shift) * inv_std`` for a uint8 batch ``x``.
 
     ``mean`` is a mean image (C, H, W) cropped like each image, or per channel (C, 1, 1);
     ``inv_std`` is (C, 1, 1); ``shift`` (B, C) is a per-image colour offset (PCA noise). On a CPU
