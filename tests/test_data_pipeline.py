@@ -82,13 +82,19 @@ def test_pca_noise_distribution():
     assert not torch.equal(shift[:10], augment.pca_noise(torch.arange(10), 3, 1, eigvals, q))
 
 
-def test_gpu_gather_path_matches_cpu_slices():
+def _slices(x: torch.Tensor, size: int, top, left, flip) -> torch.Tensor:
+    """Crops and mirrors by plain slicing: the reference for the gather."""
+    return torch.stack([x[i, :, t : t + size, c : c + size].flip(-1) if f else x[i, :, t : t + size, c : c + size]
+                        for i, (t, c, f) in enumerate(zip(top.tolist(), left.tolist(), flip.tolist()))])
+
+
+def test_gather_crops_match_slices_also_of_an_expanded_mean():
     x = torch.randint(0, 255, (6, 3, 20, 17), dtype=torch.uint8)
     top, left = torch.tensor([0, 3, 5, 1, 2, 6]), torch.tensor([0, 2, 1, 3, 0, 3])
     flip = torch.tensor([True, False, True, True, False, False])
-    assert torch.equal(augment.crop_flip(x, 14, top, left, flip), augment.crop_flip_gather(x, 14, top, left, flip))
-    m = torch.rand(3, 20, 17)  # the mean image is cropped through an expanded (stride-0) view
-    assert torch.equal(augment.crop_flip(m.expand(6, -1, -1, -1), 14, top, left, flip), augment.crop_flip_gather(m.expand(6, -1, -1, -1), 14, top, left, flip))
+    assert torch.equal(_slices(x, 14, top, left, flip), augment.crop_flip_gather(x, 14, top, left, flip))
+    m = torch.rand(3, 20, 17).expand(6, -1, -1, -1)  # the mean image is cropped through an expanded (stride-0) view
+    assert torch.equal(_slices(m, 14, top, left, flip), augment.crop_flip_gather(m, 14, top, left, flip))
 
 
 def test_crop_normalize_paths_agree():
