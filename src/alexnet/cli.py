@@ -178,13 +178,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     confusion = stats.pop("confusion")
     stats.update({"ten_crop": args.ten_crop, "models": [str(p) for p in paths], "data": source})
     if args.out:
+        from .atomic import write_text
         from .figures import plot_confusion
 
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         write_per_class_csv(per_class_accuracy(confusion, classes), out / "per_class.csv")
         plot_confusion(confusion, classes, out / "confusion.png")
-        (out / "evaluate.json").write_text(json.dumps({**stats, "argv": sys.argv[1:]}, indent=2) + "\n")
+        write_text(out / "evaluate.json", json.dumps({**stats, "argv": sys.argv[1:]}, indent=2) + "\n")
     if args.json:
         print(json.dumps(stats))
     else:

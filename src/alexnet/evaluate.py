@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import csv
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from .atomic import atomic_path
 from .checkpoint import load
 from .data.loaders import model_input
 from .errors import CheckpointError
@@ -146,12 +146,8 @@ def per_class_accuracy(confusion: torch.Tensor, classes: list[str]) -> list[dict
 
 
 def write_per_class_csv(rows: list[dict[str, Any]], path: str | os.PathLike) -> None:
-    """Write :func:`per_class_accuracy` rows as CSV (written to a temporary name, then renamed)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as f:
+    """Write :func:`per_class_accuracy` rows as CSV (atomically)."""
+    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=["index", "class", "images", "top1"])
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)

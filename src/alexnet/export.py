@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import atomic
+from .atomic import atomic_path
 from .data import presets
 from .errors import ConfigError
 from .model import AlexNet
@@ -42,11 +44,6 @@ def _mean_image(model: AlexNet) -> torch.Tensor | None:
     return presets.mean_image_tensor(getattr(model, "preprocess", None) or {})
 
 
-def _tmp(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path.with_name(f".{path.name}.tmp")
-
-
 def export_safetensors(model: AlexNet, path: str | os.PathLike) -> list[Path]:
     """Write ``path`` (.safetensors) and ``path`` with suffix .json. Returns both paths."""
     from safetensors.torch import save_file
@@ -54,17 +51,13 @@ def export_safetensors(model: AlexNet, path: str | os.PathLike) -> list[Path]:
     path = Path(path)
     config = _config(model)
     meta = {k: json.dumps(v) if not isinstance(v, str) else v for k, v in config.items()}
-    tmp = _tmp(path)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     mean_image = _mean_image(model)
     if mean_image is not None:  # beside the weights; the metadata holds its summary
         state[presets.MEAN_IMAGE_KEY] = mean_image
-    save_file(state, str(tmp), metadata=meta)
-    os.replace(tmp, path)
-    side = path.with_suffix(".json")
-    tmp = _tmp(side)
-    tmp.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, side)
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=meta)
+    side = atomic.write_text(path.with_suffix(".json"), json.dumps(config, indent=2) + "\n")
     return [path, side]
 
 
@@ -85,8 +78,7 @@ def export_onnx(model: AlexNet, path: str | os.PathLike, opset: int = 17) -> lis
         raise ConfigError("--format onnx needs the onnx package: pip install 'alexnet[export]'") from None
     path = Path(path)
     model = model.eval()
-    tmp = _tmp(path)
-    with warnings.catch_warnings():  # the TorchScript-based exporter is noisy about its own deprecation
+    with atomic_path(path) as tmp, warnings.catch_warnings():  # the TorchScript-based exporter is noisy about its own deprecation
         warnings.simplefilter("ignore")
         torch.onnx.export(
             model,
@@ -98,16 +90,15 @@ def export_onnx(model: AlexNet, path: str | os.PathLike, opset: int = 17) -> lis
             dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
             opset_version=opset,
         )
-    proto = onnx.load(str(tmp))
-    metadata = dict(_config(model))
-    mean_image = _mean_image(model)
-    if mean_image is not None:  # ONNX metadata holds strings only: the mean image as a JSON list
-        metadata[presets.MEAN_IMAGE_KEY] = json.dumps(mean_image.tolist())
-    for key, value in metadata.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value if isinstance(value, str) else json.dumps(value)
-    onnx.save(proto, str(tmp))
-    os.replace(tmp, path)
+        proto = onnx.load(str(tmp))
+        metadata = dict(_config(model))
+        mean_image = _mean_image(model)
+        if mean_image is not None:  # ONNX metadata holds strings only: the mean image as a JSON list
+            metadata[presets.MEAN_IMAGE_KEY] = json.dumps(mean_image.tolist())
+        for key, value in metadata.items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value if isinstance(value, str) else json.dumps(value)
+        onnx.save(proto, str(tmp))
     return [path]
 
 
@@ -115,8 +106,7 @@ def export_torchscript(model: AlexNet, path: str | os.PathLike) -> list[Path]:
     """Write a traced TorchScript module (``torch.jit.load`` runs it without this package)."""
     path = Path(path)
     model = model.eval()
-    tmp = _tmp(path)
-    with warnings.catch_warnings(), torch.no_grad():  # torch.jit is deprecated upstream but still the portable format
+    with atomic_path(path) as tmp, warnings.catch_warnings(), torch.no_grad():  # torch.jit is deprecated upstream but still the portable format
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(model, _example(model, 2))
         extra = {"config.json": json.dumps(_config(model))}
@@ -126,7 +116,6 @@ def export_torchscript(model: AlexNet, path: str | os.PathLike) -> list[Path]:
             np.save(buf, mean_image.numpy())
             extra[presets.MEAN_IMAGE_KEY + ".npy"] = buf.getvalue()
         torch.jit.save(traced, str(tmp), _extra_files=extra)
-    os.replace(tmp, path)
     return [path]
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .atomic import atomic_path
 from .errors import DataError
 
 DPI = 100
@@ -33,14 +34,11 @@ def _pyplot():
 def _save(fig, path: str | os.PathLike) -> Path:
     plt = _pyplot()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
     try:
-        fig.savefig(tmp, dpi=DPI, format="png")  # no bbox_inches="tight": the size stays as documented
-        os.replace(tmp, path)
+        with atomic_path(path, durable=False) as tmp:
+            fig.savefig(tmp, dpi=DPI, format="png")  # no bbox_inches="tight": the size stays as documented
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -48,10 +46,8 @@ def _save_array(rgb: np.ndarray, path: str | os.PathLike) -> Path:
     from PIL import Image
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    Image.fromarray(rgb).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path, durable=False) as tmp:
+        Image.fromarray(rgb).save(tmp, format="PNG")
     return path
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from .atomic import atomic_path
 from .data import presets
 from .data.folder import ImageFolderDataset, _image_files, collate
 from .data.loaders import model_input
@@ -77,7 +78,7 @@ def build_index(
 
 
 def save_index(index: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write an index as safetensors (to a temporary name, then renamed)."""
+    """Write an index as safetensors (atomically: see :mod:`alexnet.atomic`)."""
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -89,13 +90,12 @@ def save_index(index: dict[str, Any], path: str | os.PathLike) -> Path:
         "checkpoint": json.dumps(index.get("checkpoint")),
         "preprocess": json.dumps(presets.to_json(index.get("preprocess") or {})),
     }
-    tmp = path.with_name(f".{path.name}.tmp")
     tensors = {"features": index["features"].contiguous(), "labels": index["labels"].to(torch.int64).contiguous()}
     mean_image = presets.mean_image_tensor(index.get("preprocess") or {})
     if mean_image is not None:  # the recipe's mean image, summarised in the metadata
         tensors[presets.MEAN_IMAGE_KEY] = mean_image
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
     return path
 
 

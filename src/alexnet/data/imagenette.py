@@ -14,6 +14,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from ..atomic import atomic_path
 from ..errors import DataError
 
 URLS = {
@@ -58,17 +59,14 @@ def synset_names(folders: list[str]) -> list[str] | None:
 def _fetch(url: str, dest: Path, show_progress: bool | None) -> None:
     from ..runtime import progress_bar
 
-    tmp = dest.with_name(dest.name + ".part")
     try:
-        with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
+        with atomic_path(dest, durable=False) as tmp, urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
             total = int(r.headers.get("Content-Length") or 0) or None
             with progress_bar(total, f"download {dest.name}", show_progress, unit="B") as bar:
                 while chunk := r.read(1 << 20):
                     f.write(chunk)
                     bar.update(len(chunk))
-        os.replace(tmp, dest)
     except (urllib.error.URLError, OSError, TimeoutError) as e:
-        tmp.unlink(missing_ok=True)
         reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or e
         raise DataError(f"cannot download {url}: {reason} (offline? fetch it on a machine that is online and pass --data)") from None
 

@@ -1,0 +1,70 @@
+"""Writing a file so that a reader sees the old file or the new one, never half of either.
+
+Every file this package writes beside a user's data (checkpoints, exports, indexes, figures,
+statistics, CSV and JSON reports) goes through :func:`atomic_path`: the bytes go to a temporary
+``.NAME.XXXXXXXX.tmp`` in the same folder, are flushed to disk, and are renamed over ``NAME``
+(atomic within a file system). A failure at any point (a full disk, a crash, Ctrl-C) leaves the
+previous file untouched and no temporary behind (except after SIGKILL: ``runfolder`` sweeps those).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+_UMASK: int | None = None
+
+
+def _file_mode() -> int:
+    """The mode a plain ``open()`` would give: mkstemp makes 0600, these are ordinary files."""
+    global _UMASK
+    if _UMASK is None:
+        _UMASK = os.umask(0)  # the only way to read the umask is to set it, then put it back
+        os.umask(_UMASK)
+    return 0o666 & ~_UMASK
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (where the platform allows opening a folder)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, durable: bool = True) -> Iterator[Path]:
+    """A temporary path to write ``path``'s new contents to; renamed over ``path`` when the block
+    ends without an exception, removed otherwise. ``durable``: fsync the file and the rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        os.chmod(tmp, _file_mode())
+        yield tmp
+        if durable:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    if durable:
+        _fsync_folder(path.parent)
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)

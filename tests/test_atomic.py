@@ -1,0 +1,36 @@
+"""alexnet.atomic: a reader sees the old file or the new one, and a failure leaves nothing behind."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from alexnet.atomic import atomic_path, write_text
+
+
+def test_success_replaces_with_an_ordinary_file(tmp_path):
+    target = tmp_path / "sub" / "a.json"
+    write_text(target, "old")
+    write_text(target, "new")
+    assert target.read_text() == "new" and os.listdir(target.parent) == ["a.json"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask  # not mkstemp's 0600
+
+
+def test_failure_keeps_the_old_file_and_removes_the_temporary(tmp_path):
+    target = tmp_path / "m.safetensors"
+    target.write_bytes(b"good")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_bytes(b"half a fi")
+        assert tmp.parent == tmp_path and tmp.name.startswith(".m.safetensors.") and tmp.name.endswith(".tmp")
+        raise RuntimeError("disk full")
+    assert target.read_bytes() == b"good" and sorted(os.listdir(tmp_path)) == ["m.safetensors"]
+
+
+def test_a_writer_that_never_writes_still_leaves_no_temporary(tmp_path):
+    with pytest.raises(KeyboardInterrupt), atomic_path(tmp_path / "x.png"):
+        raise KeyboardInterrupt
+    assert os.listdir(tmp_path) == []
