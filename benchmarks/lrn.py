@@ -1,25 +1,35 @@
 """LRN forward+backward: ours (alexnet.LocalResponseNorm) against torch.nn.LocalResponseNorm.
 
-The shape is conv1's output of the paper's net at batch 32 (32x96x55x55). Both compute the same
-function (torch's alpha is the paper's times n); the accuracy of ours against the paper's formula
-in float64 is printed beside the timings.
+The shape is conv1's output of the paper's net at batch 32 (32x96x55x55) on the CPU, 128 on CUDA.
+Both compute the same function (torch's alpha is the paper's times n); the accuracy of ours against
+the paper's formula in float64 is printed beside the timings.
 
-    python benchmarks/lrn.py [--batch-size 32] [--quick]
+On CUDA ours is the Triton kernel (alexnet.lrn_triton), timed against torch's in the same dtype and
+layout (fp32 and bf16, NCHW and channels_last); the first call's latency (compiling the kernels) is
+measured in fresh processes, with an empty Triton cache and with the one the first left behind.
+
+    python benchmarks/lrn.py [--batch-size 32] [--quick] [--device cuda]
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import tempfile
+
 import _common  # noqa: F401  (puts src/ on the path)
 import torch
-from _common import base_parser, interleaved, median, result, setup
+from _common import ROOT, base_parser, interleaved, median, result, setup
 
 from alexnet.lrn import LocalResponseNorm, kernel_available, lrn_reference
 
 
-def fwd_bwd(module, x: torch.Tensor, g: torch.Tensor):
+def fwd_bwd(module, x: torch.Tensor, g: torch.Tensor, calls: int = 1):
     def run() -> None:
-        xi = x.detach().requires_grad_()
-        module(xi).backward(g)
+        for _ in range(calls):
+            xi = x.detach().requires_grad_()
+            module(xi).backward(g)
 
     return run
 
@@ -39,14 +49,16 @@ def worst_error(x: torch.Tensor, g: torch.Tensor, module) -> tuple[float, float]
 
 def main(argv: list[str] | None = None) -> None:
     p = base_parser(__doc__.splitlines()[0])
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=None, help="default: 32 on the CPU, 128 on CUDA")
     args = p.parse_args(argv)
     if args.quick:
         args.batch_size, args.repeats = 2, 1
     device = setup(args)
+    if device.type == "cuda":
+        return cuda_main(args, device)
     print(f"fused C kernel: {'yes' if kernel_available() else 'no (PyTorch fallback)'}")
     torch.manual_seed(0)
-    shape = (args.batch_size, 96, 55, 55)
+    shape = (args.batch_size or 32, 96, 55, 55)
     x = torch.relu(torch.randn(shape, device=device) * 30)  # post-ReLU activations, as after conv1
     g = torch.randn(shape, device=device)
     ours, peer = LocalResponseNorm(5, 1e-4, 0.75, 2.0), torch.nn.LocalResponseNorm(5, 5e-4, 0.75, 2.0)
@@ -68,6 +80,77 @@ def main(argv: list[str] | None = None) -> None:
     result("lrn_fwd_bwd_channels_last_speedup", 1 / secs["ours fp32 channels_last"], 1 / peer_s, "calls/s")
     result("lrn_fwd_bwd_bf16_speedup", 1 / secs["ours bf16 NCHW"], 1 / peer_s, "calls/s")
     result("lrn_max_rel_error", max(ey, eg), 1e-5, "relative")
+
+
+# One LRN forward+backward in a fresh process: seconds from the call to its completion (CUDA set
+# up beforehand), i.e. what compiling and loading the kernels adds to a training run's first step.
+FIRST_CALL = """
+import sys, time, torch
+from alexnet.lrn import LocalResponseNorm
+peer = sys.argv[1] == "peer"
+m = torch.nn.LocalResponseNorm(5, 5e-4, 0.75, 2.0) if peer else LocalResponseNorm(5, 1e-4, 0.75, 2.0)
+x = torch.randn(8, 96, 55, 55, device="cuda").requires_grad_()
+torch.cuda.synchronize()
+t0 = time.perf_counter()
+y = m(torch.relu(x)) if peer else m(x, relu=True)  # ours fuses the ReLU before it
+y.sum().backward()
+torch.cuda.synchronize()
+print(time.perf_counter() - t0)
+"""
+
+
+def first_call_seconds(which: str, cache_dir: str) -> float:
+    """Latency of the first LRN fwd+bwd of a new process, ``which`` = "ours" or "peer"."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), TRITON_CACHE_DIR=cache_dir)
+    proc = subprocess.run(
+        [sys.executable, "-c", FIRST_CALL, which], capture_output=True, text=True, env=env, timeout=600
+    )
+    if proc.returncode:
+        raise RuntimeError(f"first-call subprocess failed:\n{proc.stderr[-2000:]}")
+    return float(proc.stdout.split()[-1])
+
+
+def cuda_main(args, device: torch.device) -> None:
+    """Ours (Triton) against torch's LRN, each in fp32 and bf16, NCHW and channels_last."""
+    from alexnet import lrn
+
+    torch.manual_seed(0)
+    shape = (args.batch_size or 128, 96, 55, 55)
+    x = torch.relu(torch.randn(shape, device=device) * 30)  # post-ReLU activations, as after conv1
+    g = torch.randn(shape, device=device)
+    ours, peer = LocalResponseNorm(5, 1e-4, 0.75, 2.0), torch.nn.LocalResponseNorm(5, 5e-4, 0.75, 2.0)
+    print(f"Triton kernel: {'yes' if lrn._triton_lrn(x) is not None else 'no (eager PyTorch ops)'}")
+    errs = {}
+    for dt in ("fp32", "bf16"):
+        xd, gd = (x, g) if dt == "fp32" else (x.bfloat16(), g.bfloat16())
+        errs[dt] = worst_error(xd, gd, ours)  # bf16: against float64 of the bf16 input
+        print(f"shape {shape} {dt}; ours vs float64 formula: max error y {errs[dt][0]:.2e}, grad {errs[dt][1]:.2e}")
+    calls = 1 if args.quick else 10  # per timed round: one call takes about a millisecond
+    fns = {}
+    for dt, layout in [(d, f) for d in ("fp32", "bf16") for f in ("NCHW", "channels_last")]:
+        fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+        xd, gd = ((t if dt == "fp32" else t.bfloat16()).contiguous(memory_format=fmt) for t in (x, g))
+        fns[f"ours {dt} {layout}"] = fwd_bwd(ours, xd, gd, calls)
+        fns[f"peer {dt} {layout}"] = fwd_bwd(peer, xd, gd, calls)
+    for fn in fns.values():
+        fn()  # warm-up (and the one-time kernel compile)
+    secs = {k: median(v) / calls for k, v in interleaved(fns, args.repeats, device).items()}
+    with tempfile.TemporaryDirectory() as cache:
+        cold = first_call_seconds("ours", cache)
+        warm = first_call_seconds("ours", cache)  # the kernels the first process compiled, from disk
+        peer_first = first_call_seconds("peer", cache)
+    print(f"first fwd+bwd in a fresh process: ours {cold:.2f} s (empty Triton cache), {warm:.2f} s (cached)")
+    # Figures beyond the RESULT set that tests/test_benchmarks.py expects: ours, peer, ratio in words.
+    ours_cl, peer_cl = (1 / secs[f"{side} bf16 channels_last"] for side in ("ours", "peer"))
+    print(f"bf16 channels_last: ours {ours_cl:.4g} calls/s, peer {peer_cl:.4g} calls/s, ratio {ours_cl / peer_cl:.3g}")
+    print(f"first call: ours {cold:.3g} s, peer {peer_first:.3g} s, ratio {cold / peer_first:.3g}")
+    for dt, layout, name in (
+        ("fp32", "NCHW", "lrn_fwd_bwd_speedup"),
+        ("fp32", "channels_last", "lrn_fwd_bwd_channels_last_speedup"),
+        ("bf16", "NCHW", "lrn_fwd_bwd_bf16_speedup"),
+    ):
+        result(name, 1 / secs[f"ours {dt} {layout}"], 1 / secs[f"peer {dt} {layout}"], "calls/s")
+    result("lrn_max_rel_error", max(errs["fp32"]), 1e-5, "relative")
 
 
 if __name__ == "__main__":

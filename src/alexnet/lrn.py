@@ -9,23 +9,31 @@ Caffe and cuda-convnet divide alpha by n (they average the squares), so the pape
 is their alpha=5e-4. Both conventions live here, named, because weights imported from Caffe
 (k=1, averaged alpha=1e-4) lose accuracy if the wrong one is used.
 
-Three paths, picked per call by :meth:`LocalResponseNorm.forward`:
+Four paths, picked per call by :meth:`LocalResponseNorm.forward`:
 
 * CPU, float32/float64/bfloat16, eager: a fused C kernel (``_kernels/lrn.c``, compiled on first
   use and cached; see :mod:`alexnet._kernels`). The forward reads x and writes y once and saves
   nothing but x; the backward recomputes the denominator in registers (cheaper than storing it)
   and reads g and x once. ``beta = 0.75`` is computed as ``rsqrt(d) * sqrt(rsqrt(d))``.
-* Without a compiler, or for other dtypes: :class:`_LRNFunction`, a hand-written autograd
-  Function whose window sum over channels is ``n`` shifted adds, several times cheaper than the
-  generic pooling kernels torch uses.
+* CUDA, float32/bfloat16/float16, eager: hand-written Triton kernels (:mod:`alexnet.lrn_triton`,
+  imported on first CUDA use), forward and backward, fused with the ReLU and the groups as the C
+  kernel is, on NCHW and channels_last tensors without a copy. Compiled once per process for each
+  dtype, window and ``relu`` flag, never per batch or image size. ``ALEXNET_TRITON_LRN=0`` turns
+  them off; without Triton (or for float64) CUDA takes the eager paths below.
+* Without a C compiler on the CPU, without Triton on CUDA, or for other dtypes: :class:`_LRNFunction`,
+  a hand-written autograd Function whose window sum over channels is ``n`` shifted adds, several
+  times cheaper than the generic pooling kernels torch uses (:func:`lrn_reference` when no
+  gradient is wanted).
 * Under tracing, ``torch.compile`` and ONNX export: :func:`lrn_reference`, plain ops that compilers
-  fuse and exporters understand. On CUDA it is run through ``torch.compile`` (one fused Triton
-  kernel) when Triton is installed.
+  fuse and exporters understand.
 """
 
 from __future__ import annotations
 
 import ctypes
+import os
+import warnings
+from types import ModuleType
 from typing import Literal
 
 import torch
@@ -175,20 +183,39 @@ def _tracing() -> bool:
     )
 
 
-_compiled_reference = None
+_triton_state: dict[str, object] = {}  # "module": alexnet.lrn_triton or None; "ran": a call succeeded
 
 
-def _cuda_lrn(x: torch.Tensor, *args) -> torch.Tensor:
-    """LRN on CUDA: the plain ops fused into one kernel by torch.compile when Triton is present."""
-    global _compiled_reference
-    if _compiled_reference is None:
-        try:
-            import triton  # noqa: F401
+def _triton_lrn(x: torch.Tensor) -> ModuleType | None:
+    """:mod:`alexnet.lrn_triton` if it should compute LRN of ``x`` (CUDA, float32/bfloat16/float16,
+    Triton importable, not turned off by ``ALEXNET_TRITON_LRN=0``), else None."""
+    if not x.is_cuda or os.environ.get("ALEXNET_TRITON_LRN", "1") == "0":
+        return None
+    if "module" not in _triton_state:
+        try:  # imported here, not at the top: importing Triton costs seconds and is optional
+            from . import lrn_triton
+        except ImportError:
+            lrn_triton = None
+        _triton_state["module"] = lrn_triton
+    module = _triton_state["module"]
+    return module if module is not None and x.dtype in module.DTYPES else None
 
-            _compiled_reference = torch.compile(lrn_reference, dynamic=True)
-        except Exception:  # no Triton, or torch.compile unsupported here: eager ops are correct too
-            _compiled_reference = lrn_reference
-    return _compiled_reference(x, *args)
+
+def _run_triton(module: ModuleType, x: torch.Tensor, *args) -> torch.Tensor | None:
+    """``module.lrn_triton(x, *args)``; None, with a warning and Triton off for this process, if the
+    very first call fails (Triton present but unable to build kernels on this machine)."""
+    if _triton_state.get("ran"):
+        return module.lrn_triton(x, *args)
+    try:
+        y = module.lrn_triton(x, *args)
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001  (any failure to build or launch: the eager path is correct too)
+        warnings.warn(f"Triton LRN kernel unavailable ({type(e).__name__}: {e}); using PyTorch ops", stacklevel=3)
+        _triton_state["module"] = None
+        return None
+    _triton_state["ran"] = True
+    return y
 
 
 class LocalResponseNorm(nn.Module):
@@ -229,15 +256,20 @@ class LocalResponseNorm(nn.Module):
         return self.alpha if self.convention == "sum" else self.alpha / self.size
 
     def forward(self, x: torch.Tensor, relu: bool = False) -> torch.Tensor:
-        """LRN of ``x``; with ``relu=True``, LRN of ``relu(x)`` (fused into one pass on the CPU)."""
+        """LRN of ``x``; with ``relu=True``, LRN of ``relu(x)`` (fused into one pass by the C and Triton kernels)."""
         if x.dim() < 3:
             raise ValueError(f"LRN expects (N, C, ...) input, got shape {tuple(x.shape)}")
-        g, fused = self.groups, self._fused(x)
-        if g == 1:
-            return self._lrn(x, relu, fused)
-        n, c = x.shape[:2]
+        g, (n, c) = self.groups, x.shape[:2]
         if c % g:
             raise ValueError(f"LRN with groups={g} needs a channel count divisible by {g}, got {c}")
+        triton_lrn = _triton_lrn(x) if x.numel() and not _tracing() else None
+        if triton_lrn is not None:  # groups, ReLU and layout all handled in the kernel
+            y = _run_triton(triton_lrn, x, self.size, self.sum_alpha, self.beta, self.k, relu, g)
+            if y is not None:
+                return y
+        fused = self._fused(x)
+        if g == 1:
+            return self._lrn(x, relu, fused)
         # Each group's channels are normalised on their own.
         channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
         if channels_last and fused:
@@ -268,10 +300,7 @@ class LocalResponseNorm(nn.Module):
         if _tracing():
             # Traceable ops: torch.compile fuses them, exporters see plain graph nodes.
             return lrn_reference(x, *args)
-        grad = torch.is_grad_enabled() and x.requires_grad
-        if x.is_cuda:
-            return _cuda_lrn(x, *args)
-        if not grad:  # inference saves nothing for a backward that never comes
+        if not (torch.is_grad_enabled() and x.requires_grad):  # inference saves nothing for a backward that never comes
             return lrn_reference(x, *args)
         return _LRNFunction.apply(x, *args)
 
