@@ -64,10 +64,44 @@ def tiny_folder(tmp_path: Path) -> Path:
     return make_image_folder(tmp_path / "images")
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run ``python -m alexnet ARGS`` in a subprocess, as a user would."""
+def cli_env(cuda: bool = False, **extra: str) -> dict[str, str]:
+    """The environment of a CLI subprocess of the tests.
+
+    ``cuda=False`` (the default) hides every GPU (``CUDA_VISIBLE_DEVICES=""``): a test whose subject
+    is not the device (error lines, bitwise resume, run folders) then runs on the CPU on every
+    machine, deterministic and without CUDA start-up or first-call kernel compilation. Tests of the
+    GPU path pass ``cuda=True`` and carry the ``cuda`` marker.
+    """
     # PYTHONFAULTHANDLER: a process that aborts (SIGSEGV, SIGABRT) prints every thread's Python stack.
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), ALEXNET_DEBUG="", PYTHONFAULTHANDLER="1")
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), ALEXNET_DEBUG="", PYTHONFAULTHANDLER="1", **extra)
+    if not cuda:
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    return env
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600, cuda: bool = False) -> subprocess.CompletedProcess:
+    """Run ``python -m alexnet ARGS`` in a subprocess, as a user would (on the CPU unless ``cuda``)."""
     return subprocess.run(
-        [sys.executable, "-m", "alexnet", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout
+        [sys.executable, "-m", "alexnet", *args], capture_output=True, text=True, cwd=cwd, env=cli_env(cuda), timeout=timeout
     )
+
+
+def cuda_available() -> bool:
+    """Whether this process sees a CUDA device (imports torch only when asked)."""
+    import torch
+
+    return torch.cuda.is_available()
+
+
+# ``@requires_cuda`` (or ``@pytest.mark.cuda``): a test that needs a GPU; skipped, with the reason,
+# where none is visible (CPU CI), run by scripts/gpu-check.sh on a GPU machine.
+requires_cuda = pytest.mark.cuda
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip the tests marked ``cuda`` when no CUDA device is visible."""
+    marked = [item for item in items if item.get_closest_marker("cuda") is not None]
+    if marked and not cuda_available():
+        skip = pytest.mark.skip(reason="needs a CUDA GPU (none visible); scripts/gpu-check.sh runs it on one")
+        for item in marked:
+            item.add_marker(skip)
