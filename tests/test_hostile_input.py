@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import struct
 import zlib
 from pathlib import Path
@@ -198,7 +199,8 @@ def test_train_on_a_full_disk_says_so_in_one_line(tmp_path, capsys, monkeypatch)
     data = make_tiny_fmnist(tmp_path / "fmnist")
     monkeypatch.setattr(torch, "save", _full_disk)
     err = fails(capsys, "train", "--data", str(data), "--out", str(tmp_path / "run"), *TINY, *QUICK)
-    assert "could not write" in err and "last.pt" in err and "RuntimeError" not in err
+    # best.pt is written first at an epoch's end (a kill between the two writes then loses nothing)
+    assert re.search(r"could not write \S*(best|last)\.pt", err) and "RuntimeError" not in err
 
 
 # -- 5. Training options: type and range, no NaN or inf ----------------------------------------------

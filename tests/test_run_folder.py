@@ -196,3 +196,30 @@ def test_temporaries_of_a_killed_writer_are_removed_on_resume(tiny_fmnist, tmp_p
     assert r.returncode == 0 and "resuming" in r.stdout, r.stderr
     assert not any((run / name).exists() for name in TEMPS)
     assert (run / ".notes.tmp").exists() and len((run / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_a_forked_child_does_not_keep_the_lock(tmp_path):
+    """DataLoader workers are forked: they must not hold the run's lock when the run is gone."""
+    from alexnet.runfolder import RunFolderError, refuse_in_use
+
+    run = tmp_path / "run"
+    folder = claim(run, resume=False, force=False)
+    ready, started = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: outlives its parent's hold on the lock
+        import time
+
+        os.write(started, b"1")  # running: the fork hooks are done
+        time.sleep(3)
+        os._exit(0)
+    assert os.read(ready, 1) == b"1"
+    try:
+        with pytest.raises(RunFolderError):
+            refuse_in_use(run)  # held by us
+        os.close(folder.fd)  # as a SIGKILL of the main process would: without unlinking the file
+        folder.fd = None
+        refuse_in_use(run)  # free although the forked child is still alive
+        assert os.waitpid(pid, os.WNOHANG) == (0, 0)
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from . import faults
 from .data import presets
 from .errors import CheckpointError, DataError
 from .model import AlexNet, AlexNetConfig
@@ -39,6 +40,8 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> None:
     try:
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a checkpoint is an ordinary file
         with os.fdopen(fd, "wb") as f:
+            if faults.ACTIVE:  # tests only (ALEXNET_FAULT=kill:write): die with half a temporary file
+                faults.reached("write", before=lambda: faults.write_half(obj, f))
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())

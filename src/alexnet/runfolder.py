@@ -112,6 +112,31 @@ def check(run_dir: Path, resume: bool, force: bool) -> None:
     refuse_run(run_dir, resume, force)
 
 
+# Lock descriptors this process holds. A forked child (a DataLoader worker) would share each one's
+# open file description, and with it the flock: a run whose main process was SIGKILLed would stay
+# "in use" until its orphaned workers noticed and exited. Children close them as they start.
+_HELD: set[int] = set()
+_AT_FORK = False
+
+
+def _close_held_in_child() -> None:
+    for fd in _HELD:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+def _hold(fd: int) -> int:
+    global _AT_FORK
+    if not _AT_FORK:
+        os.register_at_fork(after_in_child=_close_held_in_child)
+        _AT_FORK = True
+    _HELD.add(fd)
+    return fd
+
+
 def _lock(run_dir: Path) -> int | None:
     """Take ``run_dir/.lock`` (non-blocking) and write our pid in it; the file descriptor, or None
     without fcntl."""
@@ -133,7 +158,7 @@ def _lock(run_dir: Path) -> int | None:
         if same:
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()}\n".encode())
-            return fd
+            return _hold(fd)
         os.close(fd)  # a run that just ended unlinked this file: lock the one at the path now
     raise _in_use(run_dir)
 
@@ -168,6 +193,7 @@ class RunFolder:
         folder if this run created it and left it empty."""
         if self.fd is not None:
             (self.run_dir / LOCK_NAME).unlink(missing_ok=True)
+            _HELD.discard(self.fd)
             os.close(self.fd)
             self.fd = None
         if self.created:

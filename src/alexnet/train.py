@@ -3,7 +3,10 @@
 A run never loses work: ``last.pt`` and ``best.pt`` are written atomically at every epoch end (and
 every ``save_every`` steps), hold everything a resume needs (weights, optimiser, schedule, AMP
 scaler, every RNG state, the position in the data order), and ``--resume`` continues bitwise
-exactly where the run stopped (CPU, ``--workers 0``).
+exactly where the run stopped, on every kind of data, with any ``--workers`` (on the CPU; the same
+device and thread count). Nothing between two steps draws from the global RNG that makes the
+dropout masks: data loaders have their own generator, evaluation draws nothing. Tested by
+killing runs at seeded moments (``ALEXNET_FAULT``, see faults.py; tests/test_resume.py).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from . import __version__, distributed, runfolder
+from . import __version__, distributed, faults, runfolder
 from .checkpoint import bounded_config, config_from_file, load_checkpoint, save_atomic
 from .config import TrainConfig, validate
 from .data import presets
@@ -169,6 +172,8 @@ def evaluate(
             logits = model(x).float()
         nll, k1, k5, _ = score(F.log_softmax(logits, dim=1), labels)
         loss_sum, c1, c5, n = loss_sum + nll, c1 + k1, c5 + k5, n + labels.numel()
+        if faults.ACTIVE:  # tests only: ALEXNET_FAULT=kill:eval=K
+            faults.reached("eval")
     return summarize(*reduce([loss_sum, c1, c5, n]))
 
 
@@ -303,8 +308,9 @@ def fit(
     try:
         run_dir = Path(distributed.broadcast_object(str(run_dir)))  # rank 0's time stamp names the run
         quiet = not info.is_main
-        with _claim(run_dir, cfg, force, info):
-            return _fit(cfg, info, device, towers, run_dir, False if quiet else show_progress, (lambda s: None) if quiet else log)
+        with _claim(run_dir, cfg, force, info), contextlib.ExitStack() as cleanup:
+            progress_on, say = (False, lambda s: None) if quiet else (show_progress, log)
+            return _fit(cfg, info, device, towers, run_dir, progress_on, say, cleanup)
     except RuntimeError as e:
         if info.enabled and distributed.is_comm_error(e):
             hint = f" --nproc {info.world}" if info.world == info.local_world else " (started by torchrun as before)"
@@ -348,6 +354,7 @@ def _fit(
     run_dir: Path,
     show_progress: bool | None,
     log: Callable[[str], None],
+    cleanup: contextlib.ExitStack,
 ) -> dict[str, Any]:
     resume_ckpt = load_checkpoint(_resume_source(cfg.resume)) if cfg.resume else None
     if cfg.batch_size % info.world:
@@ -374,6 +381,7 @@ def _fit(
         out_dir=run_dir if info.is_main else None,
         show_progress=show_progress,
     )
+    cleanup.callback(data.close)  # the workers stop when the run ends, however it ends
     if cfg.num_classes is not None and cfg.num_classes != len(data.classes):
         raise ConfigError(f"--num-classes {cfg.num_classes} does not match the {len(data.classes)} classes of {data.source}")
     seed_everything(cfg.seed)  # the init does not depend on what data loading drew
@@ -483,6 +491,8 @@ def _fit(
     with _CtrlC() as ctrl_c:
 
         def on_step(p: Position) -> None:
+            if faults.ACTIVE:  # tests only: ALEXNET_FAULT=kill:step=N, before this step's checkpoint
+                faults.reached("step", p.step)
             if distributed.any_rank(ctrl_c.hit):
                 save("last.pt")
                 raise Interrupted(
@@ -514,7 +524,9 @@ def _fit(
             improved = val["top1"] > best
             best = max(best, val["top1"])
             pos = Position(epoch=pos.epoch + 1, step=pos.step)
-            save("last.pt", *(["best.pt"] if improved else []))
+            # best.pt first: last.pt is what a resume starts from, so a kill between the two writes
+            # repeats the epoch (and writes best.pt again) instead of losing its best.pt.
+            save(*(["best.pt"] if improved else []), "last.pt")
             if info.is_main:
                 _record(run_dir, metrics_path, record, writer)
             log(
