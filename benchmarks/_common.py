@@ -36,13 +36,36 @@ def setup(args: argparse.Namespace) -> torch.device:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as e:  # ConfigError: one line, exit status 2
+        sys.exit(f"{Path(sys.argv[0]).name}: error: {e}")
+    if device.type == "cuda":  # as `alexnet train` does; ours and the peer share this process and it
+        torch.backends.cudnn.benchmark = True
     # As `alexnet train` and `alexnet evaluate` do; ours and the peer share this process and it.
     tuned = keep_freed_memory()
     print(f"machine: {machine_description(device)}")
     print(f"malloc: {'keeps freed memory (alexnet.runtime.keep_freed_memory)' if tuned else 'system defaults'}")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}")
+    cudnn = f", cudnn.benchmark {torch.backends.cudnn.benchmark}" if device.type == "cuda" else ""
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}{cudnn}")
     return device
+
+
+def settings(**values: object) -> str:
+    """One line naming the settings both sides ran with (printed before the RESULT lines)."""
+    line = "settings (ours and peer alike): " + ", ".join(f"{k}={v}" for k, v in values.items())
+    print(line, flush=True)
+    return line
+
+
+def training_macs(rows: list) -> int:
+    """Multiply-accumulates of one training step per image, from ``alexnet.summary.layer_table`` rows.
+
+    Forward (F), weight gradients (F again) and input gradients (F again, except for the first
+    layer, whose input, the image, needs none): 3F minus the first layer's forward.
+    """
+    macs = [r.macs for r in rows if r.macs]
+    return 3 * sum(macs) - macs[0]
 
 
 def machine_description(device: torch.device | None = None) -> str:
@@ -126,6 +149,7 @@ def conv_gflops(device: torch.device, repeats: int = 5, dtype: torch.dtype = tor
 
 def result(name: str, ours: float, peer: float, unit: str) -> str:
     """The machine-readable line every benchmark ends with."""
-    line = f"RESULT {name} ours={ours:.6g} peer={peer:.6g} ratio={ours / peer:.6g} unit={unit}"
+    ratio = ours / peer if peer else float("nan")  # e.g. a top-1 of 0 with weights that know nothing
+    line = f"RESULT {name} ours={ours:.6g} peer={peer:.6g} ratio={ratio:.6g} unit={unit}"
     print(line, flush=True)
     return line

@@ -35,6 +35,7 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
 from alexnet import distributed  # noqa: E402
+from alexnet.errors import ConfigError  # noqa: E402
 from alexnet.model import count_parameters, create_model  # noqa: E402
 
 BUCKET_MB = 25  # DistributedDataParallel's default bucket_cap_mb
@@ -68,19 +69,50 @@ def buckets(numel: int, bucket_numel: int, device: torch.device) -> list[torch.T
     return [torch.ones(n, dtype=torch.float32, device=device) for n in sizes]
 
 
+def launch_device(name: str, nproc: int) -> str:
+    """The device every rank of ``nproc`` on this machine uses, decided once before launching.
+
+    ``auto``: NCCL on the GPUs when there is one per process, else gloo on the CPUs (said out
+    loud); ``cuda`` with fewer GPUs than processes: a ConfigError (one GPU per process).
+    """
+    from alexnet.runtime import resolve_device
+
+    device = resolve_device(name)  # ConfigError for --device cuda without a GPU
+    count = torch.cuda.device_count() if device.type == "cuda" else 0
+    if device.type == "cuda" and count < nproc:
+        if name != "auto":
+            raise ConfigError(f"--device {name}: {nproc} processes need {nproc} GPUs but this machine has "
+                              f"{count} CUDA device(s); use --nproc {count} or --device cpu")
+        print(f"{nproc} processes but {count} CUDA device(s): benchmarking gloo on the CPUs (--device cpu)", flush=True)
+        return "cpu"
+    return device.type if device.type in ("cpu", "cuda") else "cpu"
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--nproc", type=int, default=2, help="processes on this machine when not started by torchrun")
     p.add_argument("--quick", action="store_true", help="a small tensor and few rounds (CI)")
     p.add_argument("--iters", type=int, default=10)
-    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
+    p.add_argument("--device", default="auto",
+                   help="auto (NCCL on the GPUs if there is one per process, else gloo on CPUs), cpu or cuda")
     args = p.parse_args()
     if not distributed.launched():
+        if args.nproc < 1:
+            p.exit(2, f"allreduce.py: error: --nproc {args.nproc}: expected a positive number of processes\n")
+        try:
+            device = launch_device(args.device, args.nproc)
+        except ConfigError as e:
+            p.exit(2, f"allreduce.py: error: {e}\n")
         env = dict(os.environ, OMP_NUM_THREADS=str(max(1, distributed.cpu_cores() // args.nproc)))
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}", __file__]
-        return subprocess.call(cmd + distributed.without_option(sys.argv[1:], "--nproc"), env=env)
+        rest = distributed.without_option(distributed.without_option(sys.argv[1:], "--nproc"), "--device")
+        return subprocess.call(cmd + rest + ["--device", device], env=env)
     info = distributed.env_info()
-    device = distributed.rank_device(args.device, info)
+    try:
+        device = distributed.rank_device(args.device, info)
+    except ConfigError as e:  # started by torchrun with more ranks than GPUs: one line per rank
+        print(f"allreduce.py: error: {e}", file=sys.stderr)
+        return 2
     distributed.setup(info, device, 300)
     try:
         if args.quick:  # 2 M floats (8 MB) in 1 MB buckets

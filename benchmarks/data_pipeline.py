@@ -1,22 +1,32 @@
-"""Images per second of three input pipelines, one process and one thread each (issue 3).
+"""Images per second of our input pipelines against the strongest torch-native one (issues 3, 12).
 
-(a) peer: torchvision's standard pipeline (ImageFolder + Resize(256) + RandomCrop(224) +
-    RandomHorizontalFlip + ToTensor + Normalize);
-(b) ours from the JPEG folder: decode, shorter side 256, central 256x256, then the paper's full
+Peers (torch-native, each in its best configuration):
+(p) full pipeline: ``torchvision.io.decode_jpeg`` on a batch of files (on the GPU with nvJPEG
+    under --device cuda), then ``torchvision.transforms.v2`` on uint8 tensors per image (Resize
+    256 antialiased, RandomCrop 224, RandomHorizontalFlip), then one batched ToDtype + Normalize;
+(q) loader only: the same decode and Resize 256 + CenterCrop 256, uint8 batches (what a GPU run
+    asks of the CPU when augmentation runs on the GPU).
+Ours:
+(b) from the JPEG folder: decode, shorter side 256, central 256x256, then the paper's full
     augmentation batched (random 224 crop + mirror, mean image, PCA colour noise, std);
-(c) ours from the packed format written by ``alexnet prepare`` (no decoding), same augmentation.
+(c) from the packed format written by ``alexnet prepare`` (no decoding), same augmentation;
+(d) from the packed format, uint8 batches only.
+(b) and (c) are compared with (p), (d) with (q). torchvision's classic per-image PIL pipeline
+(ImageFolder + Resize + RandomCrop + Flip + ToTensor + Normalize) is timed too, for reference.
+FFCV is not a peer here: ``pip install ffcv`` builds from source and needs OpenCV and libjpeg-turbo
+development files (it fails without them).
 
-Each pipeline runs in a process of its own and makes three timed passes of --images images; the
-median pass is reported.
+Each pipeline runs in a process of its own with one CPU thread and makes three timed passes of
+--images images (one with --quick); the median pass is reported. With --device cuda the
+augmentation of (b), (c) and the whole of (p) run on the GPU; (d) and (q) stay on the CPU.
 
-Usage: python benchmarks/data_pipeline.py [--data FOLDER] [--images N] [--quick]
+Usage: python benchmarks/data_pipeline.py [--data FOLDER] [--images N] [--device cpu|cuda] [--quick]
 The one-time statistics pass of (b) and the preparation for (c) are not timed (reported apart).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -26,6 +36,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "imagewoof-mini" / "train"
+MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+REPEATS = 3  # passes per pipeline; the median is reported (1 with --quick)
 
 
 def _one_thread() -> None:
@@ -34,40 +46,84 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
-def run_torchvision(data: str, images: int, batch: int) -> float:
+def _sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def run_torchvision_pil(data: str, images: int, batch: int, device: str = "cpu") -> float:
+    """torchvision's classic pipeline: PIL decode and transforms per image (reference only)."""
     import torch
     from torchvision import datasets, transforms
 
-    tf = transforms.Compose(
-        [
-            transforms.Resize(256),
-            transforms.RandomCrop(224),
-            transforms.RandomHorizontalFlip(),
-            transforms.ToTensor(),
-            transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
-        ]
-    )
-    loader = torch.utils.data.DataLoader(datasets.ImageFolder(data, tf), batch_size=batch, shuffle=True, num_workers=0)
-    return _median_rate(lambda: _time(((x, None) for x, _ in loader), images, lambda b: b[0]))
+    tf = transforms.Compose([transforms.Resize(256), transforms.RandomCrop(224), transforms.RandomHorizontalFlip(),
+                             transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
+    class Folder(datasets.ImageFolder):  # hidden folders (our .alexnet-cache) are not classes
+        def find_classes(self, directory):
+            names = sorted(e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith("."))
+            return names, {c: i for i, c in enumerate(names)}
+
+    loader = torch.utils.data.DataLoader(Folder(data, tf), batch_size=batch, shuffle=True, num_workers=0)
+    return _median_rate(lambda: _time(lambda: ((x, None) for x, _ in loader), images, lambda b: b[0]))
 
 
-def run_ours(data: str, images: int, batch: int) -> float:
+def jpeg_files(data: str) -> list[str]:
+    """The JPEG files of a CLASS/IMAGE folder, in a fixed order."""
+    return sorted(str(p) for p in Path(data).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg") and p.is_file())
+
+
+def native_batches(files: list[str], batch: int, device: str, augment: bool, seed: int = 0):
+    """Batches of the torch-native pipeline: batched decode_jpeg, uint8 v2 transforms per image,
+    then (``augment``) one batched float conversion and normalisation."""
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg, read_file
+    from torchvision.transforms import v2
+
+    per_image = v2.Compose([v2.Resize(256, antialias=True)]
+                           + ([v2.RandomCrop(224), v2.RandomHorizontalFlip()] if augment else [v2.CenterCrop(256)]))
+    to_float = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)])
+    order = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed)).tolist()
+    for i in range(0, len(order), batch):
+        data = [read_file(files[j]) for j in order[i : i + batch]]
+        decoded = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+        x = torch.stack([per_image(im) for im in decoded])
+        yield to_float(x) if augment else x
+
+
+def run_native(data: str, images: int, batch: int, device: str = "cpu") -> float:
+    """(p): decode_jpeg + transforms.v2 on uint8 tensors, normalised float batches."""
+    files = jpeg_files(data)
+    return _median_rate(lambda: _time(lambda: native_batches(files, batch, device, True), images, lambda b: b, device))
+
+
+def run_native_loader(data: str, images: int, batch: int, device: str = "cpu") -> float:
+    """(q): decode_jpeg + Resize + CenterCrop, uint8 batches on the CPU."""
+    files = jpeg_files(data)
+    return _median_rate(lambda: _time(lambda: native_batches(files, batch, "cpu", False), images, lambda b: b))
+
+
+def run_ours(data: str, images: int, batch: int, device: str = "cpu") -> float:
+    """(b), (c): our loader, the paper's augmentation on ``device``."""
     from alexnet.data.loaders import load_data, model_input
 
-    bundle = load_data(data, batch, 224, workers=0, seed=0, preset="paper", val_fraction=0.01, show_progress=False)
+    bundle = load_data(data, batch, 224, workers=0, seed=0, preset="paper", val_fraction=0.01, show_progress=False,
+                       pin_memory=device.startswith("cuda"))
     pre = bundle.preprocess
-    return _median_rate(lambda: _time(bundle.train, images, lambda b: model_input(b[0], b[2], pre, True, 0, 0)))
+
+    def step(b):
+        return model_input(b[0].to(device, non_blocking=True), b[2].to(device, non_blocking=True), pre, True, 0, 0)
+
+    return _median_rate(lambda: _time(lambda: bundle.train, images, step, device))
 
 
-def run_ours_loader(data: str, images: int, batch: int) -> float:
-    """The CPU's share when training on a GPU: uint8 batches only (augmentation runs on the GPU)."""
+def run_ours_loader(data: str, images: int, batch: int, device: str = "cpu") -> float:
+    """(d): the CPU's share when training on a GPU: uint8 batches only (augmentation runs on the GPU)."""
     from alexnet.data.loaders import load_data
 
     bundle = load_data(data, batch, 224, workers=0, seed=0, preset="paper", val_fraction=0.01, show_progress=False)
-    return _median_rate(lambda: _time(bundle.train, images, lambda b: b[0]))
-
-
-REPEATS = 3  # passes per pipeline; the median is reported (1 with --quick)
+    return _median_rate(lambda: _time(lambda: bundle.train, images, lambda b: b[0]))
 
 
 def _median_rate(one_pass) -> float:
@@ -76,20 +132,33 @@ def _median_rate(one_pass) -> float:
     return statistics.median(one_pass() for _ in range(REPEATS))
 
 
-def _time(batches, images: int, step) -> float:
-    """Images per second over the first ``images`` images, after one warm-up batch."""
-    it = iter(batches)
+def _cycle(epoch):
+    """The batches of ``epoch()`` (an iterable of one pass over the data), pass after pass."""
+    while True:
+        empty = True
+        for b in epoch():
+            empty = False
+            yield b
+        if empty:
+            raise ValueError("the pipeline yields no batches (fewer images than one batch?)")
+
+
+def _time(epoch, images: int, step, device: str = "cpu") -> float:
+    """Images per second over ``images`` images (more passes over small data), after one warm-up batch."""
+    it = _cycle(epoch)
     step(next(it))
+    _sync(device)
     n, t0 = 0, time.perf_counter()
     for b in it:
         out = step(b)
         n += out.shape[0]
         if n >= images:
             break
+    _sync(device)
     return n / (time.perf_counter() - t0)
 
 
-def _child(which: str, data: str, images: int, batch: int, quick: bool = False) -> float:
+def _child(which: str, data: str, images: int, batch: int, device: str, quick: bool = False) -> float:
     """Run one pipeline in a fresh process (one thread) and return its images per second.
 
     ``quick`` (CI) runs it in this process instead: it checks that the code runs, not the speed."""
@@ -97,10 +166,10 @@ def _child(which: str, data: str, images: int, batch: int, quick: bool = False) 
         global REPEATS
         REPEATS = 1
         _one_thread()
-        return globals()[which](data, images, batch)
+        return globals()[which](data, images, batch, device)
     code = (
         "import json, sys; sys.path.insert(0, %r); import data_pipeline as d; d._one_thread(); "
-        "print(json.dumps(getattr(d, %r)(%r, %d, %d)))" % (str(Path(__file__).parent), which, data, images, batch)
+        "print(json.dumps(getattr(d, %r)(%r, %d, %d, %r)))" % (str(Path(__file__).parent), which, data, images, batch, device)
     )
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
@@ -123,41 +192,74 @@ def _tiny_folder(root: Path) -> Path:
     return root
 
 
-def main() -> None:
+def parse() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=str(DEFAULT_DATA), help="image folder (CLASS/IMAGE)")
-    ap.add_argument("--images", type=int, default=640, help="images timed per pipeline")
+    ap.add_argument("--data", default=str(DEFAULT_DATA), help="image folder (CLASS/IMAGE) of JPEGs")
+    ap.add_argument("--images", type=int, default=640, help="images timed per pipeline and pass")
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--device", default="cpu", help="cpu, cuda (augmentation of ours and decoding of the peer on the GPU) or auto")
     ap.add_argument("--quick", action="store_true", help="a few images only (CI)")
     args = ap.parse_args()
+    if args.images < 1 or args.batch < 1:
+        ap.error("--images and --batch must be positive")
     sys.path.insert(0, str(ROOT / "src"))
+    from alexnet.runtime import resolve_device
+
+    try:
+        device = resolve_device(args.device)  # auto: CUDA if present
+    except ValueError as e:  # ConfigError
+        ap.exit(2, f"data_pipeline.py: error: {e}\n")
+    if device.type not in ("cpu", "cuda"):
+        ap.exit(2, f"data_pipeline.py: error: --device {args.device}: use cpu or cuda\n")
+    args.device = str(device)
+    return args
+
+
+def measure(args: argparse.Namespace, data: Path, tmp: str) -> dict[str, float]:
+    """Every pipeline's images/s, each in its own process."""
     from alexnet.data.packed import prepare
 
+    images, batch = (16, 8) if args.quick else (args.images, args.batch)
+    os.environ.setdefault("ALEXNET_CACHE", str(Path(tmp) / "cache"))
+    t0 = time.perf_counter()
+    prepare(data, Path(tmp) / "packed", show_progress=False)
+    print(f"prepare (decode once, mean image, PCA; not timed below): {time.perf_counter() - t0:.1f}s")
+    packed, dev = str(Path(tmp) / "packed"), args.device
+    runs = {"pil": ("run_torchvision_pil", str(data), "cpu"), "native": ("run_native", str(data), dev),
+            "native_loader": ("run_native_loader", str(data), "cpu"), "jpeg": ("run_ours", str(data), dev),
+            "packed": ("run_ours", packed, dev), "packed_loader": ("run_ours_loader", packed, "cpu")}
+    return {k: _child(fn, src, images, batch, d, args.quick) for k, (fn, src, d) in runs.items()}
+
+
+def main() -> None:
+    args = parse()
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(args.data)
         if not data.is_dir():
             if not args.quick:
                 sys.exit(f"--data: folder not found: {data}")
             data = _tiny_folder(Path(tmp) / "tiny")
-        images, batch = (16, 8) if args.quick else (args.images, args.batch)
-        os.environ.setdefault("ALEXNET_CACHE", str(Path(tmp) / "cache"))
-        t0 = time.perf_counter()
-        prepare(data, Path(tmp) / "packed", show_progress=False)
-        print(f"prepare (decode once, mean image, PCA; not timed below): {time.perf_counter() - t0:.1f}s")
-        peer = _child("run_torchvision", str(data), images, batch, args.quick)
-        ours_jpeg = _child("run_ours", str(data), images, batch, args.quick)
-        ours_packed = _child("run_ours", str(Path(tmp) / "packed"), images, batch, args.quick)
-        packed_loader = _child("run_ours_loader", str(Path(tmp) / "packed"), images, batch, args.quick)
-    print(f"(a) torchvision ImageFolder pipeline:            {peer:8.1f} images/s (1 thread)")
-    print(f"(b) ours from JPEG, paper augmentation on CPU:   {ours_jpeg:8.1f} images/s  x{ours_jpeg / peer:.2f}  (target x1.5)")
-    print(f"(c) ours from packed, paper augmentation on CPU: {ours_packed:8.1f} images/s  x{ours_packed / peer:.2f}  (target x10)")
-    print(f"(c) ours from packed, CPU share with a GPU:      {packed_loader:8.1f} images/s  x{packed_loader / peer:.2f}")
+        if not jpeg_files(str(data)):
+            sys.exit(f"--data: no JPEG files in {data} (the torch-native peer decodes JPEGs)")
+        r = measure(args, data, tmp)
+    aug = "GPU" if args.device.startswith("cuda") else "CPU"
+    print(f"(p) peer: decode_jpeg + transforms.v2 (uint8), full:  {r['native']:8.1f} images/s  (decode on {args.device})")
+    print(f"(q) peer: decode_jpeg + Resize/CenterCrop, uint8:    {r['native_loader']:8.1f} images/s")
+    print(f"    reference: torchvision PIL ImageFolder pipeline: {r['pil']:8.1f} images/s")
+    print(f"(b) ours from JPEG, paper augmentation on {aug}:     {r['jpeg']:8.1f} images/s  x{r['jpeg'] / r['native']:.2f} (p)")
+    print(f"(c) ours from packed, paper augmentation on {aug}:   {r['packed']:8.1f} images/s  x{r['packed'] / r['native']:.2f} (p)")
+    print(f"(d) ours from packed, uint8 batches (CPU share):    {r['packed_loader']:8.1f} images/s  "
+          f"x{r['packed_loader'] / r['native_loader']:.2f} (q)")
+    print(f"settings (ours and peers alike): one process and one CPU thread each, batch {8 if args.quick else args.batch}, "
+          f"{16 if args.quick else args.images} images per pass, median of {1 if args.quick else REPEATS} passes, "
+          f"device {args.device}, data {data}")
+    suffix = "" if aug == "CPU" else "_cuda"
     results = (
-        ("data_pipeline_jpeg", ours_jpeg),
-        ("data_pipeline_packed_cpu_augment", ours_packed),
-        ("data_pipeline_packed_loader", packed_loader),
+        (f"data_pipeline_jpeg{suffix}", r["jpeg"], r["native"]),
+        (f"data_pipeline_packed_{aug.lower()}_augment", r["packed"], r["native"]),
+        ("data_pipeline_packed_loader", r["packed_loader"], r["native_loader"]),
     )
-    for name, ours in results:
+    for name, ours, peer in results:
         print(f"RESULT {name} ours={ours:.1f} peer={peer:.1f} ratio={ours / peer:.2f} unit=images/s")
 
 

@@ -1,49 +1,69 @@
-"""Inference throughput: our fastest path against torchvision's alexnet in eager fp32 (the peer).
+"""Inference throughput: our fastest path against torchvision's alexnet at the same settings.
 
-Both run torchvision's architecture with the same weights (torchvision's random initialisation
-under a fixed seed, loaded into our alexnet_owt) on the centre crops of real images
-(imagewoof-mini/val). Candidate paths of ours (channels_last fp32, channels_last bf16 autocast,
-optionally torch.compile) are timed interleaved with the peer; the fastest whose top-1
-predictions agree with the peer's on >= 99 % of the images is reported. Then the paper's 10-crop
-evaluation (4 corners + centre, and their mirrors; softmax averaged) is timed against a
-centre-crop evaluation on the same path.
+Both run torchvision's architecture (ours: alexnet_owt) with the same weights on the centre crops
+of real images (imagewoof-mini/val). Each path of ours (channels_last fp32; bf16 autocast; bf16
+with fc6-fc8 in fp32; with --compile also torch.compile'd) is timed against the peer run the same
+way (same dtype, memory format, compile setting and fp32 classifier, through the same wrapper),
+interleaved round by round. Reported: the fastest path of ours whose top-1 predictions agree with
+the fp32 reference (the peer, eager fp32 NCHW) on >= 99 % of the images, against the peer at that
+path's settings; then the paper's 10-crop evaluation (4 corners + centre and their mirrors;
+softmax averaged) against a centre-crop evaluation on the same path.
 
-    python benchmarks/inference.py [--data DIR] [--compile] [--quick]
+Weights: torchvision's trained ImageNet weights when a file is at hand (--peer-weights, or the
+torch hub cache); else a seeded random initialisation, where top-1 agreement says little (tiny
+margins; a constant prediction already agrees with many images) -- the constant baseline is
+printed beside it. With trained weights and ImageNet-synset folders (Imagenette, Imagewoof) both
+models' top-1 accuracy is reported. --checkpoint (a model of ours trained e.g. on Imagenette) with
+--data labelled by its classes reports its top-1 on the fast path and in fp32.
+
+    python benchmarks/inference.py [--data DIR] [--peer-weights FILE] [--checkpoint CKPT --ckpt-data DIR]
+                                   [--compile] [--quick]
 """
 
 from __future__ import annotations
 
+import copy
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
 import _common
 import torch
 import torchvision
-from _common import base_parser, interleaved, matmul_gflops, median, paired_ratio, result, setup
+from _common import base_parser, interleaved, matmul_gflops, median, paired_ratio, result, settings, setup
 from torchvision.transforms.functional import ten_crop
 
 from alexnet.data.folder import ImageFolderDataset
+from alexnet.data.imagenette import SYNSETS
 from alexnet.infer import predictor
 from alexnet.model import create_model
 from alexnet.runtime import cpu_supports_bf16, progress
 from alexnet.summary import layer_table
 
 DEFAULT_DATA = _common.ROOT.parent / "shared" / "data" / "imagewoof-mini" / "val"
+TORCHVISION_FILE = "alexnet-owt-7be5be79.pth"  # torchvision's IMAGENET1K_V1 weights, as the hub caches them
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1) * 255  # torchvision's ImageNet statistics
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) * 255
 MIN_AGREEMENT = 0.99
 CLASSIFIER = ("fc6", "fc7", "fc8")
+PEER_CLASSIFIER = ("classifier",)  # torchvision's fc6-fc8 (with their ReLUs and dropouts)
+REFERENCE = "peer fp32 eager NCHW (reference)"
 
 
-def load_images(root, limit: int) -> torch.Tensor:
-    """uint8 (N, 3, 256, 256): shorter side 256, central square, decoded once up front."""
+def load_images(root, limit: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """uint8 (N, 3, 256, 256) (shorter side 256, central square, decoded once up front), the
+    labels and the class folder names."""
     ds = ImageFolderDataset(root, resize=256, size=256)
     n = min(len(ds), limit) if limit else len(ds)
     items = [ds[i] for i in progress(range(n), total=n, desc="decode", unit="img")]
-    return torch.stack([it[0] for it in items if it is not None])
+    items = [it for it in items if it is not None]
+    return torch.stack([it[0] for it in items]), torch.tensor([it[1] for it in items]), list(ds.folders)
 
 
 def normalise(views: torch.Tensor, fmt: torch.memory_format = torch.channels_last) -> torch.Tensor:
     """uint8 crops -> normalised float in ``fmt`` (the layout is chosen on the uint8 copy, a quarter
-    of a float one). Ours runs channels_last; the peer gets plain NCHW, as torchvision's users do."""
-    return (views.contiguous(memory_format=fmt).float() - MEAN) / STD
+    of a float one), on the images' device."""
+    return (views.contiguous(memory_format=fmt).float() - MEAN.to(views.device)) / STD.to(views.device)
 
 
 def centre(images: torch.Tensor, fmt: torch.memory_format = torch.channels_last) -> torch.Tensor:
@@ -51,7 +71,7 @@ def centre(images: torch.Tensor, fmt: torch.memory_format = torch.channels_last)
 
 
 def predict_all(fn, images: torch.Tensor, batch: int, fmt: torch.memory_format = torch.channels_last) -> torch.Tensor:
-    return torch.cat([fn(centre(images[i : i + batch], fmt)).argmax(1) for i in range(0, len(images), batch)])
+    return torch.cat([fn(centre(images[i : i + batch], fmt)).argmax(1).cpu() for i in range(0, len(images), batch)])
 
 
 def evaluate_centre(fn, images: torch.Tensor, batch: int) -> torch.Tensor:
@@ -60,9 +80,9 @@ def evaluate_centre(fn, images: torch.Tensor, batch: int) -> torch.Tensor:
 
 def evaluate_ten_crop(fn, images: torch.Tensor, batch: int) -> torch.Tensor:
     """Softmax averaged over the 10 views of each image. A forward takes the views of batch // 8
-    images, about as many views as the centre-crop batch, so each view costs what a centre crop
-    does (quiet machine: 11.0x with the views of batch // 2 images per forward, whose activations
-    no longer stay in cache)."""
+    images, about as many views as the centre-crop batch. The views are cut from the uint8 batch
+    (torchvision's ten_crop: slices and a flip), stacked, then converted to float and normalised
+    in one pass over all of them."""
     out = []
     step = max(1, batch // 8)
     for i in range(0, len(images), step):
@@ -73,80 +93,192 @@ def evaluate_ten_crop(fn, images: torch.Tensor, batch: int) -> torch.Tensor:
     return torch.cat(out)
 
 
-def main(argv: list[str] | None = None) -> None:
+def peer_weights(path: str | None) -> tuple[dict | None, str]:
+    """torchvision's trained weights from ``path`` or the hub cache, else (None, why not)."""
+    candidates = [Path(path)] if path else [Path(torch.hub.get_dir()) / "checkpoints" / TORCHVISION_FILE]
+    for file in candidates:
+        if file.is_file():
+            try:
+                return torch.load(file, map_location="cpu", weights_only=True), f"trained: {file}"
+            except Exception as e:  # a bad file given on purpose: say which and stop
+                sys.exit(f"inference.py: error: --peer-weights {file}: not a readable state dict ({type(e).__name__})")
+        if path:
+            sys.exit(f"inference.py: error: --peer-weights {file}: file not found")
+    return None, f"random (seed 0): no trained weights offline (looked for {candidates[0]})"
+
+
+def paths(device: torch.device, compile: bool) -> dict[str, dict]:
+    """Our candidate paths, each a set of predictor settings the peer is given too."""
+    bf16 = device.type == "cuda" or cpu_supports_bf16()
+    out = {"fp32 channels_last": dict(amp="none")}
+    if bf16:
+        out["bf16 channels_last"] = dict(amp="bf16")
+        out["bf16, fp32 fc6-fc8"] = dict(amp="bf16", fp32=True)
+    if compile:
+        out["fp32 compiled"] = dict(amp="none", compile=True)
+        if bf16:
+            out["bf16, fp32 fc6-fc8, compiled"] = dict(amp="bf16", fp32=True, compile=True)
+    return out
+
+
+def build(peer: torch.nn.Module, device: torch.device, compile: bool) -> tuple[dict, dict]:
+    """{path: (ours, peer)} callables at identical settings, and the reference (peer fp32 eager NCHW)."""
+    def ours_model() -> torch.nn.Module:
+        m = create_model("alexnet_owt")
+        m.load_state_dict(peer.state_dict())  # identical weights (and a check that it is the same net)
+        return m
+
+    pairs = {}
+    for name, s in paths(device, compile).items():
+        common = dict(amp=s["amp"], channels_last=True, compile=s.get("compile", False))
+        pairs[name] = (
+            predictor(ours_model(), device, fp32_layers=CLASSIFIER if s.get("fp32") else (), **common),
+            predictor(copy.deepcopy(peer), device, fp32_layers=PEER_CLASSIFIER if s.get("fp32") else (), **common),
+        )
+    reference = predictor(copy.deepcopy(peer), device, amp="none", channels_last=False)
+    return pairs, {"reference": reference, "ours_model": ours_model}
+
+
+def agreements(pairs: dict, reference: Callable, images: torch.Tensor, batch: int) -> tuple[dict, torch.Tensor]:
+    """Top-1 agreement of every callable with the reference (also the warm-up, and the compile)."""
+    ref = predict_all(reference, images, batch, torch.contiguous_format)
+    out = {}
+    for name, (ours, peer) in pairs.items():
+        out[name] = tuple((predict_all(f, images, batch) == ref).float().mean().item() for f in (ours, peer))
+        print(f"  {name:<30} top-1 agreement with the reference: ours {out[name][0]:.2%}, peer {out[name][1]:.2%}")
+    return out, ref
+
+
+def time_paths(pairs: dict, reference: Callable, images: torch.Tensor, args, device) -> dict[str, list[float]]:
+    fns = {REFERENCE: lambda: predict_all(reference, images, args.batch_size, torch.contiguous_format)}
+    for name, (ours, peer) in pairs.items():
+        fns[f"ours {name}"] = lambda f=ours: predict_all(f, images, args.batch_size)
+        fns[f"peer {name}"] = lambda f=peer: predict_all(f, images, args.batch_size)
+    return interleaved(fns, args.repeats, device)
+
+
+def constant_baseline(ref: torch.Tensor) -> float:
+    """Agreement with ``ref`` of always predicting its most frequent class."""
+    return ref.bincount().max().item() / len(ref)
+
+
+def labelled_top1(pairs: dict, best: str, reference, images, labels, folders, batch: int) -> tuple[float, float] | None:
+    """Top-1 accuracy (ImageNet-1k outputs) of ours on ``best`` and of the reference, when the
+    folders are ImageNet synsets whose index is known; else None."""
+    if any(f not in SYNSETS for f in folders):
+        return None
+    target = torch.tensor([SYNSETS[f][0] for f in folders])[labels]
+    ours = (predict_all(pairs[best][0], images, batch) == target).float().mean().item()
+    ref = (predict_all(reference, images, batch, torch.contiguous_format) == target).float().mean().item()
+    return ours, ref
+
+
+def ten_crop_cost(fn, images: torch.Tensor, args, device) -> dict[str, list[float]]:
+    evaluate_centre(fn, images, args.batch_size), evaluate_ten_crop(fn, images, args.batch_size)  # warm-up: new shapes
+    return interleaved(
+        {"centre crop": lambda: evaluate_centre(fn, images, args.batch_size),
+         "10 crops": lambda: evaluate_ten_crop(fn, images, args.batch_size)},
+        args.repeats, device,
+    )
+
+
+def checkpoint_top1(path: str, data: str, device: torch.device, batch: int) -> tuple[float, float]:
+    """Top-1 of a checkpoint of ours on ``data`` (its own preprocessing): fast path vs fp32 eager NCHW."""
+    import alexnet
+    from alexnet.data.loaders import load_eval_data
+    from alexnet.train import evaluate
+
+    class Wrapped(torch.nn.Module):  # evaluate() calls model(x): the predictor as a module
+        def __init__(self, fn) -> None:
+            super().__init__()
+            self.fn = fn
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fn(x)
+
+    fast_model, ref_model = alexnet.load(path), alexnet.load(path)
+    loader, *_ = load_eval_data(data, ref_model.preprocess, batch)
+    fp32 = [n for n in CLASSIFIER if hasattr(fast_model, n)]
+    amp = "bf16" if device.type == "cuda" or cpu_supports_bf16() else "none"
+    fast = Wrapped(predictor(fast_model, device, amp=amp, fp32_layers=tuple(fp32)))
+    ref = Wrapped(predictor(ref_model, device, amp="none", channels_last=False))
+    return tuple(evaluate(m, loader, ref_model.preprocess, device, None)["top1"] for m in (fast, ref))
+
+
+def parse(argv: list[str] | None):
     p = base_parser(__doc__.splitlines()[0])
     p.add_argument("--data", default=str(DEFAULT_DATA), help="ImageFolder tree of real images")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--images", type=int, default=0, help="agreement over at most this many images (0: all)")
     p.add_argument("--time-images", type=int, default=128, help="images per timed round (the first ones)")
     p.add_argument("--ten-crop-images", type=int, default=64, help="images per timed 10-crop/centre-crop round")
-    p.add_argument("--compile", action="store_true", help="also try torch.compile paths (slow first call)")
+    p.add_argument("--compile", action="store_true", help="also try torch.compile paths, ours and the peer's (slow first call)")
+    p.add_argument("--peer-weights", help=f"torchvision alexnet state dict (default: {TORCHVISION_FILE} in the torch hub cache)")
+    p.add_argument("--checkpoint", help="a trained checkpoint of ours: its top-1 on --ckpt-data, fast path vs fp32")
+    p.add_argument("--ckpt-data", help="labelled data for --checkpoint (its classes; default: --data)")
     args = p.parse_args(argv)
     if args.quick:
         args.batch_size, args.images, args.repeats, args.time_images, args.ten_crop_images = 2, 4, 1, 4, 2
+    if min(args.batch_size, args.repeats, args.time_images, args.ten_crop_images) < 1 or args.images < 0:
+        p.error("--batch-size, --repeats, --time-images and --ten-crop-images must be positive")
+    if not Path(args.data).is_dir():
+        p.error(f"--data: folder not found: {args.data}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(argv)
     device = setup(args)
-    images = load_images(args.data, args.images)
-    print(f"{len(images)} images from {args.data}, batch {args.batch_size}")
-
+    state, weights = peer_weights(args.peer_weights)
+    images, labels, folders = load_images(args.data, args.images)
+    images = images.to(device)  # decoded once; crops are cut and normalised where the model runs, for both sides
+    print(f"{len(images)} images from {args.data}, batch {args.batch_size}; weights {weights}")
     torch.manual_seed(0)
-    peer = torchvision.models.alexnet(weights=None).to(device).eval()
-
-    def ours_model():
-        m = create_model("alexnet_owt")
-        m.load_state_dict(peer.state_dict())  # identical weights (and a check that it is the same net)
-        return m
-
-    bf16 = device.type == "cuda" or cpu_supports_bf16()
-    candidates = {"ours fp32 channels_last": predictor(ours_model(), device, amp="none")}
-    if bf16:
-        candidates["ours bf16 channels_last"] = predictor(ours_model(), device, amp="bf16")
-        candidates["ours bf16, fp32 fc6-fc8"] = predictor(ours_model(), device, amp="bf16", fp32_layers=CLASSIFIER)
-    if args.compile:
-        candidates["ours fp32 compiled"] = predictor(ours_model(), device, amp="none", compile=True)
-        if bf16:
-            candidates["ours bf16 compiled"] = predictor(
-                ours_model(), device, amp="bf16", compile=True, fp32_layers=CLASSIFIER
-            )
-
-    def peer_fn(x: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            return peer(x.to(device))
-
-    reference = predict_all(peer_fn, images, args.batch_size, torch.contiguous_format)
-    agreement = {}
-    for name, fn in candidates.items():  # also the warm-up (and the compile) of each path
-        agreement[name] = (predict_all(fn, images, args.batch_size) == reference).float().mean().item()
-        print(f"  {name:<28} top-1 agreement with the peer {agreement[name]:.2%}")
-    timed = images[: args.time_images]
-    fns = {"peer fp32 eager": lambda: predict_all(peer_fn, timed, args.batch_size, torch.contiguous_format)}
-    fns.update({k: (lambda f=f: predict_all(f, timed, args.batch_size)) for k, f in candidates.items()})
-    times = interleaved(fns, args.repeats, device)
+    peer = torchvision.models.alexnet(weights=None)
+    if state is not None:
+        peer.load_state_dict(state)
+    pairs, extra = build(peer.eval(), device, args.compile)
+    agree, ref = agreements(pairs, extra["reference"], images, args.batch_size)
+    baseline = constant_baseline(ref)
+    print(f"  a constant prediction (the reference's most frequent class) agrees on {baseline:.2%}")
+    if state is None:
+        print("  NOTE: random weights: top-1 agreement is nearly meaningless here (margins are tiny); "
+              "compare it with the constant baseline, and pass --peer-weights for trained weights")
+    times = time_paths(pairs, extra["reference"], images[: args.time_images], args, device)
     secs = {k: median(v) for k, v in times.items()}
-    good = [k for k in candidates if agreement[k] >= MIN_AGREEMENT] or list(candidates)
-    best = min(good, key=secs.get)
-    ips_best, ips_peer = len(timed) / secs[best], len(timed) / secs["peer fp32 eager"]
-    speed = paired_ratio(times["peer fp32 eager"], times[best])
-    print(f"fastest path with >= {MIN_AGREEMENT:.0%} agreement: {best}")
-    macs = sum(r.macs for r in layer_table(ours_model(), 224))
-    roof = matmul_gflops(device, 512 if args.quick else 2048, dtype=torch.bfloat16 if "bf16" in best else torch.float32)
-    gflops = 2 * macs * ips_best / 1e9
-    print(f"images/s: ours {ips_best:.1f}, peer {ips_peer:.1f}; ours {gflops:.1f} GFLOP/s, "
-          f"{'bf16' if 'bf16' in best else 'fp32'} matmul {roof:.1f} GFLOP/s -> model FLOP utilisation {gflops / roof:.1%}")
-
-    fn, few = candidates[best], images[: args.ten_crop_images]
-    evaluate_centre(fn, few, args.batch_size), evaluate_ten_crop(fn, few, args.batch_size)  # warm-up: new shapes
-    cost_times = interleaved(
-        {"centre crop": lambda: evaluate_centre(fn, few, args.batch_size),
-         "10 crops": lambda: evaluate_ten_crop(fn, few, args.batch_size)},
-        args.repeats, device,
-    )
+    good = [k for k in pairs if agree[k][0] >= MIN_AGREEMENT] or list(pairs)
+    best = min(good, key=lambda k: secs[f"ours {k}"])
+    n = len(images[: args.time_images])
+    ips_ours, ips_peer, ips_ref = n / secs[f"ours {best}"], n / secs[f"peer {best}"], n / secs[REFERENCE]
+    speed = paired_ratio(times[f"peer {best}"], times[f"ours {best}"])
+    report_speed(best, ips_ours, ips_peer, ips_ref, speed, extra["ours_model"](), device, args.quick)
+    top1 = labelled_top1(pairs, best, extra["reference"], images, labels, folders, args.batch_size) if state else None
+    ckpt = checkpoint_top1(args.checkpoint, args.ckpt_data or args.data, device, args.batch_size) if args.checkpoint else None
+    cost_times = ten_crop_cost(pairs[best][0], images[: args.ten_crop_images], args, device)
     cost = {k: median(v) for k, v in cost_times.items()}
-    ten_x = paired_ratio(cost_times["10 crops"], cost_times["centre crop"])
-    print(f"10-crop evaluation costs {ten_x:.2f}x a centre-crop evaluation (median of paired rounds)")
-    print(f"median of per-round speed ratios (ours/peer): {speed:.4f}")
-    result("inference_images_per_s", ips_best, ips_peer, "images/s")
-    result("inference_top1_agreement", agreement[best], 1.0, "fraction")
+    print(f"10-crop evaluation costs {paired_ratio(cost_times['10 crops'], cost_times['centre crop']):.2f}x a "
+          "centre-crop evaluation (median of paired rounds)")
+    settings(device=device, path=best, peer="torchvision alexnet through the same predictor", batch=args.batch_size,
+             timed_images=n, rounds=args.repeats, weights=weights.split(":")[0], agreement_images=len(images))
+    result("inference_images_per_s", ips_ours, ips_peer, "images/s")
+    result("inference_top1_agreement", agree[best][0], baseline, "fraction")
+    if top1 is not None:
+        result("inference_top1_accuracy", top1[0], top1[1], "fraction")
+    if ckpt is not None:
+        result("inference_checkpoint_top1", ckpt[0], ckpt[1], "fraction")
     result("ten_crop_cost", cost["10 crops"], cost["centre crop"], "s")
+
+
+def report_speed(best: str, ips_ours: float, ips_peer: float, ips_ref: float, speed: float, model, device, quick: bool) -> None:
+    print(f"fastest path of ours with >= {MIN_AGREEMENT:.0%} agreement: {best}; the peer at the same settings")
+    macs = sum(r.macs for r in layer_table(model, 224))
+    bf16 = "bf16" in best
+    roof = matmul_gflops(device, 512 if quick else 2048, dtype=torch.bfloat16 if bf16 else torch.float32)
+    gflops = 2 * macs * ips_ours / 1e9
+    print(f"images/s: ours {ips_ours:.1f}, peer {ips_peer:.1f} (median of per-round ratios {speed:.4f}); "
+          f"peer in fp32 eager NCHW, torchvision's default use: {ips_ref:.1f} (ours {ips_ours / ips_ref:.2f}x that)")
+    print(f"ours {gflops:.1f} GFLOP/s, {'bf16' if bf16 else 'fp32'} matmul {roof:.1f} GFLOP/s -> "
+          f"model FLOP utilisation {gflops / roof:.1%}")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_image_folder, run_cli
+from conftest import cli_env, make_image_folder, requires_cuda, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = re.compile(r"^RESULT (\w+) ours=(\S+) peer=(\S+) ratio=(\S+) unit=(\S+)$")
@@ -20,6 +20,8 @@ EXPECTED = {
     "train_step": {"train_images_per_s", "train_macs_normalised", "train_gflops_vs_matmul"},
     "inference": {"inference_images_per_s", "inference_top1_agreement", "ten_crop_cost"},
 }
+
+SETTINGS_LINE = {"train_step", "inference"}  # lrn.py prints its settings in its own words
 
 
 def parse_results(stdout: str) -> dict[str, tuple[float, float, float, str]]:
@@ -35,19 +37,66 @@ def parse_results(stdout: str) -> dict[str, tuple[float, float, float, str]]:
     return out
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_benchmark_quick(name, tmp_path):
-    args = [sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), "--quick", "--device", "cpu"]
+def run_quick(name: str, device: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    args = [sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), "--quick", "--device", device]
     if name == "inference":
         args += ["--data", str(make_val_folder(tmp_path))]
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    return subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=tmp_path, env=cli_env(device == "cuda"))
+
+
+def check_quick(name: str, proc: subprocess.CompletedProcess, device: str) -> dict:
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = parse_results(proc.stdout)
     assert set(results) == EXPECTED[name]
     assert proc.stdout.rstrip().splitlines()[-1].startswith("RESULT")  # RESULT lines end the output
-    if name == "inference":  # identical weights: the paths must agree on real (here: tiny) images
+    if name in SETTINGS_LINE:  # both sides' settings, said once
+        settings = [line for line in proc.stdout.splitlines() if line.startswith("settings (ours and peer alike): ")]
+        assert len(settings) == 1 and f"device={device}" in settings[0]
+    return results
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_benchmark_quick(name, tmp_path):
+    proc = run_quick(name, "cpu", tmp_path)
+    results = check_quick(name, proc, "cpu")
+    if name == "inference":
         assert 0.0 <= results["inference_top1_agreement"][0] <= 1.0
+        # Without trained weights offline the agreement is put beside a constant prediction's.
+        if "weights random" in proc.stdout:
+            assert "meaningless" in proc.stdout and "constant prediction" in proc.stdout
+            assert 0.0 < results["inference_top1_agreement"][1] <= 1.0
+    if name == "train_step":  # per-MAC ratios count the training step: forward and both gradients
+        assert "training step (forward + both gradients): ours 2067.8 M, peer 2072.3 M" in proc.stdout
+
+
+@requires_cuda
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_benchmark_quick_on_cuda(name, tmp_path):
+    check_quick(name, run_quick(name, "cuda", tmp_path), "cuda")
+
+
+def test_benchmark_refuses_cuda_without_a_gpu(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "train_step.py"), "--quick", "--device", "cuda"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path, env=cli_env(cuda=False))
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == ["train_step.py: error: --device cuda: no CUDA device is available on this machine"]
+
+
+def test_training_macs_count_forward_and_both_gradients():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from _common import training_macs
+    finally:
+        sys.path.pop(0)
+    from alexnet.model import create_model
+    from alexnet.summary import layer_table
+
+    rows = layer_table(create_model("alexnet_paper"), 224)
+    forward = sum(r.macs for r in rows)
+    conv1 = next(r.macs for r in rows if r.name == "conv1")
+    assert training_macs(rows) == 3 * forward - conv1  # the image needs no gradient
 
 
 def make_val_folder(root: Path) -> Path:

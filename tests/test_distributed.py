@@ -20,7 +20,7 @@ from alexnet.distributed import DistInfo
 from alexnet.optim import make_optimizer, param_groups
 from alexnet.parallel import TowerSplit, grouped_optimizer_state, split_optimizer_state, tower_devices
 from alexnet.train import fit, resume_config
-from conftest import ROOT, make_tiny_fmnist, run_cli
+from conftest import ROOT, cli_env, make_tiny_fmnist, requires_cuda, run_cli
 
 TINY = ["--model-option", "widths=[8,16,16,16,16]", "--model-option", "fc_width=32"]
 
@@ -100,8 +100,9 @@ def _start_ranks(args: list[str]) -> list[subprocess.Popen]:
     port = str(_free_port())
     procs = []
     for rank in range(2):
-        env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
-                   LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port, ALEXNET_DEBUG="", PYTHONFAULTHANDLER="1")
+        # CPU ranks (gloo) on every machine: the subject is a lost rank, not the device.
+        env = cli_env(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
         procs.append(subprocess.Popen([sys.executable, "-m", "alexnet", *args], env=env, text=True,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE))
     return procs
@@ -152,8 +153,7 @@ def _children(pid: int) -> list[int]:
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc to find the ranks")
 def test_nproc_run_with_a_killed_rank_ends_in_one_line(tiny_fmnist, tmp_path):
     out = tmp_path / "nproc"
-    # PYTHONFAULTHANDLER: a process that aborts (SIGSEGV, SIGABRT) prints every thread's Python stack.
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), ALEXNET_DEBUG="", PYTHONFAULTHANDLER="1")
+    env = cli_env()  # CPU ranks on every machine (see conftest.cli_env)
     proc = subprocess.Popen([sys.executable, "-m", "alexnet", *_args(tiny_fmnist, out, "--nproc", "2", "--epochs", "50")],
                             env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
@@ -269,9 +269,13 @@ def test_tower_devices_are_checked():
     if not torch.cuda.is_available():
         with pytest.raises(alexnet.ConfigError, match="no CUDA device"):
             tower_devices(["cuda:0", "cuda:1"], one)
-    elif torch.cuda.device_count() < 8:
-        with pytest.raises(alexnet.ConfigError, match="cuda:7"):
-            tower_devices(["cuda:6", "cuda:7"], one)
+    else:  # the first device past this machine's last one is named, whatever the machine has
+        count = torch.cuda.device_count()
+        with pytest.raises(alexnet.ConfigError, match=f"needs cuda:{count} but this machine has {count} CUDA device"):
+            tower_devices([f"cuda:{count}", f"cuda:{count + 1}"], one)
+        local = (count + 1) // 2  # --towers auto: local rank r takes cuda:2r and cuda:2r+1, past the last device here
+        with pytest.raises(alexnet.ConfigError, match=f"rank {local} needs cuda:{2 * local} "):
+            tower_devices(["auto"], DistInfo(rank=local, world=local + 1, local_rank=local, local_world=local + 1))
     flat = alexnet.create_model("alexnet_small", widths=[8, 16, 16, 16, 16], fc_width=32, towers=1)
     with pytest.raises(alexnet.ConfigError, match="towers=1"):
         TowerSplit(flat, ("cpu", "cpu"))
@@ -280,12 +284,37 @@ def test_tower_devices_are_checked():
         TowerSplit(across, ("cpu", "cpu"))
 
 
+def _allreduce_quick(*extra: str, cuda: bool = False) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "allreduce.py"), "--quick", "--nproc", "2", *extra],
+                          capture_output=True, text=True, timeout=300, env=cli_env(cuda))
+
+
 def test_allreduce_benchmark_quick():
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "allreduce.py"), "--quick", "--nproc", "2"],
-                       capture_output=True, text=True, timeout=300)
+    r = _allreduce_quick("--device", "cpu")  # gloo on CPUs, on every machine
     assert r.returncode == 0, r.stderr
+    assert "gloo on cpu" in r.stdout
     results = [line for line in r.stdout.splitlines() if line.startswith("RESULT ")]
     assert [line.split()[1] for line in results] == ["allreduce_busbw", "grad_sync_ms"]
     fields = dict(kv.split("=") for kv in results[0].split()[2:])
     ours, peer, ratio = float(fields["ours"]), float(fields["peer"]), float(fields["ratio"])
     assert ours > 0 and peer > 0 and ratio == pytest.approx(ours / peer, rel=1e-2)
+
+
+@requires_cuda
+def test_allreduce_benchmark_with_more_ranks_than_gpus():
+    """--device auto falls back to gloo on CPUs (and says so); --device cuda is refused in one line."""
+    n = str(torch.cuda.device_count() + 1)
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "allreduce.py"), "--quick", "--nproc", n],
+                       capture_output=True, text=True, timeout=300, env=cli_env(cuda=True))
+    assert r.returncode == 0, r.stderr
+    assert "gloo on cpu" in r.stdout and "CUDA device(s)" in r.stdout
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "allreduce.py"), "--quick", "--nproc", n, "--device", "cuda"],
+                       capture_output=True, text=True, timeout=300, env=cli_env(cuda=True))
+    assert r.returncode != 0 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "CUDA device(s)" in r.stderr
+
+
+def test_allreduce_benchmark_refuses_cuda_without_a_gpu():
+    r = _allreduce_quick("--device", "cuda")  # GPUs hidden: one line, non-zero exit, nothing launched
+    assert r.returncode != 0 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "CUDA" in r.stderr

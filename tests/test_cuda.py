@@ -1,0 +1,115 @@
+"""The GPU path (issue 12): skipped with a reason where no CUDA device is visible.
+
+scripts/gpu-check.sh runs them on a GPU machine. What they hold: the paper's net computes on cuda
+what it computes on the CPU (fp32 within TF32 rounding, bf16 autocast within bf16 rounding), it
+learns on cuda, and a run trained on cuda evaluates to the same figures on the CPU as on the GPU.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import alexnet
+from alexnet.runtime import autocast
+from conftest import make_image_folder, requires_cuda, run_cli
+
+pytestmark = requires_cuda
+
+CUDA = torch.device("cuda")
+
+
+def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Largest difference relative to the reference's largest magnitude."""
+    return ((a.float().cpu() - b.float().cpu()).abs().max() / b.float().abs().max()).item()
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_forward_on_cuda_matches_the_cpu(channels_last: bool):
+    torch.manual_seed(0)
+    model = alexnet.create_model("alexnet_paper", num_classes=100, init="kaiming").eval()
+    x = torch.randn(8, 3, 224, 224)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    with torch.no_grad():
+        ref = model.double()(x.double()).float()  # float64 on the CPU: the reference
+        model.float()
+        cpu = model(x.contiguous(memory_format=fmt))
+        gpu_model = model.to(CUDA).to(memory_format=fmt)
+        gpu = gpu_model(x.to(CUDA).contiguous(memory_format=fmt))
+        with autocast(CUDA, torch.bfloat16):
+            gpu_bf16 = gpu_model(x.to(CUDA).contiguous(memory_format=fmt)).float()
+    assert _rel_err(cpu, ref) < 1e-4
+    assert _rel_err(gpu, ref) < 1e-2  # cuDNN may run fp32 convolutions in TF32 (10-bit mantissa)
+    assert _rel_err(gpu_bf16, ref) < 6e-2  # bf16: 8 significant bits through eight layers
+    assert (gpu.cpu().argmax(1) == ref.argmax(1)).float().mean() >= 0.75
+
+
+def test_backward_on_cuda_matches_the_cpu():
+    torch.manual_seed(0)
+    model = alexnet.create_model("alexnet_paper", num_classes=10, init="kaiming", dropout=0.0)
+    x, y = torch.randn(4, 3, 224, 224), torch.randint(0, 10, (4,))
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    cpu_grads = {k: p.grad.clone() for k, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    model.to(CUDA)
+    torch.nn.functional.cross_entropy(model(x.to(CUDA)), y.to(CUDA)).backward()
+    for k, p in model.named_parameters():
+        assert _rel_err(p.grad, cpu_grads[k]) < 2e-2, k
+
+
+def test_paper_net_learns_on_cuda():
+    """A fixed batch is memorised: the loss falls on the GPU in bf16 autocast, channels_last."""
+    torch.manual_seed(0)
+    model = alexnet.create_model("alexnet_paper", num_classes=10, init="kaiming", dropout=0.0).to(CUDA)
+    model = model.to(memory_format=torch.channels_last).train()
+    x = torch.randn(16, 3, 224, 224, device=CUDA).contiguous(memory_format=torch.channels_last)
+    y = torch.arange(16, device=CUDA) % 10
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    losses = []
+    for _ in range(60):
+        with autocast(CUDA, torch.bfloat16):
+            loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5, losses
+
+
+def test_train_on_cuda_then_evaluate_on_cpu_and_cuda(tmp_path: Path):
+    """The CLI trains on cuda; its checkpoint loads anywhere and scores alike on both devices."""
+    data = make_image_folder(tmp_path / "images", classes=3, per_class=8)
+    out = tmp_path / "run"
+    r = run_cli("train", "--data", str(data), "--model", "alexnet_paper", "--epochs", "2", "--batch-size", "8",
+                "--workers", "0", "--device", "cuda", "--out", str(out), cuda=True, timeout=900)
+    assert r.returncode == 0, r.stderr
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(history) == 2 and all(torch.isfinite(torch.tensor(h["train_loss"])) for h in history)
+    ckpt = alexnet.checkpoint.load_checkpoint(out / "last.pt")  # map_location="cpu": no GPU needed to read it
+    assert all(t.device.type == "cpu" for t in ckpt["model"].values())
+    stats = {}
+    for device in ("cpu", "cuda"):
+        r = run_cli("evaluate", "--checkpoint", str(out / "last.pt"), "--data", str(data), "--device", device,
+                    "--amp", "none", "--json", cuda=True, timeout=600)
+        assert r.returncode == 0, r.stderr
+        stats[device] = json.loads(r.stdout)
+    assert stats["cpu"]["images"] == stats["cuda"]["images"] > 0
+    assert stats["cuda"]["loss"] == pytest.approx(stats["cpu"]["loss"], rel=2e-2, abs=1e-3)
+    assert abs(stats["cuda"]["top1"] - stats["cpu"]["top1"]) <= 1 / stats["cpu"]["images"] + 1e-9
+
+
+def test_cuda_checkpoint_resumes_on_cpu(tmp_path: Path):
+    """A run started on the GPU continues on a CPU (--device cpu on resume)."""
+    data = make_image_folder(tmp_path / "images", classes=2, per_class=4)
+    out = tmp_path / "run"
+    tiny = ["--model-option", "widths=[8,16,16,16,16]", "--model-option", "fc_width=32", "--model", "alexnet_paper"]
+    r = run_cli("train", "--data", str(data), "--epochs", "1", "--batch-size", "4", "--workers", "0", "--device", "cuda",
+                "--out", str(out), *tiny, cuda=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    r = run_cli("train", "--resume", str(out), "--epochs", "2", "--device", "cpu", timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert alexnet.checkpoint.load_checkpoint(out / "last.pt")["position"]["epoch"] == 2
