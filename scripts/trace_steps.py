@@ -33,7 +33,7 @@ def trace(cfg, steps: int) -> list[dict]:
     data = load_data(cfg.data, cfg.batch_size, model_config(cfg.model, **cfg.model_options).input_size, workers=0, seed=cfg.seed,
                      preset=cfg.data_preset)
     seed_everything(cfg.seed)
-    model = build_model(cfg, len(data.classes), len(data.preprocess["mean"]), log=lambda s: None)
+    model = build_model(cfg, len(data.classes), data.preprocess.channels, log=lambda s: None)
     opt = make_optimizer(cfg.optimizer, param_groups(model), cfg.lr, cfg.momentum, cfg.weight_decay, cfg.nesterov)
     probe = LayerProbe(model)
     probe.armed = True

@@ -120,7 +120,7 @@ def test_load_and_evaluate(trained, capsys):
     kind, ckpt, data = trained
     model = alexnet.load(ckpt)
     if kind not in ("fashion-mnist", "cifar"):  # photos: the training set's mean image travels with the weights
-        assert isinstance(model.preprocess["mean_image"], torch.Tensor) and model.preprocess["mean_image"].shape[0] == 3
+        assert isinstance(model.preprocess.mean_image, torch.Tensor) and model.preprocess.mean_image.shape[0] == 3
     capsys.readouterr()
     expected = 40 if kind == "fashion-mnist" else 12  # every image of the test / val split
     source = ckpt.parent.parent / "cifar" if kind == "cifar" else data
@@ -150,7 +150,8 @@ def test_predict_features_retrieve(trained, tmp_path, capsys):
     from alexnet.retrieval import load_index
 
     loaded = load_index(index)
-    torch.testing.assert_close(loaded["preprocess"]["mean_image"], alexnet.load(ckpt).preprocess["mean_image"])
+    assert loaded["preprocess"] == alexnet.load(ckpt).preprocess
+    torch.testing.assert_close(loaded["preprocess"].mean_image, alexnet.load(ckpt).preprocess.mean_image)
 
 
 def _same_outputs(ckpt: Path, run, data: Path) -> None:
@@ -168,14 +169,14 @@ def _same_outputs(ckpt: Path, run, data: Path) -> None:
 
 def test_export_and_load_back(trained, tmp_path):
     kind, ckpt, data = trained
-    mean = alexnet.load(ckpt).preprocess.get("mean_image")
+    mean = alexnet.load(ckpt).preprocess.mean_image
     st = tmp_path / "m.safetensors"
     assert main(["export", "--checkpoint", str(ckpt), "--format", "safetensors", "--out", str(st)]) == 0
     back = alexnet.load(st)
     _same_outputs(ckpt, back, data)
     summary = json.loads(st.with_suffix(".json").read_text())["preprocess"].get("mean_image")
     if isinstance(mean, torch.Tensor):
-        torch.testing.assert_close(back.preprocess["mean_image"], mean)
+        torch.testing.assert_close(back.preprocess.mean_image, mean)
         assert summary["shape"] == list(mean.shape)
         assert summary["channel_mean"] == pytest.approx(mean.double().mean((1, 2)).tolist())
 

@@ -9,7 +9,7 @@ import pytest
 
 from alexnet.cli import _config_overrides, build_parser
 from alexnet.config import TrainConfig, flag, resolve_config
-from alexnet.errors import ConfigError
+from alexnet.errors import ConfigError, DataError
 
 
 def _train_parser():
@@ -23,14 +23,14 @@ def test_every_training_option_has_one_flag():
         assert flag(f.name) in strings, f"TrainConfig.{f.name} has no command-line flag"
 
 
-def test_command_line_values_reach_the_config():
-    argv = ["train", "--data", "/x", "--gamma", "0.5", "--step-size", "7", "--max-reductions", "1",
+def test_command_line_values_reach_the_config(tmp_path):
+    argv = ["train", "--data", str(tmp_path), "--gamma", "0.5", "--step-size", "7", "--max-reductions", "1",
             "--eval-batch-size", "32", "--nesterov", "--no-channels-last", "--towers", "cpu,cpu", "--freeze",
             "conv1,conv2", "--lr-mult", "fc8=10", "--model-option", "lrn=false", "--dropout", "0.25",
             "--patience", "2", "--schedule", "step", "--health", "warn", "--seed", "-3", "--workers", "0"]
     overrides = _config_overrides(build_parser().parse_args(argv))
     cfg = resolve_config(overrides.pop("preset"), overrides)
-    expected = {"data": "/x", "gamma": 0.5, "step_size": 7, "plateau_max_reductions": 1, "eval_batch_size": 32,
+    expected = {"data": str(tmp_path), "gamma": 0.5, "step_size": 7, "plateau_max_reductions": 1, "eval_batch_size": 32,
                 "nesterov": True, "channels_last": False, "tower_devices": ["cpu", "cpu"], "freeze": ["conv1", "conv2"],
                 "lr_mult": {"fc8": 10.0}, "plateau_patience": 2, "schedule": "step", "health": "warn", "seed": -3,
                 "workers": 0, "preset": "photos"}
@@ -47,3 +47,14 @@ def test_the_same_range_check_on_the_command_line_and_in_a_file(name, bad, tmp_p
     config.write_text(f"{name} = {bad}\n")
     with pytest.raises(ConfigError, match=f"^{flag(name)} must be"):
         resolve_config(None, {}, config)
+
+
+def test_the_default_preset_follows_the_data(tmp_path, tiny_fmnist):
+    from test_hostile_input import _cifar_folder
+
+    _cifar_folder(tmp_path / "cifar")
+    assert resolve_config(None, {"data": str(tiny_fmnist)}).preset == "fashion_mnist"
+    assert resolve_config(None, {"data": str(tmp_path / "cifar")}).preset == "cifar"
+    assert resolve_config(None, {"data": str(tmp_path)}).preset == "photos"
+    with pytest.raises(DataError, match="path not found"):
+        resolve_config(None, {"data": str(tmp_path / "missing")})

@@ -178,10 +178,10 @@ def test_paper_model_input_against_formula(tmp_path):
     root = make_image_folder(tmp_path / "imgs", classes=2, per_class=4, size=(48, 40))
     data = load_data(root, batch_size=4, input_size=24, seed=1, val_fraction=0.5, show_progress=False)
     pre = data.preprocess
-    assert pre["preset"] == "paper" and pre["size"] == 27 and pre["pca"]["pixel_scale"] == "[0,1]"
+    assert pre.preset == "paper" and pre.size == 27 and pre.pca is not None
     images, labels, index = next(iter(data.val))
-    mean_img = np.load(pre["mean_image"]).astype(np.float64)
-    std = np.array(pre["std"]).reshape(3, 1, 1)
+    mean_img = pre.mean_image.numpy().astype(np.float64)
+    std = np.array(pre.std).reshape(3, 1, 1)
     x = model_input(images, index, pre, train=False)
     ref = (images.numpy().astype(np.float64)[:, :, 1:25, 1:25] - mean_img[:, 1:25, 1:25]) / std
     np.testing.assert_allclose(x.numpy(), ref, atol=1e-4)
@@ -194,8 +194,7 @@ def test_paper_model_input_against_formula(tmp_path):
     # Training: crop/mirror of (image - mean image) plus one RGB shift per image.
     xt = model_input(images, index, pre, train=True, seed=1, epoch=0)
     top, left, mirror = augment.random_crop_params(27, 27, 24, index, 1, 0)
-    pca = pre["pca"]
-    shift = augment.pca_noise(index, 1, 0, torch.tensor(pca["eigvals"]), torch.tensor(pca["eigvecs"]))
+    shift = augment.pca_noise(index, 1, 0, torch.tensor(pre.pca.eigvals), torch.tensor(pre.pca.eigvecs))
     for i in range(len(images)):
         t, l_ = int(top[i]), int(left[i])
         r = images[i].numpy().astype(np.float64)[:, t : t + 24, l_ : l_ + 24] - mean_img[:, t : t + 24, l_ : l_ + 24]
@@ -326,8 +325,8 @@ def test_packed_matches_folder(tmp_path):
     folder = load_data(root, 5, 28, seed=3, show_progress=False)
     packed = load_data(tmp_path / "packed", 5, 28, seed=3, show_progress=False)
     assert packed.classes == folder.classes and packed.train_size == 15 and packed.val_size == 6
-    np.testing.assert_allclose(np.load(packed.preprocess["mean_image"]), np.load(folder.preprocess["mean_image"]), atol=1e-4)
-    np.testing.assert_allclose(packed.preprocess["pca"]["eigvals"], folder.preprocess["pca"]["eigvals"], rtol=1e-6)
+    np.testing.assert_allclose(packed.preprocess.mean_image.numpy(), folder.preprocess.mean_image.numpy(), atol=1e-4)
+    np.testing.assert_allclose(packed.preprocess.pca.eigvals, folder.preprocess.pca.eigvals, rtol=1e-6)
     for a, b in zip(folder.train, packed.train):
         for ta, tb in zip(a, b):
             assert torch.equal(ta, tb)
@@ -377,7 +376,7 @@ def test_cifar_python_batches(tmp_path):
     (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": ["airplane", "automobile", "bird"]}))
     data = load_data(tmp_path, batch_size=4, input_size=32)
     assert data.classes == ["airplane", "automobile", "bird"] and data.train_size == 20 and data.val_size == 4
-    assert data.preprocess["preset"] == "cifar" and data.preprocess["padding"] == 4
+    assert data.preprocess.preset == "cifar" and data.preprocess.padding == 4
     images, labels, index = next(iter(data.train))
     assert images.shape == (4, 3, 32, 32) and model_input(images, index, data.preprocess, True).shape == (4, 3, 32, 32)
 

@@ -26,7 +26,7 @@ def test_import_torchvision_same_outputs(tmp_path, capsys):
     torch.save(tv.state_dict(), tmp_path / "tv.pth")
     assert main(["import", "torchvision", str(tmp_path / "tv.pth"), "--out", str(tmp_path / "owt.pt")]) == 0
     model = alexnet.load(tmp_path / "owt.pt")
-    assert model.config.widths == (64, 192, 384, 256, 256) and model.preprocess["test_crop"] == 224
+    assert model.config.widths == (64, 192, 384, 256, 256) and model.preprocess.test_crop == 224
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
         torch.testing.assert_close(model(x), tv(x), rtol=1e-5, atol=1e-5)

@@ -256,7 +256,7 @@ def test_data_and_evaluation_draw_no_training_random_numbers(kind, workers, data
     if kind not in datasets:
         pytest.skip(NO_PHOTOS)
     data = load_data(datasets[kind][0], 4, 64 if kind != "fmnist" else 28, workers=workers, seed=3, eval_batch_size=4)
-    model = create_model("alexnet_small", num_classes=len(data.classes), in_chans=len(data.preprocess["mean"]),
+    model = create_model("alexnet_small", num_classes=len(data.classes), in_chans=data.preprocess.channels,
                          widths=[8, 16, 16, 16, 16], fc_width=32, input_size=64 if kind != "fmnist" else 28)
     torch.manual_seed(0)
     before = torch.get_rng_state()

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import torch
 
+from alexnet.data.presets import Preprocess
 from alexnet.data import augment
 from alexnet.data.loaders import model_input
 
@@ -67,13 +68,13 @@ def test_crop_parameters_cover_the_ranges_and_are_fixed_by_seed_epoch_index():
 
 
 def test_photos_preset_trains_on_scaled_crops_and_tests_on_the_centre():
-    pre = {"mean": [100.0, 110.0, 120.0], "std": [50.0, 50.0, 50.0], "train_crop": 8, "test_crop": 8, "input_size": 8,
-           "flip": True, "scale": [0.35, 1.0], "padding": 0}
+    pre = Preprocess.from_dict({"dataset": "image_folder", "mean": [100.0, 110.0, 120.0], "std": [50.0, 50.0, 50.0],
+                                "size": 10, "resize": 10, "train_crop": 8, "test_crop": 8, "input_size": 8, "scale": [0.35, 1.0]})
     x = torch.randint(0, 256, (3, 3, 10, 10), dtype=torch.uint8)
     index = torch.arange(3)
     train = model_input(x, index, pre, True, seed=0, epoch=0)
     theta = augment.random_resized_crop_params(index, 0, 0, (0.35, 1.0))
-    mean, inv = torch.tensor(pre["mean"]).reshape(3, 1, 1), 1 / torch.tensor(pre["std"]).reshape(3, 1, 1)
+    mean, inv = torch.tensor(pre.mean).reshape(3, 1, 1), 1 / torch.tensor(pre.std).reshape(3, 1, 1)
     assert torch.equal(train, augment.resized_crop_normalize(x, 8, theta, mean, inv))
     test = model_input(x, index, pre, False)
     torch.testing.assert_close(test, (x[:, :, 1:9, 1:9].float() - mean) * inv)

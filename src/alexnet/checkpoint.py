@@ -21,6 +21,7 @@ import torch
 
 from . import faults
 from .data import presets
+from .data.presets import Preprocess
 from .errors import CheckpointError, DataError
 from .model import AlexNet, AlexNetConfig
 
@@ -134,12 +135,17 @@ def load_safetensors(path: str | os.PathLike, map_location: str | torch.device =
     mean_image = state.pop(presets.MEAN_IMAGE_KEY, None)  # not a weight: the recipe's mean image
     ckpt = {"model": state}
     ckpt.update({k: config[k] for k in ("model_config", "classes") if k in config})
-    if isinstance(config.get("preprocess"), dict):
-        try:
-            ckpt["preprocess"] = presets.from_json(config["preprocess"], mean_image, str(path))
-        except DataError as e:
-            raise CheckpointError(str(e)) from None
+    if config.get("preprocess") is not None:
+        ckpt["preprocess"] = _preprocess(config["preprocess"], str(path), mean_image)
     return ckpt
+
+
+def _preprocess(stored: Any, source: str, mean_image: torch.Tensor | None = None) -> Preprocess:
+    """The checkpoint's recipe, typed and checked (a malformed one is a one-line CheckpointError)."""
+    try:
+        return Preprocess.from_dict(stored, mean_image, source)
+    except DataError as e:
+        raise CheckpointError(str(e)) from None
 
 
 # Far above any AlexNet (the paper's has 61 million): a config beyond it is corrupt or hostile, and
@@ -191,5 +197,5 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> AlexNet
     model.classes = list(ckpt.get("classes") or [str(i) for i in range(model.config.num_classes)])
     if len(model.classes) != model.config.num_classes:
         raise CheckpointError(f"{path}: lists {len(model.classes)} class names for {model.config.num_classes} outputs")
-    model.preprocess = dict(ckpt.get("preprocess") or {})
+    model.preprocess = _preprocess(ckpt["preprocess"], str(path)) if ckpt.get("preprocess") is not None else None
     return model.to(device).eval()

@@ -15,6 +15,7 @@ import torch
 from .atomic import atomic_path
 from .checkpoint import load
 from .data.loaders import model_input
+from .data.presets import Preprocess
 from .errors import CheckpointError
 from .model import AlexNet
 from .runtime import autocast, progress
@@ -33,13 +34,13 @@ def load_models(paths: list[str | os.PathLike], device: str | torch.device = "cp
     models = [load(p, device) for p in paths]
     first = models[0]
     for path, m in zip(paths, models):
-        if not m.preprocess:
+        if m.preprocess is None:
             raise CheckpointError(f"{path}: no 'preprocess' recipe; it was not written by 'alexnet train' or 'alexnet import'")
         if m.config.num_classes != first.config.num_classes:
             raise CheckpointError(
                 f"{path} predicts {m.config.num_classes} classes but {paths[0]} predicts {first.config.num_classes}"
             )
-        if any(m.preprocess.get(k) != first.preprocess.get(k) for k in _DECODE_KEYS):
+        if any(getattr(m.preprocess, k) != getattr(first.preprocess, k) for k in _DECODE_KEYS):
             raise CheckpointError(f"{path}: its images are prepared differently from {paths[0]}'s; cannot ensemble them")
     return models
 
@@ -47,14 +48,14 @@ def load_models(paths: list[str | os.PathLike], device: str | torch.device = "cp
 def model_probs(
     model: AlexNet,
     images: torch.Tensor,
-    preprocess: dict[str, Any],
+    preprocess: Preprocess,
     ten_crop: bool = False,
     amp: torch.dtype | None = None,
     channels_last: bool = False,
 ) -> torch.Tensor:
     """Softmax probabilities (B, classes) of one model for a uint8 batch, averaged over ten crops if asked.
 
-    Ten crops are cut from the stored image (padded by ``preprocess["padding"]`` as in training,
+    Ten crops are cut from the stored image (padded by ``preprocess.padding`` as in training,
     so a 28 px Fashion-MNIST image gives ten different 28 px crops of its padded 32 px version).
     """
     index = torch.zeros(images.shape[0], dtype=torch.int64, device=images.device)  # unused at test time

@@ -35,13 +35,13 @@ def _config(model: AlexNet) -> dict[str, Any]:
     return {
         "format": SAFETENSORS_FORMAT,
         "model_config": model.config.to_dict(),
-        "classes": list(getattr(model, "classes", None) or []),
-        "preprocess": presets.to_json(getattr(model, "preprocess", None) or {}),
+        "classes": list(model.classes or []),
+        "preprocess": model.preprocess.to_json() if model.preprocess is not None else None,
     }
 
 
 def _mean_image(model: AlexNet) -> torch.Tensor | None:
-    return presets.mean_image_tensor(getattr(model, "preprocess", None) or {})
+    return model.preprocess.mean_image if model.preprocess is not None else None
 
 
 def export_safetensors(model: AlexNet, path: str | os.PathLike) -> list[Path]:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .data.presets import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from .errors import CheckpointError
 from .model import LAYER_NAMES, AlexNet, model_config
 from .unpickle import load_plain
@@ -50,12 +51,12 @@ def _classes(n: int) -> list[str]:
     return names or [str(i) for i in range(n)]
 
 
-def _checkpoint(model: AlexNet, preprocess: dict[str, Any], source: str) -> dict[str, Any]:
+def _checkpoint(model: AlexNet, preprocess: Preprocess, source: str) -> dict[str, Any]:
     return {
         "model": model.state_dict(),
         "model_config": model.config.to_dict(),
         "classes": _classes(model.config.num_classes),
-        "preprocess": preprocess,
+        "preprocess": preprocess.state(),
         "format": "alexnet-checkpoint-1",
         "imported_from": source,
     }
@@ -73,18 +74,10 @@ def from_torchvision(state_dict: dict[str, torch.Tensor], source: str = "torchvi
         model.load_state_dict(dict(state_dict))
     except RuntimeError as e:
         raise CheckpointError(f"{source}: weights do not fit torchvision's alexnet: {str(e).splitlines()[0]}") from None
-    preprocess = {
-        "dataset": "image_folder",
-        "resize": 256,
-        "size": 256,
-        "train_crop": 224,
-        "test_crop": 224,
-        "input_size": 224,
-        "padding": 0,
-        "flip": True,
-        "mean": [0.485 * 255, 0.456 * 255, 0.406 * 255],
-        "std": [0.229 * 255, 0.224 * 255, 0.225 * 255],
-    }
+    preprocess = Preprocess(
+        dataset="image_folder", resize=256, size=256, train_crop=224, test_crop=224, input_size=224,
+        mean=tuple(IMAGENET_MEAN), std=tuple(IMAGENET_STD), preset="torchvision",
+    )
     return _checkpoint(model, preprocess, source)
 
 
@@ -298,20 +291,12 @@ def from_caffe_layers(
         raise CheckpointError(f"{source}: weights do not fit bvlc_alexnet's layout: {str(e).splitlines()[0]}") from None
     size = cfg.input_size
     stored = round(size * 256 / 227)
-    preprocess = {
-        "dataset": "image_folder",
-        "resize": stored,
-        "size": stored,
-        "train_crop": size,
-        "test_crop": size,
-        "input_size": size,
-        "padding": 0,
-        "flip": True,
+    preprocess = Preprocess(
+        dataset="image_folder", resize=stored, size=stored, train_crop=size, test_crop=size, input_size=size,
         # Caffe subtracts the mean from 0-255 pixels and does not divide: std 1. RGB order here.
-        "mean": [float(m) for m in reversed(list(mean_bgr))],
-        "std": [1.0, 1.0, 1.0],
-        "source_channel_order": "BGR (conv1 flipped on import)",
-    }
+        mean=tuple(float(m) for m in reversed(list(mean_bgr))), std=(1.0, 1.0, 1.0),
+        note="Caffe's BGR weights: conv1 flipped to RGB on import",
+    )
     return _checkpoint(model, preprocess, source)
 
 

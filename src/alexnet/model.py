@@ -15,7 +15,7 @@ import functools
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
@@ -23,6 +23,9 @@ from torch import nn
 from .checks import is_finite, is_whole, require
 from .errors import ConfigError, UnknownModelError
 from .lrn import LocalResponseNorm
+
+if TYPE_CHECKING:
+    from .data.presets import Preprocess
 
 LAYER_NAMES = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
 
@@ -192,6 +195,9 @@ class AlexNet(nn.Module):
         self.drop6 = nn.Dropout(c.dropout)
         self.drop7 = nn.Dropout(c.dropout)
         self.reset_parameters()
+        # What alexnet.load attaches from a checkpoint: class names and the input recipe.
+        self.classes: list[str] | None = None
+        self.preprocess: Preprocess | None = None
         # torchvision's AlexNet state dict (features.0.weight, ...) loads unchanged.
         self._register_load_state_dict_pre_hook(_translate_torchvision_keys, with_module=True)
 

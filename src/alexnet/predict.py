@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from .data.folder import _image_files, decode_image
 from .data.loaders import model_input
+from .data.presets import Preprocess
 from .errors import DataError
 from .model import AlexNet
 from .runtime import progress
@@ -38,22 +40,22 @@ def image_paths(inputs: list[str | os.PathLike]) -> list[Path]:
     return paths
 
 
-def load_image(path: str | os.PathLike, preprocess: dict[str, Any]) -> torch.Tensor:
+def load_image(path: str | os.PathLike, preprocess: Preprocess) -> torch.Tensor:
     """Decode one image as the model's data was stored: (C, size, size) uint8.
 
-    The shorter side is resized to ``preprocess["resize"]`` (or ``size``), the centre square
+    The shorter side is resized to ``preprocess.resize`` (or ``size``), the centre square
     kept; one-channel models get the ITU-R 601 luma of the RGB image, as PIL's "L" mode.
 
     Raises:
         DataError: the file cannot be read as an image.
     """
-    size = preprocess.get("size") or preprocess.get("test_crop")
-    resize = preprocess.get("resize") or size
+    size = preprocess.size or preprocess.test_crop
+    resize = preprocess.resize or size
     try:
         image = decode_image(str(path), resize, size)
     except Exception as e:  # noqa: BLE001 - whatever the decoder raises, the file is what is wrong
         raise DataError(f"{path}: cannot read this image ({type(e).__name__}: {' '.join(str(e).split()) or 'no detail'})") from None
-    if len(preprocess.get("mean", [0, 0, 0])) == 1:
+    if preprocess.channels == 1:
         luma = image[0].double() * 0.299 + image[1].double() * 0.587 + image[2].double() * 0.114
         image = luma.round().clamp(0, 255).to(torch.uint8).unsqueeze(0)
     return image
@@ -94,9 +96,9 @@ def predict(
     ``return_images`` the decoded uint8 images come back too (for figures). Unreadable images are
     skipped with one warning line each on stderr; a DataError says so when none could be read.
     """
-    classes = list(getattr(model, "classes", None) or [str(i) for i in range(model.config.num_classes)])
-    preprocess = getattr(model, "preprocess", None)
-    if not preprocess:
+    classes = list(model.classes or [str(i) for i in range(model.config.num_classes)])
+    preprocess = model.preprocess
+    if preprocess is None:
         raise DataError("the model has no 'preprocess' recipe; load it with alexnet.load(checkpoint)")
     paths = image_paths(inputs)
     device = next(model.parameters()).device
@@ -127,7 +129,7 @@ def predict(
     return (results, images_out) if return_images else results
 
 
-def _load_images(paths: list[Path], preprocess: dict[str, Any], failed: list[DataError]) -> tuple[list[Path], torch.Tensor]:
+def _load_images(paths: list[Path], preprocess: Preprocess, failed: list[DataError]) -> tuple[list[Path], torch.Tensor]:
     """The readable ones of ``paths`` and their stacked images; the errors of the others go to ``failed``."""
     kept, images = [], []
     for p in paths:

@@ -18,6 +18,7 @@ from .atomic import atomic_path
 from .data import presets
 from .data.folder import ImageFolderDataset, _image_files, collate
 from .data.loaders import model_input
+from .data.presets import Preprocess
 from .errors import DataError
 from .model import AlexNet
 from .predict import load_image
@@ -52,10 +53,12 @@ def build_index(
     if not root.is_dir():
         raise DataError(f"--data: {root} is not a folder of images")
     pre = model.preprocess
+    if pre is None:
+        raise DataError("the model has no preprocessing recipe; load it with alexnet.load(checkpoint)")
     subfolders = any(d.is_dir() and not d.name.startswith(".") for d in root.iterdir())
     loose = [] if subfolders else _image_files(root)
     flat = {"samples": [(f, -1) for f in loose], "classes": ([], [])} if loose else {}
-    ds = ImageFolderDataset(root, resize=pre.get("resize") or pre.get("size"), size=pre.get("size"), **flat)
+    ds = ImageFolderDataset(root, resize=pre.resize or pre.size, size=pre.size, **flat)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate)
     feats, labels, kept = [], [], []
     for batch in progress(loader, total=len(loader), desc="fc7 features", enabled=show_progress, unit="batch"):
@@ -73,7 +76,7 @@ def build_index(
         "paths": [ds.samples[i][0] for i in kept],
         "classes": list(ds.classes),
         "checkpoint": str(checkpoint) if checkpoint is not None else None,
-        "preprocess": dict(pre),
+        "preprocess": pre,
     }
 
 
@@ -88,10 +91,10 @@ def save_index(index: dict[str, Any], path: str | os.PathLike) -> Path:
         "paths": json.dumps(index["paths"]),
         "classes": json.dumps(index["classes"]),
         "checkpoint": json.dumps(index.get("checkpoint")),
-        "preprocess": json.dumps(presets.to_json(index.get("preprocess") or {})),
+        "preprocess": json.dumps(index["preprocess"].to_json()),
     }
     tensors = {"features": index["features"].contiguous(), "labels": index["labels"].to(torch.int64).contiguous()}
-    mean_image = presets.mean_image_tensor(index.get("preprocess") or {})
+    mean_image = index["preprocess"].mean_image
     if mean_image is not None:  # the recipe's mean image, summarised in the metadata
         tensors[presets.MEAN_IMAGE_KEY] = mean_image
     with atomic_path(path) as tmp:
@@ -118,7 +121,7 @@ def load_index(path: str | os.PathLike) -> dict[str, Any]:
     if features.dim() != 2 or tuple(labels.shape) != (len(features),):
         raise DataError(f"{path}: features {tuple(features.shape)} and labels {tuple(labels.shape)} do not make an index")
     out = {"features": features, "labels": labels, **_index_metadata(path, meta, len(features))}
-    out["preprocess"] = presets.from_json(out["preprocess"], mean_image, str(path))
+    out["preprocess"] = Preprocess.from_dict(out["preprocess"], mean_image, str(path))
     return out
 
 

@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from . import __version__, distributed, faults, runfolder
 from .checkpoint import bounded_config, config_from_file, load_checkpoint, save_atomic
 from .config import TrainConfig, validate
-from .data import presets
 from .data.loaders import DataBundle, load_data, model_input, set_epoch
+from .data.presets import Preprocess
 from .errors import AlexNetError, CheckpointError, ConfigError, TrainingError
 from .evaluate import score, summarize
 from .health import HealthMonitor
@@ -63,7 +63,7 @@ def train_one_epoch(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     loader: Any,
-    preprocess: dict[str, Any],
+    preprocess: Preprocess,
     cfg: TrainConfig,
     device: torch.device,
     amp: torch.dtype | None,
@@ -152,7 +152,7 @@ def train_one_epoch(
 def evaluate(
     model: torch.nn.Module,
     loader: Any,
-    preprocess: dict[str, Any],
+    preprocess: Preprocess,
     device: torch.device,
     amp: torch.dtype | None = None,
     channels_last: bool = False,
@@ -385,7 +385,7 @@ def _fit(
     if cfg.num_classes is not None and cfg.num_classes != len(data.classes):
         raise ConfigError(f"--num-classes {cfg.num_classes} does not match the {len(data.classes)} classes of {data.source}")
     seed_everything(cfg.seed)  # the init does not depend on what data loading drew
-    model = build_model(cfg, len(data.classes), len(data.preprocess["mean"]), log)
+    model = build_model(cfg, len(data.classes), data.preprocess.channels, log)
     if info.rank:  # the same init everywhere, but each rank its own dropout masks
         seed_everything(cfg.seed + 7919 * info.rank)
     split = TowerSplit(model, towers) if towers else None
@@ -421,7 +421,7 @@ def _fit(
             "train": cfg.to_dict(),
             "model": model.config.to_dict(),
             "data": {"source": data.source, "train_images": data.train_size, "val_images": data.val_size, "classes": data.classes},
-            "preprocess": presets.to_json(data.preprocess),
+            "preprocess": data.preprocess.to_json(),
             "environment": _environment(device, amp),
             "distributed": {"world_size": info.world, "towers": [str(d) for d in towers] if towers else None},
         }
@@ -458,7 +458,7 @@ def _fit(
             "model": split.grouped_state_dict() if split is not None else model.state_dict(),
             "model_config": model.config.to_dict(),
             "classes": list(data.classes),
-            "preprocess": _portable(data.preprocess),
+            "preprocess": data.preprocess.state(),  # the mean image a tensor: portable
             "train_config": cfg.to_dict(),
             "optimizer": grouped_optimizer_state(split, optimizer) if split is not None else optimizer.state_dict(),
             "scaler": scaler.state_dict(),
@@ -543,15 +543,6 @@ def _fit(
     final = dict(history[-1]) if history else {}
     final.update(run_dir=str(run_dir), best_val_top1=best)
     return final
-
-
-def _portable(preprocess: dict[str, Any]) -> dict[str, Any]:
-    """The recipe with the mean image embedded as a tensor (config.json names its cache file): a
-    checkpoint must work on another machine."""
-    out = dict(preprocess)
-    if out.get("mean_image") is not None:
-        out["mean_image"] = presets.mean_image_tensor(preprocess)
-    return out
 
 
 def _record(run_dir: Path, metrics_path: Path, record: dict[str, Any], writer: Any) -> None:

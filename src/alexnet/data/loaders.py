@@ -6,7 +6,6 @@ normalises a whole batch at once on the training device.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 from collections.abc import Iterator
@@ -18,13 +17,13 @@ import torch
 
 from ..errors import DataError
 from . import augment, presets
-from .cifar import find_cifar, load_cifar
+from .cifar import load_cifar
 from .fashion_mnist import CLASSES as FMNIST_CLASSES
-from .fashion_mnist import DEBIAN_ROOT, is_fashion_mnist, load_fashion_mnist, missing_message
-from .folder import BAD_FILES_NAME, BadFiles, ImageFolderDataset, collate
-from .ilsvrc import val_samples
-from .packed import PackedDataset, batch_passthrough, is_packed, read_index
-from .presets import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401 - re-exported (old import path)
+from .fashion_mnist import DEBIAN_ROOT, load_fashion_mnist, missing_message
+from .folder import BAD_FILES_NAME, BadFiles, collate
+from .packed import PackedDataset, batch_passthrough, read_index
+from .presets import IMAGENET_MEAN, IMAGENET_STD, Preprocess  # noqa: F401 - the means re-exported (old import path)
+from .sources import detect, open_folder_splits, unwrap_worker_error
 from .stats import StatsAccumulator, folder_stats
 
 
@@ -84,7 +83,7 @@ class DataBundle:
     train: Any
     val: Any
     classes: list[str]
-    preprocess: dict[str, Any]
+    preprocess: Preprocess
     train_size: int
     val_size: int
     source: str
@@ -96,20 +95,6 @@ class DataBundle:
         for loader in (self.train, self.val):
             if isinstance(loader, Batches):
                 loader.close()
-
-
-@contextlib.contextmanager
-def unwrap_worker_error():
-    """Turn a DataError raised in a DataLoader worker (re-raised with the worker's traceback in its
-    message) back into its one-line message."""
-    try:
-        yield
-    except DataError as e:
-        text = str(e)
-        if "Original Traceback" not in text:
-            raise
-        last = [line for line in text.strip().splitlines() if line.strip()][-1]
-        raise DataError(last.split("DataError: ", 1)[-1]) from None
 
 
 class Batches:
@@ -156,23 +141,6 @@ def _batches(ds, indices, bs, shuffle, drop_last, seed, rank, world, workers, pi
     return Batches(dl, sampler)
 
 
-def open_folder_splits(root: Path, stored: int, bad: BadFiles) -> dict[str, ImageFolderDataset]:
-    """``{"train": ..., "val": ...}`` for a folder with train/ and val/ (val/ either class folders or
-    the flat ILSVRC-2012 layout labelled by the devkit), else ``{"train": ...}`` for a folder of
-    class folders."""
-    if (root / "train").is_dir() and (root / "val").is_dir():
-        train = ImageFolderDataset(root / "train", stored, stored, bad)
-        flat = val_samples(root, root / "val", train.folders)
-        if flat is not None:
-            val = ImageFolderDataset(root / "val", stored, stored, bad, flat, (train.folders, train.classes))
-        else:
-            val = ImageFolderDataset(root / "val", stored, stored, bad)
-            if train.folders != val.folders:
-                raise DataError(f"{root}: train/ and val/ have different class folders")
-        return {"train": train, "val": val}
-    return {"train": ImageFolderDataset(root, stored, stored, bad)}
-
-
 def _default_preset(kind: str) -> str:
     return {"fashion_mnist": "fashion_mnist", "cifar": "cifar"}.get(kind, "paper")
 
@@ -204,21 +172,18 @@ def load_data(
     """
     root = Path(data) if data is not None else DEBIAN_ROOT
     eval_batch_size = eval_batch_size or batch_size
-    if not root.exists():
-        if data is None:
-            raise DataError(missing_message(root))
-        raise DataError(f"--data: path not found: {root}")
+    if data is None and not root.exists():
+        raise DataError(missing_message(root))
+    kind = detect(root)
     common = dict(batch_size=batch_size, eval_batch_size=eval_batch_size, input_size=input_size, seed=seed, rank=rank, world=world)
-    if is_fashion_mnist(root):
+    if kind == "fashion_mnist":
         x_train, y_train = load_fashion_mnist(root, "train")
         x_test, y_test = load_fashion_mnist(root, "test")
         return _tensors("fashion_mnist", preset, x_train, y_train, x_test, y_test, list(FMNIST_CLASSES), f"Fashion-MNIST ({root})", **common)
-    if root.is_dir() and find_cifar(root) is not None:
+    if kind == "cifar":
         x_train, y_train, names = load_cifar(root, "train")
         x_test, y_test, _ = load_cifar(root, "test")
         return _tensors("cifar", preset, x_train, y_train, x_test, y_test, names, f"CIFAR-{len(names)} ({root})", **common)
-    if not root.is_dir():
-        raise DataError(f"--data: {root} is neither a folder of images nor Fashion-MNIST IDX files")
     bad = BadFiles(strict, Path(out_dir) / BAD_FILES_NAME if out_dir is not None else None)
     return _images(root, preset or "paper", bad, workers, pin_memory, val_fraction, show_progress, **common)
 
@@ -245,8 +210,6 @@ def _tensors(kind, preset, x_train, y_train, x_test, y_test, classes, source, ba
     side = x_train.shape[-1]
     base = {"dataset": kind, "resize": None, "size": side, "train_crop": side, "test_crop": side, "input_size": input_size}
     preprocess = presets.resolve(preset, stats, base)
-    if "mean_image" in preprocess:  # small images: the mean image itself goes in the recipe
-        preprocess["mean_image"] = stats["mean_image"].tolist()
     train = TensorBatches(x_train, y_train, EpochBatchSampler(len(x_train), batch_size, True, seed, True, rank, world))
     val = TensorBatches(x_test, y_test, EpochBatchSampler(len(x_test), eval_batch_size, False, rank=rank, world=world))
     return DataBundle(train, val, classes, preprocess, len(x_train), len(x_test), source)
@@ -256,7 +219,7 @@ def _images(root, preset, bad, workers, pin_memory, val_fraction, show_progress,
     notes = []
     # The paper's 256 -> 224 ratio, kept for models with other input sizes (227: 259 -> 227).
     stored = 256 if input_size == 224 else round(input_size * 256 / 224)
-    packed = is_packed(root)
+    packed = detect(root) == "packed"
     if packed:
         index = read_index(root)
         splits = {name: PackedDataset(root, name) for name in index["splits"]}
@@ -304,7 +267,6 @@ def _images(root, preset, bad, workers, pin_memory, val_fraction, show_progress,
         "train_crop": input_size,
         "test_crop": input_size,
         "input_size": input_size,
-        "test_views": 1,
     }
     preprocess = presets.resolve(preset, stats, base)
     if len(train_idx) < batch_size:
@@ -323,27 +285,10 @@ def set_epoch(loader: Any, epoch: int, start: int = 0) -> None:
         sampler.set_epoch(epoch, start)
 
 
-_MEAN_IMAGES: dict[tuple[str, str], torch.Tensor] = {}
-
-
-def mean_image(preprocess: dict[str, Any], device: torch.device) -> torch.Tensor | None:
-    """The recipe's mean image (3, H, W) float32 on ``device`` (see :func:`presets.mean_image_tensor`;
-    a list or a .npy path is read once per device), or None when the recipe subtracts a per-channel mean."""
-    m = preprocess.get("mean_image")
-    if m is None:
-        return None
-    if isinstance(m, torch.Tensor):
-        return m.to(device, torch.float32)
-    key = (f"list:{id(m)}" if isinstance(m, (list, tuple)) else str(m), str(device))
-    if key not in _MEAN_IMAGES:
-        _MEAN_IMAGES[key] = presets.mean_image_tensor(preprocess).to(device)
-    return _MEAN_IMAGES[key]
-
-
 def model_input(
     images: torch.Tensor,
     index: torch.Tensor,
-    preprocess: dict[str, Any],
+    preprocess: Preprocess,
     train: bool,
     seed: int = 0,
     epoch: int = 0,
@@ -358,31 +303,30 @@ def model_input(
     (B*10, C, s, s) with the ten views of an image adjacent.
     """
     b, dev = images.shape[0], images.device
-    mean = mean_image(preprocess, dev)
+    mean = preprocess.mean_image_on(dev)
     if mean is None:
-        mean = torch.tensor(preprocess["mean"], dtype=torch.float32, device=dev).reshape(-1, 1, 1)
-    inv_std = 1.0 / torch.tensor(preprocess["std"], dtype=torch.float32, device=dev).reshape(-1, 1, 1)
+        mean = torch.tensor(preprocess.mean, dtype=torch.float32, device=dev).reshape(-1, 1, 1)
+    inv_std = 1.0 / torch.tensor(preprocess.std, dtype=torch.float32, device=dev).reshape(-1, 1, 1)
     # Crops are cut from the stored image padded as in training (then a centre crop is the stored
     # image's own centre); the mean image is padded and cropped like the images.
-    pad = preprocess.get("padding", 0)
+    pad = preprocess.padding
     x = torch.nn.functional.pad(images, (pad,) * 4) if pad else images
     if pad and mean.shape[-1] > 1:
         mean = torch.nn.functional.pad(mean, (pad,) * 4)
     h, w = x.shape[-2:]
     shift = None
     if train:
-        size = preprocess["train_crop"]
-        pca = preprocess.get("pca")
+        size, pca = preprocess.train_crop, preprocess.pca
         if pca:
-            eig = torch.tensor(pca["eigvals"]), torch.tensor(pca["eigvecs"])
-            shift = augment.pca_noise(index.to(dev), seed, epoch, *eig, pca["alpha_std"])
-        if preprocess.get("scale"):  # random area and aspect, resampled to the crop size
-            theta = augment.random_resized_crop_params(index.to(dev), seed, epoch, tuple(preprocess["scale"]), flip=preprocess.get("flip", True))
+            eig = torch.tensor(pca.eigvals), torch.tensor(pca.eigvecs)
+            shift = augment.pca_noise(index.to(dev), seed, epoch, *eig, pca.alpha_std)
+        if preprocess.scale:  # random area and aspect, resampled to the crop size
+            theta = augment.random_resized_crop_params(index.to(dev), seed, epoch, preprocess.scale, flip=preprocess.flip)
             x = augment.resized_crop_normalize(x, size, theta, mean, inv_std, shift)
             return _to_model(x, preprocess, channels_last)
-        top, left, mirror = augment.random_crop_params(h, w, size, index.to(dev), seed, epoch, preprocess.get("flip", True))
+        top, left, mirror = augment.random_crop_params(h, w, size, index.to(dev), seed, epoch, preprocess.flip)
     else:
-        size = preprocess["test_crop"]
+        size = preprocess.test_crop
         if views == 10:
             top, left, mirror = (t.repeat(b).to(dev) for t in augment.ten_crop_params(h, w, size))
             x = x.repeat_interleave(10, dim=0)
@@ -396,9 +340,9 @@ def model_input(
     return _to_model(x, preprocess, channels_last)
 
 
-def _to_model(x: torch.Tensor, preprocess: dict[str, Any], channels_last: bool) -> torch.Tensor:
+def _to_model(x: torch.Tensor, preprocess: Preprocess, channels_last: bool) -> torch.Tensor:
     """A normalised crop resized to the model's input size, in its memory format."""
-    size = preprocess.get("input_size", x.shape[-1])
+    size = preprocess.input_size
     if x.shape[-1] != size:
         x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
@@ -406,7 +350,7 @@ def _to_model(x: torch.Tensor, preprocess: dict[str, Any], channels_last: bool) 
 
 def load_eval_data(
     data: str | os.PathLike | None,
-    preprocess: dict[str, Any],
+    preprocess: Preprocess,
     batch_size: int = 256,
     workers: int = 0,
     strict: bool = False,
@@ -418,18 +362,17 @@ def load_eval_data(
     else every image. Returns (loader, class names, number of images, description).
     """
     root = Path(data) if data is not None else DEBIAN_ROOT
-    if not root.exists():
-        raise DataError(missing_message(root) if data is None else f"--data: path not found: {root}")
-    if is_fashion_mnist(root):
+    if data is None and not root.exists():
+        raise DataError(missing_message(root))
+    kind = detect(root)
+    if kind == "fashion_mnist":
         x, y = load_fashion_mnist(root, "test")
         loader = TensorBatches(x, y, EpochBatchSampler(len(x), batch_size, False))
         return loader, list(FMNIST_CLASSES), len(x), f"Fashion-MNIST test ({root})"
-    if root.is_dir() and find_cifar(root) is not None:
+    if kind == "cifar":
         x, y, names = load_cifar(root, "test")
         return TensorBatches(x, y, EpochBatchSampler(len(x), batch_size, False)), names, len(x), f"CIFAR test ({root})"
-    if not root.is_dir():
-        raise DataError(f"--data: {root} is neither a folder of images nor Fashion-MNIST IDX files")
-    if is_packed(root):
+    if kind == "packed":
         index = read_index(root)
         split = "val" if "val" in index["splits"] else "train"
         ds, classes, source = PackedDataset(root, split), index["classes"], f"{root} ({split}, packed)"
@@ -437,9 +380,9 @@ def load_eval_data(
         bad = BadFiles(strict, Path(out_dir) / BAD_FILES_NAME if out_dir is not None else None)
         if (root / "val").is_dir() and not (root / "train").is_dir():
             root = root / "val"
-        splits = open_folder_splits(root, preprocess.get("resize") or 256, bad)
+        splits = open_folder_splits(root, preprocess.resize or 256, bad)
         ds = splits.get("val", splits["train"])
-        ds.size = preprocess.get("size")
+        ds.size = preprocess.size
         classes, source = ds.classes, str(ds.root)
     loader = _batches(ds, list(range(len(ds))), batch_size, False, False, 0, 0, 1, workers, False)
     return loader, classes, len(ds), source

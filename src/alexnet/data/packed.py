@@ -23,17 +23,14 @@ import torch
 from ..errors import DataError
 from ..runtime import progress
 from .folder import BAD_FILES_NAME, BadFiles, collate
+from .sources import PACKED_INDEX, open_folder_splits, unwrap_worker_error
 from .stats import StatsAccumulator, save_stats
 
 FORMAT = "alexnet-packed-1"
 
 
-def is_packed(root: str | os.PathLike) -> bool:
-    return (Path(root) / "index.json").is_file()
-
-
 def read_index(root: str | os.PathLike) -> dict[str, Any]:
-    path = Path(root) / "index.json"
+    path = Path(root) / PACKED_INDEX
     try:
         index = json.loads(path.read_text())
     except (OSError, ValueError) as e:
@@ -117,8 +114,6 @@ def prepare(
     split is done, so an interrupted or failed run leaves any earlier preparation intact.
     Returns the index dict (plus ``bad_files``: the number skipped).
     """
-    from .loaders import open_folder_splits, unwrap_worker_error
-
     root, out = Path(data), Path(out)
     if not root.is_dir():
         raise DataError(f"--data: folder not found: {root}")
@@ -182,10 +177,10 @@ def prepare(
         index["stats"] = {k: v for k, v in stats.items() if k != "mean_image"}
         index["stats"]["mean_image"] = "mean_image.npy"
         index["bad_files"] = bad.count
-        (tmp / "index.json").write_text(json.dumps(index, indent=1) + "\n")
-        if (out / "index.json").exists():
-            (out / "index.json").unlink()  # the old preparation stops being valid before its files go
-        for f in sorted(tmp.iterdir(), key=lambda p: p.name == "index.json"):  # index.json last
+        (tmp / PACKED_INDEX).write_text(json.dumps(index, indent=1) + "\n")
+        if (out / PACKED_INDEX).exists():
+            (out / PACKED_INDEX).unlink()  # the old preparation stops being valid before its files go
+        for f in sorted(tmp.iterdir(), key=lambda p: p.name == PACKED_INDEX):  # index.json last
             os.replace(f, out / f.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -3,18 +3,22 @@
 Each preset says where the subtracted mean and the divisor come from (``"image"``: the training
 set's mean image; ``"pixels"``: the training set's per-channel mean / std; a list: fixed values on
 the 0-255 scale), whether the paper's PCA colour noise is added (``pca_alpha_std`` > 0), the zero
-padding before random crops, and mirroring. The resolved recipe is the ``preprocess`` dict that
-:func:`alexnet.data.loaders.load_data` returns and checkpoints store.
+padding before random crops, and mirroring. The resolved recipe is a :class:`Preprocess`: what
+:func:`alexnet.data.loaders.load_data` returns, models carry and checkpoints store.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from ..checks import is_finite, is_whole
 from ..errors import ConfigError, DataError
 
 # torchvision's per-channel statistics of ImageNet, on the 0-255 scale.
@@ -55,9 +59,9 @@ def needs_stats(name: str) -> bool:
     return p["mean"] in ("image", "pixels") or p["std"] == "pixels" or p["pca_alpha_std"] > 0
 
 
-def resolve(name: str, stats: dict[str, Any] | None, base: dict[str, Any]) -> dict[str, Any]:
-    """The ``preprocess`` dict: ``base`` (sizes, data set) plus the preset's normalisation and noise
-    filled in from ``stats`` (see :mod:`alexnet.data.stats`)."""
+def resolve(name: str, stats: dict[str, Any] | None, base: dict[str, Any]) -> Preprocess:
+    """The recipe: ``base`` (sizes, data set) plus the preset's normalisation and noise filled in
+    from ``stats`` (see :mod:`alexnet.data.stats`; its mean image a tensor or a .npy path)."""
     p = get_preset(name)
     if needs_stats(name) and stats is None:
         raise ConfigError(f"data preset {name!r} needs training-set statistics")
@@ -74,57 +78,179 @@ def resolve(name: str, stats: dict[str, Any] | None, base: dict[str, Any]) -> di
             "eigvals": list(stats["eigvals"]),
             "eigvecs": [list(r) for r in stats["eigvecs"]],
             "alpha_std": p["pca_alpha_std"],
-            "pixel_scale": "[0,1]",  # eigen-statistics of pixels/255; the noise is x255 on the uint8 scale
         }
-    return out
+    return Preprocess.from_dict(out, source=f"data preset {name!r}")
 
 
-# -- the recipe in files --------------------------------------------------------------------------
+# -- the recipe, typed -------------------------------------------------------------------------------
 # The mean image (3 x 256 x 256 floats) is a tensor, not JSON: checkpoints hold it as a tensor,
 # safetensors files (exports, feature indexes) under this key beside the weights or features, and
 # their JSON metadata (and config.json) hold a summary in its place.
 MEAN_IMAGE_KEY = "preprocess.mean_image"
 
 
-def mean_image_tensor(preprocess: dict[str, Any]) -> torch.Tensor | None:
-    """The recipe's mean image as a float32 (C, H, W) tensor, whatever form it is in (a tensor, a
-    nested list, a .npy path), or None when the recipe subtracts a per-channel mean."""
-    m = preprocess.get("mean_image")
+_RETIRED = {"test_views"}  # entries of older checkpoints that nothing reads
+
+
+@dataclass(frozen=True)
+class PCANoise:
+    """The paper's colour augmentation: eigen-statistics of RGB pixels scaled to [0, 1]; each image
+    gets ``eigvecs @ (alpha * eigvals)``, alpha ~ N(0, alpha_std^2), x255 on the uint8 scale."""
+
+    eigvals: tuple[float, ...]
+    eigvecs: tuple[tuple[float, ...], ...]
+    alpha_std: float
+
+
+@dataclass
+class Preprocess:
+    """How images become the network's input: one typed recipe, stored with every checkpoint,
+    export and feature index (like timm's ``PretrainedCfg``). Pixel values are on the 0-255 scale.
+
+    A stored image of side ``size`` (images are first resized so their shorter side is ``resize``;
+    None: already that size) is padded by ``padding``, cropped (``train_crop`` at random with
+    mirrors when ``flip``, or at ``scale`` x its area; ``test_crop`` at the centre), has the mean
+    (``mean_image`` cropped alike, else the per-channel ``mean``) subtracted, PCA noise added, is
+    divided by ``std`` and resized to ``input_size``.
+    """
+
+    dataset: str  # fashion_mnist, cifar, image_folder, packed
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    size: int | None
+    resize: int | None
+    train_crop: int
+    test_crop: int
+    input_size: int
+    preset: str | None = None
+    padding: int = 0
+    flip: bool = True
+    scale: tuple[float, float] | None = None
+    mean_image: torch.Tensor | None = field(default=None, repr=False, compare=False)  # (C, H, W) float32
+    pca: PCANoise | None = None
+    note: str | None = None  # e.g. imported weights' channel order
+    _copies: dict[str, torch.Tensor] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    @property
+    def channels(self) -> int:
+        return len(self.mean)
+
+    def mean_image_on(self, device: torch.device) -> torch.Tensor | None:
+        """The mean image on ``device`` (copied there once)."""
+        if self.mean_image is None:
+            return None
+        if str(device) not in self._copies:
+            self._copies[str(device)] = self.mean_image.to(device)
+        return self._copies[str(device)]
+
+    def state(self) -> dict[str, Any]:
+        """The checkpoint form: plain values, the mean image as a tensor."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+        out["mean"], out["std"] = list(self.mean), list(self.std)
+        out["scale"] = list(self.scale) if self.scale else None
+        out["pca"] = dataclasses.asdict(self.pca) if self.pca else None
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-safe: the mean image replaced by a summary (shape, per-channel mean, where it is)."""
+        out = self.state()
+        if self.mean_image is not None:
+            m = self.mean_image
+            out["mean_image"] = {"shape": list(m.shape), "channel_mean": m.double().mean((1, 2)).tolist(), "stored_as": MEAN_IMAGE_KEY}
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Any, mean_image: torch.Tensor | None = None, source: str = "the preprocessing recipe") -> Preprocess:
+        """A recipe from its stored form (:meth:`state`, :meth:`to_json` plus the ``mean_image``
+        tensor stored beside it, or the free-form dicts of older files), checked: a malformed one
+        is a one-line DataError naming ``source``."""
+        if isinstance(d, Preprocess):
+            return d
+        if not isinstance(d, dict):
+            raise DataError(f"{source}: the preprocessing recipe is a {type(d).__name__}, not a table")
+        d = {k: v for k, v in d.items() if k not in _RETIRED}
+        note = d.pop("source_channel_order", None)  # older Caffe imports
+        d.setdefault("note", note)
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls) if f.init}
+        if unknown:
+            raise DataError(f"{source}: the preprocessing recipe has unknown entries: {', '.join(sorted(unknown))}")
+        d["mean_image"] = _read_mean_image(d.get("mean_image"), mean_image, source)
+        pca = d.get("pca")
+        if isinstance(pca, dict):
+            d["pca"] = _pca(pca, source)
+        try:
+            recipe = cls(**d)
+        except TypeError as e:  # a required entry missing
+            raise DataError(f"{source}: the preprocessing recipe is incomplete ({e})") from None
+        recipe._check(source)
+        return recipe
+
+    def _check(self, source: str) -> None:
+        def bad(name: str, wanted: str) -> DataError:
+            return DataError(f"{source}: preprocess {name} must be {wanted}, got {getattr(self, name)!r}")
+
+        for name in ("mean", "std"):
+            v = getattr(self, name)
+            if not (isinstance(v, (list, tuple)) and len(v) in (1, 3) and all(is_finite(x) for x in v)):
+                raise bad(name, "1 or 3 finite numbers")
+            object.__setattr__(self, name, tuple(float(x) for x in v))
+        if len(self.std) != len(self.mean) or min(self.std) <= 0:
+            raise bad("std", f"{len(self.mean)} numbers > 0")
+        for name in ("train_crop", "test_crop", "input_size"):
+            if not is_whole(getattr(self, name), 1) or getattr(self, name) > 4096:
+                raise bad(name, "a whole number from 1 to 4096")
+        for name in ("size", "resize"):
+            if getattr(self, name) is not None and not (is_whole(getattr(self, name), 1) and getattr(self, name) <= 8192):
+                raise bad(name, "None or a whole number from 1 to 8192")
+        if not (is_whole(self.padding, 0) and self.padding <= 1024):
+            raise bad("padding", "a whole number from 0 to 1024")
+        if not isinstance(self.flip, bool):
+            raise bad("flip", "true or false")
+        if not all(isinstance(getattr(self, n), (str, type(None))) for n in ("preset", "note")) or not isinstance(self.dataset, str):
+            raise DataError(f"{source}: preprocess dataset, preset and note must be strings")
+        if self.scale is not None:
+            lo_hi = tuple(self.scale) if isinstance(self.scale, (list, tuple)) else ()
+            if not (len(lo_hi) == 2 and all(is_finite(x) for x in lo_hi) and 0 < lo_hi[0] <= lo_hi[1] <= 1):
+                raise bad("scale", "two numbers 0 < low <= high <= 1")
+            self.scale = (float(lo_hi[0]), float(lo_hi[1]))
+        if self.mean_image is not None and self.mean_image.shape[0] != self.channels:
+            shape = tuple(self.mean_image.shape)
+            raise DataError(f"{source}: preprocess mean_image must have {self.channels} channels like its mean, got shape {shape}")
+
+
+def _read_mean_image(m: Any, stored: torch.Tensor | None, source: str) -> torch.Tensor | None:
+    """The mean image as float32 (C, H, W) from any of its stored forms: a tensor, a nested list,
+    a .npy path (older packed folders), or the JSON summary with the tensor ``stored`` beside it."""
     if m is None:
         return None
-    if isinstance(m, dict):
-        raise DataError(f"the preprocessing recipe holds only a summary of its mean image ({MEAN_IMAGE_KEY} is missing)")
+    if isinstance(m, dict):  # the summary written by to_json
+        if stored is None:
+            raise DataError(f"{source}: the preprocessing recipe subtracts a mean image, but the file holds no {MEAN_IMAGE_KEY!r}")
+        if list(stored.shape) != m.get("shape"):
+            raise DataError(f"{source}: its mean image is {list(stored.shape)}, its metadata says {m.get('shape')}")
+        m = stored
     if isinstance(m, (str, Path)):
         try:
-            m = np.load(m)
+            m = np.load(m, allow_pickle=False)
         except (OSError, ValueError) as e:
-            raise DataError(f"mean image {m} (named by the preprocessing recipe) cannot be read: {e}") from None
-    t = torch.as_tensor(np.asarray(m, dtype=np.float32) if not isinstance(m, torch.Tensor) else m, dtype=torch.float32)
-    if t.dim() != 3 or t.shape[0] != len(preprocess.get("mean", [])):
-        raise DataError(f"the preprocessing recipe's mean image has shape {tuple(t.shape)}, not (channels, height, width)")
-    return t.contiguous()
+            raise DataError(f"{source}: mean image {m} cannot be read: {e}") from None
+    try:
+        t = m.detach() if isinstance(m, torch.Tensor) else torch.as_tensor(np.asarray(m, dtype=np.float32))
+    except (TypeError, ValueError):
+        raise DataError(f"{source}: the preprocessing recipe's mean image is not an array of numbers") from None
+    if t.dim() != 3 or t.shape[0] not in (1, 3) or not bool(torch.isfinite(t).all()):
+        raise DataError(f"{source}: the mean image must be a finite (channels, height, width) array, got shape {tuple(t.shape)}")
+    return t.to(torch.float32).contiguous()
 
 
-def to_json(preprocess: dict[str, Any]) -> dict[str, Any]:
-    """The recipe with its mean image replaced by a summary (shape, per-channel mean): JSON-safe."""
-    out = dict(preprocess)
-    m = None if isinstance(out.get("mean_image"), dict) else mean_image_tensor(preprocess)
-    if m is not None:
-        summary = {"shape": list(m.shape), "channel_mean": m.double().mean((1, 2)).tolist(), "stored_as": MEAN_IMAGE_KEY}
-        if isinstance(preprocess["mean_image"], (str, Path)):
-            summary["file"] = str(preprocess["mean_image"])
-        out["mean_image"] = summary
-    return out
+def _pca(d: dict[str, Any], source: str) -> PCANoise:
+    try:
+        vals = tuple(float(v) for v in d["eigvals"])
+        vecs = tuple(tuple(float(v) for v in row) for row in d["eigvecs"])
+        alpha = float(d["alpha_std"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise DataError(f"{source}: preprocess pca is malformed ({type(e).__name__}: {e})") from None
+    if len(vals) != 3 or len(vecs) != 3 or any(len(r) != 3 for r in vecs) or not all(map(math.isfinite, (*vals, alpha))) or alpha < 0:
+        raise DataError(f"{source}: preprocess pca must hold 3 eigenvalues, a 3x3 eigenvector matrix and alpha_std >= 0")
+    return PCANoise(vals, vecs, alpha)
 
-
-def from_json(preprocess: dict[str, Any], mean_image: torch.Tensor | None, source: str) -> dict[str, Any]:
-    """Undo :func:`to_json`: put the stored ``mean_image`` tensor back in place of its summary."""
-    out = dict(preprocess)
-    summary = out.get("mean_image")
-    if isinstance(summary, dict):
-        if mean_image is None:
-            raise DataError(f"{source}: the preprocessing recipe subtracts a mean image, but the file holds no {MEAN_IMAGE_KEY!r}")
-        if list(mean_image.shape) != summary.get("shape"):
-            raise DataError(f"{source}: its mean image is {list(mean_image.shape)}, its metadata says {summary.get('shape')}")
-        out["mean_image"] = mean_image.to(torch.float32)
-    return out

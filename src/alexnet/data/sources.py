@@ -1,0 +1,70 @@
+"""What ``--data`` points at, decided in one place, and how an image folder splits into train/val.
+
+:func:`detect` is the one data-source detection: training (:func:`alexnet.data.loaders.load_data`),
+evaluation (``load_eval_data``) and the choice of the default training preset all ask it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Literal
+
+from ..errors import DataError
+from .cifar import find_cifar
+from .fashion_mnist import is_fashion_mnist
+from .folder import BadFiles, ImageFolderDataset
+from .ilsvrc import val_samples
+
+Kind = Literal["fashion_mnist", "cifar", "packed", "images"]
+PACKED_INDEX = "index.json"  # written last by 'alexnet prepare': a folder without it is unfinished
+
+
+def detect(root: str | os.PathLike) -> Kind:
+    """The kind of data set at ``root``: Fashion-MNIST IDX files, CIFAR python batches, a packed
+    folder ('alexnet prepare'), or an image folder (CLASS/IMAGE, train/ + val/, ILSVRC layout)."""
+    root = Path(root)
+    if not root.exists():
+        raise DataError(f"--data: path not found: {root}")
+    if is_fashion_mnist(root):
+        return "fashion_mnist"
+    if not root.is_dir():
+        raise DataError(f"--data: {root} is neither a folder of images nor Fashion-MNIST IDX files")
+    if find_cifar(root) is not None:
+        return "cifar"
+    if (root / PACKED_INDEX).is_file():
+        return "packed"
+    return "images"
+
+
+def open_folder_splits(root: Path, stored: int, bad: BadFiles) -> dict[str, ImageFolderDataset]:
+    """``{"train": ..., "val": ...}`` for a folder with train/ and val/ (val/ either class folders or
+    the flat ILSVRC-2012 layout labelled by the devkit), else ``{"train": ...}`` for a folder of
+    class folders."""
+    if (root / "train").is_dir() and (root / "val").is_dir():
+        train = ImageFolderDataset(root / "train", stored, stored, bad)
+        flat = val_samples(root, root / "val", train.folders)
+        if flat is not None:
+            val = ImageFolderDataset(root / "val", stored, stored, bad, flat, (train.folders, train.classes))
+        else:
+            val = ImageFolderDataset(root / "val", stored, stored, bad)
+            if train.folders != val.folders:
+                raise DataError(f"{root}: train/ and val/ have different class folders")
+        return {"train": train, "val": val}
+    return {"train": ImageFolderDataset(root, stored, stored, bad)}
+
+
+@contextlib.contextmanager
+def unwrap_worker_error() -> Iterator[None]:
+    """Turn a DataError raised in a DataLoader worker (re-raised with the worker's traceback in its
+    message) back into its one-line message."""
+    try:
+        yield
+    except DataError as e:
+        text = str(e)
+        if "Original Traceback" not in text:
+            raise
+        last = [line for line in text.strip().splitlines() if line.strip()][-1]
+        raise DataError(last.split("DataError: ", 1)[-1]) from None

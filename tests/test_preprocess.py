@@ -1,0 +1,71 @@
+"""The typed preprocessing recipe: one form of the mean image, round trips, and malformed recipes
+refused in one line wherever they come from (a checkpoint, an export, an index)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from alexnet.checkpoint import save_atomic
+from alexnet.cli import main
+from alexnet.data.presets import PCANoise, Preprocess
+from alexnet.errors import DataError
+from alexnet.model import create_model
+
+RECIPE = {"dataset": "image_folder", "mean": [120.0, 115.0, 100.0], "std": [60.0, 60.0, 60.0], "size": 40,
+          "resize": 40, "train_crop": 32, "test_crop": 32, "input_size": 32, "preset": "photos", "scale": [0.35, 1.0],
+          "pca": {"eigvals": [0.2, 0.02, 0.003], "eigvecs": [[0.5, 0.7, 0.4], [0.6, 0.0, -0.8], [0.6, -0.7, 0.4]], "alpha_std": 0.1}}
+
+
+def test_round_trips_keep_every_value_and_the_mean_image():
+    mean = torch.rand(3, 40, 40) * 255
+    p = Preprocess.from_dict(dict(RECIPE, mean_image=mean))
+    assert p.pca == PCANoise((0.2, 0.02, 0.003), ((0.5, 0.7, 0.4), (0.6, 0.0, -0.8), (0.6, -0.7, 0.4)), 0.1)
+    assert p.scale == (0.35, 1.0) and p.channels == 3
+    back = Preprocess.from_dict(p.state())
+    assert back == p and torch.equal(back.mean_image, mean)
+    summary = json.loads(json.dumps(p.to_json()))  # JSON-safe
+    assert summary["mean_image"]["shape"] == [3, 40, 40]
+    assert summary["mean_image"]["channel_mean"] == pytest.approx(mean.double().mean((1, 2)).tolist())
+    again = Preprocess.from_dict(summary, mean_image=mean)
+    assert again == p and torch.equal(again.mean_image, mean)
+    # Older checkpoints: the mean image as a nested list, retired entries, Caffe's channel note.
+    legacy = dict(RECIPE, mean_image=mean.tolist(), test_views=1, source_channel_order="BGR")
+    old = Preprocess.from_dict(legacy)
+    assert old.note == "BGR" and torch.allclose(old.mean_image, mean)
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"std": [60.0, -1.0, 60.0]}, "std"),
+    ({"mean": [1.0, 2.0]}, "mean"),
+    ({"mean": [float("nan"), 1.0, 2.0]}, "mean"),
+    ({"train_crop": 0}, "train_crop"),
+    ({"input_size": "224"}, "input_size"),
+    ({"scale": [0.9, 0.1]}, "scale"),
+    ({"flip": "yes"}, "flip"),
+    ({"mean_image": [[1.0]]}, "mean image"),
+    ({"mean_image": torch.zeros(1, 4, 4)}, "mean_image"),
+    ({"pca": {"eigvals": [1.0], "eigvecs": [], "alpha_std": 0.1}}, "pca"),
+    ({"colour": "blue"}, "unknown entries: colour"),
+    ({"size": 10**6}, "size"),
+])
+def test_malformed_recipes_are_one_line_errors(change, words):
+    with pytest.raises(DataError, match=words) as e:
+        Preprocess.from_dict(dict(RECIPE, **change), source="x.pt")
+    assert str(e.value).startswith("x.pt: ") and "\n" not in str(e.value)
+
+
+def test_a_checkpoint_with_a_malformed_recipe_is_refused_in_one_line(tmp_path, capsys):
+    model = create_model("alexnet_paper", num_classes=3, input_size=64)
+    bad = tmp_path / "bad.pt"
+    save_atomic({"model": model.state_dict(), "model_config": model.config.to_dict(), "classes": ["a", "b", "c"],
+                 "preprocess": dict(RECIPE, std=[0.0, 0.0, 0.0])}, bad)
+    image = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.new("RGB", (50, 40), (10, 20, 30)).save(image)
+    assert main(["predict", str(image), "--checkpoint", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("alexnet: error:") and "bad.pt" in err and "std" in err and len(err.splitlines()) == 1
