@@ -413,6 +413,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(common, ["device", "workers", "amp"])
     common.add_argument("--progress", choices=("auto", "on", "off"), default="auto", help="progress bars (auto: on a terminal)")
 
+    _add_train(sub, common)
+    _add_use_commands(sub, common)
+    _add_tool_commands(sub, common)
+    return p
+
+
+def _add_train(sub, common: argparse.ArgumentParser) -> None:
+    """``alexnet train``: its options are generated from TrainConfig (config.py)."""
     t = sub.add_parser(
         "train",
         parents=[common],
@@ -431,6 +439,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.set_defaults(func=cmd_train)
 
+
+def _add_use_commands(sub, common: argparse.ArgumentParser) -> None:
+    """The commands that use a trained model: evaluate, predict, features, retrieve."""
     e = sub.add_parser("evaluate", parents=[common], help="top-1/top-5 accuracy and error of a checkpoint")
     e.add_argument("--checkpoint", required=True, help="a .pt or .safetensors file from 'alexnet train', 'import' or 'export'")
     e.add_argument("--data", help="data to evaluate on (default: the checkpoint's own data set)")
@@ -466,6 +477,9 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("--figure", help="PNG: the query and its neighbours (the paper's figure 4, right)")
     rt.set_defaults(func=cmd_retrieve)
 
+
+def _add_tool_commands(sub, common: argparse.ArgumentParser) -> None:
+    """Figures, weights in and out, data preparation and download, summaries, benchmarks."""
     v = sub.add_parser("visualize", help="figures: conv1 filters (paper fig. 3) or training curves")
     v.add_argument("what", choices=("filters", "curves"))
     v.add_argument("run_dir", nargs="?", help="run folder (for curves)")
@@ -522,7 +536,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeats", type=_positive_int, help="timed rounds per benchmark (default: each one's own)")
     b.add_argument("--dir", help="the benchmarks/ folder (default: the one beside src/ in this checkout)")
     b.set_defaults(func=cmd_benchmark)
-    return p
+
 
 
 # Commands that run the network on batches: big tensors are allocated and freed every step.

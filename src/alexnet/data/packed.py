@@ -99,6 +99,59 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
         np.save(f, array)
 
 
+class _ShardWriter:
+    """Cuts a stream of uint8 image batches into ``.npy`` shards of ``shard_size`` images each."""
+
+    def __init__(self, folder: Path, split: str, shard_size: int) -> None:
+        self.folder, self.split, self.size = folder, split, shard_size
+        self.shards: list[list[Any]] = []  # [file name, images]
+        self.buf: list[np.ndarray] = []
+        self.held = 0
+
+    def add(self, arr: np.ndarray) -> None:
+        while len(arr):
+            part, arr = arr[: self.size - self.held], arr[self.size - self.held :]
+            self.buf.append(part)
+            self.held += len(part)
+            if self.held == self.size:
+                self.flush()
+
+    def flush(self) -> None:
+        if self.buf:
+            name = f"{self.split}-{len(self.shards):05d}.npy"
+            _save_npy(self.folder / name, np.concatenate(self.buf))
+            self.shards.append([name, self.held])
+            self.buf, self.held = [], 0
+
+
+def _pack_split(
+    ds, split: str, tmp: Path, shard_size: int, workers: int, acc: StatsAccumulator, show_progress: bool | None
+) -> dict[str, Any]:
+    """Decode one split into shards, labels and a file list in ``tmp``; its index entry."""
+    loader = torch.utils.data.DataLoader(ds, batch_size=64, num_workers=workers, collate_fn=collate)
+    writer, labels, files = _ShardWriter(tmp, split, shard_size), [], []
+    with unwrap_worker_error():
+        for batch in progress(loader, total=len(loader), desc=f"prepare {split}", enabled=show_progress, unit="batch"):
+            if batch is None:
+                continue
+            images, y, idx = batch
+            if split == "train":
+                acc.add(images)
+            writer.add(images.numpy())
+            labels.append(y.numpy())
+            files.extend(ds.samples[i][0] for i in idx.tolist())
+    writer.flush()
+    if not labels:
+        raise DataError(f"{ds.root}: no readable images")
+    labels = np.concatenate(labels)
+    empty = [ds.folders[c] for c in range(len(ds.folders)) if not (labels == c).any()]
+    if split == "train" and empty:
+        raise DataError(f"{ds.root}: class folder(s) with no readable images: {', '.join(empty[:5])}")
+    _save_npy(tmp / f"{split}-labels.npy", labels)
+    (tmp / f"{split}-files.txt").write_text("".join(f + "\n" for f in files))
+    return {"count": int(len(labels)), "shards": writer.shards, "labels": f"{split}-labels.npy", "files": f"{split}-files.txt"}
+
+
 def prepare(
     data: str | os.PathLike,
     out: str | os.PathLike,
@@ -131,47 +184,7 @@ def prepare(
         acc = StatsAccumulator()
         for split, ds in splits.items():
             index["folders"], index["classes"] = ds.folders, ds.classes
-            loader = torch.utils.data.DataLoader(ds, batch_size=64, num_workers=workers, collate_fn=collate)
-            shards, labels, files, buf = [], [], [], []
-
-            def flush():
-                if buf:
-                    name = f"{split}-{len(shards):05d}.npy"
-                    _save_npy(tmp / name, np.concatenate(buf))
-                    shards.append([name, sum(len(b) for b in buf)])
-                    buf.clear()
-
-            with unwrap_worker_error():
-                for batch in progress(loader, total=len(loader), desc=f"prepare {split}", enabled=show_progress, unit="batch"):
-                    if batch is None:
-                        continue
-                    images, y, idx = batch
-                    if split == "train":
-                        acc.add(images)
-                    arr = images.numpy()
-                    while len(arr):
-                        room = shard_size - sum(len(b) for b in buf)
-                        buf.append(arr[:room])
-                        arr = arr[room:]
-                        if sum(len(b) for b in buf) == shard_size:
-                            flush()
-                    labels.append(y.numpy())
-                    files.extend(ds.samples[i][0] for i in idx.tolist())
-            flush()
-            if not labels:
-                raise DataError(f"{ds.root}: no readable images")
-            labels = np.concatenate(labels)
-            empty = [ds.folders[c] for c in range(len(ds.folders)) if not (labels == c).any()]
-            if split == "train" and empty:
-                raise DataError(f"{ds.root}: class folder(s) with no readable images: {', '.join(empty[:5])}")
-            _save_npy(tmp / f"{split}-labels.npy", labels)
-            (tmp / f"{split}-files.txt").write_text("".join(f + "\n" for f in files))
-            index["splits"][split] = {
-                "count": int(len(labels)),
-                "shards": shards,
-                "labels": f"{split}-labels.npy",
-                "files": f"{split}-files.txt",
-            }
+            index["splits"][split] = _pack_split(ds, split, tmp, shard_size, workers, acc, show_progress)
         stats = acc.result(root)
         save_stats(stats, tmp / "stats.json", tmp / "mean_image.npy")
         index["stats"] = {k: v for k, v in stats.items() if k != "mean_image"}
