@@ -167,9 +167,10 @@ def _child(which: str, data: str, images: int, batch: int, device: str, quick: b
         REPEATS = 1
         _one_thread()
         return globals()[which](data, images, batch, device)
+    here = str(Path(__file__).parent)
     code = (
-        "import json, sys; sys.path.insert(0, %r); import data_pipeline as d; d._one_thread(); "
-        "print(json.dumps(getattr(d, %r)(%r, %d, %d, %r)))" % (str(Path(__file__).parent), which, data, images, batch, device)
+        f"import json, sys; sys.path.insert(0, {here!r}); import data_pipeline as d; d._one_thread(); "
+        f"print(json.dumps(getattr(d, {which!r})({data!r}, {int(images)}, {int(batch)}, {device!r})))"
     )
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)

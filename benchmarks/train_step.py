@@ -67,7 +67,8 @@ def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.
 
 
 def profile(step, label: str) -> None:
-    from torch.profiler import ProfilerActivity, profile as torch_profile
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
 
     with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
         step()

@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
+.venv/bin/ruff check src tests benchmarks scripts hubconf.py   # lint first: seconds, and a clear failure
 exec .venv/bin/python -m pytest -q "$@"

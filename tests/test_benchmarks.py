@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import cli_env, make_image_folder, requires_cuda, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]

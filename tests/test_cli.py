@@ -4,9 +4,9 @@ import json
 
 import pytest
 import torch
+from conftest import make_image_folder, run_cli
 
 import alexnet
-from conftest import make_image_folder, run_cli
 
 
 def test_train_evaluate_fashion_mnist_format(tiny_fmnist, tmp_path):

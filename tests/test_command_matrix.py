@@ -19,15 +19,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import IMAGEWOOF, ROOT, make_tiny_fmnist
+from PIL import Image
 
 import alexnet
 from alexnet.cli import main
 from alexnet.data.loaders import model_input
 from alexnet.data.presets import MEAN_IMAGE_KEY
 from alexnet.predict import load_image
-from PIL import Image
-
-from conftest import IMAGEWOOF, ROOT, make_tiny_fmnist
 
 pytestmark = pytest.mark.skipif(not IMAGEWOOF.is_dir(), reason=f"needs the real photos in {IMAGEWOOF} (../shared)")
 

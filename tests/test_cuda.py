@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import make_image_folder, requires_cuda, run_cli
 
 import alexnet
 from alexnet.runtime import autocast
-from conftest import make_image_folder, requires_cuda, run_cli
 
 pytestmark = requires_cuda
 

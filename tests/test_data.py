@@ -1,16 +1,15 @@
 """Data readers and batched augmentation."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import write_idx
 
 from alexnet.data import augment
 from alexnet.data.fashion_mnist import DEBIAN_ROOT, load_fashion_mnist, read_idx
 from alexnet.data.loaders import EpochBatchSampler
 from alexnet.errors import DataError
-from conftest import write_idx
 
 
 def test_idx_round_trip(tmp_path):

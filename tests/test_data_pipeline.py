@@ -12,15 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import IMAGEWOOF, make_image_folder, run_cli
 from PIL import Image
 
 from alexnet.data import augment
-from alexnet.data.folder import BadFiles, ImageFolderDataset, decode_image
+from alexnet.data.folder import ImageFolderDataset, decode_image
 from alexnet.data.loaders import load_data, load_eval_data, model_input
 from alexnet.data.packed import prepare
 from alexnet.data.stats import folder_stats
 from alexnet.errors import DataError
-from conftest import IMAGEWOOF, make_image_folder, run_cli
 
 
 def test_ten_crop_matches_torchvision():

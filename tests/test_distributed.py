@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT, cli_env, make_tiny_fmnist, requires_cuda, run_cli
 
 import alexnet
 from alexnet.config import resolve_config
@@ -20,7 +21,6 @@ from alexnet.distributed import DistInfo
 from alexnet.optim import make_optimizer, param_groups
 from alexnet.parallel import TowerSplit, grouped_optimizer_state, split_optimizer_state, tower_devices
 from alexnet.train import fit, resume_config
-from conftest import ROOT, cli_env, make_tiny_fmnist, requires_cuda, run_cli
 
 TINY = ["--model-option", "widths=[8,16,16,16,16]", "--model-option", "fc_width=32"]
 

@@ -7,12 +7,12 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from conftest import make_image_folder
 
 from alexnet.cli import main
 from alexnet.data import imagenette
 from alexnet.data.folder import find_classes
 from alexnet.errors import DataError
-from conftest import make_image_folder
 
 
 def _archive(tmp_path: Path) -> Path:

@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import make_image_folder
 from PIL import Image
 
 from alexnet import create_model
 from alexnet.checkpoint import save_atomic
 from alexnet.cli import main
 from alexnet.data.folder import ImageFolderDataset
-from conftest import make_image_folder
 
 PRE = {  # an image-folder recipe for 67 px inputs cut from 76 px stored images
     "dataset": "image_folder",
@@ -38,7 +38,8 @@ def tiny_checkpoint(path: Path, classes: int = 3, seed: int = 0, **overrides) ->
     m = create_model("alexnet_paper", num_classes=classes, **opts)
     with torch.no_grad():  # spread the scores so that crops and models disagree visibly
         m.fc8.weight.mul_(30)
-    save_atomic({"model": m.state_dict(), "model_config": m.config.to_dict(), "classes": [f"class{i}" for i in range(classes)], "preprocess": PRE}, path)
+    names = [f"class{i}" for i in range(classes)]
+    save_atomic({"model": m.state_dict(), "model_config": m.config.to_dict(), "classes": names, "preprocess": PRE}, path)
     return path
 
 
@@ -67,7 +68,8 @@ def test_ten_crop_evaluation_against_independent_computation(tmp_path, capsys, m
         ckpt_data = torch.load(ckpt, weights_only=True)
         ckpt_data["preprocess"] = dict(PRE, mean_image=image_mean)
         save_atomic(ckpt_data, ckpt)
-    got = cli_json(capsys, "evaluate", "--checkpoint", str(ckpt), "--data", str(folder), "--ten-crop", "--json", "--progress", "off", "--amp", "none")
+    got = cli_json(capsys, "evaluate", "--checkpoint", str(ckpt), "--data", str(folder), "--ten-crop", "--json",
+                   "--progress", "off", "--amp", "none")
 
     # Independent: explicit crop coordinates, float64 normalisation, one image at a time.
     import alexnet
@@ -106,7 +108,8 @@ def test_ensemble_of_identical_models_equals_one_and_writes_outputs(tmp_path, ca
     other = tiny_checkpoint(tmp_path / "c.pt", seed=5)
     one = cli_json(capsys, "evaluate", "--checkpoint", str(a), "--data", str(folder), "--json", "--amp", "none")
     out = tmp_path / "eval"
-    two = cli_json(capsys, "evaluate", "--checkpoint", str(a), "--ensemble", str(b), "--data", str(folder), "--json", "--amp", "none", "--out", str(out))
+    two = cli_json(capsys, "evaluate", "--checkpoint", str(a), "--ensemble", str(b), "--data", str(folder), "--json",
+                   "--amp", "none", "--out", str(out))
     for key in ("top1", "top5", "loss", "images"):
         assert two[key] == pytest.approx(one[key], rel=1e-6), key
     mixed = cli_json(capsys, "evaluate", "--checkpoint", str(a), "--ensemble", str(other), "--data", str(folder), "--json", "--amp", "none")
@@ -184,7 +187,8 @@ def test_visualize_filters_and_curves(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
     lines = [
-        {"epoch": e, "train_loss": 2.0 / e, "train_top1": 0.2 * e, "val_loss": 2.1 / e, "val_top1_error": 1 - 0.2 * e, "val_top5_error": 0.5 / e, "lr": 0.01 / e}
+        {"epoch": e, "train_loss": 2.0 / e, "train_top1": 0.2 * e, "val_loss": 2.1 / e, "val_top1_error": 1 - 0.2 * e,
+         "val_top5_error": 0.5 / e, "lr": 0.01 / e}
         for e in (1, 2, 3)
     ]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
@@ -207,7 +211,8 @@ def test_bad_input_one_line(tmp_path, capsys):
     ckpt4 = tiny_checkpoint(tmp_path / "four.pt", classes=4)
     err = cli_fails(capsys, "evaluate", "--checkpoint", str(ckpt4), "--data", str(folder))
     assert "3 classes" in err and "4" in err
-    err = cli_fails(capsys, "evaluate", "--checkpoint", str(tiny_checkpoint(tmp_path / "m.pt")), "--ensemble", str(ckpt4), "--data", str(folder))
+    other = tiny_checkpoint(tmp_path / "m.pt")
+    err = cli_fails(capsys, "evaluate", "--checkpoint", str(other), "--ensemble", str(ckpt4), "--data", str(folder))
     assert "four.pt" in err
     bad = folder / "class0" / "broken.jpg"
     bad.write_text("not an image")

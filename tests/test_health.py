@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import IMAGEWOOF, run_cli
 
 from alexnet import create_model
 from alexnet.health import HealthMonitor, LayerProbe, UnhealthyRun, layer_life
-from conftest import IMAGEWOOF, run_cli
 
 
 def test_layer_life_against_numpy():

@@ -14,15 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import make_image_folder, make_tiny_fmnist, run_cli
+from test_evaluate import tiny_checkpoint
 
 from alexnet.checkpoint import MAX_PARAMETERS, save_atomic
 from alexnet.cli import main
 from alexnet.data.cifar import load_cifar
 from alexnet.data.folder import _image_files, read_image_bytes
-from alexnet.errors import ConfigError, DataError, TrainingError
+from alexnet.errors import ConfigError, TrainingError
 from alexnet.model import AlexNet, AlexNetConfig, count_parameters, list_models, model_config
-from conftest import make_image_folder, make_tiny_fmnist, run_cli
-from test_evaluate import tiny_checkpoint
 
 TINY = ["--model-option", "widths=[8,16,16,16,16]", "--model-option", "fc_width=32"]
 QUICK = ["--epochs", "1", "--batch-size", "8", "--workers", "0", "--amp", "none", "--device", "cpu", "--progress", "off"]

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import ROOT
 
 import alexnet
 from alexnet.cli import main
 from alexnet.data.loaders import model_input
-from conftest import ROOT
 
 # -- torchvision -----------------------------------------------------------------------------------
 

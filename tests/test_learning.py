@@ -21,7 +21,6 @@ import shlex
 from pathlib import Path
 
 import pytest
-
 from conftest import IMAGEWOOF, run_cli
 
 pytestmark = pytest.mark.skipif(not IMAGEWOOF.is_dir(), reason=f"needs the real photos in {IMAGEWOOF} (../shared)")

@@ -47,13 +47,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import IMAGEWOOF, ROOT, make_tiny_fmnist
 
 import alexnet.train
 from alexnet import faults, runfolder
 from alexnet.cli import main
 from alexnet.data.loaders import load_data, set_epoch
 from alexnet.model import create_model
-from conftest import IMAGEWOOF, ROOT, make_tiny_fmnist
 
 SEED = 2024  # draws the kill moments
 EPOCHS, SAVE_EVERY = 2, 3  # a checkpoint every 3 steps: a resume replays the steps since the last one

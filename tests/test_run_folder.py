@@ -10,12 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import make_image_folder, run_cli
 
 import alexnet
 from alexnet.config import resolve_config
 from alexnet.runfolder import claim
 from alexnet.train import Interrupted, fit
-from conftest import make_image_folder, run_cli
 
 QUICK = ["--model", "alexnet_small", "--epochs", "1", "--batch-size", "16", "--workers", "0", "--device", "cpu",
          "--amp", "none", "--model-option", "widths=[8,16,16,16,16]", "--model-option", "fc_width=32"]

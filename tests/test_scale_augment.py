@@ -7,9 +7,9 @@ import math
 import numpy as np
 import torch
 
-from alexnet.data.presets import Preprocess
 from alexnet.data import augment
 from alexnet.data.loaders import model_input
+from alexnet.data.presets import Preprocess
 
 
 def _bilinear_reference(img: np.ndarray, theta: np.ndarray, size: int) -> np.ndarray:

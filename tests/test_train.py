@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT, run_cli
 
 import alexnet
 from alexnet.checkpoint import load_checkpoint, save_atomic
 from alexnet.config import resolve_config
 from alexnet.optim import PaperSGD, PlateauSchedule
 from alexnet.train import fit
-from conftest import ROOT, run_cli
 
 # A tiny AlexNet so that a run takes a second or two on a CPU.
 TINY = ["--model-option", "widths=[8,16,16,16,16]", "--model-option", "fc_width=32"]
@@ -186,8 +186,8 @@ def test_fine_tuning_keeps_frozen_layers(tiny_fmnist, tmp_path):
 
 
 def test_init_from_torchvision_with_new_classes(tmp_path):
-    from conftest import make_image_folder
     import torchvision
+    from conftest import make_image_folder
 
     weights = tmp_path / "tv.pth"
     torch.save(torchvision.models.alexnet().state_dict(), weights)
@@ -213,7 +213,8 @@ def test_config_file_and_presets(tmp_path):
     # The preset's one departure from the paper (biases 0.1) stays under the file's own option.
     assert cfg.model_options == {"init_bias": 0.1, "lrn": False} and cfg.batch_size == 128 and cfg.weight_decay == 5e-4
     photos = resolve_config(None, {"data": str(tmp_path)})  # the default for a folder of photos
-    assert (photos.preset, photos.model, photos.model_options, photos.data_preset) == ("photos", "alexnet_paper", {"init": "kaiming"}, "photos")
+    got = (photos.preset, photos.model, photos.model_options, photos.data_preset)
+    assert got == ("photos", "alexnet_paper", {"init": "kaiming"}, "photos")
     owt = resolve_config("owt", {})
     assert (owt.model, owt.batch_size, owt.weight_decay, owt.schedule) == ("alexnet_owt", 256, 1e-4, "step")
     bad = tmp_path / "bad.toml"

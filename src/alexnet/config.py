@@ -85,7 +85,8 @@ class TrainConfig:
     channels_last: bool = opt(True, "NHWC memory format")
     compile: bool = opt(False, "torch.compile the model")
     out: str | None = opt(None, "run folder (default runs/DATE-TIME-MODEL); one that holds a run is refused")
-    preset: str = opt("paper", "fashion_mnist (default without --data), cifar (default for CIFAR batches), photos (default for other --data), paper or owt")
+    preset: str = opt("paper", "fashion_mnist (default without --data), cifar (default for CIFAR batches), photos (default "
+                      "for other --data), paper or owt")
     resume: str | None = opt(None, "continue the run in this folder (or from this checkpoint) exactly", metavar="RUN")
     save_every: int = opt(0, "also checkpoint every N steps (0: at epoch ends only)", check=NON_NEGATIVE)
     on_nonfinite: str = opt("stop", "a NaN/inf loss stops the run (default) or skips the batch", choices=("stop", "skip"))

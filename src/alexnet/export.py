@@ -106,7 +106,8 @@ def export_torchscript(model: AlexNet, path: str | os.PathLike) -> list[Path]:
     """Write a traced TorchScript module (``torch.jit.load`` runs it without this package)."""
     path = Path(path)
     model = model.eval()
-    with atomic_path(path) as tmp, warnings.catch_warnings(), torch.no_grad():  # torch.jit is deprecated upstream but still the portable format
+    # torch.jit is deprecated upstream but still the portable format
+    with atomic_path(path) as tmp, warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(model, _example(model, 2))
         extra = {"config.json": json.dumps(_config(model))}

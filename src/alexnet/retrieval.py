@@ -152,7 +152,8 @@ def nearest(index: dict[str, Any], query: torch.Tensor, k: int = 6) -> list[dict
     out = []
     for dist, i in zip(values.tolist(), order.tolist()):
         label = int(index["labels"][i])
-        out.append({"path": index["paths"][i], "distance": dist, "label": index["classes"][label] if 0 <= label < len(index["classes"]) else None})
+        name = index["classes"][label] if 0 <= label < len(index["classes"]) else None  # -1: a flat folder's images
+        out.append({"path": index["paths"][i], "distance": dist, "label": name})
     return out
 
 

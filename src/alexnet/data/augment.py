@@ -204,15 +204,15 @@ def crop_normalize(
     mean_mirror = mean_scaled.flip(-1) if mean_image else mean_scaled
     width = mean.shape[-1]
     shift = shift.reshape(b, c, 1, 1) if shift is not None else None
-    for i, (t, l) in enumerate(zip(top.tolist(), left.tolist())):
+    for i, (t, le) in enumerate(zip(top.tolist(), left.tolist())):
         oi = out[i]
-        crop = x[i, :, t : t + size, l : l + size]
+        crop = x[i, :, t : t + size, le : le + size]
         if flips[i]:
             torch.mul(crop.flip(-1), inv_std, out=oi)
-            m = mean_mirror[:, t : t + size, width - l - size : width - l] if mean_image else mean_mirror
+            m = mean_mirror[:, t : t + size, width - le - size : width - le] if mean_image else mean_mirror
         else:
             torch.mul(crop, inv_std, out=oi)
-            m = mean_scaled[:, t : t + size, l : l + size] if mean_image else mean_scaled
+            m = mean_scaled[:, t : t + size, le : le + size] if mean_image else mean_scaled
         oi.sub_(m)
         if shift is not None:
             oi.add_(shift[i])

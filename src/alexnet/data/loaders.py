@@ -179,7 +179,8 @@ def load_data(
     if kind == "fashion_mnist":
         x_train, y_train = load_fashion_mnist(root, "train")
         x_test, y_test = load_fashion_mnist(root, "test")
-        return _tensors("fashion_mnist", preset, x_train, y_train, x_test, y_test, list(FMNIST_CLASSES), f"Fashion-MNIST ({root})", **common)
+        source = f"Fashion-MNIST ({root})"
+        return _tensors("fashion_mnist", preset, x_train, y_train, x_test, y_test, list(FMNIST_CLASSES), source, **common)
     if kind == "cifar":
         x_train, y_train, names = load_cifar(root, "train")
         x_test, y_test, _ = load_cifar(root, "test")
@@ -215,7 +216,9 @@ def _tensors(kind, preset, x_train, y_train, x_test, y_test, classes, source, ba
     return DataBundle(train, val, classes, preprocess, len(x_train), len(x_test), source)
 
 
-def _images(root, preset, bad, workers, pin_memory, val_fraction, show_progress, batch_size, eval_batch_size, input_size, seed, rank, world):
+def _images(
+    root, preset, bad, workers, pin_memory, val_fraction, show_progress, batch_size, eval_batch_size, input_size, seed, rank, world
+):
     notes = []
     # The paper's 256 -> 224 ratio, kept for models with other input sizes (227: 259 -> 227).
     stored = 256 if input_size == 224 else round(input_size * 256 / 224)
