@@ -60,11 +60,12 @@ def test_benchmark_quick(name, tmp_path):
     proc = run_quick(name, "cpu", tmp_path)
     results = check_quick(name, proc, "cpu")
     if name == "inference":
-        assert 0.0 <= results["inference_top1_agreement"][0] <= 1.0
-        # Without trained weights offline the agreement is put beside a constant prediction's.
-        if "weights random" in proc.stdout:
+        agreement, baseline = results["inference_top1_agreement"][:2]
+        # Our fast path and the fp32 reference run the same weights: they must agree far better than
+        # a constant prediction does (broken outputs agree about 1/classes, below the baseline).
+        assert agreement > baseline
+        if "weights random" in proc.stdout:  # without trained weights offline, said so
             assert "meaningless" in proc.stdout and "constant prediction" in proc.stdout
-            assert 0.0 < results["inference_top1_agreement"][1] <= 1.0
     if name == "train_step":  # per-MAC ratios count the training step: forward and both gradients
         assert "training step (forward + both gradients): ours 2067.8 M, peer 2072.3 M" in proc.stdout
 

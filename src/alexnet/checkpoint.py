@@ -26,15 +26,28 @@ from .errors import CheckpointError, DataError
 from .model import AlexNet, AlexNetConfig
 
 
+def _on_cpu(obj: Any) -> Any:
+    """``obj`` with every tensor in its dicts, lists and tuples moved to the CPU (CPU ones as they are)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.cpu()
+    if isinstance(obj, dict):
+        return {k: _on_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_on_cpu(v) for v in obj)
+    return obj
+
+
 def save_atomic(obj: Any, path: str | os.PathLike) -> None:
     """Save ``obj`` with ``torch.save`` so that ``path`` is either the old file or the new one.
 
     The data goes to a temporary file in the same folder, is flushed and fsynced, then renamed
     over ``path`` (rename is atomic within a file system). On any failure (a full disk, say) the
-    temporary file is removed and the previous ``path`` is untouched.
+    temporary file is removed and the previous ``path`` is untouched. Tensors are stored on the CPU:
+    a checkpoint trained on a GPU loads with plain ``torch.load`` on a machine without one.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    obj = _on_cpu(obj)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     umask = os.umask(0)
     os.umask(umask)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -96,45 +97,74 @@ def train_one_epoch(
             continue
         images, labels, index = (t.to(device, non_blocking=True) for t in batch)
         x = model_input(images, index, preprocess, True, cfg.seed, pos.epoch, cfg.channels_last)
-        factor = lr_scale * step_lr_factor(
-            cfg.schedule, pos.step, steps_per_epoch, cfg.epochs, cfg.warmup_epochs, cfg.step_size, cfg.gamma
-        )
-        for group in optimizer.param_groups:
-            group["lr"] = cfg.lr * factor * group.get("lr_mult", 1.0)
+        _set_lr(optimizer, cfg, pos.step, steps_per_epoch, lr_scale)
         health.before_step()
         with autocast(device, amp):
             logits = model(x)
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
-        # One collective for what every rank must agree on: a non-finite loss anywhere, the mean
-        # loss and dead layers (all ranks act alike, or DDP would wait for the one that stopped).
         value = loss.item()
-        flags = reduce([float(not math.isfinite(value)), 1.0, value if math.isfinite(value) else 0.0, *health.dead_flags()])
-        if flags[0] > 0:
-            if cfg.on_nonfinite == "skip":
-                pos.skipped += 1
-                pos.batch += 1
-                continue
-            raise TrainingError(
-                f"non-finite loss ({value}) at epoch {pos.epoch + 1}, step {pos.step + 1}: the weights were not "
-                "updated and the last checkpoint is kept; lower --lr, try --amp none, or pass --on-nonfinite skip"
-            )
-        health.check(flags[2] / flags[1], flags[3:], f"epoch {pos.epoch + 1}, step {pos.step + 1}")
+        if not _take_step(value, cfg, pos, reduce, health):
+            continue
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-        n = labels.numel()
-        pos.step += 1
-        pos.batch += 1
-        pos.loss_sum += value * n
-        pos.correct += int((logits.argmax(1) == labels).sum())
-        pos.seen += n
-        pos.seconds = time.perf_counter() - t0
+        _count(pos, value, logits, labels, t0)
         bar.set_postfix(
-            loss=f"{pos.loss_sum / pos.seen:.3f}", img_s=f"{pos.seen / max(pos.seconds, 1e-9):.0f}", lr=f"{optimizer.param_groups[0]['lr']:.2g}"
+            loss=f"{pos.loss_sum / pos.seen:.3f}",
+            img_s=f"{pos.seen / max(pos.seconds, 1e-9):.0f}",
+            lr=f"{optimizer.param_groups[0]['lr']:.2g}",
         )
         if on_step is not None:
             on_step(pos)
+    return _epoch_figures(optimizer, pos, reduce)
+
+
+def _set_lr(optimizer: torch.optim.Optimizer, cfg: TrainConfig, step: int, steps_per_epoch: int, lr_scale: float) -> None:
+    """The learning rate of step ``step``: the schedule's, times ``lr_scale`` and each group's ``lr_mult``."""
+    factor = lr_scale * step_lr_factor(
+        cfg.schedule, step, steps_per_epoch, cfg.epochs, cfg.warmup_epochs, cfg.step_size, cfg.gamma
+    )
+    for group in optimizer.param_groups:
+        group["lr"] = cfg.lr * factor * group.get("lr_mult", 1.0)
+
+
+def _take_step(
+    value: float, cfg: TrainConfig, pos: Position, reduce: Callable[[list[float]], list[float]], health: HealthMonitor
+) -> bool:
+    """Whether the batch whose loss is ``value`` gets its step: False for a non-finite loss under
+    ``on_nonfinite="skip"`` (counted in ``pos``); raises for one otherwise, or for what ``health`` stops."""
+    # One collective for what every rank must agree on: a non-finite loss anywhere, the mean
+    # loss and dead layers (all ranks act alike, or DDP would wait for the one that stopped).
+    flags = reduce([float(not math.isfinite(value)), 1.0, value if math.isfinite(value) else 0.0, *health.dead_flags()])
+    if flags[0] > 0:
+        if cfg.on_nonfinite == "skip":
+            pos.skipped += 1
+            pos.batch += 1
+            return False
+        raise TrainingError(
+            f"non-finite loss ({value}) at epoch {pos.epoch + 1}, step {pos.step + 1}: the weights were not "
+            "updated and the last checkpoint is kept; lower --lr, try --amp none, or pass --on-nonfinite skip"
+        )
+    health.check(flags[2] / flags[1], flags[3:], f"epoch {pos.epoch + 1}, step {pos.step + 1}")
+    return True
+
+
+def _count(pos: Position, value: float, logits: torch.Tensor, labels: torch.Tensor, t0: float) -> None:
+    """A step taken: its batch into the position and the epoch's running sums."""
+    n = labels.numel()
+    pos.step += 1
+    pos.batch += 1
+    pos.loss_sum += value * n
+    pos.correct += int((logits.argmax(1) == labels).sum())
+    pos.seen += n
+    pos.seconds = time.perf_counter() - t0
+
+
+def _epoch_figures(
+    optimizer: torch.optim.Optimizer, pos: Position, reduce: Callable[[list[float]], list[float]]
+) -> dict[str, float]:
+    """What :func:`train_one_epoch` returns: the epoch's figures over all ranks."""
     loss_sum, correct, seen = reduce([pos.loss_sum, pos.correct, pos.seen])
     seen, skipped = int(seen), pos.skipped  # every rank skipped the same batches
     return {
@@ -218,7 +248,8 @@ def build_model(cfg: TrainConfig, num_classes: int, in_chans: int, log: Callable
         try:
             missing, unexpected = model.load_state_dict(state, strict=False)
         except RuntimeError as e:
-            raise CheckpointError(f"--init-from {cfg.init_from}: weights do not fit {cfg.model}: {str(e).splitlines()[-1].strip()}") from None
+            why = str(e).splitlines()[-1].strip()
+            raise CheckpointError(f"--init-from {cfg.init_from}: weights do not fit {cfg.model}: {why}") from None
         missing = [k for k in missing if k not in fresh]
         if missing or unexpected:
             raise CheckpointError(
@@ -346,6 +377,40 @@ def _claim(run_dir: Path, cfg: TrainConfig, force: bool, info: distributed.DistI
     return folder
 
 
+# -- the parts of a run: wiring, run folder files, checkpoints, the epoch loop ---------------------
+@dataclass
+class _Run:
+    """What the parts of a run share: set up by :func:`_wire` and :func:`_wrap`; ``pos``,
+    ``history`` and ``best`` move on as the run trains and are what a checkpoint saves."""
+
+    cfg: TrainConfig
+    info: distributed.DistInfo
+    device: torch.device
+    towers: tuple[torch.device, torch.device] | None
+    run_dir: Path
+    show_progress: bool | None
+    log: Callable[[str], None]
+    amp: torch.dtype | None
+    data: DataBundle
+    model: AlexNet
+    split: TowerSplit | None  # the model over two devices (--towers)
+    module: torch.nn.Module  # the model on its device(s), split or not
+    optimizer: torch.optim.Optimizer
+    scaler: Any
+    plateau: PlateauSchedule
+    pos: Position = dataclasses.field(default_factory=Position)
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    best: float = -1.0
+    net: torch.nn.Module | None = None  # what trains: DDP-wrapped and compiled as asked
+    eval_net: torch.nn.Module | None = None
+    writer: Any = None
+    health: HealthMonitor | None = None
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.run_dir / "metrics.jsonl"
+
+
 def _fit(
     cfg: TrainConfig,
     info: distributed.DistInfo,
@@ -356,7 +421,40 @@ def _fit(
     log: Callable[[str], None],
     cleanup: contextlib.ExitStack,
 ) -> dict[str, Any]:
+    """The run of :func:`fit` on this rank, once the run folder is claimed."""
     resume_ckpt = load_checkpoint(_resume_source(cfg.resume)) if cfg.resume else None
+    run = _wire(cfg, info, device, towers, run_dir, show_progress, log, cleanup)
+    if resume_ckpt is not None:
+        _restore(run, resume_ckpt)
+    _start_files(run, resumed=resume_ckpt is not None)
+    _announce(run)
+    _wrap(run)
+    if resume_ckpt is not None:  # last: everything above may have drawn random numbers
+        _restore_rng(run, resume_ckpt)
+    with _CtrlC() as ctrl_c:
+        on_step = functools.partial(_on_step, run, ctrl_c)
+        while run.pos.epoch < cfg.epochs and not run.plateau.stop:
+            _epoch(run, on_step, ctrl_c)
+    if run.writer is not None:
+        run.writer.close()
+    run.health.close()  # its hooks would otherwise stay on the model
+    final = dict(run.history[-1]) if run.history else {}
+    final.update(run_dir=str(run_dir), best_val_top1=run.best)
+    return final
+
+
+# -- wiring: data, model, optimiser, restore ------------------------------------------------------
+def _wire(
+    cfg: TrainConfig,
+    info: distributed.DistInfo,
+    device: torch.device,
+    towers: tuple[torch.device, torch.device] | None,
+    run_dir: Path,
+    show_progress: bool | None,
+    log: Callable[[str], None],
+    cleanup: contextlib.ExitStack,
+) -> _Run:
+    """The data, model, optimiser, AMP scaler and plateau schedule of a run, before any resume."""
     if cfg.batch_size % info.world:
         raise ConfigError(
             f"--batch-size {cfg.batch_size} is the global batch: it must divide evenly over the {info.world} processes"
@@ -364,23 +462,7 @@ def _fit(
     seed_everything(cfg.seed)
     amp = resolve_amp(cfg.amp, device)
     torch.backends.cudnn.benchmark = device.type == "cuda"
-    if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)  # bad_files.txt may be written while loading
-    data = load_data(
-        cfg.data,
-        cfg.batch_size,
-        model_config(cfg.model, **cfg.model_options).input_size,
-        workers=min(cfg.workers, os.cpu_count() or 1),  # more workers than cores only contend
-        seed=cfg.seed,
-        eval_batch_size=cfg.eval_batch_size,
-        pin_memory=device.type == "cuda",
-        rank=info.rank,
-        world=info.world,
-        preset=cfg.data_preset,
-        strict=cfg.strict,
-        out_dir=run_dir if info.is_main else None,
-        show_progress=show_progress,
-    )
+    data = _load(cfg, info, device, run_dir, show_progress)
     cleanup.callback(data.close)  # the workers stop when the run ends, however it ends
     if cfg.num_classes is not None and cfg.num_classes != len(data.classes):
         raise ConfigError(f"--num-classes {cfg.num_classes} does not match the {len(data.classes)} classes of {data.source}")
@@ -395,154 +477,207 @@ def _fit(
     optimizer = make_optimizer(cfg.optimizer, param_groups(module, cfg.lr_mult), cfg.lr, cfg.momentum, cfg.weight_decay, cfg.nesterov)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     plateau = PlateauSchedule(cfg.plateau_patience, 0.1, cfg.plateau_max_reductions)
-    pos, history, best = Position(), [], -1.0
-    metrics_path = run_dir / "metrics.jsonl"
-    if resume_ckpt is not None:
-        try:
-            if split is not None:  # checkpoints hold the grouped layout, whatever the placement
-                split.load_grouped_state_dict(resume_ckpt["model"])
-                optimizer.load_state_dict(split_optimizer_state(split, optimizer, resume_ckpt["optimizer"]))
-            else:
-                model.load_state_dict(resume_ckpt["model"])
-                optimizer.load_state_dict(resume_ckpt["optimizer"])
-            scaler.load_state_dict(resume_ckpt.get("scaler") or {})
-            plateau.load_state_dict(resume_ckpt["plateau"])
-            pos = Position(**resume_ckpt["position"])
-            history, best = list(resume_ckpt["history"]), float(resume_ckpt["best_val_top1"])
-        except (KeyError, RuntimeError, ValueError, TypeError) as e:
-            raise CheckpointError(f"--resume {cfg.resume}: not a full training checkpoint ({type(e).__name__}: {e})") from None
-        if not info.is_main:  # the saved sums are the whole run's: rank 0 carries them on
-            pos = dataclasses.replace(pos, loss_sum=0.0, correct=0, seen=0)
-        if info.is_main:
-            metrics_path.write_text("".join(json.dumps(h) + "\n" for h in history))
-        log(f"resuming {run_dir} at epoch {pos.epoch + 1}, batch {pos.batch}, step {pos.step}")
-    elif info.is_main:
-        resolved = {
-            "train": cfg.to_dict(),
-            "model": model.config.to_dict(),
-            "data": {"source": data.source, "train_images": data.train_size, "val_images": data.val_size, "classes": data.classes},
-            "preprocess": data.preprocess.to_json(),
-            "environment": _environment(device, amp),
-            "distributed": {"world_size": info.world, "towers": [str(d) for d in towers] if towers else None},
-        }
-        (run_dir / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
-        metrics_path.write_text("")
-    for note in data.notes:
-        log(f"note: {note}")
-    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
-    where = f"device {towers[0]} + {towers[1]} (one tower each)" if towers else f"device {device}"
-    if info.enabled:
-        where += f", {info.world} processes (batch {cfg.batch_size // info.world} each)"
-    log(
-        f"training {cfg.model} on {data.source}: {data.train_size} train / {data.val_size} val images, "
-        f"{len(data.classes)} classes, {trainable:,} trainable parameters, {cfg.epochs} epochs, {where}, "
-        f"amp {_environment(device, amp)['amp']} -> {run_dir}"
+    return _Run(
+        cfg=cfg, info=info, device=device, towers=towers, run_dir=run_dir, show_progress=show_progress, log=log, amp=amp,
+        data=data, model=model, split=split, module=module, optimizer=optimizer, scaler=scaler, plateau=plateau,
     )
-    net = module
+
+
+def _load(
+    cfg: TrainConfig, info: distributed.DistInfo, device: torch.device, run_dir: Path, show_progress: bool | None
+) -> DataBundle:
+    """This rank's share of the data (``load_data``)."""
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)  # bad_files.txt may be written while loading
+    return load_data(
+        cfg.data,
+        cfg.batch_size,
+        model_config(cfg.model, **cfg.model_options).input_size,
+        workers=min(cfg.workers, os.cpu_count() or 1),  # more workers than cores only contend
+        seed=cfg.seed,
+        eval_batch_size=cfg.eval_batch_size,
+        pin_memory=device.type == "cuda",
+        rank=info.rank,
+        world=info.world,
+        preset=cfg.data_preset,
+        strict=cfg.strict,
+        out_dir=run_dir if info.is_main else None,
+        show_progress=show_progress,
+    )
+
+
+def _restore(run: _Run, ckpt: dict[str, Any]) -> None:
+    """Weights, optimiser, scaler, schedule, position and history from the checkpoint resumed
+    (its RNG states come last, :func:`_restore_rng`)."""
+    try:
+        if run.split is not None:  # checkpoints hold the grouped layout, whatever the placement
+            run.split.load_grouped_state_dict(ckpt["model"])
+            run.optimizer.load_state_dict(split_optimizer_state(run.split, run.optimizer, ckpt["optimizer"]))
+        else:
+            run.model.load_state_dict(ckpt["model"])
+            run.optimizer.load_state_dict(ckpt["optimizer"])
+        run.scaler.load_state_dict(ckpt.get("scaler") or {})
+        run.plateau.load_state_dict(ckpt["plateau"])
+        pos = Position(**ckpt["position"])
+        history, best = list(ckpt["history"]), float(ckpt["best_val_top1"])
+    except (KeyError, RuntimeError, ValueError, TypeError) as e:
+        raise CheckpointError(f"--resume {run.cfg.resume}: not a full training checkpoint ({type(e).__name__}: {e})") from None
+    if not run.info.is_main:  # the saved sums are the whole run's: rank 0 carries them on
+        pos = dataclasses.replace(pos, loss_sum=0.0, correct=0, seen=0)
+    run.pos, run.history, run.best = pos, history, best
+
+
+def _wrap(run: _Run) -> None:
+    """What trains (DDP, torch.compile) and what evaluates, the TensorBoard writer, the health monitor."""
+    cfg, info = run.cfg, run.info
+    net = run.module
     if info.enabled:
         from torch.nn.parallel import DistributedDataParallel
 
         # A module on one GPU names it; a module over two devices (towers) or on the CPU must not.
-        ids = [device] if device.type == "cuda" and split is None else None
-        net = DistributedDataParallel(module, device_ids=ids, gradient_as_bucket_view=True)
-    net = torch.compile(net) if cfg.compile else net
-    eval_net = module if info.enabled else net  # evaluation needs no gradient synchronisation
-    writer = _tensorboard(run_dir) if cfg.tensorboard and info.is_main else None
+        ids = [run.device] if run.device.type == "cuda" and run.split is None else None
+        net = DistributedDataParallel(run.module, device_ids=ids, gradient_as_bucket_view=True)
+    run.net = torch.compile(net) if cfg.compile else net
+    run.eval_net = run.module if info.enabled else run.net  # evaluation needs no gradient synchronisation
+    run.writer = _tensorboard(run.run_dir) if cfg.tensorboard and info.is_main else None
     # The layer probe's hooks sit on the AlexNet's own layers (not there under --towers; compiled
     # graphs would recompile on its switch), so there the loss alone is watched.
-    watched = model if split is None and not cfg.compile else None
-    health = HealthMonitor(watched, len(data.classes), cfg.health, warn=log)
+    watched = run.model if run.split is None and not cfg.compile else None
+    run.health = HealthMonitor(watched, len(run.data.classes), cfg.health, warn=run.log)
 
-    def state(position: dict[str, Any], rng_ranks: list | None) -> dict[str, Any]:
-        return {
-            "model": split.grouped_state_dict() if split is not None else model.state_dict(),
-            "model_config": model.config.to_dict(),
-            "classes": list(data.classes),
-            "preprocess": data.preprocess.state(),  # the mean image a tensor: portable
-            "train_config": cfg.to_dict(),
-            "optimizer": grouped_optimizer_state(split, optimizer) if split is not None else optimizer.state_dict(),
-            "scaler": scaler.state_dict(),
-            "plateau": plateau.state_dict(),
-            "position": position,
-            "history": history,
-            "best_val_top1": best,
-            "rng": rng_state(),
-            **({"rng_ranks": rng_ranks} if rng_ranks is not None else {}),
-            "format": "alexnet-checkpoint-1",
-        }
 
-    def save(*names: str) -> None:
-        """Every rank takes part (sums and RNG states are gathered); rank 0 writes."""
-        position = dataclasses.asdict(pos)
-        sums = distributed.all_reduce_sum([pos.loss_sum, pos.correct, pos.seen])
-        position.update(loss_sum=sums[0], correct=int(sums[1]), seen=int(sums[2]))
-        rngs = distributed.all_gather_object(rng_state()) if info.enabled else None
+def _restore_rng(run: _Run, ckpt: dict[str, Any]) -> None:
+    """Every RNG state as the checkpoint saved it: each rank its own, where the run had as many ranks."""
+    ranks = ckpt.get("rng_ranks")
+    if ranks is not None and len(ranks) == run.info.world:
+        set_rng_state(ranks[run.info.rank])
+    elif run.info.rank == 0:
+        set_rng_state(ckpt["rng"])
+
+
+# -- the run folder's files -----------------------------------------------------------------------
+def _start_files(run: _Run, resumed: bool) -> None:
+    """A new run's config.json and empty metrics.jsonl; a resumed run's metrics.jsonl rewritten
+    from its checkpoint's history."""
+    info, data = run.info, run.data
+    if resumed:
         if info.is_main:
-            ckpt = state(position, rngs)
-            for name in names:
-                _save(ckpt, run_dir / name)
+            run.metrics_path.write_text("".join(json.dumps(h) + "\n" for h in run.history))
+        run.log(f"resuming {run.run_dir} at epoch {run.pos.epoch + 1}, batch {run.pos.batch}, step {run.pos.step}")
+    elif info.is_main:
+        resolved = {
+            "train": run.cfg.to_dict(),
+            "model": run.model.config.to_dict(),
+            "data": {"source": data.source, "train_images": data.train_size, "val_images": data.val_size, "classes": data.classes},
+            "preprocess": data.preprocess.to_json(),
+            "environment": _environment(run.device, run.amp),
+            "distributed": {"world_size": info.world, "towers": [str(d) for d in run.towers] if run.towers else None},
+        }
+        (run.run_dir / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
+        run.metrics_path.write_text("")
 
-    if resume_ckpt is not None:  # last: everything above may have drawn random numbers
-        ranks = resume_ckpt.get("rng_ranks")
-        if ranks is not None and len(ranks) == info.world:
-            set_rng_state(ranks[info.rank])
-        elif info.rank == 0:
-            set_rng_state(resume_ckpt["rng"])
-    with _CtrlC() as ctrl_c:
 
-        def on_step(p: Position) -> None:
-            if faults.ACTIVE:  # tests only: ALEXNET_FAULT=kill:step=N, before this step's checkpoint
-                faults.reached("step", p.step)
-            if distributed.any_rank(ctrl_c.hit):
-                save("last.pt")
-                raise Interrupted(
-                    f"interrupted at epoch {p.epoch + 1}, step {p.step}; saved {run_dir / 'last.pt'}; "
-                    f"continue with: alexnet train --resume {run_dir}"
-                )
-            if cfg.save_every and p.step % cfg.save_every == 0:
-                save("last.pt")
+def _announce(run: _Run) -> None:
+    """The data's notes and a line on what trains where."""
+    cfg, data, towers = run.cfg, run.data, run.towers
+    for note in data.notes:
+        run.log(f"note: {note}")
+    trainable = sum(p.numel() for p in run.module.parameters() if p.requires_grad)
+    where = f"device {towers[0]} + {towers[1]} (one tower each)" if towers else f"device {run.device}"
+    if run.info.enabled:
+        where += f", {run.info.world} processes (batch {cfg.batch_size // run.info.world} each)"
+    run.log(
+        f"training {cfg.model} on {data.source}: {data.train_size} train / {data.val_size} val images, "
+        f"{len(data.classes)} classes, {trainable:,} trainable parameters, {cfg.epochs} epochs, {where}, "
+        f"amp {_environment(run.device, run.amp)['amp']} -> {run.run_dir}"
+    )
 
-        while pos.epoch < cfg.epochs and not plateau.stop:
-            set_epoch(data.train, pos.epoch, pos.batch)
-            stats = train_one_epoch(
-                net, optimizer, data.train, data.preprocess, cfg, device, amp, scaler, pos, plateau.scale, on_step, show_progress,
-                distributed.all_reduce_sum, health,
-            )
-            val = evaluate(
-                eval_net, data.val, data.preprocess, device, amp, cfg.channels_last, show_progress, distributed.all_reduce_sum
-            )
-            record = {"epoch": pos.epoch + 1, "step": pos.step, **stats, **{f"val_{k}": v for k, v in val.items()}}
-            record["elapsed_seconds"] = (history[-1]["elapsed_seconds"] if history else 0.0) + stats["train_seconds"]
-            if cfg.schedule == "plateau":
-                event = plateau.step(val["top1_error"])
-                if event == "reduce":
-                    log(f"validation error stalled for {cfg.plateau_patience} epochs: lr x 0.1 (reduction {plateau.reductions})")
-                elif event == "stop":
-                    log(f"validation error stalled after {plateau.reductions} reductions: stopping")
-                record["lr_scale"] = plateau.scale
-            history.append(record)
-            improved = val["top1"] > best
-            best = max(best, val["top1"])
-            pos = Position(epoch=pos.epoch + 1, step=pos.step)
-            # best.pt first: last.pt is what a resume starts from, so a kill between the two writes
-            # repeats the epoch (and writes best.pt again) instead of losing its best.pt.
-            save(*(["best.pt"] if improved else []), "last.pt")
-            if info.is_main:
-                _record(run_dir, metrics_path, record, writer)
-            log(
-                f"epoch {record['epoch']}/{cfg.epochs}  loss {stats['train_loss']:.4f}  "
-                f"val top-1 {val['top1']:.4f}  top-5 {val['top5']:.4f}  "
-                f"{stats['images_per_second']:.0f} img/s  {record['elapsed_seconds']:.0f}s"
-                + (f"  ({stats['skipped_batches']} batches skipped)" if stats["skipped_batches"] else "")
-            )
-            if distributed.any_rank(ctrl_c.hit):
-                raise Interrupted(f"interrupted after epoch {record['epoch']}; continue with: alexnet train --resume {run_dir}")
-    if writer is not None:
-        writer.close()
-    health.close()  # its hooks would otherwise stay on the model
-    final = dict(history[-1]) if history else {}
-    final.update(run_dir=str(run_dir), best_val_top1=best)
-    return final
+
+# -- checkpoints ------------------------------------------------------------------------------------
+def _state(run: _Run, position: dict[str, Any], rng_ranks: list | None) -> dict[str, Any]:
+    """A checkpoint: all a resume needs (see the module docstring), the model as one piece."""
+    split, optimizer = run.split, run.optimizer
+    return {
+        "model": split.grouped_state_dict() if split is not None else run.model.state_dict(),
+        "model_config": run.model.config.to_dict(),
+        "classes": list(run.data.classes),
+        "preprocess": run.data.preprocess.state(),  # the mean image a tensor: portable
+        "train_config": run.cfg.to_dict(),
+        "optimizer": grouped_optimizer_state(split, optimizer) if split is not None else optimizer.state_dict(),
+        "scaler": run.scaler.state_dict(),
+        "plateau": run.plateau.state_dict(),
+        "position": position,
+        "history": run.history,
+        "best_val_top1": run.best,
+        "rng": rng_state(),
+        **({"rng_ranks": rng_ranks} if rng_ranks is not None else {}),
+        "format": "alexnet-checkpoint-1",
+    }
+
+
+def _checkpoint(run: _Run, *names: str) -> None:
+    """Every rank takes part (sums and RNG states are gathered); rank 0 writes."""
+    pos = run.pos
+    position = dataclasses.asdict(pos)
+    sums = distributed.all_reduce_sum([pos.loss_sum, pos.correct, pos.seen])
+    position.update(loss_sum=sums[0], correct=int(sums[1]), seen=int(sums[2]))
+    rngs = distributed.all_gather_object(rng_state()) if run.info.enabled else None
+    if run.info.is_main:
+        ckpt = _state(run, position, rngs)
+        for name in names:
+            _save(ckpt, run.run_dir / name)
+
+
+# -- the loop ---------------------------------------------------------------------------------------
+def _on_step(run: _Run, ctrl_c: _CtrlC, p: Position) -> None:
+    """After every optimisation step: Ctrl-C saves and stops; ``save_every`` saves."""
+    if faults.ACTIVE:  # tests only: ALEXNET_FAULT=kill:step=N, before this step's checkpoint
+        faults.reached("step", p.step)
+    if distributed.any_rank(ctrl_c.hit):
+        _checkpoint(run, "last.pt")
+        raise Interrupted(
+            f"interrupted at epoch {p.epoch + 1}, step {p.step}; saved {run.run_dir / 'last.pt'}; "
+            f"continue with: alexnet train --resume {run.run_dir}"
+        )
+    if run.cfg.save_every and p.step % run.cfg.save_every == 0:
+        _checkpoint(run, "last.pt")
+
+
+def _epoch(run: _Run, on_step: Callable[[Position], None], ctrl_c: _CtrlC) -> None:
+    """One epoch: train, evaluate, the plateau schedule, record, save, log."""
+    cfg, data, pos, reduce = run.cfg, run.data, run.pos, distributed.all_reduce_sum
+    set_epoch(data.train, pos.epoch, pos.batch)
+    stats = train_one_epoch(
+        run.net, run.optimizer, data.train, data.preprocess, cfg, run.device, run.amp, run.scaler, pos, run.plateau.scale,
+        on_step, run.show_progress, reduce, run.health,
+    )
+    val = evaluate(run.eval_net, data.val, data.preprocess, run.device, run.amp, cfg.channels_last, run.show_progress, reduce)
+    record = {"epoch": pos.epoch + 1, "step": pos.step, **stats, **{f"val_{k}": v for k, v in val.items()}}
+    record["elapsed_seconds"] = (run.history[-1]["elapsed_seconds"] if run.history else 0.0) + stats["train_seconds"]
+    if cfg.schedule == "plateau":
+        event = run.plateau.step(val["top1_error"])
+        if event == "reduce":
+            run.log(f"validation error stalled for {cfg.plateau_patience} epochs: lr x 0.1 (reduction {run.plateau.reductions})")
+        elif event == "stop":
+            run.log(f"validation error stalled after {run.plateau.reductions} reductions: stopping")
+        record["lr_scale"] = run.plateau.scale
+    run.history.append(record)
+    improved = val["top1"] > run.best
+    run.best = max(run.best, val["top1"])
+    run.pos = Position(epoch=pos.epoch + 1, step=pos.step)
+    # best.pt first: last.pt is what a resume starts from, so a kill between the two writes
+    # repeats the epoch (and writes best.pt again) instead of losing its best.pt.
+    _checkpoint(run, *(["best.pt"] if improved else []), "last.pt")
+    if run.info.is_main:
+        _record(run.run_dir, run.metrics_path, record, run.writer)
+    run.log(
+        f"epoch {record['epoch']}/{cfg.epochs}  loss {stats['train_loss']:.4f}  "
+        f"val top-1 {val['top1']:.4f}  top-5 {val['top5']:.4f}  "
+        f"{stats['images_per_second']:.0f} img/s  {record['elapsed_seconds']:.0f}s"
+        + (f"  ({stats['skipped_batches']} batches skipped)" if stats["skipped_batches"] else "")
+    )
+    if distributed.any_rank(ctrl_c.hit):
+        raise Interrupted(f"interrupted after epoch {record['epoch']}; continue with: alexnet train --resume {run.run_dir}")
 
 
 def _record(run_dir: Path, metrics_path: Path, record: dict[str, Any], writer: Any) -> None:
