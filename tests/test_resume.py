@@ -19,6 +19,7 @@ cifar    bf16  0       step
 folder   none  0       step (the issue's case: real JPEGs through a DataLoader)
 folder   none  0       eval
 folder   bf16  2       write
+ilsvrc   none  2       step (train/ synsets, a flat val/ labelled by LOC_val_solution.csv)
 packed   none  2       eval
 packed   none  2       write
 packed   bf16  0       step
@@ -48,6 +49,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import IMAGEWOOF, ROOT, make_tiny_fmnist
+from test_command_matrix import _ilsvrc
 
 import alexnet.train
 from alexnet import faults, runfolder
@@ -71,6 +73,7 @@ CASES = [
     ("folder", "none", 0, "step"),
     ("folder", "none", 0, "eval"),
     ("folder", "bf16", 2, "write"),
+    ("ilsvrc", "none", 2, "step"),
     ("packed", "none", 2, "eval"),
     ("packed", "none", 2, "write"),
     ("packed", "bf16", 0, "step"),
@@ -116,18 +119,16 @@ def datasets(tmp_path_factory) -> dict[str, tuple[Path, list[str]]]:
         photos = _photos(tmp / "photos")
         assert main(["prepare", "--data", str(photos), "--out", str(tmp / "packed"), "--size", "73"]) == 0
         small = [*TINY, "--model-option", "input_size=64", "--batch-size", "4"]
-        out.update(folder=(photos, small), packed=(tmp / "packed", small))
+        out.update(folder=(photos, small), packed=(tmp / "packed", small), ilsvrc=(_ilsvrc(tmp / "ilsvrc", photos), small))
     return out
 
 
 def _args(datasets, kind: str, amp: str, workers: int, out: Path) -> list[str]:
     data, extra = datasets[kind]
     batch = extra[extra.index("--batch-size") + 1]
-    config = out.parent / f"{out.name}.toml"  # eval_batch_size has no option: several evaluation batches
-    config.write_text(f"eval_batch_size = {batch}\n")
-    return [
+    return [  # evaluation in batches of the training batch size: several evaluation batches to kill in
         "train", "--data", str(data), "--out", str(out), "--epochs", str(EPOCHS), "--seed", "7", "--amp", amp,
-        "--workers", str(workers), "--device", "cpu", "--save-every", str(SAVE_EVERY), "--config", str(config), *extra,
+        "--workers", str(workers), "--device", "cpu", "--save-every", str(SAVE_EVERY), "--eval-batch-size", batch, *extra,
     ]
 
 
