@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from . import __version__, distributed, faults, runfolder
+from .atomic import write_text
 from .checkpoint import bounded_config, config_from_file, load_checkpoint, save_atomic
 from .config import TrainConfig, validate
 from .data.loaders import DataBundle, load_data, model_input, set_epoch
@@ -562,7 +563,7 @@ def _start_files(run: _Run, resumed: bool) -> None:
     info, data = run.info, run.data
     if resumed:
         if info.is_main:
-            run.metrics_path.write_text("".join(json.dumps(h) + "\n" for h in run.history))
+            write_text(run.metrics_path, "".join(json.dumps(h) + "\n" for h in run.history))
         run.log(f"resuming {run.run_dir} at epoch {run.pos.epoch + 1}, batch {run.pos.batch}, step {run.pos.step}")
     elif info.is_main:
         resolved = {
@@ -573,8 +574,8 @@ def _start_files(run: _Run, resumed: bool) -> None:
             "environment": _environment(run.device, run.amp),
             "distributed": {"world_size": info.world, "towers": [str(d) for d in run.towers] if run.towers else None},
         }
-        (run.run_dir / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
-        run.metrics_path.write_text("")
+        write_text(run.run_dir / "config.json", json.dumps(resolved, indent=2) + "\n")
+        write_text(run.metrics_path, "")
 
 
 def _announce(run: _Run) -> None:
