@@ -8,7 +8,9 @@ Peers (torch-native, each in its best configuration):
     asks of the CPU when augmentation runs on the GPU).
 Ours:
 (b) from the JPEG folder: decode, shorter side 256, central 256x256, then the paper's full
-    augmentation batched (random 224 crop + mirror, mean image, PCA colour noise, std);
+    augmentation batched (random 224 crop + mirror, mean image, PCA colour noise, std); under
+    --device cuda the whole batch is decoded by nvJPEG and resized on the GPU (``--decode device``,
+    what ``alexnet train --device cuda`` does), the CPU only reads the files;
 (c) from the packed format written by ``alexnet prepare`` (no decoding), same augmentation;
 (d) from the packed format, uint8 batches only.
 (b) and (c) are compared with (p), (d) with (q). torchvision's classic per-image PIL pipeline
@@ -18,7 +20,8 @@ development files (it fails without them).
 
 Each pipeline runs in a process of its own with one CPU thread and makes three timed passes of
 --images images (one with --quick); the median pass is reported. With --device cuda the
-augmentation of (b), (c) and the whole of (p) run on the GPU; (d) and (q) stay on the CPU.
+decoding and augmentation of (b), the augmentation of (c) and the whole of (p) run on the GPU; (d)
+and (q) stay on the CPU.
 
 Usage: python benchmarks/data_pipeline.py [--data FOLDER] [--images N] [--device cpu|cuda] [--quick]
 The one-time statistics pass of (b) and the preparation for (c) are not timed (reported apart).
@@ -108,8 +111,9 @@ def run_ours(data: str, images: int, batch: int, device: str = "cpu") -> float:
     """(b), (c): our loader, the paper's augmentation on ``device``."""
     from alexnet.data.loaders import load_data, model_input
 
+    cuda = device.startswith("cuda")
     bundle = load_data(data, batch, 224, workers=0, seed=0, preset="paper", val_fraction=0.01, show_progress=False,
-                       pin_memory=device.startswith("cuda"))
+                       pin_memory=cuda, decode_device=device if cuda else None)
     pre = bundle.preprocess
 
     def step(b):

@@ -113,3 +113,22 @@ def test_cuda_checkpoint_resumes_on_cpu(tmp_path: Path):
     r = run_cli("train", "--resume", str(out), "--epochs", "2", "--device", "cpu", timeout=600)
     assert r.returncode == 0, r.stderr
     assert alexnet.checkpoint.load_checkpoint(out / "last.pt")["position"]["epoch"] == 2
+
+
+def test_jpegs_decoded_on_cuda_match_the_cpu_workers(tmp_path: Path):
+    """``--decode device`` on cuda (nvJPEG + float resize): the CPU workers' images within one grey
+    level, the same bad files met, the same number of images."""
+    from test_data_pipeline import _bad_folder
+
+    from alexnet.data.loaders import load_data
+
+    root, _, _ = _bad_folder(tmp_path / "imgs")
+    common = dict(batch_size=4, input_size=24, val_fraction=0.5, preset="torchvision", show_progress=False)
+    cpu = load_data(root, out_dir=tmp_path / "a", **common)
+    gpu = load_data(root, out_dir=tmp_path / "b", decode_device=CUDA, pin_memory=True, **common)
+    for a, b in zip([*cpu.train, *cpu.val], [*gpu.train, *gpu.val]):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert b[0].device.type == "cuda" and torch.equal(a[1], b[1].cpu()) and torch.equal(a[2], b[2].cpu())
+            assert (a[0].int() - b[0].cpu().int()).abs().max() <= 1
+    assert gpu.bad_files.paths() == cpu.bad_files.paths()

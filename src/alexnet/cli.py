@@ -122,7 +122,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         raise ConfigError("--resume continues a run and --force replaces one: pass one of them")
     if args.resume:
-        keep = ("epochs", "workers", "device", "dist_timeout", "tower_devices")  # may change on resume
+        keep = ("epochs", "workers", "device", "decode", "dist_timeout", "tower_devices")  # may change on resume
         cfg = resume_config(args.resume, {k: overrides[k] for k in keep if overrides.get(k) is not None})
     else:
         cfg = resolve_config(overrides.pop("preset", None), overrides, args.config)
@@ -155,6 +155,7 @@ def _launch(args: argparse.Namespace, cfg: TrainConfig) -> int:
 
 # -- evaluate -------------------------------------------------------------------------------------
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .data.device_decode import decode_device
     from .data.loaders import load_eval_data
     from .errors import CheckpointError
     from .evaluate import evaluate, load_models, per_class_accuracy, write_per_class_csv
@@ -171,7 +172,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         from .checkpoint import load_checkpoint
 
         data = (load_checkpoint(args.checkpoint).get("train_config") or {}).get("data")
-    loader, classes, n_images, source = load_eval_data(data, models[0].preprocess, args.batch_size, args.workers)
+    loader, classes, n_images, source = load_eval_data(
+        data, models[0].preprocess, args.batch_size, args.workers, decode_device=decode_device(args.decode or "auto", device)
+    )
     if len(classes) != n_classes:
         raise CheckpointError(f"{source} has {len(classes)} classes but {args.checkpoint} predicts {n_classes}")
     stats = evaluate(models, loader, device, resolve_amp(args.amp, device), args.ten_crop, show_progress=_progress_flag(args))
@@ -447,6 +450,7 @@ def _add_use_commands(sub, common: argparse.ArgumentParser) -> None:
     e.add_argument("--data", help="data to evaluate on (default: the checkpoint's own data set)")
     e.add_argument("--num-classes", type=_positive_int, help="check that the checkpoint has this many classes")
     e.add_argument("--batch-size", type=_positive_int, default=256)
+    _add_config_options(e, ["decode"])
     e.add_argument("--ten-crop", action="store_true", help="average the softmax of the 4 corner + centre crops and their mirrors")
     e.add_argument("--ensemble", nargs="+", metavar="FILE", help="more checkpoints: average the softmax of all models")
     e.add_argument("--out", help="folder for per_class.csv, confusion.png and evaluate.json")

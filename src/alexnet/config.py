@@ -81,6 +81,9 @@ class TrainConfig:
     seed: int = opt(0, "seed of the initialisation, the data order, augmentation and dropout")
     workers: int = opt(4, "data-loading worker processes", check=NON_NEGATIVE)
     device: str = opt("auto", "auto (CUDA if present), cpu, cuda, cuda:N or mps")
+    decode: str = opt("auto", "where an image folder's JPEGs are decoded and resized: cpu (the loader's workers), device "
+                      "(the training device: nvJPEG on a GPU, the workers only read files), auto (device on CUDA, else cpu)",
+                      choices=("auto", "cpu", "device"))
     amp: str = opt("auto", "mixed precision: auto (bf16 where the hardware has it), bf16, fp16, none")
     channels_last: bool = opt(True, "NHWC memory format")
     compile: bool = opt(False, "torch.compile the model")

@@ -32,6 +32,7 @@ from . import __version__, distributed, faults, runfolder
 from .atomic import write_text
 from .checkpoint import bounded_config, config_from_file, load_checkpoint, save_atomic
 from .config import TrainConfig, validate
+from .data.device_decode import decode_device
 from .data.loaders import DataBundle, load_data, model_input, set_epoch
 from .data.presets import Preprocess
 from .errors import AlexNetError, CheckpointError, ConfigError, TrainingError
@@ -498,6 +499,7 @@ def _load(
         seed=cfg.seed,
         eval_batch_size=cfg.eval_batch_size,
         pin_memory=device.type == "cuda",
+        decode_device=decode_device(cfg.decode, device),
         rank=info.rank,
         world=info.world,
         preset=cfg.data_preset,

@@ -159,11 +159,20 @@ def _resize_crop(x: torch.Tensor, resize: int, crop: int | None) -> torch.Tensor
     scale = resize / min(w, h)
     nh, nw = max(resize, round(h * scale)), max(resize, round(w * scale))
     if (nh, nw) != (h, w):
-        x = torch.nn.functional.interpolate(x[None], size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)[0]
+        x = _resize_uint8(x, nh, nw)
     if crop is not None:
         top, left = (nh - crop) // 2, (nw - crop) // 2
         x = x[:, top : top + crop, left : left + crop]
     return x.contiguous()
+
+
+def _resize_uint8(x: torch.Tensor, h: int, w: int, exact: bool | None = None) -> torch.Tensor:
+    """Antialiased bilinear resize of a (3, H, W) uint8 image. The CPU has an exact uint8 kernel
+    (PIL's arithmetic, ``exact``); elsewhere (CUDA has none for uint8) it runs in float32, rounded back."""
+    if exact if exact is not None else x.device.type == "cpu":
+        return torch.nn.functional.interpolate(x[None], size=(h, w), mode="bilinear", antialias=True, align_corners=False)[0]
+    y = torch.nn.functional.interpolate(x[None].float(), size=(h, w), mode="bilinear", antialias=True, align_corners=False)[0]
+    return y.round_().clamp_(0, 255).to(torch.uint8)
 
 
 def read_image_bytes(path: str | os.PathLike) -> bytes:
@@ -184,24 +193,36 @@ def read_image_bytes(path: str | os.PathLike) -> bytes:
     return data
 
 
+def open_header(data: bytes) -> Image.Image:
+    """PIL's view of an encoded image, reading its header only: format, size, mode, and the
+    decompression-bomb check (raised as an error, not a warning)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            return Image.open(io.BytesIO(data))
+        except UnidentifiedImageError:
+            raise UnidentifiedImageError(f"not an image format PIL can read ({len(data)} bytes)") from None
+        except Image.DecompressionBombWarning as e:  # a warning is no error to callers that catch errors
+            raise Image.DecompressionBombError(str(e)) from None
+
+
 def decode_image(path: str, resize: int, crop: int | None) -> torch.Tensor:
     """Decode to RGB, resize the shorter side to ``resize``, cut the central ``crop`` square.
 
     Returns a (3, crop, crop) uint8 tensor. Raises on an unreadable file, including one whose
     header claims more than ``Image.MAX_IMAGE_PIXELS`` pixels (a decompression bomb).
+    """
+    return decode_bytes(read_image_bytes(path), resize, crop)
+
+
+def decode_bytes(data: bytes, resize: int, crop: int | None) -> torch.Tensor:
+    """:func:`decode_image` of an encoded image already read.
+
     JPEGs go through torchvision's libjpeg-turbo decoder and torch's antialiased resize (about twice
     PIL's speed for ImageNet-sized images) unless they are large enough for libjpeg's reduced-size
     decoding (PIL ``draft``); anything else, or a JPEG torchvision refuses, goes through PIL.
     """
-    data = read_image_bytes(path)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            img = Image.open(io.BytesIO(data))  # reads the header only: size, mode and the bomb check
-        except UnidentifiedImageError:
-            raise UnidentifiedImageError(f"not an image format PIL can read ({len(data)} bytes)") from None
-        except Image.DecompressionBombWarning as e:  # a warning is no error to callers that catch errors
-            raise Image.DecompressionBombError(str(e)) from None
+    img = open_header(data)
     with img:
         if decode_jpeg is not None and img.format == "JPEG" and min(img.size) < 2 * resize:
             try:
@@ -243,6 +264,9 @@ class ImageFolderDataset(torch.utils.data.Dataset):
             raise DataError(f"{self.root}: no images")
         self.resize, self.size = resize, size
         self.bad = bad if bad is not None else BadFiles()
+        # raw: a baseline-JPEG item is its file's bytes (1-D uint8), decoded later on the training
+        # device (alexnet.data.device_decode); other files are still decoded here.
+        self.raw = False
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -250,11 +274,23 @@ class ImageFolderDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int):
         path, label = self.samples[index]
         try:
-            image = decode_image(path, self.resize, self.size)
+            image = self._read_raw(path) if self.raw else None
+            if image is None:
+                image = decode_image(path, self.resize, self.size)
         except Exception as e:  # noqa: BLE001 - any decoder failure is a bad file, never a lost run
             self.bad.report(path, e)
             return None
         return image, label, index
+
+    def _read_raw(self, path: str) -> torch.Tensor:
+        """The file's bytes if :func:`decode_bytes` would decode it with ``decode_jpeg`` (a JPEG under
+        twice the resize) in a mode nvJPEG takes (RGB or greyscale), else its decoded image."""
+        data = read_image_bytes(path)
+        with open_header(data) as img:
+            jpeg = img.format == "JPEG" and img.mode in ("RGB", "L") and min(img.size) < 2 * self.resize
+        if jpeg:
+            return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        return decode_bytes(data, self.resize, self.size)
 
 
 def collate(items):

@@ -18,9 +18,10 @@ import torch
 from ..errors import DataError
 from . import augment, presets
 from .cifar import load_cifar
+from .device_decode import DeviceDecoder, collate_raw
 from .fashion_mnist import CLASSES as FMNIST_CLASSES
 from .fashion_mnist import DEBIAN_ROOT, load_fashion_mnist, missing_message
-from .folder import BAD_FILES_NAME, BadFiles, collate
+from .folder import BAD_FILES_NAME, BadFiles, ImageFolderDataset, collate
 from .packed import PackedDataset, batch_passthrough, read_index
 from .presets import IMAGENET_MEAN, IMAGENET_STD, Preprocess  # noqa: F401 - the means re-exported (old import path)
 from .sources import detect, open_folder_splits, unwrap_worker_error
@@ -100,15 +101,19 @@ class DataBundle:
 class Batches:
     """A DataLoader with the epoch sampler exposed (``sampler_``) and worker errors made one line."""
 
-    def __init__(self, loader: torch.utils.data.DataLoader, sampler: EpochBatchSampler) -> None:
-        self.loader, self.sampler_ = loader, sampler
+    def __init__(self, loader: torch.utils.data.DataLoader, sampler: EpochBatchSampler, decode: DeviceDecoder | None = None) -> None:
+        self.loader, self.sampler_, self.decode = loader, sampler, decode
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __iter__(self):
         with unwrap_worker_error():
-            yield from self.loader
+            if self.decode is None:
+                yield from self.loader
+            else:
+                for batch in self.loader:
+                    yield self.decode(batch)
 
     def close(self) -> None:
         """Stop the persistent worker processes now. Left to the garbage collector (a training
@@ -121,14 +126,19 @@ class Batches:
             iterator._shutdown_workers()
 
 
-def _batches(ds, indices, bs, shuffle, drop_last, seed, rank, world, workers, pin_memory) -> Batches:
+def _batches(ds, indices, bs, shuffle, drop_last, seed, rank, world, workers, pin_memory, decode_device=None) -> Batches:
+    """A :class:`Batches` over ``ds[indices]``; with ``decode_device``, an image folder's JPEGs are
+    decoded there (:mod:`alexnet.data.device_decode`) instead of in the workers."""
+    decode = None
+    if decode_device is not None and isinstance(ds, ImageFolderDataset):
+        ds.raw, decode = True, DeviceDecoder(ds, decode_device)
     subset = torch.utils.data.Subset(ds, indices)
     sampler = EpochBatchSampler(len(indices), bs, shuffle, seed, drop_last, rank, world)
     dl = torch.utils.data.DataLoader(
         subset,
         batch_sampler=sampler,
         num_workers=workers,
-        collate_fn=batch_passthrough if isinstance(ds, PackedDataset) else collate,
+        collate_fn=batch_passthrough if isinstance(ds, PackedDataset) else collate_raw if decode else collate,
         pin_memory=pin_memory,
         persistent_workers=workers > 0,
         # Each new iterator draws its workers' base seed from this generator; without one it draws
@@ -138,7 +148,7 @@ def _batches(ds, indices, bs, shuffle, drop_last, seed, rank, world, workers, pi
         # index: model_input), so their seed need not follow the epoch.
         generator=torch.Generator().manual_seed(seed),
     )
-    return Batches(dl, sampler)
+    return Batches(dl, sampler, decode)
 
 
 def _default_preset(kind: str) -> str:
@@ -160,6 +170,7 @@ def load_data(
     strict: bool = False,
     out_dir: str | os.PathLike | None = None,
     show_progress: bool | None = None,
+    decode_device: torch.device | str | None = None,
 ) -> DataBundle:
     """Open ``data``: Fashion-MNIST IDX files (default: Debian's folder), CIFAR-10/100 python
     batches, a packed folder written by ``alexnet prepare``, or an image folder.
@@ -168,7 +179,8 @@ def load_data(
     ``val_fraction`` is held out for validation. ``preset`` names the preprocessing recipe
     (:mod:`alexnet.data.presets`; default: ``paper`` for images, ``fashion_mnist`` / ``cifar``).
     Unreadable images are skipped with one warning each and listed in ``out_dir/bad_files.txt``
-    (when ``out_dir`` is given), or stop the run with a DataError when ``strict``.
+    (when ``out_dir`` is given), or stop the run with a DataError when ``strict``. With
+    ``decode_device``, an image folder's JPEGs are decoded on that device (nvJPEG on a GPU).
     """
     root = Path(data) if data is not None else DEBIAN_ROOT
     eval_batch_size = eval_batch_size or batch_size
@@ -186,7 +198,8 @@ def load_data(
         x_test, y_test, _ = load_cifar(root, "test")
         return _tensors("cifar", preset, x_train, y_train, x_test, y_test, names, f"CIFAR-{len(names)} ({root})", **common)
     bad = BadFiles(strict, Path(out_dir) / BAD_FILES_NAME if out_dir is not None else None)
-    return _images(root, preset or "paper", bad, workers, pin_memory, val_fraction, show_progress, **common)
+    loading = (workers, pin_memory, decode_device)
+    return _images(root, preset or "paper", bad, loading, val_fraction, show_progress, **common)
 
 
 def _tensor_stats(images: torch.Tensor) -> dict[str, Any]:
@@ -216,9 +229,7 @@ def _tensors(kind, preset, x_train, y_train, x_test, y_test, classes, source, ba
     return DataBundle(train, val, classes, preprocess, len(x_train), len(x_test), source)
 
 
-def _images(
-    root, preset, bad, workers, pin_memory, val_fraction, show_progress, batch_size, eval_batch_size, input_size, seed, rank, world
-):
+def _images(root, preset, bad, loading, val_fraction, show_progress, batch_size, eval_batch_size, input_size, seed, rank, world):
     notes = []
     # The paper's 256 -> 224 ratio, kept for models with other input sizes (227: 259 -> 227).
     stored = 256 if input_size == 224 else round(input_size * 256 / 224)
@@ -253,7 +264,7 @@ def _images(
             notes.append("mean image and PCA are of every packed image (prepare saw no train/val split)")
     elif presets.needs_stats(preset):
         with unwrap_worker_error():
-            stats = folder_stats(train_ds, train_idx, workers, show_progress)
+            stats = folder_stats(train_ds, train_idx, loading[0], show_progress)
         bad_files = set(stats.get("bad", []))
         if bad_files:  # found by the pass: leave them out instead of meeting them every epoch
             train_idx = [i for i in train_idx if train_ds.samples[i][0] not in bad_files]
@@ -275,7 +286,7 @@ def _images(
     if len(train_idx) < batch_size:
         batch_size = len(train_idx)
         notes.append(f"batch size reduced to the {batch_size} training images")
-    loader_args = (seed, rank, world, workers, pin_memory)
+    loader_args = (seed, rank, world, *loading)
     train = _batches(train_ds, train_idx, batch_size, True, True, *loader_args)
     val = _batches(val_ds, val_idx, eval_batch_size, False, False, *loader_args)
     return DataBundle(train, val, classes, preprocess, len(train_idx), len(val_idx), str(root), notes, bad)
@@ -358,6 +369,7 @@ def load_eval_data(
     workers: int = 0,
     strict: bool = False,
     out_dir: str | os.PathLike | None = None,
+    decode_device: torch.device | str | None = None,
 ) -> tuple[Any, list[str], int, str]:
     """The evaluation split of ``data`` prepared as ``preprocess`` says (from a checkpoint).
 
@@ -387,5 +399,5 @@ def load_eval_data(
         ds = splits.get("val", splits["train"])
         ds.size = preprocess.size
         classes, source = ds.classes, str(ds.root)
-    loader = _batches(ds, list(range(len(ds))), batch_size, False, False, 0, 0, 1, workers, False)
+    loader = _batches(ds, list(range(len(ds))), batch_size, False, False, 0, 0, 1, workers, False, decode_device)
     return loader, classes, len(ds), source

@@ -1,0 +1,102 @@
+"""JPEG decoding on the training device (nvJPEG on a GPU): the loader's workers only read files.
+
+On a GPU the CPU half of the paper's pipeline, decoding and resizing JPEGs, is what starves the
+model: one core decodes about 800 ImageNet-sized photos a second, an H100 trains AlexNet on more
+than 15,000. With ``decode="device"`` the workers read each file and check its header; the main
+process decodes the whole batch in one ``torchvision.io.decode_jpeg(list, device=...)`` call and
+resizes each image where it lies. What the GPU cannot decode (not a JPEG, CMYK, a broken file) is
+decoded on the CPU as before, or reported as a bad file.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from ..errors import ConfigError
+from .folder import ImageFolderDataset, _resize_crop, decode_bytes
+
+try:
+    from torchvision.io import ImageReadMode, decode_jpeg
+except ImportError:  # pragma: no cover
+    decode_jpeg = None
+
+
+def decode_device(choice: str, device: torch.device) -> torch.device | None:
+    """Where JPEGs are decoded for ``--decode choice`` on ``device``: None (the loader's workers) or ``device``."""
+    if choice == "device" and device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--decode device: JPEGs are decoded on the CPU or a CUDA device, not {device.type}")
+    return device if choice == "device" or (choice == "auto" and device.type == "cuda") else None
+
+
+def collate_raw(items):
+    """(encoded or decoded image, label, index) items -> (list of images, labels, indices).
+
+    A 1-D uint8 tensor is a JPEG's bytes still to decode; a (3, S, S) one was decoded by the worker.
+    """
+    items = [it for it in items if it is not None]
+    if not items:
+        return None
+    labels = torch.tensor([it[1] for it in items], dtype=torch.int64)
+    index = torch.tensor([it[2] for it in items], dtype=torch.int64)
+    return [it[0] for it in items], labels, index
+
+
+class DeviceDecoder:
+    """Turns a :func:`collate_raw` batch into the usual (uint8 images, labels, indices) on ``device``.
+
+    The images are those :class:`ImageFolderDataset` would have produced: shorter side ->
+    ``dataset.resize``, central ``dataset.size`` square. On the CPU they are bitwise the worker's
+    (same decoder, same resize) for JPEGs under twice the resize; elsewhere the resize runs in
+    float32 and may differ by one grey level.
+    """
+
+    def __init__(self, dataset: ImageFolderDataset, device: torch.device | str) -> None:
+        if decode_jpeg is None:  # pragma: no cover
+            raise RuntimeError("decoding on the device needs torchvision.io.decode_jpeg")
+        self.dataset, self.device = dataset, torch.device(device)
+
+    def __call__(self, batch):
+        if batch is None:
+            return None
+        items, labels, index = batch
+        encoded = [i for i, t in enumerate(items) if t.dim() == 1]
+        decoded = dict(zip(encoded, self._decode([items[i] for i in encoded], index[encoded].tolist())))
+        images, keep = [], []
+        for i, t in enumerate(items):
+            x = decoded[i] if t.dim() == 1 else t.to(self.device, non_blocking=True)
+            if x is not None:
+                images.append(x)
+                keep.append(i)
+        if not images:
+            return None
+        kept = torch.tensor(keep, dtype=torch.int64)
+        return torch.stack(images), labels[kept].to(self.device), index[kept].to(self.device)
+
+    def _decode(self, data: list[torch.Tensor], index: list[int]) -> list[torch.Tensor | None]:
+        if not data:
+            return []
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                raw = decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device)
+        except RuntimeError:  # one bad file fails the whole call: decode them one by one
+            return [self._one(d, i) for d, i in zip(data, index)]
+        return [self._resize(x) for x in raw]
+
+    def _one(self, data: torch.Tensor, index: int) -> torch.Tensor | None:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                return self._resize(decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device))
+        except RuntimeError:
+            pass
+        try:  # the CPU decoders: PIL reads what libjpeg/nvJPEG refuse, or says why it cannot
+            return decode_bytes(data.numpy().tobytes(), self.dataset.resize, self.dataset.size).to(self.device)
+        except Exception as e:  # noqa: BLE001 - any decoder failure is a bad file, never a lost run
+            self.dataset.bad.report(self.dataset.samples[index][0], e)
+            return None
+
+    def _resize(self, x: torch.Tensor) -> torch.Tensor:
+        return _resize_crop(x, self.dataset.resize, self.dataset.size)
