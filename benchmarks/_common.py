@@ -51,6 +51,17 @@ def setup(args: argparse.Namespace) -> torch.device:
     return device
 
 
+def setup_with_amp(args: argparse.Namespace) -> tuple[torch.device, torch.dtype | None]:
+    """:func:`setup` and ``--amp`` resolved for that device (a bad value: one line, exit status 1)."""
+    from alexnet.runtime import resolve_amp
+
+    device = setup(args)
+    try:
+        return device, resolve_amp(args.amp, device)
+    except ValueError as e:
+        sys.exit(f"{Path(sys.argv[0]).name}: error: {e}")
+
+
 def settings(**values: object) -> str:
     """One line naming the settings both sides ran with (printed before the RESULT lines)."""
     line = "settings (ours and peer alike): " + ", ".join(f"{k}={v}" for k, v in values.items())

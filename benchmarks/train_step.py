@@ -13,8 +13,6 @@ count is of the peer's own architecture.
 
 from __future__ import annotations
 
-import sys
-
 import _common  # noqa: F401  (puts src/ on the path)
 import torch
 import torchvision
@@ -27,14 +25,14 @@ from _common import (
     paired_ratio,
     result,
     settings,
-    setup,
+    setup_with_amp,
     sync,
     training_macs,
 )
 from torch import nn
 
 from alexnet.model import create_model
-from alexnet.runtime import autocast, resolve_amp
+from alexnet.runtime import autocast
 from alexnet.summary import layer_table
 
 
@@ -113,11 +111,7 @@ def build(args, device: torch.device, amp) -> tuple[dict, tuple[int, int], tuple
 
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
-    device = setup(args)
-    try:
-        amp = resolve_amp(args.amp, device)
-    except ValueError as e:
-        sys.exit(f"train_step.py: error: {e}")
+    device, amp = setup_with_amp(args)
     steps, (fwd_ours, macs_ours), (fwd_peer, macs_peer) = build(args, device, amp)
     print(f"MACs per image, forward: ours {fwd_ours / 1e6:.1f} M, peer {fwd_peer / 1e6:.1f} M; training step "
           f"(forward + both gradients): ours {macs_ours / 1e6:.1f} M, peer {macs_peer / 1e6:.1f} M")

@@ -7,7 +7,10 @@
 # Usage: scripts/gpu-check.sh [PYTEST ARGS...]
 # Environment:
 #   PYTHON   the interpreter (default: .venv/bin/python if present, else python3)
-#   DATA     an image folder with train/ and val/ of JPEGs (default: ../shared/data/imagewoof-mini)
+#   DATA     an image folder with train/ and val/ of JPEGs (default: $ALEXNET_SHARED/data/imagewoof-mini,
+#            else ../shared/data/imagewoof-mini, else .gpu-data/imagewoof-mini: a git-ignored copy
+#            inside the checkout, which a GPU machine that receives only the checkout can be given)
+#   ALEXNET_SHARED  where the tests find ../shared (default: ../shared, else .gpu-data)
 #   QUICK=1  the benchmarks in their --quick settings (checks they run; figures mean nothing)
 #   OUT      folder for the logs (default: ${TMPDIR:-/tmp}/alexnet-gpu-check)
 # Exit status: 2 without a visible CUDA device, pytest's status if tests fail, 1 if a benchmark
@@ -41,11 +44,15 @@ print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, {torch.cuda.device
       + ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())))
 EOF
 
+if [ -z "${ALEXNET_SHARED:-}" ] && [ ! -d ../shared ] && [ -d .gpu-data ]; then
+    export ALEXNET_SHARED="$PWD/.gpu-data"
+fi
+
 echo "== tests =="
 "$PY" -m pytest -q -ra "$@" 2>&1 | tee "$OUT/pytest.log"
 TESTS=${PIPESTATUS[0]}
 
-DATA=${DATA:-../shared/data/imagewoof-mini}
+DATA=${DATA:-${ALEXNET_SHARED:-../shared}/data/imagewoof-mini}
 QUICKFLAG=()
 [ "${QUICK:-0}" = "1" ] && QUICKFLAG=(--quick)
 GPUS=$("$PY" -c 'import torch; print(torch.cuda.device_count())')
@@ -71,6 +78,11 @@ if [ -d "$DATA/train" ]; then
     bench data_pipeline benchmarks/data_pipeline.py --device cuda --data "$DATA/train"
 else
     echo "== benchmark data_pipeline: skipped: no $DATA/train (set DATA) =="
+fi
+if [ -d "$DATA/train" ]; then
+    bench end_to_end benchmarks/end_to_end.py --device cuda --data "$DATA" --amp bf16 --batch-size 256
+else
+    echo "== benchmark end_to_end: skipped: no $DATA/train (set DATA) =="
 fi
 if [ "$GPUS" -ge 2 ]; then
     bench allreduce benchmarks/allreduce.py --device cuda --nproc "$GPUS"

@@ -18,9 +18,10 @@ EXPECTED = {
     "lrn": {"lrn_fwd_bwd_speedup", "lrn_fwd_bwd_channels_last_speedup", "lrn_fwd_bwd_bf16_speedup", "lrn_max_rel_error"},
     "train_step": {"train_images_per_s", "train_macs_normalised", "train_gflops_vs_matmul"},
     "inference": {"inference_images_per_s", "inference_top1_agreement", "ten_crop_cost"},
+    "end_to_end": {"end_to_end_jpeg", "end_to_end_packed"},  # + end_to_end_jpeg_cpu on CUDA
 }
 
-SETTINGS_LINE = {"train_step", "inference"}  # lrn.py prints its settings in its own words
+SETTINGS_LINE = {"train_step", "inference", "end_to_end"}  # lrn.py prints its settings in its own words
 
 
 def parse_results(stdout: str) -> dict[str, tuple[float, float, float, str]]:
@@ -40,13 +41,15 @@ def run_quick(name: str, device: str, tmp_path: Path) -> subprocess.CompletedPro
     args = [sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), "--quick", "--device", device]
     if name == "inference":
         args += ["--data", str(make_val_folder(tmp_path))]
+    if name == "end_to_end":
+        args += ["--data", str(make_image_folder(tmp_path / "photos", classes=2, per_class=4)), "--workers", "1"]
     return subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=tmp_path, env=cli_env(device == "cuda"))
 
 
 def check_quick(name: str, proc: subprocess.CompletedProcess, device: str) -> dict:
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = parse_results(proc.stdout)
-    assert set(results) == EXPECTED[name]
+    assert set(results) == EXPECTED[name] | ({"end_to_end_jpeg_cpu"} if name == "end_to_end" and device == "cuda" else set())
     assert proc.stdout.rstrip().splitlines()[-1].startswith("RESULT")  # RESULT lines end the output
     if name in SETTINGS_LINE:  # both sides' settings, said once
         settings = [line for line in proc.stdout.splitlines() if line.startswith("settings (ours and peer alike): ")]

@@ -650,12 +650,17 @@ def _epoch(run: _Run, on_step: Callable[[Position], None], ctrl_c: _CtrlC) -> No
     """One epoch: train, evaluate, the plateau schedule, record, save, log."""
     cfg, data, pos, reduce = run.cfg, run.data, run.pos, distributed.all_reduce_sum
     set_epoch(data.train, pos.epoch, pos.batch)
+    started = time.time()
     stats = train_one_epoch(
         run.net, run.optimizer, data.train, data.preprocess, cfg, run.device, run.amp, run.scaler, pos, run.plateau.scale,
         on_step, run.show_progress, reduce, run.health,
     )
+    trained = time.time()
     val = evaluate(run.eval_net, data.val, data.preprocess, run.device, run.amp, cfg.channels_last, run.show_progress, reduce)
     record = {"epoch": pos.epoch + 1, "step": pos.step, **stats, **{f"val_{k}": v for k, v in val.items()}}
+    # Wall-clock (Unix) times of this process's training phase, and the validation's cost: what
+    # a GPU-utilisation trace (benchmarks/end_to_end.py) is cut to.
+    record.update(train_start_time=started, train_end_time=trained, val_seconds=time.time() - trained)
     record["elapsed_seconds"] = (run.history[-1]["elapsed_seconds"] if run.history else 0.0) + stats["train_seconds"]
     if cfg.schedule == "plateau":
         event = run.plateau.step(val["top1_error"])

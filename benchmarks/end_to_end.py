@@ -1,0 +1,201 @@
+"""End to end: `alexnet train` on real JPEGs against the pure training step it is built on (issue 12).
+
+The pure step (the "peer" of the RESULT lines) is alexnet_paper's SGD step on one batch already on
+the device, at the same batch size, precision and memory format: what the model could do if the
+input cost nothing. The end-to-end figure is what `alexnet train` itself reports (metrics.jsonl,
+images_per_second of the last epoch): reading files, decoding, the paper's augmentation, the
+step, the health checks. Target on a GPU: end to end >= 80 % of the pure step.
+
+The training set is --data's train/ (or class folders) repeated --copies times through symbolic
+links, so that an epoch lasts long enough to time; the files stay on disk as they are (the page
+cache holds them after the first epoch, as it would a data set that fits in memory). Runs:
+  jpeg         the JPEG folder, --decode auto (nvJPEG on the GPU under --device cuda)
+  jpeg_cpu     the JPEG folder decoded by the CPU workers (--decode cpu), for contrast (GPU only)
+  packed       the same images packed by `alexnet prepare` (no decoding)
+GPU utilisation is sampled (NVML, else nvidia-smi) during the last epoch's training phase.
+
+    python benchmarks/end_to_end.py --data FOLDER [--device cuda] [--batch-size 256] [--amp bf16]
+        [--copies N] [--epochs 3] [--workers W] [--quick]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import _common  # noqa: F401  (puts src/ on the path)
+import torch
+from _common import ROOT, base_parser, interleaved, median, result, settings, setup_with_amp
+from train_step import make_step
+
+from alexnet.data.folder import IMAGE_EXTENSIONS
+from alexnet.model import create_model
+
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "imagewoof-mini"
+
+
+def parse(argv: list[str] | None):
+    p = base_parser(__doc__.splitlines()[0])
+    p.add_argument("--data", default=str(DEFAULT_DATA), help="an image folder: train/ and val/, or class folders")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--amp", default="auto", help="none, bf16, fp16 or auto (both sides alike)")
+    p.add_argument("--copies", type=int, default=0, help="repeat the training set N times (0: enough for ~20,000 images)")
+    p.add_argument("--epochs", type=int, default=3, help="the last one is timed")
+    p.add_argument("--workers", type=int, default=0, help="loader processes (0: the CPU count, at most 16)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.batch_size, args.copies, args.epochs, args.repeats = 4, 1, 1, 1
+    if min(args.batch_size, args.epochs, args.repeats) < 1 or args.copies < 0:
+        p.error("--batch-size, --epochs and --repeats must be positive, --copies >= 0")
+    args.workers = args.workers or min(16, os.cpu_count() or 1)
+    return args
+
+
+def _images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+
+
+def repeated_folder(data: Path, out: Path, copies: int, quick: bool) -> tuple[Path, int]:
+    """train/ (``copies`` links to each training image) and val/ (links to the validation images)."""
+    train = data / "train" if (data / "train").is_dir() else data
+    val = data / "val" if (data / "val").is_dir() else train
+    classes = sorted(d for d in train.iterdir() if d.is_dir() and not d.name.startswith("."))[: 2 if quick else None]
+    if not classes:
+        sys.exit(f"end_to_end.py: error: --data {data}: no class folders of images")
+    per_class = 4 if quick else None
+    n_train = sum(len(_images(c)[:per_class]) for c in classes)
+    copies = copies or max(1, -(-20_000 // max(1, n_train)))
+    for c in classes:
+        (out / "train" / c.name).mkdir(parents=True)
+        (out / "val" / c.name).mkdir(parents=True)
+        for k in range(copies):
+            for f in _images(c)[:per_class]:
+                (out / "train" / c.name / f"{k}_{f.name}").symlink_to(f.resolve())
+        for f in _images(val / c.name)[:per_class] if (val / c.name).is_dir() else []:
+            (out / "val" / c.name / f.name).symlink_to(f.resolve())
+    return out, n_train * copies
+
+
+class Utilisation:
+    """GPU utilisation (%) sampled every 0.2 s in a thread: (wall time, percent) pairs."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.samples: list[tuple[float, float]] = []
+        self.source = self._sampler(device)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True) if self.source else None
+
+    def _sampler(self, device: torch.device):
+        if device.type != "cuda":
+            return None
+        index = device.index or 0
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            self.read = lambda: float(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu)
+            return "NVML"
+        except Exception:  # noqa: BLE001 - pynvml absent or unusable: try the command line
+            pass
+        if shutil.which("nvidia-smi"):
+            cmd = ["nvidia-smi", f"--id={index}", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"]
+            self.read = lambda: float(subprocess.run(cmd, capture_output=True, text=True, timeout=5).stdout.split()[0])
+            return "nvidia-smi"
+        return None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.samples.append((time.time(), self.read()))
+            except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+                pass
+            self._stop.wait(0.2)
+
+    def __enter__(self) -> Utilisation:
+        if self._thread:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+
+    def mean(self, start: float, end: float) -> float | None:
+        window = [u for t, u in self.samples if start <= t <= end]
+        return sum(window) / len(window) if window else None
+
+
+def train_run(data: Path, run: Path, args, device: torch.device, decode: str) -> tuple[dict, float | None, str | None]:
+    """`alexnet train` in a subprocess; its last epoch's record and the GPU utilisation meanwhile."""
+    cmd = [sys.executable, "-m", "alexnet", "train", "--data", str(data), "--out", str(run), "--epochs", str(args.epochs),
+           "--batch-size", str(args.batch_size), "--amp", args.amp, "--device", str(device), "--decode", decode,
+           "--workers", str(args.workers), "--progress", "off", "--model", "alexnet_paper"]
+    if args.quick:
+        cmd += ["--model-option", "input_size=64"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    with Utilisation(device) as util:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        tail = proc.stderr.strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
+        sys.exit(f"end_to_end.py: `alexnet train` failed ({decode}): {tail[0]}")
+    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    return last, util.mean(last["train_start_time"], last["train_end_time"]), util.source
+
+
+def pure_step(args, device: torch.device, amp) -> float:
+    """Images/s of alexnet_paper's training step on a batch already on the device."""
+    torch.manual_seed(0)
+    size = 64 if args.quick else 224
+    model = create_model("alexnet_paper", input_size=size).to(device).train().to(memory_format=torch.channels_last)
+    x = torch.randn(args.batch_size, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 1000, (args.batch_size,), device=device)
+    step = make_step(model, x, y, device, amp, 1 if args.quick else 10)
+    step()  # warm-up: cuDNN autotuning, allocator
+    times = interleaved({"pure step (alexnet_paper)": step}, args.repeats, device)["pure step (alexnet_paper)"]
+    del model, x
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # the training subprocesses need the memory
+    return args.batch_size * (1 if args.quick else 10) / median(times)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(argv)
+    device, amp = setup_with_amp(args)
+    if not Path(args.data).is_dir():
+        sys.exit(f"end_to_end.py: error: --data: folder not found: {args.data}")
+    step_ips = pure_step(args, device, amp)
+    print(f"pure step: {step_ips:.1f} images/s")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder, n = repeated_folder(Path(args.data), Path(tmp) / "data", args.copies, args.quick)
+        print(f"training set: {n} images ({folder})")
+        from alexnet.data.packed import prepare
+
+        prepare(folder, Path(tmp) / "packed", workers=args.workers, size=73 if args.quick else 256, show_progress=False)
+        runs = {"jpeg": (folder, "auto"), "packed": (Path(tmp) / "packed", "auto")}
+        if device.type == "cuda":
+            runs["jpeg_cpu"] = (folder, "cpu")
+        figures = {}
+        for name, (data, decode) in runs.items():
+            last, util, source = train_run(data, Path(tmp) / f"run-{name}", args, device, decode)
+            figures[name] = last["images_per_second"]
+            util_text = f"{util:.0f} % GPU utilisation ({source})" if util is not None else "GPU utilisation not measured"
+            print(f"end to end, {name:<8} (--decode {decode}): {last['images_per_second']:9.1f} images/s in the last "
+                  f"epoch's {last['train_seconds']:.1f} s of training, {util_text}; validation {last['val_seconds']:.1f} s")
+    settings(device=device, batch=args.batch_size, amp=amp or "none", channels_last=True, compile=False,
+             workers=args.workers, epochs=args.epochs, images_per_epoch=n, rounds=args.repeats,
+             peer="the pure training step, input already on the device")
+    for name, ips in figures.items():
+        result(f"end_to_end_{name}", ips, step_ips, "images/s")
+
+
+if __name__ == "__main__":
+    main()
