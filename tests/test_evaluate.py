@@ -194,6 +194,20 @@ def test_visualize_filters_and_curves(tmp_path, capsys):
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     assert main(["visualize", "curves", str(run)]) == 0
     assert Image.open(run / "curves.png").size == (1500, 400)
+    # Several runs share one figure, a colour each: the second run's (matplotlib's C1, orange) is
+    # drawn only when it is there.
+    other = tmp_path / "seed1"
+    other.mkdir()
+    (other / "metrics.jsonl").write_text("".join(json.dumps({**r, "train_loss": r["train_loss"] + 0.5}) + "\n" for r in lines))
+    both = tmp_path / "both.png"
+    assert main(["visualize", "curves", str(run), str(other), "--out", str(both)]) == 0
+    assert Image.open(both).size == (1500, 400)
+
+    def orange_pixels(path):
+        rgb = np.asarray(Image.open(path).convert("RGB")).astype(int)
+        return int((np.abs(rgb - [255, 127, 14]).sum(axis=2) < 30).sum())
+
+    assert orange_pixels(run / "curves.png") == 0 < orange_pixels(both)
     assert "no metrics.jsonl" in cli_fails(capsys, "visualize", "curves", str(tmp_path))
 
 

@@ -277,7 +277,7 @@ def cmd_visualize(args: argparse.Namespace) -> int:
         out = figures.plot_filters(load(args.checkpoint), args.out or "filters.png")
     else:
         if not args.run_dir:
-            raise ConfigError("visualize curves needs RUN_DIR (a folder written by 'alexnet train')")
+            raise ConfigError("visualize curves needs RUN_DIR (a folder written by 'alexnet train'), or several")
         out = figures.plot_curves(args.run_dir, args.out)
     print(f"wrote {out}")
     return 0
@@ -486,9 +486,9 @@ def _add_tool_commands(sub, common: argparse.ArgumentParser) -> None:
     """Figures, weights in and out, data preparation and download, summaries, benchmarks."""
     v = sub.add_parser("visualize", help="figures: conv1 filters (paper fig. 3) or training curves")
     v.add_argument("what", choices=("filters", "curves"))
-    v.add_argument("run_dir", nargs="?", help="run folder (for curves)")
+    v.add_argument("run_dir", nargs="*", help="run folder(s) (for curves: several share one figure, a colour each)")
     v.add_argument("--checkpoint", help="checkpoint (for filters)")
-    v.add_argument("--out", help="PNG path (default: filters.png, or RUN_DIR/curves.png)")
+    v.add_argument("--out", help="PNG path (default: filters.png; RUN_DIR/curves.png for one run, curves.png for several)")
     v.set_defaults(func=cmd_visualize)
 
     im = sub.add_parser("import", help="convert torchvision or Caffe (bvlc_alexnet) weights into a checkpoint")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -113,35 +114,49 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
     return records
 
 
-def plot_curves(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
+def plot_curves(run_dirs: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.PathLike | None = None) -> Path:
     """Loss, top-1/top-5 error and learning rate per epoch from ``metrics.jsonl``; writes ``curves.png``.
 
-    Cheap enough to call after every epoch. Size: :data:`CURVES_SIZE` pixels.
+    Several run folders (seeds, recipes) share one figure, a colour per run, named by its folder;
+    solid lines are validation, dashed ones training. Default ``out``: ``RUN/curves.png`` for one
+    run, ``curves.png`` here for several. Cheap enough to call after every epoch. Size:
+    :data:`CURVES_SIZE` pixels.
     """
-    records = read_metrics(run_dir)
+    runs = [run_dirs] if isinstance(run_dirs, str | os.PathLike) else list(run_dirs)
+    if not runs:
+        raise DataError("curves: no run folder given")
+    records = [read_metrics(run) for run in runs]
     plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(CURVES_SIZE[0] / DPI, CURVES_SIZE[1] / DPI), layout="constrained")
+    for i, (run, recs) in enumerate(zip(runs, records)):
+        _plot_run(axes, recs, f"C{i % 10}", "" if len(runs) == 1 else f"{Path(run).resolve().name}: ")
+    axes[0].set(title="loss (solid: validation, dashed: train)", xlabel="epoch")
+    axes[1].set(title="error rate (dotted: val top-5)", xlabel="epoch", ylim=(0, 1))
+    axes[2].set(title="learning rate (end of epoch)", xlabel="epoch")
+    if any(r.get("lr", 0) > 0 for recs in records for r in recs):
+        axes[2].set_yscale("log")
+    for ax in axes[:2]:
+        ax.legend(fontsize="small")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    default = Path(runs[0]) / "curves.png" if len(runs) == 1 else Path("curves.png")
+    return _save(fig, out if out is not None else default)
+
+
+def _plot_run(axes, records: list[dict[str, Any]], colour: str, name: str) -> None:
+    """One run's lines on the three panels of :func:`plot_curves`, in ``colour``."""
     epochs = [r.get("epoch", i + 1) for i, r in enumerate(records)]
 
     def series(key: str, fn=lambda v: v):
         return [fn(r[key]) if r.get(key) is not None else float("nan") for r in records]
 
-    fig, axes = plt.subplots(1, 3, figsize=(CURVES_SIZE[0] / DPI, CURVES_SIZE[1] / DPI), layout="constrained")
-    axes[0].plot(epochs, series("train_loss"), "o-", label="train")
-    axes[0].plot(epochs, series("val_loss"), "o-", label="validation")
-    axes[0].set(title="loss", xlabel="epoch")
-    axes[1].plot(epochs, series("train_top1", lambda v: 1 - v), "o-", label="train top-1")
-    axes[1].plot(epochs, series("val_top1_error"), "o-", label="val top-1")
-    axes[1].plot(epochs, series("val_top5_error"), "o-", label="val top-5")
-    axes[1].set(title="error rate", xlabel="epoch", ylim=(0, 1))
-    axes[2].plot(epochs, series("lr"), "o-")
-    axes[2].set(title="learning rate (end of epoch)", xlabel="epoch")
-    if any(v > 0 for v in series("lr")):
-        axes[2].set_yscale("log")
-    for ax in axes[:2]:
-        ax.legend()
-    for ax in axes:
-        ax.grid(alpha=0.3)
-    return _save(fig, out if out is not None else Path(run_dir) / "curves.png")
+    style = {"color": colour, "marker": "o", "markersize": 3}
+    axes[0].plot(epochs, series("train_loss"), "--", label=f"{name}train", **style)
+    axes[0].plot(epochs, series("val_loss"), "-", label=f"{name}validation", **style)
+    axes[1].plot(epochs, series("train_top1", lambda v: 1 - v), "--", label=f"{name}train top-1", **style)
+    axes[1].plot(epochs, series("val_top1_error"), "-", label=f"{name}val top-1", **style)
+    axes[1].plot(epochs, series("val_top5_error"), ":", label=f"{name}val top-5", **style)
+    axes[2].plot(epochs, series("lr"), "-", **style)
 
 
 # -- confusion matrix --------------------------------------------------------------------------
