@@ -26,7 +26,7 @@ from conftest import IMAGEWOOF, run_cli
 pytestmark = pytest.mark.skipif(not IMAGEWOOF.is_dir(), reason=f"needs the real photos in {IMAGEWOOF} (../shared)")
 
 CHANCE = 0.10
-# Final val top-1 of this test's run, seeds 0-4: see the change's closing note. Chance is 0.10.
+# Final val top-1 of this test's run, seeds 0, 1, 2: 0.222, 0.228, 0.220 (2026-11-24). Chance is 0.10.
 MIN_VAL_TOP1 = 0.16
 
 
@@ -52,7 +52,7 @@ def test_default_recipe_learns_real_photos(packed: Path, tmp_path: Path) -> None
     val = history[-1]["val_top1"]
     print(f"seed {seed}: train loss per epoch {[round(x, 3) for x in losses]}, val top-1 per epoch "
           f"{[round(h['val_top1'], 3) for h in history]}")
-    # The training photos are being fitted: the loss falls by 0.4 from its first epoch, below a
+    # The training photos are being fitted: the loss falls by at least 0.2 from its first epoch, below a
     # uniform guess's ln(10) (seeds 0-2 end at 2.13; label smoothing 0.1 keeps even a perfect fit
     # above 0.5), where a run with lr 0 or a dead network stays at or above ln(10).
     assert losses[-1] < min(losses[0] - 0.2, math.log(10) - 0.1), losses
