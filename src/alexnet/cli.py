@@ -177,7 +177,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
     if len(classes) != n_classes:
         raise CheckpointError(f"{source} has {len(classes)} classes but {args.checkpoint} predicts {n_classes}")
-    stats = evaluate(models, loader, device, resolve_amp(args.amp, device), args.ten_crop, show_progress=_progress_flag(args))
+    channels_last = args.channels_last is not False  # NHWC, as training runs: pooling is several times faster on a CPU
+    stats = evaluate(models, loader, device, resolve_amp(args.amp, device), args.ten_crop, channels_last, _progress_flag(args))
     confusion = stats.pop("confusion")
     stats.update({"ten_crop": args.ten_crop, "models": [str(p) for p in paths], "data": source})
     if args.out:
@@ -450,7 +451,7 @@ def _add_use_commands(sub, common: argparse.ArgumentParser) -> None:
     e.add_argument("--data", help="data to evaluate on (default: the checkpoint's own data set)")
     e.add_argument("--num-classes", type=_positive_int, help="check that the checkpoint has this many classes")
     e.add_argument("--batch-size", type=_positive_int, default=256)
-    _add_config_options(e, ["decode"])
+    _add_config_options(e, ["decode", "channels_last"])
     e.add_argument("--ten-crop", action="store_true", help="average the softmax of the 4 corner + centre crops and their mirrors")
     e.add_argument("--ensemble", nargs="+", metavar="FILE", help="more checkpoints: average the softmax of all models")
     e.add_argument("--out", help="folder for per_class.csv, confusion.png and evaluate.json")

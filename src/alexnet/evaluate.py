@@ -62,7 +62,9 @@ def model_probs(
     views = 10 if ten_crop else 1
     x = model_input(images, index, preprocess, False, channels_last=channels_last, views=views)
     with autocast(images.device, amp):
-        probs = torch.softmax(model(x).float(), dim=1)
+        # One batch of views at a time: ten crops of 256 images at once would hold 2,560 images'
+        # activations (about 10 GB for alexnet_paper).
+        probs = torch.cat([torch.softmax(model(part).float(), dim=1) for part in x.split(images.shape[0])])
     return probs.reshape(images.shape[0], views, -1).mean(dim=1)
 
 
