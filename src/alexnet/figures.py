@@ -133,7 +133,7 @@ def plot_curves(run_dirs: str | os.PathLike | Sequence[str | os.PathLike], out: 
     axes[0].set(title="loss (solid: validation, dashed: train)", xlabel="epoch")
     axes[1].set(title="error rate (dotted: val top-5)", xlabel="epoch", ylim=(0, 1))
     axes[2].set(title="learning rate (end of epoch)", xlabel="epoch")
-    if any(r.get("lr", 0) > 0 for recs in records for r in recs):
+    if any((r.get("lr") or 0) > 0 for recs in records for r in recs):  # a missing or null lr draws nothing
         axes[2].set_yscale("log")
     for ax in axes[:2]:
         ax.legend(fontsize="small")
