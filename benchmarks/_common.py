@@ -111,7 +111,7 @@ def interleaved(fns: dict[str, Callable[[], None]], repeats: int, device: torch.
             times[name].append(time.perf_counter() - t0)
     for name, ts in times.items():
         spread = f"min {min(ts):.4f} max {max(ts):.4f}" if len(ts) > 1 else ""
-        print(f"  {name:<28} median {statistics.median(ts):.4f} s over {len(ts)} rounds {spread}")
+        print(f"  {name:<30} median {statistics.median(ts):.4f} s over {len(ts)} rounds {spread}")
     return times
 
 

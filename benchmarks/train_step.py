@@ -8,13 +8,18 @@ the first layer's input gradient, which no one needs), counted by alexnet.summar
 our net and on alexnet_owt, which torchvision's weights load into unchanged (checked here), so the
 count is of the peer's own architecture.
 
-    python benchmarks/train_step.py [--batch-size 64] [--amp bf16] [--compile] [--profile] [--quick]
+    python benchmarks/train_step.py [--batch-size 64] [--amp bf16] [--compile] [--profile] [--ablate] [--quick]
+
+``--ablate`` also times variants of ours that each change one suspect of a gap to the peer (no
+LRN, one tower, each tower as its own dense convolution, no dropout, the paper's SGD), in the same
+interleaved rounds, so one run says which part of the network costs the time (issue 12, item 3).
 """
 
 from __future__ import annotations
 
 import _common  # noqa: F401  (puts src/ on the path)
 import torch
+import torch.nn.functional as F
 import torchvision
 from _common import (
     base_parser,
@@ -32,6 +37,7 @@ from _common import (
 from torch import nn
 
 from alexnet.model import create_model
+from alexnet.optim import PaperSGD
 from alexnet.runtime import autocast
 from alexnet.summary import layer_table
 
@@ -46,11 +52,13 @@ def macs_per_image(model: nn.Module, peer: nn.Module | None = None) -> tuple[int
 
 
 def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device, amp, steps: int,
-              compile: bool = False):
-    """``steps`` SGD steps of ``model`` (through ``torch.compile`` if asked) as one callable."""
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
+              compile: str | None = None, paper_sgd: bool = False):
+    """``steps`` SGD steps of ``model`` (through ``torch.compile`` in mode ``compile`` if given) as one callable; torch's
+    SGD (as the peer) unless ``paper_sgd`` (:class:`alexnet.optim.PaperSGD`, the default of ``alexnet train``)."""
+    sgd = PaperSGD if paper_sgd else torch.optim.SGD
+    opt = sgd(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
     loss_fn = nn.CrossEntropyLoss()
-    forward = torch.compile(model) if compile else model
+    forward = torch.compile(model, mode=compile) if compile else model
 
     def run() -> None:
         for _ in range(steps):
@@ -64,14 +72,45 @@ def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.
     return run
 
 
-def profile(step, label: str) -> None:
+def split_towers(model: nn.Module) -> nn.Module:
+    """Run each tower of conv2, conv4 and conv5 as its own dense convolution (slices of the same
+    weights, outputs concatenated) instead of one grouped convolution: an implementation idea to
+    measure, since convolution libraries do not always tune grouped kernels as well as dense ones."""
+    for conv in (model.conv2, model.conv4, model.conv5):
+        g = conv.groups
+
+        def forward(x: torch.Tensor, conv: nn.Conv2d = conv, g: int = g) -> torch.Tensor:
+            parts = zip(x.chunk(g, 1), conv.weight.chunk(g), conv.bias.chunk(g))
+            return torch.cat([F.conv2d(xi, wi, bi, conv.stride, conv.padding) for xi, wi, bi in parts], 1)
+
+        conv.forward = forward
+    return model
+
+
+# --ablate: ours with one suspect changed each (name -> create_model overrides, split towers, paper SGD).
+ABLATIONS: dict[str, tuple[dict, bool, bool]] = {
+    "ours, no LRN": ({"lrn": False}, False, False),
+    "ours, one tower": ({"towers": 1}, False, False),
+    "ours, towers as dense convs": ({}, True, False),
+    "ours, no dropout": ({"dropout": 0.0}, False, False),
+    "ours, paper SGD (foreach)": ({}, False, True),
+}
+
+
+def profile(step, label: str, device: torch.device) -> None:
+    """torch.profiler tables of one call of ``step``: by self time on the device (CPU time on a CPU),
+    then grouped by input shape, which tells the layers' convolutions apart."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch_profile(activities=activities, record_shapes=True) as prof:
         step()
-    print(f"--- profile: {label} (one timed call) ---")
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(f"--- profile: {label} (one timed call), by {key} ---")
+    print(prof.key_averages().table(sort_by=key, row_limit=20))
+    print(f"--- profile: {label}, by input shape ---")
+    print(prof.key_averages(group_by_input_shape=True).table(sort_by=key, row_limit=25, max_name_column_width=40))
 
 
 def parse(argv: list[str] | None):
@@ -81,8 +120,13 @@ def parse(argv: list[str] | None):
     p.add_argument("--amp", default="none", help="none, bf16 or fp16 (autocast, both nets), or auto")
     p.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto",
                    help="auto: on for CPU and CUDA (both run convs faster in NHWC)")
-    p.add_argument("--compile", action="store_true", help="torch.compile both models (the first steps compile)")
+    p.add_argument("--compile", nargs="?", const="default", default=None,
+                   choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+                   help="torch.compile both models in this mode (default: 'default'; 'reduce-overhead' replays "
+                        "CUDA graphs); the first steps compile")
     p.add_argument("--profile", action="store_true", help="print torch.profiler tables of one step of each")
+    p.add_argument("--ablate", action="store_true",
+                   help="also time variants of ours, one suspect of the gap changed in each (see the docstring)")
     p.set_defaults(repeats=11)
     args = p.parse_args(argv)
     if args.quick:
@@ -92,37 +136,55 @@ def parse(argv: list[str] | None):
     return args
 
 
-def build(args, device: torch.device, amp) -> tuple[dict, tuple[int, int], tuple[int, int]]:
-    """Both nets at the same settings as step callables, and their (forward, training) MACs per image."""
+OURS, PEER = "ours (alexnet_paper)", "peer (torchvision alexnet)"
+
+
+def build(args, device: torch.device, amp) -> tuple[dict, dict[str, tuple[int, int]]]:
+    """Both nets (and with ``--ablate`` the variants of ours) at the same settings as step
+    callables, and each one's (forward, training) MACs per image."""
     torch.manual_seed(0)
-    ours = create_model("alexnet_paper").to(device).train()
-    peer = torchvision.models.alexnet(weights=None).to(device).train()
-    macs_ours, macs_peer = macs_per_image(ours), macs_per_image(create_model("alexnet_owt"), peer)
     fmt = torch.channels_last if args.channels_last != "off" else torch.contiguous_format
-    ours, peer = ours.to(memory_format=fmt), peer.to(memory_format=fmt)
     x = torch.randn(args.batch_size, 3, 224, 224, device=device).contiguous(memory_format=fmt)
     y = torch.randint(0, 1000, (args.batch_size,), device=device)
-    steps = {
-        "ours (alexnet_paper)": make_step(ours, x, y, device, amp, args.steps, args.compile),
-        "peer (torchvision alexnet)": make_step(peer, x, y, device, amp, args.steps, args.compile),
-    }
-    return steps, macs_ours, macs_peer
+    peer = torchvision.models.alexnet(weights=None).to(device).train()
+    macs = {PEER: macs_per_image(create_model("alexnet_owt"), peer)}
+    variants = {OURS: ({}, False, False)} | (ABLATIONS if args.ablate else {})
+    steps = {}
+    for name, (overrides, split, paper_sgd) in variants.items():
+        model = create_model("alexnet_paper", **overrides).to(device).train()
+        macs[name] = macs_per_image(model)
+        model = split_towers(model) if split else model
+        steps[name] = make_step(model.to(memory_format=fmt), x, y, device, amp, args.steps, args.compile, paper_sgd)
+    steps[PEER] = make_step(peer.to(memory_format=fmt), x, y, device, amp, args.steps, args.compile)
+    return steps, macs
+
+
+def report_ablation(times: dict[str, list[float]], macs: dict[str, tuple[int, int]], n: int) -> None:
+    """One row per variant: images/s, and against the peer (paired rounds) per image and per MAC."""
+    print(f"{'variant':<30} {'images/s':>10} {'vs peer':>8} {'per MAC':>8}  (training MACs/image)")
+    for name, ts in times.items():
+        ratio = paired_ratio(times[PEER], ts)
+        per_mac = ratio * macs[name][1] / macs[PEER][1]
+        print(f"{name:<30} {n / median(ts):>10.1f} {ratio:>8.3f} {per_mac:>8.3f}  ({macs[name][1] / 1e6:.1f} M)")
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     device, amp = setup_with_amp(args)
-    steps, (fwd_ours, macs_ours), (fwd_peer, macs_peer) = build(args, device, amp)
+    steps, macs = build(args, device, amp)
+    (fwd_ours, macs_ours), (fwd_peer, macs_peer) = macs[OURS], macs[PEER]
     print(f"MACs per image, forward: ours {fwd_ours / 1e6:.1f} M, peer {fwd_peer / 1e6:.1f} M; training step "
           f"(forward + both gradients): ours {macs_ours / 1e6:.1f} M, peer {macs_peer / 1e6:.1f} M")
     for fn in steps.values():  # warm-up: allocator, oneDNN primitives, cuDNN autotuning, compilation
         fn()
     if args.profile:
-        for label, fn in steps.items():
-            profile(fn, label)
+        for label in (OURS, PEER):
+            profile(steps[label], label, device)
     times = interleaved(steps, args.repeats, device)
-    t_ours, t_peer = times["ours (alexnet_paper)"], times["peer (torchvision alexnet)"]
+    t_ours, t_peer = times[OURS], times[PEER]
     n = args.batch_size * args.steps
+    if args.ablate:
+        report_ablation(times, macs, n)
     ips_ours, ips_peer = n / median(t_ours), n / median(t_peer)
     speed = paired_ratio(t_peer, t_ours)  # ours images/s over the peer's, per back-to-back pair
     # A training step's MACs (forward, grad wrt inputs, grad wrt weights); a MAC is 2 FLOPs.
@@ -137,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"model FLOP utilisation against the faster of the two: ours {gf_ours / best:.1%}, peer {gf_peer / best:.1%}")
     print(f"median of per-round ratios (ours/peer images/s): {speed:.4f}; MAC-normalised {speed * macs_ours / macs_peer:.4f}")
     settings(device=device, batch=args.batch_size, steps_per_round=args.steps, amp=amp or "none",
-             channels_last=args.channels_last != "off", compile=args.compile,
+             channels_last=args.channels_last != "off", compile=args.compile or False,
              optimizer="torch SGD momentum 0.9 wd 5e-4", rounds=args.repeats,
              macs="training step (forward + weight and input gradients)")
     result("train_images_per_s", ips_ours, ips_peer, "images/s")

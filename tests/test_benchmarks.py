@@ -43,6 +43,8 @@ def run_quick(name: str, device: str, tmp_path: Path) -> subprocess.CompletedPro
         args += ["--data", str(make_val_folder(tmp_path))]
     if name == "end_to_end":
         args += ["--data", str(make_image_folder(tmp_path / "photos", classes=2, per_class=4)), "--workers", "1"]
+    if name == "train_step":  # the variants and the profiler tables run too
+        args += ["--ablate", "--profile"]
     return subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=tmp_path, env=cli_env(device == "cuda"))
 
 
@@ -71,6 +73,40 @@ def test_benchmark_quick(name, tmp_path):
             assert "meaningless" in proc.stdout and "constant prediction" in proc.stdout
     if name == "train_step":  # per-MAC ratios count the training step: forward and both gradients
         assert "training step (forward + both gradients): ours 2067.8 M, peer 2072.3 M" in proc.stdout
+        # --ablate: a row per variant with its own training MACs (one tower: dense conv2/4/5).
+        rows = {line[:30].strip(): line for line in proc.stdout.splitlines() if line.startswith("ours") and "M)" in line}
+        assert set(rows) == {"ours (alexnet_paper)", "ours, no LRN", "ours, one tower", "ours, towers as dense convs",
+                             "ours, no dropout", "ours, paper SGD (foreach)"}
+        assert rows["ours, one tower"].endswith("(3300.4 M)") and rows["ours, no LRN"].endswith("(2067.8 M)")
+        assert "--- profile: ours (alexnet_paper), by input shape ---" in proc.stdout
+
+
+def test_split_towers_is_the_grouped_convolution():
+    """The --ablate variant "towers as dense convs" computes what the grouped convolutions do
+    (float64: outputs and every gradient), so its timing measures an implementation, not a model."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from train_step import split_towers
+    finally:
+        sys.path.pop(0)
+    from alexnet.model import create_model
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    grouped = create_model("alexnet_paper", num_classes=10, dropout=0.0, init="kaiming").double()
+    split = create_model("alexnet_paper", num_classes=10, dropout=0.0).double()
+    split.load_state_dict(grouped.state_dict())
+    split = split_towers(split)
+    x = torch.randn(2, 3, 224, 224, dtype=torch.float64)
+    outputs = []
+    for model in (grouped, split):
+        y = model(x)
+        y.square().sum().backward()
+        outputs.append((y, {n: p.grad for n, p in model.named_parameters()}))
+    (y1, g1), (y2, g2) = outputs
+    torch.testing.assert_close(y2, y1, rtol=1e-10, atol=1e-12)
+    for name in g1:
+        torch.testing.assert_close(g2[name], g1[name], rtol=1e-9, atol=1e-12, msg=name)
 
 
 @requires_cuda
