@@ -96,6 +96,17 @@ def test_wrong_num_classes(tiny_fmnist, tmp_path):
     _one_line_error(run_cli("evaluate", "--checkpoint", str(out / "last.pt"), "--data", str(folder)), "3 classes")
 
 
+def test_threads(tiny_fmnist, tmp_path):
+    """--threads N: the run computes on N threads (recorded in config.json), on every computing command."""
+    out = tmp_path / "run"
+    r = run_cli("train", "--data", str(tiny_fmnist), "--epochs", "1", "--batch-size", "32", "--out", str(out), "--threads", "1")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((out / "config.json").read_text())["environment"]["threads"] == 1
+    r = run_cli("evaluate", "--checkpoint", str(out / "last.pt"), "--data", str(tiny_fmnist), "--threads", "1", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["images"] == 40, r.stderr
+    _one_line_error(run_cli("evaluate", "--checkpoint", str(out / "last.pt"), "--threads", "0"), "--threads")
+
+
 def test_missing_default_data_message(monkeypatch):
     from alexnet.data import fashion_mnist, loaders
 

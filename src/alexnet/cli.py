@@ -416,6 +416,10 @@ def build_parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     _add_config_options(common, ["device", "workers", "amp"])
     common.add_argument("--progress", choices=("auto", "on", "off"), default="auto", help="progress bars (auto: on a terminal)")
+    common.add_argument(
+        "--threads", type=_positive_int, metavar="N",
+        help="CPU threads for the computation (default: one per core); give each of two jobs on one machine half",
+    )
 
     _add_train(sub, common)
     _add_use_commands(sub, common)
@@ -562,9 +566,11 @@ def main(argv: list[str] | None = None) -> int:
     from .train import Interrupted
 
     if args.command in _COMPUTING:
-        from .runtime import keep_freed_memory
+        from .runtime import keep_freed_memory, set_threads
 
         keep_freed_memory()
+        if getattr(args, "threads", None):
+            set_threads(args.threads)
     try:
         return args.func(args)
     except Interrupted as e:

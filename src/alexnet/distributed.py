@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 from .errors import ConfigError, TrainingError
+from .runtime import chosen_threads
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,7 @@ def setup(info: DistInfo, device: torch.device, timeout_s: float) -> None:
         torch.cuda.set_device(device)
     else:
         # N ranks on one machine share its cores; torch would give each of them all of the cores.
-        torch.set_num_threads(max(1, cpu_cores() // info.local_world))
+        torch.set_num_threads(chosen_threads() or max(1, cpu_cores() // info.local_world))
     where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
     try:
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
