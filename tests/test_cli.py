@@ -97,7 +97,8 @@ def test_wrong_num_classes(tiny_fmnist, tmp_path):
 
 
 def test_threads(tiny_fmnist, tmp_path):
-    """--threads N: the run computes on N threads (recorded in config.json), on every computing command."""
+    """--threads N: the run computes on N threads (recorded in config.json), on every computing
+    command; a resume on another count says that it will not be bitwise."""
     out = tmp_path / "run"
     r = run_cli("train", "--data", str(tiny_fmnist), "--epochs", "1", "--batch-size", "32", "--out", str(out), "--threads", "1")
     assert r.returncode == 0, r.stderr
@@ -105,6 +106,12 @@ def test_threads(tiny_fmnist, tmp_path):
     r = run_cli("evaluate", "--checkpoint", str(out / "last.pt"), "--data", str(tiny_fmnist), "--threads", "1", "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["images"] == 40, r.stderr
     _one_line_error(run_cli("evaluate", "--checkpoint", str(out / "last.pt"), "--threads", "0"), "--threads")
+    # Resuming on another thread count is said (CPU reductions round differently); on the same, not.
+    r = run_cli("train", "--resume", str(out), "--epochs", "2", "--threads", "2")
+    assert r.returncode == 0, r.stderr
+    assert "note: this run started with 1 CPU threads and resumes with 2;" in r.stdout
+    r = run_cli("train", "--resume", str(out), "--epochs", "3", "--threads", "1")
+    assert r.returncode == 0 and "note: this run started" not in r.stdout + r.stderr, r.stderr
 
 
 def test_missing_default_data_message(monkeypatch):

@@ -567,6 +567,7 @@ def _start_files(run: _Run, resumed: bool) -> None:
         if info.is_main:
             write_text(run.metrics_path, "".join(json.dumps(h) + "\n" for h in run.history))
         run.log(f"resuming {run.run_dir} at epoch {run.pos.epoch + 1}, batch {run.pos.batch}, step {run.pos.step}")
+        _note_thread_change(run)
     elif info.is_main:
         resolved = {
             "train": run.cfg.to_dict(),
@@ -578,6 +579,19 @@ def _start_files(run: _Run, resumed: bool) -> None:
         }
         write_text(run.run_dir / "config.json", json.dumps(resolved, indent=2) + "\n")
         write_text(run.metrics_path, "")
+
+
+def _note_thread_change(run: _Run) -> None:
+    """A note when a CPU run resumes on another thread count than it started with: CPU reductions
+    then round differently, so the run goes on correctly but not bitwise as it would have."""
+    try:
+        started = json.loads((run.run_dir / "config.json").read_text())["environment"]["threads"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    now = torch.get_num_threads()
+    if run.device.type == "cpu" and isinstance(started, int) and started != now:
+        run.log(f"note: this run started with {started} CPU threads and resumes with {now}; it continues, but "
+                f"not bitwise as an uninterrupted run would (--threads {started} resumes exactly)")
 
 
 def _announce(run: _Run) -> None:
