@@ -304,6 +304,27 @@ def test_empty_folders_are_clear_errors(tmp_path):
         load_data(root, 2, 24, val_fraction=0.01, show_progress=False)
 
 
+@pytest.mark.parametrize("enabled", [False, True])
+def test_progress_iterates_its_iterable_once(enabled):
+    """A progress bar over a DataLoader must start one iterator: a second one (tqdm.auto's asyncio
+    class calls iter() in its constructor) starts a second set of workers that decode batches for
+    nothing and report unreadable files twice (bad_files.txt got 5 lines for 4 files)."""
+    from alexnet.runtime import progress
+
+    class Counted:
+        iterators = 0
+
+        def __iter__(self):
+            Counted.iterators += 1
+            return iter(range(3))
+
+        def __len__(self):
+            return 3
+
+    assert list(progress(Counted(), total=3, enabled=enabled)) == [0, 1, 2]
+    assert Counted.iterators == 1
+
+
 def test_cli_prepare_strict_and_default(tmp_path):
     root, bad, _ = _bad_folder(tmp_path / "imgs")
     r = run_cli("prepare", "--data", str(root), "--out", str(tmp_path / "p"), "--strict", "--workers", "0")

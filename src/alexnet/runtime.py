@@ -157,7 +157,10 @@ def progress(iterable: Iterable, total: int | None = None, desc: str = "", enabl
 
 def progress_bar(total: int | None, desc: str = "", enabled: bool | None = None, unit: str = "it", iterable: Iterable | None = None):
     """A tqdm bar to ``update`` by hand (or over ``iterable``); bytes (``unit="B"``) shown as kB/MB."""
-    from tqdm.auto import tqdm
+    # tqdm.std, not tqdm.auto: auto's asyncio class calls iter(iterable) in its constructor and then
+    # iterates afresh, so a DataLoader was iterated twice: a second set of workers decoded the first
+    # batches for nothing, and reported the same unreadable files again.
+    from tqdm.std import tqdm
 
     if enabled is None:
         enabled = sys.stderr.isatty()
