@@ -52,13 +52,12 @@ BENCH=${BENCH:-lrn train_step train_step_compiled inference data_pipeline end_to
 for part in $PARTS; do  # a typo must not cost a borrowed GPU's minutes: checked before anything runs
     case "$part" in bench|tests) ;; *) echo "gpu-check.sh: error: unknown part '$part' in PARTS (bench, tests)" >&2; exit 2 ;; esac
 done
+KNOWN="lrn train_step train_step_compiled train_step_graphs inference data_pipeline end_to_end allreduce"  # run_bench's cases
 for name in $BENCH; do
-    case "$name" in
-        lrn|train_step|train_step_compiled|train_step_graphs|inference|data_pipeline|end_to_end|allreduce) ;;
-        *) echo "gpu-check.sh: error: unknown benchmark '$name' in BENCH (lrn, train_step, train_step_compiled," \
-                "train_step_graphs, inference, data_pipeline, end_to_end, allreduce)" >&2
-           exit 2 ;;
-    esac
+    if [[ " $KNOWN " != *" $name "* ]]; then
+        echo "gpu-check.sh: error: unknown benchmark '$name' in BENCH (${KNOWN// /, })" >&2
+        exit 2
+    fi
 done
 BUDGET=${BUDGET_S:-0}
 if ! [[ "$BUDGET" =~ ^[0-9]+$ ]]; then

@@ -24,6 +24,17 @@ EXPECTED = {
 SETTINGS_LINE = {"train_step", "inference", "end_to_end"}  # lrn.py prints its settings in its own words
 
 
+def bench_module(name: str):
+    """A module of benchmarks/ (``_common``, ``train_step``), imported as the scripts import each other."""
+    import importlib
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.pop(0)
+
+
 def parse_results(stdout: str) -> dict[str, tuple[float, float, float, str]]:
     out = {}
     for line in stdout.splitlines():
@@ -84,14 +95,11 @@ def test_benchmark_quick(name, tmp_path):
 def test_split_towers_is_the_grouped_convolution():
     """The --ablate variant "towers as dense convs" computes what the grouped convolutions do
     (float64: outputs and every gradient), so its timing measures an implementation, not a model."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        from train_step import split_towers
-    finally:
-        sys.path.pop(0)
+    split_towers = bench_module("train_step").split_towers
+    import torch
+
     from alexnet.model import create_model
 
-    torch = pytest.importorskip("torch")
     torch.manual_seed(0)
     grouped = create_model("alexnet_paper", num_classes=10, dropout=0.0, init="kaiming").double()
     split = create_model("alexnet_paper", num_classes=10, dropout=0.0).double()
@@ -124,11 +132,7 @@ def test_benchmark_refuses_cuda_without_a_gpu(tmp_path):
 
 
 def test_training_macs_count_forward_and_both_gradients():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        from _common import training_macs
-    finally:
-        sys.path.pop(0)
+    training_macs = bench_module("_common").training_macs
     from alexnet.model import create_model
     from alexnet.summary import layer_table
 
@@ -148,11 +152,7 @@ def test_cli_benchmark_rejects_unknown_name():
 
 
 def test_result_line_format():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        from _common import result
-    finally:
-        sys.path.pop(0)
+    result = bench_module("_common").result
     import contextlib
     import io
 

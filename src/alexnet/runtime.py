@@ -101,8 +101,8 @@ def set_threads(n: int) -> None:
     """Use ``n`` CPU threads for torch's operators and this package's C kernels (``--threads``).
 
     Two jobs on one machine that each take every core slow each other down badly (two Fashion-MNIST
-    epochs at once on 2 cores: 110 images/s each; with one thread each: 490). An explicit choice also wins over the per-rank share that
-    :func:`alexnet.distributed.init` gives the processes of a CPU run.
+    epochs at once on 2 cores: 110 images/s each; with one thread each: 490). An explicit choice
+    also wins over the per-rank share that :func:`alexnet.distributed.setup` gives a CPU run's ranks.
     """
     global _THREADS
     torch.set_num_threads(n)
