@@ -282,3 +282,32 @@ def test_fault_values():
     finally:
         faults.arm(None)
     faults.reached("step", 3)  # unarmed: nothing happens
+
+
+def test_rng_states_leave_an_unused_cuda_alone(monkeypatch):
+    """A CPU run on a GPU machine must not create CUDA contexts to save or restore GPU RNG states
+    (seconds and memory per process, per checkpoint); a run on fewer GPUs than the one that saved
+    restores the devices it has. Faked CUDA: this checks which calls are made, not CUDA itself."""
+    from alexnet import runtime
+
+    calls = []
+
+    def forbidden(*args):
+        raise AssertionError("touched the CUDA RNG of a process that never used CUDA")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", forbidden)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", forbidden)
+    state = runtime.rng_state()
+    assert "cuda" not in state
+    runtime.set_rng_state({**state, "cuda": [torch.zeros(8, dtype=torch.uint8)] * 3})
+
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [torch.full((8,), i, dtype=torch.uint8) for i in range(2)])
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, index: calls.append((int(s[0]), index)))
+    saved = runtime.rng_state()
+    assert [int(s[0]) for s in saved["cuda"]] == [0, 1]
+    runtime.set_rng_state({**saved, "cuda": [torch.full((8,), 10 + i, dtype=torch.uint8) for i in range(4)]})
+    assert calls == [(10, 0), (11, 1)], "states of the GPUs this machine has, each to its own device"

@@ -137,7 +137,9 @@ def rng_state() -> dict:
         "numpy_pos": int(np_state[2]),
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
+    # Only where this process has used CUDA: asking an uninitialised CUDA for its states would
+    # create a context on every visible GPU (seconds and memory) in a CPU run on a GPU machine.
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
@@ -146,8 +148,11 @@ def set_rng_state(state: dict) -> None:
     random.setstate((3, tuple(state["python"]), state["python_pos"]))
     np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    # A CPU run (CUDA untouched) ignores saved GPU states; a run on fewer GPUs than the one that
+    # saved them restores the devices it has (set_rng_state_all would fail on the missing ones).
+    if "cuda" in state and torch.cuda.is_available() and torch.cuda.is_initialized():
+        for index, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, index)
 
 
 def progress(iterable: Iterable, total: int | None = None, desc: str = "", enabled: bool | None = None, unit: str = "it"):
