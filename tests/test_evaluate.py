@@ -12,7 +12,7 @@ import torch
 from conftest import make_image_folder
 from PIL import Image
 
-from alexnet import create_model
+from alexnet import create_model, figures
 from alexnet.checkpoint import save_atomic
 from alexnet.cli import main
 from alexnet.data.folder import ImageFolderDataset
@@ -208,6 +208,14 @@ def test_visualize_filters_and_curves(tmp_path, capsys):
         return int((np.abs(rgb - [255, 127, 14]).sum(axis=2) < 30).sum())
 
     assert orange_pixels(run / "curves.png") == 0 < orange_pixels(both)
+    # A run short of its planned epochs is marked: named "3 of 30 epochs", its last points ringed.
+    (other / "config.json").write_text(json.dumps({"train": {"epochs": 3}}))
+    assert figures.unfinished(other, lines) == "" == figures.unfinished(run, lines)  # done / plan unknown
+    (other / "config.json").write_text(json.dumps({"train": {"epochs": 30}}))
+    assert figures.unfinished(other, lines) == "3 of 30 epochs"
+    short = tmp_path / "short.png"
+    assert main(["visualize", "curves", str(run), str(other), "--out", str(short)]) == 0
+    assert orange_pixels(short) > orange_pixels(both) + 50  # the six rings
     assert "no metrics.jsonl" in cli_fails(capsys, "visualize", "curves", str(tmp_path))
 
 

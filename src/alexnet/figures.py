@@ -118,7 +118,8 @@ def plot_curves(run_dirs: str | os.PathLike | Sequence[str | os.PathLike], out: 
     """Loss, top-1/top-5 error and learning rate per epoch from ``metrics.jsonl``; writes ``curves.png``.
 
     Several run folders (seeds, recipes) share one figure, a colour per run, named by its folder;
-    solid lines are validation, dashed ones training. Default ``out``: ``RUN/curves.png`` for one
+    solid lines are validation, dashed ones training; a run short of its planned epochs is named
+    with how far it got and its last points are ringed (:func:`unfinished`). Default ``out``: ``RUN/curves.png`` for one
     run, ``curves.png`` here for several. Cheap enough to call after every epoch. Size:
     :data:`CURVES_SIZE` pixels.
     """
@@ -129,7 +130,11 @@ def plot_curves(run_dirs: str | os.PathLike | Sequence[str | os.PathLike], out: 
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(CURVES_SIZE[0] / DPI, CURVES_SIZE[1] / DPI), layout="constrained")
     for i, (run, recs) in enumerate(zip(runs, records)):
-        _plot_run(axes, recs, f"C{i % 10}", "" if len(runs) == 1 else f"{Path(run).resolve().name}: ")
+        short = unfinished(run, recs)
+        name = "" if len(runs) == 1 else f"{Path(run).resolve().name}{f' ({short})' if short else ''}: "
+        _plot_run(axes, recs, f"C{i % 10}", name, open_end=bool(short))
+        if short and len(runs) == 1:
+            fig.suptitle(f"{Path(run).resolve().name}: {short}", fontsize="medium")
     axes[0].set(title="loss (solid: validation, dashed: train)", xlabel="epoch")
     axes[1].set(title="error rate (dotted: val top-5)", xlabel="epoch", ylim=(0, 1))
     axes[2].set(title="learning rate (end of epoch)", xlabel="epoch")
@@ -143,20 +148,40 @@ def plot_curves(run_dirs: str | os.PathLike | Sequence[str | os.PathLike], out: 
     return _save(fig, out if out is not None else default)
 
 
-def _plot_run(axes, records: list[dict[str, Any]], colour: str, name: str) -> None:
-    """One run's lines on the three panels of :func:`plot_curves`, in ``colour``."""
+def unfinished(run_dir: str | os.PathLike, records: list[dict[str, Any]]) -> str:
+    """``"12 of 30 epochs"`` for a run with fewer epochs recorded than its config.json planned
+    (still running, stopped, or ended by the plateau rule); ``""`` for a finished run or when
+    config.json does not say. Runs of different lengths share a figure's axis: this tells a run
+    that was cut short from one that was planned short."""
+    try:
+        planned = int(json.loads((Path(run_dir) / "config.json").read_text(encoding="utf-8"))["train"]["epochs"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    done = records[-1].get("epoch", len(records))
+    return f"{done} of {planned} epochs" if isinstance(done, int) and done < planned else ""
+
+
+def _plot_run(axes, records: list[dict[str, Any]], colour: str, name: str, open_end: bool = False) -> None:
+    """One run's lines on the three panels of :func:`plot_curves`, in ``colour``; ``open_end``
+    rings each line's last point (the run has not reached its planned epochs)."""
     epochs = [r.get("epoch", i + 1) for i, r in enumerate(records)]
 
     def series(key: str, fn=lambda v: v):
         return [fn(r[key]) if r.get(key) is not None else float("nan") for r in records]
 
     style = {"color": colour, "marker": "o", "markersize": 3}
-    axes[0].plot(epochs, series("train_loss"), "--", label=f"{name}train", **style)
-    axes[0].plot(epochs, series("val_loss"), "-", label=f"{name}validation", **style)
-    axes[1].plot(epochs, series("train_top1", lambda v: 1 - v), "--", label=f"{name}train top-1", **style)
-    axes[1].plot(epochs, series("val_top1_error"), "-", label=f"{name}val top-1", **style)
-    axes[1].plot(epochs, series("val_top5_error"), ":", label=f"{name}val top-5", **style)
-    axes[2].plot(epochs, series("lr"), "-", **style)
+    lines = [
+        (axes[0], series("train_loss"), "--", f"{name}train"),
+        (axes[0], series("val_loss"), "-", f"{name}validation"),
+        (axes[1], series("train_top1", lambda v: 1 - v), "--", f"{name}train top-1"),
+        (axes[1], series("val_top1_error"), "-", f"{name}val top-1"),
+        (axes[1], series("val_top5_error"), ":", f"{name}val top-5"),
+        (axes[2], series("lr"), "-", None),
+    ]
+    for ax, ys, fmt, label in lines:
+        ax.plot(epochs, ys, fmt, label=label, **style)
+        if open_end:
+            ax.plot(epochs[-1:], ys[-1:], "o", markersize=9, fillstyle="none", color=colour)
 
 
 # -- confusion matrix --------------------------------------------------------------------------
