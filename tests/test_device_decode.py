@@ -89,6 +89,46 @@ def test_float_resize_within_one_grey_level_of_the_exact_kernel():
         assert (approx - reference).abs().max() <= 1 and (approx != reference).float().mean() < 0.01
 
 
+def test_encoded_files_are_not_pinned(tmp_path):
+    """Pinned memory speeds up host-to-GPU copies of decoded images; the encoded bytes that go to
+    nvJPEG are plain CPU tensors, and pinning them would copy every file once more for nothing."""
+    root = make_image_folder(tmp_path / "imgs")
+    common = dict(batch_size=4, input_size=32, workers=0, show_progress=False, pin_memory=True)
+    dev, cpu = load_data(root, decode_device="cpu", **common), load_data(root, **common)
+    try:
+        assert not dev.train.loader.pin_memory and not dev.val.loader.pin_memory
+        assert cpu.train.loader.pin_memory  # decoded in the workers: pinned as asked
+    finally:
+        dev.close()
+        cpu.close()
+
+
+def test_gpu_decode_waits_for_queued_work(tmp_path, monkeypatch):
+    """nvJPEG may be handed memory that kernels queued on the caller's stream still read
+    (pytorch/vision#9606): the decoder lets that stream finish first. Faked CUDA: this checks the
+    order of the calls, not nvJPEG."""
+    from alexnet.data import device_decode
+    from alexnet.data.folder import ImageFolderDataset
+
+    calls = []
+
+    class Stream:
+        def synchronize(self):
+            calls.append("synchronize")
+
+    def fake_decode(data, mode, device):
+        calls.append(f"decode on {device}")
+        return [torch.zeros(3, 40, 40, dtype=torch.uint8) for _ in data]
+
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream())
+    monkeypatch.setattr(device_decode, "decode_jpeg", fake_decode)
+    ds = ImageFolderDataset(make_image_folder(tmp_path / "imgs"), resize=32, size=32)
+    decoder = device_decode.DeviceDecoder(ds, "cuda")
+    monkeypatch.setattr(decoder, "_resize", lambda x: x)
+    decoder._decode([torch.zeros(10, dtype=torch.uint8)] * 2, [0, 1])
+    assert calls == ["synchronize", "decode on cuda"]
+
+
 def test_decode_choice():
     assert decode_device("auto", torch.device("cpu")) is None
     assert decode_device("cpu", torch.device("cuda")) is None

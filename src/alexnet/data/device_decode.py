@@ -80,7 +80,7 @@ class DeviceDecoder:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
-                raw = decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device)
+                raw = self._gpu_decode(data)
         except RuntimeError:  # one bad file fails the whole call: decode them one by one
             return [self._one(d, i) for d, i in zip(data, index)]
         return [self._resize(x) for x in raw]
@@ -89,7 +89,7 @@ class DeviceDecoder:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
-                return self._resize(decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device))
+                return self._resize(self._gpu_decode(data))
         except RuntimeError:
             pass
         try:  # the CPU decoders: PIL reads what libjpeg/nvJPEG refuse, or says why it cannot
@@ -97,6 +97,15 @@ class DeviceDecoder:
         except Exception as e:  # noqa: BLE001 - any decoder failure is a bad file, never a lost run
             self.dataset.bad.report(self.dataset.samples[index][0], e)
             return None
+
+    def _gpu_decode(self, data):
+        # nvJPEG writes its outputs from a private stream that does not wait for the caller's, and
+        # the caching allocator may hand it a block that kernels queued on the caller's stream still
+        # read (pytorch/vision#9606): let the queued work finish first. The training step reads its
+        # loss every step, so this wait costs nothing there today.
+        if self.device.type == "cuda":
+            torch.cuda.current_stream(self.device).synchronize()
+        return decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device)
 
     def _resize(self, x: torch.Tensor) -> torch.Tensor:
         return _resize_crop(x, self.dataset.resize, self.dataset.size)

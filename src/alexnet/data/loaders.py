@@ -139,7 +139,8 @@ def _batches(ds, indices, bs, shuffle, drop_last, seed, rank, world, workers, pi
         batch_sampler=sampler,
         num_workers=workers,
         collate_fn=batch_passthrough if isinstance(ds, PackedDataset) else collate_raw if decode else collate,
-        pin_memory=pin_memory,
+        # The encoded bytes go to the decoder as plain CPU tensors: pinning them is a copy for nothing.
+        pin_memory=pin_memory and decode is None,
         persistent_workers=workers > 0,
         # Each new iterator draws its workers' base seed from this generator; without one it draws
         # from the global torch RNG, which also makes the dropout masks: a resumed run (a new
