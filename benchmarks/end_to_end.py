@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -93,29 +92,34 @@ class Utilisation:
         self._thread = threading.Thread(target=self._run, daemon=True) if self.source else None
 
     def _sampler(self, device: torch.device):
+        """A working reader of this device's utilisation (each tried once), or None."""
         if device.type != "cuda":
             return None
-        index = device.index or 0
-        try:
-            import pynvml
-
-            pynvml.nvmlInit()
-            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-            self.read = lambda: float(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu)
-            return "NVML"
-        except Exception:  # noqa: BLE001 - pynvml absent or unusable: try the command line
-            pass
-        if shutil.which("nvidia-smi"):
-            cmd = ["nvidia-smi", f"--id={index}", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"]
-            self.read = lambda: float(subprocess.run(cmd, capture_output=True, text=True, timeout=5).stdout.split()[0])
-            return "nvidia-smi"
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        # torch.cuda.utilization maps a CUDA index to NVML's through CUDA_VISIBLE_DEVICES (NVML
+        # numbers every GPU of the machine, in PCI order); nvidia-smi takes the same entry (an
+        # index or a UUID) from CUDA_VISIBLE_DEVICES.
+        visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+        smi_id = visible[index] if index < len(visible) else str(index)
+        cmd = ["nvidia-smi", f"--id={smi_id}", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"]
+        readers = {
+            "NVML": lambda: float(torch.cuda.utilization(index)),
+            "nvidia-smi": lambda: float(subprocess.run(cmd, capture_output=True, text=True, timeout=5).stdout.split()[0]),
+        }
+        for source, read in readers.items():
+            try:
+                read()
+            except Exception:  # noqa: BLE001 - pynvml absent, no nvidia-smi, MIG, a container without NVML
+                continue
+            self.read = read
+            return source
         return None
 
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
                 self.samples.append((time.time(), self.read()))
-            except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+            except Exception:  # noqa: BLE001 - a failed read is a missing sample, never a dead sampler
                 pass
             self._stop.wait(0.2)
 
@@ -161,7 +165,7 @@ def pure_step(args, device: torch.device, amp) -> float:
     step = make_step(model, x, y, device, amp, 1 if args.quick else 10)
     step()  # warm-up: cuDNN autotuning, allocator
     times = interleaved({"pure step (alexnet_paper)": step}, args.repeats, device)["pure step (alexnet_paper)"]
-    del model, x
+    del model, x, y, step  # the step's closure holds the model, its gradients and the momentum
     if device.type == "cuda":
         torch.cuda.empty_cache()  # the training subprocesses need the memory
     return args.batch_size * (1 if args.quick else 10) / median(times)

@@ -7,6 +7,7 @@ import math
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -160,3 +161,52 @@ def test_result_line_format():
     with contextlib.redirect_stdout(buf):
         result("x", 3.0, 2.0, "images/s")
     assert parse_results(buf.getvalue()) == {"x": (3.0, 2.0, 1.5, "images/s")}
+
+
+def test_gpu_utilisation_sampler_picks_a_working_reader(monkeypatch):
+    """end_to_end.py's GPU utilisation: NVML through torch (which maps CUDA's index to NVML's),
+    else nvidia-smi on the CUDA_VISIBLE_DEVICES entry, else "not measured"; a failing read never
+    stops the sampling. Faked CUDA and nvidia-smi: this checks the choices, not the GPU."""
+    import torch
+
+    end_to_end = bench_module("end_to_end")
+    cuda1 = torch.device("cuda", 1)
+    monkeypatch.setattr(torch.cuda, "utilization", lambda index: {1: 37}[index])
+    util = end_to_end.Utilisation(cuda1)
+    assert util.source == "NVML" and util.read() == 37.0
+
+    def no_nvml(index):
+        raise ModuleNotFoundError("pynvml does not seem to be installed")
+
+    asked = []
+
+    def smi(cmd, **kw):
+        asked.append(cmd[1])
+        return subprocess.CompletedProcess(cmd, 0, stdout="52\n")
+
+    monkeypatch.setattr(torch.cuda, "utilization", no_nvml)
+    monkeypatch.setattr(end_to_end.subprocess, "run", smi)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,GPU-5e1f")
+    util = end_to_end.Utilisation(cuda1)
+    assert util.source == "nvidia-smi" and util.read() == 52.0 and asked[-1] == "--id=GPU-5e1f"
+
+    monkeypatch.setattr(end_to_end.subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(cmd, 0, stdout=""))
+    assert end_to_end.Utilisation(cuda1).source is None  # nothing works: not measured, no thread
+    assert end_to_end.Utilisation(torch.device("cpu")).source is None
+
+    reads = iter([RuntimeError("NVML: GPU is lost"), 40.0, 60.0])
+
+    def flaky():
+        value = next(reads, 50.0)
+        if isinstance(value, Exception):
+            raise value
+        return value
+
+    monkeypatch.setattr(torch.cuda, "utilization", lambda index: 10)
+    util = end_to_end.Utilisation(cuda1)
+    util.read = flaky
+    with util:
+        deadline = time.monotonic() + 5
+        while len(util.samples) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert [u for _, u in util.samples[:2]] == [40.0, 60.0]  # the failed read was skipped, sampling went on

@@ -49,7 +49,8 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
         return None
     if amp == "auto":
         if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            with torch.cuda.device(device):  # the device asked about, not cuda:0
+                return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         if device.type == "cpu" and cpu_supports_bf16():
             return torch.bfloat16
         return None
