@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import struct
 from pathlib import Path
 
@@ -236,6 +237,13 @@ def test_export_safetensors_and_torchscript_load_back(tmp_path, paper_ckpt, caps
     assert main(["export", "--checkpoint", str(paper_ckpt), "--format", "torchscript", "--out", str(ts)]) == 0
     with torch.no_grad():
         torch.testing.assert_close(torch.jit.load(str(ts))(x), ref, rtol=1e-5, atol=1e-5)
+    # Given to a command as a checkpoint, an export says what it is and what reads it: one line, exit 2.
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(ts)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "a TorchScript file (load it with torch.jit.load)" in err
+    with pytest.raises(alexnet.CheckpointError, match="an ONNX file"):
+        alexnet.load(shutil.copy(ts, tmp_path / "m.onnx"))
 
 
 def test_torch_hub_local(tmp_path, paper_ckpt):

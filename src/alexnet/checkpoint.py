@@ -14,6 +14,7 @@ import os
 import pickle
 import re
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"checkpoint not found: {path}")
     if is_safetensors(path):
         return load_safetensors(path, map_location)
+    export = _export_kind(path)
+    if export is not None:  # before torch.load, which would hand a TorchScript file to torch.jit.load
+        raise CheckpointError(f"{path}: {export}; alexnet.load and the commands read .pt checkpoints and .safetensors")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
@@ -104,6 +108,19 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
         raise CheckpointError(f"{path}: not an alexnet checkpoint (no 'model' state dict)")
     return ckpt
+
+
+def _export_kind(path: Path) -> str | None:
+    """What a file that is not a checkpoint is, when it is one of our other export formats."""
+    if path.suffix.lower() == ".onnx":
+        return "an ONNX file (run it with onnxruntime)"
+    try:
+        with zipfile.ZipFile(path) as z:  # TorchScript: ROOT/code/... beside ROOT/data/...
+            if any(name.split("/")[1:2] == ["code"] for name in z.namelist()):
+                return "a TorchScript file (load it with torch.jit.load)"
+    except (OSError, zipfile.BadZipFile):
+        pass
+    return None
 
 
 def is_safetensors(path: str | os.PathLike) -> bool:
