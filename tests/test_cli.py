@@ -82,6 +82,9 @@ def test_bad_input(tmp_path, tiny_fmnist):
     (empty / "cls").mkdir()
     _one_line_error(run_cli("train", "--data", str(empty)), "no images")
     _one_line_error(run_cli("train", "--epochs", "0"), "--epochs")
+    one = make_image_folder(tmp_path / "one", classes=1)  # trained, it reached loss 0 and "top-1 1.0"
+    _one_line_error(run_cli("train", "--data", str(one), "--out", str(tmp_path / "run1")), "only one class (class0)")
+    assert not (tmp_path / "run1").exists()  # a run that fails before its first checkpoint leaves nothing
     _one_line_error(run_cli("evaluate", "--checkpoint", str(tmp_path / "missing.pt")), "missing.pt")
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"this is not a checkpoint")

@@ -35,7 +35,7 @@ from .config import TrainConfig, validate
 from .data.device_decode import decode_device
 from .data.loaders import DataBundle, load_data, model_input, set_epoch
 from .data.presets import Preprocess
-from .errors import AlexNetError, CheckpointError, ConfigError, TrainingError
+from .errors import AlexNetError, CheckpointError, ConfigError, DataError, TrainingError
 from .evaluate import score, summarize
 from .health import HealthMonitor
 from .model import LAYER_NAMES, AlexNet, create_model, model_config, torchvision_key
@@ -466,6 +466,8 @@ def _wire(
     torch.backends.cudnn.benchmark = device.type == "cuda"
     data = _load(cfg, info, device, run_dir, show_progress)
     cleanup.callback(data.close)  # the workers stop when the run ends, however it ends
+    if len(data.classes) < 2:  # one class: the loss is 0 from the first step and nothing is learned
+        raise DataError(f"{data.source}: only one class ({data.classes[0]}); a classifier needs at least two")
     if cfg.num_classes is not None and cfg.num_classes != len(data.classes):
         raise ConfigError(f"--num-classes {cfg.num_classes} does not match the {len(data.classes)} classes of {data.source}")
     seed_everything(cfg.seed)  # the init does not depend on what data loading drew
