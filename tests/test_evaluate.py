@@ -242,3 +242,53 @@ def test_bad_input_one_line(tmp_path, capsys):
     assert "broken.jpg" in err
     err = cli_fails(capsys, "retrieve", str(bad), "--index", str(tmp_path / "text.pt"))
     assert "text.pt" in err
+
+
+def test_one_channel_checkpoint_on_photos_against_independent_computation(tmp_path, capsys):
+    """A Fashion-MNIST-style checkpoint (one channel, 28 px, no resize in its recipe) evaluated on,
+    and indexing, a folder of colour photos: each photo becomes its luma at the checkpoint's stored
+    size, as `predict` does; before, evaluate and features crashed ("shape '[3]' is invalid")."""
+    import alexnet
+
+    rng = np.random.default_rng(4)
+    folder = tmp_path / "photos"
+    for c in range(3):
+        (folder / f"class{c}").mkdir(parents=True)
+        for i in range(3):  # lossless 28 px RGB: the reference needs no decoder or resize of ours
+            Image.fromarray(rng.integers(0, 256, (28, 28, 3), dtype=np.uint8)).save(folder / f"class{c}" / f"{i}.png")
+    torch.manual_seed(2)
+    m = create_model("alexnet_small", num_classes=3, in_chans=1, input_size=28, widths=[8, 8, 8, 8, 8], fc_width=16, dropout=0.0)
+    with torch.no_grad():
+        m.fc8.weight.mul_(30)
+    pre = {"dataset": "fashion_mnist", "resize": None, "size": 28, "train_crop": 28, "test_crop": 28, "input_size": 28,
+           "padding": 0, "flip": True, "mean": [73.0], "std": [90.0]}
+    ckpt = tmp_path / "fm.pt"
+    save_atomic({"model": m.state_dict(), "model_config": m.config.to_dict(), "classes": ["class0", "class1", "class2"],
+                 "preprocess": pre}, ckpt)
+    got = cli_json(capsys, "evaluate", "--checkpoint", str(ckpt), "--data", str(folder), "--json", "--amp", "none")
+    index = tmp_path / "index.safetensors"
+    assert main(["features", "--checkpoint", str(ckpt), "--data", str(folder), "--out", str(index)]) == 0
+
+    # Independent: PIL's RGB pixels, the ITU-R 601 luma in float64, the model in float64.
+    model = alexnet.load(ckpt).double().eval()
+    files = sorted(folder.glob("*/*.png"))
+    rgb = torch.from_numpy(np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])).double()
+    luma = (rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114).round().unsqueeze(1)
+    labels = torch.tensor([int(f.parent.name[-1]) for f in files])
+    with torch.no_grad():
+        x = (luma - 73.0) / 90.0
+        logp = torch.log_softmax(model(x), dim=1)
+        fc7 = model.forward_fc7(x)
+    assert got["images"] == 9
+    assert got["top1"] == pytest.approx(float((logp.argmax(1) == labels).double().mean()))
+    assert got["loss"] == pytest.approx(float(-logp.gather(1, labels[:, None]).mean()), rel=1e-4)
+    saved = alexnet.retrieval.load_index(index)
+    order = [saved["paths"].index(str(f)) for f in files]
+    torch.testing.assert_close(saved["features"][order].double(), fc7, rtol=1e-4, atol=1e-4)
+
+
+def test_tensor_data_that_does_not_fit_the_checkpoint_is_one_line(tmp_path, capsys, tiny_fmnist):
+    """A photo checkpoint (3 channels, a 76 px recipe) cannot take Fashion-MNIST's 28 px grey images."""
+    ckpt = tiny_checkpoint(tmp_path / "m.pt", classes=10)
+    err = cli_fails(capsys, "evaluate", "--checkpoint", str(ckpt), "--data", str(tiny_fmnist))
+    assert "1-channel 28x28" in err and "3-channel images of 76x76" in err

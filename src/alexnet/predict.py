@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from .data.folder import _image_files, decode_image
+from .data.folder import _image_files, decode_image, to_luma
 from .data.loaders import model_input
 from .data.presets import Preprocess
 from .errors import DataError
@@ -49,16 +49,12 @@ def load_image(path: str | os.PathLike, preprocess: Preprocess) -> torch.Tensor:
     Raises:
         DataError: the file cannot be read as an image.
     """
-    size = preprocess.size or preprocess.test_crop
-    resize = preprocess.resize or size
+    resize, size = preprocess.stored_sizes()
     try:
         image = decode_image(str(path), resize, size)
     except Exception as e:  # noqa: BLE001 - whatever the decoder raises, the file is what is wrong
         raise DataError(f"{path}: cannot read this image ({type(e).__name__}: {' '.join(str(e).split()) or 'no detail'})") from None
-    if preprocess.channels == 1:
-        luma = image[0].double() * 0.299 + image[1].double() * 0.587 + image[2].double() * 0.114
-        image = luma.round().clamp(0, 255).to(torch.uint8).unsqueeze(0)
-    return image
+    return to_luma(image) if preprocess.channels == 1 else image
 
 
 def true_class(path: str | os.PathLike, classes: list[str]) -> str | None:

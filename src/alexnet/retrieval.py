@@ -58,7 +58,8 @@ def build_index(
     subfolders = any(d.is_dir() and not d.name.startswith(".") for d in root.iterdir())
     loose = [] if subfolders else _image_files(root)
     flat = {"samples": [(f, -1) for f in loose], "classes": ([], [])} if loose else {}
-    ds = ImageFolderDataset(root, resize=pre.resize or pre.size, size=pre.size, **flat)
+    resize, size = pre.stored_sizes()
+    ds = ImageFolderDataset(root, resize=resize, size=size, channels=pre.channels, **flat)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate)
     feats, labels, kept = [], [], []
     for batch in progress(loader, total=len(loader), desc="fc7 features", enabled=show_progress, unit="batch"):

@@ -93,7 +93,7 @@ class DeviceDecoder:
         except RuntimeError:
             pass
         try:  # the CPU decoders: PIL reads what libjpeg/nvJPEG refuse, or says why it cannot
-            return decode_bytes(data.numpy().tobytes(), self.dataset.resize, self.dataset.size).to(self.device)
+            return self.dataset.finish(decode_bytes(data.numpy().tobytes(), self.dataset.resize, self.dataset.size)).to(self.device)
         except Exception as e:  # noqa: BLE001 - any decoder failure is a bad file, never a lost run
             self.dataset.bad.report(self.dataset.samples[index][0], e)
             return None
@@ -108,4 +108,4 @@ class DeviceDecoder:
         return decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device)
 
     def _resize(self, x: torch.Tensor) -> torch.Tensor:
-        return _resize_crop(x, self.dataset.resize, self.dataset.size)
+        return self.dataset.finish(_resize_crop(x, self.dataset.resize, self.dataset.size))

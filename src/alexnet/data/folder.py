@@ -240,12 +240,20 @@ def decode_bytes(data: bytes, resize: int, crop: int | None) -> torch.Tensor:
     return _resize_crop(torch.from_numpy(arr.copy()).permute(2, 0, 1), resize, crop)
 
 
+def to_luma(images: torch.Tensor) -> torch.Tensor:
+    """RGB uint8 (..., 3, H, W) -> (..., 1, H, W): the ITU-R 601 luma, as PIL's "L" mode, for
+    one-channel models (Fashion-MNIST) shown photos."""
+    r, g, b = images.double().unbind(-3)
+    return (r * 0.299 + g * 0.587 + b * 0.114).round().clamp(0, 255).to(torch.uint8).unsqueeze(-3)
+
+
 class ImageFolderDataset(torch.utils.data.Dataset):
     """Images of an ImageFolder tree as uint8 (3, size, size) tensors: shorter side -> ``resize``,
     central ``size`` square (the paper's 256x256). Items are (image, label, index).
 
     ``samples`` may be given (e.g. the ILSVRC flat val/ folder); unreadable files go to ``bad``
     (default: skipped, one warning each): the item comes back as ``None``, dropped by :func:`collate`.
+    ``channels=1`` gives (1, size, size) luma images, for a one-channel model's checkpoint.
     """
 
     def __init__(
@@ -256,8 +264,10 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         bad: BadFiles | None = None,
         samples: list[tuple[str, int]] | None = None,
         classes: tuple[list[str], list[str]] | None = None,
+        channels: int = 3,
     ) -> None:
         self.root = Path(root)
+        self.channels = channels
         self.folders, self.classes = classes if classes is not None else find_classes(self.root)
         self.samples = samples if samples is not None else list_images(self.root, self.folders)
         if not self.samples:
@@ -280,7 +290,11 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         except Exception as e:  # noqa: BLE001 - any decoder failure is a bad file, never a lost run
             self.bad.report(path, e)
             return None
-        return image, label, index
+        return (self.finish(image) if image.dim() == 3 else image), label, index
+
+    def finish(self, image: torch.Tensor) -> torch.Tensor:
+        """A decoded RGB image in this data set's channels (luma for one)."""
+        return to_luma(image) if self.channels == 1 else image
 
     def _read_raw(self, path: str) -> torch.Tensor:
         """The file's bytes if :func:`decode_bytes` would decode it with ``decode_jpeg`` (a JPEG under

@@ -363,6 +363,16 @@ def _to_model(x: torch.Tensor, preprocess: Preprocess, channels_last: bool) -> t
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
+def _check_fits(preprocess: Preprocess, channels: int, side: int, source: str) -> None:
+    """Stored images a checkpoint's recipe cannot take (another channel count or size) -> one line."""
+    if not preprocess.fits(channels, side):
+        want = f"{preprocess.channels}-channel images" + (f" of {preprocess.size}x{preprocess.size}" if preprocess.size else "")
+        raise DataError(
+            f"{source}: its images are {channels}-channel {side}x{side}, but the checkpoint takes {want} "
+            f"(it was trained on {preprocess.dataset} data); an image folder is decoded to fit any checkpoint"
+        )
+
+
 def load_eval_data(
     data: str | os.PathLike | None,
     preprocess: Preprocess,
@@ -383,22 +393,26 @@ def load_eval_data(
     kind = detect(root)
     if kind == "fashion_mnist":
         x, y = load_fashion_mnist(root, "test")
-        loader = TensorBatches(x, y, EpochBatchSampler(len(x), batch_size, False))
-        return loader, list(FMNIST_CLASSES), len(x), f"Fashion-MNIST test ({root})"
-    if kind == "cifar":
+        names, source = list(FMNIST_CLASSES), f"Fashion-MNIST test ({root})"
+    elif kind == "cifar":
         x, y, names = load_cifar(root, "test")
-        return TensorBatches(x, y, EpochBatchSampler(len(x), batch_size, False)), names, len(x), f"CIFAR test ({root})"
+        source = f"CIFAR test ({root})"
+    if kind in ("fashion_mnist", "cifar"):
+        _check_fits(preprocess, x.shape[1], x.shape[-1], source)
+        return TensorBatches(x, y, EpochBatchSampler(len(x), batch_size, False)), names, len(x), source
     if kind == "packed":
         index = read_index(root)
         split = "val" if "val" in index["splits"] else "train"
         ds, classes, source = PackedDataset(root, split), index["classes"], f"{root} ({split}, packed)"
-    else:
+        _check_fits(preprocess, 3, ds.size, source)
+    else:  # photos are decoded as the checkpoint's data was stored: its size, its channels
         bad = BadFiles(strict, Path(out_dir) / BAD_FILES_NAME if out_dir is not None else None)
         if (root / "val").is_dir() and not (root / "train").is_dir():
             root = root / "val"
-        splits = open_folder_splits(root, preprocess.resize or 256, bad)
+        resize, size = preprocess.stored_sizes()
+        splits = open_folder_splits(root, resize, bad)
         ds = splits.get("val", splits["train"])
-        ds.size = preprocess.size
+        ds.size, ds.channels = size, preprocess.channels
         classes, source = ds.classes, str(ds.root)
     loader = _batches(ds, list(range(len(ds))), batch_size, False, False, 0, 0, 1, workers, False, decode_device)
     return loader, classes, len(ds), source

@@ -135,6 +135,17 @@ class Preprocess:
     def channels(self) -> int:
         return len(self.mean)
 
+    def stored_sizes(self) -> tuple[int, int]:
+        """(resize, size) that decode an image file as this recipe's data was stored: shorter side
+        to ``resize``, central ``size`` square (a Fashion-MNIST recipe: any photo to 28x28)."""
+        size = self.size or self.test_crop
+        return self.resize or size, size
+
+    def fits(self, channels: int, side: int) -> bool:
+        """Whether stored images of ``channels`` x ``side`` x ``side`` can go through this recipe
+        (its channel count; its stored size where it has one, which its mean image is cut to)."""
+        return channels == self.channels and (self.size is None or side == self.size)
+
     def mean_image_on(self, device: torch.device) -> torch.Tensor | None:
         """The mean image on ``device`` (copied there once)."""
         if self.mean_image is None:
