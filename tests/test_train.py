@@ -205,6 +205,37 @@ def test_init_from_torchvision_with_new_classes(tmp_path):
     assert torch.equal(tuned["fc6.weight"], tv["classifier.1.weight"])
 
 
+def test_init_from_trains_the_checkpoints_network_and_resumes_without_it(tmp_path):
+    """--init-from a checkpoint whose network differs from --model's (here 67 px inputs, as Caffe's
+    weights take 227 px): the run trains that network at its input size (it crashed: the data
+    came at --model's 224 px); a resume needs only the run's own checkpoint; a network for other
+    input channels than the data's is one line."""
+    from conftest import make_image_folder
+
+    data = make_image_folder(tmp_path / "imgs", classes=3, per_class=3)
+    torch.manual_seed(0)
+    start = alexnet.create_model("alexnet_paper", num_classes=5, widths=(8, 8, 8, 8, 8), fc_width=16, input_size=67)
+    weights = tmp_path / "start.pt"
+    save_atomic({"model": start.state_dict(), "model_config": start.config.to_dict(), "classes": list("abcde")}, weights)
+    out, logs = tmp_path / "ft", []
+    fit(resolve_config(None, dict(data=str(data), out=str(out), epochs=1, batch_size=4, amp="none", workers=0,
+                                  init_from=str(weights), freeze=["conv1"])), log=logs.append)
+    tuned = load_checkpoint(out / "last.pt")
+    assert tuned["model_config"]["input_size"] == 67 and list(tuned["model_config"]["widths"]) == [8, 8, 8, 8, 8]
+    assert tuned["model"]["fc8.weight"].shape == (3, 16)
+    assert torch.equal(tuned["model"]["conv1.weight"], start.conv1.weight.detach())  # its weights, frozen
+    assert any(line.startswith(f"training the network of {weights} on ") for line in logs), logs
+    weights.unlink()
+    fit(alexnet.train.resume_config(str(out), {"epochs": 2}), log=lambda s: None)
+    assert load_checkpoint(out / "last.pt")["position"]["epoch"] == 2
+
+    grey = alexnet.create_model("alexnet_small", num_classes=3, widths=(8, 8, 8, 8, 8), fc_width=16)
+    save_atomic({"model": grey.state_dict(), "model_config": grey.config.to_dict(), "classes": list("abc")}, weights)
+    with pytest.raises(alexnet.CheckpointError, match="its network takes 1-channel images but .* has 3-channel ones"):
+        fit(resolve_config(None, dict(data=str(data), out=str(tmp_path / "grey"), epochs=1, init_from=str(weights))),
+            log=lambda s: None)
+
+
 def test_config_file_and_presets(tmp_path):
     cfg_file = tmp_path / "run.toml"
     cfg_file.write_text('preset = "paper"\nepochs = 7\nlr = 0.02\n[model_options]\nlrn = false\n')

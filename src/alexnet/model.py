@@ -371,6 +371,14 @@ def model_config(name: str, **overrides: Any) -> AlexNetConfig:
     return AlexNetConfig.from_dict(base)
 
 
+def registered_name(config: AlexNetConfig) -> str | None:
+    """The registered model whose layers ``config`` has (whatever its classes, input channels,
+    init and dropout rate), or None for another network."""
+    loose = {"num_classes": 0, "in_chans": 0, "init": None, "dropout": 0.0}
+    mine = {**config.to_dict(), **loose}
+    return next((n for n in list_models() if {**model_config(n).to_dict(), **loose} == mine), None)
+
+
 def create_model(name: str, num_classes: int = 1000, **overrides: Any) -> AlexNet:
     """Build a registered model.
 

@@ -38,7 +38,7 @@ from .data.presets import Preprocess
 from .errors import AlexNetError, CheckpointError, ConfigError, DataError, TrainingError
 from .evaluate import score, summarize
 from .health import HealthMonitor
-from .model import LAYER_NAMES, AlexNet, create_model, model_config, torchvision_key
+from .model import LAYER_NAMES, AlexNet, AlexNetConfig, model_config, registered_name, torchvision_key
 from .optim import PlateauSchedule, make_optimizer, param_groups, step_lr_factor
 from .parallel import TowerSplit, grouped_optimizer_state, split_optimizer_state, tower_devices
 from .runtime import autocast, progress, resolve_amp, rng_state, seed_everything, set_rng_state
@@ -224,21 +224,28 @@ def _expand_layers(names: list[str]) -> list[str]:
     return out
 
 
-def build_model(cfg: TrainConfig, num_classes: int, in_chans: int, log: Callable[[str], None] = print) -> AlexNet:
-    """The model to train: ``cfg.model`` (or the architecture of ``cfg.init_from``), initialised
-    from ``cfg.init_from`` when given (a fresh fc8 if the class count differs), layers frozen."""
-    options = {"in_chans": in_chans, **cfg.model_options}
-    init = None
-    if cfg.init_from:
-        init = load_checkpoint(cfg.init_from)
-    if init is not None and init.get("model_config"):
-        saved = init["model_config"]
-        arch = {**saved, **cfg.model_options, "num_classes": num_classes} if isinstance(saved, dict) else saved
-        model = AlexNet(config_from_file(arch, f"--init-from {cfg.init_from}"))  # checked before allocating
-        log(f"architecture and weights from {cfg.init_from}")
-    else:
-        model = create_model(cfg.model, num_classes=num_classes, **options)
+def architecture(cfg: TrainConfig, start: dict[str, Any] | None, source: str) -> tuple[AlexNetConfig, bool]:
+    """The network a run trains, and whether its input channels are fixed (else the data's).
+
+    ``start`` is the checkpoint the run resumes or starts from (``source`` names it): its saved
+    architecture, with ``--model-option`` on top; a bare state dict (torchvision's file) or no
+    checkpoint: ``--model``'s. Fine-tuning imported Caffe weights thus runs at their 227 px.
+    """
+    saved = start.get("model_config") if start is not None else None
+    if saved:
+        values = {**saved, **cfg.model_options} if isinstance(saved, dict) else saved
+        return config_from_file(values, source), True
+    return model_config(cfg.model, **cfg.model_options), "in_chans" in cfg.model_options
+
+
+def build_model(
+    cfg: TrainConfig, arch: AlexNetConfig, num_classes: int, init: dict[str, Any] | None, log: Callable[[str], None] = print
+) -> AlexNet:
+    """The model to train: ``arch`` with ``num_classes`` outputs, with the weights of ``init``
+    (``--init-from``; a fresh fc8 if the class count differs), layers frozen."""
+    model = AlexNet(dataclasses.replace(arch, num_classes=num_classes))
     if init is not None:
+        log(f"weights from {cfg.init_from}" + (" (its architecture)" if init.get("model_config") else ""))
         state = dict(init["model"])
         mine = model.state_dict()
         state = {torchvision_key(k): v for k, v in state.items()}  # torchvision names -> ours
@@ -425,7 +432,7 @@ def _fit(
 ) -> dict[str, Any]:
     """The run of :func:`fit` on this rank, once the run folder is claimed."""
     resume_ckpt = load_checkpoint(_resume_source(cfg.resume)) if cfg.resume else None
-    run = _wire(cfg, info, device, towers, run_dir, show_progress, log, cleanup)
+    run = _wire(cfg, info, device, towers, run_dir, show_progress, log, cleanup, resume_ckpt)
     if resume_ckpt is not None:
         _restore(run, resume_ckpt)
     _start_files(run, resumed=resume_ckpt is not None)
@@ -455,8 +462,10 @@ def _wire(
     show_progress: bool | None,
     log: Callable[[str], None],
     cleanup: contextlib.ExitStack,
+    resume_ckpt: dict[str, Any] | None = None,
 ) -> _Run:
-    """The data, model, optimiser, AMP scaler and plateau schedule of a run, before any resume."""
+    """The data, model, optimiser, AMP scaler and plateau schedule of a run, before any resume
+    (``resume_ckpt`` gives only the architecture here; :func:`_restore` the rest)."""
     if cfg.batch_size % info.world:
         raise ConfigError(
             f"--batch-size {cfg.batch_size} is the global batch: it must divide evenly over the {info.world} processes"
@@ -464,14 +473,17 @@ def _wire(
     seed_everything(cfg.seed)
     amp = resolve_amp(cfg.amp, device)
     torch.backends.cudnn.benchmark = device.type == "cuda"
-    data = _load(cfg, info, device, run_dir, show_progress)
+    # A resumed run is the network it saved; a fine-tuning run starts as its --init-from's.
+    init = load_checkpoint(cfg.init_from) if cfg.init_from and resume_ckpt is None else None
+    source = f"--resume {cfg.resume}" if resume_ckpt is not None else f"--init-from {cfg.init_from}"
+    arch, fixed_chans = architecture(cfg, resume_ckpt if resume_ckpt is not None else init, source)
+    data = _load(cfg, info, device, run_dir, show_progress, arch.input_size)
     cleanup.callback(data.close)  # the workers stop when the run ends, however it ends
-    if len(data.classes) < 2:  # one class: the loss is 0 from the first step and nothing is learned
-        raise DataError(f"{data.source}: only one class ({data.classes[0]}); a classifier needs at least two")
-    if cfg.num_classes is not None and cfg.num_classes != len(data.classes):
-        raise ConfigError(f"--num-classes {cfg.num_classes} does not match the {len(data.classes)} classes of {data.source}")
+    _check_data(cfg, data, arch, fixed_chans, source)
+    if not fixed_chans:
+        arch = dataclasses.replace(arch, in_chans=data.preprocess.channels)
     seed_everything(cfg.seed)  # the init does not depend on what data loading drew
-    model = build_model(cfg, len(data.classes), data.preprocess.channels, log)
+    model = build_model(cfg, arch, len(data.classes), init, log)
     if info.rank:  # the same init everywhere, but each rank its own dropout masks
         seed_everything(cfg.seed + 7919 * info.rank)
     split = TowerSplit(model, towers) if towers else None
@@ -487,16 +499,30 @@ def _wire(
     )
 
 
+def _check_data(cfg: TrainConfig, data: DataBundle, arch: AlexNetConfig, fixed_chans: bool, source: str) -> None:
+    """Data the network cannot learn from, or a network that cannot take the data: one line."""
+    if len(data.classes) < 2:  # one class: the loss is 0 from the first step and nothing is learned
+        raise DataError(f"{data.source}: only one class ({data.classes[0]}); a classifier needs at least two")
+    if cfg.num_classes is not None and cfg.num_classes != len(data.classes):
+        raise ConfigError(f"--num-classes {cfg.num_classes} does not match the {len(data.classes)} classes of {data.source}")
+    if fixed_chans and arch.in_chans != data.preprocess.channels:
+        raise CheckpointError(
+            f"{source}: its network takes {arch.in_chans}-channel images but {data.source} has "
+            f"{data.preprocess.channels}-channel ones"
+        )
+
+
 def _load(
-    cfg: TrainConfig, info: distributed.DistInfo, device: torch.device, run_dir: Path, show_progress: bool | None
+    cfg: TrainConfig, info: distributed.DistInfo, device: torch.device, run_dir: Path, show_progress: bool | None,
+    input_size: int,
 ) -> DataBundle:
-    """This rank's share of the data (``load_data``)."""
+    """This rank's share of the data (``load_data``) at the network's ``input_size``."""
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)  # bad_files.txt may be written while loading
     return load_data(
         cfg.data,
         cfg.batch_size,
-        model_config(cfg.model, **cfg.model_options).input_size,
+        input_size,
         workers=min(cfg.workers, os.cpu_count() or 1),  # more workers than cores only contend
         seed=cfg.seed,
         eval_batch_size=cfg.eval_batch_size,
@@ -605,8 +631,11 @@ def _announce(run: _Run) -> None:
     where = f"device {towers[0]} + {towers[1]} (one tower each)" if towers else f"device {run.device}"
     if run.info.enabled:
         where += f", {run.info.world} processes (batch {cfg.batch_size // run.info.world} each)"
+    name = cfg.model
+    if cfg.init_from:  # the network of the checkpoint it started from
+        name = f"{registered_name(run.model.config) or 'the network'} of {cfg.init_from}"
     run.log(
-        f"training {cfg.model} on {data.source}: {data.train_size} train / {data.val_size} val images, "
+        f"training {name} on {data.source}: {data.train_size} train / {data.val_size} val images, "
         f"{len(data.classes)} classes, {trainable:,} trainable parameters, {cfg.epochs} epochs, {where}, "
         f"amp {_environment(run.device, run.amp)['amp']} -> {run.run_dir}"
     )
