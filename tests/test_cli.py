@@ -63,6 +63,29 @@ def test_summary_command():
     assert r.returncode == 0 and "fc8" in r.stdout
 
 
+def test_summary_of_an_ablation_and_of_a_checkpoint(tmp_path, capsys):
+    from alexnet.checkpoint import save_atomic
+    from alexnet.cli import main
+
+    # One tower: conv2, conv4 and conv5 dense (twice their grouped inputs), counted by hand.
+    extra = {"conv2": (96 * 256 * 25 // 2, 27 * 27), "conv4": (384 * 384 * 9 // 2, 13 * 13), "conv5": (384 * 256 * 9 // 2, 13 * 13)}
+    params = 60_965_224 + sum(w for w, _ in extra.values())
+    macs = 724_406_816 + sum(w * hw for w, hw in extra.values())
+    capsys.readouterr()
+    assert main(["summary", "--model-option", "towers=1"]) == 0
+    out = capsys.readouterr().out
+    assert f"total parameters:          {params:,}" in out and f"{macs:,} per image" in out
+    model = alexnet.create_model("alexnet_small", num_classes=7, widths=[8, 16, 16, 16, 16], fc_width=32)
+    ckpt = tmp_path / "m.pt"
+    save_atomic({"model": model.state_dict(), "model_config": model.config.to_dict(), "classes": list("abcdefg")}, ckpt)
+    assert main(["summary", "--checkpoint", str(ckpt)]) == 0
+    out = capsys.readouterr().out
+    n = sum(p.numel() for p in model.parameters())
+    assert out.startswith(f"a custom AlexNet ({ckpt}): input 1x28x28, 7 classes") and f"total parameters:          {n:,}" in out
+    assert main(["summary", "--checkpoint", str(ckpt), "--model", "alexnet_owt"]) == 2
+    assert "drop --model" in capsys.readouterr().err
+
+
 def _one_line_error(r, *needles):
     assert r.returncode != 0
     assert "Traceback" not in r.stderr

@@ -310,11 +310,22 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 # -- summary / models / download ------------------------------------------------------------------
 def cmd_summary(args: argparse.Namespace) -> int:
-    from .model import create_model
+    from .errors import ConfigError
+    from .model import create_model, registered_name
     from .summary import format_summary
 
-    model = create_model(args.model, num_classes=args.num_classes)
-    print(format_summary(model, args.model, args.input_size))
+    options = _key_values(args.model_option, "--model-option")
+    if args.checkpoint:  # the network a checkpoint holds (a trained run, a fine-tuned or imported one)
+        from . import load
+
+        if args.model or options or args.num_classes:
+            raise ConfigError("summary --checkpoint describes the checkpoint's own network: drop --model, --model-option and --num-classes")
+        model = load(args.checkpoint)
+        name = f"{registered_name(model.config) or 'a custom AlexNet'} ({args.checkpoint})"
+    else:
+        name = args.model or "alexnet_paper"
+        model = create_model(name, num_classes=args.num_classes or 1000, **options)
+    print(format_summary(model, name, args.input_size))
     return 0
 
 
@@ -523,8 +534,11 @@ def _add_tool_commands(sub, common: argparse.ArgumentParser) -> None:
     pp.set_defaults(func=cmd_prepare)
 
     s = sub.add_parser("summary", help="per-layer shapes, neurons, parameters and multiply-accumulates")
-    s.add_argument("--model", default="alexnet_paper")
-    s.add_argument("--num-classes", type=_positive_int, default=1000)
+    s.add_argument("--model", help="a registered model (default: alexnet_paper)")
+    s.add_argument("--model-option", action="append", metavar="KEY=VALUE",
+                   help="model config override, as for train: e.g. towers=1, lrn=false, input_size=227")
+    s.add_argument("--checkpoint", help="describe the network of this checkpoint (.pt or .safetensors)")
+    s.add_argument("--num-classes", type=_positive_int, help="outputs of fc8 (default: 1000)")
     s.add_argument("--input-size", type=_positive_int, help="input side in pixels (default: the model's)")
     s.set_defaults(func=cmd_summary)
 
