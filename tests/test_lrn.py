@@ -235,3 +235,70 @@ def test_grouped_lrn_normalises_each_group_alone(layout, groups, size, relu):
     np.testing.assert_allclose(y.detach().double().numpy(), ref_y.detach().numpy(), rtol=1e-5, atol=1e-6)
     ref = x64.grad.numpy()
     np.testing.assert_allclose(x32.grad.double().numpy(), ref, rtol=1e-5, atol=1e-6 * np.abs(ref).max())
+
+
+def _counting_kernel(monkeypatch) -> list[str]:
+    """Record each run of the C kernel (its direction) from here on."""
+    from alexnet import lrn as lrn_mod
+
+    calls, run = [], lrn_mod._run_kernel
+
+    def counted(direction, *args):
+        calls.append(direction)
+        return run(direction, *args)
+
+    monkeypatch.setattr(lrn_mod, "_run_kernel", counted)
+    return calls
+
+
+@pytest.mark.parametrize("kernel", [True, False], ids=["kernel", "no-kernel"])
+def test_operator_matches_float64_with_and_without_its_kernel(kernel, monkeypatch):
+    """lrn_op (what eager CPU calls and compiled graphs run): grouped channels_last with the fused
+    ReLU, and plain NCHW, forward and backward against the float64 loop; without the C kernel
+    (no compiler) the operator computes the same with plain ops."""
+    from alexnet import lrn as lrn_mod
+
+    if not kernel:
+        monkeypatch.setattr(lrn_mod, "kernel_available", lambda t=None: False)
+    calls = _counting_kernel(monkeypatch)
+    torch.manual_seed(10)
+    for layout, groups, relu in (("channels_last", 2, True), ("nchw", 1, False)):
+        fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+        x = torch.randn(2, 6 * groups, 7, 5) * 30
+        g = torch.randn_like(x)
+        x32 = x.contiguous(memory_format=fmt).requires_grad_()
+        y = lrn_mod.lrn_op(x32, 5, 1e-3, 0.75, 2.0, relu, groups)
+        assert y.is_contiguous(memory_format=fmt)
+        y.backward(g.contiguous(memory_format=fmt))
+        x64 = x.detach().double().requires_grad_()
+        a = torch.relu(x64) if relu else x64
+        ref = torch.cat([lrn_torch64(part, 5, 1e-3, 0.75, 2.0) for part in a.chunk(groups, dim=1)], dim=1)
+        ref.backward(g.double())
+        np.testing.assert_allclose(y.detach().double().numpy(), ref.detach().numpy(), rtol=1e-5, atol=1e-6)
+        want = x64.grad.numpy()
+        np.testing.assert_allclose(x32.grad.double().numpy(), want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+    assert (sorted(set(calls)) == ["backward", "forward"]) if kernel else not calls
+
+
+def test_compiled_model_keeps_the_kernel(monkeypatch):
+    """Under torch.compile LRN stays the fused C kernel, an opaque operator in the graph (the plain
+    ops compiled in its place made the CPU training step 3x slower: benchmarks/README.md), in one
+    graph; the compiled model's outputs and gradients are the eager model's."""
+    from alexnet import create_model
+
+    torch.manual_seed(11)
+    model = create_model("alexnet_paper", num_classes=5, widths=(8, 8, 8, 8, 8), fc_width=16, input_size=67, dropout=0.0)
+    model = model.to(memory_format=torch.channels_last)
+    x = (torch.randn(2, 3, 67, 67) * 50).contiguous(memory_format=torch.channels_last)
+    model(x).square().sum().backward()
+    eager = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    calls = _counting_kernel(monkeypatch)
+    compiled = torch.compile(model, fullgraph=True)
+    y = compiled(x)
+    y.square().sum().backward()
+    assert calls.count("forward") == 2 and calls.count("backward") == 2  # LRN after conv1 and conv2
+    with torch.no_grad():
+        torch.testing.assert_close(y, model(x), rtol=1e-4, atol=1e-5)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, eager[name], rtol=1e-3, atol=1e-5 * float(eager[name].abs().max()), msg=name)

@@ -303,3 +303,32 @@ def test_cuda_new_batch_size_reuses_the_kernel():
 
 if __name__ == "__main__":
     worker()
+
+
+@pytest.mark.cuda
+@needs_triton
+def test_cuda_compiled_model_runs_the_triton_kernels(monkeypatch):
+    """Under torch.compile on a GPU, LRN is the Triton kernels inside the alexnet::lrn operator
+    (one graph), and the compiled model's outputs and gradients are the eager model's."""
+    from alexnet import create_model, lrn_triton
+
+    monkeypatch.delenv("ALEXNET_TRITON_LRN", raising=False)
+    calls = []
+    for name in ("lrn_forward", "lrn_backward"):
+        original = getattr(lrn_triton, name)
+        monkeypatch.setattr(lrn_triton, name, lambda *a, _f=original, _n=name, **kw: calls.append(_n) or _f(*a, **kw))
+    torch.manual_seed(11)
+    model = create_model("alexnet_paper", num_classes=5, widths=(8, 8, 8, 8, 8), fc_width=16, input_size=67, dropout=0.0)
+    model = model.cuda().to(memory_format=torch.channels_last)
+    x = (torch.randn(2, 3, 67, 67, device="cuda") * 50).contiguous(memory_format=torch.channels_last)
+    model(x).square().sum().backward()
+    eager = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    calls.clear()
+    y = torch.compile(model, fullgraph=True)(x)
+    y.square().sum().backward()
+    assert calls.count("lrn_forward") == 2 and calls.count("lrn_backward") == 2
+    with torch.no_grad():
+        torch.testing.assert_close(y, model(x), rtol=1e-4, atol=1e-5)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, eager[name], rtol=1e-3, atol=1e-5 * float(eager[name].abs().max()), msg=name)

@@ -74,27 +74,35 @@ def lrn_reference(x: torch.Tensor, size: int, alpha: float, beta: float, k: floa
     return x * denom.pow(-beta)
 
 
+def _terms(x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> tuple[torch.Tensor, ...]:
+    """(y, denominator, scale) of the sum-convention LRN of ``x``."""
+    before, after = _split(size)
+    denom = _window_sum(x * x, before, after).mul_(alpha).add_(k)
+    scale = denom.pow(-beta)
+    return x * scale, denom, scale
+
+
+def _reference_grad(x, y, denom, scale, grad_y, size: int, alpha: float, beta: float) -> torch.Tensor:
+    """dL/dx of the LRN of ``x`` from dL/dy, given its :func:`_terms`."""
+    before, after = _split(size)
+    # dy_j/dx_i = [i=j] d_j^-b - 2 a b x_j x_i d_j^(-b-1) [i in window(j)].
+    # i in window(j)  <=>  j in [i - after, i + before]: the transposed window.
+    inner = grad_y * y / denom
+    return grad_y * scale - (2.0 * alpha * beta) * x * _window_sum(inner, after, before)
+
+
 class _LRNFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
-        before, after = _split(size)
-        denom = _window_sum(x * x, before, after).mul_(alpha).add_(k)
-        scale = denom.pow(-beta)
-        y = x * scale
+        y, denom, scale = _terms(x, size, alpha, beta, k)
         ctx.save_for_backward(x, y, denom, scale)
-        ctx.params = (before, after, alpha, beta)
+        ctx.params = (size, alpha, beta)
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_y: torch.Tensor):
-        x, y, denom, scale = ctx.saved_tensors
-        before, after, alpha, beta = ctx.params
-        # dy_j/dx_i = [i=j] d_j^-b - 2 a b x_j x_i d_j^(-b-1) [i in window(j)].
-        # i in window(j)  <=>  j in [i - after, i + before]: the transposed window.
-        inner = grad_y * y / denom
-        grad_x = grad_y * scale - (2.0 * alpha * beta) * x * _window_sum(inner, after, before)
-        return grad_x, None, None, None, None
+        return _reference_grad(*ctx.saved_tensors, grad_y, *ctx.params), None, None, None, None
 
 
 # -- the C kernel ------------------------------------------------------------------------------------
@@ -150,37 +158,99 @@ def lrn_kernel_forward(
     return y
 
 
-class _LRNKernelFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(
-        ctx, x: torch.Tensor, size: int, alpha: float, beta: float, k: float, relu: bool, groups: int
-    ) -> torch.Tensor:
-        x = _dense(x)
-        ctx.save_for_backward(x)
-        ctx.params = (*_split(size), alpha, beta, k, int(relu), groups)
-        y = torch.empty_like(x)
-        _run_kernel("forward", [x], y, ctx.params)
-        return y
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_y: torch.Tensor):
-        (x,) = ctx.saved_tensors
-        fmt = torch.contiguous_format if x.is_contiguous() else torch.channels_last
-        g = grad_y.to(x.dtype).contiguous(memory_format=fmt)
-        grad_x = torch.empty_like(x)
-        _run_kernel("backward", [x, g], grad_x, ctx.params)
-        return grad_x, None, None, None, None, None, None
+def _kernel_backward(x: torch.Tensor, grad_y: torch.Tensor, params: tuple) -> torch.Tensor:
+    fmt = torch.contiguous_format if x.is_contiguous() else torch.channels_last
+    g = grad_y.to(x.dtype).contiguous(memory_format=fmt)
+    grad_x = torch.empty_like(x)
+    _run_kernel("backward", [x, g], grad_x, params)
+    return grad_x
 
 
-def _tracing() -> bool:
-    """Under TorchScript, tracing, torch.compile or ONNX export: plain ops only."""
-    return (
-        torch.jit.is_scripting()
-        or torch.jit.is_tracing()
-        or torch.compiler.is_compiling()
-        or torch.onnx.is_in_onnx_export()
-    )
+# -- the fused kernels as operators -------------------------------------------------------------------
+# torch.compile cannot look into the C kernel or the Triton launch, and the plain ops it would
+# compile instead cost 3x the whole training step on a CPU (benchmarks/train_step.py --compile
+# --ablate: 40 img/s, 118 without LRN). As custom operators the kernels stay opaque calls inside
+# compiled graphs; eager calls on the CPU go through them too (one wrapper per kernel). Each falls
+# back to the plain ops where its kernel is missing (no C compiler, no Triton).
+def _kernel_layout(x: torch.Tensor) -> torch.Tensor:
+    """The layout the operators compute in and return: :func:`_dense`, whichever kernel runs."""
+    return _dense(x)
+
+
+def _grouped(fn, groups: int, x: torch.Tensor, *more: torch.Tensor) -> torch.Tensor:
+    """``fn`` (plain ops) over each of ``groups`` channel groups of ``x`` (and of ``more``), in
+    ``x``'s layout: the operators' fallback where no kernel runs."""
+    if groups == 1:
+        return fn(x, *more)
+    c = x.shape[1] // groups
+    parts = zip(*(t.split(c, dim=1) for t in (x, *more)))
+    out = torch.cat([fn(*p) for p in parts], dim=1)
+    return out.contiguous(memory_format=torch.contiguous_format if x.is_contiguous() else torch.channels_last)
+
+
+@torch.library.custom_op("alexnet::lrn", mutates_args=())
+def lrn_op(x: torch.Tensor, size: int, alpha: float, beta: float, k: float, relu: bool, groups: int) -> torch.Tensor:
+    """LRN (sum convention) of ``x``, or of ``relu(x)``, by the fused kernel of ``x``'s device."""
+    x = _kernel_layout(x)
+    triton = _triton_lrn(x) if x.is_cuda else None
+    if triton is not None:
+        return triton.lrn_forward(x, size, alpha, beta, k, relu, groups)
+    if kernel_available(x):
+        return lrn_kernel_forward(x, size, alpha, beta, k, relu, groups)
+    return _grouped(lambda t: _terms(F.relu(t) if relu else t, size, alpha, beta, k)[0], groups, x)
+
+
+@torch.library.custom_op("alexnet::lrn_backward", mutates_args=())
+def lrn_backward_op(
+    x: torch.Tensor, grad_y: torch.Tensor, size: int, alpha: float, beta: float, k: float, relu: bool, groups: int
+) -> torch.Tensor:
+    """dL/dx of :func:`lrn_op` from dL/dy; the kernels recompute the denominators from ``x``."""
+    x = _kernel_layout(x)
+    triton = _triton_lrn(x) if x.is_cuda else None
+    if triton is not None:
+        return triton.lrn_backward(x, grad_y, size, alpha, beta, k, relu, groups)
+    if kernel_available(x):
+        return _kernel_backward(x, grad_y, (*_split(size), alpha, beta, k, int(relu), groups))
+
+    def grad(t: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        r = F.relu(t) if relu else t
+        gx = _reference_grad(r, *_terms(r, size, alpha, beta, k), g, size, alpha, beta)
+        return gx * (t > 0) if relu else gx
+
+    return _grouped(grad, groups, x, grad_y.to(x.dtype))
+
+
+@lrn_op.register_fake
+def _(x, size, alpha, beta, k, relu, groups):
+    return torch.empty_like(_kernel_layout(x))
+
+
+@lrn_backward_op.register_fake
+def _(x, grad_y, size, alpha, beta, k, relu, groups):
+    return torch.empty_like(_kernel_layout(x))
+
+
+def _lrn_op_setup(ctx, inputs, output) -> None:
+    x, *params = inputs
+    ctx.save_for_backward(x)
+    ctx.params = params
+
+
+def _lrn_op_backward(ctx, grad_y):
+    (x,) = ctx.saved_tensors
+    return lrn_backward_op(x, grad_y, *ctx.params), None, None, None, None, None, None
+
+
+lrn_op.register_autograd(_lrn_op_backward, setup_context=_lrn_op_setup)
+
+
+def _exporting() -> bool:
+    """Under TorchScript, tracing or ONNX export: plain ops only, which exporters understand."""
+    return torch.jit.is_scripting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+
+
+# What the operators' kernels take, decided without touching them (torch.compile traces this).
+_OP_DTYPES = {"cpu": tuple(_KERNEL_NAMES), "cuda": (torch.float32, torch.bfloat16, torch.float16)}
 
 
 _triton_state: dict[str, object] = {}  # "module": alexnet.lrn_triton or None; "ran": a call succeeded
@@ -262,7 +332,8 @@ class LocalResponseNorm(nn.Module):
         g, (n, c) = self.groups, x.shape[:2]
         if c % g:
             raise ValueError(f"LRN with groups={g} needs a channel count divisible by {g}, got {c}")
-        triton_lrn = _triton_lrn(x) if x.numel() and not _tracing() else None
+        compiling = torch.compiler.is_compiling()  # the operators below, never the eager-only paths
+        triton_lrn = _triton_lrn(x) if x.numel() and not compiling and not _exporting() else None
         if triton_lrn is not None:  # groups, ReLU and layout all handled in the kernel
             y = _run_triton(triton_lrn, x, self.size, self.sum_alpha, self.beta, self.k, relu, g)
             if y is not None:
@@ -286,19 +357,22 @@ class LocalResponseNorm(nn.Module):
 
     @staticmethod
     def _fused(x: torch.Tensor) -> bool:
-        """Whether the C kernel computes this call (not under tracing, compiling or export)."""
-        return bool(x.numel()) and not _tracing() and kernel_available(x)
+        """Whether :func:`lrn_op` computes this call: the C kernel in eager CPU calls; under
+        torch.compile, any call its kernels take (the operator checks the kernel when it runs)."""
+        if not x.numel() or _exporting():
+            return False
+        if torch.compiler.is_compiling():
+            return x.dim() >= 3 and x.dtype in _OP_DTYPES.get(x.device.type, ())
+        return kernel_available(x)
 
     def _lrn(self, x: torch.Tensor, relu: bool, fused: bool, groups: int = 1) -> torch.Tensor:
         args = (self.size, self.sum_alpha, self.beta, self.k)
         if fused:
-            if torch.is_grad_enabled() and x.requires_grad:
-                return _LRNKernelFunction.apply(x, *args, relu, groups)
-            return lrn_kernel_forward(x, *args, relu, groups)
+            return lrn_op(x, *args, relu, groups)
         if relu:
             x = F.relu(x)
-        if _tracing():
-            # Traceable ops: torch.compile fuses them, exporters see plain graph nodes.
+        if _exporting() or torch.compiler.is_compiling():
+            # Traceable ops: exporters see plain graph nodes.
             return lrn_reference(x, *args)
         if not (torch.is_grad_enabled() and x.requires_grad):  # inference saves nothing for a backward that never comes
             return lrn_reference(x, *args)
