@@ -24,8 +24,9 @@ Four paths, picked per call by :meth:`LocalResponseNorm.forward`:
   a hand-written autograd Function whose window sum over channels is ``n`` shifted adds, several
   times cheaper than the generic pooling kernels torch uses (:func:`lrn_reference` when no
   gradient is wanted).
-* Under tracing, ``torch.compile`` and ONNX export: :func:`lrn_reference`, plain ops that compilers
-  fuse and exporters understand.
+* Under ``torch.compile`` the C and Triton kernels run as custom operators (:func:`lrn_op`,
+  opaque calls in the compiled graph); under TorchScript, tracing and ONNX export:
+  :func:`lrn_reference`, plain ops that exporters understand.
 """
 
 from __future__ import annotations
