@@ -216,7 +216,10 @@ def test_init_from_trains_the_checkpoints_network_and_resumes_without_it(tmp_pat
     torch.manual_seed(0)
     start = alexnet.create_model("alexnet_paper", num_classes=5, widths=(8, 8, 8, 8, 8), fc_width=16, input_size=67)
     weights = tmp_path / "start.pt"
-    save_atomic({"model": start.state_dict(), "model_config": start.config.to_dict(), "classes": list("abcde")}, weights)
+    caffe_like = {"dataset": "image_folder", "resize": 76, "size": 76, "train_crop": 67, "test_crop": 67, "input_size": 67,
+                  "mean": [123.0, 117.0, 104.0], "std": [1.0, 1.0, 1.0]}  # raw pixels minus the mean, as Caffe's
+    save_atomic({"model": start.state_dict(), "model_config": start.config.to_dict(), "classes": list("abcde"),
+                 "preprocess": caffe_like}, weights)
     out, logs = tmp_path / "ft", []
     fit(resolve_config(None, dict(data=str(data), out=str(out), epochs=1, batch_size=4, amp="none", workers=0,
                                   init_from=str(weights), freeze=["conv1"])), log=logs.append)
@@ -225,6 +228,13 @@ def test_init_from_trains_the_checkpoints_network_and_resumes_without_it(tmp_pat
     assert tuned["model"]["fc8.weight"].shape == (3, 16)
     assert torch.equal(tuned["model"]["conv1.weight"], start.conv1.weight.detach())  # its weights, frozen
     assert any(line.startswith(f"training the network of {weights} on ") for line in logs), logs
+    # The photos recipe divides by the pixels' std (~60): said, with the preset that matches.
+    assert any(line.startswith(f"note: the weights of {weights} were trained on pixels divided by 1,")
+               and line.endswith("--data-preset paper scales them alike") for line in logs), logs
+    paper_logs = []
+    fit(resolve_config(None, dict(data=str(data), out=str(tmp_path / "paper"), epochs=1, batch_size=4, amp="none",
+                                  workers=0, init_from=str(weights), data_preset="paper")), log=paper_logs.append)
+    assert not any("were trained on pixels divided by" in line for line in paper_logs), paper_logs
     weights.unlink()
     fit(alexnet.train.resume_config(str(out), {"epochs": 2}), log=lambda s: None)
     assert load_checkpoint(out / "last.pt")["position"]["epoch"] == 2

@@ -480,6 +480,8 @@ def _wire(
     data = _load(cfg, info, device, run_dir, show_progress, arch.input_size)
     cleanup.callback(data.close)  # the workers stop when the run ends, however it ends
     _check_data(cfg, data, arch, fixed_chans, source)
+    if init is not None and init.get("preprocess") is not None:
+        _note_scale(cfg, Preprocess.from_dict(init["preprocess"], source=source), data)
     if not fixed_chans:
         arch = dataclasses.replace(arch, in_chans=data.preprocess.channels)
     seed_everything(cfg.seed)  # the init does not depend on what data loading drew
@@ -509,6 +511,19 @@ def _check_data(cfg: TrainConfig, data: DataBundle, arch: AlexNetConfig, fixed_c
         raise CheckpointError(
             f"{source}: its network takes {arch.in_chans}-channel images but {data.source} has "
             f"{data.preprocess.channels}-channel ones"
+        )
+
+
+def _note_scale(cfg: TrainConfig, weights: Preprocess, data: DataBundle) -> None:
+    """A note when the data's pixels are scaled otherwise than the --init-from weights learnt on:
+    imported Caffe weights take raw pixels minus the mean (std 1), the photos recipe divides by
+    the pixels' std (about 60), and conv1 would see inputs some 60x smaller than it was made for."""
+    ratio = (sum(weights.std) / len(weights.std)) / (sum(data.preprocess.std) / len(data.preprocess.std))
+    if not 0.5 <= ratio <= 2.0:
+        data.notes.append(
+            f"the weights of {cfg.init_from} were trained on pixels divided by {weights.std[0]:.3g}, this run's by "
+            f"{data.preprocess.std[0]:.3g} (data preset {data.preprocess.preset}); "
+            f"--data-preset {'paper' if max(weights.std) == 1.0 else 'photos'} scales them alike"
         )
 
 
