@@ -172,12 +172,8 @@ def _kernel_backward(x: torch.Tensor, grad_y: torch.Tensor, params: tuple) -> to
 # compile instead cost 3x the whole training step on a CPU (benchmarks/train_step.py --compile
 # --ablate: 40 img/s, 118 without LRN). As custom operators the kernels stay opaque calls inside
 # compiled graphs; eager calls on the CPU go through them too (one wrapper per kernel). Each falls
-# back to the plain ops where its kernel is missing (no C compiler, no Triton).
-def _kernel_layout(x: torch.Tensor) -> torch.Tensor:
-    """The layout the operators compute in and return: :func:`_dense`, whichever kernel runs."""
-    return _dense(x)
-
-
+# back to the plain ops where its kernel is missing (no C compiler, no Triton). Whichever runs,
+# an operator computes in and returns the layout of :func:`_dense` (its fake says the same).
 def _grouped(fn, groups: int, x: torch.Tensor, *more: torch.Tensor) -> torch.Tensor:
     """``fn`` (plain ops) over each of ``groups`` channel groups of ``x`` (and of ``more``), in
     ``x``'s layout: the operators' fallback where no kernel runs."""
@@ -192,7 +188,7 @@ def _grouped(fn, groups: int, x: torch.Tensor, *more: torch.Tensor) -> torch.Ten
 @torch.library.custom_op("alexnet::lrn", mutates_args=())
 def lrn_op(x: torch.Tensor, size: int, alpha: float, beta: float, k: float, relu: bool, groups: int) -> torch.Tensor:
     """LRN (sum convention) of ``x``, or of ``relu(x)``, by the fused kernel of ``x``'s device."""
-    x = _kernel_layout(x)
+    x = _dense(x)
     triton = _triton_lrn(x) if x.is_cuda else None
     if triton is not None:
         return triton.lrn_forward(x, size, alpha, beta, k, relu, groups)
@@ -206,7 +202,7 @@ def lrn_backward_op(
     x: torch.Tensor, grad_y: torch.Tensor, size: int, alpha: float, beta: float, k: float, relu: bool, groups: int
 ) -> torch.Tensor:
     """dL/dx of :func:`lrn_op` from dL/dy; the kernels recompute the denominators from ``x``."""
-    x = _kernel_layout(x)
+    x = _dense(x)
     triton = _triton_lrn(x) if x.is_cuda else None
     if triton is not None:
         return triton.lrn_backward(x, grad_y, size, alpha, beta, k, relu, groups)
@@ -223,12 +219,12 @@ def lrn_backward_op(
 
 @lrn_op.register_fake
 def _(x, size, alpha, beta, k, relu, groups):
-    return torch.empty_like(_kernel_layout(x))
+    return torch.empty_like(_dense(x))
 
 
 @lrn_backward_op.register_fake
 def _(x, grad_y, size, alpha, beta, k, relu, groups):
-    return torch.empty_like(_kernel_layout(x))
+    return torch.empty_like(_dense(x))
 
 
 def _lrn_op_setup(ctx, inputs, output) -> None:

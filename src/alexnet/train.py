@@ -475,7 +475,7 @@ def _wire(
     torch.backends.cudnn.benchmark = device.type == "cuda"
     # A resumed run is the network it saved; a fine-tuning run starts as its --init-from's.
     init = load_checkpoint(cfg.init_from) if cfg.init_from and resume_ckpt is None else None
-    source = f"--resume {cfg.resume}" if resume_ckpt is not None else f"--init-from {cfg.init_from}"
+    source = f"--resume {cfg.resume}" if resume_ckpt is not None else f"--init-from {cfg.init_from}" if init else f"--model {cfg.model}"
     arch, fixed_chans = architecture(cfg, resume_ckpt if resume_ckpt is not None else init, source)
     data = _load(cfg, info, device, run_dir, show_progress, arch.input_size)
     cleanup.callback(data.close)  # the workers stop when the run ends, however it ends
