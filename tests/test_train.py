@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import collections
 import os
 import signal
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import pytest
@@ -264,3 +266,40 @@ def test_config_file_and_presets(tmp_path):
         resolve_config(None, {}, bad)
     with pytest.raises(alexnet.ConfigError, match="unknown training option"):
         resolve_config(None, {"epoch": 3})
+
+
+class _HostReads(torch.overrides.TorchFunctionMode):
+    """Counts the reads of a tensor's value by the host (each one a wait for the device on a GPU)."""
+
+    READS = {"item", "tolist", "numpy", "__int__", "__float__", "__bool__", "__index__"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.where: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") in self.READS:
+            frames = [f for f in traceback.extract_stack()[:-1] if f"{os.sep}alexnet{os.sep}" in f.filename]
+            self.where.append(f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?")
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_training_step_waits_for_the_device_once(tiny_fmnist, tmp_path, monkeypatch):
+    """One host read per step (the loss and the correct count together), and one per health probe:
+    then a GPU runs a step's backward pass while the host already reads and queues the next batch.
+    The data path's reads (sampler order, per-image random keys, the CPU crop kernel's bounds) are
+    of CPU tensors and do not wait for a GPU; they are left out."""
+    import alexnet.train as train_mod
+
+    reads, real = _HostReads(), train_mod.train_one_epoch
+
+    def counted(*a, **k):
+        with reads:
+            return real(*a, **k)
+
+    monkeypatch.setattr(train_mod, "train_one_epoch", counted)
+    result = fit(_cfg(tiny_fmnist, tmp_path / "run", epochs=1), log=lambda s: None)
+    steps, probes = 64 // 8, 1  # the health probe looks at the layers every 20 steps, from step 0
+    assert result["train_images"] == 64
+    device_reads = [w for w in reads.where if f"{os.sep}alexnet{os.sep}data{os.sep}" not in w]
+    assert len(device_reads) == steps + probes, collections.Counter(device_reads)

@@ -128,7 +128,9 @@ def score(log_probs: torch.Tensor, labels: torch.Tensor) -> tuple[float, int, in
     top = log_probs.topk(min(5, log_probs.shape[1]), dim=1).indices
     hit = top.eq(labels.reshape(-1, 1))
     nll = -log_probs.gather(1, labels.reshape(-1, 1)).sum()
-    return float(nll), int(hit[:, 0].sum()), int(hit.any(dim=1).sum()), top[:, 0]
+    # one wait for the device; float64 holds the float32 sum and the counts exactly
+    nll, k1, k5 = torch.stack([nll.double(), hit[:, 0].sum().double(), hit.any(dim=1).sum().double()]).tolist()
+    return nll, int(k1), int(k5), top[:, 0]
 
 
 def summarize(loss_sum: float, c1: float, c5: float, n: float) -> dict[str, float]:

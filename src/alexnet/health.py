@@ -50,12 +50,17 @@ class LayerLife:
         return 1.0 - self.live / max(1, self.units)
 
 
+def _life_stats(out: torch.Tensor) -> torch.Tensor:
+    """(live units, mean, std) of a pre-activation ``out`` (N, C, H, W) or (N, C), left on its device."""
+    out = out.detach().float()
+    peak = out.amax(dim=[0] + list(range(2, out.dim())))
+    return torch.stack([(peak > 0).sum().float(), out.mean(), out.std()])
+
+
 def layer_life(name: str, out: torch.Tensor) -> LayerLife:
     """Statistics of a layer's pre-activation ``out`` (N, C, H, W) or (N, C)."""
-    out = out.detach().float()
-    dims = [0] + list(range(2, out.dim()))
-    peak = out.amax(dim=dims)
-    return LayerLife(name, peak.numel(), int((peak > 0).sum()), float(out.mean()), float(out.std()))
+    live, mean, std = _life_stats(out).tolist()
+    return LayerLife(name, out.shape[1], int(live), mean, std)
 
 
 class LayerProbe:
@@ -64,6 +69,7 @@ class LayerProbe:
     def __init__(self, model: nn.Module, layers: tuple[str, ...] = WATCHED) -> None:
         self.armed = False
         self.seen: dict[str, LayerLife] = {}
+        self._pending: dict[str, tuple[int, torch.Tensor]] = {}  # read by collect(): one wait for the device
         self.names: list[str] = []
         self._handles = []
         for name in layers:
@@ -75,9 +81,18 @@ class LayerProbe:
     def _hook(self, name: str):
         def hook(module: nn.Module, args, out: torch.Tensor) -> None:
             if self.armed:
-                self.seen[name] = layer_life(name, out)
+                self._pending[name] = (out.shape[1], _life_stats(out))
 
         return hook
+
+    def collect(self) -> None:
+        """The statistics recorded since the last call, into :attr:`seen`."""
+        if self._pending:
+            first = next(iter(self._pending.values()))[1].device  # the towers may lie on two devices
+            values = torch.stack([stats.to(first) for _, stats in self._pending.values()]).tolist()
+            for (name, (units, _)), (live, mean, std) in zip(self._pending.items(), values):
+                self.seen[name] = LayerLife(name, units, int(live), mean, std)
+            self._pending.clear()
 
     def __bool__(self) -> bool:
         return bool(self._handles)
@@ -129,6 +144,7 @@ class HealthMonitor:
         if not self.probe:
             return []
         self.probe.armed = False
+        self.probe.collect()
         return [float(name in self.probe.seen and self.probe.seen[name].live == 0) for name in self.probe.names]
 
     def check(self, loss: float, dead: list[float], where: str) -> None:

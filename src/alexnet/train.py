@@ -73,17 +73,24 @@ def train_one_epoch(
     scaler: Any,
     pos: Position,
     lr_scale: float = 1.0,
-    on_step: Callable[[Position], None] | None = None,
+    on_step: Callable[[Position, bool], None] | None = None,
     show_progress: bool | None = None,
     reduce: Callable[[list[float]], list[float]] = list,
     health: HealthMonitor | None = None,
+    stop_requested: Callable[[], bool] = lambda: False,
 ) -> dict[str, float]:
     """Train from ``pos`` to the end of the epoch ``pos.epoch``; ``pos`` is updated in place.
 
-    ``on_step`` runs after every optimisation step (mid-epoch checkpoints, Ctrl-C). ``reduce`` sums
+    ``on_step(pos, stop)`` runs after every optimisation step (mid-epoch checkpoints); ``stop`` is
+    true when ``stop_requested()`` (Ctrl-C) was true on any rank before the step. ``reduce`` sums
     numbers over the ranks of a distributed run (:func:`alexnet.distributed.all_reduce_sum`), so that
     every rank skips the same batches and the returned figures cover the whole data. ``health``
     stops (or warns about) a run whose loss diverged or whose ReLUs died, before the step is taken.
+
+    The host waits for the device once per step (twice in a distributed run: a collective before
+    the forward pass agrees on unreadable batches): the loss, checked before the step, is read
+    together with the batch's correct count, so that the next batch is read, decoded and queued
+    while the device still runs this step's backward pass.
     """
     health = health or HealthMonitor(None, 2, "off")
     model.train()
@@ -105,20 +112,22 @@ def train_one_epoch(
             logits = model(x)
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
-        value = loss.item()
-        if not _take_step(value, cfg, pos, reduce, health):
+        # float64 holds both exactly: the float32 loss and a count
+        value, correct = torch.stack([loss.detach().double(), (logits.argmax(1) == labels).sum().double()]).tolist()
+        take, stop = _take_step(value, cfg, pos, reduce, health, stop_requested())
+        if not take:
             continue
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-        _count(pos, value, logits, labels, t0)
+        _count(pos, value, int(correct), labels.numel(), t0)
         bar.set_postfix(
             loss=f"{pos.loss_sum / pos.seen:.3f}",
             img_s=f"{pos.seen / max(pos.seconds, 1e-9):.0f}",
             lr=f"{optimizer.param_groups[0]['lr']:.2g}",
         )
         if on_step is not None:
-            on_step(pos)
+            on_step(pos, stop)
     return _epoch_figures(optimizer, pos, reduce)
 
 
@@ -132,33 +141,38 @@ def _set_lr(optimizer: torch.optim.Optimizer, cfg: TrainConfig, step: int, steps
 
 
 def _take_step(
-    value: float, cfg: TrainConfig, pos: Position, reduce: Callable[[list[float]], list[float]], health: HealthMonitor
-) -> bool:
-    """Whether the batch whose loss is ``value`` gets its step: False for a non-finite loss under
-    ``on_nonfinite="skip"`` (counted in ``pos``); raises for one otherwise, or for what ``health`` stops."""
+    value: float,
+    cfg: TrainConfig,
+    pos: Position,
+    reduce: Callable[[list[float]], list[float]],
+    health: HealthMonitor,
+    stop: bool,
+) -> tuple[bool, bool]:
+    """Whether the batch whose loss is ``value`` gets its step (False for a non-finite loss under
+    ``on_nonfinite="skip"``, counted in ``pos``; raises for one otherwise, or for what ``health``
+    stops), and whether any rank asked to ``stop`` after it."""
     # One collective for what every rank must agree on: a non-finite loss anywhere, the mean
-    # loss and dead layers (all ranks act alike, or DDP would wait for the one that stopped).
-    flags = reduce([float(not math.isfinite(value)), 1.0, value if math.isfinite(value) else 0.0, *health.dead_flags()])
+    # loss, Ctrl-C and dead layers (all ranks act alike, or DDP would wait for the one that stopped).
+    flags = reduce([float(not math.isfinite(value)), 1.0, value if math.isfinite(value) else 0.0, float(stop), *health.dead_flags()])
     if flags[0] > 0:
         if cfg.on_nonfinite == "skip":
             pos.skipped += 1
             pos.batch += 1
-            return False
+            return False, False  # a Ctrl-C is seen at the next step, or at the epoch's end
         raise TrainingError(
             f"non-finite loss ({value}) at epoch {pos.epoch + 1}, step {pos.step + 1}: the weights were not "
             "updated and the last checkpoint is kept; lower --lr, try --amp none, or pass --on-nonfinite skip"
         )
-    health.check(flags[2] / flags[1], flags[3:], f"epoch {pos.epoch + 1}, step {pos.step + 1}")
-    return True
+    health.check(flags[2] / flags[1], flags[4:], f"epoch {pos.epoch + 1}, step {pos.step + 1}")
+    return True, flags[3] > 0
 
 
-def _count(pos: Position, value: float, logits: torch.Tensor, labels: torch.Tensor, t0: float) -> None:
-    """A step taken: its batch into the position and the epoch's running sums."""
-    n = labels.numel()
+def _count(pos: Position, value: float, correct: int, n: int, t0: float) -> None:
+    """A step taken on ``n`` images: its batch into the position and the epoch's running sums."""
     pos.step += 1
     pos.batch += 1
     pos.loss_sum += value * n
-    pos.correct += int((logits.argmax(1) == labels).sum())
+    pos.correct += correct
     pos.seen += n
     pos.seconds = time.perf_counter() - t0
 
@@ -441,7 +455,7 @@ def _fit(
     if resume_ckpt is not None:  # last: everything above may have drawn random numbers
         _restore_rng(run, resume_ckpt)
     with _CtrlC() as ctrl_c:
-        on_step = functools.partial(_on_step, run, ctrl_c)
+        on_step = functools.partial(_on_step, run)
         while run.pos.epoch < cfg.epochs and not run.plateau.stop:
             _epoch(run, on_step, ctrl_c)
     if run.writer is not None:
@@ -692,11 +706,11 @@ def _checkpoint(run: _Run, *names: str) -> None:
 
 
 # -- the loop ---------------------------------------------------------------------------------------
-def _on_step(run: _Run, ctrl_c: _CtrlC, p: Position) -> None:
-    """After every optimisation step: Ctrl-C saves and stops; ``save_every`` saves."""
+def _on_step(run: _Run, p: Position, stop: bool) -> None:
+    """After every optimisation step: Ctrl-C (``stop``, on any rank) saves and stops; ``save_every`` saves."""
     if faults.ACTIVE:  # tests only: ALEXNET_FAULT=kill:step=N, before this step's checkpoint
         faults.reached("step", p.step)
-    if distributed.any_rank(ctrl_c.hit):
+    if stop:
         _checkpoint(run, "last.pt")
         raise Interrupted(
             f"interrupted at epoch {p.epoch + 1}, step {p.step}; saved {run.run_dir / 'last.pt'}; "
@@ -706,14 +720,14 @@ def _on_step(run: _Run, ctrl_c: _CtrlC, p: Position) -> None:
         _checkpoint(run, "last.pt")
 
 
-def _epoch(run: _Run, on_step: Callable[[Position], None], ctrl_c: _CtrlC) -> None:
+def _epoch(run: _Run, on_step: Callable[[Position, bool], None], ctrl_c: _CtrlC) -> None:
     """One epoch: train, evaluate, the plateau schedule, record, save, log."""
     cfg, data, pos, reduce = run.cfg, run.data, run.pos, distributed.all_reduce_sum
     set_epoch(data.train, pos.epoch, pos.batch)
     started = time.time()
     stats = train_one_epoch(
         run.net, run.optimizer, data.train, data.preprocess, cfg, run.device, run.amp, run.scaler, pos, run.plateau.scale,
-        on_step, run.show_progress, reduce, run.health,
+        on_step, run.show_progress, reduce, run.health, lambda: ctrl_c.hit,
     )
     trained = time.time()
     val = evaluate(run.eval_net, data.val, data.preprocess, run.device, run.amp, cfg.channels_last, run.show_progress, reduce)

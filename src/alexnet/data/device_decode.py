@@ -101,8 +101,10 @@ class DeviceDecoder:
     def _gpu_decode(self, data):
         # nvJPEG writes its outputs from a private stream that does not wait for the caller's, and
         # the caching allocator may hand it a block that kernels queued on the caller's stream still
-        # read (pytorch/vision#9606): let the queued work finish first. The training step reads its
-        # loss every step, so this wait costs nothing there today.
+        # read (pytorch/vision#9606): let the queued work finish first. In training this waits for
+        # the previous step's backward pass (the step itself reads the device once, before it), so
+        # the decode does not overlap it; a decode stream whose blocks the training stream holds
+        # (record_stream) would, and is to be measured on a GPU before it replaces this wait.
         if self.device.type == "cuda":
             torch.cuda.current_stream(self.device).synchronize()
         return decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device)
