@@ -302,3 +302,39 @@ def test_compiled_model_keeps_the_kernel(monkeypatch):
         torch.testing.assert_close(y, model(x), rtol=1e-4, atol=1e-5)
     for name, p in model.named_parameters():
         torch.testing.assert_close(p.grad, eager[name], rtol=1e-3, atol=1e-5 * float(eager[name].abs().max()), msg=name)
+
+
+
+@pytest.mark.parametrize("broken", ["lrn_forward", "lrn_backward"])
+def test_operator_falls_back_when_triton_cannot_build(broken, monkeypatch):
+    """A Triton that imports but cannot build a kernel (a GPU it does not support): the operator,
+    which compiled graphs call, warns once, turns Triton off and computes LRN without it; forward
+    and backward match the float64 loop. A stand-in module plays the GPU's Triton."""
+    from alexnet import lrn as lrn_mod
+
+    def forward(x, size, alpha, beta, k, relu, groups):  # a working kernel: the float64 formula
+        return lrn_torch64(x.double(), size, alpha, beta, k).to(x.dtype)
+
+    def fails(*args):
+        raise RuntimeError("triton: unsupported GPU architecture")
+
+    fails.__name__ = broken
+    triton = type("StandIn", (), {})()
+    triton.lrn_forward = fails if broken == "lrn_forward" else forward
+    triton.lrn_backward = fails
+    monkeypatch.setattr(lrn_mod, "_triton_state", {"module": triton})
+    monkeypatch.setattr(lrn_mod, "_triton_lrn", lambda x: lrn_mod._triton_state["module"])
+    torch.manual_seed(12)
+    x = torch.randn(2, 8, 5, 5) * 30
+    g = torch.randn_like(x)
+    x32 = x.clone().requires_grad_()
+    with pytest.warns(UserWarning, match="Triton LRN kernel unavailable .RuntimeError: triton: unsupported"):
+        y = lrn_mod.lrn_op(x32, 5, 1e-3, 0.75, 2.0, False, 1)
+        y.backward(g)
+    assert lrn_mod._triton_state["module"] is None  # off for the rest of the process: one warning
+    x64 = x.double().requires_grad_()
+    ref = lrn_torch64(x64, 5, 1e-3, 0.75, 2.0)
+    ref.backward(g.double())
+    np.testing.assert_allclose(y.detach().double().numpy(), ref.detach().numpy(), rtol=1e-5, atol=1e-6)
+    want = x64.grad.numpy()
+    np.testing.assert_allclose(x32.grad.double().numpy(), want, rtol=1e-5, atol=1e-6 * np.abs(want).max())

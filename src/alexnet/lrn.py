@@ -34,6 +34,7 @@ from __future__ import annotations
 import ctypes
 import os
 import warnings
+from collections.abc import Callable
 from types import ModuleType
 from typing import Literal
 
@@ -189,9 +190,10 @@ def _grouped(fn, groups: int, x: torch.Tensor, *more: torch.Tensor) -> torch.Ten
 def lrn_op(x: torch.Tensor, size: int, alpha: float, beta: float, k: float, relu: bool, groups: int) -> torch.Tensor:
     """LRN (sum convention) of ``x``, or of ``relu(x)``, by the fused kernel of ``x``'s device."""
     x = _dense(x)
-    triton = _triton_lrn(x) if x.is_cuda else None
-    if triton is not None:
-        return triton.lrn_forward(x, size, alpha, beta, k, relu, groups)
+    triton = _triton_lrn(x)  # None off CUDA
+    y = _run_triton(triton.lrn_forward, x, size, alpha, beta, k, relu, groups) if triton is not None else None
+    if y is not None:
+        return y
     if kernel_available(x):
         return lrn_kernel_forward(x, size, alpha, beta, k, relu, groups)
     return _grouped(lambda t: _terms(F.relu(t) if relu else t, size, alpha, beta, k)[0], groups, x)
@@ -203,9 +205,10 @@ def lrn_backward_op(
 ) -> torch.Tensor:
     """dL/dx of :func:`lrn_op` from dL/dy; the kernels recompute the denominators from ``x``."""
     x = _dense(x)
-    triton = _triton_lrn(x) if x.is_cuda else None
-    if triton is not None:
-        return triton.lrn_backward(x, grad_y, size, alpha, beta, k, relu, groups)
+    triton = _triton_lrn(x)  # None off CUDA
+    gx = _run_triton(triton.lrn_backward, x, grad_y, size, alpha, beta, k, relu, groups) if triton is not None else None
+    if gx is not None:
+        return gx
     if kernel_available(x):
         return _kernel_backward(x, grad_y, (*_split(size), alpha, beta, k, int(relu), groups))
 
@@ -250,7 +253,7 @@ def _exporting() -> bool:
 _OP_DTYPES = {"cpu": tuple(_KERNEL_NAMES), "cuda": (torch.float32, torch.bfloat16, torch.float16)}
 
 
-_triton_state: dict[str, object] = {}  # "module": alexnet.lrn_triton or None; "ran": a call succeeded
+_triton_state: dict[str, object] = {}  # "module": alexnet.lrn_triton or None; "ran": the functions that worked
 
 
 def _triton_lrn(x: torch.Tensor) -> ModuleType | None:
@@ -268,20 +271,22 @@ def _triton_lrn(x: torch.Tensor) -> ModuleType | None:
     return module if module is not None and x.dtype in module.DTYPES else None
 
 
-def _run_triton(module: ModuleType, x: torch.Tensor, *args) -> torch.Tensor | None:
-    """``module.lrn_triton(x, *args)``; None, with a warning and Triton off for this process, if the
-    very first call fails (Triton present but unable to build kernels on this machine)."""
-    if _triton_state.get("ran"):
-        return module.lrn_triton(x, *args)
+def _run_triton(fn: Callable[..., torch.Tensor], *args) -> torch.Tensor | None:
+    """``fn(*args)``, a function of :mod:`alexnet.lrn_triton`; None, with a warning and Triton off for
+    this process, if its first call fails (Triton present but unable to build kernels on this GPU).
+    The callers then compute LRN with PyTorch ops, eager or under torch.compile alike."""
+    ran = _triton_state.setdefault("ran", set())
+    if fn.__name__ in ran:
+        return fn(*args)
     try:
-        y = module.lrn_triton(x, *args)
+        y = fn(*args)
     except torch.cuda.OutOfMemoryError:
         raise
-    except Exception as e:  # noqa: BLE001  (any failure to build or launch: the eager path is correct too)
+    except Exception as e:  # noqa: BLE001  (any failure to build or launch: the plain-op path is correct too)
         warnings.warn(f"Triton LRN kernel unavailable ({type(e).__name__}: {e}); using PyTorch ops", stacklevel=3)
         _triton_state["module"] = None
         return None
-    _triton_state["ran"] = True
+    ran.add(fn.__name__)
     return y
 
 
@@ -332,7 +337,7 @@ class LocalResponseNorm(nn.Module):
         compiling = torch.compiler.is_compiling()  # the operators below, never the eager-only paths
         triton_lrn = _triton_lrn(x) if x.numel() and not compiling and not _exporting() else None
         if triton_lrn is not None:  # groups, ReLU and layout all handled in the kernel
-            y = _run_triton(triton_lrn, x, self.size, self.sum_alpha, self.beta, self.k, relu, g)
+            y = _run_triton(triton_lrn.lrn_triton, x, self.size, self.sum_alpha, self.beta, self.k, relu, g)
             if y is not None:
                 return y
         fused = self._fused(x)
