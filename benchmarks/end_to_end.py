@@ -11,6 +11,8 @@ links, so that an epoch lasts long enough to time; the files stay on disk as the
 cache holds them after the first epoch, as it would a data set that fits in memory). Runs:
   jpeg         the JPEG folder, --decode auto (nvJPEG on the GPU under --device cuda)
   jpeg_cpu     the JPEG folder decoded by the CPU workers (--decode cpu), for contrast (GPU only)
+  jpeg_overlap as jpeg, with ALEXNET_DECODE_OVERLAP=1: nvJPEG on a stream of its own, overlapping
+               the step queued before it (GPU only; off by default until this measures it)
   packed       the same images packed by `alexnet prepare` (no decoding)
 GPU utilisation is sampled (NVML, else nvidia-smi) during the last epoch's training phase.
 
@@ -138,14 +140,17 @@ class Utilisation:
         return sum(window) / len(window) if window else None
 
 
-def train_run(data: Path, run: Path, args, device: torch.device, decode: str) -> tuple[dict, float | None, str | None]:
-    """`alexnet train` in a subprocess; its last epoch's record and the GPU utilisation meanwhile."""
+def train_run(
+    data: Path, run: Path, args, device: torch.device, decode: str, env: dict[str, str]
+) -> tuple[dict, float | None, str | None]:
+    """`alexnet train` in a subprocess (``env`` added to its environment); its last epoch's record
+    and the GPU utilisation meanwhile."""
     cmd = [sys.executable, "-m", "alexnet", "train", "--data", str(data), "--out", str(run), "--epochs", str(args.epochs),
            "--batch-size", str(args.batch_size), "--amp", args.amp, "--device", str(device), "--decode", decode,
            "--workers", str(args.workers), "--progress", "off", "--model", "alexnet_paper"]
     if args.quick:
         cmd += ["--model-option", "input_size=64"]
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, **env, PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
     with Utilisation(device) as util:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
@@ -184,15 +189,17 @@ def main(argv: list[str] | None = None) -> None:
         from alexnet.data.packed import prepare
 
         prepare(folder, Path(tmp) / "packed", workers=args.workers, size=73 if args.quick else 256, show_progress=False)
-        runs = {"jpeg": (folder, "auto"), "packed": (Path(tmp) / "packed", "auto")}
+        off = {"ALEXNET_DECODE_OVERLAP": "0"}
+        runs = {"jpeg": (folder, "auto", off), "packed": (Path(tmp) / "packed", "auto", off)}
         if device.type == "cuda":
-            runs["jpeg_cpu"] = (folder, "cpu")
+            runs["jpeg_overlap"] = (folder, "auto", {"ALEXNET_DECODE_OVERLAP": "1"})
+            runs["jpeg_cpu"] = (folder, "cpu", off)
         figures = {}
-        for name, (data, decode) in runs.items():
-            last, util, source = train_run(data, Path(tmp) / f"run-{name}", args, device, decode)
+        for name, (data, decode, env) in runs.items():
+            last, util, source = train_run(data, Path(tmp) / f"run-{name}", args, device, decode, env)
             figures[name] = last["images_per_second"]
             util_text = f"{util:.0f} % GPU utilisation ({source})" if util is not None else "GPU utilisation not measured"
-            print(f"end to end, {name:<8} (--decode {decode}): {last['images_per_second']:9.1f} images/s in the last "
+            print(f"end to end, {name:<12} (--decode {decode}): {last['images_per_second']:9.1f} images/s in the last "
                   f"epoch's {last['train_seconds']:.1f} s of training, {util_text}; validation {last['val_seconds']:.1f} s")
     settings(device=device, batch=args.batch_size, amp=amp or "none", channels_last=True, compile=False,
              workers=args.workers, epochs=args.epochs, images_per_epoch=n, rounds=args.repeats,

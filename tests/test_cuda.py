@@ -132,3 +132,34 @@ def test_jpegs_decoded_on_cuda_match_the_cpu_workers(tmp_path: Path):
             assert b[0].device.type == "cuda" and torch.equal(a[1], b[1].cpu()) and torch.equal(a[2], b[2].cpu())
             assert (a[0].int() - b[0].cpu().int()).abs().max() <= 1
     assert gpu.bad_files.paths() == cpu.bad_files.paths()
+
+
+def test_decode_stream_never_hands_out_memory_the_training_stream_reads(tmp_path: Path):
+    """``ALEXNET_DECODE_OVERLAP=1`` decodes on a stream of its own so that a batch's decode overlaps
+    the step queued before it. Two hazards, each set up as in pytorch/vision#9606 (tensors read by
+    kernels queued behind a long one, freed before those kernels run): blocks the training stream
+    freed must not reach nvJPEG, and a decoded batch the training stream still reads must not be
+    rewritten by the next decode. The sums are exact; the batches equal the training-stream decode."""
+    from alexnet.data.device_decode import DeviceDecoder, collate_raw
+    from alexnet.data.folder import ImageFolderDataset
+
+    ds = ImageFolderDataset(make_image_folder(tmp_path / "imgs", per_class=6), resize=64, size=64)
+    ds.raw = True
+    batch = collate_raw([ds[i] for i in range(len(ds))])
+    plain = DeviceDecoder(ds, CUDA, overlap=False)(batch)
+    want = int(plain[0].sum())
+    decoder = DeviceDecoder(ds, CUDA, overlap=True)
+    for _ in range(10):
+        freed = [torch.full((3, 64, 80), i, dtype=torch.uint8, device=CUDA) for i in range(1, 9)]
+        torch.cuda._sleep(20_000_000)  # the training stream busy for a while
+        sums = [t.sum() for t in freed]  # queued behind it
+        del freed
+        out = decoder(batch)
+        held = out[0].sum()  # the training stream reads the batch, behind a second wait
+        torch.cuda._sleep(20_000_000)
+        held_late = out[0].sum()
+        del out
+        again = decoder(batch)  # the next batch, while the training stream has not read the last
+        assert [int(s) for s in sums] == [i * 3 * 64 * 80 for i in range(1, 9)]
+        assert int(held) == want and int(held_late) == want
+        assert all(torch.equal(a, b) for a, b in zip(again, plain))

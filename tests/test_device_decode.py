@@ -7,6 +7,7 @@ the CPU must stay within one grey level of the exact uint8 kernel. The CUDA side
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import numpy as np
@@ -128,6 +129,53 @@ def test_gpu_decode_waits_for_queued_work(tmp_path, monkeypatch):
     decoder._decode([torch.zeros(10, dtype=torch.uint8)] * 2, [0, 1])
     assert calls == ["synchronize", "decode on cuda"]
 
+
+
+def test_overlap_decodes_on_its_own_stream(tmp_path, monkeypatch):
+    """ALEXNET_DECODE_OVERLAP=1: the batch is made on the decoder's stream (whose memory pool the
+    training stream's freed blocks never join), the training stream waits for it, and each tensor
+    handed over is recorded on the training stream (not reused before its kernels ran). Faked CUDA:
+    this checks the protocol; tests/test_cuda.py checks the memory on a GPU."""
+    from alexnet.data import device_decode
+    from alexnet.data.folder import ImageFolderDataset
+
+    calls, current = [], []
+
+    class Stream:
+        def __init__(self, name="decode"):
+            self.name = name
+
+        def wait_stream(self, other):
+            calls.append(f"{self.name} waits for {other.name}")
+
+    main = Stream("training")
+    current.append(main)
+
+    @contextlib.contextmanager
+    def stream(s):
+        current.append(s)
+        yield
+        current.pop()
+
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: Stream())
+    monkeypatch.setattr(torch.cuda, "stream", stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: current[-1])
+    monkeypatch.setattr(torch.Tensor, "record_stream", lambda t, s: calls.append(f"{tuple(t.shape)} on {s.name}"), raising=False)
+    ds = ImageFolderDataset(make_image_folder(tmp_path / "imgs"), resize=32, size=32)
+    monkeypatch.setenv("ALEXNET_DECODE_OVERLAP", "1")
+    decoder = device_decode.DeviceDecoder(ds, "cuda")
+    images, labels = torch.zeros(2, 3, 32, 32, dtype=torch.uint8), torch.tensor([0, 1])
+
+    def assemble(items, lab, index):
+        calls.append(f"made on {current[-1].name}")
+        return images, labels, index
+
+    monkeypatch.setattr(decoder, "_assemble", assemble)
+    out = decoder(([torch.zeros(9, dtype=torch.uint8)] * 2, labels, torch.tensor([3, 4])))
+    assert out[0] is images and current == [main]
+    assert calls == ["made on decode", "training waits for decode", "(2, 3, 32, 32) on training", "(2,) on training", "(2,) on training"]
+    monkeypatch.delenv("ALEXNET_DECODE_OVERLAP")
+    assert not device_decode.DeviceDecoder(ds, "cuda").overlap  # off by default until measured on a GPU
 
 def test_decode_choice():
     assert decode_device("auto", torch.device("cpu")) is None

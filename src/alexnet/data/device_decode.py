@@ -10,6 +10,7 @@ decoded on the CPU as before, or reported as a bad file.
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import torch
@@ -52,15 +53,36 @@ class DeviceDecoder:
     float32 and may differ by one grey level.
     """
 
-    def __init__(self, dataset: ImageFolderDataset, device: torch.device | str) -> None:
+    def __init__(self, dataset: ImageFolderDataset, device: torch.device | str, overlap: bool | None = None) -> None:
         if decode_jpeg is None:  # pragma: no cover
             raise RuntimeError("decoding on the device needs torchvision.io.decode_jpeg")
         self.dataset, self.device = dataset, torch.device(device)
+        # Decode on a stream of its own, so that a batch's decode overlaps the training step queued
+        # before it. Off unless ALEXNET_DECODE_OVERLAP=1 until measured on a GPU (issue 12).
+        self.overlap = os.environ.get("ALEXNET_DECODE_OVERLAP", "0") == "1" if overlap is None else overlap
+        self._stream: torch.cuda.Stream | None = None
 
     def __call__(self, batch):
         if batch is None:
             return None
-        items, labels, index = batch
+        if not (self.overlap and self.device.type == "cuda"):
+            return self._assemble(*batch)
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(self.device)
+        # The decode stream's memory pool holds only this class's tensors: nvJPEG, which does not
+        # wait for the stream it is called from, cannot be handed a block the training stream still
+        # reads. _gpu_decode waits for this stream (the previous batch's resizes), not the training.
+        with torch.cuda.stream(self._stream):
+            out = self._assemble(*batch)
+        if out is not None:
+            main = torch.cuda.current_stream(self.device)
+            main.wait_stream(self._stream)
+            for t in out:  # freed by the training loop: not reused here before its kernels ran
+                t.record_stream(main)
+        return out
+
+    def _assemble(self, items: list[torch.Tensor], labels: torch.Tensor, index: torch.Tensor):
+        """The batch on the device (current stream): JPEGs decoded there, the rest copied."""
         encoded = [i for i, t in enumerate(items) if t.dim() == 1]
         decoded = dict(zip(encoded, self._decode([items[i] for i in encoded], index[encoded].tolist())))
         images, keep = [], []
@@ -101,10 +123,9 @@ class DeviceDecoder:
     def _gpu_decode(self, data):
         # nvJPEG writes its outputs from a private stream that does not wait for the caller's, and
         # the caching allocator may hand it a block that kernels queued on the caller's stream still
-        # read (pytorch/vision#9606): let the queued work finish first. In training this waits for
-        # the previous step's backward pass (the step itself reads the device once, before it), so
-        # the decode does not overlap it; a decode stream whose blocks the training stream holds
-        # (record_stream) would, and is to be measured on a GPU before it replaces this wait.
+        # read (pytorch/vision#9606): let the queued work finish first. On the training stream this
+        # waits for the previous step's backward pass (the step itself reads the device once,
+        # before it); with ``overlap`` the current stream is the decoder's own, and it does not.
         if self.device.type == "cuda":
             torch.cuda.current_stream(self.device).synchronize()
         return decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device)
