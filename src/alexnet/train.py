@@ -89,8 +89,9 @@ def train_one_epoch(
 
     The host waits for the device once per step (twice in a distributed run: a collective before
     the forward pass agrees on unreadable batches): the loss, checked before the step, is read
-    together with the batch's correct count, so that the next batch is read, decoded and queued
-    while the device still runs this step's backward pass.
+    together with the batch's correct count, so that the host reads the next batch and queues its
+    work while the device still runs this step's backward pass (nvJPEG waits for it unless
+    ALEXNET_DECODE_OVERLAP=1: :mod:`alexnet.data.device_decode`).
     """
     health = health or HealthMonitor(None, 2, "off")
     model.train()
