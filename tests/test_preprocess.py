@@ -69,3 +69,40 @@ def test_a_checkpoint_with_a_malformed_recipe_is_refused_in_one_line(tmp_path, c
     assert main(["predict", str(image), "--checkpoint", str(bad)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("alexnet: error:") and "bad.pt" in err and "std" in err and len(err.splitlines()) == 1
+
+
+class _HostToDevice(torch.overrides.TorchFunctionMode):
+    """Records copies from host memory to ``device``: on a GPU each is a wait for the queued work."""
+
+    def __init__(self, device: str) -> None:
+        super().__init__()
+        self.device, self.copies = device, []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        name = getattr(func, "__name__", str(func))
+        if isinstance(out, torch.Tensor) and out.device.type == self.device:
+            inputs = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+            # A 0-dim CPU tensor next to device tensors is passed as a number: no copy.
+            if any(t.device.type == "cpu" and t.dim() > 0 for t in inputs) or (name in ("tensor", "as_tensor") and not inputs):
+                self.copies.append(name)
+        return out
+
+
+@pytest.mark.parametrize("recipe", ["mean image and PCA", "per-channel mean, scale"])
+def test_a_batch_copies_nothing_from_the_host_to_its_device(recipe):
+    """Every batch's input is made where the batch lies from the recipe's tensors, copied to that
+    device once (Preprocess.tensors_on): no per-batch copy from host memory, each of which makes the
+    host wait for the training step queued on a GPU. The meta device plays the GPU."""
+    from alexnet.data.loaders import model_input
+
+    extra = {"mean_image": torch.rand(3, 40, 40) * 255} if recipe.startswith("mean image") else {"pca": None}
+    p = Preprocess.from_dict(dict(RECIPE, **({"scale": None} if "pca" not in extra else {}), **extra))
+    images = torch.zeros(4, 3, 40, 40, dtype=torch.uint8, device="meta")
+    index = torch.arange(4, device="meta")
+    model_input(images, index, p, True)  # the first batch copies the recipe's tensors over
+    for train in (True, False):
+        with _HostToDevice("meta") as watch:
+            x = model_input(images, index, p, train, seed=1, epoch=2)
+        assert x.shape == (4, 3, 32, 32) and watch.copies == [], (train, watch.copies)

@@ -318,10 +318,7 @@ def model_input(
     (B*10, C, s, s) with the ten views of an image adjacent.
     """
     b, dev = images.shape[0], images.device
-    mean = preprocess.mean_image_on(dev)
-    if mean is None:
-        mean = torch.tensor(preprocess.mean, dtype=torch.float32, device=dev).reshape(-1, 1, 1)
-    inv_std = 1.0 / torch.tensor(preprocess.std, dtype=torch.float32, device=dev).reshape(-1, 1, 1)
+    mean, inv_std, eig = preprocess.tensors_on(dev)
     # Crops are cut from the stored image padded as in training (then a centre crop is the stored
     # image's own centre); the mean image is padded and cropped like the images.
     pad = preprocess.padding
@@ -333,7 +330,6 @@ def model_input(
     if train:
         size, pca = preprocess.train_crop, preprocess.pca
         if pca:
-            eig = torch.tensor(pca.eigvals), torch.tensor(pca.eigvecs)
             shift = augment.pca_noise(index.to(dev), seed, epoch, *eig, pca.alpha_std)
         if preprocess.scale:  # random area and aspect, resampled to the crop size
             theta = augment.random_resized_crop_params(index.to(dev), seed, epoch, preprocess.scale, flip=preprocess.flip)

@@ -13,7 +13,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -102,6 +102,14 @@ class PCANoise:
     alpha_std: float
 
 
+class RecipeTensors(NamedTuple):
+    """:class:`Preprocess`'s numbers as tensors on one device (:meth:`Preprocess.tensors_on`)."""
+
+    mean: torch.Tensor  # the mean image (C, H, W), else the per-channel mean (C, 1, 1); float32
+    inv_std: torch.Tensor  # 1 / std, (C, 1, 1) float32
+    pca: tuple[torch.Tensor, torch.Tensor] | None  # eigenvalues and eigenvectors, float64
+
+
 @dataclass
 class Preprocess:
     """How images become the network's input: one typed recipe, stored with every checkpoint,
@@ -129,7 +137,7 @@ class Preprocess:
     mean_image: torch.Tensor | None = field(default=None, repr=False, compare=False)  # (C, H, W) float32
     pca: PCANoise | None = None
     note: str | None = None  # e.g. imported weights' channel order
-    _copies: dict[str, torch.Tensor] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _copies: dict[str, RecipeTensors] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def channels(self) -> int:
@@ -148,11 +156,20 @@ class Preprocess:
 
     def mean_image_on(self, device: torch.device) -> torch.Tensor | None:
         """The mean image on ``device`` (copied there once)."""
-        if self.mean_image is None:
-            return None
-        if str(device) not in self._copies:
-            self._copies[str(device)] = self.mean_image.to(device)
-        return self._copies[str(device)]
+        return None if self.mean_image is None else self.tensors_on(device).mean
+
+    def tensors_on(self, device: torch.device) -> RecipeTensors:
+        """The recipe's tensors on ``device``, made and copied there once: a copy from host memory
+        makes the host wait for everything queued on the GPU, which is the training step."""
+        key = str(device)
+        if key not in self._copies:
+            mean = self.mean_image if self.mean_image is not None else torch.tensor(self.mean, dtype=torch.float32).reshape(-1, 1, 1)
+            inv_std = 1.0 / torch.tensor(self.std, dtype=torch.float32).reshape(-1, 1, 1)
+            eig = (torch.tensor(self.pca.eigvals), torch.tensor(self.pca.eigvecs)) if self.pca else None
+            self._copies[key] = RecipeTensors(
+                mean.to(device), inv_std.to(device), tuple(t.to(device, torch.float64) for t in eig) if eig else None
+            )
+        return self._copies[key]
 
     def state(self) -> dict[str, Any]:
         """The checkpoint form: plain values, the mean image as a tensor."""
