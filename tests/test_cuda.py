@@ -163,3 +163,11 @@ def test_decode_stream_never_hands_out_memory_the_training_stream_reads(tmp_path
         assert [int(s) for s in sums] == [i * 3 * 64 * 80 for i in range(1, 9)]
         assert int(held) == want and int(held_late) == want
         assert all(torch.equal(a, b) for a, b in zip(again, plain))
+
+
+def test_in_memory_batches_for_the_gpu_are_pinned(tiny_fmnist: Path):
+    """Fashion-MNIST batches of a CUDA run lie in page-locked memory: their copy is asynchronous."""
+    from alexnet.data.loaders import load_data
+
+    data = load_data(tiny_fmnist, batch_size=8, input_size=28, pin_memory=True)
+    assert all(t.is_pinned() for t in next(iter(data.train))) and all(t.is_pinned() for t in next(iter(data.val)))

@@ -8,7 +8,7 @@ from conftest import write_idx
 
 from alexnet.data import augment
 from alexnet.data.fashion_mnist import DEBIAN_ROOT, load_fashion_mnist, read_idx
-from alexnet.data.loaders import EpochBatchSampler
+from alexnet.data.loaders import EpochBatchSampler, load_data
 from alexnet.errors import DataError
 
 
@@ -74,3 +74,17 @@ def test_sampler_shards_cover_the_global_batch():
     ranks = [list(EpochBatchSampler(20, 8, True, seed=4, rank=r, world=2)) for r in range(2)]
     for b, batch in enumerate(full):
         assert sorted(ranks[0][b] + ranks[1][b]) == sorted(batch)
+
+
+def test_in_memory_batches_are_pinned_for_a_gpu(tiny_fmnist, monkeypatch):
+    """Fashion-MNIST and CIFAR batches for a GPU lie in page-locked memory, as the DataLoader's
+    pin_memory leaves image-folder batches: the copy to the GPU is then asynchronous. CPU runs pin
+    nothing. (Pinning needs a GPU; here a stand-in records it. test_cuda.py checks the real one.)"""
+    pinned = []
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda t, *a: (pinned.append(tuple(t.shape)), t)[1])
+    for pin in (False, True):
+        data = load_data(tiny_fmnist, batch_size=8, input_size=28, pin_memory=pin)
+        images, labels, index = next(iter(data.train))
+        assert torch.equal(images, data.train.images[index]) and torch.equal(labels, data.train.labels[index])
+        next(iter(data.val))
+        assert pinned == ([] if not pin else [(8, 1, 28, 28), (8,), (8,)] * 2)

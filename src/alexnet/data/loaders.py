@@ -63,10 +63,14 @@ class EpochBatchSampler:
 
 
 class TensorBatches:
-    """Batches from images held in memory as one uint8 tensor (Fashion-MNIST)."""
+    """Batches from images held in memory as one uint8 tensor (Fashion-MNIST, CIFAR).
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, sampler: EpochBatchSampler) -> None:
-        self.images, self.labels, self.sampler = images, labels, sampler
+    With ``pin``, each batch lies in page-locked memory, as the DataLoader's ``pin_memory`` makes
+    it: its copy to a GPU is then asynchronous; from ordinary memory it would wait for the queued step.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, sampler: EpochBatchSampler, pin: bool = False) -> None:
+        self.images, self.labels, self.sampler, self.pin = images, labels, sampler, pin
 
     def __len__(self) -> int:
         return len(self.sampler)
@@ -74,7 +78,8 @@ class TensorBatches:
     def __iter__(self):
         for idx in self.sampler:
             index = torch.tensor(idx, dtype=torch.int64)
-            yield self.images[index], self.labels[index], index
+            batch = self.images[index], self.labels[index], index
+            yield tuple(t.pin_memory() for t in batch) if self.pin else batch
 
 
 @dataclass
@@ -189,6 +194,8 @@ def load_data(
         raise DataError(missing_message(root))
     kind = detect(root)
     common = dict(batch_size=batch_size, eval_batch_size=eval_batch_size, input_size=input_size, seed=seed, rank=rank, world=world)
+    if kind in ("fashion_mnist", "cifar"):
+        common["pin"] = pin_memory
     if kind == "fashion_mnist":
         x_train, y_train = load_fashion_mnist(root, "train")
         x_test, y_test = load_fashion_mnist(root, "test")
@@ -219,14 +226,16 @@ def _tensor_stats(images: torch.Tensor) -> dict[str, Any]:
     }
 
 
-def _tensors(kind, preset, x_train, y_train, x_test, y_test, classes, source, batch_size, eval_batch_size, input_size, seed, rank, world):
+def _tensors(
+    kind, preset, x_train, y_train, x_test, y_test, classes, source, batch_size, eval_batch_size, input_size, seed, rank, world, pin
+):
     preset = preset or _default_preset(kind)
     stats = _tensor_stats(x_train) if presets.needs_stats(preset) else None
     side = x_train.shape[-1]
     base = {"dataset": kind, "resize": None, "size": side, "train_crop": side, "test_crop": side, "input_size": input_size}
     preprocess = presets.resolve(preset, stats, base)
-    train = TensorBatches(x_train, y_train, EpochBatchSampler(len(x_train), batch_size, True, seed, True, rank, world))
-    val = TensorBatches(x_test, y_test, EpochBatchSampler(len(x_test), eval_batch_size, False, rank=rank, world=world))
+    train = TensorBatches(x_train, y_train, EpochBatchSampler(len(x_train), batch_size, True, seed, True, rank, world), pin)
+    val = TensorBatches(x_test, y_test, EpochBatchSampler(len(x_test), eval_batch_size, False, rank=rank, world=world), pin)
     return DataBundle(train, val, classes, preprocess, len(x_train), len(x_test), source)
 
 
