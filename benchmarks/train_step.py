@@ -93,7 +93,7 @@ ABLATIONS: dict[str, tuple[dict, bool, bool]] = {
     "ours, one tower": ({"towers": 1}, False, False),
     "ours, towers as dense convs": ({}, True, False),
     "ours, no dropout": ({"dropout": 0.0}, False, False),
-    "ours, paper SGD (foreach)": ({}, False, True),
+    "ours, paper SGD": ({}, False, True),
 }
 
 

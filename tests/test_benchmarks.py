@@ -89,7 +89,7 @@ def test_benchmark_quick(name, tmp_path):
         # --ablate: a row per variant with its own training MACs (one tower: dense conv2/4/5).
         rows = {line[:30].strip(): line for line in proc.stdout.splitlines() if line.startswith("ours") and "M)" in line}
         assert set(rows) == {"ours (alexnet_paper)", "ours, no LRN", "ours, one tower", "ours, towers as dense convs",
-                             "ours, no dropout", "ours, paper SGD (foreach)"}
+                             "ours, no dropout", "ours, paper SGD"}
         assert rows["ours, one tower"].endswith("(3300.4 M)") and rows["ours, no LRN"].endswith("(2067.8 M)")
         assert "--- profile: ours (alexnet_paper), by input shape ---" in proc.stdout
 

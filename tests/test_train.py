@@ -54,6 +54,44 @@ def test_paper_sgd_matches_the_rule_by_hand():
     assert (q.detach() - w).abs().max() > 1e-6
 
 
+
+def test_paper_sgd_in_one_fused_pass_matches_the_rule(monkeypatch):
+    """float32 parameters (a channels_last conv weight and a bias) take the one-pass fused update:
+    weights and velocities match the paper's rule in float64 across a drop of the rate, and the
+    four-pass update was not used."""
+    from alexnet import optim
+
+    try:
+        optim._paper_update_fused([torch.zeros(2)], [torch.zeros(2)], [torch.zeros(2)], 0.1, 0.9, 0.0)
+    except RuntimeError:
+        pytest.skip("this torch has no fused SGD kernel for the CPU")
+    cpu = torch.device("cpu")
+    assert optim._fused_matches(cpu, torch.float32) and not optim._fused_matches(cpu, torch.float64)
+    monkeypatch.setattr(optim, "_FUSED", {})  # a kernel that computes something else is refused by the probe
+    with monkeypatch.context() as m:
+        m.setattr(optim, "_paper_update_fused", lambda ps, gs, vs, lr, mu, wd: optim._paper_update(ps, gs, vs, lr, mu, 2 * wd))
+        assert not optim._fused_matches(cpu, torch.float32)
+    monkeypatch.setattr(optim, "_fused_matches", lambda device, dtype: True)  # the kernel itself is under test below
+    monkeypatch.setattr(optim, "_paper_update", lambda *a: pytest.fail("the four-pass update ran"))
+    torch.manual_seed(1)
+    w0 = [torch.randn(8, 3, 5, 5).contiguous(memory_format=torch.channels_last), torch.randn(8)]
+    grads = [[torch.randn_like(w) for w in w0] for _ in range(4)]
+    lrs, mu, wd = [0.01, 0.01, 0.001, 0.003], 0.9, 5e-4
+    ws, vs = [w.double() for w in w0], [torch.zeros_like(w, dtype=torch.float64) for w in w0]
+    params = [torch.nn.Parameter(w.clone()) for w in w0]
+    opt = PaperSGD(params, lr=0.01, momentum=mu, weight_decay=wd)
+    for step_grads, e in zip(grads, lrs):
+        vs = [mu * v - wd * e * w - e * g.double() for v, w, g in zip(vs, ws, step_grads)]
+        ws = [w + v for w, v in zip(ws, vs)]
+        opt.param_groups[0]["lr"] = e
+        for p, g in zip(params, step_grads):
+            p.grad = g.clone()
+        opt.step()
+    for p, w, v in zip(params, ws, vs):
+        torch.testing.assert_close(p.detach().double(), w, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(opt.state[p]["velocity"].double(), v, rtol=1e-5, atol=1e-8)
+    assert params[0].is_contiguous(memory_format=torch.channels_last)
+
 def test_plateau_schedule_on_scripted_errors():
     sched = PlateauSchedule(patience=2, factor=0.1, max_reductions=3)
     errors = [0.9, 0.8, 0.7, 0.7, 0.71, 0.6, 0.6, 0.6, 0.5, 0.5, 0.5, 0.5, 0.5]

