@@ -171,3 +171,25 @@ def test_in_memory_batches_for_the_gpu_are_pinned(tiny_fmnist: Path):
 
     data = load_data(tiny_fmnist, batch_size=8, input_size=28, pin_memory=True)
     assert all(t.is_pinned() for t in next(iter(data.train))) and all(t.is_pinned() for t in next(iter(data.val)))
+
+
+def test_paper_sgd_takes_the_fused_pass_on_cuda():
+    """PaperSGD on cuda: the probe accepts PyTorch's fused SGD kernel (one pass), and weights and
+    velocities follow the paper's rule in float64 across a drop of the rate."""
+    from alexnet import optim
+
+    assert optim._fused_matches(CUDA, torch.float32) and optim._fused_matches(CUDA, torch.bfloat16)
+    torch.manual_seed(2)
+    w0 = torch.randn(64, 32, device=CUDA)
+    grads = [torch.randn_like(w0) for _ in range(3)]
+    w, v = w0.double(), torch.zeros_like(w0, dtype=torch.float64)
+    p = torch.nn.Parameter(w0.clone())
+    opt = optim.PaperSGD([p], lr=0.01, momentum=0.9, weight_decay=5e-4)
+    for g, e in zip(grads, [0.01, 0.01, 0.001]):
+        v = 0.9 * v - 5e-4 * e * w - e * g.double()
+        w = w + v
+        opt.param_groups[0]["lr"] = e
+        p.grad = g.clone()
+        opt.step()
+    torch.testing.assert_close(p.detach().double(), w, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(opt.state[p]["velocity"].double(), v, rtol=1e-5, atol=1e-8)
