@@ -8,7 +8,7 @@ from conftest import write_idx
 
 from alexnet.data import augment
 from alexnet.data.fashion_mnist import DEBIAN_ROOT, load_fashion_mnist, read_idx
-from alexnet.data.loaders import EpochBatchSampler, load_data
+from alexnet.data.loaders import EpochBatchSampler, load_data, load_eval_data
 from alexnet.errors import DataError
 
 
@@ -87,4 +87,6 @@ def test_in_memory_batches_are_pinned_for_a_gpu(tiny_fmnist, monkeypatch):
         images, labels, index = next(iter(data.train))
         assert torch.equal(images, data.train.images[index]) and torch.equal(labels, data.train.labels[index])
         next(iter(data.val))
-        assert pinned == ([] if not pin else [(8, 1, 28, 28), (8,), (8,)] * 2)
+        loader, *_ = load_eval_data(tiny_fmnist, data.preprocess, 8, pin_memory=pin)  # `alexnet evaluate`
+        next(iter(loader))
+        assert pinned == ([] if not pin else [(8, 1, 28, 28), (8,), (8,)] * 3)

@@ -173,7 +173,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
         data = (load_checkpoint(args.checkpoint).get("train_config") or {}).get("data")
     loader, classes, n_images, source = load_eval_data(
-        data, models[0].preprocess, args.batch_size, args.workers, decode_device=decode_device(args.decode or "auto", device)
+        data, models[0].preprocess, args.batch_size, args.workers, decode_device=decode_device(args.decode or "auto", device),
+        pin_memory=device.type == "cuda",
     )
     if len(classes) != n_classes:
         raise CheckpointError(f"{source} has {len(classes)} classes but {args.checkpoint} predicts {n_classes}")

@@ -386,11 +386,13 @@ def load_eval_data(
     strict: bool = False,
     out_dir: str | os.PathLike | None = None,
     decode_device: torch.device | str | None = None,
+    pin_memory: bool = False,
 ) -> tuple[Any, list[str], int, str]:
     """The evaluation split of ``data`` prepared as ``preprocess`` says (from a checkpoint).
 
     Fashion-MNIST / CIFAR: the test set. An image or packed folder: its ``val`` split if present,
-    else every image. Returns (loader, class names, number of images, description).
+    else every image. Returns (loader, class names, number of images, description). ``pin_memory``:
+    batches in page-locked memory, for a GPU.
     """
     root = Path(data) if data is not None else DEBIAN_ROOT
     if data is None and not root.exists():
@@ -404,7 +406,7 @@ def load_eval_data(
         source = f"CIFAR test ({root})"
     if kind in ("fashion_mnist", "cifar"):
         _check_fits(preprocess, x.shape[1], x.shape[-1], source)
-        return TensorBatches(x, y, EpochBatchSampler(len(x), batch_size, False)), names, len(x), source
+        return TensorBatches(x, y, EpochBatchSampler(len(x), batch_size, False), pin_memory), names, len(x), source
     if kind == "packed":
         index = read_index(root)
         split = "val" if "val" in index["splits"] else "train"
@@ -419,5 +421,5 @@ def load_eval_data(
         ds = splits.get("val", splits["train"])
         ds.size, ds.channels = size, preprocess.channels
         classes, source = ds.classes, str(ds.root)
-    loader = _batches(ds, list(range(len(ds))), batch_size, False, False, 0, 0, 1, workers, False, decode_device)
+    loader = _batches(ds, list(range(len(ds))), batch_size, False, False, 0, 0, 1, workers, pin_memory, decode_device)
     return loader, classes, len(ds), source
