@@ -171,6 +171,31 @@ def test_nproc_run_with_a_killed_rank_ends_in_one_line(tiny_fmnist, tmp_path):
     assert f"alexnet train --resume {out} --nproc 2" in last
 
 
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc to find the ranks")
+def test_ctrl_c_on_one_rank_stops_every_rank_at_the_same_step(tiny_fmnist, tmp_path):
+    """SIGINT reaching one rank only: the ranks agree on it in the step's collective, each saves
+    the same step and stops, and the launcher says how to continue (not an error)."""
+    out = tmp_path / "ctrl-c"
+    proc = subprocess.Popen([sys.executable, "-m", "alexnet", *_args(tiny_fmnist, out, "--nproc", "2", "--epochs", "50")],
+                            env=cli_env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        while not (out / "last.pt").exists() and proc.poll() is None:
+            time.sleep(0.005)
+        ranks = _children(proc.pid)
+        assert len(ranks) == 2
+        os.kill(ranks[1], signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert lines[-1] == f"alexnet: interrupted; continue from the last checkpoint with: alexnet train --resume {out} --nproc 2"
+    said = [line for line in lines if line.startswith("alexnet: interrupted at epoch ")]
+    assert len(said) == 2 and said[0] == said[1], err  # both ranks, the same step
+    step = int(said[0].split(", step ")[1].split(";")[0])
+    assert torch.load(out / "last.pt", weights_only=True)["position"]["step"] == step
+
 def test_hung_rank_stops_the_run_after_the_timeout(tiny_fmnist, tmp_path):
     out = tmp_path / "hung"
     rank0, rank1 = _start_ranks(_args(tiny_fmnist, out, "--dist-timeout", "4", "--epochs", "50"))

@@ -240,6 +240,9 @@ def launch(nproc: int, argv: list[str], run_dir: str | None) -> int:
         return 0
     except ChildFailedError as e:
         rank, failure = e.get_first_failure()
+        if failure.exitcode == 130:  # Ctrl-C on any rank: every rank saved the same step and stopped
+            print(f"alexnet: interrupted; {resume}", file=sys.stderr)
+            return 130
         if failure.exitcode < 0:
             try:
                 how = f"was killed by {signal.Signals(-failure.exitcode).name}"
@@ -248,7 +251,7 @@ def launch(nproc: int, argv: list[str], run_dir: str | None) -> int:
         else:
             how = f"exited with code {failure.exitcode} (its message is above)"
         print(f"alexnet: error: the {nproc}-process run stopped: rank {rank} {how}; {resume}", file=sys.stderr)
-        return 130 if failure.exitcode == 130 else 1
+        return 1
     except (KeyboardInterrupt, SignalException):
         print(f"alexnet: interrupted; {resume}", file=sys.stderr)
         return 130
