@@ -150,22 +150,28 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc to find the ranks")
-def test_nproc_run_with_a_killed_rank_ends_in_one_line(tiny_fmnist, tmp_path):
-    out = tmp_path / "nproc"
+def _signal_rank_1(data: Path, out: Path, sig: signal.Signals) -> tuple[int, str]:
+    """A 2-process run whose rank 1 gets ``sig`` once the first checkpoint exists: exit code, stderr."""
     env = cli_env()  # CPU ranks on every machine (see conftest.cli_env)
-    proc = subprocess.Popen([sys.executable, "-m", "alexnet", *_args(tiny_fmnist, out, "--nproc", "2", "--epochs", "50")],
+    proc = subprocess.Popen([sys.executable, "-m", "alexnet", *_args(data, out, "--nproc", "2", "--epochs", "50")],
                             env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         while not (out / "last.pt").exists() and proc.poll() is None:
             time.sleep(0.005)
         ranks = _children(proc.pid)  # torchrun's agent runs inside the launcher: its children are the ranks
         assert len(ranks) == 2
-        os.kill(ranks[1], signal.SIGKILL)
+        os.kill(ranks[1], sig)
         _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    assert proc.returncode == 1 and "Traceback" not in err, err
+    return proc.returncode, err
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc to find the ranks")
+def test_nproc_run_with_a_killed_rank_ends_in_one_line(tiny_fmnist, tmp_path):
+    out = tmp_path / "nproc"
+    code, err = _signal_rank_1(tiny_fmnist, out, signal.SIGKILL)
+    assert code == 1 and "Traceback" not in err, err
     last = err.strip().splitlines()[-1]
     assert "the 2-process run stopped: rank 1 was killed by SIGKILL" in last
     assert f"alexnet train --resume {out} --nproc 2" in last
@@ -177,18 +183,8 @@ def test_ctrl_c_on_one_rank_stops_every_rank_at_the_same_step(tiny_fmnist, tmp_p
     """SIGINT reaching one rank only: the ranks agree on it in the step's collective, each saves
     the same step and stops, and the launcher says how to continue (not an error)."""
     out = tmp_path / "ctrl-c"
-    proc = subprocess.Popen([sys.executable, "-m", "alexnet", *_args(tiny_fmnist, out, "--nproc", "2", "--epochs", "50")],
-                            env=cli_env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        while not (out / "last.pt").exists() and proc.poll() is None:
-            time.sleep(0.005)
-        ranks = _children(proc.pid)
-        assert len(ranks) == 2
-        os.kill(ranks[1], signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-    assert proc.returncode == 130 and "Traceback" not in err, err
+    code, err = _signal_rank_1(tiny_fmnist, out, signal.SIGINT)
+    assert code == 130 and "Traceback" not in err, err
     lines = err.strip().splitlines()
     assert lines[-1] == f"alexnet: interrupted; continue from the last checkpoint with: alexnet train --resume {out} --nproc 2"
     said = [line for line in lines if line.startswith("alexnet: interrupted at epoch ")]
