@@ -178,7 +178,7 @@ def test_paper_sgd_takes_the_fused_pass_on_cuda():
     velocities follow the paper's rule in float64 across a drop of the rate."""
     from alexnet import optim
 
-    assert optim._fused_matches(CUDA, torch.float32) and optim._fused_matches(CUDA, torch.bfloat16)
+    assert optim._fused_matches(CUDA, torch.float32)  # the parameters of every run (bf16 is autocast)
     torch.manual_seed(2)
     w0 = torch.randn(64, 32, device=CUDA)
     grads = [torch.randn_like(w0) for _ in range(3)]
