@@ -130,7 +130,6 @@ def test_gpu_decode_waits_for_queued_work(tmp_path, monkeypatch):
     assert calls == ["synchronize", "decode on cuda"]
 
 
-
 def test_overlap_decodes_on_its_own_stream(tmp_path, monkeypatch):
     """ALEXNET_DECODE_OVERLAP=1: the batch is made on the decoder's stream (whose memory pool the
     training stream's freed blocks never join), the training stream waits for it, and each tensor
@@ -176,6 +175,7 @@ def test_overlap_decodes_on_its_own_stream(tmp_path, monkeypatch):
     assert calls == ["made on decode", "training waits for decode", "(2, 3, 32, 32) on training", "(2,) on training", "(2,) on training"]
     monkeypatch.delenv("ALEXNET_DECODE_OVERLAP")
     assert not device_decode.DeviceDecoder(ds, "cuda").overlap  # off by default until measured on a GPU
+
 
 def test_decode_choice():
     assert decode_device("auto", torch.device("cpu")) is None

@@ -304,7 +304,6 @@ def test_compiled_model_keeps_the_kernel(monkeypatch):
         torch.testing.assert_close(p.grad, eager[name], rtol=1e-3, atol=1e-5 * float(eager[name].abs().max()), msg=name)
 
 
-
 @pytest.mark.parametrize("broken", ["lrn_forward", "lrn_backward"])
 def test_operator_falls_back_when_triton_cannot_build(broken, monkeypatch):
     """A Triton that imports but cannot build a kernel (a GPU it does not support): the operator,
