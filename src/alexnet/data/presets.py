@@ -154,10 +154,6 @@ class Preprocess:
         (its channel count; its stored size where it has one, which its mean image is cut to)."""
         return channels == self.channels and (self.size is None or side == self.size)
 
-    def mean_image_on(self, device: torch.device) -> torch.Tensor | None:
-        """The mean image on ``device`` (copied there once)."""
-        return None if self.mean_image is None else self.tensors_on(device).mean
-
     def tensors_on(self, device: torch.device) -> RecipeTensors:
         """The recipe's tensors on ``device``, made and copied there once: a copy from host memory
         makes the host wait for everything queued on the GPU, which is the training step."""
