@@ -9,6 +9,12 @@ if [ ! -x .venv/bin/python ]; then
 fi
 if ! .venv/bin/python -c "import torch, torchvision" 2>/dev/null; then
   echo "bootstrap: installing torch and torchvision (a few minutes)" >&2
+  # The CUDA build of torch takes about 6 GB; say so up front rather than leave pip's
+  # "No space left on device" to explain a half-made venv.
+  free_mb=$(df -Pm .venv | awk 'NR==2 {print $4}')
+  if [ "${free_mb:-0}" -lt 6500 ]; then
+    echo "bootstrap: warning: torch needs about 6 GB in $(pwd)/.venv; ${free_mb} MB free there" >&2
+  fi
   # Pinned to the release that this project is tested with; any torch>=2.4 works.
   .venv/bin/pip install -q ${TORCH_SPEC:-torch==2.14.1 torchvision==0.29.1}
 fi
