@@ -337,3 +337,17 @@ def test_operator_falls_back_when_triton_cannot_build(broken, monkeypatch):
     np.testing.assert_allclose(y.detach().double().numpy(), ref.detach().numpy(), rtol=1e-5, atol=1e-6)
     want = x64.grad.numpy()
     np.testing.assert_allclose(x32.grad.double().numpy(), want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("name", ["lrn_op", "lrn_backward_op"])
+def test_operator_schema_is_its_signature(name):
+    """The operators' schemas are written out (torch < 2.5 cannot read this module's string
+    annotations); they must say what torch infers from the functions' signatures where it can."""
+    from alexnet import lrn as lrn_mod
+
+    op = getattr(lrn_mod, name)
+    infer = getattr(torch.library, "infer_schema", None)
+    if infer is None:
+        pytest.skip(f"torch {torch.__version__} has no torch.library.infer_schema")
+    written = str(op._opoverload._schema)
+    assert written == op._opoverload._schema.name + infer(op._init_fn, mutates_args=())

@@ -186,7 +186,10 @@ def _grouped(fn, groups: int, x: torch.Tensor, *more: torch.Tensor) -> torch.Ten
     return out.contiguous(memory_format=torch.contiguous_format if x.is_contiguous() else torch.channels_last)
 
 
-@torch.library.custom_op("alexnet::lrn", mutates_args=())
+# Schemas written out: torch < 2.5 cannot infer them from this module's postponed (string) annotations.
+@torch.library.custom_op(
+    "alexnet::lrn", mutates_args=(), schema="(Tensor x, SymInt size, float alpha, float beta, float k, bool relu, SymInt groups) -> Tensor"
+)
 def lrn_op(x: torch.Tensor, size: int, alpha: float, beta: float, k: float, relu: bool, groups: int) -> torch.Tensor:
     """LRN (sum convention) of ``x``, or of ``relu(x)``, by the fused kernel of ``x``'s device."""
     x = _dense(x)
@@ -199,7 +202,11 @@ def lrn_op(x: torch.Tensor, size: int, alpha: float, beta: float, k: float, relu
     return _grouped(lambda t: _terms(F.relu(t) if relu else t, size, alpha, beta, k)[0], groups, x)
 
 
-@torch.library.custom_op("alexnet::lrn_backward", mutates_args=())
+@torch.library.custom_op(
+    "alexnet::lrn_backward",
+    mutates_args=(),
+    schema="(Tensor x, Tensor grad_y, SymInt size, float alpha, float beta, float k, bool relu, SymInt groups) -> Tensor",
+)
 def lrn_backward_op(
     x: torch.Tensor, grad_y: torch.Tensor, size: int, alpha: float, beta: float, k: float, relu: bool, groups: int
 ) -> torch.Tensor:
