@@ -90,7 +90,10 @@ def native_batches(files: list[str], batch: int, device: str, augment: bool, see
     order = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed)).tolist()
     for i in range(0, len(order), batch):
         data = [read_file(files[j]) for j in order[i : i + batch]]
-        decoded = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+        if not device.startswith("cuda"):  # what decode_jpeg(list) does on the CPU, and torchvision < 0.20 takes no list there
+            decoded = [decode_jpeg(d, mode=ImageReadMode.RGB) for d in data]
+        else:
+            decoded = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
         x = torch.stack([per_image(im) for im in decoded])
         yield to_float(x) if augment else x
 

@@ -187,12 +187,21 @@ def worker() -> None:
 
     lazy = "alexnet.lrn_triton" not in sys.modules  # checked here: importing alexnet is slow
     try:
-        import triton  # noqa: F401
+        import triton
     except ImportError as e:
         print(json.dumps({"skip": f"triton not importable: {e}"}))
         return
+    from _triton_probe import interpreter_writes_cpu_tensors  # beside this file, run as a script
+
+    if not interpreter_writes_cpu_tensors():
+        print(json.dumps({"skip": f"Triton {triton.__version__}'s interpreter does not write CPU tensors"}))
+        return
     results = {case_id(c): run_case(**c) for c in CASES}
-    out = {"cases": results, "strided": run_strided(), "keys": specialisation_keys(), "lazy": lazy}
+    try:  # Triton's internals: the binder below is Triton >= 3.1's
+        keys = specialisation_keys()
+    except (ImportError, TypeError, AttributeError) as e:
+        keys = f"Triton {triton.__version__} binds arguments otherwise ({type(e).__name__}: {e})"
+    out = {"cases": results, "strided": run_strided(), "keys": keys, "lazy": lazy}
     print(json.dumps(out))
 
 
@@ -233,6 +242,8 @@ def test_interpreted_strided_input_and_expanded_gradient(interpreted):
 @needs_triton
 def test_batch_and_image_size_do_not_recompile(interpreted):
     """Triton compiles once per specialisation key: it must not change with N, H, W or the layout."""
+    if isinstance(interpreted["keys"], str):
+        pytest.skip(interpreted["keys"])
     for per_kernel in interpreted["keys"]:
         assert len(set(per_kernel)) == 1, per_kernel
 
