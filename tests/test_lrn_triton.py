@@ -191,10 +191,11 @@ def worker() -> None:
     except ImportError as e:
         print(json.dumps({"skip": f"triton not importable: {e}"}))
         return
-    from _triton_probe import interpreter_writes_cpu_tensors  # beside this file, run as a script
+    from _triton_probe import interpreter_problem  # beside this file, run as a script
 
-    if not interpreter_writes_cpu_tensors():
-        print(json.dumps({"skip": f"Triton {triton.__version__}'s interpreter does not write CPU tensors"}))
+    problem = interpreter_problem()
+    if problem:
+        print(json.dumps({"skip": problem}))
         return
     results = {case_id(c): run_case(**c) for c in CASES}
     try:  # Triton's internals: the binder below is Triton >= 3.1's
