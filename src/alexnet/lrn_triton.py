@@ -23,8 +23,8 @@ new batch or image size reuses the compiled kernel; the window and ``relu`` are 
 Importing this module imports Triton; :mod:`alexnet.lrn` imports it only on first CUDA use.
 """
 
-# No ``from __future__ import annotations`` here: Triton 3.0's interpreter (torch 2.4) knows a
-# constexpr argument only by its evaluated annotation, not the string "tl.constexpr".
+from __future__ import annotations
+
 import contextlib
 import itertools
 
@@ -119,7 +119,7 @@ def _lrn_fwd_kernel(
         c = e - AFTER
         ok = live & (c >= 0)
         y = _lx(_ld(xp, c, xsc, CG, live), RELU) * _pow(s, alpha, k, -beta)
-        tl.store(yp + tl.cast(c, tl.int64) * osc, y.to(y_ptr.dtype.element_ty), mask=ok)
+        tl.store(yp + c.to(tl.int64) * osc, y.to(y_ptr.dtype.element_ty), mask=ok)
         new = nxt
 
 
@@ -187,7 +187,7 @@ def _lrn_bwd_kernel(
         dx -= 2.0 * alpha * beta * _lx(xr, RELU) * tsum.to(tl.float32)
         if RELU:
             dx = tl.where(xr > 0, dx, 0.0)  # ReLU's backward: no gradient where its input was <= 0
-        tl.store(dp + tl.cast(i, tl.int64) * osc, dx.to(dx_ptr.dtype.element_ty), mask=ok)
+        tl.store(dp + i.to(tl.int64) * osc, dx.to(dx_ptr.dtype.element_ty), mask=ok)
         new = nxt
         g_new = g_nxt
 
