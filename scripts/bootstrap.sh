@@ -16,7 +16,8 @@ if ! .venv/bin/python -c "import torch, torchvision" 2>/dev/null; then
     echo "bootstrap: warning: torch needs about 6 GB in $(pwd)/.venv; ${free_mb} MB free there" >&2
   fi
   # Pinned to the release that this project is tested with; any torch>=2.4 works.
-  .venv/bin/pip install -q ${TORCH_SPEC:-torch==2.14.1 torchvision==0.29.1}
+  # pip's status survives the filter (pipefail); the filter drops its notes on absent local indexes.
+  .venv/bin/pip install -q ${TORCH_SPEC:-torch==2.14.1 torchvision==0.29.1} 2>&1 | { grep -v "^WARNING: Location" || true; }
 fi
 # Cheap when everything is already there; picks up dependencies added since the last run.
 .venv/bin/pip install -q -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
