@@ -198,7 +198,7 @@ def worker() -> None:
         print(json.dumps({"skip": problem}))
         return
     results = {case_id(c): run_case(**c) for c in CASES}
-    try:  # Triton's internals: the binder below is Triton >= 3.1's
+    try:  # Triton internals (seen in Triton 3.6 and 3.8): other releases may bind arguments otherwise
         keys = specialisation_keys()
     except (ImportError, TypeError, AttributeError) as e:
         keys = f"Triton {triton.__version__} binds arguments otherwise ({type(e).__name__}: {e})"
