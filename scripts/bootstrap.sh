@@ -4,6 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+# pip install, without its notes on this machine's absent local indexes; pip's errors and exit
+# status are kept (pipefail).
+pip_install() { .venv/bin/pip install -q "$@" 2>&1 | { grep -v "^WARNING: Location" || true; }; }
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
@@ -16,11 +19,10 @@ if ! .venv/bin/python -c "import torch, torchvision" 2>/dev/null; then
     echo "bootstrap: warning: torch needs about 6 GB in $(pwd)/.venv; ${free_mb} MB free there" >&2
   fi
   # Pinned to the release that this project is tested with; any torch>=2.4 works.
-  # pip's status survives the filter (pipefail); the filter drops its notes on absent local indexes.
-  .venv/bin/pip install -q ${TORCH_SPEC:-torch==2.14.1 torchvision==0.29.1} 2>&1 | { grep -v "^WARNING: Location" || true; }
+  pip_install ${TORCH_SPEC:-torch==2.14.1 torchvision==0.29.1}
 fi
 # Cheap when everything is already there; picks up dependencies added since the last run.
-.venv/bin/pip install -q -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
+pip_install -e ".[test]"
 if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null; then
   echo "bootstrap: installing Debian's dataset-fashion-mnist" >&2
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
