@@ -92,6 +92,24 @@ def test_paper_sgd_in_one_fused_pass_matches_the_rule(monkeypatch):
         torch.testing.assert_close(opt.state[p]["velocity"].double(), v, rtol=1e-5, atol=1e-8)
     assert params[0].is_contiguous(memory_format=torch.channels_last)
 
+@pytest.mark.parametrize("mu", [0.0, 0.5])
+def test_paper_sgd_float32_matches_the_rule_at_any_momentum(mu):
+    """float32 parameters (the fused path where the kernel takes them), momentum 0 included: the
+    weights after three steps are the paper's rule computed in float64."""
+    torch.manual_seed(2)
+    w0, grads, lrs, wd = torch.randn(6), [torch.randn(6) for _ in range(3)], [0.01, 0.01, 0.001], 5e-4
+    w, v = w0.double(), torch.zeros(6, dtype=torch.float64)
+    p = torch.nn.Parameter(w0.clone())
+    opt = PaperSGD([p], lr=0.01, momentum=mu, weight_decay=wd)
+    for g, e in zip(grads, lrs):
+        v = mu * v - wd * e * w - e * g.double()
+        w = w + v
+        opt.param_groups[0]["lr"] = e
+        p.grad = g.clone()
+        opt.step()
+    torch.testing.assert_close(p.detach().double(), w, rtol=1e-6, atol=1e-7)
+
+
 def test_plateau_schedule_on_scripted_errors():
     sched = PlateauSchedule(patience=2, factor=0.1, max_reductions=3)
     errors = [0.9, 0.8, 0.7, 0.7, 0.71, 0.6, 0.6, 0.6, 0.5, 0.5, 0.5, 0.5, 0.5]

@@ -49,7 +49,8 @@ class PaperSGD(torch.optim.Optimizer):
                 if "velocity" not in state:
                     state["velocity"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 velocities.append(state["velocity"])
-            fused = lr > 0 and all(_fused_matches(p.device, p.dtype) for p in params)
+            # torch's fused kernel takes no momentum buffers when momentum is 0 (it raises)
+            fused = lr > 0 and mu > 0 and all(_fused_matches(p.device, p.dtype) for p in params)
             (_paper_update_fused if fused else _paper_update)(params, [p.grad for p in params], velocities, lr, mu, wd)
         return loss
 
