@@ -74,6 +74,26 @@ def test_bad_and_odd_files_on_the_device_path(tmp_path, capsys):
         assert err.count(f"warning: skipping unreadable image {path}:") == 1, path
 
 
+def test_jpegs_cut_short_never_reach_the_device_decoder(tmp_path):
+    """nvJPEG may return a JPEG cut short in its scan data as a part-grey image without an error,
+    where the CPU decoders refuse it: a JPEG without its end-of-image marker is decoded (and refused)
+    in the workers, so it is the same bad file on every device. Zero padding after the marker is no cut."""
+    from alexnet.data.folder import ImageFolderDataset, open_header
+
+    root = make_image_folder(tmp_path / "imgs", classes=2, per_class=1, size=(120, 90))
+    whole = (root / "class0" / "img0.jpg").read_bytes()
+    cut = root / "class0" / "cut.jpg"
+    cut.write_bytes(whole[: len(whole) * 2 // 3])
+    with open_header(cut.read_bytes()) as img:
+        assert img.format == "JPEG" and img.size == (120, 90)  # its header is whole: only the scan is cut
+    (root / "class1" / "padded.jpg").write_bytes(whole + bytes(16))
+    ds = ImageFolderDataset(root, resize=96, size=96)
+    ds.raw = True
+    items = {p.rsplit("/", 1)[-1]: ds[i] for i, (p, _) in enumerate(ds.samples)}
+    assert items["cut.jpg"] is None and ds.bad.paths() == [str(cut)]
+    assert items["img0.jpg"][0].dim() == 1 and items["padded.jpg"][0].dim() == 1  # the device decodes these
+
+
 def test_float_resize_within_one_grey_level_of_the_exact_kernel():
     photo = sorted(IMAGEWOOF.rglob("*.JPEG"))[0] if IMAGEWOOF.is_dir() else None
     if photo is not None:

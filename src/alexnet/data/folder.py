@@ -298,10 +298,13 @@ class ImageFolderDataset(torch.utils.data.Dataset):
 
     def _read_raw(self, path: str) -> torch.Tensor:
         """The file's bytes if :func:`decode_bytes` would decode it with ``decode_jpeg`` (a JPEG under
-        twice the resize) in a mode nvJPEG takes (RGB or greyscale), else its decoded image."""
+        twice the resize) in a mode nvJPEG takes (RGB or greyscale), else its decoded image. A JPEG
+        without its end-of-image marker is decoded here: the CPU decoders refuse a truncated file,
+        which nvJPEG may instead return as a part-grey image."""
         data = read_image_bytes(path)
         with open_header(data) as img:
             jpeg = img.format == "JPEG" and img.mode in ("RGB", "L") and min(img.size) < 2 * self.resize
+        jpeg = jpeg and data.rstrip(b"\0").endswith(b"\xff\xd9")  # zero padding after the marker is common
         if jpeg:
             return torch.frombuffer(bytearray(data), dtype=torch.uint8)
         return decode_bytes(data, self.resize, self.size)
