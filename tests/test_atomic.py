@@ -6,6 +6,7 @@ import os
 import stat
 
 import pytest
+import torch
 
 from alexnet.atomic import atomic_path, write_text
 
@@ -18,6 +19,19 @@ def test_success_replaces_with_an_ordinary_file(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask  # not mkstemp's 0600
+
+
+def test_a_writer_that_renames_its_own_file_over_the_temporary_gets_an_ordinary_file(tmp_path):
+    """safetensors (0.7 on) writes a 0600 file of its own and renames it over the path it is given;
+    an exported model or a feature index must still be readable by others, as a checkpoint is."""
+    from safetensors.torch import save_file
+
+    target = tmp_path / "w.safetensors"
+    with atomic_path(target) as tmp:
+        save_file({"w": torch.zeros(2)}, str(tmp))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask
 
 
 def test_failure_keeps_the_old_file_and_removes_the_temporary(tmp_path):

@@ -51,8 +51,9 @@ def atomic_path(path: str | os.PathLike, durable: bool = True) -> Iterator[Path]
     os.close(fd)
     tmp = Path(name)
     try:
-        os.chmod(tmp, _file_mode())
         yield tmp
+        # after the writer: some (safetensors >= 0.7) write a file of their own, 0600, renamed over tmp
+        os.chmod(tmp, _file_mode())
         if durable:
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
