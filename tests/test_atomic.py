@@ -48,3 +48,10 @@ def test_a_writer_that_never_writes_still_leaves_no_temporary(tmp_path):
     with pytest.raises(KeyboardInterrupt), atomic_path(tmp_path / "x.png"):
         raise KeyboardInterrupt
     assert os.listdir(tmp_path) == []
+
+
+def test_a_folder_in_the_way_is_refused_before_writing(tmp_path):
+    (tmp_path / "out.png").mkdir()
+    with pytest.raises(IsADirectoryError) as e, atomic_path(tmp_path / "out.png"):
+        pytest.fail("the writer ran")
+    assert e.value.filename == str(tmp_path / "out.png") and os.listdir(tmp_path) == ["out.png"]

@@ -246,6 +246,31 @@ def test_export_safetensors_and_torchscript_load_back(tmp_path, paper_ckpt, caps
         alexnet.load(shutil.copy(ts, tmp_path / "m.onnx"))
 
 
+def test_export_format_from_the_name_and_names_refused(tmp_path, paper_ckpt, capsys):
+    """Without --format the name says the format (m.ts is TorchScript, not safetensors under a .ts
+    name); a name that says another format than --format, a folder, and a safetensors file named
+    .json (its JSON config would replace it) are refused in one line, exit 2, nothing written."""
+    model = alexnet.load(paper_ckpt)
+    x = torch.randn(2, 3, 67, 67)
+    ts = tmp_path / "m.ts"
+    assert main(["export", "--checkpoint", str(paper_ckpt), "--out", str(ts)]) == 0
+    with torch.no_grad():
+        torch.testing.assert_close(torch.jit.load(str(ts))(x), model(x), rtol=1e-5, atol=1e-5)
+    (tmp_path / "keep.json").write_text("{}")
+    (tmp_path / "folder").mkdir()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for args, message in [
+        (["--format", "safetensors", "--out", str(tmp_path / "w.onnx")], "the name says onnx, but --format is safetensors"),
+        (["--out", str(tmp_path / "keep.json")], "name the weights .safetensors"),
+        (["--out", str(tmp_path / "folder")], "is a folder; give a file name, e.g. " + str(tmp_path / "folder" / "model.safetensors")),
+    ]:
+        capsys.readouterr()
+        assert main(["export", "--checkpoint", str(paper_ckpt), *args]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].endswith(message), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before and (tmp_path / "keep.json").read_text() == "{}"
+
+
 def test_torch_hub_local(tmp_path, paper_ckpt):
     m = torch.hub.load(str(ROOT), "alexnet_paper", source="local", num_classes=7, trust_repo=True)
     assert isinstance(m, alexnet.AlexNet) and m.fc8.out_features == 7 and m.config.lrn_k == 2.0

@@ -10,6 +10,7 @@ previous file untouched and no temporary behind (except after SIGKILL: ``runfold
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
@@ -46,6 +47,8 @@ def atomic_path(path: str | os.PathLike, durable: bool = True) -> Iterator[Path]
     """A temporary path to write ``path``'s new contents to; renamed over ``path`` when the block
     ends without an exception, removed otherwise. ``durable``: fsync the file and the rename."""
     path = Path(path)
+    if path.is_dir():  # found now, not at the rename after all the work (with the temporary's name)
+        raise IsADirectoryError(errno.EISDIR, "a folder is in the way of the file to write", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)

@@ -302,8 +302,9 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from .checkpoint import load
-    from .export import export
+    from .export import export, resolve_format
 
+    resolve_format(args.format, args.out)  # a bad --out is refused before the checkpoint is read
     written = export(load(args.checkpoint), args.format, args.out)
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
@@ -518,8 +519,12 @@ def _add_tool_commands(sub, common: argparse.ArgumentParser) -> None:
 
     ex = sub.add_parser("export", help="write a checkpoint as safetensors (+ JSON), ONNX or TorchScript")
     ex.add_argument("--checkpoint", required=True)
-    ex.add_argument("--format", choices=("safetensors", "onnx", "torchscript"), default="safetensors")
-    ex.add_argument("--out", required=True)
+    ex.add_argument(
+        "--format",
+        choices=("safetensors", "onnx", "torchscript"),
+        help="default: the one --out's name says (.safetensors, .onnx, .ts or .torchscript), else safetensors",
+    )
+    ex.add_argument("--out", required=True, help="the file to write (safetensors: its JSON config goes beside it)")
     ex.set_defaults(func=cmd_export)
 
     pp = sub.add_parser(

@@ -120,8 +120,35 @@ def export_torchscript(model: AlexNet, path: str | os.PathLike) -> list[Path]:
     return [path]
 
 
-def export(model: AlexNet, fmt: str, path: str | os.PathLike) -> list[Path]:
-    """Export ``model`` (from :func:`alexnet.load`) in ``fmt``: one of :data:`FORMATS`."""
+# The file names that say their format; any other name is written in the format asked (safetensors by default).
+SUFFIXES = {".safetensors": "safetensors", ".onnx": "onnx", ".ts": "torchscript", ".torchscript": "torchscript"}
+
+
+def resolve_format(fmt: str | None, path: str | os.PathLike) -> str:
+    """The format to write ``path`` in: ``fmt`` if given, else the one its suffix names, else
+    safetensors. Refuses a name that says another format than ``fmt``, a folder, and a safetensors
+    file named ``.json`` (its JSON config, written beside it, would replace it)."""
+    path = Path(path)
+    named = SUFFIXES.get(path.suffix.lower())
+    fmt = fmt or named or "safetensors"
     if fmt not in FORMATS:
         raise ConfigError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
+    if named is not None and named != fmt:
+        raise ConfigError(f"--out {path}: the name says {named}, but --format is {fmt}")
+    if path.is_dir():
+        raise ConfigError(f"--out {path}: is a folder; give a file name, e.g. {path / ('model' + _suffix(fmt))}")
+    if fmt == "safetensors" and path.suffix.lower() == ".json":
+        raise ConfigError(f"--out {path}: the safetensors file's JSON config is written beside it as {path.with_suffix('.json')}; "
+                          "name the weights .safetensors")
+    return fmt
+
+
+def _suffix(fmt: str) -> str:
+    return next(suffix for suffix, f in SUFFIXES.items() if f == fmt)
+
+
+def export(model: AlexNet, fmt: str | None, path: str | os.PathLike) -> list[Path]:
+    """Export ``model`` (from :func:`alexnet.load`) to ``path`` in ``fmt`` (one of :data:`FORMATS`;
+    None: as :func:`resolve_format` says)."""
+    fmt = resolve_format(fmt, path)
     return {"safetensors": export_safetensors, "onnx": export_onnx, "torchscript": export_torchscript}[fmt](model, path)
