@@ -271,6 +271,17 @@ def test_export_format_from_the_name_and_names_refused(tmp_path, paper_ckpt, cap
     assert sorted(p.name for p in tmp_path.iterdir()) == before and (tmp_path / "keep.json").read_text() == "{}"
 
 
+def test_evaluate_asks_for_data_where_the_weights_record_none(tmp_path, paper_ckpt, capsys):
+    """Imported and exported weights carry no training data set: evaluate asks for --data (one line,
+    exit 2) instead of trying its default data set, Fashion-MNIST, on them."""
+    st = tmp_path / "m.safetensors"
+    assert main(["export", "--checkpoint", str(paper_ckpt), "--out", str(st)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(st)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"alexnet: error: {st} records no data set (it was imported or exported, not trained here): give --data"]
+
+
 def test_torch_hub_local(tmp_path, paper_ckpt):
     m = torch.hub.load(str(ROOT), "alexnet_paper", source="local", num_classes=7, trust_repo=True)
     assert isinstance(m, alexnet.AlexNet) and m.fc8.out_features == 7 and m.config.lrn_k == 2.0

@@ -157,7 +157,7 @@ def _launch(args: argparse.Namespace, cfg: TrainConfig) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .data.device_decode import decode_device
     from .data.loaders import load_eval_data
-    from .errors import CheckpointError
+    from .errors import CheckpointError, ConfigError
     from .evaluate import evaluate, load_models, per_class_accuracy, write_per_class_csv
     from .runtime import resolve_amp, resolve_device
 
@@ -171,7 +171,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if data is None:  # the checkpoint's own data set
         from .checkpoint import load_checkpoint
 
-        data = (load_checkpoint(args.checkpoint).get("train_config") or {}).get("data")
+        recorded = load_checkpoint(args.checkpoint).get("train_config")
+        if recorded is None:  # imported or exported weights: the default data set may not be theirs
+            raise ConfigError(f"{args.checkpoint} records no data set (it was imported or exported, not trained here): give --data")
+        data = recorded.get("data")
     loader, classes, n_images, source = load_eval_data(
         data, models[0].preprocess, args.batch_size, args.workers, decode_device=decode_device(args.decode or "auto", device),
         pin_memory=device.type == "cuda",
@@ -465,7 +468,7 @@ def _add_use_commands(sub, common: argparse.ArgumentParser) -> None:
     """The commands that use a trained model: evaluate, predict, features, retrieve."""
     e = sub.add_parser("evaluate", parents=[common], help="top-1/top-5 accuracy and error of a checkpoint")
     e.add_argument("--checkpoint", required=True, help="a .pt or .safetensors file from 'alexnet train', 'import' or 'export'")
-    e.add_argument("--data", help="data to evaluate on (default: the checkpoint's own data set)")
+    e.add_argument("--data", help="data to evaluate on (default: the data set the checkpoint was trained on; needed for imports, exports)")
     e.add_argument("--num-classes", type=_positive_int, help="check that the checkpoint has this many classes")
     e.add_argument("--batch-size", type=_positive_int, default=256)
     _add_config_options(e, ["decode", "channels_last"])
