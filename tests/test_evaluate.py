@@ -175,6 +175,35 @@ def test_features_and_retrieval_return_the_query_first(tmp_path, capsys):
     assert far["distance"] == pytest.approx(expected)
 
 
+def test_an_index_holds_every_image_works_from_anywhere_and_knows_its_model(tmp_path, capsys, monkeypatch):
+    """Images at the top of the folder are indexed beside the class folders' (no class); the paths
+    are absolute, so retrieve finds them from another folder; a model whose fc7 differs from the
+    one that built the index is refused in one line, one that differs only in fc8 is not."""
+    folder = make_image_folder(tmp_path / "imgs", classes=2, per_class=2)
+    (folder / "loose.jpg").write_bytes((folder / "class1" / "img0.jpg").read_bytes())
+    ckpt = tiny_checkpoint(tmp_path / "m.pt", classes=2)
+    monkeypatch.chdir(tmp_path)
+    assert main(["features", "--checkpoint", "m.pt", "--data", "imgs", "--out", "index.safetensors"]) == 0
+    monkeypatch.chdir(folder / "class0")
+    hits = cli_json(capsys, "retrieve", "../loose.jpg", "--index", "../../index.safetensors", "--k", "5", "--json",
+                    "--figure", str(tmp_path / "nn.png"))
+    assert len(hits) == 5 and all(Path(h["path"]).is_absolute() and Path(h["path"]).is_file() for h in hits)
+    assert {h["path"] for h in hits[:2]} == {str(folder / "loose.jpg"), str(folder / "class1" / "img0.jpg")}
+    assert hits[0]["distance"] < 1e-3 * hits[2]["distance"]
+    assert {h["label"] for h in hits[:2]} == {None, "class1"}  # the loose image has no class
+
+    other = tiny_checkpoint(tmp_path / "other.pt", classes=2, seed=1)
+    err = cli_fails(capsys, "retrieve", "../loose.jpg", "--index", "../../index.safetensors", "--checkpoint", str(other))
+    assert err.endswith(f"this checkpoint is not the model that built the index ({ckpt}): its fc7 space differs, "
+                        "so distances would mean nothing; index the images with this checkpoint ('alexnet features')")
+    tuned = torch.load(ckpt, weights_only=True)
+    tuned["model"]["fc8.weight"] = torch.randn_like(tuned["model"]["fc8.weight"])
+    save_atomic(tuned, tmp_path / "tuned.pt")
+    again = cli_json(capsys, "retrieve", "../loose.jpg", "--index", "../../index.safetensors", "--json",
+                     "--checkpoint", str(tmp_path / "tuned.pt"))
+    assert [h["path"] for h in again] == [h["path"] for h in hits[: len(again)]]
+
+
 def test_visualize_filters_and_curves(tmp_path, capsys):
     ckpt = tiny_checkpoint(tmp_path / "m.pt", widths=(96, 8, 8, 8, 8))
     out = tmp_path / "filters.png"

@@ -7,6 +7,7 @@ Nothing in it is pickled, so reading one runs no code.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -16,7 +17,7 @@ import torch
 
 from .atomic import atomic_path
 from .data import presets
-from .data.folder import ImageFolderDataset, _image_files, collate
+from .data.folder import ImageFolderDataset, collate, find_classes, list_images, top_level_images
 from .data.loaders import model_input
 from .data.presets import Preprocess
 from .errors import DataError
@@ -36,6 +37,32 @@ def fc7(model: AlexNet, images: torch.Tensor) -> torch.Tensor:
     return model.forward_fc7(x).float().cpu()
 
 
+def fc7_fingerprint(model: AlexNet) -> str:
+    """A digest of what an image's fc7 vector depends on: every weight but fc8's, and the recipe
+    that prepares the image. Two models with the same digest put images at the same points."""
+    h = hashlib.blake2b(digest_size=16)
+    for name, t in model.state_dict().items():
+        if not name.startswith("fc8."):
+            h.update(name.encode())
+            h.update(t.detach().to("cpu", torch.float32).contiguous().numpy())
+    pre = model.preprocess
+    if pre is not None:
+        h.update(json.dumps(pre.to_json(), sort_keys=True).encode())
+        if pre.mean_image is not None:
+            h.update(pre.mean_image.to(torch.float32).contiguous().numpy())
+    return h.hexdigest()
+
+
+def _index_samples(root: Path) -> tuple[list[tuple[str, int]], tuple[list[str], list[str]]]:
+    """(path, label) of every image under ``root``, and the classes: images in CLASS folders (at
+    any depth) labelled by them, images at the top level with -1 (no class), as ILSVRC's val/."""
+    samples, classes = [], ([], [])
+    if any(d.is_dir() and not d.name.startswith(".") for d in os.scandir(root)):
+        classes = find_classes(root)
+        samples = list_images(root, classes[0])
+    return samples + [(f, -1) for f in top_level_images(root)], classes
+
+
 def build_index(
     model: AlexNet,
     data: str | os.PathLike,
@@ -45,21 +72,22 @@ def build_index(
     show_progress: bool | None = None,
 ) -> dict[str, Any]:
     """fc7 features of every image of an image folder: CLASS/IMAGE files (labelled by their folder)
-    or a flat folder of images such as ILSVRC's val/ (label -1: no class).
+    and images at its top level, as in a flat folder such as ILSVRC's val/ (label -1: no class).
+    Paths are stored absolute, so that the index works from any folder.
 
-    Returns ``{"features", "labels", "paths", "classes", "checkpoint", "preprocess"}``.
+    Returns ``{"features", "labels", "paths", "classes", "checkpoint", "preprocess", "fingerprint"}``.
     """
-    root = Path(data)
+    root = Path(os.path.abspath(data))
     if not root.is_dir():
-        raise DataError(f"--data: {root} is not a folder of images")
+        raise DataError(f"--data: {data} is not a folder of images")
     pre = model.preprocess
     if pre is None:
         raise DataError("the model has no preprocessing recipe; load it with alexnet.load(checkpoint)")
-    subfolders = any(d.is_dir() and not d.name.startswith(".") for d in root.iterdir())
-    loose = [] if subfolders else _image_files(root)
-    flat = {"samples": [(f, -1) for f in loose], "classes": ([], [])} if loose else {}
+    samples, classes = _index_samples(root)
+    if not samples:
+        raise DataError(f"{data}: no images")
     resize, size = pre.stored_sizes()
-    ds = ImageFolderDataset(root, resize=resize, size=size, channels=pre.channels, **flat)
+    ds = ImageFolderDataset(root, resize=resize, size=size, channels=pre.channels, samples=samples, classes=classes)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate)
     feats, labels, kept = [], [], []
     for batch in progress(loader, total=len(loader), desc="fc7 features", enabled=show_progress, unit="batch"):
@@ -78,6 +106,7 @@ def build_index(
         "classes": list(ds.classes),
         "checkpoint": str(checkpoint) if checkpoint is not None else None,
         "preprocess": pre,
+        "fingerprint": fc7_fingerprint(model),
     }
 
 
@@ -93,6 +122,7 @@ def save_index(index: dict[str, Any], path: str | os.PathLike) -> Path:
         "classes": json.dumps(index["classes"]),
         "checkpoint": json.dumps(index.get("checkpoint")),
         "preprocess": json.dumps(index["preprocess"].to_json()),
+        "fingerprint": json.dumps(index.get("fingerprint")),
     }
     tensors = {"features": index["features"].contiguous(), "labels": index["labels"].to(torch.int64).contiguous()}
     mean_image = index["preprocess"].mean_image
@@ -122,6 +152,7 @@ def load_index(path: str | os.PathLike) -> dict[str, Any]:
     if features.dim() != 2 or tuple(labels.shape) != (len(features),):
         raise DataError(f"{path}: features {tuple(features.shape)} and labels {tuple(labels.shape)} do not make an index")
     out = {"features": features, "labels": labels, **_index_metadata(path, meta, len(features))}
+    out["fingerprint"] = json.loads(meta.get("fingerprint", "null"))  # absent in indexes of 0.x before it: not checked
     out["preprocess"] = Preprocess.from_dict(out["preprocess"], mean_image, str(path))
     return out
 
@@ -162,5 +193,11 @@ def retrieve(model: AlexNet, index: dict[str, Any], image: str | os.PathLike, k:
     """The ``k`` indexed images nearest to ``image`` in the model's fc7 space."""
     if index["features"].shape[1] != model.config.fc_width:
         raise DataError(f"the index holds {index['features'].shape[1]}-d features but the model's fc7 has {model.config.fc_width}")
+    if index.get("fingerprint") is not None and index["fingerprint"] != fc7_fingerprint(model):
+        built = f" ({index['checkpoint']})" if index.get("checkpoint") else ""
+        raise DataError(
+            f"this checkpoint is not the model that built the index{built}: its fc7 space differs, so distances "
+            "would mean nothing; index the images with this checkpoint ('alexnet features')"
+        )
     query = fc7(model, load_image(image, model.preprocess).unsqueeze(0))[0]
     return nearest(index, query, k)

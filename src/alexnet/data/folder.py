@@ -84,6 +84,11 @@ def _image_files(folder: Path) -> list[str]:
     return sorted(files)
 
 
+def top_level_images(folder: str | os.PathLike) -> list[str]:
+    """Image files directly in ``folder`` (not in its sub-folders), sorted; regular files only."""
+    return sorted(e.path for e in os.scandir(folder) if e.name.lower().endswith(IMAGE_EXTENSIONS) and e.is_file())
+
+
 def list_images(root: str | os.PathLike, folders: list[str]) -> list[tuple[str, int]]:
     """(path, class index) of every image file, in a fixed order."""
     root = Path(root)

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 from ..errors import DataError
-from .folder import _image_files
+from .folder import top_level_images
 
 GROUND_TRUTH = "ILSVRC2012_validation_ground_truth.txt"
 _NUMBER = re.compile(r"(\d+)\.[A-Za-z]+$")
@@ -42,7 +42,7 @@ def read_meta(path: Path) -> dict[int, str]:
 
 def val_samples(root: Path, val_dir: Path, folders: list[str]) -> list[tuple[str, int]] | None:
     """(path, class index) of a flat ILSVRC val/ folder, or None when val/ has class sub-folders."""
-    files = [f for f in _image_files(val_dir) if Path(f).parent == val_dir]
+    files = top_level_images(val_dir)
     if not files:
         return None
     index = {wnid: i for i, wnid in enumerate(folders)}
