@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import json
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ from conftest import ROOT, run_cli
 
 import alexnet
 from alexnet.checkpoint import load_checkpoint, save_atomic
+from alexnet.cli import main
 from alexnet.config import resolve_config
 from alexnet.optim import PaperSGD, PlateauSchedule
 from alexnet.train import fit
@@ -152,6 +154,27 @@ def test_ctrl_c_saves_and_resumes(tiny_fmnist, tmp_path):
     assert load_checkpoint(out / "last.pt")["position"]["step"] > 0
     r = run_cli("train", "--resume", str(out), "--epochs", "2")
     assert r.returncode == 0, r.stderr
+
+
+def test_resume_refuses_options_it_would_ignore_and_works_from_any_folder(tiny_fmnist, tmp_path, monkeypatch, capsys):
+    """A resume continues the run as configured: a changed --lr or --model is refused in one line
+    naming them (it was ignored without a word), the same values typed again are not, and more
+    epochs are taken. --data is saved absolute, so the resume and evaluate work from another folder."""
+    monkeypatch.chdir(tiny_fmnist.parent)
+    args = _train_args(Path(tiny_fmnist.name), tmp_path / "run", epochs=1)
+    assert main(args) == 0
+    saved = load_checkpoint(tmp_path / "run" / "last.pt")["train_config"]
+    assert saved["data"] == json.loads((tmp_path / "run" / "config.json").read_text())["train"]["data"] == str(tiny_fmnist)
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main(["train", "--resume", "run", "--epochs", "2", "--lr", "0.5", "--model", "alexnet_paper"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--model, --lr differ from it: start a new run" in err[0], err
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["position"]["epoch"] == 1  # nothing ran
+    same = ["--data", str(tiny_fmnist), "--lr", str(saved["lr"]), "--batch-size", "8"]
+    assert main(["train", "--resume", "run", "--epochs", "2", *same]) == 0
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["position"]["epoch"] == 2
+    assert main(["evaluate", "--checkpoint", "run/last.pt"]) == 0
 
 
 def test_kill_during_checkpoint_write_keeps_the_old_file(tmp_path):

@@ -122,8 +122,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         raise ConfigError("--resume continues a run and --force replaces one: pass one of them")
     if args.resume:
-        keep = ("epochs", "workers", "device", "decode", "dist_timeout", "tower_devices")  # may change on resume
-        cfg = resume_config(args.resume, {k: overrides[k] for k in keep if overrides.get(k) is not None})
+        if args.config:
+            from .errors import ConfigError
+
+            raise ConfigError("--config with --resume: a resumed run keeps its own configuration (config.json in its folder)")
+        cfg = resume_config(args.resume, overrides)
     else:
         cfg = resolve_config(overrides.pop("preset", None), overrides, args.config)
     if args.nproc and args.nproc > 1:

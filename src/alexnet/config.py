@@ -235,6 +235,9 @@ def resolve_config(preset: str | None, overrides: dict[str, Any], config_file: s
         **overrides.pop("model_options", {}),
     }
     values = {**PRESETS[preset], **file_values, **overrides, "preset": preset, "model_options": model_options}
+    for name in ("data", "init_from"):  # saved absolute: evaluate and --resume work from any folder
+        if values.get(name) is not None:
+            values[name] = os.path.abspath(values[name])
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = set(values) - names
     if unknown:

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from . import __version__, distributed, faults, runfolder
 from .atomic import write_text
 from .checkpoint import bounded_config, config_from_file, load_checkpoint, save_atomic
-from .config import TrainConfig, validate
+from .config import TrainConfig, flag, validate
 from .data.device_decode import decode_device
 from .data.loaders import DataBundle, load_data, model_input, set_epoch
 from .data.presets import Preprocess
@@ -792,8 +792,18 @@ def _plot(run_dir: Path) -> None:
     plot_curves(run_dir)
 
 
+# What a resumed run may change: how it runs and for how long, not what it computes.
+RESUME_MAY_CHANGE = frozenset({
+    "epochs", "workers", "device", "decode", "dist_timeout", "tower_devices", "save_every", "tensorboard",
+    "eval_batch_size", "amp", "compile", "channels_last", "health", "on_nonfinite", "strict",
+})
+
+
 def resume_config(run: str, overrides: dict[str, Any]) -> TrainConfig:
-    """The configuration of the run being resumed, with ``overrides`` (e.g. more epochs) on top."""
+    """The configuration of the run being resumed, with ``overrides`` (e.g. more epochs) on top.
+
+    Options outside :data:`RESUME_MAY_CHANGE` are refused unless they repeat the saved value: a
+    silently ignored ``--lr`` or ``--model`` would let a user believe the run changed course."""
     path = _resume_source(run)
     ckpt = load_checkpoint(path)
     saved = ckpt.get("train_config")
@@ -801,7 +811,16 @@ def resume_config(run: str, overrides: dict[str, Any]) -> TrainConfig:
         raise CheckpointError(f"--resume: {path} has no training configuration")
     if not isinstance(saved, dict):
         raise CheckpointError(f"--resume: {path}: its training configuration is not a table of options")
-    values = {**saved, **{k: v for k, v in overrides.items() if v is not None}}
+    overrides = {k: v for k, v in overrides.items() if v is not None and k != "resume"}
+    fixed = [k for k, v in overrides.items() if k not in RESUME_MAY_CHANGE and not _same_option(k, v, saved.get(k))]
+    if fixed:
+        given = ", ".join(flag(k) for k in fixed)
+        raise ConfigError(
+            f"--resume {path.parent} continues that run as it was configured; {given} "
+            f"{'differs' if len(fixed) == 1 else 'differ'} from it: start a new run "
+            f"to change them (--init-from {path} starts from its weights)"
+        )
+    values = {**saved, **{k: v for k, v in overrides.items() if k in RESUME_MAY_CHANGE}}
     values.update(out=str(path.parent), resume=str(path))
     try:
         cfg = TrainConfig(**values)
@@ -811,3 +830,15 @@ def resume_config(run: str, overrides: dict[str, Any]) -> TrainConfig:
         raise CheckpointError(f"--resume {path}: bad training configuration: {e}") from None
     return cfg
 
+
+
+def _same_option(name: str, given: Any, saved: Any) -> bool:
+    """Whether a command-line value repeats the saved one (paths compared absolute; model options
+    only those given; lists and tuples alike)."""
+    if name in ("data", "init_from", "out") and given is not None and saved is not None:
+        return os.path.abspath(given) == os.path.abspath(saved)
+    if name == "model_options" and isinstance(saved, dict):
+        return all(saved.get(k) == v for k, v in given.items())
+    if isinstance(given, (list, tuple)) and isinstance(saved, (list, tuple)):
+        return list(given) == list(saved)
+    return given == saved
