@@ -188,7 +188,7 @@ def test_checkpoint_write_failing_with_runtime_error_keeps_the_previous(tmp_path
     path = tmp_path / "last.pt"
     save_atomic({"model": {"w": torch.ones(3)}}, path)
     monkeypatch.setattr(torch, "save", _full_disk)
-    with pytest.raises(TrainingError, match="could not write .*last.pt.*the previous checkpoint is kept"):
+    with pytest.raises(TrainingError, match="could not write .*last.pt.*the file there before is untouched"):
         _save({"model": {"w": torch.zeros(3)}}, path)
     monkeypatch.undo()
     assert torch.equal(torch.load(path, weights_only=True)["model"]["w"], torch.ones(3))

@@ -177,6 +177,20 @@ def test_a_failure_before_the_first_checkpoint_removes_the_run_after_it_keeps_it
     assert sorted(os.listdir(tmp_path / "late")) == ["best.pt", "config.json", "curves.png", "last.pt", "metrics.jsonl"]
 
 
+def test_a_failure_before_the_first_checkpoint_keeps_the_list_of_unreadable_images(tmp_path, monkeypatch):
+    """The start line pointed at bad_files.txt in the run folder: it stays when the rest goes."""
+    data = make_image_folder(tmp_path / "photos", classes=2, per_class=8)
+    (data / "class0" / "broken.jpg").write_text("not an image\n")
+    _poison_loss(monkeypatch, at_call=3)
+    options = {"widths": [8, 16, 16, 16, 16], "fc_width": 32, "input_size": 67}
+    cfg = resolve_config(None, dict(data=str(data), out=str(tmp_path / "run"), epochs=1, batch_size=4, amp="none", workers=0,
+                                    device="cpu", model="alexnet_small", model_options=options))
+    with pytest.raises(alexnet.TrainingError, match="no checkpoint had been written yet"):
+        fit(cfg, log=lambda s: None)
+    assert os.listdir(tmp_path / "run") == ["bad_files.txt"]
+    assert (tmp_path / "run" / "bad_files.txt").read_text().startswith(str(data / "class0" / "broken.jpg") + "\t")
+
+
 def test_ctrl_c_keeps_the_folder_even_before_a_checkpoint(tmp_path):
     run = tmp_path / "run"
     with pytest.raises(Interrupted):

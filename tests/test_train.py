@@ -234,11 +234,16 @@ def test_nan_loss_stops_and_keeps_the_checkpoint(tiny_fmnist, tmp_path, monkeypa
         return loss * float("nan") if calls["n"] == 3 else loss
 
     monkeypatch.setattr(train_mod.F, "cross_entropy", poisoned)
-    with pytest.raises(alexnet.TrainingError, match="non-finite loss"):
+    # The message ends with what is left: nothing, for a run stopped before its first checkpoint ...
+    with pytest.raises(alexnet.TrainingError, match="non-finite loss.*no checkpoint had been written yet: nothing to resume$"):
         fit(_cfg(tiny_fmnist, tmp_path / "run2", epochs=1), log=lambda s: None)
-    assert not (tmp_path / "run2" / "last.pt").exists()  # nothing half-trained was written
-    # The earlier run's checkpoint is untouched; with "skip" the bad batch is counted and training goes on.
+    assert not (tmp_path / "run2").exists()  # nothing half-trained was written, no half-made folder left
+    # ... the last good checkpoint, for a resumed one, whose checkpoint is untouched.
+    calls["n"] = 0
+    with pytest.raises(alexnet.TrainingError, match="non-finite loss.*the run folder keeps the last good checkpoint$"):
+        fit(alexnet.train.resume_config(str(out), {"epochs": 2}), log=lambda s: None)
     assert all(torch.equal(before[k], _weights(out / "last.pt")[k]) for k in before)
+    # With "skip" the bad batch is counted and training goes on.
     calls["n"] = 0
     result = fit(_cfg(tiny_fmnist, tmp_path / "run3", epochs=1, on_nonfinite="skip"), log=lambda s: None)
     assert result["skipped_batches"] == 1

@@ -173,7 +173,7 @@ class HealthMonitor:
 
     def _fail(self, key: str, message: str) -> None:
         if self.action == "stop":
-            raise UnhealthyRun(message + "; the run folder keeps the last good checkpoint")
+            raise UnhealthyRun(message)  # the run folder adds what it keeps
         if key not in self.warned:
             self.warned.add(key)
             self.warn(f"warning: {message}")

@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from .errors import AlexNetError
+from .data.folder import BAD_FILES_NAME
+from .errors import AlexNetError, TrainingError
 
 try:
     import fcntl
@@ -29,7 +30,7 @@ except ImportError:  # Windows: no advisory locks; the other checks still hold
 
 LOCK_NAME = ".lock"
 _MARKS = ("config.json", "metrics.jsonl")  # with any *.pt: the folder holds a run
-_OWNED = (*_MARKS, "curves.png", "bad_files.txt", "tensorboard")  # the run's own files, *.pt aside
+_OWNED = (*_MARKS, "curves.png", BAD_FILES_NAME, "tensorboard")  # the run's own files, *.pt aside
 # save_atomic's temporaries: tempfile.mkstemp(prefix=".NAME.", suffix=".tmp"), e.g. .last.pt.k2x9_a.tmp
 _TEMP = re.compile(r"^\..+\.pt\.[^.]+\.tmp$")
 _LOCK_TRIES = 10  # a probe (check()) holds the lock for microseconds; a run holds it for hours
@@ -177,16 +178,21 @@ class RunFolder:
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         try:
             if exc is not None and not isinstance(exc, self.keep):
-                self.failed()
+                kept = self.failed()
+                if isinstance(exc, TrainingError):  # the message ends with what is left, known only here
+                    exc.args = (f"{exc}; " + ("the run folder keeps the last good checkpoint" if kept else
+                                              "no checkpoint had been written yet: nothing to resume"),)
         finally:
             self.release()
 
-    def failed(self) -> None:
-        """A new run that failed before its first checkpoint: remove what it created (config.json,
-        metrics.jsonl, ...); there is nothing to resume, and those files would only mislead."""
+    def failed(self) -> bool:
+        """After a failure: whether a checkpoint is kept. A new run that failed before its first one
+        removes what it created (config.json, metrics.jsonl, ...): there is nothing to resume, and
+        those files would only mislead; the list of unreadable images stays (it says what to mend)."""
         if self.resume or any(self.run_dir.glob("*.pt")):  # the last good checkpoint is the point
-            return
-        _remove(self.run_dir, [n for n in owned(self.run_dir) if n not in self.before])
+            return True
+        _remove(self.run_dir, [n for n in owned(self.run_dir) if n not in self.before and n != BAD_FILES_NAME])
+        return False
 
     def release(self) -> None:
         """Drop the lock (unlinked first, so that a waiting locker sees a new file) and remove the

@@ -162,7 +162,7 @@ def _take_step(
             return False, False  # a Ctrl-C is seen at the next step, or at the epoch's end
         raise TrainingError(
             f"non-finite loss ({value}) at epoch {pos.epoch + 1}, step {pos.step + 1}: the weights were not "
-            "updated and the last checkpoint is kept; lower --lr, try --amp none, or pass --on-nonfinite skip"
+            "updated; lower --lr, try --amp none, or pass --on-nonfinite skip"
         )
     health.check(flags[2] / flags[1], flags[4:], f"epoch {pos.epoch + 1}, step {pos.step + 1}")
     return True, flags[3] > 0
@@ -304,7 +304,7 @@ def _save(state: dict[str, Any], path: Path) -> None:
         save_atomic(state, path)
     except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
         reason = (e.strerror if isinstance(e, OSError) else None) or " ".join(str(e).split()) or type(e).__name__
-        raise TrainingError(f"could not write {path}: {reason}; the previous checkpoint is kept") from None
+        raise TrainingError(f"could not write {path}: {reason} (the file there before is untouched)") from None
 
 
 def _resume_source(resume: str) -> Path:
