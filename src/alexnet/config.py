@@ -235,6 +235,8 @@ def resolve_config(preset: str | None, overrides: dict[str, Any], config_file: s
         **overrides.pop("model_options", {}),
     }
     values = {**PRESETS[preset], **file_values, **overrides, "preset": preset, "model_options": model_options}
+    if "warmup_epochs" not in file_values and "warmup_epochs" not in overrides:
+        values["warmup_epochs"] = _preset_warmup(PRESETS[preset], values.get("epochs"))
     for name in ("data", "init_from"):  # saved absolute: evaluate and --resume work from any folder
         if values.get(name) is not None:
             values[name] = os.path.abspath(values[name])
@@ -245,6 +247,15 @@ def resolve_config(preset: str | None, overrides: dict[str, Any], config_file: s
     cfg = TrainConfig(**values)
     validate(cfg)
     return cfg
+
+
+def _preset_warmup(recipe: dict[str, Any], epochs: Any) -> float:
+    """A recipe's warm-up is a fraction of its run: a shorter run keeps the fraction (2 of the photos
+    recipe's 30 epochs would be a whole 2-epoch run, which then never reaches its decay)."""
+    warmup, planned = recipe.get("warmup_epochs", 0.0), recipe.get("epochs")
+    if is_finite(epochs) and planned and 0 < epochs < planned:
+        return warmup * epochs / planned
+    return warmup
 
 
 def flag(name: str) -> str:
@@ -289,6 +300,9 @@ def validate(cfg: TrainConfig) -> None:
         if typing.get_origin(kind) not in (list, dict):
             _check_scalar(name, getattr(cfg, name), kind)
     _validate_containers(cfg)
+    if cfg.warmup_epochs and cfg.warmup_epochs >= cfg.epochs:
+        raise ConfigError(f"--warmup-epochs {cfg.warmup_epochs:g} is not shorter than --epochs {cfg.epochs}: the rate would "
+                          "still be rising when the run ends")
 
 
 def _validate_containers(cfg: TrainConfig) -> None:

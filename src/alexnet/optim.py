@@ -165,7 +165,7 @@ def step_lr_factor(
     total = max(1, epochs * steps_per_epoch)
     warm = warmup_epochs * steps_per_epoch
     if warm > 0 and step < warm:
-        return (step + 1) / warm
+        return min(1.0, (step + 1) / warm)  # a warm-up of a fractional number of steps must not overshoot
     if schedule == "onecycle":
         return max(0.0, (total - step) / max(1.0, total - warm))
     if schedule == "cosine":
