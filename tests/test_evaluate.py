@@ -128,7 +128,8 @@ def test_predict_top_k_true_label_and_figure(tmp_path, capsys):
     folder = make_image_folder(tmp_path / "imgs", classes=3, per_class=1)
     ckpt = tiny_checkpoint(tmp_path / "m.pt")
     fig = tmp_path / "pred.png"
-    got = cli_json(capsys, "predict", str(folder), "--checkpoint", str(ckpt), "--top", "2", "--json", "--figure", str(fig))
+    got = cli_json(capsys, "predict", str(folder), "--checkpoint", str(ckpt), "--top", "2", "--json", "--figure", str(fig),
+                   "--amp", "none")  # float32: compared with float64 below
     assert [Path(r["path"]).parent.name for r in got] == ["class0", "class1", "class2"]
     for r in got:
         assert r["label"] == Path(r["path"]).parent.name
@@ -149,10 +150,10 @@ def test_features_and_retrieval_return_the_query_first(tmp_path, capsys):
     folder = make_image_folder(tmp_path / "imgs", classes=3, per_class=3)
     ckpt = tiny_checkpoint(tmp_path / "m.pt")
     index = tmp_path / "index.safetensors"
-    assert main(["features", "--checkpoint", str(ckpt), "--data", str(folder), "--out", str(index)]) == 0
+    assert main(["features", "--checkpoint", str(ckpt), "--data", str(folder), "--out", str(index), "--amp", "none"]) == 0
     query = folder / "class1" / "img2.jpg"
     fig = tmp_path / "ret.png"
-    hits = cli_json(capsys, "retrieve", str(query), "--index", str(index), "--k", "4", "--json", "--figure", str(fig))
+    hits = cli_json(capsys, "retrieve", str(query), "--index", str(index), "--k", "4", "--json", "--figure", str(fig), "--amp", "none")
     assert len(hits) == 4 and hits[0]["path"] == str(query) and hits[0]["label"] == "class1"
     assert hits[0]["distance"] < 1e-3 * hits[1]["distance"]
     assert [h["distance"] for h in hits] == sorted(h["distance"] for h in hits)
@@ -296,7 +297,7 @@ def test_one_channel_checkpoint_on_photos_against_independent_computation(tmp_pa
                  "preprocess": pre}, ckpt)
     got = cli_json(capsys, "evaluate", "--checkpoint", str(ckpt), "--data", str(folder), "--json", "--amp", "none")
     index = tmp_path / "index.safetensors"
-    assert main(["features", "--checkpoint", str(ckpt), "--data", str(folder), "--out", str(index)]) == 0
+    assert main(["features", "--checkpoint", str(ckpt), "--data", str(folder), "--out", str(index), "--amp", "none"]) == 0
 
     # Independent: PIL's RGB pixels, the ITU-R 601 luma in float64, the model in float64.
     model = alexnet.load(ckpt).double().eval()
@@ -321,3 +322,128 @@ def test_tensor_data_that_does_not_fit_the_checkpoint_is_one_line(tmp_path, caps
     ckpt = tiny_checkpoint(tmp_path / "m.pt", classes=10)
     err = cli_fails(capsys, "evaluate", "--checkpoint", str(ckpt), "--data", str(tiny_fmnist))
     assert "1-channel 28x28" in err and "3-channel images of 76x76" in err
+
+
+def test_predict_features_and_retrieve_honour_amp(tmp_path, capsys):
+    """--amp bf16 runs the network in bfloat16: probabilities and fc7 vectors near the float64 ones
+    but visibly off them, where --amp none (float32) matches them; --amp fp16 on a CPU is refused in
+    one line by predict, features and retrieve, as by evaluate."""
+    import alexnet
+
+    folder = make_image_folder(tmp_path / "imgs", classes=3, per_class=2)
+    ckpt = tiny_checkpoint(tmp_path / "m.pt")
+    ds = ImageFolderDataset(folder, 76, 76)  # independent: the centre crops, the model in float64
+    img = torch.stack([ds[i][0] for i in range(len(ds))]).double()[:, :, 4:71, 4:71]
+    x = (img - torch.tensor(PRE["mean"]).double().reshape(3, 1, 1)) / torch.tensor(PRE["std"]).double().reshape(3, 1, 1)
+    model = alexnet.load(ckpt).double().eval()
+    with torch.no_grad():
+        ref_probs, ref_fc7 = torch.softmax(model(x), 1), model.forward_fc7(x)
+    paths = [p for p, _ in ds.samples]
+
+    def probs(amp: str) -> torch.Tensor:
+        got = cli_json(capsys, "predict", str(folder), "--checkpoint", str(ckpt), "--top", "3", "--json", "--device", "cpu", "--amp", amp)
+        assert [r["path"] for r in got] == paths
+        return torch.tensor([[t["probability"] for t in sorted(r["top"], key=lambda t: t["index"])] for r in got], dtype=torch.float64)
+
+    def features(amp: str) -> torch.Tensor:
+        index = tmp_path / f"{amp}.safetensors"
+        args = ["features", "--checkpoint", str(ckpt), "--data", str(folder), "--out", str(index), "--device", "cpu", "--amp", amp]
+        assert main(args) == 0
+        saved = alexnet.retrieval.load_index(index)
+        return saved["features"][[saved["paths"].index(p) for p in paths]].double()
+
+    for got, ref in ((probs("none"), ref_probs), (features("none"), ref_fc7)):
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
+    for got, ref in ((probs("bf16"), ref_probs), (features("bf16"), ref_fc7)):
+        err = float((got - ref).abs().max() / ref.abs().max())
+        assert 1e-4 < err < 0.03, err  # bf16 keeps 8 significant bits: errors of about 2^-8, not float32's 2^-24
+
+    index = str(tmp_path / "none.safetensors")
+    for args in (["predict", paths[0], "--checkpoint", str(ckpt)], ["retrieve", paths[0], "--index", index],
+                 ["features", "--checkpoint", str(ckpt), "--data", str(folder), "--out", str(tmp_path / "x.safetensors")]):
+        err = cli_fails(capsys, *args, "--device", "cpu", "--amp", "fp16")
+        assert err == "alexnet: error: --amp fp16 is for GPUs; use --amp bf16 on a CPU", args
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+@pytest.mark.parametrize("side", [120, 400])  # torchvision's JPEG decoder; PIL's reduced-size (draft) decoding
+def test_predict_turns_photos_upright_as_their_exif_says(tmp_path, side):
+    """A photo stored sideways with an EXIF orientation tag is decoded by predict's (and retrieve's)
+    loader as PIL's exif_transpose shows it, upright; the training loader keeps the stored pixels."""
+    from PIL import ImageOps
+
+    from alexnet.data.folder import decode_image
+    from alexnet.data.presets import Preprocess
+    from alexnet.predict import load_image
+
+    pre = Preprocess.from_dict(PRE)
+    yy, xx = np.mgrid[0:side * 3 // 4, 0:side]  # smooth, no symmetry: every turn gives another picture
+    stored = np.stack([xx * 255 // side, yy * 340 // side, (xx + 2 * yy) * 90 // side], axis=-1).astype(np.uint8)
+    for tag in range(1, 9):
+        path = tmp_path / f"o{tag}.jpg"
+        exif = Image.Exif()
+        exif[0x0112] = tag
+        Image.fromarray(stored).save(path, quality=95, exif=exif.tobytes())
+        with Image.open(path) as im:  # independent: PIL's view of the file, upright and as stored, lossless
+            ImageOps.exif_transpose(im).convert("RGB").save(tmp_path / f"o{tag}_upright.png")
+            im.convert("RGB").save(tmp_path / f"o{tag}_stored.png")
+        got = load_image(path, pre).float()
+        assert (got - load_image(tmp_path / f"o{tag}_upright.png", pre).float()).abs().mean() < 1.5, tag
+        assert (decode_image(str(path), 76, 76).float() - load_image(tmp_path / f"o{tag}_stored.png", pre).float()).abs().mean() < 1.5
+        if tag > 1:  # the check can fail: the turn changes the picture
+            assert (got - decode_image(str(path), 76, 76).float()).abs().mean() > 20, tag
+
+
+def test_a_sideways_photo_indexed_is_found_by_itself(tmp_path, capsys):
+    """features turns photos upright as retrieve's query does: a photo with an EXIF orientation tag
+    is at distance 0 from its own index entry, as any other."""
+    folder = make_image_folder(tmp_path / "imgs", classes=2, per_class=3, size=(96, 72))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    sideways = folder / "class0" / "sideways.jpg"
+    Image.open(folder / "class0" / "img1.jpg").save(sideways, quality=95, exif=exif.tobytes())
+    ckpt = tiny_checkpoint(tmp_path / "m.pt")
+    index = tmp_path / "index.safetensors"
+    assert main(["features", "--checkpoint", str(ckpt), "--data", str(folder), "--out", str(index), "--amp", "none"]) == 0
+    hits = cli_json(capsys, "retrieve", str(sideways), "--index", str(index), "--json", "--amp", "none")
+    assert hits[0]["path"] == str(sideways) and hits[0]["distance"] < 1e-3 * hits[1]["distance"], hits[:2]
+
+
+def test_prediction_figure_keeps_every_label_inside_and_has_no_blank_bands(tmp_path, monkeypatch):
+    """Class names are written whole where they fit in the cell and cut with an ellipsis where not,
+    every text inside the figure (the left column's too); a tall figure of many images has no blank
+    band at its top or bottom; the bars are the top classes, at most 5."""
+    names = ["Rhodesian ridgeback", "Old English sheepdog, bobtail", "golden retriever", "beagle", "dingo", "Samoyed",
+             "American Staffordshire terrier, Staffordshire terrier, American pit bull terrier, pit bull terrier"]
+
+    def result(i: int, k: int, label: str | None = None) -> dict:
+        top = [{"class": names[(i + j) % 7], "index": j, "probability": 0.5 / (j + 1)} for j in range(k)]
+        return {"path": f"/photos/IMG_{i:04d}.jpg", "label": label, "top": top}
+
+    seen = {}
+    save = figures._save
+
+    def keep(fig, path):  # what was drawn, measured by matplotlib's renderer, before the figure is saved
+        fig.canvas.draw()
+        r = fig.canvas.get_renderer()
+        texts = [t for ax in fig.axes for t in (ax.title, ax.xaxis.label, *ax.get_xticklabels(), *ax.get_yticklabels(), *ax.texts)]
+        seen["texts"] = [(t.get_text(), t.get_window_extent(r)) for t in texts if t.get_visible() and t.get_text()]
+        seen["bars"] = [len(ax.patches) for ax in fig.axes if ax.patches]
+        return save(fig, path)
+
+    monkeypatch.setattr(figures, "_save", keep)
+    images = [torch.full((3, 76, 76), 90, dtype=torch.uint8)] * 3
+    figures.plot_predictions(images, [result(0, 7), result(1, 3, "Samoyed"), result(6, 5, names[6])], tmp_path / "three.png")
+    assert Image.open(tmp_path / "three.png").size == (900, 400) and seen["bars"] == [5, 3, 5]
+    for text, box in seen["texts"]:
+        assert box.x0 >= 0 and box.x1 <= 900 and box.y0 >= 0 and box.y1 <= 400, (text, box)
+    shown = {text for text, _ in seen["texts"]}
+    assert {"Rhodesian ridgeback", "Old English sheepdog, bobtail", "true: Samoyed", "IMG_0000.jpg"} <= shown
+    cut = [t for t in shown if t.startswith("American Staffordshire terrier") or t.startswith("true: American")]
+    assert len(cut) == 2 and all(t.endswith("\u2026") and len(t) > 30 for t in cut), cut
+
+    figures.plot_predictions(images * 11, [result(i, 5) for i in range(33)], tmp_path / "tall.png")
+    ink = np.asarray(Image.open(tmp_path / "tall.png").convert("L")) < 250
+    assert ink.shape == (9 * 400, 4 * 300)
+    rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+    assert rows[0] < 30 and rows[-1] > ink.shape[0] - 60 and cols[0] < 30 and cols[-1] > ink.shape[1] - 30, (rows[[0, -1]], cols[[0, -1]])

@@ -213,10 +213,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from .checkpoint import load
     from .predict import predict
-    from .runtime import resolve_device
+    from .runtime import resolve_amp, resolve_device
 
-    model = load(args.checkpoint, resolve_device(args.device))
-    results, images = predict(model, args.images, top=args.top, return_images=True, show_progress=_progress_flag(args))
+    device = resolve_device(args.device)
+    amp = resolve_amp(args.amp, device)  # before loading: a refused --amp fails at once, as in evaluate
+    model = load(args.checkpoint, device)
+    results, images = predict(model, args.images, top=args.top, return_images=True, show_progress=_progress_flag(args), amp=amp)
     if args.figure:
         from .figures import plot_predictions
 
@@ -237,10 +239,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_features(args: argparse.Namespace) -> int:
     from .checkpoint import load
     from .retrieval import build_index, save_index
-    from .runtime import resolve_device
+    from .runtime import resolve_amp, resolve_device
 
-    model = load(args.checkpoint, resolve_device(args.device))
-    index = build_index(model, args.data, args.batch_size, args.workers or 0, Path(args.checkpoint).resolve(), _progress_flag(args))
+    device = resolve_device(args.device)
+    amp = resolve_amp(args.amp, device)
+    model = load(args.checkpoint, device)
+    index = build_index(model, args.data, args.batch_size, args.workers or 0, Path(args.checkpoint).resolve(), _progress_flag(args), amp)
     save_index(index, args.out)
     n, d = index["features"].shape
     print(f"{n} images, {d}-d fc7 features -> {args.out}")
@@ -251,14 +255,16 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
     from .checkpoint import load
     from .errors import DataError
     from .retrieval import load_index, retrieve
-    from .runtime import resolve_device
+    from .runtime import resolve_amp, resolve_device
 
+    device = resolve_device(args.device)
+    amp = resolve_amp(args.amp, device)
     index = load_index(args.index)
     checkpoint = args.checkpoint or index["checkpoint"]
     if not checkpoint:
         raise DataError(f"{args.index} does not name its checkpoint; pass --checkpoint")
-    model = load(checkpoint, resolve_device(args.device))
-    hits = retrieve(model, index, args.image, args.k)
+    model = load(checkpoint, device)
+    hits = retrieve(model, index, args.image, args.k, amp)
     if args.figure:
         from .figures import plot_retrieval
         from .predict import load_image
@@ -486,7 +492,7 @@ def _add_use_commands(sub, common: argparse.ArgumentParser) -> None:
     pr.add_argument("--checkpoint", required=True)
     pr.add_argument("--top", type=_positive_int, default=5)
     pr.add_argument("--json", action="store_true", help="print a JSON list")
-    pr.add_argument("--figure", help="PNG: each image with its top-5 bars (the paper's figure 4, left)")
+    pr.add_argument("--figure", help="PNG: each image with bars for its --top classes, at most 5 (the paper's figure 4, left)")
     pr.set_defaults(func=cmd_predict)
 
     fe = sub.add_parser("features", parents=[common], help="fc7 features of every image of a folder (an index for 'retrieve')")

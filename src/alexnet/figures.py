@@ -142,8 +142,11 @@ def plot_curves(run_dirs: str | os.PathLike | Sequence[str | os.PathLike], out: 
         axes[2].set_yscale("log")
     for ax in axes[:2]:
         ax.legend(fontsize="small")
+    from matplotlib.ticker import MaxNLocator
+
     for ax in axes:
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs: 1, 2, 3, not 1.25, 1.5
     default = Path(runs[0]) / "curves.png" if len(runs) == 1 else Path("curves.png")
     return _save(fig, out if out is not None else default)
 
@@ -226,39 +229,72 @@ def _show(ax, image: torch.Tensor) -> None:
     ax.set_yticks([])
 
 
+# One cell of the prediction figure in pixels, top to bottom: title, image, gap, bars, the bars' x
+# ticks and note; left to right: margin, image and bars, margin. The sums are CELL.
+_CELL_ROWS = (24, 196, 8, 120, 52)
+_CELL_COLUMNS = (12, 276, 12)
+MAX_BARS = 5  # bars per image, as in the paper; more would not leave the names room
+
+
 def plot_predictions(
     images: list[torch.Tensor], results: list[dict[str, Any]], path: str | os.PathLike, columns: int = 4
 ) -> Path:
-    """The paper's figure 4 (left): each image above its top-5 probability bars.
+    """The paper's figure 4 (left): each image above the bars of its top classes (at most 5).
 
     ``results`` are :func:`alexnet.predict.predict` entries. The true class, when known, is written
-    under the image and its bar is red (drawn in red below the bars when it is not in the top 5).
-    Size: :func:`grid_size` (len(images), columns).
+    above the image and its bar is red (a note under the bars says when it is not among them). The
+    class names are written on the bars, shortened with an ellipsis only where they would leave the
+    cell. Size: :func:`grid_size` (len(images), columns), every row of cells the same height.
     """
     plt = _pyplot()
     n = len(images)
     w, h = grid_size(n, columns)
     cols, rows = min(n, columns), math.ceil(n / min(n, columns))
     fig = plt.figure(figsize=(w / DPI, h / DPI))
-    grid = fig.add_gridspec(rows * 2, cols, height_ratios=[3, 2] * rows, hspace=0.35, wspace=0.6, left=0.2 / cols, right=0.98)
+    # Fixed pixel margins (no relative ones): a tall figure of many images gets no blank bands.
+    grid = fig.add_gridspec(rows * len(_CELL_ROWS), cols * len(_CELL_COLUMNS), height_ratios=_CELL_ROWS * rows,
+                            width_ratios=_CELL_COLUMNS * cols, left=0, right=1, top=1, bottom=0, hspace=0, wspace=0)
+    texts = []
     for i, (image, res) in enumerate(zip(images, results)):
         r, c = divmod(i, cols)
-        ax = fig.add_subplot(grid[2 * r, c])
+        ax = fig.add_subplot(grid[r * len(_CELL_ROWS) + 1, c * len(_CELL_COLUMNS) + 1])
         _show(ax, image)
         truth = res.get("label")
-        ax.set_title(f"true: {truth}" if truth is not None else Path(res["path"]).name, fontsize=8)
-        bars = fig.add_subplot(grid[2 * r + 1, c])
-        top = res["top"][:5]
-        names = [t["class"][:16] for t in top][::-1]
-        probs = [t["probability"] for t in top][::-1]
-        colours = ["tab:red" if t["class"] == truth else "tab:blue" for t in top][::-1]
-        bars.barh(range(len(top)), probs, color=colours)
-        bars.set_yticks(range(len(top)), names, fontsize=7)
-        bars.set_xlim(0, 1)
-        bars.tick_params(axis="x", labelsize=6)
-        if truth is not None and truth not in [t["class"] for t in top]:
-            bars.set_xlabel(f"({truth[:16]}: not in top 5)", fontsize=7, color="tab:red")
+        title = ax.set_title(f"true: {truth}" if truth is not None else Path(res["path"]).name, fontsize=8)
+        bars = fig.add_subplot(grid[r * len(_CELL_ROWS) + 3, c * len(_CELL_COLUMNS) + 1])
+        texts += [(title, bars), *_draw_bars(bars, res["top"][:MAX_BARS], truth)]
+    renderer = fig.canvas.get_renderer()
+    for text, ax in texts:
+        _fit(text, ax.get_window_extent(renderer), renderer)
     return _save(fig, path)
+
+
+def _draw_bars(ax, top: list[dict[str, Any]], truth: str | None) -> list[tuple[Any, Any]]:
+    """Horizontal probability bars, the most probable on top, each with its class name written on it
+    (inside the axes, so no name can run off the figure's edge); returns the texts and their axes."""
+    y = range(len(top) - 1, -1, -1)
+    colours = ["tab:red" if t["class"] == truth else "tab:blue" for t in top]
+    ax.barh(list(y), [t["probability"] for t in top], color=colours, alpha=0.45, height=0.8)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(-0.5, len(top) - 0.5)
+    ax.set_yticks([])
+    ax.tick_params(axis="x", labelsize=6)
+    texts = [(ax.text(0.01, j, t["class"], fontsize=7, va="center", ha="left"), ax) for j, t in zip(y, top)]
+    if truth is not None and truth not in [t["class"] for t in top]:
+        texts.append((ax.set_xlabel(f"(the true class is not in the top {len(top)})", fontsize=7, color="tab:red"), ax))
+    return texts
+
+
+def _fit(text, box, renderer) -> None:
+    """Shorten ``text`` with an ellipsis until it lies within ``box``'s width (pixels)."""
+    full = text.get_text()
+    keep = len(full)
+    while keep > 1:
+        extent = text.get_window_extent(renderer)
+        if extent.x0 >= box.x0 - 0.5 and extent.x1 <= box.x1 + 0.5:
+            return
+        keep -= 1
+        text.set_text(full[:keep].rstrip() + "\u2026")
 
 
 # -- figure 4 (right): retrieval ---------------------------------------------------------------

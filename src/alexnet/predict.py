@@ -14,7 +14,7 @@ from .data.loaders import model_input
 from .data.presets import Preprocess
 from .errors import DataError
 from .model import AlexNet
-from .runtime import progress
+from .runtime import autocast, progress
 
 
 def image_paths(inputs: list[str | os.PathLike]) -> list[Path]:
@@ -45,13 +45,16 @@ def load_image(path: str | os.PathLike, preprocess: Preprocess) -> torch.Tensor:
 
     The shorter side is resized to ``preprocess.resize`` (or ``size``), the centre square
     kept; one-channel models get the ITU-R 601 luma of the RGB image, as PIL's "L" mode.
+    The image is first turned upright as its EXIF orientation tag says: your photos (``predict``,
+    ``retrieve`` queries) often come from phones, which store them sideways with such a tag. Only
+    here: training and evaluation data follow the ImageNet convention of ignoring the tag.
 
     Raises:
         DataError: the file cannot be read as an image.
     """
     resize, size = preprocess.stored_sizes()
     try:
-        image = decode_image(str(path), resize, size)
+        image = decode_image(str(path), resize, size, upright=True)
     except Exception as e:  # noqa: BLE001 - whatever the decoder raises, the file is what is wrong
         raise DataError(f"{path}: cannot read this image ({type(e).__name__}: {' '.join(str(e).split()) or 'no detail'})") from None
     return to_luma(image) if preprocess.channels == 1 else image
@@ -83,6 +86,7 @@ def predict(
     batch_size: int = 32,
     return_images: bool = False,
     show_progress: bool | None = None,
+    amp: torch.dtype | None = None,
 ) -> list[dict[str, Any]] | tuple[list[dict[str, Any]], list[torch.Tensor]]:
     """Top-``top`` classes of every image in ``inputs`` (files or folders) with a loaded model.
 
@@ -91,6 +95,7 @@ def predict(
     ``label`` is the true class when the parent folder names one (else None). With
     ``return_images`` the decoded uint8 images come back too (for figures). Unreadable images are
     skipped with one warning line each on stderr; a DataError says so when none could be read.
+    ``amp`` is the autocast dtype (None: float32), as :func:`alexnet.runtime.resolve_amp` gives it.
     """
     classes = list(model.classes or [str(i) for i in range(model.config.num_classes)])
     preprocess = model.preprocess
@@ -109,7 +114,9 @@ def predict(
         if not chunk:
             continue
         x = model_input(images.to(device), torch.zeros(len(chunk), dtype=torch.int64), preprocess, False)
-        probs = torch.softmax(model(x).float(), dim=1).cpu()
+        with autocast(device, amp):
+            logits = model(x)
+        probs = torch.softmax(logits.float(), dim=1).cpu()
         values, indices = probs.topk(k, dim=1)
         for p, v, i in zip(chunk, values, indices):
             results.append(

@@ -23,18 +23,20 @@ from .data.presets import Preprocess
 from .errors import DataError
 from .model import AlexNet
 from .predict import load_image
-from .runtime import progress
+from .runtime import autocast, progress
 
 INDEX_FORMAT = "alexnet-fc7-index-1"
 
 
 @torch.no_grad()
-def fc7(model: AlexNet, images: torch.Tensor) -> torch.Tensor:
-    """fc7 vectors (B, fc_width) of a uint8 batch prepared by the model's ``preprocess`` (centre crop)."""
+def fc7(model: AlexNet, images: torch.Tensor, amp: torch.dtype | None = None) -> torch.Tensor:
+    """fc7 vectors (B, fc_width) of a uint8 batch prepared by the model's ``preprocess`` (centre crop),
+    computed under autocast to ``amp`` (None: float32)."""
     model.eval()
     device = next(model.parameters()).device
     x = model_input(images.to(device), torch.zeros(len(images), dtype=torch.int64), model.preprocess, False)
-    return model.forward_fc7(x).float().cpu()
+    with autocast(device, amp):
+        return model.forward_fc7(x).float().cpu()
 
 
 def fc7_fingerprint(model: AlexNet) -> str:
@@ -70,6 +72,7 @@ def build_index(
     workers: int = 0,
     checkpoint: str | os.PathLike | None = None,
     show_progress: bool | None = None,
+    amp: torch.dtype | None = None,
 ) -> dict[str, Any]:
     """fc7 features of every image of an image folder: CLASS/IMAGE files (labelled by their folder)
     and images at its top level, as in a flat folder such as ILSVRC's val/ (label -1: no class).
@@ -88,13 +91,14 @@ def build_index(
         raise DataError(f"{data}: no images")
     resize, size = pre.stored_sizes()
     ds = ImageFolderDataset(root, resize=resize, size=size, channels=pre.channels, samples=samples, classes=classes)
+    ds.upright = True  # as retrieve's query (predict.load_image): an indexed photo is at distance 0 from itself
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate)
     feats, labels, kept = [], [], []
     for batch in progress(loader, total=len(loader), desc="fc7 features", enabled=show_progress, unit="batch"):
         if batch is None:
             continue
         images, y, index = batch
-        feats.append(fc7(model, images))
+        feats.append(fc7(model, images, amp))
         labels.append(y)
         kept.extend(int(i) for i in index)
     if not feats:
@@ -189,8 +193,10 @@ def nearest(index: dict[str, Any], query: torch.Tensor, k: int = 6) -> list[dict
     return out
 
 
-def retrieve(model: AlexNet, index: dict[str, Any], image: str | os.PathLike, k: int = 6) -> list[dict[str, Any]]:
-    """The ``k`` indexed images nearest to ``image`` in the model's fc7 space."""
+def retrieve(
+    model: AlexNet, index: dict[str, Any], image: str | os.PathLike, k: int = 6, amp: torch.dtype | None = None
+) -> list[dict[str, Any]]:
+    """The ``k`` indexed images nearest to ``image`` in the model's fc7 space (``amp``: as for :func:`fc7`)."""
     if index["features"].shape[1] != model.config.fc_width:
         raise DataError(f"the index holds {index['features'].shape[1]}-d features but the model's fc7 has {model.config.fc_width}")
     if index.get("fingerprint") is not None and index["fingerprint"] != fc7_fingerprint(model):
@@ -199,5 +205,5 @@ def retrieve(model: AlexNet, index: dict[str, Any], image: str | os.PathLike, k:
             f"this checkpoint is not the model that built the index{built}: its fc7 space differs, so distances "
             "would mean nothing; index the images with this checkpoint ('alexnet features')"
         )
-    query = fc7(model, load_image(image, model.preprocess).unsqueeze(0))[0]
+    query = fc7(model, load_image(image, model.preprocess).unsqueeze(0), amp)[0]
     return nearest(index, query, k)

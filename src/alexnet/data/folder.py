@@ -211,21 +211,24 @@ def open_header(data: bytes) -> Image.Image:
             raise Image.DecompressionBombError(str(e)) from None
 
 
-def decode_image(path: str, resize: int, crop: int | None) -> torch.Tensor:
+def decode_image(path: str, resize: int, crop: int | None, upright: bool = False) -> torch.Tensor:
     """Decode to RGB, resize the shorter side to ``resize``, cut the central ``crop`` square.
 
     Returns a (3, crop, crop) uint8 tensor. Raises on an unreadable file, including one whose
     header claims more than ``Image.MAX_IMAGE_PIXELS`` pixels (a decompression bomb).
+    ``upright``: first turn the image as its EXIF orientation tag says (see :func:`decode_bytes`).
     """
-    return decode_bytes(read_image_bytes(path), resize, crop)
+    return decode_bytes(read_image_bytes(path), resize, crop, upright)
 
 
-def decode_bytes(data: bytes, resize: int, crop: int | None) -> torch.Tensor:
+def decode_bytes(data: bytes, resize: int, crop: int | None, upright: bool = False) -> torch.Tensor:
     """:func:`decode_image` of an encoded image already read.
 
     JPEGs go through torchvision's libjpeg-turbo decoder and torch's antialiased resize (about twice
     PIL's speed for ImageNet-sized images) unless they are large enough for libjpeg's reduced-size
     decoding (PIL ``draft``); anything else, or a JPEG torchvision refuses, goes through PIL.
+    ``upright`` applies the EXIF orientation (as ``PIL.ImageOps.exif_transpose``) before the resize
+    and crop; it is off by default, as the ImageNet convention that training and evaluation follow.
     """
     img = open_header(data)
     with img:
@@ -234,15 +237,40 @@ def decode_bytes(data: bytes, resize: int, crop: int | None) -> torch.Tensor:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", DeprecationWarning)
                     x = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
-                return _resize_crop(x, resize, crop)
+                return _resize_crop(_upright(x, img) if upright else x, resize, crop)
             except RuntimeError:
                 pass  # e.g. truncated: PIL below says why
         if img.format == "JPEG":
             img.draft("RGB", (resize, resize))  # let libjpeg decode at 1/2, 1/4, 1/8 size when it can
         img.load()
-        img = _to_rgb(img)
-        arr = np.asarray(img, dtype=np.uint8)
-    return _resize_crop(torch.from_numpy(arr.copy()).permute(2, 0, 1), resize, crop)
+        x = torch.from_numpy(np.asarray(_to_rgb(img), dtype=np.uint8).copy()).permute(2, 0, 1)
+        if upright:  # after load(): a PNG's eXIf chunk may follow its pixels
+            x = _upright(x, img)
+    return _resize_crop(x, resize, crop)
+
+
+# EXIF orientation tag -> the turn of a (C, H, W) image that shows it upright, as PIL's exif_transpose:
+# 2 mirror, 3 rotate 180, 4 flip, 5 transpose, 6 rotate 90 clockwise, 7 transverse, 8 rotate 90 anticlockwise.
+_EXIF_ORIENTATION = 0x0112
+_UPRIGHT = {
+    2: lambda x: x.flip(-1),
+    3: lambda x: x.flip(-2, -1),
+    4: lambda x: x.flip(-2),
+    5: lambda x: x.transpose(-2, -1),
+    6: lambda x: x.rot90(-1, (-2, -1)),
+    7: lambda x: x.flip(-2, -1).transpose(-2, -1),
+    8: lambda x: x.rot90(1, (-2, -1)),
+}
+
+
+def _upright(x: torch.Tensor, img: Image.Image) -> torch.Tensor:
+    """``x``, the pixels of ``img``, turned as its EXIF orientation tag says (unchanged without one)."""
+    try:
+        tag = img.getexif().get(_EXIF_ORIENTATION)
+    except Exception:  # noqa: BLE001 - a broken EXIF block leaves the pixels readable: keep them as stored
+        tag = None
+    turn = _UPRIGHT.get(tag)
+    return x if turn is None else turn(x)
 
 
 def to_luma(images: torch.Tensor) -> torch.Tensor:
@@ -282,6 +310,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         # raw: a baseline-JPEG item is its file's bytes (1-D uint8), decoded later on the training
         # device (alexnet.data.device_decode); other files are still decoded here.
         self.raw = False
+        self.upright = False  # EXIF orientation applied: for users' own photos (features), not training data
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -291,7 +320,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         try:
             image = self._read_raw(path) if self.raw else None
             if image is None:
-                image = decode_image(path, self.resize, self.size)
+                image = decode_image(path, self.resize, self.size, self.upright)
         except Exception as e:  # noqa: BLE001 - any decoder failure is a bad file, never a lost run
             self.bad.report(path, e)
             return None
