@@ -62,17 +62,17 @@ def test_the_default_preset_follows_the_data(tmp_path, tiny_fmnist):
 
 def test_a_short_run_keeps_the_recipes_warm_up_fraction_and_reaches_its_decay(tmp_path):
     """The photos recipe warms up for 2 of its 30 epochs; a 2-epoch run warmed up for its whole
-    length and ended at the peak rate. Now the learning rate of any run of it reaches the peak and
-    decays to near 0 (the schedule itself computed step by step); a warm-up given explicitly is
-    kept, and one as long as the run is refused."""
+    length and ended at the peak rate. Now the recipe's warm-up takes at most half the run, and the
+    learning rate of any run of it reaches the peak and decays to near 0 (the schedule computed
+    step by step); a warm-up given explicitly is kept, and one as long as the run is refused."""
     from alexnet.optim import step_lr_factor
 
     folder = tmp_path / "photos"
     (folder / "a").mkdir(parents=True)
-    for epochs, warm in [(1, 1 / 15), (2, 2 / 15), (15, 1.0), (30, 2.0), (60, 2.0)]:
+    for epochs, warm in [(1, 0.5), (2, 1.0), (3, 1.5), (4, 2.0), (30, 2.0), (60, 2.0)]:
         cfg = resolve_config(None, {"data": str(folder), "epochs": epochs})
         assert cfg.preset == "photos" and cfg.warmup_epochs == pytest.approx(warm), epochs
-        steps = 40
+        steps = 100
         lr = [step_lr_factor(cfg.schedule, s, steps, cfg.epochs, cfg.warmup_epochs, cfg.step_size, cfg.gamma)
               for s in range(steps * cfg.epochs)]
         assert max(lr) == pytest.approx(1.0, abs=0.02) and lr[-1] < 0.05, epochs
