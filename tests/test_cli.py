@@ -86,6 +86,23 @@ def test_summary_of_an_ablation_and_of_a_checkpoint(tmp_path, capsys):
     assert "drop --model" in capsys.readouterr().err
 
 
+def test_train_help_gives_the_readme_time_of_the_default_run(capsys):
+    """`train --help`'s time for the default job brackets the wall times that README's Results measured."""
+    import re
+
+    from conftest import ROOT
+
+    from alexnet.cli import main
+
+    results = (ROOT / "README.md").read_text(encoding="utf-8").split("\n## Results", 1)[1].split("\n### ", 1)[0]
+    measured = [int(m) + int(s) / 60 for m, s in re.findall(r"(\d+) min (\d+) s", results)]
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    said = re.search(r"about (\d+)-(\d+) minutes on 2 CPU cores", " ".join(capsys.readouterr().out.split()))
+    assert measured and said, (measured, said)
+    assert int(said[1]) <= min(measured) and max(measured) <= int(said[2]), (measured, said[0])
+
+
 def _one_line_error(r, *needles):
     assert r.returncode != 0
     assert "Traceback" not in r.stderr

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import tarfile
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -49,7 +51,37 @@ def test_download_offline_is_one_line(tmp_path, monkeypatch, capsys):
     assert main(["download", "imagenette", "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("alexnet: error: cannot download http://127.0.0.1:9/imagenette2.tgz"), err
-    assert not list((tmp_path / "out").glob("*.part"))
+    assert "needs the internet" in err[0]
+    assert not (tmp_path / "out").exists()  # the folder it made for the download is gone again
+    kept = tmp_path / "kept"
+    (kept / "old").mkdir(parents=True)
+    assert main(["download", "imagenette", "--out", str(kept)]) == 2
+    assert [p.name for p in kept.iterdir()] == ["old"]  # a folder that was there stays, without a .part
+
+
+def _offline(monkeypatch) -> list[str]:
+    """Make every urllib request fail as it does without a network; the URLs asked for."""
+    asked: list[str] = []
+
+    def refuse(url, *args, **kwargs):
+        asked.append(getattr(url, "full_url", url))
+        raise urllib.error.URLError(OSError(-2, "Name or service not known"))
+
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+    return asked
+
+
+def test_fashion_mnist_offline_is_one_line_and_leaves_no_folders(tmp_path, monkeypatch, capsys):
+    asked = _offline(monkeypatch)
+    out = tmp_path / "new" / "fm"
+    assert main(["download", "fashion-mnist", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("alexnet: error: cannot download Fashion-MNIST from http"), err
+    assert "Name or service not known" in err[0] and "needs the internet" in err[0] and asked
+    assert list(tmp_path.iterdir()) == []  # new/, fm/, FashionMNIST/ and raw/ were all made by the download
+    (out / "old").mkdir(parents=True)
+    assert main(["download", "fashion-mnist", "--out", str(out)]) == 2
+    assert [p.name for p in out.iterdir()] == ["old"]  # what existed stays
 
 
 def test_an_archive_that_escapes_its_folder_is_refused(tmp_path):

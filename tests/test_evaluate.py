@@ -249,6 +249,23 @@ def test_visualize_filters_and_curves(tmp_path, capsys):
     assert "no metrics.jsonl" in cli_fails(capsys, "visualize", "curves", str(tmp_path))
 
 
+@pytest.mark.parametrize("epochs", [1, 2, 5])
+def test_curves_tick_whole_epochs(tmp_path, monkeypatch, epochs):
+    """curves.png marks its epoch axes at whole epochs only (not 1.25, 1.5, ...)."""
+    import matplotlib.pyplot as plt
+
+    drawn = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path: drawn.append(fig) or Path(path))
+    records = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1.1 / e, "val_top1_error": 0.5, "lr": 0.01} for e in range(1, epochs + 1)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    figures.plot_curves(tmp_path)
+    for ax in drawn[0].axes:
+        low, high = ax.get_xlim()
+        ticks = [t for t in ax.get_xticks() if low <= t <= high]
+        assert ticks and all(t == round(t) for t in ticks), (ax.get_title(), ticks)
+    plt.close(drawn[0])
+
+
 def test_bad_input_one_line(tmp_path, capsys):
     folder = make_image_folder(tmp_path / "imgs", classes=3, per_class=1)
     (tmp_path / "random.pt").write_bytes(bytes(range(256)) * 8)

@@ -37,6 +37,38 @@ def test_import_torchvision_same_outputs(tmp_path, capsys):
     assert "junk.pth" in capsys.readouterr().err and not (tmp_path / "x.pt").exists()
 
 
+def test_import_torchvision_takes_a_state_dict_entry_and_names_what_others_hold(tmp_path, capsys):
+    """{'state_dict': sd} (as many training scripts save) imports; anything else gets a line saying what it is."""
+    import torchvision
+
+    torch.manual_seed(0)
+    tv = torchvision.models.alexnet(num_classes=7).eval()
+    torch.save({"state_dict": tv.state_dict(), "epoch": 3}, tmp_path / "wrapped.pth")
+    assert main(["import", "torchvision", str(tmp_path / "wrapped.pth"), "--out", str(tmp_path / "owt.pt")]) == 0
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(alexnet.load(tmp_path / "owt.pt")(x), tv(x), rtol=1e-5, atol=1e-5)
+    torch.save({"net": {"w": torch.zeros(1)}, "epoch": 3}, tmp_path / "other.pth")
+    torch.save({"state_dict": {"conv.w": torch.zeros(1)}}, tmp_path / "foreign.pth")
+    (tmp_path / "notes.txt").write_text("hello world\n")
+    (tmp_path / "half.pt").write_bytes((tmp_path / "wrapped.pth").read_bytes()[:5000])
+    expected = {
+        "other.pth": "no 'model' or 'state_dict' weights (its keys: 'net', 'epoch')",
+        "foreign.pth": "not a torchvision alexnet state dict (no features.0 / classifier.6 weights; its keys: conv.w)",
+        "notes.txt": "not a PyTorch checkpoint or safetensors file",
+        "half.pt": "a zip archive but not a readable PyTorch checkpoint",
+    }
+    for name, message in expected.items():
+        capsys.readouterr()
+        assert main(["import", "torchvision", str(tmp_path / name), "--out", str(tmp_path / "x.pt")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"alexnet: error: {tmp_path / name}: ") and message in err and len(err.splitlines()) == 1, err
+        assert "Error" not in err, err  # no bare exception names (KeyError, IndexError)
+    with pytest.raises(alexnet.CheckpointError, match="not a PyTorch checkpoint or safetensors file"):
+        alexnet.load(tmp_path / "notes.txt")
+    assert not (tmp_path / "x.pt").exists()
+
+
 # -- Caffe -------------------------------------------------------------------------------------------
 # A protobuf writer (independent of the reader under test) and Caffe's forward pass in float64.
 
@@ -183,6 +215,15 @@ def test_caffe_bad_files(tmp_path, capsys):
         assert main(["import", "caffe", str(tmp_path / name), "--out", str(tmp_path / "x.pt")]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and name in err and hint in err, err
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_caffe_missing_mean_file_is_one_line_naming_the_option(tmp_path, capsys):
+    write_tf_npy(tmp_path / "w.npy", caffe_weights())
+    args = ["import", "caffe", str(tmp_path / "w.npy"), "--out", str(tmp_path / "x.pt"), "--mean-file"]
+    assert main([*args, str(tmp_path / "nope.binaryproto")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"alexnet: error: --mean-file {tmp_path / 'nope.binaryproto'}: file not found", err
     assert not (tmp_path / "x.pt").exists()
 
 

@@ -73,6 +73,20 @@ def test_summary_mentions_the_erratum():
     assert "253,440" in text and "290,400" in text
 
 
+@pytest.mark.parametrize(("name", "classes"), [("alexnet_paper", 1000), ("alexnet_paper", 10), ("alexnet_small", 1000), ("alexnet_owt", 9)])
+def test_summary_erratum_only_for_the_paper_net(name, classes):
+    """The paper's counts describe its 224 px, 1000-class net: conv1 (96x55x55 = 290,400, not
+    253,440) is its one erratum; other networks differ by design and get no paper column or notes."""
+    text = format_summary(alexnet.create_model(name, num_classes=classes), name)
+    notes = [line for line in text.splitlines() if "erratum" in line]
+    if (name, classes) == ("alexnet_paper", 1000):
+        assert "paper neurons" in text and len(notes) == 1
+        assert "253,440 neurons for conv1" in notes[0] and f"{96 * 55 * 55:,}" in notes[0]
+    else:
+        assert notes == [] and "paper neurons" not in text and "253,440" not in text
+        assert "not compared with the paper's" in text
+
+
 def test_paper_init_statistics():
     torch.manual_seed(0)
     m = alexnet.create_model("alexnet_paper")

@@ -219,6 +219,14 @@ def _cfg(data: Path, out: Path, **kw) -> alexnet.config.TrainConfig:
     return resolve_config(None, {**base, **kw})
 
 
+@pytest.mark.parametrize("epochs", [1, 2])
+def test_start_line_counts_the_epochs(tiny_fmnist, tmp_path, epochs):
+    lines: list[str] = []
+    fit(_cfg(tiny_fmnist, tmp_path / "run", epochs=epochs), log=lines.append)
+    start = next(line for line in lines if line.startswith("training "))
+    assert f" trainable parameters, {epochs} {'epoch' if epochs == 1 else 'epochs'}, device " in start, start
+
+
 def test_nan_loss_stops_and_keeps_the_checkpoint(tiny_fmnist, tmp_path, monkeypatch):
     out = tmp_path / "run"
     fit(_cfg(tiny_fmnist, out, epochs=1), log=lambda s: None)

@@ -14,6 +14,7 @@ import os
 import pickle
 import re
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -93,21 +94,58 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if export is not None:  # before torch.load, which would hand a TorchScript file to torch.jit.load
         raise CheckpointError(f"{path}: {export}; alexnet.load and the commands read .pt checkpoints and .safetensors")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # a pickle of another protocol: the error below says it all
+            warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         found = re.search(r"GLOBAL ([\w.]+)", str(e))
         if found:  # a pickle that would build foreign objects (and could run code): refuse, name it
             raise CheckpointError(
                 f"{path}: refused to load: it holds a {found.group(1)} object, not only tensors and plain containers"
             ) from None
-        raise CheckpointError(f"{path}: not a readable checkpoint (corrupt or not a torch file)") from None
+        raise _unreadable(path, e) from None
     except Exception as e:  # torch.load raises many kinds on junk: EOFError, IndexError, RuntimeError...
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__})") from None
-    if isinstance(ckpt, dict) and "model" not in ckpt and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
-        ckpt = {"model": ckpt}  # a bare state dict (e.g. torchvision's alexnet weights)
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
-        raise CheckpointError(f"{path}: not an alexnet checkpoint (no 'model' state dict)")
+        raise _unreadable(path, e) from None
+    return _with_model(ckpt, path)
+
+
+def _is_state_dict(obj: Any) -> bool:
+    """Whether ``obj`` is a non-empty dict of tensors."""
+    return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def _with_model(ckpt: Any, path: Path) -> dict[str, Any]:
+    """``ckpt`` with its weights under ``model``: a bare state dict (torchvision's weights) and a
+    ``{'state_dict': ...}`` (as many training scripts save) are taken too; else say what it holds."""
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path}: not an alexnet checkpoint: it holds a {type(ckpt).__name__}, not a dict")
+    if "model" not in ckpt and _is_state_dict(ckpt):
+        return {"model": ckpt}
+    if "model" not in ckpt and _is_state_dict(ckpt.get("state_dict")):
+        return {**ckpt, "model": ckpt["state_dict"]}
+    if not isinstance(ckpt.get("model"), dict):
+        keys = ", ".join(repr(k) for k in list(ckpt)[:10]) + (", ..." if len(ckpt) > 10 else "")
+        raise CheckpointError(f"{path}: not an alexnet checkpoint: no 'model' or 'state_dict' weights (its keys: {keys or 'none'})")
     return ckpt
+
+
+def _unreadable(path: Path, error: Exception) -> CheckpointError:
+    """The error for a file torch.load could not read, saying what the file is."""
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if not head:
+        return CheckpointError(f"{path}: an empty file, not a checkpoint")
+    if head == b"PK":  # torch.save's zip format
+        what = "a zip archive but not a readable PyTorch checkpoint"
+    elif head[:1] == b"\x80":  # a pickle: torch.save's legacy format
+        what = "a pickle but not a readable PyTorch checkpoint"
+    else:
+        return CheckpointError(f"{path}: not a PyTorch checkpoint or safetensors file")
+    if isinstance(error, EOFError):
+        return CheckpointError(f"{path}: {what} (it ends early: truncated?)")
+    line = str(error).strip().splitlines()[0] if isinstance(error, RuntimeError) and str(error).strip() else ""
+    line = re.sub(r"^\[enforce fail at [^\]]*\]\W*", "", line).split(". This is an internal")[0]
+    return CheckpointError(f"{path}: {what} ({line or 'damaged?'})")
 
 
 def _export_kind(path: Path) -> str | None:

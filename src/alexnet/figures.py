@@ -146,7 +146,7 @@ def plot_curves(run_dirs: str | os.PathLike | Sequence[str | os.PathLike], out: 
 
     for ax in axes:
         ax.grid(alpha=0.3)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs: 1, 2, 3, not 1.25, 1.5
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # epochs: 1, 2, 3, not 1.25
     default = Path(runs[0]) / "curves.png" if len(runs) == 1 else Path("curves.png")
     return _save(fig, out if out is not None else default)
 

@@ -67,7 +67,8 @@ def from_torchvision(state_dict: dict[str, torch.Tensor], source: str = "torchvi
     """torchvision ``alexnet`` state dict -> an ``alexnet_owt`` checkpoint with the same outputs."""
     needed = {"features.0.weight", "classifier.6.weight"}
     if not needed <= set(state_dict):
-        raise CheckpointError(f"{source}: not a torchvision alexnet state dict (no features.0 / classifier.6 weights)")
+        keys = ", ".join(map(str, list(state_dict)[:6])) + (", ..." if len(state_dict) > 6 else "")
+        raise CheckpointError(f"{source}: not a torchvision alexnet state dict (no features.0 / classifier.6 weights; its keys: {keys})")
     num_classes = state_dict["classifier.6.weight"].shape[0]
     model = AlexNet(model_config("alexnet_owt", num_classes=num_classes))
     try:
@@ -184,6 +185,8 @@ def read_caffemodel(path: str | os.PathLike) -> dict[str, list[np.ndarray]]:
 
 def read_binaryproto_mean(path: str | os.PathLike) -> list[float]:
     """Per-channel mean (in the file's B, G, R order) of a Caffe mean ``.binaryproto``."""
+    if not Path(path).is_file():
+        raise CheckpointError(f"{path}: file not found")
     try:
         blob = parse_blob(memoryview(Path(path).read_bytes()))
     except (ValueError, IndexError, TypeError) as e:

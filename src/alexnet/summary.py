@@ -13,6 +13,9 @@ from .model import LAYER_NAMES, AlexNet
 # Section 3.5 of the paper: "the number of neurons in the network's remaining layers is given by
 # 253,440-186,624-64,896-64,896-43,264-4096-4096-1000" (conv1..fc8).
 PAPER_NEURONS = dict(zip(LAYER_NAMES, (253_440, 186_624, 64_896, 64_896, 43_264, 4_096, 4_096, 1_000)))
+# The output shapes of the paper's network (224 px RGB, 1000 classes, the paper's widths): its
+# neuron counts and their erratum describe this network only.
+PAPER_SHAPES = dict(zip(LAYER_NAMES, ((96, 55, 55), (256, 27, 27), (384, 13, 13), (384, 13, 13), (256, 13, 13), (4096,), (4096,), (1000,))))
 
 
 @dataclass
@@ -66,7 +69,7 @@ def format_summary(model: AlexNet, name: str = "", input_size: int | None = None
     """The summary table as text, with totals and a comparison to the paper's neuron counts."""
     rows = layer_table(model, input_size)
     size = input_size or model.config.input_size
-    compare = any(r.name in PAPER_NEURONS for r in rows) and model.config.widths == (96, 256, 384, 384, 256)
+    compare = is_paper_layout(rows)
     head = f"{'layer':<8} {'type':<18} {'output':>14} {'neurons':>12} {'params':>12} {'MACs':>14}"
     if compare:
         head += f" {'paper neurons':>14}"
@@ -87,16 +90,29 @@ def format_summary(model: AlexNet, name: str = "", input_size: int | None = None
     lines.append(f"total multiply-accumulates: {total_macs:,} per image ({100 * conv_macs / max(1, total_macs):.0f} % in conv layers)")
     lines.append(f"total neurons (conv1..fc8): {neurons:,}")
     if compare:
-        disagree = [r for r in rows if r.name in PAPER_NEURONS and r.neurons != PAPER_NEURONS[r.name]]
-        if not disagree:
-            lines.append("neuron counts: every layer matches the paper")
-        for r in disagree:
-            shape = "x".join(map(str, r.output_shape))
-            lines.append(
-                f"note: the paper gives {PAPER_NEURONS[r.name]:,} neurons for {r.name}; its output {shape} has "
-                f"{r.neurons:,} (a known erratum of the paper)"
-            )
-        agree = [r.name for r in rows if r.name in PAPER_NEURONS and r.neurons == PAPER_NEURONS[r.name]]
-        if disagree and agree:
-            lines.append(f"      the counts of {', '.join(agree)} match the paper")
+        lines += paper_notes(rows)
+    else:
+        lines.append("neuron counts: not compared with the paper's (they are for its 224 px, 1000-class net; this one differs by design)")
     return "\n".join(lines)
+
+
+def is_paper_layout(rows: list[LayerRow]) -> bool:
+    """Whether conv1..fc8 have the output shapes of the paper's network (the one its counts describe)."""
+    shapes = {r.name: r.output_shape for r in rows if r.name in PAPER_SHAPES}
+    return shapes == PAPER_SHAPES
+
+
+def paper_notes(rows: list[LayerRow]) -> list[str]:
+    """Lines comparing the neuron counts of the paper's network with the paper's figures."""
+    disagree = [r for r in rows if r.name in PAPER_NEURONS and r.neurons != PAPER_NEURONS[r.name]]
+    if not disagree:
+        return ["neuron counts: every layer matches the paper"]
+    lines = [
+        f"note: the paper gives {PAPER_NEURONS[r.name]:,} neurons for {r.name}; its output "
+        f"{'x'.join(map(str, r.output_shape))} has {r.neurons:,} (a known erratum of the paper)"
+        for r in disagree
+    ]
+    agree = [r.name for r in rows if r.name in PAPER_NEURONS and r.neurons == PAPER_NEURONS[r.name]]
+    if agree:
+        lines.append(f"      the counts of {', '.join(agree)} match the paper")
+    return lines

@@ -666,7 +666,7 @@ def _announce(run: _Run) -> None:
         name = f"{registered_name(run.model.config) or 'the network'} of {cfg.init_from}"
     run.log(
         f"training {name} on {data.source}: {data.train_size} train / {data.val_size} val images, "
-        f"{len(data.classes)} classes, {trainable:,} trainable parameters, {cfg.epochs} epochs, {where}, "
+        f"{len(data.classes)} classes, {trainable:,} trainable parameters, {cfg.epochs} epoch{'s' * (cfg.epochs != 1)}, {where}, "
         f"amp {_environment(run.device, run.amp)['amp']} -> {run.run_dir}"
     )
 

@@ -79,9 +79,23 @@ def missing_message(root: Path) -> str:
 
 def download_fashion_mnist(root: str | os.PathLike) -> Path:
     """Fetch Fashion-MNIST with torchvision (needs the internet); returns the folder to pass as --data."""
+    from urllib.error import URLError
+
     from torchvision.datasets import FashionMNIST
 
     root = Path(root)
-    for train in (True, False):
-        FashionMNIST(str(root), train=train, download=True)
+    try:
+        for train in (True, False):
+            FashionMNIST(str(root), train=train, download=True)
+    except (RuntimeError, URLError) as e:  # torchvision's error lists each mirror on its own lines
+        raise DataError(
+            f"cannot download Fashion-MNIST from {', '.join(FashionMNIST.mirrors)}: {_last_line(e)} "
+            f"(this needs the internet: download it on a machine that is online, then pass --data)"
+        ) from None
     return root
+
+
+def _last_line(error: Exception) -> str:
+    """The reason at the end of a (multi-line) download error, without urllib's ``<urlopen error ...>``."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return (lines[-1] if lines else type(error).__name__).removeprefix("<urlopen error ").removesuffix(">")

@@ -68,7 +68,8 @@ def _fetch(url: str, dest: Path, show_progress: bool | None) -> None:
                     bar.update(len(chunk))
     except (urllib.error.URLError, OSError, TimeoutError) as e:
         reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or e
-        raise DataError(f"cannot download {url}: {reason} (offline? fetch it on a machine that is online and pass --data)") from None
+        hint = "this needs the internet: download it on a machine that is online, then pass --data"
+        raise DataError(f"cannot download {url}: {reason} ({hint})") from None
 
 
 def _extract(archive: Path, out: Path) -> None:
