@@ -334,6 +334,23 @@ def test_one_channel_checkpoint_on_photos_against_independent_computation(tmp_pa
     torch.testing.assert_close(saved["features"][order].double(), fc7, rtol=1e-4, atol=1e-4)
 
 
+def test_evaluate_warns_when_the_data_has_other_classes(tmp_path, capsys):
+    """Same count, other classes: the score is of unrelated lists, and evaluate says so (a warning);
+    the checkpoint's own classes get none."""
+    ckpt = tiny_checkpoint(tmp_path / "m.pt")
+    same = make_image_folder(tmp_path / "same", classes=3, per_class=2)
+    other = make_image_folder(tmp_path / "other", classes=3, per_class=2)
+    for i, name in enumerate(["cat", "dog", "fox"]):
+        (other / f"class{i}").rename(other / name)
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--data", str(same), "--amp", "none"]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--data", str(other), "--amp", "none"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"warning: the data's classes are not those of {ckpt} (class 0 is 'cat' there, 'class0' in the checkpoint): "
+                   "the accuracy counts matching class numbers"]
+
+
 def test_tensor_data_that_does_not_fit_the_checkpoint_is_one_line(tmp_path, capsys, tiny_fmnist):
     """A photo checkpoint (3 channels, a 76 px recipe) cannot take Fashion-MNIST's 28 px grey images."""
     ckpt = tiny_checkpoint(tmp_path / "m.pt", classes=10)

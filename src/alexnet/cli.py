@@ -184,6 +184,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
     if len(classes) != n_classes:
         raise CheckpointError(f"{source} has {len(classes)} classes but {args.checkpoint} predicts {n_classes}")
+    _warn_other_classes(models[0].classes, list(classes), args.checkpoint)
     channels_last = args.channels_last is not False  # NHWC, as training runs: pooling is several times faster on a CPU
     stats = evaluate(models, loader, device, resolve_amp(args.amp, device), args.ten_crop, channels_last, _progress_flag(args))
     confusion = stats.pop("confusion")
@@ -207,6 +208,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if args.out:
             print(f"per-class accuracy and confusion matrix in {args.out}")
     return 0
+
+
+def _warn_other_classes(ours: list[str] | None, theirs: list[str], checkpoint: str) -> None:
+    """A warning when the data's classes are not the checkpoint's, in order: the scores then count
+    index matches between unrelated lists (e.g. Fashion-MNIST weights on dog photos)."""
+    if not ours or list(ours) == theirs:
+        return
+    i = next(i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b)
+    print(f"warning: the data's classes are not those of {checkpoint} (class {i} is {theirs[i]!r} there, {ours[i]!r} in the "
+          "checkpoint): the accuracy counts matching class numbers", file=sys.stderr)
 
 
 # -- predict / features / retrieve ------------------------------------------------------------------
