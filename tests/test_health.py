@@ -39,6 +39,30 @@ def test_divergence_stops_when_the_window_mean_crosses():
         mon.check(losses[4], [], "step 5")
 
 
+def test_a_run_shorter_than_the_window_is_judged_at_its_epoch_end(tiny_fmnist, tmp_path, monkeypatch):
+    """A diverged run of fewer steps than the window was never checked and saved its dead network;
+    the epoch's end now judges the steps there were, before the checkpoint (a healthy one passes)."""
+    mon = HealthMonitor(None, num_classes=10, window=10)
+    for step in range(3):
+        mon.check(20.0, [], f"step {step + 1}")  # the window is not full: no verdict yet
+    with pytest.raises(UnhealthyRun, match=r"diverged at the end of epoch 1: 20\.0 over the last 3 steps"):
+        mon.end_epoch("the end of epoch 1")
+    calm = HealthMonitor(None, num_classes=10, window=10)
+    calm.check(2.4, [], "step 1")
+    calm.end_epoch("the end of epoch 1")
+
+    import alexnet.train as train_mod
+    from alexnet.config import resolve_config
+
+    real = train_mod.F.cross_entropy
+    monkeypatch.setattr(train_mod.F, "cross_entropy", lambda *a, **k: real(*a, **k) * 10)  # ~23 nats: far above ln(10)
+    cfg = resolve_config(None, dict(data=str(tiny_fmnist), out=str(tmp_path / "run"), epochs=1, batch_size=16, amp="none",
+                                    workers=0, device="cpu", model_options={"widths": [8, 16, 16, 16, 16], "fc_width": 32}))
+    with pytest.raises(UnhealthyRun, match=r"diverged at the end of epoch 1 \(step 4\)"):
+        train_mod.fit(cfg, log=lambda s: None)
+    assert not (tmp_path / "run").exists()  # nothing of the dead network saved
+
+
 def test_warn_reports_once_and_off_says_nothing():
     said = []
     warn = HealthMonitor(None, num_classes=10, action="warn", window=2, warn=said.append)

@@ -153,14 +153,8 @@ class HealthMonitor:
         if self.action == "off":
             return
         self.losses.append(loss)
-        mean = sum(self.losses) / len(self.losses)
-        if len(self.losses) == self.losses.maxlen and mean > self.limit:
-            self._fail(
-                "diverged",
-                f"the training loss diverged at {where}: {mean:.1f} over the last {len(self.losses)} steps, far above "
-                f"ln({self.num_classes}) = {self.chance:.2f} (a uniform guess); lower --lr (e.g. by 10), add "
-                "--warmup-epochs 1, or use the default recipe (--preset photos: He init)",
-            )
+        if len(self.losses) == self.losses.maxlen:
+            self._check_loss(where)
         for name, flag in zip(self.probe.names if self.probe else (), dead):
             if flag > 0:
                 units = self.probe.seen[name].units if name in self.probe.seen else "its"
@@ -170,6 +164,22 @@ class HealthMonitor:
                     "gives every image the same answer and cannot recover; lower --lr, or start from --model-option "
                     "init=kaiming (or init=caffe: biases 0.1)",
                 )
+
+    def end_epoch(self, where: str) -> None:
+        """At an epoch's end, before its checkpoint: the loss check on the steps there were, when
+        fewer than the window (a short run of a few steps is judged too)."""
+        if self.action != "off" and 0 < len(self.losses) < self.losses.maxlen:
+            self._check_loss(where)
+
+    def _check_loss(self, where: str) -> None:
+        mean = sum(self.losses) / len(self.losses)
+        if mean > self.limit:
+            self._fail(
+                "diverged",
+                f"the training loss diverged at {where}: {mean:.1f} over the last {len(self.losses)} steps, far above "
+                f"ln({self.num_classes}) = {self.chance:.2f} (a uniform guess); lower --lr (e.g. by 10), add "
+                "--warmup-epochs 1, or use the default recipe (--preset photos: He init)",
+            )
 
     def _fail(self, key: str, message: str) -> None:
         if self.action == "stop":

@@ -730,6 +730,7 @@ def _epoch(run: _Run, on_step: Callable[[Position, bool], None], ctrl_c: _CtrlC)
         run.net, run.optimizer, data.train, data.preprocess, cfg, run.device, run.amp, run.scaler, pos, run.plateau.scale,
         on_step, run.show_progress, reduce, run.health, lambda: ctrl_c.hit,
     )
+    run.health.end_epoch(f"the end of epoch {pos.epoch + 1} (step {pos.step})")  # before anything of it is saved
     trained = time.time()
     val = evaluate(run.eval_net, data.val, data.preprocess, run.device, run.amp, cfg.channels_last, run.show_progress, reduce)
     record = {"epoch": pos.epoch + 1, "step": pos.step, **stats, **{f"val_{k}": v for k, v in val.items()}}
