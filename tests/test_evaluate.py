@@ -355,7 +355,7 @@ def test_tensor_data_that_does_not_fit_the_checkpoint_is_one_line(tmp_path, caps
     """A photo checkpoint (3 channels, a 76 px recipe) cannot take Fashion-MNIST's 28 px grey images."""
     ckpt = tiny_checkpoint(tmp_path / "m.pt", classes=10)
     err = cli_fails(capsys, "evaluate", "--checkpoint", str(ckpt), "--data", str(tiny_fmnist))
-    assert "1-channel 28x28" in err and "3-channel images of 76x76" in err
+    assert "1-channel 28x28" in err and "3-channel images stored at 76x76, cropped to 67x67 (its recipe is for image_folder data)" in err
 
 
 def test_predict_features_and_retrieve_honour_amp(tmp_path, capsys):

@@ -371,10 +371,12 @@ def _to_model(x: torch.Tensor, preprocess: Preprocess, channels_last: bool) -> t
 def _check_fits(preprocess: Preprocess, channels: int, side: int, source: str) -> None:
     """Stored images a checkpoint's recipe cannot take (another channel count or size) -> one line."""
     if not preprocess.fits(channels, side):
-        want = f"{preprocess.channels}-channel images" + (f" of {preprocess.size}x{preprocess.size}" if preprocess.size else "")
+        size, crop = preprocess.size, preprocess.input_size
+        want = f"{preprocess.channels}-channel images" + (f" stored at {size}x{size}" if size else "")
+        want += f", cropped to {crop}x{crop}" if size and crop != size else ""
         raise DataError(
             f"{source}: its images are {channels}-channel {side}x{side}, but the checkpoint takes {want} "
-            f"(it was trained on {preprocess.dataset} data); an image folder is decoded to fit any checkpoint"
+            f"(its recipe is for {preprocess.dataset} data); an image folder is decoded to fit any checkpoint"
         )
 
 
