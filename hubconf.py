@@ -15,13 +15,21 @@ if _SRC not in sys.path:  # a plain clone is not installed: make its package imp
 
 from alexnet import create_model as _create_model  # noqa: E402
 from alexnet import load as _load  # noqa: E402
+from alexnet.model import registered_name as _registered_name  # noqa: E402
 
 
 def _entry(name):
-    def build(num_classes=1000, checkpoint=None, **overrides):
-        if checkpoint is not None:
-            return _load(checkpoint)
-        return _create_model(name, num_classes=num_classes, **overrides)
+    def build(num_classes=None, checkpoint=None, **overrides):
+        if checkpoint is None:
+            return _create_model(name, num_classes=1000 if num_classes is None else num_classes, **overrides)
+        if num_classes is not None or overrides:  # the file fixes the network: they would be dropped unseen
+            given = ", ".join(["num_classes"] * (num_classes is not None) + sorted(overrides))
+            raise ValueError(f"{name}: {given} cannot change a network loaded from checkpoint={checkpoint}")
+        model = _load(checkpoint)
+        held = _registered_name(model.config)
+        if held is not None and held != name:
+            raise ValueError(f"{checkpoint} holds {held}, not {name}: load it with torch.hub.load(..., {held!r}, checkpoint=...)")
+        return model
 
     build.__name__ = name
     build.__doc__ = (

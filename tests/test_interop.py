@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from conftest import ROOT
 
 import alexnet
+from alexnet.checkpoint import save_atomic
 from alexnet.cli import main
 from alexnet.data.loaders import model_input
 
@@ -328,3 +329,11 @@ def test_torch_hub_local(tmp_path, paper_ckpt):
     assert isinstance(m, alexnet.AlexNet) and m.fc8.out_features == 7 and m.config.lrn_k == 2.0
     loaded = torch.hub.load(str(ROOT), "alexnet_paper", source="local", checkpoint=str(paper_ckpt), trust_repo=True)
     assert loaded.classes == ["class0", "class1", "class2"]
+    # The checkpoint fixes the network: another entry's name, or options it would drop unseen, are refused.
+    small = alexnet.create_model("alexnet_small", num_classes=3)
+    save_atomic({"model": small.state_dict(), "model_config": small.config.to_dict()}, tmp_path / "small.pt")
+    with pytest.raises(ValueError, match="small.pt holds alexnet_small, not alexnet_paper"):
+        torch.hub.load(str(ROOT), "alexnet_paper", source="local", checkpoint=str(tmp_path / "small.pt"), trust_repo=True)
+    assert torch.hub.load(str(ROOT), "alexnet_small", source="local", checkpoint=str(tmp_path / "small.pt")).fc8.out_features == 3
+    with pytest.raises(ValueError, match="num_classes, lrn cannot change a network loaded from checkpoint="):
+        torch.hub.load(str(ROOT), "alexnet_paper", source="local", checkpoint=str(paper_ckpt), num_classes=5, lrn=False, trust_repo=True)
