@@ -69,16 +69,16 @@ def format_summary(model: AlexNet, name: str = "", input_size: int | None = None
     """The summary table as text, with totals and a comparison to the paper's neuron counts."""
     rows = layer_table(model, input_size)
     size = input_size or model.config.input_size
-    compare = is_paper_layout(rows)
+    same = paper_layers(rows)  # the layers whose outputs are the paper network's: their counts compare
     head = f"{'layer':<8} {'type':<18} {'output':>14} {'neurons':>12} {'params':>12} {'MACs':>14}"
-    if compare:
+    if same:
         head += f" {'paper neurons':>14}"
     lines = [f"{name or 'model'}: input {model.config.in_chans}x{size}x{size}, {model.config.num_classes} classes", head, "-" * len(head)]
     for r in rows:
         line = f"{r.name:<8} {r.kind:<18} {'x'.join(map(str, r.output_shape)):>14} "
         line += f"{r.neurons or '':>12} {r.params or '':>12} {r.macs or '':>14}"
         line = line.replace("  0 ", "    ")
-        if compare and r.name in PAPER_NEURONS:
+        if r.name in same:
             line += f" {PAPER_NEURONS[r.name]:>14,}"
         lines.append(line)
     total_params = sum(p.numel() for p in model.parameters())
@@ -89,30 +89,34 @@ def format_summary(model: AlexNet, name: str = "", input_size: int | None = None
     lines.append(f"total parameters:          {total_params:,}")
     lines.append(f"total multiply-accumulates: {total_macs:,} per image ({100 * conv_macs / max(1, total_macs):.0f} % in conv layers)")
     lines.append(f"total neurons (conv1..fc8): {neurons:,}")
-    if compare:
-        lines += paper_notes(rows)
-    else:
-        lines.append("neuron counts: not compared with the paper's (they are for its 224 px, 1000-class net; this one differs by design)")
+    lines += paper_notes([r for r in rows if r.name in same])
+    other = [r.name for r in rows if r.name in PAPER_SHAPES and r.name not in same]
+    if other:
+        lines.append(f"neuron counts of {', '.join(other)}: not compared with the paper's (its network is 224 px RGB, "
+                     "1000 classes; this one differs there by design)")
     return "\n".join(lines)
 
 
-def is_paper_layout(rows: list[LayerRow]) -> bool:
-    """Whether conv1..fc8 have the output shapes of the paper's network (the one its counts describe)."""
-    shapes = {r.name: r.output_shape for r in rows if r.name in PAPER_SHAPES}
-    return shapes == PAPER_SHAPES
+def paper_layers(rows: list[LayerRow]) -> set[str]:
+    """The layers whose output shape is the paper network's (its counts describe those only)."""
+    return {r.name for r in rows if PAPER_SHAPES.get(r.name) == tuple(r.output_shape)}
 
 
 def paper_notes(rows: list[LayerRow]) -> list[str]:
-    """Lines comparing the neuron counts of the paper's network with the paper's figures."""
-    disagree = [r for r in rows if r.name in PAPER_NEURONS and r.neurons != PAPER_NEURONS[r.name]]
+    """Lines comparing the neuron counts of ``rows`` (layers shaped as the paper's) with its figures."""
+    if not rows:
+        return []
+    disagree = [r for r in rows if r.neurons != PAPER_NEURONS[r.name]]
     if not disagree:
-        return ["neuron counts: every layer matches the paper"]
+        if len(rows) == len(PAPER_NEURONS):
+            return ["neuron counts: every layer matches the paper"]
+        return [f"neuron counts of {', '.join(r.name for r in rows)}: as in the paper"]
     lines = [
         f"note: the paper gives {PAPER_NEURONS[r.name]:,} neurons for {r.name}; its output "
         f"{'x'.join(map(str, r.output_shape))} has {r.neurons:,} (a known erratum of the paper)"
         for r in disagree
     ]
-    agree = [r.name for r in rows if r.name in PAPER_NEURONS and r.neurons == PAPER_NEURONS[r.name]]
+    agree = [r.name for r in rows if r.neurons == PAPER_NEURONS[r.name]]
     if agree:
         lines.append(f"      the counts of {', '.join(agree)} match the paper")
     return lines
