@@ -79,3 +79,27 @@ def test_a_short_run_keeps_the_recipes_warm_up_fraction_and_reaches_its_decay(tm
     assert resolve_config(None, {"data": str(folder), "epochs": 2, "warmup_epochs": 1.5}).warmup_epochs == 1.5
     with pytest.raises(ConfigError, match=r"--warmup-epochs 2 is not shorter than --epochs 2"):
         resolve_config(None, {"data": str(folder), "epochs": 2, "warmup_epochs": 2.0})
+
+
+def test_config_file_mistakes_are_one_line_naming_the_fix(tmp_path, capsys):
+    """A key spelled as its command-line option names the key to write; 'resume' in a file is refused
+    (it was taken silently and left a broken run folder); a folder or a file that is not UTF-8 is one
+    line, exit 2 (the latter was an internal error)."""
+    from alexnet.cli import main
+
+    cases = {
+        "keys.toml": (b"patience = 3\ndropout = 0.1\n",
+                      "unknown training option(s): dropout (write it under [model_options]), patience (write plateau_patience)"),
+        "resume.toml": (b'resume = "runs/x"\n', "'resume' cannot be set in a file; continue a run with --resume DIR"),
+        "latin.toml": (b"\xff\xfe epochs = 1\n", "cannot parse: 'utf-8' codec can't decode byte 0xff"),
+    }
+    for name, (content, message) in cases.items():
+        (tmp_path / name).write_bytes(content)
+        capsys.readouterr()
+        assert main(["train", "--config", str(tmp_path / name), "--out", str(tmp_path / "run")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"alexnet: error: --config {tmp_path / name}: {message}"), err
+    (tmp_path / "folder.toml").mkdir()
+    assert main(["train", "--config", str(tmp_path / "folder.toml")]) == 2
+    assert capsys.readouterr().err.strip() == f"alexnet: error: --config: a folder, not a file: {tmp_path / 'folder.toml'}"
+    assert not (tmp_path / "run").exists()

@@ -189,9 +189,9 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     """Options from a TOML or YAML file (top-level keys are TrainConfig fields)."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"--config: file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+        raise ConfigError(f"--config: {'a folder, not a file' if path.is_dir() else 'file not found'}: {path}")
     try:
+        text = path.read_text(encoding="utf-8")
         if path.suffix in (".yaml", ".yml"):
             try:
                 import yaml
@@ -212,7 +212,23 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"--config {path}: expected a table of options at the top level")
     if not isinstance(values.get("model_options", {}), dict):
         raise ConfigError(f"--config {path}: model_options must be a table of model options")
+    if "resume" in values:  # a resume takes its run's own configuration, not a file's
+        raise ConfigError(f"--config {path}: 'resume' cannot be set in a file; continue a run with --resume DIR")
+    unknown = sorted(set(values) - set(_FIELDS))
+    if unknown:
+        raise ConfigError(f"--config {path}: unknown training option(s): " + ", ".join(_key_hint(k) for k in unknown))
     return values
+
+
+def _key_hint(key: str) -> str:
+    """An unknown key of a config file, with the key that means what its command-line twin means."""
+    spelled = "--" + key.replace("_", "-")
+    known = next((name for name in _FIELDS if flag(name) == spelled), None)
+    if known is not None:
+        return f"{key} (write {known})"
+    if key == "dropout":
+        return "dropout (write it under [model_options])"
+    return key
 
 
 def resolve_config(preset: str | None, overrides: dict[str, Any], config_file: str | Path | None = None) -> TrainConfig:
