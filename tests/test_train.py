@@ -174,6 +174,7 @@ def test_resume_refuses_options_it_would_ignore_and_works_from_any_folder(tiny_f
     same = ["--data", str(tiny_fmnist), "--lr", str(saved["lr"]), "--batch-size", "8"]
     assert main(["train", "--resume", "run", "--epochs", "2", *same]) == 0
     assert load_checkpoint(tmp_path / "run" / "last.pt")["position"]["epoch"] == 2
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["epochs"] == 2  # what it went on with
     assert main(["evaluate", "--checkpoint", "run/last.pt"]) == 0
 
 

@@ -624,6 +624,7 @@ def _start_files(run: _Run, resumed: bool) -> None:
     if resumed:
         if info.is_main:
             write_text(run.metrics_path, "".join(json.dumps(h) + "\n" for h in run.history))
+            _update_config_file(run)
         run.log(f"resuming {run.run_dir} at epoch {run.pos.epoch + 1}, batch {run.pos.batch}, step {run.pos.step}")
         _note_thread_change(run)
     elif info.is_main:
@@ -637,6 +638,19 @@ def _start_files(run: _Run, resumed: bool) -> None:
         }
         write_text(run.run_dir / "config.json", json.dumps(resolved, indent=2) + "\n")
         write_text(run.metrics_path, "")
+
+
+def _update_config_file(run: _Run) -> None:
+    """A resumed run's config.json gives the options it goes on with (more --epochs, another
+    --device, ...); the environment it started in stays, as :func:`_note_thread_change` reads it."""
+    path = run.run_dir / "config.json"
+    try:
+        resolved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    if isinstance(resolved, dict) and resolved.get("train") != run.cfg.to_dict():
+        resolved["train"] = run.cfg.to_dict()
+        write_text(path, json.dumps(resolved, indent=2) + "\n")
 
 
 def _note_thread_change(run: _Run) -> None:
