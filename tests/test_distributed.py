@@ -212,6 +212,18 @@ def test_hung_rank_stops_the_run_after_the_timeout(tiny_fmnist, tmp_path):
     assert "imed out" in err and f"--resume {out}" in err
 
 
+def test_nproc_run_refused_at_the_start_exits_2_with_nothing_to_resume(tiny_fmnist, tmp_path):
+    """Ranks that refuse their input (--device cuda where none is visible: each rank checks its own
+    device) end the run with exit 2, as one process does, and no advice to resume a run that saved
+    nothing (it said "continue from the last checkpoint" with no checkpoint and no folder)."""
+    out = tmp_path / "refused"
+    r = run_cli(*_args(tiny_fmnist, out, "--nproc", "2", "--device", "cuda"))
+    assert r.returncode == 2, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.endswith("no checkpoint had been written yet: nothing to resume"), r.stderr
+    assert "--resume" not in r.stderr and "Traceback" not in r.stderr and not (out / "last.pt").exists()
+
+
 def test_nproc_rejects_a_batch_that_does_not_divide(tiny_fmnist, tmp_path):
     r = run_cli(*_args(tiny_fmnist, tmp_path / "x"), "--batch-size", "15", "--nproc", "2")
     assert r.returncode == 2 and "global batch" in r.stderr and "Traceback" not in r.stderr

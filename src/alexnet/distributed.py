@@ -14,6 +14,7 @@ import os
 import re
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -234,14 +235,19 @@ def launch(nproc: int, argv: list[str], run_dir: str | None) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cpu_cores() // nproc)))
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # the summary below says it
     args = parse_args(["--standalone", f"--nproc-per-node={nproc}", "-m", "alexnet", *argv])
-    resume = f"continue from the last checkpoint with: alexnet train --resume {run_dir or 'RUN'} --nproc {nproc}"
+
+    def resume() -> str:  # asked when the run has ended: its checkpoint exists or not by then
+        if run_dir is not None and not (Path(run_dir) / "last.pt").is_file():
+            return "no checkpoint had been written yet: nothing to resume"
+        return f"continue from the last checkpoint with: alexnet train --resume {run_dir or 'RUN'} --nproc {nproc}"
+
     try:
         run(args)
         return 0
     except ChildFailedError as e:
         rank, failure = e.get_first_failure()
         if failure.exitcode == 130:  # Ctrl-C on any rank: every rank saved the same step and stopped
-            print(f"alexnet: interrupted; {resume}", file=sys.stderr)
+            print(f"alexnet: interrupted; {resume()}", file=sys.stderr)
             return 130
         if failure.exitcode < 0:
             try:
@@ -250,8 +256,8 @@ def launch(nproc: int, argv: list[str], run_dir: str | None) -> int:
                 how = f"was killed by signal {-failure.exitcode}"
         else:
             how = f"exited with code {failure.exitcode} (its message is above)"
-        print(f"alexnet: error: the {nproc}-process run stopped: rank {rank} {how}; {resume}", file=sys.stderr)
-        return 1
+        print(f"alexnet: error: the {nproc}-process run stopped: rank {rank} {how}; {resume()}", file=sys.stderr)
+        return 2 if failure.exitcode == 2 else 1  # 2: the rank refused bad input, as one process does
     except (KeyboardInterrupt, SignalException):
-        print(f"alexnet: interrupted; {resume}", file=sys.stderr)
+        print(f"alexnet: interrupted; {resume()}", file=sys.stderr)
         return 130
