@@ -163,3 +163,29 @@ def test_missing_default_data_message(monkeypatch):
     monkeypatch.setattr(loaders, "DEBIAN_ROOT", fashion_mnist.Path("/nonexistent/fashion-mnist"))
     with pytest.raises(alexnet.DataError, match="apt-get install dataset-fashion-mnist"):
         loaders.load_data(None, 8, 28)
+
+
+def test_a_compile_failure_is_one_line(tmp_path, capsys, monkeypatch, tiny_fmnist):
+    """torch.compile fails at the first step where a C++ compiler is missing (InvalidCxxCompiler):
+    one line naming --compile and the remedy, exit 2, not a multi-line internal error."""
+    import torch
+
+    from alexnet.cli import main
+
+    class InductorError(RuntimeError):  # as torch._inductor raises it
+        __module__ = "torch._inductor.exc"
+
+    def broken(model, **kwargs):  # "compiled": the model, whose forward fails as inductor's first call does
+        def fail(*a, **k):
+            raise InductorError("InvalidCxxCompiler: No working C++ compiler found\n\nSet TORCHDYNAMO_VERBOSE=1 ...")
+
+        model.forward = fail
+        return model
+
+    monkeypatch.setattr(torch, "compile", broken)
+    code = main(["train", "--data", str(tiny_fmnist), "--out", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "16",
+                 "--workers", "0", "--device", "cpu", "--model-option", "widths=[8,16,16,16,16]", "--model-option", "fc_width=32",
+                 "--compile", "--progress", "off"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1] == ("alexnet: error: --compile failed (InvalidCxxCompiler: No working C++ compiler found); "
+                                     "run without --compile (set ALEXNET_DEBUG=1 for the traceback)"), err

@@ -668,6 +668,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # a bug: one line by default, the traceback on request
         if os.environ.get("ALEXNET_DEBUG"):
             raise
+        if getattr(args, "compile", None) and type(e).__module__.startswith("torch._"):  # inductor, dynamo
+            reason = " ".join(str(e).strip().splitlines()[0].split()) if str(e).strip() else type(e).__name__
+            print(f"alexnet: error: --compile failed ({reason}); run without --compile (set ALEXNET_DEBUG=1 for the "
+                  "traceback)", file=sys.stderr)
+            return 2
         print(f"alexnet: internal error: {type(e).__name__}: {e} (set ALEXNET_DEBUG=1 for the traceback)", file=sys.stderr)
         return 1
     finally:
