@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  a constant prediction (the reference's most frequent class) agrees on {baseline:.2%}")
     if state is None:
         print("  NOTE: random weights: top-1 agreement is nearly meaningless here (margins are tiny); "
-              "compare it with the constant baseline, and pass --peer-weights for trained weights")
+              "compare it with the constant baseline, and give benchmarks/inference.py --peer-weights FILE for trained weights")
     times = time_paths(pairs, extra["reference"], images[: args.time_images], args, device)
     secs = {k: median(v) for k, v in times.items()}
     good = [k for k in pairs if agree[k][0] >= MIN_AGREEMENT] or list(pairs)

@@ -153,6 +153,13 @@ def test_cli_benchmark_rejects_unknown_name():
     assert r.returncode == 2 and "nonsense" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_cli_benchmark_refuses_cuda_without_a_gpu_before_running_any():
+    """One line, exit 2, before any benchmark starts (each one failed on its own, then 'benchmark(s) failed', exit 1)."""
+    r = run_cli("benchmark", "--quick", "--only", "lrn", "--device", "cuda")
+    assert r.returncode == 2 and r.stdout == "", r.stdout
+    assert r.stderr.strip().splitlines() == ["alexnet: error: --device cuda: no CUDA device is available on this machine"]
+
+
 def test_result_line_format():
     result = bench_module("_common").result
     import contextlib

@@ -449,6 +449,9 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
         raise ConfigError(f"--only: unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
+    from .runtime import resolve_device
+
+    resolve_device(args.device)  # a missing GPU is one line here, not a failure of every benchmark
     extra = ["--quick"] * args.quick + ["--device", args.device] + (["--repeats", str(args.repeats)] if args.repeats else [])
     results, failed = [], []
     for name in names:
