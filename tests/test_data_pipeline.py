@@ -336,6 +336,24 @@ def test_cli_prepare_strict_and_default(tmp_path):
     assert len((tmp_path / "p" / "bad_files.txt").read_text().splitlines()) == 4
 
 
+def test_prepare_again_keeps_no_old_shard_and_a_failed_first_one_no_folder(tmp_path):
+    """Prepared again with larger shards, the folder holds just the shards its index lists (the old
+    smaller ones stayed); a first preparation that fails leaves no folder (an empty one stayed)."""
+    root = make_image_folder(tmp_path / "imgs", classes=2, per_class=6, size=(40, 36))
+    out = tmp_path / "packed"
+    prepare(root, out, size=32, shard_size=2, show_progress=False)
+    before = {p.name for p in out.glob("*-0*.npy")}
+    index = prepare(root, out, size=32, shard_size=100, show_progress=False)
+    listed = {name for split in index["splits"].values() for name, _ in split["shards"]}
+    assert {p.name for p in out.glob("*-0*.npy")} == listed and len(before) > len(listed)
+    data = load_data(out, 2, 28, show_progress=False)  # no val/ in imgs: the loader holds some out
+    assert data.train_size + data.val_size == index["splits"]["train"]["count"] == 12
+    (root / "class0" / "broken.jpg").write_bytes(b"")
+    with pytest.raises(DataError, match="unreadable image"):
+        prepare(root, tmp_path / "new", strict=True, show_progress=False)
+    assert not (tmp_path / "new").exists()
+
+
 # -- packed format --------------------------------------------------------------------------------
 def test_packed_matches_folder(tmp_path):
     root = tmp_path / "imgs"

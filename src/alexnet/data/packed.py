@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -172,14 +173,16 @@ def prepare(
         raise DataError(f"--data: folder not found: {root}")
     if out.resolve() == root.resolve():
         raise DataError("--out must be a different folder from --data")
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     bad_log = out / BAD_FILES_NAME
     if bad_log.exists():
         bad_log.unlink()
     bad = BadFiles(strict, bad_log)
-    splits = open_folder_splits(root, size, bad)
-    tmp = Path(tempfile.mkdtemp(prefix=".prepare-", dir=out))
+    tmp: Path | None = None
     try:
+        splits = open_folder_splits(root, size, bad)
+        tmp = Path(tempfile.mkdtemp(prefix=".prepare-", dir=out))
         index: dict[str, Any] = {"format": FORMAT, "size": size, "source": str(root), "splits": {}}
         acc = StatsAccumulator()
         for split, ds in splits.items():
@@ -193,8 +196,20 @@ def prepare(
         (tmp / PACKED_INDEX).write_text(json.dumps(index, indent=1) + "\n")
         if (out / PACKED_INDEX).exists():
             (out / PACKED_INDEX).unlink()  # the old preparation stops being valid before its files go
+        new = {f.name for f in tmp.iterdir()}
+        for f in out.iterdir():  # an earlier preparation's shards that this one does not have (fewer, larger)
+            if _SHARD.match(f.name) and f.name not in new:
+                f.unlink()
         for f in sorted(tmp.iterdir(), key=lambda p: p.name == PACKED_INDEX):  # index.json last
             os.replace(f, out / f.name)
+    except BaseException:
+        if created:  # nothing of a failed first preparation stays behind
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
     return index
+
+
+_SHARD = re.compile(r"^[a-z]+-\d{5}\.npy$")  # _ShardWriter's names
