@@ -1,10 +1,12 @@
 """The command line end to end, as a user runs it, and its answers to bad input."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
-from conftest import make_image_folder, run_cli
+from conftest import cli_env, make_image_folder, run_cli
 
 import alexnet
 
@@ -189,3 +191,18 @@ def test_a_compile_failure_is_one_line(tmp_path, capsys, monkeypatch, tiny_fmnis
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err[-1] == ("alexnet: error: --compile failed (InvalidCxxCompiler: No working C++ compiler found); "
                                      "run without --compile (set ALEXNET_DEBUG=1 for the traceback)"), err
+
+
+def test_warnings_are_one_line(tmp_path, tiny_fmnist):
+    """Without a C compiler the kernels fall back with a warning: one line each, not Python's two
+    (the second, the source line that warned, says nothing to a user)."""
+    args = ["train", "--data", str(tiny_fmnist), "--out", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "16",
+            "--workers", "0", "--device", "cpu", "--model-option", "widths=[8,16,16,16,16]", "--model-option", "fc_width=32",
+            "--progress", "off"]
+    env = cli_env(CC=str(tmp_path / "no-cc"), ALEXNET_KERNEL_CACHE=str(tmp_path / "cache"))
+    env.pop("ALEXNET_NO_KERNELS", None)
+    r = subprocess.run([sys.executable, "-m", "alexnet", *args], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr
+    warned = [line for line in r.stderr.splitlines() if "C kernel" in line]
+    assert warned and all(line.startswith("warning: alexnet: C kernel '") for line in warned), r.stderr
+    assert not [line for line in r.stderr.splitlines() if line.startswith(" ")], r.stderr

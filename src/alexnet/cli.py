@@ -634,7 +634,17 @@ def _add_tool_commands(sub, common: argparse.ArgumentParser) -> None:
 _COMPUTING = {"train", "evaluate", "predict", "features", "retrieve", "prepare", "export"}
 
 
+def _warning_line(message, category, filename, lineno, line=None) -> str:
+    """A warning as one line (Python adds the source line that raised it, which says nothing to a
+    user of the command line; ALEXNET_DEBUG=1 keeps Python's format)."""
+    return f"warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
+    if not os.environ.get("ALEXNET_DEBUG"):
+        import warnings
+
+        warnings.formatwarning = _warning_line
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for relaunching under torchrun
