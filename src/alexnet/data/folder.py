@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 try:  # deprecated in torchvision 0.29 in favour of torchcodec; PIL does everything if it goes away
     from torchvision.io import ImageReadMode, decode_jpeg
@@ -236,41 +236,27 @@ def decode_bytes(data: bytes, resize: int, crop: int | None, upright: bool = Fal
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", DeprecationWarning)
-                    x = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
-                return _resize_crop(_upright(x, img) if upright else x, resize, crop)
+                    x = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB,
+                                    apply_exif_orientation=upright)
+                return _resize_crop(x, resize, crop)
             except RuntimeError:
                 pass  # e.g. truncated: PIL below says why
         if img.format == "JPEG":
             img.draft("RGB", (resize, resize))  # let libjpeg decode at 1/2, 1/4, 1/8 size when it can
         img.load()
-        x = torch.from_numpy(np.asarray(_to_rgb(img), dtype=np.uint8).copy()).permute(2, 0, 1)
         if upright:  # after load(): a PNG's eXIf chunk may follow its pixels
-            x = _upright(x, img)
+            img = _upright(img)
+        x = torch.from_numpy(np.asarray(_to_rgb(img), dtype=np.uint8).copy()).permute(2, 0, 1)
     return _resize_crop(x, resize, crop)
 
 
-# EXIF orientation tag -> the turn of a (C, H, W) image that shows it upright, as PIL's exif_transpose:
-# 2 mirror, 3 rotate 180, 4 flip, 5 transpose, 6 rotate 90 clockwise, 7 transverse, 8 rotate 90 anticlockwise.
-_EXIF_ORIENTATION = 0x0112
-_UPRIGHT = {
-    2: lambda x: x.flip(-1),
-    3: lambda x: x.flip(-2, -1),
-    4: lambda x: x.flip(-2),
-    5: lambda x: x.transpose(-2, -1),
-    6: lambda x: x.rot90(-1, (-2, -1)),
-    7: lambda x: x.flip(-2, -1).transpose(-2, -1),
-    8: lambda x: x.rot90(1, (-2, -1)),
-}
-
-
-def _upright(x: torch.Tensor, img: Image.Image) -> torch.Tensor:
-    """``x``, the pixels of ``img``, turned as its EXIF orientation tag says (unchanged without one)."""
+def _upright(img: Image.Image) -> Image.Image:
+    """``img`` turned as its EXIF orientation tag says (PIL's ``exif_transpose``); as stored if its
+    EXIF block is broken (the pixels are still readable)."""
     try:
-        tag = img.getexif().get(_EXIF_ORIENTATION)
-    except Exception:  # noqa: BLE001 - a broken EXIF block leaves the pixels readable: keep them as stored
-        tag = None
-    turn = _UPRIGHT.get(tag)
-    return x if turn is None else turn(x)
+        return ImageOps.exif_transpose(img)
+    except Exception:  # noqa: BLE001
+        return img
 
 
 def to_luma(images: torch.Tensor) -> torch.Tensor:
