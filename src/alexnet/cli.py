@@ -265,7 +265,7 @@ def cmd_features(args: argparse.Namespace) -> int:
 def cmd_retrieve(args: argparse.Namespace) -> int:
     from .checkpoint import load
     from .errors import DataError
-    from .retrieval import load_index, retrieve
+    from .retrieval import check_index_model, load_index, retrieve
     from .runtime import resolve_amp, resolve_device
 
     device = resolve_device(args.device)
@@ -275,6 +275,7 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
     if not checkpoint:
         raise DataError(f"{args.index} does not name its checkpoint; pass --checkpoint")
     model = load(checkpoint, device)
+    check_index_model(model, index)
     hits = retrieve(model, index, args.image, args.k, amp)
     if args.figure:
         from .figures import plot_retrieval

@@ -193,17 +193,28 @@ def nearest(index: dict[str, Any], query: torch.Tensor, k: int = 6) -> list[dict
     return out
 
 
-def retrieve(
-    model: AlexNet, index: dict[str, Any], image: str | os.PathLike, k: int = 6, amp: torch.dtype | None = None
-) -> list[dict[str, Any]]:
-    """The ``k`` indexed images nearest to ``image`` in the model's fc7 space (``amp``: as for :func:`fc7`)."""
+def _check_width(model: AlexNet, index: dict[str, Any]) -> None:
     if index["features"].shape[1] != model.config.fc_width:
         raise DataError(f"the index holds {index['features'].shape[1]}-d features but the model's fc7 has {model.config.fc_width}")
+
+
+def check_index_model(model: AlexNet, index: dict[str, Any]) -> None:
+    """DataError unless ``model`` puts images where the model that built ``index`` did. Once per
+    pairing, not per query: the digest reads every weight (a quarter of a second for AlexNet)."""
+    _check_width(model, index)
     if index.get("fingerprint") is not None and index["fingerprint"] != fc7_fingerprint(model):
         built = f" ({index['checkpoint']})" if index.get("checkpoint") else ""
         raise DataError(
             f"this checkpoint is not the model that built the index{built}: its fc7 space differs, so distances "
             "would mean nothing; index the images with this checkpoint ('alexnet features')"
         )
+
+
+def retrieve(
+    model: AlexNet, index: dict[str, Any], image: str | os.PathLike, k: int = 6, amp: torch.dtype | None = None
+) -> list[dict[str, Any]]:
+    """The ``k`` indexed images nearest to ``image`` in the model's fc7 space (``amp``: as for :func:`fc7`);
+    check the pairing first with :func:`check_index_model`."""
+    _check_width(model, index)  # cheap, and torch.cdist's error would be obscure
     query = fc7(model, load_image(image, model.preprocess).unsqueeze(0), amp)[0]
     return nearest(index, query, k)
