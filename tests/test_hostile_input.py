@@ -142,6 +142,22 @@ def test_fifo_and_dev_zero_in_a_data_folder_do_not_hang(tmp_path, command):
     assert "Traceback" not in r.stderr and "internal error" not in r.stderr
 
 
+def test_an_output_folder_inside_the_images_it_reads_is_refused(tmp_path, capsys):
+    """A run or packed folder inside a CLASS/IMAGE tree would be read as a class (or its figures as
+    images of one) by this run or the next; beside train/ and val/ it is not read, and is allowed."""
+    flat = make_image_folder(tmp_path / "flat")
+    for out in (flat / "run", flat / "class0" / "run"):
+        err = fails(capsys, "train", "--data", str(flat), "--out", str(out), *TINY, *QUICK)
+        assert f"--out {out} is inside --data" in err and not out.exists()
+    err = fails(capsys, "prepare", "--data", str(flat), "--out", str(flat / "packed"), "--size", "32")
+    assert "is inside --data" in err and not (flat / "packed").exists()
+    (tmp_path / "file").write_text("x")
+    assert "--out: not a folder" in fails(capsys, "prepare", "--data", str(flat), "--out", str(tmp_path / "file"))
+    split = tmp_path / "split"
+    make_image_folder(split / "train"), make_image_folder(split / "val")
+    assert main(["prepare", "--data", str(split), "--out", str(split / "packed"), "--size", "32", "--progress", "off"]) == 0
+
+
 # -- 3. predict: a decompression bomb is one bad file among good ones -------------------------------
 def _png_claiming(path: Path, width: int, height: int) -> Path:
     """A PNG whose header claims width x height pixels (PIL refuses or warns before decoding)."""

@@ -35,6 +35,7 @@ from .config import TrainConfig, flag, validate
 from .data.device_decode import decode_device
 from .data.loaders import DataBundle, load_data, model_input, set_epoch
 from .data.presets import Preprocess
+from .data.sources import check_out_of_images
 from .errors import AlexNetError, CheckpointError, ConfigError, DataError, TrainingError
 from .evaluate import score, summarize
 from .health import HealthMonitor
@@ -359,6 +360,7 @@ def fit(
     towers = tower_devices(cfg.tower_devices, info)
     device = towers[0] if towers else distributed.rank_device(cfg.device, info)
     run_dir = Path(cfg.out) if cfg.out else Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.model}"
+    check_out_of_images(run_dir, cfg.data, "--out" if cfg.out else "the run folder")
     distributed.setup(info, device, cfg.dist_timeout)
     try:
         run_dir = Path(distributed.broadcast_object(str(run_dir)))  # rank 0's time stamp names the run

@@ -24,7 +24,7 @@ import torch
 from ..errors import DataError
 from ..runtime import progress
 from .folder import BAD_FILES_NAME, BadFiles, collate
-from .sources import PACKED_INDEX, open_folder_splits, unwrap_worker_error
+from .sources import PACKED_INDEX, check_out_of_images, open_folder_splits, unwrap_worker_error
 from .stats import StatsAccumulator, save_stats
 
 FORMAT = "alexnet-packed-1"
@@ -173,6 +173,9 @@ def prepare(
         raise DataError(f"--data: folder not found: {root}")
     if out.resolve() == root.resolve():
         raise DataError("--out must be a different folder from --data")
+    check_out_of_images(out, root)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out: not a folder: {out}")
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     bad_log = out / BAD_FILES_NAME

@@ -39,6 +39,20 @@ def detect(root: str | os.PathLike) -> Kind:
     return "images"
 
 
+def check_out_of_images(out: str | os.PathLike, data: str | os.PathLike | None, what: str = "--out") -> None:
+    """Refuse an output folder inside the folders an image data set is read from: its files would
+    be read as a class (or, deeper, as images of one) by this run or the next."""
+    if data is None or not Path(data).is_dir() or detect(data) != "images":
+        return
+    root = Path(data)
+    split = (root / "train").is_dir() and (root / "val").is_dir()
+    out_real = Path(out).resolve()
+    for folder in (root / "train", root / "val") if split else (root,):
+        if folder.resolve() == out_real or folder.resolve() in out_real.parents:
+            raise DataError(f"{what} {out} is inside --data {data}, where its files would be read as images of a "
+                            f"class: put it elsewhere")
+
+
 def open_folder_splits(root: Path, stored: int, bad: BadFiles) -> dict[str, ImageFolderDataset]:
     """``{"train": ..., "val": ...}`` for a folder with train/ and val/ (val/ either class folders or
     the flat ILSVRC-2012 layout labelled by the devkit), else ``{"train": ...}`` for a folder of
