@@ -163,9 +163,11 @@ def conv_gflops(device: torch.device, repeats: int = 5, dtype: torch.dtype = tor
         return _best_rate(lambda: conv(x), 2 * b * c * c * 9 * hw * hw, device, repeats)
 
 
-def result(name: str, ours: float, peer: float, unit: str) -> str:
-    """The machine-readable line every benchmark ends with."""
+def result(name: str, ours: float, peer: float, unit: str, ref: bool = False) -> str:
+    """The machine-readable line every benchmark ends with. ``ref=True``: the second figure is a
+    reference, not a peer's measurement (a tolerance, a roofline, a trivial predictor, the pure step
+    that a pipeline should keep fed): the line says ``ref=`` instead of ``peer=``."""
     ratio = ours / peer if peer else float("nan")  # e.g. a top-1 of 0 with weights that know nothing
-    line = f"RESULT {name} ours={ours:.6g} peer={peer:.6g} ratio={ratio:.6g} unit={unit}"
+    line = f"RESULT {name} ours={ours:.6g} {'ref' if ref else 'peer'}={peer:.6g} ratio={ratio:.6g} unit={unit}"
     print(line, flush=True)
     return line

@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
              workers=args.workers, epochs=args.epochs, images_per_epoch=n, rounds=args.repeats,
              peer="the pure training step, input already on the device")
     for name, ips in figures.items():
-        result(f"end_to_end_{name}", ips, step_ips, "images/s")
+        result(f"end_to_end_{name}", ips, step_ips, "images/s", ref=True)
 
 
 if __name__ == "__main__":

@@ -261,12 +261,12 @@ def main(argv: list[str] | None = None) -> None:
     settings(device=device, path=best, peer="torchvision alexnet through the same predictor", batch=args.batch_size,
              timed_images=n, rounds=args.repeats, weights=weights.split(":")[0], agreement_images=len(images))
     result("inference_images_per_s", ips_ours, ips_peer, "images/s")
-    result("inference_top1_agreement", agree[best][0], baseline, "fraction")
+    result("inference_top1_agreement", agree[best][0], baseline, "fraction", ref=True)
     if top1 is not None:
         result("inference_top1_accuracy", top1[0], top1[1], "fraction")
     if ckpt is not None:
-        result("inference_checkpoint_top1", ckpt[0], ckpt[1], "fraction")
-    result("ten_crop_cost", cost["10 crops"], cost["centre crop"], "s")
+        result("inference_checkpoint_top1", ckpt[0], ckpt[1], "fraction", ref=True)
+    result("ten_crop_cost", cost["10 crops"], cost["centre crop"], "s", ref=True)
 
 
 def report_speed(best: str, ips_ours: float, ips_peer: float, ips_ref: float, speed: float, model, device, quick: bool) -> None:

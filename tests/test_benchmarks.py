@@ -14,7 +14,11 @@ import pytest
 from conftest import cli_env, make_image_folder, requires_cuda, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULT = re.compile(r"^RESULT (\w+) ours=(\S+) peer=(\S+) ratio=(\S+) unit=(\S+)$")
+RESULT = re.compile(r"^RESULT (\w+) ours=(\S+) (peer|ref)=(\S+) ratio=(\S+) unit=(\S+)$")
+# The lines whose second figure is a reference (tolerance, roofline, trivial predictor, the pure step), not a peer's.
+REFERENCES = {"lrn_max_rel_error", "train_gflops_vs_matmul", "inference_top1_agreement", "ten_crop_cost",
+              "inference_checkpoint_top1", "end_to_end_jpeg", "end_to_end_packed", "end_to_end_jpeg_cpu",
+              "end_to_end_jpeg_overlap"}
 EXPECTED = {
     "lrn": {"lrn_fwd_bwd_speedup", "lrn_fwd_bwd_channels_last_speedup", "lrn_fwd_bwd_bf16_speedup", "lrn_max_rel_error"},
     "train_step": {"train_images_per_s", "train_macs_normalised", "train_gflops_vs_matmul"},
@@ -42,10 +46,11 @@ def parse_results(stdout: str) -> dict[str, tuple[float, float, float, str]]:
         if line.startswith("RESULT"):
             m = RESULT.match(line)
             assert m, f"malformed RESULT line: {line!r}"
-            ours, peer, ratio = (float(v) for v in m.group(2, 3, 4))
+            ours, peer, ratio = (float(v) for v in m.group(2, 4, 5))
             assert math.isfinite(ours) and math.isfinite(peer) and peer != 0
             assert ratio == pytest.approx(ours / peer, rel=1e-3)
-            out[m.group(1)] = (ours, peer, ratio, m.group(5))
+            assert (m.group(3) == "ref") == (m.group(1) in REFERENCES), line
+            out[m.group(1)] = (ours, peer, ratio, m.group(6))
     return out
 
 
