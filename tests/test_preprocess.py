@@ -106,3 +106,20 @@ def test_a_batch_copies_nothing_from_the_host_to_its_device(recipe):
         with _HostToDevice("meta") as watch:
             x = model_input(images, index, p, train, seed=1, epoch=2)
         assert x.shape == (4, 3, 32, 32) and watch.copies == [], (train, watch.copies)
+
+
+def test_fixed_rgb_values_of_a_preset_become_grey_for_one_channel_data():
+    """`--preset paper` (std 1, 1, 1) and torchvision's ImageNet mean/std on Fashion-MNIST's grey images
+    (was: "preprocess std must be 1 numbers"): the grey value of each RGB triple, as PIL's "L" mode."""
+    from PIL import Image
+
+    from alexnet.data.presets import IMAGENET_MEAN, IMAGENET_STD, resolve
+
+    base = {"dataset": "fashion_mnist", "resize": None, "size": 28, "train_crop": 28, "test_crop": 28, "input_size": 28}
+    stats = {"mean_image": torch.full((1, 28, 28), 72.9), "pixel_mean": [72.9], "pixel_std": [90.0], "eigvals": None}
+    assert resolve("paper", stats, base, channels=1).std == (1.0,)
+    tv = resolve("torchvision", None, base, channels=1)
+    for values, got in ((IMAGENET_MEAN, tv.mean), (IMAGENET_STD, tv.std)):
+        grey = Image.new("RGB", (1, 1), tuple(round(v) for v in values)).convert("L").getpixel((0, 0))
+        assert len(got) == 1 and got[0] == pytest.approx(grey, abs=0.6)
+    assert resolve("torchvision", None, dict(base, dataset="image_folder")).mean == tuple(IMAGENET_MEAN)

@@ -112,6 +112,35 @@ def test_paper_sgd_float32_matches_the_rule_at_any_momentum(mu):
     torch.testing.assert_close(p.detach().double(), w, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])  # the exact passes, the fused one
+def test_paper_preset_decays_weights_not_biases(dtype, tiny_fmnist, tmp_path):
+    """The rule's decay is of the weights w: cuda-convnet, which the paper trained with, gives biases a
+    weight cost of 0. Three steps of a layer against the rule in float64; then the preset's run."""
+    torch.manual_seed(3)
+    layer = torch.nn.Linear(4, 3).to(dtype)
+    w, b = layer.weight.detach().double().clone(), layer.bias.detach().double().clone()
+    vw, vb = torch.zeros_like(w), torch.zeros_like(b)
+    mu, wd, lr = 0.9, 0.05, 0.1  # a decay large enough to show in three steps
+    opt = PaperSGD(alexnet.optim.param_groups(layer, bias_decay=False), lr=lr, momentum=mu, weight_decay=wd)
+    for _ in range(3):
+        gw, gb = torch.randn(3, 4, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
+        vw, vb = mu * vw - wd * lr * w - lr * gw, mu * vb - lr * gb
+        w, b = w + vw, b + vb
+        layer.weight.grad, layer.bias.grad = gw.to(dtype), gb.to(dtype)
+        opt.step()
+    torch.testing.assert_close(layer.weight.detach().double(), w, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(layer.bias.detach().double(), b, rtol=1e-6, atol=1e-7)
+    if dtype == torch.float32:  # the preset wires it: the saved optimizer's bias groups have no decay
+        cfg = resolve_config("paper", dict(data=str(tiny_fmnist), out=str(tmp_path / "run"), epochs=1, batch_size=8,
+                                           amp="none", workers=0, model_options=dict(TINY_OPTIONS)))
+        fit(cfg, log=lambda s: None)
+        saved = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["optimizer"]
+        assert sorted(g["weight_decay"] for g in saved["param_groups"]) == [0.0, 5e-4]
+        for g in saved["param_groups"]:  # biases are the 1-d parameters (their velocities are 1-d)
+            assert {saved["state"][i]["velocity"].dim() == 1 for i in g["params"]} == {g["weight_decay"] == 0.0}
+        assert sum(len(g["params"]) for g in saved["param_groups"]) == 16  # 8 layers, weights and biases
+
+
 def test_plateau_schedule_on_scripted_errors():
     sched = PlateauSchedule(patience=2, factor=0.1, max_reductions=3)
     errors = [0.9, 0.8, 0.7, 0.7, 0.71, 0.6, 0.6, 0.6, 0.5, 0.5, 0.5, 0.5, 0.5]

@@ -175,20 +175,25 @@ def step_lr_factor(
     return 1.0  # constant, plateau
 
 
-def param_groups(model: torch.nn.Module, lr_mult: dict[str, float] | None = None) -> list[dict[str, Any]]:
-    """Trainable parameters grouped by layer multiplier (``{"fc8": 10.0}``); frozen ones left out."""
+def param_groups(
+    model: torch.nn.Module, lr_mult: dict[str, float] | None = None, bias_decay: bool = True
+) -> list[dict[str, Any]]:
+    """Trainable parameters grouped by layer multiplier (``{"fc8": 10.0}``); frozen ones left out.
+    ``bias_decay=False`` puts the biases in groups of their own with ``weight_decay`` 0."""
     lr_mult = dict(lr_mult or {})
     layers = {name.split(".")[0] for name, _ in model.named_parameters()}
     unknown = set(lr_mult) - layers
     if unknown:
         raise ConfigError(f"--lr-mult: unknown layer(s) {', '.join(sorted(unknown))}; layers: {', '.join(sorted(layers))}")
-    groups: dict[float, list[torch.nn.Parameter]] = {}
+    groups: dict[tuple[float, bool], list[torch.nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if p.requires_grad:
-            groups.setdefault(lr_mult.get(name.split(".")[0], 1.0), []).append(p)
+            decays = bias_decay or not name.endswith("bias")
+            groups.setdefault((lr_mult.get(name.split(".")[0], 1.0), decays), []).append(p)
     if not groups:
         raise ConfigError("every layer is frozen: nothing to train")
-    return [{"params": ps, "lr_mult": m} for m, ps in sorted(groups.items())]
+    return [{"params": ps, "lr_mult": m, **({} if decays else {"weight_decay": 0.0})}
+            for (m, decays), ps in sorted(groups.items())]
 
 
 def make_optimizer(

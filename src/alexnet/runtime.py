@@ -44,7 +44,8 @@ def cpu_supports_bf16() -> bool:
 
 
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    """``auto`` -> bf16 where the hardware has it (CUDA with bf16, CPUs with AVX512-BF16), else off."""
+    """``auto`` -> bf16 where the hardware has it (CUDA with bf16, CPUs with AVX512-BF16), fp16 on a CUDA
+    GPU without bf16 (V100, T4), else off."""
     if amp in ("none", "off", "fp32", "no"):
         return None
     if amp == "auto":

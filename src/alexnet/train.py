@@ -509,7 +509,8 @@ def _wire(
     module: torch.nn.Module = split if split is not None else model.to(device)
     if cfg.channels_last:
         module = module.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(cfg.optimizer, param_groups(module, cfg.lr_mult), cfg.lr, cfg.momentum, cfg.weight_decay, cfg.nesterov)
+    groups = param_groups(module, cfg.lr_mult, cfg.bias_decay)
+    optimizer = make_optimizer(cfg.optimizer, groups, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.nesterov)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     plateau = PlateauSchedule(cfg.plateau_patience, 0.1, cfg.plateau_max_reductions)
     return _Run(

@@ -233,7 +233,7 @@ def _tensors(
     stats = _tensor_stats(x_train) if presets.needs_stats(preset) else None
     side = x_train.shape[-1]
     base = {"dataset": kind, "resize": None, "size": side, "train_crop": side, "test_crop": side, "input_size": input_size}
-    preprocess = presets.resolve(preset, stats, base)
+    preprocess = presets.resolve(preset, stats, base, channels=x_train.shape[1])
     train = TensorBatches(x_train, y_train, EpochBatchSampler(len(x_train), batch_size, True, seed, True, rank, world), pin)
     val = TensorBatches(x_test, y_test, EpochBatchSampler(len(x_test), eval_batch_size, False, rank=rank, world=world), pin)
     return DataBundle(train, val, classes, preprocess, len(x_train), len(x_test), source)

@@ -59,17 +59,18 @@ def needs_stats(name: str) -> bool:
     return p["mean"] in ("image", "pixels") or p["std"] == "pixels" or p["pca_alpha_std"] > 0
 
 
-def resolve(name: str, stats: dict[str, Any] | None, base: dict[str, Any]) -> Preprocess:
+def resolve(name: str, stats: dict[str, Any] | None, base: dict[str, Any], channels: int = 3) -> Preprocess:
     """The recipe: ``base`` (sizes, data set) plus the preset's normalisation and noise filled in
-    from ``stats`` (see :mod:`alexnet.data.stats`; its mean image a tensor or a .npy path)."""
+    from ``stats`` (see :mod:`alexnet.data.stats`; its mean image a tensor or a .npy path) for
+    images of ``channels`` channels."""
     p = get_preset(name)
     if needs_stats(name) and stats is None:
         raise ConfigError(f"data preset {name!r} needs training-set statistics")
     out = dict(base, preset=name, padding=p["padding"], flip=p["flip"])
     if p.get("scale"):
         out["scale"] = list(p["scale"])
-    out["mean"] = list(stats["pixel_mean"]) if p["mean"] in ("image", "pixels") else list(p["mean"])
-    out["std"] = list(stats["pixel_std"]) if p["std"] == "pixels" else list(p["std"])
+    out["mean"] = list(stats["pixel_mean"]) if p["mean"] in ("image", "pixels") else _fixed(p["mean"], channels)
+    out["std"] = list(stats["pixel_std"]) if p["std"] == "pixels" else _fixed(p["std"], channels)
     out["std"] = [s if s > 1e-6 else 1.0 for s in out["std"]]
     if p["mean"] == "image":
         out["mean_image"] = stats["mean_image"]
@@ -80,6 +81,14 @@ def resolve(name: str, stats: dict[str, Any] | None, base: dict[str, Any]) -> Pr
             "alpha_std": p["pca_alpha_std"],
         }
     return Preprocess.from_dict(out, source=f"data preset {name!r}")
+
+
+def _fixed(rgb: list[float], channels: int) -> list[float]:
+    """A preset's fixed per-channel values for images of ``channels`` channels: for one (grey images,
+    Fashion-MNIST) the ITU-R 601 luma of the three, as the grey images are of RGB ones."""
+    if channels == 1 and len(rgb) == 3:  # equal values stay exact (the paper's std 1: raw pixels)
+        return [rgb[0]] if len(set(rgb)) == 1 else [math.fsum(w * v for w, v in zip((0.299, 0.587, 0.114), rgb))]
+    return list(rgb)
 
 
 # -- the recipe, typed -------------------------------------------------------------------------------
