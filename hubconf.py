@@ -40,6 +40,7 @@ def _entry(name):
 
 
 alexnet_paper = _entry("alexnet_paper")
+alexnet_paper_1gpu = _entry("alexnet_paper_1gpu")
 alexnet_owt = _entry("alexnet_owt")
 alexnet_caffe = _entry("alexnet_caffe")
 alexnet_small = _entry("alexnet_small")

@@ -37,6 +37,13 @@ def test_registry():
         alexnet.create_model("resnet50")
     with pytest.raises(alexnet.ConfigError, match="unknown model option"):
         alexnet.create_model("alexnet_paper", lrm=False)
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("hubconf", Path(__file__).resolve().parents[1] / "hubconf.py")
+    hub = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hub)
+    assert all(callable(getattr(hub, n, None)) for n in names)  # torch.hub has an entry for every model
 
 
 def count(model):
@@ -48,6 +55,21 @@ def test_parameter_counts():
     assert count(alexnet.create_model("alexnet_caffe")) == PAPER_PARAMS
     assert count(alexnet.create_model("alexnet_owt")) == OWT_PARAMS
     assert count(alexnet.create_model("alexnet_owt")) == count(torchvision.models.alexnet())
+
+
+def test_the_papers_one_gpu_comparison_net():
+    """Section 4.1 and its footnote: one device, half the kernels of each conv layer but conv5, whose
+    256 (and the FC layers after it) stay whole. Shapes and count by hand."""
+    m = alexnet.create_model("alexnet_paper_1gpu")
+    shapes = [tuple(getattr(m, f"conv{i}").weight.shape) for i in range(1, 6)]
+    assert shapes == [(48, 3, 11, 11), (128, 48, 5, 5), (192, 128, 3, 3), (192, 192, 3, 3), (256, 192, 3, 3)]
+    convs = [(48, 3 * 121), (128, 48 * 25), (192, 128 * 9), (192, 192 * 9), (256, 192 * 9)]
+    fcs = [(4096, 256 * 36), (4096, 4096), (1000, 4096)]
+    assert count(m) == sum(o * (i + 1) for o, i in convs + fcs) == 59_798_312
+    assert m.fc6.in_features == 9216 and isinstance(m.norm1, LocalResponseNorm)
+    assert torch.all(m.conv2.bias == 1) and torch.all(m.conv3.bias == 0)  # the paper's init
+    # --model-option towers=1 alone is not this net: every width kept, conv2/4/5 see all maps.
+    assert count(alexnet.create_model("alexnet_paper", towers=1)) == 62_378_344
 
 
 def test_macs_and_shapes():

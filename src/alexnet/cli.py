@@ -370,8 +370,10 @@ def cmd_summary(args: argparse.Namespace) -> int:
 def cmd_models(args: argparse.Namespace) -> int:
     from .model import describe_models
 
-    for name, text in describe_models().items():
-        print(f"{name:<16} {text}")
+    models = describe_models()
+    width = max(map(len, models))
+    for name, text in models.items():
+        print(f"{name:<{width}}  {text}")
     return 0
 
 

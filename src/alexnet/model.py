@@ -309,6 +309,16 @@ def alexnet_paper() -> AlexNetConfig:
 
 
 @register_model
+def alexnet_paper_1gpu() -> AlexNetConfig:
+    """The paper's one-GPU comparison net: one tower, half the kernels in conv1-conv4 (48-128-192-192)."""
+    # Section 4.1 compares the two-tower net with "a net with half as many kernels in each
+    # convolutional layer trained on one GPU"; its footnote keeps conv5 (and the FC layers after
+    # it) whole, so that the two nets have about the same number of parameters (59.8 M vs 61.0 M).
+    # towers=1 alone is another net: every width kept, conv2/4/5 seeing all maps (62.4 M).
+    return AlexNetConfig(widths=(48, 128, 192, 192, 256), towers=1)
+
+
+@register_model
 def alexnet_owt() -> AlexNetConfig:
     """torchvision's alexnet ("one weird trick", 2014): 64-192-384-256-256, no LRN, no towers."""
     return AlexNetConfig(
