@@ -123,3 +123,20 @@ def test_fixed_rgb_values_of_a_preset_become_grey_for_one_channel_data():
         grey = Image.new("RGB", (1, 1), tuple(round(v) for v in values)).convert("L").getpixel((0, 0))
         assert len(got) == 1 and got[0] == pytest.approx(grey, abs=0.6)
     assert resolve("torchvision", None, dict(base, dataset="image_folder")).mean == tuple(IMAGENET_MEAN)
+
+
+def test_the_torchvision_preset_crops_as_torchvisions_reference():
+    """`--preset owt` is torchvision's references/classification recipe: RandomResizedCrop(224) at
+    torchvision's own default area and aspect ranges (read from torchvision), with mirrors."""
+    import torchvision
+
+    from alexnet.config import resolve_config
+    from alexnet.data.augment import random_resized_crop_params
+    from alexnet.data.presets import resolve
+
+    reference = torchvision.transforms.RandomResizedCrop(224)
+    assert resolve_config("owt", {}).data_preset == "torchvision"
+    base = {"dataset": "image_folder", "resize": 256, "size": 256, "train_crop": 224, "test_crop": 224, "input_size": 224}
+    p = resolve("torchvision", None, base)
+    assert p.scale == tuple(reference.scale) and p.flip
+    assert random_resized_crop_params.__defaults__[0] == tuple(reference.ratio)

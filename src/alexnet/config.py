@@ -158,7 +158,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "data_preset": "photos",
     },
     # torchvision's references/classification recipe for alexnet: lr 0.01, batch 256 (8 x 32),
-    # weight decay 1e-4, lr x 0.1 every 30 epochs, 90 epochs.
+    # weight decay 1e-4, lr x 0.1 every 30 epochs, 90 epochs; its RandomResizedCrop and normalisation
+    # (data preset "torchvision").
     "owt": {
         "model": "alexnet_owt",
         "optimizer": "sgd",
