@@ -526,3 +526,14 @@ def test_real_jpegs_decode_pack_and_statistics(tmp_path, monkeypatch):
     x = model_input(images, index, data.preprocess, True, seed=0, epoch=0)
     # Centred (the paper preset feeds raw centred pixels, so the scale is the pixels' own).
     assert x.shape == (50, 3, 224, 224) and torch.isfinite(x).all() and abs(float(x.mean())) < 0.25 * float(x.std())
+
+
+@pytest.mark.parametrize(("input_size", "stored"), [(224, 256), (227, 256), (64, 73)])
+def test_photos_are_stored_at_256_for_the_papers_and_caffes_crops(tmp_path, input_size, stored):
+    """The paper crops 224 of 256x256 images; Caffe's bvlc_alexnet (train_val.prototxt) crops 227 of
+    256x256, as 'import caffe' records; other input sizes keep the paper's 256 -> 224 ratio."""
+    root = make_image_folder(tmp_path / "imgs", classes=2, per_class=3, size=(300, 280))
+    data = load_data(root, batch_size=2, input_size=input_size, preset="torchvision", val_fraction=0.4, show_progress=False)
+    p = data.preprocess
+    assert (p.resize, p.size, p.train_crop, p.test_crop) == (stored, stored, input_size, input_size)
+    assert next(iter(data.train))[0].shape[-2:] == (stored, stored)

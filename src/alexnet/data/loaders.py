@@ -241,8 +241,9 @@ def _tensors(
 
 def _images(root, preset, bad, loading, val_fraction, show_progress, batch_size, eval_batch_size, input_size, seed, rank, world):
     notes = []
-    # The paper's 256 -> 224 ratio, kept for models with other input sizes (227: 259 -> 227).
-    stored = 256 if input_size == 224 else round(input_size * 256 / 224)
+    # 256 px images: the paper's 224 crops, Caffe's 227 (bvlc_alexnet, as 'import caffe' records);
+    # other input sizes keep the paper's 256 -> 224 ratio.
+    stored = 256 if input_size in (224, 227) else round(input_size * 256 / 224)
     packed = detect(root) == "packed"
     if packed:
         index = read_index(root)
