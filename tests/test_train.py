@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import traceback
+import warnings
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from alexnet.checkpoint import load_checkpoint, save_atomic
 from alexnet.cli import main
 from alexnet.config import resolve_config
 from alexnet.optim import PaperSGD, PlateauSchedule
-from alexnet.train import fit
+from alexnet.train import fit, resume_config
 
 # A tiny AlexNet so that a run takes a second or two on a CPU.
 TINY = ["--model-option", "widths=[8,16,16,16,16]", "--model-option", "fc_width=32"]
@@ -205,6 +206,25 @@ def test_resume_refuses_options_it_would_ignore_and_works_from_any_folder(tiny_f
     assert load_checkpoint(tmp_path / "run" / "last.pt")["position"]["epoch"] == 2
     assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["epochs"] == 2  # what it went on with
     assert main(["evaluate", "--checkpoint", "run/last.pt"]) == 0
+
+
+def test_resume_says_when_the_data_preset_changed_since_the_run_started(tmp_path):
+    """A run started by an older alexnet whose preset cropped otherwise (here: the torchvision preset
+    before it took RandomResizedCrop's scale) goes on with the preset as it is now, and says so."""
+    from conftest import make_image_folder
+
+    data = make_image_folder(tmp_path / "imgs", classes=2, per_class=6)
+    out = tmp_path / "run"
+    fit(_cfg(data, out, epochs=1, data_preset="torchvision"), log=lambda s: None)
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    assert ckpt["preprocess"]["scale"] == [0.08, 1.0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # resuming a run of this version: no warning
+        fit(resume_config(str(out), {"epochs": 2}), log=lambda s: None)
+    ckpt["preprocess"]["scale"] = None  # as an older version saved it
+    save_atomic(ckpt, out / "last.pt")
+    with pytest.warns(UserWarning, match=r"data preset torchvision has changed since this run started \(scale None -> "):
+        fit(resume_config(str(out), {"epochs": 2}), log=lambda s: None)
 
 
 def test_kill_during_checkpoint_write_keeps_the_old_file(tmp_path):

@@ -20,6 +20,7 @@ import os
 import platform
 import signal
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -589,6 +590,26 @@ def _restore(run: _Run, ckpt: dict[str, Any]) -> None:
     if not run.info.is_main:  # the saved sums are the whole run's: rank 0 carries them on
         pos = dataclasses.replace(pos, loss_sum=0.0, correct=0, seen=0)
     run.pos, run.history, run.best = pos, history, best
+    _note_recipe_change(run, ckpt.get("preprocess"))
+
+
+_GEOMETRY = ("resize", "size", "train_crop", "test_crop", "padding", "flip", "scale")
+
+
+def _note_recipe_change(run: _Run, saved: Any) -> None:
+    """A run started by an older alexnet whose data preset has changed since (crops, sizes) goes on
+    with the preset as it is now; say so rather than let 'resumes exactly' be believed."""
+    if not isinstance(saved, dict):
+        return
+    now = run.data.preprocess.state()
+    changed = [f"{k} {saved.get(k)!r} -> {now[k]!r}" for k in _GEOMETRY if k in saved and _plain(saved[k]) != _plain(now[k])]
+    if changed and run.info.is_main:
+        warnings.warn(f"--resume: data preset {now['preset']} has changed since this run started ({'; '.join(changed)}): "
+                      "the run goes on with the preset as it is now", stacklevel=2)
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, (list, tuple)) else value
 
 
 def _wrap(run: _Run) -> None:
