@@ -25,6 +25,8 @@ class PaperSGD(torch.optim.Optimizer):
     scaled by lr and the signs that make its buffer the paper's v) where that kernel takes the
     parameters and computes the rule on a probe (:func:`_fused_matches`), else four multi-tensor
     passes: about 2x faster on 61 M parameters on a CPU. The state ``velocity`` is v either way.
+    The fused pass leaves each ``p.grad`` multiplied by lr (the kernel scales the gradients in place,
+    as torch's fused optimisers unscale them for a GradScaler): read gradients before ``step()``.
     """
 
     def __init__(self, params: Iterable, lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 5e-4) -> None:
