@@ -11,6 +11,7 @@ step (and, with matplotlib, a PNG beside it). The table in docs/training.md come
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -30,11 +31,13 @@ from alexnet.train import build_model
 
 def trace(cfg, steps: int) -> list[dict]:
     torch.set_num_threads(torch.get_num_threads())
-    data = load_data(cfg.data, cfg.batch_size, model_config(cfg.model, **cfg.model_options).input_size, workers=0, seed=cfg.seed,
-                     preset=cfg.data_preset)
+    arch = model_config(cfg.model, **cfg.model_options)
+    data = load_data(cfg.data, cfg.batch_size, arch.input_size, workers=0, seed=cfg.seed, preset=cfg.data_preset)
     seed_everything(cfg.seed)
-    model = build_model(cfg, len(data.classes), data.preprocess.channels, log=lambda s: None)
-    opt = make_optimizer(cfg.optimizer, param_groups(model), cfg.lr, cfg.momentum, cfg.weight_decay, cfg.nesterov)
+    arch = dataclasses.replace(arch, in_chans=data.preprocess.channels)
+    model = build_model(cfg, arch, len(data.classes), None, log=lambda s: None)
+    groups = param_groups(model, cfg.lr_mult, cfg.bias_decay)
+    opt = make_optimizer(cfg.optimizer, groups, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.nesterov)
     probe = LayerProbe(model)
     probe.armed = True
     rows, step = [], 0
@@ -44,9 +47,10 @@ def trace(cfg, steps: int) -> list[dict]:
             x = model_input(images, index, data.preprocess, True, cfg.seed, 0)
             factor = step_lr_factor(cfg.schedule, step, len(data.train), cfg.epochs, cfg.warmup_epochs, cfg.step_size, cfg.gamma)
             for g in opt.param_groups:
-                g["lr"] = cfg.lr * factor
+                g["lr"] = cfg.lr * factor * g.get("lr_mult", 1.0)
             logits = model(x)
             loss = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
+            probe.collect()  # the hooks' statistics of this forward pass, into probe.seen
             opt.zero_grad(set_to_none=True)
             loss.backward()
             grads = {n: float(getattr(model, n).weight.grad.norm()) for n in (*WATCHED, "fc8")}

@@ -115,3 +115,26 @@ def test_the_papers_init_on_photos_stops_with_one_line(tmp_path):
     assert last.startswith("alexnet: error: the training loss diverged at epoch 1, step "), last
     assert "Traceback" not in r.stderr
     assert not (run / "last.pt").exists() and not (run / "best.pt").exists()
+
+
+def test_trace_steps_script_traces_the_recipe_it_is_given(tmp_path):
+    """scripts/trace_steps.py (docs/training.md's table) runs the package's own recipe step by step;
+    it had fallen behind train.build_model's signature and crashed. Its loss rows must be the run's:
+    the first step's loss is that of an untrained net, near ln(classes)."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import ROOT, cli_env, make_image_folder
+
+    data = make_image_folder(tmp_path / "imgs", classes=3, per_class=4)
+    out = tmp_path / "trace.jsonl"
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "trace_steps.py"), "--data", str(data), "--preset", "photos", "--steps", "2",
+         "--model-option", "widths=[8,16,16,16,16]", "--model-option", "fc_width=32", "--out", str(out)],
+        capture_output=True, text=True, env=cli_env(), timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [row["step"] for row in rows] == [1, 2] and r.stdout.count("step ") == 2
+    assert abs(rows[0]["loss"] - math.log(3)) < 1.0 and set(rows[0]["dead"]) >= {"conv1", "fc7"}
