@@ -34,3 +34,32 @@ def test_fp32_layers_run_in_float32_under_bf16():
 def test_fp32_layers_unknown_name():
     with pytest.raises(ValueError, match="fc9"):
         predictor(create_model("alexnet_small"), torch.device("cpu"), fp32_layers=("fc9",))
+
+
+def test_predict_and_retrieve_as_the_python_api_is_used(tmp_path):
+    """One path alone is one image (not its characters); a synset folder names its true class as
+    training named it, without a classes.tsv (Imagewoof's n02088364 is "beagle"); a bare network
+    from create_model is refused in words, by retrieve as by predict and build_index."""
+    from PIL import Image
+    from test_evaluate import tiny_checkpoint
+
+    import alexnet
+    from alexnet.errors import DataError
+    from alexnet.predict import predict
+    from alexnet.retrieval import build_index, retrieve
+
+    folder = tmp_path / "val" / "n02088364"
+    folder.mkdir(parents=True)
+    Image.new("RGB", (90, 70), (200, 120, 40)).save(folder / "dog.jpg")
+    ckpt = torch.load(tiny_checkpoint(tmp_path / "m.pt"), weights_only=True)
+    ckpt["classes"] = ["beagle", "basset", "Shih-Tzu"]
+    torch.save(ckpt, tmp_path / "m.pt")
+    model = alexnet.load(tmp_path / "m.pt")
+    (result,) = predict(model, str(folder / "dog.jpg"))
+    assert result["label"] == "beagle" and result["path"] == str(folder / "dog.jpg")
+    index = build_index(model, tmp_path / "val")
+    bare = alexnet.create_model("alexnet_small", num_classes=3)
+    for call in (lambda: retrieve(bare, index, folder / "dog.jpg"), lambda: predict(bare, [folder]),
+                 lambda: build_index(bare, tmp_path / "val")):
+        with pytest.raises(DataError, match="no preprocessing recipe"):
+            call()

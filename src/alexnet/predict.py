@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from .data.folder import _image_files, decode_image, to_luma
+from .data.folder import _image_files, decode_image, read_class_names, to_luma
 from .data.loaders import model_input
 from .data.presets import Preprocess
 from .errors import DataError
@@ -17,12 +17,23 @@ from .model import AlexNet
 from .runtime import autocast, progress
 
 
-def image_paths(inputs: list[str | os.PathLike]) -> list[Path]:
-    """Expand files and folders (searched recursively, sorted) into image files.
+def recipe(model: AlexNet) -> Preprocess:
+    """The preprocessing recipe ``model`` carries; a DataError for a bare network (``create_model``)."""
+    if getattr(model, "preprocess", None) is None:
+        raise DataError("the model has no preprocessing recipe (a network from create_model knows no data); "
+                        "load a trained one with alexnet.load(checkpoint)")
+    return model.preprocess
+
+
+def image_paths(inputs: str | os.PathLike | list[str | os.PathLike]) -> list[Path]:
+    """Expand files and folders (searched recursively, sorted) into image files; one path may be
+    given alone.
 
     Raises:
         DataError: a path does not exist, or a folder holds no images.
     """
+    if isinstance(inputs, (str, os.PathLike)):  # not its characters, one by one
+        inputs = [inputs]
     paths: list[Path] = []
     for item in inputs:
         p = Path(item)
@@ -63,25 +74,20 @@ def load_image(path: str | os.PathLike, preprocess: Preprocess) -> torch.Tensor:
 def true_class(path: str | os.PathLike, classes: list[str]) -> str | None:
     """The class an image's parent folder names, if it is one of ``classes``.
 
-    A folder name (e.g. ImageNet's ``n02086240``) is also looked up in a ``classes.tsv``
-    (folder, [index,] name) two or three levels up, as :func:`alexnet.data.folder.find_classes` does.
+    A folder name (e.g. ImageNet's ``n02086240``) is also named as training named it
+    (:func:`alexnet.data.folder.read_class_names`: a ``classes.tsv``, else the known synsets).
     """
     folder = Path(path).resolve().parent
     if folder.name in classes:
         return folder.name
-    for tsv in (folder.parent / "classes.tsv", folder.parent.parent / "classes.tsv"):
-        if tsv.is_file():
-            for line in tsv.read_text(encoding="utf-8").splitlines():
-                parts = line.split("\t")
-                if len(parts) >= 2 and parts[0] == folder.name and parts[-1] in classes:
-                    return parts[-1]
-    return None
+    name = read_class_names(folder.parent, [folder.name])[0]
+    return name if name in classes else None
 
 
 @torch.no_grad()
 def predict(
     model: AlexNet,
-    inputs: list[str | os.PathLike],
+    inputs: str | os.PathLike | list[str | os.PathLike],
     top: int = 5,
     batch_size: int = 32,
     return_images: bool = False,
@@ -98,9 +104,7 @@ def predict(
     ``amp`` is the autocast dtype (None: float32), as :func:`alexnet.runtime.resolve_amp` gives it.
     """
     classes = list(model.classes or [str(i) for i in range(model.config.num_classes)])
-    preprocess = model.preprocess
-    if preprocess is None:
-        raise DataError("the model has no 'preprocess' recipe; load it with alexnet.load(checkpoint)")
+    preprocess = recipe(model)
     paths = image_paths(inputs)
     device = next(model.parameters()).device
     model.eval()

@@ -22,7 +22,7 @@ from .data.loaders import model_input
 from .data.presets import Preprocess
 from .errors import DataError
 from .model import AlexNet
-from .predict import load_image
+from .predict import load_image, recipe
 from .runtime import autocast, progress
 
 INDEX_FORMAT = "alexnet-fc7-index-1"
@@ -83,9 +83,7 @@ def build_index(
     root = Path(os.path.abspath(data))
     if not root.is_dir():
         raise DataError(f"--data: {data} is not a folder of images")
-    pre = model.preprocess
-    if pre is None:
-        raise DataError("the model has no preprocessing recipe; load it with alexnet.load(checkpoint)")
+    pre = recipe(model)
     samples, classes = _index_samples(root)
     if not samples:
         raise DataError(f"{data}: no images")
@@ -215,6 +213,7 @@ def retrieve(
 ) -> list[dict[str, Any]]:
     """The ``k`` indexed images nearest to ``image`` in the model's fc7 space (``amp``: as for :func:`fc7`);
     check the pairing first with :func:`check_index_model`."""
+    pre = recipe(model)
     _check_width(model, index)  # cheap, and torch.cdist's error would be obscure
-    query = fc7(model, load_image(image, model.preprocess).unsqueeze(0), amp)[0]
+    query = fc7(model, load_image(image, pre).unsqueeze(0), amp)[0]
     return nearest(index, query, k)
