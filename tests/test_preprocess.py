@@ -47,6 +47,7 @@ def test_round_trips_keep_every_value_and_the_mean_image():
     ({"flip": "yes"}, "flip"),
     ({"mean_image": [[1.0]]}, "mean image"),
     ({"mean_image": torch.zeros(1, 4, 4)}, "mean_image"),
+    ({"mean_image": torch.zeros(3, 10, 10)}, r"mean_image must be 3 x 40 x 40"),  # was refused only at the first batch
     ({"pca": {"eigvals": [1.0], "eigvecs": [], "alpha_std": 0.1}}, "pca"),
     ({"colour": "blue"}, "unknown entries: colour"),
     ({"size": 10**6}, "size"),

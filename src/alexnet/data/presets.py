@@ -249,9 +249,12 @@ class Preprocess:
             if not (len(lo_hi) == 2 and all(is_finite(x) for x in lo_hi) and 0 < lo_hi[0] <= lo_hi[1] <= 1):
                 raise bad("scale", "two numbers 0 < low <= high <= 1")
             self.scale = (float(lo_hi[0]), float(lo_hi[1]))
-        if self.mean_image is not None and self.mean_image.shape[0] != self.channels:
-            shape = tuple(self.mean_image.shape)
-            raise DataError(f"{source}: preprocess mean_image must have {self.channels} channels like its mean, got shape {shape}")
+        if self.mean_image is not None:
+            shape, side = tuple(self.mean_image.shape), self.size
+            if len(shape) != 3 or shape[0] != self.channels or (side is not None and shape[1:] != (side, side)):
+                wanted = f"{self.channels} x {side} x {side}" if side is not None else f"{self.channels} x H x W"
+                raise DataError(f"{source}: preprocess mean_image must be {wanted} (its channels, the stored image size), "
+                                f"got shape {shape}")
 
 
 def _read_mean_image(m: Any, stored: torch.Tensor | None, source: str) -> torch.Tensor | None:
