@@ -138,3 +138,26 @@ def test_trace_steps_script_traces_the_recipe_it_is_given(tmp_path):
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [row["step"] for row in rows] == [1, 2] and r.stdout.count("step ") == 2
     assert abs(rows[0]["loss"] - math.log(3)) < 1.0 and set(rows[0]["dead"]) >= {"conv1", "fc7"}
+
+
+@pytest.mark.parametrize(("preset", "epochs", "warmup"), [("paper", 1, 0.0), ("paper", 2, 0.0), ("paper", 5, 0.0),
+                                                          ("photos", 4, 1.0), ("cifar", 1, 0.0)])
+def test_the_advice_of_a_stopped_run_can_be_followed(preset, epochs, warmup):
+    """A diverged or dead run names remedies this run can take: a warm-up the configuration accepts
+    (shorter than the run), He init only where the run does not have it already."""
+    import dataclasses
+
+    from alexnet.config import resolve_config, validate
+    from alexnet.model import model_config
+    from alexnet.train import health_remedies
+
+    cfg = resolve_config(preset, {"epochs": epochs, "warmup_epochs": warmup})
+    model = create_model(cfg.model, **cfg.model_options)
+    remedies = health_remedies(cfg, model)
+    assert remedies[0].startswith("lower --lr")
+    for advice in remedies:
+        if "--warmup-epochs" in advice:
+            assert not cfg.warmup_epochs
+            validate(dataclasses.replace(cfg, warmup_epochs=float(advice.split()[-1])))  # accepted
+    he = any("init=kaiming" in advice for advice in remedies)
+    assert he == (model_config(cfg.model, **cfg.model_options).init != "kaiming")

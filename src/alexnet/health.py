@@ -123,8 +123,10 @@ class HealthMonitor:
         window: int = 10,
         margin: float = 4.0,
         warn=print,
+        remedies: tuple[str, ...] = ("lower --lr (e.g. by 10)",),
     ) -> None:
         self.action, self.every, self.warn = action, every, warn
+        self.remedies = remedies  # what the run could change: see train.health_remedies
         self.chance = math.log(num_classes)
         self.limit = self.chance + margin
         self.num_classes = num_classes
@@ -161,8 +163,7 @@ class HealthMonitor:
                 self._fail(
                     f"dead:{name}",
                     f"every ReLU of {name} is dead at {where} (all {units} units output 0 for a whole batch): the network "
-                    "gives every image the same answer and cannot recover; lower --lr, or start from --model-option "
-                    "init=kaiming (or init=caffe: biases 0.1)",
+                    f"gives every image the same answer and cannot recover; {_either(self.remedies)}",
                 )
 
     def end_epoch(self, where: str) -> None:
@@ -177,8 +178,7 @@ class HealthMonitor:
             self._fail(
                 "diverged",
                 f"the training loss diverged at {where}: {mean:.1f} over the last {len(self.losses)} steps, far above "
-                f"ln({self.num_classes}) = {self.chance:.2f} (a uniform guess); lower --lr (e.g. by 10), add "
-                "--warmup-epochs 1, or use the default recipe (--preset photos: He init)",
+                f"ln({self.num_classes}) = {self.chance:.2f} (a uniform guess); {_either(self.remedies)}",
             )
 
     def _fail(self, key: str, message: str) -> None:
@@ -191,3 +191,7 @@ class HealthMonitor:
     def close(self) -> None:
         if self.probe:
             self.probe.remove()
+
+
+def _either(remedies: tuple[str, ...]) -> str:
+    return remedies[0] if len(remedies) == 1 else ", ".join(remedies[:-1]) + ", or " + remedies[-1]

@@ -628,7 +628,17 @@ def _wrap(run: _Run) -> None:
     # The layer probe's hooks sit on the AlexNet's own layers (not there under --towers; compiled
     # graphs would recompile on its switch), so there the loss alone is watched.
     watched = run.model if run.split is None and not cfg.compile else None
-    run.health = HealthMonitor(watched, len(run.data.classes), cfg.health, warn=run.log)
+    run.health = HealthMonitor(watched, len(run.data.classes), cfg.health, warn=run.log, remedies=health_remedies(cfg, run.model))
+
+
+def health_remedies(cfg: TrainConfig, model: AlexNet) -> tuple[str, ...]:
+    """What a diverged or dead run could change, among what this run does not do already."""
+    remedies = ["lower --lr (e.g. by 10)"]
+    if not cfg.warmup_epochs:  # a warm-up must end before the run does
+        remedies.append(f"add --warmup-epochs {1 if cfg.epochs > 2 else cfg.epochs / 2:g}")
+    if model.config.init != "kaiming":
+        remedies.append("start from He init (--model-option init=kaiming, as --preset photos does)")
+    return tuple(remedies)
 
 
 def _restore_rng(run: _Run, ckpt: dict[str, Any]) -> None:
