@@ -158,6 +158,16 @@ def test_an_output_folder_inside_the_images_it_reads_is_refused(tmp_path, capsys
     assert main(["prepare", "--data", str(split), "--out", str(split / "packed"), "--size", "32", "--progress", "off"]) == 0
 
 
+def test_a_run_folder_given_as_a_checkpoint_names_its_checkpoints(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    assert fails(capsys, "evaluate", "--checkpoint", str(run)) == f"alexnet: error: {run} is a folder, not a checkpoint file"
+    tiny_checkpoint(run / "best.pt"), tiny_checkpoint(run / "last.pt")
+    for command in (["evaluate", "--checkpoint", str(run)], ["predict", str(run), "--checkpoint", str(run)]):
+        err = fails(capsys, *command)
+        assert err.endswith(f"{run} is a folder: give one of its checkpoints, {run / 'best.pt'} or {run / 'last.pt'}"), err
+
+
 # -- 3. predict: a decompression bomb is one bad file among good ones -------------------------------
 def _png_claiming(path: Path, width: int, height: int) -> Path:
     """A PNG whose header claims width x height pixels (PIL refuses or warns before decoding)."""

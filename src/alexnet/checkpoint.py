@@ -86,6 +86,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             objects, or lacks a ``model`` state dict.
     """
     path = Path(path)
+    if path.is_dir():
+        inside = [n for n in ("best.pt", "last.pt") if (path / n).is_file()]
+        hint = f": give one of its checkpoints, {' or '.join(str(path / n) for n in inside)}" if inside else ", not a checkpoint file"
+        raise CheckpointError(f"{path} is a folder{hint}")
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     if is_safetensors(path):
