@@ -206,3 +206,14 @@ def test_warnings_are_one_line(tmp_path, tiny_fmnist):
     warned = [line for line in r.stderr.splitlines() if "C kernel" in line]
     assert warned and all(line.startswith("warning: alexnet: C kernel '") for line in warned), r.stderr
     assert not [line for line in r.stderr.splitlines() if line.startswith(" ")], r.stderr
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly():
+    """'alexnet models | head -1': the pipe is closed before the command writes; no error line."""
+    from conftest import cli_env
+
+    proc = subprocess.Popen([sys.executable, "-m", "alexnet", "models"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=cli_env())
+    proc.stdout.close()  # long before the interpreter has imported alexnet
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and err == "", err

@@ -667,7 +667,12 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "threads", None):
             set_threads(args.threads)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a reader that went away is met here, not at the interpreter's exit
+        return code
+    except BrokenPipeError:  # 'alexnet models | head -1': stop quietly, as cat does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        return 141
     except Interrupted as e:
         print(f"alexnet: {e}", file=sys.stderr)
         return 130
