@@ -100,6 +100,7 @@ def test_summary_mentions_the_erratum():
     ("alexnet_paper", 10, True, "fc8"),
     ("alexnet_small", 1000, False, "conv1, conv2, conv3, conv4, conv5"),
     ("alexnet_owt", 9, False, "conv1, conv2, conv4, fc8"),  # widths 64, 192, 384, 256, 256 against 96, 256, 384, 384, 256
+    ("alexnet_paper_1gpu", 1000, False, "conv1, conv2, conv3, conv4"),  # a 224 px, 1000-class net of other widths
 ])
 def test_summary_compares_only_the_layers_shaped_as_the_papers(name, classes, erratum, not_compared):
     """The paper's counts describe its 224 px, 1000-class net: conv1 (96x55x55 = 290,400, not
@@ -113,8 +114,8 @@ def test_summary_compares_only_the_layers_shaped_as_the_papers(name, classes, er
         assert notes == [] and "253,440" not in text
     others = [line for line in text.splitlines() if "not compared" in line]
     if not_compared:
-        assert others == [f"neuron counts of {not_compared}: not compared with the paper's (its network is 224 px RGB, "
-                          "1000 classes; this one differs there by design)"]
+        assert others == [f"neuron counts of {not_compared}: not compared with the paper's (their outputs are not shaped "
+                          "as in its network, 224 px RGB, 1000 classes: this one differs there by design)"]
     else:
         assert others == []
 

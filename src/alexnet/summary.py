@@ -92,8 +92,8 @@ def format_summary(model: AlexNet, name: str = "", input_size: int | None = None
     lines += paper_notes([r for r in rows if r.name in same])
     other = [r.name for r in rows if r.name in PAPER_SHAPES and r.name not in same]
     if other:
-        lines.append(f"neuron counts of {', '.join(other)}: not compared with the paper's (its network is 224 px RGB, "
-                     "1000 classes; this one differs there by design)")
+        lines.append(f"neuron counts of {', '.join(other)}: not compared with the paper's (their outputs are not shaped as "
+                     "in its network, 224 px RGB, 1000 classes: this one differs there by design)")
     return "\n".join(lines)
 
 
