@@ -124,6 +124,30 @@ def test_ensemble_of_identical_models_equals_one_and_writes_outputs(tmp_path, ca
     assert json.loads((out / "evaluate.json").read_text())["images"] == 9
 
 
+def test_ensemble_members_agree_on_classes_not_on_their_order_or_storage(tmp_path, capsys):
+    """The same network with its classes in another order (folders named otherwise) is the same
+    model: put in the first's order, the ensemble equals one model (it averaged class 0 with class 2
+    before). Classes one member lacks are refused; a packed-folder model ensembles with an image-folder one."""
+    folder = make_image_folder(tmp_path / "imgs", classes=3, per_class=3)
+    a = tiny_checkpoint(tmp_path / "a.pt")
+    perm = torch.load(a, weights_only=True)
+    order = [2, 0, 1]
+    for key in ("fc8.weight", "fc8.bias"):
+        perm["model"][key] = perm["model"][key][order]
+    perm["classes"] = [perm["classes"][i] for i in order]
+    perm["preprocess"] = dict(perm["preprocess"], dataset="packed")  # trained from 'alexnet prepare' output
+    save_atomic(perm, tmp_path / "perm.pt")
+    one = cli_json(capsys, "evaluate", "--checkpoint", str(a), "--data", str(folder), "--json", "--amp", "none")
+    two = cli_json(capsys, "evaluate", "--checkpoint", str(a), "--ensemble", str(tmp_path / "perm.pt"), "--data", str(folder),
+                   "--json", "--amp", "none")
+    for key in ("top1", "top5", "loss", "images"):
+        assert two[key] == pytest.approx(one[key], rel=1e-6), key
+    perm["classes"][0] = "wolf"
+    save_atomic(perm, tmp_path / "wolf.pt")
+    err = cli_fails(capsys, "evaluate", "--checkpoint", str(a), "--ensemble", str(tmp_path / "wolf.pt"), "--data", str(folder))
+    assert "predicts other classes than" in err and "'wolf'" in err
+
+
 def test_predict_top_k_true_label_and_figure(tmp_path, capsys):
     folder = make_image_folder(tmp_path / "imgs", classes=3, per_class=1)
     ckpt = tiny_checkpoint(tmp_path / "m.pt")

@@ -20,8 +20,37 @@ from .errors import CheckpointError
 from .model import AlexNet
 from .runtime import autocast, progress
 
-# Preprocess entries that fix how images are decoded and stored: ensemble members must agree on them.
+# Preprocess entries that fix how images are decoded and stored: ensemble members must agree on them
+# (a packed folder holds the image folder's photos decoded as they would be).
 _DECODE_KEYS = ("dataset", "resize", "size")
+_SAME_DECODE = {"packed": "image_folder"}
+
+
+def _decode(preprocess: Preprocess) -> tuple:
+    return tuple(_SAME_DECODE.get(v, v) if k == "dataset" else v for k, v in ((k, getattr(preprocess, k)) for k in _DECODE_KEYS))
+
+
+def class_orders(models: list[AlexNet], names: list[str] | None = None) -> list[list[int] | None]:
+    """For each model, the columns of its output in the first model's class order (None: already
+    so, or a model without class names). Members that name their classes must name the same ones:
+    the same breeds from folders named otherwise come out in another order, and are put back.
+
+    Raises:
+        CheckpointError: a model names classes that the first does not.
+    """
+    names = names or [f"model {i + 1}" for i in range(len(models))]
+    first = models[0].classes
+    orders: list[list[int] | None] = []
+    for name, m in zip(names, models):
+        if not first or not m.classes or list(m.classes) == list(first):
+            orders.append(None)
+        elif sorted(m.classes) == sorted(first) and len(set(first)) == len(first):
+            orders.append([list(m.classes).index(c) for c in first])
+        else:
+            other = next((c for c in m.classes if c not in first), None) or next(c for c in first if c not in m.classes)
+            raise CheckpointError(f"{name} predicts other classes than {names[0]} (e.g. {other!r} is in one only); "
+                                  "cannot ensemble them")
+    return orders
 
 
 def load_models(paths: list[str | os.PathLike], device: str | torch.device = "cpu") -> list[AlexNet]:
@@ -29,7 +58,8 @@ def load_models(paths: list[str | os.PathLike], device: str | torch.device = "cp
 
     Raises:
         CheckpointError: a file is not a checkpoint, lacks a preprocessing recipe, or the models
-            disagree on the classes or on how images are decoded.
+            disagree on the classes or on how images are decoded. Members whose classes are the
+            first's in another order are put in its order by :func:`evaluate`.
     """
     models = [load(p, device) for p in paths]
     first = models[0]
@@ -40,8 +70,9 @@ def load_models(paths: list[str | os.PathLike], device: str | torch.device = "cp
             raise CheckpointError(
                 f"{path} predicts {m.config.num_classes} classes but {paths[0]} predicts {first.config.num_classes}"
             )
-        if any(getattr(m.preprocess, k) != getattr(first.preprocess, k) for k in _DECODE_KEYS):
+        if _decode(m.preprocess) != _decode(first.preprocess):
             raise CheckpointError(f"{path}: its images are prepared differently from {paths[0]}'s; cannot ensemble them")
+    class_orders(models, [str(p) for p in paths])
     return models
 
 
@@ -75,11 +106,16 @@ def ensemble_probs(
     ten_crop: bool = False,
     amp: torch.dtype | None = None,
     channels_last: bool = False,
+    orders: list[list[int] | None] | None = None,
 ) -> torch.Tensor:
-    """The softmax averaged over ``models`` (each with its own ``preprocess``) for a uint8 batch."""
+    """The softmax averaged over ``models`` (each with its own ``preprocess``) for a uint8 batch, in
+    the first model's class order (``orders``: :func:`class_orders`, computed here if not given)."""
+    orders = orders if orders is not None else class_orders(models)
     total = None
-    for m in models:
+    for m, order in zip(models, orders):
         p = model_probs(m, images, m.preprocess, ten_crop, amp, channels_last)
+        if order is not None:
+            p = p[:, order]
         total = p if total is None else total + p
     return total / len(models)
 
@@ -105,6 +141,7 @@ def evaluate(
     for m in models:
         m.eval()
     k = models[0].config.num_classes
+    orders = class_orders(models)
     confusion = torch.zeros(k, k, dtype=torch.int64)
     loss_sum, c1, c5, n = 0.0, 0, 0, 0
     desc = "evaluate" + (" (10 crops)" if ten_crop else "") + (f" ({len(models)} models)" if len(models) > 1 else "")
@@ -112,7 +149,7 @@ def evaluate(
         if batch is None:  # every image of the batch was unreadable
             continue
         images, labels = batch[0].to(device, non_blocking=True), batch[1].to(device)
-        probs = ensemble_probs(models, images, ten_crop, amp, channels_last)
+        probs = ensemble_probs(models, images, ten_crop, amp, channels_last, orders)
         nll, k1, k5, pred = score(probs.clamp_min(1e-12).log(), labels)
         loss_sum, c1, c5, n = loss_sum + nll, c1 + k1, c5 + k5, n + labels.numel()
         confusion += torch.bincount((labels * k + pred).cpu(), minlength=k * k).reshape(k, k)
