@@ -227,6 +227,21 @@ def test_resume_says_when_the_data_preset_changed_since_the_run_started(tmp_path
         fit(resume_config(str(out), {"epochs": 2}), log=lambda s: None)
 
 
+def test_a_resumed_run_is_watched_as_the_uninterrupted_one(tiny_fmnist, tmp_path):
+    """The health monitor's window of losses and its step count travel in the checkpoint: a resumed
+    fine-tuning run stopped as diverged at an epoch's end that the uninterrupted one passed, judging
+    only the steps since the resume."""
+    assert main(_train_args(tiny_fmnist, tmp_path / "whole", epochs=2)) == 0
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), ALEXNET_FAULT="kill:step=12", CUDA_VISIBLE_DEVICES="")
+    killed = subprocess.run([sys.executable, "-m", "alexnet", *_train_args(tiny_fmnist, tmp_path / "parts", epochs=2)],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL and "killed at" in killed.stderr, killed.stderr
+    assert main(["train", "--resume", str(tmp_path / "parts")]) == 0
+    whole, parts = (torch.load(tmp_path / r / "last.pt", weights_only=True) for r in ("whole", "parts"))
+    assert whole["health"]["step"] == 2 * 8 and len(whole["health"]["losses"]) == 10  # 64 images, batch 8
+    assert parts["health"] == whole["health"]
+
+
 def test_kill_during_checkpoint_write_keeps_the_old_file(tmp_path):
     path = tmp_path / "last.pt"
     script = f"""

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -187,6 +187,18 @@ class HealthMonitor:
         if key not in self.warned:
             self.warned.add(key)
             self.warn(f"warning: {message}")
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs to judge as the uninterrupted one would: the step count (the
+        layer check's rhythm), the recent losses (the loss check's window) and what it warned of."""
+        return {"step": self.step, "losses": list(self.losses), "warned": sorted(self.warned)}
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        if state:  # checkpoints of older versions hold none: the monitor starts afresh, as it did
+            self.step = int(state["step"])
+            self.losses.clear()
+            self.losses.extend(float(x) for x in state["losses"])
+            self.warned = set(state.get("warned", ()))
 
     def close(self) -> None:
         if self.probe:

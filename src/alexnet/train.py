@@ -456,8 +456,9 @@ def _fit(
     _start_files(run, resumed=resume_ckpt is not None)
     _announce(run)
     _wrap(run)
-    if resume_ckpt is not None:  # last: everything above may have drawn random numbers
-        _restore_rng(run, resume_ckpt)
+    if resume_ckpt is not None:
+        run.health.load_state_dict(resume_ckpt.get("health"))
+        _restore_rng(run, resume_ckpt)  # last: everything above may have drawn random numbers
     with _CtrlC() as ctrl_c:
         on_step = functools.partial(_on_step, run)
         while run.pos.epoch < cfg.epochs and not run.plateau.stop:
@@ -735,6 +736,7 @@ def _state(run: _Run, position: dict[str, Any], rng_ranks: list | None) -> dict[
         "position": position,
         "history": run.history,
         "best_val_top1": run.best,
+        "health": run.health.state_dict(),
         "rng": rng_state(),
         **({"rng_ranks": rng_ranks} if rng_ranks is not None else {}),
         "format": "alexnet-checkpoint-1",
