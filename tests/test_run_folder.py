@@ -237,3 +237,21 @@ def test_a_forked_child_does_not_keep_the_lock(tmp_path):
     finally:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
+
+
+def test_a_run_killed_before_its_first_checkpoint_is_started_again_not_resumed(tiny_fmnist, tmp_path):
+    """SIGKILL (or a power cut) in the first epoch leaves config.json, metrics.jsonl and .lock, and no
+    checkpoint: --resume says there is nothing to resume, and a new run into the folder takes it
+    over (it was refused as 'already holds a run ... continue it with --resume', which then failed)."""
+    run = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=str(Path(alexnet.__file__).parents[1]), ALEXNET_FAULT="kill:step=1",
+               CUDA_VISIBLE_DEVICES="")
+    killed = subprocess.run([sys.executable, "-m", "alexnet", "train", "--data", str(tiny_fmnist), "--out", str(run), *QUICK],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL and sorted(os.listdir(run)) == [".lock", "config.json", "metrics.jsonl"]
+    line = _one_line(run_cli("train", "--resume", str(run)))
+    assert line == (f"alexnet: error: --resume: {run} stopped before its first checkpoint: nothing to resume; start it "
+                    f"again (alexnet train --out {run} ... replaces its files)")
+    r = _train(tiny_fmnist, run)
+    assert r.returncode == 0, r.stderr
+    assert {"last.pt", "best.pt", "config.json"} <= set(os.listdir(run))

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -96,10 +97,24 @@ def refuse_in_use(run_dir: Path) -> None:
         os.close(fd)  # also releases the probe's lock
 
 
+def stopped_before_checkpoint(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds the files of a run killed before its first checkpoint: train's own
+    config.json (a file of the user's by that name is not one), no .pt. Nothing to resume there, so
+    a new run takes the folder over."""
+    marks = run_marks(run_dir)
+    if "config.json" not in marks or any(m.endswith(".pt") for m in marks):
+        return False
+    try:
+        written = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(written, dict) and {"train", "model", "data", "environment"} <= set(written)
+
+
 def refuse_run(run_dir: Path, resume: bool, force: bool) -> None:
     """RunFolderError if a new run (not ``resume``, not ``force``) would replace the run in ``run_dir``."""
     marks = run_marks(run_dir)
-    if marks and not resume and not force:
+    if marks and not resume and not force and not stopped_before_checkpoint(run_dir):
         raise RunFolderError(
             f"{run_dir} already holds a run ({', '.join(marks[:4])}): continue it with --resume {run_dir}, "
             "or replace it with --force"
@@ -219,7 +234,7 @@ def claim(run_dir: Path, resume: bool, force: bool, keep: tuple[type[BaseExcepti
     try:
         folder.fd = _lock(run_dir)
         refuse_run(run_dir, resume, force)  # again: a run may have started and ended since check()
-        if force and not resume:
+        if not resume and (force or stopped_before_checkpoint(run_dir)):
             _remove(run_dir, owned(run_dir))
         # A killed writer's temporaries (the lock rules out a live one): up to a checkpoint's size each.
         _remove(run_dir, [n for n in _names(run_dir) if _TEMP.match(n)])

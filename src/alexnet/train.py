@@ -312,6 +312,9 @@ def _save(state: dict[str, Any], path: Path) -> None:
 def _resume_source(resume: str) -> Path:
     path = Path(resume)
     if path.is_dir():
+        if runfolder.stopped_before_checkpoint(path):
+            raise CheckpointError(f"--resume: {path} stopped before its first checkpoint: nothing to resume; start it "
+                                  f"again (alexnet train --out {path} ... replaces its files)")
         path = path / "last.pt"
     if not path.is_file():
         raise CheckpointError(f"--resume: no checkpoint at {path}")
