@@ -170,14 +170,15 @@ def _train_args(data: Path, out: Path, epochs: int = 4) -> list[str]:
 # (every data kind, kills mid-epoch, in evaluation and during a checkpoint write).
 
 
-def test_ctrl_c_saves_and_resumes(tiny_fmnist, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])  # Ctrl-C; kill, docker stop, a SLURM preemption
+def test_ctrl_c_saves_and_resumes(tiny_fmnist, tmp_path, sig):
     out = tmp_path / "run"
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
     proc = subprocess.Popen([sys.executable, "-m", "alexnet", *_train_args(tiny_fmnist, out, epochs=30)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     while not (out / "last.pt").exists() and proc.poll() is None:
         time.sleep(0.01)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "--resume" in err

@@ -322,27 +322,30 @@ def _resume_source(resume: str) -> Path:
 
 
 class _CtrlC:
-    """Turns SIGINT into a flag that the training loop checks between steps."""
+    """Turns SIGINT (Ctrl-C) and SIGTERM (what kill, systemd, docker stop and a SLURM preemption
+    send) into a flag that the training loop checks between steps: the run saves and stops."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.hit = False
-        self.previous = None
+        self.previous: dict[int, Any] = {}
 
     def __enter__(self):
         try:
-            self.previous = signal.signal(signal.SIGINT, self._handle)
+            self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         except ValueError:  # not the main thread
-            self.previous = None
+            self.previous = {}
         return self
 
     def _handle(self, *_):
-        if self.hit:  # a second Ctrl-C: stop at once
+        if self.hit:  # a second one: stop at once
             raise KeyboardInterrupt
         self.hit = True
 
     def __exit__(self, *exc):
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
 
 
 def fit(
