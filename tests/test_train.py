@@ -243,6 +243,25 @@ def test_a_resumed_run_is_watched_as_the_uninterrupted_one(tiny_fmnist, tmp_path
     assert parts["health"] == whole["health"]
 
 
+def test_resume_says_when_photos_were_added_since_the_run_started(tmp_path):
+    """Photos added to the training folder between a kill and --resume: the run goes on with them (a
+    new data order, a recomputed mean image) and says that it is no longer the run it began as."""
+    from conftest import make_image_folder
+    from PIL import Image
+
+    data = make_image_folder(tmp_path / "imgs", classes=2, per_class=6)
+    out = tmp_path / "run"
+    fit(_cfg(data, out, epochs=1), log=lambda s: None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same photos: no warning
+        fit(resume_config(str(out), {"epochs": 2}), log=lambda s: None)
+    for i in range(3):
+        Image.new("RGB", (80, 64), (250, 250, 250)).save(data / "class0" / f"new{i}.jpg")
+    with pytest.warns(UserWarning, match=r"the training data has changed since this run started \(training images "
+                                         r"11 -> 13; validation images 1 -> 2; its mean image\)"):  # 10 % held out
+        fit(resume_config(str(out), {"epochs": 3}), log=lambda s: None)
+
+
 def test_kill_during_checkpoint_write_keeps_the_old_file(tmp_path):
     path = tmp_path / "last.pt"
     script = f"""

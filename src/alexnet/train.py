@@ -598,6 +598,7 @@ def _restore(run: _Run, ckpt: dict[str, Any]) -> None:
         pos = dataclasses.replace(pos, loss_sum=0.0, correct=0, seen=0)
     run.pos, run.history, run.best = pos, history, best
     _note_recipe_change(run, ckpt.get("preprocess"))
+    _note_data_change(run, ckpt)
 
 
 _GEOMETRY = ("resize", "size", "train_crop", "test_crop", "padding", "flip", "scale")
@@ -613,6 +614,31 @@ def _note_recipe_change(run: _Run, saved: Any) -> None:
     if changed and run.info.is_main:
         warnings.warn(f"--resume: data preset {now['preset']} has changed since this run started ({'; '.join(changed)}): "
                       "the run goes on with the preset as it is now", stacklevel=2)
+
+
+def _note_data_change(run: _Run, ckpt: dict[str, Any]) -> None:
+    """Photos added to or removed from the training folder since the run started: the run goes on
+    with them (another data order, a recomputed mean image), so it is no longer the run it began as."""
+    saved, data = ckpt.get("data"), run.data
+    if not isinstance(saved, dict) or not run.info.is_main:
+        return  # older checkpoints record no counts
+    changed = [f"{what} {saved.get(key)} -> {now}" for what, key, now in (
+        ("training images", "train_images", data.train_size), ("validation images", "val_images", data.val_size))
+        if saved.get(key) != now]
+    before, now = ckpt.get("preprocess") or {}, data.preprocess
+    # Within rounding: a resume may run with another thread count, which moves the last bits of sums.
+    if torch.is_tensor(before.get("mean_image")) and now.mean_image is not None:
+        if not _near(before["mean_image"], now.mean_image, atol=1e-3):
+            changed.append("its mean image")
+    elif before.get("std") and not _near(torch.tensor(before["std"]), torch.tensor(now.std), rtol=1e-6):
+        changed.append("its pixel std")
+    if changed:
+        warnings.warn(f"--resume: the training data has changed since this run started ({'; '.join(changed)}): the run "
+                      "goes on with the data as it is now, so it is no longer the run it began as", stacklevel=2)
+
+
+def _near(a: torch.Tensor, b: torch.Tensor, **tol: float) -> bool:
+    return a.shape == b.shape and torch.allclose(a.double(), b.double(), **tol)
 
 
 def _plain(value: Any) -> Any:
@@ -742,6 +768,7 @@ def _state(run: _Run, position: dict[str, Any], rng_ranks: list | None) -> dict[
         "position": position,
         "history": run.history,
         "best_val_top1": run.best,
+        "data": {"train_images": run.data.train_size, "val_images": run.data.val_size},
         "health": run.health.state_dict(),
         "rng": rng_state(),
         **({"rng_ranks": rng_ranks} if rng_ranks is not None else {}),
