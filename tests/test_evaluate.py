@@ -121,6 +121,11 @@ def test_ensemble_of_identical_models_equals_one_and_writes_outputs(tmp_path, ca
     correct = sum(float(r.split(",")[3]) * int(r.split(",")[2]) for r in rows[1:])
     assert correct / 9 == pytest.approx(one["top1"])
     assert Image.open(out / "confusion.png").size == (900, 800)
+    table = [line.split(",") for line in (out / "confusion.csv").read_text().splitlines()]
+    assert table[0] == ["true \\ predicted", "class0", "class1", "class2"] and [r[0] for r in table[1:]] == ["class0", "class1", "class2"]
+    counts = [[int(v) for v in r[1:]] for r in table[1:]]
+    assert [sum(r) for r in counts] == [int(r.split(",")[2]) for r in rows[1:]]  # per true class, as per_class.csv
+    assert sum(counts[i][i] for i in range(3)) / 9 == pytest.approx(one["top1"])
     assert json.loads((out / "evaluate.json").read_text())["images"] == 9
 
 

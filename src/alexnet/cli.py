@@ -161,7 +161,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .data.device_decode import decode_device
     from .data.loaders import load_eval_data
     from .errors import CheckpointError, ConfigError
-    from .evaluate import evaluate, load_models, per_class_accuracy, write_per_class_csv
+    from .evaluate import evaluate, load_models, per_class_accuracy, write_confusion_csv, write_per_class_csv
     from .runtime import resolve_amp, resolve_device
 
     paths = [args.checkpoint, *(args.ensemble or [])]
@@ -197,6 +197,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
         write_per_class_csv(per_class_accuracy(confusion, classes), out / "per_class.csv")
         plot_confusion(confusion, classes, out / "confusion.png")
+        write_confusion_csv(confusion, classes, out / "confusion.csv")
         write_text(out / "evaluate.json", json.dumps({**stats, "argv": sys.argv[1:]}, indent=2) + "\n")
     if args.json:
         print(json.dumps(stats))
@@ -536,7 +537,7 @@ def _add_use_commands(sub, common: argparse.ArgumentParser) -> None:
     _add_config_options(e, ["decode", "channels_last"])
     e.add_argument("--ten-crop", action="store_true", help="average the softmax of the 4 corner + centre crops and their mirrors")
     e.add_argument("--ensemble", nargs="+", metavar="FILE", help="more checkpoints: average the softmax of all models")
-    e.add_argument("--out", help="folder for per_class.csv, confusion.png and evaluate.json")
+    e.add_argument("--out", help="folder for per_class.csv, confusion.png, confusion.csv and evaluate.json")
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.set_defaults(func=cmd_evaluate)
 

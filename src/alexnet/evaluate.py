@@ -187,6 +187,14 @@ def per_class_accuracy(confusion: torch.Tensor, classes: list[str]) -> list[dict
     return rows
 
 
+def write_confusion_csv(confusion: torch.Tensor, classes: list[str], path: str | os.PathLike) -> None:
+    """The confusion matrix as CSV (atomically): a row per true class, a column per predicted class."""
+    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["true \\ predicted", *classes])
+        writer.writerows([name, *row] for name, row in zip(classes, confusion.tolist()))
+
+
 def write_per_class_csv(rows: list[dict[str, Any]], path: str | os.PathLike) -> None:
     """Write :func:`per_class_accuracy` rows as CSV (atomically)."""
     with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
