@@ -427,6 +427,15 @@ def test_predict_features_and_retrieve_honour_amp(tmp_path, capsys):
         err = cli_fails(capsys, *args, "--device", "cpu", "--amp", "fp16")
         assert err == "alexnet: error: --amp fp16 is for GPUs; use --amp bf16 on a CPU", args
     assert not (tmp_path / "x.safetensors").exists()
+    # A query in another precision than the index's: the indexed image is not at 0 from itself, and it says so.
+    capsys.readouterr()
+    assert main(["retrieve", paths[0], "--index", str(tmp_path / "bf16.safetensors"), "--device", "cpu", "--amp", "none"]) == 0
+    out, err = capsys.readouterr()
+    assert float(out.split()[0]) > 1e-4 and err.startswith("warning: the index's features were computed in bfloat16 and "
+                                                            "the query's are in float32 (--amp none)"), (out, err)
+    assert main(["retrieve", paths[0], "--index", str(tmp_path / "bf16.safetensors"), "--device", "cpu", "--amp", "bf16"]) == 0
+    out, err = capsys.readouterr()
+    assert float(out.split()[0]) == 0 and err == ""
 
 
 @pytest.mark.parametrize("side", [120, 400])  # torchvision's JPEG decoder; PIL's reduced-size (draft) decoding

@@ -109,6 +109,7 @@ def build_index(
         "checkpoint": str(checkpoint) if checkpoint is not None else None,
         "preprocess": pre,
         "fingerprint": fc7_fingerprint(model),
+        "precision": precision_name(amp),
     }
 
 
@@ -125,6 +126,7 @@ def save_index(index: dict[str, Any], path: str | os.PathLike) -> Path:
         "checkpoint": json.dumps(index.get("checkpoint")),
         "preprocess": json.dumps(index["preprocess"].to_json()),
         "fingerprint": json.dumps(index.get("fingerprint")),
+        "precision": json.dumps(index.get("precision")),
     }
     tensors = {"features": index["features"].contiguous(), "labels": index["labels"].to(torch.int64).contiguous()}
     mean_image = index["preprocess"].mean_image
@@ -155,6 +157,7 @@ def load_index(path: str | os.PathLike) -> dict[str, Any]:
         raise DataError(f"{path}: features {tuple(features.shape)} and labels {tuple(labels.shape)} do not make an index")
     out = {"features": features, "labels": labels, **_index_metadata(path, meta, len(features))}
     out["fingerprint"] = json.loads(meta.get("fingerprint", "null"))  # absent in indexes of 0.x before it: not checked
+    out["precision"] = json.loads(meta.get("precision", "null"))
     out["preprocess"] = Preprocess.from_dict(out["preprocess"], mean_image, str(path))
     return out
 
@@ -194,6 +197,11 @@ def nearest(index: dict[str, Any], query: torch.Tensor, k: int = 6) -> list[dict
 def _check_width(model: AlexNet, index: dict[str, Any]) -> None:
     if index["features"].shape[1] != model.config.fc_width:
         raise DataError(f"the index holds {index['features'].shape[1]}-d features but the model's fc7 has {model.config.fc_width}")
+
+
+def precision_name(amp: torch.dtype | None) -> str:
+    """The precision fc7 is computed in: float32, or the autocast dtype."""
+    return str(amp or torch.float32).removeprefix("torch.")
 
 
 def check_index_model(model: AlexNet, index: dict[str, Any]) -> None:
