@@ -262,6 +262,26 @@ def test_resume_says_when_photos_were_added_since_the_run_started(tmp_path):
         fit(resume_config(str(out), {"epochs": 3}), log=lambda s: None)
 
 
+def test_a_second_interrupt_stops_at_once_and_says_what_is_left(tiny_fmnist, tmp_path, monkeypatch):
+    """The second Ctrl-C (or SIGTERM) does not wait for the step's checkpoint: the run says whether
+    a checkpoint is there to resume (it printed only 'alexnet: interrupted')."""
+    real, calls = alexnet.train._epoch, []
+
+    def epoch(run, *args):
+        calls.append(1)
+        if len(calls) in (2, 3):  # the first run's second epoch, the next run's first
+            raise KeyboardInterrupt  # what _CtrlC raises on the second signal
+        return real(run, *args)
+
+    monkeypatch.setattr(alexnet.train, "_epoch", epoch)
+    out = tmp_path / "run"
+    with pytest.raises(alexnet.train.Interrupted, match=rf"second interrupt; its last checkpoint is kept: continue with: "
+                                                         rf"alexnet train --resume {out}$"):
+        fit(_cfg(tiny_fmnist, out, epochs=3), log=lambda s: None)
+    with pytest.raises(alexnet.train.Interrupted, match="no checkpoint had been written yet: nothing to resume"):
+        fit(_cfg(tiny_fmnist, tmp_path / "other", epochs=3), log=lambda s: None)
+
+
 def test_kill_during_checkpoint_write_keeps_the_old_file(tmp_path):
     path = tmp_path / "last.pt"
     script = f"""

@@ -467,8 +467,13 @@ def _fit(
         _restore_rng(run, resume_ckpt)  # last: everything above may have drawn random numbers
     with _CtrlC() as ctrl_c:
         on_step = functools.partial(_on_step, run)
-        while run.pos.epoch < cfg.epochs and not run.plateau.stop:
-            _epoch(run, on_step, ctrl_c)
+        try:
+            while run.pos.epoch < cfg.epochs and not run.plateau.stop:
+                _epoch(run, on_step, ctrl_c)
+        except KeyboardInterrupt:  # a second Ctrl-C (or SIGTERM): stopped at once, nothing more saved
+            left = (f"its last checkpoint is kept: continue with: alexnet train --resume {run.run_dir}"
+                    if (run.run_dir / "last.pt").is_file() else "no checkpoint had been written yet: nothing to resume")
+            raise Interrupted(f"stopped at once by a second interrupt; {left}") from None
     if run.writer is not None:
         run.writer.close()
     run.health.close()  # its hooks would otherwise stay on the model
