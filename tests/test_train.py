@@ -187,6 +187,26 @@ def test_ctrl_c_saves_and_resumes(tiny_fmnist, tmp_path, sig):
     assert r.returncode == 0, r.stderr
 
 
+def test_sigterm_to_the_whole_job_saves_with_loader_workers(tmp_path):
+    """systemd, docker and SLURM send SIGTERM to every process of the job, the loader's workers too:
+    the run still saves its step and stops (torch's worker handler ended the workers at once, and the
+    run failed with 'DataLoader worker ... is killed by signal: Terminated', saving nothing)."""
+    from conftest import cli_env, make_image_folder
+
+    data = make_image_folder(tmp_path / "imgs", classes=2, per_class=40)
+    out = tmp_path / "run"
+    args = ["train", "--data", str(data), "--out", str(out), "--epochs", "30", "--batch-size", "8", "--workers", "2",
+            "--save-every", "1", "--device", "cpu", "--amp", "none", *TINY]
+    proc = subprocess.Popen([sys.executable, "-m", "alexnet", *args], env=cli_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    while not (out / "last.pt").exists() and proc.poll() is None:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGTERM)  # the main process and its workers
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "interrupted at epoch" in err and "Traceback" not in err, err
+    assert load_checkpoint(out / "last.pt")["position"]["step"] > 0
+
+
 def test_resume_refuses_options_it_would_ignore_and_works_from_any_folder(tiny_fmnist, tmp_path, monkeypatch, capsys):
     """A resume continues the run as configured: a changed --lr or --model is refused in one line
     naming them (it was ignored without a word), the same values typed again are not, and more

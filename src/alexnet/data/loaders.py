@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,8 +154,17 @@ def _batches(ds, indices, bs, shuffle, drop_last, seed, rank, world, workers, pi
         # The workers draw no random numbers (augmentation is a function of seed, epoch and image
         # index: model_input), so their seed need not follow the epoch.
         generator=torch.Generator().manual_seed(seed),
+        worker_init_fn=_leave_stop_signals_to_the_run if workers else None,
     )
     return Batches(dl, sampler, decode)
+
+
+def _leave_stop_signals_to_the_run(_worker_id: int) -> None:
+    """Workers ignore SIGTERM and SIGINT: the training process saves and stops on them, then ends
+    its workers. systemd, docker and SLURM signal every process of a job, and torch's own worker
+    handler would end a worker at once, failing the run in the middle of its step instead."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _default_preset(kind: str) -> str:
