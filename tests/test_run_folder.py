@@ -255,3 +255,8 @@ def test_a_run_killed_before_its_first_checkpoint_is_started_again_not_resumed(t
     r = _train(tiny_fmnist, run)
     assert r.returncode == 0, r.stderr
     assert {"last.pt", "best.pt", "config.json"} <= set(os.listdir(run))
+    for name in ("last.pt", "best.pt"):  # a finished run whose checkpoints were moved away keeps its records
+        os.replace(run / name, tmp_path / name)
+    before = _snapshot(run)
+    assert "already holds a run" in _one_line(_train(tiny_fmnist, run))
+    assert _snapshot(run) == before

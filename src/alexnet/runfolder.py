@@ -99,11 +99,14 @@ def refuse_in_use(run_dir: Path) -> None:
 
 def stopped_before_checkpoint(run_dir: Path) -> bool:
     """Whether ``run_dir`` holds the files of a run killed before its first checkpoint: train's own
-    config.json (a file of the user's by that name is not one), no .pt. Nothing to resume there, so
-    a new run takes the folder over."""
+    config.json (a file of the user's by that name is not one), no .pt, no epoch in metrics.jsonl.
+    Nothing to resume there, so a new run takes the folder over."""
     marks = run_marks(run_dir)
     if "config.json" not in marks or any(m.endswith(".pt") for m in marks):
         return False
+    metrics = run_dir / "metrics.jsonl"
+    if metrics.exists() and (not metrics.is_file() or metrics.stat().st_size):  # an epoch was recorded: a run
+        return False  # whose checkpoints were moved away, not one killed before its first
     try:
         written = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
