@@ -298,8 +298,10 @@ def test_a_second_interrupt_stops_at_once_and_says_what_is_left(tiny_fmnist, tmp
     with pytest.raises(alexnet.train.Interrupted, match=rf"second interrupt; its last checkpoint is kept: continue with: "
                                                          rf"alexnet train --resume {out}$"):
         fit(_cfg(tiny_fmnist, out, epochs=3), log=lambda s: None)
-    with pytest.raises(alexnet.train.Interrupted, match="no checkpoint had been written yet: nothing to resume"):
+    with pytest.raises(alexnet.train.StoppedAtOnce, match="second interrupt; no checkpoint had been written yet: nothing to resume"):
         fit(_cfg(tiny_fmnist, tmp_path / "other", epochs=3), log=lambda s: None)
+    assert not (tmp_path / "other").exists()  # as after any failure of a new run before its first checkpoint
+    assert (out / "last.pt").is_file()
 
 
 def test_kill_during_checkpoint_write_keeps_the_old_file(tmp_path):

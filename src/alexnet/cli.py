@@ -663,7 +663,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, default in (("workers", 0), ("amp", "auto"), ("device", "auto")):
             if getattr(args, name, default) is None:
                 setattr(args, name, default)
-    from .train import Interrupted
+    from .train import Interrupted, StoppedAtOnce
 
     if args.command in _COMPUTING:
         from .runtime import keep_freed_memory, set_threads
@@ -678,7 +678,7 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # 'alexnet models | head -1': stop quietly, as cat does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
         return 141
-    except Interrupted as e:
+    except (Interrupted, StoppedAtOnce) as e:
         print(f"alexnet: {e}", file=sys.stderr)
         return 130
     except AlexNetError as e:

@@ -50,6 +50,11 @@ class Interrupted(TrainingError):
     """Ctrl-C during training: the state was saved and the run can be resumed."""
 
 
+class StoppedAtOnce(TrainingError):
+    """A second Ctrl-C (or SIGTERM) before the run's first checkpoint: nothing to keep, so the run
+    folder is cleared as after any failure of a new run (the CLI exits 130 all the same)."""
+
+
 @dataclass
 class Position:
     """Where a run stands: what a resume needs besides weights and optimiser state."""
@@ -471,9 +476,10 @@ def _fit(
             while run.pos.epoch < cfg.epochs and not run.plateau.stop:
                 _epoch(run, on_step, ctrl_c)
         except KeyboardInterrupt:  # a second Ctrl-C (or SIGTERM): stopped at once, nothing more saved
-            left = (f"its last checkpoint is kept: continue with: alexnet train --resume {run.run_dir}"
-                    if (run.run_dir / "last.pt").is_file() else "no checkpoint had been written yet: nothing to resume")
-            raise Interrupted(f"stopped at once by a second interrupt; {left}") from None
+            if not (run.run_dir / "last.pt").is_file():
+                raise StoppedAtOnce("stopped at once by a second interrupt") from None  # the folder adds what is left
+            raise Interrupted("stopped at once by a second interrupt; its last checkpoint is kept: continue with: "
+                              f"alexnet train --resume {run.run_dir}") from None
     if run.writer is not None:
         run.writer.close()
     run.health.close()  # its hooks would otherwise stay on the model
