@@ -217,3 +217,15 @@ def test_a_reader_that_goes_away_ends_the_command_quietly():
     proc.stdout.close()  # long before the interpreter has imported alexnet
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141 and err == "", err
+
+
+def test_a_broken_pipe_that_is_not_standard_output_is_an_error(monkeypatch, capsys):
+    """Only a reader of our output going away is quiet: a worker's or subprocess's pipe breaking is a failure."""
+    from alexnet import cli
+
+    def broken(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(cli, "cmd_models", broken)
+    assert cli.main(["models"]) == 1
+    assert capsys.readouterr().err == "alexnet: error: Broken pipe\n"

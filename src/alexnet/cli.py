@@ -642,6 +642,18 @@ def _add_tool_commands(sub, common: argparse.ArgumentParser) -> None:
 _COMPUTING = {"train", "evaluate", "predict", "features", "retrieve", "prepare", "export"}
 
 
+def _stdout_gone() -> bool:
+    """Whether standard output is a pipe whose reader has closed it (poll reports an error on it)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), no file descriptor
+        return False
+
+
 def _warning_line(message, category, filename, lineno, line=None) -> str:
     """A warning as one line (Python adds the source line that raised it, which says nothing to a
     user of the command line; ALEXNET_DEBUG=1 keeps Python's format)."""
@@ -675,7 +687,11 @@ def main(argv: list[str] | None = None) -> int:
         code = args.func(args)
         sys.stdout.flush()  # a reader that went away is met here, not at the interpreter's exit
         return code
-    except BrokenPipeError:  # 'alexnet models | head -1': stop quietly, as cat does
+    except BrokenPipeError as e:
+        if not _stdout_gone():  # another pipe (a worker's, a subprocess's): an error like any other
+            print(f"alexnet: error: {e.strerror or e}", file=sys.stderr)
+            return 1
+        # 'alexnet models | head -1': the reader went away; stop quietly, as cat does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
         return 141
     except (Interrupted, StoppedAtOnce) as e:
