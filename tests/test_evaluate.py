@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -429,13 +430,13 @@ def test_predict_features_and_retrieve_honour_amp(tmp_path, capsys):
     assert not (tmp_path / "x.safetensors").exists()
     # A query in another precision than the index's: the indexed image is not at 0 from itself, and it says so.
     capsys.readouterr()
-    assert main(["retrieve", paths[0], "--index", str(tmp_path / "bf16.safetensors"), "--device", "cpu", "--amp", "none"]) == 0
-    out, err = capsys.readouterr()
-    assert float(out.split()[0]) > 1e-4 and err.startswith("warning: the index's features were computed in bfloat16 and "
-                                                            "the query's are in float32 (--amp none)"), (out, err)
-    assert main(["retrieve", paths[0], "--index", str(tmp_path / "bf16.safetensors"), "--device", "cpu", "--amp", "bf16"]) == 0
-    out, err = capsys.readouterr()
-    assert float(out.split()[0]) == 0 and err == ""
+    with pytest.warns(UserWarning, match="the index's features were computed in bfloat16 and the query's are in float32: "):
+        assert main(["retrieve", paths[0], "--index", str(tmp_path / "bf16.safetensors"), "--device", "cpu", "--amp", "none"]) == 0
+    assert float(capsys.readouterr().out.split()[0]) > 1e-4
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert main(["retrieve", paths[0], "--index", str(tmp_path / "bf16.safetensors"), "--device", "cpu", "--amp", "bf16"]) == 0
+    assert float(capsys.readouterr().out.split()[0]) == 0
 
 
 @pytest.mark.parametrize("side", [120, 400])  # torchvision's JPEG decoder; PIL's reduced-size (draft) decoding

@@ -266,7 +266,7 @@ def cmd_features(args: argparse.Namespace) -> int:
 def cmd_retrieve(args: argparse.Namespace) -> int:
     from .checkpoint import load
     from .errors import DataError
-    from .retrieval import check_index_model, load_index, precision_name, retrieve
+    from .retrieval import check_index_model, load_index, retrieve
     from .runtime import resolve_amp, resolve_device
 
     device = resolve_device(args.device)
@@ -277,10 +277,6 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
         raise DataError(f"{args.index} does not name its checkpoint; pass --checkpoint")
     model = load(checkpoint, device)
     check_index_model(model, index)
-    if index.get("precision") not in (None, precision_name(amp)):
-        print(f"warning: the index's features were computed in {index['precision']} and the query's are in "
-              f"{precision_name(amp)} (--amp {args.amp}): distances carry the difference (an indexed image is not at 0 "
-              "from itself); give the index's precision with --amp", file=sys.stderr)
     hits = retrieve(model, index, args.image, args.k, amp)
     if args.figure:
         from .figures import plot_retrieval

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -223,5 +224,10 @@ def retrieve(
     check the pairing first with :func:`check_index_model`."""
     pre = recipe(model)
     _check_width(model, index)  # cheap, and torch.cdist's error would be obscure
+    if index.get("precision") not in (None, precision_name(amp)):
+        warnings.warn(f"the index's features were computed in {index['precision']} and the query's are in "
+                      f"{precision_name(amp)}: distances carry the difference (an indexed image is not at 0 from itself); "
+                      "query in the index's precision (--amp) where this device has it, or index again in the query's",
+                      stacklevel=2)
     query = fc7(model, load_image(image, pre).unsqueeze(0), amp)[0]
     return nearest(index, query, k)
