@@ -63,3 +63,24 @@ def test_predict_and_retrieve_as_the_python_api_is_used(tmp_path):
                  lambda: build_index(bare, tmp_path / "val")):
         with pytest.raises(DataError, match="no preprocessing recipe"):
             call()
+
+
+def test_predict_names_the_true_class_of_an_ilsvrc_synset_folder(tmp_path):
+    """Training names the 1000 ILSVRC synsets (sorted) by torchvision's categories, which takes all the
+    sibling folders; predict's true class must do the same (it looked at the one folder alone)."""
+    from PIL import Image
+    from test_evaluate import tiny_checkpoint
+    from torchvision.models import AlexNet_Weights
+
+    import alexnet
+    from alexnet.predict import predict
+
+    categories = AlexNet_Weights.IMAGENET1K_V1.meta["categories"]
+    for i in range(1000):
+        (tmp_path / "val" / f"n{i:08d}").mkdir(parents=True)
+    Image.new("RGB", (90, 70), (20, 120, 200)).save(tmp_path / "val" / "n00000500" / "x.jpg")
+    ckpt = torch.load(tiny_checkpoint(tmp_path / "m.pt", classes=1000), weights_only=True)
+    ckpt["classes"] = list(categories)
+    torch.save(ckpt, tmp_path / "m.pt")
+    (result,) = predict(alexnet.load(tmp_path / "m.pt"), tmp_path / "val" / "n00000500" / "x.jpg")
+    assert result["label"] == categories[500]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ from typing import Any
 
 import torch
 
-from .data.folder import _image_files, decode_image, read_class_names, to_luma
+from .data.folder import _image_files, decode_image, find_classes, to_luma
 from .data.loaders import model_input
 from .data.presets import Preprocess
 from .errors import DataError
@@ -74,14 +75,26 @@ def load_image(path: str | os.PathLike, preprocess: Preprocess) -> torch.Tensor:
 def true_class(path: str | os.PathLike, classes: list[str]) -> str | None:
     """The class an image's parent folder names, if it is one of ``classes``.
 
-    A folder name (e.g. ImageNet's ``n02086240``) is also named as training named it
-    (:func:`alexnet.data.folder.read_class_names`: a ``classes.tsv``, else the known synsets).
+    A folder name (e.g. ImageNet's ``n02086240``) is also named as training named it, from the
+    folder and its siblings (:func:`alexnet.data.folder.find_classes`: a ``classes.tsv``, else the
+    known synsets, else the 1000 ILSVRC synsets by torchvision's categories).
     """
     folder = Path(path).resolve().parent
     if folder.name in classes:
         return folder.name
-    name = read_class_names(folder.parent, [folder.name])[0]
+    folders, names = _sibling_classes(str(folder.parent))
+    name = names[folders.index(folder.name)] if folder.name in folders else None
     return name if name in classes else None
+
+
+@functools.lru_cache(maxsize=64)
+def _sibling_classes(root: str) -> tuple[list[str], list[str]]:
+    """The class folders of ``root`` and their names, as training names them (the 1000 ILSVRC synsets
+    need all their siblings): read once per folder, not once per image."""
+    try:
+        return find_classes(root)
+    except DataError:
+        return [], []
 
 
 @torch.no_grad()
