@@ -263,6 +263,26 @@ def test_a_resumed_run_is_watched_as_the_uninterrupted_one(tiny_fmnist, tmp_path
     assert parts["health"] == whole["health"]
 
 
+def test_a_resize_of_the_preset_is_not_reported_as_changed_photos(tmp_path):
+    """A run of alexnet_caffe stored at 259 px by an older version, resumed at today's 256: its mean
+    image has another size because the preset changed, not the photos; one warning says so."""
+    from conftest import make_image_folder
+
+    data = make_image_folder(tmp_path / "imgs", classes=2, per_class=6)
+    out = tmp_path / "run"
+    fit(_cfg(data, out, epochs=1), log=lambda s: None)
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    pre = ckpt["preprocess"]
+    pre["resize"] = pre["size"] = 259
+    pre["mean_image"] = torch.nn.functional.interpolate(pre["mean_image"][None], size=(259, 259))[0]
+    save_atomic(ckpt, out / "last.pt")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit(resume_config(str(out), {"epochs": 2}), log=lambda s: None)
+    said = [str(w.message) for w in caught if "--resume" in str(w.message)]
+    assert len(said) == 1 and "data preset photos has changed" in said[0] and "resize 259 -> 256" in said[0], said
+
+
 def test_resume_says_when_photos_were_added_since_the_run_started(tmp_path):
     """Photos added to the training folder between a kill and --resume: the run goes on with them (a
     new data order, a recomputed mean image) and says that it is no longer the run it began as."""

@@ -639,7 +639,8 @@ def _note_data_change(run: _Run, ckpt: dict[str, Any]) -> None:
     before, now = ckpt.get("preprocess") or {}, data.preprocess
     # Within rounding: a resume may run with another thread count, which moves the last bits of sums.
     if torch.is_tensor(before.get("mean_image")) and now.mean_image is not None:
-        if not _near(before["mean_image"], now.mean_image, atol=1e-3):
+        # Of another size, the preset's geometry changed, not the photos (_note_recipe_change says so).
+        if before["mean_image"].shape == now.mean_image.shape and not _near(before["mean_image"], now.mean_image, atol=1e-3):
             changed.append("its mean image")
     elif before.get("std") and not _near(torch.tensor(before["std"]), torch.tensor(now.std), rtol=1e-6):
         changed.append("its pixel std")
