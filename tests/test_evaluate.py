@@ -152,6 +152,14 @@ def test_ensemble_members_agree_on_classes_not_on_their_order_or_storage(tmp_pat
     save_atomic(perm, tmp_path / "wolf.pt")
     err = cli_fails(capsys, "evaluate", "--checkpoint", str(a), "--ensemble", str(tmp_path / "wolf.pt"), "--data", str(folder))
     assert "predicts other classes than" in err and "'wolf'" in err
+    crane = torch.load(a, weights_only=True)  # a hand-made classes.tsv can name two classes alike
+    crane["classes"] = ["crane", "kite", "crane"]
+    save_atomic(crane, tmp_path / "crane.pt")
+    crane["classes"] = ["crane", "crane", "kite"]
+    save_atomic(crane, tmp_path / "crane2.pt")
+    err = cli_fails(capsys, "evaluate", "--checkpoint", str(tmp_path / "crane.pt"), "--ensemble", str(tmp_path / "crane2.pt"),
+                    "--data", str(folder))
+    assert "'crane' is named twice" in err
 
 
 def test_predict_top_k_true_label_and_figure(tmp_path, capsys):

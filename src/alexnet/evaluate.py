@@ -44,12 +44,16 @@ def class_orders(models: list[AlexNet], names: list[str] | None = None) -> list[
     for name, m in zip(names, models):
         if not first or not m.classes or list(m.classes) == list(first):
             orders.append(None)
-        elif sorted(m.classes) == sorted(first) and len(set(first)) == len(first):
-            orders.append([list(m.classes).index(c) for c in first])
-        else:
+        elif sorted(m.classes) != sorted(first):
             other = next((c for c in m.classes if c not in first), None) or next(c for c in first if c not in m.classes)
             raise CheckpointError(f"{name} predicts other classes than {names[0]} (e.g. {other!r} is in one only); "
                                   "cannot ensemble them")
+        elif len(set(first)) != len(first):  # which of two 'crane's is which cannot be told by name
+            twice = next(c for c in first if list(first).count(c) > 1)
+            raise CheckpointError(f"{name} lists the classes of {names[0]} in another order, and {twice!r} is named "
+                                  "twice: cannot match its classes by name; cannot ensemble them")
+        else:
+            orders.append([list(m.classes).index(c) for c in first])
     return orders
 
 
