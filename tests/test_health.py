@@ -161,3 +161,5 @@ def test_the_advice_of_a_stopped_run_can_be_followed(preset, epochs, warmup):
             validate(dataclasses.replace(cfg, warmup_epochs=float(advice.split()[-1])))  # accepted
     he = any("init=kaiming" in advice for advice in remedies)
     assert he == (model_config(cfg.model, **cfg.model_options).init != "kaiming")
+    tuned = dataclasses.replace(cfg, init_from="runs/x/last.pt")  # fine-tuning: an init would be replaced by the weights
+    assert not any("init=kaiming" in advice for advice in health_remedies(tuned, model))

@@ -681,7 +681,7 @@ def health_remedies(cfg: TrainConfig, model: AlexNet) -> tuple[str, ...]:
     remedies = ["lower --lr (e.g. by 10)"]
     if not cfg.warmup_epochs:  # a warm-up must end before the run does
         remedies.append(f"add --warmup-epochs {1 if cfg.epochs > 2 else cfg.epochs / 2:g}")
-    if model.config.init != "kaiming":
+    if model.config.init != "kaiming" and not cfg.init_from:  # fine-tuning: the loaded weights replace any init
         remedies.append("start from He init (--model-option init=kaiming, as --preset photos does)")
     return tuple(remedies)
 
