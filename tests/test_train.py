@@ -263,6 +263,19 @@ def test_a_resumed_run_is_watched_as_the_uninterrupted_one(tiny_fmnist, tmp_path
     assert parts["health"] == whole["health"]
 
 
+def test_resume_of_an_older_checkpoint_takes_a_new_option_at_its_default(tiny_fmnist, tmp_path):
+    """--bias-decay (new today) repeated at its default on --resume of a checkpoint written before it
+    existed is not a change (it was refused as 'differs'); the opposite value is."""
+    out = tmp_path / "run"
+    fit(_cfg(tiny_fmnist, out, epochs=1), log=lambda s: None)
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    del ckpt["train_config"]["bias_decay"]  # as an older version saved it
+    save_atomic(ckpt, out / "last.pt")
+    assert resume_config(str(out), {"bias_decay": True, "epochs": 2}).bias_decay is True
+    with pytest.raises(alexnet.ConfigError, match="--bias-decay differs"):
+        resume_config(str(out), {"bias_decay": False})
+
+
 def test_a_resize_of_the_preset_is_not_reported_as_changed_photos(tmp_path):
     """A run of alexnet_caffe stored at 259 px by an older version, resumed at today's 256: its mean
     image has another size because the preset changed, not the photos; one warning says so."""

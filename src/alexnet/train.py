@@ -908,7 +908,9 @@ def resume_config(run: str, overrides: dict[str, Any]) -> TrainConfig:
     if not isinstance(saved, dict):
         raise CheckpointError(f"--resume: {path}: its training configuration is not a table of options")
     overrides = {k: v for k, v in overrides.items() if v is not None and k != "resume"}
-    fixed = [k for k, v in overrides.items() if k not in RESUME_MAY_CHANGE and not _same_option(k, v, saved.get(k))]
+    defaults = TrainConfig()  # what an option absent from an older checkpoint's configuration was
+    fixed = [k for k, v in overrides.items()
+             if k not in RESUME_MAY_CHANGE and not _same_option(k, v, saved.get(k, getattr(defaults, k, None)))]
     if fixed:
         given = ", ".join(flag(k) for k in fixed)
         raise ConfigError(
