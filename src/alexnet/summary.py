@@ -90,10 +90,12 @@ def format_summary(model: AlexNet, name: str = "", input_size: int | None = None
     lines.append(f"total multiply-accumulates: {total_macs:,} per image ({100 * conv_macs / max(1, total_macs):.0f} % in conv layers)")
     lines.append(f"total neurons (conv1..fc8): {neurons:,}")
     lines += paper_notes([r for r in rows if r.name in same])
-    other = [r.name for r in rows if r.name in PAPER_SHAPES and r.name not in same]
+    other = [r for r in rows if r.name in PAPER_SHAPES and r.name not in same]
     if other:
-        lines.append(f"neuron counts of {', '.join(other)}: not compared with the paper's (their outputs are not shaped as "
-                     "in its network, 224 px RGB, 1000 classes: this one differs there by design)")
+        shapes = ", ".join(f"{r.name} {'x'.join(map(str, r.output_shape))} against {'x'.join(map(str, PAPER_SHAPES[r.name]))}"
+                           for r in other)
+        lines.append(f"neuron counts of {', '.join(r.name for r in other)}: not compared with the paper's (their outputs "
+                     f"are shaped otherwise by design: {shapes})")
     return "\n".join(lines)
 
 
