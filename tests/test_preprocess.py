@@ -140,4 +140,12 @@ def test_the_torchvision_preset_crops_as_torchvisions_reference():
     base = {"dataset": "image_folder", "resize": 256, "size": 256, "train_crop": 224, "test_crop": 224, "input_size": 224}
     p = resolve("torchvision", None, base)
     assert p.scale == tuple(reference.scale) and p.flip
-    assert random_resized_crop_params.__defaults__[0] == tuple(reference.ratio)
+    # The crops training draws: areas over torchvision's range, aspects inside its ratios (where no
+    # side is clipped at the image's edge); the fixed 224-of-256 crops were 0.766 of the area each.
+    theta = random_resized_crop_params(torch.arange(4000), seed=0, epoch=0, scale=p.scale, flip=p.flip).double()
+    w, h = theta[:, 0, 0].abs(), theta[:, 1, 1]
+    area, aspect, inside = w * h, w / h, (w < 1) & (h < 1)
+    lo, hi = reference.scale
+    assert area.min() >= lo - 1e-6 and area.max() <= hi + 1e-6 and area.quantile(0.05) < 0.15 and area.quantile(0.95) > 0.9
+    assert aspect[inside].min() >= reference.ratio[0] - 1e-6 and aspect[inside].max() <= reference.ratio[1] + 1e-6
+    assert 0.4 < (theta[:, 0, 0] < 0).double().mean() < 0.6  # mirrored half the time
