@@ -20,14 +20,11 @@ from .errors import CheckpointError
 from .model import AlexNet
 from .runtime import autocast, progress
 
-# Preprocess entries that fix how images are decoded and stored: ensemble members must agree on them
-# (a packed folder holds the image folder's photos decoded as they would be).
-_DECODE_KEYS = ("dataset", "resize", "size")
-_SAME_DECODE = {"packed": "image_folder"}
 
-
-def _decode(preprocess: Preprocess) -> tuple:
-    return tuple(_SAME_DECODE.get(v, v) if k == "dataset" else v for k, v in ((k, getattr(preprocess, k)) for k in _DECODE_KEYS))
+def _decode(p: Preprocess) -> tuple:
+    """How a recipe's images are decoded and stored: ensemble members must agree on it (a packed
+    folder holds an image folder's photos decoded as they would be)."""
+    return ("image_folder" if p.dataset == "packed" else p.dataset, p.resize, p.size)
 
 
 def class_orders(models: list[AlexNet], names: list[str] | None = None) -> list[list[int] | None]:
@@ -53,7 +50,8 @@ def class_orders(models: list[AlexNet], names: list[str] | None = None) -> list[
             raise CheckpointError(f"{name} lists the classes of {names[0]} in another order, and {twice!r} is named "
                                   "twice: cannot match its classes by name; cannot ensemble them")
         else:
-            orders.append([list(m.classes).index(c) for c in first])
+            column = {c: i for i, c in enumerate(m.classes)}
+            orders.append([column[c] for c in first])
     return orders
 
 
@@ -110,12 +108,12 @@ def ensemble_probs(
     ten_crop: bool = False,
     amp: torch.dtype | None = None,
     channels_last: bool = False,
-    orders: list[list[int] | None] | None = None,
+    orders: list[list[int] | torch.Tensor | None] | None = None,
 ) -> torch.Tensor:
     """The softmax averaged over ``models`` (each with its own ``preprocess``) for a uint8 batch, in
     the first model's class order (``orders``: :func:`class_orders`, computed here if not given)."""
     orders = orders if orders is not None else class_orders(models)
-    total = None
+    total = None  # an order is a list, or (evaluate) an index tensor already on the batch's device
     for m, order in zip(models, orders):
         p = model_probs(m, images, m.preprocess, ten_crop, amp, channels_last)
         if order is not None:
@@ -145,7 +143,7 @@ def evaluate(
     for m in models:
         m.eval()
     k = models[0].config.num_classes
-    orders = class_orders(models)
+    orders = [o if o is None else torch.tensor(o, device=device) for o in class_orders(models)]  # moved once, not per batch
     confusion = torch.zeros(k, k, dtype=torch.int64)
     loss_sum, c1, c5, n = 0.0, 0, 0, 0
     desc = "evaluate" + (" (10 crops)" if ten_crop else "") + (f" ({len(models)} models)" if len(models) > 1 else "")
