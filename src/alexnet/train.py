@@ -621,7 +621,7 @@ def _note_recipe_change(run: _Run, saved: Any) -> None:
     if not isinstance(saved, dict):
         return
     now = run.data.preprocess.state()
-    changed = [f"{k} {saved.get(k)!r} -> {now[k]!r}" for k in _GEOMETRY if k in saved and _plain(saved[k]) != _plain(now[k])]
+    changed = [f"{k} {saved[k]!r} -> {now[k]!r}" for k in _GEOMETRY if k in saved and saved[k] != now[k]]  # both state()'s
     if changed and run.info.is_main:
         warnings.warn(f"--resume: data preset {now['preset']} has changed since this run started ({'; '.join(changed)}): "
                       "the run goes on with the preset as it is now", stacklevel=2)
@@ -652,9 +652,6 @@ def _note_data_change(run: _Run, ckpt: dict[str, Any]) -> None:
 def _near(a: torch.Tensor, b: torch.Tensor, **tol: float) -> bool:
     return a.shape == b.shape and torch.allclose(a.double(), b.double(), **tol)
 
-
-def _plain(value: Any) -> Any:
-    return list(value) if isinstance(value, (list, tuple)) else value
 
 
 def _wrap(run: _Run) -> None:
