@@ -24,9 +24,9 @@ from alexnet.config import resolve_config
 from alexnet.data.loaders import load_data, model_input
 from alexnet.health import WATCHED, LayerProbe
 from alexnet.model import model_config
-from alexnet.optim import make_optimizer, param_groups, step_lr_factor
+from alexnet.optim import make_optimizer, param_groups
 from alexnet.runtime import seed_everything
-from alexnet.train import build_model
+from alexnet.train import _set_lr, build_model
 
 
 def trace(cfg, steps: int) -> list[dict]:
@@ -45,9 +45,7 @@ def trace(cfg, steps: int) -> list[dict]:
     while step < steps:
         for images, labels, index in data.train:
             x = model_input(images, index, data.preprocess, True, cfg.seed, 0)
-            factor = step_lr_factor(cfg.schedule, step, len(data.train), cfg.epochs, cfg.warmup_epochs, cfg.step_size, cfg.gamma)
-            for g in opt.param_groups:
-                g["lr"] = cfg.lr * factor * g.get("lr_mult", 1.0)
+            _set_lr(opt, cfg, step, len(data.train), 1.0)  # train's own rule (schedule, warm-up, layer multipliers)
             logits = model(x)
             loss = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
             probe.collect()  # the hooks' statistics of this forward pass, into probe.seen
