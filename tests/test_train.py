@@ -154,6 +154,24 @@ def test_plateau_schedule_on_scripted_errors():
     assert again.state_dict() == sched.state_dict()
 
 
+def test_plateau_reduction_is_logged_after_the_epoch_it_follows(tiny_fmnist, tmp_path, capsys):
+    """At a learning rate too small to change a prediction, the validation error stalls: with
+    patience 1 the rate falls after epoch 2 (said after epoch 2's line, and recorded from epoch 3)
+    and training stops after epoch 3, its one reduction spent."""
+    out = tmp_path / "run"
+    args = ["train", "--data", str(tiny_fmnist), "--out", str(out), "--epochs", "5", "--batch-size", "8", "--seed", "1",
+            "--amp", "none", "--workers", "0", "--device", "cpu", "--lr", "1e-12", "--schedule", "plateau",
+            "--patience", "1", "--max-reductions", "1", *TINY]
+    assert main(args) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("epoch ", "validation error"))]
+    assert [line.split("  ")[0] for line in lines] == [
+        "epoch 1/5", "epoch 2/5", "validation error stalled for 1 epoch: lr x 0.1 from epoch 3 (reduction 1)",
+        "epoch 3/5", "validation error stalled after 1 reductions: stopping",
+    ]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["lr"] / 1e-12 for r in rows] == pytest.approx([1.0, 1.0, 0.1])
+
+
 def _weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, weights_only=True)["model"]
 

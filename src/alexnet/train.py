@@ -830,12 +830,9 @@ def _epoch(run: _Run, on_step: Callable[[Position, bool], None], ctrl_c: _CtrlC)
     # a GPU-utilisation trace (benchmarks/end_to_end.py) is cut to.
     record.update(train_start_time=started, train_end_time=trained, val_seconds=time.time() - trained)
     record["elapsed_seconds"] = (run.history[-1]["elapsed_seconds"] if run.history else 0.0) + stats["train_seconds"]
+    event = None
     if cfg.schedule == "plateau":
         event = run.plateau.step(val["top1_error"])
-        if event == "reduce":
-            run.log(f"validation error stalled for {cfg.plateau_patience} epochs: lr x 0.1 (reduction {run.plateau.reductions})")
-        elif event == "stop":
-            run.log(f"validation error stalled after {run.plateau.reductions} reductions: stopping")
         record["lr_scale"] = run.plateau.scale
     run.history.append(record)
     improved = val["top1"] > run.best
@@ -852,6 +849,11 @@ def _epoch(run: _Run, on_step: Callable[[Position, bool], None], ctrl_c: _CtrlC)
         f"{stats['images_per_second']:.0f} img/s  {record['elapsed_seconds']:.0f}s"
         + (f"  ({stats['skipped_batches']} batches skipped)" if stats["skipped_batches"] else "")
     )
+    if event == "reduce":  # after the epoch's line: the epoch it follows ran at the old rate
+        stalled = f"{cfg.plateau_patience} epoch" + "s" * (cfg.plateau_patience != 1)
+        run.log(f"validation error stalled for {stalled}: lr x 0.1 from epoch {record['epoch'] + 1} (reduction {run.plateau.reductions})")
+    elif event == "stop":
+        run.log(f"validation error stalled after {run.plateau.reductions} reductions: stopping")
     if distributed.any_rank(ctrl_c.hit):
         raise Interrupted(f"interrupted after epoch {record['epoch']}; continue with: alexnet train --resume {run.run_dir}")
 
