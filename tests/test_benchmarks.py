@@ -158,6 +158,18 @@ def test_cli_benchmark_rejects_unknown_name():
     assert r.returncode == 2 and "nonsense" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_cli_benchmark_passes_its_settings_to_each_script(tmp_path):
+    """--threads, --repeats and --quick reach every script (whose _common.base_parser takes them);
+    a stand-in lrn.py echoes the arguments it was given."""
+    (tmp_path / "_common.py").write_text("")
+    (tmp_path / "lrn.py").write_text("import sys\nprint('RESULT args', ' '.join(sys.argv[1:]))\n")
+    r = run_cli("benchmark", "--quick", "--only", "lrn", "--device", "cpu", "--threads", "1", "--repeats", "3", "--dir", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "RESULT args --quick --device cpu --repeats 3 --threads 1"
+    real = bench_module("_common").base_parser("every script's options").parse_args(r.stdout.split()[-7:])
+    assert (real.quick, real.device, real.repeats, real.threads) == (True, "cpu", 3, 1)
+
+
 def test_cli_benchmark_refuses_cuda_without_a_gpu_before_running_any():
     """One line, exit 2, before any benchmark starts (each one failed on its own, then 'benchmark(s) failed', exit 1)."""
     r = run_cli("benchmark", "--quick", "--only", "lrn", "--device", "cuda")

@@ -456,7 +456,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     from .runtime import resolve_device
 
     resolve_device(args.device)  # a missing GPU is one line here, not a failure of every benchmark
-    extra = ["--quick"] * args.quick + ["--device", args.device] + (["--repeats", str(args.repeats)] if args.repeats else [])
+    extra = ["--quick"] * args.quick + ["--device", args.device]
+    extra += (["--repeats", str(args.repeats)] if args.repeats else []) + (["--threads", str(args.threads)] if args.threads else [])
     results, failed = [], []
     for name in names:
         print(f"== {name} ==", flush=True)
@@ -629,6 +630,7 @@ def _add_tool_commands(sub, common: argparse.ArgumentParser) -> None:
     b.add_argument("--quick", action="store_true", help="tiny settings: checks they run, figures mean nothing")
     b.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
     b.add_argument("--repeats", type=_positive_int, help="timed rounds per benchmark (default: each one's own)")
+    b.add_argument("--threads", type=_positive_int, metavar="N", help="CPU threads for both sides (default: one per core)")
     b.add_argument("--dir", help="the benchmarks/ folder (default: the one beside src/ in this checkout)")
     b.set_defaults(func=cmd_benchmark)
 
