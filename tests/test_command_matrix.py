@@ -5,7 +5,7 @@ write JSON (features, export) used to crash on it. Each data kind below (an imag
 paper preset, a packed folder, the ILSVRC layout with a flat val/, CIFAR batches of real photos at
 32 px, Fashion-MNIST) trains for one short epoch (alexnet_paper at 64 px, alexnet_small for the
 small images), then evaluate (centre, ten crops), predict, features + retrieve,
-export to safetensors / ONNX / TorchScript and load back, alexnet.load and torch.hub run on it.
+export to safetensors / ONNX / .pt2 / TorchScript and load back, alexnet.load and torch.hub run on it.
 """
 
 from __future__ import annotations
@@ -191,6 +191,18 @@ def test_export_and_load_back(trained, tmp_path):
         import io
 
         np.testing.assert_array_equal(np.load(io.BytesIO(extra[MEAN_IMAGE_KEY + ".npy"])), mean.numpy())
+
+    pt2 = tmp_path / "m.pt2"
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(pt2)]) == 0
+    extra = {"config.json": "", MEAN_IMAGE_KEY + ".json": ""}
+    program = torch.export.load(str(pt2), extra_files=extra)
+    _same_outputs(ckpt, program.module(), data)
+    config = alexnet.load(ckpt).config.to_dict()
+    assert json.loads(extra["config.json"])["model_config"] == json.loads(json.dumps(config))
+    if isinstance(mean, torch.Tensor):
+        torch.testing.assert_close(torch.tensor(json.loads(extra[MEAN_IMAGE_KEY + ".json"])), mean, rtol=0, atol=0)
+    else:
+        assert extra[MEAN_IMAGE_KEY + ".json"] == ""  # none written
 
     ort = pytest.importorskip("onnxruntime", reason="onnxruntime is in the 'export' extra")
     onnx_path = tmp_path / "m.onnx"

@@ -1,9 +1,12 @@
-"""Weights in (torchvision, Caffe .caffemodel and .npy) and out (safetensors, ONNX, TorchScript, torch.hub)."""
+"""Weights in (torchvision, Caffe .caffemodel and .npy) and out (safetensors, ONNX, .pt2, TorchScript, torch.hub)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +17,7 @@ from conftest import ROOT
 
 import alexnet
 from alexnet.checkpoint import save_atomic
-from alexnet.cli import main
+from alexnet.cli import build_parser, main
 from alexnet.data.loaders import model_input
 
 # -- torchvision -----------------------------------------------------------------------------------
@@ -286,6 +289,55 @@ def test_export_safetensors_and_torchscript_load_back(tmp_path, paper_ckpt, caps
     assert len(err.strip().splitlines()) == 1 and "a TorchScript file (load it with torch.jit.load)" in err
     with pytest.raises(alexnet.CheckpointError, match="an ONNX file"):
         alexnet.load(shutil.copy(ts, tmp_path / "m.onnx"))
+
+
+def test_export_pt2_runs_without_this_package(tmp_path, paper_ckpt, capsys):
+    """A .pt2 (torch.export) program runs in a Python that cannot import alexnet (LRN is plain ops
+    in its graph, not this package's operator), at any batch size, with the checkpoint's outputs."""
+    from alexnet.export import FORMATS
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices["export"]
+    assert next(a for a in sub._actions if a.dest == "format").choices == FORMATS  # cli.py writes them out
+    model = alexnet.load(paper_ckpt)
+    pt2 = tmp_path / "m.pt2"
+    assert main(["export", "--checkpoint", str(paper_ckpt), "--out", str(pt2)]) == 0
+    xs = {b: torch.randn(b, 3, 67, 67) for b in (1, 2, 5)}
+    torch.save(xs, tmp_path / "x.pt")
+    script = (
+        "import sys, json, torch; sys.modules['alexnet'] = None\n"  # any import of alexnet now fails
+        "extra = {'config.json': ''}\n"
+        f"f = torch.export.load({str(pt2)!r}, extra_files=extra).module()\n"
+        f"xs = torch.load({str(tmp_path / 'x.pt')!r})\n"
+        "with torch.no_grad():\n"
+        f"    torch.save({{b: f(x) for b, x in xs.items()}}, {str(tmp_path / 'y.pt')!r})\n"
+        "print(json.dumps(json.loads(extra['config.json'])['classes']))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == list(model.classes)
+    ys = torch.load(tmp_path / "y.pt")
+    with torch.no_grad():
+        for b, x in xs.items():
+            torch.testing.assert_close(ys[b], model(x), rtol=1e-5, atol=1e-5)
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(pt2)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "a torch.export program (load it with torch.export.load)" in err
+
+
+def test_export_pt2_has_plain_lrn_on_a_torch_without_is_exporting(tmp_path, monkeypatch):
+    """On torch < 2.7 (no torch.compiler.is_exporting) the export itself switches LRN to plain ops."""
+    from alexnet.export import export
+
+    monkeypatch.setattr(alexnet.lrn, "_is_exporting", None)  # as alexnet.lrn finds it there
+    model = alexnet.create_model("alexnet_small", num_classes=3).eval()
+    export(model, None, tmp_path / "m.pt2")
+    program = torch.export.load(str(tmp_path / "m.pt2"))
+    targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    assert not any("alexnet" in t for t in targets) and any("pow" in t for t in targets), targets
+    x = torch.rand(3, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(x), model(x), rtol=1e-5, atol=1e-5)
 
 
 def test_export_format_from_the_name_and_names_refused(tmp_path, paper_ckpt, capsys):

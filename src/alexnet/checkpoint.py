@@ -157,9 +157,12 @@ def _export_kind(path: Path) -> str | None:
     if path.suffix.lower() == ".onnx":
         return "an ONNX file (run it with onnxruntime)"
     try:
-        with zipfile.ZipFile(path) as z:  # TorchScript: ROOT/code/... beside ROOT/data/...
-            if any(name.split("/")[1:2] == ["code"] for name in z.namelist()):
-                return "a TorchScript file (load it with torch.jit.load)"
+        with zipfile.ZipFile(path) as z:
+            tops = {tuple(name.split("/")[1:2]) for name in z.namelist()}
+        if ("code",) in tops:  # TorchScript: ROOT/code/... beside ROOT/data/...
+            return "a TorchScript file (load it with torch.jit.load)"
+        if ("archive_format",) in tops:  # torch.export's PT2 archive: ROOT/models/, ROOT/archive_format
+            return "a torch.export program (load it with torch.export.load)"
     except (OSError, zipfile.BadZipFile):
         pass
     return None

@@ -584,12 +584,12 @@ def _add_tool_commands(sub, common: argparse.ArgumentParser) -> None:
     im.add_argument("--allow-pickle", action="store_true", help="caffe .npy: unpickle anything (only for files you trust)")
     im.set_defaults(func=cmd_import)
 
-    ex = sub.add_parser("export", help="write a checkpoint as safetensors (+ JSON), ONNX or TorchScript")
+    ex = sub.add_parser("export", help="write a checkpoint as safetensors (+ JSON), ONNX, torch.export (.pt2) or TorchScript")
     ex.add_argument("--checkpoint", required=True)
     ex.add_argument(
         "--format",
-        choices=("safetensors", "onnx", "torchscript"),
-        help="default: the one --out's name says (.safetensors, .onnx, .ts or .torchscript), else safetensors",
+        choices=("safetensors", "onnx", "pt2", "torchscript"),  # export.FORMATS (a test checks), without importing torch
+        help="default: the one --out's name says (.safetensors, .onnx, .pt2, .ts or .torchscript), else safetensors",
     )
     ex.add_argument("--out", required=True, help="the file to write (safetensors: its JSON config goes beside it)")
     ex.set_defaults(func=cmd_export)

@@ -1,12 +1,14 @@
-"""Weights out: safetensors + JSON config (the shareable default), ONNX and TorchScript.
+"""Weights out: safetensors + JSON config (the shareable default), ONNX, torch.export (.pt2) and TorchScript.
 
 ``safetensors``: the tensors of the state dict, with ``model_config``, ``classes`` and
 ``preprocess`` as JSON in the file's metadata and, for people, in a ``.json`` file beside it.
-:func:`alexnet.load` reads it back. ONNX and TorchScript files take a (N, 3, S, S) float batch
-prepared as ``preprocess`` says and return the fc8 scores; the recipe is stored with them too
-(ONNX metadata props, TorchScript extra file ``config.json``). A recipe's mean image is a tensor
-``preprocess.mean_image`` beside the weights (safetensors), a JSON list in the ONNX metadata, or
-an extra ``preprocess.mean_image.npy`` (TorchScript); the JSON holds its summary.
+:func:`alexnet.load` reads it back. The ONNX, .pt2 and TorchScript files take a (N, 3, S, S)
+float batch prepared as ``preprocess`` says and return the fc8 scores; the recipe is stored with
+them too (ONNX metadata props, extra file ``config.json`` in .pt2 and TorchScript files). A
+recipe's mean image is a tensor ``preprocess.mean_image`` beside the weights (safetensors), a JSON
+list in the ONNX metadata or in an extra ``preprocess.mean_image.json`` (.pt2), or an extra
+``preprocess.mean_image.npy`` (TorchScript); the config JSON holds its summary. All three graphs
+compute LRN with plain PyTorch ops: none needs this package to run.
 """
 
 from __future__ import annotations
@@ -21,13 +23,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import atomic
+from . import atomic, lrn
 from .atomic import atomic_path
 from .data import presets
 from .errors import ConfigError
 from .model import AlexNet
 
-FORMATS = ("safetensors", "onnx", "torchscript")
+FORMATS = ("safetensors", "onnx", "pt2", "torchscript")
 SAFETENSORS_FORMAT = "alexnet-safetensors-1"
 
 
@@ -102,6 +104,36 @@ def export_onnx(model: AlexNet, path: str | os.PathLike, opset: int = 17) -> lis
     return [path]
 
 
+def _extra_files(model: AlexNet, binary: bool) -> dict[str, str | bytes]:
+    """The recipe as extra files of a TorchScript (``binary``) or .pt2 archive: ``config.json``,
+    and the recipe's mean image, if any, as ``preprocess.mean_image.npy`` (readable with numpy
+    alone), or as a JSON list ``preprocess.mean_image.json`` where the archive takes text only (.pt2)."""
+    extra: dict[str, str | bytes] = {"config.json": json.dumps(_config(model))}
+    mean_image = _mean_image(model)
+    if mean_image is not None and binary:
+        buf = io.BytesIO()
+        np.save(buf, mean_image.numpy())
+        extra[presets.MEAN_IMAGE_KEY + ".npy"] = buf.getvalue()
+    elif mean_image is not None:  # float32 -> JSON -> float32 is exact
+        extra[presets.MEAN_IMAGE_KEY + ".json"] = json.dumps(mean_image.tolist())
+    return extra
+
+
+def export_pt2(model: AlexNet, path: str | os.PathLike) -> list[Path]:
+    """Write a ``torch.export`` program with a dynamic batch axis (``torch.export.load(path).module()``
+    runs it without this package): TorchScript's successor in PyTorch."""
+    path = Path(path)
+    model = model.eval()
+    batch = torch.export.Dim("batch")
+    with torch.no_grad(), lrn.plain_ops():
+        program = torch.export.export(model, (_example(model, 2),), dynamic_shapes=({0: batch},))
+    buf = io.BytesIO()  # not the temporary file: the archive's folder would take its name
+    torch.export.save(program, buf, extra_files=_extra_files(model, binary=False))
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buf.getbuffer())
+    return [path]
+
+
 def export_torchscript(model: AlexNet, path: str | os.PathLike) -> list[Path]:
     """Write a traced TorchScript module (``torch.jit.load`` runs it without this package)."""
     path = Path(path)
@@ -110,18 +142,18 @@ def export_torchscript(model: AlexNet, path: str | os.PathLike) -> list[Path]:
     with atomic_path(path) as tmp, warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(model, _example(model, 2))
-        extra = {"config.json": json.dumps(_config(model))}
-        mean_image = _mean_image(model)
-        if mean_image is not None:  # a .npy file, readable with numpy alone
-            buf = io.BytesIO()
-            np.save(buf, mean_image.numpy())
-            extra[presets.MEAN_IMAGE_KEY + ".npy"] = buf.getvalue()
-        torch.jit.save(traced, str(tmp), _extra_files=extra)
+        torch.jit.save(traced, str(tmp), _extra_files=_extra_files(model, binary=True))
     return [path]
 
 
 # The file names that say their format; any other name is written in the format asked (safetensors by default).
-SUFFIXES = {".safetensors": "safetensors", ".onnx": "onnx", ".ts": "torchscript", ".torchscript": "torchscript"}
+SUFFIXES = {
+    ".safetensors": "safetensors",
+    ".onnx": "onnx",
+    ".pt2": "pt2",
+    ".ts": "torchscript",
+    ".torchscript": "torchscript",
+}
 
 
 def resolve_format(fmt: str | None, path: str | os.PathLike) -> str:
@@ -151,4 +183,5 @@ def export(model: AlexNet, fmt: str | None, path: str | os.PathLike) -> list[Pat
     """Export ``model`` (from :func:`alexnet.load`) to ``path`` in ``fmt`` (one of :data:`FORMATS`;
     None: as :func:`resolve_format` says)."""
     fmt = resolve_format(fmt, path)
-    return {"safetensors": export_safetensors, "onnx": export_onnx, "torchscript": export_torchscript}[fmt](model, path)
+    writers = {"safetensors": export_safetensors, "onnx": export_onnx, "pt2": export_pt2, "torchscript": export_torchscript}
+    return writers[fmt](model, path)

@@ -25,16 +25,17 @@ Four paths, picked per call by :meth:`LocalResponseNorm.forward`:
   times cheaper than the generic pooling kernels torch uses (:func:`lrn_reference` when no
   gradient is wanted).
 * Under ``torch.compile`` the C and Triton kernels run as custom operators (:func:`lrn_op`,
-  opaque calls in the compiled graph); under TorchScript, tracing and ONNX export:
-  :func:`lrn_reference`, plain ops that exporters understand.
+  opaque calls in the compiled graph); under TorchScript, tracing, ONNX export and torch.export:
+  :func:`lrn_reference`, plain ops that exporters understand (the files run without this package).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Literal
 
@@ -251,9 +252,32 @@ def _lrn_op_backward(ctx, grad_y):
 lrn_op.register_autograd(_lrn_op_backward, setup_context=_lrn_op_setup)
 
 
+_plain_ops = False  # set by plain_ops()
+_is_exporting = getattr(torch.compiler, "is_exporting", None)  # torch >= 2.7
+
+
+@contextlib.contextmanager
+def plain_ops() -> Iterator[None]:
+    """LRN as plain ops inside the block: for torch.export on torch < 2.7, which has no
+    ``torch.compiler.is_exporting`` to tell :func:`_exporting` so."""
+    global _plain_ops
+    before, _plain_ops = _plain_ops, True
+    try:
+        yield
+    finally:
+        _plain_ops = before
+
+
 def _exporting() -> bool:
-    """Under TorchScript, tracing or ONNX export: plain ops only, which exporters understand."""
-    return torch.jit.is_scripting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+    """Under TorchScript, tracing, ONNX export or torch.export: plain ops only, which exporters and
+    loaders without this package understand."""
+    return (
+        _plain_ops
+        or torch.jit.is_scripting()
+        or torch.jit.is_tracing()
+        or torch.onnx.is_in_onnx_export()
+        or (_is_exporting is not None and _is_exporting())
+    )
 
 
 # What the operators' kernels take, decided without touching them (torch.compile traces this).
@@ -342,7 +366,7 @@ class LocalResponseNorm(nn.Module):
         if c % g:
             raise ValueError(f"LRN with groups={g} needs a channel count divisible by {g}, got {c}")
         compiling = torch.compiler.is_compiling()  # the operators below, never the eager-only paths
-        triton_lrn = _triton_lrn(x) if x.numel() and not compiling and not _exporting() else None
+        triton_lrn = _triton_lrn(x) if not compiling and not _exporting() and x.numel() else None
         if triton_lrn is not None:  # groups, ReLU and layout all handled in the kernel
             y = _run_triton(triton_lrn.lrn_triton, x, self.size, self.sum_alpha, self.beta, self.k, relu, g)
             if y is not None:
@@ -368,7 +392,7 @@ class LocalResponseNorm(nn.Module):
     def _fused(x: torch.Tensor) -> bool:
         """Whether :func:`lrn_op` computes this call: the C kernel in eager CPU calls; under
         torch.compile, any call its kernels take (the operator checks the kernel when it runs)."""
-        if not x.numel() or _exporting():
+        if _exporting() or not x.numel():  # in this order: a symbolic batch (export) would be fixed by numel()
             return False
         if torch.compiler.is_compiling():
             return x.dim() >= 3 and x.dtype in _OP_DTYPES.get(x.device.type, ())
