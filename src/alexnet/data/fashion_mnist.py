@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import io
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -84,12 +87,17 @@ def download_fashion_mnist(root: str | os.PathLike) -> Path:
     from torchvision.datasets import FashionMNIST
 
     root = Path(root)
+    printed = io.StringIO()  # torchvision < 0.20 prints its progress and each failed mirror's reason
     try:
-        for train in (True, False):
-            FashionMNIST(str(root), train=train, download=True)
+        with contextlib.redirect_stdout(printed):
+            for train in (True, False):
+                FashionMNIST(str(root), train=train, download=True)
     except (RuntimeError, URLError) as e:  # torchvision's error lists each mirror on its own lines
+        # ... except before 0.20, which raised a bare "Error downloading F" after printing the reasons
+        failed = re.findall(r"Failed to download \(trying next\):\n(.+)", printed.getvalue())
+        reason = _last_line(e if "\n" in str(e).strip() or not failed else RuntimeError(failed[-1]))
         raise DataError(
-            f"cannot download Fashion-MNIST from {', '.join(FashionMNIST.mirrors)}: {_last_line(e)} "
+            f"cannot download Fashion-MNIST from {', '.join(FashionMNIST.mirrors)}: {reason} "
             f"(this needs the internet: download it on a machine that is online, then pass --data)"
         ) from None
     return root
