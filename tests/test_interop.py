@@ -7,6 +7,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -323,13 +324,20 @@ def test_export_pt2_runs_without_this_package(tmp_path, paper_ckpt, capsys):
     assert main(["evaluate", "--checkpoint", str(pt2)]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "a torch.export program (load it with torch.export.load)" in err
+    old = tmp_path / "old.pt2"  # as torch < 2.8 writes them: the files at the top of the zip
+    with zipfile.ZipFile(old, "w") as z:
+        for name in ("serialized_exported_program.json", "serialized_state_dict.pt", "version", "extra_files/config.json"):
+            z.writestr(name, "{}")
+    with pytest.raises(alexnet.CheckpointError, match=r"old.pt2: a torch.export program \(load it with torch.export.load\)"):
+        alexnet.load(old)
 
 
-def test_export_pt2_has_plain_lrn_on_a_torch_without_is_exporting(tmp_path, monkeypatch):
-    """On torch < 2.7 (no torch.compiler.is_exporting) the export itself switches LRN to plain ops."""
+def test_export_pt2_has_plain_lrn_and_compile_keeps_the_fused_operator(tmp_path):
+    """The export switches LRN to plain ops itself (torch.compiler.is_exporting is missing before
+    torch 2.7); torch.compile's graphs keep calling the fused operator (where that function said
+    True under torch.compile too, asking it cost compiled models their kernels)."""
     from alexnet.export import export
 
-    monkeypatch.setattr(alexnet.lrn, "_is_exporting", None)  # as alexnet.lrn finds it there
     model = alexnet.create_model("alexnet_small", num_classes=3).eval()
     export(model, None, tmp_path / "m.pt2")
     program = torch.export.load(str(tmp_path / "m.pt2"))
@@ -338,6 +346,17 @@ def test_export_pt2_has_plain_lrn_on_a_torch_without_is_exporting(tmp_path, monk
     x = torch.rand(3, 1, 28, 28)
     with torch.no_grad():
         torch.testing.assert_close(program.module()(x), model(x), rtol=1e-5, atol=1e-5)
+
+    compiled: set[str] = set()
+
+    def record(gm, inputs):  # a torch.compile backend that notes the graph's calls and runs it as is
+        compiled.update(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+        return gm.forward
+
+    torch._dynamo.reset()
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(model, backend=record)(x), model(x))
+    assert "alexnet.lrn.default" in compiled, compiled
 
 
 def test_export_format_from_the_name_and_names_refused(tmp_path, paper_ckpt, capsys):

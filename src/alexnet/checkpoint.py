@@ -158,10 +158,13 @@ def _export_kind(path: Path) -> str | None:
         return "an ONNX file (run it with onnxruntime)"
     try:
         with zipfile.ZipFile(path) as z:
-            tops = {tuple(name.split("/")[1:2]) for name in z.namelist()}
+            names = z.namelist()
+        tops = {tuple(name.split("/")[1:2]) for name in names}
         if ("code",) in tops:  # TorchScript: ROOT/code/... beside ROOT/data/...
             return "a TorchScript file (load it with torch.jit.load)"
-        if ("archive_format",) in tops:  # torch.export's PT2 archive: ROOT/models/, ROOT/archive_format
+        # torch.export's PT2 archive: ROOT/archive_format beside ROOT/models/ (torch >= 2.8), or
+        # serialized_exported_program.json at the top (earlier)
+        if ("archive_format",) in tops or "serialized_exported_program.json" in names:
             return "a torch.export program (load it with torch.export.load)"
     except (OSError, zipfile.BadZipFile):
         pass

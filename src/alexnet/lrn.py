@@ -25,7 +25,7 @@ Four paths, picked per call by :meth:`LocalResponseNorm.forward`:
   times cheaper than the generic pooling kernels torch uses (:func:`lrn_reference` when no
   gradient is wanted).
 * Under ``torch.compile`` the C and Triton kernels run as custom operators (:func:`lrn_op`,
-  opaque calls in the compiled graph); under TorchScript, tracing, ONNX export and torch.export:
+  opaque calls in the compiled graph); under TorchScript, tracing, ONNX export and our torch.export:
   :func:`lrn_reference`, plain ops that exporters understand (the files run without this package).
 """
 
@@ -253,13 +253,15 @@ lrn_op.register_autograd(_lrn_op_backward, setup_context=_lrn_op_setup)
 
 
 _plain_ops = False  # set by plain_ops()
-_is_exporting = getattr(torch.compiler, "is_exporting", None)  # torch >= 2.7
 
 
 @contextlib.contextmanager
 def plain_ops() -> Iterator[None]:
-    """LRN as plain ops inside the block: for torch.export on torch < 2.7, which has no
-    ``torch.compiler.is_exporting`` to tell :func:`_exporting` so."""
+    """LRN as plain ops inside the block, for torch.export (:func:`alexnet.export.export_pt2`):
+    a program that calls this package's operator needs the package to load.
+
+    Not ``torch.compiler.is_exporting()``: it is missing before torch 2.7, and dynamo long took it
+    for True inside torch.compile too, whose graphs then lost the fused kernels."""
     global _plain_ops
     before, _plain_ops = _plain_ops, True
     try:
@@ -269,15 +271,9 @@ def plain_ops() -> Iterator[None]:
 
 
 def _exporting() -> bool:
-    """Under TorchScript, tracing, ONNX export or torch.export: plain ops only, which exporters and
-    loaders without this package understand."""
-    return (
-        _plain_ops
-        or torch.jit.is_scripting()
-        or torch.jit.is_tracing()
-        or torch.onnx.is_in_onnx_export()
-        or (_is_exporting is not None and _is_exporting())
-    )
+    """Under TorchScript, tracing, ONNX export or :func:`plain_ops`: plain ops only, which exporters
+    and loaders without this package understand."""
+    return _plain_ops or torch.jit.is_scripting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
 
 # What the operators' kernels take, decided without touching them (torch.compile traces this).
