@@ -159,6 +159,17 @@ def test_threads(tiny_fmnist, tmp_path):
     assert r.returncode == 0 and "note: this run started" not in r.stdout + r.stderr, r.stderr
 
 
+def test_every_computing_command_takes_threads():
+    """The commands the README lists as taking --threads (cli._COMPUTING, which sets the count) take
+    it; `export` did not."""
+    from alexnet.cli import _COMPUTING, build_parser
+
+    commands = next(a for a in build_parser()._actions if a.dest == "command").choices
+    assert {"train", "evaluate", "predict", "features", "retrieve", "prepare", "export"} <= _COMPUTING
+    for name in sorted(_COMPUTING):
+        assert any("--threads" in a.option_strings for a in commands[name]._actions), name
+
+
 def test_missing_default_data_message(monkeypatch):
     from alexnet.data import fashion_mnist, loaders
 

@@ -476,6 +476,13 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 
 # -- parser ---------------------------------------------------------------------------------------
+def _add_threads(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--threads", type=_positive_int, metavar="N",
+        help="CPU threads for the computation (default: one per core); give each of two jobs on one machine half",
+    )
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with a one-line error (no wrapped usage block) and exit code 2."""
 
@@ -496,10 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     _add_config_options(common, ["device", "workers", "amp"])
     common.add_argument("--progress", choices=("auto", "on", "off"), default="auto", help="progress bars (auto: on a terminal)")
-    common.add_argument(
-        "--threads", type=_positive_int, metavar="N",
-        help="CPU threads for the computation (default: one per core); give each of two jobs on one machine half",
-    )
+    _add_threads(common)
 
     _add_train(sub, common)
     _add_use_commands(sub, common)
@@ -592,6 +596,7 @@ def _add_tool_commands(sub, common: argparse.ArgumentParser) -> None:
         help="default: the one --out's name says (.safetensors, .onnx, .pt2, .ts or .torchscript), else safetensors",
     )
     ex.add_argument("--out", required=True, help="the file to write (safetensors: its JSON config goes beside it)")
+    _add_threads(ex)
     ex.set_defaults(func=cmd_export)
 
     pp = sub.add_parser(
