@@ -50,6 +50,22 @@ def test_a_writer_that_never_writes_still_leaves_no_temporary(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def test_an_unwritable_folder_is_named_by_the_file_asked_for(tmp_path, monkeypatch):
+    """A read-only or full folder fails at the temporary file: the error names the file the user
+    asked for (the CLI prints e.filename), not a hidden .NAME.XXXX.tmp, and nothing is written."""
+    import errno
+    import tempfile
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / ".m.pt2.abc123.tmp"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    with pytest.raises(OSError) as caught, atomic_path(tmp_path / "m.pt2"):
+        pytest.fail("the block must not run")
+    assert (caught.value.errno, caught.value.filename) == (errno.EROFS, str(tmp_path / "m.pt2"))
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_folder_in_the_way_is_refused_before_writing(tmp_path):
     (tmp_path / "out.png").mkdir()
     with pytest.raises(IsADirectoryError) as e, atomic_path(tmp_path / "out.png"):

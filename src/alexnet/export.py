@@ -125,11 +125,11 @@ def export_pt2(model: AlexNet, path: str | os.PathLike) -> list[Path]:
     path = Path(path)
     model = model.eval()
     batch = torch.export.Dim("batch")
-    with torch.no_grad(), lrn.plain_ops():
-        program = torch.export.export(model, (_example(model, 2),), dynamic_shapes=({0: batch},))
-    buf = io.BytesIO()  # not the temporary file: the archive's folder would take its name
-    torch.export.save(program, buf, extra_files=_extra_files(model, binary=False))
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:  # first: a folder it cannot write to is found before the work
+        with torch.no_grad(), lrn.plain_ops():
+            program = torch.export.export(model, (_example(model, 2),), dynamic_shapes=({0: batch},))
+        buf = io.BytesIO()  # not the temporary file: the archive's folder would take its name
+        torch.export.save(program, buf, extra_files=_extra_files(model, binary=False))
         tmp.write_bytes(buf.getbuffer())
     return [path]
 
