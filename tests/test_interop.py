@@ -354,8 +354,11 @@ def test_export_pt2_has_plain_lrn_and_compile_keeps_the_fused_operator(tmp_path)
         return gm.forward
 
     torch._dynamo.reset()
-    with torch.no_grad():
-        torch.testing.assert_close(torch.compile(model, backend=record)(x), model(x))
+    try:
+        with torch.no_grad():
+            torch.testing.assert_close(torch.compile(model, backend=record)(x), model(x))
+    finally:  # AlexNet.forward's compiled frames would make the next test's shapes dynamic
+        torch._dynamo.reset()  # (torch 2.11's inductor then fails on test_lrn's model)
     assert "alexnet.lrn.default" in compiled, compiled
 
 
