@@ -224,6 +224,17 @@ def test_nproc_run_refused_at_the_start_exits_2_with_nothing_to_resume(tiny_fmni
     assert "--resume" not in r.stderr and "Traceback" not in r.stderr and not (out / "last.pt").exists()
 
 
+def test_nproc_run_without_out_names_its_folder_in_the_last_line(tiny_fmnist, tmp_path):
+    """Without --out the launcher names the run folder itself (runs/DATE-TIME-MODEL) and passes it
+    to the ranks, so its last line can say whether a checkpoint exists (it said '--resume RUN')."""
+    args = [a for a in _args(tiny_fmnist, tmp_path / "unused") if a not in ("--out", str(tmp_path / "unused"))]
+    r = subprocess.run([sys.executable, "-m", "alexnet", *args, "--nproc", "2", "--device", "cuda"], cwd=tmp_path,
+                       capture_output=True, text=True, env=cli_env(), timeout=300)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines()[-1].endswith("no checkpoint had been written yet: nothing to resume"), r.stderr
+    assert "RUN" not in r.stderr
+
+
 def test_nproc_rejects_a_batch_that_does_not_divide(tiny_fmnist, tmp_path):
     r = run_cli(*_args(tiny_fmnist, tmp_path / "x"), "--batch-size", "15", "--nproc", "2")
     assert r.returncode == 2 and "global batch" in r.stderr and "Traceback" not in r.stderr

@@ -3,6 +3,7 @@ run folders after a failed start, no temporaries of a killed writer left behind.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
@@ -249,6 +250,12 @@ def test_a_run_killed_before_its_first_checkpoint_is_started_again_not_resumed(t
     killed = subprocess.run([sys.executable, "-m", "alexnet", "train", "--data", str(tiny_fmnist), "--out", str(run), *QUICK],
                             env=env, capture_output=True, text=True, timeout=300)
     assert killed.returncode == -signal.SIGKILL and sorted(os.listdir(run)) == [".lock", "config.json", "metrics.jsonl"]
+    fd = os.open(run / ".lock", os.O_RDWR)  # the same files of a run still in its first epoch: in use, not stopped
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        assert _one_line(run_cli("train", "--resume", str(run))).startswith(f"alexnet: error: {run} is in use by another alexnet train")
+    finally:
+        os.close(fd)
     line = _one_line(run_cli("train", "--resume", str(run)))
     assert line == (f"alexnet: error: --resume: {run} stopped before its first checkpoint: nothing to resume; start it "
                     f"again (alexnet train --out {run} ... replaces its files)")

@@ -245,6 +245,17 @@ def test_resume_refuses_options_it_would_ignore_and_works_from_any_folder(tiny_f
     assert load_checkpoint(tmp_path / "run" / "last.pt")["position"]["epoch"] == 2
     assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["epochs"] == 2  # what it went on with
     assert main(["evaluate", "--checkpoint", "run/last.pt"]) == 0
+    # --dropout is a model option, but the user typed --dropout: the refusal names it so.
+    assert main(["train", "--resume", "run", "--dropout", "0.1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "; --dropout differs from it: start a new run" in err[0], err
+    # Fewer epochs than done: refused (it printed "done" having trained nothing, and config.json
+    # then said 1 epoch while the checkpoint and metrics.jsonl held 2).
+    config = (tmp_path / "run" / "config.json").read_text()
+    assert main(["train", "--resume", "run", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["alexnet: error: --epochs 1: run has trained 2 epochs already; --epochs 2 or more continues it"], err
+    assert (tmp_path / "run" / "config.json").read_text() == config
 
 
 def test_resume_says_when_the_data_preset_changed_since_the_run_started(tmp_path):

@@ -149,11 +149,17 @@ def _launch(args: argparse.Namespace, cfg: TrainConfig) -> int:
         raise ConfigError("--nproc: this process was already started by torchrun; drop --nproc")
     if cfg.batch_size % args.nproc:
         raise ConfigError(f"--batch-size {cfg.batch_size} is the global batch: it must divide evenly over --nproc {args.nproc}")
-    if cfg.out:  # rank 0 claims the folder (runfolder.py); a refusal is one line here instead
-        from .runfolder import check
+    argv = distributed.without_option(args.argv, "--nproc")
+    out = cfg.out
+    if not out:  # named here, so that the launcher's last line can say which folder to resume
+        from .train import default_run_dir
 
-        check(Path(cfg.out), bool(cfg.resume), args.force)
-    return distributed.launch(args.nproc, distributed.without_option(args.argv, "--nproc"), cfg.out)
+        out = str(default_run_dir(cfg.model))
+        argv += ["--out", out]
+    from .runfolder import check  # rank 0 claims the folder (runfolder.py); a refusal is one line here instead
+
+    check(Path(out), bool(cfg.resume), args.force)
+    return distributed.launch(args.nproc, argv, out)
 
 
 # -- evaluate -------------------------------------------------------------------------------------

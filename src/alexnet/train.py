@@ -317,6 +317,7 @@ def _save(state: dict[str, Any], path: Path) -> None:
 def _resume_source(resume: str) -> Path:
     path = Path(resume)
     if path.is_dir():
+        runfolder.refuse_in_use(path)  # a live run without a checkpoint yet is not one that stopped
         if runfolder.stopped_before_checkpoint(path):
             raise CheckpointError(f"--resume: {path} stopped before its first checkpoint: nothing to resume; start it "
                                   f"again (alexnet train --out {path} ... replaces its files)")
@@ -371,7 +372,7 @@ def fit(
     info = distributed.env_info()
     towers = tower_devices(cfg.tower_devices, info)
     device = towers[0] if towers else distributed.rank_device(cfg.device, info)
-    run_dir = Path(cfg.out) if cfg.out else Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.model}"
+    run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg.model)
     check_out_of_images(run_dir, cfg.data, "--out" if cfg.out else "the run folder")
     distributed.setup(info, device, cfg.dist_timeout)
     try:
@@ -887,6 +888,11 @@ def _plot(run_dir: Path) -> None:
     plot_curves(run_dir)
 
 
+def default_run_dir(model: str) -> Path:
+    """Where a run goes without --out: runs/DATE-TIME-MODEL."""
+    return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{model}"
+
+
 # What a resumed run may change: how it runs and for how long, not what it computes.
 RESUME_MAY_CHANGE = frozenset({
     "epochs", "workers", "device", "decode", "dist_timeout", "tower_devices", "save_every", "tensorboard",
@@ -911,12 +917,13 @@ def resume_config(run: str, overrides: dict[str, Any]) -> TrainConfig:
     fixed = [k for k, v in overrides.items()
              if k not in RESUME_MAY_CHANGE and not _same_option(k, v, saved.get(k, getattr(defaults, k, None)))]
     if fixed:
-        given = ", ".join(flag(k) for k in fixed)
+        given = ", ".join(_option_names(k, overrides[k], saved.get(k)) for k in fixed)
         raise ConfigError(
             f"--resume {path.parent} continues that run as it was configured; {given} "
             f"{'differs' if len(fixed) == 1 else 'differ'} from it: start a new run "
             f"to change them (--init-from {path} starts from its weights)"
         )
+    _refuse_fewer_epochs(overrides.get("epochs"), ckpt.get("position"), path.parent)
     values = {**saved, **{k: v for k, v in overrides.items() if k in RESUME_MAY_CHANGE}}
     values.update(out=str(path.parent), resume=str(path))
     try:
@@ -927,6 +934,27 @@ def resume_config(run: str, overrides: dict[str, Any]) -> TrainConfig:
         raise CheckpointError(f"--resume {path}: bad training configuration: {e}") from None
     return cfg
 
+
+
+def _option_names(name: str, given: Any, saved: Any) -> str:
+    """The flags of a refused option as the user typed them: --dropout is a model option."""
+    if name == "model_options" and isinstance(given, dict):
+        keys = [k for k, v in given.items() if not isinstance(saved, dict) or saved.get(k) != v]
+        return ", ".join("--dropout" if k == "dropout" else f"--model-option {k}" for k in keys) or flag(name)
+    return flag(name)
+
+
+def _refuse_fewer_epochs(epochs: int | None, position: Any, run_dir: Path) -> None:
+    """ConfigError for a resume asking for fewer epochs than the run has begun: nothing would train,
+    and config.json would say a length the checkpoint and metrics contradict."""
+    if epochs is None or not isinstance(position, dict):
+        return
+    begun = int(position.get("epoch", 0)) + (1 if position.get("batch", 0) else 0)
+    if epochs < begun:
+        done = int(position.get("epoch", 0))
+        raise ConfigError(f"--epochs {epochs}: {run_dir} has trained {done} epoch{'s' * (done != 1)}"
+                          f"{' and part of another' if begun > done else ''} already; --epochs {begun} or more "
+                          "continues it")
 
 
 def _same_option(name: str, given: Any, saved: Any) -> bool:
