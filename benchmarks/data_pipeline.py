@@ -1,30 +1,39 @@
-"""Images per second of our input pipelines against the strongest torch-native one (issues 3, 12).
+"""Images per second of our input pipelines against the strongest torch-native ones and FFCV (issues 3, 12).
 
-Peers (torch-native, each in its best configuration):
-(p) full pipeline: ``torchvision.io.decode_jpeg`` on a batch of files (on the GPU with nvJPEG
-    under --device cuda), then ``torchvision.transforms.v2`` on uint8 tensors per image (Resize
-    256 antialiased, RandomCrop 224, RandomHorizontalFlip), then one batched ToDtype + Normalize;
-(q) loader only: the same decode and Resize 256 + CenterCrop 256, uint8 batches (what a GPU run
-    asks of the CPU when augmentation runs on the GPU).
+Each of ours is compared with peers that start from the same point: JPEG files, or images decoded
+once before the timed passes (the packed format's ``alexnet prepare``, the peers' own store/file).
+Peers, each in its best configuration:
+(p) full pipeline from JPEGs: ``torchvision.io.decode_jpeg`` on a batch of files (on the GPU with
+    nvJPEG under --device cuda), then ``torchvision.transforms.v2`` on uint8 tensors per image
+    (Resize 256 antialiased, RandomCrop 224, RandomHorizontalFlip), then one batched ToDtype + Normalize;
+(q) loader only from JPEGs: the same decode and Resize 256 + CenterCrop 256, uint8 batches;
+(r) full pipeline from a pre-decoded store (the JPEGs decoded to 256x256 once, untimed, into a
+    memory-mapped uint8 array): a shuffled gather, v2 RandomCrop 224 + RandomHorizontalFlip per
+    image, one batched ToDtype + Normalize;
+(s) loader only from that store: uint8 batches;
+(f), (g), (h) FFCV, when this Python can import it (``pip install ffcv`` builds from source and needs
+    pkg-config, libopencv-dev and libturbojpeg0-dev): its .beton written once (untimed) from the same
+    256x256 images as raw pixels (f, h) or JPEGs (g); a random 224 crop (its RandomResizedCrop
+    decoder held at scale (224/256)^2 and aspect 1), flip and NormalizeImage to float32 (f, g), or
+    the uint8 batches (h); one worker thread.
 Ours:
 (b) from the JPEG folder: decode, shorter side 256, central 256x256, then the paper's full
     augmentation batched (random 224 crop + mirror, mean image, PCA colour noise, std); under
     --device cuda the whole batch is decoded by nvJPEG and resized on the GPU (``--decode device``,
     what ``alexnet train --device cuda`` does), the CPU only reads the files;
 (c) from the packed format written by ``alexnet prepare`` (no decoding), same augmentation;
-(d) from the packed format, uint8 batches only.
-(b) and (c) are compared with (p), (d) with (q). torchvision's classic per-image PIL pipeline
+(d) from the packed format, uint8 batches only (what a GPU run asks of the CPU).
+(b) is compared with (p) and (g), (c) with (r) and (f), (d) with (s) and (h). FFCV augments on the
+CPU, so its (f) and (g) run only with --device cpu. torchvision's classic per-image PIL pipeline
 (ImageFolder + Resize + RandomCrop + Flip + ToTensor + Normalize) is timed too, for reference.
-FFCV is not a peer here: ``pip install ffcv`` builds from source and needs OpenCV and libjpeg-turbo
-development files (it fails without them).
 
 Each pipeline runs in a process of its own with one CPU thread and makes three timed passes of
 --images images (one with --quick); the median pass is reported. With --device cuda the
-decoding and augmentation of (b), the augmentation of (c) and the whole of (p) run on the GPU; (d)
-and (q) stay on the CPU.
+decoding and augmentation of (b), the augmentation of (c), (r) and the whole of (p) run on the
+GPU; (d), (q), (s) and (h) stay on the CPU. Preparation (ours' packing and statistics pass, the
+store, the .beton files) is not timed.
 
 Usage: python benchmarks/data_pipeline.py [--data FOLDER] [--images N] [--device cpu|cuda] [--quick]
-The one-time statistics pass of (b) and the preparation for (c) are not timed (reported apart).
 """
 
 from __future__ import annotations
@@ -110,6 +119,121 @@ def run_native_loader(data: str, images: int, batch: int, device: str = "cpu") -
     return _median_rate(lambda: _time(lambda: native_batches(files, batch, "cpu", False), images, lambda b: b))
 
 
+def _scratch() -> Path:
+    """A new folder for a peer's prepared files, inside the run's temporary folder (ALEXNET_CACHE)."""
+    base = os.environ.get("ALEXNET_CACHE")
+    if base:
+        os.makedirs(base, exist_ok=True)
+    return Path(tempfile.mkdtemp(dir=base))
+
+
+def decoded_store(data: str):
+    """The torch-native peer's own untimed preparation, as ``alexnet prepare`` is ours: every JPEG
+    decoded once (decode_jpeg, Resize 256, CenterCrop 256) into a memory-mapped uint8 (N, 3, 256,
+    256) array (``numpy.lib.format``)."""
+    import numpy as np
+
+    files = jpeg_files(data)
+    path = _scratch() / "store.npy"
+    store = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(len(files), 3, 256, 256))
+    i = 0
+    for x in native_batches(files, 64, "cpu", False):
+        store[i : i + len(x)] = x.numpy()
+        i += len(x)
+    store.flush()
+    return np.load(path, mmap_mode="r")
+
+
+def store_batches(store, batch: int, device: str, augment: bool, seed: int = 0):
+    """Batches of the pre-decoded store: a shuffled gather of uint8 images, then (``augment``) v2
+    RandomCrop 224 + RandomHorizontalFlip per image on ``device`` and one batched ToDtype + Normalize."""
+    import numpy as np
+    import torch
+    from torchvision.transforms import v2
+
+    per_image = v2.Compose([v2.RandomCrop(224), v2.RandomHorizontalFlip()])
+    to_float = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)])
+    order = torch.randperm(len(store), generator=torch.Generator().manual_seed(seed)).numpy()
+    for i in range(0, len(order), batch):
+        x = torch.from_numpy(store[np.sort(order[i : i + batch])])  # sorted reads; a batch's order does not matter
+        if augment:
+            x = to_float(torch.stack([per_image(im) for im in x.to(device, non_blocking=True)]))
+        yield x
+
+
+def run_native_store(data: str, images: int, batch: int, device: str = "cpu") -> float:
+    """(r): the pre-decoded store + transforms.v2, normalised float batches (the peer of (c))."""
+    store = decoded_store(data)
+    return _median_rate(lambda: _time(lambda: store_batches(store, batch, device, True), images, lambda b: b, device))
+
+
+def run_native_store_loader(data: str, images: int, batch: int, device: str = "cpu") -> float:
+    """(s): the pre-decoded store, uint8 batches on the CPU (the peer of (d))."""
+    store = decoded_store(data)
+    return _median_rate(lambda: _time(lambda: store_batches(store, batch, "cpu", False), images, lambda b: b))
+
+
+def ffcv_available() -> bool:
+    try:
+        import ffcv  # noqa: F401
+    except Exception:  # not installed, or installed against libraries this machine lacks
+        return False
+    return True
+
+
+def ffcv_file(data: str, write_mode: str) -> str:
+    """FFCV's own untimed preparation: the JPEGs, shorter side 256 and central 256x256 as ours,
+    written to a .beton file as raw pixels (``raw``, the packed format's peer) or JPEGs (``jpg``)."""
+    from ffcv.fields import IntField, RGBImageField
+    from ffcv.writer import DatasetWriter
+    from PIL import Image
+    from torchvision.transforms import functional as F
+
+    files = jpeg_files(data)
+
+    class Square:  # an indexed dataset, as DatasetWriter reads one
+        def __len__(self) -> int:
+            return len(files)
+
+        def __getitem__(self, i: int):
+            im = F.center_crop(F.resize(Image.open(files[i]).convert("RGB"), 256), 256)
+            return im, 0
+
+    path = str(_scratch() / f"{write_mode}.beton")
+    fields = {"image": RGBImageField(write_mode=write_mode, max_resolution=256), "label": IntField()}
+    DatasetWriter(path, fields, num_workers=1).from_indexed_dataset(Square())
+    return path
+
+
+def run_ffcv(data: str, images: int, batch: int, device: str = "cpu", write_mode: str = "raw", augment: bool = True) -> float:
+    """(f): FFCV's loader, one worker. ``augment``: a random 224 crop of the 256x256 image (its
+    RandomResizedCrop decoder held at scale 224^2/256^2 and aspect 1, i.e. a plain random crop),
+    RandomHorizontalFlip, NormalizeImage to float32; else the decoded 256x256 uint8 batches."""
+    import numpy as np
+    from ffcv.fields.decoders import IntDecoder, RandomResizedCropRGBImageDecoder, SimpleRGBImageDecoder
+    from ffcv.loader import Loader, OrderOption
+    from ffcv.transforms import NormalizeImage, RandomHorizontalFlip, ToTensor, ToTorchImage
+
+    path = ffcv_file(data, write_mode)
+    if augment:
+        scale = (224 / 256) ** 2
+        image = [RandomResizedCropRGBImageDecoder((224, 224), scale=(scale, scale), ratio=(1.0, 1.0)), RandomHorizontalFlip(),
+                 NormalizeImage(np.array(MEAN) * 255, np.array(STD) * 255, np.float32), ToTensor(), ToTorchImage()]
+    else:
+        image = [SimpleRGBImageDecoder(), ToTensor(), ToTorchImage()]
+    loader = Loader(path, batch_size=batch, num_workers=1, order=OrderOption.RANDOM, seed=0, drop_last=False,
+                    pipelines={"image": image, "label": [IntDecoder(), ToTensor()]})
+    return _median_rate(lambda: _time(lambda: loader, images, lambda b: b[0]))
+
+
+def run_ffcv_jpeg(data: str, images: int, batch: int, device: str = "cpu") -> float:
+    return run_ffcv(data, images, batch, device, "jpg", True)
+
+
+def run_ffcv_loader(data: str, images: int, batch: int, device: str = "cpu") -> float:
+    return run_ffcv(data, images, batch, device, "raw", False)
+
+
 def run_ours(data: str, images: int, batch: int, device: str = "cpu") -> float:
     """(b), (c): our loader, the paper's augmentation on ``device``."""
     from alexnet.data.loaders import load_data, model_input
@@ -177,7 +301,8 @@ def _child(which: str, data: str, images: int, batch: int, device: str, quick: b
     here = str(Path(__file__).parent)
     code = (
         f"import json, sys; sys.path.insert(0, {here!r}); import data_pipeline as d; d._one_thread(); "
-        f"print(json.dumps(getattr(d, {which!r})({data!r}, {int(images)}, {int(batch)}, {device!r})))"
+        f"print(json.dumps(getattr(d, {which!r})({data!r}, {int(images)}, {int(batch)}, {device!r})), flush=True); "
+        "import os; os._exit(0)"  # FFCV's loader thread, left mid-epoch, aborts a normal interpreter exit
     )
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
@@ -234,8 +359,13 @@ def measure(args: argparse.Namespace, data: Path, tmp: str) -> dict[str, float]:
     print(f"prepare (decode once, mean image, PCA; not timed below): {time.perf_counter() - t0:.1f}s")
     packed, dev = str(Path(tmp) / "packed"), args.device
     runs = {"pil": ("run_torchvision_pil", str(data), "cpu"), "native": ("run_native", str(data), dev),
-            "native_loader": ("run_native_loader", str(data), "cpu"), "jpeg": ("run_ours", str(data), dev),
+            "native_loader": ("run_native_loader", str(data), "cpu"), "store": ("run_native_store", str(data), dev),
+            "store_loader": ("run_native_store_loader", str(data), "cpu"), "jpeg": ("run_ours", str(data), dev),
             "packed": ("run_ours", packed, dev), "packed_loader": ("run_ours_loader", packed, "cpu")}
+    if ffcv_available():  # its augmentation runs on the CPU: a peer of ours' only where ours' does too
+        runs["ffcv_loader"] = ("run_ffcv_loader", str(data), "cpu")
+        if dev == "cpu":
+            runs.update(ffcv=("run_ffcv", str(data), "cpu"), ffcv_jpeg=("run_ffcv_jpeg", str(data), "cpu"))
     return {k: _child(fn, src, images, batch, d, args.quick) for k, (fn, src, d) in runs.items()}
 
 
@@ -250,26 +380,43 @@ def main() -> None:
         if not jpeg_files(str(data)):
             sys.exit(f"--data: no JPEG files in {data} (the torch-native peer decodes JPEGs)")
         r = measure(args, data, tmp)
-    aug = "GPU" if args.device.startswith("cuda") else "CPU"
-    print(f"(p) peer: decode_jpeg + transforms.v2 (uint8), full:  {r['native']:8.1f} images/s  (decode on {args.device})")
-    print(f"(q) peer: decode_jpeg + Resize/CenterCrop, uint8:    {r['native_loader']:8.1f} images/s")
-    print(f"    reference: torchvision PIL ImageFolder pipeline: {r['pil']:8.1f} images/s")
-    print(f"(b) ours from JPEG, paper augmentation on {aug}:     {r['jpeg']:8.1f} images/s  x{r['jpeg'] / r['native']:.2f} (p)")
-    print(f"(c) ours from packed, paper augmentation on {aug}:   {r['packed']:8.1f} images/s  x{r['packed'] / r['native']:.2f} (p)")
-    print(f"(d) ours from packed, uint8 batches (CPU share):    {r['packed_loader']:8.1f} images/s  "
-          f"x{r['packed_loader'] / r['native_loader']:.2f} (q)")
-    print(f"settings (ours and peers alike): one process and one CPU thread each, batch {8 if args.quick else args.batch}, "
-          f"{16 if args.quick else args.images} images per pass, median of {1 if args.quick else REPEATS} passes, "
-          f"device {args.device}, data {data}")
-    suffix = "" if aug == "CPU" else "_cuda"
-    results = (
-        (f"data_pipeline_jpeg{suffix}", r["jpeg"], r["native"]),
-        (f"data_pipeline_packed_{aug.lower()}_augment", r["packed"], r["native"]),
-        ("data_pipeline_packed_loader", r["packed_loader"], r["native_loader"]),
-    )
-    for name, ours, peer in results:
-        print(f"RESULT {name} ours={ours:.1f} peer={peer:.1f} ratio={ours / peer:.2f} unit=images/s")
+    report(r, args, data)
 
+
+def report(r: dict[str, float], args: argparse.Namespace, data: Path) -> None:
+    """The table and the RESULT lines: each of ours against the peer that starts from the same
+    point (JPEG files, or images decoded before the timed passes)."""
+    aug = "GPU" if args.device.startswith("cuda") else "CPU"
+    rows = [("(p) peer: decode_jpeg + transforms.v2 (uint8), full", r["native"], f"decode on {args.device}"),
+            ("(q) peer: decode_jpeg + Resize/CenterCrop, uint8", r["native_loader"], ""),
+            ("(r) peer: pre-decoded store + transforms.v2, full", r["store"], f"augment on {args.device}"),
+            ("(s) peer: pre-decoded store, uint8 batches", r["store_loader"], ""),
+            ("(f) peer: FFCV raw, random crop + flip + normalise", r.get("ffcv"), "1 worker"),
+            ("(g) peer: FFCV jpg, random crop + flip + normalise", r.get("ffcv_jpeg"), "1 worker"),
+            ("(h) peer: FFCV raw, uint8 batches", r.get("ffcv_loader"), "1 worker"),
+            ("    reference: torchvision PIL ImageFolder pipeline", r["pil"], ""),
+            (f"(b) ours from JPEG, paper augmentation on {aug}", r["jpeg"], "vs (p), (g)"),
+            (f"(c) ours from packed, paper augmentation on {aug}", r["packed"], "vs (r), (f)"),
+            ("(d) ours from packed, uint8 batches (CPU share)", r["packed_loader"], "vs (s), (h)")]
+    for name, rate, note in rows:
+        if rate is not None:
+            print(f"{name:<54} {rate:8.1f} images/s  {note}")
+    if "ffcv_loader" not in r:
+        print("FFCV: not importable by this Python (pip install ffcv builds from source: it needs pkg-config, "
+              "libopencv-dev and libturbojpeg0-dev); its lines are left out")
+    print(f"settings (ours and peers alike): one process and one CPU thread each (FFCV: one worker thread), batch "
+          f"{8 if args.quick else args.batch}, {16 if args.quick else args.images} images per pass, median of "
+          f"{1 if args.quick else REPEATS} passes, device {args.device}, data {data}")
+    suffix = "" if aug == "CPU" else "_cuda"
+    results = [(f"data_pipeline_jpeg{suffix}", "jpeg", "native"),
+               (f"data_pipeline_packed_{aug.lower()}_augment", "packed", "store"),
+               ("data_pipeline_packed_loader", "packed_loader", "store_loader"),
+               ("data_pipeline_jpeg_ffcv", "jpeg", "ffcv_jpeg"),
+               ("data_pipeline_packed_cpu_augment_ffcv", "packed", "ffcv"),
+               ("data_pipeline_packed_loader_ffcv", "packed_loader", "ffcv_loader")]
+    for name, ours, peer in results:
+        if peer in r:
+            print(f"RESULT {name} ours={r[ours]:.1f} peer={r[peer]:.1f} ratio={r[ours] / r[peer]:.2f} unit=images/s")
 
 if __name__ == "__main__":
     main()

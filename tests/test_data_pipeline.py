@@ -439,6 +439,34 @@ def test_benchmark_quick(tmp_path):
     assert r.returncode == 0, r.stderr
     lines = [line for line in r.stdout.splitlines() if line.startswith("RESULT ")]
     assert len(lines) == 3 and all("unit=images/s" in line and "ratio=" in line for line in lines)
+    assert "FFCV: not importable" in r.stdout  # said, where FFCV is not installed (CI)
+
+
+def test_benchmark_store_peer_holds_every_image_decoded_once(tmp_path, monkeypatch):
+    """The packed format's torch-native peer starts where ours does, from images decoded before the
+    timed passes: its store holds each JPEG's Resize 256 + CenterCrop 256 (decoded here one file at
+    a time), and its augmented batches are normalised 224 crops."""
+    import sys
+
+    import torch
+    from torchvision.io import decode_jpeg, read_file
+    from torchvision.transforms import v2
+
+    monkeypatch.setenv("ALEXNET_CACHE", str(tmp_path / "cache"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        import data_pipeline as dp
+    finally:
+        sys.path.pop(0)
+    root = make_image_folder(tmp_path / "imgs", classes=2, per_class=3, size=(300, 260))
+    store = torch.from_numpy(dp.decoded_store(str(root)).copy())
+    tf = v2.Compose([v2.Resize(256, antialias=True), v2.CenterCrop(256)])
+    expected = [tf(decode_jpeg(read_file(f))) for f in dp.jpeg_files(str(root))]
+    assert store.shape == (6, 3, 256, 256)
+    assert sorted(int(im.sum()) for im in store) == sorted(int(im.sum()) for im in expected)
+    assert all(any(torch.equal(row, im) for row in store) for im in expected)
+    x = next(dp.store_batches(dp.decoded_store(str(root)), 4, "cpu", True))
+    assert x.shape == (4, 3, 224, 224) and x.dtype == torch.float32 and -3 < x.mean() < 3
 
 
 def test_stats_cache_goes_elsewhere_for_read_only_data(tmp_path, monkeypatch):

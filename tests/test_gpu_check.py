@@ -47,7 +47,7 @@ def test_dry_run_on_the_cpu(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
     summary = r.stdout[r.stdout.index("== RESULT lines ==") :].splitlines()
     assert summary[1] == "# train_step"
-    assert [line.split()[1] for line in summary[2:5]] == ["train_images_per_s", "train_macs_normalised", "train_gflops_vs_matmul"]
+    assert [line.split()[1] for line in summary[2:5]] == ["train_images_per_s", "train_macs_normalised", "train_gflops_vs_roofline"]
     assert "ours, towers as dense convs" in r.stdout  # the training step ran with its ablations
     assert summary[5].startswith("# pytest-cuda.log: ") and "deselected" in summary[5]
     assert summary[6].startswith("# pytest-rest.log: ") and " passed" in summary[6] and "failed" not in summary[6]
