@@ -110,13 +110,13 @@ def native_batches(files: list[str], batch: int, device: str, augment: bool, see
 def run_native(data: str, images: int, batch: int, device: str = "cpu") -> float:
     """(p): decode_jpeg + transforms.v2 on uint8 tensors, normalised float batches."""
     files = jpeg_files(data)
-    return _median_rate(lambda: _time(lambda: native_batches(files, batch, device, True), images, lambda b: b, device))
+    return _rate(lambda: native_batches(files, batch, device, True), images, device)
 
 
 def run_native_loader(data: str, images: int, batch: int, device: str = "cpu") -> float:
     """(q): decode_jpeg + Resize + CenterCrop, uint8 batches on the CPU."""
     files = jpeg_files(data)
-    return _median_rate(lambda: _time(lambda: native_batches(files, batch, "cpu", False), images, lambda b: b))
+    return _rate(lambda: native_batches(files, batch, "cpu", False), images)
 
 
 def _scratch() -> Path:
@@ -164,13 +164,13 @@ def store_batches(store, batch: int, device: str, augment: bool, seed: int = 0):
 def run_native_store(data: str, images: int, batch: int, device: str = "cpu") -> float:
     """(r): the pre-decoded store + transforms.v2, normalised float batches (the peer of (c))."""
     store = decoded_store(data)
-    return _median_rate(lambda: _time(lambda: store_batches(store, batch, device, True), images, lambda b: b, device))
+    return _rate(lambda: store_batches(store, batch, device, True), images, device)
 
 
 def run_native_store_loader(data: str, images: int, batch: int, device: str = "cpu") -> float:
     """(s): the pre-decoded store, uint8 batches on the CPU (the peer of (d))."""
     store = decoded_store(data)
-    return _median_rate(lambda: _time(lambda: store_batches(store, batch, "cpu", False), images, lambda b: b))
+    return _rate(lambda: store_batches(store, batch, "cpu", False), images)
 
 
 def ffcv_available() -> bool:
@@ -255,6 +255,11 @@ def run_ours_loader(data: str, images: int, batch: int, device: str = "cpu") -> 
 
     bundle = load_data(data, batch, 224, workers=0, seed=0, preset="paper", val_fraction=0.01, show_progress=False)
     return _median_rate(lambda: _time(lambda: bundle.train, images, lambda b: b[0]))
+
+
+def _rate(epoch, images: int, device: str = "cpu") -> float:
+    """The median images/s of passes over ``epoch()``, whose batches are the output."""
+    return _median_rate(lambda: _time(epoch, images, lambda b: b, device))
 
 
 def _median_rate(one_pass) -> float:
