@@ -259,6 +259,29 @@ def test_export_onnx_matches_pytorch(tmp_path, paper_ckpt):
     assert '"input_size": 67' in meta["model_config"] and "class2" in meta["classes"]
 
 
+@pytest.mark.parametrize("options", [dict(adaptive_pool=6, input_size=83), dict(adaptive_pool=6, towers=1)])
+def test_export_onnx_of_adaptive_pooling_the_exporter_refused(tmp_path, options):
+    """Adaptive pooling whose output does not divide its input (83 px: 5x5 -> 6x6 windows that
+    overlap), or behind a one-tower LRN, failed in torch's ONNX exporter with a 50-line internal
+    error; it is exported as slices and means now, and onnxruntime agrees with PyTorch."""
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is in the 'export' extra")
+    import onnx
+
+    from alexnet.export import export_onnx
+
+    torch.manual_seed(0)
+    opts = dict(widths=(8, 8, 8, 8, 8), fc_width=16, input_size=67, dropout=0.0, init="kaiming") | options
+    model = alexnet.create_model("alexnet_paper", num_classes=3, **opts).eval()
+    export_onnx(model, tmp_path / "m.onnx")
+    x = torch.randn(3, 3, opts["input_size"], opts["input_size"])
+    with torch.no_grad():
+        ref = model(x).numpy()
+    got = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"]).run(None, {"image": x.numpy()})[0]
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "m.onnx")).metadata_props}
+    assert meta["format"] == "alexnet-onnx-1"  # it said alexnet-safetensors-1
+
+
 def test_export_safetensors_and_torchscript_load_back(tmp_path, paper_ckpt, capsys):
     model = alexnet.load(paper_ckpt)
     x = torch.randn(2, 3, 67, 67)

@@ -13,6 +13,7 @@ compute LRN with plain PyTorch ops: none needs this package to run.
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import os
@@ -33,9 +34,10 @@ FORMATS = ("safetensors", "onnx", "pt2", "torchscript")
 SAFETENSORS_FORMAT = "alexnet-safetensors-1"
 
 
-def _config(model: AlexNet) -> dict[str, Any]:
+def _config(model: AlexNet, fmt: str = "safetensors") -> dict[str, Any]:
+    """The recipe stored with an export; ``format`` names the file's kind ("alexnet-onnx-1", ...)."""
     return {
-        "format": SAFETENSORS_FORMAT,
+        "format": f"alexnet-{fmt}-1",
         "model_config": model.config.to_dict(),
         "classes": list(model.classes or []),
         "preprocess": model.preprocess.to_json() if model.preprocess is not None else None,
@@ -68,11 +70,47 @@ def _example(model: AlexNet, batch: int = 1) -> torch.Tensor:
     return torch.zeros(batch, c.in_chans, c.input_size, c.input_size, device=next(model.parameters()).device)
 
 
+class _StaticAdaptiveAvgPool(torch.nn.Module):
+    """``AdaptiveAvgPool2d(out)`` for one input size, as slices and means. The TorchScript ONNX
+    exporter refuses adaptive pooling whose output size does not divide the input's (``input_size``
+    256 with ``adaptive_pool`` 6), or whose input size it cannot see; the spatial size is fixed in
+    the exported graph anyway (only the batch axis is dynamic)."""
+
+    def __init__(self, height: int, width: int, out: int) -> None:
+        super().__init__()
+        # torch's windows: rows floor(i * H / out) to ceil((i + 1) * H / out), columns alike
+        self.rows = [(i * height // out, -(-(i + 1) * height // out)) for i in range(out)]
+        self.cols = [(j * width // out, -(-(j + 1) * width // out)) for j in range(out)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([torch.cat([x[:, :, a:b, c:d].mean(dim=(2, 3), keepdim=True) for c, d in self.cols], dim=3)
+                          for a, b in self.rows], dim=2)
+
+
+def _onnx_ready(model: AlexNet) -> torch.nn.Module:
+    """``model``, or a copy whose adaptive pooling is :class:`_StaticAdaptiveAvgPool` at the size
+    the example input gives it."""
+    if not isinstance(model.avgpool, torch.nn.AdaptiveAvgPool2d):
+        return model
+    seen = []
+    hook = model.avgpool.register_forward_pre_hook(lambda _, args: seen.append(args[0].shape[-2:]))
+    try:
+        with torch.no_grad():
+            model(_example(model))
+    finally:
+        hook.remove()
+    out = model.config.adaptive_pool
+    ready = copy.deepcopy(model)
+    ready.avgpool = _StaticAdaptiveAvgPool(int(seen[0][0]), int(seen[0][1]), out)
+    return ready
+
+
 def export_onnx(model: AlexNet, path: str | os.PathLike, opset: int = 17) -> list[Path]:
     """Write an ONNX graph with a dynamic batch axis (input ``image``, output ``logits``).
 
     LRN is exported as plain element-wise ops and a channel window sum (the model switches to
-    its traceable form during export), so any ONNX runtime runs it.
+    its traceable form during export), so any ONNX runtime runs it; adaptive pooling as slices
+    and means at the input size the graph is built for.
     """
     try:
         import onnx
@@ -83,7 +121,7 @@ def export_onnx(model: AlexNet, path: str | os.PathLike, opset: int = 17) -> lis
     with atomic_path(path) as tmp, warnings.catch_warnings():  # the TorchScript-based exporter is noisy about its own deprecation
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            model,
+            _onnx_ready(model),
             (_example(model),),
             str(tmp),
             dynamo=False,
@@ -93,7 +131,7 @@ def export_onnx(model: AlexNet, path: str | os.PathLike, opset: int = 17) -> lis
             opset_version=opset,
         )
         proto = onnx.load(str(tmp))
-        metadata = dict(_config(model))
+        metadata = dict(_config(model, "onnx"))
         mean_image = _mean_image(model)
         if mean_image is not None:  # ONNX metadata holds strings only: the mean image as a JSON list
             metadata[presets.MEAN_IMAGE_KEY] = json.dumps(mean_image.tolist())
@@ -108,7 +146,7 @@ def _extra_files(model: AlexNet, binary: bool) -> dict[str, str | bytes]:
     """The recipe as extra files of a TorchScript (``binary``) or .pt2 archive: ``config.json``,
     and the recipe's mean image, if any, as ``preprocess.mean_image.npy`` (readable with numpy
     alone), or as a JSON list ``preprocess.mean_image.json`` where the archive takes text only (.pt2)."""
-    extra: dict[str, str | bytes] = {"config.json": json.dumps(_config(model))}
+    extra: dict[str, str | bytes] = {"config.json": json.dumps(_config(model, "torchscript" if binary else "pt2"))}
     mean_image = _mean_image(model)
     if mean_image is not None and binary:
         buf = io.BytesIO()
