@@ -42,6 +42,27 @@ def test_import_torchvision_same_outputs(tmp_path, capsys):
     assert "junk.pth" in capsys.readouterr().err and not (tmp_path / "x.pt").exists()
 
 
+def test_weights_that_do_not_fit_are_named_with_their_shapes(tmp_path, capsys):
+    """A load error names the tensors and shapes at fault; it said only torch's first line
+    ("Error(s) in loading state_dict for AlexNet:")."""
+    import torchvision
+    from test_evaluate import tiny_checkpoint
+
+    state = torchvision.models.alexnet(num_classes=10).state_dict()
+    del state["features.3.bias"]
+    state["classifier.1.weight"] = state["classifier.1.weight"][:100]
+    torch.save(state, tmp_path / "tv.pth")
+    capsys.readouterr()
+    assert main(["import", "torchvision", str(tmp_path / "tv.pth"), "--out", str(tmp_path / "x.pt")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is [100, 9216] in the file but [4096, 9216] in the model" in err and '"conv2.bias"' in err, err
+    ckpt = torch.load(tiny_checkpoint(tmp_path / "m.pt"), weights_only=False)
+    ckpt["model_config"]["num_classes"] = 7
+    torch.save(ckpt, tmp_path / "bad.pt")
+    with pytest.raises(alexnet.errors.CheckpointError, match=r"fc8\.weight is \[3, 16\] in the file but \[7, 16\] in the model"):
+        alexnet.load(tmp_path / "bad.pt")
+
+
 def test_import_torchvision_takes_a_state_dict_entry_and_names_what_others_hold(tmp_path, capsys):
     """{'state_dict': sd} (as many training scripts save) imports; anything else gets a line saying what it is."""
     import torchvision

@@ -24,7 +24,7 @@ import torch
 from . import faults
 from .data import presets
 from .data.presets import Preprocess
-from .errors import CheckpointError, DataError
+from .errors import CheckpointError, DataError, state_dict_mismatch
 from .model import AlexNet, AlexNetConfig
 
 
@@ -260,7 +260,7 @@ def model_from_checkpoint(ckpt: dict[str, Any], source: str = "checkpoint") -> A
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
-        raise CheckpointError(f"{source}: weights do not fit the model: {str(e).splitlines()[0]}") from None
+        raise CheckpointError(f"{source}: weights do not fit the model: {state_dict_mismatch(e)}") from None
     return model
 
 

@@ -1,5 +1,7 @@
 """Exceptions for problems a user can fix. The CLI prints them as one line and exits non-zero."""
 
+import re
+
 
 class AlexNetError(Exception):
     """Base class: a user-facing error with a message that names the problem."""
@@ -26,3 +28,22 @@ class CheckpointError(AlexNetError):
 
 class TrainingError(AlexNetError):
     """Training cannot go on (e.g. a non-finite loss)."""
+
+
+_SIZE = re.compile(r"size mismatch for (\S+): copying a param with shape torch\.Size\((\[.*?\])\) from checkpoint, "
+                   r"the shape in current model is torch\.Size\((\[.*?\])\)")
+
+
+def state_dict_mismatch(error: Exception, most: int = 3) -> str:
+    """What ``load_state_dict``'s error says beyond its first line ("Error(s) in loading state_dict
+    for AlexNet:"): which tensors are missing, unexpected or of another shape."""
+    text = str(error).strip()
+    lines = [line.strip().rstrip(".") for line in text.splitlines()[1:] if line.strip()]
+    if not lines:
+        return text.splitlines()[0] if text else type(error).__name__
+    said = []
+    for line in lines[:most]:
+        m = _SIZE.match(line)
+        said.append(f"{m[1]} is {m[2]} in the file but {m[3]} in the model" if m else line)
+    return "; ".join(said) + (f" (and {len(lines) - most} more)" if len(lines) > most else "")
+

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .data.presets import IMAGENET_MEAN, IMAGENET_STD, Preprocess
-from .errors import CheckpointError
+from .errors import CheckpointError, state_dict_mismatch
 from .model import LAYER_NAMES, AlexNet, model_config
 from .unpickle import load_plain
 
@@ -74,7 +74,7 @@ def from_torchvision(state_dict: dict[str, torch.Tensor], source: str = "torchvi
     try:
         model.load_state_dict(dict(state_dict))
     except RuntimeError as e:
-        raise CheckpointError(f"{source}: weights do not fit torchvision's alexnet: {str(e).splitlines()[0]}") from None
+        raise CheckpointError(f"{source}: weights do not fit torchvision's alexnet: {state_dict_mismatch(e)}") from None
     preprocess = Preprocess(
         dataset="image_folder", resize=256, size=256, train_crop=224, test_crop=224, input_size=224,
         mean=tuple(IMAGENET_MEAN), std=tuple(IMAGENET_STD), preset="torchvision",
@@ -291,7 +291,7 @@ def from_caffe_layers(
         w["conv1"] = w["conv1"].flip(1)  # BGR -> RGB: the model takes RGB like every other here
         model.load_state_dict({f"{n}.weight": w[n] for n in names} | {f"{n}.bias": b[n] for n in names})
     except (RuntimeError, ValueError) as e:
-        raise CheckpointError(f"{source}: weights do not fit bvlc_alexnet's layout: {str(e).splitlines()[0]}") from None
+        raise CheckpointError(f"{source}: weights do not fit bvlc_alexnet's layout: {state_dict_mismatch(e)}") from None
     size = cfg.input_size
     stored = round(size * 256 / 227)
     preprocess = Preprocess(

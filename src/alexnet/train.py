@@ -37,7 +37,7 @@ from .data.device_decode import decode_device
 from .data.loaders import DataBundle, load_data, model_input, set_epoch
 from .data.presets import Preprocess
 from .data.sources import check_out_of_images
-from .errors import AlexNetError, CheckpointError, ConfigError, DataError, TrainingError
+from .errors import AlexNetError, CheckpointError, ConfigError, DataError, TrainingError, state_dict_mismatch
 from .evaluate import score, summarize
 from .health import HealthMonitor
 from .model import LAYER_NAMES, AlexNet, AlexNetConfig, model_config, registered_name, torchvision_key
@@ -279,7 +279,7 @@ def build_model(
         try:
             missing, unexpected = model.load_state_dict(state, strict=False)
         except RuntimeError as e:
-            why = str(e).splitlines()[-1].strip()
+            why = state_dict_mismatch(e)
             raise CheckpointError(f"--init-from {cfg.init_from}: weights do not fit {cfg.model}: {why}") from None
         missing = [k for k in missing if k not in fresh]
         if missing or unexpected:
