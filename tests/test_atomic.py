@@ -71,3 +71,38 @@ def test_a_folder_in_the_way_is_refused_before_writing(tmp_path):
     with pytest.raises(IsADirectoryError) as e, atomic_path(tmp_path / "out.png"):
         pytest.fail("the writer ran")
     assert e.value.filename == str(tmp_path / "out.png") and os.listdir(tmp_path) == ["out.png"]
+
+
+def test_a_file_in_the_way_of_a_folder_is_named(tmp_path):
+    """--out a.tsv/m.onnx where a.tsv is a file said 'File exists (a.tsv)'."""
+    (tmp_path / "a.tsv").write_text("x")
+    with pytest.raises(NotADirectoryError) as e, atomic_path(tmp_path / "a.tsv" / "deeper" / "m.onnx"):
+        pytest.fail("the writer ran")
+    assert e.value.strerror == f"{tmp_path / 'a.tsv'} is a file, not a folder"
+
+
+def test_check_writable_refuses_before_the_work_and_leaves_nothing(tmp_path, monkeypatch):
+    """What commands call before their work (evaluate --out, features --out, predict --figure, ...):
+    one ConfigError naming the option, for a file or a folder in the way or a read-only folder;
+    a writable place gets its folders and no file."""
+    import errno
+    import tempfile
+
+    from alexnet.atomic import check_writable
+    from alexnet.errors import ConfigError
+
+    (tmp_path / "a.tsv").write_text("x")
+    (tmp_path / "dir.png").mkdir()
+    with pytest.raises(ConfigError, match=r"^--out .*a\.tsv/x: cannot write there: .*a\.tsv is a file, not a folder$"):
+        check_writable(tmp_path / "a.tsv" / "x", "--out", folder=True)
+    with pytest.raises(ConfigError, match=r"^--figure .*dir\.png: cannot write there: a folder is in the way"):
+        check_writable(tmp_path / "dir.png", "--figure")
+    check_writable(tmp_path / "new" / "f.safetensors", "--out")
+    assert sorted(os.listdir(tmp_path)) == ["a.tsv", "dir.png", "new"] and os.listdir(tmp_path / "new") == []
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", "ignored")
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    with pytest.raises(ConfigError, match=r"^--out .*new/i\.safetensors: cannot write there: Read-only file system$"):
+        check_writable(tmp_path / "new" / "i.safetensors", "--out")

@@ -182,6 +182,15 @@ def test_predict_top_k_true_label_and_figure(tmp_path, capsys):
         p = torch.softmax(model.double()(x[None]), 1)[0]
     assert got[0]["top"][0]["probability"] == pytest.approx(float(p.max()), rel=1e-4)
     assert Image.open(fig).size == (900, 400) and fig.stat().st_size > 1000
+    # The suffix names the format (a .jpg held PNG data); one it cannot write is refused before the work.
+    jpg = tmp_path / "pred.jpg"
+    cli_json(capsys, "predict", str(folder), "--checkpoint", str(ckpt), "--json", "--figure", str(jpg))
+    assert Image.open(jpg).format == "JPEG"
+    assert cli_fails(capsys, "predict", str(folder), "--checkpoint", str(ckpt), "--figure", str(tmp_path / "p.gif")) == (
+        f"alexnet: error: --figure {tmp_path / 'p.gif'}: a figure is written as .jpeg, .jpg, .pdf, .png, .svg; name it so")
+    # An output folder under a file: refused before the evaluation, naming the option (it said 'File exists').
+    err = cli_fails(capsys, "evaluate", "--checkpoint", str(ckpt), "--data", str(folder), "--out", str(fig / "ev"))
+    assert err == f"alexnet: error: --out {fig / 'ev'}: cannot write there: {fig} is a file, not a folder"
 
 
 def test_features_and_retrieval_return_the_query_first(tmp_path, capsys):

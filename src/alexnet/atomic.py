@@ -16,6 +16,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from .errors import ConfigError
+
 _UMASK: int | None = None
 
 
@@ -42,6 +44,43 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
+def _folder_for(path: Path) -> Path:
+    """``path.parent``, created; a parent that is a file is named as such (mkdir said 'File exists')."""
+    for p in (path.parent, *path.parent.parents):
+        if p.exists() or p.is_symlink():
+            if not p.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, f"{p} is a file, not a folder", str(path))
+            break
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.parent
+
+
+def temporary(path: Path) -> tuple[int, str]:
+    """mkstemp beside ``path``; a read-only or full folder names the file asked for, not a temporary."""
+    folder = _folder_for(path)
+    try:
+        return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(path)) from None
+
+
+def check_writable(path: str | os.PathLike, option: str, folder: bool = False) -> None:
+    """ConfigError, before any work is done, when ``option``'s ``path`` (a file, or a ``folder``)
+    cannot be written: a folder in the way of a file, a file in the way of a folder, no permission,
+    a read-only file system. Creates the missing folders, as the writer would; leaves no file."""
+    path = Path(path)
+    try:
+        if folder:
+            path = path / ".alexnet-probe"
+        elif path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, "a folder is in the way of the file to write", str(path))
+        fd, name = temporary(path)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as e:
+        raise ConfigError(f"{option} {path.parent if folder else path}: cannot write there: {e.strerror or e}") from None
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, durable: bool = True) -> Iterator[Path]:
     """A temporary path to write ``path``'s new contents to; renamed over ``path`` when the block
@@ -49,11 +88,7 @@ def atomic_path(path: str | os.PathLike, durable: bool = True) -> Iterator[Path]
     path = Path(path)
     if path.is_dir():  # found now, not at the rename after all the work (with the temporary's name)
         raise IsADirectoryError(errno.EISDIR, "a folder is in the way of the file to write", str(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:  # a read-only or full folder: name the file asked for, not a temporary one
-        raise OSError(e.errno, e.strerror, str(path)) from None
+    fd, name = temporary(path)
     os.close(fd)
     tmp = Path(name)
     try:

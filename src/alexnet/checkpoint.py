@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 
 import torch
 
-from . import faults
+from . import atomic, faults
 from .data import presets
 from .data.presets import Preprocess
 from .errors import CheckpointError, DataError, state_dict_mismatch
@@ -48,9 +47,8 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> None:
     a checkpoint trained on a GPU loads with plain ``torch.load`` on a machine without one.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     obj = _on_cpu(obj)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = atomic.temporary(path)  # a read-only folder is named by the file asked for
     umask = os.umask(0)
     os.umask(umask)
     try:

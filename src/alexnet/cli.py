@@ -163,6 +163,24 @@ def _launch(args: argparse.Namespace, cfg: TrainConfig) -> int:
 
 
 # -- evaluate -------------------------------------------------------------------------------------
+def _check_output(path: str | None, option: str, figure: bool = False, image: bool = False, folder: bool = False) -> None:
+    """Refuse, before the work, an output that cannot be written: a figure's format (by its suffix),
+    then its folder (a file in the way, no permission, a read-only file system)."""
+    if not path:
+        return
+    from .atomic import check_writable
+    from .errors import ConfigError
+
+    if figure or image:
+        from . import figures
+
+        try:
+            figures.figure_format(path, figures.IMAGE_FORMATS if image else figures.PLOT_FORMATS)
+        except ConfigError as e:
+            raise ConfigError(f"{option} {e}") from None
+    check_writable(path, option, folder)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .data.device_decode import decode_device
     from .data.loaders import load_eval_data
@@ -172,6 +190,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     paths = [args.checkpoint, *(args.ensemble or [])]
     device = resolve_device(args.device)
+    _check_output(args.out, "--out", folder=True)
     models = load_models(paths, device)
     n_classes = models[0].config.num_classes
     if args.num_classes is not None and args.num_classes != n_classes:
@@ -235,6 +254,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     amp = resolve_amp(args.amp, device)  # before loading: a refused --amp fails at once, as in evaluate
+    _check_output(args.figure, "--figure", figure=True)
     model = load(args.checkpoint, device)
     results, images = predict(model, args.images, top=args.top, return_images=True, show_progress=_progress_flag(args), amp=amp)
     if args.figure:
@@ -261,6 +281,7 @@ def cmd_features(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     amp = resolve_amp(args.amp, device)
+    _check_output(args.out, "--out")
     model = load(args.checkpoint, device)
     index = build_index(model, args.data, args.batch_size, args.workers or 0, Path(args.checkpoint).resolve(), _progress_flag(args), amp)
     save_index(index, args.out)
@@ -277,6 +298,7 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     amp = resolve_amp(args.amp, device)
+    _check_output(args.figure, "--figure", figure=True)
     index = load_index(args.index)
     checkpoint = args.checkpoint or index["checkpoint"]
     if not checkpoint:
@@ -307,10 +329,12 @@ def cmd_visualize(args: argparse.Namespace) -> int:
 
         if not args.checkpoint:
             raise ConfigError("visualize filters needs --checkpoint FILE")
+        _check_output(args.out or "filters.png", "--out", image=True)
         out = figures.plot_filters(load(args.checkpoint), args.out or "filters.png")
     else:
         if not args.run_dir:
             raise ConfigError("visualize curves needs RUN_DIR (a folder written by 'alexnet train'), or several")
+        _check_output(args.out, "--out", figure=True)
         out = figures.plot_curves(args.run_dir, args.out)
     print(f"wrote {out}")
     return 0
@@ -320,6 +344,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     from .checkpoint import save_atomic
     from .interop import import_caffe, import_torchvision
 
+    _check_output(args.out, "--out")
     if args.source == "torchvision":
         ckpt = import_torchvision(args.file)
     else:
@@ -348,6 +373,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .export import export, resolve_format
 
     resolve_format(args.format, args.out)  # a bad --out is refused before the checkpoint is read
+    _check_output(args.out, "--out")
     written = export(load(args.checkpoint), args.format, args.out)
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
@@ -557,7 +583,8 @@ def _add_use_commands(sub, common: argparse.ArgumentParser) -> None:
     pr.add_argument("--checkpoint", required=True)
     pr.add_argument("--top", type=_positive_int, default=5)
     pr.add_argument("--json", action="store_true", help="print a JSON list")
-    pr.add_argument("--figure", help="PNG: each image with bars for its --top classes, at most 5 (the paper's figure 4, left)")
+    pr.add_argument("--figure", help="figure file (.png, .pdf, .svg, .jpg): each image with bars for its --top classes, "
+                    "at most 5 (the paper's figure 4, left)")
     pr.set_defaults(func=cmd_predict)
 
     fe = sub.add_parser("features", parents=[common], help="fc7 features of every image of a folder (an index for 'retrieve')")
@@ -573,7 +600,7 @@ def _add_use_commands(sub, common: argparse.ArgumentParser) -> None:
     rt.add_argument("--checkpoint", help="default: the checkpoint the index was built with")
     rt.add_argument("--k", type=_positive_int, default=6)
     rt.add_argument("--json", action="store_true")
-    rt.add_argument("--figure", help="PNG: the query and its neighbours (the paper's figure 4, right)")
+    rt.add_argument("--figure", help="figure file (.png, .pdf, .svg, .jpg): the query and its neighbours (the paper's figure 4, right)")
     rt.set_defaults(func=cmd_retrieve)
 
 
@@ -583,7 +610,8 @@ def _add_tool_commands(sub, common: argparse.ArgumentParser) -> None:
     v.add_argument("what", choices=("filters", "curves"))
     v.add_argument("run_dir", nargs="*", help="run folder(s) (for curves: several share one figure, a colour each)")
     v.add_argument("--checkpoint", help="checkpoint (for filters)")
-    v.add_argument("--out", help="PNG path (default: filters.png; RUN_DIR/curves.png for one run, curves.png for several)")
+    v.add_argument("--out", help="figure file, .png, .pdf, .svg or .jpg (filters: .png or .jpg) (default: filters.png; "
+                   "RUN_DIR/curves.png for one run, curves.png for several)")
     v.set_defaults(func=cmd_visualize)
 
     im = sub.add_parser("import", help="convert torchvision or Caffe (bvlc_alexnet) weights into a checkpoint")

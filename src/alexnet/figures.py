@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .atomic import atomic_path
-from .errors import DataError
+from .errors import ConfigError, DataError
 
 DPI = 100
 
@@ -32,12 +32,27 @@ def _pyplot():
     return plt
 
 
+# What a figure's name asks for: matplotlib's formats for plots, PIL's for the filter image (which
+# writes raster images only). The writer gets the format named, since it writes a temporary file.
+PLOT_FORMATS = {".png": "png", ".pdf": "pdf", ".svg": "svg", ".jpg": "jpeg", ".jpeg": "jpeg"}
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
+
+
+def figure_format(path: str | os.PathLike, formats: dict[str, str] = PLOT_FORMATS) -> str:
+    """The format ``path``'s suffix names; ConfigError for another (a .jpg was written as PNG data)."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in formats:
+        raise ConfigError(f"{path}: a figure is written as {', '.join(sorted(set(formats)))}; name it so")
+    return formats[suffix]
+
+
 def _save(fig, path: str | os.PathLike) -> Path:
     plt = _pyplot()
     path = Path(path)
     try:
+        fmt = figure_format(path)
         with atomic_path(path, durable=False) as tmp:
-            fig.savefig(tmp, dpi=DPI, format="png")  # no bbox_inches="tight": the size stays as documented
+            fig.savefig(tmp, dpi=DPI, format=fmt)  # no bbox_inches="tight": the size stays as documented
     finally:
         plt.close(fig)
     return path
@@ -47,8 +62,9 @@ def _save_array(rgb: np.ndarray, path: str | os.PathLike) -> Path:
     from PIL import Image
 
     path = Path(path)
+    fmt = figure_format(path, IMAGE_FORMATS)
     with atomic_path(path, durable=False) as tmp:
-        Image.fromarray(rgb).save(tmp, format="PNG")
+        Image.fromarray(rgb).save(tmp, format=fmt)
     return path
 
 
