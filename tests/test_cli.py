@@ -127,6 +127,10 @@ def test_bad_input(tmp_path, tiny_fmnist):
     one = make_image_folder(tmp_path / "one", classes=1)  # trained, it reached loss 0 and "top-1 1.0"
     _one_line_error(run_cli("train", "--data", str(one), "--out", str(tmp_path / "run1")), "only one class (class0)")
     assert not (tmp_path / "run1").exists()  # a run that fails before its first checkpoint leaves nothing
+    (tmp_path / "afile").write_text("x")  # it said 'Not a directory (afile/run)', exit 1, naming no option
+    r = run_cli("train", "--data", str(tiny_fmnist), "--out", str(tmp_path / "afile" / "run"))
+    _one_line_error(r, f"--out {tmp_path / 'afile' / 'run'}: cannot write there: {tmp_path / 'afile'} is a file, not a folder")
+    assert r.returncode == 2
     _one_line_error(run_cli("evaluate", "--checkpoint", str(tmp_path / "missing.pt")), "missing.pt")
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"this is not a checkpoint")

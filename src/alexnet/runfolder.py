@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from .atomic import check_writable
 from .data.folder import BAD_FILES_NAME
 from .errors import AlexNetError, TrainingError
 
@@ -233,7 +234,7 @@ def claim(run_dir: Path, resume: bool, force: bool, keep: tuple[type[BaseExcepti
     temporaries. Exceptions of a type in ``keep`` (Ctrl-C) leave the folder as it is."""
     check(run_dir, resume, force)
     folder = RunFolder(run_dir, not run_dir.exists(), resume, keep)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    check_writable(run_dir, "--out", folder=True)  # a file in the way, a read-only disk: one line naming --out
     try:
         folder.fd = _lock(run_dir)
         refuse_run(run_dir, resume, force)  # again: a run may have started and ended since check()
