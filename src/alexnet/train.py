@@ -136,6 +136,9 @@ def train_one_epoch(
         )
         if on_step is not None:
             on_step(pos, stop)
+    if device.type == "cuda" and pos.seen:  # the last step's backward and update count in the epoch's time
+        torch.cuda.synchronize(device)
+        pos.seconds = time.perf_counter() - t0
     return _epoch_figures(optimizer, pos, reduce)
 
 
