@@ -344,6 +344,31 @@ def test_allreduce_benchmark_quick():
     assert ours > 0 and peer > 0 and ratio == pytest.approx(ours / peer, rel=1e-2)
 
 
+def test_allreduce_benchmark_buckets_are_ddps():
+    """The benchmark all-reduces the buckets DDP uses after its first step (rebuilt in the order
+    gradients become ready): checked against torch's own assignment function where this torch has
+    it (a private API), and against the sizes worked out by hand for alexnet_paper."""
+    import importlib
+
+    import torch.distributed as dist
+
+    from alexnet.model import create_model
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        allreduce = importlib.import_module("allreduce")
+    finally:
+        sys.path.pop(0)
+    params = list(create_model("alexnet_paper").parameters())
+    ours = allreduce.ddp_bucket_sizes([p.numel() * 4 for p in params])
+    # fc8 (4096x1000 + 1000), fc7, fc6, then every convolution: the first closes past 1 MiB, the others past 25 MiB
+    assert ours == [4097000 * 4, 16781312 * 4, 37752832 * 4, sum(p.numel() for p in params[:10]) * 4]
+    if hasattr(dist, "_compute_bucket_assignment_by_size"):
+        rev = params[::-1]
+        indices, _ = dist._compute_bucket_assignment_by_size(rev, [allreduce.FIRST_BUCKET_BYTES, 25 * 2**20])
+        assert ours == [sum(rev[i].numel() * 4 for i in bucket) for bucket in indices]
+
+
 @requires_cuda
 def test_allreduce_benchmark_with_more_ranks_than_gpus():
     """--device auto falls back to gloo on CPUs (and says so); --device cuda is refused in one line."""
