@@ -127,7 +127,11 @@ def test_ensemble_of_identical_models_equals_one_and_writes_outputs(tmp_path, ca
     counts = [[int(v) for v in r[1:]] for r in table[1:]]
     assert [sum(r) for r in counts] == [int(r.split(",")[2]) for r in rows[1:]]  # per true class, as per_class.csv
     assert sum(counts[i][i] for i in range(3)) / 9 == pytest.approx(one["top1"])
-    assert json.loads((out / "evaluate.json").read_text())["images"] == 9
+    written = json.loads((out / "evaluate.json").read_text())
+    assert written["images"] == 9
+    settings = written["settings"]  # how the figures were computed, resolved (--amp auto, threads)
+    assert (settings["device"], settings["amp"], settings["batch_size"]) == ("cpu", "none", 256)
+    assert settings["threads"] == torch.get_num_threads() and settings["channels_last"] is True
 
 
 def test_ensemble_members_agree_on_classes_not_on_their_order_or_storage(tmp_path, capsys):

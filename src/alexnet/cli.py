@@ -211,9 +211,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise CheckpointError(f"{source} has {len(classes)} classes but {args.checkpoint} predicts {n_classes}")
     _warn_other_classes(models[0].classes, list(classes), args.checkpoint)
     channels_last = args.channels_last is not False  # NHWC, as training runs: pooling is several times faster on a CPU
-    stats = evaluate(models, loader, device, resolve_amp(args.amp, device), args.ten_crop, channels_last, _progress_flag(args))
+    amp = resolve_amp(args.amp, device)
+    stats = evaluate(models, loader, device, amp, args.ten_crop, channels_last, _progress_flag(args))
     confusion = stats.pop("confusion")
     stats.update({"ten_crop": args.ten_crop, "models": [str(p) for p in paths], "data": source})
+    import torch  # the resolved settings, so that evaluate.json says how the figures were computed
+
+    settings = {"device": str(device), "amp": str(amp).replace("torch.", "") if amp else "none", "batch_size": args.batch_size,
+                "channels_last": channels_last, "threads": torch.get_num_threads(), "torch": torch.__version__}
     if args.out:
         from .atomic import write_text
         from .figures import plot_confusion
@@ -223,7 +228,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         write_per_class_csv(per_class_accuracy(confusion, classes), out / "per_class.csv")
         plot_confusion(confusion, classes, out / "confusion.png")
         write_confusion_csv(confusion, classes, out / "confusion.csv")
-        write_text(out / "evaluate.json", json.dumps({**stats, "argv": sys.argv[1:]}, indent=2) + "\n")
+        write_text(out / "evaluate.json", json.dumps({**stats, "settings": settings, "argv": sys.argv[1:]}, indent=2) + "\n")
     if args.json:
         print(json.dumps(stats))
     else:
