@@ -35,8 +35,23 @@ def test_divergence_stops_when_the_window_mean_crosses():
     for i, loss in enumerate(losses[:4]):
         mon.check(loss, [], f"step {i + 1}")
     assert sum(losses[1:5]) / 4 > limit > sum(losses[:4]) / 4
-    with pytest.raises(UnhealthyRun, match=r"diverged at step 5: 7\.3 .*ln\(10\) = 2\.30"):
+    with pytest.raises(UnhealthyRun, match=r"diverged at step 5: 7\.3 .*ln\(10\) = 2\.30 \(a uniform guess\); lower --lr"):
         mon.check(losses[4], [], "step 5")
+
+
+def test_a_loss_far_off_before_any_update_blames_the_weights_not_the_rate():
+    """Imported weights on other inputs: 121.8 at step 1 at any learning rate, and the advice was
+    'lower --lr'. A loss already far off at the first step (before any update) names the weights;
+    the first loss travels in the monitor's state, so a resumed run says the same."""
+    mon = HealthMonitor(None, num_classes=5, window=2)
+    mon.check(121.8, [], "step 1")
+    again = HealthMonitor(None, num_classes=5, window=2)
+    again.load_state_dict(mon.state_dict())
+    for m in (mon, again):
+        with pytest.raises(UnhealthyRun) as e:
+            m.check(120.0, [], "step 2")
+        assert "it was 121.8 at the first step, before any update, so the learning rate is not the cause" in str(e.value)
+        assert "lower --lr" not in str(e.value)
 
 
 def test_a_run_shorter_than_the_window_is_judged_at_its_epoch_end(tiny_fmnist, tmp_path, monkeypatch):

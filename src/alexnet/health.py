@@ -134,6 +134,7 @@ class HealthMonitor:
         self.probe = LayerProbe(model) if model is not None and action != "off" else None
         self.warned: set[str] = set()
         self.step = 0
+        self.first: float | None = None  # the run's first loss, before any update
 
     def before_step(self) -> None:
         """Call before the forward pass: arms the layer probe on checking steps."""
@@ -152,6 +153,8 @@ class HealthMonitor:
     def check(self, loss: float, dead: list[float], where: str) -> None:
         """Record a step's loss and dead flags; ``where`` names the moment ("epoch 1, step 7")."""
         self.step += 1
+        if self.step == 1:
+            self.first = loss
         if self.action == "off":
             return
         self.losses.append(loss)
@@ -175,10 +178,15 @@ class HealthMonitor:
     def _check_loss(self, where: str) -> None:
         mean = sum(self.losses) / len(self.losses)
         if mean > self.limit:
+            # Far off before any update: no learning rate did that; the weights do not fit the inputs.
+            cause = (f"it was {self.first:.1f} at the first step, before any update, so the learning rate is not the "
+                     "cause: the starting weights do not fit these inputs (weights made for another preprocessing, e.g. "
+                     "--init-from with another --data-preset, or an initialisation that saturates)"
+                     if self.first is not None and self.first > self.limit else _either(self.remedies))
             self._fail(
                 "diverged",
                 f"the training loss diverged at {where}: {mean:.1f} over the last {len(self.losses)} steps, far above "
-                f"ln({self.num_classes}) = {self.chance:.2f} (a uniform guess); {_either(self.remedies)}",
+                f"ln({self.num_classes}) = {self.chance:.2f} (a uniform guess); {cause}",
             )
 
     def _fail(self, key: str, message: str) -> None:
@@ -191,7 +199,7 @@ class HealthMonitor:
     def state_dict(self) -> dict[str, Any]:
         """What a resumed run needs to judge as the uninterrupted one would: the step count (the
         layer check's rhythm), the recent losses (the loss check's window) and what it warned of."""
-        return {"step": self.step, "losses": list(self.losses), "warned": sorted(self.warned)}
+        return {"step": self.step, "losses": list(self.losses), "warned": sorted(self.warned), "first": self.first}
 
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
         if state:  # checkpoints of older versions hold none: the monitor starts afresh, as it did
@@ -199,6 +207,7 @@ class HealthMonitor:
             self.losses.clear()
             self.losses.extend(float(x) for x in state["losses"])
             self.warned = set(state.get("warned", ()))
+            self.first = state.get("first")
 
     def close(self) -> None:
         if self.probe:
