@@ -148,7 +148,14 @@ def matmul_gflops(device: torch.device, n: int = 2048, repeats: int = 5, dtype: 
         n = max(n, 8192)
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    return _best_rate(lambda: a @ b, 2 * n**3, device, repeats)
+    # cuDNN's fp32 convolutions use TF32 unless told not to (torch.backends.cudnn.allow_tf32), cuBLAS's
+    # matmuls do not: an fp32 net's roof on a GPU is the matmul under the convolutions' setting.
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = device.type == "cuda" and torch.backends.cudnn.allow_tf32
+    try:
+        return _best_rate(lambda: a @ b, 2 * n**3, device, repeats)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
 
 
 def conv_gflops(device: torch.device, repeats: int = 5, dtype: torch.dtype = torch.float32, quick: bool = False) -> float:
