@@ -185,7 +185,7 @@ def ten_crop_cost(fn, images: torch.Tensor, args, device) -> dict[str, list[floa
     )
 
 
-def checkpoint_check(path: str, data: str, device: torch.device, batch: int) -> dict[str, float]:
+def checkpoint_check(path: str, data: str, device: torch.device, batch: int, ckpt_data_given: bool = True) -> dict[str, float]:
     """A trained checkpoint of ours on labelled ``data`` (its own preprocessing): top-1 on the fast
     path and in fp32 eager NCHW, the two paths' top-1 agreement and a constant prediction's (the
     fp32 path's most frequent class). Trained weights have real margins, so this agreement, unlike
@@ -197,7 +197,8 @@ def checkpoint_check(path: str, data: str, device: torch.device, batch: int) -> 
     loader, classes, *_ = load_eval_data(data, ref_model.preprocess, batch)
     known = list(ref_model.classes or [])
     if (known and list(classes) != known) or len(classes) != ref_model.config.num_classes:
-        sys.exit(f"inference.py: error: --ckpt-data {data}: its classes ({', '.join(classes[:4])}...) are not those "
+        option = "--ckpt-data" if ckpt_data_given else "--data"
+        sys.exit(f"inference.py: error: {option} {data}: its classes ({', '.join(classes[:4])}...) are not those "
                  f"--checkpoint {path} was trained on ({', '.join(known[:4]) or ref_model.config.num_classes}...)")
     amp = "bf16" if device.type == "cuda" or cpu_supports_bf16() else "none"
     fp32 = tuple(n for n in CLASSIFIER if hasattr(fast_model, n))
@@ -243,7 +244,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     device = setup(args)
     state, weights = peer_weights(args.peer_weights)
-    ckpt = checkpoint_check(args.checkpoint, args.ckpt_data or args.data, device, args.batch_size) if args.checkpoint else None
+    ckpt = (checkpoint_check(args.checkpoint, args.ckpt_data or args.data, device, args.batch_size, bool(args.ckpt_data))
+            if args.checkpoint else None)
     images, labels, folders = load_images(args.data, args.images)
     images = images.to(device)  # decoded once; crops are cut and normalised where the model runs, for both sides
     print(f"{len(images)} images from {args.data}, batch {args.batch_size}; weights {weights}")

@@ -69,10 +69,11 @@ def run_quick(name: str, device: str, tmp_path: Path) -> subprocess.CompletedPro
 def check_quick(name: str, proc: subprocess.CompletedProcess, device: str) -> dict:
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = parse_results(proc.stdout)
-    optional = {"end_to_end": {"end_to_end_jpeg_cpu", "end_to_end_jpeg_overlap"}, "lrn": {"lrn_fwd_bwd_bf16_speedup"}}
+    optional = {"end_to_end": {"end_to_end_jpeg_cpu", "end_to_end_jpeg_overlap"}, "lrn": {"lrn_fwd_bwd_bf16_speedup"},
+                "inference": {"inference_top1_agreement", "inference_top1_accuracy"}}  # with torchvision's weights cached
     extra = set(results) - EXPECTED[name]
     assert EXPECTED[name] <= set(results) and extra <= optional.get(name, set())
-    if device == "cuda":
+    if device == "cuda" and name != "inference":
         assert extra == optional.get(name, set())  # CUDA runs them all
     assert proc.stdout.rstrip().splitlines()[-1].startswith("RESULT")  # RESULT lines end the output
     if name in SETTINGS_LINE:  # both sides' settings, said once
@@ -86,8 +87,8 @@ def check_quick(name: str, proc: subprocess.CompletedProcess, device: str) -> di
 def test_benchmark_quick(name, tmp_path):
     proc = run_quick(name, "cpu", tmp_path)
     check_quick(name, proc, "cpu")
-    if name == "inference":  # no trained weights offline: random weights' agreement is said, not reported
-        assert "weights random" in proc.stdout and "meaningless" in proc.stdout and "no RESULT" in proc.stdout
+    if name == "inference" and "weights random" in proc.stdout:  # random weights' agreement is said, not reported
+        assert "meaningless" in proc.stdout and "no RESULT" in proc.stdout
     if name == "train_step":  # per-MAC ratios count the training step: forward and both gradients
         assert "training step (forward + both gradients): ours 2067.8 M, peer 2072.3 M" in proc.stdout
         # --ablate: a row per variant with its own training MACs (one tower: dense conv2/4/5).
@@ -121,7 +122,7 @@ def test_inference_checkpoint_reports_trained_agreement(tmp_path):
     bad = subprocess.run(script[:-4] + ["--data", str(other), "--checkpoint", ckpt], capture_output=True, text=True,
                          timeout=600, cwd=tmp_path, env=cli_env())
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
-    assert bad.stderr.strip().splitlines()[-1].startswith(f"inference.py: error: --ckpt-data {other}: its classes")
+    assert bad.stderr.strip().splitlines()[-1].startswith(f"inference.py: error: --data {other}: its classes")
 
 
 def test_split_towers_is_the_grouped_convolution():

@@ -131,6 +131,10 @@ def test_bad_input(tmp_path, tiny_fmnist):
     r = run_cli("train", "--data", str(tiny_fmnist), "--out", str(tmp_path / "afile" / "run"))
     _one_line_error(r, f"--out {tmp_path / 'afile' / 'run'}: cannot write there: {tmp_path / 'afile'} is a file, not a folder")
     assert r.returncode == 2
+    (tmp_path / "runs").write_text("x")  # no --out: the default runs/DATE-MODEL is under a file
+    r = run_cli("train", "--data", str(tiny_fmnist), "--nproc", "2", "--device", "cpu", cwd=tmp_path)
+    _one_line_error(r, "the run folder runs/", "cannot write there: runs is a file, not a folder")
+    assert r.returncode == 2
     _one_line_error(run_cli("evaluate", "--checkpoint", str(tmp_path / "missing.pt")), "missing.pt")
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"this is not a checkpoint")

@@ -52,6 +52,11 @@ def test_a_loss_far_off_before_any_update_blames_the_weights_not_the_rate():
             m.check(120.0, [], "step 2")
         assert "it was 121.8 at the first step, before any update, so the learning rate is not the cause" in str(e.value)
         assert "lower --lr" not in str(e.value)
+    older = HealthMonitor(None, num_classes=5, window=2)  # resumed from a checkpoint that holds no monitor state
+    older.load_state_dict(None)
+    older.check(50.0, [], "epoch 3, step 1")
+    with pytest.raises(UnhealthyRun, match="lower --lr"):  # its first step here is not the run's first
+        older.check(60.0, [], "epoch 3, step 2")
 
 
 def test_a_run_shorter_than_the_window_is_judged_at_its_epoch_end(tiny_fmnist, tmp_path, monkeypatch):

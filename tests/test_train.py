@@ -249,6 +249,9 @@ def test_resume_refuses_options_it_would_ignore_and_works_from_any_folder(tiny_f
     assert main(["train", "--resume", "run", "--dropout", "0.1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "; --dropout differs from it: start a new run" in err[0], err
+    assert main(["train", "--resume", "run", "--dropout", "0.1", "--model-option", "lrn=false"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()  # one field, two flags: plural
+    assert len(err) == 1 and "--dropout differ from it" in err[0] and "--model-option lrn" in err[0], err
     # Fewer epochs than done: refused (it printed "done" having trained nothing, and config.json
     # then said 1 epoch while the checkpoint and metrics.jsonl held 2).
     config = (tmp_path / "run" / "config.json").read_text()

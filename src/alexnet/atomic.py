@@ -44,13 +44,20 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def _folder_for(path: Path) -> Path:
-    """``path.parent``, created; a parent that is a file is named as such (mkdir said 'File exists')."""
+def _existing_folder(path: Path) -> Path:
+    """The nearest folder above ``path`` that exists; a file there instead is named as such (mkdir
+    said 'File exists')."""
     for p in (path.parent, *path.parent.parents):
         if p.exists() or p.is_symlink():
             if not p.is_dir():
                 raise NotADirectoryError(errno.ENOTDIR, f"{p} is a file, not a folder", str(path))
-            break
+            return p
+    return Path(".")
+
+
+def _folder_for(path: Path) -> Path:
+    """``path.parent``, created."""
+    _existing_folder(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return path.parent
 
@@ -67,14 +74,18 @@ def temporary(path: Path) -> tuple[int, str]:
 def check_writable(path: str | os.PathLike, option: str, folder: bool = False) -> None:
     """ConfigError, before any work is done, when ``option``'s ``path`` (a file, or a ``folder``)
     cannot be written: a folder in the way of a file, a file in the way of a folder, no permission,
-    a read-only file system. Creates the missing folders, as the writer would; leaves no file."""
+    a read-only file system. Creates nothing and leaves nothing: the probe is a temporary file in the
+    nearest folder that exists (where the writer will create the missing ones)."""
     path = Path(path)
     try:
         if folder:
             path = path / ".alexnet-probe"
         elif path.is_dir():
             raise IsADirectoryError(errno.EISDIR, "a folder is in the way of the file to write", str(path))
-        fd, name = temporary(path)
+        try:
+            fd, name = tempfile.mkstemp(prefix=".alexnet-probe.", suffix=".tmp", dir=_existing_folder(path))
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, str(path)) from None
         os.close(fd)
         os.unlink(name)
     except OSError as e:

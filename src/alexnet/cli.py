@@ -156,9 +156,11 @@ def _launch(args: argparse.Namespace, cfg: TrainConfig) -> int:
 
         out = str(default_run_dir(cfg.model))
         argv += ["--out", out]
+    from .atomic import check_writable
     from .runfolder import check  # rank 0 claims the folder (runfolder.py); a refusal is one line here instead
 
     check(Path(out), bool(cfg.resume), args.force)
+    check_writable(out, "--out" if cfg.out else "the run folder", folder=True)
     return distributed.launch(args.nproc, argv, out)
 
 

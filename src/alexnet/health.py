@@ -135,6 +135,7 @@ class HealthMonitor:
         self.warned: set[str] = set()
         self.step = 0
         self.first: float | None = None  # the run's first loss, before any update
+        self.started_here = True  # False once a resumed run's state is loaded: its step 1 is not the run's
 
     def before_step(self) -> None:
         """Call before the forward pass: arms the layer probe on checking steps."""
@@ -153,7 +154,7 @@ class HealthMonitor:
     def check(self, loss: float, dead: list[float], where: str) -> None:
         """Record a step's loss and dead flags; ``where`` names the moment ("epoch 1, step 7")."""
         self.step += 1
-        if self.step == 1:
+        if self.step == 1 and self.started_here:
             self.first = loss
         if self.action == "off":
             return
@@ -202,6 +203,7 @@ class HealthMonitor:
         return {"step": self.step, "losses": list(self.losses), "warned": sorted(self.warned), "first": self.first}
 
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        self.started_here = False  # an older checkpoint holds no state: its first loss is unknown
         if state:  # checkpoints of older versions hold none: the monitor starts afresh, as it did
             self.step = int(state["step"])
             self.losses.clear()

@@ -228,13 +228,15 @@ class RunFolder:
                 pass
 
 
-def claim(run_dir: Path, resume: bool, force: bool, keep: tuple[type[BaseException], ...] = ()) -> RunFolder:
+def claim(run_dir: Path, resume: bool, force: bool, keep: tuple[type[BaseException], ...] = (),
+          option: str = "--out") -> RunFolder:
     """Claim ``run_dir`` for a run: refused (before anything is written) if it is in use or holds a
     run that this one would replace; then locked, emptied of the old run with ``force``, and rid of
     temporaries. Exceptions of a type in ``keep`` (Ctrl-C) leave the folder as it is."""
     check(run_dir, resume, force)
     folder = RunFolder(run_dir, not run_dir.exists(), resume, keep)
-    check_writable(run_dir, "--out", folder=True)  # a file in the way, a read-only disk: one line naming --out
+    check_writable(run_dir, option, folder=True)  # a file in the way, a read-only disk: one line naming --out
+    run_dir.mkdir(parents=True, exist_ok=True)
     try:
         folder.fd = _lock(run_dir)
         refuse_run(run_dir, resume, force)  # again: a run may have started and ended since check()

@@ -402,7 +402,8 @@ def _claim(run_dir: Path, cfg: TrainConfig, force: bool, info: distributed.DistI
     error: BaseException | None = None
     if info.is_main:
         try:
-            folder = runfolder.claim(run_dir, bool(cfg.resume), force, keep=(Interrupted,))
+            folder = runfolder.claim(run_dir, bool(cfg.resume), force, keep=(Interrupted,),
+                                     option="--out" if cfg.out else "the run folder")
         except (AlexNetError, OSError) as e:
             error = e
     if info.enabled:
@@ -921,9 +922,10 @@ def resume_config(run: str, overrides: dict[str, Any]) -> TrainConfig:
              if k not in RESUME_MAY_CHANGE and not _same_option(k, v, saved.get(k, getattr(defaults, k, None)))]
     if fixed:
         given = ", ".join(_option_names(k, overrides[k], saved.get(k)) for k in fixed)
+        several = len(fixed) > 1 or "," in given
         raise ConfigError(
             f"--resume {path.parent} continues that run as it was configured; {given} "
-            f"{'differs' if len(fixed) == 1 else 'differ'} from it: start a new run "
+            f"{'differ' if several else 'differs'} from it: start a new run "
             f"to change them (--init-from {path} starts from its weights)"
         )
     _refuse_fewer_epochs(overrides.get("epochs"), ckpt.get("position"), path.parent)
