@@ -62,13 +62,17 @@ def _folder_for(path: Path) -> Path:
     return path.parent
 
 
-def temporary(path: Path) -> tuple[int, str]:
-    """mkstemp beside ``path``; a read-only or full folder names the file asked for, not a temporary."""
-    folder = _folder_for(path)
+def _mkstemp(folder: Path, path: Path, prefix: str) -> tuple[int, str]:
+    """mkstemp in ``folder``; a read-only or full folder names the file asked for, not a temporary."""
     try:
-        return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+        return tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=folder)
     except OSError as e:
         raise OSError(e.errno, e.strerror, str(path)) from None
+
+
+def temporary(path: Path) -> tuple[int, str]:
+    """A temporary file beside ``path`` (its folders created), to be renamed over it."""
+    return _mkstemp(_folder_for(path), path, f".{path.name}.")
 
 
 def check_writable(path: str | os.PathLike, option: str, folder: bool = False) -> None:
@@ -82,10 +86,7 @@ def check_writable(path: str | os.PathLike, option: str, folder: bool = False) -
             path = path / ".alexnet-probe"
         elif path.is_dir():
             raise IsADirectoryError(errno.EISDIR, "a folder is in the way of the file to write", str(path))
-        try:
-            fd, name = tempfile.mkstemp(prefix=".alexnet-probe.", suffix=".tmp", dir=_existing_folder(path))
-        except OSError as e:
-            raise OSError(e.errno, e.strerror, str(path)) from None
+        fd, name = _mkstemp(_existing_folder(path), path, ".alexnet-probe.")
         os.close(fd)
         os.unlink(name)
     except OSError as e:

@@ -217,13 +217,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     stats = evaluate(models, loader, device, amp, args.ten_crop, channels_last, _progress_flag(args))
     confusion = stats.pop("confusion")
     stats.update({"ten_crop": args.ten_crop, "models": [str(p) for p in paths], "data": source})
-    import torch  # the resolved settings, so that evaluate.json says how the figures were computed
-
-    settings = {"device": str(device), "amp": str(amp).replace("torch.", "") if amp else "none", "batch_size": args.batch_size,
-                "channels_last": channels_last, "threads": torch.get_num_threads(), "torch": torch.__version__}
     if args.out:
+        import torch
+
         from .atomic import write_text
         from .figures import plot_confusion
+
+        # the resolved settings, so that evaluate.json says how the figures were computed
+        settings = {"device": str(device), "amp": str(amp).replace("torch.", "") if amp else "none",
+                    "batch_size": args.batch_size, "channels_last": channels_last, "threads": torch.get_num_threads(),
+                    "torch": torch.__version__}
 
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ compute LRN with plain PyTorch ops: none needs this package to run.
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import io
 import json
 import os
@@ -31,7 +31,6 @@ from .errors import ConfigError
 from .model import AlexNet
 
 FORMATS = ("safetensors", "onnx", "pt2", "torchscript")
-SAFETENSORS_FORMAT = "alexnet-safetensors-1"
 
 
 def _config(model: AlexNet, fmt: str = "safetensors") -> dict[str, Any]:
@@ -87,22 +86,18 @@ class _StaticAdaptiveAvgPool(torch.nn.Module):
                           for a, b in self.rows], dim=2)
 
 
-def _onnx_ready(model: AlexNet) -> torch.nn.Module:
-    """``model``, or a copy whose adaptive pooling is :class:`_StaticAdaptiveAvgPool` at the size
-    the example input gives it."""
-    if not isinstance(model.avgpool, torch.nn.AdaptiveAvgPool2d):
-        return model
-    seen = []
-    hook = model.avgpool.register_forward_pre_hook(lambda _, args: seen.append(args[0].shape[-2:]))
+@contextlib.contextmanager
+def _static_pooling(model: AlexNet):
+    """``model`` with its adaptive pooling as :class:`_StaticAdaptiveAvgPool` at the size its
+    ``input_size`` gives (the config's own arithmetic), put back afterwards."""
+    original = model.avgpool
+    if isinstance(original, torch.nn.AdaptiveAvgPool2d):
+        side = model.config.pooled_size()
+        model.avgpool = _StaticAdaptiveAvgPool(side, side, model.config.adaptive_pool)
     try:
-        with torch.no_grad():
-            model(_example(model))
+        yield model
     finally:
-        hook.remove()
-    out = model.config.adaptive_pool
-    ready = copy.deepcopy(model)
-    ready.avgpool = _StaticAdaptiveAvgPool(int(seen[0][0]), int(seen[0][1]), out)
-    return ready
+        model.avgpool = original
 
 
 def export_onnx(model: AlexNet, path: str | os.PathLike, opset: int = 17) -> list[Path]:
@@ -118,10 +113,11 @@ def export_onnx(model: AlexNet, path: str | os.PathLike, opset: int = 17) -> lis
         raise ConfigError("--format onnx needs the onnx package: pip install 'alexnet[export]'") from None
     path = Path(path)
     model = model.eval()
-    with atomic_path(path) as tmp, warnings.catch_warnings():  # the TorchScript-based exporter is noisy about its own deprecation
+    # the TorchScript-based exporter is noisy about its own deprecation
+    with atomic_path(path) as tmp, warnings.catch_warnings(), _static_pooling(model):
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            _onnx_ready(model),
+            model,
             (_example(model),),
             str(tmp),
             dynamo=False,

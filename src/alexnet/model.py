@@ -102,8 +102,11 @@ class AlexNetConfig:
 
     def feature_size(self) -> int:
         """Spatial side of the fc6 input for ``input_size`` inputs (0 if the input is too small)."""
-        if self.adaptive_pool:
-            return self.adaptive_pool
+        return self.adaptive_pool or self.pooled_size()
+
+    def pooled_size(self) -> int:
+        """Spatial side of the features after the last pooling: the adaptive pooling's input, if any
+        (0 if the input is too small)."""
         s = (self.input_size + 2 * self.conv1_padding - self.conv1_kernel) // self.conv1_stride + 1
         for use in self.pools:  # conv2..conv5 keep the size (padding k//2)
             if use:

@@ -921,11 +921,10 @@ def resume_config(run: str, overrides: dict[str, Any]) -> TrainConfig:
     fixed = [k for k, v in overrides.items()
              if k not in RESUME_MAY_CHANGE and not _same_option(k, v, saved.get(k, getattr(defaults, k, None)))]
     if fixed:
-        given = ", ".join(_option_names(k, overrides[k], saved.get(k)) for k in fixed)
-        several = len(fixed) > 1 or "," in given
+        names = [n for k in fixed for n in _option_names(k, overrides[k], saved.get(k))]
         raise ConfigError(
-            f"--resume {path.parent} continues that run as it was configured; {given} "
-            f"{'differ' if several else 'differs'} from it: start a new run "
+            f"--resume {path.parent} continues that run as it was configured; {', '.join(names)} "
+            f"{'differ' if len(names) > 1 else 'differs'} from it: start a new run "
             f"to change them (--init-from {path} starts from its weights)"
         )
     _refuse_fewer_epochs(overrides.get("epochs"), ckpt.get("position"), path.parent)
@@ -941,12 +940,12 @@ def resume_config(run: str, overrides: dict[str, Any]) -> TrainConfig:
 
 
 
-def _option_names(name: str, given: Any, saved: Any) -> str:
+def _option_names(name: str, given: Any, saved: Any) -> list[str]:
     """The flags of a refused option as the user typed them: --dropout is a model option."""
     if name == "model_options" and isinstance(given, dict):
         keys = [k for k, v in given.items() if not isinstance(saved, dict) or saved.get(k) != v]
-        return ", ".join("--dropout" if k == "dropout" else f"--model-option {k}" for k in keys) or flag(name)
-    return flag(name)
+        return ["--dropout" if k == "dropout" else f"--model-option {k}" for k in keys] or [flag(name)]
+    return [flag(name)]
 
 
 def _refuse_fewer_epochs(epochs: int | None, position: Any, run_dir: Path) -> None:
