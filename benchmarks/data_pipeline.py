@@ -28,7 +28,7 @@ CPU, so its (f) and (g) run only with --device cpu. torchvision's classic per-im
 (ImageFolder + Resize + RandomCrop + Flip + ToTensor + Normalize) is timed too, for reference.
 
 Each pipeline runs in a process of its own with one CPU thread and makes three timed passes of
---images images (one with --quick); the median pass is reported. With --device cuda the
+--images images and at least one second (one pass of 16 with --quick); the median pass is reported. With --device cuda the
 decoding and augmentation of (b), the augmentation of (c), (r) and the whole of (p) run on the
 GPU; (d), (q), (s) and (h) stay on the CPU. Preparation (ours' packing and statistics pass, the
 store, the .beton files) is not timed.
@@ -50,6 +50,9 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "imagewoof-mini" / "train"
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 REPEATS = 3  # passes per pipeline; the median is reported (1 with --quick)
+# A pass lasts at least this long: 640 uint8 batches from memory take ~15 ms, where a page fault
+# burst or a scheduler tick moved the figure 5x between passes (0 with --quick).
+MIN_SECONDS = 1.0
 
 
 def _one_thread() -> None:
@@ -280,7 +283,8 @@ def _cycle(epoch):
 
 
 def _time(epoch, images: int, step, device: str = "cpu") -> float:
-    """Images per second over ``images`` images (more passes over small data), after one warm-up batch."""
+    """Images per second over at least ``images`` images and MIN_SECONDS (more passes over small
+    data), after one warm-up batch."""
     it = _cycle(epoch)
     step(next(it))
     _sync(device)
@@ -288,10 +292,11 @@ def _time(epoch, images: int, step, device: str = "cpu") -> float:
     for b in it:
         out = step(b)
         n += out.shape[0]
-        if n >= images:
+        if n >= images and time.perf_counter() - t0 >= MIN_SECONDS:  # host time: no sync per batch
             break
     _sync(device)
     return n / (time.perf_counter() - t0)
+
 
 
 def _child(which: str, data: str, images: int, batch: int, device: str, quick: bool = False) -> float:
@@ -299,8 +304,8 @@ def _child(which: str, data: str, images: int, batch: int, device: str, quick: b
 
     ``quick`` (CI) runs it in this process instead: it checks that the code runs, not the speed."""
     if quick:
-        global REPEATS
-        REPEATS = 1
+        global REPEATS, MIN_SECONDS
+        REPEATS, MIN_SECONDS = 1, 0.0
         _one_thread()
         return globals()[which](data, images, batch, device)
     here = str(Path(__file__).parent)
@@ -410,8 +415,8 @@ def report(r: dict[str, float], args: argparse.Namespace, data: Path) -> None:
         print("FFCV: not importable by this Python (pip install ffcv builds from source: it needs pkg-config, "
               "libopencv-dev and libturbojpeg0-dev); its lines are left out")
     print(f"settings (ours and peers alike): one process and one CPU thread each (FFCV: one worker thread), batch "
-          f"{8 if args.quick else args.batch}, {16 if args.quick else args.images} images per pass, median of "
-          f"{1 if args.quick else REPEATS} passes, device {args.device}, data {data}")
+          f"{8 if args.quick else args.batch}, {16 if args.quick else args.images} images and {MIN_SECONDS:g} s at least "
+          f"per pass, median of {1 if args.quick else REPEATS} passes, device {args.device}, data {data}")
     suffix = "" if aug == "CPU" else "_cuda"
     results = [(f"data_pipeline_jpeg{suffix}", "jpeg", "native"),
                (f"data_pipeline_packed_{aug.lower()}_augment", "packed", "store"),
