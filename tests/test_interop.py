@@ -236,9 +236,17 @@ def test_import_caffe_matches_caffe_forward(tmp_path, kind):
 def test_caffe_bad_files(tmp_path, capsys):
     (tmp_path / "junk.caffemodel").write_bytes(b"\xff" * 64)
     np.save(tmp_path / "foreign.npy", {"conv1": [struct.pack]}, allow_pickle=True)  # pickles a reference to a function
-    for name, hint in (("junk.caffemodel", "caffemodel"), ("foreign.npy", "allow-pickle")):
+    # Malformed dicts said "internal error: TypeError: 'int' object is not iterable" / "not enough
+    # values to unpack", exit 1 (a user sweep).
+    np.save(tmp_path / "int.npy", {"conv1": 3}, allow_pickle=True)
+    np.save(tmp_path / "nobias.npy", {"conv1": [np.zeros((3, 3, 3, 8), np.float32)]}, allow_pickle=True)
+    np.save(tmp_path / "text.npy", {"conv1": ["ab", "cd"]}, allow_pickle=True)
+    cases = (("junk.caffemodel", "caffemodel", []), ("foreign.npy", "allow-pickle", []),
+             *((f, "'conv1' is not a [weights, bias] pair", extra) for f in ("int.npy", "nobias.npy", "text.npy")
+               for extra in ([], ["--allow-pickle"])))
+    for name, hint, extra in cases:
         capsys.readouterr()
-        assert main(["import", "caffe", str(tmp_path / name), "--out", str(tmp_path / "x.pt")]) == 2
+        assert main(["import", "caffe", str(tmp_path / name), "--out", str(tmp_path / "x.pt"), *extra]) == 2, name
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and name in err and hint in err, err
     assert not (tmp_path / "x.pt").exists()

@@ -227,9 +227,15 @@ def read_npy_weights(path: str | os.PathLike, allow_pickle: bool = False) -> dic
         raise CheckpointError(f"{path}: expected a dict of layer name -> [weights, bias]")
     out = {}
     for name, value in obj.items():
+        name = name.decode() if isinstance(name, bytes) else str(name)
         if isinstance(value, dict):  # some ports store {"weights": W, "biases": b}
             value = [value.get("weights"), value.get("biases")]
-        out[name.decode() if isinstance(name, bytes) else str(name)] = [np.asarray(v, dtype=np.float32) for v in value]
+        try:
+            if isinstance(value, (str, bytes)) or len(value) != 2:
+                raise TypeError
+            out[name] = [np.asarray(v, dtype=np.float32) for v in value]
+        except (TypeError, ValueError):
+            raise CheckpointError(f"{path}: layer {name!r} is not a [weights, bias] pair of numeric arrays") from None
     return out
 
 
