@@ -259,6 +259,17 @@ def test_resume_refuses_options_it_would_ignore_and_works_from_any_folder(tiny_f
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["alexnet: error: --epochs 1: run has trained 2 epochs already; --epochs 2 or more continues it"], err
     assert (tmp_path / "run" / "config.json").read_text() == config
+    # A run started without --data read Debian's Fashion-MNIST folder: typing that folder is the same
+    # data (it was refused as "--data differs"), another folder is not; one option is "it".
+    from alexnet.data.fashion_mnist import DEBIAN_ROOT
+
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    ckpt["train_config"]["data"] = None
+    (tmp_path / "default").mkdir()
+    save_atomic(ckpt, tmp_path / "default" / "last.pt")
+    assert resume_config(str(tmp_path / "default"), {"data": str(DEBIAN_ROOT) + "/", "epochs": 3}).epochs == 3
+    with pytest.raises(alexnet.errors.ConfigError, match="--data differs from it: start a new run to change it "):
+        resume_config(str(tmp_path / "default"), {"data": str(tiny_fmnist)})
 
 
 def test_resume_says_when_the_data_preset_changed_since_the_run_started(tmp_path):

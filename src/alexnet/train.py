@@ -34,6 +34,7 @@ from .atomic import write_text
 from .checkpoint import bounded_config, config_from_file, load_checkpoint, save_atomic
 from .config import TrainConfig, flag, validate
 from .data.device_decode import decode_device
+from .data.fashion_mnist import DEBIAN_ROOT
 from .data.loaders import DataBundle, load_data, model_input, set_epoch
 from .data.presets import Preprocess
 from .data.sources import check_out_of_images
@@ -925,7 +926,7 @@ def resume_config(run: str, overrides: dict[str, Any]) -> TrainConfig:
         raise ConfigError(
             f"--resume {path.parent} continues that run as it was configured; {', '.join(names)} "
             f"{'differ' if len(names) > 1 else 'differs'} from it: start a new run "
-            f"to change them (--init-from {path} starts from its weights)"
+            f"to change {'them' if len(names) > 1 else 'it'} (--init-from {path} starts from its weights)"
         )
     _refuse_fewer_epochs(overrides.get("epochs"), ckpt.get("position"), path.parent)
     values = {**saved, **{k: v for k, v in overrides.items() if k in RESUME_MAY_CHANGE}}
@@ -964,6 +965,8 @@ def _refuse_fewer_epochs(epochs: int | None, position: Any, run_dir: Path) -> No
 def _same_option(name: str, given: Any, saved: Any) -> bool:
     """Whether a command-line value repeats the saved one (paths compared absolute; model options
     only those given; lists and tuples alike)."""
+    if name == "data" and saved is None:  # the run read the default, Debian's Fashion-MNIST folder
+        saved = str(DEBIAN_ROOT)
     if name in ("data", "init_from", "out") and given is not None and saved is not None:
         return os.path.abspath(given) == os.path.abspath(saved)
     if name == "model_options" and isinstance(saved, dict):
