@@ -482,6 +482,21 @@ def test_fine_tuning_keeps_frozen_layers(tiny_fmnist, tmp_path):
     assert not torch.equal(a["fc8.weight"], b["fc8.weight"])
 
 
+def test_config_names_the_network_of_init_from(tiny_fmnist, tmp_path):
+    """--init-from trains the checkpoint's network: config.json and the checkpoint name it (they said
+    --model's default, alexnet_paper, while the run trained imported alexnet_caffe; user sweep)."""
+    torch.manual_seed(0)
+    start = alexnet.create_model("alexnet_small", num_classes=10, in_chans=1)
+    save_atomic({"model": start.state_dict(), "model_config": start.config.to_dict(), "classes": list("abcdefghij")},
+                tmp_path / "small.pt")
+    out = tmp_path / "ft"
+    cfg = resolve_config(None, dict(data=str(tiny_fmnist), out=str(out), epochs=1, batch_size=8, amp="none", workers=0,
+                                    model="alexnet_paper", init_from=str(tmp_path / "small.pt")))
+    fit(cfg, log=lambda s: None)
+    assert json.loads((out / "config.json").read_text())["train"]["model"] == "alexnet_small"
+    assert load_checkpoint(out / "last.pt")["train_config"]["model"] == "alexnet_small"
+
+
 def test_init_from_torchvision_with_new_classes(tmp_path):
     import torchvision
     from conftest import make_image_folder

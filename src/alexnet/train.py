@@ -519,6 +519,8 @@ def _wire(
     init = load_checkpoint(cfg.init_from) if cfg.init_from and resume_ckpt is None else None
     source = f"--resume {cfg.resume}" if resume_ckpt is not None else f"--init-from {cfg.init_from}" if init else f"--model {cfg.model}"
     arch, fixed_chans = architecture(cfg, resume_ckpt if resume_ckpt is not None else init, source)
+    if init is not None and isinstance(init.get("model_config"), dict):  # config.json names the network trained
+        cfg = dataclasses.replace(cfg, model=registered_name(config_from_file(init["model_config"], source)) or cfg.model)
     data = _load(cfg, info, device, run_dir, show_progress, arch.input_size)
     cleanup.callback(data.close)  # the workers stop when the run ends, however it ends
     _check_data(cfg, data, arch, fixed_chans, source)
