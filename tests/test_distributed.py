@@ -328,6 +328,18 @@ def test_tower_devices_are_checked():
         TowerSplit(across, ("cpu", "cpu"))
 
 
+def test_nproc_refuses_towers_this_machine_lacks_before_starting_ranks(tiny_fmnist, tmp_path):
+    """--nproc 2 --towers auto without 4 GPUs: one line naming --towers auto, before any rank starts
+    (each rank printed the error, then the launcher its own line; and it named --towers cuda,cuda)."""
+    if torch.cuda.is_available() and torch.cuda.device_count() >= 4:
+        pytest.skip("this machine has the 4 GPUs that 2 processes x 2 towers need")
+    r = run_cli(*_args(tiny_fmnist, tmp_path / "run", "--nproc", "2", "--towers", "auto"))
+    err = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(err) == 1 and err[0].startswith("alexnet: error: --towers"), r.stderr
+    assert ("--towers auto: no CUDA device" in err[0]) if not torch.cuda.is_available() else "needs cuda:" in err[0]
+    assert not (tmp_path / "run").exists()
+
+
 def _allreduce_quick(*extra: str, cuda: bool = False) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "allreduce.py"), "--quick", "--nproc", "2", *extra],
                           capture_output=True, text=True, timeout=300, env=cli_env(cuda))

@@ -149,6 +149,10 @@ def _launch(args: argparse.Namespace, cfg: TrainConfig) -> int:
         raise ConfigError("--nproc: this process was already started by torchrun; drop --nproc")
     if cfg.batch_size % args.nproc:
         raise ConfigError(f"--batch-size {cfg.batch_size} is the global batch: it must divide evenly over --nproc {args.nproc}")
+    from .parallel import tower_devices
+
+    for rank in range(args.nproc):  # each rank's towers, as the ranks would check them on this machine
+        tower_devices(cfg.tower_devices, distributed.DistInfo(rank, args.nproc, rank, args.nproc))
     argv = distributed.without_option(args.argv, "--nproc")
     out = cfg.out
     if not out:  # named here, so that the launcher's last line can say which folder to resume

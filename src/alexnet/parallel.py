@@ -186,29 +186,30 @@ def tower_devices(spec: list[str], info: DistInfo) -> tuple[torch.device, torch.
     """
     if not spec or list(spec) in (["none"], ["off"]):
         return None
+    typed = ",".join(spec)  # messages name what the user typed (auto, not cuda,cuda)
     if list(spec) == ["auto"]:
         spec = ["cuda", "cuda"]
     if len(spec) != 2:
-        raise ConfigError(f"--towers: expected two devices DEV0,DEV1 (e.g. cuda:0,cuda:1 or cpu,cpu), got {','.join(spec)!r}")
+        raise ConfigError(f"--towers: expected two devices DEV0,DEV1 (e.g. cuda:0,cuda:1 or cpu,cpu), got {typed!r}")
     try:
         devices = [torch.device(s.strip()) for s in spec]
     except RuntimeError:
-        raise ConfigError(f"--towers: unknown device in {','.join(spec)!r} (use cpu, cuda or cuda:N)") from None
+        raise ConfigError(f"--towers: unknown device in {typed!r} (use cpu, cuda or cuda:N)") from None
     for d in devices:
         if d.type not in ("cpu", "cuda"):
             raise ConfigError(f"--towers: {d} is not supported; use cpu or cuda devices")
     if devices[0].type != devices[1].type:  # one autocast and one gradient scaler serve both towers
-        raise ConfigError(f"--towers {','.join(spec)}: both towers must be on the same kind of device")
+        raise ConfigError(f"--towers {typed}: both towers must be on the same kind of device")
     if any(d.type == "cuda" for d in devices):
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
-            raise ConfigError(f"--towers {','.join(spec)}: no CUDA device is available on this machine")
+            raise ConfigError(f"--towers {typed}: no CUDA device is available on this machine")
         if all(d.index is None for d in devices if d.type == "cuda"):
             base = 2 * info.local_rank
             devices = [torch.device("cuda", base + t) if d.type == "cuda" else d for t, d in enumerate(devices)]
         elif info.local_world > 1:
             raise ConfigError(
-                f"--towers {','.join(spec)}: with {info.local_world} processes per machine use --towers auto "
+                f"--towers {typed}: with {info.local_world} processes per machine use --towers auto "
                 "(process r takes cuda:2r and cuda:2r+1)"
             )
         for d in devices:
