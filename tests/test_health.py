@@ -70,6 +70,10 @@ def test_a_run_shorter_than_the_window_is_judged_at_its_epoch_end(tiny_fmnist, t
     calm = HealthMonitor(None, num_classes=10, window=10)
     calm.check(2.4, [], "step 1")
     calm.end_epoch("the end of epoch 1")
+    one = HealthMonitor(None, num_classes=10, window=10)  # one step: "over the last step" (it said "1 steps")
+    one.check(20.0, [], "step 1")
+    with pytest.raises(UnhealthyRun, match=r"20\.0 over the last step, far above"):
+        one.end_epoch("the end of epoch 1")
 
     import alexnet.train as train_mod
     from alexnet.config import resolve_config

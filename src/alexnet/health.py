@@ -182,11 +182,13 @@ class HealthMonitor:
             # Far off before any update: no learning rate did that; the weights do not fit the inputs.
             cause = (f"it was {self.first:.1f} at the first step, before any update, so the learning rate is not the "
                      "cause: the starting weights do not fit these inputs (weights made for another preprocessing, e.g. "
-                     "--init-from with another --data-preset, or an initialisation that saturates)"
+                     "--init-from with another --data-preset; a checkpoint that had diverged itself; or an "
+                     "initialisation that saturates)"
                      if self.first is not None and self.first > self.limit else _either(self.remedies))
+            n = len(self.losses)
             self._fail(
                 "diverged",
-                f"the training loss diverged at {where}: {mean:.1f} over the last {len(self.losses)} steps, far above "
+                f"the training loss diverged at {where}: {mean:.1f} over the last {f'{n} steps' if n > 1 else 'step'}, far above "
                 f"ln({self.num_classes}) = {self.chance:.2f} (a uniform guess); {cause}",
             )
 
