@@ -201,6 +201,10 @@ def test_features_and_retrieval_return_the_query_first(tmp_path, capsys):
     folder = make_image_folder(tmp_path / "imgs", classes=3, per_class=3)
     ckpt = tiny_checkpoint(tmp_path / "m.pt")
     index = tmp_path / "index.safetensors"
+    # Another name: refused before the work (a safetensors file was written as e.npz; user sweep).
+    err = cli_fails(capsys, "features", "--checkpoint", str(ckpt), "--data", str(folder), "--out", str(tmp_path / "e.npz"))
+    assert err == f"alexnet: error: --out {tmp_path / 'e.npz'}: the index is a safetensors file: name it NAME.safetensors"
+    assert not (tmp_path / "e.npz").exists()
     assert main(["features", "--checkpoint", str(ckpt), "--data", str(folder), "--out", str(index), "--amp", "none"]) == 0
     query = folder / "class1" / "img2.jpg"
     fig = tmp_path / "ret.png"

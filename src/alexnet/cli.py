@@ -293,8 +293,12 @@ def cmd_features(args: argparse.Namespace) -> int:
     from .retrieval import build_index, save_index
     from .runtime import resolve_amp, resolve_device
 
+    from .errors import ConfigError
+
     device = resolve_device(args.device)
     amp = resolve_amp(args.amp, device)
+    if Path(args.out).suffix.lower() != ".safetensors":  # it wrote safetensors under any name, e.g. e.npz
+        raise ConfigError(f"--out {args.out}: the index is a safetensors file: name it NAME.safetensors")
     _check_output(args.out, "--out")
     model = load(args.checkpoint, device)
     index = build_index(model, args.data, args.batch_size, args.workers or 0, Path(args.checkpoint).resolve(), _progress_flag(args), amp)
@@ -604,7 +608,7 @@ def _add_use_commands(sub, common: argparse.ArgumentParser) -> None:
     fe = sub.add_parser("features", parents=[common], help="fc7 features of every image of a folder (an index for 'retrieve')")
     fe.add_argument("--checkpoint", required=True)
     fe.add_argument("--data", required=True, help="a folder of CLASS/IMAGE files")
-    fe.add_argument("--out", required=True, help="index file (.safetensors)")
+    fe.add_argument("--out", required=True, help="index file, NAME.safetensors")
     fe.add_argument("--batch-size", type=_positive_int, default=64)
     fe.set_defaults(func=cmd_features)
 
