@@ -141,6 +141,17 @@ def test_bad_input(tmp_path, tiny_fmnist):
     _one_line_error(run_cli("evaluate", "--checkpoint", str(junk)), "junk.pt")
 
 
+def test_tensorboard_without_its_package_is_refused_before_the_data_loads(tiny_fmnist, tmp_path):
+    """It was refused once the data had loaded and the 'training ...' line was printed (user sweep)."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is not None:
+        pytest.skip("tensorboard is installed here")
+    r = run_cli("train", "--data", str(tiny_fmnist), "--out", str(tmp_path / "run"), "--tensorboard")
+    _one_line_error(r, "--tensorboard needs the tensorboard package")
+    assert r.stdout == "" and not (tmp_path / "run").exists()
+
+
 def test_wrong_num_classes(tiny_fmnist, tmp_path):
     out = tmp_path / "run"
     assert run_cli("train", "--data", str(tiny_fmnist), "--epochs", "1", "--batch-size", "32", "--out", str(out)).returncode == 0

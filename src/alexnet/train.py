@@ -374,6 +374,8 @@ def fit(
     Returns the last epoch's metrics with ``run_dir`` and ``best_val_top1`` added.
     """
     info = distributed.env_info()
+    if cfg.tensorboard and info.is_main:  # refused before the data loads, not once the run has started
+        _summary_writer()
     towers = tower_devices(cfg.tower_devices, info)
     device = towers[0] if towers else distributed.rank_device(cfg.device, info)
     run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg.model)
@@ -878,12 +880,16 @@ def _record(run_dir: Path, metrics_path: Path, record: dict[str, Any], writer: A
     _plot(run_dir)
 
 
-def _tensorboard(run_dir: Path):
+def _summary_writer() -> type:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         raise ConfigError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
-    return SummaryWriter(str(run_dir / "tensorboard"))
+    return SummaryWriter
+
+
+def _tensorboard(run_dir: Path):
+    return _summary_writer()(str(run_dir / "tensorboard"))
 
 
 def _plot(run_dir: Path) -> None:
