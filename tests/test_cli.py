@@ -189,6 +189,28 @@ def test_every_computing_command_takes_threads():
         assert any("--threads" in a.option_strings for a in commands[name]._actions), name
 
 
+def test_help_gives_defaults_and_prepare_uses_workers_by_default(tmp_path, monkeypatch):
+    """Help states each option's default, the presets' own where they differ (--epochs, --momentum
+    had no help); prepare takes no --device/--amp and decodes with one worker per core up to 8 (its
+    default was overwritten with 0 before it could apply; user sweep)."""
+    import os
+
+    from alexnet.cli import build_parser, main
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices
+    train = " ".join(sub["train"].format_help().split())
+    assert "--epochs EPOCHS training epochs (default: the preset's: paper 90, photos 30, owt 90, fashion_mnist 5, cifar 15)" in train
+    assert "--momentum MOMENTUM SGD momentum (default: 0.9)" in train
+    assert "--label-smoothing LABEL_SMOOTHING cross-entropy label smoothing (0: off) (default: the preset's: paper 0.0, photos 0.1" in train
+    assert "--top TOP classes per image (default: 5)" in " ".join(sub["predict"].format_help().split())
+    prepare = sub["prepare"].format_help()
+    assert "--workers" in prepare and "--device" not in prepare and "--amp" not in prepare
+    seen = {}
+    monkeypatch.setattr("alexnet.data.packed.prepare", lambda *a, **kw: seen.update(kw) or {"splits": {}, "bad_files": 0})
+    main(["prepare", "--data", str(tmp_path), "--out", str(tmp_path / "p")])
+    assert seen["workers"] == min(8, os.cpu_count() or 1)
+
+
 def test_missing_default_data_message(monkeypatch):
     from alexnet.data import fashion_mnist, loaders
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import math
@@ -75,7 +76,7 @@ def _add_config_options(parser: argparse.ArgumentParser, names: list[str] | None
         if not meta.get("cli", True) or (names is not None and name not in names):
             continue
         base = next((a for a in typing.get_args(kind) if a is not type(None)), kind)
-        extra: dict = {"help": meta.get("help"), "metavar": meta.get("metavar"), "default": None, "dest": name}
+        extra: dict = {"help": _with_default(name, meta.get("help")), "metavar": meta.get("metavar"), "default": None, "dest": name}
         if typing.get_origin(kind) in (list, dict):
             extra["action"] = "append"  # comma lists and KEY=VALUE tables are parsed by _config_overrides
         elif base is bool:
@@ -88,6 +89,22 @@ def _add_config_options(parser: argparse.ArgumentParser, names: list[str] | None
         if extra.get("metavar") is None and "action" not in extra and "choices" not in extra:
             extra["metavar"] = flag(name).lstrip("-").replace("-", "_").upper()
         parser.add_argument(flag(name), **extra)
+
+
+def _with_default(name: str, help: str | None) -> str | None:
+    """An option's help with its default: each preset's value where the presets differ."""
+    from .config import _FIELDS, PRESETS
+
+    if name == "workers":  # shared by every command, whose defaults differ
+        return (f"{help} (train: the preset's, 4 or 0 for Fashion-MNIST/CIFAR, at most one per core; "
+                "prepare: one per core, at most 8; others: 0)")
+    default = _FIELDS[name].default
+    if help is None or "default" in help or default is dataclasses.MISSING or isinstance(default, (list, dict)):
+        return help
+    values = {p: recipe.get(name, default) for p, recipe in PRESETS.items()}
+    if len({repr(v) for v in values.values()}) > 1:
+        return f"{help} (default: the preset's: {', '.join(f'{p} {v}' for p, v in values.items())})"
+    return help if default is None or default is False else f"{help} (default: {default})"
 
 
 def _train_option_names() -> list[str]:
@@ -290,10 +307,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_features(args: argparse.Namespace) -> int:
     from .checkpoint import load
+    from .errors import ConfigError
     from .retrieval import build_index, save_index
     from .runtime import resolve_amp, resolve_device
-
-    from .errors import ConfigError
 
     device = resolve_device(args.device)
     amp = resolve_amp(args.amp, device)
@@ -473,7 +489,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         args.data,
         args.out,
         strict=args.strict,
-        workers=args.workers if args.workers is not None else min(8, os.cpu_count() or 1),
+        workers=args.workers,
         size=args.size,
         shard_size=args.shard_size,
         show_progress=_progress_flag(args),
@@ -533,6 +549,10 @@ def _add_threads(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_progress(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--progress", choices=("auto", "on", "off"), default="auto", help="progress bars (auto: on a terminal)")
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with a one-line error (no wrapped usage block) and exit code 2."""
 
@@ -552,7 +572,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     common = _Parser(add_help=False)
     _add_config_options(common, ["device", "workers", "amp"])
-    common.add_argument("--progress", choices=("auto", "on", "off"), default="auto", help="progress bars (auto: on a terminal)")
+    _add_progress(common)
     _add_threads(common)
 
     _add_train(sub, common)
@@ -588,7 +608,7 @@ def _add_use_commands(sub, common: argparse.ArgumentParser) -> None:
     e.add_argument("--checkpoint", required=True, help="a .pt or .safetensors file from 'alexnet train', 'import' or 'export'")
     e.add_argument("--data", help="data to evaluate on (default: the data set the checkpoint was trained on; needed for imports, exports)")
     e.add_argument("--num-classes", type=_positive_int, help="check that the checkpoint has this many classes")
-    e.add_argument("--batch-size", type=_positive_int, default=256)
+    e.add_argument("--batch-size", type=_positive_int, default=256, help="images per batch (default: 256)")
     _add_config_options(e, ["decode", "channels_last"])
     e.add_argument("--ten-crop", action="store_true", help="average the softmax of the 4 corner + centre crops and their mirrors")
     e.add_argument("--ensemble", nargs="+", metavar="FILE", help="more checkpoints: average the softmax of all models")
@@ -598,26 +618,26 @@ def _add_use_commands(sub, common: argparse.ArgumentParser) -> None:
 
     pr = sub.add_parser("predict", parents=[common], help="top-K classes of your own images")
     pr.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER")
-    pr.add_argument("--checkpoint", required=True)
-    pr.add_argument("--top", type=_positive_int, default=5)
+    pr.add_argument("--checkpoint", required=True, help="a checkpoint (.pt) or an exported .safetensors")
+    pr.add_argument("--top", type=_positive_int, default=5, help="classes per image (default: 5)")
     pr.add_argument("--json", action="store_true", help="print a JSON list")
     pr.add_argument("--figure", help="figure file (.png, .pdf, .svg, .jpg): each image with bars for its --top classes, "
                     "at most 5 (the paper's figure 4, left)")
     pr.set_defaults(func=cmd_predict)
 
     fe = sub.add_parser("features", parents=[common], help="fc7 features of every image of a folder (an index for 'retrieve')")
-    fe.add_argument("--checkpoint", required=True)
+    fe.add_argument("--checkpoint", required=True, help="a checkpoint (.pt) or an exported .safetensors")
     fe.add_argument("--data", required=True, help="a folder of CLASS/IMAGE files")
     fe.add_argument("--out", required=True, help="index file, NAME.safetensors")
-    fe.add_argument("--batch-size", type=_positive_int, default=64)
+    fe.add_argument("--batch-size", type=_positive_int, default=64, help="images per batch (default: 64)")
     fe.set_defaults(func=cmd_features)
 
     rt = sub.add_parser("retrieve", parents=[common], help="the indexed images nearest to a query in fc7 space")
     rt.add_argument("image", metavar="QUERY_IMAGE")
     rt.add_argument("--index", required=True, help="a file written by 'alexnet features'")
     rt.add_argument("--checkpoint", help="default: the checkpoint the index was built with")
-    rt.add_argument("--k", type=_positive_int, default=6)
-    rt.add_argument("--json", action="store_true")
+    rt.add_argument("--k", type=_positive_int, default=6, help="neighbours to list (default: 6)")
+    rt.add_argument("--json", action="store_true", help="print a JSON list")
     rt.add_argument("--figure", help="figure file (.png, .pdf, .svg, .jpg): the query and its neighbours (the paper's figure 4, right)")
     rt.set_defaults(func=cmd_retrieve)
 
@@ -651,11 +671,10 @@ def _add_tool_commands(sub, common: argparse.ArgumentParser) -> None:
     _add_threads(ex)
     ex.set_defaults(func=cmd_export)
 
-    pp = sub.add_parser(
-        "prepare",
-        parents=[common],
-        help="decode an image folder once into the packed 256x256 format (with mean image and PCA)",
-    )
+    pp = sub.add_parser("prepare", help="decode an image folder once into the packed 256x256 format (with mean image and PCA)")
+    _add_config_options(pp, ["workers"])  # no --device or --amp: it decodes on the CPU and computes in float64
+    _add_progress(pp)
+    _add_threads(pp)
     pp.add_argument("--data", required=True, help="image folder (CLASS/IMAGE, or train/ and val/; ILSVRC-2012 layout)")
     pp.add_argument("--out", required=True, help="folder for the packed shards and index.json")
     pp.add_argument("--strict", action="store_true", help="stop at the first unreadable image instead of skipping it")
@@ -727,7 +746,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     if args.command != "train":  # train leaves unset options to its preset and config file
-        for name, default in (("workers", 0), ("amp", "auto"), ("device", "auto")):
+        workers = min(8, os.cpu_count() or 1) if args.command == "prepare" else 0  # prepare decodes every image
+        for name, default in (("workers", workers), ("amp", "auto"), ("device", "auto")):
             if getattr(args, name, default) is None:
                 setattr(args, name, default)
     from .train import Interrupted, StoppedAtOnce

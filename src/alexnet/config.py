@@ -54,15 +54,15 @@ class TrainConfig:
     model: str = opt("alexnet_paper", "model name (see 'alexnet models')")
     model_options: dict[str, Any] = opt(factory=dict, help="model config override, e.g. lrn=false, towers=1",
                                         flag="--model-option", metavar="KEY=VALUE")  # AlexNetConfig overrides
-    epochs: int = opt(90, check=AT_LEAST_1)
+    epochs: int = opt(90, "training epochs", check=AT_LEAST_1)
     batch_size: int = opt(128, "images per optimisation step: the global batch, split evenly over the processes "
                           "of a distributed run", check=AT_LEAST_1)
     eval_batch_size: int = opt(256, "images per evaluation batch", check=AT_LEAST_1)
     optimizer: str = opt("sgd", "paper: the paper's update rule (optim.PaperSGD); sgd: torch.optim.SGD",
                          choices=("paper", "sgd"))
     lr: float = opt(0.01, "(peak) learning rate", check=POSITIVE)
-    momentum: float = opt(0.9, check=FRACTION)
-    weight_decay: float = opt(5e-4, check=NON_NEGATIVE)
+    momentum: float = opt(0.9, "SGD momentum", check=FRACTION)
+    weight_decay: float = opt(5e-4, "L2 weight decay", check=NON_NEGATIVE)
     bias_decay: bool = opt(True, "weight decay on biases too (the paper's cuda-convnet, like Caffe, decayed weights only: "
                            "preset paper turns it off)")
     nesterov: bool = opt(False, "Nesterov momentum (sgd)")
