@@ -4,14 +4,14 @@ No weights are downloaded (none are published); pass ``checkpoint=FILE`` to load
 ``.safetensors`` file written by ``alexnet train``, ``alexnet import`` or ``alexnet export``.
 """
 
-import sys
-from pathlib import Path
+import sys as _sys
+from pathlib import Path as _Path  # torch.hub.list lists every public callable: only the models are public
 
 dependencies = ["torch", "numpy", "PIL"]
 
-_SRC = str(Path(__file__).resolve().parent / "src")
-if _SRC not in sys.path:  # a plain clone is not installed: make its package importable
-    sys.path.insert(0, _SRC)
+_SRC = str(_Path(__file__).resolve().parent / "src")
+if _SRC not in _sys.path:  # a plain clone is not installed: make its package importable
+    _sys.path.insert(0, _SRC)
 
 from alexnet import create_model as _create_model  # noqa: E402
 from alexnet import load as _load  # noqa: E402

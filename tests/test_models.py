@@ -44,6 +44,8 @@ def test_registry():
     hub = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(hub)
     assert all(callable(getattr(hub, n, None)) for n in names)  # torch.hub has an entry for every model
+    # ... and none else (torch.hub.list's rule: public callables): Path was listed too (user sweep).
+    assert sorted(n for n in dir(hub) if callable(getattr(hub, n)) and not n.startswith("_")) == sorted(names)
 
 
 def count(model):
