@@ -77,6 +77,7 @@ def test_summary_of_an_ablation_and_of_a_checkpoint(tmp_path, capsys):
     assert main(["summary", "--model-option", "towers=1"]) == 0
     out = capsys.readouterr().out
     assert f"total parameters:          {params:,}" in out and f"{macs:,} per image" in out
+    assert out.startswith("alexnet_paper towers=1: input 3x224x224")  # the header names the ablation (user sweep)
     model = alexnet.create_model("alexnet_small", num_classes=7, widths=[8, 16, 16, 16, 16], fc_width=32)
     ckpt = tmp_path / "m.pt"
     save_atomic({"model": model.state_dict(), "model_config": model.config.to_dict(), "classes": list("abcdefg")}, ckpt)

@@ -428,8 +428,9 @@ def cmd_summary(args: argparse.Namespace) -> int:
         model = load(args.checkpoint)
         name = f"{registered_name(model.config) or 'a custom AlexNet'} ({args.checkpoint})"
     else:
-        name = args.model or "alexnet_paper"
-        model = create_model(name, num_classes=args.num_classes or 1000, **options)
+        base = args.model or "alexnet_paper"
+        model = create_model(base, num_classes=args.num_classes or 1000, **options)
+        name = base + "".join(f" {k}={v}" for k, v in options.items())  # the ablation in its header
     print(format_summary(model, name, args.input_size))
     return 0
 
