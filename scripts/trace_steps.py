@@ -25,7 +25,7 @@ from alexnet.data.loaders import load_data, model_input
 from alexnet.health import WATCHED, LayerProbe
 from alexnet.model import model_config
 from alexnet.optim import make_optimizer, param_groups
-from alexnet.runtime import seed_everything
+from alexnet.runtime import seed_everything, set_threads
 from alexnet.train import _set_lr, build_model
 
 
@@ -57,9 +57,9 @@ def trace(cfg, steps: int) -> list[dict]:
             row = {
                 "step": step + 1,
                 "lr": opt.param_groups[0]["lr"],
-                "loss": float(loss),
-                "logit_std": float(logits.float().std()),
-                "logit_max": float(logits.float().abs().max()),
+                "loss": float(loss.detach()),
+                "logit_std": float(logits.detach().float().std()),
+                "logit_max": float(logits.detach().float().abs().max()),
                 "dead": {n: round(life.dead_fraction, 4) for n, life in probe.seen.items()},
                 "pre_mean": {n: round(life.mean, 4) for n, life in probe.seen.items()},
                 "pre_std": {n: round(life.std, 4) for n, life in probe.seen.items()},
@@ -105,7 +105,10 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="JSON lines (a PNG is written beside it)")
+    p.add_argument("--threads", type=int, help="CPU threads (default: one per core)")
     args = p.parse_args()
+    if args.threads:
+        set_threads(args.threads)
     cfg = resolve_config(args.preset, {"data": args.data, "lr": args.lr, "seed": args.seed,
                                        "model_options": _key_values(args.model_option, "--model-option")})
     rows = trace(cfg, args.steps)
