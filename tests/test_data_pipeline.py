@@ -269,6 +269,13 @@ def test_bad_files_skipped_once_counted_and_listed(tmp_path, capsys):
         assert err.count(f"warning: skipping unreadable image {path}:") == 1, path  # one warning line each
     subset = data.train.loader.dataset
     assert not {subset.dataset.samples[i][0] for i in subset.indices} & set(bad)  # left out of training
+    # --strict on the cached statistics stops at a file the pass found, with the reason its decoder
+    # gave then (it said only "unreadable"; user sweep).
+    said = dict(line.split("\t") for line in (run / "bad_files.txt").read_text().splitlines())
+    with pytest.raises(DataError, match="found by the cached statistics pass") as stop:
+        load_data(root, batch_size=4, input_size=24, val_fraction=0.25, strict=True, show_progress=False)
+    path = next(p for p in said if f"unreadable image {p}:" in str(stop.value))
+    assert f"unreadable image {path}: {said[path]} (found by the cached statistics pass)" in str(stop.value)
     # An epoch with the torchvision preset (no statistics pass) meets them mid-epoch and goes on.
     data = load_data(root, batch_size=4, input_size=24, out_dir=run, preset="torchvision", val_fraction=0.5)
     seen = sum(len(b[1]) for b in data.train if b is not None) + sum(len(b[1]) for b in data.val if b is not None)

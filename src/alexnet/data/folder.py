@@ -135,8 +135,12 @@ class BadFiles:
                 f.write(f"{path}\t{reason}\n")
         print(f"warning: skipping unreadable image {path}: {reason}", file=sys.stderr, flush=True)
 
+    def reasons(self) -> dict[str, str]:
+        """Every file reported so far (by this process, or by any that shares the list file): why."""
+        return {**self._logged(), **self.seen}
+
     def paths(self) -> list[str]:
-        return sorted({**self._logged(), **self.seen})
+        return sorted(self.reasons())
 
     @property
     def count(self) -> int:

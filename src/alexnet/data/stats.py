@@ -160,9 +160,12 @@ def folder_stats(dataset, indices: list[int], workers: int = 0, show_progress: b
     json_path, mean_path = folder / f"stats-{key}.json", folder / f"mean-{key}.npy"
     cached = load_stats(json_path)
     if cached is not None:
-        for path in cached.get("bad", []):
-            dataset.bad.report(path, "unreadable (found by the cached statistics pass)")
+        reasons = cached.get("bad_reasons") if isinstance(cached.get("bad_reasons"), dict) else {}
+        for path in cached.get("bad", []):  # --strict names the first with the reason its decoder gave
+            dataset.bad.report(path, f"{reasons.get(path, 'unreadable')} (found by the cached statistics pass)")
         return cached
     stats, bad = compute_stats(dataset, indices, workers, show_progress=show_progress)
-    save_stats(stats, json_path, mean_path, {"bad": [dataset.samples[i][0] for i in bad], "root": str(dataset.root)})
+    paths, said = [dataset.samples[i][0] for i in bad], dataset.bad.reasons()
+    save_stats(stats, json_path, mean_path, {"bad": paths, "bad_reasons": {p: said[p] for p in paths if p in said},
+                                             "root": str(dataset.root)})
     return load_stats(json_path) or {**stats, "mean_image": str(mean_path)}
