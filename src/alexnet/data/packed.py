@@ -52,7 +52,7 @@ class PackedDataset(torch.utils.data.Dataset):
             raise DataError(f"{self.root}: packed data has no {split!r} split (has {', '.join(index['splits'])})")
         info = index["splits"][split]
         self.shards = [(self.root / name, n) for name, n in info["shards"]]
-        self.starts = np.cumsum([0] + [n for _, n in self.shards]).tolist()
+        self.starts = np.cumsum([0] + [n for _, n in self.shards])  # each shard's first index, then the total
         self.labels = np.load(self.root / info["labels"])
         if len(self.labels) != self.starts[-1]:
             raise DataError(f"{self.root}: {split} has {len(self.labels)} labels but {self.starts[-1]} images")
@@ -60,7 +60,7 @@ class PackedDataset(torch.utils.data.Dataset):
         self._maps: list[np.ndarray] | None = None  # opened lazily: memmaps must not be pickled to workers
 
     def __len__(self) -> int:
-        return self.starts[-1]
+        return int(self.starts[-1])
 
     def _arrays(self) -> list[np.ndarray]:
         if self._maps is None:
@@ -79,7 +79,7 @@ class PackedDataset(torch.utils.data.Dataset):
         idx = np.asarray(indices, dtype=np.int64)
         out = np.empty((len(idx), 3, self.size, self.size), dtype=np.uint8)
         shard = np.searchsorted(self.starts, idx, side="right") - 1
-        local = idx - np.asarray(self.starts)[shard]
+        local = idx - self.starts[shard]
         # One copy per image, straight into the batch, in file order (sorted reads are kinder to the
         # disk). A fancy-indexed gather then a scatter into the batch's order copies every byte
         # twice; with np.memmap indexing it ran at a quarter of this rate (benchmarks/data_pipeline.py, (d)).
