@@ -95,15 +95,15 @@ def _with_default(name: str, help: str | None) -> str | None:
     """An option's help with its default: each preset's value where the presets differ."""
     from .config import _FIELDS, PRESETS
 
-    if name == "workers":  # shared by every command, whose defaults differ
-        return (f"{help} (train: the preset's, 4 or 0 for Fashion-MNIST/CIFAR, at most one per core; "
-                "prepare: one per core, at most 8; others: 0)")
     default = _FIELDS[name].default
     if help is None or "default" in help or default is dataclasses.MISSING or isinstance(default, (list, dict)):
         return help
     values = {p: recipe.get(name, default) for p, recipe in PRESETS.items()}
-    if len({repr(v) for v in values.values()}) > 1:
-        return f"{help} (default: the preset's: {', '.join(f'{p} {v}' for p, v in values.items())})"
+    said = f"the preset's: {', '.join(f'{p} {v}' for p, v in values.items())}" if len({repr(v) for v in values.values()}) > 1 else None
+    if name == "workers":  # shared by every command, whose defaults differ
+        return f"{help} (train: {said or default}, at most one per core; prepare: one per core, at most 8; others: 0)"
+    if said:
+        return f"{help} (default: {said})"
     return help if default is None or default is False else f"{help} (default: {default})"
 
 
