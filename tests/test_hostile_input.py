@@ -315,6 +315,35 @@ def test_resume_from_a_checkpoint_asking_for_a_huge_model_is_refused(tmp_path, c
     assert str(last) in fails(capsys, "train", "--resume", str(tmp_path / "run"))
 
 
+def test_checkpoint_with_nan_weights_is_refused_by_every_command(tmp_path, capsys):
+    """NaN or inf weights (a damaged file, a bad conversion) are refused where they are loaded, naming
+    the file and the tensor; they gave NaN scores (evaluate: chance, predict: class 0) or a NaN loss
+    at the first step blamed on the learning rate."""
+    path = tiny_checkpoint(tmp_path / "nan.pt", classes=10)
+    ckpt = torch.load(path, weights_only=False)
+    ckpt["model"]["conv2.weight"][0, 0, 0, 0] = float("nan")
+    ckpt["model"]["fc8.bias"][1] = float("inf")  # conv2: 8 kernels of 4 channels (two towers), 5x5: 800 values
+    save_atomic(ckpt, path)
+    images = make_image_folder(tmp_path / "imgs", classes=10, per_class=4)
+    runs = {"evaluate": ["evaluate", "--checkpoint", str(path), "--data", str(images)],
+            "predict": ["predict", str(images / "class0" / "img0.jpg"), "--checkpoint", str(path)],
+            "export": ["export", "--checkpoint", str(path), "--out", str(tmp_path / "m.safetensors")],
+            "train": ["train", "--data", str(images), "--init-from", str(path), "--out", str(tmp_path / "run"), *QUICK]}
+    for command, args in runs.items():
+        err = fails(capsys, *args)
+        assert str(path) in err and "conv2.weight (1 of 800 values), fc8.bias (1 of 10 values)" in err, (command, err)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "m.safetensors").exists()
+
+
+def test_checkpoint_whose_recipe_and_network_disagree_on_channels_is_refused(tmp_path, capsys):
+    """A 1-channel network with a 3-channel (RGB) recipe: evaluate said "internal error: RuntimeError:
+    Given groups=1, weight of size [8, 1, 11, 11], expected input[10, 3, 67, 67] to have 1 channels"."""
+    path = tiny_checkpoint(tmp_path / "mixed.pt", classes=2, in_chans=1)
+    images = make_image_folder(tmp_path / "imgs", classes=2, per_class=1)
+    err = fails(capsys, "evaluate", "--checkpoint", str(path), "--data", str(images))
+    assert str(path) in err and "preprocess is for 3-channel images but its network takes 1-channel" in err
+
+
 # -- 8. A feature index with malformed metadata ---------------------------------------------------------
 def test_index_with_malformed_json_metadata(tmp_path, capsys):
     from safetensors.torch import save_file

@@ -241,7 +241,13 @@ def test_caffe_bad_files(tmp_path, capsys):
     np.save(tmp_path / "int.npy", {"conv1": 3}, allow_pickle=True)
     np.save(tmp_path / "nobias.npy", {"conv1": [np.zeros((3, 3, 3, 8), np.float32)]}, allow_pickle=True)
     np.save(tmp_path / "text.npy", {"conv1": ["ab", "cd"]}, allow_pickle=True)
+    # A port's {"weights": W} without "biases" said "conv1.bias is [1] in the file"; NaN weights
+    # were imported and gave a model whose every output is NaN.
+    weights = caffe_weights()
+    write_tf_npy(tmp_path / "nan.npy", {**weights, "conv3": [weights["conv3"][0] * np.nan, weights["conv3"][1]]})
+    np.save(tmp_path / "dictnobias.npy", {n: {"weights": w} for n, (w, _) in weights.items()}, allow_pickle=True)
     cases = (("junk.caffemodel", "caffemodel", []), ("foreign.npy", "allow-pickle", []),
+             ("nan.npy", "weights hold NaN or inf: conv3.weight", []), ("dictnobias.npy", "layer 'conv1' has no bias", []),
              *((f, "'conv1' is not a [weights, bias] pair", extra) for f in ("int.npy", "nobias.npy", "text.npy")
                for extra in ([], ["--allow-pickle"])))
     for name, hint, extra in cases:

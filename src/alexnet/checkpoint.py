@@ -23,7 +23,7 @@ import torch
 from . import atomic, faults
 from .data import presets
 from .data.presets import Preprocess
-from .errors import CheckpointError, DataError, state_dict_mismatch
+from .errors import CheckpointError, DataError, refuse_non_finite, state_dict_mismatch
 from .model import AlexNet, AlexNetConfig
 
 
@@ -259,6 +259,7 @@ def model_from_checkpoint(ckpt: dict[str, Any], source: str = "checkpoint") -> A
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
         raise CheckpointError(f"{source}: weights do not fit the model: {state_dict_mismatch(e)}") from None
+    refuse_non_finite(ckpt["model"], source)
     return model
 
 
@@ -274,4 +275,7 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> AlexNet
     if len(model.classes) != model.config.num_classes:
         raise CheckpointError(f"{path}: lists {len(model.classes)} class names for {model.config.num_classes} outputs")
     model.preprocess = _preprocess(ckpt["preprocess"], str(path)) if ckpt.get("preprocess") is not None else None
+    if model.preprocess is not None and model.preprocess.channels != model.config.in_chans:
+        raise CheckpointError(f"{path}: its preprocess is for {model.preprocess.channels}-channel images but its network "
+                              f"takes {model.config.in_chans}-channel ones")
     return model.to(device).eval()

@@ -1,6 +1,10 @@
 """Exceptions for problems a user can fix. The CLI prints them as one line and exits non-zero."""
 
 import re
+from collections.abc import Mapping
+from typing import Any
+
+import torch
 
 
 class AlexNetError(Exception):
@@ -47,3 +51,17 @@ def state_dict_mismatch(error: Exception, most: int = 3) -> str:
         said.append(f"{m[1]} is {m[2]} in the file but {m[3]} in the model" if m else line)
     return "; ".join(said) + (f" (and {len(lines) - most} more)" if len(lines) > most else "")
 
+
+
+def refuse_non_finite(state: Mapping[str, Any], source: str, most: int = 3) -> None:
+    """CheckpointError naming ``source`` and the tensors of ``state`` that hold NaN or inf: such
+    weights give NaN outputs (a model that predicts nothing, a loss that is NaN from the first step)."""
+    bad = []
+    for name, value in state.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            n = value.numel() - int(torch.isfinite(value).sum())
+            if n:
+                bad.append(f"{name} ({n:,} of {value.numel():,} values)")
+    if bad:
+        more = f" and {len(bad) - most} more" if len(bad) > most else ""
+        raise CheckpointError(f"{source}: weights hold NaN or inf: {', '.join(bad[:most])}{more}; refused")

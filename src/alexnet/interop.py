@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .data.presets import IMAGENET_MEAN, IMAGENET_STD, Preprocess
-from .errors import CheckpointError, state_dict_mismatch
+from .errors import CheckpointError, refuse_non_finite, state_dict_mismatch
 from .model import LAYER_NAMES, AlexNet, model_config
 from .unpickle import load_plain
 
@@ -52,6 +52,7 @@ def _classes(n: int) -> list[str]:
 
 
 def _checkpoint(model: AlexNet, preprocess: Preprocess, source: str) -> dict[str, Any]:
+    refuse_non_finite(model.state_dict(), source)
     return {
         "model": model.state_dict(),
         "model_config": model.config.to_dict(),
@@ -233,6 +234,8 @@ def read_npy_weights(path: str | os.PathLike, allow_pickle: bool = False) -> dic
         try:
             if isinstance(value, (str, bytes)) or len(value) != 2:
                 raise TypeError
+            if value[1] is None:
+                raise CheckpointError(f"{path}: layer {name!r} has no bias")
             out[name] = [np.asarray(v, dtype=np.float32) for v in value]
         except (TypeError, ValueError):
             raise CheckpointError(f"{path}: layer {name!r} is not a [weights, bias] pair of numeric arrays") from None

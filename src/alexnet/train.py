@@ -38,7 +38,7 @@ from .data.fashion_mnist import DEBIAN_ROOT
 from .data.loaders import DataBundle, load_data, model_input, set_epoch
 from .data.presets import Preprocess
 from .data.sources import check_out_of_images
-from .errors import AlexNetError, CheckpointError, ConfigError, DataError, TrainingError, state_dict_mismatch
+from .errors import AlexNetError, CheckpointError, ConfigError, DataError, TrainingError, refuse_non_finite, state_dict_mismatch
 from .evaluate import score, summarize
 from .health import HealthMonitor
 from .model import LAYER_NAMES, AlexNet, AlexNetConfig, model_config, registered_name, torchvision_key
@@ -275,6 +275,7 @@ def build_model(
         state = dict(init["model"])
         mine = model.state_dict()
         state = {torchvision_key(k): v for k, v in state.items()}  # torchvision names -> ours
+        refuse_non_finite(state, f"--init-from {cfg.init_from}")
         fresh = [k for k in ("fc8.weight", "fc8.bias") if k in state and state[k].shape != mine[k].shape]
         for k in fresh:
             del state[k]
