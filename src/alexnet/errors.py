@@ -52,7 +52,6 @@ def state_dict_mismatch(error: Exception, most: int = 3) -> str:
     return "; ".join(said) + (f" (and {len(lines) - most} more)" if len(lines) > most else "")
 
 
-
 def refuse_non_finite(state: Mapping[str, Any], source: str, most: int = 3) -> None:
     """CheckpointError naming ``source`` and the tensors of ``state`` that hold NaN or inf: such
     weights give NaN outputs (a model that predicts nothing, a loss that is NaN from the first step)."""

@@ -52,9 +52,10 @@ def _classes(n: int) -> list[str]:
 
 
 def _checkpoint(model: AlexNet, preprocess: Preprocess, source: str) -> dict[str, Any]:
-    refuse_non_finite(model.state_dict(), source)
+    state = model.state_dict()
+    refuse_non_finite(state, source)
     return {
-        "model": model.state_dict(),
+        "model": state,
         "model_config": model.config.to_dict(),
         "classes": _classes(model.config.num_classes),
         "preprocess": preprocess.state(),
