@@ -271,11 +271,11 @@ def build_model(
     (``--init-from``; a fresh fc8 if the class count differs), layers frozen."""
     model = AlexNet(dataclasses.replace(arch, num_classes=num_classes))
     if init is not None:
+        refuse_non_finite(init["model"], f"--init-from {cfg.init_from}")  # the file's own tensor names
         log(f"weights from {cfg.init_from}" + (" (its architecture)" if init.get("model_config") else ""))
         state = dict(init["model"])
         mine = model.state_dict()
         state = {torchvision_key(k): v for k, v in state.items()}  # torchvision names -> ours
-        refuse_non_finite(state, f"--init-from {cfg.init_from}")
         fresh = [k for k in ("fc8.weight", "fc8.bias") if k in state and state[k].shape != mine[k].shape]
         for k in fresh:
             del state[k]
