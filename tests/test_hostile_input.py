@@ -333,6 +333,11 @@ def test_checkpoint_with_nan_weights_is_refused_by_every_command(tmp_path, capsy
         err = fails(capsys, *args)
         assert str(path) in err and "conv2.weight (1 of 800 values), fc8.bias (1 of 10 values)" in err, (command, err)
     assert not (tmp_path / "run").exists() and not (tmp_path / "m.safetensors").exists()
+    # A bare state dict (torchvision's names): the refusal names the file's tensors, before any fitting.
+    torch.save({"features.0.weight": torch.zeros(4, 3, 11, 11), "classifier.1.bias": torch.tensor([0.0, float("nan")])},
+               tmp_path / "tv.pth")
+    err = fails(capsys, "train", "--data", str(images), "--init-from", str(tmp_path / "tv.pth"), "--out", str(tmp_path / "run"), *QUICK)
+    assert err.endswith("tv.pth: weights hold NaN or inf: classifier.1.bias (1 of 2 values); refused"), err
 
 
 def test_checkpoint_whose_recipe_and_network_disagree_on_channels_is_refused(tmp_path, capsys):
