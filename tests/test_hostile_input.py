@@ -349,6 +349,38 @@ def test_checkpoint_whose_recipe_and_network_disagree_on_channels_is_refused(tmp
     assert str(path) in err and "preprocess is for 3-channel images but its network takes 1-channel" in err
 
 
+DAMAGES = {  # how a checkpoint is damaged -> what the one line must say (a helper's sweep of ~2,400 cases)
+    "classes an int": (lambda c: c.update(classes=10), "classes must be a list of names"),
+    "classes None": (lambda c: c.update(classes=[None] * 10), "classes must be a list of names"),
+    "state dict int key": (lambda c: c["model"].update({5: c["model"].pop("fc8.bias")}), "named tensors with data (entry 5)"),
+    "meta tensor": (lambda c: c["model"].update({"fc8.bias": torch.empty(10, device="meta")}), "(entry 'fc8.bias')"),
+    "sparse tensor": (lambda c: c["model"].update({"fc8.weight": c["model"]["fc8.weight"].to_sparse()}), "fc8.weight"),
+    "lrn_size 1e9": (lambda c: c["model_config"].update(lrn_size=10**9), "lrn_size must be at most 17"),
+    "pca a list": (lambda c: c["preprocess"].update(pca=[1, 2, 3]), "preprocess pca must be null or a table"),
+    "test_crop over size": (lambda c: c["preprocess"].update(test_crop=200), "test_crop must be at most the stored size (76)"),
+    "mean image without size": (lambda c: c["preprocess"].update(size=None, mean_image=torch.zeros(3, 20, 20)),
+                                "mean image but gives no stored image size"),
+    "input_size the network cannot take": (lambda c: c["preprocess"].update(input_size=8), "feeds 8-px inputs"),
+    "input_size of another fc6": (lambda c: c["preprocess"].update(input_size=40), "feeds 40-px inputs"),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_inconsistent_checkpoints_are_one_line(tmp_path, capsys, damage):
+    """Each said "internal error: ..." (TypeError, AttributeError, MemoryError of the C kernel, a
+    matmul of the wrong shapes, a crop outside the image) in some command, or two lines."""
+    change, said = DAMAGES[damage]
+    path = tiny_checkpoint(tmp_path / "ok.pt", classes=10)
+    ckpt = torch.load(path, weights_only=False)
+    ckpt["preprocess"]["mean_image"] = torch.full((3, 76, 76), 100.0)  # a recipe with a mean image
+    change(ckpt)
+    torch.save(ckpt, tmp_path / "bad.pt")
+    images = make_image_folder(tmp_path / "imgs", classes=10, per_class=1)
+    for args in (["evaluate", "--data", str(images)], ["predict", str(images / "class0" / "img0.jpg")], ["summary"]):
+        err = fails(capsys, *args, "--checkpoint", str(tmp_path / "bad.pt"))
+        assert "bad.pt" in err and said in err, (args[0], err)
+
+
 # -- 8. A feature index with malformed metadata ---------------------------------------------------------
 def test_index_with_malformed_json_metadata(tmp_path, capsys):
     from safetensors.torch import save_file

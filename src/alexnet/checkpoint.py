@@ -23,7 +23,7 @@ import torch
 from . import atomic, faults
 from .data import presets
 from .data.presets import Preprocess
-from .errors import CheckpointError, DataError, refuse_non_finite, state_dict_mismatch
+from .errors import CheckpointError, DataError, check_weights, state_dict_mismatch
 from .model import AlexNet, AlexNetConfig
 
 
@@ -98,6 +98,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         with warnings.catch_warnings():  # a pickle of another protocol: the error below says it all
             warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
+            warnings.filterwarnings("ignore", "Validating sparse tensor invariants")  # the weights' check names the tensor
             ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         found = re.search(r"GLOBAL ([\w.]+)", str(e))
@@ -255,11 +256,11 @@ def model_from_checkpoint(ckpt: dict[str, Any], source: str = "checkpoint") -> A
     if cfg is None:
         raise CheckpointError(f"{source}: no 'model_config'; build the model yourself and load_state_dict")
     model = AlexNet(config_from_file(cfg, source))
+    check_weights(ckpt["model"], source)
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
         raise CheckpointError(f"{source}: weights do not fit the model: {state_dict_mismatch(e)}") from None
-    refuse_non_finite(ckpt["model"], source)
     return model
 
 
@@ -271,11 +272,28 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> AlexNet
     """
     ckpt = load_checkpoint(path)
     model = model_from_checkpoint(ckpt, str(path))
-    model.classes = list(ckpt.get("classes") or [str(i) for i in range(model.config.num_classes)])
+    classes = ckpt.get("classes") or [str(i) for i in range(model.config.num_classes)]
+    if not (isinstance(classes, (list, tuple)) and all(isinstance(c, str) for c in classes)):
+        raise CheckpointError(f"{path}: its classes must be a list of names (strings)")
+    model.classes = list(classes)
     if len(model.classes) != model.config.num_classes:
         raise CheckpointError(f"{path}: lists {len(model.classes)} class names for {model.config.num_classes} outputs")
     model.preprocess = _preprocess(ckpt["preprocess"], str(path)) if ckpt.get("preprocess") is not None else None
-    if model.preprocess is not None and model.preprocess.channels != model.config.in_chans:
-        raise CheckpointError(f"{path}: its preprocess is for {model.preprocess.channels}-channel images but its network "
-                              f"takes {model.config.in_chans}-channel ones")
+    if model.preprocess is not None:
+        _check_recipe_fits(model.config, model.preprocess, str(path))
     return model.to(device).eval()
+
+
+def _check_recipe_fits(config: AlexNetConfig, recipe: Preprocess, source: str) -> None:
+    """CheckpointError unless the recipe's inputs (channels, input size) are ones the network takes."""
+    if recipe.channels != config.in_chans:
+        raise CheckpointError(f"{source}: its preprocess is for {recipe.channels}-channel images but its network "
+                              f"takes {config.in_chans}-channel ones")
+    if recipe.input_size != config.input_size:
+        try:
+            fits = AlexNetConfig.from_dict({**config.to_dict(), "input_size": recipe.input_size}).feature_size() == config.feature_size()
+        except ValueError:  # too small for the network
+            fits = False
+        if not fits:
+            raise CheckpointError(f"{source}: its preprocess feeds {recipe.input_size}-px inputs, which its network "
+                                  f"(built for {config.input_size} px) cannot take")

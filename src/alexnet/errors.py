@@ -52,12 +52,16 @@ def state_dict_mismatch(error: Exception, most: int = 3) -> str:
     return "; ".join(said) + (f" (and {len(lines) - most} more)" if len(lines) > most else "")
 
 
-def refuse_non_finite(state: Mapping[str, Any], source: str, most: int = 3) -> None:
-    """CheckpointError naming ``source`` and the tensors of ``state`` that hold NaN or inf: such
-    weights give NaN outputs (a model that predicts nothing, a loss that is NaN from the first step)."""
+def check_weights(state: Mapping[Any, Any], source: str, most: int = 3) -> None:
+    """CheckpointError naming ``source`` unless ``state`` maps names (strings) to tensors that hold
+    data (not meta tensors), none of them NaN or inf: such weights give NaN outputs (a model that
+    predicts nothing, a loss that is NaN from the first step)."""
+    odd = [k for k, v in state.items() if not isinstance(k, str) or (isinstance(v, torch.Tensor) and v.is_meta)]
+    if odd:
+        raise CheckpointError(f"{source}: its weights are not a state dict of named tensors with data (entry {odd[0]!r})")
     bad = []
     for name, value in state.items():
-        if isinstance(value, torch.Tensor) and value.is_floating_point():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not value.is_sparse:
             n = value.numel() - int(torch.isfinite(value).sum())
             if n:
                 bad.append(f"{name} ({n:,} of {value.numel():,} values)")

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .data.presets import IMAGENET_MEAN, IMAGENET_STD, Preprocess
-from .errors import CheckpointError, refuse_non_finite, state_dict_mismatch
+from .errors import CheckpointError, check_weights, state_dict_mismatch
 from .model import LAYER_NAMES, AlexNet, model_config
 from .unpickle import load_plain
 
@@ -53,7 +53,7 @@ def _classes(n: int) -> list[str]:
 
 def _checkpoint(model: AlexNet, preprocess: Preprocess, source: str) -> dict[str, Any]:
     state = model.state_dict()
-    refuse_non_finite(state, source)
+    check_weights(state, source)
     return {
         "model": state,
         "model_config": model.config.to_dict(),

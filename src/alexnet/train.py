@@ -38,7 +38,7 @@ from .data.fashion_mnist import DEBIAN_ROOT
 from .data.loaders import DataBundle, load_data, model_input, set_epoch
 from .data.presets import Preprocess
 from .data.sources import check_out_of_images
-from .errors import AlexNetError, CheckpointError, ConfigError, DataError, TrainingError, refuse_non_finite, state_dict_mismatch
+from .errors import AlexNetError, CheckpointError, ConfigError, DataError, TrainingError, check_weights, state_dict_mismatch
 from .evaluate import score, summarize
 from .health import HealthMonitor
 from .model import LAYER_NAMES, AlexNet, AlexNetConfig, model_config, registered_name, torchvision_key
@@ -271,7 +271,7 @@ def build_model(
     (``--init-from``; a fresh fc8 if the class count differs), layers frozen."""
     model = AlexNet(dataclasses.replace(arch, num_classes=num_classes))
     if init is not None:
-        refuse_non_finite(init["model"], f"--init-from {cfg.init_from}")  # the file's own tensor names
+        check_weights(init["model"], f"--init-from {cfg.init_from}")  # the file's own tensor names
         log(f"weights from {cfg.init_from}" + (" (its architecture)" if init.get("model_config") else ""))
         state = dict(init["model"])
         mine = model.state_dict()

@@ -249,6 +249,15 @@ class Preprocess:
             if not (len(lo_hi) == 2 and all(is_finite(x) for x in lo_hi) and 0 < lo_hi[0] <= lo_hi[1] <= 1):
                 raise bad("scale", "two numbers 0 < low <= high <= 1")
             self.scale = (float(lo_hi[0]), float(lo_hi[1]))
+        if self.pca is not None and not isinstance(self.pca, PCANoise):
+            raise bad("pca", "null or a table of eigvals, eigvecs and alpha_std")
+        if self.size is not None:  # crops are cut from the stored image (training crops from it padded)
+            if self.test_crop > self.size:
+                raise bad("test_crop", f"at most the stored size ({self.size})")
+            if self.train_crop > self.size + 2 * self.padding:
+                raise bad("train_crop", f"at most the stored size ({self.size}) plus twice the padding")
+        elif self.mean_image is not None:
+            raise DataError(f"{source}: preprocess subtracts a mean image but gives no stored image size (size)")
         if self.mean_image is not None:
             shape, side = tuple(self.mean_image.shape), self.size
             if len(shape) != 3 or shape[0] != self.channels or (side is not None and shape[1:] != (side, side)):
