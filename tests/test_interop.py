@@ -336,6 +336,12 @@ def test_export_safetensors_and_torchscript_load_back(tmp_path, paper_ckpt, caps
     (tmp_path / "bare.json").write_text((tmp_path / "m.json").read_text())
     with torch.no_grad():
         torch.testing.assert_close(alexnet.load(bare)(x), ref)
+    for other in ("[1, 2]", "null", "7", '"alexnet_paper"'):  # said "internal error: AttributeError: 'list' ..."
+        (tmp_path / "bare.json").write_text(other)
+        capsys.readouterr()
+        assert main(["summary", "--checkpoint", str(bare)]) == 2, other
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "bare.json: holds a JSON" in err, err
 
     ts = tmp_path / "m.torchscript"
     assert main(["export", "--checkpoint", str(paper_ckpt), "--format", "torchscript", "--out", str(ts)]) == 0

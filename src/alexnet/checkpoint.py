@@ -204,6 +204,8 @@ def load_safetensors(path: str | os.PathLike, map_location: str | torch.device =
             config = json.loads(side.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise CheckpointError(f"{side}: not valid JSON") from None
+        if not isinstance(config, dict):
+            raise CheckpointError(f"{side}: holds a JSON {type(config).__name__}, not the table of model_config, classes and preprocess")
     else:
         try:
             config = {k: json.loads(v) for k, v in config.items()}
