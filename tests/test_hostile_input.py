@@ -356,6 +356,7 @@ DAMAGES = {  # how a checkpoint is damaged -> what the one line must say (a help
     "meta tensor": (lambda c: c["model"].update({"fc8.bias": torch.empty(10, device="meta")}), "(entry 'fc8.bias')"),
     "sparse tensor": (lambda c: c["model"].update({"fc8.weight": c["model"]["fc8.weight"].to_sparse()}), "fc8.weight"),
     "lrn_size 1e9": (lambda c: c["model_config"].update(lrn_size=10**9), "lrn_size must be at most 17"),
+    "std 1e-300": (lambda c: c["preprocess"].update(std=[1e-300] * 3), "preprocess std must be 3 numbers >= 1e-6"),
     "pca a list": (lambda c: c["preprocess"].update(pca=[1, 2, 3]), "preprocess pca must be null or a table"),
     "test_crop over size": (lambda c: c["preprocess"].update(test_crop=200), "test_crop must be at most the stored size (76)"),
     "mean image without size": (lambda c: c["preprocess"].update(size=None, mean_image=torch.zeros(3, 20, 20)),
@@ -379,6 +380,26 @@ def test_inconsistent_checkpoints_are_one_line(tmp_path, capsys, damage):
     for args in (["evaluate", "--data", str(images)], ["predict", str(images / "class0" / "img0.jpg")], ["summary"]):
         err = fails(capsys, *args, "--checkpoint", str(tmp_path / "bad.pt"))
         assert "bad.pt" in err and said in err, (args[0], err)
+
+
+def test_resume_of_a_damaged_last_checkpoint_is_one_line(tmp_path, capsys):
+    """NaN weights in last.pt trained on into "non-finite loss (nan) at epoch 2" (no file named); a
+    missing tensor gave a two-line error (load_state_dict's own lines); both now one line naming
+    --resume, and config.json is left as it was."""
+    data = make_tiny_fmnist(tmp_path / "fmnist")
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--out", str(run), "--model", "alexnet_small", *TINY, *QUICK]) == 0
+    config = (run / "config.json").read_bytes()
+    good = torch.load(run / "last.pt", weights_only=False)
+    for damage, said in ((lambda m: m["fc8.bias"].fill_(float("nan")), "weights hold NaN or inf: fc8.bias"),
+                         (lambda m: m.pop("fc8.bias"), "not a full training checkpoint (Missing key(s)")):
+        ckpt = {**good, "model": dict(good["model"])}
+        ckpt["model"]["fc8.bias"] = ckpt["model"]["fc8.bias"].clone()
+        damage(ckpt["model"])
+        save_atomic(ckpt, run / "last.pt")
+        err = fails(capsys, "train", "--resume", str(run), "--epochs", "2")
+        assert f"--resume {run}" in err and said in err, err
+        assert (run / "config.json").read_bytes() == config
 
 
 # -- 8. A feature index with malformed metadata ---------------------------------------------------------

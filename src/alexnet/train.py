@@ -603,6 +603,7 @@ def _load(
 def _restore(run: _Run, ckpt: dict[str, Any]) -> None:
     """Weights, optimiser, scaler, schedule, position and history from the checkpoint resumed
     (its RNG states come last, :func:`_restore_rng`)."""
+    check_weights(ckpt.get("model") or {}, f"--resume {run.cfg.resume}")
     try:
         if run.split is not None:  # checkpoints hold the grouped layout, whatever the placement
             run.split.load_grouped_state_dict(ckpt["model"])
@@ -615,7 +616,8 @@ def _restore(run: _Run, ckpt: dict[str, Any]) -> None:
         pos = Position(**ckpt["position"])
         history, best = list(ckpt["history"]), float(ckpt["best_val_top1"])
     except (KeyError, RuntimeError, ValueError, TypeError) as e:
-        raise CheckpointError(f"--resume {run.cfg.resume}: not a full training checkpoint ({type(e).__name__}: {e})") from None
+        why = state_dict_mismatch(e) if isinstance(e, RuntimeError) else f"{type(e).__name__}: {e}"
+        raise CheckpointError(f"--resume {run.cfg.resume}: not a full training checkpoint ({' '.join(why.split())})") from None
     if not run.info.is_main:  # the saved sums are the whole run's: rank 0 carries them on
         pos = dataclasses.replace(pos, loss_sum=0.0, correct=0, seen=0)
     run.pos, run.history, run.best = pos, history, best

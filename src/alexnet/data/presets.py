@@ -230,8 +230,8 @@ class Preprocess:
             if not (isinstance(v, (list, tuple)) and len(v) in (1, 3) and all(is_finite(x) for x in v)):
                 raise bad(name, "1 or 3 finite numbers")
             object.__setattr__(self, name, tuple(float(x) for x in v))
-        if len(self.std) != len(self.mean) or min(self.std) <= 0:
-            raise bad("std", f"{len(self.mean)} numbers > 0")
+        if len(self.std) != len(self.mean) or min(self.std) < 1e-6:  # 1/std must stay finite in float32
+            raise bad("std", f"{len(self.mean)} numbers >= 1e-6")
         for name in ("train_crop", "test_crop", "input_size"):
             if not is_whole(getattr(self, name), 1) or getattr(self, name) > 4096:
                 raise bad(name, "a whole number from 1 to 4096")
