@@ -10,6 +10,7 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so i
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import re
@@ -293,7 +294,7 @@ def _check_recipe_fits(config: AlexNetConfig, recipe: Preprocess, source: str) -
                               f"takes {config.in_chans}-channel ones")
     if recipe.input_size != config.input_size:
         try:
-            fits = AlexNetConfig.from_dict({**config.to_dict(), "input_size": recipe.input_size}).feature_size() == config.feature_size()
+            fits = dataclasses.replace(config, input_size=recipe.input_size).feature_size() == config.feature_size()
         except ValueError:  # too small for the network
             fits = False
         if not fits:

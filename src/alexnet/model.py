@@ -95,7 +95,7 @@ class AlexNetConfig:
             require(value in choices, f"model option {name}", f"one of {', '.join(choices)}", value)
         self.widths = _sequence("widths", self.widths, 5, lambda w: is_whole(w, 1), "whole numbers >= 1", int)
         self.pools = _sequence("pools", self.pools, 3, lambda p: isinstance(p, bool), "true/false values", bool)
-        # The C and Triton kernels hold a window's worth of channels; a wider window sees no more.
+        # A wider window sees no more channels, and the C kernel's scratch memory grows with it.
         require(self.lrn_size <= 2 * max(self.widths) + 1, "model option lrn_size",
                 f"at most {2 * max(self.widths) + 1} (twice the widest layer, plus one)", self.lrn_size)
         if any(w % self.towers for w in self.widths):
