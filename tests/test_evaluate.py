@@ -250,8 +250,8 @@ def test_an_index_holds_every_image_works_from_anywhere_and_knows_its_model(tmp_
 
     other = tiny_checkpoint(tmp_path / "other.pt", classes=2, seed=1)
     err = cli_fails(capsys, "retrieve", "../loose.jpg", "--index", "../../index.safetensors", "--checkpoint", str(other))
-    assert err.endswith(f"this checkpoint is not the model that built the index ({ckpt}): its fc7 space differs, "
-                        "so distances would mean nothing; index the images with this checkpoint ('alexnet features')")
+    assert err.endswith(f"{other} is not the model that built ../../index.safetensors ({ckpt}): its fc7 space differs, "
+                        f"so distances would mean nothing; index the images with {other} ('alexnet features')")
     tuned = torch.load(ckpt, weights_only=True)
     tuned["model"]["fc8.weight"] = torch.randn_like(tuned["model"]["fc8.weight"])
     save_atomic(tuned, tmp_path / "tuned.pt")

@@ -382,6 +382,25 @@ def test_inconsistent_checkpoints_are_one_line(tmp_path, capsys, damage):
         assert "bad.pt" in err and said in err, (args[0], err)
 
 
+def test_checkpoint_without_a_recipe_is_named_by_the_commands_that_need_one(tmp_path, capsys):
+    """predict, features and retrieve said "the model has no preprocessing recipe (a network from
+    create_model knows no data)", not which file; now as evaluate: the file, and what it lacks."""
+    path = tiny_checkpoint(tmp_path / "ok.pt", classes=3)
+    images = make_image_folder(tmp_path / "imgs", classes=3, per_class=1)
+    assert main(["features", "--checkpoint", str(path), "--data", str(images), "--out", str(tmp_path / "i.safetensors")]) == 0
+    ckpt = torch.load(path, weights_only=False)
+    del ckpt["preprocess"]
+    bare = tmp_path / "bare.pt"
+    torch.save(ckpt, bare)
+    image = str(images / "class0" / "img0.jpg")
+    for args in (["predict", image], ["features", "--data", str(images), "--out", str(tmp_path / "j.safetensors")],
+                 ["retrieve", image, "--index", str(tmp_path / "i.safetensors")], ["evaluate", "--data", str(images)]):
+        err = fails(capsys, *args, "--checkpoint", str(bare))
+        assert err.endswith(f"{bare}: no 'preprocess' recipe; it was not written by 'alexnet train' or 'alexnet import' "
+                            "(a .safetensors export keeps it in its metadata)"), (args[0], err)
+    assert main(["summary", "--checkpoint", str(bare)]) == 0  # what needs no images still works
+
+
 def test_resume_of_a_damaged_last_checkpoint_is_one_line(tmp_path, capsys):
     """NaN weights in last.pt trained on into "non-finite loss (nan) at epoch 2" (no file named); a
     missing tensor gave a two-line error (load_state_dict's own lines); both now one line naming

@@ -287,6 +287,15 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> AlexNet
     return model.to(device).eval()
 
 
+def require_recipe(model: AlexNet, path: str | os.PathLike) -> AlexNet:
+    """``model`` if it carries its preprocessing recipe (what commands that read images need);
+    else CheckpointError naming ``path``."""
+    if model.preprocess is None:
+        raise CheckpointError(f"{path}: no 'preprocess' recipe; it was not written by 'alexnet train' or 'alexnet import' "
+                              "(a .safetensors export keeps it in its metadata)")
+    return model
+
+
 def _check_recipe_fits(config: AlexNetConfig, recipe: Preprocess, source: str) -> None:
     """CheckpointError unless the recipe's inputs (channels, input size) are ones the network takes."""
     if recipe.channels != config.in_chans:

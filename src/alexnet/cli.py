@@ -279,14 +279,14 @@ def _warn_other_classes(ours: list[str] | None, theirs: list[str], checkpoint: s
 
 # -- predict / features / retrieve ------------------------------------------------------------------
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .checkpoint import load
+    from .checkpoint import load, require_recipe
     from .predict import predict
     from .runtime import resolve_amp, resolve_device
 
     device = resolve_device(args.device)
     amp = resolve_amp(args.amp, device)  # before loading: a refused --amp fails at once, as in evaluate
     _check_output(args.figure, "--figure", figure=True)
-    model = load(args.checkpoint, device)
+    model = require_recipe(load(args.checkpoint, device), args.checkpoint)
     results, images = predict(model, args.images, top=args.top, return_images=True, show_progress=_progress_flag(args), amp=amp)
     if args.figure:
         from .figures import plot_predictions
@@ -306,7 +306,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_features(args: argparse.Namespace) -> int:
-    from .checkpoint import load
+    from .checkpoint import load, require_recipe
     from .errors import ConfigError
     from .retrieval import build_index, save_index
     from .runtime import resolve_amp, resolve_device
@@ -316,7 +316,7 @@ def cmd_features(args: argparse.Namespace) -> int:
     if Path(args.out).suffix.lower() != ".safetensors":  # it wrote safetensors under any name, e.g. e.npz
         raise ConfigError(f"--out {args.out}: the index is a safetensors file: name it NAME.safetensors")
     _check_output(args.out, "--out")
-    model = load(args.checkpoint, device)
+    model = require_recipe(load(args.checkpoint, device), args.checkpoint)
     index = build_index(model, args.data, args.batch_size, args.workers or 0, Path(args.checkpoint).resolve(), _progress_flag(args), amp)
     save_index(index, args.out)
     n, d = index["features"].shape
@@ -325,7 +325,7 @@ def cmd_features(args: argparse.Namespace) -> int:
 
 
 def cmd_retrieve(args: argparse.Namespace) -> int:
-    from .checkpoint import load
+    from .checkpoint import load, require_recipe
     from .errors import DataError
     from .retrieval import check_index_model, load_index, retrieve
     from .runtime import resolve_amp, resolve_device
@@ -337,8 +337,8 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
     checkpoint = args.checkpoint or index["checkpoint"]
     if not checkpoint:
         raise DataError(f"{args.index} does not name its checkpoint; pass --checkpoint")
-    model = load(checkpoint, device)
-    check_index_model(model, index)
+    model = require_recipe(load(checkpoint, device), checkpoint)
+    check_index_model(model, index, checkpoint, args.index)
     hits = retrieve(model, index, args.image, args.k, amp)
     if args.figure:
         from .figures import plot_retrieval

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from .atomic import atomic_path
-from .checkpoint import load
+from .checkpoint import load, require_recipe
 from .data.loaders import model_input
 from .data.presets import Preprocess
 from .errors import CheckpointError
@@ -63,11 +63,9 @@ def load_models(paths: list[str | os.PathLike], device: str | torch.device = "cp
             disagree on the classes or on how images are decoded. Members whose classes are the
             first's in another order are put in its order by :func:`evaluate`.
     """
-    models = [load(p, device) for p in paths]
+    models = [require_recipe(load(p, device), p) for p in paths]
     first = models[0]
     for path, m in zip(paths, models):
-        if m.preprocess is None:
-            raise CheckpointError(f"{path}: no 'preprocess' recipe; it was not written by 'alexnet train' or 'alexnet import'")
         if m.config.num_classes != first.config.num_classes:
             raise CheckpointError(
                 f"{path} predicts {m.config.num_classes} classes but {paths[0]} predicts {first.config.num_classes}"

@@ -195,9 +195,9 @@ def nearest(index: dict[str, Any], query: torch.Tensor, k: int = 6) -> list[dict
     return out
 
 
-def _check_width(model: AlexNet, index: dict[str, Any]) -> None:
+def _check_width(model: AlexNet, index: dict[str, Any], model_name: str = "the model", index_name: str = "the index") -> None:
     if index["features"].shape[1] != model.config.fc_width:
-        raise DataError(f"the index holds {index['features'].shape[1]}-d features but the model's fc7 has {model.config.fc_width}")
+        raise DataError(f"{index_name} holds {index['features'].shape[1]}-d features but {model_name}'s fc7 has {model.config.fc_width}")
 
 
 def precision_name(amp: torch.dtype | None) -> str:
@@ -205,15 +205,18 @@ def precision_name(amp: torch.dtype | None) -> str:
     return str(amp or torch.float32).removeprefix("torch.")
 
 
-def check_index_model(model: AlexNet, index: dict[str, Any]) -> None:
-    """DataError unless ``model`` puts images where the model that built ``index`` did. Once per
-    pairing, not per query: the digest reads every weight (a quarter of a second for AlexNet)."""
-    _check_width(model, index)
+def check_index_model(
+    model: AlexNet, index: dict[str, Any], model_name: str = "this checkpoint", index_name: str = "the index"
+) -> None:
+    """DataError unless ``model`` puts images where the model that built ``index`` did (the names
+    say which files they came from). Once per pairing, not per query: the digest reads every
+    weight (a quarter of a second for AlexNet)."""
+    _check_width(model, index, model_name, index_name)
     if index.get("fingerprint") is not None and index["fingerprint"] != fc7_fingerprint(model):
         built = f" ({index['checkpoint']})" if index.get("checkpoint") else ""
         raise DataError(
-            f"this checkpoint is not the model that built the index{built}: its fc7 space differs, so distances "
-            "would mean nothing; index the images with this checkpoint ('alexnet features')"
+            f"{model_name} is not the model that built {index_name}{built}: its fc7 space differs, so distances "
+            f"would mean nothing; index the images with {model_name} ('alexnet features')"
         )
 
 
