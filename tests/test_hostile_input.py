@@ -363,6 +363,14 @@ DAMAGES = {  # how a checkpoint is damaged -> what the one line must say (a help
                                 "mean image but gives no stored image size"),
     "input_size the network cannot take": (lambda c: c["preprocess"].update(input_size=8), "feeds 8-px inputs"),
     "input_size of another fc6": (lambda c: c["preprocess"].update(input_size=40), "feeds 40-px inputs"),
+    # These loaded at exit 0: a prediction named no class; weights and a mean image were cast to
+    # float32 without a word; a format of no alexnet's was taken.
+    "an empty class name": (lambda c: c["classes"].__setitem__(1, ""), "its class 1 has an empty name"),
+    "integer weights": (lambda c: c["model"].update({"fc8.bias": c["model"]["fc8.bias"].long()}), "fc8.bias is int64"),
+    "complex weights": (lambda c: c["model"].update({"fc8.bias": c["model"]["fc8.bias"].to(torch.complex64)}), "fc8.bias is complex64"),
+    "bool mean image": (lambda c: c["preprocess"].update(mean_image=torch.ones(3, 76, 76, dtype=torch.bool)), "mean image holds bool"),
+    "unknown format": (lambda c: c.update(format="zzz"), "its format is 'zzz', not alexnet-checkpoint-1"),
+    "newer format": (lambda c: c.update(format="alexnet-checkpoint-7"), "written by a newer alexnet"),
 }
 
 
@@ -380,6 +388,29 @@ def test_inconsistent_checkpoints_are_one_line(tmp_path, capsys, damage):
     for args in (["evaluate", "--data", str(images)], ["predict", str(images / "class0" / "img0.jpg")], ["summary"]):
         err = fails(capsys, *args, "--checkpoint", str(tmp_path / "bad.pt"))
         assert "bad.pt" in err and said in err, (args[0], err)
+
+
+def test_checkpoint_with_a_flipped_bit_is_refused(tmp_path, capsys):
+    """torch.load does not check the archive's CRC-32s: one flipped bit in a weight loaded as
+    another network at exit 0. Every command that reads the file now refuses it in one line."""
+    import zipfile
+
+    path = tiny_checkpoint(tmp_path / "ok.pt", classes=3)
+    with zipfile.ZipFile(path) as z:
+        record = next(i for i in z.infolist() if i.filename.endswith("/data/0"))
+    raw = bytearray(path.read_bytes())
+    name_len, extra_len = struct.unpack_from("<HH", raw, record.header_offset + 26)  # torch pads the local extra field
+    start = record.header_offset + 30 + name_len + extra_len
+    raw[start + 2] ^= 0x08  # inside conv1.weight's first float: still finite
+    flipped = tmp_path / "flipped.pt"
+    flipped.write_bytes(raw)
+    assert torch.isfinite(torch.load(flipped, weights_only=True)["model"]["conv1.weight"]).all()  # what loaded before
+    images = make_image_folder(tmp_path / "imgs", classes=3, per_class=1)
+    for args in (["evaluate", "--data", str(images), "--checkpoint", str(flipped)], ["summary", "--checkpoint", str(flipped)],
+                 ["predict", str(images / "class0" / "img0.jpg"), "--checkpoint", str(flipped)],
+                 ["train", "--data", str(images), "--init-from", str(flipped), "--out", str(tmp_path / "run"), *QUICK]):
+        err = fails(capsys, *args)
+        assert f"{flipped}: damaged: its record data/0 fails its checksum" in err, (args[0], err)
 
 
 def test_checkpoint_without_a_recipe_is_named_by_the_commands_that_need_one(tmp_path, capsys):
@@ -419,6 +450,75 @@ def test_resume_of_a_damaged_last_checkpoint_is_one_line(tmp_path, capsys):
         err = fails(capsys, "train", "--resume", str(run), "--epochs", "2")
         assert f"--resume {run}" in err and said in err, err
         assert (run / "config.json").read_bytes() == config
+
+
+def _set(path: tuple, value) -> callable:
+    """A damage: ``value`` at ``path`` inside the checkpoint dict."""
+    def damage(ckpt: dict) -> None:
+        node = ckpt
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+    return damage
+
+
+# What each damaged part of last.pt said before (trainstate.py): most an "internal error" (exit 1)
+# after config.json had been rewritten, the rest trained on at exit 0.
+TRAINING_STATE_DAMAGES = {
+    "rng missing": (_set(("rng",), None), "rng is None, not a table"),  # KeyError: 'rng'
+    "torch rng short": (_set(("rng", "torch"), torch.zeros(3, dtype=torch.uint8)), "rng is not a state its generators take"),
+    "numpy rng float": (_set(("rng", "numpy"), torch.zeros(624)), "rng numpy is a float32 tensor of shape [624], not an int64"),  # exit 0
+    "rng_ranks": (_set(("rng_ranks",), [5]), "rng_ranks[0] is 5"),
+    "health": (_set(("health",), 5), "health is 5, not a table"),
+    "health losses": (_set(("health", "losses"), ["a"]), "health losses is ['a']"),
+    "history string": (_set(("history",), "abc"), "history is 'abc'"),  # also rewrote metrics.jsonl
+    "history record": (_set(("history",), [{}]), "history record 1 has no number for epoch, elapsed_seconds"),
+    "epoch string": (_set(("position", "epoch"), "1"), "position epoch is '1'"),
+    "epoch None": (_set(("position", "epoch"), None), "position epoch is None"),  # the --epochs check's TypeError
+    "epoch -1": (_set(("position", "epoch"), -1), "position epoch is -1"),  # exit 0
+    "batch beyond": (_set(("position", "batch"), 10**6), "position batch 1000000 is beyond the 8 batches"),  # exit 0
+    "best NaN": (_set(("best_val_top1",), float("nan")), "best_val_top1 is nan"),  # exit 0
+    "momentum string": (_set(("optimizer", "param_groups", 0, "momentum"), "x"), "param group 0's momentum is 'x', not a finite number"),
+    "momentum NaN": (lambda c: c["optimizer"]["state"][0]["momentum_buffer"].fill_(float("nan")),
+                     "momentum_buffer of parameter 0 holds NaN"),
+    "optimizer None": (_set(("optimizer",), None), "optimizer is not a table of state and param_groups"),
+    "plateau": (_set(("plateau",), 5), "plateau is 5, not a table"),
+    "plateau scale": (_set(("plateau", "scale"), -1.0), "plateau scale is -1.0"),  # diverged at exit 2, no file named
+    "scaler": (_set(("scaler",), 5), "scaler is 5, not a table"),  # exit 0
+    "preprocess": (_set(("preprocess",), 5), "the preprocessing recipe is 5, not a table"),
+    "format": (_set(("format",), "zzz"), "its format is 'zzz', not alexnet-checkpoint-1"),  # exit 0
+    "newer format": (_set(("format",), "alexnet-checkpoint-2"), "written by a newer alexnet"),
+    "integer weights": (lambda c: c["model"].__setitem__("fc8.bias", c["model"]["fc8.bias"].long()), "fc8.bias is int64"),  # exit 0
+    "freeze": (_set(("train_config", "freeze"), ["conv9"]), "bad training configuration: --freeze: unknown layer 'conv9'"),
+}
+
+
+def test_resume_of_a_damaged_training_state_is_one_line_and_writes_nothing(tmp_path, capsys):
+    """Each part of a last.pt's training state damaged in turn: one line naming the file and the
+    part, exit 2, and config.json and metrics.jsonl as they were."""
+    import copy
+
+    data = make_tiny_fmnist(tmp_path / "fmnist")
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--out", str(run), "--model", "alexnet_small", *TINY, *QUICK]) == 0
+    good = torch.load(run / "last.pt", weights_only=False)
+    files = {name: (run / name).read_bytes() for name in ("config.json", "metrics.jsonl")}
+    for case, (damage, said) in TRAINING_STATE_DAMAGES.items():
+        ckpt = copy.deepcopy(good)
+        damage(ckpt)
+        save_atomic(ckpt, run / "last.pt")
+        err = fails(capsys, "train", "--resume", str(run), "--epochs", "2")
+        assert str(run / "last.pt") in err and said in err, (case, err)
+        assert {name: (run / name).read_bytes() for name in files} == files, case
+    # A momentum buffer of another shape crashed the fused SGD (SIGSEGV): in a process of its own.
+    ckpt = copy.deepcopy(good)
+    ckpt["optimizer"]["state"][0]["momentum_buffer"] = torch.zeros(3)
+    save_atomic(ckpt, run / "last.pt")
+    done = run_cli("train", "--resume", str(run), "--epochs", "2", "--progress", "off")
+    said = "momentum_buffer of parameter 0 is a float32 tensor of shape [3], but the parameter is"
+    assert done.returncode == 2 and said in done.stderr, done
+    save_atomic(good, run / "last.pt")  # and the good one still resumes
+    assert main(["train", "--resume", str(run), "--epochs", "2", "--progress", "off"]) == 0
 
 
 # -- 8. A feature index with malformed metadata ---------------------------------------------------------

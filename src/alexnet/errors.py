@@ -53,12 +53,18 @@ def state_dict_mismatch(error: Exception, most: int = 3) -> str:
 
 
 def check_weights(state: Mapping[Any, Any], source: str, most: int = 3) -> None:
-    """CheckpointError naming ``source`` unless ``state`` maps names (strings) to tensors that hold
-    data (not meta tensors), none of them NaN or inf: such weights give NaN outputs (a model that
+    """CheckpointError naming ``source`` unless ``state`` maps names (strings) to floating-point
+    tensors that hold data (not meta tensors), none of them NaN or inf: such weights give NaN outputs (a model that
     predicts nothing, a loss that is NaN from the first step)."""
     odd = [k for k, v in state.items() if not isinstance(k, str) or (isinstance(v, torch.Tensor) and v.is_meta)]
     if odd:
         raise CheckpointError(f"{source}: its weights are not a state dict of named tensors with data (entry {odd[0]!r})")
+    # Loading would cast integers, flags and complex numbers to float without a word: not weights.
+    kinds = [f"{k} is {str(v.dtype).replace('torch.', '')}" for k, v in state.items() if isinstance(v, torch.Tensor)
+             and not v.is_floating_point() and not k.endswith("num_batches_tracked")]
+    if kinds:
+        raise CheckpointError(f"{source}: its weights must be floating point, but {', '.join(kinds[:most])}"
+                              f"{f' and {len(kinds) - most} more' if len(kinds) > most else ''}; refused")
     bad = []
     for name, value in state.items():
         if isinstance(value, torch.Tensor) and value.is_floating_point() and not value.is_sparse:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .checkpoint import FORMAT
 from .data.presets import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from .errors import CheckpointError, check_weights, state_dict_mismatch
 from .model import LAYER_NAMES, AlexNet, model_config
@@ -59,7 +60,7 @@ def _checkpoint(model: AlexNet, preprocess: Preprocess, source: str) -> dict[str
         "model_config": model.config.to_dict(),
         "classes": _classes(model.config.num_classes),
         "preprocess": preprocess.state(),
-        "format": "alexnet-checkpoint-1",
+        "format": FORMAT,
         "imported_from": source,
     }
 

@@ -31,7 +31,8 @@ import torch.nn.functional as F
 
 from . import __version__, distributed, faults, runfolder
 from .atomic import write_text
-from .checkpoint import bounded_config, config_from_file, load_checkpoint, save_atomic
+from .checkpoint import FORMAT, bounded_config, config_from_file, load_checkpoint, save_atomic
+from .checks import is_whole
 from .config import TrainConfig, flag, validate
 from .data.device_decode import decode_device
 from .data.fashion_mnist import DEBIAN_ROOT
@@ -45,6 +46,7 @@ from .model import LAYER_NAMES, AlexNet, AlexNetConfig, model_config, registered
 from .optim import PlateauSchedule, make_optimizer, param_groups, step_lr_factor
 from .parallel import TowerSplit, grouped_optimizer_state, split_optimizer_state, tower_devices
 from .runtime import autocast, progress, resolve_amp, rng_state, seed_everything, set_rng_state
+from .trainstate import check_training_state
 
 
 class Interrupted(TrainingError):
@@ -603,21 +605,31 @@ def _load(
 def _restore(run: _Run, ckpt: dict[str, Any]) -> None:
     """Weights, optimiser, scaler, schedule, position and history from the checkpoint resumed
     (its RNG states come last, :func:`_restore_rng`)."""
-    check_weights(ckpt.get("model") or {}, f"--resume {run.cfg.resume}")
+    source = f"--resume {run.cfg.resume}"
+    check_weights(ckpt.get("model") or {}, source)
     try:
         if run.split is not None:  # checkpoints hold the grouped layout, whatever the placement
             run.split.load_grouped_state_dict(ckpt["model"])
-            run.optimizer.load_state_dict(split_optimizer_state(run.split, run.optimizer, ckpt["optimizer"]))
         else:
             run.model.load_state_dict(ckpt["model"])
-            run.optimizer.load_state_dict(ckpt["optimizer"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{source}: not a full training checkpoint ({' '.join(state_dict_mismatch(e).split())})") from None
+    optimizer_state = ckpt.get("optimizer")
+    if run.split is not None:
+        try:
+            optimizer_state = split_optimizer_state(run.split, run.optimizer, optimizer_state)
+        except (AttributeError, IndexError, KeyError, TypeError, ValueError, RuntimeError):
+            optimizer_state = None  # said next as a damaged optimizer state
+    # All of it before anything else is loaded or written: a fault found later left rewritten files.
+    check_training_state(ckpt, source, optimizer_state, run.optimizer, len(run.data.train), run.cfg.epochs)
+    try:
+        run.optimizer.load_state_dict(optimizer_state)
         run.scaler.load_state_dict(ckpt.get("scaler") or {})
-        run.plateau.load_state_dict(ckpt["plateau"])
-        pos = Position(**ckpt["position"])
-        history, best = list(ckpt["history"]), float(ckpt["best_val_top1"])
-    except (KeyError, RuntimeError, ValueError, TypeError) as e:
-        why = state_dict_mismatch(e) if isinstance(e, RuntimeError) else f"{type(e).__name__}: {e}"
-        raise CheckpointError(f"--resume {run.cfg.resume}: not a full training checkpoint ({' '.join(why.split())})") from None
+    except (KeyError, RuntimeError, ValueError, TypeError) as e:  # what torch checks beyond the above
+        raise CheckpointError(f"{source}: not a full training checkpoint ({type(e).__name__}: {' '.join(str(e).split())})") from None
+    run.plateau.load_state_dict(ckpt["plateau"])
+    pos = Position(**ckpt["position"])
+    history, best = list(ckpt["history"]), float(ckpt["best_val_top1"])
     if not run.info.is_main:  # the saved sums are the whole run's: rank 0 carries them on
         pos = dataclasses.replace(pos, loss_sum=0.0, correct=0, seen=0)
     run.pos, run.history, run.best = pos, history, best
@@ -794,7 +806,7 @@ def _state(run: _Run, position: dict[str, Any], rng_ranks: list | None) -> dict[
         "health": run.health.state_dict(),
         "rng": rng_state(),
         **({"rng_ranks": rng_ranks} if rng_ranks is not None else {}),
-        "format": "alexnet-checkpoint-1",
+        "format": FORMAT,
     }
 
 
@@ -945,6 +957,7 @@ def resume_config(run: str, overrides: dict[str, Any]) -> TrainConfig:
     try:
         cfg = TrainConfig(**values)
         validate(cfg)
+        _expand_layers(cfg.freeze)  # what build_model would say without naming the file
         bounded_config(model_config(cfg.model, **cfg.model_options), f"--resume {path}")  # before allocating it
     except (TypeError, ConfigError) as e:
         raise CheckpointError(f"--resume {path}: bad training configuration: {e}") from None
@@ -963,8 +976,8 @@ def _option_names(name: str, given: Any, saved: Any) -> list[str]:
 def _refuse_fewer_epochs(epochs: int | None, position: Any, run_dir: Path) -> None:
     """ConfigError for a resume asking for fewer epochs than the run has begun: nothing would train,
     and config.json would say a length the checkpoint and metrics contradict."""
-    if epochs is None or not isinstance(position, dict):
-        return
+    if epochs is None or not isinstance(position, dict) or not all(is_whole(position.get(k, 0), 0) for k in ("epoch", "batch")):
+        return  # a damaged position is said by the resume's check of it (trainstate.py)
     begun = int(position.get("epoch", 0)) + (1 if position.get("batch", 0) else 0)
     if epochs < begun:
         done = int(position.get("epoch", 0))

@@ -203,7 +203,7 @@ class Preprocess:
         if isinstance(d, Preprocess):
             return d
         if not isinstance(d, dict):
-            raise DataError(f"{source}: the preprocessing recipe is a {type(d).__name__}, not a table")
+            raise DataError(f"{source}: the preprocessing recipe is {d!r:.40}, not a table")
         d = {k: v for k, v in d.items() if k not in _RETIRED}
         note = d.pop("source_channel_order", None)  # older Caffe imports
         d.setdefault("note", note)
@@ -282,6 +282,9 @@ def _read_mean_image(m: Any, stored: torch.Tensor | None, source: str) -> torch.
             m = np.load(m, allow_pickle=False)
         except (OSError, ValueError) as e:
             raise DataError(f"{source}: mean image {m} cannot be read: {e}") from None
+    kind = str(getattr(m, "dtype", ""))  # whole numbers are pixel values; flags and complex numbers are not
+    if "bool" in kind or "complex" in kind:
+        raise DataError(f"{source}: the preprocessing recipe's mean image holds {kind.removeprefix('torch.')} values, not pixel values")
     try:
         t = m.detach() if isinstance(m, torch.Tensor) else torch.as_tensor(np.asarray(m, dtype=np.float32))
     except (TypeError, ValueError):
