@@ -16,6 +16,7 @@ import pickle
 import re
 import warnings
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -126,8 +127,8 @@ def _check_sums(path: Path) -> None:
     try:
         with zipfile.ZipFile(path) as z:
             bad = z.testzip()
-    except (OSError, zipfile.BadZipFile, EOFError, ValueError, NotImplementedError):
-        return  # not an archive zipfile reads: torch.load's error says what the file is
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError, NotImplementedError, zlib.error):
+        return  # not an archive zipfile reads (torch.save's records are stored, not deflated): torch.load's error says
     if bad is not None:
         raise CheckpointError(f"{path}: damaged: its record {bad.split('/', 1)[-1]} fails its checksum (a flipped bit, an "
                               "incomplete copy); use another copy (a run folder's best.pt or last.pt)")

@@ -54,8 +54,8 @@ def state_dict_mismatch(error: Exception, most: int = 3) -> str:
 
 def check_weights(state: Mapping[Any, Any], source: str, most: int = 3) -> None:
     """CheckpointError naming ``source`` unless ``state`` maps names (strings) to floating-point
-    tensors that hold data (not meta tensors), none of them NaN or inf: such weights give NaN outputs (a model that
-    predicts nothing, a loss that is NaN from the first step)."""
+    tensors that hold data (not meta tensors), none of them NaN or inf: such weights give NaN
+    outputs (a model that predicts nothing, a loss that is NaN from the first step)."""
     odd = [k for k, v in state.items() if not isinstance(k, str) or (isinstance(v, torch.Tensor) and v.is_meta)]
     if odd:
         raise CheckpointError(f"{source}: its weights are not a state dict of named tensors with data (entry {odd[0]!r})")
