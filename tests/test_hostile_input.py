@@ -521,6 +521,32 @@ def test_resume_of_a_damaged_training_state_is_one_line_and_writes_nothing(tmp_p
     assert main(["train", "--resume", str(run), "--epochs", "2", "--progress", "off"]) == 0
 
 
+def test_resume_on_a_machine_without_the_saved_device_says_how_to_go_on(tmp_path, capsys):
+    """A run saved with --amp fp16 (a GPU's) or --device cuda, resumed on a CPU machine, said only
+    "--amp fp16 is for GPUs" or "--device cuda: no CUDA device": not that the setting was the run's,
+    nor that another one continues it."""
+    from conftest import cuda_available
+
+    data = make_tiny_fmnist(tmp_path / "fmnist")
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--out", str(run), "--model", "alexnet_small", *TINY, *QUICK]) == 0
+    ckpt = torch.load(run / "last.pt", weights_only=False)
+    ckpt["train_config"].update(amp="fp16")  # the device stays cpu: fp16 is refused there on every machine
+    save_atomic(ckpt, run / "last.pt")
+    err = fails(capsys, "train", "--resume", str(run), "--epochs", "2")
+    assert err.endswith(f"--resume {run}: --amp fp16 is for GPUs; use --amp bf16 on a CPU (the run's saved --amp; "
+                        "another --amp continues it here)"), err
+    assert "the run's saved" not in fails(capsys, "train", "--resume", str(run), "--epochs", "2", "--amp", "fp16")  # typed
+    if not cuda_available():
+        ckpt["train_config"].update(amp="none", device="cuda")
+        save_atomic(ckpt, run / "last.pt")
+        err = fails(capsys, "train", "--resume", str(run), "--epochs", "2")
+        assert "no CUDA device is available on this machine (the run's saved --device; --device cpu continues it here)" in err
+    ckpt["train_config"].update(amp="none", device="cpu")
+    save_atomic(ckpt, run / "last.pt")
+    assert main(["train", "--resume", str(run), "--epochs", "2", "--progress", "off"]) == 0
+
+
 # -- 8. A feature index with malformed metadata ---------------------------------------------------------
 def test_index_with_malformed_json_metadata(tmp_path, capsys):
     from safetensors.torch import save_file

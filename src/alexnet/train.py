@@ -45,7 +45,7 @@ from .health import HealthMonitor
 from .model import LAYER_NAMES, AlexNet, AlexNetConfig, model_config, registered_name, torchvision_key
 from .optim import PlateauSchedule, make_optimizer, param_groups, step_lr_factor
 from .parallel import TowerSplit, grouped_optimizer_state, split_optimizer_state, tower_devices
-from .runtime import autocast, progress, resolve_amp, rng_state, seed_everything, set_rng_state
+from .runtime import autocast, progress, resolve_amp, resolve_device, rng_state, seed_everything, set_rng_state
 from .trainstate import check_training_state
 
 
@@ -961,7 +961,23 @@ def resume_config(run: str, overrides: dict[str, Any]) -> TrainConfig:
         bounded_config(model_config(cfg.model, **cfg.model_options), f"--resume {path}")  # before allocating it
     except (TypeError, ConfigError) as e:
         raise CheckpointError(f"--resume {path}: bad training configuration: {e}") from None
+    _check_saved_machine(cfg, overrides, path.parent)
     return cfg
+
+
+def _check_saved_machine(cfg: TrainConfig, overrides: dict[str, Any], run_dir: Path) -> None:
+    """A run saved with a --device or --amp this machine lacks (a GPU run resumed on a laptop):
+    the error says the setting is the run's, and how to go on here."""
+    name = "device"
+    try:
+        device = resolve_device(cfg.device)
+        name = "amp"
+        resolve_amp(cfg.amp, device)
+    except ConfigError as e:
+        if name in overrides:  # typed now: the error as it is
+            raise
+        remedy = "--device cpu continues it here" if name == "device" else "another --amp continues it here"
+        raise ConfigError(f"--resume {run_dir}: {e} (the run's saved {flag(name)}; {remedy})") from None
 
 
 
