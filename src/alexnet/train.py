@@ -678,7 +678,6 @@ def _near(a: torch.Tensor, b: torch.Tensor, **tol: float) -> bool:
     return a.shape == b.shape and torch.allclose(a.double(), b.double(), **tol)
 
 
-
 def _wrap(run: _Run) -> None:
     """What trains (DDP, torch.compile) and what evaluates, the TensorBoard writer, the health monitor."""
     cfg, info = run.cfg, run.info
@@ -972,13 +971,13 @@ def _check_saved_machine(cfg: TrainConfig, overrides: dict[str, Any], run_dir: P
     try:
         device = resolve_device(cfg.device)
         name = "amp"
-        resolve_amp(cfg.amp, device)
+        if cfg.amp != "auto":  # auto never fails, and resolving it would open a CUDA context in the --nproc launcher
+            resolve_amp(cfg.amp, device)
     except ConfigError as e:
         if name in overrides:  # typed now: the error as it is
             raise
         remedy = "--device cpu continues it here" if name == "device" else "another --amp continues it here"
         raise ConfigError(f"--resume {run_dir}: {e} (the run's saved {flag(name)}; {remedy})") from None
-
 
 
 def _option_names(name: str, given: Any, saved: Any) -> list[str]:
