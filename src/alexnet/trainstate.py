@@ -138,7 +138,7 @@ def _optimizer(state: Any, optimizer: torch.optim.Optimizer) -> None:
                 _need(value.is_floating_point(), f"{where} is {_short(value)}, not floating point")
                 _need(bool(torch.isfinite(value).all()), f"{where} holds NaN or inf")
             elif isinstance(value, torch.Tensor):
-                _need(bool(torch.isfinite(value.double())), f"{where} is {_short(value)}")
+                _need(bool(torch.isfinite(value.double())), f"{where} holds NaN or inf")
             else:
                 _need(value is None or is_finite(value), f"{where} is {_short(value)}, not a tensor or number")
 
