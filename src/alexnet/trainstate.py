@@ -11,16 +11,15 @@ fault is one :class:`CheckpointError` naming the part and what it holds.
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
 import torch
 
 from .checks import is_finite, is_whole
 from .data.presets import Preprocess
 from .errors import CheckpointError, DataError
+from .runtime import rng_state, set_rng_state
 
 POSITION_COUNTS = ("epoch", "batch", "step", "correct", "seen", "skipped")
 POSITION_SECONDS = ("loss_sum", "seconds")
@@ -202,15 +201,12 @@ def _rng_states(ckpt: Mapping[str, Any]) -> None:
 
 
 def _try_rng(state: Mapping[str, Any], name: str) -> None:
-    """Set the CPU generators to ``state`` and back: a state of the wrong size fails here, not mid-resume."""
-    before = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    """Set the generators to ``state`` and back (runtime's own functions): a state of the wrong size
+    fails here, not mid-resume."""
+    before = rng_state()
     try:
-        random.setstate((3, tuple(state["python"]), state.get("python_pos")))
-        np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
-        torch.set_rng_state(state["torch"])
+        set_rng_state(state)
     except (TypeError, ValueError, RuntimeError) as e:
         raise _Damaged(f"{name} is not a state its generators take ({' '.join(str(e).split())})") from None
     finally:
-        random.setstate(before[0])
-        np.random.set_state(before[1])
-        torch.set_rng_state(before[2])
+        set_rng_state(before)
