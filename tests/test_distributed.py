@@ -20,7 +20,8 @@ from alexnet.config import resolve_config
 from alexnet.distributed import DistInfo
 from alexnet.optim import make_optimizer, param_groups
 from alexnet.parallel import TowerSplit, grouped_optimizer_state, split_optimizer_state, tower_devices
-from alexnet.train import fit, resume_config
+from alexnet.resume import resume_config
+from alexnet.train import fit
 
 TINY = ["--model-option", "widths=[8,16,16,16,16]", "--model-option", "fc_width=32"]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,7 +23,8 @@ from alexnet.checkpoint import load_checkpoint, save_atomic
 from alexnet.cli import main
 from alexnet.config import resolve_config
 from alexnet.optim import PaperSGD, PlateauSchedule
-from alexnet.train import fit, resume_config
+from alexnet.resume import resume_config
+from alexnet.train import fit
 
 # A tiny AlexNet so that a run takes a second or two on a CPU.
 TINY = ["--model-option", "widths=[8,16,16,16,16]", "--model-option", "fc_width=32"]
@@ -260,7 +262,7 @@ def test_resume_refuses_options_it_would_ignore_and_works_from_any_folder(tiny_f
     assert err == ["alexnet: error: --epochs 1: run has trained 2 epochs already; --epochs 2 or more continues it"], err
     assert (tmp_path / "run" / "config.json").read_text() == config
     # A run started without --data read Debian's Fashion-MNIST folder: typing that folder is the same
-    # data (it was refused as "--data differs"), another folder is not; one option is "it".
+    # data (it was refused as "--data differs").
     from alexnet.data.fashion_mnist import DEBIAN_ROOT
 
     ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
@@ -268,8 +270,45 @@ def test_resume_refuses_options_it_would_ignore_and_works_from_any_folder(tiny_f
     (tmp_path / "default").mkdir()
     save_atomic(ckpt, tmp_path / "default" / "last.pt")
     assert resume_config(str(tmp_path / "default"), {"data": str(DEBIAN_ROOT) + "/", "epochs": 3}).epochs == 3
-    with pytest.raises(alexnet.errors.ConfigError, match="--data differs from it: start a new run to change it "):
-        resume_config(str(tmp_path / "default"), {"data": str(tiny_fmnist)})
+
+
+def test_resume_takes_its_data_in_a_new_place_but_not_other_classes(tmp_path, capsys):
+    """A dataset moved to another disk (or a run folder copied to another machine): the resume says
+    where the run's data was and that --data gives its place now (it was refused as '--data differs',
+    and without --data failed as '--data: path not found'); there it goes on bitwise as from the old
+    place (and evaluate says it too). A class folder renamed or added is refused before anything is written (a renamed one
+    trained on silently: folders are numbered by sorted name, so the outputs meant other classes)."""
+    from conftest import make_image_folder
+
+    data = make_image_folder(tmp_path / "imgs", classes=3, per_class=8)
+    args = _train_args(data, tmp_path / "run", epochs=1)
+    assert main(args) == 0
+    shutil.copytree(tmp_path / "run", tmp_path / "same")  # goes on from the old place
+    assert main(["train", "--resume", str(tmp_path / "same"), "--epochs", "2"]) == 0
+    data.rename(tmp_path / "moved")
+    capsys.readouterr()
+    assert main(["train", "--resume", str(tmp_path / "run"), "--epochs", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"alexnet: error: --resume {tmp_path / 'run'}: the run's data {data} is not there (its saved --data); "
+                   "--data PATH continues the run with its data where it is now"], err
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "run" / "last.pt")]) == 2  # its default data is the run's
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"alexnet: error: {tmp_path / 'run' / 'last.pt'}: the data it was trained on, {data}, is not there: "
+                   "give --data"], err
+    assert main(["train", "--resume", str(tmp_path / "run"), "--epochs", "2", "--data", str(tmp_path / "moved")]) == 0
+    here, there = (load_checkpoint(tmp_path / name / "last.pt") for name in ("run", "same"))
+    assert all(torch.equal(here["model"][k], there["model"][k]) for k in there["model"]), "not bitwise the same run"
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["train"]["data"] == config["data"]["source"] == str(tmp_path / "moved"), config
+    before = {name: (tmp_path / "run" / name).read_bytes() for name in ("config.json", "metrics.jsonl", "last.pt")}
+    (tmp_path / "moved" / "class0").rename(tmp_path / "moved" / "renamed")  # now the last: labels shift
+    make_image_folder(tmp_path / "added", classes=4, per_class=8)
+    for folder, said in (("moved", "(class0 gone; renamed new)"), ("added", "(4 where the run had 3; class3 new)")):
+        assert main(["train", "--resume", str(tmp_path / "run"), "--epochs", "3", "--data", str(tmp_path / folder)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"{tmp_path / folder}: its classes are not those --resume {tmp_path / 'run' / 'last.pt'} " \
+            f"trained on {said}" in err[0] and "--init-from" in err[0], err
+    assert before == {name: (tmp_path / "run" / name).read_bytes() for name in before}
 
 
 def test_resume_says_when_the_data_preset_changed_since_the_run_started(tmp_path):
@@ -452,7 +491,7 @@ def test_nan_loss_stops_and_keeps_the_checkpoint(tiny_fmnist, tmp_path, monkeypa
     # ... the last good checkpoint, for a resumed one, whose checkpoint is untouched.
     calls["n"] = 0
     with pytest.raises(alexnet.TrainingError, match="non-finite loss.*the run folder keeps the last good checkpoint$"):
-        fit(alexnet.train.resume_config(str(out), {"epochs": 2}), log=lambda s: None)
+        fit(alexnet.resume.resume_config(str(out), {"epochs": 2}), log=lambda s: None)
     assert all(torch.equal(before[k], _weights(out / "last.pt")[k]) for k in before)
     # With "skip" the bad batch is counted and training goes on.
     calls["n"] = 0
@@ -548,7 +587,7 @@ def test_init_from_trains_the_checkpoints_network_and_resumes_without_it(tmp_pat
                                   workers=0, init_from=str(weights), data_preset="paper")), log=paper_logs.append)
     assert not any("were trained on pixels divided by" in line for line in paper_logs), paper_logs
     weights.unlink()
-    fit(alexnet.train.resume_config(str(out), {"epochs": 2}), log=lambda s: None)
+    fit(alexnet.resume.resume_config(str(out), {"epochs": 2}), log=lambda s: None)
     assert load_checkpoint(out / "last.pt")["position"]["epoch"] == 2
 
     grey = alexnet.create_model("alexnet_small", num_classes=3, widths=(8, 8, 8, 8, 8), fc_width=16)

@@ -131,7 +131,8 @@ def _config_overrides(args: argparse.Namespace) -> dict:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import resolve_config
-    from .train import fit, resume_config
+    from .resume import resume_config
+    from .train import fit
 
     overrides = _config_overrides(args)
     if args.resume and args.force:
@@ -226,6 +227,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if recorded is None:  # imported or exported weights: the default data set may not be theirs
             raise ConfigError(f"{args.checkpoint} records no data set (it was imported or exported, not trained here): give --data")
         data = recorded.get("data")
+        if isinstance(data, str) and not os.path.exists(data):  # moved since, or the checkpoint copied elsewhere
+            raise ConfigError(f"{args.checkpoint}: the data it was trained on, {data}, is not there: give --data")
     loader, classes, n_images, source = load_eval_data(
         data, models[0].preprocess, args.batch_size, args.workers, decode_device=decode_device(args.decode or "auto", device),
         pin_memory=device.type == "cuda",

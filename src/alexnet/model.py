@@ -30,6 +30,21 @@ if TYPE_CHECKING:
 LAYER_NAMES = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
 
 
+def expand_layers(names: list[str]) -> list[str]:
+    """The layers of ``--freeze`` names: ``features`` is conv1-conv5, ``classifier`` fc6-fc8."""
+    out = []
+    for name in names:
+        if name == "features":
+            out += list(LAYER_NAMES[:5])
+        elif name == "classifier":
+            out += list(LAYER_NAMES[5:])
+        elif name in LAYER_NAMES:
+            out.append(name)
+        else:
+            raise ConfigError(f"--freeze: unknown layer {name!r}; use {', '.join(LAYER_NAMES)}, features or classifier")
+    return out
+
+
 @dataclass
 class AlexNetConfig:
     """Everything that defines an AlexNet-style network.

@@ -20,7 +20,6 @@ import os
 import platform
 import signal
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,21 +30,20 @@ import torch.nn.functional as F
 
 from . import __version__, distributed, faults, runfolder
 from .atomic import write_text
-from .checkpoint import FORMAT, bounded_config, config_from_file, load_checkpoint, save_atomic
-from .checks import is_whole
-from .config import TrainConfig, flag, validate
+from .checkpoint import FORMAT, config_from_file, load_checkpoint, save_atomic
+from .config import TrainConfig
 from .data.device_decode import decode_device
-from .data.fashion_mnist import DEBIAN_ROOT
 from .data.loaders import DataBundle, load_data, model_input, set_epoch
 from .data.presets import Preprocess
 from .data.sources import check_out_of_images
 from .errors import AlexNetError, CheckpointError, ConfigError, DataError, TrainingError, check_weights, state_dict_mismatch
 from .evaluate import score, summarize
 from .health import HealthMonitor
-from .model import LAYER_NAMES, AlexNet, AlexNetConfig, model_config, registered_name, torchvision_key
+from .model import AlexNet, AlexNetConfig, expand_layers, model_config, registered_name, torchvision_key
 from .optim import PlateauSchedule, make_optimizer, param_groups, step_lr_factor
 from .parallel import TowerSplit, grouped_optimizer_state, split_optimizer_state, tower_devices
-from .runtime import autocast, progress, resolve_amp, resolve_device, rng_state, seed_everything, set_rng_state
+from .resume import check_classes, note_changes, resume_source
+from .runtime import autocast, progress, resolve_amp, rng_state, seed_everything, set_rng_state
 from .trainstate import check_training_state
 
 
@@ -238,20 +236,6 @@ def evaluate(
 
 
 # -- building the model ---------------------------------------------------------------------------
-def _expand_layers(names: list[str]) -> list[str]:
-    out = []
-    for name in names:
-        if name == "features":
-            out += list(LAYER_NAMES[:5])
-        elif name == "classifier":
-            out += list(LAYER_NAMES[5:])
-        elif name in LAYER_NAMES:
-            out.append(name)
-        else:
-            raise ConfigError(f"--freeze: unknown layer {name!r}; use {', '.join(LAYER_NAMES)}, features or classifier")
-    return out
-
-
 def architecture(cfg: TrainConfig, start: dict[str, Any] | None, source: str) -> tuple[AlexNetConfig, bool]:
     """The network a run trains, and whether its input channels are fixed (else the data's).
 
@@ -294,7 +278,7 @@ def build_model(
                 f"--init-from {cfg.init_from}: weights do not fit {cfg.model} "
                 f"(missing {', '.join(missing[:4]) or 'none'}; unexpected {', '.join(unexpected[:4]) or 'none'}); pass --model"
             )
-    for name in _expand_layers(cfg.freeze):
+    for name in expand_layers(cfg.freeze):
         for p in getattr(model, name).parameters():
             p.requires_grad_(False)
     return model
@@ -319,19 +303,6 @@ def _save(state: dict[str, Any], path: Path) -> None:
     except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
         reason = (e.strerror if isinstance(e, OSError) else None) or " ".join(str(e).split()) or type(e).__name__
         raise TrainingError(f"could not write {path}: {reason} (the file there before is untouched)") from None
-
-
-def _resume_source(resume: str) -> Path:
-    path = Path(resume)
-    if path.is_dir():
-        runfolder.refuse_in_use(path)  # a live run without a checkpoint yet is not one that stopped
-        if runfolder.stopped_before_checkpoint(path):
-            raise CheckpointError(f"--resume: {path} stopped before its first checkpoint: nothing to resume; start it "
-                                  f"again (alexnet train --out {path} ... replaces its files)")
-        path = path / "last.pt"
-    if not path.is_file():
-        raise CheckpointError(f"--resume: no checkpoint at {path}")
-    return path
 
 
 class _CtrlC:
@@ -471,7 +442,7 @@ def _fit(
     cleanup: contextlib.ExitStack,
 ) -> dict[str, Any]:
     """The run of :func:`fit` on this rank, once the run folder is claimed."""
-    resume_ckpt = load_checkpoint(_resume_source(cfg.resume)) if cfg.resume else None
+    resume_ckpt = load_checkpoint(resume_source(cfg.resume)) if cfg.resume else None
     run = _wire(cfg, info, device, towers, run_dir, show_progress, log, cleanup, resume_ckpt)
     if resume_ckpt is not None:
         _restore(run, resume_ckpt)
@@ -529,6 +500,8 @@ def _wire(
     data = _load(cfg, info, device, run_dir, show_progress, arch.input_size)
     cleanup.callback(data.close)  # the workers stop when the run ends, however it ends
     _check_data(cfg, data, arch, fixed_chans, source)
+    if resume_ckpt is not None:  # before its weights: an added class would be said as fc8's shape
+        check_classes(resume_ckpt.get("classes"), data, cfg.resume)
     if init is not None and init.get("preprocess") is not None:
         _note_scale(cfg, Preprocess.from_dict(init["preprocess"], source=source), data)
     if not fixed_chans:
@@ -633,49 +606,8 @@ def _restore(run: _Run, ckpt: dict[str, Any]) -> None:
     if not run.info.is_main:  # the saved sums are the whole run's: rank 0 carries them on
         pos = dataclasses.replace(pos, loss_sum=0.0, correct=0, seen=0)
     run.pos, run.history, run.best = pos, history, best
-    _note_recipe_change(run, ckpt.get("preprocess"))
-    _note_data_change(run, ckpt)
-
-
-_GEOMETRY = ("resize", "size", "train_crop", "test_crop", "padding", "flip", "scale")
-
-
-def _note_recipe_change(run: _Run, saved: Any) -> None:
-    """A run started by an older alexnet whose data preset has changed since (crops, sizes) goes on
-    with the preset as it is now; say so rather than let 'resumes exactly' be believed."""
-    if not isinstance(saved, dict):
-        return
-    now = run.data.preprocess.state()
-    changed = [f"{k} {saved[k]!r} -> {now[k]!r}" for k in _GEOMETRY if k in saved and saved[k] != now[k]]  # both state()'s
-    if changed and run.info.is_main:
-        warnings.warn(f"--resume: data preset {now['preset']} has changed since this run started ({'; '.join(changed)}): "
-                      "the run goes on with the preset as it is now", stacklevel=2)
-
-
-def _note_data_change(run: _Run, ckpt: dict[str, Any]) -> None:
-    """Photos added to or removed from the training folder since the run started: the run goes on
-    with them (another data order, a recomputed mean image), so it is no longer the run it began as."""
-    saved, data = ckpt.get("data"), run.data
-    if not isinstance(saved, dict) or not run.info.is_main:
-        return  # older checkpoints record no counts
-    changed = [f"{what} {saved.get(key)} -> {now}" for what, key, now in (
-        ("training images", "train_images", data.train_size), ("validation images", "val_images", data.val_size))
-        if saved.get(key) != now]
-    before, now = ckpt.get("preprocess") or {}, data.preprocess
-    # Within rounding: a resume may run with another thread count, which moves the last bits of sums.
-    if torch.is_tensor(before.get("mean_image")) and now.mean_image is not None:
-        # Of another size, the preset's geometry changed, not the photos (_note_recipe_change says so).
-        if before["mean_image"].shape == now.mean_image.shape and not _near(before["mean_image"], now.mean_image, atol=1e-3):
-            changed.append("its mean image")
-    elif before.get("std") and not _near(torch.tensor(before["std"]), torch.tensor(now.std), rtol=1e-6):
-        changed.append("its pixel std")
-    if changed:
-        warnings.warn(f"--resume: the training data has changed since this run started ({'; '.join(changed)}): the run "
-                      "goes on with the data as it is now, so it is no longer the run it began as", stacklevel=2)
-
-
-def _near(a: torch.Tensor, b: torch.Tensor, **tol: float) -> bool:
-    return a.shape == b.shape and torch.allclose(a.double(), b.double(), **tol)
+    if run.info.is_main:
+        note_changes(run.data, ckpt)
 
 
 def _wrap(run: _Run) -> None:
@@ -731,7 +663,7 @@ def _start_files(run: _Run, resumed: bool) -> None:
         resolved = {
             "train": run.cfg.to_dict(),
             "model": run.model.config.to_dict(),
-            "data": {"source": data.source, "train_images": data.train_size, "val_images": data.val_size, "classes": data.classes},
+            "data": _data_record(data),
             "preprocess": data.preprocess.to_json(),
             "environment": _environment(run.device, run.amp),
             "distributed": {"world_size": info.world, "towers": [str(d) for d in run.towers] if run.towers else None},
@@ -740,17 +672,24 @@ def _start_files(run: _Run, resumed: bool) -> None:
         write_text(run.metrics_path, "")
 
 
+def _data_record(data: DataBundle) -> dict[str, Any]:
+    return {"source": data.source, "train_images": data.train_size, "val_images": data.val_size, "classes": list(data.classes)}
+
+
 def _update_config_file(run: _Run) -> None:
     """A resumed run's config.json gives the options it goes on with (more --epochs, another
-    --device, ...); the environment it started in stays, as :func:`_note_thread_change` reads it."""
+    --device, its data in another place, ...); the environment it started in stays, as
+    :func:`_note_thread_change` reads it."""
     path = run.run_dir / "config.json"
     try:
         resolved = json.loads(path.read_text())
     except (OSError, ValueError):
         return
-    if isinstance(resolved, dict) and resolved.get("train") != run.cfg.to_dict():
-        resolved["train"] = run.cfg.to_dict()
-        write_text(path, json.dumps(resolved, indent=2) + "\n")
+    if not isinstance(resolved, dict):
+        return
+    now = {"train": run.cfg.to_dict(), "data": _data_record(run.data)}
+    if any(resolved.get(k) != v for k, v in now.items()):
+        write_text(path, json.dumps({**resolved, **now}, indent=2) + "\n")
 
 
 def _note_thread_change(run: _Run) -> None:
@@ -920,96 +859,3 @@ def default_run_dir(model: str) -> Path:
     return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{model}"
 
 
-# What a resumed run may change: how it runs and for how long, not what it computes.
-RESUME_MAY_CHANGE = frozenset({
-    "epochs", "workers", "device", "decode", "dist_timeout", "tower_devices", "save_every", "tensorboard",
-    "eval_batch_size", "amp", "compile", "channels_last", "health", "on_nonfinite", "strict",
-})
-
-
-def resume_config(run: str, overrides: dict[str, Any]) -> TrainConfig:
-    """The configuration of the run being resumed, with ``overrides`` (e.g. more epochs) on top.
-
-    Options outside :data:`RESUME_MAY_CHANGE` are refused unless they repeat the saved value: a
-    silently ignored ``--lr`` or ``--model`` would let a user believe the run changed course."""
-    path = _resume_source(run)
-    ckpt = load_checkpoint(path)
-    saved = ckpt.get("train_config")
-    if not saved:
-        raise CheckpointError(f"--resume: {path} has no training configuration")
-    if not isinstance(saved, dict):
-        raise CheckpointError(f"--resume: {path}: its training configuration is not a table of options")
-    overrides = {k: v for k, v in overrides.items() if v is not None and k != "resume"}
-    defaults = TrainConfig()  # what an option absent from an older checkpoint's configuration was
-    fixed = [k for k, v in overrides.items()
-             if k not in RESUME_MAY_CHANGE and not _same_option(k, v, saved.get(k, getattr(defaults, k, None)))]
-    if fixed:
-        names = [n for k in fixed for n in _option_names(k, overrides[k], saved.get(k))]
-        raise ConfigError(
-            f"--resume {path.parent} continues that run as it was configured; {', '.join(names)} "
-            f"{'differ' if len(names) > 1 else 'differs'} from it: start a new run "
-            f"to change {'them' if len(names) > 1 else 'it'} (--init-from {path} starts from its weights)"
-        )
-    _refuse_fewer_epochs(overrides.get("epochs"), ckpt.get("position"), path.parent)
-    values = {**saved, **{k: v for k, v in overrides.items() if k in RESUME_MAY_CHANGE}}
-    values.update(out=str(path.parent), resume=str(path))
-    try:
-        cfg = TrainConfig(**values)
-        validate(cfg)
-        _expand_layers(cfg.freeze)  # what build_model would say without naming the file
-        bounded_config(model_config(cfg.model, **cfg.model_options), f"--resume {path}")  # before allocating it
-    except (TypeError, ConfigError) as e:
-        raise CheckpointError(f"--resume {path}: bad training configuration: {e}") from None
-    _check_saved_machine(cfg, overrides, path.parent)
-    return cfg
-
-
-def _check_saved_machine(cfg: TrainConfig, overrides: dict[str, Any], run_dir: Path) -> None:
-    """A run saved with a --device or --amp this machine lacks (a GPU run resumed on a laptop):
-    the error says the setting is the run's, and how to go on here."""
-    name = "device"
-    try:
-        device = resolve_device(cfg.device)
-        name = "amp"
-        if cfg.amp != "auto":  # auto never fails, and resolving it would open a CUDA context in the --nproc launcher
-            resolve_amp(cfg.amp, device)
-    except ConfigError as e:
-        if name in overrides:  # typed now: the error as it is
-            raise
-        remedy = "--device cpu continues it here" if name == "device" else "another --amp continues it here"
-        raise ConfigError(f"--resume {run_dir}: {e} (the run's saved {flag(name)}; {remedy})") from None
-
-
-def _option_names(name: str, given: Any, saved: Any) -> list[str]:
-    """The flags of a refused option as the user typed them: --dropout is a model option."""
-    if name == "model_options" and isinstance(given, dict):
-        keys = [k for k, v in given.items() if not isinstance(saved, dict) or saved.get(k) != v]
-        return ["--dropout" if k == "dropout" else f"--model-option {k}" for k in keys] or [flag(name)]
-    return [flag(name)]
-
-
-def _refuse_fewer_epochs(epochs: int | None, position: Any, run_dir: Path) -> None:
-    """ConfigError for a resume asking for fewer epochs than the run has begun: nothing would train,
-    and config.json would say a length the checkpoint and metrics contradict."""
-    if epochs is None or not isinstance(position, dict) or not all(is_whole(position.get(k, 0), 0) for k in ("epoch", "batch")):
-        return  # a damaged position is said by the resume's check of it (trainstate.py)
-    begun = int(position.get("epoch", 0)) + (1 if position.get("batch", 0) else 0)
-    if epochs < begun:
-        done = int(position.get("epoch", 0))
-        raise ConfigError(f"--epochs {epochs}: {run_dir} has trained {done} epoch{'s' * (done != 1)}"
-                          f"{' and part of another' if begun > done else ''} already; --epochs {begun} or more "
-                          "continues it")
-
-
-def _same_option(name: str, given: Any, saved: Any) -> bool:
-    """Whether a command-line value repeats the saved one (paths compared absolute; model options
-    only those given; lists and tuples alike)."""
-    if name == "data" and saved is None:  # the run read the default, Debian's Fashion-MNIST folder
-        saved = str(DEBIAN_ROOT)
-    if name in ("data", "init_from", "out") and given is not None and saved is not None:
-        return os.path.abspath(given) == os.path.abspath(saved)
-    if name == "model_options" and isinstance(saved, dict):
-        return all(saved.get(k) == v for k, v in given.items())
-    if isinstance(given, (list, tuple)) and isinstance(saved, (list, tuple)):
-        return list(given) == list(saved)
-    return given == saved

@@ -63,7 +63,7 @@ def check_training_state(
         _numbers(ckpt.get("data"), "data")
         _rng_states(ckpt)
         recipe = ckpt.get("preprocess")
-        if recipe is not None:  # only its changes are read back (train._note_recipe_change), but a wreck is one
+        if recipe is not None:  # only its changes are read back (resume.note_changes), but a wreck is one
             Preprocess.from_dict(recipe, source=source)
     except DataError as e:
         raise CheckpointError(str(e)) from None

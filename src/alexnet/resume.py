@@ -1,0 +1,212 @@
+"""Resuming a run: the configuration it goes on with (:func:`resume_config`), the checkpoint it
+goes on from (:func:`resume_source`), and the data it goes on with (:func:`check_classes`,
+:func:`note_changes`).
+
+A resumed run is the run it was: only how it runs and for how long may change, and where its
+data now is (a run folder copied to another machine, a dataset moved to another disk). That data
+must hold the run's classes in the run's order (else the network's outputs would silently mean
+others); photos added or removed, or a changed preset, are said as the run goes on.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import runfolder
+from .checkpoint import bounded_config, load_checkpoint
+from .checks import is_whole
+from .config import TrainConfig, flag, validate
+from .data.loaders import DataBundle
+from .errors import CheckpointError, ConfigError, DataError
+from .model import expand_layers, model_config
+from .runtime import resolve_amp, resolve_device
+
+# What a resumed run may change: how it runs, for how long, and where its data is, not what it computes.
+RESUME_MAY_CHANGE = frozenset({
+    "epochs", "workers", "device", "decode", "dist_timeout", "tower_devices", "save_every", "tensorboard",
+    "eval_batch_size", "amp", "compile", "channels_last", "health", "on_nonfinite", "strict", "data",
+})
+
+
+def resume_source(resume: str) -> Path:
+    """The checkpoint ``--resume`` names: the file itself, or a run folder's last.pt."""
+    path = Path(resume)
+    if path.is_dir():
+        runfolder.refuse_in_use(path)  # a live run without a checkpoint yet is not one that stopped
+        if runfolder.stopped_before_checkpoint(path):
+            raise CheckpointError(f"--resume: {path} stopped before its first checkpoint: nothing to resume; start it "
+                                  f"again (alexnet train --out {path} ... replaces its files)")
+        path = path / "last.pt"
+    if not path.is_file():
+        raise CheckpointError(f"--resume: no checkpoint at {path}")
+    return path
+
+
+def resume_config(run: str, overrides: dict[str, Any]) -> TrainConfig:
+    """The configuration of the run being resumed, with ``overrides`` (e.g. more epochs) on top.
+
+    Options outside :data:`RESUME_MAY_CHANGE` are refused unless they repeat the saved value: a
+    silently ignored ``--lr`` or ``--model`` would let a user believe the run changed course."""
+    path = resume_source(run)
+    ckpt = load_checkpoint(path)
+    saved = ckpt.get("train_config")
+    if not saved:
+        raise CheckpointError(f"--resume: {path} has no training configuration")
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"--resume: {path}: its training configuration is not a table of options")
+    overrides = {k: v for k, v in overrides.items() if v is not None and k != "resume"}
+    defaults = TrainConfig()  # what an option absent from an older checkpoint's configuration was
+    fixed = [k for k, v in overrides.items()
+             if k not in RESUME_MAY_CHANGE and not _same_option(k, v, saved.get(k, getattr(defaults, k, None)))]
+    if fixed:
+        names = [n for k in fixed for n in _option_names(k, overrides[k], saved.get(k))]
+        raise ConfigError(
+            f"--resume {path.parent} continues that run as it was configured; {', '.join(names)} "
+            f"{'differ' if len(names) > 1 else 'differs'} from it: start a new run "
+            f"to change {'them' if len(names) > 1 else 'it'} (--init-from {path} starts from its weights)"
+        )
+    _refuse_fewer_epochs(overrides.get("epochs"), ckpt.get("position"), path.parent)
+    if "data" in overrides:  # saved absolute, as a new run's (config.resolve_config)
+        overrides["data"] = os.path.abspath(overrides["data"])
+    else:
+        _check_saved_data(saved.get("data"), path.parent)
+    values = {**saved, **{k: v for k, v in overrides.items() if k in RESUME_MAY_CHANGE}}
+    values.update(out=str(path.parent), resume=str(path))
+    try:
+        cfg = TrainConfig(**values)
+        validate(cfg)
+        expand_layers(cfg.freeze)  # what build_model would say without naming the file
+        bounded_config(model_config(cfg.model, **cfg.model_options), f"--resume {path}")  # before allocating it
+    except (TypeError, ConfigError) as e:
+        raise CheckpointError(f"--resume {path}: bad training configuration: {e}") from None
+    _check_saved_machine(cfg, overrides, path.parent)
+    return cfg
+
+
+def _check_saved_data(data: Any, run_dir: Path) -> None:
+    """ConfigError when the run's data is no longer where the run read it (moved to another disk,
+    a run folder copied to another machine): --data gives its place now."""
+    if isinstance(data, str) and not os.path.exists(data):  # a damaged value is said by validate()
+        raise ConfigError(f"--resume {run_dir}: the run's data {data} is not there (its saved --data); "
+                          "--data PATH continues the run with its data where it is now")
+
+
+def _check_saved_machine(cfg: TrainConfig, overrides: dict[str, Any], run_dir: Path) -> None:
+    """A run saved with a --device or --amp this machine lacks (a GPU run resumed on a laptop):
+    the error says the setting is the run's, and how to go on here."""
+    name = "device"
+    try:
+        device = resolve_device(cfg.device)
+        name = "amp"
+        if cfg.amp != "auto":  # auto never fails, and resolving it would open a CUDA context in the --nproc launcher
+            resolve_amp(cfg.amp, device)
+    except ConfigError as e:
+        if name in overrides:  # typed now: the error as it is
+            raise
+        remedy = "--device cpu continues it here" if name == "device" else "another --amp continues it here"
+        raise ConfigError(f"--resume {run_dir}: {e} (the run's saved {flag(name)}; {remedy})") from None
+
+
+def _option_names(name: str, given: Any, saved: Any) -> list[str]:
+    """The flags of a refused option as the user typed them: --dropout is a model option."""
+    if name == "model_options" and isinstance(given, dict):
+        keys = [k for k, v in given.items() if not isinstance(saved, dict) or saved.get(k) != v]
+        return ["--dropout" if k == "dropout" else f"--model-option {k}" for k in keys] or [flag(name)]
+    return [flag(name)]
+
+
+def _refuse_fewer_epochs(epochs: int | None, position: Any, run_dir: Path) -> None:
+    """ConfigError for a resume asking for fewer epochs than the run has begun: nothing would train,
+    and config.json would say a length the checkpoint and metrics contradict."""
+    if epochs is None or not isinstance(position, dict) or not all(is_whole(position.get(k, 0), 0) for k in ("epoch", "batch")):
+        return  # a damaged position is said by the resume's check of it (trainstate.py)
+    begun = int(position.get("epoch", 0)) + (1 if position.get("batch", 0) else 0)
+    if epochs < begun:
+        done = int(position.get("epoch", 0))
+        raise ConfigError(f"--epochs {epochs}: {run_dir} has trained {done} epoch{'s' * (done != 1)}"
+                          f"{' and part of another' if begun > done else ''} already; --epochs {begun} or more "
+                          "continues it")
+
+
+def _same_option(name: str, given: Any, saved: Any) -> bool:
+    """Whether a command-line value repeats the saved one (paths compared absolute; model options
+    only those given; lists and tuples alike)."""
+    if name in ("init_from", "out") and given is not None and saved is not None:
+        return os.path.abspath(given) == os.path.abspath(saved)
+    if name == "model_options" and isinstance(saved, dict):
+        return all(saved.get(k) == v for k, v in given.items())
+    if isinstance(given, (list, tuple)) and isinstance(saved, (list, tuple)):
+        return list(given) == list(saved)
+    return given == saved
+
+
+def check_classes(saved: Any, data: DataBundle, resume: str) -> None:
+    """DataError unless the data holds the classes the run trained on, in its order: class folders
+    are numbered by sorted name, so one renamed or added would give the network's outputs other
+    meanings, silently (or another count, said as a mismatch of fc8's weights)."""
+    if saved is None:  # older checkpoints name no classes
+        return
+    if not (isinstance(saved, (list, tuple)) and all(isinstance(c, str) for c in saved)):
+        raise CheckpointError(f"--resume {resume}: damaged training state: its classes are not a list of names")
+    now = list(data.classes)
+    if list(saved) == now:
+        return
+    gone, new = [c for c in saved if c not in now], [c for c in now if c not in saved]
+    said = [f"{len(now)} where the run had {len(saved)}"] if len(now) != len(saved) else []
+    said += [f"{_some(gone)} gone"] if gone else []
+    said += [f"{_some(new)} new"] if new else []
+    raise DataError(f"{data.source}: its classes are not those --resume {resume} trained on "
+                    f"({'; '.join(said) or 'the same names in another order'}), whose outputs would mean other classes; "
+                    f"--init-from {resume} starts a new run from its weights")
+
+
+def _some(names: list[str], most: int = 3) -> str:
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def note_changes(data: DataBundle, ckpt: dict[str, Any]) -> None:
+    """Warnings when the run goes on otherwise than it began: its data preset has changed since
+    (crops, sizes: a run started by an older alexnet), or photos were added or removed (another data
+    order, a recomputed mean image). Said, rather than let 'resumes exactly' be believed."""
+    preset = f"data preset {data.preprocess.preset}"
+    for what, changed in ((preset, _preset_changes(data, ckpt.get("preprocess"))), ("training data", _data_changes(data, ckpt))):
+        if changed:
+            warnings.warn(f"--resume: the {what} has changed since this run started ({'; '.join(changed)}): the run "
+                          f"goes on with the {what} as it is now, so it is no longer the run it began as", stacklevel=2)
+
+
+_GEOMETRY = ("resize", "size", "train_crop", "test_crop", "padding", "flip", "scale")
+
+
+def _preset_changes(data: DataBundle, saved: Any) -> list[str]:
+    if not isinstance(saved, dict):
+        return []
+    now = data.preprocess.state()
+    return [f"{k} {saved[k]!r} -> {now[k]!r}" for k in _GEOMETRY if k in saved and saved[k] != now[k]]  # both state()'s
+
+
+def _data_changes(data: DataBundle, ckpt: dict[str, Any]) -> list[str]:
+    saved = ckpt.get("data")
+    if not isinstance(saved, dict):
+        return []  # older checkpoints record no counts
+    changed = [f"{what} {saved.get(key)} -> {now}" for what, key, now in (
+        ("training images", "train_images", data.train_size), ("validation images", "val_images", data.val_size))
+        if saved.get(key) != now]
+    before, now = ckpt.get("preprocess") or {}, data.preprocess
+    # Within rounding: a resume may run with another thread count, which moves the last bits of sums.
+    if torch.is_tensor(before.get("mean_image")) and now.mean_image is not None:
+        # Of another size, the preset's geometry changed, not the photos (_preset_changes says so).
+        if before["mean_image"].shape == now.mean_image.shape and not _near(before["mean_image"], now.mean_image, atol=1e-3):
+            changed.append("its mean image")
+    elif before.get("std") and not _near(torch.tensor(before["std"]), torch.tensor(now.std), rtol=1e-6):
+        changed.append("its pixel std")
+    return changed
+
+
+def _near(a: torch.Tensor, b: torch.Tensor, **tol: float) -> bool:
+    return a.shape == b.shape and torch.allclose(a.double(), b.double(), **tol)
