@@ -230,6 +230,20 @@ def test_features_and_retrieval_return_the_query_first(tmp_path, capsys):
     expected = max(float(((idx["features"][0].double() - g.double()) ** 2).sum().sqrt()) for g in idx["features"])
     assert far["distance"] == pytest.approx(expected)
 
+    # A neighbour's photo deleted since: the listing stands, its tile is empty and a note names it
+    # (the figure failed, listing nothing: 'cannot read this image (FileNotFoundError...').
+    Path(hits[2]["path"]).unlink()
+    fig.unlink()
+    assert main(["retrieve", str(query), "--index", str(index), "--k", "4", "--figure", str(fig), "--amp", "none"]) == 0
+    out, err = capsys.readouterr()
+    assert [line.split()[1] for line in out.splitlines()] == [h["path"] for h in hits], out
+    assert err.splitlines() == [f"note: --figure {fig}: the images of 1 of the 4 neighbours cannot be read now (first: "
+                                f"{hits[2]['path']}, not found): their tiles are empty; moved since {index} was built? "
+                                "'alexnet features' indexes them where they are"], err
+    white = np.asarray(Image.open(fig).convert("L"))[110:290] == 255  # the row of tiles, 200 px each from x = 188
+    assert Image.open(fig).size == (1500, 400)
+    assert white[:, 680:860].mean() < 0.1 and white[:, 920:1100].mean() > 0.9  # the second neighbour shown, the third not
+
 
 def test_an_index_holds_every_image_works_from_anywhere_and_knows_its_model(tmp_path, capsys, monkeypatch):
     """Images at the top of the folder are indexed beside the class folders' (no class); the paths

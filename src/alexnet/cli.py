@@ -17,6 +17,7 @@ from .errors import AlexNetError
 
 if TYPE_CHECKING:  # for annotations only: the commands import what they need when they run
     from .config import TrainConfig
+    from .data.presets import Preprocess
 
 
 def _config_type(kind: type, check: tuple | None):
@@ -343,17 +344,35 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
     model = require_recipe(load(checkpoint, device), checkpoint)
     check_index_model(model, index, checkpoint, args.index)
     hits = retrieve(model, index, args.image, args.k, amp)
-    if args.figure:
-        from .figures import plot_retrieval
-        from .predict import load_image
-
-        plot_retrieval(load_image(args.image, model.preprocess), [(load_image(h["path"], model.preprocess), h) for h in hits], args.figure)
     if args.json:
         print(json.dumps(hits))
     else:
         for h in hits:
             print(f"{h['distance']:10.4f}  {h['path']}" + (f"  ({h['label']})" if h["label"] else ""))
+    if args.figure:
+        _retrieval_figure(args.image, hits, model.preprocess, args.figure, args.index)
     return 0
+
+
+def _retrieval_figure(query: str, hits: list[dict], preprocess: Preprocess, figure: str, index: str) -> None:
+    """The query and its neighbours' photos; a neighbour no longer readable (moved or deleted since
+    the index was built) is an empty tile, and a note says which: the listing above stands."""
+    from .errors import DataError
+    from .figures import plot_retrieval
+    from .predict import load_image
+
+    neighbours, unread = [], []
+    for h in hits:
+        try:
+            neighbours.append((load_image(h["path"], preprocess), h))
+        except DataError as e:
+            neighbours.append((None, h))
+            unread.append(f"{h['path']}, not found" if not os.path.exists(h["path"]) else str(e))
+    plot_retrieval(load_image(query, preprocess), neighbours, figure)
+    if unread:
+        print(f"note: --figure {figure}: the images of {len(unread)} of the {len(hits)} neighbours cannot be read now "
+              f"(first: {unread[0]}): their tiles are empty; moved since {index} was built? 'alexnet features' indexes "
+              "them where they are", file=sys.stderr)
 
 
 # -- visualize / import / export ------------------------------------------------------------------

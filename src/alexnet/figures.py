@@ -314,8 +314,9 @@ def _fit(text, box, renderer) -> None:
 
 
 # -- figure 4 (right): retrieval ---------------------------------------------------------------
-def plot_retrieval(query: torch.Tensor, neighbours: list[tuple[torch.Tensor, dict[str, Any]]], path: str | os.PathLike) -> Path:
-    """The paper's figure 4 (right): the query, then its nearest images by fc7 distance, in one row.
+def plot_retrieval(query: torch.Tensor, neighbours: list[tuple[torch.Tensor | None, dict[str, Any]]], path: str | os.PathLike) -> Path:
+    """The paper's figure 4 (right): the query, then its nearest images by fc7 distance, in one row
+    (an image of None, one that could not be read, an empty tile saying so).
 
     Size: :func:`grid_size` (1 + len(neighbours), 1 + len(neighbours)).
     """
@@ -326,7 +327,13 @@ def plot_retrieval(query: torch.Tensor, neighbours: list[tuple[torch.Tensor, dic
     _show(axes[0, 0], query)
     axes[0, 0].set_title("query", fontsize=9, color="tab:red")
     for ax, (image, hit) in zip(axes[0, 1:], neighbours):
-        _show(ax, image)
+        if image is None:
+            ax.set_box_aspect(1)  # square, as the photos' tiles
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.text(0.5, 0.5, "cannot read the image", ha="center", va="center", fontsize=8, color="gray", transform=ax.transAxes)
+        else:
+            _show(ax, image)
         label = f"{hit['label']}\n" if hit.get("label") else ""
         ax.set_title(f"{label}d = {hit['distance']:.3g}", fontsize=8)
     return _save(fig, path)
