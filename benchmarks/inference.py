@@ -18,6 +18,10 @@ baseline but not reported as a RESULT. With trained weights and ImageNet-synset 
 trained e.g. on Imagenette) with --ckpt-data labelled by its classes reports its top-1 on the fast
 path and in fp32, and the two paths' agreement beside a constant prediction's.
 
+Without --data and without the shared imagewoof-mini/val beside the checkout, the timings run on
+synthetic 256x256 images (speed does not depend on the pixels) and no agreement or accuracy is
+reported: that needs photos.
+
     python benchmarks/inference.py [--data DIR] [--peer-weights FILE] [--checkpoint CKPT --ckpt-data DIR]
                                    [--compile] [--quick]
 """
@@ -61,6 +65,15 @@ def load_images(root, limit: int) -> tuple[torch.Tensor, torch.Tensor, list[str]
     items = [ds[i] for i in progress(range(n), total=n, desc="decode", unit="img")]
     items = [it for it in items if it is not None]
     return torch.stack([it[0] for it in items]), torch.tensor([it[1] for it in items]), list(ds.folders)
+
+
+def synthetic_images(n: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """``n`` uint8 (3, 256, 256) images of smooth seeded noise, as :func:`load_images` returns them,
+    one unnamed class: for timings when no photos are at hand."""
+    g = torch.Generator().manual_seed(0)
+    coarse = torch.randint(0, 256, (n, 3, 16, 16), generator=g, dtype=torch.uint8).float()
+    images = torch.nn.functional.interpolate(coarse, size=256, mode="bilinear").round().to(torch.uint8)
+    return images, torch.zeros(n, dtype=torch.int64), ["synthetic"]
 
 
 def normalise(views: torch.Tensor, fmt: torch.memory_format = torch.channels_last) -> torch.Tensor:
@@ -221,7 +234,7 @@ def checkpoint_check(path: str, data: str, device: torch.device, batch: int, ckp
 
 def parse(argv: list[str] | None):
     p = base_parser(__doc__.splitlines()[0])
-    p.add_argument("--data", default=str(DEFAULT_DATA), help="ImageFolder tree of real images")
+    p.add_argument("--data", help=f"ImageFolder tree of real images (default: {DEFAULT_DATA} if there, else synthetic ones)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--images", type=int, default=0, help="agreement over at most this many images (0: all)")
     p.add_argument("--time-images", type=int, default=128, help="images per timed round (the first ones)")
@@ -235,8 +248,12 @@ def parse(argv: list[str] | None):
         args.batch_size, args.images, args.repeats, args.time_images, args.ten_crop_images = 2, 4, 1, 4, 2
     if min(args.batch_size, args.repeats, args.time_images, args.ten_crop_images) < 1 or args.images < 0:
         p.error("--batch-size, --repeats, --time-images and --ten-crop-images must be positive")
-    if not Path(args.data).is_dir():
+    if args.data is None and DEFAULT_DATA.is_dir():
+        args.data = str(DEFAULT_DATA)
+    if args.data is not None and not Path(args.data).is_dir():
         p.error(f"--data: folder not found: {args.data}")
+    if args.data is None and args.checkpoint and not args.ckpt_data:
+        p.error("--checkpoint needs labelled photos: give --ckpt-data DIR (or --data DIR)")
     return args
 
 
@@ -246,9 +263,14 @@ def main(argv: list[str] | None = None) -> None:
     state, weights = peer_weights(args.peer_weights)
     ckpt = (checkpoint_check(args.checkpoint, args.ckpt_data or args.data, device, args.batch_size, bool(args.ckpt_data))
             if args.checkpoint else None)
-    images, labels, folders = load_images(args.data, args.images)
+    if args.data is None:
+        images, labels, folders = synthetic_images(args.images or 256)
+        print(f"NOTE: no photos ({DEFAULT_DATA} is absent; --data DIR gives some): timings on {len(images)} synthetic "
+              "images, no agreement or accuracy reported")
+    else:
+        images, labels, folders = load_images(args.data, args.images)
     images = images.to(device)  # decoded once; crops are cut and normalised where the model runs, for both sides
-    print(f"{len(images)} images from {args.data}, batch {args.batch_size}; weights {weights}")
+    print(f"{len(images)} images from {args.data or 'synthetic noise'}, batch {args.batch_size}; weights {weights}")
     torch.manual_seed(0)
     peer = torchvision.models.alexnet(weights=None)
     if state is not None:
@@ -280,7 +302,7 @@ def main(argv: list[str] | None = None) -> None:
     settings(device=device, path=best, peer="torchvision alexnet through the same predictor", batch=args.batch_size,
              timed_images=n, rounds=args.repeats, weights=weights.split(":")[0], agreement_images=len(images))
     result("inference_images_per_s", ips_ours, ips_peer, "images/s")
-    if state is not None:  # random weights' agreement is withheld: their margins are too small to say anything
+    if state is not None and args.data is not None:  # random weights' (or noise images') agreement says nothing
         result("inference_top1_agreement", agree[best][0], baseline, "fraction", ref=True)
     if top1 is not None:
         result("inference_top1_accuracy", top1[0], top1[1], "fraction")

@@ -5,6 +5,7 @@ No timing is asserted: the figures of a quick run on a shared machine mean nothi
 
 import math
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -194,6 +195,26 @@ def test_cli_benchmark_passes_its_settings_to_each_script(tmp_path):
     assert r.stdout.strip().splitlines()[-1] == "RESULT args --quick --device cpu --repeats 3 --threads 1"
     real = bench_module("_common").base_parser("every script's options").parse_args(r.stdout.split()[-7:])
     assert (real.quick, real.device, real.repeats, real.threads) == (True, "cpu", 3, 1)
+
+
+@pytest.mark.slow
+def test_cli_benchmark_runs_in_a_checkout_without_photos(tmp_path):
+    """A user's checkout has no ../shared beside it: inference times synthetic images and reports no
+    agreement (it failed: 'inference.py: error: --data: folder not found: .../shared/...', and
+    'benchmark(s) failed: inference'); --data gives photos, a missing one is one line."""
+    bench = tmp_path / "checkout" / "benchmarks"
+    bench.mkdir(parents=True)
+    for name in ("_common.py", "inference.py"):
+        shutil.copy(ROOT / "benchmarks" / name, bench / name)
+    r = run_cli("benchmark", "--quick", "--only", "inference", "--device", "cpu", "--dir", str(bench))
+    assert r.returncode == 0, r.stderr
+    note = f"NOTE: no photos ({tmp_path / 'shared' / 'data' / 'imagewoof-mini' / 'val'} is absent; --data DIR gives some)"
+    assert note in r.stdout, r.stdout
+    names = {line.split()[1] for line in r.stdout.splitlines() if line.startswith("RESULT ")}
+    assert names == {"inference_images_per_s", "ten_crop_cost"}, names
+    r = run_cli("benchmark", "--quick", "--only", "inference", "--device", "cpu", "--dir", str(bench), "--data", str(tmp_path / "none"))
+    assert r.returncode == 2 and r.stdout == "", r.stdout
+    assert r.stderr.strip().splitlines() == [f"alexnet: error: --data: folder not found: {tmp_path / 'none'}"]
 
 
 def test_cli_benchmark_refuses_cuda_without_a_gpu_before_running_any():

@@ -545,13 +545,16 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     from .runtime import resolve_device
 
     resolve_device(args.device)  # a missing GPU is one line here, not a failure of every benchmark
+    if args.data is not None and not Path(args.data).is_dir():
+        raise ConfigError(f"--data: folder not found: {args.data}")
     extra = ["--quick"] * args.quick + ["--device", args.device]
     extra += (["--repeats", str(args.repeats)] if args.repeats else []) + (["--threads", str(args.threads)] if args.threads else [])
     results, failed = [], []
     for name in names:
         print(f"== {name} ==", flush=True)
         # One process each: no benchmark inherits another's allocator state, threads or compiled code.
-        proc = subprocess.run([sys.executable, str(folder / f"{name}.py"), *extra], stdout=subprocess.PIPE, text=True)
+        photos = ["--data", args.data] if name == "inference" and args.data else []
+        proc = subprocess.run([sys.executable, str(folder / f"{name}.py"), *extra, *photos], stdout=subprocess.PIPE, text=True)
         print(proc.stdout, end="", flush=True)
         results += [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
         if proc.returncode:
@@ -731,6 +734,8 @@ def _add_tool_commands(sub, common: argparse.ArgumentParser) -> None:
     b.add_argument("--repeats", type=_positive_int, help="timed rounds per benchmark (default: each one's own)")
     b.add_argument("--threads", type=_positive_int, metavar="N", help="CPU threads for both sides (default: one per core)")
     b.add_argument("--dir", help="the benchmarks/ folder (default: the one beside src/ in this checkout)")
+    b.add_argument("--data", help="photos for inference's agreement and accuracy, CLASS/IMAGE (default: "
+                   "../shared/data/imagewoof-mini/val beside the checkout if there; else timings on synthetic images)")
     b.set_defaults(func=cmd_benchmark)
 
 
