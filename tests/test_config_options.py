@@ -4,6 +4,7 @@ command line, a config file or a preset: generated flags, one range check."""
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 
@@ -58,6 +59,30 @@ def test_the_default_preset_follows_the_data(tmp_path, tiny_fmnist):
     assert resolve_config(None, {"data": str(tmp_path)}).preset == "photos"
     with pytest.raises(DataError, match="path not found"):
         resolve_config(None, {"data": str(tmp_path / "missing")})
+
+
+def test_an_init_bias_that_would_do_nothing_is_refused(tmp_path):
+    """init_bias sets biases under the paper's init only: typed for the photos preset's He init (which
+    zeroes them), another model's init or a run from --init-from's weights, it was taken without a
+    word, and config.json recorded it; the preset's own init_bias (paper: 0.1) is not 'typed'."""
+    import alexnet
+
+    folder = tmp_path / "photos"
+    (folder / "a").mkdir(parents=True)
+    base = {"data": str(folder)}
+    assert resolve_config("paper", {**base, "model_options": {"init_bias": 0.5}}).model_options["init_bias"] == 0.5
+    assert resolve_config(None, {**base, "model_options": {"init_bias": 0.5, "init": "paper"}}).model_options["init"] == "paper"
+    assert resolve_config("paper", {**base, "model_options": {"init": "kaiming"}}).model_options["init_bias"] == 0.1
+    # What the refusal says, checked on the network: under He init the biases are 0 whatever init_bias is.
+    assert alexnet.create_model("alexnet_small", init="kaiming", init_bias=0.5).conv2.bias.abs().max() == 0
+    for preset, more, said in [
+        (None, {}, "only init=paper sets biases from it, and this run's init is kaiming (--model-option init=paper takes it)"),
+        ("owt", {}, "only init=paper sets biases from it, and this run's init is torch (--model-option init=paper takes it)"),
+        ("paper", {"init_from": str(tmp_path / "w.pt")}, f"the weights come from --init-from {tmp_path / 'w.pt'}"),
+    ]:
+        values = {"model_options": {"init_bias": 0.5}, **base, **more}
+        with pytest.raises(ConfigError, match=r"^model option init_bias=0.5 would do nothing: " + re.escape(said)):
+            resolve_config(preset, values)
 
 
 def test_a_short_run_keeps_the_recipes_warm_up_fraction_and_reaches_its_decay(tmp_path):

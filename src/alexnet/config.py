@@ -252,11 +252,8 @@ def resolve_config(preset: str | None, overrides: dict[str, Any], config_file: s
         preset = {"fashion_mnist": "fashion_mnist", "cifar": "cifar"}.get(kind, "photos")
     if preset not in PRESETS:
         raise ConfigError(f"--preset: unknown preset {preset!r}; choose from: {', '.join(sorted(PRESETS))}")
-    model_options = {
-        **PRESETS[preset].get("model_options", {}),
-        **file_values.pop("model_options", {}),
-        **overrides.pop("model_options", {}),
-    }
+    typed = {**file_values.pop("model_options", {}), **overrides.pop("model_options", {})}
+    model_options = {**PRESETS[preset].get("model_options", {}), **typed}
     values = {**PRESETS[preset], **file_values, **overrides, "preset": preset, "model_options": model_options}
     if "warmup_epochs" not in file_values and "warmup_epochs" not in overrides:
         values["warmup_epochs"] = _preset_warmup(PRESETS[preset], values.get("epochs"))
@@ -269,7 +266,24 @@ def resolve_config(preset: str | None, overrides: dict[str, Any], config_file: s
         raise ConfigError(f"unknown training option(s): {', '.join(sorted(unknown))}")
     cfg = TrainConfig(**values)
     validate(cfg)
+    if "init_bias" in typed:
+        _check_init_bias(cfg)
     return cfg
+
+
+def _check_init_bias(cfg: TrainConfig) -> None:
+    """ConfigError for a typed init_bias that would do nothing: only the paper's init sets biases from
+    it (the photos preset's He init zeroes them; --init-from replaces every weight)."""
+    from .model import model_config
+
+    init = model_config(cfg.model, **cfg.model_options).init  # the options' own checks first (init_bias=nan)
+    if cfg.init_from:
+        why = f"the weights come from --init-from {cfg.init_from}"
+    elif init != "paper":
+        why = f"only init=paper sets biases from it, and this run's init is {init} (--model-option init=paper takes it)"
+    else:
+        return
+    raise ConfigError(f"model option init_bias={cfg.model_options['init_bias']} would do nothing: {why}")
 
 
 def _preset_warmup(recipe: dict[str, Any], epochs: Any) -> float:
