@@ -237,7 +237,7 @@ def test_features_and_retrieval_return_the_query_first(tmp_path, capsys):
     assert main(["retrieve", str(query), "--index", str(index), "--k", "4", "--figure", str(fig), "--amp", "none"]) == 0
     out, err = capsys.readouterr()
     assert [line.split()[1] for line in out.splitlines()] == [h["path"] for h in hits], out
-    assert err.splitlines() == [f"note: --figure {fig}: the images of 1 of the 4 neighbours cannot be read now (first: "
+    assert err.splitlines() == [f"figure: {fig}", f"note: --figure {fig}: the images of 1 of the 4 neighbours cannot be read now (first: "
                                 f"{hits[2]['path']}, not found): their tiles are empty; moved since {index} was built? "
                                 "'alexnet features' indexes them where they are"], err
     white = np.asarray(Image.open(fig).convert("L"))[110:290] == 255  # the row of tiles, 200 px each from x = 188

@@ -270,6 +270,35 @@ def test_resume_refuses_options_it_would_ignore_and_works_from_any_folder(tiny_f
     (tmp_path / "default").mkdir()
     save_atomic(ckpt, tmp_path / "default" / "last.pt")
     assert resume_config(str(tmp_path / "default"), {"data": str(DEBIAN_ROOT) + "/", "epochs": 3}).epochs == 3
+    # Shortened to end within the run's warm-up (which the photos recipe chose from its first --epochs):
+    # the limit is named as the saved option (it was 'bad training configuration' of the checkpoint).
+    ckpt["train_config"]["warmup_epochs"] = 3.5
+    save_atomic(ckpt, tmp_path / "default" / "last.pt")
+    with pytest.raises(alexnet.errors.ConfigError) as refused:
+        resume_config(str(tmp_path / "default"), {"epochs": 3})
+    assert str(refused.value) == ("--epochs 3: the run warms its learning rate up over 3.5 epochs (its saved "
+                                  "--warmup-epochs), so it must be longer: --epochs 4 or more continues it")
+    assert resume_config(str(tmp_path / "default"), {"epochs": 4}).epochs == 4
+
+
+def test_resuming_a_finished_run_says_nothing_is_left(tiny_fmnist, tmp_path):
+    """A finished run resumed again (a job script re-run) said 'resuming at epoch 2' of 1 and 'training
+    ... 1 epoch'; one its plateau schedule ended took more --epochs and trained none, without a word."""
+    out = tmp_path / "run"
+    fit(_cfg(tiny_fmnist, out, epochs=1), log=lambda s: None)
+    before = (out / "last.pt").read_bytes()
+    lines: list[str] = []
+    fit(resume_config(str(out), {}), log=lines.append)
+    assert lines == [f"nothing to train: {out} has trained all its 1 epoch; --epochs 2 or more continues it"], lines
+    assert (out / "last.pt").read_bytes() == before
+    ckpt = load_checkpoint(out / "last.pt")
+    ckpt["plateau"].update(stop=True, reductions=3)
+    save_atomic(ckpt, out / "last.pt")
+    lines.clear()
+    fit(resume_config(str(out), {"epochs": 5}), log=lines.append)
+    assert lines == [f"nothing to train: {out} was ended by its plateau schedule after 3 reductions of the rate "
+                     f"(--plateau-max-reductions); more --epochs would not train it: --init-from {out / 'last.pt'} starts "
+                     "a new run from its weights"], lines
 
 
 def test_resume_takes_its_data_in_a_new_place_but_not_other_classes(tmp_path, capsys):

@@ -369,6 +369,7 @@ def _retrieval_figure(query: str, hits: list[dict], preprocess: Preprocess, figu
             neighbours.append((None, h))
             unread.append(f"{h['path']}, not found" if not os.path.exists(h["path"]) else str(e))
     plot_retrieval(load_image(query, preprocess), neighbours, figure)
+    print(f"figure: {figure}", file=sys.stderr)  # as predict's
     if unread:
         print(f"note: --figure {figure}: the images of {len(unread)} of the {len(hits)} neighbours cannot be read now "
               f"(first: {unread[0]}): their tiles are empty; moved since {index} was built? 'alexnet features' indexes "

@@ -10,6 +10,7 @@ others); photos added or removed, or a changed preset, are said as the run goes 
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from pathlib import Path
@@ -19,7 +20,7 @@ import torch
 
 from . import runfolder
 from .checkpoint import bounded_config, load_checkpoint
-from .checks import is_whole
+from .checks import is_finite, is_whole
 from .config import TrainConfig, flag, validate
 from .data.loaders import DataBundle
 from .errors import CheckpointError, ConfigError, DataError
@@ -71,6 +72,7 @@ def resume_config(run: str, overrides: dict[str, Any]) -> TrainConfig:
             f"to change {'them' if len(names) > 1 else 'it'} (--init-from {path} starts from its weights)"
         )
     _refuse_fewer_epochs(overrides.get("epochs"), ckpt.get("position"), path.parent)
+    _refuse_epochs_within_warm_up(overrides.get("epochs"), saved.get("warmup_epochs"))
     if "data" in overrides:  # saved absolute, as a new run's (config.resolve_config)
         overrides["data"] = os.path.abspath(overrides["data"])
     else:
@@ -131,6 +133,15 @@ def _refuse_fewer_epochs(epochs: int | None, position: Any, run_dir: Path) -> No
         raise ConfigError(f"--epochs {epochs}: {run_dir} has trained {done} epoch{'s' * (done != 1)}"
                           f"{' and part of another' if begun > done else ''} already; --epochs {begun} or more "
                           "continues it")
+
+
+def _refuse_epochs_within_warm_up(epochs: int | None, warm_up: Any) -> None:
+    """ConfigError for a resume shortened to end within the run's warm-up, as the saved option that
+    sets the limit (it said 'bad training configuration' of the checkpoint, naming a --warmup-epochs
+    the user never typed: the photos recipe chose it from the run's first --epochs)."""
+    if isinstance(epochs, int) and is_finite(warm_up) and 0 < warm_up and epochs <= warm_up:
+        raise ConfigError(f"--epochs {epochs}: the run warms its learning rate up over {warm_up:g} epochs (its saved "
+                          f"--warmup-epochs), so it must be longer: --epochs {math.floor(warm_up) + 1} or more continues it")
 
 
 def _same_option(name: str, given: Any, saved: Any) -> bool:
