@@ -283,19 +283,22 @@ def test_resume_refuses_options_it_would_ignore_and_works_from_any_folder(tiny_f
 
 def test_resuming_a_finished_run_says_nothing_is_left(tiny_fmnist, tmp_path):
     """A finished run resumed again (a job script re-run) said 'resuming at epoch 2' of 1 and 'training
-    ... 1 epoch'; one its plateau schedule ended took more --epochs and trained none, without a word."""
+    ... 1 epoch'; one its plateau schedule ended took more --epochs and trained none, without a word
+    (and config.json then said 5 epochs). Now one line, nothing read or written."""
     out = tmp_path / "run"
     fit(_cfg(tiny_fmnist, out, epochs=1), log=lambda s: None)
     before = (out / "last.pt").read_bytes()
     lines: list[str] = []
-    fit(resume_config(str(out), {}), log=lines.append)
+    assert fit(resume_config(str(out), {}), log=lines.append)["val_top1"] == load_checkpoint(out / "last.pt")["history"][-1]["val_top1"]
     assert lines == [f"nothing to train: {out} has trained all its 1 epoch; --epochs 2 or more continues it"], lines
     assert (out / "last.pt").read_bytes() == before
     ckpt = load_checkpoint(out / "last.pt")
     ckpt["plateau"].update(stop=True, reductions=3)
     save_atomic(ckpt, out / "last.pt")
     lines.clear()
+    files = {name: (out / name).read_bytes() for name in ("config.json", "metrics.jsonl")}
     fit(resume_config(str(out), {"epochs": 5}), log=lines.append)
+    assert files == {name: (out / name).read_bytes() for name in files}  # config.json said 5 epochs, none trained
     assert lines == [f"nothing to train: {out} was ended by its plateau schedule after 3 reductions of the rate "
                      f"(--plateau-max-reductions); more --epochs would not train it: --init-from {out / 'last.pt'} starts "
                      "a new run from its weights"], lines

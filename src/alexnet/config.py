@@ -335,9 +335,15 @@ def validate(cfg: TrainConfig) -> None:
         if typing.get_origin(kind) not in (list, dict):
             _check_scalar(name, getattr(cfg, name), kind)
     _validate_containers(cfg)
-    if cfg.warmup_epochs and cfg.warmup_epochs >= cfg.epochs:
+    if warm_up_outlasts(cfg.warmup_epochs, cfg.epochs):
         raise ConfigError(f"--warmup-epochs {cfg.warmup_epochs:g} is not shorter than --epochs {cfg.epochs}: the rate would "
                           "still be rising when the run ends")
+
+
+def warm_up_outlasts(warmup_epochs: float, epochs: int) -> bool:
+    """Whether a warm-up of ``warmup_epochs`` lasts the whole run of ``epochs``: the rate would still
+    be rising when the run ends."""
+    return bool(warmup_epochs) and warmup_epochs >= epochs
 
 
 def _validate_containers(cfg: TrainConfig) -> None:

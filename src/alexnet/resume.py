@@ -21,7 +21,7 @@ import torch
 from . import runfolder
 from .checkpoint import bounded_config, load_checkpoint
 from .checks import is_finite, is_whole
-from .config import TrainConfig, flag, validate
+from .config import TrainConfig, flag, validate, warm_up_outlasts
 from .data.loaders import DataBundle
 from .errors import CheckpointError, ConfigError, DataError
 from .model import expand_layers, model_config
@@ -46,6 +46,35 @@ def resume_source(resume: str) -> Path:
     if not path.is_file():
         raise CheckpointError(f"--resume: no checkpoint at {path}")
     return path
+
+
+def nothing_left(ckpt: dict[str, Any], epochs: int, run_dir: Path) -> tuple[str, dict[str, Any]] | None:
+    """For a run that has nothing left to train (finished, or ended by its plateau schedule): the line
+    saying so and what :func:`alexnet.train.fit` returns, read off the checkpoint before any data is
+    read or file written (it said 'resuming at epoch N+1' of N, then 'done' with the old figures; a
+    plateau-ended run took more --epochs and trained none). None otherwise, a damaged checkpoint too:
+    the resume's own checks say what is wrong with it."""
+    pos, plateau, history = ckpt.get("position"), ckpt.get("plateau"), ckpt.get("history")
+    if not (isinstance(pos, dict) and isinstance(plateau, dict) and isinstance(history, list) and history
+            and is_whole(pos.get("epoch"), 1) and pos.get("batch") == 0 and len(history) == pos["epoch"]):
+        return None
+    last, best = history[-1], ckpt.get("best_val_top1")
+    if not (isinstance(last, dict) and all(is_finite(last.get(k)) for k in _REPORTED) and is_finite(best)):
+        return None
+    if plateau.get("stop") is True:
+        said = (f"nothing to train: {run_dir} was ended by its plateau schedule after {plateau.get('reductions')} "
+                "reductions of the rate (--plateau-max-reductions); more --epochs would not train it: "
+                f"--init-from {run_dir / 'last.pt'} starts a new run from its weights")
+    elif pos["epoch"] >= epochs:
+        said = (f"nothing to train: {run_dir} has trained all its {epochs} epoch{'s' * (epochs != 1)}; "
+                f"--epochs {epochs + 1} or more continues it")
+    else:
+        return None
+    return said, {**last, "run_dir": str(run_dir), "best_val_top1": float(best)}
+
+
+# What the 'done' line of a run reports from its last epoch's record.
+_REPORTED = ("val_top1", "val_top1_error", "val_top5", "elapsed_seconds")
 
 
 def resume_config(run: str, overrides: dict[str, Any]) -> TrainConfig:
@@ -139,7 +168,7 @@ def _refuse_epochs_within_warm_up(epochs: int | None, warm_up: Any) -> None:
     """ConfigError for a resume shortened to end within the run's warm-up, as the saved option that
     sets the limit (it said 'bad training configuration' of the checkpoint, naming a --warmup-epochs
     the user never typed: the photos recipe chose it from the run's first --epochs)."""
-    if isinstance(epochs, int) and is_finite(warm_up) and 0 < warm_up and epochs <= warm_up:
+    if isinstance(epochs, int) and is_finite(warm_up) and warm_up_outlasts(warm_up, epochs):
         raise ConfigError(f"--epochs {epochs}: the run warms its learning rate up over {warm_up:g} epochs (its saved "
                           f"--warmup-epochs), so it must be longer: --epochs {math.floor(warm_up) + 1} or more continues it")
 

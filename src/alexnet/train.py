@@ -42,7 +42,7 @@ from .health import HealthMonitor
 from .model import AlexNet, AlexNetConfig, expand_layers, model_config, registered_name, torchvision_key
 from .optim import PlateauSchedule, make_optimizer, param_groups, step_lr_factor
 from .parallel import TowerSplit, grouped_optimizer_state, split_optimizer_state, tower_devices
-from .resume import check_classes, note_changes, resume_source
+from .resume import check_classes, note_changes, nothing_left, resume_source
 from .runtime import autocast, progress, resolve_amp, rng_state, seed_everything, set_rng_state
 from .trainstate import check_training_state
 
@@ -443,12 +443,15 @@ def _fit(
 ) -> dict[str, Any]:
     """The run of :func:`fit` on this rank, once the run folder is claimed."""
     resume_ckpt = load_checkpoint(resume_source(cfg.resume)) if cfg.resume else None
+    finished = nothing_left(resume_ckpt, cfg.epochs, run_dir) if resume_ckpt is not None else None
+    if finished is not None:  # said before any data is read or file written
+        log(finished[0])
+        return finished[1]
     run = _wire(cfg, info, device, towers, run_dir, show_progress, log, cleanup, resume_ckpt)
     if resume_ckpt is not None:
         _restore(run, resume_ckpt)
     _start_files(run, resumed=resume_ckpt is not None)
-    if _left_to_train(run):
-        _announce(run)
+    _announce(run)
     _wrap(run)
     if resume_ckpt is not None:
         run.health.load_state_dict(resume_ckpt.get("health"))
@@ -456,7 +459,7 @@ def _fit(
     with _CtrlC() as ctrl_c:
         on_step = functools.partial(_on_step, run)
         try:
-            while _left_to_train(run):
+            while run.pos.epoch < cfg.epochs and not run.plateau.stop:
                 _epoch(run, on_step, ctrl_c)
         except KeyboardInterrupt:  # a second Ctrl-C (or SIGTERM): stopped at once, nothing more saved
             if not (run.run_dir / "last.pt").is_file():
@@ -658,9 +661,8 @@ def _start_files(run: _Run, resumed: bool) -> None:
         if info.is_main:
             write_text(run.metrics_path, "".join(json.dumps(h) + "\n" for h in run.history))
             _update_config_file(run)
-        run.log(_resuming_line(run))
-        if _left_to_train(run):
-            _note_thread_change(run)
+        run.log(f"resuming {run.run_dir} at epoch {run.pos.epoch + 1}, batch {run.pos.batch}, step {run.pos.step}")
+        _note_thread_change(run)
     elif info.is_main:
         resolved = {
             "train": run.cfg.to_dict(),
@@ -672,24 +674,6 @@ def _start_files(run: _Run, resumed: bool) -> None:
         }
         write_text(run.run_dir / "config.json", json.dumps(resolved, indent=2) + "\n")
         write_text(run.metrics_path, "")
-
-
-def _left_to_train(run: _Run) -> bool:
-    return run.pos.epoch < run.cfg.epochs and not run.plateau.stop
-
-
-def _resuming_line(run: _Run) -> str:
-    """Where the resume goes on, or that nothing is left (a finished run resumed again said 'resuming
-    at epoch N+1' of N, then 'done' with the old figures)."""
-    done, epochs = run.pos.epoch, run.cfg.epochs
-    if run.plateau.stop:
-        return (f"nothing to train: {run.run_dir} was ended by its plateau schedule after {run.plateau.reductions} "
-                "reductions of the rate (--plateau-max-reductions); more --epochs would not train it: "
-                f"--init-from {run.run_dir / 'last.pt'} starts a new run from its weights")
-    if done >= epochs:
-        return (f"nothing to train: {run.run_dir} has trained all its {epochs} epoch{'s' * (epochs != 1)}; "
-                f"--epochs {epochs + 1} or more continues it")
-    return f"resuming {run.run_dir} at epoch {done + 1}, batch {run.pos.batch}, step {run.pos.step}"
 
 
 def _data_record(data: DataBundle) -> dict[str, Any]:
