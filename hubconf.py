@@ -1,7 +1,9 @@
 """torch.hub entry points: ``torch.hub.load(REPO_DIR, "alexnet_paper", source="local")``.
 
-No weights are downloaded (none are published); pass ``checkpoint=FILE`` to load a ``.pt`` or
-``.safetensors`` file written by ``alexnet train``, ``alexnet import`` or ``alexnet export``.
+``pretrained=True`` gives ``alexnet_owt`` torchvision's ImageNet weights and ``alexnet_caffe``
+BVLC's (downloaded once into torch.hub's cache); the paper's own were never published. Pass
+``checkpoint=FILE`` to load a ``.pt`` or ``.safetensors`` file written by ``alexnet train``,
+``alexnet import`` or ``alexnet export``.
 """
 
 import sys as _sys
@@ -19,11 +21,11 @@ from alexnet.model import registered_name as _registered_name  # noqa: E402
 
 
 def _entry(name):
-    def build(num_classes=None, checkpoint=None, **overrides):
+    def build(num_classes=None, checkpoint=None, pretrained=False, **overrides):
         if checkpoint is None:
-            return _create_model(name, num_classes=1000 if num_classes is None else num_classes, **overrides)
-        if num_classes is not None or overrides:  # the file fixes the network: they would be dropped unseen
-            given = ", ".join(["num_classes"] * (num_classes is not None) + sorted(overrides))
+            return _create_model(name, num_classes=1000 if num_classes is None else num_classes, pretrained=pretrained, **overrides)
+        if num_classes is not None or overrides or pretrained:  # the file fixes the network: they would be dropped unseen
+            given = ", ".join(["num_classes"] * (num_classes is not None) + ["pretrained"] * bool(pretrained) + sorted(overrides))
             raise ValueError(f"{name}: {given} cannot change a network loaded from checkpoint={checkpoint}")
         model = _load(checkpoint)
         held = _registered_name(model.config)
@@ -33,8 +35,9 @@ def _entry(name):
 
     build.__name__ = name
     build.__doc__ = (
-        f"The {name} network (see 'alexnet models'). Args: num_classes, checkpoint (a file to load, "
-        "which fixes the architecture), **overrides (any AlexNetConfig field, e.g. lrn=False)."
+        f"The {name} network (see 'alexnet models'). Args: num_classes, pretrained (the published ImageNet "
+        "weights, where there are some), checkpoint (a file to load, which fixes the architecture), "
+        "**overrides (any AlexNetConfig field, e.g. lrn=False)."
     )
     return build
 

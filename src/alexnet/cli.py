@@ -402,6 +402,10 @@ def cmd_import(args: argparse.Namespace) -> int:
     from .interop import import_caffe, import_torchvision
 
     _check_output(args.out, "--out")
+    if args.file is None:  # the publisher's file: torchvision's alexnet or BVLC's bvlc_alexnet
+        from .pretrained import weights_file
+
+        args.file = str(weights_file("alexnet_owt" if args.source == "torchvision" else "alexnet_caffe", _progress_flag(args)))
     if args.source == "torchvision":
         ckpt = import_torchvision(args.file)
     else:
@@ -460,11 +464,14 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     from .model import describe_models
+    from .pretrained import describe
 
     models = describe_models()
     width = max(map(len, models))
     for name, text in models.items():
         print(f"{name:<{width}}  {text}")
+        if describe(name):  # create_model(name, pretrained=True), alexnet import
+            print(f"{'':<{width}}  {describe(name)}")
     return 0
 
 
@@ -681,10 +688,12 @@ def _add_tool_commands(sub, common: argparse.ArgumentParser) -> None:
 
     im = sub.add_parser("import", help="convert torchvision or Caffe (bvlc_alexnet) weights into a checkpoint")
     im.add_argument("source", choices=("torchvision", "caffe"))
-    im.add_argument("file", help="torchvision: a saved state dict; caffe: a .caffemodel or a bvlc_alexnet.npy")
+    im.add_argument("file", nargs="?", help="torchvision: a saved state dict; caffe: a .caffemodel or a bvlc_alexnet.npy "
+                    "(default: the published ImageNet weights, downloaded once into torch.hub's cache)")
     im.add_argument("--out", required=True, help="checkpoint to write (.pt)")
     im.add_argument("--mean-file", help="caffe: a mean .binaryproto (default: the ILSVRC-2012 mean)")
     im.add_argument("--allow-pickle", action="store_true", help="caffe .npy: unpickle anything (only for files you trust)")
+    _add_progress(im)
     im.set_defaults(func=cmd_import)
 
     ex = sub.add_parser("export", help="write a checkpoint as safetensors (+ JSON), ONNX, torch.export (.pt2) or TorchScript")
@@ -725,7 +734,7 @@ def _add_tool_commands(sub, common: argparse.ArgumentParser) -> None:
     d.add_argument("dataset", choices=("fashion-mnist", "imagenette", "imagenette-320", "imagenette-160", "imagewoof"),
                    help="imagenette: fast.ai's imagenette2 (full-size photos; -320/-160: shorter side 320/160 px)")
     d.add_argument("--out", required=True, help="folder to download and unpack into")
-    d.add_argument("--progress", choices=("auto", "on", "off"), default="auto", help="progress bar (auto: on a terminal)")
+    _add_progress(d)
     d.set_defaults(func=cmd_download)
 
     b = sub.add_parser("benchmark", help="speed against torchvision/torch: LRN, training step, inference")

@@ -410,15 +410,25 @@ def registered_name(config: AlexNetConfig) -> str | None:
     return next((n for n in list_models() if {**model_config(n).to_dict(), **loose} == mine), None)
 
 
-def create_model(name: str, num_classes: int = 1000, **overrides: Any) -> AlexNet:
+def create_model(name: str, num_classes: int = 1000, pretrained: bool = False, **overrides: Any) -> AlexNet:
     """Build a registered model.
 
     Args:
         name: A name from :func:`list_models`.
         num_classes: Outputs of fc8.
+        pretrained: Start from the model's published ImageNet weights (``alexnet_owt``:
+            torchvision's; ``alexnet_caffe``: BVLC's), downloaded once into torch.hub's cache, with
+            ``model.classes`` and ``model.preprocess`` set; fc8 is new when ``num_classes`` is not
+            1000 (:func:`alexnet.pretrained.load_pretrained`).
         **overrides: Any :class:`AlexNetConfig` field, e.g. ``lrn=False``, ``towers=1``,
             ``pool_kernel=2``, ``activation="tanh"``, ``dropout=0.0``, ``in_chans=1``.
     """
+    if not isinstance(pretrained, bool):
+        raise ConfigError(f"pretrained must be True or False, not {pretrained!r} (alexnet.load(FILE) loads a file)")
+    if pretrained:
+        from .pretrained import load_pretrained
+
+        return load_pretrained(name, num_classes, **overrides)
     return AlexNet(model_config(name, num_classes=num_classes, **overrides))
 
 

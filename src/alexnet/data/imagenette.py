@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import os
 import tarfile
-import urllib.error
-import urllib.request
 from pathlib import Path
 
-from ..atomic import atomic_path
 from ..errors import DataError
+from ..fetch import fetch_url
 
 URLS = {
     "imagenette": "https://s3.amazonaws.com/fast-ai-imageclas/imagenette2.tgz",
@@ -57,19 +55,8 @@ def synset_names(folders: list[str]) -> list[str] | None:
 
 
 def _fetch(url: str, dest: Path, show_progress: bool | None) -> None:
-    from ..runtime import progress_bar
-
-    try:
-        with atomic_path(dest, durable=False) as tmp, urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
-            total = int(r.headers.get("Content-Length") or 0) or None
-            with progress_bar(total, f"download {dest.name}", show_progress, unit="B") as bar:
-                while chunk := r.read(1 << 20):
-                    f.write(chunk)
-                    bar.update(len(chunk))
-    except (urllib.error.URLError, OSError, TimeoutError) as e:
-        reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or e
-        hint = "this needs the internet: download it on a machine that is online, then pass --data"
-        raise DataError(f"cannot download {url}: {reason} ({hint})") from None
+    hint = "this needs the internet: download it on a machine that is online, then pass --data"
+    fetch_url(url, dest, show_progress, DataError, hint)
 
 
 def _extract(archive: Path, out: Path) -> None:

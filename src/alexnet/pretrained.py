@@ -1,0 +1,124 @@
+"""Published ImageNet weights: ``create_model(name, pretrained=True)`` for the models that have them.
+
+Two AlexNets were published with ILSVRC-2012 weights: torchvision's ``alexnet`` (our
+``alexnet_owt``) and BVLC's Caffe replication of the paper's net (``alexnet_caffe``). The paper's
+own weights were never released, so ``alexnet_paper`` and its variants have none.
+
+A file is downloaded once into torch.hub's cache (``$TORCH_HOME/hub/checkpoints``, where
+torchvision keeps its own copy of the same file, so one already there is used offline), checked
+against the digest its publisher gives, and converted by :mod:`alexnet.interop` (Caffe's BGR conv1
+flipped to RGB), so the model takes RGB images like every other here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+
+from .errors import CheckpointError, ConfigError
+
+if TYPE_CHECKING:
+    from .model import AlexNet
+
+
+@dataclass(frozen=True)
+class PretrainedCfg:
+    """Where a model's published weights are and what they score (timm's ``PretrainedCfg``, in small)."""
+
+    url: str
+    digest: tuple[str, str]  # (hashlib algorithm, the publisher's hex digest or its prefix)
+    importer: Literal["torchvision", "caffe"]
+    publisher: str
+    top1: float  # ILSVRC-2012 validation, one centre crop, as published
+    top5: float
+
+    @property
+    def file_name(self) -> str:
+        return self.url.rsplit("/", 1)[1]
+
+
+PRETRAINED: dict[str, PretrainedCfg] = {
+    # torchvision.models.AlexNet_Weights.IMAGENET1K_V1; the name carries its sha256 prefix (torch.hub's rule)
+    "alexnet_owt": PretrainedCfg(
+        "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth", ("sha256", "7be5be79"), "torchvision",
+        "torchvision (AlexNet_Weights.IMAGENET1K_V1)", 0.56522, 0.79066,
+    ),
+    # BVLC model zoo, models/bvlc_alexnet/readme.md: sha1 and "top-1 57.1%, top-5 80.2%, centre crop"
+    "alexnet_caffe": PretrainedCfg(
+        "http://dl.caffe.berkeleyvision.org/bvlc_alexnet.caffemodel", ("sha1", "9116a64c0fbe4459d18f4bb6b56d647b63920377"),
+        "caffe", "BVLC (Caffe model zoo, bvlc_alexnet)", 0.571, 0.802,
+    ),
+}
+
+
+def pretrained_cfg(name: str) -> PretrainedCfg:
+    """The published weights of model ``name``; ConfigError naming those that have some otherwise."""
+    if name not in PRETRAINED:
+        have = ", ".join(f"{n} ({c.publisher.split(' ')[0]}, top-1 {c.top1:.1%})" for n, c in PRETRAINED.items())
+        why = "the paper's own weights were never released" if name.startswith("alexnet_paper") else "none were published"
+        raise ConfigError(f"{name}: no published ImageNet weights ({why}); pretrained=True works for {have}; "
+                          "alexnet.load(FILE) loads a checkpoint of your own")
+    return PRETRAINED[name]
+
+
+def weights_file(name: str, show_progress: bool | None = None) -> Path:
+    """The published weights of ``name`` in torch.hub's cache, downloaded and checked if not there yet."""
+    from .fetch import fetch_url
+
+    cfg = pretrained_cfg(name)
+    dest = Path(torch.hub.get_dir()) / "checkpoints" / cfg.file_name
+    if not dest.is_file():
+        hint = f"without the internet, copy the file there by hand: {dest}"
+        fetch_url(cfg.url, dest, show_progress, CheckpointError, hint, cfg.digest)
+    return dest
+
+
+def import_weights(name: str, path: str | Path) -> dict[str, Any]:
+    """The checkpoint dict (model, classes, preprocess) of ``name``'s published weights file ``path``."""
+    from .interop import import_caffe, import_torchvision
+
+    return import_torchvision(path) if pretrained_cfg(name).importer == "torchvision" else import_caffe(path)
+
+
+def load_pretrained(name: str, num_classes: int = 1000, show_progress: bool | None = None, **overrides: Any) -> AlexNet:
+    """``name`` with its published ImageNet weights, ``model.classes`` and ``model.preprocess`` set.
+
+    With ``num_classes`` other than the published 1000, fc8 is new (initialised as the model's init
+    does) and the classes are numbered, as when fine-tuning; ``overrides`` that change a weight's
+    shape are refused.
+    """
+    from .checkpoint import _check_recipe_fits, _preprocess
+    from .errors import state_dict_mismatch
+    from .model import AlexNet, model_config
+
+    ckpt = import_weights(name, weights_file(name, show_progress))
+    # The file's own network (the published one), with what the caller changes on top.
+    model = AlexNet(model_config(name, **{**ckpt["model_config"], "num_classes": num_classes, **overrides}))
+    same_classes = num_classes == ckpt["model_config"]["num_classes"]
+    state = ckpt["model"] if same_classes else {k: v for k, v in ckpt["model"].items() if not k.startswith("fc8.")}
+    given = ", ".join(f"{k}={v!r}" for k, v in overrides.items()) or "the model"
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:
+        raise ConfigError(f"{name}: {given} does not fit the published weights: {state_dict_mismatch(e)}") from None
+    if unexpected or [k for k in missing if same_classes or not k.startswith("fc8.")]:
+        raise ConfigError(f"{name}: {given} does not fit the published weights (missing {missing}, unexpected {unexpected})")
+    source = f"{name} (published weights)"
+    recipe = _preprocess(ckpt["preprocess"], source)
+    try:
+        _check_recipe_fits(model.config, recipe, source)
+    except CheckpointError as e:
+        raise ConfigError(f"{given}: {e}") from None
+    model.classes = list(ckpt["classes"]) if same_classes else [str(i) for i in range(num_classes)]
+    model.preprocess = recipe
+    return model
+
+
+def describe(name: str) -> str | None:
+    """One line on ``name``'s published weights, or None."""
+    cfg = PRETRAINED.get(name)
+    return f"ImageNet weights: {cfg.publisher}, top-1 {cfg.top1:.1%} / top-5 {cfg.top5:.1%}" if cfg else None
+

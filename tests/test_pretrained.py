@@ -1,0 +1,137 @@
+"""Published ImageNet weights: create_model(..., pretrained=True), torch.hub, `alexnet import` without a file.
+
+No test touches the internet: torchvision's file is put where torch.hub caches it (as a user with
+torchvision's copy has it), and downloads are of file:// addresses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+
+import pytest
+import torch
+import torchvision
+from conftest import ROOT
+from test_interop import CLASSES, WIDTHS, caffe_weights, write_caffemodel
+
+import alexnet
+from alexnet import pretrained
+from alexnet.cli import main
+from alexnet.predict import predict
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """torch.hub's cache folder for published weights, empty, under tmp_path."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    folder = tmp_path / "torch" / "hub" / "checkpoints"
+    assert torch.hub.get_dir() == str(tmp_path / "torch" / "hub")
+    return folder
+
+
+@pytest.fixture
+def torchvision_file(hub):
+    """torchvision's alexnet (its own code and init, seeded) saved under the published file's name."""
+    torch.manual_seed(0)
+    reference = torchvision.models.alexnet().eval()
+    hub.mkdir(parents=True)
+    torch.save(reference.state_dict(), hub / "alexnet-owt-7be5be79.pth")
+    return reference
+
+
+def test_pretrained_owt_is_torchvisions_network_ready_to_use(torchvision_file, tmp_path):
+    model = alexnet.create_model("alexnet_owt", pretrained=True).eval()
+    x = torch.randn(3, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), torchvision_file(x), rtol=0, atol=1e-5)
+    assert model.classes == list(torchvision.models.AlexNet_Weights.IMAGENET1K_V1.meta["categories"])
+    assert model.preprocess.mean == pytest.approx((123.675, 116.28, 103.53))  # ImageNet's, 0-255 scale
+    # Ready for the commands' Python API: predict takes the model as it comes.
+    from PIL import Image
+
+    Image.new("RGB", (300, 240), (200, 30, 30)).save(tmp_path / "red.jpg")
+    (result,) = predict(model, [str(tmp_path / "red.jpg")], top=3)
+    assert [t["class"] for t in result["top"]][0] in model.classes
+
+    # Another class count: every layer but fc8 keeps the published weights, classes are numbered.
+    ten = alexnet.create_model("alexnet_owt", num_classes=10, pretrained=True)
+    assert ten.fc8.weight.shape == (10, 4096) and ten.classes == [str(i) for i in range(10)]
+    assert torch.equal(ten.fc7.weight, torchvision_file.classifier[4].weight)
+    assert torch.equal(ten.conv1.weight, torchvision_file.features[0].weight)
+    # torch.hub, as a clone is used
+    hubbed = torch.hub.load(str(ROOT), "alexnet_owt", source="local", pretrained=True, trust_repo=True)
+    assert torch.equal(hubbed.fc8.weight, torchvision_file.classifier[6].weight)
+
+
+def test_pretrained_options_that_change_the_weights_and_models_without_weights(torchvision_file):
+    with pytest.raises(alexnet.ConfigError, match=r"in_chans=1 does not fit the published weights: conv1.weight is \[64, 3, 11, 11\]"):
+        alexnet.create_model("alexnet_owt", pretrained=True, in_chans=1)
+    model = alexnet.create_model("alexnet_owt", pretrained=True, dropout=0.2)  # no weight changes shape
+    assert model.drop6.p == 0.2
+    for name in ("alexnet_paper", "alexnet_paper_1gpu", "alexnet_small"):
+        with pytest.raises(alexnet.ConfigError, match=f"^{name}: no published ImageNet weights .*alexnet_owt .*alexnet_caffe"):
+            alexnet.create_model(name, pretrained=True)
+    with pytest.raises(alexnet.ConfigError, match="pretrained must be True or False"):
+        alexnet.create_model("alexnet_owt", pretrained="alexnet-owt-7be5be79.pth")
+    with pytest.raises(ValueError, match="pretrained cannot change a network loaded from checkpoint="):
+        torch.hub.load(str(ROOT), "alexnet_owt", source="local", pretrained=True, checkpoint="x.pt", trust_repo=True)
+
+
+@pytest.fixture
+def caffe_source(tmp_path, monkeypatch):
+    """A (thin) bvlc_alexnet.caffemodel served from a file:// address, its sha1 the 'published' one."""
+    weights = caffe_weights()
+    source = tmp_path / "server" / "bvlc_alexnet.caffemodel"
+    source.parent.mkdir()
+    write_caffemodel(source, weights, v1=False)
+    digest = ("sha1", hashlib.sha1(source.read_bytes()).hexdigest())
+    published = dataclasses.replace(pretrained.PRETRAINED["alexnet_caffe"], url=source.as_uri(), digest=digest)
+    monkeypatch.setitem(pretrained.PRETRAINED, "alexnet_caffe", published)
+    return source, weights
+
+
+def test_pretrained_caffe_is_downloaded_once_and_checked(hub, caffe_source, capsys):
+    source, weights = caffe_source
+    model = alexnet.create_model("alexnet_caffe", num_classes=CLASSES, pretrained=True)
+    assert (hub / "bvlc_alexnet.caffemodel").read_bytes() == source.read_bytes()
+    assert model.config.widths == WIDTHS and model.config.input_size == 227
+    # BVLC's BGR conv1 taken to RGB; the file's other layers as they are
+    assert torch.equal(model.conv1.weight, torch.from_numpy(weights["conv1"][0]).flip(1))
+    assert torch.equal(model.fc7.weight, torch.from_numpy(weights["fc7"][0]))
+    assert model.preprocess.std == (1.0, 1.0, 1.0)  # Caffe's raw 0-255 pixels minus the mean
+    source.unlink()  # the cached file serves from now on
+    again = alexnet.create_model("alexnet_caffe", num_classes=CLASSES, pretrained=True)
+    assert torch.equal(again.fc8.weight, model.fc8.weight)
+
+    # The command line: `alexnet import caffe` without a file takes the same one.
+    assert main(["import", "caffe", "--out", str(hub.parent / "caffe.pt"), "--progress", "off"]) == 0
+    assert "bvlc_alexnet.caffemodel -> " in capsys.readouterr().out
+    assert torch.equal(alexnet.load(hub.parent / "caffe.pt").conv1.weight, model.conv1.weight)
+
+
+def test_a_download_that_does_not_match_its_digest_is_not_kept(hub, caffe_source, monkeypatch, capsys):
+    source, _ = caffe_source
+    wrong = dataclasses.replace(pretrained.PRETRAINED["alexnet_caffe"], digest=("sha1", "9116a64c0fbe4459d18f4bb6b56d647b63920377"))
+    monkeypatch.setitem(pretrained.PRETRAINED, "alexnet_caffe", wrong)
+    with pytest.raises(alexnet.CheckpointError, match=r"sha1 is [0-9a-f]{40}, not the published 9116a64c.*: not kept"):
+        alexnet.create_model("alexnet_caffe", pretrained=True)
+    assert not hub.exists() or os.listdir(hub) == []  # neither the file nor a temporary
+
+    # Offline: one line naming the address and where to put the file by hand.
+    offline = dataclasses.replace(wrong, url="http://127.0.0.1:9/bvlc_alexnet.caffemodel")  # nothing listens there
+    monkeypatch.setitem(pretrained.PRETRAINED, "alexnet_caffe", offline)
+    assert main(["import", "caffe", "--out", str(hub.parent / "c.pt")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("alexnet: error: cannot download http://127.0.0.1:9/bvlc_alexnet.caffemodel"), err
+    assert err[0].endswith(f"copy the file there by hand: {hub / 'bvlc_alexnet.caffemodel'})"), err
+    assert not (hub.parent / "c.pt").exists()
+
+
+def test_models_lists_the_published_weights(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "ImageNet weights: torchvision (AlexNet_Weights.IMAGENET1K_V1), top-1 56.5% / top-5 79.1%" in out
+    assert "ImageNet weights: BVLC (Caffe model zoo, bvlc_alexnet), top-1 57.1% / top-5 80.2%" in out
+    assert out.count("ImageNet weights") == 2
