@@ -210,3 +210,79 @@ def test_lrn_stays_inside_each_tower():
     across = plain(x)
     assert not torch.allclose(ref[:, 46:50], across[:, 46:50])  # the boundary channels differ
     torch.testing.assert_close(ref[:, 3:45], across[:, 3:45], rtol=1e-6, atol=1e-6)  # the rest agree
+
+
+def lrn_float64(a: torch.Tensor, size=5, alpha=1e-4, beta=0.75, k=2.0) -> torch.Tensor:
+    """The paper's formula (section 3.3), per channel i: a_i / (k + alpha * sum_{|j-i| <= n/2} a_j^2)^beta."""
+    a = a.double()
+    c = a.shape[1]
+    out = torch.empty_like(a)
+    for i in range(c):
+        window = a[:, max(0, i - size // 2) : min(c, i + size // 2 + 1)]
+        out[:, i] = a[:, i] / (k + alpha * (window**2).sum(1)) ** beta
+    return out
+
+
+def test_torchvision_feature_extractor_traces_every_layer():
+    """torchvision's create_feature_extractor (torch.fx) gives any layer's output: it failed with
+    'symbolically traced variables cannot be used as inputs to control flow' in LRN."""
+    from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+
+    torch.manual_seed(0)
+    model = alexnet.create_model("alexnet_paper", num_classes=5).eval()
+    assert {"conv1", "pool2", "fc7"} <= set(get_graph_node_names(model)[1])
+    extract = create_feature_extractor(model, {"conv1": "conv1", "norm1": "norm1", "fc7": "fc7", "fc8": "logits"})
+    x = torch.randn(2, 3, 224, 224) * 40  # large enough that LRN divides by more than k
+    with torch.no_grad():
+        out = extract(x)
+        relu1 = out["conv1"].clamp(min=0).double()
+        # norm1 is the formula within each tower (48 maps each), against float64
+        ref = torch.cat([lrn_float64(relu1[:, :48]), lrn_float64(relu1[:, 48:])], 1)
+        assert (ref / relu1.clamp(min=1e-30)).min() < 0.9  # the normalisation does something
+        torch.testing.assert_close(out["norm1"].double(), ref, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(out["fc7"], model.forward_fc7(x), rtol=0, atol=0)
+        torch.testing.assert_close(out["logits"], model(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("name", "shape", "dtype", "said"),
+    [
+        ("alexnet_paper", (3, 224, 224), torch.float32,
+         r"alexnet_paper takes a batch of 3-channel images, shape \(N, 3, H, W\); got \(3, 224, 224\); one image: x.unsqueeze\(0\)"),
+        ("alexnet_paper", (2, 1, 224, 224), torch.float32, r"takes a batch of 3-channel images.*got \(2, 1, 224, 224\)$"),
+        ("alexnet_small", (2, 3, 28, 28), torch.float32, r"alexnet_small takes a batch of 1-channel images"),
+        ("alexnet_paper", (2, 3, 224, 224), torch.uint8, r"takes float images prepared by its recipe .*not torch.uint8 pixels"),
+        ("alexnet_paper", (2, 3, 100, 100), torch.float32,
+         r"alexnet_paper is built for 224x224 inputs \(fc6 takes 256x6x6 features\); 100x100 images give 2x2: resize or crop"),
+        ("alexnet_paper", (2, 3, 224, 256), torch.float32, r"224x256 images give 6x7"),
+        ("alexnet_owt", (2, 3, 62, 62), torch.float32, r"alexnet_owt takes images of at least 63x63 pixels; got 62x62"),
+    ],
+)
+def test_an_input_the_network_cannot_take_says_what_it_takes(name, shape, dtype, said):
+    model = alexnet.create_model(name, num_classes=4).eval()
+    with pytest.raises(ValueError, match=said):
+        model(torch.zeros(shape, dtype=dtype))
+
+
+def test_the_input_check_refuses_exactly_the_sizes_the_layers_refuse(monkeypatch):
+    """Each side from 40 to 300 px: the check's verdict is what torch's own layers say with the check
+    off (a shape error somewhere, or logits)."""
+    for name in ("alexnet_paper", "alexnet_owt", "alexnet_small"):
+        model = alexnet.create_model(name, num_classes=3).eval()
+        verdicts = []
+        for side in range(20 if name == "alexnet_small" else 40, 301, 1 if name == "alexnet_small" else 3):
+            x = torch.zeros(1, model.config.in_chans, side, side)
+            try:
+                model.check_input(x)
+                checked = True
+            except ValueError:
+                checked = False
+            with monkeypatch.context() as m, torch.no_grad():
+                m.setattr(alexnet.AlexNet, "check_input", lambda self, x: None)
+                try:
+                    ran = model(x).shape == (1, 3)
+                except RuntimeError:
+                    ran = False
+            verdicts.append((side, checked, ran))
+        assert all(checked == ran for _, checked, ran in verdicts), [v for v in verdicts if v[1] != v[2]]
+        assert any(v[1] for v in verdicts) and not all(v[1] for v in verdicts)

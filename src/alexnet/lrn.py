@@ -356,6 +356,8 @@ class LocalResponseNorm(nn.Module):
 
     def forward(self, x: torch.Tensor, relu: bool = False) -> torch.Tensor:
         """LRN of ``x``; with ``relu=True``, LRN of ``relu(x)`` (fused into one pass by the C and Triton kernels)."""
+        if isinstance(x, torch.fx.Proxy):  # symbolic tracing: one node of the graph, run as here later
+            return fx_lrn(x, self.size, self.sum_alpha, self.beta, self.k, self.groups, relu)
         if x.dim() < 3:
             raise ValueError(f"LRN expects (N, C, ...) input, got shape {tuple(x.shape)}")
         g, (n, c) = self.groups, x.shape[:2]
@@ -410,3 +412,13 @@ class LocalResponseNorm(nn.Module):
     def extra_repr(self) -> str:
         extra = f", groups={self.groups}" if self.groups > 1 else ""
         return f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}, convention={self.convention!r}{extra}"
+
+
+def fx_lrn(x: torch.Tensor, size: int, alpha: float, beta: float, k: float, groups: int, relu: bool) -> torch.Tensor:
+    """:class:`LocalResponseNorm` (paper convention) as one call in a torch.fx graph, e.g. of
+    torchvision's ``create_feature_extractor``: symbolic tracing cannot follow the module's checks
+    and choice of kernel, which this call makes when the graph runs."""
+    return LocalResponseNorm(size, alpha, beta, k, "sum", groups)(x, relu)
+
+
+torch.fx.wrap("fx_lrn")

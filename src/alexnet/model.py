@@ -122,10 +122,12 @@ class AlexNetConfig:
         """Spatial side of the fc6 input for ``input_size`` inputs (0 if the input is too small)."""
         return self.adaptive_pool or self.pooled_size()
 
-    def pooled_size(self) -> int:
-        """Spatial side of the features after the last pooling: the adaptive pooling's input, if any
-        (0 if the input is too small)."""
-        s = (self.input_size + 2 * self.conv1_padding - self.conv1_kernel) // self.conv1_stride + 1
+    def pooled_size(self, side: int | None = None) -> int:
+        """Spatial side of the features after the last pooling (the adaptive pooling's input, if any)
+        for inputs of ``side`` pixels (default: ``input_size``); 0 if the input is too small."""
+        s = ((self.input_size if side is None else side) + 2 * self.conv1_padding - self.conv1_kernel) // self.conv1_stride + 1
+        if s < 1:
+            return 0
         for use in self.pools:  # conv2..conv5 keep the size (padding k//2)
             if use:
                 if s < self.pool_kernel:
@@ -260,8 +262,36 @@ class AlexNet(nn.Module):
             return pool(norm(x))
         return norm(pool(x))
 
+    def check_input(self, x: torch.Tensor) -> None:
+        """ValueError saying what the network takes, for an input that torch would refuse with an
+        error about an inner layer ('mat1 and mat2 shapes cannot be multiplied', 'LRN with groups=2
+        needs a channel count divisible by 2' for one unbatched image)."""
+        c = self.config
+        if isinstance(x, torch.fx.Proxy):  # symbolic tracing (create_feature_extractor): no sizes yet
+            return
+        if x.dim() != 4 or x.shape[1] != c.in_chans:
+            one = "; one image: x.unsqueeze(0)" if x.dim() == 3 and x.shape[0] == c.in_chans else ""
+            raise ValueError(f"{self._name()} takes a batch of {c.in_chans}-channel images, shape (N, {c.in_chans}, H, W); "
+                             f"got {tuple(x.shape)}{one}")
+        if not x.is_floating_point():
+            raise ValueError(f"{self._name()} takes float images prepared by its recipe (alexnet.data.loaders.model_input, "
+                             f"or predict), not {x.dtype} pixels")
+        h, w = x.shape[-2:]
+        sides = (c.pooled_size(h), c.pooled_size(w))
+        if c.adaptive_pool is not None and min(sides) < 1:
+            least = next(n for n in range(1, 4096) if c.pooled_size(n) >= 1)
+            raise ValueError(f"{self._name()} takes images of at least {least}x{least} pixels; got {h}x{w}")
+        if c.adaptive_pool is None and sides != (c.pooled_size(),) * 2:
+            f = c.feature_size()
+            raise ValueError(f"{self._name()} is built for {c.input_size}x{c.input_size} inputs (fc6 takes {c.widths[4]}x{f}x{f} "
+                             f"features); {h}x{w} images give {sides[0]}x{sides[1]}: resize or crop them (model.preprocess.test_crop)")
+
+    def _name(self) -> str:
+        return registered_name(self.config) or "this AlexNet"
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """conv1..pool5, flattened: the input of fc6 (9,216-d for the paper's net at 224 px)."""
+        self.check_input(x)
         x = self._stage(x, self.conv1, self.norm1, self.pool1)
         x = self._stage(x, self.conv2, self.norm2, self.pool2)
         x = self.act(self.conv3(x))
