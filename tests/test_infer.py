@@ -84,3 +84,79 @@ def test_predict_names_the_true_class_of_an_ilsvrc_synset_folder(tmp_path):
     torch.save(ckpt, tmp_path / "m.pt")
     (result,) = predict(alexnet.load(tmp_path / "m.pt"), tmp_path / "val" / "n00000500" / "x.jpg")
     assert result["label"] == categories[500]
+
+
+def test_python_api_mistakes_are_named_not_answered_wrongly(tmp_path):
+    """An API audit's findings: each of these ran to a wrong answer or an error about something else."""
+    import copy
+
+    from PIL import Image
+    from test_evaluate import tiny_checkpoint
+
+    import alexnet
+    from alexnet.data.loaders import model_input
+    from alexnet.errors import ConfigError, DataError
+    from alexnet.evaluate import evaluate
+    from alexnet.predict import predict
+    from alexnet.retrieval import build_index, retrieve
+
+    folder = tmp_path / "val" / "a"
+    folder.mkdir(parents=True)
+    for i in range(3):
+        Image.new("RGB", (90, 70), (60 * i, 120, 40)).save(folder / f"{i}.jpg")
+    model = alexnet.load(tiny_checkpoint(tmp_path / "m.pt"))
+    images = torch.randint(0, 256, (3, 3, 76, 76), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))  # stored size
+    labels = torch.tensor([0, 1, 2])
+
+    # A float batch in [0, 1] (torchvision's ToTensor) was normalised as near-black: chance accuracy, no word.
+    with pytest.raises(ValueError, match="model_input takes uint8 images .* not torch.float32"):
+        evaluate(model, [(images.float() / 255, labels)], torch.device("cpu"))
+    with pytest.raises(ValueError, match="uint8"):
+        model_input(images.float(), labels, model.preprocess, False)
+    # A generator of batches has no len(): it evaluates as the list does
+    listed = evaluate(model, [(images, labels)], torch.device("cpu"))
+    assert evaluate(model, ((images, labels) for _ in range(1)), torch.device("cpu"))["top1"] == listed["top1"]
+    with pytest.raises(TypeError, match="not the path .*load_eval_data"):
+        evaluate(model, str(tmp_path / "val"), torch.device("cpu"))
+    with pytest.raises(DataError, match="no preprocessing recipe"):
+        evaluate(alexnet.create_model("alexnet_small"), [(images, labels)], torch.device("cpu"))
+
+    # fc8 replaced by hand: predict named classes of the old head, or failed in topk / evaluate in a reshape.
+    by_hand = copy.deepcopy(model)
+    by_hand.fc8 = torch.nn.Linear(16, 5)
+    for call in (lambda: predict(by_hand, folder), lambda: evaluate(by_hand, [(images, labels)], torch.device("cpu"))):
+        with pytest.raises(ConfigError, match=r"fc8 has 5 outputs but it names 3 classes .*reset_classifier\(5, classes="):
+            call()
+    tuned = copy.deepcopy(model)
+    tuned.reset_classifier(2, ["cat", "dog"])
+    assert tuned.fc8.weight.shape == (2, 16) and tuned.num_classes == 2 and tuned.config.num_classes == 2
+    assert torch.equal(tuned.fc7.weight, model.fc7.weight) and tuned.fc8.weight.std() > 0
+    assert {t["class"] for r in predict(tuned, folder, top=2) for t in r["top"]} == {"cat", "dog"}
+    with pytest.raises(ConfigError, match="2 class names for 3 classes"):
+        tuned.reset_classifier(3, ["cat", "dog"])
+
+    # Queries and arguments predict and retrieve cannot take, in words
+    index = build_index(model, tmp_path / "val")
+    pil = Image.open(folder / "0.jpg")
+    for call, said in [
+        (lambda: predict(model, pil), r"images are given as paths .*not a PIL\..*Image"),
+        (lambda: predict(model, [folder / "0.jpg", images]), "not a list holding a torch.Tensor"),
+        (lambda: retrieve(model, index, pil), r"the query is the path of one image file, not a PIL\."),
+    ]:
+        with pytest.raises(TypeError, match=said):
+            call()
+    for call, said in [(lambda: predict(model, folder, top=0), "top must be a whole number >= 1, got 0"),
+                       (lambda: retrieve(model, index, folder / "0.jpg", k=-1), "k must be a whole number >= 1, got -1")]:
+        with pytest.raises(ValueError, match=said):
+            call()
+    with pytest.raises(DataError, match="a folder; retrieve takes one image file"):
+        retrieve(model, index, folder)
+
+    # Another model's fc7 space: the command line refused it, the Python call listed neighbours.
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other.conv1.weight.normal_()
+    with pytest.raises(DataError, match="is not the model that built the index: its fc7 space differs"):
+        retrieve(other, index, folder / "0.jpg")
+    assert len(retrieve(other, index, folder / "0.jpg", k=2, check=False)) == 2  # the caller's own choice
+    assert retrieve(model, index, folder / "0.jpg", k=1)[0]["path"] == str(folder / "0.jpg")

@@ -18,6 +18,7 @@ from .data.loaders import model_input
 from .data.presets import Preprocess
 from .errors import CheckpointError
 from .model import AlexNet
+from .predict import class_names, recipe
 from .runtime import autocast, progress
 
 
@@ -138,14 +139,22 @@ def evaluate(
     rows = true class, columns = predicted class).
     """
     models = [models] if isinstance(models, AlexNet) else list(models)
+    if not models:
+        raise ValueError("evaluate: no models given")
+    if isinstance(loader, (str, os.PathLike)):
+        raise TypeError(f"evaluate takes batches of (uint8 images, labels), not the path {loader!r}: "
+                        "alexnet.data.loaders.load_eval_data(path, model.preprocess)[0] gives them")
     for m in models:
+        recipe(m)  # what model_probs feeds each model: its own recipe
+        class_names(m)
         m.eval()
-    k = models[0].config.num_classes
+    k = models[0].fc8.out_features
     orders = [o if o is None else torch.tensor(o, device=device) for o in class_orders(models)]  # moved once, not per batch
     confusion = torch.zeros(k, k, dtype=torch.int64)
     loss_sum, c1, c5, n = 0.0, 0, 0, 0
     desc = "evaluate" + (" (10 crops)" if ten_crop else "") + (f" ({len(models)} models)" if len(models) > 1 else "")
-    for batch in progress(loader, total=len(loader), desc=desc, enabled=show_progress, unit="batch"):
+    total = len(loader) if hasattr(loader, "__len__") else None  # a generator of batches has none
+    for batch in progress(loader, total=total, desc=desc, enabled=show_progress, unit="batch"):
         if batch is None:  # every image of the batch was unreadable
             continue
         images, labels = batch[0].to(device, non_blocking=True), batch[1].to(device)

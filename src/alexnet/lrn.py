@@ -327,7 +327,10 @@ class LocalResponseNorm(nn.Module):
         k: Additive constant ``k``.
         convention: ``"sum"`` is the paper's formula (alpha multiplies the sum of squares);
             ``"mean"`` divides alpha by ``size`` like ``torch.nn.LocalResponseNorm``, Caffe and
-            cuda-convnet.
+            cuda-convnet. The positional arguments are torch's, but the default is the paper's:
+            ``LocalResponseNorm(5, a, b, k)`` is torch's ``LocalResponseNorm(5, 5 * a, b, k)``;
+            pass ``convention="mean"`` for torch's own.
+        groups: Channel groups normalised apart (the paper's two towers: 2).
     """
 
     def __init__(

@@ -234,23 +234,41 @@ class AlexNet(nn.Module):
         ``kaiming``: He-normal weights, zero biases: trains fast from scratch on small data.
         ``torch``: PyTorch's layer defaults, as torchvision's alexnet.
         """
-        mode = self.config.init
         for name in LAYER_NAMES:
-            layer: nn.Conv2d | nn.Linear = getattr(self, name)
-            if mode == "torch":
-                layer.reset_parameters()
-            elif mode == "paper":
+            self._init_layer(name)
+
+    def _init_layer(self, name: str) -> None:
+        mode, layer = self.config.init, getattr(self, name)
+        if mode == "torch":
+            layer.reset_parameters()
+        elif mode == "paper":
+            nn.init.normal_(layer.weight, 0.0, 0.01)
+            nn.init.constant_(layer.bias, self.config.init_bias if name in ("conv2", "conv4", "conv5", "fc6", "fc7") else 0.0)
+        elif mode == "caffe":
+            nn.init.normal_(layer.weight, 0.0, 0.005 if name in ("fc6", "fc7") else 0.01)
+            nn.init.constant_(layer.bias, 0.1 if name in ("conv2", "conv4", "conv5", "fc6", "fc7") else 0.0)
+        else:  # kaiming
+            if name == "fc8":
                 nn.init.normal_(layer.weight, 0.0, 0.01)
-                nn.init.constant_(layer.bias, self.config.init_bias if name in ("conv2", "conv4", "conv5", "fc6", "fc7") else 0.0)
-            elif mode == "caffe":
-                nn.init.normal_(layer.weight, 0.0, 0.005 if name in ("fc6", "fc7") else 0.01)
-                nn.init.constant_(layer.bias, 0.1 if name in ("conv2", "conv4", "conv5", "fc6", "fc7") else 0.0)
-            else:  # kaiming
-                if name == "fc8":
-                    nn.init.normal_(layer.weight, 0.0, 0.01)
-                else:
-                    nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
-                nn.init.zeros_(layer.bias)
+            else:
+                nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+            nn.init.zeros_(layer.bias)
+
+    @property
+    def num_classes(self) -> int:
+        """Outputs of fc8."""
+        return self.config.num_classes
+
+    def reset_classifier(self, num_classes: int, classes: list[str] | None = None) -> None:
+        """A new fc8 with ``num_classes`` outputs (initialised as ``config.init`` says), for fine-tuning;
+        ``config`` and ``classes`` (numbered unless given) follow, so predict and evaluate name them."""
+        if classes is not None and len(classes) != num_classes:
+            raise ConfigError(f"reset_classifier: {len(classes)} class names for {num_classes} classes")
+        self.config = dataclasses.replace(self.config, num_classes=num_classes)
+        old = self.fc8.weight
+        self.fc8 = nn.Linear(self.config.fc_width, num_classes, device=old.device, dtype=old.dtype)
+        self._init_layer("fc8")
+        self.classes = list(classes) if classes is not None else [str(i) for i in range(num_classes)]
 
     # -- forward ------------------------------------------------------------------------------
     def _stage(self, x: torch.Tensor, conv: nn.Module, norm: nn.Module, pool: nn.Module) -> torch.Tensor:

@@ -13,7 +13,7 @@ import torch
 from .data.folder import _image_files, decode_image, find_classes, to_luma
 from .data.loaders import model_input
 from .data.presets import Preprocess
-from .errors import DataError
+from .errors import ConfigError, DataError
 from .model import AlexNet
 from .runtime import autocast, progress
 
@@ -26,6 +26,26 @@ def recipe(model: AlexNet) -> Preprocess:
     return model.preprocess
 
 
+def kind_of(value: object) -> str:
+    """What ``value`` is, in a few words (a tensor's repr would print its numbers)."""
+    if isinstance(value, (list, tuple)):
+        odd = next((v for v in value if not isinstance(v, (str, os.PathLike))), None)
+        return f"a {type(value).__name__} holding a {type(odd).__module__}.{type(odd).__name__}"
+    return f"a {type(value).__module__}.{type(value).__name__}"
+
+
+def class_names(model: AlexNet) -> list[str]:
+    """The names of ``model``'s outputs (numbered when it carries none); ConfigError when fc8 was
+    replaced by hand and no longer has an output per name."""
+    outputs = model.fc8.out_features
+    classes = list(model.classes or [str(i) for i in range(model.config.num_classes)])
+    if len(classes) != outputs or model.config.num_classes != outputs:
+        raise ConfigError(f"the model's fc8 has {outputs} outputs but it names {len(classes)} classes "
+                          f"(config.num_classes {model.config.num_classes}): replace fc8 with model.reset_classifier"
+                          f"({outputs}, classes=[...]), which keeps them in step")
+    return classes
+
+
 def image_paths(inputs: str | os.PathLike | list[str | os.PathLike]) -> list[Path]:
     """Expand files and folders (searched recursively, sorted) into image files; one path may be
     given alone.
@@ -35,6 +55,9 @@ def image_paths(inputs: str | os.PathLike | list[str | os.PathLike]) -> list[Pat
     """
     if isinstance(inputs, (str, os.PathLike)):  # not its characters, one by one
         inputs = [inputs]
+    if not isinstance(inputs, (list, tuple)) or not all(isinstance(i, (str, os.PathLike)) for i in inputs):
+        raise TypeError(f"images are given as paths (a file or folder, or a list of them), not {kind_of(inputs)}; "
+                        "for a tensor: model(alexnet.data.loaders.model_input(uint8_batch, index, model.preprocess, False))")
     paths: list[Path] = []
     for item in inputs:
         p = Path(item)
@@ -116,7 +139,10 @@ def predict(
     skipped with one warning line each on stderr; a DataError says so when none could be read.
     ``amp`` is the autocast dtype (None: float32), as :func:`alexnet.runtime.resolve_amp` gives it.
     """
-    classes = list(model.classes or [str(i) for i in range(model.config.num_classes)])
+    for name, value in (("top", top), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"predict: {name} must be a whole number >= 1, got {value!r}")
+    classes = class_names(model)
     preprocess = recipe(model)
     paths = image_paths(inputs)
     device = next(model.parameters()).device

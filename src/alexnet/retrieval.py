@@ -23,7 +23,7 @@ from .data.loaders import model_input
 from .data.presets import Preprocess
 from .errors import DataError
 from .model import AlexNet
-from .predict import load_image, recipe
+from .predict import kind_of, load_image, recipe
 from .runtime import autocast, progress
 
 INDEX_FORMAT = "alexnet-fc7-index-1"
@@ -221,11 +221,25 @@ def check_index_model(
 
 
 def retrieve(
-    model: AlexNet, index: dict[str, Any], image: str | os.PathLike, k: int = 6, amp: torch.dtype | None = None
+    model: AlexNet,
+    index: dict[str, Any],
+    image: str | os.PathLike,
+    k: int = 6,
+    amp: torch.dtype | None = None,
+    check: bool = True,
 ) -> list[dict[str, Any]]:
-    """The ``k`` indexed images nearest to ``image`` in the model's fc7 space (``amp``: as for :func:`fc7`);
-    check the pairing first with :func:`check_index_model`."""
+    """The ``k`` indexed images nearest to the image file ``image`` in the model's fc7 space (``amp``:
+    as for :func:`fc7`). ``check``: first make sure ``model`` built ``index``
+    (:func:`check_index_model`, a quarter of a second: for many queries, check once and pass False)."""
     pre = recipe(model)
+    if not isinstance(image, (str, os.PathLike)):
+        raise TypeError(f"retrieve: the query is the path of one image file, not {kind_of(image)}")
+    if Path(image).is_dir():
+        raise DataError(f"{image}: a folder; retrieve takes one image file as its query")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"retrieve: k must be a whole number >= 1, got {k!r}")
+    if check:
+        check_index_model(model, index)
     _check_width(model, index)  # cheap, and torch.cdist's error would be obscure
     if index.get("precision") not in (None, precision_name(amp)):
         warnings.warn(f"the index's features were computed in {index['precision']} and the query's are in "

@@ -337,6 +337,8 @@ def model_input(
     std. Testing: the centre crop, or with ``views=10`` the paper's ten crops, returned as
     (B*10, C, s, s) with the ten views of an image adjacent.
     """
+    if images.dtype != torch.uint8:  # a float batch in [0, 1] would be normalised as nearly black: chance accuracy
+        raise ValueError(f"model_input takes uint8 images (0-255 pixels, as this package's loaders give them), not {images.dtype}")
     b, dev = images.shape[0], images.device
     mean, inv_std, eig = preprocess.tensors_on(dev)
     # Crops are cut from the stored image padded as in training (then a centre crop is the stored
