@@ -351,3 +351,23 @@ def test_operator_schema_is_its_signature(name):
         pytest.skip(f"torch {torch.__version__} has no torch.library.infer_schema")
     written = str(op._opoverload._schema)
     assert written == op._opoverload._schema.name + infer(op._init_fn, mutates_args=())
+
+
+@pytest.mark.parametrize("path", ["kernel", "plain"])
+def test_double_backward(path, monkeypatch):
+    """Second derivatives (gradient penalties, Hessian-vector products): autograd said 'no autograd
+    formula was registered' for alexnet::lrn_backward. Checked by gradgradcheck (finite differences
+    of the first derivative) in float64, on the C kernel's operator and on the plain-op Function."""
+    import alexnet.lrn as lrn_module
+
+    if path == "plain":
+        monkeypatch.setattr(lrn_module, "kernel_available", lambda x=None: False)
+    elif not lrn_module.kernel_available(torch.zeros(1, 4, 2, 2, dtype=torch.float64)):
+        pytest.skip("the C kernel is not available here (no C compiler, or ALEXNET_NO_KERNELS)")
+    torch.manual_seed(0)
+    for relu, groups in ((False, 1), (True, 2)):
+        norm = LocalResponseNorm(5, 0.3, 0.75, 1.0, "sum", groups)  # a large alpha: the window matters
+        x = (torch.randn(2, 8, 3, 3, dtype=torch.float64) * 2).requires_grad_()
+        fn = lambda t: norm(t, relu=relu)  # noqa: E731
+        assert torch.autograd.gradcheck(fn, (x,))
+        assert torch.autograd.gradgradcheck(fn, (x,))

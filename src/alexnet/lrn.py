@@ -42,7 +42,6 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.autograd.function import once_differentiable
 
 from . import _kernels
 
@@ -99,13 +98,16 @@ class _LRNFunction(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
         y, denom, scale = _terms(x, size, alpha, beta, k)
         ctx.save_for_backward(x, y, denom, scale)
-        ctx.params = (size, alpha, beta)
+        ctx.params = (size, alpha, beta, k)
         return y
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_y: torch.Tensor):
-        return _reference_grad(*ctx.saved_tensors, grad_y, *ctx.params), None, None, None, None
+        x, y, denom, scale = ctx.saved_tensors
+        size, alpha, beta, k = ctx.params
+        if torch.is_grad_enabled():  # create_graph: the gradient as ops of x itself, for a double backward
+            y, denom, scale = _terms(x, size, alpha, beta, k)
+        return _reference_grad(x, y, denom, scale, grad_y, size, alpha, beta), None, None, None, None
 
 
 # -- the C kernel ------------------------------------------------------------------------------------
@@ -219,6 +221,13 @@ def lrn_backward_op(
         return gx
     if kernel_available(x):
         return _kernel_backward(x, grad_y, (*_split(size), alpha, beta, k, int(relu), groups))
+    return _plain_grad(x, grad_y, size, alpha, beta, k, relu, groups)
+
+
+def _plain_grad(
+    x: torch.Tensor, grad_y: torch.Tensor, size: int, alpha: float, beta: float, k: float, relu: bool, groups: int
+) -> torch.Tensor:
+    """:func:`lrn_backward_op` in plain ops (autograd can differentiate them again)."""
 
     def grad(t: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         r = F.relu(t) if relu else t
@@ -246,6 +255,8 @@ def _lrn_op_setup(ctx, inputs, output) -> None:
 
 def _lrn_op_backward(ctx, grad_y):
     (x,) = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph (a gradient penalty, a Hessian-vector product): plain ops autograd can differentiate
+        return _plain_grad(x, grad_y, *ctx.params), None, None, None, None, None, None
     return lrn_backward_op(x, grad_y, *ctx.params), None, None, None, None, None, None
 
 
