@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 
 import pytest
@@ -135,3 +136,25 @@ def test_models_lists_the_published_weights(capsys):
     assert "ImageNet weights: torchvision (AlexNet_Weights.IMAGENET1K_V1), top-1 56.5% / top-5 79.1%" in out
     assert "ImageNet weights: BVLC (Caffe model zoo, bvlc_alexnet), top-1 57.1% / top-5 80.2%" in out
     assert out.count("ImageNet weights") == 2
+
+
+def test_torchvisions_own_file_loads_as_a_checkpoint(torchvision_file, hub, tmp_path, capsys):
+    """alexnet.load, the commands and torch.hub read torchvision's file as 'alexnet import' does (they
+    said "no 'model_config'; build the model yourself")."""
+    from PIL import Image
+
+    path = hub / "alexnet-owt-7be5be79.pth"
+    model = alexnet.load(path)
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), torchvision_file(x), rtol=0, atol=1e-5)
+    assert model.classes[0] == "tench" and model.preprocess.preset == "torchvision"
+    Image.new("RGB", (256, 256), (30, 200, 30)).save(tmp_path / "green.jpg")
+    assert main(["predict", str(tmp_path / "green.jpg"), "--checkpoint", str(path), "--top", "2", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)[0]["top"]) == 2
+    hubbed = torch.hub.load(str(ROOT), "alexnet_owt", source="local", checkpoint=str(path), trust_repo=True)
+    assert torch.equal(hubbed.conv1.weight, torchvision_file.features[0].weight)
+    # Another network's bare state dict is still refused in words
+    torch.save(torch.nn.Linear(2, 2).state_dict(), tmp_path / "other.pth")
+    with pytest.raises(alexnet.CheckpointError, match="no 'model_config'"):
+        alexnet.load(tmp_path / "other.pth")

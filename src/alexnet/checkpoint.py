@@ -298,9 +298,15 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> AlexNet
     """Load a ready-to-use model from a checkpoint, in eval mode.
 
     The architecture comes from the checkpoint's ``model_config``; class names and input
-    preparation are attached as ``model.classes`` and ``model.preprocess``.
+    preparation are attached as ``model.classes`` and ``model.preprocess``. A state dict of
+    torchvision's alexnet (its ``alexnet-owt-7be5be79.pth``) is read as ``alexnet import`` reads it.
     """
     ckpt = load_checkpoint(path)
+    if ckpt.get("model_config") is None:  # torchvision's own file (a bare state dict) is alexnet_owt
+        from .interop import from_torchvision, is_torchvision_alexnet
+
+        if is_torchvision_alexnet(ckpt["model"]):
+            ckpt = from_torchvision(ckpt["model"], str(path))
     model = model_from_checkpoint(ckpt, str(path))
     classes = ckpt.get("classes") or [str(i) for i in range(model.config.num_classes)]
     if not (isinstance(classes, (list, tuple)) and all(isinstance(c, str) for c in classes)):

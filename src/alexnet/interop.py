@@ -66,10 +66,14 @@ def _checkpoint(model: AlexNet, preprocess: Preprocess, source: str) -> dict[str
 
 
 # -- torchvision ---------------------------------------------------------------------------------
+def is_torchvision_alexnet(state_dict: dict[str, Any]) -> bool:
+    """Whether ``state_dict`` names its tensors as torchvision's ``AlexNet`` does."""
+    return {"features.0.weight", "classifier.6.weight"} <= set(state_dict)
+
+
 def from_torchvision(state_dict: dict[str, torch.Tensor], source: str = "torchvision") -> dict[str, Any]:
     """torchvision ``alexnet`` state dict -> an ``alexnet_owt`` checkpoint with the same outputs."""
-    needed = {"features.0.weight", "classifier.6.weight"}
-    if not needed <= set(state_dict):
+    if not is_torchvision_alexnet(state_dict):
         keys = ", ".join(map(str, list(state_dict)[:6])) + (", ..." if len(state_dict) > 6 else "")
         raise CheckpointError(f"{source}: not a torchvision alexnet state dict (no features.0 / classifier.6 weights; its keys: {keys})")
     num_classes = state_dict["classifier.6.weight"].shape[0]
