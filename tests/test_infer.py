@@ -160,3 +160,29 @@ def test_python_api_mistakes_are_named_not_answered_wrongly(tmp_path):
         retrieve(other, index, folder / "0.jpg")
     assert len(retrieve(other, index, folder / "0.jpg", k=2, check=False)) == 2  # the caller's own choice
     assert retrieve(model, index, folder / "0.jpg", k=1)[0]["path"] == str(folder / "0.jpg")
+
+
+def test_amp_and_device_in_either_form(tmp_path):
+    """predict/evaluate took only a dtype and predictor only a name ('bf16' to predict was a TypeError
+    inside autocast, torch.bfloat16 to predictor a '--amp' error, 'cpu' an AttributeError)."""
+    from PIL import Image
+    from test_evaluate import tiny_checkpoint
+
+    import alexnet
+    from alexnet.evaluate import evaluate
+    from alexnet.predict import predict
+    from alexnet.retrieval import build_index
+
+    Image.new("RGB", (90, 70), (200, 120, 40)).save(tmp_path / "a.jpg")
+    model = alexnet.load(tiny_checkpoint(tmp_path / "m.pt"))
+    by_name, by_dtype = predict(model, tmp_path / "a.jpg", amp="bf16"), predict(model, tmp_path / "a.jpg", amp=torch.bfloat16)
+    assert by_name == by_dtype and by_name != predict(model, tmp_path / "a.jpg")  # bf16 is not float32's answer
+    assert build_index(model, tmp_path, amp="bf16")["precision"] == "bfloat16"
+    images = torch.randint(0, 256, (2, 3, 76, 76), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    batches = [(images, torch.tensor([0, 1]))]
+    a, b = evaluate(model, batches, amp="none"), evaluate(model, batches, torch.device("cpu"))  # the model's device
+    assert torch.equal(a.pop("confusion"), b.pop("confusion")) and a == b
+    x = torch.randn(2, 3, 67, 67)
+    torch.testing.assert_close(predictor(model, "cpu", amp=torch.bfloat16)(x), predictor(model, torch.device("cpu"), amp="bf16")(x))
+    with pytest.raises(alexnet.ConfigError, match="amp: expected torch.bfloat16, torch.float16 or None, got torch.float64"):
+        predict(model, tmp_path / "a.jpg", amp=torch.float64)

@@ -19,7 +19,7 @@ from .data.presets import Preprocess
 from .errors import CheckpointError
 from .model import AlexNet
 from .predict import class_names, recipe
-from .runtime import autocast, progress
+from .runtime import autocast, progress, resolve_amp
 
 
 def _decode(p: Preprocess) -> tuple:
@@ -125,14 +125,17 @@ def ensemble_probs(
 def evaluate(
     models: AlexNet | list[AlexNet],
     loader: Any,
-    device: torch.device,
-    amp: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+    amp: torch.dtype | str | None = None,
     ten_crop: bool = False,
     channels_last: bool = False,
     show_progress: bool | None = None,
 ) -> dict[str, Any]:
     """Top-1/top-5 accuracy and error, mean loss and the confusion matrix over ``loader``.
 
+    ``loader`` yields (uint8 images, labels, ...) batches, as
+    :func:`alexnet.data.loaders.load_eval_data` gives them; ``device``: where the models are (default:
+    the first one's); ``amp``: a dtype, None, or its ``--amp`` name ("bf16").
     ``models`` carry their ``preprocess`` (as :func:`alexnet.load` attaches it). Returns a dict with
     ``top1``, ``top5``, ``top1_error``, ``top5_error``, ``loss`` (negative log of the averaged
     probability of the true class), ``images`` and ``confusion`` (classes x classes int64 tensor,
@@ -144,6 +147,8 @@ def evaluate(
     if isinstance(loader, (str, os.PathLike)):
         raise TypeError(f"evaluate takes batches of (uint8 images, labels), not the path {loader!r}: "
                         "alexnet.data.loaders.load_eval_data(path, model.preprocess)[0] gives them")
+    device = torch.device(device) if device is not None else next(models[0].parameters()).device
+    amp = resolve_amp(amp, device)
     for m in models:
         recipe(m)  # what model_probs feeds each model: its own recipe
         class_names(m)

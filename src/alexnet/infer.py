@@ -23,8 +23,8 @@ from .runtime import autocast, resolve_amp
 
 def predictor(
     model: nn.Module,
-    device: torch.device,
-    amp: str = "auto",
+    device: torch.device | str,
+    amp: str | torch.dtype | None = "auto",
     channels_last: bool = True,
     compile: bool = False,
     fp32_layers: tuple[str, ...] = (),
@@ -34,7 +34,7 @@ def predictor(
     Args:
         model: Any image classifier; it is moved to ``device`` and put in eval mode.
         device: Where to run.
-        amp: ``auto`` (bf16 where supported), ``bf16``, ``fp16`` (GPU) or ``none``.
+        amp: ``auto`` (bf16 where supported), ``bf16``, ``fp16`` (GPU) or ``none``; or a dtype (None: float32).
         channels_last: Convert the model and every input to NHWC memory format.
         compile: Run through ``torch.compile`` (needs a C++ compiler on CPU, Triton on GPU; the
             first call compiles).
@@ -45,6 +45,7 @@ def predictor(
         if not isinstance(getattr(model, name, None), nn.Module):
             raise ValueError(f"fp32_layers: {type(model).__name__} has no sub-module {name!r}")
         setattr(model, name, _Float32(getattr(model, name)))
+    device = torch.device(device)  # "cpu" or "cuda:1" as well
     dtype = resolve_amp(amp, device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(device).eval().to(memory_format=fmt)

@@ -15,7 +15,7 @@ from .data.loaders import model_input
 from .data.presets import Preprocess
 from .errors import ConfigError, DataError
 from .model import AlexNet
-from .runtime import autocast, progress
+from .runtime import autocast, progress, resolve_amp
 
 
 def recipe(model: AlexNet) -> Preprocess:
@@ -137,7 +137,7 @@ def predict(
     ``label`` is the true class when the parent folder names one (else None). With
     ``return_images`` the decoded uint8 images come back too (for figures). Unreadable images are
     skipped with one warning line each on stderr; a DataError says so when none could be read.
-    ``amp`` is the autocast dtype (None: float32), as :func:`alexnet.runtime.resolve_amp` gives it.
+    ``amp``: the autocast dtype (None: float32), or its name as ``--amp`` takes it (``"bf16"``).
     """
     for name, value in (("top", top), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -146,6 +146,7 @@ def predict(
     preprocess = recipe(model)
     paths = image_paths(inputs)
     device = next(model.parameters()).device
+    amp = resolve_amp(amp, device)  # "bf16" as on the command line, or a dtype
     model.eval()
     results: list[dict[str, Any]] = []
     images_out: list[torch.Tensor] = []

@@ -24,7 +24,7 @@ from .data.presets import Preprocess
 from .errors import DataError
 from .model import AlexNet
 from .predict import kind_of, load_image, recipe
-from .runtime import autocast, progress
+from .runtime import autocast, progress, resolve_amp
 
 INDEX_FORMAT = "alexnet-fc7-index-1"
 
@@ -36,6 +36,7 @@ def fc7(model: AlexNet, images: torch.Tensor, amp: torch.dtype | None = None) ->
     model.eval()
     device = next(model.parameters()).device
     x = model_input(images.to(device), torch.zeros(len(images), dtype=torch.int64), model.preprocess, False)
+    amp = resolve_amp(amp, device)  # "bf16" as on the command line, or a dtype
     with autocast(device, amp):
         return model.forward_fc7(x).float().cpu()
 
@@ -60,7 +61,9 @@ def _index_samples(root: Path) -> tuple[list[tuple[str, int]], tuple[list[str], 
     """(path, label) of every image under ``root``, and the classes: images in CLASS folders (at
     any depth) labelled by them, images at the top level with -1 (no class), as ILSVRC's val/."""
     samples, classes = [], ([], [])
-    if any(d.is_dir() and not d.name.startswith(".") for d in os.scandir(root)):
+    with os.scandir(root) as entries:
+        nested = any(d.is_dir() and not d.name.startswith(".") for d in entries)
+    if nested:
         classes = find_classes(root)
         samples = list_images(root, classes[0])
     return samples + [(f, -1) for f in top_level_images(root)], classes
@@ -85,6 +88,7 @@ def build_index(
     if not root.is_dir():
         raise DataError(f"--data: {data} is not a folder of images")
     pre = recipe(model)
+    amp = resolve_amp(amp, next(model.parameters()).device)  # as precision_name records it
     samples, classes = _index_samples(root)
     if not samples:
         raise DataError(f"{data}: no images")
@@ -232,6 +236,7 @@ def retrieve(
     as for :func:`fc7`). ``check``: first make sure ``model`` built ``index``
     (:func:`check_index_model`, a quarter of a second: for many queries, check once and pass False)."""
     pre = recipe(model)
+    amp = resolve_amp(amp, next(model.parameters()).device)
     if not isinstance(image, (str, os.PathLike)):
         raise TypeError(f"retrieve: the query is the path of one image file, not {kind_of(image)}")
     if Path(image).is_dir():

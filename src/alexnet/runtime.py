@@ -43,11 +43,15 @@ def cpu_supports_bf16() -> bool:
         return False
 
 
-def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+def resolve_amp(amp: str | torch.dtype | None, device: torch.device) -> torch.dtype | None:
     """``auto`` -> bf16 where the hardware has it (CUDA with bf16, CPUs with AVX512-BF16), fp16 on a CUDA
-    GPU without bf16 (V100, T4), else off."""
-    if amp in ("none", "off", "fp32", "no"):
+    GPU without bf16 (V100, T4), else off. A dtype (the Python API's form) or None is taken as it is."""
+    if amp is None or amp == torch.float32 or amp in ("none", "off", "fp32", "no"):
         return None
+    if isinstance(amp, torch.dtype):
+        if amp not in (torch.bfloat16, torch.float16):
+            raise ConfigError(f"amp: expected torch.bfloat16, torch.float16 or None, got {amp}")
+        return amp
     if amp == "auto":
         if device.type == "cuda":
             with torch.cuda.device(device):  # the device asked about, not cuda:0
