@@ -49,6 +49,8 @@ def test_pretrained_owt_is_torchvisions_network_ready_to_use(torchvision_file, t
         torch.testing.assert_close(model(x), torchvision_file(x), rtol=0, atol=1e-5)
     assert model.classes == list(torchvision.models.AlexNet_Weights.IMAGENET1K_V1.meta["categories"])
     assert model.preprocess.mean == pytest.approx((123.675, 116.28, 103.53))  # ImageNet's, 0-255 scale
+    assert model.pretrained_cfg.url == "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"
+    assert alexnet.create_model("alexnet_owt").pretrained_cfg is None
     # Ready for the commands' Python API: predict takes the model as it comes.
     from PIL import Image
 
@@ -158,3 +160,27 @@ def test_torchvisions_own_file_loads_as_a_checkpoint(torchvision_file, hub, tmp_
     torch.save(torch.nn.Linear(2, 2).state_dict(), tmp_path / "other.pth")
     with pytest.raises(alexnet.CheckpointError, match="no 'model_config'"):
         alexnet.load(tmp_path / "other.pth")
+
+
+def test_export_to_torchvisions_own_format(torchvision_file, hub, tmp_path, capsys):
+    """`alexnet export --out F.pth` writes a state dict torchvision's alexnet loads, for alexnet_owt
+    networks only; a recipe other than torchvision's normalisation is warned about."""
+    from alexnet.export import export
+
+    assert main(["import", "torchvision", "--out", str(tmp_path / "owt.pt")]) == 0
+    assert main(["export", "--checkpoint", str(tmp_path / "owt.pt"), "--out", str(tmp_path / "back.pth")]) == 0
+    assert "wrote " in capsys.readouterr().out
+    theirs = torchvision.models.alexnet().eval()
+    theirs.load_state_dict(torch.load(tmp_path / "back.pth", weights_only=True))
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(x), torchvision_file(x), rtol=0, atol=0)  # the very weights it started from
+
+    model = alexnet.load(tmp_path / "owt.pt")
+    model.preprocess = dataclasses.replace(model.preprocess, std=(1.0, 1.0, 1.0))
+    with pytest.warns(UserWarning, match=r"holds weights alone, .* 'torchvision' recipe \(mean \(123.7, 116.3, 103.5\), std \(1.0"):
+        export(model, None, tmp_path / "raw.pth")
+    paper = alexnet.create_model("alexnet_paper", num_classes=3)
+    with pytest.raises(alexnet.ConfigError, match="torchvision's alexnet has alexnet_owt's layers .* this network is alexnet_paper"):
+        export(paper, "torchvision", tmp_path / "paper.pth")
+    assert not (tmp_path / "paper.pth").exists()

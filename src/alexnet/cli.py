@@ -696,12 +696,14 @@ def _add_tool_commands(sub, common: argparse.ArgumentParser) -> None:
     _add_progress(im)
     im.set_defaults(func=cmd_import)
 
-    ex = sub.add_parser("export", help="write a checkpoint as safetensors (+ JSON), ONNX, torch.export (.pt2) or TorchScript")
+    ex = sub.add_parser("export", help="write a checkpoint as safetensors (+ JSON), ONNX, torch.export (.pt2), TorchScript "
+                        "or torchvision's state dict")
     ex.add_argument("--checkpoint", required=True)
     ex.add_argument(
         "--format",
-        choices=("safetensors", "onnx", "pt2", "torchscript"),  # export.FORMATS (a test checks), without importing torch
-        help="default: the one --out's name says (.safetensors, .onnx, .pt2, .ts or .torchscript), else safetensors",
+        choices=("safetensors", "onnx", "pt2", "torchscript", "torchvision"),  # export.FORMATS (a test checks), without importing torch
+        help="default: the one --out's name says (.safetensors, .onnx, .pt2, .ts or .torchscript, .pth: torchvision's "
+             "alexnet state dict, for alexnet_owt networks), else safetensors",
     )
     ex.add_argument("--out", required=True, help="the file to write (safetensors: its JSON config goes beside it)")
     _add_threads(ex)

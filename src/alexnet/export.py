@@ -30,7 +30,7 @@ from .data import presets
 from .errors import ConfigError
 from .model import AlexNet
 
-FORMATS = ("safetensors", "onnx", "pt2", "torchscript")
+FORMATS = ("safetensors", "onnx", "pt2", "torchscript", "torchvision")
 
 
 def _config(model: AlexNet, fmt: str = "safetensors") -> dict[str, Any]:
@@ -180,8 +180,33 @@ def export_torchscript(model: AlexNet, path: str | os.PathLike) -> list[Path]:
     return [path]
 
 
+def export_torchvision(model: AlexNet, path: str | os.PathLike) -> list[Path]:
+    """Write the state dict under torchvision's names: ``torchvision.models.alexnet(num_classes=N)``
+    loads it. Only a network of torchvision's layout (``alexnet_owt``) has them; the file holds weights
+    alone, so a recipe other than torchvision's ImageNet normalisation is warned about."""
+    from .model import TORCHVISION_KEYS, registered_name
+
+    if registered_name(model.config) != "alexnet_owt" or model.config.in_chans != 3:
+        raise ConfigError(f"--format torchvision: torchvision's alexnet has alexnet_owt's layers (RGB); this network is "
+                          f"{registered_name(model.config) or 'a custom AlexNet'} with {model.config.in_chans} input channel(s): "
+                          "export it as .safetensors, .onnx or .pt2")
+    ours = {v: k for k, v in TORCHVISION_KEYS.items()}
+    state = {f"{ours[k.rpartition('.')[0]]}.{k.rpartition('.')[2]}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    pre = model.preprocess
+    imagenet = np.allclose([*pre.mean, *pre.std], [*presets.IMAGENET_MEAN, *presets.IMAGENET_STD]) if pre is not None else True
+    if pre is not None and (pre.mean_image is not None or not imagenet):
+        mean = "its mean image" if pre.mean_image is not None else f"mean {tuple(round(m, 1) for m in pre.mean)}"
+        warnings.warn(f"{path}: torchvision's file holds weights alone, and this model takes inputs prepared by its "
+                      f"'{pre.preset}' recipe ({mean}, std {tuple(round(v, 1) for v in pre.std)} on the 0-255 scale), not "
+                      "torchvision's ImageNet normalisation: prepare them so", stacklevel=2)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    return [Path(path)]
+
+
 # The file names that say their format; any other name is written in the format asked (safetensors by default).
 SUFFIXES = {
+    ".pth": "torchvision",
     ".safetensors": "safetensors",
     ".onnx": "onnx",
     ".pt2": "pt2",
@@ -217,5 +242,6 @@ def export(model: AlexNet, fmt: str | None, path: str | os.PathLike) -> list[Pat
     """Export ``model`` (from :func:`alexnet.load`) to ``path`` in ``fmt`` (one of :data:`FORMATS`;
     None: as :func:`resolve_format` says)."""
     fmt = resolve_format(fmt, path)
-    writers = {"safetensors": export_safetensors, "onnx": export_onnx, "pt2": export_pt2, "torchscript": export_torchscript}
+    writers = {"safetensors": export_safetensors, "onnx": export_onnx, "pt2": export_pt2, "torchscript": export_torchscript,
+               "torchvision": export_torchvision}
     return writers[fmt](model, path)

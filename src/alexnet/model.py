@@ -26,6 +26,7 @@ from .lrn import LocalResponseNorm
 
 if TYPE_CHECKING:
     from .data.presets import Preprocess
+    from .pretrained import PretrainedCfg
 
 LAYER_NAMES = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
 
@@ -221,6 +222,7 @@ class AlexNet(nn.Module):
         # What alexnet.load attaches from a checkpoint: class names and the input recipe.
         self.classes: list[str] | None = None
         self.preprocess: Preprocess | None = None
+        self.pretrained_cfg: PretrainedCfg | None = None  # where published weights came from (create_model(pretrained=True))
         # torchvision's AlexNet state dict (features.0.weight, ...) loads unchanged.
         self._register_load_state_dict_pre_hook(_translate_torchvision_keys, with_module=True)
 

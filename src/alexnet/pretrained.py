@@ -114,6 +114,7 @@ def load_pretrained(name: str, num_classes: int = 1000, show_progress: bool | No
         raise ConfigError(f"{given}: {e}") from None
     model.classes = list(ckpt["classes"]) if same_classes else [str(i) for i in range(num_classes)]
     model.preprocess = recipe
+    model.pretrained_cfg = pretrained_cfg(name)
     return model
 
 
