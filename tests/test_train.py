@@ -304,6 +304,24 @@ def test_resuming_a_finished_run_says_nothing_is_left(tiny_fmnist, tmp_path):
                      "a new run from its weights"], lines
 
 
+def test_a_resume_reads_its_checkpoint_once(tiny_fmnist, tmp_path, monkeypatch):
+    """resume_config and fit each read last.pt (an ImageNet run's is half a gigabyte: 0.55 s a read
+    here, more from a cold disk); now fit takes the one resume_config read, unless the file changed."""
+    import alexnet.resume
+
+    out = tmp_path / "run"
+    fit(_cfg(tiny_fmnist, out, epochs=1), log=lambda s: None)
+    reads: list[str] = []  # every torch.load of a checkpoint, whichever module asks
+    real = torch.load
+    monkeypatch.setattr(torch, "load", lambda path, *a, **kw: reads.append(str(path)) or real(path, *a, **kw))
+    assert main(["train", "--resume", str(out), "--epochs", "2", "--progress", "off"]) == 0
+    assert reads == [str(out / "last.pt")]
+    cfg = resume_config(str(out), {"epochs": 3}, keep=True)
+    save_atomic(load_checkpoint(out / "last.pt"), out / "last.pt")  # rewritten in between: read again
+    fit(cfg, log=lambda s: None)
+    assert reads == [str(out / "last.pt")] * 4 and alexnet.resume._READ == {}  # main; resume_config, the test's own, fit
+
+
 def test_resume_takes_its_data_in_a_new_place_but_not_other_classes(tmp_path, capsys):
     """A dataset moved to another disk (or a run folder copied to another machine): the resume says
     where the run's data was and that --data gives its place now (it was refused as '--data differs',

@@ -145,7 +145,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             from .errors import ConfigError
 
             raise ConfigError("--config with --resume: a resumed run keeps its own configuration (config.json in its folder)")
-        cfg = resume_config(args.resume, overrides)
+        # the checkpoint read here serves fit, unless torchrun's processes train (they read their own)
+        cfg = resume_config(args.resume, overrides, keep=not (args.nproc and args.nproc > 1))
     else:
         cfg = resolve_config(overrides.pop("preset", None), overrides, args.config)
     if args.nproc and args.nproc > 1:

@@ -77,13 +77,36 @@ def nothing_left(ckpt: dict[str, Any], epochs: int, run_dir: Path) -> tuple[str,
 _REPORTED = ("val_top1", "val_top1_error", "val_top5", "elapsed_seconds")
 
 
-def resume_config(run: str, overrides: dict[str, Any]) -> TrainConfig:
-    """The configuration of the run being resumed, with ``overrides`` (e.g. more epochs) on top.
+# The checkpoint resume_config read, for fit to take instead of reading it again (an ImageNet
+# run's last.pt is half a gigabyte, weights and momentum): path -> (the file's stat, checkpoint).
+_READ: dict[str, tuple[tuple[int, int, int], dict[str, Any]]] = {}
+
+
+def _signature(path: Path) -> tuple[int, int, int]:
+    st = os.stat(path)
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def read_checkpoint(path: Path, keep: bool = False) -> dict[str, Any]:
+    """``load_checkpoint(path)``, read once per resume: with ``keep``, the next call takes the same
+    dict (unless the file changed in between), and forgets it."""
+    key = os.path.abspath(path)
+    signature = _signature(path)
+    held = _READ.pop(key, None)
+    ckpt = held[1] if held is not None and held[0] == signature else load_checkpoint(path)
+    if keep:
+        _READ[key] = (signature, ckpt)
+    return ckpt
+
+
+def resume_config(run: str, overrides: dict[str, Any], keep: bool = False) -> TrainConfig:
+    """The configuration of the run being resumed, with ``overrides`` (e.g. more epochs) on top;
+    ``keep``: hold the checkpoint read for :func:`alexnet.train.fit` in this process to take.
 
     Options outside :data:`RESUME_MAY_CHANGE` are refused unless they repeat the saved value: a
     silently ignored ``--lr`` or ``--model`` would let a user believe the run changed course."""
     path = resume_source(run)
-    ckpt = load_checkpoint(path)
+    ckpt = read_checkpoint(path, keep)
     saved = ckpt.get("train_config")
     if not saved:
         raise CheckpointError(f"--resume: {path} has no training configuration")
