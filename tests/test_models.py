@@ -286,3 +286,30 @@ def test_the_input_check_refuses_exactly_the_sizes_the_layers_refuse(monkeypatch
             verdicts.append((side, checked, ran))
         assert all(checked == ran for _, checked, ran in verdicts), [v for v in verdicts if v[1] != v[2]]
         assert any(v[1] for v in verdicts) and not all(v[1] for v in verdicts)
+
+
+def test_head_in_train_mode_is_torchvisions_and_the_papers():
+    """forward_head (timm's split: forward_features, then fc6-fc8) with dropout on: alexnet_owt draws the
+    same masks as torchvision's classifier (dropout before fc6 and fc7); the paper's net drops fc6's
+    and fc7's outputs (section 4.2), written out here."""
+    torch.manual_seed(0)
+    theirs = torchvision.models.alexnet(num_classes=6).train()
+    ours = alexnet.create_model("alexnet_owt", num_classes=6).train()
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(2, 3, 224, 224)
+    torch.manual_seed(5)
+    want = theirs(x)
+    torch.manual_seed(5)
+    torch.testing.assert_close(ours(x), want, rtol=0, atol=0)
+    assert ours.get_classifier() is ours.fc8
+
+    paper = alexnet.create_model("alexnet_paper", num_classes=6).train()
+    f = paper.forward_features(x)
+    torch.manual_seed(7)
+    drop = lambda t: torch.nn.functional.dropout(t, 0.5, True)  # noqa: E731
+    want = paper.fc8(drop(torch.relu(paper.fc7(drop(torch.relu(paper.fc6(f)))))))
+    torch.manual_seed(7)
+    torch.testing.assert_close(paper.forward_head(f), want, rtol=0, atol=0)
+    with torch.no_grad():
+        paper.eval()
+        torch.testing.assert_close(paper.forward_head(f, pre_logits=True), paper.forward_fc7(x), rtol=0, atol=0)

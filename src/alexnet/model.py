@@ -319,20 +319,28 @@ class AlexNet(nn.Module):
         x = self.pool5(self.act(self.conv5(x)))
         return torch.flatten(self.avgpool(x), 1)
 
-    def forward_fc7(self, x: torch.Tensor) -> torch.Tensor:
-        """The 4096-d fc7 activations (after ReLU): the paper's image descriptor (section 6.1)."""
-        x = self.forward_features(x)
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """fc6..fc8 of :meth:`forward_features`' output: the logits, or with ``pre_logits`` the fc7
+        activations (timm's names)."""
         if self.config.dropout_position == "before":
             x = self.act(self.fc6(self.drop6(x)))
-            return self.act(self.fc7(self.drop7(x)))
-        x = self.drop6(self.act(self.fc6(x)))
-        return self.act(self.fc7(x))
+            x = self.act(self.fc7(self.drop7(x)))
+        else:
+            x = self.act(self.fc7(self.drop6(self.act(self.fc6(x)))))
+        if pre_logits:
+            return x
+        return self.fc8(self.drop7(x) if self.config.dropout_position == "after" else x)
+
+    def forward_fc7(self, x: torch.Tensor) -> torch.Tensor:
+        """The 4096-d fc7 activations (after ReLU): the paper's image descriptor (section 6.1)."""
+        return self.forward_head(self.forward_features(x), pre_logits=True)
+
+    def get_classifier(self) -> nn.Linear:
+        """fc8 (timm's name)."""
+        return self.fc8
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.forward_fc7(x)
-        if self.config.dropout_position == "after":
-            x = self.drop7(x)
-        return self.fc8(x)
+        return self.forward_head(self.forward_features(x))
 
 
 # torchvision.models.AlexNet names its layers by position in two Sequentials.
