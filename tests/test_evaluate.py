@@ -347,8 +347,10 @@ def test_bad_input_one_line(tmp_path, capsys):
             err = cli_fails(capsys, *cmd, "--checkpoint", str(tmp_path / name))
             assert name in err
     ckpt4 = tiny_checkpoint(tmp_path / "four.pt", classes=4)
+    (folder / "class2").rename(folder / "otter")  # class0, class1 are among its classes, otter is not
     err = cli_fails(capsys, "evaluate", "--checkpoint", str(ckpt4), "--data", str(folder))
-    assert "3 classes" in err and "4" in err
+    assert err == f"alexnet: error: {folder} has 3 classes but {ckpt4} predicts 4; 'otter' is not among its classes"
+    (folder / "otter").rename(folder / "class2")
     other = tiny_checkpoint(tmp_path / "m.pt")
     err = cli_fails(capsys, "evaluate", "--checkpoint", str(other), "--ensemble", str(ckpt4), "--data", str(folder))
     assert "four.pt" in err
@@ -414,10 +416,11 @@ def test_evaluate_warns_when_the_data_has_other_classes(tmp_path, capsys):
     capsys.readouterr()
     assert main(["evaluate", "--checkpoint", str(ckpt), "--data", str(same), "--amp", "none"]) == 0
     assert "warning" not in capsys.readouterr().err
-    assert main(["evaluate", "--checkpoint", str(ckpt), "--data", str(other), "--amp", "none"]) == 0
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"warning: the data's classes are not those of {ckpt} (class 0 is 'cat' there, 'class0' in the checkpoint): "
-                   "the accuracy counts matching class numbers"]
+    said = f"the data's classes are not those of {ckpt} (class 0 is 'cat' there, 'class0' in the checkpoint): " \
+           "the accuracy counts matching class numbers"
+    with pytest.warns(UserWarning) as caught:  # the command prints it as one 'warning: ...' line
+        assert main(["evaluate", "--checkpoint", str(ckpt), "--data", str(other), "--amp", "none"]) == 0
+    assert [str(w.message) for w in caught] == [said]
 
 
 def test_tensor_data_that_does_not_fit_the_checkpoint_is_one_line(tmp_path, capsys, tiny_fmnist):
@@ -559,3 +562,45 @@ def test_prediction_figure_keeps_every_label_inside_and_has_no_blank_bands(tmp_p
     assert ink.shape == (9 * 400, 4 * 300)
     rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
     assert rows[0] < 30 and rows[-1] > ink.shape[0] - 60 and cols[0] < 30 and cols[-1] > ink.shape[1] - 30, (rows[[0, -1]], cols[[0, -1]])
+
+
+def test_evaluate_matches_the_datas_classes_to_the_models_by_name(tmp_path, capsys):
+    """Breeds in folders that sort otherwise than the checkpoint's classes were scored by class number
+    (a wrong figure with a warning), and a subset of them (Imagewoof's 10 synsets against ImageNet's
+    1000) was refused ('has 10 classes but ... predicts 1000'), as was any Python evaluate of it
+    scored wrongly. Now labels are matched by name; the reference is predict's top class by name."""
+    import alexnet
+    from alexnet.data.loaders import load_eval_data
+    from alexnet.errors import CheckpointError
+    from alexnet.evaluate import evaluate
+    from alexnet.predict import predict
+
+    ckpt = torch.load(tiny_checkpoint(tmp_path / "m.pt", classes=4, seed=1), weights_only=True)
+    ckpt["classes"] = ["zebra", "apple", "mango", "kiwi"]
+    save_atomic(ckpt, tmp_path / "m.pt")
+    model = alexnet.load(tmp_path / "m.pt")
+    data = make_image_folder(tmp_path / "data", classes=3, per_class=6)
+    for i, name in enumerate(["zebra", "apple", "mango"]):  # sorted: apple, mango, zebra; no kiwi
+        (data / f"class{i}").rename(data / name)
+    by_name = predict(model, data, top=1)
+    expected = sum(r["top"][0]["class"] == Path(r["path"]).parent.name for r in by_name) / len(by_name)
+    assert expected == pytest.approx(11 / 18)  # a figure that a wrong mapping would change
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no 'counts matching class numbers' warning: the names matched
+        stats = cli_json(capsys, "evaluate", "--checkpoint", str(tmp_path / "m.pt"), "--data", str(data), "--amp", "none",
+                         "--json", "--out", str(tmp_path / "ev"))
+    assert stats["top1"] == pytest.approx(expected) and stats["images"] == 18
+    rows = (tmp_path / "ev" / "confusion.csv").read_text().splitlines()
+    assert rows[0] == "true \\ predicted,apple,mango,zebra,(another class)"  # kiwi is the fourth output
+    assert [r.split(",")[0] for r in rows[1:]] == ["apple", "mango", "zebra"]
+    assert sum(int(v) for r in rows[1:] for v in r.split(",")[1:]) == 18
+    # The Python API: the loader knows its classes
+    loader, classes, _, _ = load_eval_data(data, model.preprocess, batch_size=5)
+    assert evaluate(model, loader)["top1"] == pytest.approx(expected)
+    assert evaluate(model, loader, classes=list(classes))["label_map"] == [1, 2, 0]
+    # A class the model does not know, with another count of classes: one line naming it
+    (data / "zebra").rename(data / "yak")
+    loader, classes, _, source = load_eval_data(data, model.preprocess)
+    with pytest.raises(CheckpointError, match=f"{source} has 3 classes but m.pt predicts 4; 'yak' is not among its classes"):
+        evaluate(model, loader, names=(source, "m.pt"))

@@ -211,7 +211,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .data.device_decode import decode_device
     from .data.loaders import load_eval_data
     from .errors import CheckpointError, ConfigError
-    from .evaluate import evaluate, load_models, per_class_accuracy, write_confusion_csv, write_per_class_csv
+    from .evaluate import data_confusion, evaluate, load_models, per_class_accuracy, write_confusion_csv, write_per_class_csv
     from .runtime import resolve_amp, resolve_device
 
     paths = [args.checkpoint, *(args.ensemble or [])]
@@ -235,13 +235,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         data, models[0].preprocess, args.batch_size, args.workers, decode_device=decode_device(args.decode or "auto", device),
         pin_memory=device.type == "cuda",
     )
-    if len(classes) != n_classes:
-        raise CheckpointError(f"{source} has {len(classes)} classes but {args.checkpoint} predicts {n_classes}")
-    _warn_other_classes(models[0].classes, list(classes), args.checkpoint)
     channels_last = args.channels_last is not False  # NHWC, as training runs: pooling is several times faster on a CPU
     amp = resolve_amp(args.amp, device)
-    stats = evaluate(models, loader, device, amp, args.ten_crop, channels_last, _progress_flag(args))
-    confusion = stats.pop("confusion")
+    stats = evaluate(models, loader, device, amp, args.ten_crop, channels_last, _progress_flag(args), list(classes),
+                     (source, args.checkpoint))  # the data's classes matched to the model's by name
+    confusion, columns = data_confusion(stats.pop("confusion"), stats.pop("label_map"), list(classes))
     stats.update({"ten_crop": args.ten_crop, "models": [str(p) for p in paths], "data": source})
     if args.out:
         import torch
@@ -257,8 +255,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         write_per_class_csv(per_class_accuracy(confusion, classes), out / "per_class.csv")
-        plot_confusion(confusion, classes, out / "confusion.png")
-        write_confusion_csv(confusion, classes, out / "confusion.csv")
+        plot_confusion(confusion, classes, out / "confusion.png", columns)
+        write_confusion_csv(confusion, classes, out / "confusion.csv", columns)
         write_text(out / "evaluate.json", json.dumps({**stats, "settings": settings, "argv": sys.argv[1:]}, indent=2) + "\n")
     if args.json:
         print(json.dumps(stats))
@@ -270,16 +268,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if args.out:
             print(f"per-class accuracy and confusion matrix in {args.out}")
     return 0
-
-
-def _warn_other_classes(ours: list[str] | None, theirs: list[str], checkpoint: str) -> None:
-    """A warning when the data's classes are not the checkpoint's, in order: the scores then count
-    index matches between unrelated lists (e.g. Fashion-MNIST weights on dog photos)."""
-    if not ours or list(ours) == theirs:
-        return
-    i = next(i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b)
-    print(f"warning: the data's classes are not those of {checkpoint} (class {i} is {theirs[i]!r} there, {ours[i]!r} in the "
-          "checkpoint): the accuracy counts matching class numbers", file=sys.stderr)
 
 
 # -- predict / features / retrieve ------------------------------------------------------------------

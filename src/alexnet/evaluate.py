@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import os
+import warnings
 from typing import Any
 
 import torch
@@ -54,6 +55,32 @@ def class_orders(models: list[AlexNet], names: list[str] | None = None) -> list[
             column = {c: i for i, c in enumerate(m.classes)}
             orders.append([column[c] for c in first])
     return orders
+
+
+def label_map(data_classes: list[str], model: AlexNet, source: str = "the data", model_name: str = "the model") -> list[int] | None:
+    """The output of ``model`` that each of the data's classes is, matched by name: Imagewoof's dog
+    breeds among ImageNet's 1000, or the same breeds in another order. None where the labels are the
+    outputs already (the same names in the same order, or names that do not match at all with as many
+    classes as outputs: a warning then says the accuracy counts matching class numbers).
+
+    Raises:
+        CheckpointError: fewer or more classes than outputs, not all of them among the model's by name.
+    """
+    ours, n = list(model.classes or []), model.fc8.out_features
+    if ours == list(data_classes):
+        return None
+    unique = len(set(data_classes)) == len(data_classes)
+    if unique and ours and all(ours.count(c) == 1 for c in data_classes):
+        return [ours.index(c) for c in data_classes]
+    if len(data_classes) != n:
+        missing = next((c for c in data_classes if c not in ours), None) if ours else None
+        why = f"; {missing!r} is not among its classes" if missing else ("; it names no classes" if not ours else "")
+        raise CheckpointError(f"{source} has {len(data_classes)} classes but {model_name} predicts {n}{why}")
+    i = next((i for i, (a, b) in enumerate(zip(ours, data_classes)) if a != b), None)
+    if i is not None:
+        warnings.warn(f"the data's classes are not those of {model_name} (class {i} is {data_classes[i]!r} there, "
+                      f"{ours[i]!r} in the checkpoint): the accuracy counts matching class numbers", stacklevel=2)
+    return None
 
 
 def load_models(paths: list[str | os.PathLike], device: str | torch.device = "cpu") -> list[AlexNet]:
@@ -130,16 +157,21 @@ def evaluate(
     ten_crop: bool = False,
     channels_last: bool = False,
     show_progress: bool | None = None,
+    classes: list[str] | None = None,
+    names: tuple[str, str] = ("the data", "the model"),
 ) -> dict[str, Any]:
     """Top-1/top-5 accuracy and error, mean loss and the confusion matrix over ``loader``.
 
     ``loader`` yields (uint8 images, labels, ...) batches, as
-    :func:`alexnet.data.loaders.load_eval_data` gives them; ``device``: where the models are (default:
-    the first one's); ``amp``: a dtype, None, or its ``--amp`` name ("bf16").
+    :func:`alexnet.data.loaders.load_eval_data` gives them; ``classes`` names its labels (default: the
+    loader's ``classes``), matched to the first model's by name (:func:`label_map`, whose messages
+    call the data and the model by ``names``); ``device``:
+    where the models are (default: the first one's); ``amp``: a dtype, None, or its ``--amp`` name ("bf16").
     ``models`` carry their ``preprocess`` (as :func:`alexnet.load` attaches it). Returns a dict with
     ``top1``, ``top5``, ``top1_error``, ``top5_error``, ``loss`` (negative log of the averaged
     probability of the true class), ``images`` and ``confusion`` (classes x classes int64 tensor,
-    rows = true class, columns = predicted class).
+    rows = true class, columns = predicted class, both the first model's outputs) and ``label_map``
+    (the output each data class is, or None where they are the same).
     """
     models = [models] if isinstance(models, AlexNet) else list(models)
     if not models:
@@ -154,6 +186,9 @@ def evaluate(
         class_names(m)
         m.eval()
     k = models[0].fc8.out_features
+    classes = classes if classes is not None else getattr(loader, "classes", None)
+    positions = label_map(list(classes), models[0], *names) if classes is not None else None
+    mapping = torch.tensor(positions, device=device) if positions is not None else None
     orders = [o if o is None else torch.tensor(o, device=device) for o in class_orders(models)]  # moved once, not per batch
     confusion = torch.zeros(k, k, dtype=torch.int64)
     loss_sum, c1, c5, n = 0.0, 0, 0, 0
@@ -163,11 +198,13 @@ def evaluate(
         if batch is None:  # every image of the batch was unreadable
             continue
         images, labels = batch[0].to(device, non_blocking=True), batch[1].to(device)
+        if mapping is not None:  # the data's class numbers -> the model's
+            labels = mapping[labels]
         probs = ensemble_probs(models, images, ten_crop, amp, channels_last, orders)
         nll, k1, k5, pred = score(probs.clamp_min(1e-12).log(), labels)
         loss_sum, c1, c5, n = loss_sum + nll, c1 + k1, c5 + k5, n + labels.numel()
         confusion += torch.bincount((labels * k + pred).cpu(), minlength=k * k).reshape(k, k)
-    return {**summarize(loss_sum, c1, c5, n), "confusion": confusion}
+    return {**summarize(loss_sum, c1, c5, n), "confusion": confusion, "label_map": positions}
 
 
 def score(log_probs: torch.Tensor, labels: torch.Tensor) -> tuple[float, int, int, torch.Tensor]:
@@ -201,11 +238,26 @@ def per_class_accuracy(confusion: torch.Tensor, classes: list[str]) -> list[dict
     return rows
 
 
-def write_confusion_csv(confusion: torch.Tensor, classes: list[str], path: str | os.PathLike) -> None:
-    """The confusion matrix as CSV (atomically): a row per true class, a column per predicted class."""
+def data_confusion(confusion: torch.Tensor, positions: list[int] | None, classes: list[str]) -> tuple[torch.Tensor, list[str]]:
+    """:func:`evaluate`'s confusion (the model's outputs) in the data's classes (rows and columns in
+    the data's order), and the names of its columns: a last column counts the images predicted as
+    none of the data's classes, where the model has more (Imagewoof's breeds among ImageNet's 1000)."""
+    if positions is None:
+        return confusion, list(classes)
+    index = torch.tensor(positions)
+    rows = confusion[index]
+    sub = rows[:, index]
+    if len(positions) == confusion.shape[1]:
+        return sub, list(classes)
+    return torch.cat([sub, (rows.sum(1) - sub.sum(1)).unsqueeze(1)], 1), [*classes, "(another class)"]
+
+
+def write_confusion_csv(confusion: torch.Tensor, classes: list[str], path: str | os.PathLike, columns: list[str] | None = None) -> None:
+    """The confusion matrix as CSV (atomically): a row per true class, a column per predicted class
+    (``columns``, default: ``classes``)."""
     with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(["true \\ predicted", *classes])
+        writer.writerow(["true \\ predicted", *(columns or classes)])
         writer.writerows([name, *row] for name, row in zip(classes, confusion.tolist()))
 
 

@@ -207,8 +207,10 @@ def _plot_run(axes, records: list[dict[str, Any]], colour: str, name: str, open_
 CONFUSION_SIZE = (900, 800)
 
 
-def plot_confusion(confusion: torch.Tensor, classes: list[str], path: str | os.PathLike) -> Path:
-    """Row-normalised confusion matrix (true class down, predicted across). Size: :data:`CONFUSION_SIZE`."""
+def plot_confusion(confusion: torch.Tensor, classes: list[str], path: str | os.PathLike, columns: list[str] | None = None) -> Path:
+    """Row-normalised confusion matrix (true class down, predicted across: ``columns``, default
+    ``classes``). Size: :data:`CONFUSION_SIZE`."""
+    columns = columns or classes
     plt = _pyplot()
     m = confusion.double()
     m = (m / m.sum(dim=1, keepdim=True).clamp_min(1)).numpy()
@@ -216,12 +218,12 @@ def plot_confusion(confusion: torch.Tensor, classes: list[str], path: str | os.P
     im = ax.imshow(m, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(im, ax=ax, label="fraction of the true class")
     n = len(classes)
-    if n <= 40:  # names are unreadable beyond that
-        ax.set_xticks(range(n), [c[:18] for c in classes], rotation=90, fontsize=7)
+    if len(columns) <= 41:  # names are unreadable beyond that
+        ax.set_xticks(range(len(columns)), [c[:18] for c in columns], rotation=90, fontsize=7)
         ax.set_yticks(range(n), [c[:18] for c in classes], fontsize=7)
-    if n <= 15:
+    if len(columns) <= 16:
         for i in range(n):
-            for j in range(n):
+            for j in range(len(columns)):
                 if confusion[i, j]:
                     ax.text(j, i, int(confusion[i, j]), ha="center", va="center", fontsize=7, color="white" if m[i, j] > 0.5 else "black")
     ax.set(xlabel="predicted", ylabel="true", title="confusion matrix")

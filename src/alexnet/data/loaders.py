@@ -421,7 +421,9 @@ def load_eval_data(
         source = f"CIFAR test ({root})"
     if kind in ("fashion_mnist", "cifar"):
         _check_fits(preprocess, x.shape[1], x.shape[-1], source)
-        return TensorBatches(x, y, EpochBatchSampler(len(x), batch_size, False), pin_memory), names, len(x), source
+        loader = TensorBatches(x, y, EpochBatchSampler(len(x), batch_size, False), pin_memory)
+        loader.classes = list(names)  # what the labels mean: evaluate matches them to a model's classes by name
+        return loader, names, len(x), source
     if kind == "packed":
         index = read_index(root)
         split = "val" if "val" in index["splits"] else "train"
@@ -437,4 +439,5 @@ def load_eval_data(
         ds.size, ds.channels = size, preprocess.channels
         classes, source = ds.classes, str(ds.root)
     loader = _batches(ds, list(range(len(ds))), batch_size, False, False, 0, 0, 1, workers, pin_memory, decode_device)
+    loader.classes = list(classes)
     return loader, classes, len(ds), source
