@@ -606,6 +606,37 @@ def test_init_from_torchvision_with_new_classes(tmp_path):
     assert torch.equal(tuned["fc6.weight"], tv["classifier.1.weight"])
 
 
+def test_init_from_torchvisions_file_alone_and_options_that_would_do_nothing(tmp_path, capsys):
+    """torchvision's own file as --init-from without --model: 'weights do not fit alexnet_paper' (the
+    default --model), after 'fc8 re-initialised'; now its network, as alexnet.load reads it. A typed
+    --model that the file's network overrides, a --lr-mult on a frozen layer and a frozen fresh fc8
+    were taken without a word."""
+    import torchvision
+    from conftest import make_image_folder
+
+    torch.manual_seed(0)
+    weights = tmp_path / "tv.pth"
+    torch.save(torchvision.models.alexnet().state_dict(), weights)
+    data = make_image_folder(tmp_path / "imgs", classes=3, per_class=2)
+    common = ["--data", str(data), "--init-from", str(weights), "--epochs", "1", "--batch-size", "3", "--amp", "none",
+              "--workers", "0", "--progress", "off"]
+    assert main(["train", *common, "--out", str(tmp_path / "ft")]) == 0, capsys.readouterr().err
+    assert json.loads((tmp_path / "ft" / "config.json").read_text())["train"]["model"] == "alexnet_owt"
+    tuned = load_checkpoint(tmp_path / "ft" / "last.pt")["model"]
+    # the file's weights, moved by two warm-up steps (a fresh init would be nowhere near)
+    torch.testing.assert_close(tuned["conv5.weight"], torch.load(weights, weights_only=True)["features.10.weight"], atol=1e-4, rtol=0)
+    capsys.readouterr()
+    for extra, said in [
+        (["--model", "alexnet_paper"], f"--model alexnet_paper: --init-from {weights} holds alexnet_owt, whose architecture"),
+        (["--freeze", "features", "--lr-mult", "conv1=10"], "--lr-mult conv1=10: conv1 is frozen (--freeze features), so its"),
+    ]:
+        assert main(["train", *common, *extra, "--out", str(tmp_path / "no")]) == 2
+        assert capsys.readouterr().err.strip().startswith(f"alexnet: error: {said}")
+        assert not (tmp_path / "no").exists()
+    with pytest.warns(UserWarning, match="--freeze classifier keeps the re-initialised fc8 at its random weights"):
+        assert main(["train", *common, "--freeze", "classifier", "--out", str(tmp_path / "frozen")]) == 0
+
+
 def test_init_from_trains_the_checkpoints_network_and_resumes_without_it(tmp_path):
     """--init-from a checkpoint whose network differs from --model's (here 67 px inputs, as Caffe's
     weights take 227 px): the run trains that network at its input size (it crashed: the data

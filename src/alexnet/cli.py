@@ -149,6 +149,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = resume_config(args.resume, overrides, keep=not (args.nproc and args.nproc > 1))
     else:
         cfg = resolve_config(overrides.pop("preset", None), overrides, args.config)
+        if cfg.init_from and overrides.get("model"):
+            _check_init_model(overrides["model"], cfg.init_from)
     if args.nproc and args.nproc > 1:
         return _launch(args, cfg)
     result = fit(cfg, show_progress=_progress_flag(args), force=args.force)
@@ -158,6 +160,25 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"top-5 {result['val_top5']:.4f}, {result['elapsed_seconds']:.0f}s of training; run folder {result['run_dir']}"
         )
     return 0
+
+
+def _check_init_model(model: str, init_from: str) -> None:
+    """ConfigError for a typed --model other than the network --init-from holds (its architecture is
+    the one trained: the --model would be dropped without a word)."""
+    from .checkpoint import config_from_file, load_checkpoint
+    from .errors import ConfigError
+    from .interop import is_torchvision_alexnet
+    from .model import registered_name
+
+    ckpt = load_checkpoint(init_from)
+    saved = ckpt.get("model_config")
+    if saved:
+        held = registered_name(config_from_file(saved, init_from)) or "a custom AlexNet"
+    else:  # a bare state dict: torchvision's file is alexnet_owt, another goes into --model
+        held = "alexnet_owt" if is_torchvision_alexnet(ckpt["model"]) else None
+    if held is not None and held != model:
+        raise ConfigError(f"--model {model}: --init-from {init_from} holds {held}, whose architecture the run trains; "
+                          "drop --model (or start from weights of that network)")
 
 
 def _launch(args: argparse.Namespace, cfg: TrainConfig) -> int:

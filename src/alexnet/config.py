@@ -355,3 +355,9 @@ def _validate_containers(cfg: TrainConfig) -> None:
     require(isinstance(cfg.lr_mult, dict), "--lr-mult", "a table of layer = multiplier", cfg.lr_mult)
     for layer, mult in cfg.lr_mult.items():
         require(is_finite(mult) and mult >= 0, f"--lr-mult {layer}", "a finite number >= 0", mult)
+    from .model import expand_layers
+
+    frozen = [layer for layer in cfg.lr_mult if layer in expand_layers(cfg.freeze)]
+    if frozen:
+        raise ConfigError(f"--lr-mult {frozen[0]}={cfg.lr_mult[frozen[0]]:g}: {frozen[0]} is frozen (--freeze "
+                          f"{','.join(cfg.freeze)}), so its learning rate would do nothing")
