@@ -604,3 +604,13 @@ def test_evaluate_matches_the_datas_classes_to_the_models_by_name(tmp_path, caps
     loader, classes, _, source = load_eval_data(data, model.preprocess)
     with pytest.raises(CheckpointError, match=f"{source} has 3 classes but m.pt predicts 4; 'yak' is not among its classes"):
         evaluate(model, loader, names=(source, "m.pt"))
+
+
+def test_a_feature_index_given_as_a_checkpoint_says_what_it_is(tmp_path, capsys):
+    """predict --checkpoint index.safetensors said "no 'model_config'; build the model yourself"."""
+    ckpt = tiny_checkpoint(tmp_path / "m.pt")
+    folder = make_image_folder(tmp_path / "imgs", classes=3, per_class=1)
+    assert main(["features", "--checkpoint", str(ckpt), "--data", str(folder), "--out", str(tmp_path / "idx.safetensors")]) == 0
+    err = cli_fails(capsys, "predict", str(folder), "--checkpoint", str(tmp_path / "idx.safetensors"))
+    assert err == (f"alexnet: error: {tmp_path / 'idx.safetensors'}: a feature index ('alexnet features'), not weights: give it "
+                   f"to retrieve --index; the model that built it is {ckpt}")

@@ -225,6 +225,13 @@ def load_safetensors(path: str | os.PathLike, map_location: str | torch.device =
             state = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path}: not a readable safetensors file ({type(e).__name__})") from None
+    if str(meta.get("format", "")).startswith("alexnet-fc7-index"):  # retrieval.INDEX_FORMAT
+        try:
+            built = json.loads(meta.get("checkpoint") or "null")
+        except json.JSONDecodeError:
+            built = None
+        raise CheckpointError(f"{path}: a feature index ('alexnet features'), not weights: give it to retrieve --index"
+                              + (f"; the model that built it is {built}" if isinstance(built, str) else ""))
     config = {k: meta[k] for k in ("model_config", "classes", "preprocess") if k in meta}
     side = path.with_suffix(".json")
     if "model_config" not in config and side.is_file():
