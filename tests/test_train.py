@@ -738,3 +738,16 @@ def _counted(fn, reads: _HostReads):
             return fn(*args, **kwargs)
 
     return run
+
+
+def test_the_start_says_when_full_batches_leave_many_images_out(tmp_path):
+    """--preset owt's batch of 256 on 1,000 photos trains 768 a epoch; the start line said '1000 train'."""
+    from conftest import make_image_folder
+
+    data = make_image_folder(tmp_path / "imgs", classes=2, per_class=7)  # 13 train / 1 val after the hold-out
+    for batch, said in ((5, "note: an epoch trains 10 of the 13 training images (2 full batches of 5, others left out each epoch)"),
+                        (13, None)):
+        lines: list[str] = []
+        fit(_cfg(data, tmp_path / f"b{batch}", epochs=1, batch_size=batch), log=lines.append)
+        notes = [line for line in lines if "full batches" in line]
+        assert notes == ([said + "; a smaller --batch-size leaves out fewer"] if said else []), lines

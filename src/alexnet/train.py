@@ -725,6 +725,11 @@ def _announce(run: _Run) -> None:
     where = f"device {towers[0]} + {towers[1]} (one tower each)" if towers else f"device {run.device}"
     if run.info.enabled:
         where += f", {run.info.world} processes (batch {cfg.batch_size // run.info.world} each)"
+    batch = min(cfg.batch_size, data.train_size)  # the loader's (reduced to the training images, when fewer)
+    trained = len(data.train) * batch  # full batches only: a last partial one would be a noisier step
+    if data.train_size - trained >= 0.05 * data.train_size:
+        run.log(f"note: an epoch trains {trained} of the {data.train_size} training images ({len(data.train)} full batches of "
+                f"{batch}, others left out each epoch); a smaller --batch-size leaves out fewer")
     name = cfg.model
     if cfg.init_from:  # the network of the checkpoint it started from
         name = f"{registered_name(run.model.config) or 'the network'} of {cfg.init_from}"
