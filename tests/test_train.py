@@ -320,6 +320,8 @@ def test_a_resume_reads_its_checkpoint_once(tiny_fmnist, tmp_path, monkeypatch):
     save_atomic(load_checkpoint(out / "last.pt"), out / "last.pt")  # rewritten in between: read again
     fit(cfg, log=lambda s: None)
     assert reads == [str(out / "last.pt")] * 4 and alexnet.resume._READ == {}  # main; resume_config, the test's own, fit
+    assert main(["train", "--resume", str(out), "--epochs", "4", "--lr", "5"]) == 2  # refused: nothing held after it
+    assert alexnet.resume._READ == {}
 
 
 def test_resume_takes_its_data_in_a_new_place_but_not_other_classes(tmp_path, capsys):

@@ -87,16 +87,11 @@ def _signature(path: Path) -> tuple[int, int, int]:
     return st.st_ino, st.st_size, st.st_mtime_ns
 
 
-def read_checkpoint(path: Path, keep: bool = False) -> dict[str, Any]:
-    """``load_checkpoint(path)``, read once per resume: with ``keep``, the next call takes the same
-    dict (unless the file changed in between), and forgets it."""
-    key = os.path.abspath(path)
-    signature = _signature(path)
-    held = _READ.pop(key, None)
-    ckpt = held[1] if held is not None and held[0] == signature else load_checkpoint(path)
-    if keep:
-        _READ[key] = (signature, ckpt)
-    return ckpt
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """``load_checkpoint(path)``, or the dict :func:`resume_config` kept of it if the file has not
+    changed since (forgotten once taken)."""
+    held = _READ.pop(os.path.abspath(path), None)
+    return held[1] if held is not None and held[0] == _signature(path) else load_checkpoint(path)
 
 
 def resume_config(run: str, overrides: dict[str, Any], keep: bool = False) -> TrainConfig:
@@ -106,7 +101,8 @@ def resume_config(run: str, overrides: dict[str, Any], keep: bool = False) -> Tr
     Options outside :data:`RESUME_MAY_CHANGE` are refused unless they repeat the saved value: a
     silently ignored ``--lr`` or ``--model`` would let a user believe the run changed course."""
     path = resume_source(run)
-    ckpt = read_checkpoint(path, keep)
+    signature = _signature(path)  # before the read: a file rewritten meanwhile is read again by fit
+    ckpt = read_checkpoint(path)
     saved = ckpt.get("train_config")
     if not saved:
         raise CheckpointError(f"--resume: {path} has no training configuration")
@@ -139,6 +135,8 @@ def resume_config(run: str, overrides: dict[str, Any], keep: bool = False) -> Tr
     except (TypeError, ConfigError) as e:
         raise CheckpointError(f"--resume {path}: bad training configuration: {e}") from None
     _check_saved_machine(cfg, overrides, path.parent)
+    if keep:  # only a configuration that passed: a refused resume holds nothing
+        _READ[os.path.abspath(path)] = (signature, ckpt)
     return cfg
 
 
