@@ -218,10 +218,10 @@ def plot_confusion(confusion: torch.Tensor, classes: list[str], path: str | os.P
     im = ax.imshow(m, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(im, ax=ax, label="fraction of the true class")
     n = len(classes)
-    if len(columns) <= 41:  # names are unreadable beyond that
+    if n <= 40:  # names are unreadable beyond that
         ax.set_xticks(range(len(columns)), [c[:18] for c in columns], rotation=90, fontsize=7)
         ax.set_yticks(range(n), [c[:18] for c in classes], fontsize=7)
-    if len(columns) <= 16:
+    if n <= 15:
         for i in range(n):
             for j in range(len(columns)):
                 if confusion[i, j]:
