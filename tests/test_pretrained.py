@@ -156,6 +156,17 @@ def test_torchvisions_own_file_loads_as_a_checkpoint(torchvision_file, hub, tmp_
     assert len(json.loads(capsys.readouterr().out)[0]["top"]) == 2
     hubbed = torch.hub.load(str(ROOT), "alexnet_owt", source="local", checkpoint=str(path), trust_repo=True)
     assert torch.equal(hubbed.conv1.weight, torchvision_file.features[0].weight)
+    # NaN in it: named by the file's own tensor names, by every reader of the file
+    damaged = torch.load(path, weights_only=True)
+    damaged["classifier.4.bias"][3] = float("nan")
+    torch.save(damaged, tmp_path / "nan.pth")
+    said = f"{tmp_path / 'nan.pth'}: weights hold NaN or inf: classifier.4.bias (1 of 4,096 values); refused"
+    with pytest.raises(alexnet.CheckpointError) as caught:
+        alexnet.load(tmp_path / "nan.pth")
+    assert str(caught.value) == said
+    capsys.readouterr()
+    assert main(["import", "torchvision", str(tmp_path / "nan.pth"), "--out", str(tmp_path / "n.pt")]) == 2
+    assert capsys.readouterr().err.strip() == f"alexnet: error: {said}"
     # Another network's bare state dict is still refused in words
     torch.save(torch.nn.Linear(2, 2).state_dict(), tmp_path / "other.pth")
     with pytest.raises(alexnet.CheckpointError, match="no 'model_config'"):

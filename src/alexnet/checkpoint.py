@@ -80,8 +80,9 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> None:
         pass
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint dict with ``weights_only=True``.
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu", torchvision: bool = False) -> dict[str, Any]:
+    """Read a checkpoint dict with ``weights_only=True``; with ``torchvision``, torchvision's own
+    alexnet file (a bare state dict) as ``alexnet import torchvision`` reads it: ``alexnet_owt``.
 
     Raises:
         CheckpointError: the file is missing, is not a torch checkpoint, holds foreign pickled
@@ -114,7 +115,13 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise _unreadable(path, e) from None
     except Exception as e:  # torch.load raises many kinds on junk: EOFError, IndexError, RuntimeError...
         raise _unreadable(path, e) from None
-    return _with_model(ckpt, path)
+    ckpt = _with_model(ckpt, path)
+    if torchvision and ckpt.get("model_config") is None:
+        from .interop import from_torchvision, is_torchvision_alexnet
+
+        if is_torchvision_alexnet(ckpt["model"]):
+            return from_torchvision(ckpt["model"], str(path))
+    return ckpt
 
 
 def _check_sums(path: Path) -> None:
@@ -308,12 +315,7 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> AlexNet
     preparation are attached as ``model.classes`` and ``model.preprocess``. A state dict of
     torchvision's alexnet (its ``alexnet-owt-7be5be79.pth``) is read as ``alexnet import`` reads it.
     """
-    ckpt = load_checkpoint(path)
-    if ckpt.get("model_config") is None:  # torchvision's own file (a bare state dict) is alexnet_owt
-        from .interop import from_torchvision, is_torchvision_alexnet
-
-        if is_torchvision_alexnet(ckpt["model"]):
-            ckpt = from_torchvision(ckpt["model"], str(path))
+    ckpt = load_checkpoint(path, torchvision=True)
     model = model_from_checkpoint(ckpt, str(path))
     classes = ckpt.get("classes") or [str(i) for i in range(model.config.num_classes)]
     if not (isinstance(classes, (list, tuple)) and all(isinstance(c, str) for c in classes)):

@@ -167,16 +167,13 @@ def _check_init_model(model: str, init_from: str) -> None:
     the one trained: the --model would be dropped without a word)."""
     from .checkpoint import config_from_file, load_checkpoint
     from .errors import ConfigError
-    from .interop import is_torchvision_alexnet
     from .model import registered_name
 
-    ckpt = load_checkpoint(init_from)
-    saved = ckpt.get("model_config")
-    if saved:
-        held = registered_name(config_from_file(saved, init_from)) or "a custom AlexNet"
-    else:  # a bare state dict: torchvision's file is alexnet_owt, another goes into --model
-        held = "alexnet_owt" if is_torchvision_alexnet(ckpt["model"]) else None
-    if held is not None and held != model:
+    saved = load_checkpoint(init_from, torchvision=True).get("model_config")
+    if saved is None:  # another bare state dict: its weights go into --model
+        return
+    held = registered_name(config_from_file(saved, init_from)) or "a custom AlexNet"
+    if held != model:
         raise ConfigError(f"--model {model}: --init-from {init_from} holds {held}, whose architecture the run trains; "
                           "drop --model (or start from weights of that network)")
 

@@ -52,9 +52,11 @@ def _classes(n: int) -> list[str]:
     return names or [str(i) for i in range(n)]
 
 
-def _checkpoint(model: AlexNet, preprocess: Preprocess, source: str) -> dict[str, Any]:
+def _checkpoint(model: AlexNet, preprocess: Preprocess, source: str, checked: bool = False) -> dict[str, Any]:
+    """The checkpoint dict of an imported ``model``; its weights checked for NaN and inf unless ``checked``."""
     state = model.state_dict()
-    check_weights(state, source)
+    if not checked:
+        check_weights(state, source)
     return {
         "model": state,
         "model_config": model.config.to_dict(),
@@ -76,6 +78,7 @@ def from_torchvision(state_dict: dict[str, torch.Tensor], source: str = "torchvi
     if not is_torchvision_alexnet(state_dict):
         keys = ", ".join(map(str, list(state_dict)[:6])) + (", ..." if len(state_dict) > 6 else "")
         raise CheckpointError(f"{source}: not a torchvision alexnet state dict (no features.0 / classifier.6 weights; its keys: {keys})")
+    check_weights(state_dict, source)  # before anything else, naming the file's own tensors (classifier.1.bias)
     num_classes = state_dict["classifier.6.weight"].shape[0]
     model = AlexNet(model_config("alexnet_owt", num_classes=num_classes))
     try:
@@ -86,7 +89,7 @@ def from_torchvision(state_dict: dict[str, torch.Tensor], source: str = "torchvi
         dataset="image_folder", resize=256, size=256, train_crop=224, test_crop=224, input_size=224,
         mean=tuple(IMAGENET_MEAN), std=tuple(IMAGENET_STD), preset="torchvision",
     )
-    return _checkpoint(model, preprocess, source)
+    return _checkpoint(model, preprocess, source, checked=True)
 
 
 # -- protobuf wire format --------------------------------------------------------------------------

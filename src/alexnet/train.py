@@ -40,7 +40,6 @@ from .data.sources import check_out_of_images
 from .errors import AlexNetError, CheckpointError, ConfigError, DataError, TrainingError, check_weights, state_dict_mismatch
 from .evaluate import score, summarize
 from .health import HealthMonitor
-from .interop import from_torchvision, is_torchvision_alexnet
 from .model import AlexNet, AlexNetConfig, expand_layers, model_config, registered_name, torchvision_key
 from .optim import PlateauSchedule, make_optimizer, param_groups, step_lr_factor
 from .parallel import TowerSplit, grouped_optimizer_state, split_optimizer_state, tower_devices
@@ -501,9 +500,7 @@ def _wire(
     amp = resolve_amp(cfg.amp, device)
     torch.backends.cudnn.benchmark = device.type == "cuda"
     # A resumed run is the network it saved; a fine-tuning run starts as its --init-from's.
-    init = load_checkpoint(cfg.init_from) if cfg.init_from and resume_ckpt is None else None
-    if init is not None and init.get("model_config") is None and is_torchvision_alexnet(init["model"]):
-        init = from_torchvision(init["model"], cfg.init_from)  # torchvision's own file: alexnet_owt, as alexnet.load reads it
+    init = load_checkpoint(cfg.init_from, torchvision=True) if cfg.init_from and resume_ckpt is None else None
     source = f"--resume {cfg.resume}" if resume_ckpt is not None else f"--init-from {cfg.init_from}" if init else f"--model {cfg.model}"
     arch, fixed_chans = architecture(cfg, resume_ckpt if resume_ckpt is not None else init, source)
     if init is not None and isinstance(init.get("model_config"), dict):  # config.json names the network trained
