@@ -1,7 +1,7 @@
 """torch.hub entry points: ``torch.hub.load(REPO_DIR, "alexnet_paper", source="local")``.
 
-``pretrained=True`` gives ``alexnet_owt`` torchvision's ImageNet weights and ``alexnet_caffe``
-BVLC's (downloaded once into torch.hub's cache); the paper's own were never published. Pass
+``pretrained=True`` (or torchvision's ``weights="DEFAULT"``) gives ``alexnet_owt`` torchvision's
+ImageNet weights and ``alexnet_caffe`` BVLC's (downloaded once into torch.hub's cache); the paper's own were never published. Pass
 ``checkpoint=FILE`` to load a ``.pt`` or ``.safetensors`` file written by ``alexnet train``,
 ``alexnet import`` or ``alexnet export``.
 """
@@ -21,11 +21,15 @@ from alexnet.model import registered_name as _registered_name  # noqa: E402
 
 
 def _entry(name):
-    def build(num_classes=None, checkpoint=None, pretrained=False, **overrides):
+    def build(num_classes=None, checkpoint=None, pretrained=False, weights=None, **overrides):
         if checkpoint is None:
-            return _create_model(name, num_classes=1000 if num_classes is None else num_classes, pretrained=pretrained, **overrides)
-        if num_classes is not None or overrides or pretrained:  # the file fixes the network: they would be dropped unseen
-            given = ", ".join(["num_classes"] * (num_classes is not None) + ["pretrained"] * bool(pretrained) + sorted(overrides))
+            n = 1000 if num_classes is None else num_classes
+            return _create_model(name, num_classes=n, pretrained=pretrained, weights=weights, **overrides)
+        if num_classes is not None or overrides or pretrained or weights is not None:  # the file fixes the network
+            given = ", ".join(
+                ["num_classes"] * (num_classes is not None) + ["pretrained"] * bool(pretrained)
+                + ["weights"] * (weights is not None) + sorted(overrides)
+            )
             raise ValueError(f"{name}: {given} cannot change a network loaded from checkpoint={checkpoint}")
         model = _load(checkpoint)
         held = _registered_name(model.config)
@@ -36,7 +40,7 @@ def _entry(name):
     build.__name__ = name
     build.__doc__ = (
         f"The {name} network (see 'alexnet models'). Args: num_classes, pretrained (the published ImageNet "
-        "weights, where there are some), checkpoint (a file to load, which fixes the architecture), "
+        "weights, where there are some; or torchvision's weights='DEFAULT'), checkpoint (a file to load, which fixes the architecture), "
         "**overrides (any AlexNetConfig field, e.g. lrn=False)."
     )
     return build

@@ -82,6 +82,27 @@ def test_pretrained_options_that_change_the_weights_and_models_without_weights(t
         torch.hub.load(str(ROOT), "alexnet_owt", source="local", pretrained=True, checkpoint="x.pt", trust_repo=True)
 
 
+def test_torchvisions_weights_argument_asks_for_the_same_weights(torchvision_file):
+    """torchvision's spelling, weights=..., as its users write it: a name, "DEFAULT" or its enum member."""
+    tv = torchvision.models.AlexNet_Weights
+    for weights in ("IMAGENET1K_V1", "DEFAULT", "AlexNet_Weights.IMAGENET1K_V1", tv.IMAGENET1K_V1, tv.DEFAULT):
+        model = alexnet.create_model("alexnet_owt", weights=weights)
+        assert torch.equal(model.conv1.weight, torchvision_file.features[0].weight), weights
+        assert model.pretrained_cfg is not None
+    hubbed = torch.hub.load(str(ROOT), "alexnet_owt", source="local", weights="DEFAULT", trust_repo=True)
+    assert torch.equal(hubbed.fc8.weight, torchvision_file.classifier[6].weight)
+    fresh = alexnet.create_model("alexnet_owt", weights=None)
+    assert fresh.pretrained_cfg is None and not torch.equal(fresh.conv1.weight, torchvision_file.features[0].weight)
+    with pytest.raises(alexnet.ConfigError, match=r"^alexnet_owt: unknown weights='IMAGENET1K_V2'; use weights='IMAGENET1K_V1' or"):
+        alexnet.create_model("alexnet_owt", weights="IMAGENET1K_V2")
+    with pytest.raises(alexnet.ConfigError, match=r"^alexnet_caffe: weights=AlexNet_Weights.IMAGENET1K_V1 are not alexnet_caffe's"):
+        alexnet.create_model("alexnet_caffe", weights=tv.IMAGENET1K_V1)
+    with pytest.raises(alexnet.ConfigError, match="^alexnet_paper: no published ImageNet weights"):
+        alexnet.create_model("alexnet_paper", weights="DEFAULT")
+    with pytest.raises(ValueError, match="weights cannot change a network loaded from checkpoint="):
+        torch.hub.load(str(ROOT), "alexnet_owt", source="local", weights="DEFAULT", checkpoint="x.pt", trust_repo=True)
+
+
 @pytest.fixture
 def caffe_source(tmp_path, monkeypatch):
     """A (thin) bvlc_alexnet.caffemodel served from a file:// address, its sha1 the 'published' one."""

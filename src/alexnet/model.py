@@ -468,7 +468,9 @@ def registered_name(config: AlexNetConfig) -> str | None:
     return next((n for n in list_models() if {**model_config(n).to_dict(), **loose} == mine), None)
 
 
-def create_model(name: str, num_classes: int = 1000, pretrained: bool = False, **overrides: Any) -> AlexNet:
+def create_model(
+    name: str, num_classes: int = 1000, pretrained: bool = False, weights: object = None, **overrides: Any
+) -> AlexNet:
     """Build a registered model.
 
     Args:
@@ -478,11 +480,17 @@ def create_model(name: str, num_classes: int = 1000, pretrained: bool = False, *
             torchvision's; ``alexnet_caffe``: BVLC's), downloaded once into torch.hub's cache, with
             ``model.classes`` and ``model.preprocess`` set; fc8 is new when ``num_classes`` is not
             1000 (:func:`alexnet.pretrained.load_pretrained`).
+        weights: torchvision's way to say ``pretrained=True``: ``"DEFAULT"``, ``"IMAGENET1K_V1"``
+            (``alexnet_owt``), ``"BVLC"`` (``alexnet_caffe``) or ``AlexNet_Weights.IMAGENET1K_V1``.
         **overrides: Any :class:`AlexNetConfig` field, e.g. ``lrn=False``, ``towers=1``,
             ``pool_kernel=2``, ``activation="tanh"``, ``dropout=0.0``, ``in_chans=1``.
     """
     if not isinstance(pretrained, bool):
         raise ConfigError(f"pretrained must be True or False, not {pretrained!r} (alexnet.load(FILE) loads a file)")
+    if weights is not None:
+        from .pretrained import wants_weights
+
+        pretrained = wants_weights(name, weights) or pretrained
     if pretrained:
         from .pretrained import load_pretrained
 

@@ -34,6 +34,7 @@ class PretrainedCfg:
     publisher: str
     top1: float  # ILSVRC-2012 validation, one centre crop, as published
     top5: float
+    tag: str  # what ``weights=`` names them by, torchvision's enum member name where there is one
 
     @property
     def file_name(self) -> str:
@@ -44,12 +45,12 @@ PRETRAINED: dict[str, PretrainedCfg] = {
     # torchvision.models.AlexNet_Weights.IMAGENET1K_V1; the name carries its sha256 prefix (torch.hub's rule)
     "alexnet_owt": PretrainedCfg(
         "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth", ("sha256", "7be5be79"), "torchvision",
-        "torchvision (AlexNet_Weights.IMAGENET1K_V1)", 0.56522, 0.79066,
+        "torchvision (AlexNet_Weights.IMAGENET1K_V1)", 0.56522, 0.79066, "IMAGENET1K_V1",
     ),
     # BVLC model zoo, models/bvlc_alexnet/readme.md: sha1 and "top-1 57.1%, top-5 80.2%, centre crop"
     "alexnet_caffe": PretrainedCfg(
         "http://dl.caffe.berkeleyvision.org/bvlc_alexnet.caffemodel", ("sha1", "9116a64c0fbe4459d18f4bb6b56d647b63920377"),
-        "caffe", "BVLC (Caffe model zoo, bvlc_alexnet)", 0.571, 0.802,
+        "caffe", "BVLC (Caffe model zoo, bvlc_alexnet)", 0.571, 0.802, "BVLC",
     ),
 }
 
@@ -62,6 +63,27 @@ def pretrained_cfg(name: str) -> PretrainedCfg:
         raise ConfigError(f"{name}: no published ImageNet weights ({why}); pretrained=True works for {have}; "
                           "alexnet.load(FILE) loads a checkpoint of your own")
     return PRETRAINED[name]
+
+
+def wants_weights(name: str, weights: object) -> bool:
+    """Whether torchvision's ``weights=`` argument asks for ``name``'s published weights.
+
+    None asks for none; ``"DEFAULT"``, the weights' tag (``"IMAGENET1K_V1"`` for ``alexnet_owt``,
+    ``"BVLC"`` for ``alexnet_caffe``), ``"AlexNet_Weights.IMAGENET1K_V1"`` and torchvision's enum
+    member itself (matched by its file's address) ask for them; anything else is refused.
+    """
+    if weights is None:
+        return False
+    cfg = pretrained_cfg(name)
+    url = getattr(weights, "url", None)  # torchvision's AlexNet_Weights member
+    if url is not None:
+        if url != cfg.url:
+            raise ConfigError(f"{name}: weights={weights} are not {name}'s published weights ({cfg.url})")
+        return True
+    tag = weights.rsplit(".", 1)[-1] if isinstance(weights, str) else None
+    if tag not in ("DEFAULT", cfg.tag):
+        raise ConfigError(f"{name}: unknown weights={weights!r}; use weights={cfg.tag!r} or 'DEFAULT' ({cfg.publisher}), or None")
+    return True
 
 
 def weights_file(name: str, show_progress: bool | None = None) -> Path:
