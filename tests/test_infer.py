@@ -186,3 +186,31 @@ def test_amp_and_device_in_either_form(tmp_path):
     torch.testing.assert_close(predictor(model, "cpu", amp=torch.bfloat16)(x), predictor(model, torch.device("cpu"), amp="bf16")(x))
     with pytest.raises(alexnet.ConfigError, match="amp: expected torch.bfloat16, torch.float16 or None, got torch.float64"):
         predict(model, tmp_path / "a.jpg", amp=torch.float64)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16])
+def test_a_model_cast_to_another_dtype_is_fed_its_dtype(tmp_path, dtype):
+    """model.half() / .to(torch.bfloat16) / .double(), as torchvision users cast a network: predict,
+    evaluate and fc7 said 'Input type (float) and bias type (c10::BFloat16) should be the same'."""
+    from PIL import Image
+    from test_evaluate import tiny_checkpoint
+
+    import alexnet
+    from alexnet.evaluate import evaluate
+    from alexnet.predict import predict
+    from alexnet.retrieval import fc7
+
+    Image.new("RGB", (90, 70), (200, 120, 40)).save(tmp_path / "a.jpg")
+    Image.new("RGB", (80, 80), (20, 90, 240)).save(tmp_path / "b.jpg")
+    model = alexnet.load(tiny_checkpoint(tmp_path / "m.pt"))
+    cast = alexnet.load(tmp_path / "m.pt").to(dtype)
+    assert cast.dtype == dtype
+    tol = 1e-6 if dtype == torch.float64 else 3e-2  # float64 is float32's answer; 8-bit mantissas are not
+    for want, got in zip(predict(model, tmp_path), predict(cast, tmp_path)):
+        assert [t["index"] for t in got["top"]] == [t["index"] for t in want["top"]]
+        assert [t["probability"] for t in got["top"]] == pytest.approx([t["probability"] for t in want["top"]], abs=tol)
+    images = torch.randint(0, 256, (4, 3, 76, 76), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    batches = [(images, torch.tensor([0, 1, 2, 0]))]
+    assert evaluate(cast, batches)["loss"] == pytest.approx(evaluate(model, batches)["loss"], rel=tol)
+    scale = fc7(model, images).abs().max().item()
+    torch.testing.assert_close(fc7(cast, images), fc7(model, images), rtol=0, atol=tol * 10 * scale)

@@ -15,12 +15,11 @@ import torch
 
 from .atomic import atomic_path
 from .checkpoint import load, require_recipe
-from .data.loaders import model_input
 from .data.presets import Preprocess
 from .errors import CheckpointError
 from .model import AlexNet
-from .predict import class_names, recipe
-from .runtime import autocast, progress, resolve_amp
+from .predict import class_names, model_probs, recipe
+from .runtime import progress, resolve_amp
 
 
 def _decode(p: Preprocess) -> tuple:
@@ -102,29 +101,6 @@ def load_models(paths: list[str | os.PathLike], device: str | torch.device = "cp
             raise CheckpointError(f"{path}: its images are prepared differently from {paths[0]}'s; cannot ensemble them")
     class_orders(models, [str(p) for p in paths])
     return models
-
-
-def model_probs(
-    model: AlexNet,
-    images: torch.Tensor,
-    preprocess: Preprocess,
-    ten_crop: bool = False,
-    amp: torch.dtype | None = None,
-    channels_last: bool = False,
-) -> torch.Tensor:
-    """Softmax probabilities (B, classes) of one model for a uint8 batch, averaged over ten crops if asked.
-
-    Ten crops are cut from the stored image (padded by ``preprocess.padding`` as in training,
-    so a 28 px Fashion-MNIST image gives ten different 28 px crops of its padded 32 px version).
-    """
-    index = torch.zeros(images.shape[0], dtype=torch.int64, device=images.device)  # unused at test time
-    views = 10 if ten_crop else 1
-    x = model_input(images, index, preprocess, False, channels_last=channels_last, views=views)
-    with autocast(images.device, amp):
-        # One batch of views at a time: ten crops of 256 images at once would hold 2,560 images'
-        # activations (about 10 GB for alexnet_paper).
-        probs = torch.cat([torch.softmax(model(part).float(), dim=1) for part in x.split(images.shape[0])])
-    return probs.reshape(images.shape[0], views, -1).mean(dim=1)
 
 
 @torch.no_grad()

@@ -257,6 +257,11 @@ class AlexNet(nn.Module):
             nn.init.zeros_(layer.bias)
 
     @property
+    def dtype(self) -> torch.dtype:
+        """The weights' dtype (what :func:`alexnet.predict.predict` and evaluation feed it)."""
+        return self.conv1.weight.dtype
+
+    @property
     def num_classes(self) -> int:
         """Outputs of fc8."""
         return self.config.num_classes

@@ -120,6 +120,30 @@ def _sibling_classes(root: str) -> tuple[list[str], list[str]]:
         return [], []
 
 
+def model_probs(
+    model: AlexNet,
+    images: torch.Tensor,
+    preprocess: Preprocess,
+    ten_crop: bool = False,
+    amp: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> torch.Tensor:
+    """Softmax probabilities (B, classes) of one model for a uint8 batch, averaged over ten crops if asked.
+
+    Ten crops are cut from the stored image (padded by ``preprocess.padding`` as in training,
+    so a 28 px Fashion-MNIST image gives ten different 28 px crops of its padded 32 px version).
+    """
+    index = torch.zeros(images.shape[0], dtype=torch.int64, device=images.device)  # unused at test time
+    views = 10 if ten_crop else 1
+    x = model_input(images, index, preprocess, False, channels_last=channels_last, views=views)
+    x = x.to(model.dtype)  # a model cast to bf16/fp16 (model.half()) takes its own dtype
+    with autocast(images.device, amp):
+        # One batch of views at a time: ten crops of 256 images at once would hold 2,560 images'
+        # activations (about 10 GB for alexnet_paper).
+        probs = torch.cat([torch.softmax(model(part).float(), dim=1) for part in x.split(images.shape[0])])
+    return probs.reshape(images.shape[0], views, -1).mean(dim=1)
+
+
 @torch.no_grad()
 def predict(
     model: AlexNet,
@@ -157,10 +181,7 @@ def predict(
         chunk, images = _load_images(paths[start : start + batch_size], preprocess, failed)
         if not chunk:
             continue
-        x = model_input(images.to(device), torch.zeros(len(chunk), dtype=torch.int64), preprocess, False)
-        with autocast(device, amp):
-            logits = model(x)
-        probs = torch.softmax(logits.float(), dim=1).cpu()
+        probs = model_probs(model, images.to(device), preprocess, amp=amp).cpu()
         values, indices = probs.topk(k, dim=1)
         for p, v, i in zip(chunk, values, indices):
             results.append(

@@ -35,7 +35,7 @@ def fc7(model: AlexNet, images: torch.Tensor, amp: torch.dtype | None = None) ->
     computed under autocast to ``amp`` (None: float32)."""
     model.eval()
     device = next(model.parameters()).device
-    x = model_input(images.to(device), torch.zeros(len(images), dtype=torch.int64), model.preprocess, False)
+    x = model_input(images.to(device), torch.zeros(len(images), dtype=torch.int64), model.preprocess, False).to(model.dtype)
     amp = resolve_amp(amp, device)  # "bf16" as on the command line, or a dtype
     with autocast(device, amp):
         return model.forward_fc7(x).float().cpu()
