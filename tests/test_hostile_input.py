@@ -119,6 +119,26 @@ def test_listing_skips_fifos_and_devices_but_keeps_links_to_files(tmp_path):
         read_image_bytes(root / "class0" / "x.jpg")
 
 
+def test_linked_folders_are_entered_once_as_training_enters_them(tmp_path):
+    """A subset made of links to class folders: predict and features found no images in it, while
+    train and evaluate took it (torchvision's ImageFolder follows links too); a link back to an
+    ancestor is entered once, not forever."""
+    from alexnet.data.folder import find_classes, list_images
+    from alexnet.predict import image_paths
+
+    make_image_folder(tmp_path / "all", classes=3, per_class=2)
+    subset = tmp_path / "subset"
+    subset.mkdir()
+    for c in ("class0", "class2"):
+        (subset / c).symlink_to(tmp_path / "all" / c, target_is_directory=True)
+    (subset / "class0" / "deeper").mkdir()
+    (subset / "class0" / "deeper" / "up").symlink_to(tmp_path / "all" / "class0", target_is_directory=True)  # a loop
+    (subset / "class2" / "broken").symlink_to(tmp_path / "nowhere", target_is_directory=True)
+    trained_on = [Path(f).relative_to(subset) for f, _ in list_images(subset, find_classes(subset)[0])]
+    predicted = [p.relative_to(subset) for p in image_paths(subset)]
+    assert predicted == trained_on == [Path(c, f"img{i}.jpg") for c in ("class0", "class2") for i in range(2)]
+
+
 def test_image_bytes_are_capped(tmp_path, monkeypatch):
     import alexnet.data.folder as folder
 

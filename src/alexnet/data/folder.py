@@ -64,19 +64,26 @@ def find_classes(root: str | os.PathLike) -> tuple[list[str], list[str]]:
 
 
 def _image_files(folder: Path) -> list[str]:
-    """Image files under ``folder``, sorted; hidden and symlinked folders are not entered.
+    """Image files under ``folder``, sorted; hidden folders are not entered.
 
-    Only regular files (or links to them) count: a FIFO named x.jpg would block its reader, and a
-    link to /dev/zero would be read forever.
+    Linked folders are entered as torchvision's ImageFolder enters them (a class folder linked in
+    from elsewhere is the usual way to make a subset), each real folder once, so that a link to
+    an ancestor does not loop. Only regular files (or links to them) count: a FIFO named x.jpg
+    would block its reader, and a link to /dev/zero would be read forever.
     """
-    files, pending = [], [str(folder)]
+    files, pending, seen = [], [str(folder)], set()
     while pending:
+        path = pending.pop()
         try:
-            entries = list(os.scandir(pending.pop()))
-        except OSError:  # unreadable folder: skipped, as os.walk does
+            st = os.stat(path)
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            entries = list(os.scandir(path))
+        except OSError:  # unreadable folder or broken link: skipped, as os.walk does
             continue
         for entry in entries:
-            if entry.is_dir(follow_symlinks=False):
+            if entry.is_dir():  # follows links
                 if not entry.name.startswith("."):
                     pending.append(entry.path)
             elif entry.name.lower().endswith(IMAGE_EXTENSIONS) and entry.is_file():  # is_file follows links
