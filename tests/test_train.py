@@ -12,6 +12,7 @@ import sys
 import time
 import traceback
 import warnings
+from dataclasses import replace as dataclasses_replace
 from pathlib import Path
 
 import pytest
@@ -637,6 +638,47 @@ def test_init_from_torchvisions_file_alone_and_options_that_would_do_nothing(tmp
         assert not (tmp_path / "no").exists()
     with pytest.warns(UserWarning, match="--freeze classifier keeps the re-initialised fc8 at its random weights"):
         assert main(["train", *common, "--freeze", "classifier", "--out", str(tmp_path / "frozen")]) == 0
+
+
+def test_init_from_keeps_fc8_rows_of_the_classes_it_knows_by_name(tmp_path, capsys):
+    """fc8 kept whole whenever the class count matched, whatever the classes were, and thrown away
+    otherwise: ImageNet weights fine-tuned on dog breeds that ImageNet has started from random
+    rows. Now a class named in the file keeps its row; the others are the fresh model's."""
+    import torchvision
+    from conftest import make_image_folder
+
+    from alexnet.interop import imagenet_classes
+    from alexnet.train import build_model
+
+    torch.manual_seed(0)
+    tv = torchvision.models.alexnet().state_dict()
+    torch.save(tv, tmp_path / "tv.pth")
+    cfg = resolve_config("owt", dict(init_from=str(tmp_path / "tv.pth"), freeze=["features"]))
+    init = load_checkpoint(tmp_path / "tv.pth", torchvision=True)
+    arch = alexnet.model.model_config("alexnet_owt")
+    breeds, logs = ["beagle", "my own dog", "Samoyed"], []
+    torch.manual_seed(1)
+    model = build_model(cfg, arch, breeds, init, logs.append)
+    torch.manual_seed(1)
+    fresh = build_model(dataclasses_replace(cfg, init_from=None), arch, breeds, None)
+    for row, name in ((0, "beagle"), (2, "Samoyed")):  # ImageNet's own rows (162 and 258)
+        j = imagenet_classes().index(name)
+        assert torch.equal(model.fc8.weight[row], tv["classifier.6.weight"][j]) and model.fc8.bias[row] == tv["classifier.6.bias"][j]
+    assert torch.equal(model.fc8.weight[1], fresh.fc8.weight[1]) and torch.equal(model.fc7.weight, tv["classifier.4.weight"])
+    assert logs[-1] == f"fc8: 2 of 3 classes keep their rows of {tmp_path / 'tv.pth'} (matched by name), 1 re-initialised"
+
+    # As many classes as the file, none of them its: fc8 was kept (its rows meant other classes).
+    own = alexnet.create_model("alexnet_paper", num_classes=3, widths=(8, 8, 8, 8, 8), fc_width=16, input_size=67)
+    save_atomic({"model": own.state_dict(), "model_config": own.config.to_dict(), "classes": ["x", "class2", "y"]},
+                tmp_path / "own.pt")
+    data = make_image_folder(tmp_path / "imgs", classes=3, per_class=2)
+    capsys.readouterr()
+    assert main(["train", "--data", str(data), "--init-from", str(tmp_path / "own.pt"), "--epochs", "1", "--batch-size", "3",
+                 "--amp", "none", "--workers", "0", "--progress", "off", "--lr", "1e-9", "--out", str(tmp_path / "ft")]) == 0
+    assert "fc8: 1 of 3 classes keep their rows of" in capsys.readouterr().out
+    tuned = load_checkpoint(tmp_path / "ft" / "last.pt")["model"]
+    torch.testing.assert_close(tuned["fc8.weight"][2], own.fc8.weight[1].detach(), rtol=0, atol=1e-6)  # class2 <- class2
+    assert (tuned["fc8.weight"][0] - own.fc8.weight[0]).abs().max() > 1e-3  # class0 is not the file's "x"
 
 
 def test_init_from_trains_the_checkpoints_network_and_resumes_without_it(tmp_path):

@@ -252,31 +252,24 @@ def architecture(cfg: TrainConfig, start: dict[str, Any] | None, source: str) ->
 
 
 def build_model(
-    cfg: TrainConfig, arch: AlexNetConfig, num_classes: int, init: dict[str, Any] | None, log: Callable[[str], None] = print
+    cfg: TrainConfig, arch: AlexNetConfig, classes: list[str], init: dict[str, Any] | None, log: Callable[[str], None] = print
 ) -> AlexNet:
-    """The model to train: ``arch`` with ``num_classes`` outputs, with the weights of ``init``
-    (``--init-from``; a fresh fc8 if the class count differs), layers frozen."""
-    model = AlexNet(dataclasses.replace(arch, num_classes=num_classes))
+    """The model to train: ``arch`` with an output per class of ``classes``, with the weights of
+    ``init`` (``--init-from``; fc8 as :func:`_fc8_rows` keeps it), layers frozen."""
+    model = AlexNet(dataclasses.replace(arch, num_classes=len(classes)))
     if init is not None:
         check_weights(init["model"], f"--init-from {cfg.init_from}")  # the file's own tensor names
         log(f"weights from {cfg.init_from}" + (" (its architecture)" if init.get("model_config") else ""))
-        state = dict(init["model"])
-        mine = model.state_dict()
-        state = {torchvision_key(k): v for k, v in state.items()}  # torchvision names -> ours
-        fresh = [k for k in ("fc8.weight", "fc8.bias") if k in state and state[k].shape != mine[k].shape]
-        for k in fresh:
-            del state[k]
-        if fresh:
-            log(f"fc8 re-initialised for {num_classes} classes")
-            if "fc8" in expand_layers(cfg.freeze):
-                warnings.warn(f"--freeze {','.join(cfg.freeze)} keeps the re-initialised fc8 at its random weights: "
-                              "only the layers before it learn (--freeze features trains fc6-fc8)", stacklevel=2)
+        state = {torchvision_key(k): v for k, v in init["model"].items()}  # torchvision names -> ours
+        fresh = _fc8_rows(state, init.get("classes"), classes, model, cfg.init_from, log)
+        if fresh and "fc8" in expand_layers(cfg.freeze):
+            warnings.warn(f"--freeze {','.join(cfg.freeze)} keeps the re-initialised fc8 at its random weights: "
+                          "only the layers before it learn (--freeze features trains fc6-fc8)", stacklevel=2)
         try:
             missing, unexpected = model.load_state_dict(state, strict=False)
         except RuntimeError as e:
             why = state_dict_mismatch(e)
             raise CheckpointError(f"--init-from {cfg.init_from}: weights do not fit {cfg.model}: {why}") from None
-        missing = [k for k in missing if k not in fresh]
         if missing or unexpected:
             raise CheckpointError(
                 f"--init-from {cfg.init_from}: weights do not fit {cfg.model} "
@@ -515,7 +508,7 @@ def _wire(
     if not fixed_chans:
         arch = dataclasses.replace(arch, in_chans=data.preprocess.channels)
     seed_everything(cfg.seed)  # the init does not depend on what data loading drew
-    model = build_model(cfg, arch, len(data.classes), init, log)
+    model = build_model(cfg, arch, data.classes, init, log)
     if info.rank:  # the same init everywhere, but each rank its own dropout masks
         seed_everything(cfg.seed + 7919 * info.rank)
     split = TowerSplit(model, towers) if towers else None
@@ -530,6 +523,34 @@ def _wire(
         cfg=cfg, info=info, device=device, towers=towers, run_dir=run_dir, show_progress=show_progress, log=log, amp=amp,
         data=data, model=model, split=split, module=module, optimizer=optimizer, scaler=scaler, plateau=plateau,
     )
+
+
+def _fc8_rows(
+    state: dict[str, torch.Tensor], known: list[str] | None, classes: list[str], model: AlexNet, source: str,
+    log: Callable[[str], None],
+) -> bool:
+    """fc8 of ``state`` (the --init-from weights) made to fit ``classes``, in place; whether any
+    row is new. A class the file names keeps its row, matched by name (Imagewoof's breeds among
+    ImageNet's 1000 start where ImageNet left them); the others get ``model``'s fresh rows. A file
+    without class names keeps fc8 if it has as many outputs."""
+    if "fc8.weight" not in state or "fc8.bias" not in state or state["fc8.weight"].shape[1:] != model.fc8.weight.shape[1:]:
+        return False  # load_state_dict names what does not fit
+    known = list(known) if known else None
+    if known == list(classes) or (known is None and len(state["fc8.bias"]) == len(classes)):
+        return False
+    rows = [known.index(c) if known and known.count(c) == 1 else None for c in classes]
+    weight, bias = model.fc8.weight.detach().clone(), model.fc8.bias.detach().clone()
+    for i, j in enumerate(rows):
+        if j is not None:
+            weight[i], bias[i] = state["fc8.weight"][j], state["fc8.bias"][j]
+    state["fc8.weight"], state["fc8.bias"] = weight, bias
+    kept = sum(j is not None for j in rows)
+    if kept:
+        log(f"fc8: {kept} of {len(classes)} classes keep their rows of {source} (matched by name)"
+            + (f", {len(classes) - kept} re-initialised" if kept < len(classes) else ""))
+    else:
+        log(f"fc8 re-initialised for {len(classes)} classes" + (" (none of them is among the file's)" if known else ""))
+    return kept < len(classes)
 
 
 def _check_data(cfg: TrainConfig, data: DataBundle, arch: AlexNetConfig, fixed_chans: bool, source: str) -> None:
