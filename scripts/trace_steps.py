@@ -35,7 +35,7 @@ def trace(cfg, steps: int) -> list[dict]:
     data = load_data(cfg.data, cfg.batch_size, arch.input_size, workers=0, seed=cfg.seed, preset=cfg.data_preset)
     seed_everything(cfg.seed)
     arch = dataclasses.replace(arch, in_chans=data.preprocess.channels)
-    model = build_model(cfg, arch, len(data.classes), None, log=lambda s: None)
+    model = build_model(cfg, arch, data.classes, None, log=lambda s: None)
     groups = param_groups(model, cfg.lr_mult, cfg.bias_decay)
     opt = make_optimizer(cfg.optimizer, groups, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.nesterov)
     probe = LayerProbe(model)
