@@ -472,6 +472,15 @@ def test_a_second_interrupt_stops_at_once_and_says_what_is_left(tiny_fmnist, tmp
     assert (out / "last.pt").is_file()
 
 
+def test_fit_resumes_a_run_folder_named_in_python(tiny_fmnist, tmp_path):
+    """fit(resume=RUN) (the folder, as --resume takes it) claims RUN, then found RUN's lock held
+    and refused: 'RUN is in use by another alexnet train (pid <its own>)'. The CLI passed last.pt."""
+    out = tmp_path / "run"
+    fit(_cfg(tiny_fmnist, out, epochs=1), log=lambda s: None)
+    fit(_cfg(tiny_fmnist, out, epochs=2, resume=str(out)), log=lambda s: None)
+    assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
 def test_kill_during_checkpoint_write_keeps_the_old_file(tmp_path):
     path = tmp_path / "last.pt"
     script = f"""
