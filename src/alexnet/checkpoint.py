@@ -64,11 +64,15 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, RuntimeError) and isinstance(e.__context__, KeyboardInterrupt):
+            # torch.save's writer reports an interrupt inside its write() as '[enforce fail at
+            # inline_container.cc] unexpected pos': a second Ctrl-C is an interrupt, not a failed write
+            raise e.__context__ from None
         raise
     try:  # make the rename itself durable
         dfd = os.open(path.parent, os.O_RDONLY)
