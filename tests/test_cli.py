@@ -54,7 +54,36 @@ def test_train_evaluate_image_folder(tiny_folder, tmp_path):
     assert "held out" in r.stdout  # no train/ and val/: a seeded split, said out loud
     r = run_cli("evaluate", "--checkpoint", str(out / "best.pt"), "--data", str(tiny_folder))
     assert r.returncode == 0, r.stderr
-    assert "top-1 accuracy" in r.stdout and "top-5 accuracy" in r.stdout and "12 images" in r.stdout
+    assert "top-1 accuracy" in r.stdout and "top-5 accuracy" in r.stdout
+    assert "1 image (" in r.stdout  # the image training held out, not the 11 it trained on
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["folder", "packed"])
+def test_evaluate_on_the_training_folder_scores_what_training_held_out(tmp_path, packed):
+    """A folder without val/: training validates on a seeded tenth; evaluate of its checkpoint on the
+    same folder scored every image, the 90 % it trained on too. It must score the held-out images,
+    as training's own validation of the final weights did; another folder is scored whole."""
+    import shutil
+
+    data = make_image_folder(tmp_path / "imgs", classes=3, per_class=10)
+    if packed:
+        assert run_cli("prepare", "--data", str(data), "--out", str(tmp_path / "pk")).returncode == 0
+        data = tmp_path / "pk"
+    out = tmp_path / "run"
+    r = run_cli("train", "--data", str(data), "--epochs", "2", "--batch-size", "9", "--seed", "3", "--out", str(out),
+                "--model-option", "widths=[8,16,16,16,16]", "--model-option", "fc_width=32", "--amp", "none")
+    assert r.returncode == 0, r.stderr
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["val_images"] == 3
+    r = run_cli("evaluate", "--checkpoint", str(out / "last.pt"), "--json", "--amp", "none")  # its own data
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    assert got["images"] == 3 and "held out, seed 3" in got["data"]
+    assert got["top1"] == pytest.approx(last["val_top1"]) and got["top5"] == pytest.approx(last["val_top5"])
+    copy = shutil.copytree(data, tmp_path / "elsewhere")  # not the checkpoint's folder: every image
+    r = run_cli("evaluate", "--checkpoint", str(out / "last.pt"), "--data", str(copy), "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["images"] == 30
 
 
 def test_summary_command():

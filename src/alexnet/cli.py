@@ -225,7 +225,13 @@ def _check_output(path: str | None, option: str, figure: bool = False, image: bo
     check_writable(path, option, folder)
 
 
+def _same_folder(data: object, trained_on: object) -> bool:
+    """Whether ``data`` is the folder a checkpoint recorded as its training data."""
+    return isinstance(data, str) and isinstance(trained_on, str) and Path(data).resolve() == Path(trained_on).resolve()
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .checkpoint import load_checkpoint
     from .data.device_decode import decode_device
     from .data.loaders import load_eval_data
     from .errors import CheckpointError, ConfigError
@@ -239,19 +245,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     n_classes = models[0].config.num_classes
     if args.num_classes is not None and args.num_classes != n_classes:
         raise CheckpointError(f"--num-classes {args.num_classes} does not match {args.checkpoint}, which has {n_classes} classes")
-    data = args.data
+    data, recorded = args.data, load_checkpoint(args.checkpoint).get("train_config") or {}
     if data is None:  # the checkpoint's own data set
-        from .checkpoint import load_checkpoint
-
-        recorded = load_checkpoint(args.checkpoint).get("train_config")
-        if recorded is None:  # imported or exported weights: the default data set may not be theirs
+        if not recorded:  # imported or exported weights: the default data set may not be theirs
             raise ConfigError(f"{args.checkpoint} records no data set (it was imported or exported, not trained here): give --data")
         data = recorded.get("data")
         if isinstance(data, str) and not os.path.exists(data):  # moved since, or the checkpoint copied elsewhere
             raise ConfigError(f"{args.checkpoint}: the data it was trained on, {data}, is not there: give --data")
+    own = _same_folder(data, recorded.get("data"))  # a folder without a val split: score what training held out
     loader, classes, n_images, source = load_eval_data(
         data, models[0].preprocess, args.batch_size, args.workers, decode_device=decode_device(args.decode or "auto", device),
-        pin_memory=device.type == "cuda",
+        pin_memory=device.type == "cuda", held_out_seed=recorded.get("seed", 0) if own else None,
     )
     channels_last = args.channels_last is not False  # NHWC, as training runs: pooling is several times faster on a CPU
     amp = resolve_amp(args.amp, device)
@@ -280,7 +284,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps(stats))
     else:
         how = ("10 crops" if args.ten_crop else "centre crop") + (f", {len(models)} models averaged" if len(models) > 1 else "")
-        print(f"{source}: {stats['images']} images ({how})")
+        print(f"{source}: {stats['images']} image{'s' * (stats['images'] != 1)} ({how})")
         print(f"top-1 accuracy {stats['top1']:.4f}  error {stats['top1_error']:.4f}")
         print(f"top-5 accuracy {stats['top5']:.4f}  error {stats['top5_error']:.4f}")
         if args.out:
@@ -647,7 +651,9 @@ def _add_use_commands(sub, common: argparse.ArgumentParser) -> None:
     """The commands that use a trained model: evaluate, predict, features, retrieve."""
     e = sub.add_parser("evaluate", parents=[common], help="top-1/top-5 accuracy and error of a checkpoint")
     e.add_argument("--checkpoint", required=True, help="a .pt or .safetensors file from 'alexnet train', 'import' or 'export'")
-    e.add_argument("--data", help="data to evaluate on (default: the data set the checkpoint was trained on; needed for imports, exports)")
+    e.add_argument("--data", help="data to evaluate on (default: the data set the checkpoint was trained on; needed for imports, "
+                   "exports): its val split; a folder without one, the images training held out if the checkpoint "
+                   "trained on it (an ensemble: the first checkpoint's), else every image")
     e.add_argument("--num-classes", type=_positive_int, help="check that the checkpoint has this many classes")
     e.add_argument("--batch-size", type=_positive_int, default=256, help="images per batch (default: 256)")
     _add_config_options(e, ["decode", "channels_last"])

@@ -249,6 +249,14 @@ def _tensors(
     return DataBundle(train, val, classes, preprocess, len(x_train), len(x_test), source)
 
 
+def held_out(n: int, seed: int, val_fraction: float = 0.1) -> tuple[list[int], list[int]]:
+    """(training, validation) indices of a data set of ``n`` images without a val split: a seeded
+    ``val_fraction`` held out. Evaluation of a checkpoint on its own data asks for the same split."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    n_val = max(1, int(round(n * val_fraction)))
+    return sorted(perm[n_val:]), sorted(perm[:n_val])
+
+
 def _images(root, preset, bad, loading, val_fraction, show_progress, batch_size, eval_batch_size, input_size, seed, rank, world):
     notes = []
     # 256 px images: the paper's 224 crops, Caffe's 227 (bvlc_alexnet, as 'import caffe' records);
@@ -273,11 +281,8 @@ def _images(root, preset, bad, loading, val_fraction, show_progress, batch_size,
         train_idx, val_idx = list(range(len(train_ds))), list(range(len(val_ds)))
     else:
         val_ds = train_ds
-        g = torch.Generator().manual_seed(seed)
-        perm = torch.randperm(len(train_ds), generator=g).tolist()
-        n_val = max(1, int(round(len(perm) * val_fraction)))
-        val_idx, train_idx = sorted(perm[:n_val]), sorted(perm[n_val:])
-        notes.append(f"no train/ and val/ sub-folders: held out {n_val} images for validation (seed {seed})")
+        train_idx, val_idx = held_out(len(train_ds), seed, val_fraction)
+        notes.append(f"no train/ and val/ sub-folders: held out {len(val_idx)} images for validation (seed {seed})")
     stats = None
     if packed:
         stats = dict(index["stats"], mean_image=str(root / index["stats"]["mean_image"]))
@@ -402,12 +407,15 @@ def load_eval_data(
     out_dir: str | os.PathLike | None = None,
     decode_device: torch.device | str | None = None,
     pin_memory: bool = False,
+    held_out_seed: int | None = None,
 ) -> tuple[Any, list[str], int, str]:
     """The evaluation split of ``data`` prepared as ``preprocess`` says (from a checkpoint).
 
     Fashion-MNIST / CIFAR: the test set. An image or packed folder: its ``val`` split if present,
-    else every image. Returns (loader, class names, number of images, description). ``pin_memory``:
-    batches in page-locked memory, for a GPU.
+    else the images training held out with ``held_out_seed`` (:func:`held_out`; give it when the
+    model was trained on this folder, or its own training images are scored), else every image.
+    Returns (loader, class names, number of images, description). ``pin_memory``: batches in
+    page-locked memory, for a GPU.
     """
     root = Path(data) if data is not None else DEBIAN_ROOT
     if data is None and not root.exists():
@@ -429,15 +437,21 @@ def load_eval_data(
         split = "val" if "val" in index["splits"] else "train"
         ds, classes, source = PackedDataset(root, split), index["classes"], f"{root} ({split}, packed)"
         _check_fits(preprocess, 3, ds.size, source)
+        whole = split == "train"
     else:  # photos are decoded as the checkpoint's data was stored: its size, its channels
         bad = BadFiles(strict, Path(out_dir) / BAD_FILES_NAME if out_dir is not None else None)
-        if (root / "val").is_dir() and not (root / "train").is_dir():
+        given_val = (root / "val").is_dir() and not (root / "train").is_dir()
+        if given_val:
             root = root / "val"
         resize, size = preprocess.stored_sizes()
         splits = open_folder_splits(root, resize, bad)
-        ds = splits.get("val", splits["train"])
+        ds, whole = splits.get("val", splits["train"]), "val" not in splits and not given_val
         ds.size, ds.channels = size, preprocess.channels
         classes, source = ds.classes, str(ds.root)
-    loader = _batches(ds, list(range(len(ds))), batch_size, False, False, 0, 0, 1, workers, pin_memory, decode_device)
+    indices = list(range(len(ds)))
+    if whole and held_out_seed is not None:  # the model's own folder: not the images it trained on
+        indices = held_out(len(ds), held_out_seed)[1]
+        source += f" (the {len(indices)} images training held out, seed {held_out_seed})"
+    loader = _batches(ds, indices, batch_size, False, False, 0, 0, 1, workers, pin_memory, decode_device)
     loader.classes = list(classes)
-    return loader, classes, len(ds), source
+    return loader, classes, len(indices), source
