@@ -118,6 +118,25 @@ def test_summary_of_an_ablation_and_of_a_checkpoint(tmp_path, capsys):
     assert "drop --model" in capsys.readouterr().err
 
 
+def test_summary_input_size_builds_the_network_for_it_or_says_why_not(tmp_path, capsys):
+    """summary --input-size 100 stopped with 'internal error: ValueError' (fc6 built for 224). A
+    named model is built for the size, as --model-option input_size=100; a checkpoint's net is not."""
+    from alexnet.checkpoint import save_atomic
+    from alexnet.cli import main
+
+    capsys.readouterr()
+    assert main(["summary", "--input-size", "100"]) == 0
+    out = capsys.readouterr().out
+    fc6_inputs = 256 * 2 * 2  # 100 px: conv1 23, pool 11, pool 5, pool 2
+    assert out.startswith("alexnet_paper: input 3x100x100")
+    assert f"total parameters:          {60_965_224 - (256 * 6 * 6 - fc6_inputs) * 4096:,}" in out
+    model = alexnet.create_model("alexnet_paper", num_classes=3)
+    save_atomic({"model": model.state_dict(), "model_config": model.config.to_dict(), "classes": list("abc")}, tmp_path / "m.pt")
+    assert main(["summary", "--checkpoint", str(tmp_path / "m.pt"), "--input-size", "100"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("alexnet: error: --input-size 100: ") and "built for 224x224" in err and len(err.splitlines()) == 1
+
+
 def test_train_help_gives_the_readme_time_of_the_default_run(capsys):
     """`train --help`'s time for the default job brackets the wall times that README's Results measured."""
     import re

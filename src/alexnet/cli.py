@@ -467,9 +467,14 @@ def cmd_summary(args: argparse.Namespace) -> int:
         name = f"{registered_name(model.config) or 'a custom AlexNet'} ({args.checkpoint})"
     else:
         base = args.model or "alexnet_paper"
-        model = create_model(base, num_classes=args.num_classes or 1000, **options)
+        size = {"input_size": args.input_size} if args.input_size and "input_size" not in options else {}
+        model = create_model(base, num_classes=args.num_classes or 1000, **options, **size)  # fc6 fits the size asked
         name = base + "".join(f" {k}={v}" for k, v in options.items())  # the ablation in its header
-    print(format_summary(model, name, args.input_size))
+    try:
+        text = format_summary(model, name, args.input_size)
+    except ValueError as e:  # a checkpoint's fc6 takes one size (adaptive pooling: any large enough)
+        raise ConfigError(f"--input-size {args.input_size}: {e}") from None
+    print(text)
     return 0
 
 
@@ -739,7 +744,8 @@ def _add_tool_commands(sub, common: argparse.ArgumentParser) -> None:
                    help="model config override, as for train: e.g. towers=1, lrn=false, input_size=227")
     s.add_argument("--checkpoint", help="describe the network of this checkpoint (.pt or .safetensors)")
     s.add_argument("--num-classes", type=_positive_int, help="outputs of fc8 (default: 1000)")
-    s.add_argument("--input-size", type=_positive_int, help="input side in pixels (default: the model's)")
+    s.add_argument("--input-size", type=_positive_int, help="input side in pixels (default: the model's): --model's network built "
+                   "for it, as --model-option input_size=N; a checkpoint's network must fit it")
     s.set_defaults(func=cmd_summary)
 
     m = sub.add_parser("models", help="list the registered models")
