@@ -350,7 +350,7 @@ def test_prepare_again_keeps_no_old_shard_and_a_failed_first_one_no_folder(tmp_p
     out = tmp_path / "packed"
     prepare(root, out, size=32, shard_size=2, show_progress=False)
     before = {p.name for p in out.glob("*-0*.npy")}
-    index = prepare(root, out, size=32, shard_size=100, show_progress=False)
+    index = prepare(root, out, size=32, shard_size=100, show_progress=False, force=True)
     listed = {name for split in index["splits"].values() for name, _ in split["shards"]}
     assert {p.name for p in out.glob("*-0*.npy")} == listed and len(before) > len(listed)
     data = load_data(out, 2, 28, show_progress=False)  # no val/ in imgs: the loader holds some out
@@ -359,6 +359,35 @@ def test_prepare_again_keeps_no_old_shard_and_a_failed_first_one_no_folder(tmp_p
     with pytest.raises(DataError, match="unreadable image"):
         prepare(root, tmp_path / "new", strict=True, show_progress=False)
     assert not (tmp_path / "new").exists()
+
+
+def test_prepare_replaces_a_pack_only_with_force_and_never_writes_among_other_files(tmp_path, capsys):
+    """prepare --out replaced an existing pack without a word, and in a folder of other files it
+    deleted any file named like a shard (notes-00001.npy). Now: a pack needs --force, other files
+    are refused (with --force too), in one line, before any image is read; nothing is touched."""
+    from alexnet.cli import main
+
+    root = make_image_folder(tmp_path / "imgs", classes=2, per_class=3, size=(40, 36))
+    out = tmp_path / "packed"
+    prepare(root, out, size=32, show_progress=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    args = ["prepare", "--data", str(root), "--out", str(out), "--size", "32", "--progress", "off"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err == f"alexnet: error: --out {out} holds a packed data set (of {root}): give --force to replace it\n"
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert main([*args, "--force"]) == 0
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes-00001.npy").write_bytes(b"a user's file")
+    (mine / "readme.txt").write_text("mine")
+    for force in ([], ["--force"]):
+        assert main(["prepare", "--data", str(root), "--out", str(mine), "--size", "32", *force]) == 2
+        err = capsys.readouterr().err
+        assert "holds files that are not a packed data set (readme.txt): choose a new or empty folder" in err
+        assert len(err.splitlines()) == 1
+    assert sorted(p.name for p in mine.iterdir()) == ["notes-00001.npy", "readme.txt"]
 
 
 # -- packed format --------------------------------------------------------------------------------

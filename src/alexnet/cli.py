@@ -540,6 +540,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         size=args.size,
         shard_size=args.shard_size,
         show_progress=_progress_flag(args),
+        force=args.force,
     )
     counts = ", ".join(f"{name} {info['count']}" for name, info in index["splits"].items())
     bad = ""
@@ -736,6 +737,7 @@ def _add_tool_commands(sub, common: argparse.ArgumentParser) -> None:
     pp.add_argument("--strict", action="store_true", help="stop at the first unreadable image instead of skipping it")
     pp.add_argument("--size", type=_positive_int, default=256, help="side of the stored square images (paper: 256)")
     pp.add_argument("--shard-size", type=_positive_int, default=1024, help="images per shard file")
+    pp.add_argument("--force", action="store_true", help="replace the packed data set --out holds")
     pp.set_defaults(func=cmd_prepare)
 
     s = sub.add_parser("summary", help="per-layer shapes, neurons, parameters and multiply-accumulates")

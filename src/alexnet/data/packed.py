@@ -164,11 +164,13 @@ def prepare(
     size: int = 256,
     shard_size: int = 1024,
     show_progress: bool | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Decode every image of ``data`` once, shorter side -> ``size``, central square, into ``out``.
 
     The shards are written to a temporary folder inside ``out`` and moved into place only when every
-    split is done, so an interrupted or failed run leaves any earlier preparation intact.
+    split is done, so an interrupted or failed run leaves any earlier preparation intact. A finished
+    preparation in ``out`` is replaced only with ``force``; a folder holding other files is refused.
     Returns the index dict (plus ``bad_files``: the number skipped).
     """
     root, out = Path(data), Path(out)
@@ -179,6 +181,7 @@ def prepare(
     check_out_of_images(out, root)
     if out.exists() and not out.is_dir():
         raise DataError(f"--out: not a folder: {out}")
+    _check_out(out, force)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     bad_log = out / BAD_FILES_NAME
@@ -219,3 +222,23 @@ def prepare(
 
 
 _SHARD = re.compile(r"^[a-z]+-\d{5}\.npy$")  # _ShardWriter's names
+# Every name a preparation writes (an unfinished one's too: a killed run's temporary folder).
+_OWN = re.compile(r"^([a-z]+-(\d{5}\.npy|labels\.npy|files\.txt)|index\.json|stats\.json|mean_image\.npy|"
+                  r"bad_files\.txt|\.prepare-.+)$")
+
+
+def _check_out(out: Path, force: bool) -> None:
+    """DataError, before any image is read, when ``out`` holds another preparation (without
+    ``force``) or files that are not one's: replacing shards there would delete a user's files."""
+    if not out.is_dir():
+        return
+    other = sorted(p.name for p in out.iterdir() if not _OWN.match(p.name))
+    if other:
+        raise DataError(f"--out {out} holds files that are not a packed data set ({', '.join(other[:3])}"
+                        f"{', ...' if len(other) > 3 else ''}): choose a new or empty folder")
+    if (out / PACKED_INDEX).is_file() and not force:
+        try:
+            source = json.loads((out / PACKED_INDEX).read_text()).get("source", "?")
+        except (OSError, ValueError, AttributeError):
+            source = "?"
+        raise DataError(f"--out {out} holds a packed data set (of {source}): give --force to replace it")
