@@ -154,6 +154,21 @@ def test_train_help_gives_the_readme_time_of_the_default_run(capsys):
     assert int(said[1]) <= min(measured) and max(measured) <= int(said[2]), (measured, said[0])
 
 
+def test_a_misspelt_option_is_named_by_its_command_with_the_option_it_resembles(capsys):
+    """'alexnet train --epochz 3' said '(see 'alexnet --help')', whose page lists no training option."""
+    from alexnet.cli import main
+
+    for argv, said in ((["train", "--epochz", "3"], "alexnet train: error: unrecognized arguments: --epochz 3; did you "
+                                                    "mean --epochs? (see 'alexnet train --help')"),
+                       (["summary", "--input-sise=100"], "alexnet summary: error: unrecognized arguments: --input-sise=100; "
+                                                        "did you mean --input-size? (see 'alexnet summary --help')"),
+                       (["models", "extra"], "alexnet models: error: unrecognized arguments: extra (see 'alexnet models --help')"),
+                       (["--bogus"], "alexnet: error: unrecognized arguments: --bogus (see 'alexnet --help')")):
+        with pytest.raises(SystemExit) as stop:
+            main(argv)
+        assert stop.value.code == 2 and capsys.readouterr().err == said + "\n"
+
+
 def _one_line_error(r, *needles):
     assert r.returncode != 0
     assert "Traceback" not in r.stderr

@@ -610,6 +610,20 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        """An unknown option is the command's error: named by it, with the option it resembles."""
+        parsed, extra = self.parse_known_args(args, namespace)
+        if extra:
+            import difflib
+
+            command = next((a._name_parser_map.get(parsed.command) for a in self._actions
+                            if isinstance(a, argparse._SubParsersAction)), None) or self
+            known = [o for a in command._actions for o in a.option_strings]
+            close = [m for e in extra if e.startswith("--") for m in difflib.get_close_matches(e.split("=")[0], known, 1)]
+            hint = f"; did you mean {' '.join(dict.fromkeys(close))}?" if close else ""
+            command.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
+        return parsed
+
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
