@@ -190,6 +190,7 @@ def test_ctrl_c_on_one_rank_stops_every_rank_at_the_same_step(tiny_fmnist, tmp_p
     assert lines[-1] == f"alexnet: interrupted; continue from the last checkpoint with: alexnet train --resume {out} --nproc 2"
     said = [line for line in lines if line.startswith("alexnet: interrupted at epoch ")]
     assert len(said) == 2 and said[0] == said[1], err  # both ranks, the same step
+    assert said[0].endswith(f"continue with: alexnet train --resume {out} --nproc 2"), said  # not without --nproc
     step = int(said[0].split(", step ")[1].split(";")[0])
     assert torch.load(out / "last.pt", weights_only=True)["position"]["step"] == step
 

@@ -195,12 +195,21 @@ def _first_line(e: BaseException) -> str:
     return re.sub(r"^\[[^\]]*\.(cc|cpp|h):\d+\]\s*", "", lines[0]).split(". ")[0]
 
 
-def comm_failure(e: BaseException, info: DistInfo, run_dir: Any, nproc_hint: str) -> TrainingError:
+def resume_command(run_dir: Any, info: DistInfo) -> str:
+    """The command that continues the run in ``run_dir`` as it was started (one process, --nproc N,
+    or torchrun on several machines)."""
+    if not info.enabled:
+        hint = ""
+    else:
+        hint = f" --nproc {info.world}" if info.world == info.local_world else " (started by torchrun as before)"
+    return f"alexnet train --resume {run_dir}{hint}"
+
+
+def comm_failure(e: BaseException, info: DistInfo, run_dir: Any) -> TrainingError:
     """The one-line error for a run stopped by a lost rank."""
     return TrainingError(
         f"rank {info.rank}: another process of the distributed run stopped or stopped answering "
-        f"({_first_line(e)[:200]}); the last checkpoint is {run_dir}/last.pt; continue with: "
-        f"alexnet train --resume {run_dir}{nproc_hint}"
+        f"({_first_line(e)[:200]}); the last checkpoint is {run_dir}/last.pt; continue with: {resume_command(run_dir, info)}"
     )
 
 

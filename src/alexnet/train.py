@@ -360,8 +360,7 @@ def fit(
             return _fit(cfg, info, device, towers, run_dir, progress_on, say, cleanup)
     except RuntimeError as e:
         if info.enabled and distributed.is_comm_error(e):
-            hint = f" --nproc {info.world}" if info.world == info.local_world else " (started by torchrun as before)"
-            failure = distributed.comm_failure(e, info, run_dir, hint)
+            failure = distributed.comm_failure(e, info, run_dir)
             e.__traceback__ = None  # frees _fit's frames, and with them the DDP wrapper, before teardown
             raise failure from None
         raise
@@ -462,7 +461,7 @@ def _fit(
             if not (run.run_dir / "last.pt").is_file():
                 raise StoppedAtOnce("stopped at once by a second interrupt") from None  # the folder adds what is left
             raise Interrupted("stopped at once by a second interrupt; its last checkpoint is kept: continue with: "
-                              f"alexnet train --resume {run.run_dir}") from None
+                              + distributed.resume_command(run.run_dir, run.info)) from None
     if run.writer is not None:
         run.writer.close()
     run.health.close()  # its hooks would otherwise stay on the model
@@ -804,7 +803,7 @@ def _on_step(run: _Run, p: Position, stop: bool) -> None:
         _checkpoint(run, "last.pt")
         raise Interrupted(
             f"interrupted at epoch {p.epoch + 1}, step {p.step}; saved {run.run_dir / 'last.pt'}; "
-            f"continue with: alexnet train --resume {run.run_dir}"
+            f"continue with: {distributed.resume_command(run.run_dir, run.info)}"
         )
     if run.cfg.save_every and p.step % run.cfg.save_every == 0:
         _checkpoint(run, "last.pt")
@@ -852,7 +851,8 @@ def _epoch(run: _Run, on_step: Callable[[Position, bool], None], ctrl_c: _CtrlC)
     elif event == "stop":
         run.log(f"validation error stalled after {run.plateau.reductions} reductions: stopping")
     if distributed.any_rank(ctrl_c.hit):
-        raise Interrupted(f"interrupted after epoch {record['epoch']}; continue with: alexnet train --resume {run.run_dir}")
+        raise Interrupted(f"interrupted after epoch {record['epoch']}; continue with: "
+                          + distributed.resume_command(run.run_dir, run.info))
 
 
 def _record(run_dir: Path, metrics_path: Path, record: dict[str, Any], writer: Any) -> None:
