@@ -189,7 +189,7 @@ def export_torchvision(model: AlexNet, path: str | os.PathLike) -> list[Path]:
     if registered_name(model.config) != "alexnet_owt" or model.config.in_chans != 3:
         raise ConfigError(f"--format torchvision: torchvision's alexnet has alexnet_owt's layers (RGB); this network is "
                           f"{registered_name(model.config) or 'a custom AlexNet'} with {model.config.in_chans} input channel(s): "
-                          "export it as .safetensors, .onnx or .pt2")
+                          "export it as .safetensors, .onnx, .pt2 or .ts")
     ours = {v: k for k, v in TORCHVISION_KEYS.items()}
     state = {f"{ours[k.rpartition('.')[0]]}.{k.rpartition('.')[2]}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     pre = model.preprocess
