@@ -473,6 +473,8 @@ def cmd_summary(args: argparse.Namespace) -> int:
     try:
         text = format_summary(model, name, args.input_size)
     except ValueError as e:  # a checkpoint's fc6 takes one size (adaptive pooling: any large enough)
+        if args.input_size is None:
+            raise
         raise ConfigError(f"--input-size {args.input_size}: {e}") from None
     print(text)
     return 0
