@@ -278,10 +278,16 @@ def test_visualize_filters_and_curves(tmp_path, capsys):
     ckpt = tiny_checkpoint(tmp_path / "m.pt", widths=(96, 8, 8, 8, 8))
     out = tmp_path / "filters.png"
     assert main(["visualize", "filters", "--checkpoint", str(ckpt), "--out", str(out)]) == 0
-    # 2 towers of 48 kernels in 6 rows of 8 tiles of 11*4 px + 2 px gaps, 8 px between towers.
-    assert Image.open(out).size == (2 * 8 * 46 + 8 + 2, 6 * 46 + 2)
+    # As the paper's figure 3: 2 towers of 48 kernels, each 3 rows of 16 tiles of 11*4 px + 2 px
+    # gaps, the second tower below the first, 8 px between them.
+    assert Image.open(out).size == (16 * 46 + 2, 2 * 3 * 46 + 8 + 2)
     arr = np.asarray(Image.open(out))
     assert arr.shape[2] == 3 and arr.std() > 10
+    w = torch.load(ckpt, weights_only=True)["model"]["conv1.weight"].double().numpy()
+    for kernel, (y, x) in ((0, (2, 2)), (17, (2 + 46, 2 + 46)), (48, (2 + 3 * 46 + 8, 2)), (95, (2 + 5 * 46 + 8, 2 + 15 * 46))):
+        want = (w[kernel] - w[kernel].min()) / (w[kernel].max() - w[kernel].min()) * 255  # stretched on its own
+        got = arr[y : y + 44 : 4, x : x + 44 : 4].transpose(2, 0, 1).astype(np.float64)
+        assert np.abs(got - want).max() <= 0.5 + 1e-9, kernel
 
     run = tmp_path / "run"
     run.mkdir()

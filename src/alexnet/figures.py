@@ -69,14 +69,15 @@ def _save_array(rgb: np.ndarray, path: str | os.PathLike) -> Path:
 
 
 # -- figure 3: conv1 kernels -------------------------------------------------------------------
-def filters_grid(weight: torch.Tensor, towers: int = 2, columns: int = 8, scale: int = 4, gap: int = 2) -> np.ndarray:
-    """conv1 kernels (O, C, k, k) as one uint8 RGB image: each tower a grid, towers side by side.
+def filters_grid(weight: torch.Tensor, towers: int = 2, columns: int = 16, scale: int = 4, gap: int = 2) -> np.ndarray:
+    """conv1 kernels (O, C, k, k) as one uint8 RGB image laid out as the paper's figure 3: each
+    tower a grid of ``columns`` kernels per row, the first tower's ("GPU 1") above the second's.
 
     Each kernel is stretched to the full 0-255 range on its own (as in the paper's figure 3), and
     drawn ``scale`` times enlarged; tiles are ``gap`` pixels apart, towers ``4 * gap`` apart.
     One-channel kernels are grey; kernels with other than 3 channels show their channel mean.
-    Image size: width ``towers * columns * (k*scale + gap) + (towers - 1) * 4 * gap + gap``,
-    height ``rows * (k*scale + gap) + gap`` with ``rows = ceil(O / towers / columns)``.
+    Image size: width ``columns * (k*scale + gap) + gap``, height ``towers * rows * (k*scale + gap)
+    + (towers - 1) * 4 * gap + gap`` with ``rows = ceil(O / towers / columns)``.
     """
     w = weight.detach().float().cpu()
     if w.shape[1] != 3:
@@ -85,9 +86,9 @@ def filters_grid(weight: torch.Tensor, towers: int = 2, columns: int = 8, scale:
     per_tower = math.ceil(o / towers)
     rows = math.ceil(per_tower / columns)
     tile = k * scale + gap
-    tower_w = columns * tile
-    width = towers * tower_w + (towers - 1) * 4 * gap + gap
-    height = rows * tile + gap
+    tower_h = rows * tile
+    width = columns * tile + gap
+    height = towers * tower_h + (towers - 1) * 4 * gap + gap
     canvas = np.full((height, width, 3), 255, dtype=np.uint8)
     flat = w.reshape(o, -1)
     lo, hi = flat.min(dim=1).values, flat.max(dim=1).values
@@ -97,14 +98,14 @@ def filters_grid(weight: torch.Tensor, towers: int = 2, columns: int = 8, scale:
         r, c = divmod(j, columns)
         img = (norm[i].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
         img = img.repeat(scale, axis=0).repeat(scale, axis=1)
-        y = gap + r * tile
-        x = gap + t * (tower_w + 4 * gap) + c * tile
+        y = gap + t * (tower_h + 4 * gap) + r * tile
+        x = gap + c * tile
         canvas[y : y + k * scale, x : x + k * scale] = img
     return canvas
 
 
-def plot_filters(model: torch.nn.Module, path: str | os.PathLike, columns: int = 8, scale: int = 4) -> Path:
-    """The paper's figure 3: the conv1 kernels, one grid per tower (GPU), side by side."""
+def plot_filters(model: torch.nn.Module, path: str | os.PathLike, columns: int = 16, scale: int = 4) -> Path:
+    """The paper's figure 3: the conv1 kernels, one grid per tower (GPU), the first above the second."""
     towers = getattr(getattr(model, "config", None), "towers", 1)
     return _save_array(filters_grid(model.conv1.weight, towers, columns, scale), path)
 
