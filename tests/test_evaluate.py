@@ -274,6 +274,18 @@ def test_an_index_holds_every_image_works_from_anywhere_and_knows_its_model(tmp_
     assert [h["path"] for h in again] == [h["path"] for h in hits[: len(again)]]
 
 
+def test_confusion_labels_are_whole_or_cut_visibly(tmp_path):
+    """confusion.png cut names at 18 characters without a mark: Imagewoof's 'Rhodesian_ridgeback'
+    read 'Rhodesian_ridgebac'."""
+    from alexnet.figures import plot_confusion, tick_label
+
+    assert tick_label("Rhodesian_ridgeback") == "Rhodesian_ridgeback"
+    assert tick_label("Old_English_sheepdog_or_bobtail") == "Old_English_sheepdog_or\u2026"
+    path = plot_confusion(torch.tensor([[3, 1, 0], [0, 2, 2], [1, 0, 4]]), ["Rhodesian_ridgeback", "dingo", "beagle"],
+                          tmp_path / "confusion.png")
+    assert Image.open(path).size[0] > 100
+
+
 def test_visualize_filters_and_curves(tmp_path, capsys):
     ckpt = tiny_checkpoint(tmp_path / "m.pt", widths=(96, 8, 8, 8, 8))
     out = tmp_path / "filters.png"

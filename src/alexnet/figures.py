@@ -208,6 +208,12 @@ def _plot_run(axes, records: list[dict[str, Any]], colour: str, name: str, open_
 CONFUSION_SIZE = (900, 800)
 
 
+def tick_label(name: str, width: int = 24) -> str:
+    """A class name for an axis: whole up to ``width`` characters, else cut with an ellipsis (a cut
+    without one read as another name: 'Rhodesian_ridgebac')."""
+    return name if len(name) <= width else name[: width - 1] + "\u2026"
+
+
 def plot_confusion(confusion: torch.Tensor, classes: list[str], path: str | os.PathLike, columns: list[str] | None = None) -> Path:
     """Row-normalised confusion matrix (true class down, predicted across: ``columns``, default
     ``classes``). Size: :data:`CONFUSION_SIZE`."""
@@ -219,14 +225,16 @@ def plot_confusion(confusion: torch.Tensor, classes: list[str], path: str | os.P
     im = ax.imshow(m, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(im, ax=ax, label="fraction of the true class")
     n = len(classes)
+    size = 10 if n <= 12 else 7  # a few classes get readable labels
     if n <= 40:  # names are unreadable beyond that
-        ax.set_xticks(range(len(columns)), [c[:18] for c in columns], rotation=90, fontsize=7)
-        ax.set_yticks(range(n), [c[:18] for c in classes], fontsize=7)
+        ax.set_xticks(range(len(columns)), [tick_label(c) for c in columns], rotation=90, fontsize=size)
+        ax.set_yticks(range(n), [tick_label(c) for c in classes], fontsize=size)
     if n <= 15:
         for i in range(n):
             for j in range(len(columns)):
                 if confusion[i, j]:
-                    ax.text(j, i, int(confusion[i, j]), ha="center", va="center", fontsize=7, color="white" if m[i, j] > 0.5 else "black")
+                    ax.text(j, i, int(confusion[i, j]), ha="center", va="center", fontsize=size,
+                            color="white" if m[i, j] > 0.5 else "black")
     ax.set(xlabel="predicted", ylabel="true", title="confusion matrix")
     return _save(fig, path)
 
