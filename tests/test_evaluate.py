@@ -212,7 +212,7 @@ def test_features_and_retrieval_return_the_query_first(tmp_path, capsys):
     assert len(hits) == 4 and hits[0]["path"] == str(query) and hits[0]["label"] == "class1"
     assert hits[0]["distance"] < 1e-3 * hits[1]["distance"]
     assert [h["distance"] for h in hits] == sorted(h["distance"] for h in hits)
-    assert Image.open(fig).size == (1500, 400)
+    assert Image.open(fig).size == (1500, 340)  # the query and 4 neighbours, 300 x 340 px each
 
     # The Python API: the stored vectors are fc7 of the centre crops; distances are Euclidean.
     import alexnet
@@ -240,9 +240,9 @@ def test_features_and_retrieval_return_the_query_first(tmp_path, capsys):
     assert err.splitlines() == [f"figure: {fig}", f"note: --figure {fig}: the images of 1 of the 4 neighbours cannot be read now (first: "
                                 f"{hits[2]['path']}, not found): their tiles are empty; moved since {index} was built? "
                                 "'alexnet features' indexes them where they are"], err
-    white = np.asarray(Image.open(fig).convert("L"))[110:290] == 255  # the row of tiles, 200 px each from x = 188
-    assert Image.open(fig).size == (1500, 400)
-    assert white[:, 680:860].mean() < 0.1 and white[:, 920:1100].mean() > 0.9  # the second neighbour shown, the third not
+    white = np.asarray(Image.open(fig).convert("L"))[60:320] == 255  # the row of tiles, 283 px each, 300 px apart from x = 8
+    assert Image.open(fig).size == (1500, 340)
+    assert white[:, 620:880].mean() < 0.1 and white[:, 920:1180].mean() > 0.9  # the second neighbour shown, the third not
 
 
 def test_an_index_holds_every_image_works_from_anywhere_and_knows_its_model(tmp_path, capsys, monkeypatch):
@@ -261,6 +261,9 @@ def test_an_index_holds_every_image_works_from_anywhere_and_knows_its_model(tmp_
     assert {h["path"] for h in hits[:2]} == {str(folder / "loose.jpg"), str(folder / "class1" / "img0.jpg")}
     assert hits[0]["distance"] < 1e-3 * hits[2]["distance"]
     assert {h["label"] for h in hits[:2]} == {None, "class1"}  # the loose image has no class
+    figure = np.asarray(Image.open(tmp_path / "nn.png").convert("RGB"))
+    assert figure.shape == (340, 6 * 300, 3)  # the query and 5 neighbours in a row
+    assert (figure == 255).all(axis=2).mean() < 0.3  # photos fill their cells (default margins: 66 % white)
 
     other = tiny_checkpoint(tmp_path / "other.pt", classes=2, seed=1)
     err = cli_fails(capsys, "retrieve", "../loose.jpg", "--index", "../../index.safetensors", "--checkpoint", str(other))

@@ -325,16 +325,19 @@ def _fit(text, box, renderer) -> None:
 
 
 # -- figure 4 (right): retrieval ---------------------------------------------------------------
+RETRIEVAL_CELL = (300, 340)  # pixels per image: a 2-line title above a square photo
 def plot_retrieval(query: torch.Tensor, neighbours: list[tuple[torch.Tensor | None, dict[str, Any]]], path: str | os.PathLike) -> Path:
     """The paper's figure 4 (right): the query, then its nearest images by fc7 distance, in one row
     (an image of None, one that could not be read, an empty tile saying so).
 
-    Size: :func:`grid_size` (1 + len(neighbours), 1 + len(neighbours)).
+    Size: :data:`RETRIEVAL_CELL` per image, in one row.
     """
     plt = _pyplot()
     n = 1 + len(neighbours)
-    w, h = grid_size(n, n)
+    w, h = n * RETRIEVAL_CELL[0], RETRIEVAL_CELL[1]
     fig, axes = plt.subplots(1, n, figsize=(w / DPI, h / DPI), squeeze=False)
+    # Square tiles filling the cells: the default margins left a strip of small photos in white.
+    fig.subplots_adjust(left=8 / w, right=1 - 8 / w, bottom=8 / h, top=1 - 44 / h, wspace=0.06)
     _show(axes[0, 0], query)
     axes[0, 0].set_title("query", fontsize=9, color="tab:red")
     for ax, (image, hit) in zip(axes[0, 1:], neighbours):
