@@ -214,3 +214,22 @@ def test_a_model_cast_to_another_dtype_is_fed_its_dtype(tmp_path, dtype):
     assert evaluate(cast, batches)["loss"] == pytest.approx(evaluate(model, batches)["loss"], rel=tol)
     scale = fc7(model, images).abs().max().item()
     torch.testing.assert_close(fc7(cast, images), fc7(model, images), rtol=0, atol=tol * 10 * scale)
+
+
+def test_a_device_this_machine_lacks_is_named_in_python_too(tmp_path):
+    """alexnet.load(..., device="cuda"), evaluate(device=...) and predictor(model, ...) on a machine
+    without it gave torch's 'Found no NVIDIA driver on your system' (fit said it in one line)."""
+    import alexnet
+    from alexnet.checkpoint import save_atomic
+    from alexnet.errors import ConfigError
+    from alexnet.evaluate import evaluate
+
+    model = create_model("alexnet_small", num_classes=3)
+    save_atomic({"model": model.state_dict(), "model_config": model.config.to_dict(), "classes": list("abc")}, tmp_path / "m.pt")
+    missing = ["gpu"] + ([] if torch.cuda.is_available() else ["cuda"])
+    for device in missing:
+        for call in (lambda: alexnet.load(tmp_path / "m.pt", device=device), lambda: predictor(model, device),
+                     lambda: evaluate(model, [], device=device)):
+            with pytest.raises(ConfigError, match=rf"--device.*{device}"):
+                call()
+    assert alexnet.load(tmp_path / "m.pt", device=torch.device("cpu")).fc8.weight.device.type == "cpu"

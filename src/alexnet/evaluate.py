@@ -19,7 +19,7 @@ from .data.presets import Preprocess
 from .errors import CheckpointError
 from .model import AlexNet
 from .predict import class_names, model_probs, recipe
-from .runtime import progress, resolve_amp
+from .runtime import progress, resolve_amp, resolve_device
 
 
 def _decode(p: Preprocess) -> tuple:
@@ -155,7 +155,7 @@ def evaluate(
     if isinstance(loader, (str, os.PathLike)):
         raise TypeError(f"evaluate takes batches of (uint8 images, labels), not the path {loader!r}: "
                         "alexnet.data.loaders.load_eval_data(path, model.preprocess)[0] gives them")
-    device = torch.device(device) if device is not None else next(models[0].parameters()).device
+    device = resolve_device(str(device)) if device is not None else next(models[0].parameters()).device
     amp = resolve_amp(amp, device)
     for m in models:
         recipe(m)  # what model_probs feeds each model: its own recipe
