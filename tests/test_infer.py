@@ -233,3 +233,15 @@ def test_a_device_this_machine_lacks_is_named_in_python_too(tmp_path):
             with pytest.raises(ConfigError, match=rf"--device.*{device}"):
                 call()
     assert alexnet.load(tmp_path / "m.pt", device=torch.device("cpu")).fc8.weight.device.type == "cpu"
+
+
+def test_a_checkpoint_path_where_a_model_goes_is_named():
+    """predict('run/last.pt', ...) said "AttributeError: 'str' object has no attribute 'fc8'"."""
+    from alexnet.evaluate import evaluate
+    from alexnet.predict import predict
+    from alexnet.retrieval import retrieve
+
+    for call in (lambda: predict("run/last.pt", "a.jpg"), lambda: evaluate(["run/last.pt"], []),
+                 lambda: retrieve("run/last.pt", {}, "q.jpg")):
+        with pytest.raises(TypeError, match=r"^expected an AlexNet, got a builtins.str: alexnet.load\(checkpoint\) gives one$"):
+            call()

@@ -155,11 +155,12 @@ def evaluate(
     if isinstance(loader, (str, os.PathLike)):
         raise TypeError(f"evaluate takes batches of (uint8 images, labels), not the path {loader!r}: "
                         "alexnet.data.loaders.load_eval_data(path, model.preprocess)[0] gives them")
+    for m in models:
+        class_names(m)  # an AlexNet, with an output per class name
     device = resolve_device(str(device)) if device is not None else next(models[0].parameters()).device
     amp = resolve_amp(amp, device)
     for m in models:
         recipe(m)  # what model_probs feeds each model: its own recipe
-        class_names(m)
         m.eval()
     k = models[0].fc8.out_features
     classes = classes if classes is not None else getattr(loader, "classes", None)

@@ -18,8 +18,14 @@ from .model import AlexNet
 from .runtime import autocast, progress, resolve_amp
 
 
+def _alexnet(model: object) -> None:
+    if not isinstance(model, AlexNet):  # a checkpoint's path, most often
+        raise TypeError(f"expected an AlexNet, got {kind_of(model)}: alexnet.load(checkpoint) gives one")
+
+
 def recipe(model: AlexNet) -> Preprocess:
     """The preprocessing recipe ``model`` carries; a DataError for a bare network (``create_model``)."""
+    _alexnet(model)
     if getattr(model, "preprocess", None) is None:
         raise DataError("the model has no preprocessing recipe (a network from create_model knows no data); "
                         "load a trained one with alexnet.load(checkpoint)")
@@ -37,6 +43,7 @@ def kind_of(value: object) -> str:
 def class_names(model: AlexNet) -> list[str]:
     """The names of ``model``'s outputs (numbered when it carries none); ConfigError when fc8 was
     replaced by hand and no longer has an output per name."""
+    _alexnet(model)
     outputs = model.fc8.out_features
     classes = list(model.classes or [str(i) for i in range(model.config.num_classes)])
     if len(classes) != outputs or model.config.num_classes != outputs:
