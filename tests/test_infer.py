@@ -228,10 +228,10 @@ def test_a_device_this_machine_lacks_is_named_in_python_too(tmp_path):
     save_atomic({"model": model.state_dict(), "model_config": model.config.to_dict(), "classes": list("abc")}, tmp_path / "m.pt")
     missing = ["gpu"] + ([] if torch.cuda.is_available() else ["cuda"])
     for device in missing:
-        for call in (lambda: alexnet.load(tmp_path / "m.pt", device=device), lambda: predictor(model, device),
-                     lambda: evaluate(model, [], device=device)):
+        for call, args in ((alexnet.load, (tmp_path / "m.pt", device)), (predictor, (model, device)),
+                           (evaluate, (model, [], device))):
             with pytest.raises(ConfigError, match=rf"--device.*{device}"):
-                call()
+                call(*args)
     assert alexnet.load(tmp_path / "m.pt", device=torch.device("cpu")).fc8.weight.device.type == "cpu"
 
 
