@@ -481,6 +481,30 @@ def test_fit_resumes_a_run_folder_named_in_python(tiny_fmnist, tmp_path):
     assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
 
 
+def test_a_resume_goes_on_as_the_run_was_configured_and_never_back(tiny_fmnist, tmp_path):
+    """Two resumes that lost work without a word: a configuration built by hand around resume=RUN
+    (resolve_config's preset options, not the run's) trained on with batch 128 and rewrote the run's
+    config; and resume_config(RUN/best.pt) of an earlier epoch retrained from it, overwriting
+    last.pt's later epochs. Both are refused before anything is written; Path values are taken."""
+    from alexnet.errors import ConfigError
+
+    out = tmp_path / "run"
+    fit(_cfg(tiny_fmnist, out, epochs=1), log=lambda s: None)  # 64 images, batch 8: 8 steps an epoch
+    shutil.copy(out / "last.pt", out / "early.pt")
+    fit(_cfg(tiny_fmnist, Path(out), epochs=2, resume=Path(out)), log=lambda s: None)  # as the run was: goes on
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(ConfigError, match=r"batch_size differs from the run's saved configuration; alexnet.resume.resume_config"):
+        fit(_cfg(tiny_fmnist, out, epochs=3, resume=str(out), batch_size=16), log=lambda s: None)
+    with pytest.raises(ConfigError, match=r"holds a later checkpoint, last.pt \(step 16, against 8\), which going on"):
+        fit(resume_config(str(out / "early.pt"), {"epochs": 3}), log=lambda s: None)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    with pytest.raises(ConfigError, match=r"^unknown training option\(s\): learning_rate$"):
+        resume_config(str(out), {"epochs": 3, "learning_rate": 1})
+    with pytest.raises(ConfigError, match=r"^--epochs must be"):
+        resume_config(str(out), {"epochs": "3"})
+    assert fit(resume_config(out, {"epochs": 3}), log=lambda s: None)["epoch"] == 3
+
+
 def test_a_second_interrupt_during_the_checkpoint_write_is_an_interrupt(tiny_fmnist, tmp_path, monkeypatch):
     """A second Ctrl-C that lands while torch.save writes the checkpoint: torch.save's writer turns
     the KeyboardInterrupt raised in the file's write() into RuntimeError('[enforce fail at

@@ -240,7 +240,7 @@ def _key_hint(key: str) -> str:
 
 def resolve_config(preset: str | None, overrides: dict[str, Any], config_file: str | Path | None = None) -> TrainConfig:
     """Defaults <- preset <- config file <- ``overrides`` (entries that are None are ignored)."""
-    overrides = {k: v for k, v in overrides.items() if v is not None}
+    overrides = {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in overrides.items() if v is not None}
     file_values = read_config_file(config_file) if config_file else {}
     preset = preset or file_values.pop("preset", None)
     file_values.pop("preset", None)

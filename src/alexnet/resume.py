@@ -10,6 +10,7 @@ others); photos added or removed, or a changed preset, are said as the run goes 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import warnings
@@ -108,7 +109,10 @@ def resume_config(run: str, overrides: dict[str, Any], keep: bool = False) -> Tr
         raise CheckpointError(f"--resume: {path} has no training configuration")
     if not isinstance(saved, dict):
         raise CheckpointError(f"--resume: {path}: its training configuration is not a table of options")
-    overrides = {k: v for k, v in overrides.items() if v is not None and k != "resume"}
+    overrides = {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in overrides.items() if v is not None and k != "resume"}
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(TrainConfig)})
+    if unknown:
+        raise ConfigError(f"unknown training option(s): {', '.join(unknown)}")
     defaults = TrainConfig()  # what an option absent from an older checkpoint's configuration was
     fixed = [k for k, v in overrides.items()
              if k not in RESUME_MAY_CHANGE and not _same_option(k, v, saved.get(k, getattr(defaults, k, None)))]
@@ -133,6 +137,8 @@ def resume_config(run: str, overrides: dict[str, Any], keep: bool = False) -> Tr
         expand_layers(cfg.freeze)  # what build_model would say without naming the file
         bounded_config(model_config(cfg.model, **cfg.model_options), f"--resume {path}")  # before allocating it
     except (TypeError, ConfigError) as e:
+        if any(str(e).startswith(flag(k)) for k in overrides):  # a value given now, not the checkpoint's
+            raise ConfigError(str(e)) from None
         raise CheckpointError(f"--resume {path}: bad training configuration: {e}") from None
     _check_saved_machine(cfg, overrides, path.parent)
     if keep:  # only a configuration that passed: a refused resume holds nothing
@@ -175,7 +181,7 @@ def _option_names(name: str, given: Any, saved: Any) -> list[str]:
 def _refuse_fewer_epochs(epochs: int | None, position: Any, run_dir: Path) -> None:
     """ConfigError for a resume asking for fewer epochs than the run has begun: nothing would train,
     and config.json would say a length the checkpoint and metrics contradict."""
-    if epochs is None or not isinstance(position, dict) or not all(is_whole(position.get(k, 0), 0) for k in ("epoch", "batch")):
+    if not (isinstance(epochs, int) and isinstance(position, dict)) or not all(is_whole(position.get(k, 0), 0) for k in ("epoch", "batch")):
         return  # a damaged position is said by the resume's check of it (trainstate.py)
     begun = int(position.get("epoch", 0)) + (1 if position.get("batch", 0) else 0)
     if epochs < begun:
@@ -204,6 +210,35 @@ def _same_option(name: str, given: Any, saved: Any) -> bool:
     if isinstance(given, (list, tuple)) and isinstance(saved, (list, tuple)):
         return list(given) == list(saved)
     return given == saved
+
+
+def check_resumed(cfg: TrainConfig, ckpt: dict[str, Any], source: Path, run_dir: Path) -> None:
+    """ConfigError before a resume writes anything, when ``cfg`` is not the run's configuration
+    (one built by hand, as ``resolve_config(None, {"resume": RUN, ...})``: it trained on with the
+    preset's options and rewrote the run's), or when it would go on from an earlier checkpoint in
+    the folder that holds a later one (``best.pt``: the epochs since would be overwritten)."""
+    saved = ckpt.get("train_config")
+    if isinstance(saved, dict):
+        defaults = TrainConfig()
+        differ = [k for k in dataclasses.asdict(cfg) if k not in RESUME_MAY_CHANGE | {"resume", "out"}
+                  and not (_same_option(k, getattr(cfg, k), saved.get(k, getattr(defaults, k)))
+                           and _same_option(k, saved.get(k, getattr(defaults, k)), getattr(cfg, k)))]
+        if differ:
+            raise ConfigError(f"resume={cfg.resume}: {', '.join(differ)} {'differ' if len(differ) > 1 else 'differs'} from the "
+                              "run's saved configuration; alexnet.resume.resume_config(RUN, {'epochs': N, ...}) builds it "
+                              "with the options a resume may change")
+    last = run_dir / "last.pt"
+    if source.resolve() == last.resolve() or not last.is_file():
+        return
+    try:
+        later = torch.load(last, map_location="cpu", weights_only=True, mmap=True).get("position") or {}
+    except Exception:  # noqa: BLE001 - an unreadable last.pt is not one to protect
+        return
+    ours = ckpt.get("position") or {}
+    if is_whole(later.get("step"), 0) and is_whole(ours.get("step"), 0) and later["step"] > ours["step"]:
+        raise ConfigError(f"--resume {source}: {run_dir} holds a later checkpoint, last.pt (step {later['step']}, "
+                          f"against {ours['step']}), which going on from here would overwrite: --resume {run_dir} "
+                          f"continues the run; to go on from {source.name}, copy it into a new folder and resume the copy")
 
 
 def check_classes(saved: Any, data: DataBundle, resume: str) -> None:

@@ -43,7 +43,7 @@ from .health import HealthMonitor
 from .model import AlexNet, AlexNetConfig, expand_layers, model_config, registered_name, torchvision_key
 from .optim import PlateauSchedule, make_optimizer, param_groups, step_lr_factor
 from .parallel import TowerSplit, grouped_optimizer_state, split_optimizer_state, tower_devices
-from .resume import check_classes, note_changes, nothing_left, read_checkpoint, resume_source
+from .resume import check_classes, check_resumed, note_changes, nothing_left, read_checkpoint, resume_source
 from .runtime import autocast, progress, resolve_amp, rng_state, seed_everything, set_rng_state
 from .trainstate import check_training_state
 
@@ -438,7 +438,10 @@ def _fit(
     cleanup: contextlib.ExitStack,
 ) -> dict[str, Any]:
     """The run of :func:`fit` on this rank, once the run folder is claimed."""
-    resume_ckpt = read_checkpoint(resume_source(cfg.resume)) if cfg.resume else None
+    source = resume_source(cfg.resume) if cfg.resume else None
+    resume_ckpt = read_checkpoint(source) if source is not None else None
+    if resume_ckpt is not None:
+        check_resumed(cfg, resume_ckpt, source, run_dir)
     finished = nothing_left(resume_ckpt, cfg.epochs, run_dir) if resume_ckpt is not None else None
     if finished is not None:  # said before any data is read or file written
         log(finished[0])
