@@ -35,11 +35,13 @@ RESUME_MAY_CHANGE = frozenset({
 })
 
 
-def resume_source(resume: str) -> Path:
-    """The checkpoint ``--resume`` names: the file itself, or a run folder's last.pt."""
+def resume_source(resume: str | os.PathLike, claimed: bool = False) -> Path:
+    """The checkpoint ``--resume`` names: the file itself, or a run folder's last.pt. ``claimed``:
+    this run holds the folder's lock already (:func:`alexnet.train.fit`)."""
     path = Path(resume)
     if path.is_dir():
-        runfolder.refuse_in_use(path)  # a live run without a checkpoint yet is not one that stopped
+        if not claimed:
+            runfolder.refuse_in_use(path)  # a live run without a checkpoint yet is not one that stopped
         if runfolder.stopped_before_checkpoint(path):
             raise CheckpointError(f"--resume: {path} stopped before its first checkpoint: nothing to resume; start it "
                                   f"again (alexnet train --out {path} ... replaces its files)")

@@ -90,9 +90,6 @@ def refuse_in_use(run_dir: Path) -> None:
         fd = os.open(run_dir / LOCK_NAME, os.O_RDONLY)
     except OSError:  # no lock file: nobody holds it
         return
-    if any(os.path.samestat(os.fstat(fd), os.fstat(held)) for held in _HELD):
-        os.close(fd)  # this process's own run (fit(resume=RUN) claims RUN, then reads its last.pt)
-        return
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

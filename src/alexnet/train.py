@@ -438,7 +438,7 @@ def _fit(
     cleanup: contextlib.ExitStack,
 ) -> dict[str, Any]:
     """The run of :func:`fit` on this rank, once the run folder is claimed."""
-    source = resume_source(cfg.resume) if cfg.resume else None
+    source = resume_source(cfg.resume, claimed=Path(cfg.resume).resolve() == run_dir.resolve()) if cfg.resume else None
     resume_ckpt = read_checkpoint(source) if source is not None else None
     if resume_ckpt is not None:
         check_resumed(cfg, resume_ckpt, source, run_dir)
