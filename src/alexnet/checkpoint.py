@@ -85,6 +85,20 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> None:
         pass
 
 
+def read_entry(path: str | os.PathLike, key: str) -> Any:
+    """One entry of a .pt checkpoint (``train_config``, ``position``) without reading its tensors
+    (they are memory-mapped, not loaded: a paper-size file is 233 MB); None where the file holds
+    none, or is not a .pt checkpoint (an export, a damaged file: :func:`load_checkpoint` says why)."""
+    path = Path(path)
+    if not path.is_file() or is_safetensors(path) or _export_kind(path) is not None:
+        return None
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - whatever torch.load raises on a file it cannot map
+        return None
+    return ckpt.get(key) if isinstance(ckpt, dict) else None
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu", torchvision: bool = False) -> dict[str, Any]:
     """Read a checkpoint dict with ``weights_only=True``; with ``torchvision``, torchvision's own
     alexnet file (a bare state dict) as ``alexnet import torchvision`` reads it: ``alexnet_owt``.

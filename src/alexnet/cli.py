@@ -231,7 +231,7 @@ def _same_folder(data: object, trained_on: object) -> bool:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .checkpoint import load_checkpoint
+    from .checkpoint import read_entry
     from .data.device_decode import decode_device
     from .data.loaders import load_eval_data
     from .errors import CheckpointError, ConfigError
@@ -245,7 +245,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     n_classes = models[0].config.num_classes
     if args.num_classes is not None and args.num_classes != n_classes:
         raise CheckpointError(f"--num-classes {args.num_classes} does not match {args.checkpoint}, which has {n_classes} classes")
-    data, recorded = args.data, load_checkpoint(args.checkpoint).get("train_config") or {}
+    data, recorded = args.data, read_entry(args.checkpoint, "train_config") or {}  # load_models read the file
     if data is None:  # the checkpoint's own data set
         if not recorded:  # imported or exported weights: the default data set may not be theirs
             raise ConfigError(f"{args.checkpoint} records no data set (it was imported or exported, not trained here): give --data")

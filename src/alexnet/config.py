@@ -10,7 +10,7 @@ import dataclasses
 import json
 import os
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -238,9 +238,21 @@ def _key_hint(key: str) -> str:
     return key
 
 
+def given(overrides: dict[str, Any]) -> dict[str, Any]:
+    """The options of ``overrides`` that were given (None: not), paths as strings (``Path("runs/x")``)."""
+    return {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in overrides.items() if v is not None}
+
+
+def refuse_unknown(names: Iterable[str]) -> None:
+    """ConfigError naming the options that are no TrainConfig field."""
+    unknown = set(names) - set(_FIELDS)
+    if unknown:
+        raise ConfigError(f"unknown training option(s): {', '.join(sorted(unknown))}")
+
+
 def resolve_config(preset: str | None, overrides: dict[str, Any], config_file: str | Path | None = None) -> TrainConfig:
     """Defaults <- preset <- config file <- ``overrides`` (entries that are None are ignored)."""
-    overrides = {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in overrides.items() if v is not None}
+    overrides = given(overrides)
     file_values = read_config_file(config_file) if config_file else {}
     preset = preset or file_values.pop("preset", None)
     file_values.pop("preset", None)
@@ -260,10 +272,7 @@ def resolve_config(preset: str | None, overrides: dict[str, Any], config_file: s
     for name in ("data", "init_from"):  # saved absolute: evaluate and --resume work from any folder
         if values.get(name) is not None:
             values[name] = os.path.abspath(values[name])
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = set(values) - names
-    if unknown:
-        raise ConfigError(f"unknown training option(s): {', '.join(sorted(unknown))}")
+    refuse_unknown(values)
     cfg = TrainConfig(**values)
     validate(cfg)
     if "init_bias" in typed:

@@ -20,9 +20,9 @@ from typing import Any
 import torch
 
 from . import runfolder
-from .checkpoint import bounded_config, load_checkpoint
+from .checkpoint import bounded_config, load_checkpoint, read_entry
 from .checks import is_finite, is_whole
-from .config import TrainConfig, flag, validate, warm_up_outlasts
+from .config import TrainConfig, flag, given, refuse_unknown, validate, warm_up_outlasts
 from .data.loaders import DataBundle
 from .errors import CheckpointError, ConfigError, DataError
 from .model import expand_layers, model_config
@@ -111,13 +111,9 @@ def resume_config(run: str, overrides: dict[str, Any], keep: bool = False) -> Tr
         raise CheckpointError(f"--resume: {path} has no training configuration")
     if not isinstance(saved, dict):
         raise CheckpointError(f"--resume: {path}: its training configuration is not a table of options")
-    overrides = {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in overrides.items() if v is not None and k != "resume"}
-    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(TrainConfig)})
-    if unknown:
-        raise ConfigError(f"unknown training option(s): {', '.join(unknown)}")
-    defaults = TrainConfig()  # what an option absent from an older checkpoint's configuration was
-    fixed = [k for k, v in overrides.items()
-             if k not in RESUME_MAY_CHANGE and not _same_option(k, v, saved.get(k, getattr(defaults, k, None)))]
+    overrides = {k: v for k, v in given(overrides).items() if k != "resume"}
+    refuse_unknown(overrides)
+    fixed = _differing({k: v for k, v in overrides.items() if k not in RESUME_MAY_CHANGE}, saved)
     if fixed:
         names = [n for k in fixed for n in _option_names(k, overrides[k], saved.get(k))]
         raise ConfigError(
@@ -202,6 +198,15 @@ def _refuse_epochs_within_warm_up(epochs: int | None, warm_up: Any) -> None:
                           f"--warmup-epochs), so it must be longer: --epochs {math.floor(warm_up) + 1} or more continues it")
 
 
+def _differing(options: dict[str, Any], saved: dict[str, Any], whole: bool = False) -> list[str]:
+    """The names of ``options`` whose values are not the run's ``saved`` ones (an option an older
+    checkpoint lacks: its default then); ``whole``: model options all compared, not only those given."""
+    defaults = TrainConfig()
+    was = {k: saved.get(k, getattr(defaults, k, None)) for k in options}
+    return [k for k, v in options.items()
+            if not (_same_option(k, v, was[k]) and (not whole or _same_option(k, was[k], v)))]
+
+
 def _same_option(name: str, given: Any, saved: Any) -> bool:
     """Whether a command-line value repeats the saved one (paths compared absolute; model options
     only those given; lists and tuples alike)."""
@@ -221,10 +226,8 @@ def check_resumed(cfg: TrainConfig, ckpt: dict[str, Any], source: Path, run_dir:
     the folder that holds a later one (``best.pt``: the epochs since would be overwritten)."""
     saved = ckpt.get("train_config")
     if isinstance(saved, dict):
-        defaults = TrainConfig()
-        differ = [k for k in dataclasses.asdict(cfg) if k not in RESUME_MAY_CHANGE | {"resume", "out"}
-                  and not (_same_option(k, getattr(cfg, k), saved.get(k, getattr(defaults, k)))
-                           and _same_option(k, saved.get(k, getattr(defaults, k)), getattr(cfg, k)))]
+        fixed = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in RESUME_MAY_CHANGE | {"resume", "out"}}
+        differ = _differing(fixed, saved, whole=True)
         if differ:
             raise ConfigError(f"resume={cfg.resume}: {', '.join(differ)} {'differ' if len(differ) > 1 else 'differs'} from the "
                               "run's saved configuration; alexnet.resume.resume_config(RUN, {'epochs': N, ...}) builds it "
@@ -232,10 +235,7 @@ def check_resumed(cfg: TrainConfig, ckpt: dict[str, Any], source: Path, run_dir:
     last = run_dir / "last.pt"
     if source.resolve() == last.resolve() or not last.is_file():
         return
-    try:
-        later = torch.load(last, map_location="cpu", weights_only=True, mmap=True).get("position") or {}
-    except Exception:  # noqa: BLE001 - an unreadable last.pt is not one to protect
-        return
+    later = read_entry(last, "position") or {}  # an unreadable last.pt is not one to protect
     ours = ckpt.get("position") or {}
     if is_whole(later.get("step"), 0) and is_whole(ours.get("step"), 0) and later["step"] > ours["step"]:
         raise ConfigError(f"--resume {source}: {run_dir} holds a later checkpoint, last.pt (step {later['step']}, "
