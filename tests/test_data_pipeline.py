@@ -255,6 +255,31 @@ def test_readable_odd_modes_become_rgb(tmp_path):
     assert red[0] > 200 and red[1] < 60 and red[2] < 60
 
 
+def test_a_jpeg_over_pils_pixel_limit_is_a_photo_not_a_bomb(tmp_path):
+    """A 100-megapixel camera JPEG (over PIL's 89.5 M limit) decodes at libjpeg's 1/8 scale, and is
+    read like the same picture at a tenth of its size; a PNG of that size is still refused."""
+    rng = np.random.default_rng(0)
+    small = np.kron(rng.integers(0, 256, (12, 10, 3), dtype=np.uint8), np.ones((100, 100, 1), np.uint8))
+    Image.fromarray(small).save(tmp_path / "small.png")  # 1000 x 1200
+    Image.fromarray(small).resize((10_000, 12_000), Image.NEAREST).save(tmp_path / "camera.jpg", quality=95)
+    assert 10_000 * 12_000 > Image.MAX_IMAGE_PIXELS
+    expect = decode_image(str(tmp_path / "small.png"), 64, 56).float()
+    got = decode_image(str(tmp_path / "camera.jpg"), 64, 56).float()
+    assert (got - expect).abs().mean() < 3, (got - expect).abs().mean()
+    folder = tmp_path / "photos" / "a"
+    folder.mkdir(parents=True)
+    (tmp_path / "camera.jpg").rename(folder / "camera.jpg")
+    (tmp_path / "photos" / "b").mkdir()
+    (tmp_path / "small.png").rename(tmp_path / "photos" / "b" / "small.png")
+    ds = ImageFolderDataset(tmp_path / "photos", resize=64, size=56)
+    assert torch.equal(ds[0][0], got.to(torch.uint8)) and not ds.bad.seen
+    ds.raw = True  # the GPU input path decodes it on the CPU too (nvJPEG would decode all 120 MP)
+    assert torch.equal(ds[0][0], got.to(torch.uint8)) and not ds.bad.seen
+    (tmp_path / "bomb.png").write_bytes(_png_header(10_000, 12_000))
+    with pytest.raises(Image.DecompressionBombError):
+        decode_image(str(tmp_path / "bomb.png"), 64, 56)
+
+
 def test_bad_files_skipped_once_counted_and_listed(tmp_path, capsys):
     root, bad, _ = _bad_folder(tmp_path / "imgs")
     run = tmp_path / "run"

@@ -209,24 +209,58 @@ def read_image_bytes(path: str | os.PathLike) -> bytes:
     return data
 
 
-def open_header(data: bytes) -> Image.Image:
+def open_header(data: bytes, resize: int | None = None) -> Image.Image:
     """PIL's view of an encoded image, reading its header only: format, size, mode, and the
-    decompression-bomb check (raised as an error, not a warning)."""
+    decompression-bomb check (raised as an error, not a warning).
+
+    With ``resize`` (the shorter side it will be resized to), the check counts the pixels that will
+    be decoded: a JPEG over PIL's limit (a 108-megapixel phone photo, a stitched panorama) is then
+    returned set to decode at libjpeg's reduced size (PIL ``draft``, 1/2 to 1/8), which is what
+    :func:`decode_bytes` decodes it at anyway, and is refused only if that is still over the limit.
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             return Image.open(io.BytesIO(data))
         except UnidentifiedImageError:
             raise UnidentifiedImageError(f"not an image format PIL can read ({len(data)} bytes)") from None
-        except Image.DecompressionBombWarning as e:  # a warning is no error to callers that catch errors
-            raise Image.DecompressionBombError(str(e)) from None
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+            # a warning is no error to callers that catch errors; over twice the limit PIL raises
+            img = _reduced_jpeg(data, resize)
+            if img is None:
+                raise Image.DecompressionBombError(str(e)) from None
+            return img
+
+
+def _reduced_jpeg(data: bytes, resize: int | None) -> Image.Image | None:
+    """A JPEG set to decode at the smallest of libjpeg's scales that keeps its shorter side at least
+    ``resize``, if that many pixels are within PIL's limit; else None."""
+    if resize is None or not data.startswith(b"\xff\xd8"):
+        return None
+    from PIL import JpegImagePlugin  # the plugin class itself: Image.open would run the check again
+
+    try:
+        img = JpegImagePlugin.JpegImageFile(io.BytesIO(data))
+    except (OSError, SyntaxError):
+        return None
+    img.draft("RGB", (resize, resize))  # sets img.size to the reduced size
+    if Image.MAX_IMAGE_PIXELS is not None and img.size[0] * img.size[1] > Image.MAX_IMAGE_PIXELS:
+        img.close()
+        return None
+    return img
+
+
+def _reduced(img: Image.Image) -> bool:
+    """Whether ``img`` is a JPEG already set to decode at a reduced size (see :func:`open_header`)."""
+    return bool(getattr(img, "decoderconfig", None))
 
 
 def decode_image(path: str, resize: int, crop: int | None, upright: bool = False) -> torch.Tensor:
     """Decode to RGB, resize the shorter side to ``resize``, cut the central ``crop`` square.
 
     Returns a (3, crop, crop) uint8 tensor. Raises on an unreadable file, including one whose
-    header claims more than ``Image.MAX_IMAGE_PIXELS`` pixels (a decompression bomb).
+    header claims more than ``Image.MAX_IMAGE_PIXELS`` pixels to decode (a decompression bomb; a
+    large JPEG counts at the reduced size it decodes at: :func:`open_header`).
     ``upright``: first turn the image as its EXIF orientation tag says (see :func:`decode_bytes`).
     """
     return decode_bytes(read_image_bytes(path), resize, crop, upright)
@@ -241,9 +275,9 @@ def decode_bytes(data: bytes, resize: int, crop: int | None, upright: bool = Fal
     ``upright`` applies the EXIF orientation (as ``PIL.ImageOps.exif_transpose``) before the resize
     and crop; it is off by default, as the ImageNet convention that training and evaluation follow.
     """
-    img = open_header(data)
+    img = open_header(data, resize)
     with img:
-        if decode_jpeg is not None and img.format == "JPEG" and min(img.size) < 2 * resize:
+        if decode_jpeg is not None and img.format == "JPEG" and min(img.size) < 2 * resize and not _reduced(img):
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", DeprecationWarning)
@@ -333,8 +367,8 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         without its end-of-image marker is decoded here: the CPU decoders refuse a truncated file,
         which nvJPEG may instead return as a part-grey image."""
         data = read_image_bytes(path)
-        with open_header(data) as img:
-            jpeg = img.format == "JPEG" and img.mode in ("RGB", "L") and min(img.size) < 2 * self.resize
+        with open_header(data, self.resize) as img:
+            jpeg = img.format == "JPEG" and img.mode in ("RGB", "L") and min(img.size) < 2 * self.resize and not _reduced(img)
         jpeg = jpeg and data.rstrip(b"\0").endswith(b"\xff\xd9")  # zero padding after the marker is common
         if jpeg:
             return torch.frombuffer(bytearray(data), dtype=torch.uint8)
