@@ -7,6 +7,7 @@ import json
 import os
 import pickle
 import re
+import shutil
 import struct
 import zlib
 from pathlib import Path
@@ -137,6 +138,25 @@ def test_linked_folders_are_entered_once_as_training_enters_them(tmp_path):
     trained_on = [Path(f).relative_to(subset) for f, _ in list_images(subset, find_classes(subset)[0])]
     predicted = [p.relative_to(subset) for p in image_paths(subset)]
     assert predicted == trained_on == [Path(c, f"img{i}.jpg") for c in ("class0", "class2") for i in range(2)]
+
+
+def test_hidden_files_are_not_listed_by_any_command(tmp_path):
+    """macOS writes "._NAME" metadata beside each photo copied to a FAT or network drive: every one
+    was a warning and a bad_files.txt line, in train, evaluate, predict, features and prepare."""
+    from alexnet.data.folder import find_classes, list_images, top_level_images
+    from alexnet.predict import image_paths
+    from alexnet.retrieval import _index_samples
+
+    root = make_image_folder(tmp_path / "imgs", classes=2, per_class=2)
+    for c in ("class0", "class1"):
+        (root / c / "._img0.jpg").write_bytes(b"\x00\x05\x16\x07" + b"\0" * 80)  # AppleDouble's magic
+        shutil.copy(root / c / "img0.jpg", root / c / ".hidden.jpg")  # readable, but hidden
+    shutil.copy(root / "class0" / "img0.jpg", root / "._top.jpg")
+    expect = [Path(c, f"img{i}.jpg") for c in ("class0", "class1") for i in range(2)]
+    assert [Path(f).relative_to(root) for f, _ in list_images(root, find_classes(root)[0])] == expect
+    assert [p.relative_to(root) for p in image_paths(root)] == expect
+    assert [Path(f).relative_to(root) for f, _ in _index_samples(root)[0]] == expect
+    assert top_level_images(root) == []
 
 
 def test_image_bytes_are_capped(tmp_path, monkeypatch):

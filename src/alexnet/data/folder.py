@@ -64,7 +64,8 @@ def find_classes(root: str | os.PathLike) -> tuple[list[str], list[str]]:
 
 
 def _image_files(folder: Path) -> list[str]:
-    """Image files under ``folder``, sorted; hidden folders are not entered.
+    """Image files under ``folder``, sorted; hidden files and folders (".name") are not listed: macOS
+    leaves a "._photo.jpg" of metadata beside every photo copied to a FAT or network drive.
 
     Linked folders are entered as torchvision's ImageFolder enters them (a class folder linked in
     from elsewhere is the usual way to make a subset), each real folder once, so that a link to
@@ -83,17 +84,23 @@ def _image_files(folder: Path) -> list[str]:
         except OSError:  # unreadable folder or broken link: skipped, as os.walk does
             continue
         for entry in entries:
+            if entry.name.startswith("."):
+                continue
             if entry.is_dir():  # follows links
-                if not entry.name.startswith("."):
-                    pending.append(entry.path)
-            elif entry.name.lower().endswith(IMAGE_EXTENSIONS) and entry.is_file():  # is_file follows links
+                pending.append(entry.path)
+            elif _image_file(entry):
                 files.append(entry.path)
     return sorted(files)
 
 
+def _image_file(entry: os.DirEntry) -> bool:
+    """A listed image: an image extension, not hidden, a regular file (or a link to one)."""
+    return entry.name.lower().endswith(IMAGE_EXTENSIONS) and not entry.name.startswith(".") and entry.is_file()
+
+
 def top_level_images(folder: str | os.PathLike) -> list[str]:
-    """Image files directly in ``folder`` (not in its sub-folders), sorted; regular files only."""
-    return sorted(e.path for e in os.scandir(folder) if e.name.lower().endswith(IMAGE_EXTENSIONS) and e.is_file())
+    """Image files directly in ``folder`` (not in its sub-folders), sorted; regular files only, not hidden."""
+    return sorted(e.path for e in os.scandir(folder) if _image_file(e))
 
 
 def list_images(root: str | os.PathLike, folders: list[str]) -> list[tuple[str, int]]:
