@@ -9,13 +9,15 @@ import pickle
 import re
 import shutil
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import make_image_folder, make_tiny_fmnist, run_cli
+from conftest import cli_env, make_image_folder, make_tiny_fmnist, run_cli
 from test_evaluate import tiny_checkpoint
 
 from alexnet.checkpoint import MAX_PARAMETERS, save_atomic
@@ -157,6 +159,31 @@ def test_hidden_files_are_not_listed_by_any_command(tmp_path):
     assert [p.relative_to(root) for p in image_paths(root)] == expect
     assert [Path(f).relative_to(root) for f, _ in _index_samples(root)[0]] == expect
     assert top_level_images(root) == []
+
+
+def test_file_names_that_are_not_utf8_are_kept_as_their_bytes(tmp_path):
+    """A Latin-1 archive unpacked on Linux: train failed writing bad_files.txt, prepare its file list,
+    and predict printing under a UTF-8 locale (whose stdout is strict); the figures could not draw
+    the class name. Paths are now written and printed as their bytes, class names as \\xNN."""
+    root = make_image_folder(tmp_path / "imgs", classes=2, per_class=4)
+    os.rename(root / "class1", os.fsencode(root) + b"/c\xe9")  # the folder name in Latin-1
+    os.rename(os.fsencode(root) + b"/class0/img0.jpg", os.fsencode(root) + b"/class0/caf\xe9.jpg")
+    Path(os.fsdecode(os.fsencode(root) + b"/class0/bad\xe9.jpg")).write_bytes(b"junk")
+    env = cli_env(PYTHONIOENCODING="utf-8:strict")
+
+    def cli(*args: str) -> bytes:
+        r = subprocess.run([sys.executable, "-m", "alexnet", *args], capture_output=True, env=env, timeout=300)
+        assert r.returncode == 0 and b"Traceback" not in r.stderr and b"internal error" not in r.stderr, r.stderr.decode(errors="replace")
+        return r.stdout
+
+    cli("train", "--data", str(root), "--out", str(tmp_path / "run"), *TINY, *QUICK)
+    assert b"/class0/bad\xe9.jpg\tUnidentifiedImageError" in (tmp_path / "run" / "bad_files.txt").read_bytes()
+    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True, map_location="cpu")
+    assert ckpt["classes"] == ["class0", "c\\xe9"], ckpt["classes"]
+    out = cli("predict", str(root), "--checkpoint", str(tmp_path / "run" / "last.pt"), "--figure", str(tmp_path / "p.png"))
+    assert b"/class0/caf\xe9.jpg  (true: class0)" in out and b"c\\xe9" in out
+    cli("prepare", "--data", str(root), "--out", str(tmp_path / "packed"), "--size", "40")
+    assert b"/class0/caf\xe9.jpg\n" in (tmp_path / "packed" / "train-files.txt").read_bytes()
 
 
 def test_image_bytes_are_capped(tmp_path, monkeypatch):

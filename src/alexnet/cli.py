@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
+import io
 import json
 import math
 import os
@@ -816,6 +817,10 @@ def main(argv: list[str] | None = None) -> int:
         import warnings
 
         warnings.formatwarning = _warning_line
+    # A path that is not UTF-8 is printed as its bytes, as ls prints it, instead of failing the
+    # command under a UTF-8 locale (whose stdout is strict; stderr already escapes it).
+    if isinstance(sys.stdout, io.TextIOWrapper) and sys.stdout.errors == "strict":
+        sys.stdout.reconfigure(errors="surrogateescape")
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for relaunching under torchrun

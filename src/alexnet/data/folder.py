@@ -33,7 +33,7 @@ def read_class_names(root: Path, folders: list[str]) -> list[str]:
     names = dict.fromkeys(folders)
     for tsv in (root / "classes.tsv", root.parent / "classes.tsv"):
         if tsv.is_file():
-            for line in tsv.read_text(encoding="utf-8").splitlines():
+            for line in tsv.read_text(encoding="utf-8", errors="surrogateescape").splitlines():
                 parts = line.rstrip("\n").split("\t")
                 if len(parts) >= 2 and parts[0] in names:
                     names[parts[0]] = parts[-1]
@@ -49,7 +49,13 @@ def read_class_names(root: Path, folders: list[str]) -> list[str]:
             from torchvision.models import AlexNet_Weights
 
             return list(AlexNet_Weights.IMAGENET1K_V1.meta["categories"])
-    return [names[f] or f for f in folders]
+    return [printable(names[f] or f) for f in folders]
+
+
+def printable(name: str) -> str:
+    """A file or folder name as text that any file, terminal or figure takes: bytes that are not
+    UTF-8 (an old archive's Latin-1 names, which Python keeps as lone surrogates) become \\xNN."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def find_classes(root: str | os.PathLike) -> tuple[list[str], list[str]]:
@@ -131,7 +137,9 @@ class BadFiles:
     def _logged(self) -> dict[str, str]:
         if self.log_path is None or not self.log_path.is_file():
             return {}
-        lines = self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+        # surrogateescape: a file name that is not UTF-8 (an old archive's Latin-1) is written and read
+        # back as its bytes; split at newlines only, since splitlines() also splits at U+2028 and \x85
+        lines = self.log_path.read_text(encoding="utf-8", errors="surrogateescape").split("\n")
         return dict(line.split("\t", 1) if "\t" in line else (line, "") for line in lines if line)
 
     def report(self, path: str, error: BaseException | str) -> None:
@@ -145,7 +153,7 @@ class BadFiles:
         self.seen[path] = reason
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            with self.log_path.open("a", encoding="utf-8") as f:  # one short append: atomic enough
+            with self.log_path.open("a", encoding="utf-8", errors="surrogateescape") as f:  # one short append: atomic enough
                 f.write(f"{path}\t{reason}\n")
         print(f"warning: skipping unreadable image {path}: {reason}", file=sys.stderr, flush=True)
 

@@ -152,7 +152,8 @@ def _pack_split(
     if split == "train" and empty:
         raise DataError(f"{ds.root}: class folder(s) with no readable images: {', '.join(empty[:5])}")
     _save_npy(tmp / f"{split}-labels.npy", labels)
-    (tmp / f"{split}-files.txt").write_text("".join(f + "\n" for f in files))
+    # the paths' own bytes, as bad_files.txt holds them, also where they are not UTF-8
+    (tmp / f"{split}-files.txt").write_text("".join(f + "\n" for f in files), encoding="utf-8", errors="surrogateescape")
     return {"count": int(len(labels)), "shards": writer.shards, "labels": f"{split}-labels.npy", "files": f"{split}-files.txt"}
 
 
