@@ -9,9 +9,13 @@ cut into ``groups`` that are normalised apart (the paper's two towers)::
 The tensor is seen as (outer, C, inner) with one stride per axis, so NCHW, channels_last (and any
 layout whose spatial dimensions merge into one stride) run without a copy. Grid: (positions /
 BLOCK, groups). A program owns BLOCK positions of one group and walks its channels once, keeping
-running window sums in float64: the squares of float32 values are exact in float64, so adding a
-channel entering the window and subtracting the one leaving it does not drift (in float32 it
-would, by up to C ulps of the largest window). Cost is O(C + n) per position, not O(C n).
+running window sums: a channel entering the window is added, the one leaving it subtracted. Cost
+is O(C + n) per position, not O(C n). The squares are taken in float64, where those of float32
+values are exact (and cannot overflow), and the sums are compensated (Knuth's TwoSum keeps each
+addition's rounding error in a second float64): a plain float64 sum kept the rounding error of a
+large square after it left the window (x = 1e8 among values near 1 put errors of 2e-4 into every
+later channel; x = 2e19, whose float32 square is inf, made them NaN). Sums of squares are clamped
+at 0 besides, so that no rounding makes a denominator's base negative.
 The backward saves nothing but x: it recomputes the denominators, with three running sums (for
 the newest channel, the one leaving the transposed window, and the one whose gradient is written).
 Every value is loaded as stored and computed in float32 (float64 for the sums). One difference
@@ -62,8 +66,29 @@ def _lx(v, RELU: tl.constexpr):
 @triton.jit
 def _sq(xp, ch, xsc, CG, live, RELU: tl.constexpr):
     """Square of channel ``ch`` as float64 (exact), 0 outside [0, CG) so windows stop at edges."""
-    v = _lx(_ld(xp, ch, xsc, CG, live), RELU)
-    return (v * v).to(tl.float64)
+    v = _lx(_ld(xp, ch, xsc, CG, live), RELU).to(tl.float64)
+    return v * v
+
+
+@triton.jit
+def _add(hi, lo, v):
+    """The compensated sum (hi, lo) plus ``v``: TwoSum's hi + v, and its exact rounding error added to lo."""
+    s = hi + v
+    b = s - hi
+    return s, lo + ((hi - (s - b)) + (v - b))
+
+
+@triton.jit
+def _move(hi, lo, enters, leaves):
+    """A window sum (hi, lo) as ``enters`` comes into the window and ``leaves`` goes out."""
+    hi, lo = _add(hi, lo, enters)
+    return _add(hi, lo, -leaves)
+
+
+@triton.jit
+def _sum(hi, lo):
+    """The value of a compensated sum of squares, at least 0."""
+    return tl.maximum(hi + lo, 0.0)
 
 
 @triton.jit
@@ -109,16 +134,16 @@ def _lrn_fwd_kernel(
 ):
     xp, yp, live = _bases(x_ptr, y_ptr, P, inner, CG, xsn, xsc, xsi, osn, osc, osi, BLOCK)
     SIZE: tl.constexpr = BEFORE + AFTER + 1
-    s = tl.zeros([BLOCK], dtype=tl.float64)
+    s, s_lo = tl.zeros([BLOCK], dtype=tl.float64), tl.zeros([BLOCK], dtype=tl.float64)
     new = _sq(xp, 0, xsc, CG, live, RELU)
     # Step e brings channel e into the window sum and writes channel c = e - AFTER, whose window
     # [c - BEFORE, c + AFTER] = [e - SIZE + 1, e] is then complete.
     for e in range(CG + AFTER):
         nxt = _sq(xp, e + 1, xsc, CG, live, RELU)  # issued a step early: more loads in flight
-        s += new - _sq(xp, e - SIZE, xsc, CG, live, RELU)
+        s, s_lo = _move(s, s_lo, new, _sq(xp, e - SIZE, xsc, CG, live, RELU))
         c = e - AFTER
         ok = live & (c >= 0)
-        y = _lx(_ld(xp, c, xsc, CG, live), RELU) * _pow(s, alpha, k, -beta)
+        y = _lx(_ld(xp, c, xsc, CG, live), RELU) * _pow(_sum(s, s_lo), alpha, k, -beta)
         tl.store(yp + c.to(tl.int64) * osc, y.to(y_ptr.dtype.element_ty), mask=ok)
         new = nxt
 
@@ -161,10 +186,8 @@ def _lrn_bwd_kernel(
     # Step e brings channel e into s_new, the window of a = e - AFTER; t_a = g_a x_a d_a^(-b-1) joins
     # tsum, t_{a-SIZE} (window sum s_old) leaves it, so that tsum is the transposed window
     # [i - AFTER, i + BEFORE] of channel i = a - BEFORE, whose gradient (window sum s_out) is written.
-    s_new = tl.zeros([BLOCK], dtype=tl.float64)
-    s_old = tl.zeros([BLOCK], dtype=tl.float64)
-    s_out = tl.zeros([BLOCK], dtype=tl.float64)
-    tsum = tl.zeros([BLOCK], dtype=tl.float64)
+    zero = tl.zeros([BLOCK], dtype=tl.float64)
+    s_new, s_new_lo, s_old, s_old_lo, s_out, s_out_lo, tsum, tsum_lo = zero, zero, zero, zero, zero, zero, zero, zero
     new = _sq(xp, 0, xsc, CG, live, RELU)
     g_new = _ld(gp, -AFTER, gsc, CG, live)
     for e in range(CG + SIZE - 1):
@@ -172,19 +195,24 @@ def _lrn_bwd_kernel(
         nxt = _sq(xp, e + 1, xsc, CG, live, RELU)
         g_nxt = _ld(gp, e + 1 - AFTER, gsc, CG, live)
         mid = _sq(xp, e - SIZE, xsc, CG, live, RELU)  # leaves s_new's window, enters s_old's
-        s_new += new - mid
-        s_old += mid - _sq(xp, e - 2 * SIZE, xsc, CG, live, RELU)
-        s_out += _sq(xp, e - BEFORE, xsc, CG, live, RELU) - _sq(xp, e - SIZE - BEFORE, xsc, CG, live, RELU)
+        s_new, s_new_lo = _move(s_new, s_new_lo, new, mid)
+        s_old, s_old_lo = _move(s_old, s_old_lo, mid, _sq(xp, e - 2 * SIZE, xsc, CG, live, RELU))
+        s_out, s_out_lo = _move(s_out, s_out_lo, _sq(xp, e - BEFORE, xsc, CG, live, RELU),
+                                _sq(xp, e - SIZE - BEFORE, xsc, CG, live, RELU))
         a = e - AFTER
-        tsum += _t(_lx(_ld(xp, a, xsc, CG, live), RELU), g_new, a, s_new, CG, alpha, beta, k)
         old = a - SIZE
         x_old = _lx(_ld(xp, old, xsc, CG, live), RELU)
-        tsum -= _t(x_old, _ld(gp, old, gsc, CG, live), old, s_old, CG, alpha, beta, k)
+        tsum, tsum_lo = _move(
+            tsum,
+            tsum_lo,
+            _t(_lx(_ld(xp, a, xsc, CG, live), RELU), g_new, a, _sum(s_new, s_new_lo), CG, alpha, beta, k),
+            _t(x_old, _ld(gp, old, gsc, CG, live), old, _sum(s_old, s_old_lo), CG, alpha, beta, k),
+        )
         i = a - BEFORE
         ok = live & (i >= 0)
         xr = _ld(xp, i, xsc, CG, live)
-        dx = _ld(gp, i, gsc, CG, live) * _pow(s_out, alpha, k, -beta)
-        dx -= 2.0 * alpha * beta * _lx(xr, RELU) * tsum.to(tl.float32)
+        dx = _ld(gp, i, gsc, CG, live) * _pow(_sum(s_out, s_out_lo), alpha, k, -beta)
+        dx -= 2.0 * alpha * beta * _lx(xr, RELU) * (tsum + tsum_lo).to(tl.float32)
         if RELU:
             dx = tl.where(xr > 0, dx, 0.0)  # ReLU's backward: no gradient where its input was <= 0
         tl.store(dp + i.to(tl.int64) * osc, dx.to(dx_ptr.dtype.element_ty), mask=ok)
