@@ -13,7 +13,7 @@ SCRIPT = ROOT / "scripts" / "gpu-check.sh"
 
 
 def gpu_check(tmp_path: Path, *pytest_args: str, **env: str) -> subprocess.CompletedProcess:
-    environ = cli_env(cuda=False, OUT=str(tmp_path / "out"), PYTHON=sys.executable, **env)
+    environ = cli_env(cuda=False, **{"OUT": str(tmp_path / "out"), "PYTHON": sys.executable, **env})
     return subprocess.run(["bash", str(SCRIPT), *pytest_args], capture_output=True, text=True, timeout=900, env=environ)
 
 
@@ -62,3 +62,20 @@ def test_budget_spent_still_prints_the_summary(tmp_path):
     assert r.returncode == 1
     assert "== RESULT lines ==" in r.stdout and "# pytest-rest.log: (no pytest summary: did not finish)" in r.stdout
     assert r.stderr.strip().splitlines()[-1].startswith("gpu-check.sh: error: the budget of 1 s ran out: ")
+
+
+def test_without_pytest_the_benchmarks_still_run(tmp_path):
+    """An offline GPU machine without pytest cannot install it: its minutes still give the figures."""
+    python = tmp_path / "python"  # the same interpreter, as where pytest is not installed
+    python.write_text(f'#!/bin/bash\nif [ "$1" = -c ] && [[ "$2" == *"import pytest"* ]]; then exit 1; fi\nexec {sys.executable} "$@"\n')
+    python.chmod(0o755)
+    r = gpu_check(tmp_path, DEVICE="cpu", QUICK="1", BENCH="lrn", PYTHON=str(python))
+    assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-2000:]
+    assert f"gpu-check.sh: note: pytest is not installed for {python}: the benchmarks run, the tests do not" in r.stdout
+    summary = r.stdout[r.stdout.index("== RESULT lines ==") :].splitlines()
+    assert summary[1] == "# lrn" and summary[2].startswith("RESULT ")
+    assert r.stderr.strip().splitlines()[-1] == f"gpu-check.sh: error: the tests did not run: pytest is not installed for {python}"
+    r = gpu_check(tmp_path, DEVICE="cpu", PARTS="tests", PYTHON=str(python))
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        f"gpu-check.sh: error: pytest is not installed for {python}, and PARTS has nothing else to run"
+    ]
