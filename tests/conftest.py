@@ -66,6 +66,12 @@ def tiny_folder(tmp_path: Path) -> Path:
     return make_image_folder(tmp_path / "images")
 
 
+def src_pythonpath() -> str:
+    """PYTHONPATH of a subprocess: this checkout's src first, then the caller's own (where packages
+    may come from on a machine that cannot pip install them)."""
+    return os.pathsep.join(p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH", "")) if p)
+
+
 def cli_env(cuda: bool = False, **extra: str) -> dict[str, str]:
     """The environment of a CLI subprocess of the tests.
 
@@ -75,7 +81,7 @@ def cli_env(cuda: bool = False, **extra: str) -> dict[str, str]:
     GPU path pass ``cuda=True`` and carry the ``cuda`` marker.
     """
     # PYTHONFAULTHANDLER: a process that aborts (SIGSEGV, SIGABRT) prints every thread's Python stack.
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), ALEXNET_DEBUG="", PYTHONFAULTHANDLER="1", **extra)
+    env = dict(os.environ, PYTHONPATH=src_pythonpath(), ALEXNET_DEBUG="", PYTHONFAULTHANDLER="1", **extra)
     if not cuda:
         env["CUDA_VISIBLE_DEVICES"] = ""
     return env

@@ -21,6 +21,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import src_pythonpath
 
 from alexnet import LocalResponseNorm
 
@@ -255,7 +256,7 @@ def interpreted() -> dict:
     if not HAS_TRITON:
         pytest.skip("triton is not installed")
     env = dict(
-        os.environ, TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1"
+        os.environ, TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES="", PYTHONPATH=src_pythonpath(), OMP_NUM_THREADS="1"
     )
     proc = subprocess.run([sys.executable, __file__], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -311,7 +312,7 @@ def test_batch_and_image_size_do_not_recompile(interpreted):
 def test_importing_lrn_does_not_import_the_kernels():
     """The kernels' module (and Triton with it) is imported at the first CUDA call, not with the package."""
     code = "import sys, alexnet, alexnet.lrn; print('alexnet.lrn_triton' in sys.modules)"
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    env = dict(os.environ, PYTHONPATH=src_pythonpath())
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip() == "False"

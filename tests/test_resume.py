@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import IMAGEWOOF, ROOT, make_tiny_fmnist
+from conftest import IMAGEWOOF, make_tiny_fmnist, src_pythonpath
 from test_command_matrix import _ilsvrc
 
 import alexnet.train
@@ -173,7 +173,7 @@ def _moment(case: int, kill: str, ref: Path, writes: list[str]) -> str:
 
 def _killed_run(args: list[str], fault: str, log: Path) -> str:
     """Run ``alexnet ARGS`` with ALEXNET_FAULT=fault; it must kill itself. Its output."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), ALEXNET_FAULT=fault)
+    env = dict(os.environ, PYTHONPATH=src_pythonpath(), ALEXNET_FAULT=fault)
     with log.open("w+") as f:
         # Its own session: once it is dead, its DataLoader workers (which would hold the run
         # folder's lock and our pipe for seconds) go with it.

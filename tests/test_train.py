@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, src_pythonpath
 
 import alexnet
 from alexnet.checkpoint import load_checkpoint, save_atomic
@@ -194,7 +194,7 @@ def _train_args(data: Path, out: Path, epochs: int = 4) -> list[str]:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])  # Ctrl-C; kill, docker stop, a SLURM preemption
 def test_ctrl_c_saves_and_resumes(tiny_fmnist, tmp_path, sig):
     out = tmp_path / "run"
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    env = dict(os.environ, PYTHONPATH=src_pythonpath())
     proc = subprocess.Popen([sys.executable, "-m", "alexnet", *_train_args(tiny_fmnist, out, epochs=30)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     while not (out / "last.pt").exists() and proc.poll() is None:
@@ -388,7 +388,7 @@ def test_a_resumed_run_is_watched_as_the_uninterrupted_one(tiny_fmnist, tmp_path
     fine-tuning run stopped as diverged at an epoch's end that the uninterrupted one passed, judging
     only the steps since the resume."""
     assert main(_train_args(tiny_fmnist, tmp_path / "whole", epochs=2)) == 0
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), ALEXNET_FAULT="kill:step=12", CUDA_VISIBLE_DEVICES="")
+    env = dict(os.environ, PYTHONPATH=src_pythonpath(), ALEXNET_FAULT="kill:step=12", CUDA_VISIBLE_DEVICES="")
     killed = subprocess.run([sys.executable, "-m", "alexnet", *_train_args(tiny_fmnist, tmp_path / "parts", epochs=2)],
                             env=env, capture_output=True, text=True, timeout=300)
     assert killed.returncode == -signal.SIGKILL and "killed at" in killed.stderr, killed.stderr
