@@ -22,6 +22,8 @@
 #            inside the checkout, which a GPU machine that receives only the checkout can be given)
 #   ALEXNET_SHARED  where the tests find ../shared (default: ../shared, else .gpu-data)
 #   QUICK=1  the benchmarks in their --quick settings (checks they run; figures mean nothing)
+#   INSTALL=0  no `pip install -e .` into $PYTHON's environment (PYTHONPATH=src alone): the tests'
+#            dry runs, whose interpreter may serve other checkouts too
 #   OUT      folder for the logs (default: ${TMPDIR:-/tmp}/alexnet-gpu-check)
 # Exit status: 2 without a visible CUDA device (DEVICE=cuda), pytest's status if tests fail, 1 if a
 # benchmark failed, pytest is missing (the benchmarks still run) or the budget ran out before every
@@ -80,7 +82,9 @@ rm -f "$OUT"/bench-*.log "$OUT"/pytest-*.log  # an earlier run's results are not
 RUNS=$(mktemp -d "${TMPDIR:-/tmp}/alexnet-gpu-check-runs.XXXXXX")
 trap 'rm -rf "$RUNS"' EXIT
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"  # also works where the editable install cannot
-if ! "$PY" -m pip install --no-deps --no-build-isolation -q -e . >"$OUT/pip.log" 2>&1; then
+if [ "${INSTALL:-1}" != 1 ]; then
+    echo "gpu-check.sh: note: INSTALL=$INSTALL: $PY's packages left as they are; using PYTHONPATH=src"
+elif ! "$PY" -m pip install --no-deps --no-build-isolation -q -e . >"$OUT/pip.log" 2>&1; then
     echo "gpu-check.sh: note: pip install --no-deps -e . failed (see $OUT/pip.log); using PYTHONPATH=src"
 fi
 "$PY" - <<'EOF'
