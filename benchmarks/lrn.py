@@ -2,7 +2,9 @@
 
 The shape is conv1's output of the paper's net at batch 32 (32x96x55x55) on the CPU, 128 on CUDA.
 Both compute the same function (torch's alpha is the paper's times n); the accuracy of ours against
-the paper's formula in float64 is printed beside the timings.
+the paper's formula in float64 is printed beside the timings: the reference is torch's
+``local_response_norm`` in float64 (code independent of ours), for the plain LRN and for the
+model's use, LRN per tower (groups=2) of relu(x) with the ReLU fused into ours.
 
 On CUDA ours is the Triton kernel (alexnet.lrn_triton), timed against torch's in the same dtype and
 layout (fp32 and bf16, NCHW and channels_last); the first call's latency (compiling the kernels) is
@@ -20,9 +22,10 @@ import tempfile
 
 import _common  # noqa: F401  (puts src/ on the path)
 import torch
+import torch.nn.functional as F
 from _common import ROOT, base_parser, interleaved, median, result, setup
 
-from alexnet.lrn import LocalResponseNorm, kernel_available, lrn_reference
+from alexnet.lrn import LocalResponseNorm, kernel_available
 
 
 def fwd_bwd(module, x: torch.Tensor, g: torch.Tensor, calls: int = 1):
@@ -34,17 +37,39 @@ def fwd_bwd(module, x: torch.Tensor, g: torch.Tensor, calls: int = 1):
     return run
 
 
-def worst_error(x: torch.Tensor, g: torch.Tensor, module) -> tuple[float, float]:
-    """Largest error of y and dL/dx, relative to the largest float64 value of each."""
-    x64 = x.detach().double().requires_grad_()
-    y64 = lrn_reference(x64, 5, 1e-4, 0.75, 2.0)  # float64 plain ops: an independent computation
-    y64.backward(g.double())
+def reference(x64: torch.Tensor, groups: int = 1, relu: bool = False) -> torch.Tensor:
+    """The paper's LRN (n=5, alpha=1e-4 on the *sum* of squares, beta=0.75, k=2) of ``x64``, or of
+    ``relu(x64)``, each of ``groups`` channel groups on its own, by torch's own
+    ``local_response_norm``: code independent of alexnet.lrn (not its ``_split``/``_window_sum``).
+    torch averages the squares over the window, so its alpha is ours times n; its window for an even
+    n (n//2 channels before, (n-1)//2 after) is ours too (checked against a loop over windows)."""
+    x64 = torch.relu(x64) if relu else x64
+    return torch.cat([F.local_response_norm(t, 5, 1e-4 * 5, 0.75, 2.0) for t in x64.chunk(groups, dim=1)], dim=1)
+
+
+def worst_error(x: torch.Tensor, g: torch.Tensor, module, relu: bool = False) -> tuple[float, float]:
+    """Largest error of y and dL/dx of ``module(x, relu=relu)`` against :func:`reference` in float64
+    (with ``module.groups``), relative to the largest float64 value of each."""
+    x64 = x.detach().double().contiguous().requires_grad_()
+    y64 = reference(x64, module.groups, relu)
+    y64.backward(g.double().contiguous())
     xi = x.detach().requires_grad_()
-    y = module(xi)
+    y = module(xi, relu=relu)
     y.backward(g)
     ey = ((y.double() - y64).abs().max() / y64.abs().max()).item()
     eg = ((xi.grad.double() - x64.grad).abs().max() / x64.grad.abs().max()).item()
     return ey, eg
+
+
+def towers_error(x: torch.Tensor, g: torch.Tensor) -> float:
+    """The model's use: LRN per tower (groups=2) of relu(x), fused; worst error of NCHW and channels_last."""
+    towers = LocalResponseNorm(5, 1e-4, 0.75, 2.0, groups=2)
+    errs = {}
+    for layout, fmt in (("NCHW", torch.contiguous_format), ("channels_last", torch.channels_last)):
+        errs[layout] = worst_error(x.contiguous(memory_format=fmt), g.contiguous(memory_format=fmt), towers, relu=True)
+        print(f"groups=2, fused ReLU, fp32 {layout}; ours vs float64 per-tower reference of relu(x): "
+              f"max error y {errs[layout][0]:.2e}, grad {errs[layout][1]:.2e}")
+    return max(max(e) for e in errs.values())
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -66,6 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     xbf, gbf = x.bfloat16(), g.bfloat16()
     ey, eg = worst_error(x, g, ours)
     print(f"shape {shape}; ours vs float64 formula: max error y {ey:.2e}, grad {eg:.2e} (relative to max |value|)")
+    e_towers = towers_error(torch.randn(shape, device=device) * 30, g)  # pre-ReLU conv1 outputs
     fns = {
         "peer torch LRN fp32 NCHW": fwd_bwd(peer, x, g),
         "ours fp32 NCHW": fwd_bwd(ours, x, g),
@@ -87,6 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     if "peer torch LRN bf16 NCHW" in secs:
         result("lrn_fwd_bwd_bf16_speedup", 1 / secs["ours bf16 NCHW"], 1 / secs["peer torch LRN bf16 NCHW"], "calls/s")
     result("lrn_max_rel_error", max(ey, eg), 1e-5, "relative", ref=True)
+    result("lrn_groups2_relu_max_rel_error", e_towers, 1e-5, "relative", ref=True)
 
 
 # One LRN forward+backward in a fresh process: seconds from the call to its completion (CUDA set
@@ -132,6 +159,7 @@ def cuda_main(args, device: torch.device) -> None:
         xd, gd = (x, g) if dt == "fp32" else (x.bfloat16(), g.bfloat16())
         errs[dt] = worst_error(xd, gd, ours)  # bf16: against float64 of the bf16 input
         print(f"shape {shape} {dt}; ours vs float64 formula: max error y {errs[dt][0]:.2e}, grad {errs[dt][1]:.2e}")
+    e_towers = towers_error(torch.randn(shape, device=device) * 30, g)  # pre-ReLU conv1 outputs
     calls = 1 if args.quick else 10  # per timed round: one call takes about a millisecond
     fns = {}
     for dt, layout in [(d, f) for d in ("fp32", "bf16") for f in ("NCHW", "channels_last")]:
@@ -158,6 +186,7 @@ def cuda_main(args, device: torch.device) -> None:
     ):
         result(name, 1 / secs[f"ours {dt} {layout}"], 1 / secs[f"peer {dt} {layout}"], "calls/s")
     result("lrn_max_rel_error", max(errs["fp32"]), 1e-5, "relative", ref=True)
+    result("lrn_groups2_relu_max_rel_error", e_towers, 1e-5, "relative", ref=True)
 
 
 if __name__ == "__main__":

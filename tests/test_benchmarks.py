@@ -17,12 +17,14 @@ from conftest import cli_env, make_image_folder, requires_cuda, run_cli
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = re.compile(r"^RESULT (\w+) ours=(\S+) (peer|ref)=(\S+) ratio=(\S+) unit=(\S+)$")
 # The lines whose second figure is a reference (tolerance, roofline, trivial predictor, the pure step), not a peer's.
-REFERENCES = {"lrn_max_rel_error", "train_gflops_vs_roofline", "inference_top1_agreement", "ten_crop_cost",
+REFERENCES = {"lrn_max_rel_error", "lrn_groups2_relu_max_rel_error", "train_gflops_vs_roofline", "inference_top1_agreement",
+              "ten_crop_cost",
               "inference_checkpoint_top1", "inference_checkpoint_agreement", "end_to_end_jpeg", "end_to_end_packed", "end_to_end_jpeg_cpu",
               "end_to_end_jpeg_overlap"}
 EXPECTED = {
     # + lrn_fwd_bwd_bf16_speedup where torch's LRN runs bf16 (CUDA; not torch's CPU kernel on several releases)
-    "lrn": {"lrn_fwd_bwd_speedup", "lrn_fwd_bwd_channels_last_speedup", "lrn_max_rel_error"},
+    "lrn": {"lrn_fwd_bwd_speedup", "lrn_fwd_bwd_channels_last_speedup", "lrn_max_rel_error",
+            "lrn_groups2_relu_max_rel_error"},
     "train_step": {"train_images_per_s", "train_macs_normalised", "train_gflops_vs_roofline"},
     "inference": {"inference_images_per_s", "ten_crop_cost"},  # + inference_top1_agreement with trained weights
     "end_to_end": {"end_to_end_jpeg", "end_to_end_packed"},  # + end_to_end_jpeg_cpu and _jpeg_overlap on CUDA
