@@ -7,8 +7,11 @@ the paper's formula in float64 is printed beside the timings: the reference is t
 model's use, LRN per tower (groups=2) of relu(x) with the ReLU fused into ours.
 
 On CUDA ours is the Triton kernel (alexnet.lrn_triton), timed against torch's in the same dtype and
-layout (fp32 and bf16, NCHW and channels_last); the first call's latency (compiling the kernels) is
-measured in fresh processes, with an empty Triton cache and with the one the first left behind.
+layout (fp32, bf16 and fp16, NCHW and channels_last: a RESULT line each); the first call's latency
+(compiling the kernels) is measured in fresh processes, with an empty Triton cache and with the one
+the first left behind, and the first of these reported against its 5 s target (lrn_first_call_seconds).
+A dtype and layout torch's LRN cannot run (bf16 on the CPU in several releases) is said, with
+torch's reason, and has no RESULT line.
 
     python benchmarks/lrn.py [--batch-size 32] [--quick] [--device cuda]
 """
@@ -72,6 +75,50 @@ def towers_error(x: torch.Tensor, g: torch.Tensor) -> float:
     return max(max(e) for e in errs.values())
 
 
+def peer_refusal(peer, x: torch.Tensor, g: torch.Tensor) -> str | None:
+    """Why torch's LRN cannot run fwd+bwd on ``x``'s dtype and layout here, or None if it can."""
+    try:
+        fwd_bwd(peer, x[:1], g[:1])()
+    except (NotImplementedError, RuntimeError) as e:  # e.g. no bf16 CPU kernel: "avg_pool3d_out_frame" not implemented
+        return str(e).splitlines()[0][:80]
+    return None
+
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+LAYOUTS = {"NCHW": torch.contiguous_format, "channels_last": torch.channels_last}
+
+
+def speedup_name(dt: str, layout: str) -> str:
+    """lrn_fwd_bwd_speedup (fp32 NCHW), lrn_fwd_bwd_bf16_channels_last_speedup, ..."""
+    return "lrn_fwd_bwd" + ("" if dt == "fp32" else f"_{dt}") + ("_channels_last" if layout == "channels_last" else "") + "_speedup"
+
+
+def time_pairs(ours, peer, x, g, dtypes: tuple[str, ...], args, device: torch.device, calls: int = 1) -> dict[str, float]:
+    """Seconds per fwd+bwd call of ours and of torch's LRN in each dtype and layout, interleaved; a
+    dtype and layout the peer cannot run is said (with torch's reason) and has no peer entry."""
+    fns = {}
+    for dt in dtypes:
+        for layout, fmt in LAYOUTS.items():
+            xd, gd = (t.to(DTYPES[dt]).contiguous(memory_format=fmt) for t in (x, g))
+            fns[f"ours {dt} {layout}"] = fwd_bwd(ours, xd, gd, calls)
+            why = peer_refusal(peer, xd, gd)
+            if why is None:
+                fns[f"peer {dt} {layout}"] = fwd_bwd(peer, xd, gd, calls)
+            else:
+                print(f"peer torch LRN cannot run {dt} {layout} here ({why}): no RESULT {speedup_name(dt, layout)}")
+    for fn in fns.values():
+        fn()  # warm-up (and the one-time kernel compile)
+    return {k: median(v) / calls for k, v in interleaved(fns, args.repeats, device).items()}
+
+
+def speedup_results(secs: dict[str, float], dtypes: tuple[str, ...]) -> None:
+    """A RESULT line (calls/s, ours against the peer) for each dtype and layout both ran."""
+    for dt in dtypes:
+        for layout in LAYOUTS:
+            if f"peer {dt} {layout}" in secs:
+                result(speedup_name(dt, layout), 1 / secs[f"ours {dt} {layout}"], 1 / secs[f"peer {dt} {layout}"], "calls/s")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = base_parser(__doc__.splitlines()[0])
     p.add_argument("--batch-size", type=int, default=None, help="default: 32 on the CPU, 128 on CUDA")
@@ -87,31 +134,11 @@ def main(argv: list[str] | None = None) -> None:
     x = torch.relu(torch.randn(shape, device=device) * 30)  # post-ReLU activations, as after conv1
     g = torch.randn(shape, device=device)
     ours, peer = LocalResponseNorm(5, 1e-4, 0.75, 2.0), torch.nn.LocalResponseNorm(5, 5e-4, 0.75, 2.0)
-    xcl, gcl = (t.contiguous(memory_format=torch.channels_last) for t in (x, g))
-    xbf, gbf = x.bfloat16(), g.bfloat16()
     ey, eg = worst_error(x, g, ours)
     print(f"shape {shape}; ours vs float64 formula: max error y {ey:.2e}, grad {eg:.2e} (relative to max |value|)")
     e_towers = towers_error(torch.randn(shape, device=device) * 30, g)  # pre-ReLU conv1 outputs
-    fns = {
-        "peer torch LRN fp32 NCHW": fwd_bwd(peer, x, g),
-        "ours fp32 NCHW": fwd_bwd(ours, x, g),
-        "peer torch LRN fp32 channels_last": fwd_bwd(peer, xcl, gcl),
-        "ours fp32 channels_last": fwd_bwd(ours, xcl, gcl),
-        "ours bf16 NCHW": fwd_bwd(ours, xbf, gbf),
-    }
-    try:  # torch's LRN has no bf16 CPU kernel on several releases ("avg_pool3d_out_frame" not implemented)
-        fwd_bwd(peer, xbf[:1], gbf[:1])()
-        fns["peer torch LRN bf16 NCHW"] = fwd_bwd(peer, xbf, gbf)
-    except (NotImplementedError, RuntimeError) as e:
-        print(f"peer torch LRN cannot run bf16 here ({str(e).splitlines()[0][:80]}): no bf16 RESULT line")
-    for fn in fns.values():
-        fn()  # warm-up (and the one-time kernel compile)
-    secs = {k: median(v) for k, v in interleaved(fns, args.repeats, device).items()}
-    result("lrn_fwd_bwd_speedup", 1 / secs["ours fp32 NCHW"], 1 / secs["peer torch LRN fp32 NCHW"], "calls/s")
-    result("lrn_fwd_bwd_channels_last_speedup", 1 / secs["ours fp32 channels_last"],
-           1 / secs["peer torch LRN fp32 channels_last"], "calls/s")
-    if "peer torch LRN bf16 NCHW" in secs:
-        result("lrn_fwd_bwd_bf16_speedup", 1 / secs["ours bf16 NCHW"], 1 / secs["peer torch LRN bf16 NCHW"], "calls/s")
+    dtypes = ("fp32", "bf16")  # torch's LRN has no bf16 CPU kernel on several releases: then no bf16 RESULT lines
+    speedup_results(time_pairs(ours, peer, x, g, dtypes, args, device), dtypes)
     result("lrn_max_rel_error", max(ey, eg), 1e-5, "relative", ref=True)
     result("lrn_groups2_relu_max_rel_error", e_towers, 1e-5, "relative", ref=True)
 
@@ -133,6 +160,9 @@ print(time.perf_counter() - t0)
 """
 
 
+FIRST_CALL_TARGET_S = 5.0  # the first LRN fwd+bwd of a process, compiling the Triton kernels
+
+
 def first_call_seconds(which: str, cache_dir: str) -> float:
     """Latency of the first LRN fwd+bwd of a new process, ``which`` = "ours" or "peer"."""
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), TRITON_CACHE_DIR=cache_dir)
@@ -145,7 +175,7 @@ def first_call_seconds(which: str, cache_dir: str) -> float:
 
 
 def cuda_main(args, device: torch.device) -> None:
-    """Ours (Triton) against torch's LRN, each in fp32 and bf16, NCHW and channels_last."""
+    """Ours (Triton) against torch's LRN, each in fp32, bf16 and fp16, NCHW and channels_last; the first call."""
     from alexnet import lrn
 
     torch.manual_seed(0)
@@ -155,36 +185,22 @@ def cuda_main(args, device: torch.device) -> None:
     ours, peer = LocalResponseNorm(5, 1e-4, 0.75, 2.0), torch.nn.LocalResponseNorm(5, 5e-4, 0.75, 2.0)
     print(f"Triton kernel: {'yes' if lrn._triton_lrn(x) is not None else 'no (eager PyTorch ops)'}")
     errs = {}
-    for dt in ("fp32", "bf16"):
-        xd, gd = (x, g) if dt == "fp32" else (x.bfloat16(), g.bfloat16())
-        errs[dt] = worst_error(xd, gd, ours)  # bf16: against float64 of the bf16 input
+    for dt in ("fp32", "bf16", "fp16"):
+        xd, gd = x.to(DTYPES[dt]), g.to(DTYPES[dt])
+        errs[dt] = worst_error(xd, gd, ours)  # bf16, fp16: against float64 of the rounded input
         print(f"shape {shape} {dt}; ours vs float64 formula: max error y {errs[dt][0]:.2e}, grad {errs[dt][1]:.2e}")
     e_towers = towers_error(torch.randn(shape, device=device) * 30, g)  # pre-ReLU conv1 outputs
     calls = 1 if args.quick else 10  # per timed round: one call takes about a millisecond
-    fns = {}
-    for dt, layout in [(d, f) for d in ("fp32", "bf16") for f in ("NCHW", "channels_last")]:
-        fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
-        xd, gd = ((t if dt == "fp32" else t.bfloat16()).contiguous(memory_format=fmt) for t in (x, g))
-        fns[f"ours {dt} {layout}"] = fwd_bwd(ours, xd, gd, calls)
-        fns[f"peer {dt} {layout}"] = fwd_bwd(peer, xd, gd, calls)
-    for fn in fns.values():
-        fn()  # warm-up (and the one-time kernel compile)
-    secs = {k: median(v) / calls for k, v in interleaved(fns, args.repeats, device).items()}
+    dtypes = ("fp32", "bf16", "fp16")
+    secs = time_pairs(ours, peer, x, g, dtypes, args, device, calls)
     with tempfile.TemporaryDirectory() as cache:
         cold = first_call_seconds("ours", cache)
         warm = first_call_seconds("ours", cache)  # the kernels the first process compiled, from disk
         peer_first = first_call_seconds("peer", cache)
-    print(f"first fwd+bwd in a fresh process: ours {cold:.2f} s (empty Triton cache), {warm:.2f} s (cached)")
-    # Figures beyond the RESULT set that tests/test_benchmarks.py expects: ours, peer, ratio in words.
-    ours_cl, peer_cl = (1 / secs[f"{side} bf16 channels_last"] for side in ("ours", "peer"))
-    print(f"bf16 channels_last: ours {ours_cl:.4g} calls/s, peer {peer_cl:.4g} calls/s, ratio {ours_cl / peer_cl:.3g}")
-    print(f"first call: ours {cold:.3g} s, peer {peer_first:.3g} s, ratio {cold / peer_first:.3g}")
-    for dt, layout, name in (
-        ("fp32", "NCHW", "lrn_fwd_bwd_speedup"),
-        ("fp32", "channels_last", "lrn_fwd_bwd_channels_last_speedup"),
-        ("bf16", "NCHW", "lrn_fwd_bwd_bf16_speedup"),
-    ):
-        result(name, 1 / secs[f"ours {dt} {layout}"], 1 / secs[f"peer {dt} {layout}"], "calls/s")
+    print(f"first fwd+bwd in a fresh process: ours {cold:.2f} s (empty Triton cache), {warm:.2f} s (cached); "
+          f"peer {peer_first:.3g} s")
+    speedup_results(secs, dtypes)
+    result("lrn_first_call_seconds", cold, FIRST_CALL_TARGET_S, "s", ref=True)  # empty cache; target <= 5 s
     result("lrn_max_rel_error", max(errs["fp32"]), 1e-5, "relative", ref=True)
     result("lrn_groups2_relu_max_rel_error", e_towers, 1e-5, "relative", ref=True)
 

@@ -17,12 +17,12 @@ from conftest import cli_env, make_image_folder, requires_cuda, run_cli
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = re.compile(r"^RESULT (\w+) ours=(\S+) (peer|ref)=(\S+) ratio=(\S+) unit=(\S+)$")
 # The lines whose second figure is a reference (tolerance, roofline, trivial predictor, the pure step), not a peer's.
-REFERENCES = {"lrn_max_rel_error", "lrn_groups2_relu_max_rel_error", "train_gflops_vs_roofline", "inference_top1_agreement",
-              "ten_crop_cost",
-              "inference_checkpoint_top1", "inference_checkpoint_agreement", "end_to_end_jpeg", "end_to_end_packed", "end_to_end_jpeg_cpu",
-              "end_to_end_jpeg_overlap"}
+REFERENCES = {"lrn_max_rel_error", "lrn_groups2_relu_max_rel_error", "lrn_first_call_seconds", "train_gflops_vs_roofline",
+              "inference_top1_agreement", "ten_crop_cost", "inference_checkpoint_top1", "inference_checkpoint_agreement",
+              "end_to_end_jpeg", "end_to_end_packed", "end_to_end_jpeg_cpu", "end_to_end_jpeg_overlap"}
 EXPECTED = {
-    # + lrn_fwd_bwd_bf16_speedup where torch's LRN runs bf16 (CUDA; not torch's CPU kernel on several releases)
+    # + the bf16 lines where torch's LRN runs bf16 (CUDA; not torch's CPU kernel on several releases), and on CUDA
+    # the fp16 lines and the first call's seconds
     "lrn": {"lrn_fwd_bwd_speedup", "lrn_fwd_bwd_channels_last_speedup", "lrn_max_rel_error",
             "lrn_groups2_relu_max_rel_error"},
     "train_step": {"train_images_per_s", "train_macs_normalised", "train_gflops_vs_roofline"},
@@ -72,7 +72,9 @@ def run_quick(name: str, device: str, tmp_path: Path) -> subprocess.CompletedPro
 def check_quick(name: str, proc: subprocess.CompletedProcess, device: str) -> dict:
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = parse_results(proc.stdout)
-    optional = {"end_to_end": {"end_to_end_jpeg_cpu", "end_to_end_jpeg_overlap"}, "lrn": {"lrn_fwd_bwd_bf16_speedup"},
+    optional = {"end_to_end": {"end_to_end_jpeg_cpu", "end_to_end_jpeg_overlap"},
+                "lrn": {"lrn_fwd_bwd_bf16_speedup", "lrn_fwd_bwd_bf16_channels_last_speedup", "lrn_fwd_bwd_fp16_speedup",
+                        "lrn_fwd_bwd_fp16_channels_last_speedup", "lrn_first_call_seconds"},
                 "inference": {"inference_top1_agreement", "inference_top1_accuracy"}}  # with torchvision's weights cached
     extra = set(results) - EXPECTED[name]
     assert EXPECTED[name] <= set(results) and extra <= optional.get(name, set())
