@@ -17,7 +17,9 @@ cache holds them after the first epoch, as it would a data set that fits in memo
   jpeg_overlap as jpeg, with ALEXNET_DECODE_OVERLAP=1: nvJPEG on a stream of its own, overlapping
                the step queued before it (GPU only; off by default until this measures it)
   packed       the same images packed by `alexnet prepare` (no decoding)
-GPU utilisation is sampled (NVML, else nvidia-smi) during the last epoch's training phase.
+GPU utilisation is sampled (NVML, else nvidia-smi) during the last epoch's training phase and
+reported as RESULT end_to_end_<run>_gpu_utilisation (percent, against 100) where it was measured
+(CUDA, a reader that answers, samples every 0.2 s within that phase).
 
     python benchmarks/end_to_end.py --data FOLDER [--device cuda] [--batch-size 256] [--amp bf16]
         [--copies N] [--epochs 3] [--workers W] [--quick]
@@ -207,10 +209,12 @@ def main(argv: list[str] | None = None) -> None:
         if device.type == "cuda":
             runs["jpeg_overlap"] = (folder, "auto", {"ALEXNET_DECODE_OVERLAP": "1"})
             runs["jpeg_cpu"] = (folder, "cpu", off)
-        figures = {}
+        figures, utilisation = {}, {}
         for name, (data, decode, env) in runs.items():
             last, util, source = train_run(data, Path(tmp) / f"run-{name}", args, device, decode, env)
             figures[name] = last["images_per_second"]
+            if util is not None:
+                utilisation[name] = util
             util_text = f"{util:.0f} % GPU utilisation ({source})" if util is not None else "GPU utilisation not measured"
             print(f"end to end, {name:<12} (--decode {decode}): {last['images_per_second']:9.1f} images/s in the last "
                   f"epoch's {last['train_seconds']:.1f} s of training, {util_text}; validation {last['val_seconds']:.1f} s")
@@ -219,6 +223,8 @@ def main(argv: list[str] | None = None) -> None:
              peer="the pure training step, input already on the device")
     for name, ips in figures.items():
         result(f"end_to_end_{name}", ips, step_ips, "images/s", ref=True)
+    for name, util in utilisation.items():  # CUDA only, where NVML or nvidia-smi answered and sampled the epoch
+        result(f"end_to_end_{name}_gpu_utilisation", util, 100.0, "percent", ref=True)
 
 
 if __name__ == "__main__":
