@@ -91,7 +91,9 @@ def jpeg_files(data: str) -> list[str]:
 
 def native_batches(files: list[str], batch: int, device: str, augment: bool, seed: int = 0):
     """Batches of the torch-native pipeline: batched decode_jpeg, uint8 v2 transforms per image,
-    then (``augment``) one batched float conversion and normalisation."""
+    then (``augment``) one batched float conversion and normalisation. Nothing to pin: on CUDA,
+    decode_jpeg takes the files' bytes in CPU memory and its images are born on the GPU, as ours'
+    are under --decode device (whose loader pins nothing either)."""
     import torch
     from torchvision.io import ImageReadMode, decode_jpeg, read_file
     from torchvision.transforms import v2
@@ -159,6 +161,11 @@ def store_batches(store, batch: int, device: str, augment: bool, seed: int = 0):
     order = torch.randperm(len(store), generator=torch.Generator().manual_seed(seed)).numpy()
     for i in range(0, len(order), batch):
         x = torch.from_numpy(store[np.sort(order[i : i + batch])])  # sorted reads; a batch's order does not matter
+        if augment and device.startswith("cuda"):
+            # Page-locked, as ours' batches are (load_data(pin_memory=True) under --device cuda), so that
+            # both copies to the GPU run at the same settings: non_blocking from pageable memory is a
+            # synchronous staged copy.
+            x = x.pin_memory()
         if augment:
             x = to_float(torch.stack([per_image(im) for im in x.to(device, non_blocking=True)]))
         yield x
