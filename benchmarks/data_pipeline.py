@@ -431,9 +431,11 @@ def report(r: dict[str, float], args: argparse.Namespace, data: Path) -> None:
                ("data_pipeline_jpeg_ffcv", "jpeg", "ffcv_jpeg"),
                ("data_pipeline_packed_cpu_augment_ffcv", "packed", "ffcv"),
                ("data_pipeline_packed_loader_ffcv", "packed_loader", "ffcv_loader")]
+    from _common import result  # the scripts' one RESULT format (imported here: the pipelines' processes need no torch setup)
+
     for name, ours, peer in results:
         if peer in r:
-            print(f"RESULT {name} ours={r[ours]:.1f} peer={r[peer]:.1f} ratio={r[ours] / r[peer]:.2f} unit=images/s")
+            result(name, r[ours], r[peer], "images/s")
 
 if __name__ == "__main__":
     main()
