@@ -79,6 +79,18 @@ def training_macs(rows: list) -> int:
     return 3 * sum(macs) - macs[0]
 
 
+def macs_per_image(model: torch.nn.Module, peer: torch.nn.Module | None = None) -> tuple[int, int]:
+    """(forward, training step) multiply-accumulates of one 224 px image, counted by
+    ``alexnet.summary.layer_table``; with ``peer``, ``model`` is first given its weights (a strict
+    load: the same layers and shapes, so the count is the peer's)."""
+    from alexnet.summary import layer_table
+
+    if peer is not None:
+        model.load_state_dict(peer.state_dict(), strict=True)
+    rows = layer_table(model, 224)
+    return sum(r.macs for r in rows), training_macs(rows)
+
+
 def machine_description(device: torch.device | None = None) -> str:
     """CPU model and core count (and the GPU name on CUDA)."""
     model = platform.processor() or platform.machine()

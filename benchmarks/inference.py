@@ -10,6 +10,12 @@ reference (the peer, eager fp32 NCHW) on >= 99 % of the images, the one whose pa
 the peer there; then the paper's 10-crop evaluation (4 corners + centre and their mirrors; softmax
 averaged) against a centre-crop evaluation on the same path.
 
+The paper's own net (alexnet_paper: LRN, two towers, 96 conv1 filters; random weights) is timed too,
+in the same interleaved rounds, against torchvision's alexnet at the same settings (bf16 autocast
+where the device has it, channels_last, eager, the same batch): a different architecture, so the
+ratio is normalised by each net's forward multiply-accumulates per image
+(inference_paper_macs_normalised; the issue's target: >= 1.0).
+
 Weights: torchvision's trained ImageNet weights when a file is at hand (--peer-weights, or the
 torch hub cache); else a seeded random initialisation, whose top-1 agreement says little (tiny
 margins; a constant prediction already agrees with many images): it is printed beside the constant
@@ -36,7 +42,7 @@ from pathlib import Path
 import _common
 import torch
 import torchvision
-from _common import base_parser, interleaved, matmul_gflops, median, paired_ratio, result, settings, setup
+from _common import base_parser, interleaved, macs_per_image, matmul_gflops, median, paired_ratio, result, settings, setup
 from torchvision.transforms.functional import ten_crop
 
 from alexnet.data.folder import ImageFolderDataset
@@ -55,6 +61,7 @@ MIN_AGREEMENT = 0.99
 CLASSIFIER = ("fc6", "fc7", "fc8")
 PEER_CLASSIFIER = ("classifier",)  # torchvision's fc6-fc8 (with their ReLUs and dropouts)
 REFERENCE = "peer fp32 eager NCHW (reference)"
+PAPER = "alexnet_paper"  # the timing keys of the paper pair: "ours alexnet_paper", "peer alexnet_paper"
 
 
 def load_images(root, limit: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
@@ -163,6 +170,20 @@ def agreements(pairs: dict, reference: Callable, images: torch.Tensor, batch: in
         out[name] = tuple((predict_all(f, images, batch) == ref).float().mean().item() for f in (ours, peer))
         print(f"  {name:<30} top-1 agreement with the reference: ours {out[name][0]:.2%}, peer {out[name][1]:.2%}")
     return out, ref
+
+
+def paper_pair(peer: torch.nn.Module, device: torch.device) -> tuple[str, tuple[Callable, Callable], tuple[int, int]]:
+    """The paper's net (ours, ``alexnet_paper``: LRN, two towers, 96-filter conv1; seeded random
+    weights) and torchvision's alexnet through the same predictor at the same settings (bf16 autocast
+    where the device has it, else fp32; channels_last; eager), with their forward MACs per image
+    (``_common.macs_per_image``, as train_step.py counts them): a different architecture from the
+    peer's, so its speed is compared per MAC."""
+    amp = "bf16" if device.type == "cuda" or cpu_supports_bf16() else "none"
+    torch.manual_seed(0)
+    ours = create_model(PAPER)
+    macs = macs_per_image(ours)[0], macs_per_image(create_model("alexnet_owt"), peer)[0]
+    common = dict(amp=amp, channels_last=True)
+    return amp, (predictor(ours, device, **common), predictor(copy.deepcopy(peer), device, **common)), macs
 
 
 def time_paths(pairs: dict, reference: Callable, images: torch.Tensor, args, device) -> dict[str, list[float]]:
@@ -283,13 +304,21 @@ def main(argv: list[str] | None = None) -> None:
         print("  NOTE: random weights: top-1 agreement is nearly meaningless here (margins are tiny), so no RESULT "
               "line reports it; compare it with the constant baseline, and give --peer-weights FILE (torchvision's) "
               "or --checkpoint CKPT (a model of ours, trained) for an agreement of trained weights")
-    times = time_paths(pairs, extra["reference"], images[: args.time_images], args, device)
+    paper_amp, paper, paper_macs = paper_pair(peer, device)
+    for fn in paper:  # warm-up: cuDNN autotuning, oneDNN primitives
+        predict_all(fn, images[: args.batch_size], args.batch_size)
+    times = time_paths(pairs | {PAPER: paper}, extra["reference"], images[: args.time_images], args, device)
     secs = {k: median(v) for k, v in times.items()}
     best = choose_path(pairs, agree, secs)
     n = len(images[: args.time_images])
     ips_ours, ips_peer, ips_ref = n / secs[f"ours {best}"], n / secs[f"peer {best}"], n / secs[REFERENCE]
     speed = paired_ratio(times[f"peer {best}"], times[f"ours {best}"])
     report_speed(best, ips_ours, ips_peer, ips_ref, speed, extra["ours_model"](), device, args.quick)
+    paper_ips = n / secs[f"ours {PAPER}"], n / secs[f"peer {PAPER}"]
+    paper_speed = paired_ratio(times[f"peer {PAPER}"], times[f"ours {PAPER}"])
+    print(f"alexnet_paper ({paper_macs[0] / 1e6:.1f} M MACs/image) against torchvision alexnet ({paper_macs[1] / 1e6:.1f} M), "
+          f"{paper_amp} autocast, channels_last, eager: images/s ours {paper_ips[0]:.1f}, peer {paper_ips[1]:.1f}; "
+          f"median of per-round ratios {paper_speed:.4f}, per MAC {paper_speed * paper_macs[0] / paper_macs[1]:.4f}")
     top1 = labelled_top1(pairs, best, extra["reference"], images, labels, folders, args.batch_size) if state else None
     if ckpt is not None:
         print(f"checkpoint {args.checkpoint} on {ckpt['images']} images: top-1 {ckpt['top1_fast']:.2%} on the fast path, "
@@ -300,8 +329,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"10-crop evaluation costs {paired_ratio(cost_times['10 crops'], cost_times['centre crop']):.2f}x a "
           "centre-crop evaluation (median of paired rounds)")
     settings(device=device, path=best, peer="torchvision alexnet through the same predictor", batch=args.batch_size,
-             timed_images=n, rounds=args.repeats, weights=weights.split(":")[0], agreement_images=len(images))
+             timed_images=n, rounds=args.repeats, weights=weights.split(":")[0], agreement_images=len(images),
+             paper_pair=f"alexnet_paper vs torchvision alexnet, amp {paper_amp}, channels_last, eager, per forward MAC")
     result("inference_images_per_s", ips_ours, ips_peer, "images/s")
+    result("inference_paper_images_per_s", paper_ips[0], paper_ips[1], "images/s")
+    result("inference_paper_macs_normalised", paper_ips[0] * paper_macs[0], paper_ips[1] * paper_macs[1], "MAC/s")
     if state is not None and args.data is not None:  # random weights' (or noise images') agreement says nothing
         result("inference_top1_agreement", agree[best][0], baseline, "fraction", ref=True)
     if top1 is not None:

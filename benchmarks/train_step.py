@@ -25,6 +25,7 @@ from _common import (
     base_parser,
     conv_gflops,
     interleaved,
+    macs_per_image,
     matmul_gflops,
     median,
     paired_ratio,
@@ -32,23 +33,12 @@ from _common import (
     settings,
     setup_with_amp,
     sync,
-    training_macs,
 )
 from torch import nn
 
 from alexnet.model import create_model
 from alexnet.optim import PaperSGD
 from alexnet.runtime import autocast
-from alexnet.summary import layer_table
-
-
-def macs_per_image(model: nn.Module, peer: nn.Module | None = None) -> tuple[int, int]:
-    """(forward, training step) multiply-accumulates of one 224 px image; with ``peer``, ``model``
-    is first given its weights (a strict load: the same layers and shapes, so the count is the peer's)."""
-    if peer is not None:
-        model.load_state_dict(peer.state_dict(), strict=True)
-    rows = layer_table(model, 224)
-    return sum(r.macs for r in rows), training_macs(rows)
 
 
 def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device, amp, steps: int,

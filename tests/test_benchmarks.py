@@ -29,7 +29,8 @@ EXPECTED = {
     "lrn": {"lrn_fwd_bwd_speedup", "lrn_fwd_bwd_channels_last_speedup", "lrn_max_rel_error",
             "lrn_groups2_relu_max_rel_error"},
     "train_step": {"train_images_per_s", "train_macs_normalised", "train_gflops_vs_roofline"},
-    "inference": {"inference_images_per_s", "ten_crop_cost"},  # + inference_top1_agreement with trained weights
+    # + inference_top1_agreement with trained weights
+    "inference": {"inference_images_per_s", "inference_paper_images_per_s", "inference_paper_macs_normalised", "ten_crop_cost"},
     "end_to_end": {"end_to_end_jpeg", "end_to_end_packed"},  # + end_to_end_jpeg_cpu and _jpeg_overlap on CUDA
 }
 
@@ -218,7 +219,7 @@ def test_cli_benchmark_runs_in_a_checkout_without_photos(tmp_path):
     note = f"NOTE: no photos ({tmp_path / 'shared' / 'data' / 'imagewoof-mini' / 'val'} is absent; --data DIR gives some)"
     assert note in r.stdout, r.stdout
     names = {line.split()[1] for line in r.stdout.splitlines() if line.startswith("RESULT ")}
-    assert names == {"inference_images_per_s", "ten_crop_cost"}, names
+    assert names == {"inference_images_per_s", "inference_paper_images_per_s", "inference_paper_macs_normalised", "ten_crop_cost"}, names
     r = run_cli("benchmark", "--quick", "--only", "inference", "--device", "cpu", "--dir", str(bench), "--data", str(tmp_path / "none"))
     assert r.returncode == 2 and r.stdout == "", r.stdout
     assert r.stderr.strip().splitlines() == [f"alexnet: error: --data: folder not found: {tmp_path / 'none'}"]
