@@ -22,6 +22,13 @@ if str(ROOT / "src") not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT / "src"))
 
 
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment of a benchmark's child process: this checkout's src first on PYTHONPATH, then
+    the caller's own entries (where packages may come from on a machine that cannot pip install)."""
+    path = os.pathsep.join(p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH", "")) if p)
+    return dict(os.environ, **extra, PYTHONPATH=path)
+
+
 def base_parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--quick", action="store_true", help="tiny setting for CI: checks it runs, not how fast")

@@ -321,7 +321,9 @@ def _child(which: str, data: str, images: int, batch: int, device: str, quick: b
         f"print(json.dumps(getattr(d, {which!r})({data!r}, {int(images)}, {int(batch)}, {device!r})), flush=True); "
         "import os; os._exit(0)"  # FFCV's loader thread, left mid-epoch, aborts a normal interpreter exit
     )
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1")
+    from _common import child_env  # imported here, as result below: the pipelines' processes import no torch setup
+
+    env = child_env(OMP_NUM_THREADS="1")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     if r.returncode != 0:
         sys.exit(f"benchmark {which} failed: {r.stderr.strip().splitlines()[-1] if r.stderr.strip() else r.returncode}")

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import _common  # noqa: F401  (puts src/ on the path)
 import torch
-from _common import ROOT, base_parser, interleaved, median, result, settings, setup_with_amp
+from _common import ROOT, base_parser, child_env, interleaved, median, result, settings, setup_with_amp
 from train_step import make_step
 
 from alexnet.data.folder import IMAGE_EXTENSIONS
@@ -163,7 +163,7 @@ def train_run(
         cmd += ["--threads", str(args.threads)]
     if args.quick:
         cmd += ["--model-option", "input_size=64"]
-    env = dict(os.environ, **env, PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = child_env(**env)
     with Utilisation(device) as util:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:

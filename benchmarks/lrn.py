@@ -18,7 +18,6 @@ torch's reason, and has no RESULT line.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import tempfile
@@ -26,7 +25,7 @@ import tempfile
 import _common  # noqa: F401  (puts src/ on the path)
 import torch
 import torch.nn.functional as F
-from _common import ROOT, base_parser, interleaved, median, result, setup
+from _common import base_parser, child_env, interleaved, median, result, setup
 
 from alexnet.lrn import LocalResponseNorm, kernel_available
 
@@ -165,7 +164,7 @@ FIRST_CALL_TARGET_S = 5.0  # the first LRN fwd+bwd of a process, compiling the T
 
 def first_call_seconds(which: str, cache_dir: str) -> float:
     """Latency of the first LRN fwd+bwd of a new process, ``which`` = "ours" or "peer"."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), TRITON_CACHE_DIR=cache_dir)
+    env = child_env(TRITON_CACHE_DIR=cache_dir)
     proc = subprocess.run(
         [sys.executable, "-c", FIRST_CALL, which], capture_output=True, text=True, env=env, timeout=600
     )
