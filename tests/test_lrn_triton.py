@@ -147,7 +147,23 @@ def run_strided() -> dict:
     ref = lrn_float64(xi.double(), 5, 1e-3, 0.75, 2.0, True, 1)
     ref.sum().backward()
     grad = xs.grad[:, :, ::2]
-    return {"y": errors(y, ref), "grad": errors(grad, xi.grad), "untouched": xs.grad[:, :, 1::2].abs().max().item()}
+    out = {"y": errors(y, ref), "grad": errors(grad, xi.grad), "untouched": xs.grad[:, :, 1::2].abs().max().item()}
+    # Views the kernels read in place (strides that merge: no copy): every other channel of a
+    # channels_last tensor, and every other image of a batch.
+    from alexnet.lrn_triton import _strides
+
+    cl = base.contiguous(memory_format=torch.channels_last)
+    for name, view in (("channels_cl_step2", cl[:, ::2]), ("batch_step2", (torch.randn(4, 9, 6, 8) * 20)[::2])):
+        assert _strides(view) is not None and not view.is_contiguous(), name
+        g = torch.randn(view.shape)
+        y = lrn_triton(view, 5, 1e-3, 0.75, 2.0, False)
+        leaf = view.detach().double().requires_grad_()
+        ref = lrn_float64(leaf, 5, 1e-3, 0.75, 2.0, False, 1)
+        ref.backward(g.double())
+        vg = view.detach().requires_grad_()  # a leaf with the view's strides
+        lrn_triton(vg, 5, 1e-3, 0.75, 2.0, False).backward(g)
+        out[name] = {"y": errors(y, ref), "grad": errors(vg.grad, leaf.grad)}
+    return out
 
 
 def run_double_backward() -> dict:
@@ -283,6 +299,8 @@ def test_interpreted_strided_input_and_expanded_gradient(interpreted):
     r = interpreted["strided"]
     assert r["y"]["elementwise"] <= TOL["float32"] and r["grad"]["elementwise"] <= TOL["float32"], r
     assert r["untouched"] == 0.0
+    for name in ("channels_cl_step2", "batch_step2"):
+        assert r[name]["y"]["elementwise"] <= TOL["float32"] and r[name]["grad"]["elementwise"] <= TOL["float32"], (name, r[name])
 
 
 @needs_triton
