@@ -8,7 +8,8 @@ interleaved round by round. Reported: among the paths whose top-1 predictions ag
 reference (the peer, eager fp32 NCHW) on >= 99 % of the images, the one whose pair is fastest
 (ours + peer: choosing by ours' time alone would let noise in ours' favour pick it), ours against
 the peer there; then the paper's 10-crop evaluation (4 corners + centre and their mirrors; softmax
-averaged) against a centre-crop evaluation on the same path.
+averaged) against a centre-crop evaluation, both by the code of ``alexnet evaluate [--ten-crop]``
+(``predict.model_probs``) at the reported path's amp.
 
 The paper's own net (alexnet_paper: LRN, two towers, 96 conv1 filters; random weights) is timed too,
 in the same interleaved rounds, against torchvision's alexnet at the same settings (bf16 autocast
@@ -43,13 +44,14 @@ import _common
 import torch
 import torchvision
 from _common import base_parser, interleaved, macs_per_image, matmul_gflops, median, paired_ratio, result, settings, setup
-from torchvision.transforms.functional import ten_crop
 
 from alexnet.data.folder import ImageFolderDataset
 from alexnet.data.imagenette import SYNSETS
 from alexnet.data.loaders import model_input
 from alexnet.infer import predictor
+from alexnet.interop import torchvision_recipe
 from alexnet.model import create_model
+from alexnet.predict import model_probs
 from alexnet.runtime import cpu_supports_bf16, progress
 from alexnet.summary import layer_table
 
@@ -97,23 +99,12 @@ def predict_all(fn, images: torch.Tensor, batch: int, fmt: torch.memory_format =
     return torch.cat([fn(centre(images[i : i + batch], fmt)).argmax(1).cpu() for i in range(0, len(images), batch)])
 
 
-def evaluate_centre(fn, images: torch.Tensor, batch: int) -> torch.Tensor:
-    return torch.cat([fn(centre(images[i : i + batch])).softmax(1) for i in range(0, len(images), batch)])
-
-
-def evaluate_ten_crop(fn, images: torch.Tensor, batch: int) -> torch.Tensor:
-    """Softmax averaged over the 10 views of each image. A forward takes the views of batch // 8
-    images, about as many views as the centre-crop batch. The views are cut from the uint8 batch
-    (torchvision's ten_crop: slices and a flip), stacked, then converted to float and normalised
-    in one pass over all of them."""
-    out = []
-    step = max(1, batch // 8)
-    for i in range(0, len(images), step):
-        x = images[i : i + step]
-        views = torch.stack(ten_crop(x, [224, 224]), dim=1).flatten(0, 1)  # (B*10, 3, 224, 224) uint8
-        probs = fn(normalise(views)).softmax(1)
-        out.append(probs.view(len(x), 10, -1).mean(1))
-    return torch.cat(out)
+def evaluate_ours(model: torch.nn.Module, images: torch.Tensor, batch: int, ten_crop: bool, amp: torch.dtype | None) -> torch.Tensor:
+    """Softmax (averaged over the 10 views with ``ten_crop``) as ``alexnet evaluate`` computes it:
+    :func:`alexnet.predict.model_probs` on batches of ``batch`` images (ten crops: 10 forwards of
+    ``batch`` views each, cut and normalised from the uint8 batch by ``model_input``)."""
+    return torch.cat([model_probs(model, images[i : i + batch], model.preprocess, ten_crop, amp, channels_last=True)
+                      for i in range(0, len(images), batch)])
 
 
 def peer_weights(path: str | None) -> tuple[dict | None, str]:
@@ -210,11 +201,14 @@ def labelled_top1(pairs: dict, best: str, reference, images, labels, folders, ba
     return ours, ref
 
 
-def ten_crop_cost(fn, images: torch.Tensor, args, device) -> dict[str, list[float]]:
-    evaluate_centre(fn, images, args.batch_size), evaluate_ten_crop(fn, images, args.batch_size)  # warm-up: new shapes
+def ten_crop_cost(model: torch.nn.Module, amp: torch.dtype | None, images: torch.Tensor, args, device) -> dict[str, list[float]]:
+    """Our 10-crop evaluation against our centre-crop one (``alexnet evaluate [--ten-crop]``'s code),
+    the same model, amp and batch of images, interleaved."""
+    for ten in (False, True):  # warm-up: new shapes
+        evaluate_ours(model, images, args.batch_size, ten, amp)
     return interleaved(
-        {"centre crop": lambda: evaluate_centre(fn, images, args.batch_size),
-         "10 crops": lambda: evaluate_ten_crop(fn, images, args.batch_size)},
+        {"centre crop": lambda: evaluate_ours(model, images, args.batch_size, False, amp),
+         "10 crops": lambda: evaluate_ours(model, images, args.batch_size, True, amp)},
         args.repeats, device,
     )
 
@@ -324,7 +318,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"checkpoint {args.checkpoint} on {ckpt['images']} images: top-1 {ckpt['top1_fast']:.2%} on the fast path, "
               f"{ckpt['top1_fp32']:.2%} in fp32 eager NCHW; the two agree on {ckpt['agreement']:.2%} "
               f"(a constant prediction: {ckpt['constant']:.2%})")
-    cost_times = ten_crop_cost(pairs[best][0], images[: args.ten_crop_images], args, device)
+    evaluator = extra["ours_model"]().to(device).eval().to(memory_format=torch.channels_last)
+    evaluator.preprocess = torchvision_recipe()
+    amp = torch.bfloat16 if paths(device, args.compile)[best]["amp"] == "bf16" else None
+    with torch.no_grad():
+        cost_times = ten_crop_cost(evaluator, amp, images[: args.ten_crop_images], args, device)
     cost = {k: median(v) for k, v in cost_times.items()}
     print(f"10-crop evaluation costs {paired_ratio(cost_times['10 crops'], cost_times['centre crop']):.2f}x a "
           "centre-crop evaluation (median of paired rounds)")

@@ -85,11 +85,15 @@ def from_torchvision(state_dict: dict[str, torch.Tensor], source: str = "torchvi
         model.load_state_dict(dict(state_dict))
     except RuntimeError as e:
         raise CheckpointError(f"{source}: weights do not fit torchvision's alexnet: {state_dict_mismatch(e)}") from None
-    preprocess = Preprocess(
+    return _checkpoint(model, torchvision_recipe(), source, checked=True)
+
+
+def torchvision_recipe() -> Preprocess:
+    """torchvision's ImageNet preprocessing: shorter side 256, the central 224, its mean and std."""
+    return Preprocess(
         dataset="image_folder", resize=256, size=256, train_crop=224, test_crop=224, input_size=224,
         mean=tuple(IMAGENET_MEAN), std=tuple(IMAGENET_STD), preset="torchvision",
     )
-    return _checkpoint(model, preprocess, source, checked=True)
 
 
 # -- protobuf wire format --------------------------------------------------------------------------
