@@ -180,7 +180,7 @@ def pure_step(args, device: torch.device, amp, classes: int) -> float:
     model = create_model("alexnet_paper", num_classes=classes, input_size=size).to(device).train().to(memory_format=torch.channels_last)
     x = torch.randn(args.batch_size, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, classes, (args.batch_size,), device=device)
-    step = make_step(model, x, y, device, amp, 1 if args.quick else 10)
+    step = make_step(model, x, y, device, amp, 1 if args.quick else 10, as_train="sgd")  # the runs' --optimizer sgd
     step()  # warm-up: cuDNN autotuning, allocator
     times = interleaved({"pure step (alexnet_paper)": step}, args.repeats, device)["pure step (alexnet_paper)"]
     del model, x, y, step  # the step's closure holds the model, its gradients and the momentum

@@ -37,16 +37,20 @@ from _common import (
 from torch import nn
 
 from alexnet.model import create_model
-from alexnet.optim import PaperSGD
+from alexnet.optim import PaperSGD, make_optimizer
 from alexnet.runtime import autocast
 
 
 def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device, amp, steps: int,
-              compile: str | None = None, paper_sgd: bool = False):
+              compile: str | None = None, paper_sgd: bool = False, as_train: str | None = None):
     """``steps`` SGD steps of ``model`` (through ``torch.compile`` in mode ``compile`` if given) as one callable; torch's
-    SGD (as the peer) unless ``paper_sgd`` (:class:`alexnet.optim.PaperSGD`, the default of ``alexnet train``)."""
-    sgd = PaperSGD if paper_sgd else torch.optim.SGD
-    opt = sgd(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
+    SGD (as the peer) unless ``paper_sgd`` (:class:`alexnet.optim.PaperSGD`, the default of ``alexnet train``);
+    ``as_train``: the optimizer ``alexnet train --optimizer AS_TRAIN`` builds (for ``sgd``, torch's fused where it has one)."""
+    if as_train is not None:
+        opt = make_optimizer(as_train, [{"params": list(model.parameters())}], 1e-3, 0.9, 5e-4)
+    else:
+        sgd = PaperSGD if paper_sgd else torch.optim.SGD
+        opt = sgd(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
     loss_fn = nn.CrossEntropyLoss()
     forward = torch.compile(model, mode=compile) if compile else model
 
