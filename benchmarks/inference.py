@@ -23,7 +23,9 @@ margins; a constant prediction already agrees with many images): it is printed b
 baseline but not reported as a RESULT. With trained weights and ImageNet-synset folders
 (Imagenette, Imagewoof) both models' top-1 accuracy is reported. --checkpoint (a model of ours,
 trained e.g. on Imagenette) with --ckpt-data labelled by its classes reports its top-1 on the fast
-path and in fp32, and the two paths' agreement beside a constant prediction's.
+path and in fp32, and the two paths' agreement beside a constant prediction's; a checkpoint of
+torchvision's architecture (alexnet_owt, 224 px) is also loaded into torchvision's alexnet and run
+on the same fast path: both models' top-1 and their agreement.
 
 Without --data and without the shared imagewoof-mini/val beside the checkout, the timings run on
 synthetic 256x256 images (speed does not depend on the pixels) and no agreement or accuracy is
@@ -232,6 +234,9 @@ def checkpoint_check(path: str, data: str, device: torch.device, batch: int, ckp
     fp32 = tuple(n for n in CLASSIFIER if hasattr(fast_model, n))
     fns = {"fast": predictor(fast_model, device, amp=amp, fp32_layers=fp32),
            "fp32": predictor(ref_model, device, amp="none", channels_last=False)}
+    twin = torchvision_twin(ref_model)
+    if twin is not None:  # the same trained weights in torchvision's alexnet, on the same fast path
+        fns["peer"] = predictor(twin, device, amp=amp, fp32_layers=PEER_CLASSIFIER)
     preds, labels = {k: [] for k in fns}, []
     for b in loader:
         if b is None:  # every image of the batch was unreadable
@@ -243,8 +248,26 @@ def checkpoint_check(path: str, data: str, device: torch.device, batch: int, ckp
             preds[k].append(fn(x).argmax(1).cpu())
         labels.append(y.cpu())
     fast, ref, y = torch.cat(preds["fast"]), torch.cat(preds["fp32"]), torch.cat(labels)
-    return {"top1_fast": (fast == y).float().mean().item(), "top1_fp32": (ref == y).float().mean().item(),
-            "agreement": (fast == ref).float().mean().item(), "constant": constant_baseline(ref), "images": len(y)}
+    out = {"top1_fast": (fast == y).float().mean().item(), "top1_fp32": (ref == y).float().mean().item(),
+           "agreement": (fast == ref).float().mean().item(), "constant": constant_baseline(ref), "images": len(y)}
+    if twin is not None:
+        peer = torch.cat(preds["peer"])
+        out |= {"top1_peer": (peer == y).float().mean().item(), "agreement_peer": (fast == peer).float().mean().item()}
+    return out
+
+
+def torchvision_twin(model: torch.nn.Module) -> torch.nn.Module | None:
+    """torchvision's alexnet holding ``model``'s weights if ``model`` has its layers (alexnet_owt), else None."""
+    from alexnet.errors import ConfigError
+    from alexnet.export import torchvision_state_dict
+
+    try:
+        state = torchvision_state_dict(model)
+    except ConfigError:
+        return None
+    twin = torchvision.models.alexnet(num_classes=model.config.num_classes)
+    twin.load_state_dict(state)
+    return twin.eval()
 
 
 def parse(argv: list[str] | None):
@@ -318,6 +341,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"checkpoint {args.checkpoint} on {ckpt['images']} images: top-1 {ckpt['top1_fast']:.2%} on the fast path, "
               f"{ckpt['top1_fp32']:.2%} in fp32 eager NCHW; the two agree on {ckpt['agreement']:.2%} "
               f"(a constant prediction: {ckpt['constant']:.2%})")
+        if "top1_peer" in ckpt:
+            print(f"  torchvision's alexnet with the checkpoint's weights on the same path: top-1 {ckpt['top1_peer']:.2%}; "
+                  f"ours agrees with it on {ckpt['agreement_peer']:.2%}")
     evaluator = extra["ours_model"]().to(device).eval().to(memory_format=torch.channels_last)
     evaluator.preprocess = torchvision_recipe()
     amp = torch.bfloat16 if paths(device, args.compile)[best]["amp"] == "bf16" else None
@@ -339,6 +365,9 @@ def main(argv: list[str] | None = None) -> None:
     if ckpt is not None:
         result("inference_checkpoint_top1", ckpt["top1_fast"], ckpt["top1_fp32"], "fraction", ref=True)
         result("inference_checkpoint_agreement", ckpt["agreement"], ckpt["constant"], "fraction", ref=True)
+        if "top1_peer" in ckpt:  # both models' top-1 with the same trained weights, and their agreement
+            result("inference_checkpoint_top1_vs_torchvision", ckpt["top1_fast"], ckpt["top1_peer"], "fraction")
+            result("inference_checkpoint_agreement_torchvision", ckpt["agreement_peer"], ckpt["constant"], "fraction", ref=True)
     result("ten_crop_cost", cost["10 crops"], cost["centre crop"], "s", ref=True)
 
 

@@ -147,9 +147,9 @@ run_bench() {  # run_bench NAME: the benchmark NAME with its GPU settings, or wh
                 # be fetched there: a model of ours trained here on $DATA, measured on its val photos.
                 local ckpt=() epochs=15
                 [ "${QUICK:-0}" = "1" ] && epochs=1
-                echo "== training a model on $DATA for the inference benchmark's agreement ($epochs epochs) =="
+                echo "== training alexnet_owt on $DATA for the inference benchmark's agreement with torchvision's alexnet ($epochs epochs) =="
                 if [ -d "$DATA/train" ] && step "$OUT/train-for-inference.log" "$PY" -m alexnet train --data "$DATA" \
-                        --device "$DEVICE" --epochs "$epochs" --seed 0 --out "$RUNS/inference-model" --force; then
+                        --model alexnet_owt --device "$DEVICE" --epochs "$epochs" --seed 0 --out "$RUNS/inference-model" --force; then
                     ckpt=(--checkpoint "$RUNS/inference-model/last.pt" --ckpt-data "$DATA")
                 else echo "== (no trained model: the inference benchmark reports no agreement) =="; fi
                 bench inference benchmarks/inference.py --device "$DEVICE" --data "$DATA/val" --batch-size 256 --time-images 1024 \

@@ -19,6 +19,7 @@ RESULT = re.compile(r"^RESULT (\w+) ours=(\S+) (peer|ref)=(\S+) ratio=(\S+) unit
 # The lines whose second figure is a reference (tolerance, roofline, trivial predictor, the pure step), not a peer's.
 REFERENCES = {"lrn_max_rel_error", "lrn_groups2_relu_max_rel_error", "lrn_first_call_seconds", "train_gflops_vs_roofline",
               "inference_top1_agreement", "ten_crop_cost", "inference_checkpoint_top1", "inference_checkpoint_agreement",
+              "inference_checkpoint_agreement_torchvision",
               "end_to_end_jpeg", "end_to_end_packed", "end_to_end_jpeg_cpu", "end_to_end_jpeg_overlap"}
 # end_to_end.py's GPU utilisation per run: CUDA only, and only where NVML or nvidia-smi answers and sampled the epoch.
 UTILISATION = {f"end_to_end_{run}_gpu_utilisation" for run in ("jpeg", "packed", "jpeg_cpu", "jpeg_overlap")}
@@ -109,13 +110,17 @@ def test_benchmark_quick(name, tmp_path):
 
 
 @pytest.mark.slow
-def test_inference_checkpoint_reports_trained_agreement(tmp_path):
+@pytest.mark.parametrize("model", ["alexnet_paper", "alexnet_owt"])
+def test_inference_checkpoint_reports_trained_agreement(tmp_path, model):
     """--checkpoint (a model of ours, trained): the fp32 path's top-1 is what `alexnet evaluate`
     (another code path) measures, the fast path's agrees with it far beyond a constant prediction's
-    agreement; data of other classes is refused in one line."""
+    agreement; of torchvision's architecture, torchvision's alexnet given the same weights is scored
+    beside it (both models' top-1); data of other classes is refused in one line."""
     data = make_image_folder(tmp_path / "photos", classes=2, per_class=6)
-    r = run_cli("train", "--data", str(data), "--epochs", "8", "--batch-size", "4", "--lr", "0.002", "--model-option",
-                "input_size=112", "--out", str(tmp_path / "run"), "--seed", "1")
+    lr = {"alexnet_paper": "0.002", "alexnet_owt": "0.0001"}[model]  # owt, without LRN, diverges at 0.002 and 0.0005
+    r = run_cli("train", "--data", str(data), "--model", model, "--epochs", "8", "--batch-size", "4", "--lr", lr,
+                *(["--model-option", "input_size=112"] if model == "alexnet_paper" else []),  # torchvision's: 224
+                "--out", str(tmp_path / "run"), "--seed", "1")
     assert r.returncode == 0, r.stderr
     ckpt = str(tmp_path / "run" / "last.pt")
     ev = run_cli("evaluate", "--checkpoint", ckpt, "--data", str(data))
@@ -127,6 +132,12 @@ def test_inference_checkpoint_reports_trained_agreement(tmp_path):
     assert results["inference_checkpoint_top1"][1] == pytest.approx(top1, abs=1e-4)
     agreement, constant = results["inference_checkpoint_agreement"][:2]
     assert agreement >= 11 / 12 and constant <= 10 / 12  # trained: not one class for every image
+    if model == "alexnet_owt":
+        ours, peer = results["inference_checkpoint_top1_vs_torchvision"][:2]
+        assert ours == results["inference_checkpoint_top1"][0] and abs(ours - peer) <= 1 / 12
+        assert results["inference_checkpoint_agreement_torchvision"][0] >= 11 / 12
+    else:
+        assert "inference_checkpoint_top1_vs_torchvision" not in results
     other = make_image_folder(tmp_path / "other", classes=3, per_class=1)
     bad = subprocess.run(script[:-4] + ["--data", str(other), "--checkpoint", ckpt], capture_output=True, text=True,
                          timeout=600, cwd=tmp_path, env=cli_env())

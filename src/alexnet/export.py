@@ -180,10 +180,9 @@ def export_torchscript(model: AlexNet, path: str | os.PathLike) -> list[Path]:
     return [path]
 
 
-def export_torchvision(model: AlexNet, path: str | os.PathLike) -> list[Path]:
-    """Write the state dict under torchvision's names: ``torchvision.models.alexnet(num_classes=N)``
-    loads it. Only a network of torchvision's layout (``alexnet_owt``) has them; the file holds weights
-    alone, so a recipe other than torchvision's ImageNet normalisation is warned about."""
+def torchvision_state_dict(model: AlexNet) -> dict[str, torch.Tensor]:
+    """``model``'s weights under torchvision's names (on the CPU), which ``torchvision.models.alexnet(
+    num_classes=N)`` loads; a ConfigError unless the network has its layers (``alexnet_owt``, RGB)."""
     from .model import TORCHVISION_KEYS, registered_name
 
     if registered_name(model.config) != "alexnet_owt" or model.config.in_chans != 3:
@@ -191,7 +190,14 @@ def export_torchvision(model: AlexNet, path: str | os.PathLike) -> list[Path]:
                           f"{registered_name(model.config) or 'a custom AlexNet'} with {model.config.in_chans} input channel(s): "
                           "export it as .safetensors, .onnx, .pt2 or .ts")
     ours = {v: k for k, v in TORCHVISION_KEYS.items()}
-    state = {f"{ours[k.rpartition('.')[0]]}.{k.rpartition('.')[2]}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    return {f"{ours[k.rpartition('.')[0]]}.{k.rpartition('.')[2]}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+
+
+def export_torchvision(model: AlexNet, path: str | os.PathLike) -> list[Path]:
+    """Write the state dict under torchvision's names: ``torchvision.models.alexnet(num_classes=N)``
+    loads it. Only a network of torchvision's layout (``alexnet_owt``) has them; the file holds weights
+    alone, so a recipe other than torchvision's ImageNet normalisation is warned about."""
+    state = torchvision_state_dict(model)
     pre = model.preprocess
     imagenet = np.allclose([*pre.mean, *pre.std], [*presets.IMAGENET_MEAN, *presets.IMAGENET_STD]) if pre is not None else True
     if pre is not None and (pre.mean_image is not None or not imagenet):
