@@ -629,3 +629,21 @@ def test_index_with_malformed_json_metadata(tmp_path, capsys):
     meta["paths"] = json.dumps(["only-one.jpg"])  # valid JSON, but 1 path for 2 vectors
     save_file({"features": torch.zeros(2, 16), "labels": torch.zeros(2, dtype=torch.int64)}, str(index), metadata=meta)
     assert "1 paths for 2" in fails(capsys, "retrieve", str(image), "--index", str(index))
+
+
+def test_no_readable_image_to_score_is_an_error_not_an_accuracy_of_zero(tmp_path):
+    """A validation split of unreadable files gave 'val top-1 0.0000', kept as the best checkpoint,
+    and evaluate printed '0 images ... top-1 accuracy 0.0000' with exit 0."""
+    root = make_image_folder(tmp_path / "data" / "train", classes=2, per_class=4)
+    for c in ("class0", "class1"):
+        (tmp_path / "data" / "val" / c).mkdir(parents=True)
+        (tmp_path / "data" / "val" / c / "empty.jpg").write_bytes(b"")
+    r = run_cli("train", "--data", str(root.parent), "--out", str(tmp_path / "run"), *TINY, *QUICK)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines()[-1] == (
+        "alexnet: error: validation: no image to score: every one was unreadable (each was named in a warning above)")
+    assert not list((tmp_path / "run").glob("*.pt"))
+    ckpt = tiny_checkpoint(tmp_path / "m.pt")
+    r = run_cli("evaluate", "--checkpoint", str(ckpt), "--data", str(tmp_path / "data" / "val"))
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == (
+        "alexnet: error: no image to score: every one was unreadable (each was named in a warning above)"), r.stderr

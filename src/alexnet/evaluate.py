@@ -16,7 +16,7 @@ import torch
 from .atomic import atomic_path
 from .checkpoint import load, require_recipe
 from .data.presets import Preprocess
-from .errors import CheckpointError
+from .errors import CheckpointError, DataError
 from .model import AlexNet
 from .predict import class_names, model_probs, recipe
 from .runtime import progress, resolve_amp, resolve_device
@@ -201,8 +201,8 @@ def score(log_probs: torch.Tensor, labels: torch.Tensor) -> tuple[float, int, in
 def summarize(loss_sum: float, c1: float, c5: float, n: float) -> dict[str, float]:
     """Accuracies, errors and mean loss from the sums of :func:`score` over ``n`` images."""
     n = int(n)
-    if n == 0:
-        return {"top1": 0.0, "top5": 0.0, "top1_error": 1.0, "top5_error": 1.0, "loss": float("nan"), "images": 0}
+    if n == 0:  # an accuracy of 0.0000 would read as a model that learned nothing
+        raise DataError("no image to score: every one was unreadable (each was named in a warning above)")
     return {"top1": c1 / n, "top5": c5 / n, "top1_error": 1 - c1 / n, "top5_error": 1 - c5 / n, "loss": loss_sum / n, "images": n}
 
 
