@@ -84,6 +84,16 @@ def test_evaluate_on_the_training_folder_scores_what_training_held_out(tmp_path,
     r = run_cli("evaluate", "--checkpoint", str(out / "last.pt"), "--data", str(copy), "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["images"] == 30
+    if not packed:  # photos added to (or renamed in) the folder since: its held-out tenth cannot be recovered
+        shutil.copy(data / "class0" / "img0.jpg", data / "class0" / "new.jpg")
+        r = run_cli("evaluate", "--checkpoint", str(out / "last.pt"), "--json")
+        assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == (
+            f"alexnet: error: {data} has changed since training (30 images then, 31 now): the images it held out for "
+            "validation can no longer be told from those it trained on; give --data a folder it did not train on")
+        (data / "class0" / "new.jpg").rename(data / "class0" / "img9_.jpg")
+        (data / "class0" / "img9.jpg").unlink()
+        r = run_cli("evaluate", "--checkpoint", str(out / "last.pt"), "--json")
+        assert r.returncode == 2 and "has changed since training (files renamed)" in r.stderr
 
 
 def test_summary_command():

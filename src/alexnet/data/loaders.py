@@ -26,7 +26,7 @@ from .folder import BAD_FILES_NAME, BadFiles, ImageFolderDataset, collate
 from .packed import PackedDataset, batch_passthrough, read_index
 from .presets import IMAGENET_MEAN, IMAGENET_STD, Preprocess  # noqa: F401 - the means re-exported (old import path)
 from .sources import detect, open_folder_splits, unwrap_worker_error
-from .stats import StatsAccumulator, folder_stats
+from .stats import StatsAccumulator, cache_key, folder_stats
 
 
 class EpochBatchSampler:
@@ -96,6 +96,7 @@ class DataBundle:
     source: str
     notes: list[str] = field(default_factory=list)
     bad_files: BadFiles | None = None  # unreadable images met so far (count, paths, list file)
+    held_out_of: dict[str, Any] | None = None  # without a val split: what the held-out tenth was drawn from (:func:`listing`)
 
     def close(self) -> None:
         """Stop the loaders' worker processes now (see :meth:`Batches.close`)."""
@@ -315,7 +316,17 @@ def _images(root, preset, bad, loading, val_fraction, show_progress, batch_size,
     loader_args = (seed, rank, world, *loading)
     train = _batches(train_ds, train_idx, batch_size, True, True, *loader_args)
     val = _batches(val_ds, val_idx, eval_batch_size, False, False, *loader_args)
-    return DataBundle(train, val, classes, preprocess, len(train_idx), len(val_idx), str(root), notes, bad)
+    held = listing(train_ds) if "val" not in splits else None
+    return DataBundle(train, val, classes, preprocess, len(train_idx), len(val_idx), str(root), notes, bad, held)
+
+
+def listing(ds: Any) -> dict[str, Any]:
+    """What a held-out split is drawn from: the number of images and, for an image folder, a digest
+    of their paths (relative to it), by which evaluation tells whether the folder is still the same."""
+    samples = getattr(ds, "samples", None)
+    if samples is None:  # a pack: its images are fixed when it is written
+        return {"images": len(ds)}
+    return {"images": len(ds), "digest": cache_key([f for f, _ in samples], ds.root, stamps=False)}
 
 
 def set_epoch(loader: Any, epoch: int, start: int = 0) -> None:
@@ -386,6 +397,17 @@ def _to_model(x: torch.Tensor, preprocess: Preprocess, channels_last: bool) -> t
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
+def _same_listing(ds: Any, recorded: dict[str, Any] | None, source: str) -> None:
+    """A DataError unless ``ds`` lists the images training drew its held-out split from (see :func:`listing`)."""
+    if not recorded:  # a checkpoint from before this record
+        return
+    now, then = listing(ds), recorded.get("images")
+    if now["images"] != then or now.get("digest") != recorded.get("digest", now.get("digest")):
+        change = f"{then} images then, {now['images']} now" if now["images"] != then else "files renamed"
+        raise DataError(f"{source} has changed since training ({change}): the images it held out for validation can no longer "
+                        "be told from those it trained on; give --data a folder it did not train on")
+
+
 def _check_fits(preprocess: Preprocess, channels: int, side: int, source: str) -> None:
     """Stored images a checkpoint's recipe cannot take (another channel count or size) -> one line."""
     if not preprocess.fits(channels, side):
@@ -408,12 +430,15 @@ def load_eval_data(
     decode_device: torch.device | str | None = None,
     pin_memory: bool = False,
     held_out_seed: int | None = None,
+    held_out_of: dict[str, Any] | None = None,
 ) -> tuple[Any, list[str], int, str]:
     """The evaluation split of ``data`` prepared as ``preprocess`` says (from a checkpoint).
 
     Fashion-MNIST / CIFAR: the test set. An image or packed folder: its ``val`` split if present,
     else the images training held out with ``held_out_seed`` (:func:`held_out`; give it when the
     model was trained on this folder, or its own training images are scored), else every image.
+    ``held_out_of`` (:func:`listing`, as training recorded it): a DataError if the folder has changed
+    since, when the held-out images can no longer be told from the ones training used.
     Returns (loader, class names, number of images, description). ``pin_memory``: batches in
     page-locked memory, for a GPU.
     """
@@ -450,6 +475,7 @@ def load_eval_data(
         classes, source = ds.classes, str(ds.root)
     indices = list(range(len(ds)))
     if whole and held_out_seed is not None:  # the model's own folder: not the images it trained on
+        _same_listing(ds, held_out_of, source)
         indices = held_out(len(ds), held_out_seed)[1]
         source += f" (the {len(indices)} images training held out, seed {held_out_seed})"
     loader = _batches(ds, indices, batch_size, False, False, 0, 0, 1, workers, pin_memory, decode_device)

@@ -84,15 +84,15 @@ def compute_stats(dataset, indices: list[int], workers: int = 0, batch_size: int
     return acc.result(getattr(dataset, "root", "the training set")), bad
 
 
-def cache_key(files: list[str], root: Path, *params: Any) -> str:
+def cache_key(files: list[str], root: Path, *params: Any, stamps: bool = True) -> str:
     """A key naming one data set and recipe: the files (relative to ``root``, with their sizes and
-    modification times, so that a file replaced under the same name changes the key) and the
-    parameters."""
+    modification times, so that a file replaced under the same name changes the key, unless not
+    ``stamps``) and the parameters."""
     h = hashlib.sha1()
     for f in files:
         try:
-            st = os.stat(f)
-            stamp = f"\t{st.st_size}\t{st.st_mtime_ns}"
+            st = os.stat(f) if stamps else None
+            stamp = f"\t{st.st_size}\t{st.st_mtime_ns}" if stamps else ""
         except OSError:  # unreadable: the statistics pass reports it
             stamp = "\t-"
         h.update((os.path.relpath(f, root) + stamp).encode("utf-8", "surrogateescape") + b"\n")
