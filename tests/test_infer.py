@@ -1,5 +1,7 @@
 """alexnet.infer.predictor: the fast inference path gives the model's own answers."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -84,6 +86,33 @@ def test_predict_names_the_true_class_of_an_ilsvrc_synset_folder(tmp_path):
     torch.save(ckpt, tmp_path / "m.pt")
     (result,) = predict(alexnet.load(tmp_path / "m.pt"), tmp_path / "val" / "n00000500" / "x.jpg")
     assert result["label"] == categories[500]
+
+
+def test_predict_labels_an_image_by_the_folder_training_lists_it_under(tmp_path):
+    """The true class came from the link's target (a linked class folder, the README's way of making
+    a subset, gave no label; a file linked into another class got its target's), and an image in a
+    sub-folder of a class had none; training labels each by the class folder it is listed under."""
+    from conftest import make_image_folder
+    from test_evaluate import tiny_checkpoint
+
+    import alexnet
+    from alexnet.data.folder import find_classes, list_images
+    from alexnet.predict import predict
+
+    src = make_image_folder(tmp_path / "all", classes=3, per_class=2)
+    subset = tmp_path / "subset"
+    subset.mkdir()
+    (subset / "class0").symlink_to(src / "class0", target_is_directory=True)
+    (subset / "class1").mkdir()
+    (subset / "class1" / "linked.jpg").symlink_to(src / "class0" / "img0.jpg")
+    (subset / "class1" / "sub" / "deeper").mkdir(parents=True)
+    (src / "class2" / "img0.jpg").rename(subset / "class1" / "sub" / "deeper" / "nested.jpg")
+    trained = {Path(f).relative_to(subset): find_classes(subset)[0][c] for f, c in list_images(subset, find_classes(subset)[0])}
+    model = alexnet.load(tiny_checkpoint(tmp_path / "m.pt", classes=3))
+    model.classes = ["class0", "class1", "class2"]
+    got = {Path(r["path"]).relative_to(subset): r["label"] for r in predict(model, subset)}
+    assert got == trained and got[Path("class1", "linked.jpg")] == "class1", got
+    assert got[Path("class1", "sub", "deeper", "nested.jpg")] == "class1"
 
 
 def test_python_api_mistakes_are_named_not_answered_wrongly(tmp_path):

@@ -102,19 +102,23 @@ def load_image(path: str | os.PathLike, preprocess: Preprocess) -> torch.Tensor:
     return to_luma(image) if preprocess.channels == 1 else image
 
 
-def true_class(path: str | os.PathLike, classes: list[str]) -> str | None:
-    """The class an image's parent folder names, if it is one of ``classes``.
+def true_class(path: str | os.PathLike, classes: list[str], depth: int = 3) -> str | None:
+    """The class the nearest of an image's ``depth`` enclosing folders names, if one is in ``classes``.
 
-    A folder name (e.g. ImageNet's ``n02086240``) is also named as training named it, from the
-    folder and its siblings (:func:`alexnet.data.folder.find_classes`: a ``classes.tsv``, else the
-    known synsets, else the 1000 ILSVRC synsets by torchvision's categories).
+    Folders as the path names them, links not followed: training labels an image by the class
+    folder it is listed under, also in a linked class folder, a linked file, or a sub-folder. A
+    folder name (e.g. ImageNet's ``n02086240``) is also named as training named it, from the folder
+    and its siblings (:func:`alexnet.data.folder.find_classes`: a ``classes.tsv``, else the known
+    synsets, else the 1000 ILSVRC synsets by torchvision's categories).
     """
-    folder = Path(path).resolve().parent
-    if folder.name in classes:
-        return folder.name
-    folders, names = _sibling_classes(str(folder.parent))
-    name = names[folders.index(folder.name)] if folder.name in folders else None
-    return name if name in classes else None
+    for folder in list(Path(os.path.abspath(path)).parents)[:depth]:
+        if folder.name in classes:
+            return folder.name
+        folders, names = _sibling_classes(str(folder.parent))
+        name = names[folders.index(folder.name)] if folder.name in folders else None
+        if name in classes:
+            return name
+    return None
 
 
 @functools.lru_cache(maxsize=64)
