@@ -626,3 +626,17 @@ def test_photos_are_stored_at_256_for_the_papers_and_caffes_crops(tmp_path, inpu
     p = data.preprocess
     assert (p.resize, p.size, p.train_crop, p.test_crop) == (stored, stored, input_size, input_size)
     assert next(iter(data.train))[0].shape[-2:] == (stored, stored)
+
+
+def test_cached_statistics_of_a_moved_folder_name_its_bad_files_where_they_are_now(tmp_path):
+    """The statistics cache moves with the folder (its key is of relative paths), but its unreadable
+    files kept their old paths: not skipped by training, and reported under both names."""
+    root = make_image_folder(tmp_path / "before", classes=2, per_class=3)
+    (root / "class0" / "zero.jpg").write_bytes(b"")
+    ds = ImageFolderDataset(root, resize=32, size=32)
+    assert folder_stats(ds, list(range(len(ds))))["bad"] == [str(root / "class0" / "zero.jpg")]
+    moved = root.rename(tmp_path / "after")
+    ds = ImageFolderDataset(moved, resize=32, size=32)
+    stats = folder_stats(ds, list(range(len(ds))))
+    assert "cached statistics pass" in ds.bad.reasons()[str(moved / "class0" / "zero.jpg")]  # from the cache
+    assert stats["bad"] == ds.bad.paths() == [str(moved / "class0" / "zero.jpg")]

@@ -151,6 +151,22 @@ def load_stats(json_path: Path) -> dict[str, Any] | None:
         return None
 
 
+def _rebased(cached: dict[str, Any], root: str) -> dict[str, Any]:
+    """Cached statistics of the same files under another root (the data folder was moved or renamed
+    since: the cache key is of relative paths), with their unreadable files' paths under ``root``;
+    under the old paths they were neither skipped nor recognised, and were reported twice."""
+    old = cached.get("root")
+    if not isinstance(old, str) or old == root:
+        return cached
+
+    def move(path: str) -> str:
+        return os.path.join(root, os.path.relpath(path, old))
+
+    reasons = cached.get("bad_reasons") if isinstance(cached.get("bad_reasons"), dict) else {}
+    return {**cached, "root": root, "bad": [move(p) for p in cached.get("bad", [])],
+            "bad_reasons": {move(p): why for p, why in reasons.items()}}
+
+
 def folder_stats(dataset, indices: list[int], workers: int = 0, show_progress: bool | None = None) -> dict[str, Any]:
     """Mean image and PCA of an :class:`ImageFolderDataset` subset, from the cache when computed
     before. The result's ``mean_image`` is the path of the cached .npy; ``bad`` lists unreadable files."""
@@ -160,6 +176,7 @@ def folder_stats(dataset, indices: list[int], workers: int = 0, show_progress: b
     json_path, mean_path = folder / f"stats-{key}.json", folder / f"mean-{key}.npy"
     cached = load_stats(json_path)
     if cached is not None:
+        cached = _rebased(cached, str(dataset.root))
         reasons = cached.get("bad_reasons") if isinstance(cached.get("bad_reasons"), dict) else {}
         for path in cached.get("bad", []):  # --strict names the first with the reason its decoder gave
             dataset.bad.report(path, f"{reasons.get(path, 'unreadable')} (found by the cached statistics pass)")
