@@ -257,7 +257,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     loader, classes, n_images, source = load_eval_data(
         data, models[0].preprocess, args.batch_size, args.workers, decode_device=decode_device(args.decode or "auto", device),
         pin_memory=device.type == "cuda", held_out_seed=recorded.get("seed", 0) if own else None,
-        held_out_of=(read_entry(args.checkpoint, "data") or {}).get("held_out_of") if own else None,
+        held_out_of=read_entry(args.checkpoint, "held_out_of") if own else None,
     )
     channels_last = args.channels_last is not False  # NHWC, as training runs: pooling is several times faster on a CPU
     amp = resolve_amp(args.amp, device)

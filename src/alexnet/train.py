@@ -779,8 +779,9 @@ def _state(run: _Run, position: dict[str, Any], rng_ranks: list | None) -> dict[
         "position": position,
         "history": run.history,
         "best_val_top1": run.best,
-        "data": {"train_images": run.data.train_size, "val_images": run.data.val_size,
-                 **({"held_out_of": run.data.held_out_of} if run.data.held_out_of else {})},
+        "data": {"train_images": run.data.train_size, "val_images": run.data.val_size},
+        # what a held-out validation split was drawn from (loaders.listing), for evaluate on the same folder
+        **({"held_out_of": run.data.held_out_of} if run.data.held_out_of else {}),
         "health": run.health.state_dict(),
         "rng": rng_state(),
         **({"rng_ranks": rng_ranks} if rng_ranks is not None else {}),

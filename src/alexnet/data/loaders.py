@@ -399,7 +399,7 @@ def _to_model(x: torch.Tensor, preprocess: Preprocess, channels_last: bool) -> t
 
 def _same_listing(ds: Any, recorded: dict[str, Any] | None, source: str) -> None:
     """A DataError unless ``ds`` lists the images training drew its held-out split from (see :func:`listing`)."""
-    if not recorded:  # a checkpoint from before this record
+    if not isinstance(recorded, dict):  # a checkpoint from before this record
         return
     now, then = listing(ds), recorded.get("images")
     if now["images"] != then or now.get("digest") != recorded.get("digest", now.get("digest")):
