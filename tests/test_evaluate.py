@@ -635,3 +635,36 @@ def test_a_feature_index_given_as_a_checkpoint_says_what_it_is(tmp_path, capsys)
     err = cli_fails(capsys, "predict", str(folder), "--checkpoint", str(tmp_path / "idx.safetensors"))
     assert err == (f"alexnet: error: {tmp_path / 'idx.safetensors'}: a feature index ('alexnet features'), not weights: give it "
                    f"to retrieve --index; the model that built it is {ckpt}")
+
+
+def test_scoring_a_model_in_training_leaves_it_training(tmp_path):
+    """predict, evaluate, build_index, retrieve and layer_table run the network without dropout (the
+    same answers twice, where dropout would draw new ones) and hand the model back in the mode each of
+    its modules was in: fine-tuning after a look at the scores keeps its dropout."""
+    import alexnet
+    from alexnet.data.loaders import load_eval_data
+    from alexnet.evaluate import evaluate
+    from alexnet.predict import predict
+    from alexnet.retrieval import build_index, retrieve
+    from alexnet.summary import layer_table
+
+    folder = make_image_folder(tmp_path / "imgs", classes=3, per_class=2)
+    model = alexnet.load(tiny_checkpoint(tmp_path / "m.pt", dropout=0.5))
+    model.train()
+    model.conv1.eval()  # a module the user keeps in eval mode stays so
+    modes = {name: m.training for name, m in model.named_modules()}
+    assert sum(modes.values()) > 3 and not modes["conv1"]
+    image = str(make_image_folder(tmp_path / "one", classes=1, per_class=1) / "class0")
+
+    def scores():
+        loader = load_eval_data(str(folder), model.preprocess, batch_size=4)[0]
+        index = build_index(model, str(folder), show_progress=False)
+        return (predict(model, str(folder), top=3, show_progress=False), evaluate(model, loader, show_progress=False)["loss"],
+                index["features"], retrieve(model, index, next(Path(image).iterdir()), k=2))
+
+    first = scores()
+    layer_table(model)
+    assert {name: m.training for name, m in model.named_modules()} == modes
+    second = scores()
+    assert first[0] == second[0] and first[1] == second[1] and first[3] == second[3]
+    assert torch.equal(first[2], second[2])

@@ -637,12 +637,16 @@ def test_foreign_pickle_is_refused(tmp_path):
     assert r.returncode != 0 and "Traceback" not in r.stderr and "evil.pt" in r.stderr
 
 
-def test_fine_tuning_keeps_frozen_layers(tiny_fmnist, tmp_path):
+def test_fine_tuning_keeps_frozen_layers(tiny_fmnist, tmp_path, monkeypatch):
+    """Python's fit takes the layers as a tuple too, and names its run folder by a path that still
+    holds after a change of folder."""
     src = tmp_path / "src"
     fit(_cfg(tiny_fmnist, src, epochs=1), log=lambda s: None)
     out = tmp_path / "tuned"
-    fit(_cfg(tiny_fmnist, out, epochs=1, init_from=str(src / "last.pt"), freeze=["features"], lr_mult={"fc8": 10.0}),
-        log=lambda s: None)
+    monkeypatch.chdir(tmp_path)
+    result = fit(_cfg(tiny_fmnist, Path("tuned"), epochs=1, init_from=str(src / "last.pt"), freeze=("features",),
+                      lr_mult={"fc8": 10.0}), log=lambda s: None)
+    assert result["run_dir"] == str(out.resolve())
     a, b = _weights(src / "last.pt"), _weights(out / "last.pt")
     for k in a:
         if k.startswith(("conv1", "conv2", "conv3", "conv4", "conv5")):

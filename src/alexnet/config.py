@@ -239,8 +239,10 @@ def _key_hint(key: str) -> str:
 
 
 def given(overrides: dict[str, Any]) -> dict[str, Any]:
-    """The options of ``overrides`` that were given (None: not), paths as strings (``Path("runs/x")``)."""
-    return {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in overrides.items() if v is not None}
+    """The options of ``overrides`` that were given (None: not), paths as strings (``Path("runs/x")``)
+    and tuples as lists (``freeze=("features",)``), as a config file or the command line gives them."""
+    return {k: os.fspath(v) if isinstance(v, os.PathLike) else list(v) if isinstance(v, tuple) else v
+            for k, v in overrides.items() if v is not None}
 
 
 def refuse_unknown(names: Iterable[str]) -> None:

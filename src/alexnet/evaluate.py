@@ -19,7 +19,7 @@ from .data.presets import Preprocess
 from .errors import CheckpointError, DataError
 from .model import AlexNet
 from .predict import class_names, model_probs, recipe
-from .runtime import progress, resolve_amp, resolve_device
+from .runtime import eval_mode, progress, resolve_amp, resolve_device
 
 
 def _decode(p: Preprocess) -> tuple:
@@ -161,7 +161,6 @@ def evaluate(
     amp = resolve_amp(amp, device)
     for m in models:
         recipe(m)  # what model_probs feeds each model: its own recipe
-        m.eval()
     k = models[0].fc8.out_features
     classes = classes if classes is not None else getattr(loader, "classes", None)
     positions = label_map(list(classes), models[0], *names) if classes is not None else None
@@ -171,16 +170,17 @@ def evaluate(
     loss_sum, c1, c5, n = 0.0, 0, 0, 0
     desc = "evaluate" + (" (10 crops)" if ten_crop else "") + (f" ({len(models)} models)" if len(models) > 1 else "")
     total = len(loader) if hasattr(loader, "__len__") else None  # a generator of batches has none
-    for batch in progress(loader, total=total, desc=desc, enabled=show_progress, unit="batch"):
-        if batch is None:  # every image of the batch was unreadable
-            continue
-        images, labels = batch[0].to(device, non_blocking=True), batch[1].to(device)
-        if mapping is not None:  # the data's class numbers -> the model's
-            labels = mapping[labels]
-        probs = ensemble_probs(models, images, ten_crop, amp, channels_last, orders)
-        nll, k1, k5, pred = score(probs.clamp_min(1e-12).log(), labels)
-        loss_sum, c1, c5, n = loss_sum + nll, c1 + k1, c5 + k5, n + labels.numel()
-        confusion += torch.bincount((labels * k + pred).cpu(), minlength=k * k).reshape(k, k)
+    with eval_mode(*models):
+        for batch in progress(loader, total=total, desc=desc, enabled=show_progress, unit="batch"):
+            if batch is None:  # every image of the batch was unreadable
+                continue
+            images, labels = batch[0].to(device, non_blocking=True), batch[1].to(device)
+            if mapping is not None:  # the data's class numbers -> the model's
+                labels = mapping[labels]
+            probs = ensemble_probs(models, images, ten_crop, amp, channels_last, orders)
+            nll, k1, k5, pred = score(probs.clamp_min(1e-12).log(), labels)
+            loss_sum, c1, c5, n = loss_sum + nll, c1 + k1, c5 + k5, n + labels.numel()
+            confusion += torch.bincount((labels * k + pred).cpu(), minlength=k * k).reshape(k, k)
     return {**summarize(loss_sum, c1, c5, n), "confusion": confusion, "label_map": positions}
 
 

@@ -15,7 +15,7 @@ from .data.loaders import model_input
 from .data.presets import Preprocess
 from .errors import ConfigError, DataError
 from .model import AlexNet
-from .runtime import autocast, progress, resolve_amp
+from .runtime import autocast, eval_mode, progress, resolve_amp
 
 
 def _alexnet(model: object) -> None:
@@ -182,7 +182,6 @@ def predict(
     paths = image_paths(inputs)
     device = next(model.parameters()).device
     amp = resolve_amp(amp, device)  # "bf16" as on the command line, or a dtype
-    model.eval()
     results: list[dict[str, Any]] = []
     images_out: list[torch.Tensor] = []
     k = min(top, len(classes))
@@ -192,7 +191,8 @@ def predict(
         chunk, images = _load_images(paths[start : start + batch_size], preprocess, failed)
         if not chunk:
             continue
-        probs = model_probs(model, images.to(device), preprocess, amp=amp).cpu()
+        with eval_mode(model):
+            probs = model_probs(model, images.to(device), preprocess, amp=amp).cpu()
         values, indices = probs.topk(k, dim=1)
         for p, v, i in zip(chunk, values, indices):
             results.append(

@@ -24,7 +24,7 @@ from .data.presets import Preprocess
 from .errors import DataError
 from .model import AlexNet
 from .predict import kind_of, load_image, recipe
-from .runtime import autocast, progress, resolve_amp
+from .runtime import autocast, eval_mode, progress, resolve_amp
 
 INDEX_FORMAT = "alexnet-fc7-index-1"
 
@@ -33,11 +33,10 @@ INDEX_FORMAT = "alexnet-fc7-index-1"
 def fc7(model: AlexNet, images: torch.Tensor, amp: torch.dtype | None = None) -> torch.Tensor:
     """fc7 vectors (B, fc_width) of a uint8 batch prepared by the model's ``preprocess`` (centre crop),
     computed under autocast to ``amp`` (None: float32)."""
-    model.eval()
     device = next(model.parameters()).device
     x = model_input(images.to(device), torch.zeros(len(images), dtype=torch.int64), model.preprocess, False).to(model.dtype)
     amp = resolve_amp(amp, device)  # "bf16" as on the command line, or a dtype
-    with autocast(device, amp):
+    with autocast(device, amp), eval_mode(model):
         return model.forward_fc7(x).float().cpu()
 
 

@@ -8,7 +8,7 @@ import ctypes.util
 import os
 import random
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -125,6 +125,20 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
+
+
+@contextlib.contextmanager
+def eval_mode(*models: torch.nn.Module) -> Iterator[None]:
+    """Every module of ``models`` in eval mode inside, and back in its own mode after: a model scored
+    in the middle of fine-tuning keeps its dropout (as torch.no_grad keeps grad mode)."""
+    modes = [(m, m.training) for model in models for m in model.modules()]
+    for model in models:
+        model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 def seed_everything(seed: int) -> None:

@@ -9,6 +9,7 @@ from torch import nn
 
 from .lrn import LocalResponseNorm
 from .model import LAYER_NAMES, AlexNet
+from .runtime import eval_mode
 
 # Section 3.5 of the paper: "the number of neurons in the network's remaining layers is given by
 # 253,440-186,624-64,896-64,896-43,264-4096-4096-1000" (conv1..fc8).
@@ -52,16 +53,13 @@ def layer_table(model: AlexNet, input_size: int | None = None) -> list[LayerRow]
             rows.append(LayerRow(name, kind, out, neurons, params, macs))
 
         hooks.append(module.register_forward_hook(hook))
-    was_training = model.training
     try:
-        model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), eval_mode(model):
             p = next(model.parameters())
             model(torch.zeros(1, cfg.in_chans, size, size, device=p.device, dtype=p.dtype))
     finally:
         for h in hooks:
             h.remove()
-        model.train(was_training)
     return rows
 
 

@@ -472,7 +472,7 @@ def _fit(
         run.writer.close()
     run.health.close()  # its hooks would otherwise stay on the model
     final = dict(run.history[-1]) if run.history else {}
-    final.update(run_dir=str(run_dir), best_val_top1=run.best)
+    final.update(run_dir=str(run_dir.resolve()), best_val_top1=run.best)  # a path that holds after a chdir
     return final
 
 
