@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shutil
 import struct
 import zlib
 from pathlib import Path
@@ -17,7 +18,7 @@ from PIL import Image
 
 from alexnet.data import augment
 from alexnet.data.folder import ImageFolderDataset, decode_image
-from alexnet.data.loaders import load_data, load_eval_data, model_input
+from alexnet.data.loaders import held_out, load_data, load_eval_data, model_input
 from alexnet.data.packed import prepare
 from alexnet.data.stats import folder_stats
 from alexnet.errors import DataError
@@ -332,8 +333,50 @@ def test_empty_folders_are_clear_errors(tmp_path):
     with pytest.raises(DataError, match="class2: class folder has no images"):
         load_data(root, 2, 24)
     (root / "class2" / "broken.jpg").write_bytes(b"")
-    with pytest.raises(DataError, match="no readable training images: class2"):
-        load_data(root, 2, 24, val_fraction=0.01, show_progress=False)
+    with pytest.raises(DataError, match="no readable training images: class2"):  # seed 1 trains on it (seed 0 holds it out)
+        load_data(root, 2, 24, val_fraction=0.01, seed=1, show_progress=False)
+
+
+def test_folders_say_what_they_left_out_and_why_a_class_has_nothing_to_train(tmp_path):
+    """A class folder of .HEIC photos is named with what it holds, not called empty; files of other
+    kinds beside images are one warning, not silence; .jfif photos are read; folders only train/ or
+    val/ has are named; a class whose only image the held-out tenth took says so."""
+    import warnings
+
+    from alexnet.predict import image_paths
+
+    root = make_image_folder(tmp_path / "imgs", classes=2, per_class=4)
+    (root / "class2").mkdir()
+    for i in range(3):
+        (root / "class2" / f"IMG_{i}.HEIC").write_bytes(b"ftypheic")
+    why = r"class2: class folder has no images it reads \(3 file\(s\) of other kinds: 3 \.heic; it reads \.jpg .*\.jfif"
+    with pytest.raises(DataError, match=why):
+        load_data(root, 2, 24)
+    with pytest.raises(DataError, match=r"class2: no image files in this folder \(3 file\(s\) of other kinds: 3 \.heic"):
+        image_paths(root / "class2")
+    os.replace(root / "class0" / "img0.jpg", root / "class2" / "photo.JFIF")
+    (root / "class1" / "notes.txt").write_text("taken in May")
+    with pytest.warns(UserWarning, match=r"imgs: left out 4 file\(s\) of other kinds: 3 \.heic, 1 \.txt; it reads") as seen:
+        data = load_data(root, 2, 24, show_progress=False)
+    assert len(seen) == 1 and data.train_size + data.val_size == 8 and len(data.classes) == 3  # class2: the .jfif photo
+    with pytest.warns(UserWarning, match="left out 4 file"):
+        prepare(root, tmp_path / "packed", size=24, show_progress=False)
+    split = tmp_path / "split"
+    for part, classes in (("train", ("a", "b", "c")), ("val", ("a", "d"))):
+        for c in classes:
+            shutil.copytree(root / "class1", split / part / c, ignore=shutil.ignore_patterns("*.txt"))
+    with pytest.raises(DataError, match="split: train/ and val/ have different class folders: only train/ has b, c; only val/ has d$"):
+        load_data(split, 2, 24)
+    one = make_image_folder(tmp_path / "one", classes=2, per_class=9)
+    shutil.rmtree(one / "class1")
+    shutil.copytree(root / "class2", one / "class1", ignore=shutil.ignore_patterns("*.HEIC"))
+    seed = next(s for s in range(100) if 9 in held_out(10, s, 0.1)[1])  # the split takes class1's one photo
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(DataError, match="one: class folder\\(s\\) class1: no readable image left to train on once a "
+                                            "tenth was held out for validation"):
+            load_data(one, 2, 24, seed=seed, show_progress=False)
+        load_data(one, 2, 24, seed=seed + 1, show_progress=False)
 
 
 @pytest.mark.parametrize("enabled", [False, True])

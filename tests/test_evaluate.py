@@ -668,3 +668,37 @@ def test_scoring_a_model_in_training_leaves_it_training(tmp_path):
     second = scores()
     assert first[0] == second[0] and first[1] == second[1] and first[3] == second[3]
     assert torch.equal(first[2], second[2])
+
+
+def test_class_names_match_across_unicode_spellings(tmp_path, capsys):
+    """macOS spells a folder "été" with combining accents (NFD), Linux with one character each (NFC):
+    a checkpoint trained on one was scored on the other by class number, with a warning, its labels
+    swapped (the two spellings sort on either side of "f"); predict found no true class, and a resume
+    was refused. Names now compare in one spelling; the reference is predict's top class by folder."""
+    from types import SimpleNamespace
+
+    import alexnet
+    from alexnet.predict import predict
+    from alexnet.resume import check_classes
+
+    nfd, nfc = "e\u0301te\u0301", "\u00e9t\u00e9"
+    ckpt = torch.load(tiny_checkpoint(tmp_path / "m.pt", classes=2, seed=1), weights_only=True)
+    ckpt["classes"] = [nfd, "f"]  # as training on a Mac named them
+    save_atomic(ckpt, tmp_path / "m.pt")
+    model = alexnet.load(tmp_path / "m.pt")
+    assert model.classes == [nfc, "f"]
+    for spelling in (nfc, nfd):
+        data = make_image_folder(tmp_path / f"data-{len(spelling)}", classes=2, per_class=6)
+        (data / "class0").rename(data / spelling)
+        (data / "class1").rename(data / "f")
+        results = predict(model, data, top=1)
+        assert all(r["label"] == (nfc if spelling in r["path"] else "f") for r in results)
+        expected = sum(r["top"][0]["class"] == r["label"] for r in results) / len(results)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no 'counts matching class numbers' warning: the names matched
+            stats = cli_json(capsys, "evaluate", "--checkpoint", str(tmp_path / "m.pt"), "--data", str(data),
+                             "--amp", "none", "--json")
+        assert stats["top1"] == pytest.approx(expected) and 0 < expected < 1, spelling
+    check_classes([nfd, "f"], SimpleNamespace(classes=[nfc, "f"], source="data"), "run")  # a run resumed on Linux
+    with pytest.raises(alexnet.DataError, match="the same names in another order"):
+        check_classes([nfd, "f"], SimpleNamespace(classes=["f", nfc], source="data"), "run")

@@ -24,6 +24,7 @@ import torch
 
 from . import atomic, faults
 from .data import presets
+from .data.folder import class_name
 from .data.presets import Preprocess
 from .errors import CheckpointError, DataError, check_weights, state_dict_mismatch
 from .model import AlexNet, AlexNetConfig
@@ -341,7 +342,7 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> AlexNet
         raise CheckpointError(f"{path}: its classes must be a list of names (strings)")
     if "" in classes:  # a prediction would name nothing (a name may repeat: ImageNet has two cranes)
         raise CheckpointError(f"{path}: its class {classes.index('')} has an empty name")
-    model.classes = list(classes)
+    model.classes = [class_name(c) for c in classes]  # as the data names them, on any machine
     if len(model.classes) != model.config.num_classes:
         raise CheckpointError(f"{path}: lists {len(model.classes)} class names for {model.config.num_classes} outputs")
     model.preprocess = _preprocess(ckpt["preprocess"], str(path)) if ckpt.get("preprocess") is not None else None

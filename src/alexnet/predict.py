@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from .data.folder import _image_files, decode_image, find_classes, to_luma
+from .data.folder import _image_files, class_name, decode_image, find_classes, not_images, to_luma
 from .data.loaders import model_input
 from .data.presets import Preprocess
 from .errors import ConfigError, DataError
@@ -69,9 +69,10 @@ def image_paths(inputs: str | os.PathLike | list[str | os.PathLike]) -> list[Pat
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found = [Path(f) for f in _image_files(p)]  # regular files only: a FIFO would block
+            others: list[str] = []
+            found = [Path(f) for f in _image_files(p, others)]  # regular files only: a FIFO would block
             if not found:
-                raise DataError(f"{p}: no image files in this folder")
+                raise DataError(f"{p}: no image files in this folder" + (f" ({not_images(others)})" if others else ""))
             paths.extend(found)
         elif p.is_file():
             paths.append(p)
@@ -112,8 +113,8 @@ def true_class(path: str | os.PathLike, classes: list[str], depth: int = 3) -> s
     synsets, else the 1000 ILSVRC synsets by torchvision's categories).
     """
     for folder in list(Path(os.path.abspath(path)).parents)[:depth]:
-        if folder.name in classes:
-            return folder.name
+        if class_name(folder.name) in classes:
+            return class_name(folder.name)
         folders, names = _sibling_classes(str(folder.parent))
         name = names[folders.index(folder.name)] if folder.name in folders else None
         if name in classes:

@@ -23,6 +23,7 @@ from . import runfolder
 from .checkpoint import bounded_config, load_checkpoint, read_entry
 from .checks import is_finite, is_whole
 from .config import TrainConfig, flag, given, refuse_unknown, validate, warm_up_outlasts
+from .data.folder import class_name
 from .data.loaders import DataBundle
 from .errors import CheckpointError, ConfigError, DataError
 from .model import expand_layers, model_config
@@ -251,8 +252,8 @@ def check_classes(saved: Any, data: DataBundle, resume: str) -> None:
         return
     if not (isinstance(saved, (list, tuple)) and all(isinstance(c, str) for c in saved)):
         raise CheckpointError(f"--resume {resume}: damaged training state: its classes are not a list of names")
-    now = list(data.classes)
-    if list(saved) == now:
+    saved, now = [class_name(c) for c in saved], list(data.classes)  # saved before names were NFC
+    if saved == now:
         return
     gone, new = [c for c in saved if c not in now], [c for c in now if c not in saved]
     said = [f"{len(now)} where the run had {len(saved)}"] if len(now) != len(saved) else []

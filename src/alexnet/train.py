@@ -34,6 +34,7 @@ from .atomic import write_text
 from .checkpoint import FORMAT, config_from_file, load_checkpoint, save_atomic
 from .config import TrainConfig
 from .data.device_decode import decode_device
+from .data.folder import class_name
 from .data.loaders import DataBundle, load_data, model_input, set_epoch
 from .data.presets import Preprocess
 from .data.sources import check_out_of_images
@@ -540,7 +541,7 @@ def _fc8_rows(
     without class names keeps fc8 if it has as many outputs."""
     if "fc8.weight" not in state or "fc8.bias" not in state or state["fc8.weight"].shape[1:] != model.fc8.weight.shape[1:]:
         return False  # load_state_dict names what does not fit
-    known = list(known) if known else None
+    known = [class_name(c) for c in known] if known else None  # as the data names them, on any machine
     if known == list(classes) or (known is None and len(state["fc8.bias"]) == len(classes)):
         return False
     rows = [known.index(c) if known and known.count(c) == 1 else None for c in classes]

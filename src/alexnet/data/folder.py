@@ -3,10 +3,12 @@ surviving the broken files every real image collection has."""
 
 from __future__ import annotations
 
+import collections
 import io
 import os
 import stat
 import sys
+import unicodedata
 import warnings
 from pathlib import Path
 
@@ -21,7 +23,7 @@ except ImportError:  # pragma: no cover
 
 from ..errors import DataError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 BAD_FILES_NAME = "bad_files.txt"
 MAX_IMAGE_BYTES = 256 << 20  # a bigger "image" is junk (or /dev/zero): a bad file, not read forever
 
@@ -49,13 +51,20 @@ def read_class_names(root: Path, folders: list[str]) -> list[str]:
             from torchvision.models import AlexNet_Weights
 
             return list(AlexNet_Weights.IMAGENET1K_V1.meta["categories"])
-    return [printable(names[f] or f) for f in folders]
+    return [class_name(names[f] or f) for f in folders]
 
 
 def printable(name: str) -> str:
     """A file or folder name as text that any file, terminal or figure takes: bytes that are not
     UTF-8 (an old archive's Latin-1 names, which Python keeps as lone surrogates) become \\xNN."""
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def class_name(name: str) -> str:
+    """A class's name as every command compares it: printable, in one Unicode spelling (NFC). macOS
+    writes a folder "Café" with a combining accent (NFD) where Linux and Windows write one character,
+    and a checkpoint trained on one must know its classes on the other."""
+    return unicodedata.normalize("NFC", printable(name))
 
 
 def find_classes(root: str | os.PathLike) -> tuple[list[str], list[str]]:
@@ -69,9 +78,10 @@ def find_classes(root: str | os.PathLike) -> tuple[list[str], list[str]]:
     return folders, read_class_names(root, folders)
 
 
-def _image_files(folder: Path) -> list[str]:
+def _image_files(folder: Path, others: list[str] | None = None) -> list[str]:
     """Image files under ``folder``, sorted; hidden files and folders (".name") are not listed: macOS
-    leaves a "._photo.jpg" of metadata beside every photo copied to a FAT or network drive.
+    leaves a "._photo.jpg" of metadata beside every photo copied to a FAT or network drive. The
+    other regular files go to ``others`` (an iPhone's .HEIC photos, notes), for a message to name.
 
     Linked folders are entered as torchvision's ImageFolder enters them (a class folder linked in
     from elsewhere is the usual way to make a subset), each real folder once, so that a link to
@@ -96,6 +106,8 @@ def _image_files(folder: Path) -> list[str]:
                 pending.append(entry.path)
             elif _image_file(entry):
                 files.append(entry.path)
+            elif others is not None and entry.is_file():
+                others.append(entry.path)
     return sorted(files)
 
 
@@ -109,16 +121,27 @@ def top_level_images(folder: str | os.PathLike) -> list[str]:
     return sorted(e.path for e in os.scandir(folder) if _image_file(e))
 
 
-def list_images(root: str | os.PathLike, folders: list[str]) -> list[tuple[str, int]]:
-    """(path, class index) of every image file, in a fixed order."""
+def list_images(root: str | os.PathLike, folders: list[str], others: list[str] | None = None) -> list[tuple[str, int]]:
+    """(path, class index) of every image file, in a fixed order; the class folders' other files
+    go to ``others``."""
     root = Path(root)
-    samples = []
+    samples, others = [], others if others is not None else []
     for label, folder in enumerate(folders):
-        files = _image_files(root / folder)
+        skipped = len(others)
+        files = _image_files(root / folder, others)
         if not files:
-            raise DataError(f"{root / folder}: class folder has no images")
+            why = f" it reads ({not_images(others[skipped:])})" if len(others) > skipped else ""
+            raise DataError(f"{root / folder}: class folder has no images{why}")
         samples.extend((f, label) for f in files)
     return samples
+
+
+def not_images(others: list[str]) -> str:
+    """Files left out as not images, for a message: how many of each kind, and the kinds that are
+    read (a folder of .HEIC photos is not empty to its owner)."""
+    kinds = collections.Counter(os.path.splitext(f)[1].lower() or "no extension" for f in others)
+    listed = ", ".join(f"{n} {kind}" for kind, n in kinds.most_common(4)) + (", ..." if len(kinds) > 4 else "")
+    return f"{len(others)} file(s) of other kinds: {listed}; it reads {' '.join(IMAGE_EXTENSIONS)}"
 
 
 class BadFiles:
@@ -348,7 +371,8 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         self.root = Path(root)
         self.channels = channels
         self.folders, self.classes = classes if classes is not None else find_classes(self.root)
-        self.samples = samples if samples is not None else list_images(self.root, self.folders)
+        self.others: list[str] = []  # files of the class folders that are not images it reads
+        self.samples = samples if samples is not None else list_images(self.root, self.folders, self.others)
         if not self.samples:
             raise DataError(f"{self.root}: no images")
         self.resize, self.size = resize, size

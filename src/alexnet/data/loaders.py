@@ -22,7 +22,7 @@ from .cifar import load_cifar
 from .device_decode import DeviceDecoder, collate_raw
 from .fashion_mnist import CLASSES as FMNIST_CLASSES
 from .fashion_mnist import DEBIAN_ROOT, load_fashion_mnist, missing_message
-from .folder import BAD_FILES_NAME, BadFiles, ImageFolderDataset, collate
+from .folder import BAD_FILES_NAME, BadFiles, ImageFolderDataset, collate, printable
 from .packed import PackedDataset, batch_passthrough, read_index
 from .presets import IMAGENET_MEAN, IMAGENET_STD, Preprocess  # noqa: F401 - the means re-exported (old import path)
 from .sources import detect, open_folder_splits, unwrap_worker_error
@@ -297,10 +297,7 @@ def _images(root, preset, bad, loading, val_fraction, show_progress, batch_size,
             train_idx = [i for i in train_idx if train_ds.samples[i][0] not in bad_files]
             notes.append(f"{len(bad_files)} unreadable training images skipped ({BAD_FILES_NAME} in the run folder)")
     if not packed:
-        labels = {train_ds.samples[i][1] for i in train_idx}
-        empty = [f for c, f in enumerate(train_ds.folders) if c not in labels]
-        if empty:
-            raise DataError(f"{train_ds.root}: class folder(s) with no readable training images: {', '.join(empty[:5])}")
+        _check_every_class_trains(train_ds, train_idx, val_idx if "val" not in splits else [])
     base = {
         "dataset": "packed" if packed else "image_folder",
         "resize": stored,
@@ -318,6 +315,21 @@ def _images(root, preset, bad, loading, val_fraction, show_progress, batch_size,
     val = _batches(val_ds, val_idx, eval_batch_size, False, False, *loader_args)
     held = listing(train_ds) if "val" not in splits else None
     return DataBundle(train, val, classes, preprocess, len(train_idx), len(val_idx), str(root), notes, bad, held)
+
+
+def _check_every_class_trains(ds: Any, train_idx: list[int], held_idx: list[int]) -> None:
+    """DataError naming the class folders none of whose images train: all unreadable, or all in the
+    held-out tenth ``held_idx`` (a class of one or two images in a folder without val/)."""
+    labels = {ds.samples[i][1] for i in train_idx}
+    empty = [c for c in range(len(ds.folders)) if c not in labels]
+    if not empty:
+        return
+    held = {ds.samples[i][1] for i in held_idx}
+    names = ", ".join(printable(ds.folders[c]) for c in empty[:5]) + (", ..." if len(empty) > 5 else "")
+    if all(c in held for c in empty):
+        raise DataError(f"{ds.root}: class folder(s) {names}: no readable image left to train on once a tenth was held "
+                        "out for validation (there is no train/ and val/): give them more images, or make train/ and val/ folders")
+    raise DataError(f"{ds.root}: class folder(s) with no readable training images: {names}")
 
 
 def listing(ds: Any) -> dict[str, Any]:

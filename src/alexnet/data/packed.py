@@ -23,7 +23,7 @@ import torch
 
 from ..errors import DataError
 from ..runtime import progress
-from .folder import BAD_FILES_NAME, BadFiles, collate
+from .folder import BAD_FILES_NAME, BadFiles, class_name, collate
 from .sources import PACKED_INDEX, check_out_of_images, open_folder_splits, unwrap_worker_error
 from .stats import StatsAccumulator, save_stats
 
@@ -38,6 +38,8 @@ def read_index(root: str | os.PathLike) -> dict[str, Any]:
         raise DataError(f"{path}: unreadable packed index ({e})") from None
     if index.get("format") != FORMAT:
         raise DataError(f"{path}: not a packed data set written by 'alexnet prepare' (format {index.get('format')!r})")
+    if isinstance(index.get("classes"), list):  # packed on another machine, or before names were NFC
+        index["classes"] = [class_name(c) if isinstance(c, str) else c for c in index["classes"]]
     return index
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
@@ -15,7 +16,7 @@ from typing import Literal
 from ..errors import DataError
 from .cifar import find_cifar
 from .fashion_mnist import is_fashion_mnist
-from .folder import BadFiles, ImageFolderDataset
+from .folder import BadFiles, ImageFolderDataset, not_images, printable
 from .ilsvrc import val_samples
 
 Kind = Literal["fashion_mnist", "cifar", "packed", "images"]
@@ -65,9 +66,23 @@ def open_folder_splits(root: Path, stored: int, bad: BadFiles) -> dict[str, Imag
         else:
             val = ImageFolderDataset(root / "val", stored, stored, bad)
             if train.folders != val.folders:
-                raise DataError(f"{root}: train/ and val/ have different class folders")
-        return {"train": train, "val": val}
-    return {"train": ImageFolderDataset(root, stored, stored, bad)}
+                raise DataError(f"{root}: train/ and val/ have different class folders: {_differ(train.folders, val.folders)}")
+        splits = {"train": train, "val": val}
+    else:
+        splits = {"train": ImageFolderDataset(root, stored, stored, bad)}
+    others = [f for ds in splits.values() for f in ds.others]
+    if others:  # torchvision's ImageFolder leaves them out without a word
+        warnings.warn(f"{root}: left out {not_images(others)}", stacklevel=2)
+    return splits
+
+
+def _differ(train: list[str], val: list[str]) -> str:
+    """Which class folders only one of train/ and val/ has, a few of each."""
+    def few(names: list[str]) -> str:
+        return ", ".join(printable(n) for n in names[:3]) + (", ..." if len(names) > 3 else "")
+
+    only = (("train/", [f for f in train if f not in val]), ("val/", [f for f in val if f not in train]))
+    return "; ".join(f"only {split} has {few(names)}" for split, names in only if names)
 
 
 @contextlib.contextmanager
