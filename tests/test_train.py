@@ -448,6 +448,10 @@ def test_resume_says_when_photos_were_added_since_the_run_started(tmp_path):
     with pytest.warns(UserWarning, match=r"the training data has changed since this run started \(training images "
                                          r"11 -> 13; validation images 1 -> 2; its mean image\)"):  # 10 % held out
         fit(resume_config(str(out), {"epochs": 3}), log=lambda s: None)
+    # A photo moved to the class it belongs in: as many images, other labels, another held-out tenth.
+    (data / "class0" / "new0.jpg").rename(data / "class1" / "new0.jpg")
+    with pytest.warns(UserWarning, match=r"the training data has changed since this run started \(files renamed or moved "):
+        fit(resume_config(str(out), {"epochs": 4}), log=lambda s: None)
 
 
 def test_a_second_interrupt_stops_at_once_and_says_what_is_left(tiny_fmnist, tmp_path, monkeypatch):

@@ -296,6 +296,9 @@ def _data_changes(data: DataBundle, ckpt: dict[str, Any]) -> list[str]:
     changed = [f"{what} {saved.get(key)} -> {now}" for what, key, now in (
         ("training images", "train_images", data.train_size), ("validation images", "val_images", data.val_size))
         if saved.get(key) != now]
+    held, held_now = ckpt.get("held_out_of"), data.held_out_of or {}
+    if not changed and isinstance(held, dict) and held.get("digest", held_now.get("digest")) != held_now.get("digest"):
+        changed.append("files renamed or moved to another class")  # as many images: the held-out tenth is drawn anew
     before, now = ckpt.get("preprocess") or {}, data.preprocess
     # Within rounding: a resume may run with another thread count, which moves the last bits of sums.
     if torch.is_tensor(before.get("mean_image")) and now.mean_image is not None:
