@@ -140,6 +140,15 @@ def test_linked_folders_are_entered_once_as_training_enters_them(tmp_path):
     trained_on = [Path(f).relative_to(subset) for f, _ in list_images(subset, find_classes(subset)[0])]
     predicted = [p.relative_to(subset) for p in image_paths(subset)]
     assert predicted == trained_on == [Path(c, f"img{i}.jpg") for c in ("class0", "class2") for i in range(2)]
+    # Links to folders that hold a class folder, as named or where it really is: they filed every
+    # other class's images under this one (class0's under class2). Not followed, each said once.
+    (subset / "class2" / "data").symlink_to(subset, target_is_directory=True)
+    (subset / "class0" / "deeper" / "all").symlink_to(tmp_path / "all", target_is_directory=True)
+    with pytest.warns(UserWarning) as said:
+        assert list_images(subset, find_classes(subset)[0]) == [(str(subset / f), int(f.parts[0] == "class2")) for f in trained_on]
+    assert sorted(str(w.message) for w in said) == [
+        f"{subset / 'class0' / 'deeper' / 'all'}: a link to {tmp_path / 'all'}, which holds the folder {subset / 'class0'}; not followed",
+        f"{subset / 'class2' / 'data'}: a link to {subset}, which holds the folder {subset / 'class2'}; not followed"]
 
 
 def test_hidden_files_are_not_listed_by_any_command(tmp_path):

@@ -84,16 +84,22 @@ def _image_files(folder: Path, others: list[str] | None = None) -> list[str]:
     other regular files go to ``others`` (an iPhone's .HEIC photos, notes), for a message to name.
 
     Linked folders are entered as torchvision's ImageFolder enters them (a class folder linked in
-    from elsewhere is the usual way to make a subset), each real folder once, so that a link to
-    an ancestor does not loop. Only regular files (or links to them) count: a FIFO named x.jpg
+    from elsewhere is the usual way to make a subset), each real folder once. A link to a folder
+    that holds this one is not followed, with a warning: it would loop, or file every other class's
+    images under this one. Only regular files (or links to them) count: a FIFO named x.jpg
     would block its reader, and a link to /dev/zero would be read forever.
     """
     files, pending, seen = [], [str(folder)], set()
+    above = _ancestors(folder)
     while pending:
         path = pending.pop()
         try:
             st = os.stat(path)
             if (st.st_dev, st.st_ino) in seen:
+                continue
+            if (st.st_dev, st.st_ino) in above:
+                warnings.warn(f"{printable(path)}: a link to {printable(os.path.realpath(path))}, which holds the folder "
+                              f"{printable(str(folder))}; not followed", stacklevel=2)
                 continue
             seen.add((st.st_dev, st.st_ino))
             entries = list(os.scandir(path))
@@ -109,6 +115,19 @@ def _image_files(folder: Path, others: list[str] | None = None) -> list[str]:
             elif others is not None and entry.is_file():
                 others.append(entry.path)
     return sorted(files)
+
+
+def _ancestors(folder: Path) -> set[tuple[int, int]]:
+    """(device, inode) of every folder above ``folder``, as named and as its real path (a class folder
+    linked in from elsewhere)."""
+    found = set()
+    for parent in {*Path(os.path.abspath(folder)).parents, *Path(os.path.realpath(folder)).parents}:
+        try:
+            st = os.stat(parent)
+        except OSError:
+            continue
+        found.add((st.st_dev, st.st_ino))
+    return found
 
 
 def _image_file(entry: os.DirEntry) -> bool:
