@@ -198,7 +198,10 @@ def test_predict_top_k_true_label_and_figure(tmp_path, capsys):
 
 
 def test_features_and_retrieval_return_the_query_first(tmp_path, capsys):
+    """An empty sub-folder is a class with nothing to find: features refused the folder ('class
+    folder has no images'), which predict takes."""
     folder = make_image_folder(tmp_path / "imgs", classes=3, per_class=3)
+    (folder / "zz-empty").mkdir()
     ckpt = tiny_checkpoint(tmp_path / "m.pt")
     index = tmp_path / "index.safetensors"
     # Another name: refused before the work (a safetensors file was written as e.npz; user sweep).
@@ -206,6 +209,7 @@ def test_features_and_retrieval_return_the_query_first(tmp_path, capsys):
     assert err == f"alexnet: error: --out {tmp_path / 'e.npz'}: the index is a safetensors file: name it NAME.safetensors"
     assert not (tmp_path / "e.npz").exists()
     assert main(["features", "--checkpoint", str(ckpt), "--data", str(folder), "--out", str(index), "--amp", "none"]) == 0
+    (folder / "zz-empty").rmdir()  # for the independent computation below
     query = folder / "class1" / "img2.jpg"
     fig = tmp_path / "ret.png"
     hits = cli_json(capsys, "retrieve", str(query), "--index", str(index), "--k", "4", "--json", "--figure", str(fig), "--amp", "none")

@@ -64,7 +64,7 @@ def _index_samples(root: Path) -> tuple[list[tuple[str, int]], tuple[list[str], 
         nested = any(d.is_dir() and not d.name.startswith(".") for d in entries)
     if nested:
         classes = find_classes(root)
-        samples = list_images(root, classes[0])
+        samples = list_images(root, classes[0], empty_ok=True)  # predict, too, takes a folder with an empty one
     return samples + [(f, -1) for f in top_level_images(root)], classes
 
 

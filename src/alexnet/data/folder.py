@@ -140,15 +140,18 @@ def top_level_images(folder: str | os.PathLike) -> list[str]:
     return sorted(e.path for e in os.scandir(folder) if _image_file(e))
 
 
-def list_images(root: str | os.PathLike, folders: list[str], others: list[str] | None = None) -> list[tuple[str, int]]:
+def list_images(
+    root: str | os.PathLike, folders: list[str], others: list[str] | None = None, empty_ok: bool = False
+) -> list[tuple[str, int]]:
     """(path, class index) of every image file, in a fixed order; the class folders' other files
-    go to ``others``."""
+    go to ``others``. A folder without images is a DataError unless ``empty_ok`` (an index of a
+    photo collection, where it is a class with nothing to find)."""
     root = Path(root)
     samples, others = [], others if others is not None else []
     for label, folder in enumerate(folders):
         skipped = len(others)
         files = _image_files(root / folder, others)
-        if not files:
+        if not files and not empty_ok:
             why = f" it reads ({not_images(others[skipped:])})" if len(others) > skipped else ""
             raise DataError(f"{root / folder}: class folder has no images{why}")
         samples.extend((f, label) for f in files)
