@@ -16,7 +16,7 @@ from typing import Literal
 from ..errors import DataError
 from .cifar import find_cifar
 from .fashion_mnist import is_fashion_mnist
-from .folder import BadFiles, ImageFolderDataset, not_images, printable
+from .folder import BadFiles, ImageFolderDataset, not_images, printable, top_level_images
 from .ilsvrc import val_samples
 
 Kind = Literal["fashion_mnist", "cifar", "packed", "images"]
@@ -73,6 +73,10 @@ def open_folder_splits(root: Path, stored: int, bad: BadFiles) -> dict[str, Imag
     others = [f for ds in splits.values() for f in ds.others]
     if others:  # torchvision's ImageFolder leaves them out without a word
         warnings.warn(f"{root}: left out {not_images(others)}", stacklevel=2)
+    loose = top_level_images(root) + (top_level_images(root / "train") if "val" in splits else [])
+    if loose:
+        warnings.warn(f"{root}: left out {len(loose)} image(s) in no class folder (first: {printable(loose[0])}): an "
+                      "image trains as the class of the folder it is in", stacklevel=2)
     return splits
 
 
