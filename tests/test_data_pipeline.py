@@ -282,6 +282,39 @@ def test_a_jpeg_over_pils_pixel_limit_is_a_photo_not_a_bomb(tmp_path):
         decode_image(str(tmp_path / "bomb.png"), 64, 56)
 
 
+@pytest.mark.parametrize("h, w, resize", [(1, 997, 24), (4, 2000, 32), (300, 9000, 16), (7, 3001, 40), (3001, 7, 40)])
+def test_a_strip_is_resized_only_where_its_crop_is(tmp_path, monkeypatch, h, w, resize):
+    """A 1x20000 PNG (a web page's divider) was resized whole to 256x5,120,000 before its crop: 28 s
+    and 8.7 GB for one image. A strip's middle is resized now: the crop is that of the whole resize,
+    torch's own (the reference), to within a grey level on a smooth picture (the middle's scale is
+    rounded: a shift of under a pixel), exactly at a whole scale. Photos are resized whole, exactly."""
+    import torch.nn.functional as F
+
+    from alexnet.data import folder
+
+    sizes = []  # what the image is resized to
+    real = folder._resize_uint8
+    monkeypatch.setattr(folder, "_resize_uint8", lambda x, h, w: sizes.append(h * w) or real(x, h, w))
+
+    def whole(x: torch.Tensor, crop: int) -> torch.Tensor:
+        s = resize / min(x.shape[-2:])
+        nh, nw = max(resize, round(x.shape[-2] * s)), max(resize, round(x.shape[-1] * s))
+        y = F.interpolate(x[None], size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)[0]
+        return y[:, (nh - crop) // 2 : (nh - crop) // 2 + crop, (nw - crop) // 2 : (nw - crop) // 2 + crop]
+
+    i, j = torch.arange(w, dtype=torch.float64), torch.arange(h, dtype=torch.float64)
+    wave = 127 + 100 * torch.sin(i / (w / 7))[None, :] * torch.cos(j / (h / 3 + 1))[:, None]
+    x = torch.stack([wave, 255 - wave, wave.flip(-1)]).round().to(torch.uint8)
+    Image.fromarray(x.permute(1, 2, 0).numpy()).save(tmp_path / "strip.png")
+    got = folder.decode_image(str(tmp_path / "strip.png"), resize, resize)
+    assert max(h, w) / min(h, w) > 16 and sizes[-1] < 8 * resize * resize  # not the 30 to 997 crops of the whole
+    err = (got.int() - whole(x, resize).int()).abs().max()
+    assert err <= (0 if resize % min(h, w) == 0 else 1), err
+    photo = x[:, :, : min(h, w) * 15] if w > h else x[:, : min(h, w) * 15]  # 15:1, a panorama: resized whole
+    Image.fromarray(photo.permute(1, 2, 0).numpy()).save(tmp_path / "wide.png")
+    assert torch.equal(folder.decode_image(str(tmp_path / "wide.png"), resize, resize), whole(photo, resize))
+
+
 def test_bad_files_skipped_once_counted_and_listed(tmp_path, capsys):
     root, bad, _ = _bad_folder(tmp_path / "imgs")
     run = tmp_path / "run"
