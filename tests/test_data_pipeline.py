@@ -443,13 +443,38 @@ def test_progress_iterates_its_iterable_once(enabled):
 
 def test_cli_prepare_strict_and_default(tmp_path):
     root, bad, _ = _bad_folder(tmp_path / "imgs")
-    r = run_cli("prepare", "--data", str(root), "--out", str(tmp_path / "p"), "--strict", "--workers", "0")
-    assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1 and "unreadable image" in r.stderr
+    for workers in ("0", "2"):  # with workers: their teardown printed tracebacks after the line (a user's audit)
+        r = run_cli("prepare", "--data", str(root), "--out", str(tmp_path / "p"), "--strict", "--workers", workers)
+        assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1 and "unreadable image" in r.stderr, r.stderr
     assert not (tmp_path / "p" / "index.json").exists()
     r = run_cli("prepare", "--data", str(root), "--out", str(tmp_path / "p"), "--workers", "1")
     assert r.returncode == 0, r.stderr
     assert "4 unreadable images skipped" in r.stdout
     assert len((tmp_path / "p" / "bad_files.txt").read_text().splitlines()) == 4
+
+
+class _Fails(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 64
+
+    def __getitem__(self, i: int) -> int:
+        if i == 40:
+            raise DataError("unreadable image x.jpg")
+        return i
+
+
+def test_a_loop_that_fails_stops_its_workers_before_the_error_is_said():
+    """A worker's error reaches the caller as its one line, with the worker processes already
+    stopped: left to the interpreter's exit, their teardown printed tracebacks after the line."""
+    import multiprocessing
+
+    from alexnet.data.sources import each_batch
+
+    loader = torch.utils.data.DataLoader(_Fails(), batch_size=8, num_workers=2)
+    with pytest.raises(DataError) as caught:
+        for _ in each_batch(loader):
+            pass
+    assert str(caught.value) == "unreadable image x.jpg" and not multiprocessing.active_children()
 
 
 def test_prepare_again_keeps_no_old_shard_and_a_failed_first_one_no_folder(tmp_path):

@@ -21,6 +21,7 @@ from .data import presets
 from .data.folder import ImageFolderDataset, collate, find_classes, list_images, top_level_images
 from .data.loaders import model_input
 from .data.presets import Preprocess
+from .data.sources import each_batch
 from .errors import DataError
 from .model import AlexNet
 from .predict import kind_of, load_image, recipe
@@ -96,7 +97,7 @@ def build_index(
     ds.upright = True  # as retrieve's query (predict.load_image): an indexed photo is at distance 0 from itself
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate)
     feats, labels, kept = [], [], []
-    for batch in progress(loader, total=len(loader), desc="fc7 features", enabled=show_progress, unit="batch"):
+    for batch in progress(each_batch(loader), total=len(loader), desc="fc7 features", enabled=show_progress, unit="batch"):
         if batch is None:
             continue
         images, y, index = batch

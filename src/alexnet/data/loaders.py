@@ -25,7 +25,7 @@ from .fashion_mnist import DEBIAN_ROOT, load_fashion_mnist, missing_message
 from .folder import BAD_FILES_NAME, BadFiles, ImageFolderDataset, collate, printable
 from .packed import PackedDataset, batch_passthrough, read_index
 from .presets import IMAGENET_MEAN, IMAGENET_STD, Preprocess  # noqa: F401 - the means re-exported (old import path)
-from .sources import detect, open_folder_splits, unwrap_worker_error
+from .sources import detect, open_folder_splits, stop_workers, unwrap_worker_error
 from .stats import StatsAccumulator, cache_key, folder_stats
 
 
@@ -129,8 +129,7 @@ class Batches:
         after a 5 s timeout: 20 s at the end of a run with two workers."""
         iterator = getattr(self.loader, "_iterator", None)
         self.loader._iterator = None
-        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
-            iterator._shutdown_workers()
+        stop_workers(iterator)
 
 
 def _batches(ds, indices, bs, shuffle, drop_last, seed, rank, world, workers, pin_memory, decode_device=None) -> Batches:

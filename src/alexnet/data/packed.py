@@ -24,7 +24,7 @@ import torch
 from ..errors import DataError
 from ..runtime import progress
 from .folder import BAD_FILES_NAME, BadFiles, class_name, collate
-from .sources import PACKED_INDEX, check_out_of_images, open_folder_splits, unwrap_worker_error
+from .sources import PACKED_INDEX, check_out_of_images, each_batch, open_folder_splits
 from .stats import StatsAccumulator, save_stats
 
 FORMAT = "alexnet-packed-1"
@@ -136,16 +136,15 @@ def _pack_split(
     """Decode one split into shards, labels and a file list in ``tmp``; its index entry."""
     loader = torch.utils.data.DataLoader(ds, batch_size=64, num_workers=workers, collate_fn=collate)
     writer, labels, files = _ShardWriter(tmp, split, shard_size), [], []
-    with unwrap_worker_error():
-        for batch in progress(loader, total=len(loader), desc=f"prepare {split}", enabled=show_progress, unit="batch"):
-            if batch is None:
-                continue
-            images, y, idx = batch
-            if split == "train":
-                acc.add(images)
-            writer.add(images.numpy())
-            labels.append(y.numpy())
-            files.extend(ds.samples[i][0] for i in idx.tolist())
+    for batch in progress(each_batch(loader), total=len(loader), desc=f"prepare {split}", enabled=show_progress, unit="batch"):
+        if batch is None:
+            continue
+        images, y, idx = batch
+        if split == "train":
+            acc.add(images)
+        writer.add(images.numpy())
+        labels.append(y.numpy())
+        files.extend(ds.samples[i][0] for i in idx.tolist())
     writer.flush()
     if not labels:
         raise DataError(f"{ds.root}: no readable images")

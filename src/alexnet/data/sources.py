@@ -11,7 +11,7 @@ import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from ..errors import DataError
 from .cifar import find_cifar
@@ -87,6 +87,24 @@ def _differ(train: list[str], val: list[str]) -> str:
 
     only = (("train/", [f for f in train if f not in val]), ("val/", [f for f in val if f not in train]))
     return "; ".join(f"only {split} has {few(names)}" for split, names in only if names)
+
+
+def each_batch(loader: Any) -> Iterator[Any]:
+    """The batches of a DataLoader, its workers' errors as their one line (:func:`unwrap_worker_error`),
+    its worker processes stopped as soon as the loop ends or fails: left to the interpreter's exit,
+    their teardown races it and can print tracebacks after the error line ('Bad file descriptor')."""
+    iterator = iter(loader)
+    try:
+        with unwrap_worker_error():
+            yield from iterator
+    finally:
+        stop_workers(iterator)
+
+
+def stop_workers(iterator: Any) -> None:
+    """Stop a DataLoader iterator's worker processes now (a no-op without workers)."""
+    if hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()
 
 
 @contextlib.contextmanager

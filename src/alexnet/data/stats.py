@@ -70,12 +70,13 @@ def compute_stats(dataset, indices: list[int], workers: int = 0, batch_size: int
     Returns (statistics dict, sorted list of the indices that could not be read).
     """
     from .folder import collate
+    from .sources import each_batch
 
     loader = torch.utils.data.DataLoader(
         torch.utils.data.Subset(dataset, indices), batch_size=batch_size, num_workers=workers, collate_fn=collate
     )
     acc, good = StatsAccumulator(), set()
-    for batch in progress(loader, total=len(loader), desc="mean image and PCA", enabled=show_progress, unit="batch"):
+    for batch in progress(each_batch(loader), total=len(loader), desc="mean image and PCA", enabled=show_progress, unit="batch"):
         if batch is None:
             continue
         acc.add(batch[0])
