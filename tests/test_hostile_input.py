@@ -656,3 +656,28 @@ def test_no_readable_image_to_score_is_an_error_not_an_accuracy_of_zero(tmp_path
     r = run_cli("evaluate", "--checkpoint", str(ckpt), "--data", str(tmp_path / "data" / "val"))
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == (
         "alexnet: error: no image to score: every one was unreadable (each was named in a warning above)"), r.stderr
+
+
+def test_half_a_data_set_says_what_it_lacks(tmp_path, capsys):
+    """Fashion-MNIST with a file missing and a pack whose prepare did not finish were read as folders
+    of images: 'no class sub-folders (expected ROOT/CLASS/IMAGE files)' (helper 30's audit); features
+    on a pack or Fashion-MNIST said 'no images'."""
+    from alexnet.data.packed import prepare
+
+    fm = make_tiny_fmnist(tmp_path / "fm")
+    (fm / "t10k-labels-idx1-ubyte.gz").unlink()
+    ckpt = str(tiny_checkpoint(tmp_path / "m.pt"))
+    for args in (["train", "--data", str(fm), *QUICK], ["evaluate", "--checkpoint", ckpt, "--data", str(fm)]):
+        assert fails(capsys, *args) == (f"alexnet: error: {fm}: Fashion-MNIST without t10k-labels-idx1-ubyte (it has the other "
+                                        "IDX files): copy the missing file(s) there, or 'alexnet download fashion-mnist "
+                                        "--out DIR' on a machine online")
+    pack = tmp_path / "pack"
+    prepare(make_image_folder(tmp_path / "imgs", classes=2, per_class=3), pack, size=32, show_progress=False)
+    err = fails(capsys, "features", "--checkpoint", ckpt, "--data", str(pack), "--out", str(tmp_path / "i.safetensors"))
+    assert err == (f"alexnet: error: {pack}: features indexes image files, for retrieve to show; this is a packed data set: "
+                   "give it the folder 'alexnet prepare' read")
+    (pack / "index.json").unlink()
+    for args in (["train", "--data", str(pack), *QUICK], ["evaluate", "--checkpoint", ckpt, "--data", str(pack)],
+                 ["features", "--checkpoint", ckpt, "--data", str(pack), "--out", str(tmp_path / "i.safetensors")]):
+        assert fails(capsys, *args) == (f"alexnet: error: {pack}: packed shards without their index.json: an 'alexnet "
+                                        "prepare' that did not finish; run it again"), args

@@ -21,7 +21,7 @@ from .data import presets
 from .data.folder import ImageFolderDataset, collate, find_classes, list_images, top_level_images
 from .data.loaders import model_input
 from .data.presets import Preprocess
-from .data.sources import each_batch
+from .data.sources import detect, each_batch
 from .errors import DataError
 from .model import AlexNet
 from .predict import kind_of, load_image, recipe
@@ -87,6 +87,11 @@ def build_index(
     root = Path(os.path.abspath(data))
     if not root.is_dir():
         raise DataError(f"--data: {data} is not a folder of images")
+    kind = detect(root)  # also refuses half a data set in one line
+    if kind != "images":
+        what = {"packed": "a packed data set: give it the folder 'alexnet prepare' read", "cifar": "CIFAR batches",
+                "fashion_mnist": "Fashion-MNIST"}[kind]
+        raise DataError(f"{data}: features indexes image files, for retrieve to show; this is {what}")
     pre = recipe(model)
     amp = resolve_amp(amp, next(model.parameters()).device)  # as precision_name records it
     samples, classes = _index_samples(root)

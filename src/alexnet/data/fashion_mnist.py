@@ -58,6 +58,14 @@ def is_fashion_mnist(root: str | os.PathLike) -> bool:
     return all(_find(root, s) is not None for pair in _FILES.values() for s in pair)
 
 
+def fashion_mnist_missing(root: str | os.PathLike) -> list[str]:
+    """The Fashion-MNIST IDX files ``root`` lacks when it has some of them (else [])."""
+    root = Path(root)
+    stems = [s for pair in _FILES.values() for s in pair]
+    missing = [s for s in stems if _find(root, s) is None]
+    return missing if len(missing) < len(stems) else []
+
+
 def load_fashion_mnist(root: str | os.PathLike = DEBIAN_ROOT, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
     """Images (N, 1, 28, 28) uint8 and labels (N,) int64 of one split (``train`` or ``test``)."""
     root = Path(root)

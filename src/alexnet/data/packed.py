@@ -24,7 +24,7 @@ import torch
 from ..errors import DataError
 from ..runtime import progress
 from .folder import BAD_FILES_NAME, BadFiles, class_name, collate
-from .sources import PACKED_INDEX, check_out_of_images, each_batch, open_folder_splits
+from .sources import PACKED_INDEX, SHARD, check_out_of_images, each_batch, open_folder_splits
 from .stats import StatsAccumulator, save_stats
 
 FORMAT = "alexnet-packed-1"
@@ -209,7 +209,7 @@ def prepare(
             (out / PACKED_INDEX).unlink()  # the old preparation stops being valid before its files go
         new = {f.name for f in tmp.iterdir()}
         for f in out.iterdir():  # an earlier preparation's shards that this one does not have (fewer, larger)
-            if _SHARD.match(f.name) and f.name not in new:
+            if SHARD.match(f.name) and f.name not in new:
                 f.unlink()
         for f in sorted(tmp.iterdir(), key=lambda p: p.name == PACKED_INDEX):  # index.json last
             os.replace(f, out / f.name)
@@ -223,7 +223,6 @@ def prepare(
     return index
 
 
-_SHARD = re.compile(r"^[a-z]+-\d{5}\.npy$")  # _ShardWriter's names
 # Every name a preparation writes (an unfinished one's too: a killed run's temporary folder).
 _OWN = re.compile(r"^([a-z]+-(\d{5}\.npy|labels\.npy|files\.txt)|index\.json|stats\.json|mean_image\.npy|"
                   r"bad_files\.txt|\.prepare-.+)$")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,12 +16,13 @@ from typing import Any, Literal
 
 from ..errors import DataError
 from .cifar import find_cifar
-from .fashion_mnist import is_fashion_mnist
+from .fashion_mnist import fashion_mnist_missing, is_fashion_mnist
 from .folder import BadFiles, ImageFolderDataset, not_images, printable, top_level_images
 from .ilsvrc import val_samples
 
 Kind = Literal["fashion_mnist", "cifar", "packed", "images"]
 PACKED_INDEX = "index.json"  # written last by 'alexnet prepare': a folder without it is unfinished
+SHARD = re.compile(r"^[a-z]+-\d{5}\.npy$")  # the packed shards' names
 
 
 def detect(root: str | os.PathLike) -> Kind:
@@ -37,7 +39,21 @@ def detect(root: str | os.PathLike) -> Kind:
         return "cifar"
     if (root / PACKED_INDEX).is_file():
         return "packed"
+    _refuse_unfinished(root)
     return "images"
+
+
+def _refuse_unfinished(root: Path) -> None:
+    """DataError for a folder that is half a data set, which would otherwise be read as a folder of
+    images ('no class sub-folders'): Fashion-MNIST with a file missing, or a packed folder without the
+    index 'alexnet prepare' writes last."""
+    missing = fashion_mnist_missing(root)
+    if missing:
+        raise DataError(f"{root}: Fashion-MNIST without {', '.join(missing)} (it has the other IDX files): copy "
+                        "the missing file(s) there, or 'alexnet download fashion-mnist --out DIR' on a machine online")
+    if any(SHARD.match(name) for name in os.listdir(root)):
+        raise DataError(f"{root}: packed shards without their {PACKED_INDEX}: an 'alexnet prepare' that did not finish; "
+                        "run it again")
 
 
 def check_out_of_images(out: str | os.PathLike, data: str | os.PathLike | None, what: str = "--out") -> None:
