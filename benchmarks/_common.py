@@ -29,6 +29,19 @@ def child_env(**extra: str) -> dict[str, str]:
     return dict(os.environ, **extra, PYTHONPATH=path)
 
 
+def run(main: Callable[[], int | None]) -> None:
+    """A benchmark's entry point: bad input (a checkpoint or data folder not found, ...) is one line
+    on stderr and exit 2, as in the ``alexnet`` command, not a traceback."""
+    from alexnet.errors import AlexNetError
+
+    try:
+        code = main()
+    except AlexNetError as e:
+        print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(code or 0)
+
+
 def base_parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--quick", action="store_true", help="tiny setting for CI: checks it runs, not how fast")
@@ -43,10 +56,7 @@ def setup(args: argparse.Namespace) -> torch.device:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
-        device = resolve_device(args.device)
-    except ValueError as e:  # ConfigError: one line, exit status 2
-        sys.exit(f"{Path(sys.argv[0]).name}: error: {e}")
+    device = resolve_device(args.device)  # a ConfigError is one line (:func:`run`)
     if device.type == "cuda":  # as `alexnet train` does; ours and the peer share this process and it
         torch.backends.cudnn.benchmark = True
     # As `alexnet train` and `alexnet evaluate` do; ours and the peer share this process and it.
@@ -59,14 +69,11 @@ def setup(args: argparse.Namespace) -> torch.device:
 
 
 def setup_with_amp(args: argparse.Namespace) -> tuple[torch.device, torch.dtype | None]:
-    """:func:`setup` and ``--amp`` resolved for that device (a bad value: one line, exit status 1)."""
+    """:func:`setup` and ``--amp`` resolved for that device (a bad value: one line, :func:`run`)."""
     from alexnet.runtime import resolve_amp
 
     device = setup(args)
-    try:
-        return device, resolve_amp(args.amp, device)
-    except ValueError as e:
-        sys.exit(f"{Path(sys.argv[0]).name}: error: {e}")
+    return device, resolve_amp(args.amp, device)
 
 
 def settings(**values: object) -> str:

@@ -162,4 +162,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    import _common  # here: the pipelines' and ranks' processes import this module, not its main
+
+    _common.run(main)

@@ -440,4 +440,6 @@ def report(r: dict[str, float], args: argparse.Namespace, data: Path) -> None:
             result(name, r[ours], r[peer], "images/s")
 
 if __name__ == "__main__":
-    main()
+    import _common  # here: the pipelines' and ranks' processes import this module, not its main
+
+    _common.run(main)

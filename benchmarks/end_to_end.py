@@ -36,7 +36,7 @@ import threading
 import time
 from pathlib import Path
 
-import _common  # noqa: F401  (puts src/ on the path)
+import _common  # also puts src/ on the path
 import torch
 from _common import ROOT, base_parser, child_env, interleaved, median, result, settings, setup_with_amp
 from train_step import make_step
@@ -228,4 +228,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    _common.run(main)

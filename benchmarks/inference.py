@@ -395,4 +395,4 @@ def report_speed(best: str, ips_ours: float, ips_peer: float, ips_ref: float, sp
 
 
 if __name__ == "__main__":
-    main()
+    _common.run(main)

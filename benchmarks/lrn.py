@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 
-import _common  # noqa: F401  (puts src/ on the path)
+import _common  # also puts src/ on the path
 import torch
 import torch.nn.functional as F
 from _common import base_parser, child_env, interleaved, median, result, setup
@@ -205,4 +205,4 @@ def cuda_main(args, device: torch.device) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    _common.run(main)

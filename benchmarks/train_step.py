@@ -17,7 +17,7 @@ interleaved rounds, so one run says which part of the network costs the time (is
 
 from __future__ import annotations
 
-import _common  # noqa: F401  (puts src/ on the path)
+import _common  # also puts src/ on the path
 import torch
 import torch.nn.functional as F
 import torchvision
@@ -202,4 +202,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    _common.run(main)

@@ -177,11 +177,15 @@ def test_benchmark_quick_on_cuda(name, tmp_path):
     check_quick(name, run_quick(name, "cuda", tmp_path), "cuda")
 
 
-def test_benchmark_refuses_cuda_without_a_gpu(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "train_step.py"), "--quick", "--device", "cuda"],
+@pytest.mark.parametrize("script, args, said", [
+    ("train_step.py", ["--device", "cuda"], "--device cuda: no CUDA device is available on this machine"),
+    ("lrn.py", ["--device", "cuda"], "--device cuda: no CUDA device is available on this machine"),
+    ("inference.py", ["--checkpoint", "nope.pt"], "checkpoint not found: nope.pt"),  # it was a traceback (helper 30)
+])
+def test_benchmark_bad_input_is_one_line(tmp_path, script, args, said):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--quick", *args],
                           capture_output=True, text=True, timeout=300, cwd=tmp_path, env=cli_env(cuda=False))
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines() == ["train_step.py: error: --device cuda: no CUDA device is available on this machine"]
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [f"{script}: error: {said}"], proc.stderr
 
 
 def test_training_macs_count_forward_and_both_gradients():
