@@ -17,7 +17,9 @@ if _SRC not in _sys.path:  # a plain clone is not installed: make its package im
 
 from alexnet import create_model as _create_model  # noqa: E402
 from alexnet import load as _load  # noqa: E402
-from alexnet.model import registered_name as _registered_name  # noqa: E402
+from alexnet.model import describe_model as _describe_model  # noqa: E402
+from alexnet.model import differences as _differences  # noqa: E402
+from alexnet.model import model_family as _model_family  # noqa: E402
 
 
 def _entry(name):
@@ -32,9 +34,10 @@ def _entry(name):
             )
             raise ValueError(f"{name}: {given} cannot change a network loaded from checkpoint={checkpoint}")
         model = _load(checkpoint)
-        held = _registered_name(model.config)
-        if held is not None and held != name:
-            raise ValueError(f"{checkpoint} holds {held}, not {name}: load it with torch.hub.load(..., {held!r}, checkpoint=...)")
+        held, differs = _model_family(model.config)  # also a network built with options (input_size=112)
+        if held != name and len(differs) < len(_differences(model.config, name)):
+            raise ValueError(f"{checkpoint} holds {_describe_model(model.config)}, not {name}: load it with "
+                             f"torch.hub.load(..., {held!r}, checkpoint=...)")
         return model
 
     build.__name__ = name

@@ -123,7 +123,8 @@ def test_summary_of_an_ablation_and_of_a_checkpoint(tmp_path, capsys):
     assert main(["summary", "--checkpoint", str(ckpt)]) == 0
     out = capsys.readouterr().out
     n = sum(p.numel() for p in model.parameters())
-    assert out.startswith(f"a custom AlexNet ({ckpt}): input 1x28x28, 7 classes") and f"total parameters:          {n:,}" in out
+    assert out.startswith(f"alexnet_small with widths=(8, 16, 16, 16, 16), fc_width=32 ({ckpt}): input 1x28x28, 7 classes")
+    assert f"total parameters:          {n:,}" in out
     assert main(["summary", "--checkpoint", str(ckpt), "--model", "alexnet_owt"]) == 2
     assert "drop --model" in capsys.readouterr().err
 

@@ -451,6 +451,14 @@ def test_cli_prepare_strict_and_default(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "4 unreadable images skipped" in r.stdout
     assert len((tmp_path / "p" / "bad_files.txt").read_text().splitlines()) == 4
+    assert r.stdout.strip().splitlines()[-1] == f"train on it with: alexnet train --data {tmp_path / 'p'}"
+    # Packed smaller than the paper's crops: the command it suggests trains (it said 'alexnet train --data
+    # p', which stopped: 'packed images are 64px, smaller than the model's 224px input')
+    r = run_cli("prepare", "--data", str(root), "--out", str(tmp_path / "small"), "--workers", "0", "--size", "80")
+    hint = r.stdout.strip().splitlines()[-1]
+    assert hint == f"train on it with: alexnet train --data {tmp_path / 'small'} --model-option input_size=70", r.stdout
+    r = run_cli(*hint.split("alexnet ", 1)[1].split(), "--epochs", "1", "--workers", "0", "--out", str(tmp_path / "run"))
+    assert r.returncode == 0, r.stderr
 
 
 class _Fails(torch.utils.data.Dataset):

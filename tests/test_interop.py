@@ -473,5 +473,13 @@ def test_torch_hub_local(tmp_path, paper_ckpt):
     with pytest.raises(ValueError, match="small.pt holds alexnet_small, not alexnet_paper"):
         torch.hub.load(str(ROOT), "alexnet_paper", source="local", checkpoint=str(tmp_path / "small.pt"), trust_repo=True)
     assert torch.hub.load(str(ROOT), "alexnet_small", source="local", checkpoint=str(tmp_path / "small.pt")).fc8.out_features == 3
+    # A network built with options (the paper's net for 128 px photos) belongs to its nearest entry:
+    # under any other name it loaded without a word (helper 30's audit).
+    paper112 = alexnet.create_model("alexnet_paper", num_classes=3, input_size=112, lrn=False)
+    save_atomic({"model": paper112.state_dict(), "model_config": paper112.config.to_dict()}, tmp_path / "p112.pt")
+    with pytest.raises(ValueError, match="p112.pt holds alexnet_paper with input_size=112, lrn=False, not alexnet_small: "
+                                         r"load it with torch.hub.load\(..., 'alexnet_paper', checkpoint=...\)"):
+        torch.hub.load(str(ROOT), "alexnet_small", source="local", checkpoint=str(tmp_path / "p112.pt"))
+    assert torch.hub.load(str(ROOT), "alexnet_paper", source="local", checkpoint=str(tmp_path / "p112.pt")).config.input_size == 112
     with pytest.raises(ValueError, match="num_classes, lrn cannot change a network loaded from checkpoint="):
         torch.hub.load(str(ROOT), "alexnet_paper", source="local", checkpoint=str(paper_ckpt), num_classes=5, lrn=False, trust_repo=True)

@@ -787,7 +787,11 @@ def test_init_from_trains_the_checkpoints_network_and_resumes_without_it(tmp_pat
     assert tuned["model_config"]["input_size"] == 67 and list(tuned["model_config"]["widths"]) == [8, 8, 8, 8, 8]
     assert tuned["model"]["fc8.weight"].shape == (3, 16)
     assert torch.equal(tuned["model"]["conv1.weight"], start.conv1.weight.detach())  # its weights, frozen
-    assert any(line.startswith(f"training the network of {weights} on ") for line in logs), logs
+    assert any(line.startswith(f"training alexnet_paper with input_size=67, widths=(8, 8, 8, 8, 8), fc_width=16 of {weights} "
+                               "on ") for line in logs), logs
+    # --model naming the network's family is no contradiction (it was: 'holds a custom AlexNet')
+    assert main(["train", "--data", str(data), "--init-from", str(weights), "--model", "alexnet_paper", "--epochs", "1",
+                 "--batch-size", "4", "--amp", "none", "--workers", "0", "--out", str(tmp_path / "named")]) == 0
     # The photos recipe divides by the pixels' std (~60): said, with the preset that matches.
     assert any(line.startswith(f"note: the weights of {weights} were trained on pixels divided by 1,")
                and line.endswith("--data-preset paper scales them alike") for line in logs), logs

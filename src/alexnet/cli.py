@@ -168,15 +168,15 @@ def _check_init_model(model: str, init_from: str) -> None:
     the one trained: the --model would be dropped without a word)."""
     from .checkpoint import config_from_file, load_checkpoint
     from .errors import ConfigError
-    from .model import registered_name
+    from .model import describe_model, model_family
 
     saved = load_checkpoint(init_from, torchvision=True).get("model_config")
     if saved is None:  # another bare state dict: its weights go into --model
         return
-    held = registered_name(config_from_file(saved, init_from)) or "a custom AlexNet"
-    if held != model:
-        raise ConfigError(f"--model {model}: --init-from {init_from} holds {held}, whose architecture the run trains; "
-                          "drop --model (or start from weights of that network)")
+    config = config_from_file(saved, init_from)
+    if model_family(config)[0] != model:  # the paper's net trained at 112 px is still --model alexnet_paper
+        raise ConfigError(f"--model {model}: --init-from {init_from} holds {describe_model(config)}, whose architecture "
+                          "the run trains; drop --model (or start from weights of that network)")
 
 
 def _launch(args: argparse.Namespace, cfg: TrainConfig) -> int:
@@ -456,7 +456,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 # -- summary / models / download ------------------------------------------------------------------
 def cmd_summary(args: argparse.Namespace) -> int:
     from .errors import ConfigError
-    from .model import create_model, registered_name
+    from .model import create_model, describe_model
     from .summary import format_summary
 
     options = _key_values(args.model_option, "--model-option")
@@ -466,7 +466,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
         if args.model or options or args.num_classes:
             raise ConfigError("summary --checkpoint describes the checkpoint's own network: drop --model, --model-option and --num-classes")
         model = load(args.checkpoint)
-        name = f"{registered_name(model.config) or 'a custom AlexNet'} ({args.checkpoint})"
+        name = f"{describe_model(model.config)} ({args.checkpoint})"
     else:
         base = args.model or "alexnet_paper"
         size = {"input_size": args.input_size} if args.input_size and "input_size" not in options else {}
@@ -551,7 +551,9 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     if index["bad_files"]:
         bad = f"; {index['bad_files']} unreadable images skipped (listed in {Path(args.out) / 'bad_files.txt'})"
     print(f"packed {counts} images of {len(index['classes'])} classes into {args.out}{bad}")
-    print(f"train on it with: alexnet train --data {args.out}")
+    # smaller than the paper's 224 crops: the input that keeps their ratio of 224 to 256
+    fit = f" --model-option input_size={args.size * 224 // 256}" if args.size < 224 else ""
+    print(f"train on it with: alexnet train --data {args.out}{fit}")
     return 0
 
 

@@ -312,7 +312,7 @@ class AlexNet(nn.Module):
                              f"features); {h}x{w} images give {sides[0]}x{sides[1]}: resize or crop them (model.preprocess.test_crop)")
 
     def _name(self) -> str:
-        return registered_name(self.config) or "this AlexNet"
+        return describe_model(self.config)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """conv1..pool5, flattened: the input of fc6 (9,216-d for the paper's net at 224 px)."""
@@ -465,12 +465,32 @@ def model_config(name: str, **overrides: Any) -> AlexNetConfig:
     return AlexNetConfig.from_dict(base)
 
 
+_LOOSE = {"num_classes": 0, "in_chans": 0, "init": None, "dropout": 0.0}  # what a network's family does not fix
+
+
 def registered_name(config: AlexNetConfig) -> str | None:
     """The registered model whose layers ``config`` has (whatever its classes, input channels,
     init and dropout rate), or None for another network."""
-    loose = {"num_classes": 0, "in_chans": 0, "init": None, "dropout": 0.0}
-    mine = {**config.to_dict(), **loose}
-    return next((n for n in list_models() if {**model_config(n).to_dict(), **loose} == mine), None)
+    name, differs = model_family(config)
+    return name if not differs else None
+
+
+def differences(config: AlexNetConfig, name: str) -> dict[str, Any]:
+    """The layer options of ``config`` that the registered model ``name`` has otherwise."""
+    mine, theirs = {**config.to_dict(), **_LOOSE}, {**model_config(name).to_dict(), **_LOOSE}
+    return {k: v for k, v in mine.items() if theirs.get(k) != v}
+
+
+def model_family(config: AlexNetConfig) -> tuple[str, dict[str, Any]]:
+    """The registered model that ``config`` differs from in the fewest layer options, and those
+    options: ("alexnet_paper", {"input_size": 112}) for the paper's net trained on 128 px photos."""
+    return min(((n, differences(config, n)) for n in list_models()), key=lambda nd: len(nd[1]))
+
+
+def describe_model(config: AlexNetConfig) -> str:
+    """A network's name for a message: "alexnet_paper", or "alexnet_paper with input_size=112"."""
+    name, differs = model_family(config)
+    return name + (" with " + ", ".join(f"{k}={v}" for k, v in differs.items()) if differs else "")
 
 
 def create_model(

@@ -41,7 +41,7 @@ from .data.sources import check_out_of_images
 from .errors import AlexNetError, CheckpointError, ConfigError, DataError, TrainingError, check_weights, state_dict_mismatch
 from .evaluate import score, summarize
 from .health import HealthMonitor
-from .model import AlexNet, AlexNetConfig, expand_layers, model_config, registered_name, torchvision_key
+from .model import AlexNet, AlexNetConfig, describe_model, expand_layers, model_config, model_family, torchvision_key
 from .optim import PlateauSchedule, make_optimizer, param_groups, step_lr_factor
 from .parallel import TowerSplit, grouped_optimizer_state, split_optimizer_state, tower_devices
 from .resume import check_classes, check_resumed, note_changes, nothing_left, read_checkpoint, resume_source
@@ -503,7 +503,7 @@ def _wire(
     source = f"--resume {cfg.resume}" if resume_ckpt is not None else f"--init-from {cfg.init_from}" if init else f"--model {cfg.model}"
     arch, fixed_chans = architecture(cfg, resume_ckpt if resume_ckpt is not None else init, source)
     if init is not None and isinstance(init.get("model_config"), dict):  # config.json names the network trained
-        cfg = dataclasses.replace(cfg, model=registered_name(config_from_file(init["model_config"], source)) or cfg.model)
+        cfg = dataclasses.replace(cfg, model=model_family(config_from_file(init["model_config"], source))[0])
     data = _load(cfg, info, device, run_dir, show_progress, arch.input_size)
     cleanup.callback(data.close)  # the workers stop when the run ends, however it ends
     _check_data(cfg, data, arch, fixed_chans, source)
@@ -756,7 +756,7 @@ def _announce(run: _Run) -> None:
                 f"{batch}, others left out each epoch); a smaller --batch-size leaves out fewer")
     name = cfg.model
     if cfg.init_from:  # the network of the checkpoint it started from
-        name = f"{registered_name(run.model.config) or 'the network'} of {cfg.init_from}"
+        name = f"{describe_model(run.model.config)} of {cfg.init_from}"
     run.log(
         f"training {name} on {data.source}: {data.train_size} train / {data.val_size} val images, "
         f"{len(data.classes)} classes, {trainable:,} trainable parameters, {cfg.epochs} epoch{'s' * (cfg.epochs != 1)}, {where}, "
