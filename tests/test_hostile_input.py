@@ -677,6 +677,11 @@ def test_half_a_data_set_says_what_it_lacks(tmp_path, capsys):
     assert err == (f"alexnet: error: {pack}: features indexes image files, for retrieve to show; this is a packed data set: "
                    "give it the folder 'alexnet prepare' read")
     (pack / "index.json").unlink()
+    killed = tmp_path / "killed" / ".prepare-x1y2"  # a first prepare killed: only its temporary folder is there
+    killed.mkdir(parents=True)
+    (killed / "train-00000.npy").write_bytes(b"")
+    said = fails(capsys, "train", "--data", str(killed.parent), *QUICK)
+    assert said.endswith("killed: packed shards without their index.json: an 'alexnet prepare' that did not finish; run it again")
     for args in (["train", "--data", str(pack), *QUICK], ["evaluate", "--checkpoint", ckpt, "--data", str(pack)],
                  ["features", "--checkpoint", ckpt, "--data", str(pack), "--out", str(tmp_path / "i.safetensors")]):
         assert fails(capsys, *args) == (f"alexnet: error: {pack}: packed shards without their index.json: an 'alexnet "

@@ -51,7 +51,7 @@ def _refuse_unfinished(root: Path) -> None:
     if missing:
         raise DataError(f"{root}: Fashion-MNIST without {', '.join(missing)} (it has the other IDX files): copy "
                         "the missing file(s) there, or 'alexnet download fashion-mnist --out DIR' on a machine online")
-    if any(SHARD.match(name) for name in os.listdir(root)):
+    if any(SHARD.match(name) or name.startswith(".prepare-") for name in os.listdir(root)):  # killed: its temporary folder
         raise DataError(f"{root}: packed shards without their {PACKED_INDEX}: an 'alexnet prepare' that did not finish; "
                         "run it again")
 
