@@ -883,3 +883,19 @@ def test_the_start_says_when_full_batches_leave_many_images_out(tmp_path):
         fit(_cfg(data, tmp_path / f"b{batch}", epochs=1, batch_size=batch), log=lines.append)
         notes = [line for line in lines if "full batches" in line]
         assert notes == ([said + "; a smaller --batch-size leaves out fewer"] if said else []), lines
+
+
+def test_a_resume_with_more_epochs_says_where_the_decay_now_ends(tiny_fmnist, tmp_path):
+    """A finished 2-epoch run resumed to 4: its linear decay had brought the rate to 0, and the
+    4-epoch schedule has it at (4 - 2) / (4 - 0.5) of its peak at that step, a jump it now says;
+    the reference is the schedule's formula, by hand."""
+    lines: list[str] = []
+    out = tmp_path / "run"
+    cfg = _cfg(tiny_fmnist, out, epochs=2, warmup_epochs=0.5, schedule="onecycle")
+    fit(cfg, log=lambda s: None)
+    fit(resume_config(str(out), {"epochs": 4}), log=lines.append)
+    now = cfg.lr * (4 - 2) / (4 - 0.5)
+    said = f"note: --epochs 4: the onecycle schedule now decays to 0 at epoch 4, not 2; the rate goes on at {now:.3g} where the run"
+    assert f"{said} had it at 0" in lines, lines
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert records[1]["lr"] == pytest.approx(0, abs=cfg.lr / 10) and records[2]["lr"] > now / 2  # the jump, as said

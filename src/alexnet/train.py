@@ -643,6 +643,19 @@ def _restore(run: _Run, ckpt: dict[str, Any]) -> None:
     run.pos, run.history, run.best = pos, history, best
     if run.info.is_main:
         note_changes(run.data, ckpt)
+        _note_new_horizon(run, (ckpt.get("train_config") or {}).get("epochs"))
+
+
+def _note_new_horizon(run: _Run, began: Any) -> None:
+    """A note when a resume with other --epochs moves the end of a decaying schedule: the rate jumps
+    from where the run had brought it to where the longer schedule has it at this step."""
+    cfg, steps = run.cfg, len(run.data.train)
+    if cfg.schedule not in ("onecycle", "cosine") or not isinstance(began, int) or began == cfg.epochs or began < 1:
+        return
+    was, now = (step_lr_factor(cfg.schedule, run.pos.step, steps, e, cfg.warmup_epochs, cfg.step_size, cfg.gamma)
+                for e in (began, cfg.epochs))
+    run.log(f"note: --epochs {cfg.epochs}: the {cfg.schedule} schedule now decays to 0 at epoch {cfg.epochs}, not "
+            f"{began}; the rate goes on at {cfg.lr * now:.3g} where the run had it at {cfg.lr * was:.3g}")
 
 
 def _wrap(run: _Run) -> None:
