@@ -91,11 +91,13 @@ def cache_key(files: list[str], root: Path, *params: Any, stamps: bool = True) -
     ``stamps``) and the parameters."""
     h = hashlib.sha1()
     for f in files:
-        try:
-            st = os.stat(f) if stamps else None
-            stamp = f"\t{st.st_size}\t{st.st_mtime_ns}" if stamps else ""
-        except OSError:  # unreadable: the statistics pass reports it
-            stamp = "\t-"
+        stamp = ""
+        if stamps:
+            try:
+                st = os.stat(f)
+                stamp = f"\t{st.st_size}\t{st.st_mtime_ns}"
+            except OSError:  # unreadable: the statistics pass reports it
+                stamp = "\t-"
         h.update((os.path.relpath(f, root) + stamp).encode("utf-8", "surrogateescape") + b"\n")
     h.update(repr(params).encode())
     return h.hexdigest()[:16]
