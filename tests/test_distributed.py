@@ -401,3 +401,17 @@ def test_allreduce_benchmark_refuses_cuda_without_a_gpu():
     r = _allreduce_quick("--device", "cuda")  # GPUs hidden: one line, non-zero exit, nothing launched
     assert r.returncode != 0 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "CUDA" in r.stderr
+
+
+def test_a_warning_about_the_data_is_said_once_not_by_every_rank(tmp_path):
+    """Every rank lists the data: its 'left out' warning came once per rank."""
+    from conftest import make_image_folder
+
+    data = make_image_folder(tmp_path / "imgs", classes=2, per_class=8)
+    (data / "class0" / "notes.txt").write_text("taken in May")
+    r = run_cli("train", "--data", str(data), "--out", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "4", "--amp", "none",
+                "--workers", "0", "--device", "cpu", "--nproc", "2", *TINY)
+    assert r.returncode == 0, r.stderr
+    assert [line for line in r.stderr.splitlines() if "left out" in line] == [
+        f"warning: {data}: left out 1 file(s) of other kinds: 1 .txt; it reads .jpg .jpeg .jpe .jfif .png .ppm .bmp .pgm .tif "
+        ".tiff .webp .gif"], r.stderr

@@ -816,10 +816,12 @@ def _warning_line(message, category, filename, lineno, line=None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    if not os.environ.get("ALEXNET_DEBUG"):
-        import warnings
+    import warnings
 
+    if not os.environ.get("ALEXNET_DEBUG"):
         warnings.formatwarning = _warning_line
+    if os.environ.get("RANK", "0") != "0":  # a rank of a torchrun run: rank 0 says what each would (the data's warnings)
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"alexnet(\.|$)")
     # A path that is not UTF-8 is printed as its bytes, as ls prints it, instead of failing the
     # command under a UTF-8 locale (whose stdout is strict; stderr already escapes it).
     if isinstance(sys.stdout, io.TextIOWrapper) and sys.stdout.errors == "strict":
