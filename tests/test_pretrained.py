@@ -216,3 +216,12 @@ def test_export_to_torchvisions_own_format(torchvision_file, hub, tmp_path, caps
     with pytest.raises(alexnet.ConfigError, match="torchvision's alexnet has alexnet_owt's layers .* this network is alexnet_paper"):
         export(paper, "torchvision", tmp_path / "paper.pth")
     assert not (tmp_path / "paper.pth").exists()
+    # alexnet_owt fine-tuned at another input size is still torchvision's network (both pool adaptively
+    # to 6x6): it was refused as "alexnet_owt with input_size=112" (helper 32); the same outputs there.
+    small = alexnet.create_model("alexnet_owt", num_classes=5, input_size=112).eval()
+    export(small, "torchvision", tmp_path / "small.pth")
+    theirs = torchvision.models.alexnet(num_classes=5).eval()
+    theirs.load_state_dict(torch.load(tmp_path / "small.pth", weights_only=True))
+    x = torch.randn(2, 3, 112, 112, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(x), small(x), rtol=0, atol=0)

@@ -182,12 +182,13 @@ def export_torchscript(model: AlexNet, path: str | os.PathLike) -> list[Path]:
 
 def torchvision_state_dict(model: AlexNet) -> dict[str, torch.Tensor]:
     """``model``'s weights under torchvision's names (on the CPU), which ``torchvision.models.alexnet(
-    num_classes=N)`` loads; a ConfigError unless the network has its layers (``alexnet_owt``, RGB)."""
-    from .model import TORCHVISION_KEYS, describe_model, registered_name
+    num_classes=N)`` loads; a ConfigError unless the network has its layers (``alexnet_owt``, RGB, at
+    any input size: both pool adaptively to 6x6 before fc6)."""
+    from .model import TORCHVISION_KEYS, describe_model, differences
 
-    if registered_name(model.config) != "alexnet_owt" or model.config.in_chans != 3:
+    if set(differences(model.config, "alexnet_owt")) - {"input_size"} or model.config.in_chans != 3:
         raise ConfigError(f"--format torchvision: torchvision's alexnet has alexnet_owt's layers (RGB); this network is "
-                          f"{describe_model(model.config)} with {model.config.in_chans} input channel(s): "
+                          f"{describe_model(model.config)}, for {model.config.in_chans}-channel images: "
                           "export it as .safetensors, .onnx, .pt2 or .ts")
     ours = {v: k for k, v in TORCHVISION_KEYS.items()}
     return {f"{ours[k.rpartition('.')[0]]}.{k.rpartition('.')[2]}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
