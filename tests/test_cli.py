@@ -1,6 +1,7 @@
 """The command line end to end, as a user runs it, and its answers to bad input."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -251,6 +252,16 @@ def test_threads(tiny_fmnist, tmp_path):
     assert "note: this run started with 1 CPU threads and resumes with 2;" in r.stdout
     r = run_cli("train", "--resume", str(out), "--epochs", "3", "--threads", "1")
     assert r.returncode == 0 and "note: this run started" not in r.stdout + r.stderr, r.stderr
+    # The --resume line has no --threads: a resume without it takes the run's count (it took every core,
+    # and went on otherwise than the run would have): the same weights as a resume with --threads 1.
+    runs = [tmp_path / "plain", tmp_path / "given"]
+    run_cli("train", "--data", str(tiny_fmnist), "--epochs", "1", "--batch-size", "32", "--out", str(runs[0]), "--threads", "1")
+    shutil.copytree(runs[0], runs[1])
+    for folder, given in zip(runs, ([], ["--threads", "1"])):
+        r = run_cli("train", "--resume", str(folder), "--epochs", "2", *given)
+        assert r.returncode == 0 and "note: this run started" not in r.stdout, r.stdout
+    a, b = (torch.load(folder / "last.pt", weights_only=True)["model"] for folder in runs)
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_every_computing_command_takes_threads():

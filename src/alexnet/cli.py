@@ -809,6 +809,18 @@ def _stdout_gone() -> bool:
         return False
 
 
+def _resumed_threads(args: argparse.Namespace) -> int | None:
+    """A resume without --threads takes the count its run started with, where this machine has as many
+    cores: CPU sums then round as they did, and the run goes on bitwise (the --resume line it printed
+    has no --threads; with every core it went on otherwise, and on a shared machine slowly)."""
+    if args.command != "train" or not getattr(args, "resume", None):
+        return None
+    from .resume import started_threads
+
+    n = started_threads(args.resume)
+    return n if n is not None and n <= (os.cpu_count() or 1) else None
+
+
 def _warning_line(message, category, filename, lineno, line=None) -> str:
     """A warning as one line (Python adds the source line that raised it, which says nothing to a
     user of the command line; ALEXNET_DEBUG=1 keeps Python's format)."""
@@ -843,8 +855,9 @@ def main(argv: list[str] | None = None) -> int:
         from .runtime import keep_freed_memory, set_threads
 
         keep_freed_memory()
-        if getattr(args, "threads", None):
-            set_threads(args.threads)
+        threads = getattr(args, "threads", None) or _resumed_threads(args)
+        if threads:
+            set_threads(threads)
     try:
         code = args.func(args)
         sys.stdout.flush()  # a reader that went away is met here, not at the interpreter's exit

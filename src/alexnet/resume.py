@@ -11,6 +11,7 @@ others); photos added or removed, or a changed preset, are said as the run goes 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import warnings
@@ -50,6 +51,17 @@ def resume_source(resume: str | os.PathLike, claimed: bool = False) -> Path:
     if not path.is_file():
         raise CheckpointError(f"--resume: no checkpoint at {path}")
     return path
+
+
+def started_threads(resume: str | os.PathLike) -> int | None:
+    """The CPU thread count the run of ``resume`` (its folder, or a checkpoint in it) started with, as
+    its config.json records it; None where it records none."""
+    path = Path(resume)
+    try:
+        n = json.loads(((path if path.is_dir() else path.parent) / "config.json").read_text())["environment"]["threads"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return n if is_whole(n, 1) else None
 
 
 def nothing_left(ckpt: dict[str, Any], epochs: int, run_dir: Path) -> tuple[str, dict[str, Any]] | None:

@@ -44,7 +44,7 @@ from .health import HealthMonitor
 from .model import AlexNet, AlexNetConfig, describe_model, expand_layers, model_config, model_family, torchvision_key
 from .optim import PlateauSchedule, make_optimizer, param_groups, step_lr_factor
 from .parallel import TowerSplit, grouped_optimizer_state, split_optimizer_state, tower_devices
-from .resume import check_classes, check_resumed, note_changes, nothing_left, read_checkpoint, resume_source
+from .resume import check_classes, check_resumed, note_changes, nothing_left, read_checkpoint, resume_source, started_threads
 from .runtime import autocast, progress, resolve_amp, rng_state, seed_everything, set_rng_state
 from .trainstate import check_training_state
 
@@ -743,12 +743,8 @@ def _update_config_file(run: _Run) -> None:
 def _note_thread_change(run: _Run) -> None:
     """A note when a CPU run resumes on another thread count than it started with: CPU reductions
     then round differently, so the run goes on correctly but not bitwise as it would have."""
-    try:
-        started = json.loads((run.run_dir / "config.json").read_text())["environment"]["threads"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return
-    now = torch.get_num_threads()
-    if run.device.type == "cpu" and isinstance(started, int) and started != now:
+    started, now = started_threads(run.run_dir), torch.get_num_threads()
+    if run.device.type == "cpu" and started is not None and started != now:
         run.log(f"note: this run started with {started} CPU threads and resumes with {now}; it continues, but "
                 f"not bitwise as an uninterrupted run would (--threads {started} resumes exactly)")
 
