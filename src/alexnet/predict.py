@@ -113,8 +113,9 @@ def true_class(path: str | os.PathLike, classes: list[str], depth: int = 3) -> s
     synsets, else the 1000 ILSVRC synsets by torchvision's categories).
     """
     for folder in list(Path(os.path.abspath(path)).parents)[:depth]:
-        if class_name(folder.name) in classes:
-            return class_name(folder.name)
+        name = class_name(folder.name)
+        if name in classes:
+            return name
         folders, names = _sibling_classes(str(folder.parent))
         name = names[folders.index(folder.name)] if folder.name in folders else None
         if name in classes:
@@ -188,23 +189,23 @@ def predict(
     k = min(top, len(classes))
     starts = range(0, len(paths), batch_size)
     failed: list[DataError] = []
-    for start in progress(starts, total=len(starts), desc="predict", enabled=show_progress, unit="batch"):
-        chunk, images = _load_images(paths[start : start + batch_size], preprocess, failed)
-        if not chunk:
-            continue
-        with eval_mode(model):
+    with eval_mode(model):  # once, not per batch: it visits every module
+        for start in progress(starts, total=len(starts), desc="predict", enabled=show_progress, unit="batch"):
+            chunk, images = _load_images(paths[start : start + batch_size], preprocess, failed)
+            if not chunk:
+                continue
             probs = model_probs(model, images.to(device), preprocess, amp=amp).cpu()
-        values, indices = probs.topk(k, dim=1)
-        for p, v, i in zip(chunk, values, indices):
-            results.append(
-                {
-                    "path": str(p),
-                    "top": [{"class": classes[j], "index": int(j), "probability": float(q)} for q, j in zip(v, i)],
-                    "label": true_class(p, classes),
-                }
-            )
-        if return_images:
-            images_out.extend(images)
+            values, indices = probs.topk(k, dim=1)
+            for p, v, i in zip(chunk, values, indices):
+                results.append(
+                    {
+                        "path": str(p),
+                        "top": [{"class": classes[j], "index": int(j), "probability": float(q)} for q, j in zip(v, i)],
+                        "label": true_class(p, classes),
+                    }
+                )
+            if return_images:
+                images_out.extend(images)
     _report_unreadable(failed, predicted=len(results))
     return (results, images_out) if return_images else results
 
