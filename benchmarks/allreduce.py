@@ -29,6 +29,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -125,9 +126,11 @@ def main() -> int:
         except ConfigError as e:
             p.exit(2, f"allreduce.py: error: {e}\n")
         env = dict(os.environ, OMP_NUM_THREADS=str(max(1, distributed.cpu_cores() // args.nproc)))
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}", __file__]
         rest = distributed.without_option(distributed.without_option(sys.argv[1:], "--nproc"), "--device")
-        return subprocess.call(cmd + rest + ["--device", device], env=env)
+        with tempfile.TemporaryDirectory(prefix="allreduce-torchrun-") as logs:  # else torchrun leaves a torchelastic_* folder
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
+                   f"--log-dir={logs}", __file__]
+            return subprocess.call(cmd + rest + ["--device", device], env=env)
     info = distributed.env_info()
     try:
         device = distributed.rank_device(args.device, info)

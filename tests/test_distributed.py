@@ -58,10 +58,13 @@ def one_process(tiny_fmnist, tmp_path_factory) -> Path:
     return out
 
 
-def test_two_gloo_processes_match_one_process(one_process, tiny_fmnist, tmp_path):
+def test_two_gloo_processes_match_one_process(one_process, tiny_fmnist, tmp_path, monkeypatch):
     out = tmp_path / "two"
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))  # what the launcher leaves there
     r = run_cli(*_args(tiny_fmnist, out, "--nproc", "2"))
     assert r.returncode == 0, r.stderr
+    assert not list((tmp_path / "tmp").iterdir())  # torchrun's agent alone left an empty torchelastic_* tree
     assert "2 processes (batch 8 each)" in r.stdout
     assert r.stdout.count("done:") == 1  # rank 0 alone reports
     ref, two = _ckpt(one_process / "last.pt"), _ckpt(out / "last.pt")
@@ -169,10 +172,13 @@ def _signal_rank_1(data: Path, out: Path, sig: signal.Signals) -> tuple[int, str
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc to find the ranks")
-def test_nproc_run_with_a_killed_rank_ends_in_one_line(tiny_fmnist, tmp_path):
+def test_nproc_run_with_a_killed_rank_ends_in_one_line(tiny_fmnist, tmp_path, monkeypatch):
     out = tmp_path / "nproc"
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
     code, err = _signal_rank_1(tiny_fmnist, out, signal.SIGKILL)
     assert code == 1 and "Traceback" not in err, err
+    assert not list((tmp_path / "tmp").iterdir())  # the failed run's log folder is gone too
     last = err.strip().splitlines()[-1]
     assert "the 2-process run stopped: rank 1 was killed by SIGKILL" in last
     assert f"alexnet train --resume {out} --nproc 2" in last
@@ -347,9 +353,11 @@ def _allreduce_quick(*extra: str, cuda: bool = False) -> subprocess.CompletedPro
                           capture_output=True, text=True, timeout=300, env=cli_env(cuda))
 
 
-def test_allreduce_benchmark_quick():
+def test_allreduce_benchmark_quick(tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
     r = _allreduce_quick("--device", "cpu")  # gloo on CPUs, on every machine
     assert r.returncode == 0, r.stderr
+    assert not list(tmp_path.iterdir())  # torchrun's log folder removed
     assert "gloo on cpu" in r.stdout
     results = [line for line in r.stdout.splitlines() if line.startswith("RESULT ")]
     assert [line.split()[1] for line in results] == ["allreduce_busbw", "grad_sync_ms"]

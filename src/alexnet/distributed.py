@@ -12,7 +12,9 @@ import datetime
 import gc
 import os
 import re
+import shutil
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -243,7 +245,10 @@ def launch(nproc: int, argv: list[str], run_dir: str | None) -> int:
     # torchrun would give each process 1 thread; give each its share of the cores instead.
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cpu_cores() // nproc)))
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # the summary below says it
-    args = parse_args(["--standalone", f"--nproc-per-node={nproc}", "-m", "alexnet", *argv])
+    # The agent's own log folder (error.json of a failed rank) is ours to remove: left to torchrun, an
+    # empty torchelastic_* tree stayed in the temporary folder after every run.
+    logs = tempfile.mkdtemp(prefix="alexnet-torchrun-")
+    args = parse_args(["--standalone", f"--nproc-per-node={nproc}", f"--log-dir={logs}", "-m", "alexnet", *argv])
 
     def resume() -> str:  # asked when the run has ended: its checkpoint exists or not by then
         if run_dir is not None and not (Path(run_dir) / "last.pt").is_file():
@@ -270,3 +275,5 @@ def launch(nproc: int, argv: list[str], run_dir: str | None) -> int:
     except (KeyboardInterrupt, SignalException):
         print(f"alexnet: interrupted; {resume()}", file=sys.stderr)
         return 130
+    finally:
+        shutil.rmtree(logs, ignore_errors=True)
