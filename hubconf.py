@@ -25,8 +25,7 @@ from alexnet.model import model_family as _model_family  # noqa: E402
 def _entry(name):
     def build(num_classes=None, checkpoint=None, pretrained=False, weights=None, **overrides):
         if checkpoint is None:
-            n = 1000 if num_classes is None else num_classes
-            return _create_model(name, num_classes=n, pretrained=pretrained, weights=weights, **overrides)
+            return _create_model(name, num_classes=num_classes, pretrained=pretrained, weights=weights, **overrides)
         if num_classes is not None or overrides or pretrained or weights is not None:  # the file fixes the network
             given = ", ".join(
                 ["num_classes"] * (num_classes is not None) + ["pretrained"] * bool(pretrained)

@@ -48,6 +48,79 @@ def test_registry():
     assert sorted(n for n in dir(hub) if callable(getattr(hub, n)) and not n.startswith("_")) == sorted(names)
 
 
+@pytest.fixture
+def registry():
+    """The registry as it was, after a test that registers models."""
+    from alexnet import model as m
+
+    saved = dict(m._REGISTRY), dict(m._DESCRIPTIONS)
+    yield
+    m._REGISTRY.clear(), m._DESCRIPTIONS.clear()
+    m._REGISTRY.update(saved[0]), m._DESCRIPTIONS.update(saved[1])
+
+
+def test_registering_models_as_timm_users_do(registry):
+    """A function without a docstring registers (it raised IndexError after half-registering its
+    name, which broke describe_models); a name taken is replaced with a warning; the config's own
+    num_classes is kept (create_model overwrote it with 1000); a function returning something else
+    is named; list_models filters as timm's."""
+    from alexnet.model import describe_models
+
+    def seven_way():
+        return alexnet.model_config("alexnet_owt", num_classes=7)
+
+    alexnet.register_model(seven_way)
+    assert describe_models()["seven_way"] == ""
+    assert alexnet.create_model("seven_way").fc8.out_features == 7
+    assert alexnet.create_model("seven_way", num_classes=3).fc8.out_features == 3
+    assert alexnet.create_model("alexnet_paper").fc8.out_features == 1000  # the built-in default
+    with pytest.warns(UserWarning, match="'seven_way' was registered already"):
+        alexnet.register_model(seven_way)
+
+    def as_dict():
+        return {"num_classes": 10}
+
+    alexnet.register_model(as_dict)
+    with pytest.raises(TypeError, match="'as_dict': its registered function returned dict, not an AlexNetConfig"):
+        alexnet.create_model("as_dict")
+    with pytest.raises(TypeError, match="register_model takes a function"):
+        alexnet.register_model(alexnet.model_config("alexnet_paper"))
+    assert alexnet.list_models("alexnet_p*") == ["alexnet_paper", "alexnet_paper_1gpu"]
+    assert alexnet.list_models(pretrained=True) == ["alexnet_caffe", "alexnet_owt"]
+    assert alexnet.list_models("*owt", pretrained=True) == ["alexnet_owt"]
+
+
+def test_wrong_arguments_to_the_network_name_themselves():
+    """Each was met deep inside (AttributeError 'dict' object has no attribute 'widths', torch's
+    'out_channels must be divisible by groups', 'ndarray' object has no attribute 'dim') or not at
+    all (cfg.lrn = "no" built an LRN)."""
+    import numpy as np
+
+    with pytest.raises(TypeError, match="AlexNet takes an AlexNetConfig .*not dict"):
+        alexnet.AlexNet({"num_classes": 10})
+    with pytest.raises(TypeError, match="not str; alexnet.create_model"):
+        alexnet.AlexNet("alexnet_paper")
+    for field, value in (("lrn", "no"), ("towers", 3)):
+        cfg = alexnet.model_config("alexnet_paper")
+        setattr(cfg, field, value)
+        with pytest.raises(alexnet.ConfigError, match="lrn must be true or false|towers=3 must divide"):
+            alexnet.AlexNet(cfg)
+    model = alexnet.create_model("alexnet_small", num_classes=10)
+    with pytest.raises(TypeError, match="takes a torch.Tensor .* not ndarray .*torch.from_numpy"):
+        model(np.zeros((1, 1, 28, 28), np.float32))
+    for where, call in (("create_model", lambda: alexnet.create_model("alexnet_owt", num_classes=0)),
+                        ("reset_classifier", lambda: model.reset_classifier(0))):
+        with pytest.raises(alexnet.ConfigError, match=f"{where}: num_classes=0: .*forward_fc7"):
+            call()
+    with pytest.raises(alexnet.ConfigError, match="num_classes must be a whole number >= 1, got 2.5"):
+        model.reset_classifier(2.5)
+    for classes in ("abcde", [1, 2, 3, 4, 5]):
+        with pytest.raises(alexnet.ConfigError, match="classes must be a list of names"):
+            model.reset_classifier(5, classes=classes)
+    model.reset_classifier(2, classes=("cat", "dog"))
+    assert model.classes == ["cat", "dog"] and model.num_features == 4096 == model.fc8.in_features
+
+
 def count(model):
     return sum(p.numel() for p in model.parameters())
 

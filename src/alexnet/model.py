@@ -11,9 +11,11 @@ Layers are named as in the paper (conv1..conv5, fc6..fc8) so that a reader finds
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import functools
 import typing
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -193,6 +195,10 @@ class AlexNet(nn.Module):
     """AlexNet and its variants, configured by :class:`AlexNetConfig`."""
 
     def __init__(self, config: AlexNetConfig) -> None:
+        if not isinstance(config, AlexNetConfig):
+            raise TypeError(f"AlexNet takes an AlexNetConfig (alexnet.model_config(name, ...)), not {type(config).__name__}; "
+                            "alexnet.create_model(name) builds a registered model")
+        config.__post_init__()  # fields changed since it was made (cfg.lrn = "no") are checked again
         super().__init__()
         self.config = c = config
         w1, w2, w3, w4, w5 = c.widths
@@ -266,11 +272,20 @@ class AlexNet(nn.Module):
         """Outputs of fc8."""
         return self.config.num_classes
 
-    def reset_classifier(self, num_classes: int, classes: list[str] | None = None) -> None:
+    @property
+    def num_features(self) -> int:
+        """Width of the features fc8 takes: fc7's (timm's name)."""
+        return self.config.fc_width
+
+    def reset_classifier(self, num_classes: int, classes: Sequence[str] | None = None) -> None:
         """A new fc8 with ``num_classes`` outputs (initialised as ``config.init`` says), for fine-tuning;
         ``config`` and ``classes`` (numbered unless given) follow, so predict and evaluate name them."""
-        if classes is not None and len(classes) != num_classes:
-            raise ConfigError(f"reset_classifier: {len(classes)} class names for {num_classes} classes")
+        check_num_classes(num_classes, "reset_classifier")
+        if classes is not None:
+            if isinstance(classes, str) or not all(isinstance(n, str) for n in classes):
+                raise ConfigError(f"reset_classifier: classes must be a list of names (strings), got {classes!r}")
+            if len(classes) != num_classes:
+                raise ConfigError(f"reset_classifier: {len(classes)} class names for {num_classes} classes")
         self.config = dataclasses.replace(self.config, num_classes=num_classes)
         old = self.fc8.weight
         self.fc8 = nn.Linear(self.config.fc_width, num_classes, device=old.device, dtype=old.dtype)
@@ -294,6 +309,9 @@ class AlexNet(nn.Module):
         c = self.config
         if isinstance(x, torch.fx.Proxy):  # symbolic tracing (create_feature_extractor): no sizes yet
             return
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{self._name()} takes a torch.Tensor of shape (N, {c.in_chans}, H, W), not {type(x).__name__} "
+                            "(torch.from_numpy(array) for a numpy array)")
         if x.dim() != 4 or x.shape[1] != c.in_chans:
             one = "; one image: x.unsqueeze(0)" if x.dim() == 3 and x.shape[0] == c.in_chans else ""
             raise ValueError(f"{self._name()} takes a batch of {c.in_chans}-channel images, shape (N, {c.in_chans}, H, W); "
@@ -380,9 +398,16 @@ _DESCRIPTIONS: dict[str, str] = {}
 
 
 def register_model(fn: Callable[[], AlexNetConfig]) -> Callable[[], AlexNetConfig]:
-    """Register a function returning a default config under its own name."""
-    _REGISTRY[fn.__name__] = fn
-    _DESCRIPTIONS[fn.__name__] = (fn.__doc__ or "").strip().splitlines()[0]
+    """Register a function returning a default config under its own name (a decorator, as timm's);
+    its docstring's first line describes it in ``alexnet models``."""
+    if not callable(fn) or not isinstance(getattr(fn, "__name__", None), str):
+        raise TypeError(f"register_model takes a function returning an AlexNetConfig, not {fn!r}")
+    name = fn.__name__
+    if name in _REGISTRY:
+        warnings.warn(f"register_model: {name!r} was registered already; {fn.__module__}.{fn.__qualname__} replaces it",
+                      stacklevel=2)
+    _DESCRIPTIONS[name] = next(iter((fn.__doc__ or "").strip().splitlines()), "")
+    _REGISTRY[name] = fn
     return fn
 
 
@@ -443,9 +468,15 @@ def alexnet_small() -> AlexNetConfig:
     )
 
 
-def list_models() -> list[str]:
-    """Names accepted by :func:`create_model`."""
-    return sorted(_REGISTRY)
+def list_models(filter: str = "", pretrained: bool = False) -> list[str]:
+    """Names accepted by :func:`create_model`: those matching the shell pattern ``filter``
+    (``"alexnet_p*"``), and with ``pretrained`` only those with published weights (as timm's)."""
+    names = sorted(n for n in _REGISTRY if not filter or fnmatch.fnmatchcase(n, filter))
+    if pretrained:
+        from .pretrained import PRETRAINED
+
+        names = [n for n in names if n in PRETRAINED]
+    return names
 
 
 def describe_models() -> dict[str, str]:
@@ -457,7 +488,10 @@ def model_config(name: str, **overrides: Any) -> AlexNetConfig:
     """The config of a registered model with ``overrides`` applied."""
     if name not in _REGISTRY:
         raise UnknownModelError(f"unknown model {name!r}; choose from: {', '.join(list_models())}")
-    base = _REGISTRY[name]().to_dict()
+    made = _REGISTRY[name]()
+    if not isinstance(made, AlexNetConfig):
+        raise TypeError(f"model {name!r}: its registered function returned {type(made).__name__}, not an AlexNetConfig")
+    base = made.to_dict()
     bad = set(overrides) - set(base)
     if bad:
         raise ConfigError(f"unknown model option(s) for {name}: {', '.join(sorted(bad))}")
@@ -493,14 +527,23 @@ def describe_model(config: AlexNetConfig) -> str:
     return name + (" with " + ", ".join(f"{k}={v}" for k, v in differs.items()) if differs else "")
 
 
+def check_num_classes(num_classes: Any, where: str) -> None:
+    """ConfigError unless ``num_classes`` is a whole number >= 1; timm's 0 ("no head") is pointed
+    at the calls that give fc7's features instead."""
+    if num_classes == 0 and is_whole(num_classes):
+        raise ConfigError(f"{where}: num_classes=0: AlexNet keeps its fc8; for the features fc8 takes use "
+                          "model.forward_fc7(x) or model.forward_head(model.forward_features(x), pre_logits=True)")
+    require(is_whole(num_classes, 1), f"{where}: num_classes", "a whole number >= 1", num_classes)
+
+
 def create_model(
-    name: str, num_classes: int = 1000, pretrained: bool = False, weights: object = None, **overrides: Any
+    name: str, num_classes: int | None = None, pretrained: bool = False, weights: object = None, **overrides: Any
 ) -> AlexNet:
     """Build a registered model.
 
     Args:
         name: A name from :func:`list_models`.
-        num_classes: Outputs of fc8.
+        num_classes: Outputs of fc8 (default: the registered config's, 1000 for the built-in models).
         pretrained: Start from the model's published ImageNet weights (``alexnet_owt``:
             torchvision's; ``alexnet_caffe``: BVLC's), downloaded once into torch.hub's cache, with
             ``model.classes`` and ``model.preprocess`` set; fc8 is new when ``num_classes`` is not
@@ -512,6 +555,9 @@ def create_model(
     """
     if not isinstance(pretrained, bool):
         raise ConfigError(f"pretrained must be True or False, not {pretrained!r} (alexnet.load(FILE) loads a file)")
+    if num_classes is None:
+        num_classes = model_config(name).num_classes
+    check_num_classes(num_classes, "create_model")
     if weights is not None:
         from .pretrained import wants_weights
 
