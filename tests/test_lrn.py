@@ -85,11 +85,24 @@ def test_even_size_matches_torch():
     )
 
 
-def test_bad_arguments():
-    with pytest.raises(ValueError, match="convention"):
-        LocalResponseNorm(convention="avg")
-    with pytest.raises(ValueError, match="size"):
-        LocalResponseNorm(size=0)
+@pytest.mark.parametrize("kwargs,named", [
+    ({"convention": "avg"}, "LRN convention"), ({"size": 0}, "LRN size"), ({"size": 5.0}, "LRN size"),
+    ({"size": "5"}, "LRN size"), ({"groups": 0}, "LRN groups"), ({"beta": "a"}, "LRN beta"),
+    ({"alpha": -1.0}, "LRN alpha"), ({"k": 0.0}, "LRN k"), ({"k": float("nan")}, "LRN k"), ({"alpha": True}, "LRN alpha"),
+])
+def test_bad_arguments(kwargs, named):
+    """Refused when built, naming the argument; they were met later as the custom operator's schema
+    error (size=5.0), a TypeError (size="5") or NaN outputs (k=0, alpha<0)."""
+    with pytest.raises(ValueError, match=f"^{named} must be"):
+        LocalResponseNorm(**kwargs)
+
+
+def test_arguments_taken_as_numbers():
+    """numpy's numbers are taken (a config can come from numpy), stored as Python's."""
+    m = LocalResponseNorm(np.int64(5), np.float32(1e-4), 0.75, 2, "sum", np.int64(2))
+    assert (type(m.size), type(m.groups), type(m.alpha), type(m.k)) == (int, int, float, float)
+    x = torch.randn(1, 4, 3, 3)
+    torch.testing.assert_close(m(x), LocalResponseNorm(5, float(np.float32(1e-4)), 0.75, 2.0, "sum", 2)(x))
 
 
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])

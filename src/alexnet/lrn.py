@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import _kernels
+from .checks import is_finite, is_whole, require
 
 Convention = Literal["sum", "mean"]
 
@@ -354,14 +355,16 @@ class LocalResponseNorm(nn.Module):
         groups: int = 1,
     ) -> None:
         super().__init__()
-        if groups < 1:
-            raise ValueError(f"LRN groups must be >= 1, got {groups}")
-        self.groups = groups
-        if size < 1:
-            raise ValueError(f"LRN size must be >= 1, got {size}")
-        if convention not in ("sum", "mean"):
-            raise ValueError(f"LRN convention must be 'sum' or 'mean', got {convention!r}")
-        self.size, self.alpha, self.beta, self.k, self.convention = size, alpha, beta, k, convention
+        # The ranges of AlexNetConfig's lrn_* options: checked here, not met later as the custom
+        # operator's schema error or as NaN (k = 0 divides 0 by 0 on a dark patch).
+        for name, value in (("size", size), ("groups", groups)):
+            require(is_whole(value, 1), f"LRN {name}", "a whole number >= 1", value)
+        for name, value, low in (("alpha", alpha, 0.0), ("beta", beta, 0.0)):
+            require(is_finite(value) and value >= low, f"LRN {name}", "a finite number >= 0", value)
+        require(is_finite(k) and k > 0, "LRN k", "a finite number > 0", k)
+        require(convention in ("sum", "mean"), "LRN convention", "'sum' or 'mean'", convention)
+        self.size, self.groups = int(size), int(groups)
+        self.alpha, self.beta, self.k, self.convention = float(alpha), float(beta), float(k), convention
 
     @property
     def sum_alpha(self) -> float:
