@@ -706,3 +706,36 @@ def test_class_names_match_across_unicode_spellings(tmp_path, capsys):
     check_classes([nfd, "f"], SimpleNamespace(classes=[nfc, "f"], source="data"), "run")  # a run resumed on Linux
     with pytest.raises(alexnet.DataError, match="the same names in another order"):
         check_classes([nfd, "f"], SimpleNamespace(classes=["f", nfc], source="data"), "run")
+
+
+def test_python_api_wrong_arguments_are_named(tmp_path):
+    """Each was met deep inside: load_models("x.pt") read each character as a path ('/ is a folder'),
+    an empty loader said every image was unreadable, a label past the last class was torch's 'index 12
+    is out of bounds', alexnet.load(None) pathlib's TypeError, load_eval_data(DIR, None) an
+    AttributeError, and amp=torch.float16 ran on a CPU where amp="fp16" is refused."""
+    import alexnet
+    from alexnet.data.loaders import load_eval_data
+    from alexnet.errors import ConfigError, DataError
+    from alexnet.evaluate import evaluate, load_models
+    from alexnet.predict import predict
+
+    path = tiny_checkpoint(tmp_path / "m.pt")
+    (model,) = load_models(str(path))
+    assert model.classes == ["class0", "class1", "class2"]
+    with pytest.raises(ValueError, match="no checkpoint given"):
+        load_models([])
+    with pytest.raises(DataError, match="the loader gave no batch"):
+        evaluate(model, [], show_progress=False)
+    images = torch.zeros(2, 3, 76, 76, dtype=torch.uint8)
+    for bad in (3, -1):
+        with pytest.raises(DataError, match=f"label {bad} is not one of the data's 3 classes"):
+            evaluate(model, [(images, torch.tensor([0, bad]))], show_progress=False)
+    result = evaluate(model, [(images, torch.tensor([0, 2]))], show_progress=False)  # labels in range: scored
+    assert result["images"] == 2
+    with pytest.raises(TypeError, match="a checkpoint is given by its path .*not NoneType"):
+        alexnet.load(None)
+    folder = make_image_folder(tmp_path / "imgs", classes=3, per_class=1)
+    with pytest.raises(TypeError, match="load_eval_data: preprocess must be .*not NoneType"):
+        load_eval_data(str(folder), None)
+    with pytest.raises(ConfigError, match="amp torch.float16 is for GPUs"):
+        predict(model, str(folder), amp=torch.float16, show_progress=False)

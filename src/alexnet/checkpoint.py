@@ -108,6 +108,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         CheckpointError: the file is missing, is not a torch checkpoint, holds foreign pickled
             objects, or lacks a ``model`` state dict.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"a checkpoint is given by its path (str or os.PathLike), not {type(path).__name__}")
     path = Path(path)
     if path.is_dir():
         inside = [n for n in ("best.pt", "last.pt") if (path / n).is_file()]

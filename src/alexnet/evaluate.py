@@ -82,7 +82,7 @@ def label_map(data_classes: list[str], model: AlexNet, source: str = "the data",
     return None
 
 
-def load_models(paths: list[str | os.PathLike], device: str | torch.device = "cpu") -> list[AlexNet]:
+def load_models(paths: str | os.PathLike | list[str | os.PathLike], device: str | torch.device = "cpu") -> list[AlexNet]:
     """Load one or more checkpoints (an ensemble) and check that they can share one data stream.
 
     Raises:
@@ -90,6 +90,9 @@ def load_models(paths: list[str | os.PathLike], device: str | torch.device = "cp
             disagree on the classes or on how images are decoded. Members whose classes are the
             first's in another order are put in its order by :func:`evaluate`.
     """
+    paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)  # one file, not its characters
+    if not paths:
+        raise ValueError("load_models: no checkpoint given")
     models = [require_recipe(load(p, device), p) for p in paths]
     first = models[0]
     for path, m in zip(paths, models):
@@ -167,13 +170,15 @@ def evaluate(
     mapping = torch.tensor(positions, device=device) if positions is not None else None
     orders = [o if o is None else torch.tensor(o, device=device) for o in class_orders(models)]  # moved once, not per batch
     confusion = torch.zeros(k, k, dtype=torch.int64)
-    loss_sum, c1, c5, n = 0.0, 0, 0, 0
+    loss_sum, c1, c5, n, batches = 0.0, 0, 0, 0, 0
     desc = "evaluate" + (" (10 crops)" if ten_crop else "") + (f" ({len(models)} models)" if len(models) > 1 else "")
     total = len(loader) if hasattr(loader, "__len__") else None  # a generator of batches has none
     with eval_mode(*models):
         for batch in progress(loader, total=total, desc=desc, enabled=show_progress, unit="batch"):
+            batches += 1
             if batch is None:  # every image of the batch was unreadable
                 continue
+            _check_labels(batch[1], len(positions) if positions is not None else k)
             images, labels = batch[0].to(device, non_blocking=True), batch[1].to(device)
             if mapping is not None:  # the data's class numbers -> the model's
                 labels = mapping[labels]
@@ -181,7 +186,16 @@ def evaluate(
             nll, k1, k5, pred = score(probs.clamp_min(1e-12).log(), labels)
             loss_sum, c1, c5, n = loss_sum + nll, c1 + k1, c5 + k5, n + labels.numel()
             confusion += torch.bincount((labels * k + pred).cpu(), minlength=k * k).reshape(k, k)
+    if not batches:
+        raise DataError("evaluate: the loader gave no batch of images to score")
     return {**summarize(loss_sum, c1, c5, n), "confusion": confusion, "label_map": positions}
+
+
+def _check_labels(labels: torch.Tensor, classes: int) -> None:
+    """DataError for a label outside 0..classes-1 (torch's 'index 12 is out of bounds' otherwise)."""
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= classes):
+        bad = int(labels.max()) if int(labels.max()) >= classes else int(labels.min())
+        raise DataError(f"evaluate: label {bad} is not one of the data's {classes} classes (0..{classes - 1})")
 
 
 def score(log_probs: torch.Tensor, labels: torch.Tensor) -> tuple[float, int, int, torch.Tensor]:

@@ -165,7 +165,7 @@ def predict(
     batch_size: int = 32,
     return_images: bool = False,
     show_progress: bool | None = None,
-    amp: torch.dtype | None = None,
+    amp: torch.dtype | str | None = None,
 ) -> list[dict[str, Any]] | tuple[list[dict[str, Any]], list[torch.Tensor]]:
     """Top-``top`` classes of every image in ``inputs`` (files or folders) with a loaded model.
 

@@ -31,7 +31,7 @@ INDEX_FORMAT = "alexnet-fc7-index-1"
 
 
 @torch.no_grad()
-def fc7(model: AlexNet, images: torch.Tensor, amp: torch.dtype | None = None) -> torch.Tensor:
+def fc7(model: AlexNet, images: torch.Tensor, amp: torch.dtype | str | None = None) -> torch.Tensor:
     """fc7 vectors (B, fc_width) of a uint8 batch prepared by the model's ``preprocess`` (centre crop),
     computed under autocast to ``amp`` (None: float32)."""
     device = next(model.parameters()).device
@@ -76,7 +76,7 @@ def build_index(
     workers: int = 0,
     checkpoint: str | os.PathLike | None = None,
     show_progress: bool | None = None,
-    amp: torch.dtype | None = None,
+    amp: torch.dtype | str | None = None,
 ) -> dict[str, Any]:
     """fc7 features of every image of an image folder: CLASS/IMAGE files (labelled by their folder)
     and images at its top level, as in a flat folder such as ILSVRC's val/ (label -1: no class).
@@ -234,7 +234,7 @@ def retrieve(
     index: dict[str, Any],
     image: str | os.PathLike,
     k: int = 6,
-    amp: torch.dtype | None = None,
+    amp: torch.dtype | str | None = None,
     check: bool = True,
 ) -> list[dict[str, Any]]:
     """The ``k`` indexed images nearest to the image file ``image`` in the model's fc7 space (``amp``:

@@ -51,6 +51,8 @@ def resolve_amp(amp: str | torch.dtype | None, device: torch.device) -> torch.dt
     if isinstance(amp, torch.dtype):
         if amp not in (torch.bfloat16, torch.float16):
             raise ConfigError(f"amp: expected torch.bfloat16, torch.float16 or None, got {amp}")
+        if amp == torch.float16 and device.type == "cpu":  # the rule of "fp16", for the dtype too
+            raise ConfigError("amp torch.float16 is for GPUs; use torch.bfloat16 on a CPU")
         return amp
     if amp == "auto":
         if device.type == "cuda":

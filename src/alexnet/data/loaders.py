@@ -453,6 +453,9 @@ def load_eval_data(
     Returns (loader, class names, number of images, description). ``pin_memory``: batches in
     page-locked memory, for a GPU.
     """
+    if not isinstance(preprocess, Preprocess):  # a bare network's .preprocess is None
+        raise TypeError(f"load_eval_data: preprocess must be a loaded model's recipe (alexnet.load(checkpoint).preprocess), "
+                        f"not {type(preprocess).__name__}; a network from create_model has none")
     root = Path(data) if data is not None else DEBIAN_ROOT
     if data is None and not root.exists():
         raise DataError(missing_message(root))
