@@ -137,7 +137,7 @@ def test_gpu_decode_waits_for_queued_work(tmp_path, monkeypatch):
         def synchronize(self):
             calls.append("synchronize")
 
-    def fake_decode(data, mode, device):
+    def fake_decode(data, device):
         calls.append(f"decode on {device}")
         return [torch.zeros(3, 40, 40, dtype=torch.uint8) for _ in data]
 

@@ -386,3 +386,21 @@ def test_head_in_train_mode_is_torchvisions_and_the_papers():
     with torch.no_grad():
         paper.eval()
         torch.testing.assert_close(paper.forward_head(f, pre_logits=True), paper.forward_fc7(x), rtol=0, atol=0)
+
+
+def test_importing_the_package_and_building_a_model_leave_torchvision_unimported():
+    """torchvision's import (its models, torch._dynamo) took 1.5 s of every `import alexnet` and of
+    every command; it is imported when JPEGs are first decoded, and decodes them as before."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import src_pythonpath
+
+    code = ("import sys, alexnet; m = alexnet.create_model('alexnet_small', num_classes=10); "
+            "print('torchvision' in sys.modules); from alexnet.data.folder import jpeg_decoder; "
+            "print(jpeg_decoder().func.__module__)")
+    env = dict(os.environ, PYTHONPATH=src_pythonpath())
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["False", "torchvision.io.image"]

@@ -16,12 +16,12 @@ import warnings
 import torch
 
 from ..errors import ConfigError
-from .folder import ImageFolderDataset, _resize_crop, decode_bytes
+from .folder import ImageFolderDataset, _resize_crop, decode_bytes, jpeg_decoder
 
-try:
-    from torchvision.io import ImageReadMode, decode_jpeg
-except ImportError:  # pragma: no cover
-    decode_jpeg = None
+
+def decode_jpeg(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """RGB images of the JPEG files' bytes ``data``, decoded on ``device`` (nvJPEG on a GPU)."""
+    return jpeg_decoder()(data, device=device)
 
 
 def decode_device(choice: str, device: torch.device) -> torch.device | None:
@@ -54,7 +54,7 @@ class DeviceDecoder:
     """
 
     def __init__(self, dataset: ImageFolderDataset, device: torch.device | str, overlap: bool | None = None) -> None:
-        if decode_jpeg is None:  # pragma: no cover
+        if jpeg_decoder() is None:  # pragma: no cover
             raise RuntimeError("decoding on the device needs torchvision.io.decode_jpeg")
         self.dataset, self.device = dataset, torch.device(device)
         # Decode on a stream of its own, so that a batch's decode overlaps the training step queued
@@ -128,7 +128,7 @@ class DeviceDecoder:
         # before it); with ``overlap`` the current stream is the decoder's own, and it does not.
         if self.device.type == "cuda":
             torch.cuda.current_stream(self.device).synchronize()
-        return decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device)
+        return decode_jpeg(data, device=self.device)
 
     def _resize(self, x: torch.Tensor) -> torch.Tensor:
         return self.dataset.finish(_resize_crop(x, self.dataset.resize, self.dataset.size))

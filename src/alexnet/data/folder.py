@@ -4,6 +4,7 @@ surviving the broken files every real image collection has."""
 from __future__ import annotations
 
 import collections
+import functools
 import io
 import math
 import os
@@ -11,22 +12,32 @@ import stat
 import sys
 import unicodedata
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-try:  # deprecated in torchvision 0.29 in favour of torchcodec; PIL does everything if it goes away
-    from torchvision.io import ImageReadMode, decode_jpeg
-except ImportError:  # pragma: no cover
-    decode_jpeg = None
-
 from ..errors import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 BAD_FILES_NAME = "bad_files.txt"
 MAX_IMAGE_BYTES = 256 << 20  # a bigger "image" is junk (or /dev/zero): a bad file, not read forever
+
+
+@functools.cache
+def jpeg_decoder() -> Callable[..., torch.Tensor] | None:
+    """torchvision's ``decode_jpeg`` giving RGB, or None where torchvision has none (PIL decodes).
+
+    Imported when first wanted, not with this module: torchvision's import (its models, and
+    torch._dynamo with them) is 1.5 s that ``import alexnet``, ``create_model`` and the commands
+    that read no JPEG need not pay. Deprecated in torchvision 0.29 in favour of torchcodec."""
+    try:
+        from torchvision.io import ImageReadMode, decode_jpeg
+    except ImportError:  # pragma: no cover
+        return None
+    return functools.partial(decode_jpeg, mode=ImageReadMode.RGB)
 
 
 def read_class_names(root: Path, folders: list[str]) -> list[str]:
@@ -363,13 +374,13 @@ def decode_bytes(data: bytes, resize: int, crop: int | None, upright: bool = Fal
     and crop; it is off by default, as the ImageNet convention that training and evaluation follow.
     """
     img = open_header(data, resize)
+    decode = jpeg_decoder()
     with img:
-        if decode_jpeg is not None and img.format == "JPEG" and min(img.size) < 2 * resize and not _reduced(img):
+        if decode is not None and img.format == "JPEG" and min(img.size) < 2 * resize and not _reduced(img):
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", DeprecationWarning)
-                    x = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB,
-                                    apply_exif_orientation=upright)
+                    x = decode(torch.frombuffer(bytearray(data), dtype=torch.uint8), apply_exif_orientation=upright)
                 return _resize_crop(x, resize, crop)
             except RuntimeError:
                 pass  # e.g. truncated: PIL below says why
@@ -430,6 +441,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         # device (alexnet.data.device_decode); other files are still decoded here.
         self.raw = False
         self.upright = False  # EXIF orientation applied: for users' own photos (features), not training data
+        jpeg_decoder()  # imported here, not in each of the loader's forked workers
 
     def __len__(self) -> int:
         return len(self.samples)
