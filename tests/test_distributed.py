@@ -154,8 +154,9 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def _signal_rank_1(data: Path, out: Path, sig: signal.Signals) -> tuple[int, str]:
-    """A 2-process run whose rank 1 gets ``sig`` once the first checkpoint exists: exit code, stderr."""
+def _signal_rank_1(data: Path, out: Path, sig: signal.Signals, launcher: bool = False) -> tuple[int, str]:
+    """A 2-process run whose rank 1 (or with ``launcher``, the launcher) gets ``sig`` once the first
+    checkpoint exists: exit code, stderr."""
     env = cli_env()  # CPU ranks on every machine (see conftest.cli_env)
     proc = subprocess.Popen([sys.executable, "-m", "alexnet", *_args(data, out, "--nproc", "2", "--epochs", "50")],
                             env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -164,7 +165,7 @@ def _signal_rank_1(data: Path, out: Path, sig: signal.Signals) -> tuple[int, str
             time.sleep(0.005)
         ranks = _children(proc.pid)  # torchrun's agent runs inside the launcher: its children are the ranks
         assert len(ranks) == 2
-        os.kill(ranks[1], sig)
+        os.kill(proc.pid if launcher else ranks[1], sig)
         _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
@@ -183,6 +184,17 @@ def test_nproc_run_with_a_killed_rank_ends_in_one_line(tiny_fmnist, tmp_path, mo
     assert "the 2-process run stopped: rank 1 was killed by SIGKILL" in last
     assert f"alexnet train --resume {out} --nproc 2" in last
 
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc to find the ranks")
+def test_sigterm_to_the_launcher_stops_the_run_in_alexnets_lines_alone(tiny_fmnist, tmp_path):
+    """The agent's own log line ('W1204 ... api.py:753] Received 15 death signal, shutting down
+    workers') came before the launcher's: torch gives each of its loggers a level of its own."""
+    out = tmp_path / "term"
+    code, err = _signal_rank_1(tiny_fmnist, out, signal.SIGTERM, launcher=True)
+    lines = err.strip().splitlines()
+    assert code == 130 and all(line.startswith("alexnet: ") for line in lines), err
+    assert lines[-1] == f"alexnet: interrupted; continue from the last checkpoint with: alexnet train --resume {out} --nproc 2"
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc to find the ranks")

@@ -244,7 +244,11 @@ def launch(nproc: int, argv: list[str], run_dir: str | None) -> int:
 
     # torchrun would give each process 1 thread; give each its share of the cores instead.
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cpu_cores() // nproc)))
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # the summary below says it
+    # The summary below says what the agent would log ("Received 15 death signal, shutting down
+    # workers"); each of its loggers has its own level (torch sets one per module), so each is set.
+    for name in ["torch.distributed.elastic", *logging.root.manager.loggerDict]:
+        if name.startswith(("torch.distributed.elastic", "torch.distributed.launcher")):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     # The agent's own log folder (error.json of a failed rank) is ours to remove: left to torchrun, an
     # empty torchelastic_* tree stayed in the temporary folder after every run.
     logs = tempfile.mkdtemp(prefix="alexnet-torchrun-")
