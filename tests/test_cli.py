@@ -236,6 +236,33 @@ def test_wrong_num_classes(tiny_fmnist, tmp_path):
     _one_line_error(run_cli("evaluate", "--checkpoint", str(out / "last.pt"), "--data", str(folder)), "3 classes")
 
 
+# Ctrl-C (SIGINT) while torch loads, delivered at a set point: when the import reaches MODULE.
+_CTRL_C_WHILE_LOADING = """
+import os, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (a background job ignores it)
+class CtrlC:
+    def find_spec(self, name, path=None, target=None):
+        if name == sys.argv[1]:
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGINT)
+sys.meta_path.insert(0, CtrlC())
+from alexnet.cli import main
+raise SystemExit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("module", ["torch.nn", "alexnet.model"])
+def test_ctrl_c_while_torch_loads_is_one_line(module, tiny_fmnist, tmp_path):
+    """Ctrl-C in a command's first seconds printed a 50-line traceback (each rank of a --nproc run
+    too), or aborted the process inside torch's C++ start-up: the package imported torch before the
+    command's error handling began. Torch now loads inside it, with Ctrl-C held until it has."""
+    args = ["train", "--data", str(tiny_fmnist), "--epochs", "1", "--out", str(tmp_path / "run")]
+    r = subprocess.run([sys.executable, "-c", _CTRL_C_WHILE_LOADING, module, *args], capture_output=True, text=True,
+                       env=cli_env(), timeout=300)
+    assert (r.returncode, r.stderr) == (130, "alexnet: interrupted\n")
+    assert not (tmp_path / "run").exists()
+
+
 def test_threads(tiny_fmnist, tmp_path):
     """--threads N: the run computes on N threads (recorded in config.json), on every computing
     command; a resume on another count says that it will not be bitwise."""

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .config import AT_LEAST_1, FRACTION
-from .errors import AlexNetError
+from .errors import AlexNetError, Interrupted, StoppedAtOnce
 
 if TYPE_CHECKING:  # for annotations only: the commands import what they need when they run
     from .config import TrainConfig
@@ -827,6 +827,27 @@ def _warning_line(message, category, filename, lineno, line=None) -> str:
     return f"warning: {message}\n"
 
 
+def _import_torch() -> None:
+    """Import torch with Ctrl-C held until it has loaded, then raise it: a KeyboardInterrupt raised
+    inside its C++ start-up aborted the process ('terminate called after throwing an instance of
+    pybind11::error_already_set'), and one in its Python start-up printed a traceback."""
+    import signal
+    import threading
+
+    if ("torch" in sys.modules or threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        import torch  # noqa: F401 - loaded already, signals not this thread's, or Ctrl-C ignored or handled by the caller
+        return
+    held: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        import torch  # noqa: F401
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if held:
+        raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     import warnings
 
@@ -849,16 +870,15 @@ def main(argv: list[str] | None = None) -> int:
         for name, default in (("workers", workers), ("amp", "auto"), ("device", "auto")):
             if getattr(args, name, default) is None:
                 setattr(args, name, default)
-    from .train import Interrupted, StoppedAtOnce
-
-    if args.command in _COMPUTING:
-        from .runtime import keep_freed_memory, set_threads
-
-        keep_freed_memory()
-        threads = getattr(args, "threads", None) or _resumed_threads(args)
-        if threads:
-            set_threads(threads)
     try:
+        _import_torch()  # inside the try: a Ctrl-C while torch loads ends in one line, as later ones do
+        if args.command in _COMPUTING:
+            from .runtime import keep_freed_memory, set_threads
+
+            keep_freed_memory()
+            threads = getattr(args, "threads", None) or _resumed_threads(args)
+            if threads:
+                set_threads(threads)
         code = args.func(args)
         sys.stdout.flush()  # a reader that went away is met here, not at the interpreter's exit
         return code

@@ -4,8 +4,6 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-import torch
-
 
 class AlexNetError(Exception):
     """Base class: a user-facing error with a message that names the problem."""
@@ -34,6 +32,15 @@ class TrainingError(AlexNetError):
     """Training cannot go on (e.g. a non-finite loss)."""
 
 
+class Interrupted(TrainingError):
+    """Ctrl-C during training: the state was saved and the run can be resumed."""
+
+
+class StoppedAtOnce(TrainingError):
+    """A second Ctrl-C (or SIGTERM) before the run's first checkpoint: nothing to keep, so the run
+    folder is cleared as after any failure of a new run (the CLI exits 130 all the same)."""
+
+
 _SIZE = re.compile(r"size mismatch for (\S+): copying a param with shape torch\.Size\((\[.*?\])\) from checkpoint, "
                    r"the shape in current model is torch\.Size\((\[.*?\])\)")
 
@@ -56,6 +63,8 @@ def check_weights(state: Mapping[Any, Any], source: str, most: int = 3) -> None:
     """CheckpointError naming ``source`` unless ``state`` maps names (strings) to floating-point
     tensors that hold data (not meta tensors), none of them NaN or inf: such weights give NaN
     outputs (a model that predicts nothing, a loss that is NaN from the first step)."""
+    import torch  # here, not with the module: the command line reads its options before torch loads
+
     odd = [k for k, v in state.items() if not isinstance(k, str) or (isinstance(v, torch.Tensor) and v.is_meta)]
     if odd:
         raise CheckpointError(f"{source}: its weights are not a state dict of named tensors with data (entry {odd[0]!r})")

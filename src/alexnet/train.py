@@ -38,7 +38,17 @@ from .data.folder import class_name
 from .data.loaders import DataBundle, load_data, model_input, set_epoch
 from .data.presets import Preprocess
 from .data.sources import check_out_of_images
-from .errors import AlexNetError, CheckpointError, ConfigError, DataError, TrainingError, check_weights, state_dict_mismatch
+from .errors import (
+    AlexNetError,
+    CheckpointError,
+    ConfigError,
+    DataError,
+    Interrupted,
+    StoppedAtOnce,
+    TrainingError,
+    check_weights,
+    state_dict_mismatch,
+)
 from .evaluate import score, summarize
 from .health import HealthMonitor
 from .model import AlexNet, AlexNetConfig, describe_model, expand_layers, model_config, model_family, torchvision_key
@@ -47,15 +57,6 @@ from .parallel import TowerSplit, grouped_optimizer_state, split_optimizer_state
 from .resume import check_classes, check_resumed, note_changes, nothing_left, read_checkpoint, resume_source, started_threads
 from .runtime import autocast, progress, resolve_amp, rng_state, seed_everything, set_rng_state
 from .trainstate import check_training_state
-
-
-class Interrupted(TrainingError):
-    """Ctrl-C during training: the state was saved and the run can be resumed."""
-
-
-class StoppedAtOnce(TrainingError):
-    """A second Ctrl-C (or SIGTERM) before the run's first checkpoint: nothing to keep, so the run
-    folder is cleared as after any failure of a new run (the CLI exits 130 all the same)."""
 
 
 @dataclass
