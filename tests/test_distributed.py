@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -91,6 +92,11 @@ def test_hybrid_two_processes_each_split_over_two_devices(one_process, tiny_fmni
     # The checkpoint is in the grouped layout: it resumes in one process without towers.
     model = alexnet.checkpoint.model_from_checkpoint(hybrid)
     assert model.conv2.groups == 2
+    config = lambda: json.loads((out / "config.json").read_text())  # noqa: E731
+    assert config()["distributed"] == {"world_size": 2, "towers": ["cpu", "cpu"]}
+    r = run_cli("train", "--resume", str(out), "--epochs", "4", "--towers", "none")
+    assert r.returncode == 0 and "one tower each" not in r.stdout, r.stderr
+    assert config()["distributed"] == {"world_size": 1, "towers": None}  # it said the towers it started with
 
 
 def _free_port() -> int:

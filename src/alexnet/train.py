@@ -715,10 +715,14 @@ def _start_files(run: _Run, resumed: bool) -> None:
             "data": _data_record(data),
             "preprocess": data.preprocess.to_json(),
             "environment": _environment(run.device, run.amp),
-            "distributed": {"world_size": info.world, "towers": [str(d) for d in run.towers] if run.towers else None},
+            "distributed": _distributed_record(run),
         }
         write_text(run.run_dir / "config.json", json.dumps(resolved, indent=2) + "\n")
         write_text(run.metrics_path, "")
+
+
+def _distributed_record(run: _Run) -> dict[str, Any]:
+    return {"world_size": run.info.world, "towers": [str(d) for d in run.towers] if run.towers else None}
 
 
 def _data_record(data: DataBundle) -> dict[str, Any]:
@@ -727,8 +731,8 @@ def _data_record(data: DataBundle) -> dict[str, Any]:
 
 def _update_config_file(run: _Run) -> None:
     """A resumed run's config.json gives the options it goes on with (more --epochs, another
-    --device, its data in another place, ...); the environment it started in stays, as
-    :func:`_note_thread_change` reads it."""
+    --device, its data in another place, other processes or towers, ...); the environment it started
+    in stays, as :func:`_note_thread_change` reads it."""
     path = run.run_dir / "config.json"
     try:
         resolved = json.loads(path.read_text())
@@ -736,7 +740,7 @@ def _update_config_file(run: _Run) -> None:
         return
     if not isinstance(resolved, dict):
         return
-    now = {"train": run.cfg.to_dict(), "data": _data_record(run.data)}
+    now = {"train": run.cfg.to_dict(), "data": _data_record(run.data), "distributed": _distributed_record(run)}
     if any(resolved.get(k) != v for k, v in now.items()):
         write_text(path, json.dumps({**resolved, **now}, indent=2) + "\n")
 
