@@ -42,12 +42,29 @@ def run(main: Callable[[], int | None]) -> None:
     sys.exit(code or 0)
 
 
+def whole(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number >= ``minimum`` (argparse's one error line and exit 2 otherwise;
+    --threads -1 was torch's traceback, --repeats 0 statistics' 'no median for empty data')."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text!r}")
+        return value
+
+    parse.__name__ = f"whole number >= {minimum}"
+    return parse
+
+
 def base_parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--quick", action="store_true", help="tiny setting for CI: checks it runs, not how fast")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--repeats", type=int, default=5, help="timed rounds (ours and the peer interleaved); medians reported")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--repeats", type=whole(1), default=5, help="timed rounds (ours and the peer interleaved); medians reported")
+    p.add_argument("--threads", type=whole(0), default=0, help="torch threads (0: torch's default)")
     return p
 
 

@@ -389,15 +389,17 @@ def measure(args: argparse.Namespace, data: Path, tmp: str) -> dict[str, float]:
 
 
 def main() -> None:
+    from alexnet.errors import DataError
+
     args = parse()
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(args.data)
         if not data.is_dir():
             if not args.quick:
-                sys.exit(f"--data: folder not found: {data}")
+                raise DataError(f"--data: folder not found: {data}")
             data = _tiny_folder(Path(tmp) / "tiny")
         if not jpeg_files(str(data)):
-            sys.exit(f"--data: no JPEG files in {data} (the torch-native peer decodes JPEGs)")
+            raise DataError(f"--data: no JPEG files in {data} (the torch-native peer decodes JPEGs)")
         r = measure(args, data, tmp)
     report(r, args, data)
 

@@ -1,6 +1,6 @@
 """End to end: `alexnet train` on real JPEGs against the pure training step it is built on (issue 12).
 
-The pure step (the "peer" of the RESULT lines) is alexnet_paper's SGD step on one batch already on
+The pure step (the ``ref=`` figure of the RESULT lines) is alexnet_paper's SGD step on one batch already on
 the device, at the same batch size, precision, memory format and number of classes: what the
 model could do if the input cost nothing. The end-to-end figure is what `alexnet train` itself
 reports (metrics.jsonl, images_per_second of the last epoch) for the same step (torch SGD,
@@ -38,10 +38,11 @@ from pathlib import Path
 
 import _common  # also puts src/ on the path
 import torch
-from _common import ROOT, base_parser, child_env, interleaved, median, result, settings, setup_with_amp
+from _common import ROOT, base_parser, child_env, interleaved, median, result, settings, setup_with_amp, whole
 from train_step import make_step
 
 from alexnet.data.folder import IMAGE_EXTENSIONS
+from alexnet.errors import DataError
 from alexnet.model import create_model
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "imagewoof-mini"
@@ -54,7 +55,7 @@ def parse(argv: list[str] | None):
     p.add_argument("--amp", default="auto", help="none, bf16, fp16 or auto (both sides alike)")
     p.add_argument("--copies", type=int, default=0, help="repeat the training set N times (0: enough for ~20,000 images)")
     p.add_argument("--epochs", type=int, default=3, help="the last one is timed")
-    p.add_argument("--workers", type=int, default=0, help="loader processes (0: the CPU count, at most 16)")
+    p.add_argument("--workers", type=whole(0), default=0, help="loader processes (0: the CPU count, at most 16)")
     args = p.parse_args(argv)
     if args.quick:
         args.batch_size, args.copies, args.epochs, args.repeats = 4, 1, 1, 1
@@ -74,7 +75,7 @@ def repeated_folder(data: Path, out: Path, copies: int, quick: bool) -> tuple[Pa
     val = data / "val" if (data / "val").is_dir() else train
     classes = sorted(d for d in train.iterdir() if d.is_dir() and not d.name.startswith("."))[: 2 if quick else None]
     if not classes:
-        sys.exit(f"end_to_end.py: error: --data {data}: no class folders of images")
+        raise DataError(f"--data {data}: no class folders of images")
     per_class = 4 if quick else None
     n_train = sum(len(_images(c)[:per_class]) for c in classes)
     copies = copies or max(1, -(-20_000 // max(1, n_train)))
@@ -193,9 +194,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     device, amp = setup_with_amp(args)
     if not Path(args.data).is_dir():
-        sys.exit(f"end_to_end.py: error: --data: folder not found: {args.data}")
+        raise DataError(f"--data: folder not found: {args.data}")
     train = Path(args.data) / "train" if (Path(args.data) / "train").is_dir() else Path(args.data)
-    classes = sum(1 for d in train.iterdir() if d.is_dir() and not d.name.startswith("."))
+    classes = sum(1 for d in train.iterdir() if d.is_dir() and not d.name.startswith(".") and _images(d))
+    if not classes:  # before the pure step is timed (minutes on a real run), naming the user's folder
+        raise DataError(f"--data {args.data}: no class folders of images (the layout of `alexnet train --data`)")
     step_ips = pure_step(args, device, amp, min(classes, 2) if args.quick else max(classes, 2))
     print(f"pure step: {step_ips:.1f} images/s")
     with tempfile.TemporaryDirectory() as tmp:

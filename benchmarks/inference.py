@@ -38,7 +38,6 @@ reported: that needs photos.
 from __future__ import annotations
 
 import copy
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -50,6 +49,7 @@ from _common import base_parser, interleaved, macs_per_image, matmul_gflops, med
 from alexnet.data.folder import ImageFolderDataset
 from alexnet.data.imagenette import SYNSETS
 from alexnet.data.loaders import model_input
+from alexnet.errors import CheckpointError, DataError
 from alexnet.infer import predictor
 from alexnet.interop import torchvision_recipe
 from alexnet.model import create_model
@@ -117,9 +117,9 @@ def peer_weights(path: str | None) -> tuple[dict | None, str]:
             try:
                 return torch.load(file, map_location="cpu", weights_only=True), f"trained: {file}"
             except Exception as e:  # a bad file given on purpose: say which and stop
-                sys.exit(f"inference.py: error: --peer-weights {file}: not a readable state dict ({type(e).__name__})")
+                raise CheckpointError(f"--peer-weights {file}: not a readable state dict ({type(e).__name__})") from None
         if path:
-            sys.exit(f"inference.py: error: --peer-weights {file}: file not found")
+            raise CheckpointError(f"--peer-weights {file}: file not found")
     return None, f"random (seed 0): no trained weights offline (looked for {candidates[0]})"
 
 
@@ -192,15 +192,15 @@ def constant_baseline(ref: torch.Tensor) -> float:
     return ref.bincount().max().item() / len(ref)
 
 
-def labelled_top1(pairs: dict, best: str, reference, images, labels, folders, batch: int) -> tuple[float, float] | None:
-    """Top-1 accuracy (ImageNet-1k outputs) of ours on ``best`` and of the reference, when the
-    folders are ImageNet synsets whose index is known; else None."""
+def labelled_top1(pairs: dict, best: str, reference, images, labels, folders, batch: int) -> tuple[float, float, float] | None:
+    """Top-1 accuracy (ImageNet-1k outputs) of ours and of the peer on ``best``, and of the fp32
+    reference, when the folders are ImageNet synsets whose index is known; else None."""
     if any(f not in SYNSETS for f in folders):
         return None
     target = torch.tensor([SYNSETS[f][0] for f in folders])[labels]
-    ours = (predict_all(pairs[best][0], images, batch) == target).float().mean().item()
+    ours, peer = ((predict_all(fn, images, batch) == target).float().mean().item() for fn in pairs[best])
     ref = (predict_all(reference, images, batch, torch.contiguous_format) == target).float().mean().item()
-    return ours, ref
+    return ours, peer, ref
 
 
 def ten_crop_cost(model: torch.nn.Module, amp: torch.dtype | None, images: torch.Tensor, args, device) -> dict[str, list[float]]:
@@ -228,7 +228,7 @@ def checkpoint_check(path: str, data: str, device: torch.device, batch: int, ckp
     known = list(ref_model.classes or [])
     if (known and list(classes) != known) or len(classes) != ref_model.config.num_classes:
         option = "--ckpt-data" if ckpt_data_given else "--data"
-        sys.exit(f"inference.py: error: {option} {data}: its classes ({', '.join(classes[:4])}...) are not those "
+        raise DataError(f"{option} {data}: its classes ({', '.join(classes[:4])}...) are not those "
                  f"--checkpoint {path} was trained on ({', '.join(known[:4]) or ref_model.config.num_classes}...)")
     amp = "bf16" if device.type == "cuda" or cpu_supports_bf16() else "none"
     fp32 = tuple(n for n in CLASSIFIER if hasattr(fast_model, n))
@@ -360,7 +360,8 @@ def main(argv: list[str] | None = None) -> None:
     result("inference_paper_macs_normalised", paper_ips[0] * paper_macs[0], paper_ips[1] * paper_macs[1], "MAC/s")
     if state is not None and args.data is not None:  # random weights' (or noise images') agreement says nothing
         result("inference_top1_agreement", agree[best][0], baseline, "fraction", ref=True)
-    if top1 is not None:
+    if top1 is not None:  # the peer on ours' path (the rule of every peer= figure); the fp32 reference printed
+        print(f"top-1 on the {best} path: ours {top1[0]:.2%}, peer {top1[1]:.2%}; fp32 eager NCHW reference {top1[2]:.2%}")
         result("inference_top1_accuracy", top1[0], top1[1], "fraction")
     if ckpt is not None:
         result("inference_checkpoint_top1", ckpt["top1_fast"], ckpt["top1_fp32"], "fraction", ref=True)
@@ -385,12 +386,14 @@ def choose_path(pairs: dict, agree: dict, secs: dict) -> str:
 def report_speed(best: str, ips_ours: float, ips_peer: float, ips_ref: float, speed: float, model, device, quick: bool) -> None:
     print(f"path (>= {MIN_AGREEMENT:.0%} agreement, fastest pair): {best}; the peer at the same settings")
     macs = sum(r.macs for r in layer_table(model, 224))
-    bf16 = "bf16" in best
-    roof = matmul_gflops(device, 512 if quick else 2048, dtype=torch.bfloat16 if bf16 else torch.float32)
+    dtype = torch.bfloat16 if "bf16" in best else torch.float32
+    # The roof is the faster of a large matmul and a large 3x3 convolution, as in train_step.py:
+    # oneDNN's convolutions outrun the matmul on some CPUs (against the matmul alone: 101.3 %).
+    roof = max(matmul_gflops(device, 512 if quick else 2048, dtype=dtype), _common.conv_gflops(device, dtype=dtype, quick=quick))
     gflops = 2 * macs * ips_ours / 1e9
     print(f"images/s: ours {ips_ours:.1f}, peer {ips_peer:.1f} (median of per-round ratios {speed:.4f}); "
           f"peer in fp32 eager NCHW, torchvision's default use: {ips_ref:.1f} (ours {ips_ours / ips_ref:.2f}x that)")
-    print(f"ours {gflops:.1f} GFLOP/s, {'bf16' if bf16 else 'fp32'} matmul {roof:.1f} GFLOP/s -> "
+    print(f"ours {gflops:.1f} GFLOP/s; the faster of a large {dtype} matmul and 3x3 convolution {roof:.1f} GFLOP/s -> "
           f"model FLOP utilisation {gflops / roof:.1%}")
 
 

@@ -25,7 +25,7 @@ import tempfile
 import _common  # also puts src/ on the path
 import torch
 import torch.nn.functional as F
-from _common import base_parser, child_env, interleaved, median, result, setup
+from _common import base_parser, child_env, interleaved, median, result, setup, whole
 
 from alexnet.lrn import LocalResponseNorm, kernel_available
 
@@ -120,7 +120,7 @@ def speedup_results(secs: dict[str, float], dtypes: tuple[str, ...]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     p = base_parser(__doc__.splitlines()[0])
-    p.add_argument("--batch-size", type=int, default=None, help="default: 32 on the CPU, 128 on CUDA")
+    p.add_argument("--batch-size", type=whole(1), default=None, help="default: 32 on the CPU, 128 on CUDA")
     args = p.parse_args(argv)
     if args.quick:
         args.batch_size, args.repeats = 2, 1

@@ -181,11 +181,28 @@ def test_benchmark_quick_on_cuda(name, tmp_path):
     ("train_step.py", ["--device", "cuda"], "--device cuda: no CUDA device is available on this machine"),
     ("lrn.py", ["--device", "cuda"], "--device cuda: no CUDA device is available on this machine"),
     ("inference.py", ["--checkpoint", "nope.pt"], "checkpoint not found: nope.pt"),  # it was a traceback (helper 30)
+    # Helper 35: exit 1 without the script's name, or torch's and statistics' tracebacks, or (lrn.py
+    # --batch-size 0) a run at another size.
+    ("inference.py", ["--peer-weights", "nope.pth"], "--peer-weights nope.pth: file not found"),
+    ("data_pipeline.py", ["--data", "empty"], "--data: no JPEG files in empty (the torch-native peer decodes JPEGs)"),
+    ("end_to_end.py", ["--data", "empty"], "--data empty: no class folders of images (the layout of `alexnet train --data`)"),
+    ("lrn.py", ["--threads", "-1"], "argument --threads: expected a whole number >= 0, got '-1'"),
+    ("train_step.py", ["--repeats", "0"], "argument --repeats: expected a whole number >= 1, got '0'"),
+    ("lrn.py", ["--batch-size", "0"], "argument --batch-size: expected a whole number >= 1, got '0'"),
+    ("end_to_end.py", ["--workers", "-1"], "argument --workers: expected a whole number >= 0, got '-1'"),
 ])
 def test_benchmark_bad_input_is_one_line(tmp_path, script, args, said):
+    """One error line (after argparse's usage line for a malformed option) and exit 2."""
+    (tmp_path / "empty").mkdir()
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--quick", *args],
                           capture_output=True, text=True, timeout=300, cwd=tmp_path, env=cli_env(cuda=False))
-    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [f"{script}: error: {said}"], proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    if said.startswith("argument "):
+        assert lines[0].startswith("usage: ") and lines[-1] == f"{script}: error: {said}", proc.stderr
+        assert "Traceback" not in proc.stderr
+    else:
+        assert lines == [f"{script}: error: {said}"], proc.stderr
+    assert proc.returncode == 2, proc.stderr
 
 
 def test_training_macs_count_forward_and_both_gradients():
