@@ -193,8 +193,11 @@ def evaluate(
 
 def _check_labels(labels: torch.Tensor, classes: int) -> None:
     """DataError for a label outside 0..classes-1 (torch's 'index 12 is out of bounds' otherwise)."""
-    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= classes):
-        bad = int(labels.max()) if int(labels.max()) >= classes else int(labels.min())
+    if not labels.numel():
+        return
+    low, high = (int(v) for v in labels.aminmax())  # one pass, one read
+    if low < 0 or high >= classes:
+        bad = high if high >= classes else low
         raise DataError(f"evaluate: label {bad} is not one of the data's {classes} classes (0..{classes - 1})")
 
 

@@ -48,6 +48,14 @@ from .checks import is_finite, is_whole, require
 
 Convention = Literal["sum", "mean"]
 
+# The ranges of LRN's numbers (AlexNetConfig's lrn_* options take them from here): name -> (test, wanted).
+# k = 0 divides 0 by 0 on a dark patch.
+RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
+    "alpha": (lambda v: v >= 0, " >= 0"),
+    "beta": (lambda v: v >= 0, " >= 0"),
+    "k": (lambda v: v > 0, " > 0"),
+}
+
 
 def _window_sum(t: torch.Tensor, before: int, after: int) -> torch.Tensor:
     """Sum of ``t[:, j]`` for ``j`` in ``[i - before, i + after]`` (zero outside), for every ``i``.
@@ -355,13 +363,12 @@ class LocalResponseNorm(nn.Module):
         groups: int = 1,
     ) -> None:
         super().__init__()
-        # The ranges of AlexNetConfig's lrn_* options: checked here, not met later as the custom
-        # operator's schema error or as NaN (k = 0 divides 0 by 0 on a dark patch).
+        # Checked here, not met later as the custom operator's schema error or as NaN outputs.
         for name, value in (("size", size), ("groups", groups)):
             require(is_whole(value, 1), f"LRN {name}", "a whole number >= 1", value)
-        for name, value, low in (("alpha", alpha, 0.0), ("beta", beta, 0.0)):
-            require(is_finite(value) and value >= low, f"LRN {name}", "a finite number >= 0", value)
-        require(is_finite(k) and k > 0, "LRN k", "a finite number > 0", k)
+        for name, value in (("alpha", alpha), ("beta", beta), ("k", k)):
+            test, wanted = RANGES[name]
+            require(is_finite(value) and test(value), f"LRN {name}", f"a finite number{wanted}", value)
         require(convention in ("sum", "mean"), "LRN convention", "'sum' or 'mean'", convention)
         self.size, self.groups = int(size), int(groups)
         self.alpha, self.beta, self.k, self.convention = float(alpha), float(beta), float(k), convention

@@ -24,6 +24,7 @@ from torch import nn
 
 from .checks import is_finite, is_whole, require
 from .errors import ConfigError, UnknownModelError
+from .lrn import RANGES as LRN_RANGES
 from .lrn import LocalResponseNorm
 
 if TYPE_CHECKING:
@@ -169,9 +170,7 @@ _WHOLE_FIELDS = {
     "conv1_padding": 0, "towers": 1, "lrn_size": 1, "pool_kernel": 1, "pool_stride": 1,
 }
 _FLOAT_FIELDS: dict[str, tuple[Callable[[float], bool], str]] = {
-    "lrn_alpha": (lambda v: v >= 0, " >= 0"),
-    "lrn_beta": (lambda v: v >= 0, " >= 0"),
-    "lrn_k": (lambda v: v > 0, " > 0"),  # k = 0 divides 0 by 0 on a dark patch
+    **{f"lrn_{name}": test for name, test in LRN_RANGES.items()},
     "dropout": (lambda v: 0 <= v < 1, " in [0, 1)"),
     "init_bias": (lambda v: True, ""),
 }
@@ -528,12 +527,11 @@ def describe_model(config: AlexNetConfig) -> str:
 
 
 def check_num_classes(num_classes: Any, where: str) -> None:
-    """ConfigError unless ``num_classes`` is a whole number >= 1; timm's 0 ("no head") is pointed
-    at the calls that give fc7's features instead."""
+    """timm's ``num_classes=0`` ("no head") pointed at the calls that give fc7's features; any other
+    value is checked by AlexNetConfig as every option is."""
     if num_classes == 0 and is_whole(num_classes):
         raise ConfigError(f"{where}: num_classes=0: AlexNet keeps its fc8; for the features fc8 takes use "
                           "model.forward_fc7(x) or model.forward_head(model.forward_features(x), pre_logits=True)")
-    require(is_whole(num_classes, 1), f"{where}: num_classes", "a whole number >= 1", num_classes)
 
 
 def create_model(
