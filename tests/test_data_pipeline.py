@@ -532,6 +532,26 @@ def test_prepare_replaces_a_pack_only_with_force_and_never_writes_among_other_fi
     assert sorted(p.name for p in mine.iterdir()) == ["notes-00001.npy", "readme.txt"]
 
 
+def test_a_failed_prepare_keeps_the_packs_list_of_unreadable_images(tmp_path):
+    """prepare --force deleted the pack's bad_files.txt before reading an image and wrote its own
+    list there as it went, so a run that then failed left the good pack with another data set's
+    list (or none, where its index still counts them). The list now moves in with the new shards."""
+    root, bad, _ = _bad_folder(tmp_path / "imgs")
+    out = tmp_path / "packed"
+    prepare(root, out, size=32, show_progress=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert len(before["bad_files.txt"].splitlines()) == len(bad)
+    failing = make_image_folder(tmp_path / "failing", classes=2, per_class=2, size=(40, 36))
+    for f in (failing / "class1").iterdir():
+        f.write_bytes(b"")
+    with pytest.raises(DataError, match="class folder\\(s\\) with no readable images: class1"):
+        prepare(failing, out, size=32, show_progress=False, force=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    clean = make_image_folder(tmp_path / "clean", classes=2, per_class=2, size=(40, 36))
+    prepare(clean, out, size=32, show_progress=False, force=True)  # no unreadable image: no list left from before
+    assert not (out / "bad_files.txt").exists()
+
+
 # -- packed format --------------------------------------------------------------------------------
 def test_packed_matches_folder(tmp_path):
     root = tmp_path / "imgs"

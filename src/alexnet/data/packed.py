@@ -186,14 +186,11 @@ def prepare(
     _check_out(out, force)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    bad_log = out / BAD_FILES_NAME
-    if bad_log.exists():
-        bad_log.unlink()
-    bad = BadFiles(strict, bad_log)
     tmp: Path | None = None
     try:
-        splits = open_folder_splits(root, size, bad)
         tmp = Path(tempfile.mkdtemp(prefix=".prepare-", dir=out))
+        bad = BadFiles(strict, tmp / BAD_FILES_NAME)  # moved into place with the shards: a failed run keeps the old list
+        splits = open_folder_splits(root, size, bad)
         index: dict[str, Any] = {"format": FORMAT, "size": size, "source": str(root), "splits": {}}
         acc = StatsAccumulator()
         for split, ds in splits.items():
@@ -208,8 +205,8 @@ def prepare(
         if (out / PACKED_INDEX).exists():
             (out / PACKED_INDEX).unlink()  # the old preparation stops being valid before its files go
         new = {f.name for f in tmp.iterdir()}
-        for f in out.iterdir():  # an earlier preparation's shards that this one does not have (fewer, larger)
-            if SHARD.match(f.name) and f.name not in new:
+        for f in out.iterdir():  # an earlier preparation's shards (fewer, larger) and list of bad files that this one does not have
+            if (SHARD.match(f.name) or f.name == BAD_FILES_NAME) and f.name not in new:
                 f.unlink()
         for f in sorted(tmp.iterdir(), key=lambda p: p.name == PACKED_INDEX):  # index.json last
             os.replace(f, out / f.name)
