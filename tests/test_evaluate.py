@@ -343,6 +343,22 @@ def test_visualize_filters_and_curves(tmp_path, capsys):
     assert "no metrics.jsonl" in cli_fails(capsys, "visualize", "curves", str(tmp_path))
 
 
+@pytest.mark.parametrize(("line", "said"), [
+    ("[1, 2]", "[1, 2], not an object"), ("null", "null, not an object"),
+    ('{"epoch": 1, "train_top1": "x"}', "train_top1 is 'x', not a number"),
+    ('{"epoch": 1, "lr": "cosine"}', "lr is 'cosine', not a number"),
+])
+def test_curves_of_a_metrics_file_that_is_not_a_runs(tmp_path, capsys, line, said):
+    """A metrics.jsonl line that is JSON but not an epoch's record (another tool's file, an edit) was
+    an internal error, exit 1 ('list' object has no attribute 'get'); now one line naming the file."""
+    (tmp_path / "metrics.jsonl").write_text('{"epoch": 1, "val_loss": 2.0}\n' + line + "\n")
+    capsys.readouterr()
+    assert main(["visualize", "curves", str(tmp_path), "--out", str(tmp_path / "c.png")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"alexnet: error: {tmp_path / 'metrics.jsonl'}: line 2 is not an epoch's record: {said}\n"
+    assert not (tmp_path / "c.png").exists()
+
+
 @pytest.mark.parametrize("epochs", [1, 2, 5])
 def test_curves_tick_whole_epochs(tmp_path, monkeypatch, epochs):
     """curves.png marks its epoch axes at whole epochs only (not 1.25, 1.5, ...)."""

@@ -123,12 +123,28 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if line.strip():
             try:
-                records.append(json.loads(line))
+                records.append(_check_record(json.loads(line)))
             except json.JSONDecodeError:
                 raise DataError(f"{path}: line {n} is not JSON") from None
+            except ValueError as e:
+                raise DataError(f"{path}: line {n} is not an epoch's record: {e}") from None
     if not records:
         raise DataError(f"{path}: no epochs recorded yet")
     return records
+
+
+# The fields of an epoch's record that the curves plot: numbers, or null where there is none.
+PLOTTED = ("epoch", "train_loss", "val_loss", "train_top1", "val_top1_error", "val_top5_error", "lr")
+
+
+def _check_record(record: Any) -> dict[str, Any]:
+    """``record`` if it is a JSON object whose plotted fields are numbers (or null), else ValueError."""
+    if not isinstance(record, dict):
+        raise ValueError(f"{json.dumps(record)[:40]}, not an object")
+    odd = [k for k in PLOTTED if record.get(k) is not None and not isinstance(record[k], int | float)]
+    if odd:
+        raise ValueError(f"{odd[0]} is {record[odd[0]]!r}, not a number")
+    return record
 
 
 def plot_curves(run_dirs: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.PathLike | None = None) -> Path:
