@@ -86,6 +86,19 @@ def test_fashion_mnist_offline_is_one_line_and_leaves_no_folders(tmp_path, monke
     assert [p.name for p in out.iterdir()] == ["old"]  # what existed stays
 
 
+@pytest.mark.parametrize("dataset", ["imagenette", "fashion-mnist"])
+def test_an_out_folder_under_a_file_names_the_option(tmp_path, monkeypatch, capsys, dataset):
+    """--out a file (or a folder under one) said 'File exists (FILE)' or 'Not a directory', exit 1,
+    naming no option; now it is refused before any download, as every other command's --out is."""
+    asked = _offline(monkeypatch)
+    (tmp_path / "afile").write_text("mine")
+    for out in (tmp_path / "afile", tmp_path / "afile" / "data"):
+        assert main(["download", dataset, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err == f"alexnet: error: --out {out}: cannot write there: {tmp_path / 'afile'} is a file, not a folder\n"
+    assert not asked and (tmp_path / "afile").read_text() == "mine"
+
+
 def test_an_archive_that_escapes_its_folder_is_refused(tmp_path):
     path = tmp_path / "imagenette2.tgz"
     with tarfile.open(path, "w:gz") as tar:

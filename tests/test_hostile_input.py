@@ -229,6 +229,9 @@ def test_an_output_folder_inside_the_images_it_reads_is_refused(tmp_path, capsys
     assert "is inside --data" in err and not (flat / "packed").exists()
     (tmp_path / "file").write_text("x")
     assert "--out: not a folder" in fails(capsys, "prepare", "--data", str(flat), "--out", str(tmp_path / "file"))
+    under = tmp_path / "file" / "packed"  # it said 'Not a directory (...)', exit 1, naming no option
+    assert fails(capsys, "prepare", "--data", str(flat), "--out", str(under)) == (
+        f"alexnet: error: --out {under}: cannot write there: {tmp_path / 'file'} is a file, not a folder")
     split = tmp_path / "split"
     make_image_folder(split / "train"), make_image_folder(split / "val")
     assert main(["prepare", "--data", str(split), "--out", str(split / "packed"), "--size", "32", "--progress", "off"]) == 0

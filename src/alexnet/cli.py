@@ -496,6 +496,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
+    _check_output(args.out, "--out", folder=True)
     out = Path(args.out)
     new = _missing_folders(out / "FashionMNIST" / "raw" if args.dataset == "fashion-mnist" else out)
     try:

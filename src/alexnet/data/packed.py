@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..atomic import check_writable
 from ..errors import DataError
 from ..runtime import progress
 from .folder import BAD_FILES_NAME, BadFiles, class_name, collate
@@ -183,6 +184,7 @@ def prepare(
     check_out_of_images(out, root)
     if out.exists() and not out.is_dir():
         raise DataError(f"--out: not a folder: {out}")
+    check_writable(out, "--out", folder=True)  # a file above it, a read-only disk: said before any image is read
     _check_out(out, force)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
