@@ -22,7 +22,7 @@ from alexnet.data.folder import ImageFolderDataset, decode_image
 from alexnet.data.loaders import held_out, load_data, load_eval_data, model_input
 from alexnet.data.packed import prepare
 from alexnet.data.stats import folder_stats
-from alexnet.errors import DataError
+from alexnet.errors import ConfigError, DataError
 
 
 def test_ten_crop_matches_torchvision():
@@ -459,6 +459,28 @@ def test_cli_prepare_strict_and_default(tmp_path):
     assert hint == f"train on it with: alexnet train --data {tmp_path / 'small'} --model-option input_size=70", r.stdout
     r = run_cli(*hint.split("alexnet ", 1)[1].split(), "--epochs", "1", "--workers", "0", "--out", str(tmp_path / "run"))
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize(("size", "said"), [
+    (256, ""), (80, " --model-option input_size=70"), (71, " --model-option input_size=63"), (63, " --model-option input_size=63"),
+])
+def test_prepare_suggests_an_input_the_network_takes(tmp_path, capsys, size, said):
+    """Packed under 72 px, prepare's hint named input_size=size*224//256, which alexnet_paper cannot take
+    ('input_size=55 is too small for this network'): the hint now goes no lower than the smallest it takes,
+    and a pack smaller than that says so instead of suggesting a command that fails."""
+    from alexnet.cli import _train_hint, main
+    from alexnet.model import model_config
+
+    root = make_image_folder(tmp_path / "imgs", classes=2, per_class=2, size=(40, 36))
+    out = tmp_path / "p"
+    assert main(["prepare", "--data", str(root), "--out", str(out), "--size", str(size), "--workers", "0", "--progress", "off"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"train on it with: alexnet train --data {out}{said}"
+    if said:
+        model_config("alexnet_paper", input_size=int(said.rsplit("=", 1)[1]))  # builds
+    with pytest.raises(ConfigError, match="too small"):
+        model_config("alexnet_paper", input_size=62)
+    assert _train_hint("p", 62) == ("note: alexnet_paper, the default for photos, takes images of 63 px or more; "
+                                    "pack with --size 63 or more")
 
 
 class _Fails(torch.utils.data.Dataset):

@@ -552,10 +552,21 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     if index["bad_files"]:
         bad = f"; {index['bad_files']} unreadable images skipped (listed in {Path(args.out) / 'bad_files.txt'})"
     print(f"packed {counts} images of {len(index['classes'])} classes into {args.out}{bad}")
-    # smaller than the paper's 224 crops: the input that keeps their ratio of 224 to 256
-    fit = f" --model-option input_size={args.size * 224 // 256}" if args.size < 224 else ""
-    print(f"train on it with: alexnet train --data {args.out}{fit}")
+    print(_train_hint(args.out, args.size))
     return 0
+
+
+def _train_hint(out: str, size: int) -> str:
+    """The 'alexnet train' line for a pack of ``size`` px images: under the paper's 224 crops, the input that keeps
+    their ratio of 224 to 256, but not below the smallest that alexnet_paper (the default for photos) takes."""
+    from .model import model_config
+
+    config = model_config("alexnet_paper")
+    smallest = next(n for n in range(1, 225) if config.pooled_size(n) >= 1)
+    if size < smallest:
+        return f"note: alexnet_paper, the default for photos, takes images of {smallest} px or more; pack with --size {smallest} or more"
+    fit = f" --model-option input_size={max(size * 224 // 256, smallest)}" if size < 224 else ""
+    return f"train on it with: alexnet train --data {out}{fit}"
 
 
 # -- benchmark ------------------------------------------------------------------------------------
