@@ -420,6 +420,25 @@ def test_folders_say_what_they_left_out_and_why_a_class_has_nothing_to_train(tmp
         load_data(one, 2, 24, seed=seed + 1, show_progress=False)
 
 
+@pytest.mark.parametrize("splits", [("train",), ("train", "valid"), ("test", "train")])
+def test_split_folders_are_not_read_as_classes(tmp_path, splits):
+    """DIR/train/ without val/ (or beside valid/ or test/, other tools' layouts) was read as CLASS/IMAGE:
+    prepare packed 'train' and 'valid' as two classes, and train fitted a classifier of the splits."""
+    root = tmp_path / "data"
+    for split in splits:
+        make_image_folder(root / split, classes=2, per_class=2, size=(40, 36))
+    said = (f"data: holds split folders ({', '.join(s + '/' for s in splits)}), not class folders: name the validation "
+            f"split val/ (train/ and val/ of CLASS/IMAGE), or give --data {root / 'train'} (a tenth is held out)")
+    with pytest.raises(DataError, match=re.escape(said) + "$"):
+        prepare(root, tmp_path / "packed", size=32, show_progress=False)
+    assert not (tmp_path / "packed").exists()
+    with pytest.raises(DataError, match=re.escape(said) + "$"):
+        load_data(root, 2, 24, show_progress=False)
+    classes = make_image_folder(tmp_path / "vehicles", classes=2, per_class=2, size=(40, 36))
+    shutil.copytree(classes / "class0", classes / "train")  # a class named train among others is a class
+    assert prepare(classes, tmp_path / "p2", size=32, show_progress=False)["folders"] == ["class0", "class1", "train"]
+
+
 @pytest.mark.parametrize("enabled", [False, True])
 def test_progress_iterates_its_iterable_once(enabled):
     """A progress bar over a DataLoader must start one iterator: a second one (tqdm.auto's asyncio

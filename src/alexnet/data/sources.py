@@ -85,6 +85,7 @@ def open_folder_splits(root: Path, stored: int, bad: BadFiles) -> dict[str, Imag
                 raise DataError(f"{root}: train/ and val/ have different class folders: {_differ(train.folders, val.folders)}")
         splits = {"train": train, "val": val}
     else:
+        _refuse_split_folders(root)
         splits = {"train": ImageFolderDataset(root, stored, stored, bad)}
     others = [f for ds in splits.values() for f in ds.others]
     if others:  # torchvision's ImageFolder leaves them out without a word
@@ -94,6 +95,19 @@ def open_folder_splits(root: Path, stored: int, bad: BadFiles) -> dict[str, Imag
         warnings.warn(f"{root}: left out {len(loose)} image(s) in no class folder (first: {printable(loose[0])}): an "
                       "image trains as the class of the folder it is in", stacklevel=2)
     return splits
+
+
+# Folder names that split a data set rather than name a class (other tools' spellings of val/ among them).
+SPLIT_NAMES = ("train", "val", "valid", "validation", "test")
+
+
+def _refuse_split_folders(root: Path) -> None:
+    """DataError for a folder whose 'classes' are all split names, train/ among them (train/ alone, or
+    beside valid/ or test/): read as CLASS/IMAGE it would train a classifier of splits, not of classes."""
+    folders = sorted(d.name for d in os.scandir(root) if d.is_dir() and not d.name.startswith("."))
+    if "train" in folders and set(folders) <= set(SPLIT_NAMES):
+        raise DataError(f"{root}: holds split folders ({', '.join(f + '/' for f in folders)}), not class folders: name the "
+                        f"validation split val/ (train/ and val/ of CLASS/IMAGE), or give --data {root / 'train'} (a tenth is held out)")
 
 
 def _differ(train: list[str], val: list[str]) -> str:
