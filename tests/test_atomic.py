@@ -107,3 +107,26 @@ def test_check_writable_refuses_before_the_work_and_leaves_nothing(tmp_path, mon
     monkeypatch.setattr(tempfile, "mkstemp", read_only)
     with pytest.raises(ConfigError, match=r"^--out .*new/i\.safetensors: cannot write there: Read-only file system$"):
         check_writable(tmp_path / "new" / "i.safetensors", "--out")
+
+
+def test_signals_held_are_delivered_after_the_block():
+    """A Ctrl-C or SIGTERM inside ``signals_held`` waits for the block's end, then reaches the handler
+    it had; the handlers are put back."""
+    import signal
+
+    from alexnet.atomic import signals_held
+
+    seen: list[int] = []
+    before = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    try:
+        done = []
+        with pytest.raises(KeyboardInterrupt):
+            with signals_held():
+                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), signal.SIGTERM)
+                done.append(sum(range(1000)))  # bytecodes run after the signals: their handlers would have run here
+                assert seen == []
+        assert done == [499500] and seen == [signal.SIGTERM]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGTERM, before)

@@ -593,6 +593,84 @@ def test_a_failed_prepare_keeps_the_packs_list_of_unreadable_images(tmp_path):
     assert not (out / "bad_files.txt").exists()
 
 
+# prepare as a subprocess, with a signal sent to itself at a set point: after the train split is packed
+# ("pack"), or as the new pack's first file is moved over the old one's ("swap").
+_PREPARE_SIGNALLED = """
+import os, signal, sys
+import alexnet.data.packed as packed
+sig, point = getattr(signal, sys.argv[1]), sys.argv[2]
+if point == "pack":
+    real_pack = packed._pack_split
+    def pack_then_signal(*args, **kwargs):
+        result = real_pack(*args, **kwargs)
+        os.kill(os.getpid(), sig)
+        return result
+    packed._pack_split = pack_then_signal
+else:
+    real_replace = os.replace
+    def replace_then_signal(src, dst):
+        real_replace(src, dst)
+        if ".prepare-" in str(src) and ".prepare-" not in str(dst):  # into the pack, not into the temporary folder
+            os.replace = real_replace
+            os.kill(os.getpid(), sig)
+    os.replace = replace_then_signal
+from alexnet.cli import main
+raise SystemExit(main(sys.argv[3:]))
+"""
+
+
+@pytest.mark.parametrize("sig, point", [("SIGTERM", "pack"), ("SIGINT", "swap"), ("SIGTERM", "swap")])
+def test_prepare_stopped_by_a_signal_keeps_a_whole_pack(sig, point, tmp_path):
+    """SIGTERM (kill, docker stop) ended prepare on the spot, without a word, leaving its temporary
+    folder (the size of the data set) for good; a Ctrl-C while the new pack's files replaced the old
+    one's left neither (index.json gone, shards of both). SIGTERM is now Ctrl-C: one line, exit 130,
+    the old pack kept; and the swap ends before either is acted on."""
+    import subprocess
+    import sys
+
+    from conftest import cli_env
+
+    root = make_image_folder(tmp_path / "imgs", classes=2, per_class=4, size=(40, 36))
+    out, fresh = tmp_path / "packed", tmp_path / "fresh"
+    prepare(root, out, size=32, shard_size=2, show_progress=False)  # 4 shards, then replaced by 1
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    prepare(root, fresh, size=32, shard_size=100, show_progress=False)
+    args = ["prepare", "--data", str(root), "--out", str(out), "--size", "32", "--shard-size", "100", "--force",
+            "--workers", "0", "--progress", "off"]
+    r = subprocess.run([sys.executable, "-c", _PREPARE_SIGNALLED, sig, point, *args], capture_output=True, text=True,
+                       env=cli_env(), timeout=300)
+    assert (r.returncode, r.stderr) == (130, "alexnet: interrupted\n")
+    after = {p.name: p.read_bytes() for p in out.iterdir()}
+    if point == "pack":
+        assert after == before
+    else:  # the swap, once begun, ends: the new pack whole (as a run into a new folder writes it)
+        assert after == {p.name: p.read_bytes() for p in fresh.iterdir()}
+
+
+def test_prepare_is_one_at_a_time_and_sweeps_a_killed_runs_folder(tmp_path, capsys):
+    """A prepare killed outright (SIGKILL, out of memory) left OUT/.prepare-XXXX, as large as the
+    data set, and no later run removed it; two prepares into one folder raced to swap their files.
+    The folder is now locked while a preparation runs, and the next one removes a dead run's folder."""
+    from alexnet import runfolder
+    from alexnet.cli import main
+
+    root = make_image_folder(tmp_path / "imgs", classes=2, per_class=3, size=(40, 36))
+    out = tmp_path / "packed"
+    prepare(root, out, size=32, show_progress=False)
+    (out / ".prepare-k1ll3d").mkdir()
+    (out / ".prepare-k1ll3d" / "train-00000.npy").write_bytes(b"half a shard")
+    args = ["prepare", "--data", str(root), "--out", str(out), "--size", "32", "--force", "--progress", "off"]
+    held = runfolder.lock(out, "prepare")  # as a live preparation holds it
+    try:
+        assert main(args) == 2
+        assert capsys.readouterr().err == f"alexnet: error: {out} is in use by another alexnet prepare (pid {os.getpid()})\n"
+        assert (out / ".prepare-k1ll3d").is_dir()
+    finally:
+        runfolder.unlock(out, held)
+    assert main(args) == 0
+    assert not any(p.name.startswith(".") for p in out.iterdir())  # the dead run's folder, and the lock, gone
+
+
 # -- packed format --------------------------------------------------------------------------------
 def test_packed_matches_folder(tmp_path):
     root = tmp_path / "imgs"

@@ -12,7 +12,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import signal
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -122,3 +124,29 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
+
+
+@contextlib.contextmanager
+def signals_held(*signums: int) -> Iterator[None]:
+    """Hold ``signums`` (default: SIGINT and SIGTERM) while the block runs, then deliver them to the
+    handlers they had: a step that must not be cut in two (the files of a preparation swapped, torch's
+    C++ start-up) ends first. Only the main thread sets handlers; elsewhere the block runs as it is."""
+    held: list[int] = []
+    previous: dict[int, object] = {}
+    if threading.current_thread() is threading.main_thread():
+        for s in signums or (signal.SIGINT, signal.SIGTERM):
+            if signal.getsignal(s) is not None:  # None: set outside Python, which could not be put back
+                previous[s] = signal.signal(s, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        raised: BaseException | None = None
+        for s in dict.fromkeys(held):  # each to its handler, though the first raises (Ctrl-C's does)
+            try:
+                signal.raise_signal(s)
+            except BaseException as e:
+                raised = raised or e
+        if raised is not None:
+            raise raised

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import gc
 import io
@@ -10,6 +11,7 @@ import json
 import math
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -840,24 +842,31 @@ def _warning_line(message, category, filename, lineno, line=None) -> str:
 
 
 def _import_torch() -> None:
-    """Import torch with Ctrl-C held until it has loaded, then raise it: a KeyboardInterrupt raised
+    """Import torch with Ctrl-C and SIGTERM held until it has loaded: a KeyboardInterrupt raised
     inside its C++ start-up aborted the process ('terminate called after throwing an instance of
     pybind11::error_already_set'), and one in its Python start-up printed a traceback."""
+    from .atomic import signals_held
+
+    with signals_held():
+        import torch  # noqa: F401
+
+
+@contextlib.contextmanager
+def _sigterm_as_ctrl_c() -> Iterator[None]:
+    """SIGTERM (kill, docker stop, a scheduler's preemption) raises KeyboardInterrupt, as Ctrl-C does,
+    where it would otherwise end the process on the spot: each command's clean-up runs (temporaries
+    removed, the old pack kept) and it says so in one line. Training saves on either (train._CtrlC)."""
     import signal
     import threading
 
-    if ("torch" in sys.modules or threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
-        import torch  # noqa: F401 - loaded already, signals not this thread's, or Ctrl-C ignored or handled by the caller
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield  # called from a thread, or SIGTERM handled by the caller
         return
-    held: list[int] = []
-    signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        import torch  # noqa: F401
+        yield
     finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    if held:
-        raise KeyboardInterrupt
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -882,6 +891,12 @@ def main(argv: list[str] | None = None) -> int:
         for name, default in (("workers", workers), ("amp", "auto"), ("device", "auto")):
             if getattr(args, name, default) is None:
                 setattr(args, name, default)
+    with _sigterm_as_ctrl_c():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the command of ``args``: its exit status, and a failure as one line on stderr."""
     try:
         _import_torch()  # inside the try: a Ctrl-C while torch loads ends in one line, as later ones do
         if args.command in _COMPUTING:

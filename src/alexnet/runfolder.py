@@ -78,12 +78,13 @@ def _holder(run_dir: Path) -> str:
     return f" (pid {pid})"
 
 
-def _in_use(run_dir: Path) -> RunFolderError:
-    return RunFolderError(f"{run_dir} is in use by another alexnet train{_holder(run_dir)}")
+def _in_use(run_dir: Path, command: str) -> RunFolderError:
+    return RunFolderError(f"{run_dir} is in use by another alexnet {command}{_holder(run_dir)}")
 
 
-def refuse_in_use(run_dir: Path) -> None:
-    """RunFolderError if another process holds the folder's lock; opens it read-only, writes nothing."""
+def refuse_in_use(run_dir: Path, command: str = "train") -> None:
+    """RunFolderError if another process (an ``alexnet command``) holds the folder's lock; opens it
+    read-only, writes nothing."""
     if fcntl is None:
         return
     try:
@@ -93,7 +94,7 @@ def refuse_in_use(run_dir: Path) -> None:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        raise _in_use(run_dir) from None
+        raise _in_use(run_dir, command) from None
     finally:
         os.close(fd)  # also releases the probe's lock
 
@@ -157,9 +158,9 @@ def _hold(fd: int) -> int:
     return fd
 
 
-def _lock(run_dir: Path) -> int | None:
+def lock(run_dir: Path, command: str = "train") -> int | None:
     """Take ``run_dir/.lock`` (non-blocking) and write our pid in it; the file descriptor, or None
-    without fcntl."""
+    without fcntl. RunFolderError if another ``alexnet command`` holds it. Undo with :func:`unlock`."""
     if fcntl is None:
         return None
     path = run_dir / LOCK_NAME
@@ -180,7 +181,15 @@ def _lock(run_dir: Path) -> int | None:
             os.write(fd, f"{os.getpid()}\n".encode())
             return _hold(fd)
         os.close(fd)  # a run that just ended unlinked this file: lock the one at the path now
-    raise _in_use(run_dir)
+    raise _in_use(run_dir, command)
+
+
+def unlock(run_dir: Path, fd: int | None) -> None:
+    """Drop :func:`lock`'s lock, the file unlinked first, so that a waiting locker sees a new file."""
+    if fd is not None:
+        (run_dir / LOCK_NAME).unlink(missing_ok=True)
+        _HELD.discard(fd)
+        os.close(fd)
 
 
 class RunFolder:
@@ -214,13 +223,9 @@ class RunFolder:
         return False
 
     def release(self) -> None:
-        """Drop the lock (unlinked first, so that a waiting locker sees a new file) and remove the
-        folder if this run created it and left it empty."""
-        if self.fd is not None:
-            (self.run_dir / LOCK_NAME).unlink(missing_ok=True)
-            _HELD.discard(self.fd)
-            os.close(self.fd)
-            self.fd = None
+        """Drop the lock and remove the folder if this run created it and left it empty."""
+        unlock(self.run_dir, self.fd)
+        self.fd = None
         if self.created:
             try:
                 self.run_dir.rmdir()
@@ -238,7 +243,7 @@ def claim(run_dir: Path, resume: bool, force: bool, keep: tuple[type[BaseExcepti
     check_writable(run_dir, option, folder=True)  # a file in the way, a read-only disk: one line naming --out
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
-        folder.fd = _lock(run_dir)
+        folder.fd = lock(run_dir)
         refuse_run(run_dir, resume, force)  # again: a run may have started and ended since check()
         if not resume and (force or stopped_before_checkpoint(run_dir)):
             _remove(run_dir, owned(run_dir))

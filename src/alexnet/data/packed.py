@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..atomic import check_writable
+from .. import runfolder
+from ..atomic import check_writable, signals_held
 from ..errors import DataError
 from ..runtime import progress
 from .folder import BAD_FILES_NAME, BadFiles, class_name, collate
@@ -185,11 +186,15 @@ def prepare(
     if out.exists() and not out.is_dir():
         raise DataError(f"--out: not a folder: {out}")
     check_writable(out, "--out", folder=True)  # a file above it, a read-only disk: said before any image is read
+    runfolder.refuse_in_use(out, "prepare")
     _check_out(out, force)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     tmp: Path | None = None
+    lock = runfolder.lock(out, "prepare")  # one preparation at a time in a folder
     try:
+        for stale in out.glob(".prepare-*"):  # a killed run's (SIGKILL, out of memory): no live one's, under the lock
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=".prepare-", dir=out))
         bad = BadFiles(strict, tmp / BAD_FILES_NAME)  # moved into place with the shards: a failed run keeps the old list
         splits = open_folder_splits(root, size, bad)
@@ -204,14 +209,8 @@ def prepare(
         index["stats"]["mean_image"] = "mean_image.npy"
         index["bad_files"] = bad.count
         (tmp / PACKED_INDEX).write_text(json.dumps(index, indent=1) + "\n")
-        if (out / PACKED_INDEX).exists():
-            (out / PACKED_INDEX).unlink()  # the old preparation stops being valid before its files go
-        new = {f.name for f in tmp.iterdir()}
-        for f in out.iterdir():  # an earlier preparation's shards (fewer, larger) and list of bad files that this one does not have
-            if (SHARD.match(f.name) or f.name == BAD_FILES_NAME) and f.name not in new:
-                f.unlink()
-        for f in sorted(tmp.iterdir(), key=lambda p: p.name == PACKED_INDEX):  # index.json last
-            os.replace(f, out / f.name)
+        with signals_held():  # a Ctrl-C half way through the swap would leave neither preparation
+            _swap_in(tmp, out)
     except BaseException:
         if created:  # nothing of a failed first preparation stays behind
             shutil.rmtree(out, ignore_errors=True)
@@ -219,12 +218,25 @@ def prepare(
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+        runfolder.unlock(out, lock)
     return index
+
+
+def _swap_in(tmp: Path, out: Path) -> None:
+    """Move the finished preparation in ``tmp`` into ``out`` over the old one, ``index.json`` last."""
+    if (out / PACKED_INDEX).exists():
+        (out / PACKED_INDEX).unlink()  # the old preparation stops being valid before its files go
+    new = {f.name for f in tmp.iterdir()}
+    for f in out.iterdir():  # an earlier preparation's shards (fewer, larger) and list of bad files that this one does not have
+        if (SHARD.match(f.name) or f.name == BAD_FILES_NAME) and f.name not in new:
+            f.unlink()
+    for f in sorted(tmp.iterdir(), key=lambda p: p.name == PACKED_INDEX):
+        os.replace(f, out / f.name)
 
 
 # Every name a preparation writes (an unfinished one's too: a killed run's temporary folder).
 _OWN = re.compile(r"^([a-z]+-(\d{5}\.npy|labels\.npy|files\.txt)|index\.json|stats\.json|mean_image\.npy|"
-                  r"bad_files\.txt|\.prepare-.+)$")
+                  r"bad_files\.txt|\.prepare-.+|\.lock)$")
 
 
 def _check_out(out: Path, force: bool) -> None:
