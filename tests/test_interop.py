@@ -42,6 +42,23 @@ def test_import_torchvision_same_outputs(tmp_path, capsys):
     assert "junk.pth" in capsys.readouterr().err and not (tmp_path / "x.pt").exists()
 
 
+def test_torchvision_weights_saved_as_safetensors_load_as_its_pth_does(tmp_path):
+    """alexnet.load (every --checkpoint, --init-from, torch.hub) of torchvision's state dict saved with
+    safetensors said "no 'model_config'; build the model yourself", and --init-from re-initialised fc8,
+    where the same weights as a .pth, and 'alexnet import torchvision' of the .safetensors, load."""
+    import torchvision
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    tv = torchvision.models.alexnet(num_classes=10).eval()
+    save_file(tv.state_dict(), tmp_path / "tv.safetensors")
+    model = alexnet.load(tmp_path / "tv.safetensors")
+    assert model.config.widths == (64, 192, 384, 256, 256) and model.preprocess.preset == "torchvision"
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), tv(x), rtol=1e-5, atol=1e-5)
+
+
 def test_weights_that_do_not_fit_are_named_with_their_shapes(tmp_path, capsys):
     """A load error names the tensors and shapes at fault; it said only torch's first line
     ("Error(s) in loading state_dict for AlexNet:")."""

@@ -117,8 +117,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"{path} is a folder{hint}")
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
-    if is_safetensors(path):
-        return load_safetensors(path, map_location)
+    if is_safetensors(path):  # torchvision's weights saved with safetensors are read as its .pth is
+        ckpt = load_safetensors(path, map_location)
+        return _from_torchvision(ckpt, path) if torchvision else ckpt
     export = _export_kind(path)
     if export is not None:  # before torch.load, which would hand a TorchScript file to torch.jit.load
         raise CheckpointError(f"{path}: {export}; alexnet.load and the commands read .pt checkpoints and .safetensors")
@@ -138,7 +139,13 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     except Exception as e:  # torch.load raises many kinds on junk: EOFError, IndexError, RuntimeError...
         raise _unreadable(path, e) from None
     ckpt = _with_model(ckpt, path)
-    if torchvision and ckpt.get("model_config") is None:
+    return _from_torchvision(ckpt, path) if torchvision else ckpt
+
+
+def _from_torchvision(ckpt: dict[str, Any], path: Path) -> dict[str, Any]:
+    """``ckpt``, or, where it is a bare state dict of torchvision's alexnet (no ``model_config``),
+    the ``alexnet_owt`` checkpoint ``alexnet import torchvision`` makes of it."""
+    if ckpt.get("model_config") is None:
         from .interop import from_torchvision, is_torchvision_alexnet
 
         if is_torchvision_alexnet(ckpt["model"]):
