@@ -275,6 +275,19 @@ def test_caffe_bad_files(tmp_path, capsys):
     assert not (tmp_path / "x.pt").exists()
 
 
+def test_truncated_npy_is_called_damaged_not_untrusted(tmp_path, capsys):
+    """A truncated .npy said "pickle data was truncated; pass --allow-pickle only if you trust this
+    file", with --allow-pickle given too: that option cannot read a damaged file."""
+    write_tf_npy(tmp_path / "w.npy", caffe_weights())
+    (tmp_path / "cut.npy").write_bytes((tmp_path / "w.npy").read_bytes()[:3000])
+    for extra in ([], ["--allow-pickle"]):
+        capsys.readouterr()
+        assert main(["import", "caffe", str(tmp_path / "cut.npy"), "--out", str(tmp_path / "x.pt"), *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == f"alexnet: error: {tmp_path / 'cut.npy'}: not a readable .npy weights file (pickle data was truncated)", err
+    assert not (tmp_path / "x.pt").exists()
+
+
 def test_caffe_missing_mean_file_is_one_line_naming_the_option(tmp_path, capsys):
     write_tf_npy(tmp_path / "w.npy", caffe_weights())
     args = ["import", "caffe", str(tmp_path / "w.npy"), "--out", str(tmp_path / "x.pt"), "--mean-file"]

@@ -230,6 +230,8 @@ def read_npy_weights(path: str | os.PathLike, allow_pickle: bool = False) -> dic
                     raise CheckpointError(f"{path}: a plain array, not a dict of layer weights")
                 obj = load_plain(f)
     except pickle.UnpicklingError as e:
+        if allow_pickle or not str(e).startswith("refused"):  # damaged (truncated, say): --allow-pickle cannot help
+            raise CheckpointError(f"{path}: not a readable .npy weights file ({e})") from None
         raise CheckpointError(f"{path}: {e}; pass --allow-pickle only if you trust this file") from None
     except CheckpointError:
         raise
