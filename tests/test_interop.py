@@ -167,18 +167,25 @@ def caffe_weights(seed: int = 0) -> dict[str, list[np.ndarray]]:
     return out
 
 
-def write_caffemodel(path: Path, weights: dict[str, list[np.ndarray]], v1: bool) -> None:
-    """NetParameter with V1 ``layers`` (= 2: name 4, blobs 6, legacy blob dims) or ``layer`` (= 100: name 1, blobs 7)."""
+BVLC_ALEXNET = ["data", "conv1", "relu1", "norm1", "pool1", "conv2", "relu2", "norm2", "pool2", "conv3", "relu3", "conv4", "relu4",
+                "conv5", "relu5", "pool5", "fc6", "relu6", "drop6", "fc7", "relu7", "drop7", "fc8", "prob"]
+CAFFENET = [{"norm1": "pool1", "pool1": "norm1", "norm2": "pool2", "pool2": "norm2"}.get(n, n) for n in BVLC_ALEXNET]  # pools first
+# Layer types by name prefix: V2's type string, V1's LayerType enum.
+CAFFE_TYPES = {"data": ("Data", 5), "conv": ("Convolution", 4), "relu": ("ReLU", 18), "norm": ("LRN", 15), "pool": ("Pooling", 17),
+               "fc": ("InnerProduct", 14), "drop": ("Dropout", 6), "prob": ("Softmax", 20)}
+
+
+def write_caffemodel(path: Path, weights: dict[str, list[np.ndarray]], v1: bool, order: list[str] = BVLC_ALEXNET) -> None:
+    """NetParameter with V1 ``layers`` (= 2: name 4, type 5, blobs 6, legacy blob dims) or ``layer`` (= 100: name 1, type 2, blobs 7)."""
     layers = [b""]
-    order = ["data", "conv1", "relu1", "norm1", "pool1", "conv2", "relu2", "norm2", "pool2", "conv3", "relu3"]
-    order += ["conv4", "relu4", "conv5", "relu5", "pool5", "fc6", "relu6", "drop6", "fc7", "relu7", "drop7", "fc8", "prob"]
     for name in order:
+        kind, code = CAFFE_TYPES[name.rstrip("0123456789")]
         if v1:
-            msg = field(4, name.encode()) + field_int(5, 4)  # type = CONVOLUTION (enum), ignored by the reader
+            msg = field(4, name.encode()) + field_int(5, code)
             msg += b"".join(field(6, blob(a, legacy=True)) for a in weights.get(name, []))
             layers.append(field(2, msg))
         else:
-            msg = field(1, name.encode()) + field(2, b"Convolution" if name in weights else b"ReLU")
+            msg = field(1, name.encode()) + field(2, kind.encode())
             msg += b"".join(field(7, blob(a, legacy=False)) for a in weights.get(name, []))
             layers.append(field(100, msg))
     path.write_bytes(field(1, b"AlexNet") + b"".join(layers))
@@ -205,8 +212,8 @@ def caffe_lrn(x: np.ndarray, size=5, alpha=1e-4, beta=0.75, k=1.0) -> np.ndarray
     return x / (k + alpha / size * window) ** beta
 
 
-def caffe_forward(weights: dict[str, list[np.ndarray]], rgb_uint8: np.ndarray) -> np.ndarray:
-    """bvlc_alexnet's deploy net on a 256x256 RGB image: centre 227 crop, BGR, 0-255 minus mean."""
+def caffe_forward(weights: dict[str, list[np.ndarray]], rgb_uint8: np.ndarray, caffenet: bool = False) -> np.ndarray:
+    """bvlc_alexnet's deploy net (``caffenet``: pool before LRN) on a 256x256 RGB image: centre 227 crop, BGR, 0-255 minus mean."""
     t = lambda a: torch.from_numpy(np.asarray(a, dtype=np.float64))  # noqa: E731
     off = (256 - 227) // 2
     bgr = rgb_uint8[:, ::-1, off : off + 227, off : off + 227].astype(np.float64) - MEAN_BGR.reshape(1, 3, 1, 1)
@@ -216,8 +223,9 @@ def caffe_forward(weights: dict[str, list[np.ndarray]], rgb_uint8: np.ndarray) -
         return F.relu(F.conv2d(x, t(weights[name][0]), t(weights[name][1]), stride, pad, groups=group))
 
     pool = lambda x: F.max_pool2d(x, 3, 2, ceil_mode=True)  # noqa: E731  Caffe rounds pooled sizes up
-    x = pool(t(caffe_lrn(conv(x, "conv1", stride=4).numpy())))
-    x = pool(t(caffe_lrn(conv(x, "conv2", pad=2, group=2).numpy())))
+    lrn_pool = (lambda x: t(caffe_lrn(pool(x).numpy()))) if caffenet else (lambda x: pool(t(caffe_lrn(x.numpy()))))  # noqa: E731
+    x = lrn_pool(conv(x, "conv1", stride=4))
+    x = lrn_pool(conv(x, "conv2", pad=2, group=2))
     x = conv(conv(x, "conv3", pad=1), "conv4", pad=1, group=2)
     x = pool(conv(x, "conv5", pad=1, group=2)).reshape(x.shape[0], -1)
     for name in ("fc6", "fc7"):
@@ -247,6 +255,28 @@ def test_import_caffe_matches_caffe_forward(tmp_path, kind):
         ours = model(x).double().numpy()
     ref = caffe_forward(weights, rgb)
     assert np.abs(ref).max() > 1.0  # a meaningful comparison, not zeros against zeros
+    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("v1", [True, False])
+def test_import_caffenet_pools_before_lrn_as_its_file_says(tmp_path, v1):
+    """CaffeNet (bvlc_reference_caffenet) pools before LRN, and its .caffemodel's layers say so by their
+    types; the import built bvlc_alexnet's order (LRN, then pool) whatever the file said."""
+    weights = caffe_weights()
+    weights["conv1"][0] *= 50  # conv1's outputs in the hundreds, as a trained net's: LRN then divides them by ~2
+    write_caffemodel(tmp_path / "caffenet.caffemodel", weights, v1=v1, order=CAFFENET)
+    mean_img = np.broadcast_to(MEAN_BGR.reshape(1, 3, 1, 1), (1, 3, 4, 4)).astype(np.float32)
+    (tmp_path / "mean.binaryproto").write_bytes(blob(mean_img, legacy=True))
+    out = tmp_path / "caffenet.pt"
+    assert main(["import", "caffe", str(tmp_path / "caffenet.caffemodel"), "--out", str(out),
+                 "--mean-file", str(tmp_path / "mean.binaryproto")]) == 0
+    model = alexnet.load(out)
+    assert model.config.norm_order == "pool_norm"
+    rgb = np.random.default_rng(1).integers(0, 256, (2, 3, 256, 256), dtype=np.uint8)
+    x = model_input(torch.from_numpy(rgb), torch.arange(2), model.preprocess, train=False)
+    with torch.no_grad():
+        ours = model(x).double().numpy()
+    ref = caffe_forward(weights, rgb, caffenet=True)
     np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
 
 

@@ -30,8 +30,9 @@ CAFFE_MEAN_BGR = (104.00698793, 116.66876762, 122.67891434)
 
 # caffe.proto field numbers.
 NET_LAYER, NET_LAYERS_V1 = 100, 2  # NetParameter: repeated LayerParameter layer / V1LayerParameter layers
-LAYER_NAME, LAYER_BLOBS = 1, 7  # LayerParameter
-V1_NAME, V1_BLOBS = 4, 6  # V1LayerParameter
+LAYER_NAME, LAYER_TYPE, LAYER_BLOBS = 1, 2, 7  # LayerParameter (type: a string, "LRN", "Pooling", ...)
+V1_NAME, V1_TYPE, V1_BLOBS = 4, 5, 6  # V1LayerParameter (type: an enum)
+V1_KINDS = {15: "LRN", 17: "Pooling"}  # V1LayerParameter.LayerType
 BLOB_NUM, BLOB_CHANNELS, BLOB_HEIGHT, BLOB_WIDTH = 1, 2, 3, 4  # BlobProto (legacy 4-d shape)
 BLOB_DATA, BLOB_SHAPE, BLOB_DOUBLE_DATA = 5, 7, 8  # BlobProto
 SHAPE_DIM = 1  # BlobShape: repeated int64 dim
@@ -197,6 +198,17 @@ def read_caffemodel(path: str | os.PathLike) -> dict[str, list[np.ndarray]]:
     return layers
 
 
+def read_norm_order(path: str | os.PathLike) -> str:
+    """The ``norm_order`` of the net a readable ``.caffemodel`` describes: "pool_norm" where it pools
+    before its first LRN (CaffeNet, bvlc_reference_caffenet), else "norm_pool" (bvlc_alexnet, and a
+    file whose layers say no types)."""
+    net = parse_message(memoryview(Path(path).read_bytes()))
+    kinds = [_string(parse_message(raw).get(LAYER_TYPE)) for _, raw in net.get(NET_LAYER, [])]
+    kinds += [V1_KINDS.get((_ints(parse_message(raw).get(V1_TYPE, [])) or [0])[0], "") for _, raw in net.get(NET_LAYERS_V1, [])]
+    first = {kind: kinds.index(kind) for kind in ("LRN", "Pooling") if kind in kinds}
+    return "pool_norm" if len(first) == 2 and first["Pooling"] < first["LRN"] else "norm_pool"
+
+
 def read_binaryproto_mean(path: str | os.PathLike) -> list[float]:
     """Per-channel mean (in the file's B, G, R order) of a Caffe mean ``.binaryproto``."""
     if not Path(path).is_file():
@@ -276,12 +288,14 @@ def tf_to_caffe_layout(layers: dict[str, list[np.ndarray]]) -> dict[str, list[np
 
 # -- Caffe weights -> alexnet_caffe ------------------------------------------------------------------
 def from_caffe_layers(
-    layers: dict[str, list[np.ndarray]], mean_bgr: tuple[float, float, float] | list[float] = CAFFE_MEAN_BGR, source: str = "caffe"
+    layers: dict[str, list[np.ndarray]], mean_bgr: tuple[float, float, float] | list[float] = CAFFE_MEAN_BGR, source: str = "caffe",
+    norm_order: str = "norm_pool",
 ) -> dict[str, Any]:
     """Caffe-layout bvlc_alexnet weights (conv OIHW on BGR input, fc (out, in)) -> checkpoint.
 
     Widths, towers (from conv2's grouped kernels), fc width and the number of classes are read off
-    the weights, so smaller nets of the same layout convert too.
+    the weights, so smaller nets of the same layout convert too; ``norm_order`` "pool_norm" is
+    CaffeNet's (:func:`read_norm_order`).
     """
     names = list(LAYER_NAMES)
     if not set(names) <= set(layers):
@@ -300,7 +314,7 @@ def from_caffe_layers(
         raise CheckpointError(f"{source}: conv1 weights {tuple(w['conv1'].shape)} are not (out, 3, k, k)")
     widths = tuple(w[f"conv{i}"].shape[0] for i in range(1, 6))
     towers = widths[0] // w["conv2"].shape[1]
-    cfg_kw = dict(widths=widths, towers=towers, fc_width=w["fc7"].shape[0], conv1_kernel=w["conv1"].shape[-1])
+    cfg_kw = dict(widths=widths, towers=towers, fc_width=w["fc7"].shape[0], conv1_kernel=w["conv1"].shape[-1], norm_order=norm_order)
     try:
         cfg = model_config("alexnet_caffe", num_classes=w["fc8"].shape[0], **cfg_kw)
         cfg_side = cfg.feature_size()
@@ -341,9 +355,9 @@ def import_caffe(
         conv1 = layers.get("conv1", [np.zeros(0)])[0]
         if conv1.ndim == 4 and conv1.shape[2] == 3 and conv1.shape[0] == conv1.shape[1]:  # (k, k, 3, out): HWIO
             layers = tf_to_caffe_layout(layers)
-    else:
-        layers = read_caffemodel(path)
-    return from_caffe_layers(layers, mean_bgr, str(path))
+        return from_caffe_layers(layers, mean_bgr, str(path))
+    layers = read_caffemodel(path)
+    return from_caffe_layers(layers, mean_bgr, str(path), read_norm_order(path))
 
 
 def import_torchvision(path: str | os.PathLike) -> dict[str, Any]:
