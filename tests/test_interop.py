@@ -511,6 +511,28 @@ def test_export_format_from_the_name_and_names_refused(tmp_path, paper_ckpt, cap
     assert sorted(p.name for p in tmp_path.iterdir()) == before and (tmp_path / "keep.json").read_text() == "{}"
 
 
+def test_export_and_import_refuse_to_write_over_the_file_they_read(tmp_path, paper_ckpt, capsys):
+    """'export --checkpoint m.pt --out m.pt' replaced the checkpoint (its training state too) with a
+    safetensors export under its name, and 'import torchvision tv.pth --out tv.pth' torchvision's file
+    with a checkpoint torchvision cannot load; exit 0, no word. Now one line, exit 2, the file kept."""
+    import torchvision
+
+    torch.save(torchvision.models.alexnet(num_classes=3).state_dict(), tmp_path / "tv.pth")
+    (tmp_path / "link.pt").symlink_to(paper_ckpt)  # the same file by another name
+    tv, link = str(tmp_path / "tv.pth"), str(tmp_path / "link.pt")
+    cases = [(["export", "--checkpoint", str(paper_ckpt), "--out", str(paper_ckpt)], "checkpoint", str(paper_ckpt)),
+             (["export", "--checkpoint", link, "--out", str(paper_ckpt), "--format", "onnx"], "checkpoint", link),
+             (["import", "torchvision", tv, "--out", tv], "file", tv)]
+    for args, what, given in cases:
+        out = Path(args[args.index("--out") + 1])
+        before = out.read_bytes()
+        capsys.readouterr()
+        assert main(args) == 2, args
+        err = capsys.readouterr().err.strip()
+        assert err == f"alexnet: error: --out {out}: is the {what} it reads ({given}), which writing would replace; give another name", err
+        assert out.read_bytes() == before
+
+
 def test_evaluate_asks_for_data_where_the_weights_record_none(tmp_path, paper_ckpt, capsys):
     """Imported and exported weights carry no training data set: evaluate asks for --data (one line,
     exit 2) instead of trying its default data set, Fashion-MNIST, on them."""

@@ -228,6 +228,15 @@ def _check_output(path: str | None, option: str, figure: bool = False, image: bo
     check_writable(path, option, folder)
 
 
+def _not_the_input(out: str, given: str, what: str) -> None:
+    """ConfigError where ``--out`` names the file ``given`` (by any path): the output would replace
+    the input it is made from (a training checkpoint by a weights-only export, say)."""
+    from .errors import ConfigError
+
+    if Path(out).is_file() and Path(given).is_file() and os.path.samefile(out, given):
+        raise ConfigError(f"--out {out}: is the {what} it reads ({given}), which writing would replace; give another name")
+
+
 def _same_folder(data: object, trained_on: object) -> bool:
     """Whether ``data`` is the folder a checkpoint recorded as its training data."""
     return isinstance(data, str) and isinstance(trained_on, str) and Path(data).resolve() == Path(trained_on).resolve()
@@ -421,6 +430,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         from .pretrained import weights_file
 
         args.file = str(weights_file("alexnet_owt" if args.source == "torchvision" else "alexnet_caffe", _progress_flag(args)))
+    _not_the_input(args.out, args.file, "file")
     if args.source == "torchvision":
         ckpt = import_torchvision(args.file)
     else:
@@ -450,6 +460,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     resolve_format(args.format, args.out)  # a bad --out is refused before the checkpoint is read
     _check_output(args.out, "--out")
+    _not_the_input(args.out, args.checkpoint, "checkpoint")
     written = export(load(args.checkpoint), args.format, args.out)
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
