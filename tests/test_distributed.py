@@ -45,6 +45,17 @@ def _assert_same_weights(a: dict, b: dict, what: str) -> None:
         assert torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-5), f"{what}: {k} differs by {(a[k] - b[k]).abs().max():.2e}"
 
 
+def _empty_tmpdir(monkeypatch, tmp: Path) -> Path:
+    """``tmp`` as the subprocesses' TMPDIR, for a test that it is left empty. torch's compile cache
+    ($TMPDIR/torchinductor_USER, made when torch._dynamo loads: the fused SGD loads it) is meant to
+    outlive a run: it goes elsewhere. It had gone to the test process's own cache folder only where an
+    earlier test had loaded torch._dynamo there (torch sets TORCHINDUCTOR_CACHE_DIR as it does)."""
+    tmp.mkdir(exist_ok=True)
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp.parent / "torch-cache"))
+    return tmp
+
+
 @pytest.fixture(scope="module")
 def tiny_fmnist(tmp_path_factory) -> Path:
     return make_tiny_fmnist(tmp_path_factory.mktemp("data") / "fmnist")
@@ -61,8 +72,7 @@ def one_process(tiny_fmnist, tmp_path_factory) -> Path:
 
 def test_two_gloo_processes_match_one_process(one_process, tiny_fmnist, tmp_path, monkeypatch):
     out = tmp_path / "two"
-    (tmp_path / "tmp").mkdir()
-    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))  # what the launcher leaves there
+    _empty_tmpdir(monkeypatch, tmp_path / "tmp")  # what the launcher leaves there
     r = run_cli(*_args(tiny_fmnist, out, "--nproc", "2"))
     assert r.returncode == 0, r.stderr
     assert not list((tmp_path / "tmp").iterdir())  # torchrun's agent alone left an empty torchelastic_* tree
@@ -181,8 +191,7 @@ def _signal_rank_1(data: Path, out: Path, sig: signal.Signals, launcher: bool = 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc to find the ranks")
 def test_nproc_run_with_a_killed_rank_ends_in_one_line(tiny_fmnist, tmp_path, monkeypatch):
     out = tmp_path / "nproc"
-    (tmp_path / "tmp").mkdir()
-    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    _empty_tmpdir(monkeypatch, tmp_path / "tmp")
     code, err = _signal_rank_1(tiny_fmnist, out, signal.SIGKILL)
     assert code == 1 and "Traceback" not in err, err
     assert not list((tmp_path / "tmp").iterdir())  # the failed run's log folder is gone too
@@ -372,10 +381,10 @@ def _allreduce_quick(*extra: str, cuda: bool = False) -> subprocess.CompletedPro
 
 
 def test_allreduce_benchmark_quick(tmp_path, monkeypatch):
-    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    tmp = _empty_tmpdir(monkeypatch, tmp_path / "tmp")
     r = _allreduce_quick("--device", "cpu")  # gloo on CPUs, on every machine
     assert r.returncode == 0, r.stderr
-    assert not list(tmp_path.iterdir())  # torchrun's log folder removed
+    assert not list(tmp.iterdir())  # torchrun's log folder removed
     assert "gloo on cpu" in r.stdout
     results = [line for line in r.stdout.splitlines() if line.startswith("RESULT ")]
     assert [line.split()[1] for line in results] == ["allreduce_busbw", "grad_sync_ms"]

@@ -173,7 +173,9 @@ def _moment(case: int, kill: str, ref: Path, writes: list[str]) -> str:
 
 def _killed_run(args: list[str], fault: str, log: Path) -> str:
     """Run ``alexnet ARGS`` with ALEXNET_FAULT=fault; it must kill itself. Its output."""
-    env = dict(os.environ, PYTHONPATH=src_pythonpath(), ALEXNET_FAULT=fault)
+    # TMPDIR: what the killed processes cannot remove (the DataLoader workers' pymp-* folders) stays
+    # in the test's folder, not in the machine's /tmp (14 a run).
+    env = dict(os.environ, PYTHONPATH=src_pythonpath(), ALEXNET_FAULT=fault, TMPDIR=str(log.parent))
     with log.open("w+") as f:
         # Its own session: once it is dead, its DataLoader workers (which would hold the run
         # folder's lock and our pipe for seconds) go with it.
