@@ -118,6 +118,7 @@ def test_signals_held_are_delivered_after_the_block():
 
     seen: list[int] = []
     before = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    before_int = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (a background job ignores it)
     try:
         done = []
         with pytest.raises(KeyboardInterrupt):
@@ -130,3 +131,4 @@ def test_signals_held_are_delivered_after_the_block():
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
         signal.signal(signal.SIGTERM, before)
+        signal.signal(signal.SIGINT, before_int)

@@ -598,6 +598,7 @@ def test_a_failed_prepare_keeps_the_packs_list_of_unreadable_images(tmp_path):
 _PREPARE_SIGNALLED = """
 import os, signal, sys
 import alexnet.data.packed as packed
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (a background job ignores it)
 sig, point = getattr(signal, sys.argv[1]), sys.argv[2]
 if point == "pack":
     real_pack = packed._pack_split
