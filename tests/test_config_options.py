@@ -128,3 +128,31 @@ def test_config_file_mistakes_are_one_line_naming_the_fix(tmp_path, capsys):
     assert main(["train", "--config", str(tmp_path / "folder.toml")]) == 2
     assert capsys.readouterr().err.strip() == f"alexnet: error: --config: a folder, not a file: {tmp_path / 'folder.toml'}"
     assert not (tmp_path / "run").exists()
+
+
+def test_a_run_starts_again_from_its_config_json(tiny_fmnist, tmp_path):
+    """config.json is a run's resolved configuration, yet `train --config RUN/config.json` refused it
+    ("unknown training option(s): distributed, environment, preprocess, train"): a run could be
+    repeated only by typing its options again. It now trains that run again into its own --out: the
+    same options, weights and metrics, on the thread count the run recorded. The paper preset's own
+    init_bias, which config.json repeats, is not refused as a typed one for a net of He init."""
+    import json
+
+    import torch
+    from conftest import run_cli
+
+    first, again = tmp_path / "run", tmp_path / "again"
+    tiny = ["--model-option", "widths=[8,16,16,16,16]", "--model-option", "fc_width=32"]
+    r = run_cli("train", "--data", str(tiny_fmnist), "--preset", "paper", "--model", "alexnet_small", "--epochs", "1",
+                "--batch-size", "16", "--seed", "5", *tiny, "--out", str(first), "--threads", "1")
+    assert r.returncode == 0, r.stderr
+    r = run_cli("train", "--config", str(first / "config.json"), "--out", str(again))
+    assert r.returncode == 0, r.stderr
+    records = [json.loads((run / "config.json").read_text()) for run in (first, again)]
+    assert records[1]["environment"]["threads"] == 1
+    assert {**records[0]["train"], "out": None} == {**records[1]["train"], "out": None}
+    a, b = (torch.load(run / "last.pt", weights_only=True)["model"] for run in (first, again))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    metrics = [[{k: v for k, v in json.loads(line).items() if "second" not in k and "time" not in k}
+                for line in (run / "metrics.jsonl").read_text().splitlines()] for run in (first, again)]
+    assert metrics[0] == metrics[1] and len(metrics[0]) == 1

@@ -686,7 +686,8 @@ def _add_train(sub, common: argparse.ArgumentParser) -> None:
         description="Train a model. With no arguments: alexnet_small on Debian's Fashion-MNIST (5 epochs, about 4-9 minutes "
         "on 2 CPU cores). Options override the preset, which --config FILE (TOML/YAML) may also override.",
     )
-    t.add_argument("--config", help="TOML or YAML file of training options (command-line options win)")
+    t.add_argument("--config", help="TOML or YAML file of training options (command-line options win), or a run's "
+                   "config.json: that run again (its thread count too, unless --threads)")
     t.add_argument("--force", action="store_true", help="replace the run that --out holds (its own files only)")
     t.add_argument("--dropout", type=_fraction, help="dropout probability of fc6/fc7 (paper: 0.5); a model option")
     _add_config_options(t, [name for name in _train_option_names() if name not in ("device", "workers", "amp")])
@@ -837,12 +838,13 @@ def _stdout_gone() -> bool:
 def _resumed_threads(args: argparse.Namespace) -> int | None:
     """A resume without --threads takes the count its run started with, where this machine has as many
     cores: CPU sums then round as they did, and the run goes on bitwise (the --resume line it printed
-    has no --threads; with every core it went on otherwise, and on a shared machine slowly)."""
-    if args.command != "train" or not getattr(args, "resume", None):
+    has no --threads; with every core it went on otherwise, and on a shared machine slowly). So does a
+    run started again from a run's config.json (--config RUN/config.json): it repeats that run bitwise."""
+    if args.command != "train" or not (getattr(args, "resume", None) or getattr(args, "config", None)):
         return None
-    from .resume import started_threads
+    from .resume import recorded_threads, started_threads
 
-    n = started_threads(args.resume)
+    n = started_threads(args.resume) if args.resume else recorded_threads(args.config)
     return n if n is not None and n <= (os.cpu_count() or 1) else None
 
 

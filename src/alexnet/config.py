@@ -193,7 +193,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 PRESETS["cifar"] = {**PRESETS["fashion_mnist"], "model_options": {"input_size": 32}, "epochs": 15, "data_preset": "cifar"}
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    """Options from a TOML or YAML file (top-level keys are TrainConfig fields)."""
+    """Options from a TOML, YAML or JSON file (top-level keys are TrainConfig fields), or a run's
+    config.json (its options, to run it again)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"--config: {'a folder, not a file' if path.is_dir() else 'file not found'}: {path}")
@@ -217,6 +218,8 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"--config {path}: cannot parse: {str(e).splitlines()[0]}") from None
     if not isinstance(values, dict):
         raise ConfigError(f"--config {path}: expected a table of options at the top level")
+    if is_run_record(values):  # a run's config.json: the run's options, to run it again
+        values = run_options(values)
     if not isinstance(values.get("model_options", {}), dict):
         raise ConfigError(f"--config {path}: model_options must be a table of model options")
     if "resume" in values:  # a resume takes its run's own configuration, not a file's
@@ -225,6 +228,18 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     if unknown:
         raise ConfigError(f"--config {path}: unknown training option(s): " + ", ".join(_key_hint(k) for k in unknown))
     return values
+
+
+def is_run_record(values: dict[str, Any]) -> bool:
+    """Whether a config file's table is a run's config.json, which holds the run's options under
+    "train" beside the model, the data and the environment it ran in."""
+    return isinstance(values.get("train"), dict) and "environment" in values
+
+
+def run_options(record: dict[str, Any]) -> dict[str, Any]:
+    """The options of the run whose config.json is ``record``, without where it was written (``out``)
+    or resumed from (``resume``): the new run has its own folder."""
+    return {k: v for k, v in record["train"].items() if k not in ("out", "resume")}
 
 
 def _key_hint(key: str) -> str:
@@ -277,8 +292,8 @@ def resolve_config(preset: str | None, overrides: dict[str, Any], config_file: s
     refuse_unknown(values)
     cfg = TrainConfig(**values)
     validate(cfg)
-    if "init_bias" in typed:
-        _check_init_bias(cfg)
+    if "init_bias" in typed and typed["init_bias"] != PRESETS[preset].get("model_options", {}).get("init_bias"):
+        _check_init_bias(cfg)  # the preset's own value is not typed (a run's config.json repeats it)
     return cfg
 
 

@@ -57,8 +57,13 @@ def started_threads(resume: str | os.PathLike) -> int | None:
     """The CPU thread count the run of ``resume`` (its folder, or a checkpoint in it) started with, as
     its config.json records it; None where it records none."""
     path = Path(resume)
+    return recorded_threads((path if path.is_dir() else path.parent) / "config.json")
+
+
+def recorded_threads(config_json: str | os.PathLike) -> int | None:
+    """The CPU thread count a run's config.json records; None where the file records none."""
     try:
-        n = json.loads(((path if path.is_dir() else path.parent) / "config.json").read_text())["environment"]["threads"]
+        n = json.loads(Path(config_json).read_text())["environment"]["threads"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return n if is_whole(n, 1) else None
