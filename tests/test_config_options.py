@@ -39,7 +39,9 @@ def test_command_line_values_reach_the_config(tmp_path):
     assert cfg.model_options["lrn"] is False and cfg.model_options["dropout"] == 0.25
 
 
-@pytest.mark.parametrize("name, bad", [("gamma", "-1"), ("step_size", "0"), ("lr", "nan"), ("momentum", "1")])
+# A seed past 64 bits (or one whose data-order seed, seed * 100003, is) was an internal error in the first epoch.
+@pytest.mark.parametrize("name, bad", [("gamma", "-1"), ("step_size", "0"), ("lr", "nan"), ("momentum", "1"),
+                                       ("seed", str(2**63)), ("seed", str(-2**62))])
 def test_the_same_range_check_on_the_command_line_and_in_a_file(name, bad, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         build_parser().parse_args(["train", flag(name), bad])
@@ -48,6 +50,20 @@ def test_the_same_range_check_on_the_command_line_and_in_a_file(name, bad, tmp_p
     config.write_text(f"{name} = {bad}\n")
     with pytest.raises(ConfigError, match=f"^{flag(name)} must be"):
         resolve_config(None, {}, config)
+
+
+@pytest.mark.parametrize("text, said", [("data = 5", "--data must be a string, got 5"),
+                                        ('data = ["a"]', "--data must be a string, got ['a']"),
+                                        ("init_from = 5", "--init-from must be a string, got 5")])
+def test_a_path_of_another_type_in_a_file_is_one_line(text, said, tmp_path, capsys):
+    """A path option that is no string in a config file was used as a path before the options were
+    checked: "internal error: TypeError: expected str, bytes or os.PathLike object", exit 1."""
+    from alexnet.cli import main
+
+    (tmp_path / "c.toml").write_text(text + "\n")
+    assert main(["train", "--config", str(tmp_path / "c.toml"), "--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err.strip() == f"alexnet: error: {said}"
+    assert not (tmp_path / "run").exists()
 
 
 def test_the_default_preset_follows_the_data(tmp_path, tiny_fmnist):

@@ -43,6 +43,8 @@ POSITIVE = (lambda v: v > 0, "> 0")
 NON_NEGATIVE = (lambda v: v >= 0, ">= 0")
 FRACTION = (lambda v: 0 <= v < 1, "in [0, 1)")
 AT_LEAST_1 = (lambda v: v >= 1, ">= 1")
+# The data order's generator takes seed * 100003 + epoch, which must fit torch's 64 bits.
+SEED_RANGE = (lambda v: abs(v) < 2**40, "with |seed| < 2**40")
 
 
 @dataclass
@@ -80,7 +82,7 @@ class TrainConfig:
     data_preset: str | None = opt(None, "preprocessing recipe: photos, paper, torchvision, fashion_mnist or cifar "
                                   "(default: the data's own)")
     strict: bool = opt(False, "stop at the first unreadable image instead of skipping it")
-    seed: int = opt(0, "seed of the initialisation, the data order, augmentation and dropout")
+    seed: int = opt(0, "seed of the initialisation, the data order, augmentation and dropout", check=SEED_RANGE)
     workers: int = opt(4, "data-loading worker processes", check=NON_NEGATIVE)
     device: str = opt("auto", "auto (CUDA if present), cpu, cuda, cuda:N or mps")
     decode: str = opt("auto", "where an image folder's JPEGs are decoded and resized: cpu (the loader's workers), device "
@@ -271,6 +273,9 @@ def resolve_config(preset: str | None, overrides: dict[str, Any], config_file: s
     """Defaults <- preset <- config file <- ``overrides`` (entries that are None are ignored)."""
     overrides = given(overrides)
     file_values = read_config_file(config_file) if config_file else {}
+    for name in ("data", "init_from"):  # used as paths before validate() (a file can hold data = 5)
+        for values in (file_values, overrides):
+            _check_scalar(name, values.get(name), field_types()[name])
     preset = preset or file_values.pop("preset", None)
     file_values.pop("preset", None)
     if preset is None:
