@@ -416,6 +416,30 @@ def test_export_safetensors_and_torchscript_load_back(tmp_path, paper_ckpt, caps
         alexnet.load(shutil.copy(ts, tmp_path / "m.onnx"))
 
 
+def test_exports_and_feature_indexes_are_the_same_bytes_each_time(tmp_path, paper_ckpt):
+    """safetensors writes the metadata in a hash map's order, seeded afresh for each file: an export
+    or a feature index of the same model differed from one run to the next (the same tensors, the
+    metadata reordered). They are the same bytes now, the metadata in sorted order, and load back."""
+    from conftest import make_image_folder
+
+    from alexnet.export import export_safetensors
+    from alexnet.retrieval import build_index, load_index, save_index
+
+    model = alexnet.load(paper_ckpt)
+    index = build_index(model, make_image_folder(tmp_path / "imgs", classes=2, per_class=2))
+    for name, write in (("export", lambda p: export_safetensors(model, p)), ("index", lambda p: save_index(index, p))):
+        files = [tmp_path / f"{name}{i}.safetensors" for i in range(3)]
+        for f in files:
+            write(f)
+        blobs = {f.read_bytes() for f in files}
+        assert len(blobs) == 1, name
+        blob = blobs.pop()
+        keys = list(json.loads(blob[8 : 8 + struct.unpack("<Q", blob[:8])[0]])["__metadata__"])
+        assert keys == sorted(keys) and len(keys) >= 4, keys
+    assert alexnet.load(tmp_path / "export0.safetensors").classes == model.classes
+    torch.testing.assert_close(load_index(tmp_path / "index0.safetensors")["features"], index["features"])
+
+
 def test_export_pt2_runs_without_this_package(tmp_path, paper_ckpt, capsys):
     """A .pt2 (torch.export) program runs in a Python that cannot import alexnet (LRN is plain ops
     in its graph, not this package's operator), at any batch size, with the checkpoint's outputs."""

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import signal
 import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from .errors import ConfigError
 
@@ -123,6 +125,25 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_safetensors(path: str | os.PathLike, tensors: dict[str, Any], metadata: dict[str, str]) -> Path:
+    """Write ``tensors`` and ``metadata`` as a safetensors file atomically, the same bytes for the same
+    contents: safetensors writes the metadata in the order of a hash map seeded afresh by each process."""
+    from safetensors.torch import save
+
+    blob = memoryview(save(tensors, metadata=metadata))
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(bytes(blob[8 : 8 + n]))
+    if "__metadata__" in header:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the tensors start 8-byte aligned, as safetensors has them
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(len(text).to_bytes(8, "little"))
+        f.write(text)
+        f.write(blob[8 + n :])
     return Path(path)
 
 

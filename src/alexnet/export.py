@@ -49,8 +49,6 @@ def _mean_image(model: AlexNet) -> torch.Tensor | None:
 
 def export_safetensors(model: AlexNet, path: str | os.PathLike) -> list[Path]:
     """Write ``path`` (.safetensors) and ``path`` with suffix .json. Returns both paths."""
-    from safetensors.torch import save_file
-
     path = Path(path)
     config = _config(model)
     meta = {k: json.dumps(v) if not isinstance(v, str) else v for k, v in config.items()}
@@ -58,8 +56,7 @@ def export_safetensors(model: AlexNet, path: str | os.PathLike) -> list[Path]:
     mean_image = _mean_image(model)
     if mean_image is not None:  # beside the weights; the metadata holds its summary
         state[presets.MEAN_IMAGE_KEY] = mean_image
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata=meta)
+    atomic.write_safetensors(path, state, meta)
     side = atomic.write_text(path.with_suffix(".json"), json.dumps(config, indent=2) + "\n")
     return [path, side]
 

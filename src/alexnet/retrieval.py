@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .atomic import atomic_path
+from .atomic import write_safetensors
 from .data import presets
 from .data.folder import ImageFolderDataset, collate, find_classes, list_images, top_level_images
 from .data.loaders import model_input
@@ -124,9 +124,7 @@ def build_index(
 
 
 def save_index(index: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write an index as safetensors (atomically: see :mod:`alexnet.atomic`)."""
-    from safetensors.torch import save_file
-
+    """Write an index as safetensors (atomically, the same bytes for the same index: see :mod:`alexnet.atomic`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {
@@ -142,9 +140,7 @@ def save_index(index: dict[str, Any], path: str | os.PathLike) -> Path:
     mean_image = index["preprocess"].mean_image
     if mean_image is not None:  # the recipe's mean image, summarised in the metadata
         tensors[presets.MEAN_IMAGE_KEY] = mean_image
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
-    return path
+    return write_safetensors(path, tensors, meta)
 
 
 def load_index(path: str | os.PathLike) -> dict[str, Any]:
