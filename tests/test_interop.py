@@ -440,6 +440,29 @@ def test_exports_and_feature_indexes_are_the_same_bytes_each_time(tmp_path, pape
     torch.testing.assert_close(load_index(tmp_path / "index0.safetensors")["features"], index["features"])
 
 
+def test_torchscript_and_torchvision_exports_are_the_same_bytes_each_time(tmp_path, paper_ckpt):
+    """torch.jit.save and torch.save name the archive's folder after the file they are given: the
+    export's temporary (.m.ts.k2x9_a.tmp), a new name each time, so that two exports of the same
+    model differed. They write to an open file now: the folder is "archive", as a checkpoint's is.
+    (TorchScript in a process of its own each: a second trace in one process mangles class names.)"""
+    from conftest import run_cli
+
+    from alexnet.export import export_torchvision
+
+    owt = alexnet.create_model("alexnet_owt", num_classes=2)
+    for suffix in (".ts", ".pth"):
+        files = [tmp_path / "a" / f"m{suffix}", tmp_path / "b" / f"m{suffix}"]
+        for f in files:
+            f.parent.mkdir(exist_ok=True)
+            if suffix == ".ts":
+                r = run_cli("export", "--checkpoint", str(paper_ckpt), "--out", str(f))
+                assert r.returncode == 0, r.stderr
+            else:
+                export_torchvision(owt, f)
+        assert files[0].read_bytes() == files[1].read_bytes(), suffix
+        assert {name.split("/")[0] for name in zipfile.ZipFile(files[0]).namelist()} == {"archive"}, suffix
+
+
 def test_export_pt2_runs_without_this_package(tmp_path, paper_ckpt, capsys):
     """A .pt2 (torch.export) program runs in a Python that cannot import alexnet (LRN is plain ops
     in its graph, not this package's operator), at any batch size, with the checkpoint's outputs."""

@@ -173,7 +173,8 @@ def export_torchscript(model: AlexNet, path: str | os.PathLike) -> list[Path]:
     with atomic_path(path) as tmp, warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(model, _example(model, 2))
-        torch.jit.save(traced, str(tmp), _extra_files=_extra_files(model, binary=True))
+        with open(tmp, "wb") as f:  # a file, not its name: the archive's folder is "archive", not the temporary's name
+            torch.jit.save(traced, f, _extra_files=_extra_files(model, binary=True))
     return [path]
 
 
@@ -203,8 +204,8 @@ def export_torchvision(model: AlexNet, path: str | os.PathLike) -> list[Path]:
         warnings.warn(f"{path}: torchvision's file holds weights alone, and this model takes inputs prepared by its "
                       f"'{pre.preset}' recipe ({mean}, std {tuple(round(v, 1) for v in pre.std)} on the 0-255 scale), not "
                       "torchvision's ImageNet normalisation: prepare them so", stacklevel=2)
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # the archive's folder "archive", as for export_torchscript
+        torch.save(state, f)
     return [Path(path)]
 
 
