@@ -755,3 +755,17 @@ def test_python_api_wrong_arguments_are_named(tmp_path):
         load_eval_data(str(folder), None)
     with pytest.raises(ConfigError, match="amp torch.float16 is for GPUs"):
         predict(model, str(folder), amp=torch.float16, show_progress=False)
+
+
+def test_a_pdf_or_svg_figure_is_the_same_bytes_each_time(tmp_path):
+    """matplotlib dates a PDF (CreationDate) and an SVG (dc:date) and gives an SVG's clip paths
+    random ids: the same figure (predict --figure p.svg, visualize curves --out c.pdf) differed from
+    one run to the next. PNG and JPEG already were the same bytes."""
+    confusion = torch.tensor([[3, 1], [0, 4]])
+    for suffix in (".pdf", ".svg", ".png"):
+        files = [tmp_path / f"a{suffix}", tmp_path / f"b{suffix}"]
+        for f in files:
+            figures.plot_confusion(confusion, ["cat", "dog"], f)
+        data = files[0].read_bytes()
+        assert data == files[1].read_bytes(), suffix
+        assert b"CreationDate" not in data and b"<dc:date>" not in data, suffix

@@ -46,13 +46,18 @@ def figure_format(path: str | os.PathLike, formats: dict[str, str] = PLOT_FORMAT
     return formats[suffix]
 
 
+# No date in a PDF or an SVG, and SVG ids from a fixed salt: the same figure is the same bytes each time.
+_SAME_BYTES = {"pdf": {"CreationDate": None}, "svg": {"Date": None}}
+
+
 def _save(fig, path: str | os.PathLike) -> Path:
     plt = _pyplot()
     path = Path(path)
     try:
         fmt = figure_format(path)
-        with atomic_path(path, durable=False) as tmp:
-            fig.savefig(tmp, dpi=DPI, format=fmt)  # no bbox_inches="tight": the size stays as documented
+        with atomic_path(path, durable=False) as tmp, plt.rc_context({"svg.hashsalt": "alexnet"}):
+            # no bbox_inches="tight": the size stays as documented
+            fig.savefig(tmp, dpi=DPI, format=fmt, metadata=_SAME_BYTES.get(fmt))
     finally:
         plt.close(fig)
     return path
