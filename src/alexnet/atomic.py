@@ -130,21 +130,31 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 
 def write_safetensors(path: str | os.PathLike, tensors: dict[str, Any], metadata: dict[str, str]) -> Path:
     """Write ``tensors`` and ``metadata`` as a safetensors file atomically, the same bytes for the same
-    contents: safetensors writes the metadata in the order of a hash map seeded afresh by each process."""
-    from safetensors.torch import save
+    contents: safetensors writes the metadata in the order of a hash map seeded afresh by each process,
+    so the header is rewritten in place with it sorted (the tensors, up to an index's gigabytes, are
+    streamed to disk by safetensors and not read back)."""
+    from safetensors.torch import save_file
 
-    blob = memoryview(save(tensors, metadata=metadata))
-    n = int.from_bytes(blob[:8], "little")
-    header = json.loads(bytes(blob[8 : 8 + n]))
-    if "__metadata__" in header:
-        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
-    text = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)  # the tensors start 8-byte aligned, as safetensors has them
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        f.write(len(text).to_bytes(8, "little"))
-        f.write(text)
-        f.write(blob[8 + n :])
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+        _sort_metadata(tmp)
     return Path(path)
+
+
+def _sort_metadata(path: Path) -> None:
+    """Rewrite the header of the safetensors file ``path`` with its ``__metadata__`` in sorted order,
+    padded to the length it had (the same keys and values, in safetensors' compact JSON)."""
+    with open(path, "r+b") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+        if "__metadata__" not in header:
+            return
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        text = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode()
+        if len(text) > n:  # escaped otherwise than safetensors does: never seen; the file stays as written
+            return
+        f.seek(8)
+        f.write(text + b" " * (n - len(text)))  # safetensors pads its header with spaces too
 
 
 @contextlib.contextmanager
