@@ -269,7 +269,11 @@ def test_threads(tiny_fmnist, tmp_path):
     out = tmp_path / "run"
     r = run_cli("train", "--data", str(tiny_fmnist), "--epochs", "1", "--batch-size", "32", "--out", str(out), "--threads", "1")
     assert r.returncode == 0, r.stderr
-    assert json.loads((out / "config.json").read_text())["environment"]["threads"] == 1
+    environment = json.loads((out / "config.json").read_text())["environment"]
+    assert environment["threads"] == 1
+    from test_evaluate import _versions_of_the_modules  # what decoded, resized and computed: versions of each
+
+    assert {k: environment[k] for k in _versions_of_the_modules()} == _versions_of_the_modules()
     r = run_cli("evaluate", "--checkpoint", str(out / "last.pt"), "--data", str(tiny_fmnist), "--threads", "1", "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["images"] == 40, r.stderr
     _one_line_error(run_cli("evaluate", "--checkpoint", str(out / "last.pt"), "--threads", "0"), "--threads")

@@ -134,6 +134,46 @@ def test_ensemble_of_identical_models_equals_one_and_writes_outputs(tmp_path, ca
     assert settings["threads"] == torch.get_num_threads() and settings["channels_last"] is True
 
 
+def _versions_of_the_modules() -> dict[str, str]:
+    """The versions as the imported modules say them, not as the installed metadata does (torchvision's
+    without its local build label, "+cu130", which its metadata lacks)."""
+    import platform
+
+    import numpy
+    import PIL
+    import torchvision
+
+    import alexnet
+
+    return {"alexnet": alexnet.__version__, "torch": torch.__version__, "torchvision": torchvision.__version__.split("+")[0],
+            "numpy": numpy.__version__, "pillow": PIL.__version__, "python": platform.python_version()}
+
+
+def test_outputs_record_what_computed_them(tmp_path, capsys, monkeypatch):
+    """evaluate.json named its checkpoints only as typed (relative), not how JPEGs were decoded, and
+    torch's version alone; a pack's index.json named its source as typed and no version of what decoded
+    it; a features index and a run's config.json no version of torchvision, Pillow or numpy."""
+    from safetensors import safe_open
+
+    from alexnet.data.packed import prepare
+
+    monkeypatch.chdir(tmp_path)
+    make_image_folder(Path("imgs"), classes=3, per_class=2)
+    tiny_checkpoint(Path("a.pt"))
+    versions = _versions_of_the_modules()
+    assert main(["evaluate", "--checkpoint", "a.pt", "--data", "imgs", "--amp", "none", "--out", "eval"]) == 0
+    settings = json.loads(Path("eval/evaluate.json").read_text())["settings"]
+    assert settings["checkpoints"] == [str(tmp_path / "a.pt")] and settings["decode"] == "workers"
+    assert {k: settings[k] for k in versions} == versions
+    index = prepare(Path("imgs"), Path("packed"), size=32, show_progress=False)
+    assert json.loads(Path("packed/index.json").read_text())["source"] == str(tmp_path / "imgs")
+    assert index["versions"] == versions
+    assert main(["features", "--checkpoint", "a.pt", "--data", "imgs", "--out", "idx.safetensors"]) == 0
+    with safe_open("idx.safetensors", "pt") as f:
+        assert json.loads(f.metadata()["versions"]) == versions
+    capsys.readouterr()
+
+
 def test_ensemble_members_agree_on_classes_not_on_their_order_or_storage(tmp_path, capsys):
     """The same network with its classes in another order (folders named otherwise) is the same
     model: put in the first's order, the ensemble equals one model (it averaged class 0 with class 2

@@ -265,8 +265,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if isinstance(data, str) and not os.path.exists(data):  # moved since, or the checkpoint copied elsewhere
             raise ConfigError(f"{args.checkpoint}: the data it was trained on, {data}, is not there: give --data")
     own = _same_folder(data, recorded.get("data"))  # a folder without a val split: score what training held out
+    decode = decode_device(args.decode or "auto", device)
     loader, classes, n_images, source = load_eval_data(
-        data, models[0].preprocess, args.batch_size, args.workers, decode_device=decode_device(args.decode or "auto", device),
+        data, models[0].preprocess, args.batch_size, args.workers, decode_device=decode,
         pin_memory=device.type == "cuda", held_out_seed=recorded.get("seed", 0) if own else None,
         held_out_of=read_entry(args.checkpoint, "held_out_of") if own else None,
     )
@@ -281,11 +282,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
         from .atomic import write_text
         from .figures import plot_confusion
+        from .runtime import versions
 
         # the resolved settings, so that evaluate.json says how the figures were computed
-        settings = {"device": str(device), "amp": str(amp).replace("torch.", "") if amp else "none",
+        settings = {"checkpoints": [str(Path(p).resolve()) for p in paths], "device": str(device),
+                    "amp": str(amp).replace("torch.", "") if amp else "none", "decode": "workers" if decode is None else str(decode),
                     "batch_size": args.batch_size, "channels_last": channels_last, "threads": torch.get_num_threads(),
-                    "torch": torch.__version__}
+                    **versions()}
 
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ from .data.sources import detect, each_batch
 from .errors import DataError
 from .model import AlexNet
 from .predict import kind_of, load_image, recipe
-from .runtime import autocast, eval_mode, progress, resolve_amp
+from .runtime import autocast, eval_mode, progress, resolve_amp, versions
 
 INDEX_FORMAT = "alexnet-fc7-index-1"
 
@@ -135,6 +135,7 @@ def save_index(index: dict[str, Any], path: str | os.PathLike) -> Path:
         "preprocess": json.dumps(index["preprocess"].to_json()),
         "fingerprint": json.dumps(index.get("fingerprint")),
         "precision": json.dumps(index.get("precision")),
+        "versions": json.dumps(versions()),  # of what computed the features
     }
     tensors = {"features": index["features"].contiguous(), "labels": index["labels"].to(torch.int64).contiguous()}
     mean_image = index["preprocess"].mean_image

@@ -16,6 +16,24 @@ import torch
 from .errors import ConfigError
 
 
+def versions() -> dict[str, str]:
+    """The versions a result depends on: this package, torch, what decodes and resizes photos
+    (torchvision, Pillow, numpy) and Python; "none" for a package that is not installed. Read from the
+    installed metadata: importing torchvision for its version would cost a second and a half."""
+    import platform
+    from importlib import metadata
+
+    from . import __version__
+
+    found = {"alexnet": __version__, "torch": torch.__version__}
+    for name in ("torchvision", "numpy", "pillow"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "none"
+    return {**found, "python": platform.python_version()}
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` -> CUDA if present, else Apple MPS, else CPU. Errors name the missing device."""
     if name == "auto":

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from . import __version__, distributed, faults, runfolder
+from . import distributed, faults, runfolder
 from .atomic import write_text
 from .checkpoint import FORMAT, config_from_file, load_checkpoint, save_atomic
 from .config import TrainConfig
@@ -55,7 +55,7 @@ from .model import AlexNet, AlexNetConfig, describe_model, expand_layers, model_
 from .optim import PlateauSchedule, make_optimizer, param_groups, step_lr_factor
 from .parallel import TowerSplit, grouped_optimizer_state, split_optimizer_state, tower_devices
 from .resume import check_classes, check_resumed, note_changes, nothing_left, read_checkpoint, resume_source, started_threads
-from .runtime import autocast, progress, resolve_amp, rng_state, seed_everything, set_rng_state
+from .runtime import autocast, progress, resolve_amp, rng_state, seed_everything, set_rng_state, versions
 from .trainstate import check_training_state
 
 
@@ -289,9 +289,7 @@ def build_model(
 # -- the run ----------------------------------------------------------------------------------------
 def _environment(device: torch.device, amp: torch.dtype | None) -> dict[str, Any]:
     return {
-        "alexnet": __version__,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
+        **versions(),
         "machine": platform.machine(),
         "device": str(device),
         "amp": str(amp).replace("torch.", "") if amp else "none",

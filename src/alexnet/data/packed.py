@@ -24,7 +24,7 @@ import torch
 from .. import runfolder
 from ..atomic import check_writable, signals_held
 from ..errors import DataError
-from ..runtime import progress
+from ..runtime import progress, versions
 from .folder import BAD_FILES_NAME, BadFiles, class_name, collate
 from .sources import PACKED_INDEX, SHARD, check_out_of_images, each_batch, open_folder_splits
 from .stats import StatsAccumulator, save_stats
@@ -198,7 +198,7 @@ def prepare(
         tmp = Path(tempfile.mkdtemp(prefix=".prepare-", dir=out))
         bad = BadFiles(strict, tmp / BAD_FILES_NAME)  # moved into place with the shards: a failed run keeps the old list
         splits = open_folder_splits(root, size, bad)
-        index: dict[str, Any] = {"format": FORMAT, "size": size, "source": str(root), "splits": {}}
+        index: dict[str, Any] = {"format": FORMAT, "size": size, "source": os.path.abspath(root), "splits": {}}
         acc = StatsAccumulator()
         for split, ds in splits.items():
             index["folders"], index["classes"] = ds.folders, ds.classes
@@ -208,6 +208,7 @@ def prepare(
         index["stats"] = {k: v for k, v in stats.items() if k != "mean_image"}
         index["stats"]["mean_image"] = "mean_image.npy"
         index["bad_files"] = bad.count
+        index["versions"] = versions()  # of what decoded and resized the images
         (tmp / PACKED_INDEX).write_text(json.dumps(index, indent=1) + "\n")
         with signals_held():  # a Ctrl-C half way through the swap would leave neither preparation
             _swap_in(tmp, out)
