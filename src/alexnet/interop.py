@@ -179,8 +179,9 @@ def parse_blob(buf: memoryview) -> np.ndarray:
     return data.reshape(shape)
 
 
-def read_caffemodel(path: str | os.PathLike) -> dict[str, list[np.ndarray]]:
-    """Layer name -> [weights, bias] of every layer with blobs in a ``.caffemodel`` (V1 or V2 layers)."""
+def read_caffemodel(path: str | os.PathLike) -> tuple[dict[str, list[np.ndarray]], str]:
+    """Layer name -> [weights, bias] of every layer with blobs in a ``.caffemodel`` (V1 or V2 layers),
+    and the net's ``norm_order`` (:func:`norm_order`), from one read of the file."""
     data = memoryview(Path(path).read_bytes())
     try:
         net = parse_message(data)
@@ -191,18 +192,18 @@ def read_caffemodel(path: str | os.PathLike) -> dict[str, list[np.ndarray]]:
                 blobs = [parse_blob(b) for _, b in layer.get(blob_field, [])]
                 if blobs:
                     layers[_string(layer.get(name_field))] = blobs
+        order = norm_order(net)
     except (ValueError, IndexError, TypeError) as e:
         raise CheckpointError(f"{path}: not a readable .caffemodel ({e})") from None
     if not layers:
         raise CheckpointError(f"{path}: no layers with weights (is it a .caffemodel?)")
-    return layers
+    return layers, order
 
 
-def read_norm_order(path: str | os.PathLike) -> str:
-    """The ``norm_order`` of the net a readable ``.caffemodel`` describes: "pool_norm" where it pools
-    before its first LRN (CaffeNet, bvlc_reference_caffenet), else "norm_pool" (bvlc_alexnet, and a
-    file whose layers say no types)."""
-    net = parse_message(memoryview(Path(path).read_bytes()))
+def norm_order(net: dict[int, list[tuple[int, Any]]]) -> str:
+    """The ``norm_order`` of a parsed ``.caffemodel``'s net: "pool_norm" where it pools before its
+    first LRN (CaffeNet, bvlc_reference_caffenet), else "norm_pool" (bvlc_alexnet, and a file whose
+    layers say no types)."""
     kinds = [_string(parse_message(raw).get(LAYER_TYPE)) for _, raw in net.get(NET_LAYER, [])]
     kinds += [V1_KINDS.get((_ints(parse_message(raw).get(V1_TYPE, [])) or [0])[0], "") for _, raw in net.get(NET_LAYERS_V1, [])]
     first = {kind: kinds.index(kind) for kind in ("LRN", "Pooling") if kind in kinds}
@@ -295,7 +296,7 @@ def from_caffe_layers(
 
     Widths, towers (from conv2's grouped kernels), fc width and the number of classes are read off
     the weights, so smaller nets of the same layout convert too; ``norm_order`` "pool_norm" is
-    CaffeNet's (:func:`read_norm_order`).
+    CaffeNet's (:func:`norm_order`).
     """
     names = list(LAYER_NAMES)
     if not set(names) <= set(layers):
@@ -356,8 +357,8 @@ def import_caffe(
         if conv1.ndim == 4 and conv1.shape[2] == 3 and conv1.shape[0] == conv1.shape[1]:  # (k, k, 3, out): HWIO
             layers = tf_to_caffe_layout(layers)
         return from_caffe_layers(layers, mean_bgr, str(path))
-    layers = read_caffemodel(path)
-    return from_caffe_layers(layers, mean_bgr, str(path), read_norm_order(path))
+    layers, order = read_caffemodel(path)
+    return from_caffe_layers(layers, mean_bgr, str(path), order)
 
 
 def import_torchvision(path: str | os.PathLike) -> dict[str, Any]:
