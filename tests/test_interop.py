@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
 import struct
 import subprocess
@@ -384,7 +386,16 @@ def test_export_safetensors_and_torchscript_load_back(tmp_path, paper_ckpt, caps
         ref = model(x)
     st = tmp_path / "m.safetensors"
     assert main(["export", "--checkpoint", str(paper_ckpt), "--out", str(st)]) == 0  # safetensors is the default
-    assert (tmp_path / "m.json").is_file()
+    # Both the file and its JSON name the checkpoint it came from (by its bytes too: a later run may
+    # replace it) and what wrote it.
+    source = {"path": os.path.abspath(paper_ckpt), "sha256": hashlib.sha256(paper_ckpt.read_bytes()).hexdigest()}
+    side = json.loads((tmp_path / "m.json").read_text())
+    from safetensors import safe_open
+
+    with safe_open(str(st), framework="pt") as f:
+        meta = f.metadata()
+    assert side["source"] == json.loads(meta["source"]) == source
+    assert side["versions"]["torch"] == json.loads(meta["versions"])["torch"] == torch.__version__
     again = alexnet.load(st)
     assert again.classes == model.classes and again.preprocess == model.preprocess
     with torch.no_grad():
@@ -482,11 +493,13 @@ def test_export_pt2_runs_without_this_package(tmp_path, paper_ckpt, capsys):
         f"xs = torch.load({str(tmp_path / 'x.pt')!r})\n"
         "with torch.no_grad():\n"
         f"    torch.save({{b: f(x) for b, x in xs.items()}}, {str(tmp_path / 'y.pt')!r})\n"
-        "print(json.dumps(json.loads(extra['config.json'])['classes']))\n"
+        "print(json.dumps(json.loads(extra['config.json'])))\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert json.loads(done.stdout.strip().splitlines()[-1]) == list(model.classes)
+    config = json.loads(done.stdout.strip().splitlines()[-1])
+    assert config["classes"] == list(model.classes)
+    assert config["source"] == {"path": os.path.abspath(paper_ckpt), "sha256": hashlib.sha256(paper_ckpt.read_bytes()).hexdigest()}
     ys = torch.load(tmp_path / "y.pt")
     with torch.no_grad():
         for b, x in xs.items():

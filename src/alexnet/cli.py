@@ -459,12 +459,13 @@ def _caffe_mean(mean_file: str | None) -> tuple[float, ...] | list[float]:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from .checkpoint import load
-    from .export import export, resolve_format
+    from .export import Source, export, resolve_format
 
     resolve_format(args.format, args.out)  # a bad --out is refused before the checkpoint is read
     _check_output(args.out, "--out")
     _not_the_input(args.out, args.checkpoint, "checkpoint")
-    written = export(load(args.checkpoint), args.format, args.out)
+    model = load(args.checkpoint)
+    written = export(model, args.format, args.out, source=Source.of(args.checkpoint))
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
 

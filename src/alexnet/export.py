@@ -14,17 +14,19 @@ compute LRN with plain PyTorch ops: none needs this package to run.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from . import atomic, lrn
+from . import atomic, lrn, runtime
 from .atomic import atomic_path
 from .data import presets
 from .errors import ConfigError
@@ -33,24 +35,44 @@ from .model import AlexNet
 FORMATS = ("safetensors", "onnx", "pt2", "torchscript", "torchvision")
 
 
-def _config(model: AlexNet, fmt: str = "safetensors") -> dict[str, Any]:
-    """The recipe stored with an export; ``format`` names the file's kind ("alexnet-onnx-1", ...)."""
+def _config(model: AlexNet, fmt: str = "safetensors", source: Source | None = None) -> dict[str, Any]:
+    """The recipe stored with an export; ``format`` names the file's kind ("alexnet-onnx-1", ...),
+    ``source`` the checkpoint it was made from and ``versions`` what wrote it (readers ignore both)."""
     return {
         "format": f"alexnet-{fmt}-1",
         "model_config": model.config.to_dict(),
         "classes": list(model.classes or []),
         "preprocess": model.preprocess.to_json() if model.preprocess is not None else None,
+        **({"source": source.to_dict()} if source is not None else {}),
+        "versions": runtime.versions(),
     }
+
+
+@dataclass(frozen=True)
+class Source:
+    """The checkpoint an export was made from: its absolute path and sha256, so that an exported file
+    names the training run behind it even after that checkpoint was replaced."""
+
+    path: str
+    sha256: str
+
+    @classmethod
+    def of(cls, path: str | os.PathLike) -> Source:
+        with open(path, "rb") as f:
+            return cls(os.path.abspath(path), hashlib.file_digest(f, "sha256").hexdigest())
+
+    def to_dict(self) -> dict[str, str]:
+        return {"path": self.path, "sha256": self.sha256}
 
 
 def _mean_image(model: AlexNet) -> torch.Tensor | None:
     return model.preprocess.mean_image if model.preprocess is not None else None
 
 
-def export_safetensors(model: AlexNet, path: str | os.PathLike) -> list[Path]:
+def export_safetensors(model: AlexNet, path: str | os.PathLike, source: Source | None = None) -> list[Path]:
     """Write ``path`` (.safetensors) and ``path`` with suffix .json. Returns both paths."""
     path = Path(path)
-    config = _config(model)
+    config = _config(model, source=source)
     meta = {k: json.dumps(v) if not isinstance(v, str) else v for k, v in config.items()}
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     mean_image = _mean_image(model)
@@ -97,7 +119,7 @@ def _static_pooling(model: AlexNet):
         model.avgpool = original
 
 
-def export_onnx(model: AlexNet, path: str | os.PathLike, opset: int = 17) -> list[Path]:
+def export_onnx(model: AlexNet, path: str | os.PathLike, source: Source | None = None, opset: int = 17) -> list[Path]:
     """Write an ONNX graph with a dynamic batch axis (input ``image``, output ``logits``).
 
     LRN is exported as plain element-wise ops and a channel window sum (the model switches to
@@ -124,7 +146,7 @@ def export_onnx(model: AlexNet, path: str | os.PathLike, opset: int = 17) -> lis
             opset_version=opset,
         )
         proto = onnx.load(str(tmp))
-        metadata = dict(_config(model, "onnx"))
+        metadata = dict(_config(model, "onnx", source))
         mean_image = _mean_image(model)
         if mean_image is not None:  # ONNX metadata holds strings only: the mean image as a JSON list
             metadata[presets.MEAN_IMAGE_KEY] = json.dumps(mean_image.tolist())
@@ -135,11 +157,11 @@ def export_onnx(model: AlexNet, path: str | os.PathLike, opset: int = 17) -> lis
     return [path]
 
 
-def _extra_files(model: AlexNet, binary: bool) -> dict[str, str | bytes]:
+def _extra_files(model: AlexNet, binary: bool, source: Source | None) -> dict[str, str | bytes]:
     """The recipe as extra files of a TorchScript (``binary``) or .pt2 archive: ``config.json``,
     and the recipe's mean image, if any, as ``preprocess.mean_image.npy`` (readable with numpy
     alone), or as a JSON list ``preprocess.mean_image.json`` where the archive takes text only (.pt2)."""
-    extra: dict[str, str | bytes] = {"config.json": json.dumps(_config(model, "torchscript" if binary else "pt2"))}
+    extra: dict[str, str | bytes] = {"config.json": json.dumps(_config(model, "torchscript" if binary else "pt2", source))}
     mean_image = _mean_image(model)
     if mean_image is not None and binary:
         buf = io.BytesIO()
@@ -150,7 +172,7 @@ def _extra_files(model: AlexNet, binary: bool) -> dict[str, str | bytes]:
     return extra
 
 
-def export_pt2(model: AlexNet, path: str | os.PathLike) -> list[Path]:
+def export_pt2(model: AlexNet, path: str | os.PathLike, source: Source | None = None) -> list[Path]:
     """Write a ``torch.export`` program with a dynamic batch axis (``torch.export.load(path).module()``
     runs it without this package): TorchScript's successor in PyTorch."""
     path = Path(path)
@@ -160,12 +182,12 @@ def export_pt2(model: AlexNet, path: str | os.PathLike) -> list[Path]:
         with torch.no_grad(), lrn.plain_ops():
             program = torch.export.export(model, (_example(model, 2),), dynamic_shapes=({0: batch},))
         buf = io.BytesIO()  # not the temporary file: the archive's folder would take its name
-        torch.export.save(program, buf, extra_files=_extra_files(model, binary=False))
+        torch.export.save(program, buf, extra_files=_extra_files(model, binary=False, source=source))
         tmp.write_bytes(buf.getbuffer())
     return [path]
 
 
-def export_torchscript(model: AlexNet, path: str | os.PathLike) -> list[Path]:
+def export_torchscript(model: AlexNet, path: str | os.PathLike, source: Source | None = None) -> list[Path]:
     """Write a traced TorchScript module (``torch.jit.load`` runs it without this package)."""
     path = Path(path)
     model = model.eval()
@@ -174,7 +196,7 @@ def export_torchscript(model: AlexNet, path: str | os.PathLike) -> list[Path]:
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(model, _example(model, 2))
         with open(tmp, "wb") as f:  # a file, not its name: the archive's folder is "archive", not the temporary's name
-            torch.jit.save(traced, f, _extra_files=_extra_files(model, binary=True))
+            torch.jit.save(traced, f, _extra_files=_extra_files(model, binary=True, source=source))
     return [path]
 
 
@@ -192,10 +214,11 @@ def torchvision_state_dict(model: AlexNet) -> dict[str, torch.Tensor]:
     return {f"{ours[k.rpartition('.')[0]]}.{k.rpartition('.')[2]}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
 
 
-def export_torchvision(model: AlexNet, path: str | os.PathLike) -> list[Path]:
+def export_torchvision(model: AlexNet, path: str | os.PathLike, source: Source | None = None) -> list[Path]:
     """Write the state dict under torchvision's names: ``torchvision.models.alexnet(num_classes=N)``
     loads it. Only a network of torchvision's layout (``alexnet_owt``) has them; the file holds weights
-    alone, so a recipe other than torchvision's ImageNet normalisation is warned about."""
+    alone (``source`` too: torchvision's format has no place for it), so a recipe other than
+    torchvision's ImageNet normalisation is warned about."""
     state = torchvision_state_dict(model)
     pre = model.preprocess
     imagenet = np.allclose([*pre.mean, *pre.std], [*presets.IMAGENET_MEAN, *presets.IMAGENET_STD]) if pre is not None else True
@@ -243,10 +266,10 @@ def _suffix(fmt: str) -> str:
     return next(suffix for suffix, f in SUFFIXES.items() if f == fmt)
 
 
-def export(model: AlexNet, fmt: str | None, path: str | os.PathLike) -> list[Path]:
+def export(model: AlexNet, fmt: str | None, path: str | os.PathLike, source: Source | None = None) -> list[Path]:
     """Export ``model`` (from :func:`alexnet.load`) to ``path`` in ``fmt`` (one of :data:`FORMATS`;
-    None: as :func:`resolve_format` says)."""
+    None: as :func:`resolve_format` says); ``source`` (``Source.of(checkpoint)``) is recorded with it."""
     fmt = resolve_format(fmt, path)
     writers = {"safetensors": export_safetensors, "onnx": export_onnx, "pt2": export_pt2, "torchscript": export_torchscript,
                "torchvision": export_torchvision}
-    return writers[fmt](model, path)
+    return writers[fmt](model, path, source=source)
