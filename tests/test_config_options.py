@@ -48,13 +48,22 @@ def test_the_same_range_check_on_the_command_line_and_in_a_file(name, bad, tmp_p
     assert e.value.code == 2 and f"argument {flag(name)}" in capsys.readouterr().err
     config = tmp_path / "c.toml"
     config.write_text(f"{name} = {bad}\n")
-    with pytest.raises(ConfigError, match=f"^{flag(name)} must be"):
+    # The file's error names the file and the key written there, not a flag the user never typed.
+    with pytest.raises(ConfigError, match=f"^--config {re.escape(str(config))}: {name} must be"):
         resolve_config(None, {}, config)
+    # A good value on the command line wins over the file's bad one; a bad one typed is the flag's.
+    assert resolve_config(None, {name: 1 if name in ("step_size", "seed") else 0.5}, config) is not None
+    config.write_text(f"{name} = 1\n" if name in ("step_size", "seed") else f"{name} = 0.5\n")
+    with pytest.raises(ConfigError, match=f"^{flag(name)} must be"):
+        resolve_config(None, {name: float(bad) if name in ("lr", "momentum", "gamma") else int(bad)}, config)
 
 
-@pytest.mark.parametrize("text, said", [("data = 5", "--data must be a string, got 5"),
-                                        ('data = ["a"]', "--data must be a string, got ['a']"),
-                                        ("init_from = 5", "--init-from must be a string, got 5")])
+@pytest.mark.parametrize("text, said", [("data = 5", "data must be a string, got 5"),
+                                        ('data = ["a"]', "data must be a string, got ['a']"),
+                                        ("init_from = 5", "init_from must be a string, got 5"),
+                                        ('freeze = "features"', "freeze must be a list of strings, got 'features'"),
+                                        ("warmup_epochs = 3\nepochs = 3",
+                                         "warmup_epochs 3 is not shorter than --epochs 3: the rate would still be rising")])
 def test_a_path_of_another_type_in_a_file_is_one_line(text, said, tmp_path, capsys):
     """A path option that is no string in a config file was used as a path before the options were
     checked: "internal error: TypeError: expected str, bytes or os.PathLike object", exit 1."""
@@ -62,7 +71,7 @@ def test_a_path_of_another_type_in_a_file_is_one_line(text, said, tmp_path, caps
 
     (tmp_path / "c.toml").write_text(text + "\n")
     assert main(["train", "--config", str(tmp_path / "c.toml"), "--out", str(tmp_path / "run")]) == 2
-    assert capsys.readouterr().err.strip() == f"alexnet: error: {said}"
+    assert capsys.readouterr().err.strip().startswith(f"alexnet: error: --config {tmp_path / 'c.toml'}: {said}")
     assert not (tmp_path / "run").exists()
 
 

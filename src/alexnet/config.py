@@ -6,11 +6,12 @@ command-line options. The result is written to ``config.json`` beside every run.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import typing
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -273,9 +274,10 @@ def resolve_config(preset: str | None, overrides: dict[str, Any], config_file: s
     """Defaults <- preset <- config file <- ``overrides`` (entries that are None are ignored)."""
     overrides = given(overrides)
     file_values = read_config_file(config_file) if config_file else {}
-    for name in ("data", "init_from"):  # used as paths before validate() (a file can hold data = 5)
-        for values in (file_values, overrides):
-            _check_scalar(name, values.get(name), field_types()[name])
+    with _naming_the_file(config_file, file_values, overrides):
+        for name in ("data", "init_from"):  # used as paths before validate() (a file can hold data = 5)
+            for values in (file_values, overrides):
+                _check_scalar(name, values.get(name), field_types()[name])
     preset = preset or file_values.pop("preset", None)
     file_values.pop("preset", None)
     if preset is None:
@@ -296,10 +298,26 @@ def resolve_config(preset: str | None, overrides: dict[str, Any], config_file: s
             values[name] = os.path.abspath(values[name])
     refuse_unknown(values)
     cfg = TrainConfig(**values)
-    validate(cfg)
+    with _naming_the_file(config_file, file_values, overrides):
+        validate(cfg)
     if "init_bias" in typed and typed["init_bias"] != PRESETS[preset].get("model_options", {}).get("init_bias"):
         _check_init_bias(cfg)  # the preset's own value is not typed (a run's config.json repeats it)
     return cfg
+
+
+@contextlib.contextmanager
+def _naming_the_file(path: str | Path | None, file_values: dict[str, Any], overrides: dict[str, Any]) -> Iterator[None]:
+    """An error about an option that the config file gave, and the command line did not, names the
+    file and the key written there: "--lr must be ..." would send the user to a flag never typed."""
+    try:
+        yield
+    except ConfigError as e:
+        text = str(e)
+        for name in file_values.keys() - overrides.keys() if path else ():
+            spelled = flag(name) if name in _FIELDS else None
+            if spelled and (text == spelled or text.startswith((spelled + " ", spelled + ":"))):
+                raise ConfigError(f"--config {path}: {name}{text[len(spelled):]}") from None
+        raise
 
 
 def _check_init_bias(cfg: TrainConfig) -> None:
@@ -379,10 +397,10 @@ def warm_up_outlasts(warmup_epochs: float, epochs: int) -> bool:
 
 def _validate_containers(cfg: TrainConfig) -> None:
     """The list and table options: their types, and every layer multiplier finite and >= 0."""
-    require(isinstance(cfg.model_options, dict), "model_options", "a table of model options", cfg.model_options)
+    require(isinstance(cfg.model_options, dict), flag("model_options"), "a table of model options", cfg.model_options)
     for name in ("freeze", "tower_devices"):
         value = getattr(cfg, name)
-        require(isinstance(value, list) and all(isinstance(v, str) for v in value), name, "a list of strings", value)
+        require(isinstance(value, list) and all(isinstance(v, str) for v in value), flag(name), "a list of strings", value)
     require(isinstance(cfg.lr_mult, dict), "--lr-mult", "a table of layer = multiplier", cfg.lr_mult)
     for layer, mult in cfg.lr_mult.items():
         require(is_finite(mult) and mult >= 0, f"--lr-mult {layer}", "a finite number >= 0", mult)
