@@ -809,3 +809,22 @@ def test_a_pdf_or_svg_figure_is_the_same_bytes_each_time(tmp_path):
         data = files[0].read_bytes()
         assert data == files[1].read_bytes(), suffix
         assert b"CreationDate" not in data and b"<dc:date>" not in data, suffix
+
+
+def test_grey_images_are_shown_on_the_0_255_scale_not_stretched(tmp_path):
+    """A one-channel model's images (Fashion-MNIST checkpoints shown photos) were drawn with
+    matplotlib's per-image autoscale: a uniform grey tile came out black, a dim photo bright. Each
+    tile's pixels must be the image's own grey values (RGB tiles always were)."""
+    grey = torch.full((1, 28, 28), 69, dtype=torch.uint8)  # a 1x1 photo of (200, 10, 30): luma 69
+    ramp = torch.arange(100, 156, 2, dtype=torch.uint8).repeat(28, 1)[None]  # a dim, low-contrast image
+    result = {"path": "/p/x.jpg", "label": None, "top": [{"class": "a", "index": 0, "probability": 1.0}]}
+    figures.plot_predictions([grey, ramp], [result, result], tmp_path / "pred.png")
+    figures.plot_retrieval(grey, [(ramp, {"path": "/p/y.jpg", "distance": 1.0, "label": None})], tmp_path / "nn.png")
+    pred = np.asarray(Image.open(tmp_path / "pred.png").convert("RGB")).astype(int)
+    nn = np.asarray(Image.open(tmp_path / "nn.png").convert("RGB")).astype(int)
+    # the centres of the tiles (prediction cells 300 px wide, image rows 24-220; retrieval cells 300 px)
+    assert (np.abs(pred[100:140, 130:170] - 69) <= 1).all(), pred[120, 150]
+    assert (np.abs(nn[150:230, 120:180] - 69) <= 1).all(), nn[190, 150]
+    for row in (pred[122, 360:540], nn[190, 330:570]):  # inside the ramp's tile: its own values, 100 to 154
+        assert row.min() >= 99 and row.max() <= 155 and row.max() - row.min() >= 40, (row.min(), row.max())
+

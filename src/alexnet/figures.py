@@ -272,7 +272,12 @@ def grid_size(n: int, columns: int) -> tuple[int, int]:
 
 def _show(ax, image: torch.Tensor) -> None:
     img = image.permute(1, 2, 0).cpu().numpy()
-    ax.imshow(img[..., 0] if img.shape[2] == 1 else img, cmap="gray" if img.shape[2] == 1 else None)
+    if img.shape[2] == 1:
+        # vmin/vmax: the 0-255 scale, as RGB tiles are shown; matplotlib would stretch each grey
+        # image to its own range (a uniform grey tile showed black, a dim photo bright).
+        ax.imshow(img[..., 0], cmap="gray", vmin=0, vmax=255)
+    else:
+        ax.imshow(img)
     ax.set_xticks([])
     ax.set_yticks([])
 
