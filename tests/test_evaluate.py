@@ -828,3 +828,23 @@ def test_grey_images_are_shown_on_the_0_255_scale_not_stretched(tmp_path):
     for row in (pred[122, 360:540], nn[190, 330:570]):  # inside the ramp's tile: its own values, 100 to 154
         assert row.min() >= 99 and row.max() <= 155 and row.max() - row.min() >= 40, (row.min(), row.max())
 
+
+def test_features_of_a_data_sets_root_is_refused_not_labelled_by_split(tmp_path, capsys):
+    """'features --data DIR' on the DIR that 'train --data' takes (train/ and val/ of class folders)
+    indexed every photo under the class 'train' or 'val': retrieve then labelled neighbours by split.
+    It is refused in one line naming the split to give, and nothing is written; the split indexes
+    its photos under their own classes."""
+    root = tmp_path / "data"
+    make_image_folder(root / "train", classes=2, per_class=2)
+    make_image_folder(root / "val", classes=2, per_class=1)
+    ckpt = tiny_checkpoint(tmp_path / "m.pt", classes=2)
+    index = tmp_path / "index.safetensors"
+    err = cli_fails(capsys, "features", "--checkpoint", str(ckpt), "--data", str(root), "--out", str(index))
+    assert err == (f"alexnet: error: {root}: holds split folders (train/, val/), not class folders: index one split, "
+                   f"e.g. --data {root / 'val'}"), err
+    assert not index.exists()
+    assert main(["features", "--checkpoint", str(ckpt), "--data", str(root / "val"), "--out", str(index)]) == 0
+    from alexnet.retrieval import load_index
+
+    idx = load_index(index)
+    assert idx["classes"] == ["class0", "class1"] and idx["labels"].tolist() == [0, 1]
