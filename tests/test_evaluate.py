@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import warnings
 from pathlib import Path
 
@@ -848,3 +849,17 @@ def test_features_of_a_data_sets_root_is_refused_not_labelled_by_split(tmp_path,
 
     idx = load_index(index)
     assert idx["classes"] == ["class0", "class1"] and idx["labels"].tolist() == [0, 1]
+
+
+def test_prediction_figure_of_a_file_name_that_is_not_utf8(tmp_path, capsys):
+    """A photo named in Latin-1 bytes ('caf\\xe9.jpg' from an old archive) stopped 'predict --figure'
+    with an internal error (matplotlib cannot draw lone surrogates), after the whole prediction and
+    before any result was printed. The figure is written, its title the name with the byte escaped."""
+    folder = make_image_folder(tmp_path / "imgs", classes=1, per_class=1)
+    name = os.fsdecode(b"caf\xe9.jpg")
+    (folder / name).write_bytes((folder / "class0" / "img0.jpg").read_bytes())
+    ckpt = tiny_checkpoint(tmp_path / "m.pt")
+    fig = tmp_path / "pred.png"
+    results = cli_json(capsys, "predict", str(folder / name), "--checkpoint", str(ckpt), "--json", "--figure", str(fig))
+    assert [r["path"] for r in results] == [str(folder / name)]
+    assert Image.open(fig).size == (300, 400)

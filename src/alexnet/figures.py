@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .atomic import atomic_path
+from .data.folder import printable
 from .errors import ConfigError, DataError
 
 DPI = 100
@@ -313,7 +314,9 @@ def plot_predictions(
         ax = fig.add_subplot(grid[r * len(_CELL_ROWS) + 1, c * len(_CELL_COLUMNS) + 1])
         _show(ax, image)
         truth = res.get("label")
-        title = ax.set_title(f"true: {truth}" if truth is not None else Path(res["path"]).name, fontsize=8)
+        # printable: a file name that is not UTF-8 (Latin-1 bytes, kept as lone surrogates) is no text
+        # matplotlib can draw; it stopped the figure with an internal error
+        title = ax.set_title(f"true: {truth}" if truth is not None else printable(Path(res["path"]).name), fontsize=8)
         bars = fig.add_subplot(grid[r * len(_CELL_ROWS) + 3, c * len(_CELL_COLUMNS) + 1])
         texts += [(title, bars), *_draw_bars(bars, res["top"][:MAX_BARS], truth)]
     renderer = fig.canvas.get_renderer()
