@@ -863,3 +863,23 @@ def test_prediction_figure_of_a_file_name_that_is_not_utf8(tmp_path, capsys):
     results = cli_json(capsys, "predict", str(folder / name), "--checkpoint", str(ckpt), "--json", "--figure", str(fig))
     assert [r["path"] for r in results] == [str(folder / name)]
     assert Image.open(fig).size == (300, 400)
+
+
+def test_figures_draw_dollar_signs_in_names_as_text(tmp_path, capsys):
+    """matplotlib reads text between two '$' as TeX: a photo named 'a$^$.png' stopped 'predict
+    --figure' with an internal error (a mathtext parse error), and a class folder named so broke
+    the retrieval figure. Names are drawn as they are written."""
+    folder = tmp_path / "imgs"
+    make_image_folder(folder, classes=1, per_class=1)
+    (folder / "class0").rename(folder / "x$^$")
+    photo = folder / "x$^$" / "img0.jpg"
+    (folder / "a$^$.jpg").write_bytes(photo.read_bytes())
+    ckpt = tiny_checkpoint(tmp_path / "m.pt")
+    fig = tmp_path / "pred.png"
+    cli_json(capsys, "predict", str(folder / "a$^$.jpg"), "--checkpoint", str(ckpt), "--json", "--figure", str(fig))
+    assert Image.open(fig).size == (300, 400)
+    index = tmp_path / "index.safetensors"
+    assert main(["features", "--checkpoint", str(ckpt), "--data", str(folder), "--out", str(index)]) == 0
+    hits = cli_json(capsys, "retrieve", str(photo), "--index", str(index), "--json", "--figure", str(tmp_path / "nn.png"))
+    assert hits[0]["label"] == "x$^$" and Image.open(tmp_path / "nn.png").size == (900, 340)
+

@@ -315,8 +315,10 @@ def plot_predictions(
         _show(ax, image)
         truth = res.get("label")
         # printable: a file name that is not UTF-8 (Latin-1 bytes, kept as lone surrogates) is no text
-        # matplotlib can draw; it stopped the figure with an internal error
-        title = ax.set_title(f"true: {truth}" if truth is not None else printable(Path(res["path"]).name), fontsize=8)
+        # matplotlib can draw; it stopped the figure with an internal error. parse_math=False: names
+        # are text, not TeX ('a$^$.jpg' was an internal error, 'cost $5 - $10.jpg' drawn as math)
+        title = ax.set_title(f"true: {truth}" if truth is not None else printable(Path(res["path"]).name), fontsize=8,
+                             parse_math=False)
         bars = fig.add_subplot(grid[r * len(_CELL_ROWS) + 3, c * len(_CELL_COLUMNS) + 1])
         texts += [(title, bars), *_draw_bars(bars, res["top"][:MAX_BARS], truth)]
     renderer = fig.canvas.get_renderer()
@@ -335,7 +337,7 @@ def _draw_bars(ax, top: list[dict[str, Any]], truth: str | None) -> list[tuple[A
     ax.set_ylim(-0.5, len(top) - 0.5)
     ax.set_yticks([])
     ax.tick_params(axis="x", labelsize=6)
-    texts = [(ax.text(0.01, j, t["class"], fontsize=7, va="center", ha="left"), ax) for j, t in zip(y, top)]
+    texts = [(ax.text(0.01, j, t["class"], fontsize=7, va="center", ha="left", parse_math=False), ax) for j, t in zip(y, top)]
     if truth is not None and truth not in [t["class"] for t in top]:
         texts.append((ax.set_xlabel(f"(the true class is not in the top {len(top)})", fontsize=7, color="tab:red"), ax))
     return texts
@@ -378,5 +380,5 @@ def plot_retrieval(query: torch.Tensor, neighbours: list[tuple[torch.Tensor | No
         else:
             _show(ax, image)
         label = f"{hit['label']}\n" if hit.get("label") else ""
-        ax.set_title(f"{label}d = {hit['distance']:.3g}", fontsize=8)
+        ax.set_title(f"{label}d = {hit['distance']:.3g}", fontsize=8, parse_math=False)  # a class name is text, not TeX
     return _save(fig, path)
