@@ -420,15 +420,16 @@ def test_folders_say_what_they_left_out_and_why_a_class_has_nothing_to_train(tmp
         load_data(one, 2, 24, seed=seed + 1, show_progress=False)
 
 
-@pytest.mark.parametrize("splits", [("train",), ("train", "valid"), ("test", "train")])
+@pytest.mark.parametrize("splits", [("train",), ("train", "valid"), ("test", "train"), ("test", "val")])
 def test_split_folders_are_not_read_as_classes(tmp_path, splits):
     """DIR/train/ without val/ (or beside valid/ or test/, other tools' layouts) was read as CLASS/IMAGE:
     prepare packed 'train' and 'valid' as two classes, and train fitted a classifier of the splits."""
     root = tmp_path / "data"
     for split in splits:
         make_image_folder(root / split, classes=2, per_class=2, size=(40, 36))
-    said = (f"data: holds split folders ({', '.join(s + '/' for s in splits)}), not class folders: name the validation "
-            f"split val/ (train/ and val/ of CLASS/IMAGE), or give --data {root / 'train'} (a tenth is held out)")
+    remedy = (f"name the validation split val/ (train/ and val/ of CLASS/IMAGE), or give --data {root / 'train'} (a tenth "
+              "is held out)" if "train" in splits else "put the training images in train/ beside val/ (train/ and val/ of CLASS/IMAGE)")
+    said = f"data: holds split folders ({', '.join(s + '/' for s in splits)}), not class folders: {remedy}"
     with pytest.raises(DataError, match=re.escape(said) + "$"):
         prepare(root, tmp_path / "packed", size=32, show_progress=False)
     assert not (tmp_path / "packed").exists()

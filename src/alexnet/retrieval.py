@@ -21,7 +21,7 @@ from .data import presets
 from .data.folder import ImageFolderDataset, collate, find_classes, list_images, top_level_images
 from .data.loaders import model_input
 from .data.presets import Preprocess
-from .data.sources import SPLIT_NAMES, detect, each_batch
+from .data.sources import detect, each_batch, refuse_split_folders
 from .errors import DataError
 from .model import AlexNet
 from .predict import kind_of, load_image, recipe
@@ -62,21 +62,12 @@ def _index_samples(root: Path) -> tuple[list[tuple[str, int]], tuple[list[str], 
     any depth) labelled by them, images at the top level with -1 (no class), as ILSVRC's val/."""
     samples, classes = [], ([], [])
     with os.scandir(root) as entries:
-        folders = sorted(d.name for d in entries if d.is_dir() and not d.name.startswith("."))
-    _refuse_splits(root, folders)
-    if folders:
+        nested = any(d.is_dir() and not d.name.startswith(".") for d in entries)
+    if nested:
+        refuse_split_folders(root, lambda splits: f"index one split, e.g. --data {root / ('val' if 'val' in splits else splits[0])}")
         classes = find_classes(root)
         samples = list_images(root, classes[0], empty_ok=True)  # predict, too, takes a folder with an empty one
     return samples + [(f, -1) for f in top_level_images(root)], classes
-
-
-def _refuse_splits(root: Path, folders: list[str]) -> None:
-    """DataError for a data set's root (train/ and val/, as 'alexnet train --data' takes): read as
-    CLASS/IMAGE, every photo would be labelled 'train' or 'val' instead of by its class folder."""
-    if folders and set(folders) <= set(SPLIT_NAMES) and {"train", "val"} & set(folders):
-        splits = ", ".join(f + "/" for f in folders)
-        raise DataError(f"{root}: holds split folders ({splits}), not class folders: index one split, "
-                        f"e.g. --data {root / ('val' if 'val' in folders else folders[0])}")
 
 
 def build_index(

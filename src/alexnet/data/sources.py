@@ -10,7 +10,7 @@ import contextlib
 import os
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -102,12 +102,18 @@ SPLIT_NAMES = ("train", "val", "valid", "validation", "test")
 
 
 def _refuse_split_folders(root: Path) -> None:
-    """DataError for a folder whose 'classes' are all split names, train/ among them (train/ alone, or
-    beside valid/ or test/): read as CLASS/IMAGE it would train a classifier of splits, not of classes."""
+    refuse_split_folders(root, lambda splits: "name the validation split val/ (train/ and val/ of CLASS/IMAGE), or give "
+                                              f"--data {root / 'train'} (a tenth is held out)" if "train" in splits else
+                                              "put the training images in train/ beside val/ (train/ and val/ of CLASS/IMAGE)")
+
+
+def refuse_split_folders(root: Path, remedy: Callable[[list[str]], str]) -> None:
+    """DataError (ending in ``remedy(the split folders)``) for a folder whose 'classes' are all split names, train/ or val/
+    among them (train/ alone, or beside valid/ or test/): read as CLASS/IMAGE, its photos would be
+    labelled by split, not by class (a classifier of splits, an index whose classes are 'train' and 'val')."""
     folders = sorted(d.name for d in os.scandir(root) if d.is_dir() and not d.name.startswith("."))
-    if "train" in folders and set(folders) <= set(SPLIT_NAMES):
-        raise DataError(f"{root}: holds split folders ({', '.join(f + '/' for f in folders)}), not class folders: name the "
-                        f"validation split val/ (train/ and val/ of CLASS/IMAGE), or give --data {root / 'train'} (a tenth is held out)")
+    if {"train", "val"} & set(folders) and set(folders) <= set(SPLIT_NAMES):
+        raise DataError(f"{root}: holds split folders ({', '.join(f + '/' for f in folders)}), not class folders: {remedy(folders)}")
 
 
 def _differ(train: list[str], val: list[str]) -> str:
