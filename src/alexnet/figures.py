@@ -24,6 +24,14 @@ from .errors import ConfigError, DataError
 DPI = 100
 
 
+def plain(name: str) -> str:
+    """A name (of a file, a folder, a class) as matplotlib draws it, letter for letter: bytes that are
+    not UTF-8 escaped (:func:`printable`; matplotlib cannot draw lone surrogates) and ``$`` escaped,
+    which would start a TeX formula ('a$^$.jpg' stopped a figure with a parse error, 'cost $5 - $10'
+    was drawn as maths). Every name drawn goes through it: titles, labels, ticks and legends."""
+    return printable(name).replace("$", r"\$")
+
+
 def _pyplot():
     import matplotlib
 
@@ -170,10 +178,10 @@ def plot_curves(run_dirs: str | os.PathLike | Sequence[str | os.PathLike], out: 
     fig, axes = plt.subplots(1, 3, figsize=(CURVES_SIZE[0] / DPI, CURVES_SIZE[1] / DPI), layout="constrained")
     for i, (run, recs) in enumerate(zip(runs, records)):
         short = unfinished(run, recs)
-        name = "" if len(runs) == 1 else f"{Path(run).resolve().name}{f' ({short})' if short else ''}: "
+        name = "" if len(runs) == 1 else f"{plain(Path(run).resolve().name)}{f' ({short})' if short else ''}: "
         _plot_run(axes, recs, f"C{i % 10}", name, open_end=bool(short))
         if short and len(runs) == 1:
-            fig.suptitle(f"{Path(run).resolve().name}: {short}", fontsize="medium")
+            fig.suptitle(f"{plain(Path(run).resolve().name)}: {short}", fontsize="medium")
     axes[0].set(title="loss (solid: validation, dashed: train)", xlabel="epoch")
     axes[1].set(title="error rate (dotted: val top-5)", xlabel="epoch", ylim=(0, 1))
     axes[2].set(title="learning rate (end of epoch)", xlabel="epoch")
@@ -249,8 +257,8 @@ def plot_confusion(confusion: torch.Tensor, classes: list[str], path: str | os.P
     n = len(classes)
     size = 10 if n <= 12 else 7  # a few classes get readable labels
     if n <= 40:  # names are unreadable beyond that
-        ax.set_xticks(range(len(columns)), [tick_label(c) for c in columns], rotation=90, fontsize=size)
-        ax.set_yticks(range(n), [tick_label(c) for c in classes], fontsize=size)
+        ax.set_xticks(range(len(columns)), [plain(tick_label(c)) for c in columns], rotation=90, fontsize=size)
+        ax.set_yticks(range(n), [plain(tick_label(c)) for c in classes], fontsize=size)
     if n <= 15:
         for i in range(n):
             for j in range(len(columns)):
@@ -314,11 +322,7 @@ def plot_predictions(
         ax = fig.add_subplot(grid[r * len(_CELL_ROWS) + 1, c * len(_CELL_COLUMNS) + 1])
         _show(ax, image)
         truth = res.get("label")
-        # printable: a file name that is not UTF-8 (Latin-1 bytes, kept as lone surrogates) is no text
-        # matplotlib can draw; it stopped the figure with an internal error. parse_math=False: names
-        # are text, not TeX ('a$^$.jpg' was an internal error, 'cost $5 - $10.jpg' drawn as math)
-        title = ax.set_title(f"true: {truth}" if truth is not None else printable(Path(res["path"]).name), fontsize=8,
-                             parse_math=False)
+        title = ax.set_title(f"true: {plain(truth)}" if truth is not None else plain(Path(res["path"]).name), fontsize=8)
         bars = fig.add_subplot(grid[r * len(_CELL_ROWS) + 3, c * len(_CELL_COLUMNS) + 1])
         texts += [(title, bars), *_draw_bars(bars, res["top"][:MAX_BARS], truth)]
     renderer = fig.canvas.get_renderer()
@@ -337,7 +341,7 @@ def _draw_bars(ax, top: list[dict[str, Any]], truth: str | None) -> list[tuple[A
     ax.set_ylim(-0.5, len(top) - 0.5)
     ax.set_yticks([])
     ax.tick_params(axis="x", labelsize=6)
-    texts = [(ax.text(0.01, j, t["class"], fontsize=7, va="center", ha="left", parse_math=False), ax) for j, t in zip(y, top)]
+    texts = [(ax.text(0.01, j, plain(t["class"]), fontsize=7, va="center", ha="left"), ax) for j, t in zip(y, top)]
     if truth is not None and truth not in [t["class"] for t in top]:
         texts.append((ax.set_xlabel(f"(the true class is not in the top {len(top)})", fontsize=7, color="tab:red"), ax))
     return texts
@@ -379,6 +383,6 @@ def plot_retrieval(query: torch.Tensor, neighbours: list[tuple[torch.Tensor | No
             ax.text(0.5, 0.5, "cannot read the image", ha="center", va="center", fontsize=8, color="gray", transform=ax.transAxes)
         else:
             _show(ax, image)
-        label = f"{hit['label']}\n" if hit.get("label") else ""
-        ax.set_title(f"{label}d = {hit['distance']:.3g}", fontsize=8, parse_math=False)  # a class name is text, not TeX
+        label = f"{plain(hit['label'])}\n" if hit.get("label") else ""
+        ax.set_title(f"{label}d = {hit['distance']:.3g}", fontsize=8)
     return _save(fig, path)
