@@ -908,3 +908,21 @@ def test_every_figure_draws_names_letter_for_letter(tmp_path, capsysbinary):  # 
         assert main(["visualize", "curves", str(run)]) == 0
     assert main(["visualize", "curves", *map(str, runs), "--out", str(tmp_path / "both.png")]) == 0
     assert Image.open(tmp_path / "both.png").size == Image.open(runs[0] / "curves.png").size
+
+
+def test_figures_of_many_images_show_the_first_and_say_so(tmp_path):
+    """Agg draws at most 65,535 pixels a side: 'predict DIR --figure' on 700 photos (175 rows of 400
+    pixels) or 'retrieve --k 250 --figure' (a row of 300-pixel tiles) ended in an internal error after
+    all the work. Each figure shows the first ones, and a warning names it and says how many."""
+    from alexnet.figures import plot_predictions, plot_retrieval
+
+    n = 101
+    images = [torch.full((3, 8, 8), i, dtype=torch.uint8) for i in range(n)]
+    results = [{"path": f"x{i}.jpg", "label": None, "top": [{"class": "a", "probability": 1.0}]} for i in range(n)]
+    with pytest.warns(UserWarning, match=r"p\.png: the figure shows the first 100 of the 101 images"):
+        plot_predictions(images, results, tmp_path / "p.png")
+    assert Image.open(tmp_path / "p.png").size == (4 * 300, 25 * 400)  # 100 cells of 300 x 400, in rows of 4
+    neighbours = [(images[i % n], {"label": "a", "distance": float(i)}) for i in range(250)]
+    with pytest.warns(UserWarning, match=r"nn\.png: the figure shows the first 20 of the 250 neighbours"):
+        plot_retrieval(images[0], neighbours, tmp_path / "nn.png")
+    assert Image.open(tmp_path / "nn.png").size == (21 * 300, 340)  # the query and 20 tiles of 300 x 340

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -271,6 +272,17 @@ def plot_confusion(confusion: torch.Tensor, classes: list[str], path: str | os.P
 
 # -- figure 4 (left): predictions --------------------------------------------------------------
 CELL = (300, 400)  # pixels per image in the prediction and retrieval figures
+# Agg draws at most 65,535 pixels a side: 700 predictions (175 rows) or 220 neighbours in a row
+# stopped the command with an internal error after the work. Figures this size are read anyway.
+MOST_PREDICTIONS_DRAWN = 100  # 25 rows of 4 cells, 10,000 pixels tall
+MOST_NEIGHBOURS_DRAWN = 20  # a row 6,300 pixels wide
+
+
+def _the_first(items: list, most: int, what: str, path: str | os.PathLike) -> list:
+    """``items`` up to ``most``, with a warning naming the figure when some are left out of it."""
+    if len(items) > most:
+        warnings.warn(f"{path}: the figure shows the first {most} of the {len(items)} {what}", stacklevel=3)
+    return items[:most]
 
 
 def grid_size(n: int, columns: int) -> tuple[int, int]:
@@ -306,9 +318,11 @@ def plot_predictions(
     ``results`` are :func:`alexnet.predict.predict` entries. The true class, when known, is written
     above the image and its bar is red (a note under the bars says when it is not among them). The
     class names are written on the bars, shortened with an ellipsis only where they would leave the
-    cell. Size: :func:`grid_size` (len(images), columns), every row of cells the same height.
+    cell. Size: :func:`grid_size` (len(images), columns), every row of cells the same height; at most
+    :data:`MOST_PREDICTIONS_DRAWN` images are drawn (a warning says so).
     """
     plt = _pyplot()
+    images = _the_first(images, MOST_PREDICTIONS_DRAWN, "images", path)
     n = len(images)
     w, h = grid_size(n, columns)
     cols, rows = min(n, columns), math.ceil(n / min(n, columns))
@@ -365,9 +379,11 @@ def plot_retrieval(query: torch.Tensor, neighbours: list[tuple[torch.Tensor | No
     """The paper's figure 4 (right): the query, then its nearest images by fc7 distance, in one row
     (an image of None, one that could not be read, an empty tile saying so).
 
-    Size: :data:`RETRIEVAL_CELL` per image, in one row.
+    Size: :data:`RETRIEVAL_CELL` per image, in one row; at most :data:`MOST_NEIGHBOURS_DRAWN` neighbours
+    are drawn (a warning says so).
     """
     plt = _pyplot()
+    neighbours = _the_first(neighbours, MOST_NEIGHBOURS_DRAWN, "neighbours", path)
     n = 1 + len(neighbours)
     w, h = n * RETRIEVAL_CELL[0], RETRIEVAL_CELL[1]
     fig, axes = plt.subplots(1, n, figsize=(w / DPI, h / DPI), squeeze=False)
