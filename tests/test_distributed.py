@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, cli_env, make_tiny_fmnist, requires_cuda, run_cli
+from conftest import ROOT, cli_env, make_image_folder, make_tiny_fmnist, requires_cuda, run_cli
 
 import alexnet
 from alexnet.config import resolve_config
@@ -274,6 +274,24 @@ def test_nproc_rejects_a_batch_that_does_not_divide(tiny_fmnist, tmp_path):
     r = run_cli(*_args(tiny_fmnist, tmp_path / "x"), "--batch-size", "15", "--nproc", "2")
     assert r.returncode == 2 and "global batch" in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_uneven_shares_of_a_batch_weigh_each_image_as_one_process_does(tmp_path):
+    """15 training images: the batch of 16 is reduced to 15, which two ranks share 8 + 7. DDP's mean
+    of the ranks' mean losses weighed rank 1's images 8/7 as much as rank 0's: 6e-4 off one process
+    after two steps (it is a batch of 15 either way, so the runs must agree)."""
+    data = tmp_path / "photos"
+    make_image_folder(data / "train", classes=3, per_class=5)
+    make_image_folder(data / "val", classes=3, per_class=2)
+    args = ["train", "--data", str(data), "--epochs", "2", "--batch-size", "16", "--seed", "5", "--amp", "none",
+            "--dropout", "0", "--workers", "0", "--device", "cpu", "--threads", "1", *TINY,
+            "--model-option", "input_size=64", "--schedule", "constant", "--warmup-epochs", "0", "--lr", "0.05"]
+    one, two = run_cli(*args, "--out", str(tmp_path / "one")), run_cli(*args, "--out", str(tmp_path / "two"), "--nproc", "2")
+    assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
+    assert "batch size reduced to the 15 training images" in two.stdout + two.stderr
+    a, b = _ckpt(tmp_path / "one" / "last.pt")["model"], _ckpt(tmp_path / "two" / "last.pt")["model"]
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert worst < 1e-6, f"2 processes sharing a batch of 15 vs 1: the weights differ by {worst:.2e}"
 
 
 # -- the two-tower split ----------------------------------------------------------------------------

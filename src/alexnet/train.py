@@ -113,7 +113,10 @@ def train_one_epoch(
     )
     for batch in bar:
         # Every image of the batch was unreadable (on any rank: all ranks skip it, or DDP would wait).
-        if reduce([float(batch is None)])[0] > 0:
+        # The same collective counts the step's images and the ranks (see ``share`` below).
+        mine = 0 if batch is None else len(batch[1])
+        missing, images_all, ranks = reduce([float(batch is None), float(mine), 1.0])
+        if missing > 0:
             pos.batch += 1
             continue
         images, labels, index = (t.to(device, non_blocking=True) for t in batch)
@@ -129,7 +132,12 @@ def train_one_epoch(
         take, stop = _take_step(value, cfg, pos, reduce, health, stop_requested())
         if not take:
             continue
-        scaler.scale(loss).backward()
+        # DDP averages the ranks' gradients of their mean losses: with uneven shares of a batch (an odd
+        # batch reduced to a small data set's size, unreadable images dropped) that weighs the images
+        # of the smaller share more. Each rank's loss counts in proportion to its images instead, so
+        # the step is the gradient of the whole batch's mean loss, as in one process (share 1 there).
+        share = mine * ranks / images_all
+        scaler.scale(loss if share == 1.0 else loss * share).backward()
         scaler.step(optimizer)
         scaler.update()
         _count(pos, value, int(correct), labels.numel(), t0)
