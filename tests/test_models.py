@@ -237,6 +237,20 @@ def test_ablations():
         alexnet.create_model("alexnet_paper", input_size=32)
 
 
+@pytest.mark.parametrize(("size", "ok"), [(62, False), (63, True)])
+def test_an_adaptive_pool_network_refuses_an_input_size_its_convolutions_cannot_take(size, ok):
+    """alexnet_owt's AdaptiveAvgPool2d(6) gives fc6 6x6 maps at any size, but pool5 needs 3x3 maps:
+    by hand, 63 px -> conv1 (63+4-11)//4+1 = 15 -> pool1 7 -> pool2 3 -> pool5 1, and 62 px -> 14 -> 6
+    -> 2 -> nothing. input_size=62 was accepted and failed at the first forward ('summary' and 'train'
+    said 'internal error', exit 1)."""
+    if not ok:
+        with pytest.raises(alexnet.ConfigError, match=f"input_size={size} is too small"):
+            alexnet.create_model("alexnet_owt", input_size=size)
+        return
+    m = alexnet.create_model("alexnet_owt", input_size=size).eval()
+    assert m(torch.randn(1, 3, size, size)).shape == (1, 1000)
+
+
 def test_dropout_off_in_eval_and_deterministic():
     m = alexnet.create_model("alexnet_small", num_classes=10).eval()
     x = torch.randn(3, 1, 28, 28)

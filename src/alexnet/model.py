@@ -119,7 +119,9 @@ class AlexNetConfig:
                 f"at most {2 * max(self.widths) + 1} (twice the widest layer, plus one)", self.lrn_size)
         if any(w % self.towers for w in self.widths):
             raise ConfigError(f"towers={self.towers} must divide every conv width {self.widths}")
-        if self.adaptive_pool is None and self.feature_size() < 1:
+        # The layers before the adaptive pooling (alexnet_owt) need the input as much as pool5 does:
+        # checking feature_size() alone let input_size=32 through, to fail at the first forward.
+        if self.pooled_size() < 1:
             raise ConfigError(f"input_size={self.input_size} is too small for this network")
 
     def feature_size(self) -> int:
