@@ -130,6 +130,21 @@ def test_summary_of_an_ablation_and_of_a_checkpoint(tmp_path, capsys):
     assert "drop --model" in capsys.readouterr().err
 
 
+def test_summary_takes_num_classes_as_a_model_option(capsys):
+    """--model-option num_classes=5 went to create_model beside num_classes=1000: 'internal error:
+    TypeError ... multiple values for keyword argument', exit 1. fc8 at 5 classes, by hand: 4096 x 5 + 5."""
+    from alexnet.cli import main
+
+    capsys.readouterr()
+    assert main(["summary", "--model-option", "num_classes=5"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("alexnet_paper num_classes=5: input 3x224x224, 5 classes")
+    assert f"total parameters:          {60_965_224 - 4097 * 1000 + 4097 * 5:,}" in out
+    assert main(["summary", "--model-option", "num_classes=5", "--num-classes", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "num_classes=5 and --num-classes 3 differ" in err and len(err.splitlines()) == 1
+
+
 def test_summary_input_size_builds_the_network_for_it_or_says_why_not(tmp_path, capsys):
     """summary --input-size 100 stopped with 'internal error: ValueError' (fc6 built for 224). A
     named model is built for the size, as --model-option input_size=100; a checkpoint's net is not."""

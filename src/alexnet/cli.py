@@ -487,8 +487,12 @@ def cmd_summary(args: argparse.Namespace) -> int:
     else:
         base = args.model or "alexnet_paper"
         size = {"input_size": args.input_size} if args.input_size and "input_size" not in options else {}
-        model = create_model(base, num_classes=args.num_classes or 1000, **options, **size)  # fc6 fits the size asked
+        # --model-option num_classes=N is --num-classes N (passed twice to create_model it was a TypeError)
         name = base + "".join(f" {k}={v}" for k, v in options.items())  # the ablation in its header
+        classes = options.pop("num_classes", None)
+        if classes is not None and args.num_classes and classes != args.num_classes:
+            raise ConfigError(f"--model-option num_classes={classes} and --num-classes {args.num_classes} differ: pass one")
+        model = create_model(base, num_classes=args.num_classes or (1000 if classes is None else classes), **options, **size)
     try:
         text = format_summary(model, name, args.input_size)
     except ValueError as e:  # a checkpoint's fc6 takes one size (adaptive pooling: any large enough)
