@@ -181,3 +181,19 @@ def test_a_run_starts_again_from_its_config_json(tiny_fmnist, tmp_path):
     metrics = [[{k: v for k, v in json.loads(line).items() if "second" not in k and "time" not in k}
                 for line in (run / "metrics.jsonl").read_text().splitlines()] for run in (first, again)]
     assert metrics[0] == metrics[1] and len(metrics[0]) == 1
+
+
+def test_a_typed_num_classes_other_than_the_datas_is_refused(tiny_fmnist, tmp_path):
+    """fc8 gets one output per class of the data: --model-option num_classes=5 on the 10 classes of
+    Fashion-MNIST trained 10 outputs without a word, while config.json recorded num_classes=5."""
+    from conftest import run_cli
+
+    tiny = ["--model-option", "widths=[8,16,16,16,16]", "--model-option", "fc_width=32"]
+    common = ["train", "--data", str(tiny_fmnist), "--epochs", "1", "--batch-size", "16", "--threads", "1", *tiny]
+    r = run_cli(*common, "--model-option", "num_classes=5", "--out", str(tmp_path / "five"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    said = f"alexnet: error: --model-option num_classes=5 does not match the 10 classes of Fashion-MNIST ({tiny_fmnist})"
+    assert r.stderr.strip() == said
+    assert not (tmp_path / "five").exists()
+    r = run_cli(*common, "--model-option", "num_classes=10", "--out", str(tmp_path / "ten"))
+    assert r.returncode == 0, r.stderr

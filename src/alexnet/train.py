@@ -572,6 +572,10 @@ def _check_data(cfg: TrainConfig, data: DataBundle, arch: AlexNetConfig, fixed_c
         raise DataError(f"{data.source}: only one class ({data.classes[0]}); a classifier needs at least two")
     if cfg.num_classes is not None and cfg.num_classes != len(data.classes):
         raise ConfigError(f"--num-classes {cfg.num_classes} does not match the {len(data.classes)} classes of {data.source}")
+    # fc8 gets one output per class of the data: a typed num_classes that differs was dropped unsaid.
+    typed = cfg.model_options.get("num_classes", len(data.classes))
+    if typed != len(data.classes):
+        raise ConfigError(f"--model-option num_classes={typed} does not match the {len(data.classes)} classes of {data.source}")
     if fixed_chans and arch.in_chans != data.preprocess.channels:
         raise CheckpointError(
             f"{source}: its network takes {arch.in_chans}-channel images but {data.source} has "
