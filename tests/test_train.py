@@ -885,6 +885,17 @@ def test_the_start_says_when_full_batches_leave_many_images_out(tmp_path):
         assert notes == ([said + "; a smaller --batch-size leaves out fewer"] if said else []), lines
 
 
+def test_a_batch_larger_than_an_in_memory_data_set_trains_every_image(tiny_fmnist, tmp_path):
+    """Fashion-MNIST files of 64 images at the preset's batch of 128: full batches only made 0 steps,
+    and the run ended 'done' with its untrained weights (an image folder's batch was reduced, this
+    one's was not); by hand, one step a epoch on all 64 images."""
+    lines: list[str] = []
+    result = fit(_cfg(tiny_fmnist, tmp_path / "run", epochs=1, batch_size=128), log=lines.append)
+    assert "note: batch size reduced to the 64 training images" in lines, lines
+    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert ckpt["position"]["step"] == 1 and ckpt["history"][0]["train_images"] == 64, result
+
+
 def test_a_resume_with_more_epochs_says_where_the_decay_now_ends(tiny_fmnist, tmp_path):
     """A finished 2-epoch run resumed to 4: its linear decay had brought the rate to 0, and the
     4-epoch schedule has it at (4 - 2) / (4 - 0.5) of its peak at that step, a jump it now says;

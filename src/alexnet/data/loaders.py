@@ -244,9 +244,13 @@ def _tensors(
     side = x_train.shape[-1]
     base = {"dataset": kind, "resize": None, "size": side, "train_crop": side, "test_crop": side, "input_size": input_size}
     preprocess = presets.resolve(preset, stats, base, channels=x_train.shape[1])
+    notes = []
+    if len(x_train) < batch_size:  # as for an image folder: full batches only would train no image at all
+        batch_size = len(x_train)
+        notes.append(f"batch size reduced to the {batch_size} training images")
     train = TensorBatches(x_train, y_train, EpochBatchSampler(len(x_train), batch_size, True, seed, True, rank, world), pin)
     val = TensorBatches(x_test, y_test, EpochBatchSampler(len(x_test), eval_batch_size, False, rank=rank, world=world), pin)
-    return DataBundle(train, val, classes, preprocess, len(x_train), len(x_test), source)
+    return DataBundle(train, val, classes, preprocess, len(x_train), len(x_test), source, notes)
 
 
 def held_out(n: int, seed: int, val_fraction: float = 0.1) -> tuple[list[int], list[int]]:
