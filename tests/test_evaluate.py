@@ -926,3 +926,22 @@ def test_figures_of_many_images_show_the_first_and_say_so(tmp_path):
     with pytest.warns(UserWarning, match=r"nn\.png: the figure shows the first 20 of the 250 neighbours"):
         plot_retrieval(images[0], neighbours, tmp_path / "nn.png")
     assert Image.open(tmp_path / "nn.png").size == (21 * 300, 340)  # the query and 20 tiles of 300 x 340
+
+
+@pytest.mark.parametrize("ten_crop", [False, True], ids=["centre", "ten-crop"])
+def test_packed_images_smaller_than_a_recipes_crop_are_one_line(tmp_path, capsys, ten_crop):
+    """A recipe without a stored size (an older checkpoint's) takes packed images of any side, but
+    not one smaller than its 67 px test crop: 40 px images have no centre crop or ten crops."""
+    ckpt = tiny_checkpoint(tmp_path / "m.pt")
+    blob = torch.load(ckpt, weights_only=True)
+    blob["preprocess"] = dict(PRE, size=None, resize=None)
+    save_atomic(blob, ckpt)
+    photos = make_image_folder(tmp_path / "photos", classes=3, per_class=2)
+    assert main(["prepare", "--data", str(photos), "--out", str(tmp_path / "pack"), "--size", "40", "--workers", "0"]) == 0
+    err = cli_fails(capsys, "evaluate", "--checkpoint", str(ckpt), "--data", str(tmp_path / "pack"), "--amp", "none",
+                    *(["--ten-crop"] if ten_crop else []))
+    assert "3-channel 40x40, but the checkpoint takes 3-channel images of at least 67x67" in err
+    assert main(["prepare", "--data", str(photos), "--out", str(tmp_path / "pack70"), "--size", "70", "--workers", "0"]) == 0
+    got = cli_json(capsys, "evaluate", "--checkpoint", str(ckpt), "--data", str(tmp_path / "pack70"), "--amp", "none", "--json",
+                   *(["--ten-crop"] if ten_crop else []))
+    assert got["images"] == 6  # a side the crop fits in is scored

@@ -427,7 +427,8 @@ def _check_fits(preprocess: Preprocess, channels: int, side: int, source: str) -
     """Stored images a checkpoint's recipe cannot take (another channel count or size) -> one line."""
     if not preprocess.fits(channels, side):
         size, crop = preprocess.size, preprocess.input_size
-        want = f"{preprocess.channels}-channel images" + (f" stored at {size}x{size}" if size else "")
+        least = max(1, preprocess.test_crop - 2 * preprocess.padding)  # without a stored size: the smallest side a test crop fits
+        want = f"{preprocess.channels}-channel images" + (f" stored at {size}x{size}" if size else f" of at least {least}x{least}")
         want += f", cropped to {crop}x{crop}" if size and crop != size else ""
         raise DataError(
             f"{source}: its images are {channels}-channel {side}x{side}, but the checkpoint takes {want} "

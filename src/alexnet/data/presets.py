@@ -163,8 +163,11 @@ class Preprocess:
 
     def fits(self, channels: int, side: int) -> bool:
         """Whether stored images of ``channels`` x ``side`` x ``side`` can go through this recipe
-        (its channel count; its stored size where it has one, which its mean image is cut to)."""
-        return channels == self.channels and (self.size is None or side == self.size)
+        (its channel count; its stored size where it has one, which its mean image is cut to; else
+        a side its test crop fits in once padded: a smaller one has no centre crop or ten crops)."""
+        if self.size is None:
+            return channels == self.channels and side + 2 * self.padding >= self.test_crop
+        return channels == self.channels and side == self.size
 
     def tensors_on(self, device: torch.device) -> RecipeTensors:
         """The recipe's tensors on ``device``, made and copied there once: a copy from host memory
