@@ -945,3 +945,52 @@ def test_packed_images_smaller_than_a_recipes_crop_are_one_line(tmp_path, capsys
     got = cli_json(capsys, "evaluate", "--checkpoint", str(ckpt), "--data", str(tmp_path / "pack70"), "--amp", "none", "--json",
                    *(["--ten-crop"] if ten_crop else []))
     assert got["images"] == 6  # a side the crop fits in is scored
+
+
+def test_an_ensemble_member_that_trained_on_the_scored_images_is_named(tmp_path, capsys):
+    """A folder without val/: evaluate scores the images the first checkpoint held out (seed 0). A
+    member trained on the same folder with seed 1 learnt some of them (its held-out images differ),
+    and says so; members held out the same images, or trained elsewhere, do not."""
+    from alexnet.data.loaders import held_out
+
+    photos = make_image_folder(tmp_path / "photos", classes=3, per_class=10)
+    assert held_out(30, 0)[1] != held_out(30, 1)[1]  # the two seeds hold out other images
+    ckpts = []
+    for name, data, seed in (("a", photos, 0), ("b", photos, 0), ("c", tmp_path / "elsewhere", 5), ("d", photos, 1)):
+        path = tiny_checkpoint(tmp_path / f"{name}.pt")
+        blob = torch.load(path, weights_only=True)
+        blob["train_config"] = {"data": str(data), "seed": seed}
+        save_atomic(blob, path)
+        ckpts.append(str(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # same held-out seed, other data: nothing to say
+        cli_json(capsys, "evaluate", "--checkpoint", ckpts[0], "--ensemble", ckpts[1], ckpts[2], "--amp", "none", "--json")
+    with pytest.warns(UserWarning) as caught:
+        got = cli_json(capsys, "evaluate", "--checkpoint", ckpts[0], "--ensemble", *ckpts[1:], "--amp", "none", "--json")
+    assert got["images"] == 3
+    said = [str(w.message) for w in caught if "trained on" in str(w.message)]
+    assert said == [f"{ckpts[3]} trained on {photos} holding out the images of seed 1: the images scored (those held out with "
+                    "seed 0) include ones it trained on, so the figures are optimistic; give --data a folder none of the "
+                    "models trained on"]
+    with pytest.warns(UserWarning, match=r"d\.pt trained on .* the images scored \(all of its images\)"):
+        cli_json(capsys, "evaluate", "--checkpoint", ckpts[2], "--ensemble", ckpts[3], "--data", str(photos), "--amp", "none", "--json")
+
+
+def test_fashion_mnist_members_of_other_seeds_are_not_said_to_train_on_the_test_set(tmp_path, capsys, tiny_fmnist):
+    """Fashion-MNIST is scored on its test set, which no seed trains on: no warning for an ensemble."""
+    from alexnet.data.fashion_mnist import CLASSES
+
+    recipe = {"dataset": "fashion_mnist", "mean": [72.9], "std": [90.0], "size": 28, "resize": None, "train_crop": 28,
+              "test_crop": 28, "input_size": 28, "padding": 0, "flip": True}
+    paths = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        m = create_model("alexnet_small", num_classes=10, widths=(8, 8, 8, 8, 8), fc_width=16, dropout=0.0)
+        path = tmp_path / f"fm{seed}.pt"
+        save_atomic({"model": m.state_dict(), "model_config": m.config.to_dict(), "classes": list(CLASSES), "preprocess": recipe,
+                     "train_config": {"data": str(tiny_fmnist), "seed": seed}}, path)
+        paths.append(str(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = cli_json(capsys, "evaluate", "--checkpoint", paths[0], "--ensemble", paths[1], "--amp", "none", "--json")
+    assert got["images"] == 40

@@ -242,6 +242,41 @@ def _same_folder(data: object, trained_on: object) -> bool:
     return isinstance(data, str) and isinstance(trained_on, str) and Path(data).resolve() == Path(trained_on).resolve()
 
 
+def _has_val_split(data: str) -> bool:
+    """Whether the folder ``data`` has a validation split of its own (train/ and val/, a packed val
+    split, Fashion-MNIST's or CIFAR's test set): training on it then held none of its training images out."""
+    from .data.packed import read_index
+    from .data.sources import detect
+
+    root = Path(data)
+    kind = detect(root)
+    if kind in ("fashion_mnist", "cifar"):
+        return True
+    if kind == "packed":
+        return "val" in read_index(root)["splits"]
+    return (root / "train").is_dir() and (root / "val").is_dir()
+
+
+def _warn_trained_on_scored(paths: list[str], data: object, held_out_seed: int | None) -> None:
+    """Warn for each checkpoint that trained on images evaluate scores: a member of an ensemble trained
+    on ``data`` (a folder without a val split) with another held-out seed than the one scored
+    (``held_out_seed``; None: every image is scored). Its figures would count images it learnt."""
+    import warnings
+
+    from .checkpoint import read_entry
+
+    if not isinstance(data, str) or _has_val_split(data):
+        return
+    for p in paths:
+        rec = read_entry(p, "train_config") or {}
+        seed = rec.get("seed", 0)
+        if _same_folder(data, rec.get("data")) and seed != held_out_seed:
+            scored = "all of its images" if held_out_seed is None else f"those held out with seed {held_out_seed}"
+            warnings.warn(f"{p} trained on {data} holding out the images of seed {seed}: the images scored ({scored}) include "
+                          "ones it trained on, so the figures are optimistic; give --data a folder none of the models trained on",
+                          stacklevel=2)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .checkpoint import read_entry
     from .data.device_decode import decode_device
@@ -265,6 +300,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if isinstance(data, str) and not os.path.exists(data):  # moved since, or the checkpoint copied elsewhere
             raise ConfigError(f"{args.checkpoint}: the data it was trained on, {data}, is not there: give --data")
     own = _same_folder(data, recorded.get("data"))  # a folder without a val split: score what training held out
+    _warn_trained_on_scored([str(p) for p in paths], data, recorded.get("seed", 0) if own else None)
     decode = decode_device(args.decode or "auto", device)
     loader, classes, n_images, source = load_eval_data(
         data, models[0].preprocess, args.batch_size, args.workers, decode_device=decode,
@@ -713,7 +749,8 @@ def _add_use_commands(sub, common: argparse.ArgumentParser) -> None:
     e.add_argument("--checkpoint", required=True, help="a .pt or .safetensors file from 'alexnet train', 'import' or 'export'")
     e.add_argument("--data", help="data to evaluate on (default: the data set the checkpoint was trained on; needed for imports, "
                    "exports): its val split; a folder without one, the images training held out if the checkpoint "
-                   "trained on it (an ensemble: the first checkpoint's), else every image")
+                   "trained on it (an ensemble: the first checkpoint's; a warning names a member that trained on "
+                   "some of them), else every image")
     e.add_argument("--num-classes", type=_positive_int, help="check that the checkpoint has this many classes")
     e.add_argument("--batch-size", type=_positive_int, default=256, help="images per batch (default: 256)")
     _add_config_options(e, ["decode", "channels_last"])
