@@ -165,6 +165,7 @@ def test_outputs_record_what_computed_them(tmp_path, capsys, monkeypatch):
     assert main(["evaluate", "--checkpoint", "a.pt", "--data", "imgs", "--amp", "none", "--out", "eval"]) == 0
     settings = json.loads(Path("eval/evaluate.json").read_text())["settings"]
     assert settings["checkpoints"] == [str(tmp_path / "a.pt")] and settings["decode"] == "workers"
+    assert settings["data"] == str(tmp_path / "imgs")  # as typed ("imgs") it names no folder once the cwd is unknown
     assert {k: settings[k] for k in versions} == versions
     index = prepare(Path("imgs"), Path("packed"), size=32, show_progress=False)
     assert json.loads(Path("packed/index.json").read_text())["source"] == str(tmp_path / "imgs")

@@ -321,7 +321,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         from .runtime import versions
 
         # the resolved settings, so that evaluate.json says how the figures were computed
-        settings = {"checkpoints": [str(Path(p).resolve()) for p in paths], "device": str(device),
+        # the data by absolute path too: "data" above is as typed, which names nothing once the folder it was typed in is unknown
+        settings = {"checkpoints": [str(Path(p).resolve()) for p in paths], "data": str(Path(data).resolve()) if data else source,
+                    "device": str(device),
                     "amp": str(amp).replace("torch.", "") if amp else "none", "decode": "workers" if decode is None else str(decode),
                     "batch_size": args.batch_size, "channels_last": channels_last, "threads": torch.get_num_threads(),
                     **versions()}
