@@ -277,12 +277,40 @@ def _warn_trained_on_scored(paths: list[str], data: object, held_out_seed: int |
                           stacklevel=2)
 
 
+def _evaluation_data(args: argparse.Namespace, recorded: dict) -> str | None:
+    """What evaluate scores: ``--data``, else the data set the checkpoint trained on (``recorded``, its
+    train_config; None: the default data set), which must still be there."""
+    from .errors import ConfigError
+
+    if args.data is not None:
+        return args.data
+    if not recorded:  # imported or exported weights: the default data set may not be theirs
+        raise ConfigError(f"{args.checkpoint} records no data set (it was imported or exported, not trained here): give --data")
+    data = recorded.get("data")
+    if isinstance(data, str) and not os.path.exists(data):  # moved since, or the checkpoint copied elsewhere
+        raise ConfigError(f"{args.checkpoint}: the data it was trained on, {data}, is not there: give --data")
+    return data
+
+
+def _write_evaluation(out: Path, record: dict, confusion, classes: list[str], columns: list[str]) -> None:
+    """``evaluate --out``: per_class.csv, confusion.png, confusion.csv and evaluate.json (``record``)."""
+    from .atomic import write_text
+    from .evaluate import per_class_accuracy, write_confusion_csv, write_per_class_csv
+    from .figures import plot_confusion
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_per_class_csv(per_class_accuracy(confusion, classes), out / "per_class.csv")
+    plot_confusion(confusion, classes, out / "confusion.png", columns)
+    write_confusion_csv(confusion, classes, out / "confusion.csv", columns)
+    write_text(out / "evaluate.json", json.dumps(record, indent=2) + "\n")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .checkpoint import read_entry
     from .data.device_decode import decode_device
     from .data.loaders import load_eval_data
-    from .errors import CheckpointError, ConfigError
-    from .evaluate import data_confusion, evaluate, load_models, per_class_accuracy, write_confusion_csv, write_per_class_csv
+    from .errors import CheckpointError
+    from .evaluate import data_confusion, evaluate, load_models
     from .runtime import resolve_amp, resolve_device
 
     paths = [args.checkpoint, *(args.ensemble or [])]
@@ -292,13 +320,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     n_classes = models[0].config.num_classes
     if args.num_classes is not None and args.num_classes != n_classes:
         raise CheckpointError(f"--num-classes {args.num_classes} does not match {args.checkpoint}, which has {n_classes} classes")
-    data, recorded = args.data, read_entry(args.checkpoint, "train_config") or {}  # load_models read the file
-    if data is None:  # the checkpoint's own data set
-        if not recorded:  # imported or exported weights: the default data set may not be theirs
-            raise ConfigError(f"{args.checkpoint} records no data set (it was imported or exported, not trained here): give --data")
-        data = recorded.get("data")
-        if isinstance(data, str) and not os.path.exists(data):  # moved since, or the checkpoint copied elsewhere
-            raise ConfigError(f"{args.checkpoint}: the data it was trained on, {data}, is not there: give --data")
+    recorded = read_entry(args.checkpoint, "train_config") or {}  # load_models read the file
+    data = _evaluation_data(args, recorded)
     own = _same_folder(data, recorded.get("data"))  # a folder without a val split: score what training held out
     _warn_trained_on_scored([str(p) for p in paths], data, recorded.get("seed", 0) if own else None)
     decode = decode_device(args.decode or "auto", device)
@@ -316,24 +339,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.out:
         import torch
 
-        from .atomic import write_text
-        from .figures import plot_confusion
         from .runtime import versions
 
-        # the resolved settings, so that evaluate.json says how the figures were computed
-        # the data by absolute path too: "data" above is as typed, which names nothing once the folder it was typed in is unknown
+        # the resolved settings, so that evaluate.json says how the figures were computed; the data by
+        # absolute path too: "data" in stats is as typed, which names nothing once its folder is unknown
         settings = {"checkpoints": [str(Path(p).resolve()) for p in paths], "data": str(Path(data).resolve()) if data else source,
-                    "device": str(device),
-                    "amp": str(amp).replace("torch.", "") if amp else "none", "decode": "workers" if decode is None else str(decode),
-                    "batch_size": args.batch_size, "channels_last": channels_last, "threads": torch.get_num_threads(),
-                    **versions()}
-
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        write_per_class_csv(per_class_accuracy(confusion, classes), out / "per_class.csv")
-        plot_confusion(confusion, classes, out / "confusion.png", columns)
-        write_confusion_csv(confusion, classes, out / "confusion.csv", columns)
-        write_text(out / "evaluate.json", json.dumps({**stats, "settings": settings, "argv": sys.argv[1:]}, indent=2) + "\n")
+                    "device": str(device), "amp": str(amp).replace("torch.", "") if amp else "none",
+                    "decode": "workers" if decode is None else str(decode), "batch_size": args.batch_size,
+                    "channels_last": channels_last, "threads": torch.get_num_threads(), **versions()}
+        _write_evaluation(Path(args.out), {**stats, "settings": settings, "argv": sys.argv[1:]}, confusion, list(classes), columns)
     if args.json:
         print(json.dumps(stats))
     else:
