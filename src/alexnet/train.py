@@ -112,11 +112,8 @@ def train_one_epoch(
         loader, total=steps_per_epoch - pos.batch, desc=f"epoch {pos.epoch + 1}/{cfg.epochs}", enabled=show_progress, unit="batch"
     )
     for batch in bar:
-        # Every image of the batch was unreadable (on any rank: all ranks skip it, or DDP would wait).
-        # The same collective counts the step's images and the ranks (see ``share`` below).
-        mine = 0 if batch is None else len(batch[1])
-        missing, images_all, ranks = reduce([float(batch is None), float(mine), 1.0])
-        if missing > 0:
+        share = _share(batch, reduce)
+        if share is None:
             pos.batch += 1
             continue
         images, labels, index = (t.to(device, non_blocking=True) for t in batch)
@@ -132,26 +129,32 @@ def train_one_epoch(
         take, stop = _take_step(value, cfg, pos, reduce, health, stop_requested())
         if not take:
             continue
-        # DDP averages the ranks' gradients of their mean losses: with uneven shares of a batch (an odd
-        # batch reduced to a small data set's size, unreadable images dropped) that weighs the images
-        # of the smaller share more. Each rank's loss counts in proportion to its images instead, so
-        # the step is the gradient of the whole batch's mean loss, as in one process (share 1 there).
-        share = mine * ranks / images_all
         scaler.scale(loss if share == 1.0 else loss * share).backward()
         scaler.step(optimizer)
         scaler.update()
         _count(pos, value, int(correct), labels.numel(), t0)
-        bar.set_postfix(
-            loss=f"{pos.loss_sum / pos.seen:.3f}",
-            img_s=f"{pos.seen / max(pos.seconds, 1e-9):.0f}",
-            lr=f"{optimizer.param_groups[0]['lr']:.2g}",
-        )
+        bar.set_postfix(loss=f"{pos.loss_sum / pos.seen:.3f}", img_s=f"{pos.seen / max(pos.seconds, 1e-9):.0f}",
+                        lr=f"{optimizer.param_groups[0]['lr']:.2g}")
         if on_step is not None:
             on_step(pos, stop)
     if device.type == "cuda" and pos.seen:  # the last step's backward and update count in the epoch's time
         torch.cuda.synchronize(device)
         pos.seconds = time.perf_counter() - t0
     return _epoch_figures(optimizer, pos, reduce)
+
+
+def _share(batch: Any, reduce: Callable[[list[float]], list[float]]) -> float | None:
+    """The factor of this rank's loss: its share of the step's images times the number of ranks (1 in
+    one process, and for even shares); None when a rank's whole batch was unreadable (every rank
+    skips it, or DDP would wait for the one that did).
+
+    DDP averages the ranks' gradients of their mean losses: with uneven shares of a batch (an odd
+    batch reduced to a small data set's size, unreadable images dropped) that weighs the images of
+    the smaller share more. Scaled so, the step is the gradient of the whole batch's mean loss, as
+    in one process. One collective answers both."""
+    mine = 0 if batch is None else len(batch[1])
+    missing, images_all, ranks = reduce([float(batch is None), float(mine), 1.0])
+    return None if missing > 0 else mine * ranks / images_all
 
 
 def _set_lr(optimizer: torch.optim.Optimizer, cfg: TrainConfig, step: int, steps_per_epoch: int, lr_scale: float) -> None:
