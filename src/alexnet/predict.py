@@ -143,8 +143,9 @@ def model_probs(
 ) -> torch.Tensor:
     """Softmax probabilities (B, classes) of one model for a uint8 batch, averaged over ten crops if asked.
 
-    Ten crops are cut from the stored image (padded by ``preprocess.padding`` as in training,
-    so a 28 px Fashion-MNIST image gives ten different 28 px crops of its padded 32 px version).
+    Ten crops are cut from the stored image, padded by ``preprocess.padding`` as in training: a
+    32 px CIFAR image gives ten different 32 px crops of its padded 40 px version, while a crop the
+    size of an unpadded image (Fashion-MNIST's 28 px) is the image and its mirror, five times each.
     """
     index = torch.zeros(images.shape[0], dtype=torch.int64, device=images.device)  # unused at test time
     views = 10 if ten_crop else 1
