@@ -299,8 +299,9 @@ def _images(root, preset, bad, loading, val_fraction, show_progress, batch_size,
         if bad_files:  # found by the pass: leave them out instead of meeting them every epoch
             train_idx = [i for i in train_idx if train_ds.samples[i][0] not in bad_files]
             notes.append(f"{len(bad_files)} unreadable training images skipped ({BAD_FILES_NAME} in the run folder)")
-    if not packed:
-        _check_every_class_trains(train_ds, train_idx, val_idx if "val" not in splits else [])
+    # a pack too: its held-out tenth can take the only image of a class as a folder's can
+    folders = index.get("folders", classes) if packed else train_ds.folders  # the names on disk
+    _check_every_class_trains(train_ds, folders, train_idx, val_idx if "val" not in splits else [])
     base = {
         "dataset": "packed" if packed else "image_folder",
         "resize": stored,
@@ -320,15 +321,17 @@ def _images(root, preset, bad, loading, val_fraction, show_progress, batch_size,
     return DataBundle(train, val, classes, preprocess, len(train_idx), len(val_idx), str(root), notes, bad, held)
 
 
-def _check_every_class_trains(ds: Any, train_idx: list[int], held_idx: list[int]) -> None:
-    """DataError naming the class folders none of whose images train: all unreadable, or all in the
-    held-out tenth ``held_idx`` (a class of one or two images in a folder without val/)."""
-    labels = {ds.samples[i][1] for i in train_idx}
-    empty = [c for c in range(len(ds.folders)) if c not in labels]
+def _check_every_class_trains(ds: Any, folders: list[str], train_idx: list[int], held_idx: list[int]) -> None:
+    """DataError naming the classes none of whose images train: all unreadable, or all in the
+    held-out tenth ``held_idx`` (a class of one or two images in a folder or pack without val/)."""
+    samples = getattr(ds, "samples", None)  # an image folder's (path, label); a pack has its labels array
+    label_of = (lambda i: samples[i][1]) if samples is not None else (lambda i: int(ds.labels[i]))
+    labels = {label_of(i) for i in train_idx}
+    empty = [c for c in range(len(folders)) if c not in labels]
     if not empty:
         return
-    held = {ds.samples[i][1] for i in held_idx}
-    names = ", ".join(printable(ds.folders[c]) for c in empty[:5]) + (", ..." if len(empty) > 5 else "")
+    held = {label_of(i) for i in held_idx}
+    names = ", ".join(printable(folders[c]) for c in empty[:5]) + (", ..." if len(empty) > 5 else "")
     if all(c in held for c in empty):
         raise DataError(f"{ds.root}: class folder(s) {names}: no readable image left to train on once a tenth was held "
                         "out for validation (there is no train/ and val/): give them more images, or make train/ and val/ folders")
