@@ -420,6 +420,20 @@ def test_folders_say_what_they_left_out_and_why_a_class_has_nothing_to_train(tmp
         load_data(one, 2, 24, seed=seed + 1, show_progress=False)
 
 
+def test_a_link_to_a_missing_class_folder_is_refused_not_left_out(tmp_path):
+    """A class folder linked in from a drive that is not mounted: is_dir() is False for the broken
+    link, and the run trained one class fewer without a word (2 classes here, not 3)."""
+    root = make_image_folder(tmp_path / "imgs", classes=2, per_class=9)
+    (root / "class2").symlink_to(tmp_path / "unmounted" / "dogs", target_is_directory=True)
+    with pytest.raises(DataError, match="imgs/class2: a link to .*unmounted/dogs, which does not exist"):
+        load_data(root, 2, 24, show_progress=False)
+    with pytest.raises(DataError, match="class2: a link to"):
+        prepare(root, tmp_path / "packed", size=24, show_progress=False)
+    (root / "class2").unlink()
+    (root / "loose.jpg").symlink_to(tmp_path / "gone.jpg")  # not a class: the loose-image rule applies
+    assert len(load_data(root, 2, 24, show_progress=False).classes) == 2
+
+
 def test_a_pack_refuses_a_class_whose_only_image_is_held_out(tmp_path):
     """A pack without val/ holds out a tenth as a folder does; a class of one image that the tenth
     takes has nothing to train on. The folder refused it; the pack trained fc8 for a class it never

@@ -84,7 +84,15 @@ def find_classes(root: str | os.PathLike) -> tuple[list[str], list[str]]:
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"data folder not found: {root}")
-    folders = sorted(d.name for d in os.scandir(root) if d.is_dir() and not d.name.startswith("."))
+    entries = [d for d in os.scandir(root) if not d.name.startswith(".")]
+    # A link to a folder that is gone (an unmounted drive, a moved subset) is no directory to is_dir():
+    # left out without a word, the run would train one class fewer, as an empty class folder is refused.
+    broken = [d for d in entries if d.is_symlink() and not os.path.exists(d.path)
+              and not d.name.lower().endswith(IMAGE_EXTENSIONS)]  # a loose photo's link is no class folder
+    if broken:
+        raise DataError(f"{printable(broken[0].path)}: a link to {printable(os.readlink(broken[0].path))}, which does not "
+                        f"exist: a class folder with no images (remove the link, or make its target reachable)")
+    folders = sorted(d.name for d in entries if d.is_dir())
     if not folders:
         raise DataError(f"{root}: no class sub-folders (expected ROOT/CLASS/IMAGE files)")
     return folders, read_class_names(root, folders)
