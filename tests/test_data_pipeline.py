@@ -420,6 +420,20 @@ def test_folders_say_what_they_left_out_and_why_a_class_has_nothing_to_train(tmp
         load_data(one, 2, 24, seed=seed + 1, show_progress=False)
 
 
+def test_a_class_of_unreadable_images_is_not_blamed_on_the_held_out_tenth(tmp_path):
+    """A class folder of two broken files, one in the held-out tenth and one found unreadable: the
+    error said no image was left once a tenth was held out, "give them more images", for files
+    that no number of others would make readable."""
+    root = make_image_folder(tmp_path / "imgs", classes=2, per_class=9)
+    (root / "zbad").mkdir()
+    (root / "zbad" / "a.jpg").write_bytes(b"not a jpeg at all")
+    (root / "zbad" / "b.jpg").write_bytes(b"")
+    n = 20  # 18 photos, then zbad's two at indices 18 and 19 (classes and files sorted)
+    seed = next(s for s in range(200) if len({18, 19} & set(held_out(n, s, 0.1)[1])) == 1)
+    with pytest.raises(DataError, match="imgs: class folder\\(s\\) with no readable training images: zbad$"):
+        load_data(root, 2, 24, seed=seed, preset="photos", show_progress=False, out_dir=tmp_path / "run")
+
+
 def test_a_link_to_a_missing_class_folder_is_refused_not_left_out(tmp_path):
     """A class folder linked in from a drive that is not mounted: is_dir() is False for the broken
     link, and the run trained one class fewer without a word (2 classes here, not 3)."""

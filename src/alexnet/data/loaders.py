@@ -287,7 +287,7 @@ def _images(root, preset, bad, loading, val_fraction, show_progress, batch_size,
         val_ds = train_ds
         train_idx, val_idx = held_out(len(train_ds), seed, val_fraction)
         notes.append(f"no train/ and val/ sub-folders: held out {len(val_idx)} images for validation (seed {seed})")
-    stats = None
+    stats, listed_idx = None, train_idx  # listed_idx: the training images before the unreadable are left out
     if packed:
         stats = dict(index["stats"], mean_image=str(root / index["stats"]["mean_image"]))
         if "val" not in splits:
@@ -301,7 +301,7 @@ def _images(root, preset, bad, loading, val_fraction, show_progress, batch_size,
             notes.append(f"{len(bad_files)} unreadable training images skipped ({BAD_FILES_NAME} in the run folder)")
     # a pack too: its held-out tenth can take the only image of a class as a folder's can
     folders = index.get("folders", classes) if packed else train_ds.folders  # the names on disk
-    _check_every_class_trains(train_ds, folders, train_idx, val_idx if "val" not in splits else [])
+    _check_every_class_trains(train_ds, folders, train_idx, val_idx if "val" not in splits else [], listed_idx)
     base = {
         "dataset": "packed" if packed else "image_folder",
         "resize": stored,
@@ -321,16 +321,20 @@ def _images(root, preset, bad, loading, val_fraction, show_progress, batch_size,
     return DataBundle(train, val, classes, preprocess, len(train_idx), len(val_idx), str(root), notes, bad, held)
 
 
-def _check_every_class_trains(ds: Any, folders: list[str], train_idx: list[int], held_idx: list[int]) -> None:
+def _check_every_class_trains(
+    ds: Any, folders: list[str], train_idx: list[int], held_idx: list[int], listed_idx: list[int] | None = None
+) -> None:
     """DataError naming the classes none of whose images train: all unreadable, or all in the
-    held-out tenth ``held_idx`` (a class of one or two images in a folder or pack without val/)."""
+    held-out tenth ``held_idx`` (a class of one or two images in a folder or pack without val/).
+    ``listed_idx``: the training images before the unreadable were left out; a class that had some
+    there is unreadable, not held out, whatever the tenth took (advice to add images would mislead)."""
     samples = getattr(ds, "samples", None)  # an image folder's (path, label); a pack has its labels array
     label_of = (lambda i: samples[i][1]) if samples is not None else (lambda i: int(ds.labels[i]))
     labels = {label_of(i) for i in train_idx}
     empty = [c for c in range(len(folders)) if c not in labels]
     if not empty:
         return
-    held = {label_of(i) for i in held_idx}
+    held = {label_of(i) for i in held_idx} - {label_of(i) for i in (listed_idx or [])}
     names = ", ".join(printable(folders[c]) for c in empty[:5]) + (", ..." if len(empty) > 5 else "")
     if all(c in held for c in empty):
         raise DataError(f"{ds.root}: class folder(s) {names}: no readable image left to train on once a tenth was held "
