@@ -257,6 +257,15 @@ def test_readable_odd_modes_become_rgb(tmp_path):
     assert red[0] > 200 and red[1] < 60 and red[2] < 60
 
 
+def test_a_float_tiff_of_0_to_1_is_not_read_as_black(tmp_path):
+    """A 32-bit float greyscale TIFF (GIMP's, a scientific camera's) holds 0-1: read as 0-255, every
+    pixel rounded to 0 or 1 and the photo trained as black. A flat image, so the resize keeps values."""
+    Image.fromarray(np.full((20, 20), 0.6, np.float32), "F").save(tmp_path / "f.tiff")
+    assert decode_image(str(tmp_path / "f.tiff"), 16, 16).unique().tolist() == [round(0.6 * 255)]  # 153
+    Image.fromarray(np.full((20, 20), 77.0, np.float32), "F").save(tmp_path / "g.tiff")  # 0-255 floats as before
+    assert decode_image(str(tmp_path / "g.tiff"), 16, 16).unique().tolist() == [77]
+
+
 def test_a_jpeg_over_pils_pixel_limit_is_a_photo_not_a_bomb(tmp_path):
     """A 100-megapixel camera JPEG (over PIL's 89.5 M limit) decodes at libjpeg's 1/8 scale, and is
     read like the same picture at a tenth of its size; a PNG of that size is still refused."""

@@ -235,13 +235,16 @@ class BadFiles:
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
-    """Any PIL mode -> 8-bit RGB: 16/32-bit integer greyscale scaled (not clipped) to 0-255, alpha and
-    palette transparency dropped, CMYK / greyscale / palette / YCbCr converted."""
+    """Any PIL mode -> 8-bit RGB: 16/32-bit integer greyscale scaled (not clipped) to 0-255, float
+    greyscale of 0-1 (a 32-bit float TIFF's convention) scaled from 0-1, alpha and palette transparency
+    dropped, CMYK / greyscale / palette / YCbCr converted."""
     if img.mode == "RGB":
         return img
     if img.mode.startswith("I") or img.mode == "F":
-        arr = np.asarray(img).astype(np.float64)
+        arr = np.nan_to_num(np.asarray(img).astype(np.float64))  # a float image's NaN: black, not a cast warning
         top = 65535.0 if img.mode.startswith("I;16") or (img.mode == "I" and arr.max(initial=0) > 255) else 255.0
+        if img.mode == "F" and arr.max(initial=0) <= 1.0:
+            top = 1.0  # read as 0-255 it was black: every pixel rounded to 0 or 1
         arr = np.clip(np.rint(arr * (255.0 / top)), 0, 255).astype(np.uint8)
         return Image.fromarray(arr, "L").convert("RGB")
     if img.mode in ("P", "PA", "LA", "RGBA", "La", "RGBa") or "transparency" in img.info:
