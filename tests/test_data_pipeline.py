@@ -455,6 +455,16 @@ def test_a_link_to_a_missing_class_folder_is_refused_not_left_out(tmp_path):
     (root / "class2").unlink()
     (root / "loose.jpg").symlink_to(tmp_path / "gone.jpg")  # not a class: the loose-image rule applies
     assert len(load_data(root, 2, 24, show_progress=False).classes) == 2
+    # predict looks for an image's class among the folders around it, which are no data set: a
+    # broken link there (a home folder's) names no class, and the synset folder is still named.
+    from alexnet.predict import _sibling_classes, true_class
+
+    synset = tmp_path / "photos" / "n02086240"
+    synset.mkdir(parents=True)
+    photo = shutil.copy(next((root / "class0").iterdir()), synset / "x.jpg")
+    (tmp_path / "photos" / "usb").symlink_to(tmp_path / "unmounted", target_is_directory=True)
+    _sibling_classes.cache_clear()
+    assert true_class(photo, ["Shih-Tzu", "dog"]) == "Shih-Tzu"  # ImageNet's name of synset n02086240
 
 
 def test_a_pack_refuses_a_class_whose_only_image_is_held_out(tmp_path):

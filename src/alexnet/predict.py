@@ -126,9 +126,10 @@ def true_class(path: str | os.PathLike, classes: list[str], depth: int = 3) -> s
 @functools.lru_cache(maxsize=64)
 def _sibling_classes(root: str) -> tuple[list[str], list[str]]:
     """The class folders of ``root`` and their names, as training names them (the 1000 ILSVRC synsets
-    need all their siblings): read once per folder, not once per image."""
+    need all their siblings): read once per folder, not once per image. Any folder may hold a
+    broken link (a home folder's to an unmounted drive): it names no class here, so it is passed over."""
     try:
-        return find_classes(root)
+        return find_classes(root, broken_links=True)
     except DataError:
         return [], []
 

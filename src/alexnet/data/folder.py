@@ -79,8 +79,10 @@ def class_name(name: str) -> str:
     return unicodedata.normalize("NFC", printable(name))
 
 
-def find_classes(root: str | os.PathLike) -> tuple[list[str], list[str]]:
-    """Class folder names (sorted: the index order) and human-readable names (see read_class_names)."""
+def find_classes(root: str | os.PathLike, broken_links: bool = False) -> tuple[list[str], list[str]]:
+    """Class folder names (sorted: the index order) and human-readable names (see read_class_names).
+    A link to a missing folder is refused, unless ``broken_links`` (a search for an image's class
+    among folders that are not a data set, where it is no class: ``predict``)."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"data folder not found: {root}")
@@ -89,7 +91,7 @@ def find_classes(root: str | os.PathLike) -> tuple[list[str], list[str]]:
     # left out without a word, the run would train one class fewer, as an empty class folder is refused.
     broken = [d for d in entries if d.is_symlink() and not os.path.exists(d.path)
               and not d.name.lower().endswith(IMAGE_EXTENSIONS)]  # a loose photo's link is no class folder
-    if broken:
+    if broken and not broken_links:
         raise DataError(f"{printable(broken[0].path)}: a link to {printable(os.readlink(broken[0].path))}, which does not "
                         f"exist: a class folder with no images (remove the link, or make its target reachable)")
     folders = sorted(d.name for d in entries if d.is_dir())
