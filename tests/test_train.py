@@ -658,6 +658,21 @@ def test_fine_tuning_keeps_frozen_layers(tiny_fmnist, tmp_path, monkeypatch):
     assert not torch.equal(a["fc8.weight"], b["fc8.weight"])
 
 
+def test_a_layer_at_lr_mult_0_trains_the_others_and_records_the_schedules_lr(tiny_fmnist, tmp_path):
+    """--lr-mult conv1=0 (a multiplier >= 0 is allowed) holds conv1 and trains the rest; metrics.jsonl
+    records the schedule's rate, computed here by hand (constant: lr itself). It stopped with
+    'internal error: ZeroDivisionError' after the first epoch, nothing saved."""
+    src = tmp_path / "src"
+    fit(_cfg(tiny_fmnist, src, epochs=1), log=lambda s: None)
+    out = tmp_path / "tuned"
+    fit(_cfg(tiny_fmnist, out, epochs=1, init_from=str(src / "last.pt"), lr_mult={"conv1": 0.0}, schedule="constant",
+             lr=0.003, optimizer="sgd", momentum=0.0, nesterov=False, weight_decay=0.0), log=lambda s: None)
+    a, b = _weights(src / "last.pt"), _weights(out / "last.pt")
+    assert torch.equal(a["conv1.weight"], b["conv1.weight"]) and not torch.equal(a["fc8.weight"], b["fc8.weight"])
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in rows] == [0.003]
+
+
 def test_config_names_the_network_of_init_from(tiny_fmnist, tmp_path):
     """--init-from trains the checkpoint's network: config.json and the checkpoint name it (they said
     --model's default, alexnet_paper, while the run trained imported alexnet_caffe; user sweep)."""

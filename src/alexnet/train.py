@@ -216,8 +216,17 @@ def _epoch_figures(
         "train_seconds": pos.seconds,
         "images_per_second": seen / max(pos.seconds, 1e-9),
         "skipped_batches": skipped,
-        "lr": optimizer.param_groups[0]["lr"] / optimizer.param_groups[0].get("lr_mult", 1.0),
+        "lr": _schedule_lr(optimizer),
     }
+
+
+def _schedule_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The schedule's learning rate (without the layers' multipliers), read off a group whose
+    ``lr_mult`` is not 0: ``--lr-mult conv1=0`` is allowed, and its group (sorted first) holds lr 0,
+    which divided by its multiplier raised ZeroDivisionError at the end of the first epoch. With
+    every multiplier 0 no layer learns, and 0 is the rate."""
+    group = next((g for g in optimizer.param_groups if g.get("lr_mult", 1.0) != 0), None)
+    return 0.0 if group is None else group["lr"] / group.get("lr_mult", 1.0)
 
 
 @torch.no_grad()
