@@ -197,3 +197,22 @@ def test_a_typed_num_classes_other_than_the_datas_is_refused(tiny_fmnist, tmp_pa
     assert not (tmp_path / "five").exists()
     r = run_cli(*common, "--model-option", "num_classes=10", "--out", str(tmp_path / "ten"))
     assert r.returncode == 0, r.stderr
+
+
+def test_momentum_0_under_a_nesterov_preset_is_one_line(tiny_fmnist, tmp_path):
+    """torch.optim.SGD raises ValueError for Nesterov without momentum: 'train --momentum 0' under the
+    default presets (Nesterov on) stopped with 'internal error: ValueError' once the data was loaded.
+    Now exit 2 with the fix; with --no-nesterov, or the paper's optimizer, momentum 0 trains."""
+    from conftest import run_cli
+
+    tiny = ["--model-option", "widths=[8,16,16,16,16]", "--model-option", "fc_width=32"]
+    common = ["train", "--data", str(tiny_fmnist), "--epochs", "1", "--batch-size", "16", "--threads", "1", *tiny,
+              "--momentum", "0"]
+    r = run_cli(*common, "--out", str(tmp_path / "nesterov"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "internal error" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("alexnet: error: --momentum 0: Nesterov") and "--no-nesterov" in r.stderr
+    assert not (tmp_path / "nesterov").exists()
+    with pytest.raises(ConfigError, match="--no-nesterov"):
+        resolve_config("photos", dict(data="x", momentum=0.0))
+    assert resolve_config("photos", dict(data="x", momentum=0.0, nesterov=False)).momentum == 0.0
+    assert resolve_config("paper", dict(data="x", momentum=0.0)).momentum == 0.0

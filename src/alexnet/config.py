@@ -387,6 +387,11 @@ def validate(cfg: TrainConfig) -> None:
     if warm_up_outlasts(cfg.warmup_epochs, cfg.epochs):
         raise ConfigError(f"--warmup-epochs {cfg.warmup_epochs:g} is not shorter than --epochs {cfg.epochs}: the rate would "
                           "still be rising when the run ends")
+    # torch.optim.SGD raises ValueError for Nesterov without momentum: '--momentum 0' under the photos
+    # and fashion_mnist presets (Nesterov on) stopped with 'internal error' after loading the data.
+    if cfg.optimizer == "sgd" and cfg.nesterov and cfg.momentum == 0:
+        raise ConfigError("--momentum 0: Nesterov momentum (--nesterov, the preset's) needs a momentum above 0; "
+                          "add --no-nesterov")
 
 
 def warm_up_outlasts(warmup_epochs: float, epochs: int) -> bool:
