@@ -708,6 +708,28 @@ def test_init_from_torchvision_with_new_classes(tmp_path):
     assert torch.equal(tuned["fc6.weight"], tv["classifier.1.weight"])
 
 
+def test_init_from_a_torchvision_file_of_as_many_classes_keeps_its_fc8(tmp_path):
+    """A bare torchvision state dict of 3 outputs (torchvision.models.alexnet(num_classes=3), or a
+    model exported to .pth) names no classes: on 3 classes its fc8 is kept, row for row (README:
+    'a file without class names keeps fc8 only for as many classes'). Its stand-in names "0", "1",
+    "2" were matched against the data's and fc8 was re-initialised ('none of them is among the file's')."""
+    import torchvision
+    from conftest import make_image_folder
+
+    torch.manual_seed(0)
+    weights = tmp_path / "tv3.pth"
+    torch.save(torchvision.models.alexnet(num_classes=3).state_dict(), weights)
+    data = make_image_folder(tmp_path / "imgs", classes=3, per_class=3)
+    out = tmp_path / "ft"
+    lines: list[str] = []
+    fit(resolve_config("owt", dict(data=str(data), out=str(out), epochs=1, batch_size=4, amp="none", workers=0,
+                                   init_from=str(weights), freeze=["classifier"])), log=lines.append)
+    tuned = load_checkpoint(out / "last.pt", map_location="cpu")["model"]
+    tv = torch.load(weights, weights_only=True)
+    assert torch.equal(tuned["fc8.weight"], tv["classifier.6.weight"]) and torch.equal(tuned["fc8.bias"], tv["classifier.6.bias"])
+    assert not any("re-initialised" in line for line in lines), lines
+
+
 def test_init_from_torchvisions_file_alone_and_options_that_would_do_nothing(tmp_path, capsys):
     """torchvision's own file as --init-from without --model: 'weights do not fit alexnet_paper' (the
     default --model), after 'fc8 re-initialised'; now its network, as alexnet.load reads it. A typed

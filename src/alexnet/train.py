@@ -286,7 +286,7 @@ def build_model(
         check_weights(init["model"], f"--init-from {cfg.init_from}")  # the file's own tensor names
         log(f"weights from {cfg.init_from}" + (" (its architecture)" if init.get("model_config") else ""))
         state = {torchvision_key(k): v for k, v in init["model"].items()}  # torchvision names -> ours
-        fresh = _fc8_rows(state, init.get("classes"), classes, model, cfg.init_from, log)
+        fresh = _fc8_rows(state, _named_classes(init), classes, model, cfg.init_from, log)
         if fresh and "fc8" in expand_layers(cfg.freeze):
             warnings.warn(f"--freeze {','.join(cfg.freeze)} keeps the re-initialised fc8 at its random weights: "
                           "only the layers before it learn (--freeze features trains fc6-fc8)", stacklevel=2)
@@ -548,6 +548,17 @@ def _wire(
         cfg=cfg, info=info, device=device, towers=towers, run_dir=run_dir, show_progress=show_progress, log=log, amp=amp,
         data=data, model=model, split=split, module=module, optimizer=optimizer, scaler=scaler, plateau=plateau,
     )
+
+
+def _named_classes(init: dict[str, Any]) -> list[str] | None:
+    """The class names of the --init-from file, None where it names none. An imported file (a bare
+    torchvision state dict, a Caffe model) of other than ImageNet's 1000 outputs gets the numbers
+    "0", "1", ... as stand-ins (``interop._classes``): matched by name, they met none of the data's
+    classes and fc8 was thrown away, though a file without names keeps fc8 for as many classes."""
+    known = init.get("classes")
+    if init.get("imported_from") and known == [str(i) for i in range(len(known))]:
+        return None
+    return known
 
 
 def _fc8_rows(
