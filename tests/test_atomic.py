@@ -132,3 +132,33 @@ def test_signals_held_are_delivered_after_the_block():
     finally:
         signal.signal(signal.SIGTERM, before)
         signal.signal(signal.SIGINT, before_int)
+
+
+@pytest.fixture
+def file_size_limit():
+    """Writes past 64 KiB fail with EFBIG, as past 'ulimit -f' (Python ignores SIGXFSZ), or as a
+    full disk fails with ENOSPC: a real failed write(), not a mock."""
+    import resource
+
+    before = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, before[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, before)
+
+
+def test_a_checkpoint_write_past_the_disk_says_why_and_keeps_the_old_file(tmp_path, file_size_limit):
+    """torch.save turns a failed write() into '[enforce fail at inline_container.cc] unexpected pos':
+    save_atomic gives the OSError behind it (what the CLI prints: 'File too large (PATH)'), not an
+    'internal error', and the previous checkpoint stays byte for byte."""
+    import errno
+
+    from alexnet.checkpoint import save_atomic
+
+    target = tmp_path / "last.pt"
+    target.write_bytes(b"good checkpoint")
+    with pytest.raises(OSError) as caught:
+        save_atomic({"w": torch.zeros(100_000)}, target)  # 400 kB
+    assert (caught.value.errno, caught.value.filename) == (errno.EFBIG, str(target))
+    assert target.read_bytes() == b"good checkpoint" and os.listdir(tmp_path) == ["last.pt"]

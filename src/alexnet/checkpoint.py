@@ -75,6 +75,11 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> None:
             # torch.save's writer reports an interrupt inside its write() as '[enforce fail at
             # inline_container.cc] unexpected pos': a second Ctrl-C is an interrupt, not a failed write
             raise e.__context__ from None
+        if isinstance(e, RuntimeError) and isinstance(e.__context__, OSError):
+            # torch.save's writer reports a failed write() (a full disk, EFBIG past 'ulimit -f') as
+            # '[enforce fail at inline_container.cc] unexpected pos': the OSError behind it says why
+            cause = e.__context__
+            raise OSError(cause.errno, cause.strerror, str(path)) from None
         raise
     try:  # make the rename itself durable
         dfd = os.open(path.parent, os.O_RDONLY)
