@@ -162,3 +162,18 @@ def test_a_checkpoint_write_past_the_disk_says_why_and_keeps_the_old_file(tmp_pa
         save_atomic({"w": torch.zeros(100_000)}, target)  # 400 kB
     assert (caught.value.errno, caught.value.filename) == (errno.EFBIG, str(target))
     assert target.read_bytes() == b"good checkpoint" and os.listdir(tmp_path) == ["last.pt"]
+
+
+def test_a_safetensors_write_past_the_disk_says_why_and_keeps_the_old_file(tmp_path, file_size_limit):
+    """safetensors reports a failed write as a SafetensorError ('I/O error: File too large (os error
+    27)'), which export and features showed as an internal error: it is the OSError, naming the file."""
+    import errno
+
+    from alexnet.atomic import write_safetensors
+
+    target = tmp_path / "m.safetensors"
+    target.write_bytes(b"good export")
+    with pytest.raises(OSError) as caught:
+        write_safetensors(target, {"w": torch.zeros(100_000)}, {"format": "x"})
+    assert (caught.value.errno, caught.value.filename) == (errno.EFBIG, str(target))
+    assert target.read_bytes() == b"good export" and os.listdir(tmp_path) == ["m.safetensors"]

@@ -13,6 +13,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import signal
 import tempfile
 import threading
@@ -133,10 +134,20 @@ def write_safetensors(path: str | os.PathLike, tensors: dict[str, Any], metadata
     contents: safetensors writes the metadata in the order of a hash map seeded afresh by each process,
     so the header is rewritten in place with it sorted (the tensors, up to an index's gigabytes, are
     streamed to disk by safetensors and not read back)."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+        try:
+            save_file(tensors, str(tmp), metadata=metadata)
+        except SafetensorError as e:
+            # its Rust writer reports a failed write (a full disk) as 'I/O error: ... (os error 28)':
+            # the OSError it stands for, naming the file asked for (one line, not an internal error)
+            found = re.search(r"\(os error (\d+)\)", str(e))
+            if found is None:
+                raise
+            code = int(found.group(1))
+            raise OSError(code, os.strerror(code), str(path)) from None
         _sort_metadata(tmp)
     return Path(path)
 
