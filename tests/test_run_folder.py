@@ -267,3 +267,18 @@ def test_a_run_killed_before_its_first_checkpoint_is_started_again_not_resumed(t
     before = _snapshot(run)
     assert "already holds a run" in _one_line(_train(tiny_fmnist, run))
     assert _snapshot(run) == before
+
+
+def test_temporaries_of_every_file_a_killed_run_was_writing_are_removed(tmp_path):
+    """A SIGKILL while train rewrites curves.png (or config.json, metrics.jsonl) leaves atomic_path's
+    temporary, e.g. '.curves.png.hbmp75_l.tmp' (seen after a kill at 6.5 s): claiming the folder
+    again sweeps it as it sweeps a checkpoint's; a hidden file of the user's stays."""
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("config.json", "metrics.jsonl", "last.pt"):
+        (run / name).write_bytes(b"run")
+    temps = [".curves.png.hbmp75_l.tmp", ".config.json.a1b2c3d4.tmp", ".metrics.jsonl.zz_9xq0.tmp", *TEMPS]
+    for name in (*temps, ".notes.png.abcdefgh.tmp"):
+        (run / name).write_bytes(b"\0" * 100)
+    claim(run, resume=True, force=False).release()
+    assert sorted(os.listdir(run)) == [".notes.png.abcdefgh.tmp", "config.json", "last.pt", "metrics.jsonl"]

@@ -33,8 +33,9 @@ except ImportError:  # Windows: no advisory locks; the other checks still hold
 LOCK_NAME = ".lock"
 _MARKS = ("config.json", "metrics.jsonl")  # with any *.pt: the folder holds a run
 _OWNED = (*_MARKS, "curves.png", BAD_FILES_NAME, "tensorboard")  # the run's own files, *.pt aside
-# save_atomic's temporaries: tempfile.mkstemp(prefix=".NAME.", suffix=".tmp"), e.g. .last.pt.k2x9_a.tmp
-_TEMP = re.compile(r"^\..+\.pt\.[^.]+\.tmp$")
+# The temporaries of save_atomic and atomic_path: tempfile.mkstemp(prefix=".NAME.", suffix=".tmp"), e.g.
+# .last.pt.k2x9_a.tmp; a SIGKILL while config.json, metrics.jsonl or curves.png is written leaves theirs too
+_TEMP = re.compile(r"^\.(?:.+\.pt|config\.json|metrics\.jsonl|curves\.png)\.[^.]+\.tmp$")
 _LOCK_TRIES = 10  # a probe (check()) holds the lock for microseconds; a run holds it for hours
 
 
