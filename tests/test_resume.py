@@ -313,3 +313,24 @@ def test_rng_states_leave_an_unused_cuda_alone(monkeypatch):
     assert [int(s[0]) for s in saved["cuda"]] == [0, 1]
     runtime.set_rng_state({**saved, "cuda": [torch.full((8,), 10 + i, dtype=torch.uint8) for i in range(4)]})
     assert calls == [(10, 0), (11, 1)], "states of the GPUs this machine has, each to its own device"
+
+
+def test_a_run_that_kept_only_its_best_pt_is_told_how_to_continue(tmp_path):
+    """A disk that fills up between an epoch's best.pt and last.pt (best.pt is written first) leaves
+    a run folder whose one checkpoint is best.pt, and train said 'the run folder keeps the last good
+    checkpoint': '--resume RUN' then said only 'no checkpoint at RUN/last.pt'. best.pt holds the
+    same full training state, and the error says so."""
+    from alexnet.errors import CheckpointError
+    from alexnet.resume import resume_source
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    (run / "best.pt").write_bytes(b"checkpoint")
+    with pytest.raises(CheckpointError) as caught:
+        resume_source(run)
+    assert str(caught.value) == (f"--resume: no checkpoint at {run / 'last.pt'} (its best.pt is one: "
+                                 f"--resume {run / 'best.pt'} continues from it)")
+    (run / "best.pt").unlink()
+    with pytest.raises(CheckpointError, match=r"last\.pt$"):  # no best.pt: no hint
+        resume_source(run)

@@ -49,7 +49,11 @@ def resume_source(resume: str | os.PathLike, claimed: bool = False) -> Path:
                                   f"again (alexnet train --out {path} ... replaces its files)")
         path = path / "last.pt"
     if not path.is_file():
-        raise CheckpointError(f"--resume: no checkpoint at {path}")
+        best = path.with_name("best.pt")
+        # a run whose disk filled up between its first best.pt and last.pt keeps only best.pt, which
+        # holds the whole training state of its epoch as last.pt would: say how to continue from it
+        hint = f" (its best.pt is one: --resume {best} continues from it)" if path.name == "last.pt" and best.is_file() else ""
+        raise CheckpointError(f"--resume: no checkpoint at {path}{hint}")
     return path
 
 
