@@ -282,3 +282,29 @@ def test_temporaries_of_every_file_a_killed_run_was_writing_are_removed(tmp_path
         (run / name).write_bytes(b"\0" * 100)
     claim(run, resume=True, force=False).release()
     assert sorted(os.listdir(run)) == [".notes.png.abcdefgh.tmp", "config.json", "last.pt", "metrics.jsonl"]
+
+
+def test_a_folder_made_read_only_mid_run_reports_the_failed_write_not_the_lock(tmp_path, monkeypatch):
+    """A run folder made read-only while training (chattr +i, a read-only remount) fails the next
+    checkpoint write with a one-line TrainingError; releasing the lock then failed to unlink .lock
+    and that PermissionError replaced it: 'alexnet: error: Operation not permitted (RUN/.lock)',
+    exit 1. The run's error goes through, and the lock is released all the same."""
+    import errno
+
+    from alexnet.errors import TrainingError
+
+    run = tmp_path / "run"
+    real_unlink = Path.unlink
+
+    def read_only(self, missing_ok=False):
+        if self.name == ".lock":
+            raise PermissionError(errno.EPERM, "Operation not permitted", str(self))
+        real_unlink(self, missing_ok=missing_ok)
+
+    with pytest.raises(TrainingError, match="could not write"), claim(run, resume=False, force=False):
+        (run / "last.pt").write_bytes(b"good")
+        monkeypatch.setattr(Path, "unlink", read_only)
+        raise TrainingError(f"could not write {run / 'last.pt'}: Operation not permitted")
+    monkeypatch.undo()
+    assert (run / "last.pt").read_bytes() == b"good"
+    claim(run, resume=True, force=False).release()  # not 'in use': the lock went with the process's descriptor

@@ -188,7 +188,10 @@ def lock(run_dir: Path, command: str = "train") -> int | None:
 def unlock(run_dir: Path, fd: int | None) -> None:
     """Drop :func:`lock`'s lock, the file unlinked first, so that a waiting locker sees a new file."""
     if fd is not None:
-        (run_dir / LOCK_NAME).unlink(missing_ok=True)
+        try:
+            (run_dir / LOCK_NAME).unlink(missing_ok=True)
+        except OSError:  # a folder made read-only (or removed) mid-run: the error that ended the run is the
+            pass  # one to report, and closing fd releases the lock all the same (a stale file locks nothing)
         _HELD.discard(fd)
         os.close(fd)
 
