@@ -964,3 +964,26 @@ def test_cached_statistics_of_a_moved_folder_name_its_bad_files_where_they_are_n
     stats = folder_stats(ds, list(range(len(ds))))
     assert "cached statistics pass" in ds.bad.reasons()[str(moved / "class0" / "zero.jpg")]  # from the cache
     assert stats["bad"] == ds.bad.paths() == [str(moved / "class0" / "zero.jpg")]
+
+
+def test_prepare_onto_a_full_disk_says_why_and_keeps_the_earlier_preparation(tmp_path):
+    """np.save to a real file writes with tofile(), whose short fwrite() on a full disk (here EFBIG
+    past a 16 KiB RLIMIT_FSIZE, as past 'ulimit -f') raised OSError('98304 requested and 16256
+    written'): no errno, no file, 'alexnet: error: 589824 requested and 102272 written'. It is now
+    the OSError saying why, naming the shard; the earlier preparation stays byte for byte."""
+    import errno
+    import resource
+
+    root = make_image_folder(tmp_path / "imgs", classes=2, per_class=4, size=(48, 40))
+    out = tmp_path / "packed"
+    prepare(root, out, size=32, show_progress=False)
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (16 * 1024, limit[1]))
+    try:
+        with pytest.raises(OSError) as caught:
+            prepare(root, out, size=64, show_progress=False, force=True)  # 8 x 3 x 64 x 64: a 96 KiB shard
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limit)
+    assert caught.value.errno == errno.EFBIG and re.search(r"/\.prepare-[^/]+/train-00000\.npy$", caught.value.filename)
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before

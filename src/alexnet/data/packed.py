@@ -27,7 +27,7 @@ from ..errors import DataError
 from ..runtime import progress, versions
 from .folder import BAD_FILES_NAME, BadFiles, class_name, collate
 from .sources import PACKED_INDEX, SHARD, check_out_of_images, each_batch, open_folder_splits
-from .stats import StatsAccumulator, save_stats
+from .stats import StatsAccumulator, save_npy, save_stats
 
 FORMAT = "alexnet-packed-1"
 
@@ -102,11 +102,6 @@ def batch_passthrough(batch):
     return batch
 
 
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    with open(path, "wb") as f:
-        np.save(f, array)
-
-
 class _ShardWriter:
     """Cuts a stream of uint8 image batches into ``.npy`` shards of ``shard_size`` images each."""
 
@@ -127,7 +122,7 @@ class _ShardWriter:
     def flush(self) -> None:
         if self.buf:
             name = f"{self.split}-{len(self.shards):05d}.npy"
-            _save_npy(self.folder / name, np.concatenate(self.buf))
+            save_npy(self.folder / name, np.concatenate(self.buf))
             self.shards.append([name, self.held])
             self.buf, self.held = [], 0
 
@@ -154,7 +149,7 @@ def _pack_split(
     empty = [ds.folders[c] for c in range(len(ds.folders)) if not (labels == c).any()]
     if split == "train" and empty:
         raise DataError(f"{ds.root}: class folder(s) with no readable images: {', '.join(empty[:5])}")
-    _save_npy(tmp / f"{split}-labels.npy", labels)
+    save_npy(tmp / f"{split}-labels.npy", labels)
     # the paths' own bytes, as bad_files.txt holds them, also where they are not UTF-8
     (tmp / f"{split}-files.txt").write_text("".join(f + "\n" for f in files), encoding="utf-8", errors="surrogateescape")
     return {"count": int(len(labels)), "shards": writer.shards, "labels": f"{split}-labels.npy", "files": f"{split}-files.txt"}

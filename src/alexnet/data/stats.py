@@ -122,6 +122,24 @@ def cache_dir(root: Path) -> Path:
     return Path(base)
 
 
+class _Writer:
+    """A file seen only through its ``write``: np.save then writes through Python, whose failed write
+    is an OSError with its errno; to a real file it calls tofile(), whose short fwrite() is reported
+    as '589824 requested and 102272 written' (no errno: not even 'disk full')."""
+
+    def __init__(self, f: Any) -> None:
+        self.write = f.write
+
+
+def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
+    """``np.save(path, array)``; a failed write (a full disk) is the OSError saying why, naming ``path``."""
+    try:
+        with open(path, "wb") as f:
+            np.save(_Writer(f), array)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from None
+
+
 def _write_atomic(path: Path, write) -> None:
     with atomic_path(path) as tmp:
         write(tmp)
@@ -130,11 +148,7 @@ def _write_atomic(path: Path, write) -> None:
 def save_stats(stats: dict[str, Any], json_path: Path, mean_path: Path, extra: dict[str, Any] | None = None) -> None:
     """Write the statistics as JSON plus the mean image as a float32 .npy, each atomically."""
 
-    def write_npy(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            np.save(f, stats["mean_image"].numpy())
-
-    _write_atomic(mean_path, write_npy)
+    _write_atomic(mean_path, lambda tmp: save_npy(tmp, stats["mean_image"].numpy()))
     meta = {k: v for k, v in stats.items() if k != "mean_image"}
     meta["mean_image"] = mean_path.name
     meta.update(extra or {})
