@@ -98,6 +98,18 @@ def check_writable(path: str | os.PathLike, option: str, folder: bool = False) -
         raise ConfigError(f"{option} {path.parent if folder else path}: cannot write there: {e.strerror or e}") from None
 
 
+# A writer that ran out of room: matplotlib, torch.jit.save, onnx raise these without a file name,
+# and the CLI printed only 'alexnet: error: File too large', not which of the files it was writing.
+_NO_ROOM = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+
+
+def _naming(error: OSError, tmp: Path, path: Path) -> OSError:
+    """``error``, naming ``path`` where it names the hidden temporary, or nothing and is a full disk."""
+    if error.filename == str(tmp) or (error.filename is None and error.errno in _NO_ROOM):
+        return OSError(error.errno, error.strerror, str(path))
+    return error
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, durable: bool = True) -> Iterator[Path]:
     """A temporary path to write ``path``'s new contents to; renamed over ``path`` when the block
@@ -109,7 +121,10 @@ def atomic_path(path: str | os.PathLike, durable: bool = True) -> Iterator[Path]
     os.close(fd)
     tmp = Path(name)
     try:
-        yield tmp
+        try:
+            yield tmp
+        except OSError as e:
+            raise _naming(e, tmp, path) from None
         # after the writer: some (safetensors >= 0.7) write a file of their own, 0600, renamed over tmp
         os.chmod(tmp, _file_mode())
         if durable:
