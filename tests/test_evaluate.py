@@ -995,3 +995,28 @@ def test_fashion_mnist_members_of_other_seeds_are_not_said_to_train_on_the_test_
         warnings.simplefilter("error")
         got = cli_json(capsys, "evaluate", "--checkpoint", paths[0], "--ensemble", paths[1], "--amp", "none", "--json")
     assert got["images"] == 40
+
+
+def test_evaluate_out_failing_half_way_keeps_the_earlier_four_files_together(tmp_path):
+    """evaluate --out writes per_class.csv, confusion.png, confusion.csv and evaluate.json: a full disk
+    at the figure (here past a 4 KiB RLIMIT_FSIZE: the csv fits, the png does not) left this
+    evaluation's per_class.csv beside an earlier evaluation's evaluate.json, which named another
+    checkpoint. Now the earlier four stay byte for byte, and the error names the file in --out."""
+    import errno
+    import resource
+
+    from alexnet.cli import _write_evaluation
+
+    out = tmp_path / "ev"
+    classes = ["a", "b"]
+    _write_evaluation(out, {"checkpoint": "old.pt"}, torch.tensor([[3, 1], [0, 4]]), classes, classes)
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, limit[1]))
+    try:
+        with pytest.raises(OSError) as caught:
+            _write_evaluation(out, {"checkpoint": "new.pt"}, torch.tensor([[1, 3], [2, 2]]), classes, classes)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limit)
+    assert (caught.value.errno, caught.value.filename) == (errno.EFBIG, str(out / "confusion.png"))
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before

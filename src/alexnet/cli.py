@@ -294,15 +294,30 @@ def _evaluation_data(args: argparse.Namespace, recorded: dict) -> str | None:
 
 def _write_evaluation(out: Path, record: dict, confusion, classes: list[str], columns: list[str]) -> None:
     """``evaluate --out``: per_class.csv, confusion.png, confusion.csv and evaluate.json (``record``)."""
+    import shutil
+    import tempfile
+
     from .atomic import write_text
     from .evaluate import per_class_accuracy, write_confusion_csv, write_per_class_csv
     from .figures import plot_confusion
 
     out.mkdir(parents=True, exist_ok=True)
-    write_per_class_csv(per_class_accuracy(confusion, classes), out / "per_class.csv")
-    plot_confusion(confusion, classes, out / "confusion.png", columns)
-    write_confusion_csv(confusion, classes, out / "confusion.csv", columns)
-    write_text(out / "evaluate.json", json.dumps(record, indent=2) + "\n")
+    # All four are made in a hidden folder, then moved in: a failure on the third (a full disk) left
+    # the first two of this evaluation beside the last two of an earlier one, which its evaluate.json
+    # described. Each move is a rename within out/, so a failure now costs nothing already there.
+    stage = Path(tempfile.mkdtemp(prefix=".evaluate-", dir=out))
+    try:
+        write_per_class_csv(per_class_accuracy(confusion, classes), stage / "per_class.csv")
+        plot_confusion(confusion, classes, stage / "confusion.png", columns)
+        write_confusion_csv(confusion, classes, stage / "confusion.csv", columns)
+        write_text(stage / "evaluate.json", json.dumps(record, indent=2) + "\n")
+        for name in ("per_class.csv", "confusion.png", "confusion.csv", "evaluate.json"):
+            os.replace(stage / name, out / name)
+    except OSError as e:  # named by the file asked for in out/, not the hidden folder's
+        name = Path(e.filename).name if e.filename else None
+        raise OSError(e.errno, e.strerror, str(out / name) if name else None) from None
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
