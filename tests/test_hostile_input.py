@@ -295,6 +295,10 @@ def test_checkpoint_write_failing_with_runtime_error_keeps_the_previous(tmp_path
     monkeypatch.setattr(torch, "save", _full_disk)
     with pytest.raises(TrainingError, match="could not write .*last.pt.*the file there before is untouched"):
         _save({"model": {"w": torch.zeros(3)}}, path)
+    # A first save has no file before it to leave untouched (helper 43 saw the claim made of nothing).
+    with pytest.raises(TrainingError) as first:
+        _save({"model": {"w": torch.zeros(3)}}, tmp_path / "best.pt")
+    assert "untouched" not in str(first.value) and "could not write" in str(first.value)
     monkeypatch.undo()
     assert torch.equal(torch.load(path, weights_only=True)["model"]["w"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind

@@ -318,11 +318,12 @@ def _environment(device: torch.device, amp: torch.dtype | None) -> dict[str, Any
 
 
 def _save(state: dict[str, Any], path: Path) -> None:
+    existed = path.exists()  # what to say is untouched: the first save of a run has nothing there
     try:
         save_atomic(state, path)
     except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
         reason = (e.strerror if isinstance(e, OSError) else None) or " ".join(str(e).split()) or type(e).__name__
-        raise TrainingError(f"could not write {path}: {reason} (the file there before is untouched)") from None
+        raise TrainingError(f"could not write {path}: {reason}" + (" (the file there before is untouched)" if existed else "")) from None
 
 
 class _CtrlC:
