@@ -246,7 +246,7 @@ def _has_val_split(data: str) -> bool:
     """Whether the folder ``data`` has a validation split of its own (train/ and val/, a packed val
     split, Fashion-MNIST's or CIFAR's test set): training on it then held none of its training images out."""
     from .data.packed import read_index
-    from .data.sources import detect
+    from .data.sources import detect, has_split_folders
 
     root = Path(data)
     kind = detect(root)
@@ -254,7 +254,7 @@ def _has_val_split(data: str) -> bool:
         return True
     if kind == "packed":
         return "val" in read_index(root)["splits"]
-    return (root / "train").is_dir() and (root / "val").is_dir()
+    return has_split_folders(root)
 
 
 def _warn_trained_on_scored(paths: list[str], data: object, held_out_seed: int | None) -> None:

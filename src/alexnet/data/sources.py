@@ -62,7 +62,7 @@ def check_out_of_images(out: str | os.PathLike, data: str | os.PathLike | None, 
     if data is None or not Path(data).is_dir() or detect(data) != "images":
         return
     root = Path(data)
-    split = (root / "train").is_dir() and (root / "val").is_dir()
+    split = has_split_folders(root)
     out_real = Path(out).resolve()
     for folder in (root / "train", root / "val") if split else (root,):
         if folder.resolve() == out_real or folder.resolve() in out_real.parents:
@@ -70,11 +70,16 @@ def check_out_of_images(out: str | os.PathLike, data: str | os.PathLike | None, 
                             f"class: put it elsewhere")
 
 
+def has_split_folders(root: Path) -> bool:
+    """Whether the image folder ``root`` is split as train/ and val/ (else it is CLASS/IMAGE itself)."""
+    return (root / "train").is_dir() and (root / "val").is_dir()
+
+
 def open_folder_splits(root: Path, stored: int, bad: BadFiles) -> dict[str, ImageFolderDataset]:
     """``{"train": ..., "val": ...}`` for a folder with train/ and val/ (val/ either class folders or
     the flat ILSVRC-2012 layout labelled by the devkit), else ``{"train": ...}`` for a folder of
     class folders."""
-    if (root / "train").is_dir() and (root / "val").is_dir():
+    if has_split_folders(root):
         train = ImageFolderDataset(root / "train", stored, stored, bad)
         flat = val_samples(root, root / "val", train.folders)
         if flat is not None:
