@@ -73,6 +73,16 @@ def test_a_folder_in_the_way_is_refused_before_writing(tmp_path):
     assert e.value.filename == str(tmp_path / "out.png") and os.listdir(tmp_path) == ["out.png"]
 
 
+def test_a_failed_rename_names_the_file_asked_for_not_the_temporary(tmp_path):
+    """A folder made at the path while the writer ran: the rename fails, and the user was told of
+    '.out.png.k3j2x9.tmp', a file they never asked for and that is gone by then."""
+    out = tmp_path / "out.png"
+    with pytest.raises(IsADirectoryError) as e, atomic_path(out) as tmp:
+        tmp.write_bytes(b"png")
+        out.mkdir()
+    assert e.value.filename == str(out) and os.listdir(tmp_path) == ["out.png"]
+
+
 def test_a_file_in_the_way_of_a_folder_is_named(tmp_path):
     """--out a.tsv/m.onnx where a.tsv is a file said 'File exists (a.tsv)'."""
     (tmp_path / "a.tsv").write_text("x")

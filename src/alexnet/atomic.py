@@ -123,14 +123,14 @@ def atomic_path(path: str | os.PathLike, durable: bool = True) -> Iterator[Path]
     try:
         try:
             yield tmp
+            # after the writer: some (safetensors >= 0.7) write a file of their own, 0600, renamed over tmp
+            os.chmod(tmp, _file_mode())
+            if durable:
+                with open(tmp, "rb+") as f:
+                    os.fsync(f.fileno())
+            os.replace(tmp, path)  # fails naming tmp first (a folder made at path meanwhile, a folder turned read-only)
         except OSError as e:
             raise _naming(e, tmp, path) from None
-        # after the writer: some (safetensors >= 0.7) write a file of their own, 0600, renamed over tmp
-        os.chmod(tmp, _file_mode())
-        if durable:
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     if durable:
