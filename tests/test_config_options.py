@@ -58,6 +58,27 @@ def test_the_same_range_check_on_the_command_line_and_in_a_file(name, bad, tmp_p
         resolve_config(None, {name: float(bad) if name in ("lr", "momentum", "gamma") else int(bad)}, config)
 
 
+def test_a_bad_model_or_model_option_names_the_file_or_the_flag_that_gave_it(tmp_path):
+    """An unknown model or a bad model option from a config file said only "unknown model 'x'" or
+    "model option dropout must be ...", naming neither the file nor a flag."""
+    config = tmp_path / "c.toml"
+    config.write_text('model = "alexnet_nope"\n[model_options]\ndropout = 1.5\nfoo = 1\n')
+    said = {}
+    for name, typed in [("file model", {}), ("typed model", {"model": "alexnet_nope2"}),
+                        ("file options", {"model": "alexnet_paper"}),
+                        ("typed option", {"model": "alexnet_paper", "model_options": {"dropout": 0.5, "lrn": "maybe"}})]:
+        with pytest.raises(ConfigError) as e:
+            resolve_config(None, typed, config)
+        said[name] = str(e.value)
+    assert said["file model"].startswith(f"--config {config}: model: unknown model 'alexnet_nope'")
+    assert said["typed model"].startswith("--model: unknown model 'alexnet_nope2'")
+    assert said["file options"].startswith(f"--config {config}: model_options: ") and "foo" in said["file options"]
+    # the typed option is at fault even though the file's foo is bad as well: the flag is named, with its error
+    assert said["typed option"].startswith("--model-option: model option lrn must be true or false")
+    config.write_text("[model_options]\ndropout = 0.25\n")  # good options from a file still build
+    assert resolve_config(None, {"model": "alexnet_paper"}, config).model_options["dropout"] == 0.25
+
+
 @pytest.mark.parametrize("text, said", [("data = 5", "data must be a string, got 5"),
                                         ('data = ["a"]', "data must be a string, got ['a']"),
                                         ("init_from = 5", "init_from must be a string, got 5"),

@@ -288,7 +288,8 @@ def resolve_config(preset: str | None, overrides: dict[str, Any], config_file: s
         preset = {"fashion_mnist": "fashion_mnist", "cifar": "cifar"}.get(kind, "photos")
     if preset not in PRESETS:
         raise ConfigError(f"--preset: unknown preset {preset!r}; choose from: {', '.join(sorted(PRESETS))}")
-    typed = {**file_values.pop("model_options", {}), **overrides.pop("model_options", {})}
+    file_options, typed_options = file_values.pop("model_options", {}), overrides.pop("model_options", {})
+    typed = {**file_options, **typed_options}
     model_options = {**PRESETS[preset].get("model_options", {}), **typed}
     values = {**PRESETS[preset], **file_values, **overrides, "preset": preset, "model_options": model_options}
     if "warmup_epochs" not in file_values and "warmup_epochs" not in overrides:
@@ -300,6 +301,8 @@ def resolve_config(preset: str | None, overrides: dict[str, Any], config_file: s
     cfg = TrainConfig(**values)
     with _naming_the_file(config_file, file_values, overrides):
         validate(cfg)
+    _check_model(cfg, config_file, "model" in file_values and "model" not in overrides,
+                 set(file_options) - set(typed_options) if isinstance(file_options, dict) else set())
     if "init_bias" in typed and typed["init_bias"] != PRESETS[preset].get("model_options", {}).get("init_bias"):
         _check_init_bias(cfg)  # the preset's own value is not typed (a run's config.json repeats it)
     return cfg
@@ -318,6 +321,27 @@ def _naming_the_file(path: str | Path | None, file_values: dict[str, Any], overr
             if spelled and (text == spelled or text.startswith((spelled + " ", spelled + ":"))):
                 raise ConfigError(f"--config {path}: {name}{text[len(spelled):]}") from None
         raise
+
+
+def _check_model(cfg: TrainConfig, config_file: str | Path | None, model_in_file: bool, options_in_file: set[str]) -> None:
+    """ConfigError, now rather than when the network is built, for a model name or model option that
+    cannot work, naming where it was given: ``config_file`` (which gave the model when ``model_in_file``,
+    and the options ``options_in_file``) or the flag. The model's own messages name neither."""
+    from .errors import UnknownModelError
+    from .model import model_config
+
+    try:
+        model_config(cfg.model, **cfg.model_options)
+    except UnknownModelError as e:
+        raise ConfigError(f"--config {config_file}: model: {e.args[0]}" if model_in_file else f"--model: {e.args[0]}") from None
+    except ConfigError as e:
+        if not options_in_file:
+            raise ConfigError(f"--model-option: {e}") from None
+        try:  # the file's options left out: if the others build, the file's are at fault
+            model_config(cfg.model, **{k: v for k, v in cfg.model_options.items() if k not in options_in_file})
+        except ConfigError as typed_error:
+            raise ConfigError(f"--model-option: {typed_error}") from None
+        raise ConfigError(f"--config {config_file}: model_options: {e}") from None
 
 
 def _check_init_bias(cfg: TrainConfig) -> None:
