@@ -947,3 +947,27 @@ def test_a_resume_with_more_epochs_says_where_the_decay_now_ends(tiny_fmnist, tm
     assert f"{said} had it at 0" in lines, lines
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert records[1]["lr"] == pytest.approx(0, abs=cfg.lr / 10) and records[2]["lr"] > now / 2  # the jump, as said
+
+
+def test_a_run_of_a_registered_model_resumes_where_it_is_not_registered(tiny_fmnist, tmp_path):
+    """A run of a model registered in the training process (alexnet.register_model) resumes in a new
+    one that does not register it (the command line cannot): the network is the one last.pt saved.
+    resume_config refused it as 'bad training configuration: unknown model', though fit builds the
+    saved network. The resume is compared bitwise with one where the model is still registered."""
+    from alexnet import model as registry
+
+    def tiny_registered() -> alexnet.AlexNetConfig:
+        return alexnet.model_config("alexnet_small", **TINY_OPTIONS)
+
+    alexnet.register_model(tiny_registered)
+    try:
+        fit(_cfg(tiny_fmnist, tmp_path / "a", epochs=1, model="tiny_registered", model_options={}), log=lambda s: None)
+        shutil.copytree(tmp_path / "a", tmp_path / "b")
+        fit(resume_config(str(tmp_path / "a"), {"epochs": 2}), log=lambda s: None)  # registered: as documented
+    finally:
+        del registry._REGISTRY["tiny_registered"], registry._DESCRIPTIONS["tiny_registered"]
+    fit(resume_config(str(tmp_path / "b"), {"epochs": 2}), log=lambda s: None)  # no longer registered
+    a, b = (load_checkpoint(tmp_path / run / "last.pt") for run in ("a", "b"))
+    assert a["position"] == b["position"] and a["model"].keys() == b["model"].keys()
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert main(["train", "--resume", str(tmp_path / "b"), "--epochs", "3", "--progress", "off"]) == 0

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from . import runfolder
-from .checkpoint import bounded_config, load_checkpoint, read_entry
+from .checkpoint import bounded_config, config_from_file, load_checkpoint, read_entry
 from .checks import is_finite, is_whole
 from .config import TrainConfig, flag, given, refuse_unknown, validate, warm_up_outlasts
 from .data.folder import class_name
@@ -155,7 +155,7 @@ def resume_config(run: str, overrides: dict[str, Any], keep: bool = False) -> Tr
         cfg = TrainConfig(**values)
         validate(cfg)
         expand_layers(cfg.freeze)  # what build_model would say without naming the file
-        bounded_config(model_config(cfg.model, **cfg.model_options), f"--resume {path}")  # before allocating it
+        _check_saved_network(ckpt, cfg, path)  # before allocating it
     except (TypeError, ConfigError) as e:
         if any(str(e).startswith(flag(k)) for k in overrides):  # a value given now, not the checkpoint's
             raise ConfigError(str(e)) from None
@@ -164,6 +164,18 @@ def resume_config(run: str, overrides: dict[str, Any], keep: bool = False) -> Tr
     if keep:  # only a configuration that passed: a refused resume holds nothing
         _READ[os.path.abspath(path)] = (signature, ckpt)
     return cfg
+
+
+def _check_saved_network(ckpt: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
+    """The network fit will build, checked and bounded before it is allocated: the one the checkpoint
+    saved, with the run's model options (train.architecture), not the registry's. A model registered
+    in the process that trained (alexnet.register_model) need not be registered in the one that
+    resumes, which the command line cannot do; a checkpoint without a saved network is --model's."""
+    saved = ckpt.get("model_config")
+    if saved:
+        config_from_file({**saved, **cfg.model_options} if isinstance(saved, dict) else saved, f"--resume {path}")
+    else:
+        bounded_config(model_config(cfg.model, **cfg.model_options), f"--resume {path}")
 
 
 def _check_saved_data(data: Any, run_dir: Path) -> None:
