@@ -90,6 +90,35 @@ def test_registering_models_as_timm_users_do(registry):
     assert alexnet.list_models("*owt", pretrained=True) == ["alexnet_owt"]
 
 
+def test_a_broken_registration_is_refused_under_its_own_name_only(registry, tmp_path):
+    """timm's model functions return the network, and a timm user's habit registers one here: create_model
+    of that name says so. Every other network then raised the same TypeError wherever it was named (its
+    input refused, a checkpoint loaded through torch.hub, --init-from), as each message compared it
+    with all registered models; a registration that builds no config now names only itself."""
+    import importlib.util
+    from pathlib import Path
+
+    from alexnet.model import describe_model
+
+    def returns_the_network(pretrained=False, **kwargs):
+        return alexnet.AlexNet(alexnet.model_config("alexnet_small", num_classes=7))
+
+    alexnet.register_model(returns_the_network)
+    with pytest.raises(TypeError, match="'returns_the_network': its registered function returned AlexNet"):
+        alexnet.create_model("returns_the_network")
+    small = alexnet.create_model("alexnet_small").eval()
+    with pytest.raises(ValueError, match=r"^alexnet_small takes a batch of 1-channel images, shape \(N, 1, H, W\)"):
+        small(torch.zeros(1, 28, 28))
+    assert describe_model(alexnet.model_config("alexnet_paper", input_size=112)) == "alexnet_paper with input_size=112"
+    spec = importlib.util.spec_from_file_location("hubconf_broken", Path(__file__).resolve().parents[1] / "hubconf.py")
+    hub = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hub)
+    torch.save({"model": small.state_dict(), "model_config": small.config.to_dict()}, tmp_path / "small.pt")
+    assert torch.equal(hub.alexnet_small(checkpoint=str(tmp_path / "small.pt")).fc8.weight, small.fc8.weight)
+    with pytest.raises(ValueError, match="holds alexnet_small, not alexnet_paper"):
+        hub.alexnet_paper(checkpoint=str(tmp_path / "small.pt"))
+
+
 def test_wrong_arguments_to_the_network_name_themselves():
     """Each was met deep inside (AttributeError 'dict' object has no attribute 'widths', torch's
     'out_channels must be divisible by groups', 'ndarray' object has no attribute 'dim') or not at

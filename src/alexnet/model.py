@@ -518,8 +518,16 @@ def differences(config: AlexNetConfig, name: str) -> dict[str, Any]:
 
 def model_family(config: AlexNetConfig) -> tuple[str, dict[str, Any]]:
     """The registered model that ``config`` differs from in the fewest layer options, and those
-    options: ("alexnet_paper", {"input_size": 112}) for the paper's net trained on 128 px photos."""
-    return min(((n, differences(config, n)) for n in list_models()), key=lambda nd: len(nd[1]))
+    options: ("alexnet_paper", {"input_size": 112}) for the paper's net trained on 128 px photos.
+    A registered function that builds no config (one returning the network, as timm's do) is passed
+    over: create_model of its name says what is wrong, and other networks' messages must not fail."""
+    families = []
+    for name in list_models():
+        try:
+            families.append((name, differences(config, name)))
+        except Exception:  # noqa: BLE001 - whatever a user's registered function raises is its own name's
+            continue
+    return min(families, key=lambda nd: len(nd[1]))
 
 
 def describe_model(config: AlexNetConfig) -> str:
