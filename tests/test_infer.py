@@ -274,3 +274,32 @@ def test_a_checkpoint_path_where_a_model_goes_is_named():
                  lambda: retrieve("run/last.pt", {}, "q.jpg")):
         with pytest.raises(TypeError, match=r"^expected an AlexNet, got a builtins.str: alexnet.load\(checkpoint\) gives one$"):
             call()
+
+
+def test_model_input_names_the_batch_its_recipe_takes(tmp_path):
+    """model_input (README: how `x` is made) given photos' RGB batch for a grey recipe, a grey batch for
+    an RGB one, or one unbatched image said "RuntimeError: shape '[3]' is invalid for input of size 1",
+    "output with shape [2, 1, 73, 73] doesn't match the broadcast shape" or "not enough values to
+    unpack": one ValueError now says what it takes. A fitting batch is normalised as the recipe says
+    (float64 by hand: the centre crop minus the mean, over the std)."""
+    import re
+
+    from alexnet.data.loaders import model_input
+    from alexnet.data.presets import Preprocess
+
+    grey = Preprocess("fashion_mnist", (72.9,), (90.0,), 28, None, 28, 28, 28)
+    rgb = Preprocess("image_folder", (120.0, 110.0, 100.0), (60.0, 61.0, 62.0), 40, 40, 32, 32, 32)
+    g = torch.Generator().manual_seed(0)
+    batch = lambda *shape: torch.randint(0, 256, shape, dtype=torch.uint8, generator=g)  # noqa: E731
+    for recipe, images, train in ((grey, batch(2, 3, 28, 28), False), (grey, batch(2, 3, 28, 28), True),
+                                  (rgb, batch(2, 1, 40, 40), False), (rgb, batch(2, 1, 40, 40), True),
+                                  (rgb, batch(3, 40, 40), False)):
+        c = recipe.channels
+        said = rf"^model_input takes a batch of {c}-channel images, shape \(B, {c}, H, W\), .*got {re.escape(str(tuple(images.shape)))}$"
+        with pytest.raises(ValueError, match=said):
+            model_input(images, torch.arange(len(images)), recipe, train)
+    images = batch(2, 3, 40, 40)
+    x = model_input(images, torch.arange(2), rgb, False).double()
+    mean, std = torch.tensor(rgb.mean, dtype=torch.float64), torch.tensor(rgb.std, dtype=torch.float64)
+    by_hand = (images[:, :, 4:36, 4:36].double() - mean.view(3, 1, 1)) / std.view(3, 1, 1)
+    assert (x - by_hand).abs().max() < 1e-5

@@ -377,6 +377,12 @@ def model_input(
     """
     if images.dtype != torch.uint8:  # a float batch in [0, 1] would be normalised as nearly black: chance accuracy
         raise ValueError(f"model_input takes uint8 images (0-255 pixels, as this package's loaders give them), not {images.dtype}")
+    c = preprocess.channels
+    if images.dim() != 4 or images.shape[1] != c:  # else torch's reshape or broadcast error, deep in the crop
+        photos = c == 1 and images.dim() == 4 and images.shape[1] == 3
+        grey = "; alexnet.data.folder.to_luma(images) makes RGB images grey" if photos else ""
+        raise ValueError(f"model_input takes a batch of {c}-channel images, shape (B, {c}, H, W), as its recipe's "
+                         f"{preprocess.dataset} data was stored{grey}; got {tuple(images.shape)}")
     b, dev = images.shape[0], images.device
     mean, inv_std, eig = preprocess.tensors_on(dev)
     # Crops are cut from the stored image padded as in training (then a centre crop is the stored
