@@ -237,3 +237,14 @@ def test_momentum_0_under_a_nesterov_preset_is_one_line(tiny_fmnist, tmp_path):
         resolve_config("photos", dict(data="x", momentum=0.0))
     assert resolve_config("photos", dict(data="x", momentum=0.0, nesterov=False)).momentum == 0.0
     assert resolve_config("paper", dict(data="x", momentum=0.0)).momentum == 0.0
+
+
+def test_model_options_from_python_in_the_command_line_form_are_named(tmp_path):
+    """resolve_config's model_options (README: "train's options by field name") given as --model-option
+    writes them, a "KEY=VALUE" string or a list of them, raised "TypeError: 'str' object is not a
+    mapping" from a dict merge, naming no option; a config file's was named already. A dict works."""
+    for given in ("input_size=64", ["input_size=64"], 64):
+        with pytest.raises(ConfigError) as refused:
+            resolve_config(None, {"model_options": given})
+        assert str(refused.value) == f"--model-option must be a table of model options (a dict: {{'input_size': 112}}), got {given!r}"
+    assert resolve_config(None, {"model_options": {"input_size": 32}}).model_options["input_size"] == 32

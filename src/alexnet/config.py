@@ -278,6 +278,9 @@ def resolve_config(preset: str | None, overrides: dict[str, Any], config_file: s
         for name in ("data", "init_from"):  # used as paths before validate() (a file can hold data = 5)
             for values in (file_values, overrides):
                 _check_scalar(name, values.get(name), field_types()[name])
+        # merged below before validate() looks at it: "KEY=VALUE" (--model-option's form) was a TypeError
+        options = overrides.get("model_options", {})
+        require(isinstance(options, dict), flag("model_options"), "a table of model options (a dict: {'input_size': 112})", options)
     preset = preset or file_values.pop("preset", None)
     file_values.pop("preset", None)
     if preset is None:
