@@ -1020,3 +1020,31 @@ def test_evaluate_out_failing_half_way_keeps_the_earlier_four_files_together(tmp
         resource.setrlimit(resource.RLIMIT_FSIZE, limit)
     assert (caught.value.errno, caught.value.filename) == (errno.EFBIG, str(out / "confusion.png"))
     assert {f.name: f.read_bytes() for f in out.iterdir()} == before
+
+
+def imagenet_like(tmp_path: Path, bias: dict[int, float]) -> Path:
+    """A 1000-class tiny checkpoint named as torchvision's ImageNet weights, whose logits are ``bias``
+    (fc8's weights are zero): its ranking of the 1000 classes is known by hand for every image."""
+    from torchvision.models import AlexNet_Weights
+
+    ckpt = torch.load(tiny_checkpoint(tmp_path / "inet.pt", classes=1000), weights_only=True)
+    ckpt["classes"] = list(AlexNet_Weights.IMAGENET1K_V1.meta["categories"])
+    ckpt["model"]["fc8.weight"].zero_()
+    ckpt["model"]["fc8.bias"].zero_()
+    for i, b in bias.items():
+        ckpt["model"]["fc8.bias"][i] = b
+    save_atomic(ckpt, tmp_path / "inet.pt")
+    return tmp_path / "inet.pt"
+
+
+def test_an_ensemble_of_models_whose_images_are_prepared_differently_says_how(tmp_path, capsys):
+    """'its images are prepared differently from A's; cannot ensemble them' did not say how: the
+    stored size (a run at another input size) or the kind of data (a CIFAR model among photos)."""
+    a = tiny_checkpoint(tmp_path / "a.pt")
+    b = torch.load(tiny_checkpoint(tmp_path / "b.pt"), weights_only=True)
+    b["preprocess"] = PRE | {"resize": 88, "size": 88}
+    save_atomic(b, tmp_path / "b.pt")
+    folder = make_image_folder(tmp_path / "imgs", classes=3, per_class=1)
+    err = cli_fails(capsys, "evaluate", "--checkpoint", str(a), "--ensemble", str(tmp_path / "b.pt"), "--data", str(folder))
+    assert err == (f"alexnet: error: {tmp_path / 'b.pt'}: its images are prepared differently from {a}'s (shorter side "
+                   "resized to 88 against 76; images stored at 88 against 76); cannot ensemble them")

@@ -28,6 +28,13 @@ def _decode(p: Preprocess) -> tuple:
     return ("image_folder" if p.dataset == "packed" else p.dataset, p.resize, p.size)
 
 
+def _decode_difference(ours: Preprocess, first: Preprocess) -> str:
+    """Which of :func:`_decode`'s settings two recipes disagree on, as "X against Y": the user must
+    know what to change (a run at another --model-option input_size, a CIFAR model among photos)."""
+    said = ("kind of data", "shorter side resized to", "images stored at")
+    return "; ".join(f"{what} {a} against {b}" for what, a, b in zip(said, _decode(ours), _decode(first)) if a != b)
+
+
 def class_orders(models: list[AlexNet], names: list[str] | None = None) -> list[list[int] | None]:
     """For each model, the columns of its output in the first model's class order (None: already
     so, or a model without class names). Members that name their classes must name the same ones:
@@ -101,7 +108,8 @@ def load_models(paths: str | os.PathLike | list[str | os.PathLike], device: str 
                 f"{path} predicts {m.config.num_classes} classes but {paths[0]} predicts {first.config.num_classes}"
             )
         if _decode(m.preprocess) != _decode(first.preprocess):
-            raise CheckpointError(f"{path}: its images are prepared differently from {paths[0]}'s; cannot ensemble them")
+            raise CheckpointError(f"{path}: its images are prepared differently from {paths[0]}'s "
+                                  f"({_decode_difference(m.preprocess, first.preprocess)}); cannot ensemble them")
     class_orders(models, [str(p) for p in paths])
     return models
 
