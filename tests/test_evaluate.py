@@ -1048,3 +1048,19 @@ def test_an_ensemble_of_models_whose_images_are_prepared_differently_says_how(tm
     err = cli_fails(capsys, "evaluate", "--checkpoint", str(a), "--ensemble", str(tmp_path / "b.pt"), "--data", str(folder))
     assert err == (f"alexnet: error: {tmp_path / 'b.pt'}: its images are prepared differently from {a}'s (shorter side "
                    "resized to 88 against 76; images stored at 88 against 76); cannot ensemble them")
+
+
+def test_a_data_class_named_twice_among_the_models_says_so(tmp_path, capsys):
+    """A model whose class list names two outputs 'crane' (synset_words.txt names ImageNet's bird and
+    machine cranes alike) refused data with a class 'crane' as 'has 2 classes but ... predicts 1000',
+    with no reason: every data class is among the model's. Now the line names the class and outputs."""
+    ckpt = imagenet_like(tmp_path, {})
+    state = torch.load(ckpt, weights_only=True)
+    state["classes"][134] = "crane"  # as synset_words.txt's first names: 134 and 517 both 'crane'
+    save_atomic(state, ckpt)
+    data = make_image_folder(tmp_path / "data", classes=2, per_class=1)
+    (data / "class0").rename(data / "crane")
+    (data / "class1").rename(data / "tench")
+    err = cli_fails(capsys, "evaluate", "--checkpoint", str(ckpt), "--data", str(data))
+    assert err == (f"alexnet: error: {data} has 2 classes but {ckpt} predicts 1000; 'crane' names its outputs 134, 517, "
+                   "and which one the data's is cannot be told by name")

@@ -81,12 +81,24 @@ def label_map(data_classes: list[str], model: AlexNet, source: str = "the data",
     if len(data_classes) != n:
         missing = next((c for c in data_classes if c not in ours), None) if ours else None
         why = f"; {missing!r} is not among its classes" if missing else ("; it names no classes" if not ours else "")
+        why = why or _named_twice(data_classes, ours)
         raise CheckpointError(f"{source} has {len(data_classes)} classes but {model_name} predicts {n}{why}")
     i = next((i for i, (a, b) in enumerate(zip(ours, data_classes)) if a != b), None)
     if i is not None:
         warnings.warn(f"the data's classes are not those of {model_name} (class {i} is {data_classes[i]!r} there, "
                       f"{ours[i]!r} in the checkpoint): the accuracy counts matching class numbers", stacklevel=2)
     return None
+
+
+def _named_twice(data_classes: list[str], ours: list[str]) -> str:
+    """Why classes that are all among the model's cannot be matched by name: one is named twice
+    (ImageNet's two cranes, where a class list such as synset_words.txt calls both 'crane')."""
+    twice = next((c for c in data_classes if ours.count(c) > 1), None)
+    if twice is not None:
+        outputs = [i for i, c in enumerate(ours) if c == twice]
+        return f"; {twice!r} names its outputs {', '.join(map(str, outputs))}, and which one the data's is cannot be told by name"
+    twice = next((c for c in data_classes if data_classes.count(c) > 1), None)
+    return f"; {twice!r} names {data_classes.count(twice)} of the data's classes" if twice is not None else ""
 
 
 def load_models(paths: str | os.PathLike | list[str | os.PathLike], device: str | torch.device = "cpu") -> list[AlexNet]:
