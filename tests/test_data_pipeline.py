@@ -790,6 +790,34 @@ def test_ilsvrc_flat_val_labelled_by_devkit(tmp_path):
         load_data(root, batch_size=3, input_size=24, preset="torchvision")
 
 
+
+def test_ilsvrc_flat_val_of_a_subset_is_labelled_by_the_devkits_lines_of_its_images(tmp_path):
+    """train/ with some of the synsets and val/ with their images, beside the devkit's ground truth of
+    every validation image: refused at the first line of another class ('line 1: ILSVRC2012_ID 3
+    (n01443537) is not a train/ class folder'), though that image is not in val/ (Kaggle's CSV, read
+    for the images present, was taken). An image present of a class outside train/ is one line."""
+    scipy_io = pytest.importorskip("scipy.io")
+    root = tmp_path / "ilsvrc"
+    for w in ["n01440764", "n01484850"]:  # sorted: class indices 0, 1; no n01443537
+        (root / "train" / w).mkdir(parents=True)
+        Image.new("RGB", (40, 30), (50, 60, 70)).save(root / "train" / w / f"{w}_1.JPEG")
+    ids = {1: "n01484850", 2: "n01440764", 3: "n01443537"}
+    dtype = [("ILSVRC2012_ID", "O"), ("WNID", "O"), ("words", "O"), ("num_children", "O")]
+    devkit = root / "ILSVRC2012_devkit_t12" / "data"
+    devkit.mkdir(parents=True)
+    scipy_io.savemat(str(devkit / "meta.mat"), {"synsets": np.array([(i, w, w, 0) for i, w in ids.items()], dtype=dtype)})
+    (devkit / "ILSVRC2012_validation_ground_truth.txt").write_text("3\n1\n2\n1\n2\n")  # images 1..5
+    (root / "val").mkdir()
+    for n in range(2, 6):  # image 1, the n01443537, is not in the subset
+        Image.new("RGB", (40, 30), (n, n, n)).save(root / "val" / f"ILSVRC2012_val_{n:08d}.JPEG")
+    data = load_data(root, batch_size=3, input_size=24, preset="torchvision")
+    assert torch.cat([b[1] for b in data.val]).tolist() == [1, 0, 1, 0]  # by hand: IDs 1, 2, 1, 2
+    Image.new("RGB", (40, 30)).save(root / "val" / "ILSVRC2012_val_00000001.JPEG")
+    with pytest.raises(DataError, match=r"ILSVRC2012_val_00000001.JPEG: its class in .* \(line 1: ILSVRC2012_ID 3, "
+                                        r"n01443537\) is not a train/ class folder"):
+        load_data(root, batch_size=3, input_size=24, preset="torchvision")
+
+
 def test_cifar_python_batches(tmp_path):
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()

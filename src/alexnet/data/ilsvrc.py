@@ -55,18 +55,19 @@ def val_samples(root: Path, val_dir: Path, folders: list[str]) -> list[tuple[str
             raise DataError(f"{truth}: the devkit's meta.mat (ILSVRC2012_ID -> WNID) is not beside it")
         id_to_wnid = read_meta(meta)
         labels = [int(t) for t in truth.read_text().split()]
-        by_number = {}
-        for n, ilsvrc_id in enumerate(labels, start=1):
-            wnid = id_to_wnid.get(ilsvrc_id)
-            if wnid not in index:
-                raise DataError(f"{truth}: line {n}: ILSVRC2012_ID {ilsvrc_id} ({wnid}) is not a train/ class folder")
-            by_number[n] = index[wnid]
         samples = []
         for f in files:
             m = _NUMBER.search(Path(f).name)
-            if m is None or int(m.group(1)) not in by_number:
+            n = int(m.group(1)) if m is not None else 0
+            if not 1 <= n <= len(labels):
                 raise DataError(f"{f}: no ground-truth label in {truth} (expected ILSVRC2012_val_NNNNNNNN.JPEG)")
-            samples.append((f, by_number[int(m.group(1))]))
+            # Only the lines of images present: a subset's val/ holds its classes' images, and the
+            # devkit's 50,000 lines name all 1000 classes (as Kaggle's CSV, read for present files only).
+            wnid = id_to_wnid.get(labels[n - 1])
+            if wnid not in index:
+                raise DataError(f"{f}: its class in {truth} (line {n}: ILSVRC2012_ID {labels[n - 1]}, {wnid}) "
+                                "is not a train/ class folder")
+            samples.append((f, index[wnid]))
         return samples
     if kaggle is not None:
         with kaggle.open(newline="") as fh:
