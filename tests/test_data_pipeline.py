@@ -818,6 +818,27 @@ def test_ilsvrc_flat_val_of_a_subset_is_labelled_by_the_devkits_lines_of_its_ima
         load_data(root, batch_size=3, input_size=24, preset="torchvision")
 
 
+
+def test_ilsvrc_flat_val_in_kaggles_own_layout_finds_its_csv(tmp_path):
+    """Kaggle's download unpacks to CHALLENGE/ILSVRC/Data/CLS-LOC/{train,val,test} with
+    LOC_val_solution.csv in CHALLENGE/, three folders above the data: 'images directly in val/ but no
+    ... LOC_val_solution.csv found'. Labels by hand: the CSV's WNIDs among the sorted train/ folders."""
+    challenge = tmp_path / "imagenet-object-localization-challenge"
+    root = challenge / "ILSVRC" / "Data" / "CLS-LOC"
+    for w in ["n01440764", "n01443537"]:
+        (root / "train" / w).mkdir(parents=True)
+        Image.new("RGB", (40, 30), (50, 60, 70)).save(root / "train" / w / f"{w}_1.JPEG")
+    (root / "val").mkdir()
+    (root / "test").mkdir()
+    rows = {1: "n01443537", 2: "n01440764", 3: "n01443537"}
+    for n in rows:
+        Image.new("RGB", (40, 30), (n, n, n)).save(root / "val" / f"ILSVRC2012_val_{n:08d}.JPEG")
+    (challenge / "LOC_val_solution.csv").write_text("ImageId,PredictionString\n" + "".join(
+        f"ILSVRC2012_val_{n:08d},{w} 1 2 30 20 {w} 3 4 10 10\n" for n, w in rows.items()))
+    data = load_data(root, batch_size=3, input_size=24, preset="torchvision")
+    assert torch.cat([b[1] for b in data.val]).tolist() == [1, 0, 1]
+
+
 def test_cifar_python_batches(tmp_path):
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()

@@ -47,7 +47,8 @@ def val_samples(root: Path, val_dir: Path, folders: list[str]) -> list[tuple[str
         return None
     index = {wnid: i for i, wnid in enumerate(folders)}
     roots = [root, val_dir, root.parent]
-    kaggle = _find(roots, "LOC_val_solution.csv")
+    # Kaggle's download keeps the CSV three folders above the data: CHALLENGE/ILSVRC/Data/CLS-LOC/{train,val}
+    kaggle = _find([*roots, *list(root.parents)[1:3]], "LOC_val_solution.csv")
     truth = _find(roots, GROUND_TRUTH)
     if truth is not None:
         meta = _find([truth.parent, *roots], "meta.mat")
