@@ -971,3 +971,25 @@ def test_a_run_of_a_registered_model_resumes_where_it_is_not_registered(tiny_fmn
     assert a["position"] == b["position"] and a["model"].keys() == b["model"].keys()
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert main(["train", "--resume", str(tmp_path / "b"), "--epochs", "3", "--progress", "off"]) == 0
+
+
+def test_init_from_gives_no_row_to_a_name_that_the_data_gives_two_classes(tmp_path):
+    """A classes.tsv from synset_words.txt names ImageNet's bird crane (n02012849, row 134) and machine
+    crane (n03126707, row 517) both 'crane': both classes got row 517, identical outputs from the
+    first step, and the log said every class kept its row. Which is which cannot be told by name."""
+    import torchvision
+
+    from alexnet.interop import imagenet_classes
+    from alexnet.train import build_model
+
+    torch.manual_seed(0)
+    tv = torchvision.models.alexnet().state_dict()
+    torch.save(tv, tmp_path / "tv.pth")
+    cfg = resolve_config("owt", dict(init_from=str(tmp_path / "tv.pth")))
+    arch = alexnet.model.model_config("alexnet_owt")
+    logs = []
+    model = build_model(cfg, arch, ["tench", "crane", "crane"], load_checkpoint(tmp_path / "tv.pth", torchvision=True), logs.append)
+    assert imagenet_classes()[517] == "crane" and torch.equal(model.fc8.weight[0], tv["classifier.6.weight"][0])
+    assert not any(torch.equal(model.fc8.weight[i], tv["classifier.6.weight"][517]) for i in (1, 2))
+    assert logs[-1] == (f"fc8: 1 of 3 classes keep their rows of {tmp_path / 'tv.pth'} (matched by name), 2 re-initialised "
+                        "('crane' names more than one of the data's classes)")

@@ -575,16 +575,20 @@ def _fc8_rows(
     known = [class_name(c) for c in known] if known else None  # as the data names them, on any machine
     if known == list(classes) or (known is None and len(state["fc8.bias"]) == len(classes)):
         return False
-    rows = [known.index(c) if known and known.count(c) == 1 else None for c in classes]
+    # A name given to two of the data's classes (a classes.tsv from synset_words.txt calls ImageNet's
+    # bird and machine cranes both 'crane') cannot say which row is whose: both start fresh.
+    rows = [known.index(c) if known and known.count(c) == 1 and classes.count(c) == 1 else None for c in classes]
     weight, bias = model.fc8.weight.detach().clone(), model.fc8.bias.detach().clone()
     for i, j in enumerate(rows):
         if j is not None:
             weight[i], bias[i] = state["fc8.weight"][j], state["fc8.bias"][j]
     state["fc8.weight"], state["fc8.bias"] = weight, bias
     kept = sum(j is not None for j in rows)
+    twice = sorted({c for c in classes if classes.count(c) > 1 and known and c in known})
+    why = f" ({', '.join(map(repr, twice))} names more than one of the data's classes)" if twice else ""
     if kept:
         log(f"fc8: {kept} of {len(classes)} classes keep their rows of {source} (matched by name)"
-            + (f", {len(classes) - kept} re-initialised" if kept < len(classes) else ""))
+            + (f", {len(classes) - kept} re-initialised{why}" if kept < len(classes) else ""))
     else:
         log(f"fc8 re-initialised for {len(classes)} classes" + (" (none of them is among the file's)" if known else ""))
     return kept < len(classes)
