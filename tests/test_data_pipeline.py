@@ -839,6 +839,32 @@ def test_ilsvrc_flat_val_in_kaggles_own_layout_finds_its_csv(tmp_path):
     assert torch.cat([b[1] for b in data.val]).tolist() == [1, 0, 1]
 
 
+
+@pytest.mark.parametrize("name, text, said", [
+    ("ILSVRC2012_validation_ground_truth.txt", "65\nn01440764\n", "not the devkit's validation ground truth (one "
+     "ILSVRC2012_ID per line; found 'n01440764')"),
+    ("LOC_val_solution.csv", "id,label\nILSVRC2012_val_00000001,n01440764\n", "not Kaggle's LOC_val_solution.csv "
+     "(expected columns ImageId,PredictionString; found id,label)"),
+    ("LOC_val_solution.csv", "ImageId,PredictionString\nILSVRC2012_val_00000001,\n", None),
+])
+def test_ilsvrc_label_files_that_are_not_are_one_line_naming_them(tmp_path, name, text, said):
+    """A ground truth with a word that is no ILSVRC2012_ID, a CSV of other columns and a CSV row
+    without a box were internal errors (ValueError, KeyError 'ImageId', IndexError)."""
+    scipy_io = pytest.importorskip("scipy.io")
+    root = tmp_path / "ilsvrc"
+    (root / "train" / "n01440764").mkdir(parents=True)
+    dtype = [("ILSVRC2012_ID", "O"), ("WNID", "O"), ("words", "O"), ("num_children", "O")]
+    synsets = np.array([(65, "n01440764", "tench", 0), (1, "n01443537", "goldfish", 0)], dtype=dtype)
+    scipy_io.savemat(str(root / "meta.mat"), {"synsets": synsets})
+    Image.new("RGB", (40, 30)).save(root / "train" / "n01440764" / "a.JPEG")
+    (root / "val").mkdir()
+    Image.new("RGB", (40, 30)).save(root / "val" / "ILSVRC2012_val_00000001.JPEG")
+    (root / name).write_text(text)
+    said = said or f"ILSVRC2012_val_00000001.JPEG: no label for it in {root / name}"
+    with pytest.raises(DataError, match=re.escape(said)):
+        load_data(root, batch_size=3, input_size=24, preset="torchvision")
+
+
 def test_cifar_python_batches(tmp_path):
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()

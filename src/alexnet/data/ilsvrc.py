@@ -40,6 +40,35 @@ def read_meta(path: Path) -> dict[int, str]:
         raise DataError(f"{path}: not an ILSVRC devkit meta.mat ({type(e).__name__}: {e})") from None
 
 
+def _ground_truth(path: Path) -> list[int]:
+    """The devkit's ILSVRC2012_IDs, one per line; a file that is not that is one line naming it (a
+    ValueError was an internal error)."""
+    words = path.read_text(encoding="utf-8", errors="replace").split()
+    bad = next((w for w in words if not w.isdigit()), None)
+    if bad is not None:
+        raise DataError(f"{path}: not the devkit's validation ground truth (one ILSVRC2012_ID per line; found {bad[:40]!r})")
+    return [int(w) for w in words]
+
+
+def _kaggle_labels(path: Path) -> dict[str, str | None]:
+    """ImageId -> WNID (its first box's) of Kaggle's LOC_val_solution.csv; None for a row without
+    one. Other columns or a file that is not CSV are one line naming it (KeyError, IndexError and
+    csv.Error were internal errors)."""
+    try:
+        with path.open(newline="", encoding="utf-8", errors="replace") as fh:
+            reader = csv.DictReader(fh)
+            if not {"ImageId", "PredictionString"} <= set(reader.fieldnames or ()):
+                raise DataError(f"{path}: not Kaggle's LOC_val_solution.csv (expected columns ImageId,PredictionString; "
+                                f"found {','.join(reader.fieldnames or [])[:80] or 'none'})")
+            rows = {}
+            for r in reader:
+                words = (r["PredictionString"] or "").split()
+                rows[r["ImageId"]] = words[0] if words else None
+            return rows
+    except csv.Error as e:
+        raise DataError(f"{path}: not Kaggle's LOC_val_solution.csv ({e})") from None
+
+
 def val_samples(root: Path, val_dir: Path, folders: list[str]) -> list[tuple[str, int]] | None:
     """(path, class index) of a flat ILSVRC val/ folder, or None when val/ has class sub-folders."""
     files = top_level_images(val_dir)
@@ -55,7 +84,7 @@ def val_samples(root: Path, val_dir: Path, folders: list[str]) -> list[tuple[str
         if meta is None:
             raise DataError(f"{truth}: the devkit's meta.mat (ILSVRC2012_ID -> WNID) is not beside it")
         id_to_wnid = read_meta(meta)
-        labels = [int(t) for t in truth.read_text().split()]
+        labels = _ground_truth(truth)
         samples = []
         for f in files:
             m = _NUMBER.search(Path(f).name)
@@ -71,8 +100,7 @@ def val_samples(root: Path, val_dir: Path, folders: list[str]) -> list[tuple[str
             samples.append((f, index[wnid]))
         return samples
     if kaggle is not None:
-        with kaggle.open(newline="") as fh:
-            rows = {r["ImageId"]: r["PredictionString"].split()[0] for r in csv.DictReader(fh)}
+        rows = _kaggle_labels(kaggle)
         samples = []
         for f in files:
             wnid = rows.get(Path(f).stem)
