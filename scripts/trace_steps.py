@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from alexnet.cli import _key_values
+from alexnet.cli.common import _key_values
 from alexnet.config import resolve_config
 from alexnet.data.loaders import load_data, model_input
 from alexnet.health import WATCHED, LayerProbe

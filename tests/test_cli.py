@@ -410,6 +410,6 @@ def test_a_broken_pipe_that_is_not_standard_output_is_an_error(monkeypatch, caps
     def broken(args):
         raise BrokenPipeError(32, "Broken pipe")
 
-    monkeypatch.setattr(cli, "cmd_models", broken)
+    monkeypatch.setattr(cli.options, "cmd_models", broken)  # the parser takes the command from there
     assert cli.main(["models"]) == 1
     assert capsys.readouterr().err == "alexnet: error: Broken pipe\n"

@@ -8,7 +8,8 @@ import re
 
 import pytest
 
-from alexnet.cli import _config_overrides, build_parser
+from alexnet.cli import build_parser
+from alexnet.cli.common import _config_overrides
 from alexnet.config import TrainConfig, flag, resolve_config
 from alexnet.errors import ConfigError, DataError
 

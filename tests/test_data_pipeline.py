@@ -554,7 +554,8 @@ def test_prepare_suggests_an_input_the_network_takes(tmp_path, capsys, size, sai
     """Packed under 72 px, prepare's hint named input_size=size*224//256, which alexnet_paper cannot take
     ('input_size=55 is too small for this network'): the hint now goes no lower than the smallest it takes,
     and a pack smaller than that says so instead of suggesting a command that fails."""
-    from alexnet.cli import _train_hint, main
+    from alexnet.cli import main
+    from alexnet.cli.tools import _train_hint
     from alexnet.model import model_config
 
     root = make_image_folder(tmp_path / "imgs", classes=2, per_class=2, size=(40, 36))

@@ -1005,7 +1005,7 @@ def test_evaluate_out_failing_half_way_keeps_the_earlier_four_files_together(tmp
     import errno
     import resource
 
-    from alexnet.cli import _write_evaluation
+    from alexnet.cli.use import _write_evaluation
 
     out = tmp_path / "ev"
     classes = ["a", "b"]

@@ -480,7 +480,7 @@ def test_export_pt2_runs_without_this_package(tmp_path, paper_ckpt, capsys):
     from alexnet.export import FORMATS
 
     sub = next(a for a in build_parser()._actions if a.dest == "command").choices["export"]
-    assert next(a for a in sub._actions if a.dest == "format").choices == FORMATS  # cli.py writes them out
+    assert next(a for a in sub._actions if a.dest == "format").choices == FORMATS  # the parser (cli/options.py) writes them out
     model = alexnet.load(paper_ckpt)
     pt2 = tmp_path / "m.pt2"
     assert main(["export", "--checkpoint", str(paper_ckpt), "--out", str(pt2)]) == 0

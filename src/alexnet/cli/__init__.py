@@ -1,0 +1,153 @@
+"""The ``alexnet`` command line: one sub-command per job, each a thin layer over the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import io
+import os
+import sys
+from collections.abc import Iterator
+
+from ..errors import AlexNetError, Interrupted, StoppedAtOnce
+from .options import build_parser
+
+# Commands that run the network on batches: big tensors are allocated and freed every step.
+_COMPUTING = {"train", "evaluate", "predict", "features", "retrieve", "prepare", "export"}
+
+
+def _stdout_gone() -> bool:
+    """Whether standard output is a pipe whose reader has closed it (poll reports an error on it)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), no file descriptor
+        return False
+
+
+def _resumed_threads(args: argparse.Namespace) -> int | None:
+    """A resume without --threads takes the count its run started with, where this machine has as many
+    cores: CPU sums then round as they did, and the run goes on bitwise (the --resume line it printed
+    has no --threads; with every core it went on otherwise, and on a shared machine slowly). So does a
+    run started again from a run's config.json (--config RUN/config.json): it repeats that run bitwise."""
+    if args.command != "train" or not (getattr(args, "resume", None) or getattr(args, "config", None)):
+        return None
+    from ..resume import recorded_threads, started_threads
+
+    n = started_threads(args.resume) if args.resume else recorded_threads(args.config)
+    return n if n is not None and n <= (os.cpu_count() or 1) else None
+
+
+def _warning_line(message, category, filename, lineno, line=None) -> str:
+    """A warning as one line (Python adds the source line that raised it, which says nothing to a
+    user of the command line; ALEXNET_DEBUG=1 keeps Python's format)."""
+    return f"warning: {message}\n"
+
+
+def _import_torch() -> None:
+    """Import torch with Ctrl-C and SIGTERM held until it has loaded: a KeyboardInterrupt raised
+    inside its C++ start-up aborted the process ('terminate called after throwing an instance of
+    pybind11::error_already_set'), and one in its Python start-up printed a traceback."""
+    from ..atomic import signals_held
+
+    with signals_held():
+        import torch  # noqa: F401
+
+
+@contextlib.contextmanager
+def _sigterm_as_ctrl_c() -> Iterator[None]:
+    """SIGTERM (kill, docker stop, a scheduler's preemption) raises KeyboardInterrupt, as Ctrl-C does,
+    where it would otherwise end the process on the spot: each command's clean-up runs (temporaries
+    removed, the old pack kept) and it says so in one line. Training saves on either (train._CtrlC)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield  # called from a thread, or SIGTERM handled by the caller
+        return
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import warnings
+
+    if not os.environ.get("ALEXNET_DEBUG"):
+        warnings.formatwarning = _warning_line
+    if os.environ.get("RANK", "0") != "0":  # a rank of a torchrun run: rank 0 says what each would (the data's warnings)
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"alexnet(\.|$)")
+    # A path that is not UTF-8 is printed as its bytes, as ls prints it, instead of failing the
+    # command under a UTF-8 locale (whose stdout is strict; stderr already escapes it).
+    if isinstance(sys.stdout, io.TextIOWrapper) and sys.stdout.errors == "strict":
+        sys.stdout.reconfigure(errors="surrogateescape")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for relaunching under torchrun
+    if args.command is None:
+        parser.print_help()
+        return 2
+    if args.command != "train":  # train leaves unset options to its preset and config file
+        workers = min(8, os.cpu_count() or 1) if args.command == "prepare" else 0  # prepare decodes every image
+        for name, default in (("workers", workers), ("amp", "auto"), ("device", "auto")):
+            if getattr(args, name, default) is None:
+                setattr(args, name, default)
+    with _sigterm_as_ctrl_c():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the command of ``args``: its exit status, and a failure as one line on stderr."""
+    try:
+        _import_torch()  # inside the try: a Ctrl-C while torch loads ends in one line, as later ones do
+        if args.command in _COMPUTING:
+            from ..runtime import keep_freed_memory, set_threads
+
+            keep_freed_memory()
+            threads = getattr(args, "threads", None) or _resumed_threads(args)
+            if threads:
+                set_threads(threads)
+        code = args.func(args)
+        sys.stdout.flush()  # a reader that went away is met here, not at the interpreter's exit
+        return code
+    except BrokenPipeError as e:
+        if not _stdout_gone():  # another pipe (a worker's, a subprocess's): an error like any other
+            print(f"alexnet: error: {e.strerror or e}", file=sys.stderr)
+            return 1
+        # 'alexnet models | head -1': the reader went away; stop quietly, as cat does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        return 141
+    except (Interrupted, StoppedAtOnce) as e:
+        print(f"alexnet: {e}", file=sys.stderr)
+        return 130
+    except AlexNetError as e:
+        print(f"alexnet: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("alexnet: interrupted", file=sys.stderr)
+        return 130
+    except OSError as e:  # disk full, permissions, ...
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(f"alexnet: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 1
+    except Exception as e:  # a bug: one line by default, the traceback on request
+        if os.environ.get("ALEXNET_DEBUG"):
+            raise
+        if getattr(args, "compile", None) and type(e).__module__.startswith("torch._"):  # inductor, dynamo
+            reason = " ".join(str(e).strip().splitlines()[0].split()) if str(e).strip() else type(e).__name__
+            print(f"alexnet: error: --compile failed ({reason}); run without --compile (set ALEXNET_DEBUG=1 for the "
+                  "traceback)", file=sys.stderr)
+            return 2
+        print(f"alexnet: internal error: {type(e).__name__}: {e} (set ALEXNET_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
+    finally:
+        # A distributed run's DDP wrapper holds its process group and sits in reference cycles
+        # (after a failure also through the traceback): free it now, while the interpreter is
+        # whole, not during its exit, where gloo's threads can end the process in std::terminate.
+        gc.collect()

@@ -1,0 +1,276 @@
+"""The argument parser: every sub-command, its options and their help."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+
+from ..config import AT_LEAST_1, FRACTION
+from .common import _train_option_names
+from .tools import BENCHMARKS, cmd_benchmark, cmd_download, cmd_export, cmd_import, cmd_models, cmd_prepare, cmd_summary
+from .training import cmd_train
+from .use import cmd_evaluate, cmd_features, cmd_predict, cmd_retrieve, cmd_visualize
+
+
+def _config_type(kind: type, check: tuple | None):
+    """An argparse type: ``kind`` (int or float), finite, and passing ``check`` (see config.opt)."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'a whole number' if kind is int else 'a number'}, got {text!r}") from None
+        if not math.isfinite(value):  # NaN passes every range test
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        if check is not None and not check[0](value):
+            raise argparse.ArgumentTypeError(f"expected a number {check[1]}, got {value}")
+        return value
+
+    return parse
+
+
+_positive_int = _config_type(int, AT_LEAST_1)
+_fraction = _config_type(float, FRACTION)
+
+
+def _add_config_options(parser: argparse.ArgumentParser, names: list[str] | None = None) -> None:
+    """``alexnet train``'s options, generated from the TrainConfig fields (``names``: only these):
+    each option's default, range, choices and help are declared once, in config.py."""
+    import typing
+
+    from ..config import _FIELDS, field_types, flag
+
+    for name, kind in field_types().items():
+        meta = _FIELDS[name].metadata
+        if not meta.get("cli", True) or (names is not None and name not in names):
+            continue
+        base = next((a for a in typing.get_args(kind) if a is not type(None)), kind)
+        extra: dict = {"help": _with_default(name, meta.get("help")), "metavar": meta.get("metavar"), "default": None, "dest": name}
+        if typing.get_origin(kind) in (list, dict):
+            extra["action"] = "append"  # comma lists and KEY=VALUE tables are parsed by _config_overrides
+        elif base is bool:
+            extra["action"] = argparse.BooleanOptionalAction
+            extra.pop("metavar")
+        elif meta.get("choices"):
+            extra["choices"] = meta["choices"]
+        elif base in (int, float):
+            extra["type"] = _config_type(base, meta.get("check"))
+        if extra.get("metavar") is None and "action" not in extra and "choices" not in extra:
+            extra["metavar"] = flag(name).lstrip("-").replace("-", "_").upper()
+        parser.add_argument(flag(name), **extra)
+
+
+def _with_default(name: str, help: str | None) -> str | None:
+    """An option's help with its default: each preset's value where the presets differ."""
+    from ..config import _FIELDS, PRESETS
+
+    default = _FIELDS[name].default
+    if help is None or "default" in help or default is dataclasses.MISSING or isinstance(default, (list, dict)):
+        return help
+    values = {p: recipe.get(name, default) for p, recipe in PRESETS.items()}
+    said = f"the preset's: {', '.join(f'{p} {v}' for p, v in values.items())}" if len({repr(v) for v in values.values()}) > 1 else None
+    if name == "workers":  # shared by every command, whose defaults differ
+        return f"{help} (train: {said or default}, at most one per core; prepare: one per core, at most 8; others: 0)"
+    if said:
+        return f"{help} (default: {said})"
+    return help if default is None or default is False else f"{help} (default: {default})"
+
+
+def _add_threads(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--threads", type=_positive_int, metavar="N",
+        help="CPU threads for the computation (default: one per core); give each of two jobs on one machine half",
+    )
+
+
+def _add_progress(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--progress", choices=("auto", "on", "off"), default="auto", help="progress bars (auto: on a terminal)")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (no wrapped usage block) and exit code 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        """An unknown option is the command's error: named by it, with the option it resembles."""
+        parsed, extra = self.parse_known_args(args, namespace)
+        if extra:
+            import difflib
+
+            command = next((a._name_parser_map.get(parsed.command) for a in self._actions
+                            if isinstance(a, argparse._SubParsersAction)), None) or self
+            known = [o for a in command._actions for o in a.option_strings]
+            close = [m for e in extra if e.startswith("--") for m in difflib.get_close_matches(e.split("=")[0], known, 1)]
+            hint = f"; did you mean {' '.join(dict.fromkeys(close))}?" if close else ""
+            command.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
+        return parsed
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    p = _Parser(
+        prog="alexnet",
+        description="AlexNet (Krizhevsky, Sutskever & Hinton 2012): train, evaluate and inspect it.",
+    )
+    p.add_argument("--version", action="version", version=f"alexnet {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    common = _Parser(add_help=False)
+    _add_config_options(common, ["device", "workers", "amp"])
+    _add_progress(common)
+    _add_threads(common)
+
+    _add_train(sub, common)
+    _add_use_commands(sub, common)
+    _add_tool_commands(sub, common)
+    _add_info_commands(sub, common)
+    return p
+
+
+def _add_train(sub, common: argparse.ArgumentParser) -> None:
+    """``alexnet train``: its options are generated from TrainConfig (config.py)."""
+    t = sub.add_parser(
+        "train",
+        parents=[common],
+        help="train a model (default: AlexNet on Fashion-MNIST)",
+        description="Train a model. With no arguments: alexnet_small on Debian's Fashion-MNIST (5 epochs, about 4-9 minutes "
+        "on 2 CPU cores). Options override the preset, which --config FILE (TOML/YAML) may also override.",
+    )
+    t.add_argument("--config", help="TOML or YAML file of training options (command-line options win), or a run's "
+                   "config.json: that run again (its thread count too, unless --threads)")
+    t.add_argument("--force", action="store_true", help="replace the run that --out holds (its own files only)")
+    t.add_argument("--dropout", type=_fraction, help="dropout probability of fc6/fc7 (paper: 0.5); a model option")
+    _add_config_options(t, [name for name in _train_option_names() if name not in ("device", "workers", "amp")])
+    t.add_argument(
+        "--nproc", type=_positive_int, metavar="N",
+        help="data-parallel over N processes on this machine (runs torchrun; one per GPU, or CPU processes with gloo); "
+        "--batch-size stays the global batch and must divide by N. Many machines: see docs/distributed.md",
+    )
+    t.set_defaults(func=cmd_train)
+
+
+def _add_use_commands(sub, common: argparse.ArgumentParser) -> None:
+    """The commands that use a trained model: evaluate, predict, features, retrieve, visualize."""
+    e = sub.add_parser("evaluate", parents=[common], help="top-1/top-5 accuracy and error of a checkpoint")
+    e.add_argument("--checkpoint", required=True, help="a .pt or .safetensors file from 'alexnet train', 'import' or 'export'")
+    e.add_argument("--data", help="data to evaluate on (default: the data set the checkpoint was trained on; needed for imports, "
+                   "exports): its val split; a folder without one, the images training held out if the checkpoint "
+                   "trained on it (an ensemble: the first checkpoint's; a warning names a member that trained on "
+                   "some of them), else every image")
+    e.add_argument("--num-classes", type=_positive_int, help="check that the checkpoint has this many classes")
+    e.add_argument("--batch-size", type=_positive_int, default=256, help="images per batch (default: 256)")
+    _add_config_options(e, ["decode", "channels_last"])
+    e.add_argument("--ten-crop", action="store_true", help="average the softmax of the 4 corner + centre crops and their mirrors")
+    e.add_argument("--ensemble", nargs="+", metavar="FILE", help="more checkpoints: average the softmax of all models")
+    e.add_argument("--out", help="folder for per_class.csv, confusion.png, confusion.csv and evaluate.json")
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.set_defaults(func=cmd_evaluate)
+
+    pr = sub.add_parser("predict", parents=[common], help="top-K classes of your own images")
+    pr.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER")
+    pr.add_argument("--checkpoint", required=True, help="a checkpoint (.pt) or an exported .safetensors")
+    pr.add_argument("--top", type=_positive_int, default=5, help="classes per image (default: 5)")
+    pr.add_argument("--json", action="store_true", help="print a JSON list")
+    pr.add_argument("--figure", help="figure file (.png, .pdf, .svg, .jpg): each image with bars for its --top classes, "
+                    "at most 5 (the paper's figure 4, left)")
+    pr.set_defaults(func=cmd_predict)
+
+    fe = sub.add_parser("features", parents=[common], help="fc7 features of every image of a folder (an index for 'retrieve')")
+    fe.add_argument("--checkpoint", required=True, help="a checkpoint (.pt) or an exported .safetensors")
+    fe.add_argument("--data", required=True, help="a folder of CLASS/IMAGE files")
+    fe.add_argument("--out", required=True, help="index file, NAME.safetensors")
+    fe.add_argument("--batch-size", type=_positive_int, default=64, help="images per batch (default: 64)")
+    fe.set_defaults(func=cmd_features)
+
+    rt = sub.add_parser("retrieve", parents=[common], help="the indexed images nearest to a query in fc7 space")
+    rt.add_argument("image", metavar="QUERY_IMAGE")
+    rt.add_argument("--index", required=True, help="a file written by 'alexnet features'")
+    rt.add_argument("--checkpoint", help="default: the checkpoint the index was built with")
+    rt.add_argument("--k", type=_positive_int, default=6, help="neighbours to list (default: 6)")
+    rt.add_argument("--json", action="store_true", help="print a JSON list")
+    rt.add_argument("--figure", help="figure file (.png, .pdf, .svg, .jpg): the query and its neighbours (the paper's figure 4, right)")
+    rt.set_defaults(func=cmd_retrieve)
+
+
+    v = sub.add_parser("visualize", help="figures: conv1 filters (paper fig. 3) or training curves")
+    v.add_argument("what", choices=("filters", "curves"))
+    v.add_argument("run_dir", nargs="*", help="run folder(s) (for curves: several share one figure, a colour each)")
+    v.add_argument("--checkpoint", help="checkpoint (for filters)")
+    v.add_argument("--out", help="figure file, .png, .pdf, .svg or .jpg (filters: .png or .jpg) (default: filters.png; "
+                   "RUN_DIR/curves.png for one run, curves.png for several)")
+    v.set_defaults(func=cmd_visualize)
+
+def _add_tool_commands(sub, common: argparse.ArgumentParser) -> None:
+    """Weights in and out, data preparation."""
+    im = sub.add_parser("import", help="convert torchvision or Caffe (bvlc_alexnet) weights into a checkpoint")
+    im.add_argument("source", choices=("torchvision", "caffe"))
+    im.add_argument("file", nargs="?", help="torchvision: a saved state dict; caffe: a .caffemodel or a bvlc_alexnet.npy "
+                    "(default: the published ImageNet weights, downloaded once into torch.hub's cache)")
+    im.add_argument("--out", required=True, help="checkpoint to write (.pt)")
+    im.add_argument("--mean-file", help="caffe: a mean .binaryproto (default: the ILSVRC-2012 mean)")
+    im.add_argument("--allow-pickle", action="store_true", help="caffe .npy: unpickle anything (only for files you trust)")
+    _add_progress(im)
+    im.set_defaults(func=cmd_import)
+
+    ex = sub.add_parser("export", help="write a checkpoint as safetensors (+ JSON), ONNX, torch.export (.pt2), TorchScript "
+                        "or torchvision's state dict")
+    ex.add_argument("--checkpoint", required=True)
+    ex.add_argument(
+        "--format",
+        choices=("safetensors", "onnx", "pt2", "torchscript", "torchvision"),  # export.FORMATS (a test checks), without importing torch
+        help="default: the one --out's name says (.safetensors, .onnx, .pt2, .ts or .torchscript, .pth: torchvision's "
+             "alexnet state dict, for alexnet_owt networks), else safetensors",
+    )
+    ex.add_argument("--out", required=True, help="the file to write (safetensors: its JSON config goes beside it)")
+    _add_threads(ex)
+    ex.set_defaults(func=cmd_export)
+
+    pp = sub.add_parser("prepare", help="decode an image folder once into the packed 256x256 format (with mean image and PCA)")
+    _add_config_options(pp, ["workers"])  # no --device or --amp: it decodes on the CPU and computes in float64
+    _add_progress(pp)
+    _add_threads(pp)
+    pp.add_argument("--data", required=True, help="image folder (CLASS/IMAGE, or train/ and val/; ILSVRC-2012 layout)")
+    pp.add_argument("--out", required=True, help="folder for the packed shards and index.json")
+    pp.add_argument("--strict", action="store_true", help="stop at the first unreadable image instead of skipping it")
+    pp.add_argument("--size", type=_positive_int, default=256, help="side of the stored square images (paper: 256)")
+    pp.add_argument("--shard-size", type=_positive_int, default=1024, help="images per shard file")
+    pp.add_argument("--force", action="store_true", help="replace the packed data set --out holds")
+    pp.set_defaults(func=cmd_prepare)
+
+
+def _add_info_commands(sub, common: argparse.ArgumentParser) -> None:
+    """Summaries, the model list, data download, benchmarks."""
+    s = sub.add_parser("summary", help="per-layer shapes, neurons, parameters and multiply-accumulates")
+    s.add_argument("--model", help="a registered model (default: alexnet_paper)")
+    s.add_argument("--model-option", action="append", metavar="KEY=VALUE",
+                   help="model config override, as for train: e.g. towers=1, lrn=false, input_size=227")
+    s.add_argument("--checkpoint", help="describe the network of this checkpoint (.pt or .safetensors)")
+    s.add_argument("--num-classes", type=_positive_int, help="outputs of fc8 (default: 1000)")
+    s.add_argument("--input-size", type=_positive_int, help="input side in pixels (default: the model's): --model's network built "
+                   "for it, as --model-option input_size=N; a checkpoint's network must fit it")
+    s.set_defaults(func=cmd_summary)
+
+    m = sub.add_parser("models", help="list the registered models")
+    m.set_defaults(func=cmd_models)
+
+    d = sub.add_parser("download", help="download a data set (needs the internet): Fashion-MNIST, Imagenette, Imagewoof")
+    d.add_argument("dataset", choices=("fashion-mnist", "imagenette", "imagenette-320", "imagenette-160", "imagewoof"),
+                   help="imagenette: fast.ai's imagenette2 (full-size photos; -320/-160: shorter side 320/160 px)")
+    d.add_argument("--out", required=True, help="folder to download and unpack into")
+    _add_progress(d)
+    d.set_defaults(func=cmd_download)
+
+    b = sub.add_parser("benchmark", help="speed against torchvision/torch: LRN, training step, inference")
+    b.add_argument("--only", help=f"comma-separated subset of {','.join(BENCHMARKS)}")
+    b.add_argument("--quick", action="store_true", help="tiny settings: checks they run, figures mean nothing")
+    b.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
+    b.add_argument("--repeats", type=_positive_int, help="timed rounds per benchmark (default: each one's own)")
+    b.add_argument("--threads", type=_positive_int, metavar="N", help="CPU threads for both sides (default: one per core)")
+    b.add_argument("--dir", help="the benchmarks/ folder (default: the one beside src/ in this checkout)")
+    b.add_argument("--data", help="photos for inference's agreement and accuracy, CLASS/IMAGE (default: "
+                   "../shared/data/imagewoof-mini/val beside the checkout if there; else timings on synthetic images)")
+    b.set_defaults(func=cmd_benchmark)

@@ -1,0 +1,89 @@
+"""``alexnet train``: one process, or ``--nproc`` processes under torchrun."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .common import _config_overrides, _progress_flag
+
+if TYPE_CHECKING:  # for annotations only: the commands import what they need when they run
+    from ..config import TrainConfig
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ..config import resolve_config
+    from ..resume import resume_config
+    from ..train import fit
+
+    overrides = _config_overrides(args)
+    if args.resume and args.force:
+        from ..errors import ConfigError
+
+        raise ConfigError("--resume continues a run and --force replaces one: pass one of them")
+    if args.resume:
+        if args.config:
+            from ..errors import ConfigError
+
+            raise ConfigError("--config with --resume: a resumed run keeps its own configuration (config.json in its folder)")
+        # the checkpoint read here serves fit, unless torchrun's processes train (they read their own)
+        cfg = resume_config(args.resume, overrides, keep=not (args.nproc and args.nproc > 1))
+    else:
+        cfg = resolve_config(overrides.pop("preset", None), overrides, args.config)
+        if cfg.init_from and overrides.get("model"):
+            _check_init_model(overrides["model"], cfg.init_from)
+    if args.nproc and args.nproc > 1:
+        return _launch(args, cfg)
+    result = fit(cfg, show_progress=_progress_flag(args), force=args.force)
+    if "val_top1" in result and os.environ.get("RANK", "0") == "0":  # one report per distributed run
+        print(
+            f"done: val top-1 {result['val_top1']:.4f} (error {result['val_top1_error']:.4f}), "
+            f"top-5 {result['val_top5']:.4f}, {result['elapsed_seconds']:.0f}s of training; run folder {result['run_dir']}"
+        )
+    return 0
+
+
+def _check_init_model(model: str, init_from: str) -> None:
+    """ConfigError for a typed --model other than the network --init-from holds (its architecture is
+    the one trained: the --model would be dropped without a word)."""
+    from ..checkpoint import config_from_file, load_checkpoint
+    from ..errors import ConfigError
+    from ..model import describe_model, model_family
+
+    saved = load_checkpoint(init_from, torchvision=True).get("model_config")
+    if saved is None:  # another bare state dict: its weights go into --model
+        return
+    config = config_from_file(saved, init_from)
+    if model_family(config)[0] != model:  # the paper's net trained at 112 px is still --model alexnet_paper
+        raise ConfigError(f"--model {model}: --init-from {init_from} holds {describe_model(config)}, whose architecture "
+                          "the run trains; drop --model (or start from weights of that network)")
+
+
+def _launch(args: argparse.Namespace, cfg: TrainConfig) -> int:
+    """``train --nproc N``: the checks that would otherwise fail once per rank, then torchrun."""
+    from .. import distributed
+    from ..errors import ConfigError
+
+    if distributed.launched():
+        raise ConfigError("--nproc: this process was already started by torchrun; drop --nproc")
+    if cfg.batch_size % args.nproc:
+        raise ConfigError(f"--batch-size {cfg.batch_size} is the global batch: it must divide evenly over --nproc {args.nproc}")
+    from ..parallel import tower_devices
+
+    for rank in range(args.nproc):  # each rank's towers, as the ranks would check them on this machine
+        tower_devices(cfg.tower_devices, distributed.DistInfo(rank, args.nproc, rank, args.nproc))
+    argv = distributed.without_option(args.argv, "--nproc")
+    out = cfg.out
+    if not out:  # named here, so that the launcher's last line can say which folder to resume
+        from ..train import default_run_dir
+
+        out = str(default_run_dir(cfg.model))
+        argv += ["--out", out]
+    from ..atomic import check_writable
+    from ..runfolder import check  # rank 0 claims the folder (runfolder.py); a refusal is one line here instead
+
+    check(Path(out), bool(cfg.resume), args.force)
+    check_writable(out, "--out" if cfg.out else "the run folder", folder=True)
+    return distributed.launch(args.nproc, argv, out)

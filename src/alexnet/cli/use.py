@@ -1,0 +1,264 @@
+"""The commands that use a trained model: evaluate, predict, features, retrieve, visualize."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .common import _check_output, _progress_flag, _same_folder
+
+if TYPE_CHECKING:  # for annotations only: the commands import what they need when they run
+    from ..data.presets import Preprocess
+
+
+def _has_val_split(data: str) -> bool:
+    """Whether the folder ``data`` has a validation split of its own (train/ and val/, a packed val
+    split, Fashion-MNIST's or CIFAR's test set): training on it then held none of its training images out."""
+    from ..data.packed import read_index
+    from ..data.sources import detect, has_split_folders
+
+    root = Path(data)
+    kind = detect(root)
+    if kind in ("fashion_mnist", "cifar"):
+        return True
+    if kind == "packed":
+        return "val" in read_index(root)["splits"]
+    return has_split_folders(root)
+
+
+def _warn_trained_on_scored(paths: list[str], data: object, held_out_seed: int | None) -> None:
+    """Warn for each checkpoint that trained on images evaluate scores: a member of an ensemble trained
+    on ``data`` (a folder without a val split) with another held-out seed than the one scored
+    (``held_out_seed``; None: every image is scored). Its figures would count images it learnt."""
+    import warnings
+
+    from ..checkpoint import read_entry
+
+    if not isinstance(data, str) or _has_val_split(data):
+        return
+    for p in paths:
+        rec = read_entry(p, "train_config") or {}
+        seed = rec.get("seed", 0)
+        if _same_folder(data, rec.get("data")) and seed != held_out_seed:
+            scored = "all of its images" if held_out_seed is None else f"those held out with seed {held_out_seed}"
+            warnings.warn(f"{p} trained on {data} holding out the images of seed {seed}: the images scored ({scored}) include "
+                          "ones it trained on, so the figures are optimistic; give --data a folder none of the models trained on",
+                          stacklevel=2)
+
+
+def _evaluation_data(args: argparse.Namespace, recorded: dict) -> str | None:
+    """What evaluate scores: ``--data``, else the data set the checkpoint trained on (``recorded``, its
+    train_config; None: the default data set), which must still be there."""
+    from ..errors import ConfigError
+
+    if args.data is not None:
+        return args.data
+    if not recorded:  # imported or exported weights: the default data set may not be theirs
+        raise ConfigError(f"{args.checkpoint} records no data set (it was imported or exported, not trained here): give --data")
+    data = recorded.get("data")
+    if isinstance(data, str) and not os.path.exists(data):  # moved since, or the checkpoint copied elsewhere
+        raise ConfigError(f"{args.checkpoint}: the data it was trained on, {data}, is not there: give --data")
+    return data
+
+
+def _write_evaluation(out: Path, record: dict, confusion, classes: list[str], columns: list[str]) -> None:
+    """``evaluate --out``: per_class.csv, confusion.png, confusion.csv and evaluate.json (``record``)."""
+    import shutil
+    import tempfile
+
+    from ..atomic import write_text
+    from ..evaluate import per_class_accuracy, write_confusion_csv, write_per_class_csv
+    from ..figures import plot_confusion
+
+    out.mkdir(parents=True, exist_ok=True)
+    # All four are made in a hidden folder, then moved in: a failure on the third (a full disk) left
+    # the first two of this evaluation beside the last two of an earlier one, which its evaluate.json
+    # described. Each move is a rename within out/, so a failure now costs nothing already there.
+    stage = Path(tempfile.mkdtemp(prefix=".evaluate-", dir=out))
+    try:
+        write_per_class_csv(per_class_accuracy(confusion, classes), stage / "per_class.csv")
+        plot_confusion(confusion, classes, stage / "confusion.png", columns)
+        write_confusion_csv(confusion, classes, stage / "confusion.csv", columns)
+        write_text(stage / "evaluate.json", json.dumps(record, indent=2) + "\n")
+        for name in ("per_class.csv", "confusion.png", "confusion.csv", "evaluate.json"):
+            os.replace(stage / name, out / name)
+    except OSError as e:  # named by the file asked for in out/, not the hidden folder's
+        name = Path(e.filename).name if e.filename else None
+        raise OSError(e.errno, e.strerror, str(out / name) if name else None) from None
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ..checkpoint import read_entry
+    from ..data.device_decode import decode_device
+    from ..data.loaders import load_eval_data
+    from ..errors import CheckpointError
+    from ..evaluate import data_confusion, evaluate, load_models
+    from ..runtime import resolve_amp, resolve_device
+
+    paths = [args.checkpoint, *(args.ensemble or [])]
+    device = resolve_device(args.device)
+    _check_output(args.out, "--out", folder=True)
+    models = load_models(paths, device)
+    n_classes = models[0].config.num_classes
+    if args.num_classes is not None and args.num_classes != n_classes:
+        raise CheckpointError(f"--num-classes {args.num_classes} does not match {args.checkpoint}, which has {n_classes} classes")
+    recorded = read_entry(args.checkpoint, "train_config") or {}  # load_models read the file
+    data = _evaluation_data(args, recorded)
+    own = _same_folder(data, recorded.get("data"))  # a folder without a val split: score what training held out
+    _warn_trained_on_scored([str(p) for p in paths], data, recorded.get("seed", 0) if own else None)
+    decode = decode_device(args.decode or "auto", device)
+    loader, classes, n_images, source = load_eval_data(
+        data, models[0].preprocess, args.batch_size, args.workers, decode_device=decode,
+        pin_memory=device.type == "cuda", held_out_seed=recorded.get("seed", 0) if own else None,
+        held_out_of=read_entry(args.checkpoint, "held_out_of") if own else None,
+    )
+    channels_last = args.channels_last is not False  # NHWC, as training runs: pooling is several times faster on a CPU
+    amp = resolve_amp(args.amp, device)
+    stats = evaluate(models, loader, device, amp, args.ten_crop, channels_last, _progress_flag(args), list(classes),
+                     (source, args.checkpoint))  # the data's classes matched to the model's by name
+    confusion, columns = data_confusion(stats.pop("confusion"), stats.pop("label_map"), list(classes))
+    stats.update({"ten_crop": args.ten_crop, "models": [str(p) for p in paths], "data": source})
+    if args.out:
+        import torch
+
+        from ..runtime import versions
+
+        # the resolved settings, so that evaluate.json says how the figures were computed; the data by
+        # absolute path too: "data" in stats is as typed, which names nothing once its folder is unknown
+        settings = {"checkpoints": [str(Path(p).resolve()) for p in paths], "data": str(Path(data).resolve()) if data else source,
+                    "device": str(device), "amp": str(amp).replace("torch.", "") if amp else "none",
+                    "decode": "workers" if decode is None else str(decode), "batch_size": args.batch_size,
+                    "channels_last": channels_last, "threads": torch.get_num_threads(), **versions()}
+        _write_evaluation(Path(args.out), {**stats, "settings": settings, "argv": sys.argv[1:]}, confusion, list(classes), columns)
+    if args.json:
+        print(json.dumps(stats))
+    else:
+        how = ("10 crops" if args.ten_crop else "centre crop") + (f", {len(models)} models averaged" if len(models) > 1 else "")
+        print(f"{source}: {stats['images']} image{'s' * (stats['images'] != 1)} ({how})")
+        print(f"top-1 accuracy {stats['top1']:.4f}  error {stats['top1_error']:.4f}")
+        print(f"top-5 accuracy {stats['top5']:.4f}  error {stats['top5_error']:.4f}")
+        if args.out:
+            print(f"per-class accuracy and confusion matrix in {args.out}")
+    return 0
+
+
+# -- predict / features / retrieve ------------------------------------------------------------------
+def cmd_predict(args: argparse.Namespace) -> int:
+    from ..checkpoint import load, require_recipe
+    from ..predict import predict
+    from ..runtime import resolve_amp, resolve_device
+
+    device = resolve_device(args.device)
+    amp = resolve_amp(args.amp, device)  # before loading: a refused --amp fails at once, as in evaluate
+    _check_output(args.figure, "--figure", figure=True)
+    model = require_recipe(load(args.checkpoint, device), args.checkpoint)
+    results, images = predict(model, args.images, top=args.top, return_images=True, show_progress=_progress_flag(args), amp=amp)
+    if args.figure:
+        from ..figures import plot_predictions
+
+        plot_predictions(images, results, args.figure)
+    if args.json:
+        print(json.dumps(results))
+    else:
+        for r in results:
+            truth = f"  (true: {r['label']})" if r["label"] is not None else ""
+            print(f"{r['path']}{truth}")
+            for t in r["top"]:
+                print(f"  {t['probability']:7.2%}  {t['class']}")
+    if args.figure:
+        print(f"figure: {args.figure}", file=sys.stderr)
+    return 0
+
+
+def cmd_features(args: argparse.Namespace) -> int:
+    from ..checkpoint import load, require_recipe
+    from ..errors import ConfigError
+    from ..retrieval import build_index, save_index
+    from ..runtime import resolve_amp, resolve_device
+
+    device = resolve_device(args.device)
+    amp = resolve_amp(args.amp, device)
+    if Path(args.out).suffix.lower() != ".safetensors":  # it wrote safetensors under any name, e.g. e.npz
+        raise ConfigError(f"--out {args.out}: the index is a safetensors file: name it NAME.safetensors")
+    _check_output(args.out, "--out")
+    model = require_recipe(load(args.checkpoint, device), args.checkpoint)
+    index = build_index(model, args.data, args.batch_size, args.workers or 0, Path(args.checkpoint).resolve(), _progress_flag(args), amp)
+    save_index(index, args.out)
+    n, d = index["features"].shape
+    print(f"{n} images, {d}-d fc7 features -> {args.out}")
+    return 0
+
+
+def cmd_retrieve(args: argparse.Namespace) -> int:
+    from ..checkpoint import load, require_recipe
+    from ..errors import DataError
+    from ..retrieval import check_index_model, load_index, retrieve
+    from ..runtime import resolve_amp, resolve_device
+
+    device = resolve_device(args.device)
+    amp = resolve_amp(args.amp, device)
+    _check_output(args.figure, "--figure", figure=True)
+    index = load_index(args.index)
+    checkpoint = args.checkpoint or index["checkpoint"]
+    if not checkpoint:
+        raise DataError(f"{args.index} does not name its checkpoint; pass --checkpoint")
+    model = require_recipe(load(checkpoint, device), checkpoint)
+    check_index_model(model, index, checkpoint, args.index)
+    hits = retrieve(model, index, args.image, args.k, amp, check=False)  # checked above
+    if args.json:
+        print(json.dumps(hits))
+    else:
+        for h in hits:
+            print(f"{h['distance']:10.4f}  {h['path']}" + (f"  ({h['label']})" if h["label"] else ""))
+    if args.figure:
+        _retrieval_figure(args.image, hits, model.preprocess, args.figure, args.index)
+    return 0
+
+
+def _retrieval_figure(query: str, hits: list[dict], preprocess: Preprocess, figure: str, index: str) -> None:
+    """The query and its neighbours' photos; a neighbour no longer readable (moved or deleted since
+    the index was built) is an empty tile, and a note says which: the listing above stands."""
+    from ..errors import DataError
+    from ..figures import plot_retrieval
+    from ..predict import load_image
+
+    neighbours, unread = [], []
+    for h in hits:
+        try:
+            neighbours.append((load_image(h["path"], preprocess), h))
+        except DataError as e:
+            neighbours.append((None, h))
+            unread.append(f"{h['path']}, not found" if not os.path.exists(h["path"]) else str(e))
+    plot_retrieval(load_image(query, preprocess), neighbours, figure)
+    print(f"figure: {figure}", file=sys.stderr)  # as predict's
+    if unread:
+        print(f"note: --figure {figure}: the images of {len(unread)} of the {len(hits)} neighbours cannot be read now "
+              f"(first: {unread[0]}): their tiles are empty; moved since {index} was built? 'alexnet features' indexes "
+              "them where they are", file=sys.stderr)
+
+
+# -- visualize ------------------------------------------------------------------------------------
+def cmd_visualize(args: argparse.Namespace) -> int:
+    from .. import figures
+    from ..errors import ConfigError
+
+    if args.what == "filters":
+        from ..checkpoint import load
+
+        if not args.checkpoint:
+            raise ConfigError("visualize filters needs --checkpoint FILE")
+        _check_output(args.out or "filters.png", "--out", image=True)
+        out = figures.plot_filters(load(args.checkpoint), args.out or "filters.png")
+    else:
+        if not args.run_dir:
+            raise ConfigError("visualize curves needs RUN_DIR (a folder written by 'alexnet train'), or several")
+        _check_output(args.out, "--out", figure=True)
+        out = figures.plot_curves(args.run_dir, args.out)
+    print(f"wrote {out}")
+    return 0
