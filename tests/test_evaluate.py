@@ -1064,3 +1064,31 @@ def test_a_data_class_named_twice_among_the_models_says_so(tmp_path, capsys):
     err = cli_fails(capsys, "evaluate", "--checkpoint", str(ckpt), "--data", str(data))
     assert err == (f"alexnet: error: {data} has 2 classes but {ckpt} predicts 1000; 'crane' names its outputs 134, 517, "
                    "and which one the data's is cannot be told by name")
+
+
+def test_a_subset_of_imagenet_synsets_named_by_a_classes_tsv_is_scored_against_the_1000_classes(tmp_path, capsys):
+    """The README's way to score a few ILSVRC synsets against torchvision's weights: a classes.tsv
+    giving torchvision's names. The model ranks 134 (crane bird) > 517 (crane) > 0 (tench) > 638
+    (maillot) > the rest > 639 (maillot, tank suit), so by hand the two crane-bird images are top-1
+    hits and the crane and the tench top-5 hits: 2/5 and 4/5. synset_words.txt's names (both
+    cranes 'crane') are refused, naming the class given twice."""
+    from alexnet.predict import predict
+
+    ckpt = imagenet_like(tmp_path, {134: 10.0, 517: 9.0, 0: 8.0, 638: 7.0, 639: -1.0})
+    data = make_image_folder(tmp_path / "data", classes=5, per_class=1)
+    for c, wnid in enumerate(["n02012849", "n03126707", "n01440764", "n03710721", "n02012849"]):
+        (data / wnid).mkdir(exist_ok=True)
+        (data / f"class{c}" / "img0.jpg").rename(data / wnid / f"img{c}.jpg")
+        (data / f"class{c}").rmdir()
+    names = {"n01440764": "tench", "n02012849": "crane bird", "n03126707": "crane", "n03710721": "maillot tank suit"}
+    (data / "classes.tsv").write_text("".join(f"{w}\t{n}\n" for w, n in names.items()))
+    stats = cli_json(capsys, "evaluate", "--checkpoint", str(ckpt), "--data", str(data), "--amp", "none", "--json")
+    assert (stats["top1"], stats["top5"], stats["images"]) == (2 / 5, 4 / 5, 5)
+    import alexnet
+
+    truth = {Path(r["path"]).name: r["label"] for r in predict(alexnet.load(ckpt), data)}
+    assert truth == {"img0.jpg": "crane bird", "img4.jpg": "crane bird", "img1.jpg": "crane", "img2.jpg": "tench",
+                     "img3.jpg": "maillot tank suit"}
+    (data / "classes.tsv").write_text("n01440764\ttench\nn02012849\tcrane\nn03126707\tcrane\nn03710721\tmaillot\n")
+    err = cli_fails(capsys, "evaluate", "--checkpoint", str(ckpt), "--data", str(data))
+    assert err.endswith("predicts 1000; 'crane' names 2 of the data's classes"), err
