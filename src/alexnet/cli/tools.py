@@ -184,7 +184,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
     from ..errors import ConfigError
 
-    folder = Path(args.dir) if args.dir else Path(__file__).resolve().parents[2] / "benchmarks"
+    folder = Path(args.dir) if args.dir else Path(__file__).resolve().parents[3] / "benchmarks"  # src/alexnet/cli/tools.py
     if not (folder / "_common.py").is_file():
         raise ConfigError(f"--dir: no benchmarks in {folder} (they ship with the source checkout, not the wheel)")
     names = args.only.split(",") if args.only else list(BENCHMARKS)
