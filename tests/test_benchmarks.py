@@ -225,6 +225,14 @@ def test_cli_benchmark_rejects_unknown_name():
     assert r.returncode == 2 and "nonsense" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_cli_benchmark_finds_the_checkout_benchmarks_by_default():
+    """Without --dir, the benchmarks/ beside src/ run (after cli.py became the cli/ package it looked
+    in src/benchmarks: 'alexnet: error: --dir: no benchmarks in .../src/benchmarks', exit 2)."""
+    r = run_cli("benchmark", "--quick", "--only", "lrn", "--device", "cpu", "--threads", "1")
+    assert r.returncode == 0, r.stderr
+    assert "lrn_max_rel_error" in r.stdout.split("== results ==")[-1]
+
+
 def test_cli_benchmark_passes_its_settings_to_each_script(tmp_path):
     """--threads, --repeats and --quick reach every script (whose _common.base_parser takes them);
     a stand-in lrn.py echoes the arguments it was given."""
