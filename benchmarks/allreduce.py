@@ -114,7 +114,10 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--nproc", type=int, default=2, help="processes on this machine when not started by torchrun")
     p.add_argument("--quick", action="store_true", help="a small tensor and few rounds (CI)")
-    p.add_argument("--iters", type=int, default=10)
+    from _common import whole  # beside this script (sys.path[0]), as in every rank torchrun starts
+
+    # At least one timed round: --iters 0 was statistics' 'no median for empty data' traceback in every rank.
+    p.add_argument("--iters", type=whole(1), default=10)
     p.add_argument("--device", default="auto",
                    help="auto (NCCL on the GPUs if there is one per process, else gloo on CPUs), cpu or cuda")
     args = p.parse_args()

@@ -190,6 +190,7 @@ def test_benchmark_quick_on_cuda(name, tmp_path):
     ("train_step.py", ["--repeats", "0"], "argument --repeats: expected a whole number >= 1, got '0'"),
     ("lrn.py", ["--batch-size", "0"], "argument --batch-size: expected a whole number >= 1, got '0'"),
     ("end_to_end.py", ["--workers", "-1"], "argument --workers: expected a whole number >= 0, got '-1'"),
+    ("allreduce.py", ["--iters", "0"], "argument --iters: expected a whole number >= 1, got '0'"),  # was a traceback per rank
 ])
 def test_benchmark_bad_input_is_one_line(tmp_path, script, args, said):
     """One error line (after argparse's usage line for a malformed option) and exit 2."""
