@@ -70,10 +70,12 @@ PAPER = "alexnet_paper"  # the timing keys of the paper pair: "ours alexnet_pape
 
 def load_images(root, limit: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """uint8 (N, 3, 256, 256) (shorter side 256, central square, decoded once up front), the
-    labels and the class folder names."""
+    labels and the class folder names; ``limit`` images spread evenly over the class-sorted folder
+    (its first ones were one class: a top-1 and a constant prediction's agreement of that class alone)."""
     ds = ImageFolderDataset(root, resize=256, size=256)
     n = min(len(ds), limit) if limit else len(ds)
-    items = [ds[i] for i in progress(range(n), total=n, desc="decode", unit="img")]
+    chosen = [i * len(ds) // n for i in range(n)]  # distinct, evenly spaced; all of them when n == len(ds)
+    items = [ds[i] for i in progress(chosen, total=n, desc="decode", unit="img")]
     items = [it for it in items if it is not None]
     return torch.stack([it[0] for it in items]), torch.tensor([it[1] for it in items]), list(ds.folders)
 

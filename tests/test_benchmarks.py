@@ -145,6 +145,17 @@ def test_inference_checkpoint_reports_trained_agreement(tmp_path, model):
     assert bad.stderr.strip().splitlines()[-1].startswith(f"inference.py: error: --data {other}: its classes")
 
 
+def test_inference_images_limit_spans_the_classes(tmp_path):
+    """--images N takes N images spread over the class-sorted folder, not its first N (all of class0:
+    the agreement, its constant baseline and both models' top-1 were of one class)."""
+    load_images = bench_module("inference").load_images
+    data = make_image_folder(tmp_path / "val", classes=3, per_class=4)
+    images, labels, folders = load_images(data, 6)
+    assert labels.tolist() == [0, 0, 1, 1, 2, 2] and folders == ["class0", "class1", "class2"]
+    assert images.shape == (6, 3, 256, 256)
+    assert load_images(data, 0)[1].tolist() == [0] * 4 + [1] * 4 + [2] * 4  # 0: every image, in order
+
+
 def test_split_towers_is_the_grouped_convolution():
     """The --ablate variant "towers as dense convs" computes what the grouped convolutions do
     (float64: outputs and every gradient), so its timing measures an implementation, not a model."""
