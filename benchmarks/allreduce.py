@@ -91,6 +91,16 @@ def buckets(model: torch.nn.Module, device: torch.device, first: int, cap: int) 
     return [torch.ones(n // 4, dtype=torch.float32, device=device) for n in ddp_bucket_sizes(sizes, first, cap)]
 
 
+def report(ours: float, peer: float, factor: float) -> None:
+    """The RESULT lines from the seconds per step of ours and the peer (``factor``: the bus bytes in GB),
+    through ``_common.result`` as every script: the ratio is ours/peer of the figures themselves (it
+    was rounded to 3 decimals, e.g. ratio=0.012 beside ours=1 peer=81.3)."""
+    from _common import result
+
+    result("allreduce_busbw", factor / ours, factor / peer, "GB/s")
+    result("grad_sync_ms", ours * 1e3, peer * 1e3, "ms")
+
+
 def launch_device(name: str, nproc: int) -> str:
     """The device every rank of ``nproc`` on this machine uses, decided once before launching.
 
@@ -160,8 +170,7 @@ def main() -> int:
             ours_label = f"ours (AlexNet's gradients in DDP's {n_buckets} buckets)"
             for label, t in ((ours_label, ours), ("peer (one flat all-reduce of the same bytes)", peer)):
                 print(f"{label:<54} {t * 1e3:9.2f} ms/step  bus bandwidth {factor / t:7.3f} GB/s")
-            print(f"RESULT allreduce_busbw ours={factor / ours:.4g} peer={factor / peer:.4g} ratio={peer / ours:.3f} unit=GB/s")
-            print(f"RESULT grad_sync_ms ours={ours * 1e3:.4g} peer={peer * 1e3:.4g} ratio={ours / peer:.3f} unit=ms")
+            report(ours, peer, factor)
     finally:
         distributed.teardown()
     return 0

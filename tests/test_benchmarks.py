@@ -284,6 +284,21 @@ def test_cli_benchmark_refuses_cuda_without_a_gpu_before_running_any():
     assert r.stderr.strip().splitlines() == ["alexnet: error: --device cuda: no CUDA device is available on this machine"]
 
 
+def test_allreduce_result_ratio_is_ours_over_peer():
+    """allreduce.py's RESULT lines pass parse_results' check (ratio = ours/peer of the printed figures
+    within 1e-3): they printed ratio=0.012 for 1/81.3 (3 decimals), 2.5 % off."""
+    import contextlib
+    import io
+
+    report = bench_module("allreduce").report
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        report(1.0, 0.0123, 1.0)  # seconds per step of ours and the peer, 1 GB on the bus
+    results = parse_results(buf.getvalue())
+    assert results["allreduce_busbw"][:2] == pytest.approx((1.0, 1 / 0.0123), rel=1e-5)
+    assert results["grad_sync_ms"][:2] == pytest.approx((1000.0, 12.3), rel=1e-5)
+
+
 def test_result_line_format():
     result = bench_module("_common").result
     import contextlib
