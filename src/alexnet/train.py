@@ -21,6 +21,7 @@ import platform
 import signal
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -577,14 +578,15 @@ def _fc8_rows(
         return False
     # A name given to two of the data's classes (a classes.tsv from synset_words.txt calls ImageNet's
     # bird and machine cranes both 'crane') cannot say which row is whose: both start fresh.
-    rows = [known.index(c) if known and known.count(c) == 1 and classes.count(c) == 1 else None for c in classes]
+    ours, theirs, row_of = Counter(classes), Counter(known or []), {c: j for j, c in enumerate(known or [])}
+    rows = [row_of[c] if theirs[c] == 1 and ours[c] == 1 else None for c in classes]
     weight, bias = model.fc8.weight.detach().clone(), model.fc8.bias.detach().clone()
     for i, j in enumerate(rows):
         if j is not None:
             weight[i], bias[i] = state["fc8.weight"][j], state["fc8.bias"][j]
     state["fc8.weight"], state["fc8.bias"] = weight, bias
     kept = sum(j is not None for j in rows)
-    twice = sorted({c for c in classes if classes.count(c) > 1 and known and c in known})
+    twice = sorted(c for c, n in ours.items() if n > 1 and theirs[c])
     why = f" ({', '.join(map(repr, twice))} names more than one of the data's classes)" if twice else ""
     if kept:
         log(f"fc8: {kept} of {len(classes)} classes keep their rows of {source} (matched by name)"
