@@ -305,7 +305,7 @@ def resolve_config(preset: str | None, overrides: dict[str, Any], config_file: s
     with _naming_the_file(config_file, file_values, overrides):
         validate(cfg)
     _check_model(cfg, config_file, "model" in file_values and "model" not in overrides,
-                 set(file_options) - set(typed_options) if isinstance(file_options, dict) else set())
+                 set(file_options) - set(typed_options))  # both dicts: read_config_file and the check above
     if "init_bias" in typed and typed["init_bias"] != PRESETS[preset].get("model_options", {}).get("init_bias"):
         _check_init_bias(cfg)  # the preset's own value is not typed (a run's config.json repeats it)
     return cfg
