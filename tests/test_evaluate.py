@@ -401,6 +401,22 @@ def test_curves_of_a_metrics_file_that_is_not_a_runs(tmp_path, capsys, line, sai
     assert not (tmp_path / "c.png").exists()
 
 
+def test_curves_of_a_run_killed_while_recording(tmp_path, capsys):
+    """A run killed while it appended an epoch's record leaves a half line with no newline; the
+    curves of the epochs before it are drawn (the half line said 'line 3 is not JSON', exit 2, until
+    the run was resumed). A damaged line that is not the last is still refused."""
+    done = [{"epoch": e, "train_loss": 1.0 / e, "val_top1_error": 0.5} for e in (1, 2)]
+    text = "".join(json.dumps(r) + "\n" for r in done)
+    (tmp_path / "metrics.jsonl").write_text(text + '{"epoch": 3, "train_lo')
+    assert figures.read_metrics(tmp_path) == done
+    assert main(["visualize", "curves", str(tmp_path)]) == 0
+    assert Image.open(tmp_path / "curves.png").size == (1500, 400)
+    (tmp_path / "metrics.jsonl").write_text('{"epoch": 1, "train_lo\n' + text)
+    capsys.readouterr()
+    assert main(["visualize", "curves", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"alexnet: error: {tmp_path / 'metrics.jsonl'}: line 1 is not JSON\n"
+
+
 @pytest.mark.parametrize("epochs", [1, 2, 5])
 def test_curves_tick_whole_epochs(tmp_path, monkeypatch, epochs):
     """curves.png marks its epoch axes at whole epochs only (not 1.25, 1.5, ...)."""

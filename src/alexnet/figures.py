@@ -135,7 +135,10 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
     if not path.is_file():
         raise DataError(f"{run_dir}: no metrics.jsonl (is it a run folder of 'alexnet train'?)")
     records = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    lines = path.read_text(encoding="utf-8").split("\n")
+    if lines[-1].strip() and not _is_json(lines[-1]):
+        lines.pop()  # an unfinished last line: the run was killed while appending an epoch's record
+    for n, line in enumerate(lines, 1):
         if line.strip():
             try:
                 records.append(_check_record(json.loads(line)))
@@ -146,6 +149,14 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
     if not records:
         raise DataError(f"{path}: no epochs recorded yet")
     return records
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except json.JSONDecodeError:
+        return False
+    return True
 
 
 # The fields of an epoch's record that the curves plot: numbers, or null where there is none.
