@@ -768,8 +768,8 @@ def test_init_from_keeps_fc8_rows_of_the_classes_it_knows_by_name(tmp_path, caps
     import torchvision
     from conftest import make_image_folder
 
+    from alexnet.finetune import build_model
     from alexnet.interop import imagenet_classes
-    from alexnet.train import build_model
 
     torch.manual_seed(0)
     tv = torchvision.models.alexnet().state_dict()
@@ -979,8 +979,8 @@ def test_init_from_gives_no_row_to_a_name_that_the_data_gives_two_classes(tmp_pa
     first step, and the log said every class kept its row. Which is which cannot be told by name."""
     import torchvision
 
+    from alexnet.finetune import build_model
     from alexnet.interop import imagenet_classes
-    from alexnet.train import build_model
 
     torch.manual_seed(0)
     tv = torchvision.models.alexnet().state_dict()
