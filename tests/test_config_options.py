@@ -249,3 +249,14 @@ def test_model_options_from_python_in_the_command_line_form_are_named(tmp_path):
             resolve_config(None, {"model_options": given})
         assert str(refused.value) == f"--model-option must be a table of model options (a dict: {{'input_size': 112}}), got {given!r}"
     assert resolve_config(None, {"model_options": {"input_size": 32}}).model_options["input_size"] == 32
+
+
+def test_resolve_config_without_overrides(tmp_path):
+    """resolve_config() or resolve_config(None, None) (no options but the defaults: the Fashion-MNIST
+    recipe) raised "AttributeError: 'NoneType' object has no attribute 'items'"; overrides that are
+    not a dict (a list of "--epochs 5" words) said nothing clearer. The defaults are the preset's."""
+    for cfg in (resolve_config(), resolve_config(None, None)):
+        assert (cfg.preset, cfg.model, cfg.data, cfg.epochs) == ("fashion_mnist", "alexnet_small", None, 5)  # README's default run
+    with pytest.raises(ConfigError) as refused:
+        resolve_config(None, ["--epochs", "5"])
+    assert str(refused.value) == "overrides must be a dict of options by field name ({'epochs': 5}), got ['--epochs', '5']"

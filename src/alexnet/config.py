@@ -11,7 +11,7 @@ import dataclasses
 import json
 import os
 import typing
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -270,9 +270,13 @@ def refuse_unknown(names: Iterable[str]) -> None:
         raise ConfigError(f"unknown training option(s): {', '.join(sorted(unknown))}")
 
 
-def resolve_config(preset: str | None, overrides: dict[str, Any], config_file: str | Path | None = None) -> TrainConfig:
+def resolve_config(
+    preset: str | None = None, overrides: dict[str, Any] | None = None, config_file: str | Path | None = None
+) -> TrainConfig:
     """Defaults <- preset <- config file <- ``overrides`` (entries that are None are ignored)."""
-    overrides = given(overrides)
+    require(overrides is None or isinstance(overrides, Mapping), "overrides", "a dict of options by field name "
+            "({'epochs': 5})", overrides)
+    overrides = given(overrides or {})
     file_values = read_config_file(config_file) if config_file else {}
     with _naming_the_file(config_file, file_values, overrides):
         for name in ("data", "init_from"):  # used as paths before validate() (a file can hold data = 5)
