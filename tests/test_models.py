@@ -90,6 +90,19 @@ def test_registering_models_as_timm_users_do(registry):
     assert alexnet.list_models("*owt", pretrained=True) == ["alexnet_owt"]
 
 
+def test_a_lambda_is_no_model_name(registry):
+    """register_model(lambda: ...) registered the model as '<lambda>', which no --model can name and
+    which a second lambda replaced; it is refused, and the registry is left as it was."""
+    import functools
+
+    before = alexnet.list_models()
+    with pytest.raises(TypeError, match=r"^register_model: '<lambda>' is no model name"):
+        alexnet.register_model(lambda: alexnet.model_config("alexnet_small"))
+    assert alexnet.list_models() == before and "<lambda>" not in alexnet.model.describe_models()
+    with pytest.raises(TypeError, match="register_model takes a function"):  # a partial has no __name__
+        alexnet.register_model(functools.partial(alexnet.model_config, "alexnet_small"))
+
+
 def test_a_broken_registration_is_refused_under_its_own_name_only(registry, tmp_path):
     """timm's model functions return the network, and a timm user's habit registers one here: create_model
     of that name says so. Every other network then raised the same TypeError wherever it was named (its

@@ -404,6 +404,9 @@ def register_model(fn: Callable[[], AlexNetConfig]) -> Callable[[], AlexNetConfi
     if not callable(fn) or not isinstance(getattr(fn, "__name__", None), str):
         raise TypeError(f"register_model takes a function returning an AlexNetConfig, not {fn!r}")
     name = fn.__name__
+    if not name.isidentifier():  # a lambda's "<lambda>": no name to pass to --model or create_model
+        raise TypeError(f"register_model: {name!r} is no model name; register a function defined with def, "
+                        "whose name becomes the model's")
     if name in _REGISTRY:
         warnings.warn(f"register_model: {name!r} was registered already; {fn.__module__}.{fn.__qualname__} replaces it",
                       stacklevel=2)
