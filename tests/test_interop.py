@@ -625,3 +625,20 @@ def test_torch_hub_local(tmp_path, paper_ckpt):
     assert torch.hub.load(str(ROOT), "alexnet_paper", source="local", checkpoint=str(tmp_path / "p112.pt")).config.input_size == 112
     with pytest.raises(ValueError, match="num_classes, lrn cannot change a network loaded from checkpoint="):
         torch.hub.load(str(ROOT), "alexnet_paper", source="local", checkpoint=str(paper_ckpt), num_classes=5, lrn=False, trust_repo=True)
+
+
+def test_a_missing_weights_file_is_a_file_not_found_error(tmp_path, capsys):
+    """A path with no file was a bare CheckpointError to Python callers, who catch torch.load's
+    FileNotFoundError; it is both now (no errno: nothing was opened), and still one line, exit 2, on
+    the command line."""
+    from alexnet.cli import main
+    from alexnet.interop import import_caffe, read_binaryproto_mean
+
+    missing = tmp_path / "nope.pt"
+    for call in (lambda: alexnet.load(missing), lambda: import_caffe(missing), lambda: read_binaryproto_mean(missing)):
+        with pytest.raises(FileNotFoundError) as raised:
+            call()
+        assert isinstance(raised.value, alexnet.CheckpointError) and str(missing) in str(raised.value)
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(missing)]) == 2
+    assert capsys.readouterr().err == f"alexnet: error: checkpoint not found: {missing}\n"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .errors import AlexNetError, CheckpointError, ConfigError, DataError, TrainingError, UnknownModelError
+from .errors import AlexNetError, CheckpointError, CheckpointNotFound, ConfigError, DataError, TrainingError, UnknownModelError
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
     from .checkpoint import load
@@ -29,6 +29,7 @@ __all__ = [
     "AlexNetConfig",
     "AlexNetError",
     "CheckpointError",
+    "CheckpointNotFound",
     "ConfigError",
     "DataError",
     "LocalResponseNorm",

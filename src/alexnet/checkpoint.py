@@ -26,7 +26,7 @@ from . import atomic, faults
 from .data import presets
 from .data.folder import class_name
 from .data.presets import Preprocess
-from .errors import CheckpointError, DataError, check_weights, state_dict_mismatch
+from .errors import CheckpointError, CheckpointNotFound, DataError, check_weights, state_dict_mismatch
 from .model import AlexNet, AlexNetConfig
 from .runtime import resolve_device
 
@@ -121,7 +121,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         hint = f": give one of its checkpoints, {' or '.join(str(path / n) for n in inside)}" if inside else ", not a checkpoint file"
         raise CheckpointError(f"{path} is a folder{hint}")
     if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+        raise CheckpointNotFound(f"checkpoint not found: {path}")
     if is_safetensors(path):  # torchvision's weights saved with safetensors are read as its .pth is
         ckpt = load_safetensors(path, map_location)
         return _from_torchvision(ckpt, path) if torchvision else ckpt

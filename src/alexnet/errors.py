@@ -28,6 +28,10 @@ class CheckpointError(AlexNetError):
     """A file that is not a usable checkpoint, or one that does not fit the request."""
 
 
+class CheckpointNotFound(CheckpointError, FileNotFoundError):
+    """No file at the path given: also a FileNotFoundError, as torch.load's would be, for Python callers."""
+
+
 class TrainingError(AlexNetError):
     """Training cannot go on (e.g. a non-finite loss)."""
 

@@ -21,7 +21,7 @@ import torch
 
 from .checkpoint import FORMAT
 from .data.presets import IMAGENET_MEAN, IMAGENET_STD, Preprocess
-from .errors import CheckpointError, check_weights, state_dict_mismatch
+from .errors import CheckpointError, CheckpointNotFound, check_weights, state_dict_mismatch
 from .model import LAYER_NAMES, AlexNet, model_config
 from .unpickle import load_plain
 
@@ -213,7 +213,7 @@ def norm_order(net: dict[int, list[tuple[int, Any]]]) -> str:
 def read_binaryproto_mean(path: str | os.PathLike) -> list[float]:
     """Per-channel mean (in the file's B, G, R order) of a Caffe mean ``.binaryproto``."""
     if not Path(path).is_file():
-        raise CheckpointError(f"{path}: file not found")
+        raise CheckpointNotFound(f"{path}: file not found")
     try:
         blob = parse_blob(memoryview(Path(path).read_bytes()))
     except (ValueError, IndexError, TypeError) as e:
@@ -348,7 +348,7 @@ def import_caffe(
     """A ``.caffemodel`` or a TF-port ``.npy`` of bvlc_alexnet -> checkpoint dict."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"file not found: {path}")
+        raise CheckpointNotFound(f"file not found: {path}")
     with path.open("rb") as f:
         magic = f.read(6)
     if magic == b"\x93NUMPY":
