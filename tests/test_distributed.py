@@ -468,3 +468,33 @@ def test_a_warning_about_the_data_is_said_once_not_by_every_rank(tmp_path):
     assert [line for line in r.stderr.splitlines() if "left out" in line] == [
         f"warning: {data}: left out 1 file(s) of other kinds: 1 .txt; it reads .jpg .jpeg .jpe .jfif .png .ppm .bmp .pgm .tif "
         ".tiff .webp .gif"], r.stderr
+
+
+def test_a_stop_every_rank_decides_is_said_once(tiny_fmnist, tmp_path):
+    """A run stopped by a decision all ranks take together (a non-finite loss, the health check) said
+    it once per rank and again in the launcher's line, which named whichever rank exited first: three
+    lines for one stop, the second rank's saying 'non-finite loss (2.30)' when only another rank's loss
+    was NaN. Rank 0 says it, and the launcher's line names rank 0."""
+    out = tmp_path / "diverged"
+    r = run_cli(*_args(tiny_fmnist, out, "--nproc", "2", "--lr", "1e6", "--health", "stop"))
+    assert r.returncode == 2, r.stderr
+    said = [line for line in r.stderr.splitlines() if line.startswith("alexnet: error:")]
+    assert len(said) == 2, r.stderr
+    assert said[0].startswith(("alexnet: error: non-finite loss", "alexnet: error: the training loss diverged")), said
+    assert said[1].startswith("alexnet: error: the 2-process run stopped: rank 0 exited with code 2 (its message is above)")
+
+
+def test_a_loss_that_is_not_finite_on_another_rank_is_said_so():
+    """Each rank said the non-finite loss was its own value ('non-finite loss (2.3026)' where rank 0's
+    loss was finite and rank 1's NaN); it says on how many of the processes it was not finite."""
+    from alexnet.errors import NonFiniteLoss
+    from alexnet.health import HealthMonitor
+    from alexnet.train import Position, _take_step
+
+    cfg = resolve_config(None, {"on_nonfinite": "stop"})
+    rank1_nan = lambda flags: [flags[0] + 1.0, flags[1] + 1.0, flags[2], flags[3], *flags[4:]]  # noqa: E731 (+ rank 1's)
+    for value, reduce, said in ((2.3026, rank1_nan, "non-finite loss on 1 of the 2 processes at epoch 1, step 1"),
+                                (float("nan"), list, "non-finite loss (nan) at epoch 1, step 1")):
+        with pytest.raises(NonFiniteLoss, match=r"^" + said.replace("(", r"\(").replace(")", r"\)")) as raised:
+            _take_step(value, cfg, Position(), reduce, HealthMonitor(None, 2, "off"), False)
+        assert raised.value.every_rank

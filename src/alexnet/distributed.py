@@ -264,6 +264,8 @@ def launch(nproc: int, argv: list[str], run_dir: str | None) -> int:
         return 0
     except ChildFailedError as e:
         rank, failure = e.get_first_failure()
+        if 0 in e.failures and e.failures[0].exitcode == failure.exitcode:
+            rank, failure = 0, e.failures[0]  # ranks that stopped alike: rank 0 said why (cli: every_rank)
         if failure.exitcode == 130:  # Ctrl-C on any rank: every rank saved the same step and stopped
             print(f"alexnet: interrupted; {resume()}", file=sys.stderr)
             return 130

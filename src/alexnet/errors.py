@@ -35,6 +35,16 @@ class CheckpointNotFound(CheckpointError, FileNotFoundError):
 class TrainingError(AlexNetError):
     """Training cannot go on (e.g. a non-finite loss)."""
 
+    # True for a stop that every rank of a distributed run decided together, from numbers they
+    # shared: each raises it, and rank 0 alone says it.
+    every_rank: bool = False
+
+
+class NonFiniteLoss(TrainingError):
+    """A loss that is NaN or infinite on some rank, where the run does not skip such batches."""
+
+    every_rank = True
+
 
 class Interrupted(TrainingError):
     """Ctrl-C during training: the state was saved and the run can be resumed."""

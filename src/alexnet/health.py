@@ -34,6 +34,8 @@ WATCHED = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")
 class UnhealthyRun(TrainingError):
     """The run diverged or a layer died; the message names what happened and the remedy."""
 
+    every_rank = True  # judged on the losses and flags that all ranks share
+
 
 @dataclass(frozen=True)
 class LayerLife:

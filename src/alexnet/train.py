@@ -42,6 +42,7 @@ from .errors import (
     ConfigError,
     DataError,
     Interrupted,
+    NonFiniteLoss,
     StoppedAtOnce,
     TrainingError,
     check_weights,
@@ -184,8 +185,10 @@ def _take_step(
             pos.skipped += 1
             pos.batch += 1
             return False, False  # a Ctrl-C is seen at the next step, or at the epoch's end
-        raise TrainingError(
-            f"non-finite loss ({value}) at epoch {pos.epoch + 1}, step {pos.step + 1}: the weights were not "
+        # this rank's own loss may be finite: another rank's was not
+        which = f"({value})" if not math.isfinite(value) else f"on {flags[0]:.0f} of the {flags[1]:.0f} processes"
+        raise NonFiniteLoss(
+            f"non-finite loss {which} at epoch {pos.epoch + 1}, step {pos.step + 1}: the weights were not "
             "updated; lower --lr, try --amp none, or pass --on-nonfinite skip"
         )
     health.check(flags[2] / flags[1], flags[4:], f"epoch {pos.epoch + 1}, step {pos.step + 1}")

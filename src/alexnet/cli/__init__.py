@@ -127,7 +127,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"alexnet: {e}", file=sys.stderr)
         return 130
     except AlexNetError as e:
-        print(f"alexnet: error: {e}", file=sys.stderr)
+        if not (getattr(e, "every_rank", False) and os.environ.get("RANK", "0") != "0"):  # else rank 0 says it
+            print(f"alexnet: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("alexnet: interrupted", file=sys.stderr)
