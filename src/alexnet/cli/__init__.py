@@ -127,8 +127,11 @@ def _run(args: argparse.Namespace) -> int:
         print(f"alexnet: {e}", file=sys.stderr)
         return 130
     except AlexNetError as e:
-        if not (getattr(e, "every_rank", False) and os.environ.get("RANK", "0") != "0"):  # else rank 0 says it
-            print(f"alexnet: error: {e}", file=sys.stderr)
+        if getattr(e, "every_rank", False) and os.environ.get("RANK", "0") != "0":
+            # Rank 0 stops with this same error and says it. A second failure would race it: torchrun
+            # stops the other ranks at the first one it sees, maybe before rank 0 has said anything.
+            return 0
+        print(f"alexnet: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("alexnet: interrupted", file=sys.stderr)
