@@ -42,8 +42,10 @@ def jpeg_decoder() -> Callable[..., torch.Tensor] | None:
 
 def read_class_names(root: Path, folders: list[str]) -> list[str]:
     """Human-readable names: a ``classes.tsv`` (folder, [index,] name) in ``root`` or its parent;
-    else the names of Imagenette's or Imagewoof's synsets, or torchvision's ImageNet-1k names when
-    the folders are the 1000 ILSVRC synsets; else the folder names."""
+    else torchvision's ImageNet-1k names when the folders are ILSVRC-2012 synsets that the user's
+    devkit ``meta.mat`` or Kaggle ``LOC_synset_mapping.txt`` lists (:func:`imagenet_names`); else the
+    names of Imagenette's or Imagewoof's synsets, or torchvision's names when the folders are all
+    1000 ILSVRC synsets; else the folder names."""
     names = dict.fromkeys(folders)
     for tsv in (root / "classes.tsv", root.parent / "classes.tsv"):
         if tsv.is_file():
@@ -55,15 +57,38 @@ def read_class_names(root: Path, folders: list[str]) -> list[str]:
     else:
         from .imagenette import synset_names
 
-        known = synset_names(folders)  # Imagenette / Imagewoof without their classes.tsv
+        known = imagenet_names(root, folders)
+        known = known if known is not None else synset_names(folders)  # Imagenette / Imagewoof without their classes.tsv
         if known is not None:
             return known
         if len(folders) == 1000 and all(f.startswith("n") and f[1:].isdigit() for f in folders):
             # The 1000 ILSVRC-2012 synsets sorted by WNID: the order of torchvision's categories.
-            from torchvision.models import AlexNet_Weights
-
-            return list(AlexNet_Weights.IMAGENET1K_V1.meta["categories"])
+            return _categories()
     return [class_name(names[f] or f) for f in folders]
+
+
+def imagenet_names(root: Path, folders: list[str]) -> list[str] | None:
+    """torchvision's names of ``folders`` when every one is among the 1000 ILSVRC-2012 synsets of the
+    user's own devkit or Kaggle files beside the data (an "ImageNet-100"), else None. The data folder
+    is ``root``'s parent for its train/ or val/, where those files are looked for from (as for a flat
+    val/): both splits must find the same ones. A synset's torchvision index is its rank in WNID order."""
+    from .ilsvrc import imagenet_wnids, is_wnid
+
+    if not folders or not all(is_wnid(f) for f in folders):
+        return None  # not ImageNet's folders: no file is looked for
+    wnids = imagenet_wnids(root.parent if root.name in ("train", "val") else root)
+    rank = {w: i for i, w in enumerate(wnids or [])}
+    if not all(f in rank for f in folders):
+        return None
+    categories = _categories()
+    return [categories[rank[f]] for f in folders]
+
+
+def _categories() -> list[str]:
+    """torchvision's 1000 ImageNet-1k class names, in its class index order."""
+    from torchvision.models import AlexNet_Weights
+
+    return list(AlexNet_Weights.IMAGENET1K_V1.meta["categories"])
 
 
 def printable(name: str) -> str:

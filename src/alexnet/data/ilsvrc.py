@@ -3,19 +3,39 @@
 The devkit's ``ILSVRC2012_validation_ground_truth.txt`` gives, for validation image number i (line
 i), an ILSVRC2012_ID from 1 to 1000; ``meta.mat`` maps those IDs to WordNet IDs (the train folder
 names). Kaggle's ``LOC_val_solution.csv`` (ImageId, "WNID x y x y ...") is read too.
+
+The same files name the 1000 ILSVRC-2012 synsets (``meta.mat``'s IDs 1-1000, or Kaggle's
+``LOC_synset_mapping.txt``): :func:`imagenet_wnids` reads them for a folder of a subset of them.
 """
 
 from __future__ import annotations
 
 import csv
+import importlib.util
 import re
+import warnings
 from pathlib import Path
 
 from ..errors import DataError
 from .folder import top_level_images
 
 GROUND_TRUTH = "ILSVRC2012_validation_ground_truth.txt"
+SYNSET_MAPPING = "LOC_synset_mapping.txt"  # Kaggle's: 1000 lines "n01440764 tench, Tinca tinca"
 _NUMBER = re.compile(r"(\d+)\.[A-Za-z]+$")
+_WNID = re.compile(r"n\d{8}")
+
+
+def is_wnid(name: str) -> bool:
+    """Whether ``name`` is a WordNet ID as ImageNet spells them (n + 8 digits)."""
+    return _WNID.fullmatch(name) is not None
+
+
+def search_roots(root: Path) -> tuple[list[Path], list[Path]]:
+    """Where the devkit's files and Kaggle's are looked for, for the data folder ``root``: in it, its
+    val/ and the folder above; Kaggle's also where its download keeps them, three folders above the
+    data (CHALLENGE/ILSVRC/Data/CLS-LOC/{train,val})."""
+    devkit = [root, root / "val", root.parent]
+    return devkit, [*devkit, *list(root.parents)[1:3]]
 
 
 def _find(roots: list[Path], name: str) -> Path | None:
@@ -75,9 +95,8 @@ def val_samples(root: Path, val_dir: Path, folders: list[str]) -> list[tuple[str
     if not files:
         return None
     index = {wnid: i for i, wnid in enumerate(folders)}
-    roots = [root, val_dir, root.parent]
-    # Kaggle's download keeps the CSV three folders above the data: CHALLENGE/ILSVRC/Data/CLS-LOC/{train,val}
-    kaggle = _find([*roots, *list(root.parents)[1:3]], "LOC_val_solution.csv")
+    roots, kaggle_roots = search_roots(root)
+    kaggle = _find(kaggle_roots, "LOC_val_solution.csv")
     truth = _find(roots, GROUND_TRUTH)
     if truth is not None:
         meta = _find([truth.parent, *roots], "meta.mat")
@@ -112,3 +131,43 @@ def val_samples(root: Path, val_dir: Path, folders: list[str]) -> list[tuple[str
         f"{val_dir}: images directly in val/ but no {GROUND_TRUTH} (+ meta.mat) or LOC_val_solution.csv "
         f"found in {root} or its devkit folder; put the devkit there or move val images into class folders"
     )
+
+
+def imagenet_wnids(root: Path) -> list[str] | None:
+    """The 1000 ILSVRC-2012 WNIDs, sorted (torchvision's class index is a WNID's rank among them), read
+    from the user's own devkit ``meta.mat`` or Kaggle's ``LOC_synset_mapping.txt`` where
+    :func:`search_roots` looks for the data folder ``root``; None where there is neither. A meta.mat
+    without scipy to read it, or one made for a subset (without all of the IDs 1-1000, which still
+    labels a flat val/), is passed over with a warning: the classes then keep their folder names, as
+    before it was read, rather than stop a run that needs no ranks."""
+    devkit, kaggle = search_roots(root)
+    meta = _find(devkit, "meta.mat")
+    if meta is not None and importlib.util.find_spec("scipy") is None:
+        warnings.warn(f"{meta}: reading the devkit's meta.mat needs scipy (pip install scipy); not read", stacklevel=2)
+    elif meta is not None:
+        ids = read_meta(meta)
+        wnids = [ids.get(i) for i in range(1, 1001)]
+        if None not in wnids:
+            return _the_1000(meta, [str(w) for w in wnids], "its ILSVRC2012_IDs 1-1000")
+        warnings.warn(f"{meta}: has {1000 - wnids.count(None)} of the ILSVRC2012_IDs 1-1000, not all, so it cannot "
+                      "rank the synsets as torchvision numbers them; the classes keep their folder names", stacklevel=2)
+    mapping = _find(kaggle, SYNSET_MAPPING)
+    if mapping is None:
+        return None
+    try:
+        text = mapping.read_text(encoding="utf-8-sig", errors="replace")
+    except OSError as e:
+        raise DataError(f"{mapping}: cannot read it ({e.strerror or e})") from None
+    # split at newlines only: splitlines() also splits at U+2028 and \x85, which a name may hold
+    lines = [line.split() for line in text.split("\n") if line.strip()]
+    return _the_1000(mapping, [words[0] for words in lines], "its lines")
+
+
+def _the_1000(path: Path, wnids: list[str], what: str) -> list[str]:
+    """``wnids`` sorted, once checked to be 1000 different WNIDs; else a DataError naming ``path``."""
+    odd = [w for w in wnids if not is_wnid(w)]
+    why = (f"{len(wnids)} synsets, not 1000" if len(wnids) != 1000 else f"{odd[0][:40]!r} is no WNID" if odd
+           else f"{1000 - len(set(wnids))} WNID(s) named twice" if len(set(wnids)) != 1000 else None)
+    if why is not None:
+        raise DataError(f"{path}: not the 1000 ILSVRC-2012 synsets ({what}: {why})")
+    return sorted(wnids)

@@ -1,0 +1,151 @@
+"""A folder of a subset of ImageNet's synsets ("ImageNet-100") named by torchvision's categories from
+the user's own devkit meta.mat or Kaggle LOC_synset_mapping.txt beside it.
+
+No real WNID list is written here: the mappings are 1000 made-up WNIDs holding the 20 real ones of
+alexnet.data.imagenette.SYNSETS at their true ImageNet indexes, so that a class's expected index is
+known by construction, not computed by the code under test."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_image_folder
+
+from alexnet.cli import main
+from alexnet.data.folder import find_classes
+from alexnet.data.imagenette import SYNSETS
+from alexnet.errors import DataError
+
+
+def fake_wnids() -> list[str]:
+    """1000 sorted, different WNIDs: the 20 real ones of SYNSETS at their ImageNet index, made-up
+    ones spaced evenly between them."""
+    known = sorted((i, int(w[1:])) for w, (i, _) in SYNSETS.items())
+    anchors = [(-1, 1_000_000), *known, (1000, 99_999_999)]
+    out = []
+    for (i0, n0), (i1, n1) in zip(anchors, anchors[1:]):
+        gap = i1 - i0 - 1
+        out += [f"n{n0 + (n1 - n0) * k // (gap + 1):08d}" for k in range(1, gap + 1)]
+        out += [f"n{n1:08d}"] if i1 < 1000 else []
+    assert len(out) == 1000 and out == sorted(set(out))
+    assert all(out[i] == w for w, (i, _) in SYNSETS.items())
+    return out
+
+
+WNIDS = fake_wnids()
+MADE_UP = 300  # a made-up synset's index: it is none of Imagenette's, so only the mapping names it
+
+
+def categories() -> list[str]:
+    from torchvision.models import AlexNet_Weights
+
+    return list(AlexNet_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def write_mapping(path: Path, wnids: list[str] = WNIDS) -> Path:
+    """Kaggle's LOC_synset_mapping.txt layout: "WNID words" per line (in shuffled order: it is sorted),
+    Windows line ends, words with a line separator of Unicode's (U+2028, which is no new line)."""
+    order = np.random.default_rng(0).permutation(len(wnids))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes("".join(f"{wnids[i]} made-up words {i}, \u2028more\r\n" for i in order).encode("utf-8"))
+    return path
+
+
+def write_meta(path: Path, wnids: list[str] = WNIDS) -> Path:
+    """A devkit meta.mat: ILSVRC2012_IDs 1-1000 in an order other than the WNIDs' (as the real one),
+    plus a non-leaf synset with ID 1001."""
+    scipy_io = pytest.importorskip("scipy.io", reason="the devkit's meta.mat is read with scipy")
+    ids = np.random.default_rng(1).permutation(1000) + 1  # ids[i]: the ILSVRC2012_ID of wnids[i]
+    rows = [(int(ids[i]), w, "made up") for i, w in enumerate(wnids)] + [(1001, "n00000001", "made-up parent")]
+    synsets = np.array(rows, dtype=[("ILSVRC2012_ID", "O"), ("WNID", "O"), ("words", "O")])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scipy_io.savemat(str(path), {"synsets": synsets})
+    return path
+
+
+def subset(root: Path, indexes: list[int], per_class: int = 2) -> Path:
+    """train/ and val/ of class folders named by the WNIDs at ``indexes``."""
+    for split in ("train", "val"):
+        make_image_folder(root / split, classes=len(indexes), per_class=per_class)
+        for c, i in enumerate(indexes):
+            (root / split / f"class{c}").rename(root / split / WNIDS[i])
+    return root
+
+
+@pytest.mark.parametrize("where", ["LOC_synset_mapping.txt", "../../../LOC_synset_mapping.txt", "meta.mat",
+                                   "ILSVRC2012_devkit_t12/data/meta.mat"])
+def test_a_subset_is_named_by_the_rank_of_its_synsets_in_the_users_own_file(tmp_path, where):
+    indexes = [SYNSETS["n02086240"][0], MADE_UP, SYNSETS["n03888257"][0]]  # 155 (Shih-Tzu), 300, 701 (parachute)
+    data = subset(tmp_path / "CHALLENGE" / "ILSVRC" / "Data" / "CLS-LOC", indexes)
+    assert find_classes(data / "train")[1] == [WNIDS[i] for i in indexes]  # no file: the folder names
+    file = (data / where).resolve()
+    (write_meta if file.name == "meta.mat" else write_mapping)(file)
+    expected = [categories()[i] for i in indexes]
+    assert expected[0] == SYNSETS["n02086240"][1] and expected[2] == SYNSETS["n03888257"][1]
+    for folder in (data / "train", data / "val"):
+        assert find_classes(folder) == ([WNIDS[i] for i in indexes], expected)
+
+
+def test_the_order_is_classes_tsv_then_the_mapping_then_imagenette(tmp_path):
+    data = subset(tmp_path / "d", [0, MADE_UP])  # n01440764 (tench) and a made-up synset
+    assert find_classes(data / "train")[1] == [WNIDS[0], WNIDS[MADE_UP]]
+    # A mapping where tench's WNID ranks last: it names tench's folder by index 999, not Imagenette's 0.
+    write_mapping(data / "LOC_synset_mapping.txt", [f"n{n:08d}" for n in range(999)] + [WNIDS[0]])
+    shutil.rmtree(data / "train" / WNIDS[MADE_UP])
+    assert find_classes(data / "train")[1] == [categories()[999]]
+    (data / "classes.tsv").write_text(f"{WNIDS[0]}\tmy tench\n", encoding="utf-8")
+    assert find_classes(data / "train")[1] == ["my tench"]
+    # Folders that are not all WNIDs read no mapping, a damaged one included.
+    (data / "classes.tsv").unlink()
+    (data / "LOC_synset_mapping.txt").write_text("junk\n", encoding="utf-8")
+    (data / "val" / "cats").mkdir()
+    assert find_classes(data / "val")[1] == ["cats", WNIDS[0], WNIDS[MADE_UP]]
+
+
+@pytest.mark.parametrize("damage, said", [
+    (lambda p: p.write_text("".join(f"{w} x\n" for w in WNIDS[:999])), r"999 synsets, not 1000"),
+    (lambda p: p.write_text("".join(f"{w} x\n" for w in [*WNIDS[:999], "tench"])), r"'tench' is no WNID"),
+    (lambda p: p.write_bytes(b"\x00\x01" * 5000), r"1 synsets, not 1000"),  # binary junk: one long word
+    (lambda p: p.write_text("".join(f"{w} x\n" for w in [*WNIDS[:999], WNIDS[0]])), r"1 WNID\(s\) named twice"),
+    (lambda p: p.with_name("meta.mat").write_bytes(b"MATLAB 5.0 junk" * 20), r"not an ILSVRC devkit meta.mat"),
+    (lambda p: write_meta(p.with_name("meta.mat"), [*WNIDS[:999], "n1"]), r"ILSVRC2012_IDs 1-1000: 'n1' is no WNID"),
+])
+def test_a_damaged_mapping_is_one_line_naming_it(tmp_path, capsys, damage, said):
+    data = subset(tmp_path / "d", [MADE_UP, MADE_UP + 1])
+    damage(data / "LOC_synset_mapping.txt")
+    file = data / ("meta.mat" if (data / "meta.mat").exists() else "LOC_synset_mapping.txt")
+    with pytest.raises(DataError, match=rf"^{file}: .*{said}"):
+        find_classes(data / "train")
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "run"), "--epochs", "1",
+                 "--workers", "0", "--progress", "off"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"alexnet: error: {file}: ") and "\n" not in err and not (tmp_path / "run").exists()
+
+
+def test_a_meta_mat_of_a_subset_is_passed_over_with_a_warning(tmp_path):
+    """A meta.mat without all of the IDs 1-1000 (as one made for a subset, which labels a flat val/)
+    cannot rank the synsets: the folders keep their names, or Kaggle's file beside it names them."""
+    data = subset(tmp_path / "d", [MADE_UP, MADE_UP + 1])
+    write_meta(data / "meta.mat", WNIDS[:999])
+    with pytest.warns(UserWarning, match=r"meta.mat: has 999 of the ILSVRC2012_IDs 1-1000, not all"):
+        assert find_classes(data / "train")[1] == [WNIDS[MADE_UP], WNIDS[MADE_UP + 1]]
+    write_mapping(data / "LOC_synset_mapping.txt")
+    with pytest.warns(UserWarning, match="not all"):
+        assert find_classes(data / "train")[1] == [categories()[MADE_UP], categories()[MADE_UP + 1]]
+
+
+def test_a_meta_mat_without_scipy_is_passed_over_with_a_warning(tmp_path, monkeypatch):
+    import importlib.util
+
+    data = subset(tmp_path / "d", [MADE_UP, MADE_UP + 1])
+    (data / "meta.mat").write_bytes(b"not read")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "scipy" else real(name, *a))
+    with pytest.warns(UserWarning, match=r"meta.mat: reading the devkit's meta.mat needs scipy"):
+        assert find_classes(data / "train")[1] == [WNIDS[MADE_UP], WNIDS[MADE_UP + 1]]
+    write_mapping(data / "LOC_synset_mapping.txt")  # Kaggle's file is read instead
+    with pytest.warns(UserWarning, match="needs scipy"):
+        assert find_classes(data / "train")[1] == [categories()[MADE_UP], categories()[MADE_UP + 1]]
