@@ -7,17 +7,22 @@ known by construction, not computed by the code under test."""
 
 from __future__ import annotations
 
+import json
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import make_image_folder
 
+import alexnet
 from alexnet.cli import main
 from alexnet.data.folder import find_classes
 from alexnet.data.imagenette import SYNSETS
 from alexnet.errors import DataError
+from alexnet.predict import predict
 
 
 def fake_wnids() -> list[str]:
@@ -149,3 +154,49 @@ def test_a_meta_mat_without_scipy_is_passed_over_with_a_warning(tmp_path, monkey
     write_mapping(data / "LOC_synset_mapping.txt")  # Kaggle's file is read instead
     with pytest.warns(UserWarning, match="needs scipy"):
         assert find_classes(data / "train")[1] == [categories()[MADE_UP], categories()[MADE_UP + 1]]
+
+
+TINY = ["--model", "alexnet_small", "--model-option", "widths=[8,16,16,16,16]", "--model-option", "fc_width=32"]
+QUIET = ["--workers", "0", "--progress", "off"]
+
+
+def _top1(capsys, checkpoint: Path, data: Path) -> float:
+    """``alexnet evaluate --json``'s top-1, with no warning that the classes are matched by number."""
+    capsys.readouterr()
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert main(["evaluate", "--checkpoint", str(checkpoint), "--data", str(data), "--json", *QUIET]) == 0
+    out, err = capsys.readouterr()
+    said = [str(w.message) for w in seen] + [err]
+    assert not any("not those of" in line for line in said), said
+    return json.loads(out)["top1"]
+
+
+def test_a_run_trained_before_its_folders_were_named_still_resumes_evaluates_and_fine_tunes(tmp_path, capsys):
+    """A run trained on an ImageNet subset before a mapping beside it named the folders saved their
+    WNIDs: --resume refused the data ('its classes are not those ... trained on'), evaluate warned that
+    it counted matching class numbers, and --init-from started fc8 afresh ('none of them is among the
+    file's'). The figures with the mapping must be those without it."""
+    indexes = [MADE_UP, MADE_UP + 1, MADE_UP + 2]
+    data = subset(tmp_path / "d", indexes, per_class=4)
+    wnids, names = [WNIDS[i] for i in indexes], [categories()[i] for i in indexes]
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--out", str(run), "--epochs", "1", "--batch-size", "4", "--amp", "none",
+                 *TINY, *QUIET]) == 0
+    shutil.copy(run / "last.pt", tmp_path / "old.pt")
+    assert torch.load(tmp_path / "old.pt", weights_only=False)["classes"] == wnids
+    before = _top1(capsys, tmp_path / "old.pt", data)
+
+    write_mapping(data / "LOC_synset_mapping.txt")
+    assert find_classes(data / "train")[1] == names
+    assert _top1(capsys, tmp_path / "old.pt", data) == before
+    (result,) = predict(alexnet.load(tmp_path / "old.pt"), data / "val" / wnids[1] / "img0.jpg")
+    assert result["label"] == wnids[1]
+    assert main(["train", "--resume", str(run), "--epochs", "2", *QUIET]) == 0, capsys.readouterr().err
+    assert torch.load(run / "last.pt", weights_only=False)["classes"] == wnids  # the run keeps its own names
+
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "ft"), "--init-from", str(tmp_path / "old.pt"),
+                 "--epochs", "1", "--batch-size", "4", "--amp", "none", "--freeze", "classifier", *QUIET]) == 0
+    assert "re-initialised" not in capsys.readouterr().out
+    tuned, old = (torch.load(p, weights_only=False)["model"] for p in (tmp_path / "ft" / "last.pt", tmp_path / "old.pt"))
+    assert torch.equal(tuned["fc8.weight"], old["fc8.weight"]) and torch.equal(tuned["fc8.bias"], old["fc8.bias"])

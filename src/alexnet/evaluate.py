@@ -15,6 +15,7 @@ import torch
 
 from .atomic import atomic_path
 from .checkpoint import load, require_recipe
+from .data.folder import in_data_names
 from .data.presets import Preprocess
 from .errors import CheckpointError, DataError
 from .model import AlexNet
@@ -63,16 +64,20 @@ def class_orders(models: list[AlexNet], names: list[str] | None = None) -> list[
     return orders
 
 
-def label_map(data_classes: list[str], model: AlexNet, source: str = "the data", model_name: str = "the model") -> list[int] | None:
+def label_map(
+    data_classes: list[str], model: AlexNet, source: str = "the data", model_name: str = "the model", folders: list[str] | None = None
+) -> list[int] | None:
     """The output of ``model`` that each of the data's classes is, matched by name: Imagewoof's dog
     breeds among ImageNet's 1000, or the same breeds in another order. None where the labels are the
     outputs already (the same names in the same order, or names that do not match at all with as many
     classes as outputs: a warning then says the accuracy counts matching class numbers).
 
+    ``folders``: the data's class folders, which a model may name its classes by (:func:`in_data_names`).
+
     Raises:
         CheckpointError: fewer or more classes than outputs, not all of them among the model's by name.
     """
-    ours, n = list(model.classes or []), model.fc8.out_features
+    ours, n = list(in_data_names(model.classes, list(data_classes), folders) or []), model.fc8.out_features
     if ours == list(data_classes):
         return None
     unique = len(set(data_classes)) == len(data_classes)
@@ -186,7 +191,8 @@ def evaluate(
         recipe(m)  # what model_probs feeds each model: its own recipe
     k = models[0].fc8.out_features
     classes = classes if classes is not None else getattr(loader, "classes", None)
-    positions = label_map(list(classes), models[0], *names) if classes is not None else None
+    folders = getattr(loader, "folders", None)  # the names a model trained before they were named knows
+    positions = label_map(list(classes), models[0], *names, folders=folders) if classes is not None else None
     mapping = torch.tensor(positions, device=device) if positions is not None else None
     orders = [o if o is None else torch.tensor(o, device=device) for o in class_orders(models)]  # moved once, not per batch
     confusion = torch.zeros(k, k, dtype=torch.int64)

@@ -14,7 +14,7 @@ import torch
 
 from .checkpoint import config_from_file
 from .config import TrainConfig
-from .data.folder import class_name
+from .data.folder import class_name, in_data_names
 from .data.loaders import DataBundle
 from .data.presets import Preprocess
 from .errors import CheckpointError, check_weights, state_dict_mismatch
@@ -36,16 +36,19 @@ def architecture(cfg: TrainConfig, start: dict[str, Any] | None, source: str) ->
 
 
 def build_model(
-    cfg: TrainConfig, arch: AlexNetConfig, classes: list[str], init: dict[str, Any] | None, log: Callable[[str], None] = print
+    cfg: TrainConfig, arch: AlexNetConfig, classes: list[str], init: dict[str, Any] | None, log: Callable[[str], None] = print,
+    folders: list[str] | None = None,
 ) -> AlexNet:
     """The model to train: ``arch`` with an output per class of ``classes``, with the weights of
-    ``init`` (``--init-from``; fc8 as :func:`fc8_rows` keeps it), layers frozen."""
+    ``init`` (``--init-from``; fc8 as :func:`fc8_rows` keeps it, also for classes it names by the
+    data's ``folders``: :func:`in_data_names`), layers frozen."""
     model = AlexNet(dataclasses.replace(arch, num_classes=len(classes)))
     if init is not None:
         check_weights(init["model"], f"--init-from {cfg.init_from}")  # the file's own tensor names
         log(f"weights from {cfg.init_from}" + (" (its architecture)" if init.get("model_config") else ""))
         state = {torchvision_key(k): v for k, v in init["model"].items()}  # torchvision names -> ours
-        fresh = fc8_rows(state, named_classes(init), classes, model, cfg.init_from, log)
+        known = in_data_names(named_classes(init), classes, folders)
+        fresh = fc8_rows(state, known, classes, model, cfg.init_from, log)
         if fresh and "fc8" in expand_layers(cfg.freeze):
             warnings.warn(f"--freeze {','.join(cfg.freeze)} keeps the re-initialised fc8 at its random weights: "
                           "only the layers before it learn (--freeze features trains fc6-fc8)", stacklevel=2)

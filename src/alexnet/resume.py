@@ -24,7 +24,7 @@ from . import runfolder
 from .checkpoint import bounded_config, config_from_file, load_checkpoint, read_entry
 from .checks import is_finite, is_whole
 from .config import TrainConfig, flag, given, refuse_unknown, validate, warm_up_outlasts
-from .data.folder import class_name
+from .data.folder import class_name, in_data_names
 from .data.loaders import DataBundle
 from .errors import CheckpointError, ConfigError, DataError
 from .model import expand_layers, model_config
@@ -277,17 +277,21 @@ def check_resumed(cfg: TrainConfig, ckpt: dict[str, Any], source: Path, run_dir:
                           f"continues the run; to go on from {source.name}, copy it into a new folder and resume the copy")
 
 
-def check_classes(saved: Any, data: DataBundle, resume: str) -> None:
-    """DataError unless the data holds the classes the run trained on, in its order: class folders
-    are numbered by sorted name, so one renamed or added would give the network's outputs other
-    meanings, silently (or another count, said as a mismatch of fc8's weights)."""
+def check_classes(saved: Any, data: DataBundle, resume: str) -> list[str]:
+    """The class names the resumed run goes on with, once the data is known to hold the classes the
+    run trained on, in its order (else a DataError): class folders are numbered by sorted name, so one
+    renamed or added would give the network's outputs other meanings, silently (or another count,
+    said as a mismatch of fc8's weights). A run that named its classes by their folders (ImageNet
+    synsets, before a devkit or Kaggle file beside them named them) keeps its names: a resumed run
+    is the network it saved, and its checkpoints name their classes alike."""
     if saved is None:  # older checkpoints name no classes
-        return
+        return list(data.classes)
     if not (isinstance(saved, (list, tuple)) and all(isinstance(c, str) for c in saved)):
         raise CheckpointError(f"--resume {resume}: damaged training state: its classes are not a list of names")
-    saved, now = [class_name(c) for c in saved], list(data.classes)  # saved before names were NFC
+    ours, now = [class_name(c) for c in saved], list(data.classes)  # saved before names were NFC
+    saved = in_data_names(ours, now, getattr(data, "folders", None))  # saved before the folders were named
     if saved == now:
-        return
+        return ours
     gone, new = [c for c in saved if c not in now], [c for c in now if c not in saved]
     said = [f"{len(now)} where the run had {len(saved)}"] if len(now) != len(saved) else []
     said += [f"{_some(gone)} gone"] if gone else []

@@ -485,13 +485,13 @@ def _wire(
     cleanup.callback(data.close)  # the workers stop when the run ends, however it ends
     _check_data(cfg, data, arch, fixed_chans, source)
     if resume_ckpt is not None:  # before its weights: an added class would be said as fc8's shape
-        check_classes(resume_ckpt.get("classes"), data, cfg.resume)
+        data.classes = check_classes(resume_ckpt.get("classes"), data, cfg.resume)
     if init is not None and init.get("preprocess") is not None:
         note_scale(cfg, Preprocess.from_dict(init["preprocess"], source=source), data)
     if not fixed_chans:
         arch = dataclasses.replace(arch, in_chans=data.preprocess.channels)
     seed_everything(cfg.seed)  # the init does not depend on what data loading drew
-    model = build_model(cfg, arch, data.classes, init, log)
+    model = build_model(cfg, arch, data.classes, init, log, data.folders)
     if info.rank:  # the same init everywhere, but each rank its own dropout masks
         seed_everything(cfg.seed + 7919 * info.rank)
     split = TowerSplit(model, towers) if towers else None

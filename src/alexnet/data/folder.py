@@ -91,6 +91,18 @@ def _categories() -> list[str]:
     return list(AlexNet_Weights.IMAGENET1K_V1.meta["categories"])
 
 
+def in_data_names(known: list[str] | None, classes: list[str], folders: list[str] | None) -> list[str] | None:
+    """A model's or run's class names ``known`` as the data names its classes now: a name that is one of
+    the data's class folders (and none of its class names) becomes that folder's class name. A run
+    trained on ImageNet synset folders before a devkit or Kaggle file beside them named the folders
+    by torchvision's categories (:func:`imagenet_names`) saved their WNIDs: it must still resume,
+    and evaluate and --init-from must still find its classes."""
+    if not known or not folders or len(folders) != len(classes):
+        return known
+    named, of_folder = set(classes), {class_name(f): c for f, c in zip(folders, classes)}
+    return [of_folder[k] if k in of_folder and k not in named else k for k in known]
+
+
 def printable(name: str) -> str:
     """A file or folder name as text that any file, terminal or figure takes: bytes that are not
     UTF-8 (an old archive's Latin-1 names, which Python keeps as lone surrogates) become \\xNN."""

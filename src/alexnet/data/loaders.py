@@ -97,6 +97,7 @@ class DataBundle:
     notes: list[str] = field(default_factory=list)
     bad_files: BadFiles | None = None  # unreadable images met so far (count, paths, list file)
     held_out_of: dict[str, Any] | None = None  # without a val split: what the held-out tenth was drawn from (:func:`listing`)
+    folders: list[str] | None = None  # the class folders' names on disk, where ``classes`` may name them otherwise
 
     def close(self) -> None:
         """Stop the loaders' worker processes now (see :meth:`Batches.close`)."""
@@ -318,7 +319,7 @@ def _images(root, preset, bad, loading, val_fraction, show_progress, batch_size,
     train = _batches(train_ds, train_idx, batch_size, True, True, *loader_args)
     val = _batches(val_ds, val_idx, eval_batch_size, False, False, *loader_args)
     held = listing(train_ds) if "val" not in splits else None
-    return DataBundle(train, val, classes, preprocess, len(train_idx), len(val_idx), str(root), notes, bad, held)
+    return DataBundle(train, val, classes, preprocess, len(train_idx), len(val_idx), str(root), notes, bad, held, list(folders))
 
 
 def _check_every_class_trains(
@@ -493,6 +494,7 @@ def load_eval_data(
         index = read_index(root)
         split = "val" if "val" in index["splits"] else "train"
         ds, classes, source = PackedDataset(root, split), index["classes"], f"{root} ({split}, packed)"
+        folders = index.get("folders")
         _check_fits(preprocess, 3, ds.size, source)
         whole = split == "train"
     else:  # photos are decoded as the checkpoint's data was stored: its size, its channels
@@ -504,7 +506,7 @@ def load_eval_data(
         splits = open_folder_splits(root, resize, bad)
         ds, whole = splits.get("val", splits["train"]), "val" not in splits and not given_val
         ds.size, ds.channels = size, preprocess.channels
-        classes, source = ds.classes, str(ds.root)
+        classes, folders, source = ds.classes, ds.folders, str(ds.root)
     indices = list(range(len(ds)))
     if whole and held_out_seed is not None:  # the model's own folder: not the images it trained on
         _same_listing(ds, held_out_of, source)
@@ -512,4 +514,5 @@ def load_eval_data(
         source += f" (the {len(indices)} images training held out, seed {held_out_seed})"
     loader = _batches(ds, indices, batch_size, False, False, 0, 0, 1, workers, pin_memory, decode_device)
     loader.classes = list(classes)
+    loader.folders = folders  # evaluate matches a model that named the classes by their folders too
     return loader, classes, len(indices), source
