@@ -200,3 +200,56 @@ def test_a_run_trained_before_its_folders_were_named_still_resumes_evaluates_and
     assert "re-initialised" not in capsys.readouterr().out
     tuned, old = (torch.load(p, weights_only=False)["model"] for p in (tmp_path / "ft" / "last.pt", tmp_path / "old.pt"))
     assert torch.equal(tuned["fc8.weight"], old["fc8.weight"]) and torch.equal(tuned["fc8.bias"], old["fc8.bias"])
+
+
+def test_a_subset_scored_against_and_fine_tuned_from_torchvision_weights(tmp_path, capsys):
+    """End to end: three Imagewoof synsets and a made-up one beside a Kaggle mapping, scored by a
+    torchvision-format 1000-class .pth (fc8's rows of their indexes made class centroids, so that
+    the right index is needed to score) against torchvision's own alexnet() in float64, and
+    fine-tuned from it keeping exactly the rows of their indexes."""
+    import torchvision
+
+    from alexnet.data.folder import decode_image
+
+    indexes = [SYNSETS["n02086240"][0], SYNSETS["n02088364"][0], SYNSETS["n02115641"][0], MADE_UP]  # 155, 162, 273, 300
+    data = subset(tmp_path / "d", indexes, per_class=3)
+    write_mapping(data / "LOC_synset_mapping.txt")
+    files = [(f, c) for c, i in enumerate(indexes) for f in sorted((data / "val" / WNIDS[i]).iterdir())]
+    # torchvision's ImageNet normalisation, by hand; the centre 224 of the shorter side resized to 256
+    mean = torch.tensor([0.485, 0.456, 0.406], dtype=torch.float64).view(3, 1, 1) * 255
+    std = torch.tensor([0.229, 0.224, 0.225], dtype=torch.float64).view(3, 1, 1) * 255
+    x = torch.stack([(decode_image(str(f), 256, 256)[:, 16:240, 16:240].double() - mean) / std for f, _ in files])
+    torch.manual_seed(0)
+    tv = torchvision.models.alexnet().eval()
+    with torch.no_grad():
+        fc7 = tv.double().classifier[:6](torch.flatten(tv.avgpool(tv.features(x)), 1))
+        for c, i in enumerate(indexes):
+            centroid = fc7[[k for k, (_, label) in enumerate(files) if label == c]].mean(0)
+            tv.classifier[6].weight[i] = (centroid - fc7.mean(0)) / (centroid - fc7.mean(0)).norm() * 20
+            tv.classifier[6].bias[i] = 10.0
+    torch.save(tv.float().state_dict(), tmp_path / "tv.pth")
+    with torch.no_grad():
+        logits = tv.double()(x)
+    top2 = logits.topk(2, dim=1).values
+    assert (top2[:, 0] - top2[:, 1]).min() > 1e-3  # no near tie that float32 could turn
+    right = sum(int(logits[k].argmax()) == indexes[c] for k, (_, c) in enumerate(files))
+    assert 0 < right  # by the true indexes: the folders' positions (0-3) would score none
+    assert _top1(capsys, tmp_path / "tv.pth", data) == pytest.approx(right / len(files), abs=1e-9)
+    # Each image's prediction too: confusion.csv's rows (true class) and columns (predicted), by name.
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "tv.pth"), "--data", str(data), "--out", str(tmp_path / "ev"),
+                 *QUIET]) == 0
+    expected = [[0] * (len(indexes) + 1) for _ in indexes]
+    for k, (_, c) in enumerate(files):
+        j = int(logits[k].argmax())
+        expected[c][indexes.index(j) if j in indexes else -1] += 1
+    names = [categories()[i] for i in indexes]
+    rows = [line.split(",") for line in (tmp_path / "ev" / "confusion.csv").read_text().splitlines()]
+    assert rows[0][1:] == [*names, "(another class)"] and [r[0] for r in rows[1:]] == names
+    assert [[int(v) for v in r[1:]] for r in rows[1:]] == expected
+
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "ft"), "--init-from", str(tmp_path / "tv.pth"),
+                 "--epochs", "1", "--batch-size", "4", "--amp", "none", "--freeze", "classifier", *QUIET]) == 0
+    assert "fc8: 4 of 4 classes keep their rows" in capsys.readouterr().out
+    tuned, theirs = torch.load(tmp_path / "ft" / "last.pt", weights_only=False)["model"], torch.load(tmp_path / "tv.pth")
+    assert torch.equal(tuned["fc8.weight"], theirs["classifier.6.weight"][indexes])
+    assert torch.equal(tuned["fc8.bias"], theirs["classifier.6.bias"][indexes])
