@@ -246,6 +246,10 @@ def test_a_subset_scored_against_and_fine_tuned_from_torchvision_weights(tmp_pat
     rows = [line.split(",") for line in (tmp_path / "ev" / "confusion.csv").read_text().splitlines()]
     assert rows[0][1:] == [*names, "(another class)"] and [r[0] for r in rows[1:]] == names
     assert [[int(v) for v in r[1:]] for r in rows[1:]] == expected
+    # predict names the true class of a photo in a synset folder as training does, by the same code
+    k = next(k for k, (_, c) in enumerate(files) if c == 3)
+    (result,) = predict(alexnet.load(tmp_path / "tv.pth"), files[k][0], top=1)
+    assert result["label"] == categories()[MADE_UP] and result["top"][0]["index"] == int(logits[k].argmax())
 
     assert main(["train", "--data", str(data), "--out", str(tmp_path / "ft"), "--init-from", str(tmp_path / "tv.pth"),
                  "--epochs", "1", "--batch-size", "4", "--amp", "none", "--freeze", "classifier", *QUIET]) == 0

@@ -109,8 +109,10 @@ def true_class(path: str | os.PathLike, classes: list[str], depth: int = 3) -> s
     Folders as the path names them, links not followed: training labels an image by the class
     folder it is listed under, also in a linked class folder, a linked file, or a sub-folder. A
     folder name (e.g. ImageNet's ``n02086240``) is also named as training named it, from the folder
-    and its siblings (:func:`alexnet.data.folder.find_classes`: a ``classes.tsv``, else the known
-    synsets, else the 1000 ILSVRC synsets by torchvision's categories).
+    and its siblings, by the same code (:func:`alexnet.data.folder.find_classes`: a ``classes.tsv``,
+    else ILSVRC synsets by torchvision's categories at their rank in the devkit's ``meta.mat`` or
+    Kaggle's ``LOC_synset_mapping.txt`` beside the data, else the known synsets, else the 1000 ILSVRC
+    synsets by torchvision's categories).
     """
     for folder in list(Path(os.path.abspath(path)).parents)[:depth]:
         name = class_name(folder.name)
@@ -126,8 +128,9 @@ def true_class(path: str | os.PathLike, classes: list[str], depth: int = 3) -> s
 @functools.lru_cache(maxsize=64)
 def _sibling_classes(root: str) -> tuple[list[str], list[str]]:
     """The class folders of ``root`` and their names, as training names them (the 1000 ILSVRC synsets
-    need all their siblings): read once per folder, not once per image. Any folder may hold a
-    broken link (a home folder's to an unmounted drive): it names no class here, so it is passed over."""
+    need all their siblings, a subset of them the ImageNet files beside them): read once per folder,
+    not once per image. Any folder may hold a broken link (a home folder's to an unmounted drive): it
+    names no class here, so it is passed over."""
     try:
         return find_classes(root, broken_links=True)
     except DataError:
