@@ -282,6 +282,25 @@ def test_resume_refuses_options_it_would_ignore_and_works_from_any_folder(tiny_f
     assert resume_config(str(tmp_path / "default"), {"epochs": 4}).epochs == 4
 
 
+def test_resume_takes_model_options_repeated_at_the_networks_own_values(tiny_fmnist, tmp_path):
+    """Only the model options typed when a run started are saved: --dropout 0.5 and --model-option
+    lrn=true (alexnet_small's own, the paper's values) were refused on resume as "differs from it", and
+    so were the widths a fine-tuning run took from its --init-from network. Other values still are."""
+    out = tmp_path / "run"
+    fit(_cfg(tiny_fmnist, out, epochs=1), log=lambda s: None)
+    assert set(load_checkpoint(out / "last.pt")["train_config"]["model_options"]) == set(TINY_OPTIONS)
+    same = {"dropout": 0.5, "lrn": True, "input_size": 28, "widths": [8, 16, 16, 16, 16]}  # README: 0.5, LRN, 28 px
+    assert resume_config(str(out), {"epochs": 2, "model_options": same}).epochs == 2
+    with pytest.raises(alexnet.errors.ConfigError, match="; --dropout differs from it: start a new run"):
+        resume_config(str(out), {"epochs": 2, "model_options": {"dropout": 0.1, "lrn": True}})
+    tuned = tmp_path / "tuned"  # the network, TINY widths included, comes from --init-from
+    fit(_cfg(tiny_fmnist, tuned, epochs=1, init_from=str(out / "last.pt"), model_options={}), log=lambda s: None)
+    assert "widths" not in load_checkpoint(tuned / "last.pt")["train_config"]["model_options"]
+    assert resume_config(str(tuned), {"epochs": 2, "model_options": {"widths": [8, 16, 16, 16, 16]}}).epochs == 2
+    with pytest.raises(alexnet.errors.ConfigError, match="--model-option widths differs from it"):
+        resume_config(str(tuned), {"epochs": 2, "model_options": {"widths": [8, 16, 16, 16, 32]}})
+
+
 def test_resuming_a_finished_run_says_nothing_is_left(tiny_fmnist, tmp_path):
     """A finished run resumed again (a job script re-run) said 'resuming at epoch 2' of 1 and 'training
     ... 1 epoch'; one its plateau schedule ended took more --epochs and trained none, without a word

@@ -135,9 +135,10 @@ def resume_config(run: str, overrides: dict[str, Any], keep: bool = False) -> Tr
         raise CheckpointError(f"--resume: {path}: its training configuration is not a table of options")
     overrides = {k: v for k, v in given(overrides).items() if k != "resume"}
     refuse_unknown(overrides)
-    fixed = _differing({k: v for k, v in overrides.items() if k not in RESUME_MAY_CHANGE}, saved)
+    as_built = _with_built_model_options(saved, ckpt.get("model_config"))
+    fixed = _differing({k: v for k, v in overrides.items() if k not in RESUME_MAY_CHANGE}, as_built)
     if fixed:
-        names = [n for k in fixed for n in _option_names(k, overrides[k], saved.get(k))]
+        names = [n for k in fixed for n in _option_names(k, overrides[k], as_built.get(k))]
         raise ConfigError(
             f"--resume {path.parent} continues that run as it was configured; {', '.join(names)} "
             f"{'differ' if len(names) > 1 else 'differs'} from it: start a new run "
@@ -202,6 +203,17 @@ def _check_saved_machine(cfg: TrainConfig, overrides: dict[str, Any], run_dir: P
         raise ConfigError(f"--resume {run_dir}: {e} (the run's saved {flag(name)}; {remedy})") from None
 
 
+def _with_built_model_options(saved: dict[str, Any], built: Any) -> dict[str, Any]:
+    """``saved`` with its model options completed by the network the checkpoint holds (``built``,
+    its model_config), for comparing what a resume repeats: only the options typed when the run
+    started are saved, so ``--dropout 0.5`` (the network's own), or the input_size an ``--init-from``
+    network brought, was refused as "differs from it". The typed options win where both say."""
+    typed = saved.get("model_options")
+    if not (isinstance(built, dict) and isinstance(typed, dict)):
+        return saved  # an older or damaged checkpoint: the typed options alone, as before
+    return {**saved, "model_options": {**built, **typed}}
+
+
 def _option_names(name: str, given: Any, saved: Any) -> list[str]:
     """The flags of a refused option as the user typed them: --dropout is a model option."""
     if name == "model_options" and isinstance(given, dict):
@@ -246,8 +258,8 @@ def _same_option(name: str, given: Any, saved: Any) -> bool:
     only those given; lists and tuples alike)."""
     if name in ("init_from", "out") and given is not None and saved is not None:
         return os.path.abspath(given) == os.path.abspath(saved)
-    if name == "model_options" and isinstance(saved, dict):
-        return all(saved.get(k) == v for k, v in given.items())
+    if name == "model_options" and isinstance(saved, dict):  # a built config holds tuples (widths), JSON lists
+        return all(_same_option(k, v, saved.get(k)) for k, v in given.items())
     if isinstance(given, (list, tuple)) and isinstance(saved, (list, tuple)):
         return list(given) == list(saved)
     return given == saved
