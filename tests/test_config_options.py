@@ -260,3 +260,30 @@ def test_resolve_config_without_overrides(tmp_path):
     with pytest.raises(ConfigError) as refused:
         resolve_config(None, ["--epochs", "5"])
     assert str(refused.value) == "overrides must be a dict of options by field name ({'epochs': 5}), got ['--epochs', '5']"
+
+
+def test_a_distributed_runs_config_json_says_when_replayed_in_another_process_count(tiny_fmnist, tmp_path):
+    """`train --config RUN/config.json` repeats a run bitwise, but a run of `--nproc 2` replayed without
+    --nproc trained in one process, without a word (measured: a 2-process imagewoof run's weights came
+    back 2e-4 away; with --nproc 2, bitwise). config.json records the process count under
+    distributed.world_size: the replay now names it and the --nproc that repeats it."""
+    import json
+
+    from conftest import run_cli
+
+    first = tmp_path / "run"
+    tiny = ["--model-option", "widths=[8,16,16,16,16]", "--model-option", "fc_width=32"]
+    r = run_cli("train", "--data", str(tiny_fmnist), "--model", "alexnet_small", "--epochs", "1",
+                "--batch-size", "16", *tiny, "--out", str(first), "--threads", "1")
+    assert r.returncode == 0, r.stderr
+    record = json.loads((first / "config.json").read_text())
+    assert record["distributed"]["world_size"] == 1
+    r = run_cli("train", "--config", str(first / "config.json"), "--out", str(tmp_path / "same"))
+    assert r.returncode == 0 and "note: --config" not in r.stderr, r.stderr  # one process, as recorded: nothing to say
+    record["distributed"]["world_size"] = 2  # the record of a `--nproc 2` run (its options are the same)
+    (tmp_path / "ddp.json").write_text(json.dumps(record))
+    r = run_cli("train", "--config", str(tmp_path / "ddp.json"), "--out", str(tmp_path / "again"))
+    assert r.returncode == 0, r.stderr
+    notes = [line for line in r.stderr.splitlines() if line.startswith("note: --config")]
+    assert notes == [f"note: --config {tmp_path / 'ddp.json'}: that run trained in 2 processes and this one in "
+                     "1 process, so it is not bitwise the same run (--nproc 2 repeats it)"], r.stderr

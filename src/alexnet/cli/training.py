@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,6 +33,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = resume_config(args.resume, overrides, keep=not (args.nproc and args.nproc > 1))
     else:
         cfg = resolve_config(overrides.pop("preset", None), overrides, args.config)
+        _note_replayed_processes(args.config, args.nproc)
         if cfg.init_from and overrides.get("model"):
             _check_init_model(overrides["model"], cfg.init_from)
     if args.nproc and args.nproc > 1:
@@ -43,6 +45,30 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"top-5 {result['val_top5']:.4f}, {result['elapsed_seconds']:.0f}s of training; run folder {result['run_dir']}"
         )
     return 0
+
+
+def _note_replayed_processes(config: str | None, nproc: int | None) -> None:
+    """A run's config.json gives its options, not its process count (``--nproc`` is no training
+    option): a run of N processes replayed in another number trains differently (each rank's dropout
+    masks, the split of each batch's reductions), so say so instead of a silently different run."""
+    import json
+
+    from ..config import is_run_record
+
+    if not config or (nproc or 1) > 1 or os.environ.get("RANK", "0") != "0":  # --nproc: its rank 0 says it, once
+        return
+    try:
+        record = json.loads(Path(config).read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # TOML or YAML: read_config_file took it, and it records no processes
+        return
+    if not isinstance(record, dict) or not is_run_record(record):
+        return
+    ran = (record.get("distributed") or {}).get("world_size") or 1
+    now = int(os.environ.get("WORLD_SIZE") or 1)  # under torchrun (ours or the user's): its processes
+    if isinstance(ran, int) and ran != now:
+        procs = lambda n: f"{n} process" + ("es" if n > 1 else "")  # noqa: E731
+        print(f"note: --config {config}: that run trained in {procs(ran)} and this one in {procs(now)}, so it is "
+              f"not bitwise the same run (--nproc {ran} repeats it)", file=sys.stderr)
 
 
 def _check_init_model(model: str, init_from: str) -> None:
