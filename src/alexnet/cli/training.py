@@ -66,9 +66,8 @@ def _note_replayed_processes(config: str | None, nproc: int | None) -> None:
     ran = (record.get("distributed") or {}).get("world_size") or 1
     now = int(os.environ.get("WORLD_SIZE") or 1)  # under torchrun (ours or the user's): its processes
     if isinstance(ran, int) and ran != now:
-        procs = lambda n: f"{n} process" + ("es" if n > 1 else "")  # noqa: E731
-        print(f"note: --config {config}: that run trained in {procs(ran)} and this one in {procs(now)}, so it is "
-              f"not bitwise the same run (--nproc {ran} repeats it)", file=sys.stderr)
+        print(f"note: --config {config}: that run trained in {ran} process{'es' * (ran > 1)} and this one in {now} "
+              f"process{'es' * (now > 1)}, so it is not bitwise the same run (--nproc {ran} repeats it)", file=sys.stderr)
 
 
 def _check_init_model(model: str, init_from: str) -> None:
