@@ -231,6 +231,27 @@ def test_kernel_build_without_compiler_falls_back(monkeypatch, tmp_path):
     np.testing.assert_allclose(LocalResponseNorm()(x).double().numpy(), ref, rtol=1e-6)
 
 
+def test_kernel_builds_with_a_cc_command_line(monkeypatch, tmp_path):
+    """$CC is a command line ("ccache gcc", "gcc -m64"), as make and setuptools read it: the kernel
+    is built with it and runs the float64 formula, not refused as "no working C compiler"."""
+    import shutil
+
+    from alexnet import _kernels
+
+    compiler = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if compiler is None:
+        pytest.skip("no C compiler on PATH")
+    monkeypatch.delenv("ALEXNET_NO_KERNELS", raising=False)
+    monkeypatch.setenv("CC", f"{compiler} -w")  # a compiler and one harmless flag of the user's
+    monkeypatch.setenv("ALEXNET_KERNEL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(_kernels, "_LIBS", {})
+    lib = _kernels.load("lrn")
+    assert lib is not None and [p.suffix for p in (tmp_path / "cache").iterdir()] == [".so"]
+    x = torch.randn(2, 7, 3, 3) * 20
+    ref = lrn_float64(x.numpy(), 5, 1e-4, 0.75, 2.0)
+    np.testing.assert_allclose(LocalResponseNorm()(x).double().numpy(), ref, rtol=1e-6)
+
+
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("groups,size,relu", [(2, 5, True), (3, 4, False), (2, 3, False)])
 def test_grouped_lrn_normalises_each_group_alone(layout, groups, size, relu):

@@ -15,6 +15,7 @@ import ctypes
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -60,12 +61,14 @@ def _cpu_id() -> str:
 
 
 def _compile(src: Path, name: str) -> Path | None:
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    if cc is None:
+    # $CC is a command line, as make and setuptools take it ("ccache gcc", "gcc -m64"), not one path.
+    found = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    cc = shlex.split(os.environ.get("CC", "")) or ([found] if found else [])
+    if not cc:
         return None
     source = src.read_bytes()
     for flags in _FLAG_SETS:
-        key = hashlib.sha256(source + " ".join([cc, *flags]).encode() + _cpu_id().encode()).hexdigest()[:16]
+        key = hashlib.sha256(source + " ".join([*cc, *flags]).encode() + _cpu_id().encode()).hexdigest()[:16]
         out = cache_dir() / f"{name}-{key}.so"
         if out.exists():
             return out
@@ -73,7 +76,7 @@ def _compile(src: Path, name: str) -> Path | None:
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
         os.close(fd)
         try:
-            done = subprocess.run([cc, *flags, "-o", tmp, str(src)], capture_output=True, timeout=120)
+            done = subprocess.run([*cc, *flags, "-o", tmp, str(src)], capture_output=True, timeout=120)
             if done.returncode == 0:
                 os.replace(tmp, out)  # atomic: concurrent processes never load half a file
                 return out
@@ -96,7 +99,7 @@ def load(name: str) -> ctypes.CDLL | None:
             try:
                 path = _compile(_HERE / f"{name}.c", name)
                 lib = ctypes.CDLL(str(path)) if path else None
-            except OSError as exc:  # an unwritable cache or a broken library
+            except (OSError, ValueError) as exc:  # an unwritable cache, a broken library, a $CC that shlex cannot split
                 why = str(exc)
             if lib is None:  # said once per process: the result is cached below
                 warnings.warn(f"alexnet: C kernel {name!r} unavailable ({why}); using the slower PyTorch path", stacklevel=2)
