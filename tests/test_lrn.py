@@ -252,6 +252,21 @@ def test_kernel_builds_with_a_cc_command_line(monkeypatch, tmp_path):
     np.testing.assert_allclose(LocalResponseNorm()(x).double().numpy(), ref, rtol=1e-6)
 
 
+def test_kernel_cache_follows_alexnet_cache(monkeypatch, tmp_path):
+    """$ALEXNET_CACHE moves alexnet's cache (README: e.g. a read-only home): the compiled kernels go
+    to its kernels/ folder too, not to ~/.cache, which may not be writable."""
+    from alexnet import _kernels
+
+    monkeypatch.delenv("ALEXNET_KERNEL_CACHE", raising=False)
+    monkeypatch.setenv("ALEXNET_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert _kernels.cache_dir() == tmp_path / "cache" / "kernels"
+    monkeypatch.delenv("ALEXNET_CACHE")
+    assert _kernels.cache_dir() == tmp_path / "xdg" / "alexnet" / "kernels"  # the default, as before
+    monkeypatch.setenv("ALEXNET_KERNEL_CACHE", str(tmp_path / "own"))
+    assert _kernels.cache_dir() == tmp_path / "own"
+
+
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("groups,size,relu", [(2, 5, True), (3, 4, False), (2, 3, False)])
 def test_grouped_lrn_normalises_each_group_alone(layout, groups, size, relu):

@@ -38,11 +38,13 @@ _POOL: ThreadPoolExecutor | None = None
 
 
 def cache_dir() -> Path:
-    """``$ALEXNET_KERNEL_CACHE``, else ``$XDG_CACHE_HOME/alexnet/kernels``, else ``~/.cache/alexnet/kernels``."""
+    """``$ALEXNET_KERNEL_CACHE``, else ``kernels`` in alexnet's cache: ``$ALEXNET_CACHE``, else
+    ``$XDG_CACHE_HOME/alexnet``, else ``~/.cache/alexnet`` (the folder data statistics use too)."""
     if os.environ.get("ALEXNET_KERNEL_CACHE"):
         return Path(os.environ["ALEXNET_KERNEL_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "alexnet" / "kernels"
+    # $ALEXNET_CACHE moves all of alexnet's cache (README), e.g. off a read-only home: the kernels too.
+    base = os.environ.get("ALEXNET_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "alexnet"
+    return Path(base) / "kernels"
 
 
 def _cpu_id() -> str:
