@@ -19,7 +19,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 # What a source release is made of (README, pyproject and the folders the tests and README use).
 SOURCE_DIRS = ("src", "tests", "benchmarks", "scripts", "docs")
-SOURCE_FILES = ("pyproject.toml", "README.md", "hubconf.py", "MANIFEST.in")
+SOURCE_FILES = ("pyproject.toml", "README.md", "LICENSE", "hubconf.py", "MANIFEST.in")
 SKIP = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", ".pytest_cache")
 
 
@@ -58,6 +58,9 @@ def test_wheel_holds_the_package_and_nothing_else(built):
     expected = {n.removeprefix("src/") for n in _walk(ROOT, "src/alexnet")}
     assert package == expected
     assert {"alexnet/py.typed", "alexnet/_kernels/lrn.c", "alexnet/_kernels/augment.c"} <= package
+    # MIT asks for its notice to travel with every copy: the wheel's metadata carries the file
+    licenses = [n for n in names if n.endswith(".dist-info/licenses/LICENSE")]
+    assert len(licenses) == 1 and zipfile.ZipFile(wheel).read(licenses[0]) == (ROOT / "LICENSE").read_bytes()
 
 
 def test_sdist_holds_a_runnable_source_release(built):
