@@ -651,6 +651,19 @@ def test_nan_loss_stops_and_keeps_the_checkpoint(tiny_fmnist, tmp_path, monkeypa
     assert result["skipped_batches"] == 1
 
 
+def test_skip_mode_stops_an_epoch_that_skipped_every_batch(tiny_fmnist, tmp_path, monkeypatch):
+    """--on-nonfinite skip with every loss NaN: no step is taken. Before, the epoch was recorded as
+    train_loss 0.0 over 0 images (a perfect loss) and the run ended 'done' with untrained weights."""
+    import alexnet.train as train_mod
+
+    real = train_mod.F.cross_entropy
+    monkeypatch.setattr(train_mod.F, "cross_entropy", lambda *a, **k: real(*a, **k) * float("nan"))
+    out = tmp_path / "run"
+    with pytest.raises(alexnet.TrainingError, match=r"every batch of epoch 1 \(8\) had a non-finite loss.*nothing to resume$"):
+        fit(_cfg(tiny_fmnist, out, epochs=1, on_nonfinite="skip"), log=lambda s: None)
+    assert not out.exists()  # nothing was trained, so nothing is kept
+
+
 def test_foreign_pickle_is_refused(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"model": {"w": torch.ones(1)}, "payload": Path("/etc/passwd")}, path)

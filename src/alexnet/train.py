@@ -781,6 +781,7 @@ def _epoch(run: _Run, on_step: Callable[[Position, bool], None], ctrl_c: _CtrlC)
         on_step, run.show_progress, reduce, run.health, lambda: ctrl_c.hit,
     )
     run.health.end_epoch(f"the end of epoch {pos.epoch + 1} (step {pos.step})")  # before anything of it is saved
+    _check_trained(stats, pos.epoch)
     trained = time.time()
     val = evaluate(run.eval_net, data.val, data.preprocess, run.device, run.amp, cfg.channels_last, run.show_progress, reduce)
     record = {"epoch": pos.epoch + 1, "step": pos.step, **stats, **{f"val_{k}": v for k, v in val.items()}}
@@ -815,6 +816,17 @@ def _epoch(run: _Run, on_step: Callable[[Position, bool], None], ctrl_c: _CtrlC)
     if distributed.any_rank(ctrl_c.hit):
         raise Interrupted(f"interrupted after epoch {record['epoch']}; continue with: "
                           + distributed.resume_command(run.run_dir, run.info))
+
+
+def _check_trained(stats: dict[str, float], epoch: int) -> None:
+    """NonFiniteLoss for an epoch whose every batch ``--on-nonfinite skip`` skipped: no step was
+    taken, and its figures (train loss 0 over 0 images) would pass for a perfect epoch while the
+    run goes on "done" without ever training. Skipping is for the odd bad batch, not a diverged run."""
+    if stats["train_images"] == 0 and stats["skipped_batches"] > 0:
+        raise NonFiniteLoss(
+            f"every batch of epoch {epoch + 1} ({stats['skipped_batches']}) had a non-finite loss and was skipped "
+            "(--on-nonfinite skip): nothing was trained; lower --lr or try --amp none"
+        )
 
 
 def _record(run_dir: Path, metrics_path: Path, record: dict[str, Any], writer: Any) -> None:
