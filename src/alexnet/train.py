@@ -52,7 +52,7 @@ from .evaluate import score, summarize
 from .finetune import architecture, build_model, note_scale
 from .health import HealthMonitor
 from .model import AlexNet, AlexNetConfig, describe_model, model_family
-from .optim import PlateauSchedule, make_optimizer, param_groups, step_lr_factor
+from .optim import PlateauSchedule, make_optimizer, match_state_layout, param_groups, step_lr_factor
 from .parallel import TowerSplit, grouped_optimizer_state, split_optimizer_state, tower_devices
 from .resume import check_classes, check_resumed, note_changes, nothing_left, read_checkpoint, resume_source, started_threads
 from .runtime import autocast, progress, resolve_amp, rng_state, seed_everything, set_rng_state, versions
@@ -572,6 +572,7 @@ def _restore(run: _Run, ckpt: dict[str, Any]) -> None:
     check_training_state(ckpt, source, optimizer_state, run.optimizer, len(run.data.train), run.cfg.epochs)
     try:
         run.optimizer.load_state_dict(optimizer_state)
+        match_state_layout(run.optimizer)  # a resume may change --channels-last
         run.scaler.load_state_dict(ckpt.get("scaler") or {})
     except (KeyError, RuntimeError, ValueError, TypeError) as e:  # what torch checks beyond the above
         raise CheckpointError(f"{source}: not a full training checkpoint ({type(e).__name__}: {' '.join(str(e).split())})") from None
