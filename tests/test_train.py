@@ -681,6 +681,26 @@ def test_resume_in_the_other_memory_layout_keeps_the_momentum_in_place(tiny_fmni
     assert worst < 1e-6, f"resumed in the other layout: {worst:.2e} off the uninterrupted run"
 
 
+def test_a_resume_that_fails_before_its_first_checkpoint_leaves_config_json(tiny_fmnist, tmp_path, monkeypatch):
+    """config.json records the options of the run the folder's checkpoints hold. A resume with
+    --epochs 3 that stopped at its first step (here a NaN; also --compile without a C compiler)
+    rewrote it first: config.json said 3 epochs (and --config RUN/config.json replayed them) while
+    last.pt and metrics.jsonl held the 1-epoch run."""
+    out = tmp_path / "run"
+    fit(_cfg(tiny_fmnist, out, epochs=1), log=lambda s: None)
+    before = (out / "config.json").read_bytes()
+    import alexnet.train as train_mod
+
+    real = train_mod.F.cross_entropy
+    monkeypatch.setattr(train_mod.F, "cross_entropy", lambda *a, **k: real(*a, **k) * float("nan"))
+    with pytest.raises(alexnet.TrainingError, match="non-finite loss.*keeps the last good checkpoint$"):
+        fit(alexnet.resume.resume_config(str(out), {"epochs": 3}), log=lambda s: None)
+    assert (out / "config.json").read_bytes() == before
+    monkeypatch.setattr(train_mod.F, "cross_entropy", real)  # the resume that trains records its options
+    fit(alexnet.resume.resume_config(str(out), {"epochs": 2}), log=lambda s: None)
+    assert json.loads((out / "config.json").read_text())["train"]["epochs"] == 2
+
+
 def test_foreign_pickle_is_refused(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"model": {"w": torch.ones(1)}, "payload": Path("/etc/passwd")}, path)

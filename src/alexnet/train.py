@@ -402,6 +402,10 @@ class _Run:
     eval_net: torch.nn.Module | None = None
     writer: Any = None
     health: HealthMonitor | None = None
+    # A resumed run's options go into config.json with its first checkpoint (_checkpoint), not
+    # before: a resume that fails first (--compile without a compiler, a NaN) must not leave
+    # config.json saying --epochs/--compile/--amp that no checkpoint of the folder ran with.
+    config_pending: bool = False
 
     @property
     def metrics_path(self) -> Path:
@@ -645,7 +649,7 @@ def _start_files(run: _Run, resumed: bool) -> None:
     if resumed:
         if info.is_main:
             write_text(run.metrics_path, "".join(json.dumps(h) + "\n" for h in run.history))
-            _update_config_file(run)
+            run.config_pending = True
         run.log(f"resuming {run.run_dir} at epoch {run.pos.epoch + 1}, batch {run.pos.batch}, step {run.pos.step}")
         _note_thread_change(run)
     elif info.is_main:
@@ -755,6 +759,9 @@ def _checkpoint(run: _Run, *names: str) -> None:
         ckpt = _state(run, position, rngs)
         for name in names:
             _save(ckpt, run.run_dir / name)
+        if run.config_pending:  # the checkpoint now holds the resumed run's options
+            _update_config_file(run)
+            run.config_pending = False
 
 
 # -- the loop ---------------------------------------------------------------------------------------
