@@ -257,3 +257,20 @@ def test_a_subset_scored_against_and_fine_tuned_from_torchvision_weights(tmp_pat
     tuned, theirs = torch.load(tmp_path / "ft" / "last.pt", weights_only=False)["model"], torch.load(tmp_path / "tv.pth")
     assert torch.equal(tuned["fc8.weight"], theirs["classifier.6.weight"][indexes])
     assert torch.equal(tuned["fc8.bias"], theirs["classifier.6.bias"][indexes])
+
+
+def test_the_1000_synsets_are_named_without_reading_the_devkit(tmp_path, monkeypatch):
+    """All 1000 synset folders are torchvision's classes in sorted order whatever file lies beside
+    them: a devkit meta.mat there was read anyway, and without scipy every command warned that it
+    could not be. Names as the 1000-folder rule gives them (torchvision's categories), no warning."""
+    import importlib.util
+
+    from alexnet.data.folder import read_class_names
+
+    (tmp_path / "train").mkdir()
+    (tmp_path / "meta.mat").write_bytes(b"not read")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "scipy" else real(name, *a))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_class_names(tmp_path / "train", WNIDS) == categories()

@@ -42,10 +42,10 @@ def jpeg_decoder() -> Callable[..., torch.Tensor] | None:
 
 def read_class_names(root: Path, folders: list[str]) -> list[str]:
     """Human-readable names: a ``classes.tsv`` (folder, [index,] name) in ``root`` or its parent;
-    else torchvision's ImageNet-1k names when the folders are ILSVRC-2012 synsets that the user's
-    devkit ``meta.mat`` or Kaggle ``LOC_synset_mapping.txt`` lists (:func:`imagenet_names`); else the
-    names of Imagenette's or Imagewoof's synsets, or torchvision's names when the folders are all
-    1000 ILSVRC synsets; else the folder names."""
+    else torchvision's ImageNet-1k names when the folders are all 1000 ILSVRC synsets, or some of
+    them that the user's devkit ``meta.mat`` or Kaggle ``LOC_synset_mapping.txt`` lists
+    (:func:`imagenet_names`); else the names of Imagenette's or Imagewoof's synsets; else the
+    folder names."""
     names = dict.fromkeys(folders)
     for tsv in (root / "classes.tsv", root.parent / "classes.tsv"):
         if tsv.is_file():
@@ -55,15 +55,17 @@ def read_class_names(root: Path, folders: list[str]) -> list[str]:
                     names[parts[0]] = parts[-1]
             break
     else:
+        from .ilsvrc import is_wnid
         from .imagenette import synset_names
 
+        if len(folders) == 1000 and all(is_wnid(f) for f in folders):
+            # The 1000 ILSVRC-2012 synsets sorted by WNID: the order of torchvision's categories. No
+            # devkit file is read (it would rank them so too; without scipy it only warned).
+            return _categories()
         known = imagenet_names(root, folders)
         known = known if known is not None else synset_names(folders)  # Imagenette / Imagewoof without their classes.tsv
         if known is not None:
             return known
-        if len(folders) == 1000 and all(f.startswith("n") and f[1:].isdigit() for f in folders):
-            # The 1000 ILSVRC-2012 synsets sorted by WNID: the order of torchvision's categories.
-            return _categories()
     return [class_name(names[f] or f) for f in folders]
 
 
