@@ -110,9 +110,9 @@ def true_class(path: str | os.PathLike, classes: list[str], depth: int = 3) -> s
     folder it is listed under, also in a linked class folder, a linked file, or a sub-folder. A
     folder name (e.g. ImageNet's ``n02086240``) is also named as training named it, from the folder
     and its siblings, by the same code (:func:`alexnet.data.folder.find_classes`: a ``classes.tsv``,
-    else ILSVRC synsets by torchvision's categories at their rank in the devkit's ``meta.mat`` or
-    Kaggle's ``LOC_synset_mapping.txt`` beside the data, else the known synsets, else the 1000 ILSVRC
-    synsets by torchvision's categories).
+    else the 1000 ILSVRC synsets, or some of them at their rank in the devkit's ``meta.mat`` or
+    Kaggle's ``LOC_synset_mapping.txt`` beside the data, by torchvision's categories; else the known
+    synsets).
     """
     for folder in list(Path(os.path.abspath(path)).parents)[:depth]:
         name = class_name(folder.name)
