@@ -15,7 +15,7 @@ from conftest import make_image_folder, run_cli
 
 import alexnet
 from alexnet.config import resolve_config
-from alexnet.runfolder import claim
+from alexnet.runfolder import RunFolderError, claim
 from alexnet.train import Interrupted, fit
 
 QUICK = ["--model", "alexnet_small", "--epochs", "1", "--batch-size", "16", "--workers", "0", "--device", "cpu",
@@ -308,3 +308,97 @@ def test_a_folder_made_read_only_mid_run_reports_the_failed_write_not_the_lock(t
     monkeypatch.undo()
     assert (run / "last.pt").read_bytes() == b"good"
     claim(run, resume=True, force=False).release()  # not 'in use': the lock went with the process's descriptor
+
+
+# --force sets the old run aside until the new run's first checkpoint (runfolder.REPLACED): a forced run
+# that fails, or is killed, before it has one loses nothing.
+def _entries(folder: Path) -> dict[str, tuple[bytes, int]]:
+    """:func:`_snapshot` without the folder's own entry (whose mtime moving entries out and back changes)."""
+    return {k: v for k, v in _snapshot(folder).items() if k != "."}
+
+
+def _kill_env(fault: str) -> dict[str, str]:
+    return dict(os.environ, PYTHONPATH=str(Path(alexnet.__file__).parents[1]), ALEXNET_FAULT=fault, CUDA_VISIBLE_DEVICES="")
+
+
+def test_a_forced_run_that_fails_before_its_first_checkpoint_puts_the_old_run_back(tiny_fmnist, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    assert _train(tiny_fmnist, run).returncode == 0
+    (run / "notes.txt").write_text("mine\n")
+    before = _entries(run)
+    _poison_loss(monkeypatch, at_call=2)  # epoch 1 of 4 steps: no checkpoint yet
+    with pytest.raises(alexnet.TrainingError, match="non-finite loss.*the run it was to replace is back in place"):
+        fit(_cfg(tiny_fmnist, run, 2), log=lambda s: None, force=True)
+    assert _entries(run) == before  # bytes and mtimes: every file of the old run, as it was
+
+
+@pytest.mark.parametrize("fault", ["kill:step=1", "kill:write=1"])  # in epoch 1; inside the first checkpoint's write
+def test_a_forced_run_killed_before_its_first_checkpoint_leaves_the_old_run_to_come_back(tiny_fmnist, tmp_path, fault):
+    run = tmp_path / "run"
+    assert _train(tiny_fmnist, run).returncode == 0
+    before = _entries(run)
+    killed = subprocess.run([sys.executable, "-m", "alexnet", "train", "--data", str(tiny_fmnist), "--out", str(run), *QUICK,
+                             "--force"], env=_kill_env(fault), capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL and ".replaced-run" in os.listdir(run), killed.stderr
+    line = _one_line(run_cli("evaluate", "--checkpoint", str(run / "last.pt"), "--data", str(tiny_fmnist)))
+    assert f"the run it replaces waits in {run / '.replaced-run'}" in line and f"--resume {run}' puts that run back" in line
+    assert "already holds a run" in _one_line(_train(tiny_fmnist, run))  # the next claim puts it back, then refuses
+    assert _entries(run) == before
+    r = run_cli("train", "--resume", str(run), "--epochs", "2")  # and it goes on as the old run
+    assert r.returncode == 0 and "resuming" in r.stdout, r.stderr
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_resume_puts_back_the_run_a_killed_forced_run_set_aside(tiny_fmnist, tmp_path):
+    run = tmp_path / "run"
+    assert _train(tiny_fmnist, run).returncode == 0
+    old = (run / "last.pt").read_bytes()
+    killed = subprocess.run([sys.executable, "-m", "alexnet", "train", "--data", str(tiny_fmnist), "--out", str(run), *QUICK,
+                             "--force", "--model-option", "fc_width=24"],
+                            env=_kill_env("kill:step=1"), capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    r = run_cli("train", "--resume", str(run), "--epochs", "2")
+    assert r.returncode == 0 and "resuming" in r.stdout, r.stderr
+    assert ".replaced-run" not in os.listdir(run) and (run / "last.pt").read_bytes() != old
+    assert alexnet.load(run / "last.pt").config.fc_width == 32  # the old run's network, not the killed one's
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_the_old_run_goes_with_the_forced_runs_first_checkpoint(tiny_fmnist, tmp_path):
+    """Not at the end of the run: from its first checkpoint on, the new run is the one to resume."""
+    run = tmp_path / "run"
+    assert _train(tiny_fmnist, run).returncode == 0
+    killed = subprocess.run([sys.executable, "-m", "alexnet", "train", "--data", str(tiny_fmnist), "--out", str(run), *QUICK,
+                             "--epochs", "2", "--force", "--model-option", "fc_width=24"],
+                            env=_kill_env("kill:step=5"), capture_output=True, text=True, timeout=300)  # in epoch 2
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert ".replaced-run" not in os.listdir(run) and alexnet.load(run / "last.pt").config.fc_width == 24
+    r = run_cli("train", "--resume", str(run))
+    assert r.returncode == 0 and len((run / "metrics.jsonl").read_text().splitlines()) == 2, r.stderr
+
+
+def test_a_run_killed_while_set_aside_is_moved_back_whole(tmp_path):
+    """A kill between two renames of the setting aside (or of the putting back) leaves the old run in
+    two places: the next claim that goes on (--resume; --force sets it aside whole) gathers it."""
+    run = tmp_path / "run"
+    _plant_run(run)
+    before = {k: v for k, v in _entries(run).items() if not k.endswith(".tmp")}  # a killed writer's: removed
+    (run / ".replaced-run.part").mkdir()
+    for name in ("last.pt", "tensorboard", "config.json"):
+        os.rename(run / name, run / ".replaced-run.part" / name)
+    with pytest.raises(RunFolderError, match="already holds a run"):  # a refusal reads only
+        claim(run, resume=False, force=False)
+    claim(run, resume=True, force=False).release()
+    assert _entries(run) == before
+
+
+def test_ctrl_c_before_a_forced_runs_first_checkpoint_puts_the_old_run_back(tmp_path):
+    run = tmp_path / "run"
+    _plant_run(run)
+    before = {k: v for k, v in _entries(run).items() if not k.endswith(".tmp")}  # a killed writer's: removed
+    with pytest.raises(Interrupted):
+        with claim(run, resume=False, force=True, keep=(Interrupted,)):
+            assert sorted(os.listdir(run)) == [".lock", ".replaced-run", "notes.txt"]
+            (run / "config.json").write_text("{}")
+            raise Interrupted("interrupted")
+    assert _entries(run) == before

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from . import atomic, faults
+from . import atomic, faults, runfolder
 from .data import presets
 from .data.folder import class_name
 from .data.presets import Preprocess
@@ -121,7 +121,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         hint = f": give one of its checkpoints, {' or '.join(str(path / n) for n in inside)}" if inside else ", not a checkpoint file"
         raise CheckpointError(f"{path} is a folder{hint}")
     if not path.is_file():
-        raise CheckpointNotFound(f"checkpoint not found: {path}")
+        raise CheckpointNotFound(f"checkpoint not found: {path}{runfolder.set_aside_hint(path.parent)}")
     if is_safetensors(path):  # torchvision's weights saved with safetensors are read as its .pth is
         ckpt = load_safetensors(path, map_location)
         return _from_torchvision(ckpt, path) if torchvision else ckpt

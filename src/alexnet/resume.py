@@ -41,6 +41,8 @@ def resume_source(resume: str | os.PathLike, claimed: bool = False) -> Path:
     """The checkpoint ``--resume`` names: the file itself, or a run folder's last.pt. ``claimed``:
     this run holds the folder's lock already (:func:`alexnet.train.fit`)."""
     path = Path(resume)
+    if not claimed:  # (a claimed folder is settled already)
+        runfolder.put_back(path if path.is_dir() else path.parent)  # what a killed --force run set aside
     if path.is_dir():
         if not claimed:
             runfolder.refuse_in_use(path)  # a live run without a checkpoint yet is not one that stopped
@@ -61,7 +63,8 @@ def started_threads(resume: str | os.PathLike) -> int | None:
     """The CPU thread count the run of ``resume`` (its folder, or a checkpoint in it) started with, as
     its config.json records it; None where it records none."""
     path = Path(resume)
-    return recorded_threads((path if path.is_dir() else path.parent) / "config.json")
+    folder = path if path.is_dir() else path.parent
+    return recorded_threads((runfolder.set_aside(folder) or folder) / "config.json")  # the run it puts back
 
 
 def recorded_threads(config_json: str | os.PathLike) -> int | None:

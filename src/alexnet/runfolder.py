@@ -3,7 +3,11 @@
 ``alexnet train`` claims its folder (``--out``) before it writes anything there:
 
 - a new run into a folder that already holds a run (``config.json``, ``metrics.jsonl``, ``*.pt``)
-  is refused unless ``force``, which first removes that run's own files (and nothing else);
+  is refused unless ``force``, which replaces that run's own files (and nothing else). The old run
+  is set aside (``RUN/.replaced-run``) until the new one has written its first checkpoint, and put
+  back if it fails before: a forced run that cannot start loses nothing. A forced run killed before
+  its first checkpoint (SIGKILL, a power cut) leaves it set aside; the next claim of the folder puts
+  it back (:func:`settle`);
 - an advisory lock (``flock`` on ``RUN/.lock``) keeps a second process out for the whole run; the
   kernel drops it when the process ends, killed or not, so a killed run can be resumed at once;
 - leftover temporaries of :func:`alexnet.checkpoint.save_atomic` (a killed writer's) are removed;
@@ -36,6 +40,11 @@ _OWNED = (*_MARKS, "curves.png", BAD_FILES_NAME, "tensorboard")  # the run's own
 # The temporaries of save_atomic and atomic_path: tempfile.mkstemp(prefix=".NAME.", suffix=".tmp"), e.g.
 # .last.pt.k2x9_a.tmp; a SIGKILL while config.json, metrics.jsonl or curves.png is written leaves theirs too
 _TEMP = re.compile(r"^\.(?:.+\.pt|config\.json|metrics\.jsonl|curves\.png)\.[^.]+\.tmp$")
+# Where --force sets the old run aside until the new run's first checkpoint: its entries move into
+# .replaced-run.part one by one, which is then renamed; so .replaced-run holds the whole old run, and
+# a .replaced-run.part (a kill while moving, either way) holds only old entries, to move back.
+REPLACED = ".replaced-run"
+_MOVING = REPLACED + ".part"
 _LOCK_TRIES = 10  # a probe (check()) holds the lock for microseconds; a run holds it for hours
 
 
@@ -68,6 +77,58 @@ def _remove(run_dir: Path, names: list[str]) -> None:
             shutil.rmtree(path)
         else:
             path.unlink(missing_ok=True)
+
+
+def _move_back(run_dir: Path) -> None:
+    """Move the entries of ``_MOVING`` back into ``run_dir`` (the old run's place), then drop it."""
+    moving = run_dir / _MOVING
+    for name in _names(moving):
+        _remove(run_dir, [name])  # only a name the failed run wrote too (bad_files.txt): the old run's wins
+        os.rename(moving / name, run_dir / name)
+    moving.rmdir()
+
+
+def _set_aside(run_dir: Path, names: list[str]) -> None:
+    """Move ``names`` (the old run's) into ``REPLACED``, atomically as a whole (see ``_MOVING``)."""
+    moving = run_dir / _MOVING
+    moving.mkdir()
+    for name in names:
+        os.rename(run_dir / name, moving / name)
+    os.rename(moving, run_dir / REPLACED)
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a checkpoint (a ``*.pt``; set-aside runs and temporaries aside)."""
+    return any(n.endswith(".pt") and not n.startswith(".") for n in _names(run_dir))
+
+
+def set_aside(run_dir: Path) -> Path | None:
+    """Where the run that a forced run replaced waits, if that run was killed before its first
+    checkpoint: the next claim of ``run_dir`` puts it back (:func:`settle`). Reads only."""
+    old = run_dir / REPLACED
+    return old if old.is_dir() and not has_checkpoint(run_dir) else None
+
+
+def set_aside_hint(run_dir: Path) -> str:
+    """'' or, where :func:`set_aside` finds a run, the sentence that says where it is and how it comes back."""
+    old = set_aside(run_dir)
+    return (f" (a run forced into {run_dir} has written no checkpoint; the run it replaces waits in {old} until it does, "
+            f"and if it was stopped, 'alexnet train --resume {run_dir}' puts that run back and continues it)") if old else ""
+
+
+def settle(run_dir: Path) -> None:
+    """Finish what a forced run left, under the folder's lock: the set-aside old run goes once the new
+    run has a checkpoint; until then the new run's files go and the old run comes back."""
+    if (run_dir / _MOVING).is_dir():  # killed while the old run was moved either way: it had no new run yet
+        _move_back(run_dir)
+    if not (run_dir / REPLACED).is_dir():
+        return
+    if has_checkpoint(run_dir):
+        shutil.rmtree(run_dir / REPLACED)
+        return
+    _remove(run_dir, owned(run_dir))
+    os.rename(run_dir / REPLACED, run_dir / _MOVING)
+    _move_back(run_dir)
 
 
 def _holder(run_dir: Path) -> str:
@@ -196,6 +257,18 @@ def unlock(run_dir: Path, fd: int | None) -> None:
         os.close(fd)
 
 
+def put_back(run_dir: Path) -> None:
+    """Where a forced run killed before its first checkpoint left the run it replaced set aside, put
+    that run back now, under the folder's lock (``--resume RUN`` continues it). RunFolderError if in use."""
+    if set_aside(run_dir) is None and not (run_dir / _MOVING).is_dir():
+        return
+    fd = lock(run_dir)
+    try:
+        settle(run_dir)
+    finally:
+        unlock(run_dir, fd)
+
+
 class RunFolder:
     """A claimed run folder: use as a context manager around the run (see :func:`claim`)."""
 
@@ -209,19 +282,26 @@ class RunFolder:
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         try:
+            replaced = (self.run_dir / REPLACED).is_dir()
             if exc is not None and not isinstance(exc, self.keep):
                 kept = self.failed()
                 if isinstance(exc, TrainingError):  # the message ends with what is left, known only here
-                    exc.args = (f"{exc}; " + ("the run folder keeps the last good checkpoint" if kept else
-                                              "no checkpoint had been written yet: nothing to resume"),)
+                    left = ("the run it was to replace is back in place" if replaced else
+                            "no checkpoint had been written yet: nothing to resume")
+                    exc.args = (f"{exc}; " + ("the run folder keeps the last good checkpoint" if kept else left),)
+            try:
+                settle(self.run_dir)  # a forced run: the old run goes with a checkpoint, else it comes back
+            except OSError:  # (a folder made read-only mid-run) the error that ended the run is the one to
+                pass  # report; the next claim of the folder settles it
         finally:
             self.release()
 
     def failed(self) -> bool:
         """After a failure: whether a checkpoint is kept. A new run that failed before its first one
         removes what it created (config.json, metrics.jsonl, ...): there is nothing to resume, and
-        those files would only mislead; the list of unreadable images stays (it says what to mend)."""
-        if self.resume or any(self.run_dir.glob("*.pt")):  # the last good checkpoint is the point
+        those files would only mislead; the list of unreadable images stays (it says what to mend),
+        unless a forced run's old run comes back (:func:`settle`), whose own files are put back as they were."""
+        if self.resume or has_checkpoint(self.run_dir):  # the last good checkpoint is the point
             return True
         _remove(self.run_dir, [n for n in owned(self.run_dir) if n not in self.before and n != BAD_FILES_NAME])
         return False
@@ -237,19 +317,30 @@ class RunFolder:
                 pass
 
 
+def drop_replaced(run_dir: Path) -> None:
+    """After a checkpoint of the run holding the folder's lock: the run that ``--force`` set aside goes."""
+    if (run_dir / REPLACED).is_dir():
+        shutil.rmtree(run_dir / REPLACED)
+
+
 def claim(run_dir: Path, resume: bool, force: bool, keep: tuple[type[BaseException], ...] = (),
           option: str = "--out") -> RunFolder:
     """Claim ``run_dir`` for a run: refused (before anything is written) if it is in use or holds a
-    run that this one would replace; then locked, emptied of the old run with ``force``, and rid of
-    temporaries. Exceptions of a type in ``keep`` (Ctrl-C) leave the folder as it is."""
+    run that this one would replace; then locked, rid of what a killed forced run left (:func:`settle`),
+    the old run set aside with ``force`` (:data:`REPLACED`, until the new run's first checkpoint:
+    :func:`drop_replaced`), and rid of temporaries. Exceptions of a type in ``keep`` (Ctrl-C) leave
+    the folder as it is, but for a set-aside run, which goes or comes back as :func:`settle` says."""
     check(run_dir, resume, force)
     folder = RunFolder(run_dir, not run_dir.exists(), resume, keep)
     check_writable(run_dir, option, folder=True)  # a file in the way, a read-only disk: one line naming --out
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
         folder.fd = lock(run_dir)
+        settle(run_dir)
         refuse_run(run_dir, resume, force)  # again: a run may have started and ended since check()
-        if not resume and (force or stopped_before_checkpoint(run_dir)):
+        if not resume and force and not stopped_before_checkpoint(run_dir) and run_marks(run_dir):
+            _set_aside(run_dir, [n for n in owned(run_dir) if not _TEMP.match(n)])
+        elif not resume and (force or stopped_before_checkpoint(run_dir)):
             _remove(run_dir, owned(run_dir))
         # A killed writer's temporaries (the lock rules out a live one): up to a checkpoint's size each.
         _remove(run_dir, [n for n in _names(run_dir) if _TEMP.match(n)])

@@ -759,6 +759,7 @@ def _checkpoint(run: _Run, *names: str) -> None:
         ckpt = _state(run, position, rngs)
         for name in names:
             _save(ckpt, run.run_dir / name)
+        runfolder.drop_replaced(run.run_dir)  # the new run can be resumed now: the run --force replaced goes
         if run.config_pending:  # the checkpoint now holds the resumed run's options
             _update_config_file(run)
             run.config_pending = False

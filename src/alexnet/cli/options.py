@@ -142,7 +142,8 @@ def _add_train(sub, common: argparse.ArgumentParser) -> None:
     )
     t.add_argument("--config", help="TOML or YAML file of training options (command-line options win), or a run's "
                    "config.json: that run again (its thread count too, unless --threads)")
-    t.add_argument("--force", action="store_true", help="replace the run that --out holds (its own files only)")
+    t.add_argument("--force", action="store_true",
+                   help="replace the run that --out holds (its own files only, once this run has its first checkpoint)")
     t.add_argument("--dropout", type=_fraction, help="dropout probability of fc6/fc7 (paper: 0.5); a model option")
     _add_config_options(t, [name for name in _train_option_names() if name not in ("device", "workers", "amp")])
     t.add_argument(
