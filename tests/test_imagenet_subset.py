@@ -274,3 +274,29 @@ def test_the_1000_synsets_are_named_without_reading_the_devkit(tmp_path, monkeyp
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert read_class_names(tmp_path / "train", WNIDS) == categories()
+
+
+def test_predict_says_in_one_line_that_a_damaged_mapping_leaves_the_true_class_unmarked(tmp_path, capsys):
+    """train and evaluate refuse a damaged LOC_synset_mapping.txt beside the data; predict passed it
+    over without a word, and the photos of the data's own folders lost their true class silently."""
+    indexes = [MADE_UP, MADE_UP + 1]
+    data = subset(tmp_path / "d", indexes)
+    mapping = write_mapping(data / "LOC_synset_mapping.txt")
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "4",
+                 "--amp", "none", *TINY, *QUIET]) == 0
+    photo = data / "val" / WNIDS[indexes[1]] / "img0.jpg"
+    capsys.readouterr()
+    assert main(["predict", "--checkpoint", str(tmp_path / "run" / "last.pt"), str(photo), "--json", *QUIET]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["label"] == categories()[indexes[1]]
+    mapping.write_text("".join(f"{w} x\n" for w in WNIDS[:999]), encoding="utf-8")  # a line lost
+    from alexnet.predict import _sibling_classes
+
+    _sibling_classes.cache_clear()  # the folder was read, intact, by the call above
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert main(["predict", "--checkpoint", str(tmp_path / "run" / "last.pt"), str(photo), "--json", *QUIET]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)[0]["label"] is None
+    lines = [str(w.message) for w in seen] + err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{mapping}: not the 1000 ILSVRC-2012 synsets"), lines
+    assert "999 synsets, not 1000" in lines[0] and "not marked" in lines[0] and "\n" not in lines[0]

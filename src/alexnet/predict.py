@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -130,10 +131,13 @@ def _sibling_classes(root: str) -> tuple[list[str], list[str]]:
     """The class folders of ``root`` and their names, as training names them (the 1000 ILSVRC synsets
     need all their siblings, a subset of them the ImageNet files beside them): read once per folder,
     not once per image. Any folder may hold a broken link (a home folder's to an unmounted drive): it
-    names no class here, so it is passed over."""
+    names no class here, so it is passed over. A damaged devkit or Kaggle file beside synset folders,
+    which train and evaluate refuse, is said in one warning line: the images are still classified,
+    but without a word their true classes went unmarked."""
     try:
         return find_classes(root, broken_links=True)
-    except DataError:
+    except DataError as e:
+        warnings.warn(f"{e}; the true classes of the images under {root} are not marked", stacklevel=2)
         return [], []
 
 
