@@ -300,3 +300,43 @@ def test_predict_says_in_one_line_that_a_damaged_mapping_leaves_the_true_class_u
     lines = [str(w.message) for w in seen] + err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"{mapping}: not the 1000 ILSVRC-2012 synsets"), lines
     assert "999 synsets, not 1000" in lines[0] and "not marked" in lines[0] and "\n" not in lines[0]
+
+
+def test_a_run_named_by_a_mapping_resumes_on_its_folders_without_it(tmp_path, capsys):
+    """A run trained while a Kaggle mapping named its synset folders saved the names: resumed on the
+    same folders without the file (the data copied to a local disk without the mapping three folders
+    above it) it was refused ('ladybug ... gone; n0... new'), though every output is the same folder's."""
+    indexes = [MADE_UP, MADE_UP + 1, MADE_UP + 2]
+    data = subset(tmp_path / "d", indexes, per_class=4)
+    mapping = write_mapping(data / "LOC_synset_mapping.txt")
+    names = [categories()[i] for i in indexes]
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--out", str(run), "--epochs", "1", "--batch-size", "4", "--amp", "none",
+                 *TINY, *QUIET]) == 0
+    assert torch.load(run / "last.pt", weights_only=False)["classes"] == names
+    mapping.unlink()
+    assert find_classes(data / "train")[1] == [WNIDS[i] for i in indexes]  # the folders' own names now
+    assert main(["train", "--resume", str(run), "--epochs", "2", *QUIET]) == 0, capsys.readouterr().err
+    ckpt = torch.load(run / "last.pt", weights_only=False)
+    assert ckpt["classes"] == names and ckpt["position"]["epoch"] == 2  # the run keeps its own names
+    # Other folders are still other classes: one renamed is refused, in one line.
+    (data / "train" / WNIDS[indexes[2]]).rename(data / "train" / "n09999999")
+    (data / "val" / WNIDS[indexes[2]]).rename(data / "val" / "n09999999")
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--epochs", "3", *QUIET]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "its classes are not those" in err and "\n" not in err
+
+def test_a_run_named_by_a_classes_tsv_still_refuses_other_names_of_its_folders(tmp_path, capsys):
+    """The recorded folders resume a run whose names no file gives now; a classes.tsv that names the
+    same folders otherwise may mean other classes, and is still refused."""
+    data = subset(tmp_path / "d", [MADE_UP, MADE_UP + 1])
+    (data / "classes.tsv").write_text(f"{WNIDS[MADE_UP]}\tcat\n{WNIDS[MADE_UP + 1]}\tdog\n", encoding="utf-8")
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--out", str(run), "--epochs", "1", "--batch-size", "4", "--amp", "none",
+                 *TINY, *QUIET]) == 0
+    (data / "classes.tsv").write_text(f"{WNIDS[MADE_UP]}\tcar\n{WNIDS[MADE_UP + 1]}\tbus\n", encoding="utf-8")
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--epochs", "2", *QUIET]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "its classes are not those" in err and "cat, dog gone; car, bus new" in err and "\n" not in err

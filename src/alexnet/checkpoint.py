@@ -5,6 +5,7 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so i
 
 - ``model``: the state dict; ``model_config``: :class:`AlexNetConfig` as a dict;
 - ``classes``: class names in index order; ``preprocess``: how inputs were prepared;
+- ``folders``: a trained run's class folders in index order (its classes may name them otherwise);
 - training state (``optimizer``, ``epoch``, ``rng``, ...) in ``last.pt``, when present.
 """
 

@@ -292,20 +292,22 @@ def check_resumed(cfg: TrainConfig, ckpt: dict[str, Any], source: Path, run_dir:
                           f"continues the run; to go on from {source.name}, copy it into a new folder and resume the copy")
 
 
-def check_classes(saved: Any, data: DataBundle, resume: str) -> list[str]:
+def check_classes(saved: Any, data: DataBundle, resume: str, saved_folders: Any = None) -> list[str]:
     """The class names the resumed run goes on with, once the data is known to hold the classes the
     run trained on, in its order (else a DataError): class folders are numbered by sorted name, so one
     renamed or added would give the network's outputs other meanings, silently (or another count,
     said as a mismatch of fc8's weights). A run that named its classes by their folders (ImageNet
     synsets, before a devkit or Kaggle file beside them named them) keeps its names: a resumed run
-    is the network it saved, and its checkpoints name their classes alike."""
+    is the network it saved, and its checkpoints name their classes alike. So does a run whose
+    ``saved_folders`` (the class folders it trained on) are the data's: a mapping file that named
+    them then may be gone now (the data copied without the Kaggle file three folders above it)."""
     if saved is None:  # older checkpoints name no classes
         return list(data.classes)
     if not (isinstance(saved, (list, tuple)) and all(isinstance(c, str) for c in saved)):
         raise CheckpointError(f"--resume {resume}: damaged training state: its classes are not a list of names")
     ours, now = [class_name(c) for c in saved], list(data.classes)  # saved before names were NFC
     saved = in_data_names(ours, now, getattr(data, "folders", None))  # saved before the folders were named
-    if saved == now:
+    if saved == now or _same_folders(saved_folders, getattr(data, "folders", None), now):
         return ours
     gone, new = [c for c in saved if c not in now], [c for c in now if c not in saved]
     said = [f"{len(now)} where the run had {len(saved)}"] if len(now) != len(saved) else []
@@ -314,6 +316,15 @@ def check_classes(saved: Any, data: DataBundle, resume: str) -> list[str]:
     raise DataError(f"{data.source}: its classes are not those --resume {resume} trained on "
                     f"({'; '.join(said) or 'the same names in another order'}), whose outputs would mean other classes; "
                     f"--init-from {resume} starts a new run from its weights")
+
+
+def _same_folders(saved: Any, folders: list[str] | None, now: list[str]) -> bool:
+    """Whether a checkpoint's class folders are the data's, in order, and the data names its classes
+    by them (no file names them now): other names from a classes.tsv may be other classes."""
+    if not (isinstance(saved, (list, tuple)) and all(isinstance(f, str) for f in saved)):
+        return False  # older checkpoints record none
+    ours = [class_name(f) for f in folders or []]
+    return folders is not None and [class_name(f) for f in saved] == ours == now
 
 
 def _some(names: list[str], most: int = 3) -> str:

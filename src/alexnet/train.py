@@ -489,7 +489,7 @@ def _wire(
     cleanup.callback(data.close)  # the workers stop when the run ends, however it ends
     _check_data(cfg, data, arch, fixed_chans, source)
     if resume_ckpt is not None:  # before its weights: an added class would be said as fc8's shape
-        data.classes = check_classes(resume_ckpt.get("classes"), data, cfg.resume)
+        data.classes = check_classes(resume_ckpt.get("classes"), data, cfg.resume, resume_ckpt.get("folders"))
     if init is not None and init.get("preprocess") is not None:
         note_scale(cfg, Preprocess.from_dict(init["preprocess"], source=source), data)
     if not fixed_chans:
@@ -730,6 +730,9 @@ def _state(run: _Run, position: dict[str, Any], rng_ranks: list | None) -> dict[
         "model": split.grouped_state_dict() if split is not None else run.model.state_dict(),
         "model_config": run.model.config.to_dict(),
         "classes": list(run.data.classes),
+        # the class folders the outputs are, whatever names a mapping beside them gave: a resume on
+        # the same folders without that file (the data copied elsewhere) is the same classes
+        **({"folders": list(run.data.folders)} if run.data.folders is not None else {}),
         "preprocess": run.data.preprocess.state(),  # the mean image a tensor: portable
         "train_config": run.cfg.to_dict(),
         "optimizer": grouped_optimizer_state(split, optimizer) if split is not None else optimizer.state_dict(),
