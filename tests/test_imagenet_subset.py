@@ -82,6 +82,8 @@ def subset(root: Path, indexes: list[int], per_class: int = 2) -> Path:
 
 @pytest.mark.parametrize("where", ["LOC_synset_mapping.txt", "../../../LOC_synset_mapping.txt", "meta.mat",
                                    "ILSVRC2012_devkit_t12/data/meta.mat"])
+
+
 def test_a_subset_is_named_by_the_rank_of_its_synsets_in_the_users_own_file(tmp_path, where):
     indexes = [SYNSETS["n02086240"][0], MADE_UP, SYNSETS["n03888257"][0]]  # 155 (Shih-Tzu), 300, 701 (parachute)
     data = subset(tmp_path / "CHALLENGE" / "ILSVRC" / "Data" / "CLS-LOC", indexes)
@@ -118,6 +120,8 @@ def test_the_order_is_classes_tsv_then_the_mapping_then_imagenette(tmp_path):
     (lambda p: p.with_name("meta.mat").write_bytes(b"MATLAB 5.0 junk" * 20), r"not an ILSVRC devkit meta.mat"),
     (lambda p: write_meta(p.with_name("meta.mat"), [*WNIDS[:999], "n1"]), r"ILSVRC2012_IDs 1-1000: 'n1' is no WNID"),
 ])
+
+
 def test_a_damaged_mapping_is_one_line_naming_it(tmp_path, capsys, damage, said):
     data = subset(tmp_path / "d", [MADE_UP, MADE_UP + 1])
     damage(data / "LOC_synset_mapping.txt")
@@ -327,6 +331,7 @@ def test_a_run_named_by_a_mapping_resumes_on_its_folders_without_it(tmp_path, ca
     err = capsys.readouterr().err.strip()
     assert "its classes are not those" in err and "\n" not in err
 
+
 def test_a_run_named_by_a_classes_tsv_still_refuses_other_names_of_its_folders(tmp_path, capsys):
     """The recorded folders resume a run whose names no file gives now; a classes.tsv that names the
     same folders otherwise may mean other classes, and is still refused."""
@@ -340,3 +345,32 @@ def test_a_run_named_by_a_classes_tsv_still_refuses_other_names_of_its_folders(t
     assert main(["train", "--resume", str(run), "--epochs", "2", *QUIET]) == 2
     err = capsys.readouterr().err.strip()
     assert "its classes are not those" in err and "cat, dog gone; car, bus new" in err and "\n" not in err
+
+
+def test_an_ensemble_of_a_run_trained_before_the_mapping_and_one_after(tmp_path, capsys):
+    """Two runs on the same synset folders, one saved before a Kaggle mapping beside them named them
+    (its classes: the WNIDs), one after (torchvision's names): evaluate scored each alone, but refused
+    them together ('predicts other classes ... cannot ensemble them'). The ensemble's loss must be that
+    of the two models' probabilities averaged by hand, in float64."""
+    indexes = [MADE_UP, MADE_UP + 1, MADE_UP + 2]
+    data = subset(tmp_path / "d", indexes, per_class=3)
+    train = ["--data", str(data), "--epochs", "1", "--batch-size", "4", "--amp", "none", *TINY, *QUIET]
+    assert main(["train", *train, "--out", str(tmp_path / "a"), "--seed", "1"]) == 0
+    write_mapping(data / "LOC_synset_mapping.txt")
+    assert main(["train", *train, "--out", str(tmp_path / "b"), "--seed", "2"]) == 0
+    a, b = (str(tmp_path / r / "last.pt") for r in "ab")
+    assert torch.load(a, weights_only=False)["classes"] == [WNIDS[i] for i in indexes]
+    assert torch.load(b, weights_only=False)["classes"] == [categories()[i] for i in indexes]
+    files = [(f, c) for c, i in enumerate(indexes) for f in sorted((data / "val" / WNIDS[i]).iterdir())]
+    probs = []
+    for ckpt in (a, b):  # each model alone, its probabilities by its own class order (both the folders')
+        results = predict(alexnet.load(ckpt), [f for f, _ in files], top=3)
+        probs.append([{t["index"]: t["probability"] for t in r["top"]} for r in results])
+    expected = -np.mean([np.log((probs[0][k][c] + probs[1][k][c]) / 2) for k, (_, c) in enumerate(files)], dtype=np.float64)
+    alone = [-np.mean([np.log(p[k][c]) for k, (_, c) in enumerate(files)]) for p in probs]
+    assert min(abs(x - expected) for x in alone) > 2e-5  # the loss of either model alone is told apart
+    for first, other in ((a, b), (b, a)):
+        capsys.readouterr()
+        assert main(["evaluate", "--checkpoint", first, "--ensemble", other, "--data", str(data), "--json", "--amp", "none",
+                     "--no-channels-last", *QUIET]) == 0, capsys.readouterr().err
+        assert json.loads(capsys.readouterr().out)["loss"] == pytest.approx(expected, abs=1e-6)

@@ -36,22 +36,28 @@ def _decode_difference(ours: Preprocess, first: Preprocess) -> str:
     return "; ".join(f"{what} {a} against {b}" for what, a, b in zip(said, _decode(ours), _decode(first)) if a != b)
 
 
-def class_orders(models: list[AlexNet], names: list[str] | None = None) -> list[list[int] | None]:
+def class_orders(
+    models: list[AlexNet], names: list[str] | None = None, data_classes: list[str] | None = None, folders: list[str] | None = None
+) -> list[list[int] | None]:
     """For each model, the columns of its output in the first model's class order (None: already
     so, or a model without class names). Members that name their classes must name the same ones:
     the same breeds from folders named otherwise come out in another order, and are put back.
+    With the data's ``data_classes`` and class ``folders``, a member that names the classes by their
+    folders (ImageNet synsets, trained before a mapping beside them named them) is read as the data
+    names them (:func:`in_data_names`): it has the classes of a member trained after.
 
     Raises:
         CheckpointError: a model names classes that the first does not.
     """
     names = names or [f"model {i + 1}" for i in range(len(models))]
-    first = models[0].classes
+    known = [in_data_names(m.classes, data_classes, folders) if data_classes else m.classes for m in models]
+    first = known[0]
     orders: list[list[int] | None] = []
-    for name, m in zip(names, models):
-        if not first or not m.classes or list(m.classes) == list(first):
+    for name, classes in zip(names, known):
+        if not first or not classes or list(classes) == list(first):
             orders.append(None)
-        elif sorted(m.classes) != sorted(first):
-            other = next((c for c in m.classes if c not in first), None) or next(c for c in first if c not in m.classes)
+        elif sorted(classes) != sorted(first):
+            other = next((c for c in classes if c not in first), None) or next(c for c in first if c not in classes)
             raise CheckpointError(f"{name} predicts other classes than {names[0]} (e.g. {other!r} is in one only); "
                                   "cannot ensemble them")
         elif len(set(first)) != len(first):  # which of two 'crane's is which cannot be told by name
@@ -59,7 +65,7 @@ def class_orders(models: list[AlexNet], names: list[str] | None = None) -> list[
             raise CheckpointError(f"{name} lists the classes of {names[0]} in another order, and {twice!r} is named "
                                   "twice: cannot match its classes by name; cannot ensemble them")
         else:
-            column = {c: i for i, c in enumerate(m.classes)}
+            column = {c: i for i, c in enumerate(classes)}
             orders.append([column[c] for c in first])
     return orders
 
@@ -106,8 +112,12 @@ def _named_twice(data_classes: list[str], ours: list[str]) -> str:
     return f"; {twice!r} names {data_classes.count(twice)} of the data's classes" if twice is not None else ""
 
 
-def load_models(paths: str | os.PathLike | list[str | os.PathLike], device: str | torch.device = "cpu") -> list[AlexNet]:
+def load_models(
+    paths: str | os.PathLike | list[str | os.PathLike], device: str | torch.device = "cpu", match_classes: bool = True
+) -> list[AlexNet]:
     """Load one or more checkpoints (an ensemble) and check that they can share one data stream.
+    ``match_classes=False`` leaves their classes to be matched once the data is known
+    (:func:`class_orders` with its folders): one may name them by the folders, another by a mapping.
 
     Raises:
         CheckpointError: a file is not a checkpoint, lacks a preprocessing recipe, or the models
@@ -127,7 +137,8 @@ def load_models(paths: str | os.PathLike | list[str | os.PathLike], device: str 
         if _decode(m.preprocess) != _decode(first.preprocess):
             raise CheckpointError(f"{path}: its images are prepared differently from {paths[0]}'s "
                                   f"({_decode_difference(m.preprocess, first.preprocess)}); cannot ensemble them")
-    class_orders(models, [str(p) for p in paths])
+    if match_classes:
+        class_orders(models, [str(p) for p in paths])
     return models
 
 
@@ -194,7 +205,8 @@ def evaluate(
     folders = getattr(loader, "folders", None)  # the names a model trained before they were named knows
     positions = label_map(list(classes), models[0], *names, folders=folders) if classes is not None else None
     mapping = torch.tensor(positions, device=device) if positions is not None else None
-    orders = [o if o is None else torch.tensor(o, device=device) for o in class_orders(models)]  # moved once, not per batch
+    orders = class_orders(models, data_classes=list(classes) if classes is not None else None, folders=folders)
+    orders = [o if o is None else torch.tensor(o, device=device) for o in orders]  # moved once, not per batch
     confusion = torch.zeros(k, k, dtype=torch.int64)
     loss_sum, c1, c5, n, batches = 0.0, 0, 0, 0, 0
     desc = "evaluate" + (" (10 crops)" if ten_crop else "") + (f" ({len(models)} models)" if len(models) > 1 else "")

@@ -98,13 +98,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..data.device_decode import decode_device
     from ..data.loaders import load_eval_data
     from ..errors import CheckpointError
-    from ..evaluate import data_confusion, evaluate, load_models
+    from ..evaluate import class_orders, data_confusion, evaluate, load_models
     from ..runtime import resolve_amp, resolve_device
 
     paths = [args.checkpoint, *(args.ensemble or [])]
     device = resolve_device(args.device)
     _check_output(args.out, "--out", folder=True)
-    models = load_models(paths, device)
+    models = load_models(paths, device, match_classes=False)  # matched below, with the data's class folders
     n_classes = models[0].config.num_classes
     if args.num_classes is not None and args.num_classes != n_classes:
         raise CheckpointError(f"--num-classes {args.num_classes} does not match {args.checkpoint}, which has {n_classes} classes")
@@ -118,6 +118,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         pin_memory=device.type == "cuda", held_out_seed=recorded.get("seed", 0) if own else None,
         held_out_of=read_entry(args.checkpoint, "held_out_of") if own else None,
     )
+    class_orders(models, [str(p) for p in paths], list(classes), getattr(loader, "folders", None))  # refused by path
     channels_last = args.channels_last is not False  # NHWC, as training runs: pooling is several times faster on a CPU
     amp = resolve_amp(args.amp, device)
     stats = evaluate(models, loader, device, amp, args.ten_crop, channels_last, _progress_flag(args), list(classes),
