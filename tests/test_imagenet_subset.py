@@ -374,3 +374,30 @@ def test_an_ensemble_of_a_run_trained_before_the_mapping_and_one_after(tmp_path,
         assert main(["evaluate", "--checkpoint", first, "--ensemble", other, "--data", str(data), "--json", "--amp", "none",
                      "--no-channels-last", *QUIET]) == 0, capsys.readouterr().err
         assert json.loads(capsys.readouterr().out)["loss"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_config_json_records_where_the_class_names_came_from(tmp_path, capsys):
+    """A run's class names may come from a file folders above its data (Kaggle's mapping three up), a
+    classes.tsv, or the folders: config.json named none of them, so a run whose names differ from
+    another's (or from the data's today) could not be told why."""
+    indexes = [MADE_UP, MADE_UP + 1]
+    root = tmp_path / "CHALLENGE" / "ILSVRC" / "Data" / "CLS-LOC"
+    data = subset(root, indexes)
+    train = ["--data", str(data), "--epochs", "1", "--batch-size", "4", "--amp", "none", *TINY, *QUIET]
+
+    def recorded(run: str) -> tuple[list[str], str | None]:
+        assert main(["train", *train, "--out", str(tmp_path / run)]) == 0, capsys.readouterr().err
+        record = json.loads((tmp_path / run / "config.json").read_text())["data"]
+        return record["classes"], record.get("class_names_from")
+
+    assert recorded("folders") == ([WNIDS[i] for i in indexes], "the class folder names")
+    mapping = write_mapping(tmp_path / "CHALLENGE" / "LOC_synset_mapping.txt")
+    assert recorded("mapping") == ([categories()[i] for i in indexes], f"{mapping} (by torchvision's ImageNet-1k categories)")
+    (data / "classes.tsv").write_text(f"{WNIDS[indexes[0]]}\tmine\n", encoding="utf-8")
+    assert recorded("tsv") == (["mine", WNIDS[indexes[1]]], str(data / "classes.tsv"))
+    # A resume that keeps the run's names (its mapping gone since) keeps their source too.
+    mapping.unlink()
+    (data / "classes.tsv").unlink()
+    assert main(["train", "--resume", str(tmp_path / "mapping"), "--epochs", "2", *QUIET]) == 0, capsys.readouterr().err
+    record = json.loads((tmp_path / "mapping" / "config.json").read_text())
+    assert record["train"]["epochs"] == 2 and record["data"]["class_names_from"].startswith(f"{mapping} ")

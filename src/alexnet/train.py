@@ -489,7 +489,9 @@ def _wire(
     cleanup.callback(data.close)  # the workers stop when the run ends, however it ends
     _check_data(cfg, data, arch, fixed_chans, source)
     if resume_ckpt is not None:  # before its weights: an added class would be said as fc8's shape
-        data.classes = check_classes(resume_ckpt.get("classes"), data, cfg.resume, resume_ckpt.get("folders"))
+        kept = check_classes(resume_ckpt.get("classes"), data, cfg.resume, resume_ckpt.get("folders"))
+        data.names_from = data.names_from if kept == list(data.classes) else None  # config.json keeps the run's own
+        data.classes = kept
     if init is not None and init.get("preprocess") is not None:
         note_scale(cfg, Preprocess.from_dict(init["preprocess"], source=source), data)
     if not fixed_chans:
@@ -670,7 +672,10 @@ def _distributed_record(run: _Run) -> dict[str, Any]:
 
 
 def _data_record(data: DataBundle) -> dict[str, Any]:
-    return {"source": data.source, "train_images": data.train_size, "val_images": data.val_size, "classes": list(data.classes)}
+    """config.json's "data": where the class names came from too (a mapping folders above the data)."""
+    names_from = {"class_names_from": data.names_from} if data.names_from is not None else {}
+    return {"source": data.source, "train_images": data.train_size, "val_images": data.val_size,
+            "classes": list(data.classes), **names_from}
 
 
 def _update_config_file(run: _Run) -> None:
@@ -685,6 +690,9 @@ def _update_config_file(run: _Run) -> None:
     if not isinstance(resolved, dict):
         return
     now = {"train": run.cfg.to_dict(), "data": _data_record(run.data), "distributed": _distributed_record(run)}
+    before = resolved.get("data")
+    if isinstance(before, dict) and before.get("classes") == now["data"]["classes"] and "class_names_from" in before:
+        now["data"]["class_names_from"] = before["class_names_from"]  # the names it started with, from there
     if any(resolved.get(k) != v for k, v in now.items()):
         write_text(path, json.dumps({**resolved, **now}, indent=2) + "\n")
 

@@ -46,6 +46,12 @@ def read_class_names(root: Path, folders: list[str]) -> list[str]:
     them that the user's devkit ``meta.mat`` or Kaggle ``LOC_synset_mapping.txt`` lists
     (:func:`imagenet_names`); else the names of Imagenette's or Imagewoof's synsets; else the
     folder names."""
+    return class_names_from(root, folders)[0]
+
+
+def class_names_from(root: Path, folders: list[str]) -> tuple[list[str], str]:
+    """:func:`read_class_names`'s names and where they came from (a file's path, or what named
+    them), for a run to record: the file may lie folders above the data, or be gone later."""
     names = dict.fromkeys(folders)
     for tsv in (root / "classes.tsv", root.parent / "classes.tsv"):
         if tsv.is_file():
@@ -53,37 +59,39 @@ def read_class_names(root: Path, folders: list[str]) -> list[str]:
                 parts = line.rstrip("\n").split("\t")
                 if len(parts) >= 2 and parts[0] in names:
                     names[parts[0]] = parts[-1]
-            break
-    else:
-        from .ilsvrc import is_wnid
-        from .imagenette import synset_names
+            return [class_name(names[f] or f) for f in folders], str(tsv.resolve())
+    from .ilsvrc import is_wnid
+    from .imagenette import synset_names
 
-        if len(folders) == 1000 and all(is_wnid(f) for f in folders):
-            # The 1000 ILSVRC-2012 synsets sorted by WNID: the order of torchvision's categories. No
-            # devkit file is read (it would rank them so too; without scipy it only warned).
-            return _categories()
-        known = imagenet_names(root, folders)
-        known = known if known is not None else synset_names(folders)  # Imagenette / Imagewoof without their classes.tsv
-        if known is not None:
-            return known
-    return [class_name(names[f] or f) for f in folders]
+    if len(folders) == 1000 and all(is_wnid(f) for f in folders):
+        # The 1000 ILSVRC-2012 synsets sorted by WNID: the order of torchvision's categories. No
+        # devkit file is read (it would rank them so too; without scipy it only warned).
+        return _categories(), "torchvision's ImageNet-1k categories (the 1000 ILSVRC-2012 synset folders)"
+    named = imagenet_names(root, folders)
+    if named is not None:
+        return named[0], f"{named[1].resolve()} (by torchvision's ImageNet-1k categories)"
+    known = synset_names(folders)  # Imagenette / Imagewoof without their classes.tsv
+    if known is not None:
+        return known, "Imagenette's and Imagewoof's synset names"
+    return [class_name(f) for f in folders], "the class folder names"
 
 
-def imagenet_names(root: Path, folders: list[str]) -> list[str] | None:
+def imagenet_names(root: Path, folders: list[str]) -> tuple[list[str], Path] | None:
     """torchvision's names of ``folders`` when every one is among the 1000 ILSVRC-2012 synsets of the
-    user's own devkit or Kaggle files beside the data (an "ImageNet-100"), else None. The data folder
-    is ``root``'s parent for its train/ or val/, where those files are looked for from (as for a flat
-    val/): both splits must find the same ones. A synset's torchvision index is its rank in WNID order."""
+    user's own devkit or Kaggle files beside the data (an "ImageNet-100"), and that file; else None.
+    The data folder is ``root``'s parent for its train/ or val/, where those files are looked for
+    from (as for a flat val/): both splits must find the same ones. A synset's torchvision index is
+    its rank in WNID order."""
     from .ilsvrc import imagenet_wnids, is_wnid
 
     if not folders or not all(is_wnid(f) for f in folders):
         return None  # not ImageNet's folders: no file is looked for
-    wnids = imagenet_wnids(root.parent if root.name in ("train", "val") else root)
-    rank = {w: i for i, w in enumerate(wnids or [])}
-    if not all(f in rank for f in folders):
+    found = imagenet_wnids(root.parent if root.name in ("train", "val") else root)
+    rank = {w: i for i, w in enumerate(found[0] if found else [])}
+    if found is None or not all(f in rank for f in folders):
         return None
     categories = _categories()
-    return [categories[rank[f]] for f in folders]
+    return [categories[rank[f]] for f in folders], found[1]
 
 
 def _categories() -> list[str]:
@@ -118,10 +126,11 @@ def class_name(name: str) -> str:
     return unicodedata.normalize("NFC", printable(name))
 
 
-def find_classes(root: str | os.PathLike, broken_links: bool = False) -> tuple[list[str], list[str]]:
-    """Class folder names (sorted: the index order) and human-readable names (see read_class_names).
-    A link to a missing folder is refused, unless ``broken_links`` (a search for an image's class
-    among folders that are not a data set, where it is no class: ``predict``)."""
+def find_classes(root: str | os.PathLike, broken_links: bool = False, names: bool = True) -> tuple[list[str], list[str]]:
+    """Class folder names (sorted: the index order) and human-readable names (see read_class_names;
+    the folder names without ``names``). A link to a missing folder is refused, unless
+    ``broken_links`` (a search for an image's class among folders that are not a data set, where it
+    is no class: ``predict``)."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"data folder not found: {root}")
@@ -136,7 +145,7 @@ def find_classes(root: str | os.PathLike, broken_links: bool = False) -> tuple[l
     folders = sorted(d.name for d in entries if d.is_dir())
     if not folders:
         raise DataError(f"{root}: no class sub-folders (expected ROOT/CLASS/IMAGE files)")
-    return folders, read_class_names(root, folders)
+    return folders, read_class_names(root, folders) if names else list(folders)
 
 
 def _image_files(folder: Path, others: list[str] | None = None) -> list[str]:
@@ -482,7 +491,11 @@ class ImageFolderDataset(torch.utils.data.Dataset):
     ) -> None:
         self.root = Path(root)
         self.channels = channels
-        self.folders, self.classes = classes if classes is not None else find_classes(self.root)
+        if classes is None:
+            self.folders = find_classes(self.root, names=False)[0]
+            self.classes, self.names_from = class_names_from(self.root, self.folders)
+        else:
+            (self.folders, self.classes), self.names_from = classes, None  # another split's
         self.others: list[str] = []  # files of the class folders that are not images it reads
         self.samples = samples if samples is not None else list_images(self.root, self.folders, self.others)
         if not self.samples:

@@ -133,9 +133,9 @@ def val_samples(root: Path, val_dir: Path, folders: list[str]) -> list[tuple[str
     )
 
 
-def imagenet_wnids(root: Path) -> list[str] | None:
-    """The 1000 ILSVRC-2012 WNIDs, sorted (torchvision's class index is a WNID's rank among them), read
-    from the user's own devkit ``meta.mat`` or Kaggle's ``LOC_synset_mapping.txt`` where
+def imagenet_wnids(root: Path) -> tuple[list[str], Path] | None:
+    """The 1000 ILSVRC-2012 WNIDs, sorted (torchvision's class index is a WNID's rank among them), and
+    the file read: the user's own devkit ``meta.mat`` or Kaggle's ``LOC_synset_mapping.txt`` where
     :func:`search_roots` looks for the data folder ``root``; None where there is neither. A meta.mat
     without scipy to read it, or one made for a subset (without all of the IDs 1-1000, which still
     labels a flat val/), is passed over with a warning: the classes then keep their folder names, as
@@ -148,7 +148,7 @@ def imagenet_wnids(root: Path) -> list[str] | None:
         ids = read_meta(meta)
         wnids = [ids.get(i) for i in range(1, 1001)]
         if None not in wnids:
-            return _the_1000(meta, [str(w) for w in wnids], "its ILSVRC2012_IDs 1-1000")
+            return _the_1000(meta, [str(w) for w in wnids], "its ILSVRC2012_IDs 1-1000"), meta
         warnings.warn(f"{meta}: has {1000 - wnids.count(None)} of the ILSVRC2012_IDs 1-1000, not all, so it cannot "
                       "rank the synsets as torchvision numbers them; the classes keep their folder names", stacklevel=2)
     mapping = _find(kaggle, SYNSET_MAPPING)
@@ -160,7 +160,7 @@ def imagenet_wnids(root: Path) -> list[str] | None:
         raise DataError(f"{mapping}: cannot read it ({e.strerror or e})") from None
     # split at newlines only: splitlines() also splits at U+2028 and \x85, which a name may hold
     lines = [line.split() for line in text.split("\n") if line.strip()]
-    return _the_1000(mapping, [words[0] for words in lines], "its lines")
+    return _the_1000(mapping, [words[0] for words in lines], "its lines"), mapping
 
 
 def _the_1000(path: Path, wnids: list[str], what: str) -> list[str]:

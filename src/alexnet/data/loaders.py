@@ -98,6 +98,7 @@ class DataBundle:
     bad_files: BadFiles | None = None  # unreadable images met so far (count, paths, list file)
     held_out_of: dict[str, Any] | None = None  # without a val split: what the held-out tenth was drawn from (:func:`listing`)
     folders: list[str] | None = None  # the class folders' names on disk, where ``classes`` may name them otherwise
+    names_from: str | None = None  # where ``classes`` came from (a classes.tsv, an ImageNet mapping, ...), for the run's record
 
     def close(self) -> None:
         """Stop the loaders' worker processes now (see :meth:`Batches.close`)."""
@@ -319,7 +320,9 @@ def _images(root, preset, bad, loading, val_fraction, show_progress, batch_size,
     train = _batches(train_ds, train_idx, batch_size, True, True, *loader_args)
     val = _batches(val_ds, val_idx, eval_batch_size, False, False, *loader_args)
     held = listing(train_ds) if "val" not in splits else None
-    return DataBundle(train, val, classes, preprocess, len(train_idx), len(val_idx), str(root), notes, bad, held, list(folders))
+    names_from = str((root / "index.json").resolve()) if packed else train_ds.names_from
+    return DataBundle(train, val, classes, preprocess, len(train_idx), len(val_idx), str(root), notes, bad, held, list(folders),
+                      names_from)
 
 
 def _check_every_class_trains(
