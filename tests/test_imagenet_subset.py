@@ -401,3 +401,29 @@ def test_config_json_records_where_the_class_names_came_from(tmp_path, capsys):
     assert main(["train", "--resume", str(tmp_path / "mapping"), "--epochs", "2", *QUIET]) == 0, capsys.readouterr().err
     record = json.loads((tmp_path / "mapping" / "config.json").read_text())
     assert record["train"]["epochs"] == 2 and record["data"]["class_names_from"].startswith(f"{mapping} ")
+
+
+def test_synset_folders_that_the_mapping_does_not_all_list_are_said_once(tmp_path, capsys):
+    """An ImageNet-21k synset among ImageNet-1k ones: the mapping beside them cannot name them all, and
+    all of them kept their WNIDs without a word (as if no file had been found), which also left
+    --init-from torchvision's weights no class to keep its fc8 row by."""
+    data = subset(tmp_path / "d", [MADE_UP, MADE_UP + 1, MADE_UP + 2])
+    for split in ("train", "val"):
+        (data / split / WNIDS[MADE_UP + 2]).rename(data / split / "n09999999")  # none of the mapping's (made up)
+    folders = [WNIDS[MADE_UP], WNIDS[MADE_UP + 1], "n09999999"]
+    mapping = write_mapping(data / "LOC_synset_mapping.txt")
+    assert "n09999999" not in WNIDS
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert main(["train", "--data", str(data), "--out", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "4",
+                     "--amp", "none", *TINY, *QUIET]) == 0
+    said = [str(w.message) for w in seen if "synset folders" in str(w.message)]
+    assert said == [f"{mapping}: lists 2 of the 3 synset folders ('n09999999' is none of its 1000 ILSVRC-2012 synsets), "
+                    "so the classes keep their folder names; a classes.tsv names them otherwise"], said
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=False)["classes"] == folders
+    # All of them listed (or no file at all): nothing to say.
+    for split in ("train", "val"):
+        shutil.rmtree(data / split / "n09999999")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert find_classes(data / "train")[1] == [categories()[MADE_UP], categories()[MADE_UP + 1]]

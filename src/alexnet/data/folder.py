@@ -87,11 +87,24 @@ def imagenet_names(root: Path, folders: list[str]) -> tuple[list[str], Path] | N
     if not folders or not all(is_wnid(f) for f in folders):
         return None  # not ImageNet's folders: no file is looked for
     found = imagenet_wnids(root.parent if root.name in ("train", "val") else root)
-    rank = {w: i for i, w in enumerate(found[0] if found else [])}
-    if found is None or not all(f in rank for f in folders):
+    if found is None:
+        return None
+    rank = {w: i for i, w in enumerate(found[0])}
+    missing = [f for f in folders if f not in rank]
+    if missing:  # an ImageNet-21k synset among them: said, or the WNIDs look like a file not found
+        _warn_once(f"{found[1]}: lists {len(folders) - len(missing)} of the {len(folders)} synset folders "
+                   f"({printable(missing[0])!r} is none of its 1000 ILSVRC-2012 synsets), so the classes keep their "
+                   "folder names; a classes.tsv names them otherwise")
         return None
     categories = _categories()
     return [categories[rank[f]] for f in folders], found[1]
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    """A warning said once per process: train/ and val/ each name their classes, and each image's
+    decode resets the registry that Python's own once-only rule keeps."""
+    warnings.warn(message, stacklevel=4)
 
 
 def _categories() -> list[str]:
