@@ -427,3 +427,31 @@ def test_synset_folders_that_the_mapping_does_not_all_list_are_said_once(tmp_pat
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert find_classes(data / "train")[1] == [categories()[MADE_UP], categories()[MADE_UP + 1]]
+
+
+def test_a_run_named_by_a_mapping_is_scored_on_some_of_its_folders_without_it(tmp_path, capsys):
+    """A run whose synset folders a mapping named, scored on two of its three folders copied without
+    the mapping: evaluate refused ('has 2 classes but ... predicts 3; 'n0...' is not among its
+    classes'), though its checkpoint says which folder each output is. The loss must be that of the
+    model's probabilities of each image's own folder's output, by hand in float64."""
+    indexes = [MADE_UP, MADE_UP + 1, MADE_UP + 2]
+    data = subset(tmp_path / "d", indexes, per_class=3)
+    write_mapping(data / "LOC_synset_mapping.txt")
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "4",
+                 "--amp", "none", *TINY, *QUIET]) == 0
+    ckpt = tmp_path / "run" / "last.pt"
+    assert torch.load(ckpt, weights_only=False)["classes"] == [categories()[i] for i in indexes]
+    some = tmp_path / "some"  # folders 0 and 2 of the run's, outputs 0 and 2 (its folders are sorted WNIDs)
+    for k in (0, 2):
+        shutil.copytree(data / "val" / WNIDS[indexes[k]], some / WNIDS[indexes[k]])
+    files = [(f, k) for k in (0, 2) for f in sorted((some / WNIDS[indexes[k]]).iterdir())]
+    results = predict(alexnet.load(ckpt), [f for f, _ in files], top=3)
+    probs = [{t["index"]: t["probability"] for t in r["top"]} for r in results]
+    expected = -np.mean([np.log(p[k]) for p, (_, k) in zip(probs, files)], dtype=np.float64)
+    top1 = np.mean([max(p, key=p.get) == k for p, (_, k) in zip(probs, files)])
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--data", str(some), "--json", "--amp", "none", "--no-channels-last",
+                 *QUIET]) == 0, capsys.readouterr().err
+    got = json.loads(capsys.readouterr().out)
+    assert got["loss"] == pytest.approx(expected, abs=1e-6) and got["top1"] == pytest.approx(top1, abs=1e-12)
+    assert got["images"] == len(files) == 6

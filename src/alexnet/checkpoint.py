@@ -360,6 +360,9 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> AlexNet
     model.classes = [class_name(c) for c in classes]  # as the data names them, on any machine
     if len(model.classes) != model.config.num_classes:
         raise CheckpointError(f"{path}: lists {len(model.classes)} class names for {model.config.num_classes} outputs")
+    folders = ckpt.get("folders")  # a trained run's class folders: evaluate matches them where the names differ
+    if isinstance(folders, list) and len(folders) == len(model.classes) and all(isinstance(f, str) for f in folders):
+        model.folders = [class_name(f) for f in folders]
     model.preprocess = _preprocess(ckpt["preprocess"], str(path)) if ckpt.get("preprocess") is not None else None
     if model.preprocess is not None:
         _check_recipe_fits(model.config, model.preprocess, str(path))

@@ -228,6 +228,7 @@ class AlexNet(nn.Module):
         self.reset_parameters()
         # What alexnet.load attaches from a checkpoint: class names and the input recipe.
         self.classes: list[str] | None = None
+        self.folders: list[str] | None = None  # the class folders its outputs trained on, where a run recorded them
         self.preprocess: Preprocess | None = None
         self.pretrained_cfg: PretrainedCfg | None = None  # where published weights came from (create_model(pretrained=True))
         # torchvision's AlexNet state dict (features.0.weight, ...) loads unchanged.
@@ -292,6 +293,7 @@ class AlexNet(nn.Module):
         self.fc8 = nn.Linear(self.config.fc_width, num_classes, device=old.device, dtype=old.dtype)
         self._init_layer("fc8")
         self.classes = list(classes) if classes is not None else [str(i) for i in range(num_classes)]
+        self.folders = None  # the new outputs trained on none
 
     # -- forward ------------------------------------------------------------------------------
     def _stage(self, x: torch.Tensor, conv: nn.Module, norm: nn.Module, pool: nn.Module) -> torch.Tensor:
