@@ -455,3 +455,39 @@ def test_a_run_named_by_a_mapping_is_scored_on_some_of_its_folders_without_it(tm
     got = json.loads(capsys.readouterr().out)
     assert got["loss"] == pytest.approx(expected, abs=1e-6) and got["top1"] == pytest.approx(top1, abs=1e-12)
     assert got["images"] == len(files) == 6
+
+
+def test_a_run_named_by_a_mapping_fine_tunes_on_its_folders_without_it(tmp_path, capsys):
+    """--init-from a run whose synset folders a mapping named, on those folders without the file:
+    'fc8 re-initialised for 3 classes (none of them is among the file's)', though its checkpoint says
+    which folder each output is. With fc8 frozen, its rows must be the file's, exactly."""
+    indexes = [MADE_UP, MADE_UP + 1, MADE_UP + 2]
+    data = subset(tmp_path / "d", indexes)
+    mapping = write_mapping(data / "LOC_synset_mapping.txt")
+    train = ["--data", str(data), "--epochs", "1", "--batch-size", "4", "--amp", "none", *QUIET]
+    assert main(["train", *train, "--out", str(tmp_path / "run"), *TINY]) == 0
+    mapping.unlink()
+    capsys.readouterr()
+    assert main(["train", *train, "--out", str(tmp_path / "ft"), "--init-from", str(tmp_path / "run" / "last.pt"),
+                 "--freeze", "classifier"]) == 0
+    assert "re-initialised" not in capsys.readouterr().out
+    tuned, old = (torch.load(tmp_path / r / "last.pt", weights_only=False) for r in ("ft", "run"))
+    assert tuned["classes"] == [WNIDS[i] for i in indexes] and old["classes"] == [categories()[i] for i in indexes]
+    assert torch.equal(tuned["model"]["fc8.weight"], old["model"]["fc8.weight"])
+    assert torch.equal(tuned["model"]["fc8.bias"], old["model"]["fc8.bias"])
+
+
+def test_a_classes_tsv_naming_a_runs_folders_otherwise_is_not_matched_by_folder(tmp_path, capsys):
+    """evaluate and --init-from match a run's class by its recorded folder only where the data names
+    that folder by itself: another name from a classes.tsv may be another class (as before: a warning
+    that the accuracy counts matching class numbers, fc8 afresh)."""
+    data = subset(tmp_path / "d", [MADE_UP, MADE_UP + 1])
+    (data / "classes.tsv").write_text(f"{WNIDS[MADE_UP]}\tcat\n{WNIDS[MADE_UP + 1]}\tdog\n", encoding="utf-8")
+    train = ["--data", str(data), "--epochs", "1", "--batch-size", "4", "--amp", "none", *QUIET]
+    assert main(["train", *train, "--out", str(tmp_path / "run"), *TINY]) == 0
+    (data / "classes.tsv").write_text(f"{WNIDS[MADE_UP]}\tcar\n{WNIDS[MADE_UP + 1]}\tbus\n", encoding="utf-8")
+    capsys.readouterr()
+    with pytest.warns(UserWarning, match=r"class 0 is 'car' there, 'cat' in the checkpoint"):
+        assert main(["evaluate", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--data", str(data), *QUIET]) == 0
+    assert main(["train", *train, "--out", str(tmp_path / "ft"), "--init-from", str(tmp_path / "run" / "last.pt")]) == 0
+    assert "fc8 re-initialised for 2 classes" in capsys.readouterr().out

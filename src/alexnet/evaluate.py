@@ -15,7 +15,7 @@ import torch
 
 from .atomic import atomic_path
 from .checkpoint import load, require_recipe
-from .data.folder import class_name, in_data_names
+from .data.folder import by_folders, in_data_names
 from .data.presets import Preprocess
 from .errors import CheckpointError, DataError
 from .model import AlexNet
@@ -100,16 +100,6 @@ def label_map(
         warnings.warn(f"the data's classes are not those of {model_name} (class {i} is {data_classes[i]!r} there, "
                       f"{ours[i]!r} in the checkpoint): the accuracy counts matching class numbers", stacklevel=2)
     return None
-
-
-def by_folders(ours: list[str], trained: list[str] | None, data_classes: list[str], folders: list[str] | None) -> list[str]:
-    """A model's class names, each that the data does not name taken as the data's name of the folder
-    it ``trained`` on: a run named by a mapping file (torchvision's names of synset folders) scored on
-    those folders without the file, where the data names them by their WNIDs."""
-    if not trained or not folders or len(trained) != len(ours) or len(folders) != len(data_classes):
-        return ours
-    named, of_folder = set(data_classes), {class_name(f): c for f, c in zip(folders, data_classes)}
-    return [of_folder.get(f, c) if c not in named else c for f, c in zip(trained, ours)]
 
 
 def _named_twice(data_classes: list[str], ours: list[str]) -> str:

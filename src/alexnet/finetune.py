@@ -14,7 +14,7 @@ import torch
 
 from .checkpoint import config_from_file
 from .config import TrainConfig
-from .data.folder import class_name, in_data_names
+from .data.folder import by_folders, class_name, in_data_names
 from .data.loaders import DataBundle
 from .data.presets import Preprocess
 from .errors import CheckpointError, check_weights, state_dict_mismatch
@@ -48,6 +48,9 @@ def build_model(
         log(f"weights from {cfg.init_from}" + (" (its architecture)" if init.get("model_config") else ""))
         state = {torchvision_key(k): v for k, v in init["model"].items()}  # torchvision names -> ours
         known = in_data_names(named_classes(init), classes, folders)
+        trained = init.get("folders")  # a run named by a mapping file, fine-tuned on its folders without it
+        if known and isinstance(trained, list) and all(isinstance(f, str) for f in trained):
+            known = by_folders(known, [class_name(f) for f in trained], classes, folders)
         fresh = fc8_rows(state, known, classes, model, cfg.init_from, log)
         if fresh and "fc8" in expand_layers(cfg.freeze):
             warnings.warn(f"--freeze {','.join(cfg.freeze)} keeps the re-initialised fc8 at its random weights: "

@@ -126,6 +126,18 @@ def in_data_names(known: list[str] | None, classes: list[str], folders: list[str
     return [of_folder[k] if k in of_folder and k not in named else k for k in known]
 
 
+def by_folders(ours: list[str], trained: list[str] | None, data_classes: list[str], folders: list[str] | None) -> list[str]:
+    """A model's class names, each that the data does not name taken as the data's name of the folder
+    it ``trained`` on: a run named by a mapping file (torchvision's names of synset folders) scored on
+    those folders without the file, where the data names them by their WNIDs. Only folders the data
+    names by themselves: a classes.tsv's other name of one may be another class."""
+    if not trained or not folders or len(trained) != len(ours) or len(folders) != len(data_classes):
+        return ours
+    named = set(data_classes)
+    of_folder = {class_name(f): c for f, c in zip(folders, data_classes) if c == class_name(f)}
+    return [of_folder.get(f, c) if c not in named else c for f, c in zip(trained, ours)]
+
+
 def printable(name: str) -> str:
     """A file or folder name as text that any file, terminal or figure takes: bytes that are not
     UTF-8 (an old archive's Latin-1 names, which Python keeps as lone surrogates) become \\xNN."""
