@@ -287,3 +287,30 @@ def test_a_distributed_runs_config_json_says_when_replayed_in_another_process_co
     notes = [line for line in r.stderr.splitlines() if line.startswith("note: --config")]
     assert notes == [f"note: --config {tmp_path / 'ddp.json'}: that run trained in 2 processes and this one in "
                      "1 process, so it is not bitwise the same run (--nproc 2 repeats it)"], r.stderr
+
+
+def test_nesterov_is_never_recorded_for_the_papers_update_rule(tmp_path, capsys):
+    """PaperSGD (--optimizer paper) has no Nesterov momentum, yet 'train --optimizer paper --nesterov'
+    trained without it and config.json said nesterov: true, as did --optimizer paper under the photos
+    and fashion_mnist presets (their Nesterov is torch SGD's). Typed or written in a file: refused in
+    one line; the preset's: recorded false; an older run's config.json that recorded it: replayed."""
+    import json
+
+    from alexnet.cli import main
+
+    assert resolve_config("photos", {"data": "x", "optimizer": "paper"}).nesterov is False
+    assert resolve_config("fashion_mnist", {"optimizer": "paper"}).nesterov is False
+    assert resolve_config("photos", {"data": "x"}).nesterov is True  # torch's SGD keeps the preset's
+    with pytest.raises(ConfigError, match=r"^--nesterov: the paper's update rule"):
+        resolve_config("photos", {"data": "x", "optimizer": "paper", "nesterov": True})
+    (tmp_path / "c.toml").write_text('optimizer = "paper"\nnesterov = true\n')
+    with pytest.raises(ConfigError, match=re.escape(f"--config {tmp_path / 'c.toml'}: nesterov = true")):
+        resolve_config("paper", {"data": "x"}, tmp_path / "c.toml")
+    record = {"train": {**TrainConfig(optimizer="paper", nesterov=True, data="x").to_dict()}, "environment": {}}
+    (tmp_path / "config.json").write_text(json.dumps(record))
+    assert resolve_config(None, {}, tmp_path / "config.json").nesterov is False
+    capsys.readouterr()
+    assert main(["train", "--optimizer", "paper", "--nesterov", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("alexnet: error: --nesterov: the paper's"), err
+    assert not (tmp_path / "run").exists()

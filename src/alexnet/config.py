@@ -223,6 +223,8 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"--config {path}: expected a table of options at the top level")
     if is_run_record(values):  # a run's config.json: the run's options, to run it again
         values = run_options(values)
+        if values.get("optimizer") == "paper":  # older runs recorded the preset's Nesterov, which PaperSGD never used
+            values.pop("nesterov", None)
     if not isinstance(values.get("model_options", {}), dict):
         raise ConfigError(f"--config {path}: model_options must be a table of model options")
     if "resume" in values:  # a resume takes its run's own configuration, not a file's
@@ -308,11 +310,28 @@ def resolve_config(
     cfg = TrainConfig(**values)
     with _naming_the_file(config_file, file_values, overrides):
         validate(cfg)
+    cfg = _paper_rule_without_nesterov(cfg, config_file if "nesterov" in file_values.keys() - overrides.keys()
+                                       else "nesterov" in overrides)
     _check_model(cfg, config_file, "model" in file_values and "model" not in overrides,
                  set(file_options) - set(typed_options))  # both dicts: read_config_file and the check above
     if "init_bias" in typed and typed["init_bias"] != PRESETS[preset].get("model_options", {}).get("init_bias"):
         _check_init_bias(cfg)  # the preset's own value is not typed (a run's config.json repeats it)
     return cfg
+
+
+def _paper_rule_without_nesterov(cfg: TrainConfig, given_by: str | Path | bool | None) -> TrainConfig:
+    """``cfg`` with Nesterov off under ``--optimizer paper``, whose update rule (optim.PaperSGD) has
+    none: config.json recorded the photos/fashion_mnist preset's ``nesterov: true`` for a run that
+    never used it. Typed (``given_by`` True) or written in a config file (its path): ConfigError."""
+    if cfg.optimizer != "paper" or not cfg.nesterov:
+        return cfg
+    if given_by is True:
+        raise ConfigError("--nesterov: the paper's update rule (--optimizer paper) has no Nesterov momentum; "
+                          "drop --nesterov or use --optimizer sgd")
+    if given_by:
+        raise ConfigError(f"--config {given_by}: nesterov = true: the paper's update rule (optimizer paper) has no "
+                          "Nesterov momentum; set it false or use optimizer sgd")
+    return dataclasses.replace(cfg, nesterov=False)  # the preset's, meant for torch's SGD
 
 
 @contextlib.contextmanager
