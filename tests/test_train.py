@@ -1062,3 +1062,48 @@ def test_init_from_gives_no_row_to_a_name_that_the_data_gives_two_classes(tmp_pa
     assert not any(torch.equal(model.fc8.weight[i], tv["classifier.6.weight"][517]) for i in (1, 2))
     assert logs[-1] == (f"fc8: 1 of 3 classes keep their rows of {tmp_path / 'tv.pth'} (matched by name), 2 re-initialised "
                         "('crane' names more than one of the data's classes)")
+
+
+@pytest.mark.parametrize("schedule", ["onecycle", "cosine", "step"])
+def test_skipped_batches_do_not_delay_the_learning_rate_schedule(tiny_fmnist, tmp_path, monkeypatch, schedule):
+    """The schedules are set by the run's position in its data ('lr x gamma every step-size epochs',
+    'decay to 0 at epoch N'). A batch skipped by --on-nonfinite skip took no step, and the rate was
+    read off the steps taken: with every other batch skipped, the second epoch ran at the first
+    epoch's rates (no x0.1 at epoch 2 of --step-size 1; onecycle ended at half its peak instead of
+    near 0). Expected: the formulas by hand, in float64, at each batch's index in the run."""
+    import math
+
+    import alexnet.train as train_mod
+
+    real, calls, lrs = train_mod.F.cross_entropy, {"n": 0}, []
+
+    def every_other_nan(*a, **k):
+        calls["n"] += 1
+        loss = real(*a, **k)
+        return loss * float("nan") if calls["n"] % 2 == 0 else loss
+
+    real_set_lr = train_mod._set_lr
+
+    def recording(optimizer, *a, **k):
+        real_set_lr(optimizer, *a, **k)
+        lrs.append(optimizer.param_groups[0]["lr"] / optimizer.param_groups[0].get("lr_mult", 1.0))
+
+    monkeypatch.setattr(train_mod.F, "cross_entropy", every_other_nan)
+    monkeypatch.setattr(train_mod, "_set_lr", recording)
+    cfg = _cfg(tiny_fmnist, tmp_path / "run", epochs=2, on_nonfinite="skip", schedule=schedule, warmup_epochs=0.5,
+               step_size=1, gamma=0.1, lr=0.08)
+    result = fit(cfg, log=lambda s: None)
+    assert result["skipped_batches"] == 4  # 4 of the second epoch's 8 batches of 8 images
+    total, warm = 16, 4  # 64 images / 8 per batch, 2 epochs; warm-up 0.5 epochs
+    expected = []
+    for i in range(total):
+        if i < warm:
+            f = (i + 1) / warm
+        elif schedule == "onecycle":
+            f = (total - i) / (total - warm)
+        elif schedule == "cosine":
+            f = 0.5 * (1 + math.cos(math.pi * (i - warm) / (total - warm)))
+        else:
+            f = 0.1 ** (i // 8)
+        expected.append(0.08 * f)
+    assert lrs == pytest.approx(expected, rel=1e-9, abs=1e-12)

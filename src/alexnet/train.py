@@ -118,7 +118,9 @@ def train_one_epoch(
             continue
         images, labels, index = (t.to(device, non_blocking=True) for t in batch)
         x = model_input(images, index, preprocess, True, cfg.seed, pos.epoch, cfg.channels_last)
-        _set_lr(optimizer, cfg, pos.step, steps_per_epoch, lr_scale)
+        # the schedule follows the run's place in its data, not the steps taken: a batch skipped for a
+        # non-finite loss (or unreadable) took none, and each one delayed every later rate by a step
+        _set_lr(optimizer, cfg, pos.epoch * steps_per_epoch + pos.batch, steps_per_epoch, lr_scale)
         health.before_step()
         with autocast(device, amp):
             logits = model(x)
@@ -599,7 +601,8 @@ def _note_new_horizon(run: _Run, began: Any) -> None:
     cfg, steps = run.cfg, len(run.data.train)
     if cfg.schedule not in ("onecycle", "cosine") or not isinstance(began, int) or began == cfg.epochs or began < 1:
         return
-    was, now = (step_lr_factor(cfg.schedule, run.pos.step, steps, e, cfg.warmup_epochs, cfg.step_size, cfg.gamma)
+    at = run.pos.epoch * steps + run.pos.batch  # the batch the run goes on at, as train_one_epoch sets its rate
+    was, now = (step_lr_factor(cfg.schedule, at, steps, e, cfg.warmup_epochs, cfg.step_size, cfg.gamma)
                 for e in (began, cfg.epochs))
     run.log(f"note: --epochs {cfg.epochs}: the {cfg.schedule} schedule now decays to 0 at epoch {cfg.epochs}, not "
             f"{began}; the rate goes on at {cfg.lr * now:.3g} where the run had it at {cfg.lr * was:.3g}")
