@@ -314,3 +314,28 @@ def test_nesterov_is_never_recorded_for_the_papers_update_rule(tmp_path, capsys)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("alexnet: error: --nesterov: the paper's"), err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_run_resumed_in_another_precision_says_so_when_replayed(tiny_fmnist, tmp_path):
+    """--resume may change --amp (the non-finite-loss error suggests --amp none): config.json then gives
+    the resumed run's --amp among its options while environment.amp keeps the one its first epochs ran
+    in. `train --config RUN/config.json` (README: "trains that run again, bitwise") replayed the whole
+    run in the last precision without a word; it now says which precision the run started in."""
+    import json
+
+    from conftest import run_cli
+
+    run = tmp_path / "run"
+    tiny = ["--model-option", "widths=[8,16,16,16,16]", "--model-option", "fc_width=32"]
+    r = run_cli("train", "--data", str(tiny_fmnist), "--model", "alexnet_small", "--epochs", "1", "--batch-size", "16",
+                *tiny, "--amp", "bf16", "--out", str(run), "--threads", "1")
+    assert r.returncode == 0, r.stderr
+    r = run_cli("train", "--resume", str(run), "--epochs", "2", "--amp", "none", "--threads", "1")
+    assert r.returncode == 0, r.stderr
+    record = json.loads((run / "config.json").read_text())
+    assert (record["train"]["amp"], record["environment"]["amp"]) == ("none", "bfloat16")
+    r = run_cli("train", "--config", str(run / "config.json"), "--epochs", "1", "--out", str(tmp_path / "again"))
+    assert r.returncode == 0, r.stderr
+    notes = [line for line in r.stderr.splitlines() if line.startswith("note: --config")]
+    assert notes == [f"note: --config {run / 'config.json'}: that run started in bf16 (its environment.amp) and this "
+                     "one trains in float32 (--amp none), so it is not bitwise the same run"], r.stderr

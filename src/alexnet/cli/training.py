@@ -33,7 +33,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = resume_config(args.resume, overrides, keep=not (args.nproc and args.nproc > 1))
     else:
         cfg = resolve_config(overrides.pop("preset", None), overrides, args.config)
-        _note_replayed_processes(args.config, args.nproc)
+        _note_replayed_processes(args.config, args.nproc, cfg)
         if cfg.init_from and overrides.get("model"):
             _check_init_model(overrides["model"], cfg.init_from)
     if args.nproc and args.nproc > 1:
@@ -47,10 +47,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _note_replayed_processes(config: str | None, nproc: int | None) -> None:
+def _note_replayed_processes(config: str | None, nproc: int | None, cfg: TrainConfig) -> None:
     """A run's config.json gives its options, not its process count (``--nproc`` is no training
     option): a run of N processes replayed in another number trains differently (each rank's dropout
-    masks, the split of each batch's reductions), so say so instead of a silently different run."""
+    masks, the split of each batch's reductions), so say so instead of a silently different run.
+    The same for its precision: a run resumed with another ``--amp`` records that one in its options
+    (``--amp none`` after a bf16 NaN), while its first epochs ran in the one its environment records."""
     import json
 
     from ..config import is_run_record
@@ -68,6 +70,29 @@ def _note_replayed_processes(config: str | None, nproc: int | None) -> None:
     if isinstance(ran, int) and ran != now:
         print(f"note: --config {config}: that run trained in {ran} process{'es' * (ran > 1)} and this one in {now} "
               f"process{'es' * (now > 1)}, so it is not bitwise the same run (--nproc {ran} repeats it)", file=sys.stderr)
+    started = (record.get("environment") or {}).get("amp")
+    amp = _amp_name(cfg) if isinstance(started, str) else None
+    if amp is not None and started != amp:
+        print(f"note: --config {config}: that run started in {_AMP_NAMES.get(started, started)} (its environment.amp) "
+              f"and this one trains in {_AMP_NAMES.get(amp, amp)} (--amp {cfg.amp}), so it is not bitwise the same run",
+              file=sys.stderr)
+
+
+# environment.amp's names, as people say them
+_AMP_NAMES = {"bfloat16": "bf16", "float16": "fp16", "none": "float32"}
+
+
+def _amp_name(cfg: TrainConfig) -> str | None:
+    """The precision this run will train in, as environment.amp names it; None where its device or
+    --amp cannot be had here (fit says that in one line)."""
+    from ..errors import ConfigError
+    from ..runtime import resolve_amp, resolve_device
+
+    try:
+        amp = resolve_amp(cfg.amp, resolve_device(cfg.device))
+    except ConfigError:
+        return None
+    return str(amp).replace("torch.", "") if amp else "none"
 
 
 def _check_init_model(model: str, init_from: str) -> None:
