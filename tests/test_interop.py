@@ -642,3 +642,31 @@ def test_a_missing_weights_file_is_a_file_not_found_error(tmp_path, capsys):
     capsys.readouterr()
     assert main(["evaluate", "--checkpoint", str(missing)]) == 2
     assert capsys.readouterr().err == f"alexnet: error: checkpoint not found: {missing}\n"
+
+
+def test_a_safetensors_export_never_replaces_another_files_json(tmp_path, paper_ckpt, capsys):
+    """Any name but the known suffixes is written as safetensors with its config beside it under the
+    stem: 'export --out m.bin' after 'export --out m.safetensors' (from another checkpoint) rewrote
+    m.json, which then named m.bin's checkpoint beside m.safetensors; '--out RUN/config' replaced the
+    run's config.json. Both are now refused in one line (exit 2) with nothing written; exporting the
+    same name again, also over the config of an export made before configs named their weights, works."""
+
+    other = tmp_path / "other.pt"
+    shutil.copyfile(paper_ckpt, other)
+    st, side = tmp_path / "m.safetensors", tmp_path / "m.json"
+    assert main(["export", "--checkpoint", str(paper_ckpt), "--out", str(st)]) == 0
+    first = side.read_text()
+    assert json.loads(first)["source"]["path"] == os.path.abspath(paper_ckpt)
+    for out, message in [(tmp_path / "m.bin", f"would replace {side}, the config of m.safetensors; "),
+                         (tmp_path / "config", f"would replace {tmp_path / 'config.json'}, a file that export did not write")]:
+        (tmp_path / "config.json").write_text('{"train": {}}')
+        capsys.readouterr()
+        assert main(["export", "--checkpoint", str(other), "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0] and "Traceback" not in err[0], err
+        assert not out.exists()
+    assert side.read_text() == first and (tmp_path / "config.json").read_text() == '{"train": {}}'
+    legacy = {k: v for k, v in json.loads(first).items() if k != "weights"}
+    side.write_text(json.dumps(legacy))
+    assert main(["export", "--checkpoint", str(other), "--out", str(st)]) == 0
+    assert json.loads(side.read_text())["source"]["path"] == os.path.abspath(other)

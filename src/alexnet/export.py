@@ -79,7 +79,8 @@ def export_safetensors(model: AlexNet, path: str | os.PathLike, source: Source |
     if mean_image is not None:  # beside the weights; the metadata holds its summary
         state[presets.MEAN_IMAGE_KEY] = mean_image
     atomic.write_safetensors(path, state, meta)
-    side = atomic.write_text(path.with_suffix(".json"), json.dumps(config, indent=2) + "\n")
+    # the sidecar names its weights: another name of the same stem (m.safetensors, m.bin) shares it
+    side = atomic.write_text(path.with_suffix(".json"), json.dumps({**config, "weights": path.name}, indent=2) + "\n")
     return [path, side]
 
 
@@ -259,7 +260,30 @@ def resolve_format(fmt: str | None, path: str | os.PathLike) -> str:
     if fmt == "safetensors" and path.suffix.lower() == ".json":
         raise ConfigError(f"--out {path}: the safetensors file's JSON config is written beside it as {path.with_suffix('.json')}; "
                           "name the weights .safetensors")
+    if fmt == "safetensors":
+        _check_sidecar(path)
     return fmt
+
+
+def _check_sidecar(path: Path) -> None:
+    """ConfigError unless the .json that a safetensors ``path`` writes beside it is free, or is this
+    same file's config: ``--out m.bin`` replaced the config of an earlier ``--out m.safetensors`` (made
+    from another checkpoint) with its own, and ``--out RUN/config`` a run's config.json."""
+    side = path.with_suffix(".json")
+    if not side.exists():
+        return
+    try:
+        held = json.loads(side.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        held = None
+    ours = isinstance(held, dict) and str(held.get("format", "")).startswith("alexnet-safetensors")
+    # an export older than the "weights" key: this file's own config if the file is there
+    weights = held.get("weights", path.name if path.exists() else None) if ours else None
+    if weights == path.name:
+        return
+    what = f"the config of {weights}" if ours and weights else "a file that export did not write for it"
+    raise ConfigError(f"--out {path}: its JSON config would replace {side}, {what}; give the weights another name "
+                      f"(or remove {side})")
 
 
 def _suffix(fmt: str) -> str:
