@@ -33,12 +33,16 @@ def hub(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def torchvision_file(hub):
-    """torchvision's alexnet (its own code and init, seeded) saved under the published file's name."""
+def torchvision_file(hub, monkeypatch):
+    """torchvision's alexnet (its own code and init, seeded) saved under the published file's name,
+    its sha256 the 'published' one (a cached file is checked against it)."""
     torch.manual_seed(0)
     reference = torchvision.models.alexnet().eval()
     hub.mkdir(parents=True)
-    torch.save(reference.state_dict(), hub / "alexnet-owt-7be5be79.pth")
+    path = hub / "alexnet-owt-7be5be79.pth"
+    torch.save(reference.state_dict(), path)
+    digest = ("sha256", hashlib.sha256(path.read_bytes()).hexdigest())
+    monkeypatch.setitem(pretrained.PRETRAINED, "alexnet_owt", dataclasses.replace(pretrained.PRETRAINED["alexnet_owt"], digest=digest))
     return reference
 
 
@@ -225,3 +229,30 @@ def test_export_to_torchvisions_own_format(torchvision_file, hub, tmp_path, caps
     x = torch.randn(2, 3, 112, 112, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         torch.testing.assert_close(theirs(x), small(x), rtol=0, atol=0)
+
+
+def test_a_cached_file_that_is_not_the_published_one_is_refused(torchvision_file, hub, tmp_path, capsys):
+    """A file already in torch.hub's cache (copied there by hand, as the offline error says) was taken
+    unchecked: other weights of the same shapes loaded as the published ones, a truncated copy failed
+    as 'not a PyTorch checkpoint'. Each is now refused in one line naming the file, its digest (by
+    hashlib here) and the remedy; the matching file loads."""
+    path = hub / "alexnet-owt-7be5be79.pth"
+    good = path.read_bytes()
+    assert torch.equal(alexnet.create_model("alexnet_owt", pretrained=True).conv1.weight, torchvision_file.features[0].weight)
+    torch.manual_seed(1)
+    torch.save(torchvision.models.alexnet().state_dict(), path)  # other weights, the same shapes
+    damaged = {"others": path.read_bytes(), "truncated": good[: len(good) // 2]}
+    for what, content in damaged.items():
+        path.write_bytes(content)
+        said = (f"{path}: its sha256 is {hashlib.sha256(content).hexdigest()}, not the published "
+                f"{pretrained.PRETRAINED['alexnet_owt'].digest[1]}: a truncated, damaged or other file")
+        with pytest.raises(alexnet.CheckpointError) as caught:
+            alexnet.create_model("alexnet_owt", pretrained=True)
+        assert str(caught.value).startswith(said), what
+        capsys.readouterr()
+        assert main(["import", "torchvision", "--out", str(tmp_path / "owt.pt")]) == 2, what
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"alexnet: error: {said}") and "delete it" in err[0], err
+        assert not (tmp_path / "owt.pt").exists()
+    path.write_bytes(good)
+    assert main(["import", "torchvision", "--out", str(tmp_path / "owt.pt")]) == 0
