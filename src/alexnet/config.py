@@ -284,6 +284,7 @@ def resolve_config(
         for name in ("data", "init_from"):  # used as paths before validate() (a file can hold data = 5)
             for values in (file_values, overrides):
                 _check_scalar(name, values.get(name), field_types()[name])
+        _check_file_paths(config_file, file_values, overrides)
         # merged below before validate() looks at it: "KEY=VALUE" (--model-option's form) was a TypeError
         options = overrides.get("model_options", {})
         require(isinstance(options, dict), flag("model_options"), "a table of model options (a dict: {'input_size': 112})", options)
@@ -332,6 +333,18 @@ def _paper_rule_without_nesterov(cfg: TrainConfig, given_by: str | Path | bool |
         raise ConfigError(f"--config {given_by}: nesterov = true: the paper's update rule (optimizer paper) has no "
                           "Nesterov momentum; set it false or use optimizer sgd")
     return dataclasses.replace(cfg, nesterov=False)  # the preset's, meant for torch's SGD
+
+
+def _check_file_paths(config_file: str | Path | None, file_values: dict[str, Any], overrides: dict[str, Any]) -> None:
+    """ConfigError naming the file for a data or init-from path it gives (and the command line does
+    not) that is not there. It said '--data: path not found: ../woof', a flag never typed, and not
+    that a relative path is taken from the current folder, as typed ones are, not from the file's."""
+    for name in ("data", "init_from"):
+        value = file_values.get(name)
+        if name in overrides or not isinstance(value, str) or os.path.exists(value):
+            continue
+        where = "" if os.path.isabs(value) else f" (a relative path is taken from the current folder, {os.getcwd()}, not the file's)"
+        raise ConfigError(f"--config {config_file}: {name} = {value!r}: not found{where}; {flag(name)} PATH gives its place")
 
 
 @contextlib.contextmanager

@@ -140,7 +140,8 @@ def _add_train(sub, common: argparse.ArgumentParser) -> None:
         description="Train a model. With no arguments: alexnet_small on Debian's Fashion-MNIST (5 epochs, about 4-9 minutes "
         "on 2 CPU cores). Options override the preset, which --config FILE (TOML/YAML) may also override.",
     )
-    t.add_argument("--config", help="TOML or YAML file of training options (command-line options win), or a run's "
+    t.add_argument("--config", help="TOML or YAML file of training options (command-line options win; relative paths in it are "
+                   "taken from the current folder, as typed ones are), or a run's "
                    "config.json: that run again (its thread count too, unless --threads)")
     t.add_argument("--force", action="store_true",
                    help="replace the run that --out holds (its own files only, once this run has its first checkpoint)")
