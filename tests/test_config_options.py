@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from alexnet.cli import build_parser
+from alexnet.cli import build_parser, main
 from alexnet.cli.common import _config_overrides
 from alexnet.config import TrainConfig, flag, resolve_config
 from alexnet.errors import ConfigError, DataError
@@ -367,3 +367,38 @@ def test_a_path_a_config_file_gives_that_is_not_there_names_the_file(tiny_fmnist
     monkeypatch.chdir(tmp_path)  # from the folder the path is relative to, it is the data
     config.write_text(f'data = "{tiny_fmnist.name}"\n')
     assert resolve_config(None, {}, config).data == str(tiny_fmnist)
+
+
+@pytest.mark.parametrize("typed, unused", [
+    (["--schedule", "plateau", "--gamma", "0.5"], ["--gamma 0.5"]),  # the paper's plateau divides by 10 whatever --gamma
+    (["--schedule", "cosine", "--step-size", "2"], ["--step-size 2"]),
+    (["--schedule", "step", "--patience", "2", "--max-reductions", "1"], ["--patience 2", "--max-reductions 1"]),
+    (["--gamma", "0.5"], ["--gamma 0.5"]),  # the fashion_mnist preset's onecycle
+])
+def test_a_typed_schedule_option_the_schedule_never_reads_is_refused(typed, unused, tiny_fmnist, tmp_path, capsys, monkeypatch):
+    """'--schedule plateau --gamma 0.5' trained with lr / 10 at each plateau (0.1 of the rate in
+    metrics.jsonl, not 0.5) without a word; --step-size with cosine, --patience with step: the same."""
+    import alexnet.train
+
+    monkeypatch.setattr(alexnet.train, "fit", lambda *a, **k: pytest.fail("trained with an option that does nothing"))
+    assert main(["train", "--data", str(tiny_fmnist), "--out", str(tmp_path / "run"), "--workers", "0", *typed]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and all(u in err for u in unused) and "would do nothing" in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_schedule_options_of_a_config_file_or_with_their_schedule_are_taken(tiny_fmnist, tmp_path, monkeypatch):
+    """A config file (a run's config.json) carries every schedule's options: only typed ones are refused."""
+    import alexnet.train
+
+    ran = []
+    monkeypatch.setattr(alexnet.train, "fit", lambda cfg, **k: ran.append(cfg) or {})
+    config = tmp_path / "c.toml"
+    config.write_text(f'data = "{tiny_fmnist}"\nschedule = "cosine"\ngamma = 0.5\nstep_size = 3\nplateau_patience = 2\n')
+    assert main(["train", "--config", str(config), "--out", str(tmp_path / "a"), "--workers", "0"]) == 0
+    assert main(["train", "--data", str(tiny_fmnist), "--out", str(tmp_path / "b"), "--workers", "0", "--schedule", "step",
+                 "--gamma", "0.5", "--step-size", "1"]) == 0
+    assert main(["train", "--data", str(tiny_fmnist), "--out", str(tmp_path / "c"), "--workers", "0", "--schedule", "plateau",
+                 "--patience", "1", "--max-reductions", "2"]) == 0
+    assert [(c.schedule, c.gamma, c.step_size, c.plateau_patience) for c in ran] == [
+        ("cosine", 0.5, 3, 2), ("step", 0.5, 1, 4), ("plateau", 0.1, 30, 1)]

@@ -33,6 +33,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = resume_config(args.resume, overrides, keep=not (args.nproc and args.nproc > 1))
     else:
         cfg = resolve_config(overrides.pop("preset", None), overrides, args.config)
+        _refuse_unused_schedule_options(overrides, cfg)
         _note_replayed_processes(args.config, args.nproc, cfg)
         if cfg.init_from and overrides.get("model"):
             _check_init_model(overrides["model"], cfg.init_from)
@@ -45,6 +46,29 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"top-5 {result['val_top5']:.4f}, {result['elapsed_seconds']:.0f}s of training; run folder {result['run_dir']}"
         )
     return 0
+
+
+# The options of one schedule each: the others never read them (optim.step_lr_factor, train's plateau).
+_SCHEDULE_OPTIONS = {"gamma": "step", "step_size": "step", "plateau_patience": "plateau", "plateau_max_reductions": "plateau"}
+
+
+def _refuse_unused_schedule_options(typed: dict, cfg: TrainConfig) -> None:
+    """ConfigError for schedule options typed on the command line that this run's schedule never
+    reads: '--schedule plateau --gamma 0.5' still divided by 10 (the paper's), '--step-size' with the
+    preset's cosine did nothing, without a word. Only typed ones: a preset or config file (a run's
+    config.json) carries every key, and README refuses a typed option that would do nothing."""
+    from ..config import flag
+    from ..errors import ConfigError
+
+    unused = [k for k in _SCHEDULE_OPTIONS if typed.get(k) is not None and _SCHEDULE_OPTIONS[k] != cfg.schedule]
+    if not unused:
+        return
+    named = ", ".join(f"{flag(k)} {typed[k]:g} (--schedule {_SCHEDULE_OPTIONS[k]}'s)" for k in unused)
+    source = "" if typed.get("schedule") else ", the preset's or --config's (--schedule not given)"
+    plateau = " (lr / 10 on each plateau, the paper's)" if cfg.schedule == "plateau" else ""
+    them, they = ("them", "they") if len(unused) > 1 else ("it", "it")
+    raise ConfigError(f"{named}: this run's schedule is {cfg.schedule}{plateau}{source}, which never reads {them}, so "
+                      f"{they} would do nothing; drop {them} or give the --schedule that uses {them}")
 
 
 def _note_replayed_processes(config: str | None, nproc: int | None, cfg: TrainConfig) -> None:
