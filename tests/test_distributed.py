@@ -107,6 +107,22 @@ def test_hybrid_two_processes_each_split_over_two_devices(one_process, tiny_fmni
     r = run_cli("train", "--resume", str(out), "--epochs", "4", "--towers", "none")
     assert r.returncode == 0 and "one tower each" not in r.stdout, r.stderr
     assert config()["distributed"] == {"world_size": 1, "towers": None}  # it said the towers it started with
+    # Each rank drew its own dropout masks: one process goes on correctly, not bitwise (it went on without a word).
+    assert ("note: this run's checkpoint was written by 2 processes and it resumes in 1; it continues, but not bitwise "
+            "as an uninterrupted run would (--nproc 2 resumes exactly)") in r.stdout, r.stdout
+
+
+def test_a_one_process_run_resumed_in_two_says_it_is_not_bitwise(one_process, tiny_fmnist, tmp_path):
+    """The reverse: rank 1 starts from its own seed, not the state of the run's one process."""
+    out = tmp_path / "one"
+    shutil.copytree(one_process, out)
+    r = run_cli("train", "--resume", str(out), "--epochs", "4", "--nproc", "2", "--threads", "1")
+    assert r.returncode == 0, r.stderr
+    assert ("note: this run's checkpoint was written by 1 process and it resumes in 2; it continues, but not bitwise as "
+            "an uninterrupted run would (one process, without --nproc, resumes exactly)") in r.stdout, r.stdout
+    assert r.stdout.count("note: this run's checkpoint") == 1  # rank 0 alone says it
+    r = run_cli("train", "--resume", str(out), "--epochs", "5", "--nproc", "2", "--threads", "1")
+    assert r.returncode == 0 and "checkpoint was written by" not in r.stdout, r.stdout  # the same count: no note
 
 
 def _free_port() -> int:

@@ -593,6 +593,7 @@ def _restore(run: _Run, ckpt: dict[str, Any]) -> None:
     if run.info.is_main:
         note_changes(run.data, ckpt)
         _note_new_horizon(run, (ckpt.get("train_config") or {}).get("epochs"))
+        _note_process_change(run, ckpt.get("rng_ranks"))
 
 
 def _note_new_horizon(run: _Run, began: Any) -> None:
@@ -606,6 +607,19 @@ def _note_new_horizon(run: _Run, began: Any) -> None:
                 for e in (began, cfg.epochs))
     run.log(f"note: --epochs {cfg.epochs}: the {cfg.schedule} schedule now decays to 0 at epoch {cfg.epochs}, not "
             f"{began}; the rate goes on at {cfg.lr * now:.3g} where the run had it at {cfg.lr * was:.3g}")
+
+
+def _note_process_change(run: _Run, rng_ranks: Any) -> None:
+    """A note when a run resumes in another number of processes than its checkpoint was written by
+    (its ``rng_ranks``, one RNG state per rank; none: one process): each rank draws its own dropout
+    masks, so the run goes on correctly but not bitwise as it would have (docs/distributed.md). A
+    2-process run resumed without --nproc went on in one process without a word."""
+    saved = len(rng_ranks) if isinstance(rng_ranks, list) and rng_ranks else 1
+    now = run.info.world if run.info.enabled else 1
+    if saved != now:
+        exactly = f"--nproc {saved}" if saved > 1 else "one process, without --nproc,"
+        run.log(f"note: this run's checkpoint was written by {saved} process{'es' * (saved > 1)} and it resumes in {now}; "
+                f"it continues, but not bitwise as an uninterrupted run would ({exactly} resumes exactly)")
 
 
 def _wrap(run: _Run) -> None:
