@@ -402,3 +402,40 @@ def test_schedule_options_of_a_config_file_or_with_their_schedule_are_taken(tiny
                  "--patience", "1", "--max-reductions", "2"]) == 0
     assert [(c.schedule, c.gamma, c.step_size, c.plateau_patience) for c in ran] == [
         ("cosine", 0.5, 3, 2), ("step", 0.5, 1, 4), ("plateau", 0.1, 30, 1)]
+
+
+def test_a_run_started_on_another_device_says_so_when_replayed(tiny_fmnist, tmp_path, capsys, monkeypatch):
+    """A GPU run (environment.device cuda) resumed on a laptop with --device cpu records device cpu among
+    its options: `train --config RUN/config.json` replayed all of it on the CPU, on the GPU machine too,
+    without a word. No GPU here: the record is the one such a run leaves (its options, device cpu,
+    and the environment it started in)."""
+    import json
+
+    import alexnet.train
+
+    monkeypatch.setattr(alexnet.train, "fit", lambda cfg, **k: {})  # the note comes before any training
+    record = {"train": {**resolve_config(None, {"data": str(tiny_fmnist), "device": "cpu", "amp": "none"}).to_dict()},
+              "environment": {"device": "cuda", "amp": "none", "threads": 1}, "distributed": {"world_size": 1}}
+    for started, noted in [("cuda", True), ("cuda:1", True), ("cpu", False)]:
+        record["environment"]["device"] = started
+        config = tmp_path / f"{started.replace(':', '')}.json"
+        config.write_text(json.dumps(record))
+        capsys.readouterr()
+        assert main(["train", "--config", str(config), "--out", str(tmp_path / f"again-{started}")]) == 0
+        notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note: --config")]
+        assert notes == ([f"note: --config {config}: that run started on {started} (its environment.device) and this "
+                          "one trains on cpu (--device cpu), so it is not bitwise the same run"] if noted else []), notes
+    # Towers train on their own devices, whatever --device says: a run of --towers cpu,cpu on a GPU machine
+    # (one here: --device cuda resolves as it would there).
+    import torch
+
+    import alexnet.runtime
+
+    resolve = alexnet.runtime.resolve_device
+    monkeypatch.setattr(alexnet.runtime, "resolve_device", lambda name="auto": torch.device(name) if name == "cuda" else resolve(name))
+    record["train"].update(device="cuda", tower_devices=["cpu", "cpu"])
+    record["environment"]["device"] = "cpu"
+    config = tmp_path / "towers.json"
+    config.write_text(json.dumps(record))
+    assert main(["train", "--config", str(config), "--out", str(tmp_path / "again-towers")]) == 0
+    assert "note: --config" not in capsys.readouterr().err

@@ -94,12 +94,48 @@ def _note_replayed_processes(config: str | None, nproc: int | None, cfg: TrainCo
     if isinstance(ran, int) and ran != now:
         print(f"note: --config {config}: that run trained in {ran} process{'es' * (ran > 1)} and this one in {now} "
               f"process{'es' * (now > 1)}, so it is not bitwise the same run (--nproc {ran} repeats it)", file=sys.stderr)
+    _note_replayed_device(config, (record.get("environment") or {}).get("device"), cfg)
     started = (record.get("environment") or {}).get("amp")
     amp = _amp_name(cfg) if isinstance(started, str) else None
     if amp is not None and started != amp:
         print(f"note: --config {config}: that run started in {_AMP_NAMES.get(started, started)} (its environment.amp) "
               f"and this one trains in {_AMP_NAMES.get(amp, amp)} (--amp {cfg.amp}), so it is not bitwise the same run",
               file=sys.stderr)
+
+
+def _note_replayed_device(config: str, started: object, cfg: TrainConfig) -> None:
+    """A note when the run of ``config`` started on another kind of device than the replay trains on:
+    a run resumed with another --device records that one among its options while environment.device
+    keeps the one its first epochs ran on (a GPU run resumed on a laptop with --device cpu was
+    replayed all on the CPU, on the GPU machine too, without a word). CPU, CUDA and MPS kernels round
+    differently, so the replay is not bitwise the run."""
+    from ..errors import ConfigError
+    from ..runtime import resolve_device
+
+    if not isinstance(started, str):
+        return
+    towers = [d.strip() for d in cfg.tower_devices]
+    if towers and towers not in (["none"], ["off"]):  # the towers' devices, not --device (parallel.tower_devices)
+        now, given = ("cuda" if towers == ["auto"] else towers[0]), f"--towers {','.join(towers)}"
+    else:
+        try:
+            now, given = str(resolve_device(cfg.device)), f"--device {cfg.device}"
+        except ConfigError:  # a device this machine lacks: fit says so in one line
+            return
+    was = _device_type(started)
+    if was is not None and _device_type(now) != was:
+        print(f"note: --config {config}: that run started on {started} (its environment.device) and this one trains "
+              f"on {now} ({given}), so it is not bitwise the same run", file=sys.stderr)
+
+
+def _device_type(name: str) -> str | None:
+    """The kind of device ("cpu", "cuda", "mps") a recorded device name is; None for one torch cannot read."""
+    import torch
+
+    try:
+        return torch.device(name).type
+    except (RuntimeError, ValueError):
+        return None
 
 
 # environment.amp's names, as people say them
