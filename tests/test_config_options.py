@@ -280,13 +280,23 @@ def test_a_distributed_runs_config_json_says_when_replayed_in_another_process_co
     assert record["distributed"]["world_size"] == 1
     r = run_cli("train", "--config", str(first / "config.json"), "--out", str(tmp_path / "same"))
     assert r.returncode == 0 and "note: --config" not in r.stderr, r.stderr  # one process, as recorded: nothing to say
-    record["distributed"]["world_size"] = 2  # the record of a `--nproc 2` run (its options are the same)
+    assert record["environment"]["world_size"] == 1  # the count it started in
+    record["distributed"]["world_size"] = record["environment"]["world_size"] = 2  # a `--nproc 2` run's record
     (tmp_path / "ddp.json").write_text(json.dumps(record))
     r = run_cli("train", "--config", str(tmp_path / "ddp.json"), "--out", str(tmp_path / "again"))
     assert r.returncode == 0, r.stderr
     notes = [line for line in r.stderr.splitlines() if line.startswith("note: --config")]
     assert notes == [f"note: --config {tmp_path / 'ddp.json'}: that run trained in 2 processes and this one in "
                      "1 process, so it is not bitwise the same run (--nproc 2 repeats it)"], r.stderr
+    # A run of --nproc 2 resumed in one process: config.json's distributed said 1 (the count it went on in),
+    # and the replay in one process said nothing, while its first epochs had trained in 2.
+    record["distributed"]["world_size"] = 1
+    (tmp_path / "resumed.json").write_text(json.dumps(record))
+    r = run_cli("train", "--config", str(tmp_path / "resumed.json"), "--out", str(tmp_path / "third"))
+    assert r.returncode == 0, r.stderr
+    notes = [line for line in r.stderr.splitlines() if line.startswith("note: --config")]
+    assert notes == [f"note: --config {tmp_path / 'resumed.json'}: that run started in 2 processes and was resumed in 1, "
+                     "so no process count repeats it bitwise (this one trains in 1)"], r.stderr
 
 
 def test_nesterov_is_never_recorded_for_the_papers_update_rule(tmp_path, capsys):

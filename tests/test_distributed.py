@@ -107,6 +107,7 @@ def test_hybrid_two_processes_each_split_over_two_devices(one_process, tiny_fmni
     r = run_cli("train", "--resume", str(out), "--epochs", "4", "--towers", "none")
     assert r.returncode == 0 and "one tower each" not in r.stdout, r.stderr
     assert config()["distributed"] == {"world_size": 1, "towers": None}  # it said the towers it started with
+    assert config()["environment"]["world_size"] == 2  # the count it started in, for a replay's note
     # Each rank drew its own dropout masks: one process goes on correctly, not bitwise (it went on without a word).
     assert ("note: this run's checkpoint was written by 2 processes and it resumes in 1; it continues, but not bitwise "
             "as an uninterrupted run would (--nproc 2 resumes exactly)") in r.stdout, r.stdout

@@ -677,7 +677,8 @@ def _start_files(run: _Run, resumed: bool) -> None:
             "model": run.model.config.to_dict(),
             "data": _data_record(data),
             "preprocess": data.preprocess.to_json(),
-            "environment": _environment(run.device, run.amp),
+            # the process count it starts in: "distributed" says the one it goes on in after a resume
+            "environment": {**_environment(run.device, run.amp), "world_size": run.info.world},
             "distributed": _distributed_record(run),
         }
         write_text(run.run_dir / "config.json", json.dumps(resolved, indent=2) + "\n")

@@ -91,7 +91,11 @@ def _note_replayed_processes(config: str | None, nproc: int | None, cfg: TrainCo
         return
     ran = (record.get("distributed") or {}).get("world_size") or 1
     now = int(os.environ.get("WORLD_SIZE") or 1)  # under torchrun (ours or the user's): its processes
-    if isinstance(ran, int) and ran != now:
+    started = (record.get("environment") or {}).get("world_size")  # older records: none
+    if isinstance(started, int) and isinstance(ran, int) and started != ran:  # resumed in another count
+        print(f"note: --config {config}: that run started in {started} process{'es' * (started > 1)} and was resumed in "
+              f"{ran}, so no process count repeats it bitwise (this one trains in {now})", file=sys.stderr)
+    elif isinstance(ran, int) and ran != now:
         print(f"note: --config {config}: that run trained in {ran} process{'es' * (ran > 1)} and this one in {now} "
               f"process{'es' * (now > 1)}, so it is not bitwise the same run (--nproc {ran} repeats it)", file=sys.stderr)
     _note_replayed_device(config, (record.get("environment") or {}).get("device"), cfg)
