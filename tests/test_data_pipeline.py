@@ -1063,3 +1063,23 @@ def test_prepare_onto_a_full_disk_says_why_and_keeps_the_earlier_preparation(tmp
         resource.setrlimit(resource.RLIMIT_FSIZE, limit)
     assert caught.value.errno == errno.EFBIG and re.search(r"/\.prepare-[^/]+/train-00000\.npy$", caught.value.filename)
     assert {f.name: f.read_bytes() for f in out.iterdir()} == before
+
+
+def test_a_pack_at_another_size_than_the_crops_fit_says_so(tmp_path):
+    """'alexnet prepare' (256 px) then 'train --model-option input_size=64' cut 64 px crops from the
+    256 px images, a quarter of each side, where the same command on the image folder resizes to
+    73 px and crops 64 (the paper's 224 of 256), without a word; the run now says so. Sizes by hand:
+    64 * 256 / 224 = 73.1 -> 73; 64 / 256 = 25 %; 64 / 73 = 0.877, the paper's 0.875."""
+    root = make_image_folder(tmp_path / "imgs", classes=2, per_class=5)
+    folder = load_data(root, 2, 64, show_progress=False)
+    assert (folder.preprocess.size, folder.preprocess.train_crop) == (73, 64)
+    assert [n for n in folder.notes if "packed at" in n] == []
+    note = (f"{tmp_path / 'p256'}: packed at 256 px, so 64 px crops (the centre crop, and the paper recipe's random "
+            "crops) cover 25 % of each image's side, not the paper's 224 of 256 (88 %) that an image folder gets "
+            "(resized to 73 px for this input); 'alexnet prepare --size 73' packs for it")
+    for size, said in ((256, [note]), (73, [])):
+        packed = tmp_path / f"p{size}"
+        prepare(root, packed, size=size, show_progress=False)
+        data = load_data(packed, 2, 64, show_progress=False)
+        assert (data.preprocess.size, data.preprocess.train_crop) == (size, 64)
+        assert [n for n in data.notes if "packed at" in n] == said

@@ -263,11 +263,38 @@ def held_out(n: int, seed: int, val_fraction: float = 0.1) -> tuple[list[int], l
     return sorted(perm[n_val:]), sorted(perm[:n_val])
 
 
+def _stored_size(input_size: int) -> int:
+    """The side an image folder's photos are resized to for ``input_size`` crops: 256 for the paper's
+    224 crops and Caffe's 227 (bvlc_alexnet, as 'import caffe' records); other input sizes keep the
+    paper's 256 -> 224 ratio."""
+    return 256 if input_size in (224, 227) else round(input_size * 256 / 224)
+
+
+# The paper's crops cover 224/256 of each side of the stored image; Caffe's 227/256 and prepare's
+# smallest suggested input (63 of 71) are within this of it.
+_CROP_RATIO_SLACK = 0.05
+
+
+def _crop_ratio_note(root: Path, stored: int, input_size: int) -> str | None:
+    """A note for a pack whose images are not the size the crops keep the paper's 224-of-256 ratio to.
+
+    An image folder is resized for the model's input (64 px crops of 73 px images), but a pack keeps
+    the size it was prepared at: 'alexnet prepare' (256 px by default) then 'train --model-option
+    input_size=64' cut 64 px crops from 256 px images, a quarter of each side (6 % of the photo)
+    where the same command on the folder sees 88 % of each side, without a word.
+    """
+    if abs(input_size / stored - 224 / 256) <= _CROP_RATIO_SLACK:
+        return None
+    fits = _stored_size(input_size)
+    share = 100 * input_size / stored
+    return (f"{root}: packed at {stored} px, so {input_size} px crops (the centre crop, and the paper recipe's "
+            f"random crops) cover {share:.0f} % of each image's side, not the paper's 224 of 256 (88 %) that an "
+            f"image folder gets (resized to {fits} px for this input); 'alexnet prepare --size {fits}' packs for it")
+
+
 def _images(root, preset, bad, loading, val_fraction, show_progress, batch_size, eval_batch_size, input_size, seed, rank, world):
     notes = []
-    # 256 px images: the paper's 224 crops, Caffe's 227 (bvlc_alexnet, as 'import caffe' records);
-    # other input sizes keep the paper's 256 -> 224 ratio.
-    stored = 256 if input_size in (224, 227) else round(input_size * 256 / 224)
+    stored = _stored_size(input_size)
     packed = detect(root) == "packed"
     if packed:
         index = read_index(root)
@@ -276,6 +303,9 @@ def _images(root, preset, bad, loading, val_fraction, show_progress, batch_size,
         if index["size"] < input_size:
             raise DataError(f"{root}: packed images are {index['size']}px, smaller than the model's {input_size}px input")
         stored = index["size"]
+        ratio = _crop_ratio_note(root, stored, input_size)
+        if ratio:
+            notes.append(ratio)
         if index.get("bad_files"):
             notes.append(f"{index['bad_files']} unreadable images were skipped by 'alexnet prepare' (see {root / BAD_FILES_NAME})")
     else:
