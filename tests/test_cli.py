@@ -81,10 +81,12 @@ def test_evaluate_on_the_training_folder_scores_what_training_held_out(tmp_path,
     got = json.loads(r.stdout)
     assert got["images"] == 3 and "held out, seed 3" in got["data"]
     assert got["top1"] == pytest.approx(last["val_top1"]) and got["top5"] == pytest.approx(last["val_top5"])
-    copy = shutil.copytree(data, tmp_path / "elsewhere")  # not the checkpoint's folder: every image
-    r = run_cli("evaluate", "--checkpoint", str(out / "last.pt"), "--data", str(copy), "--json")
+    other = shutil.copytree(data, tmp_path / "elsewhere")  # not the checkpoint's folder: every image
+    if not packed:  # (an image folder's exact copy is its own folder moved: another image makes it another)
+        shutil.copy(other / "class0" / "img0.jpg", other / "class0" / "other.jpg")
+    r = run_cli("evaluate", "--checkpoint", str(out / "last.pt"), "--data", str(other), "--json")
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["images"] == 30
+    assert json.loads(r.stdout)["images"] == 30 + (not packed)
     if not packed:  # photos added to (or renamed in) the folder since: its held-out tenth cannot be recovered
         shutil.copy(data / "class0" / "img0.jpg", data / "class0" / "new.jpg")
         r = run_cli("evaluate", "--checkpoint", str(out / "last.pt"), "--json")
@@ -95,6 +97,34 @@ def test_evaluate_on_the_training_folder_scores_what_training_held_out(tmp_path,
         (data / "class0" / "img9.jpg").unlink()
         r = run_cli("evaluate", "--checkpoint", str(out / "last.pt"), "--json")
         assert r.returncode == 2 and "has changed since training (files renamed)" in r.stderr
+
+
+def test_evaluate_on_the_training_folder_moved_or_copied_scores_what_training_held_out(tmp_path):
+    """The training folder moved: evaluate says 'the data it was trained on ... is not there: give
+    --data', and given the new path it scored all 30 images, the 27 the model trained on among them,
+    without a word. Its images, listed under the new path, are the ones training split: the held-out
+    3 are scored, with the figures training's own validation of these weights gave (metrics.jsonl);
+    an ensemble member trained there with another seed is warned about, as on the first path."""
+    data = make_image_folder(tmp_path / "imgs", classes=3, per_class=10)
+    runs = {}
+    for seed in (3, 4):
+        runs[seed] = out = tmp_path / f"run{seed}"
+        r = run_cli("train", "--data", str(data), "--epochs", "1", "--batch-size", "9", "--seed", str(seed), "--out", str(out),
+                    "--model-option", "widths=[8,16,16,16,16]", "--model-option", "fc_width=32", "--amp", "none")
+        assert r.returncode == 0, r.stderr
+    last = json.loads((runs[3] / "metrics.jsonl").read_text().splitlines()[-1])
+    moved = data.rename(tmp_path / "moved")
+    copied = shutil.copytree(moved, tmp_path / "copied")
+    for where in (moved, copied):
+        r = run_cli("evaluate", "--checkpoint", str(runs[3] / "last.pt"), "--data", str(where), "--json", "--amp", "none")
+        assert r.returncode == 0, r.stderr
+        got = json.loads(r.stdout)
+        assert got["images"] == last["val_images"] == 3 and "held out, seed 3" in got["data"]
+        assert got["top1"] == pytest.approx(last["val_top1"]) and got["top5"] == pytest.approx(last["val_top5"])
+    r = run_cli("evaluate", "--checkpoint", str(runs[3] / "last.pt"), "--ensemble", str(runs[4] / "last.pt"),
+                "--data", str(moved), "--json", "--amp", "none")
+    assert r.returncode == 0, r.stderr
+    assert f"{runs[4] / 'last.pt'} trained on {moved} holding out the images of seed 4" in r.stderr
 
 
 def test_summary_command():

@@ -43,11 +43,22 @@ def _warn_trained_on_scored(paths: list[str], data: object, held_out_seed: int |
     for p in paths:
         rec = read_entry(p, "train_config") or {}
         seed = rec.get("seed", 0)
-        if _same_folder(data, rec.get("data")) and seed != held_out_seed:
+        if _trained_on(data, rec, read_entry(p, "held_out_of")) and seed != held_out_seed:
             scored = "all of its images" if held_out_seed is None else f"those held out with seed {held_out_seed}"
             warnings.warn(f"{p} trained on {data} holding out the images of seed {seed}: the images scored ({scored}) include "
                           "ones it trained on, so the figures are optimistic; give --data a folder none of the models trained on",
                           stacklevel=2)
+
+
+def _trained_on(data: object, recorded: dict, held_out_of: object) -> bool:
+    """Whether a checkpoint (its train_config ``recorded`` and ``held_out_of``) trained on ``data``:
+    the folder it records, or that folder moved or copied since (the same images under another path,
+    to which its 'is not there: give --data' leads), whose held-out tenth alone was not learnt."""
+    from ..data.loaders import lists_same_images
+
+    if _same_folder(data, recorded.get("data")):
+        return True
+    return isinstance(data, str) and isinstance(held_out_of, dict) and lists_same_images(data, held_out_of)
 
 
 def _evaluation_data(args: argparse.Namespace, recorded: dict) -> str | None:
@@ -110,13 +121,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise CheckpointError(f"--num-classes {args.num_classes} does not match {args.checkpoint}, which has {n_classes} classes")
     recorded = read_entry(args.checkpoint, "train_config") or {}  # load_models read the file
     data = _evaluation_data(args, recorded)
-    own = _same_folder(data, recorded.get("data"))  # a folder without a val split: score what training held out
+    held_out_of = read_entry(args.checkpoint, "held_out_of")
+    own = _trained_on(data, recorded, held_out_of)  # a folder without a val split: score what training held out
     _warn_trained_on_scored([str(p) for p in paths], data, recorded.get("seed", 0) if own else None)
     decode = decode_device(args.decode or "auto", device)
     loader, classes, n_images, source = load_eval_data(
         data, models[0].preprocess, args.batch_size, args.workers, decode_device=decode,
         pin_memory=device.type == "cuda", held_out_seed=recorded.get("seed", 0) if own else None,
-        held_out_of=read_entry(args.checkpoint, "held_out_of") if own else None,
+        held_out_of=held_out_of if own else None,
     )
     class_orders(models, [str(p) for p in paths], list(classes), getattr(loader, "folders", None))  # refused by path
     channels_last = args.channels_last is not False  # NHWC, as training runs: pooling is several times faster on a CPU

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ from .fashion_mnist import DEBIAN_ROOT, load_fashion_mnist, missing_message
 from .folder import BAD_FILES_NAME, BadFiles, ImageFolderDataset, collate, printable
 from .packed import PackedDataset, batch_passthrough, read_index
 from .presets import IMAGENET_MEAN, IMAGENET_STD, Preprocess  # noqa: F401 - the means re-exported (old import path)
-from .sources import detect, open_folder_splits, stop_workers, unwrap_worker_error
+from .sources import detect, has_split_folders, open_folder_splits, stop_workers, unwrap_worker_error
 from .stats import StatsAccumulator, cache_key, folder_stats
 
 
@@ -457,6 +458,25 @@ def _to_model(x: torch.Tensor, preprocess: Preprocess, channels_last: bool) -> t
     if x.shape[-1] != size:
         x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def lists_same_images(data: str | os.PathLike, recorded: dict[str, Any] | None) -> bool:
+    """Whether the image folder ``data`` (without a val split) lists the very images, by their paths
+    relative to it, that training drew its held-out split from (``recorded``: :func:`listing`, as
+    the checkpoint keeps it): the training folder moved or copied since. Its recorded path then names
+    nothing, and scoring every image would count the nine tenths the model trained on."""
+    if not isinstance(recorded, dict) or "digest" not in recorded:  # a pack, or a checkpoint from before the record
+        return False
+    root = Path(data)
+    try:
+        if detect(root) != "images" or has_split_folders(root) or (root / "val").is_dir():
+            return False
+        with warnings.catch_warnings():  # loading the folder for evaluation says it again
+            warnings.simplefilter("ignore")
+            ds = ImageFolderDataset(root, 8, 8, BadFiles())  # the sizes decode nothing here: the paths alone are listed
+    except DataError:  # not a folder of class folders: loading it says why
+        return False
+    return listing(ds) == {"images": recorded.get("images"), "digest": recorded["digest"]}
 
 
 def _same_listing(ds: Any, recorded: dict[str, Any] | None, source: str) -> None:
