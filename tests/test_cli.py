@@ -97,6 +97,15 @@ def test_evaluate_on_the_training_folder_scores_what_training_held_out(tmp_path,
         (data / "class0" / "img9.jpg").unlink()
         r = run_cli("evaluate", "--checkpoint", str(out / "last.pt"), "--json")
         assert r.returncode == 2 and "has changed since training (files renamed)" in r.stderr
+    else:  # 'prepare --force' again from its folder, one photo removed and another added: as many images, other ones
+        src = tmp_path / "imgs"
+        shutil.copy(src / "class2" / "img0.jpg", src / "class2" / "zz.jpg")
+        (src / "class0" / "img0.jpg").unlink()  # every index shifts by one: most of the seed's tenth trained
+        assert run_cli("prepare", "--data", str(src), "--out", str(data), "--force").returncode == 0
+        r = run_cli("evaluate", "--checkpoint", str(out / "last.pt"), "--json")
+        assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == (
+            f"alexnet: error: {data} (train, packed) has changed since training (files renamed): the images it held out "
+            "for validation can no longer be told from those it trained on; give --data a folder it did not train on")
 
 
 def test_evaluate_on_the_training_folder_moved_or_copied_scores_what_training_held_out(tmp_path):

@@ -379,10 +379,12 @@ def _check_every_class_trains(
 
 def listing(ds: Any) -> dict[str, Any]:
     """What a held-out split is drawn from: the number of images and, for an image folder, a digest
-    of their paths (relative to it), by which evaluation tells whether the folder is still the same."""
+    of their paths (relative to it; a pack's as prepare recorded them), by which evaluation tells
+    whether the folder is still the same."""
     samples = getattr(ds, "samples", None)
-    if samples is None:  # a pack: its images are fixed when it is written
-        return {"images": len(ds)}
+    if samples is None:  # a pack: its images are fixed when it is written, and listed by prepare
+        digest = getattr(ds, "digest", None)
+        return {"images": len(ds), **({"digest": digest} if digest else {})}
     return {"images": len(ds), "digest": cache_key([f for f, _ in samples], ds.root, stamps=False)}
 
 

@@ -27,7 +27,7 @@ from ..errors import DataError
 from ..runtime import progress, versions
 from .folder import BAD_FILES_NAME, BadFiles, class_name, collate
 from .sources import PACKED_INDEX, SHARD, check_out_of_images, each_batch, open_folder_splits
-from .stats import StatsAccumulator, save_npy, save_stats
+from .stats import StatsAccumulator, cache_key, save_npy, save_stats
 
 FORMAT = "alexnet-packed-1"
 
@@ -61,6 +61,7 @@ class PackedDataset(torch.utils.data.Dataset):
         if len(self.labels) != self.starts[-1]:
             raise DataError(f"{self.root}: {split} has {len(self.labels)} labels but {self.starts[-1]} images")
         self.size = index["size"]
+        self.digest = info.get("digest")  # of its files' relative paths; None in a pack from before it was kept
         self._maps: list[np.ndarray] | None = None  # opened lazily: memmaps must not be pickled to workers
 
     def __len__(self) -> int:
@@ -152,7 +153,11 @@ def _pack_split(
     save_npy(tmp / f"{split}-labels.npy", labels)
     # the paths' own bytes, as bad_files.txt holds them, also where they are not UTF-8
     (tmp / f"{split}-files.txt").write_text("".join(f + "\n" for f in files), encoding="utf-8", errors="surrogateescape")
-    return {"count": int(len(labels)), "shards": writer.shards, "labels": f"{split}-labels.npy", "files": f"{split}-files.txt"}
+    # the files by their paths relative to the folder (loaders.listing's digest): a pack re-prepared
+    # from a changed folder with as many images holds other images at the indices a run held out
+    digest = cache_key(files, ds.root, stamps=False)
+    return {"count": int(len(labels)), "shards": writer.shards, "labels": f"{split}-labels.npy", "files": f"{split}-files.txt",
+            "digest": digest}
 
 
 def prepare(
