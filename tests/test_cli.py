@@ -81,12 +81,14 @@ def test_evaluate_on_the_training_folder_scores_what_training_held_out(tmp_path,
     got = json.loads(r.stdout)
     assert got["images"] == 3 and "held out, seed 3" in got["data"]
     assert got["top1"] == pytest.approx(last["val_top1"]) and got["top5"] == pytest.approx(last["val_top5"])
-    other = shutil.copytree(data, tmp_path / "elsewhere")  # not the checkpoint's folder: every image
-    if not packed:  # (an image folder's exact copy is its own folder moved: another image makes it another)
-        shutil.copy(other / "class0" / "img0.jpg", other / "class0" / "other.jpg")
+    copy = shutil.copytree(data, tmp_path / "copy")  # its very images elsewhere (a pack too): still what training held out
+    r = run_cli("evaluate", "--checkpoint", str(out / "last.pt"), "--data", str(copy), "--json", "--amp", "none")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["images"] == 3 and json.loads(r.stdout)["top1"] == pytest.approx(last["val_top1"])
+    other = make_image_folder(tmp_path / "other", classes=3, per_class=11)  # not the checkpoint's folder: every image
     r = run_cli("evaluate", "--checkpoint", str(out / "last.pt"), "--data", str(other), "--json")
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["images"] == 30 + (not packed)
+    assert json.loads(r.stdout)["images"] == 33
     if not packed:  # photos added to (or renamed in) the folder since: its held-out tenth cannot be recovered
         shutil.copy(data / "class0" / "img0.jpg", data / "class0" / "new.jpg")
         r = run_cli("evaluate", "--checkpoint", str(out / "last.pt"), "--json")

@@ -467,16 +467,22 @@ def lists_same_images(data: str | os.PathLike, recorded: dict[str, Any] | None) 
     relative to it, that training drew its held-out split from (``recorded``: :func:`listing`, as
     the checkpoint keeps it): the training folder moved or copied since. Its recorded path then names
     nothing, and scoring every image would count the nine tenths the model trained on."""
-    if not isinstance(recorded, dict) or "digest" not in recorded:  # a pack, or a checkpoint from before the record
+    if not isinstance(recorded, dict) or "digest" not in recorded:  # a checkpoint from before the record (or of an old pack)
         return False
     root = Path(data)
     try:
-        if detect(root) != "images" or has_split_folders(root) or (root / "val").is_dir():
+        kind = detect(root)
+        if kind == "packed":  # a pack moved or copied: prepare recorded its files (an old pack's digest is None: not matched)
+            if "val" in read_index(root)["splits"]:
+                return False
+            ds: Any = PackedDataset(root, "train")
+        elif kind != "images" or has_split_folders(root) or (root / "val").is_dir():
             return False
-        with warnings.catch_warnings():  # loading the folder for evaluation says it again
-            warnings.simplefilter("ignore")
-            ds = ImageFolderDataset(root, 8, 8, BadFiles())  # the sizes decode nothing here: the paths alone are listed
-    except DataError:  # not a folder of class folders: loading it says why
+        else:
+            with warnings.catch_warnings():  # loading the folder for evaluation says it again
+                warnings.simplefilter("ignore")
+                ds = ImageFolderDataset(root, 8, 8, BadFiles())  # the sizes decode nothing here: the paths alone are listed
+    except DataError:  # not a data set it can read: loading it says why
         return False
     return listing(ds) == {"images": recorded.get("images"), "digest": recorded["digest"]}
 
