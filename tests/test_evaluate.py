@@ -291,6 +291,34 @@ def test_features_and_retrieval_return_the_query_first(tmp_path, capsys):
     assert white[:, 620:880].mean() < 0.1 and white[:, 920:1180].mean() > 0.9  # the second neighbour shown, the third not
 
 
+def test_retrieve_says_which_neighbours_were_replaced_since_the_index(tmp_path, capsys):
+    """A gallery photo replaced by another under the same name after 'alexnet features': retrieve
+    listed it at the old photo's distance (and showed the new one in its figure) without a word.
+    The distances stand (they are the index's), and one note names the file; a fresh index, the
+    independent computation, puts the new photo elsewhere."""
+    import shutil
+
+    folder = make_image_folder(tmp_path / "imgs", classes=3, per_class=3)
+    ckpt = tiny_checkpoint(tmp_path / "m.pt")
+    index = tmp_path / "index.safetensors"
+    assert main(["features", "--checkpoint", str(ckpt), "--data", str(folder), "--out", str(index), "--amp", "none"]) == 0
+    query = folder / "class1" / "img2.jpg"
+    args = ["retrieve", str(query), "--index", str(index), "--k", "9", "--json", "--amp", "none"]
+    before = cli_json(capsys, *args)
+    assert capsys.readouterr().err == ""
+    far = before[-1]["path"]  # replaced by the query's own photo: then at distance 0 from it, not where the index has it
+    shutil.copy(query, far)
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out) == before  # the index's figures, as before
+    assert err.splitlines() == [f"note: 1 of the 9 neighbours' files have changed since {index} was built (first: {far}): their "
+                                "distances are of the images indexed then; 'alexnet features' indexes them as they are now"]
+    fresh = tmp_path / "fresh.safetensors"
+    assert main(["features", "--checkpoint", str(ckpt), "--data", str(folder), "--out", str(fresh), "--amp", "none"]) == 0
+    now = {h["path"]: h["distance"] for h in cli_json(capsys, *args[:3], str(fresh), *args[4:])}
+    assert now[far] < 1e-3 * before[-1]["distance"]
+
+
 def test_an_index_holds_every_image_works_from_anywhere_and_knows_its_model(tmp_path, capsys, monkeypatch):
     """Images at the top of the folder are indexed beside the class folders' (no class); the paths
     are absolute, so retrieve finds them from another folder; a model whose fc7 differs from the

@@ -70,6 +70,27 @@ def _index_samples(root: Path) -> tuple[list[tuple[str, int]], tuple[list[str], 
     return samples + [(f, -1) for f in top_level_images(root)], classes
 
 
+def file_stamp(path: str) -> list[int] | None:
+    """[size, modification time in ns] of ``path`` (None if it cannot be read): an image replaced
+    under the same name since it was indexed has another, as the statistics cache tells it."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+def changed_since_indexed(index: dict[str, Any], paths: list[str]) -> list[str]:
+    """Those of ``paths`` (of ``index``) whose file is no longer the one indexed: replaced under the
+    same name, edited, or gone. Their stored features, and so their distances, are of the old image.
+    An index from before the stamps were kept tells nothing: []."""
+    stamps = index.get("stamps")
+    if not isinstance(stamps, list) or len(stamps) != len(index["paths"]):
+        return []
+    recorded = dict(zip(index["paths"], stamps))
+    return [p for p in paths if p in recorded and recorded[p] != file_stamp(p)]
+
+
 def build_index(
     model: AlexNet,
     data: str | os.PathLike,
@@ -116,6 +137,7 @@ def build_index(
         "features": torch.cat(feats),
         "labels": torch.cat(labels),
         "paths": [ds.samples[i][0] for i in kept],
+        "stamps": [file_stamp(ds.samples[i][0]) for i in kept],  # for retrieve to tell an image replaced since
         "classes": list(ds.classes),
         "checkpoint": str(checkpoint) if checkpoint is not None else None,
         "preprocess": pre,
@@ -136,6 +158,7 @@ def save_index(index: dict[str, Any], path: str | os.PathLike) -> Path:
         "preprocess": json.dumps(index["preprocess"].to_json()),
         "fingerprint": json.dumps(index.get("fingerprint")),
         "precision": json.dumps(index.get("precision")),
+        "stamps": json.dumps(index.get("stamps")),
         "versions": json.dumps(versions()),  # of what computed the features
     }
     tensors = {"features": index["features"].contiguous(), "labels": index["labels"].to(torch.int64).contiguous()}
@@ -166,6 +189,10 @@ def load_index(path: str | os.PathLike) -> dict[str, Any]:
     out = {"features": features, "labels": labels, **_index_metadata(path, meta, len(features))}
     out["fingerprint"] = json.loads(meta.get("fingerprint", "null"))  # absent in indexes of 0.x before it: not checked
     out["precision"] = json.loads(meta.get("precision", "null"))
+    try:  # absent in indexes from before it: nothing is checked
+        out["stamps"] = json.loads(meta.get("stamps", "null"))
+    except json.JSONDecodeError:
+        out["stamps"] = None
     out["preprocess"] = Preprocess.from_dict(out["preprocess"], mean_image, str(path))
     return out
 

@@ -211,7 +211,7 @@ def cmd_features(args: argparse.Namespace) -> int:
 def cmd_retrieve(args: argparse.Namespace) -> int:
     from ..checkpoint import load, require_recipe
     from ..errors import DataError
-    from ..retrieval import check_index_model, load_index, retrieve
+    from ..retrieval import changed_since_indexed, check_index_model, load_index, retrieve
     from ..runtime import resolve_amp, resolve_device
 
     device = resolve_device(args.device)
@@ -224,6 +224,11 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
     model = require_recipe(load(checkpoint, device), checkpoint)
     check_index_model(model, index, checkpoint, args.index)
     hits = retrieve(model, index, args.image, args.k, amp, check=False)  # checked above
+    changed = [p for p in changed_since_indexed(index, [h["path"] for h in hits]) if os.path.exists(p)]  # gone: the figure's note
+    if changed:  # the distances are of the images indexed then, not of the files under those names now
+        print(f"note: {len(changed)} of the {len(hits)} neighbours' files have changed since {args.index} was built (first: "
+              f"{changed[0]}): their distances are of the images indexed then; 'alexnet features' indexes them as they are now",
+              file=sys.stderr)
     if args.json:
         print(json.dumps(hits))
     else:
