@@ -173,6 +173,8 @@ def test_plateau_reduction_is_logged_after_the_epoch_it_follows(tiny_fmnist, tmp
     ]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["lr"] / 1e-12 for r in rows] == pytest.approx([1.0, 1.0, 0.1])
+    # lr_scale is the scale each epoch ran with (the rate it ran at over the base rate), not the next one's
+    assert [r["lr_scale"] for r in rows] == pytest.approx([r["lr"] / 1e-12 for r in rows])
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:

@@ -829,8 +829,9 @@ def _epoch(run: _Run, on_step: Callable[[Position, bool], None], ctrl_c: _CtrlC)
     record["elapsed_seconds"] = (run.history[-1]["elapsed_seconds"] if run.history else 0.0) + stats["train_seconds"]
     event = None
     if cfg.schedule == "plateau":
-        event = run.plateau.step(val["top1_error"])
+        # the scale this epoch ran with: a reduction that its validation error triggers is the next epoch's
         record["lr_scale"] = run.plateau.scale
+        event = run.plateau.step(val["top1_error"])
     run.history.append(record)
     improved = val["top1"] > run.best
     run.best = max(run.best, val["top1"])
