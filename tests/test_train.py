@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -175,6 +176,19 @@ def test_plateau_reduction_is_logged_after_the_epoch_it_follows(tiny_fmnist, tmp
     assert [r["lr"] / 1e-12 for r in rows] == pytest.approx([1.0, 1.0, 0.1])
     # lr_scale is the scale each epoch ran with (the rate it ran at over the base rate), not the next one's
     assert [r["lr_scale"] for r in rows] == pytest.approx([r["lr"] / 1e-12 for r in rows])
+
+
+def test_progress_bar_shows_the_schedules_rate_not_a_multiplied_layers(tiny_fmnist, tmp_path, capsys):
+    """With --lr-mult conv1=0 the bar's lr was the first parameter group's, conv1's 0, while every
+    other layer trained at --lr (and metrics.jsonl said so). Constant schedule: every step's rate
+    is --lr, typed here, so the bar must show 0.03 on every update."""
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(tiny_fmnist), "--out", str(out), "--epochs", "1", "--batch-size", "8",
+                 "--amp", "none", "--workers", "0", "--device", "cpu", "--lr", "0.03", "--schedule", "constant",
+                 "--warmup-epochs", "0", "--lr-mult", "conv1=0", "--progress", "on", *TINY]) == 0
+    shown = re.findall(r"lr=([0-9.e+-]+)", capsys.readouterr().err)
+    assert shown and {float(v) for v in shown} == {0.03}
+    assert json.loads((out / "metrics.jsonl").read_text())["lr"] == pytest.approx(0.03)
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:

@@ -135,8 +135,10 @@ def train_one_epoch(
         scaler.step(optimizer)
         scaler.update()
         _count(pos, value, int(correct), labels.numel(), t0)
+        # lr: the schedule's rate, as metrics.jsonl records it, not the first group's, which carries its
+        # layers' --lr-mult (with conv1=0 the bar showed lr=0 while every other layer trained at --lr)
         bar.set_postfix(loss=f"{pos.loss_sum / pos.seen:.3f}", img_s=f"{pos.seen / max(pos.seconds, 1e-9):.0f}",
-                        lr=f"{optimizer.param_groups[0]['lr']:.2g}")
+                        lr=f"{_schedule_lr(optimizer):.2g}")
         if on_step is not None:
             on_step(pos, stop)
     if device.type == "cuda" and pos.seen:  # the last step's backward and update count in the epoch's time
