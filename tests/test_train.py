@@ -191,6 +191,23 @@ def test_progress_bar_shows_the_schedules_rate_not_a_multiplied_layers(tiny_fmni
     assert json.loads((out / "metrics.jsonl").read_text())["lr"] == pytest.approx(0.03)
 
 
+def test_progress_bar_rate_counts_every_ranks_images(tiny_fmnist, tmp_path, capsys, monkeypatch):
+    """The bar's img_s was this rank's images over the time: rank 0 of '--nproc 2' showed 88 img/s
+    while the epoch's line said 175. Two identical ranks are simulated by a sum over ranks that
+    doubles each number; the bar's last rate must then be the epoch's images (all ranks: twice the
+    64 Fashion-MNIST images this process trains) over the epoch's seconds, as metrics.jsonl says."""
+    import alexnet.distributed as dist_mod
+
+    monkeypatch.setattr(dist_mod, "all_reduce_sum", lambda values: [2.0 * v for v in values])
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(tiny_fmnist), "--out", str(out), "--epochs", "1", "--batch-size", "8",
+                 "--amp", "none", "--workers", "0", "--device", "cpu", "--progress", "on", *TINY]) == 0
+    record = json.loads((out / "metrics.jsonl").read_text())
+    assert record["train_images"] == 2 * 64
+    shown = float(re.findall(r"img_s=(\d+)", capsys.readouterr().err)[-1])
+    assert shown == pytest.approx(128 / record["train_seconds"], abs=0.5)
+
+
 def _weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, weights_only=True)["model"]
 

@@ -111,8 +111,11 @@ def train_one_epoch(
     bar = progress(
         loader, total=steps_per_epoch - pos.batch, desc=f"epoch {pos.epoch + 1}/{cfg.epochs}", enabled=show_progress, unit="batch"
     )
+    # the bar's img/s counts every rank's images, as the epoch's line does (pos.seen is this rank's, and
+    # rank 0's showed half the rate of a 2-process run); rank 0 resumes with the whole run's sums
+    seen_all = pos.seen
     for batch in bar:
-        share = _share(batch, reduce)
+        share, step_images = _share(batch, reduce)
         if share is None:
             pos.batch += 1
             continue
@@ -135,9 +138,10 @@ def train_one_epoch(
         scaler.step(optimizer)
         scaler.update()
         _count(pos, value, int(correct), labels.numel(), t0)
+        seen_all += step_images
         # lr: the schedule's rate, as metrics.jsonl records it, not the first group's, which carries its
         # layers' --lr-mult (with conv1=0 the bar showed lr=0 while every other layer trained at --lr)
-        bar.set_postfix(loss=f"{pos.loss_sum / pos.seen:.3f}", img_s=f"{pos.seen / max(pos.seconds, 1e-9):.0f}",
+        bar.set_postfix(loss=f"{pos.loss_sum / pos.seen:.3f}", img_s=f"{seen_all / max(pos.seconds, 1e-9):.0f}",
                         lr=f"{_schedule_lr(optimizer):.2g}")
         if on_step is not None:
             on_step(pos, stop)
@@ -147,10 +151,10 @@ def train_one_epoch(
     return _epoch_figures(optimizer, pos, reduce)
 
 
-def _share(batch: Any, reduce: Callable[[list[float]], list[float]]) -> float | None:
+def _share(batch: Any, reduce: Callable[[list[float]], list[float]]) -> tuple[float | None, int]:
     """The factor of this rank's loss: its share of the step's images times the number of ranks (1 in
     one process, and for even shares); None when a rank's whole batch was unreadable (every rank
-    skips it, or DDP would wait for the one that did).
+    skips it, or DDP would wait for the one that did). With it, the step's images on all ranks.
 
     DDP averages the ranks' gradients of their mean losses: with uneven shares of a batch (an odd
     batch reduced to a small data set's size, unreadable images dropped) that weighs the images of
@@ -158,7 +162,7 @@ def _share(batch: Any, reduce: Callable[[list[float]], list[float]]) -> float | 
     in one process. One collective answers both."""
     mine = 0 if batch is None else len(batch[1])
     missing, images_all, ranks = reduce([float(batch is None), float(mine), 1.0])
-    return None if missing > 0 else mine * ranks / images_all
+    return (None if missing > 0 else mine * ranks / images_all), int(images_all)
 
 
 def _set_lr(optimizer: torch.optim.Optimizer, cfg: TrainConfig, step: int, steps_per_epoch: int, lr_scale: float) -> None:
