@@ -97,12 +97,7 @@ def train_one_epoch(
     numbers over the ranks of a distributed run (:func:`alexnet.distributed.all_reduce_sum`), so that
     every rank skips the same batches and the returned figures cover the whole data. ``health``
     stops (or warns about) a run whose loss diverged or whose ReLUs died, before the step is taken.
-
-    The host waits for the device once per step (twice in a distributed run: a collective before
-    the forward pass agrees on unreadable batches): the loss, checked before the step, is read
-    together with the batch's correct count, so that the host reads the next batch and queues its
-    work while the device still runs this step's backward pass (nvJPEG waits for it unless
-    ALEXNET_DECODE_OVERLAP=1: :mod:`alexnet.data.device_decode`).
+    The host waits for the device once per step (:func:`_forward`).
     """
     health = health or HealthMonitor(None, 2, "off")
     model.train()
@@ -111,9 +106,7 @@ def train_one_epoch(
     bar = progress(
         loader, total=steps_per_epoch - pos.batch, desc=f"epoch {pos.epoch + 1}/{cfg.epochs}", enabled=show_progress, unit="batch"
     )
-    # the bar's img/s counts every rank's images, as the epoch's line does (pos.seen is this rank's, and
-    # rank 0's showed half the rate of a 2-process run); rank 0 resumes with the whole run's sums
-    seen_all = pos.seen
+    seen_all = pos.seen  # every rank's images for the bar (_show_step); rank 0 resumes with the whole run's
     for batch in bar:
         share, step_images = _share(batch, reduce)
         if share is None:
@@ -125,12 +118,8 @@ def train_one_epoch(
         # non-finite loss (or unreadable) took none, and each one delayed every later rate by a step
         _set_lr(optimizer, cfg, pos.epoch * steps_per_epoch + pos.batch, steps_per_epoch, lr_scale)
         health.before_step()
-        with autocast(device, amp):
-            logits = model(x)
-        loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.label_smoothing)
+        loss, value, correct = _forward(model, x, labels, cfg.label_smoothing, device, amp)
         optimizer.zero_grad(set_to_none=True)
-        # float64 holds both exactly: the float32 loss and a count
-        value, correct = torch.stack([loss.detach().double(), (logits.argmax(1) == labels).sum().double()]).tolist()
         take, stop = _take_step(value, cfg, pos, reduce, health, stop_requested())
         if not take:
             continue
@@ -139,16 +128,40 @@ def train_one_epoch(
         scaler.update()
         _count(pos, value, int(correct), labels.numel(), t0)
         seen_all += step_images
-        # lr: the schedule's rate, as metrics.jsonl records it, not the first group's, which carries its
-        # layers' --lr-mult (with conv1=0 the bar showed lr=0 while every other layer trained at --lr)
-        bar.set_postfix(loss=f"{pos.loss_sum / pos.seen:.3f}", img_s=f"{seen_all / max(pos.seconds, 1e-9):.0f}",
-                        lr=f"{_schedule_lr(optimizer):.2g}")
+        _show_step(bar, pos, seen_all, optimizer)
         if on_step is not None:
             on_step(pos, stop)
     if device.type == "cuda" and pos.seen:  # the last step's backward and update count in the epoch's time
         torch.cuda.synchronize(device)
         pos.seconds = time.perf_counter() - t0
     return _epoch_figures(optimizer, pos, reduce)
+
+
+def _forward(
+    model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor, smoothing: float, device: torch.device, amp: torch.dtype | None
+) -> tuple[torch.Tensor, float, float]:
+    """The batch's loss (float32, to backpropagate), its value and the number of images right.
+
+    The host waits for the device here, once per step (twice in a distributed run: a collective
+    before the forward pass agrees on unreadable batches): the loss, checked before the step, is read
+    together with the batch's correct count, so that the host reads the next batch and queues its
+    work while the device still runs this step's backward pass (nvJPEG waits for it unless
+    ALEXNET_DECODE_OVERLAP=1: :mod:`alexnet.data.device_decode`)."""
+    with autocast(device, amp):
+        logits = model(x)
+    loss = F.cross_entropy(logits.float(), labels, label_smoothing=smoothing)
+    # float64 holds both exactly: the float32 loss and a count
+    value, correct = torch.stack([loss.detach().double(), (logits.argmax(1) == labels).sum().double()]).tolist()
+    return loss, value, correct
+
+
+def _show_step(bar: Any, pos: Position, seen_all: int, optimizer: torch.optim.Optimizer) -> None:
+    """The bar's running loss; img/s over every rank's images, as the epoch's line counts them (over
+    this rank's, rank 0 of a 2-process run showed half the rate); and lr: the schedule's rate, as
+    metrics.jsonl records it, not the first group's, which carries its layers' --lr-mult (with
+    conv1=0 the bar showed lr=0 while every other layer trained at --lr)."""
+    bar.set_postfix(loss=f"{pos.loss_sum / pos.seen:.3f}", img_s=f"{seen_all / max(pos.seconds, 1e-9):.0f}",
+                    lr=f"{_schedule_lr(optimizer):.2g}")
 
 
 def _share(batch: Any, reduce: Callable[[list[float]], list[float]]) -> tuple[float | None, int]:
