@@ -28,6 +28,22 @@ def write_idx(path: Path, array: np.ndarray) -> None:
     path.write_bytes(data)
 
 
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    """Every test starts with the thread count the session started with. ``main([...])`` in this
+    process sets it for good, as the command does (--threads, or the count a resumed or replayed
+    run recorded): a replayed record of 1 thread left the rest of the suite on 1, and a reference
+    run computed on 1 thread is not bitwise the subprocess's on 2 (test_resume.py)."""
+    import torch
+
+    from alexnet import runtime
+
+    threads, chosen = torch.get_num_threads(), runtime._THREADS
+    yield
+    torch.set_num_threads(threads)
+    runtime._THREADS = chosen
+
+
 @pytest.fixture
 def tiny_fmnist(tmp_path: Path) -> Path:
     """Fashion-MNIST-format IDX files: 10 classes, 64 train and 40 test images of simple patterns."""
