@@ -59,9 +59,13 @@ def _names(run_dir: Path) -> list[str]:
         return []
 
 
+def _is_checkpoint(name: str) -> bool:
+    return name.endswith(".pt") and not name.startswith(".")  # a hidden one is a temporary's or a user's
+
+
 def run_marks(run_dir: Path) -> list[str]:
     """The files that make ``run_dir`` hold a run: config.json, metrics.jsonl, *.pt."""
-    return [n for n in _names(run_dir) if n in _MARKS or (n.endswith(".pt") and not n.startswith("."))]
+    return [n for n in _names(run_dir) if n in _MARKS or _is_checkpoint(n)]
 
 
 def owned(run_dir: Path) -> list[str]:
@@ -99,7 +103,7 @@ def _set_aside(run_dir: Path, names: list[str]) -> None:
 
 def has_checkpoint(run_dir: Path) -> bool:
     """Whether ``run_dir`` holds a checkpoint (a ``*.pt``; set-aside runs and temporaries aside)."""
-    return any(n.endswith(".pt") and not n.startswith(".") for n in _names(run_dir))
+    return any(_is_checkpoint(n) for n in _names(run_dir))
 
 
 def set_aside(run_dir: Path) -> Path | None:
