@@ -449,3 +449,18 @@ def test_a_run_started_on_another_device_says_so_when_replayed(tiny_fmnist, tmp_
     config.write_text(json.dumps(record))
     assert main(["train", "--config", str(config), "--out", str(tmp_path / "again-towers")]) == 0
     assert "note: --config" not in capsys.readouterr().err
+
+
+def test_a_replays_precision_is_resolved_on_the_towers_device(monkeypatch):
+    """Under --towers, fit trains on the first tower's device and resolves --amp for it; the replay's
+    precision note read --device (here a CUDA device that --towers cpu,cpu never uses: fp16 there)."""
+    import torch
+
+    import alexnet.runtime
+    from alexnet.cli.training import _amp_name
+
+    monkeypatch.setattr(alexnet.runtime, "resolve_device", lambda name: torch.device("cuda"))
+    cfg = resolve_config(None, {"amp": "fp16", "device": "cuda"})
+    assert _amp_name(cfg) == "float16"  # one device: --device's
+    towers = resolve_config(None, {"amp": "fp16", "device": "cuda", "tower_devices": ["cpu", "cpu"]})
+    assert _amp_name(towers) is None  # fp16 on the CPU towers: fit refuses it in one line, no note here

@@ -107,25 +107,31 @@ def _note_replayed_processes(config: str | None, nproc: int | None, cfg: TrainCo
               file=sys.stderr)
 
 
+def _replay_device(cfg: TrainConfig) -> tuple[str, str] | None:
+    """The device this run trains on, as fit picks it (the first tower's under --towers, else
+    --device), and the option that gives it; None for a device this machine lacks (fit says so)."""
+    from ..errors import ConfigError
+    from ..runtime import resolve_device
+
+    towers = [d.strip() for d in cfg.tower_devices]
+    if towers and towers not in (["none"], ["off"]):  # the towers' devices, not --device (parallel.tower_devices)
+        return ("cuda" if towers == ["auto"] else towers[0]), f"--towers {','.join(towers)}"
+    try:
+        return str(resolve_device(cfg.device)), f"--device {cfg.device}"
+    except ConfigError:
+        return None
+
+
 def _note_replayed_device(config: str, started: object, cfg: TrainConfig) -> None:
     """A note when the run of ``config`` started on another kind of device than the replay trains on:
     a run resumed with another --device records that one among its options while environment.device
     keeps the one its first epochs ran on (a GPU run resumed on a laptop with --device cpu was
     replayed all on the CPU, on the GPU machine too, without a word). CPU, CUDA and MPS kernels round
     differently, so the replay is not bitwise the run."""
-    from ..errors import ConfigError
-    from ..runtime import resolve_device
-
-    if not isinstance(started, str):
+    device = _replay_device(cfg) if isinstance(started, str) else None
+    if device is None:
         return
-    towers = [d.strip() for d in cfg.tower_devices]
-    if towers and towers not in (["none"], ["off"]):  # the towers' devices, not --device (parallel.tower_devices)
-        now, given = ("cuda" if towers == ["auto"] else towers[0]), f"--towers {','.join(towers)}"
-    else:
-        try:
-            now, given = str(resolve_device(cfg.device)), f"--device {cfg.device}"
-        except ConfigError:  # a device this machine lacks: fit says so in one line
-            return
+    now, given = device
     was = _device_type(started)
     if was is not None and _device_type(now) != was:
         print(f"note: --config {config}: that run started on {started} (its environment.device) and this one trains "
@@ -149,12 +155,17 @@ _AMP_NAMES = {"bfloat16": "bf16", "float16": "fp16", "none": "float32"}
 def _amp_name(cfg: TrainConfig) -> str | None:
     """The precision this run will train in, as environment.amp names it; None where its device or
     --amp cannot be had here (fit says that in one line)."""
-    from ..errors import ConfigError
-    from ..runtime import resolve_amp, resolve_device
+    import torch
 
+    from ..errors import ConfigError
+    from ..runtime import resolve_amp
+
+    device = _replay_device(cfg)  # the towers' under --towers, as fit resolves the precision for
+    if device is None:
+        return None
     try:
-        amp = resolve_amp(cfg.amp, resolve_device(cfg.device))
-    except ConfigError:
+        amp = resolve_amp(cfg.amp, torch.device(device[0]))
+    except (ConfigError, RuntimeError):
         return None
     return str(amp).replace("torch.", "") if amp else "none"
 
