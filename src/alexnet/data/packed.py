@@ -178,16 +178,7 @@ def prepare(
     Returns the index dict (plus ``bad_files``: the number skipped).
     """
     root, out = Path(data), Path(out)
-    if not root.is_dir():
-        raise DataError(f"--data: folder not found: {root}")
-    if out.resolve() == root.resolve():
-        raise DataError("--out must be a different folder from --data")
-    check_out_of_images(out, root)
-    if out.exists() and not out.is_dir():
-        raise DataError(f"--out: not a folder: {out}")
-    check_writable(out, "--out", folder=True)  # a file above it, a read-only disk: said before any image is read
-    runfolder.refuse_in_use(out, "prepare")
-    _check_out(out, force)
+    _check_paths(root, out, force)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     tmp: Path | None = None
@@ -196,20 +187,7 @@ def prepare(
         for stale in out.glob(".prepare-*"):  # a killed run's (SIGKILL, out of memory): no live one's, under the lock
             shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=".prepare-", dir=out))
-        bad = BadFiles(strict, tmp / BAD_FILES_NAME)  # moved into place with the shards: a failed run keeps the old list
-        splits = open_folder_splits(root, size, bad)
-        index: dict[str, Any] = {"format": FORMAT, "size": size, "source": os.path.abspath(root), "splits": {}}
-        acc = StatsAccumulator()
-        for split, ds in splits.items():
-            index["folders"], index["classes"] = ds.folders, ds.classes
-            index["splits"][split] = _pack_split(ds, split, tmp, shard_size, workers, acc, show_progress)
-        stats = acc.result(root)
-        save_stats(stats, tmp / "stats.json", tmp / "mean_image.npy")
-        index["stats"] = {k: v for k, v in stats.items() if k != "mean_image"}
-        index["stats"]["mean_image"] = "mean_image.npy"
-        index["bad_files"] = bad.count
-        index["versions"] = versions()  # of what decoded and resized the images
-        (tmp / PACKED_INDEX).write_text(json.dumps(index, indent=1) + "\n")
+        index = _pack(root, tmp, size, strict, shard_size, workers, show_progress)
         with signals_held():  # a Ctrl-C half way through the swap would leave neither preparation
             _swap_in(tmp, out)
     except BaseException:
@@ -220,6 +198,40 @@ def prepare(
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
         runfolder.unlock(out, lock)
+    return index
+
+
+def _check_paths(root: Path, out: Path, force: bool) -> None:
+    """Refuse, before any image is read, a ``--data``/``--out`` pair that prepare cannot use."""
+    if not root.is_dir():
+        raise DataError(f"--data: folder not found: {root}")
+    if out.resolve() == root.resolve():
+        raise DataError("--out must be a different folder from --data")
+    check_out_of_images(out, root)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out: not a folder: {out}")
+    check_writable(out, "--out", folder=True)  # a file above it, a read-only disk: said before any image is read
+    runfolder.refuse_in_use(out, "prepare")
+    _check_out(out, force)
+
+
+def _pack(root: Path, tmp: Path, size: int, strict: bool, shard_size: int, workers: int,
+          show_progress: bool | None) -> dict[str, Any]:
+    """Write every split of ``root``, its statistics and ``index.json`` into ``tmp``; the index."""
+    bad = BadFiles(strict, tmp / BAD_FILES_NAME)  # moved into place with the shards: a failed run keeps the old list
+    splits = open_folder_splits(root, size, bad)
+    index: dict[str, Any] = {"format": FORMAT, "size": size, "source": os.path.abspath(root), "splits": {}}
+    acc = StatsAccumulator()
+    for split, ds in splits.items():
+        index["folders"], index["classes"] = ds.folders, ds.classes
+        index["splits"][split] = _pack_split(ds, split, tmp, shard_size, workers, acc, show_progress)
+    stats = acc.result(root)
+    save_stats(stats, tmp / "stats.json", tmp / "mean_image.npy")
+    index["stats"] = {k: v for k, v in stats.items() if k != "mean_image"}
+    index["stats"]["mean_image"] = "mean_image.npy"
+    index["bad_files"] = bad.count
+    index["versions"] = versions()  # of what decoded and resized the images
+    (tmp / PACKED_INDEX).write_text(json.dumps(index, indent=1) + "\n")
     return index
 
 
