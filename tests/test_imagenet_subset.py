@@ -141,9 +141,22 @@ def test_a_meta_mat_of_a_subset_is_passed_over_with_a_warning(tmp_path):
     write_meta(data / "meta.mat", WNIDS[:999])
     with pytest.warns(UserWarning, match=r"meta.mat: has 999 of the ILSVRC2012_IDs 1-1000, not all"):
         assert find_classes(data / "train")[1] == [WNIDS[MADE_UP], WNIDS[MADE_UP + 1]]
-    write_mapping(data / "LOC_synset_mapping.txt")
-    with pytest.warns(UserWarning, match="not all"):
+    write_mapping(data / "LOC_synset_mapping.txt")  # said once a process: not again
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         assert find_classes(data / "train")[1] == [categories()[MADE_UP], categories()[MADE_UP + 1]]
+
+
+def test_a_damaged_meta_mat_is_said_once_a_run(tmp_path):
+    """train/ and val/ both read the meta.mat, and each image's decode resets Python's once-only
+    registry: the warning was printed twice a run."""
+    data = subset(tmp_path / "d", [MADE_UP, MADE_UP + 1])
+    write_meta(data / "meta.mat", WNIDS[:999])
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        assert main(["train", "--data", str(data), "--out", str(tmp_path / "run"), "--epochs", "1", "--threads", "1",
+                     "--workers", "0", "--progress", "off", "--model-option", "input_size=64"]) == 0
+    assert [str(w.message).count("has 999 of the ILSVRC2012_IDs") for w in said].count(1) == 1
 
 
 def test_a_meta_mat_without_scipy_is_passed_over_with_a_warning(tmp_path, monkeypatch):
@@ -155,8 +168,9 @@ def test_a_meta_mat_without_scipy_is_passed_over_with_a_warning(tmp_path, monkey
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "scipy" else real(name, *a))
     with pytest.warns(UserWarning, match=r"meta.mat: reading the devkit's meta.mat needs scipy"):
         assert find_classes(data / "train")[1] == [WNIDS[MADE_UP], WNIDS[MADE_UP + 1]]
-    write_mapping(data / "LOC_synset_mapping.txt")  # Kaggle's file is read instead
-    with pytest.warns(UserWarning, match="needs scipy"):
+    write_mapping(data / "LOC_synset_mapping.txt")  # Kaggle's file is read instead, and the warning not said again
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         assert find_classes(data / "train")[1] == [categories()[MADE_UP], categories()[MADE_UP + 1]]
 
 

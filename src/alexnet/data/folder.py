@@ -92,7 +92,7 @@ def imagenet_names(root: Path, folders: list[str]) -> tuple[list[str], Path] | N
     rank = {w: i for i, w in enumerate(found[0])}
     missing = [f for f in folders if f not in rank]
     if missing:  # an ImageNet-21k synset among them: said, or the WNIDs look like a file not found
-        _warn_once(f"{found[1]}: lists {len(folders) - len(missing)} of the {len(folders)} synset folders "
+        warn_once(f"{found[1]}: lists {len(folders) - len(missing)} of the {len(folders)} synset folders "
                    f"({printable(missing[0])!r} is none of its 1000 ILSVRC-2012 synsets), so the classes keep their "
                    "folder names; a classes.tsv names them otherwise")
         return None
@@ -101,9 +101,9 @@ def imagenet_names(root: Path, folders: list[str]) -> tuple[list[str], Path] | N
 
 
 @functools.cache
-def _warn_once(message: str) -> None:
-    """A warning said once per process: train/ and val/ each name their classes, and each image's
-    decode resets the registry that Python's own once-only rule keeps."""
+def warn_once(message: str) -> None:
+    """A warning said once per process: train/ and val/ each name their classes (reading the same
+    mapping files), and each image's decode resets the registry that Python's own once-only rule keeps."""
     warnings.warn(message, stacklevel=4)
 
 

@@ -13,11 +13,10 @@ from __future__ import annotations
 import csv
 import importlib.util
 import re
-import warnings
 from pathlib import Path
 
 from ..errors import DataError
-from .folder import top_level_images
+from .folder import top_level_images, warn_once
 
 GROUND_TRUTH = "ILSVRC2012_validation_ground_truth.txt"
 SYNSET_MAPPING = "LOC_synset_mapping.txt"  # Kaggle's: 1000 lines "n01440764 tench, Tinca tinca"
@@ -138,19 +137,19 @@ def imagenet_wnids(root: Path) -> tuple[list[str], Path] | None:
     the file read: the user's own devkit ``meta.mat`` or Kaggle's ``LOC_synset_mapping.txt`` where
     :func:`search_roots` looks for the data folder ``root``; None where there is neither. A meta.mat
     without scipy to read it, or one made for a subset (without all of the IDs 1-1000, which still
-    labels a flat val/), is passed over with a warning: the classes then keep their folder names, as
+    labels a flat val/), is passed over with a warning (once a process): the classes then keep their folder names, as
     before it was read, rather than stop a run that needs no ranks."""
     devkit, kaggle = search_roots(root)
     meta = _find(devkit, "meta.mat")
     if meta is not None and importlib.util.find_spec("scipy") is None:
-        warnings.warn(f"{meta}: reading the devkit's meta.mat needs scipy (pip install scipy); not read", stacklevel=2)
+        warn_once(f"{meta}: reading the devkit's meta.mat needs scipy (pip install scipy); not read")
     elif meta is not None:
         ids = read_meta(meta)
         wnids = [ids.get(i) for i in range(1, 1001)]
         if None not in wnids:
             return _the_1000(meta, [str(w) for w in wnids], "its ILSVRC2012_IDs 1-1000"), meta
-        warnings.warn(f"{meta}: has {1000 - wnids.count(None)} of the ILSVRC2012_IDs 1-1000, not all, so it cannot "
-                      "rank the synsets as torchvision numbers them; the classes keep their folder names", stacklevel=2)
+        warn_once(f"{meta}: has {1000 - wnids.count(None)} of the ILSVRC2012_IDs 1-1000, not all, so it cannot "
+                  "rank the synsets as torchvision numbers them; the classes keep their folder names")
     mapping = _find(kaggle, SYNSET_MAPPING)
     if mapping is None:
         return None
