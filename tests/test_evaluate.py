@@ -1136,3 +1136,19 @@ def test_a_subset_of_imagenet_synsets_named_by_a_classes_tsv_is_scored_against_t
     (data / "classes.tsv").write_text("n01440764\ttench\nn02012849\tcrane\nn03126707\tcrane\nn03710721\tmaillot\n")
     err = cli_fails(capsys, "evaluate", "--checkpoint", str(ckpt), "--data", str(data))
     assert err.endswith("predicts 1000; 'crane' names 2 of the data's classes"), err
+
+
+def test_evaluate_says_which_precision_ran(tmp_path, capsys, monkeypatch):
+    """--amp auto runs in bf16 on a CPU with AVX512-BF16 and in float32 on one without: the console's
+    first line and --json's "precision" say which ran (neither did)."""
+    import alexnet.runtime
+
+    folder = make_image_folder(tmp_path / "imgs", classes=3, per_class=1)
+    ckpt = str(tiny_checkpoint(tmp_path / "m.pt"))
+    for bf16_cpu, amp, ran in ((True, "auto", "bfloat16"), (False, "auto", "float32"), (False, "bf16", "bfloat16"),
+                               (True, "none", "float32")):
+        monkeypatch.setattr(alexnet.runtime, "cpu_supports_bf16", lambda bf16_cpu=bf16_cpu: bf16_cpu)
+        args = ["evaluate", "--checkpoint", ckpt, "--data", str(folder), "--device", "cpu", "--amp", amp, "--workers", "0"]
+        assert cli_json(capsys, *args, "--json")["precision"] == ran, (bf16_cpu, amp)
+        assert main(args) == 0
+        assert capsys.readouterr().out.splitlines()[0].endswith(f"3 images (centre crop, {ran})"), (bf16_cpu, amp)

@@ -110,6 +110,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..data.loaders import load_eval_data
     from ..errors import CheckpointError
     from ..evaluate import class_orders, data_confusion, evaluate, load_models
+    from ..retrieval import precision_name
     from ..runtime import resolve_amp, resolve_device
 
     paths = [args.checkpoint, *(args.ensemble or [])]
@@ -136,7 +137,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     stats = evaluate(models, loader, device, amp, args.ten_crop, channels_last, _progress_flag(args), list(classes),
                      (source, args.checkpoint))  # the data's classes matched to the model's by name
     confusion, columns = data_confusion(stats.pop("confusion"), stats.pop("label_map"), list(classes))
-    stats.update({"ten_crop": args.ten_crop, "models": [str(p) for p in paths], "data": source})
+    # the precision that ran, which --amp auto resolves by device (bf16 on a CPU with AVX512-BF16)
+    stats.update({"ten_crop": args.ten_crop, "precision": precision_name(amp), "models": [str(p) for p in paths],
+                  "data": source})
     if args.out:
         import torch
 
@@ -152,7 +155,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(stats))
     else:
-        how = ("10 crops" if args.ten_crop else "centre crop") + (f", {len(models)} models averaged" if len(models) > 1 else "")
+        how = (("10 crops" if args.ten_crop else "centre crop") + (f", {len(models)} models averaged" if len(models) > 1 else "")
+               + f", {stats['precision']}")
         print(f"{source}: {stats['images']} image{'s' * (stats['images'] != 1)} ({how})")
         print(f"top-1 accuracy {stats['top1']:.4f}  error {stats['top1_error']:.4f}")
         print(f"top-5 accuracy {stats['top5']:.4f}  error {stats['top5_error']:.4f}")
