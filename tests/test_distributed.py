@@ -126,6 +126,24 @@ def test_a_one_process_run_resumed_in_two_says_it_is_not_bitwise(one_process, ti
     assert r.returncode == 0 and "checkpoint was written by" not in r.stdout, r.stdout  # the same count: no note
 
 
+@pytest.mark.parametrize("info, saved, exactly", [
+    (DistInfo(0, 4, 0, 2), [b"a", b"b"], "torchrun with --nnodes times --nproc-per-node = 2 resumes exactly"),
+    (DistInfo(0, 4, 0, 2), None, "one process, without torchrun, resumes exactly"),
+    (DistInfo(0, 2, 0, 2), [b"a"] * 4, "--nproc 4 resumes exactly"),  # one machine: as c431965 said
+    (DistInfo(), [b"a", b"b"], "--nproc 2 resumes exactly"),
+])
+def test_the_process_count_note_names_torchruns_options_across_machines(info, saved, exactly):
+    """A run torchrun started on two machines (world 4, 2 per machine) was told '--nproc 2', which
+    runs on one machine: the remedy there is torchrun's --nnodes and --nproc-per-node."""
+    from types import SimpleNamespace
+
+    from alexnet.train import _note_process_change
+
+    said: list[str] = []
+    _note_process_change(SimpleNamespace(info=info, log=said.append), saved)
+    assert len(said) == 1 and said[0].endswith(f"({exactly})"), said
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

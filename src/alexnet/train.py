@@ -632,11 +632,15 @@ def _note_process_change(run: _Run, rng_ranks: Any) -> None:
     """A note when a run resumes in another number of processes than its checkpoint was written by
     (its ``rng_ranks``, one RNG state per rank; none: one process): each rank draws its own dropout
     masks, so the run goes on correctly but not bitwise as it would have (docs/distributed.md). A
-    2-process run resumed without --nproc went on in one process without a word."""
+    2-process run resumed without --nproc went on in one process without a word. A run that torchrun
+    started across machines is told torchrun's options, which --nproc (one machine) is not."""
     saved = len(rng_ranks) if isinstance(rng_ranks, list) and rng_ranks else 1
     now = run.info.world if run.info.enabled else 1
     if saved != now:
-        exactly = f"--nproc {saved}" if saved > 1 else "one process, without --nproc,"
+        machines = run.info.world != run.info.local_world  # torchrun --nnodes > 1
+        exactly = (f"torchrun with --nnodes times --nproc-per-node = {saved}" if machines and saved > 1
+                   else "one process, without torchrun," if machines
+                   else f"--nproc {saved}" if saved > 1 else "one process, without --nproc,")
         run.log(f"note: this run's checkpoint was written by {saved} process{'es' * (saved > 1)} and it resumes in {now}; "
                 f"it continues, but not bitwise as an uninterrupted run would ({exactly} resumes exactly)")
 
