@@ -505,3 +505,30 @@ def test_a_classes_tsv_naming_a_runs_folders_otherwise_is_not_matched_by_folder(
         assert main(["evaluate", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--data", str(data), *QUIET]) == 0
     assert main(["train", *train, "--out", str(tmp_path / "ft"), "--init-from", str(tmp_path / "run" / "last.pt")]) == 0
     assert "fc8 re-initialised for 2 classes" in capsys.readouterr().out
+
+
+def test_an_export_keeps_the_class_folders_evaluate_matches(tmp_path, capsys):
+    """A run named by a mapping, exported (safetensors + .json): the export lost the checkpoint's
+    class folders, so evaluate of it on two of the synset folders copied without the mapping was
+    refused where the .pt was scored. The export's scores must be the .pt's, by hand in float64."""
+    indexes = [MADE_UP, MADE_UP + 1, MADE_UP + 2]
+    data = subset(tmp_path / "d", indexes, per_class=2)
+    write_mapping(data / "LOC_synset_mapping.txt")
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "4",
+                 "--amp", "none", "--threads", "1", *TINY, *QUIET]) == 0
+    out = tmp_path / "m.safetensors"
+    assert main(["export", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--out", str(out)]) == 0
+    folders = [WNIDS[i] for i in indexes]
+    assert json.loads(out.with_suffix(".json").read_text())["folders"] == folders
+    assert alexnet.load(out).folders == folders and alexnet.load(out).classes == [categories()[i] for i in indexes]
+    some = tmp_path / "some"
+    for k in (0, 2):
+        shutil.copytree(data / "val" / folders[k], some / folders[k])
+    files = [(f, k) for k in (0, 2) for f in sorted((some / folders[k]).iterdir())]
+    probs = [{t["index"]: t["probability"] for t in r["top"]} for r in predict(alexnet.load(out), [f for f, _ in files], top=3)]
+    expected = -np.mean([np.log(p[k]) for p, (_, k) in zip(probs, files)], dtype=np.float64)
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(out), "--data", str(some), "--json", "--amp", "none",
+                 "--no-channels-last", *QUIET]) == 0, capsys.readouterr().err
+    got = json.loads(capsys.readouterr().out)
+    assert got["images"] == 4 and got["loss"] == pytest.approx(expected, abs=1e-6)

@@ -274,7 +274,7 @@ def load_safetensors(path: str | os.PathLike, map_location: str | torch.device =
             built = None
         raise CheckpointError(f"{path}: a feature index ('alexnet features'), not weights: give it to retrieve --index"
                               + (f"; the model that built it is {built}" if isinstance(built, str) else ""))
-    config = {k: meta[k] for k in ("model_config", "classes", "preprocess") if k in meta}
+    config = {k: meta[k] for k in ("model_config", "classes", "folders", "preprocess") if k in meta}
     side = path.with_suffix(".json")
     if "model_config" not in config and side.is_file():
         try:
@@ -290,7 +290,7 @@ def load_safetensors(path: str | os.PathLike, map_location: str | torch.device =
             raise CheckpointError(f"{path}: its metadata is not valid JSON") from None
     mean_image = state.pop(presets.MEAN_IMAGE_KEY, None)  # not a weight: the recipe's mean image
     ckpt = {"model": state}
-    ckpt.update({k: config[k] for k in ("model_config", "classes") if k in config})
+    ckpt.update({k: config[k] for k in ("model_config", "classes", "folders") if k in config})
     if config.get("preprocess") is not None:
         ckpt["preprocess"] = _preprocess(config["preprocess"], str(path), mean_image)
     return ckpt

@@ -1,7 +1,8 @@
 """Weights out: safetensors + JSON config (the shareable default), ONNX, torch.export (.pt2) and TorchScript.
 
-``safetensors``: the tensors of the state dict, with ``model_config``, ``classes`` and
-``preprocess`` as JSON in the file's metadata and, for people, in a ``.json`` file beside it.
+``safetensors``: the tensors of the state dict, with ``model_config``, ``classes`` (and a trained
+run's class ``folders``) and ``preprocess`` as JSON in the file's metadata and, for people, in a
+``.json`` file beside it.
 :func:`alexnet.load` reads it back. The ONNX, .pt2 and TorchScript files take a (N, 3, S, S)
 float batch prepared as ``preprocess`` says and return the fc8 scores; the recipe is stored with
 them too (ONNX metadata props, extra file ``config.json`` in .pt2 and TorchScript files). A
@@ -42,6 +43,8 @@ def _config(model: AlexNet, fmt: str = "safetensors", source: Source | None = No
         "format": f"alexnet-{fmt}-1",
         "model_config": model.config.to_dict(),
         "classes": list(model.classes or []),
+        # a trained run's class folders (WNIDs a mapping named), which evaluate matches where names differ
+        **({"folders": list(model.folders)} if model.folders else {}),
         "preprocess": model.preprocess.to_json() if model.preprocess is not None else None,
         **({"source": source.to_dict()} if source is not None else {}),
         "versions": runtime.versions(),
