@@ -532,3 +532,21 @@ def test_an_export_keeps_the_class_folders_evaluate_matches(tmp_path, capsys):
                  "--no-channels-last", *QUIET]) == 0, capsys.readouterr().err
     got = json.loads(capsys.readouterr().out)
     assert got["images"] == 4 and got["loss"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_predict_marks_the_true_class_of_synset_folders_copied_without_the_mapping(tmp_path, capsys):
+    """A run named by a mapping, predicting its val/ copied without the mapping: each image's true
+    class was None, though the checkpoint says which folder each output trained on. Expected by
+    construction: folder WNIDS[i] is torchvision's class i."""
+    indexes = [MADE_UP, MADE_UP + 1]
+    data = subset(tmp_path / "d", indexes)
+    write_mapping(data / "LOC_synset_mapping.txt")
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "run"), "--epochs", "1", "--threads", "1",
+                 *TINY, *QUIET]) == 0
+    shutil.copytree(data / "val", tmp_path / "some")
+    (tmp_path / "some" / "other").mkdir()  # a folder the model never trained on marks nothing
+    shutil.copy(next((data / "val" / WNIDS[MADE_UP]).iterdir()), tmp_path / "some" / "other" / "x.jpg")
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "some"), "--checkpoint", str(tmp_path / "run" / "last.pt"), "--json", *QUIET]) == 0
+    got = {Path(r["path"]).parent.name: r["label"] for r in json.loads(capsys.readouterr().out)}
+    assert got == {WNIDS[i]: categories()[i] for i in indexes} | {"other": None}

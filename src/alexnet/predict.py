@@ -104,7 +104,7 @@ def load_image(path: str | os.PathLike, preprocess: Preprocess) -> torch.Tensor:
     return to_luma(image) if preprocess.channels == 1 else image
 
 
-def true_class(path: str | os.PathLike, classes: list[str], depth: int = 3) -> str | None:
+def true_class(path: str | os.PathLike, classes: list[str], depth: int = 3, folders: list[str] | None = None) -> str | None:
     """The class the nearest of an image's ``depth`` enclosing folders names, if one is in ``classes``.
 
     Folders as the path names them, links not followed: training labels an image by the class
@@ -113,16 +113,19 @@ def true_class(path: str | os.PathLike, classes: list[str], depth: int = 3) -> s
     and its siblings, by the same code (:func:`alexnet.data.folder.find_classes`: a ``classes.tsv``,
     else the 1000 ILSVRC synsets, or some of them at their rank in the devkit's ``meta.mat`` or
     Kaggle's ``LOC_synset_mapping.txt`` beside the data, by torchvision's categories; else the known
-    synsets).
+    synsets). A folder the data names by itself that is one of the model's ``folders`` (the class
+    folders a run recorded: synsets a mapping named, scored without it) is that output's class.
     """
     for folder in list(Path(os.path.abspath(path)).parents)[:depth]:
-        name = class_name(folder.name)
+        own = class_name(folder.name)
+        if own in classes:
+            return own
+        siblings, names = _sibling_classes(str(folder.parent))
+        name = names[siblings.index(folder.name)] if folder.name in siblings else None
         if name in classes:
             return name
-        folders, names = _sibling_classes(str(folder.parent))
-        name = names[folders.index(folder.name)] if folder.name in folders else None
-        if name in classes:
-            return name
+        if folders and own in folders and name == own and len(folders) == len(classes):
+            return classes[folders.index(own)]
     return None
 
 
@@ -210,7 +213,7 @@ def predict(
                     {
                         "path": str(p),
                         "top": [{"class": classes[j], "index": int(j), "probability": float(q)} for q, j in zip(v, i)],
-                        "label": true_class(p, classes),
+                        "label": true_class(p, classes, folders=getattr(model, "folders", None)),
                     }
                 )
             if return_images:
