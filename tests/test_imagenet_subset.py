@@ -550,3 +550,33 @@ def test_predict_marks_the_true_class_of_synset_folders_copied_without_the_mappi
     assert main(["predict", str(tmp_path / "some"), "--checkpoint", str(tmp_path / "run" / "last.pt"), "--json", *QUIET]) == 0
     got = {Path(r["path"]).parent.name: r["label"] for r in json.loads(capsys.readouterr().out)}
     assert got == {WNIDS[i]: categories()[i] for i in indexes} | {"other": None}
+
+
+def test_an_ensemble_of_a_run_named_by_a_mapping_and_one_named_by_wnids_without_the_mapping(tmp_path, capsys):
+    """One run trained before a mapping named the synset folders (classes: WNIDs), one after (torchvision's
+    names), scored together on the folders copied without the mapping: refused in both orders ('predicts
+    other classes'). The loss must be that of the two models' probabilities averaged, in float64."""
+    indexes = [MADE_UP, MADE_UP + 1, MADE_UP + 2]
+    data = subset(tmp_path / "d", indexes)
+    runs = {}
+    for name, seed in (("wnid", "1"), ("named", "0")):
+        if name == "named":
+            write_mapping(data / "LOC_synset_mapping.txt")
+        assert main(["train", "--data", str(data), "--out", str(tmp_path / name), "--epochs", "1", "--seed", seed,
+                     "--amp", "none", "--threads", "1", *TINY, *QUIET]) == 0
+        runs[name] = tmp_path / name / "last.pt"
+    assert alexnet.load(runs["wnid"]).classes == [WNIDS[i] for i in indexes] != alexnet.load(runs["named"]).classes
+    shutil.copytree(data / "val", tmp_path / "some")
+    files = [(f, k) for k, i in enumerate(indexes) for f in sorted((tmp_path / "some" / WNIDS[i]).iterdir())]
+    probs = [[{t["index"]: t["probability"] for t in r["top"]} for r in predict(alexnet.load(p), [f for f, _ in files], top=3)]
+             for p in runs.values()]
+    mean = [{c: (a[c] + b[c]) / 2 for c in range(3)} for a, b in zip(*probs)]
+    expected = -np.mean([np.log(p[k]) for p, (_, k) in zip(mean, files)], dtype=np.float64)
+    top1 = np.mean([max(p, key=p.get) == k for p, (_, k) in zip(mean, files)])
+    for first, other in (("named", "wnid"), ("wnid", "named")):
+        capsys.readouterr()
+        assert main(["evaluate", "--checkpoint", str(runs[first]), "--ensemble", str(runs[other]), "--data",
+                     str(tmp_path / "some"), "--json", "--amp", "none", "--no-channels-last", *QUIET]) == 0, capsys.readouterr().err
+        got = json.loads(capsys.readouterr().out)
+        assert got["images"] == 6 and got["loss"] == pytest.approx(expected, abs=1e-6), first
+        assert got["top1"] == pytest.approx(top1, abs=1e-12), first

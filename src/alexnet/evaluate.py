@@ -44,13 +44,14 @@ def class_orders(
     the same breeds from folders named otherwise come out in another order, and are put back.
     With the data's ``data_classes`` and class ``folders``, a member that names the classes by their
     folders (ImageNet synsets, trained before a mapping beside them named them) is read as the data
-    names them (:func:`in_data_names`): it has the classes of a member trained after.
+    names them (:func:`in_data_names`): it has the classes of a member trained after; and one a
+    mapping named, on its folders without the mapping, by the folders it trained on (:func:`_in_data`).
 
     Raises:
         CheckpointError: a model names classes that the first does not.
     """
     names = names or [f"model {i + 1}" for i in range(len(models))]
-    known = [in_data_names(m.classes, data_classes, folders) if data_classes else m.classes for m in models]
+    known = [_in_data(m, data_classes, folders) if data_classes else m.classes for m in models]
     first = known[0]
     orders: list[list[int] | None] = []
     for name, classes in zip(names, known):
@@ -68,6 +69,14 @@ def class_orders(
             column = {c: i for i, c in enumerate(classes)}
             orders.append([column[c] for c in first])
     return orders
+
+
+def _in_data(model: AlexNet, data_classes: list[str], folders: list[str] | None) -> list[str] | None:
+    """``model``'s class names as the data names them: names that are the data's folders read as the
+    data names those (:func:`in_data_names`), and names the data lacks read as the data's name of the
+    folder the model trained on (:func:`by_folders`: a run a mapping named, scored without it)."""
+    known = in_data_names(model.classes, data_classes, folders)
+    return by_folders(list(known), getattr(model, "folders", None), data_classes, folders) if known else known
 
 
 def label_map(
