@@ -402,3 +402,26 @@ def test_ctrl_c_before_a_forced_runs_first_checkpoint_puts_the_old_run_back(tmp_
             (run / "config.json").write_text("{}")
             raise Interrupted("interrupted")
     assert _entries(run) == before
+
+
+def test_a_resume_killed_in_its_first_epoch_leaves_curves_of_its_record(tiny_fmnist, tmp_path):
+    """A kill between last.pt's write and metrics.jsonl's line leaves a record and a figure one epoch
+    short; --resume rewrote the record from the checkpoint but drew curves.png only after its next
+    epoch, so a resume killed in that epoch left a figure of other epochs than metrics.jsonl. The
+    figure must be the one plot_curves draws of the record (same bytes)."""
+    from alexnet.figures import plot_curves
+
+    run = tmp_path / "run"
+    assert _train(tiny_fmnist, run, "--epochs", "2").returncode == 0
+    lines = (run / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (run / "metrics.jsonl").write_text(lines[0])  # as the kill left them
+    plot_curves(run)
+    steps = alexnet.checkpoint.read_entry(run / "last.pt", "position")["step"]
+    env = dict(os.environ, PYTHONPATH=str(Path(alexnet.__file__).parents[1]), ALEXNET_FAULT=f"kill:step={steps + 1}",
+               CUDA_VISIBLE_DEVICES="")
+    killed = subprocess.run([sys.executable, "-m", "alexnet", "train", "--resume", str(run), "--epochs", "3", "--threads", "1"],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert (run / "metrics.jsonl").read_text() == "".join(lines)
+    plot_curves(run, tmp_path / "expected.png")
+    assert (run / "curves.png").read_bytes() == (tmp_path / "expected.png").read_bytes()

@@ -686,11 +686,14 @@ def _restore_rng(run: _Run, ckpt: dict[str, Any]) -> None:
 # -- the run folder's files -----------------------------------------------------------------------
 def _start_files(run: _Run, resumed: bool) -> None:
     """A new run's config.json and empty metrics.jsonl; a resumed run's metrics.jsonl rewritten
-    from its checkpoint's history."""
+    from its checkpoint's history, and curves.png redrawn from it: a resume killed before its first
+    epoch ended left a figure of other epochs than the record (an epoch whose record a kill cut off)."""
     info, data = run.info, run.data
     if resumed:
         if info.is_main:
             write_text(run.metrics_path, "".join(json.dumps(h) + "\n" for h in run.history))
+            if run.history:
+                _plot(run.run_dir)
             run.config_pending = True
         run.log(f"resuming {run.run_dir} at epoch {run.pos.epoch + 1}, batch {run.pos.batch}, step {run.pos.step}")
         _note_thread_change(run)
