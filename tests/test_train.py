@@ -1140,3 +1140,20 @@ def test_skipped_batches_do_not_delay_the_learning_rate_schedule(tiny_fmnist, tm
             f = 0.1 ** (i // 8)
         expected.append(0.08 * f)
     assert lrs == pytest.approx(expected, rel=1e-9, abs=1e-12)
+
+
+def test_workers_typed_for_data_held_in_memory_are_said_unused_and_recorded_as_0(tiny_fmnist, tmp_path, capsys):
+    """--workers 2 on Fashion-MNIST (batched in the training process) was recorded in config.json
+    and the checkpoint and used by nothing, without a word."""
+    small = ["--model", "alexnet_small", "--model-option", "widths=[8,16,16,16,16]", "--model-option", "fc_width=32",
+             "--epochs", "1", "--threads", "1", "--progress", "off"]
+    run = tmp_path / "run"
+    capsys.readouterr()
+    assert main(["train", "--data", str(tiny_fmnist), "--out", str(run), "--workers", "2", *small]) == 0
+    said = [line for line in capsys.readouterr().err.splitlines() if "--workers" in line]
+    assert said == ["note: --workers 2: Fashion-MNIST is held in memory and batched in the training process, so no "
+                    "worker processes load it; the run records --workers 0"]
+    assert json.loads((run / "config.json").read_text())["train"]["workers"] == 0
+    assert load_checkpoint(run / "last.pt")["train_config"]["workers"] == 0
+    assert main(["train", "--data", str(tiny_fmnist), "--out", str(tmp_path / "quiet"), "--workers", "0", *small]) == 0
+    assert "--workers" not in capsys.readouterr().err

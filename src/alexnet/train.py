@@ -33,7 +33,7 @@ from .atomic import write_text
 from .checkpoint import FORMAT, config_from_file, load_checkpoint, save_atomic
 from .config import TrainConfig
 from .data.device_decode import decode_device
-from .data.loaders import DataBundle, load_data, model_input, set_epoch
+from .data.loaders import DataBundle, TensorBatches, load_data, model_input, set_epoch
 from .data.presets import Preprocess
 from .data.sources import check_out_of_images
 from .errors import (
@@ -508,6 +508,8 @@ def _wire(
         cfg = dataclasses.replace(cfg, model=model_family(config_from_file(init["model_config"], source))[0])
     data = _load(cfg, info, device, run_dir, show_progress, arch.input_size)
     cleanup.callback(data.close)  # the workers stop when the run ends, however it ends
+    if cfg.workers and isinstance(data.train, TensorBatches):  # in memory (Fashion-MNIST, CIFAR): batched here
+        cfg = dataclasses.replace(cfg, workers=0)  # config.json and the checkpoint record what ran
     _check_data(cfg, data, arch, fixed_chans, source)
     if resume_ckpt is not None:  # before its weights: an added class would be said as fc8's shape
         kept = check_classes(resume_ckpt.get("classes"), data, cfg.resume, resume_ckpt.get("folders"))

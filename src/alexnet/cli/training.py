@@ -37,6 +37,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         _note_replayed_processes(args.config, args.nproc, cfg)
         if cfg.init_from and overrides.get("model"):
             _check_init_model(overrides["model"], cfg.init_from)
+    _note_unused_workers(overrides.get("workers"), cfg)
     if args.nproc and args.nproc > 1:
         return _launch(args, cfg)
     result = fit(cfg, show_progress=_progress_flag(args), force=args.force)
@@ -46,6 +47,26 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"top-5 {result['val_top5']:.4f}, {result['elapsed_seconds']:.0f}s of training; run folder {result['run_dir']}"
         )
     return 0
+
+
+def _note_unused_workers(typed: int | None, cfg: TrainConfig) -> None:
+    """A note for a typed ``--workers N`` on data held in memory (Fashion-MNIST, CIFAR), which is
+    batched in the training process: N was recorded in config.json and used by nothing. The run
+    records 0, what ran (:func:`alexnet.train.fit`)."""
+    from ..data.fashion_mnist import DEBIAN_ROOT
+    from ..data.sources import detect
+    from ..errors import DataError
+
+    if not typed or os.environ.get("RANK", "0") != "0":
+        return
+    try:
+        kind = detect(Path(cfg.data) if cfg.data is not None else DEBIAN_ROOT)
+    except (OSError, DataError):  # not there or not data: fit says so in its own words
+        return
+    if kind in ("fashion_mnist", "cifar"):
+        name = "Fashion-MNIST" if kind == "fashion_mnist" else "CIFAR"
+        print(f"note: --workers {typed}: {name} is held in memory and batched in the training process, so no worker "
+              "processes load it; the run records --workers 0", file=sys.stderr)
 
 
 # The options of one schedule each: the others never read them (optim.step_lr_factor, train's plateau).
