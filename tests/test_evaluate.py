@@ -651,6 +651,44 @@ def test_a_sideways_photo_indexed_is_found_by_itself(tmp_path, capsys):
     assert hits[0]["path"] == str(sideways) and hits[0]["distance"] < 1e-3 * hits[1]["distance"], hits[:2]
 
 
+def _as_older_index(src: Path, dst: Path, drop: tuple[str, ...]) -> Path:
+    """``src``, a features index, written again without the metadata keys ``drop`` (an older release's file)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(src), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    save_file(tensors, str(dst), metadata={k: v for k, v in meta.items() if k not in drop})
+    return dst
+
+
+def test_an_older_releases_index_says_what_it_cannot_tell(tmp_path, capsys):
+    """An index of 'alexnet features' from before it kept its model's digest (and took --amp) holds
+    float32 features: a bfloat16 query (--amp auto on a CPU with bf16) put the indexed image at 0.16
+    from itself without a word; it now names both precisions, and says the model is not checked.
+    One from between the digest and the recorded precision says its precision is unknown."""
+    folder = make_image_folder(tmp_path / "imgs", classes=2, per_class=2)
+    ckpt = tiny_checkpoint(tmp_path / "m.pt")
+    new = tmp_path / "new.safetensors"
+    assert main(["features", "--checkpoint", str(ckpt), "--data", str(folder), "--out", str(new), "--amp", "none"]) == 0
+    oldest = _as_older_index(new, tmp_path / "oldest.pt", ("fingerprint", "precision", "stamps", "versions"))
+    query = str(sorted((folder / "class0").iterdir())[0])
+    capsys.readouterr()
+    with pytest.warns(UserWarning) as seen:
+        assert main(["retrieve", query, "--index", str(oldest), "--device", "cpu", "--amp", "bf16"]) == 0
+    said = [str(w.message) for w in seen]
+    assert any(m.startswith("the index's features were computed in float32 and the query's are in bfloat16") for m in said), said
+    assert any(m.startswith(f"{oldest} was written by an earlier alexnet, which kept no digest") for m in said), said
+    assert float(capsys.readouterr().out.split()[0]) > 1e-4
+    with pytest.warns(UserWarning) as seen:  # in the index's precision: at 0 from itself, only the digest is said
+        assert main(["retrieve", query, "--index", str(oldest), "--device", "cpu", "--amp", "none"]) == 0
+    assert [str(w.message).split(",")[0] for w in seen] == [f"{oldest} was written by an earlier alexnet"]
+    assert float(capsys.readouterr().out.split()[0]) < 1e-5
+    between = _as_older_index(new, tmp_path / "between.safetensors", ("precision", "stamps", "versions"))
+    with pytest.warns(UserWarning, match="does not record the precision its features were computed in: if it is not the query.s, bfloat16"):
+        assert main(["retrieve", query, "--index", str(between), "--device", "cpu", "--amp", "bf16"]) == 0
+
+
 def test_prediction_figure_keeps_every_label_inside_and_has_no_blank_bands(tmp_path, monkeypatch):
     """Class names are written whole where they fit in the cell and cut with an ellipsis where not,
     every text inside the figure (the left column's too); a tall figure of many images has no blank

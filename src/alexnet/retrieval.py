@@ -189,6 +189,8 @@ def load_index(path: str | os.PathLike) -> dict[str, Any]:
     out = {"features": features, "labels": labels, **_index_metadata(path, meta, len(features))}
     out["fingerprint"] = json.loads(meta.get("fingerprint", "null"))  # absent in indexes of 0.x before it: not checked
     out["precision"] = json.loads(meta.get("precision", "null"))
+    if out["precision"] is None and out["fingerprint"] is None:  # 'features' took --amp only after it kept digests
+        out["precision"] = "float32"  # (747d03c, then b3e738d): an index without either is float32's
     try:  # absent in indexes from before it: nothing is checked
         out["stamps"] = json.loads(meta.get("stamps", "null"))
     except json.JSONDecodeError:
@@ -243,10 +245,15 @@ def check_index_model(
     model: AlexNet, index: dict[str, Any], model_name: str = "this checkpoint", index_name: str = "the index"
 ) -> None:
     """DataError unless ``model`` puts images where the model that built ``index`` did (the names
-    say which files they came from). Once per pairing, not per query: the digest reads every
-    weight (a quarter of a second for AlexNet)."""
+    say which files they came from); an index from before the digest was kept is warned about,
+    as it cannot be checked. Once per pairing, not per query: the digest reads every weight (a
+    quarter of a second for AlexNet)."""
     _check_width(model, index, model_name, index_name)
-    if index.get("fingerprint") is not None and index["fingerprint"] != fc7_fingerprint(model):
+    if index.get("fingerprint") is None:
+        warnings.warn(f"{index_name} was written by an earlier alexnet, which kept no digest of its model: that {model_name} "
+                      "built it (and has not been trained further since) is not checked; 'alexnet features' indexes again",
+                      stacklevel=2)
+    elif index["fingerprint"] != fc7_fingerprint(model):
         built = f" ({index['checkpoint']})" if index.get("checkpoint") else ""
         raise DataError(
             f"{model_name} is not the model that built {index_name}{built}: its fc7 space differs, so distances "
@@ -276,7 +283,11 @@ def retrieve(
     if check:
         check_index_model(model, index)
     _check_width(model, index)  # cheap, and torch.cdist's error would be obscure
-    if index.get("precision") not in (None, precision_name(amp)):
+    if index.get("precision") is None:  # an index of alexnet 0.1.0 from between b3e738d and d1826aa
+        warnings.warn(f"the index does not record the precision its features were computed in: if it is not the query's, "
+                      f"{precision_name(amp)}, distances carry the difference (an indexed image is not at 0 from itself); "
+                      "'alexnet features' indexes again", stacklevel=2)
+    elif index["precision"] != precision_name(amp):
         warnings.warn(f"the index's features were computed in {index['precision']} and the query's are in "
                       f"{precision_name(amp)}: distances carry the difference (an indexed image is not at 0 from itself); "
                       "query in the index's precision (--amp) where this device has it, or index again in the query's",
