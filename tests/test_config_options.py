@@ -326,6 +326,22 @@ def test_nesterov_is_never_recorded_for_the_papers_update_rule(tmp_path, capsys)
     assert not (tmp_path / "run").exists()
 
 
+def test_an_older_runs_config_json_replays_its_bias_decay(tmp_path):
+    """A run's config.json from before --bias-decay (3f28a16) has no bias_decay: that release decayed
+    the biases under every preset, the paper's too. Replaying a paper-preset run filled in the preset's
+    false without a word (its biases then trained without weight decay); it now replays true. A
+    config file of one's own still takes the preset's."""
+    import json
+
+    train = TrainConfig(preset="paper", optimizer="paper", bias_decay=True).to_dict()
+    del train["bias_decay"]  # what 647e223 (2026-12-02) wrote
+    (tmp_path / "config.json").write_text(json.dumps({"train": train, "environment": {}}))
+    assert resolve_config(None, {}, tmp_path / "config.json").bias_decay is True
+    assert resolve_config(None, {"bias_decay": False}, tmp_path / "config.json").bias_decay is False  # typed wins
+    (tmp_path / "mine.toml").write_text('preset = "paper"\n')
+    assert resolve_config(None, {}, tmp_path / "mine.toml").bias_decay is False
+
+
 def test_a_run_resumed_in_another_precision_says_so_when_replayed(tiny_fmnist, tmp_path):
     """--resume may change --amp (the non-finite-loss error suggests --amp none): config.json then gives
     the resumed run's --amp among its options while environment.amp keeps the one its first epochs ran

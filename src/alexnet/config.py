@@ -225,6 +225,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         values = run_options(values)
         if values.get("optimizer") == "paper":  # older runs recorded the preset's Nesterov, which PaperSGD never used
             values.pop("nesterov", None)
+        values.setdefault("bias_decay", True)  # runs from before --bias-decay (3f28a16) decayed biases under any preset
     if not isinstance(values.get("model_options", {}), dict):
         raise ConfigError(f"--config {path}: model_options must be a table of model options")
     if "resume" in values:  # a resume takes its run's own configuration, not a file's
