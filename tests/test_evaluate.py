@@ -651,6 +651,33 @@ def test_a_sideways_photo_indexed_is_found_by_itself(tmp_path, capsys):
     assert hits[0]["path"] == str(sideways) and hits[0]["distance"] < 1e-3 * hits[1]["distance"], hits[:2]
 
 
+def test_an_older_checkpoint_says_it_cannot_tell_its_training_folder_moved(tmp_path, capsys):
+    """A checkpoint from before checkpoints listed the images training held out (6e9ad8d), or trained
+    on a pack prepared before packs listed their files, evaluated on its training folder moved or
+    copied (no val/) scored all of it, the nine tenths it trained on among them, without a word (an
+    old release's run on 32 photos: 32 scored, where its own folder scores the 3 held out). It
+    cannot tell that folder from another, and now says so; a checkpoint that can tell is not warned about."""
+    folder = make_image_folder(tmp_path / "moved", classes=3, per_class=4)
+    ckpt = tiny_checkpoint(tmp_path / "m.pt")
+    base = torch.load(ckpt, weights_only=True)
+    gone = tmp_path / "photos"  # where it trained: moved since
+
+    def warned(**entries) -> list[str]:
+        save_atomic({**base, "train_config": {"data": str(gone), "seed": 0}, **entries}, ckpt)
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            got = cli_json(capsys, "evaluate", "--checkpoint", str(ckpt), "--data", str(folder), "--json", "--amp", "none")
+        assert got["images"] == 12
+        return [str(w.message) for w in seen if "cannot tell" in str(w.message)]
+
+    assert warned() == [f"{ckpt} cannot tell whether {folder} is the data it trained on, moved or copied (it was written "
+                        "before checkpoints listed the images training held out): if it is, every image is scored, the ones "
+                        f"it trained on among them (the folder it recorded, {gone}, is not there)"]
+    assert "(its pack was prepared before packs listed their files)" in warned(held_out_of={"images": 12})[0]
+    assert warned(held_out_of={"images": 12, "digest": "0123456789abcdef"}) == []  # it can tell: not its folder
+    assert warned(folders=["class0", "class1", "class2"]) == []  # of a release that lists them: it held none out
+
+
 def _as_older_index(src: Path, dst: Path, drop: tuple[str, ...]) -> Path:
     """``src``, a features index, written again without the metadata keys ``drop`` (an older release's file)."""
     from safetensors import safe_open

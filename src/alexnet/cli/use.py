@@ -50,6 +50,29 @@ def _warn_trained_on_scored(paths: list[str], data: object, held_out_seed: int |
                           stacklevel=2)
 
 
+def _note_unlisted(path: str, data: object, recorded: dict, held_out_of: object, keeps_folders: bool) -> None:
+    """Warn when evaluate scores every image of ``data`` (a folder or pack without a val split, not
+    the checkpoint's own) and the checkpoint cannot tell whether ``data`` is its training folder moved
+    or copied: it lists no images (``held_out_of``; written before 6e9ad8d) or no digest of them (its
+    pack was prepared before packs listed their files). A checkpoint that keeps its class folders
+    (``keeps_folders``) is of a release that lists them: without a list it held none out."""
+    import warnings
+
+    if not isinstance(data, str) or _has_val_split(data) or isinstance(held_out_of, dict) and "digest" in held_out_of:
+        return
+    trained = recorded.get("data")
+    if not isinstance(trained, str) or held_out_of is None and keeps_folders:
+        return  # Fashion-MNIST or CIFAR (their test sets), or a run whose data had a val split
+    if held_out_of is None and os.path.exists(trained) and _has_val_split(trained):
+        return
+    why = "its pack was prepared before packs listed their files" if held_out_of else \
+        "it was written before checkpoints listed the images training held out"
+    where = f"its own, {trained}, scores the held-out tenth" if os.path.exists(trained) else \
+        f"the folder it recorded, {trained}, is not there"
+    warnings.warn(f"{path} cannot tell whether {data} is the data it trained on, moved or copied ({why}): if it is, "
+                  f"every image is scored, the ones it trained on among them ({where})", stacklevel=2)
+
+
 def _trained_on(data: object, recorded: dict, held_out_of: object) -> bool:
     """Whether a checkpoint (its train_config ``recorded`` and ``held_out_of``) trained on ``data``:
     the folder it records, or that folder moved or copied since (the same images under another path,
@@ -124,6 +147,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     data = _evaluation_data(args, recorded)
     held_out_of = read_entry(args.checkpoint, "held_out_of")
     own = _trained_on(data, recorded, held_out_of)  # a folder without a val split: score what training held out
+    if not own:
+        _note_unlisted(args.checkpoint, data, recorded, held_out_of, read_entry(args.checkpoint, "folders") is not None)
     _warn_trained_on_scored([str(p) for p in paths], data, recorded.get("seed", 0) if own else None)
     decode = decode_device(args.decode or "auto", device)
     loader, classes, n_images, source = load_eval_data(
