@@ -506,6 +506,32 @@ def test_resume_says_when_photos_were_added_since_the_run_started(tmp_path):
         fit(resume_config(str(out), {"epochs": 4}), log=lambda s: None)
 
 
+def test_a_checkpoint_that_kept_its_held_out_listing_inside_data_resumes(tmp_path):
+    """Checkpoints of 6e9ad8d to 071c77d (2026-12-04) kept the held-out listing inside 'data', whose
+    values a resume checks as image counts: a run of that release on a folder without val/ was refused
+    by every later one ('damaged training state: data held_out_of is {...}, not a number >= 0'). It is
+    now read as its own entry: the resume goes on as that of the same checkpoint written today."""
+    from conftest import make_image_folder
+
+    from alexnet.checkpoint import read_entry
+
+    data = make_image_folder(tmp_path / "imgs", classes=2, per_class=6)
+    runs = [tmp_path / "today", tmp_path / "then"]
+    fit(_cfg(data, runs[0], epochs=1), log=lambda s: None)
+    shutil.copytree(runs[0], runs[1])
+    for name in ("last.pt", "best.pt"):  # as that release wrote them
+        ckpt = torch.load(runs[1] / name, weights_only=True)
+        ckpt["data"]["held_out_of"] = ckpt.pop("held_out_of")
+        save_atomic(ckpt, runs[1] / name)
+    listing = read_entry(runs[0] / "last.pt", "held_out_of")
+    assert listing["images"] == 12 and read_entry(runs[1] / "last.pt", "held_out_of") == listing
+    assert load_checkpoint(runs[1] / "last.pt")["data"] == {"train_images": 11, "val_images": 1}
+    for run in runs:
+        fit(resume_config(str(run), {"epochs": 2}), log=lambda s: None)
+    a, b = (torch.load(r / "last.pt", weights_only=True)["model"] for r in runs)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_a_second_interrupt_stops_at_once_and_says_what_is_left(tiny_fmnist, tmp_path, monkeypatch):
     """The second Ctrl-C (or SIGTERM) does not wait for the step's checkpoint: the run says whether
     a checkpoint is there to resume (it printed only 'alexnet: interrupted')."""

@@ -103,7 +103,7 @@ def read_entry(path: str | os.PathLike, key: str) -> Any:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # noqa: BLE001 - whatever torch.load raises on a file it cannot map
         return None
-    return ckpt.get(key) if isinstance(ckpt, dict) else None
+    return _held_out_on_top(ckpt).get(key) if isinstance(ckpt, dict) else None
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu", torchvision: bool = False) -> dict[str, Any]:
@@ -144,8 +144,18 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise _unreadable(path, e) from None
     except Exception as e:  # torch.load raises many kinds on junk: EOFError, IndexError, RuntimeError...
         raise _unreadable(path, e) from None
-    ckpt = _with_model(ckpt, path)
+    ckpt = _held_out_on_top(_with_model(ckpt, path))
     return _from_torchvision(ckpt, path) if torchvision else ckpt
+
+
+def _held_out_on_top(ckpt: Any) -> Any:
+    """``ckpt`` with the held-out listing that checkpoints of 6e9ad8d to 071c77d (2026-12-04) kept
+    inside ``data`` (whose values a resume checks as image counts) moved to its own entry, as written since."""
+    data = ckpt.get("data") if isinstance(ckpt, dict) else None
+    if isinstance(data, dict) and "held_out_of" in data and "held_out_of" not in ckpt:
+        ckpt["data"] = {k: v for k, v in data.items() if k != "held_out_of"}
+        ckpt["held_out_of"] = data["held_out_of"]
+    return ckpt
 
 
 def _from_torchvision(ckpt: dict[str, Any], path: Path) -> dict[str, Any]:
