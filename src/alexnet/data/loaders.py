@@ -511,6 +511,20 @@ def _check_fits(preprocess: Preprocess, channels: int, side: int, source: str) -
         )
 
 
+def _test_set(root: Path, kind: str, preprocess: Preprocess, batch_size: int, pin_memory: bool) -> tuple[Any, list[str], int, str]:
+    """Fashion-MNIST's or CIFAR's test set, held in memory, as :func:`load_eval_data` returns it."""
+    if kind == "fashion_mnist":
+        x, y = load_fashion_mnist(root, "test")
+        names, source = list(FMNIST_CLASSES), f"Fashion-MNIST test ({root})"
+    else:
+        x, y, names = load_cifar(root, "test")
+        source = f"CIFAR test ({root})"
+    _check_fits(preprocess, x.shape[1], x.shape[-1], source)
+    loader = TensorBatches(x, y, EpochBatchSampler(len(x), batch_size, False), pin_memory)
+    loader.classes = list(names)  # what the labels mean: evaluate matches them to a model's classes by name
+    return loader, names, len(x), source
+
+
 def load_eval_data(
     data: str | os.PathLike | None,
     preprocess: Preprocess,
@@ -540,17 +554,8 @@ def load_eval_data(
     if data is None and not root.exists():
         raise DataError(missing_message(root))
     kind = detect(root)
-    if kind == "fashion_mnist":
-        x, y = load_fashion_mnist(root, "test")
-        names, source = list(FMNIST_CLASSES), f"Fashion-MNIST test ({root})"
-    elif kind == "cifar":
-        x, y, names = load_cifar(root, "test")
-        source = f"CIFAR test ({root})"
     if kind in ("fashion_mnist", "cifar"):
-        _check_fits(preprocess, x.shape[1], x.shape[-1], source)
-        loader = TensorBatches(x, y, EpochBatchSampler(len(x), batch_size, False), pin_memory)
-        loader.classes = list(names)  # what the labels mean: evaluate matches them to a model's classes by name
-        return loader, names, len(x), source
+        return _test_set(root, kind, preprocess, batch_size, pin_memory)
     if kind == "packed":
         index = read_index(root)
         split = "val" if "val" in index["splits"] else "train"
