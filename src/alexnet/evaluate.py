@@ -198,18 +198,9 @@ def evaluate(
     rows = true class, columns = predicted class, both the first model's outputs) and ``label_map``
     (the output each data class is, or None where they are the same).
     """
-    models = [models] if isinstance(models, AlexNet) else list(models)
-    if not models:
-        raise ValueError("evaluate: no models given")
-    if isinstance(loader, (str, os.PathLike)):
-        raise TypeError(f"evaluate takes batches of (uint8 images, labels), not the path {loader!r}: "
-                        "alexnet.data.loaders.load_eval_data(path, model.preprocess)[0] gives them")
-    for m in models:
-        class_names(m)  # an AlexNet, with an output per class name
+    models = _checked(models, loader)
     device = resolve_device(str(device)) if device is not None else next(models[0].parameters()).device
     amp = resolve_amp(amp, device)
-    for m in models:
-        recipe(m)  # what model_probs feeds each model: its own recipe
     k = models[0].fc8.out_features
     classes = classes if classes is not None else getattr(loader, "classes", None)
     folders = getattr(loader, "folders", None)  # the names a model trained before they were named knows
@@ -237,6 +228,22 @@ def evaluate(
     if not batches:
         raise DataError("evaluate: the loader gave no batch of images to score")
     return {**summarize(loss_sum, c1, c5, n), "confusion": confusion, "label_map": positions}
+
+
+def _checked(models: AlexNet | list[AlexNet], loader: Any) -> list[AlexNet]:
+    """``models`` as a list, each an AlexNet with an output per class name and a recipe (what
+    :func:`model_probs` feeds it); a ValueError or TypeError for what :func:`evaluate` cannot take."""
+    models = [models] if isinstance(models, AlexNet) else list(models)
+    if not models:
+        raise ValueError("evaluate: no models given")
+    if isinstance(loader, (str, os.PathLike)):
+        raise TypeError(f"evaluate takes batches of (uint8 images, labels), not the path {loader!r}: "
+                        "alexnet.data.loaders.load_eval_data(path, model.preprocess)[0] gives them")
+    for m in models:
+        class_names(m)
+    for m in models:
+        recipe(m)
+    return models
 
 
 def _check_labels(labels: torch.Tensor, classes: int) -> None:
