@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import codecs
 import contextlib
 import gc
 import io
@@ -76,6 +77,20 @@ def _sigterm_as_ctrl_c() -> Iterator[None]:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+def _tolerant_stdout() -> None:
+    """Standard output that prints any name instead of failing the command (stderr already escapes).
+    Under a UTF-8 locale a path that is not UTF-8 is printed as its bytes, as ls prints it; under
+    another (LANG=en_US.ISO-8859-1, Windows's cp1252 when redirected) a character it lacks, such as
+    a class folder named 日本, is printed as \\uXXXX."""
+    if not isinstance(sys.stdout, io.TextIOWrapper) or sys.stdout.errors != "strict":
+        return
+    try:
+        utf8 = codecs.lookup(sys.stdout.encoding).name == "utf-8"
+    except LookupError:
+        utf8 = False
+    sys.stdout.reconfigure(errors="surrogateescape" if utf8 else "backslashreplace")
+
+
 def main(argv: list[str] | None = None) -> int:
     import warnings
 
@@ -83,10 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         warnings.formatwarning = _warning_line
     if os.environ.get("RANK", "0") != "0":  # a rank of a torchrun run: rank 0 says what each would (the data's warnings)
         warnings.filterwarnings("ignore", category=UserWarning, module=r"alexnet(\.|$)")
-    # A path that is not UTF-8 is printed as its bytes, as ls prints it, instead of failing the
-    # command under a UTF-8 locale (whose stdout is strict; stderr already escapes it).
-    if isinstance(sys.stdout, io.TextIOWrapper) and sys.stdout.errors == "strict":
-        sys.stdout.reconfigure(errors="surrogateescape")
+    _tolerant_stdout()
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for relaunching under torchrun
