@@ -945,6 +945,28 @@ def test_stats_cache_goes_elsewhere_for_read_only_data(tmp_path, monkeypatch):
             d.chmod(0o755)
 
 
+def test_stats_not_cached_where_nothing_is_writable(tmp_path, monkeypatch):
+    """Read-only shared data and a read-only home (a cluster's, a container's): 'alexnet train'
+    computed the mean image and PCA, then stopped with 'error: Read-only file system (~/.cache)'
+    writing their cache. A cache that cannot be kept is now said in a warning and the run goes on."""
+    root = make_image_folder(tmp_path / "imgs", classes=2, per_class=2, size=(40, 36))
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("ALEXNET_CACHE", str(tmp_path / "file" / "cache"))  # unwritable, even for root
+    for d in (root, *root.iterdir()):
+        d.chmod(0o555)
+    try:
+        ds = ImageFolderDataset(root, 32, 32)
+        with pytest.warns(UserWarning, match="cannot keep the data statistics .*set ALEXNET_CACHE"):
+            stats = folder_stats(ds, list(range(len(ds))), show_progress=False)
+    finally:
+        for d in (root, *root.iterdir()):
+            d.chmod(0o755)
+    images = np.stack([ds[i][0].numpy().astype(np.float64) for i in range(len(ds))])
+    np.testing.assert_allclose(np.asarray(stats["mean_image"], np.float64), images.mean(0), rtol=1e-5, atol=1e-3)
+    assert stats["count"] == 4 and stats["bad"] == [] and len(stats["eigvals"]) == 3
+    assert not (root / ".alexnet-cache").exists()
+
+
 def test_stats_cache_notices_a_replaced_file_of_the_same_size(tmp_path, monkeypatch):
     monkeypatch.setenv("ALEXNET_CACHE", str(tmp_path / "cache"))
     root = tmp_path / "imgs"

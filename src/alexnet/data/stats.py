@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -200,6 +201,12 @@ def folder_stats(dataset, indices: list[int], workers: int = 0, show_progress: b
         return cached
     stats, bad = compute_stats(dataset, indices, workers, show_progress=show_progress)
     paths, said = [dataset.samples[i][0] for i in bad], dataset.bad.reasons()
-    save_stats(stats, json_path, mean_path, {"bad": paths, "bad_reasons": {p: said[p] for p in paths if p in said},
-                                             "root": str(dataset.root)})
+    extra = {"bad": paths, "bad_reasons": {p: said[p] for p in paths if p in said}, "root": str(dataset.root)}
+    try:
+        save_stats(stats, json_path, mean_path, extra)
+    except OSError as e:  # a read-only data folder and home: a cache not kept is no reason to stop
+        where = e.filename or folder
+        warnings.warn(f"{where}: cannot keep the data statistics ({e.strerror or e}), so the next run computes them "
+                      "again; set ALEXNET_CACHE to a writable folder", stacklevel=2)
+        return {**stats, **extra}
     return load_stats(json_path) or {**stats, "mean_image": str(mean_path)}
