@@ -454,3 +454,33 @@ def test_a_broken_pipe_that_is_not_standard_output_is_an_error(monkeypatch, caps
     monkeypatch.setattr(cli.options, "cmd_models", broken)  # the parser takes the command from there
     assert cli.main(["models"]) == 1
     assert capsys.readouterr().err == "alexnet: error: Broken pipe\n"
+
+
+@pytest.mark.parametrize("device", ["meta", "xla", "xpu", "hpu"])
+def test_devices_torch_names_but_alexnet_cannot_use_are_refused(tmp_path, capsys, device):
+    """torch.device takes 'meta', 'xla', 'xpu', 'hpu' (a TPU or Intel GPU user's guess): evaluate ended
+    in 'internal error: RuntimeError: PyTorch is not linked with support for xla devices' (or
+    'Cannot copy out of meta tensor'); the device is now refused as unknown, in one line, exit 2."""
+    from test_evaluate import tiny_checkpoint
+
+    root = make_image_folder(tmp_path / "imgs", classes=3, per_class=1)
+    ckpt = tiny_checkpoint(tmp_path / "m.pt")
+    assert alexnet.cli.main(["evaluate", "--checkpoint", str(ckpt), "--data", str(root), "--device", device]) == 2
+    err = capsys.readouterr().err
+    assert err == f"alexnet: error: --device: unknown device '{device}' (use auto, cpu, cuda, cuda:N or mps)\n", err
+
+
+def test_a_cuda_index_the_machine_lacks_is_named(monkeypatch):
+    """--device cuda:3 on a one-GPU machine is refused naming the devices there, and a missing GPU names
+    the device as typed (it said '--device cuda' for 'cuda:1')."""
+    from alexnet.errors import ConfigError
+    from alexnet.runtime import resolve_device
+
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match=r"^--device cuda:1: no CUDA device is available on this machine$"):
+            resolve_device("cuda:1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError, match=r"^--device cuda:3: this machine has 1 CUDA device, cuda:0$"):
+        resolve_device("cuda:3")
+    assert resolve_device("cuda:0") == torch.device("cuda", 0)

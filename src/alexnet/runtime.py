@@ -45,9 +45,15 @@ def resolve_device(name: str = "auto") -> torch.device:
     try:
         dev = torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"--device: unknown device {name!r} (use auto, cpu, cuda, cuda:N or mps)") from None
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda", "mps"):  # torch's others (meta, xla, xpu, hpu) it cannot run on
+        raise ConfigError(f"--device: unknown device {name!r} (use auto, cpu, cuda, cuda:N or mps)")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is available on this machine")
+        raise ConfigError(f"--device {name}: no CUDA device is available on this machine")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        devices = f"{count} CUDA devices, cuda:0 to cuda:{count - 1}" if count > 1 else "1 CUDA device, cuda:0"
+        raise ConfigError(f"--device {name}: this machine has {devices}")
     if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise ConfigError("--device mps: MPS is not available on this machine")
     return dev
