@@ -157,6 +157,19 @@ def test_a_download_that_does_not_match_its_digest_is_not_kept(hub, caffe_source
     assert not (hub.parent / "c.pt").exists()
 
 
+def test_a_cache_that_cannot_be_written_says_so_not_to_copy_the_file_there(tmp_path, caffe_source, monkeypatch, capsys):
+    """A read-only home (a cluster's, a container's): 'alexnet import caffe' said 'cannot download URL:
+    Read-only file system (without the internet, copy the file there by hand: ~/.cache/...)', a
+    network failure and a place nothing can be copied to; it now names the folder and TORCH_HOME."""
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "file" / "torch"))  # unwritable, even for root
+    assert main(["import", "caffe", "--out", str(tmp_path / "c.pt"), "--progress", "off"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"alexnet: error: cannot save {caffe_source[0].as_uri()} to {tmp_path / 'file'}"), err
+    assert err[0].endswith("; set TORCH_HOME to a writable folder (torch.hub's cache), or pass a downloaded copy of the file"), err
+    assert not (tmp_path / "c.pt").exists()
+
+
 def test_models_lists_the_published_weights(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out

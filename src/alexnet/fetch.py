@@ -24,11 +24,13 @@ def fetch_url(
     error: type[AlexNetError],
     hint: str,
     digest: tuple[str, str] | None = None,
+    unwritable: str = "",
 ) -> None:
     """Download ``url`` to ``dest``; ``error(...)`` in one line (with ``hint``) when it cannot.
 
     ``digest``: (hashlib algorithm, expected hex digest or its first characters, as torch.hub's
-    file names carry a sha256 prefix); a file that does not match is not kept.
+    file names carry a sha256 prefix); a file that does not match is not kept. ``unwritable``: what
+    to do where ``dest``'s folder cannot be written (a read-only home), said instead of ``hint``.
     """
     from .runtime import progress_bar
 
@@ -46,5 +48,8 @@ def fetch_url(
                 raise error(f"{url}: the downloaded file's {digest[0]} is {hasher.hexdigest()}, not the published "
                             f"{digest[1]}: not kept (a corrupted or changed file; try again)")
     except (urllib.error.URLError, OSError, TimeoutError) as e:
+        if isinstance(e, OSError) and not isinstance(e, urllib.error.URLError) and e.filename:  # ours, not the network's
+            advice = f"; {unwritable}" if unwritable else ""
+            raise error(f"cannot save {url} to {e.filename}: {e.strerror or e}{advice}") from None
         reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or e
         raise error(f"cannot download {url}: {reason} ({hint})") from None

@@ -94,7 +94,8 @@ def weights_file(name: str, show_progress: bool | None = None) -> Path:
     dest = Path(torch.hub.get_dir()) / "checkpoints" / cfg.file_name
     if not dest.is_file():
         hint = f"without the internet, copy the file there by hand: {dest}"
-        fetch_url(cfg.url, dest, show_progress, CheckpointError, hint, cfg.digest)  # checked as it arrives
+        unwritable = "set TORCH_HOME to a writable folder (torch.hub's cache), or pass a downloaded copy of the file"
+        fetch_url(cfg.url, dest, show_progress, CheckpointError, hint, cfg.digest, unwritable)  # checked as it arrives
     else:
         _check_cached(dest, cfg)
     return dest
