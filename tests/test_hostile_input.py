@@ -122,6 +122,18 @@ def test_listing_skips_fifos_and_devices_but_keeps_links_to_files(tmp_path):
         read_image_bytes(root / "class0" / "x.jpg")
 
 
+def test_a_link_to_a_photo_that_is_gone_is_reported_not_left_out_silently(tmp_path, capsys):
+    """Photos linked in from a drive since unmounted: the links were left out of the listing without a
+    word (a class of nothing but such links was 'class folder has no images', beside 8 files in ls).
+    Each is now an unreadable image: a warning, a line in bad_files.txt, and the run goes on."""
+    root = make_image_folder(tmp_path / "imgs", classes=2, per_class=4)
+    (root / "class1" / "gone.jpg").symlink_to(tmp_path / "unmounted" / "gone.jpg")
+    assert main(["train", "--data", str(root), "--out", str(tmp_path / "run"), *TINY, *QUICK]) == 0
+    gone = str(root / "class1" / "gone.jpg")
+    assert f"warning: skipping unreadable image {gone}: FileNotFoundError" in capsys.readouterr().err
+    assert (tmp_path / "run" / "bad_files.txt").read_text().startswith(f"{gone}\tFileNotFoundError")
+
+
 def test_linked_folders_are_entered_once_as_training_enters_them(tmp_path):
     """A subset made of links to class folders: predict and features found no images in it, while
     train and evaluate took it (torchvision's ImageFolder follows links too); a link back to an

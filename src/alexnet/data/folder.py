@@ -226,8 +226,12 @@ def _ancestors(folder: Path) -> set[tuple[int, int]]:
 
 
 def _image_file(entry: os.DirEntry) -> bool:
-    """A listed image: an image extension, not hidden, a regular file (or a link to one)."""
-    return entry.name.lower().endswith(IMAGE_EXTENSIONS) and not entry.name.startswith(".") and entry.is_file()
+    """A listed image: an image extension, not hidden, a regular file, a link to one, or a link to
+    nothing (a photo linked in from a drive since unmounted or moved): read, that one is reported
+    unreadable and listed in bad_files.txt, where it was left out without a word."""
+    if not entry.name.lower().endswith(IMAGE_EXTENSIONS) or entry.name.startswith("."):
+        return False
+    return entry.is_file() or (entry.is_symlink() and not os.path.exists(entry.path))
 
 
 def top_level_images(folder: str | os.PathLike) -> list[str]:
