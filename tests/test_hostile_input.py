@@ -207,17 +207,21 @@ def test_file_names_that_are_not_utf8_are_kept_as_their_bytes(tmp_path):
     assert b"/class0/caf\xe9.jpg\n" in (tmp_path / "packed" / "train-files.txt").read_bytes()
 
 
-def test_names_that_the_locale_cannot_encode_are_printed_escaped(tmp_path):
-    """Under a locale that is not UTF-8 (LANG=en_US.ISO-8859-1; Windows's cp1252 when the output is
-    redirected) predict of a photo in a folder named 日本 stopped with 'internal error:
-    UnicodeEncodeError' and printed nothing; it now prints the characters its stdout lacks as \\uXXXX."""
+@pytest.mark.parametrize("locale", [{"PYTHONIOENCODING": "latin-1"}, {"LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0"}])
+def test_names_that_the_locale_cannot_encode_are_printed_escaped(tmp_path, locale):
+    """Under a locale that is not UTF-8 (LANG=en_US.ISO-8859-1; LC_ALL=C with PYTHONUTF8=0; Windows's
+    cp1252 when the output is redirected) predict of a photo in a class folder named 日本 stopped with
+    'internal error: UnicodeEncodeError' and printed nothing. A character the locale lacks is now
+    printed as \\uXXXX; a path's bytes that the locale cannot decode, as those bytes (as before)."""
     root = make_image_folder(tmp_path / "imgs", classes=2, per_class=1)
     os.rename(root / "class1", root / "日本 犬")
-    ckpt = tiny_checkpoint(tmp_path / "m.pt", classes=2)
-    r = subprocess.run([sys.executable, "-m", "alexnet", "predict", str(root), "--checkpoint", str(ckpt), "--device", "cpu"],
-                       capture_output=True, env=cli_env(PYTHONIOENCODING="latin-1"), timeout=300)
+    ckpt = torch.load(tiny_checkpoint(tmp_path / "m.pt", classes=2), weights_only=True)
+    save_atomic({**ckpt, "classes": ["class0", "日本 犬"]}, tmp_path / "m.pt")
+    r = subprocess.run([sys.executable, "-m", "alexnet", "predict", str(root), "--checkpoint", str(tmp_path / "m.pt"),
+                        "--device", "cpu"], capture_output=True, env=cli_env(**locale), timeout=300)
     assert r.returncode == 0 and not r.stderr, r.stderr.decode(errors="replace")
-    assert b"/\\u65e5\\u672c \\u72ac/img0.jpg" in r.stdout, r.stdout.decode(errors="replace")
+    folder = "日本 犬".encode() if "LC_ALL" in locale else b"\\u65e5\\u672c \\u72ac"  # bytes the C locale could not decode
+    assert b"/" + folder + b"/img0.jpg  (true: \\u65e5\\u672c \\u72ac)" in r.stdout, r.stdout.decode(errors="replace")
 
 
 def test_image_bytes_are_capped(tmp_path, monkeypatch):

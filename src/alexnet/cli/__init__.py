@@ -77,18 +77,33 @@ def _sigterm_as_ctrl_c() -> Iterator[None]:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+def _escape_unencodable(e: UnicodeError) -> tuple[bytes, int]:
+    """A codec error handler: a path's undecodable bytes (lone surrogates) as those bytes, as
+    surrogateescape writes them; a character the codec lacks as \\uXXXX, as backslashreplace does."""
+    if not isinstance(e, UnicodeEncodeError):
+        raise e
+    chunk = e.object[e.start : e.end]
+    out = b"".join(bytes([ord(c) - 0xDC00]) if 0xDC80 <= ord(c) <= 0xDCFF else c.encode("ascii", "backslashreplace")
+                   for c in chunk)
+    return out, e.end
+
+
 def _tolerant_stdout() -> None:
     """Standard output that prints any name instead of failing the command (stderr already escapes).
-    Under a UTF-8 locale a path that is not UTF-8 is printed as its bytes, as ls prints it; under
-    another (LANG=en_US.ISO-8859-1, Windows's cp1252 when redirected) a character it lacks, such as
-    a class folder named 日本, is printed as \\uXXXX."""
-    if not isinstance(sys.stdout, io.TextIOWrapper) or sys.stdout.errors != "strict":
+    A path that is not UTF-8 is printed as its bytes, as ls prints it; under a locale that is not
+    UTF-8 (LC_ALL=C with PYTHONUTF8=0, LANG=en_US.ISO-8859-1, Windows's cp1252 when redirected) a
+    character it lacks, such as a class named 日本 in a checkpoint, is printed as \\uXXXX."""
+    if not isinstance(sys.stdout, io.TextIOWrapper) or sys.stdout.errors not in ("strict", "surrogateescape"):
         return
     try:
         utf8 = codecs.lookup(sys.stdout.encoding).name == "utf-8"
     except LookupError:
         utf8 = False
-    sys.stdout.reconfigure(errors="surrogateescape" if utf8 else "backslashreplace")
+    if utf8:
+        sys.stdout.reconfigure(errors="surrogateescape")
+        return
+    codecs.register_error("alexnet.escape", _escape_unencodable)
+    sys.stdout.reconfigure(errors="alexnet.escape")
 
 
 def main(argv: list[str] | None = None) -> int:
