@@ -1020,6 +1020,30 @@ def test_every_figure_draws_names_letter_for_letter(tmp_path, capsysbinary):  # 
     assert Image.open(tmp_path / "both.png").size == Image.open(runs[0] / "curves.png").size
 
 
+def test_characters_the_font_lacks_are_said_in_one_warning(tmp_path, monkeypatch):
+    """Class names in Japanese: matplotlib's default font (DejaVu Sans) has no CJK characters and warned
+    once per character ('Glyph 26085 (\\N{CJK UNIFIED IDEOGRAPH-65E5}) missing from font(s) DejaVu Sans.'),
+    a line each on stderr (3 for '日本 犬', dozens for a data set's classes); now one line names them all.
+    Other warnings of a figure (too many images to draw) are said as before."""
+    names = ["日本 犬", "犬本日"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        figures.plot_confusion(torch.tensor([[2, 1], [0, 3]]), names, tmp_path / "c.png")
+    said = [str(w.message) for w in caught]
+    if not said:
+        pytest.skip("matplotlib's font here has CJK characters: nothing to say")
+    assert len(said) == 1 and said[0].startswith("the figure's font (") and "lacks 日本犬, drawn as empty boxes" in said[0], said
+    # a warning that is no glyph's still reaches the caller, once
+    monkeypatch.setattr(figures, "MOST_PREDICTIONS_DRAWN", 1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        figures.plot_predictions([torch.zeros(3, 8, 8, dtype=torch.uint8)] * 2,
+                                 [{"path": "a.jpg", "top": [{"class": "犬", "probability": 1.0}]}] * 2, tmp_path / "p.png")
+    said = sorted(str(w.message) for w in caught)
+    assert len(said) == 2 and said[0].endswith("the figure shows the first 1 of the 2 images"), said
+    assert "lacks 犬, drawn as empty boxes" in said[1], said
+
+
 def test_figures_of_many_images_show_the_first_and_say_so(tmp_path):
     """Agg draws at most 65,535 pixels a side: 'predict DIR --figure' on 700 photos (175 rows of 400
     pixels) or 'retrieve --k 250 --figure' (a row of 300-pixel tiles) ended in an internal error after

@@ -7,9 +7,11 @@ written to a temporary name and then renamed, so a failure never leaves half a P
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
+import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,6 +33,34 @@ def plain(name: str) -> str:
     which would start a TeX formula ('a$^$.jpg' stopped a figure with a parse error, 'cost $5 - $10'
     was drawn as maths). Every name drawn goes through it: titles, labels, ticks and legends."""
     return printable(name).replace("$", r"\$")
+
+
+_MISSING_GLYPH = re.compile(r"Glyph (\d+) .*missing from font\(s\) (.+?)\.?$")
+
+
+def _missing_glyphs_said_once(draw):
+    """``draw`` (a figure's function) with matplotlib's warnings of characters its font lacks (one line
+    per character: a confusion matrix of Japanese class names said dozens) said in one line."""
+
+    @functools.wraps(draw)
+    def wrapper(*args, **kwargs):
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                return draw(*args, **kwargs)
+        finally:  # out of catch_warnings: what is said here reaches the caller's filters
+            glyphs, fonts = {}, {}
+            for w in caught:
+                found = _MISSING_GLYPH.match(str(w.message))
+                if found is None:  # another warning: said as the caller's filters say it
+                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+                else:
+                    glyphs[chr(int(found[1]))], fonts[found[2]] = None, None
+            if glyphs:
+                warnings.warn(f"the figure's font ({', '.join(fonts)}) lacks {''.join(glyphs)}, drawn as empty boxes; "
+                              "a font that has them (e.g. Noto Sans CJK) draws them", stacklevel=2)
+
+    return wrapper
 
 
 def _pyplot():
@@ -173,6 +203,7 @@ def _check_record(record: Any) -> dict[str, Any]:
     return record
 
 
+@_missing_glyphs_said_once
 def plot_curves(run_dirs: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.PathLike | None = None) -> Path:
     """Loss, top-1/top-5 error and learning rate per epoch from ``metrics.jsonl``; writes ``curves.png``.
 
@@ -256,6 +287,7 @@ def tick_label(name: str, width: int = 24) -> str:
     return name if len(name) <= width else name[: width - 1] + "\u2026"
 
 
+@_missing_glyphs_said_once
 def plot_confusion(confusion: torch.Tensor, classes: list[str], path: str | os.PathLike, columns: list[str] | None = None) -> Path:
     """Row-normalised confusion matrix (true class down, predicted across: ``columns``, default
     ``classes``). Size: :data:`CONFUSION_SIZE`."""
@@ -321,6 +353,7 @@ _CELL_COLUMNS = (12, 276, 12)
 MAX_BARS = 5  # bars per image, as in the paper; more would not leave the names room
 
 
+@_missing_glyphs_said_once
 def plot_predictions(
     images: list[torch.Tensor], results: list[dict[str, Any]], path: str | os.PathLike, columns: int = 4
 ) -> Path:
@@ -386,6 +419,7 @@ def _fit(text, box, renderer) -> None:
 
 # -- figure 4 (right): retrieval ---------------------------------------------------------------
 RETRIEVAL_CELL = (300, 340)  # pixels per image: a 2-line title above a square photo
+@_missing_glyphs_said_once
 def plot_retrieval(query: torch.Tensor, neighbours: list[tuple[torch.Tensor | None, dict[str, Any]]], path: str | os.PathLike) -> Path:
     """The paper's figure 4 (right): the query, then its nearest images by fc7 distance, in one row
     (an image of None, one that could not be read, an empty tile saying so).
