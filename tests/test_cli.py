@@ -484,3 +484,22 @@ def test_a_cuda_index_the_machine_lacks_is_named(monkeypatch):
     with pytest.raises(ConfigError, match=r"^--device cuda:3: this machine has 1 CUDA device, cuda:0$"):
         resolve_device("cuda:3")
     assert resolve_device("cuda:0") == torch.device("cuda", 0)
+
+
+@pytest.mark.parametrize("folder", ["runs/my run", "-run", "runs é 日本/it's run"])
+def test_command_lines_printed_to_paste_are_one_word_per_path(folder):
+    """The lines a user pastes ('continue with: alexnet train --resume RUN' after Ctrl-C, prepare's and
+    download's 'train on it with: alexnet train --data DIR') printed a run folder 'runs/my run' bare: a
+    shell split it in two ('unrecognized arguments: run'), and a folder '-run' was read as an option.
+    Here a POSIX shell's split of each line (shlex) goes through the command's own parser."""
+    import shlex
+
+    from alexnet.cli.options import build_parser
+    from alexnet.cli.tools import _train_hint
+    from alexnet.distributed import DistInfo, resume_command
+
+    parser = build_parser()
+    words = shlex.split(resume_command(folder, DistInfo()))
+    assert words[:2] == ["alexnet", "train"] and parser.parse_args(words[1:]).resume in (folder, f"./{folder}")
+    words = shlex.split(_train_hint(folder, 256).removeprefix("train on it with: "))
+    assert parser.parse_args(words[1:]).data in (folder, f"./{folder}")

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 from .errors import ConfigError, TrainingError
-from .runtime import chosen_threads
+from .runtime import chosen_threads, shell_arg
 
 
 @dataclass(frozen=True)
@@ -204,7 +204,7 @@ def resume_command(run_dir: Any, info: DistInfo) -> str:
         hint = ""
     else:
         hint = f" --nproc {info.world}" if info.world == info.local_world else " (started by torchrun as before)"
-    return f"alexnet train --resume {run_dir}{hint}"
+    return f"alexnet train --resume {shell_arg(run_dir)}{hint}"
 
 
 def comm_failure(e: BaseException, info: DistInfo, run_dir: Any) -> TrainingError:
@@ -257,7 +257,7 @@ def launch(nproc: int, argv: list[str], run_dir: str | None) -> int:
     def resume() -> str:  # asked when the run has ended: its checkpoint exists or not by then
         if run_dir is not None and not (Path(run_dir) / "last.pt").is_file():
             return "no checkpoint had been written yet: nothing to resume"
-        return f"continue from the last checkpoint with: alexnet train --resume {run_dir or 'RUN'} --nproc {nproc}"
+        return f"continue from the last checkpoint with: alexnet train --resume {shell_arg(run_dir) if run_dir else 'RUN'} --nproc {nproc}"
 
     try:
         run(args)

@@ -7,6 +7,7 @@ import ctypes
 import ctypes.util
 import os
 import random
+import shlex
 import sys
 from collections.abc import Iterable, Iterator
 
@@ -32,6 +33,14 @@ def versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             found[name] = "none"
     return {**found, "python": platform.python_version()}
+
+
+def shell_arg(value: object) -> str:
+    """``value`` (a path) as one word of a command line printed for the user to paste into a shell:
+    quoted where it holds spaces or other characters the shell reads ('runs/my run'), and a relative
+    path that starts with '-' as ./-name, which the command would otherwise take for an option."""
+    text = str(value)
+    return shlex.quote(f"./{text}" if text.startswith("-") else text)
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -110,7 +110,9 @@ def cmd_download(args: argparse.Namespace) -> int:
     except BaseException:  # offline, Ctrl-C, ...: leave no empty folders behind, keep what existed
         _remove_empty(new)
         raise
-    print(f"{args.dataset} is in {root}; train on it with: alexnet train --data {root}")
+    from ..runtime import shell_arg
+
+    print(f"{args.dataset} is in {root}; train on it with: alexnet train --data {shell_arg(root)}")
     return 0
 
 
@@ -172,7 +174,9 @@ def _train_hint(out: str, size: int) -> str:
     if size < smallest:
         return f"note: alexnet_paper, the default for photos, takes images of {smallest} px or more; pack with --size {smallest} or more"
     fit = f" --model-option input_size={max(size * 224 // 256, smallest)}" if size < 224 else ""
-    return f"train on it with: alexnet train --data {out}{fit}"
+    from ..runtime import shell_arg
+
+    return f"train on it with: alexnet train --data {shell_arg(out)}{fit}"
 
 
 # -- benchmark ------------------------------------------------------------------------------------
