@@ -967,6 +967,38 @@ def test_stats_not_cached_where_nothing_is_writable(tmp_path, monkeypatch):
     assert not (root / ".alexnet-cache").exists()
 
 
+def test_no_home_folder_is_a_cache_not_kept_not_an_internal_error(tmp_path, monkeypatch):
+    """HOME unset for a user id with no passwd entry (a container's): train on read-only data ended in
+    'internal error: RuntimeError: Could not determine home directory.' (Path.home(), for the
+    statistics' cache and the C kernels'). The statistics are now computed and not kept, with a
+    warning; the kernels' cache is an OSError, which their loader takes as no kernels (its warning)."""
+    import pwd
+
+    from alexnet import _kernels
+
+    for name in ("HOME", "ALEXNET_CACHE", "XDG_CACHE_HOME", "ALEXNET_KERNEL_CACHE"):
+        monkeypatch.delenv(name, raising=False)
+
+    def no_entry(uid):
+        raise KeyError(f"getpwuid(): uid not found: {uid}")
+
+    monkeypatch.setattr(pwd, "getpwuid", no_entry)
+    with pytest.raises(RuntimeError):
+        Path.home()  # the situation, as Python sees it
+    root = make_image_folder(tmp_path / "imgs", classes=2, per_class=2, size=(40, 36))
+    root.chmod(0o555)  # read-only data: the cache would go to the home folder
+    try:
+        ds = ImageFolderDataset(root, 32, 32)
+        with pytest.warns(UserWarning, match="no home folder to keep a cache in .*set ALEXNET_CACHE"):
+            stats = folder_stats(ds, list(range(len(ds))), show_progress=False)
+    finally:
+        root.chmod(0o755)
+    images = np.stack([ds[i][0].numpy().astype(np.float64) for i in range(len(ds))])
+    np.testing.assert_allclose(np.asarray(stats["mean_image"], np.float64), images.mean(0), rtol=1e-5, atol=1e-3)
+    with pytest.raises(OSError, match="no home folder"):
+        _kernels.cache_dir()
+
+
 def test_stats_cache_notices_a_replaced_file_of_the_same_size(tmp_path, monkeypatch):
     monkeypatch.setenv("ALEXNET_CACHE", str(tmp_path / "cache"))
     root = tmp_path / "imgs"

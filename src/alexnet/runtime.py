@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import errno
 import os
 import random
 import shlex
 import sys
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -33,6 +35,21 @@ def versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             found[name] = "none"
     return {**found, "python": platform.python_version()}
+
+
+def cache_home() -> Path:
+    """alexnet's cache folder: ``$ALEXNET_CACHE``, else ``$XDG_CACHE_HOME/alexnet``, else
+    ``~/.cache/alexnet``. An OSError (which its users take as a cache that cannot be written) where
+    neither is set and there is no home folder: HOME unset for a user id with no passwd entry (a
+    container's), where Path.home() raised RuntimeError and the command ended in an internal error."""
+    if os.environ.get("ALEXNET_CACHE"):
+        return Path(os.environ["ALEXNET_CACHE"])
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]) / "alexnet"
+    try:
+        return Path.home() / ".cache" / "alexnet"
+    except RuntimeError:
+        raise OSError(errno.ENOENT, "no home folder to keep a cache in (HOME is not set); set ALEXNET_CACHE", "~/.cache") from None
 
 
 def shell_arg(value: object) -> str:

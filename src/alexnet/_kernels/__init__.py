@@ -43,8 +43,9 @@ def cache_dir() -> Path:
     if os.environ.get("ALEXNET_KERNEL_CACHE"):
         return Path(os.environ["ALEXNET_KERNEL_CACHE"])
     # $ALEXNET_CACHE moves all of alexnet's cache (README), e.g. off a read-only home: the kernels too.
-    base = os.environ.get("ALEXNET_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "alexnet"
-    return Path(base) / "kernels"
+    from ..runtime import cache_home
+
+    return cache_home() / "kernels"
 
 
 def _cpu_id() -> str:

@@ -19,7 +19,7 @@ import torch
 
 from ..atomic import atomic_path
 from ..errors import DataError
-from ..runtime import progress
+from ..runtime import cache_home, progress
 
 
 class StatsAccumulator:
@@ -119,8 +119,7 @@ def cache_dir(root: Path) -> Path:
     local = root / ".alexnet-cache"
     if _writable(local) or (not local.exists() and _writable(root)):
         return local
-    base = os.environ.get("ALEXNET_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache", "alexnet")
-    return Path(base)
+    return cache_home()  # an OSError where there is none (no home folder)
 
 
 class _Writer:
@@ -190,9 +189,12 @@ def folder_stats(dataset, indices: list[int], workers: int = 0, show_progress: b
     before. The result's ``mean_image`` is the path of the cached .npy; ``bad`` lists unreadable files."""
     files = [dataset.samples[i][0] for i in indices]
     key = cache_key(files, dataset.root, dataset.resize, dataset.size, "stats-1")
-    folder = cache_dir(dataset.root)
+    try:
+        folder, no_cache = cache_dir(dataset.root), None
+    except OSError as e:  # no folder to cache in (no home folder): said where the save would be
+        folder, no_cache = Path(), e
     json_path, mean_path = folder / f"stats-{key}.json", folder / f"mean-{key}.npy"
-    cached = load_stats(json_path)
+    cached = load_stats(json_path) if no_cache is None else None
     if cached is not None:
         cached = _rebased(cached, str(dataset.root))
         reasons = cached.get("bad_reasons") if isinstance(cached.get("bad_reasons"), dict) else {}
@@ -203,6 +205,8 @@ def folder_stats(dataset, indices: list[int], workers: int = 0, show_progress: b
     paths, said = [dataset.samples[i][0] for i in bad], dataset.bad.reasons()
     extra = {"bad": paths, "bad_reasons": {p: said[p] for p in paths if p in said}, "root": str(dataset.root)}
     try:
+        if no_cache is not None:
+            raise no_cache
         save_stats(stats, json_path, mean_path, extra)
     except OSError as e:  # a read-only data folder and home: a cache not kept is no reason to stop
         where = e.filename or folder
