@@ -206,6 +206,11 @@ def test_ensemble_members_agree_on_classes_not_on_their_order_or_storage(tmp_pat
     err = cli_fails(capsys, "evaluate", "--checkpoint", str(tmp_path / "crane.pt"), "--ensemble", str(tmp_path / "crane2.pt"),
                     "--data", str(folder))
     assert "'crane' is named twice" in err
+    crane["classes"] = ["crane", "kite", "kite"]  # the same names, not as often: was 'internal error: StopIteration'
+    save_atomic(crane, tmp_path / "kite2.pt")
+    err = cli_fails(capsys, "evaluate", "--checkpoint", str(tmp_path / "crane.pt"), "--ensemble", str(tmp_path / "kite2.pt"),
+                    "--data", str(folder))
+    assert "predicts other classes than" in err and "'kite' is named 2 times by it, 1 by the first" in err, err
 
 
 def test_predict_top_k_true_label_and_figure(tmp_path, capsys):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import os
 import warnings
+from collections import Counter
 from typing import Any
 
 import torch
@@ -58,8 +59,7 @@ def class_orders(
         if not first or not classes or list(classes) == list(first):
             orders.append(None)
         elif sorted(classes) != sorted(first):
-            other = next((c for c in classes if c not in first), None) or next(c for c in first if c not in classes)
-            raise CheckpointError(f"{name} predicts other classes than {names[0]} (e.g. {other!r} is in one only); "
+            raise CheckpointError(f"{name} predicts other classes than {names[0]} ({_class_difference(first, classes)}); "
                                   "cannot ensemble them")
         elif len(set(first)) != len(first):  # which of two 'crane's is which cannot be told by name
             twice = next(c for c in first if list(first).count(c) > 1)
@@ -69,6 +69,16 @@ def class_orders(
             column = {c: i for i, c in enumerate(classes)}
             orders.append([column[c] for c in first])
     return orders
+
+
+def _class_difference(first: list[str], other: list[str]) -> str:
+    """A class that ``first`` and ``other`` do not name alike: one names it and the other not, or
+    one names it more often than the other (two classes alike: a hand-made classes.tsv)."""
+    mine, theirs = Counter(first), Counter(other)
+    name = next(iter((theirs - mine) or (mine - theirs)))
+    if mine[name] and theirs[name]:
+        return f"e.g. {name!r} is named {theirs[name]} time{'s' * (theirs[name] != 1)} by it, {mine[name]} by the first"
+    return f"e.g. {name!r} is in one only"
 
 
 def _in_data(model: AlexNet, data_classes: list[str], folders: list[str] | None) -> list[str] | None:
