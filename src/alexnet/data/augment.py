@@ -153,9 +153,11 @@ def pca_noise(
 def ten_crop_params(h: int, w: int, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(top, left, mirror) of the paper's ten test views of an ``h`` x ``w`` image.
 
-    Four corner and one central ``size`` patch, then the same five mirrored: top-left, top-right,
-    bottom-left, bottom-right, centre (torchvision's ``ten_crop`` gives the same ten views, with
-    its mirrored corners in the order tr, tl, br, bl).
+    Four corner and one central ``size`` patch (its offset rounded down), then the same five mirrored:
+    top-left, top-right, bottom-left, bottom-right, centre, as the paper and Caffe's ``oversample``.
+    torchvision's ``ten_crop`` gives the same ten views where both margins are even, with its
+    mirrored corners in the order tr, tl, br, bl; for an odd margin its centre (``round``) and its
+    mirrored patches (cut from the mirrored image) lie a pixel apart.
     """
     if size > h or size > w:
         raise ValueError(f"ten_crop: crop {size} is larger than the {h}x{w} image")
