@@ -331,6 +331,33 @@ def test_nearest_compares_the_index_in_blocks_not_a_float64_copy_of_it():
     assert nearest(index, feats[7], k=1)[0]["distance"] == 0.0  # an indexed vector is at 0 from itself
 
 
+def test_an_index_whose_paths_overflow_the_safetensors_header_is_refused_before_its_features(tmp_path, capsys, monkeypatch):
+    """An index's header holds every path and stamp, and safetensors writes no header over 100 MB:
+    'features' of ImageNet's 1.28 M training images (about 90 bytes each) computed every fc7 vector
+    (hours) and then failed in save_file ('SafetensorError: header too large'). The folder is now
+    refused first, in one line; save_index refuses such an index with a DataError too."""
+    import alexnet
+    from alexnet import retrieval
+    from alexnet.errors import DataError
+
+    folder = make_image_folder(tmp_path / "imgs", classes=2, per_class=3)
+    ckpt = tiny_checkpoint(tmp_path / "m.pt", classes=2)
+    n = 450_000  # 450,000 paths of 230 characters: 104 MB of JSON
+    index = {"features": torch.zeros(n, 1), "labels": torch.zeros(n, dtype=torch.int64), "classes": ["a"],
+             "paths": [f"/{i:0229d}" for i in range(n)], "stamps": [[1, 1]] * n, "preprocess": alexnet.load(ckpt).preprocess}
+    with pytest.raises(DataError, match=r"450,000 images would carry 1\d\d MB of paths and file stamps, over the 100 MB"):
+        retrieval.save_index(index, tmp_path / "big.safetensors")
+    del index
+    assert not (tmp_path / "big.safetensors").exists()
+
+    monkeypatch.setattr(retrieval, "HEADER_LIMIT", 1000, raising=False)  # six paths under tmp_path, and the margin
+    monkeypatch.setattr(retrieval, "fc7", lambda *a, **k: pytest.fail("fc7 computed before the refusal"))
+    out = tmp_path / "index.safetensors"
+    err = cli_fails(capsys, "features", "--checkpoint", str(ckpt), "--data", str(folder), "--out", str(out))
+    assert err.startswith(f"alexnet: error: {folder}: an index of its 6 images would carry 0 MB of paths") and "index a part" in err
+    assert not out.exists()
+
+
 def test_retrieve_says_which_neighbours_were_replaced_since_the_index(tmp_path, capsys):
     """A gallery photo replaced by another under the same name after 'alexnet features': retrieve
     listed it at the old photo's distance (and showed the new one in its figure) without a word.

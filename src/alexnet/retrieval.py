@@ -119,6 +119,7 @@ def build_index(
     samples, classes = _index_samples(root)
     if not samples:
         raise DataError(f"{data}: no images")
+    check_header_fits([p for p, _ in samples], classes[1], data)  # not after hours of fc7
     resize, size = pre.stored_sizes()
     ds = ImageFolderDataset(root, resize=resize, size=size, channels=pre.channels, samples=samples, classes=classes)
     ds.upright = True  # as retrieve's query (predict.load_image): an indexed photo is at distance 0 from itself
@@ -146,9 +147,28 @@ def build_index(
     }
 
 
+# safetensors writes and reads no header over 100,000,000 bytes ('header too large'), and an index's
+# header holds every path and file stamp: about 90 bytes an image, so a million images or so.
+HEADER_LIMIT = 100_000_000
+STAMP_BYTES = 36  # a stamp's most in the header: '[' 9-digit size ', ' 19-digit ns ']' ', ' escaped
+
+
+def check_header_fits(paths: list[str], classes: list[str], where: str | os.PathLike) -> None:
+    """DataError, before any work, when an index of ``paths`` and ``classes`` would have a header over
+    safetensors' limit: their JSON (escaped again in the header), a stamp each, 64 KiB for the rest."""
+    size = len(json.dumps(json.dumps(paths))) + len(json.dumps(json.dumps(classes))) + STAMP_BYTES * len(paths) + (1 << 16)
+    if size > HEADER_LIMIT:
+        raise DataError(
+            f"{where}: an index of its {len(paths):,} images would carry {size / 1e6:.0f} MB of paths and file stamps, "
+            f"over the {HEADER_LIMIT / 1e6:.0f} MB a safetensors header holds: index a part of it (some class folders, "
+            "or val/), one index each"
+        )
+
+
 def save_index(index: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write an index as safetensors (atomically, the same bytes for the same index: see :mod:`alexnet.atomic`)."""
     path = Path(path)
+    check_header_fits(index["paths"], index["classes"], path)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "format": INDEX_FORMAT,
