@@ -297,7 +297,7 @@ def test_features_and_retrieval_return_the_query_first(tmp_path, capsys):
 
 
 class _Watched(torch.Tensor):
-    """A tensor that records the most elements of any float64 tensor computed from it."""
+    """A tensor that records the most elements of any tensor computed from it."""
 
     most = 0
 
@@ -305,7 +305,7 @@ class _Watched(torch.Tensor):
     def __torch_function__(cls, func, types, args=(), kwargs=None):
         out = super().__torch_function__(func, types, args, kwargs or {})
         for t in out if isinstance(out, tuple) else (out,):
-            if isinstance(t, torch.Tensor) and t.dtype == torch.float64:
+            if isinstance(t, torch.Tensor):
                 cls.most = max(cls.most, t.numel())
         return out
 
@@ -329,6 +329,31 @@ def test_nearest_compares_the_index_in_blocks_not_a_float64_copy_of_it():
     assert [h["path"] for h in hits] == [f"p{i}" for i in order] and hits[0]["path"] == "p123"
     assert [h["distance"] for h in hits] == pytest.approx([by_hand[i] for i in order], rel=1e-12)
     assert nearest(index, feats[7], k=1)[0]["distance"] == 0.0  # an indexed vector is at 0 from itself
+
+
+def test_features_fills_one_tensor_not_a_list_joined_at_the_end(tmp_path, monkeypatch, capsys):
+    """build_index kept each batch's fc7 and joined them with torch.cat: every vector twice at the end
+    (32 KB an image of 4096 floats; 41 GB for ImageNet's 1.28 M training images). It now fills one
+    tensor; the rows are each image's own fc7 in the listed order, an unreadable image's left out."""
+    import alexnet
+    from alexnet import retrieval
+
+    folder = make_image_folder(tmp_path / "imgs", classes=3, per_class=3)
+    (folder / "class1" / "img1.jpg").write_bytes(b"not a jpeg")
+    model = alexnet.load(tiny_checkpoint(tmp_path / "m.pt"))
+    real = retrieval.fc7
+    monkeypatch.setattr(retrieval, "fc7", lambda *a, **k: real(*a, **k).as_subclass(_Watched))
+    _Watched.most = 0
+    index = retrieval.build_index(model, folder, batch_size=2, amp="none")
+    assert "skipping unreadable image" in capsys.readouterr().err
+    assert _Watched.most <= 2 * 16  # nothing bigger than a batch's vectors made from them
+    paths = [str(folder / f"class{c}" / f"img{i}.jpg") for c in range(3) for i in range(3) if (c, i) != (1, 1)]
+    assert index["paths"] == paths and index["labels"].tolist() == [0, 0, 0, 1, 1, 2, 2, 2]
+    ds = ImageFolderDataset(folder, 76, 76)
+    at = {p: i for i, (p, _) in enumerate(ds.samples)}
+    one = torch.cat([real(model, ds[at[p]][0][None]) for p in paths])  # one image at a time
+    torch.testing.assert_close(index["features"], one, rtol=1e-5, atol=1e-5)
+    assert index["features"].is_contiguous()
 
 
 def test_an_index_whose_paths_overflow_the_safetensors_header_is_refused_before_its_features(tmp_path, capsys, monkeypatch):
