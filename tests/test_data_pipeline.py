@@ -1219,3 +1219,21 @@ def test_bad_files_reads_only_what_was_appended_to_its_list(tmp_path, capsys):
         f.write(".JPEG\twhy\n")
     assert bad.count == 301 and bad.reasons()["/data/train/n01/half.JPEG"] == "why"
     assert BadFiles(log_path=log).reasons() == other.reasons()  # a fresh reader of the whole list
+
+
+@pytest.mark.parametrize("size", [64, 68, 240])
+def test_prepares_suggestion_gives_the_note_its_train_run_gives(tmp_path, capsys, size):
+    """Packed at 63-68 px, prepare suggested input_size=63 (alexnet_paper's smallest) without a word,
+    and the run it suggested then said the 63 px crops cover 93-100 % of each side and advised another
+    pack ('prepare --size 72'); at 240 px, 224 px crops. prepare now says that note before the
+    command, the same words train's data loading gives for the same pack and input."""
+    from alexnet.cli import main
+
+    root = make_image_folder(tmp_path / "imgs", classes=2, per_class=3, size=(40, 36))
+    out = tmp_path / "p"
+    assert main(["prepare", "--data", str(root), "--out", str(out), "--size", str(size), "--workers", "0", "--progress", "off"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    crop = int(lines[-1].rsplit("=", 1)[1]) if "input_size=" in lines[-1] else 224
+    data = load_data(out, 2, crop, show_progress=False)
+    said = [n for n in data.notes if "packed at" in n]
+    assert len(said) == 1 and lines[-2] == f"note: {said[0]}"

@@ -166,17 +166,24 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 def _train_hint(out: str, size: int) -> str:
     """The 'alexnet train' line for a pack of ``size`` px images: under the paper's 224 crops, the input that keeps
-    their ratio of 224 to 256, but not below the smallest that alexnet_paper (the default for photos) takes."""
+    their ratio of 224 to 256, but not below the smallest that alexnet_paper (the default for photos) takes; where
+    that smallest input's crops cannot keep the ratio, first the note train will give (the size that keeps it),
+    rather than suggest a command whose run then advises another pack."""
+    from pathlib import Path
+
+    from ..data.loaders import crop_ratio_note
     from ..model import model_config
 
     config = model_config("alexnet_paper")
     smallest = next(n for n in range(1, 225) if config.pooled_size(n) >= 1)
     if size < smallest:
         return f"note: alexnet_paper, the default for photos, takes images of {smallest} px or more; pack with --size {smallest} or more"
-    fit = f" --model-option input_size={max(size * 224 // 256, smallest)}" if size < 224 else ""
+    crop = max(size * 224 // 256, smallest) if size < 224 else 224
+    fit = f" --model-option input_size={crop}" if size < 224 else ""
     from ..runtime import shell_arg
 
-    return f"train on it with: alexnet train --data {shell_arg(out)}{fit}"
+    note = crop_ratio_note(Path(out), size, crop)
+    return (f"note: {note}\n" if note else "") + f"train on it with: alexnet train --data {shell_arg(out)}{fit}"
 
 
 # -- benchmark ------------------------------------------------------------------------------------

@@ -276,7 +276,7 @@ def _stored_size(input_size: int) -> int:
 _CROP_RATIO_SLACK = 0.05
 
 
-def _crop_ratio_note(root: Path, stored: int, input_size: int) -> str | None:
+def crop_ratio_note(root: Path, stored: int, input_size: int) -> str | None:
     """A note for a pack whose images are not the size the crops keep the paper's 224-of-256 ratio to.
 
     An image folder is resized for the model's input (64 px crops of 73 px images), but a pack keeps
@@ -304,7 +304,7 @@ def _images(root, preset, bad, loading, val_fraction, show_progress, batch_size,
         if index["size"] < input_size:
             raise DataError(f"{root}: packed images are {index['size']}px, smaller than the model's {input_size}px input")
         stored = index["size"]
-        ratio = _crop_ratio_note(root, stored, input_size)
+        ratio = crop_ratio_note(root, stored, input_size)
         if ratio:
             notes.append(ratio)
         if index.get("bad_files"):
