@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -187,3 +188,35 @@ def test_the_advice_of_a_stopped_run_can_be_followed(preset, epochs, warmup):
     assert he == (model_config(cfg.model, **cfg.model_options).init != "kaiming")
     tuned = dataclasses.replace(cfg, init_from="runs/x/last.pt")  # fine-tuning: an init would be replaced by the weights
     assert not any("init=kaiming" in advice for advice in health_remedies(tuned, model))
+
+
+@pytest.mark.parametrize("preset", ["paper", "fashion_mnist"])
+def test_a_network_that_gives_every_image_one_class_is_said(tiny_fmnist, tmp_path, preset):
+    """The paper's fixed 0.01 init below 224 px gave every validation image one class for 10 epochs
+    (imagewoof-mini at 63 px: top-1 0.1000, top-5 0.5000) and the run said nothing: its loss sat at
+    ln(10), far from the divergence limit, and no layer died whole. The epoch's validation now counts
+    the classes it predicts (val_classes_predicted) and a run whose network gives every image the same
+    answer says so once. Checked against alexnet.evaluate's confusion matrix of the saved network (a
+    second implementation): the warning comes exactly when one column holds every image."""
+    import alexnet
+    from alexnet.config import resolve_config
+    from alexnet.data.loaders import load_eval_data
+    from alexnet.evaluate import evaluate
+    from alexnet.train import fit
+
+    logs: list[str] = []
+    cfg = resolve_config(preset, dict(data=str(tiny_fmnist), out=str(tmp_path / "run"), epochs=2, batch_size=16, amp="none",
+                                      workers=0, device="cpu", model_options={"widths": [8, 16, 16, 16, 16], "fc_width": 32}))
+    fit(cfg, log=logs.append)
+    model = alexnet.load(tmp_path / "run" / "last.pt")
+    loader, *_ = load_eval_data(tiny_fmnist, model.preprocess, 16)
+    columns = evaluate(model, loader, "cpu", "none")["confusion"].sum(0)
+    predicted = int((columns > 0).sum())
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["val_classes_predicted"] == predicted
+    said = [line for line in logs if "the same class" in line]
+    blind_epochs = [r["epoch"] for r in records if r["val_classes_predicted"] == 1]
+    assert len(said) == (1 if blind_epochs else 0)
+    if blind_epochs:
+        assert said[0].startswith(f"warning: epoch {blind_epochs[0]}'s validation gave every one of its 40 images the same class")
+    assert (preset == "paper") == (predicted == 1)  # the paper's init at 28 px is blind; the default recipe is not

@@ -262,11 +262,15 @@ def evaluate(
     channels_last: bool = False,
     show_progress: bool | None = None,
     reduce: Callable[[list[float]], list[float]] = list,
+    classes: int = 0,
 ) -> dict[str, float]:
     """Top-1/top-5 accuracy, error and mean loss over ``loader`` (centre crops); ``reduce`` sums the
-    counts over the ranks of a distributed run, each of which saw its share of ``loader``."""
+    counts over the ranks of a distributed run, each of which saw its share of ``loader``. With the
+    number of ``classes``, also ``classes_predicted``: how many of them are some image's top-1 (one:
+    a network that gives every image the same answer, :func:`_say_blind`)."""
     model.eval()
     loss_sum, c1, c5, n = 0.0, 0, 0, 0
+    predicted = torch.zeros(classes, dtype=torch.int64)
     for batch in progress(loader, total=len(loader), desc="evaluate", enabled=show_progress, unit="batch"):
         if batch is None or len(batch[1]) == 0:  # unreadable images, or a rank's empty share of a last batch
             continue
@@ -274,14 +278,21 @@ def evaluate(
         x = model_input(images, index, preprocess, False, channels_last=channels_last)
         with autocast(device, amp):
             logits = model(x).float()
-        nll, k1, k5, _ = score(F.log_softmax(logits, dim=1), labels)
+        nll, k1, k5, pred = score(F.log_softmax(logits, dim=1), labels)
         loss_sum, c1, c5, n = loss_sum + nll, c1 + k1, c5 + k5, n + labels.numel()
+        if classes:
+            predicted += torch.bincount(pred.cpu(), minlength=classes)[:classes]
         if faults.ACTIVE:  # tests only: ALEXNET_FAULT=kill:eval=K
             faults.reached("eval")
+    # one list, so that every rank joins the same collectives whatever its share held
+    totals = reduce([loss_sum, c1, c5, n, *predicted.tolist()])
     try:
-        return summarize(*reduce([loss_sum, c1, c5, n]))
+        out = summarize(*totals[:4])
     except DataError as e:  # its 0.0000 accuracy would be kept as the run's best
         raise DataError(f"validation: {e}") from None
+    if classes:
+        out["classes_predicted"] = sum(1 for c in totals[4:] if c > 0)
+    return out
 
 
 # -- the run ----------------------------------------------------------------------------------------
@@ -427,6 +438,7 @@ class _Run:
     # before: a resume that fails first (--compile without a compiler, a NaN) must not leave
     # config.json saying --epochs/--compile/--amp that no checkpoint of the folder ran with.
     config_pending: bool = False
+    said_blind: bool = False  # _say_blind's warning, once a run
 
     @property
     def metrics_path(self) -> Path:
@@ -849,7 +861,8 @@ def _epoch(run: _Run, on_step: Callable[[Position, bool], None], ctrl_c: _CtrlC)
     run.health.end_epoch(f"the end of epoch {pos.epoch + 1} (step {pos.step})")  # before anything of it is saved
     _check_trained(stats, pos.epoch)
     trained = time.time()
-    val = evaluate(run.eval_net, data.val, data.preprocess, run.device, run.amp, cfg.channels_last, run.show_progress, reduce)
+    val = evaluate(run.eval_net, data.val, data.preprocess, run.device, run.amp, cfg.channels_last, run.show_progress, reduce,
+                   len(data.classes))
     record = {"epoch": pos.epoch + 1, "step": pos.step, **stats, **{f"val_{k}": v for k, v in val.items()}}
     # Wall-clock (Unix) times of this process's training phase, and the validation's cost: what
     # a GPU-utilisation trace (benchmarks/end_to_end.py) is cut to.
@@ -875,6 +888,7 @@ def _epoch(run: _Run, on_step: Callable[[Position, bool], None], ctrl_c: _CtrlC)
         f"{stats['images_per_second']:.0f} img/s  {record['elapsed_seconds']:.0f}s"
         + (f"  ({stats['skipped_batches']} batches skipped)" if stats["skipped_batches"] else "")
     )
+    _say_blind(run, val)
     if event == "reduce":  # after the epoch's line: the epoch it follows ran at the old rate
         stalled = f"{cfg.plateau_patience} epoch" + "s" * (cfg.plateau_patience != 1)
         run.log(f"validation error stalled for {stalled}: lr x 0.1 from epoch {record['epoch'] + 1} (reduction {run.plateau.reductions})")
@@ -883,6 +897,21 @@ def _epoch(run: _Run, on_step: Callable[[Position, bool], None], ctrl_c: _CtrlC)
     if distributed.any_rank(ctrl_c.hit):
         raise Interrupted(f"interrupted after epoch {record['epoch']}; continue with: "
                           + distributed.resume_command(run.run_dir, run.info))
+
+
+def _say_blind(run: _Run, val: dict[str, float]) -> None:
+    """A warning, once a run, the first epoch whose validation gave every image the same class: such
+    a network does not tell images apart (its top-1 is that class's share: chance on balanced data),
+    which neither a diverged loss nor dead ReLUs (the health monitor's checks) shows. The paper's
+    fixed 0.01 init below 224 px gave every image of imagewoof-mini one class for 10 epochs at 63 px
+    (docs/training.md, 'Quick tries'); some recipes take a few epochs to leave it. Said under
+    --health stop and warn, not off."""
+    if run.said_blind or run.cfg.health == "off" or val.get("classes_predicted") != 1 or len(run.data.classes) < 2:
+        return
+    run.said_blind = True
+    run.log(f"warning: epoch {run.pos.epoch}'s validation gave every one of its {val['images']} images the same class: the "
+            "network does not tell images apart yet; if it lasts, the recipe does not fit this data (docs/training.md, "
+            "'Quick tries at small input sizes': another --preset, a lower --lr, a larger input)")
 
 
 def _check_trained(stats: dict[str, float], epoch: int) -> None:
