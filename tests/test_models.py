@@ -393,6 +393,19 @@ def test_an_input_the_network_cannot_take_says_what_it_takes(name, shape, dtype,
         model(torch.zeros(shape, dtype=dtype))
 
 
+def test_a_network_needing_a_large_input_names_its_least_size():
+    """conv1_stride=400 (within the options' bounds) needs 5,607 px: the least size was searched for
+    below 4,096 and the search's StopIteration came out as an internal error."""
+    model = alexnet.create_model("alexnet_owt", num_classes=2, conv1_stride=400, input_size=6000,
+                                 widths=(2, 2, 2, 2, 2), fc_width=4).eval()
+    # pool5 <- 3 <- pool2: 3 + 2*2 = 7 <- pool1: 3 + 6*2 = 15 <- conv1: 14*400 + 11 - 2*2 = 5607
+    assert (model.config.pooled_size(5606), model.config.pooled_size(5607)) == (0, 1)
+    with pytest.raises(ValueError, match=r"takes images of at least 5607x5607 pixels; got 64x64"):
+        model(torch.zeros(1, 3, 64, 64))
+    with torch.no_grad():
+        assert model(torch.zeros(1, 3, 5607, 5607)).shape == (1, 2)
+
+
 def test_the_input_check_refuses_exactly_the_sizes_the_layers_refuse(monkeypatch):
     """Each side from 40 to 300 px: the check's verdict is what torch's own layers say with the check
     off (a shape error somewhere, or logits)."""

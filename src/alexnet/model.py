@@ -141,6 +141,15 @@ class AlexNetConfig:
                 s = (s - self.pool_kernel) // self.pool_stride + 1
         return max(s, 0)
 
+    def smallest_input(self) -> int:
+        """The least side in pixels for which :meth:`pooled_size` is at least 1 (found by undoing the
+        layers from pool5 back to conv1, so no search bounds it)."""
+        need = 1
+        for use in reversed(self.pools):  # a pooling with (s - k) // stride + 1 >= need
+            if use:
+                need = self.pool_kernel + (need - 1) * self.pool_stride
+        return max(1, (need - 1) * self.conv1_stride + self.conv1_kernel - 2 * self.conv1_padding)
+
     def num_parameters(self) -> int:
         """The network's parameter count, from the config alone (nothing is allocated)."""
         w1, w2, w3, w4, w5 = self.widths
@@ -325,7 +334,7 @@ class AlexNet(nn.Module):
         h, w = x.shape[-2:]
         sides = (c.pooled_size(h), c.pooled_size(w))
         if c.adaptive_pool is not None and min(sides) < 1:
-            least = next(n for n in range(1, 4096) if c.pooled_size(n) >= 1)
+            least = c.smallest_input()
             raise ValueError(f"{self._name()} takes images of at least {least}x{least} pixels; got {h}x{w}")
         if c.adaptive_pool is None and sides != (c.pooled_size(),) * 2:
             f = c.feature_size()

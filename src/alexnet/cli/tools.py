@@ -174,8 +174,7 @@ def _train_hint(out: str, size: int) -> str:
     from ..data.loaders import crop_ratio_note
     from ..model import model_config
 
-    config = model_config("alexnet_paper")
-    smallest = next(n for n in range(1, 225) if config.pooled_size(n) >= 1)
+    smallest = model_config("alexnet_paper").smallest_input()
     if size < smallest:
         return f"note: alexnet_paper, the default for photos, takes images of {smallest} px or more; pack with --size {smallest} or more"
     crop = max(size * 224 // 256, smallest) if size < 224 else 224
