@@ -8,6 +8,7 @@ import pickle
 import re
 import shutil
 import struct
+import warnings
 import zlib
 from pathlib import Path
 
@@ -63,6 +64,44 @@ def test_mean_image_and_pca_against_numpy(tmp_path):
     assert Path(stats["mean_image"]).parent == root / ".alexnet-cache"
     again = folder_stats(ds, list(range(len(ds))), show_progress=False)
     assert again["eigvals"] == stats["eigvals"] and again["mean_image"] == stats["mean_image"]
+
+
+def _damage_cache(kind: str, json_path: Path) -> None:
+    meta = json.loads(json_path.read_text())
+    mean_path = json_path.parent / meta["mean_image"]
+    if kind == "cut short":
+        json_path.write_text(json_path.read_text()[:200])
+    elif kind == "mean image missing":
+        mean_path.unlink()
+    elif kind == "mean image of another size":
+        np.save(mean_path, np.zeros((3, 10, 10), np.float32))
+    else:  # a hand-edited field
+        key, value = {"bad null": ("bad", None), "eigvecs 2x1": ("eigvecs", [[1], [2]]),
+                      "pixel_mean text": ("pixel_mean", "x"), "count 0": ("count", 0)}[kind]
+        json_path.write_text(json.dumps({**meta, key: value}))
+
+
+@pytest.mark.parametrize("kind", ["cut short", "mean image missing", "mean image of another size", "bad null",
+                                  "eigvecs 2x1", "pixel_mean text", "count 0"])
+def test_a_damaged_statistics_cache_is_computed_again_with_one_warning(tmp_path, kind):
+    """A hand-edited or cut-short cache stopped train ('internal error: TypeError' for "bad": null, a
+    one-line error about the recipe for a mean image of another size) or was recomputed silently."""
+    root = make_image_folder(tmp_path / "imgs", classes=2, per_class=3, size=(50, 40))
+    ds = ImageFolderDataset(root, 32, 32)
+    first = folder_stats(ds, list(range(len(ds))), show_progress=False)
+    (json_path,) = (root / ".alexnet-cache").glob("stats-*.json")
+    sound = json_path.read_bytes()
+    _damage_cache(kind, json_path)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        again = folder_stats(ImageFolderDataset(root, 32, 32), list(range(len(ds))), show_progress=False)
+    assert len(said) == 1, [str(w.message) for w in said]
+    assert re.fullmatch(re.escape(f"{json_path}: cached data statistics are damaged (") + r".+\); computing them again",
+                        str(said[0].message))
+    imgs = np.stack([decode_image(p, 32, 32).numpy() for p, _ in ds.samples]).astype(np.float64)
+    np.testing.assert_allclose(np.load(again["mean_image"]), imgs.mean(0), atol=1e-4)  # numpy's, not the cache's
+    assert again["eigvals"] == first["eigvals"] and again["bad"] == []
+    assert json_path.read_bytes() == sound  # the cache is whole again
 
 
 def test_pca_noise_distribution():

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_path
+from ..checks import is_whole
 from ..errors import DataError
 from ..runtime import cache_home, progress
 
@@ -176,17 +177,54 @@ def save_stats(stats: dict[str, Any], json_path: Path, mean_path: Path, extra: d
     _write_atomic(json_path, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1) + "\n"))
 
 
-def load_stats(json_path: Path) -> dict[str, Any] | None:
-    """Statistics saved by :func:`save_stats` (mean image left as its path), or None if absent/broken."""
+_TABLES = {"pixel_mean": (3,), "pixel_std": (3,), "eigvals": (3,), "covariance": (3, 3), "eigvecs": (3, 3)}
+
+
+def _damage(meta: Any, folder: Path, shape: tuple[int, ...] | None) -> str | None:
+    """What makes statistics read from a cache unusable (a hand-edited or cut-short file), or None;
+    ``shape``: the mean image's, where known."""
+    if not isinstance(meta, dict):
+        return "not a table"
+    for key, size in _TABLES.items():
+        try:
+            a = np.asarray(meta.get(key), dtype=np.float64)
+        except (TypeError, ValueError):
+            a = np.zeros(0)
+        if a.shape != size or not np.isfinite(a).all():
+            return f"{key} is not {' x '.join(map(str, size))} finite numbers"
+    if not is_whole(meta.get("count"), 1):
+        return "count is not a whole number >= 1"
+    if not isinstance(meta.get("bad", []), list) or not all(isinstance(p, str) for p in meta.get("bad", [])):
+        return "bad is not a list of paths"
+    if not isinstance(meta.get("bad_reasons", {}), dict) or not isinstance(meta.get("root", ""), str):
+        return "bad_reasons or root is malformed"
+    if not isinstance(meta.get("mean_image"), str):
+        return "mean_image names no file"
+    try:
+        mean = np.load(folder / meta["mean_image"], mmap_mode="r")
+    except (OSError, ValueError) as e:
+        return f"{meta['mean_image']}: {getattr(e, 'strerror', None) or e}"
+    if mean.dtype != np.float32 or mean.ndim != 3 or (shape is not None and mean.shape != shape):
+        return f"{meta['mean_image']} holds {mean.dtype} of shape {mean.shape}, not float32 of shape {shape or '(C, H, W)'}"
+    return None
+
+
+def load_stats(json_path: Path, shape: tuple[int, ...] | None = None) -> tuple[dict[str, Any] | None, str | None]:
+    """Statistics saved by :func:`save_stats` (mean image left as its path) and None; (None, None) if
+    absent; (None, what is wrong) if damaged (see :func:`_damage`)."""
     try:
         meta = json.loads(json_path.read_text())
-        mean_path = json_path.parent / meta["mean_image"]
-        if not mean_path.is_file():
-            return None
-        meta["mean_image"] = str(mean_path)
-        return meta
-    except (OSError, ValueError, KeyError):
-        return None
+    except (FileNotFoundError, NotADirectoryError):  # not cached (NotADirectory: the cache folder is a file)
+        return None, None
+    except OSError as e:
+        return None, f"unreadable ({e.strerror or e})"
+    except ValueError:
+        return None, "not valid JSON: cut short or hand-edited"
+    why = _damage(meta, json_path.parent, shape)
+    if why is not None:
+        return None, why
+    meta["mean_image"] = str(json_path.parent / meta["mean_image"])
+    return meta, None
 
 
 def _rebased(cached: dict[str, Any], root: str) -> dict[str, Any]:
@@ -215,7 +253,11 @@ def folder_stats(dataset, indices: list[int], workers: int = 0, show_progress: b
     except OSError as e:  # no folder to cache in (no home folder): said where the save would be
         folder, no_cache = Path(), e
     json_path, mean_path = folder / f"stats-{key}.json", folder / f"mean-{key}.npy"
-    cached = load_stats(json_path) if no_cache is None else None
+    size = dataset.size if isinstance(dataset.size, int) else None
+    shape = (getattr(dataset, "channels", 3), size, size) if size else None
+    cached, damage = load_stats(json_path, shape) if no_cache is None else (None, None)
+    if damage is not None:  # a cache never stops a run
+        warnings.warn(f"{json_path}: cached data statistics are damaged ({damage}); computing them again", stacklevel=2)
     if cached is not None:
         cached = _rebased(cached, str(dataset.root))
         reasons = cached.get("bad_reasons") if isinstance(cached.get("bad_reasons"), dict) else {}
@@ -234,4 +276,4 @@ def folder_stats(dataset, indices: list[int], workers: int = 0, show_progress: b
         warnings.warn(f"{where}: cannot keep the data statistics ({e.strerror or e}), so the next run computes them "
                       "again; set ALEXNET_CACHE to a writable folder", stacklevel=2)
         return {**stats, **extra}
-    return load_stats(json_path) or {**stats, "mean_image": str(mean_path)}
+    return load_stats(json_path, shape)[0] or {**stats, "mean_image": str(mean_path)}
