@@ -182,6 +182,38 @@ def test_hidden_files_are_not_listed_by_any_command(tmp_path):
     assert top_level_images(root) == []
 
 
+def _macos_zip_metadata(root: Path) -> None:
+    """What unpacking a zip made on macOS adds: __MACOSX/ of "._" files mirroring the tree."""
+    for c in ("class0", "class1"):
+        (root / "__MACOSX" / c).mkdir(parents=True)
+        (root / "__MACOSX" / c / "._img0.jpg").write_bytes(b"\x00\x05\x16\x07" + b"\0" * 80)
+    (root / "__MACOSX" / "._class0").write_bytes(b"\x00\x05\x16\x07")
+
+
+def test_a_macos_zips_metadata_folder_is_no_class(tmp_path):
+    """__MACOSX/ (at the data root and in train/ and val/) was a class: train stopped with
+    '__MACOSX: class folder has no images', and predict, prepare and features saw a third class."""
+    from alexnet.data.folder import find_classes
+    from alexnet.data.packed import prepare
+    from alexnet.predict import _sibling_classes
+    from alexnet.retrieval import _index_samples
+
+    flat = make_image_folder(tmp_path / "flat", classes=2, per_class=4)
+    _macos_zip_metadata(flat)
+    assert find_classes(flat) == (["class0", "class1"], ["class0", "class1"])
+    assert _sibling_classes(str(flat))[0] == ["class0", "class1"]
+    assert sorted({label for _, label in _index_samples(flat)[0]}) == [0, 1]
+    assert prepare(flat, tmp_path / "packed", size=40)["classes"] == ["class0", "class1"]
+    split = tmp_path / "split"
+    for name in ("train", "val"):
+        make_image_folder(split / name, classes=2, per_class=4)
+        _macos_zip_metadata(split / name)
+    _macos_zip_metadata(split)
+    r = run_cli("train", "--data", str(split), "--out", str(tmp_path / "run"), *TINY, *QUICK, "--model-option", "input_size=64")
+    assert r.returncode == 0, r.stderr
+    assert "2 classes" in r.stdout and "__MACOSX" not in r.stdout + r.stderr
+
+
 def test_file_names_that_are_not_utf8_are_kept_as_their_bytes(tmp_path):
     """A Latin-1 archive unpacked on Linux: train failed writing bad_files.txt, prepare its file list,
     and predict printing under a UTF-8 locale (whose stdout is strict); the figures could not draw

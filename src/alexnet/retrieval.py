@@ -18,7 +18,7 @@ import torch
 
 from .atomic import write_safetensors
 from .data import presets
-from .data.folder import ImageFolderDataset, collate, find_classes, list_images, top_level_images
+from .data.folder import ImageFolderDataset, collate, find_classes, list_images, skipped, top_level_images
 from .data.loaders import model_input
 from .data.presets import Preprocess
 from .data.sources import detect, each_batch, refuse_split_folders
@@ -62,7 +62,7 @@ def _index_samples(root: Path) -> tuple[list[tuple[str, int]], tuple[list[str], 
     any depth) labelled by them, images at the top level with -1 (no class), as ILSVRC's val/."""
     samples, classes = [], ([], [])
     with os.scandir(root) as entries:
-        nested = any(d.is_dir() and not d.name.startswith(".") for d in entries)
+        nested = any(d.is_dir() and not skipped(d.name) for d in entries)
     if nested:
         refuse_split_folders(root, lambda splits: f"index one split, e.g. --data {root / ('val' if 'val' in splits else splits[0])}")
         classes = find_classes(root)

@@ -151,6 +151,12 @@ def class_name(name: str) -> str:
     return unicodedata.normalize("NFC", printable(name))
 
 
+def skipped(name: str) -> bool:
+    """A folder entry that is never data: hidden (".name") or ``__MACOSX``, the folder of "._" metadata
+    files that a zip made on macOS unpacks beside the photos (at the top and in train/ and val/)."""
+    return name.startswith(".") or name == "__MACOSX"
+
+
 def find_classes(root: str | os.PathLike, broken_links: bool = False, names: bool = True) -> tuple[list[str], list[str]]:
     """Class folder names (sorted: the index order) and human-readable names (see read_class_names;
     the folder names without ``names``). A link to a missing folder is refused, unless
@@ -159,7 +165,7 @@ def find_classes(root: str | os.PathLike, broken_links: bool = False, names: boo
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"data folder not found: {root}")
-    entries = [d for d in os.scandir(root) if not d.name.startswith(".")]
+    entries = [d for d in os.scandir(root) if not skipped(d.name)]
     # A link to a folder that is gone (an unmounted drive, a moved subset) is no directory to is_dir():
     # left out without a word, the run would train one class fewer, as an empty class folder is refused.
     broken = [d for d in entries if d.is_symlink() and not os.path.exists(d.path)
@@ -174,8 +180,8 @@ def find_classes(root: str | os.PathLike, broken_links: bool = False, names: boo
 
 
 def _image_files(folder: Path, others: list[str] | None = None) -> list[str]:
-    """Image files under ``folder``, sorted; hidden files and folders (".name") are not listed: macOS
-    leaves a "._photo.jpg" of metadata beside every photo copied to a FAT or network drive. The
+    """Image files under ``folder``, sorted; hidden files and folders (".name") and ``__MACOSX``
+    are not listed: macOS leaves a "._photo.jpg" of metadata beside every photo copied to a FAT or network drive. The
     other regular files go to ``others`` (an iPhone's .HEIC photos, notes), for a message to name.
 
     Linked folders are entered as torchvision's ImageFolder enters them (a class folder linked in
@@ -201,7 +207,7 @@ def _image_files(folder: Path, others: list[str] | None = None) -> list[str]:
         except OSError:  # unreadable folder or broken link: skipped, as os.walk does
             continue
         for entry in entries:
-            if entry.name.startswith("."):
+            if skipped(entry.name):
                 continue
             if entry.is_dir():  # follows links
                 pending.append(entry.path)

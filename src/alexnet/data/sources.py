@@ -17,7 +17,7 @@ from typing import Any, Literal
 from ..errors import DataError
 from .cifar import find_cifar
 from .fashion_mnist import fashion_mnist_missing, is_fashion_mnist
-from .folder import BadFiles, ImageFolderDataset, not_images, printable, top_level_images
+from .folder import BadFiles, ImageFolderDataset, not_images, printable, skipped, top_level_images
 from .ilsvrc import val_samples
 
 Kind = Literal["fashion_mnist", "cifar", "packed", "images"]
@@ -116,7 +116,7 @@ def refuse_split_folders(root: Path, remedy: Callable[[list[str]], str]) -> None
     """DataError (ending in ``remedy(the split folders)``) for a folder whose 'classes' are all split names, train/ or val/
     among them (train/ alone, or beside valid/ or test/): read as CLASS/IMAGE, its photos would be
     labelled by split, not by class (a classifier of splits, an index whose classes are 'train' and 'val')."""
-    folders = sorted(d.name for d in os.scandir(root) if d.is_dir() and not d.name.startswith("."))
+    folders = sorted(d.name for d in os.scandir(root) if d.is_dir() and not skipped(d.name))
     if {"train", "val"} & set(folders) and set(folders) <= set(SPLIT_NAMES):
         raise DataError(f"{root}: holds split folders ({', '.join(f + '/' for f in folders)}), not class folders: {remedy(folders)}")
 
