@@ -4,6 +4,7 @@ command line, a config file or a preset: generated flags, one range check."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 
 import pytest
@@ -106,6 +107,27 @@ def test_the_default_preset_follows_the_data(tmp_path, tiny_fmnist):
     assert resolve_config(None, {"data": str(tmp_path)}).preset == "photos"
     with pytest.raises(DataError, match="path not found"):
         resolve_config(None, {"data": str(tmp_path / "missing")})
+
+
+@pytest.mark.parametrize("suffix", [".toml", ".json"])
+def test_a_config_files_leading_tilde_is_the_home_folder(tmp_path, tiny_fmnist, monkeypatch, suffix):
+    """data = "~/photos" in a config file was a folder named '~' in the current one: not found for
+    data and init_from, and for out a run written to ./~/...; the shell expands a typed ~, so a file's
+    now means the home folder too (only at the start: 'runs/~x' stays as written)."""
+    home = tmp_path / "home"
+    (home / "weights").mkdir(parents=True)
+    (home / "weights" / "w.pt").write_bytes(b"")
+    tiny_fmnist.rename(home / "fmnist")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    values = {"data": "~/fmnist", "out": "~/runs/a", "init_from": "~/weights/w.pt", "epochs": 1}
+    config = tmp_path / f"c{suffix}"
+    config.write_text("".join(f'{k} = {v!r}\n'.replace("'", '"') for k, v in values.items()) if suffix == ".toml"
+                      else json.dumps(values))
+    cfg = resolve_config(None, {}, config)
+    assert (cfg.data, cfg.out, cfg.init_from) == (str(home / "fmnist"), str(home / "runs" / "a"), str(home / "weights" / "w.pt"))
+    config.write_text(json.dumps({**values, "out": "runs/~a"}) if suffix == ".json" else f'out = "runs/~a"\ndata = "{home / "fmnist"}"\n')
+    assert resolve_config(None, {}, config).out == "runs/~a"
 
 
 def test_an_init_bias_that_would_do_nothing_is_refused(tmp_path):

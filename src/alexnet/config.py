@@ -233,6 +233,9 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     unknown = sorted(set(values) - set(_FIELDS))
     if unknown:
         raise ConfigError(f"--config {path}: unknown training option(s): " + ", ".join(_key_hint(k) for k in unknown))
+    for name in ("data", "out", "init_from"):  # the shell expands a typed ~; a file's means the home folder too
+        if isinstance(values.get(name), str) and values[name].startswith("~"):
+            values[name] = os.path.expanduser(values[name])
     return values
 
 
