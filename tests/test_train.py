@@ -1168,6 +1168,25 @@ def test_skipped_batches_do_not_delay_the_learning_rate_schedule(tiny_fmnist, tm
     assert lrs == pytest.approx(expected, rel=1e-9, abs=1e-12)
 
 
+def test_workers_beyond_the_cores_are_recorded_as_the_loader_ran_them(tmp_path, monkeypatch):
+    """--workers 3 on an image folder with one core loaded with one worker (at most one per core) but
+    config.json and the checkpoint recorded 3; what ran is recorded now, and a replay reads it."""
+    from conftest import make_image_folder
+
+    data = make_image_folder(tmp_path / "imgs", classes=2, per_class=4)
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    small = ["--data", str(data), "--model-option", "widths=[8,16,16,16,16]", "--model-option", "fc_width=32",
+             "--model-option", "input_size=64", "--epochs", "1", "--batch-size", "4", "--threads", "1", "--progress", "off"]
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), "--workers", "3", *small]) == 0
+    assert json.loads((run / "config.json").read_text())["train"]["workers"] == 1
+    assert load_checkpoint(run / "last.pt")["train_config"]["workers"] == 1
+    again = tmp_path / "again"
+    assert main(["train", "--config", str(run / "config.json"), "--out", str(again), "--threads", "1", "--progress", "off"]) == 0
+    losses = [[json.loads(line)["train_loss"] for line in (r / "metrics.jsonl").read_text().splitlines()] for r in (run, again)]
+    assert losses[0] == losses[1]
+
+
 def test_workers_typed_for_data_held_in_memory_are_said_unused_and_recorded_as_0(tiny_fmnist, tmp_path, capsys):
     """--workers 2 on Fashion-MNIST (batched in the training process) was recorded in config.json
     and the checkpoint and used by nothing, without a word."""

@@ -518,6 +518,7 @@ def _wire(
     arch, fixed_chans = architecture(cfg, resume_ckpt if resume_ckpt is not None else init, source)
     if init is not None and isinstance(init.get("model_config"), dict):  # config.json names the network trained
         cfg = dataclasses.replace(cfg, model=model_family(config_from_file(init["model_config"], source))[0])
+    cfg = dataclasses.replace(cfg, workers=min(cfg.workers, os.cpu_count() or 1))  # more than cores only contend
     data = _load(cfg, info, device, run_dir, show_progress, arch.input_size)
     cleanup.callback(data.close)  # the workers stop when the run ends, however it ends
     if cfg.workers and isinstance(data.train, TensorBatches):  # in memory (Fashion-MNIST, CIFAR): batched here
@@ -577,7 +578,7 @@ def _load(
         cfg.data,
         cfg.batch_size,
         input_size,
-        workers=min(cfg.workers, os.cpu_count() or 1),  # more workers than cores only contend
+        workers=cfg.workers,
         seed=cfg.seed,
         eval_batch_size=cfg.eval_batch_size,
         pin_memory=device.type == "cuda",
