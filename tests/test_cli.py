@@ -503,3 +503,21 @@ def test_command_lines_printed_to_paste_are_one_word_per_path(folder):
     assert words[:2] == ["alexnet", "train"] and parser.parse_args(words[1:]).resume in (folder, f"./{folder}")
     words = shlex.split(_train_hint(folder, 256).removeprefix("train on it with: "))
     assert parser.parse_args(words[1:]).data in (folder, f"./{folder}")
+
+
+def test_a_home_matplotlib_cannot_write_in_prints_none_of_its_lines(tmp_path):
+    """With a home folder that cannot be written (here: a file) matplotlib printed
+    'mkdir -p failed for path ...' and 'Matplotlib created a temporary cache directory ...', its own
+    format, on every figure (train's curves.png); alexnet now points MPLCONFIGDIR to a temporary folder."""
+    run = tmp_path / "run"
+    run.mkdir()
+    record = {"epoch": 1, "step": 2, "train_loss": 1.5, "lr": 0.01, "val_top1": 0.5, "val_top1_error": 0.5, "val_loss": 1.0}
+    (run / "metrics.jsonl").write_text(json.dumps(record) + "\n")
+    (tmp_path / "home").write_text("")
+    env = cli_env(HOME=str(tmp_path / "home"), XDG_CONFIG_HOME="", XDG_CACHE_HOME="")
+    env.pop("MPLCONFIGDIR", None)
+    r = subprocess.run([sys.executable, "-m", "alexnet", "visualize", "curves", str(run), "--out", str(tmp_path / "c.png")],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+

@@ -7,11 +7,15 @@ written to a temporary name and then renamed, so a failure never leaves half a P
 
 from __future__ import annotations
 
+import atexit
 import functools
 import json
 import math
 import os
 import re
+import shutil
+import sys
+import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -63,7 +67,36 @@ def _missing_glyphs_said_once(draw):
     return wrapper
 
 
+def _matplotlib_folders() -> list[Path]:
+    """The config and cache folders matplotlib makes where MPLCONFIGDIR is unset (its rule on Linux;
+    elsewhere ~/.matplotlib). Path.home() may raise RuntimeError (no home folder)."""
+    if sys.platform.startswith(("linux", "freebsd")):
+        return [Path(os.environ.get(var) or Path.home() / sub, "matplotlib")
+                for var, sub in (("XDG_CONFIG_HOME", ".config"), ("XDG_CACHE_HOME", ".cache"))]
+    return [Path.home() / ".matplotlib"]
+
+
+def _writable_matplotlib_folder() -> None:
+    """MPLCONFIGDIR set to a temporary folder (removed at exit) where matplotlib's own folders cannot be
+    made or written (a read-only or missing home): matplotlib made one itself, saying so in two lines
+    of its own ('mkdir -p failed ...', 'Matplotlib created a temporary cache directory ...')."""
+    if os.environ.get("MPLCONFIGDIR") or "matplotlib" in sys.modules or sys.platform == "win32":
+        return
+    try:
+        folders = _matplotlib_folders()
+        for folder in folders:
+            folder.mkdir(parents=True, exist_ok=True)
+        if all(folder.is_dir() and os.access(folder, os.W_OK) for folder in folders):
+            return
+    except (OSError, RuntimeError):
+        pass
+    temporary = tempfile.mkdtemp(prefix="alexnet-matplotlib-")
+    atexit.register(shutil.rmtree, temporary, ignore_errors=True)
+    os.environ["MPLCONFIGDIR"] = temporary
+
+
 def _pyplot():
+    _writable_matplotlib_folder()  # before matplotlib is imported: it reads its folders then
     import matplotlib
 
     matplotlib.use("Agg", force=False)
