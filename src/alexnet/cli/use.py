@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from .common import _check_output, _progress_flag, _same_folder
 
 if TYPE_CHECKING:  # for annotations only: the commands import what they need when they run
+    from ..data.loaders import FolderListing
     from ..data.presets import Preprocess
 
 
@@ -30,10 +31,11 @@ def _has_val_split(data: str) -> bool:
     return has_split_folders(root)
 
 
-def _warn_trained_on_scored(paths: list[str], data: object, held_out_seed: int | None) -> None:
+def _warn_trained_on_scored(paths: list[str], data: object, held_out_seed: int | None, listed: FolderListing | None = None) -> None:
     """Warn for each checkpoint that trained on images evaluate scores: a member of an ensemble trained
     on ``data`` (a folder without a val split) with another held-out seed than the one scored
-    (``held_out_seed``; None: every image is scored). Its figures would count images it learnt."""
+    (``held_out_seed``; None: every image is scored). Its figures would count images it learnt.
+    ``listed``: ``data``'s listing, shared with the command's other questions of it."""
     import warnings
 
     from ..checkpoint import read_entry
@@ -43,7 +45,7 @@ def _warn_trained_on_scored(paths: list[str], data: object, held_out_seed: int |
     for p in paths:
         rec = read_entry(p, "train_config") or {}
         seed = rec.get("seed", 0)
-        if _trained_on(data, rec, read_entry(p, "held_out_of")) and seed != held_out_seed:
+        if _trained_on(data, rec, read_entry(p, "held_out_of"), listed) and seed != held_out_seed:
             scored = "all of its images" if held_out_seed is None else f"those held out with seed {held_out_seed}"
             warnings.warn(f"{p} trained on {data} holding out the images of seed {seed}: the images scored ({scored}) include "
                           "ones it trained on, so the figures are optimistic; give --data a folder none of the models trained on",
@@ -73,15 +75,16 @@ def _note_unlisted(path: str, data: object, recorded: dict, held_out_of: object,
                   f"every image is scored, the ones it trained on among them ({where})", stacklevel=2)
 
 
-def _trained_on(data: object, recorded: dict, held_out_of: object) -> bool:
+def _trained_on(data: object, recorded: dict, held_out_of: object, listed: FolderListing | None = None) -> bool:
     """Whether a checkpoint (its train_config ``recorded`` and ``held_out_of``) trained on ``data``:
     the folder it records, or that folder moved or copied since (the same images under another path,
-    to which its 'is not there: give --data' leads), whose held-out tenth alone was not learnt."""
+    to which its 'is not there: give --data' leads), whose held-out tenth alone was not learnt.
+    ``listed``: ``data``'s listing (:class:`~alexnet.data.loaders.FolderListing`), listed once a command."""
     from ..data.loaders import lists_same_images
 
     if _same_folder(data, recorded.get("data")):
         return True
-    return isinstance(data, str) and isinstance(held_out_of, dict) and lists_same_images(data, held_out_of)
+    return isinstance(data, str) and isinstance(held_out_of, dict) and lists_same_images(data, held_out_of, listed)
 
 
 def _evaluation_data(args: argparse.Namespace, recorded: dict) -> str | None:
@@ -130,7 +133,7 @@ def _write_evaluation(out: Path, record: dict, confusion, classes: list[str], co
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..checkpoint import read_entry
     from ..data.device_decode import decode_device
-    from ..data.loaders import load_eval_data
+    from ..data.loaders import FolderListing, load_eval_data
     from ..errors import CheckpointError
     from ..evaluate import class_orders, data_confusion, evaluate, load_models
     from ..retrieval import precision_name
@@ -146,15 +149,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     recorded = read_entry(args.checkpoint, "train_config") or {}  # load_models read the file
     data = _evaluation_data(args, recorded)
     held_out_of = read_entry(args.checkpoint, "held_out_of")
-    own = _trained_on(data, recorded, held_out_of)  # a folder without a val split: score what training held out
+    listed = FolderListing(data) if isinstance(data, str) else None  # its images, listed once for all that follows
+    own = _trained_on(data, recorded, held_out_of, listed)  # a folder without a val split: score what training held out
     if not own:
         _note_unlisted(args.checkpoint, data, recorded, held_out_of, read_entry(args.checkpoint, "folders") is not None)
-    _warn_trained_on_scored([str(p) for p in paths], data, recorded.get("seed", 0) if own else None)
+    _warn_trained_on_scored([str(p) for p in paths], data, recorded.get("seed", 0) if own else None, listed)
     decode = decode_device(args.decode or "auto", device)
     loader, classes, n_images, source = load_eval_data(
         data, models[0].preprocess, args.batch_size, args.workers, decode_device=decode,
         pin_memory=device.type == "cuda", held_out_seed=recorded.get("seed", 0) if own else None,
-        held_out_of=held_out_of if own else None,
+        held_out_of=held_out_of if own else None, listed=listed,
     )
     class_orders(models, [str(p) for p in paths], list(classes), getattr(loader, "folders", None))  # refused by path
     channels_last = args.channels_last is not False  # NHWC, as training runs: pooling is several times faster on a CPU

@@ -462,29 +462,47 @@ def _to_model(x: torch.Tensor, preprocess: Preprocess, channels_last: bool) -> t
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-def lists_same_images(data: str | os.PathLike, recorded: dict[str, Any] | None) -> bool:
-    """Whether the image folder ``data`` (without a val split) lists the very images, by their paths
-    relative to it, that training drew its held-out split from (``recorded``: :func:`listing`, as
-    the checkpoint keeps it): the training folder moved or copied since. Its recorded path then names
-    nothing, and scoring every image would count the nine tenths the model trained on."""
-    if not isinstance(recorded, dict) or "digest" not in recorded:  # a checkpoint from before the record (or of an old pack)
-        return False
-    root = Path(data)
+class FolderListing:
+    """The images of one data folder (or pack) without a val split, listed at most once, when first
+    asked for: a command that asks several questions of the folder it is given (evaluate: did this
+    checkpoint, did each ensemble member, train on it; then its images) lists it once. One per
+    command, not a process-wide cache, which could go stale between calls in one process."""
+
+    def __init__(self, data: str | os.PathLike) -> None:
+        self.data, self.read, self._ds = Path(data), False, None
+
+    def get(self) -> Any | None:
+        """The folder's ImageFolderDataset (its paths only) or PackedDataset; None when it has a val split or is no data set."""
+        if not self.read:
+            self._ds, self.read = _read_listing(self.data), True
+        return self._ds
+
+
+def _read_listing(root: Path) -> Any | None:
+    """What :func:`lists_same_images` compares: ``root``'s images, or None (a val split, not a data set)."""
     try:
         kind = detect(root)
         if kind == "packed":  # a pack moved or copied: prepare recorded its files (an old pack's digest is None: not matched)
-            if "val" in read_index(root)["splits"]:
-                return False
-            ds: Any = PackedDataset(root, "train")
-        elif kind != "images" or has_split_folders(root) or (root / "val").is_dir():
-            return False
-        else:
-            with warnings.catch_warnings():  # loading the folder for evaluation says it again
-                warnings.simplefilter("ignore")
-                ds = ImageFolderDataset(root, 8, 8, BadFiles())  # the sizes decode nothing here: the paths alone are listed
+            return None if "val" in read_index(root)["splits"] else PackedDataset(root, "train")
+        if kind != "images" or has_split_folders(root) or (root / "val").is_dir():
+            return None
+        with warnings.catch_warnings():  # loading the folder for evaluation says it again
+            warnings.simplefilter("ignore")
+            return ImageFolderDataset(root, 8, 8, BadFiles())  # the sizes decode nothing here: the paths alone are listed
     except DataError:  # not a data set it can read: loading it says why
+        return None
+
+
+def lists_same_images(data: str | os.PathLike, recorded: dict[str, Any] | None, listed: FolderListing | None = None) -> bool:
+    """Whether the image folder ``data`` (without a val split) lists the very images, by their paths
+    relative to it, that training drew its held-out split from (``recorded``: :func:`listing`, as
+    the checkpoint keeps it): the training folder moved or copied since. Its recorded path then names
+    nothing, and scoring every image would count the nine tenths the model trained on. ``listed``:
+    ``data``'s listing, shared by the command's other questions (else it is listed here)."""
+    if not isinstance(recorded, dict) or "digest" not in recorded:  # a checkpoint from before the record (or of an old pack)
         return False
-    return listing(ds) == {"images": recorded.get("images"), "digest": recorded["digest"]}
+    ds = (listed or FolderListing(data)).get()
+    return ds is not None and listing(ds) == {"images": recorded.get("images"), "digest": recorded["digest"]}
 
 
 def _same_listing(ds: Any, recorded: dict[str, Any] | None, source: str) -> None:
@@ -536,6 +554,7 @@ def load_eval_data(
     pin_memory: bool = False,
     held_out_seed: int | None = None,
     held_out_of: dict[str, Any] | None = None,
+    listed: FolderListing | None = None,
 ) -> tuple[Any, list[str], int, str]:
     """The evaluation split of ``data`` prepared as ``preprocess`` says (from a checkpoint).
 
@@ -545,7 +564,7 @@ def load_eval_data(
     ``held_out_of`` (:func:`listing`, as training recorded it): a DataError if the folder has changed
     since, when the held-out images can no longer be told from the ones training used.
     Returns (loader, class names, number of images, description). ``pin_memory``: batches in
-    page-locked memory, for a GPU.
+    page-locked memory, for a GPU. ``listed``: ``data``'s images if the command listed them already.
     """
     if not isinstance(preprocess, Preprocess):  # a bare network's .preprocess is None
         raise TypeError(f"load_eval_data: preprocess must be a loaded model's recipe (alexnet.load(checkpoint).preprocess), "
@@ -569,7 +588,8 @@ def load_eval_data(
         if given_val:
             root = root / "val"
         resize, size = preprocess.stored_sizes()
-        splits = open_folder_splits(root, resize, bad)
+        known = listed.get() if listed is not None and listed.read and listed.data == root and not given_val else None
+        splits = open_folder_splits(root, resize, bad, known if isinstance(known, ImageFolderDataset) else None)
         ds, whole = splits.get("val", splits["train"]), "val" not in splits and not given_val
         ds.size, ds.channels = size, preprocess.channels
         classes, folders, source = ds.classes, ds.folders, str(ds.root)

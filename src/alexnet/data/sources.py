@@ -75,10 +75,12 @@ def has_split_folders(root: Path) -> bool:
     return (root / "train").is_dir() and (root / "val").is_dir()
 
 
-def open_folder_splits(root: Path, stored: int, bad: BadFiles) -> dict[str, ImageFolderDataset]:
+def open_folder_splits(
+    root: Path, stored: int, bad: BadFiles, listed: ImageFolderDataset | None = None
+) -> dict[str, ImageFolderDataset]:
     """``{"train": ..., "val": ...}`` for a folder with train/ and val/ (val/ either class folders or
     the flat ILSVRC-2012 layout labelled by the devkit), else ``{"train": ...}`` for a folder of
-    class folders."""
+    class folders (``listed``: its images, already listed in this command, not listed again)."""
     if has_split_folders(root):
         train = ImageFolderDataset(root / "train", stored, stored, bad)
         flat = val_samples(root, root / "val", train.folders)
@@ -91,7 +93,7 @@ def open_folder_splits(root: Path, stored: int, bad: BadFiles) -> dict[str, Imag
         splits = {"train": train, "val": val}
     else:
         _refuse_split_folders(root)
-        splits = {"train": ImageFolderDataset(root, stored, stored, bad)}
+        splits = {"train": ImageFolderDataset(root, stored, stored, bad) if listed is None else _relisted(listed, stored, bad)}
     others = [f for ds in splits.values() for f in ds.others]
     if others:  # torchvision's ImageFolder leaves them out without a word
         warnings.warn(f"{root}: left out {not_images(others)}", stacklevel=2)
@@ -100,6 +102,13 @@ def open_folder_splits(root: Path, stored: int, bad: BadFiles) -> dict[str, Imag
         warnings.warn(f"{root}: left out {len(loose)} image(s) in no class folder (first: {printable(loose[0])}): an "
                       "image trains as the class of the folder it is in", stacklevel=2)
     return splits
+
+
+def _relisted(listed: ImageFolderDataset, stored: int, bad: BadFiles) -> ImageFolderDataset:
+    """``listed``'s images (classes, names, files left out) decoded at ``stored``, without listing them again."""
+    ds = ImageFolderDataset(listed.root, stored, stored, bad, listed.samples, (listed.folders, listed.classes))
+    ds.names_from, ds.others = listed.names_from, list(listed.others)
+    return ds
 
 
 # Folder names that split a data set rather than name a class (other tools' spellings of val/ among them).
