@@ -1359,3 +1359,36 @@ def test_evaluate_lists_a_moved_training_folder_once(tmp_path, capsys, monkeypat
     assert calls == [moved]
     assert got["images"] == last["val_images"] == 3 and "held out, seed 3" in got["data"]
     assert got["top1"] == pytest.approx(last["val_top1"]) and got["top5"] == pytest.approx(last["val_top5"])
+
+
+def test_evaluate_of_a_split_folder_tells_train_classes_without_listing_its_images(tmp_path, monkeypatch):
+    """evaluate on ROOT with train/ and val/ listed every training image (4 s at 1.28 M) only to learn
+    the class folders. They are told from train/'s folder names now; names from classes.tsv, the
+    class order, an empty training class folder refused as before: all as when train/ was listed."""
+    import alexnet
+    import alexnet.data.folder as folder_module
+    from alexnet.data.loaders import load_eval_data
+    from alexnet.errors import DataError
+
+    root = tmp_path / "root"
+    make_image_folder(root / "train", classes=3, per_class=4)
+    make_image_folder(root / "val", classes=3, per_class=2)
+    (root / "train" / "class1" / "deeper").mkdir()  # images only in a sub-folder still make a class
+    for f in (root / "train" / "class1").glob("*.jpg"):
+        f.rename(root / "train" / "class1" / "deeper" / f.name)
+    (root / "classes.tsv").write_text("class0\tzero\nclass1\tone\nclass2\ttwo\n")
+    pre = alexnet.load(tiny_checkpoint(tmp_path / "m.pt")).preprocess
+    listed = []
+    real = folder_module._image_files
+    monkeypatch.setattr(folder_module, "_image_files", lambda f, *a, **k: listed.append(Path(f)) or real(f, *a, **k))
+    loader, classes, n, source = load_eval_data(root, pre, batch_size=4)
+    assert classes == ["zero", "one", "two"] and loader.folders == ["class0", "class1", "class2"] and n == 6
+    assert source == str(root / "val") and n == len(list((root / "val").rglob("*.jpg")))
+    assert [p for p in listed if "train" in p.parts] == [root / "train" / "class1"]  # no image directly in it: looked into
+    (root / "train" / "class2" / "notes.txt").write_text("x")
+    for f in (root / "train" / "class2").glob("*.jpg"):
+        f.unlink()
+    with pytest.raises(DataError) as e:
+        load_eval_data(root, pre, batch_size=4)
+    assert str(e.value) == f"{root / 'train' / 'class2'}: class folder has no images it reads (1 file(s) of other kinds: 1 .txt; " \
+                           "it reads " + " ".join(folder_module.IMAGE_EXTENSIONS) + ")"

@@ -218,6 +218,18 @@ def _image_files(folder: Path, others: list[str] | None = None) -> list[str]:
     return sorted(files)
 
 
+def has_images(folder: Path) -> bool:
+    """Whether :func:`list_images` finds an image in ``folder``: true at its first image file directly
+    in it, without listing the rest; else (images only in sub-folders, or none) as :func:`_image_files` says."""
+    try:
+        with os.scandir(folder) as entries:
+            if any(_image_file(e) for e in entries):
+                return True
+    except OSError:  # unreadable: _image_files skips it, finding nothing
+        pass
+    return bool(_image_files(folder))
+
+
 def _ancestors(folder: Path) -> set[tuple[int, int]]:
     """(device, inode) of every folder above ``folder``, as named and as its real path (a class folder
     linked in from elsewhere)."""

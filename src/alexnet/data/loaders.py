@@ -589,7 +589,7 @@ def load_eval_data(
             root = root / "val"
         resize, size = preprocess.stored_sizes()
         known = listed.get() if listed is not None and listed.read and listed.data == root and not given_val else None
-        splits = open_folder_splits(root, resize, bad, known if isinstance(known, ImageFolderDataset) else None)
+        splits = open_folder_splits(root, resize, bad, known if isinstance(known, ImageFolderDataset) else None, val_only=True)
         ds, whole = splits.get("val", splits["train"]), "val" not in splits and not given_val
         ds.size, ds.channels = size, preprocess.channels
         classes, folders, source = ds.classes, ds.folders, str(ds.root)

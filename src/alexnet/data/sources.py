@@ -11,13 +11,25 @@ import os
 import re
 import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import DataError
 from .cifar import find_cifar
 from .fashion_mnist import fashion_mnist_missing, is_fashion_mnist
-from .folder import BadFiles, ImageFolderDataset, not_images, printable, skipped, top_level_images
+from .folder import (
+    BadFiles,
+    ImageFolderDataset,
+    class_names_from,
+    find_classes,
+    has_images,
+    list_images,
+    not_images,
+    printable,
+    skipped,
+    top_level_images,
+)
 from .ilsvrc import val_samples
 
 Kind = Literal["fashion_mnist", "cifar", "packed", "images"]
@@ -76,13 +88,14 @@ def has_split_folders(root: Path) -> bool:
 
 
 def open_folder_splits(
-    root: Path, stored: int, bad: BadFiles, listed: ImageFolderDataset | None = None
-) -> dict[str, ImageFolderDataset]:
+    root: Path, stored: int, bad: BadFiles, listed: ImageFolderDataset | None = None, val_only: bool = False
+) -> dict[str, Any]:
     """``{"train": ..., "val": ...}`` for a folder with train/ and val/ (val/ either class folders or
     the flat ILSVRC-2012 layout labelled by the devkit), else ``{"train": ...}`` for a folder of
-    class folders (``listed``: its images, already listed in this command, not listed again)."""
+    class folders (``listed``: its images, already listed in this command, not listed again).
+    ``val_only`` (evaluation): train/ gives only its classes (:class:`ClassFolders`), not its images."""
     if has_split_folders(root):
-        train = ImageFolderDataset(root / "train", stored, stored, bad)
+        train = ClassFolders.of(root / "train") if val_only else ImageFolderDataset(root / "train", stored, stored, bad)
         flat = val_samples(root, root / "val", train.folders)
         if flat is not None:
             val = ImageFolderDataset(root / "val", stored, stored, bad, flat, (train.folders, train.classes))
@@ -102,6 +115,27 @@ def open_folder_splits(
         warnings.warn(f"{root}: left out {len(loose)} image(s) in no class folder (first: {printable(loose[0])}): an "
                       "image trains as the class of the folder it is in", stacklevel=2)
     return splits
+
+
+@dataclass
+class ClassFolders:
+    """The classes of a train/ folder as its ImageFolderDataset has them (folders, names and where
+    they came from), told from its folder names: evaluation scores val/ and needs no training image."""
+
+    root: Path
+    folders: list[str]
+    classes: list[str]
+    names_from: str
+    others: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, root: Path) -> ClassFolders:
+        """``root``'s class folders, each refused as training refuses it if it holds no image."""
+        folders = find_classes(root, names=False)[0]
+        for folder in folders:
+            if not has_images(root / folder):
+                list_images(root, [folder])  # its DataError, worded as when train/ is listed
+        return cls(root, folders, *class_names_from(root, folders))
 
 
 def _relisted(listed: ImageFolderDataset, stored: int, bad: BadFiles) -> ImageFolderDataset:
