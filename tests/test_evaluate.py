@@ -244,6 +244,26 @@ def test_predict_top_k_true_label_and_figure(tmp_path, capsys):
     assert err == f"alexnet: error: --out {fig / 'ev'}: cannot write there: {fig} is a file, not a folder"
 
 
+def test_a_network_whose_outputs_overflow_is_refused_not_printed_as_nan(tmp_path, capsys):
+    """Finite weights whose activations overflow float32 (inf logits, NaN softmax): evaluate --json
+    printed "loss": NaN beside a top-1 of NaN scores and predict --json "probability": NaN, which
+    JSON has not (jq and JSON.parse reject the document); both now refuse in one line, exit 2."""
+    folder = make_image_folder(tmp_path / "imgs", classes=3, per_class=2)
+    ckpt = tiny_checkpoint(tmp_path / "m.pt")
+    state = torch.load(ckpt, weights_only=True)
+    for name in ("fc6.weight", "fc7.weight", "fc8.weight"):
+        state["model"][name] = state["model"][name] * 1e15  # finite: the checkpoint loads
+    save_atomic(state, ckpt)
+    for args in (["evaluate", "--checkpoint", str(ckpt), "--data", str(folder), "--json", "--ten-crop"],
+                 ["predict", str(folder), "--checkpoint", str(ckpt), "--json"]):
+        capsys.readouterr()
+        assert main([*args, "--amp", "none", "--progress", "off"]) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and "NaN" not in out
+        assert err.strip() == ("alexnet: error: the network's outputs are not finite (NaN or inf) for 6 of 6 images in "
+                               "float32: its activations overflow, so it scores nothing")
+
+
 def test_features_and_retrieval_return_the_query_first(tmp_path, capsys):
     """An empty sub-folder is a class with nothing to find: features refused the folder ('class
     folder has no images'), which predict takes."""

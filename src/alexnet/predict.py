@@ -14,7 +14,7 @@ import torch
 from .data.folder import _image_files, class_name, decode_image, find_classes, not_images, to_luma
 from .data.loaders import model_input
 from .data.presets import Preprocess
-from .errors import ConfigError, DataError
+from .errors import CheckpointError, ConfigError, DataError
 from .model import AlexNet
 from .runtime import autocast, eval_mode, progress, resolve_amp
 
@@ -166,7 +166,20 @@ def model_probs(
         # One batch of views at a time: ten crops of 256 images at once would hold 2,560 images'
         # activations (about 10 GB for alexnet_paper).
         probs = torch.cat([torch.softmax(model(part).float(), dim=1) for part in x.split(images.shape[0])])
-    return probs.reshape(images.shape[0], views, -1).mean(dim=1)
+    probs = probs.reshape(images.shape[0], views, -1)
+    _check_finite(probs, amp)
+    return probs.mean(dim=1)
+
+
+def _check_finite(probs: torch.Tensor, amp: torch.dtype | None) -> None:
+    """CheckpointError where the network's outputs overflowed (inf logits, NaN probabilities): its
+    scores, accuracies and the JSON printed of them (NaN, which JSON has not) would mean nothing."""
+    bad = int((~torch.isfinite(probs)).flatten(1).any(dim=1).sum())  # (images, views, classes)
+    if bad:
+        precision = str(amp or torch.float32).removeprefix("torch.")
+        hint = "; --amp none computes in float32" if amp is not None else ""
+        raise CheckpointError(f"the network's outputs are not finite (NaN or inf) for {bad} of {probs.shape[0]} images in "
+                              f"{precision}: its activations overflow, so it scores nothing{hint}")
 
 
 @torch.no_grad()
