@@ -1412,3 +1412,33 @@ def test_evaluate_of_a_split_folder_tells_train_classes_without_listing_its_imag
         load_eval_data(root, pre, batch_size=4)
     assert str(e.value) == f"{root / 'train' / 'class2'}: class folder has no images it reads (1 file(s) of other kinds: 1 .txt; " \
                            "it reads " + " ".join(folder_module.IMAGE_EXTENSIONS) + ")"
+
+
+def _json_help(command: str) -> str:
+    """The --json help of ``command``, as 'alexnet COMMAND --help' prints it."""
+    from alexnet.cli.options import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices[command]
+    return next(a.help for a in sub._actions if a.dest == "json")
+
+
+def test_json_fields_are_the_ones_help_names_with_json_types(tmp_path, capsys):
+    """Scripts read evaluate/predict/retrieve --json by field name: '--help' said only 'print one
+    JSON object' or 'a JSON list'; it now names every field, and each is a number, string or null."""
+    import re
+
+    folder = make_image_folder(tmp_path / "imgs", classes=3, per_class=2)
+    ckpt = tiny_checkpoint(tmp_path / "m.pt")
+    index = tmp_path / "i.safetensors"
+    assert main(["features", "--checkpoint", str(ckpt), "--data", str(folder), "--out", str(index)]) == 0
+    query = str(folder / "class1" / "img0.jpg")
+    ev = cli_json(capsys, "evaluate", "--checkpoint", str(ckpt), "--data", str(folder), "--json")
+    pr = cli_json(capsys, "predict", query, "--checkpoint", str(ckpt), "--json", "--top", "2")
+    rt = cli_json(capsys, "retrieve", query, "--index", str(index), "--json", "--k", "2")
+    for command, keys in (("evaluate", set(ev)), ("predict", set(pr[0]) | set(pr[0]["top"][0])), ("retrieve", set(rt[0]))):
+        named = set(re.findall(r"[a-z][a-z0-9_]*", _json_help(command)))
+        assert keys <= named, (command, keys - named)
+    assert all(isinstance(ev[k], float) for k in ("top1", "top5", "top1_error", "top5_error", "loss"))
+    assert isinstance(ev["images"], int) and isinstance(ev["precision"], str) and isinstance(ev["models"], list)
+    assert isinstance(pr[0]["top"][0]["probability"], float) and isinstance(pr[0]["top"][0]["index"], int)
+    assert isinstance(rt[0]["distance"], float) and rt[0]["label"] == "class1"

@@ -169,14 +169,17 @@ def _add_use_commands(sub, common: argparse.ArgumentParser) -> None:
     e.add_argument("--ten-crop", action="store_true", help="average the softmax of the 4 corner + centre crops and their mirrors")
     e.add_argument("--ensemble", nargs="+", metavar="FILE", help="more checkpoints: average the softmax of all models")
     e.add_argument("--out", help="folder for per_class.csv, confusion.png, confusion.csv and evaluate.json")
-    e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.add_argument("--json", action="store_true", help="print one JSON object: top1, top5, top1_error, top5_error, loss (mean "
+                   "negative log-likelihood), images (the number scored), ten_crop, precision, models (the checkpoints), "
+                   "data (what was scored)")
     e.set_defaults(func=cmd_evaluate)
 
     pr = sub.add_parser("predict", parents=[common], help="top-K classes of your own images")
     pr.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER")
     pr.add_argument("--checkpoint", required=True, help="a checkpoint (.pt) or an exported .safetensors")
     pr.add_argument("--top", type=_positive_int, default=5, help="classes per image (default: 5)")
-    pr.add_argument("--json", action="store_true", help="print a JSON list")
+    pr.add_argument("--json", action="store_true", help="print a JSON list, an object per image: path, top (a list of class, "
+                    "index, probability), label (the true class its folder names, or null)")
     pr.add_argument("--figure", help="figure file (.png, .pdf, .svg, .jpg): each image with bars for its --top classes, "
                     "at most 5 (the paper's figure 4, left)")
     pr.set_defaults(func=cmd_predict)
@@ -193,7 +196,8 @@ def _add_use_commands(sub, common: argparse.ArgumentParser) -> None:
     rt.add_argument("--index", required=True, help="a file written by 'alexnet features'")
     rt.add_argument("--checkpoint", help="default: the checkpoint the index was built with")
     rt.add_argument("--k", type=_positive_int, default=6, help="neighbours to list (default: 6)")
-    rt.add_argument("--json", action="store_true", help="print a JSON list")
+    rt.add_argument("--json", action="store_true", help="print a JSON list, nearest first: path, distance (Euclidean, in fc7 "
+                    "space), label (its class, or null)")
     rt.add_argument("--figure", help="figure file (.png, .pdf, .svg, .jpg): the query and its neighbours (the paper's figure 4, right)")
     rt.set_defaults(func=cmd_retrieve)
 
