@@ -167,18 +167,19 @@ def model_probs(
         # activations (about 10 GB for alexnet_paper).
         probs = torch.cat([torch.softmax(model(part).float(), dim=1) for part in x.split(images.shape[0])])
     probs = probs.reshape(images.shape[0], views, -1)
-    _check_finite(probs, amp)
+    check_finite(probs, amp)  # (images, views, classes)
     return probs.mean(dim=1)
 
 
-def _check_finite(probs: torch.Tensor, amp: torch.dtype | None) -> None:
-    """CheckpointError where the network's outputs overflowed (inf logits, NaN probabilities): its
-    scores, accuracies and the JSON printed of them (NaN, which JSON has not) would mean nothing."""
-    bad = int((~torch.isfinite(probs)).flatten(1).any(dim=1).sum())  # (images, views, classes)
+def check_finite(values: torch.Tensor, amp: torch.dtype | None, what: str = "outputs") -> None:
+    """CheckpointError where the network's ``what`` (a row per image) overflowed to inf or NaN (inf
+    logits give NaN probabilities): scores, accuracies and distances, and the JSON printed of them
+    (NaN and Infinity, which JSON has not), would mean nothing."""
+    bad = int((~torch.isfinite(values)).flatten(1).any(dim=1).sum())
     if bad:
         precision = str(amp or torch.float32).removeprefix("torch.")
         hint = "; --amp none computes in float32" if amp is not None else ""
-        raise CheckpointError(f"the network's outputs are not finite (NaN or inf) for {bad} of {probs.shape[0]} images in "
+        raise CheckpointError(f"the network's {what} are not finite (NaN or inf) for {bad} of {values.shape[0]} images in "
                               f"{precision}: its activations overflow, so it scores nothing{hint}")
 
 

@@ -24,7 +24,7 @@ from .data.presets import Preprocess
 from .data.sources import detect, each_batch, refuse_split_folders
 from .errors import DataError
 from .model import AlexNet
-from .predict import kind_of, load_image, recipe
+from .predict import check_finite, kind_of, load_image, recipe
 from .runtime import autocast, eval_mode, progress, resolve_amp, versions
 
 INDEX_FORMAT = "alexnet-fc7-index-1"
@@ -38,7 +38,9 @@ def fc7(model: AlexNet, images: torch.Tensor, amp: torch.dtype | str | None = No
     x = model_input(images.to(device), torch.zeros(len(images), dtype=torch.int64), model.preprocess, False).to(model.dtype)
     amp = resolve_amp(amp, device)  # "bf16" as on the command line, or a dtype
     with autocast(device, amp), eval_mode(model):
-        return model.forward_fc7(x).float().cpu()
+        out = model.forward_fc7(x).float().cpu()
+    check_finite(out, amp, "fc7 features")  # their distances would be NaN
+    return out
 
 
 def fc7_fingerprint(model: AlexNet) -> str:
