@@ -1465,3 +1465,22 @@ def test_json_fields_are_the_ones_help_names_with_json_types(tmp_path, capsys):
     assert isinstance(ev["images"], int) and isinstance(ev["precision"], str) and isinstance(ev["models"], list)
     assert isinstance(pr[0]["top"][0]["probability"], float) and isinstance(pr[0]["top"][0]["index"], int)
     assert isinstance(rt[0]["distance"], float) and rt[0]["label"] == "class1"
+
+
+def test_a_warning_during_a_progress_bar_starts_its_own_line(tmp_path, capsys):
+    """An unreadable image met while evaluate's bar was drawn (--progress on, a terminal) was printed
+    at the end of the bar's line: '... 9.44batch/s]warning: skipping ...'. It is now written above
+    the bar (tqdm.write: the bar cleared, the line, the bar redrawn); --json's stdout stays one document."""
+    import re
+
+    folder = make_image_folder(tmp_path / "imgs", classes=3, per_class=2)
+    (folder / "class2" / "img1.jpg").write_bytes(b"not a jpeg")
+    ckpt = tiny_checkpoint(tmp_path / "m.pt")
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--data", str(folder), "--json", "--progress", "on",
+                 "--batch-size", "1", "--workers", "0"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["images"] == 5
+    lines = re.split(r"[\r\n]", err)
+    said = [line for line in lines if "warning: skipping unreadable image" in line]
+    assert len(said) == 1 and said[0].startswith("warning: "), err

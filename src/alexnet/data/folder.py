@@ -9,7 +9,6 @@ import io
 import math
 import os
 import stat
-import sys
 import unicodedata
 import warnings
 from collections.abc import Callable
@@ -20,6 +19,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import DataError
+from ..runtime import say
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 BAD_FILES_NAME = "bad_files.txt"
@@ -335,7 +335,7 @@ class BadFiles:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             with self.log_path.open("a", encoding="utf-8", errors="surrogateescape") as f:  # one short append: atomic enough
                 f.write(f"{path}\t{reason}\n")
-        print(f"warning: skipping unreadable image {path}: {reason}", file=sys.stderr, flush=True)
+        say(f"warning: skipping unreadable image {path}: {reason}")  # above an evaluate bar, not on its line
 
     def reasons(self) -> dict[str, str]:
         """Every file reported so far (by this process, or by any that shares the list file): why."""
