@@ -211,6 +211,8 @@ def evaluate(
     models = _checked(models, loader)
     device = resolve_device(str(device)) if device is not None else next(models[0].parameters()).device
     amp = resolve_amp(amp, device)
+    for m in models:
+        recipe(m)  # what model_probs feeds each model: its own recipe (after the device, which a bare network can name)
     k = models[0].fc8.out_features
     classes = classes if classes is not None else getattr(loader, "classes", None)
     folders = getattr(loader, "folders", None)  # the names a model trained before they were named knows
@@ -241,8 +243,8 @@ def evaluate(
 
 
 def _checked(models: AlexNet | list[AlexNet], loader: Any) -> list[AlexNet]:
-    """``models`` as a list, each an AlexNet with an output per class name and a recipe (what
-    :func:`model_probs` feeds it); a ValueError or TypeError for what :func:`evaluate` cannot take."""
+    """``models`` as a list, each an AlexNet with an output per class name; a ValueError or
+    TypeError for what :func:`evaluate` cannot take."""
     models = [models] if isinstance(models, AlexNet) else list(models)
     if not models:
         raise ValueError("evaluate: no models given")
@@ -251,8 +253,6 @@ def _checked(models: AlexNet | list[AlexNet], loader: Any) -> list[AlexNet]:
                         "alexnet.data.loaders.load_eval_data(path, model.preprocess)[0] gives them")
     for m in models:
         class_names(m)
-    for m in models:
-        recipe(m)
     return models
 
 
