@@ -181,17 +181,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                     "decode": "workers" if decode is None else str(decode), "batch_size": args.batch_size,
                     "channels_last": channels_last, "threads": torch.get_num_threads(), **versions()}
         _write_evaluation(Path(args.out), {**stats, "settings": settings, "argv": sys.argv[1:]}, confusion, list(classes), columns)
+    _print_evaluation(args, stats, source, len(models))
+    return 0
+
+
+def _print_evaluation(args: argparse.Namespace, stats: dict, source: str, n_models: int) -> None:
+    """evaluate's figures: one JSON object (--json), else lines for people."""
     if args.json:
         print(json.dumps(stats))
-    else:
-        how = (("10 crops" if args.ten_crop else "centre crop") + (f", {len(models)} models averaged" if len(models) > 1 else "")
-               + f", {stats['precision']}")
-        print(f"{source}: {stats['images']} image{'s' * (stats['images'] != 1)} ({how})")
-        print(f"top-1 accuracy {stats['top1']:.4f}  error {stats['top1_error']:.4f}")
-        print(f"top-5 accuracy {stats['top5']:.4f}  error {stats['top5_error']:.4f}")
-        if args.out:
-            print(f"per-class accuracy and confusion matrix in {args.out}")
-    return 0
+        return
+    how = (("10 crops" if args.ten_crop else "centre crop") + (f", {n_models} models averaged" if n_models > 1 else "")
+           + f", {stats['precision']}")
+    print(f"{source}: {stats['images']} image{'s' * (stats['images'] != 1)} ({how})")
+    print(f"top-1 accuracy {stats['top1']:.4f}  error {stats['top1_error']:.4f}")
+    print(f"top-5 accuracy {stats['top5']:.4f}  error {stats['top5_error']:.4f}")
+    if args.out:
+        print(f"per-class accuracy and confusion matrix in {args.out}")
 
 
 # -- predict / features / retrieve ------------------------------------------------------------------
