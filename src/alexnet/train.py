@@ -270,7 +270,7 @@ def evaluate(
     a network that gives every image the same answer, :func:`_say_blind`)."""
     model.eval()
     loss_sum, c1, c5, n = 0.0, 0, 0, 0
-    predicted = torch.zeros(classes, dtype=torch.int64)
+    predicted = torch.zeros(classes, dtype=torch.int64, device=device)  # read once, at the end
     for batch in progress(loader, total=len(loader), desc="evaluate", enabled=show_progress, unit="batch"):
         if batch is None or len(batch[1]) == 0:  # unreadable images, or a rank's empty share of a last batch
             continue
@@ -281,7 +281,7 @@ def evaluate(
         nll, k1, k5, pred = score(F.log_softmax(logits, dim=1), labels)
         loss_sum, c1, c5, n = loss_sum + nll, c1 + k1, c5 + k5, n + labels.numel()
         if classes:
-            predicted += torch.bincount(pred.cpu(), minlength=classes)[:classes]
+            predicted += torch.bincount(pred, minlength=classes)[:classes]
         if faults.ACTIVE:  # tests only: ALEXNET_FAULT=kill:eval=K
             faults.reached("eval")
     # one list, so that every rank joins the same collectives whatever its share held
