@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 import os
@@ -1484,3 +1485,29 @@ def test_a_warning_during_a_progress_bar_starts_its_own_line(tmp_path, capsys):
     lines = re.split(r"[\r\n]", err)
     said = [line for line in lines if "warning: skipping unreadable image" in line]
     assert len(said) == 1 and said[0].startswith("warning: "), err
+
+
+def test_evaluate_reads_the_device_once_a_batch_beyond_its_label_check(tmp_path):
+    """alexnet evaluate waited for the device twice a batch on a GPU: the loss read (score) and a
+    finiteness count of every model's probabilities (297d57f). Non-finite outputs are now told by the
+    loss it reads anyway, so the device is read once a batch; the label check reads CPU labels."""
+    from test_train import _HostReads
+
+    import alexnet
+    from alexnet.data.loaders import load_eval_data
+    from alexnet.evaluate import evaluate
+
+    model = alexnet.load(tiny_checkpoint(tmp_path / "m.pt"))
+    folder = make_image_folder(tmp_path / "imgs", classes=3, per_class=3)
+    loader, *_ = load_eval_data(folder, model.preprocess, 2)
+    mode = _HostReads()
+    with mode:
+        evaluate(model, loader, "cpu", "none")
+    import inspect
+
+    import alexnet.evaluate as evaluate_module
+
+    src, first = inspect.getsourcelines(evaluate_module._check_labels)  # reads the CPU labels
+    cpu = {f"{evaluate_module.__file__}:{n}" for n in range(first, first + len(src))}
+    device_reads = [w for w in mode.where if w not in cpu and f"{os.sep}data{os.sep}" not in w]
+    assert len(device_reads) == len(loader), collections.Counter(mode.where)

@@ -7,6 +7,7 @@ paper's section 4 and table 2 ("averaging the predictions of five similar CNNs")
 from __future__ import annotations
 
 import csv
+import math
 import os
 import warnings
 from collections import Counter
@@ -20,7 +21,7 @@ from .data.folder import by_folders, in_data_names
 from .data.presets import Preprocess
 from .errors import CheckpointError, DataError
 from .model import AlexNet
-from .predict import class_names, model_probs, recipe
+from .predict import check_finite, class_names, model_probs, recipe
 from .runtime import eval_mode, progress, resolve_amp, resolve_device
 
 
@@ -235,6 +236,8 @@ def evaluate(
                 labels = mapping[labels]
             probs = ensemble_probs(models, images, ten_crop, amp, channels_last, orders)
             nll, k1, k5, pred = score(probs.clamp_min(1e-12).log(), labels)
+            if not math.isfinite(nll):  # overflowed outputs (NaN probabilities), told by the read score makes anyway
+                check_finite(probs, amp)
             loss_sum, c1, c5, n = loss_sum + nll, c1 + k1, c5 + k5, n + labels.numel()
             confusion += torch.bincount((labels * k + pred).cpu(), minlength=k * k).reshape(k, k)
     if not batches:

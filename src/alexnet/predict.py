@@ -166,9 +166,8 @@ def model_probs(
         # One batch of views at a time: ten crops of 256 images at once would hold 2,560 images'
         # activations (about 10 GB for alexnet_paper).
         probs = torch.cat([torch.softmax(model(part).float(), dim=1) for part in x.split(images.shape[0])])
-    probs = probs.reshape(images.shape[0], views, -1)
-    check_finite(probs, amp)  # (images, views, classes)
-    return probs.mean(dim=1)
+    # not checked here (a read per batch, a wait on a GPU): predict checks on the host, evaluate by its loss
+    return probs.reshape(images.shape[0], views, -1).mean(dim=1)
 
 
 def check_finite(values: torch.Tensor, amp: torch.dtype | None, what: str = "outputs") -> None:
@@ -221,6 +220,7 @@ def predict(
             if not chunk:
                 continue
             probs = model_probs(model, images.to(device), preprocess, amp=amp).cpu()
+            check_finite(probs, amp)  # on the host already: no wait of its own
             values, indices = probs.topk(k, dim=1)
             for p, v, i in zip(chunk, values, indices):
                 results.append(
