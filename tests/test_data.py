@@ -1,6 +1,8 @@
 """Data readers and batched augmentation."""
 
 
+import collections
+
 import numpy as np
 import pytest
 import torch
@@ -121,3 +123,14 @@ def test_the_listing_digest_of_many_files_is_relpaths_without_calling_relpath_pe
     files = [str(tmp_path / "d" / f"n01/img{i}.JPEG") for i in range(1000)]
     assert cache_key(files, tmp_path / "d", stamps=False) == by_relpath(files, tmp_path / "d")
     assert len(calls) == 1000  # the reference's own; none by cache_key
+
+
+def test_random_crops_draw_every_patch_and_its_mirror():
+    """SPEC section 3's variants, counted: a 12 px crop of a 16 px image has 5 offsets on each axis,
+    so 5 x 5 x 2 = 50 (patch, mirror) variants (224 of 256: 33 x 33 x 2, which the paper rounds to
+    32^2 x 2 = 2048). 4,000 draws give every one, each about as often (80 expected, 4.5 sigma either
+    side). A range one short on one axis only (offsets 0..3 of top) was not noticed before."""
+    top, left, mirror = augment.random_crop_params(16, 16, 12, torch.arange(4000), seed=3, epoch=0)
+    counts = collections.Counter(zip(top.tolist(), left.tolist(), mirror.tolist()))
+    assert set(counts) == {(t, c, m) for t in range(5) for c in range(5) for m in (False, True)}
+    assert 40 <= min(counts.values()) and max(counts.values()) <= 120
