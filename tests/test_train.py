@@ -1203,3 +1203,22 @@ def test_workers_typed_for_data_held_in_memory_are_said_unused_and_recorded_as_0
     assert load_checkpoint(run / "last.pt")["train_config"]["workers"] == 0
     assert main(["train", "--data", str(tiny_fmnist), "--out", str(tmp_path / "quiet"), "--workers", "0", *small]) == 0
     assert "--workers" not in capsys.readouterr().err
+
+
+def test_the_paper_and_default_presets_are_the_documented_recipes():
+    """Golden values, not the code's: SPEC section 2 (the paper's update rule, batch 128, momentum
+    0.9, weight decay 0.0005 of the weights, lr 0.01 divided by 10 on a plateau, three times) and
+    section 3 (mean image subtracted, mirrors, fancy PCA with alpha ~ N(0, 0.1)); README's default
+    job (5 epochs of Nesterov SGD, momentum 0.9, weight decay 5e-4, batch 128, peak lr 0.08), which
+    takes its momentum and decay from the option defaults."""
+    from alexnet.data.presets import get_preset
+
+    cfg = resolve_config("paper", {})
+    assert (cfg.model, cfg.optimizer, cfg.batch_size, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.bias_decay) == (
+        "alexnet_paper", "paper", 128, 0.01, 0.9, 5e-4, False)
+    assert (cfg.schedule, cfg.plateau_max_reductions) == ("plateau", 3)
+    data = get_preset(cfg.data_preset)
+    assert (data["mean"], data["flip"], data["padding"], data["pca_alpha_std"]) == ("image", True, 0, 0.1)
+    job = resolve_config("fashion_mnist", {})
+    assert (job.epochs, job.optimizer, job.nesterov, job.momentum, job.weight_decay, job.batch_size, job.lr) == (
+        5, "sgd", True, 0.9, 5e-4, 128, 0.08)
