@@ -34,6 +34,12 @@ PRE = {  # an image-folder recipe for 67 px inputs cut from 76 px stored images
 }
 
 
+def pre_float64() -> tuple[torch.Tensor, torch.Tensor]:
+    """PRE's mean and std as float64 (3, 1, 1) tensors, for the independent computations."""
+    mean, std = (torch.tensor(PRE[key], dtype=torch.float64).reshape(3, 1, 1) for key in ("mean", "std"))
+    return mean, std
+
+
 def tiny_checkpoint(path: Path, classes: int = 3, seed: int = 0, **overrides) -> Path:
     """A small paper-layout net (LRN, two towers) saved as 'alexnet train' would."""
     torch.manual_seed(seed)
@@ -79,8 +85,7 @@ def test_ten_crop_evaluation_against_independent_computation(tmp_path, capsys, m
 
     model = alexnet.load(ckpt).double()
     ds = ImageFolderDataset(folder, 76, 76)
-    mean = torch.tensor(PRE["mean"], dtype=torch.float64).reshape(3, 1, 1)
-    std = torch.tensor(PRE["std"], dtype=torch.float64).reshape(3, 1, 1)
+    mean, std = pre_float64()
     c1 = c5 = 0
     nll = 0.0
     for image, label, _ in (ds[i] for i in range(len(ds))):
@@ -1511,3 +1516,72 @@ def test_evaluate_reads_the_device_once_a_batch_beyond_its_label_check(tmp_path)
     cpu = {f"{evaluate_module.__file__}:{n}" for n in range(first, first + len(src))}
     device_reads = [w for w in mode.where if w not in cpu and f"{os.sep}data{os.sep}" not in w]
     assert len(device_reads) == len(loader), collections.Counter(mode.where)
+
+
+def test_an_ensemble_averages_the_members_probabilities_not_their_logits(tmp_path, capsys):
+    """Two different members against an independent computation: the mean of their softmax outputs
+    (SPEC section 3, the paper's section 4), centre crop in float64, image by image. The geometric
+    mean (softmax of the averaged log-probabilities, i.e. of averaged logits) gives another loss."""
+    folder = make_image_folder(tmp_path / "imgs", classes=3, per_class=3)
+    a, b = tiny_checkpoint(tmp_path / "a.pt"), tiny_checkpoint(tmp_path / "b.pt", seed=5)
+    got = cli_json(capsys, "evaluate", "--checkpoint", str(a), "--ensemble", str(b), "--data", str(folder), "--json",
+                   "--progress", "off", "--amp", "none")
+    import alexnet
+
+    models, (mean, std) = [alexnet.load(p).double() for p in (a, b)], pre_float64()
+    nll = geometric = 0.0
+    c1, o = 0, (76 - 67) // 2
+    ds = ImageFolderDataset(folder, 76, 76)
+    for image, label, _ in map(ds.__getitem__, range(len(ds))):
+        x = ((image[:, o : o + 67, o : o + 67].double() - mean) / std).unsqueeze(0)
+        with torch.no_grad():
+            logits = [m(x)[0] for m in models]
+        p = sum(torch.softmax(z, 0) for z in logits) / 2
+        nll -= math.log(float(p[label]))
+        c1 += int(p.argmax()) == label
+        geometric -= float(torch.log_softmax(sum(torch.log_softmax(z, 0) for z in logits) / 2, 0)[label])
+    assert got["loss"] == pytest.approx(nll / 9, rel=1e-4) and got["top1"] == pytest.approx(c1 / 9)
+    assert abs(geometric - nll) / 9 > 1e-3  # the two averages are told apart here
+
+
+def test_top5_counts_a_label_ranked_fifth_but_not_sixth():
+    """score's counts against ranks written by hand, seven classes: labels ranked 1st, 5th, 6th and 7th
+    give one top-1 and two top-5 hits; the loss is the sum of the labels' negative log-probabilities."""
+    from alexnet.evaluate import score
+
+    probs = torch.tensor([[0.05, 0.30, 0.08, 0.20, 0.10, 0.15, 0.12]] * 4, dtype=torch.float64)
+    labels = torch.tensor([1, 4, 2, 0])  # ranks 1, 5, 6, 7
+    nll, top1, top5, predicted = score(probs.log(), labels)
+    assert (top1, top5) == (1, 2) and predicted.tolist() == [1] * 4
+    assert nll == pytest.approx(-math.log(0.30 * 0.10 * 0.08 * 0.05), rel=1e-12)
+
+
+def test_ten_crops_average_the_softmax_of_each_view():
+    """model_probs with ten crops against the mean of the ten views' softmax outputs (SPEC section
+    3), views cut by hand and scored in float64, on a network whose views disagree: the softmax of
+    the averaged logits is other probabilities. (The ten-crop evaluation test's network scores the
+    views of its images alike to 1e-5, so it cannot tell the two apart.)"""
+    import copy
+
+    from alexnet.data.presets import Preprocess
+    from alexnet.predict import model_probs
+
+    torch.manual_seed(0)
+    m = create_model("alexnet_paper", num_classes=3, widths=(8, 8, 8, 8, 8), fc_width=16, input_size=67, dropout=0.0,
+                     init="kaiming").eval()
+    with torch.no_grad():
+        m.fc8.weight.mul_(300)  # logits of a few units that differ from view to view
+    images = torch.randint(0, 256, (2, 3, 76, 76), dtype=torch.uint8)
+    got = model_probs(m, images, Preprocess.from_dict(PRE), ten_crop=True).double()
+    m64 = copy.deepcopy(m).double()
+    mean, std = pre_float64()
+    for image, p in zip(images, got):
+        views = []
+        for top, left in ((0, 0), (0, 9), (9, 0), (9, 9), (4, 4)):  # 76 - 67 = 9; the centre rounded down
+            crop = (image[:, top : top + 67, left : left + 67].double() - mean) / std
+            views += [crop, crop.flip(-1)]
+        with torch.no_grad():
+            logits = m64(torch.stack(views))
+        want = torch.softmax(logits, 1).mean(0)
+        torch.testing.assert_close(p, want, rtol=1e-4, atol=1e-5)
+        assert (torch.softmax(logits.mean(0), 0) - want).abs().max() > 1e-2
