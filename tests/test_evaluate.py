@@ -1296,6 +1296,35 @@ def test_evaluate_out_failing_half_way_keeps_the_earlier_four_files_together(tmp
     assert {f.name: f.read_bytes() for f in out.iterdir()} == before
 
 
+def test_evaluate_out_ctrl_c_while_moving_keeps_the_four_files_together(tmp_path, monkeypatch):
+    """The four files of evaluate --out are moved from the hidden folder one by one: a Ctrl-C (or
+    SIGTERM) after the first move stopped there, leaving this evaluation's per_class.csv beside an
+    earlier one's evaluate.json. Now the moves end first; then the command stops, with all four new."""
+    import signal
+
+    from alexnet.cli.use import _write_evaluation
+
+    out = tmp_path / "ev"
+    classes = ["a", "b"]
+    _write_evaluation(out, {"checkpoint": "old.pt"}, torch.tensor([[3, 1], [0, 4]]), classes, classes)
+    replace, moved = os.replace, []
+
+    def replace_then_ctrl_c(src, dst):
+        replace(src, dst)
+        if Path(src).parent.name.startswith(".evaluate-") and Path(dst).parent == out:  # a move, not a write
+            moved.append(Path(dst).name)
+            if len(moved) == 1:
+                signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(os, "replace", replace_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        _write_evaluation(out, {"checkpoint": "new.pt"}, torch.tensor([[1, 3], [2, 2]]), classes, classes)
+    monkeypatch.undo()
+    assert moved == ["per_class.csv", "confusion.png", "confusion.csv", "evaluate.json"]
+    assert json.loads((out / "evaluate.json").read_text())["checkpoint"] == "new.pt"
+    assert sorted(f.name for f in out.iterdir()) == sorted(moved)  # and no hidden folder left
+
+
 def imagenet_like(tmp_path: Path, bias: dict[int, float]) -> Path:
     """A 1000-class tiny checkpoint named as torchvision's ImageNet weights, whose logits are ``bias``
     (fc8's weights are zero): its ranking of the 1000 classes is known by hand for every image."""

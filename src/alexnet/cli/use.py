@@ -107,7 +107,7 @@ def _write_evaluation(out: Path, record: dict, confusion, classes: list[str], co
     import shutil
     import tempfile
 
-    from ..atomic import write_text
+    from ..atomic import signals_held, write_text
     from ..evaluate import per_class_accuracy, write_confusion_csv, write_per_class_csv
     from ..figures import plot_confusion
 
@@ -121,8 +121,9 @@ def _write_evaluation(out: Path, record: dict, confusion, classes: list[str], co
         plot_confusion(confusion, classes, stage / "confusion.png", columns)
         write_confusion_csv(confusion, classes, stage / "confusion.csv", columns)
         write_text(stage / "evaluate.json", json.dumps(record, indent=2) + "\n")
-        for name in ("per_class.csv", "confusion.png", "confusion.csv", "evaluate.json"):
-            os.replace(stage / name, out / name)
+        with signals_held():  # a Ctrl-C between two moves left two new files beside two old ones
+            for name in ("per_class.csv", "confusion.png", "confusion.csv", "evaluate.json"):
+                os.replace(stage / name, out / name)
     except OSError as e:  # named by the file asked for in out/, not the hidden folder's
         name = Path(e.filename).name if e.filename else None
         raise OSError(e.errno, e.strerror, str(out / name) if name else None) from None
