@@ -46,6 +46,32 @@ def test_download_unpacks_and_names_the_classes(tmp_path, monkeypatch):
     assert imagenette.download("imagenette", tmp_path / "out", show_progress=False) == root
 
 
+def test_download_stopped_while_unpacking_leaves_no_half_folder(tmp_path, monkeypatch):
+    """A Ctrl-C (or SIGTERM) while the archive was unpacked left a whole train/ beside a half val/:
+    the next download found both folders, unpacked nothing and returned half a data set. Now the
+    archive is unpacked in a hidden folder and moved in whole; the next download unpacks it again."""
+    archive = _archive(tmp_path)
+    files = sorted(m.name for m in tarfile.open(archive) if m.isfile())
+    assert files[-1].startswith("imagenette2/val/")
+    monkeypatch.setitem(imagenette.URLS, "imagenette", archive.as_uri())
+    out = tmp_path / "out"
+    extract = tarfile.TarFile._extract_member
+
+    def stop_at_the_last_file(self, tarinfo, *args, **kwargs):
+        if tarinfo.name == files[-1]:
+            raise KeyboardInterrupt
+        return extract(self, tarinfo, *args, **kwargs)
+
+    monkeypatch.setattr(tarfile.TarFile, "_extract_member", stop_at_the_last_file)
+    with pytest.raises(KeyboardInterrupt):
+        imagenette.download("imagenette", out, show_progress=False)
+    monkeypatch.undo()
+    assert sorted(p.name for p in out.iterdir()) == ["imagenette2.tgz"]  # the archive, kept; no folder, no temporary
+    monkeypatch.setitem(imagenette.URLS, "imagenette", archive.as_uri())
+    root = imagenette.download("imagenette", out, show_progress=False)
+    assert sorted(str(p.relative_to(out)) for p in root.rglob("*.jpg")) == files
+
+
 def test_download_offline_is_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(imagenette.URLS, "imagenette", "http://127.0.0.1:9/imagenette2.tgz")  # nothing listens there
     assert main(["download", "imagenette", "--out", str(tmp_path / "out")]) == 2

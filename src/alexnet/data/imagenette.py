@@ -9,7 +9,9 @@ from elsewhere (e.g. a mirror of the same photos) gets them too.
 from __future__ import annotations
 
 import os
+import shutil
 import tarfile
+import tempfile
 from pathlib import Path
 
 from ..errors import DataError
@@ -60,6 +62,24 @@ def _fetch(url: str, dest: Path, show_progress: bool | None) -> None:
 
 
 def _extract(archive: Path, out: Path) -> None:
+    """Unpack ``archive`` into a hidden folder in ``out``, then move its folders into ``out``: one
+    stopped half way (Ctrl-C, a full disk) left ``val/`` half unpacked beside a whole ``train/``, which
+    the next download took for a finished one. The hidden folder goes on failure (not after SIGKILL)."""
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{archive.name}.", suffix=".unpacking", dir=out))
+    try:
+        _extract_into(archive, tmp)
+        for entry in sorted(tmp.iterdir()):
+            dest = out / entry.name
+            if dest.exists() or dest.is_symlink():  # an earlier unpacking's, unfinished: merged into, as before
+                shutil.copytree(entry, dest, dirs_exist_ok=True) if entry.is_dir() else os.replace(entry, dest)
+            else:
+                os.replace(entry, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _extract_into(archive: Path, out: Path) -> None:
     try:
         with tarfile.open(archive) as tar:
             try:
