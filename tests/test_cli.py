@@ -52,7 +52,7 @@ def test_train_evaluate_image_folder(tiny_folder, tmp_path):
         "--workers", "0", "--out", str(out),
     )
     assert r.returncode == 0, r.stderr
-    assert "held out" in r.stdout  # no train/ and val/: a seeded split, said out loud
+    assert "held out" in r.stderr  # a note (stderr): no train/ and val/: a seeded split, said out loud
     r = run_cli("evaluate", "--checkpoint", str(out / "best.pt"), "--data", str(tiny_folder))
     assert r.returncode == 0, r.stderr
     assert "top-1 accuracy" in r.stdout and "top-5 accuracy" in r.stdout
@@ -336,7 +336,7 @@ def test_threads(tiny_fmnist, tmp_path):
     # Resuming on another thread count is said (CPU reductions round differently); on the same, not.
     r = run_cli("train", "--resume", str(out), "--epochs", "2", "--threads", "2")
     assert r.returncode == 0, r.stderr
-    assert "note: this run started with 1 CPU threads and resumes with 2;" in r.stdout
+    assert "note: this run started with 1 CPU threads and resumes with 2;" in r.stderr
     r = run_cli("train", "--resume", str(out), "--epochs", "3", "--threads", "1")
     assert r.returncode == 0 and "note: this run started" not in r.stdout + r.stderr, r.stderr
     # The --resume line has no --threads: a resume without it takes the run's count (it took every core,
@@ -346,7 +346,7 @@ def test_threads(tiny_fmnist, tmp_path):
     shutil.copytree(runs[0], runs[1])
     for folder, given in zip(runs, ([], ["--threads", "1"])):
         r = run_cli("train", "--resume", str(folder), "--epochs", "2", *given)
-        assert r.returncode == 0 and "note: this run started" not in r.stdout, r.stdout
+        assert r.returncode == 0 and "note: this run started" not in r.stderr, r.stderr
     a, b = (torch.load(folder / "last.pt", weights_only=True)["model"] for folder in runs)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -431,6 +431,27 @@ def test_warnings_are_one_line(tmp_path, tiny_fmnist):
     warned = [line for line in r.stderr.splitlines() if "C kernel" in line]
     assert warned and all(line.startswith("warning: alexnet: C kernel '") for line in warned), r.stderr
     assert not [line for line in r.stderr.splitlines() if line.startswith(" ")], r.stderr
+
+
+def test_notes_and_warnings_go_to_stderr_results_to_stdout(tmp_path, tiny_fmnist, capsys):
+    """train printed its own 'note: ...' and 'warning: ...' lines on stdout, while the data's warnings
+    and the other commands' notes went to stderr; prepare's note on a small pack did too. One rule now:
+    notes and warnings on stderr, what a command made (its progress, its results) on stdout."""
+    from alexnet.cli import main
+
+    args = ["train", "--data", str(tiny_fmnist), "--out", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "128",
+            "--workers", "0", "--threads", "1", "--device", "cpu", "--model-option", "widths=[8,16,16,16,16]",
+            "--model-option", "fc_width=32", "--progress", "off"]
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    assert "note: batch size reduced to the 64 training images" in err, err
+    assert [line.split()[0] for line in out.splitlines()] == ["training", "epoch", "done:"], out
+    root = make_image_folder(tmp_path / "imgs", classes=2, per_class=2, size=(40, 36))
+    assert main(["prepare", "--data", str(root), "--out", str(tmp_path / "p"), "--size", "62", "--workers", "0",
+                 "--progress", "off"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("packed ") and len(out.splitlines()) == 1, out
+    assert err.startswith("note: alexnet_paper, the default for photos, takes images of 63 px or more"), err
 
 
 def test_a_reader_that_goes_away_ends_the_command_quietly():

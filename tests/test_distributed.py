@@ -110,7 +110,7 @@ def test_hybrid_two_processes_each_split_over_two_devices(one_process, tiny_fmni
     assert config()["environment"]["world_size"] == 2  # the count it started in, for a replay's note
     # Each rank drew its own dropout masks: one process goes on correctly, not bitwise (it went on without a word).
     assert ("note: this run's checkpoint was written by 2 processes and it resumes in 1; it continues, but not bitwise "
-            "as an uninterrupted run would (--nproc 2 resumes exactly)") in r.stdout, r.stdout
+            "as an uninterrupted run would (--nproc 2 resumes exactly)") in r.stderr, r.stderr
 
 
 def test_a_one_process_run_resumed_in_two_says_it_is_not_bitwise(one_process, tiny_fmnist, tmp_path):
@@ -120,10 +120,10 @@ def test_a_one_process_run_resumed_in_two_says_it_is_not_bitwise(one_process, ti
     r = run_cli("train", "--resume", str(out), "--epochs", "4", "--nproc", "2", "--threads", "1")
     assert r.returncode == 0, r.stderr
     assert ("note: this run's checkpoint was written by 1 process and it resumes in 2; it continues, but not bitwise as "
-            "an uninterrupted run would (one process, without --nproc, resumes exactly)") in r.stdout, r.stdout
-    assert r.stdout.count("note: this run's checkpoint") == 1  # rank 0 alone says it
+            "an uninterrupted run would (one process, without --nproc, resumes exactly)") in r.stderr, r.stderr
+    assert r.stderr.count("note: this run's checkpoint") == 1  # rank 0 alone says it
     r = run_cli("train", "--resume", str(out), "--epochs", "5", "--nproc", "2", "--threads", "1")
-    assert r.returncode == 0 and "checkpoint was written by" not in r.stdout, r.stdout  # the same count: no note
+    assert r.returncode == 0 and "checkpoint was written by" not in r.stdout + r.stderr, r.stderr  # the same count: no note
 
 
 @pytest.mark.parametrize("info, saved, exactly", [
@@ -500,7 +500,7 @@ def test_a_warning_about_the_data_is_said_once_not_by_every_rank(tmp_path):
     r = run_cli("train", "--data", str(data), "--out", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "4", "--amp", "none",
                 "--workers", "0", "--device", "cpu", "--nproc", "2", *TINY)
     assert r.returncode == 0, r.stderr
-    assert [line for line in r.stderr.splitlines() if "left out" in line] == [
+    assert [line for line in r.stderr.splitlines() if line.startswith("warning:") and "left out" in line] == [
         f"warning: {data}: left out 1 file(s) of other kinds: 1 .txt; it reads .jpg .jpeg .jpe .jfif .png .ppm .bmp .pgm .tif "
         ".tiff .webp .gif"], r.stderr
 

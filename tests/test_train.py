@@ -281,6 +281,7 @@ def test_resume_refuses_options_it_would_ignore_and_works_from_any_folder(tiny_f
     assert load_checkpoint(tmp_path / "run" / "last.pt")["position"]["epoch"] == 2
     assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["epochs"] == 2  # what it went on with
     assert main(["evaluate", "--checkpoint", "run/last.pt"]) == 0
+    capsys.readouterr()  # the resume's note (on stderr): --epochs 2 moves the onecycle schedule's end
     # --dropout is a model option, but the user typed --dropout: the refusal names it so.
     assert main(["train", "--resume", "run", "--dropout", "0.1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -401,6 +402,7 @@ def test_resume_takes_its_data_in_a_new_place_but_not_other_classes(tmp_path, ca
     assert err == [f"alexnet: error: {tmp_path / 'run' / 'last.pt'}: the data it was trained on, {data}, is not there: "
                    "give --data"], err
     assert main(["train", "--resume", str(tmp_path / "run"), "--epochs", "2", "--data", str(tmp_path / "moved")]) == 0
+    capsys.readouterr()  # its notes (stderr): the held-out images
     here, there = (load_checkpoint(tmp_path / name / "last.pt") for name in ("run", "same"))
     assert all(torch.equal(here["model"][k], there["model"][k]) for k in there["model"]), "not bitwise the same run"
     config = json.loads((tmp_path / "run" / "config.json").read_text())

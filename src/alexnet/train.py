@@ -343,7 +343,11 @@ class _CtrlC:
 
 
 def fit(
-    cfg: TrainConfig, show_progress: bool | None = None, log: Callable[[str], None] = print, force: bool = False
+    cfg: TrainConfig,
+    show_progress: bool | None = None,
+    log: Callable[[str], None] = print,
+    force: bool = False,
+    note: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Train ``cfg.model`` on ``cfg.data`` and evaluate after every epoch.
 
@@ -355,6 +359,9 @@ def fit(
     Started by torchrun (``RANK``, ``WORLD_SIZE`` set), this is one rank of a data-parallel run: each
     rank trains a DistributedDataParallel replica on its share of every global batch, and only rank 0
     logs and writes files. ``cfg.tower_devices`` puts the two towers on two devices (parallel.py).
+    ``log`` takes the run's progress (its start, each epoch, the end); ``note`` its notes and
+    warnings (``note: ...``, ``warning: ...``; default: ``log``), which the command line prints on
+    stderr as it does the data's warnings.
     Returns the last epoch's metrics with ``run_dir`` and ``best_val_top1`` added.
     """
     info = distributed.env_info()
@@ -370,7 +377,8 @@ def fit(
         quiet = not info.is_main
         with _claim(run_dir, cfg, force, info), contextlib.ExitStack() as cleanup:
             progress_on, say = (False, lambda s: None) if quiet else (show_progress, log)
-            return _fit(cfg, info, device, towers, run_dir, progress_on, say, cleanup)
+            tell = say if quiet or note is None else note
+            return _fit(cfg, info, device, towers, run_dir, progress_on, (say, tell), cleanup)
     except RuntimeError as e:
         if info.enabled and distributed.is_comm_error(e):
             failure = distributed.comm_failure(e, info, run_dir)
@@ -418,7 +426,8 @@ class _Run:
     towers: tuple[torch.device, torch.device] | None
     run_dir: Path
     show_progress: bool | None
-    log: Callable[[str], None]
+    log: Callable[[str], None]  # progress: the start, each epoch
+    note: Callable[[str], None]  # notes and warnings
     amp: torch.dtype | None
     data: DataBundle
     model: AlexNet
@@ -452,19 +461,20 @@ def _fit(
     towers: tuple[torch.device, torch.device] | None,
     run_dir: Path,
     show_progress: bool | None,
-    log: Callable[[str], None],
+    say: tuple[Callable[[str], None], Callable[[str], None]],
     cleanup: contextlib.ExitStack,
 ) -> dict[str, Any]:
-    """The run of :func:`fit` on this rank, once the run folder is claimed."""
+    """The run of :func:`fit` on this rank, once the run folder is claimed; ``say`` is where its
+    progress and its notes go (:attr:`_Run.log`, :attr:`_Run.note`)."""
     source = resume_source(cfg.resume, claimed=Path(cfg.resume).resolve() == run_dir.resolve()) if cfg.resume else None
     resume_ckpt = read_checkpoint(source) if source is not None else None
     if resume_ckpt is not None:
         check_resumed(cfg, resume_ckpt, source, run_dir)
     finished = nothing_left(resume_ckpt, cfg.epochs, run_dir) if resume_ckpt is not None else None
     if finished is not None:  # said before any data is read or file written
-        log(finished[0])
+        say[0](finished[0])
         return finished[1]
-    run = _wire(cfg, info, device, towers, run_dir, show_progress, log, cleanup, resume_ckpt)
+    run = _wire(cfg, info, device, towers, run_dir, show_progress, say, cleanup, resume_ckpt)
     if resume_ckpt is not None:
         _restore(run, resume_ckpt)
     _start_files(run, resumed=resume_ckpt is not None)
@@ -499,7 +509,7 @@ def _wire(
     towers: tuple[torch.device, torch.device] | None,
     run_dir: Path,
     show_progress: bool | None,
-    log: Callable[[str], None],
+    say: tuple[Callable[[str], None], Callable[[str], None]],
     cleanup: contextlib.ExitStack,
     resume_ckpt: dict[str, Any] | None = None,
 ) -> _Run:
@@ -533,7 +543,7 @@ def _wire(
     if not fixed_chans:
         arch = dataclasses.replace(arch, in_chans=data.preprocess.channels)
     seed_everything(cfg.seed)  # the init does not depend on what data loading drew
-    model = build_model(cfg, arch, data.classes, init, log, data.folders)
+    model = build_model(cfg, arch, data.classes, init, say[0], data.folders)
     if info.rank:  # the same init everywhere, but each rank its own dropout masks
         seed_everything(cfg.seed + 7919 * info.rank)
     split = TowerSplit(model, towers) if towers else None
@@ -545,8 +555,8 @@ def _wire(
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     plateau = PlateauSchedule(cfg.plateau_patience, 0.1, cfg.plateau_max_reductions)
     return _Run(
-        cfg=cfg, info=info, device=device, towers=towers, run_dir=run_dir, show_progress=show_progress, log=log, amp=amp,
-        data=data, model=model, split=split, module=module, optimizer=optimizer, scaler=scaler, plateau=plateau,
+        cfg=cfg, info=info, device=device, towers=towers, run_dir=run_dir, show_progress=show_progress, log=say[0], note=say[1],
+        amp=amp, data=data, model=model, split=split, module=module, optimizer=optimizer, scaler=scaler, plateau=plateau,
     )
 
 
@@ -639,7 +649,7 @@ def _note_new_horizon(run: _Run, began: Any) -> None:
     at = run.pos.epoch * steps + run.pos.batch  # the batch the run goes on at, as train_one_epoch sets its rate
     was, now = (step_lr_factor(cfg.schedule, at, steps, e, cfg.warmup_epochs, cfg.step_size, cfg.gamma)
                 for e in (began, cfg.epochs))
-    run.log(f"note: --epochs {cfg.epochs}: the {cfg.schedule} schedule now decays to 0 at epoch {cfg.epochs}, not "
+    run.note(f"note: --epochs {cfg.epochs}: the {cfg.schedule} schedule now decays to 0 at epoch {cfg.epochs}, not "
             f"{began}; the rate goes on at {cfg.lr * now:.3g} where the run had it at {cfg.lr * was:.3g}")
 
 
@@ -656,7 +666,7 @@ def _note_process_change(run: _Run, rng_ranks: Any) -> None:
         exactly = (f"torchrun with --nnodes times --nproc-per-node = {saved}" if machines and saved > 1
                    else "one process, without torchrun," if machines
                    else f"--nproc {saved}" if saved > 1 else "one process, without --nproc,")
-        run.log(f"note: this run's checkpoint was written by {saved} process{'es' * (saved > 1)} and it resumes in {now}; "
+        run.note(f"note: this run's checkpoint was written by {saved} process{'es' * (saved > 1)} and it resumes in {now}; "
                 f"it continues, but not bitwise as an uninterrupted run would ({exactly} resumes exactly)")
 
 
@@ -676,7 +686,7 @@ def _wrap(run: _Run) -> None:
     # The layer probe's hooks sit on the AlexNet's own layers (not there under --towers; compiled
     # graphs would recompile on its switch), so there the loss alone is watched.
     watched = run.model if run.split is None and not cfg.compile else None
-    run.health = HealthMonitor(watched, len(run.data.classes), cfg.health, warn=run.log, remedies=health_remedies(cfg, run.model))
+    run.health = HealthMonitor(watched, len(run.data.classes), cfg.health, warn=run.note, remedies=health_remedies(cfg, run.model))
 
 
 def health_remedies(cfg: TrainConfig, model: AlexNet) -> tuple[str, ...]:
@@ -761,7 +771,7 @@ def _note_thread_change(run: _Run) -> None:
     then round differently, so the run goes on correctly but not bitwise as it would have."""
     started, now = started_threads(run.run_dir), torch.get_num_threads()
     if run.device.type == "cpu" and started is not None and started != now:
-        run.log(f"note: this run started with {started} CPU threads and resumes with {now}; it continues, but "
+        run.note(f"note: this run started with {started} CPU threads and resumes with {now}; it continues, but "
                 f"not bitwise as an uninterrupted run would (--threads {started} resumes exactly)")
 
 
@@ -769,7 +779,7 @@ def _announce(run: _Run) -> None:
     """The data's notes and a line on what trains where."""
     cfg, data, towers = run.cfg, run.data, run.towers
     for note in data.notes:
-        run.log(f"note: {note}")
+        run.note(f"note: {note}")
     trainable = sum(p.numel() for p in run.module.parameters() if p.requires_grad)
     where = f"device {towers[0]} + {towers[1]} (one tower each)" if towers else f"device {run.device}"
     if run.info.enabled:
@@ -777,7 +787,7 @@ def _announce(run: _Run) -> None:
     batch = min(cfg.batch_size, data.train_size)  # the loader's (reduced to the training images, when fewer)
     trained = len(data.train) * batch  # full batches only: a last partial one would be a noisier step
     if data.train_size - trained >= 0.05 * data.train_size:
-        run.log(f"note: an epoch trains {trained} of the {data.train_size} training images ({len(data.train)} full batches of "
+        run.note(f"note: an epoch trains {trained} of the {data.train_size} training images ({len(data.train)} full batches of "
                 f"{batch}, others left out each epoch); a smaller --batch-size leaves out fewer")
     name = cfg.model
     if cfg.init_from:  # the network of the checkpoint it started from
@@ -910,7 +920,7 @@ def _say_blind(run: _Run, val: dict[str, float]) -> None:
     if run.said_blind or run.cfg.health == "off" or val.get("classes_predicted") != 1 or len(run.data.classes) < 2:
         return
     run.said_blind = True
-    run.log(f"warning: epoch {run.pos.epoch}'s validation gave every one of its {val['images']} images the same class: the "
+    run.note(f"warning: epoch {run.pos.epoch}'s validation gave every one of its {val['images']} images the same class: the "
             "network does not tell images apart yet; if it lasts, the recipe does not fit this data (docs/training.md, "
             "'Quick tries at small input sizes': another --preset, a lower --lr, a larger input)")
 

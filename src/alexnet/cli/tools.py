@@ -160,7 +160,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     if index["bad_files"]:
         bad = f"; {index['bad_files']} unreadable images skipped (listed in {Path(args.out) / 'bad_files.txt'})"
     print(f"packed {counts} images of {len(index['classes'])} classes into {args.out}{bad}")
-    print(_train_hint(args.out, args.size))
+    for line in _train_hint(args.out, args.size).splitlines():  # a note on stderr, as train's; the command on stdout
+        print(line, file=sys.stderr if line.startswith("note: ") else sys.stdout)
     return 0
 
 

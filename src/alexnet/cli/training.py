@@ -40,7 +40,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     _note_unused_workers(overrides.get("workers"), cfg)
     if args.nproc and args.nproc > 1:
         return _launch(args, cfg)
-    result = fit(cfg, show_progress=_progress_flag(args), force=args.force)
+    from ..runtime import say
+
+    result = fit(cfg, show_progress=_progress_flag(args), force=args.force, note=say)  # notes on stderr, as the data's
     if "val_top1" in result and os.environ.get("RANK", "0") == "0":  # one report per distributed run
         print(
             f"done: val top-1 {result['val_top1']:.4f} (error {result['val_top1_error']:.4f}), "
