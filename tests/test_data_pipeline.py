@@ -1278,3 +1278,33 @@ def test_prepares_suggestion_gives_the_note_its_train_run_gives(tmp_path, capsys
     data = load_data(out, 2, crop, show_progress=False)
     said = [n for n in data.notes if "packed at" in n]
     assert len(said) == 1 and out_err.err.splitlines()[-1] == f"note: {said[0]}"  # a note: on stderr, as train's
+
+
+def test_one_of_each_is_said_in_the_singular_and_windows_files_are_not_data(tmp_path, capsys):
+    """'1 unreadable training images skipped', 'held out 1 images', 'for 1 of 1 images'; predict said
+    'warning: skipped X' where an image folder's warning says 'skipping'; a class folder's Thumbs.db and
+    desktop.ini (Windows writes them beside photos) were warned of as files of other kinds, while the
+    .DS_Store and ._photo.jpg that macOS writes are left out without a word."""
+    from test_evaluate import tiny_checkpoint
+
+    import alexnet
+    from alexnet.errors import CheckpointError
+    from alexnet.predict import check_finite, predict
+
+    root = make_image_folder(tmp_path / "imgs", classes=2, per_class=5, size=(40, 36))
+    for name in ("Thumbs.db", "desktop.ini", ".DS_Store"):
+        (root / "class1" / name).write_bytes(b"\x00metadata")
+    data = (root / "class0" / "img0.jpg").read_bytes()
+    (root / "class0" / "img0.jpg").write_bytes(data[: len(data) // 2])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no 'left out 2 file(s) of other kinds: 1 .db, 1 .ini'
+        bundle = load_data(root, 4, 32, val_fraction=0.1, show_progress=False)
+    assert "no train/ and val/ sub-folders: held out 1 image for validation (seed 0)" in bundle.notes, bundle.notes
+    assert any(n.startswith("1 unreadable training image skipped (") for n in bundle.notes), bundle.notes
+    capsys.readouterr()
+    with pytest.raises(CheckpointError, match=r"for 1 of 1 image in float32"):
+        check_finite(torch.tensor([[float("nan"), 1.0]]), None)
+    model = alexnet.load(tiny_checkpoint(tmp_path / "m.pt"))
+    predict(model, [root / "class0" / "img0.jpg", root / "class1" / "img1.jpg"], amp="none", show_progress=False)
+    assert capsys.readouterr().err.startswith(f"warning: skipping {root / 'class0' / 'img0.jpg'}: cannot read this image ("), \
+        "predict's warning"

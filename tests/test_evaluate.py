@@ -280,17 +280,17 @@ def test_fc7_features_that_overflow_are_refused_not_printed_as_nan_distances(tmp
         state["model"][name] = state["model"][name] * 1e25
     save_atomic(state, huge)
     bad_index = tmp_path / "bad.safetensors"
-    expected = ("alexnet: error: the network's fc7 features are not finite (NaN or inf) for {} images in float32: its "
+    expected = ("alexnet: error: the network's fc7 features are not finite (NaN or inf) for {} in float32: its "
                 "activations overflow, so it scores nothing")
     err = cli_fails(capsys, "features", "--checkpoint", str(huge), "--data", str(folder), "--out", str(bad_index), "--amp", "none")
-    assert err == expected.format("4 of 4") and not bad_index.exists()
+    assert err == expected.format("4 of 4 images") and not bad_index.exists()
     with monkeypatch.context() as m:  # the index of inf features that features wrote before
         m.setattr("alexnet.retrieval.check_finite", lambda *a, **k: None)
         assert main(["features", "--checkpoint", str(huge), "--data", str(folder), "--out", str(bad_index), "--amp", "none"]) == 0
     capsys.readouterr()
     assert main(["retrieve", str(folder / "class0" / "img0.jpg"), "--index", str(bad_index), "--json", "--amp", "none"]) == 2
     out, err = capsys.readouterr()
-    assert out == "" and expected.format("1 of 1") in err
+    assert out == "" and expected.format("1 of 1 image") in err
 
 
 def test_features_and_retrieval_return_the_query_first(tmp_path, capsys):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import os
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from .data.loaders import model_input
 from .data.presets import Preprocess
 from .errors import CheckpointError, ConfigError, DataError
 from .model import AlexNet
-from .runtime import autocast, eval_mode, progress, resolve_amp
+from .runtime import autocast, counted, eval_mode, progress, resolve_amp, say
 
 
 def _alexnet(model: object) -> None:
@@ -178,7 +177,7 @@ def check_finite(values: torch.Tensor, amp: torch.dtype | None, what: str = "out
     if bad:
         precision = str(amp or torch.float32).removeprefix("torch.")
         hint = "; --amp none computes in float32" if amp is not None else ""
-        raise CheckpointError(f"the network's {what} are not finite (NaN or inf) for {bad} of {values.shape[0]} images in "
+        raise CheckpointError(f"the network's {what} are not finite (NaN or inf) for {bad} of {counted(values.shape[0], 'image')} in "
                               f"{precision}: its activations overflow, so it scores nothing{hint}")
 
 
@@ -255,4 +254,4 @@ def _report_unreadable(failed: list[DataError], predicted: int) -> None:
             raise failed[0]
         raise DataError(f"none of the {len(failed)} images could be read; the first: {failed[0]}")
     for e in failed:  # reported after the others, so that a run where nothing works says it once
-        print(f"warning: skipped {e}", file=sys.stderr, flush=True)
+        say(f"warning: skipping {e}")  # 'skipping', as an image folder's unreadable files are said

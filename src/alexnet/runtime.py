@@ -227,6 +227,11 @@ def set_rng_state(state: dict) -> None:
             torch.cuda.set_rng_state(cuda_state, index)
 
 
+def counted(n: int, noun: str) -> str:
+    """``n`` and ``noun``, plural unless ``n`` is 1: "1 image", "3 unreadable images"."""
+    return f"{n:,} {noun}{'s' * (n != 1)}"
+
+
 def say(line: str) -> None:
     """One line on stderr, above this process's progress bars: tqdm.write clears them, prints and
     redraws them (a plain print was appended to the bar's line: '[00:00, 9.44batch/s]warning: ...').

@@ -144,6 +144,7 @@ def _remove_empty(folders: list[Path]) -> None:
 # -- prepare --------------------------------------------------------------------------------------
 def cmd_prepare(args: argparse.Namespace) -> int:
     from ..data.packed import prepare
+    from ..runtime import counted
 
     index = prepare(
         args.data,
@@ -158,7 +159,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     counts = ", ".join(f"{name} {info['count']}" for name, info in index["splits"].items())
     bad = ""
     if index["bad_files"]:
-        bad = f"; {index['bad_files']} unreadable images skipped (listed in {Path(args.out) / 'bad_files.txt'})"
+        bad = f"; {counted(index['bad_files'], 'unreadable image')} skipped (listed in {Path(args.out) / 'bad_files.txt'})"
     print(f"packed {counts} images of {len(index['classes'])} classes into {args.out}{bad}")
     for line in _train_hint(args.out, args.size).splitlines():  # a note on stderr, as train's; the command on stdout
         print(line, file=sys.stderr if line.startswith("note: ") else sys.stdout)

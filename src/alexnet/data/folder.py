@@ -151,10 +151,16 @@ def class_name(name: str) -> str:
     return unicodedata.normalize("NFC", printable(name))
 
 
+# Files an operating system writes into a folder of photos by itself: Windows Explorer's thumbnail
+# caches and folder settings (macOS's .DS_Store is hidden).
+_OS_FILES = frozenset({"thumbs.db", "ehthumbs.db", "ehthumbs_vista.db", "desktop.ini"})
+
+
 def skipped(name: str) -> bool:
-    """A folder entry that is never data: hidden (".name") or ``__MACOSX``, the folder of "._" metadata
-    files that a zip made on macOS unpacks beside the photos (at the top and in train/ and val/)."""
-    return name.startswith(".") or name == "__MACOSX"
+    """A folder entry that is never data: hidden (".name"), ``__MACOSX``, the folder of "._" metadata
+    files that a zip made on macOS unpacks beside the photos (at the top and in train/ and val/), or a
+    file Windows writes beside them (``Thumbs.db``, ``desktop.ini``)."""
+    return name.startswith(".") or name == "__MACOSX" or name.lower() in _OS_FILES
 
 
 def find_classes(root: str | os.PathLike, broken_links: bool = False, names: bool = True) -> tuple[list[str], list[str]]:

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from ..errors import DataError
+from ..runtime import counted
 from . import augment, presets
 from .cifar import load_cifar
 from .device_decode import DeviceDecoder, collate_raw
@@ -308,7 +309,7 @@ def _images(root, preset, bad, loading, val_fraction, show_progress, batch_size,
         if ratio:
             notes.append(ratio)
         if index.get("bad_files"):
-            notes.append(f"{index['bad_files']} unreadable images were skipped by 'alexnet prepare' (see {root / BAD_FILES_NAME})")
+            notes.append(f"{counted(index['bad_files'], 'unreadable image')} skipped by 'alexnet prepare' (see {root / BAD_FILES_NAME})")
     else:
         splits = open_folder_splits(root, stored, bad)
         classes = splits["train"].classes
@@ -319,7 +320,7 @@ def _images(root, preset, bad, loading, val_fraction, show_progress, batch_size,
     else:
         val_ds = train_ds
         train_idx, val_idx = held_out(len(train_ds), seed, val_fraction)
-        notes.append(f"no train/ and val/ sub-folders: held out {len(val_idx)} images for validation (seed {seed})")
+        notes.append(f"no train/ and val/ sub-folders: held out {counted(len(val_idx), 'image')} for validation (seed {seed})")
     stats, listed_idx = None, train_idx  # listed_idx: the training images before the unreadable are left out
     if packed:
         stats = dict(index["stats"], mean_image=str(root / index["stats"]["mean_image"]))
@@ -331,7 +332,7 @@ def _images(root, preset, bad, loading, val_fraction, show_progress, batch_size,
         bad_files = set(stats.get("bad", []))
         if bad_files:  # found by the pass: leave them out instead of meeting them every epoch
             train_idx = [i for i in train_idx if train_ds.samples[i][0] not in bad_files]
-            notes.append(f"{len(bad_files)} unreadable training images skipped ({BAD_FILES_NAME} in the run folder)")
+            notes.append(f"{counted(len(bad_files), 'unreadable training image')} skipped ({BAD_FILES_NAME} in the run folder)")
     # a pack too: its held-out tenth can take the only image of a class as a folder's can
     folders = index.get("folders", classes) if packed else train_ds.folders  # the names on disk
     _check_every_class_trains(train_ds, folders, train_idx, val_idx if "val" not in splits else [], listed_idx)
