@@ -1614,3 +1614,19 @@ def test_ten_crops_average_the_softmax_of_each_view():
         want = torch.softmax(logits, 1).mean(0)
         torch.testing.assert_close(p, want, rtol=1e-4, atol=1e-5)
         assert (torch.softmax(logits.mean(0), 0) - want).abs().max() > 1e-2
+
+
+def test_per_class_csv_leaves_a_class_without_images_empty(tmp_path):
+    """evaluate --out wrote 'nan' as the top-1 of a class the data has no image of (a checkpoint's
+    class missing from the folder scored): a spreadsheet takes it as text. The cell is now empty;
+    the other rows' figures as computed by hand."""
+    import csv
+
+    from alexnet.evaluate import per_class_accuracy, write_per_class_csv
+
+    confusion = torch.tensor([[2, 1, 0], [0, 0, 0], [1, 0, 3]])
+    write_per_class_csv(per_class_accuracy(confusion, ["a", "b", "c"]), tmp_path / "per_class.csv")
+    with (tmp_path / "per_class.csv").open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["class"], r["images"], r["top1"]) for r in rows] == [("a", "3", repr(2 / 3)), ("b", "0", ""), ("c", "4", "0.75")]
+    assert "nan" not in (tmp_path / "per_class.csv").read_text()

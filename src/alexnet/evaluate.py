@@ -324,8 +324,9 @@ def write_confusion_csv(confusion: torch.Tensor, classes: list[str], path: str |
 
 
 def write_per_class_csv(rows: list[dict[str, Any]], path: str | os.PathLike) -> None:
-    """Write :func:`per_class_accuracy` rows as CSV (atomically)."""
+    """Write :func:`per_class_accuracy` rows as CSV (atomically); a class without images has an empty
+    top1 (no value, as spreadsheets and CSV readers take a missing one), not NaN's 'nan'."""
     with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=["index", "class", "images", "top1"])
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({**r, "top1": "" if math.isnan(r["top1"]) else r["top1"]} for r in rows)
