@@ -1630,3 +1630,44 @@ def test_per_class_csv_leaves_a_class_without_images_empty(tmp_path):
         rows = list(csv.DictReader(f))
     assert [(r["class"], r["images"], r["top1"]) for r in rows] == [("a", "3", repr(2 / 3)), ("b", "0", ""), ("c", "4", "0.75")]
     assert "nan" not in (tmp_path / "per_class.csv").read_text()
+
+
+def test_a_workers_warning_during_a_progress_bar_starts_its_own_line(tmp_path):
+    """With --workers 1, an unreadable image's warning (said in the worker, which does not draw the
+    bar) was appended to the bar's line: '...| 1/8 [00:00<00:01,  4.98batch/s]warning: skipping ...',
+    and so were the warnings.warn of the data path. The worker now blanks the bar's line first: as a
+    terminal shows stderr (each line from its last carriage return), the warning starts its line."""
+    import subprocess
+    import sys
+
+    from conftest import cli_env, run_cli
+
+    folder = make_image_folder(tmp_path / "imgs", classes=3, per_class=3)
+    (folder / "class2" / "img1.jpg").write_bytes(b"not a jpeg")
+    (folder / "class1" / "img1.jpg").write_bytes(b"not a jpeg either")
+    ckpt = tiny_checkpoint(tmp_path / "m.pt")
+    r = run_cli("evaluate", "--checkpoint", str(ckpt), "--data", str(folder), "--json", "--progress", "on",
+                "--batch-size", "1", "--workers", "1", "--threads", "1")
+    assert r.returncode == 0 and json.loads(r.stdout)["images"] == 7, r.stderr
+    shown = [line.rsplit("\r", 1)[-1] for line in r.stderr.split("\n")]
+    said = [line for line in shown if "skipping unreadable image" in line]
+    assert len(said) == 2 and all(line.startswith("warning: skipping unreadable image ") for line in said), r.stderr
+    # a warnings.warn in a worker (PIL's on a corrupt EXIF block): the worker's start installs show_warning
+    script = """
+import multiprocessing, warnings
+from alexnet.cli import _warning_line
+from alexnet.data.loaders import _start_worker
+from alexnet.runtime import progress_bar
+def work():
+    _start_worker(0)
+    warnings.warn("a worker's warning")
+warnings.formatwarning = _warning_line
+bar = progress_bar(8, "evaluate", enabled=True, unit="batch")
+bar.update(1)
+child = multiprocessing.get_context("fork").Process(target=work)
+child.start(); child.join()
+bar.close()
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=cli_env(), timeout=120)
+    shown = [line.rsplit("\r", 1)[-1] for line in r.stderr.split("\n")]
+    assert "warning: a worker's warning" in shown, r.stderr

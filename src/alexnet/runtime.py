@@ -12,6 +12,7 @@ import shlex
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import torch
@@ -235,16 +236,44 @@ def counted(n: int, noun: str) -> str:
 def say(line: str) -> None:
     """One line on stderr, above this process's progress bars: tqdm.write clears them, prints and
     redraws them (a plain print was appended to the bar's line: '[00:00, 9.44batch/s]warning: ...').
-    A data-loading worker's line is printed plainly: the bars it inherited are not drawn by it."""
+    A data-loading worker does not draw the bars it inherited (its parent does, and tqdm's lock may
+    have been held as it forked): it blanks the line they are on, and the parent redraws them."""
     import multiprocessing
 
-    if multiprocessing.parent_process() is not None:
-        print(line, file=sys.stderr, flush=True)
-        return
     from tqdm.std import tqdm
 
+    if multiprocessing.parent_process() is not None:
+        sys.stderr.write(_blank_bars(tqdm) + line + "\n")
+        sys.stderr.flush()
+        return
     tqdm.write(line, file=sys.stderr)
     sys.stderr.flush()
+
+
+def show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: TextIO | None = None,
+                 line: str | None = None) -> None:
+    """warnings.showwarning for data-loading workers: the warning (PIL's on a corrupt EXIF block, the
+    data path's own) printed as :func:`say` prints, on a line of its own, where Python's was appended
+    to the progress bar's line ('...batch/s]warning: ...')."""
+    import warnings
+
+    text = warnings.formatwarning(message, category, filename, lineno, line)
+    if file is not None and file is not sys.stderr:
+        file.write(text)
+        return
+    say(text.rstrip("\n"))
+
+
+def _blank_bars(tqdm: type) -> str:
+    """What blanks the line of the progress bars a forked worker inherited (none when none is drawn:
+    off, or a worker started by spawn): a carriage return, spaces as wide as the line, another return."""
+    drawn = [bar for bar in list(getattr(tqdm, "_instances", ())) if not bar.disable]
+    if not drawn:
+        return ""
+    import shutil
+
+    width = max([shutil.get_terminal_size().columns - 1, *(len(str(bar)) for bar in drawn)])
+    return "\r" + " " * width + "\r"
 
 
 def progress(iterable: Iterable, total: int | None = None, desc: str = "", enabled: bool | None = None, unit: str = "it"):

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from ..errors import DataError
-from ..runtime import counted
+from ..runtime import counted, show_warning
 from . import augment, presets
 from .cifar import load_cifar
 from .device_decode import DeviceDecoder, collate_raw
@@ -158,17 +158,19 @@ def _batches(ds, indices, bs, shuffle, drop_last, seed, rank, world, workers, pi
         # The workers draw no random numbers (augmentation is a function of seed, epoch and image
         # index: model_input), so their seed need not follow the epoch.
         generator=torch.Generator().manual_seed(seed),
-        worker_init_fn=_leave_stop_signals_to_the_run if workers else None,
+        worker_init_fn=_start_worker if workers else None,
     )
     return Batches(dl, sampler, decode)
 
 
-def _leave_stop_signals_to_the_run(_worker_id: int) -> None:
-    """Workers ignore SIGTERM and SIGINT: the training process saves and stops on them, then ends
-    its workers. systemd, docker and SLURM signal every process of a job, and torch's own worker
-    handler would end a worker at once, failing the run in the middle of its step instead."""
+def _start_worker(_worker_id: int) -> None:
+    """A data-loading worker's start. It ignores SIGTERM and SIGINT: the training process saves and
+    stops on them, then ends its workers. systemd, docker and SLURM signal every process of a job, and
+    torch's own worker handler would end a worker at once, failing the run in the middle of its step
+    instead. Its warnings are printed on their own line, not at the end of the progress bar's."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    warnings.showwarning = show_warning
 
 
 def _default_preset(kind: str) -> str:
