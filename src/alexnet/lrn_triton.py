@@ -154,6 +154,19 @@ def _t(x, g, ch, s, CG, alpha, beta, k):
     return tl.where(ok, g * x * _pow(s, alpha, k, -beta - 1.0), 0.0).to(tl.float64)
 
 
+@triton.jit
+def _dx(xp, gp, i, xsc, gsc, CG, live, s_out, tsum, alpha, beta, k, RELU: tl.constexpr):
+    """The gradient of channel ``i``: g_i d_i^(-beta) (window sum ``s_out``) less 2 alpha beta x_i
+    times ``tsum``, the float64 sum of its transposed window's t terms; under ``RELU``, 0 where the
+    ReLU's input was <= 0 (its backward)."""
+    xr = _ld(xp, i, xsc, CG, live)
+    dx = _ld(gp, i, gsc, CG, live) * _pow(s_out, alpha, k, -beta)
+    dx -= 2.0 * alpha * beta * _lx(xr, RELU) * tsum.to(tl.float32)
+    if RELU:
+        dx = tl.where(xr > 0, dx, 0.0)
+    return dx
+
+
 @triton.jit(do_not_specialize=_BWD_RUNTIME)
 def _lrn_bwd_kernel(
     x_ptr,
@@ -209,11 +222,7 @@ def _lrn_bwd_kernel(
         )
         i = a - BEFORE
         ok = live & (i >= 0)
-        xr = _ld(xp, i, xsc, CG, live)
-        dx = _ld(gp, i, gsc, CG, live) * _pow(_sum(s_out, s_out_lo), alpha, k, -beta)
-        dx -= 2.0 * alpha * beta * _lx(xr, RELU) * (tsum + tsum_lo).to(tl.float32)
-        if RELU:
-            dx = tl.where(xr > 0, dx, 0.0)  # ReLU's backward: no gradient where its input was <= 0
+        dx = _dx(xp, gp, i, xsc, gsc, CG, live, _sum(s_out, s_out_lo), tsum + tsum_lo, alpha, beta, k, RELU)
         tl.store(dp + i.to(tl.int64) * osc, dx.to(dx_ptr.dtype.element_ty), mask=ok)
         new = nxt
         g_new = g_nxt

@@ -123,18 +123,29 @@ def train_one_epoch(
         take, stop = _take_step(value, cfg, pos, reduce, health, stop_requested())
         if not take:
             continue
-        scaler.scale(loss if share == 1.0 else loss * share).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        _step(scaler, optimizer, loss, share)
         _count(pos, value, int(correct), labels.numel(), t0)
         seen_all += step_images
         _show_step(bar, pos, seen_all, optimizer)
         if on_step is not None:
             on_step(pos, stop)
-    if device.type == "cuda" and pos.seen:  # the last step's backward and update count in the epoch's time
+    _time_last_step(device, pos, t0)
+    return _epoch_figures(optimizer, pos, reduce)
+
+
+def _step(scaler: Any, optimizer: torch.optim.Optimizer, loss: torch.Tensor, share: float) -> None:
+    """Backpropagate ``loss``, weighted by this rank's ``share`` of the global batch, and step the
+    optimiser through the AMP scaler."""
+    scaler.scale(loss if share == 1.0 else loss * share).backward()
+    scaler.step(optimizer)
+    scaler.update()
+
+
+def _time_last_step(device: torch.device, pos: Position, t0: float) -> None:
+    """On a GPU, the last step's backward and update count in the epoch's time: the host waits for them."""
+    if device.type == "cuda" and pos.seen:
         torch.cuda.synchronize(device)
         pos.seconds = time.perf_counter() - t0
-    return _epoch_figures(optimizer, pos, reduce)
 
 
 def _forward(

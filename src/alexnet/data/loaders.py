@@ -296,22 +296,29 @@ def crop_ratio_note(root: Path, stored: int, input_size: int) -> str | None:
             f"image folder gets (resized to {fits} px for this input); 'alexnet prepare --size {fits}' packs for it")
 
 
+def _open_pack(root: Path, input_size: int, notes: list[str]) -> tuple[dict[str, Any], dict[str, PackedDataset]]:
+    """A packed data set's index and splits for a network of ``input_size``, refused where its images
+    are smaller; its notes (crops that cover another share of the image, images prepare skipped) go
+    to ``notes``."""
+    index = read_index(root)
+    splits = {name: PackedDataset(root, name) for name in index["splits"]}
+    if index["size"] < input_size:
+        raise DataError(f"{root}: packed images are {index['size']}px, smaller than the model's {input_size}px input")
+    ratio = crop_ratio_note(root, index["size"], input_size)
+    if ratio:
+        notes.append(ratio)
+    if index.get("bad_files"):
+        notes.append(f"{counted(index['bad_files'], 'unreadable image')} skipped by 'alexnet prepare' (see {root / BAD_FILES_NAME})")
+    return index, splits
+
+
 def _images(root, preset, bad, loading, val_fraction, show_progress, batch_size, eval_batch_size, input_size, seed, rank, world):
     notes = []
     stored = _stored_size(input_size)
     packed = detect(root) == "packed"
     if packed:
-        index = read_index(root)
-        splits = {name: PackedDataset(root, name) for name in index["splits"]}
-        classes = index["classes"]
-        if index["size"] < input_size:
-            raise DataError(f"{root}: packed images are {index['size']}px, smaller than the model's {input_size}px input")
-        stored = index["size"]
-        ratio = crop_ratio_note(root, stored, input_size)
-        if ratio:
-            notes.append(ratio)
-        if index.get("bad_files"):
-            notes.append(f"{counted(index['bad_files'], 'unreadable image')} skipped by 'alexnet prepare' (see {root / BAD_FILES_NAME})")
+        index, splits = _open_pack(root, input_size, notes)
+        classes, stored = index["classes"], index["size"]
     else:
         splits = open_folder_splits(root, stored, bad)
         classes = splits["train"].classes
