@@ -505,6 +505,20 @@ def test_a_warning_about_the_data_is_said_once_not_by_every_rank(tmp_path):
         ".tiff .webp .gif"], r.stderr
 
 
+def test_data_every_rank_refuses_is_said_once(tmp_path):
+    """A data set every rank lists and refuses alike (one class folder) said its error once per rank,
+    then the launcher's line: three lines for one refusal. Rank 0 says it, as a stop every rank
+    decides (below); the launcher's line names rank 0, and the run exits 2, as one process does."""
+    data = make_image_folder(tmp_path / "imgs", classes=1, per_class=4)
+    r = run_cli("train", "--data", str(data), "--out", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "2",
+                "--amp", "none", "--workers", "0", "--device", "cpu", "--nproc", "2", *TINY)
+    assert r.returncode == 2, r.stderr
+    said = [line for line in r.stderr.splitlines() if line.startswith("alexnet: error:")]
+    assert said == [f"alexnet: error: {data}: only one class (class0); a classifier needs at least two",
+                    "alexnet: error: the 2-process run stopped: rank 0 exited with code 2 (its message is above); no "
+                    "checkpoint had been written yet: nothing to resume"], r.stderr
+
+
 def test_a_stop_every_rank_decides_is_said_once(tiny_fmnist, tmp_path):
     """A run stopped by a decision all ranks take together (a non-finite loss, the health check) said
     it once per rank and again in the launcher's line, which named whichever rank exited first: three

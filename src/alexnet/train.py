@@ -485,7 +485,11 @@ def _fit(
     if finished is not None:  # said before any data is read or file written
         say[0](finished[0])
         return finished[1]
-    run = _wire(cfg, info, device, towers, run_dir, show_progress, say, cleanup, resume_ckpt)
+    try:
+        run = _wire(cfg, info, device, towers, run_dir, show_progress, say, cleanup, resume_ckpt)
+    except DataError as e:  # the same data, listed and checked alike by every rank: rank 0 alone says it (cli)
+        e.every_rank = True  # type: ignore[attr-defined]
+        raise
     if resume_ckpt is not None:
         _restore(run, resume_ckpt)
     _start_files(run, resumed=resume_ckpt is not None)
