@@ -8,6 +8,7 @@ import math
 import os
 import warnings
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -1671,3 +1672,26 @@ bar.close()
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=cli_env(), timeout=120)
     shown = [line.rsplit("\r", 1)[-1] for line in r.stderr.split("\n")]
     assert "warning: a worker's warning" in shown, r.stderr
+
+
+def test_retrieve_auto_queries_in_the_index_precision(tmp_path, capsys):
+    """An index built in float32 (--amp none, or on a GPU) queried with the default --amp auto on a CPU
+    with bf16 computed the query in bf16: the indexed image sat off itself, with a warning telling the
+    user to pass --amp. auto now follows the index's precision; an explicit --amp is still obeyed."""
+    import alexnet.runtime
+
+    folder = make_image_folder(tmp_path / "imgs", classes=2, per_class=2)
+    ckpt = tiny_checkpoint(tmp_path / "m.pt")
+    index = str(tmp_path / "f32.safetensors")
+    assert main(["features", "--checkpoint", str(ckpt), "--data", str(folder), "--out", index, "--amp", "none"]) == 0
+    query = str(sorted((folder / "class0").iterdir())[0])
+    capsys.readouterr()
+    with mock.patch.object(alexnet.runtime, "cpu_supports_bf16", return_value=True):  # auto is bf16 here
+        assert alexnet.runtime.resolve_amp("auto", torch.device("cpu")) == torch.bfloat16
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert main(["retrieve", query, "--index", index, "--device", "cpu"]) == 0
+        assert float(capsys.readouterr().out.split()[0]) < 1e-6
+        with pytest.warns(UserWarning, match="computed in float32 and the query's are in bfloat16"):
+            assert main(["retrieve", query, "--index", index, "--device", "cpu", "--amp", "bf16"]) == 0
+    assert float(capsys.readouterr().out.split()[0]) > 1e-4

@@ -22,7 +22,7 @@ from .data.folder import ImageFolderDataset, collate, find_classes, list_images,
 from .data.loaders import model_input
 from .data.presets import Preprocess
 from .data.sources import detect, each_batch, refuse_split_folders
-from .errors import DataError
+from .errors import ConfigError, DataError
 from .model import AlexNet
 from .predict import check_finite, kind_of, load_image, recipe
 from .runtime import autocast, eval_mode, progress, resolve_amp, versions
@@ -299,6 +299,22 @@ def check_index_model(
         )
 
 
+_PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}  # precision_name's, inverted
+
+
+def query_amp(amp: torch.dtype | str | None, index: dict[str, Any], device: torch.device) -> torch.dtype | None:
+    """The precision a query's fc7 is computed in: ``amp`` resolved, but ``"auto"`` takes the index's
+    own where this device computes it. A query in another precision than the index's puts an indexed
+    image off itself (0.06 for a float32 index of a trained net queried in bf16), and auto's choice
+    differs from machine to machine: an index built with --amp none, or on a GPU, queried here."""
+    if amp == "auto" and index.get("precision") in _PRECISIONS:
+        try:
+            return resolve_amp(_PRECISIONS[index["precision"]], device)
+        except ConfigError:  # float16 features, queried on a CPU: auto's choice, and the warning below
+            pass
+    return resolve_amp(amp, device)
+
+
 def retrieve(
     model: AlexNet,
     index: dict[str, Any],
@@ -311,7 +327,7 @@ def retrieve(
     as for :func:`fc7`). ``check``: first make sure ``model`` built ``index``
     (:func:`check_index_model`, a quarter of a second: for many queries, check once and pass False)."""
     pre = recipe(model)
-    amp = resolve_amp(amp, next(model.parameters()).device)
+    amp = query_amp(amp, index, next(model.parameters()).device)
     if not isinstance(image, (str, os.PathLike)):
         raise TypeError(f"retrieve: the query is the path of one image file, not {kind_of(image)}")
     if Path(image).is_dir():

@@ -254,7 +254,7 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
     from ..runtime import resolve_amp, resolve_device
 
     device = resolve_device(args.device)
-    amp = resolve_amp(args.amp, device)
+    resolve_amp(args.amp, device)  # a bad --amp is refused before the index is read
     _check_output(args.figure, "--figure", figure=True)
     index = load_index(args.index)
     checkpoint = args.checkpoint or index["checkpoint"]
@@ -262,7 +262,7 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
         raise DataError(f"{args.index} does not name its checkpoint; pass --checkpoint")
     model = require_recipe(load(checkpoint, device), checkpoint)
     check_index_model(model, index, checkpoint, args.index)
-    hits = retrieve(model, index, args.image, args.k, amp, check=False)  # checked above
+    hits = retrieve(model, index, args.image, args.k, args.amp, check=False)  # checked above; auto: the index's precision
     changed = [p for p in changed_since_indexed(index, [h["path"] for h in hits]) if os.path.exists(p)]  # gone: the figure's note
     if changed:  # the distances are of the images indexed then, not of the files under those names now
         print(f"note: {len(changed)} of the {len(hits)} neighbours' files have changed since {args.index} was built (first: "
