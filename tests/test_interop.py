@@ -670,3 +670,33 @@ def test_a_safetensors_export_never_replaces_another_files_json(tmp_path, paper_
     side.write_text(json.dumps(legacy))
     assert main(["export", "--checkpoint", str(other), "--out", str(st)]) == 0
     assert json.loads(side.read_text())["source"]["path"] == os.path.abspath(other)
+
+
+def test_a_safetensors_export_stopped_between_its_two_files_writes_both(tmp_path, paper_ckpt, monkeypatch):
+    """export to safetensors writes the weights, then their .json: a Ctrl-C (or SIGTERM) between the
+    two left new weights beside an earlier export's .json, naming another checkpoint. The second write
+    now ends first; then the command stops (KeyboardInterrupt, exit 130 in the CLI)."""
+    import signal
+
+    from alexnet import atomic
+    from alexnet.export import Source, export_safetensors
+
+    other = tmp_path / "other.pt"
+    shutil.copyfile(paper_ckpt, other)
+    st, side = tmp_path / "x.safetensors", tmp_path / "x.json"
+    export_safetensors(alexnet.load(paper_ckpt), st, source=Source.of(paper_ckpt))
+    write = atomic.write_safetensors
+
+    def write_then_ctrl_c(*args, **kwargs):
+        write(*args, **kwargs)
+        signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(atomic, "write_safetensors", write_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        export_safetensors(alexnet.load(other), st, source=Source.of(other))
+    monkeypatch.undo()
+    from safetensors import safe_open
+
+    with safe_open(str(st), framework="pt") as f:
+        weights_from = json.loads(f.metadata()["source"])["path"]
+    assert weights_from == str(other) and json.loads(side.read_text())["source"]["path"] == str(other)

@@ -81,9 +81,12 @@ def export_safetensors(model: AlexNet, path: str | os.PathLike, source: Source |
     mean_image = _mean_image(model)
     if mean_image is not None:  # beside the weights; the metadata holds its summary
         state[presets.MEAN_IMAGE_KEY] = mean_image
-    atomic.write_safetensors(path, state, meta)
-    # the sidecar names its weights: another name of the same stem (m.safetensors, m.bin) shares it
-    side = atomic.write_text(path.with_suffix(".json"), json.dumps({**config, "weights": path.name}, indent=2) + "\n")
+    # The sidecar names its weights: another name of the same stem (m.safetensors, m.bin) shares it.
+    # Both are written before a Ctrl-C or SIGTERM stops the command: one between the two left new
+    # weights beside an earlier export's .json, which tools other than alexnet.load read.
+    with atomic.signals_held():
+        atomic.write_safetensors(path, state, meta)
+        side = atomic.write_text(path.with_suffix(".json"), json.dumps({**config, "weights": path.name}, indent=2) + "\n")
     return [path, side]
 
 
