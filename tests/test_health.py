@@ -210,13 +210,40 @@ def test_a_network_that_gives_every_image_one_class_is_said(tiny_fmnist, tmp_pat
     fit(cfg, log=logs.append)
     model = alexnet.load(tmp_path / "run" / "last.pt")
     loader, *_ = load_eval_data(tiny_fmnist, model.preprocess, 16)
-    columns = evaluate(model, loader, "cpu", "none")["confusion"].sum(0)
-    predicted = int((columns > 0).sum())
+    confusion = evaluate(model, loader, "cpu", "none")["confusion"]
+    predicted = int((confusion.sum(0) > 0).sum())
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["val_classes_predicted"] == predicted
+    assert records[-1]["val_classes_present"] == int((confusion.sum(1) > 0).sum()) == 10
     said = [line for line in logs if "the same class" in line]
     blind_epochs = [r["epoch"] for r in records if r["val_classes_predicted"] == 1]
     assert len(said) == (1 if blind_epochs else 0)
     if blind_epochs:
         assert said[0].startswith(f"warning: epoch {blind_epochs[0]}'s validation gave every one of its 40 images the same class")
     assert (preset == "paper") == (predicted == 1)  # the paper's init at 28 px is blind; the default recipe is not
+
+
+def test_a_validation_of_one_true_class_is_not_said_blind():
+    """A validation set whose images are all of one class (a tiny folder's held-out tenth, one image)
+    gave 'every one of its 1 images the same class' though that answer may be right: the warning
+    needs two true classes among the images. Validation counts them (classes_present), checked against
+    the labels by hand."""
+    import types
+
+    from alexnet.data.presets import Preprocess
+    from alexnet.model import create_model
+    from alexnet.train import _say_blind
+    from alexnet.train import evaluate as validate
+
+    model = create_model("alexnet_small", num_classes=3, in_chans=1, widths=[4, 4, 4, 4, 4], fc_width=8, input_size=28)
+    pre = Preprocess("fashion_mnist", (72.9,), (90.0,), 28, None, 28, 28, 28)
+    images = torch.randint(0, 256, (6, 1, 28, 28), dtype=torch.uint8)
+    for labels in ([2] * 6, [2, 2, 2, 0, 0, 2]):
+        batches = [(images[:3], torch.tensor(labels[:3]), torch.arange(3)), (images[3:], torch.tensor(labels[3:]), torch.arange(3, 6))]
+        val = validate(model, batches, pre, torch.device("cpu"), classes=3)
+        assert val["classes_present"] == len(set(labels))
+        said: list[str] = []
+        run = types.SimpleNamespace(said_blind=False, cfg=types.SimpleNamespace(health="warn"), note=said.append,
+                                    pos=types.SimpleNamespace(epoch=1))
+        _say_blind(run, {**val, "classes_predicted": 1})
+        assert len(said) == (len(set(labels)) > 1), (labels, said)

@@ -278,10 +278,11 @@ def evaluate(
     """Top-1/top-5 accuracy, error and mean loss over ``loader`` (centre crops); ``reduce`` sums the
     counts over the ranks of a distributed run, each of which saw its share of ``loader``. With the
     number of ``classes``, also ``classes_predicted``: how many of them are some image's top-1 (one:
-    a network that gives every image the same answer, :func:`_say_blind`)."""
+    a network that gives every image the same answer, :func:`_say_blind`), and ``classes_present``:
+    how many are some image's true class (one: that answer may be right)."""
     model.eval()
     loss_sum, c1, c5, n = 0.0, 0, 0, 0
-    predicted = torch.zeros(classes, dtype=torch.int64, device=device)  # read once, at the end
+    predicted = torch.zeros(2, classes, dtype=torch.int64, device=device)  # answers, true classes: read once, at the end
     for batch in progress(loader, total=len(loader), desc="evaluate", enabled=show_progress, unit="batch"):
         if batch is None or len(batch[1]) == 0:  # unreadable images, or a rank's empty share of a last batch
             continue
@@ -292,17 +293,19 @@ def evaluate(
         nll, k1, k5, pred = score(F.log_softmax(logits, dim=1), labels)
         loss_sum, c1, c5, n = loss_sum + nll, c1 + k1, c5 + k5, n + labels.numel()
         if classes:
-            predicted += torch.bincount(pred, minlength=classes)[:classes]
+            predicted[0] += torch.bincount(pred, minlength=classes)[:classes]
+            predicted[1] += torch.bincount(labels, minlength=classes)[:classes]
         if faults.ACTIVE:  # tests only: ALEXNET_FAULT=kill:eval=K
             faults.reached("eval")
     # one list, so that every rank joins the same collectives whatever its share held
-    totals = reduce([loss_sum, c1, c5, n, *predicted.tolist()])
+    totals = reduce([loss_sum, c1, c5, n, *predicted.flatten().tolist()])
     try:
         out = summarize(*totals[:4])
     except DataError as e:  # its 0.0000 accuracy would be kept as the run's best
         raise DataError(f"validation: {e}") from None
     if classes:
-        out["classes_predicted"] = sum(1 for c in totals[4:] if c > 0)
+        out["classes_predicted"] = sum(1 for c in totals[4 : 4 + classes] if c > 0)
+        out["classes_present"] = sum(1 for c in totals[4 + classes :] if c > 0)
     return out
 
 
@@ -932,7 +935,7 @@ def _say_blind(run: _Run, val: dict[str, float]) -> None:
     fixed 0.01 init below 224 px gave every image of imagewoof-mini one class for 10 epochs at 63 px
     (docs/training.md, 'Quick tries'); some recipes take a few epochs to leave it. Said under
     --health stop and warn, not off."""
-    if run.said_blind or run.cfg.health == "off" or val.get("classes_predicted") != 1 or len(run.data.classes) < 2:
+    if run.said_blind or run.cfg.health == "off" or val.get("classes_predicted") != 1 or val.get("classes_present", 2) < 2:
         return
     run.said_blind = True
     run.note(f"warning: epoch {run.pos.epoch}'s validation gave every one of its {val['images']} images the same class: the "
