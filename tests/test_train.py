@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, run_cli, src_pythonpath
+from conftest import ROOT, cli_env, make_image_folder, run_cli, src_pythonpath
 
 import alexnet
 from alexnet.checkpoint import load_checkpoint, save_atomic
@@ -1224,3 +1224,24 @@ def test_the_paper_and_default_presets_are_the_documented_recipes():
     job = resolve_config("fashion_mnist", {})
     assert (job.epochs, job.optimizer, job.nesterov, job.momentum, job.weight_decay, job.batch_size, job.lr) == (
         5, "sgd", True, 0.9, 5e-4, 128, 0.08)
+
+
+def test_workers_under_a_long_tmpdir_do_not_hang_the_run(tmp_path):
+    """A data-loading worker hands its batches over a Unix socket that multiprocessing makes under
+    TMPDIR; with a TMPDIR over 75 characters (a batch system's job folder; this suite's own folders
+    under pytest-xdist) the socket could not be made ('OSError: AF_UNIX path too long' in the worker)
+    and the run waited for that batch for ever. It now trains, and leaves no folder of its sockets."""
+    data = make_image_folder(tmp_path / "imgs", classes=2, per_class=4)
+    long_tmp = tmp_path / ("t" * max(1, 90 - len(str(tmp_path))))
+    long_tmp.mkdir()
+    assert len(str(long_tmp)) >= 90
+    args = ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "2",
+            "--workers", "1", "--threads", "1", "--amp", "none", "--model-option", "input_size=64",
+            "--model-option", "widths=[8,8,8,8,8]", "--model-option", "fc_width=16"]
+    try:
+        r = subprocess.run([sys.executable, "-m", "alexnet", *args], capture_output=True, text=True, timeout=120,
+                           env=cli_env(TMPDIR=str(long_tmp)), start_new_session=True)
+    except subprocess.TimeoutExpired as e:
+        raise AssertionError(f"the run hung: {(e.stderr or b'')[-600:]!r}") from None
+    assert r.returncode == 0 and "AF_UNIX" not in r.stderr, r.stderr[-2000:]
+    assert (tmp_path / "run" / "last.pt").exists()

@@ -153,6 +153,38 @@ def keep_freed_memory() -> bool:
     return _ALLOCATOR_TUNED
 
 
+# A socket's path is at most 107 bytes on Linux; multiprocessing's are TMPDIR/pymp-XXXXXXXX/listener-XXXXXXXX.
+_SOCKET_PATH_MAX, _SOCKET_NAME = 107, len("/pymp-XXXXXXXX/listener-XXXXXXXX")
+
+
+def short_worker_sockets() -> None:
+    """Give multiprocessing a socket folder whose paths fit, where TMPDIR is too long for them.
+
+    A data-loading worker hands each batch to the run through a Unix socket that multiprocessing
+    makes under TMPDIR. Past 75 characters (a batch system's job folder, a test's own temporary
+    folder) the socket cannot be made: the worker prints 'OSError: AF_UNIX path too long' and the
+    run waits for that batch for ever. Python 3.13 falls back to /tmp itself; this does so on the
+    Pythons before it, once, before any worker starts (workers inherit the choice).
+    """
+    import multiprocessing.process
+    import multiprocessing.util
+    import shutil
+    import tempfile
+
+    config = multiprocessing.process.current_process()._config
+    if not sys.platform.startswith("linux") or config.get("tempdir") is not None:
+        return
+    if len(tempfile.gettempdir()) + _SOCKET_NAME <= _SOCKET_PATH_MAX:
+        return
+    for base in ("/tmp", "/var/tmp", "/dev/shm"):
+        if os.path.isdir(base) and os.access(base, os.W_OK | os.X_OK):
+            folder = tempfile.mkdtemp(prefix="pymp-", dir=base)
+            # removed at exit, as multiprocessing removes the folder it makes itself
+            multiprocessing.util.Finalize(None, shutil.rmtree, args=[folder], kwargs={"ignore_errors": True}, exitpriority=-100)
+            config["tempdir"] = folder
+            return
+
+
 _THREADS: int | None = None  # set by --threads; None: torch's own choice (one per core)
 
 

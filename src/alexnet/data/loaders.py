@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from ..errors import DataError
-from ..runtime import counted, show_warning
+from ..runtime import counted, short_worker_sockets, show_warning
 from . import augment, presets
 from .cifar import load_cifar
 from .device_decode import DeviceDecoder, collate_raw
@@ -144,6 +144,8 @@ def _batches(ds, indices, bs, shuffle, drop_last, seed, rank, world, workers, pi
         ds.raw, decode = True, DeviceDecoder(ds, decode_device)
     subset = torch.utils.data.Subset(ds, indices)
     sampler = EpochBatchSampler(len(indices), bs, shuffle, seed, drop_last, rank, world)
+    if workers:
+        short_worker_sockets()  # the Python API's runs too, not only the commands'
     dl = torch.utils.data.DataLoader(
         subset,
         batch_sampler=sampler,
