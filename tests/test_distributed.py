@@ -547,3 +547,26 @@ def test_a_loss_that_is_not_finite_on_another_rank_is_said_so():
         with pytest.raises(NonFiniteLoss, match=r"^" + said.replace("(", r"\(").replace(")", r"\)")) as raised:
             _take_step(value, cfg, Position(), reduce, HealthMonitor(None, 2, "off"), False)
         assert raised.value.every_rank
+
+
+@pytest.mark.parametrize(("world", "local_world", "every_rank"), [(2, 2, True), (4, 2, False)])
+def test_a_data_error_is_rank_0s_to_say_only_on_one_machine(tmp_path, monkeypatch, world, local_world, every_rank):
+    """Ranks on one machine list the same files, so rank 0 alone says a data error (above). Ranks on
+    other machines (torchrun --nnodes 2) may see other files: a rank whose error was marked every
+    rank's exited 0 without a word, and the others waited at their first collective until the
+    timeout. There each rank says its own."""
+    import contextlib
+
+    import alexnet.train as train
+    from alexnet.distributed import DistInfo
+    from alexnet.errors import DataError
+
+    def refuse(*args, **kwargs):
+        raise DataError("this node's copy of the data is missing")
+
+    monkeypatch.setattr(train, "_wire", refuse)
+    cfg = resolve_config(None, {"data": str(tmp_path), "out": str(tmp_path / "run")})
+    info = DistInfo(rank=1, world=world, local_rank=1, local_world=local_world)
+    with pytest.raises(DataError) as raised:
+        train._fit(cfg, info, torch.device("cpu"), None, tmp_path / "run", False, (print, print), contextlib.ExitStack())
+    assert getattr(raised.value, "every_rank", False) is every_rank

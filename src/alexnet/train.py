@@ -490,8 +490,12 @@ def _fit(
         return finished[1]
     try:
         run = _wire(cfg, info, device, towers, run_dir, show_progress, say, cleanup, resume_ckpt)
-    except DataError as e:  # the same data, listed and checked alike by every rank: rank 0 alone says it (cli)
-        e.every_rank = True  # type: ignore[attr-defined]
+    except DataError as e:
+        # Ranks on one machine list and check the same files alike: rank 0 alone says it (cli). Ranks
+        # on other machines (torchrun --nnodes) may see other files, so each says its own: one that
+        # stopped without a word would leave the others waiting at their first collective.
+        if info.world == info.local_world:
+            e.every_rank = True  # type: ignore[attr-defined]
         raise
     if resume_ckpt is not None:
         _restore(run, resume_ckpt)
