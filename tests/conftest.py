@@ -45,6 +45,17 @@ def _restore_threads():
 
 
 @pytest.fixture
+def ctrl_c_raises():
+    """SIGINT raises KeyboardInterrupt during the test, as in a terminal: a pytest-xdist worker, like
+    a background job, ignores it, so a Ctrl-C the test sends itself would do nothing there."""
+    import signal
+
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+@pytest.fixture
 def tiny_fmnist(tmp_path: Path) -> Path:
     """Fashion-MNIST-format IDX files: 10 classes, 64 train and 40 test images of simple patterns."""
     return make_tiny_fmnist(tmp_path / "fmnist")

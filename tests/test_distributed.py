@@ -140,7 +140,7 @@ def test_the_process_count_note_names_torchruns_options_across_machines(info, sa
     from alexnet.train import _note_process_change
 
     said: list[str] = []
-    _note_process_change(SimpleNamespace(info=info, log=said.append), saved)
+    _note_process_change(SimpleNamespace(info=info, note=said.append), saved)
     assert len(said) == 1 and said[0].endswith(f"({exactly})"), said
 
 

@@ -1297,7 +1297,7 @@ def test_evaluate_out_failing_half_way_keeps_the_earlier_four_files_together(tmp
     assert {f.name: f.read_bytes() for f in out.iterdir()} == before
 
 
-def test_evaluate_out_ctrl_c_while_moving_keeps_the_four_files_together(tmp_path, monkeypatch):
+def test_evaluate_out_ctrl_c_while_moving_keeps_the_four_files_together(tmp_path, monkeypatch, ctrl_c_raises):
     """The four files of evaluate --out are moved from the hidden folder one by one: a Ctrl-C (or
     SIGTERM) after the first move stopped there, leaving this evaluation's per_class.csv beside an
     earlier one's evaluate.json. Now the moves end first; then the command stops, with all four new."""

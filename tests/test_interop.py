@@ -672,7 +672,7 @@ def test_a_safetensors_export_never_replaces_another_files_json(tmp_path, paper_
     assert json.loads(side.read_text())["source"]["path"] == os.path.abspath(other)
 
 
-def test_a_safetensors_export_stopped_between_its_two_files_writes_both(tmp_path, paper_ckpt, monkeypatch):
+def test_a_safetensors_export_stopped_between_its_two_files_writes_both(tmp_path, paper_ckpt, monkeypatch, ctrl_c_raises):
     """export to safetensors writes the weights, then their .json: a Ctrl-C (or SIGTERM) between the
     two left new weights beside an earlier export's .json, naming another checkpoint. The second write
     now ends first; then the command stops (KeyboardInterrupt, exit 130 in the CLI)."""
