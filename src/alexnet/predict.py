@@ -15,7 +15,7 @@ from .data.loaders import model_input
 from .data.presets import Preprocess
 from .errors import CheckpointError, ConfigError, DataError
 from .model import AlexNet
-from .runtime import autocast, counted, eval_mode, progress, resolve_amp, say
+from .runtime import autocast, counted, eval_mode, precision_name, progress, resolve_amp, say
 
 
 def _alexnet(model: object) -> None:
@@ -175,7 +175,7 @@ def check_finite(values: torch.Tensor, amp: torch.dtype | None, what: str = "out
     (NaN and Infinity, which JSON has not), would mean nothing."""
     bad = int((~torch.isfinite(values)).flatten(1).any(dim=1).sum())
     if bad:
-        precision = str(amp or torch.float32).removeprefix("torch.")
+        precision = precision_name(amp)
         hint = "; --amp none computes in float32" if amp is not None else ""
         raise CheckpointError(f"the network's {what} are not finite (NaN or inf) for {bad} of {counted(values.shape[0], 'image')} in "
                               f"{precision}: its activations overflow, so it scores nothing{hint}")

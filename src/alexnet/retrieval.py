@@ -25,7 +25,7 @@ from .data.sources import detect, each_batch, refuse_split_folders
 from .errors import ConfigError, DataError
 from .model import AlexNet
 from .predict import check_finite, kind_of, load_image, recipe
-from .runtime import autocast, eval_mode, progress, resolve_amp, versions
+from .runtime import autocast, eval_mode, precision_name, progress, resolve_amp, versions
 
 INDEX_FORMAT = "alexnet-fc7-index-1"
 
@@ -272,11 +272,6 @@ def nearest(index: dict[str, Any], query: torch.Tensor, k: int = 6) -> list[dict
 def _check_width(model: AlexNet, index: dict[str, Any], model_name: str = "the model", index_name: str = "the index") -> None:
     if index["features"].shape[1] != model.config.fc_width:
         raise DataError(f"{index_name} holds {index['features'].shape[1]}-d features but {model_name}'s fc7 has {model.config.fc_width}")
-
-
-def precision_name(amp: torch.dtype | None) -> str:
-    """The precision fc7 is computed in: float32, or the autocast dtype."""
-    return str(amp or torch.float32).removeprefix("torch.")
 
 
 def check_index_model(

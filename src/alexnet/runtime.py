@@ -121,6 +121,12 @@ def resolve_amp(amp: str | torch.dtype | None, device: torch.device) -> torch.dt
     raise ConfigError(f"--amp: expected auto, bf16, fp16 or none, got {amp!r}")
 
 
+def precision_name(amp: torch.dtype | None) -> str:
+    """The precision a resolved ``amp`` computes in, as results and files record it: float32, or the
+    autocast dtype (bfloat16, float16)."""
+    return str(amp or torch.float32).removeprefix("torch.")
+
+
 _ALLOCATOR_TUNED: bool | None = None
 
 

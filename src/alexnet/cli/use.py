@@ -137,8 +137,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..data.loaders import FolderListing, load_eval_data
     from ..errors import CheckpointError
     from ..evaluate import class_orders, data_confusion, evaluate, load_models
-    from ..retrieval import precision_name
-    from ..runtime import resolve_amp, resolve_device
+    from ..runtime import precision_name, resolve_amp, resolve_device
 
     paths = [args.checkpoint, *(args.ensemble or [])]
     device = resolve_device(args.device)
