@@ -1695,3 +1695,24 @@ def test_retrieve_auto_queries_in_the_index_precision(tmp_path, capsys):
         with pytest.warns(UserWarning, match="computed in float32 and the query's are in bfloat16"):
             assert main(["retrieve", query, "--index", index, "--device", "cpu", "--amp", "bf16"]) == 0
     assert float(capsys.readouterr().out.split()[0]) > 1e-4
+
+
+def test_a_warning_of_the_main_process_during_a_progress_bar_starts_its_own_line(tmp_path):
+    """With --workers 0 the images are decoded under the bar: PIL's warning on a camera JPEG whose
+    EXIF block is corrupt was appended to the bar's line ('...| 0/9 [00:00<?, ?batch/s]warning:
+    Corrupt EXIF data. ...'). It starts a line of its own, as a worker's does."""
+    import struct
+
+    from conftest import run_cli
+
+    folder = make_image_folder(tmp_path / "imgs", classes=3, per_class=3)
+    jpeg = (folder / "class1" / "img1.jpg").read_bytes()
+    # an APP1 Exif block whose one IFD entry points past its end, as a damaged camera file's does
+    exif = b"Exif\x00\x00II*\x00\x08\x00\x00\x00" + struct.pack("<H", 5) + b"\x12\x01\x03\x00\x01\x00\x00\x00\xff\xff\xff\x7f"
+    (folder / "class1" / "img1.jpg").write_bytes(jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(exif) + 2) + exif + jpeg[2:])
+    ckpt = tiny_checkpoint(tmp_path / "m.pt")
+    r = run_cli("evaluate", "--checkpoint", str(ckpt), "--data", str(folder), "--json", "--progress", "on",
+                "--batch-size", "1", "--workers", "0", "--threads", "1")
+    assert r.returncode == 0 and json.loads(r.stdout)["images"] == 9, r.stderr
+    shown = [line.rsplit("\r", 1)[-1] for line in r.stderr.split("\n")]  # as a terminal shows them
+    assert [line for line in shown if "Corrupt EXIF" in line][0].startswith("warning: Corrupt EXIF data"), r.stderr

@@ -299,7 +299,7 @@ def show_warning(message: Warning | str, category: type[Warning], filename: str,
     if file is not None and file is not sys.stderr:
         file.write(text)
         return
-    say(text.rstrip("\n"))
+    say(text.rstrip("\n").rpartition("\r")[2])  # say blanks the bars' line itself
 
 
 def _blank_bars(tqdm: type) -> str:

@@ -45,8 +45,15 @@ def _resumed_threads(args: argparse.Namespace) -> int | None:
 
 def _warning_line(message, category, filename, lineno, line=None) -> str:
     """A warning as one line (Python adds the source line that raised it, which says nothing to a
-    user of the command line; ALEXNET_DEBUG=1 keeps Python's format)."""
-    return f"warning: {message}\n"
+    user of the command line; ALEXNET_DEBUG=1 keeps Python's format), on a line of its own where a
+    progress bar is drawn: Python's showwarning appended it to the bar's line ('...batch/s]warning:
+    Corrupt EXIF data...' for a camera's JPEG decoded with --workers 0). The bar is redrawn below it."""
+    tqdm = sys.modules.get("tqdm.std")  # no bar is drawn before tqdm is imported
+    if tqdm is None:
+        return f"warning: {message}\n"
+    from ..runtime import _blank_bars
+
+    return _blank_bars(tqdm.tqdm) + f"warning: {message}\n"
 
 
 def _import_torch() -> None:
