@@ -431,16 +431,16 @@ def test_folders_say_what_they_left_out_and_why_a_class_has_nothing_to_train(tmp
     (root / "class2").mkdir()
     for i in range(3):
         (root / "class2" / f"IMG_{i}.HEIC").write_bytes(b"ftypheic")
-    why = r"class2: class folder has no images it reads \(3 file\(s\) of other kinds: 3 \.heic; it reads \.jpg .*\.jfif"
+    why = r"class2: class folder has no images it reads \(3 files of other kinds: 3 \.heic; it reads \.jpg .*\.jfif"
     with pytest.raises(DataError, match=why):
         load_data(root, 2, 24)
-    with pytest.raises(DataError, match=r"class2: no image files in this folder \(3 file\(s\) of other kinds: 3 \.heic"):
+    with pytest.raises(DataError, match=r"class2: no image files in this folder \(3 files of other kinds: 3 \.heic"):
         image_paths(root / "class2")
     os.replace(root / "class0" / "img0.jpg", root / "class2" / "photo.JFIF")
     (root / "class1" / "notes.txt").write_text("taken in May")
     shutil.copy(root / "class1" / "img1.jpg", root / "loose.jpg")
-    said = [r"imgs: left out 4 file\(s\) of other kinds: 3 \.heic, 1 \.txt; it reads \.jpg",
-            r"imgs: left out 1 image\(s\) in no class folder \(first: .*loose\.jpg\): an image trains as the class of the folder it is in$"]
+    said = [r"imgs: left out 4 files of other kinds: 3 \.heic, 1 \.txt; it reads \.jpg",
+            r"imgs: left out 1 image in no class folder \(first: .*loose\.jpg\): an image trains as the class of the folder it is in$"]
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         data = load_data(root, 2, 24, show_progress=False)
@@ -1308,3 +1308,14 @@ def test_one_of_each_is_said_in_the_singular_and_windows_files_are_not_data(tmp_
     predict(model, [root / "class0" / "img0.jpg", root / "class1" / "img1.jpg"], amp="none", show_progress=False)
     assert capsys.readouterr().err.startswith(f"warning: skipping {root / 'class0' / 'img0.jpg'}: cannot read this image ("), \
         "predict's warning"
+
+
+def test_the_batch_size_is_cut_to_the_training_images_with_a_note():
+    """Fewer training images than the batch: full batches only would train none, so the batch is cut
+    to them, and said ('the 1 training image', not 'the 1 training images')."""
+    from alexnet.data.loaders import _at_most_the_images
+
+    notes: list[str] = []
+    assert _at_most_the_images(64, 64, notes) == 64 and _at_most_the_images(64, 65, notes) == 64 and notes == []
+    assert _at_most_the_images(64, 1, notes) == 1 and _at_most_the_images(128, 15, notes) == 15
+    assert notes == ["batch size reduced to the 1 training image", "batch size reduced to the 15 training images"]

@@ -501,7 +501,7 @@ def test_a_warning_about_the_data_is_said_once_not_by_every_rank(tmp_path):
                 "--workers", "0", "--device", "cpu", "--nproc", "2", *TINY)
     assert r.returncode == 0, r.stderr
     assert [line for line in r.stderr.splitlines() if line.startswith("warning:") and "left out" in line] == [
-        f"warning: {data}: left out 1 file(s) of other kinds: 1 .txt; it reads .jpg .jpeg .jpe .jfif .png .ppm .bmp .pgm .tif "
+        f"warning: {data}: left out 1 file of other kinds: 1 .txt; it reads .jpg .jpeg .jpe .jfif .png .ppm .bmp .pgm .tif "
         ".tiff .webp .gif"], r.stderr
 
 

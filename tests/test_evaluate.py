@@ -1469,7 +1469,7 @@ def test_evaluate_of_a_split_folder_tells_train_classes_without_listing_its_imag
         f.unlink()
     with pytest.raises(DataError) as e:
         load_eval_data(root, pre, batch_size=4)
-    assert str(e.value) == f"{root / 'train' / 'class2'}: class folder has no images it reads (1 file(s) of other kinds: 1 .txt; " \
+    assert str(e.value) == f"{root / 'train' / 'class2'}: class folder has no images it reads (1 file of other kinds: 1 .txt; " \
                            "it reads " + " ".join(folder_module.IMAGE_EXTENSIONS) + ")"
 
 

@@ -19,7 +19,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import DataError
-from ..runtime import say
+from ..runtime import counted, say
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 BAD_FILES_NAME = "bad_files.txt"
@@ -286,7 +286,7 @@ def not_images(others: list[str]) -> str:
     read (a folder of .HEIC photos is not empty to its owner)."""
     kinds = collections.Counter(os.path.splitext(f)[1].lower() or "no extension" for f in others)
     listed = ", ".join(f"{n} {kind}" for kind, n in kinds.most_common(4)) + (", ..." if len(kinds) > 4 else "")
-    return f"{len(others)} file(s) of other kinds: {listed}; it reads {' '.join(IMAGE_EXTENSIONS)}"
+    return f"{counted(len(others), 'file')} of other kinds: {listed}; it reads {' '.join(IMAGE_EXTENSIONS)}"
 
 
 class BadFiles:

@@ -136,6 +136,15 @@ class Batches:
         stop_workers(iterator)
 
 
+def _at_most_the_images(batch_size: int, images: int, notes: list[str]) -> int:
+    """The training batch size, cut to the number of training images where they are fewer (with a
+    note): full batches only would train no image at all."""
+    if images >= batch_size:
+        return batch_size
+    notes.append(f"batch size reduced to the {counted(images, 'training image')}")
+    return images
+
+
 def _batches(ds, indices, bs, shuffle, drop_last, seed, rank, world, workers, pin_memory, decode_device=None) -> Batches:
     """A :class:`Batches` over ``ds[indices]``; with ``decode_device``, an image folder's JPEGs are
     decoded there (:mod:`alexnet.data.device_decode`) instead of in the workers."""
@@ -252,10 +261,8 @@ def _tensors(
     side = x_train.shape[-1]
     base = {"dataset": kind, "resize": None, "size": side, "train_crop": side, "test_crop": side, "input_size": input_size}
     preprocess = presets.resolve(preset, stats, base, channels=x_train.shape[1])
-    notes = []
-    if len(x_train) < batch_size:  # as for an image folder: full batches only would train no image at all
-        batch_size = len(x_train)
-        notes.append(f"batch size reduced to the {batch_size} training images")
+    notes: list[str] = []
+    batch_size = _at_most_the_images(batch_size, len(x_train), notes)
     train = TensorBatches(x_train, y_train, EpochBatchSampler(len(x_train), batch_size, True, seed, True, rank, world), pin)
     val = TensorBatches(x_test, y_test, EpochBatchSampler(len(x_test), eval_batch_size, False, rank=rank, world=world), pin)
     return DataBundle(train, val, classes, preprocess, len(x_train), len(x_test), source, notes)
@@ -356,9 +363,7 @@ def _images(root, preset, bad, loading, val_fraction, show_progress, batch_size,
         "input_size": input_size,
     }
     preprocess = presets.resolve(preset, stats, base)
-    if len(train_idx) < batch_size:
-        batch_size = len(train_idx)
-        notes.append(f"batch size reduced to the {batch_size} training images")
+    batch_size = _at_most_the_images(batch_size, len(train_idx), notes)
     loader_args = (seed, rank, world, *loading)
     train = _batches(train_ds, train_idx, batch_size, True, True, *loader_args)
     val = _batches(val_ds, val_idx, eval_batch_size, False, False, *loader_args)

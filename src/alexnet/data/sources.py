@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import DataError
+from ..runtime import counted
 from .cifar import find_cifar
 from .fashion_mnist import fashion_mnist_missing, is_fashion_mnist
 from .folder import (
@@ -112,7 +113,7 @@ def open_folder_splits(
         warnings.warn(f"{root}: left out {not_images(others)}", stacklevel=2)
     loose = top_level_images(root) + (top_level_images(root / "train") if "val" in splits else [])
     if loose:
-        warnings.warn(f"{root}: left out {len(loose)} image(s) in no class folder (first: {printable(loose[0])}): an "
+        warnings.warn(f"{root}: left out {counted(len(loose), 'image')} in no class folder (first: {printable(loose[0])}): an "
                       "image trains as the class of the folder it is in", stacklevel=2)
     return splits
 
