@@ -134,3 +134,33 @@ def test_an_archive_that_escapes_its_folder_is_refused(tmp_path):
     with pytest.raises(DataError, match="unsafe member"):
         imagenette._extract(path, tmp_path / "out")
     assert not (tmp_path / "escaped.txt").exists()
+
+
+def test_fashion_mnist_cut_short_while_unpacking_is_unpacked_again(tmp_path, monkeypatch, capsys):
+    """A download stopped while torchvision unpacked an archive left its IDX file short; torchvision
+    takes a file that exists for done, so the rerun kept it and every command refused the folder
+    ('truncated IDX file'). The rerun now unpacks it again from the archive beside it, offline."""
+    import gzip
+    import hashlib
+    import shutil
+
+    from torchvision.datasets import FashionMNIST
+
+    from alexnet.data.fashion_mnist import DEBIAN_ROOT, load_fashion_mnist
+
+    if not DEBIAN_ROOT.is_dir():
+        pytest.skip(f"needs Debian's dataset-fashion-mnist in {DEBIAN_ROOT}")
+    raw = tmp_path / "fm" / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    resources = []
+    for archive in sorted(DEBIAN_ROOT.glob("*.gz")):  # what a finished download holds: archives and their contents
+        shutil.copy(archive, raw / archive.name)
+        (raw / archive.stem).write_bytes(gzip.decompress(archive.read_bytes()))
+        resources.append((archive.name, hashlib.md5(archive.read_bytes()).hexdigest()))  # Debian's own gzip
+    monkeypatch.setattr(FashionMNIST, "resources", resources)
+    whole = (raw / "t10k-images-idx3-ubyte").read_bytes()
+    (raw / "t10k-images-idx3-ubyte").write_bytes(whole[: len(whole) // 3])  # stopped a third of the way
+    asked = _offline(monkeypatch)
+    assert main(["download", "fashion-mnist", "--out", str(tmp_path / "fm")]) == 0, capsys.readouterr().err
+    assert (raw / "t10k-images-idx3-ubyte").read_bytes() == whole and not asked
+    assert load_fashion_mnist(tmp_path / "fm", "test")[0].shape == (10000, 1, 28, 28)

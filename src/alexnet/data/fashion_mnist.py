@@ -32,16 +32,23 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
             data = f.read()
     except (OSError, EOFError) as e:
         raise DataError(f"{path}: cannot read IDX file ({e})") from None
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _DTYPES:
+    layout = _idx_layout(data)
+    if layout is None:
         raise DataError(f"{path}: not an IDX file (bad magic number)")
-    ndim = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    dtype = np.dtype(_DTYPES[data[2]])
-    offset = 4 + 4 * ndim
+    shape, dtype, offset = layout
     expected = int(np.prod(shape)) * dtype.itemsize
     if len(data) - offset != expected:
         raise DataError(f"{path}: truncated IDX file ({len(data) - offset} of {expected} bytes)")
     return np.frombuffer(data, dtype=dtype, offset=offset).reshape(shape)
+
+
+def _idx_layout(head: bytes) -> tuple[tuple[int, ...], np.dtype, int] | None:
+    """The shape, dtype and offset of the data that an IDX file's first bytes give (None: no IDX magic)."""
+    if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in _DTYPES:
+        return None
+    ndim = head[3]
+    shape = tuple(int.from_bytes(head[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    return shape, np.dtype(_DTYPES[head[2]]), 4 + 4 * ndim
 
 
 def _find(root: Path, stem: str) -> Path | None:
@@ -95,6 +102,7 @@ def download_fashion_mnist(root: str | os.PathLike) -> Path:
     from torchvision.datasets import FashionMNIST
 
     root = Path(root)
+    _remove_cut_short(root / "FashionMNIST" / "raw")
     printed = io.StringIO()  # torchvision < 0.20 prints its progress and each failed mirror's reason
     try:
         with contextlib.redirect_stdout(printed):
@@ -109,6 +117,18 @@ def download_fashion_mnist(root: str | os.PathLike) -> Path:
             f"(this needs the internet: download it on a machine that is online, then pass --data)"
         ) from None
     return root
+
+
+def _remove_cut_short(raw: Path) -> None:
+    """Remove the IDX files that a download stopped while unpacking left shorter than their header
+    says: torchvision takes a file that exists for done, so its rerun kept it and every later command
+    refused it ('truncated IDX file'). The archive beside it, or the download, gives it whole again."""
+    for path in (raw / stem for pair in _FILES.values() for stem in pair):
+        with contextlib.suppress(FileNotFoundError):
+            with open(path, "rb") as f:
+                layout = _idx_layout(f.read(1024))  # at most 255 dimensions of 4 bytes
+            if layout is None or os.path.getsize(path) != layout[2] + int(np.prod(layout[0])) * layout[1].itemsize:
+                path.unlink()
 
 
 def _last_line(error: Exception) -> str:
