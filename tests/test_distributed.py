@@ -568,5 +568,5 @@ def test_a_data_error_is_rank_0s_to_say_only_on_one_machine(tmp_path, monkeypatc
     cfg = resolve_config(None, {"data": str(tmp_path), "out": str(tmp_path / "run")})
     info = DistInfo(rank=1, world=world, local_rank=1, local_world=local_world)
     with pytest.raises(DataError) as raised:
-        train._fit(cfg, info, torch.device("cpu"), None, tmp_path / "run", False, (print, print), contextlib.ExitStack())
+        train._fit(cfg, info, torch.device("cpu"), None, tmp_path / "run", False, train._Voices(print, print), contextlib.ExitStack())
     assert getattr(raised.value, "every_rank", False) is every_rank

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -390,9 +390,9 @@ def fit(
         run_dir = Path(distributed.broadcast_object(str(run_dir)))  # rank 0's time stamp names the run
         quiet = not info.is_main
         with _claim(run_dir, cfg, force, info), contextlib.ExitStack() as cleanup:
-            progress_on, say = (False, lambda s: None) if quiet else (show_progress, log)
-            tell = say if quiet or note is None else note
-            return _fit(cfg, info, device, towers, run_dir, progress_on, (say, tell), cleanup)
+            progress_on, said = (False, lambda s: None) if quiet else (show_progress, log)
+            voices = _Voices(said, said if quiet or note is None else note)
+            return _fit(cfg, info, device, towers, run_dir, progress_on, voices, cleanup)
     except RuntimeError as e:
         if info.enabled and distributed.is_comm_error(e):
             failure = distributed.comm_failure(e, info, run_dir)
@@ -429,6 +429,14 @@ def _claim(run_dir: Path, cfg: TrainConfig, force: bool, info: distributed.DistI
 
 
 # -- the parts of a run: wiring, run folder files, checkpoints, the epoch loop ---------------------
+class _Voices(NamedTuple):
+    """Where a run says things: ``log`` its progress (the start, each epoch), ``note`` its notes
+    and warnings (stderr on the command line)."""
+
+    log: Callable[[str], None]
+    note: Callable[[str], None]
+
+
 @dataclass
 class _Run:
     """What the parts of a run share: set up by :func:`_wire` and :func:`_wrap`; ``pos``,
@@ -475,21 +483,21 @@ def _fit(
     towers: tuple[torch.device, torch.device] | None,
     run_dir: Path,
     show_progress: bool | None,
-    say: tuple[Callable[[str], None], Callable[[str], None]],
+    voices: _Voices,
     cleanup: contextlib.ExitStack,
 ) -> dict[str, Any]:
-    """The run of :func:`fit` on this rank, once the run folder is claimed; ``say`` is where its
-    progress and its notes go (:attr:`_Run.log`, :attr:`_Run.note`)."""
+    """The run of :func:`fit` on this rank, once the run folder is claimed; ``voices`` say its
+    progress and its notes (:attr:`_Run.log`, :attr:`_Run.note`)."""
     source = resume_source(cfg.resume, claimed=Path(cfg.resume).resolve() == run_dir.resolve()) if cfg.resume else None
     resume_ckpt = read_checkpoint(source) if source is not None else None
     if resume_ckpt is not None:
         check_resumed(cfg, resume_ckpt, source, run_dir)
     finished = nothing_left(resume_ckpt, cfg.epochs, run_dir) if resume_ckpt is not None else None
     if finished is not None:  # said before any data is read or file written
-        say[0](finished[0])
+        voices.log(finished[0])
         return finished[1]
     try:
-        run = _wire(cfg, info, device, towers, run_dir, show_progress, say, cleanup, resume_ckpt)
+        run = _wire(cfg, info, device, towers, run_dir, show_progress, voices, cleanup, resume_ckpt)
     except DataError as e:
         # Ranks on one machine list and check the same files alike: rank 0 alone says it (cli). Ranks
         # on other machines (torchrun --nnodes) may see other files, so each says its own: one that
@@ -531,7 +539,7 @@ def _wire(
     towers: tuple[torch.device, torch.device] | None,
     run_dir: Path,
     show_progress: bool | None,
-    say: tuple[Callable[[str], None], Callable[[str], None]],
+    voices: _Voices,
     cleanup: contextlib.ExitStack,
     resume_ckpt: dict[str, Any] | None = None,
 ) -> _Run:
@@ -565,7 +573,7 @@ def _wire(
     if not fixed_chans:
         arch = dataclasses.replace(arch, in_chans=data.preprocess.channels)
     seed_everything(cfg.seed)  # the init does not depend on what data loading drew
-    model = build_model(cfg, arch, data.classes, init, say[0], data.folders)
+    model = build_model(cfg, arch, data.classes, init, voices.log, data.folders)
     if info.rank:  # the same init everywhere, but each rank its own dropout masks
         seed_everything(cfg.seed + 7919 * info.rank)
     split = TowerSplit(model, towers) if towers else None
@@ -577,7 +585,7 @@ def _wire(
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     plateau = PlateauSchedule(cfg.plateau_patience, 0.1, cfg.plateau_max_reductions)
     return _Run(
-        cfg=cfg, info=info, device=device, towers=towers, run_dir=run_dir, show_progress=show_progress, log=say[0], note=say[1],
+        cfg=cfg, info=info, device=device, towers=towers, run_dir=run_dir, show_progress=show_progress, log=voices.log, note=voices.note,
         amp=amp, data=data, model=model, split=split, module=module, optimizer=optimizer, scaler=scaler, plateau=plateau,
     )
 
