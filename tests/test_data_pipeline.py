@@ -633,6 +633,42 @@ def test_a_loop_that_fails_stops_its_workers_before_the_error_is_said():
     assert str(caught.value) == "unreadable image x.jpg" and not multiprocessing.active_children()
 
 
+class _SignalledWorker(torch.utils.data.Dataset):
+    """Sends its worker the SIGTERM (or Ctrl-C) that a process group's gets, as it reaches a spawned
+    worker still importing torch, before its own set-up could ignore it."""
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, i: int) -> int:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGTERM)
+        return i
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_a_signal_to_the_process_group_leaves_starting_workers_alone(method):
+    """A Ctrl-C or SIGTERM sent to the process group (a terminal's, docker stop's, SLURM's) while
+    spawned or forkserver workers were still starting killed them: evaluate, features and prepare
+    failed with 'internal error: DataLoader worker is killed by signal' after the workers'
+    tracebacks, and training stopped with 'worker exited unexpectedly' instead of saving. The workers
+    start with both signals blocked, in each_batch's loops and in the training and evaluation loaders."""
+    from alexnet.data.loaders import Batches
+    from alexnet.data.sources import each_batch
+
+    def loader() -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(_SignalledWorker(), batch_size=2, num_workers=2, multiprocessing_context=method,
+                                           persistent_workers=True)
+
+    assert [int(x) for b in each_batch(loader()) for x in b] == list(range(8))
+    batches = Batches(loader(), None)
+    try:
+        assert [int(x) for b in batches for x in b] == list(range(8))
+    finally:
+        batches.close()
+
+
 def test_prepare_again_keeps_no_old_shard_and_a_failed_first_one_no_folder(tmp_path):
     """Prepared again with larger shards, the folder holds just the shards its index lists (the old
     smaller ones stayed); a first preparation that fails leaves no folder (an empty one stayed)."""

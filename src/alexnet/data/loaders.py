@@ -27,7 +27,7 @@ from .fashion_mnist import DEBIAN_ROOT, load_fashion_mnist, missing_message
 from .folder import BAD_FILES_NAME, BadFiles, ImageFolderDataset, collate, printable
 from .packed import PackedDataset, batch_passthrough, read_index
 from .presets import IMAGENET_MEAN, IMAGENET_STD, Preprocess  # noqa: F401 - the means re-exported (old import path)
-from .sources import detect, has_split_folders, open_folder_splits, stop_workers, unwrap_worker_error
+from .sources import detect, has_split_folders, open_folder_splits, stop_workers, unwrap_worker_error, workers_spared_signals
 from .stats import StatsAccumulator, cache_key, folder_stats
 
 
@@ -119,11 +119,13 @@ class Batches:
         return len(self.loader)
 
     def __iter__(self):
+        with workers_spared_signals(self.loader):  # the persistent workers start at the first epoch's iter()
+            batches = iter(self.loader)
         with unwrap_worker_error():
             if self.decode is None:
-                yield from self.loader
+                yield from batches
             else:
-                for batch in self.loader:
+                for batch in batches:
                     yield self.decode(batch)
 
     def close(self) -> None:

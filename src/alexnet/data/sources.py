@@ -9,12 +9,14 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import signal
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from ..atomic import signals_held
 from ..errors import DataError
 from ..runtime import counted
 from .cifar import find_cifar
@@ -178,12 +180,43 @@ def each_batch(loader: Any) -> Iterator[Any]:
     """The batches of a DataLoader, its workers' errors as their one line (:func:`unwrap_worker_error`),
     its worker processes stopped as soon as the loop ends or fails: left to the interpreter's exit,
     their teardown races it and can print tracebacks after the error line ('Bad file descriptor')."""
-    iterator = iter(loader)
+    iterator = None
     try:
+        with workers_spared_signals(loader):
+            iterator = iter(loader)
         with unwrap_worker_error():
             yield from iterator
     finally:
         stop_workers(iterator)
+
+
+@contextlib.contextmanager
+def workers_spared_signals(loader: Any) -> Iterator[None]:
+    """Start ``loader``'s workers (``iter(loader)``) with SIGINT and SIGTERM blocked in this thread:
+    a worker inherits the mask, through exec too, so a Ctrl-C or SIGTERM sent to the whole process
+    group leaves it be, the training process saves and stops, and the others stop their workers.
+    Spawned (macOS, Windows) or forkserver workers (Linux from Python 3.14) spend seconds importing
+    torch before their own set-up could ignore the signal; one killed then printed its traceback and
+    the command failed with 'DataLoader worker exited unexpectedly'. This process gets the signal
+    once the workers have started (amid the start, it left a half-made iterator whose clean-up
+    printed a traceback)."""
+    if not getattr(loader, "num_workers", 0) or not hasattr(signal, "pthread_sigmask"):  # Windows: no such signals
+        yield
+        return
+    import multiprocessing
+
+    context = loader.multiprocessing_context
+    method = context.get_start_method() if context else multiprocessing.get_start_method(allow_none=True)
+    if (method or multiprocessing.get_all_start_methods()[0]) != "fork":
+        from multiprocessing import resource_tracker
+
+        resource_tracker.ensure_running()  # now: its first start unblocks both signals (CPython's own)
+    with signals_held():
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        try:
+            yield
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def stop_workers(iterator: Any) -> None:
