@@ -633,6 +633,29 @@ def test_a_loop_that_fails_stops_its_workers_before_the_error_is_said():
     assert str(caught.value) == "unreadable image x.jpg" and not multiprocessing.active_children()
 
 
+def test_prepare_stats_and_an_index_leave_the_callers_random_numbers_alone(tmp_path, monkeypatch):
+    """prepare, folder_stats and build_index drew their DataLoader's base seed from the global torch
+    RNG: a notebook's torch.manual_seed(0) then gave other numbers (an init, a shuffle) after one of
+    them, as predict and evaluate did not. They draw from a generator of their own."""
+    from test_evaluate import tiny_checkpoint
+
+    import alexnet
+    from alexnet.retrieval import build_index
+
+    monkeypatch.setenv("ALEXNET_CACHE", str(tmp_path / "cache"))
+    root = make_image_folder(tmp_path / "imgs", classes=2, per_class=2, size=(40, 36))
+    model = alexnet.load(tiny_checkpoint(tmp_path / "m.pt", classes=2))
+    ds = ImageFolderDataset(root, resize=32, size=32)
+    for call in (lambda: prepare(root, tmp_path / "p", size=32, show_progress=False),
+                 lambda: folder_stats(ds, list(range(len(ds))), show_progress=False),
+                 lambda: build_index(model, root, show_progress=False)):
+        torch.manual_seed(0)
+        expected = torch.rand(4)
+        torch.manual_seed(0)
+        call()
+        assert torch.equal(torch.rand(4), expected)
+
+
 class _SignalledWorker(torch.utils.data.Dataset):
     """Sends its worker the SIGTERM (or Ctrl-C) that a process group's gets, as it reaches a spawned
     worker still importing torch, before its own set-up could ignore it."""

@@ -125,7 +125,9 @@ def build_index(
     resize, size = pre.stored_sizes()
     ds = ImageFolderDataset(root, resize=resize, size=size, channels=pre.channels, samples=samples, classes=classes)
     ds.upright = True  # as retrieve's query (predict.load_image): an indexed photo is at distance 0 from itself
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate)
+    # generator: the base seed each iterator draws comes from it, not from the caller's torch RNG
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate,
+                                         generator=torch.Generator())
     # Filled in place: a list of batches joined by torch.cat held every vector twice at its end (32 KB
     # an image: 41 GB for ImageNet's 1.28 M training images, where one copy is 21 GB).
     feats = torch.empty(len(samples), model.config.fc_width)

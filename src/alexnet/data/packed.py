@@ -132,7 +132,8 @@ def _pack_split(
     ds, split: str, tmp: Path, shard_size: int, workers: int, acc: StatsAccumulator, show_progress: bool | None
 ) -> dict[str, Any]:
     """Decode one split into shards, labels and a file list in ``tmp``; its index entry."""
-    loader = torch.utils.data.DataLoader(ds, batch_size=64, num_workers=workers, collate_fn=collate)
+    # generator: the base seed each iterator draws comes from it, not from the caller's torch RNG
+    loader = torch.utils.data.DataLoader(ds, batch_size=64, num_workers=workers, collate_fn=collate, generator=torch.Generator())
     writer, files = _ShardWriter(tmp, split, shard_size), []
     # Copied out of each batch, not kept as the batch's label tensors: each, allocated just after its
     # batch's images, kept glibc from reusing their memory (16 KB more resident per 73 px image packed:

@@ -76,7 +76,8 @@ def compute_stats(dataset, indices: list[int], workers: int = 0, batch_size: int
     from .sources import each_batch
 
     loader = torch.utils.data.DataLoader(
-        torch.utils.data.Subset(dataset, indices), batch_size=batch_size, num_workers=workers, collate_fn=collate
+        torch.utils.data.Subset(dataset, indices), batch_size=batch_size, num_workers=workers, collate_fn=collate,
+        generator=torch.Generator(),  # its base seed drawn from here, not from the caller's torch RNG
     )
     acc, good = StatsAccumulator(), set()
     for batch in progress(each_batch(loader), total=len(loader), desc="mean image and PCA", enabled=show_progress, unit="batch"):
