@@ -425,3 +425,25 @@ def test_a_resume_killed_in_its_first_epoch_leaves_curves_of_its_record(tiny_fmn
     assert (run / "metrics.jsonl").read_text() == "".join(lines)
     plot_curves(run, tmp_path / "expected.png")
     assert (run / "curves.png").read_bytes() == (tmp_path / "expected.png").read_bytes()
+
+
+def test_a_figure_leaves_the_callers_matplotlib_alone(tmp_path):
+    """Drawing a figure (fit's curves.png, evaluate --out's confusion, predict/retrieve --figure) set
+    pyplot's backend to Agg: in a notebook or a script with its own backend this closed the caller's
+    open figures and left plt.show() showing nothing. The figures are drawn on a Figure of their own."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+    import torch
+
+    from alexnet.figures import plot_confusion
+
+    before = matplotlib.get_backend()
+    plt.switch_backend("svg")  # stands for the caller's (a notebook's inline, a GUI's)
+    try:
+        mine = plt.figure()
+        plot_confusion(torch.eye(2), ["a", "b"], tmp_path / "c.png")
+        assert matplotlib.get_backend() == "svg" and plt.get_fignums() == [mine.number]
+        assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    finally:
+        plt.close("all")
+        plt.switch_backend(before)

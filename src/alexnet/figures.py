@@ -95,14 +95,16 @@ def _writable_matplotlib_folder() -> None:
     os.environ["MPLCONFIGDIR"] = temporary
 
 
-def _pyplot():
+def _figure(**options: Any) -> Any:
+    """A matplotlib Figure of its own, not pyplot's: pyplot's backend was set to Agg for it, which in
+    a caller's notebook or script closed their open figures and stopped plt.show() showing any."""
     _writable_matplotlib_folder()  # before matplotlib is imported: it reads its folders then
-    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(**options)
+    FigureCanvasAgg(fig)  # what pyplot's Agg gave it: a renderer to measure text with
+    return fig
 
 
 # What a figure's name asks for: matplotlib's formats for plots, PIL's for the filter image (which
@@ -124,15 +126,13 @@ _SAME_BYTES = {"pdf": {"CreationDate": None}, "svg": {"Date": None}}
 
 
 def _save(fig, path: str | os.PathLike) -> Path:
-    plt = _pyplot()
+    import matplotlib
+
     path = Path(path)
-    try:
-        fmt = figure_format(path)
-        with atomic_path(path, durable=False) as tmp, plt.rc_context({"svg.hashsalt": "alexnet"}):
-            # no bbox_inches="tight": the size stays as documented
-            fig.savefig(tmp, dpi=DPI, format=fmt, metadata=_SAME_BYTES.get(fmt))
-    finally:
-        plt.close(fig)
+    fmt = figure_format(path)
+    with atomic_path(path, durable=False) as tmp, matplotlib.rc_context({"svg.hashsalt": "alexnet"}):
+        # no bbox_inches="tight": the size stays as documented
+        fig.savefig(tmp, dpi=DPI, format=fmt, metadata=_SAME_BYTES.get(fmt))
     return path
 
 
@@ -250,8 +250,8 @@ def plot_curves(run_dirs: str | os.PathLike | Sequence[str | os.PathLike], out: 
     if not runs:
         raise DataError("curves: no run folder given")
     records = [read_metrics(run) for run in runs]
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(CURVES_SIZE[0] / DPI, CURVES_SIZE[1] / DPI), layout="constrained")
+    fig = _figure(figsize=(CURVES_SIZE[0] / DPI, CURVES_SIZE[1] / DPI), layout="constrained")
+    axes = fig.subplots(1, 3)
     for i, (run, recs) in enumerate(zip(runs, records)):
         short = unfinished(run, recs)
         name = "" if len(runs) == 1 else f"{plain(Path(run).resolve().name)}{f' ({short})' if short else ''}: "
@@ -325,10 +325,10 @@ def plot_confusion(confusion: torch.Tensor, classes: list[str], path: str | os.P
     """Row-normalised confusion matrix (true class down, predicted across: ``columns``, default
     ``classes``). Size: :data:`CONFUSION_SIZE`."""
     columns = columns or classes
-    plt = _pyplot()
     m = confusion.double()
     m = (m / m.sum(dim=1, keepdim=True).clamp_min(1)).numpy()
-    fig, ax = plt.subplots(figsize=(CONFUSION_SIZE[0] / DPI, CONFUSION_SIZE[1] / DPI), layout="constrained")
+    fig = _figure(figsize=(CONFUSION_SIZE[0] / DPI, CONFUSION_SIZE[1] / DPI), layout="constrained")
+    ax = fig.subplots()
     im = ax.imshow(m, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(im, ax=ax, label="fraction of the true class")
     n = len(classes)
@@ -398,12 +398,11 @@ def plot_predictions(
     cell. Size: :func:`grid_size` (len(images), columns), every row of cells the same height; at most
     :data:`MOST_PREDICTIONS_DRAWN` images are drawn (a warning says so).
     """
-    plt = _pyplot()
     images = _the_first(images, MOST_PREDICTIONS_DRAWN, "images", path)
     n = len(images)
     w, h = grid_size(n, columns)
     cols, rows = min(n, columns), math.ceil(n / min(n, columns))
-    fig = plt.figure(figsize=(w / DPI, h / DPI))
+    fig = _figure(figsize=(w / DPI, h / DPI))
     # Fixed pixel margins (no relative ones): a tall figure of many images gets no blank bands.
     grid = fig.add_gridspec(rows * len(_CELL_ROWS), cols * len(_CELL_COLUMNS), height_ratios=_CELL_ROWS * rows,
                             width_ratios=_CELL_COLUMNS * cols, left=0, right=1, top=1, bottom=0, hspace=0, wspace=0)
@@ -460,11 +459,11 @@ def plot_retrieval(query: torch.Tensor, neighbours: list[tuple[torch.Tensor | No
     Size: :data:`RETRIEVAL_CELL` per image, in one row; at most :data:`MOST_NEIGHBOURS_DRAWN` neighbours
     are drawn (a warning says so).
     """
-    plt = _pyplot()
     neighbours = _the_first(neighbours, MOST_NEIGHBOURS_DRAWN, "neighbours", path)
     n = 1 + len(neighbours)
     w, h = n * RETRIEVAL_CELL[0], RETRIEVAL_CELL[1]
-    fig, axes = plt.subplots(1, n, figsize=(w / DPI, h / DPI), squeeze=False)
+    fig = _figure(figsize=(w / DPI, h / DPI))
+    axes = fig.subplots(1, n, squeeze=False)
     # Square tiles filling the cells: the default margins left a strip of small photos in white.
     fig.subplots_adjust(left=8 / w, right=1 - 8 / w, bottom=8 / h, top=1 - 44 / h, wspace=0.06)
     _show(axes[0, 0], query)
