@@ -839,6 +839,37 @@ def test_prepare_is_one_at_a_time_and_sweeps_a_killed_runs_folder(tmp_path, caps
     assert not any(p.name.startswith(".") for p in out.iterdir())  # the dead run's folder, and the lock, gone
 
 
+
+def test_a_prepare_that_waited_for_the_lock_checks_the_folder_again(tmp_path, monkeypatch):
+    """Two prepares into one new folder: the second passed its check while the folder was empty,
+    and waited for the lock while the first finished; it then replaced the first's pack without
+    --force, and with --force, failing, deleted the whole folder (it had 'created' it). The folder
+    is now checked again under the lock: the pack needs --force, and a failure keeps it."""
+    from alexnet import runfolder
+
+    root = make_image_folder(tmp_path / "imgs", classes=2, per_class=3, size=(40, 36))
+    other = make_image_folder(tmp_path / "other", classes=2, per_class=3, size=(40, 36))
+    (other / "class0" / "broken.jpg").write_bytes(b"")
+    out = tmp_path / "packed"
+    real_lock = runfolder.lock
+
+    def first_one_finishes_meanwhile(folder, command="train"):
+        monkeypatch.setattr(runfolder, "lock", real_lock)
+        prepare(root, out, size=32, show_progress=False)
+        return real_lock(folder, command)
+
+    monkeypatch.setattr(runfolder, "lock", first_one_finishes_meanwhile)
+    with pytest.raises(DataError, match="holds a packed data set .*give --force"):
+        prepare(other, out, size=32, show_progress=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    shutil.rmtree(out)
+    monkeypatch.setattr(runfolder, "lock", first_one_finishes_meanwhile)
+    with pytest.raises(DataError, match="unreadable image"):
+        prepare(other, out, size=32, strict=True, force=True, show_progress=False)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert json.loads((out / "index.json").read_text())["source"] == str(root)
+
+
 # -- packed format --------------------------------------------------------------------------------
 def test_packed_matches_folder(tmp_path):
     root = tmp_path / "imgs"

@@ -188,6 +188,12 @@ def prepare(
     out.mkdir(parents=True, exist_ok=True)
     tmp: Path | None = None
     lock = runfolder.lock(out, "prepare")  # one preparation at a time in a folder
+    try:  # again, under the lock: another prepare may have finished its pack here since the check
+        _check_out(out, force)
+    except BaseException:
+        runfolder.unlock(out, lock)
+        raise
+    created = created and not (out / PACKED_INDEX).exists()  # a failure must not delete the other's pack
     try:
         for stale in out.glob(".prepare-*"):  # a killed run's (SIGKILL, out of memory): no live one's, under the lock
             shutil.rmtree(stale, ignore_errors=True)
