@@ -252,6 +252,38 @@ def test_kernel_builds_with_a_cc_command_line(monkeypatch, tmp_path):
     np.testing.assert_allclose(LocalResponseNorm()(x).double().numpy(), ref, rtol=1e-6)
 
 
+def test_a_killed_compiles_temporary_is_swept_and_a_live_ones_kept(monkeypatch, tmp_path):
+    """A compile killed outright (SIGKILL while gcc ran) left its temporary tmpXXXXXXXX.so in the
+    kernel cache for good, and every later such kill another. The next compile removes those older
+    than any live compile's (which another process, compiling now, still writes) and leaves no new one."""
+    import os
+    import shutil
+    import time
+
+    from alexnet import _kernels
+
+    if not (shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")):
+        pytest.skip("no C compiler on PATH")
+    cache = tmp_path / "cache"
+    monkeypatch.delenv("ALEXNET_NO_KERNELS", raising=False)
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.setenv("ALEXNET_KERNEL_CACHE", str(cache))
+    monkeypatch.setattr(_kernels, "_LIBS", {})
+    assert _kernels.load("lrn") is not None
+    built = sorted(p.name for p in cache.iterdir())
+    (cache / built[0]).unlink()  # so that the next load compiles again
+    killed = [cache / "tmpk1ll3d0.so", cache / f".{built[0]}.k1ll3d.tmp"]  # as the old and this version name them
+    live = cache / f".{built[0]}.l1ve00.tmp"
+    live.write_bytes(b"being written")
+    hour_ago = time.time() - 3600
+    for path in killed:
+        path.write_bytes(b"half a library")
+        os.utime(path, (hour_ago, hour_ago))
+    monkeypatch.setattr(_kernels, "_LIBS", {})
+    assert _kernels.load("lrn") is not None
+    assert sorted(p.name for p in cache.iterdir()) == sorted([*built, live.name])
+
+
 def test_kernel_cache_follows_alexnet_cache(monkeypatch, tmp_path):
     """$ALEXNET_CACHE moves alexnet's cache (README: e.g. a read-only home): the compiled kernels go
     to its kernels/ folder too, not to ~/.cache, which may not be writable."""

@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -63,6 +64,20 @@ def _cpu_id() -> str:
     return text
 
 
+_STALE_SECONDS = 600  # a live compiler's temporary is younger: each compile is stopped after 120 s
+
+
+def _sweep(folder: Path) -> None:
+    """Remove the temporaries that compiles killed outright (SIGKILL, out of memory) left in ``folder``;
+    before, each stayed for good (``tmpXXXXXXXX.so`` until now). Those of compiles still running are too young."""
+    for stale in [*folder.glob(".*.so.*.tmp"), *folder.glob("tmp*.so")]:
+        try:
+            if time.time() - stale.stat().st_mtime > _STALE_SECONDS:
+                stale.unlink()
+        except OSError:  # gone meanwhile (another process swept it), or not ours to remove
+            pass
+
+
 def _compile(src: Path, name: str) -> Path | None:
     # $CC is a command line, as make and setuptools take it ("ccache gcc", "gcc -m64"), not one path.
     found = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
@@ -76,7 +91,8 @@ def _compile(src: Path, name: str) -> Path | None:
         if out.exists():
             return out
         out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+        _sweep(out.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
         os.close(fd)
         try:
             done = subprocess.run([*cc, *flags, "-o", tmp, str(src)], capture_output=True, timeout=120)
