@@ -454,3 +454,27 @@ def test_double_backward(path, monkeypatch):
         fn = functools.partial(norm, relu=relu)
         assert torch.autograd.gradcheck(fn, (x,))
         assert torch.autograd.gradgradcheck(fn, (x,))
+
+
+def test_a_compiled_kernel_has_the_umasks_mode_so_others_sharing_the_cache_can_load_it(monkeypatch, tmp_path):
+    """The compiler wrote into a mkstemp file (mode 0600) and the library came out 0711: in a cache
+    shared by several users ($ALEXNET_CACHE on a cluster) the others could not load it and fell back
+    to the slower PyTorch LRN. It has the mode any file the compiler makes has: 0755 under umask 022."""
+    import os
+    import shutil
+
+    from alexnet import _kernels
+
+    if not (shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")):
+        pytest.skip("no C compiler on PATH")
+    monkeypatch.delenv("ALEXNET_NO_KERNELS", raising=False)
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.setenv("ALEXNET_KERNEL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(_kernels, "_LIBS", {})
+    old = os.umask(0o022)
+    try:
+        assert _kernels.load("lrn") is not None
+    finally:
+        os.umask(old)
+    [built] = (tmp_path / "cache").iterdir()
+    assert oct(built.stat().st_mode & 0o777) == oct(0o755), built.name

@@ -15,10 +15,10 @@ import ctypes
 import hashlib
 import os
 import platform
+import secrets
 import shlex
 import shutil
 import subprocess
-import tempfile
 import threading
 import time
 import warnings
@@ -92,8 +92,10 @@ def _compile(src: Path, name: str) -> Path | None:
             return out
         out.parent.mkdir(parents=True, exist_ok=True)
         _sweep(out.parent)
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-        os.close(fd)
+        # Made with the umask's mode, as the compiler's own files are: mkstemp's 0600 became 0711 once
+        # linked, a library no other user of a shared $ALEXNET_CACHE could load.
+        tmp = str(out.parent / f".{out.name}.{secrets.token_hex(4)}.tmp")
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         try:
             done = subprocess.run([*cc, *flags, "-o", tmp, str(src)], capture_output=True, timeout=120)
             if done.returncode == 0:
