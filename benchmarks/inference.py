@@ -9,7 +9,7 @@ reference (the peer, eager fp32 NCHW) on >= 99 % of the images, the one whose pa
 (ours + peer: choosing by ours' time alone would let noise in ours' favour pick it), ours against
 the peer there; then the paper's 10-crop evaluation (4 corners + centre and their mirrors; softmax
 averaged) against a centre-crop evaluation, both by the code of ``alexnet evaluate [--ten-crop]``
-(``predict.model_probs``) at the reported path's amp.
+(``predict.model_log_probs``) at the reported path's amp.
 
 The paper's own net (alexnet_paper: LRN, two towers, 96 conv1 filters; random weights) is timed too,
 in the same interleaved rounds, against torchvision's alexnet at the same settings (bf16 autocast
@@ -53,7 +53,7 @@ from alexnet.errors import CheckpointError, DataError
 from alexnet.infer import predictor
 from alexnet.interop import torchvision_recipe
 from alexnet.model import create_model
-from alexnet.predict import model_probs
+from alexnet.predict import model_log_probs
 from alexnet.runtime import cpu_supports_bf16, progress
 from alexnet.summary import layer_table
 
@@ -104,10 +104,10 @@ def predict_all(fn, images: torch.Tensor, batch: int, fmt: torch.memory_format =
 
 
 def evaluate_ours(model: torch.nn.Module, images: torch.Tensor, batch: int, ten_crop: bool, amp: torch.dtype | None) -> torch.Tensor:
-    """Softmax (averaged over the 10 views with ``ten_crop``) as ``alexnet evaluate`` computes it:
-    :func:`alexnet.predict.model_probs` on batches of ``batch`` images (ten crops: 10 forwards of
+    """Log-probabilities (the softmax averaged over the 10 views with ``ten_crop``) as ``alexnet evaluate`` computes them:
+    :func:`alexnet.predict.model_log_probs` on batches of ``batch`` images (ten crops: 10 forwards of
     ``batch`` views each, cut and normalised from the uint8 batch by ``model_input``)."""
-    return torch.cat([model_probs(model, images[i : i + batch], model.preprocess, ten_crop, amp, channels_last=True)
+    return torch.cat([model_log_probs(model, images[i : i + batch], model.preprocess, ten_crop, amp, channels_last=True)
                       for i in range(0, len(images), batch)])
 
 

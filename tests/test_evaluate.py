@@ -1587,14 +1587,14 @@ def test_top5_counts_a_label_ranked_fifth_but_not_sixth():
 
 
 def test_ten_crops_average_the_softmax_of_each_view():
-    """model_probs with ten crops against the mean of the ten views' softmax outputs (SPEC section
+    """model_log_probs with ten crops against the mean of the ten views' softmax outputs (SPEC section
     3), views cut by hand and scored in float64, on a network whose views disagree: the softmax of
     the averaged logits is other probabilities. (The ten-crop evaluation test's network scores the
     views of its images alike to 1e-5, so it cannot tell the two apart.)"""
     import copy
 
     from alexnet.data.presets import Preprocess
-    from alexnet.predict import model_probs
+    from alexnet.predict import model_log_probs
 
     torch.manual_seed(0)
     m = create_model("alexnet_paper", num_classes=3, widths=(8, 8, 8, 8, 8), fc_width=16, input_size=67, dropout=0.0,
@@ -1602,7 +1602,7 @@ def test_ten_crops_average_the_softmax_of_each_view():
     with torch.no_grad():
         m.fc8.weight.mul_(300)  # logits of a few units that differ from view to view
     images = torch.randint(0, 256, (2, 3, 76, 76), dtype=torch.uint8)
-    got = model_probs(m, images, Preprocess.from_dict(PRE), ten_crop=True).double()
+    got = model_log_probs(m, images, Preprocess.from_dict(PRE), ten_crop=True).double().exp()
     m64 = copy.deepcopy(m).double()
     mean, std = pre_float64()
     for image, p in zip(images, got):
@@ -1716,3 +1716,34 @@ def test_a_warning_of_the_main_process_during_a_progress_bar_starts_its_own_line
     assert r.returncode == 0 and json.loads(r.stdout)["images"] == 9, r.stderr
     shown = [line.rsplit("\r", 1)[-1] for line in r.stderr.split("\n")]  # as a terminal shows them
     assert [line for line in shown if "Corrupt EXIF" in line][0].startswith("warning: Corrupt EXIF data"), r.stderr
+
+
+@pytest.mark.parametrize("ten_crop", [False, True], ids=["centre", "ten-crop"])
+def test_the_loss_of_a_confidently_wrong_network_is_not_cut_off(tmp_path, capsys, ten_crop):
+    """evaluate took the log of probabilities clamped at 1e-12, so an image whose true class the
+    network rules out (probability under 1e-12: a confident mistake of a long-trained network) added
+    27.6 to the loss whatever its score, and the loss came out below training's val_loss (log_softmax
+    of the same logits). Against float64: -log of the views' mean softmax, from the logits."""
+    folder = make_image_folder(tmp_path / "imgs", classes=3, per_class=3)
+    ckpt = tiny_checkpoint(tmp_path / "m.pt")
+    state = torch.load(ckpt, weights_only=True)
+    state["model"]["fc8.weight"] *= 400  # logits hundreds apart
+    save_atomic(state, ckpt)
+    args = ["--ten-crop"] if ten_crop else []
+    got = cli_json(capsys, "evaluate", "--checkpoint", str(ckpt), "--data", str(folder), "--json", "--amp", "none", *args)
+    import alexnet
+
+    model = alexnet.load(ckpt).double()
+    ds = ImageFolderDataset(folder, 76, 76)
+    mean, std = pre_float64()
+    nll = []
+    for image, label, _ in (ds[i] for i in range(len(ds))):
+        s, n = 67, 76
+        corners = ((0, 0), (0, n - s), (n - s, 0), (n - s, n - s)) if ten_crop else ()
+        crops = [image[:, t : t + s, left : left + s].double() for t, left in (*corners, ((n - s) // 2, (n - s) // 2))]
+        crops = [v for c in crops for v in ((c, torch.flip(c, dims=[2])) if ten_crop else (c,))]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.stack([(c - mean) / std for c in crops])), dim=1)
+        nll.append(-float(torch.logsumexp(logp[:, label], 0) - math.log(len(crops))))
+    assert max(nll) > 60  # some image's true class has a probability far under 1e-12
+    assert got["loss"] == pytest.approx(sum(nll) / len(nll), rel=1e-4)

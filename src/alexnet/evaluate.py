@@ -21,7 +21,7 @@ from .data.folder import by_folders, in_data_names
 from .data.presets import Preprocess
 from .errors import CheckpointError, DataError
 from .model import AlexNet
-from .predict import check_finite, class_names, model_probs, recipe
+from .predict import check_finite, class_names, mean_of_probs, model_log_probs, recipe
 from .runtime import eval_mode, progress, resolve_amp, resolve_device
 
 
@@ -164,7 +164,7 @@ def load_models(
 
 
 @torch.no_grad()
-def ensemble_probs(
+def ensemble_log_probs(
     models: list[AlexNet],
     images: torch.Tensor,
     ten_crop: bool = False,
@@ -172,16 +172,14 @@ def ensemble_probs(
     channels_last: bool = False,
     orders: list[list[int] | torch.Tensor | None] | None = None,
 ) -> torch.Tensor:
-    """The softmax averaged over ``models`` (each with its own ``preprocess``) for a uint8 batch, in
-    the first model's class order (``orders``: :func:`class_orders`, computed here if not given)."""
+    """The log of the softmax averaged over ``models`` (each with its own ``preprocess``) for a uint8
+    batch, in the first model's class order (``orders``: :func:`class_orders`, computed here if not given)."""
     orders = orders if orders is not None else class_orders(models)
-    total = None  # an order is a list, or (evaluate) an index tensor already on the batch's device
+    each = []  # an order is a list, or (evaluate) an index tensor already on the batch's device
     for m, order in zip(models, orders):
-        p = model_probs(m, images, m.preprocess, ten_crop, amp, channels_last)
-        if order is not None:
-            p = p[:, order]
-        total = p if total is None else total + p
-    return total / len(models)
+        log_p = model_log_probs(m, images, m.preprocess, ten_crop, amp, channels_last)
+        each.append(log_p if order is None else log_p[:, order])
+    return mean_of_probs(torch.stack(each, dim=1), dim=1)
 
 
 @torch.no_grad()
@@ -213,7 +211,7 @@ def evaluate(
     device = resolve_device(str(device)) if device is not None else next(models[0].parameters()).device
     amp = resolve_amp(amp, device)
     for m in models:
-        recipe(m)  # what model_probs feeds each model: its own recipe (after the device, which a bare network can name)
+        recipe(m)  # what model_log_probs feeds each model: its own recipe (after the device, which a bare network can name)
     k = models[0].fc8.out_features
     classes = classes if classes is not None else getattr(loader, "classes", None)
     folders = getattr(loader, "folders", None)  # the names a model trained before they were named knows
@@ -234,10 +232,10 @@ def evaluate(
             images, labels = batch[0].to(device, non_blocking=True), batch[1].to(device)
             if mapping is not None:  # the data's class numbers -> the model's
                 labels = mapping[labels]
-            probs = ensemble_probs(models, images, ten_crop, amp, channels_last, orders)
-            nll, k1, k5, pred = score(probs.clamp_min(1e-12).log(), labels)
+            log_probs = ensemble_log_probs(models, images, ten_crop, amp, channels_last, orders)
+            nll, k1, k5, pred = score(log_probs, labels)
             if not math.isfinite(nll):  # overflowed outputs (NaN probabilities), told by the read score makes anyway
-                check_finite(probs, amp)
+                check_finite(log_probs, amp)
             loss_sum, c1, c5, n = loss_sum + nll, c1 + k1, c5 + k5, n + labels.numel()
             confusion += torch.bincount((labels * k + pred).cpu(), minlength=k * k).reshape(k, k)
     if not batches:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import os
 import warnings
 from pathlib import Path
@@ -143,7 +144,7 @@ def _sibling_classes(root: str) -> tuple[list[str], list[str]]:
         return [], []
 
 
-def model_probs(
+def model_log_probs(
     model: AlexNet,
     images: torch.Tensor,
     preprocess: Preprocess,
@@ -151,11 +152,14 @@ def model_probs(
     amp: torch.dtype | None = None,
     channels_last: bool = False,
 ) -> torch.Tensor:
-    """Softmax probabilities (B, classes) of one model for a uint8 batch, averaged over ten crops if asked.
+    """Log-probabilities (B, classes) of one model for a uint8 batch, averaged over ten crops if asked;
+    from the logits, so a probability under float32's range is not 0, whose log a loss would have to
+    clamp (evaluate's was cut at -log 1e-12 = 27.6 an image).
 
     Ten crops are cut from the stored image, padded by ``preprocess.padding`` as in training: a
     32 px CIFAR image gives ten different 32 px crops of its padded 40 px version, while a crop the
     size of an unpadded image (Fashion-MNIST's 28 px) is the image and its mirror, five times each.
+    Their probabilities are averaged (as log-sum-exp less log 10).
     """
     index = torch.zeros(images.shape[0], dtype=torch.int64, device=images.device)  # unused at test time
     views = 10 if ten_crop else 1
@@ -164,9 +168,16 @@ def model_probs(
     with autocast(images.device, amp):
         # One batch of views at a time: ten crops of 256 images at once would hold 2,560 images'
         # activations (about 10 GB for alexnet_paper).
-        probs = torch.cat([torch.softmax(model(part).float(), dim=1) for part in x.split(images.shape[0])])
+        log_probs = torch.cat([torch.log_softmax(model(part).float(), dim=1) for part in x.split(images.shape[0])])
     # not checked here (a read per batch, a wait on a GPU): predict checks on the host, evaluate by its loss
-    return probs.reshape(images.shape[0], views, -1).mean(dim=1)
+    return mean_of_probs(log_probs.reshape(images.shape[0], views, -1), dim=1)
+
+
+def mean_of_probs(log_probs: torch.Tensor, dim: int) -> torch.Tensor:
+    """The log of the mean of ``exp(log_probs)`` over ``dim``, computed in the log domain."""
+    if log_probs.shape[dim] == 1:
+        return log_probs.squeeze(dim)
+    return torch.logsumexp(log_probs, dim=dim) - math.log(log_probs.shape[dim])
 
 
 def check_finite(values: torch.Tensor, amp: torch.dtype | None, what: str = "outputs") -> None:
@@ -218,7 +229,7 @@ def predict(
             chunk, images = _load_images(paths[start : start + batch_size], preprocess, failed)
             if not chunk:
                 continue
-            probs = model_probs(model, images.to(device), preprocess, amp=amp).cpu()
+            probs = model_log_probs(model, images.to(device), preprocess, amp=amp).exp().cpu()
             check_finite(probs, amp)  # on the host already: no wait of its own
             values, indices = probs.topk(k, dim=1)
             for p, v, i in zip(chunk, values, indices):
