@@ -169,8 +169,9 @@ def short_worker_sockets() -> None:
     A data-loading worker hands each batch to the run through a Unix socket that multiprocessing
     makes under TMPDIR. Past 75 characters (a batch system's job folder, a test's own temporary
     folder) the socket cannot be made: the worker prints 'OSError: AF_UNIX path too long' and the
-    run waits for that batch for ever. Python 3.13 falls back to /tmp itself; this does so on the
-    Pythons before it, once, before any worker starts (workers inherit the choice).
+    run waits for that batch for ever. Python falls back to /tmp itself only in releases since mid-2025
+    (CPython gh-132124; 3.13.0 does not, checked); this does so on every version, once, before any
+    worker starts (workers inherit the choice).
     """
     import multiprocessing.process
     import multiprocessing.util
