@@ -1747,3 +1747,13 @@ def test_the_loss_of_a_confidently_wrong_network_is_not_cut_off(tmp_path, capsys
         nll.append(-float(torch.logsumexp(logp[:, label], 0) - math.log(len(crops))))
     assert max(nll) > 60  # some image's true class has a probability far under 1e-12
     assert got["loss"] == pytest.approx(sum(nll) / len(nll), rel=1e-4)
+
+
+def test_errors_are_counted_not_one_less_the_accuracy():
+    """top1_error was 1 - 88/500 = 0.8240000000000001 in --json and metrics.jsonl; it is the
+    wrong images over all of them, the float nearest the decimal a reader expects."""
+    from alexnet.evaluate import summarize
+
+    got = summarize(1000.0, 88, 290, 500)
+    assert (got["top1"], got["top1_error"], got["top5"], got["top5_error"]) == (0.176, 0.824, 0.58, 0.42)
+    assert repr(got["top1_error"]) == "0.824" and got["loss"] == 2.0 and got["images"] == 500

@@ -286,7 +286,9 @@ def summarize(loss_sum: float, c1: float, c5: float, n: float) -> dict[str, floa
     n = int(n)
     if n == 0:  # an accuracy of 0.0000 would read as a model that learned nothing
         raise DataError("no image to score: every one was unreadable (each was named in a warning above)")
-    return {"top1": c1 / n, "top5": c5 / n, "top1_error": 1 - c1 / n, "top5_error": 1 - c5 / n, "loss": loss_sum / n, "images": n}
+    # errors as counts over n, not 1 - accuracy: 88 of 500 right is an error of 0.824, not 0.8240000000000001
+    return {"top1": c1 / n, "top5": c5 / n, "top1_error": (n - c1) / n, "top5_error": (n - c5) / n, "loss": loss_sum / n,
+            "images": n}
 
 
 def per_class_accuracy(confusion: torch.Tensor, classes: list[str]) -> list[dict[str, Any]]:
