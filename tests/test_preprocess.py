@@ -126,6 +126,19 @@ def test_fixed_rgb_values_of_a_preset_become_grey_for_one_channel_data():
     assert resolve("torchvision", None, dict(base, dataset="image_folder")).mean == tuple(IMAGENET_MEAN)
 
 
+def test_torchvision_statistics_read_as_torchvisions_times_255():
+    """An imported torchvision network's preprocess (config.json, checkpoints, export's JSON) said std
+    57.120000000000005: 0.224 * 255 in floats. Each must be torchvision's figure times 255 as decimals."""
+    from decimal import Decimal
+
+    from alexnet.interop import torchvision_recipe
+
+    said = json.loads(json.dumps(torchvision_recipe().to_json()))
+    exact = [float(Decimal(v) * 255) for v in ("0.485", "0.456", "0.406", "0.229", "0.224", "0.225")]
+    assert said["mean"] + said["std"] == exact
+    assert "57.12," in json.dumps(said["std"]) + ","
+
+
 def test_the_torchvision_preset_crops_as_torchvisions_reference():
     """`--preset owt` is torchvision's references/classification recipe: RandomResizedCrop(224) at
     torchvision's own default area and aspect ranges (read from torchvision), with mirrors."""

@@ -21,9 +21,10 @@ import torch
 from ..checks import is_finite, is_whole
 from ..errors import ConfigError, DataError
 
-# torchvision's per-channel statistics of ImageNet, on the 0-255 scale.
-IMAGENET_MEAN = [0.485 * 255, 0.456 * 255, 0.406 * 255]
-IMAGENET_STD = [0.229 * 255, 0.224 * 255, 0.225 * 255]
+# torchvision's per-channel statistics of ImageNet (0.485, 0.456, 0.406; 0.229, 0.224, 0.225), on the
+# 0-255 scale: written out, as 0.224 * 255 in floats is 57.120000000000005 in config.json and checkpoints.
+IMAGENET_MEAN = [123.675, 116.28, 103.53]
+IMAGENET_STD = [58.395, 57.12, 57.375]
 
 PRESETS: dict[str, dict[str, Any]] = {
     # SPEC section 3: mean image subtracted, random 224 crops of 256x256 and mirrors, fancy PCA with
