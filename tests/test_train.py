@@ -170,12 +170,26 @@ def test_plateau_reduction_is_logged_after_the_epoch_it_follows(tiny_fmnist, tmp
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("epoch ", "validation error"))]
     assert [line.split("  ")[0] for line in lines] == [
         "epoch 1/5", "epoch 2/5", "validation error stalled for 1 epoch: lr x 0.1 from epoch 3 (reduction 1)",
-        "epoch 3/5", "validation error stalled after 1 reductions: stopping",
+        "epoch 3/5", "validation error stalled after 1 reduction: stopping",
     ]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["lr"] / 1e-12 for r in rows] == pytest.approx([1.0, 1.0, 0.1])
     # lr_scale is the scale each epoch ran with (the rate it ran at over the base rate), not the next one's
     assert [r["lr_scale"] for r in rows] == pytest.approx([r["lr"] / 1e-12 for r in rows])
+
+
+def test_a_plateau_at_the_last_epoch_says_the_rate_is_for_a_resume(tiny_fmnist, tmp_path, capsys):
+    """A reduction after the last epoch said 'lr x 0.1 from epoch 3' of a run that ended at epoch 2;
+    the lower rate is saved for a resume with more epochs, and said so."""
+    out = tmp_path / "run"
+    args = ["train", "--data", str(tiny_fmnist), "--out", str(out), "--epochs", "2", "--batch-size", "8", "--seed", "1",
+            "--amp", "none", "--workers", "0", "--device", "cpu", "--lr", "1e-12", "--schedule", "plateau",
+            "--patience", "1", "--max-reductions", "2", *TINY]
+    assert main(args) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("epoch ", "validation error"))]
+    assert [line.split("  ")[0] for line in lines] == [
+        "epoch 1/2", "epoch 2/2", "validation error stalled for 1 epoch: lr x 0.1 if resumed for more epochs (reduction 1)"]
+    assert torch.load(out / "last.pt", weights_only=False)["plateau"]["scale"] == pytest.approx(0.1)
 
 
 def test_progress_bar_shows_the_schedules_rate_not_a_multiplied_layers(tiny_fmnist, tmp_path, capsys):

@@ -55,7 +55,7 @@ from .model import AlexNet, AlexNetConfig, describe_model, model_family
 from .optim import PlateauSchedule, make_optimizer, match_state_layout, param_groups, step_lr_factor
 from .parallel import TowerSplit, grouped_optimizer_state, split_optimizer_state, tower_devices
 from .resume import check_classes, check_resumed, note_changes, nothing_left, read_checkpoint, resume_source, started_threads
-from .runtime import autocast, progress, resolve_amp, rng_state, seed_everything, set_rng_state, versions
+from .runtime import autocast, counted, progress, resolve_amp, rng_state, seed_everything, set_rng_state, versions
 from .trainstate import check_training_state
 
 
@@ -932,9 +932,10 @@ def _epoch(run: _Run, on_step: Callable[[Position, bool], None], ctrl_c: _CtrlC)
     _say_blind(run, val)
     if event == "reduce":  # after the epoch's line: the epoch it follows ran at the old rate
         stalled = f"{cfg.plateau_patience} epoch" + "s" * (cfg.plateau_patience != 1)
-        run.log(f"validation error stalled for {stalled}: lr x 0.1 from epoch {record['epoch'] + 1} (reduction {run.plateau.reductions})")
+        then = f"from epoch {record['epoch'] + 1}" if record["epoch"] < cfg.epochs else "if resumed for more epochs"
+        run.log(f"validation error stalled for {stalled}: lr x 0.1 {then} (reduction {run.plateau.reductions})")
     elif event == "stop":
-        run.log(f"validation error stalled after {run.plateau.reductions} reductions: stopping")
+        run.log(f"validation error stalled after {counted(run.plateau.reductions, 'reduction')}: stopping")
     if distributed.any_rank(ctrl_c.hit):
         raise Interrupted(f"interrupted after epoch {record['epoch']}; continue with: "
                           + distributed.resume_command(run.run_dir, run.info))
