@@ -158,15 +158,20 @@ def test_plateau_schedule_on_scripted_errors():
     assert again.state_dict() == sched.state_dict()
 
 
+def _stalling_run(data, out, epochs: int, max_reductions: int) -> list[str]:
+    """train's arguments for a plateau run at a rate too small to change a prediction: its
+    validation error stalls every epoch, so patience 1 cuts the rate after each."""
+    return ["train", "--data", str(data), "--out", str(out), "--epochs", str(epochs), "--batch-size", "8", "--seed", "1",
+            "--amp", "none", "--workers", "0", "--device", "cpu", "--lr", "1e-12", "--schedule", "plateau",
+            "--patience", "1", "--max-reductions", str(max_reductions), *TINY]
+
+
 def test_plateau_reduction_is_logged_after_the_epoch_it_follows(tiny_fmnist, tmp_path, capsys):
     """At a learning rate too small to change a prediction, the validation error stalls: with
     patience 1 the rate falls after epoch 2 (said after epoch 2's line, and recorded from epoch 3)
     and training stops after epoch 3, its one reduction spent."""
     out = tmp_path / "run"
-    args = ["train", "--data", str(tiny_fmnist), "--out", str(out), "--epochs", "5", "--batch-size", "8", "--seed", "1",
-            "--amp", "none", "--workers", "0", "--device", "cpu", "--lr", "1e-12", "--schedule", "plateau",
-            "--patience", "1", "--max-reductions", "1", *TINY]
-    assert main(args) == 0
+    assert main(_stalling_run(tiny_fmnist, out, epochs=5, max_reductions=1)) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("epoch ", "validation error"))]
     assert [line.split("  ")[0] for line in lines] == [
         "epoch 1/5", "epoch 2/5", "validation error stalled for 1 epoch: lr x 0.1 from epoch 3 (reduction 1)",
@@ -182,10 +187,7 @@ def test_a_plateau_at_the_last_epoch_says_the_rate_is_for_a_resume(tiny_fmnist, 
     """A reduction after the last epoch said 'lr x 0.1 from epoch 3' of a run that ended at epoch 2;
     the lower rate is saved for a resume with more epochs, and said so."""
     out = tmp_path / "run"
-    args = ["train", "--data", str(tiny_fmnist), "--out", str(out), "--epochs", "2", "--batch-size", "8", "--seed", "1",
-            "--amp", "none", "--workers", "0", "--device", "cpu", "--lr", "1e-12", "--schedule", "plateau",
-            "--patience", "1", "--max-reductions", "2", *TINY]
-    assert main(args) == 0
+    assert main(_stalling_run(tiny_fmnist, out, epochs=2, max_reductions=2)) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("epoch ", "validation error"))]
     assert [line.split("  ")[0] for line in lines] == [
         "epoch 1/2", "epoch 2/2", "validation error stalled for 1 epoch: lr x 0.1 if resumed for more epochs (reduction 1)"]
