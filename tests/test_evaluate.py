@@ -1674,6 +1674,54 @@ bar.close()
     assert "warning: a worker's warning" in shown, r.stderr
 
 
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_a_spawned_workers_warning_during_a_progress_bar_starts_its_own_line(tmp_path, method):
+    """Under spawn (macOS's, Windows') or forkserver (Python 3.14's on Linux) a worker has no copy of
+    its parent's bars: its 'warning: skipping unreadable image ...' and its warnings.warn were still
+    appended to the bar's line. The parent now tells its workers, as they start, what blanks that line;
+    with --progress off they write no carriage return."""
+    import subprocess
+    import sys
+
+    from conftest import cli_env
+
+    folder = make_image_folder(tmp_path / "imgs", classes=2, per_class=2)
+    (folder / "class1" / "img1.jpg").write_bytes(b"not a jpeg")
+    ckpt = tiny_checkpoint(tmp_path / "m.pt")
+    driver = tmp_path / "driver.py"  # as a user's script sets the start method, then runs the command
+    driver.write_text(f"""
+import multiprocessing, sys, warnings
+from alexnet.cli import main
+from alexnet.data.folder import collate
+from alexnet.data.loaders import _batches
+from alexnet.runtime import progress
+
+class Warns:
+    def __len__(self):
+        return 2
+    def __getitem__(self, i):
+        warnings.warn("a worker's warning")
+
+if __name__ == "__main__":
+    multiprocessing.set_start_method({method!r})
+    if sys.argv[1] == "warn":
+        for _ in progress(_batches(Warns(), [0, 1], 1, False, False, 0, 0, 1, 1, False), total=2, enabled=True):
+            pass
+    else:
+        sys.exit(main(sys.argv[1:]))
+""")
+    evaluate = [sys.executable, str(driver), "evaluate", "--checkpoint", str(ckpt), "--data", str(folder), "--json",
+                "--batch-size", "1", "--workers", "2", "--threads", "1", "--progress"]
+    for args in (evaluate + ["on"], [sys.executable, str(driver), "warn"]):
+        r = subprocess.run(args, capture_output=True, text=True, env=cli_env(), timeout=300)
+        assert r.returncode == 0, r.stderr
+        shown = [line.rsplit("\r", 1)[-1] for line in r.stderr.split("\n")]
+        said = [line for line in shown if "skipping unreadable image" in line or "UserWarning: a worker's warning" in line]
+        assert said and all(line.startswith(("warning: skipping unreadable image ", str(driver))) for line in said), r.stderr
+    r = subprocess.run(evaluate + ["off"], capture_output=True, text=True, env=cli_env(), timeout=300)
+    assert r.returncode == 0 and "\r" not in r.stderr and "warning: skipping unreadable image" in r.stderr, r.stderr
+
+
 def test_retrieve_auto_queries_in_the_index_precision(tmp_path, capsys):
     """An index built in float32 (--amp none, or on a GPU) queried with the default --amp auto on a CPU
     with bf16 computed the query in bf16: the indexed image sat off itself, with a warning telling the

@@ -272,21 +272,39 @@ def counted(n: int, noun: str) -> str:
     return f"{n:,} {noun}{'s' * (n != 1)}"
 
 
+_PARENT_BARS: str | None = None  # in a data-loading worker: what blanks its parent's bars' line, as told
+
+
 def say(line: str) -> None:
     """One line on stderr, above this process's progress bars: tqdm.write clears them, prints and
     redraws them (a plain print was appended to the bar's line: '[00:00, 9.44batch/s]warning: ...').
-    A data-loading worker does not draw the bars it inherited (its parent does, and tqdm's lock may
-    have been held as it forked): it blanks the line they are on, and the parent redraws them."""
+    A data-loading worker does not draw its parent's bars (tqdm's lock may have been held as it
+    forked): it blanks the line they are on, as its parent told it (:func:`tell_worker_bars`), else as
+    the bars it inherited by fork show, and the parent redraws them."""
     import multiprocessing
 
     from tqdm.std import tqdm
 
     if multiprocessing.parent_process() is not None:
-        sys.stderr.write(_blank_bars(tqdm) + line + "\n")
+        sys.stderr.write((_blank_bars(tqdm) if _PARENT_BARS is None else _PARENT_BARS) + line + "\n")
         sys.stderr.flush()
         return
     tqdm.write(line, file=sys.stderr)
     sys.stderr.flush()
+
+
+def drawn_bars_blank() -> str:
+    """What blanks the line of the progress bars this process draws now ("" where it draws none), for
+    the data-loading workers it starts: one started by spawn or forkserver has no copy of the bars."""
+    tqdm = sys.modules.get("tqdm.std")  # no bar is drawn before tqdm is imported
+    return "" if tqdm is None else _blank_bars(tqdm.tqdm)
+
+
+def tell_worker_bars(blank: str) -> None:
+    """In a data-loading worker, as it starts: what blanks the line of its parent's progress bars
+    (:func:`drawn_bars_blank` in the parent; "" where none is drawn, so that a log gets no returns)."""
+    global _PARENT_BARS
+    _PARENT_BARS = blank
 
 
 def show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: TextIO | None = None,
@@ -304,8 +322,8 @@ def show_warning(message: Warning | str, category: type[Warning], filename: str,
 
 
 def _blank_bars(tqdm: type) -> str:
-    """What blanks the line of the progress bars a forked worker inherited (none when none is drawn:
-    off, or a worker started by spawn): a carriage return, spaces as wide as the line, another return."""
+    """What blanks the line of ``tqdm``'s drawn progress bars (none when none is drawn: off, or a worker
+    started by spawn): a carriage return, spaces as wide as the line, another return."""
     drawn = [bar for bar in list(getattr(tqdm, "_instances", ())) if not bar.disable]
     if not drawn:
         return ""

@@ -27,7 +27,15 @@ from .fashion_mnist import DEBIAN_ROOT, load_fashion_mnist, missing_message
 from .folder import BAD_FILES_NAME, BadFiles, ImageFolderDataset, collate, printable
 from .packed import PackedDataset, batch_passthrough, read_index
 from .presets import IMAGENET_MEAN, IMAGENET_STD, Preprocess  # noqa: F401 - the means re-exported (old import path)
-from .sources import detect, has_split_folders, open_folder_splits, stop_workers, unwrap_worker_error, workers_spared_signals
+from .sources import (
+    detect,
+    has_split_folders,
+    open_folder_splits,
+    stop_workers,
+    told_bars,
+    unwrap_worker_error,
+    workers_spared_signals,
+)
 from .stats import StatsAccumulator, cache_key, folder_stats
 
 
@@ -120,7 +128,7 @@ class Batches:
 
     def __iter__(self):
         with workers_spared_signals(self.loader):  # the persistent workers start at the first epoch's iter()
-            batches = iter(self.loader)
+            batches = iter(told_bars(self.loader))
         with unwrap_worker_error():
             if self.decode is None:
                 yield from batches

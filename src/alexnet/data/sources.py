@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from ..atomic import signals_held
 from ..errors import DataError
-from ..runtime import counted
+from ..runtime import counted, drawn_bars_blank, tell_worker_bars
 from .cifar import find_cifar
 from .fashion_mnist import fashion_mnist_missing, is_fashion_mnist
 from .folder import (
@@ -183,11 +183,33 @@ def each_batch(loader: Any) -> Iterator[Any]:
     iterator = None
     try:
         with workers_spared_signals(loader):
-            iterator = iter(loader)
+            iterator = iter(told_bars(loader))
         with unwrap_worker_error():
             yield from iterator
     finally:
         stop_workers(iterator)
+
+
+class _BarsToldStart:
+    """A worker_init_fn that first tells the worker what blanks its parent's bars' line, then runs ``then``."""
+
+    def __init__(self, blank: str, then: Callable[[int], None] | None) -> None:
+        self.blank, self.then = blank, then
+
+    def __call__(self, worker_id: int) -> None:
+        tell_worker_bars(self.blank)
+        if self.then is not None:
+            self.then(worker_id)
+
+
+def told_bars(loader: Any) -> Any:
+    """``loader``, its workers (started by the next ``iter``) told what blanks the line of the progress
+    bars this process draws now: under spawn or forkserver (macOS's, Windows', Python 3.14's) a worker
+    has no copy of the bars, and its warnings were appended to the bar's line ('...batch/s]warning: ...')."""
+    if getattr(loader, "num_workers", 0):
+        then = loader.worker_init_fn
+        loader.worker_init_fn = _BarsToldStart(drawn_bars_blank(), then.then if isinstance(then, _BarsToldStart) else then)
+    return loader
 
 
 @contextlib.contextmanager
