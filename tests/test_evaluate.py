@@ -1722,6 +1722,38 @@ if __name__ == "__main__":
     assert r.returncode == 0 and "\r" not in r.stderr and "warning: skipping unreadable image" in r.stderr, r.stderr
 
 
+def test_a_spawned_features_workers_warning_starts_its_own_line(tmp_path):
+    """features, prepare and the mean-image pass make DataLoaders of their own, whose workers did not
+    print their warnings.warn as a loader's do: under fork the command's formatwarning, inherited,
+    started a line of its own, but a spawned worker's (PIL's 'Corrupt EXIF data', features decoding
+    photos upright) was appended to the bar's line: '...?batch/s]/.../TiffImagePlugin.py:982: UserWarning'."""
+    import io
+    import struct
+    import subprocess
+    import sys
+
+    from conftest import cli_env
+    from PIL import Image
+
+    folder = make_image_folder(tmp_path / "imgs", classes=2, per_class=2)
+    encoded = io.BytesIO()
+    Image.new("RGB", (40, 40), (200, 10, 10)).save(encoded, "JPEG")
+    exif = b"Exif\x00\x00II*\x00\x08\x00\x00\x00\xff\xff" + bytes(10)  # an IFD of 65535 entries in 12 bytes
+    jpeg = encoded.getvalue()
+    (folder / "class0" / "exif.jpg").write_bytes(jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(exif) + 2) + exif + jpeg[2:])
+    ckpt = tiny_checkpoint(tmp_path / "m.pt")
+    driver = tmp_path / "driver.py"
+    driver.write_text("import multiprocessing, sys\nfrom alexnet.cli import main\nif __name__ == '__main__':\n"
+                      "    multiprocessing.set_start_method('spawn')\n    sys.exit(main(sys.argv[1:]))\n")
+    r = subprocess.run([sys.executable, str(driver), "features", "--checkpoint", str(ckpt), "--data", str(folder), "--out",
+                        str(tmp_path / "f.safetensors"), "--workers", "1", "--threads", "1", "--progress", "on"],
+                       capture_output=True, text=True, env=cli_env(), timeout=300)
+    assert r.returncode == 0, r.stderr
+    shown = [line.rsplit("\r", 1)[-1] for line in r.stderr.split("\n")]
+    said = [line for line in shown if "Corrupt EXIF data" in line]
+    assert said and all(line.startswith(("warning: ", "/")) for line in said), r.stderr
+
+
 def test_retrieve_auto_queries_in_the_index_precision(tmp_path, capsys):
     """An index built in float32 (--amp none, or on a GPU) queried with the default --amp auto on a CPU
     with bf16 computed the query in bf16: the indexed image sat off itself, with a warning telling the

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from ..atomic import signals_held
 from ..errors import DataError
-from ..runtime import counted, drawn_bars_blank, tell_worker_bars
+from ..runtime import counted, drawn_bars_blank, show_warning, tell_worker_bars
 from .cifar import find_cifar
 from .fashion_mnist import fashion_mnist_missing, is_fashion_mnist
 from .folder import (
@@ -191,13 +191,15 @@ def each_batch(loader: Any) -> Iterator[Any]:
 
 
 class _BarsToldStart:
-    """A worker_init_fn that first tells the worker what blanks its parent's bars' line, then runs ``then``."""
+    """A worker_init_fn that tells the worker what blanks its parent's bars' line and has its warnings
+    printed on a line of their own (:func:`alexnet.runtime.show_warning`), then runs ``then``."""
 
     def __init__(self, blank: str, then: Callable[[int], None] | None) -> None:
         self.blank, self.then = blank, then
 
     def __call__(self, worker_id: int) -> None:
         tell_worker_bars(self.blank)
+        warnings.showwarning = show_warning
         if self.then is not None:
             self.then(worker_id)
 
