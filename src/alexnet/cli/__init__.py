@@ -48,12 +48,11 @@ def _warning_line(message, category, filename, lineno, line=None) -> str:
     user of the command line; ALEXNET_DEBUG=1 keeps Python's format), on a line of its own where a
     progress bar is drawn: Python's showwarning appended it to the bar's line ('...batch/s]warning:
     Corrupt EXIF data...' for a camera's JPEG decoded with --workers 0). The bar is redrawn below it."""
-    tqdm = sys.modules.get("tqdm.std")  # no bar is drawn before tqdm is imported
-    if tqdm is None:
+    if "tqdm.std" not in sys.modules:  # no bar is drawn before tqdm is imported (nor torch, for runtime)
         return f"warning: {message}\n"
-    from ..runtime import _blank_bars
+    from ..runtime import drawn_bars_blank
 
-    return _blank_bars(tqdm.tqdm) + f"warning: {message}\n"
+    return drawn_bars_blank() + f"warning: {message}\n"
 
 
 def _import_torch() -> None:
