@@ -194,6 +194,16 @@ def test_a_plateau_at_the_last_epoch_says_the_rate_is_for_a_resume(tiny_fmnist, 
     assert torch.load(out / "last.pt", weights_only=False)["plateau"]["scale"] == pytest.approx(0.1)
 
 
+def test_recorded_rates_read_as_typed_after_reductions(tiny_fmnist, tmp_path):
+    """metrics.jsonl's lr and lr_scale read 1.0000000000000002e-14 and 0.010000000000000002 after two
+    plateau reductions of --lr 1e-12 (floats compound 0.1 x 0.1); they read as typed (helper 76)."""
+    out = tmp_path / "run"
+    assert main(_stalling_run(tiny_fmnist, out, epochs=4, max_reductions=3)) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in rows] == [1e-12, 1e-12, 1e-13, 1e-14]
+    assert [r["lr_scale"] for r in rows] == [1.0, 1.0, 0.1, 0.01]
+
+
 def test_progress_bar_shows_the_schedules_rate_not_a_multiplied_layers(tiny_fmnist, tmp_path, capsys):
     """With --lr-mult conv1=0 the bar's lr was the first parameter group's, conv1's 0, while every
     other layer trained at --lr (and metrics.jsonl said so). Constant schedule: every step's rate
