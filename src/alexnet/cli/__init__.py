@@ -140,10 +140,9 @@ def _run(args: argparse.Namespace) -> int:
     try:
         _import_torch()  # inside the try: a Ctrl-C while torch loads ends in one line, as later ones do
         if args.command in _COMPUTING:
-            from ..runtime import keep_freed_memory, set_threads, short_worker_sockets
+            from ..runtime import keep_freed_memory, set_threads
 
             keep_freed_memory()
-            short_worker_sockets()
             threads = getattr(args, "threads", None) or _resumed_threads(args)
             if threads:
                 set_threads(threads)

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from ..errors import DataError
-from ..runtime import counted, short_worker_sockets, show_warning
+from ..runtime import counted, show_warning
 from . import augment, presets
 from .cifar import load_cifar
 from .device_decode import DeviceDecoder, collate_raw
@@ -31,10 +31,9 @@ from .sources import (
     detect,
     has_split_folders,
     open_folder_splits,
+    start_workers,
     stop_workers,
-    told_bars,
     unwrap_worker_error,
-    workers_spared_signals,
 )
 from .stats import StatsAccumulator, cache_key, folder_stats
 
@@ -127,8 +126,7 @@ class Batches:
         return len(self.loader)
 
     def __iter__(self):
-        with workers_spared_signals(self.loader):  # the persistent workers start at the first epoch's iter()
-            batches = iter(told_bars(self.loader))
+        batches = start_workers(self.loader)  # the persistent workers start at the first epoch's
         with unwrap_worker_error():
             if self.decode is None:
                 yield from batches
@@ -163,8 +161,6 @@ def _batches(ds, indices, bs, shuffle, drop_last, seed, rank, world, workers, pi
         ds.raw, decode = True, DeviceDecoder(ds, decode_device)
     subset = torch.utils.data.Subset(ds, indices)
     sampler = EpochBatchSampler(len(indices), bs, shuffle, seed, drop_last, rank, world)
-    if workers:
-        short_worker_sockets()  # the Python API's runs too, not only the commands'
     dl = torch.utils.data.DataLoader(
         subset,
         batch_sampler=sampler,

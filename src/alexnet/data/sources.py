@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from ..atomic import signals_held
 from ..errors import DataError
-from ..runtime import counted, drawn_bars_blank, show_warning, tell_worker_bars
+from ..runtime import counted, drawn_bars_blank, short_worker_sockets, show_warning, tell_worker_bars
 from .cifar import find_cifar
 from .fashion_mnist import fashion_mnist_missing, is_fashion_mnist
 from .folder import (
@@ -182,12 +182,21 @@ def each_batch(loader: Any) -> Iterator[Any]:
     their teardown races it and can print tracebacks after the error line ('Bad file descriptor')."""
     iterator = None
     try:
-        with workers_spared_signals(loader):
-            iterator = iter(told_bars(loader))
+        iterator = start_workers(loader)
         with unwrap_worker_error():
             yield from iterator
     finally:
         stop_workers(iterator)
+
+
+def start_workers(loader: Any) -> Iterator[Any]:
+    """``iter(loader)``, its worker processes (if any) started as every loader here starts them:
+    with sockets that fit (:func:`alexnet.runtime.short_worker_sockets`), told of the bars drawn
+    (:func:`told_bars`) and spared the signals sent to the process group (:func:`workers_spared_signals`)."""
+    if getattr(loader, "num_workers", 0):
+        short_worker_sockets()
+    with workers_spared_signals(loader):
+        return iter(told_bars(loader))
 
 
 class _BarsToldStart:
