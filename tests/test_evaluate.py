@@ -1653,19 +1653,20 @@ def test_a_workers_warning_during_a_progress_bar_starts_its_own_line(tmp_path):
     shown = [line.rsplit("\r", 1)[-1] for line in r.stderr.split("\n")]
     said = [line for line in shown if "skipping unreadable image" in line]
     assert len(said) == 2 and all(line.startswith("warning: skipping unreadable image ") for line in said), r.stderr
-    # a warnings.warn in a worker (PIL's on a corrupt EXIF block): the worker's start installs show_warning
+    # a warnings.warn in a worker (PIL's on a corrupt EXIF block): the workers' start installs show_warning
     script = """
 import multiprocessing, warnings
 from alexnet.cli import _warning_line
-from alexnet.data.loaders import _start_worker
-from alexnet.runtime import progress_bar
-def work():
-    _start_worker(0)
+from alexnet.data.sources import _BarsToldStart
+from alexnet.runtime import drawn_bars_blank, progress_bar
+def work(start):
+    start(0)
     warnings.warn("a worker's warning")
 warnings.formatwarning = _warning_line
 bar = progress_bar(8, "evaluate", enabled=True, unit="batch")
 bar.update(1)
-child = multiprocessing.get_context("fork").Process(target=work)
+start = _BarsToldStart(drawn_bars_blank(), None)  # what sources.start_workers gives every loader's workers
+child = multiprocessing.get_context("fork").Process(target=work, args=(start,))
 child.start(); child.join()
 bar.close()
 """

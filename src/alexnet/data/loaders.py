@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from ..errors import DataError
-from ..runtime import counted, show_warning
+from ..runtime import counted
 from . import augment, presets
 from .cifar import load_cifar
 from .device_decode import DeviceDecoder, collate_raw
@@ -184,10 +184,9 @@ def _start_worker(_worker_id: int) -> None:
     """A data-loading worker's start. It ignores SIGTERM and SIGINT: the training process saves and
     stops on them, then ends its workers. systemd, docker and SLURM signal every process of a job, and
     torch's own worker handler would end a worker at once, failing the run in the middle of its step
-    instead. Its warnings are printed on their own line, not at the end of the progress bar's."""
+    instead. (Its warnings' own line: sources.start_workers, as every loader's workers.)"""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    warnings.showwarning = show_warning
 
 
 def _default_preset(kind: str) -> str:
