@@ -22,12 +22,12 @@ import torch.nn.functional as F
 from alexnet.cli.common import _key_values
 from alexnet.config import resolve_config
 from alexnet.data.loaders import load_data, model_input
+from alexnet.epoch import _set_lr
 from alexnet.finetune import build_model
 from alexnet.health import WATCHED, LayerProbe
 from alexnet.model import model_config
 from alexnet.optim import make_optimizer, param_groups
 from alexnet.runtime import seed_everything, set_threads
-from alexnet.train import _set_lr
 
 
 def trace(cfg, steps: int) -> list[dict]:

@@ -536,9 +536,9 @@ def test_a_stop_every_rank_decides_is_said_once(tiny_fmnist, tmp_path):
 def test_a_loss_that_is_not_finite_on_another_rank_is_said_so():
     """Each rank said the non-finite loss was its own value ('non-finite loss (2.3026)' where rank 0's
     loss was finite and rank 1's NaN); it says on how many of the processes it was not finite."""
+    from alexnet.epoch import Position, _take_step
     from alexnet.errors import NonFiniteLoss
     from alexnet.health import HealthMonitor
-    from alexnet.train import Position, _take_step
 
     cfg = resolve_config(None, {"on_nonfinite": "stop"})
     rank1_nan = lambda flags: [flags[0] + 1.0, flags[1] + 1.0, flags[2], flags[3], *flags[4:]]  # noqa: E731 (+ rank 1's)

@@ -76,11 +76,12 @@ def test_a_run_shorter_than_the_window_is_judged_at_its_epoch_end(tiny_fmnist, t
     with pytest.raises(UnhealthyRun, match=r"20\.0 over the last step, far above"):
         one.end_epoch("the end of epoch 1")
 
+    import alexnet.epoch as epoch_mod
     import alexnet.train as train_mod
     from alexnet.config import resolve_config
 
-    real = train_mod.F.cross_entropy
-    monkeypatch.setattr(train_mod.F, "cross_entropy", lambda *a, **k: real(*a, **k) * 10)  # ~23 nats: far above ln(10)
+    real = epoch_mod.F.cross_entropy
+    monkeypatch.setattr(epoch_mod.F, "cross_entropy", lambda *a, **k: real(*a, **k) * 10)  # ~23 nats: far above ln(10)
     cfg = resolve_config(None, dict(data=str(tiny_fmnist), out=str(tmp_path / "run"), epochs=1, batch_size=16, amp="none",
                                     workers=0, device="cpu", model_options={"widths": [8, 16, 16, 16, 16], "fc_width": 32}))
     with pytest.raises(UnhealthyRun, match=r"diverged at the end of epoch 1 \(step 4\)"):

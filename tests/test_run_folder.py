@@ -149,16 +149,16 @@ def test_a_run_that_fails_to_start_leaves_no_run_folder(tiny_fmnist, tmp_path, p
 
 def _poison_loss(monkeypatch, at_call: int) -> None:
     """The training loss turns NaN at the ``at_call``-th step: the run stops with a TrainingError."""
-    import alexnet.train as train_mod
+    import alexnet.epoch as epoch_mod
 
-    real, calls = train_mod.F.cross_entropy, {"n": 0}
+    real, calls = epoch_mod.F.cross_entropy, {"n": 0}
 
     def poisoned(*a, **k):
         calls["n"] += 1
         loss = real(*a, **k)
         return loss * float("nan") if calls["n"] == at_call else loss
 
-    monkeypatch.setattr(train_mod.F, "cross_entropy", poisoned)
+    monkeypatch.setattr(epoch_mod.F, "cross_entropy", poisoned)
 
 
 def _cfg(data: Path, out: Path, epochs: int):

@@ -712,9 +712,9 @@ def test_nan_loss_stops_and_keeps_the_checkpoint(tiny_fmnist, tmp_path, monkeypa
     out = tmp_path / "run"
     fit(_cfg(tiny_fmnist, out, epochs=1), log=lambda s: None)
     before = _weights(out / "last.pt")
-    import alexnet.train as train_mod
+    import alexnet.epoch as epoch_mod
 
-    real = train_mod.F.cross_entropy
+    real = epoch_mod.F.cross_entropy
     calls = {"n": 0}
 
     def poisoned(*a, **k):
@@ -722,7 +722,7 @@ def test_nan_loss_stops_and_keeps_the_checkpoint(tiny_fmnist, tmp_path, monkeypa
         loss = real(*a, **k)
         return loss * float("nan") if calls["n"] == 3 else loss
 
-    monkeypatch.setattr(train_mod.F, "cross_entropy", poisoned)
+    monkeypatch.setattr(epoch_mod.F, "cross_entropy", poisoned)
     # The message ends with what is left: nothing, for a run stopped before its first checkpoint ...
     with pytest.raises(alexnet.TrainingError, match="non-finite loss.*no checkpoint had been written yet: nothing to resume$"):
         fit(_cfg(tiny_fmnist, tmp_path / "run2", epochs=1), log=lambda s: None)
@@ -741,10 +741,10 @@ def test_nan_loss_stops_and_keeps_the_checkpoint(tiny_fmnist, tmp_path, monkeypa
 def test_skip_mode_stops_an_epoch_that_skipped_every_batch(tiny_fmnist, tmp_path, monkeypatch):
     """--on-nonfinite skip with every loss NaN: no step is taken. Before, the epoch was recorded as
     train_loss 0.0 over 0 images (a perfect loss) and the run ended 'done' with untrained weights."""
-    import alexnet.train as train_mod
+    import alexnet.epoch as epoch_mod
 
-    real = train_mod.F.cross_entropy
-    monkeypatch.setattr(train_mod.F, "cross_entropy", lambda *a, **k: real(*a, **k) * float("nan"))
+    real = epoch_mod.F.cross_entropy
+    monkeypatch.setattr(epoch_mod.F, "cross_entropy", lambda *a, **k: real(*a, **k) * float("nan"))
     out = tmp_path / "run"
     with pytest.raises(alexnet.TrainingError, match=r"every batch of epoch 1 \(8\) had a non-finite loss.*nothing to resume$"):
         fit(_cfg(tiny_fmnist, out, epochs=1, on_nonfinite="skip"), log=lambda s: None)
@@ -776,14 +776,14 @@ def test_a_resume_that_fails_before_its_first_checkpoint_leaves_config_json(tiny
     out = tmp_path / "run"
     fit(_cfg(tiny_fmnist, out, epochs=1), log=lambda s: None)
     before = (out / "config.json").read_bytes()
-    import alexnet.train as train_mod
+    import alexnet.epoch as epoch_mod
 
-    real = train_mod.F.cross_entropy
-    monkeypatch.setattr(train_mod.F, "cross_entropy", lambda *a, **k: real(*a, **k) * float("nan"))
+    real = epoch_mod.F.cross_entropy
+    monkeypatch.setattr(epoch_mod.F, "cross_entropy", lambda *a, **k: real(*a, **k) * float("nan"))
     with pytest.raises(alexnet.TrainingError, match="non-finite loss.*keeps the last good checkpoint$"):
         fit(alexnet.resume.resume_config(str(out), {"epochs": 3}), log=lambda s: None)
     assert (out / "config.json").read_bytes() == before
-    monkeypatch.setattr(train_mod.F, "cross_entropy", real)  # the resume that trains records its options
+    monkeypatch.setattr(epoch_mod.F, "cross_entropy", real)  # the resume that trains records its options
     fit(alexnet.resume.resume_config(str(out), {"epochs": 2}), log=lambda s: None)
     assert json.loads((out / "config.json").read_text())["train"]["epochs"] == 2
 
@@ -1161,23 +1161,23 @@ def test_skipped_batches_do_not_delay_the_learning_rate_schedule(tiny_fmnist, tm
     near 0). Expected: the formulas by hand, in float64, at each batch's index in the run."""
     import math
 
-    import alexnet.train as train_mod
+    import alexnet.epoch as epoch_mod
 
-    real, calls, lrs = train_mod.F.cross_entropy, {"n": 0}, []
+    real, calls, lrs = epoch_mod.F.cross_entropy, {"n": 0}, []
 
     def every_other_nan(*a, **k):
         calls["n"] += 1
         loss = real(*a, **k)
         return loss * float("nan") if calls["n"] % 2 == 0 else loss
 
-    real_set_lr = train_mod._set_lr
+    real_set_lr = epoch_mod._set_lr
 
     def recording(optimizer, *a, **k):
         real_set_lr(optimizer, *a, **k)
         lrs.append(optimizer.param_groups[0]["lr"] / optimizer.param_groups[0].get("lr_mult", 1.0))
 
-    monkeypatch.setattr(train_mod.F, "cross_entropy", every_other_nan)
-    monkeypatch.setattr(train_mod, "_set_lr", recording)
+    monkeypatch.setattr(epoch_mod.F, "cross_entropy", every_other_nan)
+    monkeypatch.setattr(epoch_mod, "_set_lr", recording)
     cfg = _cfg(tiny_fmnist, tmp_path / "run", epochs=2, on_nonfinite="skip", schedule=schedule, warmup_epochs=0.5,
                step_size=1, gamma=0.1, lr=0.08)
     result = fit(cfg, log=lambda s: None)
