@@ -778,6 +778,42 @@ def test_predict_turns_photos_upright_as_their_exif_says(tmp_path, side):
             assert (got - decode_image(str(path), 76, 76).float()).abs().mean() > 20, tag
 
 
+def _big_endian_exif(orientation: int) -> bytes:
+    """An EXIF block ("MM", as Nikon and Apple write) whose orientation tag is a LONG, not the spec's SHORT."""
+    import struct
+
+    ifd = struct.pack(">HHHII", 1, 0x0112, 4, 1, orientation) + struct.pack(">I", 0)
+    return b"Exif\0\0MM" + struct.pack(">HI", 42, 8) + ifd
+
+
+@pytest.mark.parametrize("side", [120, 400])  # torchvision's JPEG decoder; PIL's reduced-size (draft) decoding
+@pytest.mark.parametrize("tagged", ["big-endian LONG", "XMP"])
+def test_predict_turns_photos_upright_as_pil_reads_their_orientation(tmp_path, side, tagged):
+    """An orientation tag that PIL reads and torchvision's decoder did not (a big-endian EXIF tag stored
+    as LONG; XMP's tiff:Orientation, with no EXIF) turns the photo at every size: it turned only photos
+    large enough for PIL's reduced-size decoding, and a 120 px one stayed sideways (mean difference 87)."""
+    from PIL import ImageOps
+
+    from alexnet.data.presets import Preprocess
+    from alexnet.predict import load_image
+
+    yy, xx = np.mgrid[0:side * 3 // 4, 0:side]  # smooth, no symmetry: every turn gives another picture
+    stored = np.stack([xx * 255 // side, yy * 340 // side, (xx + 2 * yy) * 90 // side], axis=-1).astype(np.uint8)
+    for tag in (3, 6, 8):
+        path = tmp_path / f"o{tag}.jpg"
+        if tagged == "XMP":
+            xmp = (f'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+                   f'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="{tag}"/></rdf:RDF></x:xmpmeta>')
+            Image.fromarray(stored).save(path, quality=95, xmp=xmp.encode())
+        else:
+            Image.fromarray(stored).save(path, quality=95, exif=_big_endian_exif(tag))
+        with Image.open(path) as im:  # independent: PIL's view of the file, upright, lossless
+            ImageOps.exif_transpose(im).convert("RGB").save(tmp_path / f"o{tag}_upright.png")
+        pre = Preprocess.from_dict(PRE)
+        diff = (load_image(path, pre).float() - load_image(tmp_path / f"o{tag}_upright.png", pre).float()).abs().mean()
+        assert diff < 1.5, (tag, float(diff))
+
+
 def test_a_sideways_photo_indexed_is_found_by_itself(tmp_path, capsys):
     """features turns photos upright as retrieve's query does: a photo with an EXIF orientation tag
     is at distance 0 from its own index entry, as any other."""

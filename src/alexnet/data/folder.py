@@ -512,8 +512,8 @@ def decode_bytes(data: bytes, resize: int, crop: int | None, upright: bool = Fal
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", DeprecationWarning)
-                    x = decode(torch.frombuffer(bytearray(data), dtype=torch.uint8), apply_exif_orientation=upright)
-                return _resize_crop(x, resize, crop)
+                    x = decode(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+                return _resize_crop(_turned(x, _orientation(img)) if upright else x, resize, crop)
             except RuntimeError:
                 pass  # e.g. truncated: PIL below says why
         if img.format == "JPEG":
@@ -523,6 +523,29 @@ def decode_bytes(data: bytes, resize: int, crop: int | None, upright: bool = Fal
             img = _upright(img)
         x = torch.from_numpy(np.asarray(_to_rgb(img), dtype=np.uint8).copy()).permute(2, 0, 1)
     return _resize_crop(x, resize, crop)
+
+
+# PIL's exif_transpose of each EXIF orientation on a (C, H, W) tensor: transposed (5-8), then flipped.
+_FLIPS = {2: (-1,), 3: (-2, -1), 4: (-2,), 6: (-1,), 7: (-2, -1), 8: (-2,)}
+
+
+def _orientation(img: Image.Image) -> object:
+    """The EXIF orientation PIL's ``exif_transpose`` reads from ``img``'s header (XMP's
+    tiff:Orientation where the EXIF has none); None where the block is broken."""
+    try:
+        return img.getexif().get(0x0112)
+    except Exception:  # noqa: BLE001 - a broken block: the pixels are still readable, as stored
+        return None
+
+
+def _turned(x: torch.Tensor, orientation: object) -> torch.Tensor:
+    """``x`` (C, H, W) turned as PIL's ``exif_transpose`` turns an image of EXIF ``orientation``.
+    torchvision's own ``apply_exif_orientation`` reads less than PIL (not a big-endian tag stored as
+    LONG, not XMP's), so a photo small enough for its decoder stayed sideways where a larger one turned."""
+    if orientation in (5, 6, 7, 8):
+        x = x.transpose(-1, -2)
+    flips = _FLIPS.get(orientation) if orientation in range(2, 9) else None
+    return x.flip(flips) if flips else x
 
 
 def _upright(img: Image.Image) -> Image.Image:
