@@ -24,6 +24,9 @@ from ..runtime import counted, say
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 BAD_FILES_NAME = "bad_files.txt"
 MAX_IMAGE_BYTES = 256 << 20  # a bigger "image" is junk (or /dev/zero): a bad file, not read forever
+# PIL's names of JPEG files: "MPO" is a JPEG that carries more pictures after its first (a depth map,
+# a large preview), as many phones and cameras write; decoders read the first, the photo.
+JPEG_FORMATS = ("JPEG", "MPO")
 
 
 @functools.cache
@@ -508,7 +511,7 @@ def decode_bytes(data: bytes, resize: int, crop: int | None, upright: bool = Fal
     img = open_header(data, resize)
     decode = jpeg_decoder()
     with img:
-        if decode is not None and img.format == "JPEG" and min(img.size) < 2 * resize and not _reduced(img):
+        if decode is not None and img.format in JPEG_FORMATS and min(img.size) < 2 * resize and not _reduced(img):
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", DeprecationWarning)
@@ -516,7 +519,7 @@ def decode_bytes(data: bytes, resize: int, crop: int | None, upright: bool = Fal
                 return _resize_crop(_turned(x, _orientation(img)) if upright else x, resize, crop)
             except RuntimeError:
                 pass  # e.g. truncated: PIL below says why
-        if img.format == "JPEG":
+        if img.format in JPEG_FORMATS:
             img.draft("RGB", (resize, resize))  # let libjpeg decode at 1/2, 1/4, 1/8 size when it can
         img.load()
         if upright:  # after load(): a PNG's eXIf chunk may follow its pixels
