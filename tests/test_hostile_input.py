@@ -214,6 +214,26 @@ def test_a_macos_zips_metadata_folder_is_no_class(tmp_path):
     assert "2 classes" in r.stdout and "__MACOSX" not in r.stdout + r.stderr
 
 
+def test_a_synology_nas_thumbnail_folder_is_no_class_and_no_photos(tmp_path):
+    """A photo folder copied off a Synology NAS (rsync, a USB backup) has an @eaDir in every folder,
+    with JPEG thumbnails of each photo: at the top it was a class ('@eaDir: class folder has no images'
+    stopped train and prepare), in a class folder its thumbnails were trained and indexed as more photos."""
+    from alexnet.data.folder import find_classes, list_images
+    from alexnet.predict import image_paths
+    from alexnet.retrieval import _index_samples
+
+    root = make_image_folder(tmp_path / "flat", classes=2, per_class=2)
+    for folder in (root, root / "class0", root / "class1"):
+        for img in [p.name for p in folder.glob("*.jpg")] or ["class0"]:
+            (folder / "@eaDir" / img).mkdir(parents=True)
+            shutil.copy(root / "class0" / "img0.jpg", folder / "@eaDir" / img / "SYNOPHOTO_THUMB_M.jpg")
+    photos = sorted(str(p) for p in root.glob("class*/img*.jpg"))
+    assert find_classes(root) == (["class0", "class1"], ["class0", "class1"])
+    assert [f for f, _ in list_images(root, ["class0", "class1"])] == photos
+    assert sorted(map(str, image_paths(root))) == photos
+    assert sorted(f for f, _ in _index_samples(root)[0]) == photos
+
+
 def test_file_names_that_are_not_utf8_are_kept_as_their_bytes(tmp_path):
     """A Latin-1 archive unpacked on Linux: train failed writing bad_files.txt, prepare its file list,
     and predict printing under a UTF-8 locale (whose stdout is strict); the figures could not draw

@@ -155,14 +155,15 @@ def class_name(name: str) -> str:
 
 
 # Files an operating system writes into a folder of photos by itself: Windows Explorer's thumbnail
-# caches and folder settings (macOS's .DS_Store is hidden).
-_OS_FILES = frozenset({"thumbs.db", "ehthumbs.db", "ehthumbs_vista.db", "desktop.ini"})
+# caches and folder settings (macOS's .DS_Store is hidden); a Synology NAS's @eaDir in every folder,
+# holding JPEG thumbnails of each photo (@eaDir/IMG_1.jpg/SYNOPHOTO_THUMB_M.jpg).
+_OS_FILES = frozenset({"thumbs.db", "ehthumbs.db", "ehthumbs_vista.db", "desktop.ini", "@eadir"})
 
 
 def skipped(name: str) -> bool:
     """A folder entry that is never data: hidden (".name"), ``__MACOSX``, the folder of "._" metadata
-    files that a zip made on macOS unpacks beside the photos (at the top and in train/ and val/), or a
-    file Windows writes beside them (``Thumbs.db``, ``desktop.ini``)."""
+    files that a zip made on macOS unpacks beside the photos (at the top and in train/ and val/), a
+    file Windows writes beside them (``Thumbs.db``, ``desktop.ini``), or a Synology NAS's ``@eaDir``."""
     return name.startswith(".") or name == "__MACOSX" or name.lower() in _OS_FILES
 
 
