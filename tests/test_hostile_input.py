@@ -775,3 +775,21 @@ def test_half_a_data_set_says_what_it_lacks(tmp_path, capsys):
                  ["features", "--checkpoint", ckpt, "--data", str(pack), "--out", str(tmp_path / "i.safetensors")]):
         assert fails(capsys, *args) == (f"alexnet: error: {pack}: packed shards without their index.json: an 'alexnet "
                                         "prepare' that did not finish; run it again"), args
+
+
+def test_fashion_mnist_labels_outside_its_ten_classes_are_refused(tmp_path, capsys):
+    """IDX labels of 10 and above (another data set's files, a damaged copy) ended train and evaluate
+    in 'internal error: IndexError: Target 12 is out of bounds' (training labels) or 'RuntimeError:
+    index 12 is out of bounds for dimension 1 with size 10' (test labels) (helper 77's audit)."""
+    from conftest import write_idx
+
+    fm = make_tiny_fmnist(tmp_path / "fm")
+    labels = np.arange(40) % 10
+    labels[[3, 7]] = 12
+    write_idx(fm / "t10k-labels-idx1-ubyte.gz", labels)
+    ckpt = str(tiny_checkpoint(tmp_path / "m.pt"))
+    for args in (["train", "--data", str(fm), "--out", str(tmp_path / "run"), *QUICK],
+                 ["evaluate", "--checkpoint", ckpt, "--data", str(fm)]):
+        assert fails(capsys, *args) == (f"alexnet: error: {fm / 't10k-labels-idx1-ubyte.gz'}: labels outside 0..9 "
+                                        "(Fashion-MNIST's 10 classes): 2 of 40, e.g. 12"), args
+    assert not (tmp_path / "run").exists()
