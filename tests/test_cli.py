@@ -542,3 +542,26 @@ def test_a_home_matplotlib_cannot_write_in_prints_none_of_its_lines(tmp_path):
     assert r.returncode == 0 and r.stderr == "", r.stderr
     assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+
+
+def test_a_commands_positionals_may_follow_its_options():
+    """'alexnet import caffe --out c.pt bvlc_alexnet.caffemodel' stopped with 'unrecognized arguments:
+    bvlc_alexnet.caffemodel', as did 'visualize curves --out f.png RUN' and 'predict a.jpg --checkpoint
+    m.pt b.jpg' with b.jpg: argparse took a command's positionals only before its first option
+    (helper 77's audit). Typos are still named, positionals still counted."""
+    from alexnet.cli.options import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["import", "caffe", "--out", "c.pt", "--mean-file", "m.binaryproto", "w.caffemodel"])
+    assert (args.source, args.file, args.out, args.mean_file) == ("caffe", "w.caffemodel", "c.pt", "m.binaryproto")
+    args = parser.parse_args(["visualize", "curves", "--out", "f.png", "runs/a", "runs/b"])
+    assert (args.what, args.run_dir, args.out) == ("curves", ["runs/a", "runs/b"], "f.png")
+    args = parser.parse_args(["predict", "a.jpg", "--checkpoint", "m.pt", "b.jpg", "--top", "2"])
+    assert (args.images, args.checkpoint, args.top) == (["a.jpg", "b.jpg"], "m.pt", 2)
+    args = parser.parse_args(["retrieve", "--index", "i.safetensors", "q.jpg"])
+    assert (args.image, args.index) == ("q.jpg", "i.safetensors")
+    for words in (["import", "caffe", "a", "b", "--out", "c.pt"], ["predict", "a.jpg", "--checkpont", "m.pt"],
+                  ["import", "--out", "c.pt"]):
+        with pytest.raises(SystemExit) as e:
+            parser.parse_args(words)
+        assert e.value.code == 2, words

@@ -94,6 +94,21 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
+    _intermixing = False
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        """A command's positionals may follow its options ('import caffe --out c.pt FILE', 'visualize
+        curves --out f.png RUN', 'predict a.jpg --checkpoint m.pt b.jpg'): argparse's default parse
+        took them before the options only, and called the rest unrecognized."""
+        optional = any(a.nargs in ("?", "*", "+") for a in self._get_positional_actions())
+        if self._intermixing or self._subparsers is not None or not optional:
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True  # parse_known_intermixed_args calls back here (Python 3.11, 3.12)
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
     def parse_args(self, args=None, namespace=None):  # type: ignore[override]
         """An unknown option is the command's error: named by it, with the option it resembles."""
         parsed, extra = self.parse_known_args(args, namespace)
