@@ -793,3 +793,30 @@ def test_fashion_mnist_labels_outside_its_ten_classes_are_refused(tmp_path, caps
         assert fails(capsys, *args) == (f"alexnet: error: {fm / 't10k-labels-idx1-ubyte.gz'}: labels outside 0..9 "
                                         "(Fashion-MNIST's 10 classes): 2 of 40, e.g. 12"), args
     assert not (tmp_path / "run").exists()
+
+
+def test_a_packs_labels_outside_its_classes_are_refused(tmp_path, capsys):
+    """A pack whose labels file names a class it lacks (an edited or mixed-up pack) ended train and
+    evaluate in 'internal error: RuntimeError: index 7 is out of bounds for dimension 1 with size 3';
+    a labels file of objects in 'internal error: ValueError: Object arrays cannot be loaded...', a
+    missing one in exit 1 (helper 77's audit)."""
+    from alexnet.data.packed import prepare
+
+    pack = tmp_path / "pack"
+    for split in ("train", "val"):
+        make_image_folder(tmp_path / "imgs" / split, classes=3, per_class=4)
+    prepare(tmp_path / "imgs", pack, size=71, show_progress=False)
+    labels = pack / "val-labels.npy"
+    n = len(np.load(labels))
+    np.save(labels, np.full(n, 7, dtype=np.int64))
+    ckpt = str(tiny_checkpoint(tmp_path / "m.pt"))
+    train = ["train", "--data", str(pack), "--out", str(tmp_path / "run"), *TINY, "--model-option", "input_size=63", *QUICK]
+    for args in (train, ["evaluate", "--checkpoint", ckpt, "--data", str(pack)]):
+        assert fails(capsys, *args) == (f"alexnet: error: {labels}: labels outside 0..2 (the pack's 3 classes): "
+                                        f"{n} of {n}, e.g. 7"), args
+    np.save(labels, np.array([object()] * n), allow_pickle=True)
+    assert fails(capsys, *train) == (f"alexnet: error: {labels}: unreadable labels of a packed data set (Object arrays "
+                                     "cannot be loaded when allow_pickle=False)")
+    labels.unlink()
+    assert fails(capsys, *train) == f"alexnet: error: {labels}: unreadable labels of a packed data set (No such file or directory)"
+    assert not (tmp_path / "run").exists()

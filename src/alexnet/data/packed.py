@@ -57,7 +57,7 @@ class PackedDataset(torch.utils.data.Dataset):
         info = index["splits"][split]
         self.shards = [(self.root / name, n) for name, n in info["shards"]]
         self.starts = np.cumsum([0] + [n for _, n in self.shards])  # each shard's first index, then the total
-        self.labels = np.load(self.root / info["labels"])
+        self.labels = _labels(self.root / info["labels"], len(index.get("classes") or []))
         if len(self.labels) != self.starts[-1]:
             raise DataError(f"{self.root}: {split} has {len(self.labels)} labels but {self.starts[-1]} images")
         self.size = index["size"]
@@ -96,6 +96,21 @@ class PackedDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         images, labels, index = self.__getitems__([i])
         return images[0], int(labels[0]), int(index[0])
+
+
+def _labels(path: Path, classes: int) -> np.ndarray:
+    """A split's labels: integers that index the pack's ``classes``; else DataError naming the file."""
+    try:
+        labels = np.load(path)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: unreadable labels of a packed data set ({getattr(e, 'strerror', None) or e})") from None
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise DataError(f"{path}: not the labels 'alexnet prepare' writes (a {labels.dtype} array of shape {labels.shape})")
+    odd = labels[(labels < 0) | (labels >= classes)]
+    if len(odd):
+        raise DataError(f"{path}: labels outside 0..{classes - 1} (the pack's {classes} classes): "
+                        f"{len(odd):,} of {len(labels):,}, e.g. {odd[0]}")
+    return labels
 
 
 def batch_passthrough(batch):
