@@ -3,6 +3,7 @@ file or argument and a non-zero exit, never a traceback, an "internal error", a 
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import pickle
@@ -819,4 +820,21 @@ def test_a_packs_labels_outside_its_classes_are_refused(tmp_path, capsys):
                                      "cannot be loaded when allow_pickle=False)")
     labels.unlink()
     assert fails(capsys, *train) == f"alexnet: error: {labels}: unreadable labels of a packed data set (No such file or directory)"
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("code, dtype", [(0x0B, ">i2"), (0x0D, ">f4")])
+def test_fashion_mnist_files_of_other_numbers_than_bytes_are_refused(tmp_path, capsys, code, dtype):
+    """Fashion-MNIST's IDX files hold unsigned bytes (type 0x08). Images of 16-bit integers ended train
+    in 'internal error: ValueError: given numpy array has byte order different from the native byte
+    order' (torch takes no big-endian arrays); labels of floats trained, cut to integers (helper 77's audit)."""
+    fm = make_tiny_fmnist(tmp_path / "fm")
+    name = "train-images-idx3-ubyte.gz" if dtype == ">i2" else "train-labels-idx1-ubyte.gz"
+    shape = (64, 28, 28) if dtype == ">i2" else (64,)
+    array = (np.arange(np.prod(shape)) % 10).astype(dtype).reshape(shape)
+    header = bytes([0, 0, code, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    (fm / name).write_bytes(gzip.compress(header + array.tobytes()))
+    kind = "int16" if dtype == ">i2" else "float32"
+    assert fails(capsys, "train", "--data", str(fm), "--out", str(tmp_path / "run"), *QUICK) == (
+        f"alexnet: error: {fm / name}: an IDX file of {kind} values; Fashion-MNIST's hold unsigned bytes (type 0x08)")
     assert not (tmp_path / "run").exists()

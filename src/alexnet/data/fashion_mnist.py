@@ -80,8 +80,8 @@ def load_fashion_mnist(root: str | os.PathLike = DEBIAN_ROOT, split: str = "trai
     images_path, labels_path = _find(root, images_stem), _find(root, labels_stem)
     if images_path is None or labels_path is None:
         raise DataError(missing_message(root))
-    images = read_idx(images_path)
-    labels = read_idx(labels_path)
+    images = _unsigned_bytes(read_idx(images_path), images_path)
+    labels = _unsigned_bytes(read_idx(labels_path), labels_path)
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise DataError(f"{images_path}: {images.shape} images do not match {labels.shape} labels")
     if len(labels) and not (0 <= labels.min() and labels.max() < len(CLASSES)):
@@ -89,6 +89,14 @@ def load_fashion_mnist(root: str | os.PathLike = DEBIAN_ROOT, split: str = "trai
         raise DataError(f"{labels_path}: labels outside 0..{len(CLASSES) - 1} (Fashion-MNIST's {len(CLASSES)} classes): "
                         f"{len(odd):,} of {len(labels):,}, e.g. {odd[0]}")
     return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
+
+
+def _unsigned_bytes(array: np.ndarray, path: Path) -> np.ndarray:
+    """``array`` if it holds unsigned bytes (IDX type 0x08), as Fashion-MNIST's images and labels do;
+    else DataError naming ``path`` (torch takes no big-endian arrays, and a float label would be cut)."""
+    if array.dtype != np.uint8:
+        raise DataError(f"{path}: an IDX file of {array.dtype.name} values; Fashion-MNIST's hold unsigned bytes (type 0x08)")
+    return array
 
 
 def missing_message(root: Path) -> str:
