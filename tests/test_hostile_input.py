@@ -838,3 +838,21 @@ def test_fashion_mnist_files_of_other_numbers_than_bytes_are_refused(tmp_path, c
     assert fails(capsys, "train", "--data", str(fm), "--out", str(tmp_path / "run"), *QUICK) == (
         f"alexnet: error: {fm / name}: an IDX file of {kind} values; Fashion-MNIST's hold unsigned bytes (type 0x08)")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("split", ["train", "t10k"])
+def test_fashion_mnist_files_without_images_are_refused(tmp_path, capsys, split):
+    """IDX files of 0 images: an empty training split said 'warning: std(): degrees of freedom is <= 0'
+    and 'data preset 'fashion_mnist': preprocess mean must be 1 or 3 finite numbers, got [nan]'; an
+    empty test split trained an epoch, then said 'every one was unreadable (each was named in a
+    warning above)' with no warning above (helper 77's audit)."""
+    from conftest import write_idx
+
+    fm = make_tiny_fmnist(tmp_path / "fm")
+    write_idx(fm / f"{split}-images-idx3-ubyte.gz", np.zeros((0, 28, 28), dtype=np.uint8))
+    write_idx(fm / f"{split}-labels-idx1-ubyte.gz", np.zeros(0, dtype=np.uint8))
+    which = "train" if split == "train" else "test"
+    assert fails(capsys, "train", "--data", str(fm), "--out", str(tmp_path / "run"), *QUICK) == (
+        f"alexnet: error: {fm / f'{split}-images-idx3-ubyte.gz'}: an IDX file of 0 images (shape (0, 28, 28)); "
+        f"the {which} split needs at least one")
+    assert not (tmp_path / "run").exists()

@@ -84,6 +84,8 @@ def load_fashion_mnist(root: str | os.PathLike = DEBIAN_ROOT, split: str = "trai
     labels = _unsigned_bytes(read_idx(labels_path), labels_path)
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise DataError(f"{images_path}: {images.shape} images do not match {labels.shape} labels")
+    if not len(images):
+        raise DataError(f"{images_path}: an IDX file of 0 images (shape {images.shape}); the {split} split needs at least one")
     if len(labels) and not (0 <= labels.min() and labels.max() < len(CLASSES)):
         odd = labels[(labels < 0) | (labels >= len(CLASSES))]
         raise DataError(f"{labels_path}: labels outside 0..{len(CLASSES) - 1} (Fashion-MNIST's {len(CLASSES)} classes): "
