@@ -537,6 +537,8 @@ DAMAGES = {  # how a checkpoint is damaged -> what the one line must say (a help
     "bool mean image": (lambda c: c["preprocess"].update(mean_image=torch.ones(3, 76, 76, dtype=torch.bool)), "mean image holds bool"),
     "unknown format": (lambda c: c.update(format="zzz"), "its format is 'zzz', not alexnet-checkpoint-1"),
     "newer format": (lambda c: c.update(format="alexnet-checkpoint-7"), "written by a newer alexnet"),
+    # Said "no 'model' or 'state_dict' weights (its keys: 'model', ...)" (helper 77's audit).
+    "weights not a dict": (lambda c: c.update(model=[1]), "not an alexnet checkpoint: its 'model' is a list, not a state dict"),
 }
 
 

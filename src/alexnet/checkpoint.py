@@ -200,6 +200,9 @@ def _with_model(ckpt: Any, path: Path) -> dict[str, Any]:
         return {"model": ckpt}
     if "model" not in ckpt and _is_state_dict(ckpt.get("state_dict")):
         return {**ckpt, "model": ckpt["state_dict"]}
+    if "model" in ckpt and not isinstance(ckpt["model"], dict):
+        raise CheckpointError(f"{path}: not an alexnet checkpoint: its 'model' is a {type(ckpt['model']).__name__}, "
+                              "not a state dict of weights")
     if not isinstance(ckpt.get("model"), dict):
         keys = ", ".join(repr(k) for k in list(ckpt)[:10]) + (", ..." if len(ckpt) > 10 else "")
         raise CheckpointError(f"{path}: not an alexnet checkpoint: no 'model' or 'state_dict' weights (its keys: {keys or 'none'})")
