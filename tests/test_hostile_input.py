@@ -825,6 +825,29 @@ def test_a_packs_labels_outside_its_classes_are_refused(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_damaged_or_missing_shard_of_a_pack_is_named(tmp_path, capsys):
+    """A shard that was not an array of images said "PACK: cannot open a shard (This file contains
+    pickled (object) data. If you trust the file you can load it unsafely using the `allow_pickle=`
+    keyword argument...)", naming the pack, not the shard, and offering an option no command takes
+    (an array of objects: "Array can't be memory-mapped: Python objects in dtype."); a missing one
+    named the pack with numpy's whole message (helper 77's audit)."""
+    from alexnet.data.packed import prepare
+
+    pack = tmp_path / "pack"
+    for split in ("train", "val"):
+        make_image_folder(tmp_path / "imgs" / split, classes=2, per_class=4)
+    prepare(tmp_path / "imgs", pack, size=71, show_progress=False)
+    shard = pack / "train-00000.npy"
+    train = ["train", "--data", str(pack), "--out", str(tmp_path / "run"), *TINY, "--model-option", "input_size=63", *QUICK]
+    for damage in (lambda: shard.write_bytes(b"junk"), lambda: np.save(shard, np.array([object()] * 3), allow_pickle=True)):
+        damage()
+        assert fails(capsys, *train) == (f"alexnet: error: {shard}: not a shard of images as 'alexnet prepare' writes them; "
+                                         "prepare the pack again")
+    shard.unlink()
+    assert fails(capsys, *train) == f"alexnet: error: {shard}: cannot open this shard of the pack (No such file or directory)"
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("code, dtype", [(0x0B, ">i2"), (0x0D, ">f4")])
 def test_fashion_mnist_files_of_other_numbers_than_bytes_are_refused(tmp_path, capsys, code, dtype):
     """Fashion-MNIST's IDX files hold unsigned bytes (type 0x08). Images of 16-bit integers ended train

@@ -69,11 +69,7 @@ class PackedDataset(torch.utils.data.Dataset):
 
     def _arrays(self) -> list[np.ndarray]:
         if self._maps is None:
-            try:
-                # plain ndarray views: np.memmap's indexing costs a subclass object per image read
-                self._maps = [np.load(path, mmap_mode="r").view(np.ndarray) for path, _ in self.shards]
-            except (OSError, ValueError) as e:
-                raise DataError(f"{self.root}: cannot open a shard ({e})") from None
+            self._maps = [_shard(path) for path, _ in self.shards]
         return self._maps
 
     def __getstate__(self):
@@ -96,6 +92,17 @@ class PackedDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         images, labels, index = self.__getitems__([i])
         return images[0], int(labels[0]), int(index[0])
+
+
+def _shard(path: Path) -> np.ndarray:
+    """A shard's images, memory-mapped (a plain ndarray view: np.memmap's indexing costs a subclass
+    object per image read); else DataError naming the shard."""
+    try:
+        return np.load(path, mmap_mode="r").view(np.ndarray)
+    except OSError as e:
+        raise DataError(f"{path}: cannot open this shard of the pack ({e.strerror or e})") from None
+    except ValueError:  # numpy's message offers allow_pickle, which no command takes
+        raise DataError(f"{path}: not a shard of images as 'alexnet prepare' writes them; prepare the pack again") from None
 
 
 def _labels(path: Path, classes: int) -> np.ndarray:
