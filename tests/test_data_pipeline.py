@@ -1027,6 +1027,21 @@ def test_cifar_python_batches(tmp_path):
     assert images.shape == (4, 3, 32, 32) and model_input(images, index, data.preprocess, True).shape == (4, 3, 32, 32)
 
 
+def test_cifar_labels_outside_its_classes_are_one_line_naming_the_batch(tmp_path):
+    """A batch whose label has no class in batches.meta: DataError naming the batch and counting the
+    labels out of range (else cross-entropy's bare IndexError at the first step)."""
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        labels = [0, 3, 2, -1] if name == "data_batch_2" else [0, 1, 2, 1]
+        (folder / name).write_bytes(pickle.dumps({"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), "labels": labels}))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": ["airplane", "automobile", "bird"]}))
+    said = f"{folder / 'data_batch_2'}: labels outside 0..2 (the classes of {folder / 'batches.meta'}): 2 of 4, e.g. 3"
+    with pytest.raises(DataError, match=re.escape(said)):
+        load_data(tmp_path, batch_size=4, input_size=32)
+
+
 def test_imagenet_class_names_from_torchvision():
     from alexnet.data.folder import read_class_names
 

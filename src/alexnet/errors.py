@@ -97,3 +97,12 @@ def check_weights(state: Mapping[Any, Any], source: str, most: int = 3) -> None:
     if bad:
         more = f" and {len(bad) - most} more" if len(bad) > most else ""
         raise CheckpointError(f"{source}: weights hold NaN or inf: {', '.join(bad[:most])}{more}; refused")
+
+
+def check_labels(labels: Any, classes: int, path: object, whose: str) -> None:
+    """DataError naming ``path`` unless every one of ``labels`` (an integer array) indexes one of
+    ``classes`` classes (``whose``: whose classes, for the message): a label out of range ends
+    training in cross-entropy's bare IndexError, or evaluation in a bincount's."""
+    odd = labels[(labels < 0) | (labels >= classes)]
+    if len(odd):
+        raise DataError(f"{path}: labels outside 0..{classes - 1} ({whose}): {len(odd):,} of {len(labels):,}, e.g. {odd[0]}")

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import DataError
+from ..errors import DataError, check_labels
 from ..unpickle import load_plain
 
 _LAYOUTS = {
@@ -74,8 +74,7 @@ def load_cifar(root: str | Path, split: str = "train") -> tuple[torch.Tensor, to
     xs, ys = [], []
     for name in train if split == "train" else test:
         x, y = _batch(folder / name, key)
-        if len(y) and not (0 <= y.min() and y.max() < len(names)):
-            raise DataError(f"{folder / name}: labels outside 0..{len(names) - 1} (the classes of {folder / meta})")
+        check_labels(y, len(names), folder / name, f"the classes of {folder / meta}")
         xs.append(x)
         ys.append(y)
     return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys)), names

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import DataError
+from ..errors import DataError, check_labels
 
 DEBIAN_ROOT = Path("/usr/share/datasets/fashion-mnist")
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -86,10 +86,7 @@ def load_fashion_mnist(root: str | os.PathLike = DEBIAN_ROOT, split: str = "trai
         raise DataError(f"{images_path}: {images.shape} images do not match {labels.shape} labels")
     if not len(images):
         raise DataError(f"{images_path}: an IDX file of 0 images (shape {images.shape}); the {split} split needs at least one")
-    if len(labels) and not (0 <= labels.min() and labels.max() < len(CLASSES)):
-        odd = labels[(labels < 0) | (labels >= len(CLASSES))]
-        raise DataError(f"{labels_path}: labels outside 0..{len(CLASSES) - 1} (Fashion-MNIST's {len(CLASSES)} classes): "
-                        f"{len(odd):,} of {len(labels):,}, e.g. {odd[0]}")
+    check_labels(labels, len(CLASSES), labels_path, f"Fashion-MNIST's {len(CLASSES)} classes")
     return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
 
 

@@ -23,7 +23,7 @@ import torch
 
 from .. import runfolder
 from ..atomic import check_writable, signals_held
-from ..errors import DataError
+from ..errors import DataError, check_labels
 from ..runtime import progress, versions
 from .folder import BAD_FILES_NAME, BadFiles, class_name, collate
 from .sources import PACKED_INDEX, SHARD, check_out_of_images, each_batch, open_folder_splits
@@ -113,10 +113,7 @@ def _labels(path: Path, classes: int) -> np.ndarray:
         raise DataError(f"{path}: unreadable labels of a packed data set ({getattr(e, 'strerror', None) or e})") from None
     if labels.ndim != 1 or labels.dtype.kind not in "iu":
         raise DataError(f"{path}: not the labels 'alexnet prepare' writes (a {labels.dtype} array of shape {labels.shape})")
-    odd = labels[(labels < 0) | (labels >= classes)]
-    if len(odd):
-        raise DataError(f"{path}: labels outside 0..{classes - 1} (the pack's {classes} classes): "
-                        f"{len(odd):,} of {len(labels):,}, e.g. {odd[0]}")
+    check_labels(labels, classes, path, f"the pack's {classes} classes")
     return labels
 
 
