@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import tarfile
 import urllib.error
 import urllib.request
@@ -134,6 +135,46 @@ def test_an_archive_that_escapes_its_folder_is_refused(tmp_path):
     with pytest.raises(DataError, match="unsafe member"):
         imagenette._extract(path, tmp_path / "out")
     assert not (tmp_path / "escaped.txt").exists()
+
+
+def _link_chain_archive(path: Path, out: Path, target: Path) -> None:
+    """A tar whose chain of links gets past tarfile's "data" filter before Python 3.11.13
+    (CVE-2025-4517, as CPython's test_realpath_limit_attack builds it): ``escape/pwned`` lands in
+    ``target``, beside ``out``, when unpacked into ``out``'s hidden unpacking folder."""
+    steps = "abcdefghijklmnop"
+    dest = len(str(out / f".{path.name}.xxxxxxxx.unpacking")) + 1  # tempfile.mkdtemp's 8 letters
+    part = "d" * ((os.pathconf(out.parent, "PC_PATH_MAX") - dest) // (len(steps) + 1))
+
+    def add(tar: tarfile.TarFile, name: str, kind: bytes = tarfile.REGTYPE, link: str = "", data: bytes = b"") -> None:
+        info = tarfile.TarInfo(name)
+        info.type, info.linkname, info.size = kind, link, len(data)
+        info.mode = 0o755 if kind == tarfile.DIRTYPE else 0o644
+        tar.addfile(info, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
+
+    with tarfile.open(path, "w") as tar:
+        inner = ""
+        for step in steps:
+            add(tar, os.path.join(inner, part), tarfile.DIRTYPE)
+            add(tar, os.path.join(inner, step), tarfile.SYMTYPE, part)
+            inner = os.path.join(inner, part)
+        top = os.path.join(*steps, "l" * 254)
+        add(tar, top, tarfile.SYMTYPE, os.path.join(*[".."] * len(steps)))  # the unpacking folder
+        add(tar, "escape", tarfile.SYMTYPE, os.path.join(top, "..", "..", target.name))
+        add(tar, "escape/pwned", data=b"owned")
+
+
+@pytest.mark.skipif(not hasattr(os, "pathconf"), reason="needs PATH_MAX (POSIX)")
+def test_an_archive_whose_links_escape_the_filter_is_refused(tmp_path, capsys):
+    """Any link is refused: fast.ai's archives hold none, and a chain of them got past the "data"
+    filter of this project's Python 3.11.7 and wrote outside --out (a planted imagenette2.tgz)."""
+    out, target = tmp_path / "out", tmp_path / "elsewhere"
+    out.mkdir()
+    target.mkdir()
+    _link_chain_archive(out / "imagenette2.tgz", out, target)
+    assert main(["download", "imagenette", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "imagenette2.tgz: unsafe member" in err and "a link" in err and len(err.strip().splitlines()) == 1
+    assert list(target.iterdir()) == [] and sorted(p.name for p in out.iterdir()) == ["imagenette2.tgz"]
 
 
 def test_fashion_mnist_cut_short_while_unpacking_is_unpacked_again(tmp_path, monkeypatch, capsys):

@@ -79,19 +79,29 @@ def _extract(archive: Path, out: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _files_and_folders(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
+    """tarfile's "data" filter, and no links at all: fast.ai's archives hold none, and chains of
+    links get past the filter of Pythons before 3.11.13 (CVE-2025-4517: a write anywhere)."""
+    if not (member.isfile() or member.isdir()):
+        raise DataError(f"unsafe member {member.name!r}: a link or special file; not extracted")
+    return tarfile.data_filter(member, dest)  # no absolute paths or names out of `dest`
+
+
 def _extract_into(archive: Path, out: Path) -> None:
     try:
         with tarfile.open(archive) as tar:
             try:
-                tar.extractall(out, filter="data")  # no absolute paths, links out of `out`, devices
+                tar.extractall(out, filter=_files_and_folders)
             except TypeError:  # Python < 3.11.4: check the names ourselves
                 root = out.resolve()
                 for m in tar.getmembers():
                     if not (m.isfile() or m.isdir()) or not (root / m.name).resolve().is_relative_to(root):
-                        raise DataError(f"{archive}: unsafe member {m.name!r}; not extracted") from None
+                        raise DataError(f"unsafe member {m.name!r}; not extracted") from None
                 tar.extractall(out)
     except getattr(tarfile, "FilterError", ()) as e:
         raise DataError(f"{archive}: unsafe member, not extracted ({e})") from None
+    except DataError as e:
+        raise DataError(f"{archive}: {e}") from None
     except (tarfile.TarError, EOFError) as e:
         raise DataError(f"{archive}: not a readable archive ({e}); delete it and download again") from None
 
