@@ -732,6 +732,38 @@ def test_index_with_malformed_json_metadata(tmp_path, capsys):
     assert "1 paths for 2" in fails(capsys, "retrieve", str(image), "--index", str(index))
 
 
+def test_json_nested_past_the_recursion_limit_is_one_line_naming_the_file(tmp_path, capsys):
+    """``[[[[...`` 100,000 deep made json raise RecursionError, an internal error, wherever the package
+    reads JSON that came from elsewhere: an export's metadata or config, a run's metrics.jsonl, a
+    pack's index, a feature index."""
+    from safetensors.torch import save_file
+
+    from alexnet.retrieval import INDEX_FORMAT
+
+    deep = "[" * 100_000 + "]" * 100_000
+    weights = tmp_path / "meta.safetensors"
+    save_file({"w": torch.zeros(2)}, str(weights), metadata={"model_config": deep})
+    assert f"{weights}: its metadata is not valid JSON" in fails(capsys, "summary", "--checkpoint", str(weights))
+    weights = tmp_path / "side.safetensors"
+    save_file({"w": torch.zeros(2)}, str(weights))
+    weights.with_suffix(".json").write_text(deep)
+    assert f"{weights.with_suffix('.json')}: not valid JSON" in fails(capsys, "summary", "--checkpoint", str(weights))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(deep + "\n")
+    assert "metrics.jsonl: line 1 is not JSON" in fails(capsys, "visualize", "curves", str(run), "--out", str(tmp_path / "c.png"))
+    pack = tmp_path / "pack"
+    pack.mkdir()
+    (pack / "index.json").write_text(deep)
+    err = fails(capsys, "evaluate", "--checkpoint", str(tiny_checkpoint(tmp_path / "c.pt")), "--data", str(pack))
+    assert "index.json: unreadable packed index (nested too deeply" in err
+    index = tmp_path / "index.safetensors"
+    meta = {"format": INDEX_FORMAT, "paths": deep, "classes": "[]", "checkpoint": "null", "preprocess": "{}"}
+    save_file({"features": torch.zeros(2, 16), "labels": torch.zeros(2, dtype=torch.int64)}, str(index), metadata=meta)
+    image = make_image_folder(tmp_path / "imgs", classes=1, per_class=1) / "class0" / "img0.jpg"
+    assert "'paths' metadata is not valid JSON (nested too deeply)" in fails(capsys, "retrieve", str(image), "--index", str(index))
+
+
 def test_no_readable_image_to_score_is_an_error_not_an_accuracy_of_zero(tmp_path):
     """A validation split of unreadable files gave 'val top-1 0.0000', kept as the best checkpoint,
     and evaluate printed '0 images ... top-1 accuracy 0.0000' with exit 0."""

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from . import atomic, faults, runfolder
+from . import atomic, faults, jsonio, runfolder
 from .data import presets
 from .data.folder import class_name
 from .data.presets import Preprocess
@@ -282,7 +282,7 @@ def load_safetensors(path: str | os.PathLike, map_location: str | torch.device =
         raise CheckpointError(f"{path}: not a readable safetensors file ({type(e).__name__})") from None
     if str(meta.get("format", "")).startswith("alexnet-fc7-index"):  # retrieval.INDEX_FORMAT
         try:
-            built = json.loads(meta.get("checkpoint") or "null")
+            built = jsonio.loads(meta.get("checkpoint") or "null")
         except json.JSONDecodeError:
             built = None
         raise CheckpointError(f"{path}: a feature index ('alexnet features'), not weights: give it to retrieve --index"
@@ -291,14 +291,14 @@ def load_safetensors(path: str | os.PathLike, map_location: str | torch.device =
     side = path.with_suffix(".json")
     if "model_config" not in config and side.is_file():
         try:
-            config = json.loads(side.read_text(encoding="utf-8"))
+            config = jsonio.loads(side.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise CheckpointError(f"{side}: not valid JSON") from None
         if not isinstance(config, dict):
             raise CheckpointError(f"{side}: holds a JSON {type(config).__name__}, not the table of model_config, classes and preprocess")
     else:
         try:
-            config = {k: json.loads(v) for k, v in config.items()}
+            config = {k: jsonio.loads(v) for k, v in config.items()}
         except json.JSONDecodeError:
             raise CheckpointError(f"{path}: its metadata is not valid JSON") from None
     mean_image = state.pop(presets.MEAN_IMAGE_KEY, None)  # not a weight: the recipe's mean image

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import atomic, lrn, runtime
+from . import atomic, jsonio, lrn, runtime
 from .atomic import atomic_path
 from .data import presets
 from .errors import ConfigError
@@ -279,7 +279,7 @@ def _check_sidecar(path: Path) -> None:
     if not side.exists():
         return
     try:
-        held = json.loads(side.read_text(encoding="utf-8"))
+        held = jsonio.loads(side.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         held = None
     ours = isinstance(held, dict) and str(held.get("format", "")).startswith("alexnet-safetensors")

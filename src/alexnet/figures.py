@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import jsonio
 from .atomic import atomic_path
 from .data.folder import printable
 from .errors import ConfigError, DataError
@@ -204,7 +205,7 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
     for n, line in enumerate(lines, 1):
         if line.strip():
             try:
-                records.append(_check_record(json.loads(line)))
+                records.append(_check_record(jsonio.loads(line)))
             except json.JSONDecodeError:
                 raise DataError(f"{path}: line {n} is not JSON") from None
             except ValueError as e:
@@ -216,7 +217,7 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
 
 def _is_json(text: str) -> bool:
     try:
-        json.loads(text)
+        jsonio.loads(text)
     except json.JSONDecodeError:
         return False
     return True
@@ -280,7 +281,7 @@ def unfinished(run_dir: str | os.PathLike, records: list[dict[str, Any]]) -> str
     config.json does not say. Runs of different lengths share a figure's axis: this tells a run
     that was cut short from one that was planned short."""
     try:
-        planned = int(json.loads((Path(run_dir) / "config.json").read_text(encoding="utf-8"))["train"]["epochs"])
+        planned = int(jsonio.loads((Path(run_dir) / "config.json").read_text(encoding="utf-8"))["train"]["epochs"])
     except (OSError, ValueError, KeyError, TypeError):
         return ""
     done = records[-1].get("epoch", len(records))

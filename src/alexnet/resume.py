@@ -11,7 +11,6 @@ others); photos added or removed, or a changed preset, are said as the run goes 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import warnings
@@ -20,7 +19,7 @@ from typing import Any
 
 import torch
 
-from . import runfolder
+from . import jsonio, runfolder
 from .checkpoint import bounded_config, config_from_file, load_checkpoint, read_entry
 from .checks import is_finite, is_whole
 from .config import TrainConfig, flag, given, refuse_unknown, validate, warm_up_outlasts
@@ -70,7 +69,7 @@ def started_threads(resume: str | os.PathLike) -> int | None:
 def recorded_threads(config_json: str | os.PathLike) -> int | None:
     """The CPU thread count a run's config.json records; None where the file records none."""
     try:
-        n = json.loads(Path(config_json).read_text())["environment"]["threads"]
+        n = jsonio.loads(Path(config_json).read_text())["environment"]["threads"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return n if is_whole(n, 1) else None

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from . import jsonio
 from .atomic import write_safetensors
 from .data import presets
 from .data.folder import ImageFolderDataset, collate, find_classes, list_images, skipped, top_level_images
@@ -214,12 +215,12 @@ def load_index(path: str | os.PathLike) -> dict[str, Any]:
     if features.dim() != 2 or tuple(labels.shape) != (len(features),):
         raise DataError(f"{path}: features {tuple(features.shape)} and labels {tuple(labels.shape)} do not make an index")
     out = {"features": features, "labels": labels, **_index_metadata(path, meta, len(features))}
-    out["fingerprint"] = json.loads(meta.get("fingerprint", "null"))  # absent in indexes of 0.x before it: not checked
-    out["precision"] = json.loads(meta.get("precision", "null"))
+    out["fingerprint"] = jsonio.loads(meta.get("fingerprint", "null"))  # absent in indexes of 0.x before it: not checked
+    out["precision"] = jsonio.loads(meta.get("precision", "null"))
     if out["precision"] is None and out["fingerprint"] is None:  # 'features' took --amp only after it kept digests
         out["precision"] = "float32"  # (747d03c, then b3e738d): an index without either is float32's
     try:  # absent in indexes from before it: nothing is checked
-        out["stamps"] = json.loads(meta.get("stamps", "null"))
+        out["stamps"] = jsonio.loads(meta.get("stamps", "null"))
     except json.JSONDecodeError:
         out["stamps"] = None
     out["preprocess"] = Preprocess.from_dict(out["preprocess"], mean_image, str(path))
@@ -233,7 +234,7 @@ def _index_metadata(path: Path, meta: dict[str, str], rows: int) -> dict[str, An
     out = {}
     for key, kind in wanted.items():
         try:
-            out[key] = json.loads(meta[key])
+            out[key] = jsonio.loads(meta[key])
         except KeyError:
             raise DataError(f"{path}: its metadata has no {key!r}; write it again with 'alexnet features'") from None
         except json.JSONDecodeError as e:

@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -25,6 +24,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from . import jsonio
 from .atomic import check_writable
 from .data.folder import BAD_FILES_NAME
 from .errors import AlexNetError, TrainingError
@@ -176,7 +176,7 @@ def stopped_before_checkpoint(run_dir: Path) -> bool:
     if metrics.exists() and (not metrics.is_file() or metrics.stat().st_size):  # an epoch was recorded: a run
         return False  # whose checkpoints were moved away, not one killed before its first
     try:
-        written = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+        written = jsonio.loads((run_dir / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
     return isinstance(written, dict) and {"train", "model", "data", "environment"} <= set(written)

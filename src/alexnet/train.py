@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from . import distributed, faults, runfolder
+from . import distributed, faults, jsonio, runfolder
 from .atomic import write_text
 from .checkpoint import FORMAT, config_from_file, load_checkpoint, save_atomic
 from .config import TrainConfig
@@ -531,7 +531,7 @@ def _update_config_file(run: _Run) -> None:
     in stays, as :func:`_note_thread_change` reads it."""
     path = run.run_dir / "config.json"
     try:
-        resolved = json.loads(path.read_text())
+        resolved = jsonio.loads(path.read_text())
     except (OSError, ValueError):
         return
     if not isinstance(resolved, dict):

@@ -100,14 +100,13 @@ def _note_replayed_processes(config: str | None, nproc: int | None, cfg: TrainCo
     masks, the split of each batch's reductions), so say so instead of a silently different run.
     The same for its precision: a run resumed with another ``--amp`` records that one in its options
     (``--amp none`` after a bf16 NaN), while its first epochs ran in the one its environment records."""
-    import json
-
+    from .. import jsonio
     from ..config import is_run_record
 
     if not config or (nproc or 1) > 1 or os.environ.get("RANK", "0") != "0":  # --nproc: its rank 0 says it, once
         return
     try:
-        record = json.loads(Path(config).read_text(encoding="utf-8"))
+        record = jsonio.loads(Path(config).read_text(encoding="utf-8"))
     except (OSError, ValueError):  # TOML or YAML: read_config_file took it, and it records no processes
         return
     if not isinstance(record, dict) or not is_run_record(record):

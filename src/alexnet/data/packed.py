@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import runfolder
+from .. import jsonio, runfolder
 from ..atomic import check_writable, signals_held
 from ..errors import DataError, check_labels
 from ..runtime import progress, versions
@@ -35,7 +35,7 @@ FORMAT = "alexnet-packed-1"
 def read_index(root: str | os.PathLike) -> dict[str, Any]:
     path = Path(root) / PACKED_INDEX
     try:
-        index = json.loads(path.read_text())
+        index = jsonio.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise DataError(f"{path}: unreadable packed index ({e})") from None
     if index.get("format") != FORMAT:
@@ -293,7 +293,7 @@ def _check_out(out: Path, force: bool) -> None:
                         f"{', ...' if len(other) > 3 else ''}): choose a new or empty folder")
     if (out / PACKED_INDEX).is_file() and not force:
         try:
-            source = json.loads((out / PACKED_INDEX).read_text()).get("source", "?")
+            source = jsonio.loads((out / PACKED_INDEX).read_text()).get("source", "?")
         except (OSError, ValueError, AttributeError):
             source = "?"
         raise DataError(f"--out {out} holds a packed data set (of {source}): give --force to replace it")

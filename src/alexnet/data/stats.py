@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import jsonio
 from ..atomic import atomic_path
 from ..checks import is_whole
 from ..errors import DataError
@@ -214,7 +215,7 @@ def load_stats(json_path: Path, shape: tuple[int, ...] | None = None) -> tuple[d
     """Statistics saved by :func:`save_stats` (mean image left as its path) and None; (None, None) if
     absent; (None, what is wrong) if damaged (see :func:`_damage`)."""
     try:
-        meta = json.loads(json_path.read_text())
+        meta = jsonio.loads(json_path.read_text())
     except (FileNotFoundError, NotADirectoryError):  # not cached (NotADirectory: the cache folder is a file)
         return None, None
     except OSError as e:
