@@ -27,6 +27,30 @@ def test_idx_round_trip(tmp_path):
         read_idx(tmp_path / "text.idx")
 
 
+def test_idx_headers_that_lie_about_their_size(tmp_path):
+    """A header whose dimensions multiply past 2**64 wrapped numpy's product to 0 (an internal
+    ValueError); a 3 MB .gz whose stream ran on for 3 GB beyond its 47 MB header was read whole
+    (7 GB resident) before being refused. Now: one DataError each, reading no more than declared."""
+    import gzip
+    import resource
+    import struct
+
+    (tmp_path / "wrap.idx").write_bytes(bytes([0, 0, 8, 4]) + struct.pack(">IIII", *[2**31] * 4))
+    with pytest.raises(DataError, match=r"wrap.idx: truncated IDX file \(0 of 2126764793255865396646091296448551321\d bytes"):
+        read_idx(tmp_path / "wrap.idx")
+    with gzip.open(tmp_path / "bomb.idx.gz", "wb") as f:
+        f.write(bytes([0, 0, 8, 3]) + struct.pack(">III", 1000, 28, 28))
+        for _ in range(32):  # 512 MB of zeros, 0.5 MB compressed
+            f.write(bytes(1 << 24))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(DataError, match=r"bomb.idx.gz: more data than its IDX header declares \(784000 bytes"):
+        read_idx(tmp_path / "bomb.idx.gz")
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KB: the stream was not read on
+    (tmp_path / "long.idx").write_bytes(bytes([0, 0, 8, 1]) + struct.pack(">I", 2) + b"abc")
+    with pytest.raises(DataError, match="long.idx: more data than its IDX header declares"):
+        read_idx(tmp_path / "long.idx")
+
+
 @pytest.mark.skipif(not DEBIAN_ROOT.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
 def test_debian_fashion_mnist():
     x, y = load_fashion_mnist(DEBIAN_ROOT, "test")

@@ -5,9 +5,12 @@ from __future__ import annotations
 import contextlib
 import gzip
 import io
+import math
 import os
 import re
+import zlib
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
@@ -24,22 +27,47 @@ _DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4",
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Read an IDX file (optionally gzipped) into a numpy array."""
+    """Read an IDX file (optionally gzipped) into a numpy array.
+
+    No more bytes are read than the header declares: a small .gz whose stream goes on for
+    gigabytes (a zip bomb) is refused after them, and an uncompressed file whose size disagrees
+    with its header is refused unread.
+    """
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:
-            data = f.read()
-    except (OSError, EOFError) as e:
+            head = f.read(4)
+            layout = _idx_layout(head + f.read(4 * head[3])) if len(head) == 4 else None
+            if layout is None:
+                raise DataError(f"{path}: not an IDX file (bad magic number)")
+            shape, dtype, offset = layout
+            expected = math.prod(shape) * dtype.itemsize  # Python's ints: a header of 2**32-sized dimensions cannot wrap
+            if opener is open and os.path.getsize(path) - offset != expected:
+                got = os.path.getsize(path) - offset
+            else:
+                data = _read_at_most(f, expected + 1)
+                got = len(data)
+    except (OSError, EOFError, zlib.error) as e:
         raise DataError(f"{path}: cannot read IDX file ({e})") from None
-    layout = _idx_layout(data)
-    if layout is None:
-        raise DataError(f"{path}: not an IDX file (bad magic number)")
-    shape, dtype, offset = layout
-    expected = int(np.prod(shape)) * dtype.itemsize
-    if len(data) - offset != expected:
-        raise DataError(f"{path}: truncated IDX file ({len(data) - offset} of {expected} bytes)")
-    return np.frombuffer(data, dtype=dtype, offset=offset).reshape(shape)
+    if got < expected:
+        raise DataError(f"{path}: truncated IDX file ({got} of {expected} bytes)")
+    if got > expected:
+        raise DataError(f"{path}: more data than its IDX header declares ({expected} bytes of shape {shape}): not an IDX file")
+    return np.frombuffer(data, dtype=dtype).reshape(shape)
+
+
+def _read_at_most(f: IO[bytes], n: int) -> bytes:
+    """Up to ``n`` bytes of ``f``, read a chunk at a time: memory grows with what the file holds,
+    not with what its header claims."""
+    chunks, left = [], n
+    while left > 0:
+        chunk = f.read(min(left, 1 << 24))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
 
 
 def _idx_layout(head: bytes) -> tuple[tuple[int, ...], np.dtype, int] | None:
@@ -138,7 +166,7 @@ def _remove_cut_short(raw: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
             with open(path, "rb") as f:
                 layout = _idx_layout(f.read(1024))  # at most 255 dimensions of 4 bytes
-            if layout is None or os.path.getsize(path) != layout[2] + int(np.prod(layout[0])) * layout[1].itemsize:
+            if layout is None or os.path.getsize(path) != layout[2] + math.prod(layout[0]) * layout[1].itemsize:
                 path.unlink()
 
 
