@@ -732,6 +732,24 @@ def test_index_with_malformed_json_metadata(tmp_path, capsys):
     assert "1 paths for 2" in fails(capsys, "retrieve", str(image), "--index", str(index))
 
 
+@pytest.mark.parametrize(("key", "value", "said"), [("fingerprint", "{oops", "not valid JSON"),
+                                                   ("precision", "[1]", "is a list"), ("precision", "nul", "not valid JSON")])
+def test_index_with_a_malformed_fingerprint_or_precision(tmp_path, capsys, key, value, said):
+    """The optional entries were read with no check: internal errors (JSONDecodeError; TypeError for a
+    list, unhashable where the precision is looked up)."""
+    from safetensors.torch import save_file
+
+    from alexnet.retrieval import INDEX_FORMAT
+
+    index = tmp_path / "index.safetensors"
+    meta = {"format": INDEX_FORMAT, "paths": json.dumps(["a.jpg", "b.jpg"]), "classes": "[]", "checkpoint": "null",
+            "preprocess": "{}", key: value}
+    save_file({"features": torch.zeros(2, 16), "labels": torch.zeros(2, dtype=torch.int64)}, str(index), metadata=meta)
+    image = make_image_folder(tmp_path / "imgs", classes=1, per_class=1) / "class0" / "img0.jpg"
+    err = fails(capsys, "retrieve", str(image), "--index", str(index))
+    assert f"{index}: its {key!r} metadata" in err and said in err
+
+
 def test_json_nested_past_the_recursion_limit_is_one_line_naming_the_file(tmp_path, capsys):
     """``[[[[...`` 100,000 deep made json raise RecursionError, an internal error, wherever the package
     reads JSON that came from elsewhere: an export's metadata or config, a run's metrics.jsonl, a

@@ -215,8 +215,8 @@ def load_index(path: str | os.PathLike) -> dict[str, Any]:
     if features.dim() != 2 or tuple(labels.shape) != (len(features),):
         raise DataError(f"{path}: features {tuple(features.shape)} and labels {tuple(labels.shape)} do not make an index")
     out = {"features": features, "labels": labels, **_index_metadata(path, meta, len(features))}
-    out["fingerprint"] = jsonio.loads(meta.get("fingerprint", "null"))  # absent in indexes of 0.x before it: not checked
-    out["precision"] = jsonio.loads(meta.get("precision", "null"))
+    out["fingerprint"] = _optional_text(path, meta, "fingerprint")  # absent in indexes of 0.x before it: not checked
+    out["precision"] = _optional_text(path, meta, "precision")
     if out["precision"] is None and out["fingerprint"] is None:  # 'features' took --amp only after it kept digests
         out["precision"] = "float32"  # (747d03c, then b3e738d): an index without either is float32's
     try:  # absent in indexes from before it: nothing is checked
@@ -225,6 +225,18 @@ def load_index(path: str | os.PathLike) -> dict[str, Any]:
         out["stamps"] = None
     out["preprocess"] = Preprocess.from_dict(out["preprocess"], mean_image, str(path))
     return out
+
+
+def _optional_text(path: Path, meta: dict[str, str], key: str) -> str | None:
+    """An index's string-valued metadata entry that older indexes lack (None); DataError naming the
+    file where it is not a JSON string (a damaged or hand-made index), not an internal error."""
+    try:
+        value = jsonio.loads(meta.get(key, "null"))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: its {key!r} metadata is not valid JSON ({e.msg}); write it again with 'alexnet features'") from None
+    if not isinstance(value, (str, type(None))):
+        raise DataError(f"{path}: its {key!r} metadata is a {type(value).__name__}, not what 'alexnet features' writes")
+    return value
 
 
 def _index_metadata(path: Path, meta: dict[str, str], rows: int) -> dict[str, Any]:
