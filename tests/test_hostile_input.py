@@ -782,6 +782,52 @@ def test_json_nested_past_the_recursion_limit_is_one_line_naming_the_file(tmp_pa
     assert "'paths' metadata is not valid JSON (nested too deeply)" in fails(capsys, "retrieve", str(image), "--index", str(index))
 
 
+def _damage_pack(pack: Path, how: str) -> None:
+    """Damage a packed folder's index or files the way ``how`` says."""
+    index = json.loads((pack / "index.json").read_text())
+    train = index["splits"]["train"]
+    if how == "size":
+        index["size"] = "67"
+    elif how == "no splits":
+        del index["splits"]
+    elif how == "shards":
+        train["shards"] = 5
+    elif how == "outside":
+        train["shards"][0][0] = "../elsewhere/" + train["shards"][0][0]
+    elif how == "no stats":
+        del index["stats"]
+    elif how == "shard shape":
+        np.save(pack / train["shards"][0][0], np.zeros((train["shards"][0][1], 3, 8, 8), dtype=np.uint8))
+    elif how == "pickled labels":
+        np.save(pack / train["labels"], np.array([None] * train["count"], dtype=object), allow_pickle=True)
+    elif how == "labels out of range":
+        np.save(pack / train["labels"], np.full(train["count"], 99))
+    (pack / "index.json").write_text(json.dumps(index))
+
+
+@pytest.mark.parametrize(("how", "said"), [
+    ("size", "index.json: damaged packed index: its size is '67'"), ("no splits", "index.json: damaged packed index: it lists no train"),
+    ("shards", "index.json: damaged packed index: its train split's shards"), ("outside", "its train split's shards"),
+    ("no stats", "index.json: damaged packed index: its stats"),
+    ("shard shape", "train-00000.npy: holds uint8 images of shape (6, 3, 8, 8)"),
+    ("pickled labels", "train-labels.npy: unreadable labels of a packed data set"),
+    ("labels out of range", "train-labels.npy: labels outside 0..1 (the pack's 2 classes): 6 of 6, e.g. 99"),
+])
+def test_a_damaged_or_crafted_pack_is_one_line(tmp_path, capsys, how, said):
+    """A pack's index.json and files were used as read: a string size, a missing entry, shards of
+    another shape or pickled labels were internal errors (TypeError, KeyError, ValueError), a shard
+    named ../elsewhere/... was read from outside the pack, labels past the classes said no class trained."""
+    from alexnet.data.packed import prepare
+
+    prepare(make_image_folder(tmp_path / "imgs", classes=2, per_class=3), tmp_path / "pack", size=67, show_progress=False)
+    (tmp_path / "elsewhere").mkdir()
+    shutil.copy(tmp_path / "pack" / "train-00000.npy", tmp_path / "elsewhere")
+    _damage_pack(tmp_path / "pack", how)
+    err = fails(capsys, "train", "--data", str(tmp_path / "pack"), "--out", str(tmp_path / "run"), *TINY, *QUICK,
+                "--model-option", "input_size=67", "--threads", "1")
+    assert said in err and str(tmp_path / "pack") in err
+
+
 def test_no_readable_image_to_score_is_an_error_not_an_accuracy_of_zero(tmp_path):
     """A validation split of unreadable files gave 'val top-1 0.0000', kept as the best checkpoint,
     and evaluate printed '0 images ... top-1 accuracy 0.0000' with exit 0."""

@@ -23,11 +23,12 @@ import torch
 
 from .. import jsonio, runfolder
 from ..atomic import check_writable, signals_held
+from ..checks import is_whole
 from ..errors import DataError, check_labels
 from ..runtime import progress, versions
 from .folder import BAD_FILES_NAME, BadFiles, class_name, collate
 from .sources import PACKED_INDEX, SHARD, check_out_of_images, each_batch, open_folder_splits
-from .stats import StatsAccumulator, cache_key, save_npy, save_stats
+from .stats import StatsAccumulator, cache_key, save_npy, save_stats, stats_damage
 
 FORMAT = "alexnet-packed-1"
 
@@ -38,11 +39,46 @@ def read_index(root: str | os.PathLike) -> dict[str, Any]:
         index = jsonio.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise DataError(f"{path}: unreadable packed index ({e})") from None
+    if not isinstance(index, dict):
+        raise DataError(f"{path}: not a packed data set written by 'alexnet prepare' (a JSON {type(index).__name__})")
     if index.get("format") != FORMAT:
         raise DataError(f"{path}: not a packed data set written by 'alexnet prepare' (format {index.get('format')!r})")
+    _check_index(index, path)
     if isinstance(index.get("classes"), list):  # packed on another machine, or before names were NFC
         index["classes"] = [class_name(c) if isinstance(c, str) else c for c in index["classes"]]
     return index
+
+
+def _check_index(index: dict[str, Any], path: Path) -> None:
+    """DataError naming ``path`` unless ``index`` has the entries the readers use, of the types
+    'alexnet prepare' writes, and names files of its own folder only (no ``../``): a damaged or
+    hand-made index was an internal error (KeyError, TypeError), or read .npy files elsewhere."""
+    def plain(name: Any) -> bool:
+        return isinstance(name, str) and name not in ("", ".", "..") and Path(name).name == name and "\\" not in name
+
+    why = None
+    if not is_whole(index.get("size"), 1):
+        why = f"its size is {index.get('size')!r}, not a whole number of pixels"
+    elif not isinstance(index.get("classes"), list) or not index["classes"] or not all(isinstance(c, str) for c in index["classes"]):
+        why = "its classes are not a list of names"
+    elif not isinstance(index.get("splits"), dict) or "train" not in index["splits"]:
+        why = "it lists no train split"
+    elif not isinstance(index.get("stats"), dict) or not plain(index["stats"].get("mean_image")):
+        why = "its stats name no mean image of the folder"
+    else:
+        damage = stats_damage(index["stats"], path.parent, (3, index["size"], index["size"]))
+        why = f"its stats: {damage}" if damage else None
+    for split, info in index.get("splits", {}).items() if why is None else ():
+        shards = info.get("shards") if isinstance(info, dict) else None
+        if not isinstance(shards, list) or not all(isinstance(s, list) and len(s) == 2 and plain(s[0]) and is_whole(s[1], 0)
+                                                   for s in shards):
+            why = f"its {split} split's shards are not a list of [file name, image count]"
+        elif not plain(info.get("labels")):
+            why = f"its {split} split's labels are not a file name of the folder"
+        if why:
+            break
+    if why:
+        raise DataError(f"{path}: damaged packed index: {why}; run 'alexnet prepare' again")
 
 
 class PackedDataset(torch.utils.data.Dataset):
@@ -57,19 +93,20 @@ class PackedDataset(torch.utils.data.Dataset):
         info = index["splits"][split]
         self.shards = [(self.root / name, n) for name, n in info["shards"]]
         self.starts = np.cumsum([0] + [n for _, n in self.shards])  # each shard's first index, then the total
-        self.labels = _labels(self.root / info["labels"], len(index.get("classes") or []))
+        self.labels = _labels(self.root / info["labels"], len(index["classes"]))
         if len(self.labels) != self.starts[-1]:
             raise DataError(f"{self.root}: {split} has {len(self.labels)} labels but {self.starts[-1]} images")
         self.size = index["size"]
         self.digest = info.get("digest")  # of its files' relative paths; None in a pack from before it was kept
-        self._maps: list[np.ndarray] | None = None  # opened lazily: memmaps must not be pickled to workers
+        self._maps: list[np.ndarray] | None = None  # not pickled to workers, which open them again
+        self._arrays()  # here: a shard of another shape is refused before training starts
 
     def __len__(self) -> int:
         return int(self.starts[-1])
 
     def _arrays(self) -> list[np.ndarray]:
         if self._maps is None:
-            self._maps = [_shard(path) for path, _ in self.shards]
+            self._maps = [_shard(path, (n, 3, self.size, self.size)) for path, n in self.shards]
         return self._maps
 
     def __getstate__(self):
@@ -94,15 +131,19 @@ class PackedDataset(torch.utils.data.Dataset):
         return images[0], int(labels[0]), int(index[0])
 
 
-def _shard(path: Path) -> np.ndarray:
+def _shard(path: Path, shape: tuple[int, ...]) -> np.ndarray:
     """A shard's images, memory-mapped (a plain ndarray view: np.memmap's indexing costs a subclass
-    object per image read); else DataError naming the shard."""
+    object per image read), of the index's ``shape`` in bytes; else DataError naming the shard."""
     try:
-        return np.load(path, mmap_mode="r").view(np.ndarray)
+        images = np.load(path, mmap_mode="r").view(np.ndarray)
     except OSError as e:
         raise DataError(f"{path}: cannot open this shard of the pack ({e.strerror or e})") from None
     except ValueError:  # numpy's message offers allow_pickle, which no command takes
         raise DataError(f"{path}: not a shard of images as 'alexnet prepare' writes them; prepare the pack again") from None
+    if images.shape != shape or images.dtype != np.uint8:
+        raise DataError(f"{path}: holds {images.dtype} images of shape {images.shape}, not the index's "
+                        f"{shape[0]} of {'x'.join(map(str, shape[1:]))} bytes; prepare the pack again")
+    return images
 
 
 def _labels(path: Path, classes: int) -> np.ndarray:

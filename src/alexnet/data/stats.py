@@ -182,7 +182,7 @@ def save_stats(stats: dict[str, Any], json_path: Path, mean_path: Path, extra: d
 _TABLES = {"pixel_mean": (3,), "pixel_std": (3,), "eigvals": (3,), "covariance": (3, 3), "eigvecs": (3, 3)}
 
 
-def _damage(meta: Any, folder: Path, shape: tuple[int, ...] | None) -> str | None:
+def stats_damage(meta: Any, folder: Path, shape: tuple[int, ...] | None) -> str | None:
     """What makes statistics read from a cache unusable (a hand-edited or cut-short file), or None;
     ``shape``: the mean image's, where known."""
     if not isinstance(meta, dict):
@@ -213,7 +213,7 @@ def _damage(meta: Any, folder: Path, shape: tuple[int, ...] | None) -> str | Non
 
 def load_stats(json_path: Path, shape: tuple[int, ...] | None = None) -> tuple[dict[str, Any] | None, str | None]:
     """Statistics saved by :func:`save_stats` (mean image left as its path) and None; (None, None) if
-    absent; (None, what is wrong) if damaged (see :func:`_damage`)."""
+    absent; (None, what is wrong) if damaged (see :func:`stats_damage`)."""
     try:
         meta = jsonio.loads(json_path.read_text())
     except (FileNotFoundError, NotADirectoryError):  # not cached (NotADirectory: the cache folder is a file)
@@ -222,7 +222,7 @@ def load_stats(json_path: Path, shape: tuple[int, ...] | None = None) -> tuple[d
         return None, f"unreadable ({e.strerror or e})"
     except ValueError:
         return None, "not valid JSON: cut short or hand-edited"
-    why = _damage(meta, json_path.parent, shape)
+    why = stats_damage(meta, json_path.parent, shape)
     if why is not None:
         return None, why
     meta["mean_image"] = str(json_path.parent / meta["mean_image"])
