@@ -319,6 +319,21 @@ def test_an_output_folder_inside_the_images_it_reads_is_refused(tmp_path, capsys
     assert main(["prepare", "--data", str(split), "--out", str(split / "packed"), "--size", "32", "--progress", "off"]) == 0
 
 
+def test_a_planted_link_as_the_list_of_unreadable_images_is_not_followed(tmp_path, capsys):
+    """bad_files.txt is appended to, and --out accepts a folder holding only it: a link there
+    (planted, or copied with a run folder) had the unreadable image's line appended to its target."""
+    data = make_image_folder(tmp_path / "imgs", classes=2, per_class=4)
+    (data / "class0" / "broken.jpg").write_bytes(b"not a jpeg")
+    victim = tmp_path / "bashrc"
+    victim.write_text("mine\n")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "bad_files.txt").symlink_to(victim)
+    err = fails(capsys, "train", "--data", str(data), "--out", str(tmp_path / "run"), *TINY, *QUICK, "--threads", "1")
+    assert err == f"alexnet: error: {tmp_path / 'run' / 'bad_files.txt'}: a symbolic link, not a list of unreadable images: " \
+                  "not followed (remove it)"
+    assert victim.read_text() == "mine\n"
+
+
 def test_a_run_folder_given_as_a_checkpoint_names_its_checkpoints(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()

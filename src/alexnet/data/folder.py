@@ -4,6 +4,7 @@ surviving the broken files every real image collection has."""
 from __future__ import annotations
 
 import collections
+import errno
 import functools
 import io
 import math
@@ -293,6 +294,13 @@ def not_images(others: list[str]) -> str:
     return f"{counted(len(others), 'file')} of other kinds: {listed}; it reads {' '.join(IMAGE_EXTENSIONS)}"
 
 
+def _log_fd(path: Path, flags: int) -> int:
+    """A descriptor of the list of unreadable images that never follows a symbolic link (OSError
+    ELOOP there): a link planted in a run folder, or copied with one, had lines appended to its
+    target (``bad_files.txt -> ~/.bashrc``)."""
+    return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0), 0o666)
+
+
 class BadFiles:
     """Where unreadable images go: skipped with one warning line each, counted, and listed in
     ``log_path`` (one ``PATH<TAB>REASON`` line each); or, when ``strict``, a DataError at the first.
@@ -314,7 +322,7 @@ class BadFiles:
         if self.log_path is None:
             return {}
         try:
-            with self.log_path.open("rb") as f:
+            with open(_log_fd(self.log_path, os.O_RDONLY), "rb") as f:
                 if os.fstat(f.fileno()).st_size < self._read:  # another list since: read it whole
                     self._read, self._entries = 0, {}
                 f.seek(self._read)
@@ -343,7 +351,14 @@ class BadFiles:
         self.seen[path] = reason
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            with self.log_path.open("a", encoding="utf-8", errors="surrogateescape") as f:  # one short append: atomic enough
+            try:
+                fd = _log_fd(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+            except OSError as e:
+                if e.errno != errno.ELOOP:
+                    raise
+                raise DataError(f"{self.log_path}: a symbolic link, not a list of unreadable images: not followed "
+                                "(remove it)") from None
+            with open(fd, "a", encoding="utf-8", errors="surrogateescape") as f:  # one short append: atomic enough
                 f.write(f"{path}\t{reason}\n")
         say(f"warning: skipping unreadable image {path}: {reason}")  # above an evaluate bar, not on its line
 
