@@ -277,6 +277,26 @@ def test_names_that_the_locale_cannot_encode_are_printed_escaped(tmp_path, local
     assert b"/" + folder + b"/img0.jpg  (true: \\u65e5\\u672c \\u72ac)" in r.stdout, r.stdout.decode(errors="replace")
 
 
+def test_names_with_escape_sequences_reach_the_terminal_escaped(tmp_path, capsys):
+    """Class and file names are printed by predict, retrieve, warnings and errors: ESC[2J in one
+    cleared the user's terminal, ESC]0;...BEL retitled it, a newline started a line of its own."""
+    red, two = "\x1b[31mred\x1b[0m", "two\nlines"
+    ckpt = torch.load(tiny_checkpoint(tmp_path / "c.pt", classes=2), weights_only=True)
+    ckpt["classes"] = [red, two]
+    save_atomic(ckpt, tmp_path / "c.pt")
+    data = make_image_folder(tmp_path / "imgs", classes=2, per_class=1)
+    (data / "class0").rename(data / red)
+    (data / red / "\x1b]0;pwned\x07.jpg").write_bytes(b"not a jpeg")
+    assert main(["predict", "--checkpoint", str(tmp_path / "c.pt"), str(data / red / "img0.jpg"),
+                 str(data / red / "\x1b]0;pwned\x07.jpg"), "--progress", "off", "--threads", "1"]) == 0
+    out, err = capsys.readouterr()
+    assert "\x1b" not in out + err and "\x07" not in err and "two\n" not in out
+    assert "\\x1b[31mred\\x1b[0m/img0.jpg  (true: \\x1b[31mred\\x1b[0m)" in out and "two\\x0alines" in out
+    assert "warning: skipping" in err and "\\x1b]0;pwned\\x07.jpg: cannot read" in err
+    err = fails(capsys, "evaluate", "--checkpoint", str(tmp_path / "\x1b[2Jgone.pt"))
+    assert "\x1b" not in err and "\\x1b[2Jgone.pt" in err
+
+
 def test_image_bytes_are_capped(tmp_path, monkeypatch):
     import alexnet.data.folder as folder
 

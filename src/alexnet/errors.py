@@ -4,6 +4,17 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_CONTROL_OR_LINE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def terminal_text(text: str, one_line: bool = False) -> str:
+    """``text`` for a terminal: control characters as ``\\xNN``, so that a file or class named with an
+    escape sequence (``ESC[2J``, ``ESC]0;title BEL``) cannot clear, recolour or retitle the terminal,
+    or a carriage return overwrite what was printed; ``one_line`` escapes newlines and tabs too (a
+    name printed on a line of its own)."""
+    return (_CONTROL_OR_LINE if one_line else _CONTROL).sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
 
 class AlexNetError(Exception):
     """Base class: a user-facing error with a message that names the problem."""

@@ -17,7 +17,7 @@ from typing import TextIO
 import numpy as np
 import torch
 
-from .errors import ConfigError
+from .errors import ConfigError, terminal_text
 
 
 def versions() -> dict[str, str]:
@@ -285,6 +285,7 @@ def say(line: str) -> None:
 
     from tqdm.std import tqdm
 
+    line = terminal_text(line)  # names in it (an unreadable image's) may hold escape sequences
     if multiprocessing.parent_process() is not None:
         sys.stderr.write((_blank_bars(tqdm) if _PARENT_BARS is None else _PARENT_BARS) + line + "\n")
         sys.stderr.flush()

@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Iterator
 
-from ..errors import AlexNetError, Interrupted, StoppedAtOnce
+from ..errors import AlexNetError, Interrupted, StoppedAtOnce, terminal_text
 from .options import build_parser
 
 # Commands that run the network on batches: big tensors are allocated and freed every step.
@@ -49,10 +49,10 @@ def _warning_line(message, category, filename, lineno, line=None) -> str:
     progress bar is drawn: Python's showwarning appended it to the bar's line ('...batch/s]warning:
     Corrupt EXIF data...' for a camera's JPEG decoded with --workers 0). The bar is redrawn below it."""
     if "tqdm.std" not in sys.modules:  # no bar is drawn before tqdm is imported (nor torch, for runtime)
-        return f"warning: {message}\n"
+        return f"warning: {terminal_text(str(message))}\n"
     from ..runtime import drawn_bars_blank
 
-    return drawn_bars_blank() + f"warning: {message}\n"
+    return drawn_bars_blank() + f"warning: {terminal_text(str(message))}\n"
 
 
 def _import_torch() -> None:
@@ -164,14 +164,14 @@ def _run(args: argparse.Namespace) -> int:
             # Rank 0 stops with this same error and says it. A second failure would race it: torchrun
             # stops the other ranks at the first one it sees, maybe before rank 0 has said anything.
             return 0
-        print(f"alexnet: error: {e}", file=sys.stderr)
+        print(f"alexnet: error: {terminal_text(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("alexnet: interrupted", file=sys.stderr)
         return 130
     except OSError as e:  # disk full, permissions, ...
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
-        print(f"alexnet: error: {e.strerror or e}{where}", file=sys.stderr)
+        print(terminal_text(f"alexnet: error: {e.strerror or e}{where}"), file=sys.stderr)
         return 1
     except Exception as e:  # a bug: one line by default, the traceback on request
         if os.environ.get("ALEXNET_DEBUG"):
@@ -181,7 +181,7 @@ def _run(args: argparse.Namespace) -> int:
             print(f"alexnet: error: --compile failed ({reason}); run without --compile (set ALEXNET_DEBUG=1 for the "
                   "traceback)", file=sys.stderr)
             return 2
-        print(f"alexnet: internal error: {type(e).__name__}: {e} (set ALEXNET_DEBUG=1 for the traceback)", file=sys.stderr)
+        print(terminal_text(f"alexnet: internal error: {type(e).__name__}: {e} (set ALEXNET_DEBUG=1 for the traceback)"), file=sys.stderr)
         return 1
     finally:
         # A distributed run's DDP wrapper holds its process group and sits in reference cycles

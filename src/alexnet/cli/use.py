@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..errors import terminal_text
 from .common import _check_output, _progress_flag, _same_folder
 
 if TYPE_CHECKING:  # for annotations only: the commands import what they need when they run
@@ -218,10 +219,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(json.dumps(results))
     else:
         for r in results:
-            truth = f"  (true: {r['label']})" if r["label"] is not None else ""
-            print(f"{r['path']}{truth}")
+            truth = f"  (true: {terminal_text(r['label'], one_line=True)})" if r["label"] is not None else ""
+            print(f"{terminal_text(r['path'], one_line=True)}{truth}")
             for t in r["top"]:
-                print(f"  {t['probability']:7.2%}  {t['class']}")
+                print(f"  {t['probability']:7.2%}  {terminal_text(t['class'], one_line=True)}")
     if args.figure:
         print(f"figure: {args.figure}", file=sys.stderr)
     return 0
@@ -271,7 +272,8 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
         print(json.dumps(hits))
     else:
         for h in hits:
-            print(f"{h['distance']:10.4f}  {h['path']}" + (f"  ({h['label']})" if h["label"] else ""))
+            label = f"  ({terminal_text(h['label'], one_line=True)})" if h["label"] else ""
+            print(f"{h['distance']:10.4f}  {terminal_text(h['path'], one_line=True)}{label}")
     if args.figure:
         _retrieval_figure(args.image, hits, model.preprocess, args.figure, args.index)
     return 0
