@@ -158,6 +158,16 @@ def test_plateau_schedule_on_scripted_errors():
     assert again.state_dict() == sched.state_dict()
 
 
+def test_plateau_schedule_measures_improvement_afresh_after_a_reduction():
+    """After a reduction the error it was cut at is the one to beat ("stopped improving with the
+    current learning rate"): 0.55 after a cut at 0.6 is progress at the new rate though worse than
+    the 0.5 of the old one, so the next cut waits two epochs without progress from there."""
+    sched = PlateauSchedule(patience=2, factor=0.1, max_reductions=3)
+    events = [sched.step(e) for e in [0.5, 0.6, 0.6, 0.55, 0.56, 0.57]]
+    assert events == [None, None, "reduce", None, None, "reduce"]
+    assert sched.best == 0.57 and sched.reductions == 2 and sched.scale == pytest.approx(1e-2)
+
+
 def _stalling_run(data, out, epochs: int, max_reductions: int) -> list[str]:
     """train's arguments for a plateau run at a rate too small to change a prediction: its
     validation error stalls every epoch, so patience 1 cuts the rate after each."""
