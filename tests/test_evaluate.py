@@ -230,15 +230,18 @@ def test_predict_top_k_true_label_and_figure(tmp_path, capsys):
     for r in got:
         assert r["label"] == Path(r["path"]).parent.name
         assert len(r["top"]) == 2 and r["top"][0]["probability"] >= r["top"][1]["probability"]
-    # The probabilities are the model's softmax on the centre crop.
+    # Each image's top 2 (class, index, probability) are the model's float64 softmax on the centre crop.
     import alexnet
 
-    model = alexnet.load(ckpt)
-    img = ImageFolderDataset(folder, 76, 76)[0][0].double()[:, 4:71, 4:71]
-    x = (img - torch.tensor(PRE["mean"]).double().reshape(3, 1, 1)) / torch.tensor(PRE["std"]).double().reshape(3, 1, 1)
-    with torch.no_grad():
-        p = torch.softmax(model.double()(x[None]), 1)[0]
-    assert got[0]["top"][0]["probability"] == pytest.approx(float(p.max()), rel=1e-4)
+    model = alexnet.load(ckpt).double()
+    dataset = ImageFolderDataset(folder, 76, 76)
+    for k, r in enumerate(got):
+        img = dataset[k][0].double()[:, 4:71, 4:71]
+        x = (img - torch.tensor(PRE["mean"]).double().reshape(3, 1, 1)) / torch.tensor(PRE["std"]).double().reshape(3, 1, 1)
+        with torch.no_grad():
+            want = torch.softmax(model(x[None]), 1)[0].topk(2)
+        assert [(t["class"], t["index"]) for t in r["top"]] == [(f"class{j}", j) for j in want.indices.tolist()], k
+        assert [t["probability"] for t in r["top"]] == pytest.approx(want.values.tolist(), rel=1e-4), k
     assert Image.open(fig).size == (900, 400) and fig.stat().st_size > 1000
     # The suffix names the format (a .jpg held PNG data); one it cannot write is refused before the work.
     jpg = tmp_path / "pred.jpg"
