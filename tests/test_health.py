@@ -32,12 +32,16 @@ def test_layer_life_against_numpy():
 def test_divergence_stops_when_the_window_mean_crosses():
     mon = HealthMonitor(None, num_classes=10, window=4, margin=4.0)
     limit = math.log(10) + 4.0
-    losses = [2.3, 2.3, 9.0, 9.0, 9.0]  # window means: -, -, -, 5.65, 7.3 (> 6.30)
+    losses = [2.3, 2.3, 9.0, 9.0, 4.95]  # window means: -, -, -, 5.65, 6.3125 (> 6.3026, by 0.01)
     for i, loss in enumerate(losses[:4]):
         mon.check(loss, [], f"step {i + 1}")
     assert sum(losses[1:5]) / 4 > limit > sum(losses[:4]) / 4
-    with pytest.raises(UnhealthyRun, match=r"diverged at step 5: 7\.3 .*ln\(10\) = 2\.30 \(a uniform guess\); lower --lr"):
+    with pytest.raises(UnhealthyRun, match=r"diverged at step 5: 6\.3 .*ln\(10\) = 2\.30 \(a uniform guess\); lower --lr"):
         mon.check(losses[4], [], "step 5")
+    # A window mean 0.0026 under the limit (6.3) is no divergence.
+    below = HealthMonitor(None, num_classes=10, window=4, margin=4.0)
+    for i, loss in enumerate([2.3, 9.0, 9.0, 4.9]):
+        below.check(loss, [], f"step {i + 1}")
 
 
 def test_a_loss_far_off_before_any_update_blames_the_weights_not_the_rate():
