@@ -168,6 +168,30 @@ def test_plateau_schedule_measures_improvement_afresh_after_a_reduction():
     assert sched.best == 0.57 and sched.reductions == 2 and sched.scale == pytest.approx(1e-2)
 
 
+def test_an_epochs_train_loss_and_top1_are_its_images_mean_loss_and_accuracy(monkeypatch):
+    """metrics.jsonl's train_loss and train_top1: the mean cross-entropy and the fraction right over
+    the epoch's images (batches of 5, 5 and 3: a mean of batch means would weigh the last one more),
+    against float64 on a network held still (lr_mult 0) and inputs the test makes itself."""
+    from alexnet import epoch
+    from alexnet.config import TrainConfig
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 4))
+    images = torch.randint(0, 256, (13, 3, 2, 2), dtype=torch.uint8)
+    labels = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3, 3, 3, 3, 0, 0])
+    batches = [(images[i : i + 5], labels[i : i + 5], torch.arange(i, min(i + 5, 13))) for i in range(0, 13, 5)]
+    monkeypatch.setattr(epoch, "model_input", lambda x, *args, **kwargs: x.float() / 64)
+    optimizer = torch.optim.SGD([{"params": model.parameters(), "lr_mult": 0.0}], lr=0.0)
+    got = epoch.train_one_epoch(model, optimizer, batches, None, TrainConfig(epochs=1), torch.device("cpu"), None,
+                                torch.amp.GradScaler("cpu", enabled=False), epoch.Position(), show_progress=False)
+    w, b = (t.detach().double() for t in model[1].parameters())
+    logits = images.double().reshape(13, -1) / 64 @ w.T + b
+    want_loss = float(-torch.log_softmax(logits, 1)[torch.arange(13), labels].mean())
+    want_top1 = float((logits.argmax(1) == labels).double().mean())
+    assert got["train_images"] == 13 and 0 < want_top1 < 1
+    assert got["train_loss"] == pytest.approx(want_loss, rel=1e-6) and got["train_top1"] == pytest.approx(want_top1)
+
+
 def _stalling_run(data, out, epochs: int, max_reductions: int) -> list[str]:
     """train's arguments for a plateau run at a rate too small to change a prediction: its
     validation error stalls every epoch, so patience 1 cuts the rate after each."""
