@@ -831,6 +831,27 @@ def test_foreign_pickle_is_refused(tmp_path):
     assert r.returncode != 0 and "Traceback" not in r.stderr and "evil.pt" in r.stderr
 
 
+def test_best_pt_holds_the_epoch_of_the_best_validation_top1(tiny_fmnist, tmp_path, monkeypatch):
+    """best.pt is the epoch whose validation top-1 is the highest (the first of equals), not the
+    latest: validation scripted to 0.25, 0.75, 0.5, 0.75 keeps epoch 2 in best.pt, epoch 4 in last.pt."""
+    import alexnet.train as train_mod
+
+    scripted = iter([0.25, 0.75, 0.5, 0.75])
+    real = train_mod.evaluate
+
+    def scripted_evaluate(*args, **kwargs):
+        top1 = next(scripted)
+        return {**real(*args, **kwargs), "top1": top1, "top1_error": 1 - top1}
+
+    monkeypatch.setattr(train_mod, "evaluate", scripted_evaluate)
+    out = tmp_path / "run"
+    result = fit(_cfg(tiny_fmnist, out, epochs=4, schedule="constant"), log=lambda s: None)
+    best, last = (torch.load(out / name, weights_only=False) for name in ("best.pt", "last.pt"))
+    assert (best["position"]["epoch"], last["position"]["epoch"]) == (2, 4)
+    assert result["best_val_top1"] == best["best_val_top1"] == last["best_val_top1"] == 0.75
+    assert not torch.equal(best["model"]["fc8.weight"], last["model"]["fc8.weight"])
+
+
 def test_fine_tuning_keeps_frozen_layers(tiny_fmnist, tmp_path, monkeypatch):
     """Python's fit takes the layers as a tuple too, and names its run folder by a path that still
     holds after a change of folder."""
