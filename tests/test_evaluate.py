@@ -607,6 +607,33 @@ def test_curves_tick_whole_epochs(tmp_path, monkeypatch, epochs):
     plt.close(drawn[0])
 
 
+def test_curves_draw_each_panel_from_its_metrics(tmp_path, monkeypatch):
+    """curves.png's lines are metrics.jsonl's numbers: losses on the first panel, top-1 and top-5
+    errors on the second (the training one as 1 - train_top1), the rate on the third."""
+    import matplotlib.pyplot as plt
+
+    drawn = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path: drawn.append(fig) or Path(path))
+    records = [{"epoch": e, "train_loss": 2.0 / e, "val_loss": 2.5 / e, "train_top1": 0.1 * e, "val_top1_error": 0.9 - 0.15 * e,
+                "val_top5_error": 0.6 - 0.1 * e, "lr": 0.01 / e} for e in (1, 2, 3)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    figures.plot_curves(tmp_path)
+    panels = [{line.get_label(): line for line in ax.get_lines()} for ax in drawn[0].axes[:3]]
+    want = [{"train": [r["train_loss"] for r in records], "validation": [r["val_loss"] for r in records]},
+            {"train top-1": [1 - r["train_top1"] for r in records], "val top-1": [r["val_top1_error"] for r in records],
+             "val top-5": [r["val_top5_error"] for r in records]},
+            {None: [r["lr"] for r in records]}]
+    for panel, lines in zip(panels, want):
+        if None in lines:  # the rate's panel: one unlabelled line
+            assert len(panel) == 1
+            panel = {None: next(iter(panel.values()))}
+        assert set(panel) == set(lines)
+        for label, ys in lines.items():
+            assert list(panel[label].get_xdata()) == [1, 2, 3], label
+            assert list(panel[label].get_ydata()) == pytest.approx(ys, rel=1e-12), label
+    plt.close(drawn[0])
+
+
 def test_bad_input_one_line(tmp_path, capsys):
     folder = make_image_folder(tmp_path / "imgs", classes=3, per_class=1)
     (tmp_path / "random.pt").write_bytes(bytes(range(256)) * 8)
