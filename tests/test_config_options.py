@@ -502,3 +502,20 @@ def test_a_replays_precision_is_resolved_on_the_towers_device(monkeypatch):
     assert _amp_name(cfg) == "float16"  # one device: --device's
     towers = resolve_config(None, {"amp": "fp16", "device": "cuda", "tower_devices": ["cpu", "cpu"]})
     assert _amp_name(towers) is None  # fp16 on the CPU towers: fit refuses it in one line, no note here
+
+
+def test_an_unknown_data_preset_names_its_option_or_key(tmp_path, capsys):
+    """'--data-preset foo' said 'data preset: unknown preset ...', naming neither the flag nor the
+    config file's key. Its choices are declared with the option; they are the recipes data.presets has."""
+    from alexnet.data.presets import PRESETS
+
+    declared = {f.name: f for f in dataclasses.fields(TrainConfig)}["data_preset"].metadata["choices"]
+    assert set(declared) == set(PRESETS)
+    with pytest.raises(SystemExit):
+        main(["train", "--data-preset", "foo", "--out", str(tmp_path / "run")])
+    assert "argument --data-preset: invalid choice: 'foo'" in capsys.readouterr().err
+    (tmp_path / "c.toml").write_text('data_preset = "foo"\n')
+    assert main(["train", "--config", str(tmp_path / "c.toml"), "--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err.strip() == (f"alexnet: error: --config {tmp_path / 'c.toml'}: data_preset must be one of "
+                                               "photos, paper, torchvision, fashion_mnist, cifar, got 'foo'")
+    assert not (tmp_path / "run").exists()

@@ -80,8 +80,8 @@ class TrainConfig:
                                 check=AT_LEAST_1, flag="--patience")
     plateau_max_reductions: int = opt(3, "plateau schedule: stop after this many reductions stall",
                                       check=NON_NEGATIVE, flag="--max-reductions")
-    data_preset: str | None = opt(None, "preprocessing recipe: photos, paper, torchvision, fashion_mnist or cifar "
-                                  "(default: the data's own)")
+    data_preset: str | None = opt(None, "preprocessing recipe (default: the data's own)",
+                                  choices=("photos", "paper", "torchvision", "fashion_mnist", "cifar"))
     strict: bool = opt(False, "stop at the first unreadable image instead of skipping it")
     seed: int = opt(0, "seed of the initialisation, the data order, augmentation and dropout", check=SEED_RANGE)
     workers: int = opt(4, "data-loading worker processes", check=NON_NEGATIVE)
