@@ -375,7 +375,8 @@ class BadFiles:
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
-    """Any PIL mode -> 8-bit RGB: 16/32-bit integer greyscale scaled (not clipped) to 0-255, float
+    """Any PIL mode -> 8-bit RGB: 16/32-bit integer greyscale scaled from 0-65535 (from 0-255 where no
+    value is above 255; a 32-bit value above 65535 is clipped) to 0-255, float
     greyscale of 0-1 (a 32-bit float TIFF's convention) scaled from 0-1, alpha and palette transparency
     dropped, CMYK / greyscale / palette / YCbCr converted."""
     if img.mode == "RGB":
@@ -577,8 +578,9 @@ def _upright(img: Image.Image) -> Image.Image:
 
 
 def to_luma(images: torch.Tensor) -> torch.Tensor:
-    """RGB uint8 (..., 3, H, W) -> (..., 1, H, W): the ITU-R 601 luma, as PIL's "L" mode, for
-    one-channel models (Fashion-MNIST) shown photos."""
+    """RGB uint8 (..., 3, H, W) -> (..., 1, H, W): the ITU-R 601 luma, for one-channel models
+    (Fashion-MNIST) shown photos. PIL's "L" conversion computes it in fixed point: 1 grey level
+    apart on 9,443 of the 16.7 million colours (0.06 %), equal on the others."""
     r, g, b = images.double().unbind(-3)
     return (r * 0.299 + g * 0.587 + b * 0.114).round().clamp(0, 255).to(torch.uint8).unsqueeze(-3)
 
