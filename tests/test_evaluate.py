@@ -79,7 +79,7 @@ def test_ten_crop_evaluation_against_independent_computation(tmp_path, capsys, m
         ckpt_data["preprocess"] = dict(PRE, mean_image=image_mean)
         save_atomic(ckpt_data, ckpt)
     got = cli_json(capsys, "evaluate", "--checkpoint", str(ckpt), "--data", str(folder), "--ten-crop", "--json",
-                   "--progress", "off", "--amp", "none")
+                   "--progress", "off", "--amp", "none", "--out", str(tmp_path / "ev"))
 
     # Independent: explicit crop coordinates, float64 normalisation, one image at a time.
     import alexnet
@@ -89,6 +89,7 @@ def test_ten_crop_evaluation_against_independent_computation(tmp_path, capsys, m
     mean, std = pre_float64()
     c1 = c5 = 0
     nll = 0.0
+    confusion = [[0] * 3 for _ in range(3)]
     for image, label, _ in (ds[i] for i in range(len(ds))):
         s, n = 67, 76
         crops = []
@@ -103,7 +104,10 @@ def test_ten_crop_evaluation_against_independent_computation(tmp_path, capsys, m
         c1 += ranked[0] == label
         c5 += label in ranked[:5]
         nll -= math.log(float(p[label]))
+        confusion[label][ranked[0]] += 1
     assert got["images"] == len(ds) == 9
+    table = (tmp_path / "ev" / "confusion.csv").read_text().splitlines()[1:]  # rows: true classes; columns: predicted
+    assert [[int(v) for v in row.split(",")[1:]] for row in table] == confusion
     assert got["top1"] == pytest.approx(c1 / 9) and got["top5"] == pytest.approx(c5 / 9)
     assert got["loss"] == pytest.approx(nll / 9, rel=1e-4)
     centre = cli_json(capsys, "evaluate", "--checkpoint", str(ckpt), "--data", str(folder), "--json", "--amp", "none")
