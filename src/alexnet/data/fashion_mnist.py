@@ -42,7 +42,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
             if layout is None:
                 raise DataError(f"{path}: not an IDX file (bad magic number)")
             shape, dtype, offset = layout
-            expected = math.prod(shape) * dtype.itemsize  # Python's ints: a header of 2**32-sized dimensions cannot wrap
+            expected = _data_bytes(shape, dtype)
             if opener is open and os.path.getsize(path) - offset != expected:
                 got = os.path.getsize(path) - offset
             else:
@@ -55,6 +55,12 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     if got > expected:
         raise DataError(f"{path}: more data than its IDX header declares ({expected} bytes of shape {shape}): not an IDX file")
     return np.frombuffer(data, dtype=dtype).reshape(shape)
+
+
+def _data_bytes(shape: tuple[int, ...], dtype: np.dtype) -> int:
+    """The bytes of an IDX file's data, after its header: in Python's ints, so that a header of
+    2**32-sized dimensions cannot wrap as numpy's product did."""
+    return math.prod(shape) * dtype.itemsize
 
 
 def _read_at_most(f: IO[bytes], n: int) -> bytes:
@@ -166,7 +172,7 @@ def _remove_cut_short(raw: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
             with open(path, "rb") as f:
                 layout = _idx_layout(f.read(1024))  # at most 255 dimensions of 4 bytes
-            if layout is None or os.path.getsize(path) != layout[2] + math.prod(layout[0]) * layout[1].itemsize:
+            if layout is None or os.path.getsize(path) != layout[2] + _data_bytes(*layout[:2]):
                 path.unlink()
 
 
