@@ -565,3 +565,41 @@ def test_a_commands_positionals_may_follow_its_options():
         with pytest.raises(SystemExit) as e:
             parser.parse_args(words)
         assert e.value.code == 2, words
+
+
+class _Writes:
+    """A stderr that keeps each write apart, as the pipe that the ranks of a torchrun run share does."""
+
+    def __init__(self) -> None:
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        if text:  # an empty write puts nothing on the pipe
+            self.writes.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("error", [alexnet.errors.Interrupted("interrupted at epoch 1, step 2; saved r/last.pt"),
+                                   alexnet.ConfigError("--lr must be positive"), OSError(28, "No space left on device"),
+                                   RuntimeError("a bug"), KeyboardInterrupt()])
+def test_a_failure_is_one_line_in_one_write(monkeypatch, error):
+    """Every rank of an interrupted torchrun run says where it stopped, on one stderr: printed as text
+    then newline, two ranks' lines came out run together ('... --nproc 2alexnet: interrupted at epoch
+    1 ...'; CI, test_ctrl_c_on_one_rank_stops_every_rank_at_the_same_step). Each line is one write."""
+    import argparse
+
+    from alexnet.cli import _run
+    from alexnet.runtime import say
+
+    def fails(args):
+        raise error
+
+    err = _Writes()
+    monkeypatch.setattr(sys, "stderr", err)
+    code = _run(argparse.Namespace(command="summary", func=fails))
+    say("warning: a rank's warning")
+    assert code in (1, 2, 130) and len(err.writes) == 2, err.writes
+    assert all(w.startswith(("alexnet: ", "warning: ")) and w.endswith("\n") and w.count("\n") == 1 for w in err.writes), err.writes

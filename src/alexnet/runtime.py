@@ -290,7 +290,7 @@ def say(line: str) -> None:
         sys.stderr.write((_blank_bars(tqdm) if _PARENT_BARS is None else _PARENT_BARS) + line + "\n")
         sys.stderr.flush()
         return
-    tqdm.write(line, file=sys.stderr)
+    tqdm.write(line + "\n", file=sys.stderr, end="")  # one write: ranks sharing stderr keep their lines whole
     sys.stderr.flush()
 
 

@@ -135,6 +135,14 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args)
 
 
+def _line(text: str) -> None:
+    """``text`` and its newline on stderr in one write (print writes them apart): the ranks of a
+    torchrun run share the stream, and two ranks' lines came out run together ('... --nproc
+    2alexnet: interrupted at ...'). A pipe keeps a write of up to 4 KiB whole."""
+    sys.stderr.write(terminal_text(text) + "\n")
+    sys.stderr.flush()
+
+
 def _run(args: argparse.Namespace) -> int:
     """Run the command of ``args``: its exit status, and a failure as one line on stderr."""
     try:
@@ -151,37 +159,36 @@ def _run(args: argparse.Namespace) -> int:
         return code
     except BrokenPipeError as e:
         if not _stdout_gone():  # another pipe (a worker's, a subprocess's): an error like any other
-            print(f"alexnet: error: {e.strerror or e}", file=sys.stderr)
+            _line(f"alexnet: error: {e.strerror or e}")
             return 1
         # 'alexnet models | head -1': the reader went away; stop quietly, as cat does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
         return 141
     except (Interrupted, StoppedAtOnce) as e:
-        print(f"alexnet: {e}", file=sys.stderr)
+        _line(f"alexnet: {e}")
         return 130
     except AlexNetError as e:
         if getattr(e, "every_rank", False) and os.environ.get("RANK", "0") != "0":
             # Rank 0 stops with this same error and says it. A second failure would race it: torchrun
             # stops the other ranks at the first one it sees, maybe before rank 0 has said anything.
             return 0
-        print(f"alexnet: error: {terminal_text(str(e))}", file=sys.stderr)
+        _line(f"alexnet: error: {e}")
         return 2
     except KeyboardInterrupt:
-        print("alexnet: interrupted", file=sys.stderr)
+        _line("alexnet: interrupted")
         return 130
     except OSError as e:  # disk full, permissions, ...
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
-        print(terminal_text(f"alexnet: error: {e.strerror or e}{where}"), file=sys.stderr)
+        _line(f"alexnet: error: {e.strerror or e}{where}")
         return 1
     except Exception as e:  # a bug: one line by default, the traceback on request
         if os.environ.get("ALEXNET_DEBUG"):
             raise
         if getattr(args, "compile", None) and type(e).__module__.startswith("torch._"):  # inductor, dynamo
             reason = " ".join(str(e).strip().splitlines()[0].split()) if str(e).strip() else type(e).__name__
-            print(f"alexnet: error: --compile failed ({reason}); run without --compile (set ALEXNET_DEBUG=1 for the "
-                  "traceback)", file=sys.stderr)
+            _line(f"alexnet: error: --compile failed ({reason}); run without --compile (set ALEXNET_DEBUG=1 for the traceback)")
             return 2
-        print(terminal_text(f"alexnet: internal error: {type(e).__name__}: {e} (set ALEXNET_DEBUG=1 for the traceback)"), file=sys.stderr)
+        _line(f"alexnet: internal error: {type(e).__name__}: {e} (set ALEXNET_DEBUG=1 for the traceback)")
         return 1
     finally:
         # A distributed run's DDP wrapper holds its process group and sits in reference cycles
