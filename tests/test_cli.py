@@ -375,7 +375,7 @@ def test_help_gives_defaults_and_prepare_uses_workers_by_default(tmp_path, monke
     assert "--epochs EPOCHS training epochs (default: the preset's: paper 90, photos 30, owt 90, fashion_mnist 5, cifar 15)" in train
     assert "--momentum MOMENTUM SGD momentum (default: 0.9)" in train
     assert "--label-smoothing LABEL_SMOOTHING cross-entropy label smoothing (0: off) (default: the preset's: paper 0.0, photos 0.1" in train
-    assert "--top TOP classes per image (default: 5)" in " ".join(sub["predict"].format_help().split())
+    assert "--top TOP, --top-k TOP, --k TOP classes per image (default: 5)" in " ".join(sub["predict"].format_help().split())
     prepare = sub["prepare"].format_help()
     assert "--workers" in prepare and "--device" not in prepare and "--amp" not in prepare
     seen = {}

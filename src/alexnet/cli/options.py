@@ -192,7 +192,8 @@ def _add_use_commands(sub, common: argparse.ArgumentParser) -> None:
     pr = sub.add_parser("predict", parents=[common], help="top-K classes of your own images")
     pr.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER")
     pr.add_argument("--checkpoint", required=True, help="a checkpoint (.pt) or an exported .safetensors")
-    pr.add_argument("--top", type=_positive_int, default=5, help="classes per image (default: 5)")
+    pr.add_argument("--top", "--top-k", "--k", dest="top", type=_positive_int, default=5,
+                    help="classes per image (default: 5); --top-k or --k, as retrieve takes, is the same")
     pr.add_argument("--json", action="store_true", help="print a JSON list, an object per image: path, top (a list of class, "
                     "index, probability), label (the true class its folder names, or null)")
     pr.add_argument("--figure", help="figure file (.png, .pdf, .svg, .jpg): each image with bars for its --top classes, "
@@ -210,7 +211,8 @@ def _add_use_commands(sub, common: argparse.ArgumentParser) -> None:
     rt.add_argument("image", metavar="QUERY_IMAGE")
     rt.add_argument("--index", required=True, help="a file written by 'alexnet features'")
     rt.add_argument("--checkpoint", help="default: the checkpoint the index was built with")
-    rt.add_argument("--k", type=_positive_int, default=6, help="neighbours to list (default: 6)")
+    rt.add_argument("--k", "--top-k", "--top", dest="k", type=_positive_int, default=6,
+                    help="neighbours to list (default: 6); --top-k or --top, as predict takes, is the same")
     rt.add_argument("--json", action="store_true", help="print a JSON list, nearest first: path, distance (Euclidean, in fc7 "
                     "space), label (its class, or null)")
     rt.add_argument("--figure", help="figure file (.png, .pdf, .svg, .jpg): the query and its neighbours (the paper's figure 4, right)")
