@@ -121,7 +121,29 @@ class _Parser(argparse.ArgumentParser):
             close = [m for e in extra if e.startswith("--") for m in difflib.get_close_matches(e.split("=")[0], known, 1)]
             hint = f"; did you mean {' '.join(dict.fromkeys(close))}?" if close else ""
             command.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
+        if hasattr(parsed, "checkpoint_file"):
+            _one_checkpoint(parsed, next((a._name_parser_map[parsed.command] for a in self._actions
+                                          if isinstance(a, argparse._SubParsersAction)), self))
         return parsed
+
+
+def _add_checkpoint(parser: argparse.ArgumentParser, help: str) -> None:
+    """A checkpoint read by the command, as ``--checkpoint FILE`` or as its positional CHECKPOINT (import
+    takes its FILE, visualize curves its RUN_DIR, predict its images so): 'alexnet evaluate run/best.pt'
+    was refused. :func:`_one_checkpoint` makes them one ``checkpoint``, required."""
+    parser.add_argument("checkpoint_file", nargs="?", metavar="CHECKPOINT", help="the checkpoint, as --checkpoint gives it")
+    parser.add_argument("--checkpoint", help=help)
+
+
+def _one_checkpoint(parsed: argparse.Namespace, command: argparse.ArgumentParser) -> None:
+    """``parsed.checkpoint`` from CHECKPOINT or ``--checkpoint``: one of them, once."""
+    typed, parsed.checkpoint = parsed.checkpoint, parsed.checkpoint or parsed.checkpoint_file
+    if typed and parsed.checkpoint_file and parsed.checkpoint_file != typed:
+        command.error(f"CHECKPOINT {parsed.checkpoint_file} and --checkpoint {typed}: give one checkpoint")
+    del parsed.checkpoint_file
+    if not parsed.checkpoint:
+        after = " (files after --ensemble are the ensemble's)" if getattr(parsed, "ensemble", None) else ""
+        command.error(f"the following arguments are required: CHECKPOINT or --checkpoint{after}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -173,7 +195,7 @@ def _add_train(sub, common: argparse.ArgumentParser) -> None:
 def _add_use_commands(sub, common: argparse.ArgumentParser) -> None:
     """The commands that use a trained model: evaluate, predict, features, retrieve, visualize."""
     e = sub.add_parser("evaluate", parents=[common], help="top-1/top-5 accuracy and error of a checkpoint")
-    e.add_argument("--checkpoint", required=True, help="a .pt or .safetensors file from 'alexnet train', 'import' or 'export'")
+    _add_checkpoint(e, "a .pt or .safetensors file from 'alexnet train', 'import' or 'export'")
     e.add_argument("--data", help="data to evaluate on (default: the data set the checkpoint was trained on; needed for imports, "
                    "exports): its val split; a folder without one, the images training held out if the checkpoint "
                    "trained on it (an ensemble: the first checkpoint's; a warning names a member that trained on "
@@ -201,7 +223,7 @@ def _add_use_commands(sub, common: argparse.ArgumentParser) -> None:
     pr.set_defaults(func=cmd_predict)
 
     fe = sub.add_parser("features", parents=[common], help="fc7 features of every image of a folder (an index for 'retrieve')")
-    fe.add_argument("--checkpoint", required=True, help="a checkpoint (.pt) or an exported .safetensors")
+    _add_checkpoint(fe, "a checkpoint (.pt) or an exported .safetensors")
     fe.add_argument("--data", required=True, help="a folder of CLASS/IMAGE files")
     fe.add_argument("--out", required=True, help="index file, NAME.safetensors")
     fe.add_argument("--batch-size", type=_positive_int, default=64, help="images per batch (default: 64)")
@@ -241,7 +263,7 @@ def _add_tool_commands(sub, common: argparse.ArgumentParser) -> None:
 
     ex = sub.add_parser("export", help="write a checkpoint as safetensors (+ JSON), ONNX, torch.export (.pt2), TorchScript "
                         "or torchvision's state dict")
-    ex.add_argument("--checkpoint", required=True)
+    _add_checkpoint(ex, "the checkpoint to write out (.pt or .safetensors)")
     ex.add_argument(
         "--format",
         choices=("safetensors", "onnx", "pt2", "torchscript", "torchvision"),  # export.FORMATS (a test checks), without importing torch
