@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from alexnet.cli.options import build_parser
@@ -44,3 +46,37 @@ def test_a_missing_or_doubled_checkpoint_is_one_line_and_exit_2(argv, said, caps
 def test_an_ensemble_takes_its_first_model_positionally():
     args = build_parser().parse_args(["evaluate", "a.pt", "--ensemble", "b.pt", "c.pt", "--ten-crop"])
     assert (args.checkpoint, args.ensemble, args.ten_crop) == ("a.pt", ["b.pt", "c.pt"], True)
+
+
+def _json_out(capsys, *argv: str):
+    from alexnet.cli import main
+
+    assert main(list(argv)) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1  # one line, as evaluate's, predict's and retrieve's --json
+    return json.loads(out)
+
+
+def test_summary_json_gives_each_layer_and_the_totals(capsys):
+    """evaluate, predict and retrieve had --json; summary, whose table a script reads too, had not.
+    Its figures against the paper's network computed here in Python ints."""
+    got = _json_out(capsys, "summary", "--json")
+    assert (got["model"], got["input"], got["num_classes"]) == ("alexnet_paper", [3, 224, 224], 1000)
+    layers = {r["name"]: r for r in got["layers"]}
+    assert layers["conv1"] == {"name": "conv1", "type": "Conv2d", "output": [96, 55, 55], "neurons": 96 * 55 * 55,
+                               "params": 96 * 3 * 11 * 11 + 96, "macs": 96 * 55 * 55 * 3 * 11 * 11}
+    # conv2, conv4, conv5 in two towers (groups of 2); fc6 reads 256x6x6
+    assert layers["conv2"]["macs"] == 256 * 27 * 27 * 48 * 5 * 5 and layers["fc6"]["params"] == 256 * 6 * 6 * 4096 + 4096
+    assert got["params"] == 60_965_224 and got["params"] == sum(r["params"] for r in got["layers"])
+    assert got["macs"] == sum(r["macs"] for r in got["layers"]) and got["neurons"] == sum(r["neurons"] for r in got["layers"])
+    assert layers["pool1"] == {"name": "pool1", "type": "MaxPool2d", "output": [96, 27, 27], "neurons": 0, "params": 0, "macs": 0}
+
+
+def test_models_json_lists_every_model_and_its_published_weights(capsys):
+    from alexnet import list_models
+
+    got = _json_out(capsys, "models", "--json")
+    assert [m["name"] for m in got] == list_models()
+    by_name = {m["name"]: m for m in got}
+    assert by_name["alexnet_owt"]["weights"]["top1"] == pytest.approx(0.565, abs=0.001)  # torchvision's published 56.5 %
+    assert by_name["alexnet_paper"]["weights"] is None and all(m["description"] for m in got)

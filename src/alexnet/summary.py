@@ -97,6 +97,18 @@ def format_summary(model: AlexNet, name: str = "", input_size: int | None = None
     return "\n".join(lines)
 
 
+def summary_record(model: AlexNet, name: str = "", input_size: int | None = None) -> dict:
+    """The summary as JSON-ready data (``alexnet summary --json``): the model, its input, each layer
+    (name, type, output shape, neurons, parameters, multiply-accumulates) and the totals."""
+    rows = layer_table(model, input_size)
+    size = input_size or model.config.input_size
+    layers = [{"name": r.name, "type": r.kind, "output": list(r.output_shape), "neurons": r.neurons, "params": r.params,
+               "macs": r.macs} for r in rows]
+    return {"model": name or "model", "input": [model.config.in_chans, size, size], "num_classes": model.config.num_classes,
+            "layers": layers, "params": sum(p.numel() for p in model.parameters()), "macs": sum(r.macs for r in rows),
+            "neurons": sum(r.neurons for r in rows)}
+
+
 def paper_layers(rows: list[LayerRow]) -> set[str]:
     """The layers whose output shape is the paper network's (its counts describe those only)."""
     return {r.name for r in rows if PAPER_SHAPES.get(r.name) == tuple(r.output_shape)}

@@ -297,9 +297,14 @@ def _add_info_commands(sub, common: argparse.ArgumentParser) -> None:
     s.add_argument("--num-classes", type=_positive_int, help="outputs of fc8 (default: 1000)")
     s.add_argument("--input-size", type=_positive_int, help="input side in pixels (default: the model's): --model's network built "
                    "for it, as --model-option input_size=N; a checkpoint's network must fit it")
+    s.add_argument("--json", action="store_true", help="print one JSON object: model, input (channels, height, width), "
+                   "num_classes, layers (a list of name, type, output (its shape), neurons, params, macs), and the totals "
+                   "params, macs (multiply-accumulates per image), neurons")
     s.set_defaults(func=cmd_summary)
 
     m = sub.add_parser("models", help="list the registered models")
+    m.add_argument("--json", action="store_true", help="print a JSON list, an object per model: name, description, weights "
+                   "(its published ImageNet weights: publisher, top1, top5; or null)")
     m.set_defaults(func=cmd_models)
 
     d = sub.add_parser("download", help="download a data set (needs the internet): Fashion-MNIST, Imagenette, Imagewoof")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -59,7 +60,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_summary(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
     from ..model import create_model, describe_model
-    from ..summary import format_summary
+    from ..summary import format_summary, summary_record
 
     options = _key_values(args.model_option, "--model-option")
     if args.checkpoint:  # the network a checkpoint holds (a trained run, a fine-tuned or imported one)
@@ -79,7 +80,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
             raise ConfigError(f"--model-option num_classes={classes} and --num-classes {args.num_classes} differ: pass one")
         model = create_model(base, num_classes=args.num_classes or (1000 if classes is None else classes), **options, **size)
     try:
-        text = format_summary(model, name, args.input_size)
+        text = json.dumps(summary_record(model, name, args.input_size)) if args.json else format_summary(model, name, args.input_size)
     except ValueError as e:  # a checkpoint's fc6 takes one size (adaptive pooling: any large enough)
         if args.input_size is None:
             raise
@@ -93,6 +94,12 @@ def cmd_models(args: argparse.Namespace) -> int:
     from ..pretrained import describe
 
     models = describe_models()
+    if args.json:
+        from ..pretrained import PRETRAINED
+
+        weights = {n: {"publisher": c.publisher, "top1": c.top1, "top5": c.top5} for n, c in PRETRAINED.items()}
+        print(json.dumps([{"name": n, "description": text, "weights": weights.get(n)} for n, text in models.items()]))
+        return 0
     width = max(map(len, models))
     for name, text in models.items():
         print(f"{name:<{width}}  {text}")
