@@ -80,3 +80,23 @@ def test_models_json_lists_every_model_and_its_published_weights(capsys):
     by_name = {m["name"]: m for m in got}
     assert by_name["alexnet_owt"]["weights"]["top1"] == pytest.approx(0.565, abs=0.001)  # torchvision's published 56.5 %
     assert by_name["alexnet_paper"]["weights"] is None and all(m["description"] for m in got)
+
+
+def test_predict_takes_batch_size_as_evaluate_and_features_do(tmp_path, monkeypatch, capsys):
+    """predict batched its images 32 at a time with no option to change it ('--batch-size 8' was
+    refused), where evaluate and features take --batch-size; the figures do not depend on it."""
+    from conftest import make_image_folder
+    from test_evaluate import tiny_checkpoint
+
+    import alexnet.predict
+
+    folder, ckpt = make_image_folder(tmp_path / "imgs", classes=3, per_class=3), tiny_checkpoint(tmp_path / "m.pt")
+    batches, real = [], alexnet.predict.predict
+    monkeypatch.setattr(alexnet.predict, "predict", lambda *a, **k: batches.append(k["batch_size"]) or real(*a, **k))
+    base = ["predict", str(folder), "--checkpoint", str(ckpt), "--json", "--amp", "none", "--threads", "1"]
+    one, default = _json_out(capsys, *base, "--batch-size", "2"), _json_out(capsys, *base)
+    assert batches == [2, 32] and len(one) == 9
+    assert [r["path"] for r in one] == [r["path"] for r in default]
+    for a, b in zip(one, default):
+        assert [t["class"] for t in a["top"]] == [t["class"] for t in b["top"]]
+        assert [t["probability"] for t in a["top"]] == pytest.approx([t["probability"] for t in b["top"]], abs=1e-6)

@@ -216,6 +216,7 @@ def _add_use_commands(sub, common: argparse.ArgumentParser) -> None:
     pr.add_argument("--checkpoint", required=True, help="a checkpoint (.pt) or an exported .safetensors")
     pr.add_argument("--top", "--top-k", "--k", dest="top", type=_positive_int, default=5,
                     help="classes per image (default: 5); --top-k or --k, as retrieve takes, is the same")
+    pr.add_argument("--batch-size", type=_positive_int, default=32, help="images per batch (default: 32)")
     pr.add_argument("--json", action="store_true", help="print a JSON list, an object per image: path, top (a list of class, "
                     "index, probability), label (the true class its folder names, or null)")
     pr.add_argument("--figure", help="figure file (.png, .pdf, .svg, .jpg): each image with bars for its --top classes, "

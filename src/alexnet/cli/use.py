@@ -210,7 +210,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     amp = resolve_amp(args.amp, device)  # before loading: a refused --amp fails at once, as in evaluate
     _check_output(args.figure, "--figure", figure=True)
     model = require_recipe(load(args.checkpoint, device), args.checkpoint)
-    results, images = predict(model, args.images, top=args.top, return_images=True, show_progress=_progress_flag(args), amp=amp)
+    results, images = predict(model, args.images, top=args.top, batch_size=args.batch_size, return_images=True,
+                              show_progress=_progress_flag(args), amp=amp)
     if args.figure:
         from ..figures import plot_predictions
 
