@@ -100,3 +100,25 @@ def test_predict_takes_batch_size_as_evaluate_and_features_do(tmp_path, monkeypa
     for a, b in zip(one, default):
         assert [t["class"] for t in a["top"]] == [t["class"] for t in b["top"]]
         assert [t["probability"] for t in a["top"]] == pytest.approx([t["probability"] for t in b["top"]], abs=1e-6)
+
+
+def test_workers_where_nothing_uses_them_is_a_note(tmp_path, capsys):
+    """'predict FOLDER --workers 4' and 'retrieve ... --workers 4' were taken and used by nothing (both
+    decode in their own process): a note on stderr says so; the results on stdout are as without it."""
+    from conftest import make_image_folder
+    from test_evaluate import tiny_checkpoint
+
+    from alexnet.cli import main
+
+    folder, ckpt = make_image_folder(tmp_path / "imgs", classes=3, per_class=2), tiny_checkpoint(tmp_path / "m.pt")
+    index, query = tmp_path / "i.safetensors", str(next(folder.rglob("*.jpg")))
+    assert main(["features", str(ckpt), "--data", str(folder), "--out", str(index), "--threads", "1", "--amp", "none"]) == 0
+    capsys.readouterr()
+    for argv in (["predict", str(folder), "--checkpoint", str(ckpt)], ["retrieve", query, "--index", str(index)]):
+        base = [*argv, "--json", "--amp", "none", "--threads", "1"]
+        assert main([*base, "--workers", "3"]) == 0
+        noted = capsys.readouterr()
+        assert noted.err == f"note: --workers 3: {argv[0]} decodes its images in this process, so no worker processes load them\n"
+        assert main([*base, "--workers", "0"]) == 0
+        plain = capsys.readouterr()
+        assert plain.err == "" and json.loads(plain.out) == json.loads(noted.out)

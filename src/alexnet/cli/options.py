@@ -71,7 +71,8 @@ def _with_default(name: str, help: str | None) -> str | None:
     values = {p: recipe.get(name, default) for p, recipe in PRESETS.items()}
     said = f"the preset's: {', '.join(f'{p} {v}' for p, v in values.items())}" if len({repr(v) for v in values.values()}) > 1 else None
     if name == "workers":  # shared by every command, whose defaults differ
-        return f"{help} (train: {said or default}, at most one per core; prepare: one per core, at most 8; others: 0)"
+        return (f"{help} (train: {said or default}, at most one per core; prepare: one per core, at most 8; evaluate, "
+                "features: 0; predict and retrieve decode in their own process)")
     if said:
         return f"{help} (default: {said})"
     return help if default is None or default is False else f"{help} (default: {default})"

@@ -201,6 +201,14 @@ def _print_evaluation(args: argparse.Namespace, stats: dict, source: str, n_mode
 
 
 # -- predict / features / retrieve ------------------------------------------------------------------
+def _note_no_workers(args: argparse.Namespace) -> None:
+    """A note for a typed ``--workers N`` where the command decodes its images in its own process
+    (predict, retrieve): every model-using command takes the option, and N was used by nothing."""
+    if args.workers:
+        print(f"note: --workers {args.workers}: {args.command} decodes its images in this process, so no worker "
+              "processes load them", file=sys.stderr)
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from ..checkpoint import load, require_recipe
     from ..predict import predict
@@ -209,6 +217,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     amp = resolve_amp(args.amp, device)  # before loading: a refused --amp fails at once, as in evaluate
     _check_output(args.figure, "--figure", figure=True)
+    _note_no_workers(args)
     model = require_recipe(load(args.checkpoint, device), args.checkpoint)
     results, images = predict(model, args.images, top=args.top, batch_size=args.batch_size, return_images=True,
                               show_progress=_progress_flag(args), amp=amp)
@@ -257,6 +266,7 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     resolve_amp(args.amp, device)  # a bad --amp is refused before the index is read
     _check_output(args.figure, "--figure", figure=True)
+    _note_no_workers(args)
     index = load_index(args.index)
     checkpoint = args.checkpoint or index["checkpoint"]
     if not checkpoint:
