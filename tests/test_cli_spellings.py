@@ -122,3 +122,26 @@ def test_workers_where_nothing_uses_them_is_a_note(tmp_path, capsys):
         assert main([*base, "--workers", "0"]) == 0
         plain = capsys.readouterr()
         assert plain.err == "" and json.loads(plain.out) == json.loads(noted.out)
+
+
+def test_visualize_filters_takes_its_checkpoint_positionally_and_refuses_what_it_would_pass_over(tmp_path, capsys):
+    """'visualize filters run/best.pt' said 'needs --checkpoint'; a run folder beside --checkpoint (filters) or
+    a --checkpoint beside run folders (curves) was passed over without a word."""
+    from test_evaluate import tiny_checkpoint
+
+    from alexnet.cli import main
+
+    ckpt, png = tiny_checkpoint(tmp_path / "m.pt"), tmp_path / "f.png"
+    assert main(["visualize", "filters", str(ckpt), "--out", str(png)]) == 0
+    by_option = tmp_path / "g.png"
+    assert main(["visualize", "filters", "--checkpoint", str(ckpt), "--out", str(by_option)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size == by_option.stat().st_size
+    capsys.readouterr()
+    for argv, said in ((["filters", "--checkpoint", str(ckpt), "runs/a"], f"got --checkpoint {ckpt} and runs/a: give one"),
+                       (["filters", "a.pt", "b.pt"], "got a.pt b.pt: give one"),
+                       (["filters"], "needs a checkpoint: CHECKPOINT or --checkpoint FILE"),
+                       (["curves", "runs/a", "--checkpoint", str(ckpt)], f"--checkpoint {ckpt} is visualize filters'")):
+        assert main(["visualize", *argv, "--out", str(tmp_path / "x.png")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("alexnet: error: visualize ") and said in err and err.count("\n") == 1
+    assert not (tmp_path / "x.png").exists()

@@ -244,8 +244,10 @@ def _add_use_commands(sub, common: argparse.ArgumentParser) -> None:
 
 
     v = sub.add_parser("visualize", help="figures: conv1 filters (paper fig. 3) or training curves")
-    v.add_argument("what", choices=("filters", "curves"))
-    v.add_argument("run_dir", nargs="*", help="run folder(s) (for curves: several share one figure, a colour each)")
+    v.add_argument("what", choices=("filters", "curves"),
+                   help="filters: a checkpoint's conv1 kernels; curves: runs' loss, error and learning rate per epoch")
+    v.add_argument("run_dir", nargs="*", metavar="PATH", help="curves: run folder(s), several share one figure, a colour each; "
+                   "filters: the checkpoint, as --checkpoint gives it")
     v.add_argument("--checkpoint", help="checkpoint (for filters)")
     v.add_argument("--out", help="figure file, .png, .pdf, .svg or .jpg (filters: .png or .jpg) (default: filters.png; "
                    "RUN_DIR/curves.png for one run, curves.png for several)")

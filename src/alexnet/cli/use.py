@@ -320,14 +320,31 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     if args.what == "filters":
         from ..checkpoint import load
 
-        if not args.checkpoint:
-            raise ConfigError("visualize filters needs --checkpoint FILE")
+        checkpoint = _filters_checkpoint(args.checkpoint, args.run_dir)
         _check_output(args.out or "filters.png", "--out", image=True)
-        out = figures.plot_filters(load(args.checkpoint), args.out or "filters.png")
+        out = figures.plot_filters(load(checkpoint), args.out or "filters.png")
     else:
+        if args.checkpoint:
+            raise ConfigError(f"visualize curves draws run folders' metrics: --checkpoint {args.checkpoint} is visualize filters'")
         if not args.run_dir:
             raise ConfigError("visualize curves needs RUN_DIR (a folder written by 'alexnet train'), or several")
         _check_output(args.out, "--out", figure=True)
         out = figures.plot_curves(args.run_dir, args.out)
     print(f"wrote {out}")
     return 0
+
+
+def _filters_checkpoint(option: str | None, given: list[str]) -> str:
+    """The one checkpoint of ``visualize filters``: ``--checkpoint`` or a positional, as evaluate takes
+    it ('visualize filters run/best.pt' said 'needs --checkpoint'; a run folder beside --checkpoint was
+    passed over without a word)."""
+    from ..errors import ConfigError
+
+    if option is None and len(given) == 1:
+        return given[0]
+    if given:
+        where = f"--checkpoint {option} and " if option else ""
+        raise ConfigError(f"visualize filters draws one checkpoint's conv1, got {where}{' '.join(given)}: give one")
+    if option is None:
+        raise ConfigError("visualize filters needs a checkpoint: CHECKPOINT or --checkpoint FILE")
+    return option
