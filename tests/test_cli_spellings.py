@@ -145,3 +145,19 @@ def test_visualize_filters_takes_its_checkpoint_positionally_and_refuses_what_it
         err = capsys.readouterr().err
         assert err.startswith("alexnet: error: visualize ") and said in err and err.count("\n") == 1
     assert not (tmp_path / "x.png").exists()
+
+
+def test_every_argument_of_every_command_has_help_and_help_names_it(capsys):
+    """predict's IMAGE_OR_FOLDER, retrieve's QUERY_IMAGE, import's and visualize's first positional
+    were listed by --help with no word on them."""
+    import argparse
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, command in sub.choices.items():
+        with pytest.raises(SystemExit) as stop:
+            build_parser().parse_args([name, "--help"])
+        text = capsys.readouterr().out
+        assert stop.value.code == 0
+        for action in command._actions:
+            assert action.help, f"{name}: {action.option_strings or action.dest} has no help"
+            assert all(o in text for o in action.option_strings)

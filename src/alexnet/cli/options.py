@@ -213,7 +213,8 @@ def _add_use_commands(sub, common: argparse.ArgumentParser) -> None:
     e.set_defaults(func=cmd_evaluate)
 
     pr = sub.add_parser("predict", parents=[common], help="top-K classes of your own images")
-    pr.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER")
+    pr.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER",
+                    help="image files, or folders of them (searched recursively)")
     pr.add_argument("--checkpoint", required=True, help="a checkpoint (.pt) or an exported .safetensors")
     pr.add_argument("--top", "--top-k", "--k", dest="top", type=_positive_int, default=5,
                     help="classes per image (default: 5); --top-k or --k, as retrieve takes, is the same")
@@ -232,7 +233,7 @@ def _add_use_commands(sub, common: argparse.ArgumentParser) -> None:
     fe.set_defaults(func=cmd_features)
 
     rt = sub.add_parser("retrieve", parents=[common], help="the indexed images nearest to a query in fc7 space")
-    rt.add_argument("image", metavar="QUERY_IMAGE")
+    rt.add_argument("image", metavar="QUERY_IMAGE", help="the image whose neighbours to list")
     rt.add_argument("--index", required=True, help="a file written by 'alexnet features'")
     rt.add_argument("--checkpoint", help="default: the checkpoint the index was built with")
     rt.add_argument("--k", "--top-k", "--top", dest="k", type=_positive_int, default=6,
@@ -256,7 +257,7 @@ def _add_use_commands(sub, common: argparse.ArgumentParser) -> None:
 def _add_tool_commands(sub, common: argparse.ArgumentParser) -> None:
     """Weights in and out, data preparation."""
     im = sub.add_parser("import", help="convert torchvision or Caffe (bvlc_alexnet) weights into a checkpoint")
-    im.add_argument("source", choices=("torchvision", "caffe"))
+    im.add_argument("source", choices=("torchvision", "caffe"), help="whose weights: torchvision's alexnet or BVLC's bvlc_alexnet")
     im.add_argument("file", nargs="?", help="torchvision: a saved state dict; caffe: a .caffemodel or a bvlc_alexnet.npy "
                     "(default: the published ImageNet weights, downloaded once into torch.hub's cache)")
     im.add_argument("--out", required=True, help="checkpoint to write (.pt)")
