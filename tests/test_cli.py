@@ -603,3 +603,31 @@ def test_a_failure_is_one_line_in_one_write(monkeypatch, error):
     say("warning: a rank's warning")
     assert code in (1, 2, 130) and len(err.writes) == 2, err.writes
     assert all(w.startswith(("alexnet: ", "warning: ")) and w.endswith("\n") and w.count("\n") == 1 for w in err.writes), err.writes
+
+
+_STOPPED_AS_IT_ENDS = """
+import gc, os, signal, sys
+from alexnet.cli import main
+
+collect = gc.collect
+
+def stopped(*args):  # _run's last clean-up, after the outcome is said: the signal torchrun's agent sends
+    if sys._getframe(1).f_code.co_name == "_run":
+        os.kill(os.getpid(), getattr(signal, sys.argv[1]))
+    return collect(*args)
+
+gc.collect = stopped
+sys.exit(main(["evaluate", "--checkpoint", sys.argv[2]]))
+"""
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_stop_signal_after_the_error_line_adds_no_traceback(tmp_path, sig):
+    """torchrun's agent stops the other ranks with SIGTERM once one has failed: a rank that had just
+    said its own error got it while freeing memory at the end of _run, and KeyboardInterrupt's
+    traceback followed its line (test_nproc_run_refused_at_the_start_exits_2_with_nothing_to_resume,
+    test_nproc_run_with_a_killed_rank_ends_in_one_line). The outcome is said: the process ends with it."""
+    missing = tmp_path / "missing.pt"
+    r = subprocess.run([sys.executable, "-c", _STOPPED_AS_IT_ENDS, sig, str(missing)], capture_output=True, text=True,
+                       env=cli_env(), timeout=300)
+    assert r.returncode == 2 and r.stderr == f"alexnet: error: checkpoint not found: {missing}\n", r.stderr

@@ -184,10 +184,11 @@ def _sort_metadata(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def signals_held(*signums: int) -> Iterator[None]:
+def signals_held(*signums: int, deliver: bool = True) -> Iterator[None]:
     """Hold ``signums`` (default: SIGINT and SIGTERM) while the block runs, then deliver them to the
     handlers they had: a step that must not be cut in two (the files of a preparation swapped, torch's
-    C++ start-up) ends first. Only the main thread sets handlers; elsewhere the block runs as it is."""
+    C++ start-up) ends first. Only the main thread sets handlers; elsewhere the block runs as it is.
+    ``deliver=False`` drops them instead: for a process that has already said how it ends."""
     held: list[int] = []
     previous: dict[int, object] = {}
     if threading.current_thread() is threading.main_thread():
@@ -200,7 +201,7 @@ def signals_held(*signums: int) -> Iterator[None]:
         for s, handler in previous.items():
             signal.signal(s, handler)
         raised: BaseException | None = None
-        for s in dict.fromkeys(held):  # each to its handler, though the first raises (Ctrl-C's does)
+        for s in dict.fromkeys(held) if deliver else ():  # each to its handler, though the first raises (Ctrl-C's does)
             try:
                 signal.raise_signal(s)
             except BaseException as e:

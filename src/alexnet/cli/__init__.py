@@ -194,4 +194,9 @@ def _run(args: argparse.Namespace) -> int:
         # A distributed run's DDP wrapper holds its process group and sits in reference cycles
         # (after a failure also through the traceback): free it now, while the interpreter is
         # whole, not during its exit, where gloo's threads can end the process in std::terminate.
-        gc.collect()
+        # The outcome is said by now: a Ctrl-C or SIGTERM here (torchrun stops the other ranks with
+        # SIGTERM once one has failed) raised KeyboardInterrupt, a traceback below the error line.
+        from ..atomic import signals_held
+
+        with signals_held(deliver=False):
+            gc.collect()
