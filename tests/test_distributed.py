@@ -236,6 +236,39 @@ def test_nproc_run_with_a_killed_rank_ends_in_one_line(tiny_fmnist, tmp_path, mo
 
 
 
+
+T = 1_765_000_000  # a time stamp of torchrun's: whole seconds
+
+
+@pytest.mark.parametrize(("rank0", "rank1", "named"), [
+    ((2, T), (-signal.SIGKILL, T), "rank 1 was killed by SIGKILL"),  # rank 0 stopped on the lost connection
+    ((130, T), (-signal.SIGKILL, T), "rank 1 was killed by SIGKILL"),  # ... by the agent's SIGTERM, as Ctrl-C
+    ((-signal.SIGTERM, T), (-signal.SIGKILL, T), "rank 1 was killed by SIGKILL"),  # ... killed by it
+    ((-signal.SIGKILL, T + 31), (1, T), "rank 1 exited with code 1 (its message is above)"),  # the agent's own SIGKILL
+])
+def test_the_launcher_names_the_killed_rank_not_the_one_that_lost_it(monkeypatch, tmp_path, capsys, rank0, rank1, named):
+    """Rank 1 killed (SIGKILL), rank 0 stopped by the lost connection (exit 2) or by the agent's
+    SIGTERM (130, or killed by it) before torchrun's agent looked: it lists both, in rank order, with
+    the same time stamp, and the line named rank 0 ('rank 0 exited with code 2', exit 2; CI:
+    test_nproc_run_with_a_killed_rank_ends_in_one_line, forced with PET_MONITOR_INTERVAL=2). A rank
+    the agent killed itself, 30 s after its SIGTERM went unanswered, is not the cause."""
+    import torch.distributed.run
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    failures = {rank: ProcessFailure(rank, 100 + rank, code, "") for rank, (code, _) in enumerate((rank0, rank1))}
+    for failure, (_, stamp) in zip(failures.values(), (rank0, rank1)):
+        failure.timestamp = stamp
+
+    def run(args):
+        raise ChildFailedError("alexnet", failures)
+
+    monkeypatch.setattr(torch.distributed.run, "run", run)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # launch sets it for the ranks where unset
+    code = alexnet.distributed.launch(2, ["train"], str(tmp_path))
+    assert code == 1 and capsys.readouterr().err == (f"alexnet: error: the 2-process run stopped: {named}; no checkpoint "
+                                                     "had been written yet: nothing to resume\n")
+
+
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc to find the ranks")
 def test_sigterm_to_the_launcher_stops_the_run_in_alexnets_lines_alone(tiny_fmnist, tmp_path):
     """The agent's own log line ('W1204 ... api.py:753] Received 15 death signal, shutting down

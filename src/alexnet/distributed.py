@@ -17,13 +17,16 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 
 from .errors import ConfigError, TrainingError
 from .runtime import chosen_threads, shell_arg
+
+if TYPE_CHECKING:
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
 
 
 @dataclass(frozen=True)
@@ -229,6 +232,31 @@ def without_option(argv: list[str], option: str) -> list[str]:
     return out
 
 
+def _named_failure(e: ChildFailedError) -> tuple[int, ProcessFailure]:
+    """The failed rank the launcher's line names, and its failure, of torchrun's ``ChildFailedError``.
+
+    torchrun orders failures by time stamps in whole seconds, and lists the ranks it found stopped at
+    one look in rank order: a rank killed by SIGKILL (the kernel's OOM killer, say) and rank 0, which
+    had exited 2 on the lost connection before the agent looked, tied, and the line blamed rank 0
+    ('rank 0 exited with code 2', exit 2). A rank killed by a signal other than a stop request is
+    named first: no rank dies of one because another failed. Not one the agent killed itself, 30 s
+    after its SIGTERM (a rank stuck in a collective): its time stamp is that much later.
+    """
+    import signal
+
+    stops = (signal.SIGTERM, signal.SIGINT)  # the agent stops the other ranks with SIGTERM
+    first = min(f.timestamp for f in e.failures.values())
+    killed = [r for r, f in sorted(e.failures.items())
+              if f.exitcode < 0 and -f.exitcode not in stops and f.timestamp <= first + 1]
+    if killed:
+        rank = min(killed, key=lambda r: e.failures[r].timestamp)
+        return rank, e.failures[rank]
+    rank, failure = e.get_first_failure()
+    if 0 in e.failures and e.failures[0].exitcode == failure.exitcode:
+        rank, failure = 0, e.failures[0]  # ranks that stopped alike: rank 0 said why (cli: every_rank)
+    return rank, failure
+
+
 def launch(nproc: int, argv: list[str], run_dir: str | None) -> int:
     """Run ``alexnet ARGV`` in ``nproc`` processes on this machine with torchrun; returns an exit code.
 
@@ -263,9 +291,7 @@ def launch(nproc: int, argv: list[str], run_dir: str | None) -> int:
         run(args)
         return 0
     except ChildFailedError as e:
-        rank, failure = e.get_first_failure()
-        if 0 in e.failures and e.failures[0].exitcode == failure.exitcode:
-            rank, failure = 0, e.failures[0]  # ranks that stopped alike: rank 0 said why (cli: every_rank)
+        rank, failure = _named_failure(e)
         if failure.exitcode == 130:  # Ctrl-C on any rank: every rank saved the same step and stopped
             print(f"alexnet: interrupted; {resume()}", file=sys.stderr)
             return 130
