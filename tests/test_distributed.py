@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -144,30 +143,30 @@ def test_the_process_count_note_names_torchruns_options_across_machines(info, sa
     assert len(said) == 1 and said[0].endswith(f"({exactly})"), said
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _start_ranks(args: list[str]) -> tuple[torch.distributed.TCPStore, subprocess.Popen, subprocess.Popen]:
+    """Two ranks started by hand (as torchrun would on two machines), with no agent to watch them.
 
-
-def _start_ranks(args: list[str]) -> list[subprocess.Popen]:
-    """Two ranks started by hand (as torchrun would on two machines), with no agent to watch them."""
-    port = str(_free_port())
+    The rendezvous store is served here, as torchrun's agent serves it (TORCHELASTIC_USE_AGENT_STORE),
+    on a port it holds from the start: a free port picked, closed and left to rank 0 to bind seconds
+    later (once torch has loaded) could be taken meanwhile by another test's bind(0); rank 0 then
+    failed to listen ('could not join the gloo process group') and rank 1 waited on the other's socket.
+    Keep the store until the ranks have ended."""
+    store = torch.distributed.TCPStore("127.0.0.1", 0, 2, is_master=True, wait_for_workers=False)
     procs = []
     for rank in range(2):
         # CPU ranks (gloo) on every machine: the subject is a lost rank, not the device.
-        env = cli_env(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+        env = cli_env(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(store.port), TORCHELASTIC_USE_AGENT_STORE="True", TORCHELASTIC_RESTART_COUNT="0")
         procs.append(subprocess.Popen([sys.executable, "-m", "alexnet", *args], env=env, text=True,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE))
-    return procs
+    return store, procs[0], procs[1]
 
 
 def test_killed_rank_stops_the_run_and_resume_continues(one_process, tiny_fmnist, tmp_path):
     out = tmp_path / "killed"
     timeout = 20
     for _attempt in range(3):
-        rank0, rank1 = _start_ranks(_args(tiny_fmnist, out, "--dist-timeout", str(timeout)))
+        _store, rank0, rank1 = _start_ranks(_args(tiny_fmnist, out, "--dist-timeout", str(timeout)))
         while not (out / "last.pt").exists() and rank0.poll() is None:
             time.sleep(0.005)
         rank1.send_signal(signal.SIGKILL)
@@ -297,7 +296,7 @@ def test_ctrl_c_on_one_rank_stops_every_rank_at_the_same_step(tiny_fmnist, tmp_p
 
 def test_hung_rank_stops_the_run_after_the_timeout(tiny_fmnist, tmp_path):
     out = tmp_path / "hung"
-    rank0, rank1 = _start_ranks(_args(tiny_fmnist, out, "--dist-timeout", "4", "--epochs", "50"))
+    _store, rank0, rank1 = _start_ranks(_args(tiny_fmnist, out, "--dist-timeout", "4", "--epochs", "50"))
     try:
         while not (out / "last.pt").exists() and rank0.poll() is None:
             time.sleep(0.005)
