@@ -282,17 +282,24 @@ def test_sigterm_to_the_launcher_stops_the_run_in_alexnets_lines_alone(tiny_fmni
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc to find the ranks")
 def test_ctrl_c_on_one_rank_stops_every_rank_at_the_same_step(tiny_fmnist, tmp_path):
     """SIGINT reaching one rank only: the ranks agree on it in the step's collective, each saves
-    the same step and stops, and the launcher says how to continue (not an error)."""
+    the same step and stops, and the launcher says how to continue (not an error). A signal sent
+    late, once epoch 1's 4 steps are done (the test process kept off the CPU for 0.1 s under load),
+    reaches rank 1 while the ranks validate: they stop together once the epoch is saved, as
+    documented ('interrupted after epoch 1'), which the test took for a failure."""
     out = tmp_path / "ctrl-c"
     code, err = _signal_rank_1(tiny_fmnist, out, signal.SIGINT)
     assert code == 130 and "Traceback" not in err, err
     lines = err.strip().splitlines()
     assert lines[-1] == f"alexnet: interrupted; continue from the last checkpoint with: alexnet train --resume {out} --nproc 2"
-    said = [line for line in lines if line.startswith("alexnet: interrupted at epoch ")]
+    said = [line for line in lines if line.startswith(("alexnet: interrupted at epoch ", "alexnet: interrupted after epoch "))]
     assert len(said) == 2 and said[0] == said[1], err  # both ranks, the same step
     assert said[0].endswith(f"continue with: alexnet train --resume {out} --nproc 2"), said  # not without --nproc
-    step = int(said[0].split(", step ")[1].split(";")[0])
-    assert torch.load(out / "last.pt", weights_only=True)["position"]["step"] == step
+    position = torch.load(out / "last.pt", weights_only=True)["position"]
+    if ", step " in said[0]:
+        assert position["step"] == int(said[0].split(", step ")[1].split(";")[0])
+    else:  # 64 images, global batch 16: epoch E ends at step 4E
+        epoch = int(said[0].split("after epoch ")[1].split(";")[0])
+        assert (position["epoch"], position["batch"], position["step"]) == (epoch, 0, 4 * epoch), (said, position)
 
 def test_hung_rank_stops_the_run_after_the_timeout(tiny_fmnist, tmp_path):
     out = tmp_path / "hung"
