@@ -4,6 +4,7 @@ run folders after a failed start, no temporaries of a killed writer left behind.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import signal
 import subprocess
@@ -176,6 +177,35 @@ def test_a_failure_before_the_first_checkpoint_removes_the_run_after_it_keeps_it
     with pytest.raises(alexnet.TrainingError, match="non-finite loss"):
         fit(_cfg(tiny_fmnist, tmp_path / "late", 2), log=lambda s: None)
     assert sorted(os.listdir(tmp_path / "late")) == ["best.pt", "config.json", "curves.png", "last.pt", "metrics.jsonl"]
+
+
+def test_a_full_disk_at_metrics_jsonl_names_it_and_keeps_its_whole_lines(tiny_fmnist, tmp_path, monkeypatch):
+    """A disk that filled up after epoch 2's checkpoints failed its line of metrics.jsonl in Python's
+    flush, which names no file: 'alexnet: error: No space left on device', exit 1 (seen on a tmpfs).
+    The error names metrics.jsonl and what is kept; the file keeps epoch 1's line whole."""
+    import errno
+    import io
+
+    run = tmp_path / "run"
+    real_open = Path.open
+
+    class Full(io.StringIO):
+        def write(self, text):  # half the line reaches the disk, then the disk is full
+            with real_open(run / "metrics.jsonl", "a") as f:
+                f.write(text[: len(text) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    def opening(self, mode="r", *args, **kwargs):
+        epoch_two = self.name == "metrics.jsonl" and mode == "a" and self.stat().st_size
+        return Full() if epoch_two else real_open(self, mode, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", opening)
+    with pytest.raises(alexnet.TrainingError) as caught:
+        fit(_cfg(tiny_fmnist, run, 2), log=lambda s: None)
+    assert str(caught.value) == (f"could not write {run / 'metrics.jsonl'}: No space left on device; "
+                                 "the run folder keeps the last good checkpoint")
+    lines = (run / "metrics.jsonl").read_text().splitlines(keepends=True)
+    assert len(lines) == 1 and lines[0].endswith("\n") and json.loads(lines[0])["epoch"] == 1
 
 
 def test_a_failure_before_the_first_checkpoint_keeps_the_list_of_unreadable_images(tmp_path, monkeypatch):

@@ -717,14 +717,27 @@ def _check_trained(stats: dict[str, float], epoch: int) -> None:
 
 def _record(run_dir: Path, metrics_path: Path, record: dict[str, Any], writer: Any) -> None:
     """An epoch's metrics to metrics.jsonl, TensorBoard and curves.png."""
-    with metrics_path.open("a") as f:
-        f.write(json.dumps(record) + "\n")
+    _append_line(metrics_path, json.dumps(record))
     if writer is not None:
         for k, v in record.items():
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 writer.add_scalar(k, v, record["epoch"])
         writer.flush()
     _plot(run_dir)
+
+
+def _append_line(path: Path, line: str) -> None:
+    """``line`` and a newline at the end of ``path``. A failed write (a full disk) names the file,
+    which Python's error on flushing does not ('alexnet: error: No space left on device'), and cuts
+    the file back to its last whole line (a resume rewrites it from the checkpoint's history)."""
+    size = path.stat().st_size if path.exists() else 0
+    try:
+        with path.open("a", encoding="utf-8") as f:
+            f.write(line + "\n")
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.truncate(path, size)
+        raise TrainingError(f"could not write {path}: {e.strerror or e}") from None
 
 
 def _summary_writer() -> type:
