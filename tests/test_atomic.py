@@ -206,3 +206,19 @@ def test_a_writer_out_of_room_is_named_by_the_file_asked_for(tmp_path):
     with pytest.raises(OSError) as caught, atomic_path(target):
         raise OSError(errno.ENOENT, "No such file or directory", "input.jpg")
     assert caught.value.filename == "input.jpg" and os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("stem", ["a" * 240, "日" * 80])  # 252 and 252 bytes with the suffix: the file system takes them
+def test_a_name_near_the_file_systems_limit_is_written(tmp_path, stem):
+    """The temporary beside NAME is .NAME.XXXXXXXX.tmp, 14 bytes longer: 'export --out' a 252-byte
+    name failed with 'File name too long' though the file system takes the name. The temporary's
+    copy of NAME is cut (whole characters) to fit; the file is written and no temporary is left."""
+    from alexnet.checkpoint import save_atomic
+
+    if os.pathconf(tmp_path, "PC_NAME_MAX") != 255:
+        pytest.skip("a file system whose names are not limited to 255 bytes")
+    target = tmp_path / f"{stem}.safetensors"
+    write_text(target, "new")
+    save_atomic({"w": torch.zeros(2)}, target.with_suffix(".pt1"))
+    assert target.read_text() == "new" and torch.load(target.with_suffix(".pt1"))["w"].tolist() == [0, 0]
+    assert sorted(os.listdir(tmp_path)) == sorted([target.name, target.with_suffix(".pt1").name])

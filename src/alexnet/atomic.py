@@ -75,9 +75,24 @@ def _mkstemp(folder: Path, path: Path, prefix: str) -> tuple[int, str]:
         raise OSError(e.errno, e.strerror, str(path)) from None
 
 
+def _prefix(folder: Path, name: str) -> str:
+    """``.NAME.``, the prefix of a temporary of ``name``, with NAME cut so that the temporary's name
+    (mkstemp adds 8 characters and ``.tmp``) fits the file system's limit on a name: an ``--out``
+    name of 243 to 255 bytes, which the file system takes, failed with 'File name too long'."""
+    try:
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    room = limit - len("..") - 8 - len(".tmp")
+    while len(os.fsencode(name)) > room:  # whole characters: no half of a UTF-8 sequence
+        name = name[: min(len(name) - 1, room)]
+    return f".{name}."
+
+
 def temporary(path: Path) -> tuple[int, str]:
     """A temporary file beside ``path`` (its folders created), to be renamed over it."""
-    return _mkstemp(_folder_for(path), path, f".{path.name}.")
+    folder = _folder_for(path)
+    return _mkstemp(folder, path, _prefix(folder, path.name))
 
 
 def check_writable(path: str | os.PathLike, option: str, folder: bool = False) -> None:
