@@ -258,7 +258,10 @@ def prepare(
         for stale in out.glob(".prepare-*"):  # a killed run's (SIGKILL, out of memory): no live one's, under the lock
             shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=".prepare-", dir=out))
-        index = _pack(root, tmp, size, strict, shard_size, workers, show_progress)
+        try:
+            index = _pack(root, tmp, size, strict, shard_size, workers, show_progress)
+        except OSError as e:
+            raise _named_in(e, tmp, out) from None
         with signals_held():  # a Ctrl-C half way through the swap would leave neither preparation
             _swap_in(tmp, out)
     except BaseException:
@@ -270,6 +273,15 @@ def prepare(
             shutil.rmtree(tmp, ignore_errors=True)
         runfolder.unlock(out, lock)
     return index
+
+
+def _named_in(error: OSError, tmp: Path, out: Path) -> OSError:
+    """``error``, naming the file of ``out`` it was writing, not its copy in the hidden ``tmp``,
+    which goes with the failure ('No space left on device (PACKED/.prepare-v1o58db0/train-00000.npy)');
+    an error about another file (an image read) is left as it is."""
+    if not error.filename or Path(error.filename).parent != tmp:
+        return error
+    return OSError(error.errno, error.strerror, str(out / Path(error.filename).name))
 
 
 def _check_paths(root: Path, out: Path, force: bool) -> None:
