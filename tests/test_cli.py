@@ -526,6 +526,21 @@ def test_command_lines_printed_to_paste_are_one_word_per_path(folder):
     assert parser.parse_args(words[1:]).data in (folder, f"./{folder}")
 
 
+def test_a_tilde_the_shell_left_is_the_home_folder(tmp_path):
+    """The shell expands '--out ~/x' but not '--out=~/x' or a quoted '~/x' (nor does subprocess):
+    'alexnet train --out=~/runs/x' trained into ./~/runs/x, a folder named '~' in the current one.
+    Every path option (and positional) takes a leading ~ as the home folder, as a config file's does."""
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    (home / "run").mkdir(parents=True)
+    cwd.mkdir()
+    record = {"epoch": 1, "step": 2, "train_loss": 1.5, "lr": 0.01, "val_top1": 0.5, "val_top1_error": 0.5, "val_loss": 1.0}
+    (home / "run" / "metrics.jsonl").write_text(json.dumps(record) + "\n")
+    r = subprocess.run([sys.executable, "-m", "alexnet", "visualize", "curves", "~/run", "--out=~/figures/c.png"],
+                       capture_output=True, text=True, env=cli_env(HOME=str(home)), cwd=cwd, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert (home / "figures" / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and list(cwd.iterdir()) == []
+
+
 def test_a_home_matplotlib_cannot_write_in_prints_none_of_its_lines(tmp_path):
     """With a home folder that cannot be written (here: a file) matplotlib printed
     'mkdir -p failed for path ...' and 'Matplotlib created a temporary cache directory ...', its own
