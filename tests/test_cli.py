@@ -541,6 +541,19 @@ def test_a_tilde_the_shell_left_is_the_home_folder(tmp_path):
     assert (home / "figures" / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and list(cwd.iterdir()) == []
 
 
+@pytest.mark.parametrize("args", [("train", "--data", "", "--out", "run"), ("train", "--data", "gone", "--out", ""),
+                                  ("evaluate", "--checkpoint", ""), ("visualize", "curves", "")])
+def test_an_empty_path_is_refused_in_one_line(tmp_path, args):
+    """An empty path is what '--data "$DATA"' gives with DATA unset: Path("") is the current folder,
+    which train read as the data (and refused --out inside it), 'train --out ""' ran the default
+    Fashion-MNIST training into a new runs/DATE-MODEL of the current folder, '--checkpoint ""' said
+    '. is a folder'."""
+    r = run_cli(*args, cwd=tmp_path)
+    name = next(a for a, v in zip(args, args[1:] + ("",)) if v == "" and a.startswith("--")) if "curves" not in args else "RUN_DIR"
+    assert r.returncode == 2 and r.stderr == f"alexnet: error: {name}: an empty path (see 'alexnet --help')\n", r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_home_matplotlib_cannot_write_in_prints_none_of_its_lines(tmp_path):
     """With a home folder that cannot be written (here: a file) matplotlib printed
     'mkdir -p failed for path ...' and 'Matplotlib created a temporary cache directory ...', its own

@@ -126,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for relaunching under torchrun
+    empty = _empty_path(args)
+    if empty:  # '--data "$DATA"' with DATA unset: Path("") is the current folder, read as the data
+        parser.error(f"{empty}: an empty path")
     _expand_home(args)
     if args.command is None:
         parser.print_help()
@@ -137,6 +140,16 @@ def main(argv: list[str] | None = None) -> int:
                 setattr(args, name, default)
     with _sigterm_as_ctrl_c():
         return _run(args)
+
+
+def _empty_path(args: argparse.Namespace) -> str | None:
+    """The first path option (or positional) given as an empty string: ``--data ""`` trained on the
+    current folder, ``--out ""`` into a new runs/DATE-MODEL, ``--checkpoint ""`` said '. is a folder'."""
+    for name in _PATHS:
+        value = getattr(args, name, None)
+        if value == "" or (isinstance(value, list) and "" in value):
+            return "--" + name.replace("_", "-") if name not in ("images", "image", "run_dir", "file") else name.upper()
+    return None
 
 
 def _expand_home(args: argparse.Namespace) -> None:
