@@ -541,16 +541,20 @@ def test_a_tilde_the_shell_left_is_the_home_folder(tmp_path):
     assert (home / "figures" / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and list(cwd.iterdir()) == []
 
 
-@pytest.mark.parametrize("args", [("train", "--data", "", "--out", "run"), ("train", "--data", "gone", "--out", ""),
-                                  ("evaluate", "--checkpoint", ""), ("visualize", "curves", "")])
-def test_an_empty_path_is_refused_in_one_line(tmp_path, args):
+@pytest.mark.parametrize(("args", "name"), [
+    (("train", "--data", "", "--out", "run"), "--data"), (("train", "--data", "gone", "--out", ""), "--out"),
+    (("train", "--resume", ""), "--resume"), (("evaluate", "--checkpoint", ""), "--checkpoint"), (("evaluate", ""), "CHECKPOINT"),
+    (("evaluate", "a.pt", "--ensemble", "b.pt", ""), "--ensemble"), (("visualize", "curves", ""), "PATH"),
+    (("predict", "", "--checkpoint", "a.pt"), "IMAGE_OR_FOLDER"), (("import", "caffe", "", "--out", "c.pt"), "file")])
+def test_an_empty_path_is_refused_in_one_line(tmp_path, args, name):
     """An empty path is what '--data "$DATA"' gives with DATA unset: Path("") is the current folder,
     which train read as the data (and refused --out inside it), 'train --out ""' ran the default
     Fashion-MNIST training into a new runs/DATE-MODEL of the current folder, '--checkpoint ""' said
-    '. is a folder'."""
+    '. is a folder'. Each file or folder argument is refused by the parser, named as --help names it."""
     r = run_cli(*args, cwd=tmp_path)
-    name = next(a for a, v in zip(args, args[1:] + ("",)) if v == "" and a.startswith("--")) if "curves" not in args else "RUN_DIR"
-    assert r.returncode == 2 and r.stderr == f"alexnet: error: {name}: an empty path (see 'alexnet --help')\n", r.stderr
+    command = args[0]
+    assert r.returncode == 2 and r.stderr == (f"alexnet {command}: error: argument {name}: an empty path "
+                                              f"(see 'alexnet {command} --help')\n"), r.stderr
     assert list(tmp_path.iterdir()) == []
 
 

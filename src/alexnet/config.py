@@ -44,6 +44,7 @@ POSITIVE = (lambda v: v > 0, "> 0")
 NON_NEGATIVE = (lambda v: v >= 0, ">= 0")
 FRACTION = (lambda v: 0 <= v < 1, "in [0, 1)")
 AT_LEAST_1 = (lambda v: v >= 1, ">= 1")
+PATH_OPTIONS = ("data", "out", "resume", "init_from")  # files or folders: ~ is the home folder, "" refused
 # The data order's generator takes seed * 100003 + epoch, which must fit torch's 64 bits.
 SEED_RANGE = (lambda v: abs(v) < 2**40, "with |seed| < 2**40")
 
@@ -233,7 +234,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     unknown = sorted(set(values) - set(_FIELDS))
     if unknown:
         raise ConfigError(f"--config {path}: unknown training option(s): " + ", ".join(_key_hint(k) for k in unknown))
-    for name in ("data", "out", "init_from"):  # the shell expands a typed ~; a file's means the home folder too
+    for name in PATH_OPTIONS:  # a typed ~ is the home folder (cli.options._path); a file's too
         if isinstance(values.get(name), str) and values[name].startswith("~"):
             values[name] = os.path.expanduser(values[name])
     return values

@@ -16,9 +16,6 @@ from .options import build_parser
 
 # Commands that run the network on batches: big tensors are allocated and freed every step.
 _COMPUTING = {"train", "evaluate", "predict", "features", "retrieve", "prepare", "export"}
-# The options that name files or folders (each command's own dest names)
-_PATHS = ("data", "out", "checkpoint", "ensemble", "images", "image", "index", "run_dir", "file", "mean_file", "config",
-          "resume", "init_from", "figure", "dir")
 
 
 def _stdout_gone() -> bool:
@@ -126,10 +123,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for relaunching under torchrun
-    empty = _empty_path(args)
-    if empty:  # '--data "$DATA"' with DATA unset: Path("") is the current folder, read as the data
-        parser.error(f"{empty}: an empty path")
-    _expand_home(args)
     if args.command is None:
         parser.print_help()
         return 2
@@ -140,28 +133,6 @@ def main(argv: list[str] | None = None) -> int:
                 setattr(args, name, default)
     with _sigterm_as_ctrl_c():
         return _run(args)
-
-
-def _empty_path(args: argparse.Namespace) -> str | None:
-    """The first path option (or positional) given as an empty string: ``--data ""`` trained on the
-    current folder, ``--out ""`` into a new runs/DATE-MODEL, ``--checkpoint ""`` said '. is a folder'."""
-    for name in _PATHS:
-        value = getattr(args, name, None)
-        if value == "" or (isinstance(value, list) and "" in value):
-            return "--" + name.replace("_", "-") if name not in ("images", "image", "run_dir", "file") else name.upper()
-    return None
-
-
-def _expand_home(args: argparse.Namespace) -> None:
-    """A leading ``~`` (``~user``) of the path options means the home folder, as a config file's
-    does: the shell expands it in ``--out ~/runs/x`` but not in ``--out=~/runs/x`` or a quoted
-    ``'~/runs/x'``, where train made a folder named ``~`` in the current one."""
-    for name in _PATHS:
-        value = getattr(args, name, None)
-        if isinstance(value, str):
-            setattr(args, name, os.path.expanduser(value))
-        elif isinstance(value, list):
-            setattr(args, name, [os.path.expanduser(v) if isinstance(v, str) else v for v in value])
 
 
 def _line(text: str) -> None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 
-from ..config import AT_LEAST_1, FRACTION
+from ..config import AT_LEAST_1, FRACTION, PATH_OPTIONS
 from .common import _train_option_names
 from .tools import BENCHMARKS, cmd_benchmark, cmd_download, cmd_export, cmd_import, cmd_models, cmd_prepare, cmd_summary
 from .training import cmd_train
@@ -28,6 +29,16 @@ def _config_type(kind: type, check: tuple | None):
         return value
 
     return parse
+
+
+def _path(text: str) -> str:
+    """An argparse type for a file or folder: a leading ``~`` is the home folder, as in a config file
+    (the shell leaves it in ``--out=~/runs/x`` and in quotes, and train made a folder named ``~``); an
+    empty one, what ``--data "$DATA"`` gives with DATA unset, is refused (``Path("")`` is the current
+    folder: train read it as the data, ``--out ""`` trained into a new runs/DATE-MODEL)."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty path")
+    return os.path.expanduser(text)
 
 
 _positive_int = _config_type(int, AT_LEAST_1)
@@ -56,6 +67,8 @@ def _add_config_options(parser: argparse.ArgumentParser, names: list[str] | None
             extra["choices"] = meta["choices"]
         elif base in (int, float):
             extra["type"] = _config_type(base, meta.get("check"))
+        elif name in PATH_OPTIONS:
+            extra["type"] = _path
         if extra.get("metavar") is None and "action" not in extra and "choices" not in extra:
             extra["metavar"] = flag(name).lstrip("-").replace("-", "_").upper()
         parser.add_argument(flag(name), **extra)
@@ -132,8 +145,8 @@ def _add_checkpoint(parser: argparse.ArgumentParser, help: str) -> None:
     """A checkpoint read by the command, as ``--checkpoint FILE`` or as its positional CHECKPOINT (import
     takes its FILE, visualize curves its RUN_DIR, predict its images so): 'alexnet evaluate run/best.pt'
     was refused. :func:`_one_checkpoint` makes them one ``checkpoint``, required."""
-    parser.add_argument("checkpoint_file", nargs="?", metavar="CHECKPOINT", help="the checkpoint, as --checkpoint gives it")
-    parser.add_argument("--checkpoint", help=help)
+    parser.add_argument("checkpoint_file", type=_path, nargs="?", metavar="CHECKPOINT", help="the checkpoint, as --checkpoint gives it")
+    parser.add_argument("--checkpoint", type=_path, help=help)
 
 
 def _one_checkpoint(parsed: argparse.Namespace, command: argparse.ArgumentParser) -> None:
@@ -178,7 +191,7 @@ def _add_train(sub, common: argparse.ArgumentParser) -> None:
         description="Train a model. With no arguments: alexnet_small on Debian's Fashion-MNIST (5 epochs, about 4-9 minutes "
         "on 2 CPU cores). Options override the preset, which --config FILE (TOML/YAML) may also override.",
     )
-    t.add_argument("--config", help="TOML or YAML file of training options (command-line options win; relative paths in it are "
+    t.add_argument("--config", type=_path, help="TOML or YAML file of training options (command-line options win; relative paths in it are "
                    "taken from the current folder, as typed ones are), or a run's "
                    "config.json: that run again (its thread count too, unless --threads)")
     t.add_argument("--force", action="store_true",
@@ -197,7 +210,8 @@ def _add_use_commands(sub, common: argparse.ArgumentParser) -> None:
     """The commands that use a trained model: evaluate, predict, features, retrieve, visualize."""
     e = sub.add_parser("evaluate", parents=[common], help="top-1/top-5 accuracy and error of a checkpoint")
     _add_checkpoint(e, "a .pt or .safetensors file from 'alexnet train', 'import' or 'export'")
-    e.add_argument("--data", help="data to evaluate on (default: the data set the checkpoint was trained on; needed for imports, "
+    e.add_argument("--data", type=_path,
+                   help="data to evaluate on (default: the data set the checkpoint was trained on; needed for imports, "
                    "exports): its val split; a folder without one, the images training held out if the checkpoint "
                    "trained on it (an ensemble: the first checkpoint's; a warning names a member that trained on "
                    "some of them), else every image")
@@ -205,52 +219,53 @@ def _add_use_commands(sub, common: argparse.ArgumentParser) -> None:
     e.add_argument("--batch-size", type=_positive_int, default=256, help="images per batch (default: 256)")
     _add_config_options(e, ["decode", "channels_last"])
     e.add_argument("--ten-crop", action="store_true", help="average the softmax of the 4 corner + centre crops and their mirrors")
-    e.add_argument("--ensemble", nargs="+", metavar="FILE", help="more checkpoints: average the softmax of all models")
-    e.add_argument("--out", help="folder for per_class.csv, confusion.png, confusion.csv and evaluate.json")
+    e.add_argument("--ensemble", type=_path, nargs="+", metavar="FILE", help="more checkpoints: average the softmax of all models")
+    e.add_argument("--out", type=_path, help="folder for per_class.csv, confusion.png, confusion.csv and evaluate.json")
     e.add_argument("--json", action="store_true", help="print one JSON object: top1, top5, top1_error, top5_error, loss (mean "
                    "negative log-likelihood), images (the number scored), ten_crop, precision, models (the checkpoints), "
                    "data (what was scored)")
     e.set_defaults(func=cmd_evaluate)
 
     pr = sub.add_parser("predict", parents=[common], help="top-K classes of your own images")
-    pr.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER",
+    pr.add_argument("images", type=_path, nargs="+", metavar="IMAGE_OR_FOLDER",
                     help="image files, or folders of them (searched recursively)")
-    pr.add_argument("--checkpoint", required=True, help="a checkpoint (.pt) or an exported .safetensors")
+    pr.add_argument("--checkpoint", type=_path, required=True, help="a checkpoint (.pt) or an exported .safetensors")
     pr.add_argument("--top", "--top-k", "--k", dest="top", type=_positive_int, default=5,
                     help="classes per image (default: 5); --top-k or --k, as retrieve takes, is the same")
     pr.add_argument("--batch-size", type=_positive_int, default=32, help="images per batch (default: 32)")
     pr.add_argument("--json", action="store_true", help="print a JSON list, an object per image: path, top (a list of class, "
                     "index, probability), label (the true class its folder names, or null)")
-    pr.add_argument("--figure", help="figure file (.png, .pdf, .svg, .jpg): each image with bars for its --top classes, "
+    pr.add_argument("--figure", type=_path, help="figure file (.png, .pdf, .svg, .jpg): each image with bars for its --top classes, "
                     "at most 5 (the paper's figure 4, left)")
     pr.set_defaults(func=cmd_predict)
 
     fe = sub.add_parser("features", parents=[common], help="fc7 features of every image of a folder (an index for 'retrieve')")
     _add_checkpoint(fe, "a checkpoint (.pt) or an exported .safetensors")
-    fe.add_argument("--data", required=True, help="a folder of CLASS/IMAGE files")
-    fe.add_argument("--out", required=True, help="index file, NAME.safetensors")
+    fe.add_argument("--data", type=_path, required=True, help="a folder of CLASS/IMAGE files")
+    fe.add_argument("--out", type=_path, required=True, help="index file, NAME.safetensors")
     fe.add_argument("--batch-size", type=_positive_int, default=64, help="images per batch (default: 64)")
     fe.set_defaults(func=cmd_features)
 
     rt = sub.add_parser("retrieve", parents=[common], help="the indexed images nearest to a query in fc7 space")
-    rt.add_argument("image", metavar="QUERY_IMAGE", help="the image whose neighbours to list")
-    rt.add_argument("--index", required=True, help="a file written by 'alexnet features'")
-    rt.add_argument("--checkpoint", help="default: the checkpoint the index was built with")
+    rt.add_argument("image", type=_path, metavar="QUERY_IMAGE", help="the image whose neighbours to list")
+    rt.add_argument("--index", type=_path, required=True, help="a file written by 'alexnet features'")
+    rt.add_argument("--checkpoint", type=_path, help="default: the checkpoint the index was built with")
     rt.add_argument("--k", "--top-k", "--top", dest="k", type=_positive_int, default=6,
                     help="neighbours to list (default: 6); --top-k or --top, as predict takes, is the same")
     rt.add_argument("--json", action="store_true", help="print a JSON list, nearest first: path, distance (Euclidean, in fc7 "
                     "space), label (its class, or null)")
-    rt.add_argument("--figure", help="figure file (.png, .pdf, .svg, .jpg): the query and its neighbours (the paper's figure 4, right)")
+    rt.add_argument("--figure", type=_path,
+                    help="figure file (.png, .pdf, .svg, .jpg): the query and its neighbours (the paper's figure 4, right)")
     rt.set_defaults(func=cmd_retrieve)
 
 
     v = sub.add_parser("visualize", help="figures: conv1 filters (paper fig. 3) or training curves")
     v.add_argument("what", choices=("filters", "curves"),
                    help="filters: a checkpoint's conv1 kernels; curves: runs' loss, error and learning rate per epoch")
-    v.add_argument("run_dir", nargs="*", metavar="PATH", help="curves: run folder(s), several share one figure, a colour each; "
+    v.add_argument("run_dir", type=_path, nargs="*", metavar="PATH", help="curves: run folder(s), several share one figure, a colour each; "
                    "filters: the checkpoint, as --checkpoint gives it")
-    v.add_argument("--checkpoint", help="checkpoint (for filters)")
-    v.add_argument("--out", help="figure file, .png, .pdf, .svg or .jpg (filters: .png or .jpg) (default: filters.png; "
+    v.add_argument("--checkpoint", type=_path, help="checkpoint (for filters)")
+    v.add_argument("--out", type=_path, help="figure file, .png, .pdf, .svg or .jpg (filters: .png or .jpg) (default: filters.png; "
                    "RUN_DIR/curves.png for one run, curves.png for several)")
     v.set_defaults(func=cmd_visualize)
 
@@ -258,10 +273,10 @@ def _add_tool_commands(sub, common: argparse.ArgumentParser) -> None:
     """Weights in and out, data preparation."""
     im = sub.add_parser("import", help="convert torchvision or Caffe (bvlc_alexnet) weights into a checkpoint")
     im.add_argument("source", choices=("torchvision", "caffe"), help="whose weights: torchvision's alexnet or BVLC's bvlc_alexnet")
-    im.add_argument("file", nargs="?", help="torchvision: a saved state dict; caffe: a .caffemodel or a bvlc_alexnet.npy "
+    im.add_argument("file", type=_path, nargs="?", help="torchvision: a saved state dict; caffe: a .caffemodel or a bvlc_alexnet.npy "
                     "(default: the published ImageNet weights, downloaded once into torch.hub's cache)")
-    im.add_argument("--out", required=True, help="checkpoint to write (.pt)")
-    im.add_argument("--mean-file", help="caffe: a mean .binaryproto (default: the ILSVRC-2012 mean)")
+    im.add_argument("--out", type=_path, required=True, help="checkpoint to write (.pt)")
+    im.add_argument("--mean-file", type=_path, help="caffe: a mean .binaryproto (default: the ILSVRC-2012 mean)")
     im.add_argument("--allow-pickle", action="store_true", help="caffe .npy: unpickle anything (only for files you trust)")
     _add_progress(im)
     im.set_defaults(func=cmd_import)
@@ -275,7 +290,7 @@ def _add_tool_commands(sub, common: argparse.ArgumentParser) -> None:
         help="default: the one --out's name says (.safetensors, .onnx, .pt2, .ts or .torchscript, .pth: torchvision's "
              "alexnet state dict, for alexnet_owt networks), else safetensors",
     )
-    ex.add_argument("--out", required=True, help="the file to write (safetensors: its JSON config goes beside it)")
+    ex.add_argument("--out", type=_path, required=True, help="the file to write (safetensors: its JSON config goes beside it)")
     _add_threads(ex)
     ex.set_defaults(func=cmd_export)
 
@@ -283,8 +298,8 @@ def _add_tool_commands(sub, common: argparse.ArgumentParser) -> None:
     _add_config_options(pp, ["workers"])  # no --device or --amp: it decodes on the CPU and computes in float64
     _add_progress(pp)
     _add_threads(pp)
-    pp.add_argument("--data", required=True, help="image folder (CLASS/IMAGE, or train/ and val/; ILSVRC-2012 layout)")
-    pp.add_argument("--out", required=True, help="folder for the packed shards and index.json")
+    pp.add_argument("--data", type=_path, required=True, help="image folder (CLASS/IMAGE, or train/ and val/; ILSVRC-2012 layout)")
+    pp.add_argument("--out", type=_path, required=True, help="folder for the packed shards and index.json")
     pp.add_argument("--strict", action="store_true", help="stop at the first unreadable image instead of skipping it")
     pp.add_argument("--size", type=_positive_int, default=256, help="side of the stored square images (paper: 256)")
     pp.add_argument("--shard-size", type=_positive_int, default=1024, help="images per shard file")
@@ -298,7 +313,7 @@ def _add_info_commands(sub, common: argparse.ArgumentParser) -> None:
     s.add_argument("--model", help="a registered model (default: alexnet_paper)")
     s.add_argument("--model-option", action="append", metavar="KEY=VALUE",
                    help="model config override, as for train: e.g. towers=1, lrn=false, input_size=227")
-    s.add_argument("--checkpoint", help="describe the network of this checkpoint (.pt or .safetensors)")
+    s.add_argument("--checkpoint", type=_path, help="describe the network of this checkpoint (.pt or .safetensors)")
     s.add_argument("--num-classes", type=_positive_int, help="outputs of fc8 (default: 1000)")
     s.add_argument("--input-size", type=_positive_int, help="input side in pixels (default: the model's): --model's network built "
                    "for it, as --model-option input_size=N; a checkpoint's network must fit it")
@@ -315,7 +330,7 @@ def _add_info_commands(sub, common: argparse.ArgumentParser) -> None:
     d = sub.add_parser("download", help="download a data set (needs the internet): Fashion-MNIST, Imagenette, Imagewoof")
     d.add_argument("dataset", choices=("fashion-mnist", "imagenette", "imagenette-320", "imagenette-160", "imagewoof"),
                    help="imagenette: fast.ai's imagenette2 (full-size photos; -320/-160: shorter side 320/160 px)")
-    d.add_argument("--out", required=True, help="folder to download and unpack into")
+    d.add_argument("--out", type=_path, required=True, help="folder to download and unpack into")
     _add_progress(d)
     d.set_defaults(func=cmd_download)
 
@@ -325,7 +340,7 @@ def _add_info_commands(sub, common: argparse.ArgumentParser) -> None:
     b.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
     b.add_argument("--repeats", type=_positive_int, help="timed rounds per benchmark (default: each one's own)")
     b.add_argument("--threads", type=_positive_int, metavar="N", help="CPU threads for both sides (default: one per core)")
-    b.add_argument("--dir", help="the benchmarks/ folder (default: the one beside src/ in this checkout)")
-    b.add_argument("--data", help="photos for inference's agreement and accuracy, CLASS/IMAGE (default: "
+    b.add_argument("--dir", type=_path, help="the benchmarks/ folder (default: the one beside src/ in this checkout)")
+    b.add_argument("--data", type=_path, help="photos for inference's agreement and accuracy, CLASS/IMAGE (default: "
                    "../shared/data/imagewoof-mini/val beside the checkout if there; else timings on synthetic images)")
     b.set_defaults(func=cmd_benchmark)
