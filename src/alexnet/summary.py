@@ -66,12 +66,12 @@ def layer_table(model: AlexNet, input_size: int | None = None) -> list[LayerRow]
 def format_summary(model: AlexNet, name: str = "", input_size: int | None = None) -> str:
     """The summary table as text, with totals and a comparison to the paper's neuron counts."""
     rows = layer_table(model, input_size)
-    size = input_size or model.config.input_size
+    record = summary_record(model, name, input_size, rows)
     same = paper_layers(rows)  # the layers whose outputs are the paper network's: their counts compare
     head = f"{'layer':<8} {'type':<18} {'output':>14} {'neurons':>12} {'params':>12} {'MACs':>14}"
     if same:
         head += f" {'paper neurons':>14}"
-    lines = [f"{name or 'model'}: input {model.config.in_chans}x{size}x{size}, {model.config.num_classes} classes", head, "-" * len(head)]
+    lines = [f"{record['model']}: input {'x'.join(map(str, record['input']))}, {record['num_classes']} classes", head, "-" * len(head)]
     for r in rows:
         line = f"{r.name:<8} {r.kind:<18} {'x'.join(map(str, r.output_shape)):>14} "
         line += f"{r.neurons or '':>12} {r.params or '':>12} {r.macs or '':>14}"
@@ -79,10 +79,8 @@ def format_summary(model: AlexNet, name: str = "", input_size: int | None = None
         if r.name in same:
             line += f" {PAPER_NEURONS[r.name]:>14,}"
         lines.append(line)
-    total_params = sum(p.numel() for p in model.parameters())
-    total_macs = sum(r.macs for r in rows)
+    total_params, total_macs, neurons = record["params"], record["macs"], record["neurons"]
     conv_macs = sum(r.macs for r in rows if r.kind == "Conv2d")
-    neurons = sum(r.neurons for r in rows)
     lines.append("-" * len(head))
     lines.append(f"total parameters:          {total_params:,}")
     lines.append(f"total multiply-accumulates: {total_macs:,} per image ({100 * conv_macs / max(1, total_macs):.0f} % in conv layers)")
@@ -97,10 +95,12 @@ def format_summary(model: AlexNet, name: str = "", input_size: int | None = None
     return "\n".join(lines)
 
 
-def summary_record(model: AlexNet, name: str = "", input_size: int | None = None) -> dict:
-    """The summary as JSON-ready data (``alexnet summary --json``): the model, its input, each layer
-    (name, type, output shape, neurons, parameters, multiply-accumulates) and the totals."""
-    rows = layer_table(model, input_size)
+def summary_record(model: AlexNet, name: str = "", input_size: int | None = None,
+                   rows: list[LayerRow] | None = None) -> dict:
+    """The summary as JSON-ready data (``alexnet summary --json``; :func:`format_summary`'s table prints
+    it): the model, its input, each layer (name, type, output shape, neurons, parameters,
+    multiply-accumulates) and the totals. ``rows``: :func:`layer_table`'s, where already computed."""
+    rows = layer_table(model, input_size) if rows is None else rows
     size = input_size or model.config.input_size
     layers = [{"name": r.name, "type": r.kind, "output": list(r.output_shape), "neurons": r.neurons, "params": r.params,
                "macs": r.macs} for r in rows]
