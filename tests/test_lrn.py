@@ -478,3 +478,37 @@ def test_a_compiled_kernel_has_the_umasks_mode_so_others_sharing_the_cache_can_l
         os.umask(old)
     [built] = (tmp_path / "cache").iterdir()
     assert oct(built.stat().st_mode & 0o777) == oct(0o755), built.name
+
+
+@pytest.mark.parametrize("path", ["kernel", "plain"])
+def test_torch_func_transforms_and_forward_mode(path, monkeypatch):
+    """torch.func.grad and jacrev said 'In order to use an autograd.Function with functorch transforms
+    ... it must override the setup_context staticmethod', and forward mode (torch.func.jvp,
+    torch.autograd.forward_ad) gave a zero tangent without a word. Checked in float64 against the
+    formula's autograd (lrn_torch64) and central differences, with the ReLU and two groups."""
+    from torch.autograd import forward_ad
+    from torch.func import grad, jacrev, jvp
+
+    import alexnet.lrn as lrn_module
+
+    if path == "plain":
+        monkeypatch.setattr(lrn_module, "kernel_available", lambda x=None: False)
+    norm = LocalResponseNorm(5, 0.3, 0.75, 1.0, "sum", groups=2)
+    torch.manual_seed(0)
+    x, v = torch.randn(2, 8, 3, 3, dtype=torch.float64) * 2, torch.randn(2, 8, 3, 3, dtype=torch.float64)
+
+    def reference(t: torch.Tensor) -> torch.Tensor:
+        r = t.clamp(min=0)
+        return torch.cat([lrn_torch64(part, 5, 0.3, 0.75, 1.0) for part in r.split(4, dim=1)], dim=1)
+
+    fn = functools.partial(norm, relu=True)
+    eps = 1e-6
+    central = (reference(x + eps * v) - reference(x - eps * v)) / (2 * eps)
+    torch.testing.assert_close(jvp(fn, (x,), (v,))[1], central, rtol=1e-6, atol=1e-8)
+    with forward_ad.dual_level():
+        tangent = forward_ad.unpack_dual(fn(forward_ad.make_dual(x, v))).tangent
+    torch.testing.assert_close(tangent, central, rtol=1e-6, atol=1e-8)
+    x64 = x.clone().requires_grad_()
+    (reference(x64) * v).sum().backward()
+    torch.testing.assert_close(grad(lambda t: (fn(t) * v).sum())(x), x64.grad)
+    torch.testing.assert_close(jacrev(fn)(x[:1, :, :1, :1]), torch.autograd.functional.jacobian(reference, x[:1, :, :1, :1]))

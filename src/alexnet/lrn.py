@@ -42,6 +42,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd import forward_ad
 
 from . import _kernels
 from .checks import is_finite, is_whole, require
@@ -296,6 +297,16 @@ def _exporting() -> bool:
     return _plain_ops or torch.jit.is_scripting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
 
+def _transformed(x: torch.Tensor) -> bool:
+    """Whether ``x`` is inside a ``torch.func`` transform (grad, vmap, jacrev, hessian, jvp) or carries a
+    forward-mode tangent (``torch.autograd.forward_ad``): the fused operator and :class:`_LRNFunction`
+    have no rules for them (``torch.func.grad`` refused them; forward mode dropped the tangent, a
+    silent zero derivative), the plain ops of :func:`lrn_reference` have all of autograd's."""
+    if torch.compiler.is_compiling():  # the compiled graph's operators differentiate as eager ones do
+        return False
+    return torch._C._functorch.is_functorch_wrapped_tensor(x) or forward_ad.unpack_dual(x).tangent is not None
+
+
 # What the operators' kernels take, decided without touching them (torch.compile traces this).
 _OP_DTYPES = {"cpu": tuple(_KERNEL_NAMES), "cuda": (torch.float32, torch.bfloat16, torch.float16)}
 
@@ -387,6 +398,8 @@ class LocalResponseNorm(nn.Module):
         g, (n, c) = self.groups, x.shape[:2]
         if c % g:
             raise ValueError(f"LRN with groups={g} needs a channel count divisible by {g}, got {c}")
+        if _transformed(x):  # plain ops, which torch.func and forward-mode AD differentiate
+            return _grouped(lambda t: lrn_reference(F.relu(t) if relu else t, self.size, self.sum_alpha, self.beta, self.k), g, x)
         compiling = torch.compiler.is_compiling()  # the operators below, never the eager-only paths
         triton_lrn = _triton_lrn(x) if not compiling and not _exporting() and x.numel() else None
         if triton_lrn is not None:  # groups, ReLU and layout all handled in the kernel
