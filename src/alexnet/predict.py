@@ -9,9 +9,21 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
 
-from .data.folder import _image_files, class_name, decode_image, find_classes, not_images, to_luma
+from .data.folder import (
+    _image_files,
+    _resize_crop,
+    _to_rgb,
+    _upright,
+    class_name,
+    decode_image,
+    find_classes,
+    not_images,
+    to_luma,
+)
 from .data.loaders import model_input
 from .data.presets import Preprocess
 from .errors import CheckpointError, ConfigError, DataError
@@ -102,6 +114,57 @@ def load_image(path: str | os.PathLike, preprocess: Preprocess) -> torch.Tensor:
     except Exception as e:  # noqa: BLE001 - whatever the decoder raises, the file is what is wrong
         raise DataError(f"{path}: cannot read this image ({type(e).__name__}: {' '.join(str(e).split()) or 'no detail'})") from None
     return to_luma(image) if preprocess.channels == 1 else image
+
+
+class ImageTransform:
+    """What :func:`predict` does to one image, for your own Dataset or loop (torchvision's
+    ``weights.transforms()``, timm's ``create_transform``): an image file's path, a PIL image or a
+    uint8 (C, H, W) tensor (``torchvision.io.read_image``'s) -> the float (C, input_size, input_size)
+    tensor the model takes. ``model.preprocess.transforms()`` makes one; it pickles, for DataLoader workers.
+
+    The image is made RGB (grey ones repeated, alpha dropped, as predict's decoding does), turned upright
+    by its EXIF orientation where it has one (a path, a PIL image; a tensor is taken as it is), its
+    shorter side resized to the recipe's ``resize``, the central square it stored kept, made luma for a
+    one-channel model, then centre-cropped and normalised (:func:`alexnet.data.loaders.model_input`). A
+    path is decoded exactly as predict decodes it; a PIL image or tensor of a JPEG at least twice the
+    ``resize`` was decoded in full, where predict lets libjpeg decode it at a reduced size (close, not equal).
+    """
+
+    def __init__(self, preprocess: Preprocess) -> None:
+        if not isinstance(preprocess, Preprocess):
+            raise TypeError(f"ImageTransform takes a recipe (a loaded model's .preprocess), not {type(preprocess).__name__}")
+        self.preprocess = preprocess
+
+    def __call__(self, image: str | os.PathLike | torch.Tensor | Image.Image) -> torch.Tensor:
+        pre = self.preprocess
+        if isinstance(image, (str, os.PathLike)):
+            x = load_image(image, pre)
+        else:
+            if isinstance(image, torch.Tensor):
+                x = _rgb_tensor(image)
+            elif isinstance(image, Image.Image):
+                x = torch.from_numpy(np.asarray(_to_rgb(_upright(image)), dtype=np.uint8).copy()).permute(2, 0, 1)
+            else:
+                raise TypeError(f"ImageTransform takes an image file's path, a PIL image or a uint8 (C, H, W) tensor, "
+                                f"not {kind_of(image)}")
+            x = _resize_crop(x, *pre.stored_sizes())
+            x = to_luma(x) if pre.channels == 1 else x
+        return model_input(x.unsqueeze(0), torch.zeros(1, dtype=torch.int64), pre, False)[0]
+
+    def __repr__(self) -> str:
+        pre = self.preprocess
+        resize, size = pre.stored_sizes()
+        image = ", mean_image" if pre.mean_image is not None else ""
+        return (f"ImageTransform(resize={resize}, stored={size}, crop={pre.test_crop}, input_size={pre.input_size}, "
+                f"mean={pre.mean}{image}, std={pre.std})")
+
+
+def _rgb_tensor(image: torch.Tensor) -> torch.Tensor:
+    """A uint8 (C, H, W) image tensor (grey, grey and alpha, RGB, RGBA) as (3, H, W) RGB; ValueError for any other."""
+    if image.dtype != torch.uint8 or image.dim() != 3 or not 1 <= image.shape[0] <= 4:
+        raise ValueError(f"ImageTransform takes a uint8 (C, H, W) image tensor of 1 to 4 channels (0-255 pixels, as "
+                         f"torchvision.io.read_image gives), not {image.dtype} of shape {tuple(image.shape)}")
+    return image[:1].expand(3, -1, -1) if image.shape[0] <= 2 else image[:3]
 
 
 def true_class(path: str | os.PathLike, classes: list[str], depth: int = 3, folders: list[str] | None = None) -> str | None:

@@ -13,13 +13,16 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
 
 from ..checks import is_finite, is_whole
 from ..errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from ..predict import ImageTransform
 
 # torchvision's per-channel statistics of ImageNet (0.485, 0.456, 0.406; 0.229, 0.224, 0.225), on the
 # 0-255 scale: written out, as 0.224 * 255 in floats is 57.120000000000005 in config.json and checkpoints.
@@ -182,6 +185,13 @@ class Preprocess:
                 mean.to(device), inv_std.to(device), tuple(t.to(device, torch.float64) for t in eig) if eig else None
             )
         return self._copies[key]
+
+    def transforms(self) -> ImageTransform:
+        """What ``predict`` does to an image, as a transform for your own Dataset or loop (torchvision's
+        ``weights.transforms()``, timm's ``create_transform``): :class:`alexnet.predict.ImageTransform`."""
+        from ..predict import ImageTransform
+
+        return ImageTransform(self)
 
     def state(self) -> dict[str, Any]:
         """The checkpoint form: plain values, the mean image as a tensor."""

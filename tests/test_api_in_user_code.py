@@ -1,0 +1,84 @@
+"""The models and recipes in a user's own code, as a torchvision or timm user would take them."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+from test_evaluate import PRE  # 67 px inputs cut from 76 px stored images
+
+import alexnet
+from alexnet import create_model
+from alexnet.checkpoint import save_atomic
+from alexnet.cli import main
+
+
+def tiny_checkpoint(path: Path) -> Path:
+    """A small paper-layout net (LRN, two towers) with its recipe, saved as 'alexnet train' would."""
+    torch.manual_seed(0)
+    m = create_model("alexnet_paper", num_classes=3, widths=(8, 8, 8, 8, 8), fc_width=16, input_size=67, init="kaiming")
+    with torch.no_grad():  # spread the scores, so that a pixel's difference shows in the probabilities
+        m.fc8.weight.mul_(30)
+    mean_image = torch.linspace(40, 200, 3 * 76 * 76).reshape(3, 76, 76)
+    recipe = dict(PRE, mean_image=mean_image)  # the paper's recipe: a mean image
+    save_atomic({"model": m.state_dict(), "model_config": m.config.to_dict(), "classes": ["a", "b", "c"], "preprocess": recipe}, path)
+    return path
+
+
+def some_images(folder: Path) -> list[Path]:
+    """A JPEG (RGB, under twice the recipe's resize: decoded in full by predict too), an RGBA PNG, a
+    grey PNG and a JPEG stored sideways with an EXIF orientation tag."""
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(rng.integers(0, 256, size=(120, 140, 3), dtype=np.uint8))
+    photo.save(folder / "photo.jpg", quality=90)
+    Image.fromarray(rng.integers(0, 256, size=(90, 100, 4), dtype=np.uint8), "RGBA").save(folder / "rgba.png")
+    Image.fromarray(rng.integers(0, 256, size=(100, 80), dtype=np.uint8), "L").save(folder / "grey.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to view
+    photo.save(folder / "sideways.jpg", quality=90, exif=exif)
+    return sorted(folder.iterdir())
+
+
+def test_the_recipe_as_a_transform_gives_what_predict_gives(tmp_path, capsys):
+    """model.preprocess.transforms() on a path, a PIL image and a read_image tensor feeds the model
+    what 'alexnet predict' feeds it: the probabilities of predict --json (--amp none) to float32's
+    rounding; a tensor is taken as it is (no EXIF turn), so the sideways JPEG's is not predict's."""
+    ckpt = tiny_checkpoint(tmp_path / "m.pt")
+    paths = some_images(tmp_path / "images")
+    capsys.readouterr()
+    assert main(["predict", "--checkpoint", str(ckpt), *map(str, paths), "--json", "--amp", "none", "--top", "3"]) == 0
+    cli = {r["path"]: [t["probability"] for t in sorted(r["top"], key=lambda t: t["index"])] for r in json.loads(capsys.readouterr().out)}
+    model = alexnet.load(ckpt)
+    transform = pickle.loads(pickle.dumps(model.preprocess.transforms()))  # as DataLoader workers get it
+    assert "resize=76" in repr(transform)
+    for path in paths:
+        want = torch.tensor(cli[str(path)])
+        with Image.open(path) as image:
+            inputs = {"path": transform(path), "pil": transform(image), "tensor": transform(torchvision.io.read_image(str(path)))}
+        for kind, x in inputs.items():
+            assert x.shape == (3, 67, 67) and x.dtype == torch.float32
+            with torch.no_grad():
+                got = torch.softmax(model(x.unsqueeze(0)), dim=1)[0]
+            if kind == "tensor" and path.name == "sideways.jpg":
+                assert not torch.allclose(got, want, atol=1e-3), "read_image does not turn it: neither does the transform"
+            else:
+                torch.testing.assert_close(got, want, rtol=0, atol=1e-5, msg=f"{path.name} as a {kind}")
+
+
+def test_the_transform_refuses_what_it_cannot_take(tmp_path):
+    transform = alexnet.load(tiny_checkpoint(tmp_path / "m.pt")).preprocess.transforms()
+    with pytest.raises(ValueError, match="uint8 .* not torch.float32"):
+        transform(torch.rand(3, 80, 80))
+    with pytest.raises(ValueError, match=r"shape \(1, 3, 80, 80\)"):
+        transform(torch.zeros(1, 3, 80, 80, dtype=torch.uint8))
+    with pytest.raises(TypeError, match="numpy.ndarray"):
+        transform(np.zeros((80, 80, 3), dtype=np.uint8))
+    with pytest.raises(alexnet.DataError, match="nothing.jpg"):
+        transform(tmp_path / "nothing.jpg")
