@@ -82,3 +82,17 @@ def test_the_transform_refuses_what_it_cannot_take(tmp_path):
         transform(np.zeros((80, 80, 3), dtype=np.uint8))
     with pytest.raises(alexnet.DataError, match="nothing.jpg"):
         transform(tmp_path / "nothing.jpg")
+
+
+def test_an_index_given_by_its_path_is_a_type_error_naming_load_index(tmp_path):
+    """retrieve(model, "index.safetensors", query), as the command line takes --index, said
+    'string indices must be integers, not 'str'' from inside query_amp."""
+    from alexnet.retrieval import check_index_model, retrieve
+
+    model = alexnet.load(tiny_checkpoint(tmp_path / "m.pt"))
+    query = some_images(tmp_path / "images")[0]
+    for call in (lambda: retrieve(model, "index.safetensors", query), lambda: check_index_model(model, Path("i.safetensors"))):
+        with pytest.raises(TypeError, match=r"index is the dict build_index or load_index returns, not a .*: alexnet.retrieval.load_index"):
+            call()
+    with pytest.raises(TypeError, match="retrieve: index .* not a torch.Tensor$"):
+        retrieve(model, torch.zeros(3, 16), query)

@@ -284,6 +284,14 @@ def nearest(index: dict[str, Any], query: torch.Tensor, k: int = 6) -> list[dict
     return out
 
 
+def _check_index(index: Any, where: str) -> None:
+    """TypeError naming ``where``'s argument unless ``index`` is an index dict (a path said
+    'string indices must be integers')."""
+    if not isinstance(index, dict):
+        hint = ": alexnet.retrieval.load_index(path) reads a saved one" if isinstance(index, (str, os.PathLike)) else ""
+        raise TypeError(f"{where}: index is the dict build_index or load_index returns, not {kind_of(index)}{hint}")
+
+
 def _check_width(model: AlexNet, index: dict[str, Any], model_name: str = "the model", index_name: str = "the index") -> None:
     if index["features"].shape[1] != model.config.fc_width:
         raise DataError(f"{index_name} holds {index['features'].shape[1]}-d features but {model_name}'s fc7 has {model.config.fc_width}")
@@ -296,6 +304,7 @@ def check_index_model(
     say which files they came from); an index from before the digest was kept is warned about,
     as it cannot be checked. Once per pairing, not per query: the digest reads every weight (a
     quarter of a second for AlexNet)."""
+    _check_index(index, "check_index_model")
     _check_width(model, index, model_name, index_name)
     if index.get("fingerprint") is None:
         warnings.warn(f"{index_name} was written by an earlier alexnet, which kept no digest of its model: that {model_name} "
@@ -337,6 +346,7 @@ def retrieve(
     as for :func:`fc7`). ``check``: first make sure ``model`` built ``index``
     (:func:`check_index_model`, a quarter of a second: for many queries, check once and pass False)."""
     pre = recipe(model)
+    _check_index(index, "retrieve")
     amp = query_amp(amp, index, next(model.parameters()).device)
     if not isinstance(image, (str, os.PathLike)):
         raise TypeError(f"retrieve: the query is the path of one image file, not {kind_of(image)}")
