@@ -96,3 +96,15 @@ def test_an_index_given_by_its_path_is_a_type_error_naming_load_index(tmp_path):
             call()
     with pytest.raises(TypeError, match="retrieve: index .* not a torch.Tensor$"):
         retrieve(model, torch.zeros(3, 16), query)
+
+
+def test_a_list_of_paths_where_one_path_is_taken_is_named_as_such(tmp_path):
+    """retrieve(model, index, ["q.jpg"]) said the query was 'not a list holding a builtins.NoneType'
+    (kind_of named the first item that is not a path, and there was none)."""
+    from alexnet.retrieval import retrieve
+
+    model = alexnet.load(tiny_checkpoint(tmp_path / "m.pt"))
+    index = {"features": torch.zeros(1, 16)}
+    for query, said in ((["q.jpg"], "a list of 1 path"), ((), "a tuple of 0 paths"), ([Path("a"), 3], "a list holding a builtins.int")):
+        with pytest.raises(TypeError, match=rf"the query is the path of one image file, not {said}$"):
+            retrieve(model, index, query)

@@ -49,6 +49,8 @@ def kind_of(value: object) -> str:
     """What ``value`` is, in a few words (a tensor's repr would print its numbers)."""
     if isinstance(value, (list, tuple)):
         odd = next((v for v in value if not isinstance(v, (str, os.PathLike))), None)
+        if odd is None:  # only paths, or nothing: not "holding a builtins.NoneType"
+            return f"a {type(value).__name__} of {len(value)} path{'s' if len(value) != 1 else ''}"
         return f"a {type(value).__name__} holding a {type(odd).__module__}.{type(odd).__name__}"
     return f"a {type(value).__module__}.{type(value).__name__}"
 
