@@ -108,3 +108,26 @@ def test_a_list_of_paths_where_one_path_is_taken_is_named_as_such(tmp_path):
     for query, said in ((["q.jpg"], "a list of 1 path"), ((), "a tuple of 0 paths"), ([Path("a"), 3], "a list holding a builtins.int")):
         with pytest.raises(TypeError, match=rf"the query is the path of one image file, not {said}$"):
             retrieve(model, index, query)
+
+
+def test_forward_hooks_see_the_papers_layers():
+    """README: a hook on norm1 gets LRN(ReLU(conv1)) with conv1's output as its input (the ReLU runs
+    inside it), pool1's the overlapping max-pool of that; the formula per tower in float64 here."""
+    torch.manual_seed(0)
+    model = create_model("alexnet_paper", num_classes=3, widths=(8, 8, 8, 8, 8), fc_width=16, input_size=67).eval()
+    seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for name in ("conv1", "norm1", "pool1"):
+        getattr(model, name).register_forward_hook(lambda m, i, o, name=name: seen.__setitem__(name, (i[0].clone(), o.clone())))
+    x = torch.randn(2, 3, 67, 67) * 500  # conv1 maps of ~100: the window sum moves the denominator from k=2 to ~6
+    model(x)
+    conv = torch.nn.functional.conv2d(x.double(), model.conv1.weight.double(), model.conv1.bias.double(), 4, 2)
+    r = conv.clamp(min=0)
+    lrn = torch.empty_like(r)
+    for tower in (0, 4):  # 8 maps in two towers of 4, each normalised alone (k=2, n=5, alpha=1e-4, beta=0.75)
+        for i in range(4):
+            lo, hi = tower + max(0, i - 2), tower + min(3, i + 2)
+            lrn[:, tower + i] = r[:, tower + i] / (2 + 1e-4 * (r[:, lo : hi + 1] ** 2).sum(1)) ** 0.75
+    torch.testing.assert_close(seen["conv1"][1].double(), conv, rtol=1e-5, atol=1e-2)
+    torch.testing.assert_close(seen["norm1"][0], seen["conv1"][1])
+    torch.testing.assert_close(seen["norm1"][1].double(), lrn, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(seen["pool1"][1].double(), torch.nn.functional.max_pool2d(lrn, 3, 2), rtol=1e-5, atol=1e-4)
