@@ -131,3 +131,14 @@ def test_forward_hooks_see_the_papers_layers():
     torch.testing.assert_close(seen["norm1"][0], seen["conv1"][1])
     torch.testing.assert_close(seen["norm1"][1].double(), lrn, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(seen["pool1"][1].double(), torch.nn.functional.max_pool2d(lrn, 3, 2), rtol=1e-5, atol=1e-4)
+
+
+def test_a_model_name_or_filter_that_is_no_string_is_a_type_error_naming_it():
+    """list_models(1) said "object of type 'int' has no len()" (from fnmatch), create_model(["alexnet_small"])
+    "unhashable type: 'list'": neither named the argument."""
+    with pytest.raises(TypeError, match="list_models: filter is a shell pattern .* not int"):
+        alexnet.list_models(1)
+    for call in (lambda: create_model(["alexnet_small"]), lambda: alexnet.model_config(b"alexnet_small")):
+        with pytest.raises(TypeError, match="a model is named by a str from alexnet.list_models"):
+            call()
+    assert alexnet.list_models("alexnet_p*") == ["alexnet_paper", "alexnet_paper_1gpu"]

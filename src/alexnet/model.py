@@ -486,6 +486,8 @@ def alexnet_small() -> AlexNetConfig:
 def list_models(filter: str = "", pretrained: bool = False) -> list[str]:
     """Names accepted by :func:`create_model`: those matching the shell pattern ``filter``
     (``"alexnet_p*"``), and with ``pretrained`` only those with published weights (as timm's)."""
+    if not isinstance(filter, str):
+        raise TypeError(f"list_models: filter is a shell pattern (a str such as 'alexnet_p*'), not {type(filter).__name__}")
     names = sorted(n for n in _REGISTRY if not filter or fnmatch.fnmatchcase(n, filter))
     if pretrained:
         from .pretrained import PRETRAINED
@@ -501,6 +503,8 @@ def describe_models() -> dict[str, str]:
 
 def model_config(name: str, **overrides: Any) -> AlexNetConfig:
     """The config of a registered model with ``overrides`` applied."""
+    if not isinstance(name, str):  # a list is unhashable: 'TypeError: unhashable type' named nothing
+        raise TypeError(f"a model is named by a str from alexnet.list_models(), not {type(name).__name__}")
     if name not in _REGISTRY:
         raise UnknownModelError(f"unknown model {name!r}; choose from: {', '.join(list_models())}")
     made = _REGISTRY[name]()
