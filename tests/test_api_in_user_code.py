@@ -142,3 +142,23 @@ def test_a_model_name_or_filter_that_is_no_string_is_a_type_error_naming_it():
         with pytest.raises(TypeError, match="a model is named by a str from alexnet.list_models"):
             call()
     assert alexnet.list_models("alexnet_p*") == ["alexnet_paper", "alexnet_paper_1gpu"]
+
+
+def test_build_index_names_a_batch_size_or_workers_it_cannot_take(tmp_path):
+    """build_index(workers=1.5) said "'float' object cannot be interpreted as an integer",
+    workers="0" "'<' not supported between instances of 'str' and 'int'" (both from the DataLoader),
+    batch_size="8" 'batch_size should be a positive integer value, but got batch_size=8'."""
+    from alexnet.retrieval import build_index
+
+    model = alexnet.load(tiny_checkpoint(tmp_path / "m.pt"))
+    folder = tmp_path / "images"
+    some_images(folder)
+    for kwargs, said in (({"workers": 1.5}, "workers must be a whole number >= 0, got 1.5"),
+                         ({"workers": "0"}, "workers must be a whole number >= 0, got '0'"),
+                         ({"batch_size": "8"}, "batch_size must be a whole number >= 1, got '8'"),
+                         ({"batch_size": True}, "batch_size must be a whole number >= 1, got True")):
+        with pytest.raises(alexnet.ConfigError, match=f"^build_index: {said}$"):
+            build_index(model, folder, **kwargs)
+    with pytest.raises(TypeError, match="build_index: data is an image folder's path, not a builtins.NoneType"):
+        build_index(model, None)
+    assert build_index(model, folder, batch_size=3, show_progress=False)["features"].shape == (4, 16)
