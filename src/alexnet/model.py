@@ -164,10 +164,12 @@ class AlexNetConfig:
         return convs + (w5 * s * s + 1) * fc + (fc + 1) * fc + (fc + 1) * self.num_classes
 
     def to_dict(self) -> dict[str, Any]:
+        """Every field as plain values (what a checkpoint's ``model_config`` holds)."""
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> AlexNetConfig:
+        """The config of :meth:`to_dict`'s values, checked; ConfigError naming unknown fields."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
@@ -375,6 +377,7 @@ class AlexNet(nn.Module):
         return self.fc8
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (N, num_classes) of a float batch (N, in_chans, H, W) the model's recipe made."""
         return self.forward_head(self.forward_features(x))
 
 
