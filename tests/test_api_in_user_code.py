@@ -162,3 +162,21 @@ def test_build_index_names_a_batch_size_or_workers_it_cannot_take(tmp_path):
     with pytest.raises(TypeError, match="build_index: data is an image folder's path, not a builtins.NoneType"):
         build_index(model, None)
     assert build_index(model, folder, batch_size=3, show_progress=False)["features"].shape == (4, 16)
+
+
+def test_a_whole_pickled_model_is_refused_saying_how_to_save_one_load_reads(tmp_path):
+    """torch.save(model) then alexnet.load said only that the file 'holds a alexnet.model.AlexNet object';
+    the way it names, export_safetensors, gives back the same logits, classes and recipe."""
+    from alexnet.export import export_safetensors
+
+    model = alexnet.load(tiny_checkpoint(tmp_path / "m.pt"))
+    torch.save(model, tmp_path / "whole.pt")
+    with pytest.raises(alexnet.CheckpointError, match=r"alexnet.model.AlexNet object.*export_safetensors\(model, path\)"):
+        alexnet.load(tmp_path / "whole.pt")
+    export_safetensors(model, tmp_path / "m.safetensors")
+    again = alexnet.load(tmp_path / "m.safetensors")
+    x = torch.randn(2, 3, 67, 67)
+    assert torch.equal(again(x), model(x)) and again.classes == model.classes and again.preprocess == model.preprocess
+    torch.save({"model": model.state_dict(), "recipe": model.preprocess}, tmp_path / "dict.pt")  # another of ours: no such hint
+    with pytest.raises(alexnet.CheckpointError, match=r"Preprocess object, not only tensors and plain containers$"):
+        alexnet.load(tmp_path / "dict.pt")

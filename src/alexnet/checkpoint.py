@@ -138,8 +138,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     except pickle.UnpicklingError as e:
         found = re.search(r"GLOBAL ([\w.]+)", str(e))
         if found:  # a pickle that would build foreign objects (and could run code): refuse, name it
+            whole = ""
+            if found.group(1) == "alexnet.model.AlexNet":  # torch.save(model), as torch's tutorials show
+                whole = ("; torch.save(model) pickled the module: alexnet.export.export_safetensors(model, path) saves one "
+                         "alexnet.load reads (torch.load(path, weights_only=False) unpickles a file you trust)")
             raise CheckpointError(
-                f"{path}: refused to load: it holds a {found.group(1)} object, not only tensors and plain containers"
+                f"{path}: refused to load: it holds a {found.group(1)} object, not only tensors and plain containers{whole}"
             ) from None
         raise _unreadable(path, e) from None
     except Exception as e:  # torch.load raises many kinds on junk: EOFError, IndexError, RuntimeError...
