@@ -180,3 +180,22 @@ def test_a_whole_pickled_model_is_refused_saying_how_to_save_one_load_reads(tmp_
     torch.save({"model": model.state_dict(), "recipe": model.preprocess}, tmp_path / "dict.pt")  # another of ours: no such hint
     with pytest.raises(alexnet.CheckpointError, match=r"Preprocess object, not only tensors and plain containers$"):
         alexnet.load(tmp_path / "dict.pt")
+
+
+def test_evaluate_given_prepared_inputs_says_they_go_to_the_model(tmp_path):
+    """A DataLoader over transforms() outputs (float inputs) given to evaluate said 'model_input takes uint8
+    images ..., not torch.float32', naming a function the user never called; the same images as
+    uint8 batches score, and the user's own loop over transforms() gives the same top-1."""
+    from alexnet.evaluate import evaluate
+    from alexnet.predict import load_image
+
+    model = alexnet.load(tiny_checkpoint(tmp_path / "m.pt"))
+    paths = some_images(tmp_path / "images")
+    transform = model.preprocess.transforms()
+    prepared = [(torch.stack([transform(p) for p in paths]), torch.tensor([0, 1, 2, 0]))]
+    with pytest.raises(ValueError, match="^evaluate takes batches of uint8 images .* not torch.float32: inputs already prepared"):
+        evaluate(model, prepared)
+    stored = [(torch.stack([load_image(p, model.preprocess) for p in paths]), torch.tensor([0, 1, 2, 0]))]
+    with torch.no_grad():
+        own = (model(prepared[0][0]).argmax(1) == prepared[0][1]).float().mean().item()
+    assert evaluate(model, stored, classes=["a", "b", "c"])["top1"] == pytest.approx(own)

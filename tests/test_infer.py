@@ -138,7 +138,7 @@ def test_python_api_mistakes_are_named_not_answered_wrongly(tmp_path):
     labels = torch.tensor([0, 1, 2])
 
     # A float batch in [0, 1] (torchvision's ToTensor) was normalised as near-black: chance accuracy, no word.
-    with pytest.raises(ValueError, match="model_input takes uint8 images .* not torch.float32"):
+    with pytest.raises(ValueError, match="evaluate takes batches of uint8 images .* not torch.float32"):
         evaluate(model, [(images.float() / 255, labels)], torch.device("cpu"))
     with pytest.raises(ValueError, match="uint8"):
         model_input(images.float(), labels, model.preprocess, False)

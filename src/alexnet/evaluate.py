@@ -228,6 +228,7 @@ def evaluate(
             batches += 1
             if batch is None:  # every image of the batch was unreadable
                 continue
+            _check_images(batch[0])
             _check_labels(batch[1], len(positions) if positions is not None else k)
             images, labels = batch[0].to(device, non_blocking=True), batch[1].to(device)
             if mapping is not None:  # the data's class numbers -> the model's
@@ -255,6 +256,15 @@ def _checked(models: AlexNet | list[AlexNet], loader: Any) -> list[AlexNet]:
     for m in models:
         class_names(m)
     return models
+
+
+def _check_images(images: Any) -> None:
+    """ValueError for a batch that is not uint8 pixels: evaluate prepares them by each model's recipe,
+    so inputs already prepared (model.preprocess.transforms()) would be refused by model_input in its words."""
+    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8:
+        what = images.dtype if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"evaluate takes batches of uint8 images (0-255 pixels, as load_eval_data gives them), which it "
+                         f"prepares by the model's recipe, not {what}: inputs already prepared (transforms()) go to the model itself")
 
 
 def _check_labels(labels: torch.Tensor, classes: int) -> None:
