@@ -199,3 +199,30 @@ def test_evaluate_given_prepared_inputs_says_they_go_to_the_model(tmp_path):
     with torch.no_grad():
         own = (model(prepared[0][0]).argmax(1) == prepared[0][1]).float().mean().item()
     assert evaluate(model, stored, classes=["a", "b", "c"])["top1"] == pytest.approx(own)
+
+
+def test_per_image_gradients_and_stacked_models_under_torch_func():
+    """torch.func's recipes on a whole network: per-image gradients (vmap of grad, as for differential
+    privacy) against one backward per image, and several models' weights stacked and run at once
+    (stack_module_state + vmap, torch's model-ensembling tutorial) against each model's own forward."""
+    from torch.func import functional_call, grad, stack_module_state, vmap
+
+    torch.manual_seed(0)
+    models = [create_model("alexnet_paper", num_classes=3, widths=(8, 8, 8, 8, 8), fc_width=16, input_size=67, dropout=0.0).eval()
+              for _ in range(3)]
+    model, x, y = models[0], torch.randn(4, 3, 67, 67) * 100, torch.tensor([0, 1, 2, 0])
+    params = {k: v.detach() for k, v in model.named_parameters()}
+
+    def loss(p: dict[str, torch.Tensor], image: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(functional_call(model, p, (image[None],)), label[None])
+
+    per_image = vmap(grad(loss), in_dims=(None, 0, 0))(params, x, y)
+    for i in range(4):
+        model.zero_grad()
+        torch.nn.functional.cross_entropy(model(x[i : i + 1]), y[i : i + 1]).backward()
+        for name, p in model.named_parameters():
+            torch.testing.assert_close(per_image[name][i], p.grad, rtol=1e-4, atol=1e-6 * p.grad.abs().max().item())
+    stacked, buffers = stack_module_state(models)
+    together = vmap(lambda p, b: functional_call(model, (p, b), (x,)))(stacked, buffers)
+    with torch.no_grad():
+        torch.testing.assert_close(together, torch.stack([m(x) for m in models]), rtol=1e-5, atol=1e-5)

@@ -398,8 +398,9 @@ class LocalResponseNorm(nn.Module):
         g, (n, c) = self.groups, x.shape[:2]
         if c % g:
             raise ValueError(f"LRN with groups={g} needs a channel count divisible by {g}, got {c}")
-        if _transformed(x):  # plain ops, which torch.func and forward-mode AD differentiate
-            return _grouped(lambda t: lrn_reference(F.relu(t) if relu else t, self.size, self.sum_alpha, self.beta, self.k), g, x)
+        if _transformed(x):  # plain ops, which torch.func and forward-mode AD differentiate; no layout queries (vmap has none)
+            r = F.relu(x) if relu else x
+            return torch.cat([lrn_reference(part, self.size, self.sum_alpha, self.beta, self.k) for part in r.chunk(g, dim=1)], dim=1)
         compiling = torch.compiler.is_compiling()  # the operators below, never the eager-only paths
         triton_lrn = _triton_lrn(x) if not compiling and not _exporting() and x.numel() else None
         if triton_lrn is not None:  # groups, ReLU and layout all handled in the kernel
