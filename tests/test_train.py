@@ -418,6 +418,16 @@ def test_resuming_a_finished_run_says_nothing_is_left(tiny_fmnist, tmp_path):
                      "a new run from its weights"], lines
 
 
+def test_a_finished_run_resumed_reports_its_folder_as_a_trained_one_does(tiny_fmnist, tmp_path, monkeypatch):
+    """fit's run_dir was absolute for a run that trained ('done: ... run folder /home/u/run') and as
+    typed for one resumed with nothing left ('run folder run'): one key, two meanings after a chdir."""
+    monkeypatch.chdir(tmp_path)
+    trained = fit(_cfg(tiny_fmnist, Path("run"), epochs=1), log=lambda s: None)
+    again = fit(resume_config("run", {}), log=lambda s: None)
+    assert trained["run_dir"] == again["run_dir"] == str(tmp_path.resolve() / "run")
+    assert again == trained
+
+
 def test_a_resume_reads_its_checkpoint_once(tiny_fmnist, tmp_path, monkeypatch):
     """resume_config and fit each read last.pt (an ImageNet run's is half a gigabyte: 0.55 s a read
     here, more from a cold disk); now fit takes the one resume_config read, unless the file changed."""

@@ -75,9 +75,10 @@ def recorded_threads(config_json: str | os.PathLike) -> int | None:
     return n if is_whole(n, 1) else None
 
 
-def nothing_left(ckpt: dict[str, Any], epochs: int, run_dir: Path) -> tuple[str, dict[str, Any]] | None:
+def nothing_left(ckpt: dict[str, Any], epochs: int, run_dir: Path) -> tuple[str, dict[str, Any], float] | None:
     """For a run that has nothing left to train (finished, or ended by its plateau schedule): the line
-    saying so and what :func:`alexnet.train.fit` returns, read off the checkpoint before any data is
+    saying so, its last epoch's record and its best val top-1 (what :func:`alexnet.train.fit` returns,
+    with its run folder), read off the checkpoint before any data is
     read or file written (it said 'resuming at epoch N+1' of N, then 'done' with the old figures; a
     plateau-ended run took more --epochs and trained none). None otherwise, a damaged checkpoint too:
     the resume's own checks say what is wrong with it."""
@@ -97,7 +98,7 @@ def nothing_left(ckpt: dict[str, Any], epochs: int, run_dir: Path) -> tuple[str,
                 f"--epochs {epochs + 1} or more continues it")
     else:
         return None
-    return said, {**last, "run_dir": str(run_dir), "best_val_top1": float(best)}
+    return said, last, float(best)
 
 
 # What the 'done' line of a run reports from its last epoch's record.

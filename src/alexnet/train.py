@@ -243,7 +243,7 @@ def _fit(
     finished = nothing_left(resume_ckpt, cfg.epochs, run_dir) if resume_ckpt is not None else None
     if finished is not None:  # said before any data is read or file written
         voices.log(finished[0])
-        return finished[1]
+        return _outcome(finished[1], run_dir, finished[2])
     try:
         run = _wire(cfg, info, device, towers, run_dir, show_progress, voices, cleanup, resume_ckpt)
     except DataError as e:
@@ -274,9 +274,14 @@ def _fit(
     if run.writer is not None:
         run.writer.close()
     run.health.close()  # its hooks would otherwise stay on the model
-    final = dict(run.history[-1]) if run.history else {}
-    final.update(run_dir=str(run_dir.resolve()), best_val_top1=run.best)  # a path that holds after a chdir
-    return final
+    return _outcome(run.history[-1] if run.history else {}, run_dir, run.best)
+
+
+def _outcome(last: dict[str, Any], run_dir: Path, best: float) -> dict[str, Any]:
+    """What :func:`fit` returns: the last epoch's record, ``run_dir`` and ``best_val_top1``. One place
+    for a run that trained and one that had nothing left: the latter gave ``run_dir`` as typed ('run
+    folder run'), the former absolute, a path that holds after a chdir ('run folder /home/u/run')."""
+    return {**last, "run_dir": str(run_dir.resolve()), "best_val_top1": float(best)}
 
 
 # -- wiring: data, model, optimiser, restore ------------------------------------------------------
