@@ -387,7 +387,7 @@ def test_help_gives_defaults_and_prepare_uses_workers_by_default(tmp_path, monke
 def test_missing_default_data_message(monkeypatch):
     from alexnet.data import fashion_mnist, loaders
 
-    monkeypatch.setattr(loaders, "DEBIAN_ROOT", fashion_mnist.Path("/nonexistent/fashion-mnist"))
+    monkeypatch.setattr(fashion_mnist, "DEBIAN_ROOT", fashion_mnist.Path("/nonexistent/fashion-mnist"))
     with pytest.raises(alexnet.DataError, match="apt-get install dataset-fashion-mnist"):
         loaders.load_data(None, 8, 28)
 

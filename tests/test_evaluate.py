@@ -161,6 +161,28 @@ def _versions_of_the_modules() -> dict[str, str]:
             "numpy": numpy.__version__, "pillow": PIL.__version__, "python": platform.python_version()}
 
 
+def test_evaluate_json_names_the_default_data_by_its_path(tmp_path, monkeypatch):
+    """evaluate.json's settings.data is the data's absolute path; for a run trained without --data
+    (its checkpoint records data None: Debian's Fashion-MNIST) it was the description instead,
+    'Fashion-MNIST test (/usr/share/datasets/fashion-mnist)', which no reader of paths can open."""
+    from conftest import make_tiny_fmnist
+
+    from alexnet.config import resolve_config
+    from alexnet.data import fashion_mnist, loaders
+    from alexnet.train import fit
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(fashion_mnist, "DEBIAN_ROOT", make_tiny_fmnist(tmp_path / "debian"))
+    monkeypatch.setattr(loaders, "DEBIAN_ROOT", fashion_mnist.DEBIAN_ROOT, raising=False)  # the code before kept its own
+    cfg = resolve_config(None, {"out": "run", "epochs": 1, "batch_size": 8, "amp": "none", "workers": 0,
+                                "model_options": {"widths": [8, 16, 16, 16, 16], "fc_width": 32}})
+    fit(cfg, log=lambda s: None)
+    assert main(["evaluate", "run/last.pt", "--amp", "none", "--out", "eval", "--progress", "off"]) == 0
+    written = json.loads(Path("eval/evaluate.json").read_text())
+    assert written["settings"]["data"] == str(tmp_path / "debian")
+    assert written["data"] == f"Fashion-MNIST test ({tmp_path / 'debian'})" and written["images"] == 40
+
+
 def test_outputs_record_what_computed_them(tmp_path, capsys, monkeypatch):
     """evaluate.json named its checkpoints only as typed (relative), not how JPEGs were decoded, and
     torch's version alone; a pack's index.json named its source as typed and no version of what decoded

@@ -55,14 +55,14 @@ def _note_unused_workers(typed: int | None, cfg: TrainConfig) -> None:
     """A note for a typed ``--workers N`` on data held in memory (Fashion-MNIST, CIFAR), which is
     batched in the training process: N was recorded in config.json and used by nothing. The run
     records 0, what ran (:func:`alexnet.train.fit`)."""
-    from ..data.fashion_mnist import DEBIAN_ROOT
+    from ..data.fashion_mnist import data_root
     from ..data.sources import detect
     from ..errors import DataError
 
     if not typed or os.environ.get("RANK", "0") != "0":
         return
     try:
-        kind = detect(Path(cfg.data) if cfg.data is not None else DEBIAN_ROOT)
+        kind = detect(data_root(cfg.data))
     except (OSError, DataError):  # not there or not data: fit says so in its own words
         return
     if kind in ("fashion_mnist", "cifar"):

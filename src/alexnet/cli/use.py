@@ -173,11 +173,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.out:
         import torch
 
+        from ..data.fashion_mnist import data_root
         from ..runtime import versions
 
         # the resolved settings, so that evaluate.json says how the figures were computed; the data by
         # absolute path too: "data" in stats is as typed, which names nothing once its folder is unknown
-        settings = {"checkpoints": [str(Path(p).resolve()) for p in paths], "data": str(Path(data).resolve()) if data else source,
+        settings = {"checkpoints": [str(Path(p).resolve()) for p in paths], "data": str(data_root(data).resolve()),
                     "device": str(device), "amp": str(amp).replace("torch.", "") if amp else "none",
                     "decode": "workers" if decode is None else str(decode), "batch_size": args.batch_size,
                     "channels_last": channels_last, "threads": torch.get_num_threads(), **versions()}

@@ -23,6 +23,14 @@ _FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
+
+
+def data_root(data: str | os.PathLike | None) -> Path:
+    """Where ``--data`` points: the path given, else :data:`DEBIAN_ROOT`, which a run without --data
+    trains on (its checkpoint records data None) and evaluate then scores."""
+    return Path(data) if data is not None else DEBIAN_ROOT
+
+
 _DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 

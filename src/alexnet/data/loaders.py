@@ -23,7 +23,7 @@ from . import augment, presets
 from .cifar import load_cifar
 from .device_decode import DeviceDecoder, collate_raw
 from .fashion_mnist import CLASSES as FMNIST_CLASSES
-from .fashion_mnist import DEBIAN_ROOT, load_fashion_mnist, missing_message
+from .fashion_mnist import data_root, load_fashion_mnist, missing_message
 from .folder import BAD_FILES_NAME, BadFiles, ImageFolderDataset, collate, printable
 from .packed import PackedDataset, batch_passthrough, read_index
 from .presets import IMAGENET_MEAN, IMAGENET_STD, Preprocess  # noqa: F401 - the means re-exported (old import path)
@@ -220,7 +220,7 @@ def load_data(
     (when ``out_dir`` is given), or stop the run with a DataError when ``strict``. With
     ``decode_device``, an image folder's JPEGs are decoded on that device (nvJPEG on a GPU).
     """
-    root = Path(data) if data is not None else DEBIAN_ROOT
+    root = data_root(data)
     eval_batch_size = eval_batch_size or batch_size
     if data is None and not root.exists():
         raise DataError(missing_message(root))
@@ -591,7 +591,7 @@ def load_eval_data(
     if not isinstance(preprocess, Preprocess):  # a bare network's .preprocess is None
         raise TypeError(f"load_eval_data: preprocess must be a loaded model's recipe (alexnet.load(checkpoint).preprocess), "
                         f"not {type(preprocess).__name__}; a network from create_model has none")
-    root = Path(data) if data is not None else DEBIAN_ROOT
+    root = data_root(data)
     if data is None and not root.exists():
         raise DataError(missing_message(root))
     kind = detect(root)
