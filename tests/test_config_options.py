@@ -389,6 +389,22 @@ def test_a_run_resumed_in_another_precision_says_so_when_replayed(tiny_fmnist, t
                      "one trains in float32 (--amp none), so it is not bitwise the same run"], r.stderr
 
 
+@pytest.mark.parametrize("amp", ["none", "bf16"])
+def test_a_replay_names_its_precision_as_the_run_recorded_it(amp):
+    """--config's note compares the replay's precision (cli.training._amp_name) with environment.amp,
+    which fit writes (train._environment): each spelt it out itself, and a spelling that drifted would
+    tell every replay in the same precision that it is not bitwise the run."""
+    import torch
+
+    from alexnet.cli.training import _amp_name
+    from alexnet.runtime import resolve_amp
+    from alexnet.train import _environment
+
+    cfg = resolve_config(None, {"amp": amp, "device": "cpu"})
+    recorded = _environment(torch.device("cpu"), resolve_amp(amp, torch.device("cpu")))["amp"]
+    assert _amp_name(cfg) == recorded == {"none": "none", "bf16": "bfloat16"}[amp]
+
+
 def test_a_path_a_config_file_gives_that_is_not_there_names_the_file(tiny_fmnist, tmp_path, monkeypatch, capsys):
     """A config file's relative data or init_from path is taken from the current folder, as a typed one
     (a checked-in configs/x.toml saying data = "data/woof" is run from the project's root). One that

@@ -127,6 +127,13 @@ def precision_name(amp: torch.dtype | None) -> str:
     return str(amp or torch.float32).removeprefix("torch.")
 
 
+def amp_name(amp: torch.dtype | None) -> str:
+    """A resolved ``amp`` as config.json's environment.amp and evaluate.json's settings.amp record it:
+    the autocast dtype ("bfloat16", "float16") or "none". One rule: ``train --config RUN/config.json``
+    compares the replay's precision with the recorded one, and a name spelt otherwise is a false note."""
+    return str(amp).removeprefix("torch.") if amp else "none"
+
+
 _ALLOCATOR_TUNED: bool | None = None
 
 

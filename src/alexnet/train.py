@@ -53,7 +53,7 @@ from .model import AlexNet, AlexNetConfig, describe_model, model_family
 from .optim import PlateauSchedule, make_optimizer, match_state_layout, param_groups, step_lr_factor
 from .parallel import TowerSplit, grouped_optimizer_state, split_optimizer_state, tower_devices
 from .resume import check_classes, check_resumed, note_changes, nothing_left, read_checkpoint, resume_source, started_threads
-from .runtime import counted, resolve_amp, rng_state, seed_everything, set_rng_state, versions
+from .runtime import amp_name, counted, resolve_amp, rng_state, seed_everything, set_rng_state, versions
 from .trainstate import check_training_state
 
 
@@ -63,7 +63,7 @@ def _environment(device: torch.device, amp: torch.dtype | None) -> dict[str, Any
         **versions(),
         "machine": platform.machine(),
         "device": str(device),
-        "amp": str(amp).replace("torch.", "") if amp else "none",
+        "amp": amp_name(amp),
         "threads": torch.get_num_threads(),
     }
 
@@ -578,7 +578,7 @@ def _announce(run: _Run) -> None:
     run.log(
         f"training {name} on {data.source}: {data.train_size} train / {data.val_size} val images, "
         f"{len(data.classes)} classes, {trainable:,} trainable parameters, {cfg.epochs} epoch{'s' * (cfg.epochs != 1)}, {where}, "
-        f"amp {_environment(run.device, run.amp)['amp']} -> {run.run_dir}"
+        f"amp {amp_name(run.amp)} -> {run.run_dir}"
     )
 
 

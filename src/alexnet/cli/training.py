@@ -180,7 +180,7 @@ def _amp_name(cfg: TrainConfig) -> str | None:
     import torch
 
     from ..errors import ConfigError
-    from ..runtime import resolve_amp
+    from ..runtime import amp_name, resolve_amp
 
     device = _replay_device(cfg)  # the towers' under --towers, as fit resolves the precision for
     if device is None:
@@ -189,7 +189,7 @@ def _amp_name(cfg: TrainConfig) -> str | None:
         amp = resolve_amp(cfg.amp, torch.device(device[0]))
     except (ConfigError, RuntimeError):
         return None
-    return str(amp).replace("torch.", "") if amp else "none"
+    return amp_name(amp)
 
 
 def _check_init_model(model: str, init_from: str) -> None:

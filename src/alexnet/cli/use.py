@@ -174,12 +174,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         import torch
 
         from ..data.fashion_mnist import data_root
-        from ..runtime import versions
+        from ..runtime import amp_name, versions
 
         # the resolved settings, so that evaluate.json says how the figures were computed; the data by
         # absolute path too: "data" in stats is as typed, which names nothing once its folder is unknown
         settings = {"checkpoints": [str(Path(p).resolve()) for p in paths], "data": str(data_root(data).resolve()),
-                    "device": str(device), "amp": str(amp).replace("torch.", "") if amp else "none",
+                    "device": str(device), "amp": amp_name(amp),
                     "decode": "workers" if decode is None else str(decode), "batch_size": args.batch_size,
                     "channels_last": channels_last, "threads": torch.get_num_threads(), **versions()}
         _write_evaluation(Path(args.out), {**stats, "settings": settings, "argv": sys.argv[1:]}, confusion, list(classes), columns)
