@@ -427,6 +427,25 @@ def test_export_safetensors_and_torchscript_load_back(tmp_path, paper_ckpt, caps
         alexnet.load(shutil.copy(ts, tmp_path / "m.onnx"))
 
 
+def test_a_safetensors_export_reads_as_a_checkpoint_does(tmp_path, paper_ckpt):
+    """load_checkpoint gave a .pt's preprocess as the table the file stores and a .safetensors export's
+    as a Preprocess object: one key, two types by the file's kind (ckpt["preprocess"]["mean"] raised
+    TypeError on an export). Both are now the table, the mean image a tensor."""
+    import dataclasses
+
+    from alexnet.checkpoint import load_checkpoint
+    from alexnet.export import export_safetensors
+
+    model = alexnet.load(paper_ckpt)
+    model.preprocess = dataclasses.replace(model.preprocess, mean_image=torch.rand(3, 76, 76) * 255)
+    st = export_safetensors(model, tmp_path / "m.safetensors")[0]
+    got, want = load_checkpoint(st)["preprocess"], model.preprocess.state()
+    assert isinstance(got, dict) and got.keys() == want.keys()
+    torch.testing.assert_close(got.pop("mean_image"), want.pop("mean_image"), rtol=0, atol=0)
+    assert got == want
+    assert alexnet.load(st).preprocess == model.preprocess
+
+
 def test_exports_and_feature_indexes_are_the_same_bytes_each_time(tmp_path, paper_ckpt):
     """safetensors writes the metadata in a hash map's order, seeded afresh for each file: an export
     or a feature index of the same model differed from one run to the next (the same tensors, the

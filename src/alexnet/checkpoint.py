@@ -308,8 +308,8 @@ def load_safetensors(path: str | os.PathLike, map_location: str | torch.device =
     mean_image = state.pop(presets.MEAN_IMAGE_KEY, None)  # not a weight: the recipe's mean image
     ckpt = {"model": state}
     ckpt.update({k: config[k] for k in ("model_config", "classes", "folders") if k in config})
-    if config.get("preprocess") is not None:
-        ckpt["preprocess"] = _preprocess(config["preprocess"], str(path), mean_image)
+    if config.get("preprocess") is not None:  # checked, and in a .pt's form (a table, the mean image a tensor)
+        ckpt["preprocess"] = _preprocess(config["preprocess"], str(path), mean_image).state()
     return ckpt
 
 
