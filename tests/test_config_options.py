@@ -405,6 +405,24 @@ def test_a_replay_names_its_precision_as_the_run_recorded_it(amp):
     assert _amp_name(cfg) == recorded == {"none": "none", "bf16": "bfloat16"}[amp]
 
 
+def test_a_number_option_is_recorded_as_a_float_wherever_it_came_from(tiny_fmnist, tmp_path):
+    """config.json's train.lr was 1 for 'lr = 1' in a TOML file (or fit's {"lr": 1}) and 1.0 for --lr 1;
+    so were --warmup-epochs, --label-smoothing and --lr-mult's values: one field, two JSON types."""
+    import json
+
+    from alexnet.cli.common import _config_overrides
+    from alexnet.cli.options import build_parser
+
+    (tmp_path / "c.toml").write_text('lr = 1\nwarmup_epochs = 0\nlabel_smoothing = 0\n[lr_mult]\nfc8 = 10\n')
+    from_file = resolve_config(None, {"data": str(tiny_fmnist)}, tmp_path / "c.toml")
+    typed = resolve_config(None, _config_overrides(build_parser().parse_args(
+        ["train", "--data", str(tiny_fmnist), "--lr", "1", "--warmup-epochs", "0", "--label-smoothing", "0", "--lr-mult", "fc8=10"])))
+    in_python = resolve_config(None, {"data": str(tiny_fmnist), "lr": 1, "warmup_epochs": 0, "label_smoothing": 0,
+                                      "lr_mult": {"fc8": 10}})
+    assert json.dumps(from_file.to_dict()) == json.dumps(typed.to_dict()) == json.dumps(in_python.to_dict())
+    assert (typed.lr, typed.warmup_epochs, typed.lr_mult) == (1.0, 0.0, {"fc8": 10.0}) and type(in_python.lr) is float
+
+
 def test_a_path_a_config_file_gives_that_is_not_there_names_the_file(tiny_fmnist, tmp_path, monkeypatch, capsys):
     """A config file's relative data or init_from path is taken from the current folder, as a typed one
     (a checked-in configs/x.toml saying data = "data/woof" is run from the project's root). One that

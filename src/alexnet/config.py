@@ -447,11 +447,13 @@ def _check_scalar(name: str, value: Any, kind: Any) -> None:
 
 def validate(cfg: TrainConfig) -> None:
     """Raise ConfigError naming the first option that cannot work: of the wrong type (a config file
-    can hold anything), out of range, NaN or infinite, or not one of its choices."""
+    can hold anything), out of range, NaN or infinite, or not one of its choices. Whole numbers given
+    for number options become floats (:func:`_as_floats`)."""
     for name, kind in field_types().items():
         if typing.get_origin(kind) not in (list, dict):
             _check_scalar(name, getattr(cfg, name), kind)
     _validate_containers(cfg)
+    _as_floats(cfg)
     if warm_up_outlasts(cfg.warmup_epochs, cfg.epochs):
         raise ConfigError(f"--warmup-epochs {cfg.warmup_epochs:g} is not shorter than --epochs {cfg.epochs}: the rate would "
                           "still be rising when the run ends")
@@ -460,6 +462,17 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.optimizer == "sgd" and cfg.nesterov and cfg.momentum == 0:
         raise ConfigError("--momentum 0: Nesterov momentum (--nesterov, the preset's) needs a momentum above 0; "
                           "add --no-nesterov")
+
+
+def _as_floats(cfg: TrainConfig) -> None:
+    """The float options (and --lr-mult's values) as floats, once checked: 'lr = 1' in a TOML file, or
+    fit's {"lr": 1}, was recorded as 1 in config.json and the checkpoint where --lr 1 gave 1.0 (one
+    field, an integer or a float by where it came from; a typed reader of config.json takes one)."""
+    for name, kind in field_types().items():
+        value = getattr(cfg, name)
+        if typing.get_origin(kind) not in (list, dict) and float in (kind, *typing.get_args(kind)) and is_finite(value):
+            setattr(cfg, name, float(value))
+    cfg.lr_mult = {layer: float(m) for layer, m in cfg.lr_mult.items()}
 
 
 def warm_up_outlasts(warmup_epochs: float, epochs: int) -> bool:
