@@ -161,6 +161,18 @@ def _versions_of_the_modules() -> dict[str, str]:
             "numpy": numpy.__version__, "pillow": PIL.__version__, "python": platform.python_version()}
 
 
+def test_a_train_config_that_is_not_a_table_is_refused_in_one_line(tmp_path, capsys):
+    """A damaged checkpoint whose train_config is a list stopped evaluate with 'internal error:
+    AttributeError: 'list' object has no attribute 'get'' (exit 1), as the first of an ensemble or another member."""
+    folder = make_image_folder(tmp_path / "imgs", classes=3, per_class=2)
+    tiny_checkpoint(tmp_path / "good.pt")
+    blob = torch.load(tiny_checkpoint(tmp_path / "bad.pt"), weights_only=True)
+    save_atomic({**blob, "train_config": [1]}, tmp_path / "bad.pt")
+    for paths in (["bad.pt"], ["good.pt", "--ensemble", "bad.pt"]):
+        err = cli_fails(capsys, "evaluate", *(str(tmp_path / p) if p.endswith(".pt") else p for p in paths), "--data", str(folder))
+        assert err == f"alexnet: error: {tmp_path / 'bad.pt'}: its train_config is a list, not a table of options: damaged", err
+
+
 def test_evaluate_json_names_the_default_data_by_its_path(tmp_path, monkeypatch):
     """evaluate.json's settings.data is the data's absolute path; for a run trained without --data
     (its checkpoint records data None: Debian's Fashion-MNIST) it was the description instead,

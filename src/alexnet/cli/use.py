@@ -44,13 +44,26 @@ def _warn_trained_on_scored(paths: list[str], data: object, held_out_seed: int |
     if not isinstance(data, str) or _has_val_split(data):
         return
     for p in paths:
-        rec = read_entry(p, "train_config") or {}
+        rec = _train_config(p)
         seed = rec.get("seed", 0)
         if _trained_on(data, rec, read_entry(p, "held_out_of"), listed) and seed != held_out_seed:
             scored = "all of its images" if held_out_seed is None else f"those held out with seed {held_out_seed}"
             warnings.warn(f"{p} trained on {data} holding out the images of seed {seed}: the images scored ({scored}) include "
                           "ones it trained on, so the figures are optimistic; give --data a folder none of the models trained on",
                           stacklevel=2)
+
+
+def _train_config(path: str) -> dict:
+    """The train_config a checkpoint records (its data, its held-out seed); {} for imported or exported
+    weights, which record none. A damaged one that is not a table is a CheckpointError naming the file
+    (it was 'internal error: AttributeError: 'list' object has no attribute 'get'')."""
+    from ..checkpoint import read_entry
+    from ..errors import CheckpointError
+
+    recorded = read_entry(path, "train_config")
+    if recorded is not None and not isinstance(recorded, dict):
+        raise CheckpointError(f"{path}: its train_config is a {type(recorded).__name__}, not a table of options: damaged")
+    return recorded or {}
 
 
 def _note_unlisted(path: str, data: object, recorded: dict, held_out_of: object, keeps_folders: bool) -> None:
@@ -147,7 +160,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     n_classes = models[0].config.num_classes
     if args.num_classes is not None and args.num_classes != n_classes:
         raise CheckpointError(f"--num-classes {args.num_classes} does not match {args.checkpoint}, which has {n_classes} classes")
-    recorded = read_entry(args.checkpoint, "train_config") or {}  # load_models read the file
+    recorded = _train_config(args.checkpoint)  # load_models read the file
     data = _evaluation_data(args, recorded)
     held_out_of = read_entry(args.checkpoint, "held_out_of")
     listed = FolderListing(data) if isinstance(data, str) else None  # its images, listed once for all that follows
