@@ -164,6 +164,26 @@ def test_build_index_names_a_batch_size_or_workers_it_cannot_take(tmp_path):
     assert build_index(model, folder, batch_size=3, show_progress=False)["features"].shape == (4, 16)
 
 
+def test_load_eval_data_names_a_batch_size_or_workers_it_cannot_take(tmp_path):
+    """load_eval_data(batch_size=0) returned a loader that failed when iterated with a ZeroDivisionError,
+    batch_size=-1 with '__len__() should return >= 0', 2.5 with a slice TypeError, workers="2" with a
+    comparison TypeError: none named the argument, nor came at the call."""
+    from alexnet.data.loaders import load_eval_data
+
+    model = alexnet.load(tiny_checkpoint(tmp_path / "m.pt"))
+    folder = tmp_path / "images"
+    folder.mkdir()
+    some_images(folder / "a")  # a folder of class folders
+    for kwargs, said in (({"batch_size": 0}, "batch_size must be a whole number >= 1, got 0"),
+                         ({"batch_size": -1}, "batch_size must be a whole number >= 1, got -1"),
+                         ({"batch_size": 2.5}, "batch_size must be a whole number >= 1, got 2.5"),
+                         ({"workers": "2"}, "workers must be a whole number >= 0, got '2'")):
+        with pytest.raises(alexnet.ConfigError, match=f"^load_eval_data: {said}$"):
+            load_eval_data(folder, model.preprocess, **kwargs)
+    loader, classes, n, _ = load_eval_data(folder, model.preprocess, batch_size=3)
+    assert n == 4 and [len(batch[0]) for batch in loader] == [3, 1]
+
+
 def test_a_whole_pickled_model_is_refused_saying_how_to_save_one_load_reads(tmp_path):
     """torch.save(model) then alexnet.load said only that the file 'holds a alexnet.model.AlexNet object';
     the way it names, export_safetensors, gives back the same logits, classes and recipe."""

@@ -24,3 +24,11 @@ def require(ok: bool, option: str, wanted: str, value: Any) -> None:
     """Raise ConfigError "OPTION must be WANTED, got VALUE" unless ``ok``."""
     if not ok:
         raise ConfigError(f"{option} must be {wanted}, got {value!r}")
+
+
+def require_loader_sizes(where: str, batch_size: Any, workers: Any) -> None:
+    """ConfigError naming ``where``'s argument for a batch size or worker count a DataLoader cannot take,
+    at the call: else the Python API failed at iteration, in torch's words or none (batch_size 0: a
+    ZeroDivisionError, -1: '__len__() should return >= 0', workers '2': a comparison TypeError)."""
+    for name, value, least in (("batch_size", batch_size, 1), ("workers", workers, 0)):
+        require(is_whole(value, least), f"{where}: {name}", f"a whole number >= {least}", value)

@@ -18,7 +18,7 @@ import torch
 
 from . import jsonio
 from .atomic import write_safetensors
-from .checks import is_whole, require
+from .checks import require_loader_sizes
 from .data import presets
 from .data.folder import ImageFolderDataset, collate, find_classes, list_images, skipped, top_level_images
 from .data.loaders import model_input
@@ -110,8 +110,7 @@ def build_index(
 
     Returns ``{"features", "labels", "paths", "classes", "checkpoint", "preprocess", "fingerprint"}``.
     """
-    for name, value, least in (("batch_size", batch_size, 1), ("workers", workers, 0)):  # else torch's errors, or none
-        require(is_whole(value, least), f"build_index: {name}", f"a whole number >= {least}", value)
+    require_loader_sizes("build_index", batch_size, workers)
     if not isinstance(data, (str, os.PathLike)):
         raise TypeError(f"build_index: data is an image folder's path, not {kind_of(data)}")
     root = Path(os.path.abspath(data))

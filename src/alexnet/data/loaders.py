@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from ..checks import require_loader_sizes
 from ..errors import DataError
 from ..runtime import counted
 from . import augment, presets
@@ -591,6 +592,7 @@ def load_eval_data(
     if not isinstance(preprocess, Preprocess):  # a bare network's .preprocess is None
         raise TypeError(f"load_eval_data: preprocess must be a loaded model's recipe (alexnet.load(checkpoint).preprocess), "
                         f"not {type(preprocess).__name__}; a network from create_model has none")
+    require_loader_sizes("load_eval_data", batch_size, workers)
     root = data_root(data)
     if data is None and not root.exists():
         raise DataError(missing_message(root))
