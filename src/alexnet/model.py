@@ -524,13 +524,6 @@ def model_config(name: str, **overrides: Any) -> AlexNetConfig:
 _LOOSE = {"num_classes": 0, "in_chans": 0, "init": None, "dropout": 0.0}  # what a network's family does not fix
 
 
-def registered_name(config: AlexNetConfig) -> str | None:
-    """The registered model whose layers ``config`` has (whatever its classes, input channels,
-    init and dropout rate), or None for another network."""
-    name, differs = model_family(config)
-    return name if not differs else None
-
-
 def differences(config: AlexNetConfig, name: str) -> dict[str, Any]:
     """The layer options of ``config`` that the registered model ``name`` has otherwise."""
     mine, theirs = {**config.to_dict(), **_LOOSE}, {**model_config(name).to_dict(), **_LOOSE}
