@@ -9,19 +9,17 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 
 from .data.folder import (
     _image_files,
     _resize_crop,
-    _to_rgb,
-    _upright,
     class_name,
     decode_image,
     find_classes,
     not_images,
+    pil_image,
     to_luma,
 )
 from .data.loaders import model_input
@@ -143,13 +141,12 @@ class ImageTransform:
             x = load_image(image, pre)
         else:
             if isinstance(image, torch.Tensor):
-                x = _rgb_tensor(image)
+                x = _resize_crop(_rgb_tensor(image), *pre.stored_sizes())
             elif isinstance(image, Image.Image):
-                x = torch.from_numpy(np.asarray(_to_rgb(_upright(image)), dtype=np.uint8).copy()).permute(2, 0, 1)
+                x = pil_image(image, *pre.stored_sizes(), upright=True)
             else:
                 raise TypeError(f"ImageTransform takes an image file's path, a PIL image or a uint8 (C, H, W) tensor, "
                                 f"not {kind_of(image)}")
-            x = _resize_crop(x, *pre.stored_sizes())
             x = to_luma(x) if pre.channels == 1 else x
         return model_input(x.unsqueeze(0), torch.zeros(1, dtype=torch.int64), pre, False)[0]
 

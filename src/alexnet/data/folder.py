@@ -538,10 +538,16 @@ def decode_bytes(data: bytes, resize: int, crop: int | None, upright: bool = Fal
                 pass  # e.g. truncated: PIL below says why
         if img.format in JPEG_FORMATS:
             img.draft("RGB", (resize, resize))  # let libjpeg decode at 1/2, 1/4, 1/8 size when it can
-        img.load()
-        if upright:  # after load(): a PNG's eXIf chunk may follow its pixels
-            img = _upright(img)
-        x = torch.from_numpy(np.asarray(_to_rgb(img), dtype=np.uint8).copy()).permute(2, 0, 1)
+        img.load()  # before pil_image's upright: a PNG's eXIf chunk may follow its pixels
+        return pil_image(img, resize, crop, upright)
+
+
+def pil_image(img: Image.Image, resize: int, crop: int | None, upright: bool = False) -> torch.Tensor:
+    """A decoded PIL image as :func:`decode_bytes` gives a file's: turned as its EXIF orientation tag
+    says when ``upright``, made RGB, its shorter side resized to ``resize``, the central ``crop`` square cut."""
+    if upright:
+        img = _upright(img)
+    x = torch.from_numpy(np.asarray(_to_rgb(img), dtype=np.uint8).copy()).permute(2, 0, 1)
     return _resize_crop(x, resize, crop)
 
 
