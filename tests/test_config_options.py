@@ -389,6 +389,80 @@ def test_a_run_resumed_in_another_precision_says_so_when_replayed(tiny_fmnist, t
                      "one trains in float32 (--amp none), so it is not bitwise the same run"], r.stderr
 
 
+def test_a_run_resumed_with_more_epochs_says_so_when_replayed(tiny_fmnist, tmp_path):
+    """A run resumed with more --epochs under a length-shaped schedule (onecycle here, the presets'
+    default) trained its first epochs on the shorter schedule. config.json recorded only the final
+    --epochs, and `train --config RUN/config.json` trained that schedule from the start: another run,
+    without a word (a 6-epoch photo run resumed to 7 gave 0.2420 at epoch 7, its replay 0.2280).
+    config.json now records each resume's changes under "resumes"; the replay names them and the
+    commands that repeat the run, and those commands give the run's weights bitwise."""
+    import json
+
+    import torch
+    from conftest import run_cli
+
+    run = tmp_path / "run"
+    tiny = ["--model-option", "widths=[8,16,16,16,16]", "--model-option", "fc_width=32"]
+    r = run_cli("train", "--data", str(tiny_fmnist), "--model", "alexnet_small", "--epochs", "1", "--batch-size", "16",
+                *tiny, "--out", str(run), "--threads", "1")
+    assert r.returncode == 0, r.stderr
+    r = run_cli("train", "--resume", str(run), "--epochs", "2", "--threads", "1")
+    assert r.returncode == 0, r.stderr
+    record = json.loads((run / "config.json").read_text())
+    assert record["train"]["epochs"] == 2 and record["train"]["schedule"] == "onecycle"
+    assert record["resumes"] == [{"at": {"epoch": 1, "batch": 0, "step": 4}, "changed": {"epochs": [1, 2]}}]
+
+    def weights(folder):
+        return torch.load(folder / "last.pt", map_location="cpu", weights_only=True)["model"]
+
+    replay = tmp_path / "replay"
+    r = run_cli("train", "--config", str(run / "config.json"), "--out", str(replay))
+    assert r.returncode == 0, r.stderr
+    notes = [line for line in r.stderr.splitlines() if line.startswith("note: --config")]
+    assert notes == [f"note: --config {run / 'config.json'}: that run began with --epochs 1 and was resumed after epoch 1 "
+                     "with --epochs 2; this one trains with --epochs 2 from the start, so it is not the same run: its "
+                     f"onecycle learning rate follows the run's length; --epochs 1, then --resume {replay} --epochs 2 "
+                     "repeats it"], r.stderr
+    assert not all(torch.equal(weights(run)[k], v) for k, v in weights(replay).items())  # another run indeed
+    # What the note says repeats it: the first part (no note: it is that part), then the resume.
+    again = tmp_path / "again"
+    r = run_cli("train", "--config", str(run / "config.json"), "--epochs", "1", "--out", str(again))
+    assert r.returncode == 0 and "note: --config" not in r.stderr, r.stderr
+    assert run_cli("train", "--resume", str(again), "--epochs", "2").returncode == 0
+    assert all(torch.equal(weights(run)[k], v) for k, v in weights(again).items())
+    assert json.loads((again / "config.json").read_text())["resumes"] == record["resumes"]
+
+
+@pytest.mark.parametrize("schedule", ["onecycle", "cosine", "plateau", "step"])
+def test_a_replay_names_what_each_resume_changed(schedule, capsys):
+    """The plateau and step schedules never read --epochs (optim.step_lr_factor): more epochs alone
+    leave a replay of the final --epochs the resumed run, so only the layout's change is said there. A
+    resume killed mid-epoch has no options that stop a run there: no command to repeat it."""
+    from alexnet.cli.training import _note_replayed_resumes
+
+    cfg = resolve_config(None, {"schedule": schedule, "epochs": 9, "channels_last": False, "out": "new"})
+    resumes = [{"at": {"epoch": 3, "batch": 5, "step": 17}, "changed": {"epochs": [4, 6]}},
+               {"at": {"epoch": 6, "batch": 0, "step": 30}, "changed": {"epochs": [6, 9], "workers": [0, 2],
+                                                                      "channels_last": [True, False]}}]
+    _note_replayed_resumes("c.json", resumes, cfg)
+    if schedule in ("onecycle", "cosine"):
+        expected = ("that run began with --epochs 4 --channels-last and was resumed in epoch 4 with --epochs 6 and after "
+                    "epoch 6 with --epochs 9 --no-channels-last; this one trains with --epochs 9 --no-channels-last from "
+                    f"the start, so it is not the same run: its {schedule} learning rate follows the run's length")
+    else:  # the second resume extended the run after its 6 epochs: --epochs 6 stops a run there
+        expected = ("that run began with --channels-last and was resumed after epoch 6 with --no-channels-last; this one "
+                    "trains with --no-channels-last from the start, so it is not the same run; --epochs 6 "
+                    "--channels-last, then --resume new --epochs 9 --no-channels-last repeats it")
+    assert capsys.readouterr().err == f"note: --config c.json: {expected}\n"
+    _note_replayed_resumes("c.json", resumes[:1], cfg)  # more epochs alone
+    assert capsys.readouterr().err == ("" if schedule in ("plateau", "step") else
+                                       "note: --config c.json: that run began with --epochs 4 and was resumed in epoch 4 "
+                                       "with --epochs 6; this one trains with --epochs 9 from the start, so it is not the "
+                                       f"same run: its {schedule} learning rate follows the run's length\n")
+    _note_replayed_resumes("c.json", [{"at": "damaged", "changed": {"epochs": [4, 6]}}, 7, {"at": {}, "changed": {}}], cfg)
+    assert capsys.readouterr().err == ""
+
+
 @pytest.mark.parametrize("amp", ["none", "bf16"])
 def test_a_replay_names_its_precision_as_the_run_recorded_it(amp):
     """--config's note compares the replay's precision (cli.training._amp_name) with environment.amp,

@@ -52,7 +52,16 @@ from .health import HealthMonitor
 from .model import AlexNet, AlexNetConfig, describe_model, model_family
 from .optim import PlateauSchedule, make_optimizer, match_state_layout, param_groups, step_lr_factor
 from .parallel import TowerSplit, grouped_optimizer_state, split_optimizer_state, tower_devices
-from .resume import check_classes, check_resumed, note_changes, nothing_left, read_checkpoint, resume_source, started_threads
+from .resume import (
+    RESUME_MAY_CHANGE,
+    check_classes,
+    check_resumed,
+    note_changes,
+    nothing_left,
+    read_checkpoint,
+    resume_source,
+    started_threads,
+)
 from .runtime import amp_name, counted, resolve_amp, rng_state, seed_everything, set_rng_state, versions
 from .trainstate import check_training_state
 
@@ -216,7 +225,8 @@ class _Run:
     # A resumed run's options go into config.json with its first checkpoint (_checkpoint), not
     # before: a resume that fails first (--compile without a compiler, a NaN) must not leave
     # config.json saying --epochs/--compile/--amp that no checkpoint of the folder ran with.
-    config_pending: bool = False
+    # Until then: where it resumed (epoch, batch and step done), for config.json's "resumes".
+    config_pending: dict[str, int] | None = None
     said_blind: bool = False  # _say_blind's warning, once a run
 
     @property
@@ -502,7 +512,7 @@ def _start_files(run: _Run, resumed: bool) -> None:
             write_text(run.metrics_path, "".join(json.dumps(h) + "\n" for h in run.history))
             if run.history:
                 _plot(run.run_dir)
-            run.config_pending = True
+            run.config_pending = {"epoch": run.pos.epoch, "batch": run.pos.batch, "step": run.pos.step}
         run.log(f"resuming {run.run_dir} at epoch {run.pos.epoch + 1}, batch {run.pos.batch}, step {run.pos.step}")
         _note_thread_change(run)
     elif info.is_main:
@@ -530,10 +540,13 @@ def _data_record(data: DataBundle) -> dict[str, Any]:
             "classes": list(data.classes), **names_from}
 
 
-def _update_config_file(run: _Run) -> None:
+def _update_config_file(run: _Run, at: dict[str, int]) -> None:
     """A resumed run's config.json gives the options it goes on with (more --epochs, another
     --device, its data in another place, other processes or towers, ...); the environment it started
-    in stays, as :func:`_note_thread_change` reads it."""
+    in stays, as :func:`_note_thread_change` reads it. A resume that changed options adds where it
+    resumed (``at``) and what changed, ``{option: [before, after]}``, to "resumes": a cosine or
+    onecycle run resumed with more --epochs followed the shorter schedule until then, which the
+    final options alone cannot replay (``train --config`` says so)."""
     path = run.run_dir / "config.json"
     try:
         resolved = jsonio.loads(path.read_text())
@@ -541,10 +554,15 @@ def _update_config_file(run: _Run) -> None:
         return
     if not isinstance(resolved, dict):
         return
-    now = {"train": run.cfg.to_dict(), "data": _data_record(run.data), "distributed": _distributed_record(run)}
+    now: dict[str, Any] = {"train": run.cfg.to_dict(), "data": _data_record(run.data), "distributed": _distributed_record(run)}
     before = resolved.get("data")
     if isinstance(before, dict) and before.get("classes") == now["data"]["classes"] and "class_names_from" in before:
         now["data"]["class_names_from"] = before["class_names_from"]  # the names it started with, from there
+    was = resolved.get("train") if isinstance(resolved.get("train"), dict) else {}
+    changed = {k: [was[k], v] for k, v in now["train"].items() if k in RESUME_MAY_CHANGE and k in was and was[k] != v}
+    if changed:
+        earlier = resolved.get("resumes")
+        now["resumes"] = [*(earlier if isinstance(earlier, list) else []), {"at": at, "changed": changed}]
     if any(resolved.get(k) != v for k, v in now.items()):
         write_text(path, json.dumps({**resolved, **now}, indent=2) + "\n")
 
@@ -623,9 +641,9 @@ def _checkpoint(run: _Run, *names: str) -> None:
         for name in names:
             _save(ckpt, run.run_dir / name)
         runfolder.drop_replaced(run.run_dir)  # the new run can be resumed now: the run --force replaced goes
-        if run.config_pending:  # the checkpoint now holds the resumed run's options
-            _update_config_file(run)
-            run.config_pending = False
+        if run.config_pending is not None:  # the checkpoint now holds the resumed run's options
+            _update_config_file(run, run.config_pending)
+            run.config_pending = None
 
 
 # -- the loop ---------------------------------------------------------------------------------------

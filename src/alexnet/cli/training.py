@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .common import _config_overrides, _progress_flag
 
@@ -34,7 +34,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         cfg = resolve_config(overrides.pop("preset", None), overrides, args.config)
         _refuse_unused_schedule_options(overrides, cfg)
-        _note_replayed_processes(args.config, args.nproc, cfg)
+        _note_replayed_run(args.config, args.nproc, cfg)
         if cfg.init_from and overrides.get("model"):
             _check_init_model(overrides["model"], cfg.init_from)
     _note_unused_workers(overrides.get("workers"), cfg)
@@ -94,12 +94,10 @@ def _refuse_unused_schedule_options(typed: dict, cfg: TrainConfig) -> None:
                       f"{they} would do nothing; drop {them} or give the --schedule that uses {them}")
 
 
-def _note_replayed_processes(config: str | None, nproc: int | None, cfg: TrainConfig) -> None:
-    """A run's config.json gives its options, not its process count (``--nproc`` is no training
-    option): a run of N processes replayed in another number trains differently (each rank's dropout
-    masks, the split of each batch's reductions), so say so instead of a silently different run.
-    The same for its precision: a run resumed with another ``--amp`` records that one in its options
-    (``--amp none`` after a bf16 NaN), while its first epochs ran in the one its environment records."""
+def _note_replayed_run(config: str | None, nproc: int | None, cfg: TrainConfig) -> None:
+    """Notes for `train --config RUN/config.json` where the replay cannot be the run bitwise: its
+    process count, device or precision, or a schedule it stretched when resumed. Said once (by
+    rank 0 under --nproc); TOML and YAML files are no run's record and get none."""
     from .. import jsonio
     from ..config import is_run_record
 
@@ -111,6 +109,22 @@ def _note_replayed_processes(config: str | None, nproc: int | None, cfg: TrainCo
         return
     if not isinstance(record, dict) or not is_run_record(record):
         return
+    environment = record.get("environment") or {}
+    _note_replayed_processes(config, record)
+    _note_replayed_device(config, environment.get("device"), cfg)
+    started = environment.get("amp")
+    amp = _amp_name(cfg) if isinstance(started, str) else None
+    if amp is not None and started != amp:
+        print(f"note: --config {config}: that run started in {_AMP_NAMES.get(started, started)} (its environment.amp) "
+              f"and this one trains in {_AMP_NAMES.get(amp, amp)} (--amp {cfg.amp}), so it is not bitwise the same run",
+              file=sys.stderr)
+    _note_replayed_resumes(config, record.get("resumes"), cfg)
+
+
+def _note_replayed_processes(config: str, record: dict) -> None:
+    """A run's config.json gives its options, not its process count (``--nproc`` is no training
+    option): a run of N processes replayed in another number trains differently (each rank's dropout
+    masks, the split of each batch's reductions), so say so instead of a silently different run."""
     ran = (record.get("distributed") or {}).get("world_size") or 1
     now = int(os.environ.get("WORLD_SIZE") or 1)  # under torchrun (ours or the user's): its processes
     started = (record.get("environment") or {}).get("world_size")  # older records: none
@@ -120,13 +134,64 @@ def _note_replayed_processes(config: str | None, nproc: int | None, cfg: TrainCo
     elif isinstance(ran, int) and ran != now:
         print(f"note: --config {config}: that run trained in {ran} process{'es' * (ran > 1)} and this one in {now} "
               f"process{'es' * (now > 1)}, so it is not bitwise the same run (--nproc {ran} repeats it)", file=sys.stderr)
-    _note_replayed_device(config, (record.get("environment") or {}).get("device"), cfg)
-    started = (record.get("environment") or {}).get("amp")
-    amp = _amp_name(cfg) if isinstance(started, str) else None
-    if amp is not None and started != amp:
-        print(f"note: --config {config}: that run started in {_AMP_NAMES.get(started, started)} (its environment.amp) "
-              f"and this one trains in {_AMP_NAMES.get(amp, amp)} (--amp {cfg.amp}), so it is not bitwise the same run",
-              file=sys.stderr)
+
+
+# Options a resume may change that change what the run computes (device, precision and process
+# count have notes of their own): --epochs where the rate follows the run's length, the memory layout
+# (other kernels round differently) and torch.compile (other dropout draws).
+_REPLAYED_CHANGES = ("epochs", "channels_last", "compile")
+
+
+def _note_replayed_resumes(config: str, resumes: object, cfg: TrainConfig) -> None:
+    """A note when the run was resumed with options that change what it computes: its first epochs
+    ran with the ones it began with, while the replay trains with its last ones from the start (a
+    6-epoch photo run resumed to 7 gave 0.2420 at epoch 7, its replay 0.2280). A replay given the
+    options the run began with trains that first part: no note."""
+    shaped = cfg.schedule in ("cosine", "onecycle")  # plateau and step never read --epochs
+    changes = [(at, changed, {k: v for k, v in changed.items() if shaped or k != "epochs"}) for at, changed in _resumes(resumes)]
+    changes = [c for c in changes if c[2]]
+    began: dict[str, Any] = {}
+    for _, _, shown in changes:
+        for k, (before, _) in shown.items():
+            began.setdefault(k, before)
+    if all(getattr(cfg, k) == v for k, v in began.items()):
+        return
+    where = " and ".join(f"{_resumed_where(at)} with {_flags({k: v[1] for k, v in shown.items()})}" for at, _, shown in changes)
+    why = f": its {cfg.schedule} learning rate follows the run's length" if "epochs" in began else ""
+    repeat = ""
+    # --epochs N ends a run after epoch N: a resume there that extended the run can be repeated
+    if all(at["batch"] == 0 and changed.get("epochs", [None])[0] == at["epoch"] for at, changed, _ in changes):
+        out = cfg.out or "NEW"
+        steps = [f"--resume {out} {_flags({k: v[1] for k, v in changed.items()})}" for _, changed, _ in changes]
+        first = _flags({"epochs": changes[0][1]["epochs"][0], **began})
+        repeat = f"; {first}, then {', then '.join(steps)} repeats it"
+    print(f"note: --config {config}: that run began with {_flags(began)} and was resumed {where}; this one trains with "
+          f"{_flags({k: getattr(cfg, k) for k in began})} from the start, so it is not the same run{why}{repeat}", file=sys.stderr)
+
+
+def _resumes(resumes: object) -> list[tuple[dict[str, int], dict[str, list]]]:
+    """config.json's "resumes" as (where, {option: [before, after]}) for the options of
+    ``_REPLAYED_CHANGES`` (whole numbers for --epochs, true/false for the others); damaged entries left out."""
+    kept = []
+    for r in resumes if isinstance(resumes, list) else []:
+        at, changed = (r.get("at"), r.get("changed")) if isinstance(r, dict) else (None, None)
+        if not (isinstance(at, dict) and isinstance(changed, dict) and all(isinstance(at.get(k), int) for k in ("epoch", "batch"))):
+            continue
+        kept.append((at, {k: v for k, v in changed.items() if k in _REPLAYED_CHANGES and isinstance(v, list) and len(v) == 2
+                          and all(type(x) is (int if k == "epochs" else bool) for x in v)}))
+    return kept
+
+
+def _flags(values: dict[str, Any]) -> str:
+    """Options as typed: --epochs 7, --channels-last, --no-compile."""
+    from ..config import flag
+
+    return " ".join(flag(k) if v is True else f"--no-{flag(k)[2:]}" if v is False else f"{flag(k)} {v}" for k, v in values.items())
+
+
+def _resumed_where(at: dict[str, int]) -> str:
+    """Where a resume began, as people count epochs: "after epoch 6", or "in epoch 4" mid-epoch."""
+    return f"after epoch {at['epoch']}" if at["batch"] == 0 else f"in epoch {at['epoch'] + 1}"
 
 
 def _replay_device(cfg: TrainConfig) -> tuple[str, str] | None:
