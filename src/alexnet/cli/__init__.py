@@ -113,6 +113,11 @@ def _tolerant_stdout() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``alexnet`` command: parse ``argv`` (default: ``sys.argv[1:]``), run its sub-command, and
+    return the exit status: the command's own (0; ``benchmark`` 1 when one failed), 1 for an OS error
+    or a bug, 2 for a bad request (an AlexNetError) or no command, 130 when interrupted (Ctrl-C,
+    SIGTERM), 141 when standard output's reader went away; each failure is one line on stderr. Bad
+    options exit through argparse (SystemExit 2), as ``--help`` and ``--version`` do (0)."""
     import warnings
 
     if not os.environ.get("ALEXNET_DEBUG"):

@@ -161,6 +161,7 @@ def _one_checkpoint(parsed: argparse.Namespace, command: argparse.ArgumentParser
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``alexnet`` parser: one sub-command per job, each with ``func`` set to the ``cmd_*`` that runs it."""
     from .. import __version__
 
     p = _Parser(

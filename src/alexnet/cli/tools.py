@@ -11,6 +11,8 @@ from .common import _check_output, _key_values, _not_the_input, _progress_flag
 
 
 def cmd_import(args: argparse.Namespace) -> int:
+    """``alexnet import``: torchvision's or BVLC's AlexNet weights (``file``, default the published ones,
+    downloaded once) as a checkpoint at ``--out``; prints its class count, widths and input size, returns 0."""
     from ..checkpoint import save_atomic
     from ..interop import import_caffe, import_torchvision
 
@@ -44,6 +46,9 @@ def _caffe_mean(mean_file: str | None) -> tuple[float, ...] | list[float]:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    """``alexnet export``: write a checkpoint's model to ``--out`` in ``--format`` (default: as its suffix
+    says, else safetensors), with the recipe and the checkpoint's path and sha256 where the format has
+    room; prints the files written, returns 0."""
     from ..checkpoint import load
     from ..export import Source, export, resolve_format
 
@@ -58,6 +63,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 # -- summary / models / download ------------------------------------------------------------------
 def cmd_summary(args: argparse.Namespace) -> int:
+    """``alexnet summary``: print the per-layer table (or ``--json``) of a registered model with its
+    ``--model-option`` overrides, or of ``--checkpoint``'s network; returns 0. ConfigError for
+    --model/--model-option/--num-classes with --checkpoint, two differing class counts, or an
+    ``--input-size`` the network cannot take."""
     from ..errors import ConfigError
     from ..model import create_model, describe_model
     from ..summary import format_summary, summary_record
@@ -90,6 +99,8 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    """``alexnet models``: print each registered model, its description and its published weights' scores
+    (or one JSON list with ``--json``); returns 0."""
     from ..model import describe_models
     from ..pretrained import describe
 
@@ -109,6 +120,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
+    """``alexnet download``: fetch Fashion-MNIST or a fast.ai Imagenette/Imagewoof set into ``--out`` and print
+    the ``alexnet train --data`` line for it; returns 0. A failed download removes the empty folders it made."""
     _check_output(args.out, "--out", folder=True)
     out = Path(args.out)
     new = _missing_folders(out / "FashionMNIST" / "raw" if args.dataset == "fashion-mnist" else out)
@@ -150,6 +163,8 @@ def _remove_empty(folders: list[Path]) -> None:
 
 # -- prepare --------------------------------------------------------------------------------------
 def cmd_prepare(args: argparse.Namespace) -> int:
+    """``alexnet prepare``: pack ``--data``'s photos, decoded at ``--size`` px, into uint8 shards in ``--out``
+    (:func:`alexnet.data.packed.prepare`); prints the counts and the ``alexnet train`` line, returns 0."""
     from ..data.packed import prepare
     from ..runtime import counted
 
@@ -199,6 +214,9 @@ BENCHMARKS = ("lrn", "train_step", "inference")
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
+    """``alexnet benchmark``: run each chosen script of ``benchmarks/`` in a process of its own and print
+    their RESULT lines; returns 1 if any failed, else 0. ConfigError for a ``--dir`` without the
+    benchmarks, an unknown ``--only`` name or a missing ``--data`` folder."""
     import subprocess
 
     from ..errors import ConfigError

@@ -15,6 +15,10 @@ if TYPE_CHECKING:  # for annotations only: the commands import what they need wh
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """``alexnet train``: resolve the run's configuration (preset, ``--config`` file, options; or the run
+    ``--resume`` continues), then train it here (:func:`alexnet.train.fit`) or under torchrun with
+    ``--nproc`` > 1; prints the final scores, returns 0 (or torchrun's status). ConfigError for
+    ``--resume`` with ``--force`` or ``--config``, and for schedule options the run's schedule never reads."""
     from ..config import resolve_config
     from ..resume import resume_config
     from ..train import fit

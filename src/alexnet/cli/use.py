@@ -146,6 +146,12 @@ def _write_evaluation(out: Path, record: dict, confusion, classes: list[str], co
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    """``alexnet evaluate``: top-1/top-5 of a checkpoint (or an ``--ensemble``'s averaged outputs) on
+    ``--data``, else the validation images of the data it trained on (without a val split, the tenth
+    training held out), centre crop or ``--ten-crop``; prints them (or ``--json``), with ``--out`` also
+    writes per-class accuracy and the confusion matrix; returns 0. ConfigError for a checkpoint that
+    records no data (or data since moved) without ``--data``; CheckpointError for a ``--num-classes``
+    that differs from the checkpoint's, or ensemble members naming other classes."""
     from ..checkpoint import read_entry
     from ..data.device_decode import decode_device
     from ..data.loaders import FolderListing, load_eval_data
@@ -224,6 +230,8 @@ def _note_no_workers(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    """``alexnet predict``: the ``--top`` classes and probabilities of each image, printed (or ``--json``),
+    with ``--figure`` also drawn; returns 0. CheckpointError for a checkpoint without its recipe."""
     from ..checkpoint import load, require_recipe
     from ..predict import predict
     from ..runtime import resolve_amp, resolve_device
@@ -253,6 +261,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_features(args: argparse.Namespace) -> int:
+    """``alexnet features``: the fc7 features of every image of ``--data``, saved as a retrieval index at
+    ``--out`` (which must end in .safetensors, else ConfigError); returns 0."""
     from ..checkpoint import load, require_recipe
     from ..errors import ConfigError
     from ..retrieval import build_index, save_index
@@ -272,6 +282,9 @@ def cmd_features(args: argparse.Namespace) -> int:
 
 
 def cmd_retrieve(args: argparse.Namespace) -> int:
+    """``alexnet retrieve``: the ``--k`` images of ``--index`` nearest to QUERY_IMAGE in fc7 space, printed
+    (or ``--json``), with ``--figure`` also drawn; returns 0. DataError for an index that names no
+    checkpoint when ``--checkpoint`` is not given."""
     from ..checkpoint import load, require_recipe
     from ..errors import DataError
     from ..retrieval import changed_since_indexed, check_index_model, load_index, retrieve
@@ -328,6 +341,9 @@ def _retrieval_figure(query: str, hits: list[dict], preprocess: Preprocess, figu
 
 # -- visualize ------------------------------------------------------------------------------------
 def cmd_visualize(args: argparse.Namespace) -> int:
+    """``alexnet visualize``: draw a checkpoint's conv1 filters (default ``filters.png``) or run folders'
+    training curves (default ``RUN/curves.png``); prints the file written, returns 0. ConfigError for
+    a checkpoint given to curves, no run folder, or not exactly one checkpoint for filters."""
     from .. import figures
     from ..errors import ConfigError
 
