@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 
 import torch
 
@@ -31,10 +32,13 @@ def decode_device(choice: str, device: torch.device) -> torch.device | None:
     return device if choice == "device" or (choice == "auto" and device.type == "cuda") else None
 
 
-def collate_raw(items):
+def collate_raw(
+    items: Sequence[tuple[torch.Tensor, int, int] | None],
+) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor] | None:
     """(encoded or decoded image, label, index) items -> (list of images, labels, indices).
 
     A 1-D uint8 tensor is a JPEG's bytes still to decode; a (3, S, S) one was decoded by the worker.
+    None items (unreadable files) are dropped; None if every item was.
     """
     items = [it for it in items if it is not None]
     if not items:
@@ -62,7 +66,10 @@ class DeviceDecoder:
         self.overlap = os.environ.get("ALEXNET_DECODE_OVERLAP", "0") == "1" if overlap is None else overlap
         self._stream: torch.cuda.Stream | None = None
 
-    def __call__(self, batch):
+    def __call__(
+        self, batch: tuple[list[torch.Tensor], torch.Tensor, torch.Tensor] | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """The batch on ``self.device``; None for no batch, or one whose images all failed to decode."""
         if batch is None:
             return None
         if not (self.overlap and self.device.type == "cuda"):
@@ -81,7 +88,9 @@ class DeviceDecoder:
                 t.record_stream(main)
         return out
 
-    def _assemble(self, items: list[torch.Tensor], labels: torch.Tensor, index: torch.Tensor):
+    def _assemble(
+        self, items: list[torch.Tensor], labels: torch.Tensor, index: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
         """The batch on the device (current stream): JPEGs decoded there, the rest copied."""
         encoded = [i for i, t in enumerate(items) if t.dim() == 1]
         decoded = dict(zip(encoded, self._decode([items[i] for i in encoded], index[encoded].tolist())))

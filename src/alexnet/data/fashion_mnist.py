@@ -141,6 +141,7 @@ def _unsigned_bytes(array: np.ndarray, path: Path) -> np.ndarray:
 
 
 def missing_message(root: Path) -> str:
+    """The error for Fashion-MNIST missing from ``root``: how to install Debian's package or download it."""
     return (
         f"Fashion-MNIST not found in {root}: install it with 'apt-get install dataset-fashion-mnist' "
         f"(Debian/Ubuntu), or on a machine that is online run 'alexnet download fashion-mnist --out DIR' "

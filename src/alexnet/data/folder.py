@@ -12,7 +12,7 @@ import os
 import stat
 import unicodedata
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -341,6 +341,9 @@ class BadFiles:
         return self._entries
 
     def report(self, path: str, error: BaseException | str) -> None:
+        """Record ``path`` as unreadable for ``error`` (an exception or a reason): DataError when
+        ``strict``; else, the first time it is met (by this process, or any that shares the list file),
+        a warning line and a line in the list file (DataError if that file is a symbolic link)."""
         reason = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
         reason = " ".join(str(reason).split())  # one line, whatever the decoder said
         if self.strict:
@@ -367,10 +370,12 @@ class BadFiles:
         return {**self._logged(), **self.seen}
 
     def paths(self) -> list[str]:
+        """Every file reported so far (:meth:`reasons`), sorted."""
         return sorted(self.reasons())
 
     @property
     def count(self) -> int:
+        """How many files were reported so far (:meth:`paths`)."""
         return len(self.paths())
 
 
@@ -632,7 +637,9 @@ class ImageFolderDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int] | None:
+        """(uint8 image, label, ``index``): the image decoded, or with ``raw`` a JPEG's bytes (1-D) left
+        for the device to decode; None for an unreadable file, reported to ``bad`` (DataError if strict)."""
         path, label = self.samples[index]
         try:
             image = self._read_raw(path) if self.raw else None
@@ -661,8 +668,9 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         return decode_bytes(data, self.resize, self.size)
 
 
-def collate(items):
-    """Stack (image, label, index) items into uint8 images, int64 labels, int64 indices."""
+def collate(items: Sequence[tuple[torch.Tensor, int, int] | None]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """Stack (image, label, index) items into uint8 images, int64 labels, int64 indices; None items
+    (unreadable files) are dropped, and None is returned if every item was."""
     items = [it for it in items if it is not None]
     if not items:
         return None

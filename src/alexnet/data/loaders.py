@@ -53,9 +53,12 @@ class EpochBatchSampler:
         self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Iterate ``epoch``'s order next (:meth:`order`), from its batch ``start`` on."""
         self.epoch, self.start = epoch, start
 
     def order(self) -> torch.Tensor:
+        """All ``n`` indices in this epoch's order: a permutation drawn from (seed, epoch) when
+        shuffling, else 0..n-1; the same on every rank."""
         if not self.shuffle:
             return torch.arange(self.n)
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
@@ -86,7 +89,7 @@ class TensorBatches:
     def __len__(self) -> int:
         return len(self.sampler)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         for idx in self.sampler:
             index = torch.tensor(idx, dtype=torch.int64)
             batch = self.images[index], self.labels[index], index
@@ -126,7 +129,7 @@ class Batches:
     def __len__(self) -> int:
         return len(self.loader)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None]:
         batches = start_workers(self.loader)  # the persistent workers start at the first epoch's
         with unwrap_worker_error():
             if self.decode is None:

@@ -34,6 +34,8 @@ FORMAT = "alexnet-packed-1"
 
 
 def read_index(root: str | os.PathLike) -> dict[str, Any]:
+    """The index.json of a folder packed by ``alexnet prepare``, checked; DataError naming it when
+    unreadable, not such an index, or damaged."""
     path = Path(root) / PACKED_INDEX
     try:
         index = jsonio.loads(path.read_text())
@@ -109,10 +111,10 @@ class PackedDataset(torch.utils.data.Dataset):
             self._maps = [_shard(path, (n, 3, self.size, self.size)) for path, n in self.shards]
         return self._maps
 
-    def __getstate__(self):
+    def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_maps": None}
 
-    def __getitems__(self, indices: list[int]):
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         maps = self._arrays()
         idx = np.asarray(indices, dtype=np.int64)
         out = np.empty((len(idx), 3, self.size, self.size), dtype=np.uint8)
@@ -126,7 +128,7 @@ class PackedDataset(torch.utils.data.Dataset):
             out[k] = maps[shard[k]][local[k]]
         return torch.from_numpy(out), torch.from_numpy(self.labels[idx].astype(np.int64)), torch.from_numpy(idx)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
         images, labels, index = self.__getitems__([i])
         return images[0], int(labels[0]), int(index[0])
 
@@ -158,7 +160,7 @@ def _labels(path: Path, classes: int) -> np.ndarray:
     return labels
 
 
-def batch_passthrough(batch):
+def batch_passthrough(batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """collate_fn for datasets whose ``__getitems__`` already returns the batch."""
     return batch
 

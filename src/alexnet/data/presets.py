@@ -157,6 +157,7 @@ class Preprocess:
 
     @property
     def channels(self) -> int:
+        """Channels of the images the recipe takes (1: greyscale, 3: RGB), as many as ``mean`` has."""
         return len(self.mean)
 
     def stored_sizes(self) -> tuple[int, int]:

@@ -13,7 +13,7 @@ import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -23,6 +23,9 @@ from ..atomic import atomic_path
 from ..checks import is_whole
 from ..errors import DataError
 from ..runtime import cache_home, progress
+
+if TYPE_CHECKING:
+    from .folder import ImageFolderDataset
 
 
 class StatsAccumulator:
@@ -68,7 +71,9 @@ class StatsAccumulator:
         }
 
 
-def compute_stats(dataset, indices: list[int], workers: int = 0, batch_size: int = 64, show_progress: bool | None = None):
+def compute_stats(
+    dataset: torch.utils.data.Dataset, indices: list[int], workers: int = 0, batch_size: int = 64, show_progress: bool | None = None
+) -> tuple[dict[str, Any], list[int]]:
     """Stream ``dataset[indices]`` (items (uint8 image, label, index) or None for a bad file) once.
 
     Returns (statistics dict, sorted list of the indices that could not be read).
@@ -245,7 +250,7 @@ def _rebased(cached: dict[str, Any], root: str) -> dict[str, Any]:
             "bad_reasons": {move(p): why for p, why in reasons.items()}}
 
 
-def folder_stats(dataset, indices: list[int], workers: int = 0, show_progress: bool | None = None) -> dict[str, Any]:
+def folder_stats(dataset: ImageFolderDataset, indices: list[int], workers: int = 0, show_progress: bool | None = None) -> dict[str, Any]:
     """Mean image and PCA of an :class:`ImageFolderDataset` subset, from the cache when computed
     before. The result's ``mean_image`` is the path of the cached .npy; ``bad`` lists unreadable files."""
     files = [dataset.samples[i][0] for i in indices]
