@@ -119,6 +119,8 @@ class TrainConfig:
                                     metavar="LAYER=X")
 
     def to_dict(self) -> dict[str, Any]:
+        """Every option as plain values (lists and dicts copied): config.json's ``train`` and a checkpoint's
+        ``train_config``."""
         return dataclasses.asdict(self)
 
 

@@ -40,10 +40,12 @@ class DistInfo:
 
     @property
     def enabled(self) -> bool:
+        """Whether the run has more than one process."""
         return self.world > 1
 
     @property
     def is_main(self) -> bool:
+        """Whether this is rank 0, the process that logs and writes the run's files."""
         return self.rank == 0
 
 
@@ -75,6 +77,7 @@ def launched() -> bool:
 
 
 def cpu_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask; where there is none, every core)."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # macOS
@@ -178,6 +181,7 @@ def broadcast_object(obj: Any) -> Any:
 
 
 def barrier() -> None:
+    """Wait for every rank of the process group; nothing when none is initialised (one process)."""
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
 

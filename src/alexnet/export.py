@@ -61,10 +61,13 @@ class Source:
 
     @classmethod
     def of(cls, path: str | os.PathLike) -> Source:
+        """The source of the checkpoint file ``path``: its absolute path and the sha256 of its bytes (OSError
+        if it cannot be read)."""
         with open(path, "rb") as f:
             return cls(os.path.abspath(path), hashlib.file_digest(f, "sha256").hexdigest())
 
     def to_dict(self) -> dict[str, str]:
+        """``{"path": ..., "sha256": ...}``, as an export's metadata records it."""
         return {"path": self.path, "sha256": self.sha256}
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -49,6 +50,7 @@ class LayerLife:
 
     @property
     def dead_fraction(self) -> float:
+        """The share of the layer's units that no input of the batch made positive (0 to 1)."""
         return 1.0 - self.live / max(1, self.units)
 
 
@@ -100,6 +102,7 @@ class LayerProbe:
         return bool(self._handles)
 
     def remove(self) -> None:
+        """Remove the forward hooks from the model; the probe records nothing after."""
         for h in self._handles:
             h.remove()
         self._handles = []
@@ -124,7 +127,7 @@ class HealthMonitor:
         every: int = 20,
         window: int = 10,
         margin: float = 4.0,
-        warn=print,
+        warn: Callable[[str], None] = print,
         remedies: tuple[str, ...] = ("lower --lr (e.g. by 10)",),
     ) -> None:
         self.action, self.every, self.warn = action, every, warn
@@ -207,6 +210,8 @@ class HealthMonitor:
         return {"step": self.step, "losses": list(self.losses), "warned": sorted(self.warned), "first": self.first}
 
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        """Continue from :meth:`state_dict`'s ``state`` (a resumed run); None or empty (an older checkpoint):
+        start afresh, with the run's first loss unknown."""
         self.started_here = False  # an older checkpoint holds no state: its first loss is unknown
         if state:  # checkpoints of older versions hold none: the monitor starts afresh, as it did
             self.step = int(state["step"])
@@ -216,6 +221,7 @@ class HealthMonitor:
             self.first = state.get("first")
 
     def close(self) -> None:
+        """Remove the layer probe's hooks from the model."""
         if self.probe:
             self.probe.remove()
 

@@ -448,6 +448,7 @@ class LocalResponseNorm(nn.Module):
         return _LRNFunction.apply(x, *args)
 
     def extra_repr(self) -> str:
+        """The layer's settings as ``print(model)`` shows them: size, alpha, beta, k, convention (and groups)."""
         extra = f", groups={self.groups}" if self.groups > 1 else ""
         return f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}, convention={self.convention!r}{extra}"
 

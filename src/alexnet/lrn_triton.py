@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+from typing import Any
 
 import torch
 import triton
@@ -332,14 +333,17 @@ class LRNTritonFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx, x: torch.Tensor, size: int, alpha: float, beta: float, k: float, relu: bool, groups: int
+        ctx: Any, x: torch.Tensor, size: int, alpha: float, beta: float, k: float, relu: bool, groups: int
     ) -> torch.Tensor:
+        """:func:`lrn_forward` of ``x``, saving ``x`` and the settings for :meth:`backward`."""
         ctx.save_for_backward(x)
         ctx.params = (size, alpha, beta, k, relu, groups)
         return lrn_forward(x, size, alpha, beta, k, relu, groups)
 
     @staticmethod
-    def backward(ctx, grad_y: torch.Tensor):
+    def backward(ctx: Any, grad_y: torch.Tensor) -> tuple[torch.Tensor, None, None, None, None, None, None]:
+        """The gradient with respect to ``x`` (none for the settings): the backward kernel's, or plain
+        ops' under ``create_graph`` or where that kernel cannot be built."""
         from .lrn import _plain_grad, _run_triton
 
         (x,) = ctx.saved_tensors

@@ -592,5 +592,6 @@ def create_model(
 
 
 def count_parameters(model: nn.Module) -> int:
+    """The number of parameter values (elements) of ``model``, trainable or frozen."""
     return sum(p.numel() for p in model.parameters())
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -35,7 +35,9 @@ class PaperSGD(torch.optim.Optimizer):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
 
     @torch.no_grad()
-    def step(self, closure=None):
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        """One update of every parameter that has a gradient, by the paper's rule; ``closure`` (which
+        recomputes the loss) runs first, with gradients on, and its loss is returned (else None)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -150,9 +152,11 @@ class PlateauSchedule:
         return "reduce"
 
     def state_dict(self) -> dict[str, Any]:
+        """The schedule's progress (best error, bad epochs, reductions, scale, stop), for a checkpoint."""
         return {k: getattr(self, k) for k in ("best", "bad_epochs", "reductions", "scale", "stop")}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict`'s ``state`` (a resumed run)."""
         for k, v in state.items():
             setattr(self, k, v)
 

@@ -92,6 +92,7 @@ class TowerSplit(nn.Module):
         return xs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (N, num_classes) on ``devices[0]`` of a batch ``x`` on any device: the grouped model's function."""
         xs = [x.to(d, non_blocking=True) for d in self.devices]
         xs = [self._stage(x, conv, self.norm1, self.pool1) for x, conv in zip(xs, self.conv1)]
         xs = [self._stage(x, conv, self.norm2, self.pool2) for x, conv in zip(xs, self.conv2)]

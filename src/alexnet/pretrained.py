@@ -38,6 +38,7 @@ class PretrainedCfg:
 
     @property
     def file_name(self) -> str:
+        """The weights' file name: the last part of ``url``, which torch.hub caches it under."""
         return self.url.rsplit("/", 1)[1]
 
 

@@ -12,12 +12,15 @@ import shlex
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import numpy as np
 import torch
 
 from .errors import ConfigError, terminal_text
+
+if TYPE_CHECKING:  # for annotations only: tqdm is imported where a bar is made (its import says one may be drawn)
+    from tqdm.std import tqdm
 
 
 def versions() -> dict[str, str]:
@@ -219,7 +222,7 @@ def chosen_threads() -> int | None:
     return _THREADS
 
 
-def autocast(device: torch.device, dtype: torch.dtype | None):
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[None]:
     """An autocast context for ``dtype``, or a no-op context when ``dtype`` is None."""
     if dtype is None:
         return contextlib.nullcontext()
@@ -241,6 +244,7 @@ def eval_mode(*models: torch.nn.Module) -> Iterator[None]:
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's (``seed`` mod 2**32) and torch's (CPU and CUDA) random generators."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -264,6 +268,8 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
+    """Restore the RNG states :func:`rng_state` returned: Python's, numpy's and torch's, and CUDA's for the
+    devices there are, where this process has initialised CUDA."""
     random.setstate((3, tuple(state["python"]), state["python_pos"]))
     np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
     torch.set_rng_state(state["torch"])
@@ -341,12 +347,16 @@ def _blank_bars(tqdm: type) -> str:
     return "\r" + " " * width + "\r"
 
 
-def progress(iterable: Iterable, total: int | None = None, desc: str = "", enabled: bool | None = None, unit: str = "it"):
+def progress(
+    iterable: Iterable, total: int | None = None, desc: str = "", enabled: bool | None = None, unit: str = "it"
+) -> tqdm:
     """A tqdm bar (rate and ETA) on a terminal; silent when output is not a terminal unless forced."""
     return progress_bar(total, desc, enabled, unit, iterable)
 
 
-def progress_bar(total: int | None, desc: str = "", enabled: bool | None = None, unit: str = "it", iterable: Iterable | None = None):
+def progress_bar(
+    total: int | None, desc: str = "", enabled: bool | None = None, unit: str = "it", iterable: Iterable | None = None
+) -> tqdm:
     """A tqdm bar to ``update`` by hand (or over ``iterable``); bytes (``unit="B"``) shown as kB/MB."""
     # tqdm.std, not tqdm.auto: auto's asyncio class calls iter(iterable) in its constructor and then
     # iterates afresh, so a DataLoader was iterated twice: a second set of workers decoded the first

@@ -21,6 +21,8 @@ PAPER_SHAPES = dict(zip(LAYER_NAMES, ((96, 55, 55), (256, 27, 27), (384, 13, 13)
 
 @dataclass
 class LayerRow:
+    """One row of :func:`layer_table`: a layer's name, type, output shape ((C, H, W) or (F,)), neurons,
+    parameters and multiply-accumulates, for one image."""
     name: str
     kind: str
     output_shape: tuple[int, ...]

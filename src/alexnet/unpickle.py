@@ -39,6 +39,8 @@ class NumpyOnlyUnpickler(pickle.Unpickler):
     """Builds arrays, dicts, lists and strings only: any other global is refused, so no code runs."""
 
     def find_class(self, module: str, name: str) -> Any:
+        """The global a pickle names, where it is one of the few that build numpy arrays, scalars and
+        bytes (``bytes`` of a size refused); else pickle.UnpicklingError."""
         if (module, name) in _ALLOWED:
             if _NUMPY_2:  # numpy 2 renamed numpy.core to numpy._core
                 module = module.replace("numpy.core.", "numpy._core.")
