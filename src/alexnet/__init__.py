@@ -1,5 +1,19 @@
 """AlexNet (Krizhevsky, Sutskever & Hinton, NIPS 2012), faithfully and as fast software.
 
+The paper's network (two towers, LRN, overlapping pooling, dropout, its initialisation), torchvision's
+and Caffe's variants and the paper's ablations, with its training recipe, evaluation, prediction,
+fc7 retrieval and export. Where to start:
+
+* ``alexnet.create_model(name, num_classes=None, pretrained=False, **overrides)``: a network by its
+  name in ``alexnet.list_models()``, any :class:`AlexNetConfig` field overridden (``lrn=False``);
+* ``alexnet.load(path)``: a checkpoint ready to use, with ``model.classes`` and ``model.preprocess``;
+* ``alexnet.LocalResponseNorm``: the paper's LRN as a layer;
+* the ``alexnet`` command (``python -m alexnet --help``): train, evaluate, predict, features,
+  retrieve, export, import, summary, ...; the same jobs in Python: :func:`alexnet.train.fit`,
+  :func:`alexnet.evaluate.evaluate`, :func:`alexnet.predict.predict`, :mod:`alexnet.retrieval`.
+
+Errors meant for users are :class:`AlexNetError`'s (ConfigError, DataError, CheckpointError, ...).
+
 The names below load with their first use (PEP 562): ``import alexnet`` imports no torch, so that the
 command line starts, and answers Ctrl-C, before torch's few seconds of loading.
 """
@@ -44,6 +58,7 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
+    """A lazily loaded name of ``__all__`` (``alexnet.load``, ``alexnet.AlexNet``, ...), imported at its first use."""
     if name not in _LAZY:
         raise AttributeError(f"module 'alexnet' has no attribute {name!r}")
     value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
@@ -52,4 +67,5 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
+    """The module's names, the lazily loaded ones included."""
     return sorted({*globals(), *_LAZY})

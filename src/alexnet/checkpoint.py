@@ -366,6 +366,17 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> AlexNet
     The architecture comes from the checkpoint's ``model_config``; class names and input
     preparation are attached as ``model.classes`` and ``model.preprocess``. A state dict of
     torchvision's alexnet (its ``alexnet-owt-7be5be79.pth``) is read as ``alexnet import`` reads it.
+
+    Args:
+        path: A checkpoint of ``alexnet train``, ``alexnet import`` or ``alexnet export --format
+            safetensors`` (.pt or .safetensors).
+        device: Where the model goes: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, a ``torch.device``, ...
+
+    Raises:
+        CheckpointNotFound: ``path`` does not exist (a CheckpointError and a FileNotFoundError).
+        CheckpointError: ``path`` is a folder or not a checkpoint, or its network, class names and
+            recipe do not fit together.
+        ConfigError: ``device`` is not one this machine has.
     """
     ckpt = load_checkpoint(path, torchvision=True)
     model = model_from_checkpoint(ckpt, str(path))

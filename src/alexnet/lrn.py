@@ -373,6 +373,8 @@ class LocalResponseNorm(nn.Module):
         convention: Convention = "sum",
         groups: int = 1,
     ) -> None:
+        """The layer with the settings above; ConfigError naming one out of range (size and groups whole
+        numbers >= 1; alpha, beta, k finite and in range; convention "sum" or "mean")."""
         super().__init__()
         # Checked here, not met later as the custom operator's schema error or as NaN outputs.
         for name, value in (("size", size), ("groups", groups)):

@@ -204,9 +204,16 @@ def _sequence(name: str, value: Any, length: int, ok: Callable[[Any], bool], wan
 
 
 class AlexNet(nn.Module):
-    """AlexNet and its variants, configured by :class:`AlexNetConfig`."""
+    """AlexNet and its variants, configured by :class:`AlexNetConfig`.
+
+    Made by :func:`alexnet.create_model` (a registered name) or :func:`alexnet.load` (a checkpoint).
+    Its layers are the paper's (``conv1``..``fc8``, ``norm1``, ``norm2``, ``pool1``, ``pool2``,
+    ``pool5``); torchvision's ``features.N``/``classifier.N`` keys load into them.
+    """
 
     def __init__(self, config: AlexNetConfig) -> None:
+        """The network of ``config`` (its fields checked again), initialised as ``config.init`` says;
+        TypeError for anything but an AlexNetConfig, ConfigError for a field out of range."""
         if not isinstance(config, AlexNetConfig):
             raise TypeError(f"AlexNet takes an AlexNetConfig (alexnet.model_config(name, ...)), not {type(config).__name__}; "
                             "alexnet.create_model(name) builds a registered model")
@@ -505,7 +512,8 @@ def describe_models() -> dict[str, str]:
 
 
 def model_config(name: str, **overrides: Any) -> AlexNetConfig:
-    """The config of a registered model with ``overrides`` applied."""
+    """The config of a registered model with ``overrides`` applied; UnknownModelError for a name not
+    registered, ConfigError for an override that is no field or is out of range."""
     if not isinstance(name, str):  # a list is unhashable: 'TypeError: unhashable type' named nothing
         raise TypeError(f"a model is named by a str from alexnet.list_models(), not {type(name).__name__}")
     if name not in _REGISTRY:
@@ -574,6 +582,16 @@ def create_model(
             (``alexnet_owt``), ``"BVLC"`` (``alexnet_caffe``) or ``AlexNet_Weights.IMAGENET1K_V1``.
         **overrides: Any :class:`AlexNetConfig` field, e.g. ``lrn=False``, ``towers=1``,
             ``pool_kernel=2``, ``activation="tanh"``, ``dropout=0.0``, ``in_chans=1``.
+
+    Returns:
+        The network, in training mode on the CPU.
+
+    Raises:
+        UnknownModelError: ``name`` is not registered (a ConfigError and a KeyError).
+        ConfigError: an override that is no field, is out of range or (``pretrained``) does not fit
+            the published weights; a bad ``num_classes`` or ``pretrained``; ``weights`` the model
+            has none of.
+        CheckpointError: the published weights cannot be downloaded, or fail their digest.
     """
     if not isinstance(pretrained, bool):
         raise ConfigError(f"pretrained must be True or False, not {pretrained!r} (alexnet.load(FILE) loads a file)")

@@ -52,6 +52,8 @@ class TowerSplit(nn.Module):
     """A two-tower AlexNet with tower ``t`` on ``devices[t]`` (outputs on ``devices[0]``)."""
 
     def __init__(self, model: AlexNet, devices: tuple[str | torch.device, str | torch.device]) -> None:
+        """``model``'s weights, copied and cut in two; ConfigError unless it has two towers and, where it
+        has LRN, one per tower."""
         super().__init__()
         c = model.config
         if c.towers != 2:
