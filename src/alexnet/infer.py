@@ -52,6 +52,7 @@ def predictor(
     forward: Callable[[torch.Tensor], torch.Tensor] = torch.compile(model) if compile else model
 
     def run(x: torch.Tensor) -> torch.Tensor:
+        """float32 logits of images ``x`` (N, C, H, W), moved to the model's device, without autograd."""
         with torch.inference_mode(), autocast(device, dtype):
             return forward(x.to(device, non_blocking=True).contiguous(memory_format=fmt)).float()
 
