@@ -414,7 +414,7 @@ def test_resuming_a_finished_run_says_nothing_is_left(tiny_fmnist, tmp_path):
     fit(resume_config(str(out), {"epochs": 5}), log=lines.append)
     assert files == {name: (out / name).read_bytes() for name in files}  # config.json said 5 epochs, none trained
     assert lines == [f"nothing to train: {out} was ended by its plateau schedule after 3 reductions of the rate "
-                     f"(--plateau-max-reductions); more --epochs would not train it: --init-from {out / 'last.pt'} starts "
+                     f"(--max-reductions); more --epochs would not train it: --init-from {out / 'last.pt'} starts "
                      "a new run from its weights"], lines
 
 

@@ -91,7 +91,7 @@ def nothing_left(ckpt: dict[str, Any], epochs: int, run_dir: Path) -> tuple[str,
         return None
     if plateau.get("stop") is True:
         said = (f"nothing to train: {run_dir} was ended by its plateau schedule after {plateau.get('reductions')} "
-                "reductions of the rate (--plateau-max-reductions); more --epochs would not train it: "
+                f"reductions of the rate ({flag('plateau_max_reductions')}); more --epochs would not train it: "
                 f"--init-from {run_dir / 'last.pt'} starts a new run from its weights")
     elif pos["epoch"] >= epochs:
         said = (f"nothing to train: {run_dir} has trained all its {epochs} epoch{'s' * (epochs != 1)}; "
