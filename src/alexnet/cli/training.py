@@ -100,8 +100,9 @@ def _refuse_unused_schedule_options(typed: dict, cfg: TrainConfig) -> None:
 
 def _note_replayed_run(config: str | None, nproc: int | None, cfg: TrainConfig) -> None:
     """Notes for `train --config RUN/config.json` where the replay cannot be the run bitwise: its
-    process count, device or precision, or a schedule it stretched when resumed. Said once (by
-    rank 0 under --nproc); TOML and YAML files are no run's record and get none."""
+    process count, device or precision, or options a resume changed that change what it computes
+    (config.json's "resumes"). Said once (by rank 0 under --nproc); TOML and YAML files are no
+    run's record and get none."""
     from .. import jsonio
     from ..config import is_run_record
 
