@@ -29,7 +29,7 @@ from .data.folder import class_name
 from .data.presets import Preprocess
 from .errors import CheckpointError, CheckpointNotFound, DataError, check_weights, state_dict_mismatch
 from .model import AlexNet, AlexNetConfig
-from .runtime import resolve_device
+from .runtime import device_argument
 
 FORMAT = "alexnet-checkpoint-1"  # what train.py and interop.py write under "format"
 
@@ -394,7 +394,7 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> AlexNet
     model.preprocess = _preprocess(ckpt["preprocess"], str(path)) if ckpt.get("preprocess") is not None else None
     if model.preprocess is not None:
         _check_recipe_fits(model.config, model.preprocess, str(path))
-    return model.to(resolve_device(str(device))).eval()  # "cuda" without a GPU: one line, not torch's driver error
+    return model.to(device_argument(device, "load")).eval()  # "cuda" without a GPU: one line, not torch's driver error
 
 
 def require_recipe(model: AlexNet, path: str | os.PathLike) -> AlexNet:

@@ -22,7 +22,7 @@ from .data.presets import Preprocess
 from .errors import CheckpointError, DataError
 from .model import AlexNet
 from .predict import check_finite, class_names, mean_of_probs, model_log_probs, recipe
-from .runtime import eval_mode, progress, resolve_amp, resolve_device
+from .runtime import device_argument, eval_mode, progress, resolve_amp
 
 
 def _decode(p: Preprocess) -> tuple:
@@ -148,6 +148,7 @@ def load_models(
     paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)  # one file, not its characters
     if not paths:
         raise ValueError("load_models: no checkpoint given")
+    device = device_argument(device, "load_models")  # once, and named as this function's
     models = [require_recipe(load(p, device), p) for p in paths]
     first = models[0]
     for path, m in zip(paths, models):
@@ -208,7 +209,7 @@ def evaluate(
     (the output each data class is, or None where they are the same).
     """
     models = _checked(models, loader)
-    device = resolve_device(str(device)) if device is not None else next(models[0].parameters()).device
+    device = device_argument(device, "evaluate") if device is not None else next(models[0].parameters()).device
     amp = resolve_amp(amp, device)
     for m in models:
         recipe(m)  # what model_log_probs feeds each model: its own recipe (after the device, which a bare network can name)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .runtime import autocast, resolve_amp, resolve_device
+from .runtime import autocast, device_argument, resolve_amp
 
 
 def predictor(
@@ -45,7 +45,7 @@ def predictor(
         if not isinstance(getattr(model, name, None), nn.Module):
             raise ValueError(f"fp32_layers: {type(model).__name__} has no sub-module {name!r}")
         setattr(model, name, _Float32(getattr(model, name)))
-    device = resolve_device(str(device))  # "cpu" or "cuda:1" as well; one that is not here named
+    device = device_argument(device, "predictor")  # "cpu" or "cuda:1" as well; one that is not here named
     dtype = resolve_amp(amp, device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(device).eval().to(memory_format=fmt)

@@ -64,8 +64,11 @@ def shell_arg(value: object) -> str:
     return shlex.quote(f"./{text}" if text.startswith("-") else text)
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` -> CUDA if present, else Apple MPS, else CPU. Errors name the missing device."""
+def resolve_device(name: str = "auto", arg: str = "--device") -> torch.device:
+    """``auto`` -> CUDA if present, else Apple MPS, else CPU. Errors name the missing device, and the
+    setting as ``arg`` says: the command line's ``--device``, or a Python function's ``load: device=``."""
+    cli = arg.startswith("-")
+    said = f"{arg} {name}" if cli else f"{arg}{name!r}"
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -77,16 +80,28 @@ def resolve_device(name: str = "auto") -> torch.device:
     except RuntimeError:
         dev = None
     if dev is None or dev.type not in ("cpu", "cuda", "mps"):  # torch's others (meta, xla, xpu, hpu) it cannot run on
-        raise ConfigError(f"--device: unknown device {name!r} (use auto, cpu, cuda, cuda:N or mps)")
+        unknown = f"{arg}: unknown device {name!r}" if cli else f"{said} is not a device this package runs on"
+        raise ConfigError(f"{unknown} (use auto, cpu, cuda, cuda:N or mps)")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: no CUDA device is available on this machine")
+        raise ConfigError(f"{said}: no CUDA device is available on this machine")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         count = torch.cuda.device_count()
         devices = f"{count} CUDA devices, cuda:0 to cuda:{count - 1}" if count > 1 else "1 CUDA device, cuda:0"
-        raise ConfigError(f"--device {name}: this machine has {devices}")
+        raise ConfigError(f"{said}: this machine has {devices}")
     if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ConfigError("--device mps: MPS is not available on this machine")
+        raise ConfigError(f"{said}: MPS is not available on this machine")
     return dev
+
+
+def device_argument(device: object, caller: str) -> torch.device:
+    """A Python function's ``device=`` (a name such as ``"cuda:1"`` or ``"auto"``, or a torch.device) as
+    :func:`resolve_device` takes it, its errors naming ``caller``'s ``device=``, not the CLI's ``--device``."""
+    if isinstance(device, torch.device):
+        device = str(device)
+    if not isinstance(device, str):
+        raise TypeError(f"{caller}: device= takes a name ('cpu', 'cuda', 'cuda:1', 'mps', 'auto') or a torch.device, "
+                        f"not {type(device).__name__} {device!r}")
+    return resolve_device(device, f"{caller}: device=")
 
 
 def cpu_supports_bf16() -> bool:
