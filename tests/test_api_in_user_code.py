@@ -272,3 +272,30 @@ def test_a_device_the_python_functions_cannot_use_is_named_as_their_argument(tmp
                 call("cuda:1")
     with pytest.raises(alexnet.ConfigError, match=r"^--device: unknown device 'gpu' \(use auto, cpu, cuda, cuda:N or mps\)$"):
         resolve_device("gpu")
+
+
+def test_a_checkpoint_read_without_enough_memory_is_not_called_damaged(tmp_path, monkeypatch, capsys):
+    """torch.load failing for want of memory (its CPU allocator's RuntimeError, as a 244 MB checkpoint
+    under a memory limit gave it, or a MemoryError) was reported as 'a zip archive but not a readable
+    PyTorch checkpoint': the file is whole. Now a MemoryError naming the file, and on the command line
+    one line saying so (exit 1); junk is still named as junk (a truncated zip: torch.load's OSError)."""
+    ckpt = tiny_checkpoint(tmp_path / "m.pt")
+    torn = RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried "
+                        "to allocate 150994944 bytes. Error code 12 (Cannot allocate memory)")
+    for error, kind, said in ((torn, MemoryError, "not enough memory to read it (tried to allocate 150994944 bytes)"),
+                              (MemoryError(), MemoryError, "not enough memory to read it")):
+        def fail(*args: object, error: Exception = error, **kwargs: object) -> None:
+            raise error
+
+        monkeypatch.setattr(torch, "load", fail)
+        with pytest.raises(kind) as caught:
+            alexnet.load(ckpt)
+        assert not isinstance(caught.value, alexnet.CheckpointError) and said in str(caught.value) and str(ckpt) in str(caught.value)
+        capsys.readouterr()
+        assert main(["summary", "--checkpoint", str(ckpt)]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("alexnet: error: ") and said in err and str(ckpt) in err and len(err.splitlines()) == 1, err
+    monkeypatch.undo()
+    (tmp_path / "half.pt").write_bytes(ckpt.read_bytes()[:3000])
+    with pytest.raises(alexnet.CheckpointError, match="a zip archive but not a readable PyTorch checkpoint"):
+        alexnet.load(tmp_path / "half.pt")

@@ -147,7 +147,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             ) from None
         raise _unreadable(path, e) from None
     except Exception as e:  # torch.load raises many kinds on junk: EOFError, IndexError, RuntimeError...
-        raise _unreadable(path, e) from None
+        raise (_not_the_files_doing(path, e) or _unreadable(path, e)) from None
     ckpt = _held_out_on_top(_with_model(ckpt, path))
     return _from_torchvision(ckpt, path) if torchvision else ckpt
 
@@ -217,6 +217,16 @@ def _with_model(ckpt: Any, path: Path) -> dict[str, Any]:
             raise CheckpointError(f"{path}: written by a newer alexnet (format {fmt}; this one reads {FORMAT}): upgrade alexnet")
         raise CheckpointError(f"{path}: its format is {fmt!r:.40}, not {FORMAT}: damaged, or not an alexnet checkpoint")
     return ckpt
+
+
+def _not_the_files_doing(path: Path, error: Exception) -> MemoryError | None:
+    """What torch.load raised for want of memory (torch's CPU allocator says so in a RuntimeError), as a
+    MemoryError naming ``path``: the file is not damaged. None for any other error (an OSError too: a
+    truncated zip is EINVAL)."""
+    if isinstance(error, MemoryError | torch.cuda.OutOfMemoryError) or "can't allocate memory" in str(error):
+        found = re.search(r"tried to allocate [^.]*", str(error))
+        return MemoryError(f"{path}: not enough memory to read it{f' ({found.group()})' if found else ''}")
+    return None
 
 
 def _unreadable(path: Path, error: Exception) -> CheckpointError:

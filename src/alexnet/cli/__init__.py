@@ -182,6 +182,9 @@ def _run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         _line("alexnet: interrupted")
         return 130
+    except MemoryError as e:  # this machine's limit, not a bug: what ran out where, where it says
+        _line(f"alexnet: error: {e or 'out of memory'}")
+        return 1
     except OSError as e:  # disk full, permissions, ...
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
         _line(f"alexnet: error: {e.strerror or e}{where}")
