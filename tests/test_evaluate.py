@@ -600,6 +600,7 @@ def test_visualize_filters_and_curves(tmp_path, capsys):
     ("[1, 2]", "[1, 2], not an object"), ("null", "null, not an object"),
     ('{"epoch": 1, "train_top1": "x"}', "train_top1 is 'x', not a number"),
     ('{"epoch": 1, "lr": "cosine"}', "lr is 'cosine', not a number"),
+    ('{"epoch": 1, "val_loss": true}', "val_loss is True, not a number"),  # was drawn as 1
 ])
 def test_curves_of_a_metrics_file_that_is_not_a_runs(tmp_path, capsys, line, said):
     """A metrics.jsonl line that is JSON but not an epoch's record (another tool's file, an edit) was

@@ -228,10 +228,11 @@ PLOTTED = ("epoch", "train_loss", "val_loss", "train_top1", "val_top1_error", "v
 
 
 def _check_record(record: Any) -> dict[str, Any]:
-    """``record`` if it is a JSON object whose plotted fields are numbers (or null), else ValueError."""
+    """``record`` if it is a JSON object whose plotted fields are numbers (or null; not true/false, which
+    Python takes for 1 and 0), else ValueError."""
     if not isinstance(record, dict):
         raise ValueError(f"{json.dumps(record)[:40]}, not an object")
-    odd = [k for k in PLOTTED if record.get(k) is not None and not isinstance(record[k], int | float)]
+    odd = [k for k in PLOTTED if record.get(k) is not None and (isinstance(record[k], bool) or not isinstance(record[k], int | float))]
     if odd:
         raise ValueError(f"{odd[0]} is {record[odd[0]]!r}, not a number")
     return record
