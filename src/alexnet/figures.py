@@ -28,6 +28,7 @@ from . import jsonio
 from .atomic import atomic_path
 from .data.folder import printable
 from .errors import ConfigError, DataError
+from .runfolder import METRICS_NAME
 
 DPI = 100
 
@@ -195,9 +196,9 @@ CURVES_SIZE = (1500, 400)  # pixels
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
     """The per-epoch records of ``run_dir/metrics.jsonl`` (DataError if missing or empty)."""
-    path = Path(run_dir) / "metrics.jsonl"
+    path = Path(run_dir) / METRICS_NAME
     if not path.is_file():
-        raise DataError(f"{run_dir}: no metrics.jsonl (is it a run folder of 'alexnet train'?)")
+        raise DataError(f"{run_dir}: no {METRICS_NAME} (is it a run folder of 'alexnet train'?)")
     records = []
     lines = path.read_text(encoding="utf-8").split("\n")
     if lines[-1].strip() and not _is_json(lines[-1]):

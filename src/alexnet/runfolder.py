@@ -35,7 +35,8 @@ except ImportError:  # Windows: no advisory locks; the other checks still hold
     fcntl = None  # type: ignore[assignment]
 
 LOCK_NAME = ".lock"
-_MARKS = ("config.json", "metrics.jsonl")  # with any *.pt: the folder holds a run
+METRICS_NAME = "metrics.jsonl"  # a run's record, a JSON line per epoch: written by train, read by figures and here
+_MARKS = ("config.json", METRICS_NAME)  # with any *.pt: the folder holds a run
 _OWNED = (*_MARKS, "curves.png", BAD_FILES_NAME, "tensorboard")  # the run's own files, *.pt aside
 # The temporaries of save_atomic and atomic_path: tempfile.mkstemp(prefix=".NAME.", suffix=".tmp"), e.g.
 # .last.pt.k2x9_a.tmp; a SIGKILL while config.json, metrics.jsonl or curves.png is written leaves theirs too
@@ -172,7 +173,7 @@ def stopped_before_checkpoint(run_dir: Path) -> bool:
     marks = run_marks(run_dir)
     if "config.json" not in marks or any(m.endswith(".pt") for m in marks):
         return False
-    metrics = run_dir / "metrics.jsonl"
+    metrics = run_dir / METRICS_NAME
     if metrics.exists() and (not metrics.is_file() or metrics.stat().st_size):  # an epoch was recorded: a run
         return False  # whose checkpoints were moved away, not one killed before its first
     try:

@@ -231,7 +231,7 @@ class _Run:
 
     @property
     def metrics_path(self) -> Path:
-        return self.run_dir / "metrics.jsonl"
+        return self.run_dir / runfolder.METRICS_NAME
 
 
 def _fit(
