@@ -209,6 +209,14 @@ def _add_train(sub, common: argparse.ArgumentParser) -> None:
 
 def _add_use_commands(sub, common: argparse.ArgumentParser) -> None:
     """The commands that use a trained model: evaluate, predict, features, retrieve, visualize."""
+    _add_evaluate(sub, common)
+    _add_predict(sub, common)
+    _add_features_and_retrieve(sub, common)
+    _add_visualize(sub)
+
+
+def _add_evaluate(sub, common: argparse.ArgumentParser) -> None:
+    """evaluate: top-1/top-5 of a checkpoint or an ensemble."""
     e = sub.add_parser("evaluate", parents=[common], help="top-1/top-5 accuracy and error of a checkpoint")
     _add_checkpoint(e, "a .pt or .safetensors file from 'alexnet train', 'import' or 'export'")
     e.add_argument("--data", type=_path,
@@ -227,6 +235,9 @@ def _add_use_commands(sub, common: argparse.ArgumentParser) -> None:
                    "data (what was scored)")
     e.set_defaults(func=cmd_evaluate)
 
+
+def _add_predict(sub, common: argparse.ArgumentParser) -> None:
+    """predict: the top classes of the user's own images."""
     pr = sub.add_parser("predict", parents=[common], help="top-K classes of your own images")
     pr.add_argument("images", type=_path, nargs="+", metavar="IMAGE_OR_FOLDER",
                     help="image files, or folders of them (searched recursively)")
@@ -240,6 +251,9 @@ def _add_use_commands(sub, common: argparse.ArgumentParser) -> None:
                     "at most 5 (the paper's figure 4, left)")
     pr.set_defaults(func=cmd_predict)
 
+
+def _add_features_and_retrieve(sub, common: argparse.ArgumentParser) -> None:
+    """features (an fc7 index of a folder) and retrieve (a query's nearest indexed images)."""
     fe = sub.add_parser("features", parents=[common], help="fc7 features of every image of a folder (an index for 'retrieve')")
     _add_checkpoint(fe, "a checkpoint (.pt) or an exported .safetensors")
     fe.add_argument("--data", type=_path, required=True, help="a folder of CLASS/IMAGE files")
@@ -260,6 +274,8 @@ def _add_use_commands(sub, common: argparse.ArgumentParser) -> None:
     rt.set_defaults(func=cmd_retrieve)
 
 
+def _add_visualize(sub) -> None:
+    """visualize: conv1 filters or training curves."""
     v = sub.add_parser("visualize", help="figures: conv1 filters (paper fig. 3) or training curves")
     v.add_argument("what", choices=("filters", "curves"),
                    help="filters: a checkpoint's conv1 kernels; curves: runs' loss, error and learning rate per epoch")
@@ -269,6 +285,7 @@ def _add_use_commands(sub, common: argparse.ArgumentParser) -> None:
     v.add_argument("--out", type=_path, help="figure file, .png, .pdf, .svg or .jpg (filters: .png or .jpg) (default: filters.png; "
                    "RUN_DIR/curves.png for one run, curves.png for several)")
     v.set_defaults(func=cmd_visualize)
+
 
 def _add_tool_commands(sub, common: argparse.ArgumentParser) -> None:
     """Weights in and out, data preparation."""
