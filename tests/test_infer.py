@@ -303,3 +303,20 @@ def test_model_input_names_the_batch_its_recipe_takes(tmp_path):
     mean, std = torch.tensor(rgb.mean, dtype=torch.float64), torch.tensor(rgb.std, dtype=torch.float64)
     by_hand = (images[:, :, 4:36, 4:36].double() - mean.view(3, 1, 1)) / std.view(3, 1, 1)
     assert (x - by_hand).abs().max() < 1e-5
+
+
+def test_predictor_prepares_the_callers_model_itself_as_documented():
+    """predictor changes the model it is given, as its docstring says (a copy would cost the model's
+    memory again): eval mode and, with channels_last, NHWC weights of the same values; a deepcopy
+    given to it leaves the caller's model as it was."""
+    import copy
+
+    torch.manual_seed(0)
+    model = create_model("alexnet_paper", num_classes=3, widths=(8, 8, 8, 8, 8), fc_width=16, input_size=67).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    predictor(copy.deepcopy(model), "cpu", amp="none")
+    assert model.training and model.conv2.weight.is_contiguous()
+    predictor(model, "cpu", amp="none")
+    assert not model.training and model.conv2.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not model.conv2.weight.is_contiguous()
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())

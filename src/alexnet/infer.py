@@ -31,8 +31,14 @@ def predictor(
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """A function images (N, C, H, W) -> float32 logits running ``model`` the fast way.
 
+    ``model`` itself is made ready, not a copy (``Module.to`` works in place; a copy would cost the
+    model's memory again, 244 MB for AlexNet): the caller's model is moved to ``device``, put in eval
+    mode and, with ``channels_last``, its weights are stored NHWC (the same values; ``.view`` of a conv
+    weight then needs ``.reshape``). Pass ``copy.deepcopy(model)`` to keep yours as it was.
+
     Args:
-        model: Any image classifier; it is moved to ``device`` and put in eval mode.
+        model: Any image classifier; it is moved to ``device``, put in eval mode and (``channels_last``)
+            its weights converted to NHWC, in place.
         device: Where to run.
         amp: ``auto`` (bf16 where supported), ``bf16``, ``fp16`` (GPU) or ``none``; or a dtype (None: float32).
         channels_last: Convert the model and every input to NHWC memory format.
