@@ -250,8 +250,8 @@ def test_per_image_gradients_and_stacked_models_under_torch_func():
 
 def test_a_device_the_python_functions_cannot_use_is_named_as_their_argument(tmp_path):
     """alexnet.load(path, device=3) said '--device: unknown device '3'', an option a Python caller never
-    gave; load, load_models, evaluate and predictor now name their device= argument, a value of another
-    type is a TypeError, and the command line still says --device."""
+    gave; load, load_models, evaluate and predictor now name their device= argument, take an index as
+    torch does (3 is cuda:3), refuse another type with a TypeError, and the command line still says --device."""
     from alexnet.evaluate import evaluate, load_models
     from alexnet.infer import predictor
     from alexnet.runtime import resolve_device
@@ -261,15 +261,18 @@ def test_a_device_the_python_functions_cannot_use_is_named_as_their_argument(tmp
     calls = {"load": lambda d: alexnet.load(ckpt, device=d), "load_models": lambda d: load_models(ckpt, d),
              "evaluate": lambda d: evaluate(model, [], device=d), "predictor": lambda d: predictor(model, d)}
     for name, call in calls.items():
-        with pytest.raises(TypeError, match=rf"^{name}: device= takes a name \('cpu', 'cuda', 'cuda:1', 'mps', 'auto'\) "
-                                            r"or a torch.device, not int 3$"):
-            call(3)
+        for bad, said in ((1.0, "float 1.0"), (True, "bool True"), (-1, "int -1")):
+            with pytest.raises(TypeError, match=rf"^{name}: device= takes a name \('cpu', 'cuda', 'cuda:1', 'mps', 'auto'\), "
+                                                rf"a torch.device or a CUDA index, not {said}$"):
+                call(bad)
         with pytest.raises(alexnet.ConfigError, match=rf"^{name}: device='gpu' is not a device this package runs on "
                                                       r"\(use auto, cpu, cuda, cuda:N or mps\)$"):
             call("gpu")
         if not torch.cuda.is_available():
             with pytest.raises(alexnet.ConfigError, match=rf"^{name}: device='cuda:1': no CUDA device is available on this machine$"):
                 call("cuda:1")
+            with pytest.raises(alexnet.ConfigError, match=rf"^{name}: device='cuda:3': no CUDA device is available on this machine$"):
+                call(3)  # torch's meaning of an index: torch.device(3) is cuda:3
     with pytest.raises(alexnet.ConfigError, match=r"^--device: unknown device 'gpu' \(use auto, cpu, cuda, cuda:N or mps\)$"):
         resolve_device("gpu")
 

@@ -94,13 +94,16 @@ def resolve_device(name: str = "auto", arg: str = "--device") -> torch.device:
 
 
 def device_argument(device: object, caller: str) -> torch.device:
-    """A Python function's ``device=`` (a name such as ``"cuda:1"`` or ``"auto"``, or a torch.device) as
+    """A Python function's ``device=`` (a name such as ``"cuda:1"`` or ``"auto"``, a torch.device, or a
+    CUDA index as torch takes it: ``3`` is ``"cuda:3"``, as a DDP script's ``local_rank``) as
     :func:`resolve_device` takes it, its errors naming ``caller``'s ``device=``, not the CLI's ``--device``."""
     if isinstance(device, torch.device):
         device = str(device)
+    elif isinstance(device, int) and not isinstance(device, bool) and device >= 0:
+        device = f"cuda:{device}"
     if not isinstance(device, str):
-        raise TypeError(f"{caller}: device= takes a name ('cpu', 'cuda', 'cuda:1', 'mps', 'auto') or a torch.device, "
-                        f"not {type(device).__name__} {device!r}")
+        raise TypeError(f"{caller}: device= takes a name ('cpu', 'cuda', 'cuda:1', 'mps', 'auto'), a torch.device or a "
+                        f"CUDA index, not {type(device).__name__} {device!r}")
     return resolve_device(device, f"{caller}: device=")
 
 
