@@ -326,3 +326,22 @@ def test_a_block_without_its_import_fails_naming_the_line(readme_world):
     broken = code.replace("import PIL.Image\n", "")
     with pytest.raises(pytest.fail.Exception, match=r"(?s)README.md:\d+: logits = .*NameError: name 'PIL' is not defined"):
         run_block(broken, "README.md", first_line)
+
+
+def _layout_misses(readme: str) -> list[str]:
+    """The files of src/alexnet (modules, C kernels) that README's Layout section does not name."""
+    section = readme.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"`([\w.]+)`", section))
+    package = ROOT / "src" / "alexnet"
+    files = [p for ext in ("*.py", "*.c") for p in package.rglob(ext) if "__pycache__" not in p.parts]
+    return sorted(str(p.relative_to(package)) for p in files if p.name not in named)
+
+
+def test_the_layout_names_every_module():
+    """README's Layout left out 28 files of src/alexnet (distributed.py, optim.py, resume.py, infer.py, data/cifar.py, ...)."""
+    assert _layout_misses((ROOT / "README.md").read_text(encoding="utf-8")) == []
+
+
+def test_a_module_left_out_of_the_layout_is_caught():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert _layout_misses(readme.replace("`optim.py`", "optim")) == ["optim.py"]
