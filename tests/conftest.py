@@ -140,3 +140,34 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         skip = pytest.mark.skip(reason="needs a CUDA GPU (none visible); scripts/gpu-check.sh runs it on one")
         for item in marked:
             item.add_marker(skip)
+
+
+# A process with torch loaded (its libraries take some GiB of address space), then held to ROOM more
+# MiB of it: an allocation beyond that fails as on a machine out of memory (torch's CPU allocator
+# raises "DefaultCPUAllocator: can't allocate memory"). torch._dynamo is loaded first: a custom op's
+# first call imports it, and an import cut off by the limit would fail as no machine's does.
+_UNDER_LIMIT = """
+import resource, sys
+import torch, torch._dynamo
+from alexnet.cli import main
+size = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmSize:"))
+resource.setrlimit(resource.RLIMIT_AS, (size + (int(sys.argv[1]) << 20), resource.RLIM_INFINITY))
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def run_cli_with_memory(room_mib: int, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    """``alexnet ARGS`` in a subprocess on the CPU, allowed ``room_mib`` MiB of address space beyond
+    what importing torch took (Linux: RLIMIT_AS): real allocation failures, as a machine without the memory gives."""
+    return subprocess.run([sys.executable, "-c", _UNDER_LIMIT, str(room_mib), *args], capture_output=True, text=True,
+                          env=cli_env(), timeout=timeout)
+
+
+def make_fmnist(root: Path, train: int, val: int) -> Path:
+    """Fashion-MNIST-format IDX files of ``train`` and ``val`` random images in 10 classes."""
+    rng = np.random.default_rng(0)
+    root.mkdir()
+    for split, n in (("train", train), ("t10k", val)):
+        write_idx(root / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, size=(n, 28, 28)))
+        write_idx(root / f"{split}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    return root

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import cli_env, make_image_folder, make_tiny_fmnist, run_cli
+from conftest import cli_env, make_fmnist, make_image_folder, make_tiny_fmnist, run_cli, run_cli_with_memory
 from test_evaluate import tiny_checkpoint
 
 from alexnet.checkpoint import MAX_PARAMETERS, save_atomic
@@ -1012,3 +1012,53 @@ def test_fashion_mnist_files_without_images_are_refused(tmp_path, capsys, split)
         f"alexnet: error: {fm / f'{split}-images-idx3-ubyte.gz'}: an IDX file of 0 images (shape (0, 28, 28)); "
         f"the {which} split needs at least one")
     assert not (tmp_path / "run").exists()
+
+
+_CUDA_OOM = ("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB of which 1.50 MiB is "
+             "free. Including non-PyTorch memory, this process has 79.18 GiB memory in use.")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS and /proc: Linux")
+def test_evaluate_out_of_memory_is_one_line_naming_the_batch_size(tmp_path):
+    """Real: evaluate of a batch the memory cannot hold said "internal error: RuntimeError: [enforce
+    fail at alloc_cpu.cpp:127] ... DefaultCPUAllocator: can't allocate memory ..."; now one line, exit 1."""
+    from test_train import _BIG_CONV1
+
+    data, out = make_fmnist(tmp_path / "fm", 64, 2048), tmp_path / "run"
+    r = run_cli("train", "--data", str(data), "--out", str(out), "--batch-size", "64", "--eval-batch-size", "64", *_BIG_CONV1)
+    assert r.returncode == 0, r.stderr
+    for crops in ([], ["--ten-crop"]):
+        r = run_cli_with_memory(500, "evaluate", str(out / "best.pt"), "--batch-size", "2048", "--threads", "1", *crops)
+        said = "2048 now; --ten-crop computes 10 crops of each image" if crops else "2048 now"
+        assert r.returncode == 1 and re.fullmatch(r"alexnet: error: out of CPU memory \(it tried to allocate \d+ MiB\) in "
+                                                  rf"evaluate: lower --batch-size \({said}\)\n", r.stderr), r.stderr
+
+
+def test_cuda_out_of_memory_is_one_line_in_every_command_that_computes(tmp_path, capsys, monkeypatch, tiny_fmnist):
+    """Simulated (no GPU here): torch.cuda.OutOfMemoryError from the network's forward pass, as a
+    batch too large for the GPU raises it, said "internal error: OutOfMemoryError: CUDA out of memory.
+    ..." (exit 1) in each command; now what ran out on which device, how much was asked, the option
+    that lowers it, exit 1. Train adds what is left of its run."""
+    from alexnet.model import AlexNet
+
+    ckpt = tiny_checkpoint(tmp_path / "m.pt")
+    images = make_image_folder(tmp_path / "imgs")
+    ran_out = r"out of memory on cuda:0 \(it tried to allocate 2\.00 GiB; 1\.50 MiB of its 79\.19 GiB free\)"
+
+    def forward_features(self, x):
+        raise torch.cuda.OutOfMemoryError(_CUDA_OOM)
+
+    monkeypatch.setattr(AlexNet, "forward_features", forward_features)  # under forward and forward_fc7 (features)
+    for args, said in (
+        (["evaluate", str(ckpt), "--data", str(images)], "in evaluate: lower --batch-size \\(256 now\\)"),
+        (["predict", str(images), "--checkpoint", str(ckpt), "--batch-size", "8"], "in predict: lower --batch-size \\(8 now\\)"),
+        (["features", str(ckpt), "--data", str(images), "--out", str(tmp_path / "i.safetensors")],
+         "in features: lower --batch-size \\(64 now\\)"),
+        (["train", "--data", str(tiny_fmnist), "--out", str(tmp_path / "run"), "--workers", "0", "--model-option",
+          "widths=[8,16,16,16,16]", "--model-option", "fc_width=32"],
+         "in a training step of epoch 1: lower --batch-size \\(128 now\\); no checkpoint had been written yet: nothing to resume"),
+    ):
+        capsys.readouterr()
+        assert main(args) == 1, args
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert re.fullmatch(f"alexnet: error: {ran_out} {said}", err), err

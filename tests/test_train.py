@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, cli_env, make_image_folder, run_cli, src_pythonpath
+from conftest import ROOT, cli_env, make_fmnist, make_image_folder, run_cli, run_cli_with_memory, src_pythonpath
 
 import alexnet
 from alexnet.checkpoint import load_checkpoint, save_atomic
@@ -1336,3 +1336,46 @@ def test_workers_under_a_long_tmpdir_do_not_hang_the_run(tmp_path):
         raise AssertionError(f"the run hung: {(e.stderr or b'')[-600:]!r}") from None
     assert r.returncode == 0 and "AF_UNIX" not in r.stderr, r.stderr[-2000:]
     assert (tmp_path / "run" / "last.pt").exists()
+
+
+# A network whose conv1 makes 96 x 32 x 32 floats an image at input 64 (384 KiB: 768 MiB for 2,048
+# images at once) and little after it: a batch that large cannot be had in 500 MiB, 64 images can.
+_BIG_CONV1 = ["--model-option", "widths=[96,16,16,16,16]", "--model-option", "fc_width=32", "--model-option", "input_size=64",
+              "--threads", "1", "--workers", "0", "--device", "cpu", "--amp", "none", "--progress", "off", "--lr", "0.01",
+              "--health", "off", "--epochs", "1"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS and /proc: Linux")
+def test_a_training_step_out_of_memory_is_one_line_naming_the_batch_size(tmp_path):
+    """Real: a batch the memory cannot hold said "internal error: RuntimeError: [enforce fail at
+    alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried to allocate
+    805306368 bytes. Error code 12 ..."; now what ran out, in which step, the option that lowers it,
+    and what is left (a new run: nothing), exit 1 (this machine's limit, not bad input)."""
+    data, out = make_fmnist(tmp_path / "fm", 2048, 64), tmp_path / "run"
+    r = run_cli_with_memory(500, "train", "--data", str(data), "--out", str(out), "--batch-size", "2048", *_BIG_CONV1)
+    assert r.returncode == 1, r.stderr
+    assert re.fullmatch(r"alexnet: error: out of CPU memory \(it tried to allocate \d+ MiB\) in a training step of epoch 1: "
+                        r"lower --batch-size \(2048 now\); no checkpoint had been written yet: nothing to resume\n",
+                        r.stderr.split("-> " + str(out) + "\n")[-1]), r.stderr
+    assert not out.exists()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS and /proc: Linux")
+def test_a_validation_out_of_memory_keeps_the_checkpoint_and_says_how_to_resume(tmp_path):
+    """Real: the validation after epoch 1 (its batch of 2,048 does not fit) stops in one line with
+    --eval-batch-size and the --resume line, which a resume accepts; last.pt stays as the last step
+    saved it (nothing is written after the failure) and the resume it gives finishes the run."""
+    data, out = make_fmnist(tmp_path / "fm", 256, 2048), tmp_path / "run"
+    r = run_cli_with_memory(500, "train", "--data", str(data), "--out", str(out), "--batch-size", "64", "--save-every", "1",
+                            "--eval-batch-size", "2048", *_BIG_CONV1)
+    assert r.returncode == 1, r.stderr
+    line = r.stderr.splitlines()[-1]
+    assert re.fullmatch(r"alexnet: error: out of CPU memory \(it tried to allocate \d+ MiB\) in the validation of epoch 1: "
+                        r"lower --eval-batch-size \(2048 now\); the run folder keeps the last good checkpoint; continue with: "
+                        rf"alexnet train --resume {re.escape(str(out))} --eval-batch-size 1024", line), r.stderr
+    assert "Traceback" not in r.stderr and not (out / "best.pt").exists()
+    saved = (out / "last.pt").read_bytes()
+    assert load_checkpoint(out / "last.pt")["position"]["step"] == 4
+    resumed = run_cli(*line.split("continue with: alexnet ")[1].split(), "--threads", "1")
+    assert resumed.returncode == 0, resumed.stderr
+    assert (out / "best.pt").exists() and (out / "last.pt").read_bytes() != saved

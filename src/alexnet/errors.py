@@ -117,3 +117,80 @@ def check_labels(labels: Any, classes: int, path: object, whose: str) -> None:
     odd = labels[(labels < 0) | (labels >= classes)]
     if len(odd):
         raise DataError(f"{path}: labels outside 0..{classes - 1} ({whose}): {len(odd):,} of {len(labels):,}, e.g. {odd[0]}")
+
+
+class OutOfMemory(MemoryError):
+    """This machine ran out of memory for what was asked: a limit of the machine, not bad input (the
+    command line exits 1). The message names what ran out, how much was asked and what asks for less.
+    ``resume``: the line that continues a training run so stopped, where it keeps a checkpoint."""
+
+    resume: str | None = None
+
+
+# torch's CPU allocator (c10/core/impl/alloc_cpu.cpp: posix_memalign's failure, and plain malloc's)
+_CPU_ASK = re.compile(r"DefaultCPUAllocator: (?:can't allocate memory|not enough memory): you tried to allocate (\d+) bytes")
+_DEVICE_ASK = re.compile(r"[Tt]ried to allocate ([\d.]+ ?[KMGTP]?i?B)")
+_CUDA_FREE = re.compile(r"GPU (\d+) has a total capacity of ([\d.]+ [KMGTP]?i?B) of which ([\d.]+ [KMGTP]?i?B) is free")
+_LIBRARY_ALLOC = re.compile(r"\b(CUBLAS|CUDNN|CUSOLVER|CUFFT)_STATUS_ALLOC_FAILED\b")
+_WORKER_KILLED = re.compile(r"DataLoader worker \(pid (\d+)\) is killed by signal: Killed")
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{max(1, round(n / 2**20))} MiB"
+
+
+def memory_shortage(error: BaseException) -> tuple[str, bool] | None:
+    """What ran out, where ``error`` is a failure to allocate memory ('out of CPU memory (it tried to
+    allocate 384 MiB)'), and whether a data-loading worker process ran out (its error re-raised in
+    the main process, or the worker killed outright by the kernel: SIGKILL); None for any other error.
+    Only torch's and Python's own allocation failures count, by their type or the allocator's words."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    text = str(error)
+    worker = "in DataLoader worker process" in text
+    killed = _WORKER_KILLED.search(text)
+    if killed:
+        return f"a data-loading worker (pid {killed[1]}) was killed by SIGKILL, most likely by the kernel for want of memory", True
+    ask = _CPU_ASK.search(text)
+    if ask:
+        said = f"out of CPU memory (it tried to allocate {_mib(int(ask[1]))})"
+    elif isinstance(error, MemoryError):  # Python's own (numpy, PIL), or one of ours saying where
+        said = "out of CPU memory" + (f" ({' '.join(text.split())})" if text and not worker else "")
+    elif torch is not None and isinstance(error, torch.cuda.OutOfMemoryError):
+        said = f"out of memory on {_device_of(text)}{_device_ask(text)}"
+    elif isinstance(error, RuntimeError) and _LIBRARY_ALLOC.search(text):
+        said = f"out of memory on the CUDA device ({_LIBRARY_ALLOC.search(text)[0]})"
+    else:
+        return None
+    return (f"a data-loading worker ran {said}" if worker else said), worker
+
+
+def _device_of(text: str) -> str:
+    """The device that torch's OutOfMemoryError names."""
+    found = _CUDA_FREE.search(text)
+    if found:
+        return f"cuda:{found[1]}"
+    return "the MPS device" if "MPS" in text else "the CUDA device"
+
+
+def _device_ask(text: str) -> str:
+    """' (it tried to allocate 2.00 GiB; 1.50 MiB of its 79.19 GiB free)', as much as torch's message says."""
+    ask, free = _DEVICE_ASK.search(text), _CUDA_FREE.search(text)
+    parts = ([f"it tried to allocate {ask[1]}"] if ask else []) + ([f"{free[3]} of its {free[2]} free"] if free else [])
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
+def out_of_memory(error: BaseException, doing: str, lower: str | None = None, workers: str | None = None) -> OutOfMemory | None:
+    """``error``, where it is a failure to allocate memory (:func:`memory_shortage`), as one line:
+    what ran out, ``doing`` ('in evaluate'), and the option that asks for less: ``lower`` ('--batch-size
+    (256 now)'), or for a data-loading worker's, ``workers``. None for any other error; an
+    OutOfMemory already said is returned as it is."""
+    if isinstance(error, OutOfMemory):
+        return error
+    found = memory_shortage(error)
+    if found is None:
+        return None
+    said, worker = found
+    option = workers if worker and workers else lower
+    return OutOfMemory(f"{said} {doing}" + (f": lower {option}" if option else ""))

@@ -19,7 +19,7 @@ import os
 import platform
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -45,6 +45,8 @@ from .errors import (
     StoppedAtOnce,
     TrainingError,
     check_weights,
+    memory_shortage,
+    out_of_memory,
     state_dict_mismatch,
 )
 from .finetune import architecture, build_model, note_scale
@@ -666,15 +668,18 @@ def _epoch(run: _Run, on_step: Callable[[Position, bool], None], ctrl_c: _CtrlC)
     cfg, data, pos, reduce = run.cfg, run.data, run.pos, distributed.all_reduce_sum
     set_epoch(data.train, pos.epoch, pos.batch)
     started = time.time()
-    stats = train_one_epoch(
-        run.net, run.optimizer, data.train, data.preprocess, cfg, run.device, run.amp, run.scaler, pos, run.plateau.scale,
-        on_step, run.show_progress, reduce, run.health, lambda: ctrl_c.hit,
-    )
+    with _short_of_memory(run, f"in a training step of epoch {pos.epoch + 1}", f"--batch-size ({cfg.batch_size} now)"):
+        stats = train_one_epoch(
+            run.net, run.optimizer, data.train, data.preprocess, cfg, run.device, run.amp, run.scaler, pos, run.plateau.scale,
+            on_step, run.show_progress, reduce, run.health, lambda: ctrl_c.hit,
+        )
     run.health.end_epoch(f"the end of epoch {pos.epoch + 1} (step {pos.step})")  # before anything of it is saved
     _check_trained(stats, pos.epoch)
     trained = time.time()
-    val = evaluate(run.eval_net, data.val, data.preprocess, run.device, run.amp, cfg.channels_last, run.show_progress, reduce,
-                   len(data.classes))
+    with _short_of_memory(run, f"in the validation of epoch {pos.epoch + 1}", f"--eval-batch-size ({cfg.eval_batch_size} now)",
+                          f"--eval-batch-size {max(1, cfg.eval_batch_size // 2)}"):
+        val = evaluate(run.eval_net, data.val, data.preprocess, run.device, run.amp, cfg.channels_last, run.show_progress,
+                       reduce, len(data.classes))
     record = {"epoch": pos.epoch + 1, "step": pos.step, **stats, **{f"val_{k}": v for k, v in val.items()}}
     # Wall-clock (Unix) times of this process's training phase, and the validation's cost: what
     # a GPU-utilisation trace (benchmarks/end_to_end.py) is cut to.
@@ -710,6 +715,27 @@ def _epoch(run: _Run, on_step: Callable[[Position, bool], None], ctrl_c: _CtrlC)
     if distributed.any_rank(ctrl_c.hit):
         raise Interrupted(f"interrupted after epoch {record['epoch']}; continue with: "
                           + distributed.resume_command(run.run_dir, run.info))
+
+
+@contextlib.contextmanager
+def _short_of_memory(run: _Run, doing: str, lower: str, resume_with: str = "") -> Iterator[None]:
+    """A failure to allocate memory ``doing`` what the block does as one line (OutOfMemory): what ran
+    out, where, and ``lower``, the option that asks for less (``--workers`` where a data-loading worker
+    ran out); with the --resume line (and ``resume_with``, options a resume may change) that the run
+    folder adds where it keeps a checkpoint (runfolder.RunFolder). Nothing is saved: the last
+    checkpoint stays the last good one. Any other error goes on as it is."""
+    try:
+        yield
+    except (RuntimeError, MemoryError) as e:
+        workers = run.cfg.workers
+        error = out_of_memory(e, doing, lower, f"--workers ({workers} now)" if workers else None)
+        if error is None or error is e:
+            raise
+        if memory_shortage(e)[1] and workers:  # a worker's: fewer workers
+            resume_with = f"--workers {workers // 2}"
+        error.resume = " ".join(filter(None, [distributed.resume_command(run.run_dir, run.info), resume_with]))
+        e.__traceback__ = None  # frees the step's frames and their tensors (a GPU's memory) for a caller that goes on
+        raise error from None
 
 
 def _say_blind(run: _Run, val: dict[str, float]) -> None:

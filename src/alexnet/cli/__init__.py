@@ -12,6 +12,7 @@ import sys
 from collections.abc import Iterator
 
 from ..errors import AlexNetError, Interrupted, StoppedAtOnce, terminal_text
+from .common import _out_of_memory_line
 from .options import build_parser
 
 # Commands that run the network on batches: big tensors are allocated and freed every step.
@@ -183,7 +184,7 @@ def _run(args: argparse.Namespace) -> int:
         _line("alexnet: interrupted")
         return 130
     except MemoryError as e:  # this machine's limit, not a bug: what ran out where, where it says
-        _line(f"alexnet: error: {e or 'out of memory'}")
+        _line(f"alexnet: error: {_out_of_memory_line(args, e)}")
         return 1
     except OSError as e:  # disk full, permissions, ...
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
@@ -192,6 +193,10 @@ def _run(args: argparse.Namespace) -> int:
     except Exception as e:  # a bug: one line by default, the traceback on request
         if os.environ.get("ALEXNET_DEBUG"):
             raise
+        said = _out_of_memory_line(args, e)  # torch's allocators raise RuntimeErrors (CPU) and OutOfMemoryError
+        if said is not None:  # this machine's limit, as a MemoryError is
+            _line(f"alexnet: error: {said}")
+            return 1
         if getattr(args, "compile", None) and type(e).__module__.startswith("torch._"):  # inductor, dynamo
             reason = " ".join(str(e).strip().splitlines()[0].split()) if str(e).strip() else type(e).__name__
             _line(f"alexnet: error: --compile failed ({reason}); run without --compile (set ALEXNET_DEBUG=1 for the traceback)")

@@ -83,3 +83,28 @@ def _not_the_input(out: str, given: str, what: str) -> None:
 def _same_folder(data: object, trained_on: object) -> bool:
     """Whether ``data`` is the folder a checkpoint recorded as its training data."""
     return isinstance(data, str) and isinstance(trained_on, str) and Path(data).resolve() == Path(trained_on).resolve()
+
+
+def _memory_options(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """The options of ``args.command`` that ask for less memory: what lowers the batches' (or the
+    shards') and what lowers the data-loading workers'; None where the command has none."""
+    batch = getattr(args, "batch_size", None)
+    workers = getattr(args, "workers", None)
+    per_worker = f"--workers ({workers} now)" if workers else None
+    if args.command == "train":
+        return "--batch-size or --eval-batch-size", per_worker or "--workers"
+    if args.command == "prepare":
+        return f"--shard-size ({args.shard_size} now) or --size ({args.size} now)", per_worker
+    if batch is None:  # export, retrieve: one image
+        return None, per_worker
+    crops = "; --ten-crop computes 10 crops of each image" if getattr(args, "ten_crop", False) else ""
+    return f"--batch-size ({batch} now{crops})", per_worker
+
+
+def _out_of_memory_line(args: argparse.Namespace, error: BaseException) -> str | None:
+    """``error`` as one line where it is a failure to allocate memory (what ran out, in which command,
+    the option that asks for less); None for any other error."""
+    from ..errors import out_of_memory
+
+    found = out_of_memory(error, f"in {args.command}", *_memory_options(args))
+    return None if found is None else str(found)
