@@ -1062,3 +1062,62 @@ def test_cuda_out_of_memory_is_one_line_in_every_command_that_computes(tmp_path,
         assert main(args) == 1, args
         err = capsys.readouterr().err.strip().splitlines()[-1]
         assert re.fullmatch(f"alexnet: error: {ran_out} {said}", err), err
+
+
+def _photos_and_a_huge_png(root: Path) -> Path:
+    """A photo folder whose class0 also holds a 9400 x 9400 PNG (88 megapixels, under PIL's bomb limit:
+    a 280 KB file that takes about 900 MiB to decode), and the path of that PNG."""
+    from PIL import Image
+
+    make_image_folder(root, classes=2, per_class=4)
+    huge = root / "class0" / "huge.png"
+    Image.new("RGB", (9400, 9400), (200, 10, 10)).save(huge)
+    return huge
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS and /proc: Linux")
+def test_an_image_there_is_no_memory_to_decode_is_not_called_unreadable(tmp_path):
+    """Real: an image the memory free could not hold decoded was an 'unreadable image': predict said
+    'none of the 9 images could be read; the first: .../huge.png: cannot read this image (MemoryError: no
+    detail)' (exit 2), features and train skipped it with a warning and went on without it (exit 0,
+    train listing it in bad_files.txt and in the data's cached statistics, which skipped it in every
+    later run). Now each stops in one line naming the file, exit 1, and lists nothing."""
+    huge = _photos_and_a_huge_png(tmp_path / "photos")
+    ckpt = tiny_checkpoint(tmp_path / "m.pt", classes=2)
+    tiny = ["--threads", "1", "--progress", "off"]
+    train = ["train", "--data", str(tmp_path / "photos"), "--out", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "4",
+             "--device", "cpu", "--amp", "none", "--model-option", "widths=[8,16,16,16,16]", "--model-option", "fc_width=32",
+             "--model-option", "input_size=64", *tiny]
+    for args, said in (
+        (["predict", str(tmp_path / "photos"), "--checkpoint", str(ckpt), "--threads", "1"], f"out of CPU memory decoding {huge}"),
+        (["features", str(ckpt), "--data", str(tmp_path / "photos"), "--out", str(tmp_path / "i.safetensors"), *tiny],
+         rf"out of CPU memory( \(it tried to allocate \d+ MiB\))? decoding {huge}"),
+        ([*train, "--workers", "0"], rf"out of CPU memory( \(it tried to allocate \d+ MiB\))? decoding {huge}; no checkpoint "
+                                     "had been written yet: nothing to resume"),
+        ([*train, "--workers", "1"], rf"a data-loading worker ran out of CPU memory( \(it tried to allocate \d+ MiB\))? decoding "
+                                     rf"{huge} in train: lower --workers \(1 now\); no checkpoint had been written yet: nothing to resume"),
+    ):
+        r = run_cli_with_memory(800, *args)
+        assert r.returncode == 1 and "unreadable" not in r.stderr, r.stderr
+        assert re.fullmatch(f"alexnet: error: {said}", r.stderr.strip().splitlines()[-1]), r.stderr
+        assert not (tmp_path / "run").exists() and not (tmp_path / "i.safetensors").exists()
+        assert "huge" not in "".join(p.read_text() for p in (tmp_path / "photos").rglob("*.json"))
+
+
+def test_cached_statistics_that_listed_an_image_for_want_of_memory_are_computed_again(tmp_path):
+    """A statistics pass short of memory listed a good image as unreadable (MemoryError) in its cache
+    beside the data, and every later run skipped it: such a cache is now computed again."""
+    photos = make_image_folder(tmp_path / "photos", classes=2, per_class=4)
+    args = ["train", "--data", str(photos), "--epochs", "1", "--batch-size", "4", "--device", "cpu", "--amp", "none",
+            "--model-option", "widths=[8,16,16,16,16]", "--model-option", "fc_width=32", "--model-option", "input_size=64",
+            "--threads", "1", "--workers", "0", "--progress", "off"]
+    assert run_cli(*args, "--out", str(tmp_path / "run1")).returncode == 0
+    (cache,) = (photos / ".alexnet-cache").glob("stats-*.json")
+    stats = json.loads(cache.read_text())
+    image = str(photos / "class0" / "img0.jpg")
+    stats.update(bad=[image], bad_reasons={image: "_ArrayMemoryError: Unable to allocate 183. MiB for an array with shape "
+                                                  "(8000, 8000, 3) and data type uint8"})
+    cache.write_text(json.dumps(stats))
+    r = run_cli(*args, "--out", str(tmp_path / "run2"))
+    assert r.returncode == 0 and "unreadable" not in r.stderr, r.stderr
+    assert not (tmp_path / "run2" / "bad_files.txt").exists()

@@ -132,6 +132,7 @@ _CPU_ASK = re.compile(r"DefaultCPUAllocator: (?:can't allocate memory|not enough
 _DEVICE_ASK = re.compile(r"[Tt]ried to allocate ([\d.]+ ?[KMGTP]?i?B)")
 _CUDA_FREE = re.compile(r"GPU (\d+) has a total capacity of ([\d.]+ [KMGTP]?i?B) of which ([\d.]+ [KMGTP]?i?B) is free")
 _LIBRARY_ALLOC = re.compile(r"\b(CUBLAS|CUDNN|CUSOLVER|CUFFT)_STATUS_ALLOC_FAILED\b")
+_NUMPY_ASK = re.compile(r"Unable to allocate (\d+)\.?\d* ([KMGTP]?i?B) for an array")
 _WORKER_KILLED = re.compile(r"DataLoader worker \(pid (\d+)\) is killed by signal: Killed")
 
 
@@ -149,6 +150,13 @@ def memory_shortage(error: BaseException) -> tuple[str, bool] | None:
     torch = sys.modules.get("torch")
     text = str(error)
     worker = "in DataLoader worker process" in text
+    numpy_ask = _NUMPY_ASK.search(text)
+    ours = re.search(r"OutOfMemory: (.+)\s*$", text) if worker else None  # a worker's decoding_failure
+    if ours:
+        return f"a data-loading worker ran {ours[1].strip()}", True
+    if worker and re.match(r"Caught (_Array)?MemoryError in DataLoader worker process", text):  # numpy's: as a RuntimeError
+        return "a data-loading worker ran out of CPU memory" + (f" (it tried to allocate {numpy_ask[1]} {numpy_ask[2]})"
+                                                                 if numpy_ask else ""), True
     killed = _WORKER_KILLED.search(text)
     if killed:
         return f"a data-loading worker (pid {killed[1]}) was killed by SIGKILL, most likely by the kernel for want of memory", True
@@ -156,7 +164,8 @@ def memory_shortage(error: BaseException) -> tuple[str, bool] | None:
     if ask:
         said = f"out of CPU memory (it tried to allocate {_mib(int(ask[1]))})"
     elif isinstance(error, MemoryError):  # Python's own (numpy, PIL), or one of ours saying where
-        said = "out of CPU memory" + (f" ({' '.join(text.split())})" if text and not worker else "")
+        why = f"it tried to allocate {numpy_ask[1]} {numpy_ask[2]}" if numpy_ask else " ".join(text.split()) if not worker else ""
+        said = "out of CPU memory" + (f" ({why})" if why else "")
     elif torch is not None and isinstance(error, torch.cuda.OutOfMemoryError):
         said = f"out of memory on {_device_of(text)}{_device_ask(text)}"
     elif isinstance(error, RuntimeError) and _LIBRARY_ALLOC.search(text):
@@ -181,12 +190,23 @@ def _device_ask(text: str) -> str:
     return f" ({'; '.join(parts)})" if parts else ""
 
 
+def decoding_failure(error: BaseException, path: object) -> OutOfMemory | None:
+    """``error``, raised decoding the image ``path``, as OutOfMemory naming the file where it is a
+    failure to allocate memory (no fault of the file's: it is not to be skipped as unreadable); None
+    for any other error."""
+    short = memory_shortage(error)
+    if short is None:
+        return None
+    error.__traceback__ = None  # its frames hold the half-decoded image: freed before the error is passed on
+    return OutOfMemory(f"{short[0]} decoding {path}")
+
+
 def out_of_memory(error: BaseException, doing: str, lower: str | None = None, workers: str | None = None) -> OutOfMemory | None:
     """``error``, where it is a failure to allocate memory (:func:`memory_shortage`), as one line:
     what ran out, ``doing`` ('in evaluate'), and the option that asks for less: ``lower`` ('--batch-size
     (256 now)'), or for a data-loading worker's, ``workers``. None for any other error; an
     OutOfMemory already said is returned as it is."""
-    if isinstance(error, OutOfMemory):
+    if isinstance(error, OutOfMemory) and "in DataLoader worker process" not in str(error):
         return error
     found = memory_shortage(error)
     if found is None:

@@ -24,7 +24,7 @@ from .data.folder import (
 )
 from .data.loaders import model_input
 from .data.presets import Preprocess
-from .errors import CheckpointError, ConfigError, DataError
+from .errors import CheckpointError, ConfigError, DataError, decoding_failure
 from .model import AlexNet
 from .runtime import autocast, counted, eval_mode, precision_name, progress, resolve_amp, say
 
@@ -107,11 +107,15 @@ def load_image(path: str | os.PathLike, preprocess: Preprocess) -> torch.Tensor:
 
     Raises:
         DataError: the file cannot be read as an image.
+        OutOfMemory: the memory free cannot hold it decoded (the file is not to blame).
     """
     resize, size = preprocess.stored_sizes()
     try:
         image = decode_image(str(path), resize, size, upright=True)
-    except Exception as e:  # noqa: BLE001 - whatever the decoder raises, the file is what is wrong
+    except Exception as e:  # noqa: BLE001 - whatever the decoder raises, the file is what is wrong ...
+        short = decoding_failure(e, path)
+        if short is not None:  # ... but for want of memory
+            raise short from None
         raise DataError(f"{path}: cannot read this image ({type(e).__name__}: {' '.join(str(e).split()) or 'no detail'})") from None
     return to_luma(image) if preprocess.channels == 1 else image
 

@@ -148,7 +148,7 @@ def fit(
     try:
         run_dir = Path(distributed.broadcast_object(str(run_dir)))  # rank 0's time stamp names the run
         quiet = not info.is_main
-        with _claim(run_dir, cfg, force, info), contextlib.ExitStack() as cleanup:
+        with _claim(run_dir, cfg, force, info), contextlib.ExitStack() as cleanup, _short_of_memory(cfg, run_dir, info, "in train"):
             progress_on, said = (False, lambda s: None) if quiet else (show_progress, log)
             voices = _Voices(said, said if quiet or note is None else note)
             return _fit(cfg, info, device, towers, run_dir, progress_on, voices, cleanup)
@@ -668,7 +668,8 @@ def _epoch(run: _Run, on_step: Callable[[Position, bool], None], ctrl_c: _CtrlC)
     cfg, data, pos, reduce = run.cfg, run.data, run.pos, distributed.all_reduce_sum
     set_epoch(data.train, pos.epoch, pos.batch)
     started = time.time()
-    with _short_of_memory(run, f"in a training step of epoch {pos.epoch + 1}", f"--batch-size ({cfg.batch_size} now)"):
+    with _short_of_memory(run.cfg, run.run_dir, run.info, f"in a training step of epoch {pos.epoch + 1}",
+                          f"--batch-size ({cfg.batch_size} now)"):
         stats = train_one_epoch(
             run.net, run.optimizer, data.train, data.preprocess, cfg, run.device, run.amp, run.scaler, pos, run.plateau.scale,
             on_step, run.show_progress, reduce, run.health, lambda: ctrl_c.hit,
@@ -676,8 +677,8 @@ def _epoch(run: _Run, on_step: Callable[[Position, bool], None], ctrl_c: _CtrlC)
     run.health.end_epoch(f"the end of epoch {pos.epoch + 1} (step {pos.step})")  # before anything of it is saved
     _check_trained(stats, pos.epoch)
     trained = time.time()
-    with _short_of_memory(run, f"in the validation of epoch {pos.epoch + 1}", f"--eval-batch-size ({cfg.eval_batch_size} now)",
-                          f"--eval-batch-size {max(1, cfg.eval_batch_size // 2)}"):
+    with _short_of_memory(run.cfg, run.run_dir, run.info, f"in the validation of epoch {pos.epoch + 1}",
+                          f"--eval-batch-size ({cfg.eval_batch_size} now)", f"--eval-batch-size {max(1, cfg.eval_batch_size // 2)}"):
         val = evaluate(run.eval_net, data.val, data.preprocess, run.device, run.amp, cfg.channels_last, run.show_progress,
                        reduce, len(data.classes))
     record = {"epoch": pos.epoch + 1, "step": pos.step, **stats, **{f"val_{k}": v for k, v in val.items()}}
@@ -718,7 +719,8 @@ def _epoch(run: _Run, on_step: Callable[[Position, bool], None], ctrl_c: _CtrlC)
 
 
 @contextlib.contextmanager
-def _short_of_memory(run: _Run, doing: str, lower: str, resume_with: str = "") -> Iterator[None]:
+def _short_of_memory(cfg: TrainConfig, run_dir: Path, info: distributed.DistInfo, doing: str, lower: str | None = None,
+                     resume_with: str = "") -> Iterator[None]:
     """A failure to allocate memory ``doing`` what the block does as one line (OutOfMemory): what ran
     out, where, and ``lower``, the option that asks for less (``--workers`` where a data-loading worker
     ran out); with the --resume line (and ``resume_with``, options a resume may change) that the run
@@ -727,13 +729,13 @@ def _short_of_memory(run: _Run, doing: str, lower: str, resume_with: str = "") -
     try:
         yield
     except (RuntimeError, MemoryError) as e:
-        workers = run.cfg.workers
+        workers = cfg.workers
         error = out_of_memory(e, doing, lower, f"--workers ({workers} now)" if workers else None)
         if error is None or error is e:
             raise
         if memory_shortage(e)[1] and workers:  # a worker's: fewer workers
             resume_with = f"--workers {workers // 2}"
-        error.resume = " ".join(filter(None, [distributed.resume_command(run.run_dir, run.info), resume_with]))
+        error.resume = " ".join(filter(None, [distributed.resume_command(run_dir, info), resume_with]))
         e.__traceback__ = None  # frees the step's frames and their tensors (a GPU's memory) for a caller that goes on
         raise error from None
 

@@ -92,7 +92,7 @@ def _memory_options(args: argparse.Namespace) -> tuple[str | None, str | None]:
     workers = getattr(args, "workers", None)
     per_worker = f"--workers ({workers} now)" if workers else None
     if args.command == "train":
-        return "--batch-size or --eval-batch-size", per_worker or "--workers"
+        return None, per_worker or "--workers"  # train says which, where a step or a validation ran out
     if args.command == "prepare":
         return f"--shard-size ({args.shard_size} now) or --size ({args.size} now)", per_worker
     if batch is None:  # export, retrieve: one image

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, decoding_failure
 from .folder import ImageFolderDataset, _resize_crop, decode_bytes, jpeg_decoder
 
 
@@ -126,6 +126,9 @@ class DeviceDecoder:
         try:  # the CPU decoders: PIL reads what libjpeg/nvJPEG refuse, or says why it cannot
             return self.dataset.finish(decode_bytes(data.numpy().tobytes(), self.dataset.resize, self.dataset.size)).to(self.device)
         except Exception as e:  # noqa: BLE001 - any decoder failure is a bad file, never a lost run
+            short = decoding_failure(e, self.dataset.samples[index][0])
+            if short is not None:  # but for want of memory: no fault of the file's
+                raise short from None
             self.dataset.bad.report(self.dataset.samples[index][0], e)
             return None
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..errors import DataError
+from ..errors import DataError, decoding_failure
 from ..runtime import counted, say
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
@@ -646,6 +646,9 @@ class ImageFolderDataset(torch.utils.data.Dataset):
             if image is None:
                 image = decode_image(path, self.resize, self.size, self.upright)
         except Exception as e:  # noqa: BLE001 - any decoder failure is a bad file, never a lost run
+            short = decoding_failure(e, path)
+            if short is not None:  # no fault of the file's: skipped, a good image would be listed bad (and cached so)
+                raise short from None
             self.bad.report(path, e)
             return None
         return (self.finish(image) if image.dim() == 3 else image), label, index

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -250,6 +251,17 @@ def _rebased(cached: dict[str, Any], root: str) -> dict[str, Any]:
             "bad_reasons": {move(p): why for p, why in reasons.items()}}
 
 
+_MEMORY_REASON = re.compile(r"^\w*MemoryError\b|DefaultCPUAllocator: (?:can't allocate memory|not enough memory)")
+
+
+def _listed_for_want_of_memory(cached: dict[str, Any]) -> bool:
+    """Whether a cached pass listed as unreadable an image it had no memory to decode (releases before
+    this one did, where now the pass stops: errors.decoding_failure): that list would skip a good
+    image in every later run."""
+    reasons = cached.get("bad_reasons")
+    return isinstance(reasons, dict) and any(_MEMORY_REASON.search(str(r)) for r in reasons.values())
+
+
 def folder_stats(dataset: ImageFolderDataset, indices: list[int], workers: int = 0, show_progress: bool | None = None) -> dict[str, Any]:
     """Mean image and PCA of an :class:`ImageFolderDataset` subset, from the cache when computed
     before. The result's ``mean_image`` is the path of the cached .npy; ``bad`` lists unreadable files."""
@@ -265,6 +277,8 @@ def folder_stats(dataset: ImageFolderDataset, indices: list[int], workers: int =
     cached, damage = load_stats(json_path, shape) if no_cache is None else (None, None)
     if damage is not None:  # a cache never stops a run
         warnings.warn(f"{json_path}: cached data statistics are damaged ({damage}); computing them again", stacklevel=2)
+    if cached is not None and _listed_for_want_of_memory(cached):
+        cached = None  # computed again, with the memory this run has
     if cached is not None:
         cached = _rebased(cached, str(dataset.root))
         reasons = cached.get("bad_reasons") if isinstance(cached.get("bad_reasons"), dict) else {}
