@@ -1056,7 +1056,8 @@ def test_cuda_out_of_memory_is_one_line_in_every_command_that_computes(tmp_path,
          "in features: lower --batch-size \\(64 now\\)"),
         (["train", "--data", str(tiny_fmnist), "--out", str(tmp_path / "run"), "--workers", "0", "--model-option",
           "widths=[8,16,16,16,16]", "--model-option", "fc_width=32"],
-         "in a training step of epoch 1: lower --batch-size \\(128 now\\); no checkpoint had been written yet: nothing to resume"),
+         "in a training step of epoch 1: lower --batch-size \\(128 now\\) in a new run; no checkpoint had been written yet: "
+         "nothing to resume"),
     ):
         capsys.readouterr()
         assert main(args) == 1, args

@@ -1355,7 +1355,7 @@ def test_a_training_step_out_of_memory_is_one_line_naming_the_batch_size(tmp_pat
     r = run_cli_with_memory(500, "train", "--data", str(data), "--out", str(out), "--batch-size", "2048", *_BIG_CONV1)
     assert r.returncode == 1, r.stderr
     assert re.fullmatch(r"alexnet: error: out of CPU memory \(it tried to allocate \d+ MiB\) in a training step of epoch 1: "
-                        r"lower --batch-size \(2048 now\); no checkpoint had been written yet: nothing to resume\n",
+                        r"lower --batch-size \(2048 now\) in a new run; no checkpoint had been written yet: nothing to resume\n",
                         r.stderr.split("-> " + str(out) + "\n")[-1]), r.stderr
     assert not out.exists()
 

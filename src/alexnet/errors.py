@@ -133,7 +133,6 @@ _DEVICE_ASK = re.compile(r"[Tt]ried to allocate ([\d.]+ ?[KMGTP]?i?B)")
 _CUDA_FREE = re.compile(r"GPU (\d+) has a total capacity of ([\d.]+ [KMGTP]?i?B) of which ([\d.]+ [KMGTP]?i?B) is free")
 _LIBRARY_ALLOC = re.compile(r"\b(CUBLAS|CUDNN|CUSOLVER|CUFFT)_STATUS_ALLOC_FAILED\b")
 _NUMPY_ASK = re.compile(r"Unable to allocate (\d+)\.?\d* ([KMGTP]?i?B) for an array")
-_WORKER_KILLED = re.compile(r"DataLoader worker \(pid (\d+)\) is killed by signal: Killed")
 
 
 def _mib(n: int) -> str:
@@ -143,7 +142,8 @@ def _mib(n: int) -> str:
 def memory_shortage(error: BaseException) -> tuple[str, bool] | None:
     """What ran out, where ``error`` is a failure to allocate memory ('out of CPU memory (it tried to
     allocate 384 MiB)'), and whether a data-loading worker process ran out (its error re-raised in
-    the main process, or the worker killed outright by the kernel: SIGKILL); None for any other error.
+    the main process; one the kernel killed outright is not told apart from other deaths); None for
+    any other error.
     Only torch's and Python's own allocation failures count, by their type or the allocator's words."""
     import sys
 
@@ -157,9 +157,6 @@ def memory_shortage(error: BaseException) -> tuple[str, bool] | None:
     if worker and re.match(r"Caught (_Array)?MemoryError in DataLoader worker process", text):  # numpy's: as a RuntimeError
         return "a data-loading worker ran out of CPU memory" + (f" (it tried to allocate {numpy_ask[1]} {numpy_ask[2]})"
                                                                  if numpy_ask else ""), True
-    killed = _WORKER_KILLED.search(text)
-    if killed:
-        return f"a data-loading worker (pid {killed[1]}) was killed by SIGKILL, most likely by the kernel for want of memory", True
     ask = _CPU_ASK.search(text)
     if ask:
         said = f"out of CPU memory (it tried to allocate {_mib(int(ask[1]))})"

@@ -669,7 +669,7 @@ def _epoch(run: _Run, on_step: Callable[[Position, bool], None], ctrl_c: _CtrlC)
     set_epoch(data.train, pos.epoch, pos.batch)
     started = time.time()
     with _short_of_memory(run.cfg, run.run_dir, run.info, f"in a training step of epoch {pos.epoch + 1}",
-                          f"--batch-size ({cfg.batch_size} now)"):
+                          f"--batch-size ({cfg.batch_size} now) in a new run"):  # --resume keeps the run's
         stats = train_one_epoch(
             run.net, run.optimizer, data.train, data.preprocess, cfg, run.device, run.amp, run.scaler, pos, run.plateau.scale,
             on_step, run.show_progress, reduce, run.health, lambda: ctrl_c.hit,
