@@ -285,8 +285,8 @@ def test_a_checkpoint_read_without_enough_memory_is_not_called_damaged(tmp_path,
     ckpt = tiny_checkpoint(tmp_path / "m.pt")
     torn = RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried "
                         "to allocate 150994944 bytes. Error code 12 (Cannot allocate memory)")
-    for error, kind, said in ((torn, MemoryError, "not enough memory to read it (tried to allocate 150994944 bytes)"),
-                              (MemoryError(), MemoryError, "not enough memory to read it")):
+    for error, kind, said in ((torn, MemoryError, f"out of CPU memory (it tried to allocate 144 MiB) reading {ckpt}"),
+                              (MemoryError(), MemoryError, f"out of CPU memory reading {ckpt}")):
         def fail(*args: object, error: Exception = error, **kwargs: object) -> None:
             raise error
 

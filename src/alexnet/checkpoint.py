@@ -27,7 +27,15 @@ from . import atomic, faults, jsonio, runfolder
 from .data import presets
 from .data.folder import class_name
 from .data.presets import Preprocess
-from .errors import CheckpointError, CheckpointNotFound, DataError, OutOfMemory, check_weights, state_dict_mismatch
+from .errors import (
+    CheckpointError,
+    CheckpointNotFound,
+    DataError,
+    OutOfMemory,
+    check_weights,
+    memory_shortage,
+    state_dict_mismatch,
+)
 from .model import AlexNet, AlexNetConfig
 from .runtime import device_argument
 
@@ -220,13 +228,11 @@ def _with_model(ckpt: Any, path: Path) -> dict[str, Any]:
 
 
 def _not_the_files_doing(path: Path, error: Exception) -> OutOfMemory | None:
-    """What torch.load raised for want of memory (torch's CPU allocator says so in a RuntimeError), as a
-    MemoryError naming ``path``: the file is not damaged. None for any other error (an OSError too: a
-    truncated zip is EINVAL)."""
-    if isinstance(error, MemoryError | torch.cuda.OutOfMemoryError) or "can't allocate memory" in str(error):
-        found = re.search(r"tried to allocate [^.]*", str(error))
-        return OutOfMemory(f"{path}: not enough memory to read it{f' ({found.group()})' if found else ''}")
-    return None
+    """What torch.load raised for want of memory (torch's CPU allocator says so in a RuntimeError), as
+    OutOfMemory naming ``path``: the file is not damaged. None for any other error (an OSError too: a
+    truncated zip is EINVAL). One rule for what is a want of memory: :func:`errors.memory_shortage`."""
+    short = memory_shortage(error)
+    return None if short is None else OutOfMemory(f"{short[0]} reading {path}")
 
 
 def _unreadable(path: Path, error: Exception) -> CheckpointError:
