@@ -128,11 +128,19 @@ class OutOfMemory(MemoryError):
 
 
 # torch's CPU allocator (c10/core/impl/alloc_cpu.cpp: posix_memalign's failure, and plain malloc's)
-_CPU_ASK = re.compile(r"DefaultCPUAllocator: (?:can't allocate memory|not enough memory): you tried to allocate (\d+) bytes")
+_CPU_FAILED = r"DefaultCPUAllocator: (?:can't allocate memory|not enough memory)"
+_CPU_ASK = re.compile(_CPU_FAILED + r": you tried to allocate (\d+) bytes")
+_RECORDED = re.compile(r"^\w*MemoryError\b|" + _CPU_FAILED)  # a reason as BadFiles records it: "Type: message"
 _DEVICE_ASK = re.compile(r"[Tt]ried to allocate ([\d.]+ ?[KMGTP]?i?B)")
 _CUDA_FREE = re.compile(r"GPU (\d+) has a total capacity of ([\d.]+ [KMGTP]?i?B) of which ([\d.]+ [KMGTP]?i?B) is free")
 _LIBRARY_ALLOC = re.compile(r"\b(CUBLAS|CUDNN|CUSOLVER|CUFFT)_STATUS_ALLOC_FAILED\b")
 _NUMPY_ASK = re.compile(r"Unable to allocate (\d+)\.?\d* ([KMGTP]?i?B) for an array")
+
+
+def recorded_as_memory(reason: str) -> bool:
+    """Whether a reason recorded for an unreadable file ("MemoryError: ...", or torch's allocator's
+    words) was a want of memory: releases before :func:`decoding_failure` listed such images as bad."""
+    return bool(_RECORDED.search(reason))
 
 
 def _mib(n: int) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +21,7 @@ import torch
 from .. import jsonio
 from ..atomic import atomic_path
 from ..checks import is_whole
-from ..errors import DataError
+from ..errors import DataError, recorded_as_memory
 from ..runtime import cache_home, progress
 
 if TYPE_CHECKING:
@@ -251,15 +250,12 @@ def _rebased(cached: dict[str, Any], root: str) -> dict[str, Any]:
             "bad_reasons": {move(p): why for p, why in reasons.items()}}
 
 
-_MEMORY_REASON = re.compile(r"^\w*MemoryError\b|DefaultCPUAllocator: (?:can't allocate memory|not enough memory)")
-
-
 def _listed_for_want_of_memory(cached: dict[str, Any]) -> bool:
     """Whether a cached pass listed as unreadable an image it had no memory to decode (releases before
     this one did, where now the pass stops: errors.decoding_failure): that list would skip a good
     image in every later run."""
     reasons = cached.get("bad_reasons")
-    return isinstance(reasons, dict) and any(_MEMORY_REASON.search(str(r)) for r in reasons.values())
+    return isinstance(reasons, dict) and any(recorded_as_memory(str(r)) for r in reasons.values())
 
 
 def folder_stats(dataset: ImageFolderDataset, indices: list[int], workers: int = 0, show_progress: bool | None = None) -> dict[str, Any]:
