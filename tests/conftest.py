@@ -171,3 +171,37 @@ def make_fmnist(root: Path, train: int, val: int) -> Path:
         write_idx(root / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, size=(n, 28, 28)))
         write_idx(root / f"{split}-labels-idx1-ubyte.gz", np.arange(n) % 10)
     return root
+
+
+def fail_checkpoint_write(monkeypatch: pytest.MonkeyPatch, prefix: str, error: BaseException, at: int = 3) -> None:
+    """Make the ``at``-th write() into a temporary checkpoint file whose name starts with ``prefix``
+    (``.last.pt.``) raise ``error``, as an exception of a signal handler (a second Ctrl-C, torch's
+    SIGCHLD handler) lands in torch.save's writer, which then reports '[enforce fail at
+    inline_container.cc] unexpected pos'. A few records in: the first write's exception torch.save
+    passes on as it is."""
+    real_fdopen = os.fdopen
+
+    class Failing:
+        def __init__(self, f):
+            self.f, self.writes = f, 0
+
+        def write(self, data):
+            self.writes += 1
+            if self.writes == at:
+                raise error
+            return self.f.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    def fdopen(fd, *args, **kw):
+        f = real_fdopen(fd, *args, **kw)
+        return Failing(f) if Path(os.readlink(f"/proc/self/fd/{fd}")).name.startswith(prefix) else f
+
+    monkeypatch.setattr(os, "fdopen", fdopen)

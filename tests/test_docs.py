@@ -45,6 +45,8 @@ COMMAND = re.compile(r"(?:^|[\s(/])(?:-m\s+)?alexnet\s+(?=[a-z])")
 NUMBERS = {"N": "2", "M": "2"}
 # Options the program names that are torchrun's, not alexnet's (distributed.py starts torchrun).
 TORCHRUN = {"--standalone", "--nproc-per-node", "--nnodes", "--log-dir"}
+# Other programs' options that messages name: docker run's, for a container's shared memory (errors.worker_lost).
+OTHER_TOOLS = {"--shm-size"}
 
 
 @dataclasses.dataclass
@@ -185,7 +187,7 @@ def named_option_problems(strings: list[tuple[str, str]]) -> list[str]:
     """The options that ``strings`` (file:line, text) name but no sub-command takes (but the top
     level's --version and torchrun's), and those after `alexnet CMD` that CMD does not take."""
     commands = _subcommands()
-    options = {o for p in commands.values() for a in p._actions for o in a.option_strings} | {"--version"} | TORCHRUN
+    options = {o for p in commands.values() for a in p._actions for o in a.option_strings} | {"--version"} | TORCHRUN | OTHER_TOOLS
     wrong = [f"{where}: {o}" for where, text in strings for o in OPTION.findall(text) if o not in options]
     for where, text in strings:
         for m in re.finditer(rf"alexnet ({'|'.join(commands)})\b([^;,)'`]*)", text):

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import cli_env, make_fmnist, make_image_folder, make_tiny_fmnist, run_cli, run_cli_with_memory
+from conftest import cli_env, fail_checkpoint_write, make_fmnist, make_image_folder, make_tiny_fmnist, run_cli, run_cli_with_memory
 from test_evaluate import tiny_checkpoint
 
 from alexnet.checkpoint import MAX_PARAMETERS, save_atomic
@@ -1122,3 +1122,142 @@ def test_cached_statistics_that_listed_an_image_for_want_of_memory_are_computed_
     r = run_cli(*args, "--out", str(tmp_path / "run2"))
     assert r.returncode == 0 and "unreadable" not in r.stderr, r.stderr
     assert not (tmp_path / "run2" / "bad_files.txt").exists()
+
+
+# -- 10. A data-loading worker process that dies -------------------------------------------------------
+def _photos_pack(tmp_path: Path) -> Path:
+    """A packed folder of 16 training and 4 validation photos of 2 classes (made without workers)."""
+    make_image_folder(tmp_path / "photos" / "train", classes=2, per_class=8)
+    make_image_folder(tmp_path / "photos" / "val", classes=2, per_class=2)
+    pack = tmp_path / "pack"
+    assert main(["prepare", "--data", str(tmp_path / "photos"), "--out", str(pack), "--size", "72", "--workers", "0",
+                 "--progress", "off"]) == 0
+    return pack
+
+
+def _run_killing_a_worker(fault: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "alexnet", *args], capture_output=True, text=True, timeout=300,
+                          env=cli_env(ALEXNET_FAULT=fault))
+
+
+_KILLED = (r"alexnet: error: a data-loading worker process \(pid \d+\) was killed by SIGKILL {doing}, most likely by the "
+           r"kernel for want of memory \(its log, dmesg, names what it killed\): lower --workers \((\d) now\)")
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGKILL"), reason="SIGKILL: POSIX")
+def test_a_worker_killed_in_training_is_one_line_and_the_run_resumes(tmp_path):
+    """Real: a worker killed (SIGKILL, as the kernel kills for want of memory) in a training step said
+    'internal error: RuntimeError: DataLoader worker (pid N) is killed by signal: Killed.', or by
+    chance 'Connection reset by peer' or '... exited unexpectedly', without the --resume line. Now one
+    line naming the worker, the likely cause and --workers, exit 1; the last checkpoint is kept and
+    the printed --resume line (fewer workers) finishes the run."""
+    pack, out = _photos_pack(tmp_path), tmp_path / "run"
+    # 4 training batches an epoch, shared by the workers: a worker's 5th batch falls in epoch 2 (one
+    # worker) or 3 (two), after a checkpoint; a validation worker loads 1 batch an epoch.
+    r = _run_killing_a_worker("kill:load=5", "train", "--data", str(pack), "--out", str(out), "--epochs", "3",
+                              "--batch-size", "4", "--workers", "2", "--device", "cpu", "--amp", "none", "--threads", "1",
+                              "--model-option", "widths=[8,16,16,16,16]", "--model-option", "fc_width=32",
+                              "--model-option", "input_size=64", "--progress", "off")
+    last = r.stderr.strip().splitlines()[-1]
+    said = re.fullmatch(_KILLED.format(doing=r"in a training step of epoch ([23])") + rf"; the run folder keeps the last good "
+                        rf"checkpoint; continue with: alexnet train --resume {re.escape(str(out))} --workers (\d)", last)
+    assert r.returncode == 1 and said and "Traceback" not in r.stderr, r.stderr
+    epochs_done = int(said[1]) - 1
+    assert int(said[3]) == int(said[2]) // 2
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == epochs_done
+    assert torch.load(out / "last.pt", weights_only=True)["position"]["epoch"] == epochs_done
+    r = run_cli("train", "--resume", str(out), "--workers", said[3], "--progress", "off")
+    assert r.returncode == 0, r.stderr
+    assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGKILL"), reason="SIGKILL: POSIX")
+def test_a_worker_killed_in_evaluate_is_one_line(tmp_path):
+    """The same death in a command that does not train ('internal error', exit 1, before): one line."""
+    photos = make_image_folder(tmp_path / "photos", classes=2, per_class=2)
+    ckpt = tiny_checkpoint(tmp_path / "m.pt", classes=2)
+    r = _run_killing_a_worker("kill:load=1", "evaluate", str(ckpt), "--data", str(photos), "--batch-size", "1",
+                              "--workers", "2", "--threads", "1", "--progress", "off")
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 1 and re.fullmatch(_KILLED.format(doing="in evaluate"), last) and "Traceback" not in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("text, said", [
+    # torch's words (torch/csrc/DataLoader.cpp, torch/utils/data/dataloader.py), as it raises them
+    ("DataLoader worker (pid 4964) is killed by signal: Killed. ",
+     "a data-loading worker process (pid 4964) was killed by SIGKILL in evaluate, most likely by the kernel for want of "
+     "memory (its log, dmesg, names what it killed): lower --workers (2 now)"),
+    ("DataLoader worker (pid 7044) is killed by signal: Bus error. It is possible that dataloader's workers are out of "
+     "shared memory. Please try to raise your shared memory limit.",
+     "a data-loading worker process (pid 7044) was killed by SIGBUS in evaluate, most likely for want of shared memory "
+     "(/dev/shm: ...; docker run --shm-size gives a container more): lower --workers (2 now)"),
+    ("DataLoader worker (pid 12) is killed by signal: Segmentation fault. ",
+     "a data-loading worker process (pid 12) was killed by SIGSEGV in evaluate; --workers 0 loads the data in this "
+     "process, where its error shows"),
+    ("DataLoader worker (pid 12) exited unexpectedly with exit code 3. Details are lost due to multiprocessing. "
+     "Rerunning with num_workers=0 may give better error trace.",
+     "a data-loading worker process (pid 12) exited with status 3 in evaluate; --workers 0 loads the data in this "
+     "process, where its error shows"),
+    ("DataLoader worker (pid(s) 12, 13) exited unexpectedly",
+     "data-loading worker processes (pids 12, 13) ended unexpectedly in evaluate; --workers 0 loads the data in this "
+     "process, where its error shows"),
+])
+def test_torchs_words_for_a_dead_worker_are_said_as_one_line(text, said):
+    from alexnet.errors import WorkerDied, worker_lost
+
+    if "SIGBUS" in said and not os.path.isdir("/dev/shm"):
+        said = said.replace("/dev/shm: ...", "shared memory")
+    found = worker_lost(RuntimeError(text), "in evaluate", "--workers (2 now)")
+    assert isinstance(found, WorkerDied)
+    assert re.fullmatch(re.escape(said).replace(r"/dev/shm:\ \.\.\.", r"/dev/shm: [\d.]+ [MG]i?B free of [\d.]+ [MG]i?B"),
+                        str(found)), str(found)
+    assert worker_lost(RuntimeError("DataLoader worker crashed once"), "in evaluate") is None
+    assert worker_lost(ConnectionResetError(104, "Connection reset by peer"), "in evaluate") is None
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGKILL"), reason="SIGKILL: POSIX")
+def test_a_failure_beside_a_dead_worker_names_the_worker():
+    """A worker killed while sending a batch is met as 'Connection reset by peer' (an OSError), not as
+    torch's words for a death: the loader's failure then names the dead worker by its exit code; a
+    live worker's error goes on as it is."""
+    import multiprocessing
+    import signal
+    import time
+    from types import SimpleNamespace
+
+    from alexnet.data.sources import told_worker_deaths
+    from alexnet.errors import WorkerExited
+
+    worker = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))
+    worker.start()
+    try:
+        with pytest.raises(ConnectionResetError):  # alive: not a death
+            with told_worker_deaths(SimpleNamespace(_workers=[worker]), wait_s=0.1):
+                raise ConnectionResetError(104, "Connection reset by peer")
+        os.kill(worker.pid, signal.SIGKILL)
+        with pytest.raises(WorkerExited) as e:
+            with told_worker_deaths(SimpleNamespace(_workers=[worker])):
+                raise ConnectionResetError(104, "Connection reset by peer")
+        assert (e.value.pid, e.value.exitcode) == (worker.pid, -signal.SIGKILL)
+    finally:
+        worker.kill()
+        worker.join()
+
+
+def test_a_worker_death_during_a_checkpoint_write_is_the_death_not_a_failed_write(tmp_path, monkeypatch):
+    """torch's SIGCHLD handler raises a worker's death wherever the training process is; inside
+    torch.save's write() its writer then reports '[enforce fail at inline_container.cc] unexpected pos',
+    and the run said 'could not write runs/x/best.pt: ... unexpected pos' (seen while a worker was
+    killed). It is the death, said as any worker's death (with the --resume line); the file there
+    before is kept."""
+    from alexnet.errors import worker_lost
+    from alexnet.train import _save
+
+    death = "DataLoader worker (pid 7) is killed by signal: Killed. "
+    target = tmp_path / "last.pt"
+    target.write_bytes(b"good checkpoint")
+    fail_checkpoint_write(monkeypatch, ".last.pt.", RuntimeError(death))
+    with pytest.raises(RuntimeError) as caught:
+        _save({"w": torch.zeros(100_000), "v": torch.ones(10)}, target)
+    assert str(caught.value) == death and worker_lost(caught.value, "in train") is not None
+    assert target.read_bytes() == b"good checkpoint" and os.listdir(tmp_path) == ["last.pt"]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, cli_env, make_fmnist, make_image_folder, run_cli, run_cli_with_memory, src_pythonpath
+from conftest import ROOT, cli_env, fail_checkpoint_write, make_fmnist, make_image_folder, run_cli, run_cli_with_memory, src_pythonpath
 
 import alexnet
 from alexnet.checkpoint import load_checkpoint, save_atomic
@@ -664,36 +664,10 @@ def test_a_second_interrupt_during_the_checkpoint_write_is_an_interrupt(tiny_fmn
     the KeyboardInterrupt raised in the file's write() into RuntimeError('[enforce fail at
     inline_container.cc] unexpected pos'), which the run reported as 'could not write last.pt'. It is
     the interrupt: the run stops at once, keeping the previous checkpoint."""
-    real_fdopen = os.fdopen
-
-    class Interrupted:  # the temporary checkpoint file, whose write is hit by the second signal
-        def __init__(self, f):
-            self.f, self.writes = f, 0
-
-        def write(self, data):
-            self.writes += 1
-            if self.writes == 3:  # a few records in (the first write's exception torch.save passes on as it is)
-                raise KeyboardInterrupt  # what _CtrlC raises on the second signal
-            return self.f.write(data)
-
-        def __getattr__(self, name):
-            return getattr(self.f, name)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.f.close()
-
-    def fdopen(fd, *args, **kw):
-        f = real_fdopen(fd, *args, **kw)
-        temporary = Path(os.readlink(f"/proc/self/fd/{fd}")).name
-        return Interrupted(f) if temporary.startswith(".last.pt.") else f
-
     out = tmp_path / "run"
     fit(_cfg(tiny_fmnist, out, epochs=1), log=lambda s: None)
     before = _weights(out / "last.pt")
-    monkeypatch.setattr(os, "fdopen", fdopen)
+    fail_checkpoint_write(monkeypatch, ".last.pt.", KeyboardInterrupt())  # what _CtrlC raises on the second signal
     with pytest.raises(alexnet.train.Interrupted, match=rf"second interrupt; its last checkpoint is kept: continue with: "
                                                          rf"alexnet train --resume {out}$"):
         fit(_cfg(tiny_fmnist, out, epochs=2, resume=str(out)), log=lambda s: None)

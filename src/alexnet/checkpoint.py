@@ -33,6 +33,7 @@ from .errors import (
     DataError,
     OutOfMemory,
     check_weights,
+    is_worker_death,
     memory_shortage,
     state_dict_mismatch,
 )
@@ -83,6 +84,10 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> None:
         if isinstance(e, RuntimeError) and isinstance(e.__context__, KeyboardInterrupt):
             # torch.save's writer reports an interrupt inside its write() as '[enforce fail at
             # inline_container.cc] unexpected pos': a second Ctrl-C is an interrupt, not a failed write
+            raise e.__context__ from None
+        if isinstance(e, RuntimeError) and e.__context__ is not None and is_worker_death(e.__context__):
+            # torch's SIGCHLD handler raises a data-loading worker's death wherever this process is:
+            # inside the writer's write() too, which it then reports as 'unexpected pos'. It is the death.
             raise e.__context__ from None
         if isinstance(e, RuntimeError) and isinstance(e.__context__, OSError):
             # torch.save's writer reports a failed write() (a full disk, EFBIG past 'ulimit -f') as

@@ -1,5 +1,6 @@
 """Exceptions for problems a user can fix. The CLI prints them as one line and exits non-zero."""
 
+import os
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -18,6 +19,8 @@ def terminal_text(text: str, one_line: bool = False) -> str:
 
 class AlexNetError(Exception):
     """Base class: a user-facing error with a message that names the problem."""
+
+    exit_status = 2  # of the command line: the input or the options are to mend
 
 
 class ConfigError(AlexNetError, ValueError):
@@ -204,6 +207,99 @@ def decoding_failure(error: BaseException, path: object) -> OutOfMemory | None:
         return None
     error.__traceback__ = None  # its frames hold the half-decoded image: freed before the error is passed on
     return OutOfMemory(f"{short[0]} decoding {path}")
+
+
+class WorkerExited(RuntimeError):
+    """A data-loading worker process that ended without an error of its own (killed by a signal, or
+    exited), as the loader met it (:func:`alexnet.data.sources.told_worker_deaths`): torch says such
+    a death, by where this process was when it came, as 'Connection reset by peer', as 'exited
+    unexpectedly' or by the signal's name. A RuntimeError, as torch's own words are."""
+
+    def __init__(self, pid: int, exitcode: int) -> None:
+        super().__init__(f"DataLoader worker (pid {pid}) exited with exitcode {exitcode}")
+        self.pid, self.exitcode = pid, exitcode
+
+
+class WorkerDied(AlexNetError):
+    """A data-loading worker process died: a limit of the machine (the kernel kills a process for want of
+    memory, a worker's shared memory runs out) or a crash, not bad input, so the command line exits 1.
+    ``resume``: the line that continues a training run so stopped, as an OutOfMemory's."""
+
+    exit_status = 1
+    resume: str | None = None
+    for_memory = False  # killed by SIGKILL or SIGBUS: fewer workers ask for less memory
+
+
+# torch's words for a worker's death (torch/csrc/DataLoader.cpp, torch/utils/data/dataloader.py)
+_TORCH_KILLED = re.compile(r"DataLoader worker \(pid (\d+)\) is killed by signal: ([^.]+)\.")
+_TORCH_EXITED = re.compile(r"DataLoader worker \(pid (\d+)\) exited unexpectedly with exit code (\d+)")
+_TORCH_GONE = re.compile(r"DataLoader worker \(pid\(s\) ([\d, ]+)\) exited unexpectedly")
+
+
+def _worker_end(error: BaseException) -> tuple[str, int | None, int | None] | None:
+    """(pid, signal number, exit status) of the worker death ``error`` tells, either number None where
+    it does not say; None for any other error."""
+    import signal
+
+    if isinstance(error, WorkerExited):
+        code = error.exitcode
+        return str(error.pid), (-code if code < 0 else None), (code if code >= 0 else None)
+    text = str(error)
+    if found := _TORCH_KILLED.search(text):
+        names = {signal.strsignal(s): s for s in signal.Signals if signal.strsignal(s)}
+        return found[1], int(names.get(found[2].strip(), 0)) or None, None
+    if found := _TORCH_EXITED.search(text):
+        return found[1], None, int(found[2])
+    if found := _TORCH_GONE.search(text):
+        return found[1], None, None
+    return None
+
+
+def is_worker_death(error: BaseException) -> bool:
+    """Whether ``error`` tells that a data-loading worker process died (torch's words, or WorkerExited)."""
+    return _worker_end(error) is not None
+
+
+def _shared_memory_free() -> str:
+    """'/dev/shm: 12 MiB free', where there is such a folder."""
+    try:
+        st = os.statvfs("/dev/shm")
+    except (AttributeError, OSError):
+        return "shared memory"
+    return f"/dev/shm: {_mib(st.f_bavail * st.f_frsize)} free of {_mib(st.f_blocks * st.f_frsize)}"
+
+
+def worker_lost(error: BaseException, doing: str, workers: str | None = None) -> WorkerDied | None:
+    """``error``, where it tells that a data-loading worker process died (:func:`_worker_end`), as one
+    line: which worker, how, ``doing`` ('in evaluate'), the likely cause and ``workers`` ('--workers (2 now)'),
+    the option that asks for less. None for any other error; a WorkerDied is returned as it is."""
+    import signal
+
+    if isinstance(error, WorkerDied):
+        return error
+    found = _worker_end(error)
+    if found is None:
+        return None
+    pid, signum, status = found
+    if signum is not None:
+        try:
+            how = f"was killed by {signal.Signals(signum).name}"
+        except ValueError:  # a number this platform does not name
+            how = f"was killed by signal {signum}"
+    else:
+        how = "ended unexpectedly" if status is None else f"exited with status {status}"
+    who = f"data-loading worker processes (pids {pid})" if "," in pid else f"a data-loading worker process (pid {pid})"
+    said = f"{who} {how} {doing}"
+    memory = signum in (getattr(signal, "SIGKILL", None), getattr(signal, "SIGBUS", None))
+    if signum == getattr(signal, "SIGKILL", None):
+        said += ", most likely by the kernel for want of memory (its log, dmesg, names what it killed)"
+    elif signum == getattr(signal, "SIGBUS", None):
+        said += f", most likely for want of shared memory ({_shared_memory_free()}; docker run --shm-size gives a container more)"
+    if workers:
+        said += f": lower {workers}" if memory else "; --workers 0 loads the data in this process, where its error shows"
+    died = WorkerDied(said)
+    died.for_memory = memory
+    return died
 
 
 def out_of_memory(error: BaseException, doing: str, lower: str | None = None, workers: str | None = None) -> OutOfMemory | None:

@@ -10,6 +10,10 @@ every machine and every run; a kill named in advance is reproducible. Values:
 ``kill:eval=K``
     inside an evaluation pass of ``alexnet train``: after the K-th evaluation batch this process
     ran (counted over all its passes, so K picks the epoch too).
+``kill:load=N``
+    in each data-loading worker process (not in the main process): when it loads its N-th image of
+    a folder or batch of a packed folder, counted over its life (workers of ``alexnet train`` live
+    for the run), as the kernel's SIGKILL for want of memory would strike it.
 ``kill:write`` or ``kill:write=N``
     inside the N-th checkpoint write of this process (default 1; ``save_atomic``, so ``last.pt`` and
     ``best.pt`` each count): after half of the checkpoint is in its temporary file, before the
@@ -35,8 +39,8 @@ from typing import Any, BinaryIO
 from .errors import ConfigError
 
 ENV = "ALEXNET_FAULT"
-WHERE = ("step", "eval", "write")
-_SPEC = re.compile(r"^kill:(step|eval|write)(?:=(\d+))?$")
+WHERE = ("step", "eval", "load", "write")
+_SPEC = re.compile(r"^kill:(step|eval|load|write)(?:=(\d+))?$")
 
 
 @dataclass(frozen=True)
@@ -55,7 +59,7 @@ def parse(text: str) -> Fault | None:
         return None
     m = _SPEC.match(text)
     if m is None or (m.group(2) is None and m.group(1) != "write") or (m.group(2) is not None and int(m.group(2)) < 1):
-        return Fault("", 0, f"{ENV}={text!r}: expected kill:step=N, kill:eval=K or kill:write[=N] (N, K >= 1)")
+        return Fault("", 0, f"{ENV}={text!r}: expected kill:step=N, kill:eval=K, kill:load=N or kill:write[=N] (N, K >= 1)")
     return Fault(m.group(1), int(m.group(2) or 1))
 
 
@@ -82,7 +86,7 @@ def reached(where: str, value: int | None = None, before: Callable[[], Any] | No
         return
     if fault.error is not None:
         raise ConfigError(fault.error)
-    if fault.where != where:
+    if fault.where != where or (where == "load" and not _in_worker()):
         return
     if value is None:
         value = _counts[where] = _counts.get(where, 0) + 1
@@ -90,6 +94,13 @@ def reached(where: str, value: int | None = None, before: Callable[[], Any] | No
         if before is not None:
             before()
         kill(f"{where} {value}")
+
+
+def _in_worker() -> bool:
+    """Whether this process is a DataLoader's worker."""
+    import torch.utils.data
+
+    return torch.utils.data.get_worker_info() is not None
 
 
 def kill(moment: str) -> None:

@@ -42,12 +42,16 @@ from .errors import (
     DataError,
     Interrupted,
     NonFiniteLoss,
+    OutOfMemory,
     StoppedAtOnce,
     TrainingError,
+    WorkerDied,
     check_weights,
+    is_worker_death,
     memory_shortage,
     out_of_memory,
     state_dict_mismatch,
+    worker_lost,
 )
 from .finetune import architecture, build_model, note_scale
 from .health import HealthMonitor
@@ -84,6 +88,8 @@ def _save(state: dict[str, Any], path: Path) -> None:
     try:
         save_atomic(state, path)
     except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
+        if is_worker_death(e):  # met while writing, not the write's failure: said as any worker's death (fit)
+            raise
         reason = (e.strerror if isinstance(e, OSError) else None) or " ".join(str(e).split()) or type(e).__name__
         raise TrainingError(f"could not write {path}: {reason}" + (" (the file there before is untouched)" if existed else "")) from None
 
@@ -721,19 +727,21 @@ def _epoch(run: _Run, on_step: Callable[[Position, bool], None], ctrl_c: _CtrlC)
 @contextlib.contextmanager
 def _short_of_memory(cfg: TrainConfig, run_dir: Path, info: distributed.DistInfo, doing: str, lower: str | None = None,
                      resume_with: str = "") -> Iterator[None]:
-    """A failure to allocate memory ``doing`` what the block does as one line (OutOfMemory): what ran
-    out, where, and ``lower``, the option that asks for less (``--workers`` where a data-loading worker
-    ran out); with the --resume line (and ``resume_with``, options a resume may change) that the run
-    folder adds where it keeps a checkpoint (runfolder.RunFolder). Nothing is saved: the last
-    checkpoint stays the last good one. Any other error goes on as it is."""
+    """A limit of the machine met ``doing`` what the block does as one line: a failure to allocate memory
+    (OutOfMemory: what ran out, where, and ``lower``, the option that asks for less, or ``--workers``
+    where a data-loading worker ran out), or a worker process that died (WorkerDied: the kernel kills
+    one for want of memory); with the --resume line (and ``resume_with``, options a resume may change)
+    that the run folder adds where it keeps a checkpoint (runfolder.RunFolder). Nothing is saved: the
+    last checkpoint stays the last good one. Any other error goes on as it is."""
     try:
         yield
     except (RuntimeError, MemoryError) as e:
         workers = cfg.workers
-        error = out_of_memory(e, doing, lower, f"--workers ({workers} now)" if workers else None)
+        per_worker = f"--workers ({workers} now)" if workers else None
+        error: OutOfMemory | WorkerDied | None = out_of_memory(e, doing, lower, per_worker) or worker_lost(e, doing, per_worker)
         if error is None or error is e:
             raise
-        if memory_shortage(e)[1] and workers:  # a worker's: fewer workers
+        if workers and (error.for_memory if isinstance(error, WorkerDied) else memory_shortage(e)[1]):  # fewer workers
             resume_with = f"--workers {workers // 2}"
         error.resume = " ".join(filter(None, [distributed.resume_command(run_dir, info), resume_with]))
         e.__traceback__ = None  # frees the step's frames and their tensors (a GPU's memory) for a caller that goes on

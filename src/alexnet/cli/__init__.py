@@ -12,7 +12,7 @@ import sys
 from collections.abc import Iterator
 
 from ..errors import AlexNetError, Interrupted, StoppedAtOnce, terminal_text
-from .common import _out_of_memory_line
+from .common import _machine_limit_line
 from .options import build_parser
 
 # Commands that run the network on batches: big tensors are allocated and freed every step.
@@ -179,12 +179,12 @@ def _run(args: argparse.Namespace) -> int:
             # stops the other ranks at the first one it sees, maybe before rank 0 has said anything.
             return 0
         _line(f"alexnet: error: {e}")
-        return 2
+        return e.exit_status
     except KeyboardInterrupt:
         _line("alexnet: interrupted")
         return 130
     except MemoryError as e:  # this machine's limit, not a bug: what ran out where, where it says
-        _line(f"alexnet: error: {_out_of_memory_line(args, e)}")
+        _line(f"alexnet: error: {_machine_limit_line(args, e)}")
         return 1
     except OSError as e:  # disk full, permissions, ...
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
@@ -193,7 +193,8 @@ def _run(args: argparse.Namespace) -> int:
     except Exception as e:  # a bug: one line by default, the traceback on request
         if os.environ.get("ALEXNET_DEBUG"):
             raise
-        said = _out_of_memory_line(args, e)  # torch's allocators raise RuntimeErrors (CPU) and OutOfMemoryError
+        # torch's allocators raise RuntimeErrors (CPU) and OutOfMemoryError; its loaders RuntimeErrors for a dead worker
+        said = _machine_limit_line(args, e)
         if said is not None:  # this machine's limit, as a MemoryError is
             _line(f"alexnet: error: {said}")
             return 1

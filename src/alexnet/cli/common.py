@@ -101,10 +101,12 @@ def _memory_options(args: argparse.Namespace) -> tuple[str | None, str | None]:
     return f"--batch-size ({batch} now{crops})", per_worker
 
 
-def _out_of_memory_line(args: argparse.Namespace, error: BaseException) -> str | None:
-    """``error`` as one line where it is a failure to allocate memory (what ran out, in which command,
-    the option that asks for less); None for any other error."""
-    from ..errors import out_of_memory
+def _machine_limit_line(args: argparse.Namespace, error: BaseException) -> str | None:
+    """``error`` as one line where it is a limit of this machine, met in ``args.command``: a failure to
+    allocate memory (what ran out, the option that asks for less) or a data-loading worker process that
+    died (how, the likely cause); None for any other error."""
+    from ..errors import out_of_memory, worker_lost
 
-    found = out_of_memory(error, f"in {args.command}", *_memory_options(args))
+    lower, workers = _memory_options(args)
+    found = out_of_memory(error, f"in {args.command}", lower, workers) or worker_lost(error, f"in {args.command}", workers)
     return None if found is None else str(found)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .. import faults
 from ..errors import DataError, decoding_failure
 from ..runtime import counted, say
 
@@ -641,6 +642,8 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         """(uint8 image, label, ``index``): the image decoded, or with ``raw`` a JPEG's bytes (1-D) left
         for the device to decode; None for an unreadable file, reported to ``bad`` (DataError if strict)."""
         path, label = self.samples[index]
+        if faults.ACTIVE:  # tests only: ALEXNET_FAULT=kill:load=N
+            faults.reached("load")
         try:
             image = self._read_raw(path) if self.raw else None
             if image is None:

@@ -34,6 +34,7 @@ from .sources import (
     open_folder_splits,
     start_workers,
     stop_workers,
+    told_worker_deaths,
     unwrap_worker_error,
 )
 from .stats import StatsAccumulator, cache_key, folder_stats
@@ -131,7 +132,7 @@ class Batches:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None]:
         batches = start_workers(self.loader)  # the persistent workers start at the first epoch's
-        with unwrap_worker_error():
+        with unwrap_worker_error(), told_worker_deaths(batches):
             if self.decode is None:
                 yield from batches
             else:

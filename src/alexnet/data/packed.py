@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import jsonio, runfolder
+from .. import faults, jsonio, runfolder
 from ..atomic import check_writable, signals_held
 from ..checks import is_whole
 from ..errors import DataError, check_labels
@@ -115,6 +115,8 @@ class PackedDataset(torch.utils.data.Dataset):
         return {**self.__dict__, "_maps": None}
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if faults.ACTIVE:  # tests only: ALEXNET_FAULT=kill:load=N
+            faults.reached("load")
         maps = self._arrays()
         idx = np.asarray(indices, dtype=np.int64)
         out = np.empty((len(idx), 3, self.size, self.size), dtype=np.uint8)

@@ -10,6 +10,7 @@ import contextlib
 import os
 import re
 import signal
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..atomic import signals_held
-from ..errors import DataError
+from ..errors import DataError, WorkerExited
 from ..runtime import counted, drawn_bars_blank, short_worker_sockets, show_warning, tell_worker_bars
 from .cifar import find_cifar
 from .fashion_mnist import fashion_mnist_missing, is_fashion_mnist
@@ -183,7 +184,7 @@ def each_batch(loader: Any) -> Iterator[Any]:
     iterator = None
     try:
         iterator = start_workers(loader)
-        with unwrap_worker_error():
+        with unwrap_worker_error(), told_worker_deaths(iterator):
             yield from iterator
     finally:
         stop_workers(iterator)
@@ -200,8 +201,9 @@ def start_workers(loader: Any) -> Iterator[Any]:
 
 
 class _BarsToldStart:
-    """A worker_init_fn that tells the worker what blanks its parent's bars' line and has its warnings
-    printed on a line of their own (:func:`alexnet.runtime.show_warning`), then runs ``then``."""
+    """A worker_init_fn that tells the worker what blanks its parent's bars' line, has its warnings
+    printed on a line of their own (:func:`alexnet.runtime.show_warning`) and its death by a fault
+    signal said by the command alone, then runs ``then``."""
 
     def __init__(self, blank: str, then: Callable[[int], None] | None) -> None:
         self.blank, self.then = blank, then
@@ -209,6 +211,9 @@ class _BarsToldStart:
     def __call__(self, worker_id: int) -> None:
         tell_worker_bars(self.blank)
         warnings.showwarning = show_warning
+        for name in ("SIGBUS", "SIGSEGV", "SIGFPE"):  # torch's handlers print a paragraph of their own first,
+            if hasattr(signal, name):  # below the bars; the command's one line says the death (worker_lost)
+                signal.signal(getattr(signal, name), signal.SIG_DFL)
         if self.then is not None:
             self.then(worker_id)
 
@@ -250,6 +255,28 @@ def workers_spared_signals(loader: Any) -> Iterator[None]:
             yield
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+@contextlib.contextmanager
+def told_worker_deaths(iterator: Any, wait_s: float = 0.5) -> Iterator[None]:
+    """A failure met fetching from ``iterator`` (a DataLoader's) while one of its worker processes has
+    died, raised as WorkerExited naming that worker: one the kernel killed for want of memory is met
+    as 'Connection reset by peer' (it died sending a batch), 'exited unexpectedly' or a signal's
+    name, by chance. A dead process is told apart from a live one's error by its exit code, which a
+    death makes known within ``wait_s``: only a failure waits for it."""
+    try:
+        yield
+    except (RuntimeError, OSError, EOFError) as e:
+        workers = list(getattr(iterator, "_workers", None) or [])
+        deadline = time.monotonic() + wait_s
+        while workers:
+            dead = next((w for w in workers if w.exitcode not in (None, 0)), None)
+            if dead is not None:
+                raise WorkerExited(dead.pid, dead.exitcode) from e
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        raise
 
 
 def stop_workers(iterator: Any) -> None:
