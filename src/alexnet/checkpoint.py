@@ -131,7 +131,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise TypeError(f"a checkpoint is given by its path (str or os.PathLike), not {type(path).__name__}")
     path = Path(path)
     if path.is_dir():
-        inside = [n for n in ("best.pt", "last.pt") if (path / n).is_file()]
+        inside = [n for n in (runfolder.BEST_NAME, runfolder.LAST_NAME) if (path / n).is_file()]
         hint = f": give one of its checkpoints, {' or '.join(str(path / n) for n in inside)}" if inside else ", not a checkpoint file"
         raise CheckpointError(f"{path} is a folder{hint}")
     if not path.is_file():

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.distributed as dist
 
+from . import runfolder
 from .errors import ConfigError, TrainingError
 from .runtime import chosen_threads, shell_arg
 
@@ -218,7 +219,8 @@ def comm_failure(e: BaseException, info: DistInfo, run_dir: Any) -> TrainingErro
     """The one-line error for a run stopped by a lost rank."""
     return TrainingError(
         f"rank {info.rank}: another process of the distributed run stopped or stopped answering "
-        f"({_first_line(e)[:200]}); the last checkpoint is {run_dir}/last.pt; continue with: {resume_command(run_dir, info)}"
+        f"({_first_line(e)[:200]}); the last checkpoint is {Path(run_dir) / runfolder.LAST_NAME}; "
+        f"continue with: {resume_command(run_dir, info)}"
     )
 
 
@@ -287,7 +289,7 @@ def launch(nproc: int, argv: list[str], run_dir: str | None) -> int:
     args = parse_args(["--standalone", f"--nproc-per-node={nproc}", f"--log-dir={logs}", "-m", "alexnet", *argv])
 
     def resume() -> str:  # asked when the run has ended: its checkpoint exists or not by then
-        if run_dir is not None and not (Path(run_dir) / "last.pt").is_file():
+        if run_dir is not None and not (Path(run_dir) / runfolder.LAST_NAME).is_file():
             return "no checkpoint had been written yet: nothing to resume"
         return f"continue from the last checkpoint with: alexnet train --resume {shell_arg(run_dir) if run_dir else 'RUN'} --nproc {nproc}"
 

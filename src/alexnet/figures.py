@@ -28,7 +28,7 @@ from . import jsonio
 from .atomic import atomic_path
 from .data.folder import printable
 from .errors import ConfigError, DataError
-from .runfolder import METRICS_NAME
+from .runfolder import CONFIG_NAME, CURVES_NAME, METRICS_NAME
 
 DPI = 100
 
@@ -273,7 +273,7 @@ def plot_curves(run_dirs: str | os.PathLike | Sequence[str | os.PathLike], out: 
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # epochs: 1, 2, 3, not 1.25
-    default = Path(runs[0]) / "curves.png" if len(runs) == 1 else Path("curves.png")
+    default = Path(runs[0]) / CURVES_NAME if len(runs) == 1 else Path(CURVES_NAME)
     return _save(fig, out if out is not None else default)
 
 
@@ -283,7 +283,7 @@ def unfinished(run_dir: str | os.PathLike, records: list[dict[str, Any]]) -> str
     config.json does not say. Runs of different lengths share a figure's axis: this tells a run
     that was cut short from one that was planned short."""
     try:
-        planned = int(jsonio.loads((Path(run_dir) / "config.json").read_text(encoding="utf-8"))["train"]["epochs"])
+        planned = int(jsonio.loads((Path(run_dir) / CONFIG_NAME).read_text(encoding="utf-8"))["train"]["epochs"])
     except (OSError, ValueError, KeyError, TypeError):
         return ""
     done = records[-1].get("epoch", len(records))

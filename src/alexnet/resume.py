@@ -48,12 +48,13 @@ def resume_source(resume: str | os.PathLike, claimed: bool = False) -> Path:
         if runfolder.stopped_before_checkpoint(path):
             raise CheckpointError(f"--resume: {path} stopped before its first checkpoint: nothing to resume; start it "
                                   f"again (alexnet train --out {path} ... replaces its files)")
-        path = path / "last.pt"
+        path = path / runfolder.LAST_NAME
     if not path.is_file():
-        best = path.with_name("best.pt")
+        best = path.with_name(runfolder.BEST_NAME)
         # a run whose disk filled up between its first best.pt and last.pt keeps only best.pt, which
         # holds the whole training state of its epoch as last.pt would: say how to continue from it
-        hint = f" (its best.pt is one: --resume {best} continues from it)" if path.name == "last.pt" and best.is_file() else ""
+        hint = (f" (its {best.name} is one: --resume {best} continues from it)"
+                if path.name == runfolder.LAST_NAME and best.is_file() else "")
         raise CheckpointError(f"--resume: no checkpoint at {path}{hint}")
     return path
 
@@ -63,7 +64,7 @@ def started_threads(resume: str | os.PathLike) -> int | None:
     its config.json records it; None where it records none."""
     path = Path(resume)
     folder = path if path.is_dir() else path.parent
-    return recorded_threads((runfolder.set_aside(folder) or folder) / "config.json")  # the run it puts back
+    return recorded_threads((runfolder.set_aside(folder) or folder) / runfolder.CONFIG_NAME)  # the run it puts back
 
 
 def recorded_threads(config_json: str | os.PathLike) -> int | None:
@@ -92,7 +93,7 @@ def nothing_left(ckpt: dict[str, Any], epochs: int, run_dir: Path) -> tuple[str,
     if plateau.get("stop") is True:
         said = (f"nothing to train: {run_dir} was ended by its plateau schedule after {plateau.get('reductions')} "
                 f"reductions of the rate ({flag('plateau_max_reductions')}); more --epochs would not train it: "
-                f"--init-from {run_dir / 'last.pt'} starts a new run from its weights")
+                f"--init-from {run_dir / runfolder.LAST_NAME} starts a new run from its weights")
     elif pos["epoch"] >= epochs:
         said = (f"nothing to train: {run_dir} has trained all its {epochs} epoch{'s' * (epochs != 1)}; "
                 f"--epochs {epochs + 1} or more continues it")
@@ -281,13 +282,13 @@ def check_resumed(cfg: TrainConfig, ckpt: dict[str, Any], source: Path, run_dir:
             raise ConfigError(f"resume={cfg.resume}: {', '.join(differ)} {'differ' if len(differ) > 1 else 'differs'} from the "
                               "run's saved configuration; alexnet.resume.resume_config(RUN, {'epochs': N, ...}) builds it "
                               "with the options a resume may change")
-    last = run_dir / "last.pt"
+    last = run_dir / runfolder.LAST_NAME
     if source.resolve() == last.resolve() or not last.is_file():
         return
     later = read_entry(last, "position") or {}  # an unreadable last.pt is not one to protect
     ours = ckpt.get("position") or {}
     if is_whole(later.get("step"), 0) and is_whole(ours.get("step"), 0) and later["step"] > ours["step"]:
-        raise ConfigError(f"--resume {source}: {run_dir} holds a later checkpoint, last.pt (step {later['step']}, "
+        raise ConfigError(f"--resume {source}: {run_dir} holds a later checkpoint, {last.name} (step {later['step']}, "
                           f"against {ours['step']}), which going on from here would overwrite: --resume {run_dir} "
                           f"continues the run; to go on from {source.name}, copy it into a new folder and resume the copy")
 

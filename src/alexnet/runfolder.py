@@ -34,13 +34,20 @@ try:
 except ImportError:  # Windows: no advisory locks; the other checks still hold
     fcntl = None  # type: ignore[assignment]
 
+# The names of a run's files (README lists them), one each: train writes them all, others read them.
 LOCK_NAME = ".lock"
+CONFIG_NAME = "config.json"  # the resolved options: read by resume (threads), figures (planned epochs) and here
 METRICS_NAME = "metrics.jsonl"  # a run's record, a JSON line per epoch: written by train, read by figures and here
-_MARKS = ("config.json", METRICS_NAME)  # with any *.pt: the folder holds a run
-_OWNED = (*_MARKS, "curves.png", BAD_FILES_NAME, "tensorboard")  # the run's own files, *.pt aside
+CURVES_NAME = "curves.png"  # metrics.jsonl drawn by figures.plot_curves, for train after each epoch
+LAST_NAME = "last.pt"  # the checkpoint of the step reached, training state and all: what --resume RUN reads
+BEST_NAME = "best.pt"  # the checkpoint of the best val top-1 so far: written before last.pt (train._epoch)
+TENSORBOARD_NAME = "tensorboard"  # a folder: --tensorboard's event files
+_MARKS = (CONFIG_NAME, METRICS_NAME)  # with any *.pt: the folder holds a run
+_OWNED = (*_MARKS, CURVES_NAME, BAD_FILES_NAME, TENSORBOARD_NAME)  # the run's own files, *.pt aside
 # The temporaries of save_atomic and atomic_path: tempfile.mkstemp(prefix=".NAME.", suffix=".tmp"), e.g.
 # .last.pt.k2x9_a.tmp; a SIGKILL while config.json, metrics.jsonl or curves.png is written leaves theirs too
-_TEMP = re.compile(r"^\.(?:.+\.pt|config\.json|metrics\.jsonl|curves\.png)\.[^.]+\.tmp$")
+_ATOMIC_FILES = "|".join(re.escape(n) for n in (CONFIG_NAME, METRICS_NAME, CURVES_NAME))
+_TEMP = re.compile(rf"^\.(?:.+\.pt|{_ATOMIC_FILES})\.[^.]+\.tmp$")
 # Where --force sets the old run aside until the new run's first checkpoint: its entries move into
 # .replaced-run.part one by one, which is then renamed; so .replaced-run holds the whole old run, and
 # a .replaced-run.part (a kill while moving, either way) holds only old entries, to move back.
@@ -171,13 +178,13 @@ def stopped_before_checkpoint(run_dir: Path) -> bool:
     config.json (a file of the user's by that name is not one), no .pt, no epoch in metrics.jsonl.
     Nothing to resume there, so a new run takes the folder over."""
     marks = run_marks(run_dir)
-    if "config.json" not in marks or any(m.endswith(".pt") for m in marks):
+    if CONFIG_NAME not in marks or any(m.endswith(".pt") for m in marks):
         return False
     metrics = run_dir / METRICS_NAME
     if metrics.exists() and (not metrics.is_file() or metrics.stat().st_size):  # an epoch was recorded: a run
         return False  # whose checkpoints were moved away, not one killed before its first
     try:
-        written = jsonio.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+        written = jsonio.loads((run_dir / CONFIG_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
     return isinstance(written, dict) and {"train", "model", "data", "environment"} <= set(written)

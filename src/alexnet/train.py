@@ -285,7 +285,7 @@ def _fit(
             while run.pos.epoch < cfg.epochs and not run.plateau.stop:
                 _epoch(run, on_step, ctrl_c)
         except KeyboardInterrupt:  # a second Ctrl-C (or SIGTERM): stopped at once, nothing more saved
-            if not (run.run_dir / "last.pt").is_file():
+            if not (run.run_dir / runfolder.LAST_NAME).is_file():
                 raise StoppedAtOnce("stopped at once by a second interrupt") from None  # the folder adds what is left
             raise Interrupted("stopped at once by a second interrupt; its last checkpoint is kept: continue with: "
                               + distributed.resume_command(run.run_dir, run.info)) from None
@@ -533,7 +533,7 @@ def _start_files(run: _Run, resumed: bool) -> None:
             "environment": {**_environment(run.device, run.amp), "world_size": run.info.world},
             "distributed": _distributed_record(run),
         }
-        write_text(run.run_dir / "config.json", json.dumps(resolved, indent=2) + "\n")
+        write_text(run.run_dir / runfolder.CONFIG_NAME, json.dumps(resolved, indent=2) + "\n")
         write_text(run.metrics_path, "")
 
 
@@ -555,7 +555,7 @@ def _update_config_file(run: _Run, at: dict[str, int]) -> None:
     resumed (``at``) and what changed, ``{option: [before, after]}``, to "resumes": a cosine or
     onecycle run resumed with more --epochs followed the shorter schedule until then, which the
     final options alone cannot replay (``train --config`` says so)."""
-    path = run.run_dir / "config.json"
+    path = run.run_dir / runfolder.CONFIG_NAME
     try:
         resolved = jsonio.loads(path.read_text())
     except (OSError, ValueError):
@@ -660,13 +660,13 @@ def _on_step(run: _Run, p: Position, stop: bool) -> None:
     if faults.ACTIVE:  # tests only: ALEXNET_FAULT=kill:step=N, before this step's checkpoint
         faults.reached("step", p.step)
     if stop:
-        _checkpoint(run, "last.pt")
+        _checkpoint(run, runfolder.LAST_NAME)
         raise Interrupted(
-            f"interrupted at epoch {p.epoch + 1}, step {p.step}; saved {run.run_dir / 'last.pt'}; "
+            f"interrupted at epoch {p.epoch + 1}, step {p.step}; saved {run.run_dir / runfolder.LAST_NAME}; "
             f"continue with: {distributed.resume_command(run.run_dir, run.info)}"
         )
     if run.cfg.save_every and p.step % run.cfg.save_every == 0:
-        _checkpoint(run, "last.pt")
+        _checkpoint(run, runfolder.LAST_NAME)
 
 
 def _epoch(run: _Run, on_step: Callable[[Position, bool], None], ctrl_c: _CtrlC) -> None:
@@ -703,7 +703,7 @@ def _epoch(run: _Run, on_step: Callable[[Position, bool], None], ctrl_c: _CtrlC)
     run.pos = Position(epoch=pos.epoch + 1, step=pos.step)
     # best.pt first: last.pt is what a resume starts from, so a kill between the two writes
     # repeats the epoch (and writes best.pt again) instead of losing its best.pt.
-    _checkpoint(run, *(["best.pt"] if improved else []), "last.pt")
+    _checkpoint(run, *([runfolder.BEST_NAME] if improved else []), runfolder.LAST_NAME)
     if run.info.is_main:
         _record(run.run_dir, run.metrics_path, record, run.writer)
     run.log(
@@ -808,7 +808,7 @@ def _summary_writer() -> type:
 
 
 def _tensorboard(run_dir: Path):
-    return _summary_writer()(str(run_dir / "tensorboard"))
+    return _summary_writer()(str(run_dir / runfolder.TENSORBOARD_NAME))
 
 
 def _plot(run_dir: Path) -> None:
