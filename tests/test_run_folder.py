@@ -6,13 +6,14 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import make_image_folder, run_cli
+from conftest import ROOT, make_image_folder, run_cli
 
 import alexnet
 from alexnet.config import resolve_config
@@ -59,6 +60,25 @@ def test_a_new_run_into_a_finished_run_is_refused_and_changes_nothing(tiny_fmnis
     assert line.startswith(f"alexnet: error: {run} already holds a run (")
     assert f"--resume {run}" in line and "--force" in line
     assert _snapshot(run) == before
+
+
+def _readme_run_files() -> set[str]:
+    """The files README's "A run folder holds ..." sentence names (its code spans that are file names)."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = text.index("A run folder holds `")
+    sentence = text[start:text.index("(checkpoints:", start)]
+    return {s for s in re.findall(r"`([^`]+)`", sentence) if re.fullmatch(r"\w+\.(?:json|jsonl|png|pt)", s)}
+
+
+def test_a_run_folder_holds_the_files_readme_names(tiny_fmnist, tmp_path):
+    """What README says a run folder holds is what `alexnet train` writes there, no more, no fewer
+    (the names are runfolder's constants; README and the tests spell them out)."""
+    run = tmp_path / "run"
+    r = _train(tiny_fmnist, run)
+    assert r.returncode == 0, r.stderr
+    named = _readme_run_files()
+    assert named == {"config.json", "metrics.jsonl", "curves.png", "last.pt", "best.pt"}  # the sentence was found whole
+    assert set(os.listdir(run)) == named
 
 
 @pytest.mark.parametrize("name", ["config.json", "metrics.jsonl", "weights.pt"])
