@@ -136,6 +136,9 @@ def test_visualize_filters_takes_its_checkpoint_positionally_and_refuses_what_it
     by_option = tmp_path / "g.png"
     assert main(["visualize", "filters", "--checkpoint", str(ckpt), "--out", str(by_option)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size == by_option.stat().st_size
+    twice = tmp_path / "h.png"  # the same file as CHECKPOINT and --checkpoint is one, as evaluate takes it
+    assert main(["visualize", "filters", str(ckpt), "--checkpoint", str(ckpt), "--out", str(twice)]) == 0
+    assert twice.read_bytes() == png.read_bytes()
     capsys.readouterr()
     for argv, said in ((["filters", "--checkpoint", str(ckpt), "runs/a"], f"got --checkpoint {ckpt} and runs/a: give one"),
                        (["filters", "a.pt", "b.pt"], "got a.pt b.pt: give one"),

@@ -350,9 +350,9 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     if args.what == "filters":
         from ..checkpoint import load
 
-        checkpoint = _filters_checkpoint(args.checkpoint, args.run_dir)
-        _check_output(args.out or "filters.png", "--out", image=True)
-        out = figures.plot_filters(load(checkpoint), args.out or "filters.png")
+        checkpoint, out = _filters_checkpoint(args.checkpoint, args.run_dir), args.out or "filters.png"
+        _check_output(out, "--out", image=True)
+        out = figures.plot_filters(load(checkpoint), out)
     else:
         if args.checkpoint:
             raise ConfigError(f"visualize curves draws run folders' metrics: --checkpoint {args.checkpoint} is visualize filters'")
@@ -370,7 +370,7 @@ def _filters_checkpoint(option: str | None, given: list[str]) -> str:
     passed over without a word)."""
     from ..errors import ConfigError
 
-    if option is None and len(given) == 1:
+    if len(given) == 1 and option in (None, given[0]):  # the same file twice is one, as evaluate takes it
         return given[0]
     if given:
         where = f"--checkpoint {option} and " if option else ""
