@@ -5,7 +5,8 @@
 
 Uses the package's own data pipeline, model, optimiser and schedule (``alexnet.config`` presets),
 so what it shows is what ``alexnet train`` does. Prints one line per step and writes a JSON line per
-step (and, with matplotlib, a PNG beside it). The table in docs/training.md comes from it.
+step (and, with matplotlib, a PNG beside it). docs/training.md's trace of the first steps comes from it
+(its init tables from scripts/init_stats.py).
 """
 
 from __future__ import annotations
