@@ -8,6 +8,7 @@ import json
 import os
 import pickle
 import re
+import shlex
 import shutil
 import struct
 import subprocess
@@ -1190,7 +1191,8 @@ def test_a_worker_killed_in_evaluate_is_one_line(tmp_path):
     ("DataLoader worker (pid 7044) is killed by signal: Bus error. It is possible that dataloader's workers are out of "
      "shared memory. Please try to raise your shared memory limit.",
      "a data-loading worker process (pid 7044) was killed by SIGBUS in evaluate, most likely for want of shared memory "
-     "(/dev/shm: ...; docker run --shm-size gives a container more): lower --workers (2 now)"),
+     "(/dev/shm: ...; docker run --shm-size gives a container more): lower --workers (2 now), or the batch size; "
+     "--workers 0 uses none"),
     ("DataLoader worker (pid 12) is killed by signal: Segmentation fault. ",
      "a data-loading worker process (pid 12) was killed by SIGSEGV in evaluate; --workers 0 loads the data in this "
      "process, where its error shows"),
@@ -1198,6 +1200,11 @@ def test_a_worker_killed_in_evaluate_is_one_line(tmp_path):
      "Rerunning with num_workers=0 may give better error trace.",
      "a data-loading worker process (pid 12) exited with status 3 in evaluate; --workers 0 loads the data in this "
      "process, where its error shows"),
+    ("DataLoader worker (pid 12) exited unexpectedly with exit code 75. Details are lost due to multiprocessing. "
+     "Rerunning with num_workers=0 may give better error trace.",  # sources.exit_on_unsent_batch's status for /dev/shm
+     "a data-loading worker process (pid 12) could not pass a batch to this process for want of shared memory in evaluate "
+     "(/dev/shm: ...; docker run --shm-size gives a container more): lower --workers (2 now), or the batch size; --workers 0 "
+     "uses none"),
     ("DataLoader worker (pid(s) 12, 13) exited unexpectedly",
      "data-loading worker processes (pids 12, 13) ended unexpectedly in evaluate; --workers 0 loads the data in this "
      "process, where its error shows"),
@@ -1209,7 +1216,7 @@ def test_torchs_words_for_a_dead_worker_are_said_as_one_line(text, said):
         said = said.replace("/dev/shm: ...", "shared memory")
     found = worker_lost(RuntimeError(text), "in evaluate", "--workers (2 now)")
     assert isinstance(found, WorkerDied)
-    assert re.fullmatch(re.escape(said).replace(r"/dev/shm:\ \.\.\.", r"/dev/shm: [\d.]+ [MG]i?B free of [\d.]+ [MG]i?B"),
+    assert re.fullmatch(re.escape(said).replace(r"/dev/shm:\ \.\.\.", r"/dev/shm: [\d.]+ [KMG]iB free of [\d.]+ [KMG]iB"),
                         str(found)), str(found)
     assert worker_lost(RuntimeError("DataLoader worker crashed once"), "in evaluate") is None
     assert worker_lost(ConnectionResetError(104, "Connection reset by peer"), "in evaluate") is None
@@ -1261,3 +1268,54 @@ def test_a_worker_death_during_a_checkpoint_write_is_the_death_not_a_failed_writ
         _save({"w": torch.zeros(100_000), "v": torch.ones(10)}, target)
     assert str(caught.value) == death and worker_lost(caught.value, "in train") is not None
     assert target.read_bytes() == b"good checkpoint" and os.listdir(tmp_path) == ["last.pt"]
+
+
+_WORKER_SENDS_A_LAMBDA = """
+import torch
+from alexnet.data.sources import each_batch
+
+class Unsendable(torch.utils.data.Dataset):
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        return lambda: i  # a worker cannot pickle it to send it back
+
+for batch in each_batch(torch.utils.data.DataLoader(Unsendable(), batch_size=2, num_workers=1, collate_fn=list)):
+    pass
+"""
+
+
+def test_a_batch_a_worker_cannot_send_is_an_error_not_a_wait_forever(tmp_path):
+    """Real (a container's 64 MiB /dev/shm, `alexnet train --data imagewoof-mini` at its defaults): the
+    worker's sending thread printed 'RuntimeError: unable to allocate shared memory(shm) for file
+    </torch_15842_...>: No space left on device (28)', dropped the batch, and the command waited for
+    it forever (10 minutes, then killed). Any batch a worker cannot send now ends the worker, and the
+    loader says so: here one that cannot be pickled."""
+    from alexnet.errors import UNSENT_OTHER
+
+    r = subprocess.run([sys.executable, "-c", _WORKER_SENDS_A_LAMBDA], capture_output=True, text=True, timeout=120,
+                       env=cli_env())
+    assert r.returncode != 0 and "could not send a batch: " in r.stderr, r.stderr
+    assert re.search(rf"WorkerExited: DataLoader worker \(pid \d+\) exited with exitcode {UNSENT_OTHER}", r.stderr), r.stderr
+
+
+@pytest.mark.skipif(not (sys.platform.startswith("linux") and shutil.which("unshare") and hasattr(os, "geteuid")
+                         and os.geteuid() == 0), reason="a /dev/shm of one's own: unshare -m, as root on Linux")
+def test_training_with_too_little_shared_memory_is_one_line(tmp_path):
+    """The same in a mount namespace whose /dev/shm holds 64 KiB (a container's holds 64 MiB): one line
+    naming shared memory, docker's --shm-size and --workers, exit 1; the --resume line asks for --workers 0."""
+    pack, out = _photos_pack(tmp_path), tmp_path / "run"
+    args = ["train", "--data", str(pack), "--out", str(out), "--epochs", "1", "--batch-size", "8", "--workers", "1",
+            "--device", "cpu", "--amp", "none", "--threads", "1", "--model-option", "widths=[8,16,16,16,16]",
+            "--model-option", "fc_width=32", "--model-option", "input_size=64", "--progress", "off"]
+    script = f"mount -t tmpfs -o size=64k tmpfs /dev/shm && exec {shlex.join([sys.executable, '-m', 'alexnet', *args])}"
+    r = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script], capture_output=True, text=True,
+                       timeout=300, env=cli_env())
+    if "mount" in r.stderr and r.returncode != 1:
+        pytest.skip(f"no tmpfs of one's own here: {r.stderr.strip()}")
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert re.fullmatch(r"alexnet: error: a data-loading worker process \(pid \d+\) could not pass a batch to this process for "
+                        r"want of shared memory in a training step of epoch 1 \(/dev/shm: \d+ \w+ free of 64 KiB; docker run "
+                        r"--shm-size gives a container more\): lower --workers \(1 now\), or the batch size; --workers 0 uses "
+                        r"none; no checkpoint had been written yet: nothing to resume", r.stderr.strip().splitlines()[-1]), r.stderr

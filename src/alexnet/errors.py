@@ -227,7 +227,21 @@ class WorkerDied(AlexNetError):
 
     exit_status = 1
     resume: str | None = None
-    for_memory = False  # killed by SIGKILL or SIGBUS: fewer workers ask for less memory
+    for_memory = False  # killed by SIGKILL or SIGBUS, or short of shared memory: fewer workers ask for less memory
+    shared_memory = False  # short of shared memory (/dev/shm): --workers 0 passes no batch through it
+
+
+# A worker's exit status where multiprocessing could not send a batch it made (data.sources.exit_on_unsent_batch):
+# its tensors go through shared memory (/dev/shm), and without room there the batch was dropped, unsaid.
+UNSENT_SHARED_MEMORY = 75  # sysexits' EX_TEMPFAIL: /dev/shm had no room for it
+UNSENT_OTHER = 70  # EX_SOFTWARE: another failure to send it
+
+
+def is_shared_memory_shortage(error: BaseException) -> bool:
+    """Whether ``error``, raised putting a tensor in shared memory, is a want of room there (torch: 'unable
+    to allocate shared memory(shm) for file </torch_...>: No space left on device (28)')."""
+    text = str(error)
+    return getattr(error, "errno", None) == 28 or "No space left on device" in text or "Cannot allocate memory" in text
 
 
 # torch's words for a worker's death (torch/csrc/DataLoader.cpp, torch/utils/data/dataloader.py)
@@ -266,7 +280,26 @@ def _shared_memory_free() -> str:
         st = os.statvfs("/dev/shm")
     except (AttributeError, OSError):
         return "shared memory"
-    return f"/dev/shm: {_mib(st.f_bavail * st.f_frsize)} free of {_mib(st.f_blocks * st.f_frsize)}"
+    def size(n: int) -> str:  # a container's is 64 MiB; less is said in KiB
+        return _mib(n) if n >= 2**20 else f"{n // 1024} KiB"
+
+    return f"/dev/shm: {size(st.f_bavail * st.f_frsize)} free of {size(st.f_blocks * st.f_frsize)}"
+
+
+def _how_it_ended(signum: int | None, status: int | None) -> str:
+    """'was killed by SIGKILL', 'exited with status 3', ... of a worker that ended so."""
+    import signal
+
+    if signum is not None:
+        try:
+            return f"was killed by {signal.Signals(signum).name}"
+        except ValueError:  # a number this platform does not name
+            return f"was killed by signal {signum}"
+    if status == UNSENT_SHARED_MEMORY:
+        return "could not pass a batch to this process for want of shared memory"
+    if status == UNSENT_OTHER:
+        return "could not pass a batch to this process (it said why above)"
+    return "ended unexpectedly" if status is None else f"exited with status {status}"
 
 
 def worker_lost(error: BaseException, doing: str, workers: str | None = None) -> WorkerDied | None:
@@ -281,24 +314,20 @@ def worker_lost(error: BaseException, doing: str, workers: str | None = None) ->
     if found is None:
         return None
     pid, signum, status = found
-    if signum is not None:
-        try:
-            how = f"was killed by {signal.Signals(signum).name}"
-        except ValueError:  # a number this platform does not name
-            how = f"was killed by signal {signum}"
-    else:
-        how = "ended unexpectedly" if status is None else f"exited with status {status}"
     who = f"data-loading worker processes (pids {pid})" if "," in pid else f"a data-loading worker process (pid {pid})"
-    said = f"{who} {how} {doing}"
-    memory = signum in (getattr(signal, "SIGKILL", None), getattr(signal, "SIGBUS", None))
+    said = f"{who} {_how_it_ended(signum, status)} {doing}"
+    shared = signum == getattr(signal, "SIGBUS", None) or status == UNSENT_SHARED_MEMORY
+    memory = shared or signum == getattr(signal, "SIGKILL", None)
     if signum == getattr(signal, "SIGKILL", None):
         said += ", most likely by the kernel for want of memory (its log, dmesg, names what it killed)"
-    elif signum == getattr(signal, "SIGBUS", None):
-        said += f", most likely for want of shared memory ({_shared_memory_free()}; docker run --shm-size gives a container more)"
+    elif shared:
+        said += (", most likely for want of shared memory" if signum else "") + \
+            f" ({_shared_memory_free()}; docker run --shm-size gives a container more)"
     if workers:
-        said += f": lower {workers}" if memory else "; --workers 0 loads the data in this process, where its error shows"
+        said += f": lower {workers}, or the batch size; --workers 0 uses none" if shared else f": lower {workers}" if memory \
+            else "; --workers 0 loads the data in this process, where its error shows"
     died = WorkerDied(said)
-    died.for_memory = memory
+    died.for_memory, died.shared_memory = memory, shared
     return died
 
 

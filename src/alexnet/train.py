@@ -742,7 +742,7 @@ def _short_of_memory(cfg: TrainConfig, run_dir: Path, info: distributed.DistInfo
         if error is None or error is e:
             raise
         if workers and (error.for_memory if isinstance(error, WorkerDied) else memory_shortage(e)[1]):  # fewer workers
-            resume_with = f"--workers {workers // 2}"
+            resume_with = f"--workers {0 if isinstance(error, WorkerDied) and error.shared_memory else workers // 2}"
         error.resume = " ".join(filter(None, [distributed.resume_command(run_dir, info), resume_with]))
         e.__traceback__ = None  # frees the step's frames and their tensors (a GPU's memory) for a caller that goes on
         raise error from None

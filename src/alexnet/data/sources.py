@@ -10,6 +10,7 @@ import contextlib
 import os
 import re
 import signal
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..atomic import signals_held
-from ..errors import DataError, WorkerExited
+from ..errors import UNSENT_OTHER, UNSENT_SHARED_MEMORY, DataError, WorkerExited, is_shared_memory_shortage
 from ..runtime import counted, drawn_bars_blank, short_worker_sockets, show_warning, tell_worker_bars
 from .cifar import find_cifar
 from .fashion_mnist import fashion_mnist_missing, is_fashion_mnist
@@ -214,8 +215,27 @@ class _BarsToldStart:
         for name in ("SIGBUS", "SIGSEGV", "SIGFPE"):  # torch's handlers print a paragraph of their own first,
             if hasattr(signal, name):  # below the bars; the command's one line says the death (worker_lost)
                 signal.signal(getattr(signal, name), signal.SIG_DFL)
+        exit_on_unsent_batch()
         if self.then is not None:
             self.then(worker_id)
+
+
+def exit_on_unsent_batch() -> None:
+    """In a data-loading worker: a batch that its queue cannot send ends the worker at once, with an exit
+    status that says why (errors.UNSENT_SHARED_MEMORY, UNSENT_OTHER), which the command then says in one
+    line (errors.worker_lost). torch sends a batch's tensors through shared memory (/dev/shm); where it
+    had no room (a container's 64 MiB, batches of 128 photos at 256 px), multiprocessing's sending
+    thread printed a traceback and dropped the batch, and the command waited for it forever."""
+    import multiprocessing.queues
+
+    def unsent(error: BaseException, batch: object) -> None:
+        if is_shared_memory_shortage(error):
+            os._exit(UNSENT_SHARED_MEMORY)
+        print(f"data-loading worker: could not send a batch: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
+        os._exit(UNSENT_OTHER)
+
+    if hasattr(multiprocessing.queues.Queue, "_on_queue_feeder_error"):  # CPython's hook for this (3.8+)
+        multiprocessing.queues.Queue._on_queue_feeder_error = staticmethod(unsent)
 
 
 def told_bars(loader: Any) -> Any:
