@@ -1503,6 +1503,28 @@ def test_a_subset_of_imagenet_synsets_named_by_a_classes_tsv_is_scored_against_t
     assert err.endswith("predicts 1000; 'crane' names 2 of the data's classes"), err
 
 
+@pytest.mark.skipif(__import__("platform").machine() != "x86_64" or not Path("/proc/cpuinfo").exists(),
+                    reason="x86 CPU flags as Linux lists them")
+def test_amp_auto_is_bf16_only_where_the_cpu_computes_in_bf16(monkeypatch):
+    """oneDNN's _is_mkldnn_bf16_supported says yes on plain AVX-512, where it emulates bf16: on an Ice Lake
+    Xeon (no AVX512-BF16, no AMX) --amp auto trained in bf16 at 0.42x its float32 speed. auto now follows
+    the CPU's bf16 instructions, read here from /proc/cpuinfo; with oneDNN saying yes and the CPU
+    without them, it is float32."""
+    import alexnet.runtime
+    from alexnet.runtime import cpu_supports_bf16, resolve_amp
+
+    flags = next(set(line.split(":", 1)[1].split()) for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("flags"))
+    native = bool(flags & {"avx512_bf16", "amx_bf16"})
+    assert cpu_supports_bf16() is native
+    assert resolve_amp("auto", torch.device("cpu")) == (torch.bfloat16 if native else None)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True, raising=False)
+    for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, name, lambda: False, raising=False)
+    monkeypatch.setattr(alexnet.runtime, "_cpu_flags", lambda: {"avx512f", "avx512bw"})
+    assert not cpu_supports_bf16() and resolve_amp("auto", torch.device("cpu")) is None
+
+
 def test_evaluate_says_which_precision_ran(tmp_path, capsys, monkeypatch):
     """--amp auto runs in bf16 on a CPU with AVX512-BF16 and in float32 on one without: the console's
     first line and --json's "precision" say which ran (neither did)."""
