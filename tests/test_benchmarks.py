@@ -4,6 +4,7 @@ No timing is asserted: the figures of a quick run on a shared machine mean nothi
 """
 
 import math
+import os
 import re
 import shutil
 import subprocess
@@ -357,3 +358,36 @@ def test_gpu_utilisation_sampler_picks_a_working_reader(monkeypatch):
         while len(util.samples) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
     assert [u for _, u in util.samples[:2]] == [40.0, 60.0]  # the failed read was skipped, sampling went on
+
+
+@pytest.mark.slow
+def test_memory_quick_reports_each_command(tmp_path):
+    """memory.py --quick on a tiny folder: a line for ours and one for the peer (or why none) per
+    command, and RESULT lines in MiB for the commands with a peer."""
+    data = make_image_folder(tmp_path / "photos", classes=2, per_class=6)
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "memory.py"), "--quick", "--data", str(data), "--threads", "1",
+                           "--only", ",".join(bench_module("memory").COMMANDS)],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path, env=cli_env(cuda=False))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    ours = [line.split()[0] for line in lines if " ours: peak PSS " in line]
+    assert ours == ["train", "train_system", "prepare", "train_packed", "evaluate", "ten_crop", "predict", "features"]
+    peers = [line for line in lines if line.lstrip().startswith("peer: ")]
+    assert len(peers) == len(ours) and sum("peer: peak PSS" in line for line in peers) == 4
+    results = parse_results(proc.stdout)
+    assert set(results) == {f"memory_{c}_{m}" for c in ("train", "train_packed", "evaluate", "ten_crop") for m in ("pss", "main_rss")}
+    assert all(unit == "MiB" and ours > 100 and peer > 100 for ours, peer, _, unit in results.values())  # torch alone is more
+    assert lines[-1].startswith("RESULT") and sum(line.startswith("settings (ours and peer alike): ") for line in lines) == 1
+
+
+def test_memory_counts_pages_shared_by_forked_workers_once(tmp_path):
+    """The sampler's PSS: a process holding 200 MiB of its own pages and two forked children that
+    share them (as DataLoader workers share what the main process held) count about 200 MiB in all,
+    where their RSS would count 600; the main process's peak RSS holds the 200 MiB."""
+    child = ("import os, time\nb = bytes(range(256)) * (200 * 2**20 // 256)\n"
+             "for _ in range(2):\n    if os.fork() == 0:\n        time.sleep(1.5)\n        os._exit(0)\n"
+             "time.sleep(1.5)\nos.wait()\nos.wait()\n")
+    peak = bench_module("memory").measure("a test", [sys.executable, "-c", child], dict(os.environ), 0.05, 0)
+    assert peak.returncode == 0 and peak.processes == 3
+    assert 200 <= peak.pss <= 200 + 60  # three interpreters of ~10 MiB each beside the shared 200 MiB
+    assert 200 <= peak.rss <= 200 + 40
