@@ -206,6 +206,19 @@ def keep_freed_memory() -> bool:
     return _ALLOCATOR_TUNED
 
 
+def release_freed_memory() -> None:
+    """Give the memory that malloc keeps (:func:`keep_freed_memory`) back to the system now (glibc's
+    ``malloc_trim``; elsewhere nothing). Before forking data-loading workers: a child shares its
+    parent's pages, and each page the parent writes afterwards is copied, so a worker forked from a
+    heap of freed blocks keeps a stale copy of every one the parent reuses, for as long as it lives."""
+    if not _ALLOCATOR_TUNED:
+        return
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 # A socket's path is at most 107 bytes on Linux; multiprocessing's are TMPDIR/pymp-XXXXXXXX/listener-XXXXXXXX.
 _SOCKET_PATH_MAX, _SOCKET_NAME = 107, len("/pymp-XXXXXXXX/listener-XXXXXXXX")
 
