@@ -191,7 +191,7 @@ def resolved(run: Path) -> dict:
     train = config["train"]
     return {**{k: train[k] for k in ("batch_size", "eval_batch_size", "workers", "channels_last", "momentum", "nesterov",
                                      "weight_decay", "label_smoothing", "lr")},
-            "amp": config["environment"]["amp"]}  # the precision it ran in: float32, bfloat16
+            "amp": config["environment"]["amp"]}  # the precision it ran in: none (float32), bfloat16
 
 
 def peer_command(kind: str, work: Path, args, cfg: dict) -> list[str]:
@@ -208,7 +208,7 @@ def _peer_model(classes: int, cfg: dict, train: bool):
     model = torchvision.models.alexnet(num_classes=classes).train(train)
     if cfg.get("channels_last", True):
         model = model.to(memory_format=torch.channels_last)
-    return model, None if cfg["amp"] == "float32" else getattr(torch, cfg["amp"])  # bfloat16: autocast's dtype
+    return model, None if cfg["amp"] in ("none", "float32") else getattr(torch, cfg["amp"])  # environment.amp: none, bfloat16
 
 
 def _image_folder(folder: Path, transform=None):

@@ -1126,12 +1126,12 @@ def test_cached_statistics_that_listed_an_image_for_want_of_memory_are_computed_
 
 
 # -- 10. A data-loading worker process that dies -------------------------------------------------------
-def _photos_pack(tmp_path: Path) -> Path:
-    """A packed folder of 16 training and 4 validation photos of 2 classes (made without workers)."""
+def _photos_pack(tmp_path: Path, size: int = 72) -> Path:
+    """A packed folder of 16 training and 4 validation photos of 2 classes at ``size`` px (made without workers)."""
     make_image_folder(tmp_path / "photos" / "train", classes=2, per_class=8)
     make_image_folder(tmp_path / "photos" / "val", classes=2, per_class=2)
     pack = tmp_path / "pack"
-    assert main(["prepare", "--data", str(tmp_path / "photos"), "--out", str(pack), "--size", "72", "--workers", "0",
+    assert main(["prepare", "--data", str(tmp_path / "photos"), "--out", str(pack), "--size", str(size), "--workers", "0",
                  "--progress", "off"]) == 0
     return pack
 
@@ -1303,19 +1303,20 @@ def test_a_batch_a_worker_cannot_send_is_an_error_not_a_wait_forever(tmp_path):
 @pytest.mark.skipif(not (sys.platform.startswith("linux") and shutil.which("unshare") and hasattr(os, "geteuid")
                          and os.geteuid() == 0), reason="a /dev/shm of one's own: unshare -m, as root on Linux")
 def test_training_with_too_little_shared_memory_is_one_line(tmp_path):
-    """The same in a mount namespace whose /dev/shm holds 64 KiB (a container's holds 64 MiB): one line
-    naming shared memory, docker's --shm-size and --workers, exit 1; the --resume line asks for --workers 0."""
-    pack, out = _photos_pack(tmp_path), tmp_path / "run"
-    args = ["train", "--data", str(pack), "--out", str(out), "--epochs", "1", "--batch-size", "8", "--workers", "1",
+    """The same in a mount namespace whose /dev/shm holds 512 KiB (a container's holds 64 MiB): a batch
+    of 16 photos at 128 px (768 KiB) has no room there. One line naming shared memory, docker's
+    --shm-size and --workers, exit 1."""
+    pack, out = _photos_pack(tmp_path, size=128), tmp_path / "run"
+    args = ["train", "--data", str(pack), "--out", str(out), "--epochs", "1", "--batch-size", "16", "--workers", "1",
             "--device", "cpu", "--amp", "none", "--threads", "1", "--model-option", "widths=[8,16,16,16,16]",
-            "--model-option", "fc_width=32", "--model-option", "input_size=64", "--progress", "off"]
-    script = f"mount -t tmpfs -o size=64k tmpfs /dev/shm && exec {shlex.join([sys.executable, '-m', 'alexnet', *args])}"
+            "--model-option", "fc_width=32", "--model-option", "input_size=112", "--progress", "off"]
+    script = f"mount -t tmpfs -o size=512k tmpfs /dev/shm && exec {shlex.join([sys.executable, '-m', 'alexnet', *args])}"
     r = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script], capture_output=True, text=True,
                        timeout=300, env=cli_env())
     if "mount" in r.stderr and r.returncode != 1:
         pytest.skip(f"no tmpfs of one's own here: {r.stderr.strip()}")
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
     assert re.fullmatch(r"alexnet: error: a data-loading worker process \(pid \d+\) could not pass a batch to this process for "
-                        r"want of shared memory in a training step of epoch 1 \(/dev/shm: \d+ \w+ free of 64 KiB; docker run "
+                        r"want of shared memory in a training step of epoch 1 \(/dev/shm: \d+ \w+ free of 512 KiB; docker run "
                         r"--shm-size gives a container more\): lower --workers \(1 now\), or the batch size; --workers 0 uses "
                         r"none; no checkpoint had been written yet: nothing to resume", r.stderr.strip().splitlines()[-1]), r.stderr
