@@ -138,8 +138,8 @@ class Batches:
         written since (its weights, gradients, momentum and the freed activations that malloc keeps):
         `alexnet train` on Imagenette photos at the defaults peaked at 6.7 GB with its workers, 3.0 GB
         since (benchmarks/memory.py)."""
-        if not self.loader.num_workers or getattr(self.loader, "_iterator", None) is not None:
-            return
+        if not self.loader.num_workers or getattr(self.loader, "_iterator", None) is not None or self.sampler_ is None:
+            return  # (no sampler to empty: a loader of the caller's own, whose workers start with its first batch)
         epoch, start = self.sampler_.epoch, self.sampler_.start
         self.sampler_.set_epoch(epoch, len(self.sampler_))  # an empty epoch: the workers start with nothing to fetch
         try:
