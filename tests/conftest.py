@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import gzip
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -131,6 +133,29 @@ def cuda_available() -> bool:
 # ``@requires_cuda`` (or ``@pytest.mark.cuda``): a test that needs a GPU; skipped, with the reason,
 # where none is visible (CPU CI), run by scripts/gpu-check.sh on a GPU machine.
 requires_cuda = pytest.mark.cuda
+
+
+_TEST_CACHE: list[str] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The data statistics that the tests' runs compute go to a cache folder of their own (removed
+    at the end), not to the user's ``~/.cache/alexnet``; the compiled C kernels stay in the user's,
+    compiled once for every run of the suite. Set before any test runs: CLI subprocesses inherit it."""
+    if not os.environ.get("ALEXNET_KERNEL_CACHE"):
+        from alexnet import _kernels
+
+        try:
+            os.environ["ALEXNET_KERNEL_CACHE"] = str(_kernels.cache_dir())
+        except OSError:  # no home folder: the kernels' loader says so, as for a user
+            pass
+    _TEST_CACHE.append(tempfile.mkdtemp(prefix="alexnet-test-cache-"))
+    os.environ["ALEXNET_CACHE"] = _TEST_CACHE[-1]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    for folder in _TEST_CACHE:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -46,6 +46,12 @@ def test_train_evaluate_fashion_mnist_format(tiny_fmnist, tmp_path):
 
 
 def test_train_evaluate_image_folder(tiny_folder, tmp_path):
+    """Train and evaluate on a folder of photos, which they leave as they found it: train kept its
+    statistics cache in it (.alexnet-cache/), where torchvision's ImageFolder then stopped with 'Found
+    no valid file for the classes .alexnet-cache'."""
+    from torchvision.datasets import ImageFolder
+
+    before = sorted(p.relative_to(tiny_folder) for p in tiny_folder.rglob("*"))
     out = tmp_path / "run"
     r = run_cli(
         "train", "--data", str(tiny_folder), "--model", "alexnet_paper", "--epochs", "1", "--batch-size", "4",
@@ -57,6 +63,8 @@ def test_train_evaluate_image_folder(tiny_folder, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "top-1 accuracy" in r.stdout and "top-5 accuracy" in r.stdout
     assert "1 image (" in r.stdout  # the image training held out, not the 11 it trained on
+    assert sorted(p.relative_to(tiny_folder) for p in tiny_folder.rglob("*")) == before
+    assert len(ImageFolder(str(tiny_folder))) == 12
 
 
 @pytest.mark.parametrize("packed", [False, True], ids=["folder", "packed"])

@@ -60,8 +60,10 @@ def test_mean_image_and_pca_against_numpy(tmp_path):
         v = np.array(stats["eigvecs"])[:, k]
         assert abs(abs(v @ vecs[:, 2 - k]) - 1) < 1e-8
     np.testing.assert_allclose(stats["pixel_std"], pix.std(1) * 255, rtol=1e-8)
-    # Cached beside the data: a second call reads it (same file, same numbers).
-    assert Path(stats["mean_image"]).parent == root / ".alexnet-cache"
+    # Cached in alexnet's cache folder (the tests': conftest), not among the class folders: a second
+    # call reads it (same file, same numbers).
+    assert Path(stats["mean_image"]).parent == Path(os.environ["ALEXNET_CACHE"])
+    assert sorted(p.name for p in root.iterdir()) == ["class0", "class1"]
     again = folder_stats(ds, list(range(len(ds))), show_progress=False)
     assert again["eigvals"] == stats["eigvals"] and again["mean_image"] == stats["mean_image"]
 
@@ -83,13 +85,14 @@ def _damage_cache(kind: str, json_path: Path) -> None:
 
 @pytest.mark.parametrize("kind", ["cut short", "mean image missing", "mean image of another size", "bad null",
                                   "eigvecs 2x1", "pixel_mean text", "count 0"])
-def test_a_damaged_statistics_cache_is_computed_again_with_one_warning(tmp_path, kind):
+def test_a_damaged_statistics_cache_is_computed_again_with_one_warning(tmp_path, monkeypatch, kind):
     """A hand-edited or cut-short cache stopped train ('internal error: TypeError' for "bad": null, a
     one-line error about the recipe for a mean image of another size) or was recomputed silently."""
+    monkeypatch.setenv("ALEXNET_CACHE", str(tmp_path / "cache"))
     root = make_image_folder(tmp_path / "imgs", classes=2, per_class=3, size=(50, 40))
     ds = ImageFolderDataset(root, 32, 32)
     first = folder_stats(ds, list(range(len(ds))), show_progress=False)
-    (json_path,) = (root / ".alexnet-cache").glob("stats-*.json")
+    (json_path,) = (tmp_path / "cache").glob("stats-*.json")
     sound = json_path.read_bytes()
     _damage_cache(kind, json_path)
     with warnings.catch_warnings(record=True) as said:
@@ -1091,19 +1094,33 @@ def test_benchmark_store_peer_holds_every_image_decoded_once(tmp_path, monkeypat
     assert x.shape == (4, 3, 224, 224) and x.dtype == torch.float32 and -3 < x.mean() < 3
 
 
-def test_stats_cache_goes_elsewhere_for_read_only_data(tmp_path, monkeypatch):
+def test_statistics_an_earlier_alexnet_kept_among_the_class_folders_are_read_and_copied_out(tmp_path, monkeypatch):
+    """An earlier alexnet kept the statistics in ROOT/.alexnet-cache of a writable folder. They are
+    now kept in alexnet's cache folder; an old cache is read, not computed again (a pass over
+    ImageNet's 1.28 M photos is long), and copied there, with one warning saying the old folder can go."""
+    from alexnet.data import stats as stats_module
+
     root = make_image_folder(tmp_path / "imgs", classes=2, per_class=2, size=(40, 36))
-    monkeypatch.setenv("ALEXNET_CACHE", str(tmp_path / "cache"))
-    for d in (root, *root.iterdir()):
-        d.chmod(0o555)
-    try:
-        ds = ImageFolderDataset(root, 32, 32)
-        stats = folder_stats(ds, list(range(len(ds))), show_progress=False)
-        assert Path(stats["mean_image"]).parent == tmp_path / "cache"
-        assert not (root / ".alexnet-cache").exists()
-    finally:
-        for d in (root, *root.iterdir()):
-            d.chmod(0o755)
+    monkeypatch.setenv("ALEXNET_CACHE", str(tmp_path / "old"))
+    first = folder_stats(ImageFolderDataset(root, 32, 32), [0, 1, 2, 3], show_progress=False)
+    shutil.copytree(tmp_path / "old", root / ".alexnet-cache")  # where the earlier release wrote them
+    monkeypatch.setenv("ALEXNET_CACHE", str(tmp_path / "new"))
+
+    def not_again(*args, **kwargs):
+        raise AssertionError("the statistics were computed again")
+
+    monkeypatch.setattr(stats_module, "compute_stats", not_again)
+    with pytest.warns(UserWarning) as said:
+        again = folder_stats(ImageFolderDataset(root, 32, 32), [0, 1, 2, 3], show_progress=False)
+    assert [str(w.message) for w in said] == [
+        f"{root / '.alexnet-cache'}: data statistics kept by an earlier alexnet among the class folders, where "
+        f"torchvision's ImageFolder takes the folder for a class; copied to {tmp_path / 'new'}, so that folder can be deleted"]
+    assert Path(again["mean_image"]).parent == tmp_path / "new"
+    assert np.array_equal(np.load(again["mean_image"]), np.load(first["mean_image"])) and again["eigvals"] == first["eigvals"]
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == sorted(p.name for p in (tmp_path / "old").iterdir())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # read from the new place now: no second warning
+        assert folder_stats(ImageFolderDataset(root, 32, 32), [0, 1, 2, 3], show_progress=False)["eigvals"] == first["eigvals"]
 
 
 def test_stats_not_cached_where_nothing_is_writable(tmp_path, monkeypatch):

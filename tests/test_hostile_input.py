@@ -1078,12 +1078,13 @@ def _photos_and_a_huge_png(root: Path) -> Path:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS and /proc: Linux")
-def test_an_image_there_is_no_memory_to_decode_is_not_called_unreadable(tmp_path):
+def test_an_image_there_is_no_memory_to_decode_is_not_called_unreadable(tmp_path, monkeypatch):
     """Real: an image the memory free could not hold decoded was an 'unreadable image': predict said
     'none of the 9 images could be read; the first: .../huge.png: cannot read this image (MemoryError: no
     detail)' (exit 2), features and train skipped it with a warning and went on without it (exit 0,
     train listing it in bad_files.txt and in the data's cached statistics, which skipped it in every
     later run). Now each stops in one line naming the file, exit 1, and lists nothing."""
+    monkeypatch.setenv("ALEXNET_CACHE", str(tmp_path / "cache"))
     huge = _photos_and_a_huge_png(tmp_path / "photos")
     ckpt = tiny_checkpoint(tmp_path / "m.pt", classes=2)
     tiny = ["--threads", "1", "--progress", "off"]
@@ -1103,18 +1104,19 @@ def test_an_image_there_is_no_memory_to_decode_is_not_called_unreadable(tmp_path
         assert r.returncode == 1 and "unreadable" not in r.stderr, r.stderr
         assert re.fullmatch(f"alexnet: error: {said}", r.stderr.strip().splitlines()[-1]), r.stderr
         assert not (tmp_path / "run").exists() and not (tmp_path / "i.safetensors").exists()
-        assert "huge" not in "".join(p.read_text() for p in (tmp_path / "photos").rglob("*.json"))
+        assert "huge" not in "".join(p.read_text() for p in (tmp_path / "cache").glob("stats-*.json"))
 
 
-def test_cached_statistics_that_listed_an_image_for_want_of_memory_are_computed_again(tmp_path):
-    """A statistics pass short of memory listed a good image as unreadable (MemoryError) in its cache
-    beside the data, and every later run skipped it: such a cache is now computed again."""
+def test_cached_statistics_that_listed_an_image_for_want_of_memory_are_computed_again(tmp_path, monkeypatch):
+    """A statistics pass short of memory listed a good image as unreadable (MemoryError) in its cache,
+    and every later run skipped it: such a cache is now computed again."""
+    monkeypatch.setenv("ALEXNET_CACHE", str(tmp_path / "cache"))
     photos = make_image_folder(tmp_path / "photos", classes=2, per_class=4)
     args = ["train", "--data", str(photos), "--epochs", "1", "--batch-size", "4", "--device", "cpu", "--amp", "none",
             "--model-option", "widths=[8,16,16,16,16]", "--model-option", "fc_width=32", "--model-option", "input_size=64",
             "--threads", "1", "--workers", "0", "--progress", "off"]
     assert run_cli(*args, "--out", str(tmp_path / "run1")).returncode == 0
-    (cache,) = (photos / ".alexnet-cache").glob("stats-*.json")
+    (cache,) = (tmp_path / "cache").glob("stats-*.json")
     stats = json.loads(cache.read_text())
     image = str(photos / "class0" / "img0.jpg")
     stats.update(bad=[image], bad_reasons={image: "_ArrayMemoryError: Unable to allocate 183. MiB for an array with shape "

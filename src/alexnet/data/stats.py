@@ -133,22 +133,27 @@ def _relative_to(root: str | os.PathLike) -> Callable[[str], str]:
     return relative
 
 
-def _writable(folder: Path) -> bool:
-    """Writable for us *and* meant to be: its permission bits allow writing (root ignores the bits,
-    and a shared read-only data folder must stay untouched even then)."""
+# Where earlier alexnet kept the statistics of a writable data folder: among its class folders,
+# where torchvision's ImageFolder takes it for a class ('Found no valid file for the classes .alexnet-cache').
+LEGACY_CACHE = ".alexnet-cache"
+
+
+def _from_legacy_cache(root: Path, json_path: Path, mean_path: Path, shape: tuple[int, ...] | None) -> dict[str, Any] | None:
+    """Statistics an earlier alexnet kept in ``ROOT/.alexnet-cache``, copied to ``json_path`` (where
+    it can write) with a warning that says the old folder can go; None where there are none."""
+    old = root / LEGACY_CACHE / json_path.name
+    cached, _ = load_stats(old, shape)  # a damaged old cache is computed again, like an absent one
+    if cached is None:
+        return None
     try:
-        return os.access(folder, os.W_OK) and bool(folder.stat().st_mode & 0o222)
+        save_stats({**cached, "mean_image": torch.from_numpy(np.load(cached["mean_image"]))}, json_path, mean_path)
+        moved = load_stats(json_path, shape)[0]
     except OSError:
-        return False
-
-
-def cache_dir(root: Path) -> Path:
-    """``ROOT/.alexnet-cache`` where the data folder is writable, else ``$ALEXNET_CACHE`` or
-    ``~/.cache/alexnet`` (e.g. read-only shared data)."""
-    local = root / ".alexnet-cache"
-    if _writable(local) or (not local.exists() and _writable(root)):
-        return local
-    return cache_home()  # an OSError where there is none (no home folder)
+        moved = None
+    where = f"copied to {json_path.parent}, so that folder can be deleted" if moved else "read from there"
+    warnings.warn(f"{old.parent}: data statistics kept by an earlier alexnet among the class folders, where "
+                  f"torchvision's ImageFolder takes the folder for a class; {where}", stacklevel=3)
+    return moved or cached
 
 
 class _Writer:
@@ -264,13 +269,17 @@ def folder_stats(dataset: ImageFolderDataset, indices: list[int], workers: int =
     files = [dataset.samples[i][0] for i in indices]
     key = cache_key(files, dataset.root, dataset.resize, dataset.size, "stats-1")
     try:
-        folder, no_cache = cache_dir(dataset.root), None
+        # alexnet's cache folder, never the data folder, which other tools list (torchvision's ImageFolder
+        # takes every folder in it for a class); the key names the files, so one folder serves every data set
+        folder, no_cache = cache_home(), None
     except OSError as e:  # no folder to cache in (no home folder): said where the save would be
         folder, no_cache = Path(), e
     json_path, mean_path = folder / f"stats-{key}.json", folder / f"mean-{key}.npy"
     size = dataset.size if isinstance(dataset.size, int) else None
     shape = (getattr(dataset, "channels", 3), size, size) if size else None
     cached, damage = load_stats(json_path, shape) if no_cache is None else (None, None)
+    if cached is None and damage is None and no_cache is None:
+        cached = _from_legacy_cache(dataset.root, json_path, mean_path, shape)
     if damage is not None:  # a cache never stops a run
         warnings.warn(f"{json_path}: cached data statistics are damaged ({damage}); computing them again", stacklevel=2)
     if cached is not None and _listed_for_want_of_memory(cached):
