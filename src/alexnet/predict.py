@@ -227,16 +227,26 @@ def model_log_probs(
     size of an unpadded image (Fashion-MNIST's 28 px) is the image and its mirror, five times each.
     Their probabilities are averaged (as log-sum-exp less log 10).
     """
-    index = torch.zeros(images.shape[0], dtype=torch.int64, device=images.device)  # unused at test time
     views = 10 if ten_crop else 1
-    x = model_input(images, index, preprocess, False, channels_last=channels_last, views=views)
+    # One view of the batch at a time, made when it is forwarded: ten crops of 256 images at once
+    # would hold 2,560 images' activations (about 10 GB for alexnet_paper), and their normalised
+    # inputs alone are 1.5 GB in float32. Their log-probabilities are small: (B, views, classes).
+    log_probs = torch.stack([_view_log_probs(model, images, preprocess, views, v, amp, channels_last) for v in range(views)], 1)
+    # not checked here (a read per batch, a wait on a GPU): predict checks on the host, evaluate by its loss
+    return mean_of_probs(log_probs, dim=1)
+
+
+def _view_log_probs(
+    model: AlexNet, images: torch.Tensor, preprocess: Preprocess, views: int, view: int, amp: torch.dtype | None,
+    channels_last: bool,
+) -> torch.Tensor:
+    """Log-probabilities (B, classes) of one of the ``views`` test views of a uint8 batch. Its input
+    is gone when this returns: the next view's is made in the same (pooled) memory."""
+    index = torch.zeros(images.shape[0], dtype=torch.int64, device=images.device)  # unused at test time
+    x = model_input(images, index, preprocess, False, channels_last=channels_last, views=views, view=view)
     x = x.to(model.dtype)  # a model cast to bf16/fp16 (model.half()) takes its own dtype
     with autocast(images.device, amp):
-        # One batch of views at a time: ten crops of 256 images at once would hold 2,560 images'
-        # activations (about 10 GB for alexnet_paper).
-        log_probs = torch.cat([torch.log_softmax(model(part).float(), dim=1) for part in x.split(images.shape[0])])
-    # not checked here (a read per batch, a wait on a GPU): predict checks on the host, evaluate by its loss
-    return mean_of_probs(log_probs.reshape(images.shape[0], views, -1), dim=1)
+        return torch.log_softmax(model(x).float(), dim=1)
 
 
 def mean_of_probs(log_probs: torch.Tensor, dim: int) -> torch.Tensor:

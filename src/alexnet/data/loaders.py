@@ -453,13 +453,16 @@ def model_input(
     epoch: int = 0,
     channels_last: bool = False,
     views: int = 1,
+    view: int | None = None,
 ) -> torch.Tensor:
     """uint8 batch (already on its device) -> normalised float batch for the model.
 
     Training: a random crop and mirror per image (cut from the uint8 batch in one gather), minus the
     same crop of the mean image (or the per-channel mean), plus the PCA colour shift, divided by the
     std. Testing: the centre crop, or with ``views=10`` the paper's ten crops, returned as
-    (B*10, C, s, s) with the ten views of an image adjacent.
+    (B*10, C, s, s) with the ten views of an image adjacent; with a ``view`` (0 to ``views`` - 1)
+    that view of every image alone, (B, C, s, s): ten-crop evaluation makes each view's batch when
+    it forwards it, where the ten at once (256 photos: 1.5 GB in float32) would set its peak.
     """
     if images.dtype != torch.uint8:  # a float batch in [0, 1] would be normalised as nearly black: chance accuracy
         raise ValueError(f"model_input takes uint8 images (0-255 pixels, as this package's loaders give them), not {images.dtype}")
@@ -490,17 +493,30 @@ def model_input(
         top, left, mirror = augment.random_crop_params(h, w, size, index.to(dev), seed, epoch, preprocess.flip)
     else:
         size = preprocess.test_crop
-        if views == 10:
-            top, left, mirror = (t.repeat(b).to(dev) for t in augment.ten_crop_params(h, w, size))
+        top, left, mirror = _test_views(b, h, w, size, views, view, dev)
+        if views == 10 and view is None:
             x = x.repeat_interleave(10, dim=0)
-        elif views == 1:
-            top = torch.full((b,), (h - size) // 2, dtype=torch.int64, device=dev)
-            left = torch.full((b,), (w - size) // 2, dtype=torch.int64, device=dev)
-            mirror = None
-        else:
-            raise ValueError(f"views must be 1 or 10, got {views}")
     x = augment.crop_normalize(x, size, top, left, mirror, mean, inv_std, shift)
     return _to_model(x, preprocess, channels_last)
+
+
+def _test_views(
+    b: int, h: int, w: int, size: int, views: int, view: int | None, dev: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(top, left, mirror) of :func:`model_input`'s test crops of ``b`` images: every view of each
+    image in turn (``view`` None), or the one ``view`` of all of them."""
+    if views not in (1, 10):
+        raise ValueError(f"views must be 1 or 10, got {views}")
+    if view is not None and (isinstance(view, bool) or not isinstance(view, int) or not 0 <= view < views):
+        raise ValueError(f"view must be a whole number from 0 to {views - 1} (one of the {views} views), got {view!r}")
+    if views == 1:
+        top = torch.full((b,), (h - size) // 2, dtype=torch.int64, device=dev)
+        left = torch.full((b,), (w - size) // 2, dtype=torch.int64, device=dev)
+        return top, left, None
+    tops, lefts, mirrors = augment.ten_crop_params(h, w, size)
+    if view is None:
+        return tuple(t.repeat(b).to(dev) for t in (tops, lefts, mirrors))
+    return tuple(t[view].repeat(b).to(dev) for t in (tops, lefts, mirrors))
 
 
 def _to_model(x: torch.Tensor, preprocess: Preprocess, channels_last: bool) -> torch.Tensor:
