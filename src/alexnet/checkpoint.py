@@ -119,9 +119,14 @@ def read_entry(path: str | os.PathLike, key: str) -> Any:
     return _held_out_on_top(ckpt).get(key) if isinstance(ckpt, dict) else None
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu", torchvision: bool = False) -> dict[str, Any]:
+def load_checkpoint(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu", torchvision: bool = False, mmap: bool = False
+) -> dict[str, Any]:
     """Read a checkpoint dict with ``weights_only=True``; with ``torchvision``, torchvision's own
     alexnet file (a bare state dict) as ``alexnet import torchvision`` reads it: ``alexnet_owt``.
+    With ``mmap`` a .pt file (torch.save's zip format) is mapped, not read: only the tensors used
+    are read from it, and they are let go with the dict. A trained run's checkpoint holds its
+    optimizer's momentum, as large as the weights, which :func:`load` never uses.
 
     Raises:
         CheckpointError: the file is missing, is not a torch checkpoint, holds foreign pickled
@@ -142,12 +147,13 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     export = _export_kind(path)
     if export is not None:  # before torch.load, which would hand a TorchScript file to torch.jit.load
         raise CheckpointError(f"{path}: {export}; alexnet.load and the commands read .pt checkpoints and .safetensors")
-    _check_sums(path)
+    zipped = _check_sums(path)
     try:
         with warnings.catch_warnings():  # a pickle of another protocol: the error below says it all
             warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
             warnings.filterwarnings("ignore", "Validating sparse tensor invariants")  # the weights' check names the tensor
-            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+            # torch maps only zip files ("mmap can only be used with files saved with ..."): an older one is read
+            ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap and zipped)
     except pickle.UnpicklingError as e:
         found = re.search(r"GLOBAL ([\w.]+)", str(e))
         if found:  # a pickle that would build foreign objects (and could run code): refuse, name it
@@ -186,21 +192,22 @@ def _from_torchvision(ckpt: dict[str, Any], path: Path) -> dict[str, Any]:
     return ckpt
 
 
-def _check_sums(path: Path) -> None:
+def _check_sums(path: Path) -> bool:
     """CheckpointError if a record of the zip archive torch.save writes fails its CRC-32: torch.load
     does not check them, and a flipped bit in a weight loads as a silently different network. A
-    tenth of a second for the paper's 240 MB."""
+    tenth of a second for the paper's 240 MB. Returns whether the file is such an archive."""
     with open(path, "rb") as f:
         if f.read(2) != b"PK":
-            return
+            return False
     try:
         with zipfile.ZipFile(path) as z:
             bad = z.testzip()
     except (OSError, zipfile.BadZipFile, EOFError, ValueError, NotImplementedError, zlib.error):
-        return  # not an archive zipfile reads (torch.save's records are stored, not deflated): torch.load's error says
+        return False  # not an archive zipfile reads (torch.save's records are stored, not deflated): torch.load's error says
     if bad is not None:
         raise CheckpointError(f"{path}: damaged: its record {bad.split('/', 1)[-1]} fails its checksum (a flipped bit, an "
                               "incomplete copy); use another copy (a run folder's best.pt or last.pt)")
+    return True
 
 
 def _is_state_dict(obj: Any) -> bool:
@@ -399,7 +406,7 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> AlexNet
             recipe do not fit together.
         ConfigError: ``device`` is not one this machine has.
     """
-    ckpt = load_checkpoint(path, torchvision=True)
+    ckpt = load_checkpoint(path, torchvision=True, mmap=True)  # its optimizer state is never read
     model = model_from_checkpoint(ckpt, str(path))
     classes = ckpt.get("classes") or [str(i) for i in range(model.config.num_classes)]
     if not (isinstance(classes, (list, tuple)) and all(isinstance(c, str) for c in classes)):

@@ -306,7 +306,8 @@ def _read_mean_image(m: Any, stored: torch.Tensor | None, source: str) -> torch.
         raise DataError(f"{source}: the preprocessing recipe's mean image is not an array of numbers") from None
     if t.dim() != 3 or t.shape[0] not in (1, 3) or not bool(torch.isfinite(t).all()):
         raise DataError(f"{source}: the mean image must be a finite (channels, height, width) array, got shape {tuple(t.shape)}")
-    return t.to(torch.float32).contiguous()
+    # its own copy: a checkpoint's is a view of the file alexnet.load maps, which cp over it would change or cut short
+    return t.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
 
 
 def _pca(d: dict[str, Any], source: str) -> PCANoise:
