@@ -30,12 +30,11 @@ from .packed import PackedDataset, batch_passthrough, read_index
 from .presets import IMAGENET_MEAN, IMAGENET_STD, Preprocess  # noqa: F401 - the means re-exported (old import path)
 from .sources import (
     detect,
+    fetching_from,
     has_split_folders,
     open_folder_splits,
     start_workers,
     stop_workers,
-    told_worker_deaths,
-    unwrap_worker_error,
 )
 from .stats import StatsAccumulator, cache_key, folder_stats
 
@@ -153,7 +152,7 @@ class Batches:
             sibling.start()
         self.start()
         batches = start_workers(self.loader)  # the persistent workers start at the first epoch's
-        with unwrap_worker_error(), told_worker_deaths(batches):
+        with fetching_from(batches):
             if self.decode is None:
                 yield from batches
             else:
@@ -376,8 +375,7 @@ def _images(root, preset, bad, loading, val_fraction, show_progress, batch_size,
         if "val" not in splits:
             notes.append("mean image and PCA are of every packed image (prepare saw no train/val split)")
     elif presets.needs_stats(preset):
-        with unwrap_worker_error():
-            stats = folder_stats(train_ds, train_idx, loading[0], show_progress)
+        stats = folder_stats(train_ds, train_idx, loading[0], show_progress)  # its loop's errors: sources.each_batch
         bad_files = set(stats.get("bad", []))
         if bad_files:  # found by the pass: leave them out instead of meeting them every epoch
             train_idx = [i for i in train_idx if train_ds.samples[i][0] not in bad_files]

@@ -179,13 +179,13 @@ def _differ(train: list[str], val: list[str]) -> str:
 
 
 def each_batch(loader: Any) -> Iterator[Any]:
-    """The batches of a DataLoader, its workers' errors as their one line (:func:`unwrap_worker_error`),
-    its worker processes stopped as soon as the loop ends or fails: left to the interpreter's exit,
-    their teardown races it and can print tracebacks after the error line ('Bad file descriptor')."""
+    """The batches of a DataLoader, its errors said as what they are (:func:`fetching_from`), its worker
+    processes stopped as soon as the loop ends or fails: left to the interpreter's exit, their
+    teardown races it and can print tracebacks after the error line ('Bad file descriptor')."""
     iterator = None
     try:
         iterator = start_workers(loader)
-        with unwrap_worker_error(), told_worker_deaths(iterator):
+        with fetching_from(iterator):
             yield from iterator
     finally:
         stop_workers(iterator)
@@ -275,6 +275,15 @@ def workers_spared_signals(loader: Any) -> Iterator[None]:
             yield
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+@contextlib.contextmanager
+def fetching_from(iterator: Any) -> Iterator[None]:
+    """Errors met fetching batches from ``iterator`` (a DataLoader's), said as what they are: a worker's
+    DataError as its one line (:func:`unwrap_worker_error`), a failure beside a dead worker as that
+    worker's death (:func:`told_worker_deaths`). Every loop over a loader's batches runs in it."""
+    with unwrap_worker_error(), told_worker_deaths(iterator):
+        yield
 
 
 @contextlib.contextmanager
