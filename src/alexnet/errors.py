@@ -132,12 +132,24 @@ def check_labels(labels: Any, classes: int, path: object, whose: str) -> None:
         raise DataError(f"{path}: labels outside 0..{classes - 1} ({whose}): {len(odd):,} of {len(labels):,}, e.g. {odd[0]}")
 
 
-class OutOfMemory(MemoryError):
-    """This machine ran out of memory for what was asked: a limit of the machine, not bad input (the
-    command line exits 1). The message names what ran out, how much was asked and what asks for less.
-    ``resume``: the line that continues a training run so stopped, where it keeps a checkpoint."""
+class MachineLimit(Exception):
+    """A limit of this machine met (its memory, its shared memory, a data-loading worker the kernel
+    killed), not bad input: the command line exits 1. ``resume``: the line that continues a training
+    run so stopped, which the run folder adds where it keeps a checkpoint (runfolder.RunFolder).
+    ``workers_memory``: the data-loading workers' memory ran short, so fewer of them ask for less;
+    ``shared_memory``: their shared memory (/dev/shm), which --workers 0 does not use."""
 
+    exit_status = 1
     resume: str | None = None
+
+    def __init__(self, message: str, workers_memory: bool = False, shared_memory: bool = False) -> None:
+        super().__init__(message)
+        self.workers_memory, self.shared_memory = workers_memory, shared_memory
+
+
+class OutOfMemory(MachineLimit, MemoryError):
+    """This machine ran out of memory for what was asked. The message names what ran out, how much
+    was asked and what asks for less."""
 
 
 # torch's CPU allocator (c10/core/impl/alloc_cpu.cpp: posix_memalign's failure, and plain malloc's)
@@ -230,15 +242,9 @@ class WorkerExited(RuntimeError):
         self.pid, self.exitcode = pid, exitcode
 
 
-class WorkerDied(AlexNetError):
+class WorkerDied(MachineLimit, AlexNetError):
     """A data-loading worker process died: a limit of the machine (the kernel kills a process for want of
-    memory, a worker's shared memory runs out) or a crash, not bad input, so the command line exits 1.
-    ``resume``: the line that continues a training run so stopped, as an OutOfMemory's."""
-
-    exit_status = 1
-    resume: str | None = None
-    for_memory = False  # killed by SIGKILL or SIGBUS, or short of shared memory: fewer workers ask for less memory
-    shared_memory = False  # short of shared memory (/dev/shm): --workers 0 passes no batch through it
+    memory, a worker's shared memory runs out) or a crash, which the command line says as a limit (exit 1)."""
 
 
 # A worker's exit status where multiprocessing could not send a batch it made (data.sources.exit_on_unsent_batch):
@@ -336,9 +342,7 @@ def worker_lost(error: BaseException, doing: str, workers: str | None = None) ->
     if workers:
         said += f": lower {workers}, or the batch size; --workers 0 uses none" if shared else f": lower {workers}" if memory \
             else "; --workers 0 loads the data in this process, where its error shows"
-    died = WorkerDied(said)
-    died.for_memory, died.shared_memory = memory, shared
-    return died
+    return WorkerDied(said, workers_memory=memory, shared_memory=shared)
 
 
 def out_of_memory(error: BaseException, doing: str, lower: str | None = None, workers: str | None = None) -> OutOfMemory | None:
@@ -353,4 +357,12 @@ def out_of_memory(error: BaseException, doing: str, lower: str | None = None, wo
         return None
     said, worker = found
     option = workers if worker and workers else lower
-    return OutOfMemory(f"{said} {doing}" + (f": lower {option}" if option else ""))
+    return OutOfMemory(f"{said} {doing}" + (f": lower {option}" if option else ""), workers_memory=worker)
+
+
+def machine_limit(error: BaseException, doing: str, lower: str | None = None, workers: str | None = None) -> MachineLimit | None:
+    """``error`` as one line where it is a limit of this machine met ``doing`` ('in evaluate'): memory
+    that ran out (:func:`out_of_memory`: ``lower``, the option that asks for less, or ``workers``
+    where a data-loading worker's ran out) or a worker process that died (:func:`worker_lost`). None
+    for any other error; one already said is returned as it is."""
+    return out_of_memory(error, doing, lower, workers) or worker_lost(error, doing, workers)

@@ -42,16 +42,12 @@ from .errors import (
     DataError,
     Interrupted,
     NonFiniteLoss,
-    OutOfMemory,
     StoppedAtOnce,
     TrainingError,
-    WorkerDied,
     check_weights,
     is_worker_death,
-    memory_shortage,
-    out_of_memory,
+    machine_limit,
     state_dict_mismatch,
-    worker_lost,
 )
 from .finetune import architecture, build_model, note_scale
 from .health import HealthMonitor
@@ -154,7 +150,7 @@ def fit(
     try:
         run_dir = Path(distributed.broadcast_object(str(run_dir)))  # rank 0's time stamp names the run
         quiet = not info.is_main
-        with _claim(run_dir, cfg, force, info), contextlib.ExitStack() as cleanup, _short_of_memory(cfg, run_dir, info, "in train"):
+        with _claim(run_dir, cfg, force, info), contextlib.ExitStack() as cleanup, _machine_limit_said(cfg, run_dir, info, "in train"):
             progress_on, said = (False, lambda s: None) if quiet else (show_progress, log)
             voices = _Voices(said, said if quiet or note is None else note)
             return _fit(cfg, info, device, towers, run_dir, progress_on, voices, cleanup)
@@ -674,7 +670,7 @@ def _epoch(run: _Run, on_step: Callable[[Position, bool], None], ctrl_c: _CtrlC)
     cfg, data, pos, reduce = run.cfg, run.data, run.pos, distributed.all_reduce_sum
     set_epoch(data.train, pos.epoch, pos.batch)
     started = time.time()
-    with _short_of_memory(run.cfg, run.run_dir, run.info, f"in a training step of epoch {pos.epoch + 1}",
+    with _machine_limit_said(run.cfg, run.run_dir, run.info, f"in a training step of epoch {pos.epoch + 1}",
                           f"--batch-size ({cfg.batch_size} now) in a new run"):  # --resume keeps the run's
         stats = train_one_epoch(
             run.net, run.optimizer, data.train, data.preprocess, cfg, run.device, run.amp, run.scaler, pos, run.plateau.scale,
@@ -683,7 +679,7 @@ def _epoch(run: _Run, on_step: Callable[[Position, bool], None], ctrl_c: _CtrlC)
     run.health.end_epoch(f"the end of epoch {pos.epoch + 1} (step {pos.step})")  # before anything of it is saved
     _check_trained(stats, pos.epoch)
     trained = time.time()
-    with _short_of_memory(run.cfg, run.run_dir, run.info, f"in the validation of epoch {pos.epoch + 1}",
+    with _machine_limit_said(run.cfg, run.run_dir, run.info, f"in the validation of epoch {pos.epoch + 1}",
                           f"--eval-batch-size ({cfg.eval_batch_size} now)", f"--eval-batch-size {max(1, cfg.eval_batch_size // 2)}"):
         val = evaluate(run.eval_net, data.val, data.preprocess, run.device, run.amp, cfg.channels_last, run.show_progress,
                        reduce, len(data.classes))
@@ -725,24 +721,22 @@ def _epoch(run: _Run, on_step: Callable[[Position, bool], None], ctrl_c: _CtrlC)
 
 
 @contextlib.contextmanager
-def _short_of_memory(cfg: TrainConfig, run_dir: Path, info: distributed.DistInfo, doing: str, lower: str | None = None,
-                     resume_with: str = "") -> Iterator[None]:
-    """A limit of the machine met ``doing`` what the block does as one line: a failure to allocate memory
-    (OutOfMemory: what ran out, where, and ``lower``, the option that asks for less, or ``--workers``
-    where a data-loading worker ran out), or a worker process that died (WorkerDied: the kernel kills
-    one for want of memory); with the --resume line (and ``resume_with``, options a resume may change)
-    that the run folder adds where it keeps a checkpoint (runfolder.RunFolder). Nothing is saved: the
-    last checkpoint stays the last good one. Any other error goes on as it is."""
+def _machine_limit_said(cfg: TrainConfig, run_dir: Path, info: distributed.DistInfo, doing: str, lower: str | None = None,
+                        resume_with: str = "") -> Iterator[None]:
+    """A limit of the machine met ``doing`` what the block does (errors.machine_limit: memory that ran
+    out, and ``lower``, the option that asks for less; a data-loading worker that died) as one line,
+    with the --resume line (and ``resume_with``, options a resume may change) that the run folder adds
+    where it keeps a checkpoint (runfolder.RunFolder). Nothing is saved: the last checkpoint stays the
+    last good one. Any other error goes on as it is."""
     try:
         yield
     except (RuntimeError, MemoryError) as e:
         workers = cfg.workers
-        per_worker = f"--workers ({workers} now)" if workers else None
-        error: OutOfMemory | WorkerDied | None = out_of_memory(e, doing, lower, per_worker) or worker_lost(e, doing, per_worker)
+        error = machine_limit(e, doing, lower, f"--workers ({workers} now)" if workers else None)
         if error is None or error is e:
             raise
-        if workers and (error.for_memory if isinstance(error, WorkerDied) else memory_shortage(e)[1]):  # fewer workers
-            resume_with = f"--workers {0 if isinstance(error, WorkerDied) and error.shared_memory else workers // 2}"
+        if workers and error.workers_memory:  # fewer workers ask for less; none use /dev/shm
+            resume_with = f"--workers {0 if error.shared_memory else workers // 2}"
         error.resume = " ".join(filter(None, [distributed.resume_command(run_dir, info), resume_with]))
         e.__traceback__ = None  # frees the step's frames and their tensors (a GPU's memory) for a caller that goes on
         raise error from None

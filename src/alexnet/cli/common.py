@@ -105,8 +105,7 @@ def _machine_limit_line(args: argparse.Namespace, error: BaseException) -> str |
     """``error`` as one line where it is a limit of this machine, met in ``args.command``: a failure to
     allocate memory (what ran out, the option that asks for less) or a data-loading worker process that
     died (how, the likely cause); None for any other error."""
-    from ..errors import out_of_memory, worker_lost
+    from ..errors import machine_limit
 
-    lower, workers = _memory_options(args)
-    found = out_of_memory(error, f"in {args.command}", lower, workers) or worker_lost(error, f"in {args.command}", workers)
+    found = machine_limit(error, f"in {args.command}", *_memory_options(args))
     return None if found is None else str(found)
