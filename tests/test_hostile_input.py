@@ -1302,23 +1302,60 @@ def test_a_batch_a_worker_cannot_send_is_an_error_not_a_wait_forever(tmp_path):
     assert re.search(rf"WorkerExited: DataLoader worker \(pid \d+\) exited with exitcode {UNSENT_OTHER}", r.stderr), r.stderr
 
 
-@pytest.mark.skipif(not (sys.platform.startswith("linux") and shutil.which("unshare") and hasattr(os, "geteuid")
-                         and os.geteuid() == 0), reason="a /dev/shm of one's own: unshare -m, as root on Linux")
+def _tiny_training(pack: Path, out: Path, workers: int) -> list[str]:
+    """`alexnet train`'s arguments for a tiny model on ``pack``, 16 photos a batch at 112 px."""
+    return ["train", "--data", str(pack), "--out", str(out), "--epochs", "1", "--batch-size", "16", "--workers", str(workers),
+            "--device", "cpu", "--amp", "none", "--threads", "1", "--model-option", "widths=[8,16,16,16,16]",
+            "--model-option", "fc_width=32", "--model-option", "input_size=112", "--progress", "off"]
+
+
+def _in_a_shm_of(size: str, args: list[str]) -> subprocess.CompletedProcess:
+    """`alexnet ARGS` in a mount namespace whose /dev/shm is a tmpfs of ``size`` (a container's holds
+    64 MiB); the test is skipped where there is none."""
+    script = f"mount -t tmpfs -o size={size} tmpfs /dev/shm && exec {shlex.join([sys.executable, '-m', 'alexnet', *args])}"
+    r = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script], capture_output=True, text=True,
+                       timeout=120, env=cli_env())
+    if "mount" in r.stderr and r.returncode != 1:
+        pytest.skip(f"no tmpfs of one's own here: {r.stderr.strip()}")
+    return r
+
+
+_OWN_SHM = pytest.mark.skipif(not (sys.platform.startswith("linux") and shutil.which("unshare") and hasattr(os, "geteuid")
+                                   and os.geteuid() == 0), reason="a /dev/shm of one's own: unshare -m, as root on Linux")
+
+
+@_OWN_SHM
 def test_training_with_too_little_shared_memory_is_one_line(tmp_path):
     """The same in a mount namespace whose /dev/shm holds 512 KiB (a container's holds 64 MiB): a batch
     of 16 photos at 128 px (768 KiB) has no room there. One line naming shared memory, docker's
     --shm-size and --workers, exit 1."""
-    pack, out = _photos_pack(tmp_path, size=128), tmp_path / "run"
-    args = ["train", "--data", str(pack), "--out", str(out), "--epochs", "1", "--batch-size", "16", "--workers", "1",
-            "--device", "cpu", "--amp", "none", "--threads", "1", "--model-option", "widths=[8,16,16,16,16]",
-            "--model-option", "fc_width=32", "--model-option", "input_size=112", "--progress", "off"]
-    script = f"mount -t tmpfs -o size=512k tmpfs /dev/shm && exec {shlex.join([sys.executable, '-m', 'alexnet', *args])}"
-    r = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script], capture_output=True, text=True,
-                       timeout=300, env=cli_env())
-    if "mount" in r.stderr and r.returncode != 1:
-        pytest.skip(f"no tmpfs of one's own here: {r.stderr.strip()}")
+    r = _in_a_shm_of("512k", _tiny_training(_photos_pack(tmp_path, size=128), tmp_path / "run", workers=1))
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
     assert re.fullmatch(r"alexnet: error: a data-loading worker process \(pid \d+\) could not pass a batch to this process for "
                         r"want of shared memory in a training step of epoch 1 \(/dev/shm: \d+ \w+ free of 512 KiB; docker run "
                         r"--shm-size gives a container more\): lower --workers \(1 now\), or the batch size; --workers 0 uses "
                         r"none; no checkpoint had been written yet: nothing to resume", r.stderr.strip().splitlines()[-1]), r.stderr
+
+
+@_OWN_SHM
+def test_too_little_shared_memory_to_start_the_workers_is_one_line(tmp_path):
+    """A /dev/shm of 64 KiB has no room even for the semaphores of the loaders' queues (a page each):
+    the command said 'alexnet: error: No space left on device', naming neither /dev/shm nor what to
+    do, and the half-made loader's 'AttributeError: ... no attribute _workers' was printed below it;
+    evaluate --workers 4, whose fourth worker found no room, then waited forever at exit for the three
+    started. One line naming /dev/shm and what is free there, docker's --shm-size and --workers 0,
+    exit 1; and --workers 0 runs there."""
+    pack, out = _photos_pack(tmp_path, size=128), tmp_path / "run"
+    said = (r"alexnet: error: data-loading worker processes could not be started for want of shared memory in {doing} "
+            r"\(/dev/shm: \d+ KiB free of 64 KiB; docker run --shm-size gives a container more\): lower --workers \({n} now\); "
+            r"--workers 0 uses none")
+    r = _in_a_shm_of("64k", _tiny_training(pack, out, workers=1))
+    assert r.returncode == 1 and "Traceback" not in r.stderr and "Exception ignored" not in r.stderr, r.stderr
+    assert re.fullmatch(said.format(doing="a training step of epoch 1", n=1) + "; no checkpoint had been written yet: nothing "
+                        "to resume", r.stderr.strip().splitlines()[-1]), r.stderr
+    assert not out.exists()
+    r = _in_a_shm_of("64k", _tiny_training(pack, out, workers=0))
+    assert r.returncode == 0 and (out / "last.pt").is_file(), r.stderr
+    r = _in_a_shm_of("64k", ["evaluate", str(out / "last.pt"), "--data", str(pack), "--workers", "4", "--progress", "off"])
+    assert r.returncode == 1 and "Traceback" not in r.stderr and "Exception ignored" not in r.stderr, r.stderr
+    assert re.fullmatch(said.format(doing="evaluate", n=4), r.stderr.strip().splitlines()[-1]), r.stderr

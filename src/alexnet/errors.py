@@ -242,9 +242,16 @@ class WorkerExited(RuntimeError):
         self.pid, self.exitcode = pid, exitcode
 
 
+class WorkersUnstarted(RuntimeError):
+    """A DataLoader's worker processes could not be started: no room in shared memory (/dev/shm) for
+    the semaphores of their queues, which multiprocessing said as a bare 'No space left on device'
+    (:func:`alexnet.data.sources.start_workers`). A RuntimeError, as a dead worker's WorkerExited."""
+
+
 class WorkerDied(MachineLimit, AlexNetError):
-    """A data-loading worker process died: a limit of the machine (the kernel kills a process for want of
-    memory, a worker's shared memory runs out) or a crash, which the command line says as a limit (exit 1)."""
+    """A data-loading worker process died, or could not be started: a limit of the machine (the kernel
+    kills a process for want of memory, shared memory runs out) or a crash, which the command line
+    says as a limit (exit 1)."""
 
 
 # A worker's exit status where multiprocessing could not send a batch it made (data.sources.exit_on_unsent_batch):
@@ -290,16 +297,18 @@ def is_worker_death(error: BaseException) -> bool:
     return _worker_end(error) is not None
 
 
-def _shared_memory_free() -> str:
-    """'/dev/shm: 12 MiB free', where there is such a folder."""
-    try:
-        st = os.statvfs("/dev/shm")
-    except (AttributeError, OSError):
-        return "shared memory"
+def _shared_memory_room() -> str:
+    """' (/dev/shm: 12 MiB free of 64 MiB; docker run --shm-size gives a container more)': what is
+    free where shared memory ran short, and what gives more."""
     def size(n: int) -> str:  # a container's is 64 MiB; less is said in KiB
         return _mib(n) if n >= 2**20 else f"{n // 1024} KiB"
 
-    return f"/dev/shm: {size(st.f_bavail * st.f_frsize)} free of {size(st.f_blocks * st.f_frsize)}"
+    try:
+        st = os.statvfs("/dev/shm")
+        free = f"/dev/shm: {size(st.f_bavail * st.f_frsize)} free of {size(st.f_blocks * st.f_frsize)}"
+    except (AttributeError, OSError):  # no such folder (macOS, Windows)
+        free = "shared memory"
+    return f" ({free}; docker run --shm-size gives a container more)"
 
 
 def _how_it_ended(signum: int | None, status: int | None) -> str:
@@ -321,11 +330,16 @@ def _how_it_ended(signum: int | None, status: int | None) -> str:
 def worker_lost(error: BaseException, doing: str, workers: str | None = None) -> WorkerDied | None:
     """``error``, where it tells that a data-loading worker process died (:func:`_worker_end`), as one
     line: which worker, how, ``doing`` ('in evaluate'), the likely cause and ``workers`` ('--workers (2 now)'),
-    the option that asks for less. None for any other error; a WorkerDied is returned as it is."""
+    the option that asks for less; workers that could not be started (WorkersUnstarted) likewise. None
+    for any other error; a WorkerDied is returned as it is."""
     import signal
 
     if isinstance(error, WorkerDied):
         return error
+    if isinstance(error, WorkersUnstarted):  # no room for their queues' semaphores: not a matter of the batches
+        return WorkerDied(f"data-loading worker processes could not be started for want of shared memory {doing}"
+                          + _shared_memory_room() + (f": lower {workers}; --workers 0 uses none" if workers else ""),
+                          workers_memory=True, shared_memory=True)
     found = _worker_end(error)
     if found is None:
         return None
@@ -337,8 +351,7 @@ def worker_lost(error: BaseException, doing: str, workers: str | None = None) ->
     if signum == getattr(signal, "SIGKILL", None):
         said += ", most likely by the kernel for want of memory (its log, dmesg, names what it killed)"
     elif shared:
-        said += (", most likely for want of shared memory" if signum else "") + \
-            f" ({_shared_memory_free()}; docker run --shm-size gives a container more)"
+        said += (", most likely for want of shared memory" if signum else "") + _shared_memory_room()
     if workers:
         said += f": lower {workers}, or the batch size; --workers 0 uses none" if shared else f": lower {workers}" if memory \
             else "; --workers 0 loads the data in this process, where its error shows"

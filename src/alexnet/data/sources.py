@@ -7,11 +7,13 @@ evaluation (``load_eval_data``) and the choice of the default training preset al
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import signal
 import sys
 import time
+import traceback
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -19,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..atomic import signals_held
-from ..errors import UNSENT_OTHER, UNSENT_SHARED_MEMORY, DataError, WorkerExited, is_shared_memory_shortage
+from ..errors import UNSENT_OTHER, UNSENT_SHARED_MEMORY, DataError, WorkerExited, WorkersUnstarted, is_shared_memory_shortage
 from ..runtime import counted, drawn_bars_blank, short_worker_sockets, show_warning, tell_worker_bars
 from .cifar import find_cifar
 from .fashion_mnist import fashion_mnist_missing, is_fashion_mnist
@@ -194,11 +196,33 @@ def each_batch(loader: Any) -> Iterator[Any]:
 def start_workers(loader: Any) -> Iterator[Any]:
     """``iter(loader)``, its worker processes (if any) started as every loader here starts them:
     with sockets that fit (:func:`alexnet.runtime.short_worker_sockets`), told of the bars drawn
-    (:func:`told_bars`) and spared the signals sent to the process group (:func:`workers_spared_signals`)."""
+    (:func:`told_bars`) and spared the signals sent to the process group (:func:`workers_spared_signals`).
+    A /dev/shm without room for the semaphores of their queues (multiprocessing's bare 'No space left on
+    device') is raised as WorkersUnstarted, which the command says with what is free there."""
     if getattr(loader, "num_workers", 0):
         short_worker_sockets()
-    with workers_spared_signals(loader):
-        return iter(told_bars(loader))
+    try:
+        with workers_spared_signals(loader):
+            return iter(told_bars(loader))
+    except OSError as e:
+        if e.errno != errno.ENOSPC or not getattr(loader, "num_workers", 0):
+            raise
+        _stop_half_made(e)
+        raise WorkersUnstarted(f"no room in shared memory to start {loader.num_workers} DataLoader worker(s): {e}") from e
+
+
+def _stop_half_made(error: BaseException) -> None:
+    """Stop the DataLoader iterator whose set-up raised ``error``: the workers it had started wait for
+    indices that never come, with SIGTERM blocked (:func:`workers_spared_signals`), so the interpreter's
+    exit waited for them forever; and its own clean-up, which would run when it is freed, on attributes
+    its set-up never reached printed 'Exception ignored ... no attribute _workers' below the command's line."""
+    for frame, _ in traceback.walk_tb(error.__traceback__):
+        iterator = frame.f_locals.get("self")
+        if frame.f_code.co_name == "__init__" and hasattr(type(iterator), "_shutdown_workers"):
+            iterator._shutdown = True
+            for worker in getattr(iterator, "_workers", []):  # idle: they hold nothing
+                worker.kill()
+                worker.join()
 
 
 class _BarsToldStart:
