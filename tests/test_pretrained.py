@@ -230,7 +230,7 @@ def test_export_to_torchvisions_own_format(torchvision_file, hub, tmp_path, caps
     with pytest.warns(UserWarning, match=r"holds weights alone, .* 'torchvision' recipe \(mean \(123.7, 116.3, 103.5\), std \(1.0"):
         export(model, None, tmp_path / "raw.pth")
     paper = alexnet.create_model("alexnet_paper", num_classes=3)
-    with pytest.raises(alexnet.ConfigError, match="torchvision's alexnet has alexnet_owt's layers .* this network is alexnet_paper"):
+    with pytest.raises(alexnet.ConfigError, match=r"torchvision's alexnet has alexnet_owt's layers .* this network \(alexnet_paper"):
         export(paper, "torchvision", tmp_path / "paper.pth")
     assert not (tmp_path / "paper.pth").exists()
     # alexnet_owt fine-tuned at another input size is still torchvision's network (both pool adaptively
@@ -242,6 +242,27 @@ def test_export_to_torchvisions_own_format(torchvision_file, hub, tmp_path, caps
     x = torch.randn(2, 3, 112, 112, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         torch.testing.assert_close(theirs(x), small(x), rtol=0, atol=0)
+
+
+def test_export_to_torchvisions_format_names_what_torchvision_has_otherwise(tmp_path, capsys):
+    """An alexnet_owt of other widths (a quick try at small sizes) is rightly refused as a .pth, but the
+    line said "torchvision's alexnet has alexnet_owt's layers (RGB); this network is alexnet_owt with ...":
+    refused for being what it was asked to be. The line names each option that differs with torchvision's
+    value, read here from torchvision's own network."""
+    from test_evaluate import PRE, cli_fails
+
+    from alexnet.checkpoint import save_atomic
+
+    m = alexnet.create_model("alexnet_owt", num_classes=3, widths=(8, 16, 16, 16, 16), fc_width=32, input_size=64)
+    ckpt = tmp_path / "small_owt.pt"
+    save_atomic({"model": m.state_dict(), "model_config": m.config.to_dict(), "classes": ["a", "b", "c"], "preprocess": PRE}, ckpt)
+    tv = torchvision.models.alexnet(num_classes=3)
+    widths = tuple(c.out_channels for c in tv.features if isinstance(c, torch.nn.Conv2d))
+    fc_width = tv.classifier[1].out_features
+    err = cli_fails(capsys, "export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "m.pth"))
+    assert f"(widths={widths}, fc_width={fc_width})" in err, err
+    assert "has widths=(8, 16, 16, 16, 16), fc_width=32:" in err, err
+    assert not (tmp_path / "m.pth").exists()
 
 
 def test_a_cached_file_that_is_not_the_published_one_is_refused(torchvision_file, hub, tmp_path, capsys):

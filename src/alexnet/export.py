@@ -214,11 +214,20 @@ def torchvision_state_dict(model: AlexNet) -> dict[str, torch.Tensor]:
     """``model``'s weights under torchvision's names (on the CPU), which ``torchvision.models.alexnet(
     num_classes=N)`` loads; a ConfigError unless the network has its layers (``alexnet_owt``, RGB, at
     any input size: both pool adaptively to 6x6 before fc6)."""
-    from .model import TORCHVISION_KEYS, describe_model, differences
+    from .model import TORCHVISION_KEYS, describe_model, differences, model_config
 
-    if set(differences(model.config, "alexnet_owt")) - {"input_size"} or model.config.in_chans != 3:
-        raise ConfigError(f"--format torchvision: torchvision's alexnet has alexnet_owt's layers (RGB); this network is "
-                          f"{describe_model(model.config)}, for {model.config.in_chans}-channel images: "
+    # The options that differ, each with torchvision's value: "alexnet_owt with widths=(8, ...)" named
+    # the family the network belongs to, not why torchvision's alexnet cannot hold it.
+    ours = {k: v for k, v in differences(model.config, "alexnet_owt").items() if k != "input_size"}
+    theirs = {k: v for k, v in model_config("alexnet_owt").to_dict().items() if k in ours}
+    if model.config.in_chans != 3:
+        ours["in_chans"], theirs["in_chans"] = model.config.in_chans, 3
+    if ours:
+        def said(options: dict[str, Any]) -> str:
+            return ", ".join(f"{k}={v}" for k, v in options.items())
+
+        raise ConfigError(f"--format torchvision: torchvision's alexnet has alexnet_owt's layers ({said(theirs)}); "
+                          f"this network ({describe_model(model.config)}) has {said(ours)}: "
                           "export it as .safetensors, .onnx, .pt2 or .ts")
     ours = {v: k for k, v in TORCHVISION_KEYS.items()}
     return {f"{ours[k.rpartition('.')[0]]}.{k.rpartition('.')[2]}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
