@@ -150,6 +150,28 @@ def test_visualize_filters_takes_its_checkpoint_positionally_and_refuses_what_it
     assert not (tmp_path / "x.png").exists()
 
 
+def test_visualize_curves_of_a_checkpoint_names_its_run_folder(tmp_path, capsys):
+    """'visualize curves RUN/last.pt' (a checkpoint, as filters takes one) said "RUN/last.pt: no metrics.jsonl
+    (is it a run folder of 'alexnet train'?)", as if the file were a folder. It says it is a file and names
+    its run folder, which then draws."""
+    from test_evaluate import cli_fails, tiny_checkpoint
+
+    from alexnet.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    ckpt = tiny_checkpoint(run / "last.pt")
+    record = {"epoch": 1, "train_loss": 1.1, "train_top1": 0.3, "val_loss": 1.2, "val_top1_error": 0.7, "val_top5_error": 0.0, "lr": 0.01}
+    (run / "metrics.jsonl").write_text(json.dumps(record) + "\n")
+    err = cli_fails(capsys, "visualize", "curves", str(ckpt), "--out", str(tmp_path / "c.png"))
+    assert f"{ckpt} is a file, not a run folder" in err and f"give its run folder, {run} " in err, err
+    assert not (tmp_path / "c.png").exists()
+    assert main(["visualize", "curves", str(run), "--out", str(tmp_path / "c.png")]) == 0
+    loose = tiny_checkpoint(tmp_path / "loose.pt")  # a checkpoint outside any run folder: no folder to name
+    err = cli_fails(capsys, "visualize", "curves", str(loose))
+    assert "is a file, not a run folder" in err and "give its run folder" not in err, err
+
+
 def test_every_argument_of_every_command_has_help_and_help_names_it(capsys):
     """predict's IMAGE_OR_FOLDER, retrieve's QUERY_IMAGE, import's and visualize's first positional
     were listed by --help with no word on them."""

@@ -197,6 +197,10 @@ CURVES_SIZE = (1500, 400)  # pixels
 def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
     """The per-epoch records of ``run_dir/metrics.jsonl`` (DataError if missing or empty)."""
     path = Path(run_dir) / METRICS_NAME
+    if Path(run_dir).is_file():  # a run's checkpoint, given as filters takes one: "RUN/last.pt: no metrics.jsonl"
+        run = Path(run_dir).parent
+        hint = f": give its run folder, {run}" if (run / METRICS_NAME).is_file() else ""
+        raise DataError(f"{run_dir} is a file, not a run folder of 'alexnet train'{hint} (a checkpoint's conv1: visualize filters)")
     if not path.is_file():
         raise DataError(f"{run_dir}: no {METRICS_NAME} (is it a run folder of 'alexnet train'?)")
     records = []
