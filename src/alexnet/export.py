@@ -218,16 +218,14 @@ def torchvision_state_dict(model: AlexNet) -> dict[str, torch.Tensor]:
 
     # The options that differ, each with torchvision's value: "alexnet_owt with widths=(8, ...)" named
     # the family the network belongs to, not why torchvision's alexnet cannot hold it.
-    ours = {k: v for k, v in differences(model.config, "alexnet_owt").items() if k != "input_size"}
-    theirs = {k: v for k, v in model_config("alexnet_owt").to_dict().items() if k in ours}
+    differs = {k: v for k, v in differences(model.config, "alexnet_owt").items() if k != "input_size"}
+    theirs = {k: v for k, v in model_config("alexnet_owt").to_dict().items() if k in differs}
     if model.config.in_chans != 3:
-        ours["in_chans"], theirs["in_chans"] = model.config.in_chans, 3
-    if ours:
-        def said(options: dict[str, Any]) -> str:
-            return ", ".join(f"{k}={v}" for k, v in options.items())
-
-        raise ConfigError(f"--format torchvision: torchvision's alexnet has alexnet_owt's layers ({said(theirs)}); "
-                          f"this network ({describe_model(model.config)}) has {said(ours)}: "
+        differs["in_chans"], theirs["in_chans"] = model.config.in_chans, 3
+    if differs:
+        said = [", ".join(f"{k}={v}" for k, v in options.items()) for options in (theirs, differs)]
+        raise ConfigError(f"--format torchvision: torchvision's alexnet has alexnet_owt's layers ({said[0]}); "
+                          f"this network ({describe_model(model.config)}) has {said[1]}: "
                           "export it as .safetensors, .onnx, .pt2 or .ts")
     ours = {v: k for k, v in TORCHVISION_KEYS.items()}
     return {f"{ours[k.rpartition('.')[0]]}.{k.rpartition('.')[2]}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
