@@ -1,6 +1,7 @@
 """The command line end to end, as a user runs it, and its answers to bad input."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -671,3 +672,21 @@ def test_a_stop_signal_after_the_error_line_adds_no_traceback(tmp_path, sig):
     r = subprocess.run([sys.executable, "-c", _STOPPED_AS_IT_ENDS, sig, str(missing)], capture_output=True, text=True,
                        env=cli_env(), timeout=300)
     assert r.returncode == 2 and r.stderr == f"alexnet: error: checkpoint not found: {missing}\n", r.stderr
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs os.sched_setaffinity (Linux) to offer one core")
+def test_torchs_too_many_workers_warning_is_said_once(tmp_path, tiny_folder):
+    """torch warns when a DataLoader is made with more workers than cores and again when it starts
+    them; our filters' changes between made Python say it twice in evaluate. On one core, two workers:
+    once per command."""
+    one_core = min(os.sched_getaffinity(0))
+    small = ["--model-option", "input_size=64", "--model-option", "widths=[8,16,16,16,16]", "--model-option", "fc_width=32"]
+    for args in (["train", "--data", str(tiny_folder), "--out", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "16",
+                  *small],
+                 ["evaluate", str(tmp_path / "run" / "last.pt"), "--data", str(tiny_folder)]):
+        r = subprocess.run([sys.executable, "-m", "alexnet", *args, "--workers", "2", "--device", "cpu", "--progress", "off"],
+                           capture_output=True, text=True, env=cli_env(), timeout=600,
+                           preexec_fn=lambda: os.sched_setaffinity(0, {one_core}))
+        assert r.returncode == 0, r.stderr
+        said = [line for line in r.stderr.splitlines() if "This DataLoader will create 2 worker processes" in line]
+        assert len(said) == 1, (args[0], r.stderr)

@@ -123,6 +123,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if not os.environ.get("ALEXNET_DEBUG"):
         warnings.formatwarning = _warning_line
+    # torch warns of more workers than cores when a DataLoader is made and again when it starts them;
+    # Python's "default" once-per-place forgets what it said whenever a filter changes (every
+    # catch_warnings), so the same paragraph came twice. "once" remembers it for the process.
+    warnings.filterwarnings("once", "This DataLoader will create", UserWarning)
     if os.environ.get("RANK", "0") != "0":  # a rank of a torchrun run: rank 0 says what each would (the data's warnings)
         warnings.filterwarnings("ignore", category=UserWarning, module=r"alexnet(\.|$)")
     _tolerant_stdout()
@@ -149,17 +153,38 @@ def _line(text: str) -> None:
     sys.stderr.flush()
 
 
+def _set_up(args: argparse.Namespace) -> None:
+    """What every command needs before it runs: torch, and for a computing one its threads and malloc."""
+    _import_torch()
+    if args.command in _COMPUTING:
+        from ..runtime import keep_freed_memory, set_threads
+
+        keep_freed_memory()
+        threads = getattr(args, "threads", None) or _resumed_threads(args)
+        if threads:
+            set_threads(threads)
+
+
+def _unexpected(args: argparse.Namespace, e: Exception) -> int:
+    """An exception no command raises on purpose, said in one line: this machine's limit (torch's
+    allocators raise RuntimeErrors on CPU and OutOfMemoryError, its loaders RuntimeErrors for a dead
+    worker), a failed --compile, else a bug."""
+    said = _machine_limit_line(args, e)
+    if said is not None:  # this machine's limit, as a MemoryError is
+        _line(f"alexnet: error: {said}")
+        return 1
+    if getattr(args, "compile", None) and type(e).__module__.startswith("torch._"):  # inductor, dynamo
+        reason = " ".join(str(e).strip().splitlines()[0].split()) if str(e).strip() else type(e).__name__
+        _line(f"alexnet: error: --compile failed ({reason}); run without --compile (set ALEXNET_DEBUG=1 for the traceback)")
+        return 2
+    _line(f"alexnet: internal error: {type(e).__name__}: {e} (set ALEXNET_DEBUG=1 for the traceback)")
+    return 1
+
+
 def _run(args: argparse.Namespace) -> int:
     """Run the command of ``args``: its exit status, and a failure as one line on stderr."""
     try:
-        _import_torch()  # inside the try: a Ctrl-C while torch loads ends in one line, as later ones do
-        if args.command in _COMPUTING:
-            from ..runtime import keep_freed_memory, set_threads
-
-            keep_freed_memory()
-            threads = getattr(args, "threads", None) or _resumed_threads(args)
-            if threads:
-                set_threads(threads)
+        _set_up(args)  # inside the try: a Ctrl-C while torch loads ends in one line, as later ones do
         code = args.func(args)
         sys.stdout.flush()  # a reader that went away is met here, not at the interpreter's exit
         return code
@@ -193,17 +218,7 @@ def _run(args: argparse.Namespace) -> int:
     except Exception as e:  # a bug: one line by default, the traceback on request
         if os.environ.get("ALEXNET_DEBUG"):
             raise
-        # torch's allocators raise RuntimeErrors (CPU) and OutOfMemoryError; its loaders RuntimeErrors for a dead worker
-        said = _machine_limit_line(args, e)
-        if said is not None:  # this machine's limit, as a MemoryError is
-            _line(f"alexnet: error: {said}")
-            return 1
-        if getattr(args, "compile", None) and type(e).__module__.startswith("torch._"):  # inductor, dynamo
-            reason = " ".join(str(e).strip().splitlines()[0].split()) if str(e).strip() else type(e).__name__
-            _line(f"alexnet: error: --compile failed ({reason}); run without --compile (set ALEXNET_DEBUG=1 for the traceback)")
-            return 2
-        _line(f"alexnet: internal error: {type(e).__name__}: {e} (set ALEXNET_DEBUG=1 for the traceback)")
-        return 1
+        return _unexpected(args, e)
     finally:
         # A distributed run's DDP wrapper holds its process group and sits in reference cycles
         # (after a failure also through the traceback): free it now, while the interpreter is
