@@ -634,6 +634,10 @@ def test_visualize_filters_and_curves(tmp_path, capsys):
         want = (w[kernel] - w[kernel].min()) / (w[kernel].max() - w[kernel].min()) * 255  # stretched on its own
         got = arr[y : y + 44 : 4, x : x + 44 : 4].transpose(2, 0, 1).astype(np.float64)
         assert np.abs(got - want).max() <= 0.5 + 1e-9, kernel
+    # A small network's 2 towers of 4 kernels: one row of 4 each, not 4 tiles and 12 blanks.
+    small = tiny_checkpoint(tmp_path / "small.pt", widths=(8, 8, 8, 8, 8))
+    assert main(["visualize", "filters", str(small), "--out", str(tmp_path / "small.png")]) == 0
+    assert Image.open(tmp_path / "small.png").size == (4 * 46 + 2, 2 * 46 + 8 + 2)
 
     run = tmp_path / "run"
     run.mkdir()

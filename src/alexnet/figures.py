@@ -156,14 +156,17 @@ def filters_grid(weight: torch.Tensor, towers: int = 2, columns: int = 16, scale
     Each kernel is stretched to the full 0-255 range on its own (as in the paper's figure 3), and
     drawn ``scale`` times enlarged; tiles are ``gap`` pixels apart, towers ``4 * gap`` apart.
     One-channel kernels are grey; kernels with other than 3 channels show their channel mean.
-    Image size: width ``columns * (k*scale + gap) + gap``, height ``towers * rows * (k*scale + gap)
-    + (towers - 1) * 4 * gap + gap`` with ``rows = ceil(O / towers / columns)``.
+    A tower of fewer kernels than ``columns`` is one row of them, not a row mostly blank.
+    Image size: width ``cols * (k*scale + gap) + gap``, height ``towers * rows * (k*scale + gap)
+    + (towers - 1) * 4 * gap + gap`` with ``cols = min(columns, ceil(O / towers))`` and
+    ``rows = ceil(O / towers / cols)``.
     """
     w = weight.detach().float().cpu()
     if w.shape[1] != 3:
         w = w.mean(dim=1, keepdim=True).expand(-1, 3, -1, -1)
     o, _, k, _ = w.shape
     per_tower = math.ceil(o / towers)
+    columns = min(columns, per_tower)
     rows = math.ceil(per_tower / columns)
     tile = k * scale + gap
     tower_h = rows * tile
