@@ -494,7 +494,8 @@ def model_input(
         top, left, mirror = _test_views(b, h, w, size, views, view, dev)
         if views == 10 and view is None:
             x = x.repeat_interleave(10, dim=0)
-    x = augment.crop_normalize(x, size, top, left, mirror, mean, inv_std, shift)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format  # written so: no copy to it after
+    x = augment.crop_normalize(x, size, top, left, mirror, mean, inv_std, shift, memory_format=fmt)
     return _to_model(x, preprocess, channels_last)
 
 
@@ -518,7 +519,9 @@ def _test_views(
 
 
 def _to_model(x: torch.Tensor, preprocess: Preprocess, channels_last: bool) -> torch.Tensor:
-    """A normalised crop resized to the model's input size, in its memory format."""
+    """A normalised crop resized to the model's input size, in its memory format. The fixed-size
+    crops come in it already (and interpolate keeps it): a copy only after the random resized crop,
+    whose grid_sample writes NCHW whatever its input's layout."""
     size = preprocess.input_size
     if x.shape[-1] != size:
         x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
