@@ -142,18 +142,21 @@ def _batch_sized_allocations(fn, nbytes: int) -> int:
     return sum(1 for e in prof.events() if e.name != "[memory]" and e.self_cpu_memory_usage >= nbytes)
 
 
-@pytest.mark.parametrize("kind", ["train", "test", "ten_crop"])
+@pytest.mark.parametrize("kind", ["train", "test", "ten_crop", "ten_at_once"])
 @pytest.mark.parametrize("channels_last", [True, False], ids=["channels_last", "nchw"])
 def test_the_input_batch_is_made_once_in_its_layout(kind, channels_last):
     """The fixed-size crops are written in the model's layout, not made NCHW and copied to it: one
-    batch-sized allocation (the pool emptied first), not two. (The resized crop's grid_sample
-    writes NCHW whatever it is given: that path still copies.)"""
+    batch-sized allocation (the pool emptied first), not two; the ten views at once are cut from
+    the images, not from ten copies of each (counted from the size of those copies: smaller than the
+    float batch). (The resized crop's grid_sample writes NCHW whatever it is given: that path still
+    copies.)"""
     size = 2 * CROP  # crops of 32 from 40 px images
     pre = _recipe(3, True, True, input_size=size, stored=40, crop=size)
     x = torch.randint(0, 256, (B, 3, 40, 40), dtype=torch.uint8)
     model_input(x, torch.arange(B), pre, kind == "train", channels_last=channels_last)  # the kernel built, the recipe's tensors made
     augment._POOL.clear()  # a pooled batch would hide the allocation counted here
-    view = {"view": 9, "views": 10} if kind == "ten_crop" else {}
+    view = {"ten_crop": {"view": 9, "views": 10}, "ten_at_once": {"views": 10}}.get(kind, {})
+    least = x.numel() * 10 if kind == "ten_at_once" else B * 3 * size * size * 4
     made = _batch_sized_allocations(lambda: model_input(x, torch.arange(B), pre, kind == "train", channels_last=channels_last, **view),
-                                    B * 3 * size * size * 4)
+                                    least)
     assert made == 1

@@ -90,19 +90,21 @@ static void image_nhwc(const uint8_t *x, long c, long h, long w, const float *me
 /* x: (B, C, H, W) uint8; mean: (C, mh, mw) float32, scaled (mh = H, mw = W, or both 1);
  * inv_std: (C); shift: (B, C) scaled, or NULL; top, left: (B) int64; flip: (B) uint8 or NULL;
  * out: (B, C, size, size) float32, NCHW, or with nhwc its channels_last layout (B, size, size, C
- * in memory). Returns 0, or 2 on a crop outside the image (or size > 1024). */
+ * in memory). Crop i is cut from image i / repeat (repeat > 1: that many crops of each image, adjacent,
+ * as the ten test views; top, left, flip, shift and out have an entry per crop, x one per image).
+ * Returns 0, or 2 on a crop outside the image (or size > 1024). */
 int crop_normalize_u8(const uint8_t *x, long c, long h, long w, const float *mean, long mh, long mw,
                       const float *inv_std, const float *shift, const int64_t *top, const int64_t *left,
-                      const uint8_t *flip, long size, float *out, long nhwc, long i0, long i1) {
+                      const uint8_t *flip, long size, float *out, long nhwc, long repeat, long i0, long i1) {
     const int mean_image = mh > 1 || mw > 1;
     float tmp[1024];
-    if (size > 1024) return 2;
+    if (size > 1024 || repeat < 1) return 2;
     for (long i = i0; i < i1; i++) {
         const long t = top[i], l = left[i];
         if (t < 0 || l < 0 || t + size > h || l + size > w) return 2;
         const int mirrored = flip != 0 && flip[i];
         const float *sh = shift ? shift + i * c : 0;
-        (nhwc ? image_nhwc : image_nchw)(x + i * c * h * w, c, h, w, mean, mh, mw, mean_image, inv_std, sh, t, l,
+        (nhwc ? image_nhwc : image_nchw)(x + (i / repeat) * c * h * w, c, h, w, mean, mh, mw, mean_image, inv_std, sh, t, l,
                                          mirrored, size, out + i * c * size * size, tmp);
     }
     return 0;

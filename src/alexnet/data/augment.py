@@ -46,17 +46,18 @@ def sample_normal(seed: int, epoch: int, index: torch.Tensor, stream: int, count
 
 
 def crop_flip_gather(
-    x: torch.Tensor, size: int, top: torch.Tensor, left: torch.Tensor, flip: torch.Tensor | None = None
+    x: torch.Tensor, size: int, top: torch.Tensor, left: torch.Tensor, flip: torch.Tensor | None = None, repeat: int = 1
 ) -> torch.Tensor:
     """Cut a ``size`` x ``size`` patch at (top, left) of each image of ``x`` (B, C, H, W), mirrored
-    where ``flip``: one gather for the whole batch (``top``, ``left``, ``flip`` have B entries)."""
-    b, c = x.shape[:2]
+    where ``flip``: one gather for the whole batch (``top``, ``left``, ``flip`` have B entries; with
+    ``repeat``, B * repeat: that many patches of each image, adjacent)."""
+    b, c = x.shape[0] * repeat, x.shape[1]
     ar = torch.arange(size, device=x.device)
     rows = top.to(x.device).long().reshape(b, 1) + ar
     cols = left.to(x.device).long().reshape(b, 1) + ar
     if flip is not None:
         cols = torch.where(flip.to(x.device).reshape(b, 1), cols.flip(1), cols)
-    bi = torch.arange(b, device=x.device).reshape(b, 1, 1, 1)
+    bi = (torch.arange(b, device=x.device) // repeat).reshape(b, 1, 1, 1)
     ci = torch.arange(c, device=x.device).reshape(1, c, 1, 1)
     return x[bi, ci, rows.reshape(b, 1, size, 1), cols.reshape(b, 1, 1, size)]
 
@@ -177,6 +178,7 @@ def crop_normalize(
     shift: torch.Tensor | None = None,
     batched: bool | None = None,
     memory_format: torch.memory_format = torch.contiguous_format,
+    repeat: int = 1,
 ) -> torch.Tensor:
     """float32 ``(crop(x) - crop(mean) + shift) * inv_std`` for a uint8 batch ``x``.
 
@@ -185,12 +187,14 @@ def crop_normalize(
     each image is done start to finish while it is in cache (~1.7x faster than whole-batch steps);
     elsewhere (or with ``batched=True``) in whole-batch steps with one gather per crop. The batch is
     written in ``memory_format`` (``torch.channels_last``: the model's), not copied to it after:
-    a second batch-sized buffer (147 MiB at 256 crops of 224).
+    a second batch-sized buffer (147 MiB at 256 crops of 224). ``repeat``: crops per image, adjacent
+    (the ten test views; ``top``, ``left``, ``flip``, ``shift`` have B * repeat entries), cut from
+    ``x`` as it is rather than from ``repeat`` copies of each image.
     """
-    b, c = x.shape[:2]
+    b, c = x.shape[0] * repeat, x.shape[1]  # b: crops
     mean_image = mean.shape[-1] > 1
     if batched or (batched is None and x.device.type != "cpu"):
-        out = crop_flip_gather(x, size, top, left, flip).to(torch.float32, memory_format=memory_format)
+        out = crop_flip_gather(x, size, top, left, flip, repeat).to(torch.float32, memory_format=memory_format)
         out.sub_(crop_flip_gather(mean.expand(b, *mean.shape), size, top, left, flip) if mean_image else mean)
         if shift is not None:
             out.add_(shift.to(torch.float32).reshape(b, c, 1, 1))
@@ -200,7 +204,7 @@ def crop_normalize(
     # Scale once per batch: then each output element is (uint8 * s - scaled mean) + scaled shift.
     mean_scaled = (mean.to(torch.float32) * inv_std).contiguous()
     shift = (shift.to(torch.float32) * inv_std.reshape(1, c)).contiguous() if shift is not None else None
-    if x.dtype == torch.uint8 and _crop_kernel(x, mean_scaled, inv_std, shift, top, left, flip, size, out):
+    if x.dtype == torch.uint8 and _crop_kernel(x, mean_scaled, inv_std, shift, top, left, flip, size, out, repeat):
         return out
     # Without the C kernel: three passes over each crop while it is in cache. A mirrored image is
     # cut mirrored from the uint8 image (a quarter of the bytes) and from the mirrored mean at the
@@ -211,7 +215,7 @@ def crop_normalize(
     shift = shift.reshape(b, c, 1, 1) if shift is not None else None
     for i, (t, le) in enumerate(zip(top.tolist(), left.tolist())):
         oi = out[i]
-        crop = x[i, :, t : t + size, le : le + size]
+        crop = x[i // repeat, :, t : t + size, le : le + size]
         if flips[i]:
             torch.mul(crop.flip(-1), inv_std, out=oi)
             m = mean_mirror[:, t : t + size, width - le - size : width - le] if mean_image else mean_mirror
@@ -234,6 +238,7 @@ def _crop_kernel(
     flip: torch.Tensor | None,
     size: int,
     out: torch.Tensor,
+    repeat: int = 1,
 ) -> bool:
     """:func:`crop_normalize`'s CPU work in one pass per image with the C kernel (``_kernels/augment.c``).
 
@@ -248,9 +253,9 @@ def _crop_kernel(
     fn = lib.crop_normalize_u8
     if not getattr(fn, "argtypes", None):
         long, ptr = ctypes.c_long, ctypes.c_void_p
-        fn.argtypes = [ptr, long, long, long, ptr, long, long, ptr, ptr, ptr, ptr, ptr, long, ptr, long, long, long]
+        fn.argtypes = [ptr, long, long, long, ptr, long, long, ptr, ptr, ptr, ptr, ptr, long, ptr, long, long, long, long]
         fn.restype = ctypes.c_int
-    b, c, h, w = x.shape
+    (_, c, h, w), b = x.shape, top.numel()  # b: crops, ``repeat`` of each image
     x = x.contiguous()
     if mean_scaled.shape[-2:] != (1, 1) and mean_scaled.shape[-2:] != (h, w):
         raise ValueError(f"crop_normalize: mean image {tuple(mean_scaled.shape)} does not match images {h}x{w}")
@@ -266,7 +271,7 @@ def _crop_kernel(
     mh, mw = mean_scaled.shape[-2:]
     nhwc = _nhwc(out)
     _kernels.parallel(
-        lambda i0, i1: fn(xp, c, h, w, mp, mh, mw, sp, shp, tp, lp, fp, size, out.data_ptr(), nhwc, i0, i1),
+        lambda i0, i1: fn(xp, c, h, w, mp, mh, mw, sp, shp, tp, lp, fp, size, out.data_ptr(), nhwc, repeat, i0, i1),
         b,
         min_tasks_per_thread=8,
     )

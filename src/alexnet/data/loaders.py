@@ -492,10 +492,9 @@ def model_input(
     else:
         size = preprocess.test_crop
         top, left, mirror = _test_views(b, h, w, size, views, view, dev)
-        if views == 10 and view is None:
-            x = x.repeat_interleave(10, dim=0)
+    repeat = views if view is None else 1  # the ten views of each image at once: cut from it, not from ten copies
     fmt = torch.channels_last if channels_last else torch.contiguous_format  # written so: no copy to it after
-    x = augment.crop_normalize(x, size, top, left, mirror, mean, inv_std, shift, memory_format=fmt)
+    x = augment.crop_normalize(x, size, top, left, mirror, mean, inv_std, shift, memory_format=fmt, repeat=repeat)
     return _to_model(x, preprocess, channels_last)
 
 
