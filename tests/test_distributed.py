@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -143,8 +144,10 @@ def test_the_process_count_note_names_torchruns_options_across_machines(info, sa
     assert len(said) == 1 and said[0].endswith(f"({exactly})"), said
 
 
-def _start_ranks(args: list[str]) -> tuple[torch.distributed.TCPStore, subprocess.Popen, subprocess.Popen]:
-    """Two ranks started by hand (as torchrun would on two machines), with no agent to watch them.
+def _start_ranks(args: list[str], env: dict[int, dict[str, str]] | None = None,
+                 program: dict[int, str] | None = None) -> tuple[torch.distributed.TCPStore, subprocess.Popen, subprocess.Popen]:
+    """Two ranks started by hand (as torchrun would on two machines), with no agent to watch them;
+    ``env`` adds variables to a rank's environment, ``program`` runs a rank as ``python -c PROGRAM ARGS``.
 
     The rendezvous store is served here, as torchrun's agent serves it (TORCHELASTIC_USE_AGENT_STORE),
     on a port it holds from the start: a free port picked, closed and left to rank 0 to bind seconds
@@ -155,9 +158,11 @@ def _start_ranks(args: list[str]) -> tuple[torch.distributed.TCPStore, subproces
     procs = []
     for rank in range(2):
         # CPU ranks (gloo) on every machine: the subject is a lost rank, not the device.
-        env = cli_env(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(store.port), TORCHELASTIC_USE_AGENT_STORE="True", TORCHELASTIC_RESTART_COUNT="0")
-        procs.append(subprocess.Popen([sys.executable, "-m", "alexnet", *args], env=env, text=True,
+        variables = cli_env(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                            MASTER_PORT=str(store.port), TORCHELASTIC_USE_AGENT_STORE="True", TORCHELASTIC_RESTART_COUNT="0",
+                            **(env or {}).get(rank, {}))
+        start = ["-c", program[rank]] if program and rank in program else ["-m", "alexnet"]
+        procs.append(subprocess.Popen([sys.executable, *start, *args], env=variables, text=True,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE))
     return store, procs[0], procs[1]
 
@@ -195,6 +200,61 @@ def test_killed_rank_stops_the_run_and_resume_continues(one_process, tiny_fmnist
     assert r.returncode == 0, r.stderr
     assert f"at epoch {step // 4 + 1}, batch {step % 4}, step {step}" in r.stdout
     _assert_same_weights(_ckpt(one_process / "last.pt")["model"], _ckpt(out / "last.pt")["model"], f"killed at step {step}")
+
+
+# Rank 0 as `python -m alexnet`, but stopped with SIGTERM as it starts to close its data loader: where
+# torchrun's agent stopped it after rank 1 had died (its own 0.1 s later), on photos in a loader worker.
+_STOPPED_WHILE_CLOSING = """
+import os, signal, sys
+from alexnet.cli import main
+from alexnet.data import loaders
+close = loaders.Batches.close
+def stopped_while_closing(self):
+    if sys.exc_info()[0] is not None:  # the run is failing, not ending
+        os.kill(os.getpid(), signal.SIGTERM)
+    close(self)
+loaders.Batches.close = stopped_while_closing
+sys.exit(main())
+"""
+
+
+def test_a_stop_request_while_a_rank_closes_after_a_lost_peer_says_the_lost_peer(tmp_path):
+    """`alexnet train --nproc 2` on 72 px packed photos, rank 1 killed (SIGKILL) mid-epoch: rank 0 met the lost
+    connection, then torchrun's agent stopped it (SIGTERM) while it stopped its loader's worker, and it said
+    'alexnet: interrupted' (as if Ctrl-C had stopped the run) in place of the lost rank and the command to
+    continue, 3 times in 3 (Fashion-MNIST has no loader workers). Here, on photos with a loader worker, rank 1
+    dies at step 2 and rank 0 gets the SIGTERM at that moment: it says the lost rank, as it does when no
+    signal comes."""
+    photos = make_image_folder(tmp_path / "photos", classes=2, per_class=16)
+    out = tmp_path / "run"
+    _store, rank0, rank1 = _start_ranks(_args(photos, out, "--workers", "1", "--model-option", "input_size=63"),
+                                        env={1: {"ALEXNET_FAULT": "kill:step=2"}}, program={0: _STOPPED_WHILE_CLOSING})
+    try:
+        said = _first_alexnet_line(rank0, timeout=120)
+    finally:  # the agent stops a rank's loader workers with it (killpg) and kills what is left after 30 s
+        rank0.kill()
+        rank1.kill()
+        rank0.communicate()
+        rank1.communicate()
+    assert said.startswith("alexnet: error: rank 0: another process of the distributed run stopped"), said
+    assert said.endswith(f"continue with: alexnet train --resume {out} --nproc 2"), said
+
+
+def _first_alexnet_line(proc: subprocess.Popen, timeout: float) -> str:
+    """The first line of ``proc``'s stderr that starts with 'alexnet:' (what it says of its end), or ''
+    if none came before its stderr closed or ``timeout`` seconds passed."""
+    said: list[str] = []
+
+    def read() -> None:
+        for line in proc.stderr:
+            if line.startswith("alexnet:"):
+                said.append(line.strip())
+                return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout)
+    return said[0] if said else ""
 
 
 def _children(pid: int) -> list[int]:

@@ -197,6 +197,21 @@ def is_comm_error(e: BaseException) -> bool:
     )
 
 
+def lost_peer(e: BaseException) -> BaseException | None:
+    """The error of ``e``'s chain that says another rank was lost: ``e`` itself, or one it was raised
+    while handling. torchrun's agent stops the surviving ranks with SIGTERM once one has died; it met
+    rank 0 as it closed its loader's workers after the lost connection, and the KeyboardInterrupt it
+    raised had said 'alexnet: interrupted' in place of the lost rank and the command to continue."""
+    seen: set[int] = set()
+    error: BaseException | None = e
+    while error is not None and id(error) not in seen:
+        if is_comm_error(error):
+            return error
+        seen.add(id(error))
+        error = error.__context__
+    return None
+
+
 def _first_line(e: BaseException) -> str:
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     if not lines:

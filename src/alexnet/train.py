@@ -154,12 +154,13 @@ def fit(
             progress_on, said = (False, lambda s: None) if quiet else (show_progress, log)
             voices = _Voices(said, said if quiet or note is None else note)
             return _fit(cfg, info, device, towers, run_dir, progress_on, voices, cleanup)
-    except RuntimeError as e:
-        if info.enabled and distributed.is_comm_error(e):
-            failure = distributed.comm_failure(e, info, run_dir)
-            e.__traceback__ = None  # frees _fit's frames, and with them the DDP wrapper, before teardown
-            raise failure from None
-        raise
+    except (RuntimeError, KeyboardInterrupt) as e:
+        lost = distributed.lost_peer(e) if info.enabled else None
+        if lost is None:
+            raise
+        failure = distributed.comm_failure(lost, info, run_dir)
+        e.__traceback__ = lost.__traceback__ = None  # frees _fit's frames, and with them the DDP wrapper, before teardown
+        raise failure from None
     finally:
         distributed.teardown()
 
