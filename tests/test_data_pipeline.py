@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import pickle
 import re
 import shutil
 import struct
+import types
 import warnings
 import zlib
 from pathlib import Path
@@ -19,7 +21,7 @@ from conftest import IMAGEWOOF, make_image_folder, run_cli
 from PIL import Image
 
 from alexnet.data import augment
-from alexnet.data.folder import ImageFolderDataset, decode_image
+from alexnet.data.folder import ImageFolderDataset, decode_image, list_images
 from alexnet.data.loaders import held_out, load_data, load_eval_data, model_input
 from alexnet.data.packed import prepare
 from alexnet.data.stats import folder_stats
@@ -380,6 +382,53 @@ def test_a_strip_is_resized_only_where_its_crop_is(tmp_path, monkeypatch, h, w, 
     photo = x[:, :, : min(h, w) * 15] if w > h else x[:, : min(h, w) * 15]  # 15:1, a panorama: resized whole
     Image.fromarray(photo.permute(1, 2, 0).numpy()).save(tmp_path / "wide.png")
     assert torch.equal(folder.decode_image(str(tmp_path / "wide.png"), resize, resize), whole(photo, resize))
+
+
+def _objects_held(root: object) -> int:
+    """How many Python objects ``root`` reaches, short of the classes, modules and functions that
+    everything shares."""
+    shared = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.MethodType, types.CodeType)
+    seen, todo = set(), [root]
+    while todo:
+        obj = todo.pop()
+        if id(obj) not in seen and not isinstance(obj, shared):
+            seen.add(id(obj))
+            todo.extend(gc.get_referents(obj))
+    return len(seen)
+
+
+def test_the_loaders_of_a_photo_folder_hold_no_python_object_per_image(tmp_path):
+    """Every data-loading worker forked from training copies each page whose Python object it reads
+    (reading one writes its reference count): a (path, label) tuple, its path and an index int per
+    image were ~190 bytes a worker, 240 MB for ImageNet's 1.28 M photos (benchmarks/memory_growth.py).
+    The training and validation loaders of 12 and of 48 images per split hold as many objects."""
+    held = []
+    for per_class in (4, 16):
+        root = tmp_path / f"photos{per_class}"
+        for split in ("train", "val"):
+            make_image_folder(root / split, classes=3, per_class=per_class, size=(40, 32))
+        data = load_data(root, batch_size=4, input_size=24, show_progress=False)
+        assert (data.train_size, data.val_size) == (3 * per_class, 3 * per_class)
+        held.append(_objects_held(data.train))  # its DataLoader, Subset, data set, and its sibling: validation's
+    assert held[0] == held[1]
+
+
+def test_an_image_list_reads_back_the_pairs_it_was_made_of(tmp_path):
+    """ImageList (the listing as arrays) gives each (path, label) as the list did: a file name that is
+    not UTF-8, a label of -1 (retrieval's image outside any class), negative indices, numpy indices, slices."""
+    from alexnet.data.folder import ImageList  # here: the test above runs (and fails) on code from before it
+    root = make_image_folder(tmp_path / "photos", classes=2, per_class=3, size=(16, 16))
+    odd = os.fsdecode(bytes(root / "class1") + b"/caf\xe9.jpg")  # Latin-1: no UTF-8 name
+    os.rename(root / "class1" / "img0.jpg", odd)
+    pairs = list_images(root, ["class0", "class1"]) + [(str(root / "loose.jpg"), -1)]
+    listed = ImageList(pairs)
+    assert len(listed) == 7 and list(listed) == pairs and odd in [p for p, _ in listed]
+    assert listed[-1] == pairs[-1] and listed[np.int64(2)] == pairs[2] and listed[1:6:2] == pairs[1:6:2]
+    with pytest.raises(IndexError):
+        listed[7]
+    ds = ImageFolderDataset(root, 16, 16)
+    assert list(ds.samples) == pairs[:-1] and list(ImageFolderDataset(root, 8, 8, samples=ds.samples).samples) == pairs[:-1]
+    assert ds[np.int64(5)][1:] == (1, 5) and os.path.exists(ds.samples[3][0])
 
 
 def test_bad_files_skipped_once_counted_and_listed(tmp_path, capsys):

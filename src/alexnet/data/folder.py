@@ -8,11 +8,12 @@ import errno
 import functools
 import io
 import math
+import operator
 import os
 import stat
 import unicodedata
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -285,6 +286,50 @@ def list_images(
             raise DataError(f"{root / folder}: class folder has no images{why}")
         samples.extend((f, label) for f in files)
     return samples
+
+
+class ImageList(Sequence):
+    """(path, class index) of each image, as a list of tuples reads, kept in three numpy arrays.
+
+    A data-loading worker forked from the training process shares its memory until it writes a page,
+    and reading a Python object writes its reference count: as a list, each worker copied every
+    (path, label) tuple and path string it read (and Subset's index ints), about 190 bytes per image
+    by the end of the first epoch, beside the 200 the main process held: 240 MB a worker for
+    ImageNet's 1.28 M photos (per-image figures of benchmarks/memory_growth.py). Bytes in an array are read
+    without a write, and take about 70 bytes an image.
+    """
+
+    def __init__(self, pairs: Iterable[tuple[str, int]]) -> None:
+        if isinstance(pairs, ImageList):  # another split's or data set's listing: shared, not copied
+            self._bytes, self._ends, self._labels = pairs._bytes, pairs._ends, pairs._labels
+            return
+        paths, labels = [], []
+        for path, label in pairs:
+            paths.append(os.fsencode(path))  # a name that is not UTF-8 comes back as os.listdir gave it
+            labels.append(label)
+        self._bytes = np.frombuffer(b"".join(paths), dtype=np.uint8)
+        self._ends = np.cumsum([len(p) for p in paths], dtype=np.int64)
+        self._labels = np.asarray(labels, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self._labels)
+
+    def __getitem__(self, i: int | slice) -> tuple[str, int] | list[tuple[str, int]]:  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        k = operator.index(i)  # a numpy index too (a Subset of an array of indices)
+        k += len(self) if k < 0 else 0
+        if not 0 <= k < len(self):
+            raise IndexError(f"image {i} of {len(self)}")
+        start = int(self._ends[k - 1]) if k else 0
+        return os.fsdecode(self._bytes[start : self._ends[k]].tobytes()), int(self._labels[k])
+
+    def __iter__(self) -> Iterator[tuple[str, int]]:
+        """Every pair in order, from one copy of the bytes (a listing's digest reads them all)."""
+        data, start = self._bytes.tobytes(), 0
+        for end, label in zip(self._ends.tolist(), self._labels.tolist()):
+            yield os.fsdecode(data[start:end]), label
+            start = end
 
 
 def not_images(others: list[str]) -> str:
@@ -612,7 +657,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         resize: int = 256,
         size: int | None = 256,
         bad: BadFiles | None = None,
-        samples: list[tuple[str, int]] | None = None,
+        samples: Iterable[tuple[str, int]] | None = None,
         classes: tuple[list[str], list[str]] | None = None,
         channels: int = 3,
     ) -> None:
@@ -624,7 +669,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         else:
             (self.folders, self.classes), self.names_from = classes, None  # another split's
         self.others: list[str] = []  # files of the class folders that are not images it reads
-        self.samples = samples if samples is not None else list_images(self.root, self.folders, self.others)
+        self.samples = ImageList(samples if samples is not None else list_images(self.root, self.folders, self.others))
         if not self.samples:
             raise DataError(f"{self.root}: no images")
         self.resize, self.size = resize, size

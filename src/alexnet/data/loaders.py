@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..checks import require_loader_sizes
@@ -184,7 +185,9 @@ def _batches(ds, indices, bs, shuffle, drop_last, seed, rank, world, workers, pi
     decode = None
     if decode_device is not None and isinstance(ds, ImageFolderDataset):
         ds.raw, decode = True, DeviceDecoder(ds, decode_device)
-    subset = torch.utils.data.Subset(ds, indices)
+    # an array, not a list: a worker reading a list's int objects writes their reference counts, and so
+    # copies the pages that hold them (folder.ImageList)
+    subset = torch.utils.data.Subset(ds, np.asarray(indices, dtype=np.int64))
     sampler = EpochBatchSampler(len(indices), bs, shuffle, seed, drop_last, rank, world)
     dl = torch.utils.data.DataLoader(
         subset,
