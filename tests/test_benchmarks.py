@@ -218,6 +218,21 @@ def test_benchmark_bad_input_is_one_line(tmp_path, script, args, said):
     assert proc.returncode == 2, proc.stderr
 
 
+def test_memory_growth_per_image_measures_two_folders_and_refuses_runs_without_data(tmp_path):
+    """memory_growth.py --per-image: two synthetic folders opened and read as training does, a line
+    each and the bytes per image of their difference; without --data (and no --per-image) one line."""
+    script = [sys.executable, str(ROOT / "benchmarks" / "memory_growth.py"), "--work", str(tmp_path / "w")]
+    proc = subprocess.run([*script, "--per-image", "40,120", "--workers", "1", "--input-size", "32", "--threads", "1"],
+                          capture_output=True, text=True, timeout=600, env=cli_env(cuda=False))
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"^ +40 images: opened.*\n +120 images: opened", proc.stdout, re.M), proc.stdout
+    assert re.search(r"^per image: main traced -?\d+ B, main RSS -?\d+ B, each worker -?\d+ B", proc.stdout, re.M), proc.stdout
+    assert len(list((tmp_path / "w" / "listing-120" / "train").rglob("*.JPEG"))) == 120
+    proc = subprocess.run(script, capture_output=True, text=True, timeout=300, env=cli_env(cuda=False))
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "memory_growth.py: error: --data: an image folder with train/ and val/ class folders is needed for the runs (or give --per-image)"]
+
+
 def test_training_macs_count_forward_and_both_gradients():
     training_macs = bench_module("_common").training_macs
     from alexnet.model import create_model
