@@ -101,9 +101,8 @@ def load_image(path: str | os.PathLike, preprocess: Preprocess) -> torch.Tensor:
 
     The shorter side is resized to ``preprocess.resize`` (or ``size``), the centre square
     kept; one-channel models get the ITU-R 601 luma of the RGB image, as PIL's "L" mode.
-    The image is first turned upright as its EXIF orientation tag says: your photos (``predict``,
-    ``retrieve`` queries) often come from phones, which store them sideways with such a tag. Only
-    here: training and evaluation data follow the ImageNet convention of ignoring the tag.
+    The image is first turned upright as its EXIF orientation tag says (phones store photos sideways
+    with such a tag), as training, evaluation and the statistics see it (:func:`alexnet.data.folder.decode_bytes`).
 
     Raises:
         DataError: the file cannot be read as an image.
@@ -111,7 +110,7 @@ def load_image(path: str | os.PathLike, preprocess: Preprocess) -> torch.Tensor:
     """
     resize, size = preprocess.stored_sizes()
     try:
-        image = decode_image(str(path), resize, size, upright=True)
+        image = decode_image(str(path), resize, size)
     except Exception as e:  # noqa: BLE001 - whatever the decoder raises, the file is what is wrong ...
         short = decoding_failure(e, path)
         if short is not None:  # ... but for want of memory
@@ -147,7 +146,7 @@ class ImageTransform:
             if isinstance(image, torch.Tensor):
                 x = _resize_crop(_rgb_tensor(image), *pre.stored_sizes())
             elif isinstance(image, Image.Image):
-                x = pil_image(image, *pre.stored_sizes(), upright=True)
+                x = pil_image(image, *pre.stored_sizes())
             else:
                 raise TypeError(f"ImageTransform takes an image file's path, a PIL image or a uint8 (C, H, W) tensor, "
                                 f"not {kind_of(image)}")

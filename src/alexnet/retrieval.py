@@ -129,7 +129,6 @@ def build_index(
     check_header_fits([p for p, _ in samples], classes[1], data)  # not after hours of fc7
     resize, size = pre.stored_sizes()
     ds = ImageFolderDataset(root, resize=resize, size=size, channels=pre.channels, samples=samples, classes=classes)
-    ds.upright = True  # as retrieve's query (predict.load_image): an indexed photo is at distance 0 from itself
     # generator: the base seed each iterator draws comes from it, not from the caller's torch RNG
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate,
                                          generator=torch.Generator())

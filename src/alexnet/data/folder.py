@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from .. import faults
 from ..errors import DataError, decoding_failure
@@ -556,25 +556,28 @@ def _reduced(img: Image.Image) -> bool:
     return bool(getattr(img, "decoderconfig", None))
 
 
-def decode_image(path: str, resize: int, crop: int | None, upright: bool = False) -> torch.Tensor:
-    """Decode to RGB, resize the shorter side to ``resize``, cut the central ``crop`` square.
+def decode_image(path: str, resize: int, crop: int | None) -> torch.Tensor:
+    """Decode to RGB, upright, resize the shorter side to ``resize``, cut the central ``crop`` square.
 
     Returns a (3, crop, crop) uint8 tensor. Raises on an unreadable file, including one whose
     header claims more than ``Image.MAX_IMAGE_PIXELS`` pixels to decode (a decompression bomb; a
     large JPEG counts at the reduced size it decodes at: :func:`open_header`).
-    ``upright``: first turn the image as its EXIF orientation tag says (see :func:`decode_bytes`).
     """
-    return decode_bytes(read_image_bytes(path), resize, crop, upright)
+    return decode_bytes(read_image_bytes(path), resize, crop)
 
 
-def decode_bytes(data: bytes, resize: int, crop: int | None, upright: bool = False) -> torch.Tensor:
+def decode_bytes(data: bytes, resize: int, crop: int | None) -> torch.Tensor:
     """:func:`decode_image` of an encoded image already read.
 
     JPEGs go through torchvision's libjpeg-turbo decoder and torch's antialiased resize (about twice
     PIL's speed for ImageNet-sized images) unless they are large enough for libjpeg's reduced-size
     decoding (PIL ``draft``); anything else, or a JPEG torchvision refuses, goes through PIL.
-    ``upright`` applies the EXIF orientation (as ``PIL.ImageOps.exif_transpose``) before the resize
-    and crop; it is off by default, as the ImageNet convention that training and evaluation follow.
+
+    Every image is first turned upright as its EXIF orientation tag says (PIL's ``exif_transpose``,
+    what photo viewers show): a phone stores a portrait photo sideways with such a tag. This one
+    rule holds for every command (train, evaluate, the statistics, prepare's pack, predict, features),
+    so that none sees a photo otherwise than another; torchvision's ImageFolder (PIL's ``Image.open``)
+    ignores the tag. An image without one (or with 1) pays only the header's read.
     """
     img = open_header(data, resize)
     decode = jpeg_decoder()
@@ -584,54 +587,45 @@ def decode_bytes(data: bytes, resize: int, crop: int | None, upright: bool = Fal
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", DeprecationWarning)
                     x = decode(torch.frombuffer(bytearray(data), dtype=torch.uint8))
-                return _resize_crop(_turned(x, _orientation(img)) if upright else x, resize, crop)
+                return _resize_crop(_turned(x, _orientation(img)), resize, crop)
             except RuntimeError:
                 pass  # e.g. truncated: PIL below says why
         if img.format in JPEG_FORMATS:
             img.draft("RGB", (resize, resize))  # let libjpeg decode at 1/2, 1/4, 1/8 size when it can
-        img.load()  # before pil_image's upright: a PNG's eXIf chunk may follow its pixels
-        return pil_image(img, resize, crop, upright)
+        img.load()  # before its orientation is read: a PNG's eXIf chunk may follow its pixels
+        return pil_image(img, resize, crop)
 
 
-def pil_image(img: Image.Image, resize: int, crop: int | None, upright: bool = False) -> torch.Tensor:
-    """A decoded PIL image as :func:`decode_bytes` gives a file's: turned as its EXIF orientation tag
-    says when ``upright``, made RGB, its shorter side resized to ``resize``, the central ``crop`` square cut."""
-    if upright:
-        img = _upright(img)
+def pil_image(img: Image.Image, resize: int, crop: int | None) -> torch.Tensor:
+    """A decoded PIL image as :func:`decode_bytes` gives a file's: made RGB, turned upright as its EXIF
+    orientation tag says, its shorter side resized to ``resize``, the central ``crop`` square cut."""
     x = torch.from_numpy(np.asarray(_to_rgb(img), dtype=np.uint8).copy()).permute(2, 0, 1)
-    return _resize_crop(x, resize, crop)
+    return _resize_crop(_turned(x, _orientation(img)), resize, crop)
 
 
 # PIL's exif_transpose of each EXIF orientation on a (C, H, W) tensor: transposed (5-8), then flipped.
 _FLIPS = {2: (-1,), 3: (-2, -1), 4: (-2,), 6: (-1,), 7: (-2, -1), 8: (-2,)}
 
 
-def _orientation(img: Image.Image) -> object:
-    """The EXIF orientation PIL's ``exif_transpose`` reads from ``img``'s header (XMP's
-    tiff:Orientation where the EXIF has none); None where the block is broken."""
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation (1-8) PIL's ``exif_transpose`` reads from ``img``'s header (XMP's
+    tiff:Orientation where the EXIF has none); 1, as stored, where there is none, it is no valid
+    one, or the block is broken (the pixels are still readable). About 5 us; a decode takes ms."""
     try:
-        return img.getexif().get(0x0112)
+        orientation = img.getexif().get(0x0112)
+        return int(orientation) if orientation in range(2, 9) else 1
     except Exception:  # noqa: BLE001 - a broken block: the pixels are still readable, as stored
-        return None
+        return 1
 
 
-def _turned(x: torch.Tensor, orientation: object) -> torch.Tensor:
-    """``x`` (C, H, W) turned as PIL's ``exif_transpose`` turns an image of EXIF ``orientation``.
-    torchvision's own ``apply_exif_orientation`` reads less than PIL (not a big-endian tag stored as
-    LONG, not XMP's), so a photo small enough for its decoder stayed sideways where a larger one turned."""
+def _turned(x: torch.Tensor, orientation: int) -> torch.Tensor:
+    """``x`` (C, H, W) turned as PIL's ``exif_transpose`` turns an image of EXIF ``orientation``;
+    ``x`` itself for 1. torchvision's own ``apply_exif_orientation`` reads less than PIL (not a
+    big-endian tag stored as LONG, not XMP's) and nvJPEG's ignores it."""
     if orientation in (5, 6, 7, 8):
         x = x.transpose(-1, -2)
-    flips = _FLIPS.get(orientation) if orientation in range(2, 9) else None
+    flips = _FLIPS.get(orientation)
     return x.flip(flips) if flips else x
-
-
-def _upright(img: Image.Image) -> Image.Image:
-    """``img`` turned as its EXIF orientation tag says (PIL's ``exif_transpose``); as stored if its
-    EXIF block is broken (the pixels are still readable)."""
-    try:
-        return ImageOps.exif_transpose(img)
-    except Exception:  # noqa: BLE001
-        return img
 
 
 def to_luma(images: torch.Tensor) -> torch.Tensor:
@@ -677,7 +671,6 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         # raw: a baseline-JPEG item is its file's bytes (1-D uint8), decoded later on the training
         # device (alexnet.data.device_decode); other files are still decoded here.
         self.raw = False
-        self.upright = False  # EXIF orientation applied: for users' own photos (features), not training data
         jpeg_decoder()  # imported here, not in each of the loader's forked workers
 
     def __len__(self) -> int:
@@ -692,7 +685,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         try:
             image = self._read_raw(path) if self.raw else None
             if image is None:
-                image = decode_image(path, self.resize, self.size, self.upright)
+                image = decode_image(path, self.resize, self.size)
         except Exception as e:  # noqa: BLE001 - any decoder failure is a bad file, never a lost run
             short = decoding_failure(e, path)
             if short is not None:  # no fault of the file's: skipped, a good image would be listed bad (and cached so)
@@ -709,10 +702,13 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         """The file's bytes if :func:`decode_bytes` would decode it with ``decode_jpeg`` (a JPEG under
         twice the resize) in a mode nvJPEG takes (RGB or greyscale), else its decoded image. A JPEG
         without its end-of-image marker is decoded here: the CPU decoders refuse a truncated file,
-        which nvJPEG may instead return as a part-grey image."""
+        which nvJPEG may instead return as a part-grey image. So is one with an EXIF orientation
+        tag, turned upright (nvJPEG ignores the tag); a phone's full-size photo, more than twice the
+        resize, is decoded here in any case."""
         data = read_image_bytes(path)
         with open_header(data, self.resize) as img:
             jpeg = img.format == "JPEG" and img.mode in ("RGB", "L") and min(img.size) < 2 * self.resize and not _reduced(img)
+            jpeg = jpeg and _orientation(img) == 1
         jpeg = jpeg and data.rstrip(b"\0").endswith(b"\xff\xd9")  # zero padding after the marker is common
         if jpeg:
             return torch.frombuffer(bytearray(data), dtype=torch.uint8)
