@@ -21,7 +21,7 @@ from alexnet.cli import main
 from alexnet.data.device_decode import DeviceDecoder, collate_raw
 from alexnet.data.folder import ImageFolderDataset
 from alexnet.data.presets import Preprocess
-from alexnet.data.stats import folder_stats
+from alexnet.data.stats import StatsAccumulator, cache_key, folder_stats, save_stats
 from alexnet.predict import ImageTransform, load_image
 
 # Each tag's stored pixels of an upright picture u, from the EXIF 2.3 definition of where the stored
@@ -160,3 +160,19 @@ def test_predict_sees_every_orientation_upright(tmp_path):
         with Image.open(path) as image:
             pil[tag] = transform(image)
     assert_upright(pil, expected(upright), "transforms() of a PIL image")
+
+
+def test_statistics_cached_before_the_rule_are_computed_again(tmp_path, monkeypatch):
+    """A release before the rule cached the mean image of these files as they are stored (sideways): under
+    the same key it was read back, and a run subtracted it from the photos it now sees upright."""
+    upright = upright_picture(SIDE, 96)
+    ds = ImageFolderDataset(tagged_folder(tmp_path, upright), SIDE, SIDE)
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("ALEXNET_CACHE", str(cache))
+    cache.mkdir()
+    old = cache_key([path for path, _ in ds.samples], ds.root, SIDE, SIDE, "stats-1")  # that release's key
+    stale = StatsAccumulator()
+    stale.add(torch.zeros(8, 3, SIDE, SIDE, dtype=torch.uint8))  # any mean image but the picture's
+    save_stats(stale.result(), cache / f"stats-{old}.json", cache / f"mean-{old}.npy", {"bad": [], "root": str(ds.root)})
+    stats = folder_stats(ds, list(range(len(ds))), show_progress=False)
+    assert_upright({0: torch.from_numpy(np.load(stats["mean_image"]))}, expected(upright), "the mean image")

@@ -267,7 +267,9 @@ def folder_stats(dataset: ImageFolderDataset, indices: list[int], workers: int =
     """Mean image and PCA of an :class:`ImageFolderDataset` subset, from the cache when computed
     before. The result's ``mean_image`` is the path of the cached .npy; ``bad`` lists unreadable files."""
     files = [dataset.samples[i][0] for i in indices]
-    key = cache_key(files, dataset.root, dataset.resize, dataset.size, "stats-1")
+    # stats-2: photos turned upright by their EXIF orientation tag (folder.decode_bytes); stats-1's
+    # mean image saw them as stored, sideways, and is computed again (once) rather than reused.
+    key = cache_key(files, dataset.root, dataset.resize, dataset.size, "stats-2")
     try:
         # alexnet's cache folder, never the data folder, which other tools list (torchvision's ImageFolder
         # takes every folder in it for a class); the key names the files, so one folder serves every data set
