@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 from . import runfolder
-from .errors import ConfigError, TrainingError
+from .errors import ConfigError, TrainingError, rank_own
 from .runtime import chosen_threads, shell_arg
 
 if TYPE_CHECKING:
@@ -95,11 +95,11 @@ def rank_device(name: str, info: DistInfo) -> torch.device:
     if device.type == "cuda":
         count = torch.cuda.device_count()
         index = device.index if device.index is not None and info.local_world == 1 else info.local_rank
-        if index >= count:
-            raise ConfigError(
+        if index >= count:  # this rank's device: the ranks below it have theirs
+            raise rank_own(ConfigError(
                 f"rank {info.rank} needs cuda:{index} but this machine has {count} CUDA device(s): "
                 f"start at most {count} processes per machine (--nproc / --nproc-per-node)"
-            )
+            ))
         return torch.device("cuda", index)
     if device.type != "cpu":
         raise ConfigError(f"--device {name}: distributed training runs on CUDA (NCCL) or on CPUs (gloo), not {device.type}")
@@ -124,9 +124,9 @@ def setup(info: DistInfo, device: torch.device, timeout_s: float) -> None:
     try:
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
     except (RuntimeError, ValueError) as e:
-        raise TrainingError(
+        raise rank_own(TrainingError(
             f"rank {info.rank} could not join the {backend} process group at {where}: {_first_line(e)}"
-        ) from None
+        )) from None
 
 
 def teardown() -> None:

@@ -18,9 +18,54 @@ def terminal_text(text: str, one_line: bool = False) -> str:
 
 
 class AlexNetError(Exception):
-    """Base class: a user-facing error with a message that names the problem."""
+    """Base class: a user-facing error with a message that names the problem. Which ranks of a
+    torchrun run say it: :func:`rank_voice`."""
 
     exit_status = 2  # of the command line: the input or the options are to mend
+    # True for a stop that every rank of a distributed run decided together, from numbers they
+    # shared: each raises it, and rank 0 alone says it.
+    every_rank: bool = False
+    # True for an error of this rank's own (its device, its joining the process group, anything met
+    # once the ranks train together): it says it, naming itself. Set by :func:`rank_own`.
+    own_rank: bool = False
+
+
+def rank_own(error: AlexNetError) -> AlexNetError:
+    """``error`` marked as its rank's own (:attr:`AlexNetError.own_rank`): ``raise rank_own(ConfigError(...))``."""
+    error.own_rank = True
+    return error
+
+
+def rank_voice(error: BaseException | None) -> str | None:
+    """How this process says ``error`` (None: argparse's refusal of the command line) when torchrun
+    started it as one of several ranks: '' (as it is), 'rank N: ' before it, or None (another rank
+    says it; this one exits 0 without a word). One process: ''.
+
+    - an ``every_rank`` stop: rank 0 says it;
+    - an error of the request (options, paths, presets, config, the checkpoint to resume): every rank
+      of a machine reads the same command line and files before the ranks join their process group,
+      so local rank 0 says it, once a machine (naming itself where there are several machines);
+    - anything else (a rank's own device, a data-loading worker's death, what is met once the ranks
+      train together, a bug): each rank that meets it, naming itself unless its message does.
+
+    The quiet ranks exit 0, not with the error's status: torchrun stops the other ranks with SIGTERM
+    at the first failure it sees, which could come before the speaking rank had said anything; its
+    summary names the rank that failed, the one that said why."""
+    env = os.environ
+    try:
+        rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])
+        local_rank, local_world = int(env.get("LOCAL_RANK", rank)), int(env.get("LOCAL_WORLD_SIZE", world))
+    except (KeyError, ValueError):  # no torchrun, or its variables unreadable (env_info says so)
+        return ""
+    named = "" if error is not None and re.search(rf"\brank {rank}\b", str(error)) else f"rank {rank}: "
+    if world <= 1:
+        return ""
+    if getattr(error, "every_rank", False):
+        return "" if rank == 0 else None
+    if error is None or (isinstance(error, AlexNetError) and not error.own_rank and not isinstance(error, MachineLimit)):
+        # several machines (torchrun --nnodes): each one's local rank 0, naming itself (its files may differ)
+        return None if local_rank != 0 else "" if local_world == world else named
+    return named
 
 
 class ConfigError(AlexNetError, ValueError):
@@ -48,10 +93,6 @@ class CheckpointNotFound(CheckpointError, FileNotFoundError):
 
 class TrainingError(AlexNetError):
     """Training cannot go on (e.g. a non-finite loss)."""
-
-    # True for a stop that every rank of a distributed run decided together, from numbers they
-    # shared: each raises it, and rank 0 alone says it.
-    every_rank: bool = False
 
 
 class NonFiniteLoss(TrainingError):

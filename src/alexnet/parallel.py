@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .distributed import DistInfo
-from .errors import ConfigError
+from .errors import ConfigError, rank_own
 from .lrn import LocalResponseNorm
 from .model import LAYER_NAMES, AlexNet
 
@@ -218,10 +218,10 @@ def tower_devices(spec: list[str], info: DistInfo) -> tuple[torch.device, torch.
         for d in devices:
             if d.type == "cuda" and d.index >= count:
                 per = f" ({info.local_world} processes x 2 towers)" if info.local_world > 1 else ""
-                raise ConfigError(
+                raise rank_own(ConfigError(  # this rank's devices: the ranks below it have theirs
                     f"--towers: rank {info.rank} needs {d} but this machine has {count} CUDA device(s){per}; "
                     "the two-device split needs two GPUs per process"
-                )
+                ))
     return devices[0], devices[1]
 
 

@@ -154,6 +154,11 @@ def fit(
             progress_on, said = (False, lambda s: None) if quiet else (show_progress, log)
             voices = _Voices(said, said if quiet or note is None else note)
             return _fit(cfg, info, device, towers, run_dir, progress_on, voices, cleanup)
+    except AlexNetError as e:
+        # Met once the ranks work together, where each may stand elsewhere (its shard of the data, its
+        # step): its rank says it, naming itself, unless all of them decided it (errors.rank_voice).
+        e.own_rank = not e.every_rank
+        raise
     except (RuntimeError, KeyboardInterrupt) as e:
         lost = distributed.lost_peer(e) if info.enabled else None
         if lost is None:
@@ -184,7 +189,9 @@ def _claim(run_dir: Path, cfg: TrainConfig, force: bool, info: distributed.DistI
                 folder.release()
             raise
         if message is not None and error is None:
-            raise runfolder.RunFolderError(f"rank 0 could not claim the run folder: {message}")
+            error = runfolder.RunFolderError(f"rank 0 could not claim the run folder: {message}")
+        if isinstance(error, AlexNetError):  # rank 0's refusal, which every rank now knows: rank 0 says it
+            error.every_rank = True
     if error is not None:
         raise error
     return folder
@@ -266,7 +273,7 @@ def _fit(
         # on other machines (torchrun --nnodes) may see other files, so each says its own: one that
         # stopped without a word would leave the others waiting at their first collective.
         if info.world == info.local_world:
-            e.every_rank = True  # type: ignore[attr-defined]
+            e.every_rank = True
         raise
     if resume_ckpt is not None:
         _restore(run, resume_ckpt)

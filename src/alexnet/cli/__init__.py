@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Iterator
 
-from ..errors import AlexNetError, Interrupted, StoppedAtOnce, terminal_text
+from ..errors import AlexNetError, Interrupted, StoppedAtOnce, rank_voice, terminal_text
 from .common import _machine_limit_line
 from .options import build_parser
 
@@ -169,15 +169,15 @@ def _unexpected(args: argparse.Namespace, e: Exception) -> int:
     """An exception no command raises on purpose, said in one line: this machine's limit (torch's
     allocators raise RuntimeErrors on CPU and OutOfMemoryError, its loaders RuntimeErrors for a dead
     worker), a failed --compile, else a bug."""
-    said = _machine_limit_line(args, e)
+    said, rank = _machine_limit_line(args, e), rank_voice(e)  # a rank's own: 'rank 1: ' under torchrun
     if said is not None:  # this machine's limit, as a MemoryError is
-        _line(f"alexnet: error: {said}")
+        _line(f"alexnet: error: {rank}{said}")
         return 1
     if getattr(args, "compile", None) and type(e).__module__.startswith("torch._"):  # inductor, dynamo
         reason = " ".join(str(e).strip().splitlines()[0].split()) if str(e).strip() else type(e).__name__
-        _line(f"alexnet: error: --compile failed ({reason}); run without --compile (set ALEXNET_DEBUG=1 for the traceback)")
+        _line(f"alexnet: error: {rank}--compile failed ({reason}); run without --compile (set ALEXNET_DEBUG=1 for the traceback)")
         return 2
-    _line(f"alexnet: internal error: {type(e).__name__}: {e} (set ALEXNET_DEBUG=1 for the traceback)")
+    _line(f"alexnet: internal error: {rank}{type(e).__name__}: {e} (set ALEXNET_DEBUG=1 for the traceback)")
     return 1
 
 
@@ -190,7 +190,7 @@ def _run(args: argparse.Namespace) -> int:
         return code
     except BrokenPipeError as e:
         if not _stdout_gone():  # another pipe (a worker's, a subprocess's): an error like any other
-            _line(f"alexnet: error: {e.strerror or e}")
+            _line(f"alexnet: error: {rank_voice(e)}{e.strerror or e}")
             return 1
         # 'alexnet models | head -1': the reader went away; stop quietly, as cat does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
@@ -199,21 +199,20 @@ def _run(args: argparse.Namespace) -> int:
         _line(f"alexnet: {e}")
         return 130
     except AlexNetError as e:
-        if getattr(e, "every_rank", False) and os.environ.get("RANK", "0") != "0":
-            # Rank 0 stops with this same error and says it. A second failure would race it: torchrun
-            # stops the other ranks at the first one it sees, maybe before rank 0 has said anything.
+        rank = rank_voice(e)  # under torchrun: said once (by rank 0, or local rank 0) or by its rank
+        if rank is None:  # another rank stops with this same error and says it
             return 0
-        _line(f"alexnet: error: {e}")
+        _line(f"alexnet: error: {rank}{e}")
         return e.exit_status
     except KeyboardInterrupt:
         _line("alexnet: interrupted")
         return 130
     except MemoryError as e:  # this machine's limit, not a bug: what ran out where, where it says
-        _line(f"alexnet: error: {_machine_limit_line(args, e)}")
+        _line(f"alexnet: error: {rank_voice(e)}{_machine_limit_line(args, e)}")
         return 1
     except OSError as e:  # disk full, permissions, ...
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
-        _line(f"alexnet: error: {e.strerror or e}{where}")
+        _line(f"alexnet: error: {rank_voice(e)}{e.strerror or e}{where}")
         return 1
     except Exception as e:  # a bug: one line by default, the traceback on request
         if os.environ.get("ALEXNET_DEBUG"):

@@ -8,6 +8,7 @@ import math
 import os
 
 from ..config import AT_LEAST_1, FRACTION, PATH_OPTIONS
+from ..errors import rank_voice
 from .common import _train_option_names
 from .tools import BENCHMARKS, cmd_benchmark, cmd_download, cmd_export, cmd_import, cmd_models, cmd_prepare, cmd_summary
 from .training import cmd_train
@@ -106,6 +107,8 @@ class _Parser(argparse.ArgumentParser):
     """argparse with a one-line error (no wrapped usage block) and exit code 2."""
 
     def error(self, message: str):  # type: ignore[override]
+        if rank_voice(None) is None:  # a rank of a torchrun run: its local rank 0 says it (errors.rank_voice)
+            self.exit(0)
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
     _intermixing = False
