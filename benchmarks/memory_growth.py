@@ -10,10 +10,12 @@ epoch after the first (MiB per 1,000 steps, end of epoch 2 to the end of the las
 
 Growth with the data set's size (``--per-image 20000,200000``): synthetic image folders of that many
 hard links to 20 tiny JPEGs (24x24, one a class, plus 10 validation images a class) are opened as
-`alexnet train` opens them (``load_data``, preset photos, --workers) in a child process, which then
-reads one epoch of the training loader. Their difference gives the bytes per image that the main
-process keeps (tracemalloc's and RSS), and that each worker copies from it while it reads (the growth
-of its private pages from the first batch to the epoch's end), and both for ImageNet's 1.28 M photos.
+`alexnet train` opens them (its malloc settings, ``load_data``, preset photos, --workers, a first run's
+statistics pass) in a child process, which then reads one epoch of the training loader. Their
+difference gives the bytes per image that the main process keeps (its RSS after opening and at the
+epoch's end; tracemalloc's count in another child, its traces being memory of their own), and that
+each worker copies from it while it reads (the growth of its private pages from the first batch to
+the epoch's end), and both for ImageNet's 1.28 M photos.
 
 Runs (``--runs``), one after the other, each its own subprocess on the same settings:
   jpeg     alexnet train --data DATA (the JPEG folder; preset photos: mean image, PCA lighting)
@@ -33,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -204,33 +207,52 @@ def synthetic_folder(root: Path, images: int, classes: int = 20) -> Path:
 
 
 def listing_child(args: argparse.Namespace) -> None:
-    """In its own process: open --listing-child's folder as training does, read one epoch; print a JSON line."""
+    """In its own process: open --listing-child's folder as `alexnet train` opens it (its malloc settings,
+    a first run's statistics pass), then read one epoch; print a JSON line. With --traced, only open it,
+    under tracemalloc: its traces are memory of their own (an entry per live Python block, freed by
+    ``stop``), which made the main RSS and the workers' copies of the untraced runs' figures grow with the
+    images, so they are measured in another process."""
     import tracemalloc
 
     import torch
 
     from alexnet.data.loaders import load_data
+    from alexnet.runtime import keep_freed_memory
 
     def private(pid: int) -> int:
         return sum(_field_kib(f"/proc/{pid}/smaps_rollup", f) or 0 for f in ("Private_Clean", "Private_Dirty"))
 
+    keep_freed_memory()  # as the alexnet command does (ALEXNET_MALLOC=system: glibc's own settings)
     torch.set_num_threads(args.threads or 1)
     load_data(Path(args.listing_child) / "val", batch_size=8, input_size=args.input_size, preset="photos", show_progress=False)
+    if args.traced:
+        tracemalloc.start()
     rss = _field_kib("/proc/self/status", "VmRSS")  # after the imports that a first call makes
-    tracemalloc.start()
     data = load_data(args.listing_child, batch_size=256, input_size=args.input_size, workers=args.workers, preset="photos",
                      show_progress=False)
-    traced, rss = tracemalloc.get_traced_memory()[0], _field_kib("/proc/self/status", "VmRSS") - rss
-    tracemalloc.stop()
+    opened = (_field_kib("/proc/self/status", "VmRSS") - rss) * 1024
+    if args.traced:
+        print(json.dumps({"images": data.train_size, "traced": tracemalloc.get_traced_memory()[0]}), flush=True)
+        return
     batches = iter(data.train)
     next(batches)
     pids = [w.pid for w in data.train.loader._iterator._workers] if args.workers else []
     first = [private(p) for p in pids]
     for _ in batches:
         pass
-    print(json.dumps({"images": data.train_size, "traced": traced, "rss": rss * 1024,
+    print(json.dumps({"images": data.train_size, "rss": opened, "rss_end": (_field_kib("/proc/self/status", "VmRSS") - rss) * 1024,
                       "workers": [(private(p) - f) * 1024 for p, f in zip(pids, first)]}), flush=True)
     data.close()
+
+
+def listing_run(args: argparse.Namespace, work: Path, folder: Path, traced: bool) -> dict:
+    """One --listing-child run on ``folder``, with a cache of its own (a first run's statistics pass)."""
+    cache = work / f"cache-{folder.name}{'-traced' if traced else ''}"
+    shutil.rmtree(cache, ignore_errors=True)
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--listing-child", str(folder), *(["--traced"] if traced else []),
+           *sys.argv[1:]]
+    out = subprocess.run(cmd, env=child_env(ALEXNET_CACHE=str(cache)), capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def per_image(args: argparse.Namespace, work: Path) -> None:
@@ -238,20 +260,18 @@ def per_image(args: argparse.Namespace, work: Path) -> None:
     rows = []
     for n in args.per_image:
         folder = synthetic_folder(work / f"listing-{n}", n)
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--listing-child", str(folder), *sys.argv[1:]]
-        out = subprocess.run(cmd, env=child_env(ALEXNET_CACHE=str(work / "cache")), capture_output=True, text=True, check=True).stdout
-        rows.append(json.loads(out.strip().splitlines()[-1]))
-        w = rows[-1]["workers"]
-        print(f"{rows[-1]['images']:>8} images: opened, main traced {rows[-1]['traced'] / 2**20:.1f} MiB, main RSS "
-              f"+{rows[-1]['rss'] / 2**20:.1f} MiB; over the epoch each worker's private pages +"
-              f"{', '.join(f'{x / 2**20:.1f}' for x in w)} MiB", flush=True)
+        rows.append({**listing_run(args, work, folder, traced=False), **listing_run(args, work, folder, traced=True)})
+        r, mib = rows[-1], 2**20
+        print(f"{r['images']:>8} images: opened, main traced {r['traced'] / mib:.1f} MiB, main RSS +{r['rss'] / mib:.1f} MiB "
+              f"(+{r['rss_end'] / mib:.1f} at the epoch's end); over the epoch each worker's private pages +"
+              f"{', '.join(f'{x / mib:.1f}' for x in r['workers'])} MiB", flush=True)
     if len(rows) == 2:
         n = rows[1]["images"] - rows[0]["images"]
-        per = {"traced": (rows[1]["traced"] - rows[0]["traced"]) / n, "rss": (rows[1]["rss"] - rows[0]["rss"]) / n,
-               "worker": (sum(rows[1]["workers"]) - sum(rows[0]["workers"])) / max(1, len(rows[1]["workers"])) / n}
-        print(f"per image: main traced {per['traced']:.0f} B, main RSS {per['rss']:.0f} B, each worker {per['worker']:.0f} B; "
-              f"for 1.28 M images: {per['traced'] * 1.28e6 / 2**20:.0f} MiB, {per['rss'] * 1.28e6 / 2**20:.0f} MiB and "
-              f"{per['worker'] * 1.28e6 / 2**20:.0f} MiB a worker", flush=True)
+        per = {k: (rows[1][k] - rows[0][k]) / n for k in ("traced", "rss", "rss_end")}
+        per["worker"] = (sum(rows[1]["workers"]) - sum(rows[0]["workers"])) / max(1, len(rows[1]["workers"])) / n
+        print(f"per image: main traced {per['traced']:.0f} B, main RSS {per['rss']:.0f} B ({per['rss_end']:.0f} B at the "
+              f"epoch's end), each worker {per['worker']:.0f} B; for 1.28 M images: "
+              + ", ".join(f"{k} {per[k] * 1.28e6 / 2**20:.0f} MiB" for k in ("traced", "rss", "rss_end", "worker")), flush=True)
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -270,6 +290,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--work", required=True, help="folder for the pack, the runs, their logs and timelines")
     p.add_argument("--peer", help=argparse.SUPPRESS)  # the peer's own process: its run folder
     p.add_argument("--listing-child", help=argparse.SUPPRESS)  # --per-image's own process: its folder
+    p.add_argument("--traced", action="store_true", help=argparse.SUPPRESS)  # that process only counts tracemalloc's bytes
     args = p.parse_args(argv)
     args.per_image = [int(n) for n in args.per_image.split(",")] if args.per_image else []
     args.runs = [r.strip() for r in args.runs.split(",") if r.strip()]

@@ -226,7 +226,8 @@ def test_memory_growth_per_image_measures_two_folders_and_refuses_runs_without_d
                           capture_output=True, text=True, timeout=600, env=cli_env(cuda=False))
     assert proc.returncode == 0, proc.stderr
     assert re.search(r"^ +40 images: opened.*\n +120 images: opened", proc.stdout, re.M), proc.stdout
-    assert re.search(r"^per image: main traced -?\d+ B, main RSS -?\d+ B, each worker -?\d+ B", proc.stdout, re.M), proc.stdout
+    per_image = r"^per image: main traced -?\d+ B, main RSS -?\d+ B \(-?\d+ B at the epoch's end\), each worker -?\d+ B"
+    assert re.search(per_image, proc.stdout, re.M), proc.stdout
     assert len(list((tmp_path / "w" / "listing-120" / "train").rglob("*.JPEG"))) == 120
     proc = subprocess.run(script, capture_output=True, text=True, timeout=300, env=cli_env(cuda=False))
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
