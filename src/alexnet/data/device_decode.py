@@ -5,7 +5,8 @@ model: one core decodes about 800 ImageNet-sized photos a second, an H100 trains
 than 15,000. With ``decode="device"`` the workers read each file and check its header; the main
 process decodes the whole batch in one ``torchvision.io.decode_jpeg(list, device=...)`` call and
 resizes each image where it lies. What the GPU cannot decode (not a JPEG, CMYK, a broken file) is
-decoded on the CPU as before, or reported as a bad file.
+decoded on the CPU as before, or reported as a bad file; so is a JPEG with an EXIF orientation tag,
+turned upright there as every command sees it (nvJPEG ignores the tag: folder.decode_bytes).
 """
 
 from __future__ import annotations
