@@ -193,3 +193,36 @@ def test_validation_workers_keep_no_copy_of_what_training_writes(tmp_path):
         assert max(pss) < 450, pss  # none holds the 600 MB (a worker forked after it held all of it: 746 MB)
     finally:
         bundle.close()
+
+
+def test_a_start_reads_its_listing_as_arrays_not_an_image_at_a_time(tmp_path, monkeypatch):
+    """A train start took each training image's path and label out of the listing one call at a time
+    (ImageList.__getitem__: numpy scalars and a slice each), twice: the statistics key's list of files and
+    the check that every class trains. A cached start (a second run, every --resume) decodes nothing,
+    so it should call it for no image at all; it called it twice per training image. The listing's arrays
+    are read whole now (ImageList.paths, .labels). The classes and sizes are those of the folder, and a
+    class whose only image is held out is still refused."""
+    from alexnet.data.folder import ImageList
+
+    root = tmp_path / "photos"
+    for split in ("train", "val"):
+        make_image_folder(root / split, classes=3, per_class=6, size=(32, 24))
+    load_data(root, batch_size=4, input_size=24, show_progress=False)  # the statistics pass: cached from here on
+    calls = []
+    real = ImageList.__getitem__
+    monkeypatch.setattr(ImageList, "__getitem__", lambda self, i: calls.append(i) or real(self, i))
+    data = load_data(root, batch_size=4, input_size=24, show_progress=False)
+    assert calls == []  # 36 (18 training images, twice) before
+    assert (data.train_size, data.val_size, data.classes) == (18, 18, ["class0", "class1", "class2"])
+    flat = tmp_path / "flat"  # without val/: a class whose only image is held out is still refused
+    make_image_folder(flat, classes=3, per_class=6, size=(32, 24))
+    (flat / "class3").mkdir()
+    next((flat / "class0").iterdir()).rename(flat / "class3" / "only.jpg")
+    with pytest.raises(DataError, match="class3: no readable image left to train on once a tenth was held out"):
+        load_data(flat, batch_size=4, input_size=24, seed=next(s for s in range(99) if 17 in _held(18, s)), show_progress=False)
+
+
+def _held(n: int, seed: int) -> list[int]:
+    """The indices a folder of ``n`` images holds out with ``seed`` (loaders.held_out's rule, recomputed)."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    return perm[: max(1, round(n * 0.1))]

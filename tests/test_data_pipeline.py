@@ -437,7 +437,8 @@ def test_the_statistics_pass_frees_no_batch_sized_memory_after_its_first_batch()
 
 def test_an_image_list_reads_back_the_pairs_it_was_made_of(tmp_path):
     """ImageList (the listing as arrays) gives each (path, label) as the list did: a file name that is
-    not UTF-8, a label of -1 (retrieval's image outside any class), negative indices, numpy indices, slices."""
+    not UTF-8, a label of -1 (retrieval's image outside any class), negative indices, numpy indices, slices;
+    and all of them, or many, at once (paths, labels)."""
     from alexnet.data.folder import ImageList  # here: the test above runs (and fails) on code from before it
     root = make_image_folder(tmp_path / "photos", classes=2, per_class=3, size=(16, 16))
     odd = os.fsdecode(bytes(root / "class1") + b"/caf\xe9.jpg")  # Latin-1: no UTF-8 name
@@ -448,6 +449,8 @@ def test_an_image_list_reads_back_the_pairs_it_was_made_of(tmp_path):
     assert listed[-1] == pairs[-1] and listed[np.int64(2)] == pairs[2] and listed[1:6:2] == pairs[1:6:2]
     with pytest.raises(IndexError):
         listed[7]
+    assert listed.paths() == [p for p, _ in pairs] and listed.paths(np.array([6, 0, 3])) == [pairs[k][0] for k in (6, 0, 3)]
+    assert listed.labels.tolist() == [label for _, label in pairs] and not listed.labels.flags.writeable
     ds = ImageFolderDataset(root, 16, 16)
     assert list(ds.samples) == pairs[:-1] and list(ImageFolderDataset(root, 8, 8, samples=ds.samples).samples) == pairs[:-1]
     assert ds[np.int64(5)][1:] == (1, 5) and os.path.exists(ds.samples[3][0])

@@ -145,11 +145,12 @@ def build_index(
         kept.extend(int(i) for i in index)
     if not kept:
         raise DataError(f"{root}: no readable images")
+    paths = ds.samples.paths(kept)
     return {
         "features": feats[: len(kept)],  # the unreadable images' rows are at the end, unused
         "labels": labels[: len(kept)],
-        "paths": [ds.samples[i][0] for i in kept],
-        "stamps": [file_stamp(ds.samples[i][0]) for i in kept],  # for retrieve to tell an image replaced since
+        "paths": paths,
+        "stamps": [file_stamp(p) for p in paths],  # for retrieve to tell an image replaced since
         "classes": list(ds.classes),
         "checkpoint": str(checkpoint) if checkpoint is not None else None,
         "preprocess": pre,

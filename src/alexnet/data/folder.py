@@ -326,10 +326,24 @@ class ImageList(Sequence):
 
     def __iter__(self) -> Iterator[tuple[str, int]]:
         """Every pair in order, from one copy of the bytes (a listing's digest reads them all)."""
-        data, start = self._bytes.tobytes(), 0
-        for end, label in zip(self._ends.tolist(), self._labels.tolist()):
-            yield os.fsdecode(data[start:end]), label
-            start = end
+        return zip(self.paths(), self._labels.tolist())
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Every image's class index, in order: one read-only array, no Python object per image."""
+        labels = self._labels.view()
+        labels.flags.writeable = False
+        return labels
+
+    def paths(self, indices: Sequence[int] | np.ndarray | None = None) -> list[str]:
+        """The paths of the images at ``indices`` (default: all), in that order, cut from one copy of the
+        bytes: one ``self[i][0]`` at a time (numpy scalars and a slice each) is ~1 us an image, seconds of
+        each start on ImageNet's 1.28 M, where the statistics key lists them all. For many indices."""
+        data, ends = self._bytes.tobytes(), self._ends.tolist()
+        starts = [0, *ends[:-1]]
+        if indices is None:
+            return [os.fsdecode(data[a:b]) for a, b in zip(starts, ends)]
+        return [os.fsdecode(data[starts[k]:ends[k]]) for k in np.asarray(indices, dtype=np.int64).tolist()]
 
 
 def not_images(others: list[str]) -> str:

@@ -381,7 +381,7 @@ def _images(root, preset, bad, loading, val_fraction, show_progress, batch_size,
         stats = folder_stats(train_ds, train_idx, loading[0], show_progress)  # its loop's errors: sources.each_batch
         bad_files = set(stats.get("bad", []))
         if bad_files:  # found by the pass: leave them out instead of meeting them every epoch
-            train_idx = [i for i in train_idx if train_ds.samples[i][0] not in bad_files]
+            train_idx = [i for i, f in zip(train_idx, train_ds.samples.paths(train_idx)) if f not in bad_files]
             notes.append(f"{counted(len(bad_files), 'unreadable training image')} skipped ({BAD_FILES_NAME} in the run folder)")
     # a pack too: its held-out tenth can take the only image of a class as a folder's can
     folders = index.get("folders", classes) if packed else train_ds.folders  # the names on disk
@@ -413,13 +413,17 @@ def _check_every_class_trains(
     held-out tenth ``held_idx`` (a class of one or two images in a folder or pack without val/).
     ``listed_idx``: the training images before the unreadable were left out; a class that had some
     there is unreadable, not held out, whatever the tenth took (advice to add images would mislead)."""
-    samples = getattr(ds, "samples", None)  # an image folder's (path, label); a pack has its labels array
-    label_of = (lambda i: samples[i][1]) if samples is not None else (lambda i: int(ds.labels[i]))
-    labels = {label_of(i) for i in train_idx}
+    samples = getattr(ds, "samples", None)  # an image folder's listing (ImageList); a pack has its labels array
+    all_labels = samples.labels if samples is not None else ds.labels
+
+    def labels_of(indices: list[int]) -> set[int]:  # one array gather, not a Python call per image
+        return set(np.unique(all_labels[np.asarray(indices, dtype=np.int64)]).tolist())
+
+    labels = labels_of(train_idx)
     empty = [c for c in range(len(folders)) if c not in labels]
     if not empty:
         return
-    held = {label_of(i) for i in held_idx} - {label_of(i) for i in (listed_idx or [])}
+    held = labels_of(held_idx) - labels_of(listed_idx or [])
     names = ", ".join(printable(folders[c]) for c in empty[:5]) + (", ..." if len(empty) > 5 else "")
     if all(c in held for c in empty):
         raise DataError(f"{ds.root}: class folder(s) {names}: no readable image left to train on once a tenth was held "

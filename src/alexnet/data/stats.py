@@ -282,7 +282,7 @@ def _listed_for_want_of_memory(cached: dict[str, Any]) -> bool:
 def folder_stats(dataset: ImageFolderDataset, indices: list[int], workers: int = 0, show_progress: bool | None = None) -> dict[str, Any]:
     """Mean image and PCA of an :class:`ImageFolderDataset` subset, from the cache when computed
     before. The result's ``mean_image`` is the path of the cached .npy; ``bad`` lists unreadable files."""
-    files = [dataset.samples[i][0] for i in indices]
+    files = dataset.samples.paths(indices)
     # stats-2: photos turned upright by their EXIF orientation tag (folder.decode_bytes); stats-1's
     # mean image saw them as stored, sideways, and is computed again (once) rather than reused.
     key = cache_key(files, dataset.root, dataset.resize, dataset.size, "stats-2")
@@ -309,7 +309,7 @@ def folder_stats(dataset: ImageFolderDataset, indices: list[int], workers: int =
             dataset.bad.report(path, f"{reasons.get(path, 'unreadable')} (found by the cached statistics pass)")
         return cached
     stats, bad = compute_stats(dataset, indices, workers, show_progress=show_progress)
-    paths, said = [dataset.samples[i][0] for i in bad], dataset.bad.reasons()
+    paths, said = dataset.samples.paths(bad), dataset.bad.reasons()
     extra = {"bad": paths, "bad_reasons": {p: said[p] for p in paths if p in said}, "root": str(dataset.root)}
     try:
         if no_cache is not None:
