@@ -407,3 +407,16 @@ def test_memory_counts_pages_shared_by_forked_workers_once(tmp_path):
     assert peak.returncode == 0 and peak.processes == 3
     assert 200 <= peak.pss <= 200 + 60  # three interpreters of ~10 MiB each beside the shared 200 MiB
     assert 200 <= peak.rss <= 200 + 40
+
+
+def test_startup_times_each_command_to_its_first_step_or_batch(tmp_path):
+    """startup.py times the parts of a start by replacing the package's functions by name in a child: a name
+    renamed or gone would stop it. Its quick run takes every command to its first step or batch."""
+    photos = make_image_folder(tmp_path / "photos", classes=2, per_class=3, size=(48, 40))
+    script = [sys.executable, str(ROOT / "benchmarks" / "startup.py"), "--quick", "--work", str(tmp_path / "w"), "--photos", str(photos)]
+    proc = subprocess.run(script, capture_output=True, text=True, timeout=600, env=cli_env(False))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    reached = re.findall(r"^(\w+): alexnet .*\n +[\d.]+ s to the (first step|first batch) ", proc.stdout, re.M)
+    assert reached == [("train", "first step"), ("cached", "first step"), ("resume", "first step"), ("evaluate", "first batch"),
+                       ("features", "first batch"), ("prepare", "first batch")]
+    assert "statistics pass: 16 images in" in proc.stdout and "list every image" in proc.stdout
