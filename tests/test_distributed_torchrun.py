@@ -104,7 +104,8 @@ def test_data_a_machine_refuses_once_the_ranks_have_joined_is_said_by_each_of_it
     procs = []
     for rank in range(4):
         env = cli_env(RANK=str(rank), LOCAL_RANK=str(rank % 2), WORLD_SIZE="4", LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(store.port), TORCHELASTIC_USE_AGENT_STORE="True", OMP_NUM_THREADS="1")
+                      MASTER_PORT=str(store.port), TORCHELASTIC_USE_AGENT_STORE="True",
+                      TORCHELASTIC_RESTART_COUNT="0", OMP_NUM_THREADS="1")
         args = _train(tiny_fmnist if rank < 2 else bad, tmp_path / f"run{rank // 2}", "--dist-timeout", "60")
         procs.append(subprocess.Popen([sys.executable, "-m", "alexnet", *args], env=env, text=True,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE))
