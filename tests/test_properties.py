@@ -29,10 +29,12 @@ def _lrn_loop(x: torch.Tensor, size: int, alpha: float, beta: float, k: float, g
     return out
 
 
+# beta without subnormals: hypothesis cannot draw a range that reaches them in a process that flushes them to
+# zero, as torch 2.4's inductor leaves one after a CPU compile (its kernels are built with -ffast-math).
 @FAST
 @given(
     n=st.integers(1, 2), per=st.integers(1, 6), groups=st.integers(1, 2), hw=st.integers(1, 4),
-    size=st.integers(1, 7), alpha=st.floats(1e-4, 1.0), beta=st.floats(0.0, 1.5), k=st.floats(0.5, 3.0),
+    size=st.integers(1, 7), alpha=st.floats(1e-4, 1.0), beta=st.floats(0.0, 1.5, allow_subnormal=False), k=st.floats(0.5, 3.0),
     relu=st.booleans(), channels_last=st.booleans(), seed=st.integers(0, 2**16), kernel=st.booleans(),
 )
 def test_lrn_matches_a_float64_loop(n, per, groups, hw, size, alpha, beta, k, relu, channels_last, seed, kernel) -> None:
