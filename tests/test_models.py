@@ -508,3 +508,34 @@ def test_paper_forward_is_specs_table_written_out():
         t = F.relu(F.linear(F.relu(F.linear(t.flatten(1), m.fc6.weight, m.fc6.bias)), m.fc7.weight, m.fc7.bias))
         want = F.linear(t, m.fc8.weight, m.fc8.bias)
         torch.testing.assert_close(m(x), want, rtol=1e-10, atol=1e-12)
+
+
+def test_the_package_offers_its_modules_and_public_names_without_importing_torch():
+    """`import alexnet; alexnet.train.fit(...)`, as the package's docstring has it, raised "module
+    'alexnet' has no attribute 'train'" unless the module had been imported by name; and dir(alexnet),
+    which tab completion lists, offered the file's own imports (Any, TYPE_CHECKING, importlib,
+    annotations) beside the public names. The modules are the package folder's, read here apart."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT, src_pythonpath
+
+    folder = ROOT / "src" / "alexnet"
+    modules = sorted({p.stem for p in folder.glob("*.py")} | {p.name for p in folder.iterdir() if (p / "__init__.py").is_file()})
+    modules = [m for m in modules if not m.startswith("_")]
+    code = ("import json, sys, alexnet; before = 'torch' in sys.modules; names = dir(alexnet)\n"
+            "try:\n    alexnet.no_such_name\nexcept AttributeError as e:\n    missing = str(e)\n"
+            "print(json.dumps([before, names, alexnet.train.fit.__module__, alexnet.retrieval.build_index.__module__,\n"
+            "                  alexnet.data.loaders.__name__, alexnet.AlexNet.__module__, missing]))")
+    env = dict(os.environ, PYTHONPATH=src_pythonpath())
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    before, names, *found, missing = json.loads(proc.stdout)
+    assert before is False  # the command line starts before torch's seconds of loading
+    assert found == ["alexnet.train", "alexnet.retrieval", "alexnet.data.loaders", "alexnet.model"]
+    assert missing == "module 'alexnet' has no attribute 'no_such_name'"
+    public = [n for n in names if not n.startswith("__")]
+    assert public == sorted([*alexnet.__all__, *modules]), public
+    assert {"train", "retrieval", "predict", "data", "create_model", "__version__", "__doc__"} <= set(names)

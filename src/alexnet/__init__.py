@@ -14,8 +14,9 @@ fc7 retrieval and export. Where to start:
 
 Errors meant for users are :class:`AlexNetError`'s (ConfigError, DataError, CheckpointError, ...).
 
-The names below load with their first use (PEP 562): ``import alexnet`` imports no torch, so that the
-command line starts, and answers Ctrl-C, before torch's few seconds of loading.
+The names below, and the modules (``alexnet.train``), load with their first use (PEP 562): ``import
+alexnet`` imports no torch, so that the command line starts, and answers Ctrl-C, before torch's few
+seconds of loading.
 """
 
 from __future__ import annotations
@@ -57,15 +58,27 @@ __all__ = [
 ]
 
 
+def _submodules() -> set[str]:
+    """The package's public modules (``train``, ``retrieval``, ``data``, ...), from its folder."""
+    import pkgutil
+
+    return {m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")}
+
+
 def __getattr__(name: str) -> Any:
-    """A lazily loaded name of ``__all__`` (``alexnet.load``, ``alexnet.AlexNet``, ...), imported at its first use."""
-    if name not in _LAZY:
+    """A lazily loaded name of ``__all__`` (``alexnet.load``, ``alexnet.AlexNet``, ...), or a module of the
+    package (``alexnet.train.fit``, as the docstring above has it), imported at its first use."""
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    elif name in _submodules():
+        value = importlib.import_module(f".{name}", __name__)
+    else:
         raise AttributeError(f"module 'alexnet' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     globals()[name] = value  # once: later lookups find it without this function
     return value
 
 
 def __dir__() -> list[str]:
-    """The module's names, the lazily loaded ones included."""
-    return sorted({*globals(), *_LAZY})
+    """The public names, the lazily loaded ones and the modules included; not this file's own imports
+    (``Any``, ``importlib``), which tab completion would offer beside them."""
+    return sorted({*__all__, *_submodules(), *(n for n in globals() if n.startswith("__"))})
