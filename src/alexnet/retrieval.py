@@ -95,6 +95,21 @@ def changed_since_indexed(index: dict[str, Any], paths: list[str]) -> list[str]:
     return [p for p in paths if p in recorded and recorded[p] != file_stamp(p)]
 
 
+def _image_folder(data: str | os.PathLike) -> Path:
+    """``data`` as an absolute folder of image files, or why it is not one (another data set's kind)."""
+    if not isinstance(data, (str, os.PathLike)):
+        raise TypeError(f"build_index: data is an image folder's path, not {kind_of(data)}")
+    root = Path(os.path.abspath(data))
+    if not root.is_dir():
+        raise DataError(f"--data: {data} is not a folder of images")
+    kind = detect(root)  # also refuses half a data set in one line
+    if kind != "images":
+        what = {"packed": "a packed data set: give it the folder 'alexnet prepare' read", "cifar": "CIFAR batches",
+                "fashion_mnist": "Fashion-MNIST"}[kind]
+        raise DataError(f"{data}: features indexes image files, for retrieve to show; this is {what}")
+    return root
+
+
 def build_index(
     model: AlexNet,
     data: str | os.PathLike,
@@ -111,16 +126,7 @@ def build_index(
     Returns ``{"features", "labels", "paths", "classes", "checkpoint", "preprocess", "fingerprint"}``.
     """
     require_loader_sizes("build_index", batch_size, workers)
-    if not isinstance(data, (str, os.PathLike)):
-        raise TypeError(f"build_index: data is an image folder's path, not {kind_of(data)}")
-    root = Path(os.path.abspath(data))
-    if not root.is_dir():
-        raise DataError(f"--data: {data} is not a folder of images")
-    kind = detect(root)  # also refuses half a data set in one line
-    if kind != "images":
-        what = {"packed": "a packed data set: give it the folder 'alexnet prepare' read", "cifar": "CIFAR batches",
-                "fashion_mnist": "Fashion-MNIST"}[kind]
-        raise DataError(f"{data}: features indexes image files, for retrieve to show; this is {what}")
+    root = _image_folder(data)
     pre = recipe(model)
     amp = resolve_amp(amp, next(model.parameters()).device)  # as precision_name records it
     samples, classes = _index_samples(root)
