@@ -690,3 +690,25 @@ def test_torchs_too_many_workers_warning_is_said_once(tmp_path, tiny_folder):
         assert r.returncode == 0, r.stderr
         said = [line for line in r.stderr.splitlines() if "This DataLoader will create 2 worker processes" in line]
         assert len(said) == 1, (args[0], r.stderr)
+
+
+def test_version_names_the_torch_build_python_and_machine_a_bug_report_needs():
+    """`alexnet --version` said 'alexnet 0.1.0' alone; a report of a fault on a GPU needs torch's build
+    (2.14.1+cu130, which PyPI's metadata gives as 2.14.1), torchvision's, Python's and the machine's.
+    Against the packages' own __version__ after their import here; the answer imports no torch, and a
+    reader that goes away (| head -0) is no error."""
+    import platform
+
+    import torchvision
+
+    r = run_cli("--version")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert r.stdout == (f"alexnet {alexnet.__version__} (torch {torch.__version__}, torchvision {torchvision.__version__}, "
+                        f"Python {platform.python_version()}, {platform.system()} {platform.machine()})\n")
+    code = ("import sys\nfrom alexnet.cli import main\ntry:\n    main(['--version'])\nexcept SystemExit as e:\n"
+            "    print(e.code, 'torch' in sys.modules, file=sys.stderr)")
+    probe = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cli_env(), timeout=120)
+    assert probe.stdout == r.stdout and probe.stderr == "0 False\n", probe.stderr
+    piped = subprocess.run(f"{sys.executable} -m alexnet --version | head -c 0", shell=True, capture_output=True, text=True,
+                           env=cli_env(), timeout=120)
+    assert piped.returncode == 0 and piped.stderr == "", piped.stderr

@@ -163,15 +163,57 @@ def _one_checkpoint(parsed: argparse.Namespace, command: argparse.ArgumentParser
         command.error(f"the following arguments are required: CHECKPOINT or --checkpoint{after}")
 
 
+def _installed(name: str) -> str:
+    """The version of package ``name`` as it says it (``torch.__version__``: 2.14.1+cu130, the build that
+    PyPI's metadata leaves out), read from its version.py without importing it; else its metadata."""
+    import importlib.util
+    import re
+    from importlib import metadata
+
+    try:
+        spec = importlib.util.find_spec(name)
+        if spec is None:
+            return "not installed"
+        if spec.origin:
+            with open(os.path.join(os.path.dirname(spec.origin), "version.py"), encoding="utf-8") as f:
+                text = f.read()
+            if found := re.search(r"^__version__\s*=\s*['\"]([^'\"]+)['\"]", text, re.M):
+                return found.group(1)
+    except (OSError, ImportError, ValueError, UnicodeDecodeError):
+        pass
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+class _Version(argparse.Action):
+    """``--version``: alexnet's and what it runs on, the lines a bug report asks for, read without importing
+    torch (its import would cost the answer seconds)."""
+
+    def __init__(self, option_strings: list[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        import platform
+        import sys
+
+        from .. import __version__
+
+        line = (f"alexnet {__version__} (torch {_installed('torch')}, torchvision {_installed('torchvision')}, "
+                f"Python {platform.python_version()}, {platform.system()} {platform.machine()})\n")
+        parser._print_message(line, sys.stdout)  # as argparse's own version action: stdout, a closed pipe ignored
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``alexnet`` parser: one sub-command per job, each with ``func`` set to the ``cmd_*`` that runs it."""
-    from .. import __version__
-
     p = _Parser(
         prog="alexnet",
         description="AlexNet (Krizhevsky, Sutskever & Hinton 2012): train, evaluate and inspect it.",
     )
-    p.add_argument("--version", action="version", version=f"alexnet {__version__}")
+    p.add_argument("--version", action=_Version, help="show the versions of alexnet, torch, torchvision and Python, and exit")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     common = _Parser(add_help=False)
