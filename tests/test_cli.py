@@ -328,6 +328,23 @@ def test_ctrl_c_while_torch_loads_is_one_line(module, tiny_fmnist, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_a_rank_stopped_while_it_starts_leaves_the_line_to_rank_0(signame, tiny_fmnist, tmp_path):
+    """Under torchrun a Ctrl-C reaches every rank, and the agent stops the other ranks with SIGTERM when
+    one has ended: rank 0 on a bad option it said in one line, while rank 1, slower to load torch on a
+    busy machine, added 'alexnet: interrupted' below it (test_distributed_torchrun's bad-request test
+    failed so under load). Rank 0 says it; another rank exits 130 without a word."""
+    args = ["train", "--data", str(tiny_fmnist), "--epochs", "1", "--out", str(tmp_path / "run")]
+    script = _CTRL_C_WHILE_LOADING.replace("signal.SIGINT)\n", f"signal.{signame})\n")
+    said = {}
+    for rank in ("0", "1"):
+        env = cli_env(RANK=rank, WORLD_SIZE="2", LOCAL_RANK=rank, LOCAL_WORLD_SIZE="2")
+        r = subprocess.run([sys.executable, "-c", script, "torch.nn", *args], capture_output=True, text=True, env=env, timeout=300)
+        said[rank] = (r.returncode, r.stderr)
+    assert said == {"0": (130, "alexnet: interrupted\n"), "1": (130, "")}
+    assert not (tmp_path / "run").exists()
+
+
 def test_threads(tiny_fmnist, tmp_path):
     """--threads N: the run computes on N threads (recorded in config.json), on every computing
     command; a resume on another count says that it will not be bitwise."""
