@@ -1303,6 +1303,23 @@ def test_a_batch_a_worker_cannot_send_is_an_error_not_a_wait_forever(tmp_path):
     assert re.search(rf"WorkerExited: DataLoader worker \(pid \d+\) exited with exitcode {UNSENT_OTHER}", r.stderr), r.stderr
 
 
+@pytest.mark.parametrize(("said", "shortage"), [
+    ("No space left on device (28)", True),  # torch 2.14: posix_fallocate's own error
+    ("Resource temporarily unavailable (11)", True),  # torch 2.11 in a full /dev/shm: a stale errno (pytorch#176069)
+    ("Success (0)", True),  # the same, as others have met it
+    ("File too large (27)", False),  # posix_fallocate's EFBIG: not the room /dev/shm has
+])
+def test_torchs_words_for_no_room_in_shared_memory_are_a_shortage_whatever_errno_they_state(said, shortage):
+    """On torch 2.11 a worker in a full /dev/shm said 'unable to allocate shared memory(shm) for file
+    </torch_...>: Resource temporarily unavailable (11)': torch states a stale errno there, not
+    posix_fallocate's error, and the command said 'could not pass a batch (it said why above)' where
+    torch 2.14's 'No space left on device (28)' is said as a want of shared memory (--shm-size, --workers)."""
+    from alexnet.errors import is_shared_memory_shortage
+
+    error = RuntimeError(f"unable to allocate shared memory(shm) for file </torch_4849_2272162349_0>: {said}")
+    assert is_shared_memory_shortage(error) is shortage
+
+
 def _tiny_training(pack: Path, out: Path, workers: int) -> list[str]:
     """`alexnet train`'s arguments for a tiny model on ``pack``, 16 photos a batch at 112 px."""
     return ["train", "--data", str(pack), "--out", str(out), "--epochs", "1", "--batch-size", "16", "--workers", str(workers),

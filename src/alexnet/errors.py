@@ -1,5 +1,6 @@
 """Exceptions for problems a user can fix. The CLI prints them as one line and exits non-zero."""
 
+import errno
 import os
 import re
 from collections.abc import Mapping
@@ -301,11 +302,22 @@ UNSENT_SHARED_MEMORY = 75  # sysexits' EX_TEMPFAIL: /dev/shm had no room for it
 UNSENT_OTHER = 70  # EX_SOFTWARE: another failure to send it
 
 
+# torch's words where posix_fallocate found no room for a tensor in /dev/shm (ATen's MapAllocator)
+_TORCH_SHM_ALLOCATE = re.compile(r"unable to allocate shared memory\(shm\) for file <[^>]*>: [^\n]*\((\d+)\)")
+# posix_fallocate's errors that are not a want of room. torch 2.10 and 2.11 at least (pytorch#176069) state
+# errno instead of its error, a stale number from an earlier call: 'Resource temporarily unavailable (11)'
+# on torch 2.11 in a full /dev/shm; any number outside these is that, and the room is what was wanting.
+_FALLOCATE_OTHER = {errno.EBADF, errno.EFBIG, errno.EINTR, errno.EINVAL, errno.ENODEV, errno.EOPNOTSUPP,
+                    errno.EPERM, errno.ESPIPE}
+
+
 def is_shared_memory_shortage(error: BaseException) -> bool:
     """Whether ``error``, raised putting a tensor in shared memory, is a want of room there (torch: 'unable
     to allocate shared memory(shm) for file </torch_...>: No space left on device (28)')."""
     text = str(error)
-    return getattr(error, "errno", None) == 28 or "No space left on device" in text or "Cannot allocate memory" in text
+    if (found := _TORCH_SHM_ALLOCATE.search(text)) and int(found[1]) not in _FALLOCATE_OTHER:
+        return True
+    return getattr(error, "errno", None) == errno.ENOSPC or "No space left on device" in text or "Cannot allocate memory" in text
 
 
 # torch's words for a worker's death (torch/csrc/DataLoader.cpp, torch/utils/data/dataloader.py)
