@@ -333,15 +333,18 @@ def test_a_rank_stopped_while_it_starts_leaves_the_line_to_rank_0(signame, tiny_
     """Under torchrun a Ctrl-C reaches every rank, and the agent stops the other ranks with SIGTERM when
     one has ended: rank 0 on a bad option it said in one line, while rank 1, slower to load torch on a
     busy machine, added 'alexnet: interrupted' below it (test_distributed_torchrun's bad-request test
-    failed so under load). Rank 0 says it; another rank exits 130 without a word."""
+    failed so under load). Rank 0 says it; another rank exits 130 without a word. Across machines
+    (torchrun --nnodes 2: a Ctrl-C in one machine's terminal reaches that machine's ranks) each
+    machine's local rank 0 says it, naming itself."""
     args = ["train", "--data", str(tiny_fmnist), "--epochs", "1", "--out", str(tmp_path / "run")]
     script = _CTRL_C_WHILE_LOADING.replace("signal.SIGINT)\n", f"signal.{signame})\n")
     said = {}
-    for rank in ("0", "1"):
-        env = cli_env(RANK=rank, WORLD_SIZE="2", LOCAL_RANK=rank, LOCAL_WORLD_SIZE="2")
+    for rank, local, local_world in (("0", "0", "2"), ("1", "1", "2"), ("1", "0", "1")):
+        env = cli_env(RANK=rank, WORLD_SIZE="2", LOCAL_RANK=local, LOCAL_WORLD_SIZE=local_world)
         r = subprocess.run([sys.executable, "-c", script, "torch.nn", *args], capture_output=True, text=True, env=env, timeout=300)
-        said[rank] = (r.returncode, r.stderr)
-    assert said == {"0": (130, "alexnet: interrupted\n"), "1": (130, "")}
+        said[rank, local] = (r.returncode, r.stderr)
+    assert said == {("0", "0"): (130, "alexnet: interrupted\n"), ("1", "1"): (130, ""),
+                    ("1", "0"): (130, "alexnet: rank 1: interrupted\n")}
     assert not (tmp_path / "run").exists()
 
 

@@ -38,9 +38,10 @@ def rank_own(error: AlexNetError) -> AlexNetError:
 
 
 def rank_voice(error: BaseException | None) -> str | None:
-    """How this process says ``error`` (None: argparse's refusal of the command line) when torchrun
-    started it as one of several ranks: '' (as it is), 'rank N: ' before it, or None (another rank
-    says it; this one exits 0 without a word). One process: ''.
+    """How this process says ``error`` (None: argparse's refusal of the command line, or a Ctrl-C or
+    SIGTERM, which reach every rank of a machine alike) when torchrun started it as one of several
+    ranks: '' (as it is), 'rank N: ' before it, or None (another rank says it; this one exits without
+    a word). One process: ''.
 
     - an ``every_rank`` stop: rank 0 says it;
     - an error of the request (options, paths, presets, config, the checkpoint to resume): every rank

@@ -204,12 +204,13 @@ def _run(args: argparse.Namespace) -> int:
             return 0
         _line(f"alexnet: error: {rank}{e}")
         return e.exit_status
-    except KeyboardInterrupt as e:
-        # Under torchrun a Ctrl-C reaches every rank, and the agent stops the others with SIGTERM once one
-        # has ended (on an error it said): said once, by rank 0. A rank still starting had added the line.
-        e.every_rank = True  # type: ignore[attr-defined]
-        if rank_voice(e) is not None:
-            _line("alexnet: interrupted")
+    except KeyboardInterrupt:
+        # Under torchrun a Ctrl-C reaches every rank of its terminal's machine, and the agent stops them
+        # with SIGTERM once one has ended (on an error it said): said once a machine, by its local rank 0.
+        # A rank still starting had added the line below rank 0's error.
+        said = rank_voice(None)
+        if said is not None:
+            _line(f"alexnet: {said}interrupted")
         return 130
     except MemoryError as e:  # this machine's limit, not a bug: what ran out where, where it says
         _line(f"alexnet: error: {rank_voice(e)}{_machine_limit_line(args, e)}")

@@ -179,7 +179,7 @@ def _installed(name: str) -> str:
                 text = f.read()
             if found := re.search(r"^__version__\s*=\s*['\"]([^'\"]+)['\"]", text, re.M):
                 return found.group(1)
-    except (OSError, ImportError, ValueError, UnicodeDecodeError):
+    except (OSError, ImportError, ValueError):  # a decoding error too: then the metadata's
         pass
     try:
         return metadata.version(name)
