@@ -732,3 +732,35 @@ def test_version_names_the_torch_build_python_and_machine_a_bug_report_needs():
     piped = subprocess.run(f"{sys.executable} -m alexnet --version | head -c 0", shell=True, capture_output=True, text=True,
                            env=cli_env(), timeout=120)
     assert piped.returncode == 0 and piped.stderr == "", piped.stderr
+
+
+def test_the_versions_recorded_beside_results_are_the_ones_the_modules_say_imported_or_not(tmp_path, monkeypatch):
+    """`--version` and the records of runs, packed data, indexes and exports read versions by one rule
+    (alexnet.installed); before, the records took torchvision's from its metadata (0.29.1, not the build
+    0.29.1+cu130 it says). Read before torch is imported (from the version files) and after (from the
+    modules), both against the modules' own __version__; then the fallbacks, on packages made here: a
+    version file with no literal (numpy's `__version__ = version`) gives the metadata's, none gives None."""
+    code = ("import json, sys\nfrom alexnet.installed import versions\nbefore = versions()\nassert 'torch' not in sys.modules\n"
+            "import platform, numpy, PIL, torch, torchvision\nimport alexnet\n"
+            "said = {'alexnet': alexnet.__version__, 'torch': torch.__version__, 'torchvision': torchvision.__version__, "
+            "'numpy': numpy.__version__, 'pillow': PIL.__version__, 'python': platform.python_version()}\n"
+            "print(json.dumps([before, versions(), said]))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cli_env(), timeout=120)
+    assert r.returncode == 0, r.stderr
+    before, after, said = json.loads(r.stdout)
+    assert before == after == said and list(before) == ["alexnet", "torch", "torchvision", "numpy", "pillow", "python"]
+
+    from alexnet.installed import version_of
+
+    (tmp_path / "lit").mkdir()
+    (tmp_path / "lit" / "__init__.py").write_text("")
+    (tmp_path / "lit" / "_version.py").write_text('__version__: str = "3.1.4"\n')
+    (tmp_path / "indirect").mkdir()
+    (tmp_path / "indirect" / "__init__.py").write_text("")
+    (tmp_path / "indirect" / "version.py").write_text('version = "9.9"\n__version__ = version\n')
+    (tmp_path / "indirect-2.7.1.dist-info").mkdir()
+    (tmp_path / "indirect-2.7.1.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: indirect\nVersion: 2.7.1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert version_of("lit") == "3.1.4" and "lit" not in sys.modules  # read, not imported
+    assert version_of("indirect") == "2.7.1"
+    assert version_of("not-a-package", "no_such_module_here") is None

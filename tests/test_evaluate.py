@@ -222,7 +222,7 @@ def test_ensemble_of_identical_models_equals_one_and_writes_outputs(tmp_path, ca
 
 def _versions_of_the_modules() -> dict[str, str]:
     """The versions as the imported modules say them, not as the installed metadata does (torchvision's
-    without its local build label, "+cu130", which its metadata lacks)."""
+    local build label, "+cu130", which its metadata lacks, was left out of the records before)."""
     import platform
 
     import numpy
@@ -231,7 +231,7 @@ def _versions_of_the_modules() -> dict[str, str]:
 
     import alexnet
 
-    return {"alexnet": alexnet.__version__, "torch": torch.__version__, "torchvision": torchvision.__version__.split("+")[0],
+    return {"alexnet": alexnet.__version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
             "numpy": numpy.__version__, "pillow": PIL.__version__, "python": platform.python_version()}
 
 

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import atomic, jsonio, lrn, runtime
+from . import atomic, installed, jsonio, lrn
 from .atomic import atomic_path
 from .data import presets
 from .errors import ConfigError
@@ -47,7 +47,7 @@ def _config(model: AlexNet, fmt: str = "safetensors", source: Source | None = No
         **({"folders": list(model.folders)} if model.folders else {}),
         "preprocess": model.preprocess.to_json() if model.preprocess is not None else None,
         **({"source": source.to_dict()} if source is not None else {}),
-        "versions": runtime.versions(),
+        "versions": installed.versions(),
     }
 
 

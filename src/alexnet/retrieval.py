@@ -25,9 +25,10 @@ from .data.loaders import model_input
 from .data.presets import Preprocess
 from .data.sources import detect, each_batch, refuse_split_folders
 from .errors import ConfigError, DataError
+from .installed import versions
 from .model import AlexNet
 from .predict import check_finite, kind_of, load_image, recipe
-from .runtime import autocast, eval_mode, precision_name, progress, resolve_amp, versions
+from .runtime import autocast, eval_mode, precision_name, progress, resolve_amp
 
 INDEX_FORMAT = "alexnet-fc7-index-1"
 

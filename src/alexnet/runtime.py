@@ -23,24 +23,6 @@ if TYPE_CHECKING:  # for annotations only: tqdm is imported where a bar is made 
     from tqdm.std import tqdm
 
 
-def versions() -> dict[str, str]:
-    """The versions a result depends on: this package, torch, what decodes and resizes photos
-    (torchvision, Pillow, numpy) and Python; "none" for a package that is not installed. Read from the
-    installed metadata: importing torchvision for its version would cost a second and a half."""
-    import platform
-    from importlib import metadata
-
-    from . import __version__
-
-    found = {"alexnet": __version__, "torch": torch.__version__}
-    for name in ("torchvision", "numpy", "pillow"):
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = "none"
-    return {**found, "python": platform.python_version()}
-
-
 def cache_home() -> Path:
     """alexnet's cache folder: ``$ALEXNET_CACHE``, else ``$XDG_CACHE_HOME/alexnet``, else
     ``~/.cache/alexnet``. An OSError (which its users take as a cache that cannot be written) where

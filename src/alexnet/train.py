@@ -51,6 +51,7 @@ from .errors import (
 )
 from .finetune import architecture, build_model, note_scale
 from .health import HealthMonitor
+from .installed import versions
 from .model import AlexNet, AlexNetConfig, describe_model, model_family
 from .optim import PlateauSchedule, make_optimizer, match_state_layout, param_groups, step_lr_factor
 from .parallel import TowerSplit, grouped_optimizer_state, split_optimizer_state, tower_devices
@@ -64,7 +65,7 @@ from .resume import (
     resume_source,
     started_threads,
 )
-from .runtime import amp_name, counted, resolve_amp, rng_state, seed_everything, set_rng_state, versions
+from .runtime import amp_name, counted, resolve_amp, rng_state, seed_everything, set_rng_state
 from .trainstate import check_training_state
 
 

@@ -163,30 +163,6 @@ def _one_checkpoint(parsed: argparse.Namespace, command: argparse.ArgumentParser
         command.error(f"the following arguments are required: CHECKPOINT or --checkpoint{after}")
 
 
-def _installed(name: str) -> str:
-    """The version of package ``name`` as it says it (``torch.__version__``: 2.14.1+cu130, the build that
-    PyPI's metadata leaves out), read from its version.py without importing it; else its metadata."""
-    import importlib.util
-    import re
-    from importlib import metadata
-
-    try:
-        spec = importlib.util.find_spec(name)
-        if spec is None:
-            return "not installed"
-        if spec.origin:
-            with open(os.path.join(os.path.dirname(spec.origin), "version.py"), encoding="utf-8") as f:
-                text = f.read()
-            if found := re.search(r"^__version__\s*=\s*['\"]([^'\"]+)['\"]", text, re.M):
-                return found.group(1)
-    except (OSError, ImportError, ValueError):  # a decoding error too: then the metadata's
-        pass
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
 class _Version(argparse.Action):
     """``--version``: alexnet's and what it runs on, the lines a bug report asks for, read without importing
     torch (its import would cost the answer seconds)."""
@@ -199,10 +175,11 @@ class _Version(argparse.Action):
         import platform
         import sys
 
-        from .. import __version__
+        from ..installed import versions
 
-        line = (f"alexnet {__version__} (torch {_installed('torch')}, torchvision {_installed('torchvision')}, "
-                f"Python {platform.python_version()}, {platform.system()} {platform.machine()})\n")
+        found = {name: "not installed" if said == "none" else said for name, said in versions().items()}
+        line = (f"alexnet {found['alexnet']} (torch {found['torch']}, torchvision {found['torchvision']}, "
+                f"Python {found['python']}, {platform.system()} {platform.machine()})\n")
         parser._print_message(line, sys.stdout)  # as argparse's own version action: stdout, a closed pipe ignored
         parser.exit()
 

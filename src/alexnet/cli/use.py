@@ -193,7 +193,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         import torch
 
         from ..data.fashion_mnist import data_root
-        from ..runtime import amp_name, versions
+        from ..installed import versions
+        from ..runtime import amp_name
 
         # the resolved settings, so that evaluate.json says how the figures were computed; the data by
         # absolute path too: "data" in stats is as typed, which names nothing once its folder is unknown

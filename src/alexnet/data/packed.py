@@ -25,7 +25,8 @@ from .. import faults, jsonio, runfolder
 from ..atomic import check_writable, signals_held
 from ..checks import is_whole
 from ..errors import DataError, check_labels
-from ..runtime import progress, versions
+from ..installed import versions
+from ..runtime import progress
 from .folder import BAD_FILES_NAME, BadFiles, class_name, collate
 from .sources import PACKED_INDEX, SHARD, check_out_of_images, each_batch, open_folder_splits
 from .stats import StatsAccumulator, cache_key, save_npy, save_stats, stats_damage
