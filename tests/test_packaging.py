@@ -24,9 +24,11 @@ SKIP = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", ".pytest_cac
 
 
 def _walk(root: Path, folder: str) -> set[str]:
-    """Every file under ``root/folder``, relative to root, without caches."""
+    """Every file under ``root/folder``, relative to root, without the caches SKIP leaves out of the copy
+    (a tests/.pytest_cache, of pytest run from inside tests/, was counted as missing from the sdist)."""
     return {p.relative_to(root).as_posix() for p in (root / folder).rglob("*")
-            if p.is_file() and "__pycache__" not in p.parts and ".egg-info" not in str(p) and p.suffix != ".pyc"}
+            if p.is_file() and not {"__pycache__", ".pytest_cache"} & set(p.parts) and ".egg-info" not in str(p)
+            and p.suffix != ".pyc"}
 
 
 @pytest.fixture(scope="module")
