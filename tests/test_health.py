@@ -195,6 +195,25 @@ def test_the_advice_of_a_stopped_run_can_be_followed(preset, epochs, warmup):
     assert not any("init=kaiming" in advice for advice in health_remedies(tuned, model))
 
 
+@pytest.mark.parametrize(("preset", "epochs", "warmup", "longer"), [
+    ("photos", 1, None, 4), ("photos", 3, None, 4), ("photos", 4, None, None), ("photos", 1, 0.25, None),
+    ("fashion_mnist", 1, None, None), ("paper", 1, None, None)])
+def test_a_short_run_that_cut_its_recipes_warm_up_is_told_to_train_longer(preset, epochs, warmup, longer):
+    """A 1-epoch photos run warms up over half an epoch (3.5 steps on imagewoof-mini), not the recipe's
+    two, and diverged there where 4 epochs did not: its remedies say how many epochs keep the warm-up whole."""
+    from alexnet.config import resolve_config
+    from alexnet.train import health_remedies
+
+    cfg = resolve_config(preset, {"epochs": epochs, "warmup_epochs": warmup})
+    advice = [a for a in health_remedies(cfg, create_model(cfg.model, **cfg.model_options)) if a.startswith("train longer")]
+    if longer is None:
+        assert advice == []
+        return
+    assert f"--epochs {longer} or more keeps it whole" in advice[0] and f"cut to {cfg.warmup_epochs:g}" in advice[0]
+    assert resolve_config(preset, {"epochs": longer}).warmup_epochs == 2.0  # the photos recipe's, whole
+    assert resolve_config(preset, {"epochs": longer - 1}).warmup_epochs < 2.0
+
+
 @pytest.mark.parametrize("preset", ["paper", "fashion_mnist"])
 def test_a_network_that_gives_every_image_one_class_is_said(tiny_fmnist, tmp_path, preset):
     """The paper's fixed 0.01 init below 224 px gave every validation image one class for 10 epochs

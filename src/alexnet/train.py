@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import functools
 import json
+import math
 import os
 import platform
 import signal
@@ -29,7 +30,7 @@ import torch
 from . import distributed, faults, jsonio, runfolder
 from .atomic import write_text
 from .checkpoint import FORMAT, config_from_file, load_checkpoint, save_atomic
-from .config import TrainConfig
+from .config import PRESETS, TrainConfig
 from .data.device_decode import decode_device
 from .data.loaders import DataBundle, TensorBatches, load_data, set_epoch
 from .data.presets import Preprocess
@@ -500,6 +501,11 @@ def health_remedies(cfg: TrainConfig, model: AlexNet) -> tuple[str, ...]:
     remedies = ["lower --lr (e.g. by 10)"]
     if not cfg.warmup_epochs:  # a warm-up must end before the run does
         remedies.append(f"add --warmup-epochs {1 if cfg.epochs > 2 else cfg.epochs / 2:g}")
+    recipe = PRESETS.get(cfg.preset, {}).get("warmup_epochs", 0.0)
+    if 0 < cfg.warmup_epochs < recipe and cfg.warmup_epochs == cfg.epochs / 2:  # the short run's cap (_preset_warmup)
+        # 1 epoch of 7 steps warms up for 3.5 and diverged on imagewoof-mini where 4 epochs did not.
+        remedies.append(f"train longer (at --epochs {cfg.epochs} the {cfg.preset} recipe's {recipe:g}-epoch warm-up is cut "
+                        f"to {cfg.warmup_epochs:g}; --epochs {math.ceil(2 * recipe)} or more keeps it whole)")
     if model.config.init != "kaiming" and not cfg.init_from:  # fine-tuning: the loaded weights replace any init
         remedies.append("start from He init (--model-option init=kaiming, as --preset photos does)")
     return tuple(remedies)
