@@ -226,3 +226,36 @@ def _held(n: int, seed: int) -> list[int]:
     """The indices a folder of ``n`` images holds out with ``seed`` (loaders.held_out's rule, recomputed)."""
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     return perm[: max(1, round(n * 0.1))]
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_loader_left_running_in_a_reference_cycle_does_not_hang_the_exit(tmp_path, fails):
+    """A loader's persistent workers ignore SIGTERM (loaders._start_worker). One left running by its
+    caller in a reference cycle (a failed loop's traceback; a tqdm 4.60 bar: `alexnet evaluate
+    --progress on --workers 1` never exited) lost its stop signal to the collector, and
+    multiprocessing's exit hook then waited on the worker forever. The loaders still running are
+    stopped at the exit first: the script ends, with its own status."""
+    import subprocess
+    import sys
+
+    from conftest import cli_env
+
+    script = tmp_path / "cycle.py"
+    script.write_text(f"""
+import torch
+from alexnet.data.loaders import _batches
+class Two:
+    def __len__(self):
+        return 2
+    def __getitem__(self, i):
+        if {fails} and i == 1:
+            raise ValueError("an item that fails")
+        return torch.zeros(3, 4, 4, dtype=torch.uint8), 0, i
+if __name__ == "__main__":
+    b = _batches(Two(), [0, 1], 1, False, False, 0, 0, 1, 1, False)
+    b.me = b  # a reference cycle, as a caller's closures or a traceback can hold it
+    print(sum(1 for _ in b))
+""")
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=cli_env(), timeout=120)
+    assert r.returncode == (1 if fails else 0), r.stderr[-2000:]
+    assert fails or r.stdout.strip() == "2"

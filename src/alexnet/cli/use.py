@@ -183,8 +183,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     class_orders(models, [str(p) for p in paths], list(classes), getattr(loader, "folders", None))  # refused by path
     channels_last = args.channels_last is not False  # NHWC, as training runs: pooling is several times faster on a CPU
     amp = resolve_amp(args.amp, device)
-    stats = evaluate(models, loader, device, amp, args.ten_crop, channels_last, _progress_flag(args), list(classes),
-                     (source, args.checkpoint))  # the data's classes matched to the model's by name
+    try:
+        stats = evaluate(models, loader, device, amp, args.ten_crop, channels_last, _progress_flag(args), list(classes),
+                         (source, args.checkpoint))  # the data's classes matched to the model's by name
+    finally:  # its persistent workers stopped now: with tqdm 4.60 the loader sat in a reference cycle, the
+        # collector lost their stop signal, and the exit waited forever on a worker that ignores SIGTERM
+        getattr(loader, "close", lambda: None)()
     confusion, columns = data_confusion(stats.pop("confusion"), stats.pop("label_map"), list(classes))
     # the precision that ran, which --amp auto resolves by device (bf16 on a CPU with AVX512-BF16)
     stats.update({"ten_crop": args.ten_crop, "precision": precision_name(amp), "models": [str(p) for p in paths],

@@ -6,10 +6,12 @@ normalises a whole batch at once on the training device.
 
 from __future__ import annotations
 
+import atexit
 import math
 import os
 import signal
 import warnings
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,6 +129,8 @@ class Batches:
     def __init__(self, loader: torch.utils.data.DataLoader, sampler: EpochBatchSampler, decode: DeviceDecoder | None = None) -> None:
         self.loader, self.sampler_, self.decode = loader, sampler, decode
         self.siblings: list[Batches] = []  # loaders whose workers start with these (training's: validation's)
+        if loader.num_workers:
+            _stopped_at_exit(self)
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -168,6 +172,25 @@ class Batches:
         iterator = getattr(self.loader, "_iterator", None)
         self.loader._iterator = None
         stop_workers(iterator)
+
+
+_WITH_WORKERS: weakref.WeakSet[Batches] = weakref.WeakSet()
+
+
+def _stopped_at_exit(batches: Batches) -> None:
+    """Have ``batches``' persistent workers stopped at the interpreter's exit if its caller left them
+    running. Left to the collector, a loader in a reference cycle (over a tqdm 4.60 bar) lost their stop
+    signal, and multiprocessing's exit hook then waited forever on workers that ignore SIGTERM
+    (:func:`_start_worker`). Registered after torch's and multiprocessing's hooks, this one runs first."""
+    if not _WITH_WORKERS:
+        atexit.unregister(_stop_all)  # once
+        atexit.register(_stop_all)
+    _WITH_WORKERS.add(batches)
+
+
+def _stop_all() -> None:
+    for batches in list(_WITH_WORKERS):
+        batches.close()
 
 
 def _at_most_the_images(batch_size: int, images: int, notes: list[str]) -> int:
