@@ -171,12 +171,13 @@ def write_safetensors(path: str | os.PathLike, tensors: dict[str, Any], metadata
         try:
             save_file(tensors, str(tmp), metadata=metadata)
         except SafetensorError as e:
-            # its Rust writer reports a failed write (a full disk) as 'I/O error: ... (os error 28)':
-            # the OSError it stands for, naming the file asked for (one line, not an internal error)
-            found = re.search(r"\(os error (\d+)\)", str(e))
+            # its Rust writer reports a failed write (a full disk) as 'I/O error: ... (os error 28)'
+            # (safetensors 0.4.0: 'IoError(Os { code: 28, ...})'): the OSError it stands for, naming
+            # the file asked for (one line, not an internal error)
+            found = re.search(r"\(os error (\d+)\)|\bOs \{ code: (\d+)", str(e))
             if found is None:
                 raise
-            code = int(found.group(1))
+            code = int(found.group(1) or found.group(2))
             raise OSError(code, os.strerror(code), str(path)) from None
         _sort_metadata(tmp)
     return Path(path)

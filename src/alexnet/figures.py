@@ -41,7 +41,8 @@ def plain(name: str) -> str:
     return printable(name).replace("$", r"\$")
 
 
-_MISSING_GLYPH = re.compile(r"Glyph (\d+) .*missing from font\(s\) (.+?)\.?$")
+# matplotlib >= 3.7 names the fonts ("missing from font(s) DejaVu Sans."); 3.6 says "from current font."
+_MISSING_GLYPH = re.compile(r"Glyph (\d+) .*missing from (?:font\(s\) (.+?)|current font)\.?$")
 
 
 def _missing_glyphs_said_once(draw):
@@ -61,12 +62,19 @@ def _missing_glyphs_said_once(draw):
                 if found is None:  # another warning: said as the caller's filters say it
                     warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
                 else:
-                    glyphs[chr(int(found[1]))], fonts[found[2]] = None, None
+                    glyphs[chr(int(found[1]))], fonts[found[2] or _default_font()] = None, None
             if glyphs:
                 warnings.warn(f"the figure's font ({', '.join(fonts)}) lacks {''.join(glyphs)}, drawn as empty boxes; "
                               "a font that has them (e.g. Noto Sans CJK) draws them", stacklevel=2)
 
     return wrapper
+
+
+def _default_font() -> str:
+    """The name of the font matplotlib draws text in by default ("DejaVu Sans")."""
+    from matplotlib import font_manager
+
+    return font_manager.FontProperties(fname=font_manager.findfont(font_manager.FontProperties())).get_name()
 
 
 def _matplotlib_folders() -> list[Path]:
@@ -134,7 +142,8 @@ def _save(fig, path: str | os.PathLike) -> Path:
     fmt = figure_format(path)
     with atomic_path(path, durable=False) as tmp, matplotlib.rc_context({"svg.hashsalt": "alexnet"}):
         # no bbox_inches="tight": the size stays as documented
-        fig.savefig(tmp, dpi=DPI, format=fmt, metadata=_SAME_BYTES.get(fmt))
+        same = _SAME_BYTES.get(fmt)  # matplotlib 3.6's JPEG writer takes no metadata at all (a TypeError)
+        fig.savefig(tmp, dpi=DPI, format=fmt, **({"metadata": same} if same else {}))
     return path
 
 
