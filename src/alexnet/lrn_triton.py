@@ -27,8 +27,8 @@ new batch or image size reuses the compiled kernel; the window and ``relu`` are 
 Importing this module imports Triton; :mod:`alexnet.lrn` imports it only on first CUDA use.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: Triton 3.0's interpreter (torch 2.4's) knows a constexpr
+# parameter by its annotation's object, and took the string "tl.constexpr" for a runtime value.
 import contextlib
 import itertools
 from typing import Any
@@ -144,7 +144,7 @@ def _lrn_fwd_kernel(
         c = e - AFTER
         ok = live & (c >= 0)
         y = _lx(_ld(xp, c, xsc, CG, live), RELU) * _pow(_sum(s, s_lo), alpha, k, -beta)
-        tl.store(yp + c.to(tl.int64) * osc, y.to(y_ptr.dtype.element_ty), mask=ok)
+        tl.store(yp + tl.cast(c, tl.int64) * osc, y.to(y_ptr.dtype.element_ty), mask=ok)
         new = nxt
 
 
@@ -224,7 +224,7 @@ def _lrn_bwd_kernel(
         i = a - BEFORE
         ok = live & (i >= 0)
         dx = _dx(xp, gp, i, xsc, gsc, CG, live, _sum(s_out, s_out_lo), tsum + tsum_lo, alpha, beta, k, RELU)
-        tl.store(dp + i.to(tl.int64) * osc, dx.to(dx_ptr.dtype.element_ty), mask=ok)
+        tl.store(dp + tl.cast(i, tl.int64) * osc, dx.to(dx_ptr.dtype.element_ty), mask=ok)
         new = nxt
         g_new = g_nxt
 
