@@ -1,0 +1,122 @@
+"""scripts/finetune_table.py, behind README's fine-tuning table, runs what its rows say and reports
+what those runs scored.
+
+It is run as a user runs it, on a small image folder and a source checkpoint trained here. Each run's
+resolved configuration (config.json) is checked against its row; the frozen row's convolutions
+against the source's (they must not move) and the scratch row's against them (they must differ);
+the table's figures against evaluate.json, which `alexnet evaluate --out` wrote beside each run
+(the script reads the printed `--json`), with the mean and standard error computed here.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, cli_env, make_image_folder, run_cli
+
+SCRIPT = ROOT / "scripts" / "finetune_table.py"
+# a rate at which fc8 x 10 does not diverge in 3 steps an epoch on coloured noise
+TRAIN = ("--threads", "1", "--amp", "none", "--progress", "off", "--batch-size", "8", "--lr", "0.001")
+ROWS = {"scratch": {}, "init": {}, "init-fc8x10": {"lr_mult": {"fc8": 10.0}}, "frozen": {"freeze": ["features"]}}
+
+
+def _script(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=cli_env(), timeout=900)
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=False)["model"]
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, subprocess.CompletedProcess]:
+    """A source trained for one epoch on a 3-class folder at 64 px, then the table from it (2 seeds, 2 epochs)."""
+    root = tmp_path_factory.mktemp("finetune")
+    make_image_folder(root / "photos" / "train", per_class=8)
+    make_image_folder(root / "photos" / "val", per_class=3)
+    source = root / "source"
+    done = run_cli("train", "--data", str(root / "photos"), "--model-option", "input_size=64", "--epochs", "1",
+                   "--seed", "5", "--out", str(source), "--threads", "1", "--amp", "none", "--progress", "off")
+    assert done.returncode == 0, done.stderr
+    out = root / "table"
+    done = _script("--init-from", str(source / "last.pt"), "--data", str(root / "photos"), "--out", str(out),
+                   "--seeds", "0", "1", "--epochs", "2", "--", *TRAIN)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return source, out, done
+
+
+def test_each_run_is_its_rows_command(table) -> None:
+    source, out, _ = table
+    for key, options in ROWS.items():
+        for seed in (0, 1):
+            config = json.loads((out / f"{key}-s{seed}" / "config.json").read_text())["train"]
+            assert config["seed"] == seed and config["epochs"] == 2 and config["amp"] == "none"
+            assert config["init_from"] == (None if key == "scratch" else str((source / "last.pt").resolve()))
+            assert config["freeze"] == options.get("freeze", [])
+            assert config["lr_mult"] == options.get("lr_mult", {})
+    commands = (out / "commands.txt").read_text().splitlines()
+    assert len(commands) == 16 and sum(" train " in c for c in commands) == 8
+    assert all("--amp none" in c and "--threads 1" in c for c in commands)  # evaluate computes as training did
+
+
+def test_the_rows_start_from_the_source_and_the_frozen_one_keeps_its_features(table) -> None:
+    source, out, _ = table
+    start = _weights(source / "last.pt")
+    for seed in (0, 1):
+        frozen = _weights(out / f"frozen-s{seed}" / "last.pt")
+        scratch = _weights(out / f"scratch-s{seed}" / "last.pt")
+        assert torch.equal(frozen["conv1.weight"], start["conv1.weight"])
+        assert torch.equal(frozen["conv5.weight"], start["conv5.weight"])
+        assert not torch.equal(frozen["fc6.weight"], start["fc6.weight"])
+        assert not torch.equal(scratch["conv1.weight"], start["conv1.weight"])
+        # the unfrozen fine-tuned row moved from the source, by far less than a fresh start lies from it
+        init = _weights(out / f"init-s{seed}" / "last.pt")
+        moved, fresh = ((w["conv1.weight"] - start["conv1.weight"]).norm() for w in (init, scratch))
+        assert 0 < moved < 0.1 * fresh
+
+
+def test_the_table_reports_what_evaluate_wrote(table) -> None:
+    _, out, done = table
+    lines = {line.split(" | ")[0].strip("| "): line for line in (out / "table.md").read_text().splitlines()[2:]}
+    assert done.stdout.endswith((out / "table.md").read_text())
+    means = {}
+    for key, label in zip(ROWS, lines):
+        top1 = [json.loads((out / f"{key}-s{s}" / "evaluate" / "evaluate.json").read_text())["top1"] for s in (0, 1)]
+        means[key] = statistics.fmean(top1)
+        error = statistics.stdev(top1) / 2 ** 0.5
+        cells = [c.strip() for c in lines[label].strip("|").split("|")]
+        assert cells[1] == f"{top1[0]:.3f} / {top1[1]:.3f}"
+        assert cells[2] == f"{means[key]:.3f} ± {error:.3f}"
+        assert cells[3] == ("" if key == "scratch" else f"{means[key] - means['scratch']:+.3f}")
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    metrics = [json.loads(x) for x in (out / "frozen-s1" / "metrics.jsonl").read_text().splitlines()]
+    best = max(m["val_top1"] for m in metrics if "val_top1" in m)
+    assert [r["best_top1"] for r in runs if r["row"] == "frozen" and r["seed"] == 1] == [best]
+
+
+def test_a_second_call_reads_the_runs_back_and_a_changed_one_runs_again(table) -> None:
+    source, out, _ = table
+    before = {p: p.stat().st_mtime_ns for p in out.glob("*-s*/last.pt")}
+    done = _script("--init-from", str(source / "last.pt"), "--data", str(source.parent / "photos"), "--out", str(out),
+                   "--seeds", "0", "1", "--epochs", "2", "--", *TRAIN)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("read back") == 8 and " train " not in done.stdout
+    assert before == {p: p.stat().st_mtime_ns for p in out.glob("*-s*/last.pt")}
+    assert done.stdout.endswith((out / "table.md").read_text())
+
+
+def test_bad_input_is_one_line(table, tmp_path: Path) -> None:
+    source, out, _ = table
+    done = _script("--init-from", str(tmp_path / "nothere.pt"), "--out", str(tmp_path / "t"))
+    assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].endswith(f"--init-from: not found: {tmp_path / 'nothere.pt'}")
+    done = _script("--init-from", str(source / "last.pt"), "--data", str(source.parent / "photos"),
+                   "--out", str(tmp_path / "t"), "--seeds", "0", "--", "--lr", "-1", "--progress", "off")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("finetune_table: error: exit status 2 of: ")
+    assert "Traceback" not in done.stderr
