@@ -13,8 +13,9 @@ validation photos). Both are run as a user runs them, by this Python's ``alexnet
 Written to OUT: ``commands.txt`` (every command, as run), ``results.json`` (each run's top-1 and
 top-5, and its best epoch's val top-1 from ``metrics.jsonl``) and ``table.md`` (each row's per-seed
 top-1, mean and standard error over the seeds, and the difference of means to scratch). A run whose
-``evaluate/evaluate.json`` exists and whose ``command.txt`` is this run's command is read back, not
-run again, so a table cut off part way goes on where it stopped.
+``evaluate/evaluate.json`` exists and whose ``command.txt`` is this run's command (and, fine-tuned,
+the sha256 of the same source file) is read back, not run again, so a table cut off part way goes
+on where it stopped.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from alexnet.export import Source
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagewoof-mini"
 
@@ -96,14 +99,17 @@ def measure(row: Row, seed: int, args: argparse.Namespace, extra: list[str], log
     train = alexnet("train", "--data", str(args.data), "--epochs", str(args.epochs), "--seed", str(seed),
                     "--out", str(run_dir), "--force", *row.flags, *extra)
     record = run_dir / "evaluate" / "evaluate.json"
-    said = run_dir / "command.txt"
-    if record.is_file() and said.is_file() and said.read_text().strip() == shlex.join(train):
+    said, command = run_dir / "command.txt", shlex.join(train) + "\n"
+    if row.flags:  # the same path may hold other weights since (a source retrained): its bytes decide
+        command += f"# {args.init_from}: sha256 {args.source_sha256}\n"
+    if record.is_file() and said.is_file() and said.read_text() == command:
         print(f"= {run_dir}: read back (its command and evaluate.json are there)", flush=True)
         log.append(shlex.join(train))
         stats = json.loads(record.read_text())
     else:
+        said.unlink(missing_ok=True)  # a run cut off below is not taken for the one it replaced
         run(train, log)
-        said.write_text(shlex.join(train) + "\n")
+        said.write_text(command)
         scored = alexnet("evaluate", "--checkpoint", str(run_dir / "last.pt"), "--out", str(run_dir / "evaluate"),
                          "--json", *shared_options(extra))
         stats = json.loads(run(scored, log, capture=True).strip().splitlines()[-1])
@@ -161,6 +167,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         if not path.exists():
             parser.error(f"{name}: not found: {path}")
     args.init_from = str(Path(args.init_from).resolve())  # the runs' config.json name it from anywhere
+    args.source_sha256 = Source.of(args.init_from).sha256  # as an export records its checkpoint
     return args, extra
 
 

@@ -16,7 +16,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 from conftest import ROOT, cli_env, make_image_folder, run_cli
 
@@ -34,10 +33,8 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=False)["model"]
 
 
-@pytest.fixture(scope="module")
-def table(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, subprocess.CompletedProcess]:
+def _table(root: Path) -> tuple[Path, Path, subprocess.CompletedProcess]:
     """A source trained for one epoch on a 3-class folder at 64 px, then the table from it (2 seeds, 2 epochs)."""
-    root = tmp_path_factory.mktemp("finetune")
     make_image_folder(root / "photos" / "train", per_class=8)
     make_image_folder(root / "photos" / "val", per_class=3)
     source = root / "source"
@@ -45,13 +42,27 @@ def table(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, subproc
                    "--seed", "5", "--out", str(source), "--threads", "1", "--amp", "none", "--progress", "off")
     assert done.returncode == 0, done.stderr
     out = root / "table"
-    done = _script("--init-from", str(source / "last.pt"), "--data", str(root / "photos"), "--out", str(out),
-                   "--seeds", "0", "1", "--epochs", "2", "--", *TRAIN)
+    done = _again(source, out)
     assert done.returncode == 0, done.stdout + done.stderr
     return source, out, done
 
 
-def test_each_run_is_its_rows_command(table) -> None:
+def _again(source: Path, out: Path, *seeds: str) -> subprocess.CompletedProcess:
+    """The script on ``source``'s folder at ``seeds`` (default 0 and 1), 2 epochs, into ``out``."""
+    return _script("--init-from", str(source / "last.pt"), "--data", str(source.parent / "photos"), "--out", str(out),
+                   "--seeds", *(seeds or ("0", "1")), "--epochs", "2", "--", *TRAIN)
+
+
+def test_the_table_runs_its_rows_and_reports_what_they_scored(tmp_path: Path) -> None:
+    """One test (the runs take two minutes; two tests could be given two workers that each ran them)."""
+    table = _table(tmp_path)
+    _check_each_run_is_its_rows_command(table)
+    _check_the_rows_start_from_the_source_and_the_frozen_one_keeps_its_features(table)
+    _check_the_table_reports_what_evaluate_wrote(table)
+    _check_a_second_call_reads_the_runs_back_and_a_changed_source_runs_them_again(table)
+
+
+def _check_each_run_is_its_rows_command(table) -> None:
     source, out, _ = table
     for key, options in ROWS.items():
         for seed in (0, 1):
@@ -65,7 +76,7 @@ def test_each_run_is_its_rows_command(table) -> None:
     assert all("--amp none" in c and "--threads 1" in c for c in commands)  # evaluate computes as training did
 
 
-def test_the_rows_start_from_the_source_and_the_frozen_one_keeps_its_features(table) -> None:
+def _check_the_rows_start_from_the_source_and_the_frozen_one_keeps_its_features(table) -> None:
     source, out, _ = table
     start = _weights(source / "last.pt")
     for seed in (0, 1):
@@ -81,7 +92,7 @@ def test_the_rows_start_from_the_source_and_the_frozen_one_keeps_its_features(ta
         assert 0 < moved < 0.1 * fresh
 
 
-def test_the_table_reports_what_evaluate_wrote(table) -> None:
+def _check_the_table_reports_what_evaluate_wrote(table) -> None:
     _, out, done = table
     lines = {line.split(" | ")[0].strip("| "): line for line in (out / "table.md").read_text().splitlines()[2:]}
     assert done.stdout.endswith((out / "table.md").read_text())
@@ -100,22 +111,31 @@ def test_the_table_reports_what_evaluate_wrote(table) -> None:
     assert [r["best_top1"] for r in runs if r["row"] == "frozen" and r["seed"] == 1] == [best]
 
 
-def test_a_second_call_reads_the_runs_back_and_a_changed_one_runs_again(table) -> None:
+def _check_a_second_call_reads_the_runs_back_and_a_changed_source_runs_them_again(table) -> None:
     source, out, _ = table
     before = {p: p.stat().st_mtime_ns for p in out.glob("*-s*/last.pt")}
-    done = _script("--init-from", str(source / "last.pt"), "--data", str(source.parent / "photos"), "--out", str(out),
-                   "--seeds", "0", "1", "--epochs", "2", "--", *TRAIN)
+    done = _again(source, out)
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("read back") == 8 and " train " not in done.stdout
     assert before == {p: p.stat().st_mtime_ns for p in out.glob("*-s*/last.pt")}
     assert done.stdout.endswith((out / "table.md").read_text())
+    # other weights under the same name (a source retrained): the fine-tuned rows run again, scratch is kept
+    ckpt = torch.load(source / "last.pt", map_location="cpu", weights_only=False)
+    ckpt["model"]["fc8.bias"] += 1e-6  # other bytes, the same training
+    torch.save(ckpt, source / "last.pt")
+    done = _again(source, out, "0")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("read back") == 1 and done.stdout.count("-m alexnet train ") == 3
+    assert before[out / "scratch-s0" / "last.pt"] == (out / "scratch-s0" / "last.pt").stat().st_mtime_ns
+    assert before[out / "init-s0" / "last.pt"] != (out / "init-s0" / "last.pt").stat().st_mtime_ns
 
 
-def test_bad_input_is_one_line(table, tmp_path: Path) -> None:
-    source, out, _ = table
+def test_bad_input_is_one_line(tmp_path: Path) -> None:
     done = _script("--init-from", str(tmp_path / "nothere.pt"), "--out", str(tmp_path / "t"))
     assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].endswith(f"--init-from: not found: {tmp_path / 'nothere.pt'}")
-    done = _script("--init-from", str(source / "last.pt"), "--data", str(source.parent / "photos"),
+    make_image_folder(tmp_path / "photos")
+    (tmp_path / "source.pt").write_bytes(b"not a checkpoint")
+    done = _script("--init-from", str(tmp_path / "source.pt"), "--data", str(tmp_path / "photos"),
                    "--out", str(tmp_path / "t"), "--seeds", "0", "--", "--lr", "-1", "--progress", "off")
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith("finetune_table: error: exit status 2 of: ")
