@@ -102,16 +102,16 @@ def measure(row: Row, seed: int, args: argparse.Namespace, extra: list[str], log
     said, command = run_dir / "command.txt", shlex.join(train) + "\n"
     if row.flags:  # the same path may hold other weights since (a source retrained): its bytes decide
         command += f"# {args.init_from}: sha256 {args.source_sha256}\n"
+    scored = alexnet("evaluate", "--checkpoint", str(run_dir / "last.pt"), "--out", str(run_dir / "evaluate"),
+                     "--json", *shared_options(extra))
     if record.is_file() and said.is_file() and said.read_text() == command:
         print(f"= {run_dir}: read back (its command and evaluate.json are there)", flush=True)
-        log.append(shlex.join(train))
+        log += [shlex.join(train), shlex.join(scored)]  # commands.txt names what gave every figure
         stats = json.loads(record.read_text())
     else:
         said.unlink(missing_ok=True)  # a run cut off below is not taken for the one it replaced
         run(train, log)
         said.write_text(command)
-        scored = alexnet("evaluate", "--checkpoint", str(run_dir / "last.pt"), "--out", str(run_dir / "evaluate"),
-                         "--json", *shared_options(extra))
         stats = json.loads(run(scored, log, capture=True).strip().splitlines()[-1])
     return Result(row.key, seed, stats["top1"], stats["top5"], *best_epoch(run_dir))
 

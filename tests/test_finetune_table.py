@@ -119,6 +119,8 @@ def _check_a_second_call_reads_the_runs_back_and_a_changed_source_runs_them_agai
     assert done.stdout.count("read back") == 8 and " train " not in done.stdout
     assert before == {p: p.stat().st_mtime_ns for p in out.glob("*-s*/last.pt")}
     assert done.stdout.endswith((out / "table.md").read_text())
+    commands = (out / "commands.txt").read_text().splitlines()  # still every command behind the figures
+    assert len(commands) == 16 and sum(" evaluate " in c for c in commands) == 8
     # other weights under the same name (a source retrained): the fine-tuned rows run again, scratch is kept
     ckpt = torch.load(source / "last.pt", map_location="cpu", weights_only=False)
     ckpt["model"]["fc8.bias"] += 1e-6  # other bytes, the same training
