@@ -115,7 +115,8 @@ class TrainConfig:
     init_from: str | None = opt(None, "start from these weights (our checkpoint, torchvision's alexnet)", metavar="WEIGHTS")
     freeze: list[str] = opt(factory=list, help="comma-separated layers to keep fixed, e.g. features or conv1,conv2",
                             metavar="LAYERS")
-    lr_mult: dict[str, float] = opt(factory=dict, help="per-layer learning-rate multipliers, e.g. fc8=10",
+    lr_mult: dict[str, float] = opt(factory=dict, help="per-layer learning-rate multipliers, e.g. fc8=10 or features=0.1,conv1=0 "
+                                    "(--freeze's layer names; a layer outranks its group)",
                                     metavar="LAYER=X")
 
     def to_dict(self) -> dict[str, Any]:
@@ -492,9 +493,11 @@ def _validate_containers(cfg: TrainConfig) -> None:
     require(isinstance(cfg.lr_mult, dict), "--lr-mult", "a table of layer = multiplier", cfg.lr_mult)
     for layer, mult in cfg.lr_mult.items():
         require(is_finite(mult) and mult >= 0, f"--lr-mult {layer}", "a finite number >= 0", mult)
-    from .model import expand_layers
+    from .model import expand_layers, expand_lr_mult
 
-    frozen = [layer for layer in cfg.lr_mult if layer in expand_layers(cfg.freeze)]
+    expand_lr_mult(cfg.lr_mult)  # an unknown layer is refused here, before any file is read
+    # A group some of whose layers are frozen (--freeze conv1 --lr-mult features=0.1) still sets the others'.
+    frozen = [name for name in cfg.lr_mult if set(expand_layers([name], "--lr-mult")) <= set(expand_layers(cfg.freeze))]
     if frozen:
         raise ConfigError(f"--lr-mult {frozen[0]}={cfg.lr_mult[frozen[0]]:g}: {frozen[0]} is frozen (--freeze "
                           f"{','.join(cfg.freeze)}), so its learning rate would do nothing")

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 LAYER_NAMES = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
 
 
-def expand_layers(names: list[str]) -> list[str]:
+def expand_layers(names: list[str], option: str = "--freeze") -> list[str]:
     """The layers of ``--freeze`` names: ``features`` is conv1-conv5, ``classifier`` fc6-fc8."""
     out = []
     for name in names:
@@ -45,8 +45,17 @@ def expand_layers(names: list[str]) -> list[str]:
         elif name in LAYER_NAMES:
             out.append(name)
         else:
-            raise ConfigError(f"--freeze: unknown layer {name!r}; use {', '.join(LAYER_NAMES)}, features or classifier")
+            raise ConfigError(f"{option}: unknown layer {name!r}; use {', '.join(LAYER_NAMES)}, features or classifier")
     return out
+
+
+def expand_lr_mult(lr_mult: dict[str, float]) -> dict[str, float]:
+    """``--lr-mult``'s multiplier of each layer it names, ``features`` and ``classifier`` as
+    ``--freeze`` reads them; a layer named by itself outranks its group, in any order
+    (``features=0.1,conv1=0`` holds conv1 and slows conv2-conv5)."""
+    groups = [name for name in lr_mult if name not in LAYER_NAMES]
+    out = {layer: lr_mult[group] for group in groups for layer in expand_layers([group], "--lr-mult")}
+    return out | {name: m for name, m in lr_mult.items() if name in LAYER_NAMES}
 
 
 @dataclass

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from .errors import ConfigError
+from .model import expand_lr_mult
 
 
 class PaperSGD(torch.optim.Optimizer):
@@ -184,13 +185,10 @@ def step_lr_factor(
 def param_groups(
     model: torch.nn.Module, lr_mult: dict[str, float] | None = None, bias_decay: bool = True
 ) -> list[dict[str, Any]]:
-    """Trainable parameters grouped by layer multiplier (``{"fc8": 10.0}``); frozen ones left out.
+    """Trainable parameters grouped by layer multiplier (``{"fc8": 10.0}``, ``{"features": 0.1}``:
+    :func:`~alexnet.model.expand_lr_mult`); frozen ones left out.
     ``bias_decay=False`` puts the biases in groups of their own with ``weight_decay`` 0."""
-    lr_mult = dict(lr_mult or {})
-    layers = {name.split(".")[0] for name, _ in model.named_parameters()}
-    unknown = set(lr_mult) - layers
-    if unknown:
-        raise ConfigError(f"--lr-mult: unknown layer(s) {', '.join(sorted(unknown))}; layers: {', '.join(sorted(layers))}")
+    lr_mult = expand_lr_mult(lr_mult or {})
     groups: dict[tuple[float, bool], list[torch.nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if p.requires_grad:
