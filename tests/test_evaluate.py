@@ -1370,6 +1370,46 @@ def test_characters_the_font_lacks_are_said_in_one_warning(tmp_path, monkeypatch
     assert "lacks 犬, drawn as empty boxes" in said[1], said
 
 
+def test_a_font_list_without_matplotlibs_own_fonts_is_named_in_one_line(tmp_path):
+    """A matplotlib font list (~/.cache/matplotlib/fontlist-v*.json) made without matplotlib's own
+    fonts (by another install of the same version, or while this one was being installed) made every
+    curves.png (its log axis is drawn as maths) print 21 lines 'findfont: Font family ['STIXGeneral']
+    not found. Falling back to DejaVu Sans.', on every train. Now one line names the file to delete."""
+    import matplotlib
+
+    mpl = tmp_path / "mpl"
+    env = cli_env(MPLCONFIGDIR=str(mpl))
+    subprocess.run([sys.executable, "-c", "import matplotlib.font_manager"], env=env, check=True, timeout=300)
+    [cache] = mpl.glob("fontlist-v*.json")
+    fonts = json.loads(cache.read_text())
+    own = Path(matplotlib.get_data_path()).resolve()
+    bundled = [f for f in fonts["ttflist"] if own in Path(own, f["fname"]).resolve().parents]  # relative: matplotlib's
+    assert len(bundled) >= 10, "matplotlib's own fonts are not in its font list here"
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "train_loss": 1 / e, "val_loss": 1 / e, "val_top1_error": 0.5,
+                                                           "lr": 0.01 / 10 ** e}) + "\n" for e in (1, 2, 3)))
+
+    def curves() -> str:
+        done = subprocess.run([sys.executable, "-m", "alexnet", "visualize", "curves", str(run)], env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0 and (run / "curves.png").exists(), done.stderr
+        return done.stderr
+
+    assert curves() == ""
+    whole = cache.read_text()
+    (mpl / "matplotlibrc").write_text("font.family: No Such Font\n")  # a family not installed: said as such, once
+    assert curves().splitlines() == ["warning: matplotlib has no font No Such Font: the figure draws it in DejaVu Sans"]
+    (mpl / "matplotlibrc").unlink()
+    assert cache.read_text() == whole
+    fonts["ttflist"] = [f for f in fonts["ttflist"] if f not in bundled]
+    fonts["afmlist"] = [f for f in fonts["afmlist"] if own not in Path(own, f["fname"]).resolve().parents]
+    cache.write_text(json.dumps(fonts))
+    said = curves().splitlines()
+    assert len(said) == 1 and said[0].startswith(f"warning: matplotlib's font list {cache} holds none of its own fonts"), said
+    assert said[0].endswith("in DejaVu Sans; delete that file and matplotlib lists them again") and "STIXGeneral" in said[0], said
+
+
 def test_figures_of_many_images_show_the_first_and_say_so(tmp_path):
     """Agg draws at most 65,535 pixels a side: 'predict DIR --figure' on 700 photos (175 rows of 400
     pixels) or 'retrieve --k 250 --figure' (a row of 300-pixel tiles) ended in an internal error after

@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import functools
 import json
+import logging
 import math
 import os
 import re
@@ -45,17 +46,65 @@ def plain(name: str) -> str:
 _MISSING_GLYPH = re.compile(r"Glyph (\d+) .*missing from (?:font\(s\) (.+?)|current font)\.?$")
 
 
+# matplotlib's log lines for a font family it has no file of: "Font family ['X'] not found. Falling
+# back to Y." at its first use, "Font family 'X' not found." on every text drawn in it (437 lines for
+# a curves.png in a font.family not installed), "Generic family 'X' not found because ...".
+_FONT_NOT_FOUND = re.compile(r"findfont: (?:Font|Generic) family (.+?) not found(?:\. Falling back to (.+?)\.$| because|\.$)")
+
+
+class _FontsNotFound(logging.Filter):
+    """Holds back matplotlib's 'findfont: Font family [...] not found' lines, noting the families."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.families: dict[str, None] = {}
+        self.fallback = "another font"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        found = _FONT_NOT_FOUND.match(record.getMessage())
+        if found is None:
+            return True
+        self.families.update(dict.fromkeys(re.findall(r"'([^']*)'", found[1]) or [found[1]]))
+        self.fallback = found[2] or self.fallback
+        return False
+
+
+def _say_fonts_not_found(families: list[str], fallback: str) -> None:
+    """One warning for the font families matplotlib found no file of. Where its font list holds none
+    of matplotlib's own fonts (a list made by another install of the same version, or while this one
+    was being installed: every figure with maths, such as a log axis, said 21 lines), it names the file."""
+    import matplotlib
+    from matplotlib import font_manager
+
+    own = Path(matplotlib.get_data_path(), "fonts").resolve()
+    names = ", ".join(families[:4]) + (f" and {len(families) - 4} more" if len(families) > 4 else "")
+    listed = any(own in Path(f.fname).resolve().parents for f in font_manager.fontManager.ttflist)
+    if listed or not any(own.glob("ttf/*.ttf")):
+        warnings.warn(f"matplotlib has no font {names}: the figure draws {'them' if len(families) > 1 else 'it'} in {fallback}",
+                      stacklevel=3)
+        return
+    cache = Path(matplotlib.get_cachedir(), f"fontlist-v{font_manager.FontManager.__version__}.json")
+    warnings.warn(f"matplotlib's font list {cache} holds none of its own fonts (in {own}), so the figure draws "
+                  f"{names} in {fallback}; delete that file and matplotlib lists them again", stacklevel=3)
+
+
 def _missing_glyphs_said_once(draw):
     """``draw`` (a figure's function) with matplotlib's warnings of characters its font lacks (one line
-    per character: a confusion matrix of Japanese class names said dozens) said in one line."""
+    per character: a confusion matrix of Japanese class names said dozens) said in one line, and its
+    log lines of fonts not found (one per family) in another."""
 
     @functools.wraps(draw)
     def wrapper(*args, **kwargs):
+        fonts_not_found, log = _FontsNotFound(), logging.getLogger("matplotlib.font_manager")
+        log.addFilter(fonts_not_found)
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 return draw(*args, **kwargs)
         finally:  # out of catch_warnings: what is said here reaches the caller's filters
+            log.removeFilter(fonts_not_found)
+            if fonts_not_found.families:
+                _say_fonts_not_found(list(fonts_not_found.families), fonts_not_found.fallback)
             glyphs, fonts = {}, {}
             for w in caught:
                 found = _MISSING_GLYPH.match(str(w.message))
