@@ -1020,6 +1020,34 @@ def test_a_wholly_new_fc8_is_advised_a_higher_learning_rate(tmp_path):
         assert any(line.startswith(hint) for line in logs) == advised, (classes, options, logs)
 
 
+def test_a_fine_tuning_runs_new_fc8_is_not_the_files_own_first_fc8(tmp_path, capsys):
+    """The new fc8 rows were drawn from --seed as a run from scratch draws them: fine-tuned at the seed
+    the file was trained with, each row started as the file's own first row of its number had, and
+    kept its trained row's direction (cosine 0.5 after 30 epochs of Imagenette), so a dog-breed model
+    fine-tuned from the Imagenette run at its seed called 64 % of Imagenette's tench photos its class 0.
+    The rows are drawn from the seed and the file's fc8: none of its own, the same for the same command."""
+    from conftest import make_image_folder
+
+    source_data = make_image_folder(tmp_path / "src", classes=3, per_class=2)
+    data = make_image_folder(tmp_path / "dogs", classes=3, per_class=2)
+    for c in range(3):
+        (data / f"class{c}").rename(data / f"breed{c}")
+    common = ["--epochs", "1", "--batch-size", "3", "--amp", "none", "--workers", "0", "--progress", "off", "--lr", "1e-9",
+              "--model-option", "input_size=64", *TINY]
+    assert main(["train", "--data", str(source_data), "--out", str(tmp_path / "source"), "--seed", "0", *common]) == 0
+    for name, seed in (("ft0", 0), ("ft0-again", 0), ("ft1", 1)):
+        assert main(["train", "--data", str(data), "--init-from", str(tmp_path / "source" / "last.pt"), "--seed", str(seed),
+                     "--out", str(tmp_path / name), *common]) == 0
+    capsys.readouterr()
+    weights = {name: load_checkpoint(tmp_path / name / "last.pt")["model"] for name in ("source", "ft0", "ft0-again", "ft1")}
+    fc8 = {name: torch.nn.functional.normalize(w["fc8.weight"].double(), dim=1) for name, w in weights.items()}
+    # At lr 1e-9 the source's fc8 is its first draw (seed 0), which the fine-tuning at seed 0 drew again.
+    assert (fc8["ft0"] * fc8["source"]).sum(1).abs().max() < 0.8, (fc8["ft0"] * fc8["source"]).sum(1)
+    assert torch.equal(weights["ft0"]["fc8.weight"], weights["ft0-again"]["fc8.weight"])
+    assert (fc8["ft1"] * fc8["ft0"]).sum(1).abs().max() < 0.8
+    torch.testing.assert_close(weights["ft0"]["conv1.weight"], weights["source"]["conv1.weight"], rtol=0, atol=1e-6)
+
+
 def test_init_from_keeps_fc8_rows_of_the_classes_it_knows_by_name(tmp_path, capsys):
     """fc8 kept whole whenever the class count matched, whatever the classes were, and thrown away
     otherwise: ImageNet weights fine-tuned on dog breeds that ImageNet has started from random
@@ -1027,7 +1055,7 @@ def test_init_from_keeps_fc8_rows_of_the_classes_it_knows_by_name(tmp_path, caps
     import torchvision
     from conftest import make_image_folder
 
-    from alexnet.finetune import build_model
+    from alexnet.finetune import build_model, finetune_seed
     from alexnet.interop import imagenet_classes
 
     torch.manual_seed(0)
@@ -1039,7 +1067,7 @@ def test_init_from_keeps_fc8_rows_of_the_classes_it_knows_by_name(tmp_path, caps
     breeds, logs = ["beagle", "my own dog", "Samoyed"], []
     torch.manual_seed(1)
     model = build_model(cfg, arch, breeds, init, logs.append)
-    torch.manual_seed(1)
+    torch.manual_seed(finetune_seed(cfg.seed, {"fc8.weight": tv["classifier.6.weight"]}))  # the new rows' draw
     fresh = build_model(dataclasses_replace(cfg, init_from=None), arch, breeds, None)
     for row, name in ((0, "beagle"), (2, "Samoyed")):  # ImageNet's own rows (162 and 258)
         j = imagenet_classes().index(name)
