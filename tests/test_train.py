@@ -975,8 +975,6 @@ def test_lr_mult_takes_the_layer_groups_of_freeze_and_refuses_an_unknown_layer_b
 
     own = alexnet.create_model("alexnet_paper", num_classes=3, widths=(8, 8, 8, 8, 8), fc_width=16, input_size=67)
     save_atomic({"model": own.state_dict(), "model_config": own.config.to_dict(), "classes": ["a", "b", "c"]}, tmp_path / "own.pt")
-    from conftest import make_image_folder
-
     data = make_image_folder(tmp_path / "imgs", classes=3, per_class=2)
     common = ["--data", str(data), "--init-from", str(tmp_path / "own.pt"), "--epochs", "1", "--batch-size", "3",
               "--amp", "none", "--workers", "0", "--progress", "off", "--lr", "1e-9"]
@@ -1026,8 +1024,6 @@ def test_a_fine_tuning_runs_new_fc8_is_not_the_files_own_first_fc8(tmp_path, cap
     kept its trained row's direction (cosine 0.5 after 30 epochs of Imagenette), so a dog-breed model
     fine-tuned from the Imagenette run at its seed called 64 % of Imagenette's tench photos its class 0.
     The rows are drawn from the seed and the file's fc8: none of its own, the same for the same command."""
-    from conftest import make_image_folder
-
     source_data = make_image_folder(tmp_path / "src", classes=3, per_class=2)
     data = make_image_folder(tmp_path / "dogs", classes=3, per_class=2)
     for c in range(3):
@@ -1046,6 +1042,41 @@ def test_a_fine_tuning_runs_new_fc8_is_not_the_files_own_first_fc8(tmp_path, cap
     assert torch.equal(weights["ft0"]["fc8.weight"], weights["ft0-again"]["fc8.weight"])
     assert (fc8["ft1"] * fc8["ft0"]).sum(1).abs().max() < 0.8
     torch.testing.assert_close(weights["ft0"]["conv1.weight"], weights["source"]["conv1.weight"], rtol=0, atol=1e-6)
+
+
+def test_fine_tuning_on_the_files_folder_at_another_seed_warns_of_validating_on_its_training_images(tmp_path, capsys):
+    """A folder without val/ holds out a tenth chosen by --seed. Fine-tuned (or continued with new
+    options) from a file trained on that folder at another seed, the run validated, without a word,
+    on images the file had trained on. It says how many; at the file's seed it holds out the same."""
+    from alexnet.data.loaders import held_out
+
+    data = make_image_folder(tmp_path / "imgs", classes=3, per_class=10)
+    common = ["--data", str(data), "--epochs", "1", "--batch-size", "3", "--amp", "none", "--workers", "0", "--progress", "off",
+              "--lr", "1e-9", "--model-option", "input_size=64", *TINY]
+    assert main(["train", *common, "--out", str(tmp_path / "source"), "--seed", "0"]) == 0
+    source = tmp_path / "source" / "last.pt"
+    theirs = set(held_out(30, 0)[1])
+    for seed in (0, 1, 2):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert main(["train", *common, "--init-from", str(source), "--seed", str(seed), "--out", str(tmp_path / f"s{seed}"),
+                         "--force"]) == 0
+        said = [str(w.message) for w in caught if "holds out for validation" in str(w.message)]
+        ours = set(held_out(30, seed)[1])
+        learnt = len(ours - theirs)
+        want = [] if seed == 0 else [f"{learnt} of the 3 images this run holds out for validation trained {source}, which held out "
+                                     f"another tenth of {data} (--seed 0): the validation figures count images the weights learnt; "
+                                     "--seed 0 holds out the file's tenth"]
+        assert said == want and (seed == 0 or learnt > 0), (seed, said)
+    # Another folder (here: one image more) is not the file's: nothing to say.
+    from PIL import Image
+
+    Image.new("RGB", (80, 64)).save(data / "class0" / "extra.jpg")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["train", *common, "--init-from", str(source), "--seed", "1", "--out", str(tmp_path / "other")]) == 0
+    assert not [w for w in caught if "holds out for validation" in str(w.message)]
+    capsys.readouterr()
 
 
 def test_init_from_keeps_fc8_rows_of_the_classes_it_knows_by_name(tmp_path, capsys):

@@ -16,7 +16,7 @@ import torch
 from .checkpoint import config_from_file
 from .config import TrainConfig
 from .data.folder import by_folders, class_name, in_data_names
-from .data.loaders import DataBundle
+from .data.loaders import DataBundle, held_out
 from .data.presets import Preprocess
 from .errors import CheckpointError, check_weights, state_dict_mismatch
 from .model import AlexNet, AlexNetConfig, expand_layers, expand_lr_mult, model_config, torchvision_key
@@ -135,6 +135,22 @@ def fc8_rows(
     else:
         log(f"fc8 re-initialised for {len(classes)} classes" + (" (none of them is among the file's)" if known else ""))
     return len(classes) - kept
+
+
+def warn_held_out(cfg: TrainConfig, init: dict[str, Any], data: DataBundle) -> None:
+    """A warning where the run validates on images its --init-from file trained on: the same folder
+    without a val split (the same images, :func:`~alexnet.data.loaders.listing`), held out at another
+    --seed than the file's, of which the file saw none. Some nine tenths of this run's are then the
+    file's training images (continuing a run with new options under another --seed, say)."""
+    then, seed = init.get("held_out_of"), (init.get("train_config") or {}).get("seed")
+    now = data.held_out_of
+    if not (isinstance(then, dict) and now and "digest" in now and then == now and isinstance(seed, int)) or seed == cfg.seed:
+        return
+    ours = set(held_out(now["images"], cfg.seed)[1])
+    learnt = len(ours - set(held_out(now["images"], seed)[1]))
+    warnings.warn(f"{learnt} of the {len(ours)} images this run holds out for validation trained {cfg.init_from}, which held "
+                  f"out another tenth of {data.source} (--seed {seed}): the validation figures count images the weights "
+                  f"learnt; --seed {seed} holds out the file's tenth", stacklevel=2)
 
 
 def note_scale(cfg: TrainConfig, weights: Preprocess, data: DataBundle) -> None:

@@ -50,7 +50,7 @@ from .errors import (
     machine_limit,
     state_dict_mismatch,
 )
-from .finetune import architecture, build_model, note_scale
+from .finetune import architecture, build_model, note_scale, warn_held_out
 from .health import HealthMonitor
 from .installed import versions
 from .model import AlexNet, AlexNetConfig, describe_model, model_family
@@ -347,6 +347,8 @@ def _wire(
         data.classes = kept
     if init is not None and init.get("preprocess") is not None:
         note_scale(cfg, Preprocess.from_dict(init["preprocess"], source=source), data)
+    if init is not None:
+        warn_held_out(cfg, init, data)
     if not fixed_chans:
         arch = dataclasses.replace(arch, in_chans=data.preprocess.channels)
     seed_everything(cfg.seed)  # the init does not depend on what data loading drew
