@@ -19,7 +19,7 @@ from conftest import cli_env, make_image_folder
 from PIL import Image
 
 from alexnet import create_model, figures
-from alexnet.checkpoint import save_atomic
+from alexnet.checkpoint import load_checkpoint, save_atomic
 from alexnet.cli import main
 from alexnet.data.folder import ImageFolderDataset
 
@@ -606,6 +606,36 @@ def test_an_index_holds_every_image_works_from_anywhere_and_knows_its_model(tmp_
     again = cli_json(capsys, "retrieve", "../loose.jpg", "--index", "../../index.safetensors", "--json",
                      "--checkpoint", str(tmp_path / "tuned.pt"))
     assert [h["path"] for h in again] == [h["path"] for h in hits[: len(again)]]
+
+
+def test_visualize_filters_learnt_draws_what_training_changed(tmp_path, capsys):
+    """30 epochs of Imagenette (the photos recipe's He init) leave conv1 at cosine 0.987 with its random
+    start, and figure 3 showed that noise. visualize says so, and --learnt draws the weights minus the
+    start, drawn again from the run's --seed: here the start is a run of the same seed at lr 1e-12."""
+    data = make_image_folder(tmp_path / "imgs", classes=3, per_class=4)
+    common = ["--data", str(data), "--batch-size", "3", "--amp", "none", "--workers", "0", "--progress", "off", "--seed", "3",
+              "--model-option", "input_size=64", "--model-option", "widths=[16,8,8,8,8]", "--model-option", "fc_width=16"]
+    assert main(["train", *common, "--epochs", "1", "--lr", "1e-12", "--out", str(tmp_path / "still")]) == 0
+    assert main(["train", *common, "--epochs", "3", "--lr", "0.05", "--out", str(tmp_path / "moved")]) == 0
+    capsys.readouterr()
+    assert main(["visualize", "filters", str(tmp_path / "still" / "last.pt"), "--out", str(tmp_path / "still.png")]) == 0
+    assert "note: conv1 is still mostly its random start (cosine 1.000 with the weights --seed 3 drew; training changed it by 0%)" \
+        in capsys.readouterr().err
+    assert main(["visualize", "filters", str(tmp_path / "moved" / "last.pt"), "--learnt", "--out", str(tmp_path / "l.png")]) == 0
+    first, moved = (load_checkpoint(tmp_path / run / "last.pt")["model"]["conv1.weight"] for run in ("still", "moved"))
+    assert (moved - first).abs().max() > 1e-3  # it learnt something to draw
+    want = figures.filters_grid(moved - first).astype(np.int16)
+    assert np.abs(np.asarray(Image.open(tmp_path / "l.png")).astype(np.int16) - want).max() <= 1
+    capsys.readouterr()
+    assert main(["train", *common, "--epochs", "1", "--init-from", str(tmp_path / "still" / "last.pt"), "--out", str(tmp_path / "ft")]) == 0
+    for checkpoint, why in [
+        (tmp_path / "ft" / "last.pt", f"it started from --init-from {tmp_path / 'still' / 'last.pt'}"),
+        (tiny_checkpoint(tmp_path / "imported.pt"), "it records no training run (an import or an export)"),
+    ]:
+        capsys.readouterr()
+        assert main(["visualize", "filters", str(checkpoint), "--learnt", "--out", str(tmp_path / "no.png")]) == 2
+        assert capsys.readouterr().err == f"alexnet: error: --learnt: {checkpoint}: its first weights cannot be drawn again: {why}\n"
+    assert not (tmp_path / "no.png").exists()
 
 
 def test_confusion_labels_are_whole_or_cut_visibly(tmp_path):

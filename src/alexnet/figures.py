@@ -245,10 +245,14 @@ def filters_grid(weight: torch.Tensor, towers: int = 2, columns: int = 16, scale
     return canvas
 
 
-def plot_filters(model: torch.nn.Module, path: str | os.PathLike, columns: int = 16, scale: int = 4) -> Path:
-    """The paper's figure 3: the conv1 kernels, one grid per tower (GPU), the first above the second."""
+def plot_filters(
+    model: torch.nn.Module, path: str | os.PathLike, columns: int = 16, scale: int = 4, minus: torch.nn.Module | None = None
+) -> Path:
+    """The paper's figure 3: the conv1 kernels, one grid per tower (GPU), the first above the second;
+    with ``minus`` (the network the run started as), what training changed in them."""
     towers = getattr(getattr(model, "config", None), "towers", 1)
-    return _save_array(filters_grid(model.conv1.weight, towers, columns, scale), path)
+    weight = model.conv1.weight.detach() - (minus.conv1.weight.detach() if minus is not None else 0)
+    return _save_array(filters_grid(weight, towers, columns, scale), path)
 
 
 # -- training curves ---------------------------------------------------------------------------

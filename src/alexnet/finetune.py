@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from .checkpoint import config_from_file
+from .checks import is_whole
 from .config import TrainConfig
 from .data.folder import by_folders, class_name, in_data_names
 from .data.loaders import DataBundle, held_out
@@ -79,6 +80,17 @@ def build_model(
         for p in getattr(model, name).parameters():
             p.requires_grad_(False)
     return model
+
+
+def first_weights(config: AlexNetConfig, train_config: Any) -> AlexNet | None:
+    """The network a run from scratch started as, drawn again from its recorded --seed as train
+    draws it (:func:`build_model`); None for a run that started from a file (--init-from) or a
+    checkpoint that records no run (an import)."""
+    if not isinstance(train_config, dict) or train_config.get("init_from") or not is_whole(train_config.get("seed")):
+        return None
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(train_config["seed"])
+        return AlexNet(config)
 
 
 def finetune_seed(seed: int, state: dict[str, torch.Tensor]) -> int:

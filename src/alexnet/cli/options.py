@@ -304,6 +304,8 @@ def _add_visualize(sub) -> None:
     v.add_argument("run_dir", type=_path, nargs="*", metavar="PATH", help="curves: run folder(s), several share one figure, a colour each; "
                    "filters: the checkpoint, as --checkpoint gives it")
     v.add_argument("--checkpoint", type=_path, help="checkpoint (for filters)")
+    v.add_argument("--learnt", action="store_true", help="filters: draw what training changed in conv1 (the weights minus those "
+                   "the run's --seed drew at the start), where a short run leaves them mostly their random start")
     v.add_argument("--out", type=_path, help="figure file, .png, .pdf, .svg or .jpg (filters: .png or .jpg) (default: filters.png; "
                    "RUN_DIR/curves.png for one run, curves.png for several)")
     v.set_defaults(func=cmd_visualize)

@@ -13,6 +13,8 @@ from ..errors import terminal_text
 from .common import _check_output, _progress_flag, _same_folder
 
 if TYPE_CHECKING:  # for annotations only: the commands import what they need when they run
+    import torch
+
     from ..data.loaders import FolderListing
     from ..data.presets import Preprocess
 
@@ -357,8 +359,12 @@ def cmd_visualize(args: argparse.Namespace) -> int:
 
         checkpoint, out = _filters_checkpoint(args.checkpoint, args.run_dir), args.out or "filters.png"
         _check_output(out, "--out", image=True)
-        out = figures.plot_filters(load(checkpoint), out)
+        model = load(checkpoint)
+        first = _first_weights(checkpoint, model, args.learnt)
+        out = figures.plot_filters(model, out, minus=first if args.learnt else None)
     else:
+        if args.learnt:
+            raise ConfigError("--learnt draws what training changed in conv1: it is visualize filters'")
         if args.checkpoint:
             raise ConfigError(f"visualize curves draws run folders' metrics: --checkpoint {args.checkpoint} is visualize filters'")
         if not args.run_dir:
@@ -367,6 +373,32 @@ def cmd_visualize(args: argparse.Namespace) -> int:
         out = figures.plot_curves(args.run_dir, args.out)
     print(f"wrote {out}")
     return 0
+
+
+def _first_weights(checkpoint: str, model: torch.nn.Module, learnt: bool) -> torch.nn.Module | None:
+    """The network the run of ``checkpoint`` started as (``--learnt`` subtracts its conv1), and a note
+    where conv1 is still mostly that random start: 30 epochs of Imagenette (the photos recipe's He
+    init) left it at cosine 0.987 with it, and figure 3 showed noise where the change shows colour
+    blobs and oriented gratings. ConfigError for --learnt where the start cannot be drawn again."""
+    from ..checkpoint import read_entry
+    from ..errors import ConfigError
+    from ..finetune import first_weights
+
+    recorded = read_entry(checkpoint, "train_config")
+    first = first_weights(model.config, recorded)
+    if first is None:
+        if learnt:
+            why = f"it started from --init-from {recorded['init_from']}" if isinstance(recorded, dict) and recorded.get("init_from") \
+                else "it records no training run (an import or an export)"
+            raise ConfigError(f"--learnt: {checkpoint}: its first weights cannot be drawn again: {why}")
+        return None
+    now, then = model.conv1.weight.detach().double().flatten(), first.conv1.weight.detach().double().flatten()
+    cosine = float(now @ then / (now.norm() * then.norm()).clamp_min(1e-30))
+    if cosine > 0.9 and not learnt:
+        print(f"note: conv1 is still mostly its random start (cosine {cosine:.3f} with the weights --seed {recorded['seed']} drew; "
+              f"training changed it by {float((now - then).norm() / then.norm()):.0%}): the figure shows mostly that noise, "
+              "and --learnt draws the change alone", file=sys.stderr)
+    return first
 
 
 def _filters_checkpoint(option: str | None, given: list[str]) -> str:
