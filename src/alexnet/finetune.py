@@ -65,7 +65,7 @@ def build_model(
         elif fresh == len(classes) and "fc8" not in expand_lr_mult(cfg.lr_mult):
             # Only where every row is new: a multiplier would also hurry the rows the file's training had settled.
             log("  --lr-mult fc8=10 lets the new fc8 learn ten times as fast as the layers it sits on "
-                "(README's fine-tuning table: +0.017 top-1 on average, in 2 of 3 seeds)")
+                "(README's fine-tuning table measures what it gains)")
         try:
             missing, unexpected = model.load_state_dict(state, strict=False)
         except RuntimeError as e:
