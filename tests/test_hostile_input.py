@@ -1186,6 +1186,44 @@ def test_a_worker_killed_in_evaluate_is_one_line(tmp_path):
     assert r.returncode == 1 and re.fullmatch(_KILLED.format(doing="in evaluate"), last) and "Traceback" not in r.stderr, r.stderr
 
 
+_SOCKET_LOST = (r"alexnet: error: a data-loading worker's socket (\S+)/pymp-[^/\s]+/listener-\S+ was deleted with its folder {doing} "
+                r"\(by a cleaner of old files in \1, or an rm\): set TMPDIR to a folder that nothing cleans while alexnet runs; "
+                r"--workers 0 uses no such socket")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="torch passes a batch through a socket file on Linux")
+def test_a_worker_socket_deleted_mid_run_is_one_line_and_the_run_resumes(tmp_path):
+    """Real (here, a tidy of /tmp while an Imagenette run trained): the folder multiprocessing makes under
+    TMPDIR for a worker's socket deleted mid-run ended the run with 'alexnet: error: No such file or
+    directory', naming nothing, after six tracebacks of the workers' own clean-up, and no --resume line.
+    Now one line naming the socket, the likely cause and what avoids it, exit 1, no traceback; the last
+    checkpoint is kept and --resume finishes the run. evaluate says it likewise."""
+    pack, out, temp = _photos_pack(tmp_path), tmp_path / "run", tmp_path / "t"
+    temp.mkdir()
+    env = cli_env(ALEXNET_FAULT="rmtemp:load=5", TMPDIR=str(temp))  # a worker's 5th batch: epoch 3 (as above)
+    r = subprocess.run([sys.executable, "-m", "alexnet", "train", "--data", str(pack), "--out", str(out), "--epochs", "3",
+                        "--batch-size", "4", "--workers", "2", "--device", "cpu", "--amp", "none", "--threads", "1",
+                        "--model-option", "widths=[8,16,16,16,16]", "--model-option", "fc_width=32",
+                        "--model-option", "input_size=64", "--progress", "off"], capture_output=True, text=True, timeout=300, env=env)
+    last = r.stderr.strip().splitlines()[-1]
+    said = re.fullmatch(_SOCKET_LOST.format(doing=r"in a training step of epoch (\d)") + rf"; the run folder keeps the last good "
+                        rf"checkpoint; continue with: alexnet train --resume {re.escape(str(out))}", last)
+    assert r.returncode == 1 and said and "Traceback" not in r.stderr and "removed" in r.stderr, r.stderr
+    epochs_done = int(said[2]) - 1
+    assert epochs_done >= 1 and torch.load(out / "last.pt", weights_only=True)["position"]["epoch"] == epochs_done
+    r = run_cli("train", "--resume", str(out), "--progress", "off")
+    assert r.returncode == 0, r.stderr
+    assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+    photos = make_image_folder(tmp_path / "more", classes=2, per_class=8)
+    r = subprocess.run([sys.executable, "-m", "alexnet", "evaluate", str(out / "last.pt"), "--data", str(photos),
+                        "--batch-size", "2", "--workers", "2", "--threads", "1", "--progress", "off"],
+                       capture_output=True, text=True, timeout=300, env=dict(env, ALEXNET_FAULT="rmtemp:load=7"))
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 1 and re.fullmatch(_SOCKET_LOST.format(doing="in evaluate"), last), r.stderr
+    assert "Traceback" not in r.stderr
+
+
 @pytest.mark.parametrize("text, said", [
     # torch's words (torch/csrc/DataLoader.cpp, torch/utils/data/dataloader.py), as it raises them
     ("DataLoader worker (pid 4964) is killed by signal: Killed. ",

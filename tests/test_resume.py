@@ -275,7 +275,8 @@ def test_fault_values():
     assert faults.parse("kill:step=5") == faults.Fault("step", 5)
     assert faults.parse("kill:eval=2") == faults.Fault("eval", 2)
     assert faults.parse("kill:write") == faults.Fault("write", 1) == faults.parse("kill:write=1")
-    for bad in ("kill:step", "kill:step=0", "kill:stp=3", "step=3", "kill:eval=-1"):
+    assert faults.parse("rmtemp:load=3") == faults.Fault("load", 3, action="rmtemp")
+    for bad in ("kill:step", "kill:step=0", "kill:stp=3", "step=3", "kill:eval=-1", "rmtemp:step=3", "rmtemp:load"):
         assert faults.parse(bad).error is not None, bad
     faults.arm("kill:stpe=3")
     try:

@@ -285,6 +285,16 @@ class WorkerExited(RuntimeError):
         self.pid, self.exitcode = pid, exitcode
 
 
+class WorkerSocketLost(RuntimeError):
+    """This process could not reach the socket through which a data-loading worker hands over a batch:
+    the socket's file, in the folder that multiprocessing makes under TMPDIR (``pymp-...``), was deleted
+    while the command ran (:func:`alexnet.data.sources.lost_worker_socket`). A RuntimeError, as WorkerExited."""
+
+    def __init__(self, address: str) -> None:
+        super().__init__(f"the socket {address} of a DataLoader worker is gone")
+        self.address = address
+
+
 class WorkersUnstarted(RuntimeError):
     """A DataLoader's worker processes could not be started: no room in shared memory (/dev/shm) for
     the semaphores of their queues, which multiprocessing said as a bare 'No space left on device'
@@ -394,6 +404,8 @@ def worker_lost(error: BaseException, doing: str, workers: str | None = None) ->
         return WorkerDied(f"data-loading worker processes could not be started for want of shared memory {doing}"
                           + _shared_memory_room() + (f": lower {workers}; --workers 0 uses none" if workers else ""),
                           workers_memory=True, shared_memory=True)
+    if isinstance(error, WorkerSocketLost):
+        return _socket_lost(error.address, doing, workers)
     found = _worker_end(error)
     if found is None:
         return None
@@ -410,6 +422,16 @@ def worker_lost(error: BaseException, doing: str, workers: str | None = None) ->
         said += f": lower {workers}, or the batch size; --workers 0 uses none" if shared else f": lower {workers}" if memory \
             else "; --workers 0 loads the data in this process, where its error shows"
     return WorkerDied(said, workers_memory=memory, shared_memory=shared)
+
+
+def _socket_lost(address: str, doing: str, workers: str | None) -> WorkerDied:
+    """A worker's socket deleted (WorkerSocketLost) as one line: a cleaner of old files in TMPDIR (systemd's
+    ten days in /tmp, a cron job) or an rm while the command ran; what it said was 'No such file or directory'."""
+    folder = os.path.dirname(address)
+    gone = " with its folder" if not os.path.isdir(folder) else ""
+    return WorkerDied(f"a data-loading worker's socket {address} was deleted{gone} {doing} (by a cleaner of old files in "
+                      f"{os.path.dirname(folder) or folder}, or an rm): set TMPDIR to a folder that nothing cleans while alexnet "
+                      "runs" + ("; --workers 0 uses no such socket" if workers else ""))
 
 
 def out_of_memory(error: BaseException, doing: str, lower: str | None = None, workers: str | None = None) -> OutOfMemory | None:

@@ -1,4 +1,4 @@
-"""Fault injection: ``ALEXNET_FAULT`` makes the process SIGKILL itself at one exact moment.
+"""Fault injection: ``ALEXNET_FAULT`` makes the process fail at one exact moment (mostly: SIGKILL itself).
 
 Crash-safety tests (tests/test_resume.py) kill a training run and check that ``--resume`` ends
 bitwise where the uninterrupted run ends. A kill timed by the clock lands somewhere different on
@@ -14,6 +14,10 @@ every machine and every run; a kill named in advance is reproducible. Values:
     in each data-loading worker process (not in the main process): when it loads its N-th image of
     a folder or batch of a packed folder, counted over its life (workers of ``alexnet train`` live
     for the run), as the kernel's SIGKILL for want of memory would strike it.
+``rmtemp:load=N``
+    in each data-loading worker process: at its N-th load (as ``kill:load``), it deletes its
+    multiprocessing folder under TMPDIR (``pymp-...``, where the socket lies through which it hands
+    over its batches) and goes on, as a cleaner of old files in /tmp would while the command runs.
 ``kill:write`` or ``kill:write=N``
     inside the N-th checkpoint write of this process (default 1; ``save_atomic``, so ``last.pt`` and
     ``best.pt`` each count): after half of the checkpoint is in its temporary file, before the
@@ -40,16 +44,18 @@ from .errors import ConfigError
 
 ENV = "ALEXNET_FAULT"
 WHERE = ("step", "eval", "load", "write")
-_SPEC = re.compile(r"^kill:(step|eval|load|write)(?:=(\d+))?$")
+_SPEC = re.compile(r"^(kill|rmtemp):(step|eval|load|write)(?:=(\d+))?$")
 
 
 @dataclass(frozen=True)
 class Fault:
-    """Kill the process when fault point ``where`` is reached for the ``at``-th time (or at step ``at``)."""
+    """Kill the process when fault point ``where`` is reached for the ``at``-th time (or at step ``at``);
+    or, ``action`` "rmtemp", delete its multiprocessing folder then."""
 
     where: str
     at: int
     error: str | None = None  # a malformed ALEXNET_FAULT: raised at the first fault point
+    action: str = "kill"
 
 
 def parse(text: str) -> Fault | None:
@@ -58,9 +64,11 @@ def parse(text: str) -> Fault | None:
     if not text:
         return None
     m = _SPEC.match(text)
-    if m is None or (m.group(2) is None and m.group(1) != "write") or (m.group(2) is not None and int(m.group(2)) < 1):
-        return Fault("", 0, f"{ENV}={text!r}: expected kill:step=N, kill:eval=K, kill:load=N or kill:write[=N] (N, K >= 1)")
-    return Fault(m.group(1), int(m.group(2) or 1))
+    if m is None or (m.group(3) is None and m.group(2) != "write") or (m.group(3) is not None and int(m.group(3)) < 1) \
+            or (m.group(1) == "rmtemp" and m.group(2) != "load"):
+        return Fault("", 0, f"{ENV}={text!r}: expected kill:step=N, kill:eval=K, kill:load=N, kill:write[=N] or "
+                            "rmtemp:load=N (N, K >= 1)")
+    return Fault(m.group(2), int(m.group(3) or 1), action=m.group(1))
 
 
 ACTIVE: Fault | None = parse(os.environ.get(ENV, ""))
@@ -90,7 +98,9 @@ def reached(where: str, value: int | None = None, before: Callable[[], Any] | No
         return
     if value is None:
         value = _counts[where] = _counts.get(where, 0) + 1
-    if value == fault.at:
+    if value == fault.at and fault.action == "rmtemp":
+        remove_temp_dir(f"{where} {value}")
+    elif value == fault.at:
         if before is not None:
             before()
         kill(f"{where} {value}")
@@ -110,6 +120,16 @@ def kill(moment: str) -> None:
     if hasattr(signal, "SIGKILL"):
         os.kill(os.getpid(), signal.SIGKILL)
     os._exit(137)  # no SIGKILL (Windows): the closest thing, an exit that runs no cleanup
+
+
+def remove_temp_dir(moment: str) -> None:
+    """Delete this process's multiprocessing folder (its sockets) and say so; the process goes on."""
+    import multiprocessing.util
+    import shutil
+
+    folder = multiprocessing.util.get_temp_dir()
+    shutil.rmtree(folder, ignore_errors=True)
+    print(f"{ENV}: removed {folder} at {moment}", file=sys.stderr, flush=True)
 
 
 def write_half(obj: Any, f: BinaryIO) -> None:

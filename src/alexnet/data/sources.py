@@ -21,7 +21,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..atomic import signals_held
-from ..errors import UNSENT_OTHER, UNSENT_SHARED_MEMORY, DataError, WorkerExited, WorkersUnstarted, is_shared_memory_shortage
+from ..errors import (
+    UNSENT_OTHER,
+    UNSENT_SHARED_MEMORY,
+    DataError,
+    WorkerExited,
+    WorkerSocketLost,
+    WorkersUnstarted,
+    is_shared_memory_shortage,
+)
 from ..runtime import counted, drawn_bars_blank, short_worker_sockets, show_warning, tell_worker_bars
 from .cifar import find_cifar
 from .fashion_mnist import fashion_mnist_missing, is_fashion_mnist
@@ -306,8 +314,49 @@ def fetching_from(iterator: Any) -> Iterator[None]:
     """Errors met fetching batches from ``iterator`` (a DataLoader's), said as what they are: a worker's
     DataError as its one line (:func:`unwrap_worker_error`), a failure beside a dead worker as that
     worker's death (:func:`told_worker_deaths`). Every loop over a loader's batches runs in it."""
-    with unwrap_worker_error(), told_worker_deaths(iterator):
+    with lost_worker_socket(iterator), unwrap_worker_error(), told_worker_deaths(iterator):
         yield
+
+
+@contextlib.contextmanager
+def lost_worker_socket(iterator: Any) -> Iterator[None]:
+    """A batch whose worker's socket is gone (its file deleted with the folder multiprocessing made under
+    TMPDIR), raised as WorkerSocketLost naming the socket; it was 'No such file or directory', naming
+    nothing. The workers are killed first: their folders are gone too, and their own clean-up at exit
+    printed a traceback for each file it could not remove."""
+    try:
+        yield
+    except FileNotFoundError as e:
+        address = _shared_from(e)
+        if address is None:
+            raise
+        _kill_workers(iterator)
+        raise WorkerSocketLost(address) from None
+
+
+def _shared_from(error: OSError) -> str | None:
+    """The socket address this process was connecting to, where ``error`` was raised receiving a shared
+    tensor from another process (multiprocessing.resource_sharer, torch's fd-passing strategy); else None."""
+    for frame, _ in traceback.walk_tb(error.__traceback__):
+        code = frame.f_code
+        if code.co_name == "get_connection" and os.path.basename(code.co_filename) == "resource_sharer.py":
+            address = frame.f_locals.get("address")
+            return address if isinstance(address, str) else None
+    return None
+
+
+def _kill_workers(iterator: Any) -> None:
+    """SIGKILL a DataLoader iterator's workers, told first to torch's SIGCHLD watch (which would raise
+    'killed by signal' in this process): they have nothing left to clean up that is still there."""
+    if getattr(iterator, "_worker_pids_set", False):
+        from torch.utils.data._utils import signal_handling
+
+        signal_handling._remove_worker_pids(id(iterator))
+        iterator._worker_pids_set = False
+    for worker in getattr(iterator, "_workers", []):
+        if worker.is_alive():
+            worker.kill()
+            worker.join()
 
 
 @contextlib.contextmanager
