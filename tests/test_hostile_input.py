@@ -1429,3 +1429,61 @@ def test_too_little_shared_memory_to_start_the_workers_is_one_line(tmp_path):
     r = _in_a_shm_of("64k", ["evaluate", str(out / "last.pt"), "--data", str(pack), "--workers", "4", "--progress", "off"])
     assert r.returncode == 1 and "Traceback" not in r.stderr and "Exception ignored" not in r.stderr, r.stderr
     assert re.fullmatch(said.format(doing="evaluate", n=4), r.stderr.strip().splitlines()[-1]), r.stderr
+
+
+# -- 11. The data folder gone mid-run ------------------------------------------------------------------
+def _moved_mid_run(monkeypatch, out: Path, then) -> None:
+    """Have ``then()`` run at the first image read once ``out`` holds a checkpoint (epoch 2's first batch)."""
+    import alexnet.data.folder as folder
+
+    real, done = folder.decode_image, []
+
+    def decode(path, *args, **kwargs):
+        if not done and (out / "last.pt").is_file():
+            done.append(path)
+            then()
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(folder, "decode_image", decode)
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_a_data_folder_moved_mid_run_is_one_line_and_the_run_resumes(tmp_path, monkeypatch, capsys, workers):
+    """Real (a folder moved while alexnet trained on it): each of its images was a warning ('skipping
+    unreadable image ...: FileNotFoundError'), listed as unreadable in bad_files.txt, until an epoch had
+    none left and the run stopped with 'validation: no image to score', exit 2, no --resume line: 88
+    lines for 88 images, 1.3 million for ImageNet. Now one line naming the folder gone, exit 1, the last
+    checkpoint kept, nothing listed unreadable; once it is back, --resume finishes. A single image deleted
+    mid-run is still one image skipped, and the run goes on."""
+    data, out = tmp_path / "photos", tmp_path / "run"
+    make_image_folder(data / "train", classes=2, per_class=6)
+    make_image_folder(data / "val", classes=2, per_class=2)
+    args = ["train", "--data", str(data), "--out", str(out), "--epochs", "3", "--batch-size", "4", "--workers", workers,
+            "--amp", "none", "--threads", "1", "--model-option", "widths=[8,16,16,16,16]", "--model-option", "fc_width=32",
+            "--model-option", "input_size=64", "--progress", "off"]
+    _moved_mid_run(monkeypatch, out, lambda: data.rename(tmp_path / "elsewhere"))  # in each worker: one of them moves it
+    capsys.readouterr()
+    assert main(args) == 1
+    said = capsys.readouterr().err
+    assert "skipping" not in said and "Traceback" not in said, said
+    err = said.strip().splitlines()[-1]
+    assert err == (f"alexnet: error: {data} is gone: moved, deleted or unmounted while alexnet read its images ({data}/train/"
+                   f"{err.split('/train/')[1].split(' ')[0]} among them); the run folder keeps the last good checkpoint; "
+                   f"continue with: alexnet train --resume {out}"), err
+    assert torch.load(out / "last.pt", weights_only=True)["position"]["epoch"] == 1
+    assert not (out / "bad_files.txt").exists()
+    (tmp_path / "elsewhere").rename(data)
+    monkeypatch.undo()
+    assert main(["train", "--resume", str(out), "--progress", "off"]) == 0
+    assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+    if workers != "0":  # (a worker's warning is printed where capsys does not see it)
+        return
+    one = data / "train" / "class1" / "img5.jpg"
+    _moved_mid_run(monkeypatch, tmp_path / "run2", one.unlink)
+    capsys.readouterr()
+    assert main([*args[:4], str(tmp_path / "run2"), *args[5:]]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: skipping unreadable image {one}: FileNotFoundError" in err, err
+    assert (tmp_path / "run2" / "bad_files.txt").read_text().startswith(f"{one}\t")
+    assert [json.loads(line)["epoch"] for line in (tmp_path / "run2" / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]

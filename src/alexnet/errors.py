@@ -85,6 +85,15 @@ class DataError(AlexNetError):
     """Missing, empty or unreadable data."""
 
 
+class DataGone(DataError):
+    """A folder of the data, there when the command listed its images, gone while it read them (moved,
+    deleted, a disk unmounted): not a matter of the files, each of which would otherwise be skipped as
+    unreadable. ``resume``: as MachineLimit's, the line that continues a training run once it is back."""
+
+    exit_status = 1
+    resume: str | None = None
+
+
 class CheckpointError(AlexNetError):
     """A file that is not a usable checkpoint, or one that does not fit the request."""
 

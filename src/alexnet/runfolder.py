@@ -27,7 +27,7 @@ from types import TracebackType
 from . import jsonio
 from .atomic import check_writable
 from .data.folder import BAD_FILES_NAME
-from .errors import AlexNetError, MachineLimit, TrainingError
+from .errors import AlexNetError, DataGone, MachineLimit, TrainingError
 
 try:
     import fcntl
@@ -297,7 +297,7 @@ class RunFolder:
             replaced = (self.run_dir / REPLACED).is_dir()
             if exc is not None and not isinstance(exc, self.keep):
                 kept = self.failed()
-                if isinstance(exc, TrainingError | MachineLimit):  # the message ends with what is left, known only here
+                if isinstance(exc, TrainingError | MachineLimit | DataGone):  # the message ends with what is left, known only here
                     left = ("the run it was to replace is back in place" if replaced else
                             "no checkpoint had been written yet: nothing to resume")
                     resume = getattr(exc, "resume", None) if kept else None  # a MachineLimit's

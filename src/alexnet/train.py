@@ -41,6 +41,7 @@ from .errors import (
     CheckpointError,
     ConfigError,
     DataError,
+    DataGone,
     Interrupted,
     NonFiniteLoss,
     StoppedAtOnce,
@@ -747,6 +748,9 @@ def _machine_limit_said(cfg: TrainConfig, run_dir: Path, info: distributed.DistI
     last good one. Any other error goes on as it is."""
     try:
         yield
+    except DataGone as e:  # once it is back, the run goes on
+        e.resume = distributed.resume_command(run_dir, info)
+        raise
     except (RuntimeError, MemoryError) as e:
         workers = cfg.workers
         error = machine_limit(e, doing, lower, f"--workers ({workers} now)" if workers else None)

@@ -21,7 +21,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .. import faults
-from ..errors import DataError, decoding_failure
+from ..errors import DataError, DataGone, decoding_failure
 from ..runtime import counted, say
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
@@ -706,7 +706,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
             if image is None:
                 image = decode_image(path, self.resize, self.size)
         except Exception as e:  # noqa: BLE001 - any decoder failure is a bad file, never a lost run
-            short = decoding_failure(e, path)
+            short = decoding_failure(e, path) or folder_gone(e, path)
             if short is not None:  # no fault of the file's: skipped, a good image would be listed bad (and cached so)
                 raise short from None
             self.bad.report(path, e)
@@ -732,6 +732,19 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         if jpeg:
             return torch.frombuffer(bytearray(data), dtype=torch.uint8)
         return decode_bytes(data, self.resize, self.size)
+
+
+def folder_gone(error: BaseException, path: str) -> DataGone | None:
+    """``error``, raised reading the image ``path``, as DataGone naming the folder that went where the file's
+    own folder is no more (the data moved or unmounted mid-run); None for any other error. Each image
+    of a moved folder was otherwise a warning, and listed unreadable in bad_files.txt, until an epoch
+    had none left: 88 lines for 88 images, then 'validation: no image to score'."""
+    if not isinstance(error, FileNotFoundError) or os.path.isdir(os.path.dirname(path)):
+        return None
+    gone = os.path.dirname(path)
+    while (parent := os.path.dirname(gone)) and parent != gone and not os.path.isdir(parent):
+        gone = parent
+    return DataGone(f"{gone} is gone: moved, deleted or unmounted while alexnet read its images ({path} among them)")
 
 
 def collate(items: Sequence[tuple[torch.Tensor, int, int] | None]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:

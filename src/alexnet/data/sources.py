@@ -398,4 +398,4 @@ def unwrap_worker_error() -> Iterator[None]:
         if "Original Traceback" not in text:
             raise
         last = [line for line in text.strip().splitlines() if line.strip()][-1]
-        raise DataError(last.split("DataError: ", 1)[-1]) from None
+        raise type(e)(last.split(f"{type(e).__name__}: ", 1)[-1]) from None  # a DataGone stays one
