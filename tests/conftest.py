@@ -21,6 +21,10 @@ SHARED = Path(os.environ.get("ALEXNET_SHARED") or ROOT.parent / "shared")
 IMAGEWOOF = SHARED / "data" / "imagewoof-mini"
 
 
+# A narrow network (--model-option): a test's runs then cost their start-up, not writing 187 MB checkpoints.
+TINY = ["--model-option", "widths=[8,16,16,16,16]", "--model-option", "fc_width=32"]
+
+
 def write_idx(path: Path, array: np.ndarray) -> None:
     """Write an IDX file (uint8 data), gzipped when the name ends in .gz."""
     header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)

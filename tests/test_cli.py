@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from conftest import cli_env, make_image_folder, run_cli
+from conftest import TINY, cli_env, make_image_folder, run_cli
 
 import alexnet
 
@@ -350,9 +350,9 @@ def test_a_rank_stopped_while_it_starts_leaves_the_line_to_rank_0(signame, tiny_
 
 def test_threads(tiny_fmnist, tmp_path):
     """--threads N: the run computes on N threads (recorded in config.json), on every computing
-    command; a resume on another count says that it will not be bitwise."""
+    command; a resume on another count says that it will not be bitwise. (A narrow network: eight runs.)"""
     out = tmp_path / "run"
-    r = run_cli("train", "--data", str(tiny_fmnist), "--epochs", "1", "--batch-size", "32", "--out", str(out), "--threads", "1")
+    r = run_cli("train", "--data", str(tiny_fmnist), "--epochs", "1", "--batch-size", "32", "--out", str(out), "--threads", "1", *TINY)
     assert r.returncode == 0, r.stderr
     environment = json.loads((out / "config.json").read_text())["environment"]
     assert environment["threads"] == 1
@@ -371,7 +371,7 @@ def test_threads(tiny_fmnist, tmp_path):
     # The --resume line has no --threads: a resume without it takes the run's count (it took every core,
     # and went on otherwise than the run would have): the same weights as a resume with --threads 1.
     runs = [tmp_path / "plain", tmp_path / "given"]
-    run_cli("train", "--data", str(tiny_fmnist), "--epochs", "1", "--batch-size", "32", "--out", str(runs[0]), "--threads", "1")
+    run_cli("train", "--data", str(tiny_fmnist), "--epochs", "1", "--batch-size", "32", "--out", str(runs[0]), "--threads", "1", *TINY)
     shutil.copytree(runs[0], runs[1])
     for folder, given in zip(runs, ([], ["--threads", "1"])):
         r = run_cli("train", "--resume", str(folder), "--epochs", "2", *given)

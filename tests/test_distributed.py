@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, cli_env, make_image_folder, make_tiny_fmnist, requires_cuda, run_cli
+from conftest import ROOT, TINY, cli_env, make_image_folder, make_tiny_fmnist, requires_cuda, run_cli
 
 import alexnet
 from alexnet.config import resolve_config
@@ -25,8 +25,6 @@ from alexnet.optim import make_optimizer, param_groups
 from alexnet.parallel import TowerSplit, grouped_optimizer_state, split_optimizer_state, tower_devices
 from alexnet.resume import resume_config
 from alexnet.train import fit
-
-TINY = ["--model-option", "widths=[8,16,16,16,16]", "--model-option", "fc_width=32"]
 
 
 def _args(data: Path, out: Path, *extra: str) -> list[str]:

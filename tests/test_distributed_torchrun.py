@@ -9,9 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import cli_env, make_image_folder, make_tiny_fmnist, requires_cuda, run_cli
-
-TINY = ["--model-option", "widths=[8,16,16,16,16]", "--model-option", "fc_width=32"]
+from conftest import TINY, cli_env, make_image_folder, make_tiny_fmnist, requires_cuda, run_cli
 
 
 @pytest.fixture(scope="module")

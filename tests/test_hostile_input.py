@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import cli_env, fail_checkpoint_write, make_fmnist, make_image_folder, make_tiny_fmnist, run_cli, run_cli_with_memory
+from conftest import TINY, cli_env, fail_checkpoint_write, make_fmnist, make_image_folder, make_tiny_fmnist, run_cli, run_cli_with_memory
 from test_evaluate import tiny_checkpoint
 
 from alexnet.checkpoint import MAX_PARAMETERS, save_atomic
@@ -30,7 +30,6 @@ from alexnet.data.folder import _image_files, read_image_bytes
 from alexnet.errors import ConfigError, TrainingError
 from alexnet.model import AlexNet, AlexNetConfig, count_parameters, list_models, model_config
 
-TINY = ["--model-option", "widths=[8,16,16,16,16]", "--model-option", "fc_width=32"]
 QUICK = ["--epochs", "1", "--batch-size", "8", "--workers", "0", "--amp", "none", "--device", "cpu", "--progress", "off"]
 
 

@@ -18,7 +18,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, cli_env, fail_checkpoint_write, make_fmnist, make_image_folder, run_cli, run_cli_with_memory, src_pythonpath
+from conftest import (
+    ROOT,
+    TINY,
+    cli_env,
+    fail_checkpoint_write,
+    make_fmnist,
+    make_image_folder,
+    run_cli,
+    run_cli_with_memory,
+    src_pythonpath,
+)
 
 import alexnet
 from alexnet.checkpoint import load_checkpoint, save_atomic
@@ -29,7 +39,6 @@ from alexnet.resume import resume_config
 from alexnet.train import fit
 
 # A tiny AlexNet so that a run takes a second or two on a CPU.
-TINY = ["--model-option", "widths=[8,16,16,16,16]", "--model-option", "fc_width=32"]
 TINY_OPTIONS = {"widths": [8, 16, 16, 16, 16], "fc_width": 32}
 
 
