@@ -293,7 +293,8 @@ def _train_args(data: Path, out: Path, epochs: int = 4) -> list[str]:
 # (every data kind, kills mid-epoch, in evaluation and during a checkpoint write).
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])  # Ctrl-C; kill, docker stop, a SLURM preemption
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])  # Ctrl-C; kill, docker stop, a SLURM
+# preemption; a terminal that hung up
 def test_ctrl_c_saves_and_resumes(tiny_fmnist, tmp_path, sig):
     out = tmp_path / "run"
     env = dict(os.environ, PYTHONPATH=src_pythonpath())
@@ -328,6 +329,57 @@ def test_sigterm_to_the_whole_job_saves_with_loader_workers(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "interrupted at epoch" in err and "Traceback" not in err, err
     assert load_checkpoint(out / "last.pt")["position"]["step"] > 0
+
+
+@pytest.mark.skipif(not hasattr(os, "openpty") or not sys.platform.startswith("linux"), reason="a pseudo-terminal: Linux")
+def test_a_terminal_that_hangs_up_saves_the_step_with_loader_workers(tmp_path):
+    """Real (an ssh connection lost, a terminal window closed): the terminal's hang-up sends SIGHUP to the
+    run and its loader's workers, whose default ended them at once (exit -1), the run's last checkpoint
+    as old as its last epoch. Now the run saves its step and stops (130), as on SIGTERM: the workers
+    ignore SIGHUP, and the output, to a terminal that is no more (each write fails with EIO), goes to
+    /dev/null instead of ending the run before it saves. --resume goes on from the step saved."""
+    import fcntl
+    import termios
+    import threading
+
+    from conftest import cli_env, make_image_folder
+
+    data = make_image_folder(tmp_path / "imgs", classes=2, per_class=40)
+    out = tmp_path / "run"
+    args = ["train", "--data", str(data), "--out", str(out), "--epochs", "30", "--batch-size", "8", "--workers", "2",
+            "--device", "cpu", "--amp", "none", "--progress", "on", *TINY]
+    master, slave = os.openpty()
+
+    def controlling_terminal() -> None:  # the run's session and terminal, as a login shell's command has
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    proc = subprocess.Popen([sys.executable, "-m", "alexnet", *args], env=cli_env(), stdin=slave, stdout=slave, stderr=slave,
+                            preexec_fn=controlling_terminal)
+    os.close(slave)
+    shown: list[bytes] = []
+    threading.Thread(target=lambda: _read_until_closed(master, shown), daemon=True).start()
+    while not (out / "last.pt").exists() and proc.poll() is None:
+        time.sleep(0.01)
+    while len(b"".join(shown).split(b"epoch 2/30")) < 2 and proc.poll() is None:  # well into the run: bars drawn
+        time.sleep(0.01)
+    os.close(master)  # the hang-up: SIGHUP to the terminal's foreground process group
+    assert proc.wait(timeout=120) == 130, b"".join(shown)[-2000:]
+    step = load_checkpoint(out / "last.pt")["position"]["step"]
+    assert step > 10  # past epoch 1 (10 steps)
+    r = run_cli("train", "--resume", str(out), "--epochs", str(step // 10 + 2))
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+
+
+def _read_until_closed(fd: int, into: list[bytes]) -> None:
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # closed by the test: the hang-up
+            return
+        if not chunk:
+            return
+        into.append(chunk)
 
 
 def test_resume_refuses_options_it_would_ignore_and_works_from_any_folder(tiny_fmnist, tmp_path, monkeypatch, capsys):

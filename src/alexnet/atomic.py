@@ -15,6 +15,7 @@ import json
 import os
 import re
 import signal
+import stat
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -199,16 +200,40 @@ def _sort_metadata(path: Path) -> None:
         f.write(text + b" " * (n - len(text)))  # safetensors pads its header with spaces too
 
 
+# The signals that ask a command to stop: Ctrl-C; kill, systemd, docker stop, a SLURM preemption; the
+# terminal hung up (an ssh connection lost, its window closed), whose default ended a run at once.
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+def quiet_if_hung_up(signum: int) -> None:
+    """On SIGHUP, send this process's output to the terminal (gone with the hang-up, where each write
+    now fails with EIO: the next line of a progress bar would have ended the run before it saved) to
+    /dev/null instead; output to a file or a pipe stays."""
+    if signum != getattr(signal, "SIGHUP", None):
+        return
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        return
+    for fd in (1, 2):
+        try:  # a terminal: a character device (isatty's tcgetattr fails on one hung up)
+            if stat.S_ISCHR(os.fstat(fd).st_mode) and not os.path.samestat(os.fstat(fd), os.fstat(null)):
+                os.dup2(null, fd)
+        except OSError:
+            pass
+    os.close(null)
+
+
 @contextlib.contextmanager
 def signals_held(*signums: int, deliver: bool = True) -> Iterator[None]:
-    """Hold ``signums`` (default: SIGINT and SIGTERM) while the block runs, then deliver them to the
+    """Hold ``signums`` (default: :data:`STOP_SIGNALS`) while the block runs, then deliver them to the
     handlers they had: a step that must not be cut in two (the files of a preparation swapped, torch's
     C++ start-up) ends first. Only the main thread sets handlers; elsewhere the block runs as it is.
     ``deliver=False`` drops them instead: for a process that has already said how it ends."""
     held: list[int] = []
     previous: dict[int, object] = {}
     if threading.current_thread() is threading.main_thread():
-        for s in signums or (signal.SIGINT, signal.SIGTERM):
+        for s in signums or STOP_SIGNALS:
             if signal.getsignal(s) is not None:  # None: set outside Python, which could not be put back
                 previous[s] = signal.signal(s, lambda signum, frame: held.append(signum))
     try:

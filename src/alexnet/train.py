@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 import torch
 
 from . import distributed, faults, jsonio, runfolder
-from .atomic import write_text
+from .atomic import STOP_SIGNALS, quiet_if_hung_up, write_text
 from .checkpoint import FORMAT, config_from_file, load_checkpoint, save_atomic
 from .config import PRESETS, TrainConfig
 from .data.device_decode import decode_device
@@ -94,10 +94,11 @@ def _save(state: dict[str, Any], path: Path) -> None:
 
 
 class _CtrlC:
-    """Turns SIGINT (Ctrl-C) and SIGTERM (what kill, systemd, docker stop and a SLURM preemption
-    send) into a flag that the training loop checks between steps: the run saves and stops."""
+    """Turns SIGINT (Ctrl-C), SIGTERM (what kill, systemd, docker stop and a SLURM preemption send) and
+    SIGHUP (the terminal hung up) into a flag that the training loop checks between steps: the run saves
+    and stops."""
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    SIGNALS = STOP_SIGNALS
 
     def __init__(self) -> None:
         self.hit = False
@@ -110,7 +111,8 @@ class _CtrlC:
             self.previous = {}
         return self
 
-    def _handle(self, *_):
+    def _handle(self, signum: int, _frame: Any) -> None:
+        quiet_if_hung_up(signum)
         if self.hit:  # a second one: stop at once
             raise KeyboardInterrupt
         self.hit = True

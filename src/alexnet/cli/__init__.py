@@ -68,20 +68,29 @@ def _import_torch() -> None:
 
 @contextlib.contextmanager
 def _sigterm_as_ctrl_c() -> Iterator[None]:
-    """SIGTERM (kill, docker stop, a scheduler's preemption) raises KeyboardInterrupt, as Ctrl-C does,
-    where it would otherwise end the process on the spot: each command's clean-up runs (temporaries
-    removed, the old pack kept) and it says so in one line. Training saves on either (train._CtrlC)."""
+    """SIGTERM (kill, docker stop, a scheduler's preemption) and SIGHUP (the terminal hung up) raise
+    KeyboardInterrupt, as Ctrl-C does, where they would otherwise end the process on the spot: each
+    command's clean-up runs (temporaries removed, the old pack kept) and it says so in one line (on
+    SIGHUP, to a terminal no more: :func:`alexnet.atomic.quiet_if_hung_up`). Training saves on each (train._CtrlC)."""
     import signal
     import threading
 
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
-        yield  # called from a thread, or SIGTERM handled by the caller
-        return
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    from ..atomic import STOP_SIGNALS, quiet_if_hung_up
+
+    def stop(signum: int, frame: object) -> None:
+        quiet_if_hung_up(signum)
+        signal.default_int_handler(signum, frame)
+
+    ours = [s for s in STOP_SIGNALS if s != signal.SIGINT and signal.getsignal(s) == signal.SIG_DFL]
+    if threading.current_thread() is not threading.main_thread():
+        ours = []  # called from a thread; a signal the caller handles is left to it
+    for s in ours:
+        signal.signal(s, stop)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        for s in ours:
+            signal.signal(s, signal.SIG_DFL)
 
 
 def _escape_unencodable(e: UnicodeError) -> tuple[bytes, int]:

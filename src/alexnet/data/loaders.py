@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..atomic import STOP_SIGNALS
 from ..checks import require_loader_sizes
 from ..errors import DataError
 from ..runtime import counted, release_freed_memory
@@ -232,12 +233,12 @@ def _batches(ds, indices, bs, shuffle, drop_last, seed, rank, world, workers, pi
 
 
 def _start_worker(_worker_id: int) -> None:
-    """A data-loading worker's start. It ignores SIGTERM and SIGINT: the training process saves and
+    """A data-loading worker's start. It ignores SIGTERM, SIGINT and SIGHUP: the training process saves and
     stops on them, then ends its workers. systemd, docker and SLURM signal every process of a job, and
     torch's own worker handler would end a worker at once, failing the run in the middle of its step
     instead. (Its warnings' own line: sources.start_workers, as every loader's workers.)"""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for stop in STOP_SIGNALS:
+        signal.signal(stop, signal.SIG_IGN)
 
 
 def _default_preset(kind: str) -> str:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ..atomic import signals_held
+from ..atomic import STOP_SIGNALS, signals_held
 from ..errors import (
     UNSENT_OTHER,
     UNSENT_SHARED_MEMORY,
@@ -282,7 +282,7 @@ def told_bars(loader: Any) -> Any:
 
 @contextlib.contextmanager
 def workers_spared_signals(loader: Any) -> Iterator[None]:
-    """Start ``loader``'s workers (``iter(loader)``) with SIGINT and SIGTERM blocked in this thread:
+    """Start ``loader``'s workers (``iter(loader)``) with the stop signals (SIGINT, SIGTERM, SIGHUP) blocked in this thread:
     a worker inherits the mask, through exec too, so a Ctrl-C or SIGTERM sent to the whole process
     group leaves it be, the training process saves and stops, and the others stop their workers.
     Spawned (macOS, Windows) or forkserver workers (Linux from Python 3.14) spend seconds importing
@@ -302,7 +302,7 @@ def workers_spared_signals(loader: Any) -> Iterator[None]:
 
         resource_tracker.ensure_running()  # now: its first start unblocks both signals (CPython's own)
     with signals_held():
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, set(STOP_SIGNALS))
         try:
             yield
         finally:
