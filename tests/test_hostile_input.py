@@ -14,6 +14,7 @@ import signal
 import struct
 import subprocess
 import sys
+import tempfile
 import zlib
 from pathlib import Path
 
@@ -1191,14 +1192,18 @@ _SOCKET_LOST = (r"alexnet: error: a data-loading worker's socket (\S+)/pymp-[^/\
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="torch passes a batch through a socket file on Linux")
-def test_a_worker_socket_deleted_mid_run_is_one_line_and_the_run_resumes(tmp_path):
+@pytest.mark.parametrize("tmpdir", ["short", "long"])  # each worker's own folder; one folder in /tmp for all (runtime.short_worker_sockets)
+def test_a_worker_socket_deleted_mid_run_is_one_line_and_the_run_resumes(tmp_path, tmpdir):
     """Real (here, a tidy of /tmp while an Imagenette run trained): the folder multiprocessing makes under
     TMPDIR for a worker's socket deleted mid-run ended the run with 'alexnet: error: No such file or
     directory', naming nothing, after six tracebacks of the workers' own clean-up, and no --resume line.
     Now one line naming the socket, the likely cause and what avoids it, exit 1, no traceback; the last
-    checkpoint is kept and --resume finishes the run. evaluate says it likewise."""
-    pack, out, temp = _photos_pack(tmp_path), tmp_path / "run", tmp_path / "t"
-    temp.mkdir()
+    checkpoint is kept and --resume finishes the run. evaluate says it likewise. Under a TMPDIR too long for
+    a socket's path, every worker's socket lies in one folder: the other loader's workers (validation's)
+    lost theirs too, and their clean-up at exit printed a traceback each, unless they are killed too."""
+    pack, out = _photos_pack(tmp_path), tmp_path / "run"
+    temp = Path(tempfile.mkdtemp(dir="/tmp")) if tmpdir == "short" else tmp_path / ("t" * 80)
+    temp.mkdir(exist_ok=True)
     env = cli_env(ALEXNET_FAULT="rmtemp:load=5", TMPDIR=str(temp))  # a worker's 5th batch: epoch 3 (as above)
     r = subprocess.run([sys.executable, "-m", "alexnet", "train", "--data", str(pack), "--out", str(out), "--epochs", "3",
                         "--batch-size", "4", "--workers", "2", "--device", "cpu", "--amp", "none", "--threads", "1",
@@ -1221,6 +1226,8 @@ def test_a_worker_socket_deleted_mid_run_is_one_line_and_the_run_resumes(tmp_pat
     last = r.stderr.strip().splitlines()[-1]
     assert r.returncode == 1 and re.fullmatch(_SOCKET_LOST.format(doing="in evaluate"), last), r.stderr
     assert "Traceback" not in r.stderr
+    if tmpdir == "short":
+        shutil.rmtree(temp)
 
 
 @pytest.mark.parametrize("text, said", [

@@ -22,7 +22,7 @@ import torch
 
 from ..atomic import STOP_SIGNALS
 from ..checks import require_loader_sizes
-from ..errors import DataError
+from ..errors import DataError, WorkerSocketLost
 from ..runtime import counted, release_freed_memory
 from . import augment, presets
 from .cifar import load_cifar
@@ -36,6 +36,7 @@ from .sources import (
     detect,
     fetching_from,
     has_split_folders,
+    kill_workers,
     open_folder_splits,
     start_workers,
     stop_workers,
@@ -158,12 +159,17 @@ class Batches:
             sibling.start()
         self.start()
         batches = start_workers(self.loader)  # the persistent workers start at the first epoch's
-        with fetching_from(batches):
-            if self.decode is None:
-                yield from batches
-            else:
-                for batch in batches:
-                    yield self.decode(batch)
+        try:
+            with fetching_from(batches):
+                if self.decode is None:
+                    yield from batches
+                else:
+                    for batch in batches:
+                        yield self.decode(batch)
+        except WorkerSocketLost:  # the other loaders' sockets lay under the same TMPDIR: gone too, most likely
+            for other in list(_WITH_WORKERS):  # (their workers' clean-up at exit printed a traceback each)
+                kill_workers(getattr(other.loader, "_iterator", None))
+            raise
 
     def close(self) -> None:
         """Stop the persistent worker processes now. Left to the garbage collector (a training

@@ -330,7 +330,7 @@ def lost_worker_socket(iterator: Any) -> Iterator[None]:
         address = _shared_from(e)
         if address is None:
             raise
-        _kill_workers(iterator)
+        kill_workers(iterator)
         raise WorkerSocketLost(address) from None
 
 
@@ -345,7 +345,7 @@ def _shared_from(error: OSError) -> str | None:
     return None
 
 
-def _kill_workers(iterator: Any) -> None:
+def kill_workers(iterator: Any) -> None:
     """SIGKILL a DataLoader iterator's workers, told first to torch's SIGCHLD watch (which would raise
     'killed by signal' in this process): they have nothing left to clean up that is still there."""
     if getattr(iterator, "_worker_pids_set", False):
