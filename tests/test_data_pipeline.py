@@ -315,6 +315,9 @@ def test_a_phones_mpo_photo_decodes_as_the_same_jpeg(tmp_path, side):
     """A JPEG with more pictures after its first (PIL's format "MPO": many phones and cameras write them)
     is the photo its first picture is, decoded as a JPEG: it was decoded whole by PIL, a 12-megapixel
     one in 0.29 s against its plain copy's 0.02 s, and its pixels differed from the copy's (mean 0.3)."""
+    Image.init()
+    if "MPO" not in Image.SAVE_ALL:  # Pillow 9.2 (pyproject's floor) reads MPO files; writing them came in 9.3
+        pytest.skip(f"Pillow {Image.__version__} cannot write the MPO file this test reads (9.3 can)")
     rng = np.random.default_rng(0)
     photo = Image.fromarray(np.kron(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8), np.ones((side // 16, side // 16, 1), np.uint8)))
     photo.save(tmp_path / "plain.jpg", quality=90)
