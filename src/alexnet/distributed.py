@@ -264,8 +264,7 @@ def _named_failure(e: ChildFailedError) -> tuple[int, ProcessFailure]:
     named first: no rank dies of one because another failed. Not one the agent killed itself, 30 s
     after its SIGTERM (a rank stuck in a collective): its time stamp is that much later.
     """
-
-    stops = STOP_SIGNALS  # the agent stops the other ranks with SIGTERM
+    stops = STOP_SIGNALS  # the agent stops the other ranks with SIGTERM; a hang-up stops a rank too
     first = min(f.timestamp for f in e.failures.values())
     killed = [r for r, f in sorted(e.failures.items())
               if f.exitcode < 0 and -f.exitcode not in stops and f.timestamp <= first + 1]

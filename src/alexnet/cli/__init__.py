@@ -67,7 +67,7 @@ def _import_torch() -> None:
 
 
 @contextlib.contextmanager
-def _sigterm_as_ctrl_c() -> Iterator[None]:
+def _stops_as_ctrl_c() -> Iterator[None]:
     """SIGTERM (kill, docker stop, a scheduler's preemption) and SIGHUP (the terminal hung up) raise
     KeyboardInterrupt, as Ctrl-C does, where they would otherwise end the process on the spot: each
     command's clean-up runs (temporaries removed, the old pack kept) and it says so in one line (on
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, default in (("workers", workers), ("amp", "auto"), ("device", "auto")):
             if getattr(args, name, default) is None:
                 setattr(args, name, default)
-    with _sigterm_as_ctrl_c():
+    with _stops_as_ctrl_c():
         return _run(args)
 
 
