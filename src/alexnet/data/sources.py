@@ -228,9 +228,7 @@ def _stop_half_made(error: BaseException) -> None:
         iterator = frame.f_locals.get("self")
         if frame.f_code.co_name == "__init__" and hasattr(type(iterator), "_shutdown_workers"):
             iterator._shutdown = True
-            for worker in getattr(iterator, "_workers", []):  # idle: they hold nothing
-                worker.kill()
-                worker.join()
+            kill_workers(iterator)  # idle: they hold nothing
 
 
 class _BarsToldStart:
