@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import os
@@ -325,6 +326,51 @@ def test_a_phones_mpo_photo_decodes_as_the_same_jpeg(tmp_path, side):
     with Image.open(tmp_path / "phone.jpg") as im:
         assert im.format == "MPO" and im.n_frames == 2
     assert torch.equal(decode_image(str(tmp_path / "phone.jpg"), 64, 56), decode_image(str(tmp_path / "plain.jpg"), 64, 56))
+
+
+def _jpegs_of_every_kind(root: Path) -> list[Path]:
+    """Baseline, progressive, greyscale, CMYK, 4:4:4 and EXIF-rotated JPEGs made here, odd sizes."""
+    rng = np.random.default_rng(3)
+    rgb = Image.fromarray(rng.integers(0, 256, (37, 53, 3), dtype=np.uint8))
+    made = {"baseline.jpg": (rgb, {}), "progressive.jpg": (rgb, {"progressive": True}),
+            "grey.jpg": (rgb.convert("L"), {}), "cmyk.jpg": (rgb.convert("CMYK"), {}),
+            "444.jpg": (rgb, {"subsampling": 0, "quality": 98})}
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: the decoder leaves it, decode_image turns the picture
+    made["tagged.jpg"] = (rgb, {"exif": exif.tobytes()})
+    for name, (img, options) in made.items():
+        img.save(root / name, format="JPEG", **options)
+    return [root / name for name in made]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torchvision.io 0.29 points to torchcodec
+def test_the_cpu_jpeg_decoder_is_torchvisions_decode_jpeg_without_importing_torchvision(tmp_path):
+    """jpeg_decoder() calls torchvision's operator from its library (3 ms) instead of importing
+    torchvision.io (1.7 s of a command's start): its pixels are torchvision.io.decode_jpeg's for
+    JPEGs of every kind here and for the real photos of ../shared, and it stays torchvision's
+    public function where the library cannot be found or decodes wrongly."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    from alexnet.data import folder
+
+    decode = folder.jpeg_decoder()
+    assert isinstance(decode, functools.partial) and "image.decode_jpeg" in str(decode.func)
+    files = _jpegs_of_every_kind(tmp_path)
+    if IMAGEWOOF.is_dir():
+        files += sorted(IMAGEWOOF.rglob("*.JPEG"))[::25]
+    for f in files:
+        data = torch.frombuffer(bytearray(f.read_bytes()), dtype=torch.uint8)
+        got, want = decode(data), decode_jpeg(data, mode=ImageReadMode.RGB)
+        assert got.shape[0] == 3 and torch.equal(got, want), f
+    assert len(files) > 6 or not IMAGEWOOF.is_dir()
+    # the fallbacks: no library where torchvision keeps it; a library whose decode is not an RGB one
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr("importlib.util.find_spec", lambda name, *a: None)
+        assert folder._torchvision_jpeg_op() is None
+    assert folder._decodes_as_pil(decode)
+    assert not folder._decodes_as_pil(functools.partial(torch.ops.image.decode_jpeg, mode=1))  # grey
+    assert not folder._decodes_as_pil(lambda data: decode(data).flip(2))
+    assert folder._torchvision_io_decoder().func is decode_jpeg
 
 
 def test_a_jpeg_over_pils_pixel_limit_is_a_photo_not_a_bomb(tmp_path):

@@ -458,22 +458,34 @@ def test_head_in_train_mode_is_torchvisions_and_the_papers():
         torch.testing.assert_close(paper.forward_head(f, pre_logits=True), paper.forward_fc7(x), rtol=0, atol=0)
 
 
-def test_importing_the_package_and_building_a_model_leave_torchvision_unimported():
+def test_importing_the_package_decoding_a_jpeg_and_inference_leave_torchvision_and_dynamo_unimported(tmp_path):
     """torchvision's import (its models, torch._dynamo) took 1.5 s of every `import alexnet` and of
-    every command; it is imported when JPEGs are first decoded, and decodes them as before."""
+    every command, then 1.7 s of every command that decodes a JPEG; the LRN operator's first eager
+    call imported torch._dynamo (1.5 s) in evaluate, predict and features. A JPEG is now decoded by
+    torchvision's operator without torchvision (its pixels: test_data_pipeline), and eager inference
+    calls the LRN kernel itself (bitwise the operator's here; against float64 in test_lrn)."""
     import os
     import subprocess
     import sys
 
-    from conftest import src_pythonpath
+    from conftest import make_image_folder, src_pythonpath
 
-    code = ("import sys, alexnet; m = alexnet.create_model('alexnet_small', num_classes=10); "
-            "print('torchvision' in sys.modules); from alexnet.data.folder import jpeg_decoder; "
-            "print(jpeg_decoder().func.__module__)")
+    jpeg = next(make_image_folder(tmp_path / "photos", classes=1, per_class=1).rglob("*.jpg"))
+    code = ("import sys, torch, alexnet; m = alexnet.create_model('alexnet_small', num_classes=10).eval(); "
+            "from alexnet.data.folder import decode_image; "
+            f"x = decode_image({str(jpeg)!r}, 64, 56); print(tuple(x.shape)); "
+            "x = torch.randn(2, 1, 28, 28)\n"
+            "with torch.no_grad(): y = m(x)\n"
+            "print('torchvision' in sys.modules, 'torch._dynamo' in sys.modules)\n"
+            "from alexnet.lrn import LocalResponseNorm, lrn_op\n"
+            "lrn = LocalResponseNorm(5); z = torch.randn(2, 16, 9, 9); z2 = z.to(memory_format=torch.channels_last)\n"
+            "with torch.no_grad(): same = [torch.equal(lrn(t, relu=r), lrn_op(t, lrn.size, lrn.sum_alpha, lrn.beta, lrn.k, r, 1)) "
+            "for t in (z, z2) for r in (False, True)]\n"
+            "print(all(same), 'torch._dynamo' in sys.modules)")
     env = dict(os.environ, PYTHONPATH=src_pythonpath())
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.split() == ["False", "torchvision.io.image"]
+    assert proc.stdout.split() == ["(3,", "56,", "56)", "False", "False", "True", "True"]  # the operator's call imports it
 
 
 def _lrn_per_tower(x: torch.Tensor) -> torch.Tensor:

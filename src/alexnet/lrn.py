@@ -185,7 +185,8 @@ def _kernel_backward(x: torch.Tensor, grad_y: torch.Tensor, params: tuple) -> to
 # torch.compile cannot look into the C kernel or the Triton launch, and the plain ops it would
 # compile instead cost 3x the whole training step on a CPU (benchmarks/train_step.py --compile
 # --ablate: 40 img/s, 118 without LRN). As custom operators the kernels stay opaque calls inside
-# compiled graphs; eager calls on the CPU go through them too (one wrapper per kernel). Each falls
+# compiled graphs; eager training calls on the CPU go through them too (one wrapper per kernel;
+# eager inference calls the C kernel itself, LocalResponseNorm._lrn says why). Each falls
 # back to the plain ops where its kernel is missing (no C compiler, no Triton). Whichever runs,
 # an operator computes in and returns the layout of :func:`_dense` (its fake says the same).
 def _grouped(fn, groups: int, x: torch.Tensor, *more: torch.Tensor) -> torch.Tensor:
@@ -438,6 +439,12 @@ class LocalResponseNorm(nn.Module):
 
     def _lrn(self, x: torch.Tensor, relu: bool, fused: bool, groups: int = 1) -> torch.Tensor:
         args = (self.size, self.sum_alpha, self.beta, self.k)
+        inference = not (torch.is_grad_enabled() and x.requires_grad)
+        if fused and inference and not torch.compiler.is_compiling():
+            # The C kernel itself, as the operator would run it: the operator's first eager call
+            # imports torch._dynamo (torch.library wraps each kernel in torch._disable_dynamo),
+            # 1.5 s of evaluate's, predict's and features' start on a CPU.
+            return lrn_kernel_forward(x, *args, relu, groups)
         if fused:
             return lrn_op(x, *args, relu, groups)
         if relu:
@@ -445,7 +452,7 @@ class LocalResponseNorm(nn.Module):
         if _exporting() or torch.compiler.is_compiling():
             # Traceable ops: exporters see plain graph nodes.
             return lrn_reference(x, *args)
-        if not (torch.is_grad_enabled() and x.requires_grad):  # inference saves nothing for a backward that never comes
+        if inference:  # saves nothing for a backward that never comes
             return lrn_reference(x, *args)
         return _LRNFunction.apply(x, *args)
 

@@ -18,12 +18,15 @@ from collections.abc import Sequence
 import torch
 
 from ..errors import ConfigError, decoding_failure
-from .folder import ImageFolderDataset, _resize_crop, decode_bytes, jpeg_decoder
+from .folder import ImageFolderDataset, _resize_crop, decode_bytes
 
 
 def decode_jpeg(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
     """RGB images of the JPEG files' bytes ``data``, decoded on ``device`` (nvJPEG on a GPU)."""
-    return jpeg_decoder()(data, device=device)
+    from torchvision.io import ImageReadMode
+    from torchvision.io import decode_jpeg as decode  # the batched one: one nvJPEG call on a GPU
+
+    return decode(data, mode=ImageReadMode.RGB, device=device)
 
 
 def decode_device(choice: str, device: torch.device) -> torch.device | None:
@@ -59,8 +62,10 @@ class DeviceDecoder:
     """
 
     def __init__(self, dataset: ImageFolderDataset, device: torch.device | str, overlap: bool | None = None) -> None:
-        if jpeg_decoder() is None:  # pragma: no cover
-            raise RuntimeError("decoding on the device needs torchvision.io.decode_jpeg")
+        try:
+            import torchvision.io  # noqa: F401  (imported here, not at the first batch)
+        except ImportError as e:  # pragma: no cover
+            raise RuntimeError("decoding on the device needs torchvision.io.decode_jpeg") from e
         self.dataset, self.device = dataset, torch.device(device)
         # Decode on a stream of its own, so that a batch's decode overlaps the training step queued
         # before it. Off unless ALEXNET_DECODE_OVERLAP=1 until measured on a GPU (issue 12).

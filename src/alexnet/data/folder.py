@@ -33,12 +33,62 @@ JPEG_FORMATS = ("JPEG", "MPO")
 
 
 @functools.cache
-def jpeg_decoder() -> Callable[..., torch.Tensor] | None:
-    """torchvision's ``decode_jpeg`` giving RGB, or None where torchvision has none (PIL decodes).
+def jpeg_decoder() -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """torchvision's JPEG decoder on the CPU (a file's bytes -> RGB uint8 CHW), or None where
+    torchvision has none (PIL decodes).
 
-    Imported when first wanted, not with this module: torchvision's import (its models, and
-    torch._dynamo with them) is 1.5 s that ``import alexnet``, ``create_model`` and the commands
-    that read no JPEG need not pay. Deprecated in torchvision 0.29 in favour of torchcodec."""
+    It is torchvision's own operator, ``torch.ops.image.decode_jpeg``, which ``torchvision.io.decode_jpeg``
+    calls for a CPU tensor: loading its library is 3 ms, while importing ``torchvision.io`` (all of
+    torchvision: its models, and torch._dynamo with them) was 1.7 s of every command that reads a
+    JPEG (a third of a short training's start). Where the library is not where torchvision keeps it,
+    or fails a decode of a JPEG made here, ``torchvision.io.decode_jpeg`` is imported as before."""
+    return _torchvision_jpeg_op() or _torchvision_io_decoder()
+
+
+def _torchvision_jpeg_op() -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """``torch.ops.image.decode_jpeg`` from torchvision's image library, found as torchvision finds it
+    (``torchvision.extension._get_extension_path``: ``image_stable`` since 0.24, ``image`` before),
+    without importing torchvision; None if that fails or its decode of an 8x8 JPEG is not PIL's."""
+    import importlib.machinery
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("torchvision")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations or os.name == "nt":  # Windows needs its DLL folders set
+        return None
+    finder = importlib.machinery.FileFinder(
+        spec.submodule_search_locations[0],
+        (importlib.machinery.ExtensionFileLoader, importlib.machinery.EXTENSION_SUFFIXES))
+    rgb = 3  # torchvision.io.ImageReadMode.RGB
+    for name in ("image_stable", "image"):
+        lib = finder.find_spec(name)
+        if lib is None or lib.origin is None:
+            continue
+        try:
+            torch.ops.load_library(lib.origin)
+            op = torch.ops.image.decode_jpeg
+            decode = functools.partial(op, mode=rgb, apply_exif_orientation=False)
+            return decode if _decodes_as_pil(decode) else None
+        except (OSError, AttributeError, RuntimeError, TypeError):
+            return None
+    return None
+
+
+def _decodes_as_pil(decode: Callable[[torch.Tensor], torch.Tensor]) -> bool:
+    """Whether ``decode`` gives PIL's pixels (within libjpeg's rounding) for an 8x8 JPEG made here."""
+    pixels = np.arange(8 * 8 * 3, dtype=np.uint8).reshape(8, 8, 3) * 3
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=95)
+    data = buffer.getvalue()
+    with Image.open(io.BytesIO(data)) as img:
+        want = torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1).int()
+    got = decode(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+    return got.shape == want.shape and got.dtype == torch.uint8 and int((got.int() - want).abs().max()) <= 2
+
+
+def _torchvision_io_decoder() -> Callable[[torch.Tensor], torch.Tensor] | None:
     try:
         from torchvision.io import ImageReadMode, decode_jpeg
     except ImportError:  # pragma: no cover
