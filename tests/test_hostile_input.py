@@ -1493,3 +1493,41 @@ def test_a_data_folder_moved_mid_run_is_one_line_and_the_run_resumes(tmp_path, m
     assert f"warning: skipping unreadable image {one}: FileNotFoundError" in err, err
     assert (tmp_path / "run2" / "bad_files.txt").read_text().startswith(f"{one}\t")
     assert [json.loads(line)["epoch"] for line in (tmp_path / "run2" / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+
+# -- 12. The run folder gone mid-run -------------------------------------------------------------------
+def test_a_run_folder_deleted_mid_run_is_made_again_and_the_run_goes_on(tmp_path, monkeypatch, capsys):
+    """Real (`rm -r` of a run folder while its run trained): the run went on and wrote its next
+    checkpoints into a folder made again without config.json, metrics.jsonl's earlier epochs or its
+    lock, silently; a resume of it never wrote config.json. Now the folder is made again, locked, with
+    config.json and the whole record of what the run holds, in one warning line; the run ends as the
+    uninterrupted one does (the same weights), and a folder without config.json gets one on resume."""
+    data, out, ref = tmp_path / "photos", tmp_path / "run", tmp_path / "ref"
+    make_image_folder(data / "train", classes=2, per_class=6)
+    make_image_folder(data / "val", classes=2, per_class=2)
+    args = ["train", "--data", str(data), "--epochs", "3", "--batch-size", "4", "--workers", "0", "--amp", "none",
+            "--threads", "1", *TINY, "--model-option", "input_size=64", "--progress", "off", "--seed", "3"]
+    assert main([*args, "--out", str(ref)]) == 0
+    _moved_mid_run(monkeypatch, out, lambda: shutil.rmtree(out))  # at epoch 2's first image
+    capsys.readouterr()
+    assert main([*args, "--out", str(out)]) == 0
+    said = [line for line in capsys.readouterr().err.splitlines() if "deleted" in line]
+    assert said == [f"warning: {out} was deleted while this run trained; made again at step 6 with config.json, "
+                    "metrics.jsonl (1 epoch) and last.pt, of what the run holds; best.pt of an earlier epoch and the "
+                    "other files it held are gone"], said
+    monkeypatch.undo()
+    config, want = (json.loads((d / "config.json").read_text()) for d in (out, ref))
+    assert {k: v for k, v in config["train"].items() if k != "out"} == {k: v for k, v in want["train"].items() if k != "out"}
+    assert config["data"] == want["data"] and config["model"] == want["model"]
+    records = [[json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()] for d in (out, ref)]
+    assert [r["epoch"] for r in records[0]] == [1, 2, 3]
+    assert [r["val_top1"] for r in records[0]] == [r["val_top1"] for r in records[1]]
+    weights = [torch.load(d / "last.pt", weights_only=True)["model"] for d in (out, ref)]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[1])
+    assert not (out / ".lock").exists() and (out / "curves.png").is_file()
+    # a folder left without config.json (as the earlier version made it again): the resume writes it
+    (ref / "config.json").unlink()
+    assert main(["train", "--resume", str(ref), "--epochs", "4", "--progress", "off"]) == 0
+    assert f"note: {ref} had no config.json: written of the options this run goes on with" in capsys.readouterr().err
+    config = json.loads((ref / "config.json").read_text())
+    assert config["train"]["epochs"] == 4 and config["data"] == want["data"]

@@ -320,6 +320,25 @@ class RunFolder:
         _remove(self.run_dir, [n for n in owned(self.run_dir) if n not in self.before and n != BAD_FILES_NAME])
         return False
 
+    def lost(self) -> bool:
+        """Whether the folder, or its lock file, went while the run held it (``rm -r`` of the run's folder)."""
+        try:
+            here = os.stat(self.run_dir / LOCK_NAME) if self.fd is not None else None
+        except FileNotFoundError:
+            return True
+        return not self.run_dir.is_dir() if here is None else not os.path.samestat(os.fstat(self.fd), here)
+
+    def take_again(self) -> None:
+        """After :meth:`lost`: the folder made again and locked by this run; RunFolderError if another
+        run holds it now (a run started into the same path since): its files are not this run's to write."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.fd is not None:
+            _HELD.discard(self.fd)
+            os.close(self.fd)  # the lock of a file no longer there
+            self.fd = None
+        self.fd = lock(self.run_dir)
+        self.created = False  # what it holds now is the run's: a later failure keeps it
+
     def release(self) -> None:
         """Drop the lock and remove the folder if this run created it and left it empty."""
         unlock(self.run_dir, self.fd)

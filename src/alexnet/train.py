@@ -155,10 +155,11 @@ def fit(
     try:
         run_dir = Path(distributed.broadcast_object(str(run_dir)))  # rank 0's time stamp names the run
         quiet = not info.is_main
-        with _claim(run_dir, cfg, force, info), contextlib.ExitStack() as cleanup, _machine_limit_said(cfg, run_dir, info, "in train"):
+        with _claim(run_dir, cfg, force, info) as folder, contextlib.ExitStack() as cleanup, \
+                _machine_limit_said(cfg, run_dir, info, "in train"):
             progress_on, said = (False, lambda s: None) if quiet else (show_progress, log)
             voices = _Voices(said, said if quiet or note is None else note)
-            return _fit(cfg, info, device, towers, run_dir, progress_on, voices, cleanup)
+            return _fit(cfg, info, device, towers, run_dir, progress_on, voices, cleanup, folder)
     except AlexNetError as e:
         # Met once the ranks work together, where each may stand elsewhere (its shard of the data, its
         # step): its rank says it, naming itself, unless all of them decided it (errors.rank_voice).
@@ -245,6 +246,8 @@ class _Run:
     # Until then: where it resumed (epoch, batch and step done), for config.json's "resumes".
     config_pending: dict[str, int] | None = None
     said_blind: bool = False  # _say_blind's warning, once a run
+    folder: runfolder.RunFolder | None = None  # rank 0's claim of run_dir
+    recorded: int = 0  # history's records in metrics.jsonl (the epoch's own follows its checkpoint)
 
     @property
     def metrics_path(self) -> Path:
@@ -260,9 +263,10 @@ def _fit(
     show_progress: bool | None,
     voices: _Voices,
     cleanup: contextlib.ExitStack,
+    folder: runfolder.RunFolder | None = None,
 ) -> dict[str, Any]:
-    """The run of :func:`fit` on this rank, once the run folder is claimed; ``voices`` say its
-    progress and its notes (:attr:`_Run.log`, :attr:`_Run.note`)."""
+    """The run of :func:`fit` on this rank, once the run folder is claimed (``folder``, on rank 0);
+    ``voices`` say its progress and its notes (:attr:`_Run.log`, :attr:`_Run.note`)."""
     source = resume_source(cfg.resume, claimed=Path(cfg.resume).resolve() == run_dir.resolve()) if cfg.resume else None
     resume_ckpt = read_checkpoint(source) if source is not None else None
     if resume_ckpt is not None:
@@ -280,6 +284,7 @@ def _fit(
         if info.world == info.local_world:
             e.every_rank = True
         raise
+    run.folder = folder
     if resume_ckpt is not None:
         _restore(run, resume_ckpt)
     _start_files(run, resumed=resume_ckpt is not None)
@@ -530,7 +535,7 @@ def _start_files(run: _Run, resumed: bool) -> None:
     """A new run's config.json and empty metrics.jsonl; a resumed run's metrics.jsonl rewritten
     from its checkpoint's history, and curves.png redrawn from it: a resume killed before its first
     epoch ended left a figure of other epochs than the record (an epoch whose record a kill cut off)."""
-    info, data = run.info, run.data
+    info = run.info
     if resumed:
         if info.is_main:
             write_text(run.metrics_path, "".join(json.dumps(h) + "\n" for h in run.history))
@@ -540,17 +545,22 @@ def _start_files(run: _Run, resumed: bool) -> None:
         run.log(f"resuming {run.run_dir} at epoch {run.pos.epoch + 1}, batch {run.pos.batch}, step {run.pos.step}")
         _note_thread_change(run)
     elif info.is_main:
-        resolved = {
-            "train": run.cfg.to_dict(),
-            "model": run.model.config.to_dict(),
-            "data": _data_record(data),
-            "preprocess": data.preprocess.to_json(),
-            # the process count it starts in: "distributed" says the one it goes on in after a resume
-            "environment": {**_environment(run.device, run.amp), "world_size": run.info.world},
-            "distributed": _distributed_record(run),
-        }
-        write_text(run.run_dir / runfolder.CONFIG_NAME, json.dumps(resolved, indent=2) + "\n")
+        write_text(run.run_dir / runfolder.CONFIG_NAME, json.dumps(_resolved(run), indent=2) + "\n")
         write_text(run.metrics_path, "")
+    run.recorded = len(run.history)
+
+
+def _resolved(run: _Run) -> dict[str, Any]:
+    """config.json of a run that starts here: its options, model, data, preprocessing and environment."""
+    return {
+        "train": run.cfg.to_dict(),
+        "model": run.model.config.to_dict(),
+        "data": _data_record(run.data),
+        "preprocess": run.data.preprocess.to_json(),
+        # the process count it starts in: "distributed" says the one it goes on in after a resume
+        "environment": {**_environment(run.device, run.amp), "world_size": run.info.world},
+        "distributed": _distributed_record(run),
+    }
 
 
 def _distributed_record(run: _Run) -> dict[str, Any]:
@@ -574,6 +584,10 @@ def _update_config_file(run: _Run, at: dict[str, int]) -> None:
     path = run.run_dir / runfolder.CONFIG_NAME
     try:
         resolved = jsonio.loads(path.read_text())
+    except FileNotFoundError:  # deleted, or the folder was (by an earlier version, which made it again without)
+        write_text(path, json.dumps(_resolved(run), indent=2) + "\n")
+        run.note(f"note: {run.run_dir} had no {runfolder.CONFIG_NAME}: written of the options this run goes on with")
+        return
     except (OSError, ValueError):
         return
     if not isinstance(resolved, dict):
@@ -661,6 +675,8 @@ def _checkpoint(run: _Run, *names: str) -> None:
     position.update(loss_sum=sums[0], correct=int(sums[1]), seen=int(sums[2]))
     rngs = distributed.all_gather_object(rng_state()) if run.info.enabled else None
     if run.info.is_main:
+        if run.folder is not None and run.folder.lost():
+            _run_folder_again(run, names)
         ckpt = _state(run, position, rngs)
         for name in names:
             _save(ckpt, run.run_dir / name)
@@ -668,6 +684,22 @@ def _checkpoint(run: _Run, *names: str) -> None:
         if run.config_pending is not None:  # the checkpoint now holds the resumed run's options
             _update_config_file(run, run.config_pending)
             run.config_pending = None
+
+
+def _run_folder_again(run: _Run, names: tuple[str, ...]) -> None:
+    """The run folder deleted under a run (an ``rm -r`` of old runs that took this one too): made
+    again and locked, with config.json and metrics.jsonl of what the run holds, before the
+    checkpoint goes in, so that it can be resumed and replayed as before; said in one line."""
+    run.folder.take_again()
+    write_text(run.run_dir / runfolder.CONFIG_NAME, json.dumps(_resolved(run), indent=2) + "\n")
+    write_text(run.metrics_path, "".join(json.dumps(h) + "\n" for h in run.history[:run.recorded]))
+    if run.recorded:
+        _plot(run.run_dir)
+    run.config_pending = None  # config.json now says the options it goes on with
+    lost = "" if runfolder.BEST_NAME in names else f"{runfolder.BEST_NAME} of an earlier epoch and "
+    run.note(f"warning: {run.run_dir} was deleted while this run trained; made again at step {run.pos.step} with "
+             f"{runfolder.CONFIG_NAME}, {runfolder.METRICS_NAME} ({counted(run.recorded, 'epoch')}) and "
+             f"{' and '.join(names)}, of what the run holds; {lost}the other files it held are gone")
 
 
 # -- the loop ---------------------------------------------------------------------------------------
@@ -722,6 +754,7 @@ def _epoch(run: _Run, on_step: Callable[[Position, bool], None], ctrl_c: _CtrlC)
     _checkpoint(run, *([runfolder.BEST_NAME] if improved else []), runfolder.LAST_NAME)
     if run.info.is_main:
         _record(run.run_dir, run.metrics_path, record, run.writer)
+    run.recorded = len(run.history)
     run.log(
         f"epoch {record['epoch']}/{cfg.epochs}  loss {stats['train_loss']:.4f}  "
         f"val top-1 {val['top1']:.4f}  top-5 {val['top5']:.4f}  "
