@@ -44,11 +44,23 @@ def _resumed_threads(args: argparse.Namespace) -> int | None:
     return n if n is not None and n <= (os.cpu_count() or 1) else None
 
 
+# torch warns of more workers than cores when a DataLoader is made and again when it starts them.
+# Python's "once" filter did not hold: its memory is cleared whenever any filter changes (sympy's
+# import adds one, and torch.optim imports sympy between a loader's making and its start).
+_ONCE_A_PROCESS = ("This DataLoader will create",)
+_said: set[str] = set()
+
+
 def _warning_line(message, category, filename, lineno, line=None) -> str:
     """A warning as one line (Python adds the source line that raised it, which says nothing to a
     user of the command line; ALEXNET_DEBUG=1 keeps Python's format), on a line of its own where a
     progress bar is drawn: Python's showwarning appended it to the bar's line ('...batch/s]warning:
-    Corrupt EXIF data...' for a camera's JPEG decoded with --workers 0). The bar is redrawn below it."""
+    Corrupt EXIF data...' for a camera's JPEG decoded with --workers 0). The bar is redrawn below it.
+    A warning of :data:`_ONCE_A_PROCESS` said before is nothing."""
+    if str(message).startswith(_ONCE_A_PROCESS):
+        if str(message) in _said:
+            return ""
+        _said.add(str(message))
     if "tqdm.std" not in sys.modules:  # no bar is drawn before tqdm is imported (nor torch, for runtime)
         return f"warning: {terminal_text(str(message))}\n"
     from ..runtime import drawn_bars_blank
@@ -132,10 +144,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if not os.environ.get("ALEXNET_DEBUG"):
         warnings.formatwarning = _warning_line
-    # torch warns of more workers than cores when a DataLoader is made and again when it starts them;
-    # Python's "default" once-per-place forgets what it said whenever a filter changes (every
-    # catch_warnings), so the same paragraph came twice. "once" remembers it for the process.
-    warnings.filterwarnings("once", "This DataLoader will create", UserWarning)
+        _said.clear()  # once a command
     if os.environ.get("RANK", "0") != "0":  # a rank of a torchrun run: rank 0 says what each would (the data's warnings)
         warnings.filterwarnings("ignore", category=UserWarning, module=r"alexnet(\.|$)")
     _tolerant_stdout()
