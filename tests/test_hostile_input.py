@@ -1525,6 +1525,16 @@ def test_a_run_folder_deleted_mid_run_is_made_again_and_the_run_goes_on(tmp_path
     weights = [torch.load(d / "last.pt", weights_only=True)["model"] for d in (out, ref)]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[1])
     assert not (out / ".lock").exists() and (out / "curves.png").is_file()
+    # only the lock file deleted: locked again, the files left as they are
+    config_bytes = (out / "config.json").read_bytes()
+    _moved_mid_run(monkeypatch, out, lambda: (out / ".lock").unlink())
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out), "--epochs", "5", "--progress", "off"]) == 0
+    assert f"note: {out / '.lock'} was deleted while this run trained: locked again" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4, 5]
+    assert json.loads((out / "config.json").read_text())["resumes"][0]["changed"] == {"epochs": [3, 5]}
+    assert json.loads(config_bytes)["train"]["epochs"] == 3
     # a folder left without config.json (as the earlier version made it again): the resume writes it
     (ref / "config.json").unlink()
     assert main(["train", "--resume", str(ref), "--epochs", "4", "--progress", "off"]) == 0

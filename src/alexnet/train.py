@@ -689,8 +689,13 @@ def _checkpoint(run: _Run, *names: str) -> None:
 def _run_folder_again(run: _Run, names: tuple[str, ...]) -> None:
     """The run folder deleted under a run (an ``rm -r`` of old runs that took this one too): made
     again and locked, with config.json and metrics.jsonl of what the run holds, before the
-    checkpoint goes in, so that it can be resumed and replayed as before; said in one line."""
+    checkpoint goes in, so that it can be resumed and replayed as before; said in one line. Where
+    only its lock file went, the folder is locked again and its files left as they are."""
+    whole = (run.run_dir / runfolder.CONFIG_NAME).is_file()
     run.folder.take_again()
+    if whole:
+        run.note(f"note: {run.run_dir / runfolder.LOCK_NAME} was deleted while this run trained: locked again")
+        return
     write_text(run.run_dir / runfolder.CONFIG_NAME, json.dumps(_resolved(run), indent=2) + "\n")
     write_text(run.metrics_path, "".join(json.dumps(h) + "\n" for h in run.history[:run.recorded]))
     if run.recorded:
