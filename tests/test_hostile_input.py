@@ -1541,3 +1541,38 @@ def test_a_run_folder_deleted_mid_run_is_made_again_and_the_run_goes_on(tmp_path
     assert f"note: {ref} had no config.json: written of the options this run goes on with" in capsys.readouterr().err
     config = json.loads((ref / "config.json").read_text())
     assert config["train"]["epochs"] == 4 and config["data"] == want["data"]
+
+
+def test_a_run_whose_folder_another_run_took_meanwhile_stops_and_leaves_it_alone(tmp_path, monkeypatch, capsys):
+    """The folder deleted and, before this run's next checkpoint, made again and locked by another run
+    (`rm -r RUN; alexnet train --out RUN`): this run stops in one line naming the holder, writes nothing
+    there, and its exit leaves the other run's files (a forced run's set-aside run too) as they are."""
+    from alexnet.runfolder import lock, unlock
+
+    data, out, held = tmp_path / "photos", tmp_path / "run", []
+    make_image_folder(data / "train", classes=2, per_class=6)
+    make_image_folder(data / "val", classes=2, per_class=2)
+
+    def another_run() -> None:
+        shutil.rmtree(out)
+        (out / ".replaced-run").mkdir(parents=True)
+        (out / ".replaced-run" / "config.json").write_text("{}")
+        (out / "config.json").write_text('{"theirs": 1}')
+        held.append(lock(out))
+
+    _moved_mid_run(monkeypatch, out, another_run)
+    capsys.readouterr()
+    args = ["train", "--data", str(data), "--out", str(out), "--epochs", "3", "--batch-size", "4", "--workers", "0",
+            "--amp", "none", "--threads", "1", *TINY, "--model-option", "input_size=64", "--progress", "off"]
+    try:
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1] == (f"alexnet: error: {out} was deleted while this run trained, and another alexnet train (pid "
+                           f"{os.getpid()}) holds the folder made again there: this run stops (its checkpoints went "
+                           "with the folder it had)"), err
+        assert sorted(os.listdir(out)) == [".lock", ".replaced-run", "config.json"]
+        assert (out / "config.json").read_text() == '{"theirs": 1}' and os.listdir(out / ".replaced-run") == ["config.json"]
+    finally:
+        for fd in held:
+            unlock(out, fd)
+

@@ -288,11 +288,14 @@ class RunFolder:
         self.run_dir, self.created, self.resume, self.keep = run_dir, created, resume, keep
         self.fd: int | None = None
         self.before: set[str] = set()
+        self.foreign = False  # made again by another run since this one's was deleted: not this run's to touch
 
     def __enter__(self) -> RunFolder:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if self.foreign:
+            return
         try:
             replaced = (self.run_dir / REPLACED).is_dir()
             if exc is not None and not isinstance(exc, self.keep):
@@ -336,7 +339,13 @@ class RunFolder:
             _HELD.discard(self.fd)
             os.close(self.fd)  # the lock of a file no longer there
             self.fd = None
-        self.fd = lock(self.run_dir)
+        try:
+            self.fd = lock(self.run_dir)
+        except RunFolderError:
+            self.foreign = True
+            raise RunFolderError(f"{self.run_dir} was deleted while this run trained, and another alexnet train"
+                                 f"{_holder(self.run_dir)} holds the folder made again there: this run stops "
+                                 "(its checkpoints went with the folder it had)") from None
         self.created = False  # what it holds now is the run's: a later failure keeps it
 
     def release(self) -> None:
