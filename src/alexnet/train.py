@@ -538,16 +538,25 @@ def _start_files(run: _Run, resumed: bool) -> None:
     info = run.info
     if resumed:
         if info.is_main:
-            write_text(run.metrics_path, "".join(json.dumps(h) + "\n" for h in run.history))
+            _write_metrics(run, len(run.history))
             if run.history:
                 _plot(run.run_dir)
             run.config_pending = {"epoch": run.pos.epoch, "batch": run.pos.batch, "step": run.pos.step}
         run.log(f"resuming {run.run_dir} at epoch {run.pos.epoch + 1}, batch {run.pos.batch}, step {run.pos.step}")
         _note_thread_change(run)
     elif info.is_main:
-        write_text(run.run_dir / runfolder.CONFIG_NAME, json.dumps(_resolved(run), indent=2) + "\n")
+        _write_config(run)
         write_text(run.metrics_path, "")
     run.recorded = len(run.history)
+
+
+def _write_config(run: _Run) -> None:
+    write_text(run.run_dir / runfolder.CONFIG_NAME, json.dumps(_resolved(run), indent=2) + "\n")
+
+
+def _write_metrics(run: _Run, epochs: int) -> None:
+    """metrics.jsonl of the first ``epochs`` epochs the run holds."""
+    write_text(run.metrics_path, "".join(json.dumps(h) + "\n" for h in run.history[:epochs]))
 
 
 def _resolved(run: _Run) -> dict[str, Any]:
@@ -585,7 +594,7 @@ def _update_config_file(run: _Run, at: dict[str, int]) -> None:
     try:
         resolved = jsonio.loads(path.read_text())
     except FileNotFoundError:  # deleted, or the folder was (by an earlier version, which made it again without)
-        write_text(path, json.dumps(_resolved(run), indent=2) + "\n")
+        _write_config(run)
         run.note(f"note: {run.run_dir} had no {runfolder.CONFIG_NAME}: written of the options this run goes on with")
         return
     except (OSError, ValueError):
@@ -696,9 +705,9 @@ def _run_folder_again(run: _Run, names: tuple[str, ...]) -> None:
     if whole:
         run.note(f"note: {run.run_dir / runfolder.LOCK_NAME} was deleted while this run trained: locked again")
         return
-    write_text(run.run_dir / runfolder.CONFIG_NAME, json.dumps(_resolved(run), indent=2) + "\n")
-    write_text(run.metrics_path, "".join(json.dumps(h) + "\n" for h in run.history[:run.recorded]))
-    if run.recorded:
+    _write_config(run)
+    _write_metrics(run, run.recorded)
+    if 0 < run.recorded == len(run.history):  # at an epoch's end its _record draws curves.png right after
         _plot(run.run_dir)
     run.config_pending = None  # config.json now says the options it goes on with
     lost = "" if runfolder.BEST_NAME in names else f"{runfolder.BEST_NAME} of an earlier epoch and "
