@@ -1,7 +1,9 @@
 """The command line end to end, as a user runs it, and its answers to bad input."""
 
+import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -244,6 +246,30 @@ def test_a_misspelt_option_is_named_by_its_command_with_the_option_it_resembles(
         with pytest.raises(SystemExit) as stop:
             main(argv)
         assert stop.value.code == 2 and capsys.readouterr().err == said + "\n"
+
+
+@pytest.mark.parametrize("argv", [["evaluate"], ["predict"], ["features"], ["retrieve"], ["visualize"], ["import"],
+                                  ["import", "--out", "m.pt"], ["export"], ["prepare"], ["download"],
+                                  ["download", "--out", "d"]], ids=" ".join)
+def test_a_command_without_its_arguments_names_them_as_its_usage_line_does(capsys, argv):
+    """'alexnet visualize' said 'the following arguments are required: what, PATH': argparse named a
+    positional of choices by its dest, shown nowhere, and called the optional PATH required."""
+    from alexnet.cli import main
+    from alexnet.cli.options import build_parser
+
+    command = argv[0]
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    said = capsys.readouterr().err
+    assert stop.value.code == 2 and said.count("\n") == 1, said
+    named = re.fullmatch(rf"alexnet {command}: error: the following arguments are required: (.+) "
+                         rf"\(see 'alexnet {command} --help'\)\n", said)
+    assert named, said
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    usage = {word.strip("[]") for word in sub.format_usage().split()}
+    for name in re.split(r", | or ", named[1]):  # each as the usage line writes it: an option, a metavar or {a,b}
+        assert name in usage, (name, usage)
+    assert "PATH" not in named[1]
 
 
 def _one_line_error(r, *needles):

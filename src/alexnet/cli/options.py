@@ -111,6 +111,13 @@ class _Parser(argparse.ArgumentParser):
             self.exit(0)
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
+    def add_argument(self, *names, **kwargs):  # type: ignore[override]
+        """A positional of choices is named as its usage line shows it, ``{filters,curves}``: argparse's
+        'the following arguments are required: what' named its dest, which no usage or help shows."""
+        if names and not names[0].startswith("-") and kwargs.get("choices") and "metavar" not in kwargs:
+            kwargs["metavar"] = "{" + ",".join(map(str, kwargs["choices"])) + "}"
+        return super().add_argument(*names, **kwargs)
+
     _intermixing = False
 
     def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
@@ -301,7 +308,8 @@ def _add_visualize(sub) -> None:
     v = sub.add_parser("visualize", help="figures: conv1 filters (paper fig. 3) or training curves")
     v.add_argument("what", choices=("filters", "curves"),
                    help="filters: a checkpoint's conv1 kernels; curves: runs' loss, error and learning rate per epoch")
-    v.add_argument("run_dir", type=_path, nargs="*", metavar="PATH", help="curves: run folder(s), several share one figure, a colour each; "
+    v.add_argument("run_dir", type=_path, nargs="*", default=[], metavar="PATH",  # a default: argparse requires a "*" without
+                   help="curves: run folder(s), several share one figure, a colour each; "
                    "filters: the checkpoint, as --checkpoint gives it")
     v.add_argument("--checkpoint", type=_path, help="checkpoint (for filters)")
     v.add_argument("--learnt", action="store_true", help="filters: draw what training changed in conv1 (the weights minus those "
