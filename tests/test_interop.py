@@ -575,6 +575,17 @@ def test_export_format_from_the_name_and_names_refused(tmp_path, paper_ckpt, cap
     assert main(["export", "--checkpoint", str(paper_ckpt), "--out", str(ts)]) == 0
     with torch.no_grad():
         torch.testing.assert_close(torch.jit.load(str(ts))(x), model(x), rtol=1e-5, atol=1e-5)
+    # a name of no format's (a typo of .onnx) is the default, safetensors, and export says so; .safetensors says nothing more
+    from safetensors.torch import load_file
+
+    capsys.readouterr()
+    for name, said in (("m.onxx", " (safetensors: the name m.onxx says no format; --format, or a name ending .pth, .onnx, .pt2, "
+                                  ".ts, .torchscript, for another)"), ("n.safetensors", "")):
+        assert main(["export", "--checkpoint", str(paper_ckpt), "--out", str(tmp_path / name)]) == 0
+        side = (tmp_path / name).with_suffix(".json")
+        assert capsys.readouterr().out == f"wrote {tmp_path / name}, {side}{said}\n"
+        held, weights = load_file(tmp_path / name), model.state_dict()
+        assert held.keys() == weights.keys() and all(torch.equal(held[k], weights[k]) for k in weights)
     (tmp_path / "keep.json").write_text("{}")
     (tmp_path / "folder").mkdir()
     before = sorted(p.name for p in tmp_path.iterdir())

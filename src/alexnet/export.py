@@ -281,6 +281,17 @@ def resolve_format(fmt: str | None, path: str | os.PathLike) -> str:
     return fmt
 
 
+def unnamed_default(fmt: str | None, path: str | os.PathLike) -> str:
+    """What export says after the files it wrote where neither ``fmt`` nor the name chose the format
+    (``--out m.onxx``, meant for ONNX, is written as safetensors): the format and how to choose
+    another; '' otherwise."""
+    path = Path(path)
+    if fmt or path.suffix.lower() in SUFFIXES:
+        return ""
+    others = ", ".join(suffix for suffix, named in SUFFIXES.items() if named != "safetensors")
+    return f" (safetensors: the name {path.name} says no format; --format, or a name ending {others}, for another)"
+
+
 def _check_sidecar(path: Path) -> None:
     """ConfigError unless the .json that a safetensors ``path`` writes beside it is free, or is this
     same file's config: ``--out m.bin`` replaced the config of an earlier ``--out m.safetensors`` (made

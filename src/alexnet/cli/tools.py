@@ -50,14 +50,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     says, else safetensors), with the recipe and the checkpoint's path and sha256 where the format has
     room; prints the files written, returns 0."""
     from ..checkpoint import load
-    from ..export import Source, export, resolve_format
+    from ..export import Source, export, resolve_format, unnamed_default
 
     resolve_format(args.format, args.out)  # a bad --out is refused before the checkpoint is read
     _check_output(args.out, "--out")
     _not_the_input(args.out, args.checkpoint, "checkpoint")
     model = load(args.checkpoint)
     written = export(model, args.format, args.out, source=Source.of(args.checkpoint))
-    print("wrote " + ", ".join(str(p) for p in written))
+    print("wrote " + ", ".join(str(p) for p in written) + unnamed_default(args.format, args.out))
     return 0
 
 
