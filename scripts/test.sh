@@ -6,6 +6,5 @@ bash scripts/bootstrap.sh
 .venv/bin/ruff check src tests benchmarks scripts hubconf.py   # lint first: seconds, and a clear failure
 # Two test processes (pytest-xdist): a test mostly waits on one core (subprocesses starting, small
 # tensors), so the suite used about 1.1 of 2 cores one process at a time. ALEXNET_TEST_WORKERS=0 runs
-# it in this process (for -s or --pdb); a later -n in "$@" wins. --dist loadgroup: a file marked
-# xdist_group runs in one worker, which makes its module fixtures (trained checkpoints) once.
-exec .venv/bin/python -m pytest -q -n "${ALEXNET_TEST_WORKERS:-2}" --dist loadgroup "$@"
+# it in this process (for -s or --pdb); a later -n in "$@" wins.
+exec .venv/bin/python -m pytest -q -n "${ALEXNET_TEST_WORKERS:-2}" "$@"

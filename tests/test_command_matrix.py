@@ -28,10 +28,7 @@ from alexnet.data.loaders import model_input
 from alexnet.data.presets import MEAN_IMAGE_KEY
 from alexnet.predict import load_image
 
-# One worker runs this file (scripts/test.sh: --dist loadgroup): each kind's trained checkpoint (module fixture "trained") is then made
-# once, not once in each worker that draws one of its tests.
-pytestmark = [pytest.mark.skipif(not IMAGEWOOF.is_dir(), reason=f"needs the real photos in {IMAGEWOOF} (../shared)"),
-              pytest.mark.xdist_group("test_command_matrix")]
+pytestmark = pytest.mark.skipif(not IMAGEWOOF.is_dir(), reason=f"needs the real photos in {IMAGEWOOF} (../shared)")
 
 
 def _photos(root: Path, per_class: int = 4, classes: int = 3) -> Path:

@@ -25,10 +25,6 @@ from conftest import src_pythonpath
 
 from alexnet import LocalResponseNorm
 
-# One worker runs this file (scripts/test.sh: --dist loadgroup): the interpreter's one subprocess
-# (module fixture "interpreted") is then run once, not once in each worker that draws one of its tests.
-pytestmark = pytest.mark.xdist_group("test_lrn_triton")
-
 ROOT = Path(__file__).resolve().parents[1]
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed (the CUDA path then runs eager ops)")

@@ -16,10 +16,6 @@ from pathlib import Path
 
 import pytest
 
-# One worker runs this file (scripts/test.sh: --dist loadgroup): the built wheel and sdist (module fixture "built") is then made
-# once, not once in each worker that draws one of its tests.
-pytestmark = pytest.mark.xdist_group("test_packaging")
-
 ROOT = Path(__file__).resolve().parents[1]
 # What a source release is made of (README, pyproject and the folders the tests and README use).
 SOURCE_DIRS = ("src", "tests", "benchmarks", "scripts", "docs")

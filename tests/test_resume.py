@@ -57,10 +57,6 @@ from alexnet.cli import main
 from alexnet.data.loaders import load_data, set_epoch
 from alexnet.model import create_model
 
-# One worker runs this file (scripts/test.sh: --dist loadgroup): each uninterrupted reference run (module fixture "references") is then made
-# once, not once in each worker that draws one of its tests.
-pytestmark = pytest.mark.xdist_group("test_resume")
-
 SEED = 2024  # draws the kill moments
 EPOCHS, SAVE_EVERY = 2, 3  # a checkpoint every 3 steps: a resume replays the steps since the last one
 TINY = ["--model", "alexnet_small", "--model-option", "widths=[8,16,16,16,16]", "--model-option", "fc_width=32"]
