@@ -109,10 +109,7 @@ def test_arguments_taken_as_numbers():
 @pytest.mark.parametrize("size,beta", [(5, 0.75), (4, 0.6), (3, 1.0)])
 def test_kernel_forward_backward_match_float64(layout, size, beta):
     """The C kernel (both layouts, a partial 64-wide block, pow and rsqrt paths) against float64."""
-    from alexnet.lrn import kernel_available
-
-    if not kernel_available():
-        pytest.skip("no C compiler: the PyTorch path is tested above")
+    _needs_kernel()
     torch.manual_seed(4)
     x = torch.randn(2, 13, 9, 11) * 30  # inner = 99: one full and one partial block
     g = torch.randn_like(x)
@@ -143,10 +140,7 @@ def lrn_torch64_even(a: torch.Tensor, n: int, alpha: float, beta: float, k: floa
 
 
 def test_kernel_bfloat16_close_to_float32():
-    from alexnet.lrn import kernel_available
-
-    if not kernel_available():
-        pytest.skip("no C compiler")
+    _needs_kernel()
     torch.manual_seed(5)
     x = (torch.randn(2, 16, 10, 10) * 20).bfloat16().requires_grad_()
     g = torch.randn(2, 16, 10, 10).bfloat16()
@@ -320,6 +314,15 @@ def test_grouped_lrn_normalises_each_group_alone(layout, groups, size, relu):
     np.testing.assert_allclose(x32.grad.double().numpy(), ref, rtol=1e-5, atol=1e-6 * np.abs(ref).max())
 
 
+def _needs_kernel(x: torch.Tensor | None = None) -> None:
+    """Skip where the C kernel does not run (no C compiler, or ALEXNET_NO_KERNELS=1): what it checks
+    is the kernel's; the plain ops' path is tested beside."""
+    from alexnet.lrn import kernel_available
+
+    if not kernel_available(x):
+        pytest.skip("the C kernel is not available here (no C compiler, or ALEXNET_NO_KERNELS)")
+
+
 def _counting_kernel(monkeypatch) -> list[str]:
     """Record each run of the C kernel (its direction) from here on."""
     from alexnet import lrn as lrn_mod
@@ -343,6 +346,8 @@ def test_operator_matches_float64_with_and_without_its_kernel(kernel, monkeypatc
 
     if not kernel:
         monkeypatch.setattr(lrn_mod, "kernel_available", lambda t=None: False)
+    else:
+        _needs_kernel()
     calls = _counting_kernel(monkeypatch)
     torch.manual_seed(10)
     for layout, groups, relu in (("channels_last", 2, True), ("nchw", 1, False)):
@@ -369,6 +374,7 @@ def test_compiled_model_keeps_the_kernel(monkeypatch):
     graph; the compiled model's outputs and gradients are the eager model's."""
     from alexnet import create_model
 
+    _needs_kernel()
     torch.manual_seed(11)
     model = create_model("alexnet_paper", num_classes=5, widths=(8, 8, 8, 8, 8), fc_width=16, input_size=67, dropout=0.0)
     model = model.to(memory_format=torch.channels_last)
@@ -445,8 +451,8 @@ def test_double_backward(path, monkeypatch):
 
     if path == "plain":
         monkeypatch.setattr(lrn_module, "kernel_available", lambda x=None: False)
-    elif not lrn_module.kernel_available(torch.zeros(1, 4, 2, 2, dtype=torch.float64)):
-        pytest.skip("the C kernel is not available here (no C compiler, or ALEXNET_NO_KERNELS)")
+    else:
+        _needs_kernel(torch.zeros(1, 4, 2, 2, dtype=torch.float64))
     torch.manual_seed(0)
     for relu, groups in ((False, 1), (True, 2)):
         norm = LocalResponseNorm(5, 0.3, 0.75, 1.0, "sum", groups)  # a large alpha: the window matters
