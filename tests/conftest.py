@@ -10,6 +10,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import forked_cli
 import numpy as np
 import pytest
 from PIL import Image
@@ -120,11 +121,13 @@ def cli_env(cuda: bool = False, **extra: str) -> dict[str, str]:
     return env
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600, cuda: bool = False) -> subprocess.CompletedProcess:
-    """Run ``python -m alexnet ARGS`` in a subprocess, as a user would (on the CPU unless ``cuda``)."""
-    return subprocess.run(
-        [sys.executable, "-m", "alexnet", *args], capture_output=True, text=True, cwd=cwd, env=cli_env(cuda), timeout=timeout
-    )
+def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600, cuda: bool = False, env: dict[str, str] | None = None
+            ) -> subprocess.CompletedProcess:
+    """Run ``python -m alexnet ARGS`` in a process of its own, as a user would (on the CPU unless
+    ``cuda``; ``env``: variables to set, as ``cli_env``'s): forked from one that has imported torch
+    where the environment is the session's (tests/forked_cli.py), a plain ``python`` otherwise."""
+    argv = [sys.executable, "-m", "alexnet", *args]
+    return forked_cli.run(argv, cwd, cli_env(cuda, **(env or {})), _SESSION_ENV[-1] if _SESSION_ENV else {}, timeout)
 
 
 def cuda_available() -> bool:
@@ -140,6 +143,7 @@ requires_cuda = pytest.mark.cuda
 
 
 _TEST_CACHE: list[str] = []
+_SESSION_ENV: list[dict[str, str]] = []  # a CLI run's environment as the session began: the fork server's
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -155,6 +159,7 @@ def pytest_configure(config: pytest.Config) -> None:
             pass
     _TEST_CACHE.append(tempfile.mkdtemp(prefix="alexnet-test-cache-"))
     os.environ["ALEXNET_CACHE"] = _TEST_CACHE[-1]
+    _SESSION_ENV.append(cli_env())
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

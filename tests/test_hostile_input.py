@@ -1140,8 +1140,7 @@ def _photos_pack(tmp_path: Path, size: int = 72) -> Path:
 
 
 def _run_killing_a_worker(fault: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "alexnet", *args], capture_output=True, text=True, timeout=300,
-                          env=cli_env(ALEXNET_FAULT=fault))
+    return run_cli(*args, timeout=300, env={"ALEXNET_FAULT": fault})
 
 
 _KILLED = (r"alexnet: error: a data-loading worker process \(pid \d+\) was killed by SIGKILL {doing}, most likely by the "

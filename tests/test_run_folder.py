@@ -295,10 +295,7 @@ def test_a_run_killed_before_its_first_checkpoint_is_started_again_not_resumed(t
     checkpoint: --resume says there is nothing to resume, and a new run into the folder takes it
     over (it was refused as 'already holds a run ... continue it with --resume', which then failed)."""
     run = tmp_path / "run"
-    env = dict(os.environ, PYTHONPATH=str(Path(alexnet.__file__).parents[1]), ALEXNET_FAULT="kill:step=1",
-               CUDA_VISIBLE_DEVICES="")
-    killed = subprocess.run([sys.executable, "-m", "alexnet", "train", "--data", str(tiny_fmnist), "--out", str(run), *QUICK],
-                            env=env, capture_output=True, text=True, timeout=300)
+    killed = run_cli("train", "--data", str(tiny_fmnist), "--out", str(run), *QUICK, timeout=300, env={"ALEXNET_FAULT": "kill:step=1"})
     assert killed.returncode == -signal.SIGKILL and sorted(os.listdir(run)) == [".lock", "config.json", "metrics.jsonl"]
     fd = os.open(run / ".lock", os.O_RDWR)  # the same files of a run still in its first epoch: in use, not stopped
     try:
@@ -368,7 +365,7 @@ def _entries(folder: Path) -> dict[str, tuple[bytes, int]]:
 
 
 def _kill_env(fault: str) -> dict[str, str]:
-    return dict(os.environ, PYTHONPATH=str(Path(alexnet.__file__).parents[1]), ALEXNET_FAULT=fault, CUDA_VISIBLE_DEVICES="")
+    return {"ALEXNET_FAULT": fault}
 
 
 def test_a_forced_run_that_fails_before_its_first_checkpoint_puts_the_old_run_back(tiny_fmnist, tmp_path, monkeypatch):
@@ -387,8 +384,7 @@ def test_a_forced_run_killed_before_its_first_checkpoint_leaves_the_old_run_to_c
     run = tmp_path / "run"
     assert _train(tiny_fmnist, run).returncode == 0
     before = _entries(run)
-    killed = subprocess.run([sys.executable, "-m", "alexnet", "train", "--data", str(tiny_fmnist), "--out", str(run), *QUICK,
-                             "--force"], env=_kill_env(fault), capture_output=True, text=True, timeout=300)
+    killed = run_cli("train", "--data", str(tiny_fmnist), "--out", str(run), *QUICK, "--force", timeout=300, env=_kill_env(fault))
     assert killed.returncode == -signal.SIGKILL and ".replaced-run" in os.listdir(run), killed.stderr
     line = _one_line(run_cli("evaluate", "--checkpoint", str(run / "last.pt"), "--data", str(tiny_fmnist)))
     assert f"the run it replaces waits in {run / '.replaced-run'}" in line and f"--resume {run}' puts that run back" in line
@@ -403,9 +399,8 @@ def test_resume_puts_back_the_run_a_killed_forced_run_set_aside(tiny_fmnist, tmp
     run = tmp_path / "run"
     assert _train(tiny_fmnist, run).returncode == 0
     old = (run / "last.pt").read_bytes()
-    killed = subprocess.run([sys.executable, "-m", "alexnet", "train", "--data", str(tiny_fmnist), "--out", str(run), *QUICK,
-                             "--force", "--model-option", "fc_width=24"],
-                            env=_kill_env("kill:step=1"), capture_output=True, text=True, timeout=300)
+    killed = run_cli("train", "--data", str(tiny_fmnist), "--out", str(run), *QUICK, "--force", "--model-option", "fc_width=24",
+                     timeout=300, env=_kill_env("kill:step=1"))
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     r = run_cli("train", "--resume", str(run), "--epochs", "2")
     assert r.returncode == 0 and "resuming" in r.stdout, r.stderr
@@ -418,9 +413,8 @@ def test_the_old_run_goes_with_the_forced_runs_first_checkpoint(tiny_fmnist, tmp
     """Not at the end of the run: from its first checkpoint on, the new run is the one to resume."""
     run = tmp_path / "run"
     assert _train(tiny_fmnist, run).returncode == 0
-    killed = subprocess.run([sys.executable, "-m", "alexnet", "train", "--data", str(tiny_fmnist), "--out", str(run), *QUICK,
-                             "--epochs", "2", "--force", "--model-option", "fc_width=24"],
-                            env=_kill_env("kill:step=5"), capture_output=True, text=True, timeout=300)  # in epoch 2
+    killed = run_cli("train", "--data", str(tiny_fmnist), "--out", str(run), *QUICK, "--epochs", "2", "--force", "--model-option",
+                     "fc_width=24", timeout=300, env=_kill_env("kill:step=5"))  # in epoch 2
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert ".replaced-run" not in os.listdir(run) and alexnet.load(run / "last.pt").config.fc_width == 24
     r = run_cli("train", "--resume", str(run))
@@ -467,10 +461,8 @@ def test_a_resume_killed_in_its_first_epoch_leaves_curves_of_its_record(tiny_fmn
     (run / "metrics.jsonl").write_text(lines[0])  # as the kill left them
     plot_curves(run)
     steps = alexnet.checkpoint.read_entry(run / "last.pt", "position")["step"]
-    env = dict(os.environ, PYTHONPATH=str(Path(alexnet.__file__).parents[1]), ALEXNET_FAULT=f"kill:step={steps + 1}",
-               CUDA_VISIBLE_DEVICES="")
-    killed = subprocess.run([sys.executable, "-m", "alexnet", "train", "--resume", str(run), "--epochs", "3", "--threads", "1"],
-                            env=env, capture_output=True, text=True, timeout=300)
+    killed = run_cli("train", "--resume", str(run), "--epochs", "3", "--threads", "1", timeout=300,
+                     env={"ALEXNET_FAULT": f"kill:step={steps + 1}"})
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert (run / "metrics.jsonl").read_text() == "".join(lines)
     plot_curves(run, tmp_path / "expected.png")

@@ -575,9 +575,7 @@ def test_a_resumed_run_is_watched_as_the_uninterrupted_one(tiny_fmnist, tmp_path
     fine-tuning run stopped as diverged at an epoch's end that the uninterrupted one passed, judging
     only the steps since the resume."""
     assert main(_train_args(tiny_fmnist, tmp_path / "whole", epochs=2)) == 0
-    env = dict(os.environ, PYTHONPATH=src_pythonpath(), ALEXNET_FAULT="kill:step=12", CUDA_VISIBLE_DEVICES="")
-    killed = subprocess.run([sys.executable, "-m", "alexnet", *_train_args(tiny_fmnist, tmp_path / "parts", epochs=2)],
-                            env=env, capture_output=True, text=True, timeout=300)
+    killed = run_cli(*_train_args(tiny_fmnist, tmp_path / "parts", epochs=2), timeout=300, env={"ALEXNET_FAULT": "kill:step=12"})
     assert killed.returncode == -signal.SIGKILL and "killed at" in killed.stderr, killed.stderr
     assert main(["train", "--resume", str(tmp_path / "parts")]) == 0
     whole, parts = (torch.load(tmp_path / r / "last.pt", weights_only=True) for r in ("whole", "parts"))
