@@ -1,8 +1,9 @@
 """scripts/finetune_table.py, behind README's fine-tuning table, runs what its rows say and reports
 what those runs scored.
 
-It is run as a user runs it, on a small image folder and a source checkpoint trained here. Each run's
-resolved configuration (config.json) is checked against its row; the frozen row's convolutions
+Its main() runs here on a small image folder and a source checkpoint trained here, each `alexnet`
+command it runs a process of its own (forked, as run_cli's are); the bad-input test runs the script as
+a user does. Each run's resolved configuration (config.json) is checked against its row; the frozen row's convolutions
 against the source's (they must not move) and the scratch row's against them (they must differ);
 the table's figures against evaluate.json, which `alexnet evaluate --out` wrote beside each run
 (the script reads the printed `--json`), with the mean and standard error computed here.
@@ -10,10 +11,14 @@ the table's figures against evaluate.json, which `alexnet evaluate --out` wrote 
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import io
 import json
 import statistics
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import torch
@@ -29,6 +34,35 @@ ROWS = {"scratch": {}, "init": {}, "init-fc8x10": {"lr_mult": {"fc8": 10.0}}, "f
 
 def _script(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=cli_env(), timeout=900)
+
+
+def _script_here(*args: str) -> subprocess.CompletedProcess:
+    """The script's main() in this process, its `alexnet` commands run by run_cli (each a process of its
+    own, forked: 3-4 s less each of the table's 27): what it printed, and its exit status."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        script = importlib.import_module(SCRIPT.stem)
+    finally:
+        sys.path.pop(0)
+
+    def run(command: list[str], stdout=None, text: bool = True) -> subprocess.CompletedProcess:
+        assert command[:3] == [sys.executable, "-m", "alexnet"] and text
+        done = run_cli(*command[3:])
+        sys.stderr.write(done.stderr)
+        if stdout is None:  # shown, as the script's own output
+            sys.stdout.write(done.stdout)
+        return subprocess.CompletedProcess(command, done.returncode, done.stdout if stdout else None)
+
+    script.subprocess = types.SimpleNamespace(run=run, PIPE=subprocess.PIPE)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = script.main(list(args))
+        except SystemExit as e:
+            code = e.code
+        finally:
+            script.subprocess = subprocess
+    return subprocess.CompletedProcess(["finetune_table.py", *args], code, out.getvalue(), err.getvalue())
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
@@ -52,8 +86,8 @@ def _table(root: Path) -> tuple[Path, Path, subprocess.CompletedProcess]:
 
 def _again(source: Path, out: Path, *seeds: str) -> subprocess.CompletedProcess:
     """The script on ``source``'s folder at ``seeds`` (default 0 and 1), 2 epochs, into ``out``."""
-    return _script("--init-from", str(source / "last.pt"), "--data", str(source.parent / "photos"), "--out", str(out),
-                   "--seeds", *(seeds or ("0", "1")), "--epochs", "2", "--", *TRAIN, *TINY)
+    return _script_here("--init-from", str(source / "last.pt"), "--data", str(source.parent / "photos"), "--out", str(out),
+                        "--seeds", *(seeds or ("0", "1")), "--epochs", "2", "--", *TRAIN, *TINY)
 
 
 def test_the_table_runs_its_rows_and_reports_what_they_scored(tmp_path: Path) -> None:
