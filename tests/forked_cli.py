@@ -77,10 +77,13 @@ class _Server:
             with conn.makefile("rb") as replies:
                 self.pid = int(replies.readline())
                 self.served += 1
-                stdout, stderr, finished = _read_both(out_r, err_r, timeout)
-                if not finished:
+                try:
+                    stdout, stderr, finished = _read_both(out_r, err_r, timeout)
+                    if not finished:
+                        raise subprocess.TimeoutExpired(argv, timeout, stdout, stderr)
+                except BaseException:  # past its timeout, or the tests stopped (Ctrl-C): as subprocess.run, kill it
                     os.kill(self.pid, signal.SIGKILL)
-                    raise subprocess.TimeoutExpired(argv, timeout, stdout, stderr)
+                    raise
                 code = int(replies.readline())
         return subprocess.CompletedProcess(argv, code, stdout, stderr)
 
