@@ -89,31 +89,28 @@ class _Server:
 
 
 def _read_both(out: int, err: int, timeout: float) -> tuple[str, str, bool]:
-    """Both pipes read to their ends (or to ``timeout``), as subprocess's communicate reads them."""
+    """Both pipes read to their ends (or to ``timeout``), as subprocess's communicate reads them; then closed."""
     chunks: dict[int, list[bytes]] = {out: [], err: []}
-    watch = selectors.DefaultSelector()
-    for fd in chunks:
-        watch.register(fd, selectors.EVENT_READ)
-    deadline = _now() + timeout
-    while watch.get_map() and _now() < deadline:
-        for key, _ in watch.select(timeout=max(0.0, deadline - _now())):
-            data = os.read(key.fd, 1 << 16)
-            if data:
-                chunks[key.fd].append(data)
-            else:
-                watch.unregister(key.fd)
-                os.close(key.fd)
-    finished = not watch.get_map()
-    for fd in list(watch.get_map()):
-        os.close(fd)
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as watch:
+        try:
+            for fd in chunks:
+                watch.register(fd, selectors.EVENT_READ)
+            while watch.get_map() and time.monotonic() < deadline:
+                for key, _ in watch.select(timeout=max(0.0, deadline - time.monotonic())):
+                    data = os.read(key.fd, 1 << 16)
+                    if data:
+                        chunks[key.fd].append(data)
+                    else:  # its end
+                        watch.unregister(key.fd)
+            finished = not watch.get_map()
+        finally:
+            for fd in chunks:
+                os.close(fd)
     # As subprocess decodes text=True output: the locale's encoding, universal newlines (a progress bar's \r too).
     encoding = locale.getpreferredencoding(False)
     text = [b"".join(chunks[fd]).decode(encoding).replace("\r\n", "\n").replace("\r", "\n") for fd in (out, err)]
     return text[0], text[1], finished
-
-
-def _now() -> float:
-    return time.monotonic()
 
 
 USABLE = sys.platform == "linux" and hasattr(socket, "send_fds") and os.environ.get("ALEXNET_TEST_FORK", "1") != "0"

@@ -17,14 +17,14 @@ from conftest import TINY, cli_env, run_cli
 pytestmark = pytest.mark.skipif(not forked_cli.USABLE, reason="runs are forked on Linux only, and not under ALEXNET_TEST_FORK=0")
 
 
-def _plain(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "alexnet", *args], capture_output=True, text=True, cwd=cwd, env=cli_env(),
+def _plain(*args: str, cwd=None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "alexnet", *args], capture_output=True, text=True, cwd=cwd, env=cli_env(**(env or {})),
                           timeout=300)
 
 
-def _forked(*args: str, cwd=None) -> subprocess.CompletedProcess:
+def _forked(*args: str, cwd=None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     served = forked_cli.served()
-    r = run_cli(*args, cwd=cwd)
+    r = run_cli(*args, cwd=cwd, env=env)
     assert forked_cli.served() == served + 1, "run_cli did not fork this run"
     return r
 
@@ -67,11 +67,8 @@ def test_alexnets_own_variables_reach_the_forked_run(tiny_fmnist, tmp_path):
     """ALEXNET_FAULT (read by alexnet alone) is passed to the forked process: here it kills it, by
     SIGKILL, at step 2, as it kills a plain one."""
     args = ["train", "--data", str(tiny_fmnist), "--epochs", "1", "--batch-size", "16", "--progress", "off", *TINY]
-    plain = subprocess.run([sys.executable, "-m", "alexnet", *args, "--out", str(tmp_path / "plain")], capture_output=True, text=True,
-                           env=cli_env(ALEXNET_FAULT="kill:step=2"), timeout=300)
-    served = forked_cli.served()
-    forked = run_cli(*args, "--out", str(tmp_path / "forked"), env={"ALEXNET_FAULT": "kill:step=2"})
-    assert forked_cli.served() == served + 1
+    plain = _plain(*args, "--out", str(tmp_path / "plain"), env={"ALEXNET_FAULT": "kill:step=2"})
+    forked = _forked(*args, "--out", str(tmp_path / "forked"), env={"ALEXNET_FAULT": "kill:step=2"})
     assert plain.returncode == forked.returncode == -9, forked.stderr
     assert plain.stderr.splitlines()[-1] == forked.stderr.splitlines()[-1] == "ALEXNET_FAULT: killed at step 2"
     assert run_cli(*args, "--out", str(tmp_path / "after")).returncode == 0  # the next run has it no more
